@@ -1,0 +1,100 @@
+#pragma once
+// RunInTransaction: run a unit of work in one PostgreSQL transaction, retrying it whole on
+// the failures where that is safe.
+//
+// Guarantees:
+//  - fn runs inside a transaction at the requested isolation level; RunInTransaction
+//    commits when fn returns OK and rolls back when fn returns an error or throws;
+//  - on serialization failure (40001), deadlock (40P01) or a connection lost before COMMIT
+//    the transaction is rolled back and fn runs again on a (possibly new) connection, up
+//    to max_attempts times in all, with jittered exponential backoff in between. So fn may
+//    run more than once: it must not have effects outside the transaction that cannot be
+//    repeated, and it must not commit or abort the transaction itself;
+//  - exceptions are converted once, by ClassifyException (errors.h): fn's own errors are
+//    returned as fn returned them, and no message contains parameter values;
+//  - a connection lost during COMMIT is reported as UNKNOWN and never retried, because
+//    the transaction may have committed.
+// Thread-safe as far as the pool is; fn runs on the calling thread.
+//
+// As everywhere in rkl::db, queries inside fn are parameterised (exec_params), never built
+// from values.
+
+#include <functional>
+#include <optional>
+#include <pqxx/transaction>
+#include <type_traits>
+#include <utility>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "rkl/db/connection_pool.h"
+
+namespace rkl::db {
+
+enum class IsolationLevel { kReadCommitted, kRepeatableRead, kSerializable };
+
+// What happened during one RunInTransaction call, for tests and metrics.
+struct TransactionStats {
+  int attempts = 0;  // times fn was started; attempts - 1 retries
+};
+
+struct TransactionOptions {
+  IsolationLevel isolation = IsolationLevel::kReadCommitted;
+  bool read_only = false;
+  // Total runs of fn, first included. 1 disables retries.
+  int max_attempts = 5;
+  absl::Duration initial_backoff = absl::Milliseconds(5);
+  absl::Duration max_backoff = absl::Milliseconds(250);
+  // Borrow timeout for each attempt; unset means the pool's default.
+  std::optional<absl::Duration> borrow_timeout = std::nullopt;
+  // When set, filled in before RunInTransaction returns.
+  TransactionStats* stats = nullptr;
+};
+
+namespace internal {
+absl::Status RunInTransactionImpl(ConnectionPool& pool,
+                                  absl::FunctionRef<absl::Status(pqxx::work&)> body,
+                                  const TransactionOptions& options);
+
+template <typename T>
+struct IsStatusOr : std::false_type {};
+template <typename T>
+struct IsStatusOr<absl::StatusOr<T>> : std::true_type {};
+}  // namespace internal
+
+// fn: absl::Status(pqxx::work&) or absl::StatusOr<T>(pqxx::work&); the result type is
+// fn's. An OK result means the transaction committed.
+template <typename Fn>
+auto RunInTransaction(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
+    -> std::invoke_result_t<Fn&, pqxx::work&> {
+  using Result = std::invoke_result_t<Fn&, pqxx::work&>;
+  if constexpr (std::is_same_v<Result, absl::Status>) {
+    return internal::RunInTransactionImpl(pool, fn, options);
+  } else {
+    static_assert(internal::IsStatusOr<Result>::value,
+                  "fn must return absl::Status or absl::StatusOr<T>");
+    std::optional<Result> result;
+    absl::Status status = internal::RunInTransactionImpl(
+        pool,
+        [&](pqxx::work& tx) -> absl::Status {
+          result.reset();  // a retry must not see the previous attempt's value
+          result.emplace(std::invoke(fn, tx));
+          return result->status();
+        },
+        options);
+    if (!status.ok()) return Result(std::move(status));
+    return *std::move(result);
+  }
+}
+
+// The same in a READ ONLY transaction: writes fail (SQLSTATE 25006 → INTERNAL), and
+// PostgreSQL can drop a SERIALIZABLE read-only transaction's conflict tracking early.
+template <typename Fn>
+auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions options = {}) {
+  options.read_only = true;
+  return RunInTransaction(pool, std::forward<Fn>(fn), options);
+}
+
+}  // namespace rkl::db

@@ -1,0 +1,168 @@
+#include "rkl/db/connection_pool.h"
+
+#include <libpq-fe.h>
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "rkl/db/dsn.h"
+
+namespace rkl::db {
+namespace {
+
+absl::Status CheckDsn(const std::string& dsn) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(dsn.c_str(), &error);
+  if (error != nullptr) PQfreemem(error);  // may quote the DSN, password included
+  if (options == nullptr) {
+    return absl::InvalidArgumentError("database DSN is not a valid libpq connection string");
+  }
+  PQconninfoFree(options);
+  return absl::OkStatus();
+}
+
+std::string FirstLine(absl::string_view text) {
+  text = absl::StripAsciiWhitespace(text);
+  return std::string(absl::StripAsciiWhitespace(text.substr(0, text.find('\n'))));
+}
+
+}  // namespace
+
+ConnectionPool::ConnectionPool(PoolOptions options)
+    : dsn_(std::move(options.dsn)),
+      redacted_dsn_(RedactDsn(dsn_)),
+      target_(DescribeDsnTarget(dsn_)),
+      dsn_status_(CheckDsn(dsn_)),
+      max_size_(options.max_size > 0 ? options.max_size : 1),
+      borrow_timeout_(options.borrow_timeout) {}
+
+ConnectionPool::~ConnectionPool() {
+  // Leases must be gone by now (documented); idle connections close here.
+  absl::MutexLock lock(&mu_);
+  idle_.clear();
+}
+
+int ConnectionPool::open_connections() const {
+  absl::MutexLock lock(&mu_);
+  return open_;
+}
+
+int ConnectionPool::idle_connections() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(idle_.size());
+}
+
+absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow() { return Borrow(borrow_timeout_); }
+
+absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration timeout) {
+  if (!dsn_status_.ok()) return dsn_status_;
+  const absl::Time deadline = absl::Now() + timeout;
+  std::unique_ptr<pqxx::connection> stale;  // closed outside the lock: PQfinish does I/O
+  mu_.Lock();
+  while (true) {
+    if (!idle_.empty()) {
+      std::unique_ptr<pqxx::connection> conn = std::move(idle_.back());
+      idle_.pop_back();
+      if (conn->is_open()) {
+        mu_.Unlock();
+        return Lease(this, std::move(conn));
+      }
+      // Closed while idle (the server went away): the slot is reused right here.
+      --open_;
+      mu_.Unlock();
+      stale = std::move(conn);
+      stale.reset();
+      mu_.Lock();
+      continue;
+    }
+    if (open_ < max_size_) {
+      ++open_;  // reserve the slot so concurrent borrowers cannot overshoot max_size
+      mu_.Unlock();
+      absl::StatusOr<std::unique_ptr<pqxx::connection>> conn = Connect();
+      if (!conn.ok()) {
+        absl::MutexLock lock(&mu_);
+        --open_;
+        released_.Signal();
+        return conn.status();
+      }
+      return Lease(this, *std::move(conn));
+    }
+    if (absl::Now() >= deadline) {
+      mu_.Unlock();
+      return absl::UnavailableError(absl::StrCat("database pool exhausted: all ", max_size_,
+                                                 " connections to ", target_, " in use for ",
+                                                 absl::FormatDuration(timeout)));
+    }
+    released_.WaitWithDeadline(&mu_, deadline);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<pqxx::connection>> ConnectionPool::Connect() {
+  try {
+    auto conn = std::make_unique<pqxx::connection>(dsn_);
+    // Reactivation would reconnect behind the holder's back, silently dropping session
+    // state (SET, advisory locks, temp tables); the pool replaces lost connections instead.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    conn->inhibit_reactivation(true);
+#pragma GCC diagnostic pop
+    return conn;
+  } catch (const std::exception& e) {
+    // libpq does not print passwords, but its text is not ours, so scrub it regardless.
+    return absl::UnavailableError(absl::StrCat("cannot connect to database ", target_, ": ",
+                                               ScrubPassword(FirstLine(e.what()), dsn_)));
+  }
+}
+
+void ConnectionPool::Return(std::unique_ptr<pqxx::connection> conn, bool broken) {
+  std::vector<std::unique_ptr<pqxx::connection>> discard;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!broken && conn->is_open()) {
+      idle_.push_back(std::move(conn));
+    } else {
+      --open_;
+      discard.push_back(std::move(conn));
+      // A lost connection usually means the server restarted or failed over, and then the
+      // idle ones are dead too; dropping them now spares the next borrowers a failed
+      // attempt each.
+      if (broken) {
+        open_ -= static_cast<int>(idle_.size());
+        for (auto& c : idle_) discard.push_back(std::move(c));
+        idle_.clear();
+      }
+    }
+    released_.SignalAll();
+  }
+  // `discard` closes here, outside the lock.
+}
+
+ConnectionPool::Lease::Lease(ConnectionPool* pool, std::unique_ptr<pqxx::connection> conn)
+    : pool_(pool), conn_(std::move(conn)) {}
+
+ConnectionPool::Lease::Lease(Lease&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      conn_(std::move(other.conn_)),
+      broken_(other.broken_) {}
+
+ConnectionPool::Lease& ConnectionPool::Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    Release();
+    pool_ = std::exchange(other.pool_, nullptr);
+    conn_ = std::move(other.conn_);
+    broken_ = other.broken_;
+  }
+  return *this;
+}
+
+ConnectionPool::Lease::~Lease() { Release(); }
+
+void ConnectionPool::Lease::Release() noexcept {
+  if (pool_ != nullptr && conn_ != nullptr) pool_->Return(std::move(conn_), broken_);
+  pool_ = nullptr;
+  conn_.reset();
+}
+
+}  // namespace rkl::db

@@ -1,0 +1,96 @@
+#include "rkl/db/transaction.h"
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "rkl/db/errors.h"
+
+namespace rkl::db::internal {
+namespace {
+
+struct AttemptResult {
+  absl::Status status;
+  bool retryable = false;
+  bool connection_lost = false;
+};
+
+// pqxx::work always begins READ COMMITTED READ WRITE; SET TRANSACTION as the first
+// statement changes that, which keeps fn's parameter one type whatever the options.
+std::string SetTransactionStatement(const TransactionOptions& options) {
+  std::string modes;
+  switch (options.isolation) {
+    case IsolationLevel::kReadCommitted:
+      break;
+    case IsolationLevel::kRepeatableRead:
+      modes = "ISOLATION LEVEL REPEATABLE READ";
+      break;
+    case IsolationLevel::kSerializable:
+      modes = "ISOLATION LEVEL SERIALIZABLE";
+      break;
+  }
+  if (options.read_only) modes = modes.empty() ? "READ ONLY" : absl::StrCat(modes, ", READ ONLY");
+  return modes.empty() ? "" : absl::StrCat("SET TRANSACTION ", modes);
+}
+
+AttemptResult RunAttempt(pqxx::connection& conn, const std::string& set_transaction,
+                         absl::FunctionRef<absl::Status(pqxx::work&)> body) {
+  try {
+    pqxx::work tx(conn);
+    if (!set_transaction.empty()) tx.exec(set_transaction);
+    absl::Status status = body(tx);
+    if (!status.ok()) {
+      tx.abort();
+      return {std::move(status)};
+    }
+    tx.commit();
+    return {absl::OkStatus()};
+  } catch (const std::exception& e) {
+    // pqxx::work's destructor has rolled back by the time we get here.
+    DbError error = ClassifyException(e);
+    return {std::move(error.status), error.retryable, error.connection_lost};
+  }
+}
+
+absl::Duration Backoff(const TransactionOptions& options, int failed_attempts) {
+  absl::Duration ceiling = options.initial_backoff;
+  for (int i = 1; i < failed_attempts && ceiling < options.max_backoff; ++i) ceiling *= 2;
+  ceiling = std::min(ceiling, options.max_backoff);
+  // "Equal jitter": half fixed, half random, so colliding transactions spread out but
+  // each still waits a little.
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  std::uniform_real_distribution<double> jitter(0.5, 1.0);
+  return ceiling * jitter(rng);
+}
+
+}  // namespace
+
+absl::Status RunInTransactionImpl(ConnectionPool& pool,
+                                  absl::FunctionRef<absl::Status(pqxx::work&)> body,
+                                  const TransactionOptions& options) {
+  const std::string set_transaction = SetTransactionStatement(options);
+  const int max_attempts = std::max(1, options.max_attempts);
+  TransactionStats local_stats;
+  TransactionStats& stats = options.stats != nullptr ? *options.stats : local_stats;
+  stats = {};
+
+  absl::Status last;
+  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
+    if (attempt > 1) absl::SleepFor(Backoff(options, attempt - 1));
+    absl::StatusOr<ConnectionPool::Lease> lease =
+        options.borrow_timeout ? pool.Borrow(*options.borrow_timeout) : pool.Borrow();
+    // Borrow already waited for a slot, and a refused connection is for the caller to
+    // retry later: neither is retried here.
+    if (!lease.ok()) return lease.status();
+    stats.attempts = attempt;
+    AttemptResult result = RunAttempt(lease->connection(), set_transaction, body);
+    if (result.connection_lost) lease->MarkBroken();
+    if (result.status.ok() || !result.retryable) return result.status;
+    last = std::move(result.status);
+  }
+  return absl::Status(last.code(),
+                      absl::StrCat(last.message(), " (gave up after ", max_attempts, " attempts)"));
+}
+
+}  // namespace rkl::db::internal

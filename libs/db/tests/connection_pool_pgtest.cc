@@ -1,0 +1,186 @@
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "pg_fixture.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/db/transaction.h"
+
+namespace rkl::db {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+int BackendPid(pqxx::connection& conn) {
+  pqxx::nontransaction tx(conn);
+  return tx.exec1("SELECT pg_backend_pid()")[0].as<int>();
+}
+
+// A loopback port with nothing listening: bound by us, then released.
+int ClosedPort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ::close(fd);
+    return 1;
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class ConnectionPoolTest : public PgTest {};
+
+TEST_F(ConnectionPoolTest, OpensLazilyAndReusesReturnedConnections) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  EXPECT_EQ(pool.open_connections(), 0);
+  int first_pid = 0;
+  {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    first_pid = BackendPid(lease->connection());
+    EXPECT_EQ(pool.open_connections(), 1);
+    EXPECT_EQ(pool.idle_connections(), 0);
+  }
+  EXPECT_EQ(pool.idle_connections(), 1);
+  absl::StatusOr<ConnectionPool::Lease> again = pool.Borrow();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(BackendPid(again->connection()), first_pid);
+  EXPECT_EQ(pool.open_connections(), 1);
+}
+
+TEST_F(ConnectionPoolTest, ExhaustionReturnsUnavailableAfterTimeout) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
+  ASSERT_TRUE(held.ok()) << held.status();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ConnectionPool::Lease> second = pool.Borrow(absl::Milliseconds(150));
+  const absl::Duration waited = absl::Now() - start;
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("database pool exhausted"));
+  EXPECT_GE(waited, absl::Milliseconds(150));
+  EXPECT_LT(waited, absl::Seconds(5));
+  EXPECT_EQ(pool.open_connections(), 1);  // never more than max_size
+}
+
+TEST_F(ConnectionPoolTest, WaiterGetsTheConnectionReleasedBeforeItsTimeout) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
+  ASSERT_TRUE(held.ok()) << held.status();
+  std::thread releaser([lease = *std::move(held)]() mutable {
+    absl::SleepFor(absl::Milliseconds(100));
+    ConnectionPool::Lease dropped = std::move(lease);
+  });
+  absl::StatusOr<ConnectionPool::Lease> waited = pool.Borrow(absl::Seconds(10));
+  releaser.join();
+  EXPECT_TRUE(waited.ok()) << waited.status();
+}
+
+TEST_F(ConnectionPoolTest, ManyThreadsNeverExceedMaxSize) {
+  constexpr int kMax = 3;
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = kMax});
+  std::atomic<int> in_use{0}, peak{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow(absl::Seconds(30));
+        if (!lease.ok()) {
+          ++failures;
+          continue;
+        }
+        int now = ++in_use;
+        int seen = peak.load();
+        while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+        }
+        pqxx::nontransaction tx(lease->connection());
+        tx.exec("SELECT 1");
+        --in_use;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(peak.load(), kMax);
+  EXPECT_LE(pool.open_connections(), kMax);
+}
+
+TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  int old_pid = 0;
+  {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    old_pid = BackendPid(lease->connection());
+    // Kill the backend from outside, as a server restart or failover would.
+    pqxx::connection admin(db_->admin_dsn());
+    pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
+    EXPECT_ANY_THROW(BackendPid(lease->connection()));
+    // Not marked broken by the holder: the pool must notice on its own.
+  }
+  EXPECT_EQ(pool.open_connections(), 0);
+  absl::StatusOr<ConnectionPool::Lease> fresh = pool.Borrow();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_NE(BackendPid(fresh->connection()), old_pid);
+}
+
+TEST_F(ConnectionPoolTest, MarkBrokenClosesInsteadOfReturning) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    lease->MarkBroken();
+  }
+  EXPECT_EQ(pool.open_connections(), 0);
+  EXPECT_EQ(pool.idle_connections(), 0);
+}
+
+TEST(ConnectionPoolNoServerTest, ClosedPortIsUnavailableWithoutPassword) {
+  constexpr char kPassword[] = "Sup3r-S3cret-Passw0rd";
+  const std::string dsn =
+      absl::StrCat("host=127.0.0.1 port=", ClosedPort(), " user=rkl password=", kPassword,
+                   " dbname=rkl connect_timeout=5");
+  ConnectionPool pool(PoolOptions{.dsn = dsn, .max_size = 2});
+  absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(lease.status().message(), HasSubstr("cannot connect"));
+  EXPECT_THAT(lease.status().message(), Not(HasSubstr(kPassword)));
+  EXPECT_THAT(pool.redacted_dsn(), Not(HasSubstr(kPassword)));
+  EXPECT_EQ(pool.open_connections(), 0);  // the reserved slot was given back
+
+  absl::Status tx = RunInTransaction(pool, [](pqxx::work&) { return absl::OkStatus(); });
+  EXPECT_EQ(tx.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(tx.message(), Not(HasSubstr(kPassword)));
+}
+
+TEST_F(ConnectionPoolTest, WrongPasswordIsUnavailableWithoutPassword) {
+  constexpr char kPassword[] = "Wrong-Passw0rd-1234";
+  ConnectionPool pool(PoolOptions{.dsn = absl::StrCat(dsn(), " password=", kPassword)});
+  absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(lease.status().message(), Not(HasSubstr(kPassword)));
+}
+
+TEST(ConnectionPoolNoServerTest, MalformedDsnIsInvalidArgumentWithoutEcho) {
+  ConnectionPool pool(PoolOptions{.dsn = "host=h password='unterminated-secret"});
+  absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(lease.status().message(), Not(HasSubstr("unterminated-secret")));
+}
+
+}  // namespace
+}  // namespace rkl::db

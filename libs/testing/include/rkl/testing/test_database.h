@@ -1,0 +1,51 @@
+#pragma once
+// TestDatabase: a fresh, empty PostgreSQL database on the test cluster, owned by one test.
+//
+// Guarantees:
+//  - the database name is unique per call (process id, a counter and random bits), so
+//    test binaries that ctest runs in parallel never share or collide on a database;
+//  - the destructor drops it WITH (FORCE), terminating connections a failed test left
+//    open, so a run leaves no database behind (and the cluster itself is thrown away by
+//    the rkl_pg fixture cleanup anyway);
+//  - the cluster is found only through RKL_TEST_PG_DSN_FILE; when that is unset or the
+//    file is missing, Create() fails with a message saying how to provide it.
+// Move-only. Not thread-safe for concurrent moves; dsn() may be read from any thread.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace rkl::testing {
+
+// The cluster's admin DSN (a superuser, database `postgres`), read from the file named by
+// RKL_TEST_PG_DSN_FILE.
+absl::StatusOr<std::string> ReadClusterDsn();
+
+class TestDatabase {
+ public:
+  // Creates a new database on the cluster named by RKL_TEST_PG_DSN_FILE.
+  static absl::StatusOr<TestDatabase> Create();
+
+  TestDatabase(TestDatabase&& other) noexcept;
+  TestDatabase& operator=(TestDatabase&& other) noexcept;
+  TestDatabase(const TestDatabase&) = delete;
+  TestDatabase& operator=(const TestDatabase&) = delete;
+  ~TestDatabase();
+
+  // libpq DSN (key=value form) that connects to this database as the cluster superuser.
+  const std::string& dsn() const { return dsn_; }
+  const std::string& name() const { return name_; }
+  // DSN of the cluster's maintenance database, for tests that must act outside their own
+  // database (e.g. terminate backends).
+  const std::string& admin_dsn() const { return admin_dsn_; }
+
+ private:
+  TestDatabase(std::string admin_dsn, std::string name);
+  void Drop() noexcept;
+
+  std::string admin_dsn_;
+  std::string name_;
+  std::string dsn_;
+};
+
+}  // namespace rkl::testing
