@@ -1,0 +1,239 @@
+#include "rkl/common/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace rkl {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+EnvLookup FakeEnv(std::map<std::string, std::string> vars) {
+  return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+// A schema shaped like a daemon's, with one key of every type.
+class ConfigTest : public ::testing::Test {
+ protected:
+  ConfigTest() : schema_("RKL_TEST") {
+    schema_.String("listen", "address to listen on").Default("0.0.0.0:50052");
+    schema_.Path("tls.cert_file", "service certificate (PEM)").Required();
+    schema_.Int("db.pool_size", "connections in the pool").Range(1, 256).Default("8");
+    schema_.Bool("reflection", "serve gRPC reflection").Default("true");
+    schema_.Duration("rpc.timeout", "deadline for outgoing calls").Default("30s");
+    schema_.Enum("log.format", {"text", "json"}, "log line format").Default("text");
+    schema_.String("db.password", "database password").Secret();
+    existing_file_ = std::filesystem::temp_directory_path() / "rkl_config_test_cert.pem";
+    std::ofstream(existing_file_) << "x";
+  }
+  ~ConfigTest() override { std::filesystem::remove(existing_file_); }
+
+  std::string CertLine() { return "tls:\n  cert_file: " + existing_file_.string() + "\n"; }
+
+  ConfigSchema schema_;
+  std::filesystem::path existing_file_;
+};
+
+TEST_F(ConfigTest, DefaultsApplyAndTypedGettersWork) {
+  auto config = LoadConfigFromYaml(schema_, CertLine(), FakeEnv({}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->GetString("listen"), "0.0.0.0:50052");
+  EXPECT_EQ(config->GetPath("tls.cert_file"), existing_file_.string());
+  EXPECT_EQ(config->GetInt("db.pool_size"), 8);
+  EXPECT_TRUE(config->GetBool("reflection"));
+  EXPECT_EQ(config->GetDuration("rpc.timeout"), absl::Seconds(30));
+  EXPECT_EQ(config->GetEnum("log.format"), "text");
+  EXPECT_FALSE(config->Has("db.password"));
+}
+
+TEST_F(ConfigTest, EnvironmentOverridesFileOverridesDefault) {
+  std::string yaml = CertLine() + "db:\n  pool_size: 16\nrpc:\n  timeout: 500ms\n";
+  auto config = LoadConfigFromYaml(
+      schema_, yaml, FakeEnv({{"RKL_TEST_DB_POOL_SIZE", "32"}, {"RKL_TEST_LOG_FORMAT", "json"}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->GetInt("db.pool_size"), 32);                           // env beats file
+  EXPECT_EQ(config->GetDuration("rpc.timeout"), absl::Milliseconds(500));  // file beats default
+  EXPECT_EQ(config->GetEnum("log.format"), "json");                        // env beats default
+  EXPECT_THAT(config->Describe(), HasSubstr("db.pool_size = 32  (environment)"));
+  EXPECT_THAT(config->Describe(), HasSubstr("rpc.timeout = 500ms  (file)"));
+}
+
+TEST_F(ConfigTest, EnvironmentAloneCanSatisfyRequiredKey) {
+  auto config = LoadConfigFromYaml(schema_, "",
+                                   FakeEnv({{"RKL_TEST_TLS_CERT_FILE", existing_file_.string()}}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->GetPath("tls.cert_file"), existing_file_.string());
+}
+
+TEST_F(ConfigTest, EnvVarNamesFollowPrefixAndKey) {
+  EXPECT_EQ(schema_.Find("tls.cert_file")->env_var(), "RKL_TEST_TLS_CERT_FILE");
+  EXPECT_EQ(schema_.Find("db.pool_size")->env_var(), "RKL_TEST_DB_POOL_SIZE");
+}
+
+TEST_F(ConfigTest, UnknownKeyIsAnError) {
+  auto config = LoadConfigFromYaml(schema_, CertLine() + "dbx:\n  pool: 3\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(config.status().message(), HasSubstr("config: dbx.pool: unknown key"));
+}
+
+TEST_F(ConfigTest, MissingRequiredKey) {
+  auto config = LoadConfigFromYaml(schema_, "listen: ':1'\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("config: tls.cert_file: required"));
+}
+
+TEST_F(ConfigTest, OutOfRangeInt) {
+  auto config = LoadConfigFromYaml(schema_, CertLine() + "db:\n  pool_size: 0\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(),
+              HasSubstr("config: db.pool_size: must be between 1 and 256, got 0"));
+}
+
+TEST_F(ConfigTest, BadDurationAndBareNumberRefused) {
+  for (std::string bad : {"30", "soon", "-1s", "inf"}) {
+    auto config =
+        LoadConfigFromYaml(schema_, CertLine() + "rpc:\n  timeout: " + bad + "\n", FakeEnv({}));
+    ASSERT_FALSE(config.ok()) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr("config: rpc.timeout: must")) << bad;
+  }
+  auto ok = LoadConfigFromYaml(schema_, CertLine() + "rpc:\n  timeout: 1m30s\n", FakeEnv({}));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->GetDuration("rpc.timeout"), absl::Seconds(90));
+}
+
+TEST_F(ConfigTest, AllErrorsReportedTogether) {
+  std::string yaml =
+      "db:\n  pool_size: 0\nrpc:\n  timeout: 30\nlog:\n  format: xml\nreflection: maybe\n"
+      "bogus: 1\n";
+  auto config =
+      LoadConfigFromYaml(schema_, yaml, FakeEnv({{"RKL_TEST_LISTEN", "ignored-is-fine"}}));
+  ASSERT_FALSE(config.ok());
+  const std::string msg(config.status().message());
+  EXPECT_THAT(msg, HasSubstr("config: bogus: unknown key"));
+  EXPECT_THAT(msg, HasSubstr("config: tls.cert_file: required"));
+  EXPECT_THAT(msg, HasSubstr("config: db.pool_size: must be between 1 and 256, got 0"));
+  EXPECT_THAT(msg, HasSubstr("config: rpc.timeout: must be a duration like 30s or 500ms"));
+  EXPECT_THAT(msg, HasSubstr("config: log.format: must be one of text, json; got 'xml'"));
+  EXPECT_THAT(msg, HasSubstr("config: reflection: must be true or false, got 'maybe'"));
+  EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 5);  // six lines
+}
+
+TEST_F(ConfigTest, ErrorsFromEnvironmentNameTheVariable) {
+  auto config =
+      LoadConfigFromYaml(schema_, CertLine(), FakeEnv({{"RKL_TEST_DB_POOL_SIZE", "1000"}}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(),
+              HasSubstr("config: db.pool_size: must be between 1 and 256, got 1000 "
+                        "(from RKL_TEST_DB_POOL_SIZE)"));
+}
+
+TEST_F(ConfigTest, PathMustExist) {
+  auto config =
+      LoadConfigFromYaml(schema_, "tls:\n  cert_file: /nonexistent/rkl/cert.pem\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(),
+              HasSubstr("config: tls.cert_file: path '/nonexistent/rkl/cert.pem' does not exist"));
+}
+
+TEST_F(ConfigTest, ValueGivenAsMapOrListIsRefused) {
+  auto config = LoadConfigFromYaml(schema_, CertLine() + "listen:\n  - a\n  - b\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("config: listen: must be a single value"));
+}
+
+TEST_F(ConfigTest, InvalidYamlIsReported) {
+  auto config = LoadConfigFromYaml(schema_, "a: [unclosed\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("not valid YAML"));
+}
+
+TEST_F(ConfigTest, LoadsFromFileAndReportsUnreadableFile) {
+  auto path = std::filesystem::temp_directory_path() / "rkl_config_test.yaml";
+  std::ofstream(path) << CertLine() << "db:\n  pool_size: 4\n";
+  auto config = LoadConfig(schema_, path.string(), FakeEnv({}));
+  std::filesystem::remove(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->GetInt("db.pool_size"), 4);
+
+  auto missing = LoadConfig(schema_, "/nonexistent/rkl.yaml", FakeEnv({}));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.status().message(),
+              HasSubstr("config: /nonexistent/rkl.yaml: cannot read the configuration file"));
+}
+
+TEST_F(ConfigTest, SecretsAreNeverPrinted) {
+  schema_.String("db.dsn_password", "another secret").Secret().Default("hunter2-default");
+  schema_.Int("db.secret_pin", "secret int").Secret().Range(0, 9);
+  auto config = LoadConfigFromYaml(
+      schema_, CertLine() + "db:\n  password: hunter2\n  secret_pin: 12345\n", FakeEnv({}));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), Not(HasSubstr("12345")));
+  EXPECT_THAT(config.status().message(), HasSubstr("config: db.secret_pin: must be between"));
+
+  auto good = LoadConfigFromYaml(schema_, CertLine() + "db:\n  password: hunter2\n", FakeEnv({}));
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->GetString("db.password"), "hunter2");
+  EXPECT_THAT(good->Describe(),
+              AllOf(Not(HasSubstr("hunter2")), HasSubstr("db.password = <secret>")));
+  for (auto format : {ReferenceFormat::kText, ReferenceFormat::kMarkdown}) {
+    EXPECT_THAT(RenderConfigReference(schema_, format), Not(HasSubstr("hunter2-default")));
+  }
+}
+
+TEST_F(ConfigTest, ReferenceListsKeyTypeDefaultEnvAndDescription) {
+  std::string text = RenderConfigReference(schema_);
+  EXPECT_THAT(text, HasSubstr("db.pool_size  (int [1..256])"));
+  EXPECT_THAT(text, HasSubstr("default: 8"));
+  EXPECT_THAT(text, HasSubstr("env:     RKL_TEST_DB_POOL_SIZE"));
+  EXPECT_THAT(text, HasSubstr("connections in the pool"));
+  EXPECT_THAT(text, HasSubstr("tls.cert_file  (path)\n    default: (required)"));
+
+  std::string md = RenderConfigReference(schema_, ReferenceFormat::kMarkdown);
+  EXPECT_THAT(md, HasSubstr("| key | type | default | environment | description |"));
+  EXPECT_THAT(md,
+              HasSubstr("| `log.format` | enum {text\\|json} | `text` | `RKL_TEST_LOG_FORMAT` | "
+                        "log line format |"));
+}
+
+TEST_F(ConfigTest, GetterMisuseIsAProgrammingError) {
+  auto config = LoadConfigFromYaml(schema_, CertLine(), FakeEnv({}));
+  ASSERT_TRUE(config.ok());
+  EXPECT_THROW(config->GetInt("listen"), std::logic_error);
+  EXPECT_THROW(config->GetString("no.such.key"), std::logic_error);
+  EXPECT_THROW(schema_.Int("listen", "duplicate"), std::logic_error);
+  EXPECT_THROW(schema_.Int("tls", "overlaps tls.cert_file"), std::logic_error);
+  EXPECT_THROW(schema_.Int("Bad Key", "bad name"), std::logic_error);
+}
+
+TEST_F(ConfigTest, LoadConfigOrExitFailsFatallyNamingEveryProblem) {
+  const char* argv[] = {"rkl-test", "--config=/nonexistent/rkl.yaml"};
+  EXPECT_EXIT(LoadConfigOrExit(schema_, "rkl-test", 2, argv), ::testing::ExitedWithCode(2),
+              "rkl-test: fatal: invalid configuration.*\n.*cannot read.*\n.*"
+              "tls.cert_file: required");
+}
+
+TEST_F(ConfigTest, LoadConfigOrExitPrintsReference) {
+  const char* argv[] = {"rkl-test", "--print-config-reference=markdown"};
+  EXPECT_EXIT(
+      {
+        LoadConfigOrExit(schema_, "rkl-test", 2, argv);
+        std::exit(1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+}  // namespace
+}  // namespace rkl

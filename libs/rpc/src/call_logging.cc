@@ -1,0 +1,107 @@
+#include "call_logging.h"
+
+#include <chrono>
+#include <string>
+
+#include "absl/status/status.h"
+#include "rkl/rpc/call_context.h"
+#include "rkl/rpc/identity.h"
+#include "rkl/rpc/status.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::rpc::internal {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// Error messages follow PROTOCOL.md §10 (field and rule, never secrets); still, cap them so
+// a runaway message cannot flood the log.
+constexpr size_t kMaxLoggedMessage = 200;
+
+bool IsInfrastructure(std::string_view method) {
+  return method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection.");
+}
+
+class CallLoggingInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit CallLoggingInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : method_(info->method() != nullptr ? info->method() : "?"),
+        context_(info->server_context()),
+        start_(std::chrono::steady_clock::now()) {}
+
+  ~CallLoggingInterceptor() override {
+    // A call cancelled before a status was sent (client gone, deadline) still gets a line.
+    if (!logged_) Log(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before completion"));
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      FixRequestId(methods->GetRecvInitialMetadata());
+      caller_ = GetCallerIdentity(*context_).name;
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      if (auto* md = methods->GetSendInitialMetadata(); md != nullptr && !request_id_.empty()) {
+        md->emplace(kRequestIdMetadataKey, request_id_);
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      Log(methods->GetSendStatus());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  // Keeps a well-formed incoming id; otherwise replaces it, in the received metadata itself
+  // so the handler's RequestId() sees the same id as the log. The map holds string_refs:
+  // request_id_ is never modified after insertion and outlives every reader (the context
+  // destroys its interceptors last).
+  void FixRequestId(std::multimap<grpc::string_ref, grpc::string_ref>* md) {
+    if (md == nullptr) return;
+    auto it = md->find(kRequestIdMetadataKey);
+    if (it != md->end() &&
+        IsWellFormedRequestId(std::string_view(it->second.data(), it->second.size()))) {
+      request_id_.assign(it->second.data(), it->second.size());
+      return;
+    }
+    md->erase(kRequestIdMetadataKey);
+    request_id_ = NewRequestId();
+    md->emplace(grpc::string_ref(kRequestIdMetadataKey), grpc::string_ref(request_id_));
+  }
+
+  void Log(const grpc::Status& status) {
+    logged_ = true;
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_)
+                    .count();
+    absl::Status s = FromGrpcStatus(status);
+    std::string code = absl::StatusCodeToString(s.code());
+    const std::string& caller = caller_.empty() ? kNoCaller : caller_;
+    auto level = status.ok()
+                     ? (IsInfrastructure(method_) ? spdlog::level::debug : spdlog::level::info)
+                     : spdlog::level::warn;
+    if (status.ok()) {
+      spdlog::log(level, "rpc {} request_id={} caller={} code={} latency_ms={:.3f}", method_,
+                  request_id_, caller, code, ms);
+    } else {
+      std::string message = status.error_message().substr(0, kMaxLoggedMessage);
+      spdlog::log(level, "rpc {} request_id={} caller={} code={} latency_ms={:.3f} error=\"{}\"",
+                  method_, request_id_, caller, code, ms, message);
+    }
+  }
+
+  static inline const std::string kNoCaller = "-";
+  const std::string method_;
+  grpc::ServerContextBase* const context_;
+  const std::chrono::steady_clock::time_point start_;
+  std::string request_id_;
+  std::string caller_;
+  bool logged_ = false;
+};
+
+}  // namespace
+
+grpc::experimental::Interceptor* CallLoggingInterceptorFactory::CreateServerInterceptor(
+    grpc::experimental::ServerRpcInfo* info) {
+  return new CallLoggingInterceptor(info);  // gRPC owns it for the call's lifetime
+}
+
+}  // namespace rkl::rpc::internal

@@ -1,0 +1,102 @@
+#include "rkl/rpc/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_builder.h>
+
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "call_logging.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/rpc/shutdown.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::rpc {
+namespace {
+
+void InitProcessWidePlugins() {
+  // Both are process-global switches read by every later ServerBuilder.
+  static std::once_flag once;
+  std::call_once(once, [] {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  });
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options,
+                                                      const std::vector<grpc::Service*>& services) {
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_message_bytes must be positive");
+  }
+  RKL_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                       MakeServerCredentials(options.tls, options.client_cert_mode));
+  InitProcessWidePlugins();
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen_address, creds, &port);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // Clients (MakeChannel) send keepalive pings every 30 s; without this the server would
+  // treat them as abuse and close idle connections with GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<internal::CallLoggingInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
+                                               " (address in use, or not a valid host:port?)"));
+  }
+  auto result = std::unique_ptr<Server>(new Server(std::move(server), port));
+  result->SetServing("", options.start_serving);
+  spdlog::info(
+      "gRPC server listening on {} (port {}, client certificates {})", options.listen_address, port,
+      options.client_cert_mode == ClientCertMode::kRequireAndVerify   ? "required"
+      : options.client_cert_mode == ClientCertMode::kOptionalVerified ? "optional, verified"
+                                                                      : "not requested");
+  return result;
+}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+void Server::SetServing(bool serving) {
+  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(serving);
+}
+
+void Server::SetServing(const std::string& service, bool serving) {
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(service, serving);
+  }
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  // Load balancers and health probes see NOT_SERVING first and stop sending new calls.
+  SetServing(false);
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+void Server::Wait() { server_->Wait(); }
+
+int Server::RunUntilShutdownSignal(absl::Duration grace) {
+  int sig = WaitForShutdownSignal();
+  spdlog::info("shutting down (signal {}), grace period {}", sig, absl::FormatDuration(grace));
+  Shutdown(grace);
+  spdlog::info("shut down");
+  return sig;
+}
+
+}  // namespace rkl::rpc
