@@ -2,7 +2,9 @@
 // RAII owners for OpenSSL objects, so no error path leaks one. Each is a std::unique_ptr
 // with the matching OpenSSL free function; use them for every object rkl creates.
 
+#include <openssl/asn1.h>
 #include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
@@ -33,5 +35,25 @@ using X509ReqPtr = OpenSslPtr<X509_REQ, X509_REQ_free>;
 using BioPtr = OpenSslPtr<BIO, BIO_free_all>;
 using BignumPtr = OpenSslPtr<BIGNUM, BN_free>;
 using Pkcs12Ptr = OpenSslPtr<PKCS12, PKCS12_free>;
+using X509NamePtr = OpenSslPtr<X509_NAME, X509_NAME_free>;
+using X509ExtensionPtr = OpenSslPtr<X509_EXTENSION, X509_EXTENSION_free>;
+using X509RevokedPtr = OpenSslPtr<X509_REVOKED, X509_REVOKED_free>;
+using Asn1IntegerPtr = OpenSslPtr<ASN1_INTEGER, ASN1_INTEGER_free>;
+using Asn1EnumeratedPtr = OpenSslPtr<ASN1_ENUMERATED, ASN1_ENUMERATED_free>;
+using Asn1TimePtr = OpenSslPtr<ASN1_TIME, ASN1_TIME_free>;
+using Asn1OctetStringPtr = OpenSslPtr<ASN1_OCTET_STRING, ASN1_OCTET_STRING_free>;
+using Asn1BitStringPtr = OpenSslPtr<ASN1_BIT_STRING, ASN1_BIT_STRING_free>;
+using BasicConstraintsPtr = OpenSslPtr<BASIC_CONSTRAINTS, BASIC_CONSTRAINTS_free>;
+using ExtendedKeyUsagePtr = OpenSslPtr<EXTENDED_KEY_USAGE, EXTENDED_KEY_USAGE_free>;
+using GeneralNamesPtr = OpenSslPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
+using GeneralNamePtr = OpenSslPtr<GENERAL_NAME, GENERAL_NAME_free>;
+using AuthorityKeyIdPtr = OpenSslPtr<AUTHORITY_KEYID, AUTHORITY_KEYID_free>;
+// PKCS8_PRIV_KEY_INFO_free cleanses the embedded private key octets.
+using Pkcs8PrivKeyInfoPtr = OpenSslPtr<PKCS8_PRIV_KEY_INFO, PKCS8_PRIV_KEY_INFO_free>;
+using EcdsaSigPtr = OpenSslPtr<ECDSA_SIG, ECDSA_SIG_free>;
+
+// STACK_OF(X509) that owns one reference to each element.
+inline void FreeX509Stack(STACK_OF(X509) * s) { sk_X509_pop_free(s, X509_free); }
+using X509StackPtr = OpenSslPtr<STACK_OF(X509), FreeX509Stack>;
 
 }  // namespace rkl::crypto

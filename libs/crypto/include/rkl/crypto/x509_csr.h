@@ -1,0 +1,80 @@
+#pragma once
+// PKCS#10 certificate signing requests: how MTMS asks the CA to certify the HSM work key
+// (S202) and how services and operator cards request their certificates.
+//
+// Guarantees:
+//  - a Csr always holds a parsed, DER-round-trippable request; parsing does NOT check the
+//    self-signature (so a CA can report a bad one precisely): call VerifySelfSignature()
+//    before trusting anything in it;
+//  - copies are deep (X509_REQ has no reference count), a Csr is immutable, and const use
+//    from several threads is safe;
+//  - CsrBuilder signs through a PrivateKey handle and never sees key bytes.
+// A CSR is public data and may be logged or stored freely.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/keys.h"
+#include "rkl/crypto/openssl_ptr.h"
+
+namespace rkl::crypto {
+
+class Csr {
+ public:
+  // Exactly one DER CertificationRequest, no trailing bytes.
+  static absl::StatusOr<Csr> FromDer(std::span<const uint8_t> der);
+  // One "CERTIFICATE REQUEST" (or "NEW CERTIFICATE REQUEST") PEM block.
+  static absl::StatusOr<Csr> FromPem(std::string_view pem);
+  // PEM if the input starts with a PEM armour line, DER otherwise.
+  static absl::StatusOr<Csr> Parse(std::span<const uint8_t> pem_or_der);
+
+  Csr(const Csr& other);
+  Csr& operator=(const Csr& other);
+  Csr(Csr&&) noexcept = default;
+  Csr& operator=(Csr&&) noexcept = default;
+  ~Csr() = default;
+
+  Bytes ToDer() const;
+  std::string ToPem() const;
+
+  std::string SubjectCommonName() const;
+  std::string SubjectDn() const;
+  // INVALID_ARGUMENT if the key is neither RSA nor EC P-256.
+  absl::StatusOr<PublicKey> GetPublicKey() const;
+
+  // OK if the request is signed by the private key matching its own public key.
+  // UNAUTHENTICATED "csr: signature does not match the subject public key" when a
+  // well-formed signature does not verify; INVALID_ARGUMENT when the key or signature cannot
+  // be decoded at all (e.g. a corrupted ECDSA DER signature or an unsupported algorithm).
+  absl::Status VerifySelfSignature() const;
+
+  // Borrowed pointer for rkl::crypto internals; do not modify.
+  X509_REQ* x509_req() const { return req_.get(); }
+
+ private:
+  explicit Csr(X509ReqPtr req) : req_(std::move(req)) {}
+  X509ReqPtr req_;
+};
+
+// Not thread-safe; one builder per request.
+class CsrBuilder {
+ public:
+  // Required, 1-64 characters.
+  CsrBuilder& SetSubjectCommonName(std::string cn);
+  // Optional, 1-64 characters.
+  CsrBuilder& SetSubjectOrganization(std::string organization);
+
+  // SHA-256 signature (RSA PKCS#1 v1.5 or ECDSA) by `key`, whose public key the request carries.
+  absl::StatusOr<Csr> Sign(const PrivateKey& key) const;
+
+ private:
+  std::string cn_;
+  std::string organization_;
+};
+
+}  // namespace rkl::crypto

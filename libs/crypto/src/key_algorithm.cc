@@ -1,0 +1,64 @@
+#include "rkl/crypto/key_algorithm.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace rkl::crypto {
+
+uint8_t KeyAlgorithmCode(KeyAlgorithm algorithm) { return static_cast<uint8_t>(algorithm); }
+
+absl::StatusOr<KeyAlgorithm> KeyAlgorithmFromCode(uint8_t code) {
+  switch (code) {
+    case 0x01:
+      return KeyAlgorithm::kTdes2;
+    case 0x11:
+      return KeyAlgorithm::kAes128;
+    case 0x13:
+      return KeyAlgorithm::kAes256;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("key algorithm code 0x", absl::Hex(code, absl::kZeroPad2),
+                       " is not one of 0x01 (TDES2), 0x11 (AES128), 0x13 (AES256)"));
+  }
+}
+
+std::string_view KeyAlgorithmName(KeyAlgorithm algorithm) {
+  switch (algorithm) {
+    case KeyAlgorithm::kTdes2:
+      return "TDES2";
+    case KeyAlgorithm::kAes128:
+      return "AES128";
+    case KeyAlgorithm::kAes256:
+      return "AES256";
+  }
+  return "UNKNOWN";
+}
+
+absl::StatusOr<KeyAlgorithm> KeyAlgorithmFromName(std::string_view name) {
+  for (KeyAlgorithm a : {KeyAlgorithm::kTdes2, KeyAlgorithm::kAes128, KeyAlgorithm::kAes256}) {
+    if (name == KeyAlgorithmName(a)) return a;
+  }
+  // The name is caller-supplied configuration, never key material, so echoing it helps.
+  return absl::InvalidArgumentError(absl::StrCat("key algorithm name \"",
+                                                 std::string(name.substr(0, 32)),
+                                                 "\" is not one of TDES2, AES128, AES256"));
+}
+
+size_t KeyLength(KeyAlgorithm algorithm) { return algorithm == KeyAlgorithm::kAes256 ? 32 : 16; }
+
+CipherFamily FamilyOf(KeyAlgorithm algorithm) {
+  return algorithm == KeyAlgorithm::kTdes2 ? CipherFamily::kTdes : CipherFamily::kAes;
+}
+
+size_t BlockSize(CipherFamily family) { return family == CipherFamily::kTdes ? 8 : 16; }
+
+size_t BlockSize(KeyAlgorithm algorithm) { return BlockSize(FamilyOf(algorithm)); }
+
+bool IsValidKeyLength(CipherFamily family, size_t key_length) {
+  if (family == CipherFamily::kTdes) return key_length == 16 || key_length == 24;
+  return key_length == 16 || key_length == 24 || key_length == 32;
+}
+
+}  // namespace rkl::crypto

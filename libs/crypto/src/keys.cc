@@ -1,0 +1,262 @@
+#include "rkl/crypto/keys.h"
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/obj_mac.h>
+#include <openssl/objects.h>
+#include <openssl/pem.h>
+
+#include <cctype>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "keys_internal.h"
+
+namespace rkl::crypto {
+namespace internal {
+
+absl::Status OpenSslError(absl::StatusCode code, std::string_view message) {
+  unsigned long err = ERR_peek_last_error();
+  std::string text(message);
+  if (err != 0) {
+    const char* reason = ERR_reason_error_string(err);
+    if (reason != nullptr) absl::StrAppend(&text, " (openssl: ", reason, ")");
+  }
+  ERR_clear_error();
+  return absl::Status(code, text);
+}
+
+BioPtr MemBio(std::span<const uint8_t> data) {
+  return BioPtr(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
+}
+
+std::string BioContents(BIO* bio) {
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio, &data);
+  if (len <= 0 || data == nullptr) return {};
+  return std::string(data, static_cast<size_t>(len));
+}
+
+bool LooksLikePem(std::span<const uint8_t> data) {
+  size_t i = 0;
+  while (i < data.size() && std::isspace(data[i])) ++i;
+  static constexpr std::string_view kArmour = "-----BEGIN ";
+  return data.size() - i >= kArmour.size() && AsString(data.subspan(i, kArmour.size())) == kArmour;
+}
+
+absl::StatusOr<int64_t> Asn1TimeToUnix(const ASN1_TIME* t) {
+  // ASN1_TIME_diff against the epoch avoids timegm() and the local time zone entirely.
+  Asn1TimePtr epoch(ASN1_TIME_set(nullptr, 0));
+  int days = 0;
+  int secs = 0;
+  if (t == nullptr || epoch == nullptr || ASN1_TIME_diff(&days, &secs, epoch.get(), t) != 1) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "time: not a valid ASN.1 time");
+  }
+  return static_cast<int64_t>(days) * 86400 + secs;
+}
+
+absl::StatusOr<Asn1IntegerPtr> SerialToAsn1(std::span<const uint8_t> serial,
+                                            std::string_view field) {
+  BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
+  if (bn == nullptr) return OpenSslError(absl::StatusCode::kInternal, "BN_bin2bn failed");
+  if (BN_is_zero(bn.get())) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(field), ": must be positive"));
+  }
+  // 20 content octets of a positive INTEGER hold at most 159 bits (the sign bit must be 0).
+  if (BN_num_bits(bn.get()) > 159) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": must fit in 20 octets (RFC 5280 4.1.2.2)"));
+  }
+  Asn1IntegerPtr out(BN_to_ASN1_INTEGER(bn.get(), nullptr));
+  if (out == nullptr) return OpenSslError(absl::StatusCode::kInternal, "BN_to_ASN1_INTEGER failed");
+  return out;
+}
+
+Bytes Asn1IntegerToBytes(const ASN1_INTEGER* a) {
+  BignumPtr bn(ASN1_INTEGER_to_BN(a, nullptr));
+  if (bn == nullptr) return {};
+  Bytes out(static_cast<size_t>(BN_num_bytes(bn.get())));
+  BN_bn2bin(bn.get(), out.data());
+  return out;
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::OpenSslError;
+
+absl::StatusOr<KeyType> ClassifyKey(const EVP_PKEY* pkey, std::string_view field) {
+  switch (EVP_PKEY_get_base_id(pkey)) {
+    case EVP_PKEY_RSA:
+      return KeyType::kRsa;
+    case EVP_PKEY_EC: {
+      char group[64] = {};
+      size_t len = 0;
+      if (EVP_PKEY_get_group_name(pkey, group, sizeof(group), &len) == 1 &&
+          (OBJ_sn2nid(group) == NID_X9_62_prime256v1 ||
+           EC_curve_nist2nid(group) == NID_X9_62_prime256v1)) {
+        return KeyType::kEcP256;
+      }
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(field), ": EC keys must be on curve P-256"));
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(field), ": key type must be RSA or EC P-256"));
+  }
+}
+
+// A public-only EVP_PKEY: round-trips through SubjectPublicKeyInfo so that a PublicKey never
+// shares an object that also holds private components.
+EvpPkeyPtr PublicOnly(const EVP_PKEY* pkey) {
+  Bytes spki = internal::ToDer(pkey, i2d_PUBKEY);
+  if (spki.empty()) return nullptr;
+  return internal::ParseDerExact<EvpPkeyPtr>(spki, d2i_PUBKEY);
+}
+
+}  // namespace
+
+std::string_view KeyTypeName(KeyType type) {
+  switch (type) {
+    case KeyType::kRsa:
+      return "RSA";
+    case KeyType::kEcP256:
+      return "EC-P256";
+  }
+  return "unknown";
+}
+
+// ---- PublicKey ------------------------------------------------------------------------------
+
+absl::StatusOr<PublicKey> PublicKey::FromDer(std::span<const uint8_t> der) {
+  EvpPkeyPtr pkey = internal::ParseDerExact<EvpPkeyPtr>(der, d2i_PUBKEY);
+  if (pkey == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("public_key: not a DER SubjectPublicKeyInfo");
+  }
+  auto type = ClassifyKey(pkey.get(), "public_key");
+  if (!type.ok()) return type.status();
+  return PublicKey(std::move(pkey), *type);
+}
+
+absl::StatusOr<PublicKey> PublicKey::FromPem(std::string_view pem) {
+  BioPtr bio = internal::MemBio(pem);
+  EvpPkeyPtr pkey(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
+  if (pkey == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("public_key: not a PEM PUBLIC KEY");
+  }
+  auto type = ClassifyKey(pkey.get(), "public_key");
+  if (!type.ok()) return type.status();
+  return PublicKey(std::move(pkey), *type);
+}
+
+absl::StatusOr<PublicKey> PublicKey::FromEvpPkey(EvpPkeyPtr pkey) {
+  if (pkey == nullptr) return absl::InvalidArgumentError("public_key: null");
+  auto type = ClassifyKey(pkey.get(), "public_key");
+  if (!type.ok()) return type.status();
+  EvpPkeyPtr pub = PublicOnly(pkey.get());
+  if (pub == nullptr) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument, "public_key: cannot encode as SPKI");
+  }
+  return PublicKey(std::move(pub), *type);
+}
+
+PublicKey::PublicKey(const PublicKey& other) : pkey_(nullptr), type_(other.type_) {
+  if (other.pkey_ != nullptr && EVP_PKEY_up_ref(other.pkey_.get()) == 1) {
+    pkey_.reset(other.pkey_.get());
+  }
+}
+
+PublicKey& PublicKey::operator=(const PublicKey& other) {
+  if (this != &other) {
+    PublicKey copy(other);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+int PublicKey::Bits() const { return EVP_PKEY_get_bits(pkey_.get()); }
+
+Bytes PublicKey::ToDer() const { return internal::ToDer(pkey_.get(), i2d_PUBKEY); }
+
+std::string PublicKey::ToPem() const {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (bio == nullptr || PEM_write_bio_PUBKEY(bio.get(), pkey_.get()) != 1) {
+    ERR_clear_error();
+    return {};
+  }
+  return internal::BioContents(bio.get());
+}
+
+bool operator==(const PublicKey& a, const PublicKey& b) {
+  if (a.pkey_ == nullptr || b.pkey_ == nullptr) return a.pkey_ == b.pkey_;
+  bool eq = EVP_PKEY_eq(a.pkey_.get(), b.pkey_.get()) == 1;
+  ERR_clear_error();  // EVP_PKEY_eq queues an error for keys of different types
+  return eq;
+}
+
+// ---- PrivateKey -----------------------------------------------------------------------------
+
+absl::StatusOr<PrivateKey> PrivateKey::FromPkcs8DerSecret(const SecretBytes& pkcs8_der) {
+  Pkcs8PrivKeyInfoPtr p8 = internal::ParseDerExact<Pkcs8PrivKeyInfoPtr>(pkcs8_der.RevealSecret(),
+                                                                        d2i_PKCS8_PRIV_KEY_INFO);
+  if (p8 == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("private_key: not a DER PKCS#8 PrivateKeyInfo");
+  }
+  EvpPkeyPtr pkey(EVP_PKCS82PKEY(p8.get()));
+  if (pkey == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("private_key: PKCS#8 holds no usable private key");
+  }
+  return FromEvpPkey(std::move(pkey));
+}
+
+absl::StatusOr<PrivateKey> PrivateKey::FromEvpPkey(EvpPkeyPtr pkey) {
+  if (pkey == nullptr) return absl::InvalidArgumentError("private_key: null");
+  auto type = ClassifyKey(pkey.get(), "private_key");
+  if (!type.ok()) return type.status();
+  // A handle named PrivateKey must be able to sign/decrypt: refuse a public-only key here
+  // rather than fail later inside an operation.
+  BIGNUM* secret = nullptr;
+  const char* param = *type == KeyType::kRsa ? OSSL_PKEY_PARAM_RSA_D : OSSL_PKEY_PARAM_PRIV_KEY;
+  bool has_private = EVP_PKEY_get_bn_param(pkey.get(), param, &secret) == 1;
+  BN_clear_free(secret);
+  ERR_clear_error();
+  if (!has_private) return absl::InvalidArgumentError("private_key: holds no private component");
+  return PrivateKey(std::move(pkey), *type);
+}
+
+int PrivateKey::Bits() const { return EVP_PKEY_get_bits(pkey_.get()); }
+
+PublicKey PrivateKey::GetPublicKey() const {
+  // Cannot fail for a key that passed ClassifyKey except on allocation failure, where
+  // OpenSSL itself is unusable; PublicOnly returns null then and the public key is empty.
+  return PublicKey(PublicOnly(pkey_.get()), type_);
+}
+
+absl::StatusOr<SecretBytes> PrivateKey::ExportPkcs8DerSecret() const {
+  Pkcs8PrivKeyInfoPtr p8(EVP_PKEY2PKCS8(pkey_.get()));
+  if (p8 == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal, "private_key: PKCS#8 encoding failed");
+  }
+  int len = i2d_PKCS8_PRIV_KEY_INFO(p8.get(), nullptr);
+  if (len <= 0) {
+    return OpenSslError(absl::StatusCode::kInternal, "private_key: PKCS#8 encoding failed");
+  }
+  // Encode straight into the SecretBytes buffer, so no other heap copy of the key exists.
+  SecretBytes out(static_cast<size_t>(len));
+  unsigned char* p = out.RevealSecretMutable().data();
+  if (i2d_PKCS8_PRIV_KEY_INFO(p8.get(), &p) != len) {
+    return OpenSslError(absl::StatusCode::kInternal, "private_key: PKCS#8 encoding failed");
+  }
+  return out;
+}
+
+}  // namespace rkl::crypto
