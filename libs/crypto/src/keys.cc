@@ -218,6 +218,18 @@ absl::StatusOr<PrivateKey> PrivateKey::FromPkcs8DerSecret(const SecretBytes& pkc
   return FromEvpPkey(std::move(pkey));
 }
 
+absl::StatusOr<PrivateKey> PrivateKey::FromPemSecret(const SecretBytes& pem) {
+  auto bytes = pem.RevealSecret();
+  BioPtr bio(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())));
+  if (bio == nullptr) return absl::InternalError("private_key: cannot allocate a BIO");
+  EvpPkeyPtr pkey(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (pkey == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("private_key: not an unencrypted PEM private key");
+  }
+  return FromEvpPkey(std::move(pkey));
+}
+
 absl::StatusOr<PrivateKey> PrivateKey::FromEvpPkey(EvpPkeyPtr pkey) {
   if (pkey == nullptr) return absl::InvalidArgumentError("private_key: null");
   auto type = ClassifyKey(pkey.get(), "private_key");
@@ -257,6 +269,25 @@ absl::StatusOr<SecretBytes> PrivateKey::ExportPkcs8DerSecret() const {
     return OpenSslError(absl::StatusCode::kInternal, "private_key: PKCS#8 encoding failed");
   }
   return out;
+}
+
+}  // namespace rkl::crypto
+
+namespace rkl::crypto {
+
+absl::StatusOr<SecretBytes> PrivateKey::ExportPkcs8PemSecret() const {
+  BioPtr bio(BIO_new(BIO_s_secmem()));
+  if (bio == nullptr) return absl::InternalError("private_key: cannot allocate a BIO");
+  if (PEM_write_bio_PKCS8PrivateKey(bio.get(), pkey_.get(), nullptr, nullptr, 0, nullptr,
+                                    nullptr) != 1) {
+    ERR_clear_error();
+    return absl::InternalError("private_key: PEM encoding failed");
+  }
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  if (len <= 0) return absl::InternalError("private_key: PEM encoding failed");
+  return SecretBytes::CopyOf(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len)));
 }
 
 }  // namespace rkl::crypto

@@ -139,3 +139,24 @@ TEST(EcdsaKeyTest, RejectsOtherCurves) {
 
 }  // namespace
 }  // namespace rkl::crypto
+
+namespace rkl::crypto {
+namespace {
+
+TEST(PrivateKeyPem, RoundTripsAndRejectsGarbage) {
+  auto key = GenerateEcP256Key();
+  ASSERT_TRUE(key.ok());
+  auto pem = key->ExportPkcs8PemSecret();
+  ASSERT_TRUE(pem.ok()) << pem.status();
+  EXPECT_EQ(AsString(pem->RevealSecret()).substr(0, 27), "-----BEGIN PRIVATE KEY-----");
+  auto back = PrivateKey::FromPemSecret(*pem);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->GetPublicKey() == key->GetPublicKey());
+
+  const std::string junk = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+  auto bad = PrivateKey::FromPemSecret(SecretBytes::CopyOf(AsBytes(junk)));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rkl::crypto

@@ -76,6 +76,8 @@ class PrivateKey {
  public:
   // PKCS#8 PrivateKeyInfo DER (unencrypted), as produced by ExportPkcs8DerSecret().
   static absl::StatusOr<PrivateKey> FromPkcs8DerSecret(const SecretBytes& pkcs8_der);
+  // Unencrypted PEM ("PRIVATE KEY", or the traditional RSA/EC forms), as TLS key files hold.
+  static absl::StatusOr<PrivateKey> FromPemSecret(const SecretBytes& pem);
   // Takes ownership of an EVP_PKEY that holds a private key; INVALID_ARGUMENT for an
   // unsupported key type. For rkl::crypto internals (generation, PKCS#12 import).
   static absl::StatusOr<PrivateKey> FromEvpPkey(EvpPkeyPtr pkey);
@@ -93,6 +95,9 @@ class PrivateKey {
   // The deliberate export: the clear private key as PKCS#8 DER. Only the HSM's key-at-rest
   // wrapping and the terminal's secure-module storage should ever call this.
   absl::StatusOr<SecretBytes> ExportPkcs8DerSecret() const;
+  // The same as unencrypted PEM ("PRIVATE KEY"), for TLS key files written by the PKI
+  // bootstrap (mode 0600). Encoded through a secure-memory BIO that is cleansed on free.
+  absl::StatusOr<SecretBytes> ExportPkcs8PemSecret() const;
 
   // Borrowed pointer for rkl::crypto internals; never null for a constructed key.
   EVP_PKEY* evp_pkey() const { return pkey_.get(); }
