@@ -11,5 +11,9 @@ namespace rkl::rklctl {
 void RegisterPkiCommands(CLI::App& app);
 // `rklctl hsm ...` — key ceremony, key info, audit verification (tools/rklctl/hsm.cc).
 void RegisterHsmCommands(CLI::App& app);
+// `rklctl mtms ...` — work key provisioning/rotation, outbox queue (tools/rklctl/mtms.cc).
+void RegisterMtmsCommands(CLI::App& app);
+// `rklctl kms ...` — terminal administration, statistics, audit (tools/rklctl/kms.cc).
+void RegisterKmsCommands(CLI::App& app);
 
 }  // namespace rkl::rklctl

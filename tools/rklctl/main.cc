@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   rkl::rklctl::RegisterPkiCommands(app);
   rkl::rklctl::RegisterHsmCommands(app);
+  rkl::rklctl::RegisterMtmsCommands(app);
+  rkl::rklctl::RegisterKmsCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
