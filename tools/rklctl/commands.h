@@ -15,5 +15,7 @@ void RegisterHsmCommands(CLI::App& app);
 void RegisterMtmsCommands(CLI::App& app);
 // `rklctl kms ...` — terminal administration, statistics, audit (tools/rklctl/kms.cc).
 void RegisterKmsCommands(CLI::App& app);
+// `rklctl health` — gRPC health probe (tools/rklctl/health.cc).
+void RegisterHealthCommands(CLI::App& app);
 
 }  // namespace rkl::rklctl

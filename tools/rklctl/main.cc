@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   rkl::rklctl::RegisterHsmCommands(app);
   rkl::rklctl::RegisterMtmsCommands(app);
   rkl::rklctl::RegisterKmsCommands(app);
+  rkl::rklctl::RegisterHealthCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
