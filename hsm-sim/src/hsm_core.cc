@@ -1,0 +1,907 @@
+#include "hsm_core.h"
+
+#include <algorithm>
+#include <type_traits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/cmac.h"
+#include "rkl/crypto/kcv.h"
+#include "rkl/crypto/keys.h"
+#include "rkl/crypto/rsa.h"
+#include "rkl/keyblock/tmk_block.h"
+#include "rkl/protocol/auth.h"
+#include "rkl/protocol/sn.h"
+#include "rkl/protocol/transport_key.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::hsm {
+namespace {
+
+using crypto::KeyAlgorithm;
+using crypto::SecretBytes;
+
+constexpr size_t kComponentSize = 32;
+constexpr size_t kMaxLabelLength = 64;
+constexpr uint32_t kMinComponents = 2;
+constexpr uint32_t kMaxComponents = 9;
+constexpr uint32_t kMaxRandomLength = 1024;
+constexpr size_t kMaxCtkPkRequest = 512;
+constexpr size_t kCeremonyIdBytes = 16;
+constexpr std::string_view kComponentLabelPrefix = "RKL-COMPONENT:";
+constexpr char kSystemActor[] = "rkl-hsm";
+
+absl::Status SelfTestFailed() { return absl::FailedPreconditionError("HSM self-test failed"); }
+
+// The one answer for every way a transport key can fail to decrypt or parse (PROTOCOL §5).
+absl::Status TransportKeyRejected() { return absl::UnauthenticatedError("transport key rejected"); }
+
+const absl::Status& StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+
+absl::Status ValidateLabel(const std::string& label, std::string_view field) {
+  if (label.empty() || label.size() > kMaxLabelLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": must be 1-64 printable ASCII characters"));
+  }
+  for (char c : label) {
+    if (c < 0x20 || c > 0x7E) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(field), ": must be 1-64 printable ASCII characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string AlgorithmName(uint8_t code) {
+  auto a = crypto::KeyAlgorithmFromCode(code);
+  return a.ok() ? std::string(crypto::KeyAlgorithmName(*a)) : "none";
+}
+
+Bytes ComponentOaepLabel(const std::string& ceremony_id) {
+  Bytes label(kComponentLabelPrefix.begin(), kComponentLabelPrefix.end());
+  label.insert(label.end(), ceremony_id.begin(), ceremony_id.end());
+  return label;
+}
+
+// Checks that `index` names a key this command may use, and returns its record:
+// INVALID_ARGUMENT (no index), NOT_FOUND (unknown or deleted), PERMISSION_DENIED (other
+// usage, or a terminal key bound to another SN), FAILED_PRECONDITION (superseded).
+absl::StatusOr<KeyRecord> UsableKey(KeyTransaction& tx, uint64_t index, std::string_view field,
+                                    KeyUsage usage, const std::string* sn) {
+  std::string f(field);
+  if (index == 0) return absl::InvalidArgumentError(f + ": a key index is required");
+  RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(index));
+  if (!record || record->state == KeyState::kDeleted) {
+    return absl::NotFoundError(absl::StrCat(f, ": key ", index, " not found"));
+  }
+  if (record->usage != usage) {
+    return absl::PermissionDeniedError(absl::StrCat(f, ": key ", index, " has usage ",
+                                                    KeyUsageName(record->usage),
+                                                    ", this command "
+                                                    "needs ",
+                                                    KeyUsageName(usage)));
+  }
+  if (sn != nullptr && record->bound_sn != *sn) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(f, ": key ", index, " is not bound to terminal ", *sn));
+  }
+  if (record->state != KeyState::kActive) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(f, ": key ", index, " is ", KeyStateName(record->state)));
+  }
+  return *std::move(record);
+}
+
+absl::StatusOr<KeyAlgorithm> TerminalAlgorithm(const KeyRecord& record) {
+  auto a = crypto::KeyAlgorithmFromCode(record.algorithm);
+  if (!a.ok()) {
+    return absl::InternalError(
+        absl::StrCat("key record ", record.index, " has no terminal algorithm"));
+  }
+  return *a;
+}
+
+absl::StatusOr<crypto::PrivateKey> UnsealRsa(KeyTransaction& tx, const KeyRecord& record) {
+  RKL_ASSIGN_OR_RETURN(SecretBytes der, tx.Unseal(record));
+  auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
+  if (!key.ok() || key->Type() != crypto::KeyType::kRsa) {
+    return absl::InternalError(
+        absl::StrCat("key record ", record.index, " failed its integrity check"));
+  }
+  return key;
+}
+
+std::string KcvText(std::span<const uint8_t> kcv) { return ToHex(kcv); }
+
+}  // namespace
+
+int64_t SystemClock::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
+
+HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomSource rng,
+                 HsmCoreOptions options)
+    : store_(store),
+      audit_(audit),
+      clock_(clock),
+      rng_(std::move(rng)),
+      options_(std::move(options)) {}
+
+// Runs `body` in one store transaction and audits it: on success the record is written in
+// that transaction (so the change and its record commit together); on failure it is written
+// on its own. `attempts` > 1 re-runs the whole command after ALREADY_EXISTS, which is how a
+// unique index reports a concurrent twin (the re-run then finds the twin's result).
+template <typename Fn>
+auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
+    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
+  using R = std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
+  if (crypto && !options_.self_test_passed) {
+    RecordFailure(event, SelfTestFailed());
+    return R(SelfTestFailed());
+  }
+  absl::Status status;
+  std::optional<R> out;
+  std::string failure_detail = event.detail;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
+    status = store_.Transact([&](KeyTransaction& tx) -> absl::Status {
+      out.reset();
+      AuditEvent record = event;
+      R result = body(tx, record);
+      failure_detail = record.detail;
+      if (!StatusOf(result).ok()) return StatusOf(result);
+      record.at_ms = clock_.NowUnixMs();
+      record.result = "OK";
+      RKL_RETURN_IF_ERROR(tx.Audit(record));
+      out.emplace(std::move(result));
+      return absl::OkStatus();
+    });
+    if (status.code() != absl::StatusCode::kAlreadyExists) break;
+  }
+  if (status.ok()) return std::move(*out);
+  event.detail = failure_detail;
+  RecordFailure(event, status);
+  return R(status);
+}
+
+void HsmCore::RecordFailure(AuditEvent event, const absl::Status& status) {
+  event.at_ms = clock_.NowUnixMs();
+  event.result = absl::StatusCodeToString(status.code());
+  absl::StrAppend(&event.detail, event.detail.empty() ? "" : " ", "error=\"",
+                  std::string(status.message()), "\"");
+  if (absl::Status s = audit_.Append(event); !s.ok()) {
+    spdlog::error("audit record for {} by {} could not be written: {}", event.action, event.actor,
+                  s.ToString());
+  }
+}
+
+void HsmCore::RecordRefusal(const std::string& caller, const std::string& action,
+                            const absl::Status& status) {
+  RecordFailure(AuditEvent{.actor = caller, .action = action}, status);
+}
+
+SecretBytes HsmCore::NewSymmetricKey(KeyAlgorithm algorithm) {
+  SecretBytes key(crypto::KeyLength(algorithm));
+  while (true) {
+    rng_(key.RevealSecretMutable());
+    if (algorithm != KeyAlgorithm::kTdes2) return key;
+    crypto::SetOddParity(key);
+    auto k = key.RevealSecret();
+    // K1 == K2 would make the TDES key single DES.
+    if (!std::equal(k.begin(), k.begin() + 8, k.begin() + 8)) return key;
+  }
+}
+
+absl::StatusOr<Bytes> HsmCore::LoadPublicKey(KeyTransaction& tx, uint64_t key_index) {
+  if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+  RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+  if (!record || record->state == KeyState::kDeleted) {
+    return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+  }
+  if (record->type != KeyType::kRsaPrivate) {
+    return absl::PermissionDeniedError(absl::StrCat("key_index: key ", key_index, " is a ",
+                                                    KeyTypeName(record->type),
+                                                    ", not an RSA key pair"));
+  }
+  // The public half is derived from the sealed private key rather than trusted from its
+  // column: a substituted public key would make callers encrypt to someone else.
+  RKL_ASSIGN_OR_RETURN(crypto::PrivateKey pr, UnsealRsa(tx, *record));
+  Bytes der = pr.GetPublicKey().ToDer();
+  if (der != record->public_key_der) {
+    return absl::InternalError(
+        absl::StrCat("key record ", key_index, " failed its integrity check"));
+  }
+  return der;
+}
+
+// ---- RSA work keys ---------------------------------------------------------------------------
+
+absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& caller,
+                                                            uint32_t bits,
+                                                            const std::string& label) {
+  AuditEvent event{
+      .actor = caller, .action = "generate_rsa_key_pair", .detail = absl::StrCat("bits=", bits)};
+  absl::Status pre = SelfTestFailed();
+  if (options_.self_test_passed) {
+    pre = bits == 2048 || bits == 3072 ? ValidateLabel(label, "label")
+                                       : absl::InvalidArgumentError("bits: must be 2048 or 3072");
+  }
+  if (!pre.ok()) {
+    RecordFailure(event, pre);
+    return pre;
+  }
+  // Generated before the transaction: it takes long, and holds no database resources.
+  absl::StatusOr<crypto::PrivateKey> pr = crypto::GenerateRsaKey(static_cast<int>(bits));
+  absl::StatusOr<SecretBytes> pkcs8 =
+      pr.ok() ? pr->ExportPkcs8DerSecret() : absl::StatusOr<SecretBytes>(pr.status());
+  if (!pkcs8.ok()) {
+    absl::Status s = absl::InternalError("RSA key generation failed");
+    RecordFailure(event, s);
+    return s;
+  }
+  Bytes public_der = pr->GetPublicKey().ToDer();
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedRsaKey> {
+               RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
+               if (taken) {
+                 return absl::AlreadyExistsError(
+                     absl::StrCat("label: an active key is already labelled '", label, "'"));
+               }
+               NewKey key{.type = KeyType::kRsaPrivate,
+                          .usage = KeyUsage::kTransportDecrypt,
+                          .label = label,
+                          .rsa_bits = bits,
+                          .public_key_der = public_der,
+                          .material = *pkcs8};
+               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, clock_.NowUnixMs()));
+               absl::StrAppend(&audit.detail, " key=", record.index, " label=", label);
+               return GeneratedRsaKey{record.index, public_der};
+             });
+}
+
+absl::StatusOr<Bytes> HsmCore::GetPublicKey(const std::string& caller, uint64_t key_index) {
+  AuditEvent event{
+      .actor = caller, .action = "get_public_key", .detail = absl::StrCat("key=", key_index)};
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent&) { return LoadPublicKey(tx, key_index); });
+}
+
+// ---- Key ceremony ----------------------------------------------------------------------------
+
+absl::Status HsmCore::ExpireCeremonies() {
+  int64_t now = clock_.NowUnixMs();
+  return store_.Transact([&](KeyTransaction& tx) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::vector<Ceremony> expired, tx.FindExpiredCeremonies(now));
+    for (const Ceremony& c : expired) {
+      RKL_RETURN_IF_ERROR(tx.DeleteComponents(c.id));
+      RKL_RETURN_IF_ERROR(tx.SetKeyState(c.ceremony_key_index, KeyState::kDeleted, now));
+      RKL_RETURN_IF_ERROR(tx.SetCeremonyState(c.id, CeremonyState::kExpired, 0));
+    }
+    for (const Ceremony& c : expired) {
+      RKL_RETURN_IF_ERROR(tx.Audit(AuditEvent{
+          .at_ms = now,
+          .actor = kSystemActor,
+          .action = "ceremony_expire",
+          .detail = absl::StrCat("ceremony=", c.id, " label=", c.label,
+                                 " components=", c.custodians.size(), "/", c.component_count,
+                                 " ceremony_key=", c.ceremony_key_index, " (erased)"),
+          .result = "OK"}));
+    }
+    return absl::OkStatus();
+  });
+}
+
+namespace {
+
+absl::StatusOr<Ceremony> OpenCeremony(KeyTransaction& tx, const std::string& id, int64_t now) {
+  if (id.empty()) return absl::InvalidArgumentError("ceremony_id: required");
+  RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(id));
+  if (!c) return absl::NotFoundError(absl::StrCat("ceremony_id: ceremony ", id, " not found"));
+  if (c->state == CeremonyState::kCompleted) {
+    return absl::FailedPreconditionError(absl::StrCat("ceremony ", id, " is already completed"));
+  }
+  if (c->state == CeremonyState::kExpired || now >= c->expires_at_ms) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ceremony ", id, " expired; its components were erased, start a new one"));
+  }
+  return *std::move(c);
+}
+
+}  // namespace
+
+absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
+                                                     const std::string& label, KeyType key_type,
+                                                     uint32_t component_count,
+                                                     uint32_t ttl_seconds) {
+  AuditEvent event{.actor = caller,
+                   .action = "ceremony_begin",
+                   .detail = absl::StrCat("label=", label, " type=", KeyTypeName(key_type),
+                                          " components=", component_count)};
+  absl::Duration ttl =
+      ttl_seconds == 0 ? options_.default_ceremony_ttl : absl::Seconds(ttl_seconds);
+  absl::Status pre = options_.self_test_passed ? ValidateLabel(label, "label") : SelfTestFailed();
+  if (pre.ok() && key_type != KeyType::kPk && key_type != KeyType::kMak) {
+    pre = absl::InvalidArgumentError("key_type: must be KEY_TYPE_PK or KEY_TYPE_MAK");
+  } else if (pre.ok() && (component_count < kMinComponents || component_count > kMaxComponents)) {
+    pre = absl::InvalidArgumentError("component_count: must be between 2 and 9 (dual control)");
+  } else if (pre.ok() && ttl > options_.max_ceremony_ttl) {
+    pre = absl::InvalidArgumentError(
+        absl::StrCat("ttl_seconds: at most ", absl::ToInt64Seconds(options_.max_ceremony_ttl)));
+  }
+  if (pre.ok()) pre = ExpireCeremonies();
+  if (!pre.ok()) {
+    RecordFailure(event, pre);
+    return pre;
+  }
+  absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateRsaKey(options_.ceremony_key_bits);
+  absl::StatusOr<SecretBytes> pkcs8 =
+      key.ok() ? key->ExportPkcs8DerSecret() : absl::StatusOr<SecretBytes>(key.status());
+  if (!pkcs8.ok()) {
+    absl::Status s = absl::InternalError("ceremony key generation failed");
+    RecordFailure(event, s);
+    return s;
+  }
+  Bytes public_der = key->GetPublicKey().ToDer();
+  Bytes id_bytes(kCeremonyIdBytes);
+  rng_(id_bytes);
+  std::string id = ToHex(id_bytes);
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<BegunCeremony> {
+               RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
+               if (taken) {
+                 return absl::AlreadyExistsError(
+                     absl::StrCat("label: an active key is already labelled '", label, "'"));
+               }
+               int64_t now = clock_.NowUnixMs();
+               NewKey ceremony_key{.type = KeyType::kRsaPrivate,
+                                   .usage = KeyUsage::kCeremonyDecrypt,
+                                   .label = "ceremony:" + id,
+                                   .rsa_bits = static_cast<uint32_t>(options_.ceremony_key_bits),
+                                   .public_key_der = public_der,
+                                   .material = *pkcs8};
+               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(ceremony_key, now));
+               Ceremony c{.id = id,
+                          .label = label,
+                          .key_type = key_type,
+                          .component_count = component_count,
+                          .ceremony_key_index = record.index,
+                          .state = CeremonyState::kOpen,
+                          .created_by = caller,
+                          .created_at_ms = now,
+                          .expires_at_ms = now + absl::ToInt64Milliseconds(ttl)};
+               RKL_RETURN_IF_ERROR(tx.InsertCeremony(c));
+               absl::StrAppend(&audit.detail, " ceremony=", id, " ceremony_key=", record.index);
+               return BegunCeremony{id, public_der, c.expires_at_ms};
+             });
+}
+
+absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
+                                                    const std::string& ceremony_id) {
+  AuditEvent event{
+      .actor = caller, .action = "ceremony_get", .detail = absl::StrCat("ceremony=", ceremony_id)};
+  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
+    RecordFailure(event, s);
+    return s;
+  }
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<CeremonyStatus> {
+               if (ceremony_id.empty()) return absl::InvalidArgumentError("ceremony_id: required");
+               RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(ceremony_id));
+               if (!c) {
+                 return absl::NotFoundError(
+                     absl::StrCat("ceremony_id: ceremony ", ceremony_id, " not found"));
+               }
+               CeremonyStatus status{*c, {}};
+               if (c->state == CeremonyState::kOpen) {
+                 RKL_ASSIGN_OR_RETURN(status.component_encryption_key_der,
+                                      LoadPublicKey(tx, c->ceremony_key_index));
+               }
+               return status;
+             });
+}
+
+absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
+                                                     const std::string& ceremony_id,
+                                                     const Bytes& encrypted_component) {
+  AuditEvent event{.actor = caller,
+                   .action = "ceremony_add_component",
+                   .detail = absl::StrCat("ceremony=", ceremony_id, " custodian=", caller)};
+  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
+    RecordFailure(event, s);
+    return s;
+  }
+  return Run(
+      event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
+        int64_t now = clock_.NowUnixMs();
+        RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
+        if (std::find(c.custodians.begin(), c.custodians.end(), caller) != c.custodians.end()) {
+          return absl::AlreadyExistsError(
+              absl::StrCat("custodian '", caller, "' already added a component to ceremony ", c.id,
+                           "; each component must come from a different custodian"));
+        }
+        if (c.custodians.size() >= c.component_count) {
+          return absl::FailedPreconditionError(absl::StrCat("ceremony ", c.id, " already has all ",
+                                                            c.component_count, " components"));
+        }
+        if (encrypted_component.empty()) {
+          return absl::InvalidArgumentError("encrypted_component: required");
+        }
+        RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, c.ceremony_key_index, "ceremony key",
+                                                         KeyUsage::kCeremonyDecrypt, nullptr));
+        if (encrypted_component.size() != record.rsa_bits / 8) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("encrypted_component: must be ", record.rsa_bits / 8,
+                           " bytes (RSA-OAEP under the ceremony key)"));
+        }
+        RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, UnsealRsa(tx, record));
+        auto component = crypto::RsaOaepDecrypt(key, encrypted_component, ComponentOaepLabel(c.id));
+        if (!component.ok() || component->size() != kComponentSize) {
+          return absl::UnauthenticatedError(
+              "encrypted_component: rejected (not a 32-byte component encrypted to this "
+              "ceremony's key)");
+        }
+        RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(KeyAlgorithm::kAes256, *component));
+        RKL_RETURN_IF_ERROR(tx.AddComponent(c.id, caller, kcv, *component, now));
+        uint32_t added = static_cast<uint32_t>(c.custodians.size()) + 1;
+        absl::StrAppend(&audit.detail, " component_kcv=", kcv, " components=", added, "/",
+                        c.component_count);
+        return AddedComponent{kcv, added, c.component_count};
+      });
+}
+
+absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& caller,
+                                                            const std::string& ceremony_id) {
+  AuditEvent event{.actor = caller,
+                   .action = "ceremony_complete",
+                   .detail = absl::StrCat("ceremony=", ceremony_id)};
+  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
+    RecordFailure(event, s);
+    return s;
+  }
+  return Run(
+      event, true, 1,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
+        int64_t now = clock_.NowUnixMs();
+        RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
+        if (c.custodians.size() < c.component_count) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("ceremony ", c.id, " is incomplete: ", c.custodians.size(), " of ",
+                           c.component_count, " components added"));
+        }
+        RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(c.label));
+        if (taken) {
+          return absl::AlreadyExistsError(
+              absl::StrCat("label: an active key is already labelled '", c.label, "'"));
+        }
+        RKL_ASSIGN_OR_RETURN(std::vector<SecretBytes> components, tx.OpenComponents(c.id));
+        if (components.size() != c.component_count) {
+          return absl::InternalError(absl::StrCat("ceremony ", c.id, " lost components"));
+        }
+        SecretBytes combined(kComponentSize);
+        auto out = combined.RevealSecretMutable();
+        for (const SecretBytes& component : components) {
+          auto in = component.RevealSecret();
+          if (in.size() != kComponentSize) {
+            return absl::InternalError(absl::StrCat("ceremony ", c.id, " has a bad component"));
+          }
+          for (size_t i = 0; i < kComponentSize; ++i) out[i] ^= in[i];
+        }
+        if (std::all_of(out.begin(), out.end(), [](uint8_t b) { return b == 0; })) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("ceremony ", c.id,
+                           ": the components cancel out (all-zero key); start a new "
+                           "ceremony with fresh components"));
+        }
+        RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(KeyAlgorithm::kAes256, combined));
+        NewKey key{.type = c.key_type,
+                   .usage = c.key_type == KeyType::kPk ? KeyUsage::kTkWrap : KeyUsage::kTkMac,
+                   .label = c.label,
+                   .kcv = kcv,
+                   .material = std::move(combined)};
+        RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, now));
+        RKL_RETURN_IF_ERROR(tx.DeleteComponents(c.id));
+        RKL_RETURN_IF_ERROR(tx.SetKeyState(c.ceremony_key_index, KeyState::kDeleted, now));
+        RKL_RETURN_IF_ERROR(tx.SetCeremonyState(c.id, CeremonyState::kCompleted, record.index));
+        absl::StrAppend(&audit.detail, " label=", c.label, " type=", KeyTypeName(c.key_type),
+                        " key=", record.index, " kcv=", kcv,
+                        " custodians=", absl::StrJoin(c.custodians, ","));
+        return CompletedCeremony{record.index, kcv};
+      });
+}
+
+// ---- Transport key (PROTOCOL §5, §6) -----------------------------------------------------
+
+absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
+                                                     const TranslateCommand& cmd) {
+  AuditEvent event{
+      .actor = caller,
+      .action = "translate_transport_key",
+      .sn = cmd.sn,
+      .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index)};
+  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
+    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+    if (!cmd.algorithm) {
+      return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
+    }
+    if (cmd.created_at_ms < 0) {
+      return absl::InvalidArgumentError("created_at_unix_ms: must not be negative");
+    }
+    if (cmd.ctk_pu.empty()) return absl::InvalidArgumentError("ctk_pu: required");
+    RKL_ASSIGN_OR_RETURN(KeyRecord pr_record, UsableKey(tx, cmd.pr_index, "pr_index",
+                                                        KeyUsage::kTransportDecrypt, nullptr));
+    RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
+                         UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
+    RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
+                         UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
+    if (cmd.ctk_pu.size() != pr_record.rsa_bits / 8) {
+      return absl::InvalidArgumentError(absl::StrCat("ctk_pu: must be ", pr_record.rsa_bits / 8,
+                                                     " bytes (the modulus of key ", pr_record.index,
+                                                     ")"));
+    }
+    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey pr, UnsealRsa(tx, pr_record));
+    RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
+    RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
+
+    // From here on every failure is the same answer: no padding or format oracle.
+    auto payload = crypto::RsaOaepDecrypt(pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+    if (!payload.ok()) return TransportKeyRejected();
+    auto tk = protocol::ParseTkPayload(*payload);
+    if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();
+
+    protocol::CtkPkHeader header{
+        .algorithm = tk->algorithm, .sn = cmd.sn, .created_at_unix_ms = cmd.created_at_ms};
+    RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
+    RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
+    std::copy_n(pk_kcv.begin(), 3, header.pk_kcv.begin());
+    std::copy_n(mak_kcv.begin(), 3, header.mak_kcv.begin());
+    RKL_ASSIGN_OR_RETURN(Bytes ctk_pk, protocol::BuildCtkPk(header, *payload, pk, mak));
+    RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
+    RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
+    absl::StrAppend(&audit.detail, " pk_kcv=", KcvText(pk_kcv), " mak_kcv=", KcvText(mak_kcv),
+                    " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
+                    " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv, " created_at=", cmd.created_at_ms);
+    return ctk_pk;
+  });
+}
+
+absl::StatusOr<ImportedTransportKey> HsmCore::ImportTransportKey(const std::string& caller,
+                                                                 const ImportCommand& cmd) {
+  AuditEvent event{.actor = caller,
+                   .action = "import_transport_key",
+                   .sn = cmd.sn,
+                   .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
+  return Run(
+      event, true, 2,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+        if (cmd.ctk_pk.empty()) return absl::InvalidArgumentError("ctk_pk: required");
+        if (cmd.ctk_pk.size() > kMaxCtkPkRequest) {
+          return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
+        }
+        RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
+        RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
+                             UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
+        RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
+                             UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
+        RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
+        RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
+        RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
+        RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
+        const auto& h = parsed.header;
+        absl::StrAppend(&audit.detail, " header_pk_kcv=", KcvText(h.pk_kcv),
+                        " header_mak_kcv=", KcvText(h.mak_kcv), " pk_kcv=", KcvText(pk_kcv),
+                        " mak_kcv=", KcvText(mak_kcv));
+        // The MAC first (PROTOCOL §6): nothing in the header counts before it verifies.
+        if (!crypto::CmacVerify(crypto::CipherFamily::kAes, mak, parsed.authenticated,
+                                parsed.mac)) {
+          return absl::UnauthenticatedError("ctk_pk: MAC does not verify");
+        }
+        if (!std::equal(h.pk_kcv.begin(), h.pk_kcv.end(), pk_kcv.begin()) ||
+            !std::equal(h.mak_kcv.begin(), h.mak_kcv.end(), mak_kcv.begin())) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("ctk_pk: made under PK/MAK with KCVs ", KcvText(h.pk_kcv), "/",
+                           KcvText(h.mak_kcv), " but this HSM holds ", KcvText(pk_kcv), "/",
+                           KcvText(mak_kcv), ": ceremony keys differ"));
+        }
+        if (h.sn != cmd.sn) {
+          return absl::InvalidArgumentError("sn: differs from the SN inside ctk_pk");
+        }
+        auto tk = protocol::OpenCtkPk(parsed, pk, mak);
+        if (!tk.ok()) return absl::UnauthenticatedError("ctk_pk: transport key rejected");
+        uint8_t code = crypto::KeyAlgorithmCode(tk->algorithm);
+        RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
+        RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
+        absl::StrAppend(&audit.detail,
+                        " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
+                        " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv);
+        ImportedTransportKey result{.tek_kcv = tek_kcv,
+                                    .auk_kcv = auk_kcv,
+                                    .algorithm = tk->algorithm,
+                                    .created_at_ms = h.created_at_unix_ms};
+
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_teks,
+                             tx.FindLiveKeys(KeyType::kTek, cmd.sn));
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_auks,
+                             tx.FindLiveKeys(KeyType::kAuk, cmd.sn));
+        // The same Ctk_pk again (a KMS retry): hand back the keys it already produced.
+        if (live_teks.size() == 1 && live_auks.size() == 1 && live_teks[0].algorithm == code &&
+            live_auks[0].algorithm == code) {
+          RKL_ASSIGN_OR_RETURN(SecretBytes old_tek, tx.Unseal(live_teks[0]));
+          RKL_ASSIGN_OR_RETURN(SecretBytes old_auk, tx.Unseal(live_auks[0]));
+          if (old_tek == tk->tek && old_auk == tk->auk) {
+            result.tek_index = live_teks[0].index;
+            result.auk_index = live_auks[0].index;
+            absl::StrAppend(&audit.detail, " tek=", result.tek_index, " auk=", result.auk_index,
+                            " (already imported)");
+            return result;
+          }
+        }
+        // A new transport key for the SN supersedes the old one.
+        int64_t now = clock_.NowUnixMs();
+        for (const auto* live : {&live_teks, &live_auks}) {
+          for (const KeyRecord& old : *live) {
+            RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
+            absl::StrAppend(&audit.detail, " superseded=", old.index);
+          }
+        }
+        RKL_ASSIGN_OR_RETURN(KeyRecord tek, tx.InsertKey(NewKey{.type = KeyType::kTek,
+                                                                .algorithm = code,
+                                                                .usage = KeyUsage::kExportKek,
+                                                                .bound_sn = cmd.sn,
+                                                                .label = "tek:" + cmd.sn,
+                                                                .kcv = tek_kcv,
+                                                                .material = tk->tek},
+                                                         now));
+        RKL_ASSIGN_OR_RETURN(KeyRecord auk, tx.InsertKey(NewKey{.type = KeyType::kAuk,
+                                                                .algorithm = code,
+                                                                .usage = KeyUsage::kTerminalAuth,
+                                                                .bound_sn = cmd.sn,
+                                                                .label = "auk:" + cmd.sn,
+                                                                .kcv = auk_kcv,
+                                                                .material = tk->auk},
+                                                         now));
+        result.tek_index = tek.index;
+        result.auk_index = auk.index;
+        absl::StrAppend(&audit.detail, " tek=", tek.index, " auk=", auk.index);
+        return result;
+      });
+}
+
+// ---- TMK, authentication, delivery (PROTOCOL §7, §8) ---------------------------------------
+
+absl::StatusOr<GeneratedTmk> HsmCore::GenerateTmk(const std::string& caller, const std::string& sn,
+                                                  std::optional<KeyAlgorithm> algorithm,
+                                                  bool replace_existing) {
+  AuditEvent event{.actor = caller,
+                   .action = "generate_tmk",
+                   .sn = sn,
+                   .detail = absl::StrCat("replace_existing=", replace_existing)};
+  return Run(
+      event, true, 2, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+        if (!algorithm) {
+          return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
+        }
+        uint8_t code = crypto::KeyAlgorithmCode(*algorithm);
+        std::string name(crypto::KeyAlgorithmName(*algorithm));
+        absl::StrAppend(&audit.detail, " algorithm=", name);
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
+        int64_t now = clock_.NowUnixMs();
+        if (!live.empty() && !replace_existing) {
+          const KeyRecord& existing = live.front();
+          if (existing.algorithm != code) {
+            return absl::FailedPreconditionError(
+                absl::StrCat("sn: the live TMK of ", sn, " is ", AlgorithmName(existing.algorithm),
+                             ", not ", name, "; set replace_existing to re-key"));
+          }
+          RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(existing));
+          RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
+          absl::StrAppend(&audit.detail, " tmk=", existing.index, " kcv=", kcv, " (existing)");
+          return GeneratedTmk{existing.index, kcv, false};
+        }
+        for (const KeyRecord& old : live) {
+          RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
+          absl::StrAppend(&audit.detail, " superseded=", old.index);
+        }
+        SecretBytes tmk = NewSymmetricKey(*algorithm);
+        RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
+        RKL_ASSIGN_OR_RETURN(KeyRecord record,
+                             tx.InsertKey(NewKey{.type = KeyType::kTmk,
+                                                 .algorithm = code,
+                                                 .usage = KeyUsage::kTerminalMaster,
+                                                 .bound_sn = sn,
+                                                 .label = "tmk:" + sn,
+                                                 .kcv = kcv,
+                                                 .material = std::move(tmk)},
+                                          now));
+        absl::StrAppend(&audit.detail, " tmk=", record.index, " kcv=", kcv);
+        return GeneratedTmk{record.index, kcv, true};
+      });
+}
+
+absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& caller,
+                                                           uint64_t auk_index,
+                                                           const std::string& sn,
+                                                           const Bytes& rnd1) {
+  AuditEvent event{.actor = caller,
+                   .action = "auth_challenge",
+                   .sn = sn,
+                   .detail = absl::StrCat("auk=", auk_index)};
+  return Run(
+      event, true, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<AuthChallengeResult> {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+        RKL_ASSIGN_OR_RETURN(KeyRecord record,
+                             UsableKey(tx, auk_index, "auk_index", KeyUsage::kTerminalAuth, &sn));
+        RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+        RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, rnd1, "rnd1"));
+        RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+        RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, sn));
+        AuthChallengeResult result;
+        result.rnd2.resize(crypto::BlockSize(algorithm));
+        rng_(result.rnd2);
+        RKL_ASSIGN_OR_RETURN(result.crnd1, protocol::MakeCrnd1(keys, rnd1, result.rnd2));
+        return result;
+      });
+}
+
+absl::Status HsmCore::AuthVerify(const std::string& caller, const AuthVerifyCommand& cmd) {
+  AuditEvent event{.actor = caller,
+                   .action = "auth_verify",
+                   .sn = cmd.sn,
+                   .detail = absl::StrCat("auk=", cmd.auk_index)};
+  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::Status {
+    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+    RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
+                                                     KeyUsage::kTerminalAuth, &cmd.sn));
+    RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
+    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
+    RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+    RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
+    return protocol::VerifyCrnd2(keys, cmd.rnd1, cmd.rnd2, cmd.crnd2);
+  });
+}
+
+absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& caller,
+                                                         uint64_t key_index, uint64_t kek_index,
+                                                         const std::string& sn) {
+  AuditEvent event{.actor = caller,
+                   .action = "export_key_block",
+                   .sn = sn,
+                   .detail = absl::StrCat("key=", key_index, " kek=", kek_index)};
+  return Run(
+      event, true, 1,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+        // Only a TMK is exportable, and only under its own terminal's TEK.
+        RKL_ASSIGN_OR_RETURN(KeyRecord key_record,
+                             UsableKey(tx, key_index, "key_index", KeyUsage::kTerminalMaster, &sn));
+        RKL_ASSIGN_OR_RETURN(KeyRecord kek_record,
+                             UsableKey(tx, kek_index, "kek_index", KeyUsage::kExportKek, &sn));
+        RKL_ASSIGN_OR_RETURN(KeyAlgorithm key_algorithm, TerminalAlgorithm(key_record));
+        RKL_ASSIGN_OR_RETURN(KeyAlgorithm kek_algorithm, TerminalAlgorithm(kek_record));
+        if (key_algorithm != kek_algorithm) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "key_index: the TMK is ", std::string(crypto::KeyAlgorithmName(key_algorithm)),
+              " but the TEK is ", std::string(crypto::KeyAlgorithmName(kek_algorithm)),
+              "; a terminal's keys share one algorithm (PROTOCOL 1)"));
+        }
+        RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(key_record));
+        RKL_ASSIGN_OR_RETURN(SecretBytes tek, tx.Unseal(kek_record));
+        ExportedKeyBlock result;
+        RKL_ASSIGN_OR_RETURN(result.key_block,
+                             keyblock::BuildTmkBlock(tek, kek_algorithm, tmk, key_algorithm, rng_));
+        RKL_ASSIGN_OR_RETURN(result.key_kcv, crypto::KcvHex(key_algorithm, tmk));
+        RKL_ASSIGN_OR_RETURN(result.kek_kcv, crypto::KcvHex(kek_algorithm, tek));
+        absl::StrAppend(&audit.detail, " key_kcv=", result.key_kcv, " kek_kcv=", result.kek_kcv);
+        return result;
+      });
+}
+
+absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
+                                         const InstallProofCommand& cmd) {
+  AuditEvent event{.actor = caller,
+                   .action = "verify_install_proof",
+                   .sn = cmd.sn,
+                   .detail = absl::StrCat("auk=", cmd.auk_index,
+                                          " tmk_kcv=", absl::AsciiStrToUpper(cmd.tmk_kcv))};
+  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+    auto kcv = FromHex(cmd.tmk_kcv, "tmk_kcv");
+    if (!kcv.ok() || kcv->size() != crypto::kKcvSize) {
+      return absl::InvalidArgumentError("tmk_kcv: must be 6 hex digits");
+    }
+    RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
+                                                     KeyUsage::kTerminalAuth, &cmd.sn));
+    RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
+    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
+    RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+    RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
+    RKL_RETURN_IF_ERROR(
+        protocol::VerifyInstallProof(keys, cmd.sn, *kcv, cmd.rnd1, cmd.rnd2, cmd.proof));
+    // The proof is only worth something if it names the TMK this HSM holds for the SN.
+    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, cmd.sn));
+    if (live.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("sn: ", cmd.sn, " has no live TMK"));
+    }
+    RKL_ASSIGN_OR_RETURN(KeyAlgorithm tmk_algorithm, TerminalAlgorithm(live.front()));
+    RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(live.front()));
+    RKL_ASSIGN_OR_RETURN(Bytes live_kcv, crypto::Kcv(tmk_algorithm, tmk));
+    if (live_kcv != *kcv) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tmk_kcv: is not the KCV of the live TMK of ", cmd.sn));
+    }
+    absl::StrAppend(&audit.detail, " tmk=", live.front().index);
+    return absl::OkStatus();
+  });
+}
+
+// ---- Administration ----------------------------------------------------------------------
+
+absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_t key_index) {
+  AuditEvent event{
+      .actor = caller, .action = "get_key_info", .detail = absl::StrCat("key=", key_index)};
+  return Run(event, false, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
+    if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+    RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+    if (!record)
+      return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+    record->nonce.clear();
+    record->sealed.clear();
+    return *std::move(record);
+  });
+}
+
+absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
+  AuditEvent event{
+      .actor = caller, .action = "delete_key", .detail = absl::StrCat("key=", key_index)};
+  return Run(event, false, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+    if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+    RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+    if (!record)
+      return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+    absl::StrAppend(&audit.detail, " type=", KeyTypeName(record->type), " label=", record->label,
+                    " kcv=", record->kcv);
+    if (record->state == KeyState::kDeleted) {
+      absl::StrAppend(&audit.detail, " (already deleted)");
+      return absl::OkStatus();
+    }
+    return tx.SetKeyState(key_index, KeyState::kDeleted, clock_.NowUnixMs());
+  });
+}
+
+absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_t length) {
+  AuditEvent event{
+      .actor = caller, .action = "generate_random", .detail = absl::StrCat("length=", length)};
+  return Run(event, true, 1, [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
+    if (length == 0 || length > kMaxRandomLength) {
+      return absl::InvalidArgumentError("length: must be between 1 and 1024");
+    }
+    Bytes out(length);
+    rng_(out);
+    return out;
+  });
+}
+
+absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& caller) {
+  AuditEvent event{.actor = caller, .action = "verify_audit_chain"};
+  absl::StatusOr<AuditVerification> verification = audit_.Verify();
+  if (!verification.ok()) {
+    RecordFailure(event, verification.status());
+    return verification.status();
+  }
+  return Run(event, false, 1,
+             [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditVerification> {
+               absl::StrAppend(&audit.detail, "records=", verification->records_checked,
+                               verification->intact ? " intact"
+                                                    : absl::StrCat(" first_broken_seq=",
+                                                                   verification->first_broken_seq));
+               return *verification;
+             });
+}
+
+}  // namespace rkl::hsm

@@ -1,0 +1,202 @@
+#pragma once
+// HsmCore: every command of rkl-hsm, free of gRPC. The only place in rkl where keys are in
+// clear, and only inside one command's stack frame (SecretBytes, zeroed on destruction).
+//
+// Guarantees:
+//  - callers name keys by index; no result carries clear key material — keys leave only
+//    wrapped (OAEP, KWP in Ctk_pk, TR-31), and components enter only OAEP-encrypted;
+//  - each key has one usage; using it for anything else, or a terminal key for another SN,
+//    is PERMISSION_DENIED; unknown (or deleted) indexes are NOT_FOUND; a superseded key is
+//    FAILED_PRECONDITION; a record that fails its integrity check is INTERNAL and unused;
+//  - every command appends exactly one audit record (actor, action, SN, indexes, KCVs,
+//    result). A command that changes keys writes it in the same transaction as the change;
+//    a failed command writes it separately. A successful command whose audit record cannot
+//    be written fails (nothing happens unaudited);
+//  - decryption and format failures of transport keys and components are one uniform
+//    UNAUTHENTICATED error; error messages never contain key material or plaintext;
+//  - after a failed self-test every command except GetKeyInfo returns FAILED_PRECONDITION
+//    "HSM self-test failed".
+// Authorization (who may call which command) is the gRPC adapter's job; the core receives
+// the authenticated identity for audit and for custodian rules.
+// Thread-safe: commands may run concurrently; shared state lives in the KeyStore.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "audit_log.h"
+#include "key_store.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/random.h"
+
+namespace rkl::hsm {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual int64_t NowUnixMs() = 0;
+};
+
+class SystemClock : public Clock {
+ public:
+  int64_t NowUnixMs() override;
+};
+
+struct HsmCoreOptions {
+  bool self_test_passed = true;
+  absl::Duration default_ceremony_ttl = absl::Minutes(15);
+  absl::Duration max_ceremony_ttl = absl::Hours(24);
+  int ceremony_key_bits = 3072;
+};
+
+struct GeneratedRsaKey {
+  uint64_t key_index = 0;
+  Bytes public_key_der{};
+};
+
+struct BegunCeremony {
+  std::string ceremony_id{};
+  Bytes component_encryption_key_der{};
+  int64_t expires_at_ms = 0;
+};
+
+struct CeremonyStatus {
+  Ceremony ceremony;
+  Bytes component_encryption_key_der{};  // empty unless OPEN
+};
+
+struct AddedComponent {
+  std::string component_kcv{};
+  uint32_t components_added = 0;
+  uint32_t components_required = 0;
+};
+
+struct CompletedCeremony {
+  uint64_t key_index = 0;
+  std::string kcv{};
+};
+
+struct TranslateCommand {
+  uint64_t pr_index = 0;
+  Bytes ctk_pu{};
+  std::string sn{};
+  int64_t created_at_ms = 0;
+  uint64_t pk_index = 0;
+  uint64_t mak_index = 0;
+  std::optional<crypto::KeyAlgorithm> algorithm{};  // nullopt: not given / unknown code
+};
+
+struct ImportCommand {
+  uint64_t pk_index = 0;
+  uint64_t mak_index = 0;
+  std::string sn{};
+  Bytes ctk_pk{};
+};
+
+struct ImportedTransportKey {
+  uint64_t tek_index = 0;
+  std::string tek_kcv{};
+  uint64_t auk_index = 0;
+  std::string auk_kcv{};
+  crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+  int64_t created_at_ms = 0;
+};
+
+struct GeneratedTmk {
+  uint64_t tmk_index = 0;
+  std::string kcv{};
+  bool created = false;
+};
+
+struct AuthChallengeResult {
+  Bytes rnd2{};
+  Bytes crnd1{};
+};
+
+struct AuthVerifyCommand {
+  uint64_t auk_index = 0;
+  std::string sn{};
+  Bytes rnd1{}, rnd2{}, crnd2{};
+};
+
+struct ExportedKeyBlock {
+  std::string key_block{};
+  std::string key_kcv{};
+  std::string kek_kcv{};
+};
+
+struct InstallProofCommand {
+  uint64_t auk_index = 0;
+  std::string sn{};
+  std::string tmk_kcv{};
+  Bytes rnd1{}, rnd2{}, proof{};
+};
+
+class HsmCore {
+ public:
+  // `store`, `audit` and `clock` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
+  // and symmetric keys (tests inject a deterministic one; production passes FillRandom).
+  HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomSource rng,
+          HsmCoreOptions options);
+
+  bool self_test_passed() const { return options_.self_test_passed; }
+
+  absl::StatusOr<GeneratedRsaKey> GenerateRsaKeyPair(const std::string& caller, uint32_t bits,
+                                                     const std::string& label);
+  absl::StatusOr<Bytes> GetPublicKey(const std::string& caller, uint64_t key_index);
+
+  absl::StatusOr<BegunCeremony> BeginCeremony(const std::string& caller, const std::string& label,
+                                              KeyType key_type, uint32_t component_count,
+                                              uint32_t ttl_seconds);
+  absl::StatusOr<CeremonyStatus> GetCeremony(const std::string& caller,
+                                             const std::string& ceremony_id);
+  // The custodian is `caller`.
+  absl::StatusOr<AddedComponent> AddComponent(const std::string& caller,
+                                              const std::string& ceremony_id,
+                                              const Bytes& encrypted_component);
+  absl::StatusOr<CompletedCeremony> CompleteCeremony(const std::string& caller,
+                                                     const std::string& ceremony_id);
+
+  absl::StatusOr<Bytes> TranslateTransportKey(const std::string& caller,
+                                              const TranslateCommand& command);
+  absl::StatusOr<ImportedTransportKey> ImportTransportKey(const std::string& caller,
+                                                          const ImportCommand& command);
+  absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& caller, const std::string& sn,
+                                           std::optional<crypto::KeyAlgorithm> algorithm,
+                                           bool replace_existing);
+  absl::StatusOr<AuthChallengeResult> AuthChallenge(const std::string& caller, uint64_t auk_index,
+                                                    const std::string& sn, const Bytes& rnd1);
+  absl::Status AuthVerify(const std::string& caller, const AuthVerifyCommand& command);
+  absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(const std::string& caller, uint64_t key_index,
+                                                  uint64_t kek_index, const std::string& sn);
+  absl::Status VerifyInstallProof(const std::string& caller, const InstallProofCommand& command);
+
+  absl::StatusOr<KeyRecord> GetKeyInfo(const std::string& caller, uint64_t key_index);
+  absl::Status DeleteKey(const std::string& caller, uint64_t key_index);
+  absl::StatusOr<Bytes> GenerateRandom(const std::string& caller, uint32_t length);
+  absl::StatusOr<AuditVerification> VerifyAuditChain(const std::string& caller);
+
+  // Audits a call the adapter refused (authorization), so denials are on record too.
+  void RecordRefusal(const std::string& caller, const std::string& action,
+                     const absl::Status& status);
+
+ private:
+  template <typename Fn>
+  auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
+      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
+  void RecordFailure(AuditEvent event, const absl::Status& status);
+  absl::Status ExpireCeremonies();
+  crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
+  absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);
+
+  KeyStore& store_;
+  AuditLog& audit_;
+  Clock& clock_;
+  crypto::RandomSource rng_;
+  const HsmCoreOptions options_;
+};
+
+}  // namespace rkl::hsm

@@ -1,0 +1,142 @@
+#include "hsm_daemon.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "lmk.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/db/migration.h"
+#include "rkl/hsm/migrations.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::hsm {
+
+void DeclareHsmConfig(ConfigSchema& schema) {
+  schema
+      .String("hsm_id",
+              "Name of this HSM instance, e.g. hsm-mtms or hsm-kms. Recorded in the database "
+              "at first start and part of the audit key derivation; must not change.")
+      .Default("hsm");
+  schema.String("listen", "host:port to serve gRPC on (HSM #1 50052, HSM #2 50053)")
+      .Default("0.0.0.0:50052");
+  rpc::DeclareTlsConfig(schema);
+  schema
+      .String("db.dsn",
+              "libpq DSN of this instance's own database, e.g. "
+              "'host=db dbname=rkl_hsm_kms user=rkl_hsm connect_timeout=5'")
+      .Required()
+      .Secret();
+  schema.Int("db.pool_size", "database connections at most").Default("8").Range(1, 256);
+  schema
+      .Path("lmk.file",
+            "file holding the LMK: 32 raw bytes or 64 hex digits, mode 0600 or 0400, readable "
+            "only by the daemon's user")
+      .Required();
+  schema
+      .String("authz.operational_identities",
+              "comma-separated mTLS identities allowed the operational commands (HSM #1: "
+              "mtms, HSM #2: kms); admin:* identities are always allowed, and are the only "
+              "ones allowed ceremony, delete and audit commands")
+      .Required();
+  schema.Duration("ceremony.default_ttl", "lifetime of a key ceremony that sets no ttl_seconds")
+      .Default("15m");
+  schema.Int("key_cache.size", "unsealed keys kept in memory (LRU, zeroed on eviction); 0 = none")
+      .Default("256")
+      .Range(0, 100000);
+  schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
+  schema.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "lowest level logged")
+      .Default("info");
+  schema
+      .Bool("testing.fail_self_test",
+            "TEST ONLY: make a self-test fail so the NOT_SERVING path can be tested. Never set "
+            "it in production.")
+      .Default("false");
+}
+
+absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
+  HsmDaemonOptions o;
+  o.hsm_id = config.GetString("hsm_id");
+  o.listen_address = config.GetString("listen");
+  o.tls = rpc::TlsFilesFromConfig(config);
+  o.database_dsn = config.GetString("db.dsn");
+  o.db_pool_size = static_cast<int>(config.GetInt("db.pool_size"));
+  o.lmk_file = config.GetPath("lmk.file");
+  for (absl::string_view id :
+       absl::StrSplit(config.GetString("authz.operational_identities"), ',')) {
+    std::string identity(absl::StripAsciiWhitespace(id));
+    if (identity.empty()) continue;
+    if (identity == "*" || identity.starts_with("admin:")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: authz.operational_identities: '", identity,
+                       "' is not a service identity (admins are always allowed)"));
+    }
+    o.operational_identities.push_back(identity);
+  }
+  if (o.operational_identities.empty()) {
+    return absl::InvalidArgumentError(
+        "config: authz.operational_identities: name at least one identity, e.g. mtms or kms");
+  }
+  o.ceremony_ttl = config.GetDuration("ceremony.default_ttl");
+  o.key_cache_size = static_cast<size_t>(config.GetInt("key_cache.size"));
+  o.fail_self_test = config.GetBool("testing.fail_self_test");
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions options) {
+  std::unique_ptr<HsmDaemon> d(new HsmDaemon());
+  Clock& clock = options.clock != nullptr ? *options.clock : d->system_clock_;
+
+  RKL_ASSIGN_OR_RETURN(crypto::SecretBytes lmk, LoadLmkFile(options.lmk_file));
+  RKL_ASSIGN_OR_RETURN(d->lmk_kcv_, LmkKcv(lmk));
+
+  d->pool_ = std::make_unique<db::ConnectionPool>(
+      db::PoolOptions{.dsn = options.database_dsn, .max_size = options.db_pool_size});
+  auto applied = db::ApplyMigrations(*d->pool_, Migrations());
+  if (!applied.ok()) {
+    return absl::Status(applied.status().code(),
+                        absl::StrCat("database ", d->pool_->redacted_dsn(),
+                                     ": migrations: ", applied.status().message()));
+  }
+  RKL_RETURN_IF_ERROR(
+      BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, clock.NowUnixMs()));
+
+  d->self_test_ = RunSelfTests(options.fail_self_test);
+  if (d->self_test_.passed) {
+    spdlog::info("self-tests passed");
+  } else {
+    spdlog::critical(
+        "self-tests FAILED ({}): serving NOT_SERVING, every cryptographic command "
+        "is refused",
+        absl::StrJoin(d->self_test_.failures, ", "));
+  }
+
+  RKL_ASSIGN_OR_RETURN(crypto::SecretBytes audit_key, DeriveAuditKey(lmk, options.hsm_id));
+  d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, std::move(audit_key));
+  d->store_ = std::make_unique<PgKeyStore>(*d->pool_, lmk, *d->audit_, options.key_cache_size);
+  crypto::RandomSource rng = options.rng ? options.rng : crypto::RandomSource(crypto::FillRandom);
+  d->core_ =
+      std::make_unique<HsmCore>(*d->store_, *d->audit_, clock, std::move(rng),
+                                HsmCoreOptions{.self_test_passed = d->self_test_.passed,
+                                               .default_ceremony_ttl = options.ceremony_ttl});
+  d->service_ = std::make_unique<HsmGrpcService>(*d->core_, options.operational_identities);
+
+  RKL_ASSIGN_OR_RETURN(
+      d->server_, rpc::Server::Start({.listen_address = options.listen_address,
+                                      .tls = options.tls,
+                                      .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
+                                      .start_serving = false},
+                                     {d->service_.get()}));
+  d->server_->SetServing(kHsmServiceName, d->self_test_.passed);
+  d->server_->SetServing(d->self_test_.passed);
+  spdlog::info("rkl-hsm '{}' serving on port {} (LMK KCV {}, operational identities: {})",
+               options.hsm_id, d->server_->port(), d->lmk_kcv_,
+               absl::StrJoin(options.operational_identities, ","));
+  return d;
+}
+
+HsmDaemon::~HsmDaemon() {
+  if (server_) server_->Shutdown(absl::Seconds(5));
+}
+
+}  // namespace rkl::hsm

@@ -1,0 +1,81 @@
+#pragma once
+// HsmDaemon: one running rkl-hsm instance — LMK, database, self-tests, core, gRPC server —
+// wired in the order that makes start-up failures clear. main() and the integration tests
+// both start the HSM through it, so the tests exercise the daemon's real start-up path.
+//
+// Start() fails (FAILED_PRECONDITION / UNAVAILABLE, naming the file, key or KCV at fault)
+// when the LMK file is unsafe or malformed, the database is unreachable, a migration fails,
+// or the LMK or hsm_id differs from the one the database was created with. A failed
+// self-test does NOT fail start-up: the daemon serves, reports NOT_SERVING on gRPC health
+// and refuses every cryptographic command with FAILED_PRECONDITION, so an operator can see
+// the state and read the audit log.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "audit_log.h"
+#include "hsm_core.h"
+#include "hsm_grpc_service.h"
+#include "key_store.h"
+#include "rkl/common/config.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/rpc/server.h"
+#include "self_test.h"
+
+namespace rkl::hsm {
+
+inline constexpr char kHsmServiceName[] = "rkl.v1.Hsm";
+
+struct HsmDaemonOptions {
+  std::string hsm_id = "hsm";
+  std::string database_dsn;
+  int db_pool_size = 8;
+  std::string lmk_file;
+  std::vector<std::string> operational_identities;
+  std::string listen_address = "0.0.0.0:50052";
+  rpc::TlsFiles tls;
+  absl::Duration ceremony_ttl = absl::Minutes(15);
+  size_t key_cache_size = 256;
+  // Test-only: make one self-test answer wrong, to exercise the failure path.
+  bool fail_self_test = false;
+  // Tests inject a clock they control (ceremony expiry); null means the system clock.
+  Clock* clock = nullptr;
+  // Tests inject randomness; empty means the CSPRNG.
+  crypto::RandomSource rng;
+};
+
+// The configuration keys of rkl-hsm (RKL_HSM_* environment overrides).
+void DeclareHsmConfig(ConfigSchema& schema);
+// Reads them; INVALID_ARGUMENT naming the key for values the schema cannot check.
+absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config);
+
+class HsmDaemon {
+ public:
+  static absl::StatusOr<std::unique_ptr<HsmDaemon>> Start(HsmDaemonOptions options);
+  ~HsmDaemon();
+
+  int port() const { return server_->port(); }
+  rpc::Server& server() { return *server_; }
+  HsmCore& core() { return *core_; }
+  PgKeyStore& key_store() { return *store_; }
+  const SelfTestResult& self_test() const { return self_test_; }
+  const std::string& lmk_kcv() const { return lmk_kcv_; }
+
+ private:
+  HsmDaemon() = default;
+
+  SelfTestResult self_test_;
+  std::string lmk_kcv_;
+  SystemClock system_clock_;
+  std::unique_ptr<db::ConnectionPool> pool_;
+  std::unique_ptr<PgAuditLog> audit_;
+  std::unique_ptr<PgKeyStore> store_;
+  std::unique_ptr<HsmCore> core_;
+  std::unique_ptr<HsmGrpcService> service_;
+  std::unique_ptr<rpc::Server> server_;
+};
+
+}  // namespace rkl::hsm

@@ -1,0 +1,291 @@
+#include "hsm_grpc_service.h"
+
+#include "rkl/rpc/status.h"
+
+namespace rkl::hsm {
+namespace {
+
+// The core's enums carry the proto's numbers; keep them in step.
+static_assert(static_cast<int>(KeyType::kTmk) == v1::KEY_TYPE_TMK);
+static_assert(static_cast<int>(KeyUsage::kCeremonyDecrypt) == v1::KEY_USAGE_CEREMONY_DECRYPT);
+static_assert(static_cast<int>(KeyState::kDeleted) == v1::KEY_STATE_DELETED);
+static_assert(static_cast<int>(CeremonyState::kExpired) == v1::CEREMONY_STATE_EXPIRED);
+
+constexpr char kAdmins[] = "admin:*";
+
+const char* const kOperationalMethods[] = {
+    "GenerateRsaKeyPair", "GetPublicKey",   "TranslateTransportKey",
+    "ImportTransportKey", "GenerateTmk",    "AuthChallenge",
+    "AuthVerify",         "ExportKeyBlock", "VerifyInstallProof",
+    "GetKeyInfo",         "GenerateRandom"};
+const char* const kAdminMethods[] = {"BeginCeremony",    "GetCeremony", "AddComponent",
+                                     "CompleteCeremony", "DeleteKey",   "VerifyAuditChain"};
+
+Bytes ToBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
+std::string ToString(const Bytes& b) { return std::string(b.begin(), b.end()); }
+
+std::optional<crypto::KeyAlgorithm> Algorithm(v1::KeyAlgorithm a) {
+  if (a < 0 || a > 0xFF) return std::nullopt;
+  auto algorithm = crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(a));
+  if (!algorithm.ok()) return std::nullopt;
+  return *algorithm;
+}
+
+grpc::Status Done(const absl::Status& s) { return rpc::ToGrpcStatus(s); }
+
+}  // namespace
+
+HsmGrpcService::HsmGrpcService(HsmCore& core,
+                               const std::vector<std::string>& operational_identities)
+    : core_(core) {
+  std::vector<std::string> operational = operational_identities;
+  operational.push_back(kAdmins);
+  for (const char* m : kOperationalMethods) authorizer_.Allow(m, operational);
+  for (const char* m : kAdminMethods) authorizer_.Allow(m, {kAdmins});
+}
+
+absl::StatusOr<std::string> HsmGrpcService::Authorize(const grpc::ServerContext& ctx,
+                                                      const char* method) {
+  std::string caller = rpc::GetCallerIdentity(ctx).name;
+  if (absl::Status s = authorizer_.Check(method, caller); !s.ok()) {
+    core_.RecordRefusal(caller.empty() ? "(no identity)" : caller, method, s);
+    return s;
+  }
+  return caller;
+}
+
+grpc::Status HsmGrpcService::GenerateRsaKeyPair(grpc::ServerContext* ctx,
+                                                const v1::GenerateRsaKeyPairRequest* req,
+                                                v1::GenerateRsaKeyPairResponse* resp) {
+  auto caller = Authorize(*ctx, "GenerateRsaKeyPair");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.GenerateRsaKeyPair(*caller, req->bits(), req->label());
+  if (!r.ok()) return Done(r.status());
+  resp->set_key_index(r->key_index);
+  resp->set_public_key_der(ToString(r->public_key_der));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::GetPublicKey(grpc::ServerContext* ctx,
+                                          const v1::GetPublicKeyRequest* req,
+                                          v1::GetPublicKeyResponse* resp) {
+  auto caller = Authorize(*ctx, "GetPublicKey");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.GetPublicKey(*caller, req->key_index());
+  if (!r.ok()) return Done(r.status());
+  resp->set_public_key_der(ToString(*r));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::BeginCeremony(grpc::ServerContext* ctx,
+                                           const v1::BeginCeremonyRequest* req,
+                                           v1::BeginCeremonyResponse* resp) {
+  auto caller = Authorize(*ctx, "BeginCeremony");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.BeginCeremony(*caller, req->label(), static_cast<KeyType>(req->key_type()),
+                               req->component_count(), req->ttl_seconds());
+  if (!r.ok()) return Done(r.status());
+  resp->set_ceremony_id(r->ceremony_id);
+  resp->set_component_encryption_key_der(ToString(r->component_encryption_key_der));
+  resp->set_expires_at_unix_ms(r->expires_at_ms);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::GetCeremony(grpc::ServerContext* ctx,
+                                         const v1::GetCeremonyRequest* req,
+                                         v1::GetCeremonyResponse* resp) {
+  auto caller = Authorize(*ctx, "GetCeremony");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.GetCeremony(*caller, req->ceremony_id());
+  if (!r.ok()) return Done(r.status());
+  const Ceremony& c = r->ceremony;
+  resp->set_ceremony_id(c.id);
+  resp->set_label(c.label);
+  resp->set_key_type(static_cast<v1::KeyType>(c.key_type));
+  resp->set_component_count(c.component_count);
+  resp->set_components_added(static_cast<uint32_t>(c.custodians.size()));
+  for (const std::string& custodian : c.custodians) resp->add_custodians(custodian);
+  resp->set_state(static_cast<v1::CeremonyState>(c.state));
+  resp->set_expires_at_unix_ms(c.expires_at_ms);
+  resp->set_component_encryption_key_der(ToString(r->component_encryption_key_der));
+  resp->set_result_key_index(c.result_key_index);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::AddComponent(grpc::ServerContext* ctx,
+                                          const v1::AddComponentRequest* req,
+                                          v1::AddComponentResponse* resp) {
+  auto caller = Authorize(*ctx, "AddComponent");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.AddComponent(*caller, req->ceremony_id(), ToBytes(req->encrypted_component()));
+  if (!r.ok()) return Done(r.status());
+  resp->set_component_kcv(r->component_kcv);
+  resp->set_components_added(r->components_added);
+  resp->set_components_required(r->components_required);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::CompleteCeremony(grpc::ServerContext* ctx,
+                                              const v1::CompleteCeremonyRequest* req,
+                                              v1::CompleteCeremonyResponse* resp) {
+  auto caller = Authorize(*ctx, "CompleteCeremony");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.CompleteCeremony(*caller, req->ceremony_id());
+  if (!r.ok()) return Done(r.status());
+  resp->set_key_index(r->key_index);
+  resp->set_kcv(r->kcv);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::TranslateTransportKey(grpc::ServerContext* ctx,
+                                                   const v1::TranslateTransportKeyRequest* req,
+                                                   v1::TranslateTransportKeyResponse* resp) {
+  auto caller = Authorize(*ctx, "TranslateTransportKey");
+  if (!caller.ok()) return Done(caller.status());
+  TranslateCommand cmd{.pr_index = req->pr_index(),
+                       .ctk_pu = ToBytes(req->ctk_pu()),
+                       .sn = req->sn(),
+                       .created_at_ms = req->created_at_unix_ms(),
+                       .pk_index = req->pk_index(),
+                       .mak_index = req->mak_index(),
+                       .algorithm = Algorithm(req->algorithm())};
+  auto r = core_.TranslateTransportKey(*caller, cmd);
+  if (!r.ok()) return Done(r.status());
+  resp->set_ctk_pk(ToString(*r));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::ImportTransportKey(grpc::ServerContext* ctx,
+                                                const v1::ImportTransportKeyRequest* req,
+                                                v1::ImportTransportKeyResponse* resp) {
+  auto caller = Authorize(*ctx, "ImportTransportKey");
+  if (!caller.ok()) return Done(caller.status());
+  ImportCommand cmd{.pk_index = req->pk_index(),
+                    .mak_index = req->mak_index(),
+                    .sn = req->sn(),
+                    .ctk_pk = ToBytes(req->ctk_pk())};
+  auto r = core_.ImportTransportKey(*caller, cmd);
+  if (!r.ok()) return Done(r.status());
+  resp->set_tek_index(r->tek_index);
+  resp->set_tek_kcv(r->tek_kcv);
+  resp->set_auk_index(r->auk_index);
+  resp->set_auk_kcv(r->auk_kcv);
+  resp->set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(r->algorithm)));
+  resp->set_created_at_unix_ms(r->created_at_ms);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::GenerateTmk(grpc::ServerContext* ctx,
+                                         const v1::GenerateTmkRequest* req,
+                                         v1::GenerateTmkResponse* resp) {
+  auto caller = Authorize(*ctx, "GenerateTmk");
+  if (!caller.ok()) return Done(caller.status());
+  auto r =
+      core_.GenerateTmk(*caller, req->sn(), Algorithm(req->algorithm()), req->replace_existing());
+  if (!r.ok()) return Done(r.status());
+  resp->set_tmk_index(r->tmk_index);
+  resp->set_kcv(r->kcv);
+  resp->set_created(r->created);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::AuthChallenge(grpc::ServerContext* ctx,
+                                           const v1::AuthChallengeRequest* req,
+                                           v1::AuthChallengeResponse* resp) {
+  auto caller = Authorize(*ctx, "AuthChallenge");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.AuthChallenge(*caller, req->auk_index(), req->sn(), ToBytes(req->rnd1()));
+  if (!r.ok()) return Done(r.status());
+  resp->set_rnd2(ToString(r->rnd2));
+  resp->set_crnd1(ToString(r->crnd1));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::AuthVerify(grpc::ServerContext* ctx, const v1::AuthVerifyRequest* req,
+                                        v1::Empty*) {
+  auto caller = Authorize(*ctx, "AuthVerify");
+  if (!caller.ok()) return Done(caller.status());
+  return Done(core_.AuthVerify(*caller, AuthVerifyCommand{.auk_index = req->auk_index(),
+                                                          .sn = req->sn(),
+                                                          .rnd1 = ToBytes(req->rnd1()),
+                                                          .rnd2 = ToBytes(req->rnd2()),
+                                                          .crnd2 = ToBytes(req->crnd2())}));
+}
+
+grpc::Status HsmGrpcService::ExportKeyBlock(grpc::ServerContext* ctx,
+                                            const v1::ExportKeyBlockRequest* req,
+                                            v1::ExportKeyBlockResponse* resp) {
+  auto caller = Authorize(*ctx, "ExportKeyBlock");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.ExportKeyBlock(*caller, req->key_index(), req->kek_index(), req->sn());
+  if (!r.ok()) return Done(r.status());
+  resp->set_key_block(r->key_block);
+  resp->set_key_kcv(r->key_kcv);
+  resp->set_kek_kcv(r->kek_kcv);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::VerifyInstallProof(grpc::ServerContext* ctx,
+                                                const v1::VerifyInstallProofRequest* req,
+                                                v1::Empty*) {
+  auto caller = Authorize(*ctx, "VerifyInstallProof");
+  if (!caller.ok()) return Done(caller.status());
+  return Done(
+      core_.VerifyInstallProof(*caller, InstallProofCommand{.auk_index = req->auk_index(),
+                                                            .sn = req->sn(),
+                                                            .tmk_kcv = req->tmk_kcv(),
+                                                            .rnd1 = ToBytes(req->rnd1()),
+                                                            .rnd2 = ToBytes(req->rnd2()),
+                                                            .proof = ToBytes(req->proof())}));
+}
+
+grpc::Status HsmGrpcService::GetKeyInfo(grpc::ServerContext* ctx, const v1::GetKeyInfoRequest* req,
+                                        v1::KeyInfo* resp) {
+  auto caller = Authorize(*ctx, "GetKeyInfo");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.GetKeyInfo(*caller, req->key_index());
+  if (!r.ok()) return Done(r.status());
+  resp->set_key_index(r->index);
+  resp->set_type(static_cast<v1::KeyType>(r->type));
+  resp->set_algorithm(static_cast<v1::KeyAlgorithm>(r->algorithm));
+  resp->set_usage(static_cast<v1::KeyUsage>(r->usage));
+  resp->set_bound_sn(r->bound_sn);
+  resp->set_label(r->label);
+  resp->set_kcv(r->kcv);
+  resp->set_state(static_cast<v1::KeyState>(r->state));
+  resp->set_created_at_unix_ms(r->created_at_ms);
+  resp->set_rsa_bits(r->rsa_bits);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::DeleteKey(grpc::ServerContext* ctx, const v1::DeleteKeyRequest* req,
+                                       v1::Empty*) {
+  auto caller = Authorize(*ctx, "DeleteKey");
+  if (!caller.ok()) return Done(caller.status());
+  return Done(core_.DeleteKey(*caller, req->key_index()));
+}
+
+grpc::Status HsmGrpcService::GenerateRandom(grpc::ServerContext* ctx,
+                                            const v1::GenerateRandomRequest* req,
+                                            v1::GenerateRandomResponse* resp) {
+  auto caller = Authorize(*ctx, "GenerateRandom");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.GenerateRandom(*caller, req->length());
+  if (!r.ok()) return Done(r.status());
+  resp->set_random(ToString(*r));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::VerifyAuditChain(grpc::ServerContext* ctx, const v1::Empty*,
+                                              v1::VerifyAuditChainResponse* resp) {
+  auto caller = Authorize(*ctx, "VerifyAuditChain");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.VerifyAuditChain(*caller);
+  if (!r.ok()) return Done(r.status());
+  resp->set_intact(r->intact);
+  resp->set_records_checked(r->records_checked);
+  resp->set_first_broken_seq(r->first_broken_seq);
+  return grpc::Status::OK;
+}
+
+}  // namespace rkl::hsm

@@ -1,0 +1,418 @@
+#include "key_store.h"
+
+#include <algorithm>
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/aead.h"
+#include "rkl/db/transaction.h"
+
+namespace rkl::hsm {
+namespace {
+
+// ---- Queries (every one parameterised) ----------------------------------------------------
+constexpr char kKeyColumns[] =
+    "key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, created_at_ms, "
+    "rsa_bits, public_key_der, nonce, sealed";
+constexpr char kNextKeyIndex[] = "SELECT nextval('hsm_key_index_seq')";
+constexpr char kInsertKey[] =
+    "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
+    "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12)";
+constexpr char kLiveLabel[] = "SELECT 1 FROM hsm_key WHERE label = $1 AND state = 1";
+constexpr char kSetKeyState[] =
+    "UPDATE hsm_key SET state = $2, updated_at_ms = $3 WHERE key_index = $1";
+constexpr char kEraseKey[] =
+    "UPDATE hsm_key SET state = 3, updated_at_ms = $2, nonce = NULL, sealed = NULL "
+    "WHERE key_index = $1";
+constexpr char kCeremonyColumns[] =
+    "ceremony_id, label, key_type, component_count, ceremony_key_index, state, created_by, "
+    "created_at_ms, expires_at_ms, coalesce(result_key_index, 0)";
+constexpr char kInsertCeremony[] =
+    "INSERT INTO hsm_ceremony (ceremony_id, label, key_type, component_count, "
+    "ceremony_key_index, state, created_by, created_at_ms, expires_at_ms) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+constexpr char kCustodians[] =
+    "SELECT custodian FROM hsm_ceremony_component WHERE ceremony_id = $1 ORDER BY position";
+constexpr char kSetCeremonyState[] =
+    "UPDATE hsm_ceremony SET state = $2, result_key_index = nullif($3, 0) "
+    "WHERE ceremony_id = $1";
+constexpr char kInsertComponent[] =
+    "INSERT INTO hsm_ceremony_component (ceremony_id, custodian, position, kcv, nonce, sealed, "
+    "added_at_ms) VALUES ($1, $2, (SELECT count(*) + 1 FROM hsm_ceremony_component "
+    "WHERE ceremony_id = $1), $3, $4, $5, $6)";
+constexpr char kComponentExists[] =
+    "SELECT 1 FROM hsm_ceremony_component WHERE ceremony_id = $1 AND custodian = $2";
+constexpr char kComponents[] =
+    "SELECT custodian, nonce, sealed FROM hsm_ceremony_component WHERE ceremony_id = $1 "
+    "ORDER BY position";
+constexpr char kDeleteComponents[] = "DELETE FROM hsm_ceremony_component WHERE ceremony_id = $1";
+
+void PutBigEndian(Bytes& out, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+void PutShortString(Bytes& out, std::string_view s) {
+  out.push_back(static_cast<uint8_t>(std::min<size_t>(s.size(), 255)));
+  out.insert(out.end(), s.begin(), s.begin() + std::min<size_t>(s.size(), 255));
+}
+
+Bytes ToBytes(const pqxx::field& f) {
+  if (f.is_null()) return {};
+  pqxx::binarystring b(f);
+  return Bytes(b.data(), b.data() + b.size());
+}
+
+pqxx::binarystring Blob(std::span<const uint8_t> b) {
+  return pqxx::binarystring(b.data(), b.size());
+}
+
+KeyRecord RecordFromRow(const pqxx::row& r) {
+  KeyRecord k;
+  k.index = r[0].as<uint64_t>();
+  k.type = static_cast<KeyType>(r[1].as<int>());
+  k.algorithm = static_cast<uint8_t>(r[2].as<int>());
+  k.usage = static_cast<KeyUsage>(r[3].as<int>());
+  k.bound_sn = r[4].as<std::string>();
+  k.label = r[5].as<std::string>();
+  k.kcv = r[6].as<std::string>();
+  k.state = static_cast<KeyState>(r[7].as<int>());
+  k.created_at_ms = r[8].as<int64_t>();
+  k.rsa_bits = r[9].as<uint32_t>();
+  k.public_key_der = ToBytes(r[10]);
+  k.nonce = ToBytes(r[11]);
+  k.sealed = ToBytes(r[12]);
+  return k;
+}
+
+Ceremony CeremonyFromRow(const pqxx::row& r) {
+  Ceremony c;
+  c.id = r[0].as<std::string>();
+  c.label = r[1].as<std::string>();
+  c.key_type = static_cast<KeyType>(r[2].as<int>());
+  c.component_count = r[3].as<uint32_t>();
+  c.ceremony_key_index = r[4].as<uint64_t>();
+  c.state = static_cast<CeremonyState>(r[5].as<int>());
+  c.created_by = r[6].as<std::string>();
+  c.created_at_ms = r[7].as<int64_t>();
+  c.expires_at_ms = r[8].as<int64_t>();
+  c.result_key_index = r[9].as<uint64_t>();
+  return c;
+}
+
+// Splits AeadSeal's nonce ‖ ciphertext ‖ tag into the two stored columns.
+std::pair<Bytes, Bytes> SplitSealed(const Bytes& blob) {
+  return {Bytes(blob.begin(), blob.begin() + crypto::kAeadNonceSize),
+          Bytes(blob.begin() + crypto::kAeadNonceSize, blob.end())};
+}
+
+Bytes JoinSealed(std::span<const uint8_t> nonce, std::span<const uint8_t> sealed) {
+  Bytes blob(nonce.begin(), nonce.end());
+  blob.insert(blob.end(), sealed.begin(), sealed.end());
+  return blob;
+}
+
+bool Equal(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+}  // namespace
+
+std::string KeyTypeName(KeyType type) {
+  switch (type) {
+    case KeyType::kRsaPrivate:
+      return "RSA_PRIVATE";
+    case KeyType::kPk:
+      return "PK";
+    case KeyType::kMak:
+      return "MAK";
+    case KeyType::kTek:
+      return "TEK";
+    case KeyType::kAuk:
+      return "AUK";
+    case KeyType::kTmk:
+      return "TMK";
+  }
+  return "UNKNOWN";
+}
+
+std::string KeyUsageName(KeyUsage usage) {
+  switch (usage) {
+    case KeyUsage::kTransportDecrypt:
+      return "TRANSPORT_DECRYPT";
+    case KeyUsage::kTkWrap:
+      return "TK_WRAP";
+    case KeyUsage::kTkMac:
+      return "TK_MAC";
+    case KeyUsage::kExportKek:
+      return "EXPORT_KEK";
+    case KeyUsage::kTerminalAuth:
+      return "TERMINAL_AUTH";
+    case KeyUsage::kTerminalMaster:
+      return "TERMINAL_MASTER";
+    case KeyUsage::kCeremonyDecrypt:
+      return "CEREMONY_DECRYPT";
+  }
+  return "UNKNOWN";
+}
+
+std::string KeyStateName(KeyState state) {
+  switch (state) {
+    case KeyState::kActive:
+      return "ACTIVE";
+    case KeyState::kSuperseded:
+      return "SUPERSEDED";
+    case KeyState::kDeleted:
+      return "DELETED";
+  }
+  return "UNKNOWN";
+}
+
+Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
+                   std::string_view bound_sn, int64_t created_at_ms) {
+  constexpr std::string_view kTag = "RKL-HSM-KEY-1";
+  Bytes aad(kTag.begin(), kTag.end());
+  PutBigEndian(aad, index, 8);
+  aad.push_back(static_cast<uint8_t>(type));
+  aad.push_back(algorithm);
+  aad.push_back(static_cast<uint8_t>(usage));
+  PutShortString(aad, bound_sn);
+  PutBigEndian(aad, static_cast<uint64_t>(created_at_ms), 8);
+  return aad;
+}
+
+Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian) {
+  constexpr std::string_view kTag = "RKL-HSM-COMPONENT-1";
+  Bytes aad(kTag.begin(), kTag.end());
+  PutShortString(aad, ceremony_id);
+  PutShortString(aad, custodian);
+  return aad;
+}
+
+// ---- UnsealedKeyCache ----------------------------------------------------------------------
+
+std::optional<crypto::SecretBytes> UnsealedKeyCache::Get(uint64_t index,
+                                                         std::span<const uint8_t> aad,
+                                                         std::span<const uint8_t> nonce,
+                                                         std::span<const uint8_t> sealed) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(index);
+  if (it == entries_.end()) return std::nullopt;
+  Entry& e = it->second;
+  if (!Equal(e.aad, aad) || !Equal(e.nonce, nonce) || !Equal(e.sealed, sealed)) {
+    // The record changed since it was opened: forget the old key and open the record again.
+    lru_.erase(e.lru);
+    entries_.erase(it);
+    return std::nullopt;
+  }
+  lru_.splice(lru_.begin(), lru_, e.lru);
+  ++hits_;
+  return e.key;
+}
+
+void UnsealedKeyCache::Put(uint64_t index, Bytes aad, Bytes nonce, Bytes sealed,
+                           const crypto::SecretBytes& key) {
+  if (capacity_ == 0) return;
+  absl::MutexLock lock(&mu_);
+  if (auto it = entries_.find(index); it != entries_.end()) {
+    lru_.erase(it->second.lru);
+    entries_.erase(it);
+  }
+  while (entries_.size() >= capacity_) {
+    entries_.erase(lru_.back());  // SecretBytes' destructor zeroes the evicted key
+    lru_.pop_back();
+  }
+  lru_.push_front(index);
+  entries_.emplace(index,
+                   Entry{std::move(aad), std::move(nonce), std::move(sealed), key, lru_.begin()});
+}
+
+void UnsealedKeyCache::Erase(uint64_t index) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = entries_.find(index); it != entries_.end()) {
+    lru_.erase(it->second.lru);
+    entries_.erase(it);
+  }
+}
+
+size_t UnsealedKeyCache::size() const {
+  absl::MutexLock lock(&mu_);
+  return entries_.size();
+}
+
+uint64_t UnsealedKeyCache::hits() const {
+  absl::MutexLock lock(&mu_);
+  return hits_;
+}
+
+// ---- PgKeyTransaction ----------------------------------------------------------------------
+
+class PgKeyTransaction : public KeyTransaction {
+ public:
+  PgKeyTransaction(pqxx::work& tx, PgKeyStore& store) : tx_(tx), store_(store) {}
+
+  absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
+    uint64_t index = tx_.exec1(kNextKeyIndex)[0].as<uint64_t>();
+    Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
+    RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
+    auto [nonce, sealed] = SplitSealed(blob);
+    tx_.exec_params(kInsertKey, index, static_cast<int>(key.type), static_cast<int>(key.algorithm),
+                    static_cast<int>(key.usage), key.bound_sn, key.label, key.kcv, now_ms,
+                    key.rsa_bits, Blob(key.public_key_der), Blob(nonce), Blob(sealed));
+    KeyRecord r;
+    r.index = index;
+    r.type = key.type;
+    r.algorithm = key.algorithm;
+    r.usage = key.usage;
+    r.bound_sn = key.bound_sn;
+    r.label = key.label;
+    r.kcv = key.kcv;
+    r.state = KeyState::kActive;
+    r.created_at_ms = now_ms;
+    r.rsa_bits = key.rsa_bits;
+    r.public_key_der = key.public_key_der;
+    r.nonce = std::move(nonce);
+    r.sealed = std::move(sealed);
+    return r;
+  }
+
+  absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
+    pqxx::result r = tx_.exec_params(
+        absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1"), index);
+    if (r.empty()) return std::nullopt;
+    return RecordFromRow(r[0]);
+  }
+
+  absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
+                                                      const std::string& sn) override {
+    pqxx::result r = tx_.exec_params(
+        absl::StrCat("SELECT ", kKeyColumns,
+                     " FROM hsm_key WHERE key_type = $1 AND bound_sn = $2 AND state = 1 "
+                     "ORDER BY key_index FOR UPDATE"),
+        static_cast<int>(type), sn);
+    std::vector<KeyRecord> out;
+    for (const auto& row : r) out.push_back(RecordFromRow(row));
+    return out;
+  }
+
+  absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
+    return !tx_.exec_params(kLiveLabel, label).empty();
+  }
+
+  absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& k) override {
+    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms);
+    if (auto cached = store_.cache_.Get(k.index, aad, k.nonce, k.sealed)) return *cached;
+    auto key = crypto::AeadOpen(store_.lmk_, JoinSealed(k.nonce, k.sealed), aad);
+    if (!key.ok() || k.nonce.size() != crypto::kAeadNonceSize) {
+      return absl::InternalError(
+          absl::StrCat("key record ", k.index, " failed its integrity check"));
+    }
+    store_.cache_.Put(k.index, std::move(aad), k.nonce, k.sealed, *key);
+    return key;
+  }
+
+  absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
+    if (state == KeyState::kDeleted) {
+      tx_.exec_params(kEraseKey, index, now_ms);
+      store_.cache_.Erase(index);
+    } else {
+      tx_.exec_params(kSetKeyState, index, static_cast<int>(state), now_ms);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status InsertCeremony(const Ceremony& c) override {
+    tx_.exec_params(kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
+                    c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
+                    c.expires_at_ms);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::optional<Ceremony>> FindCeremony(const std::string& id) override {
+    pqxx::result r =
+        tx_.exec_params(absl::StrCat("SELECT ", kCeremonyColumns,
+                                     " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
+                        id);
+    if (r.empty()) return std::nullopt;
+    Ceremony c = CeremonyFromRow(r[0]);
+    for (const auto& row : tx_.exec_params(kCustodians, id)) {
+      c.custodians.push_back(row[0].as<std::string>());
+    }
+    return c;
+  }
+
+  absl::StatusOr<std::vector<Ceremony>> FindExpiredCeremonies(int64_t now_ms) override {
+    pqxx::result r =
+        tx_.exec_params(absl::StrCat("SELECT ", kCeremonyColumns,
+                                     " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
+                                     "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
+                        now_ms);
+    std::vector<Ceremony> out;
+    for (const auto& row : r) out.push_back(CeremonyFromRow(row));
+    return out;
+  }
+
+  absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
+                                uint64_t result_key_index) override {
+    tx_.exec_params(kSetCeremonyState, id, static_cast<int>(state), result_key_index);
+    return absl::OkStatus();
+  }
+
+  absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
+                            const std::string& kcv, const crypto::SecretBytes& component,
+                            int64_t now_ms) override {
+    if (!tx_.exec_params(kComponentExists, ceremony_id, custodian).empty()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
+    }
+    RKL_ASSIGN_OR_RETURN(
+        Bytes blob, crypto::AeadSeal(store_.lmk_, component, ComponentAad(ceremony_id, custodian)));
+    auto [nonce, sealed] = SplitSealed(blob);
+    tx_.exec_params(kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed),
+                    now_ms);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
+      const std::string& ceremony_id) override {
+    std::vector<crypto::SecretBytes> out;
+    for (const auto& row : tx_.exec_params(kComponents, ceremony_id)) {
+      std::string custodian = row[0].as<std::string>();
+      auto component = crypto::AeadOpen(store_.lmk_, JoinSealed(ToBytes(row[1]), ToBytes(row[2])),
+                                        ComponentAad(ceremony_id, custodian));
+      if (!component.ok()) {
+        return absl::InternalError(absl::StrCat("component of '", custodian, "' in ceremony ",
+                                                ceremony_id, " failed its integrity check"));
+      }
+      out.push_back(*std::move(component));
+    }
+    return out;
+  }
+
+  absl::Status DeleteComponents(const std::string& ceremony_id) override {
+    tx_.exec_params(kDeleteComponents, ceremony_id);
+    return absl::OkStatus();
+  }
+
+  absl::Status Audit(const AuditEvent& event) override {
+    return store_.audit_.AppendInTransaction(tx_, event);
+  }
+
+ private:
+  pqxx::work& tx_;
+  PgKeyStore& store_;
+};
+
+PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
+                       size_t cache_capacity)
+    : pool_(pool), lmk_(lmk), audit_(audit), cache_(cache_capacity) {}
+
+absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
+    PgKeyTransaction ktx(tx, *this);
+    return fn(ktx);
+  });
+}
+
+}  // namespace rkl::hsm

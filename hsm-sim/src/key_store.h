@@ -1,0 +1,202 @@
+#pragma once
+// The HSM's key store: numbered key records (the patent's "key index") and key-ceremony
+// state, behind an interface the core uses in units of work (KeyStore::Transact).
+//
+// Guarantees of PgKeyStore:
+//  - key material and ceremony components are stored only sealed: AES-256-GCM under the LMK
+//    with a fresh 96-bit nonce, AAD = KeyRecordAad(index, type, algorithm, usage, bound SN,
+//    creation time) (PROTOCOL §9), or ComponentAad(ceremony id, custodian). A record whose
+//    nonce, ciphertext or any AAD column was altered, or whose sealed bytes were moved from
+//    another row, does not open: Unseal returns INTERNAL "key record N failed its integrity
+//    check" and the key is never used;
+//  - everything one Transact() does — key changes and the audit record — commits together
+//    or not at all; fn may run more than once (serialization retries);
+//  - unsealed keys may be kept in a bounded LRU cache (capacity 0 disables it). An entry is
+//    used only when the record's AAD, nonce and ciphertext are byte-identical to the ones
+//    that were opened, so the cache never hides tampering; evicted entries are zeroed
+//    (SecretBytes). Thread-safe.
+
+#include <cstdint>
+#include <list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "audit_log.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/secret_bytes.h"
+#include "rkl/db/connection_pool.h"
+
+namespace rkl::hsm {
+
+// Numbers as in proto/rkl/v1/hsm.proto.
+enum class KeyType : int {
+  kRsaPrivate = 1,
+  kPk = 2,
+  kMak = 3,
+  kTek = 4,
+  kAuk = 5,
+  kTmk = 6,
+};
+enum class KeyUsage : int {
+  kTransportDecrypt = 1,
+  kTkWrap = 2,
+  kTkMac = 3,
+  kExportKek = 4,
+  kTerminalAuth = 5,
+  kTerminalMaster = 6,
+  kCeremonyDecrypt = 7,
+};
+enum class KeyState : int { kActive = 1, kSuperseded = 2, kDeleted = 3 };
+enum class CeremonyState : int { kOpen = 1, kCompleted = 2, kExpired = 3 };
+
+std::string KeyTypeName(KeyType type);     // "TMK", "RSA_PRIVATE", ...
+std::string KeyUsageName(KeyUsage usage);  // "EXPORT_KEK", ...
+std::string KeyStateName(KeyState state);  // "ACTIVE", ...
+
+// A key record without its clear material. nonce/sealed are the public sealed form (empty in
+// stores that keep no sealed form, and after deletion).
+struct KeyRecord {
+  uint64_t index = 0;
+  KeyType type = KeyType::kRsaPrivate;
+  uint8_t algorithm = 0;  // terminal algorithm wire code; 0 for RSA, PK, MAK
+  KeyUsage usage = KeyUsage::kTransportDecrypt;
+  std::string bound_sn{};
+  std::string label{};
+  std::string kcv{};  // 6 hex digits; empty for RSA keys
+  KeyState state = KeyState::kActive;
+  int64_t created_at_ms = 0;
+  uint32_t rsa_bits = 0;
+  Bytes public_key_der{};  // RSA keys only
+  Bytes nonce{};
+  Bytes sealed{};
+};
+
+struct NewKey {
+  KeyType type = KeyType::kRsaPrivate;
+  uint8_t algorithm = 0;
+  KeyUsage usage = KeyUsage::kTransportDecrypt;
+  std::string bound_sn{};
+  std::string label{};
+  std::string kcv{};
+  uint32_t rsa_bits = 0;
+  Bytes public_key_der{};
+  crypto::SecretBytes material{};  // AES/TDES key bytes, or PKCS#8 DER for RSA
+};
+
+struct Ceremony {
+  std::string id{};
+  std::string label{};
+  KeyType key_type = KeyType::kPk;
+  uint32_t component_count = 2;
+  uint64_t ceremony_key_index = 0;
+  CeremonyState state = CeremonyState::kOpen;
+  std::string created_by{};
+  int64_t created_at_ms = 0;
+  int64_t expires_at_ms = 0;
+  uint64_t result_key_index = 0;
+  std::vector<std::string> custodians{};  // in the order their components were added
+};
+
+// Fixed-layout AAD of a key record (PROTOCOL §9): "RKL-HSM-KEY-1" ‖ [index]_8 ‖ [type]_1 ‖
+// [algorithm]_1 ‖ [usage]_1 ‖ [len(sn)]_1 ‖ sn ‖ [created_at_ms]_8.
+Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
+                   std::string_view bound_sn, int64_t created_at_ms);
+// "RKL-HSM-COMPONENT-1" ‖ [len]_1 ‖ ceremony id ‖ [len]_1 ‖ custodian.
+Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
+
+// One unit of work. Not thread-safe: used by the thread that runs Transact().
+class KeyTransaction {
+ public:
+  virtual ~KeyTransaction() = default;
+
+  // Assigns the next index, seals key.material and inserts the record as ACTIVE.
+  // ALREADY_EXISTS if it would be a second live TEK/AUK/TMK for the SN or a second live key
+  // with the label.
+  virtual absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) = 0;
+  virtual absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) = 0;
+  // Live (ACTIVE) keys of a type bound to `sn`, locked for the rest of the transaction.
+  virtual absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
+                                                              const std::string& sn) = 0;
+  virtual absl::StatusOr<bool> LiveLabelExists(const std::string& label) = 0;
+  // Opens the record's sealed material. INTERNAL naming the index if it fails to open.
+  virtual absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& record) = 0;
+  // DELETED also erases the sealed material.
+  virtual absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) = 0;
+
+  virtual absl::Status InsertCeremony(const Ceremony& ceremony) = 0;
+  // Locks the ceremony row for the rest of the transaction.
+  virtual absl::StatusOr<std::optional<Ceremony>> FindCeremony(const std::string& id) = 0;
+  virtual absl::StatusOr<std::vector<Ceremony>> FindExpiredCeremonies(int64_t now_ms) = 0;
+  virtual absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
+                                        uint64_t result_key_index) = 0;
+  // ALREADY_EXISTS if the custodian already added one.
+  virtual absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
+                                    const std::string& kcv, const crypto::SecretBytes& component,
+                                    int64_t now_ms) = 0;
+  virtual absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
+      const std::string& ceremony_id) = 0;
+  virtual absl::Status DeleteComponents(const std::string& ceremony_id) = 0;
+
+  // Appends the audit record in this transaction. Call it last.
+  virtual absl::Status Audit(const AuditEvent& event) = 0;
+};
+
+class KeyStore {
+ public:
+  virtual ~KeyStore() = default;
+  virtual absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) = 0;
+};
+
+// Bounded LRU cache of unsealed keys; entries are zeroed when evicted or erased.
+class UnsealedKeyCache {
+ public:
+  explicit UnsealedKeyCache(size_t capacity) : capacity_(capacity) {}
+
+  // The cached key, only if it was opened from exactly this aad/nonce/sealed.
+  std::optional<crypto::SecretBytes> Get(uint64_t index, std::span<const uint8_t> aad,
+                                         std::span<const uint8_t> nonce,
+                                         std::span<const uint8_t> sealed);
+  void Put(uint64_t index, Bytes aad, Bytes nonce, Bytes sealed, const crypto::SecretBytes& key);
+  void Erase(uint64_t index);
+
+  size_t size() const;
+  uint64_t hits() const;
+
+ private:
+  struct Entry {
+    Bytes aad{}, nonce{}, sealed{};
+    crypto::SecretBytes key{};
+    std::list<uint64_t>::iterator lru;
+  };
+  const size_t capacity_;
+  mutable absl::Mutex mu_;
+  std::list<uint64_t> lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
+  std::unordered_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class PgKeyStore : public KeyStore {
+ public:
+  // `lmk` is copied into this object; `audit` must outlive it.
+  PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
+             size_t cache_capacity);
+
+  absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
+
+  UnsealedKeyCache& cache() { return cache_; }
+
+ private:
+  friend class PgKeyTransaction;
+  db::ConnectionPool& pool_;
+  const crypto::SecretBytes lmk_;
+  PgAuditLog& audit_;
+  UnsealedKeyCache cache_;
+};
+
+}  // namespace rkl::hsm

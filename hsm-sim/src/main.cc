@@ -1,0 +1,32 @@
+// rkl-hsm — the software payment HSM daemon. `rkl-hsm --help` lists every setting;
+// docs/hsm.md describes the commands, key types, LMK handling and audit.
+
+#include "absl/strings/str_cat.h"
+#include "hsm_daemon.h"
+#include "rkl/common/config.h"
+#include "rkl/common/logging.h"
+#include "rkl/rpc/shutdown.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  rkl::ConfigSchema schema("RKL_HSM");
+  rkl::hsm::DeclareHsmConfig(schema);
+  rkl::Config config = rkl::LoadConfigOrExit(schema, "rkl-hsm", argc, argv);
+  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
+                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
+                    .program = "rkl-hsm"});
+  rkl::rpc::InstallShutdownSignalHandlers();
+
+  auto options = rkl::hsm::HsmOptionsFromConfig(config);
+  if (!options.ok()) {
+    spdlog::critical("{}", std::string(options.status().message()));
+    return 2;
+  }
+  auto daemon = rkl::hsm::HsmDaemon::Start(*std::move(options));
+  if (!daemon.ok()) {
+    spdlog::critical("cannot start: {}", daemon.status().ToString());
+    return 1;
+  }
+  (*daemon)->server().RunUntilShutdownSignal(absl::Seconds(10));
+  return 0;
+}

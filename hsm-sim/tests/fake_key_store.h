@@ -1,0 +1,76 @@
+#pragma once
+// In-memory KeyStore, AuditLog and Clock for unit tests of HsmCore. Transact() runs one unit
+// of work at a time under a mutex and restores the previous state when fn fails, so it has
+// the all-or-nothing behaviour of the PostgreSQL store; the live-key and label uniqueness
+// rules of the schema are enforced as ALREADY_EXISTS. Keys are kept unsealed (there is no
+// LMK here): sealing is covered by the PostgreSQL tests.
+
+#include <atomic>
+#include <map>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "audit_log.h"
+#include "hsm_core.h"
+#include "key_store.h"
+
+namespace rkl::hsm::testing {
+
+class FakeAuditLog : public AuditLog {
+ public:
+  absl::Status Append(const AuditEvent& event) override;
+  absl::StatusOr<AuditVerification> Verify() override;
+  std::vector<AuditEvent> events() const;
+  void AppendCommitted(const std::vector<AuditEvent>& events);
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<AuditEvent> events_ ABSL_GUARDED_BY(mu_);
+};
+
+class FakeKeyStore : public KeyStore {
+ public:
+  explicit FakeKeyStore(FakeAuditLog& audit) : audit_(audit) {}
+  absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
+
+  struct StoredKey {
+    KeyRecord record;
+    crypto::SecretBytes material;
+  };
+  struct StoredComponent {
+    std::string custodian;
+    std::string kcv;
+    crypto::SecretBytes component;
+  };
+  struct State {
+    uint64_t next_index = 1;
+    std::map<uint64_t, StoredKey> keys;
+    std::map<std::string, Ceremony> ceremonies;
+    std::map<std::string, std::vector<StoredComponent>> components;
+  };
+
+  // Direct access for assertions (and for simulating tampering).
+  State& state() { return state_; }
+  size_t component_rows() const;
+
+ private:
+  friend class FakeKeyTransaction;
+  absl::Mutex mu_;
+  FakeAuditLog& audit_;
+  State state_;
+};
+
+class FakeClock : public Clock {
+ public:
+  explicit FakeClock(int64_t now_ms = 1'700'000'000'000) : now_(now_ms) {}
+  int64_t NowUnixMs() override { return now_.load(); }
+  void Advance(absl::Duration d) { now_ += absl::ToInt64Milliseconds(d); }
+
+ private:
+  std::atomic<int64_t> now_;
+};
+
+// A deterministic RandomSource (a counter-driven stream), so tests are reproducible.
+crypto::RandomSource DeterministicRandom(uint64_t seed);
+
+}  // namespace rkl::hsm::testing

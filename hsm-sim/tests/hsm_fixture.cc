@@ -1,0 +1,175 @@
+#include "hsm_fixture.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <pqxx/pqxx>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "rkl/crypto/random.h"
+#include "rkl/rpc/channel.h"
+#include "rkl/rpc/status.h"
+#include "test_terminal.h"
+
+namespace rkl::hsm::testing {
+namespace {
+
+std::atomic<int> counter{0};
+
+void WriteSecretFile(const std::string& path, const crypto::SecretBytes& secret) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  auto b = secret.RevealSecret();
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  out.close();
+  ::chmod(path.c_str(), 0600);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HsmInstance>> HsmInstance::Create(rkl::testing::TestPki& pki,
+                                                                 InstanceOptions options) {
+  auto db = rkl::testing::TestDatabase::Create();
+  if (!db.ok()) return db.status();
+  std::unique_ptr<HsmInstance> h(new HsmInstance(pki, *std::move(db), std::move(options)));
+  h->dir_ = absl::StrCat(pki.dir(), "/", h->options_.hsm_id, "-", counter++);
+  std::filesystem::create_directories(h->dir_);
+  h->lmk_ = crypto::RandomSecret(32);
+  h->lmk_file_ = h->dir_ + "/lmk";
+  WriteSecretFile(h->lmk_file_, h->lmk_);
+  if (absl::Status s = h->Start(); !s.ok()) return s;
+  return h;
+}
+
+HsmInstance::~HsmInstance() { Stop(); }
+
+absl::Status HsmInstance::Start(const std::string& lmk_file) {
+  Stop();
+  auto tls = pki_.Issue(options_.hsm_id);
+  if (!tls.ok()) return tls.status();
+  HsmDaemonOptions o;
+  o.hsm_id = options_.hsm_id;
+  o.database_dsn = db_.dsn();
+  o.db_pool_size = 8;
+  o.lmk_file = lmk_file.empty() ? lmk_file_ : lmk_file;
+  o.operational_identities = {options_.operational_identity};
+  o.listen_address = "127.0.0.1:0";
+  o.tls = *tls;
+  o.key_cache_size = options_.key_cache_size;
+  o.fail_self_test = options_.fail_self_test;
+  o.clock = &clock_;
+  auto d = HsmDaemon::Start(std::move(o));
+  if (!d.ok()) return d.status();
+  daemon_ = *std::move(d);
+  return absl::OkStatus();
+}
+
+void HsmInstance::Stop() { daemon_.reset(); }
+
+std::shared_ptr<grpc::Channel> HsmInstance::Channel(const std::string& identity) {
+  rpc::ChannelOptions options;
+  {
+    absl::MutexLock lock(&tls_mu_);
+    if (!tls_.contains(identity)) tls_[identity] = pki_.Issue(identity).value();
+    options.tls = tls_[identity];
+  }
+  options.authority = options_.hsm_id;
+  return rpc::MakeChannel("127.0.0.1:" + std::to_string(daemon_->port()), options).value();
+}
+
+std::unique_ptr<v1::Hsm::Stub> HsmInstance::Stub(const std::string& identity) {
+  return v1::Hsm::NewStub(Channel(identity));
+}
+
+std::string HsmInstance::WriteOtherLmkFile(const crypto::SecretBytes& lmk) {
+  std::string path = dir_ + "/other-lmk-" + std::to_string(counter++);
+  WriteSecretFile(path, lmk);
+  return path;
+}
+
+void HsmInstance::Sql(const std::string& statement) {
+  pqxx::connection conn(db_.dsn());
+  pqxx::work tx(conn);
+  tx.exec(statement);
+  tx.commit();
+}
+
+std::string HsmInstance::DumpDatabase() {
+  std::string dump;
+  std::string cmd =
+      "/usr/lib/postgresql/15/bin/pg_dump --data-only --no-owner '--dbname=" + db_.dsn() + "'";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (pipe != nullptr) {
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) dump.append(buf.data(), n);
+    ::pclose(pipe);
+  }
+  // Raw bytes of every bytea column of every table.
+  pqxx::connection conn(db_.dsn());
+  pqxx::work tx(conn);
+  for (const auto& col : tx.exec("SELECT table_name, column_name FROM information_schema.columns "
+                                 "WHERE table_schema = 'public' AND data_type = 'bytea'")) {
+    std::string q = absl::StrCat("SELECT ", tx.quote_name(col[1].as<std::string>()), " FROM ",
+                                 tx.quote_name(col[0].as<std::string>()));
+    for (const auto& row : tx.exec(q)) {
+      if (row[0].is_null()) continue;
+      pqxx::binarystring b(row[0]);
+      dump.append(reinterpret_cast<const char*>(b.data()), b.size());
+      dump.push_back('\n');
+    }
+  }
+  return dump;
+}
+
+absl::StatusOr<CeremonyResult> RunCeremony(
+    HsmInstance& hsm, v1::KeyType type, const std::string& label,
+    const std::vector<std::pair<std::string, crypto::SecretBytes>>& custodian_components) {
+  auto first = hsm.Stub(custodian_components.front().first);
+  v1::BeginCeremonyRequest begin;
+  begin.set_label(label);
+  begin.set_key_type(type);
+  begin.set_component_count(static_cast<uint32_t>(custodian_components.size()));
+  auto begun = Call(*first, &v1::Hsm::Stub::BeginCeremony, begin);
+  if (!begun.ok()) return begun.status();
+  Bytes key_der(begun->component_encryption_key_der().begin(),
+                begun->component_encryption_key_der().end());
+  for (const auto& [custodian, component] : custodian_components) {
+    auto stub = hsm.Stub(custodian);
+    v1::AddComponentRequest add;
+    add.set_ceremony_id(begun->ceremony_id());
+    Bytes enc = EncryptComponent(key_der, begun->ceremony_id(), component);
+    add.set_encrypted_component(std::string(enc.begin(), enc.end()));
+    auto added = Call(*stub, &v1::Hsm::Stub::AddComponent, add);
+    if (!added.ok()) return added.status();
+  }
+  v1::CompleteCeremonyRequest complete;
+  complete.set_ceremony_id(begun->ceremony_id());
+  auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, complete);
+  if (!done.ok()) return done.status();
+  return CeremonyResult{done->key_index(), done->kcv()};
+}
+
+std::vector<std::string> LeakPatterns(std::span<const uint8_t> secret) {
+  std::string raw(reinterpret_cast<const char*>(secret.data()), secret.size());
+  std::string hex = ToHex(secret);
+  std::vector<std::string> out = {raw, hex, absl::AsciiStrToLower(hex)};
+  // Base64 at each of the three byte alignments inside a longer text: encode with 0-2 bytes in
+  // front and keep only the characters that depend on the secret alone.
+  for (size_t shift = 0; shift < 3; ++shift) {
+    std::string prefixed(shift, '\0');
+    prefixed += raw;
+    std::string b64 = absl::Base64Escape(prefixed);
+    size_t skip = shift == 0 ? 0 : 4;
+    size_t usable = ((shift + secret.size()) / 3) * 4;  // full groups only
+    if (usable > skip + 8) out.push_back(b64.substr(skip, usable - skip));
+  }
+  return out;
+}
+
+}  // namespace rkl::hsm::testing

@@ -1,0 +1,190 @@
+// Keys at rest (PROTOCOL §9) against real PostgreSQL: sealing binds every record to its
+// metadata, tampering is refused, the LMK is bound to the database.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "hsm_fixture.h"
+#include "lmk.h"
+#include "rkl/crypto/random.h"
+
+namespace rkl::hsm {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using testing::HsmInstance;
+
+class KeyStorePgTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pki = rkl::testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    auto hsm = HsmInstance::Create(*pki_);
+    ASSERT_TRUE(hsm.ok()) << hsm.status();
+    hsm_ = *std::move(hsm);
+    pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = hsm_->dsn()});
+    audit_ = std::make_unique<PgAuditLog>(*pool_, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
+  }
+
+  // A store of its own, so nothing is served from the daemon's cache.
+  std::unique_ptr<PgKeyStore> FreshStore(size_t cache = 0) {
+    return std::make_unique<PgKeyStore>(*pool_, hsm_->lmk(), *audit_, cache);
+  }
+
+  absl::StatusOr<crypto::SecretBytes> Open(PgKeyStore& store, uint64_t index) {
+    absl::StatusOr<crypto::SecretBytes> out = absl::NotFoundError("no such key");
+    absl::Status s = store.Transact([&](KeyTransaction& tx) -> absl::Status {
+      auto r = tx.FindKey(index);
+      if (!r.ok()) return r.status();
+      if (*r) out = tx.Unseal(**r);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  uint64_t NewTmk(const std::string& sn) {
+    auto tmk = hsm_->daemon().core().GenerateTmk("kms", sn, crypto::KeyAlgorithm::kAes128, false);
+    EXPECT_TRUE(tmk.ok()) << tmk.status();
+    return tmk->tmk_index;
+  }
+
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  std::unique_ptr<HsmInstance> hsm_;
+  std::unique_ptr<db::ConnectionPool> pool_;
+  std::unique_ptr<PgAuditLog> audit_;
+};
+
+TEST_F(KeyStorePgTest, IntactRecordOpens) {
+  uint64_t index = NewTmk("SN-A");
+  auto store = FreshStore();
+  auto key = Open(*store, index);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(key->size(), 16u);
+}
+
+TEST_F(KeyStorePgTest, AlteredNonceCiphertextOrAadColumnIsRefused) {
+  // Each alteration on its own record, each a column the sealing must cover.
+  const std::vector<std::pair<std::string, std::string>> alterations = {
+      {"nonce", "nonce = set_byte(nonce, 0, get_byte(nonce, 0) # 1)"},
+      {"ciphertext", "sealed = set_byte(sealed, 0, get_byte(sealed, 0) # 1)"},
+      {"tag",
+       "sealed = set_byte(sealed, length(sealed) - 1, get_byte(sealed, length(sealed) - 1) # 1)"},
+      {"key_type", "key_type = 4"},
+      {"algorithm", "algorithm = 19"},
+      {"usage", "usage = 4"},
+      {"bound_sn", "bound_sn = 'SN-OTHER'"},
+      {"created_at_ms", "created_at_ms = created_at_ms + 1"},
+  };
+  int n = 0;
+  for (const auto& [what, set] : alterations) {
+    uint64_t index = NewTmk(absl::StrCat("SN-T", n++));
+    hsm_->Sql(absl::StrCat("UPDATE hsm_key SET ", set, " WHERE key_index = ", index));
+    auto store = FreshStore();
+    auto key = Open(*store, index);
+    EXPECT_EQ(key.status(), absl::InternalError(
+                                absl::StrCat("key record ", index, " failed its integrity check")))
+        << what;
+  }
+  // The key index itself: move a record to another index.
+  uint64_t index = NewTmk("SN-MOVE");
+  hsm_->Sql(absl::StrCat("UPDATE hsm_key SET key_index = 100000 WHERE key_index = ", index));
+  auto store = FreshStore();
+  EXPECT_EQ(Open(*store, 100000).status().code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(KeyStorePgTest, SwappedSealedBytesAreRefused) {
+  uint64_t a = NewTmk("SN-A"), b = NewTmk("SN-B");
+  hsm_->Sql(
+      absl::StrCat("UPDATE hsm_key k SET nonce = o.nonce, sealed = o.sealed FROM hsm_key o WHERE "
+                   "(k.key_index, o.key_index) IN ((",
+                   a, ",", b, "), (", b, ",", a, "))"));
+  auto store = FreshStore();
+  EXPECT_EQ(Open(*store, a).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(Open(*store, b).status().code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(KeyStorePgTest, CacheNeverHidesTampering) {
+  uint64_t index = NewTmk("SN-A");
+  auto store = FreshStore(/*cache=*/16);
+  ASSERT_TRUE(Open(*store, index).ok());
+  ASSERT_TRUE(Open(*store, index).ok());
+  EXPECT_EQ(store->cache().hits(), 1u);
+  hsm_->Sql(
+      absl::StrCat("UPDATE hsm_key SET sealed = set_byte(sealed, 3, get_byte(sealed, 3) # 1)"
+                   " WHERE key_index = ",
+                   index));
+  EXPECT_EQ(Open(*store, index).status().code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
+  auto core_tmk =
+      hsm_->daemon().core().GenerateTmk("kms", "SN-G", crypto::KeyAlgorithm::kAes128, false);
+  ASSERT_TRUE(core_tmk.ok());
+  // A fresh daemon (empty cache) on the tampered database.
+  hsm_->Sql(
+      absl::StrCat("UPDATE hsm_key SET bound_sn = 'SN-H' WHERE key_index = ", core_tmk->tmk_index));
+  ASSERT_TRUE(hsm_->Start().ok());
+  auto stub = hsm_->Stub("kms");
+  v1::GenerateTmkRequest req;
+  req.set_sn("SN-H");
+  req.set_algorithm(v1::KEY_ALGORITHM_AES128);
+  auto r = testing::Call(*stub, &v1::Hsm::Stub::GenerateTmk, req);
+  EXPECT_EQ(r.status(), absl::InternalError(absl::StrCat("key record ", core_tmk->tmk_index,
+                                                         " failed its integrity check")));
+}
+
+TEST_F(KeyStorePgTest, DatabaseAllowsOneLiveTmkPerSn) {
+  uint64_t index = NewTmk("SN-A");
+  EXPECT_THROW(hsm_->Sql(absl::StrCat(
+                   "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, "
+                   "state, created_at_ms, updated_at_ms, nonce, sealed) SELECT 99999, key_type, "
+                   "algorithm, usage, bound_sn, 'other', 1, 0, 0, nonce, sealed FROM hsm_key "
+                   "WHERE key_index = ",
+                   index)),
+               pqxx::unique_violation);
+}
+
+TEST_F(KeyStorePgTest, WrongLmkIsFatalWithAClearMessage) {
+  hsm_->Stop();
+  crypto::SecretBytes other = crypto::RandomSecret(32);
+  std::string file = hsm_->WriteOtherLmkFile(other);
+  absl::Status s = hsm_->Start(file);
+  ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(),
+              AllOf(HasSubstr("wrong LMK"), HasSubstr(file), HasSubstr(LmkKcv(hsm_->lmk()).value()),
+                    HasSubstr(LmkKcv(other).value())));
+  // The right LMK still starts.
+  EXPECT_TRUE(hsm_->Start().ok());
+}
+
+TEST_F(KeyStorePgTest, AnotherHsmIdOnTheSameDatabaseIsFatal) {
+  hsm_->Stop();
+  HsmDaemonOptions o;
+  o.hsm_id = "hsm-mtms";
+  o.database_dsn = hsm_->dsn();
+  o.lmk_file = hsm_->lmk_file();
+  o.operational_identities = {"mtms"};
+  o.listen_address = "127.0.0.1:0";
+  o.tls = pki_->Issue("hsm-mtms").value();
+  auto d = HsmDaemon::Start(o);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(d.status().message(), HasSubstr("hsm-kms"));
+}
+
+TEST_F(KeyStorePgTest, UnsafeLmkFileIsFatal) {
+  hsm_->Stop();
+  ::chmod(hsm_->lmk_file().c_str(), 0644);
+  absl::Status s = hsm_->Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr(hsm_->lmk_file()));
+  ::chmod(hsm_->lmk_file().c_str(), 0600);
+}
+
+}  // namespace
+}  // namespace rkl::hsm
