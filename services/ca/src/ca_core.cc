@@ -1,0 +1,465 @@
+#include "ca_core.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/pkcs12.h"
+#include "rkl/crypto/x509_csr.h"
+
+namespace rkl::ca {
+namespace {
+
+constexpr int64_t kSecondsPerDay = 86'400;
+constexpr size_t kSerialSize = 16;
+// A random 126-bit serial colliding is practically impossible; retrying a few times turns
+// even a broken RNG into an error instead of a loop.
+constexpr int kMaxSerialAttempts = 3;
+constexpr size_t kMaxSerialHexLength = 40;
+constexpr char kLocalhost[] = "localhost";
+
+absl::Status NotInitialised() {
+  return absl::FailedPreconditionError(
+      "ca: not initialised; run `rklctl pki init` against this database first");
+}
+
+// NOT_FOUND from the repository about an issuer means the CA has no issuers yet.
+absl::Status MapIssuerLookup(const absl::Status& status) {
+  if (absl::IsNotFound(status)) return NotInitialised();
+  return status;
+}
+
+absl::Status CheckDays(int days, std::string_view name, int max = 36500) {
+  if (days < 1 || days > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(name), ": must be between 1 and ", max, " days, got ", days));
+  }
+  return absl::OkStatus();
+}
+
+// Reads and checks a CSR: parses, verifies its self-signature. A signature that does not
+// match the key is malformed input as far as the CA is concerned (PROTOCOL §10).
+absl::StatusOr<crypto::PublicKey> CsrPublicKey(const std::string& csr_pem) {
+  absl::StatusOr<crypto::Csr> csr = crypto::Csr::FromPem(csr_pem);
+  if (!csr.ok()) {
+    return absl::InvalidArgumentError("csr_pem: must be one PEM PKCS#10 certificate request");
+  }
+  absl::Status sig = csr->VerifySelfSignature();
+  if (!sig.ok()) {
+    return absl::InvalidArgumentError(
+        "csr_pem: signature does not verify under the request's public key");
+  }
+  absl::StatusOr<crypto::PublicKey> key = csr->GetPublicKey();
+  if (!key.ok()) {
+    return absl::InvalidArgumentError("csr_pem: public key must be RSA or EC P-256");
+  }
+  return key;
+}
+
+crypto::CrlReason AllowedReasonOrUnspecified(crypto::CrlReason reason) {
+  switch (reason) {
+    case crypto::CrlReason::kKeyCompromise:
+    case crypto::CrlReason::kAffiliationChanged:
+    case crypto::CrlReason::kSuperseded:
+    case crypto::CrlReason::kCessationOfOperation:
+      return reason;
+    default:
+      return crypto::CrlReason::kUnspecified;
+  }
+}
+
+}  // namespace
+
+absl::Status ValidatePolicy(const CaPolicy& p) {
+  if (p.terminal_root_key == KeySpec::kEcP256) {
+    return absl::InvalidArgumentError(
+        "terminal_root key: must be RSA (terminals verify RSA, PROTOCOL §1)");
+  }
+  if (p.organization.size() > 64) {
+    return absl::InvalidArgumentError("organization: must be at most 64 characters");
+  }
+  RKL_RETURN_IF_ERROR(CheckDays(p.terminal_root_validity_days, "terminal_root validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.operator_ca_validity_days, "operator_ca validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.service_ca_validity_days, "service_ca validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.work_validity_days, "work certificate validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.operator_validity_days, "operator certificate validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.service_validity_days, "service certificate validity"));
+  if (p.crl_validity < absl::Hours(1) || p.crl_validity > absl::Hours(24 * 366)) {
+    return absl::InvalidArgumentError("crl validity: must be between 1h and 366 days");
+  }
+  if (p.backdate < absl::ZeroDuration() || p.backdate > absl::Hours(24)) {
+    return absl::InvalidArgumentError("backdate: must be between 0 and 24h");
+  }
+  return absl::OkStatus();
+}
+
+CertificateRecord RecordOf(const crypto::Certificate& cert, IssuerId issuer, Profile profile) {
+  CertificateRecord r;
+  r.serial_hex = cert.SerialHex();
+  r.issuer = issuer;
+  r.profile = profile;
+  r.subject_cn = cert.SubjectCommonName();
+  r.not_before = cert.NotBefore();
+  r.not_after = cert.NotAfter();
+  r.certificate_der = cert.ToDer();
+  return r;
+}
+
+absl::StatusOr<std::string> NormalizeSerialHex(std::string_view serial_hex) {
+  std::string s = absl::AsciiStrToUpper(std::string(serial_hex));
+  bool ok = s.size() >= 2 && s.size() <= kMaxSerialHexLength && s.size() % 2 == 0;
+  for (char c : s) ok = ok && absl::ascii_isxdigit(static_cast<unsigned char>(c));
+  if (!ok) {
+    return absl::InvalidArgumentError("serial_hex: must be 2-40 hex digits, even length");
+  }
+  return s;
+}
+
+CaCore::CaCore(CaRepository* repository, const MasterKey* master_key, CaPolicy policy, Clock clock,
+               crypto::RandomSource serial_source)
+    : repository_(repository),
+      master_key_(master_key),
+      policy_(std::move(policy)),
+      clock_(std::move(clock)),
+      serial_source_(std::move(serial_source)) {}
+
+int64_t CaCore::NowUnix() const { return absl::ToUnixSeconds(clock_()); }
+
+Bytes CaCore::NewSerial() {
+  Bytes serial(kSerialSize);
+  serial_source_(serial);
+  // Positive in 16 DER octets, and never shorter, so every serial prints as 32 hex digits.
+  serial[0] = static_cast<uint8_t>((serial[0] & 0x7F) | 0x40);
+  return serial;
+}
+
+int CaCore::DefaultValidityDays(Profile profile) const {
+  switch (profile) {
+    case Profile::kWork:
+      return policy_.work_validity_days;
+    case Profile::kOperator:
+      return policy_.operator_validity_days;
+    case Profile::kService:
+      return policy_.service_validity_days;
+    case Profile::kIssuer:
+      break;
+  }
+  return 1;
+}
+
+absl::Status CaCore::CheckReady() {
+  RKL_ASSIGN_OR_RETURN(std::optional<std::string> kcv, repository_->GetMasterKeyKcv());
+  if (!kcv.has_value()) return NotInitialised();
+  if (*kcv != master_key_->KcvHex()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "master key: KCV ", master_key_->KcvHex(),
+        " does not match the KCV recorded in the CA database (", *kcv, "); wrong master_key_file"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CaCore::Issuer> CaCore::LoadIssuer(IssuerId issuer) {
+  absl::StatusOr<IssuerRecord> record = repository_->GetIssuer(issuer);
+  if (!record.ok()) return MapIssuerLookup(record.status());
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate cert,
+                       crypto::Certificate::FromDer(record->certificate_der));
+  RKL_ASSIGN_OR_RETURN(
+      crypto::PrivateKey key,
+      master_key_->OpenIssuerKey(IssuerName(issuer), cert, record->sealed_private_key));
+  return Issuer{std::move(cert), std::move(key)};
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::SignLeaf(const LeafSpec& spec, const Issuer& issuer,
+                                                     int64_t now) {
+  int max_days = DefaultValidityDays(spec.profile);
+  int days = spec.validity_days == 0
+                 ? max_days
+                 : static_cast<int>(std::min<uint32_t>(spec.validity_days, 1u << 20));
+  if (days > max_days) {
+    return absl::InvalidArgumentError(absl::StrCat("validity_days: must be at most ", max_days,
+                                                   " for ", std::string(ProfileName(spec.profile)),
+                                                   " certificates"));
+  }
+  if (now >= issuer.certificate.NotAfter()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "issuer ", issuer.certificate.SubjectCommonName(), ": has expired; re-initialise the CA"));
+  }
+  int64_t not_before = now - absl::ToInt64Seconds(policy_.backdate);
+  int64_t not_after = std::min(now + days * kSecondsPerDay, issuer.certificate.NotAfter());
+  ExtensionProfile ext = ExtensionsOf(spec.profile);
+  crypto::CertificateBuilder b;
+  b.SetSubjectCommonName(spec.common_name)
+      .SetSerial(NewSerial())
+      .SetValidity(not_before, not_after)
+      .SetPublicKey(spec.public_key)
+      .SetBasicConstraints(ext.is_ca, ext.path_len, /*critical=*/true)
+      .SetKeyUsage(ext.key_usage, /*critical=*/true);
+  if (!policy_.organization.empty()) b.SetSubjectOrganization(policy_.organization);
+  if (ext.extended_key_usage != crypto::ExtendedKeyUsage::kNone) {
+    b.SetExtendedKeyUsage(ext.extended_key_usage, /*critical=*/false);
+  }
+  for (const std::string& name : spec.dns_names) b.AddDnsName(name);
+  return b.Sign(issuer.certificate, issuer.key);
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueAndRecord(const LeafSpec& spec) {
+  IssuerId issuer_id = IssuerOf(spec.profile);
+  RKL_ASSIGN_OR_RETURN(Issuer issuer, LoadIssuer(issuer_id));
+  absl::Status last;
+  for (int attempt = 0; attempt < kMaxSerialAttempts; ++attempt) {
+    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, SignLeaf(spec, issuer, NowUnix()));
+    last = repository_->InsertCertificate(RecordOf(cert, issuer_id, spec.profile));
+    if (last.ok()) return cert;
+    if (!absl::IsAlreadyExists(last)) return last;
+  }
+  return absl::InternalError("serial: random serial numbers kept colliding; check the RNG");
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::GetIssuerCertificate(IssuerId issuer) {
+  absl::StatusOr<IssuerRecord> record = repository_->GetIssuer(issuer);
+  if (!record.ok()) return MapIssuerLookup(record.status());
+  return crypto::Certificate::FromDer(record->certificate_der);
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueWorkCertificate(
+    const WorkCertificateRequest& request) {
+  RKL_RETURN_IF_ERROR(ValidateHsmId(request.hsm_id));
+  absl::StatusOr<crypto::PublicKey> key = crypto::PublicKey::FromDer(request.public_key_der);
+  if (!key.ok()) {
+    return absl::InvalidArgumentError(
+        "public_key_der: must be one DER SubjectPublicKeyInfo of an RSA key");
+  }
+  RKL_RETURN_IF_ERROR(ValidateWorkPublicKey(*key));
+  return IssueAndRecord({Profile::kWork,
+                         WorkCommonName(request.hsm_id, request.key_index),
+                         *key,
+                         {},
+                         request.validity_days});
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueOperatorCertificate(
+    const OperatorCertificateRequest& request) {
+  RKL_RETURN_IF_ERROR(ValidateOperatorId(request.operator_id));
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey key, CsrPublicKey(request.csr_pem));
+  RKL_RETURN_IF_ERROR(ValidateOperatorPublicKey(key));
+  return IssueAndRecord({Profile::kOperator,
+                         OperatorCommonName(request.operator_id),
+                         key,
+                         {},
+                         request.validity_days});
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueServiceCertificate(
+    const ServiceCertificateRequest& request) {
+  RKL_RETURN_IF_ERROR(ValidateServiceName(request.name));
+  std::vector<std::string> dns_names = {request.name};
+  if (IsAdminName(request.name)) {
+    // An admin certificate identifies a person; it is never a server's name.
+    if (!request.dns_names.empty()) {
+      return absl::InvalidArgumentError("dns_names: not allowed for admin certificates");
+    }
+  } else {
+    // Clients reach a service by its name (compose) or on localhost (demo, tests).
+    dns_names.push_back(kLocalhost);
+    for (const std::string& name : request.dns_names) {
+      RKL_RETURN_IF_ERROR(ValidateDnsName(name));
+      if (std::find(dns_names.begin(), dns_names.end(), name) == dns_names.end()) {
+        dns_names.push_back(name);
+      }
+    }
+  }
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey key, CsrPublicKey(request.csr_pem));
+  RKL_RETURN_IF_ERROR(ValidateServicePublicKey(key));
+  return IssueAndRecord(
+      {Profile::kService, request.name, key, std::move(dns_names), request.validity_days});
+}
+
+absl::StatusOr<CrlRecord> CaCore::SignCrl(IssuerId issuer_id, const Issuer& issuer,
+                                          uint64_t crl_number,
+                                          const std::vector<RevokedEntry>& revoked, int64_t now) {
+  int64_t next_update = now + absl::ToInt64Seconds(policy_.crl_validity);
+  crypto::CrlBuilder b;
+  for (const RevokedEntry& e : revoked) {
+    RKL_ASSIGN_OR_RETURN(Bytes serial, FromHex(e.serial_hex, "serial_hex"));
+    b.AddRevoked(std::move(serial), e.revoked_at, e.reason);
+  }
+  b.SetLastUpdate(now).SetNextUpdate(next_update).SetCrlNumber(crl_number);
+  RKL_ASSIGN_OR_RETURN(crypto::Crl crl, b.Sign(issuer.certificate, issuer.key));
+  return CrlRecord{issuer_id, crl_number, now, next_update, crl.ToDer()};
+}
+
+absl::StatusOr<CertificateRecord> CaCore::Revoke(const std::string& serial_hex,
+                                                 crypto::CrlReason reason) {
+  RKL_ASSIGN_OR_RETURN(std::string serial, NormalizeSerialHex(serial_hex));
+  if (AllowedReasonOrUnspecified(reason) == crypto::CrlReason::kUnspecified) {
+    return absl::InvalidArgumentError(
+        "reason: must be key compromise, affiliation changed, superseded or cessation of "
+        "operation");
+  }
+  RKL_ASSIGN_OR_RETURN(CertificateRecord record, repository_->GetCertificate(serial));
+  if (record.profile == Profile::kIssuer) {
+    return absl::FailedPreconditionError(
+        "serial_hex: names an issuer certificate, which cannot be revoked; re-initialise the "
+        "PKI instead");
+  }
+  RKL_ASSIGN_OR_RETURN(Issuer issuer, LoadIssuer(record.issuer));
+  int64_t now = NowUnix();
+  IssuerId issuer_id = record.issuer;
+  CrlPublisher publish =
+      [&](const CrlRecord& current,
+          const std::vector<RevokedEntry>& revoked) -> absl::StatusOr<std::optional<CrlRecord>> {
+    RKL_ASSIGN_OR_RETURN(CrlRecord crl,
+                         SignCrl(issuer_id, issuer, current.crl_number + 1, revoked, now));
+    return std::optional<CrlRecord>(std::move(crl));
+  };
+  return repository_->Revoke(serial, now, reason, publish);
+}
+
+absl::StatusOr<CrlRecord> CaCore::GetCrl(IssuerId issuer_id) {
+  absl::StatusOr<CrlRecord> current = repository_->GetCrl(issuer_id);
+  if (!current.ok()) return MapIssuerLookup(current.status());
+  int64_t now = NowUnix();
+  // Past half its life: re-sign, so relying parties never hold a CRL close to expiry.
+  auto stale = [now](const CrlRecord& crl) {
+    return now >= crl.this_update + (crl.next_update - crl.this_update) / 2;
+  };
+  if (!stale(*current)) return current;
+  RKL_ASSIGN_OR_RETURN(Issuer issuer, LoadIssuer(issuer_id));
+  CrlPublisher publish =
+      [&](const CrlRecord& locked,
+          const std::vector<RevokedEntry>& revoked) -> absl::StatusOr<std::optional<CrlRecord>> {
+    // Another replica may have refreshed it while we waited for the lock.
+    if (!stale(locked)) return std::optional<CrlRecord>();
+    RKL_ASSIGN_OR_RETURN(CrlRecord crl,
+                         SignCrl(issuer_id, issuer, locked.crl_number + 1, revoked, now));
+    return std::optional<CrlRecord>(std::move(crl));
+  };
+  return repository_->PublishCrl(issuer_id, publish);
+}
+
+absl::StatusOr<CertificateRecord> CaCore::GetCertificateStatus(const std::string& serial_hex) {
+  RKL_ASSIGN_OR_RETURN(std::string serial, NormalizeSerialHex(serial_hex));
+  return repository_->GetCertificate(serial);
+}
+
+absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& request) {
+  // Check everything before generating a single key.
+  RKL_RETURN_IF_ERROR(ValidatePolicy(policy_));
+  RKL_ASSIGN_OR_RETURN(std::optional<std::string> recorded_kcv, repository_->GetMasterKeyKcv());
+  if (recorded_kcv.has_value()) {
+    return absl::FailedPreconditionError(
+        "ca: already initialised; refusing to replace its issuers");
+  }
+  if (request.services.empty()) {
+    return absl::InvalidArgumentError("services: at least one service is required");
+  }
+  std::set<std::string> seen;
+  for (const std::string& s : request.services) {
+    if (IsAdminName(s)) {
+      return absl::InvalidArgumentError("services: admin identities are set with admin_name");
+    }
+    RKL_RETURN_IF_ERROR(ValidateServiceName(s, "services"));
+    if (!seen.insert(s).second) {
+      return absl::InvalidArgumentError(absl::StrCat("services: ", s, " listed twice"));
+    }
+  }
+  for (const std::string& h : request.extra_dns_names) {
+    RKL_RETURN_IF_ERROR(ValidateDnsName(h, "hostnames"));
+  }
+  const std::string admin_identity = std::string(kAdminPrefix) + request.admin_name;
+  RKL_RETURN_IF_ERROR(ValidateServiceName(admin_identity, "admin_name"));
+  RKL_RETURN_IF_ERROR(ValidateOperatorId(request.operator_id));
+  if (request.operator_pin.empty()) {
+    return absl::InvalidArgumentError("operator_pin: required (1-128 bytes)");
+  }
+
+  const int64_t now = NowUnix();
+  const int64_t not_before = now - absl::ToInt64Seconds(policy_.backdate);
+  std::vector<IssuerRecord> issuer_records;
+  std::vector<CertificateRecord> cert_records;
+  std::vector<CrlRecord> crl_records;
+  std::set<std::string> serials;  // the batch is inserted at once: keep it collision-free
+  auto fresh_serial = [&]() {
+    Bytes s = NewSerial();
+    while (!serials.insert(ToHex(s)).second) s = NewSerial();
+    return s;
+  };
+
+  auto make_issuer = [&](IssuerId id, KeySpec spec, int days) -> absl::StatusOr<Issuer> {
+    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, GenerateKey(spec));
+    ExtensionProfile ext = ExtensionsOf(Profile::kIssuer);
+    crypto::CertificateBuilder b;
+    b.SetSubjectCommonName(std::string(IssuerName(id)))
+        .SetSerial(fresh_serial())
+        .SetValidity(not_before, now + days * kSecondsPerDay)
+        .SetBasicConstraints(ext.is_ca, ext.path_len, /*critical=*/true)
+        .SetKeyUsage(ext.key_usage, /*critical=*/true);
+    if (!policy_.organization.empty()) b.SetSubjectOrganization(policy_.organization);
+    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, b.SelfSign(key));
+    RKL_ASSIGN_OR_RETURN(Bytes sealed, master_key_->SealIssuerKey(IssuerName(id), cert, key));
+    issuer_records.push_back({id, cert.ToDer(), std::move(sealed), std::string(KeySpecName(spec))});
+    cert_records.push_back(RecordOf(cert, id, Profile::kIssuer));
+    Issuer issuer{std::move(cert), std::move(key)};
+    RKL_ASSIGN_OR_RETURN(CrlRecord crl, SignCrl(id, issuer, 1, {}, now));
+    crl_records.push_back(std::move(crl));
+    return issuer;
+  };
+  RKL_ASSIGN_OR_RETURN(Issuer root, make_issuer(IssuerId::kTerminalRoot, policy_.terminal_root_key,
+                                                policy_.terminal_root_validity_days));
+  RKL_ASSIGN_OR_RETURN(Issuer operator_ca,
+                       make_issuer(IssuerId::kOperatorCa, policy_.operator_ca_key,
+                                   policy_.operator_ca_validity_days));
+  RKL_ASSIGN_OR_RETURN(Issuer service_ca, make_issuer(IssuerId::kServiceCa, policy_.service_ca_key,
+                                                      policy_.service_ca_validity_days));
+
+  auto make_leaf = [&](Profile profile, std::string cn, std::vector<std::string> dns, KeySpec spec,
+                       const Issuer& issuer) -> absl::StatusOr<KeyAndCertificate> {
+    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, GenerateKey(spec));
+    LeafSpec leaf{profile, cn, key.GetPublicKey(), std::move(dns), 0};
+    absl::StatusOr<crypto::Certificate> cert;
+    do {
+      cert = SignLeaf(leaf, issuer, now);
+      if (!cert.ok()) return cert.status();
+    } while (!serials.insert(cert->SerialHex()).second);
+    cert_records.push_back(RecordOf(*cert, IssuerOf(profile), profile));
+    return KeyAndCertificate{std::move(cn), std::move(key), *std::move(cert)};
+  };
+
+  std::vector<KeyAndCertificate> services;
+  for (const std::string& s : request.services) {
+    std::vector<std::string> dns = {s, kLocalhost};
+    for (const std::string& h : request.extra_dns_names) {
+      if (std::find(dns.begin(), dns.end(), h) == dns.end()) dns.push_back(h);
+    }
+    RKL_ASSIGN_OR_RETURN(KeyAndCertificate kc, make_leaf(Profile::kService, s, std::move(dns),
+                                                         policy_.bootstrap_leaf_key, service_ca));
+    services.push_back(std::move(kc));
+  }
+  RKL_ASSIGN_OR_RETURN(KeyAndCertificate admin,
+                       make_leaf(Profile::kService, admin_identity, {admin_identity},
+                                 policy_.bootstrap_leaf_key, service_ca));
+  // Operator cards are always P-256 (PROTOCOL §1).
+  RKL_ASSIGN_OR_RETURN(KeyAndCertificate card,
+                       make_leaf(Profile::kOperator, OperatorCommonName(request.operator_id), {},
+                                 KeySpec::kEcP256, operator_ca));
+  std::vector<crypto::Certificate> chain = {operator_ca.certificate};
+  RKL_ASSIGN_OR_RETURN(
+      Bytes pkcs12,
+      crypto::WritePkcs12(card.key, card.certificate, chain, card.name, request.operator_pin,
+                          {.iterations = request.pkcs12_iterations}));
+
+  // Everything is signed: record it all at once, or nothing.
+  RKL_RETURN_IF_ERROR(
+      repository_->Initialize(master_key_->KcvHex(), issuer_records, cert_records, crl_records));
+  return BootstrapResult{std::move(root.certificate),
+                         std::move(operator_ca.certificate),
+                         std::move(service_ca.certificate),
+                         std::move(services),
+                         std::move(admin),
+                         std::move(card),
+                         std::move(pkcs12)};
+}
+
+}  // namespace rkl::ca

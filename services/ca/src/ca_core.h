@@ -1,0 +1,175 @@
+#pragma once
+// CaCore: the certificate authority's logic — bootstrap of the three issuers, issuance of HSM
+// work, operator and service certificates, revocation and CRLs (PROTOCOL §2). It knows
+// nothing of gRPC; ca_grpc_service.cc adapts it, `rklctl pki init` calls Bootstrap directly.
+//
+// Guarantees:
+//  - issuer private keys exist in clear only in this process's memory, only while one
+//    certificate or CRL is being signed; at rest they are sealed under the MasterKey;
+//  - nothing is signed for a request that breaks a rule: identifiers, key types and sizes,
+//    CSR self-signatures and validity are all checked first (INVALID_ARGUMENT naming the field);
+//  - subjects and extensions come from profiles.h, never from the request's CSR;
+//  - every issued certificate is recorded before it is returned; serials are 128-bit positive
+//    random numbers (16 DER octets, top bit clear and next bit set, so 126 random bits and
+//    always 32 hex digits), unique by database constraint (a collision is retried);
+//  - not_after never exceeds the issuer's own not_after.
+// Thread-safe if the repository is: CaCore holds no mutable state.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ca_repository.h"
+#include "master_key.h"
+#include "profiles.h"
+#include "rkl/crypto/keys.h"
+#include "rkl/crypto/pkcs12.h"
+#include "rkl/crypto/random.h"
+#include "rkl/crypto/secret_bytes.h"
+#include "rkl/crypto/x509.h"
+#include "rkl/crypto/x509_crl.h"
+
+namespace rkl::ca {
+
+// Validity periods and key algorithms. Defaults are the ones docs/pki.md states.
+struct CaPolicy {
+  std::string organization = "rkl";               // O of every subject; empty: no O attribute
+  KeySpec terminal_root_key = KeySpec::kRsa3072;  // terminals verify RSA (PROTOCOL §1)
+  KeySpec operator_ca_key = KeySpec::kEcP256;
+  KeySpec service_ca_key = KeySpec::kEcP256;
+  KeySpec bootstrap_leaf_key = KeySpec::kEcP256;  // service and admin keys the bootstrap writes
+  int terminal_root_validity_days = 7300;         // burned into terminals: must outlive them
+  int operator_ca_validity_days = 3650;
+  int service_ca_validity_days = 3650;
+  // Leaf defaults, which are also the ceilings: a request may ask for less, never more.
+  int work_validity_days = 730;
+  int operator_validity_days = 365;
+  int service_validity_days = 365;
+  absl::Duration crl_validity = absl::Hours(7 * 24);  // nextUpdate - thisUpdate
+  // notBefore is set this far in the past, so a verifier whose clock is slightly behind
+  // the CA's accepts a certificate issued a moment ago.
+  absl::Duration backdate = absl::Minutes(5);
+};
+// INVALID_ARGUMENT naming the setting when a value is out of range.
+absl::Status ValidatePolicy(const CaPolicy& policy);
+
+struct WorkCertificateRequest {
+  Bytes public_key_der;  // SubjectPublicKeyInfo of Pu
+  std::string hsm_id;
+  uint64_t key_index = 0;
+  uint32_t validity_days = 0;  // 0: policy default
+};
+
+struct OperatorCertificateRequest {
+  std::string csr_pem;
+  std::string operator_id;
+  uint32_t validity_days = 0;
+};
+
+struct ServiceCertificateRequest {
+  std::string csr_pem;
+  std::string name;                    // service name or admin:<name>
+  std::vector<std::string> dns_names;  // extra SANs (services only)
+  uint32_t validity_days = 0;
+};
+
+struct BootstrapRequest {
+  std::vector<std::string> services = {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms"};
+  std::vector<std::string> extra_dns_names;  // added to every service certificate
+  std::string admin_name = "admin";          // the admin identity is admin:<admin_name>
+  std::string operator_id = "operator1";
+  crypto::SecretBytes operator_pin;  // protects the operator card (PKCS#12)
+  int pkcs12_iterations = crypto::Pkcs12WriteOptions{}.iterations;
+};
+
+struct KeyAndCertificate {
+  std::string name;  // service name, admin:<name> or operator:<id>
+  crypto::PrivateKey key;
+  crypto::Certificate certificate;
+};
+
+struct BootstrapResult {
+  crypto::Certificate terminal_root;
+  crypto::Certificate operator_ca;
+  crypto::Certificate service_ca;
+  std::vector<KeyAndCertificate> services;
+  KeyAndCertificate admin;
+  KeyAndCertificate operator_card;
+  Bytes operator_pkcs12;  // PIN-protected card: key, operator certificate, operator-ca
+};
+
+class CaCore {
+ public:
+  using Clock = std::function<absl::Time()>;
+
+  // `repository` and `master_key` are not owned and must outlive the core. `serial_source`
+  // fills serial numbers (crypto::FillRandom in production).
+  CaCore(CaRepository* repository, const MasterKey* master_key, CaPolicy policy, Clock clock,
+         crypto::RandomSource serial_source);
+
+  // OK when the CA is initialised under this master key. FAILED_PRECONDITION otherwise:
+  // not initialised (run `rklctl pki init`), or the database records another key's KCV.
+  absl::Status CheckReady();
+
+  // Creates the three issuers and the first set of leaf certificates and records them all in
+  // one transaction. FAILED_PRECONDITION if the CA is already initialised (nothing changes).
+  absl::StatusOr<BootstrapResult> Bootstrap(const BootstrapRequest& request);
+
+  absl::StatusOr<crypto::Certificate> GetIssuerCertificate(IssuerId issuer);
+  absl::StatusOr<crypto::Certificate> IssueWorkCertificate(const WorkCertificateRequest& request);
+  absl::StatusOr<crypto::Certificate> IssueOperatorCertificate(
+      const OperatorCertificateRequest& request);
+  absl::StatusOr<crypto::Certificate> IssueServiceCertificate(
+      const ServiceCertificateRequest& request);
+
+  // Revokes a leaf and republishes its issuer's CRL. Allowed reasons: keyCompromise,
+  // affiliationChanged, superseded, cessationOfOperation. Revoking a revoked certificate
+  // returns it unchanged; issuer certificates cannot be revoked (FAILED_PRECONDITION).
+  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, crypto::CrlReason reason);
+  // The issuer's current CRL, re-signed first if it is past half its life.
+  absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer);
+  absl::StatusOr<CertificateRecord> GetCertificateStatus(const std::string& serial_hex);
+
+  const CaPolicy& policy() const { return policy_; }
+
+ private:
+  struct Issuer {
+    crypto::Certificate certificate;
+    crypto::PrivateKey key;
+  };
+  struct LeafSpec {
+    Profile profile;
+    std::string common_name;
+    crypto::PublicKey public_key;
+    std::vector<std::string> dns_names;
+    uint32_t validity_days;
+  };
+
+  absl::StatusOr<Issuer> LoadIssuer(IssuerId issuer);
+  absl::StatusOr<crypto::Certificate> SignLeaf(const LeafSpec& spec, const Issuer& issuer,
+                                               int64_t now);
+  absl::StatusOr<crypto::Certificate> IssueAndRecord(const LeafSpec& spec);
+  absl::StatusOr<CrlRecord> SignCrl(IssuerId issuer_id, const Issuer& issuer, uint64_t crl_number,
+                                    const std::vector<RevokedEntry>& revoked, int64_t now);
+  Bytes NewSerial();
+  int64_t NowUnix() const;
+  int DefaultValidityDays(Profile profile) const;
+
+  CaRepository* repository_;
+  const MasterKey* master_key_;
+  const CaPolicy policy_;
+  const Clock clock_;
+  const crypto::RandomSource serial_source_;
+};
+
+// The certificate record kept for `cert`.
+CertificateRecord RecordOf(const crypto::Certificate& cert, IssuerId issuer, Profile profile);
+
+// Upper-cases and checks a serial given by a caller: 2-40 hex digits, even length.
+absl::StatusOr<std::string> NormalizeSerialHex(std::string_view serial_hex);
+
+}  // namespace rkl::ca

@@ -1,0 +1,212 @@
+#include "ca_grpc_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "rkl/rpc/status.h"
+
+namespace rkl::ca {
+namespace {
+
+using rpc::ToGrpcStatus;
+
+std::vector<std::string> AnyRklIdentity() {
+  std::vector<std::string> ids(std::begin(kServiceNames), std::end(kServiceNames));
+  ids.push_back(std::string(kAdminPrefix) + "*");
+  return ids;
+}
+
+void FillIssued(const crypto::Certificate& cert, v1::IssuedCertificate* out) {
+  out->set_certificate_pem(cert.ToPem());
+  out->set_serial_hex(cert.SerialHex());
+  out->set_not_after_unix_s(cert.NotAfter());
+}
+
+void FillStatus(const CertificateRecord& r, v1::CertificateStatus* out) {
+  out->set_serial_hex(r.serial_hex);
+  out->set_state(r.state == CertificateState::kRevoked ? v1::CertificateStatus::STATE_REVOKED
+                                                       : v1::CertificateStatus::STATE_GOOD);
+  out->set_issuer(IssuerToProto(r.issuer));
+  out->set_subject_cn(r.subject_cn);
+  out->set_profile(std::string(ProfileName(r.profile)));
+  out->set_not_after_unix_s(r.not_after);
+  if (r.state == CertificateState::kRevoked) {
+    out->set_revoked_at_unix_s(r.revoked_at);
+    out->set_reason(ReasonToProto(r.reason));
+  }
+}
+
+}  // namespace
+
+rpc::Authorizer MakeCaAuthorizer() {
+  rpc::Authorizer a;
+  const std::string admins = std::string(kAdminPrefix) + "*";
+  a.Allow("GetIssuerCertificate", AnyRklIdentity())
+      .Allow("GetCrl", AnyRklIdentity())
+      .Allow("GetCertificateStatus", AnyRklIdentity())
+      .Allow("IssueWorkCertificate", {"mtms"})
+      .Allow("IssueOperatorCertificate", {admins})
+      .Allow("IssueServiceCertificate", {admins})
+      .Allow("RevokeCertificate", {admins});
+  return a;
+}
+
+absl::StatusOr<IssuerId> IssuerFromProto(v1::Issuer issuer) {
+  switch (issuer) {
+    case v1::ISSUER_TERMINAL_ROOT:
+      return IssuerId::kTerminalRoot;
+    case v1::ISSUER_OPERATOR_CA:
+      return IssuerId::kOperatorCa;
+    case v1::ISSUER_SERVICE_CA:
+      return IssuerId::kServiceCa;
+    default:
+      return absl::InvalidArgumentError(
+          "issuer: must be ISSUER_TERMINAL_ROOT, ISSUER_OPERATOR_CA or ISSUER_SERVICE_CA");
+  }
+}
+
+v1::Issuer IssuerToProto(IssuerId issuer) {
+  switch (issuer) {
+    case IssuerId::kTerminalRoot:
+      return v1::ISSUER_TERMINAL_ROOT;
+    case IssuerId::kOperatorCa:
+      return v1::ISSUER_OPERATOR_CA;
+    case IssuerId::kServiceCa:
+      return v1::ISSUER_SERVICE_CA;
+  }
+  return v1::ISSUER_UNSPECIFIED;
+}
+
+absl::StatusOr<crypto::CrlReason> ReasonFromProto(v1::RevocationReason reason) {
+  switch (reason) {
+    case v1::REVOCATION_REASON_KEY_COMPROMISE:
+      return crypto::CrlReason::kKeyCompromise;
+    case v1::REVOCATION_REASON_AFFILIATION_CHANGED:
+      return crypto::CrlReason::kAffiliationChanged;
+    case v1::REVOCATION_REASON_SUPERSEDED:
+      return crypto::CrlReason::kSuperseded;
+    case v1::REVOCATION_REASON_CESSATION_OF_OPERATION:
+      return crypto::CrlReason::kCessationOfOperation;
+    default:
+      return absl::InvalidArgumentError(
+          "reason: must be KEY_COMPROMISE, AFFILIATION_CHANGED, SUPERSEDED or "
+          "CESSATION_OF_OPERATION");
+  }
+}
+
+v1::RevocationReason ReasonToProto(crypto::CrlReason reason) {
+  switch (reason) {
+    case crypto::CrlReason::kKeyCompromise:
+      return v1::REVOCATION_REASON_KEY_COMPROMISE;
+    case crypto::CrlReason::kAffiliationChanged:
+      return v1::REVOCATION_REASON_AFFILIATION_CHANGED;
+    case crypto::CrlReason::kSuperseded:
+      return v1::REVOCATION_REASON_SUPERSEDED;
+    case crypto::CrlReason::kCessationOfOperation:
+      return v1::REVOCATION_REASON_CESSATION_OF_OPERATION;
+    default:
+      return v1::REVOCATION_REASON_UNSPECIFIED;
+  }
+}
+
+grpc::Status CaGrpcService::GetIssuerCertificate(grpc::ServerContext* ctx,
+                                                 const v1::GetIssuerCertificateRequest* request,
+                                                 v1::GetIssuerCertificateResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "GetIssuerCertificate"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
+  if (!issuer.ok()) return ToGrpcStatus(issuer.status());
+  absl::StatusOr<crypto::Certificate> cert = core_->GetIssuerCertificate(*issuer);
+  if (!cert.ok()) return ToGrpcStatus(cert.status());
+  response->set_certificate_pem(cert->ToPem());
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::IssueWorkCertificate(grpc::ServerContext* ctx,
+                                                 const v1::IssueWorkCertificateRequest* request,
+                                                 v1::IssuedCertificate* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "IssueWorkCertificate"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  WorkCertificateRequest req;
+  req.public_key_der.assign(request->public_key_der().begin(), request->public_key_der().end());
+  req.hsm_id = request->hsm_id();
+  req.key_index = request->key_index();
+  req.validity_days = request->validity_days();
+  absl::StatusOr<crypto::Certificate> cert = core_->IssueWorkCertificate(req);
+  if (!cert.ok()) return ToGrpcStatus(cert.status());
+  FillIssued(*cert, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::IssueOperatorCertificate(
+    grpc::ServerContext* ctx, const v1::IssueOperatorCertificateRequest* request,
+    v1::IssuedCertificate* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "IssueOperatorCertificate"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<crypto::Certificate> cert = core_->IssueOperatorCertificate(
+      {request->csr_pem(), request->operator_id(), request->validity_days()});
+  if (!cert.ok()) return ToGrpcStatus(cert.status());
+  FillIssued(*cert, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::IssueServiceCertificate(
+    grpc::ServerContext* ctx, const v1::IssueServiceCertificateRequest* request,
+    v1::IssuedCertificate* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "IssueServiceCertificate"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  ServiceCertificateRequest req;
+  req.csr_pem = request->csr_pem();
+  req.name = request->name();
+  req.dns_names.assign(request->dns_names().begin(), request->dns_names().end());
+  req.validity_days = request->validity_days();
+  absl::StatusOr<crypto::Certificate> cert = core_->IssueServiceCertificate(req);
+  if (!cert.ok()) return ToGrpcStatus(cert.status());
+  FillIssued(*cert, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::RevokeCertificate(grpc::ServerContext* ctx,
+                                              const v1::RevokeCertificateRequest* request,
+                                              v1::CertificateStatus* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "RevokeCertificate"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<crypto::CrlReason> reason = ReasonFromProto(request->reason());
+  if (!reason.ok()) return ToGrpcStatus(reason.status());
+  absl::StatusOr<CertificateRecord> record = core_->Revoke(request->serial_hex(), *reason);
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  FillStatus(*record, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::GetCrl(grpc::ServerContext* ctx, const v1::GetCrlRequest* request,
+                                   v1::GetCrlResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "GetCrl"); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
+  if (!issuer.ok()) return ToGrpcStatus(issuer.status());
+  absl::StatusOr<CrlRecord> record = core_->GetCrl(*issuer);
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  absl::StatusOr<crypto::Crl> crl = crypto::Crl::FromDer(record->crl_der);
+  if (!crl.ok()) return ToGrpcStatus(crl.status());
+  response->set_crl_pem(crl->ToPem());
+  response->set_crl_number(record->crl_number);
+  response->set_next_update_unix_s(record->next_update);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::GetCertificateStatus(grpc::ServerContext* ctx,
+                                                 const v1::GetCertificateStatusRequest* request,
+                                                 v1::CertificateStatus* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "GetCertificateStatus"); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<CertificateRecord> record = core_->GetCertificateStatus(request->serial_hex());
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  FillStatus(*record, response);
+  return grpc::Status::OK;
+}
+
+}  // namespace rkl::ca

@@ -1,0 +1,133 @@
+#pragma once
+// Storage of the CA: issuers (certificate + sealed private key), every issued certificate
+// with its profile, subject, validity and status, and the current CRL of each issuer.
+//
+// CaRepository is the interface ca_core depends on (unit tests use a fake); PgCaRepository
+// is the PostgreSQL implementation over the CA's own database (services/ca/migrations).
+//
+// Guarantees of every implementation:
+//  - serial numbers are unique across the CA: inserting a taken serial is ALREADY_EXISTS and
+//    changes nothing (in PostgreSQL, a primary-key constraint);
+//  - Initialize() is all-or-nothing and happens once: a second call is FAILED_PRECONDITION;
+//  - Revoke() and PublishCrl() serialise per issuer, so CRL numbers strictly increase and a
+//    CRL always lists every certificate revoked before it was signed;
+//  - only public data and sealed (AES-256-GCM) issuer keys are stored: no clear private key.
+// PgCaRepository is thread-safe (each call borrows its own pooled connection).
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "profiles.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/x509_crl.h"
+#include "rkl/db/connection_pool.h"
+
+namespace rkl::ca {
+
+struct IssuerRecord {
+  IssuerId issuer;
+  Bytes certificate_der;
+  Bytes sealed_private_key;  // MasterKey::SealIssuerKey output
+  std::string key_type;      // KeySpecName, for operators reading the database
+};
+
+enum class CertificateState { kGood, kRevoked };
+
+struct CertificateRecord {
+  std::string serial_hex;  // upper case, as Certificate::SerialHex()
+  IssuerId issuer;
+  Profile profile;
+  std::string subject_cn;
+  int64_t not_before = 0;  // unix seconds
+  int64_t not_after = 0;
+  Bytes certificate_der;
+  CertificateState state = CertificateState::kGood;
+  int64_t revoked_at = 0;  // unix seconds; 0 while good
+  crypto::CrlReason reason = crypto::CrlReason::kUnspecified;
+};
+
+struct CrlRecord {
+  IssuerId issuer;
+  uint64_t crl_number = 0;
+  int64_t this_update = 0;  // unix seconds
+  int64_t next_update = 0;
+  Bytes crl_der;
+};
+
+struct RevokedEntry {
+  std::string serial_hex;
+  int64_t revoked_at;
+  crypto::CrlReason reason;
+};
+
+// Decides, under the issuer's CRL lock, whether to publish a new CRL and signs it. Gets the
+// current CRL and every revoked certificate of the issuer; returns the new CRL, or nullopt
+// to keep the current one. May run more than once (transaction retries): it must be pure.
+using CrlPublisher = std::function<absl::StatusOr<std::optional<CrlRecord>>(
+    const CrlRecord& current, const std::vector<RevokedEntry>& revoked)>;
+
+class CaRepository {
+ public:
+  virtual ~CaRepository() = default;
+
+  // KCV of the master key the issuers are sealed under; nullopt before initialisation.
+  virtual absl::StatusOr<std::optional<std::string>> GetMasterKeyKcv() = 0;
+
+  // Records, in one transaction: the master key KCV, the issuers, the certificates (issuer
+  // certificates and any leaves issued at bootstrap) and each issuer's first CRL.
+  // FAILED_PRECONDITION "ca: already initialised" if it was done before.
+  virtual absl::Status Initialize(const std::string& master_key_kcv,
+                                  const std::vector<IssuerRecord>& issuers,
+                                  const std::vector<CertificateRecord>& certificates,
+                                  const std::vector<CrlRecord>& crls) = 0;
+
+  // NOT_FOUND when the CA is not initialised.
+  virtual absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) = 0;
+
+  // ALREADY_EXISTS if the serial is taken.
+  virtual absl::Status InsertCertificate(const CertificateRecord& record) = 0;
+  // NOT_FOUND for an unknown serial.
+  virtual absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial_hex) = 0;
+
+  // Marks the certificate revoked and publishes its issuer's CRL through `publish`, both in
+  // one transaction. An already revoked certificate is returned unchanged and `publish` is not
+  // called (a retried call is harmless). NOT_FOUND for an unknown serial.
+  virtual absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex,
+                                                   int64_t revoked_at, crypto::CrlReason reason,
+                                                   const CrlPublisher& publish) = 0;
+
+  // The issuer's current CRL. NOT_FOUND when the CA is not initialised.
+  virtual absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) = 0;
+  // Lets `publish` replace the issuer's CRL; returns the CRL in force afterwards.
+  virtual absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) = 0;
+};
+
+class PgCaRepository final : public CaRepository {
+ public:
+  // `pool` is not owned and must outlive the repository.
+  explicit PgCaRepository(db::ConnectionPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<std::optional<std::string>> GetMasterKeyKcv() override;
+  absl::Status Initialize(const std::string& master_key_kcv,
+                          const std::vector<IssuerRecord>& issuers,
+                          const std::vector<CertificateRecord>& certificates,
+                          const std::vector<CrlRecord>& crls) override;
+  absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) override;
+  absl::Status InsertCertificate(const CertificateRecord& record) override;
+  absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial_hex) override;
+  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, int64_t revoked_at,
+                                           crypto::CrlReason reason,
+                                           const CrlPublisher& publish) override;
+  absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) override;
+  absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) override;
+
+ private:
+  db::ConnectionPool* pool_;
+};
+
+}  // namespace rkl::ca

@@ -1,0 +1,91 @@
+// rkl-ca — the certificate authority daemon (PROTOCOL §2). Serves rkl.v1.CertificateAuthority
+// over mTLS from its own PostgreSQL database; issuer keys are opened with the CA master key.
+// The database must have been initialised by `rklctl pki init` (see docs/pki.md).
+
+#include <memory>
+
+#include "ca_config.h"
+#include "ca_core.h"
+#include "ca_grpc_service.h"
+#include "ca_repository.h"
+#include "master_key.h"
+#include "rkl/ca/migrations.h"
+#include "rkl/common/config.h"
+#include "rkl/common/logging.h"
+#include "rkl/crypto/random.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/db/migration.h"
+#include "rkl/rpc/server.h"
+#include "rkl/rpc/shutdown.h"
+#include "rkl/rpc/tls.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr char kProgram[] = "rkl-ca";
+
+rkl::ConfigSchema MakeSchema() {
+  rkl::ConfigSchema schema("RKL_CA");
+  schema.String("listen", "host:port to serve rkl.v1.CertificateAuthority on")
+      .Default("0.0.0.0:50051");
+  rkl::rpc::DeclareTlsConfig(schema);
+  schema.String("db.dsn", "libpq DSN of the CA's own database (rkl_ca)").Required().Secret();
+  schema.Int("db.pool_size", "maximum open database connections").Default("4").Range(1, 64);
+  schema
+      .Path("master_key_file",
+            "CA master key: 32 raw bytes or 64 hex digits, mode 0600 (see docs/pki.md)")
+      .Required();
+  rkl::ca::DeclarePolicyConfig(schema);
+  schema.Duration("shutdown_grace", "how long in-flight calls may finish on SIGTERM")
+      .Default("10s");
+  schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
+  schema.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
+      .Default("info");
+  return schema;
+}
+
+int Fatal(const absl::Status& status) {
+  spdlog::critical("start-up failed: {}", status.ToString());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  rkl::ConfigSchema schema = MakeSchema();
+  rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
+                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
+                    .program = kProgram});
+  rkl::rpc::InstallShutdownSignalHandlers();
+
+  absl::StatusOr<rkl::ca::CaPolicy> policy = rkl::ca::PolicyFromConfig(config);
+  if (!policy.ok()) return Fatal(policy.status());
+  absl::StatusOr<rkl::ca::MasterKey> master_key =
+      rkl::ca::MasterKey::LoadFromFile(config.GetPath("master_key_file"));
+  if (!master_key.ok()) return Fatal(master_key.status());
+
+  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  spdlog::info("database {}", pool.redacted_dsn());
+  absl::StatusOr<int> applied = rkl::db::ApplyMigrations(pool, rkl::ca::Migrations());
+  if (!applied.ok()) return Fatal(applied.status());
+  spdlog::info("schema migrations applied: {}", *applied);
+
+  rkl::ca::PgCaRepository repository(&pool);
+  rkl::ca::CaCore core(
+      &repository, &*master_key, *policy, [] { return absl::Now(); }, rkl::crypto::FillRandom);
+  // A wrong master key or an uninitialised database cannot be fixed by retrying: stop here.
+  if (absl::Status ready = core.CheckReady(); !ready.ok()) return Fatal(ready);
+  spdlog::info("master key KCV {} matches the CA database", master_key->KcvHex());
+
+  rkl::ca::CaGrpcService service(&core);
+  auto server = rkl::rpc::Server::Start(
+      {.listen_address = config.GetString("listen"), .tls = rkl::rpc::TlsFilesFromConfig(config)},
+      {&service});
+  if (!server.ok()) return Fatal(server.status());
+  (*server)->SetServing("rkl.v1.CertificateAuthority", true);
+  spdlog::info("serving rkl.v1.CertificateAuthority on port {}", (*server)->port());
+  (*server)->RunUntilShutdownSignal(config.GetDuration("shutdown_grace"));
+  return 0;
+}

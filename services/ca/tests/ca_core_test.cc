@@ -1,0 +1,444 @@
+// CaCore against the in-memory repository, a fixed clock and a scripted serial source.
+
+#include "ca_core.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <deque>
+
+#include "absl/strings/ascii.h"
+#include "fake_ca_repository.h"
+#include "rkl/crypto/ecdsa.h"
+#include "rkl/crypto/random.h"
+#include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509_verify.h"
+#include "test_keys.h"
+
+namespace rkl::ca {
+namespace {
+
+using testing::CsrPem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing::MismatchedCsrPem;
+
+constexpr int64_t kStart = 1'750'000'000;  // 2025-06-15
+constexpr int64_t kDay = 86'400;
+
+class CaCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
+    // RSA-2048 root keeps the suite fast; the default (3072) is checked in the pgtests.
+    policy_.terminal_root_key = KeySpec::kRsa2048;
+    MakeCore();
+  }
+
+  void MakeCore() {
+    core_.emplace(
+        &repo_, &*master_key_, policy_, [this] { return absl::FromUnixSeconds(now_); },
+        [this](std::span<uint8_t> out) {
+          if (!scripted_serials_.empty()) {
+            Bytes s = scripted_serials_.front();
+            scripted_serials_.pop_front();
+            std::copy(s.begin(), s.end(), out.begin());
+          } else {
+            crypto::FillRandom(out);
+          }
+        });
+  }
+
+  BootstrapResult Bootstrap() {
+    BootstrapRequest req;
+    req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1234"));
+    req.pkcs12_iterations = 1000;
+    auto result = core_->Bootstrap(req);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return *std::move(result);
+  }
+
+  absl::StatusOr<crypto::Certificate> IssueWork(const crypto::PrivateKey& key, uint32_t days = 0) {
+    return core_->IssueWorkCertificate({key.GetPublicKey().ToDer(), "hsm-mtms", 7, days});
+  }
+
+  FakeCaRepository repo_;
+  std::optional<MasterKey> master_key_;
+  CaPolicy policy_;
+  int64_t now_ = kStart;
+  std::deque<Bytes> scripted_serials_;
+  std::optional<CaCore> core_;
+};
+
+TEST_F(CaCoreTest, NotInitialisedCaRefusesEverythingButBootstrap) {
+  EXPECT_EQ(core_->CheckReady().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(core_->CheckReady().message(), HasSubstr("rklctl pki init"));
+  EXPECT_EQ(core_->GetIssuerCertificate(IssuerId::kTerminalRoot).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto key = crypto::GenerateRsaKey(2048).value();
+  EXPECT_EQ(IssueWork(key).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->GetCrl(IssuerId::kOperatorCa).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CaCoreTest, BootstrapCreatesThreeSelfSignedIssuersAndRecordsEverything) {
+  BootstrapResult r = Bootstrap();
+  EXPECT_TRUE(core_->CheckReady().ok());
+  for (const crypto::Certificate* c : {&r.terminal_root, &r.operator_ca, &r.service_ca}) {
+    EXPECT_TRUE(c->IsSelfSigned());
+    EXPECT_TRUE(c->IsCa());
+    EXPECT_TRUE(c->BasicConstraintsCritical());
+    EXPECT_EQ(c->PathLength(), 0);
+    EXPECT_TRUE(c->KeyUsageCritical());
+    EXPECT_EQ(c->KeyUsageBits(), crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign);
+    EXPECT_FALSE(c->HasExtendedKeyUsage());
+  }
+  EXPECT_EQ(r.terminal_root.SubjectCommonName(), "terminal-root");
+  EXPECT_EQ(r.terminal_root.GetPublicKey()->Type(), crypto::KeyType::kRsa);
+  EXPECT_EQ(r.operator_ca.SubjectCommonName(), "operator-ca");
+  EXPECT_EQ(r.operator_ca.GetPublicKey()->Type(), crypto::KeyType::kEcP256);
+  EXPECT_EQ(r.service_ca.SubjectDn(), "CN=service-ca,O=rkl");
+  EXPECT_EQ(r.terminal_root.NotAfter(), kStart + 7300 * kDay);
+
+  ASSERT_EQ(r.services.size(), 5u);
+  for (const KeyAndCertificate& s : r.services) {
+    EXPECT_EQ(s.certificate.SubjectCommonName(), s.name);
+    EXPECT_THAT(s.certificate.DnsNames(), ElementsAre(s.name, "localhost"));
+    EXPECT_EQ(s.certificate.IssuerCommonName(), "service-ca");
+    EXPECT_TRUE(crypto::VerifyChain(s.certificate, {}, {&r.service_ca, 1}, {}, kStart).ok());
+  }
+  EXPECT_EQ(r.admin.certificate.SubjectCommonName(), "admin:admin");
+  EXPECT_THAT(r.admin.certificate.DnsNames(), ElementsAre("admin:admin"));
+  EXPECT_EQ(r.operator_card.certificate.SubjectCommonName(), "operator:operator1");
+  // 3 issuers + 5 services + admin + operator, all recorded.
+  EXPECT_EQ(repo_.certificates().size(), 10u);
+  auto card = crypto::ReadPkcs12(r.operator_pkcs12, crypto::SecretBytes::CopyOf(AsBytes("1234")));
+  ASSERT_TRUE(card.ok()) << card.status();
+  EXPECT_EQ(card->certificate, r.operator_card.certificate);
+}
+
+TEST_F(CaCoreTest, SecondBootstrapIsRefusedAndChangesNothing) {
+  BootstrapResult r = Bootstrap();
+  auto before = repo_.issuers().at(IssuerId::kTerminalRoot).certificate_der;
+  BootstrapRequest req;
+  req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1234"));
+  auto again = core_->Bootstrap(req);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr("already initialised"));
+  EXPECT_EQ(repo_.issuers().at(IssuerId::kTerminalRoot).certificate_der, before);
+  EXPECT_EQ(repo_.initialize_calls, 1);
+}
+
+TEST_F(CaCoreTest, BootstrapValidatesItsRequestBeforeMakingKeys) {
+  BootstrapRequest req;
+  req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1234"));
+  req.services = {"mtms", "pos"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.services = {"mtms", "mtms"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.services = {"mtms"};
+  req.admin_name = "Root";
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.admin_name = "root";
+  req.extra_dns_names = {"bad_host"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.extra_dns_names = {"ca.example"};
+  req.operator_pin = crypto::SecretBytes();
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  policy_.terminal_root_key = KeySpec::kEcP256;
+  MakeCore();
+  req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1"));
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(repo_.initialize_calls, 0);
+}
+
+TEST_F(CaCoreTest, CheckReadyRefusesAnotherMasterKey) {
+  Bootstrap();
+  repo_.set_kcv("ABCDEF");
+  absl::Status s = core_->CheckReady();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("does not match"));
+}
+
+TEST_F(CaCoreTest, IssuerKeysDoNotOpenUnderAnotherMasterKey) {
+  Bootstrap();
+  master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
+  MakeCore();
+  auto key = crypto::GenerateRsaKey(2048).value();
+  auto cert = IssueWork(key);
+  EXPECT_EQ(cert.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(cert.status().message(), HasSubstr("cannot be opened"));
+}
+
+TEST_F(CaCoreTest, WorkCertificateFollowsTheHsmWcrtProfile) {
+  BootstrapResult r = Bootstrap();
+  auto key = crypto::GenerateRsaKey(2048).value();
+  auto cert = IssueWork(key);
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_EQ(cert->SubjectCommonName(), "hsm-work:hsm-mtms:7");
+  EXPECT_EQ(cert->IssuerCommonName(), "terminal-root");
+  EXPECT_TRUE(cert->HasBasicConstraints());
+  EXPECT_TRUE(cert->BasicConstraintsCritical());
+  EXPECT_FALSE(cert->IsCa());
+  EXPECT_TRUE(cert->KeyUsageCritical());
+  EXPECT_EQ(cert->KeyUsageBits(), crypto::KeyUsage::kKeyEncipherment);
+  EXPECT_FALSE(cert->HasExtendedKeyUsage());
+  EXPECT_TRUE(cert->DnsNames().empty());
+  EXPECT_TRUE(*cert->GetPublicKey() == key.GetPublicKey());
+  EXPECT_EQ(cert->NotBefore(), kStart - 300);
+  EXPECT_EQ(cert->NotAfter(), kStart + 730 * kDay);
+  EXPECT_TRUE(crypto::VerifyChain(*cert, {}, {&r.terminal_root, 1}, {}, kStart).ok());
+  const CertificateRecord& rec = repo_.certificates().at(cert->SerialHex());
+  EXPECT_EQ(rec.profile, Profile::kWork);
+  EXPECT_EQ(rec.issuer, IssuerId::kTerminalRoot);
+  EXPECT_EQ(rec.subject_cn, "hsm-work:hsm-mtms:7");
+  EXPECT_EQ(rec.not_after, cert->NotAfter());
+  EXPECT_EQ(rec.certificate_der, cert->ToDer());
+}
+
+TEST_F(CaCoreTest, WorkCertificateRequestsAreValidated) {
+  Bootstrap();
+  auto rsa = crypto::GenerateRsaKey(2048).value();
+  auto ec = crypto::GenerateEcP256Key().value();
+  auto e3 = testing::RsaKeyWithExponent(2048, 3);
+  auto small = testing::RsaKeyWithExponent(1024, 65537);
+  struct Case {
+    WorkCertificateRequest req;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {{ec.GetPublicKey().ToDer(), "hsm-mtms", 1, 0}, "public_key_der: must be an RSA key"},
+      {{e3.GetPublicKey().ToDer(), "hsm-mtms", 1, 0},
+       "public_key_der: RSA public exponent must be 65537"},
+      {{small.GetPublicKey().ToDer(), "hsm-mtms", 1, 0},
+       "public_key_der: RSA key must have 2048 to 4096 bits, got 1024"},
+      {{Bytes{0x30, 0x03, 0x02, 0x01, 0x01}, "hsm-mtms", 1, 0},
+       "public_key_der: must be one DER SubjectPublicKeyInfo of an RSA key"},
+      {{rsa.GetPublicKey().ToDer(), "HSM", 1, 0}, "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {{rsa.GetPublicKey().ToDer(), "hsm-mtms", 1, 731},
+       "validity_days: must be at most 730 for work certificates"},
+  };
+  size_t before = repo_.certificates().size();
+  for (const Case& c : cases) {
+    auto cert = core_->IssueWorkCertificate(c.req);
+    EXPECT_EQ(cert.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_EQ(cert.status().message(), c.message);
+  }
+  EXPECT_EQ(repo_.certificates().size(), before);
+  auto shorter = IssueWork(rsa, 30);
+  ASSERT_TRUE(shorter.ok());
+  EXPECT_EQ(shorter->NotAfter(), kStart + 30 * kDay);
+}
+
+TEST_F(CaCoreTest, LeafNeverOutlivesItsIssuer) {
+  policy_.terminal_root_validity_days = 100;
+  MakeCore();
+  BootstrapResult r = Bootstrap();
+  auto cert = IssueWork(crypto::GenerateRsaKey(2048).value());
+  ASSERT_TRUE(cert.ok());
+  EXPECT_EQ(cert->NotAfter(), r.terminal_root.NotAfter());
+  now_ = r.terminal_root.NotAfter();
+  EXPECT_EQ(IssueWork(crypto::GenerateRsaKey(2048).value()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CaCoreTest, SerialsAre128BitPositiveAndCollisionsAreRetried) {
+  Bootstrap();
+  auto key = crypto::GenerateRsaKey(2048).value();
+  Bytes fixed(16, 0xAB);
+  scripted_serials_ = {fixed};
+  auto first = IssueWork(key);
+  ASSERT_TRUE(first.ok());
+  // 0xAB with the top bit cleared and the next one set.
+  EXPECT_EQ(first->SerialHex(), "6BABABABABABABABABABABABABABABAB");
+  EXPECT_EQ(first->SerialBytes().size(), 16u);
+
+  // The same serial again: the insert is refused and a fresh serial is drawn.
+  scripted_serials_ = {fixed, Bytes(16, 0x11)};
+  auto second = IssueWork(key);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->SerialHex(), "51111111111111111111111111111111");
+
+  // A source that only ever repeats itself ends in an error, not a loop or a duplicate.
+  scripted_serials_ = {fixed, fixed, fixed};
+  auto third = IssueWork(key);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(CaCoreTest, OperatorCertificateFollowsItsProfileAndIgnoresTheCsrSubject) {
+  BootstrapResult r = Bootstrap();
+  auto key = crypto::GenerateEcP256Key().value();
+  auto cert = core_->IssueOperatorCertificate({CsrPem(key, "admin:mallory"), "alice", 0});
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_EQ(cert->SubjectCommonName(), "operator:alice");
+  EXPECT_EQ(cert->IssuerCommonName(), "operator-ca");
+  EXPECT_EQ(cert->KeyUsageBits(), crypto::KeyUsage::kDigitalSignature);
+  EXPECT_TRUE(cert->KeyUsageCritical());
+  EXPECT_FALSE(cert->IsCa());
+  EXPECT_FALSE(cert->HasExtendedKeyUsage());
+  EXPECT_EQ(cert->NotAfter(), kStart + 365 * kDay);
+  EXPECT_TRUE(crypto::VerifyChain(*cert, {}, {&r.operator_ca, 1}, {}, kStart).ok());
+}
+
+TEST_F(CaCoreTest, OperatorCertificateNeverValidatesAsAWorkCertificate) {
+  BootstrapResult r = Bootstrap();
+  auto key = crypto::GenerateEcP256Key().value();
+  auto cert = core_->IssueOperatorCertificate({CsrPem(key), "alice", 0});
+  ASSERT_TRUE(cert.ok());
+  absl::Status chain = crypto::VerifyChain(*cert, {}, {&r.terminal_root, 1}, {}, kStart);
+  EXPECT_EQ(chain.code(), absl::StatusCode::kUnauthenticated) << chain;
+  EXPECT_FALSE(crypto::HasAll(cert->KeyUsageBits(), crypto::KeyUsage::kKeyEncipherment));
+  EXPECT_NE(cert->GetPublicKey()->Type(), crypto::KeyType::kRsa);
+}
+
+TEST_F(CaCoreTest, CsrWhoseSignatureDoesNotMatchItsKeyIsInvalidArgument) {
+  Bootstrap();
+  auto claimed = crypto::GenerateEcP256Key().value();
+  auto signer = crypto::GenerateEcP256Key().value();
+  std::string csr = MismatchedCsrPem(signer, claimed);
+  size_t before = repo_.certificates().size();
+  auto op = core_->IssueOperatorCertificate({csr, "alice", 0});
+  EXPECT_EQ(op.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(op.status().message(),
+            "csr_pem: signature does not verify under the request's public key");
+  auto svc = core_->IssueServiceCertificate({csr, "mtms", {}, 0});
+  EXPECT_EQ(svc.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->IssueOperatorCertificate({"not a csr", "alice", 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(repo_.certificates().size(), before);
+}
+
+TEST_F(CaCoreTest, OperatorKeyMustBeP256) {
+  Bootstrap();
+  auto rsa = crypto::GenerateRsaKey(2048).value();
+  auto cert = core_->IssueOperatorCertificate({CsrPem(rsa), "alice", 0});
+  EXPECT_EQ(cert.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cert.status().message(), "csr_pem: operator key must be EC P-256");
+  EXPECT_EQ(
+      core_->IssueOperatorCertificate({CsrPem(crypto::GenerateEcP256Key().value()), "Alice", 0})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CaCoreTest, ServiceCertificatesCarryNameLocalhostAndExtraSans) {
+  BootstrapResult r = Bootstrap();
+  auto key = crypto::GenerateEcP256Key().value();
+  auto svc =
+      core_->IssueServiceCertificate({CsrPem(key), "kms", {"kms.rkl.internal", "localhost"}, 0});
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  EXPECT_EQ(svc->SubjectCommonName(), "kms");
+  EXPECT_THAT(svc->DnsNames(), ElementsAre("kms", "localhost", "kms.rkl.internal"));
+  EXPECT_EQ(svc->ExtendedKeyUsages(),
+            crypto::ExtendedKeyUsage::kServerAuth | crypto::ExtendedKeyUsage::kClientAuth);
+  EXPECT_EQ(svc->KeyUsageBits(), crypto::KeyUsage::kDigitalSignature);
+  EXPECT_TRUE(crypto::VerifyChain(*svc, {}, {&r.service_ca, 1}, {}, kStart).ok());
+
+  auto admin = core_->IssueServiceCertificate({CsrPem(key), "admin:bob", {}, 0});
+  ASSERT_TRUE(admin.ok());
+  EXPECT_THAT(admin->DnsNames(), ElementsAre("admin:bob"));
+
+  EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "admin:bob", {"bob.example"}, 0})
+                .status()
+                .message(),
+            "dns_names: not allowed for admin certificates");
+  EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "pos", {}, 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "kms", {"Bad_Name"}, 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "kms", {}, 366}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CaCoreTest, RevocationRepublishesTheIssuersCrl) {
+  BootstrapResult r = Bootstrap();
+  auto initial = core_->GetCrl(IssuerId::kOperatorCa);
+  ASSERT_TRUE(initial.ok());
+  EXPECT_EQ(initial->crl_number, 1u);
+  auto key = crypto::GenerateEcP256Key().value();
+  auto cert = core_->IssueOperatorCertificate({CsrPem(key), "alice", 0});
+  ASSERT_TRUE(cert.ok());
+
+  now_ += 60;
+  auto revoked = core_->Revoke(cert->SerialHex(), crypto::CrlReason::kKeyCompromise);
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->state, CertificateState::kRevoked);
+  EXPECT_EQ(revoked->revoked_at, kStart + 60);
+
+  auto crl_record = core_->GetCrl(IssuerId::kOperatorCa);
+  ASSERT_TRUE(crl_record.ok());
+  EXPECT_EQ(crl_record->crl_number, 2u);
+  EXPECT_EQ(crl_record->next_update, kStart + 60 + 7 * kDay);
+  auto crl = crypto::Crl::FromDer(crl_record->crl_der).value();
+  EXPECT_TRUE(crl.VerifySignature(r.operator_ca).ok());
+  EXPECT_TRUE(crl.IsRevoked(*cert));
+  EXPECT_EQ(crl.CrlNumber(), 2u);
+  ASSERT_EQ(crl.Entries().size(), 1u);
+  EXPECT_EQ(crl.Entries()[0].reason, crypto::CrlReason::kKeyCompromise);
+  // Chain validation with the CRL now fails as revoked.
+  EXPECT_EQ(crypto::VerifyChain(*cert, {}, {&r.operator_ca, 1}, {&crl, 1}, kStart + 120).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Other issuers' CRLs are untouched.
+  EXPECT_EQ(core_->GetCrl(IssuerId::kServiceCa)->crl_number, 1u);
+
+  auto status = core_->GetCertificateStatus(absl::AsciiStrToLower(cert->SerialHex()));
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status->state, CertificateState::kRevoked);
+  EXPECT_EQ(status->reason, crypto::CrlReason::kKeyCompromise);
+
+  // Revoking again is harmless: same record, no new CRL.
+  auto again = core_->Revoke(cert->SerialHex(), crypto::CrlReason::kSuperseded);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->reason, crypto::CrlReason::kKeyCompromise);
+  EXPECT_EQ(core_->GetCrl(IssuerId::kOperatorCa)->crl_number, 2u);
+}
+
+TEST_F(CaCoreTest, RevocationRules) {
+  BootstrapResult r = Bootstrap();
+  auto cert =
+      core_->IssueOperatorCertificate({CsrPem(crypto::GenerateEcP256Key().value()), "alice", 0});
+  ASSERT_TRUE(cert.ok());
+  EXPECT_EQ(core_->Revoke(cert->SerialHex(), crypto::CrlReason::kUnspecified).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->Revoke(cert->SerialHex(), crypto::CrlReason::kCertificateHold).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->Revoke("XYZ", crypto::CrlReason::kKeyCompromise).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->Revoke("0102", crypto::CrlReason::kKeyCompromise).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      core_->Revoke(r.terminal_root.SerialHex(), crypto::CrlReason::kKeyCompromise).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->GetCertificateStatus(cert->SerialHex())->state, CertificateState::kGood);
+  EXPECT_EQ(core_->GetCertificateStatus("ABCD").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CaCoreTest, CrlIsReSignedOncePastHalfItsLife) {
+  Bootstrap();
+  auto first = core_->GetCrl(IssuerId::kTerminalRoot).value();
+  now_ = kStart + 7 * kDay / 2 - 1;
+  EXPECT_EQ(core_->GetCrl(IssuerId::kTerminalRoot)->crl_number, first.crl_number);
+  now_ = kStart + 7 * kDay / 2;
+  auto refreshed = core_->GetCrl(IssuerId::kTerminalRoot).value();
+  EXPECT_EQ(refreshed.crl_number, first.crl_number + 1);
+  EXPECT_EQ(refreshed.this_update, now_);
+  EXPECT_EQ(refreshed.next_update, now_ + 7 * kDay);
+  EXPECT_EQ(crypto::Crl::FromDer(refreshed.crl_der)->NextUpdate(), now_ + 7 * kDay);
+  EXPECT_EQ(core_->GetCrl(IssuerId::kTerminalRoot)->crl_number, refreshed.crl_number);
+}
+
+TEST_F(CaCoreTest, PolicyValidation) {
+  EXPECT_TRUE(ValidatePolicy(CaPolicy{}).ok());
+  CaPolicy p;
+  p.work_validity_days = 0;
+  EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+  p = CaPolicy{};
+  p.crl_validity = absl::Minutes(1);
+  EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+  p = CaPolicy{};
+  p.terminal_root_key = KeySpec::kEcP256;
+  EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rkl::ca

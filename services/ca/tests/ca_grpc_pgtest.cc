@@ -1,0 +1,386 @@
+// rkl.v1.CertificateAuthority in-process over real gRPC with mTLS (TestPki identities), real
+// PostgreSQL, and the openssl CLI as an independent judge of what the CA signs.
+
+#include <grpcpp/grpcpp.h>
+
+#include "ca_grpc_service.h"
+#include "ca_pg_fixture.h"
+#include "rkl/crypto/ecdsa.h"
+#include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509_verify.h"
+#include "rkl/rpc/call_context.h"
+#include "rkl/rpc/channel.h"
+#include "rkl/rpc/health.h"
+#include "rkl/rpc/server.h"
+#include "rkl/rpc/status.h"
+#include "rkl/testing/test_pki.h"
+#include "test_keys.h"
+
+namespace rkl::ca {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr absl::Duration kTimeout = absl::Seconds(20);
+
+class CaGrpcPgTest : public CaPgTest {
+ protected:
+  void SetUp() override {
+    CaPgTest::SetUp();
+    if (HasFatalFailure()) return;
+    boot_.emplace(Bootstrap());
+    auto pki = rkl::testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    auto server_tls = pki_->Issue("ca");
+    ASSERT_TRUE(server_tls.ok());
+    service_ = std::make_unique<CaGrpcService>(&*core_);
+    auto server =
+        rpc::Server::Start({.listen_address = "127.0.0.1:0", .tls = *server_tls}, {service_.get()});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  std::unique_ptr<v1::CertificateAuthority::Stub> Stub(const std::string& identity) {
+    auto tls = pki_->Issue(identity);
+    EXPECT_TRUE(tls.ok());
+    rpc::ChannelOptions options{.tls = *tls, .authority = "localhost"};
+    auto channel = rpc::MakeChannel("127.0.0.1:" + std::to_string(server_->port()), options);
+    EXPECT_TRUE(channel.ok()) << channel.status();
+    channels_.push_back(*channel);
+    return v1::CertificateAuthority::NewStub(*channel);
+  }
+
+  template <typename Req, typename Resp, typename Method>
+  absl::StatusOr<Resp> Call(v1::CertificateAuthority::Stub& stub, Method method, const Req& req) {
+    auto ctx = rpc::MakeClientContext(kTimeout);
+    Resp resp;
+    grpc::Status s = (stub.*method)(ctx.get(), req, &resp);
+    if (!s.ok()) return rpc::FromGrpcStatus(s);
+    return resp;
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueWork(v1::CertificateAuthority::Stub& stub,
+                                                  const crypto::PublicKey& key) {
+    v1::IssueWorkCertificateRequest req;
+    Bytes der = key.ToDer();
+    req.set_public_key_der(std::string(der.begin(), der.end()));
+    req.set_hsm_id("hsm-mtms");
+    req.set_key_index(42);
+    return Call<v1::IssueWorkCertificateRequest, v1::IssuedCertificate>(
+        stub, &v1::CertificateAuthority::Stub::IssueWorkCertificate, req);
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueOperator(v1::CertificateAuthority::Stub& stub,
+                                                      const std::string& csr,
+                                                      const std::string& id = "alice") {
+    v1::IssueOperatorCertificateRequest req;
+    req.set_csr_pem(csr);
+    req.set_operator_id(id);
+    return Call<v1::IssueOperatorCertificateRequest, v1::IssuedCertificate>(
+        stub, &v1::CertificateAuthority::Stub::IssueOperatorCertificate, req);
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueService(v1::CertificateAuthority::Stub& stub,
+                                                     const std::string& csr,
+                                                     const std::string& name) {
+    v1::IssueServiceCertificateRequest req;
+    req.set_csr_pem(csr);
+    req.set_name(name);
+    return Call<v1::IssueServiceCertificateRequest, v1::IssuedCertificate>(
+        stub, &v1::CertificateAuthority::Stub::IssueServiceCertificate, req);
+  }
+
+  absl::StatusOr<v1::CertificateStatus> Revoke(v1::CertificateAuthority::Stub& stub,
+                                               const std::string& serial) {
+    v1::RevokeCertificateRequest req;
+    req.set_serial_hex(serial);
+    req.set_reason(v1::REVOCATION_REASON_KEY_COMPROMISE);
+    return Call<v1::RevokeCertificateRequest, v1::CertificateStatus>(
+        stub, &v1::CertificateAuthority::Stub::RevokeCertificate, req);
+  }
+
+  absl::StatusOr<v1::CertificateStatus> Status(v1::CertificateAuthority::Stub& stub,
+                                               const std::string& serial) {
+    v1::GetCertificateStatusRequest req;
+    req.set_serial_hex(serial);
+    return Call<v1::GetCertificateStatusRequest, v1::CertificateStatus>(
+        stub, &v1::CertificateAuthority::Stub::GetCertificateStatus, req);
+  }
+
+  absl::StatusOr<v1::GetCrlResponse> Crl(v1::CertificateAuthority::Stub& stub, v1::Issuer issuer) {
+    v1::GetCrlRequest req;
+    req.set_issuer(issuer);
+    return Call<v1::GetCrlRequest, v1::GetCrlResponse>(
+        stub, &v1::CertificateAuthority::Stub::GetCrl, req);
+  }
+
+  absl::StatusOr<std::string> IssuerPem(v1::CertificateAuthority::Stub& stub, v1::Issuer issuer) {
+    v1::GetIssuerCertificateRequest req;
+    req.set_issuer(issuer);
+    auto resp = Call<v1::GetIssuerCertificateRequest, v1::GetIssuerCertificateResponse>(
+        stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate, req);
+    if (!resp.ok()) return resp.status();
+    return resp->certificate_pem();
+  }
+
+  std::optional<BootstrapResult> boot_;
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  std::unique_ptr<CaGrpcService> service_;
+  std::unique_ptr<rpc::Server> server_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+};
+
+TEST_F(CaGrpcPgTest, AnyRklIdentityReadsIssuerCertificatesOthersDoNot) {
+  for (const char* who : {"mtms", "kms", "hsm-mtms", "admin:alice"}) {
+    auto stub = Stub(who);
+    auto root = IssuerPem(*stub, v1::ISSUER_TERMINAL_ROOT);
+    ASSERT_TRUE(root.ok()) << who << ": " << root.status();
+    EXPECT_EQ(*root, boot_->terminal_root.ToPem());
+    EXPECT_EQ(*IssuerPem(*stub, v1::ISSUER_OPERATOR_CA), boot_->operator_ca.ToPem());
+    EXPECT_EQ(*IssuerPem(*stub, v1::ISSUER_SERVICE_CA), boot_->service_ca.ToPem());
+  }
+  // A certificate from the right CA but for no rkl identity is turned away.
+  auto stranger = Stub("pos");
+  EXPECT_EQ(IssuerPem(*stranger, v1::ISSUER_TERMINAL_ROOT).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto admin = Stub("admin:alice");
+  EXPECT_EQ(IssuerPem(*admin, v1::ISSUER_UNSPECIFIED).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto health = rpc::CheckHealth(channels_.back(), "", kTimeout);
+  ASSERT_TRUE(health.ok());
+  EXPECT_TRUE(*health);
+}
+
+TEST_F(CaGrpcPgTest, OnlyMtmsMayRequestAWorkCertificate) {
+  auto pu = crypto::GenerateRsaKey(2048).value().GetPublicKey();
+  for (const char* who : {"kms", "hsm-mtms", "admin:alice", "ca"}) {
+    auto stub = Stub(who);
+    auto denied = IssueWork(*stub, pu);
+    EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied) << who;
+    EXPECT_EQ(denied.status().message(),
+              absl::StrCat("caller '", who, "' may not call IssueWorkCertificate"));
+  }
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates WHERE profile = 'work'")[0][0].as<int>(), 0);
+  auto mtms = Stub("mtms");
+  auto issued = IssueWork(*mtms, pu);
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  EXPECT_EQ(issued->serial_hex().size(), 32u);
+  // A wrong key is INVALID_ARGUMENT even for mtms.
+  auto ec = IssueWork(*mtms, crypto::GenerateEcP256Key()->GetPublicKey());
+  EXPECT_EQ(ec.status().code(), absl::StatusCode::kInvalidArgument);
+  auto e3 = IssueWork(*mtms, testing::RsaKeyWithExponent(2048, 3).GetPublicKey());
+  EXPECT_EQ(e3.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CaGrpcPgTest, WorkCertificateHasExactlyTheHsmWcrtExtensionsPerOpenssl) {
+  auto mtms = Stub("mtms");
+  auto issued = IssueWork(*mtms, crypto::GenerateRsaKey(2048).value().GetPublicKey());
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  std::string root_pem = boot_->terminal_root.ToPem();
+
+  auto verify = OpensslVerify(root_pem, issued->certificate_pem());
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_THAT(verify.output, HasSubstr(": OK"));
+
+  std::string text = X509Text(issued->certificate_pem());
+  EXPECT_THAT(ExtensionHeaders(text),
+              ElementsAre("X509v3 Basic Constraints: critical", "X509v3 Key Usage: critical",
+                          "X509v3 Subject Key Identifier:", "X509v3 Authority Key Identifier:"));
+  EXPECT_THAT(text, HasSubstr("X509v3 Basic Constraints: critical\n                CA:FALSE\n"));
+  EXPECT_THAT(text, HasSubstr("X509v3 Key Usage: critical\n                Key Encipherment\n"));
+  EXPECT_THAT(text, HasSubstr("Subject: O = rkl, CN = hsm-work:hsm-mtms:42"));
+  EXPECT_THAT(text, HasSubstr("Issuer: O = rkl, CN = terminal-root"));
+  EXPECT_THAT(text, HasSubstr("Public-Key: (2048 bit)"));
+  EXPECT_THAT(text, HasSubstr("Signature Algorithm: sha256WithRSAEncryption"));
+
+  // Against another issuer, openssl refuses it.
+  auto wrong = OpensslVerify(boot_->operator_ca.ToPem(), issued->certificate_pem());
+  EXPECT_NE(wrong.exit_code, 0) << wrong.output;
+
+  // The same facts through rkl::crypto's accessors.
+  auto cert = crypto::Certificate::FromPem(issued->certificate_pem()).value();
+  EXPECT_FALSE(cert.IsCa());
+  EXPECT_TRUE(cert.BasicConstraintsCritical());
+  EXPECT_EQ(cert.KeyUsageBits(), crypto::KeyUsage::kKeyEncipherment);
+  EXPECT_TRUE(cert.KeyUsageCritical());
+  EXPECT_FALSE(cert.HasExtendedKeyUsage());
+  EXPECT_FALSE(cert.SubjectKeyId().empty());
+  EXPECT_EQ(cert.AuthorityKeyId(), boot_->terminal_root.SubjectKeyId());
+}
+
+TEST_F(CaGrpcPgTest, IssuerCertificatesHaveExactlyTheIssuerExtensionsPerOpenssl) {
+  for (const crypto::Certificate* issuer :
+       {&boot_->terminal_root, &boot_->operator_ca, &boot_->service_ca}) {
+    std::string pem = issuer->ToPem();
+    auto verify = OpensslVerify(pem, pem);
+    EXPECT_EQ(verify.exit_code, 0) << verify.output;
+    std::string text = X509Text(pem);
+    EXPECT_THAT(ExtensionHeaders(text),
+                ElementsAre("X509v3 Basic Constraints: critical", "X509v3 Key Usage: critical",
+                            "X509v3 Subject Key Identifier:", "X509v3 Authority Key Identifier:"));
+    EXPECT_THAT(text, HasSubstr("CA:TRUE, pathlen:0\n"));
+    EXPECT_THAT(text, HasSubstr("X509v3 Key Usage: critical\n                Certificate Sign, "
+                                "CRL Sign\n"));
+  }
+  EXPECT_THAT(X509Text(boot_->terminal_root.ToPem()),
+              HasSubstr("Signature Algorithm: sha256WithRSAEncryption"));
+  EXPECT_THAT(X509Text(boot_->operator_ca.ToPem()),
+              HasSubstr("Signature Algorithm: ecdsa-with-SHA256"));
+}
+
+TEST_F(CaGrpcPgTest, OperatorCertificatesAreAdminOnlyAndFollowTheirProfile) {
+  auto card = crypto::GenerateEcP256Key().value();
+  std::string csr = testing::CsrPem(card, "ignored");
+  for (const char* who : {"mtms", "kms"}) {
+    auto stub = Stub(who);
+    EXPECT_EQ(IssueOperator(*stub, csr).status().code(), absl::StatusCode::kPermissionDenied);
+  }
+  auto admin = Stub("admin:alice");
+  auto issued = IssueOperator(*admin, csr);
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  std::string text = X509Text(issued->certificate_pem());
+  EXPECT_THAT(ExtensionHeaders(text),
+              ElementsAre("X509v3 Basic Constraints: critical", "X509v3 Key Usage: critical",
+                          "X509v3 Subject Key Identifier:", "X509v3 Authority Key Identifier:"));
+  EXPECT_THAT(text, HasSubstr("X509v3 Key Usage: critical\n                Digital Signature\n"));
+  EXPECT_THAT(text, HasSubstr("CN = operator:alice"));
+  EXPECT_THAT(text, HasSubstr("Issuer: O = rkl, CN = operator-ca"));
+  auto ok = OpensslVerify(boot_->operator_ca.ToPem(), issued->certificate_pem());
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+
+  // Never a work certificate: wrong issuer and wrong key usage.
+  auto as_work = OpensslVerify(boot_->terminal_root.ToPem(), issued->certificate_pem());
+  EXPECT_NE(as_work.exit_code, 0) << as_work.output;
+  auto cert = crypto::Certificate::FromPem(issued->certificate_pem()).value();
+  EXPECT_FALSE(crypto::VerifyChain(cert, {}, {&boot_->terminal_root, 1}, {},
+                                   absl::ToUnixSeconds(absl::Now()))
+                   .ok());
+  EXPECT_NE(cert.KeyUsageBits(), crypto::KeyUsage::kKeyEncipherment);
+  EXPECT_FALSE(crypto::HasAll(cert.KeyUsageBits(), crypto::KeyUsage::kKeyEncipherment));
+}
+
+TEST_F(CaGrpcPgTest, CsrWithForeignSignatureIsInvalidArgument) {
+  auto admin = Stub("admin:alice");
+  std::string csr = testing::MismatchedCsrPem(crypto::GenerateEcP256Key().value(),
+                                              crypto::GenerateEcP256Key().value());
+  auto op = IssueOperator(*admin, csr);
+  EXPECT_EQ(op.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(op.status().message(),
+            "csr_pem: signature does not verify under the request's public key");
+  EXPECT_EQ(IssueService(*admin, csr, "kms").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 10);
+}
+
+TEST_F(CaGrpcPgTest, ServiceCertificatesAreAdminOnlyAndCarryEkuAndSans) {
+  auto key = crypto::GenerateEcP256Key().value();
+  auto mtms = Stub("mtms");
+  EXPECT_EQ(IssueService(*mtms, testing::CsrPem(key), "kms").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto admin = Stub("admin:alice");
+  v1::IssueServiceCertificateRequest req;
+  req.set_csr_pem(testing::CsrPem(key));
+  req.set_name("kms");
+  req.add_dns_names("kms.rkl.internal");
+  auto issued = Call<v1::IssueServiceCertificateRequest, v1::IssuedCertificate>(
+      *admin, &v1::CertificateAuthority::Stub::IssueServiceCertificate, req);
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  std::string text = X509Text(issued->certificate_pem());
+  EXPECT_THAT(ExtensionHeaders(text),
+              ElementsAre("X509v3 Basic Constraints: critical", "X509v3 Key Usage: critical",
+                          "X509v3 Extended Key Usage:", "X509v3 Subject Alternative Name:",
+                          "X509v3 Subject Key Identifier:", "X509v3 Authority Key Identifier:"));
+  EXPECT_THAT(text, HasSubstr("TLS Web Server Authentication, TLS Web Client Authentication\n"));
+  EXPECT_THAT(text, HasSubstr("DNS:kms, DNS:localhost, DNS:kms.rkl.internal\n"));
+  EXPECT_THAT(text, HasSubstr("Subject: O = rkl, CN = kms\n"));
+  auto verify = OpensslVerify(boot_->service_ca.ToPem(), issued->certificate_pem());
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  auto purpose = testing::RunCommand("openssl verify -purpose sslserver -CAfile " +
+                                     tmp_.Write("sca.pem", boot_->service_ca.ToPem()) + " " +
+                                     tmp_.Write("svc.pem", issued->certificate_pem()));
+  EXPECT_EQ(purpose.exit_code, 0) << purpose.output;
+}
+
+TEST_F(CaGrpcPgTest, RevokedOperatorIsListedInTheCrlAndReportedRevoked) {
+  auto admin = Stub("admin:alice");
+  auto issued = IssueOperator(*admin, testing::CsrPem(crypto::GenerateEcP256Key().value()));
+  ASSERT_TRUE(issued.ok());
+  const std::string serial = issued->serial_hex();
+  auto mtms = Stub("mtms");
+  auto before = Status(*mtms, serial);
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ(before->state(), v1::CertificateStatus::STATE_GOOD);
+  EXPECT_EQ(before->profile(), "operator");
+  EXPECT_EQ(before->issuer(), v1::ISSUER_OPERATOR_CA);
+  EXPECT_EQ(before->subject_cn(), "operator:alice");
+
+  // Only admins revoke.
+  EXPECT_EQ(Revoke(*mtms, serial).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Status(*mtms, serial)->state(), v1::CertificateStatus::STATE_GOOD);
+
+  auto revoked = Revoke(*admin, serial);
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->state(), v1::CertificateStatus::STATE_REVOKED);
+  auto after = Status(*mtms, serial);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::CertificateStatus::STATE_REVOKED);
+  EXPECT_EQ(after->reason(), v1::REVOCATION_REASON_KEY_COMPROMISE);
+  EXPECT_GT(after->revoked_at_unix_s(), 0);
+
+  auto crl = Crl(*mtms, v1::ISSUER_OPERATOR_CA);
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  EXPECT_EQ(crl->crl_number(), 2u);
+  EXPECT_GT(crl->next_update_unix_s(), absl::ToUnixSeconds(absl::Now()) + 6 * 86'400);
+  std::string crl_path = tmp_.Write("operator-ca.crl.pem", crl->crl_pem());
+  std::string ca_path = tmp_.Write("operator-ca.pem", boot_->operator_ca.ToPem());
+  auto crl_text = testing::RunCommand("openssl crl -noout -text -in " + crl_path);
+  EXPECT_EQ(crl_text.exit_code, 0) << crl_text.output;
+  EXPECT_THAT(crl_text.output, HasSubstr("Serial Number: " + serial));
+  EXPECT_THAT(crl_text.output, HasSubstr("Key Compromise"));
+  EXPECT_THAT(crl_text.output, HasSubstr("X509v3 CRL Number: \n                2"));
+  EXPECT_THAT(crl_text.output, HasSubstr("Next Update:"));
+  auto crl_sig = testing::RunCommand("openssl crl -noout -CAfile " + ca_path + " -in " + crl_path);
+  EXPECT_EQ(crl_sig.exit_code, 0) << crl_sig.output;
+  EXPECT_THAT(crl_sig.output, HasSubstr("verify OK"));
+
+  // openssl's own chain check with the CRL now rejects the certificate.
+  auto verify =
+      OpensslVerify(boot_->operator_ca.ToPem(), issued->certificate_pem(), crl->crl_pem());
+  EXPECT_NE(verify.exit_code, 0);
+  EXPECT_THAT(verify.output, HasSubstr("certificate revoked"));
+  // ...while another operator's certificate still verifies against the same CRL.
+  auto other = IssueOperator(*admin, testing::CsrPem(crypto::GenerateEcP256Key().value()), "bob");
+  ASSERT_TRUE(other.ok());
+  auto good = OpensslVerify(boot_->operator_ca.ToPem(), other->certificate_pem(), crl->crl_pem());
+  EXPECT_EQ(good.exit_code, 0) << good.output;
+
+  // Other issuers' CRLs are untouched and empty.
+  auto root_crl = Crl(*mtms, v1::ISSUER_TERMINAL_ROOT);
+  ASSERT_TRUE(root_crl.ok());
+  EXPECT_EQ(root_crl->crl_number(), 1u);
+  EXPECT_THAT(testing::RunCommand("openssl crl -noout -text -in " +
+                                  tmp_.Write("root.crl.pem", root_crl->crl_pem()))
+                  .output,
+              HasSubstr("No Revoked Certificates."));
+}
+
+TEST_F(CaGrpcPgTest, StatusAndRevocationInputErrors) {
+  auto admin = Stub("admin:alice");
+  EXPECT_EQ(Status(*admin, "00112233445566778899AABBCCDDEEFF").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Status(*admin, "not-hex").status().code(), absl::StatusCode::kInvalidArgument);
+  v1::RevokeCertificateRequest req;
+  req.set_serial_hex(boot_->admin.certificate.SerialHex());
+  auto no_reason = Call<v1::RevokeCertificateRequest, v1::CertificateStatus>(
+      *admin, &v1::CertificateAuthority::Stub::RevokeCertificate, req);
+  EXPECT_EQ(no_reason.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Revoke(*admin, boot_->service_ca.SerialHex()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Crl(*admin, v1::ISSUER_UNSPECIFIED).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rkl::ca

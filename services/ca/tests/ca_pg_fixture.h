@@ -1,0 +1,111 @@
+#pragma once
+// Shared set-up of the CA's PostgreSQL tests: a fresh database with the CA schema, the real
+// repository, a CaCore over it, and helpers to cross-check with the openssl CLI.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+
+#include "ca_core.h"
+#include "ca_repository.h"
+#include "master_key.h"
+#include "openssl_cli.h"
+#include "rkl/ca/migrations.h"
+#include "rkl/crypto/random.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/db/migration.h"
+#include "rkl/testing/test_database.h"
+
+namespace rkl::ca {
+
+class CaPgTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto db = rkl::testing::TestDatabase::Create();
+    ASSERT_TRUE(db.ok()) << db.status();
+    db_.emplace(*std::move(db));
+    pool_.emplace(db::PoolOptions{.dsn = db_->dsn(), .max_size = 4});
+    auto applied = db::ApplyMigrations(*pool_, Migrations());
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    repo_.emplace(&*pool_);
+    master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
+    MakeCore();
+  }
+
+  void MakeCore() {
+    core_.emplace(
+        &*repo_, &*master_key_, policy_, [] { return absl::Now(); }, crypto::FillRandom);
+  }
+
+  BootstrapResult Bootstrap(const std::string& pin = "2468") {
+    BootstrapRequest req;
+    req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes(pin));
+    req.pkcs12_iterations = 2048;
+    auto result = core_->Bootstrap(req);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return *std::move(result);
+  }
+
+  pqxx::result Sql(const std::string& statement) {
+    pqxx::connection conn(db_->dsn());
+    pqxx::work tx(conn);
+    pqxx::result r = tx.exec(statement);
+    tx.commit();
+    return r;
+  }
+
+  // `openssl x509 -text -noout` of `pem`.
+  std::string X509Text(const std::string& pem) {
+    std::string path = tmp_.Write("x509-text.pem", pem);
+    return testing::RunCommand("openssl x509 -text -noout -in " + path).output;
+  }
+
+  // Every extension header `openssl x509 -text` prints in the "X509v3 extensions" section
+  // (the lines indented by 12 spaces, e.g. "X509v3 Key Usage: critical"), in order, so an
+  // unexpected extension of any kind shows up.
+  static std::vector<std::string> ExtensionHeaders(const std::string& text) {
+    std::vector<std::string> out;
+    size_t pos = text.find("        X509v3 extensions:\n");
+    if (pos == std::string::npos) return out;
+    pos = text.find('\n', pos) + 1;
+    while (pos < text.size()) {
+      size_t end = text.find('\n', pos);
+      std::string line = text.substr(pos, end - pos);
+      pos = end == std::string::npos ? text.size() : end + 1;
+      size_t indent = line.find_first_not_of(' ');
+      if (indent < 12) break;     // the section is over
+      if (indent > 12) continue;  // an extension's value
+      line = line.substr(12);
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out.push_back(line);
+    }
+    return out;
+  }
+
+  // Runs `openssl verify -CAfile` on `cert_pem` against `ca_pem` (plus a CRL if given).
+  testing::CommandResult OpensslVerify(const std::string& ca_pem, const std::string& cert_pem,
+                                       const std::string& crl_pem = "") {
+    std::string ca = tmp_.Write("verify-ca.pem", ca_pem);
+    std::string cert = tmp_.Write("verify-leaf.pem", cert_pem);
+    std::string cmd = "openssl verify -x509_strict -CAfile " + ca;
+    if (!crl_pem.empty()) cmd += " -crl_check -CRLfile " + tmp_.Write("verify-crl.pem", crl_pem);
+    return testing::RunCommand(cmd + " " + cert);
+  }
+
+  std::optional<rkl::testing::TestDatabase> db_;
+  std::optional<db::ConnectionPool> pool_;
+  std::optional<PgCaRepository> repo_;
+  std::optional<MasterKey> master_key_;
+  CaPolicy policy_ = [] {
+    CaPolicy p;
+    p.terminal_root_key = KeySpec::kRsa2048;  // fast; the bootstrap test uses the default
+    return p;
+  }();
+  std::optional<CaCore> core_;
+  testing::TempDir tmp_;
+};
+
+}  // namespace rkl::ca

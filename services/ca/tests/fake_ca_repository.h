@@ -1,0 +1,107 @@
+#pragma once
+// In-memory CaRepository for the core's unit tests: same contract as PgCaRepository
+// (unique serials, one-time Initialize, idempotent Revoke), no database.
+// Not thread-safe; tests drive it from one thread.
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ca_repository.h"
+#include "rkl/common/status_macros.h"
+
+namespace rkl::ca {
+
+class FakeCaRepository final : public CaRepository {
+ public:
+  absl::StatusOr<std::optional<std::string>> GetMasterKeyKcv() override { return kcv_; }
+
+  absl::Status Initialize(const std::string& kcv, const std::vector<IssuerRecord>& issuers,
+                          const std::vector<CertificateRecord>& certificates,
+                          const std::vector<CrlRecord>& crls) override {
+    ++initialize_calls;
+    if (kcv_.has_value()) return absl::FailedPreconditionError("ca: already initialised");
+    kcv_ = kcv;
+    for (const IssuerRecord& i : issuers) issuers_.insert_or_assign(i.issuer, i);
+    for (const CertificateRecord& c : certificates) certs_.insert_or_assign(c.serial_hex, c);
+    for (const CrlRecord& c : crls) crls_.insert_or_assign(c.issuer, c);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) override {
+    auto it = issuers_.find(issuer);
+    if (it == issuers_.end()) return absl::NotFoundError("issuer: not initialised");
+    return it->second;
+  }
+
+  absl::Status InsertCertificate(const CertificateRecord& record) override {
+    if (!certs_.emplace(record.serial_hex, record).second) {
+      return absl::AlreadyExistsError("ca_certificates_pkey");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial_hex) override {
+    auto it = certs_.find(serial_hex);
+    if (it == certs_.end()) return absl::NotFoundError("serial_hex: no such certificate");
+    return it->second;
+  }
+
+  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, int64_t revoked_at,
+                                           crypto::CrlReason reason,
+                                           const CrlPublisher& publish) override {
+    auto it = certs_.find(serial_hex);
+    if (it == certs_.end()) return absl::NotFoundError("serial_hex: no such certificate");
+    if (it->second.state == CertificateState::kRevoked) return it->second;
+    CertificateRecord updated = it->second;
+    updated.state = CertificateState::kRevoked;
+    updated.revoked_at = revoked_at;
+    updated.reason = reason;
+    // Transactional: publish first against the would-be state, commit only if it succeeds.
+    std::vector<RevokedEntry> revoked = RevokedOf(updated.issuer);
+    revoked.push_back({serial_hex, revoked_at, reason});
+    RKL_ASSIGN_OR_RETURN(std::optional<CrlRecord> crl, publish(crls_.at(updated.issuer), revoked));
+    if (crl.has_value()) crls_.insert_or_assign(updated.issuer, *crl);
+    it->second = updated;
+    return updated;
+  }
+
+  absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) override {
+    auto it = crls_.find(issuer);
+    if (it == crls_.end()) return absl::NotFoundError("issuer: not initialised");
+    return it->second;
+  }
+
+  absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) override {
+    RKL_ASSIGN_OR_RETURN(CrlRecord current, GetCrl(issuer));
+    RKL_ASSIGN_OR_RETURN(std::optional<CrlRecord> next, publish(current, RevokedOf(issuer)));
+    if (!next.has_value()) return current;
+    crls_.insert_or_assign(issuer, *next);
+    return *next;
+  }
+
+  // Test access.
+  std::map<std::string, CertificateRecord>& certificates() { return certs_; }
+  std::map<IssuerId, IssuerRecord>& issuers() { return issuers_; }
+  void set_kcv(std::optional<std::string> kcv) { kcv_ = std::move(kcv); }
+  int initialize_calls = 0;
+
+ private:
+  std::vector<RevokedEntry> RevokedOf(IssuerId issuer) const {
+    std::vector<RevokedEntry> out;
+    for (const auto& [serial, c] : certs_) {
+      if (c.issuer == issuer && c.state == CertificateState::kRevoked) {
+        out.push_back({serial, c.revoked_at, c.reason});
+      }
+    }
+    return out;
+  }
+
+  std::optional<std::string> kcv_;
+  std::map<IssuerId, IssuerRecord> issuers_;
+  std::map<std::string, CertificateRecord> certs_;
+  std::map<IssuerId, CrlRecord> crls_;
+};
+
+}  // namespace rkl::ca
