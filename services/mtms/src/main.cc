@@ -1,0 +1,101 @@
+// rkl-mtms: the factory side (docs/mtms.md). Start-up: configuration, logging, database
+// migrations, peer channels, core, forwarder, then the gRPC server until SIGTERM.
+
+#include <cstdlib>
+#include <memory>
+
+#include "mtms_config.h"
+#include "mtms_core.h"
+#include "mtms_forwarder.h"
+#include "mtms_grpc_ports.h"
+#include "mtms_grpc_service.h"
+#include "mtms_operator_trust.h"
+#include "mtms_pg_repository.h"
+#include "rkl/common/logging.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/db/migration.h"
+#include "rkl/mtms/migrations.h"
+#include "rkl/rpc/channel.h"
+#include "rkl/rpc/server.h"
+#include "rkl/rpc/shutdown.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+std::shared_ptr<grpc::Channel> ChannelOrDie(const rkl::Config& config, const std::string& peer) {
+  rkl::rpc::ChannelOptions options;
+  options.tls = rkl::rpc::TlsFilesFromConfig(config);
+  options.authority = config.GetString(peer + ".authority");
+  const std::string target = config.GetString(peer + ".endpoint");
+  options.round_robin = target.rfind("dns:", 0) == 0;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = rkl::rpc::MakeChannel(target, options);
+  if (!channel.ok()) {
+    spdlog::critical("{}: channel to {} failed: {}", rkl::mtms::kProgram, peer,
+                     channel.status().ToString());
+    std::exit(1);
+  }
+  return *channel;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace rkl;
+  using namespace rkl::mtms;
+  ConfigSchema schema = MakeMtmsConfigSchema();
+  Config config = LoadConfigOrExit(schema, kProgram, argc, argv);
+  InitLogging({.format = *ParseLogFormat(config.GetEnum("log.format")),
+               .level = *ParseLogLevel(config.GetEnum("log.level")),
+               .program = kProgram});
+  rpc::InstallShutdownSignalHandlers();
+  spdlog::info("configuration:\n{}", config.Describe());
+
+  db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                           .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  absl::StatusOr<int> applied = db::ApplyMigrations(pool, rkl::mtms::Migrations());
+  if (!applied.ok()) {
+    spdlog::critical("database {}: migrations failed: {}", pool.redacted_dsn(),
+                     applied.status().ToString());
+    return 1;
+  }
+  spdlog::info("database {}: {} migration(s) applied", pool.redacted_dsn(), *applied);
+
+  const absl::Duration timeout = config.GetDuration("rpc.timeout");
+  GrpcHsmPort hsm(ChannelOrDie(config, "hsm"), timeout);
+  GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
+  GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
+  SystemClock clock;
+  PgMtmsRepository repository(pool);
+  OperatorTrust trust(ca, clock, config.GetDuration("ca.crl_refresh"));
+  if (absl::Status s = trust.Refresh(); !s.ok()) {
+    // Not fatal: intake answers UNAVAILABLE until the CA is reachable.
+    spdlog::warn("operator-ca not fetched at start-up: {}", s.ToString());
+  }
+  MtmsCore core(repository, hsm, ca, trust, clock, CoreOptionsFromConfig(config));
+  ForwarderOptions forwarder_options = ForwarderOptionsFromConfig(config);
+  if (forwarder_options.pk_index == 0 || forwarder_options.mak_index == 0) {
+    spdlog::warn(
+        "hsm.pk_index / hsm.mak_index not set: packages are stored but not forwarded "
+        "until the key ceremony's indexes are configured");
+  }
+  Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
+  rpc::Authorizer authorizer = MakeMtmsAuthorizer();
+  MtmsGrpcService service(core, forwarder, authorizer);
+
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start({.listen_address = config.GetString("listen"),
+                          .tls = rpc::TlsFilesFromConfig(config),
+                          .client_cert_mode = rpc::ClientCertMode::kOptionalVerified},
+                         {&service});
+  if (!server.ok()) {
+    spdlog::critical("gRPC server: {}", server.status().ToString());
+    return 1;
+  }
+  if (config.GetBool("forwarder.enabled")) forwarder.Start();
+  spdlog::info("{} serving on port {} (replica {})", kProgram, (*server)->port(),
+               forwarder_options.replica_id);
+  (*server)->RunUntilShutdownSignal(absl::Seconds(10));
+  forwarder.Stop();
+  spdlog::info("{} stopped", kProgram);
+  return 0;
+}

@@ -1,0 +1,95 @@
+#include "mtms_config.h"
+
+#include <unistd.h>
+
+#include "rkl/rpc/tls.h"
+
+namespace rkl::mtms {
+namespace {
+
+std::string HostName() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "mtms";
+  return name;
+}
+
+}  // namespace
+
+ConfigSchema MakeMtmsConfigSchema() {
+  ConfigSchema schema(kEnvPrefix);
+  schema.String("listen", "host:port the gRPC server listens on").Default("0.0.0.0:50054");
+  // One service certificate (CN = DNS SAN = "mtms") serves both directions: the server
+  // side, and the client side towards hsm-mtms, ca and kms.
+  rpc::DeclareTlsConfig(schema);
+  schema.String("db.dsn", "libpq DSN of the rkl_mtms database (include connect_timeout)")
+      .Required()
+      .Secret();
+  schema.Int("db.pool_size", "maximum open database connections").Default("8").Range(1, 256);
+
+  schema.String("hsm.endpoint", "gRPC target of HSM #1").Default("hsm-mtms:50052");
+  schema.String("hsm.authority", "name HSM #1's certificate must carry").Default("hsm-mtms");
+  schema.String("hsm.id", "HSM #1's id; the work certificate CN is hsm-work:<id>:<index>")
+      .Default("hsm-mtms");
+  schema
+      .Int("hsm.pk_index",
+           "HSM #1 key index of PK (from the key ceremony); 0 = not yet: packages wait")
+      .Default("0")
+      .Range(0, INT64_MAX);
+  schema
+      .Int("hsm.mak_index",
+           "HSM #1 key index of MAK (from the key ceremony); 0 = not yet: packages wait")
+      .Default("0")
+      .Range(0, INT64_MAX);
+  schema.String("ca.endpoint", "gRPC target of the CA").Default("ca:50051");
+  schema.String("ca.authority", "name the CA's certificate must carry").Default("ca");
+  schema.Duration("ca.crl_refresh", "how often the operator-ca CRL is re-fetched").Default("5m");
+  schema.String("kms.endpoint", "gRPC target of KMS").Default("kms:50055");
+  schema.String("kms.authority", "name KMS's certificate must carry").Default("kms");
+  schema.Duration("rpc.timeout", "deadline of each call to HSM #1, the CA and KMS").Default("10s");
+
+  schema.Enum("work_key.rsa_bits", {"2048", "3072"}, "default size of new work keys")
+      .Default("2048");
+  schema.Duration("intake.clock_skew", "accepted distance of package created_at from MTMS time")
+      .Default("5m");
+
+  schema.Bool("forwarder.enabled", "run the background forwarder in this replica").Default("true");
+  schema.Duration("forwarder.interval", "time between forwarder passes").Default("5s");
+  schema.Int("forwarder.batch", "rows claimed per batch").Default("32").Range(1, 1000);
+  schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
+  schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
+  schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
+      .Default("2m");
+  schema.String("replica_id", "this replica's name in claims and audit (default: host name)")
+      .Default("");
+
+  schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
+  schema
+      .Enum("log.level", {"trace", "debug", "info", "warn", "error", "critical", "off"},
+            "minimum level logged")
+      .Default("info");
+  return schema;
+}
+
+MtmsCoreOptions CoreOptionsFromConfig(const Config& config) {
+  return MtmsCoreOptions{
+      .hsm_id = config.GetString("hsm.id"),
+      .default_rsa_bits = config.GetEnum("work_key.rsa_bits") == "3072" ? 3072u : 2048u,
+      .clock_skew = config.GetDuration("intake.clock_skew"),
+  };
+}
+
+ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {
+  std::string replica = config.GetString("replica_id");
+  return ForwarderOptions{
+      .replica_id = replica.empty() ? "mtms@" + HostName() : replica,
+      .pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index")),
+      .mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index")),
+      .batch_size = static_cast<int>(config.GetInt("forwarder.batch")),
+      .interval = config.GetDuration("forwarder.interval"),
+      .initial_backoff = config.GetDuration("forwarder.initial_backoff"),
+      .max_backoff = config.GetDuration("forwarder.max_backoff"),
+      .lease = config.GetDuration("forwarder.lease"),
+  };
+}
+
+}  // namespace rkl::mtms

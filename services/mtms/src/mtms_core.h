@@ -1,0 +1,116 @@
+#pragma once
+// MtmsCore: the business logic of rkl-mtms apart from gRPC — work key provisioning
+// (S201–S203), the work certificate for operator terminals (S204), package intake
+// (S104–S105, S301–S303) and the queue views. The forwarder (claim 4, S106–S108) is
+// mtms_forwarder.h.
+//
+// Intake checks, in this order, each with its own status (docs/mtms.md lists them):
+//   1. sizes, the package parses, its fields are well formed ........ INVALID_ARGUMENT
+//   2. the operator certificate parses .............................. INVALID_ARGUMENT
+//   3. operator-ca and a current CRL are available .................. UNAVAILABLE
+//   4. the certificate chains to operator-ca, has the operator profile UNAUTHENTICATED
+//      (expired / not yet valid: FAILED_PRECONDITION)
+//   5. it is not revoked ............................................ FAILED_PRECONDITION
+//   6. package.operator_id equals the certificate's "operator:<id>" . PERMISSION_DENIED
+//   7. the signature verifies over the byte-exact package ........... UNAUTHENTICATED
+//      (not canonical DER: INVALID_ARGUMENT)
+//   8. created_at within ±clock_skew of MTMS time ................... FAILED_PRECONDITION
+//   9. the work certificate serial is known and not retired ......... FAILED_PRECONDITION
+//  10. (operator_id, nonce) never seen (database constraint) ........ ALREADY_EXISTS
+// Messages name the field and the rule and never contain key material or plaintext.
+//
+// Thread-safe: every method may run concurrently; state lives in the repository.
+// Dependencies are not owned and must outlive the core.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "mtms_clock.h"
+#include "mtms_operator_trust.h"
+#include "mtms_ports.h"
+#include "mtms_repository.h"
+
+namespace rkl::mtms {
+
+inline constexpr size_t kMaxPackageBytes = 4096;
+inline constexpr size_t kMaxSignatureBytes = 128;
+inline constexpr size_t kMaxCertificatePemBytes = 16384;
+inline constexpr size_t kNonceBytes = 16;
+inline constexpr uint32_t kDefaultPageSize = 100;
+inline constexpr uint32_t kMaxPageSize = 1000;
+
+struct MtmsCoreOptions {
+  std::string hsm_id = "hsm-mtms";  // goes into the work certificate CN
+  uint32_t default_rsa_bits = 2048;
+  absl::Duration clock_skew = absl::Minutes(5);
+};
+
+struct SubmitRequest {
+  std::string package;  // B, serialized TransportKeyPackage
+  std::string signature;
+  std::string operator_certificate_pem;
+};
+
+struct SubmitReceipt {
+  std::string submission_id;
+  SubmissionState state = SubmissionState::kReceived;
+};
+
+struct WorkCertificateBundle {
+  std::string certificate_pem;
+  std::string terminal_root_pem;
+  std::string serial_hex;
+};
+
+struct QueuePage {
+  std::vector<SubmissionRecord> submissions;
+  std::string next_page_token;  // empty on the last page
+  QueueCounts counts;
+};
+
+class MtmsCore {
+ public:
+  MtmsCore(MtmsRepository& repository, HsmPort& hsm, CaPort& ca, OperatorTrust& trust,
+           const Clock& clock, MtmsCoreOptions options);
+
+  // FAILED_PRECONDITION until a work key was provisioned.
+  absl::StatusOr<WorkCertificateBundle> GetWorkCertificate();
+
+  // `actor`: the caller's identity for the audit ("" for an anonymous operator terminal).
+  absl::StatusOr<SubmitReceipt> SubmitTransportKey(const SubmitRequest& request,
+                                                   const std::string& actor);
+  absl::StatusOr<SubmissionRecord> GetSubmission(const std::string& submission_id);
+
+  // Idempotent unless `rotate`: returns the CURRENT key if there is one. `rsa_bits` 0 means
+  // the default; otherwise 2048 or 3072.
+  absl::StatusOr<WorkKeyRecord> ProvisionWorkKey(bool rotate, uint32_t rsa_bits,
+                                                 const std::string& actor);
+  absl::StatusOr<WorkKeyRecord> RetireWorkKey(const std::string& serial_hex, bool force,
+                                              const std::string& actor);
+  absl::StatusOr<std::vector<WorkKeyRecord>> ListWorkKeys();
+
+  absl::StatusOr<QueuePage> ListQueue(std::optional<SubmissionState> state, uint32_t page_size,
+                                      const std::string& page_token);
+
+ private:
+  absl::StatusOr<SubmitReceipt> Intake(const SubmitRequest& request, const std::string& actor,
+                                       std::string& sn_for_audit);
+  absl::StatusOr<WorkKeyRecord> CheckIssuedWorkKey(uint64_t key_index, const Bytes& public_key_der,
+                                                   const CaPort::IssuedCertificate& issued,
+                                                   const std::string& terminal_root_pem);
+  void Audit(const std::string& actor, const std::string& action, const std::string& sn,
+             const std::string& detail, const absl::Status& result);
+
+  MtmsRepository& repository_;
+  HsmPort& hsm_;
+  CaPort& ca_;
+  OperatorTrust& trust_;
+  const Clock& clock_;
+  const MtmsCoreOptions options_;
+};
+
+}  // namespace rkl::mtms

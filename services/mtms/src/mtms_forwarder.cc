@@ -1,0 +1,273 @@
+#include "mtms_forwarder.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/ecdsa.h"
+#include "rkl/crypto/random.h"
+#include "rkl/crypto/x509.h"
+#include "rkl/v1/mtms.pb.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::mtms {
+namespace {
+
+constexpr size_t kMaxReasonLength = 512;
+
+std::string Describe(const absl::Status& s) {
+  std::string text = absl::StrCat(absl::StatusCodeToString(s.code()), ": ", s.message());
+  if (text.size() > kMaxReasonLength) text.resize(kMaxReasonLength);
+  return text;
+}
+
+// HSM #1 answers about this package (UNAUTHENTICATED is its one uniform "transport key
+// rejected"); anything else is about the HSM or our configuration and may heal.
+bool IsPermanentHsmRefusal(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kInvalidArgument;
+}
+
+bool IsPermanentKmsRefusal(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kOutOfRange:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, OperatorTrust& trust,
+                     const Clock& clock, ForwarderOptions options)
+    : repository_(repository),
+      hsm_(hsm),
+      kms_(kms),
+      trust_(trust),
+      clock_(clock),
+      options_(std::move(options)) {}
+
+Forwarder::~Forwarder() { Stop(); }
+
+absl::Duration Forwarder::BackoffAfter(uint32_t attempts) const {
+  absl::Duration backoff = options_.initial_backoff;
+  for (uint32_t i = 1; i < attempts && backoff < options_.max_backoff; ++i) backoff *= 2;
+  return std::min(backoff, options_.max_backoff);
+}
+
+absl::StatusOr<PassResult> Forwarder::ForceForward() {
+  RKL_RETURN_IF_ERROR(repository_.MakeAllDue(clock_.NowUnixMs()).status());
+  return RunPass();
+}
+
+absl::StatusOr<PassResult> Forwarder::RunPass() {
+  PassResult result;
+  // A fresh token per pass: a finish from an older, expired claim of ours is refused too.
+  const std::string claim_token =
+      absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(8)));
+  while (true) {
+    const int64_t now_ms = clock_.NowUnixMs();
+    RKL_ASSIGN_OR_RETURN(std::vector<SubmissionRecord> rows,
+                         repository_.ClaimDue(claim_token, now_ms,
+                                              now_ms + absl::ToInt64Milliseconds(options_.lease),
+                                              options_.batch_size));
+    for (const SubmissionRecord& row : rows) {
+      switch (Process(row, claim_token)) {
+        case Outcome::kForwarded:
+          ++result.forwarded;
+          break;
+        case Outcome::kRejected:
+          ++result.rejected;
+          break;
+        case Outcome::kRetryLater:
+          ++result.retry_later;
+          break;
+        case Outcome::kLost:
+          break;
+      }
+    }
+    // Rows that failed got a later next_attempt_at, so they are not claimed again here.
+    if (static_cast<int>(rows.size()) < options_.batch_size) break;
+  }
+  if (result.forwarded + result.rejected + result.retry_later > 0) {
+    spdlog::info("forwarder pass: {} forwarded, {} rejected, {} to retry", result.forwarded,
+                 result.rejected, result.retry_later);
+  }
+  return result;
+}
+
+Forwarder::Outcome Forwarder::Reject(const SubmissionRecord& row, const std::string& claim_token,
+                                     const std::string& reason) {
+  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+                   .actor = options_.replica_id,
+                   .action = "package.reject",
+                   .sn = row.sn,
+                   .detail = absl::StrCat("submission ", row.submission_id, ": ", reason),
+                   .result = "REJECTED"};
+  absl::StatusOr<bool> done =
+      repository_.FinishRejected(row.submission_id, claim_token, reason, audit);
+  if (!done.ok()) {
+    spdlog::warn("forwarder: submission {} could not be marked rejected: {}", row.submission_id,
+                 done.status().ToString());
+    return Outcome::kLost;
+  }
+  if (!*done) return Outcome::kLost;
+  spdlog::warn("forwarder: submission {} sn={} rejected: {}", row.submission_id, row.sn, reason);
+  return Outcome::kRejected;
+}
+
+Forwarder::Outcome Forwarder::RetryLater(const SubmissionRecord& row,
+                                         const std::string& claim_token, const absl::Status& why) {
+  const uint32_t attempts = row.attempts + 1;
+  const int64_t next = clock_.NowUnixMs() + absl::ToInt64Milliseconds(BackoffAfter(attempts));
+  absl::StatusOr<bool> done =
+      repository_.FinishRetryLater(row.submission_id, claim_token, Describe(why), next);
+  if (!done.ok() || !*done) return Outcome::kLost;
+  spdlog::info("forwarder: submission {} sn={} attempt {} failed, retry in {}: {}",
+               row.submission_id, row.sn, attempts, absl::FormatDuration(BackoffAfter(attempts)),
+               Describe(why));
+  return Outcome::kRetryLater;
+}
+
+Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::string& claim_token) {
+  // 1. Claim 4: everything from the stored, signed bytes.
+  v1::TransportKeyPackage package;
+  const std::string b(AsString(row.package));
+  if (!package.ParseFromString(b)) {
+    return Reject(row, claim_token, "stored package no longer parses");
+  }
+  absl::StatusOr<crypto::Certificate> cert =
+      crypto::Certificate::FromPem(row.operator_certificate_pem);
+  if (!cert.ok()) return Reject(row, claim_token, "stored operator certificate does not parse");
+  absl::StatusOr<std::string> operator_id = trust_.VerifyChainAt(*cert, row.received_at_ms / 1000);
+  if (!operator_id.ok()) {
+    if (operator_id.status().code() == absl::StatusCode::kUnavailable) {
+      return RetryLater(row, claim_token, operator_id.status());
+    }
+    return Reject(row, claim_token,
+                  absl::StrCat("stored operator certificate: ", operator_id.status().message()));
+  }
+  absl::StatusOr<crypto::PublicKey> key = cert->GetPublicKey();
+  if (!key.ok() || !crypto::EcdsaVerify(*key, row.package, row.signature).ok()) {
+    return Reject(row, claim_token, "stored package signature does not verify (claim 4)");
+  }
+  if (package.operator_id() != *operator_id || package.sn() != row.sn ||
+      package.work_certificate_serial() != row.work_certificate_serial) {
+    return Reject(row, claim_token, "stored row does not match its signed package");
+  }
+
+  // 2. The work key the package was made for.
+  absl::StatusOr<std::optional<WorkKeyRecord>> work_key =
+      repository_.FindWorkKey(package.work_certificate_serial());
+  if (!work_key.ok()) return RetryLater(row, claim_token, work_key.status());
+  if (!work_key->has_value()) {
+    return Reject(row, claim_token, "work certificate unknown");
+  }
+  if ((*work_key)->state == WorkKeyState::kRetired) {
+    return Reject(row, claim_token, "work certificate retired before the package was forwarded");
+  }
+  if (options_.pk_index == 0 || options_.mak_index == 0) {
+    return RetryLater(row, claim_token,
+                      absl::FailedPreconditionError(
+                          "hsm.pk_index / hsm.mak_index not configured (key ceremony pending)"));
+  }
+  absl::StatusOr<crypto::KeyAlgorithm> algorithm =
+      crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(package.algorithm()));
+  if (!algorithm.ok()) return Reject(row, claim_token, "stored package has an unknown algorithm");
+
+  // 3. S106: translate inside HSM #1.
+  HsmPort::TranslateRequest translate{
+      .pr_index = (*work_key)->hsm_key_index,
+      .ctk_pu = Bytes(package.ctk_pu().begin(), package.ctk_pu().end()),
+      .sn = package.sn(),
+      .created_at_unix_ms = package.created_at_unix_ms(),
+      .pk_index = options_.pk_index,
+      .mak_index = options_.mak_index,
+      .algorithm = *algorithm};
+  absl::StatusOr<Bytes> ctk_pk = hsm_.TranslateTransportKey(translate);
+  if (!ctk_pk.ok()) {
+    if (IsPermanentHsmRefusal(ctk_pk.status().code())) {
+      return Reject(row, claim_token, absl::StrCat("hsm: ", Describe(ctk_pk.status())));
+    }
+    return RetryLater(
+        row, claim_token,
+        absl::Status(ctk_pk.status().code(), absl::StrCat("hsm: ", ctk_pk.status().message())));
+  }
+
+  // 4. S107–S108.
+  absl::StatusOr<KmsPort::Receipt> receipt =
+      kms_.SubmitTransportKey(package.sn(), *ctk_pk, row.submission_id);
+  if (!receipt.ok()) {
+    if (IsPermanentKmsRefusal(receipt.status().code())) {
+      return Reject(row, claim_token, absl::StrCat("kms: ", Describe(receipt.status())));
+    }
+    return RetryLater(
+        row, claim_token,
+        absl::Status(receipt.status().code(), absl::StrCat("kms: ", receipt.status().message())));
+  }
+  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+                   .actor = options_.replica_id,
+                   .action = "package.forward",
+                   .sn = row.sn,
+                   .detail = absl::StrCat("submission ", row.submission_id, " work key index ",
+                                          (*work_key)->hsm_key_index,
+                                          receipt->duplicate ? " (kms: duplicate)" : "")};
+  absl::StatusOr<bool> done =
+      repository_.FinishForwarded(row.submission_id, claim_token, clock_.NowUnixMs(), audit);
+  if (!done.ok()) {
+    // KMS has it; the row stays RECEIVED and the retry is a duplicate KMS recognises.
+    spdlog::warn("forwarder: submission {} forwarded but not marked: {}", row.submission_id,
+                 done.status().ToString());
+    return Outcome::kLost;
+  }
+  if (!*done) return Outcome::kLost;
+  spdlog::info("forwarder: submission {} sn={} forwarded{}", row.submission_id, row.sn,
+               receipt->duplicate ? " (KMS already had it)" : "");
+  return Outcome::kForwarded;
+}
+
+void Forwarder::Start() {
+  absl::MutexLock lock(&mu_);
+  if (running_) return;
+  running_ = true;
+  stop_ = false;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Forwarder::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!running_) return;
+    stop_ = true;
+  }
+  thread_.join();
+  absl::MutexLock lock(&mu_);
+  running_ = false;
+}
+
+void Forwarder::Wake() {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+void Forwarder::Loop() {
+  while (true) {
+    absl::StatusOr<PassResult> pass = RunPass();
+    if (!pass.ok()) spdlog::warn("forwarder pass failed: {}", pass.status().ToString());
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](Forwarder* f) ABSL_NO_THREAD_SAFETY_ANALYSIS { return f->stop_ || f->wake_; },
+            this),
+        options_.interval);
+    if (stop_) return;
+    wake_ = false;
+  }
+}
+
+}  // namespace rkl::mtms

@@ -1,0 +1,103 @@
+#pragma once
+// Forwarder: the outbox worker that takes RECEIVED rows of SN-Key_MTMS to KMS
+// (claim 4, S106–S108).
+//
+// For each claimed row it:
+//   1. re-reads the signed package B and re-verifies, from the stored bytes only, that the
+//      operator certificate chains to operator-ca (at the time the row was received) and
+//      that the signature verifies over B (claim 4); the SN, Ctk_Pu, algorithm, created_at
+//      and work certificate serial used afterwards come from B, never from other columns;
+//   2. asks HSM #1 to translate Ctk_Pu (under the Pr of the work key B names) into Ctk_pk
+//      under PK/MAK;
+//   3. sends SN + Ctk_pk to KMS, and marks the row FORWARDED only after KMS accepted it.
+// Outcomes: package-specific refusals (stored package no longer verifies, work key
+// retired, HSM UNAUTHENTICATED/INVALID_ARGUMENT, KMS INVALID_ARGUMENT/FAILED_PRECONDITION/
+// UNAUTHENTICATED/ALREADY_EXISTS/NOT_FOUND) → REJECTED with the reason, never retried; every
+// other failure (unreachable peer, PK/MAK not configured yet, ...) → retried with capped
+// exponential backoff, attempts counted.
+//
+// Exactly once: rows are leased (mtms_repository.h), so replicas do not work on one row at
+// the same time; and Ctk_pk is deterministic for one package (KWP and CMAC are), so if a
+// replica dies after KMS accepted but before the row was marked, the retry sends identical
+// bytes and KMS recognises the duplicate.
+//
+// Thread-safe: RunPass may be called from RPC threads while the background thread runs.
+// Dependencies are not owned and must outlive the forwarder; Stop() before destroying them.
+
+#include <cstdint>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "mtms_clock.h"
+#include "mtms_operator_trust.h"
+#include "mtms_ports.h"
+#include "mtms_repository.h"
+
+namespace rkl::mtms {
+
+struct ForwarderOptions {
+  std::string replica_id = "mtms";  // goes into claim tokens, for diagnosis
+  uint64_t pk_index = 0;            // HSM #1 PK; 0 = not configured yet (rows wait)
+  uint64_t mak_index = 0;           // HSM #1 MAK; 0 = not configured yet (rows wait)
+  int batch_size = 32;
+  absl::Duration interval = absl::Seconds(5);
+  absl::Duration initial_backoff = absl::Seconds(1);
+  absl::Duration max_backoff = absl::Minutes(5);
+  // How long a claim holds a row; longer than one HSM + KMS round trip with deadlines.
+  absl::Duration lease = absl::Minutes(2);
+};
+
+struct PassResult {
+  uint32_t forwarded = 0;
+  uint32_t rejected = 0;
+  uint32_t retry_later = 0;
+};
+
+class Forwarder {
+ public:
+  Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, OperatorTrust& trust,
+            const Clock& clock, ForwarderOptions options);
+  ~Forwarder();  // Stop()s
+
+  // One pass: claims and processes due rows, batch after batch, until none is due.
+  // An error only when the database itself failed.
+  absl::StatusOr<PassResult> RunPass();
+  // An administrator's "forward now": every RECEIVED row becomes due, then one pass.
+  absl::StatusOr<PassResult> ForceForward();
+
+  // Background worker: a pass every `interval` (and at once after Wake()).
+  void Start();
+  void Stop();
+  void Wake();
+
+  // Backoff after the n-th failed attempt (n >= 1): initial · 2^(n-1), capped.
+  absl::Duration BackoffAfter(uint32_t attempts) const;
+
+ private:
+  enum class Outcome { kForwarded, kRejected, kRetryLater, kLost };
+  Outcome Process(const SubmissionRecord& row, const std::string& claim_token);
+  Outcome Reject(const SubmissionRecord& row, const std::string& claim_token,
+                 const std::string& reason);
+  Outcome RetryLater(const SubmissionRecord& row, const std::string& claim_token,
+                     const absl::Status& why);
+  void Loop();
+
+  MtmsRepository& repository_;
+  HsmPort& hsm_;
+  KmsPort& kms_;
+  OperatorTrust& trust_;
+  const Clock& clock_;
+  const ForwarderOptions options_;
+
+  absl::Mutex mu_;
+  bool running_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace rkl::mtms

@@ -1,0 +1,115 @@
+#include "mtms_grpc_ports.h"
+
+#include "absl/strings/str_cat.h"
+#include "rkl/rpc/call_context.h"
+#include "rkl/rpc/status.h"
+
+namespace rkl::mtms {
+namespace {
+
+// `peer` prefixes the message so an operator reading a queue row knows who answered.
+absl::Status FromPeer(const grpc::Status& status, const char* peer) {
+  absl::Status s = rpc::FromGrpcStatus(status);
+  if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+    return absl::UnavailableError(absl::StrCat(peer, " did not answer in time"));
+  }
+  if (s.code() == absl::StatusCode::kUnavailable) {
+    return absl::UnavailableError(absl::StrCat(peer, " unavailable: ", s.message()));
+  }
+  return s;
+}
+
+v1::Issuer ToProto(CaIssuer issuer) {
+  return issuer == CaIssuer::kTerminalRoot ? v1::ISSUER_TERMINAL_ROOT : v1::ISSUER_OPERATOR_CA;
+}
+
+}  // namespace
+
+GrpcHsmPort::GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
+    : stub_(v1::Hsm::NewStub(channel)), timeout_(timeout) {}
+
+absl::StatusOr<HsmPort::RsaKeyPair> GrpcHsmPort::GenerateRsaKeyPair(uint32_t bits,
+                                                                    const std::string& label) {
+  v1::GenerateRsaKeyPairRequest req;
+  req.set_bits(bits);
+  req.set_label(label);
+  v1::GenerateRsaKeyPairResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->GenerateRsaKeyPair(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "hsm");
+  return RsaKeyPair{
+      .key_index = resp.key_index(),
+      .public_key_der = Bytes(resp.public_key_der().begin(), resp.public_key_der().end())};
+}
+
+absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest& request) {
+  v1::TranslateTransportKeyRequest req;
+  req.set_pr_index(request.pr_index);
+  req.set_ctk_pu(std::string(AsString(request.ctk_pu)));
+  req.set_sn(request.sn);
+  req.set_created_at_unix_ms(request.created_at_unix_ms);
+  req.set_pk_index(request.pk_index);
+  req.set_mak_index(request.mak_index);
+  req.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(request.algorithm)));
+  v1::TranslateTransportKeyResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->TranslateTransportKey(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "hsm");
+  return Bytes(resp.ctk_pk().begin(), resp.ctk_pk().end());
+}
+
+GrpcCaPort::GrpcCaPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
+    : stub_(v1::CertificateAuthority::NewStub(channel)), timeout_(timeout) {}
+
+absl::StatusOr<CaPort::IssuedCertificate> GrpcCaPort::IssueWorkCertificate(
+    const Bytes& public_key_der, const std::string& hsm_id, uint64_t key_index) {
+  v1::IssueWorkCertificateRequest req;
+  req.set_public_key_der(std::string(AsString(public_key_der)));
+  req.set_hsm_id(hsm_id);
+  req.set_key_index(key_index);
+  v1::IssuedCertificate resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->IssueWorkCertificate(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "ca");
+  return IssuedCertificate{.certificate_pem = resp.certificate_pem(),
+                           .serial_hex = resp.serial_hex()};
+}
+
+absl::StatusOr<std::string> GrpcCaPort::GetIssuerCertificate(CaIssuer issuer) {
+  v1::GetIssuerCertificateRequest req;
+  req.set_issuer(ToProto(issuer));
+  v1::GetIssuerCertificateResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->GetIssuerCertificate(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "ca");
+  return resp.certificate_pem();
+}
+
+absl::StatusOr<std::string> GrpcCaPort::GetCrl(CaIssuer issuer) {
+  v1::GetCrlRequest req;
+  req.set_issuer(ToProto(issuer));
+  v1::GetCrlResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->GetCrl(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "ca");
+  return resp.crl_pem();
+}
+
+GrpcKmsPort::GrpcKmsPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
+    : stub_(v1::Kms::NewStub(channel)), timeout_(timeout) {}
+
+absl::StatusOr<KmsPort::Receipt> GrpcKmsPort::SubmitTransportKey(const std::string& sn,
+                                                                 const Bytes& ctk_pk,
+                                                                 const std::string& submission_id) {
+  v1::KmsSubmitTransportKeyRequest req;
+  req.set_sn(sn);
+  req.set_ctk_pk(std::string(AsString(ctk_pk)));
+  req.set_mtms_submission_id(submission_id);
+  v1::KmsSubmitTransportKeyResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->SubmitTransportKey(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "kms");
+  return Receipt{.duplicate = resp.duplicate()};
+}
+
+}  // namespace rkl::mtms

@@ -1,0 +1,56 @@
+#pragma once
+// The gRPC implementations of HsmPort, CaPort and KmsPort over rkl::rpc channels (mTLS with
+// MTMS's service certificate, a deadline on every call, an x-request-id per call).
+// gRPC UNAVAILABLE and DEADLINE_EXCEEDED become UNAVAILABLE (retryable, mtms_ports.h);
+// every other status is the peer's answer, converted once with rpc::FromGrpcStatus.
+// Thread-safe: stubs and channels are shared.
+
+#include <grpcpp/channel.h>
+
+#include <memory>
+
+#include "absl/time/time.h"
+#include "mtms_ports.h"
+#include "rkl/v1/ca.grpc.pb.h"
+#include "rkl/v1/hsm.grpc.pb.h"
+#include "rkl/v1/kms.grpc.pb.h"
+
+namespace rkl::mtms {
+
+class GrpcHsmPort final : public HsmPort {
+ public:
+  GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
+  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t bits, const std::string& label) override;
+  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override;
+
+ private:
+  std::unique_ptr<v1::Hsm::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+class GrpcCaPort final : public CaPort {
+ public:
+  GrpcCaPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
+  absl::StatusOr<IssuedCertificate> IssueWorkCertificate(const Bytes& public_key_der,
+                                                         const std::string& hsm_id,
+                                                         uint64_t key_index) override;
+  absl::StatusOr<std::string> GetIssuerCertificate(CaIssuer issuer) override;
+  absl::StatusOr<std::string> GetCrl(CaIssuer issuer) override;
+
+ private:
+  std::unique_ptr<v1::CertificateAuthority::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+class GrpcKmsPort final : public KmsPort {
+ public:
+  GrpcKmsPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
+  absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes& ctk_pk,
+                                             const std::string& submission_id) override;
+
+ private:
+  std::unique_ptr<v1::Kms::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+}  // namespace rkl::mtms

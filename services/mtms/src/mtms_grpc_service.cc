@@ -1,0 +1,188 @@
+#include "mtms_grpc_service.h"
+
+#include "rkl/rpc/status.h"
+
+namespace rkl::mtms {
+namespace {
+
+v1::SubmissionState ToProto(SubmissionState state) {
+  switch (state) {
+    case SubmissionState::kReceived:
+      return v1::SUBMISSION_STATE_RECEIVED;
+    case SubmissionState::kForwarded:
+      return v1::SUBMISSION_STATE_FORWARDED;
+    case SubmissionState::kRejected:
+      return v1::SUBMISSION_STATE_REJECTED;
+  }
+  return v1::SUBMISSION_STATE_UNSPECIFIED;
+}
+
+v1::WorkKey::State ToProto(WorkKeyState state) {
+  switch (state) {
+    case WorkKeyState::kCurrent:
+      return v1::WorkKey::STATE_CURRENT;
+    case WorkKeyState::kPrevious:
+      return v1::WorkKey::STATE_PREVIOUS;
+    case WorkKeyState::kRetired:
+      return v1::WorkKey::STATE_RETIRED;
+  }
+  return v1::WorkKey::STATE_UNSPECIFIED;
+}
+
+void ToProto(const SubmissionRecord& row, v1::Submission* out) {
+  out->set_submission_id(row.submission_id);
+  out->set_sn(row.sn);
+  out->set_operator_id(row.operator_id);
+  out->set_state(ToProto(row.state));
+  out->set_reason(row.reason);
+  out->set_received_at_unix_ms(row.received_at_ms);
+  out->set_forwarded_at_unix_ms(row.forwarded_at_ms);
+  out->set_attempts(row.attempts);
+  out->set_work_certificate_serial(row.work_certificate_serial);
+  out->set_last_error(row.last_error);
+  out->set_next_attempt_at_unix_ms(row.state == SubmissionState::kReceived ? row.next_attempt_at_ms
+                                                                           : 0);
+}
+
+void ToProto(const WorkKeyRecord& key, v1::WorkKey* out) {
+  out->set_serial_hex(key.serial_hex);
+  out->set_hsm_key_index(key.hsm_key_index);
+  out->set_certificate_pem(key.certificate_pem);
+  out->set_state(ToProto(key.state));
+  out->set_created_at_unix_ms(key.created_at_ms);
+}
+
+constexpr const char* kAdminRpcs[] = {"GetSubmission", "ProvisionWorkKey", "RetireWorkKey",
+                                      "ListWorkKeys",  "ListQueue",        "ForceForward"};
+
+}  // namespace
+
+rpc::Authorizer MakeMtmsAuthorizer() {
+  rpc::Authorizer authorizer;
+  for (const char* method : kAdminRpcs) authorizer.Allow(method, {"admin:*"});
+  return authorizer;
+}
+
+grpc::Status MtmsGrpcService::GetWorkCertificate(grpc::ServerContext* ctx,
+                                                 const v1::GetWorkCertificateRequest* request,
+                                                 v1::GetWorkCertificateResponse* response) {
+  // Public: the operator terminal connects with server-authenticated TLS only.
+  absl::StatusOr<WorkCertificateBundle> bundle = core_.GetWorkCertificate();
+  if (!bundle.ok()) return rpc::ToGrpcStatus(bundle.status());
+  response->set_work_certificate_pem(bundle->certificate_pem);
+  response->set_terminal_root_pem(bundle->terminal_root_pem);
+  response->set_serial_hex(bundle->serial_hex);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
+                                                 const v1::SubmitTransportKeyRequest* request,
+                                                 v1::SubmitTransportKeyResponse* response) {
+  // Public: the package is authenticated by the operator card's signature, not by TLS.
+  absl::StatusOr<SubmitReceipt> receipt = core_.SubmitTransportKey(
+      SubmitRequest{.package = request->package(),
+                    .signature = request->signature(),
+                    .operator_certificate_pem = request->operator_certificate_pem()},
+      rpc::GetCallerIdentity(*ctx).name);
+  if (!receipt.ok()) return rpc::ToGrpcStatus(receipt.status());
+  response->set_submission_id(receipt->submission_id);
+  response->set_state(ToProto(receipt->state));
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::GetSubmission(grpc::ServerContext* ctx,
+                                            const v1::GetSubmissionRequest* request,
+                                            v1::Submission* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "GetSubmission"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<SubmissionRecord> row = core_.GetSubmission(request->submission_id());
+  if (!row.ok()) return rpc::ToGrpcStatus(row.status());
+  ToProto(*row, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::ProvisionWorkKey(grpc::ServerContext* ctx,
+                                               const v1::ProvisionWorkKeyRequest* request,
+                                               v1::WorkKey* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "ProvisionWorkKey"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<WorkKeyRecord> key = core_.ProvisionWorkKey(request->rotate(), request->rsa_bits(),
+                                                             rpc::GetCallerIdentity(*ctx).name);
+  if (!key.ok()) return rpc::ToGrpcStatus(key.status());
+  ToProto(*key, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::RetireWorkKey(grpc::ServerContext* ctx,
+                                            const v1::RetireWorkKeyRequest* request,
+                                            v1::WorkKey* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "RetireWorkKey"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<WorkKeyRecord> key = core_.RetireWorkKey(request->serial_hex(), request->force(),
+                                                          rpc::GetCallerIdentity(*ctx).name);
+  if (!key.ok()) return rpc::ToGrpcStatus(key.status());
+  ToProto(*key, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::ListWorkKeys(grpc::ServerContext* ctx, const v1::Empty* request,
+                                           v1::ListWorkKeysResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "ListWorkKeys"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<std::vector<WorkKeyRecord>> keys = core_.ListWorkKeys();
+  if (!keys.ok()) return rpc::ToGrpcStatus(keys.status());
+  for (const WorkKeyRecord& key : *keys) ToProto(key, response->add_work_keys());
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::ListQueue(grpc::ServerContext* ctx,
+                                        const v1::ListQueueRequest* request,
+                                        v1::ListQueueResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "ListQueue"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  std::optional<SubmissionState> state;
+  switch (request->state()) {
+    case v1::SUBMISSION_STATE_UNSPECIFIED:
+      break;
+    case v1::SUBMISSION_STATE_RECEIVED:
+      state = SubmissionState::kReceived;
+      break;
+    case v1::SUBMISSION_STATE_FORWARDED:
+      state = SubmissionState::kForwarded;
+      break;
+    case v1::SUBMISSION_STATE_REJECTED:
+      state = SubmissionState::kRejected;
+      break;
+    default:
+      return rpc::ToGrpcStatus(absl::InvalidArgumentError("state: unknown SubmissionState"));
+  }
+  absl::StatusOr<QueuePage> page =
+      core_.ListQueue(state, request->page().page_size(), request->page().page_token());
+  if (!page.ok()) return rpc::ToGrpcStatus(page.status());
+  for (const SubmissionRecord& row : page->submissions) ToProto(row, response->add_submissions());
+  response->set_next_page_token(page->next_page_token);
+  response->set_received(page->counts.received);
+  response->set_forwarded(page->counts.forwarded);
+  response->set_rejected(page->counts.rejected);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
+                                           v1::ForceForwardResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "ForceForward"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<PassResult> pass = forwarder_.ForceForward();
+  if (!pass.ok()) return rpc::ToGrpcStatus(pass.status());
+  response->set_forwarded(pass->forwarded);
+  response->set_rejected(pass->rejected);
+  response->set_retry_later(pass->retry_later);
+  return grpc::Status::OK;
+}
+
+}  // namespace rkl::mtms

@@ -1,0 +1,49 @@
+#pragma once
+// MtmsGrpcService: the thin gRPC adapter of rkl.v1.Mtms over MtmsCore and Forwarder. It
+// authorizes the caller (GetWorkCertificate and SubmitTransportKey are public, every other
+// RPC needs an `admin:*` identity), translates messages, and converts statuses once with
+// rpc::ToGrpcStatus. No logic lives here. Thread-safe; core, forwarder and authorizer are
+// not owned and must outlive the service.
+
+#include "mtms_core.h"
+#include "mtms_forwarder.h"
+#include "rkl/rpc/identity.h"
+#include "rkl/v1/mtms.grpc.pb.h"
+
+namespace rkl::mtms {
+
+// The authorization table of rkl.v1.Mtms; public RPCs are not checked at all.
+rpc::Authorizer MakeMtmsAuthorizer();
+
+class MtmsGrpcService final : public v1::Mtms::Service {
+ public:
+  MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, const rpc::Authorizer& authorizer)
+      : core_(core), forwarder_(forwarder), authorizer_(authorizer) {}
+
+  grpc::Status GetWorkCertificate(grpc::ServerContext* ctx,
+                                  const v1::GetWorkCertificateRequest* request,
+                                  v1::GetWorkCertificateResponse* response) override;
+  grpc::Status SubmitTransportKey(grpc::ServerContext* ctx,
+                                  const v1::SubmitTransportKeyRequest* request,
+                                  v1::SubmitTransportKeyResponse* response) override;
+  grpc::Status GetSubmission(grpc::ServerContext* ctx, const v1::GetSubmissionRequest* request,
+                             v1::Submission* response) override;
+  grpc::Status ProvisionWorkKey(grpc::ServerContext* ctx,
+                                const v1::ProvisionWorkKeyRequest* request,
+                                v1::WorkKey* response) override;
+  grpc::Status RetireWorkKey(grpc::ServerContext* ctx, const v1::RetireWorkKeyRequest* request,
+                             v1::WorkKey* response) override;
+  grpc::Status ListWorkKeys(grpc::ServerContext* ctx, const v1::Empty* request,
+                            v1::ListWorkKeysResponse* response) override;
+  grpc::Status ListQueue(grpc::ServerContext* ctx, const v1::ListQueueRequest* request,
+                         v1::ListQueueResponse* response) override;
+  grpc::Status ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
+                            v1::ForceForwardResponse* response) override;
+
+ private:
+  MtmsCore& core_;
+  Forwarder& forwarder_;
+  const rpc::Authorizer& authorizer_;
+};
+
+}  // namespace rkl::mtms

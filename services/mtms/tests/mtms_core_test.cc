@@ -1,0 +1,129 @@
+// Unit tier: the conformance suite over the in-memory repository, plus the pieces that
+// need no storage at all (configuration, authorization table, backoff).
+
+#include "mtms_config.h"
+#include "mtms_grpc_service.h"
+#include "mtms_suite.h"
+
+namespace rkl::mtms::testing {
+namespace {
+
+struct InMemoryBackend {
+  static std::unique_ptr<InMemoryBackend> Create() { return std::make_unique<InMemoryBackend>(); }
+  // One process, one store: every "replica" shares it.
+  MtmsRepository& Replica(int) { return repository; }
+  void OverwritePackage(const std::string& id, const Bytes& package) {
+    repository.OverwritePackage(id, package);
+  }
+  InMemoryRepository repository;
+};
+
+INSTANTIATE_TYPED_TEST_SUITE_P(InMemory, MtmsSuite, ::testing::Types<InMemoryBackend>);
+
+TEST(MtmsConfigTest, DefaultsAreSaneAndTheDsnIsRequired) {
+  ConfigSchema schema = MakeMtmsConfigSchema();
+  auto empty = LoadConfigFromYaml(schema, "", [](const std::string&) { return std::nullopt; });
+  ASSERT_FALSE(empty.ok());
+  EXPECT_THAT(empty.status().message(), HasSubstr("db.dsn"));
+
+  auto config = LoadConfigFromYaml(
+      schema, "db: {dsn: 'host=db password=hunter2'}\nhsm: {pk_index: 7, mak_index: 8}\n",
+      [](const std::string& name) -> std::optional<std::string> {
+        if (name == "RKL_MTMS_FORWARDER_INTERVAL") return "250ms";
+        return std::nullopt;
+      });
+  // TLS files are required paths; without them the config is refused, naming them.
+  if (!config.ok()) {
+    EXPECT_THAT(config.status().message(), HasSubstr("tls.cert_file"));
+    EXPECT_THAT(config.status().message(), Not(HasSubstr("hunter2")));
+    return;
+  }
+  ADD_FAILURE() << "a configuration without TLS files must be refused";
+}
+
+TEST(MtmsConfigTest, OptionsComeFromTheConfiguration) {
+  auto pki_dir = ::testing::TempDir();
+  std::string pem = pki_dir + "/mtms-config-test.pem";
+  FILE* f = fopen(pem.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fputs("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n", f);
+  fclose(f);
+  ConfigSchema schema = MakeMtmsConfigSchema();
+  auto config = LoadConfigFromYaml(
+      schema,
+      absl::StrCat("db: {dsn: 'host=db'}\nhsm: {pk_index: 7, mak_index: 8, id: hsm-x}\n",
+                   "tls: {cert_file: ", pem, ", key_file: ", pem, ", ca_file: ", pem, "}\n",
+                   "forwarder: {interval: 250ms, batch: 3}\nreplica_id: r9\n"),
+      [](const std::string&) { return std::nullopt; });
+  ASSERT_TRUE(config.ok()) << config.status();
+  MtmsCoreOptions core = CoreOptionsFromConfig(*config);
+  EXPECT_EQ(core.hsm_id, "hsm-x");
+  EXPECT_EQ(core.clock_skew, absl::Minutes(5));
+  EXPECT_EQ(core.default_rsa_bits, 2048u);
+  ForwarderOptions fwd = ForwarderOptionsFromConfig(*config);
+  EXPECT_EQ(fwd.pk_index, 7u);
+  EXPECT_EQ(fwd.mak_index, 8u);
+  EXPECT_EQ(fwd.interval, absl::Milliseconds(250));
+  EXPECT_EQ(fwd.batch_size, 3);
+  EXPECT_EQ(fwd.replica_id, "r9");
+  EXPECT_EQ(config->GetString("listen"), "0.0.0.0:50054");
+}
+
+TEST(MtmsAuthorizerTest, AdminRpcsNeedAnAdminIdentity) {
+  rpc::Authorizer authz = MakeMtmsAuthorizer();
+  for (const char* rpc : {"GetSubmission", "ProvisionWorkKey", "RetireWorkKey", "ListWorkKeys",
+                          "ListQueue", "ForceForward"}) {
+    EXPECT_TRUE(authz.Check(rpc, "admin:alice").ok()) << rpc;
+    EXPECT_EQ(authz.Check(rpc, "mtms").code(), absl::StatusCode::kPermissionDenied) << rpc;
+    EXPECT_EQ(authz.Check(rpc, "").code(), absl::StatusCode::kPermissionDenied) << rpc;
+  }
+}
+
+TEST(ForwarderBackoffTest, DoublesFromTheInitialValueUpToTheCap) {
+  InMemoryRepository repo;
+  FakeHsm hsm;
+  FakeKms kms;
+  FakeClock clock;
+  auto authority = TestAuthority::Create(clock);
+  FakeCa ca(*authority);
+  OperatorTrust trust(ca, clock, absl::Minutes(5));
+  Forwarder f(repo, hsm, kms, trust, clock,
+              {.initial_backoff = absl::Seconds(1), .max_backoff = absl::Seconds(60)});
+  EXPECT_EQ(f.BackoffAfter(1), absl::Seconds(1));
+  EXPECT_EQ(f.BackoffAfter(2), absl::Seconds(2));
+  EXPECT_EQ(f.BackoffAfter(6), absl::Seconds(32));
+  EXPECT_EQ(f.BackoffAfter(7), absl::Seconds(60));
+  EXPECT_EQ(f.BackoffAfter(1000), absl::Seconds(60));
+}
+
+TEST(ForwarderThreadTest, BackgroundWorkerForwardsAndStops) {
+  InMemoryRepository repo;
+  FakeHsm hsm;
+  FakeKms kms;
+  FakeClock clock;
+  auto authority = TestAuthority::Create(clock);
+  FakeCa ca(*authority);
+  OperatorTrust trust(ca, clock, absl::Minutes(5));
+  MtmsCore core(repo, hsm, ca, trust, clock, {});
+  ASSERT_TRUE(core.ProvisionWorkKey(false, 0, "admin:t").ok());
+  OperatorCard card = authority->IssueOperator("op");
+  auto work = core.GetWorkCertificate();
+  ASSERT_TRUE(work.ok());
+  auto receipt = core.SubmitTransportKey(MakeSubmission({}, card, *work, clock), "");
+  ASSERT_TRUE(receipt.ok());
+  Forwarder f(repo, hsm, kms, trust, clock,
+              {.pk_index = hsm.pk_index(),
+               .mak_index = hsm.mak_index(),
+               .interval = absl::Milliseconds(10)});
+  f.Start();
+  // Wait for the state, not for a duration: no timing assumption beyond the test timeout.
+  while (repo.GetSubmission(receipt->submission_id).value()->state != SubmissionState::kForwarded) {
+    f.Wake();
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  f.Stop();
+  EXPECT_EQ(kms.calls(), 1);
+}
+
+}  // namespace
+}  // namespace rkl::mtms::testing

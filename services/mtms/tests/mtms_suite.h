@@ -1,0 +1,680 @@
+#pragma once
+// The conformance suite of MtmsCore + Forwarder, run against every MtmsRepository
+// (STYLE.md: one exerciser for all implementations). mtms_core_test.cc instantiates it over
+// the in-memory repository, mtms_core_pgtest.cc over PostgreSQL.
+//
+// A Backend provides:
+//   static std::unique_ptr<Backend> Create();
+//   MtmsRepository& Replica(int i);  // i = 0 is the main one; others share its storage
+//                                    // (PostgreSQL: separate pools, as replicas or a
+//                                    // restarted process would have)
+//   void OverwritePackage(const std::string& submission_id, const Bytes& package);
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "mtms_core.h"
+#include "mtms_forwarder.h"
+#include "mtms_operator_trust.h"
+#include "rkl/crypto/random.h"
+#include "test_support.h"
+
+namespace rkl::mtms::testing {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+#define RKL_ASSERT_OK(expr)                      \
+  do {                                           \
+    auto rkl_s_ = (expr);                        \
+    ASSERT_TRUE(rkl_s_.ok()) << rkl_s_.status(); \
+  } while (0)
+
+inline absl::Status StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+
+template <typename Backend>
+class MtmsSuite : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    backend_ = Backend::Create();
+    ASSERT_NE(backend_, nullptr);
+    authority_ = TestAuthority::Create(clock_);
+    ca_ = std::make_unique<FakeCa>(*authority_);
+    trust_ = std::make_unique<OperatorTrust>(*ca_, clock_, absl::Minutes(5));
+    core_ = MakeCore(backend_->Replica(0));
+    forwarder_ = MakeForwarder(backend_->Replica(0), "replica-0");
+    alice_.emplace(authority_->IssueOperator("alice"));
+    auto key = core_->ProvisionWorkKey(false, 0, "admin:test");
+    ASSERT_TRUE(key.ok()) << key.status();
+    auto work = core_->GetWorkCertificate();
+    ASSERT_TRUE(work.ok()) << work.status();
+    work_ = *work;
+  }
+
+  std::unique_ptr<MtmsCore> MakeCore(MtmsRepository& repository) {
+    return std::make_unique<MtmsCore>(repository, hsm_, *ca_, *trust_, clock_, MtmsCoreOptions{});
+  }
+  std::unique_ptr<Forwarder> MakeForwarder(MtmsRepository& repository, std::string replica) {
+    return std::make_unique<Forwarder>(repository, hsm_, kms_, *trust_, clock_,
+                                       ForwarderOptions{.replica_id = std::move(replica),
+                                                        .pk_index = hsm_.pk_index(),
+                                                        .mak_index = hsm_.mak_index(),
+                                                        .batch_size = 4,
+                                                        .initial_backoff = absl::Seconds(1),
+                                                        .max_backoff = absl::Seconds(8),
+                                                        .lease = absl::Minutes(2)});
+  }
+
+  absl::StatusOr<SubmitReceipt> Submit(const PackageSpec& spec = {},
+                                       const OperatorCard* card = nullptr) {
+    return core_->SubmitTransportKey(MakeSubmission(spec, card ? *card : *alice_, work_, clock_),
+                                     "");
+  }
+
+  SubmissionRecord Row(const std::string& id) {
+    auto row = backend_->Replica(0).GetSubmission(id);
+    EXPECT_TRUE(row.ok() && row->has_value());
+    return row.ok() && row->has_value() ? **row : SubmissionRecord{};
+  }
+
+  PassResult Pass(Forwarder* forwarder = nullptr) {
+    auto pass = (forwarder ? forwarder : forwarder_.get())->RunPass();
+    EXPECT_TRUE(pass.ok()) << pass.status();
+    return pass.ok() ? *pass : PassResult{};
+  }
+
+  std::unique_ptr<Backend> backend_;
+  FakeClock clock_;
+  std::unique_ptr<TestAuthority> authority_;
+  std::unique_ptr<FakeCa> ca_;
+  FakeHsm hsm_;
+  FakeKms kms_;
+  std::unique_ptr<OperatorTrust> trust_;
+  std::unique_ptr<MtmsCore> core_;
+  std::unique_ptr<Forwarder> forwarder_;
+  std::optional<OperatorCard> alice_;
+  WorkCertificateBundle work_;
+};
+
+TYPED_TEST_SUITE_P(MtmsSuite);
+
+// ---------------------------------------------------------------- intake
+
+TYPED_TEST_P(MtmsSuite, ValidPackageIsStoredByteExact) {
+  SubmitRequest req =
+      MakeSubmission({.sn = "SN-STORE-1"}, *this->alice_, this->work_, this->clock_);
+  auto receipt = this->core_->SubmitTransportKey(req, "");
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  EXPECT_EQ(receipt->state, SubmissionState::kReceived);
+  SubmissionRecord row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.sn, "SN-STORE-1");
+  EXPECT_EQ(row.operator_id, "alice");
+  EXPECT_EQ(std::string(AsString(row.package)), req.package);
+  EXPECT_EQ(std::string(AsString(row.signature)), req.signature);
+  EXPECT_EQ(row.operator_certificate_pem, req.operator_certificate_pem);
+  EXPECT_EQ(row.operator_certificate_serial, this->alice_->certificate.SerialHex());
+  EXPECT_EQ(row.work_certificate_serial, this->work_.serial_hex);
+  EXPECT_EQ(row.state, SubmissionState::kReceived);
+  EXPECT_EQ(row.received_at_ms, this->clock_.NowUnixMs());
+  EXPECT_EQ(row.attempts, 0u);
+  v1::TransportKeyPackage p;
+  ASSERT_TRUE(p.ParseFromString(req.package));
+  EXPECT_EQ(std::string(AsString(row.ctk_pu)), p.ctk_pu());
+}
+
+TYPED_TEST_P(MtmsSuite, ValidPackageIsForwardedAndOpensUnderPkMak) {
+  for (crypto::KeyAlgorithm alg : {crypto::KeyAlgorithm::kAes128, crypto::KeyAlgorithm::kAes256,
+                                   crypto::KeyAlgorithm::kTdes2}) {
+    const std::string sn = absl::StrCat("SN-FWD-", crypto::KeyAlgorithmCode(alg));
+    auto receipt = this->Submit({.sn = sn, .algorithm = alg});
+    ASSERT_TRUE(receipt.ok()) << receipt.status();
+    PassResult pass = this->Pass();
+    EXPECT_EQ(pass.forwarded, 1u);
+    SubmissionRecord row = this->Row(receipt->submission_id);
+    EXPECT_EQ(row.state, SubmissionState::kForwarded);
+    EXPECT_EQ(row.forwarded_at_ms, this->clock_.NowUnixMs());
+    EXPECT_EQ(row.attempts, 1u);
+    std::optional<Bytes> ctk_pk = this->kms_.Get(sn);
+    ASSERT_TRUE(ctk_pk.has_value());
+    auto opened = this->hsm_.OpenedAlgorithmName(*ctk_pk);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    EXPECT_EQ(*opened, std::string(crypto::KeyAlgorithmName(alg)));
+  }
+  EXPECT_EQ(this->kms_.calls(), 3);
+  // Nothing is left to do: another pass sends nothing.
+  EXPECT_EQ(this->Pass().forwarded, 0u);
+  EXPECT_EQ(this->kms_.calls(), 3);
+}
+
+TYPED_TEST_P(MtmsSuite, ReplayedPackageIsAlreadyExists) {
+  SubmitRequest req = MakeSubmission({}, *this->alice_, this->work_, this->clock_);
+  ASSERT_TRUE(this->core_->SubmitTransportKey(req, "").ok());
+  auto again = this->core_->SubmitTransportKey(req, "");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+  // The same nonce in a different (validly signed) package is a replay too...
+  Bytes nonce = crypto::RandomBytes(16);
+  ASSERT_TRUE(this->Submit({.sn = "SN-N1", .nonce = nonce}).ok());
+  auto same_nonce = this->Submit({.sn = "SN-N2", .nonce = nonce});
+  EXPECT_EQ(same_nonce.status().code(), absl::StatusCode::kAlreadyExists);
+  // ...but only per operator: bob may use the same nonce.
+  OperatorCard bob = this->authority_->IssueOperator("bob");
+  EXPECT_TRUE(this->Submit({.sn = "SN-N3", .nonce = nonce}, &bob).ok());
+}
+
+TYPED_TEST_P(MtmsSuite, ReplayIsDetectedByAnotherReplicaOrAfterRestart) {
+  SubmitRequest req = MakeSubmission({}, *this->alice_, this->work_, this->clock_);
+  ASSERT_TRUE(this->core_->SubmitTransportKey(req, "").ok());
+  this->core_.reset();  // "restart"
+  auto restarted = this->MakeCore(this->backend_->Replica(1));
+  auto again = restarted->SubmitTransportKey(req, "");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+}
+
+TYPED_TEST_P(MtmsSuite, CreatedAtOutsideFiveMinutesIsRefusedBothWays) {
+  const int64_t now = this->clock_.NowUnixMs();
+  for (int64_t offset :
+       {-10 * 60 * 1000, 10 * 60 * 1000, -(5 * 60 * 1000 + 1), 5 * 60 * 1000 + 1}) {
+    auto r = this->Submit({.created_at_ms = now + offset});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << offset;
+    EXPECT_THAT(r.status().message(), HasSubstr("created_at_unix_ms"));
+  }
+  for (int64_t offset : {-5 * 60 * 1000, 5 * 60 * 1000, -299000, 0}) {
+    EXPECT_TRUE(this->Submit({.created_at_ms = now + offset}).ok()) << offset;
+  }
+}
+
+TYPED_TEST_P(MtmsSuite, SignatureOverModifiedPackageIsUnauthenticated) {
+  v1::TransportKeyPackage p =
+      MakePackage({.sn = "SN-ORIG"}, *this->alice_, this->work_, this->clock_);
+  SubmitRequest req = SignPackage(p.SerializeAsString(), *this->alice_);
+  p.set_sn("SN-EVIL");
+  req.package = p.SerializeAsString();
+  auto r = this->core_->SubmitTransportKey(req, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("signature"));
+  // Signed by another operator's card but presented with alice's certificate.
+  OperatorCard bob = this->authority_->IssueOperator("bob");
+  SubmitRequest forged = SignPackage(
+      MakePackage({}, *this->alice_, this->work_, this->clock_).SerializeAsString(), bob);
+  forged.operator_certificate_pem = this->alice_->certificate.ToPem();
+  EXPECT_EQ(this->core_->SubmitTransportKey(forged, "").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  // A signature that is not DER at all is malformed input.
+  SubmitRequest garbled = MakeSubmission({}, *this->alice_, this->work_, this->clock_);
+  garbled.signature = "not a DER signature";
+  EXPECT_EQ(this->core_->SubmitTransportKey(garbled, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TYPED_TEST_P(MtmsSuite, RevokedOperatorIsRefused) {
+  OperatorCard carol = this->authority_->IssueOperator("carol");
+  ASSERT_TRUE(this->Submit({}, &carol).ok());
+  this->authority_->Revoke(carol.certificate);
+  ASSERT_TRUE(this->trust_->Refresh().ok());
+  auto r = this->Submit({}, &carol);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("revoked"));
+  EXPECT_TRUE(this->Submit({}).ok());  // others are unaffected
+}
+
+TYPED_TEST_P(MtmsSuite, RevocationIsNoticedOnTheNextScheduledRefresh) {
+  OperatorCard carol = this->authority_->IssueOperator("carol");
+  ASSERT_TRUE(this->Submit({}, &carol).ok());
+  this->authority_->Revoke(carol.certificate);
+  this->clock_.Advance(absl::Minutes(5));  // the CRL cache is now due for refresh
+  EXPECT_EQ(this->Submit({}, &carol).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TYPED_TEST_P(MtmsSuite, OperatorCertificateFromAnotherCaIsUnauthenticated) {
+  OperatorCard mallory = this->authority_->IssueForeignOperator("alice");
+  auto r = this->Submit({}, &mallory);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("operator-ca"));
+}
+
+TYPED_TEST_P(MtmsSuite, ExpiredOperatorCertificateIsFailedPrecondition) {
+  OperatorCard dave = this->authority_->IssueOperator("dave", absl::Minutes(30));
+  ASSERT_TRUE(this->Submit({}, &dave).ok());
+  this->clock_.Advance(absl::Minutes(31));
+  auto r = this->Submit({}, &dave);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+}
+
+TYPED_TEST_P(MtmsSuite, OperatorIdOtherThanTheCertificatesIsPermissionDenied) {
+  auto r = this->Submit({.operator_id = "bob"});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("operator_id"));
+}
+
+TYPED_TEST_P(MtmsSuite, UnknownOrRetiredWorkCertificateIsFailedPrecondition) {
+  auto unknown = this->Submit({.work_serial = "0123456789ABCDEF"});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kFailedPrecondition) << unknown.status();
+  EXPECT_THAT(unknown.status().message(), HasSubstr("work_certificate_serial"));
+
+  // Rotate: the previous key stays accepted until retired.
+  WorkCertificateBundle old_work = this->work_;
+  auto rotated = this->core_->ProvisionWorkKey(true, 0, "admin:test");
+  ASSERT_TRUE(rotated.ok()) << rotated.status();
+  EXPECT_NE(rotated->serial_hex, old_work.serial_hex);
+  EXPECT_TRUE(this->Submit({.sn = "SN-PREV"}).ok());  // this->work_ is still the old one
+  EXPECT_TRUE(this->Pass().forwarded == 1);
+  auto retired = this->core_->RetireWorkKey(old_work.serial_hex, false, "admin:test");
+  ASSERT_TRUE(retired.ok()) << retired.status();
+  EXPECT_EQ(retired->state, WorkKeyState::kRetired);
+  auto r = this->Submit({.sn = "SN-OLD"});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("retired"));
+  this->work_ = *this->core_->GetWorkCertificate();
+  EXPECT_EQ(this->work_.serial_hex, rotated->serial_hex);
+  EXPECT_TRUE(this->Submit({.sn = "SN-NEW"}).ok());
+}
+
+TYPED_TEST_P(MtmsSuite, MalformedInputIsInvalidArgument) {
+  auto code = [&](SubmitRequest req) {
+    return this->core_->SubmitTransportKey(req, "").status().code();
+  };
+  const SubmitRequest good = MakeSubmission({}, *this->alice_, this->work_, this->clock_);
+  SubmitRequest r = good;
+  r.package = "\xff\xff\xff garbage";
+  EXPECT_EQ(code(r), absl::StatusCode::kInvalidArgument);
+  r = good;
+  r.package = std::string(kMaxPackageBytes + 1, 'x');
+  EXPECT_EQ(code(r), absl::StatusCode::kInvalidArgument);
+  r = good;
+  r.operator_certificate_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+  EXPECT_EQ(code(r), absl::StatusCode::kInvalidArgument);
+  r = good;
+  r.signature.clear();
+  EXPECT_EQ(code(r), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->Submit({.nonce = Bytes(15, 7)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->Submit({.nonce = Bytes(17, 7)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->Submit({.sn = "sn-lower"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->Submit({.sn = std::string(33, 'A')}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // An unknown field is signed but would be ignored: refused.
+  v1::TransportKeyPackage p = MakePackage({}, *this->alice_, this->work_, this->clock_);
+  std::string with_unknown = p.SerializeAsString() + std::string("\xa0\x06\x01", 3);
+  EXPECT_EQ(code(SignPackage(with_unknown, *this->alice_)), absl::StatusCode::kInvalidArgument);
+  // Wrong Ctk_Pu length and unknown algorithm.
+  p.set_ctk_pu("short");
+  EXPECT_EQ(code(SignPackage(p.SerializeAsString(), *this->alice_)),
+            absl::StatusCode::kInvalidArgument);
+  p = MakePackage({}, *this->alice_, this->work_, this->clock_);
+  p.set_algorithm(static_cast<v1::KeyAlgorithm>(0x12));
+  EXPECT_EQ(code(SignPackage(p.SerializeAsString(), *this->alice_)),
+            absl::StatusCode::kInvalidArgument);
+  // And none of these was stored.
+  auto counts = this->backend_->Replica(0).CountSubmissions();
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->received, 0u);
+}
+
+TYPED_TEST_P(MtmsSuite, IntakeIsUnavailableUntilACrlWasFetched) {
+  this->ca_->available = false;
+  OperatorTrust fresh(*this->ca_, this->clock_, absl::Minutes(5));
+  MtmsCore core(this->backend_->Replica(0), this->hsm_, *this->ca_, fresh, this->clock_, {});
+  auto r =
+      core.SubmitTransportKey(MakeSubmission({}, *this->alice_, this->work_, this->clock_), "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  this->ca_->available = true;
+  this->clock_.Advance(absl::Seconds(6));  // past the refresh retry pause
+  EXPECT_TRUE(
+      core.SubmitTransportKey(MakeSubmission({}, *this->alice_, this->work_, this->clock_), "")
+          .ok());
+}
+
+TYPED_TEST_P(MtmsSuite, StaleCrlIsUsedOnlyUntilItsNextUpdate) {
+  ASSERT_TRUE(this->trust_->Refresh().ok());  // next update in 1 h
+  this->ca_->available = false;
+  this->clock_.Advance(absl::Minutes(30));  // refresh due, CA down: stale CRL still current
+  EXPECT_TRUE(this->Submit({}).ok());
+  this->clock_.Advance(absl::Minutes(31));  // past nextUpdate
+  auto r = this->Submit({});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("CRL"));
+  this->ca_->available = true;
+  this->clock_.Advance(absl::Seconds(6));
+  EXPECT_TRUE(this->Submit({}).ok());
+}
+
+// ---------------------------------------------------------------- work keys
+
+TYPED_TEST_P(MtmsSuite, WorkKeyIsProvisionedOnceAndReusedUntilRotated) {
+  auto again = this->core_->ProvisionWorkKey(false, 0, "admin:test");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->serial_hex, this->work_.serial_hex);
+  auto keys = this->core_->ListWorkKeys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 1u);
+  auto cert = crypto::Certificate::FromPem(this->work_.certificate_pem);
+  ASSERT_TRUE(cert.ok());
+  EXPECT_EQ(cert->SubjectCommonName(),
+            absl::StrCat("hsm-work:hsm-mtms:", (*keys)[0].hsm_key_index));
+  EXPECT_EQ(this->work_.terminal_root_pem, this->authority_->terminal_root().ToPem());
+
+  auto rotated = this->core_->ProvisionWorkKey(true, 0, "admin:test");
+  ASSERT_TRUE(rotated.ok());
+  keys = this->core_->ListWorkKeys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 2u);
+  int current = 0, previous = 0;
+  for (const auto& k : *keys) {
+    current += k.state == WorkKeyState::kCurrent;
+    previous += k.state == WorkKeyState::kPrevious;
+  }
+  EXPECT_EQ(current, 1);
+  EXPECT_EQ(previous, 1);
+  EXPECT_EQ(this->core_->GetWorkCertificate()->serial_hex, rotated->serial_hex);
+
+  EXPECT_EQ(this->core_->RetireWorkKey(rotated->serial_hex, false, "admin:test").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // CURRENT
+  EXPECT_EQ(this->core_->RetireWorkKey("ABCDEF", false, "admin:test").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->core_->ProvisionWorkKey(false, 1024, "admin:test").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TYPED_TEST_P(MtmsSuite, RetireIsRefusedWhilePackagesAreInFlightUnlessForced) {
+  this->kms_.SetAnswer(absl::UnavailableError("kms down"));
+  auto receipt = this->Submit({.sn = "SN-INFLIGHT"});
+  ASSERT_TRUE(receipt.ok());
+  ASSERT_TRUE(this->core_->ProvisionWorkKey(true, 0, "admin:test").ok());
+  auto refused = this->core_->RetireWorkKey(this->work_.serial_hex, false, "admin:test");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("1 queued"));
+  ASSERT_TRUE(this->core_->RetireWorkKey(this->work_.serial_hex, true, "admin:test").ok());
+  this->kms_.SetAnswer(absl::OkStatus());
+  PassResult pass = this->Pass();
+  EXPECT_EQ(pass.rejected, 1u);
+  SubmissionRecord row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kRejected);
+  EXPECT_THAT(row.reason, HasSubstr("retired"));
+  EXPECT_EQ(this->kms_.calls(), 0);
+}
+
+// ---------------------------------------------------------------- forwarder
+
+TYPED_TEST_P(MtmsSuite, KmsDownKeepsRowsReceivedAndRetriesWithBackoff) {
+  this->kms_.SetAnswer(absl::UnavailableError("kms unavailable: connection refused"));
+  auto receipt = this->Submit({.sn = "SN-RETRY"});
+  ASSERT_TRUE(receipt.ok());
+  PassResult pass = this->Pass();
+  EXPECT_EQ(pass.retry_later, 1u);
+  SubmissionRecord row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kReceived);
+  EXPECT_EQ(row.attempts, 1u);
+  EXPECT_THAT(row.last_error, HasSubstr("UNAVAILABLE"));
+  EXPECT_EQ(row.next_attempt_at_ms, this->clock_.NowUnixMs() + 1000);
+  // Not due yet: nothing happens.
+  EXPECT_EQ(this->Pass().retry_later, 0u);
+  EXPECT_EQ(this->kms_.calls(), 1);
+  // Backoff doubles: 1 s, 2 s, 4 s, then the 8 s cap.
+  for (int64_t expected_wait : {2000, 4000, 8000, 8000}) {
+    this->clock_.Set(this->Row(receipt->submission_id).next_attempt_at_ms);
+    EXPECT_EQ(this->Pass().retry_later, 1u);
+    EXPECT_EQ(this->Row(receipt->submission_id).next_attempt_at_ms,
+              this->clock_.NowUnixMs() + expected_wait);
+  }
+  EXPECT_EQ(this->Row(receipt->submission_id).attempts, 5u);
+  // KMS back: forwarded exactly once.
+  this->kms_.SetAnswer(absl::OkStatus());
+  this->clock_.Set(this->Row(receipt->submission_id).next_attempt_at_ms);
+  EXPECT_EQ(this->Pass().forwarded, 1u);
+  row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kForwarded);
+  EXPECT_EQ(row.attempts, 6u);
+  EXPECT_EQ(this->kms_.stored(), 1);
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+}
+
+TYPED_TEST_P(MtmsSuite, ForceForwardIgnoresBackoff) {
+  this->kms_.SetAnswer(absl::UnavailableError("down"));
+  auto receipt = this->Submit({});
+  ASSERT_TRUE(receipt.ok());
+  EXPECT_EQ(this->Pass().retry_later, 1u);
+  this->kms_.SetAnswer(absl::OkStatus());
+  EXPECT_EQ(this->Pass().forwarded, 0u);  // still backing off
+  auto forced = this->forwarder_->ForceForward();
+  ASSERT_TRUE(forced.ok());
+  EXPECT_EQ(forced->forwarded, 1u);
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kForwarded);
+}
+
+TYPED_TEST_P(MtmsSuite, KmsRejectionIsRecordedAndNotRetried) {
+  this->kms_.SetAnswer(absl::FailedPreconditionError("sn: TMK already installed"));
+  auto receipt = this->Submit({.sn = "SN-INSTALLED"});
+  ASSERT_TRUE(receipt.ok());
+  EXPECT_EQ(this->Pass().rejected, 1u);
+  SubmissionRecord row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kRejected);
+  EXPECT_THAT(row.reason, HasSubstr("kms: FAILED_PRECONDITION"));
+  this->kms_.SetAnswer(absl::OkStatus());
+  this->clock_.Advance(absl::Hours(1));
+  EXPECT_EQ(this->Pass().forwarded, 0u);
+  ASSERT_TRUE(this->forwarder_->ForceForward().ok());
+  EXPECT_EQ(this->kms_.calls(), 1);
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kRejected);
+}
+
+TYPED_TEST_P(MtmsSuite, CtkPuForSnASubmittedAsSnBFailsLikeAnyDecryptionFailure) {
+  auto swapped = this->Submit({.sn = "SN-B", .ctk_pu_sn = "SN-A"});
+  ASSERT_TRUE(swapped.ok()) << swapped.status();  // MTMS cannot tell; HSM #1 can
+  v1::TransportKeyPackage garbage =
+      MakePackage({.sn = "SN-C"}, *this->alice_, this->work_, this->clock_);
+  garbage.set_ctk_pu(std::string(AsString(crypto::RandomBytes(256))));
+  auto corrupted =
+      this->core_->SubmitTransportKey(SignPackage(garbage.SerializeAsString(), *this->alice_), "");
+  ASSERT_TRUE(corrupted.ok());
+  auto wrong_alg = this->Submit({.sn = "SN-D", .algorithm = crypto::KeyAlgorithm::kAes256});
+  ASSERT_TRUE(wrong_alg.ok());
+  {
+    // The package declares AES128 but the payload is AES256.
+    v1::TransportKeyPackage p =
+        MakePackage({.sn = "SN-E", .algorithm = crypto::KeyAlgorithm::kAes256}, *this->alice_,
+                    this->work_, this->clock_);
+    p.set_algorithm(v1::KEY_ALGORITHM_AES128);
+    ASSERT_TRUE(
+        this->core_->SubmitTransportKey(SignPackage(p.SerializeAsString(), *this->alice_), "")
+            .ok());
+  }
+  PassResult pass = this->Pass();
+  EXPECT_EQ(pass.rejected, 3u);
+  EXPECT_EQ(pass.forwarded, 1u);  // SN-D is fine
+  const std::string reason = this->Row(swapped->submission_id).reason;
+  EXPECT_EQ(reason, "hsm: UNAUTHENTICATED: transport key rejected");
+  EXPECT_EQ(this->Row(corrupted->submission_id).reason, reason);
+  EXPECT_FALSE(this->kms_.Get("SN-B").has_value());
+  EXPECT_EQ(this->kms_.calls(), 1);
+}
+
+TYPED_TEST_P(MtmsSuite, TamperedStoredPackageIsRejectedBeforeTheHsmSeesIt) {
+  auto receipt = this->Submit({.sn = "SN-TAMPER"});
+  ASSERT_TRUE(receipt.ok());
+  SubmissionRecord row = this->Row(receipt->submission_id);
+  v1::TransportKeyPackage p;
+  ASSERT_TRUE(p.ParseFromString(std::string(AsString(row.package))));
+  p.set_created_at_unix_ms(p.created_at_unix_ms() + 1);
+  std::string tampered = p.SerializeAsString();
+  this->backend_->OverwritePackage(receipt->submission_id, Bytes(tampered.begin(), tampered.end()));
+  EXPECT_EQ(this->Pass().rejected, 1u);
+  row = this->Row(receipt->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kRejected);
+  EXPECT_THAT(row.reason, HasSubstr("claim 4"));
+  EXPECT_EQ(this->hsm_.translate_calls.load(), 0);
+  EXPECT_EQ(this->kms_.calls(), 0);
+}
+
+TYPED_TEST_P(MtmsSuite, HsmDownIsRetriedAndPkMakNotConfiguredWaits) {
+  this->hsm_.available = false;
+  auto receipt = this->Submit({});
+  ASSERT_TRUE(receipt.ok());
+  EXPECT_EQ(this->Pass().retry_later, 1u);
+  EXPECT_THAT(this->Row(receipt->submission_id).last_error, HasSubstr("hsm"));
+  this->hsm_.available = true;
+  Forwarder unconfigured(this->backend_->Replica(0), this->hsm_, this->kms_, *this->trust_,
+                         this->clock_, ForwarderOptions{.replica_id = "unconfigured"});
+  ASSERT_TRUE(unconfigured.ForceForward().ok());
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kReceived);
+  EXPECT_THAT(this->Row(receipt->submission_id).last_error, HasSubstr("pk_index"));
+  ASSERT_TRUE(this->forwarder_->ForceForward().ok());
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kForwarded);
+}
+
+TYPED_TEST_P(MtmsSuite, TwoReplicasForwardEachRowExactlyOnce) {
+  constexpr int kPackages = 24;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kPackages; ++i) {
+    auto r = this->Submit({.sn = absl::StrCat("SN-R", i)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ids.push_back(r->submission_id);
+  }
+  auto a = this->MakeForwarder(this->backend_->Replica(1), "replica-a");
+  auto b = this->MakeForwarder(this->backend_->Replica(2), "replica-b");
+  PassResult ra, rb;
+  std::thread ta([&] { ra = *a->RunPass(); });
+  std::thread tb([&] { rb = *b->RunPass(); });
+  ta.join();
+  tb.join();
+  EXPECT_EQ(ra.forwarded + rb.forwarded, static_cast<uint32_t>(kPackages));
+  EXPECT_EQ(ra.retry_later + rb.retry_later + ra.rejected + rb.rejected, 0u);
+  EXPECT_EQ(this->kms_.calls(), kPackages);  // no row was sent twice
+  EXPECT_EQ(this->kms_.stored(), kPackages);
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+  for (const std::string& id : ids) {
+    SubmissionRecord row = this->Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kForwarded);
+    EXPECT_EQ(row.attempts, 1u);
+  }
+}
+
+TYPED_TEST_P(MtmsSuite, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish) {
+  auto receipt = this->Submit({.sn = "SN-LEASE"});
+  ASSERT_TRUE(receipt.ok());
+  MtmsRepository& repo = this->backend_->Replica(0);
+  const int64_t now = this->clock_.NowUnixMs();
+  auto claimed = repo.ClaimDue("crashed-replica", now, now + 60000, 10);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  // While the lease holds, nobody else gets the row.
+  EXPECT_EQ(this->Pass().forwarded, 0u);
+  EXPECT_EQ(this->kms_.calls(), 0);
+  this->clock_.Advance(absl::Seconds(61));
+  EXPECT_EQ(this->Pass().forwarded, 1u);
+  auto stale = repo.FinishRejected(receipt->submission_id, "crashed-replica", "late",
+                                   AuditEntry{.at_ms = now, .actor = "x", .action = "y"});
+  ASSERT_TRUE(stale.ok());
+  EXPECT_FALSE(*stale);
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kForwarded);
+}
+
+TYPED_TEST_P(MtmsSuite, RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms) {
+  // Ctk_pk is deterministic per package: a replica that crashed after KMS accepted sends
+  // the same bytes again, and KMS sees a duplicate, not a second transport key.
+  auto receipt = this->Submit({.sn = "SN-CRASH"});
+  ASSERT_TRUE(receipt.ok());
+  MtmsRepository& repo = this->backend_->Replica(0);
+  const int64_t now = this->clock_.NowUnixMs();
+  auto claimed = repo.ClaimDue("crashed-replica", now, now + 60000, 10);
+  ASSERT_TRUE(claimed.ok() && claimed->size() == 1u);
+  v1::TransportKeyPackage p;
+  ASSERT_TRUE(p.ParseFromString(std::string(AsString((*claimed)[0].package))));
+  auto key = repo.FindWorkKey(p.work_certificate_serial());
+  ASSERT_TRUE(key.ok() && key->has_value());
+  auto ctk_pk =
+      this->hsm_.TranslateTransportKey({.pr_index = (**key).hsm_key_index,
+                                        .ctk_pu = Bytes(p.ctk_pu().begin(), p.ctk_pu().end()),
+                                        .sn = p.sn(),
+                                        .created_at_unix_ms = p.created_at_unix_ms(),
+                                        .pk_index = this->hsm_.pk_index(),
+                                        .mak_index = this->hsm_.mak_index(),
+                                        .algorithm = crypto::KeyAlgorithm::kAes128});
+  ASSERT_TRUE(ctk_pk.ok());
+  ASSERT_TRUE(this->kms_.SubmitTransportKey(p.sn(), *ctk_pk, receipt->submission_id).ok());
+  // ... and the replica dies here. After its lease, another one finishes the row.
+  this->clock_.Advance(absl::Minutes(3));
+  EXPECT_EQ(this->Pass().forwarded, 1u);
+  EXPECT_EQ(this->kms_.stored(), 1);
+  EXPECT_EQ(this->kms_.duplicates(), 1);
+  EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kForwarded);
+}
+
+TYPED_TEST_P(MtmsSuite, QueueListsPagesAndCounts) {
+  this->kms_.SetAnswer(absl::UnavailableError("down"));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(this->Submit({.sn = absl::StrCat("SN-Q", i)}).ok());
+    this->clock_.Advance(absl::Milliseconds(1));
+  }
+  auto page1 = this->core_->ListQueue(std::nullopt, 2, "");
+  ASSERT_TRUE(page1.ok()) << page1.status();
+  ASSERT_EQ(page1->submissions.size(), 2u);
+  EXPECT_EQ(page1->submissions[0].sn, "SN-Q0");
+  EXPECT_FALSE(page1->next_page_token.empty());
+  EXPECT_EQ(page1->counts.received, 5u);
+  auto page2 = this->core_->ListQueue(std::nullopt, 2, page1->next_page_token);
+  ASSERT_TRUE(page2.ok());
+  EXPECT_EQ(page2->submissions[0].sn, "SN-Q2");
+  auto page3 = this->core_->ListQueue(std::nullopt, 2, page2->next_page_token);
+  ASSERT_TRUE(page3.ok());
+  EXPECT_EQ(page3->submissions.size(), 1u);
+  EXPECT_TRUE(page3->next_page_token.empty());
+  auto forwarded = this->core_->ListQueue(SubmissionState::kForwarded, 0, "");
+  ASSERT_TRUE(forwarded.ok());
+  EXPECT_TRUE(forwarded->submissions.empty());
+  EXPECT_EQ(this->core_->ListQueue(std::nullopt, 0, "zz").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->core_->ListQueue(std::nullopt, 1001, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(this->core_->GetSubmission("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TYPED_TEST_P(MtmsSuite, AuditRecordsEventsWithoutKeyMaterial) {
+  auto receipt = this->Submit({.sn = "SN-AUDIT"});
+  ASSERT_TRUE(receipt.ok());
+  ASSERT_TRUE(this->Submit({.operator_id = "bob"}).status().code() ==
+              absl::StatusCode::kPermissionDenied);
+  this->Pass();
+  auto audit = this->backend_->Replica(0).ListAudit(100);
+  ASSERT_TRUE(audit.ok());
+  std::set<std::string> actions;
+  for (const AuditRecord& a : *audit) actions.insert(a.action);
+  EXPECT_TRUE(actions.count("work_key.provision"));
+  EXPECT_TRUE(actions.count("package.receive"));
+  EXPECT_TRUE(actions.count("package.refuse"));
+  EXPECT_TRUE(actions.count("package.forward"));
+  const std::string ctk_pu_hex = ToHex(this->Row(receipt->submission_id).ctk_pu);
+  const std::string ctk_pk_hex = ToHex(*this->kms_.Get("SN-AUDIT"));
+  for (const AuditRecord& a : *audit) {
+    EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pu_hex.substr(0, 16))));
+    EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pk_hex.substr(0, 16))));
+  }
+}
+
+REGISTER_TYPED_TEST_SUITE_P(
+    MtmsSuite, ValidPackageIsStoredByteExact, ValidPackageIsForwardedAndOpensUnderPkMak,
+    ReplayedPackageIsAlreadyExists, ReplayIsDetectedByAnotherReplicaOrAfterRestart,
+    CreatedAtOutsideFiveMinutesIsRefusedBothWays, SignatureOverModifiedPackageIsUnauthenticated,
+    RevokedOperatorIsRefused, RevocationIsNoticedOnTheNextScheduledRefresh,
+    OperatorCertificateFromAnotherCaIsUnauthenticated,
+    ExpiredOperatorCertificateIsFailedPrecondition,
+    OperatorIdOtherThanTheCertificatesIsPermissionDenied,
+    UnknownOrRetiredWorkCertificateIsFailedPrecondition, MalformedInputIsInvalidArgument,
+    IntakeIsUnavailableUntilACrlWasFetched, StaleCrlIsUsedOnlyUntilItsNextUpdate,
+    WorkKeyIsProvisionedOnceAndReusedUntilRotated,
+    RetireIsRefusedWhilePackagesAreInFlightUnlessForced,
+    KmsDownKeepsRowsReceivedAndRetriesWithBackoff, ForceForwardIgnoresBackoff,
+    KmsRejectionIsRecordedAndNotRetried, CtkPuForSnASubmittedAsSnBFailsLikeAnyDecryptionFailure,
+    TamperedStoredPackageIsRejectedBeforeTheHsmSeesIt, HsmDownIsRetriedAndPkMakNotConfiguredWaits,
+    TwoReplicasForwardEachRowExactlyOnce, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish,
+    RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms, QueueListsPagesAndCounts,
+    AuditRecordsEventsWithoutKeyMaterial);
+
+}  // namespace rkl::mtms::testing
