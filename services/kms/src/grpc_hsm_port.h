@@ -1,0 +1,42 @@
+#pragma once
+// GrpcHsmPort: HsmPort over rkl.v1.Hsm on HSM #2, through an mTLS channel (rkl::rpc).
+// Each call has a deadline; UNAVAILABLE and DEADLINE_EXCEEDED come back unchanged so the
+// core can tell a retryable outage from a refusal. Requests carry indexes, public
+// nonces/tokens and wrapped keys only. Thread-safe (gRPC stubs are).
+
+#include <grpcpp/channel.h>
+
+#include <memory>
+
+#include "absl/time/time.h"
+#include "hsm_port.h"
+#include "rkl/v1/hsm.grpc.pb.h"
+
+namespace rkl::kms {
+
+class GrpcHsmPort final : public HsmPort {
+ public:
+  GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
+
+  absl::StatusOr<ImportedTransportKey> ImportTransportKey(uint64_t pk_index, uint64_t mak_index,
+                                                          const std::string& sn,
+                                                          std::span<const uint8_t> ctk_pk) override;
+  absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& sn, crypto::KeyAlgorithm algorithm,
+                                           bool replace_existing) override;
+  absl::StatusOr<AuthChallengeResult> AuthChallenge(uint64_t auk_index, const std::string& sn,
+                                                    std::span<const uint8_t> rnd1) override;
+  absl::Status AuthVerify(uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
+                          std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2) override;
+  absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
+                                                  const std::string& sn) override;
+  absl::Status VerifyInstallProof(uint64_t auk_index, const std::string& sn,
+                                  const std::string& tmk_kcv, std::span<const uint8_t> rnd1,
+                                  std::span<const uint8_t> rnd2,
+                                  std::span<const uint8_t> proof) override;
+
+ private:
+  std::unique_ptr<rkl::v1::Hsm::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+}  // namespace rkl::kms

@@ -1,0 +1,58 @@
+#include "kms_config.h"
+
+namespace rkl::kms {
+
+ConfigSchema MakeKmsConfigSchema() {
+  ConfigSchema s(kKmsEnvPrefix);
+  s.String("listen", "host:port the Kms service listens on (terminals, MTMS and admins)")
+      .Default("0.0.0.0:50055");
+  rpc::DeclareTlsConfig(s, "tls");
+  s.String("db.dsn", "libpq DSN of the KMS database (rkl_kms); include connect_timeout")
+      .Required()
+      .Secret();
+  s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
+  s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
+      .Default("localhost:50053");
+  s.String("hsm.authority", "name HSM #2's certificate must carry").Default("hsm-kms");
+  rpc::DeclareTlsConfig(s, "hsm.tls");
+  s.Duration("hsm.timeout", "deadline of each HSM #2 call").Default("5s");
+  s.Int("hsm.pk_index", "HSM #2 key index of PK (from the key ceremony)")
+      .Required()
+      .Range(1, INT64_MAX);
+  s.Int("hsm.mak_index", "HSM #2 key index of MAK (from the key ceremony)")
+      .Required()
+      .Range(1, INT64_MAX);
+  s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
+  s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
+      .Default("5")
+      .Range(1, 100);
+  s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
+  s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
+      .Default("info");
+  s.Duration("shutdown.grace", "how long in-flight calls may finish on SIGTERM").Default("10s");
+  return s;
+}
+
+KmsSettings KmsSettingsFromConfig(const Config& config) {
+  KmsSettings k;
+  k.server.listen_address = config.GetString("listen");
+  k.server.tls = rpc::TlsFilesFromConfig(config, "tls");
+  // One port for everyone: terminals come without a certificate, MTMS and admins with
+  // one, and each RPC authorizes by identity.
+  k.server.client_cert_mode = rpc::ClientCertMode::kOptionalVerified;
+  k.server.start_serving = false;
+  k.db.dsn = config.GetString("db.dsn");
+  k.db.max_size = static_cast<int>(config.GetInt("db.pool_size"));
+  k.hsm_target = config.GetString("hsm.endpoint");
+  k.hsm_channel.tls = rpc::TlsFilesFromConfig(config, "hsm.tls");
+  k.hsm_channel.authority = config.GetString("hsm.authority");
+  k.hsm_timeout = config.GetDuration("hsm.timeout");
+  k.core.pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index"));
+  k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
+  k.core.session_ttl = config.GetDuration("session.ttl");
+  k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
+  k.shutdown_grace = config.GetDuration("shutdown.grace");
+  return k;
+}
+
+}  // namespace rkl::kms

@@ -1,0 +1,31 @@
+#pragma once
+// The configuration rkl-kms understands (environment prefix RKL_KMS), declared once so the
+// daemon, `rkl-kms --help` and the tests agree. Configuration names files and HSM key
+// indexes only; it never holds key material.
+
+#include "kms_core.h"
+#include "rkl/common/config.h"
+#include "rkl/db/connection_pool.h"
+#include "rkl/rpc/channel.h"
+#include "rkl/rpc/server.h"
+
+namespace rkl::kms {
+
+inline constexpr char kKmsEnvPrefix[] = "RKL_KMS";
+
+ConfigSchema MakeKmsConfigSchema();
+
+struct KmsSettings {
+  rpc::ServerOptions server;
+  db::PoolOptions db;
+  std::string hsm_target;
+  rpc::ChannelOptions hsm_channel;
+  absl::Duration hsm_timeout;
+  KmsCoreOptions core;
+  absl::Duration shutdown_grace;
+};
+
+// Reads a loaded Config (validated by the schema) into typed settings.
+KmsSettings KmsSettingsFromConfig(const Config& config);
+
+}  // namespace rkl::kms

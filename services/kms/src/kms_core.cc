@@ -1,0 +1,753 @@
+#include "kms_core.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/protocol/auth.h"
+#include "rkl/protocol/sn.h"
+#include "rkl/protocol/transport_key.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::kms {
+namespace {
+
+// Optimistic writes that lose a race are decided again on fresh state, a bounded number
+// of times: more than a handful of losses in a row means something is wrong.
+constexpr int kMaxMutateAttempts = 8;
+constexpr size_t kSessionIdBytes = 16;
+
+std::string CodeName(const absl::Status& status) {
+  return status.ok() ? "OK" : absl::StatusCodeToString(status.code());
+}
+
+std::string AlgorithmName(crypto::KeyAlgorithm a) {
+  return std::string(crypto::KeyAlgorithmName(a));
+}
+
+bool IsSessionId(const std::string& id) {
+  if (id.size() != 2 * kSessionIdBytes) return false;
+  return std::all_of(id.begin(), id.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+absl::Status CheckSessionId(const std::string& id) {
+  if (IsSessionId(id)) return absl::OkStatus();
+  return absl::InvalidArgumentError("session_id: must be 32 lower-case hex characters");
+}
+
+absl::Status CheckReason(const std::string& reason) {
+  if (reason.size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError("reason: at most 256 characters");
+  }
+  for (char c : reason) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
+      return absl::InvalidArgumentError("reason: control characters are not allowed");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSubmissionId(const std::string& id) {
+  if (id.size() > kMaxSubmissionIdLength) {
+    return absl::InvalidArgumentError("mtms_submission_id: at most 128 characters");
+  }
+  for (char c : id) {
+    if (c < 0x21 || c > 0x7E) {
+      return absl::InvalidArgumentError("mtms_submission_id: printable ASCII without spaces");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSnPrefix(const std::string& prefix) {
+  if (prefix.empty()) return absl::OkStatus();
+  absl::Status s = protocol::ValidateSn(prefix);
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError("sn_prefix: at most 32 characters of A-Z, 0-9 and '-'");
+}
+
+absl::StatusOr<int> PageSize(uint32_t requested) {
+  if (requested == 0) return kDefaultPageSize;
+  if (requested > static_cast<uint32_t>(kMaxPageSize)) {
+    return absl::InvalidArgumentError("page.page_size: at most 1000");
+  }
+  return static_cast<int>(requested);
+}
+
+bool IsBlocked(TerminalState s) {
+  return s == TerminalState::kLocked || s == TerminalState::kRevoked;
+}
+
+absl::Status BlockedError(TerminalState s) {
+  return s == TerminalState::kLocked
+             ? absl::FailedPreconditionError(
+                   "sn: terminal is locked after repeated authentication failures; an "
+                   "administrator must unlock it")
+             : absl::FailedPreconditionError("sn: terminal is revoked");
+}
+
+std::string Describe(const TerminalRecord& t) {
+  std::string d = absl::StrCat("state ", TerminalStateName(t.state), ", algorithm ",
+                               AlgorithmName(t.algorithm));
+  if (t.tek_index) {
+    absl::StrAppend(&d, ", tek_index ", *t.tek_index, " tek_kcv ", t.tek_kcv, ", auk_index ",
+                    *t.auk_index, " auk_kcv ", t.auk_kcv);
+  }
+  if (t.tmk_index) {
+    absl::StrAppend(&d, ", tmk_index ", *t.tmk_index, " tmk_kcv ", t.tmk_kcv, " generation ",
+                    t.tmk_generation);
+  }
+  return d;
+}
+
+}  // namespace
+
+std::string TerminalActor(const std::string& sn) { return absl::StrCat("terminal:", sn); }
+
+KmsCore::KmsCore(KmsRepository& repository, HsmPort& hsm, Clock clock, crypto::RandomSource random,
+                 KmsCoreOptions options)
+    : repository_(repository),
+      hsm_(hsm),
+      clock_(std::move(clock)),
+      random_(std::move(random)),
+      options_(options) {}
+
+int64_t KmsCore::NowMs() const { return absl::ToUnixMillis(clock_()); }
+
+std::string KmsCore::NewSessionId() const {
+  Bytes id(kSessionIdBytes);
+  random_(id);
+  return absl::AsciiStrToLower(ToHex(id));
+}
+
+AuditEntry KmsCore::Audit(std::string actor, std::string action, std::string sn, std::string detail,
+                          const absl::Status& result) const {
+  AuditEntry e;
+  e.at_ms = NowMs();
+  e.actor = std::move(actor);
+  e.action = std::move(action);
+  e.sn = std::move(sn);
+  e.detail = std::move(detail);
+  e.result = CodeName(result);
+  return e;
+}
+
+void KmsCore::AuditFailure(const std::string& actor, const char* action, const std::string& sn,
+                           const std::string& detail, const absl::Status& result) {
+  std::string text =
+      detail.empty() ? std::string(result.message()) : absl::StrCat(detail, ": ", result.message());
+  absl::Status s = repository_.AppendAudit({Audit(actor, action, sn, text, result)});
+  if (!s.ok()) spdlog::error("kms: audit write failed for {} on {}: {}", action, sn, s.ToString());
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide) {
+  absl::Status last;
+  for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
+    RKL_ASSIGN_OR_RETURN(TerminalRecord current, repository_.GetTerminal(sn));
+    RKL_ASSIGN_OR_RETURN(std::optional<Change> change, decide(current));
+    if (!change) return current;
+    change->record.updated_at_ms = NowMs();
+    last = repository_.UpdateTerminal(change->record, change->cancel_sessions, change->audit);
+    if (last.ok()) {
+      change->record.version = current.version + 1;
+      return change->record;
+    }
+    if (last.code() != absl::StatusCode::kAborted) return last;
+  }
+  return absl::AbortedError(
+      absl::StrCat("sn: terminal changed concurrently too often; retry (", last.message(), ")"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Intake
+
+absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& actor,
+                                                         const std::string& sn,
+                                                         std::span<const uint8_t> ctk_pk,
+                                                         const std::string& submission_id) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckSubmissionId(submission_id));
+  if (ctk_pk.size() > protocol::kMaxCtkPkSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ctk_pk: at most ", protocol::kMaxCtkPkSize, " bytes"));
+  }
+  // Layout only: the MAC is HSM #2's to check, at import (PROTOCOL §6).
+  absl::StatusOr<protocol::ParsedCtkPk> parsed = protocol::ParseCtkPk(ctk_pk);
+  if (!parsed.ok()) {
+    AuditFailure(actor, kActionTkSubmit, sn, "", parsed.status());
+    return parsed.status();
+  }
+  if (parsed->header.sn != sn) {
+    absl::Status s = absl::InvalidArgumentError("ctk_pk: header SN differs from sn");
+    AuditFailure(actor, kActionTkSubmit, sn, "", s);
+    return s;
+  }
+  const crypto::KeyAlgorithm algorithm = parsed->header.algorithm;
+  const Bytes ctk(ctk_pk.begin(), ctk_pk.end());
+
+  for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
+    absl::StatusOr<TerminalRecord> existing = repository_.GetTerminal(sn);
+    if (existing.status().code() == absl::StatusCode::kNotFound) {
+      TerminalRecord t;
+      t.sn = sn;
+      t.state = TerminalState::kTkReceived;
+      t.algorithm = algorithm;
+      t.ctk_pk = ctk;
+      t.mtms_submission_id = submission_id;
+      t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
+      absl::Status s =
+          repository_.InsertTerminal(t, {Audit(actor, kActionTkReceive, sn,
+                                               absl::StrCat("algorithm ", AlgorithmName(algorithm),
+                                                            ", submission ", submission_id))});
+      if (s.code() == absl::StatusCode::kAlreadyExists) continue;  // a concurrent first TK
+      RKL_RETURN_IF_ERROR(s);
+      return SubmitResult{TerminalState::kTkReceived, false};
+    }
+    RKL_RETURN_IF_ERROR(existing.status());
+    TerminalRecord t = *std::move(existing);
+    // An exact repeat (an MTMS outbox retry) changes nothing, whatever the state.
+    if (t.ctk_pk == ctk) return SubmitResult{t.state, true};
+
+    absl::Status refusal;
+    switch (t.state) {
+      case TerminalState::kRevoked:
+      case TerminalState::kLocked:
+        // Superseding would also reset a lock: an administrator decides first.
+        refusal = BlockedError(t.state);
+        break;
+      case TerminalState::kInstalled:
+        refusal = absl::FailedPreconditionError(
+            "sn: terminal has an installed TMK; an administrator must mark it for re-key "
+            "before a new transport key is accepted");
+        break;
+      default:
+        break;
+    }
+    if (!refusal.ok()) {
+      AuditFailure(actor, kActionTkSubmit, sn, absl::StrCat("submission ", submission_id), refusal);
+      return refusal;
+    }
+
+    const std::string before = Describe(t);
+    const int64_t expected_version = t.version;
+    // A TMK exists only once it was exported, under the TEK being superseded now (or it
+    // is the installed TMK of a re-key): the next delivery must carry a new one.
+    if (t.tmk_index) t.replace_tmk = true;
+    t.state = TerminalState::kTkReceived;
+    t.algorithm = algorithm;
+    t.ctk_pk = ctk;
+    t.mtms_submission_id = submission_id;
+    t.tk_received_at_ms = NowMs();
+    t.tek_index.reset();
+    t.auk_index.reset();
+    t.tek_kcv.clear();
+    t.auk_kcv.clear();
+    t.updated_at_ms = NowMs();
+    t.version = expected_version;
+    absl::Status s = repository_.UpdateTerminal(
+        t, /*cancel_sessions=*/true,
+        {Audit(actor, kActionTkSupersede, sn,
+               absl::StrCat("superseded (", before, ") by a new TK, algorithm ",
+                            AlgorithmName(algorithm), ", submission ", submission_id,
+                            t.rekey_requested ? ", re-key" : ""))});
+    if (s.code() == absl::StatusCode::kAborted) continue;
+    RKL_RETURN_IF_ERROR(s);
+    return SubmitResult{TerminalState::kTkReceived, false};
+  }
+  return absl::AbortedError("sn: terminal changed concurrently too often; retry");
+}
+
+// ---------------------------------------------------------------------------------------
+// Authentication and delivery
+
+absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(TerminalRecord terminal) {
+  if (terminal.auk_index) return terminal;
+  const std::string& sn = terminal.sn;
+  absl::StatusOr<ImportedTransportKey> imported =
+      hsm_.ImportTransportKey(options_.pk_index, options_.mak_index, sn, terminal.ctk_pk);
+  if (!imported.ok()) {
+    absl::Status s = imported.status();
+    if (s.code() == absl::StatusCode::kUnauthenticated) {
+      // One fixed text: which check failed inside HSM #2 is nobody's business.
+      s = absl::UnauthenticatedError("sn: the terminal's transport key failed verification");
+    }
+    AuditFailure(TerminalActor(sn), kActionTkImport, sn,
+                 absl::StrCat("pk_index ", options_.pk_index, " mak_index ", options_.mak_index),
+                 s);
+    return s;
+  }
+  if (imported->algorithm != terminal.algorithm) {
+    absl::Status s = absl::InternalError("HSM #2 reported another algorithm than Ctk_pk holds");
+    AuditFailure(TerminalActor(sn), kActionTkImport, sn, "", s);
+    return s;
+  }
+  const Bytes ctk = terminal.ctk_pk;
+  return Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+    if (cur.ctk_pk != ctk) {
+      return absl::AbortedError("sn: transport key superseded during import; start again");
+    }
+    // Another replica imported concurrently: keep the first result (the spare keys in
+    // HSM #2 are bound to this SN and never used).
+    if (cur.auk_index) return std::nullopt;
+    Change c{cur};
+    c.record.tek_index = imported->tek_index;
+    c.record.tek_kcv = imported->tek_kcv;
+    c.record.auk_index = imported->auk_index;
+    c.record.auk_kcv = imported->auk_kcv;
+    c.audit.push_back(
+        Audit(TerminalActor(sn), kActionTkImport, sn,
+              absl::StrCat("tek_index ", imported->tek_index, " tek_kcv ", imported->tek_kcv,
+                           ", auk_index ", imported->auk_index, " auk_kcv ", imported->auk_kcv)));
+    return c;
+  });
+}
+
+absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
+                                                         std::span<const uint8_t> rnd1) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  const std::string actor = TerminalActor(sn);
+  absl::StatusOr<TerminalRecord> terminal = repository_.GetTerminal(sn);
+  if (!terminal.ok()) {
+    if (terminal.status().code() == absl::StatusCode::kNotFound) {
+      AuditFailure(actor, kActionAuthBegin, sn, "", terminal.status());
+    }
+    return terminal.status();
+  }
+  absl::Status refusal;
+  if (IsBlocked(terminal->state)) {
+    refusal = BlockedError(terminal->state);
+  } else if (terminal->state == TerminalState::kInstalled) {
+    refusal = absl::FailedPreconditionError("sn: terminal already installed its TMK");
+  } else if (terminal->state == TerminalState::kRekeyPending) {
+    refusal = absl::FailedPreconditionError(
+        "sn: terminal is marked for re-key and awaits a new transport key");
+  } else {
+    refusal = protocol::CheckNonce(terminal->algorithm, rnd1, "rnd1");
+  }
+  if (!refusal.ok()) {
+    AuditFailure(actor, kActionAuthBegin, sn, "", refusal);
+    return refusal;
+  }
+
+  RKL_ASSIGN_OR_RETURN(TerminalRecord t, EnsureImported(*std::move(terminal)));
+  absl::StatusOr<AuthChallengeResult> challenge = hsm_.AuthChallenge(*t.auk_index, sn, rnd1);
+  if (!challenge.ok()) {
+    AuditFailure(actor, kActionAuthBegin, sn, absl::StrCat("auk_index ", *t.auk_index),
+                 challenge.status());
+    return challenge.status();
+  }
+
+  AuthSession session;
+  session.sn = sn;
+  session.auk_index = *t.auk_index;
+  session.rnd1.assign(rnd1.begin(), rnd1.end());
+  session.rnd2 = challenge->rnd2;
+  session.state = SessionState::kOpen;
+  session.created_at_ms = NowMs();
+  session.expires_at_ms = absl::ToUnixMillis(clock_() + options_.session_ttl);
+  for (int attempt = 0;; ++attempt) {
+    session.id = NewSessionId();
+    absl::Status s = repository_.InsertSession(
+        session, {Audit(actor, kActionAuthBegin, sn,
+                        absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ",
+                                     session.auk_index, " auk_kcv ", t.auk_kcv))});
+    if (s.ok()) break;
+    // 128 random bits collide only with a broken RNG; do not loop forever on one.
+    if (s.code() != absl::StatusCode::kAlreadyExists || attempt >= 2) return s;
+  }
+  return BeginResult{session.id, challenge->crnd1, challenge->rnd2, session.expires_at_ms};
+}
+
+absl::StatusOr<AuthSession> KmsCore::LoadSession(const std::string& id, const std::string& sn,
+                                                 SessionState want, const char* action) {
+  const std::string actor = TerminalActor(sn);
+  absl::StatusOr<AuthSession> session = repository_.GetSession(id);
+  absl::Status refusal;
+  std::string detail = absl::StrCat("session ", id.substr(0, 8), "…");
+  if (!session.ok()) {
+    if (session.status().code() != absl::StatusCode::kNotFound) return session.status();
+    refusal = session.status();
+  } else if (session->sn != sn) {
+    // Indistinguishable from an unknown session: the caller learns nothing about other
+    // terminals' sessions, and the session stays usable by its own terminal.
+    refusal = absl::NotFoundError("session_id: no such session");
+    absl::StrAppend(&detail, " belongs to another terminal");
+  } else if (session->state == SessionState::kCancelled) {
+    refusal = absl::FailedPreconditionError(
+        "session_id: session was cancelled (new transport key, lock or revocation)");
+  } else if (session->state != want) {
+    refusal = absl::FailedPreconditionError(
+        want == SessionState::kOpen ? "session_id: session already used"
+                                    : "session_id: session is not awaiting an install proof");
+  } else if (NowMs() >= session->expires_at_ms) {
+    refusal = absl::FailedPreconditionError("session_id: session expired");
+  }
+  if (!refusal.ok()) {
+    AuditFailure(actor, action, sn, detail, refusal);
+    return refusal;
+  }
+  return session;
+}
+
+void KmsCore::ReleaseSession(const std::string& id, SessionState claimed, SessionState reopen,
+                             const absl::Status& error) {
+  SessionState next = IsRetryableHsmError(error) ? reopen : SessionState::kFailed;
+  absl::StatusOr<bool> moved = repository_.TransitionSession(id, claimed, next, std::nullopt);
+  if (!moved.ok()) {
+    spdlog::warn("kms: could not release session {}…: {}", id.substr(0, 8),
+                 moved.status().ToString());
+  }
+}
+
+absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
+                                    const std::string& detail) {
+  const int threshold = options_.lockout_threshold;
+  absl::StatusOr<TerminalRecord> after =
+      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        Change c{cur};
+        c.record.consecutive_failures = cur.consecutive_failures + 1;
+        c.audit.push_back(
+            Audit(TerminalActor(sn), action, sn,
+                  absl::StrCat(detail, ", consecutive failures ", c.record.consecutive_failures),
+                  absl::UnauthenticatedError("")));
+        if (static_cast<int>(c.record.consecutive_failures) >= threshold && !IsBlocked(cur.state)) {
+          c.record.state_before_lock = cur.state;
+          c.record.state = TerminalState::kLocked;
+          c.cancel_sessions = true;
+          c.audit.push_back(Audit("kms", kActionLock, sn,
+                                  absl::StrCat(c.record.consecutive_failures,
+                                               " consecutive authentication failures (was ",
+                                               TerminalStateName(cur.state), ")")));
+        }
+        return c;
+      });
+  if (after.ok() && after->state == TerminalState::kLocked &&
+      after->consecutive_failures == static_cast<uint32_t>(threshold)) {
+    spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn, threshold);
+  }
+  return after.status();
+}
+
+absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string& session_id,
+                                                               const std::string& sn,
+                                                               std::span<const uint8_t> crnd2) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
+  const std::string actor = TerminalActor(sn);
+  RKL_ASSIGN_OR_RETURN(AuthSession session,
+                       LoadSession(session_id, sn, SessionState::kOpen, kActionAuthComplete));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, repository_.GetTerminal(sn));
+  absl::Status refusal;
+  if (IsBlocked(terminal.state)) {
+    refusal = BlockedError(terminal.state);
+  } else if (terminal.auk_index != session.auk_index) {
+    refusal = absl::FailedPreconditionError(
+        "session_id: the terminal's transport key changed; start again");
+  } else if (crnd2.size() != 2 * crypto::BlockSize(terminal.algorithm)) {
+    // Malformed input is not an attempt: the session stays open.
+    refusal = absl::InvalidArgumentError(
+        absl::StrCat("crnd2: must be ", 2 * crypto::BlockSize(terminal.algorithm), " bytes for a ",
+                     AlgorithmName(terminal.algorithm), " terminal"));
+  }
+  if (!refusal.ok()) {
+    AuditFailure(actor, kActionAuthComplete, sn, "", refusal);
+    return refusal;
+  }
+
+  // The one completion attempt: of two replicas racing here, one wins.
+  RKL_ASSIGN_OR_RETURN(bool claimed,
+                       repository_.TransitionSession(session_id, SessionState::kOpen,
+                                                     SessionState::kVerifying, std::nullopt));
+  if (!claimed) {
+    absl::Status s = absl::FailedPreconditionError("session_id: session already used");
+    AuditFailure(actor, kActionAuthComplete, sn, "", s);
+    return s;
+  }
+
+  absl::Status verified = hsm_.AuthVerify(session.auk_index, sn, session.rnd1, session.rnd2, crnd2);
+  if (!verified.ok()) {
+    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, verified);
+    if (verified.code() == absl::StatusCode::kUnauthenticated) {
+      RKL_RETURN_IF_ERROR(RecordFailure(
+          sn, kActionAuthFail,
+          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…")));
+      return absl::UnauthenticatedError("crnd2: authentication token does not verify");
+    }
+    AuditFailure(actor, kActionAuthComplete, sn, "HSM #2 AuthVerify", verified);
+    return verified;
+  }
+
+  // Authenticated: the failure streak ends here.
+  absl::StatusOr<TerminalRecord> authed =
+      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        if (IsBlocked(cur.state)) return BlockedError(cur.state);
+        if (cur.auk_index != session.auk_index) {
+          return absl::FailedPreconditionError(
+              "session_id: the terminal's transport key changed; start again");
+        }
+        Change c{cur};
+        c.record.consecutive_failures = 0;
+        c.record.state = TerminalState::kAuthenticated;
+        c.audit.push_back(Audit(
+            actor, kActionAuthOk, sn,
+            absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
+        return c;
+      });
+  if (!authed.ok()) {
+    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, authed.status());
+    return authed.status();
+  }
+
+  // S112: the TMK (the existing one unless this is a re-key) under TEK.
+  absl::StatusOr<GeneratedTmk> tmk = hsm_.GenerateTmk(sn, authed->algorithm, authed->replace_tmk);
+  absl::StatusOr<ExportedKeyBlock> block =
+      tmk.ok() ? hsm_.ExportKeyBlock(tmk->tmk_index, *authed->tek_index, sn)
+               : absl::StatusOr<ExportedKeyBlock>(tmk.status());
+  if (!block.ok()) {
+    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, block.status());
+    AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 GenerateTmk/ExportKeyBlock", block.status());
+    return block.status();
+  }
+  absl::StatusOr<TerminalRecord> delivered =
+      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        if (IsBlocked(cur.state)) return BlockedError(cur.state);
+        if (cur.auk_index != session.auk_index) {
+          return absl::FailedPreconditionError(
+              "session_id: the terminal's transport key changed; start again");
+        }
+        Change c{cur};
+        const bool new_tmk = tmk->created || cur.tmk_index != tmk->tmk_index;
+        if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
+        c.record.tmk_index = tmk->tmk_index;
+        c.record.tmk_kcv = tmk->kcv;
+        c.record.replace_tmk = false;
+        c.record.state = TerminalState::kTmkDelivered;
+        c.audit.push_back(Audit(
+            actor, kActionTmkDeliver, sn,
+            absl::StrCat(new_tmk ? "new" : "existing", " TMK tmk_index ", tmk->tmk_index,
+                         " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
+                         ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
+        return c;
+      });
+  if (!delivered.ok()) {
+    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, delivered.status());
+    return delivered.status();
+  }
+  RKL_ASSIGN_OR_RETURN(bool moved,
+                       repository_.TransitionSession(session_id, SessionState::kVerifying,
+                                                     SessionState::kAuthenticated, tmk->kcv));
+  if (!moved) return absl::AbortedError("session_id: session changed concurrently");
+  return DeliveryResult{block->key_block, tmk->kcv};
+}
+
+absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& session_id,
+                                                           const std::string& sn,
+                                                           std::span<const uint8_t> proof) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
+  const std::string actor = TerminalActor(sn);
+  RKL_ASSIGN_OR_RETURN(
+      AuthSession session,
+      LoadSession(session_id, sn, SessionState::kAuthenticated, kActionInstallConfirm));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, repository_.GetTerminal(sn));
+  absl::Status refusal;
+  if (IsBlocked(terminal.state)) {
+    refusal = BlockedError(terminal.state);
+  } else if (terminal.state != TerminalState::kTmkDelivered ||
+             terminal.tmk_kcv != session.tmk_kcv || terminal.auk_index != session.auk_index) {
+    refusal = absl::FailedPreconditionError(
+        "session_id: the TMK delivered in this session is no longer pending installation");
+  } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
+    refusal = absl::InvalidArgumentError(
+        absl::StrCat("proof: must be ", crypto::BlockSize(terminal.algorithm), " bytes for a ",
+                     AlgorithmName(terminal.algorithm), " terminal"));
+  }
+  if (!refusal.ok()) {
+    AuditFailure(actor, kActionInstallConfirm, sn, "", refusal);
+    return refusal;
+  }
+  RKL_ASSIGN_OR_RETURN(bool claimed,
+                       repository_.TransitionSession(session_id, SessionState::kAuthenticated,
+                                                     SessionState::kConfirming, std::nullopt));
+  if (!claimed) {
+    absl::Status s =
+        absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
+    AuditFailure(actor, kActionInstallConfirm, sn, "", s);
+    return s;
+  }
+  absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
+                                                  session.rnd1, session.rnd2, proof);
+  if (!verified.ok()) {
+    ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated, verified);
+    if (verified.code() == absl::StatusCode::kUnauthenticated) {
+      RKL_RETURN_IF_ERROR(
+          RecordFailure(sn, kActionInstallFail,
+                        absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv)));
+      return absl::UnauthenticatedError("proof: install proof does not verify");
+    }
+    AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
+    return verified;
+  }
+  absl::StatusOr<TerminalRecord> installed =
+      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        if (cur.state != TerminalState::kTmkDelivered || cur.tmk_kcv != session.tmk_kcv) {
+          return absl::FailedPreconditionError(
+              "session_id: the TMK delivered in this session is no longer pending "
+              "installation");
+        }
+        Change c{cur};
+        c.record.state = TerminalState::kInstalled;
+        c.record.installed_at_ms = NowMs();
+        c.record.rekey_requested = false;
+        c.record.consecutive_failures = 0;
+        c.audit.push_back(Audit(actor, kActionInstalled, sn,
+                                absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
+                                             " generation ", cur.tmk_generation)));
+        return c;
+      });
+  if (!installed.ok()) {
+    ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated,
+                   installed.status());
+    return installed.status();
+  }
+  RKL_ASSIGN_OR_RETURN(bool moved,
+                       repository_.TransitionSession(session_id, SessionState::kConfirming,
+                                                     SessionState::kConfirmed, std::nullopt));
+  (void)moved;  // the terminal row is what counts; the session is spent either way
+  spdlog::info("kms: terminal {} installed TMK kcv {} (generation {})", sn, installed->tmk_kcv,
+               installed->tmk_generation);
+  return installed->state;
+}
+
+// ---------------------------------------------------------------------------------------
+// Administration
+
+absl::StatusOr<TerminalRecord> KmsCore::GetTerminal(const std::string& sn) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  return repository_.GetTerminal(sn);
+}
+
+absl::StatusOr<TerminalPage> KmsCore::ListTerminals(std::optional<TerminalState> state,
+                                                    const std::string& sn_prefix,
+                                                    uint32_t page_size,
+                                                    const std::string& page_token) {
+  RKL_RETURN_IF_ERROR(CheckSnPrefix(sn_prefix));
+  RKL_ASSIGN_OR_RETURN(int limit, PageSize(page_size));
+  TerminalFilter filter;
+  filter.state = state;
+  filter.sn_prefix = sn_prefix;
+  if (!page_token.empty()) {
+    // The token is the hex of the last SN served: opaque to callers, checked here.
+    absl::StatusOr<Bytes> raw = FromHex(page_token, "page.page_token");
+    std::string after = raw.ok() ? std::string(AsString(*raw)) : "";
+    if (!raw.ok() || !protocol::ValidateSn(after).ok()) {
+      return absl::InvalidArgumentError("page.page_token: not a token this server issued");
+    }
+    filter.after_sn = after;
+  }
+  filter.limit = limit + 1;
+  RKL_ASSIGN_OR_RETURN(std::vector<TerminalRecord> rows, repository_.ListTerminals(filter));
+  TerminalPage page;
+  if (static_cast<int>(rows.size()) > limit) {
+    rows.resize(limit);
+    page.next_page_token = ToHex(AsBytes(rows.back().sn));
+  }
+  page.terminals = std::move(rows);
+  return page;
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::AdminChange(
+    const std::string& actor, const std::string& sn, const std::string& reason, const char* action,
+    const std::function<absl::Status(TerminalRecord&)>& change) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckReason(reason));
+  bool cancel = false;
+  absl::StatusOr<TerminalRecord> after =
+      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        Change c{cur};
+        RKL_RETURN_IF_ERROR(change(c.record));
+        cancel = IsBlocked(c.record.state);
+        c.cancel_sessions = cancel;
+        c.audit.push_back(Audit(
+            actor, action, sn,
+            absl::StrCat(TerminalStateName(cur.state), " -> ", TerminalStateName(c.record.state),
+                         reason.empty() ? "" : ", reason: ", reason)));
+        return c;
+      });
+  if (!after.ok() && after.status().code() != absl::StatusCode::kNotFound) {
+    AuditFailure(actor, action, sn, reason.empty() ? "" : absl::StrCat("reason: ", reason),
+                 after.status());
+  }
+  return after;
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::UnlockTerminal(const std::string& actor,
+                                                       const std::string& sn,
+                                                       const std::string& reason) {
+  return AdminChange(actor, sn, reason, kActionUnlock, [](TerminalRecord& t) {
+    if (t.state != TerminalState::kLocked || !t.state_before_lock) {
+      return absl::FailedPreconditionError("sn: terminal is not locked");
+    }
+    t.state = *t.state_before_lock;
+    t.state_before_lock.reset();
+    t.consecutive_failures = 0;
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::RevokeTerminal(const std::string& actor,
+                                                       const std::string& sn,
+                                                       const std::string& reason) {
+  return AdminChange(actor, sn, reason, kActionRevoke, [](TerminalRecord& t) {
+    if (t.state == TerminalState::kRevoked) {
+      return absl::FailedPreconditionError("sn: terminal is already revoked");
+    }
+    t.state = TerminalState::kRevoked;
+    t.state_before_lock.reset();
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,
+                                                     const std::string& sn,
+                                                     const std::string& reason) {
+  return AdminChange(actor, sn, reason, kActionRekey, [](TerminalRecord& t) {
+    if (t.state != TerminalState::kInstalled) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sn: only an INSTALLED terminal can be marked for re-key (it is ",
+                       TerminalStateName(t.state), ")"));
+    }
+    t.state = TerminalState::kRekeyPending;
+    t.rekey_requested = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<Statistics> KmsCore::GetStatistics() {
+  return repository_.GetStatistics({kActionAuthFail, kActionInstallFail});
+}
+
+absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t page_size,
+                                             const std::string& page_token) {
+  if (!sn.empty()) RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_ASSIGN_OR_RETURN(int limit, PageSize(page_size));
+  uint64_t after = 0;
+  if (!page_token.empty() && !absl::SimpleAtoi(page_token, &after)) {
+    return absl::InvalidArgumentError("page.page_token: not a token this server issued");
+  }
+  RKL_ASSIGN_OR_RETURN(std::vector<AuditEntry> rows, repository_.ListAudit(sn, after, limit + 1));
+  AuditPage page;
+  if (static_cast<int>(rows.size()) > limit) {
+    rows.resize(limit);
+    page.next_page_token = absl::StrCat(rows.back().seq);
+  }
+  page.records = std::move(rows);
+  return page;
+}
+
+}  // namespace rkl::kms

@@ -1,0 +1,177 @@
+#pragma once
+// KmsCore: the key-management side of rkl (S107–S113, S401–S405) as plain business logic.
+// It receives Ctk_pk from MTMS, has HSM #2 import TEK/AUK on a terminal's first contact,
+// runs the reflection-safe mutual authentication of PROTOCOL §7, delivers the terminal's
+// TMK as a TR-31 block under TEK (§8), records the install proof, and administers
+// terminals (unlock, revoke, re-key). States and transitions: docs/kms.md.
+//
+// Guarantees:
+//  - no key material ever passes through it: it holds HSM #2 key indexes and KCVs only,
+//    and nothing it logs, audits or returns in an error holds more;
+//  - every state change and every refusal is audited (actor, SN, action, indexes/KCVs);
+//  - all state lives in the repository, so any number of KmsCore instances (replicas) on
+//    one database can serve any step of any terminal's flow;
+//  - every session step is claimed atomically: a session completes at most once.
+// It knows nothing of gRPC; callers pass the authenticated actor for the audit and
+// authorize before calling. Thread-safe (it has no mutable state of its own);
+// the repository and HSM port must outlive it.
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "hsm_port.h"
+#include "kms_repository.h"
+#include "kms_types.h"
+#include "rkl/crypto/random.h"
+
+namespace rkl::kms {
+
+using Clock = std::function<absl::Time()>;
+
+struct KmsCoreOptions {
+  uint64_t pk_index = 0;   // HSM #2 index of PK (KEY_USAGE_TK_WRAP)
+  uint64_t mak_index = 0;  // HSM #2 index of MAK (KEY_USAGE_TK_MAC)
+  absl::Duration session_ttl = absl::Seconds(60);
+  int lockout_threshold = 5;  // consecutive failures that lock an SN
+};
+
+struct SubmitResult {
+  TerminalState state;
+  bool duplicate = false;
+};
+
+struct BeginResult {
+  std::string session_id;
+  Bytes crnd1;
+  Bytes rnd2;
+  int64_t expires_at_ms = 0;
+};
+
+struct DeliveryResult {
+  std::string key_block;  // TR-31, the TMK under TEK
+  std::string tmk_kcv;
+};
+
+struct TerminalPage {
+  std::vector<TerminalRecord> terminals;
+  std::string next_page_token;  // empty on the last page
+};
+
+struct AuditPage {
+  std::vector<AuditEntry> records;
+  std::string next_page_token;
+};
+
+// Audit actions (AuditRecord.action). Failure actions count in Statistics.
+inline constexpr char kActionTkReceive[] = "tk.receive";
+inline constexpr char kActionTkSupersede[] = "tk.supersede";
+inline constexpr char kActionTkSubmit[] = "tk.submit";  // refusals of a submission
+inline constexpr char kActionTkImport[] = "tk.import";
+inline constexpr char kActionAuthBegin[] = "auth.begin";
+inline constexpr char kActionAuthComplete[] = "auth.complete";  // refusals before the HSM
+inline constexpr char kActionAuthOk[] = "auth.ok";
+inline constexpr char kActionAuthFail[] = "auth.fail";
+inline constexpr char kActionTmkDeliver[] = "tmk.deliver";
+inline constexpr char kActionInstallConfirm[] = "install.confirm";  // refusals before the HSM
+inline constexpr char kActionInstallFail[] = "install.fail";
+inline constexpr char kActionInstalled[] = "terminal.installed";
+inline constexpr char kActionLock[] = "terminal.lock";
+inline constexpr char kActionUnlock[] = "terminal.unlock";
+inline constexpr char kActionRevoke[] = "terminal.revoke";
+inline constexpr char kActionRekey[] = "terminal.rekey";
+
+inline constexpr int kDefaultPageSize = 100;
+inline constexpr int kMaxPageSize = 1000;
+inline constexpr size_t kMaxReasonLength = 256;
+inline constexpr size_t kMaxSubmissionIdLength = 128;
+
+class KmsCore {
+ public:
+  KmsCore(KmsRepository& repository, HsmPort& hsm, Clock clock, crypto::RandomSource random,
+          KmsCoreOptions options);
+
+  // S107–S108, from MTMS. Idempotent for the same Ctk_pk; a new Ctk_pk supersedes a TK
+  // whose TMK is not installed, and is refused for an installed terminal unless an admin
+  // marked it for re-key.
+  absl::StatusOr<SubmitResult> SubmitTransportKey(const std::string& actor, const std::string& sn,
+                                                  std::span<const uint8_t> ctk_pk,
+                                                  const std::string& mtms_submission_id);
+
+  // S109–S111, S401–S402. Imports TEK/AUK on first use.
+  absl::StatusOr<BeginResult> BeginAuthentication(const std::string& sn,
+                                                  std::span<const uint8_t> rnd1);
+  // S403–S405, S112.
+  absl::StatusOr<DeliveryResult> CompleteAuthentication(const std::string& session_id,
+                                                        const std::string& sn,
+                                                        std::span<const uint8_t> crnd2);
+  // S113.
+  absl::StatusOr<TerminalState> ConfirmInstallation(const std::string& session_id,
+                                                    const std::string& sn,
+                                                    std::span<const uint8_t> proof);
+
+  // Administration.
+  absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn);
+  absl::StatusOr<TerminalPage> ListTerminals(std::optional<TerminalState> state,
+                                             const std::string& sn_prefix, uint32_t page_size,
+                                             const std::string& page_token);
+  absl::StatusOr<TerminalRecord> UnlockTerminal(const std::string& actor, const std::string& sn,
+                                                const std::string& reason);
+  absl::StatusOr<TerminalRecord> RevokeTerminal(const std::string& actor, const std::string& sn,
+                                                const std::string& reason);
+  absl::StatusOr<TerminalRecord> MarkForRekey(const std::string& actor, const std::string& sn,
+                                              const std::string& reason);
+  absl::StatusOr<Statistics> GetStatistics();
+  absl::StatusOr<AuditPage> ListAudit(const std::string& sn, uint32_t page_size,
+                                      const std::string& page_token);
+
+ private:
+  // A decided change of one terminal row.
+  struct Change {
+    TerminalRecord record;
+    bool cancel_sessions = false;
+    std::vector<AuditEntry> audit;
+  };
+  // Returns the change to make, nullopt for none, or the refusal.
+  using Decision = std::function<absl::StatusOr<std::optional<Change>>(const TerminalRecord&)>;
+
+  // Reads the terminal, decides, writes; re-reads and decides again when another replica
+  // changed the row in between. Returns the terminal as it is afterwards.
+  absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide);
+  // One more consecutive failure; locks the SN at the threshold.
+  absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
+  absl::StatusOr<TerminalRecord> EnsureImported(TerminalRecord terminal);
+  absl::StatusOr<TerminalRecord> AdminChange(
+      const std::string& actor, const std::string& sn, const std::string& reason,
+      const char* action, const std::function<absl::Status(TerminalRecord&)>& change);
+  // The session `id` for `sn` in state `want`, not expired; refusals are audited.
+  absl::StatusOr<AuthSession> LoadSession(const std::string& id, const std::string& sn,
+                                          SessionState want, const char* action);
+  // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be
+  // asked again, else FAILED.
+  void ReleaseSession(const std::string& id, SessionState claimed, SessionState reopen,
+                      const absl::Status& error);
+
+  AuditEntry Audit(std::string actor, std::string action, std::string sn, std::string detail,
+                   const absl::Status& result = absl::OkStatus()) const;
+  void AuditFailure(const std::string& actor, const char* action, const std::string& sn,
+                    const std::string& detail, const absl::Status& result);
+  int64_t NowMs() const;
+  std::string NewSessionId() const;
+
+  KmsRepository& repository_;
+  HsmPort& hsm_;
+  Clock clock_;
+  crypto::RandomSource random_;
+  KmsCoreOptions options_;
+};
+
+// "terminal:<sn>": the audit actor of the terminal RPCs.
+std::string TerminalActor(const std::string& sn);
+
+}  // namespace rkl::kms

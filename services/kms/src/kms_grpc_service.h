@@ -1,0 +1,57 @@
+#pragma once
+// KmsGrpcService: the rkl.v1.Kms adapter over KmsCore. It only authorizes the caller
+// (rpc::Authorizer: SubmitTransportKey `mtms`; admin RPCs `admin:*`; terminal RPCs any TLS
+// client, since the terminal proves itself with AUK), translates messages and converts
+// statuses once with rpc::ToGrpcStatus. Thread-safe; the core must outlive it.
+
+#include "kms_core.h"
+#include "rkl/rpc/identity.h"
+#include "rkl/v1/kms.grpc.pb.h"
+
+namespace rkl::kms {
+
+class KmsGrpcService final : public rkl::v1::Kms::Service {
+ public:
+  explicit KmsGrpcService(KmsCore& core);
+
+  // The authorization policy, exposed for tests and docs.
+  static rpc::Authorizer MakeAuthorizer();
+
+  grpc::Status SubmitTransportKey(grpc::ServerContext* ctx,
+                                  const rkl::v1::KmsSubmitTransportKeyRequest* req,
+                                  rkl::v1::KmsSubmitTransportKeyResponse* resp) override;
+  grpc::Status BeginAuthentication(grpc::ServerContext* ctx,
+                                   const rkl::v1::BeginAuthenticationRequest* req,
+                                   rkl::v1::BeginAuthenticationResponse* resp) override;
+  grpc::Status CompleteAuthentication(grpc::ServerContext* ctx,
+                                      const rkl::v1::CompleteAuthenticationRequest* req,
+                                      rkl::v1::CompleteAuthenticationResponse* resp) override;
+  grpc::Status ConfirmInstallation(grpc::ServerContext* ctx,
+                                   const rkl::v1::ConfirmInstallationRequest* req,
+                                   rkl::v1::ConfirmInstallationResponse* resp) override;
+  grpc::Status GetTerminal(grpc::ServerContext* ctx, const rkl::v1::GetTerminalRequest* req,
+                           rkl::v1::Terminal* resp) override;
+  grpc::Status ListTerminals(grpc::ServerContext* ctx, const rkl::v1::ListTerminalsRequest* req,
+                             rkl::v1::ListTerminalsResponse* resp) override;
+  grpc::Status UnlockTerminal(grpc::ServerContext* ctx, const rkl::v1::TerminalAdminRequest* req,
+                              rkl::v1::Terminal* resp) override;
+  grpc::Status RevokeTerminal(grpc::ServerContext* ctx, const rkl::v1::TerminalAdminRequest* req,
+                              rkl::v1::Terminal* resp) override;
+  grpc::Status MarkForRekey(grpc::ServerContext* ctx, const rkl::v1::TerminalAdminRequest* req,
+                            rkl::v1::Terminal* resp) override;
+  grpc::Status GetStatistics(grpc::ServerContext* ctx, const rkl::v1::Empty* req,
+                             rkl::v1::Statistics* resp) override;
+  grpc::Status ListAudit(grpc::ServerContext* ctx, const rkl::v1::ListAuditRequest* req,
+                         rkl::v1::ListAuditResponse* resp) override;
+
+ private:
+  // OK with the caller's identity, or PERMISSION_DENIED / UNAUTHENTICATED.
+  absl::StatusOr<std::string> Authorize(const grpc::ServerContext& ctx, const char* method);
+
+  KmsCore& core_;
+  rpc::Authorizer authorizer_;
+};
+
+void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out);
+
+}  // namespace rkl::kms

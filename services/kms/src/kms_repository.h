@@ -1,0 +1,66 @@
+#pragma once
+// KmsRepository: where rkl-kms keeps terminals (with table SN-TK_KMS), authentication
+// sessions and audit. The core decides; the repository only stores, atomically:
+//  - terminal writes are optimistic: UpdateTerminal names the version it read and fails
+//    with ABORTED when another replica changed the row meanwhile (the core re-reads and
+//    decides again), so no decision is ever made on stale state;
+//  - session steps are compare-and-set on the session state, so of two replicas (or two
+//    submissions) racing for one session exactly one proceeds;
+//  - audit entries passed with a write are stored in the same transaction as the write.
+// Implementations are thread-safe. No method ever receives or stores key material.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kms_types.h"
+
+namespace rkl::kms {
+
+struct TerminalFilter {
+  std::optional<TerminalState> state;  // nullopt: all
+  std::string sn_prefix;
+  std::string after_sn;  // keyset paging: only SNs greater than this
+  int limit = 100;
+};
+
+class KmsRepository {
+ public:
+  virtual ~KmsRepository() = default;
+
+  // NOT_FOUND "sn: no such terminal" when absent.
+  virtual absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) = 0;
+  // Creates terminal and SN-TK_KMS rows; ALREADY_EXISTS when the SN exists.
+  virtual absl::Status InsertTerminal(const TerminalRecord& terminal,
+                                      const std::vector<AuditEntry>& audit) = 0;
+  // Replaces the terminal (and its SN-TK_KMS row) if its version is still
+  // `terminal.version`; ABORTED otherwise. With `cancel_sessions`, the SN's OPEN and
+  // AUTHENTICATED sessions become CANCELLED in the same transaction.
+  virtual absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
+                                      const std::vector<AuditEntry>& audit) = 0;
+  virtual absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(
+      const TerminalFilter& filter) = 0;
+
+  // ALREADY_EXISTS if the id is taken (the caller draws a new one).
+  virtual absl::Status InsertSession(const AuthSession& session,
+                                     const std::vector<AuditEntry>& audit) = 0;
+  // NOT_FOUND "session_id: no such session".
+  virtual absl::StatusOr<AuthSession> GetSession(const std::string& id) = 0;
+  // Moves the session from `from` to `to` (and sets tmk_kcv when given). Returns false,
+  // changing nothing, when it is no longer in `from`.
+  virtual absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from,
+                                                 SessionState to,
+                                                 const std::optional<std::string>& tmk_kcv) = 0;
+
+  virtual absl::Status AppendAudit(const std::vector<AuditEntry>& audit) = 0;
+  // Ascending seq after `after_seq`; all terminals when sn is empty.
+  virtual absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn,
+                                                            uint64_t after_seq, int limit) = 0;
+  // `failure_actions`: the audit actions counted as authentication failures.
+  virtual absl::StatusOr<Statistics> GetStatistics(
+      const std::vector<std::string>& failure_actions) = 0;
+};
+
+}  // namespace rkl::kms

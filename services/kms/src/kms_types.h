@@ -1,0 +1,102 @@
+#pragma once
+// The records rkl-kms keeps about terminals, authentication sessions and its audit trail
+// (docs/kms.md). Plain values: nothing here holds key material — keys are HSM #2 indexes
+// and KCVs, Ctk_pk is wrapped under PK, nonces and tokens are public.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/key_algorithm.h"
+
+namespace rkl::kms {
+
+// A terminal's life cycle. Values equal rkl.v1.TerminalState.
+enum class TerminalState {
+  kTkReceived = 1,
+  kAuthenticated = 2,
+  kTmkDelivered = 3,
+  kInstalled = 4,
+  kLocked = 5,
+  kRevoked = 6,
+  kRekeyPending = 7,
+};
+
+// "TK_RECEIVED", ... as stored in the database and shown in statistics.
+std::string TerminalStateName(TerminalState state);
+absl::StatusOr<TerminalState> TerminalStateFromName(std::string_view name);
+
+struct TerminalRecord {
+  std::string sn;
+  TerminalState state = TerminalState::kTkReceived;
+  std::optional<TerminalState> state_before_lock;  // set exactly when state is kLocked
+  crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+
+  // SN-TK_KMS: the current transport key.
+  Bytes ctk_pk;
+  std::string mtms_submission_id;
+  int64_t tk_received_at_ms = 0;
+  std::optional<uint64_t> tek_index;  // set once HSM #2 imported the TK (with auk_index)
+  std::string tek_kcv;
+  std::optional<uint64_t> auk_index;
+  std::string auk_kcv;
+
+  std::optional<uint64_t> tmk_index;  // HSM #2 index of the live TMK
+  std::string tmk_kcv;
+  uint32_t tmk_generation = 0;  // 1 for the first TMK, +1 per re-key
+  bool replace_tmk = false;     // next GenerateTmk supersedes the live TMK
+  bool rekey_requested = false;
+  uint32_t consecutive_failures = 0;
+  int64_t created_at_ms = 0;
+  int64_t installed_at_ms = 0;
+  int64_t updated_at_ms = 0;
+  int64_t version = 0;  // optimistic concurrency token, maintained by the repository
+};
+
+enum class SessionState {
+  kOpen,           // challenge issued, waiting for Crnd2
+  kVerifying,      // one replica claimed it and is asking HSM #2
+  kAuthenticated,  // Crnd2 verified, TMK delivered; waiting for the install proof
+  kConfirming,     // one replica claimed it for the install proof
+  kConfirmed,      // done
+  kFailed,         // a token did not verify; never usable again
+  kCancelled,      // the terminal's TK was superseded, or it was locked/revoked
+};
+
+std::string SessionStateName(SessionState state);
+absl::StatusOr<SessionState> SessionStateFromName(std::string_view name);
+
+struct AuthSession {
+  std::string id;  // 32 lower-case hex characters (128 random bits)
+  std::string sn;
+  uint64_t auk_index = 0;
+  Bytes rnd1;
+  Bytes rnd2;
+  SessionState state = SessionState::kOpen;
+  std::string tmk_kcv;  // the KCV delivered in this session (for the install proof)
+  int64_t created_at_ms = 0;
+  int64_t expires_at_ms = 0;
+};
+
+// One audit line: who did what to which terminal, with indexes and KCVs only.
+struct AuditEntry {
+  uint64_t seq = 0;  // assigned by the repository
+  int64_t at_ms = 0;
+  std::string actor;
+  std::string action;
+  std::string sn;
+  std::string detail;
+  std::string result;  // "OK" or a status code name
+};
+
+struct Statistics {
+  std::vector<std::pair<std::string, uint64_t>> terminals_by_state;
+  uint64_t terminals_total = 0;
+  uint64_t distinct_tmk_kcvs = 0;
+  uint64_t auth_failures_total = 0;
+};
+
+}  // namespace rkl::kms

@@ -1,0 +1,101 @@
+// rkl-kms: the key-management daemon (docs/kms.md). Start-up: configuration (file and
+// RKL_KMS_* environment), logging, database migrations, HSM #2 channel, gRPC server.
+// Health is NOT_SERVING until the database and HSM #2 answer, and follows them afterwards.
+
+#include <atomic>
+#include <iostream>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "grpc_hsm_port.h"
+#include "kms_config.h"
+#include "kms_core.h"
+#include "kms_grpc_service.h"
+#include "pg_kms_repository.h"
+#include "rkl/common/logging.h"
+#include "rkl/crypto/random.h"
+#include "rkl/db/migration.h"
+#include "rkl/db/transaction.h"
+#include "rkl/kms/migrations.h"
+#include "rkl/rpc/health.h"
+#include "rkl/rpc/shutdown.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr char kProgram[] = "rkl-kms";
+constexpr absl::Duration kReadinessInterval = absl::Seconds(5);
+
+bool DatabaseReady(rkl::db::ConnectionPool& pool) {
+  absl::Status s = rkl::db::RunInReadOnlyTransaction(pool, [](pqxx::work& tx) {
+    tx.exec("SELECT 1");
+    return absl::OkStatus();
+  });
+  if (!s.ok()) spdlog::warn("kms: database not ready: {}", s.ToString());
+  return s.ok();
+}
+
+bool HsmReady(const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
+  absl::StatusOr<bool> serving = rkl::rpc::CheckHealth(channel, "", timeout);
+  if (!serving.ok()) spdlog::warn("kms: HSM #2 not reachable: {}", serving.status().ToString());
+  return serving.ok() && *serving;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  rkl::ConfigSchema schema = rkl::kms::MakeKmsConfigSchema();
+  rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
+                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
+                    .program = kProgram});
+  rkl::rpc::InstallShutdownSignalHandlers();
+  rkl::kms::KmsSettings settings = rkl::kms::KmsSettingsFromConfig(config);
+  spdlog::info("configuration:\n{}", config.Describe());
+
+  rkl::db::ConnectionPool pool(settings.db);
+  absl::StatusOr<int> applied = rkl::db::ApplyMigrations(pool, rkl::kms::Migrations());
+  if (!applied.ok()) {
+    spdlog::critical("fatal: database migrations on {} failed: {}", pool.redacted_dsn(),
+                     applied.status().ToString());
+    return 1;
+  }
+  spdlog::info("database {}: {} migration(s) applied", pool.redacted_dsn(), *applied);
+
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> hsm_channel =
+      rkl::rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);
+  if (!hsm_channel.ok()) {
+    spdlog::critical("fatal: HSM #2 channel (hsm.*): {}", hsm_channel.status().ToString());
+    return 1;
+  }
+  rkl::kms::GrpcHsmPort hsm(*hsm_channel, settings.hsm_timeout);
+  rkl::kms::PgKmsRepository repository(pool);
+  rkl::kms::KmsCore core(
+      repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
+  rkl::kms::KmsGrpcService service(core);
+
+  auto server = rkl::rpc::Server::Start(settings.server, {&service});
+  if (!server.ok()) {
+    spdlog::critical("fatal: {}", server.status().ToString());
+    return 1;
+  }
+
+  // Readiness follows the dependencies; the loop ends with the process.
+  absl::Notification stop;
+  std::thread readiness([&] {
+    bool last = false;
+    do {
+      bool ready = DatabaseReady(pool) && HsmReady(*hsm_channel, settings.hsm_timeout);
+      if (ready != last) {
+        spdlog::info("kms: {}", ready ? "ready (SERVING)" : "not ready (NOT_SERVING)");
+        (*server)->SetServing(ready);
+        (*server)->SetServing("rkl.v1.Kms", ready);
+        last = ready;
+      }
+    } while (!stop.WaitForNotificationWithTimeout(kReadinessInterval));
+  });
+  (*server)->RunUntilShutdownSignal(settings.shutdown_grace);
+  stop.Notify();
+  readiness.join();
+  return 0;
+}

@@ -1,0 +1,317 @@
+#include "pg_kms_repository.h"
+
+#include <pqxx/binarystring>
+#include <pqxx/pqxx>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/db/transaction.h"
+
+namespace rkl::kms {
+namespace {
+
+// ---- Queries (all parameterised) -----------------------------------------------------
+
+constexpr char kTerminalColumns[] =
+    "t.sn, t.state, t.state_before_lock, t.algorithm, k.ctk_pk, k.mtms_submission_id, "
+    "k.received_at_ms, k.tek_index, coalesce(k.tek_kcv, ''), k.auk_index, "
+    "coalesce(k.auk_kcv, ''), t.tmk_index, coalesce(t.tmk_kcv, ''), t.tmk_generation, "
+    "t.replace_tmk, t.rekey_requested, t.consecutive_failures, t.created_at_ms, "
+    "t.installed_at_ms, t.updated_at_ms, t.version";
+
+const std::string kSelectTerminal =
+    absl::StrCat("SELECT ", kTerminalColumns,
+                 " FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+                 "WHERE t.sn = $1");
+
+const std::string kListTerminals =
+    absl::StrCat("SELECT ", kTerminalColumns,
+                 " FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+                 "WHERE ($1::text IS NULL OR t.state = $1) AND t.sn LIKE $2 || '%' AND t.sn > $3 "
+                 "ORDER BY t.sn LIMIT $4");
+
+constexpr char kInsertTerminal[] =
+    "INSERT INTO terminals (sn, state, state_before_lock, algorithm, tmk_index, tmk_kcv, "
+    "tmk_generation, replace_tmk, rekey_requested, consecutive_failures, created_at_ms, "
+    "installed_at_ms, updated_at_ms, version) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1)";
+
+constexpr char kUpdateTerminal[] =
+    "UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+    "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+    "updated_at_ms = $12, version = version + 1 "
+    "WHERE sn = $1 AND version = $13";
+
+constexpr char kUpsertTk[] =
+    "INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, algorithm, "
+    "tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    "ON CONFLICT (sn) DO UPDATE SET ctk_pk = EXCLUDED.ctk_pk, "
+    "mtms_submission_id = EXCLUDED.mtms_submission_id, "
+    "received_at_ms = EXCLUDED.received_at_ms, algorithm = EXCLUDED.algorithm, "
+    "tek_index = EXCLUDED.tek_index, tek_kcv = EXCLUDED.tek_kcv, "
+    "auk_index = EXCLUDED.auk_index, auk_kcv = EXCLUDED.auk_kcv, "
+    "imported_at_ms = CASE WHEN EXCLUDED.auk_index IS NULL THEN 0 "
+    "  WHEN sn_tk_kms.auk_index IS NOT DISTINCT FROM EXCLUDED.auk_index "
+    "  THEN sn_tk_kms.imported_at_ms ELSE EXCLUDED.imported_at_ms END";
+
+constexpr char kCancelSessions[] =
+    "UPDATE auth_sessions SET state = 'CANCELLED' "
+    "WHERE sn = $1 AND state IN ('OPEN', 'AUTHENTICATED')";
+
+constexpr char kInsertSession[] =
+    "INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+    "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+constexpr char kSelectSession[] =
+    "SELECT id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, created_at_ms, expires_at_ms "
+    "FROM auth_sessions WHERE id = $1";
+
+// The compare-and-set behind single use: only the caller that still finds `from` moves it.
+constexpr char kTransitionSession[] =
+    "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
+    "WHERE id = $1 AND state = $2";
+
+constexpr char kInsertAudit[] =
+    "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
+    "VALUES ($1, $2, $3, $4, $5, $6)";
+
+constexpr char kListAudit[] =
+    "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
+    "WHERE ($1 = '' OR sn = $1) AND seq > $2 ORDER BY seq LIMIT $3";
+
+constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
+constexpr char kCountDistinctKcvs[] = "SELECT count(*), count(DISTINCT tmk_kcv) FROM terminals";
+constexpr char kCountFailures[] = "SELECT count(*) FROM audit WHERE action = ANY($1::text[])";
+
+// ---- Conversions -----------------------------------------------------------------------
+
+// libpqxx 6.4 has no std::optional parameters; a null C string is SQL NULL.
+struct NullableText {
+  explicit NullableText(const std::optional<uint64_t>& v) {
+    if (v) text = std::to_string(*v);
+  }
+  explicit NullableText(const std::string& s, bool null_if_empty) {
+    if (!(null_if_empty && s.empty())) text = s;
+  }
+  const char* get() const { return text ? text->c_str() : nullptr; }
+  std::optional<std::string> text;
+};
+
+std::optional<uint64_t> OptionalIndex(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<uint64_t>();
+}
+
+Bytes ReadBytes(const pqxx::field& f) {
+  pqxx::binarystring b(f);
+  return Bytes(b.begin(), b.end());
+}
+
+pqxx::binarystring Binary(const Bytes& b) { return pqxx::binarystring(b.data(), b.size()); }
+
+absl::StatusOr<TerminalRecord> ReadTerminal(const pqxx::row& r) {
+  TerminalRecord t;
+  t.sn = r[0].as<std::string>();
+  RKL_ASSIGN_OR_RETURN(t.state, TerminalStateFromName(r[1].as<std::string>()));
+  if (!r[2].is_null()) {
+    RKL_ASSIGN_OR_RETURN(TerminalState before, TerminalStateFromName(r[2].as<std::string>()));
+    t.state_before_lock = before;
+  }
+  RKL_ASSIGN_OR_RETURN(t.algorithm,
+                       crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(r[3].as<int>())));
+  t.ctk_pk = ReadBytes(r[4]);
+  t.mtms_submission_id = r[5].as<std::string>();
+  t.tk_received_at_ms = r[6].as<int64_t>();
+  t.tek_index = OptionalIndex(r[7]);
+  t.tek_kcv = r[8].as<std::string>();
+  t.auk_index = OptionalIndex(r[9]);
+  t.auk_kcv = r[10].as<std::string>();
+  t.tmk_index = OptionalIndex(r[11]);
+  t.tmk_kcv = r[12].as<std::string>();
+  t.tmk_generation = r[13].as<uint32_t>();
+  t.replace_tmk = r[14].as<bool>();
+  t.rekey_requested = r[15].as<bool>();
+  t.consecutive_failures = r[16].as<uint32_t>();
+  t.created_at_ms = r[17].as<int64_t>();
+  t.installed_at_ms = r[18].as<int64_t>();
+  t.updated_at_ms = r[19].as<int64_t>();
+  t.version = r[20].as<int64_t>();
+  return t;
+}
+
+absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
+  AuthSession s;
+  s.id = r[0].as<std::string>();
+  s.sn = r[1].as<std::string>();
+  s.auk_index = r[2].as<uint64_t>();
+  s.rnd1 = ReadBytes(r[3]);
+  s.rnd2 = ReadBytes(r[4]);
+  RKL_ASSIGN_OR_RETURN(s.state, SessionStateFromName(r[5].as<std::string>()));
+  s.tmk_kcv = r[6].as<std::string>();
+  s.created_at_ms = r[7].as<int64_t>();
+  s.expires_at_ms = r[8].as<int64_t>();
+  return s;
+}
+
+void WriteAudit(pqxx::work& tx, const std::vector<AuditEntry>& audit) {
+  for (const AuditEntry& e : audit) {
+    tx.exec_params(kInsertAudit, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result);
+  }
+}
+
+void UpsertTk(pqxx::work& tx, const TerminalRecord& t) {
+  NullableText tek_index(t.tek_index), auk_index(t.auk_index);
+  NullableText tek_kcv(t.tek_kcv, true), auk_kcv(t.auk_kcv, true);
+  tx.exec_params(kUpsertTk, t.sn, Binary(t.ctk_pk), t.mtms_submission_id, t.tk_received_at_ms,
+                 static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tek_index.get(),
+                 tek_kcv.get(), auk_index.get(), auk_kcv.get(), t.updated_at_ms);
+}
+
+}  // namespace
+
+absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& sn) {
+  return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<TerminalRecord> {
+    pqxx::result r = tx.exec_params(kSelectTerminal, sn);
+    if (r.empty()) return absl::NotFoundError("sn: no such terminal");
+    return ReadTerminal(r[0]);
+  });
+}
+
+absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
+                                             const std::vector<AuditEntry>& audit) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
+    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
+    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    tx.exec_params(kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
+                   static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
+                   tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
+                   t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms);
+    UpsertTk(tx, t);
+    WriteAudit(tx, audit);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cancel_sessions,
+                                             const std::vector<AuditEntry>& audit) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
+    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
+    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    pqxx::result r =
+        tx.exec_params(kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
+                       static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
+                       tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
+                       t.consecutive_failures, t.installed_at_ms, t.updated_at_ms, t.version);
+    if (r.affected_rows() != 1) {
+      return absl::AbortedError("terminal changed concurrently");
+    }
+    UpsertTk(tx, t);
+    if (cancel_sessions) tx.exec_params(kCancelSessions, t.sn);
+    WriteAudit(tx, audit);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
+    const TerminalFilter& filter) {
+  return db::RunInReadOnlyTransaction(
+      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<TerminalRecord>> {
+        NullableText state(filter.state ? TerminalStateName(*filter.state) : "", true);
+        pqxx::result r = tx.exec_params(kListTerminals, state.get(), filter.sn_prefix,
+                                        filter.after_sn, filter.limit);
+        std::vector<TerminalRecord> out;
+        out.reserve(r.size());
+        for (const auto& row : r) {
+          RKL_ASSIGN_OR_RETURN(TerminalRecord t, ReadTerminal(row));
+          out.push_back(std::move(t));
+        }
+        return out;
+      });
+}
+
+absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
+                                            const std::vector<AuditEntry>& audit) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
+    tx.exec_params(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+                   SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms);
+    WriteAudit(tx, audit);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
+  return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<AuthSession> {
+    pqxx::result r = tx.exec_params(kSelectSession, id);
+    if (r.empty()) {
+      return absl::NotFoundError("session_id: no such session");
+    }
+    return ReadSession(r[0]);
+  });
+}
+
+absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, SessionState from,
+                                                        SessionState to,
+                                                        const std::optional<std::string>& tmk_kcv) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+    NullableText kcv(tmk_kcv.value_or(""), !tmk_kcv.has_value());
+    pqxx::result r = tx.exec_params(kTransitionSession, id, SessionStateName(from),
+                                    SessionStateName(to), kcv.get());
+    return r.affected_rows() == 1;
+  });
+}
+
+absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
+    WriteAudit(tx, audit);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<AuditEntry>> PgKmsRepository::ListAudit(const std::string& sn,
+                                                                   uint64_t after_seq, int limit) {
+  return db::RunInReadOnlyTransaction(
+      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<AuditEntry>> {
+        pqxx::result r = tx.exec_params(kListAudit, sn, after_seq, limit);
+        std::vector<AuditEntry> out;
+        out.reserve(r.size());
+        for (const auto& row : r) {
+          AuditEntry e;
+          e.seq = row[0].as<uint64_t>();
+          e.at_ms = row[1].as<int64_t>();
+          e.actor = row[2].as<std::string>();
+          e.action = row[3].as<std::string>();
+          e.sn = row[4].as<std::string>();
+          e.detail = row[5].as<std::string>();
+          e.result = row[6].as<std::string>();
+          out.push_back(std::move(e));
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<Statistics> PgKmsRepository::GetStatistics(
+    const std::vector<std::string>& failure_actions) {
+  return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<Statistics> {
+    Statistics st;
+    for (const auto& row : tx.exec(kCountByState)) {
+      st.terminals_by_state.emplace_back(row[0].as<std::string>(), row[1].as<uint64_t>());
+    }
+    pqxx::row totals = tx.exec1(kCountDistinctKcvs);
+    st.terminals_total = totals[0].as<uint64_t>();
+    st.distinct_tmk_kcvs = totals[1].as<uint64_t>();
+    // A text[] literal built by libpqxx's own array quoting would need 7.x; the
+    // actions are our constants, passed as one parameter in array syntax.
+    std::string array = "{";
+    for (size_t i = 0; i < failure_actions.size(); ++i) {
+      absl::StrAppend(&array, i ? "," : "", "\"", failure_actions[i], "\"");
+    }
+    array += "}";
+    st.auth_failures_total = tx.exec_params1(kCountFailures, array)[0].as<uint64_t>();
+    return st;
+  });
+}
+
+}  // namespace rkl::kms

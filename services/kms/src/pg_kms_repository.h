@@ -1,0 +1,39 @@
+#pragma once
+// PgKmsRepository: KmsRepository on PostgreSQL (schema: services/kms/migrations). Every
+// query is a named, parameterised constant in pg_kms_repository.cc; every method is one
+// transaction (rkl::db::RunInTransaction, retried on serialization failures). Optimistic
+// terminal writes use the row's `version`; session steps are single UPDATE ... WHERE
+// state = <from> statements, so concurrent replicas cannot both win one step.
+// Thread-safe; the pool must outlive the repository.
+
+#include "kms_repository.h"
+#include "rkl/db/connection_pool.h"
+
+namespace rkl::kms {
+
+class PgKmsRepository final : public KmsRepository {
+ public:
+  explicit PgKmsRepository(db::ConnectionPool& pool) : pool_(pool) {}
+
+  absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
+  absl::Status InsertTerminal(const TerminalRecord& terminal,
+                              const std::vector<AuditEntry>& audit) override;
+  absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
+                              const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(const TerminalFilter& filter) override;
+  absl::Status InsertSession(const AuthSession& session,
+                             const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
+  absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
+                                         const std::optional<std::string>& tmk_kcv) override;
+  absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
+                                                    int limit) override;
+  absl::StatusOr<Statistics> GetStatistics(
+      const std::vector<std::string>& failure_actions) override;
+
+ private:
+  db::ConnectionPool& pool_;
+};
+
+}  // namespace rkl::kms

@@ -1,0 +1,77 @@
+#pragma once
+// FakeHsm: an in-memory HSM #2 for tests of rkl-kms, implementing HsmPort with the real
+// rkl::protocol / rkl::keyblock crypto, so a test terminal built from PROTOCOL.md talks to
+// it exactly as it would to rkl-hsm. It enforces what the KMS relies on: the MAC over
+// Ctk_pk (§6), keys bound to one SN and one usage, one live TMK per SN. Test-only: it keeps
+// keys in process memory. Failure injection lets tests simulate an unreachable HSM.
+// Thread-safe.
+
+#include <map>
+#include <optional>
+
+#include "absl/synchronization/mutex.h"
+#include "hsm_port.h"
+#include "rkl/crypto/secret_bytes.h"
+
+namespace rkl::kms::testing {
+
+// PK and MAK as the key ceremony would have put them in both HSMs.
+struct TransportKeys {
+  crypto::SecretBytes pk;
+  crypto::SecretBytes mak;
+  static TransportKeys Generate();
+};
+
+class FakeHsm final : public HsmPort {
+ public:
+  static constexpr uint64_t kPkIndex = 1;
+  static constexpr uint64_t kMakIndex = 2;
+
+  explicit FakeHsm(const TransportKeys& keys);
+
+  absl::StatusOr<ImportedTransportKey> ImportTransportKey(uint64_t pk_index, uint64_t mak_index,
+                                                          const std::string& sn,
+                                                          std::span<const uint8_t> ctk_pk) override;
+  absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& sn, crypto::KeyAlgorithm algorithm,
+                                           bool replace_existing) override;
+  absl::StatusOr<AuthChallengeResult> AuthChallenge(uint64_t auk_index, const std::string& sn,
+                                                    std::span<const uint8_t> rnd1) override;
+  absl::Status AuthVerify(uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
+                          std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2) override;
+  absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
+                                                  const std::string& sn) override;
+  absl::Status VerifyInstallProof(uint64_t auk_index, const std::string& sn,
+                                  const std::string& tmk_kcv, std::span<const uint8_t> rnd1,
+                                  std::span<const uint8_t> rnd2,
+                                  std::span<const uint8_t> proof) override;
+
+  // The next `n` calls fail with UNAVAILABLE (an unreachable HSM).
+  void FailNextCalls(int n);
+  int calls(const std::string& method) const;
+  // Live TMK KCV of an SN, for tests ("" if none).
+  std::string LiveTmkKcv(const std::string& sn) const;
+
+ private:
+  enum class Type { kPk, kMak, kTek, kAuk, kTmk };
+  struct Key {
+    Type type;
+    std::string sn;
+    crypto::KeyAlgorithm algorithm;
+    crypto::SecretBytes bytes;
+    std::string kcv;
+    bool live = true;
+  };
+
+  absl::Status Enter(const std::string& method) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<const Key*> Find(uint64_t index, Type type, const std::string& sn) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t Store(Key key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, Key> keys_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_index_ ABSL_GUARDED_BY(mu_) = 100;
+  int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace rkl::kms::testing

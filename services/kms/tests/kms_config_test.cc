@@ -1,0 +1,83 @@
+#include "kms_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace rkl::kms {
+namespace {
+
+using ::testing::HasSubstr;
+
+EnvLookup NoEnv() {
+  return [](const std::string&) { return std::nullopt; };
+}
+
+// Path keys must name readable files; their content is checked later, by rkl::rpc.
+class TlsFilesFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/rkl-kms-config-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (const char* f : {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key"}) {
+      std::ofstream(dir_ + "/" + f) << "placeholder\n";
+    }
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string TlsYaml(const std::string& hsm_extra = "") const {
+    return "tls: {cert_file: " + dir_ + "/kms.pem, key_file: " + dir_ +
+           "/kms.key, ca_file: " + dir_ + "/ca.pem}\nhsm: {" + hsm_extra +
+           "tls: {cert_file: " + dir_ + "/client.pem, key_file: " + dir_ +
+           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n";
+  }
+  std::string dir_;
+};
+
+TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config = LoadConfigFromYaml(schema,
+                                   TlsYaml("pk_index: 7, mak_index: 8, ") +
+                                       "db: {dsn: 'host=db dbname=rkl_kms password=hunter2'}\n",
+                                   NoEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  KmsSettings s = KmsSettingsFromConfig(*config);
+  EXPECT_EQ(s.server.listen_address, "0.0.0.0:50055");
+  EXPECT_EQ(s.server.client_cert_mode, rpc::ClientCertMode::kOptionalVerified);
+  EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
+  EXPECT_EQ(s.core.lockout_threshold, 5);
+  EXPECT_EQ(s.core.pk_index, 7u);
+  EXPECT_EQ(s.core.mak_index, 8u);
+  EXPECT_EQ(s.hsm_target, "localhost:50053");
+  EXPECT_EQ(s.hsm_channel.authority, "hsm-kms");
+  EXPECT_THAT(config->Describe(), ::testing::Not(HasSubstr("hunter2")));
+}
+
+TEST(KmsConfigTest, MissingIndexesAndDsnAreNamed) {
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config = LoadConfigFromYaml(schema, "lockout: {threshold: 0}\n", NoEnv());
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("db.dsn"));
+  EXPECT_THAT(config.status().message(), HasSubstr("hsm.pk_index"));
+  EXPECT_THAT(config.status().message(), HasSubstr("hsm.mak_index"));
+  EXPECT_THAT(config.status().message(), HasSubstr("lockout.threshold"));
+}
+
+TEST_F(TlsFilesFixture, EnvironmentOverridesUseThePrefix) {
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config = LoadConfigFromYaml(schema, TlsYaml(), [](const std::string& name) {
+    if (name == "RKL_KMS_DB_DSN") return std::optional<std::string>("dbname=x");
+    if (name == "RKL_KMS_HSM_PK_INDEX") return std::optional<std::string>("3");
+    if (name == "RKL_KMS_HSM_MAK_INDEX") return std::optional<std::string>("4");
+    if (name == "RKL_KMS_SESSION_TTL") return std::optional<std::string>("30s");
+    return std::optional<std::string>();
+  });
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(KmsSettingsFromConfig(*config).core.session_ttl, absl::Seconds(30));
+}
+
+}  // namespace
+}  // namespace rkl::kms

@@ -1,0 +1,728 @@
+// KmsCore against FakeHsm (real rkl crypto) and an independent test terminal; runs once
+// per repository (see kms_core_suite.h). Every rule in docs/kms.md has a test here that
+// fails if the rule is broken.
+
+#include "kms_core_suite.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "absl/synchronization/mutex.h"
+#include "fake_hsm.h"
+#include "kms_core.h"
+#include "test_terminal.h"
+
+namespace rkl::kms::testing {
+namespace {
+
+using crypto::KeyAlgorithm;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kMtms[] = "mtms";
+constexpr char kAlice[] = "admin:alice";
+
+class KmsCoreSuite : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fixture_ = MakeRepositoryFixture();
+    ASSERT_NE(fixture_, nullptr);
+    hsm_ = std::make_unique<FakeHsm>(keys_);
+    core_ = std::make_unique<KmsCore>(
+        fixture_->repository(), *hsm_,
+        [this] {
+          absl::MutexLock lock(&clock_mu_);
+          return now_;
+        },
+        crypto::FillRandom,
+        KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex});
+  }
+
+  void Advance(absl::Duration d) {
+    absl::MutexLock lock(&clock_mu_);
+    now_ += d;
+  }
+
+  KmsRepository& repo() { return fixture_->repository(); }
+
+  absl::StatusOr<SubmitResult> Submit(const TestTerminal& t) {
+    absl::StatusOr<Bytes> ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+    EXPECT_TRUE(ctk.ok()) << ctk.status();
+    return core_->SubmitTransportKey(kMtms, t.sn(), *ctk, "sub-" + t.sn());
+  }
+
+  // Steps 1–3 from the terminal's side; returns the session and Crnd2.
+  struct Opened {
+    std::string session_id;
+    Bytes crnd2;
+  };
+  absl::StatusOr<Opened> Open(TestTerminal& t) {
+    Bytes rnd1 = t.NewRnd1();
+    absl::StatusOr<BeginResult> begun = core_->BeginAuthentication(t.sn(), rnd1);
+    if (!begun.ok()) return begun.status();
+    EXPECT_EQ(begun->expires_at_ms, absl::ToUnixMillis(now_ + absl::Seconds(60)));
+    absl::StatusOr<Bytes> crnd2 = t.AnswerChallenge(begun->crnd1, begun->rnd2);
+    if (!crnd2.ok()) return crnd2.status();
+    return Opened{begun->session_id, *crnd2};
+  }
+
+  // Authenticate and take delivery; returns the session id.
+  std::string Deliver(TestTerminal& t) {
+    absl::StatusOr<Opened> opened = Open(t);
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    if (!opened.ok()) return "";
+    absl::StatusOr<DeliveryResult> d =
+        core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (!d.ok()) return "";
+    absl::Status accepted = t.AcceptKeyBlock(d->key_block, d->tmk_kcv);
+    EXPECT_TRUE(accepted.ok()) << accepted;
+    return opened->session_id;
+  }
+
+  void Install(TestTerminal& t) {
+    ASSERT_TRUE(Submit(t).ok());
+    std::string session = Deliver(t);
+    ASSERT_FALSE(session.empty());
+    absl::StatusOr<Bytes> proof = t.InstallProof();
+    ASSERT_TRUE(proof.ok());
+    absl::StatusOr<TerminalState> state = core_->ConfirmInstallation(session, t.sn(), *proof);
+    ASSERT_TRUE(state.ok()) << state.status();
+    ASSERT_EQ(*state, TerminalState::kInstalled);
+  }
+
+  TerminalRecord Terminal(const std::string& sn) {
+    absl::StatusOr<TerminalRecord> t = core_->GetTerminal(sn);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : TerminalRecord{};
+  }
+
+  std::vector<AuditEntry> AuditOf(const std::string& sn) {
+    auto page = core_->ListAudit(sn, 1000, "");
+    EXPECT_TRUE(page.ok()) << page.status();
+    return page.ok() ? page->records : std::vector<AuditEntry>{};
+  }
+
+  int CountAudit(const std::string& sn, const std::string& action, const std::string& result) {
+    int n = 0;
+    for (const AuditEntry& e : AuditOf(sn)) {
+      if (e.action == action && e.result == result) ++n;
+    }
+    return n;
+  }
+
+  // Wrong Crnd2 for a fresh session: one failure.
+  absl::Status FailOnce(TestTerminal& t) {
+    absl::StatusOr<Opened> opened = Open(t);
+    if (!opened.ok()) return opened.status();
+    opened->crnd2[0] ^= 0x01;
+    return core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+  }
+
+  TransportKeys keys_ = TransportKeys::Generate();
+  std::unique_ptr<RepositoryFixture> fixture_;
+  std::unique_ptr<FakeHsm> hsm_;
+  std::unique_ptr<KmsCore> core_;
+  absl::Mutex clock_mu_;
+  absl::Time now_ = absl::FromUnixSeconds(1'750'000'000);
+};
+
+// ---- The flow --------------------------------------------------------------------------
+
+TEST_F(KmsCoreSuite, FullFlowForEveryAlgorithm) {
+  for (KeyAlgorithm a : {KeyAlgorithm::kAes128, KeyAlgorithm::kAes256, KeyAlgorithm::kTdes2}) {
+    SCOPED_TRACE(std::string(crypto::KeyAlgorithmName(a)));
+    TestTerminal t("POS-" + std::string(crypto::KeyAlgorithmName(a)), a);
+    absl::StatusOr<SubmitResult> submitted = Submit(t);
+    ASSERT_TRUE(submitted.ok()) << submitted.status();
+    EXPECT_EQ(submitted->state, TerminalState::kTkReceived);
+    EXPECT_FALSE(submitted->duplicate);
+
+    std::string session = Deliver(t);
+    ASSERT_TRUE(t.has_tmk());
+    TerminalRecord after_delivery = Terminal(t.sn());
+    EXPECT_EQ(after_delivery.state, TerminalState::kTmkDelivered);
+    EXPECT_EQ(after_delivery.tmk_kcv, t.tmk_kcv());
+    EXPECT_EQ(after_delivery.tmk_kcv, hsm_->LiveTmkKcv(t.sn()));
+    EXPECT_EQ(after_delivery.tmk_generation, 1u);
+    EXPECT_EQ(after_delivery.algorithm, a);
+    EXPECT_EQ(after_delivery.tek_kcv.size(), 6u);
+
+    absl::StatusOr<Bytes> proof = t.InstallProof();
+    ASSERT_TRUE(proof.ok());
+    absl::StatusOr<TerminalState> state = core_->ConfirmInstallation(session, t.sn(), *proof);
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_EQ(*state, TerminalState::kInstalled);
+    TerminalRecord installed = Terminal(t.sn());
+    EXPECT_EQ(installed.state, TerminalState::kInstalled);
+    EXPECT_EQ(installed.installed_at_ms, absl::ToUnixMillis(now_));
+    EXPECT_EQ(installed.consecutive_failures, 0u);
+    for (const char* action : {kActionTkReceive, kActionTkImport, kActionAuthBegin, kActionAuthOk,
+                               kActionTmkDeliver, kActionInstalled}) {
+      EXPECT_EQ(CountAudit(t.sn(), action, "OK"), 1) << action;
+    }
+  }
+}
+
+TEST_F(KmsCoreSuite, TerminalRefusesAKmsThatCannotProveAuk) {
+  TestTerminal t("POS-1", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  Bytes rnd1 = t.NewRnd1();
+  auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  Bytes forged = begun->crnd1;
+  forged[3] ^= 0x80;
+  EXPECT_EQ(t.AnswerChallenge(forged, begun->rnd2).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(KmsCoreSuite, NoKeyMaterialInAuditOrResults) {
+  TestTerminal t("POS-LEAK", KeyAlgorithm::kAes128);
+  Install(t);
+  TestTerminal bad("POS-LEAK-2", KeyAlgorithm::kAes256);
+  ASSERT_TRUE(Submit(bad).ok());
+  (void)FailOnce(bad);
+  std::vector<std::string> secrets = t.SecretHexForLeakChecks();
+  for (const std::string& s : bad.SecretHexForLeakChecks()) secrets.push_back(s);
+  ASSERT_EQ(secrets.size(), 5u);
+  auto all = core_->ListAudit("", 1000, "");
+  ASSERT_TRUE(all.ok());
+  ASSERT_FALSE(all->records.empty());
+  for (const AuditEntry& e : all->records) {
+    for (const std::string& secret : secrets) {
+      EXPECT_THAT(e.detail, Not(HasSubstr(secret)));
+      // Half a key is still a leak.
+      EXPECT_THAT(e.detail, Not(HasSubstr(secret.substr(0, secret.size() / 2))));
+    }
+  }
+}
+
+// ---- Intake ----------------------------------------------------------------------------
+
+TEST_F(KmsCoreSuite, SameCtkPkAgainIsADuplicateAndChangesNothing) {
+  TestTerminal t("POS-DUP", KeyAlgorithm::kAes128);
+  auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(ctk.ok());
+  ASSERT_TRUE(core_->SubmitTransportKey(kMtms, t.sn(), *ctk, "a").ok());
+  TerminalRecord before = Terminal(t.sn());
+  Advance(absl::Seconds(5));
+  auto again = core_->SubmitTransportKey(kMtms, t.sn(), *ctk, "a");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->state, TerminalState::kTkReceived);
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.version, before.version);
+  EXPECT_EQ(after.updated_at_ms, before.updated_at_ms);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkReceive, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 0);
+
+  // Even once installed, an outbox retry of the same TK is answered, not refused.
+  std::string session = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  auto late = core_->SubmitTransportKey(kMtms, t.sn(), *ctk, "a");
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_TRUE(late->duplicate);
+  EXPECT_EQ(late->state, TerminalState::kInstalled);
+}
+
+TEST_F(KmsCoreSuite, IntakeValidatesSnAndCtkPkLayout) {
+  TestTerminal t("POS-VAL", KeyAlgorithm::kAes128);
+  auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(ctk.ok());
+  auto bad_sn = core_->SubmitTransportKey(kMtms, "pos-val", *ctk, "");
+  EXPECT_EQ(bad_sn.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_sn.status().message(), HasSubstr("sn"));
+  // The header names POS-VAL: submitted for another SN it is refused before storage.
+  auto other = core_->SubmitTransportKey(kMtms, "POS-OTHER", *ctk, "");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(other.status().message(), HasSubstr("ctk_pk"));
+  Bytes truncated(ctk->begin(), ctk->end() - 1);
+  EXPECT_EQ(core_->SubmitTransportKey(kMtms, t.sn(), truncated, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Bytes garbage(100, 0x42);
+  EXPECT_EQ(core_->SubmitTransportKey(kMtms, t.sn(), garbage, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Bytes huge(600, 0);
+  EXPECT_EQ(core_->SubmitTransportKey(kMtms, t.sn(), huge, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->SubmitTransportKey(kMtms, t.sn(), *ctk, "has space").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->GetTerminal(t.sn()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(KmsCoreSuite, NewTkSupersedesAPendingOneAndCancelsItsSessions) {
+  TestTerminal t("POS-SUP", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);  // imports the first TK
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  TerminalRecord first = Terminal(t.sn());
+  ASSERT_TRUE(first.auk_index.has_value());
+
+  t.RegenerateTransportKey();
+  auto superseded = Submit(t);
+  ASSERT_TRUE(superseded.ok()) << superseded.status();
+  EXPECT_FALSE(superseded->duplicate);
+  EXPECT_EQ(superseded->state, TerminalState::kTkReceived);
+  TerminalRecord second = Terminal(t.sn());
+  EXPECT_FALSE(second.auk_index.has_value());  // old TEK/AUK forgotten
+  EXPECT_NE(second.ctk_pk, first.ctk_pk);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+
+  // The session of the old TK is dead.
+  auto stale = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition);
+  // The new TK works end to end.
+  Deliver(t);
+  EXPECT_TRUE(t.has_tmk());
+  EXPECT_NE(Terminal(t.sn()).auk_index, first.auk_index);
+}
+
+TEST_F(KmsCoreSuite, NewTkAfterDeliveryGetsANewTmk) {
+  TestTerminal t("POS-SUP2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  Deliver(t);
+  auto first = t.TmkFingerprint();
+  ASSERT_TRUE(first.ok());
+  // The TMK went out under the old TEK: it must not be delivered again under a new one.
+  t.RegenerateTransportKey();
+  ASSERT_TRUE(Submit(t).ok());
+  Deliver(t);
+  auto second = t.TmkFingerprint();
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(*first, *second);
+  EXPECT_EQ(Terminal(t.sn()).tmk_generation, 2u);
+}
+
+TEST_F(KmsCoreSuite, NewTkForAnInstalledTerminalNeedsAnAdminRekey) {
+  TestTerminal t("POS-REKEY", KeyAlgorithm::kAes128);
+  Install(t);
+  auto first_tmk = t.TmkFingerprint();
+  ASSERT_TRUE(first_tmk.ok());
+  TerminalRecord installed = Terminal(t.sn());
+
+  t.RegenerateTransportKey();
+  auto refused = Submit(t);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("re-key"));
+  EXPECT_EQ(Terminal(t.sn()).version, installed.version);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSubmit, "FAILED_PRECONDITION"), 1);
+
+  auto marked = core_->MarkForRekey(kAlice, t.sn(), "annual key change");
+  ASSERT_TRUE(marked.ok()) << marked.status();
+  EXPECT_EQ(marked->state, TerminalState::kRekeyPending);
+  EXPECT_TRUE(marked->rekey_requested);
+  // Nothing to authenticate with until the new TK arrives.
+  EXPECT_EQ(Open(t).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  auto accepted = Submit(t);
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_EQ(accepted->state, TerminalState::kTkReceived);
+  EXPECT_TRUE(Terminal(t.sn()).rekey_requested);
+  std::string session = Deliver(t);
+  auto second_tmk = t.TmkFingerprint();
+  ASSERT_TRUE(second_tmk.ok());
+  EXPECT_NE(*first_tmk, *second_tmk);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  TerminalRecord rekeyed = Terminal(t.sn());
+  EXPECT_EQ(rekeyed.state, TerminalState::kInstalled);
+  EXPECT_EQ(rekeyed.tmk_generation, 2u);
+  EXPECT_FALSE(rekeyed.rekey_requested);
+  EXPECT_NE(rekeyed.tmk_index, installed.tmk_index);
+  EXPECT_EQ(CountAudit(t.sn(), kActionRekey, "OK"), 1);
+}
+
+TEST_F(KmsCoreSuite, RevokedTerminalRefusesIntakeAndAuthentication) {
+  TestTerminal t("POS-REV", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok());
+  auto revoked = core_->RevokeTerminal(kAlice, t.sn(), "stolen");
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->state, TerminalState::kRevoked);
+  EXPECT_EQ(
+      core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Open(t).status().code(), absl::StatusCode::kFailedPrecondition);
+  t.RegenerateTransportKey();
+  EXPECT_EQ(Submit(t).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->UnlockTerminal(kAlice, t.sn(), "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// ---- Authentication: negative paths -----------------------------------------------------
+
+TEST_F(KmsCoreSuite, TamperedCtkPkIsUnauthenticatedAndChangesNothing) {
+  TestTerminal t("POS-TAMPER", KeyAlgorithm::kAes128);
+  auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(ctk.ok());
+  Bytes tampered = *ctk;
+  tampered[tampered.size() - 20] ^= 0x01;  // inside W: the layout still parses
+  ASSERT_TRUE(core_->SubmitTransportKey(kMtms, t.sn(), tampered, "x").ok());
+  TerminalRecord before = Terminal(t.sn());
+
+  Bytes rnd1 = t.NewRnd1();
+  auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+  EXPECT_EQ(begun.status().code(), absl::StatusCode::kUnauthenticated) << begun.status();
+  EXPECT_THAT(begun.status().message(), Not(HasSubstr("MAC")));
+
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.version, before.version);
+  EXPECT_EQ(after.state, TerminalState::kTkReceived);
+  EXPECT_FALSE(after.auk_index.has_value());
+  EXPECT_EQ(after.consecutive_failures, 0u);
+  EXPECT_EQ(hsm_->calls("AuthChallenge"), 0);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkImport, "UNAUTHENTICATED"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), 0);  // no session was opened
+}
+
+TEST_F(KmsCoreSuite, WrongCrnd2IsUnauthenticatedAndCounts) {
+  TestTerminal t("POS-WRONG", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok());
+  Bytes wrong = opened->crnd2;
+  wrong.back() ^= 0x01;
+  auto r = core_->CompleteAuthentication(opened->session_id, t.sn(), wrong);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
+  EXPECT_EQ(CountAudit(t.sn(), kActionAuthFail, "UNAUTHENTICATED"), 1);
+  // One completion attempt per session: even the right answer is now too late.
+  auto retry = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  EXPECT_EQ(retry.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(retry.status().message(), HasSubstr("already used"));
+}
+
+TEST_F(KmsCoreSuite, Crnd1ReflectedBackAsCrnd2IsRejected) {
+  TestTerminal t("POS-REFL", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  // The patent's bare form would accept this: KMS's own answer sent back to it.
+  Bytes rnd1 = t.NewRnd1();
+  auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+  ASSERT_TRUE(begun.ok());
+  auto r = core_->CompleteAuthentication(begun->session_id, t.sn(), begun->crnd1);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(KmsCoreSuite, ParallelSessionReflectionIsRejected) {
+  TestTerminal t("POS-REFL2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  // The attacker holds no AUK. Session A: Rnd1 = X, KMS answers Rnd2 = Y. Session B:
+  // Rnd1 = Y, hoping KMS computes the token A needs. Directions and nonce order differ,
+  // so it does not.
+  Bytes x = crypto::RandomBytes(16);
+  auto a = core_->BeginAuthentication(t.sn(), x);
+  ASSERT_TRUE(a.ok());
+  auto b = core_->BeginAuthentication(t.sn(), a->rnd2);
+  ASSERT_TRUE(b.ok());
+  auto r = core_->CompleteAuthentication(a->session_id, t.sn(), b->crnd1);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(KmsCoreSuite, SessionUsedTwiceIsRefused) {
+  TestTerminal t("POS-TWICE", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok());
+  ASSERT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
+  auto again = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr("already used"));
+  EXPECT_EQ(hsm_->calls("AuthVerify"), 1);  // the replay never reached the HSM
+}
+
+TEST_F(KmsCoreSuite, ExpiredSessionIsRefused) {
+  TestTerminal t("POS-EXP", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok());
+  Advance(absl::Seconds(60));
+  auto late = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(late.status().message(), HasSubstr("expired"));
+  EXPECT_EQ(hsm_->calls("AuthVerify"), 0);
+
+  // One millisecond before the end it still works.
+  auto fresh = Open(t);
+  ASSERT_TRUE(fresh.ok());
+  Advance(absl::Seconds(60) - absl::Milliseconds(1));
+  EXPECT_TRUE(core_->CompleteAuthentication(fresh->session_id, t.sn(), fresh->crnd2).ok());
+}
+
+TEST_F(KmsCoreSuite, SessionOfOneSnCannotBeCompletedForAnother) {
+  TestTerminal a("POS-A", KeyAlgorithm::kAes128);
+  TestTerminal b("POS-B", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(a).ok());
+  ASSERT_TRUE(Submit(b).ok());
+  auto opened = Open(a);
+  ASSERT_TRUE(opened.ok());
+  auto cross = core_->CompleteAuthentication(opened->session_id, b.sn(), opened->crnd2);
+  auto unknown = core_->CompleteAuthentication(std::string(32, 'a'), b.sn(), opened->crnd2);
+  // Indistinguishable from an unknown session.
+  EXPECT_EQ(cross.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(cross.status(), unknown.status());
+  EXPECT_EQ(Terminal(b.sn()).consecutive_failures, 0u);
+  EXPECT_EQ(hsm_->calls("AuthVerify"), 0);
+  // And A's own session is still good.
+  EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, a.sn(), opened->crnd2).ok());
+}
+
+TEST_F(KmsCoreSuite, FiveConsecutiveFailuresLockUntilAnAdminUnlocks) {
+  TestTerminal t("POS-LOCK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  for (int i = 1; i <= 4; ++i) {
+    EXPECT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived) << i;
+  }
+  auto pending = Open(t);  // opened before the lock: cancelled by it
+  ASSERT_TRUE(pending.ok());
+  EXPECT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  TerminalRecord locked = Terminal(t.sn());
+  EXPECT_EQ(locked.state, TerminalState::kLocked);
+  EXPECT_EQ(locked.consecutive_failures, 5u);
+  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 1);
+
+  auto begin = Open(t);
+  EXPECT_EQ(begin.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(begin.status().message(), HasSubstr("locked"));
+  EXPECT_EQ(
+      core_->CompleteAuthentication(pending->session_id, t.sn(), pending->crnd2).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  // A new TK cannot be used to escape the lock either.
+  TestTerminal replacement("POS-LOCK", KeyAlgorithm::kAes128);
+  EXPECT_EQ(Submit(replacement).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  auto unlocked = core_->UnlockTerminal(kAlice, t.sn(), "customer called");
+  ASSERT_TRUE(unlocked.ok()) << unlocked.status();
+  EXPECT_EQ(unlocked->state, TerminalState::kTkReceived);
+  EXPECT_EQ(unlocked->consecutive_failures, 0u);
+  EXPECT_EQ(CountAudit(t.sn(), kActionUnlock, "OK"), 1);
+  Deliver(t);
+  EXPECT_TRUE(t.has_tmk());
+}
+
+TEST_F(KmsCoreSuite, ASuccessEndsTheFailureStreak) {
+  TestTerminal t("POS-STREAK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  Deliver(t);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTmkDelivered);  // 4, not 8: not locked
+}
+
+TEST_F(KmsCoreSuite, LockoutThresholdIsConfigurable) {
+  core_ = std::make_unique<KmsCore>(
+      repo(), *hsm_, [this] { return now_; }, crypto::FillRandom,
+      KmsCoreOptions{
+          .pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex, .lockout_threshold = 2});
+  TestTerminal t("POS-THRESH", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  (void)FailOnce(t);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
+  (void)FailOnce(t);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+}
+
+TEST_F(KmsCoreSuite, BeginValidatesItsInput) {
+  TestTerminal t("POS-IN", KeyAlgorithm::kTdes2);
+  EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(8, 1)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "NOT_FOUND"), 1);
+  ASSERT_TRUE(Submit(t).ok());
+  // A TDES terminal's nonce is one 8-byte block.
+  auto wrong_len = core_->BeginAuthentication(t.sn(), Bytes(16, 1));
+  EXPECT_EQ(wrong_len.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_len.status().message(), HasSubstr("rnd1"));
+  EXPECT_EQ(core_->BeginAuthentication("bad sn", Bytes(8, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(hsm_->calls("ImportTransportKey"), 0);
+}
+
+TEST_F(KmsCoreSuite, CompleteAndConfirmValidateTheirInput) {
+  TestTerminal t("POS-IN2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok());
+  EXPECT_EQ(core_->CompleteAuthentication("XYZ", t.sn(), opened->crnd2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      core_->CompleteAuthentication(std::string(32, '0'), t.sn(), opened->crnd2).status().code(),
+      absl::StatusCode::kNotFound);
+  // Malformed Crnd2 is not an attempt: the session survives it.
+  EXPECT_EQ(core_->CompleteAuthentication(opened->session_id, t.sn(), Bytes(7, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Confirming before authenticating is refused.
+  EXPECT_EQ(core_->ConfirmInstallation(opened->session_id, t.sn(), Bytes(16, 0)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
+  EXPECT_EQ(core_->ConfirmInstallation(opened->session_id, t.sn(), Bytes(5, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+}
+
+TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
+  TestTerminal t("POS-PROOF", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string session = Deliver(t);
+  auto first = t.TmkFingerprint();
+  ASSERT_TRUE(first.ok());
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(proof.ok());
+  Bytes wrong = *proof;
+  wrong[0] ^= 0x01;
+  auto r = core_->ConfirmInstallation(session, t.sn(), wrong);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTmkDelivered);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+  EXPECT_EQ(CountAudit(t.sn(), kActionInstallFail, "UNAUTHENTICATED"), 1);
+  // The session is spent; the right proof is too late for it.
+  EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // A terminal that lost the delivery authenticates again and gets the same TMK.
+  std::string again = Deliver(t);
+  auto second = t.TmkFingerprint();
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(*first, *second);
+  EXPECT_EQ(Terminal(t.sn()).tmk_generation, 1u);
+  auto good = t.InstallProof();
+  ASSERT_TRUE(good.ok());
+  auto installed = core_->ConfirmInstallation(again, t.sn(), *good);
+  ASSERT_TRUE(installed.ok()) << installed.status();
+  // Installed: no more deliveries and no second confirmation.
+  EXPECT_EQ(core_->ConfirmInstallation(again, t.sn(), *good).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Open(t).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KmsCoreSuite, UnreachableHsmIsRetryableAndKeepsTheSession) {
+  TestTerminal t("POS-HSMDOWN", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  hsm_->FailNextCalls(1);
+  Bytes rnd1 = t.NewRnd1();
+  EXPECT_EQ(core_->BeginAuthentication(t.sn(), rnd1).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(Terminal(t.sn()).auk_index.has_value());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  hsm_->FailNextCalls(1);
+  EXPECT_EQ(
+      core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
+      absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+  // UNAVAILABLE means "retry the same call": it succeeds.
+  auto d = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(t.AcceptKeyBlock(d->key_block, d->tmk_kcv).ok());
+}
+
+// ---- Administration ----------------------------------------------------------------------
+
+TEST_F(KmsCoreSuite, AdminRulesAreEnforced) {
+  EXPECT_EQ(core_->GetTerminal("POS-NONE").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->UnlockTerminal(kAlice, "POS-NONE", "").status().code(),
+            absl::StatusCode::kNotFound);
+  TestTerminal t("POS-ADM", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  EXPECT_EQ(core_->UnlockTerminal(kAlice, t.sn(), "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->MarkForRekey(kAlice, t.sn(), "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), std::string(257, 'x')).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "line\nbreak").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
+  EXPECT_EQ(CountAudit(t.sn(), kActionUnlock, "FAILED_PRECONDITION"), 1);
+  auto revoked = core_->RevokeTerminal(kAlice, t.sn(), "decommissioned");
+  ASSERT_TRUE(revoked.ok());
+  bool found = false;
+  for (const AuditEntry& e : AuditOf(t.sn())) {
+    if (e.action == kActionRevoke && e.result == "OK") {
+      found = true;
+      EXPECT_EQ(e.actor, kAlice);
+      EXPECT_THAT(e.detail, HasSubstr("decommissioned"));
+    }
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(KmsCoreSuite, ListTerminalsFiltersAndPages) {
+  for (const char* sn : {"SHOP1-0001", "SHOP1-0002", "SHOP1-0003", "SHOP2-0001", "SHOP2-0002"}) {
+    TestTerminal t(sn, KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+  }
+  ASSERT_TRUE(core_->RevokeTerminal(kAlice, "SHOP2-0001", "").ok());
+
+  std::vector<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    auto page = core_->ListTerminals(std::nullopt, "", 2, token);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& t : page->terminals) seen.push_back(t.sn);
+    token = page->next_page_token;
+    ++pages;
+  } while (!token.empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, (std::vector<std::string>{"SHOP1-0001", "SHOP1-0002", "SHOP1-0003", "SHOP2-0001",
+                                            "SHOP2-0002"}));
+
+  auto shop1 = core_->ListTerminals(std::nullopt, "SHOP1", 0, "");
+  ASSERT_TRUE(shop1.ok());
+  EXPECT_EQ(shop1->terminals.size(), 3u);
+  auto revoked = core_->ListTerminals(TerminalState::kRevoked, "", 0, "");
+  ASSERT_TRUE(revoked.ok());
+  ASSERT_EQ(revoked->terminals.size(), 1u);
+  EXPECT_EQ(revoked->terminals[0].sn, "SHOP2-0001");
+
+  EXPECT_EQ(core_->ListTerminals(std::nullopt, "", 1001, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ListTerminals(std::nullopt, "shop%", 0, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ListTerminals(std::nullopt, "", 0, "not-a-token").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KmsCoreSuite, StatisticsAndAuditPaging) {
+  TestTerminal a("POS-ST1", KeyAlgorithm::kAes128);
+  TestTerminal b("POS-ST2", KeyAlgorithm::kAes128);
+  Install(a);
+  ASSERT_TRUE(Submit(b).ok());
+  (void)FailOnce(b);
+  (void)FailOnce(b);
+  auto st = core_->GetStatistics();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->terminals_total, 2u);
+  EXPECT_EQ(st->distinct_tmk_kcvs, 1u);
+  EXPECT_EQ(st->auth_failures_total, 2u);
+  std::map<std::string, uint64_t> by_state(st->terminals_by_state.begin(),
+                                           st->terminals_by_state.end());
+  EXPECT_EQ(by_state["INSTALLED"], 1u);
+  EXPECT_EQ(by_state["TK_RECEIVED"], 1u);
+
+  std::vector<uint64_t> seqs;
+  std::string token;
+  do {
+    auto page = core_->ListAudit("", 3, token);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& e : page->records) seqs.push_back(e.seq);
+    token = page->next_page_token;
+  } while (!token.empty());
+  auto all = core_->ListAudit("", 1000, "");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(seqs.size(), all->records.size());
+  EXPECT_TRUE(std::is_sorted(seqs.begin(), seqs.end()));
+  EXPECT_EQ(std::set<uint64_t>(seqs.begin(), seqs.end()).size(), seqs.size());
+  EXPECT_EQ(core_->ListAudit("", 0, "x").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rkl::kms::testing

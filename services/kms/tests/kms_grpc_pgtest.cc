@@ -1,0 +1,440 @@
+// rkl-kms over real gRPC with mTLS (TestPki) and real PostgreSQL, with the fake HSM #2:
+// authorization per identity, the terminal flow as an anonymous TLS client, two replicas
+// sharing one database, and 1,000 terminals receiving 1,000 distinct TMKs.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <latch>
+#include <pqxx/pqxx>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "fake_hsm.h"
+#include "kms_core.h"
+#include "kms_grpc_service.h"
+#include "pg_kms_repository.h"
+#include "rkl/db/migration.h"
+#include "rkl/kms/migrations.h"
+#include "rkl/rpc/call_context.h"
+#include "rkl/rpc/channel.h"
+#include "rkl/rpc/server.h"
+#include "rkl/rpc/status.h"
+#include "rkl/testing/test_database.h"
+#include "rkl/testing/test_pki.h"
+#include "rkl/v1/kms.grpc.pb.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
+#include "test_terminal.h"
+
+namespace rkl::kms::testing {
+namespace {
+
+using crypto::KeyAlgorithm;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr absl::Duration kTimeout = absl::Seconds(20);
+
+// One KMS process: its own pool, core, service and server on 127.0.0.1:0.
+struct Replica {
+  Replica(const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls)
+      : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
+        repository(pool),
+        core(
+            repository, hsm, [] { return absl::Now(); }, crypto::FillRandom,
+            KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex}),
+        service(core) {
+    rpc::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.tls = tls;
+    options.client_cert_mode = rpc::ClientCertMode::kOptionalVerified;
+    auto started = rpc::Server::Start(options, {&service});
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (started.ok()) server = *std::move(started);
+  }
+  std::string target() const { return "127.0.0.1:" + std::to_string(server->port()); }
+
+  db::ConnectionPool pool;
+  PgKmsRepository repository;
+  KmsCore core;
+  KmsGrpcService service;
+  std::unique_ptr<rpc::Server> server;
+};
+
+class KmsGrpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto db = rkl::testing::TestDatabase::Create();
+    ASSERT_TRUE(db.ok()) << db.status();
+    db_.emplace(*std::move(db));
+    auto applied = db::ApplyMigrations(db_->dsn(), Migrations());
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    auto pki = rkl::testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    for (const char* id : {"kms", "mtms", "admin:alice", "hsm-kms"}) {
+      auto files = pki_->Issue(id);
+      ASSERT_TRUE(files.ok()) << files.status();
+      tls_[id] = *files;
+    }
+    hsm_ = std::make_unique<FakeHsm>(keys_);
+    a_ = std::make_unique<Replica>(db_->dsn(), *hsm_, tls_["kms"]);
+    b_ = std::make_unique<Replica>(db_->dsn(), *hsm_, tls_["kms"]);
+    ASSERT_NE(a_->server, nullptr);
+    ASSERT_NE(b_->server, nullptr);
+  }
+
+  std::unique_ptr<rkl::v1::Kms::Stub> Stub(const Replica& r, const rpc::TlsFiles& tls) {
+    rpc::ChannelOptions options;
+    options.tls = tls;
+    options.authority = "kms";
+    auto channel = rpc::MakeChannel(r.target(), options);
+    EXPECT_TRUE(channel.ok()) << channel.status();
+    return rkl::v1::Kms::NewStub(std::shared_ptr<grpc::ChannelInterface>(*channel));
+  }
+  std::unique_ptr<rkl::v1::Kms::Stub> Terminal(const Replica& r) {
+    return Stub(r, pki_->Anonymous());
+  }
+
+  template <typename Req, typename Resp, typename Method>
+  absl::Status Call(rkl::v1::Kms::Stub& stub, Method method, const Req& req, Resp* resp) {
+    auto ctx = rpc::MakeClientContext(kTimeout);
+    return rpc::FromGrpcStatus((stub.*method)(ctx.get(), req, resp));
+  }
+
+  absl::StatusOr<rkl::v1::KmsSubmitTransportKeyResponse> Submit(rkl::v1::Kms::Stub& stub,
+                                                                const TestTerminal& t) {
+    rkl::v1::KmsSubmitTransportKeyRequest req;
+    req.set_sn(t.sn());
+    auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+    if (!ctk.ok()) return ctk.status();
+    req.set_ctk_pk(std::string(AsString(*ctk)));
+    req.set_mtms_submission_id("sub-" + t.sn());
+    rkl::v1::KmsSubmitTransportKeyResponse resp;
+    absl::Status s = Call(stub, &rkl::v1::Kms::Stub::SubmitTransportKey, req, &resp);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::StatusOr<rkl::v1::BeginAuthenticationResponse> Begin(rkl::v1::Kms::Stub& stub,
+                                                             TestTerminal& t) {
+    rkl::v1::BeginAuthenticationRequest req;
+    req.set_sn(t.sn());
+    req.set_rnd1(std::string(AsString(t.NewRnd1())));
+    rkl::v1::BeginAuthenticationResponse resp;
+    absl::Status s = Call(stub, &rkl::v1::Kms::Stub::BeginAuthentication, req, &resp);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::StatusOr<rkl::v1::CompleteAuthenticationResponse> Complete(rkl::v1::Kms::Stub& stub,
+                                                                   const TestTerminal& t,
+                                                                   const std::string& session,
+                                                                   const Bytes& crnd2) {
+    rkl::v1::CompleteAuthenticationRequest req;
+    req.set_session_id(session);
+    req.set_sn(t.sn());
+    req.set_crnd2(std::string(AsString(crnd2)));
+    rkl::v1::CompleteAuthenticationResponse resp;
+    absl::Status s = Call(stub, &rkl::v1::Kms::Stub::CompleteAuthentication, req, &resp);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::Status Confirm(rkl::v1::Kms::Stub& stub, const TestTerminal& t,
+                       const std::string& session) {
+    auto proof = t.InstallProof();
+    if (!proof.ok()) return proof.status();
+    rkl::v1::ConfirmInstallationRequest req;
+    req.set_session_id(session);
+    req.set_sn(t.sn());
+    req.set_proof(std::string(AsString(*proof)));
+    rkl::v1::ConfirmInstallationResponse resp;
+    absl::Status s = Call(stub, &rkl::v1::Kms::Stub::ConfirmInstallation, req, &resp);
+    if (s.ok() && resp.state() != rkl::v1::TERMINAL_STATE_INSTALLED) {
+      return absl::InternalError("confirmation did not install");
+    }
+    return s;
+  }
+
+  // The whole terminal side: begin on `first`, complete and confirm on `second`.
+  absl::Status RunTerminal(TestTerminal& t, rkl::v1::Kms::Stub& first, rkl::v1::Kms::Stub& second) {
+    auto begun = Begin(first, t);
+    if (!begun.ok()) return begun.status();
+    auto crnd2 = t.AnswerChallenge(AsBytes(begun->crnd1()), AsBytes(begun->rnd2()));
+    if (!crnd2.ok()) return crnd2.status();
+    auto delivered = Complete(second, t, begun->session_id(), *crnd2);
+    if (!delivered.ok()) return delivered.status();
+    absl::Status accepted = t.AcceptKeyBlock(delivered->key_block(), delivered->tmk_kcv());
+    if (!accepted.ok()) return accepted;
+    return Confirm(second, t, begun->session_id());
+  }
+
+  absl::StatusOr<rkl::v1::Terminal> AdminGet(const std::string& sn) {
+    auto admin = Stub(*a_, tls_["admin:alice"]);
+    rkl::v1::GetTerminalRequest req;
+    req.set_sn(sn);
+    rkl::v1::Terminal resp;
+    absl::Status s = Call(*admin, &rkl::v1::Kms::Stub::GetTerminal, req, &resp);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  pqxx::result Sql(const std::string& sql) {
+    pqxx::connection c(db_->dsn());
+    pqxx::work tx(c);
+    pqxx::result r = tx.exec(sql);
+    tx.commit();
+    return r;
+  }
+
+  TransportKeys keys_ = TransportKeys::Generate();
+  std::optional<rkl::testing::TestDatabase> db_;
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  std::map<std::string, rpc::TlsFiles> tls_;
+  std::unique_ptr<FakeHsm> hsm_;
+  std::unique_ptr<Replica> a_;
+  std::unique_ptr<Replica> b_;
+};
+
+TEST_F(KmsGrpcTest, TerminalCompletesTheFlowOverTlsAndNothingSecretIsLogged) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);
+  spdlog::set_level(spdlog::level::trace);
+
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  auto terminal = Terminal(*a_);
+  TestTerminal t("POS-GRPC-1", KeyAlgorithm::kAes128);
+  auto submitted = Submit(*mtms, t);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  EXPECT_EQ(submitted->state(), rkl::v1::TERMINAL_STATE_TK_RECEIVED);
+  auto again = Submit(*mtms, t);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->duplicate());
+  ASSERT_TRUE(RunTerminal(t, *terminal, *terminal).ok());
+
+  auto info = AdminGet(t.sn());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), rkl::v1::TERMINAL_STATE_INSTALLED);
+  EXPECT_EQ(info->tmk_kcv(), t.tmk_kcv());
+  EXPECT_EQ(info->algorithm(), rkl::v1::KEY_ALGORITHM_AES128);
+  EXPECT_EQ(info->tmk_generation(), 1u);
+  EXPECT_GT(info->installed_at_unix_ms(), 0);
+
+  spdlog::default_logger()->sinks().pop_back();
+  spdlog::set_level(spdlog::level::info);
+  ASSERT_THAT(log.str(), HasSubstr("POS-GRPC-1"));  // the capture did capture
+  for (const std::string& secret : t.SecretHexForLeakChecks()) {
+    EXPECT_THAT(log.str(), Not(HasSubstr(secret)));
+  }
+  // Nor anything in the database: only indexes, KCVs and wrapped Ctk_pk.
+  for (const auto& row : Sql("SELECT detail FROM audit")) {
+    for (const std::string& secret : t.SecretHexForLeakChecks()) {
+      EXPECT_THAT(row[0].as<std::string>(), Not(HasSubstr(secret)));
+    }
+  }
+}
+
+TEST_F(KmsGrpcTest, IntakeIsForMtmsOnly) {
+  TestTerminal t("POS-AUTHZ", KeyAlgorithm::kAes128);
+  for (std::string who : {"admin:alice", "kms", "hsm-kms"}) {
+    auto stub = Stub(*a_, tls_[who]);
+    auto r = Submit(*stub, t);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << who;
+  }
+  auto anonymous = Terminal(*a_);
+  EXPECT_EQ(Submit(*anonymous, t).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(AdminGet(t.sn()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Sql("SELECT count(*) FROM terminals")[0][0].as<int>(), 0);
+}
+
+TEST_F(KmsGrpcTest, AdminRpcsAreForAdminsOnly) {
+  for (std::string who : {"mtms", "kms", ""}) {
+    auto stub = who.empty() ? Terminal(*a_) : Stub(*a_, tls_[who]);
+    rkl::v1::GetTerminalRequest get;
+    get.set_sn("POS-X");
+    rkl::v1::Terminal terminal;
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::GetTerminal, get, &terminal).code(),
+              absl::StatusCode::kPermissionDenied)
+        << who;
+    rkl::v1::TerminalAdminRequest admin;
+    admin.set_sn("POS-X");
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::UnlockTerminal, admin, &terminal).code(),
+              absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::RevokeTerminal, admin, &terminal).code(),
+              absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::MarkForRekey, admin, &terminal).code(),
+              absl::StatusCode::kPermissionDenied);
+    rkl::v1::Statistics stats;
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::GetStatistics, rkl::v1::Empty(), &stats).code(),
+              absl::StatusCode::kPermissionDenied);
+    rkl::v1::ListTerminalsResponse list;
+    EXPECT_EQ(
+        Call(*stub, &rkl::v1::Kms::Stub::ListTerminals, rkl::v1::ListTerminalsRequest(), &list)
+            .code(),
+        absl::StatusCode::kPermissionDenied);
+    rkl::v1::ListAuditResponse audit;
+    EXPECT_EQ(
+        Call(*stub, &rkl::v1::Kms::Stub::ListAudit, rkl::v1::ListAuditRequest(), &audit).code(),
+        absl::StatusCode::kPermissionDenied);
+  }
+  auto admin = Stub(*a_, tls_["admin:alice"]);
+  rkl::v1::Statistics stats;
+  EXPECT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::GetStatistics, rkl::v1::Empty(), &stats).ok());
+}
+
+TEST_F(KmsGrpcTest, TamperedCtkPkIsUnauthenticatedOverGrpc) {
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  TestTerminal t("POS-GRPC-TAMPER", KeyAlgorithm::kAes256);
+  auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(ctk.ok());
+  (*ctk)[ctk->size() - 1] ^= 0x01;  // the MAC itself
+  rkl::v1::KmsSubmitTransportKeyRequest req;
+  req.set_sn(t.sn());
+  req.set_ctk_pk(std::string(AsString(*ctk)));
+  rkl::v1::KmsSubmitTransportKeyResponse resp;
+  ASSERT_TRUE(Call(*mtms, &rkl::v1::Kms::Stub::SubmitTransportKey, req, &resp).ok());
+  auto before = AdminGet(t.sn());
+  ASSERT_TRUE(before.ok());
+  auto terminal = Terminal(*a_);
+  EXPECT_EQ(Begin(*terminal, t).status().code(), absl::StatusCode::kUnauthenticated);
+  auto after = AdminGet(t.sn());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->SerializeAsString(), before->SerializeAsString());
+  EXPECT_EQ(Sql("SELECT count(*) FROM auth_sessions")[0][0].as<int>(), 0);
+}
+
+TEST_F(KmsGrpcTest, AuthenticationBegunOnOneReplicaCompletesOnTheOther) {
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  TestTerminal t("POS-TWO-REPLICAS", KeyAlgorithm::kTdes2);
+  ASSERT_TRUE(Submit(*mtms, t).ok());
+  auto on_a = Terminal(*a_);
+  auto on_b = Terminal(*b_);
+  absl::Status s = RunTerminal(t, *on_a, *on_b);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(AdminGet(t.sn())->state(), rkl::v1::TERMINAL_STATE_INSTALLED);
+}
+
+TEST_F(KmsGrpcTest, ADoubleSubmitOnTwoReplicasSucceedsExactlyOnce) {
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  auto on_a = Terminal(*a_);
+  auto on_b = Terminal(*b_);
+  for (int round = 0; round < 5; ++round) {
+    TestTerminal t("POS-RACE-" + std::to_string(round), KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(*mtms, t).ok());
+    auto begun = Begin(*on_a, t);
+    ASSERT_TRUE(begun.ok()) << begun.status();
+    auto crnd2 = t.AnswerChallenge(AsBytes(begun->crnd1()), AsBytes(begun->rnd2()));
+    ASSERT_TRUE(crnd2.ok());
+    std::latch go(2);
+    absl::Status results[2];
+    std::thread threads[2];
+    rkl::v1::Kms::Stub* stubs[2] = {on_a.get(), on_b.get()};
+    for (int i = 0; i < 2; ++i) {
+      threads[i] = std::thread([&, i] {
+        go.arrive_and_wait();
+        results[i] = Complete(*stubs[i], t, begun->session_id(), *crnd2).status();
+      });
+    }
+    for (auto& th : threads) th.join();
+    int ok = 0;
+    for (const absl::Status& r : results) {
+      if (r.ok()) {
+        ++ok;
+      } else {
+        EXPECT_EQ(r.code(), absl::StatusCode::kFailedPrecondition) << r;
+      }
+    }
+    EXPECT_EQ(ok, 1) << "round " << round;
+  }
+}
+
+TEST_F(KmsGrpcTest, ThousandTerminalsGetThousandDistinctTmks) {
+  constexpr int kTerminals = 1000;
+  constexpr int kThreads = 8;
+  std::vector<std::unique_ptr<TestTerminal>> terminals;
+  for (int i = 0; i < kTerminals; ++i) {
+    char sn[32];
+    std::snprintf(sn, sizeof sn, "FLEET-%04d", i);
+    terminals.push_back(std::make_unique<TestTerminal>(sn, KeyAlgorithm::kAes128));
+  }
+  std::vector<absl::Status> results(kTerminals);
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kThreads; ++w) {
+    workers.emplace_back([&, w] {
+      auto mtms = Stub(*a_, tls_["mtms"]);
+      auto on_a = Terminal(*a_);
+      auto on_b = Terminal(*b_);
+      for (int i = w; i < kTerminals; i += kThreads) {
+        absl::StatusOr<rkl::v1::KmsSubmitTransportKeyResponse> s = Submit(*mtms, *terminals[i]);
+        results[i] = s.ok() ? (i % 2 ? RunTerminal(*terminals[i], *on_a, *on_b)
+                                     : RunTerminal(*terminals[i], *on_b, *on_a))
+                            : s.status();
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  for (int i = 0; i < kTerminals; ++i) ASSERT_TRUE(results[i].ok()) << i << ": " << results[i];
+
+  // The real proof: the keys the terminals hold are pairwise different.
+  std::set<Bytes> fingerprints;
+  for (const auto& t : terminals) fingerprints.insert(*t->TmkFingerprint());
+  EXPECT_EQ(fingerprints.size(), static_cast<size_t>(kTerminals));
+
+  // And the database agrees: 1,000 installed terminals, 1,000 distinct TMK indexes.
+  pqxx::row counts =
+      Sql("SELECT count(*), count(DISTINCT tmk_index), count(DISTINCT tmk_kcv),"
+          " count(*) FILTER (WHERE state = 'INSTALLED') FROM terminals")[0];
+  EXPECT_EQ(counts[0].as<int>(), kTerminals);
+  EXPECT_EQ(counts[1].as<int>(), kTerminals);
+  EXPECT_EQ(counts[3].as<int>(), kTerminals);
+  // KCVs are 24 bits: among 1,000 keys a chance collision (~3%) is possible and is not a
+  // defect. Every equal KCV must then belong to keys the terminals hold as different.
+  int kcv_collisions = kTerminals - counts[2].as<int>();
+  std::set<std::string> kcvs;
+  for (const auto& t : terminals) kcvs.insert(t->tmk_kcv());
+  EXPECT_EQ(static_cast<int>(kcvs.size()), kTerminals - kcv_collisions);
+  if (kcv_collisions > 0) std::cout << "note: " << kcv_collisions << " chance KCV collision(s)\n";
+
+  auto admin = Stub(*a_, tls_["admin:alice"]);
+  rkl::v1::Statistics stats;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::GetStatistics, rkl::v1::Empty(), &stats).ok());
+  EXPECT_EQ(stats.terminals_total(), static_cast<uint64_t>(kTerminals));
+  EXPECT_EQ(stats.terminals_by_state().at("INSTALLED"), static_cast<uint64_t>(kTerminals));
+  EXPECT_EQ(stats.distinct_tmk_kcvs(), static_cast<uint64_t>(counts[2].as<int>()));
+}
+
+TEST_F(KmsGrpcTest, TheDatabaseRefusesTwoTerminalsWithOneTmk) {
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  auto terminal = Terminal(*a_);
+  TestTerminal x("POS-UNIQ-X", KeyAlgorithm::kAes128);
+  TestTerminal y("POS-UNIQ-Y", KeyAlgorithm::kAes128);
+  for (TestTerminal* t : {&x, &y}) {
+    ASSERT_TRUE(Submit(*mtms, *t).ok());
+    ASSERT_TRUE(RunTerminal(*t, *terminal, *terminal).ok());
+  }
+  try {
+    Sql("UPDATE terminals SET tmk_index = (SELECT tmk_index FROM terminals WHERE sn = "
+        "'POS-UNIQ-X'), tmk_kcv = (SELECT tmk_kcv FROM terminals WHERE sn = 'POS-UNIQ-X') "
+        "WHERE sn = 'POS-UNIQ-Y'");
+    ADD_FAILURE() << "a shared TMK index was accepted";
+  } catch (const pqxx::unique_violation& e) {
+    EXPECT_THAT(e.what(), HasSubstr("terminals_tmk_index_key"));
+  }
+  // One terminal row per SN as well.
+  EXPECT_THROW(Sql("INSERT INTO terminals (sn, state, algorithm, created_at_ms, updated_at_ms)"
+                   " VALUES ('POS-UNIQ-X', 'TK_RECEIVED', 17, 0, 0)"),
+               pqxx::unique_violation);
+}
+
+TEST_F(KmsGrpcTest, MigrationsAreIdempotent) {
+  auto again = db::ApplyMigrations(db_->dsn(), Migrations());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, 0);
+}
+
+}  // namespace
+}  // namespace rkl::kms::testing

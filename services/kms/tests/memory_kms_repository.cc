@@ -1,0 +1,151 @@
+#include "memory_kms_repository.h"
+
+#include <set>
+
+#include "absl/status/status.h"
+
+namespace rkl::kms::testing {
+
+void MemoryKmsRepository::Append(const std::vector<AuditEntry>& audit) {
+  for (AuditEntry e : audit) {
+    e.seq = audit_.size() + 1;
+    audit_.push_back(std::move(e));
+  }
+}
+
+absl::StatusOr<TerminalRecord> MemoryKmsRepository::GetTerminal(const std::string& sn) {
+  absl::MutexLock lock(&mu_);
+  auto it = terminals_.find(sn);
+  if (it == terminals_.end()) return absl::NotFoundError("sn: no such terminal");
+  return it->second;
+}
+
+absl::Status MemoryKmsRepository::InsertTerminal(const TerminalRecord& terminal,
+                                                 const std::vector<AuditEntry>& audit) {
+  absl::MutexLock lock(&mu_);
+  if (terminals_.contains(terminal.sn)) {
+    return absl::AlreadyExistsError("unique violation on constraint terminals_pkey");
+  }
+  TerminalRecord t = terminal;
+  t.version = 1;
+  terminals_.emplace(t.sn, std::move(t));
+  Append(audit);
+  return absl::OkStatus();
+}
+
+absl::Status MemoryKmsRepository::UpdateTerminal(const TerminalRecord& terminal,
+                                                 bool cancel_sessions,
+                                                 const std::vector<AuditEntry>& audit) {
+  absl::MutexLock lock(&mu_);
+  auto it = terminals_.find(terminal.sn);
+  if (it == terminals_.end() || it->second.version != terminal.version) {
+    return absl::AbortedError("terminal changed concurrently");
+  }
+  // The database's UNIQUE (tmk_index).
+  if (terminal.tmk_index) {
+    for (const auto& [sn, t] : terminals_) {
+      if (sn != terminal.sn && t.tmk_index == terminal.tmk_index) {
+        return absl::AlreadyExistsError("unique violation on constraint terminals_tmk_index_key");
+      }
+    }
+  }
+  TerminalRecord t = terminal;
+  t.version = terminal.version + 1;
+  it->second = std::move(t);
+  if (cancel_sessions) {
+    for (auto& [id, s] : sessions_) {
+      if (s.sn == terminal.sn &&
+          (s.state == SessionState::kOpen || s.state == SessionState::kAuthenticated)) {
+        s.state = SessionState::kCancelled;
+      }
+    }
+  }
+  Append(audit);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<TerminalRecord>> MemoryKmsRepository::ListTerminals(
+    const TerminalFilter& filter) {
+  absl::MutexLock lock(&mu_);
+  std::vector<TerminalRecord> out;
+  for (auto it = terminals_.upper_bound(filter.after_sn);
+       it != terminals_.end() && static_cast<int>(out.size()) < filter.limit; ++it) {
+    if (filter.state && it->second.state != *filter.state) continue;
+    if (!it->first.starts_with(filter.sn_prefix)) continue;
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+absl::Status MemoryKmsRepository::InsertSession(const AuthSession& session,
+                                                const std::vector<AuditEntry>& audit) {
+  absl::MutexLock lock(&mu_);
+  if (!terminals_.contains(session.sn)) {
+    return absl::FailedPreconditionError("integrity violation");
+  }
+  if (!sessions_.emplace(session.id, session).second) {
+    return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
+  }
+  Append(audit);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AuthSession> MemoryKmsRepository::GetSession(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return absl::NotFoundError("session_id: no such session");
+  return it->second;
+}
+
+absl::StatusOr<bool> MemoryKmsRepository::TransitionSession(
+    const std::string& id, SessionState from, SessionState to,
+    const std::optional<std::string>& tmk_kcv) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second.state != from) return false;
+  it->second.state = to;
+  if (tmk_kcv) it->second.tmk_kcv = *tmk_kcv;
+  return true;
+}
+
+absl::Status MemoryKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
+  absl::MutexLock lock(&mu_);
+  Append(audit);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<AuditEntry>> MemoryKmsRepository::ListAudit(const std::string& sn,
+                                                                       uint64_t after_seq,
+                                                                       int limit) {
+  absl::MutexLock lock(&mu_);
+  std::vector<AuditEntry> out;
+  for (const AuditEntry& e : audit_) {
+    if (static_cast<int>(out.size()) >= limit) break;
+    if (e.seq <= after_seq || (!sn.empty() && e.sn != sn)) continue;
+    out.push_back(e);
+  }
+  return out;
+}
+
+absl::StatusOr<Statistics> MemoryKmsRepository::GetStatistics(
+    const std::vector<std::string>& failure_actions) {
+  absl::MutexLock lock(&mu_);
+  Statistics st;
+  std::map<std::string, uint64_t> by_state;
+  std::set<std::string> kcvs;
+  for (const auto& [sn, t] : terminals_) {
+    ++by_state[TerminalStateName(t.state)];
+    if (!t.tmk_kcv.empty()) kcvs.insert(t.tmk_kcv);
+  }
+  st.terminals_by_state.assign(by_state.begin(), by_state.end());
+  st.terminals_total = terminals_.size();
+  st.distinct_tmk_kcvs = kcvs.size();
+  for (const AuditEntry& e : audit_) {
+    for (const std::string& a : failure_actions) {
+      if (e.action == a) ++st.auth_failures_total;
+    }
+  }
+  return st;
+}
+
+}  // namespace rkl::kms::testing
