@@ -1,0 +1,673 @@
+#include "cli.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "clients.h"
+#include "files.h"
+#include "fleet.h"
+#include "operator_terminal.h"
+#include "provision.h"
+#include "rkl/common/logging.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/random.h"
+#include "rkl/crypto/x509.h"
+#include "rkl/protocol/sn.h"
+#include "spdlog/spdlog.h"
+#include "terminal.h"
+
+namespace rkl::pos {
+namespace {
+
+using crypto::SecretBytes;
+
+constexpr char kPinEnv[] = "RKL_POS_OPERATOR_PIN";
+constexpr size_t kMaxPinLength = 128;
+constexpr char kInstalledState[] = "TERMINAL_STATE_INSTALLED";
+
+struct Options {
+  std::string state_dir = "rkl-pos-state";
+  std::string sn;
+  std::string mtms;
+  std::string kms;
+  std::string mtms_authority;
+  std::string kms_authority;
+  std::string ca_bundle;
+  std::string terminal_root;
+  std::string operator_card;
+  std::string operator_pin_file;
+  std::string admin_cert;
+  std::string admin_key;
+  std::string algorithm = "AES128";
+  std::string forwarding_timeout = "60s";
+  std::string rpc_timeout = "30s";
+  std::string log_level = "info";
+  std::string log_format = "text";
+  int count = 10;
+  int concurrency = 4;
+  std::string prefix;
+  std::string json_file;
+  std::string progress = "auto";
+};
+
+Clock SystemClock() {
+  return [] { return absl::Now(); };
+}
+
+absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& text, const char* flag) {
+  absl::Duration d;
+  if (!absl::ParseDuration(text, &d) || d <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": must be a positive duration such as 30s or 2m, got \"", text, "\""));
+  }
+  return d;
+}
+
+absl::Status Require(const std::string& value, const char* flag, const char* env) {
+  if (!value.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(flag, " (or ", env, ") is required"));
+}
+
+absl::StatusOr<crypto::Certificate> LoadCertificate(const std::string& path, const char* flag) {
+  RKL_ASSIGN_OR_RETURN(Bytes data, ReadFileBytes(path));
+  auto cert = crypto::Certificate::Parse(data);
+  if (!cert.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", path, " is not a certificate: ", cert.status().message()));
+  }
+  return cert;
+}
+
+// The PIN file holds the PIN on its first line; a trailing newline is not part of it.
+absl::StatusOr<SecretBytes> ReadPinFile(const std::string& path) {
+  RKL_ASSIGN_OR_RETURN(SecretBytes content, ReadSecretFile(path));
+  auto bytes = content.RevealSecret();
+  size_t len = 0;
+  while (len < bytes.size() && bytes[len] != '\n' && bytes[len] != '\r') ++len;
+  return content.Sub(0, len);
+}
+
+absl::StatusOr<SecretBytes> ObtainPin(const Options& o, const CliIo& io) {
+  SecretBytes pin;
+  if (!o.operator_pin_file.empty()) {
+    RKL_ASSIGN_OR_RETURN(pin, ReadPinFile(o.operator_pin_file));
+  } else if (const char* env = std::getenv(kPinEnv); env != nullptr) {
+    pin = SecretBytes::CopyOf(AsBytes(env));
+  } else if (io.prompt_pin) {
+    RKL_ASSIGN_OR_RETURN(pin, io.prompt_pin());
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("operator PIN: give --operator-pin-file, set ",
+                                                   kPinEnv, ", or run on a terminal"));
+  }
+  if (pin.empty() || pin.size() > kMaxPinLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("operator PIN: must be 1 to ", kMaxPinLength, " characters"));
+  }
+  return pin;
+}
+
+// Everything a command may need, built on demand from the options.
+class Session {
+ public:
+  Session(const Options& o, const CliIo& io) : o_(o), io_(io) {}
+
+  absl::Status Init() {
+    RKL_ASSIGN_OR_RETURN(rpc_timeout_, ParseDurationFlag(o_.rpc_timeout, "--rpc-timeout"));
+    RKL_ASSIGN_OR_RETURN(forwarding_.timeout,
+                         ParseDurationFlag(o_.forwarding_timeout, "--forwarding-timeout"));
+    RKL_ASSIGN_OR_RETURN(algorithm_, crypto::KeyAlgorithmFromName(o_.algorithm));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<MtmsPort*> Mtms() {
+    if (mtms_ == nullptr) {
+      RKL_RETURN_IF_ERROR(Require(o_.mtms, "--mtms", "RKL_POS_MTMS"));
+      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
+      RKL_ASSIGN_OR_RETURN(auto channel,
+                           MakePosChannel({o_.mtms, o_.mtms_authority, {"", "", o_.ca_bundle}}));
+      mtms_ = std::make_unique<GrpcMtmsClient>(std::move(channel), rpc_timeout_);
+    }
+    return mtms_.get();
+  }
+
+  absl::StatusOr<KmsTerminalPort*> Kms() {
+    if (kms_ == nullptr) {
+      RKL_RETURN_IF_ERROR(Require(o_.kms, "--kms", "RKL_POS_KMS"));
+      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
+      RKL_ASSIGN_OR_RETURN(auto channel,
+                           MakePosChannel({o_.kms, o_.kms_authority, {"", "", o_.ca_bundle}}));
+      kms_ = std::make_unique<GrpcKmsClient>(std::move(channel), rpc_timeout_);
+    }
+    return kms_.get();
+  }
+
+  // Null when no admin certificate was given: verification is then skipped.
+  absl::StatusOr<KmsAdminPort*> KmsAdmin() {
+    if (o_.admin_cert.empty() && o_.admin_key.empty()) return nullptr;
+    if (admin_ == nullptr) {
+      if (o_.admin_cert.empty() || o_.admin_key.empty()) {
+        return absl::InvalidArgumentError("--admin-cert and --admin-key go together");
+      }
+      RKL_RETURN_IF_ERROR(Require(o_.kms, "--kms", "RKL_POS_KMS"));
+      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
+      RKL_ASSIGN_OR_RETURN(
+          auto channel,
+          MakePosChannel({o_.kms, o_.kms_authority, {o_.admin_cert, o_.admin_key, o_.ca_bundle}}));
+      admin_ = std::make_unique<GrpcKmsClient>(std::move(channel), rpc_timeout_);
+    }
+    return admin_.get();
+  }
+
+  absl::StatusOr<const crypto::Certificate*> TerminalRoot() {
+    if (!root_) {
+      RKL_RETURN_IF_ERROR(Require(o_.terminal_root, "--terminal-root", "RKL_POS_TERMINAL_ROOT"));
+      RKL_ASSIGN_OR_RETURN(root_, LoadCertificate(o_.terminal_root, "--terminal-root"));
+    }
+    return &*root_;
+  }
+
+  absl::StatusOr<OperatorTerminal*> Operator(bool need_card) {
+    if (need_card && !card_) {
+      RKL_RETURN_IF_ERROR(Require(o_.operator_card, "--operator-card", "RKL_POS_OPERATOR_CARD"));
+      RKL_ASSIGN_OR_RETURN(Bytes p12, ReadFileBytes(o_.operator_card));
+      RKL_ASSIGN_OR_RETURN(SecretBytes pin, ObtainPin(o_, io_));
+      RKL_ASSIGN_OR_RETURN(card_, OperatorCard::Open(p12, pin));
+      operator_.reset();
+    }
+    if (operator_ == nullptr) {
+      RKL_ASSIGN_OR_RETURN(MtmsPort * mtms, Mtms());
+      operator_ =
+          std::make_unique<OperatorTerminal>(*mtms, card_ ? &*card_ : nullptr, SystemClock());
+    }
+    return operator_.get();
+  }
+
+  absl::StatusOr<Terminal> LoadTerminal() {
+    RKL_RETURN_IF_ERROR(Require(o_.sn, "--sn", "RKL_POS_SN"));
+    return Terminal::Load(o_.state_dir, o_.sn, SystemClock());
+  }
+
+  const Options& options() const { return o_; }
+  const CliIo& io() const { return io_; }
+  crypto::KeyAlgorithm algorithm() const { return algorithm_; }
+  const ForwardingWait& forwarding() const { return forwarding_; }
+
+ private:
+  const Options& o_;
+  const CliIo& io_;
+  absl::Duration rpc_timeout_;
+  ForwardingWait forwarding_;
+  crypto::KeyAlgorithm algorithm_ = crypto::KeyAlgorithm::kAes128;
+  std::unique_ptr<GrpcMtmsClient> mtms_;
+  std::unique_ptr<GrpcKmsClient> kms_;
+  std::unique_ptr<GrpcKmsClient> admin_;
+  std::optional<crypto::Certificate> root_;
+  std::optional<OperatorCard> card_;
+  std::unique_ptr<OperatorTerminal> operator_;
+};
+
+void PrintDescription(std::ostream& out, const SecureModuleDescription& d) {
+  auto or_dash = [](const std::string& s) { return s.empty() ? std::string("-") : s; };
+  out << "sn            " << d.sn << "\n"
+      << "state         " << d.lifecycle << "\n"
+      << "algorithm     " << d.algorithm << "\n"
+      << "work cert     " << or_dash(d.work_certificate_serial) << "\n"
+      << "TEK KCV       " << or_dash(d.tek_kcv) << "\n"
+      << "AUK KCV       " << or_dash(d.auk_kcv) << "\n"
+      << "TMK KCV       " << or_dash(d.tmk_kcv) << "\n"
+      << "submission    " << or_dash(d.submission_id) << "\n";
+}
+
+// Checks, through the KMS admin RPC, that KMS itself holds the terminal INSTALLED with the
+// TMK the terminal stored.
+absl::Status VerifyAtKms(Session& s, const SecureModuleDescription& d) {
+  RKL_ASSIGN_OR_RETURN(KmsAdminPort * admin, s.KmsAdmin());
+  if (admin == nullptr) return absl::OkStatus();
+  RKL_ASSIGN_OR_RETURN(KmsTerminalView view, admin->GetTerminal(d.sn));
+  *s.io().out << "kms (admin)   " << view.state << ", TMK KCV " << view.tmk_kcv << "\n";
+  if (view.state != kInstalledState) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("kms: reports ", view.state, " for ", d.sn, ", not INSTALLED"));
+  }
+  if (view.tmk_kcv != d.tmk_kcv) {
+    return absl::FailedPreconditionError("kms: TMK KCV differs from the one the terminal stored");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CmdManufacture(Session& s) {
+  const Options& o = s.options();
+  RKL_RETURN_IF_ERROR(Require(o.sn, "--sn", "RKL_POS_SN"));
+  RKL_ASSIGN_OR_RETURN(const crypto::Certificate* root, s.TerminalRoot());
+  RKL_ASSIGN_OR_RETURN(
+      Terminal t, Terminal::Manufacture(o.state_dir, o.sn, s.algorithm(), *root, SystemClock()));
+  spdlog::info("manufactured terminal {} ({})", o.sn, o.algorithm);
+  PrintDescription(*s.io().out, t.Describe());
+  return absl::OkStatus();
+}
+
+absl::Status CmdInstallCert(Session& s) {
+  RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+  RKL_ASSIGN_OR_RETURN(OperatorTerminal * op, s.Operator(false));
+  RKL_ASSIGN_OR_RETURN(WorkCertificateBundle bundle, op->FetchWorkCertificate());
+  RKL_RETURN_IF_ERROR(t.InstallWorkCertificatePem(bundle.work_certificate_pem));
+  spdlog::info("terminal {} accepted work certificate {}", t.Describe().sn, bundle.serial_hex);
+  PrintDescription(*s.io().out, t.Describe());
+  return absl::OkStatus();
+}
+
+absl::Status CmdGenerateTk(Session& s) {
+  RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+  RKL_RETURN_IF_ERROR(t.GenerateTransportKey());
+  const SecureModuleDescription d = t.Describe();
+  spdlog::info("terminal {} generated TK (TEK KCV {}, AUK KCV {})", d.sn, d.tek_kcv, d.auk_kcv);
+  PrintDescription(*s.io().out, d);
+  return absl::OkStatus();
+}
+
+absl::Status CmdSubmit(Session& s) {
+  RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+  RKL_ASSIGN_OR_RETURN(TransportKeyOffer offer, t.OfferTransportKey());
+  RKL_ASSIGN_OR_RETURN(OperatorTerminal * op, s.Operator(true));
+  RKL_ASSIGN_OR_RETURN(SubmissionReceipt receipt, op->Submit(offer));
+  RKL_RETURN_IF_ERROR(t.MarkSubmitted(receipt.submission_id));
+  spdlog::info("terminal {}: package submitted, MTMS receipt {} ({})", offer.sn,
+               receipt.submission_id, receipt.state);
+  PrintDescription(*s.io().out, t.Describe());
+  return absl::OkStatus();
+}
+
+absl::Status CmdDownloadTmk(Session& s) {
+  RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+  RKL_ASSIGN_OR_RETURN(KmsTerminalPort * kms, s.Kms());
+  RKL_ASSIGN_OR_RETURN(DownloadResult r, t.DownloadTmk(*kms, s.forwarding(), SleepFor));
+  spdlog::info("terminal {}: TMK installed (KCV {}), KMS reports {}", t.Describe().sn, r.tmk_kcv,
+               r.kms_state);
+  PrintDescription(*s.io().out, t.Describe());
+  return VerifyAtKms(s, t.Describe());
+}
+
+absl::StatusOr<ProvisionContext> MakeProvisionContext(Session& s, bool need_root) {
+  ProvisionContext ctx;
+  ctx.state_dir = s.options().state_dir;
+  ctx.algorithm = s.algorithm();
+  if (need_root) {
+    RKL_ASSIGN_OR_RETURN(ctx.terminal_root, s.TerminalRoot());
+  }
+  RKL_ASSIGN_OR_RETURN(ctx.operator_terminal, s.Operator(true));
+  RKL_ASSIGN_OR_RETURN(ctx.kms, s.Kms());
+  ctx.forwarding = s.forwarding();
+  ctx.clock = SystemClock();
+  ctx.sleep = SleepFor;
+  return ctx;
+}
+
+absl::Status CmdProvision(Session& s) {
+  const Options& o = s.options();
+  RKL_RETURN_IF_ERROR(Require(o.sn, "--sn", "RKL_POS_SN"));
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(o.sn));
+  const bool exists = PathExists(TerminalDirectory(o.state_dir, o.sn));
+  RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, !exists));
+  StepRecorder steps;
+  RKL_ASSIGN_OR_RETURN(ProvisionResult r, ProvisionTerminal(ctx, o.sn, steps));
+  for (const auto& [step, d] : steps.steps()) {
+    *s.io().out << absl::StrFormat("step %-16s %8.1f ms\n", step, absl::ToDoubleMilliseconds(d));
+  }
+  PrintDescription(*s.io().out, r.terminal);
+  spdlog::info("terminal {} provisioned (TMK KCV {}), KMS reports {}", o.sn, r.terminal.tmk_kcv,
+               r.kms_state);
+  return VerifyAtKms(s, r.terminal);
+}
+
+absl::Status CmdStatus(Session& s) {
+  const Options& o = s.options();
+  if (!o.sn.empty()) {
+    RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+    PrintDescription(*s.io().out, t.Describe());
+    return absl::OkStatus();
+  }
+  std::vector<std::string> sns;
+  if (DIR* dir = ::opendir(o.state_dir.c_str()); dir != nullptr) {
+    while (dirent* e = ::readdir(dir)) {
+      std::string name = e->d_name;
+      if (name != "." && name != ".." && protocol::ValidateSn(name).ok()) sns.push_back(name);
+    }
+    ::closedir(dir);
+  } else {
+    return absl::NotFoundError(absl::StrCat("--state-dir: cannot open ", o.state_dir));
+  }
+  std::sort(sns.begin(), sns.end());
+  std::ostream& out = *s.io().out;
+  out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s\n", "SN", "STATE", "ALG", "TEK", "AUK",
+                         "TMK");
+  for (const std::string& sn : sns) {
+    auto t = Terminal::Load(o.state_dir, sn, SystemClock());
+    if (!t.ok()) {
+      out << absl::StrFormat("%-32s unreadable: %s\n", sn, t.status().message());
+      continue;
+    }
+    const SecureModuleDescription d = t->Describe();
+    auto dash = [](const std::string& v) { return v.empty() ? std::string("-") : v; };
+    out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s\n", d.sn, d.lifecycle, d.algorithm,
+                           dash(d.tek_kcv), dash(d.auk_kcv), dash(d.tmk_kcv));
+  }
+  return absl::OkStatus();
+}
+
+std::string FleetSn(const std::string& prefix, int index) {
+  return absl::StrFormat("%s-%06d", prefix, index + 1);
+}
+
+absl::Status CmdFleet(Session& s, Options& o) {
+  if (o.count < 1) return absl::InvalidArgumentError("--count: must be at least 1");
+  if (o.concurrency < 1) return absl::InvalidArgumentError("--concurrency: must be at least 1");
+  if (o.prefix.empty()) {
+    // A fresh prefix per run, so a fleet never collides with terminals of an earlier run.
+    o.prefix = absl::StrCat("FLEET-", ToHex(crypto::RandomBytes(3)));
+  }
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(FleetSn(o.prefix, o.count - 1)));
+  RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, true));
+  RKL_ASSIGN_OR_RETURN(KmsAdminPort * admin, s.KmsAdmin());  // fail fast on bad flags
+
+  FleetOptions fo;
+  fo.count = o.count;
+  fo.concurrency = o.concurrency;
+  if (o.progress != "none") {
+    fo.progress = s.io().err;
+    fo.progress_is_tty = o.progress == "bar" || (o.progress == "auto" && s.io().err_is_tty);
+  }
+  *s.io().out << "fleet: " << o.count << " terminals " << FleetSn(o.prefix, 0) << " .. "
+              << FleetSn(o.prefix, o.count - 1) << ", concurrency " << o.concurrency << "\n";
+  FleetSummary summary = RunFleet(fo, [&](int index, StepRecorder& steps) {
+    return ProvisionTerminal(ctx, FleetSn(o.prefix, index), steps).status();
+  });
+
+  absl::Status verdict = absl::OkStatus();
+  if (admin != nullptr) {
+    RKL_ASSIGN_OR_RETURN(std::vector<KmsTerminalView> views, admin->ListTerminals(o.prefix + "-"));
+    int installed = 0;
+    for (const auto& v : views) {
+      if (v.state == kInstalledState) ++installed;
+    }
+    summary.kms_verified_installed = installed;
+    if (installed != summary.succeeded) {
+      verdict = absl::FailedPreconditionError(absl::StrCat(
+          "kms: reports ", installed, " INSTALLED, the simulator counted ", summary.succeeded));
+    }
+  }
+  *s.io().out << FormatSummaryText(summary);
+  if (!o.json_file.empty()) {
+    const std::string json = FormatSummaryJson(summary);
+    RKL_RETURN_IF_ERROR(WriteFileAtomically(o.json_file, Bytes(json.begin(), json.end()), 0644));
+  }
+  if (summary.failed > 0) {
+    return absl::AbortedError(
+        absl::StrCat(summary.failed, " of ", summary.total, " terminals failed (see the summary)"));
+  }
+  return verdict;
+}
+
+// Flag groups shared by the subcommands, each with its environment variable.
+void AddStateDir(CLI::App* c, Options& o) {
+  c->add_option("--state-dir", o.state_dir,
+                "Directory of the terminals' secure modules (one sub-directory per SN)")
+      ->envname("RKL_POS_STATE_DIR")
+      ->capture_default_str();
+}
+void AddSn(CLI::App* c, Options& o, bool required) {
+  auto* opt = c->add_option("--sn", o.sn, "Terminal serial number: 1-32 of A-Z 0-9 -")
+                  ->envname("RKL_POS_SN");
+  if (required) opt->required();
+}
+void AddCaBundle(CLI::App* c, Options& o) {
+  c->add_option("--ca-bundle", o.ca_bundle,
+                "service-ca certificate(s) that MTMS's and KMS's TLS certificates chain to")
+      ->envname("RKL_POS_CA_BUNDLE");
+  c->add_option("--rpc-timeout", o.rpc_timeout, "Deadline of each RPC")
+      ->envname("RKL_POS_RPC_TIMEOUT")
+      ->capture_default_str();
+}
+void AddMtms(CLI::App* c, Options& o) {
+  c->add_option("--mtms", o.mtms, "MTMS address host:port (server-authenticated TLS)")
+      ->envname("RKL_POS_MTMS");
+  c->add_option("--mtms-authority", o.mtms_authority,
+                "Name MTMS's certificate must carry, if not the host of --mtms")
+      ->envname("RKL_POS_MTMS_AUTHORITY");
+}
+void AddKms(CLI::App* c, Options& o) {
+  c->add_option("--kms", o.kms, "KMS address host:port (server-authenticated TLS)")
+      ->envname("RKL_POS_KMS");
+  c->add_option("--kms-authority", o.kms_authority,
+                "Name KMS's certificate must carry, if not the host of --kms")
+      ->envname("RKL_POS_KMS_AUTHORITY");
+  c->add_option("--forwarding-timeout", o.forwarding_timeout,
+                "How long to wait for MTMS to forward the TK to KMS")
+      ->envname("RKL_POS_FORWARDING_TIMEOUT")
+      ->capture_default_str();
+}
+void AddCard(CLI::App* c, Options& o) {
+  c->add_option("--operator-card", o.operator_card,
+                "Operator card: PKCS#12 with the ECDSA P-256 key and operator certificate")
+      ->envname("RKL_POS_OPERATOR_CARD");
+  c->add_option("--operator-pin-file", o.operator_pin_file,
+                "File whose first line is the card PIN; else RKL_POS_OPERATOR_PIN, else a "
+                "no-echo prompt on the terminal")
+      ->envname("RKL_POS_OPERATOR_PIN_FILE");
+}
+void AddAdmin(CLI::App* c, Options& o) {
+  c->add_option("--admin-cert", o.admin_cert,
+                "admin:* client certificate, to verify results through the KMS admin RPC")
+      ->envname("RKL_POS_ADMIN_CERT");
+  c->add_option("--admin-key", o.admin_key, "Private key of --admin-cert")
+      ->envname("RKL_POS_ADMIN_KEY");
+}
+void AddRoot(CLI::App* c, Options& o) {
+  c->add_option("--terminal-root", o.terminal_root,
+                "HsmRCRT (terminal-root certificate, PEM or DER) burned into new terminals")
+      ->envname("RKL_POS_TERMINAL_ROOT");
+  c->add_option("--algorithm", o.algorithm, "Terminal key algorithm of new terminals")
+      ->envname("RKL_POS_ALGORITHM")
+      ->check(CLI::IsMember({"AES128", "AES256", "TDES2"}))
+      ->capture_default_str();
+}
+
+}  // namespace
+
+int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
+  Options o;
+  CLI::App app{
+      "rkl-pos: POS terminal (with its secure module) and operator terminal (with its operator "
+      "card) simulator for rkl. Clear keys never leave the secure module files; output shows "
+      "KCVs and states only. Every flag can also be set through the environment variable "
+      "shown beside it."};
+  app.require_subcommand(1);
+  // A flag given twice (or in a script and again by hand) takes the last value.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off")
+      ->envname("RKL_POS_LOG_LEVEL")
+      ->capture_default_str();
+  app.add_option("--log-format", o.log_format, "text|json")
+      ->envname("RKL_POS_LOG_FORMAT")
+      ->capture_default_str();
+  app.fallthrough();
+
+  struct Command {
+    CLI::App* app;
+    std::function<absl::Status(Session&)> run;
+  };
+  std::vector<Command> commands;
+
+  auto* manufacture = app.add_subcommand(
+      "manufacture", "Create a terminal: SN, key algorithm and burned-in HsmRCRT");
+  AddStateDir(manufacture, o);
+  AddSn(manufacture, o, true);
+  AddRoot(manufacture, o);
+  commands.push_back({manufacture, CmdManufacture});
+
+  auto* install = app.add_subcommand(
+      "install-cert",
+      "S204-S206: the operator terminal fetches HsmWCRT from MTMS; the terminal verifies it "
+      "against its HsmRCRT and keeps Pu");
+  AddStateDir(install, o);
+  AddSn(install, o, true);
+  AddMtms(install, o);
+  AddCaBundle(install, o);
+  commands.push_back({install, CmdInstallCert});
+
+  auto* generate = app.add_subcommand(
+      "generate-tk", "S102-S103: the secure module makes TK = TEK || AUK and Ctk_Pu under Pu");
+  AddStateDir(generate, o);
+  AddSn(generate, o, true);
+  commands.push_back({generate, CmdGenerateTk});
+
+  auto* submit = app.add_subcommand(
+      "submit",
+      "S104-S105, S301-S303: the operator terminal signs SN + Ctk_Pu with the operator card and "
+      "sends it to MTMS");
+  AddStateDir(submit, o);
+  AddSn(submit, o, true);
+  AddMtms(submit, o);
+  AddCaBundle(submit, o);
+  AddCard(submit, o);
+  commands.push_back({submit, CmdSubmit});
+
+  auto* download = app.add_subcommand(
+      "download-tmk",
+      "S109-S113, S401-S405: mutual authentication with AUK, TMK as a TR-31 block under TEK, "
+      "install proof");
+  AddStateDir(download, o);
+  AddSn(download, o, true);
+  AddKms(download, o);
+  AddCaBundle(download, o);
+  AddAdmin(download, o);
+  commands.push_back({download, CmdDownloadTmk});
+
+  auto* provision = app.add_subcommand(
+      "provision", "All steps for one terminal (resumes an existing terminal where it stopped)");
+  AddStateDir(provision, o);
+  AddSn(provision, o, true);
+  AddRoot(provision, o);
+  AddMtms(provision, o);
+  AddKms(provision, o);
+  AddCaBundle(provision, o);
+  AddCard(provision, o);
+  AddAdmin(provision, o);
+  commands.push_back({provision, CmdProvision});
+
+  auto* status = app.add_subcommand(
+      "status", "Show one terminal (--sn) or all terminals: states and KCVs only");
+  AddStateDir(status, o);
+  AddSn(status, o, false);
+  commands.push_back({status, CmdStatus});
+
+  auto* fleet = app.add_subcommand(
+      "fleet",
+      "N terminals through the whole flow in parallel, with progress and a latency summary");
+  AddStateDir(fleet, o);
+  AddRoot(fleet, o);
+  AddMtms(fleet, o);
+  AddKms(fleet, o);
+  AddCaBundle(fleet, o);
+  AddCard(fleet, o);
+  AddAdmin(fleet, o);
+  fleet->add_option("--count", o.count, "Number of terminals")->capture_default_str();
+  fleet->add_option("--concurrency", o.concurrency, "Terminals in flight at once")
+      ->capture_default_str();
+  fleet->add_option("--prefix", o.prefix,
+                    "SN prefix; terminals are <prefix>-000001... (default: FLEET-<random>)");
+  fleet->add_option("--json", o.json_file, "Also write the summary as JSON to this file");
+  fleet->add_option("--progress", o.progress, "auto|bar|plain|none (auto: bar on a terminal)")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+  commands.push_back({fleet, [&](Session& s) { return CmdFleet(s, o); }});
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is a "parse error" with exit code 0; every real usage error exits 2.
+    return app.exit(e, *io.out, *io.err) == 0 ? 0 : 2;
+  }
+
+  if (io.init_logging) {
+    auto format = ParseLogFormat(o.log_format);
+    auto level = ParseLogLevel(o.log_level);
+    if (!format.ok() || !level.ok()) {
+      *io.err << "rkl-pos: --log-format/--log-level: "
+              << (!format.ok() ? format.status() : level.status()).message() << "\n";
+      return 2;
+    }
+    InitLogging({.format = *format, .level = *level, .program = "rkl-pos"});
+  }
+
+  for (const Command& c : commands) {
+    if (!c.app->parsed()) continue;
+    Session session(o, io);
+    absl::Status status = session.Init();
+    if (status.ok()) status = c.run(session);
+    if (!status.ok()) {
+      *io.err << "rkl-pos " << c.app->get_name() << ": " << absl::StatusCodeToString(status.code())
+              << ": " << status.message() << "\n";
+      return 1;
+    }
+    return 0;
+  }
+  return 2;
+}
+
+namespace {
+
+// Reads the PIN from /dev/tty with echo off; the typed characters go straight into
+// SecretBytes.
+absl::StatusOr<SecretBytes> PromptPinOnTty() {
+  int fd = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return absl::FailedPreconditionError("operator PIN: no terminal to prompt on");
+  termios old_mode;
+  const bool have_mode = ::tcgetattr(fd, &old_mode) == 0;
+  if (have_mode) {
+    termios quiet = old_mode;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    ::tcsetattr(fd, TCSAFLUSH, &quiet);
+  }
+  constexpr char kPrompt[] = "Operator card PIN: ";
+  (void)!::write(fd, kPrompt, sizeof(kPrompt) - 1);
+  SecretBytes buffer(kMaxPinLength + 1);
+  auto out = buffer.RevealSecretMutable();
+  size_t len = 0;
+  char c;
+  while (::read(fd, &c, 1) == 1 && c != '\n' && c != '\r') {
+    if (len < out.size()) out[len++] = static_cast<uint8_t>(c);
+  }
+  c = 0;
+  if (have_mode) ::tcsetattr(fd, TCSAFLUSH, &old_mode);
+  (void)!::write(fd, "\n", 1);
+  ::close(fd);
+  return buffer.Sub(0, len);
+}
+
+}  // namespace
+
+CliIo ProcessCliIo() {
+  CliIo io;
+  io.out = &std::cout;
+  io.err = &std::cerr;
+  io.init_logging = true;
+  io.err_is_tty = ::isatty(STDERR_FILENO) == 1;
+  if (::isatty(STDIN_FILENO) == 1) io.prompt_pin = PromptPinOnTty;
+  return io;
+}
+
+}  // namespace rkl::pos

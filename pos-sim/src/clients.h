@@ -1,0 +1,69 @@
+#pragma once
+// gRPC implementations of the ports (ports.h) over rkl::rpc channels.
+//
+// Terminals and the operator terminal reach MTMS and KMS over server-authenticated TLS:
+// they trust the service-ca bundle and present no certificate (the package is authenticated
+// by the operator card, the terminal by AUK). The KMS admin client, used only to verify
+// results, presents an `admin:*` certificate. Every call has a deadline and an
+// x-request-id. Statuses are converted once, with rpc::FromGrpcStatus.
+// Thread-safe: one client (one channel) is shared by all fleet workers.
+
+#include <grpcpp/channel.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ports.h"
+#include "rkl/rpc/tls.h"
+#include "rkl/v1/kms.grpc.pb.h"
+#include "rkl/v1/mtms.grpc.pb.h"
+
+namespace rkl::pos {
+
+inline constexpr absl::Duration kDefaultRpcTimeout = absl::Seconds(30);
+
+struct Endpoint {
+  std::string target;     // host:port or any gRPC target
+  std::string authority;  // name the server certificate must carry; empty: the host
+  rpc::TlsFiles tls;      // ca_file always; cert/key only for the admin client
+};
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakePosChannel(const Endpoint& endpoint);
+
+class GrpcMtmsClient final : public MtmsPort {
+ public:
+  explicit GrpcMtmsClient(std::shared_ptr<grpc::Channel> channel,
+                          absl::Duration timeout = kDefaultRpcTimeout);
+  absl::StatusOr<WorkCertificateBundle> GetWorkCertificate() override;
+  absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
+      const Bytes& package, const Bytes& signature,
+      const std::string& operator_certificate_pem) override;
+
+ private:
+  std::unique_ptr<rkl::v1::Mtms::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+class GrpcKmsClient final : public KmsTerminalPort, public KmsAdminPort {
+ public:
+  explicit GrpcKmsClient(std::shared_ptr<grpc::Channel> channel,
+                         absl::Duration timeout = kDefaultRpcTimeout);
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
+                                                    const Bytes& rnd1) override;
+  absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
+                                                     const std::string& sn,
+                                                     const Bytes& crnd2) override;
+  absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
+                                                  const std::string& sn,
+                                                  const Bytes& proof) override;
+  absl::StatusOr<KmsTerminalView> GetTerminal(const std::string& sn) override;
+  absl::StatusOr<std::vector<KmsTerminalView>> ListTerminals(const std::string& sn_prefix) override;
+
+ private:
+  std::unique_ptr<rkl::v1::Kms::Stub> stub_;
+  absl::Duration timeout_;
+};
+
+}  // namespace rkl::pos

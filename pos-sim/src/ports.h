@@ -1,0 +1,82 @@
+#pragma once
+// What the simulated terminal and operator terminal need from MTMS and KMS, as interfaces,
+// so the terminal logic runs unchanged against the real gRPC clients (clients.h) and
+// against in-memory fakes in unit tests. Nothing that crosses these interfaces is key
+// material: certificates, ciphertexts, nonces, key blocks under TEK, MACs and KCVs.
+// Implementations must be thread-safe: a fleet calls them from many workers at once.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "rkl/common/hex.h"
+
+namespace rkl::pos {
+
+// S204: what MTMS hands the operator terminal.
+struct WorkCertificateBundle {
+  std::string work_certificate_pem;  // HsmWCRT
+  std::string terminal_root_pem;     // for reference only: terminals trust their own copy
+  std::string serial_hex;
+};
+
+struct SubmissionReceipt {
+  std::string submission_id;
+  std::string state;  // SubmissionState name, e.g. "SUBMISSION_STATE_RECEIVED"
+};
+
+class MtmsPort {
+ public:
+  virtual ~MtmsPort() = default;
+  virtual absl::StatusOr<WorkCertificateBundle> GetWorkCertificate() = 0;
+  virtual absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
+      const Bytes& package, const Bytes& signature,
+      const std::string& operator_certificate_pem) = 0;
+};
+
+struct AuthChallenge {
+  std::string session_id;
+  Bytes crnd1;
+  Bytes rnd2;
+};
+
+struct KeyDelivery {
+  std::string key_block;
+  std::string tmk_kcv;
+};
+
+// The terminal-facing KMS RPCs (S109–S113, S401–S405).
+class KmsTerminalPort {
+ public:
+  virtual ~KmsTerminalPort() = default;
+  virtual absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
+                                                            const Bytes& rnd1) = 0;
+  virtual absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
+                                                             const std::string& sn,
+                                                             const Bytes& crnd2) = 0;
+  // Returns the terminal state name KMS reports, e.g. "TERMINAL_STATE_INSTALLED".
+  virtual absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
+                                                          const std::string& sn,
+                                                          const Bytes& proof) = 0;
+};
+
+struct KmsTerminalView {
+  std::string sn;
+  std::string state;  // TerminalState name
+  std::string tmk_kcv;
+  std::string tek_kcv;
+  std::string auk_kcv;
+};
+
+// KMS administration, used only to verify results independently of the simulator.
+class KmsAdminPort {
+ public:
+  virtual ~KmsAdminPort() = default;
+  virtual absl::StatusOr<KmsTerminalView> GetTerminal(const std::string& sn) = 0;
+  // Every terminal whose SN starts with `sn_prefix` (all pages).
+  virtual absl::StatusOr<std::vector<KmsTerminalView>> ListTerminals(
+      const std::string& sn_prefix) = 0;
+};
+
+}  // namespace rkl::pos

@@ -1,0 +1,77 @@
+#include "provision.h"
+
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "files.h"
+#include "rkl/common/status_macros.h"
+#include "secure_module.h"
+
+namespace rkl::pos {
+
+absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& context,
+                                                  const std::string& sn, StepRecorder& steps) {
+  if (context.operator_terminal == nullptr || context.kms == nullptr) {
+    return absl::InvalidArgumentError("provision: MTMS and KMS connections are required");
+  }
+  steps.SetSubject(sn);
+  std::optional<Terminal> terminal;
+  if (PathExists(TerminalDirectory(context.state_dir, sn))) {
+    RKL_ASSIGN_OR_RETURN(terminal, Terminal::Load(context.state_dir, sn, context.clock));
+  } else {
+    if (context.terminal_root == nullptr) {
+      return absl::InvalidArgumentError("terminal_root: needed to manufacture a new terminal");
+    }
+    RKL_RETURN_IF_ERROR(steps.Run(kStepManufacture, [&]() -> absl::Status {
+      RKL_ASSIGN_OR_RETURN(terminal, Terminal::Manufacture(context.state_dir, sn, context.algorithm,
+                                                           *context.terminal_root, context.clock));
+      return absl::OkStatus();
+    }));
+  }
+
+  const Lifecycle lifecycle = terminal->secure_module().state().lifecycle;
+  if (lifecycle == Lifecycle::kInstalled) {
+    return absl::FailedPreconditionError(absl::StrCat("terminal: ", sn, " is already INSTALLED"));
+  }
+  if (lifecycle <= Lifecycle::kManufactured) {
+    RKL_RETURN_IF_ERROR(steps.Run(kStepInstallCert, [&]() -> absl::Status {
+      RKL_ASSIGN_OR_RETURN(WorkCertificateBundle bundle,
+                           context.operator_terminal->FetchWorkCertificate());
+      return terminal->InstallWorkCertificatePem(bundle.work_certificate_pem);
+    }));
+  }
+  if (lifecycle <= Lifecycle::kCertInstalled) {
+    RKL_RETURN_IF_ERROR(
+        steps.Run(kStepGenerateTk, [&] { return terminal->GenerateTransportKey(); }));
+  }
+  if (lifecycle <= Lifecycle::kTkGenerated) {
+    RKL_RETURN_IF_ERROR(steps.Run(kStepSubmit, [&]() -> absl::Status {
+      RKL_ASSIGN_OR_RETURN(TransportKeyOffer offer, terminal->OfferTransportKey());
+      RKL_ASSIGN_OR_RETURN(SubmissionReceipt receipt, context.operator_terminal->Submit(offer));
+      return terminal->MarkSubmitted(receipt.submission_id);
+    }));
+  }
+
+  ProvisionResult result;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto download = terminal->DownloadTmk(*context.kms, context.forwarding, context.sleep);
+  const absl::Duration total = absl::FromChrono(std::chrono::steady_clock::now() - t0);
+  if (!download.ok()) {
+    steps.MarkFailed(
+        download.status().code() == absl::StatusCode::kDeadlineExceeded &&
+                absl::StartsWith(download.status().message(), kForwardingTimeoutMessagePrefix)
+            ? kStepForwarding
+            : kStepDownloadTmk);
+    return download.status();
+  }
+  // The forwarding wait is MTMS's and KMS's time, not the download's: report it apart.
+  const absl::Duration waited = std::min(download->waited_for_forwarding, total);
+  steps.Record(kStepForwarding, waited);
+  steps.Record(kStepDownloadTmk, total - waited);
+  result.kms_state = download->kms_state;
+  result.terminal = terminal->Describe();
+  return result;
+}
+
+}  // namespace rkl::pos

@@ -1,0 +1,49 @@
+#pragma once
+// One terminal through the whole patent flow, as `rkl-pos provision` and each fleet worker
+// run it: manufacture (S2xx prerequisite) → install-cert (S204–S206) → generate-tk
+// (S102–S103) → submit (S104–S105, S301–S303) → wait for MTMS→KMS forwarding (S106–S108)
+// → download-tmk (S109–S113, S401–S405).
+//
+// A terminal that already exists resumes from its lifecycle state, so an interrupted
+// provision can be re-run. Each step is timed through the StepRecorder under the names in
+// kStep*; a refused step leaves the secure module unchanged (terminal.h).
+// Thread-safe for distinct SNs as long as the ports are (they are: clients.h).
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "fleet.h"
+#include "operator_terminal.h"
+#include "ports.h"
+#include "rkl/crypto/x509.h"
+#include "terminal.h"
+
+namespace rkl::pos {
+
+inline constexpr char kStepManufacture[] = "manufacture";
+inline constexpr char kStepInstallCert[] = "install-cert";
+inline constexpr char kStepGenerateTk[] = "generate-tk";
+inline constexpr char kStepSubmit[] = "submit";
+inline constexpr char kStepForwarding[] = "forwarding-wait";
+inline constexpr char kStepDownloadTmk[] = "download-tmk";
+
+struct ProvisionContext {
+  std::string state_dir;
+  crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+  const crypto::Certificate* terminal_root = nullptr;  // needed to manufacture
+  OperatorTerminal* operator_terminal = nullptr;
+  KmsTerminalPort* kms = nullptr;
+  ForwardingWait forwarding;
+  Clock clock;
+  Sleeper sleep;
+};
+
+struct ProvisionResult {
+  SecureModuleDescription terminal;
+  std::string kms_state;
+};
+
+absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& context,
+                                                  const std::string& sn, StepRecorder& steps);
+
+}  // namespace rkl::pos

@@ -1,0 +1,119 @@
+#pragma once
+// The simulated secure module of one POS terminal: the only place a terminal's clear keys
+// (TEK, AUK, TMK) exist outside HSM #2.
+//
+// On disk, a terminal is a directory <state-dir>/<SN>/ (mode 0700) holding
+//   device.key             32 random bytes, mode 0600: stands for the hardware-unique key a
+//                          real secure element never exports;
+//   secure_module.sealed   mode 0600: AES-256-GCM(device key, state, AAD = SN), see aead.h.
+// The state (SN, algorithm, lifecycle, burned-in HsmRCRT, accepted HsmWCRT, TEK, AUK, Ctk_Pu,
+// MTMS receipt, TMK) is serialised into a SecretBytes buffer and sealed as a whole, so no
+// clear key is ever written anywhere, and a state file copied to another SN or device does
+// not open.
+//
+// Guarantees:
+//  - every mutation is all-or-nothing: Commit() seals the complete next state, writes it to
+//    a fresh temporary file, fsyncs it and renames it over the old one; a step that fails
+//    before Commit() leaves the file byte-identical;
+//  - keys leave the module only as SecretBytes handed to the terminal's own crypto
+//    (terminal.cc); what the module shows to the world (Describe()) is KCVs and states only;
+//  - SecureModuleTestPeer (defined only in the test target) is the one test hook that reads
+//    the clear keys, so tests can prove they never appear in files or output.
+// Thread safety: one SecureModule per terminal, used by one thread at a time. Two processes
+// must not mutate the same terminal concurrently (the last rename wins).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "rkl/common/hex.h"
+#include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/secret_bytes.h"
+
+namespace rkl::pos {
+
+// Where a terminal is in the patent's flow. Values are stored in the state file.
+enum class Lifecycle : uint8_t {
+  kManufactured = 1,   // SN and HsmRCRT burned in
+  kCertInstalled = 2,  // S206: HsmWCRT verified, Pu kept
+  kTkGenerated = 3,    // S102–S103: TEK, AUK and Ctk_Pu made
+  kTkSubmitted = 4,    // S104–S105: the operator terminal sent the package to MTMS
+  kTmkLoaded = 5,      // S113: TMK verified and stored, confirmation not yet accepted
+  kInstalled = 6,      // S113: KMS accepted the install proof
+};
+std::string_view LifecycleName(Lifecycle lifecycle);
+
+// The complete contents of the module. Copyable, so a step builds the next state on a copy
+// and commits it only when every check passed.
+struct SecureModuleState {
+  std::string sn;
+  crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+  Lifecycle lifecycle = Lifecycle::kManufactured;
+  Bytes terminal_root_der;     // HsmRCRT, burned in at manufacture
+  Bytes work_certificate_der;  // HsmWCRT, once verified (holds Pu)
+  crypto::SecretBytes tek;     // empty until generate-tk
+  crypto::SecretBytes auk;
+  Bytes ctk_pu;               // public: RSA-OAEP ciphertext of the TK payload
+  std::string submission_id;  // MTMS receipt
+  crypto::SecretBytes tmk;    // empty until download-tmk
+  int64_t manufactured_at_unix_ms = 0;
+  int64_t installed_at_unix_ms = 0;
+};
+
+// What may be shown about a terminal: no key material, only check values and states.
+struct SecureModuleDescription {
+  std::string sn;
+  std::string lifecycle;
+  std::string algorithm;
+  std::string tek_kcv;  // 6 hex digits, empty when absent
+  std::string auk_kcv;
+  std::string tmk_kcv;
+  std::string work_certificate_serial;  // upper-case hex, empty when absent
+  std::string submission_id;
+};
+
+class SecureModule {
+ public:
+  // Creates <state_dir>/<sn>/ with a fresh device key and seals `initial` (its sn must be
+  // `sn`). ALREADY_EXISTS if the terminal exists.
+  static absl::StatusOr<SecureModule> Create(const std::string& state_dir,
+                                             const SecureModuleState& initial);
+  // Opens an existing terminal. NOT_FOUND if there is none; DATA_LOSS if the state file
+  // does not open under the device key (tampered, copied or corrupted).
+  static absl::StatusOr<SecureModule> Open(const std::string& state_dir, const std::string& sn);
+
+  SecureModule(SecureModule&&) noexcept = default;
+  SecureModule& operator=(SecureModule&&) noexcept = default;
+
+  const SecureModuleState& state() const { return state_; }
+  // Seals and atomically replaces the state file, then adopts `next`. On error the file
+  // and the in-memory state are unchanged. `next.sn` must not change.
+  absl::Status Commit(SecureModuleState next);
+
+  SecureModuleDescription Describe() const;
+
+  const std::string& directory() const { return dir_; }
+  std::string state_file() const;
+  std::string device_key_file() const;
+
+ private:
+  friend class SecureModuleTestPeer;
+  SecureModule(std::string dir, crypto::SecretBytes device_key, SecureModuleState state)
+      : dir_(std::move(dir)), device_key_(std::move(device_key)), state_(std::move(state)) {}
+
+  std::string dir_;
+  crypto::SecretBytes device_key_;
+  SecureModuleState state_;
+};
+
+// The directory of terminal `sn` under `state_dir`.
+std::string TerminalDirectory(const std::string& state_dir, std::string_view sn);
+
+// Serialisation of the state (exposed for tests of the format). The output holds clear keys
+// and is therefore SecretBytes; Parse is strict and reports corruption as DATA_LOSS.
+absl::StatusOr<crypto::SecretBytes> SerializeState(const SecureModuleState& state);
+absl::StatusOr<SecureModuleState> ParseState(const crypto::SecretBytes& serialized);
+
+}  // namespace rkl::pos

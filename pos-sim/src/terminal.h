@@ -1,0 +1,112 @@
+#pragma once
+// The POS terminal of the patent, around its secure module: manufacture (SN + burned-in
+// HsmRCRT), S204–S206 (verify HsmWCRT, keep Pu), S102–S103 (TK = TEK ‖ AUK, Ctk_Pu),
+// S109–S113 with S401–S405 (mutual authentication with AUK, TR-31 TMK delivery, install
+// proof).
+//
+// Guarantees:
+//  - every terminal-side check is made before the secure module changes, and a refused
+//    step leaves the state file byte-identical (SecureModule::Commit is the only writer);
+//  - the work certificate is accepted only if it chains to the burned-in HsmRCRT (never the
+//    system trust store), is within validity now, has exactly keyUsage keyEncipherment,
+//    critical, is not a CA, and holds an RSA key of at least 2048 bits (PROTOCOL §2);
+//  - KMS must prove AUK (Crnd1) before the terminal answers, and the key block must pass
+//    MAC, header profile, KC/KP checks and carry a TMK of the terminal's own algorithm;
+//  - errors name the field and the rule and never carry key bytes or which internal check
+//    of a decryption failed.
+// Not thread-safe: one Terminal per thread (a fleet gives each worker its own terminals).
+
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ports.h"
+#include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/x509.h"
+#include "secure_module.h"
+
+namespace rkl::pos {
+
+using Clock = std::function<absl::Time()>;
+using Sleeper = std::function<void(absl::Duration)>;
+
+// How long download-tmk waits for MTMS to forward the TK to KMS (KMS answers NOT_FOUND
+// until then), and how it backs off in between.
+struct ForwardingWait {
+  absl::Duration timeout = absl::Seconds(60);
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+};
+
+// DownloadTmk's DEADLINE_EXCEEDED message when KMS never learned the terminal in time.
+inline constexpr char kForwardingTimeoutMessagePrefix[] = "kms: terminal not known to KMS";
+
+struct DownloadResult {
+  std::string tmk_kcv;
+  std::string kms_state;                 // as KMS reported after confirmation
+  absl::Duration waited_for_forwarding;  // time spent on NOT_FOUND retries
+  int begin_attempts = 0;
+};
+
+// Public data the terminal hands to the operator terminal for S104.
+struct TransportKeyOffer {
+  std::string sn;
+  Bytes ctk_pu;
+  std::string work_certificate_serial;
+  crypto::KeyAlgorithm algorithm;
+};
+
+class Terminal {
+ public:
+  // Creates the terminal's secure module with `sn`, `algorithm` and HsmRCRT burned in.
+  // The root must be a self-signed CA certificate.
+  static absl::StatusOr<Terminal> Manufacture(const std::string& state_dir, const std::string& sn,
+                                              crypto::KeyAlgorithm algorithm,
+                                              const crypto::Certificate& terminal_root,
+                                              Clock clock);
+  static absl::StatusOr<Terminal> Load(const std::string& state_dir, const std::string& sn,
+                                       Clock clock);
+
+  Terminal(Terminal&&) noexcept = default;
+  Terminal& operator=(Terminal&&) noexcept = default;
+
+  // S205–S206: verifies `work_certificate` against the burned-in HsmRCRT and keeps it (Pu).
+  absl::Status InstallWorkCertificate(const crypto::Certificate& work_certificate);
+  // Same, from PEM as MTMS returns it.
+  absl::Status InstallWorkCertificatePem(const std::string& work_certificate_pem);
+
+  // S102–S103: fresh TEK and AUK, Ctk_Pu = RSA-OAEP(Pu, payload, "RKL-TK:" ‖ SN).
+  absl::Status GenerateTransportKey();
+
+  // What the operator terminal signs and sends (requires a generated TK).
+  absl::StatusOr<TransportKeyOffer> OfferTransportKey() const;
+  // Records MTMS's receipt once the operator terminal submitted the package.
+  absl::Status MarkSubmitted(const std::string& submission_id);
+
+  // S109–S113, S401–S405 against KMS, waiting for the TK to be forwarded first.
+  absl::StatusOr<DownloadResult> DownloadTmk(KmsTerminalPort& kms, const ForwardingWait& wait,
+                                             const Sleeper& sleep);
+
+  const SecureModule& secure_module() const { return module_; }
+  SecureModuleDescription Describe() const { return module_.Describe(); }
+
+ private:
+  Terminal(SecureModule module, Clock clock)
+      : module_(std::move(module)), clock_(std::move(clock)) {}
+  int64_t NowUnixMs() const;
+
+  SecureModule module_;
+  Clock clock_;
+};
+
+// The PROTOCOL §2 acceptance rules for a work certificate, exposed for tests and for the
+// operator terminal's early warning. `at_unix_seconds` is the terminal's time.
+absl::Status CheckWorkCertificate(const crypto::Certificate& work_certificate,
+                                  const crypto::Certificate& terminal_root,
+                                  int64_t at_unix_seconds);
+
+// Sleeps the calling thread (production Sleeper).
+void SleepFor(absl::Duration d);
+
+}  // namespace rkl::pos

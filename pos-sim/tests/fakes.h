@@ -1,0 +1,202 @@
+#pragma once
+// Test doubles for the simulator's unit tests: a throwaway terminal PKI (terminal-root,
+// HsmWCRT, operator card, and the bad certificates the terminal must refuse), an in-memory
+// MTMS that really decrypts Ctk_Pu with Pr and forwards TEK/AUK to an in-memory KMS, and a
+// KMS that really runs PROTOCOL §7/§8 (rkl::protocol + rkl::keyblock) — with switches that
+// make it misbehave (cannot prove AUK, tampered MAC, wrong header, wrong KC, ...). Both are
+// also served over real gRPC with TLS (FakeServers). Thread-safe.
+
+#include <grpcpp/impl/codegen/service_type.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "ports.h"
+#include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/keys.h"
+#include "rkl/crypto/secret_bytes.h"
+#include "rkl/crypto/x509.h"
+#include "rkl/rpc/server.h"
+#include "rkl/testing/test_pki.h"
+#include "secure_module.h"
+#include "terminal.h"
+
+namespace rkl::pos::testing {
+
+inline constexpr char kTestPin[] = "2468-test-pin";
+inline constexpr char kOperatorId[] = "alice";
+
+// Certificates and keys of one test world. Create() is slow-ish (RSA keys): share it.
+struct TerminalPki {
+  static const TerminalPki& Get();
+
+  crypto::PrivateKey root_key;
+  crypto::Certificate root;     // HsmRCRT
+  crypto::PrivateKey work_key;  // Pr
+  crypto::Certificate work;     // HsmWCRT
+  // Refused work certificates (all for work_key's public key).
+  crypto::Certificate work_other_issuer;
+  crypto::Certificate work_wrong_usage;
+  crypto::Certificate work_not_critical;
+  crypto::Certificate work_expired;
+  crypto::Certificate other_root;
+  // Operator card.
+  crypto::Certificate operator_ca;
+  crypto::PrivateKey operator_key;
+  crypto::Certificate operator_cert;
+  Bytes operator_p12;  // PIN kTestPin
+};
+
+enum class KmsMisbehaviour {
+  kNone,
+  kCannotProveAuk,      // Crnd1 under a wrong key
+  kBadMac,              // key block MAC altered
+  kBadHeader,           // valid MAC, but exportability 'E'
+  kBadKc,               // valid MAC, KC block of another key
+  kWrongTmkAlgorithm,   // AES-256 TMK for an AES-128 terminal
+  kWrongKcvField,       // response tmk_kcv differs from the block's KC
+  kRejectConfirmation,  // ConfirmInstallation fails
+};
+
+class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
+ public:
+  // What MTMS forwards (S107–S108), already unwrapped (the fake skips HSM #2).
+  void Ingest(const std::string& sn, crypto::KeyAlgorithm algorithm, crypto::SecretBytes tek,
+              crypto::SecretBytes auk);
+  void set_misbehaviour(KmsMisbehaviour m) {
+    absl::MutexLock l(&mu_);
+    misbehaviour_ = m;
+  }
+  // BeginAuthentication answers NOT_FOUND this many more times per SN after Ingest.
+  void set_forwarding_delay(int begin_calls) {
+    absl::MutexLock l(&mu_);
+    forwarding_delay_ = begin_calls;
+  }
+  // The TMK KMS generated for `sn` (test oracle).
+  crypto::SecretBytes TmkOf(const std::string& sn);
+  int begin_calls() {
+    absl::MutexLock l(&mu_);
+    return begin_calls_;
+  }
+
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
+                                                    const Bytes& rnd1) override;
+  absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
+                                                     const std::string& sn,
+                                                     const Bytes& crnd2) override;
+  absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
+                                                  const std::string& sn,
+                                                  const Bytes& proof) override;
+  absl::StatusOr<KmsTerminalView> GetTerminal(const std::string& sn) override;
+  absl::StatusOr<std::vector<KmsTerminalView>> ListTerminals(const std::string& sn_prefix) override;
+
+ private:
+  struct Record {
+    crypto::KeyAlgorithm algorithm;
+    crypto::SecretBytes tek, auk, tmk;
+    std::string tmk_kcv;
+    std::string state = "TERMINAL_STATE_TK_RECEIVED";
+    int not_found_remaining = 0;
+  };
+  struct Session {
+    std::string sn;
+    Bytes rnd1, rnd2;
+    bool completed = false;
+  };
+  absl::Mutex mu_;
+  std::map<std::string, Record> terminals_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  KmsMisbehaviour misbehaviour_ ABSL_GUARDED_BY(mu_) = KmsMisbehaviour::kNone;
+  int forwarding_delay_ ABSL_GUARDED_BY(mu_) = 0;
+  int begin_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int next_session_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class FakeMtms final : public MtmsPort {
+ public:
+  // Serves `work` (signed by the TerminalPki root unless another is set) and forwards
+  // accepted packages to `kms`.
+  explicit FakeMtms(FakeKms& kms) : kms_(kms) {}
+  void set_work_certificate(const crypto::Certificate& cert) {
+    absl::MutexLock l(&mu_);
+    work_override_ = cert.ToPem();
+  }
+  int submissions() {
+    absl::MutexLock l(&mu_);
+    return submissions_;
+  }
+
+  absl::StatusOr<WorkCertificateBundle> GetWorkCertificate() override;
+  absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
+      const Bytes& package, const Bytes& signature,
+      const std::string& operator_certificate_pem) override;
+
+ private:
+  FakeKms& kms_;
+  absl::Mutex mu_;
+  std::string work_override_ ABSL_GUARDED_BY(mu_);
+  int submissions_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Both fakes behind real gRPC servers on 127.0.0.1:0 with TLS from a TestPki
+// (server-authenticated for terminals; admin RPCs need an admin:* client certificate).
+class FakeServers {
+ public:
+  static absl::StatusOr<std::unique_ptr<FakeServers>> Start();
+  ~FakeServers();
+
+  FakeKms& kms() { return kms_; }
+  FakeMtms& mtms() { return mtms_; }
+  std::string mtms_target() const;
+  std::string kms_target() const;
+  rkl::testing::TestPki& pki() { return *pki_; }
+  const rpc::TlsFiles& admin_tls() const { return admin_tls_; }
+
+ private:
+  FakeServers() : mtms_(kms_) {}
+  FakeKms kms_;
+  FakeMtms mtms_;
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  rpc::TlsFiles admin_tls_;
+  std::unique_ptr<grpc::Service> mtms_service_;
+  std::unique_ptr<grpc::Service> kms_service_;
+  std::unique_ptr<rpc::Server> mtms_server_;
+  std::unique_ptr<rpc::Server> kms_server_;
+};
+
+// Test-only view of a secure module's clear keys, to search outputs for them.
+struct RevealedKeys {
+  Bytes tek, auk, tmk, device_key;
+};
+
+}  // namespace rkl::pos::testing
+
+namespace rkl::pos {
+// Friend of SecureModule (see secure_module.h); exists only in the test target.
+class SecureModuleTestPeer {
+ public:
+  static testing::RevealedKeys RevealKeysForTest(const SecureModule& module);
+};
+}  // namespace rkl::pos
+
+namespace rkl::pos::testing {
+// A fresh temporary directory, removed by the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Reads a file for byte-identity checks.
+Bytes FileBytes(const std::string& path);
+
+inline Clock RealClock() {
+  return [] { return absl::Now(); };
+}
+}  // namespace rkl::pos::testing

@@ -1,0 +1,179 @@
+// No clear key in the simulator's files or output: run the whole flow through the CLI
+// (step by step, provision and a fleet) against the fakes over gRPC, learn every
+// terminal's TEK, AUK and TMK through the test-only hook, then search every file under the
+// state directory, the fleet JSON, stdout, stderr and the log for each key as raw bytes,
+// upper- and lower-case hex and base64 (at every alignment).
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "cli_harness.h"
+#include "fakes.h"
+#include "rkl/crypto/random.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::pos {
+namespace {
+
+using testing::CliHarness;
+using testing::Concat;
+using testing::FakeServers;
+
+// Every textual or binary form a key could take in a file or a log line.
+std::vector<std::string> Encodings(const Bytes& key) {
+  const std::string raw(key.begin(), key.end());
+  const std::string hex = ToHex(key);
+  std::vector<std::string> out = {raw, hex, absl::AsciiStrToLower(hex)};
+  // Base64 of the key starting at byte offset 0, 1 or 2 of a larger encoded buffer: keep the
+  // characters that depend only on key bytes.
+  for (int offset = 0; offset < 3; ++offset) {
+    std::string shifted = std::string(offset, '\0') + raw;
+    std::string b64 = absl::Base64Escape(shifted);
+    const size_t skip = offset == 0 ? 0 : 4;         // the first quantum mixes in the padding bytes
+    const size_t usable = (shifted.size() / 3) * 4;  // whole quanta only
+    if (usable > skip + 8) out.push_back(b64.substr(skip, usable - skip - 4));
+  }
+  return out;
+}
+
+// Names of the encodings found in `haystack`.
+std::vector<std::string> Find(const std::string& haystack, const Bytes& key,
+                              const std::string& what) {
+  std::vector<std::string> hits;
+  const auto forms = Encodings(key);
+  for (size_t i = 0; i < forms.size(); ++i) {
+    if (haystack.find(forms[i]) != std::string::npos) hits.push_back(absl::StrCat(what, "#", i));
+  }
+  return hits;
+}
+
+TEST(LeakageSearchTest, FindsPlantedKeysInEveryEncoding) {
+  // The search itself must be able to fail: plant each encoding and expect a hit.
+  const Bytes key = crypto::RandomBytes(16);
+  const auto forms = Encodings(key);
+  ASSERT_GE(forms.size(), 5u);
+  for (const std::string& form : forms) {
+    EXPECT_FALSE(Find("prefix " + form + " suffix", key, "x").empty());
+  }
+  const std::string raw(key.begin(), key.end());
+  EXPECT_FALSE(Find(absl::Base64Escape("ab" + raw + "cdef"), key, "x").empty());
+  EXPECT_TRUE(Find("nothing here", key, "x").empty());
+}
+
+class LeakageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto servers = FakeServers::Start();
+    ASSERT_TRUE(servers.ok()) << servers.status();
+    servers_ = *std::move(servers);
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log_);
+    previous_ = spdlog::default_logger();
+    auto logger = std::make_shared<spdlog::logger>("capture", sink);
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  void TearDown() override { spdlog::set_default_logger(previous_); }
+
+  std::unique_ptr<FakeServers> servers_;
+  std::ostringstream log_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+TEST_F(LeakageTest, NoClearKeyInStateFilesOrOutput) {
+  CliHarness cli(*servers_);
+  std::string output;
+  auto run = [&](std::vector<std::string> args) {
+    auto r = cli.Run(std::move(args));
+    output += r.out + r.err;
+    return r.exit_code;
+  };
+  const std::vector<std::string> sn = {"--sn", "LEAK-1"};
+  ASSERT_EQ(run(Concat({{"manufacture"}, sn, cli.StateFlags(), cli.RootFlags()})), 0) << output;
+  ASSERT_EQ(run(Concat({{"install-cert"}, sn, cli.StateFlags(), cli.MtmsFlags()})), 0) << output;
+  ASSERT_EQ(run(Concat({{"generate-tk"}, sn, cli.StateFlags()})), 0) << output;
+  ASSERT_EQ(run(Concat({{"submit"}, sn, cli.StateFlags(), cli.MtmsFlags(), cli.CardFlags()})), 0)
+      << output;
+  ASSERT_EQ(run(Concat({{"download-tmk"}, sn, cli.StateFlags(), cli.KmsFlags(), cli.AdminFlags()})),
+            0)
+      << output;
+  ASSERT_EQ(run(Concat({{"provision", "--sn", "LEAK-2", "--algorithm", "AES256"},
+                        cli.StateFlags(),
+                        cli.RootFlags(),
+                        cli.MtmsFlags(),
+                        cli.KmsFlags(),
+                        cli.CardFlags(),
+                        cli.AdminFlags()})),
+            0)
+      << output;
+  const std::string json = cli.dir() + "/fleet.json";
+  ASSERT_EQ(run(Concat({{"fleet", "--count", "4", "--concurrency", "2", "--prefix", "LF",
+                         "--algorithm", "TDES2", "--json", json, "--progress", "bar"},
+                        cli.StateFlags(),
+                        cli.RootFlags(),
+                        cli.MtmsFlags(),
+                        cli.KmsFlags(),
+                        cli.CardFlags(),
+                        cli.AdminFlags()})),
+            0)
+      << output;
+  ASSERT_EQ(run(Concat({{"status"}, cli.StateFlags()})), 0);
+  for (const char* s : {"LEAK-1", "LEAK-2", "LF-000001"}) {
+    ASSERT_EQ(run(Concat({{"status", "--sn", s}, cli.StateFlags()})), 0);
+  }
+  output += log_.str();
+  ASSERT_THAT(output, ::testing::HasSubstr("TMK KCV"));  // the output is not trivially empty
+
+  // Every file the simulator wrote, and what it printed.
+  std::map<std::string, std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(cli.state_dir())) {
+    if (e.is_regular_file()) {
+      Bytes b = testing::FileBytes(e.path().string());
+      files[e.path().string()] = std::string(b.begin(), b.end());
+    }
+  }
+  Bytes j = testing::FileBytes(json);
+  files[json] = std::string(j.begin(), j.end());
+  ASSERT_GE(files.size(), 2u * 6 + 1);
+
+  int terminals = 0;
+  std::vector<std::string> hits;
+  for (const auto& e : std::filesystem::directory_iterator(cli.state_dir())) {
+    const std::string sn = e.path().filename().string();
+    auto module = SecureModule::Open(cli.state_dir(), sn);
+    ASSERT_TRUE(module.ok()) << module.status();
+    ASSERT_EQ(module->Describe().lifecycle, "INSTALLED") << sn;
+    ++terminals;
+    const testing::RevealedKeys keys = SecureModuleTestPeer::RevealKeysForTest(*module);
+    ASSERT_FALSE(keys.tek.empty() || keys.auk.empty() || keys.tmk.empty());
+    for (const auto& [name, key] :
+         {std::pair{"TEK", keys.tek}, std::pair{"AUK", keys.auk}, std::pair{"TMK", keys.tmk}}) {
+      for (const auto& [path, content] : files) {
+        auto h = Find(content, key, absl::StrCat(sn, " ", name, " in ", path));
+        hits.insert(hits.end(), h.begin(), h.end());
+      }
+      auto h = Find(output, key, absl::StrCat(sn, " ", name, " in output"));
+      hits.insert(hits.end(), h.begin(), h.end());
+    }
+    // The device key is in its own file by design (it stands for the hardware key), but in
+    // no other file and never in output.
+    for (const auto& [path, content] : files) {
+      if (path == module->device_key_file()) continue;
+      auto h = Find(content, keys.device_key, absl::StrCat(sn, " device key in ", path));
+      hits.insert(hits.end(), h.begin(), h.end());
+    }
+    auto h = Find(output, keys.device_key, absl::StrCat(sn, " device key in output"));
+    hits.insert(hits.end(), h.begin(), h.end());
+  }
+  EXPECT_EQ(terminals, 6);
+  EXPECT_THAT(hits, ::testing::IsEmpty());
+}
+
+}  // namespace
+}  // namespace rkl::pos

@@ -1,0 +1,150 @@
+#include "secure_module.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "fakes.h"
+#include "files.h"
+#include "rkl/crypto/random.h"
+
+namespace rkl::pos {
+namespace {
+
+using testing::FileBytes;
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+SecureModuleState SampleState(const std::string& sn) {
+  SecureModuleState s;
+  s.sn = sn;
+  s.algorithm = crypto::KeyAlgorithm::kAes256;
+  s.lifecycle = Lifecycle::kTkGenerated;
+  s.terminal_root_der = {1, 2, 3};
+  s.work_certificate_der = {4, 5};
+  s.tek = crypto::GenerateKey(crypto::KeyAlgorithm::kAes256);
+  s.auk = crypto::GenerateKey(crypto::KeyAlgorithm::kAes256);
+  s.ctk_pu = {9, 9, 9};
+  s.submission_id = "sub-1";
+  s.manufactured_at_unix_ms = 1700000000123;
+  return s;
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 0777;
+}
+
+TEST(SecureModuleStateTest, SerializationRoundTrips) {
+  SecureModuleState s = SampleState("T-1");
+  auto bytes = SerializeState(s);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto back = ParseState(*bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->sn, "T-1");
+  EXPECT_EQ(back->algorithm, crypto::KeyAlgorithm::kAes256);
+  EXPECT_EQ(back->lifecycle, Lifecycle::kTkGenerated);
+  EXPECT_EQ(back->terminal_root_der, s.terminal_root_der);
+  EXPECT_TRUE(back->tek == s.tek);
+  EXPECT_TRUE(back->auk == s.auk);
+  EXPECT_TRUE(back->tmk.empty());
+  EXPECT_EQ(back->ctk_pu, s.ctk_pu);
+  EXPECT_EQ(back->submission_id, "sub-1");
+  EXPECT_EQ(back->manufactured_at_unix_ms, 1700000000123);
+}
+
+TEST(SecureModuleStateTest, TruncatedOrAlteredStateIsDataLoss) {
+  auto bytes = SerializeState(SampleState("T-1"));
+  ASSERT_TRUE(bytes.ok());
+  auto truncated = ParseState(bytes->Sub(0, bytes->size() - 1));
+  EXPECT_EQ(truncated.status().code(), absl::StatusCode::kDataLoss);
+  crypto::SecretBytes bad_magic = *bytes;
+  bad_magic.RevealSecretMutable()[0] ^= 0xff;
+  EXPECT_EQ(ParseState(bad_magic).status().code(), absl::StatusCode::kDataLoss);
+  // A field dropped at the end (installed_at: tag + 4 + 8 bytes).
+  auto missing = ParseState(bytes->Sub(0, bytes->size() - 13));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(missing.status().message(), HasSubstr("missing field"));
+}
+
+TEST(SecureModuleTest, CreateSealsWithPrivateModesAndReopens) {
+  TempDir dir;
+  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(ModeOf(m->directory()), 0700u);
+  EXPECT_EQ(ModeOf(m->state_file()), 0600u);
+  EXPECT_EQ(ModeOf(m->device_key_file()), 0600u);
+  auto reopened = SecureModule::Open(dir.path(), "T-1");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_TRUE(reopened->state().tek == m->state().tek);
+  EXPECT_EQ(reopened->Describe().tek_kcv, m->Describe().tek_kcv);
+  EXPECT_EQ(reopened->Describe().lifecycle, "TK_GENERATED");
+  // No leftover temporary files.
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 2);
+}
+
+TEST(SecureModuleTest, CreateRefusesAnExistingTerminal) {
+  TempDir dir;
+  ASSERT_TRUE(SecureModule::Create(dir.path(), SampleState("T-1")).ok());
+  auto again = SecureModule::Create(dir.path(), SampleState("T-1"));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(SecureModuleTest, OpenUnknownTerminalIsNotFound) {
+  TempDir dir;
+  EXPECT_EQ(SecureModule::Open(dir.path(), "NOPE").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(SecureModule::Open(dir.path(), "bad sn").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SecureModuleTest, TamperedStateFileDoesNotOpen) {
+  TempDir dir;
+  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
+  ASSERT_TRUE(m.ok());
+  Bytes sealed = FileBytes(m->state_file());
+  sealed[sealed.size() / 2] ^= 0x01;
+  ASSERT_TRUE(WriteFileAtomically(m->state_file(), sealed, 0600).ok());
+  auto opened = SecureModule::Open(dir.path(), "T-1");
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(opened.status().message(), HasSubstr("does not open"));
+}
+
+TEST(SecureModuleTest, StateFileCopiedToAnotherTerminalDoesNotOpen) {
+  TempDir dir;
+  auto a = SecureModule::Create(dir.path(), SampleState("T-A"));
+  auto b = SecureModule::Create(dir.path(), SampleState("T-B"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  // Even with B's device key copied too, the AAD (SN) differs.
+  ASSERT_TRUE(WriteFileAtomically(b->state_file(), FileBytes(a->state_file()), 0600).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(b->device_key_file(), FileBytes(a->device_key_file()), 0600).ok());
+  EXPECT_EQ(SecureModule::Open(dir.path(), "T-B").status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(SecureModuleTest, CommitReplacesAtomicallyAndRefusesSnChange) {
+  TempDir dir;
+  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
+  ASSERT_TRUE(m.ok());
+  const Bytes before = FileBytes(m->state_file());
+  SecureModuleState other = m->state();
+  other.sn = "T-2";
+  EXPECT_EQ(m->Commit(other).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FileBytes(m->state_file()), before);
+
+  SecureModuleState next = m->state();
+  next.lifecycle = Lifecycle::kTkSubmitted;
+  ASSERT_TRUE(m->Commit(next).ok());
+  EXPECT_NE(FileBytes(m->state_file()), before);
+  EXPECT_EQ(SecureModule::Open(dir.path(), "T-1")->state().lifecycle, Lifecycle::kTkSubmitted);
+}
+
+}  // namespace
+}  // namespace rkl::pos
