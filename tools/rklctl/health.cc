@@ -24,13 +24,15 @@ void RegisterHealthCommands(CLI::App& app) {
   cmd->add_option("--wait", opts->wait_seconds, "keep trying for this many seconds")
       ->check(CLI::Range(0, 3600));
   cmd->callback([opts] {
-    auto channel = Connect(opts->endpoint);
-    if (!channel.ok()) {
-      std::cerr << "rklctl health: " << channel.status().message() << "\n";
-      throw CLI::RuntimeError(2);
-    }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opts->wait_seconds);
     while (true) {
+      // A fresh channel per attempt: a reused one would sit in gRPC's reconnect backoff
+      // (up to tens of seconds) long after the server started listening.
+      auto channel = Connect(opts->endpoint);
+      if (!channel.ok()) {
+        std::cerr << "rklctl health: " << channel.status().message() << "\n";
+        throw CLI::RuntimeError(2);
+      }
       auto serving = rpc::CheckHealth(*channel, opts->service, absl::Seconds(3));
       if (serving.ok() && *serving) {
         std::cout << opts->endpoint.target << ": SERVING\n";

@@ -1,0 +1,281 @@
+# shellcheck shell=bash
+# Runs a whole rkl deployment on this machine: PKI, CA, two HSMs, MTMS and KMS with mTLS
+# on loopback. Sourced by deploy/local/demo and by the end-to-end tests; not run directly.
+#
+# Everything lives in $RKL_STATE:
+#   pki/        rklctl pki init output (service identities, CA bundle, terminal root, operator card)
+#   secrets/    database DSNs, CA master key, LMKs, operator PIN (all mode 0600)
+#   config/     one YAML file per process
+#   logs/       one log per process
+#   run/        pid files
+#   pos/        the simulated terminals' secure modules
+#   ceremony.env  PK/MAK key indexes and KCVs of both HSMs (no key material)
+# Ports: RKL_PORT_BASE (default 50051) + 0 ca, +1 hsm-mtms, +2 hsm-kms, +3 mtms, +4 kms.
+
+: "${RKL_STATE:?RKL_STATE must name the state directory}"
+: "${RKL_BIN:?RKL_BIN must name the build directory}"
+RKL_PORT_BASE=${RKL_PORT_BASE:-50051}
+RKL_SERVICES=(ca hsm-mtms hsm-kms mtms kms)
+
+source "$(dirname "${BASH_SOURCE[0]}")/pg.sh"
+
+rkl_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+rkl_die() { rkl_log "ERROR: $*"; exit 1; }
+
+rkl_port() {
+  case $1 in
+    ca) echo $((RKL_PORT_BASE + 0)) ;;
+    hsm-mtms) echo $((RKL_PORT_BASE + 1)) ;;
+    hsm-kms) echo $((RKL_PORT_BASE + 2)) ;;
+    mtms) echo $((RKL_PORT_BASE + 3)) ;;
+    kms) echo $((RKL_PORT_BASE + 4)) ;;
+  esac
+}
+rkl_addr() { echo "localhost:$(rkl_port "$1")"; }
+
+rkl_binary() {
+  case $1 in
+    ca) echo "$RKL_BIN/services/ca/rkl-ca" ;;
+    hsm-*) echo "$RKL_BIN/hsm-sim/rkl-hsm" ;;
+    mtms) echo "$RKL_BIN/services/mtms/rkl-mtms" ;;
+    kms) echo "$RKL_BIN/services/kms/rkl-kms" ;;
+  esac
+}
+
+rklctl() { "$RKL_BIN/tools/rklctl/rklctl" "$@"; }
+rkl_pos() { "$RKL_BIN/pos-sim/rkl-pos" "$@"; }
+
+# Admin connection flags for rklctl, as custodian/administrator $1 (default custodian-a).
+rkl_admin_flags() {
+  local who=${1:-custodian-a}
+  echo "--tls-ca $RKL_STATE/pki/ca-bundle.pem --tls-cert $RKL_STATE/pki/admin-$who/cert.pem" \
+    "--tls-key $RKL_STATE/pki/admin-$who/key.pem"
+}
+
+rkl_secret_file() {  # name, command that prints the content
+  local f="$RKL_STATE/secrets/$1"
+  [[ -s "$f" ]] && return 0
+  (umask 077 && eval "$2" >"$f")
+}
+
+# PKI bootstrap (once): every service identity, custodian-a as the first admin, one operator card.
+rkl_pki_init() {
+  [[ -s "$RKL_STATE/pki/ca-bundle.pem" ]] && return 0
+  mkdir -p "$RKL_STATE/secrets" && chmod 700 "$RKL_STATE/secrets"
+  rkl_secret_file operator.pin "head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo"
+  rm -rf "$RKL_STATE/pki"
+  rkl_log "PKI: bootstrapping the CA (terminal-root, operator-ca, service-ca) and every identity"
+  rklctl pki init --db "$(rkl_pg_dsn ca)" --master-key-file "$RKL_STATE/secrets/ca-master.key" \
+    --create-master-key --out "$RKL_STATE/pki" --admin custodian-a --operator-id operator1 \
+    --operator-pin-file "$RKL_STATE/secrets/operator.pin" >"$RKL_STATE/logs/pki-init.log" ||
+    { cat "$RKL_STATE/logs/pki-init.log" >&2; rkl_die "pki init failed"; }
+}
+
+rkl_write_configs() {
+  mkdir -p "$RKL_STATE/config"
+  local pki="$RKL_STATE/pki" svc
+  for svc in "${RKL_SERVICES[@]}"; do
+    (
+      umask 077
+      {
+        echo "listen: 127.0.0.1:$(rkl_port "$svc")"
+        echo "tls:"
+        echo "  cert_file: $pki/$svc/cert.pem"
+        echo "  key_file: $pki/$svc/key.pem"
+        echo "  ca_file: $pki/ca-bundle.pem"
+        echo "db:"
+        echo "  dsn: '$(rkl_pg_dsn "$svc") connect_timeout=5'"
+        case $svc in
+          ca) echo "master_key_file: $RKL_STATE/secrets/ca-master.key" ;;
+          hsm-mtms | hsm-kms)
+            echo "hsm_id: $svc"
+            echo "lmk:"
+            echo "  file: $RKL_STATE/secrets/lmk-$svc"
+            echo "authz:"
+            echo "  operational_identities: $([[ $svc == hsm-mtms ]] && echo mtms || echo kms)"
+            ;;
+          mtms)
+            echo "hsm:"
+            echo "  endpoint: $(rkl_addr hsm-mtms)"
+            echo "  authority: hsm-mtms"
+            echo "  id: hsm-mtms"
+            echo "  pk_index: ${HSM_MTMS_PK_INDEX:-0}"
+            echo "  mak_index: ${HSM_MTMS_MAK_INDEX:-0}"
+            echo "ca:"
+            echo "  endpoint: $(rkl_addr ca)"
+            echo "  authority: ca"
+            echo "kms:"
+            echo "  endpoint: $(rkl_addr kms)"
+            echo "  authority: kms"
+            echo "forwarder:"
+            echo "  interval: 200ms"
+            ;;
+          kms)
+            echo "hsm:"
+            echo "  endpoint: $(rkl_addr hsm-kms)"
+            echo "  authority: hsm-kms"
+            echo "  pk_index: ${HSM_KMS_PK_INDEX:-1}"
+            echo "  mak_index: ${HSM_KMS_MAK_INDEX:-1}"
+            echo "  tls:"
+            echo "    cert_file: $pki/kms/cert.pem"
+            echo "    key_file: $pki/kms/key.pem"
+            echo "    ca_file: $pki/ca-bundle.pem"
+            ;;
+        esac
+      } >"$RKL_STATE/config/$svc.yaml"
+    )
+  done
+}
+
+rkl_pid() { cat "$RKL_STATE/run/$1.pid" 2>/dev/null; }
+rkl_running() { local p; p=$(rkl_pid "$1") && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+
+rkl_start() {
+  local svc=$1
+  rkl_running "$svc" && return 0
+  mkdir -p "$RKL_STATE/run" "$RKL_STATE/logs"
+  local bin
+  bin=$(rkl_binary "$svc")
+  "$bin" --config "$RKL_STATE/config/$svc.yaml" >>"$RKL_STATE/logs/$svc.log" 2>&1 &
+  echo $! >"$RKL_STATE/run/$svc.pid"
+}
+
+rkl_wait_healthy() {
+  local svc=$1 wait=${2:-60}
+  if ! rklctl health --target "$(rkl_addr "$svc")" --authority "$svc" --wait "$wait" \
+    $(rkl_admin_flags) >/dev/null 2>"$RKL_STATE/logs/health-$svc.err"; then
+    tail -15 "$RKL_STATE/logs/$svc.log" >&2
+    rkl_die "$svc did not become healthy in ${wait}s (log: $RKL_STATE/logs/$svc.log)"
+  fi
+}
+
+# Stops one process: SIGTERM (graceful), or SIGKILL with $2 = -9.
+rkl_stop() {
+  local svc=$1 sig=${2:-TERM} p
+  p=$(rkl_pid "$svc") || return 0
+  [[ -n "$p" ]] || return 0
+  if kill -0 "$p" 2>/dev/null; then
+    kill "-$sig" "$p" 2>/dev/null || true
+    local i
+    for i in $(seq 1 100); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+  fi
+  rm -f "$RKL_STATE/run/$svc.pid"
+}
+
+rkl_stop_all() {
+  local svc
+  for svc in kms mtms hsm-kms hsm-mtms ca; do rkl_stop "$svc"; done
+}
+
+# The second custodian's certificate, issued by the running CA (dual control needs two).
+rkl_second_custodian() {
+  [[ -s "$RKL_STATE/pki/admin-custodian-b/cert.pem" ]] && return 0
+  rklctl pki issue-service --ca "$(rkl_addr ca)" --authority ca $(rkl_admin_flags custodian-a) \
+    --name admin:custodian-b --out "$RKL_STATE/pki" >>"$RKL_STATE/logs/pki-init.log" ||
+    rkl_die "could not issue the second custodian's certificate"
+}
+
+# One ceremony on one HSM: prints "<index> <kcv>".
+rkl_ceremony_one() {
+  local hsm=$1 type=$2 label=$3 out id
+  local target="--hsm $(rkl_addr "$hsm") --authority $hsm"
+  out=$(rklctl hsm ceremony begin $target $(rkl_admin_flags custodian-a) --label "$label" \
+    --type "$type" --components 2) || rkl_die "ceremony begin on $hsm failed"
+  id=$(awk '{print $2}' <<<"$out")
+  rklctl hsm ceremony add-component $target $(rkl_admin_flags custodian-a) --ceremony "$id" \
+    --component-file "$RKL_STATE/secrets/custodian-a-$type.component" >/dev/null ||
+    rkl_die "custodian-a could not add the $type component on $hsm"
+  rklctl hsm ceremony add-component $target $(rkl_admin_flags custodian-b) --ceremony "$id" \
+    --component-file "$RKL_STATE/secrets/custodian-b-$type.component" >/dev/null ||
+    rkl_die "custodian-b could not add the $type component on $hsm"
+  out=$(rklctl hsm ceremony complete $target $(rkl_admin_flags custodian-a) --ceremony "$id") ||
+    rkl_die "ceremony complete on $hsm failed"
+  awk '{print $3, $5}' <<<"$out"  # "key index N KCV XXXXXX"
+}
+
+# S101: PK and MAK from two custodians' components, entered into BOTH HSMs; both must show
+# the same KCVs. Dev components are generated into 0600 files, shown only as KCVs, and
+# erased once both HSMs hold the keys.
+rkl_ceremony() {
+  [[ -s "$RKL_STATE/ceremony.env" ]] && return 0
+  local type who
+  for type in PK MAK; do
+    for who in custodian-a custodian-b; do
+      rm -f "$RKL_STATE/secrets/$who-$type.component"
+      rklctl hsm component new --out "$RKL_STATE/secrets/$who-$type.component" |
+        sed "s|^|  $who $type component: |; s|written to .* (mode 0600), ||" >&2
+    done
+  done
+  local label_suffix
+  label_suffix=$(date +%Y%m%d%H%M%S)
+  read -r m_pk m_pk_kcv < <(rkl_ceremony_one hsm-mtms PK "PK-$label_suffix")
+  read -r m_mak m_mak_kcv < <(rkl_ceremony_one hsm-mtms MAK "MAK-$label_suffix")
+  read -r k_pk k_pk_kcv < <(rkl_ceremony_one hsm-kms PK "PK-$label_suffix")
+  read -r k_mak k_mak_kcv < <(rkl_ceremony_one hsm-kms MAK "MAK-$label_suffix")
+  rkl_log "ceremony: PK  KCV hsm-mtms=$m_pk_kcv hsm-kms=$k_pk_kcv"
+  rkl_log "ceremony: MAK KCV hsm-mtms=$m_mak_kcv hsm-kms=$k_mak_kcv"
+  [[ -n "$m_pk_kcv" && "$m_pk_kcv" == "$k_pk_kcv" && "$m_mak_kcv" == "$k_mak_kcv" ]] ||
+    rkl_die "the two HSMs do not hold the same PK/MAK (KCVs differ)"
+  for type in PK MAK; do
+    for who in custodian-a custodian-b; do
+      shred -u "$RKL_STATE/secrets/$who-$type.component" 2>/dev/null ||
+        rm -f "$RKL_STATE/secrets/$who-$type.component"
+    done
+  done
+  cat >"$RKL_STATE/ceremony.env" <<ENV
+HSM_MTMS_PK_INDEX=$m_pk
+HSM_MTMS_MAK_INDEX=$m_mak
+HSM_KMS_PK_INDEX=$k_pk
+HSM_KMS_MAK_INDEX=$k_mak
+PK_KCV=$m_pk_kcv
+MAK_KCV=$m_mak_kcv
+ENV
+}
+
+# Brings the whole system up (idempotent: reuses whatever state exists).
+rkl_up() {
+  mkdir -p "$RKL_STATE/logs" "$RKL_STATE/run" "$RKL_STATE/secrets"
+  chmod 700 "$RKL_STATE/secrets"
+  rkl_log "PostgreSQL: private cluster in $(cat "$RKL_STATE/pg.dir" 2>/dev/null || echo "$RKL_STATE/pg")"
+  rkl_pg_start
+  rkl_pg_provision
+  rkl_pki_init
+  local svc
+  for svc in hsm-mtms hsm-kms; do
+    [[ -s "$RKL_STATE/secrets/lmk-$svc" ]] ||
+      rklctl hsm lmk new --out "$RKL_STATE/secrets/lmk-$svc" | sed "s|^|  $svc LMK: |" >&2
+  done
+  [[ -s "$RKL_STATE/ceremony.env" ]] && source "$RKL_STATE/ceremony.env"
+  rkl_write_configs
+  rkl_log "starting rkl-ca and both rkl-hsm instances (mTLS)"
+  for svc in ca hsm-mtms hsm-kms; do rkl_start "$svc"; done
+  for svc in ca hsm-mtms hsm-kms; do rkl_wait_healthy "$svc"; done
+  rkl_second_custodian
+  if [[ ! -s "$RKL_STATE/ceremony.env" ]]; then
+    rkl_log "key ceremony: PK and MAK from custodian-a and custodian-b into both HSMs"
+    rkl_ceremony
+  fi
+  source "$RKL_STATE/ceremony.env"
+  rkl_write_configs
+  rkl_log "starting rkl-mtms and rkl-kms"
+  for svc in mtms kms; do rkl_start "$svc"; done
+  for svc in mtms kms; do rkl_wait_healthy "$svc"; done
+  rkl_log "MTMS work key (S201-S203): HSM #1 generates Pu/Pr, the CA signs HsmWCRT"
+  rklctl mtms work-key provision --mtms "$(rkl_addr mtms)" --authority mtms \
+    $(rkl_admin_flags) | sed 's/^/  /' >&2 || rkl_die "work key provisioning failed"
+}
+
+# Common flags of rkl-pos against this deployment.
+rkl_pos_flags() {
+  echo "--state-dir $RKL_STATE/pos --terminal-root $RKL_STATE/pki/terminal-root.pem" \
+    "--mtms $(rkl_addr mtms) --mtms-authority mtms --kms $(rkl_addr kms) --kms-authority kms" \
+    "--ca-bundle $RKL_STATE/pki/ca-bundle.pem" \
+    "--operator-card $RKL_STATE/pki/operator-operator1.p12" \
+    "--operator-pin-file $RKL_STATE/secrets/operator.pin" \
+    "--admin-cert $RKL_STATE/pki/admin-custodian-a/cert.pem" \
+    "--admin-key $RKL_STATE/pki/admin-custodian-a/key.pem"
+}
