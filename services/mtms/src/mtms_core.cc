@@ -316,7 +316,10 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::ProvisionWorkKey(bool rotate, uint32_t r
   // S201: Pr stays in HSM #1; we only learn its index and Pu.
   RKL_ASSIGN_OR_RETURN(
       HsmPort::RsaKeyPair pair,
-      hsm_.GenerateRsaKeyPair(bits, absl::StrCat("mtms-work-", clock_.NowUnixMs())));
+      // The HSM refuses two active keys with one label; a random suffix keeps two
+      // provisionings in the same millisecond (replicas, a quick rotate) apart.
+      hsm_.GenerateRsaKeyPair(bits, absl::StrCat("mtms-work-", clock_.NowUnixMs(), "-",
+                                                 ToHex(crypto::RandomBytes(4)))));
   // S202–S203.
   absl::StatusOr<CaPort::IssuedCertificate> issued =
       ca_.IssueWorkCertificate(pair.public_key_der, options_.hsm_id, pair.key_index);
