@@ -85,6 +85,8 @@ grpc::Status MtmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
                     .operator_certificate_pem = request->operator_certificate_pem()},
       rpc::GetCallerIdentity(*ctx).name);
   if (!receipt.ok()) return rpc::ToGrpcStatus(receipt.status());
+  // Start forwarding now rather than at the next timed pass: the terminal is waiting.
+  forwarder_.Wake();
   response->set_submission_id(receipt->submission_id);
   response->set_state(ToProto(receipt->state));
   return grpc::Status::OK;
