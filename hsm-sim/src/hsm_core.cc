@@ -296,8 +296,25 @@ absl::Status HsmCore::ExpireCeremonies() {
 
 namespace {
 
-absl::StatusOr<Ceremony> OpenCeremony(KeyTransaction& tx, const std::string& id, int64_t now) {
+// Ceremony ids are ToHex of kCeremonyIdBytes random bytes. Checked before any lookup, and an
+// invalid id is never echoed (in errors or the audit): it is caller-controlled and unbounded.
+absl::Status ValidateCeremonyId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("ceremony_id: required");
+  bool ok = id.size() == 2 * kCeremonyIdBytes;
+  for (char ch : id) ok = ok && ((ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'F'));
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat("ceremony_id: must be ", 2 * kCeremonyIdBytes,
+                                                   " upper-case hex digits"));
+  }
+  return absl::OkStatus();
+}
+
+std::string CeremonyIdForAudit(const std::string& id) {
+  return ValidateCeremonyId(id).ok() ? id : "<invalid>";
+}
+
+absl::StatusOr<Ceremony> OpenCeremony(KeyTransaction& tx, const std::string& id, int64_t now) {
+  RKL_RETURN_IF_ERROR(ValidateCeremonyId(id));
   RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(id));
   if (!c) return absl::NotFoundError(absl::StrCat("ceremony_id: ceremony ", id, " not found"));
   if (c->state == CeremonyState::kCompleted) {
@@ -381,14 +398,14 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
 absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
                                                     const std::string& ceremony_id) {
   AuditEvent event{
-      .actor = caller, .action = "ceremony_get", .detail = absl::StrCat("ceremony=", ceremony_id)};
+      .actor = caller, .action = "ceremony_get", .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
     return s;
   }
   return Run(event, true, 1,
              [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<CeremonyStatus> {
-               if (ceremony_id.empty()) return absl::InvalidArgumentError("ceremony_id: required");
+               RKL_RETURN_IF_ERROR(ValidateCeremonyId(ceremony_id));
                RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(ceremony_id));
                if (!c) {
                  return absl::NotFoundError(
@@ -408,7 +425,7 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
                                                      const Bytes& encrypted_component) {
   AuditEvent event{.actor = caller,
                    .action = "ceremony_add_component",
-                   .detail = absl::StrCat("ceremony=", ceremony_id, " custodian=", caller)};
+                   .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id), " custodian=", caller)};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
     return s;
@@ -456,7 +473,7 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
                                                             const std::string& ceremony_id) {
   AuditEvent event{.actor = caller,
                    .action = "ceremony_complete",
-                   .detail = absl::StrCat("ceremony=", ceremony_id)};
+                   .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
     return s;

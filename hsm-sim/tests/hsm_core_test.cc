@@ -180,8 +180,10 @@ TEST_F(HsmCoreTest, ComponentForAnotherCeremonyIsRejected) {
   EXPECT_EQ(s.status(), r.status());
   EXPECT_EQ(core_->AddComponent(kAlice, one->ceremony_id, Bytes(10, 1)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->AddComponent(kAlice, "nope", Bytes(256, 1)).status().code(),
+  EXPECT_EQ(core_->AddComponent(kAlice, std::string(32, 'F'), Bytes(256, 1)).status().code(),
             absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->AddComponent(kAlice, "nope", Bytes(256, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HsmCoreTest, BeginCeremonyValidatesItsArguments) {

@@ -263,8 +263,17 @@ TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   // Completing again is refused.
   EXPECT_EQ(Call(*bob, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  get.set_ceremony_id("no-such-ceremony");
+  get.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
   EXPECT_EQ(Call(*alice, &Stub::GetCeremony, get).status().code(), absl::StatusCode::kNotFound);
+  // Not what BeginCeremony issues (32 upper-case hex digits): refused before any lookup,
+  // and never echoed back, however long.
+  for (std::string bad : {std::string("no-such-ceremony"), std::string(32, 'a'),
+                          std::string(1 << 16, 'A')}) {
+    get.set_ceremony_id(bad);
+    auto r = Call(*alice, &Stub::GetCeremony, get);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_LT(r.status().message().size(), 100u);
+  }
 }
 
 TEST_F(HsmGrpcTest, ExpiredCeremonyIsRefused) {
