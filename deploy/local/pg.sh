@@ -25,7 +25,13 @@ rkl_pg_dir() { cat "$RKL_STATE/pg.dir"; }
 rkl_pg_port() { cat "$RKL_STATE/pg.port"; }
 rkl_pg_socket() { echo "$(rkl_pg_dir)/sock"; }
 
+# A free TCP port for the cluster; RKL_PG_PORT pins it (the e2e tests derive it from their
+# own port range, so two tests starting at once cannot race for the same random port).
 rkl_pg_free_port() {
+  if [[ -n "${RKL_PG_PORT:-}" ]]; then
+    echo "$RKL_PG_PORT"
+    return 0
+  fi
   local p
   for p in $(shuf -i 55000-55999 -n 50); do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -104,6 +110,13 @@ rkl_pg_start() {
 rkl_pg_stop() {
   rkl_pg_running || return 0
   rkl_pg_as_owner "$RKL_PG_BIN/pg_ctl" stop -D "$(rkl_pg_dir)/data" -m fast -w -t 60 >/dev/null
+}
+
+# Simulates a database crash: immediate shutdown (no checkpoint; recovery replays the WAL at
+# the next start), as the e2e fault test does in the middle of a fleet.
+rkl_pg_crash() {
+  rkl_pg_running || return 0
+  rkl_pg_as_owner "$RKL_PG_BIN/pg_ctl" stop -D "$(rkl_pg_dir)/data" -m immediate -w -t 60 >/dev/null
 }
 
 # Creates (once) one role and one database per service; writes $RKL_STATE/secrets/<svc>.dsn.

@@ -128,7 +128,16 @@ rkl_write_configs() {
 }
 
 rkl_pid() { cat "$RKL_STATE/run/$1.pid" 2>/dev/null; }
-rkl_running() { local p; p=$(rkl_pid "$1") && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+# True only if $2 is a live process running $1's binary: a pid file left by an earlier run
+# may name a pid the system has since given to an unrelated process, which must never be
+# signalled.
+rkl_is_our_process() {
+  local svc=$1 p=$2 exe
+  [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null || return 1
+  exe=$(readlink -f "/proc/$p/exe" 2>/dev/null) || return 1
+  [[ "${exe% (deleted)}" == "$(readlink -f "$(rkl_binary "$svc")")" ]]
+}
+rkl_running() { local p; p=$(rkl_pid "$1") && rkl_is_our_process "$1" "$p"; }
 
 rkl_start() {
   local svc=$1
@@ -154,7 +163,7 @@ rkl_stop() {
   local svc=$1 sig=${2:-TERM} p
   p=$(rkl_pid "$svc") || return 0
   [[ -n "$p" ]] || return 0
-  if kill -0 "$p" 2>/dev/null; then
+  if rkl_is_our_process "$svc" "$p"; then
     kill "-$sig" "$p" 2>/dev/null || true
     local i
     for i in $(seq 1 100); do

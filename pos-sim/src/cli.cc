@@ -62,6 +62,9 @@ struct Options {
   std::string prefix;
   std::string json_file;
   std::string progress = "auto";
+  // Re-runs of a terminal's flow after a transient failure (provision.h TransientRetry).
+  // -1: the command's default (fleet 4, provision 0).
+  int retries = -1;
 };
 
 Clock SystemClock() {
@@ -301,6 +304,16 @@ absl::Status CmdDownloadTmk(Session& s) {
   return VerifyAtKms(s, t.Describe());
 }
 
+// A fleet rides out a restarted service the way real terminals do; a single provision
+// reports the first failure unless asked to retry.
+constexpr int kFleetDefaultRetries = 4;
+
+TransientRetry RetryPolicy(const Options& o, int default_retries) {
+  TransientRetry retry;
+  retry.attempts = 1 + (o.retries >= 0 ? o.retries : default_retries);
+  return retry;
+}
+
 absl::StatusOr<ProvisionContext> MakeProvisionContext(Session& s, bool need_root) {
   ProvisionContext ctx;
   ctx.state_dir = s.options().state_dir;
@@ -323,7 +336,8 @@ absl::Status CmdProvision(Session& s) {
   const bool exists = PathExists(TerminalDirectory(o.state_dir, o.sn));
   RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, !exists));
   StepRecorder steps;
-  RKL_ASSIGN_OR_RETURN(ProvisionResult r, ProvisionTerminal(ctx, o.sn, steps));
+  RKL_ASSIGN_OR_RETURN(ProvisionResult r,
+                       ProvisionTerminalWithRetry(ctx, o.sn, steps, RetryPolicy(o, 0)));
   for (const auto& [step, d] : steps.steps()) {
     *s.io().out << absl::StrFormat("step %-16s %8.1f ms\n", step, absl::ToDoubleMilliseconds(d));
   }
@@ -392,8 +406,9 @@ absl::Status CmdFleet(Session& s, Options& o) {
   }
   *s.io().out << "fleet: " << o.count << " terminals " << FleetSn(o.prefix, 0) << " .. "
               << FleetSn(o.prefix, o.count - 1) << ", concurrency " << o.concurrency << "\n";
+  const TransientRetry retry = RetryPolicy(o, kFleetDefaultRetries);
   FleetSummary summary = RunFleet(fo, [&](int index, StepRecorder& steps) {
-    return ProvisionTerminal(ctx, FleetSn(o.prefix, index), steps).status();
+    return ProvisionTerminalWithRetry(ctx, FleetSn(o.prefix, index), steps, retry).status();
   });
 
   absl::Status verdict = absl::OkStatus();
@@ -474,6 +489,15 @@ void AddAdmin(CLI::App* c, Options& o) {
       ->envname("RKL_POS_ADMIN_CERT");
   c->add_option("--admin-key", o.admin_key, "Private key of --admin-cert")
       ->envname("RKL_POS_ADMIN_KEY");
+}
+void AddRetries(CLI::App* c, Options& o, int default_retries) {
+  c->add_option("--retries", o.retries,
+                absl::StrCat("Re-runs of a terminal's flow after UNAVAILABLE, DEADLINE_EXCEEDED or "
+                             "ABORTED, resuming where it stopped, with backoff 1s doubling to 10s "
+                             "(default ",
+                             default_retries, ")"))
+      ->envname("RKL_POS_RETRIES")
+      ->check(CLI::Range(0, 100));
 }
 void AddRoot(CLI::App* c, Options& o) {
   c->add_option("--terminal-root", o.terminal_root,
@@ -566,6 +590,7 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
   AddCaBundle(provision, o);
   AddCard(provision, o);
   AddAdmin(provision, o);
+  AddRetries(provision, o, 0);
   commands.push_back({provision, CmdProvision});
 
   auto* status = app.add_subcommand(
@@ -584,6 +609,7 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
   AddCaBundle(fleet, o);
   AddCard(fleet, o);
   AddAdmin(fleet, o);
+  AddRetries(fleet, o, kFleetDefaultRetries);
   fleet->add_option("--count", o.count, "Number of terminals")->capture_default_str();
   fleet->add_option("--concurrency", o.concurrency, "Terminals in flight at once")
       ->capture_default_str();

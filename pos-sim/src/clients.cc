@@ -30,6 +30,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakePosChannel(const Endpoint& en
   rpc::ChannelOptions options;
   options.tls = endpoint.tls;
   options.authority = endpoint.authority;
+  // A dns:/// target names scaled-out replicas (compose: kms-1 and kms-2 behind the alias
+  // kms): spread the terminals' calls over all of them, as rkl-mtms does.
+  options.round_robin = endpoint.target.rfind("dns:", 0) == 0;
   return rpc::MakeChannel(endpoint.target, options);
 }
 

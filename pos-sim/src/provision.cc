@@ -1,5 +1,6 @@
 #include "provision.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/match.h"
@@ -7,6 +8,7 @@
 #include "files.h"
 #include "rkl/common/status_macros.h"
 #include "secure_module.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::pos {
 
@@ -72,6 +74,37 @@ absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& contex
   result.kms_state = download->kms_state;
   result.terminal = terminal->Describe();
   return result;
+}
+
+bool IsTransientFailure(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kDeadlineExceeded ||
+         status.code() == absl::StatusCode::kAborted;
+}
+
+absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,
+                                                           const std::string& sn,
+                                                           StepRecorder& steps,
+                                                           const TransientRetry& retry) {
+  absl::Duration backoff = retry.initial_backoff;
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<ProvisionResult> r = ProvisionTerminal(context, sn, steps);
+    if (r.ok() || !IsTransientFailure(r.status()) || attempt >= retry.attempts) {
+      if (!r.ok() && attempt > 1) {
+        return absl::Status(r.status().code(),
+                            absl::StrCat(r.status().message(), " (after ", attempt, " attempts)"));
+      }
+      return r;
+    }
+    // The next run resumes where this one stopped; the step that failed is re-timed.
+    spdlog::warn("terminal {}: {} failed ({}: {}); resuming in {} (attempt {} of {})", sn,
+                 steps.failed_step(), absl::StatusCodeToString(r.status().code()),
+                 std::string(r.status().message()), absl::FormatDuration(backoff), attempt + 1,
+                 retry.attempts);
+    steps.MarkFailed("");
+    if (context.sleep) context.sleep(backoff);
+    backoff = std::min(backoff * 2, retry.max_backoff);
+  }
 }
 
 }  // namespace rkl::pos

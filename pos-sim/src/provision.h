@@ -38,6 +38,18 @@ struct ProvisionContext {
   Sleeper sleep;
 };
 
+// Bounded retry of transient failures: the whole flow is run again, and resumes from the
+// terminal's lifecycle state, when a step fails with UNAVAILABLE, DEADLINE_EXCEEDED or
+// ABORTED (PROTOCOL §10 / STYLE: "safe to retry"), as a real terminal retries after a
+// service restart. Any other code is final. Backoff doubles from `initial_backoff`, capped.
+struct TransientRetry {
+  int attempts = 1;  // total runs of the flow; 1 = no retry
+  absl::Duration initial_backoff = absl::Seconds(1);
+  absl::Duration max_backoff = absl::Seconds(10);
+};
+
+bool IsTransientFailure(const absl::Status& status);
+
 struct ProvisionResult {
   SecureModuleDescription terminal;
   std::string kms_state;
@@ -45,5 +57,12 @@ struct ProvisionResult {
 
 absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& context,
                                                   const std::string& sn, StepRecorder& steps);
+
+// ProvisionTerminal, run again (after context.sleep) while it fails transiently and attempts
+// remain. The last failure is returned, annotated with the number of attempts.
+absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,
+                                                           const std::string& sn,
+                                                           StepRecorder& steps,
+                                                           const TransientRetry& retry);
 
 }  // namespace rkl::pos
