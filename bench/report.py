@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Turns one bench/run's raw outputs into results.json, results.md and the chart's data.
+
+Usage: report.py RAW_DIR OUT_DIR
+Every number is taken from this run's own files; ratios are to the ceilings measured in the
+same run. Targets are shown next to the numbers, never enforced.
+"""
+import json
+import os
+import re
+import sys
+
+raw, out = sys.argv[1], sys.argv[2]
+
+
+def read(name):
+    path = os.path.join(raw, name)
+    return open(path).read() if os.path.exists(path) else ""
+
+
+def load_json(name):
+    text = read(name).strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text.splitlines()[-1])
+    except ValueError:
+        return None
+
+
+env = dict(line.split("=", 1) for line in read("env.txt").splitlines() if "=" in line)
+nproc = int(env.get("nproc", "1"))
+
+# ---- ceilings ----------------------------------------------------------------------------------
+rsa_sign = None
+for line in read("openssl-speed.txt").splitlines():
+    if line.startswith("+F2:"):  # +F2:<k>:<bits>:<sign/s>:<verify/s>, summed over -multi
+        f = line.split(":")
+        rsa_sign = float(f[3])
+fsync = None
+m = re.search(r"^\s*fdatasync\s+([\d.]+) ops/sec", read("pg_test_fsync.txt"), re.M)
+if m:
+    fsync = float(m.group(1))
+
+micro = {}
+mj = read("micro.json")
+if mj:
+    for b in json.loads(mj)["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+        micro[b["name"]] = {
+            "real_time_us": round(b["real_time"] * unit * 1e6, 3),
+            "cpu_time_us": round(b["cpu_time"] * unit * 1e6, 3),
+            "threads": b.get("threads", 1),
+            "per_second": round(1.0 / (b["real_time"] * unit), 1) if b["real_time"] else None,
+        }
+        if "terminals_per_s" in b:
+            micro[b["name"]]["terminals_per_s_counter"] = round(b["terminals_per_s"], 1)
+
+
+def crypto_ceiling():
+    """Terminals/s of the crypto-only terminal on all cores: with ThreadRange and real time,
+    Google Benchmark's real_time is wall time per iteration of one thread, so the machine's
+    rate is threads / real_time. Take the best thread count."""
+    best = None
+    for name, b in micro.items():
+        if name.startswith("BM_TerminalCryptoOnly"):
+            rate = b["threads"] / (b["real_time_us"] * 1e-6)
+            best = rate if best is None else max(best, rate)
+    return best
+
+
+terminal_ceiling = crypto_ceiling()
+echo = load_json("echo.json")
+echo_rps = echo["per_second"] if echo else None
+
+ceilings = {
+    "rsa2048_private_ops_per_s_all_cores": rsa_sign,
+    "grpc_mtls_echo_round_trips_per_s": echo_rps,
+    "crypto_only_terminals_per_s": round(terminal_ceiling, 1) if terminal_ceiling else None,
+    "disk_fdatasync_per_s": fsync,
+}
+
+# ---- measured ------------------------------------------------------------------------------------
+hsm = load_json("hsm.json")
+mtms = load_json("mtms.json")
+kms = load_json("kms.json")
+
+
+def ratio(x, c):
+    return round(x / c, 4) if x and c else None
+
+
+def fleet(name):
+    f = load_json(name + ".json")
+    if f is None:
+        return None
+    cpu = {}
+    stored = None
+    for line in read(name + ".cpu").splitlines():
+        if line.startswith("stored_before="):
+            stored = int(line.split("=")[1])
+            continue
+        tag, _, rest = line.partition(" ")
+        cpu[tag] = dict(kv.split("=") for kv in rest.split())
+    cpu_per_terminal_ms = {}
+    if "cpu_before" in cpu and "cpu_after" in cpu and f.get("succeeded"):
+        for proc in cpu["cpu_after"]:
+            d = float(cpu["cpu_after"][proc]) - float(cpu["cpu_before"].get(proc, 0))
+            cpu_per_terminal_ms[proc] = round(1000 * d / f["succeeded"], 3)
+    commits = {}
+    before = {l.split()[0]: l.split()[1:] for l in read(name + ".commits.before").splitlines() if l.strip()}
+    after = {l.split()[0]: l.split()[1:] for l in read(name + ".commits.after").splitlines() if l.strip()}
+    if f.get("succeeded"):
+        for db, a in after.items():
+            b = before.get(db, ["0"] * len(a))
+            d = [int(x) - int(y) for x, y in zip(a, b)]
+            commits[db] = {"commits": round(d[0] / f["succeeded"], 2),
+                           "rollbacks": round(d[1] / f["succeeded"], 2),
+                           "rows_written": round(d[2] / f["succeeded"], 2),
+                           "rows_read": round(d[3] / f["succeeded"], 1)}
+    busy = sum(cpu_per_terminal_ms.values()) * f.get("terminals_per_second", 0) / 1000
+    return {
+        "stored_terminals_before": stored,
+        "terminals": f["total"],
+        "succeeded": f["succeeded"],
+        "failed": f["failed"],
+        "failures_by_reason": f.get("failures_by_reason", {}),
+        "elapsed_s": f["elapsed_seconds"],
+        "terminals_per_s": f["terminals_per_second"],
+        "steps": f.get("steps", {}),
+        "server_cpu_ms_per_terminal": cpu_per_terminal_ms,
+        # Per terminal, per database: transactions committed/rolled back, rows written/read
+        # (pg_stat_database deltas over the run; includes the fleet's own admin checks).
+        "postgres_per_terminal": commits,
+        # Cores the services + PostgreSQL kept busy (out of nproc); the rest is rkl-pos
+        # itself, the kernel, or idle (waiting).
+        "server_cores_busy": round(busy, 2),
+        "load_average_at_start": env.get("load_" + name),
+    }
+
+
+e2e_runs = {}
+for fname in sorted(os.listdir(raw)):
+    m = re.fullmatch(r"(e2e(?:_\d+)?)\.json", fname)
+    if m:
+        e2e_runs[m.group(1)] = fleet(m.group(1))
+e2e = e2e_runs.get("e2e")
+
+measured = {
+    "hsm_translate": {
+        "per_s": hsm and hsm["per_second"], "raw": hsm,
+        "ratio_to_rsa_ceiling": ratio(hsm and hsm["per_second"], rsa_sign),
+        "target": ">= 0.60 of the RSA-2048 ceiling",
+        "load_average_at_start": env.get("load_hsm"),
+    },
+    "mtms_intake_forward": {
+        "per_s": mtms and mtms["per_second"], "raw": mtms,
+        "ratio_to_rsa_ceiling": ratio(mtms and mtms["per_second"], rsa_sign),
+        "ratio_to_echo_ceiling": ratio(mtms and mtms["per_second"], echo_rps),
+        "load_average_at_start": env.get("load_mtms"),
+    },
+    "kms_auth_delivery_confirm": {
+        "per_s": kms and kms["per_second"], "raw": kms,
+        "ratio_to_crypto_ceiling": ratio(kms and kms["per_second"], terminal_ceiling),
+        "ratio_to_echo_ceiling_3_rpcs": ratio(kms and kms["per_second"] * 3, echo_rps),
+        "target": ">= 2000 terminals/s",
+        "load_average_at_start": env.get("load_kms"),
+    },
+    "e2e": {
+        name: dict(run or {}, ratio_to_crypto_ceiling=ratio(run and run["terminals_per_s"], terminal_ceiling),
+                   ratio_to_rsa_ceiling=ratio(run and run["terminals_per_s"], rsa_sign))
+        for name, run in e2e_runs.items()
+    },
+}
+measured["e2e_target"] = ">= 1000 terminals/s and >= 0.25 of the crypto-only ceiling"
+
+scaling = []
+base = e2e and e2e["terminals_per_s"]
+for name, run in sorted(e2e_runs.items(), key=lambda kv: (kv[1] or {}).get("stored_terminals_before") or 0):
+    if not run or not run["terminals_per_s"]:
+        continue
+    cost_ms = 1000.0 / run["terminals_per_s"]
+    scaling.append({
+        "run": name, "stored_before": run["stored_terminals_before"],
+        "wall_ms_per_terminal": round(cost_ms, 3),
+        "server_cpu_ms_per_terminal": round(sum(run["server_cpu_ms_per_terminal"].values()), 3),
+        "relative_to_empty": round(base / run["terminals_per_s"], 3) if base else None,
+    })
+
+rpc_latency = []
+for line in read("rpc-latency.txt").splitlines():
+    svc, method, n, mean = line.split()
+    rpc_latency.append({"service": svc, "method": method, "calls": int(n), "mean_ms": float(mean)})
+rpc_latency.sort(key=lambda r: (r["service"], r["method"]))
+
+results = {
+    "environment": env,
+    "ceilings": ceilings,
+    "measured": measured,
+    "scaling": scaling,
+    "micro_benchmarks": micro,
+    "server_logged_rpc_latency": rpc_latency,
+}
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1, sort_keys=False)
+
+# ---- Markdown -----------------------------------------------------------------------------------
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "—"
+    return f"{x:,.{digits}f}"
+
+
+def pct(x):
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+loads = {k[5:]: v for k, v in env.items() if k.startswith("load_")}
+md = []
+md.append("# rkl benchmark results\n")
+md.append(f"Machine: {nproc} cores, {env.get('cpu', '?')}; commit {env.get('git', '?')}; "
+          f"concurrency {env.get('concurrency')}; e2e fleets of {env.get('e2e_count')} terminals; "
+          f"{env.get('requests')} calls per generator. 1-minute load average at the start of each "
+          f"phase: " + ", ".join(f"{k} {v}" for k, v in sorted(loads.items())) + ".\n")
+if env.get("quick") == "1":
+    md.append("**Quick run (smoke test of the harness): numbers are not meaningful.**\n")
+md.append("## Ceilings (same run, same machine)\n")
+md.append("| ceiling | value |")
+md.append("|---|---:|")
+md.append(f"| RSA-2048 private operations/s, all cores (`openssl speed -multi {nproc}`) | {fmt(rsa_sign)} |")
+md.append(f"| bare gRPC unary echo over mTLS, round trips/s | {fmt(echo_rps)} |")
+md.append(f"| crypto-only terminal (every crypto op of one terminal, both sides), terminals/s | {fmt(terminal_ceiling)} |")
+md.append(f"| fdatasync/s of PostgreSQL's disk (`pg_test_fsync`) | {fmt(fsync)} |")
+md.append("")
+md.append("## Measured\n")
+md.append("| what | per second | ratio to ceiling | target | p50 / p95 / p99 ms |")
+md.append("|---|---:|---|---|---|")
+
+
+def lat(r):
+    return "—" if not r else f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"
+
+
+md.append(f"| HSM #1 translate (Pu → PK/MAK) | {fmt(hsm and hsm['per_second'])} | "
+          f"{pct(measured['hsm_translate']['ratio_to_rsa_ceiling'])} of RSA | ≥ 60% of RSA | {lat(hsm)} |")
+md.append(f"| MTMS intake + forward (submit → FORWARDED) | {fmt(mtms and mtms['per_second'])} | "
+          f"{pct(measured['mtms_intake_forward']['ratio_to_rsa_ceiling'])} of RSA | — | {lat(mtms)} (submit) |")
+md.append(f"| KMS auth + delivery + confirmation, terminals | {fmt(kms and kms['per_second'])} | "
+          f"{pct(measured['kms_auth_delivery_confirm']['ratio_to_crypto_ceiling'])} of crypto-only | ≥ 2,000/s | {lat(kms)} |")
+for name, run in sorted(e2e_runs.items(), key=lambda kv: (kv[1] or {}).get("stored_terminals_before") or 0):
+    if not run:
+        continue
+    tot = run["steps"].get("total")
+    md.append(f"| end to end `rkl-pos fleet`, {fmt(run['stored_terminals_before'])} stored before | "
+              f"{fmt(run['terminals_per_s'], 1)} | {pct(ratio(run['terminals_per_s'], terminal_ceiling))} of crypto-only | "
+              f"≥ 1,000/s and ≥ 25% | {lat(tot)} |")
+md.append("")
+if e2e:
+    md.append("## End to end, per step (empty database)\n")
+    md.append("| step | count | p50 ms | p95 ms | p99 ms | max ms |")
+    md.append("|---|---:|---:|---:|---:|---:|")
+    for step, l in e2e["steps"].items():
+        md.append(f"| {step} | {l['count']} | {l['p50_ms']:.1f} | {l['p95_ms']:.1f} | {l['p99_ms']:.1f} | {l['max_ms']:.1f} |")
+    md.append("")
+    md.append("Server CPU per terminal (ms, utime+stime of each process over the fleet run): " +
+              ", ".join(f"{k} {v}" for k, v in e2e["server_cpu_ms_per_terminal"].items()) +
+              f". Cores kept busy by the servers: {e2e['server_cores_busy']} of {nproc}.\n")
+    if e2e["postgres_per_terminal"]:
+        md.append("PostgreSQL per terminal (pg_stat_database deltas over the fleet run):\n")
+        md.append("| database | commits | rollbacks | rows written | rows read |")
+        md.append("|---|---:|---:|---:|---:|")
+        total_c = 0
+        for db, c in e2e["postgres_per_terminal"].items():
+            total_c += c["commits"]
+            md.append(f"| {db} | {c['commits']} | {c['rollbacks']} | {c['rows_written']} | {c['rows_read']} |")
+        md.append(f"| all | {total_c:.2f} | | | |")
+        md.append("")
+    if e2e["failed"]:
+        md.append(f"Failures: {e2e['failures_by_reason']}\n")
+if kms and kms.get("steps"):
+    md.append("KMS generator, per RPC (client side, ms p50/p95/p99): " + "; ".join(
+        f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}/{v['p99_ms']:.1f}" for k, v in kms["steps"].items()) + "\n")
+if len(scaling) > 1:
+    md.append("## Scaling with stored terminals\n")
+    md.append("| stored before | wall ms / terminal | server CPU ms / terminal | cost vs empty |")
+    md.append("|---:|---:|---:|---:|")
+    for s in scaling:
+        md.append(f"| {fmt(s['stored_before'])} | {s['wall_ms_per_terminal']:.2f} | "
+                  f"{s['server_cpu_ms_per_terminal']:.2f} | {s['relative_to_empty']:.2f}× |")
+    md.append("")
+if rpc_latency:
+    md.append("## Server-side RPC latency (interceptor log, mean over the whole run)\n")
+    md.append("| service | method | calls | mean ms |")
+    md.append("|---|---|---:|---:|")
+    for r in rpc_latency:
+        md.append(f"| {r['service']} | {r['method']} | {r['calls']} | {r['mean_ms']:.2f} |")
+    md.append("")
+md.append("## Micro-benchmarks\n")
+md.append("| benchmark | threads | µs per op (wall) | ops/s |")
+md.append("|---|---:|---:|---:|")
+for name, b in micro.items():
+    rate = b["threads"] / (b["real_time_us"] * 1e-6)
+    md.append(f"| {name} | {b['threads']} | {b['real_time_us']:.2f} | {fmt(rate)} |")
+md.append("")
+with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("\n".join(md))
+
+# ---- chart data: label, value (per second) ---------------------------------------------------
+rows = [("RSA-2048 ceiling", rsa_sign), ("gRPC echo ceiling", echo_rps),
+        ("crypto-only terminal ceiling", terminal_ceiling),
+        ("HSM translate", hsm and hsm["per_second"]),
+        ("MTMS intake+forward", mtms and mtms["per_second"]),
+        ("KMS auth+delivery+confirm", kms and kms["per_second"])]
+for name, run in sorted(e2e_runs.items(), key=lambda kv: (kv[1] or {}).get("stored_terminals_before") or 0):
+    if run:
+        rows.append((f"e2e, {run['stored_terminals_before']} stored", run["terminals_per_s"]))
+with open(os.path.join(raw, "chart.dat"), "w") as f:
+    for i, (label, v) in enumerate(rows):
+        f.write(f'{i} "{label}" {v if v else 0}\n')
