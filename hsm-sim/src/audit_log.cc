@@ -6,10 +6,12 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kdf.h"
 #include "rkl/crypto/openssl_ptr.h"
 #include "rkl/db/transaction.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::hsm {
 namespace {
@@ -27,6 +29,22 @@ constexpr char kInsertRecord[] =
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 constexpr char kAllRecords[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit ORDER BY seq";
+constexpr char kNextPendingId[] = "SELECT nextval('hsm_audit_pending_id_seq')";
+constexpr char kInsertPending[] =
+    "INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+constexpr char kPendingBatch[] =
+    "SELECT id, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
+    "ORDER BY id LIMIT $1";
+constexpr char kAllPending[] =
+    "SELECT id, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
+    "ORDER BY id";
+constexpr char kDeletePending[] = "DELETE FROM hsm_audit_pending WHERE id = ANY($1::bigint[])";
+
+constexpr char kPendingTag[] = "RKL-HSM-AUDIT-PENDING-1";
+// What the sealer chains in place of a pending record whose MAC does not verify.
+constexpr char kTamperedAction[] = "audit_record_tampered";
+constexpr int kSealBatch = 2000;
 
 void PutBigEndian(Bytes& out, uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -40,6 +58,15 @@ void PutText(Bytes& out, const std::string& s) {
 Bytes ToBytes(const pqxx::field& f) {
   pqxx::binarystring b(f);
   return Bytes(b.data(), b.data() + b.size());
+}
+
+AuditEvent EventFromRow(const pqxx::row& row) {
+  return AuditEvent{row[1].as<int64_t>(),     row[2].as<std::string>(), row[3].as<std::string>(),
+                    row[4].as<std::string>(), row[5].as<std::string>(), row[6].as<std::string>()};
+}
+
+bool SameMac(const Bytes& a, const Bytes& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 absl::StatusOr<Bytes> ChainMac(const crypto::SecretBytes& key, std::span<const uint8_t> prev,
@@ -75,6 +102,15 @@ absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const
   return out;
 }
 
+absl::StatusOr<Bytes> PendingAuditMac(const crypto::SecretBytes& key, uint64_t id,
+                                      const AuditEvent& event) {
+  Bytes data(kPendingTag, kPendingTag + sizeof(kPendingTag) - 1);
+  PutBigEndian(data, id, 8);
+  Bytes record = CanonicalAuditRecord(0, event);
+  data.insert(data.end(), record.begin(), record.end());
+  return HmacSha256(key, data);
+}
+
 Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& e) {
   Bytes out;
   PutBigEndian(out, seq, 8);
@@ -96,39 +132,117 @@ absl::Status PgAuditLog::Append(const AuditEvent& event) {
 }
 
 absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
-  // The lock orders every append across threads and replicas; under READ COMMITTED the head
-  // read after it sees the previous holder's committed record.
-  tx.exec_params(kLockChain, kAuditLockClass, kAuditLockChain);
-  pqxx::result head = tx.exec(kChainHead);
-  uint64_t seq = 1;
-  Bytes prev(kMacSize, 0);
-  if (!head.empty()) {
-    seq = head[0][0].as<uint64_t>() + 1;
-    prev = ToBytes(head[0][1]);
-  }
-  RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-  tx.exec_params(kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+  const uint64_t id = tx.exec1(kNextPendingId)[0].as<uint64_t>();
+  RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, id, e));
+  tx.exec_params(kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
                  pqxx::binarystring(mac.data(), mac.size()));
   return absl::OkStatus();
 }
 
+absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
+    // The lock orders sealers across threads and replicas; under READ COMMITTED the reads
+    // after it see the previous holder's committed chain and deletions.
+    tx.exec_params(kLockChain, kAuditLockClass, kAuditLockChain);
+    pqxx::result pending = tx.exec_params(kPendingBatch, limit);
+    if (pending.empty()) return uint64_t{0};
+    pqxx::result head = tx.exec(kChainHead);
+    uint64_t seq = 0;
+    Bytes prev(kMacSize, 0);
+    if (!head.empty()) {
+      seq = head[0][0].as<uint64_t>();
+      prev = ToBytes(head[0][1]);
+    }
+    std::string ids = "{";
+    for (const auto& row : pending) {
+      const uint64_t id = row[0].as<uint64_t>();
+      AuditEvent e = EventFromRow(row);
+      RKL_ASSIGN_OR_RETURN(Bytes expected, PendingAuditMac(audit_key_, id, e));
+      if (!SameMac(expected, ToBytes(row[7]))) {
+        // Its content cannot be trusted, so none of it goes into the chain.
+        spdlog::error("audit: pending record {} failed its MAC; chained as tampered", id);
+        e = AuditEvent{.at_ms = e.at_ms,
+                       .actor = "hsm",
+                       .action = kTamperedAction,
+                       .detail = absl::StrCat("pending record ", id,
+                                              " failed its MAC; its content is not trusted"),
+                       .result = "DATA_LOSS"};
+      }
+      ++seq;
+      RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
+      tx.exec_params(kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+                     pqxx::binarystring(mac.data(), mac.size()));
+      prev = std::move(mac);
+      absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
+    }
+    ids += "}";
+    tx.exec_params(kDeletePending, ids);
+    return static_cast<uint64_t>(pending.size());
+  });
+}
+
+absl::StatusOr<uint64_t> PgAuditLog::Seal() {
+  uint64_t total = 0;
+  while (true) {
+    RKL_ASSIGN_OR_RETURN(uint64_t n, SealBatch(kSealBatch));
+    total += n;
+    if (n < static_cast<uint64_t>(kSealBatch)) return total;
+  }
+}
+
+void PgAuditLog::Start(absl::Duration interval) {
+  absl::MutexLock lock(&mu_);
+  if (sealer_.joinable()) return;
+  stop_ = false;
+  sealer_ = std::thread([this, interval] { SealerLoop(interval); });
+}
+
+void PgAuditLog::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!sealer_.joinable()) return;
+    stop_ = true;
+  }
+  sealer_.join();
+  absl::MutexLock lock(&mu_);
+  sealer_ = std::thread();
+}
+
+PgAuditLog::~PgAuditLog() { Stop(); }
+
+void PgAuditLog::SealerLoop(absl::Duration interval) {
+  while (true) {
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), interval);
+      stopping = stop_;
+    }
+    absl::StatusOr<uint64_t> sealed = Seal();
+    if (!sealed.ok()) {
+      // Nothing is lost: the records stay pending, durable, until a later pass.
+      spdlog::warn("audit: sealing pending records failed (will retry): {}",
+                   sealed.status().ToString());
+    }
+    if (stopping) return;
+  }
+}
+
 absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
-  return db::RunInReadOnlyTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<AuditVerification> {
+  RKL_RETURN_IF_ERROR(Seal().status());
+  return db::RunInTransaction(
+      pool_,
+      [&](pqxx::work& tx) -> absl::StatusOr<AuditVerification> {
         AuditVerification v;
         Bytes prev(kMacSize, 0);
         uint64_t expected_seq = 1;
         for (const auto& row : tx.exec(kAllRecords)) {
           uint64_t seq = row[0].as<uint64_t>();
-          AuditEvent e{row[1].as<int64_t>(),     row[2].as<std::string>(),
-                       row[3].as<std::string>(), row[4].as<std::string>(),
-                       row[5].as<std::string>(), row[6].as<std::string>()};
+          AuditEvent e = EventFromRow(row);
           Bytes stored = ToBytes(row[7]);
           ++v.records_checked;
           RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-          bool ok = seq == expected_seq && stored.size() == mac.size() &&
-                    CRYPTO_memcmp(stored.data(), mac.data(), mac.size()) == 0;
-          if (!ok) {
+          if (seq != expected_seq || !SameMac(stored, mac) || e.action == kTamperedAction) {
             v.intact = false;
             v.first_broken_seq = seq;
             return v;
@@ -136,8 +250,21 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
           prev = std::move(stored);
           expected_seq = seq + 1;
         }
+        // Records committed since the seal above: checked by their own MACs.
+        for (const auto& row : tx.exec(kAllPending)) {
+          ++v.records_checked;
+          RKL_ASSIGN_OR_RETURN(Bytes mac,
+                               PendingAuditMac(audit_key_, row[0].as<uint64_t>(), EventFromRow(row)));
+          if (!SameMac(ToBytes(row[7]), mac)) {
+            v.intact = false;
+            v.first_broken_seq = expected_seq;
+            return v;
+          }
+        }
         return v;
-      });
+      },
+      db::TransactionOptions{.isolation = db::IsolationLevel::kRepeatableRead,
+                             .read_only = true});
 }
 
 }  // namespace rkl::hsm

@@ -8,18 +8,29 @@
 //    bytes, with audit_key = KDF(LMK, "RKL-HSM-AUDIT", hsm_id, 256) (PROTOCOL §7 KDF). Editing,
 //    deleting, inserting or reordering rows is therefore detected by Verify(), which names
 //    the first record whose MAC (or sequence number) does not follow;
-//  - appends are serialized by a transaction-scoped PostgreSQL advisory lock taken as the
-//    last step of the transaction, so concurrent requests and several replicas sharing the
-//    database build one chain, and a record commits together with the key change it
-//    describes (AppendInTransaction);
+//  - a record commits together with the key change it describes (AppendInTransaction), but
+//    commands do not serialize on the chain: the record goes to hsm_audit_pending with a
+//    per-record MAC (HMAC-SHA256(audit_key, "RKL-HSM-AUDIT-PENDING-1" ‖ [id]_8 ‖
+//    Canonical(record))), and Seal() — run by a background thread every seal_interval,
+//    and by Verify() first — moves committed pending records in id order into the chain
+//    in one transaction, under a PostgreSQL advisory lock so that several replicas sharing
+//    the database build one chain. Nothing holds a lock across a command's commit, so
+//    PostgreSQL can group-commit concurrent commands;
+//  - a pending record whose MAC does not verify when it is sealed is replaced in the chain
+//    by a record saying so (action "audit_record_tampered"), and Verify() reports the chain
+//    broken at that record; pending records not yet sealed are checked by their own MAC;
 //  - thread-safe; the audit key lives in SecretBytes and never leaves this object.
-// Limitation: removing the newest records (truncating the tail) leaves a valid shorter
-// chain; records_checked lets an operator compare against what they saw before.
+// Limitations: removing the newest records (truncating the tail of the chain, or deleting a
+// pending record before it is sealed — at most seal_interval old) is not detectable;
+// records_checked lets an operator compare against what they saw before.
 
 #include <cstdint>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
@@ -41,8 +52,8 @@ struct AuditEvent {
 
 struct AuditVerification {
   bool intact = true;
-  uint64_t records_checked = 0;
-  uint64_t first_broken_seq = 0;  // 0 when intact
+  uint64_t records_checked = 0;   // chained records plus pending ones
+  uint64_t first_broken_seq = 0;  // 0 when intact; a pending record counts as last seq + 1
 };
 
 class AuditLog {
@@ -58,6 +69,11 @@ class AuditLog {
 absl::StatusOr<crypto::SecretBytes> DeriveAuditKey(const crypto::SecretBytes& lmk,
                                                    const std::string& hsm_id);
 
+// The MAC a pending record carries: HMAC-SHA256(key, "RKL-HSM-AUDIT-PENDING-1" ‖ [id]_8 ‖
+// CanonicalAuditRecord(0, event)).
+absl::StatusOr<Bytes> PendingAuditMac(const crypto::SecretBytes& key, uint64_t id,
+                                      const AuditEvent& event);
+
 // HMAC-SHA256; exposed for the self-test.
 absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const uint8_t> data);
 
@@ -68,17 +84,33 @@ Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& event);
 class PgAuditLog : public AuditLog {
  public:
   PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
+  ~PgAuditLog() override;  // Stop()s
 
   absl::Status Append(const AuditEvent& event) override;
+  // Seals everything committed so far, then checks the whole chain and the pending records.
   absl::StatusOr<AuditVerification> Verify() override;
 
-  // Appends inside the caller's transaction; call it as the transaction's last statement
-  // (it takes the chain lock, held until commit).
+  // Appends inside the caller's transaction (takes no lock).
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
 
+  // Moves every committed pending record into the chain (in batches, one transaction each).
+  // Returns how many were sealed.
+  absl::StatusOr<uint64_t> Seal();
+
+  // Background sealer: Seal() every `interval`; Stop() seals once more and joins.
+  void Start(absl::Duration interval);
+  void Stop();
+
  private:
+  absl::StatusOr<uint64_t> SealBatch(int limit);
+  void SealerLoop(absl::Duration interval);
+
   db::ConnectionPool& pool_;
   const crypto::SecretBytes audit_key_;
+
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread sealer_;
 };
 
 }  // namespace rkl::hsm

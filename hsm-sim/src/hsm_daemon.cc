@@ -44,6 +44,12 @@ void DeclareHsmConfig(ConfigSchema& schema) {
   schema.Int("key_cache.size", "unsealed keys kept in memory (LRU, zeroed on eviction); 0 = none")
       .Default("256")
       .Range(0, 100000);
+  schema
+      .Duration("audit.seal_interval",
+                "how often committed audit records are MAC-chained (commands write theirs "
+                "with a per-record MAC and never wait for the chain); 0 = only when the "
+                "chain is verified and at shutdown")
+      .Default("100ms");
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   schema.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "lowest level logged")
       .Default("info");
@@ -79,6 +85,12 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
   }
   o.ceremony_ttl = config.GetDuration("ceremony.default_ttl");
   o.key_cache_size = static_cast<size_t>(config.GetInt("key_cache.size"));
+  o.audit_seal_interval = config.GetDuration("audit.seal_interval");
+  if (o.audit_seal_interval < absl::ZeroDuration() ||
+      o.audit_seal_interval > absl::Minutes(10)) {
+    return absl::InvalidArgumentError(
+        "config: audit.seal_interval: must be between 0 and 10m (e.g. 100ms)");
+  }
   o.fail_self_test = config.GetBool("testing.fail_self_test");
   return o;
 }
@@ -113,6 +125,9 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
 
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes audit_key, DeriveAuditKey(lmk, options.hsm_id));
   d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, std::move(audit_key));
+  if (options.audit_seal_interval > absl::ZeroDuration()) {
+    d->audit_->Start(options.audit_seal_interval);
+  }
   d->store_ = std::make_unique<PgKeyStore>(*d->pool_, lmk, *d->audit_, options.key_cache_size);
   crypto::RandomSource rng = options.rng ? options.rng : crypto::RandomSource(crypto::FillRandom);
   d->core_ =
@@ -137,6 +152,14 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
 
 HsmDaemon::~HsmDaemon() {
   if (server_) server_->Shutdown(absl::Seconds(5));
+  if (audit_) {
+    // Chain what the last commands wrote; if the database is gone they stay pending,
+    // durable, and the next start seals them.
+    audit_->Stop();
+    if (auto sealed = audit_->Seal(); !sealed.ok()) {
+      spdlog::warn("audit: final seal failed: {}", sealed.status().ToString());
+    }
+  }
 }
 
 }  // namespace rkl::hsm

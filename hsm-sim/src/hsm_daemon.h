@@ -39,6 +39,9 @@ struct HsmDaemonOptions {
   rpc::TlsFiles tls;
   absl::Duration ceremony_ttl = absl::Minutes(15);
   size_t key_cache_size = 256;
+  // How often committed audit records are sealed into the chain; zero = only on demand
+  // (VerifyAuditChain, shutdown).
+  absl::Duration audit_seal_interval = absl::Milliseconds(100);
   // Test-only: make one self-test answer wrong, to exercise the failure path.
   bool fail_self_test = false;
   // Tests inject a clock they control (ceremony expiry); null means the system clock.
@@ -61,6 +64,7 @@ class HsmDaemon {
   rpc::Server& server() { return *server_; }
   HsmCore& core() { return *core_; }
   PgKeyStore& key_store() { return *store_; }
+  PgAuditLog& audit_log() { return *audit_; }
   const SelfTestResult& self_test() const { return self_test_; }
   const std::string& lmk_kcv() const { return lmk_kcv_; }
 

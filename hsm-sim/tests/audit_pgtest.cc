@@ -1,5 +1,8 @@
 // The audit chain against real PostgreSQL: intact after many commands (also concurrent
-// ones), append-only for SQL users, and any edited or deleted row reported by its seq.
+// ones), append-only for SQL users, any edited or deleted row reported by its seq; records
+// pending (written by commands, not yet chained) are sealed in order, a tampered or
+// replayed pending record is chained as tampered, and commands never wait for each other's
+// audit record.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -7,7 +10,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "hsm_fixture.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::hsm {
@@ -22,7 +27,8 @@ class AuditPgTest : public ::testing::Test {
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
     pki_ = *std::move(pki);
-    auto hsm = HsmInstance::Create(*pki_);
+    // No background sealer: each test seals when it means to.
+    auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::ZeroDuration()});
     ASSERT_TRUE(hsm.ok()) << hsm.status();
     hsm_ = *std::move(hsm);
   }
@@ -41,10 +47,19 @@ class AuditPgTest : public ::testing::Test {
     }
   }
 
-  int64_t Count() {
+  // Chained and pending records.
+  int64_t Count() { return Chained() + Pending(); }
+  int64_t Chained() { return Scalar("SELECT count(*) FROM hsm_audit"); }
+  int64_t Pending() { return Scalar("SELECT count(*) FROM hsm_audit_pending"); }
+  int64_t Scalar(const std::string& sql) {
     pqxx::connection conn(hsm_->dsn());
     pqxx::work tx(conn);
-    return tx.exec1("SELECT count(*) FROM hsm_audit")[0].as<int64_t>();
+    return tx.exec1(sql)[0].as<int64_t>();
+  }
+  uint64_t Seal() {
+    auto n = hsm_->daemon().audit_log().Seal();
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(0);
   }
 
   std::unique_ptr<rkl::testing::TestPki> pki_;
@@ -69,6 +84,7 @@ TEST_F(AuditPgTest, SqlCannotUpdateOrDeleteRecords) {
 
 TEST_F(AuditPgTest, EditedRecordIsReportedBySeq) {
   MakeRecords(8);
+  Seal();
   // An attacker with superuser rights switches the trigger off and edits record 4.
   hsm_->Sql(
       "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
@@ -83,6 +99,7 @@ TEST_F(AuditPgTest, EditedRecordIsReportedBySeq) {
 
 TEST_F(AuditPgTest, EditedResultOrMacIsReported) {
   MakeRecords(5);
+  Seal();
   hsm_->Sql(
       "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
       "UPDATE hsm_audit SET mac = set_byte(mac, 0, get_byte(mac, 0) # 1) WHERE seq = 5;"
@@ -94,6 +111,7 @@ TEST_F(AuditPgTest, EditedResultOrMacIsReported) {
 
 TEST_F(AuditPgTest, DeletedRecordIsReportedAtTheGap) {
   MakeRecords(6);
+  Seal();
   hsm_->Sql(
       "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
       "DELETE FROM hsm_audit WHERE seq = 3;");
@@ -105,6 +123,7 @@ TEST_F(AuditPgTest, DeletedRecordIsReportedAtTheGap) {
 
 TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
   MakeRecords(3);
+  Seal();  // by the daemon, with the right key
   // Same rows, MACs recomputed by someone without the LMK: they cannot, so they forge with
   // a key of their own — here simulated by verifying under another LMK's audit key.
   db::ConnectionPool pool(db::PoolOptions{.dsn = hsm_->dsn()});
@@ -134,11 +153,122 @@ TEST_F(AuditPgTest, ConcurrentCommandsBuildOneChain) {
   EXPECT_EQ(v->records_checked(), 60u);
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
+  // 60 commands, then the verification's own record, sealed in one gap-free chain.
+  EXPECT_EQ(Seal(), 1u);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit_pending")[0].as<int64_t>(), 0);
   EXPECT_EQ(tx.exec1("SELECT max(seq) - min(seq) + 1 FROM hsm_audit")[0].as<int64_t>(), 61);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit")[0].as<int64_t>(), 61);
   // One live TMK per SN, whatever the interleaving.
   EXPECT_EQ(
       tx.exec1("SELECT count(*) FROM hsm_key WHERE key_type = 6 AND state = 1")[0].as<int64_t>(),
       18);
+}
+
+TEST_F(AuditPgTest, RecordsStayPendingUntilSealedThenChainInOrder) {
+  MakeRecords(3);
+  EXPECT_EQ(Chained(), 0);
+  EXPECT_EQ(Pending(), 3);
+  EXPECT_EQ(Seal(), 3u);
+  EXPECT_EQ(Chained(), 3);
+  EXPECT_EQ(Pending(), 0);
+  EXPECT_EQ(Seal(), 0u);  // nothing twice
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  auto rows = tx.exec("SELECT seq, result FROM hsm_audit ORDER BY seq");
+  ASSERT_EQ(rows.size(), 3u);
+  // MakeRecords alternates success and failure: the chain keeps the commands' order.
+  EXPECT_EQ(rows[0][1].as<std::string>(), "OK");
+  EXPECT_EQ(rows[1][1].as<std::string>(), "INVALID_ARGUMENT");
+  EXPECT_EQ(rows[2][1].as<std::string>(), "OK");
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact());
+  EXPECT_EQ(v->records_checked(), 3u);
+}
+
+TEST_F(AuditPgTest, BackgroundSealerChainsRecordsByItself) {
+  hsm_.reset();
+  auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::Milliseconds(20)});
+  ASSERT_TRUE(hsm.ok()) << hsm.status();
+  hsm_ = *std::move(hsm);
+  MakeRecords(5);
+  for (int i = 0; i < 3000 && Chained() < 5; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(Chained(), 5);
+  EXPECT_EQ(Pending(), 0);
+}
+
+TEST_F(AuditPgTest, PendingRecordsAreSealedAtShutdown) {
+  MakeRecords(4);
+  EXPECT_EQ(Pending(), 4);
+  hsm_->daemon().audit_log().Start(absl::Hours(1));  // a sealer that would not run for an hour
+  hsm_->Stop();
+  EXPECT_EQ(Pending(), 0);
+  EXPECT_EQ(Chained(), 4);
+}
+
+TEST_F(AuditPgTest, PendingRecordEditedBeforeSealingIsChainedAsTampered) {
+  MakeRecords(3);
+  // An attacker edits a record in the short window before it is chained.
+  hsm_->Sql(
+      "UPDATE hsm_audit_pending SET actor = 'admin:nobody' WHERE id = "
+      "(SELECT min(id) + 1 FROM hsm_audit_pending)");
+  EXPECT_EQ(Seal(), 3u);
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  auto row = tx.exec1("SELECT actor, action, result FROM hsm_audit WHERE seq = 2");
+  EXPECT_EQ(row[0].as<std::string>(), "hsm");
+  EXPECT_EQ(row[1].as<std::string>(), "audit_record_tampered");
+  EXPECT_EQ(row[2].as<std::string>(), "DATA_LOSS");
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0]
+                .as<int64_t>(),
+            0);
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->intact());
+  EXPECT_EQ(v->first_broken_seq(), 2u);
+}
+
+TEST_F(AuditPgTest, ReplayedPendingRecordIsChainedAsTampered) {
+  MakeRecords(2);
+  // A copy of a genuine record under a new id: its MAC covers the old id.
+  hsm_->Sql(
+      "INSERT INTO hsm_audit_pending (at_ms, actor, action, sn, detail, result, mac) "
+      "SELECT at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
+      "ORDER BY id LIMIT 1");
+  EXPECT_EQ(Seal(), 3u);
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->intact());
+  EXPECT_EQ(v->first_broken_seq(), 3u);
+}
+
+TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
+  // Transaction A writes its audit record and stays open until B — another command that
+  // writes one too — has committed. When appends serialized on a lock held until commit,
+  // B waited for A and A gave up waiting for B.
+  absl::Notification a_appended, b_committed;
+  bool b_seen_while_a_open = false;
+  std::thread a([&] {
+    absl::Status s = hsm_->daemon().key_store().Transact([&](KeyTransaction& tx) {
+      RKL_RETURN_IF_ERROR(tx.Audit(AuditEvent{.at_ms = 1, .actor = "a", .action = "test"}));
+      a_appended.Notify();
+      b_seen_while_a_open = b_committed.WaitForNotificationWithTimeout(absl::Seconds(30));
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(s.ok()) << s;
+  });
+  ASSERT_TRUE(a_appended.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  absl::Status s = hsm_->daemon().key_store().Transact([&](KeyTransaction& tx) {
+    return tx.Audit(AuditEvent{.at_ms = 2, .actor = "b", .action = "test"});
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  b_committed.Notify();
+  a.join();
+  EXPECT_TRUE(b_seen_while_a_open);
+  EXPECT_EQ(Seal(), 2u);
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact());
 }
 
 }  // namespace

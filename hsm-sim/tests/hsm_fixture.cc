@@ -61,6 +61,7 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
   o.listen_address = "127.0.0.1:0";
   o.tls = *tls;
   o.key_cache_size = options_.key_cache_size;
+  o.audit_seal_interval = options_.audit_seal_interval;
   o.fail_self_test = options_.fail_self_test;
   o.clock = &clock_;
   auto d = HsmDaemon::Start(std::move(o));

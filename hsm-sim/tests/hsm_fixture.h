@@ -26,6 +26,8 @@ struct InstanceOptions {
   std::string operational_identity = "kms";
   bool fail_self_test = false;
   size_t key_cache_size = 256;
+  // The daemon's background sealer; zero = seal only on VerifyAuditChain / Seal().
+  absl::Duration audit_seal_interval = absl::Milliseconds(100);
 };
 
 class HsmInstance {

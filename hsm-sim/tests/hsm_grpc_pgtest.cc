@@ -162,6 +162,7 @@ TEST_F(HsmGrpcTest, AdminCommandsRefuseServices) {
 TEST_F(HsmGrpcTest, RefusalsAreAudited) {
   auto mtms = hsm_->Stub("mtms");
   (void)Call(*mtms, &Stub::GenerateTmk, v1::GenerateTmkRequest());
+  ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
   auto row = tx.exec1("SELECT actor, action, result FROM hsm_audit ORDER BY seq DESC LIMIT 1");
