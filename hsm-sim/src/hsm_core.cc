@@ -107,14 +107,9 @@ absl::StatusOr<KeyAlgorithm> TerminalAlgorithm(const KeyRecord& record) {
   return *a;
 }
 
-absl::StatusOr<crypto::PrivateKey> UnsealRsa(KeyTransaction& tx, const KeyRecord& record) {
-  RKL_ASSIGN_OR_RETURN(SecretBytes der, tx.Unseal(record));
-  auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
-  if (!key.ok() || key->Type() != crypto::KeyType::kRsa) {
-    return absl::InternalError(
-        absl::StrCat("key record ", record.index, " failed its integrity check"));
-  }
-  return key;
+absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(KeyTransaction& tx,
+                                                                    const KeyRecord& record) {
+  return tx.UnsealRsa(record);
 }
 
 std::string KcvText(std::span<const uint8_t> kcv) { return ToHex(kcv); }
@@ -208,8 +203,8 @@ absl::StatusOr<Bytes> HsmCore::LoadPublicKey(KeyTransaction& tx, uint64_t key_in
   }
   // The public half is derived from the sealed private key rather than trusted from its
   // column: a substituted public key would make callers encrypt to someone else.
-  RKL_ASSIGN_OR_RETURN(crypto::PrivateKey pr, UnsealRsa(tx, *record));
-  Bytes der = pr.GetPublicKey().ToDer();
+  RKL_ASSIGN_OR_RETURN(auto pr, UnsealRsa(tx, *record));
+  Bytes der = pr->GetPublicKey().ToDer();
   if (der != record->public_key_der) {
     return absl::InternalError(
         absl::StrCat("key record ", key_index, " failed its integrity check"));
@@ -453,8 +448,8 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
               absl::StrCat("encrypted_component: must be ", record.rsa_bits / 8,
                            " bytes (RSA-OAEP under the ceremony key)"));
         }
-        RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, UnsealRsa(tx, record));
-        auto component = crypto::RsaOaepDecrypt(key, encrypted_component, ComponentOaepLabel(c.id));
+        RKL_ASSIGN_OR_RETURN(auto key, UnsealRsa(tx, record));
+        auto component = crypto::RsaOaepDecrypt(*key, encrypted_component, ComponentOaepLabel(c.id));
         if (!component.ok() || component->size() != kComponentSize) {
           return absl::UnauthenticatedError(
               "encrypted_component: rejected (not a 32-byte component encrypted to this "
@@ -558,12 +553,12 @@ absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
                                                      " bytes (the modulus of key ", pr_record.index,
                                                      ")"));
     }
-    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey pr, UnsealRsa(tx, pr_record));
+    RKL_ASSIGN_OR_RETURN(auto pr, UnsealRsa(tx, pr_record));
     RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
     RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
 
     // From here on every failure is the same answer: no padding or format oracle.
-    auto payload = crypto::RsaOaepDecrypt(pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+    auto payload = crypto::RsaOaepDecrypt(*pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
     if (!payload.ok()) return TransportKeyRejected();
     auto tk = protocol::ParseTkPayload(*payload);
     if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();

@@ -192,23 +192,49 @@ Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian) {
 
 // ---- UnsealedKeyCache ----------------------------------------------------------------------
 
-std::optional<crypto::SecretBytes> UnsealedKeyCache::Get(uint64_t index,
-                                                         std::span<const uint8_t> aad,
-                                                         std::span<const uint8_t> nonce,
-                                                         std::span<const uint8_t> sealed) {
-  absl::MutexLock lock(&mu_);
+UnsealedKeyCache::Entry* UnsealedKeyCache::Find(uint64_t index, std::span<const uint8_t> aad,
+                                                std::span<const uint8_t> nonce,
+                                                std::span<const uint8_t> sealed) {
   auto it = entries_.find(index);
-  if (it == entries_.end()) return std::nullopt;
+  if (it == entries_.end()) return nullptr;
   Entry& e = it->second;
   if (!Equal(e.aad, aad) || !Equal(e.nonce, nonce) || !Equal(e.sealed, sealed)) {
     // The record changed since it was opened: forget the old key and open the record again.
     lru_.erase(e.lru);
     entries_.erase(it);
-    return std::nullopt;
+    return nullptr;
   }
-  lru_.splice(lru_.begin(), lru_, e.lru);
+  return &e;
+}
+
+std::optional<crypto::SecretBytes> UnsealedKeyCache::Get(uint64_t index,
+                                                         std::span<const uint8_t> aad,
+                                                         std::span<const uint8_t> nonce,
+                                                         std::span<const uint8_t> sealed) {
+  absl::MutexLock lock(&mu_);
+  Entry* e = Find(index, aad, nonce, sealed);
+  if (e == nullptr) return std::nullopt;
+  lru_.splice(lru_.begin(), lru_, e->lru);
   ++hits_;
-  return e.key;
+  return e->key;
+}
+
+std::shared_ptr<const crypto::PrivateKey> UnsealedKeyCache::GetParsed(
+    uint64_t index, std::span<const uint8_t> aad, std::span<const uint8_t> nonce,
+    std::span<const uint8_t> sealed) {
+  absl::MutexLock lock(&mu_);
+  Entry* e = Find(index, aad, nonce, sealed);
+  if (e == nullptr || e->parsed == nullptr) return nullptr;
+  lru_.splice(lru_.begin(), lru_, e->lru);
+  ++hits_;
+  return e->parsed;
+}
+
+void UnsealedKeyCache::PutParsed(uint64_t index, std::span<const uint8_t> aad,
+                                 std::span<const uint8_t> nonce, std::span<const uint8_t> sealed,
+                                 std::shared_ptr<const crypto::PrivateKey> key) {
+  absl::MutexLock lock(&mu_);
+  if (Entry* e = Find(index, aad, nonce, sealed)) e->parsed = std::move(key);
 }
 
 void UnsealedKeyCache::Put(uint64_t index, Bytes aad, Bytes nonce, Bytes sealed,
@@ -244,6 +270,19 @@ size_t UnsealedKeyCache::size() const {
 uint64_t UnsealedKeyCache::hits() const {
   absl::MutexLock lock(&mu_);
   return hits_;
+}
+
+// ---- KeyTransaction ----------------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::UnsealRsa(
+    const KeyRecord& record) {
+  RKL_ASSIGN_OR_RETURN(crypto::SecretBytes der, Unseal(record));
+  auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
+  if (!key.ok() || key->Type() != crypto::KeyType::kRsa) {
+    return absl::InternalError(
+        absl::StrCat("key record ", record.index, " failed its integrity check"));
+  }
+  return std::make_shared<const crypto::PrivateKey>(*std::move(key));
 }
 
 // ---- PgKeyTransaction ----------------------------------------------------------------------
@@ -309,6 +348,15 @@ class PgKeyTransaction : public KeyTransaction {
           absl::StrCat("key record ", k.index, " failed its integrity check"));
     }
     store_.cache_.Put(k.index, std::move(aad), k.nonce, k.sealed, *key);
+    return key;
+  }
+
+  absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(
+      const KeyRecord& k) override {
+    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms);
+    if (auto cached = store_.cache_.GetParsed(k.index, aad, k.nonce, k.sealed)) return cached;
+    RKL_ASSIGN_OR_RETURN(auto key, KeyTransaction::UnsealRsa(k));  // caches the bytes
+    store_.cache_.PutParsed(k.index, aad, k.nonce, k.sealed, key);
     return key;
   }
 

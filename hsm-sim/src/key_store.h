@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <list>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,6 +30,7 @@
 #include "absl/synchronization/mutex.h"
 #include "audit_log.h"
 #include "rkl/common/hex.h"
+#include "rkl/crypto/keys.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 
@@ -126,6 +128,11 @@ class KeyTransaction {
   virtual absl::StatusOr<bool> LiveLabelExists(const std::string& label) = 0;
   // Opens the record's sealed material. INTERNAL naming the index if it fails to open.
   virtual absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& record) = 0;
+  // Opens an RSA private key record and parses it (INTERNAL naming the index if it fails to
+  // open or is not an RSA key). The default parses on every call; PgKeyStore keeps the
+  // parsed key with the cached bytes (parsing PKCS#8 costs more than the RSA operation).
+  virtual absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(
+      const KeyRecord& record);
   // DELETED also erases the sealed material.
   virtual absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) = 0;
 
@@ -163,6 +170,13 @@ class UnsealedKeyCache {
                                          std::span<const uint8_t> nonce,
                                          std::span<const uint8_t> sealed);
   void Put(uint64_t index, Bytes aad, Bytes nonce, Bytes sealed, const crypto::SecretBytes& key);
+  // The parsed private key kept with an entry, under the same identity rule as Get().
+  std::shared_ptr<const crypto::PrivateKey> GetParsed(uint64_t index, std::span<const uint8_t> aad,
+                                                      std::span<const uint8_t> nonce,
+                                                      std::span<const uint8_t> sealed);
+  // Kept only while the entry opened from exactly this record is cached.
+  void PutParsed(uint64_t index, std::span<const uint8_t> aad, std::span<const uint8_t> nonce,
+                 std::span<const uint8_t> sealed, std::shared_ptr<const crypto::PrivateKey> key);
   void Erase(uint64_t index);
 
   size_t size() const;
@@ -173,12 +187,17 @@ class UnsealedKeyCache {
     Bytes aad{}, nonce{}, sealed{};
     crypto::SecretBytes key{};
     std::list<uint64_t>::iterator lru;
+    std::shared_ptr<const crypto::PrivateKey> parsed{};
   };
   const size_t capacity_;
   mutable absl::Mutex mu_;
   std::list<uint64_t> lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
   std::unordered_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
   uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // The entry opened from exactly this record, or null (a changed record's entry is erased).
+  Entry* Find(uint64_t index, std::span<const uint8_t> aad, std::span<const uint8_t> nonce,
+              std::span<const uint8_t> sealed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 class PgKeyStore : public KeyStore {

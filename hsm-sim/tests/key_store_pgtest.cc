@@ -121,6 +121,34 @@ TEST_F(KeyStorePgTest, CacheNeverHidesTampering) {
   EXPECT_EQ(Open(*store, index).status().code(), absl::StatusCode::kInternal);
 }
 
+TEST_F(KeyStorePgTest, ParsedRsaKeyIsCachedButNeverHidesTampering) {
+  auto generated = hsm_->daemon().core().GenerateRsaKeyPair("admin:ops", 2048, "work-test");
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  const uint64_t index = generated->key_index;
+  auto store = FreshStore(/*cache=*/16);
+  auto open_rsa = [&]() -> absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> {
+    absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> out = absl::NotFoundError("none");
+    absl::Status s = store->Transact([&](KeyTransaction& tx) -> absl::Status {
+      auto r = tx.FindKey(index);
+      if (!r.ok()) return r.status();
+      if (*r) out = tx.UnsealRsa(**r);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return out;
+  };
+  auto first = open_rsa();
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = open_rsa();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(first->get(), second->get());  // parsed once, then served from the cache
+  EXPECT_EQ((*second)->GetPublicKey().ToDer(), generated->public_key_der);
+  hsm_->Sql(absl::StrCat("UPDATE hsm_key SET sealed = set_byte(sealed, 3, get_byte(sealed, 3) # 1)"
+                         " WHERE key_index = ",
+                         index));
+  EXPECT_EQ(open_rsa().status().code(), absl::StatusCode::kInternal);
+}
+
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
   auto core_tmk =
       hsm_->daemon().core().GenerateTmk("kms", "SN-G", crypto::KeyAlgorithm::kAes128, false);
