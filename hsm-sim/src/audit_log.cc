@@ -10,6 +10,7 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kdf.h"
 #include "rkl/crypto/openssl_ptr.h"
+#include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 #include "spdlog/spdlog.h"
 
@@ -132,9 +133,9 @@ absl::Status PgAuditLog::Append(const AuditEvent& event) {
 }
 
 absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
-  const uint64_t id = tx.exec1(kNextPendingId)[0].as<uint64_t>();
+  const uint64_t id = db::Exec1(tx, kNextPendingId)[0].as<uint64_t>();
   RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, id, e));
-  tx.exec_params(kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+  db::Exec(tx, kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
                  pqxx::binarystring(mac.data(), mac.size()));
   return absl::OkStatus();
 }
@@ -143,10 +144,10 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
     // The lock orders sealers across threads and replicas; under READ COMMITTED the reads
     // after it see the previous holder's committed chain and deletions.
-    tx.exec_params(kLockChain, kAuditLockClass, kAuditLockChain);
-    pqxx::result pending = tx.exec_params(kPendingBatch, limit);
+    db::Exec(tx, kLockChain, kAuditLockClass, kAuditLockChain);
+    pqxx::result pending = db::Exec(tx, kPendingBatch, limit);
     if (pending.empty()) return uint64_t{0};
-    pqxx::result head = tx.exec(kChainHead);
+    pqxx::result head = db::Exec(tx, kChainHead);
     uint64_t seq = 0;
     Bytes prev(kMacSize, 0);
     if (!head.empty()) {
@@ -170,13 +171,13 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       }
       ++seq;
       RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-      tx.exec_params(kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+      db::Exec(tx, kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
                      pqxx::binarystring(mac.data(), mac.size()));
       prev = std::move(mac);
       absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
     }
     ids += "}";
-    tx.exec_params(kDeletePending, ids);
+    db::Exec(tx, kDeletePending, ids);
     return static_cast<uint64_t>(pending.size());
   });
 }
@@ -236,7 +237,7 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
         AuditVerification v;
         Bytes prev(kMacSize, 0);
         uint64_t expected_seq = 1;
-        for (const auto& row : tx.exec(kAllRecords)) {
+        for (const auto& row : db::Exec(tx, kAllRecords)) {
           uint64_t seq = row[0].as<uint64_t>();
           AuditEvent e = EventFromRow(row);
           Bytes stored = ToBytes(row[7]);
@@ -251,7 +252,7 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
           expected_seq = seq + 1;
         }
         // Records committed since the seal above: checked by their own MACs.
-        for (const auto& row : tx.exec(kAllPending)) {
+        for (const auto& row : db::Exec(tx, kAllPending)) {
           ++v.records_checked;
           RKL_ASSIGN_OR_RETURN(Bytes mac,
                                PendingAuditMac(audit_key_, row[0].as<uint64_t>(), EventFromRow(row)));

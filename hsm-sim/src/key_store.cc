@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/aead.h"
+#include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::hsm {
@@ -292,11 +293,11 @@ class PgKeyTransaction : public KeyTransaction {
   PgKeyTransaction(pqxx::work& tx, PgKeyStore& store) : tx_(tx), store_(store) {}
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
-    uint64_t index = tx_.exec1(kNextKeyIndex)[0].as<uint64_t>();
+    uint64_t index = db::Exec1(tx_, kNextKeyIndex)[0].as<uint64_t>();
     Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
     RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
     auto [nonce, sealed] = SplitSealed(blob);
-    tx_.exec_params(kInsertKey, index, static_cast<int>(key.type), static_cast<int>(key.algorithm),
+    db::Exec(tx_, kInsertKey, index, static_cast<int>(key.type), static_cast<int>(key.algorithm),
                     static_cast<int>(key.usage), key.bound_sn, key.label, key.kcv, now_ms,
                     key.rsa_bits, Blob(key.public_key_der), Blob(nonce), Blob(sealed));
     KeyRecord r;
@@ -317,7 +318,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
-    pqxx::result r = tx_.exec_params(
+    pqxx::result r = db::Exec(tx_, 
         absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1"), index);
     if (r.empty()) return std::nullopt;
     return RecordFromRow(r[0]);
@@ -325,7 +326,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                       const std::string& sn) override {
-    pqxx::result r = tx_.exec_params(
+    pqxx::result r = db::Exec(tx_, 
         absl::StrCat("SELECT ", kKeyColumns,
                      " FROM hsm_key WHERE key_type = $1 AND bound_sn = $2 AND state = 1 "
                      "ORDER BY key_index FOR UPDATE"),
@@ -336,7 +337,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
-    return !tx_.exec_params(kLiveLabel, label).empty();
+    return !db::Exec(tx_, kLiveLabel, label).empty();
   }
 
   absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& k) override {
@@ -362,16 +363,16 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
     if (state == KeyState::kDeleted) {
-      tx_.exec_params(kEraseKey, index, now_ms);
+      db::Exec(tx_, kEraseKey, index, now_ms);
       store_.cache_.Erase(index);
     } else {
-      tx_.exec_params(kSetKeyState, index, static_cast<int>(state), now_ms);
+      db::Exec(tx_, kSetKeyState, index, static_cast<int>(state), now_ms);
     }
     return absl::OkStatus();
   }
 
   absl::Status InsertCeremony(const Ceremony& c) override {
-    tx_.exec_params(kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
+    db::Exec(tx_, kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
                     c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
                     c.expires_at_ms);
     return absl::OkStatus();
@@ -379,12 +380,12 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::optional<Ceremony>> FindCeremony(const std::string& id) override {
     pqxx::result r =
-        tx_.exec_params(absl::StrCat("SELECT ", kCeremonyColumns,
+        db::Exec(tx_, absl::StrCat("SELECT ", kCeremonyColumns,
                                      " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
                         id);
     if (r.empty()) return std::nullopt;
     Ceremony c = CeremonyFromRow(r[0]);
-    for (const auto& row : tx_.exec_params(kCustodians, id)) {
+    for (const auto& row : db::Exec(tx_, kCustodians, id)) {
       c.custodians.push_back(row[0].as<std::string>());
     }
     return c;
@@ -392,7 +393,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<Ceremony>> FindExpiredCeremonies(int64_t now_ms) override {
     pqxx::result r =
-        tx_.exec_params(absl::StrCat("SELECT ", kCeremonyColumns,
+        db::Exec(tx_, absl::StrCat("SELECT ", kCeremonyColumns,
                                      " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
                                      "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
                         now_ms);
@@ -403,21 +404,21 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
                                 uint64_t result_key_index) override {
-    tx_.exec_params(kSetCeremonyState, id, static_cast<int>(state), result_key_index);
+    db::Exec(tx_, kSetCeremonyState, id, static_cast<int>(state), result_key_index);
     return absl::OkStatus();
   }
 
   absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
                             const std::string& kcv, const crypto::SecretBytes& component,
                             int64_t now_ms) override {
-    if (!tx_.exec_params(kComponentExists, ceremony_id, custodian).empty()) {
+    if (!db::Exec(tx_, kComponentExists, ceremony_id, custodian).empty()) {
       return absl::AlreadyExistsError(absl::StrCat(
           "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
     }
     RKL_ASSIGN_OR_RETURN(
         Bytes blob, crypto::AeadSeal(store_.lmk_, component, ComponentAad(ceremony_id, custodian)));
     auto [nonce, sealed] = SplitSealed(blob);
-    tx_.exec_params(kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed),
+    db::Exec(tx_, kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed),
                     now_ms);
     return absl::OkStatus();
   }
@@ -425,7 +426,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
       const std::string& ceremony_id) override {
     std::vector<crypto::SecretBytes> out;
-    for (const auto& row : tx_.exec_params(kComponents, ceremony_id)) {
+    for (const auto& row : db::Exec(tx_, kComponents, ceremony_id)) {
       std::string custodian = row[0].as<std::string>();
       auto component = crypto::AeadOpen(store_.lmk_, JoinSealed(ToBytes(row[1]), ToBytes(row[2])),
                                         ComponentAad(ceremony_id, custodian));
@@ -439,7 +440,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status DeleteComponents(const std::string& ceremony_id) override {
-    tx_.exec_params(kDeleteComponents, ceremony_id);
+    db::Exec(tx_, kDeleteComponents, ceremony_id);
     return absl::OkStatus();
   }
 

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::kms {
@@ -158,14 +159,14 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
 
 void WriteAudit(pqxx::work& tx, const std::vector<AuditEntry>& audit) {
   for (const AuditEntry& e : audit) {
-    tx.exec_params(kInsertAudit, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result);
+    db::Exec(tx, kInsertAudit, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result);
   }
 }
 
 void UpsertTk(pqxx::work& tx, const TerminalRecord& t) {
   NullableText tek_index(t.tek_index), auk_index(t.auk_index);
   NullableText tek_kcv(t.tek_kcv, true), auk_kcv(t.auk_kcv, true);
-  tx.exec_params(kUpsertTk, t.sn, Binary(t.ctk_pk), t.mtms_submission_id, t.tk_received_at_ms,
+  db::Exec(tx, kUpsertTk, t.sn, Binary(t.ctk_pk), t.mtms_submission_id, t.tk_received_at_ms,
                  static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tek_index.get(),
                  tek_kcv.get(), auk_index.get(), auk_kcv.get(), t.updated_at_ms);
 }
@@ -174,7 +175,7 @@ void UpsertTk(pqxx::work& tx, const TerminalRecord& t) {
 
 absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& sn) {
   return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<TerminalRecord> {
-    pqxx::result r = tx.exec_params(kSelectTerminal, sn);
+    pqxx::result r = db::Exec(tx, kSelectTerminal, sn);
     if (r.empty()) return absl::NotFoundError("sn: no such terminal");
     return ReadTerminal(r[0]);
   });
@@ -185,7 +186,7 @@ absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
-    tx.exec_params(kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
+    db::Exec(tx, kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
                    static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
                    tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
                    t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms);
@@ -201,7 +202,7 @@ absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cance
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     pqxx::result r =
-        tx.exec_params(kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
+        db::Exec(tx, kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
                        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
                        tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
                        t.consecutive_failures, t.installed_at_ms, t.updated_at_ms, t.version);
@@ -209,7 +210,7 @@ absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cance
       return absl::AbortedError("terminal changed concurrently");
     }
     UpsertTk(tx, t);
-    if (cancel_sessions) tx.exec_params(kCancelSessions, t.sn);
+    if (cancel_sessions) db::Exec(tx, kCancelSessions, t.sn);
     WriteAudit(tx, audit);
     return absl::OkStatus();
   });
@@ -220,7 +221,7 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<TerminalRecord>> {
         NullableText state(filter.state ? TerminalStateName(*filter.state) : "", true);
-        pqxx::result r = tx.exec_params(kListTerminals, state.get(), filter.sn_prefix,
+        pqxx::result r = db::Exec(tx, kListTerminals, state.get(), filter.sn_prefix,
                                         filter.after_sn, filter.limit);
         std::vector<TerminalRecord> out;
         out.reserve(r.size());
@@ -235,7 +236,7 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
 absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
-    tx.exec_params(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+    db::Exec(tx, kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
                    SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms);
     WriteAudit(tx, audit);
     return absl::OkStatus();
@@ -244,7 +245,7 @@ absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
 
 absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
   return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<AuthSession> {
-    pqxx::result r = tx.exec_params(kSelectSession, id);
+    pqxx::result r = db::Exec(tx, kSelectSession, id);
     if (r.empty()) {
       return absl::NotFoundError("session_id: no such session");
     }
@@ -257,7 +258,7 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
                                                         const std::optional<std::string>& tmk_kcv) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
     NullableText kcv(tmk_kcv.value_or(""), !tmk_kcv.has_value());
-    pqxx::result r = tx.exec_params(kTransitionSession, id, SessionStateName(from),
+    pqxx::result r = db::Exec(tx, kTransitionSession, id, SessionStateName(from),
                                     SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
   });
@@ -274,7 +275,7 @@ absl::StatusOr<std::vector<AuditEntry>> PgKmsRepository::ListAudit(const std::st
                                                                    uint64_t after_seq, int limit) {
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<AuditEntry>> {
-        pqxx::result r = tx.exec_params(kListAudit, sn, after_seq, limit);
+        pqxx::result r = db::Exec(tx, kListAudit, sn, after_seq, limit);
         std::vector<AuditEntry> out;
         out.reserve(r.size());
         for (const auto& row : r) {
@@ -296,10 +297,10 @@ absl::StatusOr<Statistics> PgKmsRepository::GetStatistics(
     const std::vector<std::string>& failure_actions) {
   return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<Statistics> {
     Statistics st;
-    for (const auto& row : tx.exec(kCountByState)) {
+    for (const auto& row : db::Exec(tx, kCountByState)) {
       st.terminals_by_state.emplace_back(row[0].as<std::string>(), row[1].as<uint64_t>());
     }
-    pqxx::row totals = tx.exec1(kCountDistinctKcvs);
+    pqxx::row totals = db::Exec1(tx, kCountDistinctKcvs);
     st.terminals_total = totals[0].as<uint64_t>();
     st.distinct_tmk_kcvs = totals[1].as<uint64_t>();
     // A text[] literal built by libpqxx's own array quoting would need 7.x; the
