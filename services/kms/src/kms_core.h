@@ -16,6 +16,7 @@
 // authorize before calling. Thread-safe (it has no mutable state of its own);
 // the repository and HSM port must outlive it.
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -96,6 +97,12 @@ class KmsCore {
   KmsCore(KmsRepository& repository, HsmPort& hsm, Clock clock, crypto::RandomSource random,
           KmsCoreOptions options);
 
+  // BeginAuthentication calls for an SN KMS has no transport key for (terminals polling
+  // before forwarding completed, or probes). Counted and logged, not written to the audit
+  // table: they concern no terminal, and a durable write per probe would let anyone force a
+  // disk sync per request.
+  uint64_t unknown_sn_begins() const { return unknown_sn_begins_.load(); }
+
   // S107–S108, from MTMS. Idempotent for the same Ctk_pk; a new Ctk_pk supersedes a TK
   // whose TMK is not installed, and is refused for an installed terminal unless an admin
   // marked it for re-key.
@@ -166,6 +173,7 @@ class KmsCore {
 
   KmsRepository& repository_;
   HsmPort& hsm_;
+  std::atomic<uint64_t> unknown_sn_begins_{0};
   Clock clock_;
   crypto::RandomSource random_;
   KmsCoreOptions options_;
