@@ -49,6 +49,10 @@ int main(int argc, char** argv) {
                .program = kProgram});
   rpc::InstallShutdownSignalHandlers();
   spdlog::info("configuration:\n{}", config.Describe());
+  if (absl::Status s = CheckMtmsConfig(config); !s.ok()) {
+    spdlog::critical("{}: {}", kProgram, std::string(s.message()));
+    return 1;
+  }
 
   db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
                            .max_size = static_cast<int>(config.GetInt("db.pool_size"))});

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "rkl/rpc/tls.h"
 
 namespace rkl::mtms {
@@ -24,7 +25,12 @@ ConfigSchema MakeMtmsConfigSchema() {
   schema.String("db.dsn", "libpq DSN of the rkl_mtms database (include connect_timeout)")
       .Required()
       .Secret();
-  schema.Int("db.pool_size", "maximum open database connections").Default("8").Range(1, 256);
+  schema
+      .Int("db.pool_size",
+           "maximum open database connections; at least forwarder.workers + 4 (checked at "
+           "start-up)")
+      .Default("24")
+      .Range(1, 256);
 
   schema.String("hsm.endpoint", "gRPC target of HSM #1").Default("hsm-mtms:50052");
   schema.String("hsm.authority", "name HSM #1's certificate must carry").Default("hsm-mtms");
@@ -55,6 +61,11 @@ ConfigSchema MakeMtmsConfigSchema() {
   schema.Bool("forwarder.enabled", "run the background forwarder in this replica").Default("true");
   schema.Duration("forwarder.interval", "time between forwarder passes").Default("5s");
   schema.Int("forwarder.batch", "rows claimed per batch").Default("32").Range(1, 1000);
+  schema
+      .Int("forwarder.workers",
+           "rows of a batch forwarded at once (threads calling HSM #1 and KMS in parallel)")
+      .Default("16")
+      .Range(1, 256);
   schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
   schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
@@ -85,11 +96,27 @@ ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {
       .pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index")),
       .mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index")),
       .batch_size = static_cast<int>(config.GetInt("forwarder.batch")),
+      .workers = static_cast<int>(config.GetInt("forwarder.workers")),
       .interval = config.GetDuration("forwarder.interval"),
       .initial_backoff = config.GetDuration("forwarder.initial_backoff"),
       .max_backoff = config.GetDuration("forwarder.max_backoff"),
       .lease = config.GetDuration("forwarder.lease"),
   };
+}
+
+absl::Status CheckMtmsConfig(const Config& config) {
+  // Each forwarder worker holds at most one connection at a time (never across an RPC);
+  // the rest serve intake, admin calls and the claims. Checked whether or not the
+  // background forwarder runs: ForceForward runs passes with the same workers.
+  const int64_t pool_size = config.GetInt("db.pool_size");
+  const int64_t workers = config.GetInt("forwarder.workers");
+  if (pool_size < workers + kPoolReserve) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: db.pool_size: must be at least forwarder.workers + ", kPoolReserve,
+                     " = ", workers + kPoolReserve, ", got ", pool_size,
+                     " (raise db.pool_size or lower forwarder.workers)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace rkl::mtms

@@ -2,6 +2,7 @@
 // The configuration of rkl-mtms (environment prefix RKL_MTMS): every key, its default and
 // rule, in one schema that --help, --print-config-reference and docs/mtms.md share.
 
+#include "absl/status/status.h"
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
 #include "rkl/common/config.h"
@@ -15,5 +16,12 @@ ConfigSchema MakeMtmsConfigSchema();
 
 MtmsCoreOptions CoreOptionsFromConfig(const Config& config);
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config);
+
+// Database connections kept beyond the forwarder's workers, for intake, admin calls and
+// the forwarder's claims.
+inline constexpr int kPoolReserve = 4;
+// Rules that span keys: db.pool_size >= forwarder.workers + kPoolReserve. INVALID_ARGUMENT
+// naming the keys otherwise; main() refuses to start.
+absl::Status CheckMtmsConfig(const Config& config);
 
 }  // namespace rkl::mtms

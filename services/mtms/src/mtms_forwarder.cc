@@ -1,7 +1,11 @@
 #include "mtms_forwarder.h"
 
 #include <algorithm>
+#include <atomic>
+#include <system_error>
+#include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
@@ -41,6 +45,12 @@ bool IsPermanentKmsRefusal(absl::StatusCode code) {
   }
 }
 
+ForwarderOptions Normalized(ForwarderOptions options) {
+  options.batch_size = std::max(options.batch_size, 1);
+  options.workers = std::max(options.workers, 1);
+  return options;
+}
+
 }  // namespace
 
 Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, OperatorTrust& trust,
@@ -50,7 +60,7 @@ Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, Ope
       kms_(kms),
       trust_(trust),
       clock_(clock),
-      options_(std::move(options)) {}
+      options_(Normalized(std::move(options))) {}
 
 Forwarder::~Forwarder() { Stop(); }
 
@@ -66,6 +76,15 @@ absl::StatusOr<PassResult> Forwarder::ForceForward() {
 }
 
 absl::StatusOr<PassResult> Forwarder::RunPass() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_) return absl::UnavailableError("forwarder is stopped");
+    ++passes_;
+  }
+  absl::Cleanup pass_done = [this] {
+    absl::MutexLock lock(&mu_);
+    --passes_;
+  };
   PassResult result;
   // A fresh token per pass: a finish from an older, expired claim of ours is refused too.
   const std::string claim_token =
@@ -76,8 +95,33 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
                          repository_.ClaimDue(claim_token, now_ms,
                                               now_ms + absl::ToInt64Milliseconds(options_.lease),
                                               options_.batch_size));
-    for (const SubmissionRecord& row : rows) {
-      switch (Process(row, claim_token)) {
+    ProcessBatch(rows, claim_token, result);
+    // Rows that failed got a later next_attempt_at, so they are not claimed again here; a
+    // short batch means nothing more is due. After Stop() the rows already claimed are
+    // finished (above) but no more are claimed.
+    if (static_cast<int>(rows.size()) < options_.batch_size || stopping()) break;
+  }
+  if (result.forwarded + result.rejected + result.retry_later > 0) {
+    spdlog::info("forwarder pass: {} forwarded, {} rejected, {} to retry", result.forwarded,
+                 result.rejected, result.retry_later);
+  }
+  return result;
+}
+
+void Forwarder::ProcessBatch(const std::vector<SubmissionRecord>& rows,
+                             const std::string& claim_token, PassResult& result) {
+  if (rows.empty()) return;
+  absl::Mutex result_mu;
+  std::atomic<size_t> next{0};
+  // Each worker takes the next unprocessed row until none is left. A row is processed only
+  // while holding one of the forwarder's `workers` slots, shared by all concurrent passes.
+  auto work = [&] {
+    for (size_t i = next++; i < rows.size(); i = next++) {
+      AcquireWorkerSlot();
+      const Outcome outcome = Process(rows[i], claim_token);
+      ReleaseWorkerSlot();
+      absl::MutexLock lock(&result_mu);
+      switch (outcome) {
         case Outcome::kForwarded:
           ++result.forwarded;
           break;
@@ -91,15 +135,39 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
           break;
       }
     }
-    // Rows that failed got a later next_attempt_at, so they are not claimed again here.
-    if (static_cast<int>(rows.size()) < options_.batch_size) break;
+  };
+  // The calling thread is one worker; the others live for this batch only.
+  const size_t helpers = std::min(static_cast<size_t>(options_.workers), rows.size()) - 1;
+  std::vector<std::thread> threads;
+  threads.reserve(helpers);
+  for (size_t t = 0; t < helpers; ++t) {
+    try {
+      threads.emplace_back(work);
+    } catch (const std::system_error& e) {
+      // Fewer threads only means less parallelism: the ones we have take every row.
+      spdlog::warn("forwarder: could not start a worker thread ({}); continuing with {}", e.what(),
+                   threads.size() + 1);
+      break;
+    }
   }
-  if (result.forwarded + result.rejected + result.retry_later > 0) {
-    spdlog::info("forwarder pass: {} forwarded, {} rejected, {} to retry", result.forwarded,
-                 result.rejected, result.retry_later);
-  }
-  return result;
+  work();
+  for (std::thread& thread : threads) thread.join();
 }
+
+void Forwarder::AcquireWorkerSlot() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(this, &Forwarder::WorkerSlotFree));
+  ++busy_workers_;
+}
+
+void Forwarder::ReleaseWorkerSlot() {
+  absl::MutexLock lock(&mu_);
+  --busy_workers_;
+}
+
+bool Forwarder::WorkerSlotFree() const { return busy_workers_ < options_.workers; }
+
+bool Forwarder::NoPassRunning() const { return passes_ == 0; }
 
 Forwarder::Outcome Forwarder::Reject(const SubmissionRecord& row, const std::string& claim_token,
                                      const std::string& reason) {
@@ -240,14 +308,23 @@ void Forwarder::Start() {
 }
 
 void Forwarder::Stop() {
+  std::thread loop;
   {
     absl::MutexLock lock(&mu_);
-    if (!running_) return;
     stop_ = true;
+    running_ = false;
+    loop = std::move(thread_);
   }
-  thread_.join();
+  if (loop.joinable()) loop.join();
+  // Passes on other threads (ForceForward from RPC threads) finish their claimed rows and
+  // claim no more; their worker threads are joined before RunPass returns.
   absl::MutexLock lock(&mu_);
-  running_ = false;
+  mu_.Await(absl::Condition(this, &Forwarder::NoPassRunning));
+}
+
+bool Forwarder::stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stop_;
 }
 
 void Forwarder::Wake() {
@@ -258,7 +335,9 @@ void Forwarder::Wake() {
 void Forwarder::Loop() {
   while (true) {
     absl::StatusOr<PassResult> pass = RunPass();
-    if (!pass.ok()) spdlog::warn("forwarder pass failed: {}", pass.status().ToString());
+    if (!pass.ok() && !stopping()) {
+      spdlog::warn("forwarder pass failed: {}", pass.status().ToString());
+    }
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(
         absl::Condition(

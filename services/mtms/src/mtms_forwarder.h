@@ -16,17 +16,32 @@
 // other failure (unreachable peer, PK/MAK not configured yet, ...) → retried with capped
 // exponential backoff, attempts counted.
 //
-// Exactly once: rows are leased (mtms_repository.h), so replicas do not work on one row at
-// the same time; and Ctk_pk is deterministic for one package (KWP and CMAC are), so if a
-// replica dies after KMS accepted but before the row was marked, the retry sends identical
-// bytes and KMS recognises the duplicate.
+// Concurrency: a pass claims up to `batch_size` rows at a time and processes the rows of a
+// batch in parallel, on up to `workers` threads (the calling thread is one of them; the
+// others are started for the batch and joined before the next claim). Rows are independent:
+// each is finished on its own, under the claim token, exactly as a sequential pass would.
+// At most `workers` rows are in process at once in one Forwarder, even when several passes
+// run at the same time (the background loop and ForceForward from RPC threads). A worker
+// holds at most one database connection at a time, and none while it calls HSM #1 or KMS,
+// so a pool of `workers` + a few connections leaves room for intake (rkl-mtms refuses to
+// start with fewer: CheckMtmsConfig). Rows of one batch finish in no particular order.
+//
+// Exactly once: rows are leased (mtms_repository.h), so replicas — and the workers of one
+// replica — do not work on one row at the same time; and Ctk_pk is deterministic for one
+// package (KWP and CMAC are), so if a replica dies after KMS accepted but before the row was
+// marked, the retry sends identical bytes and KMS recognises the duplicate.
 //
 // Thread-safe: RunPass may be called from RPC threads while the background thread runs.
-// Dependencies are not owned and must outlive the forwarder; Stop() before destroying them.
+// Start() and Stop() must not race each other. Stop() ends the background thread and waits
+// for every pass in progress (on any thread) to finish the rows it already claimed; passes
+// claim nothing more once Stop() was called, until the next Start(). Dependencies are not
+// owned and must outlive the forwarder, and they must be thread-safe (the ports are:
+// mtms_ports.h); Stop() before destroying them.
 
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -44,6 +59,8 @@ struct ForwarderOptions {
   uint64_t pk_index = 0;            // HSM #1 PK; 0 = not configured yet (rows wait)
   uint64_t mak_index = 0;           // HSM #1 MAK; 0 = not configured yet (rows wait)
   int batch_size = 32;
+  // Rows of a batch processed at once (1 = one after the other). Values below 1 count as 1.
+  int workers = 16;
   absl::Duration interval = absl::Seconds(5);
   absl::Duration initial_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(5);
@@ -63,8 +80,9 @@ class Forwarder {
             const Clock& clock, ForwarderOptions options);
   ~Forwarder();  // Stop()s
 
-  // One pass: claims and processes due rows, batch after batch, until none is due.
-  // An error only when the database itself failed.
+  // One pass: claims and processes due rows, batch after batch, until a batch comes back
+  // short (fewer than batch_size rows: nothing more is due) or Stop() was called. An error
+  // when the database itself failed, or UNAVAILABLE when the forwarder is stopped.
   absl::StatusOr<PassResult> RunPass();
   // An administrator's "forward now": every RECEIVED row becomes due, then one pass.
   absl::StatusOr<PassResult> ForceForward();
@@ -73,12 +91,22 @@ class Forwarder {
   void Start();
   void Stop();
   void Wake();
+  // True from Stop() until the next Start(): passes claim no further batch.
+  bool stopping() const;
 
   // Backoff after the n-th failed attempt (n >= 1): initial · 2^(n-1), capped.
   absl::Duration BackoffAfter(uint32_t attempts) const;
 
  private:
   enum class Outcome { kForwarded, kRejected, kRetryLater, kLost };
+  // Processes `rows` on up to options_.workers threads; returns when all are done.
+  void ProcessBatch(const std::vector<SubmissionRecord>& rows, const std::string& claim_token,
+                    PassResult& result);
+  // One of the `workers` slots, shared by every pass of this forwarder; waits for one.
+  void AcquireWorkerSlot();
+  void ReleaseWorkerSlot();
+  bool WorkerSlotFree() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NoPassRunning() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Outcome Process(const SubmissionRecord& row, const std::string& claim_token);
   Outcome Reject(const SubmissionRecord& row, const std::string& claim_token,
                  const std::string& reason);
@@ -93,11 +121,13 @@ class Forwarder {
   const Clock& clock_;
   const ForwarderOptions options_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  int passes_ ABSL_GUARDED_BY(mu_) = 0;        // RunPass calls in progress, on any thread
+  int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;  // rows in Process() now, at most workers
+  std::thread thread_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace rkl::mtms

@@ -44,12 +44,23 @@ constexpr char kInsertSubmission[] =
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'RECEIVED', $13)"
     " ON CONFLICT ON CONSTRAINT sn_key_mtms_operator_nonce_key DO NOTHING"
     " RETURNING submission_id";
-constexpr char kUpsertOperatorSeen[] =
-    "INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
-    " last_seen_at_ms, packages) VALUES ($1, $2, $3, $3, 1)"
-    " ON CONFLICT (operator_id, certificate_serial) DO UPDATE SET"
-    " last_seen_at_ms = GREATEST(operators_seen.last_seen_at_ms, EXCLUDED.last_seen_at_ms),"
-    " packages = operators_seen.packages + 1";
+// Operators seen, without a per-package write: the row is inserted at an operator
+// certificate's first accepted package, and last_seen_at_ms moves only once it is
+// kLastSeenResolutionMs old. Once the row exists, ON CONFLICT DO NOTHING and an UPDATE
+// whose WHERE is false lock nothing, so concurrent submissions of one operator do not queue
+// on its row until commit (ON CONFLICT DO UPDATE ... WHERE would: PostgreSQL locks the
+// conflicting row even when the WHERE lets nothing be updated). The UPDATE does not see the
+// row the CTE inserts (one snapshot), so a first sight is one insert. Package counts are
+// counted from sn_key_mtms when wanted (docs/mtms.md).
+constexpr int64_t kLastSeenResolutionMs = 60 * 1000;
+constexpr char kRecordOperatorSeen[] =
+    "WITH first_sight AS ("
+    " INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
+    " last_seen_at_ms) VALUES ($1, $2, $3::bigint, $3::bigint)"
+    " ON CONFLICT (operator_id, certificate_serial) DO NOTHING)"
+    " UPDATE operators_seen SET last_seen_at_ms = $3::bigint"
+    " WHERE operator_id = $1 AND certificate_serial = $2"
+    " AND last_seen_at_ms < $3::bigint - $4::bigint";
 
 constexpr char kSubmissionColumns[] =
     "submission_id, sn, operator_id, nonce, package, signature, operator_certificate_pem,"
@@ -276,8 +287,8 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
         row.operator_certificate_serial, row.work_certificate_serial, Bin(row.ctk_pu),
         static_cast<int>(row.algorithm_code), row.created_at_ms, row.received_at_ms);
     if (inserted.empty()) return InsertOutcome::kReplay;
-    tx.exec_params(kUpsertOperatorSeen, row.operator_id, row.operator_certificate_serial,
-                   row.received_at_ms);
+    tx.exec_params(kRecordOperatorSeen, row.operator_id, row.operator_certificate_serial,
+                   row.received_at_ms, kLastSeenResolutionMs);
     InsertAudit(tx, audit);
     return InsertOutcome::kInserted;
   });

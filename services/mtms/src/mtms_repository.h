@@ -131,7 +131,9 @@ class MtmsRepository {
 
   // ---- Intake ----
   // Inserts `row` (state RECEIVED, next_attempt_at_ms = received_at_ms), records the
-  // operator as seen and writes `audit`, all in one transaction; or reports why not.
+  // operator certificate as seen and writes `audit`, all in one transaction; or reports why
+  // not. Recording an operator writes (and locks) its row only on first sight and when its
+  // last-seen time is a minute old, so submissions of one operator do not serialise.
   virtual absl::StatusOr<InsertOutcome> InsertSubmission(const SubmissionRecord& row,
                                                          const AuditEntry& audit) = 0;
   virtual absl::StatusOr<std::optional<SubmissionRecord>> GetSubmission(

@@ -90,6 +90,102 @@ TEST_F(MtmsSchemaPgTest, AtMostOneCurrentWorkKeyIsAConstraint) {
                pqxx::unique_violation);
 }
 
+TEST_F(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute) {
+  // xmin names the transaction that last wrote a row version: it changes whenever the row
+  // is written, and only then.
+  auto seen = [&](const std::string& op) {  // op: a fixed operator id of this test
+    pqxx::result r = backend_->Sql(
+        "SELECT xmin::text, first_seen_at_ms, last_seen_at_ms, certificate_serial"
+        " FROM operators_seen WHERE operator_id = '" +
+        op + "'");
+    EXPECT_EQ(r.size(), 1u) << op;
+    struct Seen {
+      std::string xmin;
+      int64_t first = 0, last = 0;
+      std::string serial;
+    };
+    if (r.size() != 1) return Seen{};
+    return Seen{r[0][0].as<std::string>(), r[0][1].as<int64_t>(), r[0][2].as<int64_t>(),
+                r[0][3].as<std::string>()};
+  };
+  const int64_t t0 = clock_.NowUnixMs();
+  ASSERT_TRUE(Submit({.sn = "SN-OPS-0"}).ok());
+  const auto first = seen("alice");
+  EXPECT_EQ(first.first, t0);
+  EXPECT_EQ(first.last, t0);
+  EXPECT_EQ(first.serial, alice_->certificate.SerialHex());
+  // Many packages within the minute: the row is not written again.
+  for (int i = 1; i < 20; ++i) {
+    clock_.Advance(absl::Seconds(2));
+    ASSERT_TRUE(Submit({.sn = absl::StrCat("SN-OPS-", i)}).ok());
+  }
+  auto after = seen("alice");
+  EXPECT_EQ(after.xmin, first.xmin) << "operators_seen row rewritten by a package";
+  EXPECT_EQ(after.first, t0);
+  EXPECT_EQ(after.last, t0);
+  // Once last_seen is a minute old, the next package moves it (once).
+  clock_.Advance(absl::Seconds(30));  // t0 + 68 s
+  ASSERT_TRUE(Submit({.sn = "SN-OPS-20"}).ok());
+  after = seen("alice");
+  EXPECT_NE(after.xmin, first.xmin);
+  EXPECT_EQ(after.first, t0);
+  EXPECT_EQ(after.last, t0 + 68000);
+  const std::string moved = after.xmin;
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(Submit({.sn = "SN-OPS-21"}).ok());
+  after = seen("alice");
+  EXPECT_EQ(after.xmin, moved);
+  EXPECT_EQ(after.last, t0 + 68000);
+  // Another operator has a row of its own.
+  OperatorCard bob = authority_->IssueOperator("bob");
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit({.sn = absl::StrCat("SN-BOB-", i)}, &bob).ok());
+  EXPECT_EQ(seen("bob").first, clock_.NowUnixMs());
+
+  // The package counts come from the submissions themselves, and are right.
+  pqxx::result counts = backend_->Sql(
+      "SELECT o.operator_id, count(s.submission_id) FROM operators_seen o"
+      " LEFT JOIN sn_key_mtms s ON s.operator_id = o.operator_id"
+      " AND s.operator_certificate_serial = o.certificate_serial"
+      " GROUP BY o.operator_id ORDER BY o.operator_id");
+  ASSERT_EQ(counts.size(), 2u);
+  EXPECT_EQ(counts[0][0].as<std::string>(), "alice");
+  EXPECT_EQ(counts[0][1].as<int64_t>(), 22);
+  EXPECT_EQ(counts[1][0].as<std::string>(), "bob");
+  EXPECT_EQ(counts[1][1].as<int64_t>(), 3);
+  // No counter is left behind to go stale (migration 002).
+  EXPECT_EQ(backend_
+                ->Sql("SELECT count(*) FROM information_schema.columns"
+                      " WHERE table_name = 'operators_seen' AND column_name = 'packages'")[0][0]
+                .as<int>(),
+            0);
+}
+
+TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow) {
+  ASSERT_TRUE(Submit({.sn = "SN-LOCK-0"}).ok());  // alice's operators_seen row exists now
+  // Another transaction holds alice's row lock until it ends, as a concurrent submission
+  // did when every package updated the row...
+  pqxx::connection holder(backend_->db->dsn());
+  pqxx::work locked(holder);
+  ASSERT_EQ(
+      locked.exec("SELECT 1 FROM operators_seen WHERE operator_id = 'alice' FOR UPDATE").size(),
+      1u);
+  // ...and intake goes through regardless. lock_timeout turns a wait on that lock into an
+  // error, so a regression fails here instead of hanging.
+  db::ConnectionPool pool(
+      {.dsn = backend_->db->dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
+  PgMtmsRepository repository(pool);
+  auto core = MakeCore(repository);
+  for (int i = 1; i <= 5; ++i) {
+    auto r = core->SubmitTransportKey(
+        MakeSubmission({.sn = absl::StrCat("SN-LOCK-", i)}, *alice_, work_, clock_), "");
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  locked.abort();
+  EXPECT_EQ(
+      backend_->Sql("SELECT count(*) FROM sn_key_mtms WHERE operator_id = 'alice'")[0][0].as<int>(),
+      6);
+}
+
 TEST_F(MtmsSchemaPgTest, MigrationsAreIdempotentAtRestart) {
   auto again = db::ApplyMigrations(backend_->db->dsn(), rkl::mtms::Migrations());
   ASSERT_TRUE(again.ok()) << again.status();

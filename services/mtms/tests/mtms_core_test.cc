@@ -1,6 +1,9 @@
 // Unit tier: the conformance suite over the in-memory repository, plus the pieces that
 // need no storage at all (configuration, authorization table, backoff).
 
+#include <fstream>
+#include <sstream>
+
 #include "mtms_config.h"
 #include "mtms_grpc_service.h"
 #include "mtms_suite.h"
@@ -67,6 +70,79 @@ TEST(MtmsConfigTest, OptionsComeFromTheConfiguration) {
   EXPECT_EQ(fwd.batch_size, 3);
   EXPECT_EQ(fwd.replica_id, "r9");
   EXPECT_EQ(config->GetString("listen"), "0.0.0.0:50054");
+}
+
+// A PEM file for the tls.* paths, which must exist.
+std::string TlsPlaceholder() {
+  const std::string pem = ::testing::TempDir() + "/mtms-config-test.pem";
+  std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+  return pem;
+}
+
+absl::StatusOr<Config> LoadWith(const std::string& yaml) {
+  const std::string pem = TlsPlaceholder();
+  return LoadConfigFromYaml(MakeMtmsConfigSchema(),
+                            absl::StrCat("db: {dsn: 'host=db'}\n", "tls: {cert_file: ", pem,
+                                         ", key_file: ", pem, ", ca_file: ", pem, "}\n", yaml),
+                            [](const std::string&) { return std::nullopt; });
+}
+
+TEST(MtmsConfigTest, ForwarderWorkersDefaultTo16AndArePassedOn) {
+  auto defaults = LoadWith("");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(ForwarderOptionsFromConfig(*defaults).workers, 16);
+  EXPECT_EQ(ForwarderOptions{}.workers, 16);
+  EXPECT_EQ(defaults->GetInt("db.pool_size"), 24);  // 16 workers + room for intake
+  EXPECT_TRUE(CheckMtmsConfig(*defaults).ok());
+
+  auto set = LoadWith("forwarder: {workers: 4}\ndb: {pool_size: 8}\n");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(ForwarderOptionsFromConfig(*set).workers, 4);
+  EXPECT_TRUE(CheckMtmsConfig(*set).ok());
+}
+
+TEST(MtmsConfigTest, ForwarderWorkersMustBeBetween1And256) {
+  for (const char* bad : {"0", "-1", "257"}) {
+    auto config = LoadWith(absl::StrCat("forwarder: {workers: ", bad, "}\n"));
+    ASSERT_FALSE(config.ok()) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr("forwarder.workers")) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr("between 1 and 256")) << bad;
+  }
+  EXPECT_TRUE(LoadWith("forwarder: {workers: 1}\n").ok());
+}
+
+TEST(MtmsConfigTest, PoolMustHoldTheWorkersAndAFewMore) {
+  // The old default pool of 8 with the new default of 16 workers is refused, naming both.
+  auto small = LoadWith("db: {pool_size: 8}\n");
+  ASSERT_TRUE(small.ok()) << small.status();
+  absl::Status refused = CheckMtmsConfig(*small);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.message(), HasSubstr("db.pool_size"));
+  EXPECT_THAT(refused.message(), HasSubstr("forwarder.workers"));
+  EXPECT_THAT(refused.message(), HasSubstr("got 8"));
+  auto exact = LoadWith(absl::StrCat("db: {pool_size: ", 16 + kPoolReserve, "}\n"));
+  ASSERT_TRUE(exact.ok());
+  EXPECT_TRUE(CheckMtmsConfig(*exact).ok());
+  auto one_short = LoadWith(absl::StrCat("db: {pool_size: ", 16 + kPoolReserve - 1, "}\n"));
+  ASSERT_TRUE(one_short.ok());
+  EXPECT_FALSE(CheckMtmsConfig(*one_short).ok());
+}
+
+TEST(MtmsConfigTest, ExampleConfigurationLoadsAndPassesTheChecks) {
+  std::ifstream in(RKL_MTMS_EXAMPLE_CONFIG);
+  ASSERT_TRUE(in) << RKL_MTMS_EXAMPLE_CONFIG;
+  std::stringstream text;
+  text << in.rdbuf();
+  // The example's TLS paths are a deployment's; point them at a file that exists here.
+  const std::string pem = TlsPlaceholder();
+  auto config = LoadConfigFromYaml(MakeMtmsConfigSchema(), text.str(),
+                                   [&](const std::string& name) -> std::optional<std::string> {
+                                     if (name.rfind("RKL_MTMS_TLS_", 0) == 0) return pem;
+                                     return std::nullopt;
+                                   });
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(CheckMtmsConfig(*config).ok());
+  EXPECT_EQ(ForwarderOptionsFromConfig(*config).workers, 16);
 }
 
 TEST(MtmsAuthorizerTest, AdminRpcsNeedAnAdminIdentity) {

@@ -13,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -70,6 +71,43 @@ class MtmsSuite : public ::testing::Test {
                                                         .initial_backoff = absl::Seconds(1),
                                                         .max_backoff = absl::Seconds(8),
                                                         .lease = absl::Minutes(2)});
+  }
+
+  // A forwarder on replica 0 with its own peers, batch size and workers; its background
+  // loop (if started) passes once at start and then only when woken.
+  std::unique_ptr<Forwarder> MakeForwarderWith(HsmPort& hsm, KmsPort& kms, int batch_size,
+                                               int workers) {
+    return std::make_unique<Forwarder>(backend_->Replica(0), hsm, kms, *trust_, clock_,
+                                       ForwarderOptions{.replica_id = "replica-w",
+                                                        .pk_index = hsm_.pk_index(),
+                                                        .mak_index = hsm_.mak_index(),
+                                                        .batch_size = batch_size,
+                                                        .workers = workers,
+                                                        .interval = absl::Hours(1),
+                                                        .initial_backoff = absl::Seconds(1),
+                                                        .max_backoff = absl::Seconds(8),
+                                                        .lease = absl::Minutes(2)});
+  }
+
+  // Submits `n` packages with SNs prefix0, prefix1, ...; returns their submission ids.
+  std::vector<std::string> SubmitMany(const std::string& prefix, int n) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < n; ++i) {
+      auto r = Submit({.sn = absl::StrCat(prefix, i)});
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (r.ok()) ids.push_back(r->submission_id);
+    }
+    return ids;
+  }
+
+  // Replaces the stored package of `id` by one with another created_at, so its signature no
+  // longer verifies (claim 4).
+  void TamperWith(const std::string& id) {
+    v1::TransportKeyPackage p;
+    ASSERT_TRUE(p.ParseFromString(std::string(AsString(Row(id).package))));
+    p.set_created_at_unix_ms(p.created_at_unix_ms() + 1);
+    const std::string tampered = p.SerializeAsString();
+    backend_->OverwritePackage(id, Bytes(tampered.begin(), tampered.end()));
   }
 
   absl::StatusOr<SubmitReceipt> Submit(const PackageSpec& spec = {},
@@ -658,6 +696,167 @@ TYPED_TEST_P(MtmsSuite, AuditRecordsEventsWithoutKeyMaterial) {
   }
 }
 
+// ---------------------------------------------------------------- forwarder workers
+
+TYPED_TEST_P(MtmsSuite, BatchIsForwardedByWorkersInParallel) {
+  constexpr int kRows = 8;
+  const std::vector<std::string> ids = this->SubmitMany("SN-PAR-", kRows);
+  GatedHsm gate(this->hsm_);
+  auto forwarder = this->MakeForwarderWith(gate, this->kms_, /*batch_size=*/kRows,
+                                           /*workers=*/kRows);
+  absl::StatusOr<PassResult> pass;
+  std::thread runner([&] { pass = forwarder->RunPass(); });
+  // Every row of the batch reaches HSM #1 before any of them is answered. A pass that took
+  // the rows one at a time would hold its first row at the gate until the gate gave up.
+  const bool parallel = gate.WaitForInFlight(kRows);
+  gate.Open();
+  runner.join();
+  EXPECT_TRUE(parallel) << "at most " << gate.max_in_flight() << " of " << kRows
+                        << " rows were at HSM #1 at once";
+  EXPECT_FALSE(gate.timed_out());
+  ASSERT_TRUE(pass.ok()) << pass.status();
+  EXPECT_EQ(pass->forwarded, static_cast<uint32_t>(kRows));
+  EXPECT_EQ(pass->rejected + pass->retry_later, 0u);
+  EXPECT_EQ(this->kms_.calls(), kRows);
+  EXPECT_EQ(this->kms_.stored(), kRows);
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+  for (const std::string& id : ids) {
+    SubmissionRecord row = this->Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kForwarded) << row.sn;
+    EXPECT_EQ(row.attempts, 1u) << row.sn;
+  }
+}
+
+TYPED_TEST_P(MtmsSuite, WorkersBoundTheRowsInProcessAcrossConcurrentPasses) {
+  constexpr int kRows = 12;
+  constexpr int kWorkers = 3;
+  const std::vector<std::string> ids = this->SubmitMany("SN-BOUND-", kRows);
+  GatedHsm gate(this->hsm_);
+  auto forwarder = this->MakeForwarderWith(gate, this->kms_, /*batch_size=*/6, kWorkers);
+  // Two passes at once (the background loop and a ForceForward, say) share the workers.
+  absl::StatusOr<PassResult> a, b;
+  std::thread ta([&] { a = forwarder->RunPass(); });
+  std::thread tb([&] { b = forwarder->RunPass(); });
+  const bool reached = gate.WaitForInFlight(kWorkers);
+  gate.Open();
+  ta.join();
+  tb.join();
+  EXPECT_TRUE(reached) << "at most " << gate.max_in_flight() << " rows at HSM #1 at once";
+  EXPECT_LE(gate.max_in_flight(), kWorkers);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->forwarded + b->forwarded, static_cast<uint32_t>(kRows));
+  EXPECT_EQ(this->kms_.calls(), kRows);  // each row once, by one of the passes
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+  for (const std::string& id : ids) EXPECT_EQ(this->Row(id).attempts, 1u);
+}
+
+TYPED_TEST_P(MtmsSuite, MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers) {
+  ScriptedKms kms(this->kms_);
+  int round = 0;
+  for (int workers : {1, 4, 16}) {
+    SCOPED_TRACE(absl::StrCat("workers = ", workers));
+    ++round;
+    auto submit = [&](const std::string& kind, int i, const std::string& ctk_pu_sn = "") {
+      auto r = this->Submit({.sn = absl::StrCat(kind, "-", round, "-", i), .ctk_pu_sn = ctk_pu_sn});
+      EXPECT_TRUE(r.ok()) << r.status();
+      return r.ok() ? r->submission_id : std::string();
+    };
+    std::vector<std::string> ok, hsm_refused, kms_refused, kms_down, tampered;
+    for (int i = 0; i < 3; ++i) ok.push_back(submit("SN-OK", i));
+    // Ctk_Pu made for another SN: HSM #1's uniform UNAUTHENTICATED.
+    for (int i = 0; i < 2; ++i) hsm_refused.push_back(submit("SN-SWAP", i, "SN-OTHER"));
+    for (int i = 0; i < 2; ++i) kms_refused.push_back(submit(ScriptedKms::kRejectPrefix, i));
+    for (int i = 0; i < 2; ++i) kms_down.push_back(submit(ScriptedKms::kRetryPrefix, i));
+    tampered.push_back(submit("SN-TAMPER", 0));
+    this->TamperWith(tampered[0]);
+    const int calls_before = this->kms_.calls();
+
+    // Batches of 4: the pass goes on while batches come back full (4, 4, 2 rows).
+    auto forwarder = this->MakeForwarderWith(this->hsm_, kms, /*batch_size=*/4, workers);
+    PassResult pass = this->Pass(forwarder.get());
+    EXPECT_EQ(pass.forwarded, 3u);
+    EXPECT_EQ(pass.rejected, 5u);
+    EXPECT_EQ(pass.retry_later, 2u);
+    EXPECT_EQ(this->kms_.calls() - calls_before, 3);
+
+    for (const std::string& id : ok) {
+      SubmissionRecord row = this->Row(id);
+      EXPECT_EQ(row.state, SubmissionState::kForwarded) << row.sn;
+      EXPECT_TRUE(this->kms_.Get(row.sn).has_value()) << row.sn;
+    }
+    for (const std::string& id : hsm_refused) {
+      SubmissionRecord row = this->Row(id);
+      EXPECT_EQ(row.state, SubmissionState::kRejected) << row.sn;
+      EXPECT_EQ(row.reason, "hsm: UNAUTHENTICATED: transport key rejected") << row.sn;
+    }
+    for (const std::string& id : kms_refused) {
+      SubmissionRecord row = this->Row(id);
+      EXPECT_EQ(row.state, SubmissionState::kRejected) << row.sn;
+      EXPECT_THAT(row.reason, HasSubstr("kms: FAILED_PRECONDITION")) << row.sn;
+    }
+    for (const std::string& id : kms_down) {
+      SubmissionRecord row = this->Row(id);
+      EXPECT_EQ(row.state, SubmissionState::kReceived) << row.sn;
+      EXPECT_THAT(row.last_error, HasSubstr("UNAVAILABLE")) << row.sn;
+      EXPECT_EQ(row.next_attempt_at_ms, this->clock_.NowUnixMs() + 1000) << row.sn;
+    }
+    SubmissionRecord row = this->Row(tampered[0]);
+    EXPECT_EQ(row.state, SubmissionState::kRejected);
+    EXPECT_THAT(row.reason, HasSubstr("claim 4"));
+    for (const auto* group : {&ok, &hsm_refused, &kms_refused, &kms_down, &tampered}) {
+      for (const std::string& id : *group) EXPECT_EQ(this->Row(id).attempts, 1u);
+    }
+    // Nothing is due any more (the retries back off): the next pass does nothing.
+    PassResult again = this->Pass(forwarder.get());
+    EXPECT_EQ(again.forwarded + again.rejected + again.retry_later, 0u);
+  }
+}
+
+TYPED_TEST_P(MtmsSuite, StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore) {
+  constexpr int kBatch = 4;
+  constexpr int kRows = 10;
+  const std::vector<std::string> ids = this->SubmitMany("SN-STOP-", kRows);
+  GatedHsm gate(this->hsm_);
+  auto forwarder = this->MakeForwarderWith(gate, this->kms_, kBatch, /*workers=*/kBatch);
+  forwarder->Start();  // the background loop's first pass claims a batch at once
+  const bool held = gate.WaitForInFlight(kBatch);
+  std::atomic<bool> stop_returned{false};
+  std::thread stopper([&] {
+    forwarder->Stop();
+    stop_returned = true;
+  });
+  // Let Stop() be requested before the held rows finish, so the pass must not claim again.
+  bool requested = false;
+  for (int i = 0; i < 30000 && !(requested = forwarder->stopping()); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  // Stop() waits for the rows its pass holds at HSM #1.
+  EXPECT_FALSE(stop_returned.load());
+  gate.Open();
+  stopper.join();
+  EXPECT_TRUE(held);
+  EXPECT_TRUE(requested);
+  EXPECT_EQ(gate.in_flight(), 0);
+  // The claimed batch was finished; no further batch was claimed.
+  EXPECT_EQ(this->kms_.calls(), kBatch);
+  int forwarded = 0, untouched = 0;
+  for (const std::string& id : ids) {
+    SubmissionRecord row = this->Row(id);
+    if (row.state == SubmissionState::kForwarded) ++forwarded;
+    if (row.state == SubmissionState::kReceived && row.attempts == 0) ++untouched;
+  }
+  EXPECT_EQ(forwarded, kBatch);
+  EXPECT_EQ(untouched, kRows - kBatch);
+  // Stopped: passes do nothing until Start() again.
+  EXPECT_EQ(forwarder->RunPass().status().code(), absl::StatusCode::kUnavailable);
+  // The rest is not held by any lease: another forwarder (a restart) takes it at once.
+  auto next = this->MakeForwarder(this->backend_->Replica(1), "replica-next");
+  EXPECT_EQ(this->Pass(next.get()).forwarded, static_cast<uint32_t>(kRows - kBatch));
+  EXPECT_EQ(this->kms_.calls(), kRows);
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(
     MtmsSuite, ValidPackageIsStoredByteExact, ValidPackageIsForwardedAndOpensUnderPkMak,
     ReplayedPackageIsAlreadyExists, ReplayIsDetectedByAnotherReplicaOrAfterRestart,
@@ -675,6 +874,9 @@ REGISTER_TYPED_TEST_SUITE_P(
     TamperedStoredPackageIsRejectedBeforeTheHsmSeesIt, HsmDownIsRetriedAndPkMakNotConfiguredWaits,
     TwoReplicasForwardEachRowExactlyOnce, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish,
     RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms, QueueListsPagesAndCounts,
-    AuditRecordsEventsWithoutKeyMaterial);
+    AuditRecordsEventsWithoutKeyMaterial, BatchIsForwardedByWorkersInParallel,
+    WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
+    MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
+    StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore);
 
 }  // namespace rkl::mtms::testing

@@ -196,6 +196,62 @@ absl::StatusOr<KmsPort::Receipt> FakeKms::SubmitTransportKey(const std::string& 
   return Receipt{.duplicate = false};
 }
 
+// ---- GatedHsm ----
+
+absl::StatusOr<Bytes> GatedHsm::TranslateTransportKey(const TranslateRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+    max_in_flight_ = std::max(max_in_flight_, in_flight_);
+    if (!mu_.AwaitWithTimeout(absl::Condition(&open_), kGateTimeout)) {
+      timed_out_ = true;
+      open_ = true;  // never make the next call wait again
+    }
+  }
+  absl::StatusOr<Bytes> result = inner_.TranslateTransportKey(request);
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
+  return result;
+}
+
+bool GatedHsm::WaitForInFlight(int n) {
+  absl::MutexLock lock(&mu_);
+  auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ >= n; };
+  return mu_.AwaitWithTimeout(absl::Condition(&enough), kGateTimeout);
+}
+
+void GatedHsm::Open() {
+  absl::MutexLock lock(&mu_);
+  open_ = true;
+}
+
+int GatedHsm::in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return in_flight_;
+}
+
+int GatedHsm::max_in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return max_in_flight_;
+}
+
+bool GatedHsm::timed_out() const {
+  absl::MutexLock lock(&mu_);
+  return timed_out_;
+}
+
+// ---- ScriptedKms ----
+
+absl::StatusOr<KmsPort::Receipt> ScriptedKms::SubmitTransportKey(const std::string& sn,
+                                                                 const Bytes& ctk_pk,
+                                                                 const std::string& submission_id) {
+  if (sn.rfind(kRejectPrefix, 0) == 0) {
+    return absl::FailedPreconditionError("sn: TMK already installed");
+  }
+  if (sn.rfind(kRetryPrefix, 0) == 0) return absl::UnavailableError("kms unavailable");
+  return inner_.SubmitTransportKey(sn, ctk_pk, submission_id);
+}
+
 // ---- gRPC test services ----
 
 TestHsmService::TestHsmService(FakeHsm& hsm, std::string allowed_identity) : hsm_(hsm) {

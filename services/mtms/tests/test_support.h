@@ -162,6 +162,53 @@ class FakeKms final : public KmsPort {
   std::atomic<int> duplicates_{0};
 };
 
+// Thread-safe. An HsmPort in front of another that holds every TranslateTransportKey call
+// at a gate until Open(), counting how many calls are inside at once. Tests use it to see
+// the forwarder's parallelism without timing: WaitForInFlight(n) returns true once n calls
+// are held at the same time. Nothing hangs: a held call waits at most kGateTimeout, then
+// opens the gate for good (and timed_out() says so).
+class GatedHsm final : public HsmPort {
+ public:
+  static constexpr absl::Duration kGateTimeout = absl::Seconds(30);
+
+  explicit GatedHsm(HsmPort& inner) : inner_(inner) {}
+  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t bits, const std::string& label) override {
+    return inner_.GenerateRsaKeyPair(bits, label);
+  }
+  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override;
+
+  // True once `n` calls are held at the gate at the same time; false after kGateTimeout.
+  bool WaitForInFlight(int n);
+  void Open();
+  int in_flight() const;
+  int max_in_flight() const;
+  bool timed_out() const;
+
+ private:
+  HsmPort& inner_;
+  mutable absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = false;
+  bool timed_out_ ABSL_GUARDED_BY(mu_) = false;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int max_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Thread-safe. A KmsPort in front of a FakeKms that answers by SN prefix: SNs starting
+// with kRejectPrefix get FAILED_PRECONDITION (a permanent refusal), kRetryPrefix
+// UNAVAILABLE (a transient one); every other SN goes to the FakeKms.
+class ScriptedKms final : public KmsPort {
+ public:
+  static constexpr char kRejectPrefix[] = "SN-KREJ";
+  static constexpr char kRetryPrefix[] = "SN-KRETRY";
+
+  explicit ScriptedKms(FakeKms& inner) : inner_(inner) {}
+  absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes& ctk_pk,
+                                             const std::string& submission_id) override;
+
+ private:
+  FakeKms& inner_;
+};
+
 // rkl.v1.Hsm over a FakeHsm; only `allowed_identity` may call.
 class TestHsmService final : public v1::Hsm::Service {
  public:
