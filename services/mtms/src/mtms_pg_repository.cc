@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <pqxx/pqxx>
 
+#include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::mtms {
@@ -169,7 +170,7 @@ SubmissionRecord ReadSubmission(const pqxx::row& r) {
 }
 
 void InsertAudit(pqxx::work& tx, const AuditEntry& a) {
-  tx.exec_params(kInsertAudit, a.at_ms, a.actor, a.action, a.sn, a.detail, a.result);
+  db::Exec(tx, kInsertAudit, a.at_ms, a.actor, a.action, a.sn, a.detail, a.result);
 }
 
 }  // namespace
@@ -201,7 +202,7 @@ const char* SubmissionStateName(SubmissionState state) {
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() {
   return db::RunInReadOnlyTransaction(
       pool_, [](pqxx::work& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
-        pqxx::result r = tx.exec(kSelectCurrentWorkKey);
+        pqxx::result r = db::Exec(tx, kSelectCurrentWorkKey);
         if (r.empty()) return std::nullopt;
         return ReadWorkKey(r[0]);
       });
@@ -211,7 +212,7 @@ absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
     const std::string& serial) {
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
-        pqxx::result r = tx.exec_params(kSelectWorkKey, serial);
+        pqxx::result r = db::Exec(tx, kSelectWorkKey, serial);
         if (r.empty()) return std::nullopt;
         return ReadWorkKey(r[0]);
       });
@@ -221,7 +222,7 @@ absl::StatusOr<std::vector<WorkKeyRecord>> PgMtmsRepository::ListWorkKeys() {
   return db::RunInReadOnlyTransaction(
       pool_, [](pqxx::work& tx) -> absl::StatusOr<std::vector<WorkKeyRecord>> {
         std::vector<WorkKeyRecord> keys;
-        for (const pqxx::row& row : tx.exec(kListWorkKeys)) keys.push_back(ReadWorkKey(row));
+        for (const pqxx::row& row : db::Exec(tx, kListWorkKeys)) keys.push_back(ReadWorkKey(row));
         return keys;
       });
 }
@@ -229,13 +230,13 @@ absl::StatusOr<std::vector<WorkKeyRecord>> PgMtmsRepository::ListWorkKeys() {
 absl::StatusOr<MtmsRepository::InstallResult> PgMtmsRepository::InstallWorkKey(
     const WorkKeyRecord& key, bool rotate, const AuditEntry& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<InstallResult> {
-    tx.exec_params(kLockWorkKeyInstall, kWorkKeyInstallLock);
-    pqxx::result current = tx.exec(kSelectCurrentWorkKey);
+    db::Exec(tx, kLockWorkKeyInstall, kWorkKeyInstallLock);
+    pqxx::result current = db::Exec(tx, kSelectCurrentWorkKey);
     if (!current.empty() && !rotate) {
       return InstallResult{.current = ReadWorkKey(current[0]), .installed = false};
     }
-    tx.exec(kDemoteCurrentWorkKey);
-    tx.exec_params(kInsertWorkKey, key.serial_hex, key.hsm_id, key.hsm_key_index,
+    db::Exec(tx, kDemoteCurrentWorkKey);
+    db::Exec(tx, kInsertWorkKey, key.serial_hex, key.hsm_id, key.hsm_key_index,
                    Bin(key.public_key_der), key.certificate_pem, key.terminal_root_pem,
                    key.created_at_ms);
     InsertAudit(tx, audit);
@@ -250,7 +251,7 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
     const std::string& serial, bool force, int64_t now_ms, const AuditEntry& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<RetireResult> {
     RetireResult result;
-    pqxx::result found = tx.exec_params(kSelectWorkKeyForUpdate, serial);
+    pqxx::result found = db::Exec(tx, kSelectWorkKeyForUpdate, serial);
     if (found.empty()) return result;  // kNotFound
     result.key = ReadWorkKey(found[0]);
     if (result.key.state == WorkKeyState::kCurrent) {
@@ -261,12 +262,12 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
       result.outcome = RetireOutcome::kRetired;
       return result;
     }
-    result.in_flight = tx.exec_params1(kCountInFlightForWorkKey, serial)[0].as<uint64_t>();
+    result.in_flight = db::Exec1(tx, kCountInFlightForWorkKey, serial)[0].as<uint64_t>();
     if (result.in_flight > 0 && !force) {
       result.outcome = RetireOutcome::kInFlight;
       return result;
     }
-    tx.exec_params(kRetireWorkKey, serial, now_ms);
+    db::Exec(tx, kRetireWorkKey, serial, now_ms);
     InsertAudit(tx, audit);
     result.key.state = WorkKeyState::kRetired;
     result.key.retired_at_ms = now_ms;
@@ -278,16 +279,16 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
 absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const SubmissionRecord& row,
                                                                  const AuditEntry& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<InsertOutcome> {
-    pqxx::result key = tx.exec_params(kWorkKeyStateForShare, row.work_certificate_serial);
+    pqxx::result key = db::Exec(tx, kWorkKeyStateForShare, row.work_certificate_serial);
     if (key.empty()) return InsertOutcome::kUnknownWorkKey;
     if (key[0][0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
-    pqxx::result inserted = tx.exec_params(
+    pqxx::result inserted = db::Exec(tx, 
         kInsertSubmission, row.submission_id, row.sn, row.operator_id, Bin(row.nonce),
         Bin(row.package), Bin(row.signature), row.operator_certificate_pem,
         row.operator_certificate_serial, row.work_certificate_serial, Bin(row.ctk_pu),
         static_cast<int>(row.algorithm_code), row.created_at_ms, row.received_at_ms);
     if (inserted.empty()) return InsertOutcome::kReplay;
-    tx.exec_params(kRecordOperatorSeen, row.operator_id, row.operator_certificate_serial,
+    db::Exec(tx, kRecordOperatorSeen, row.operator_id, row.operator_certificate_serial,
                    row.received_at_ms, kLastSeenResolutionMs);
     InsertAudit(tx, audit);
     return InsertOutcome::kInserted;
@@ -298,7 +299,7 @@ absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
     const std::string& submission_id) {
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<SubmissionRecord>> {
-        pqxx::result r = tx.exec_params(kSelectSubmission, submission_id);
+        pqxx::result r = db::Exec(tx, kSelectSubmission, submission_id);
         if (r.empty()) return std::nullopt;
         return ReadSubmission(r[0]);
       });
@@ -313,7 +314,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
         const char* received_param = after ? received.c_str() : nullptr;
         const char* id_param = after ? after->submission_id.c_str() : nullptr;
         std::vector<SubmissionRecord> rows;
-        for (const pqxx::row& row : tx.exec_params(kListSubmissions, state_param, received_param,
+        for (const pqxx::row& row : db::Exec(tx, kListSubmissions, state_param, received_param,
                                                    id_param, static_cast<int64_t>(limit))) {
           rows.push_back(ReadSubmission(row));
         }
@@ -324,7 +325,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
 absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
   return db::RunInReadOnlyTransaction(pool_, [](pqxx::work& tx) -> absl::StatusOr<QueueCounts> {
     QueueCounts counts;
-    for (const pqxx::row& row : tx.exec(kCountByState)) {
+    for (const pqxx::row& row : db::Exec(tx, kCountByState)) {
       uint64_t n = row[1].as<uint64_t>();
       switch (ParseSubmissionState(row[0].as<std::string>())) {
         case SubmissionState::kReceived:
@@ -348,7 +349,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ClaimDue(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<SubmissionRecord>> {
         std::vector<SubmissionRecord> rows;
         for (const pqxx::row& row :
-             tx.exec_params(kClaimDue, claim_token, now_ms, lease_until_ms, limit)) {
+             db::Exec(tx, kClaimDue, claim_token, now_ms, lease_until_ms, limit)) {
           rows.push_back(ReadSubmission(row));
         }
         // RETURNING has no order; forward oldest first.
@@ -362,7 +363,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ClaimDue(
 
 absl::StatusOr<uint64_t> PgMtmsRepository::MakeAllDue(int64_t now_ms) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
-    return static_cast<uint64_t>(tx.exec_params(kMakeAllDue, now_ms).affected_rows());
+    return static_cast<uint64_t>(db::Exec(tx, kMakeAllDue, now_ms).affected_rows());
   });
 }
 
@@ -370,7 +371,7 @@ absl::StatusOr<bool> PgMtmsRepository::FinishForwarded(const std::string& submis
                                                        const std::string& claim_token,
                                                        int64_t now_ms, const AuditEntry& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    if (tx.exec_params(kFinishForwarded, submission_id, claim_token, now_ms).affected_rows() != 1) {
+    if (db::Exec(tx, kFinishForwarded, submission_id, claim_token, now_ms).affected_rows() != 1) {
       return false;
     }
     InsertAudit(tx, audit);
@@ -383,7 +384,7 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submiss
                                                       const std::string& reason,
                                                       const AuditEntry& audit) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    if (tx.exec_params(kFinishRejected, submission_id, claim_token, reason).affected_rows() != 1) {
+    if (db::Exec(tx, kFinishRejected, submission_id, claim_token, reason).affected_rows() != 1) {
       return false;
     }
     InsertAudit(tx, audit);
@@ -396,7 +397,7 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submi
                                                         const std::string& last_error,
                                                         int64_t next_attempt_at_ms) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    return tx.exec_params(kFinishRetryLater, submission_id, claim_token, last_error,
+    return db::Exec(tx, kFinishRetryLater, submission_id, claim_token, last_error,
                           next_attempt_at_ms)
                .affected_rows() == 1;
   });
@@ -413,7 +414,7 @@ absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limi
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
         std::vector<AuditRecord> records;
-        for (const pqxx::row& row : tx.exec_params(kListAudit, static_cast<int64_t>(limit))) {
+        for (const pqxx::row& row : db::Exec(tx, kListAudit, static_cast<int64_t>(limit))) {
           AuditRecord a;
           a.seq = row[0].as<uint64_t>();
           a.at_ms = row[1].as<int64_t>();
