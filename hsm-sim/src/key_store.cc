@@ -273,6 +273,15 @@ uint64_t UnsealedKeyCache::hits() const {
   return hits_;
 }
 
+std::string FindLiveKeysSql() {
+  // The literal key_type list lets the planner prove the partial index
+  // hsm_key_one_live_per_sn applies even to the generic plan of the prepared statement
+  // (with key_type = $1 alone it cannot, and falls back to scanning hsm_key).
+  return absl::StrCat("SELECT ", kKeyColumns,
+                      " FROM hsm_key WHERE key_type = $1 AND bound_sn = $2 AND state = 1 "
+                      "AND key_type IN (4, 5, 6) ORDER BY key_index FOR UPDATE");
+}
+
 // ---- KeyTransaction ----------------------------------------------------------------------
 
 absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::UnsealRsa(
@@ -326,11 +335,10 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                       const std::string& sn) override {
-    pqxx::result r = db::Exec(tx_, 
-        absl::StrCat("SELECT ", kKeyColumns,
-                     " FROM hsm_key WHERE key_type = $1 AND bound_sn = $2 AND state = 1 "
-                     "ORDER BY key_index FOR UPDATE"),
-        static_cast<int>(type), sn);
+    if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
+      return absl::InvalidArgumentError("FindLiveKeys: only TEK, AUK and TMK are bound to an SN");
+    }
+    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(), static_cast<int>(type), sn);
     std::vector<KeyRecord> out;
     for (const auto& row : r) out.push_back(RecordFromRow(row));
     return out;

@@ -149,6 +149,22 @@ TEST_F(KeyStorePgTest, ParsedRsaKeyIsCachedButNeverHidesTampering) {
   EXPECT_EQ(open_rsa().status().code(), absl::StatusCode::kInternal);
 }
 
+TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
+  // Statements run prepared (db::Exec); PostgreSQL may switch them to a generic plan, which
+  // must still use the index rather than scan every key record.
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  tx.exec("SET plan_cache_mode = force_generic_plan");
+  tx.exec("SET enable_seqscan = off");  // a small table would make a scan look cheap
+  tx.exec(absl::StrCat("PREPARE live(int, text) AS ", FindLiveKeysSql()));
+  std::string plan;
+  for (const auto& row : tx.exec("EXPLAIN EXECUTE live(6, 'SN-A')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
+}
+
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
   auto core_tmk =
       hsm_->daemon().core().GenerateTmk("kms", "SN-G", crypto::KeyAlgorithm::kAes128, false);
