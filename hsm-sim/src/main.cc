@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "hsm_daemon.h"
+#include "rkl/common/process.h"
 #include "rkl/common/config.h"
 #include "rkl/common/logging.h"
 #include "rkl/rpc/shutdown.h"
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
   rkl::ConfigSchema schema("RKL_HSM");
   rkl::hsm::DeclareHsmConfig(schema);
   rkl::Config config = rkl::LoadConfigOrExit(schema, "rkl-hsm", argc, argv);
+  rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = "rkl-hsm"});

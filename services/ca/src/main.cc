@@ -10,6 +10,7 @@
 #include "ca_repository.h"
 #include "master_key.h"
 #include "rkl/ca/migrations.h"
+#include "rkl/common/process.h"
 #include "rkl/common/config.h"
 #include "rkl/common/logging.h"
 #include "rkl/crypto/random.h"
@@ -54,6 +55,7 @@ int Fatal(const absl::Status& status) {
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = MakeSchema();
   rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = kProgram});

@@ -12,6 +12,7 @@
 #include "kms_core.h"
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
+#include "rkl/common/process.h"
 #include "rkl/common/logging.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/migration.h"
@@ -46,6 +47,7 @@ bool HsmReady(const std::shared_ptr<grpc::Channel>& channel, absl::Duration time
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = rkl::kms::MakeKmsConfigSchema();
   rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = kProgram});

@@ -11,6 +11,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "rkl/common/process.h"
 #include "rkl/common/logging.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   using namespace rkl::mtms;
   ConfigSchema schema = MakeMtmsConfigSchema();
   Config config = LoadConfigOrExit(schema, kProgram, argc, argv);
+  rkl::InitDaemonProcess();
   InitLogging({.format = *ParseLogFormat(config.GetEnum("log.format")),
                .level = *ParseLogLevel(config.GetEnum("log.level")),
                .program = kProgram});
