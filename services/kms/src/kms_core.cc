@@ -145,10 +145,18 @@ void KmsCore::AuditFailure(const std::string& actor, const char* action, const s
   if (!s.ok()) spdlog::error("kms: audit write failed for {} on {}: {}", action, sn, s.ToString());
 }
 
-absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide) {
+absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide,
+                                               const TerminalRecord* known) {
   absl::Status last;
   for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
-    RKL_ASSIGN_OR_RETURN(TerminalRecord current, repository_.GetTerminal(sn));
+    // A record the caller just read saves a round of reads; if it is stale, the versioned
+    // UPDATE refuses it (ABORTED) and the next attempt reads afresh.
+    TerminalRecord current;
+    if (attempt == 0 && known != nullptr) {
+      current = *known;
+    } else {
+      RKL_ASSIGN_OR_RETURN(current, repository_.GetTerminal(sn));
+    }
     RKL_ASSIGN_OR_RETURN(std::optional<Change> change, decide(current));
     if (!change) return current;
     change->record.updated_at_ms = NowMs();
@@ -304,7 +312,7 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(TerminalRecord terminal) 
               absl::StrCat("tek_index ", imported->tek_index, " tek_kcv ", imported->tek_kcv,
                            ", auk_index ", imported->auk_index, " auk_kcv ", imported->auk_kcv)));
     return c;
-  });
+  }, &terminal);
 }
 
 absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
@@ -500,7 +508,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
             actor, kActionAuthOk, sn,
             absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
         return c;
-      });
+      }, &terminal);
   if (!authed.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, authed.status());
     return authed.status();
@@ -536,7 +544,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
                          ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
         return c;
-      });
+      }, &*authed);
   if (!delivered.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, delivered.status());
     return delivered.status();
@@ -612,7 +620,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
                                 absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
                                              " generation ", cur.tmk_generation)));
         return c;
-      });
+      }, &terminal);
   if (!installed.ok()) {
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated,
                    installed.status());

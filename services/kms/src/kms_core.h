@@ -147,9 +147,11 @@ class KmsCore {
   // Returns the change to make, nullopt for none, or the refusal.
   using Decision = std::function<absl::StatusOr<std::optional<Change>>(const TerminalRecord&)>;
 
-  // Reads the terminal, decides, writes; re-reads and decides again when another replica
-  // changed the row in between. Returns the terminal as it is afterwards.
-  absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide);
+  // Reads the terminal (or starts from `known`, a record the caller has just read or
+  // written), decides, writes; re-reads and decides again when another replica changed the
+  // row in between. Returns the terminal as it is afterwards.
+  absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide,
+                                        const TerminalRecord* known = nullptr);
   // One more consecutive failure; locks the SN at the threshold.
   absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
   absl::StatusOr<TerminalRecord> EnsureImported(TerminalRecord terminal);

@@ -32,11 +32,21 @@ FakeHsm::FakeHsm(const TransportKeys& keys) {
 
 absl::Status FakeHsm::Enter(const std::string& method) {
   ++calls_[method];
+  if (auto it = on_next_call_.find(method); it != on_next_call_.end()) {
+    std::function<void()> fn = std::move(it->second);
+    on_next_call_.erase(it);
+    fn();
+  }
   if (fail_next_ > 0) {
     --fail_next_;
     return absl::UnavailableError("fake HSM: unreachable (injected)");
   }
   return absl::OkStatus();
+}
+
+void FakeHsm::OnNextCall(const std::string& method, std::function<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  on_next_call_[method] = std::move(fn);
 }
 
 void FakeHsm::FailNextCalls(int n) {

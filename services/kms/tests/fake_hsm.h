@@ -6,6 +6,7 @@
 // keys in process memory. Failure injection lets tests simulate an unreachable HSM.
 // Thread-safe.
 
+#include <functional>
 #include <map>
 #include <optional>
 
@@ -47,6 +48,9 @@ class FakeHsm final : public HsmPort {
 
   // The next `n` calls fail with UNAVAILABLE (an unreachable HSM).
   void FailNextCalls(int n);
+  // Runs `fn` once, when `method` is next called (before it answers): a concurrent change
+  // made while KMS waits on the HSM. fn must not call this fake.
+  void OnNextCall(const std::string& method, std::function<void()> fn);
   int calls(const std::string& method) const;
   // Live TMK KCV of an SN, for tests ("" if none).
   std::string LiveTmkKcv(const std::string& sn) const;
@@ -72,6 +76,7 @@ class FakeHsm final : public HsmPort {
   uint64_t next_index_ ABSL_GUARDED_BY(mu_) = 100;
   int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::function<void()>> on_next_call_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace rkl::kms::testing

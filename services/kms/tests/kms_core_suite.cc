@@ -355,6 +355,43 @@ TEST_F(KmsCoreSuite, RevokedTerminalRefusesIntakeAndAuthentication) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_F(KmsCoreSuite, ChangeWhileWaitingOnTheHsmIsNotOverwritten) {
+  // KMS decides on the terminal it read before calling HSM #2; an admin revokes the
+  // terminal meanwhile. The versioned update must refuse the stale record, re-read, and
+  // see the revocation — never write AUTHENTICATED over REVOKED.
+  TestTerminal t("POS-RACE", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  hsm_->OnNextCall("AuthVerify", [&] {
+    ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
+  });
+  EXPECT_EQ(
+      core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
+  EXPECT_EQ(hsm_->calls("GenerateTmk"), 0);
+}
+
+TEST_F(KmsCoreSuite, ChangeWhileImportingIsNotOverwritten) {
+  TestTerminal t("POS-RACE2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  hsm_->OnNextCall("ImportTransportKey", [&] {
+    ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
+  });
+  // The import's write starts from the record read before the HSM call; it must not put
+  // the terminal back to TK_RECEIVED. (A session opened in this window is refused at
+  // completion.)
+  auto opened = Open(t);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
+  if (opened.ok()) {
+    EXPECT_EQ(
+        core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
+        absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
+}
+
 // ---- Authentication: negative paths -----------------------------------------------------
 
 TEST_F(KmsCoreSuite, TamperedCtkPkIsUnauthenticatedAndChangesNothing) {
