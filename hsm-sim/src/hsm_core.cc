@@ -298,8 +298,8 @@ absl::Status ValidateCeremonyId(const std::string& id) {
   bool ok = id.size() == 2 * kCeremonyIdBytes;
   for (char ch : id) ok = ok && ((ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'F'));
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat("ceremony_id: must be ", 2 * kCeremonyIdBytes,
-                                                   " upper-case hex digits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ceremony_id: must be ", 2 * kCeremonyIdBytes, " upper-case hex digits"));
   }
   return absl::OkStatus();
 }
@@ -392,8 +392,9 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
 
 absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
                                                     const std::string& ceremony_id) {
-  AuditEvent event{
-      .actor = caller, .action = "ceremony_get", .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
+  AuditEvent event{.actor = caller,
+                   .action = "ceremony_get",
+                   .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
     return s;
@@ -418,9 +419,10 @@ absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
 absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
                                                      const std::string& ceremony_id,
                                                      const Bytes& encrypted_component) {
-  AuditEvent event{.actor = caller,
-                   .action = "ceremony_add_component",
-                   .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id), " custodian=", caller)};
+  AuditEvent event{
+      .actor = caller,
+      .action = "ceremony_add_component",
+      .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id), " custodian=", caller)};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
     return s;
@@ -449,7 +451,8 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
                            " bytes (RSA-OAEP under the ceremony key)"));
         }
         RKL_ASSIGN_OR_RETURN(auto key, UnsealRsa(tx, record));
-        auto component = crypto::RsaOaepDecrypt(*key, encrypted_component, ComponentOaepLabel(c.id));
+        auto component =
+            crypto::RsaOaepDecrypt(*key, encrypted_component, ComponentOaepLabel(c.id));
         if (!component.ok() || component->size() != kComponentSize) {
           return absl::UnauthenticatedError(
               "encrypted_component: rejected (not a 32-byte component encrypted to this "
@@ -579,110 +582,153 @@ absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
   });
 }
 
+absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, AuditEvent& audit,
+                                                       const ImportCommand& cmd) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+  if (cmd.ctk_pk.empty()) return absl::InvalidArgumentError("ctk_pk: required");
+  if (cmd.ctk_pk.size() > kMaxCtkPkRequest) {
+    return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
+  }
+  RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
+  RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
+                       UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
+  RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
+                       UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
+  RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
+  RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
+  RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
+  RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
+  const auto& h = parsed.header;
+  absl::StrAppend(&audit.detail, " header_pk_kcv=", KcvText(h.pk_kcv),
+                  " header_mak_kcv=", KcvText(h.mak_kcv), " pk_kcv=", KcvText(pk_kcv),
+                  " mak_kcv=", KcvText(mak_kcv));
+  // The MAC first (PROTOCOL §6): nothing in the header counts before it verifies.
+  if (!crypto::CmacVerify(crypto::CipherFamily::kAes, mak, parsed.authenticated, parsed.mac)) {
+    return absl::UnauthenticatedError("ctk_pk: MAC does not verify");
+  }
+  if (!std::equal(h.pk_kcv.begin(), h.pk_kcv.end(), pk_kcv.begin()) ||
+      !std::equal(h.mak_kcv.begin(), h.mak_kcv.end(), mak_kcv.begin())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ctk_pk: made under PK/MAK with KCVs ", KcvText(h.pk_kcv), "/", KcvText(h.mak_kcv),
+        " but this HSM holds ", KcvText(pk_kcv), "/", KcvText(mak_kcv), ": ceremony keys differ"));
+  }
+  if (h.sn != cmd.sn) {
+    return absl::InvalidArgumentError("sn: differs from the SN inside ctk_pk");
+  }
+  auto tk = protocol::OpenCtkPk(parsed, pk, mak);
+  if (!tk.ok()) return absl::UnauthenticatedError("ctk_pk: transport key rejected");
+  uint8_t code = crypto::KeyAlgorithmCode(tk->algorithm);
+  RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
+  RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
+  absl::StrAppend(&audit.detail,
+                  " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
+                  " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv);
+  ImportedTransportKey result{.tek_kcv = tek_kcv,
+                              .auk_kcv = auk_kcv,
+                              .algorithm = tk->algorithm,
+                              .created_at_ms = h.created_at_unix_ms};
+
+  RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_teks, tx.FindLiveKeys(KeyType::kTek, cmd.sn));
+  RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_auks, tx.FindLiveKeys(KeyType::kAuk, cmd.sn));
+  // The same Ctk_pk again (a KMS retry): hand back the keys it already produced.
+  if (live_teks.size() == 1 && live_auks.size() == 1 && live_teks[0].algorithm == code &&
+      live_auks[0].algorithm == code) {
+    RKL_ASSIGN_OR_RETURN(SecretBytes old_tek, tx.Unseal(live_teks[0]));
+    RKL_ASSIGN_OR_RETURN(SecretBytes old_auk, tx.Unseal(live_auks[0]));
+    if (old_tek == tk->tek && old_auk == tk->auk) {
+      result.tek_index = live_teks[0].index;
+      result.auk_index = live_auks[0].index;
+      absl::StrAppend(&audit.detail, " tek=", result.tek_index, " auk=", result.auk_index,
+                      " (already imported)");
+      return result;
+    }
+  }
+  // A new transport key for the SN supersedes the old one.
+  int64_t now = clock_.NowUnixMs();
+  for (const auto* live : {&live_teks, &live_auks}) {
+    for (const KeyRecord& old : *live) {
+      RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
+      absl::StrAppend(&audit.detail, " superseded=", old.index);
+    }
+  }
+  RKL_ASSIGN_OR_RETURN(KeyRecord tek, tx.InsertKey(NewKey{.type = KeyType::kTek,
+                                                          .algorithm = code,
+                                                          .usage = KeyUsage::kExportKek,
+                                                          .bound_sn = cmd.sn,
+                                                          .label = "tek:" + cmd.sn,
+                                                          .kcv = tek_kcv,
+                                                          .material = tk->tek},
+                                                   now));
+  RKL_ASSIGN_OR_RETURN(KeyRecord auk, tx.InsertKey(NewKey{.type = KeyType::kAuk,
+                                                          .algorithm = code,
+                                                          .usage = KeyUsage::kTerminalAuth,
+                                                          .bound_sn = cmd.sn,
+                                                          .label = "auk:" + cmd.sn,
+                                                          .kcv = auk_kcv,
+                                                          .material = tk->auk},
+                                                   now));
+  result.tek_index = tek.index;
+  result.auk_index = auk.index;
+  absl::StrAppend(&audit.detail, " tek=", tek.index, " auk=", auk.index);
+  return result;
+}
+
 absl::StatusOr<ImportedTransportKey> HsmCore::ImportTransportKey(const std::string& caller,
                                                                  const ImportCommand& cmd) {
   AuditEvent event{.actor = caller,
                    .action = "import_transport_key",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return Run(
-      event, true, 2,
-      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
-        RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
-        if (cmd.ctk_pk.empty()) return absl::InvalidArgumentError("ctk_pk: required");
-        if (cmd.ctk_pk.size() > kMaxCtkPkRequest) {
-          return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
-        }
-        RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
-        RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
-                             UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
-        RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
-                             UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
-        RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
-        RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
-        RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
-        RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
-        const auto& h = parsed.header;
-        absl::StrAppend(&audit.detail, " header_pk_kcv=", KcvText(h.pk_kcv),
-                        " header_mak_kcv=", KcvText(h.mak_kcv), " pk_kcv=", KcvText(pk_kcv),
-                        " mak_kcv=", KcvText(mak_kcv));
-        // The MAC first (PROTOCOL §6): nothing in the header counts before it verifies.
-        if (!crypto::CmacVerify(crypto::CipherFamily::kAes, mak, parsed.authenticated,
-                                parsed.mac)) {
-          return absl::UnauthenticatedError("ctk_pk: MAC does not verify");
-        }
-        if (!std::equal(h.pk_kcv.begin(), h.pk_kcv.end(), pk_kcv.begin()) ||
-            !std::equal(h.mak_kcv.begin(), h.mak_kcv.end(), mak_kcv.begin())) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("ctk_pk: made under PK/MAK with KCVs ", KcvText(h.pk_kcv), "/",
-                           KcvText(h.mak_kcv), " but this HSM holds ", KcvText(pk_kcv), "/",
-                           KcvText(mak_kcv), ": ceremony keys differ"));
-        }
-        if (h.sn != cmd.sn) {
-          return absl::InvalidArgumentError("sn: differs from the SN inside ctk_pk");
-        }
-        auto tk = protocol::OpenCtkPk(parsed, pk, mak);
-        if (!tk.ok()) return absl::UnauthenticatedError("ctk_pk: transport key rejected");
-        uint8_t code = crypto::KeyAlgorithmCode(tk->algorithm);
-        RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
-        RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
-        absl::StrAppend(&audit.detail,
-                        " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
-                        " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv);
-        ImportedTransportKey result{.tek_kcv = tek_kcv,
-                                    .auk_kcv = auk_kcv,
-                                    .algorithm = tk->algorithm,
-                                    .created_at_ms = h.created_at_unix_ms};
-
-        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_teks,
-                             tx.FindLiveKeys(KeyType::kTek, cmd.sn));
-        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_auks,
-                             tx.FindLiveKeys(KeyType::kAuk, cmd.sn));
-        // The same Ctk_pk again (a KMS retry): hand back the keys it already produced.
-        if (live_teks.size() == 1 && live_auks.size() == 1 && live_teks[0].algorithm == code &&
-            live_auks[0].algorithm == code) {
-          RKL_ASSIGN_OR_RETURN(SecretBytes old_tek, tx.Unseal(live_teks[0]));
-          RKL_ASSIGN_OR_RETURN(SecretBytes old_auk, tx.Unseal(live_auks[0]));
-          if (old_tek == tk->tek && old_auk == tk->auk) {
-            result.tek_index = live_teks[0].index;
-            result.auk_index = live_auks[0].index;
-            absl::StrAppend(&audit.detail, " tek=", result.tek_index, " auk=", result.auk_index,
-                            " (already imported)");
-            return result;
-          }
-        }
-        // A new transport key for the SN supersedes the old one.
-        int64_t now = clock_.NowUnixMs();
-        for (const auto* live : {&live_teks, &live_auks}) {
-          for (const KeyRecord& old : *live) {
-            RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
-            absl::StrAppend(&audit.detail, " superseded=", old.index);
-          }
-        }
-        RKL_ASSIGN_OR_RETURN(KeyRecord tek, tx.InsertKey(NewKey{.type = KeyType::kTek,
-                                                                .algorithm = code,
-                                                                .usage = KeyUsage::kExportKek,
-                                                                .bound_sn = cmd.sn,
-                                                                .label = "tek:" + cmd.sn,
-                                                                .kcv = tek_kcv,
-                                                                .material = tk->tek},
-                                                         now));
-        RKL_ASSIGN_OR_RETURN(KeyRecord auk, tx.InsertKey(NewKey{.type = KeyType::kAuk,
-                                                                .algorithm = code,
-                                                                .usage = KeyUsage::kTerminalAuth,
-                                                                .bound_sn = cmd.sn,
-                                                                .label = "auk:" + cmd.sn,
-                                                                .kcv = auk_kcv,
-                                                                .material = tk->auk},
-                                                         now));
-        result.tek_index = tek.index;
-        result.auk_index = auk.index;
-        absl::StrAppend(&audit.detail, " tek=", tek.index, " auk=", auk.index);
-        return result;
-      });
+  return Run(event, true, 2,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
+               return DoImport(tx, audit, cmd);
+             });
 }
 
 // ---- TMK, authentication, delivery (PROTOCOL §7, §8) ---------------------------------------
+
+absl::StatusOr<GeneratedTmk> HsmCore::DoGenerateTmk(KeyTransaction& tx, AuditEvent& audit,
+                                                    const std::string& sn,
+                                                    std::optional<KeyAlgorithm> algorithm,
+                                                    bool replace_existing) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  if (!algorithm) {
+    return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
+  }
+  uint8_t code = crypto::KeyAlgorithmCode(*algorithm);
+  std::string name(crypto::KeyAlgorithmName(*algorithm));
+  absl::StrAppend(&audit.detail, " algorithm=", name);
+  RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
+  int64_t now = clock_.NowUnixMs();
+  if (!live.empty() && !replace_existing) {
+    const KeyRecord& existing = live.front();
+    if (existing.algorithm != code) {
+      return absl::FailedPreconditionError(absl::StrCat("sn: the live TMK of ", sn, " is ",
+                                                        AlgorithmName(existing.algorithm), ", not ",
+                                                        name, "; set replace_existing to re-key"));
+    }
+    RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(existing));
+    RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
+    absl::StrAppend(&audit.detail, " tmk=", existing.index, " kcv=", kcv, " (existing)");
+    return GeneratedTmk{existing.index, kcv, false};
+  }
+  for (const KeyRecord& old : live) {
+    RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
+    absl::StrAppend(&audit.detail, " superseded=", old.index);
+  }
+  SecretBytes tmk = NewSymmetricKey(*algorithm);
+  RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
+  RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(NewKey{.type = KeyType::kTmk,
+                                                             .algorithm = code,
+                                                             .usage = KeyUsage::kTerminalMaster,
+                                                             .bound_sn = sn,
+                                                             .label = "tmk:" + sn,
+                                                             .kcv = kcv,
+                                                             .material = std::move(tmk)},
+                                                      now));
+  absl::StrAppend(&audit.detail, " tmk=", record.index, " kcv=", kcv);
+  return GeneratedTmk{record.index, kcv, true};
+}
 
 absl::StatusOr<GeneratedTmk> HsmCore::GenerateTmk(const std::string& caller, const std::string& sn,
                                                   std::optional<KeyAlgorithm> algorithm,
@@ -691,47 +737,28 @@ absl::StatusOr<GeneratedTmk> HsmCore::GenerateTmk(const std::string& caller, con
                    .action = "generate_tmk",
                    .sn = sn,
                    .detail = absl::StrCat("replace_existing=", replace_existing)};
-  return Run(
-      event, true, 2, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
-        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-        if (!algorithm) {
-          return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
-        }
-        uint8_t code = crypto::KeyAlgorithmCode(*algorithm);
-        std::string name(crypto::KeyAlgorithmName(*algorithm));
-        absl::StrAppend(&audit.detail, " algorithm=", name);
-        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
-        int64_t now = clock_.NowUnixMs();
-        if (!live.empty() && !replace_existing) {
-          const KeyRecord& existing = live.front();
-          if (existing.algorithm != code) {
-            return absl::FailedPreconditionError(
-                absl::StrCat("sn: the live TMK of ", sn, " is ", AlgorithmName(existing.algorithm),
-                             ", not ", name, "; set replace_existing to re-key"));
-          }
-          RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(existing));
-          RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
-          absl::StrAppend(&audit.detail, " tmk=", existing.index, " kcv=", kcv, " (existing)");
-          return GeneratedTmk{existing.index, kcv, false};
-        }
-        for (const KeyRecord& old : live) {
-          RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
-          absl::StrAppend(&audit.detail, " superseded=", old.index);
-        }
-        SecretBytes tmk = NewSymmetricKey(*algorithm);
-        RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(*algorithm, tmk));
-        RKL_ASSIGN_OR_RETURN(KeyRecord record,
-                             tx.InsertKey(NewKey{.type = KeyType::kTmk,
-                                                 .algorithm = code,
-                                                 .usage = KeyUsage::kTerminalMaster,
-                                                 .bound_sn = sn,
-                                                 .label = "tmk:" + sn,
-                                                 .kcv = kcv,
-                                                 .material = std::move(tmk)},
-                                          now));
-        absl::StrAppend(&audit.detail, " tmk=", record.index, " kcv=", kcv);
-        return GeneratedTmk{record.index, kcv, true};
-      });
+  return Run(event, true, 2,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
+               return DoGenerateTmk(tx, audit, sn, algorithm, replace_existing);
+             });
+}
+
+absl::StatusOr<AuthChallengeResult> HsmCore::DoAuthChallenge(KeyTransaction& tx, AuditEvent& audit,
+                                                             uint64_t auk_index,
+                                                             const std::string& sn,
+                                                             const Bytes& rnd1) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_ASSIGN_OR_RETURN(KeyRecord record,
+                       UsableKey(tx, auk_index, "auk_index", KeyUsage::kTerminalAuth, &sn));
+  RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+  RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, rnd1, "rnd1"));
+  RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+  RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, sn));
+  AuthChallengeResult result;
+  result.rnd2.resize(crypto::BlockSize(algorithm));
+  rng_(result.rnd2);
+  RKL_ASSIGN_OR_RETURN(result.crnd1, protocol::MakeCrnd1(keys, rnd1, result.rnd2));
+  return result;
 }
 
 absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& caller,
@@ -742,21 +769,23 @@ absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& ca
                    .action = "auth_challenge",
                    .sn = sn,
                    .detail = absl::StrCat("auk=", auk_index)};
-  return Run(
-      event, true, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<AuthChallengeResult> {
-        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-        RKL_ASSIGN_OR_RETURN(KeyRecord record,
-                             UsableKey(tx, auk_index, "auk_index", KeyUsage::kTerminalAuth, &sn));
-        RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
-        RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, rnd1, "rnd1"));
-        RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
-        RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, sn));
-        AuthChallengeResult result;
-        result.rnd2.resize(crypto::BlockSize(algorithm));
-        rng_(result.rnd2);
-        RKL_ASSIGN_OR_RETURN(result.crnd1, protocol::MakeCrnd1(keys, rnd1, result.rnd2));
-        return result;
-      });
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
+               return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
+             });
+}
+
+absl::Status HsmCore::DoAuthVerify(KeyTransaction& tx, AuditEvent& audit,
+                                   const AuthVerifyCommand& cmd) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+  RKL_ASSIGN_OR_RETURN(KeyRecord record,
+                       UsableKey(tx, cmd.auk_index, "auk_index", KeyUsage::kTerminalAuth, &cmd.sn));
+  RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+  RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
+  RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
+  RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+  RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
+  return protocol::VerifyCrnd2(keys, cmd.rnd1, cmd.rnd2, cmd.crnd2);
 }
 
 absl::Status HsmCore::AuthVerify(const std::string& caller, const AuthVerifyCommand& cmd) {
@@ -764,17 +793,37 @@ absl::Status HsmCore::AuthVerify(const std::string& caller, const AuthVerifyComm
                    .action = "auth_verify",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("auk=", cmd.auk_index)};
-  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
-    RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
-                                                     KeyUsage::kTerminalAuth, &cmd.sn));
-    RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
-    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
-    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
-    RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
-    RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
-    return protocol::VerifyCrnd2(keys, cmd.rnd1, cmd.rnd2, cmd.crnd2);
+  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+    return DoAuthVerify(tx, audit, cmd);
   });
+}
+
+absl::StatusOr<ExportedKeyBlock> HsmCore::DoExport(KeyTransaction& tx, AuditEvent& audit,
+                                                   uint64_t key_index, uint64_t kek_index,
+                                                   const std::string& sn) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  // Only a TMK is exportable, and only under its own terminal's TEK.
+  RKL_ASSIGN_OR_RETURN(KeyRecord key_record,
+                       UsableKey(tx, key_index, "key_index", KeyUsage::kTerminalMaster, &sn));
+  RKL_ASSIGN_OR_RETURN(KeyRecord kek_record,
+                       UsableKey(tx, kek_index, "kek_index", KeyUsage::kExportKek, &sn));
+  RKL_ASSIGN_OR_RETURN(KeyAlgorithm key_algorithm, TerminalAlgorithm(key_record));
+  RKL_ASSIGN_OR_RETURN(KeyAlgorithm kek_algorithm, TerminalAlgorithm(kek_record));
+  if (key_algorithm != kek_algorithm) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key_index: the TMK is ", std::string(crypto::KeyAlgorithmName(key_algorithm)),
+                     " but the TEK is ", std::string(crypto::KeyAlgorithmName(kek_algorithm)),
+                     "; a terminal's keys share one algorithm (PROTOCOL 1)"));
+  }
+  RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(key_record));
+  RKL_ASSIGN_OR_RETURN(SecretBytes tek, tx.Unseal(kek_record));
+  ExportedKeyBlock result;
+  RKL_ASSIGN_OR_RETURN(result.key_block,
+                       keyblock::BuildTmkBlock(tek, kek_algorithm, tmk, key_algorithm, rng_));
+  RKL_ASSIGN_OR_RETURN(result.key_kcv, crypto::KcvHex(key_algorithm, tmk));
+  RKL_ASSIGN_OR_RETURN(result.kek_kcv, crypto::KcvHex(kek_algorithm, tek));
+  absl::StrAppend(&audit.detail, " key_kcv=", result.key_kcv, " kek_kcv=", result.kek_kcv);
+  return result;
 }
 
 absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& caller,
@@ -784,33 +833,51 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& call
                    .action = "export_key_block",
                    .sn = sn,
                    .detail = absl::StrCat("key=", key_index, " kek=", kek_index)};
-  return Run(
-      event, true, 1,
-      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
-        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-        // Only a TMK is exportable, and only under its own terminal's TEK.
-        RKL_ASSIGN_OR_RETURN(KeyRecord key_record,
-                             UsableKey(tx, key_index, "key_index", KeyUsage::kTerminalMaster, &sn));
-        RKL_ASSIGN_OR_RETURN(KeyRecord kek_record,
-                             UsableKey(tx, kek_index, "kek_index", KeyUsage::kExportKek, &sn));
-        RKL_ASSIGN_OR_RETURN(KeyAlgorithm key_algorithm, TerminalAlgorithm(key_record));
-        RKL_ASSIGN_OR_RETURN(KeyAlgorithm kek_algorithm, TerminalAlgorithm(kek_record));
-        if (key_algorithm != kek_algorithm) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "key_index: the TMK is ", std::string(crypto::KeyAlgorithmName(key_algorithm)),
-              " but the TEK is ", std::string(crypto::KeyAlgorithmName(kek_algorithm)),
-              "; a terminal's keys share one algorithm (PROTOCOL 1)"));
-        }
-        RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(key_record));
-        RKL_ASSIGN_OR_RETURN(SecretBytes tek, tx.Unseal(kek_record));
-        ExportedKeyBlock result;
-        RKL_ASSIGN_OR_RETURN(result.key_block,
-                             keyblock::BuildTmkBlock(tek, kek_algorithm, tmk, key_algorithm, rng_));
-        RKL_ASSIGN_OR_RETURN(result.key_kcv, crypto::KcvHex(key_algorithm, tmk));
-        RKL_ASSIGN_OR_RETURN(result.kek_kcv, crypto::KcvHex(kek_algorithm, tek));
-        absl::StrAppend(&audit.detail, " key_kcv=", result.key_kcv, " kek_kcv=", result.kek_kcv);
-        return result;
-      });
+  return Run(event, true, 1,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
+               return DoExport(tx, audit, key_index, kek_index, sn);
+             });
+}
+
+// ---- Composite commands for KMS: several commands in one transaction and audit record ------
+
+absl::StatusOr<ImportedAndChallenged> HsmCore::ImportAndChallenge(const std::string& caller,
+                                                                  const ImportCommand& cmd,
+                                                                  const Bytes& rnd1) {
+  AuditEvent event{.actor = caller,
+                   .action = "import_and_challenge",
+                   .sn = cmd.sn,
+                   .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
+  return Run(event, true, 2,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedAndChallenged> {
+               ImportedAndChallenged out;
+               RKL_ASSIGN_OR_RETURN(out.imported, DoImport(tx, audit, cmd));
+               RKL_ASSIGN_OR_RETURN(
+                   out.challenge, DoAuthChallenge(tx, audit, out.imported.auk_index, cmd.sn, rnd1));
+               return out;
+             });
+}
+
+absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
+    const std::string& caller, const AuthVerifyCommand& verify,
+    std::optional<KeyAlgorithm> algorithm, bool replace_existing, uint64_t tek_index) {
+  AuditEvent event{.actor = caller,
+                   .action = "authenticate_and_deliver",
+                   .sn = verify.sn,
+                   .detail = absl::StrCat("auk=", verify.auk_index, " tek=", tek_index,
+                                          " replace_existing=", replace_existing)};
+  return Run(event, true, 2,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
+               // Nothing is made or exported unless the terminal proved itself just now.
+               RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
+               absl::StrAppend(&audit.detail, " crnd2=verified");
+               AuthenticatedDelivery out;
+               RKL_ASSIGN_OR_RETURN(
+                   out.tmk, DoGenerateTmk(tx, audit, verify.sn, algorithm, replace_existing));
+               RKL_ASSIGN_OR_RETURN(out.block,
+                                    DoExport(tx, audit, out.tmk.tmk_index, tek_index, verify.sn));
+               return out;
+             });
 }
 
 absl::Status HsmCore::VerifyInstallProof(const std::string& caller,

@@ -128,6 +128,16 @@ struct ExportedKeyBlock {
   std::string kek_kcv{};
 };
 
+struct ImportedAndChallenged {
+  ImportedTransportKey imported{};
+  AuthChallengeResult challenge{};
+};
+
+struct AuthenticatedDelivery {
+  GeneratedTmk tmk{};
+  ExportedKeyBlock block{};
+};
+
 struct InstallProofCommand {
   uint64_t auk_index = 0;
   std::string sn{};
@@ -174,6 +184,19 @@ class HsmCore {
                                                   uint64_t kek_index, const std::string& sn);
   absl::Status VerifyInstallProof(const std::string& caller, const InstallProofCommand& command);
 
+  // Composite commands (one transaction, one audit record each), with the checks and
+  // errors of the commands they combine:
+  //  ImportAndChallenge      = ImportTransportKey, then AuthChallenge with the imported AUK;
+  //  AuthenticateAndDeliver  = AuthVerify, then GenerateTmk, then ExportKeyBlock of that TMK
+  //                            under `tek_index` — no TMK is made or exported unless Crnd2
+  //                            verified in the same command.
+  absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(const std::string& caller,
+                                                           const ImportCommand& command,
+                                                           const Bytes& rnd1);
+  absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
+      const std::string& caller, const AuthVerifyCommand& verify,
+      std::optional<crypto::KeyAlgorithm> algorithm, bool replace_existing, uint64_t tek_index);
+
   absl::StatusOr<KeyRecord> GetKeyInfo(const std::string& caller, uint64_t key_index);
   absl::Status DeleteKey(const std::string& caller, uint64_t key_index);
   absl::StatusOr<Bytes> GenerateRandom(const std::string& caller, uint32_t length);
@@ -188,6 +211,20 @@ class HsmCore {
   auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
+  // The bodies of the commands, for use inside one transaction (Run).
+  absl::StatusOr<ImportedTransportKey> DoImport(KeyTransaction& tx, AuditEvent& audit,
+                                                const ImportCommand& cmd);
+  absl::StatusOr<GeneratedTmk> DoGenerateTmk(KeyTransaction& tx, AuditEvent& audit,
+                                             const std::string& sn,
+                                             std::optional<crypto::KeyAlgorithm> algorithm,
+                                             bool replace_existing);
+  absl::StatusOr<AuthChallengeResult> DoAuthChallenge(KeyTransaction& tx, AuditEvent& audit,
+                                                      uint64_t auk_index, const std::string& sn,
+                                                      const Bytes& rnd1);
+  absl::Status DoAuthVerify(KeyTransaction& tx, AuditEvent& audit, const AuthVerifyCommand& cmd);
+  absl::StatusOr<ExportedKeyBlock> DoExport(KeyTransaction& tx, AuditEvent& audit,
+                                            uint64_t key_index, uint64_t kek_index,
+                                            const std::string& sn);
   absl::Status ExpireCeremonies();
   crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
   absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);

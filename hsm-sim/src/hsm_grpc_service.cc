@@ -17,7 +17,8 @@ const char* const kOperationalMethods[] = {
     "GenerateRsaKeyPair", "GetPublicKey",   "TranslateTransportKey",
     "ImportTransportKey", "GenerateTmk",    "AuthChallenge",
     "AuthVerify",         "ExportKeyBlock", "VerifyInstallProof",
-    "GetKeyInfo",         "GenerateRandom"};
+    "GetKeyInfo",         "GenerateRandom", "ImportAndChallenge",
+    "AuthenticateAndDeliver"};
 const char* const kAdminMethods[] = {"BeginCeremony",    "GetCeremony", "AddComponent",
                                      "CompleteCeremony", "DeleteKey",   "VerifyAuditChain"};
 
@@ -155,23 +156,74 @@ grpc::Status HsmGrpcService::TranslateTransportKey(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+namespace {
+
+ImportCommand ImportCommandFrom(const v1::ImportTransportKeyRequest& req) {
+  return ImportCommand{.pk_index = req.pk_index(),
+                       .mak_index = req.mak_index(),
+                       .sn = req.sn(),
+                       .ctk_pk = ToBytes(req.ctk_pk())};
+}
+
+void SetImported(const ImportedTransportKey& r, v1::ImportTransportKeyResponse& resp) {
+  resp.set_tek_index(r.tek_index);
+  resp.set_tek_kcv(r.tek_kcv);
+  resp.set_auk_index(r.auk_index);
+  resp.set_auk_kcv(r.auk_kcv);
+  resp.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(r.algorithm)));
+  resp.set_created_at_unix_ms(r.created_at_ms);
+}
+
+AuthVerifyCommand AuthVerifyCommandFrom(const v1::AuthVerifyRequest& req) {
+  return AuthVerifyCommand{.auk_index = req.auk_index(),
+                           .sn = req.sn(),
+                           .rnd1 = ToBytes(req.rnd1()),
+                           .rnd2 = ToBytes(req.rnd2()),
+                           .crnd2 = ToBytes(req.crnd2())};
+}
+
+}  // namespace
+
 grpc::Status HsmGrpcService::ImportTransportKey(grpc::ServerContext* ctx,
                                                 const v1::ImportTransportKeyRequest* req,
                                                 v1::ImportTransportKeyResponse* resp) {
   auto caller = Authorize(*ctx, "ImportTransportKey");
   if (!caller.ok()) return Done(caller.status());
-  ImportCommand cmd{.pk_index = req->pk_index(),
-                    .mak_index = req->mak_index(),
-                    .sn = req->sn(),
-                    .ctk_pk = ToBytes(req->ctk_pk())};
-  auto r = core_.ImportTransportKey(*caller, cmd);
+  auto r = core_.ImportTransportKey(*caller, ImportCommandFrom(*req));
   if (!r.ok()) return Done(r.status());
-  resp->set_tek_index(r->tek_index);
-  resp->set_tek_kcv(r->tek_kcv);
-  resp->set_auk_index(r->auk_index);
-  resp->set_auk_kcv(r->auk_kcv);
-  resp->set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(r->algorithm)));
-  resp->set_created_at_unix_ms(r->created_at_ms);
+  SetImported(*r, *resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::ImportAndChallenge(grpc::ServerContext* ctx,
+                                                const v1::ImportAndChallengeRequest* req,
+                                                v1::ImportAndChallengeResponse* resp) {
+  auto caller = Authorize(*ctx, "ImportAndChallenge");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.ImportAndChallenge(*caller, ImportCommandFrom(req->import()),
+                                    ToBytes(req->rnd1()));
+  if (!r.ok()) return Done(r.status());
+  SetImported(r->imported, *resp->mutable_imported());
+  resp->mutable_challenge()->set_rnd2(ToString(r->challenge.rnd2));
+  resp->mutable_challenge()->set_crnd1(ToString(r->challenge.crnd1));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::AuthenticateAndDeliver(grpc::ServerContext* ctx,
+                                                    const v1::AuthenticateAndDeliverRequest* req,
+                                                    v1::AuthenticateAndDeliverResponse* resp) {
+  auto caller = Authorize(*ctx, "AuthenticateAndDeliver");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.AuthenticateAndDeliver(*caller, AuthVerifyCommandFrom(req->verify()),
+                                        Algorithm(req->algorithm()), req->replace_existing(),
+                                        req->tek_index());
+  if (!r.ok()) return Done(r.status());
+  resp->mutable_tmk()->set_tmk_index(r->tmk.tmk_index);
+  resp->mutable_tmk()->set_kcv(r->tmk.kcv);
+  resp->mutable_tmk()->set_created(r->tmk.created);
+  resp->mutable_block()->set_key_block(r->block.key_block);
+  resp->mutable_block()->set_key_kcv(r->block.key_kcv);
+  resp->mutable_block()->set_kek_kcv(r->block.kek_kcv);
   return grpc::Status::OK;
 }
 
@@ -205,11 +257,7 @@ grpc::Status HsmGrpcService::AuthVerify(grpc::ServerContext* ctx, const v1::Auth
                                         v1::Empty*) {
   auto caller = Authorize(*ctx, "AuthVerify");
   if (!caller.ok()) return Done(caller.status());
-  return Done(core_.AuthVerify(*caller, AuthVerifyCommand{.auk_index = req->auk_index(),
-                                                          .sn = req->sn(),
-                                                          .rnd1 = ToBytes(req->rnd1()),
-                                                          .rnd2 = ToBytes(req->rnd2()),
-                                                          .crnd2 = ToBytes(req->crnd2())}));
+  return Done(core_.AuthVerify(*caller, AuthVerifyCommandFrom(*req)));
 }
 
 grpc::Status HsmGrpcService::ExportKeyBlock(grpc::ServerContext* ctx,

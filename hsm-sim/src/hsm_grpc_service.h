@@ -40,6 +40,12 @@ class HsmGrpcService final : public rkl::v1::Hsm::Service {
   grpc::Status ImportTransportKey(grpc::ServerContext* ctx,
                                   const v1::ImportTransportKeyRequest* req,
                                   v1::ImportTransportKeyResponse* resp) override;
+  grpc::Status ImportAndChallenge(grpc::ServerContext* ctx,
+                                  const v1::ImportAndChallengeRequest* req,
+                                  v1::ImportAndChallengeResponse* resp) override;
+  grpc::Status AuthenticateAndDeliver(grpc::ServerContext* ctx,
+                                      const v1::AuthenticateAndDeliverRequest* req,
+                                      v1::AuthenticateAndDeliverResponse* resp) override;
   grpc::Status GenerateTmk(grpc::ServerContext* ctx, const v1::GenerateTmkRequest* req,
                            v1::GenerateTmkResponse* resp) override;
   grpc::Status AuthChallenge(grpc::ServerContext* ctx, const v1::AuthChallengeRequest* req,

@@ -402,6 +402,87 @@ TEST_F(HsmCoreTest, InstallProofMustNameTheLiveTmk) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// ---- Composite commands (KMS's two-command path) -----------------------------------------
+
+TEST_F(HsmCoreTest, CompositeCommandsAuthenticateAndDeliverTheTmk) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);  // TEK/AUK already imported: ImportAndChallenge hands them back
+  TestTerminal t2 = TestTerminal::Create("SN-2");
+  auto ctk = core_->TranslateTransportKey("mtms", Translate(t2, t2.CtkPu(pu_)));
+  ASSERT_TRUE(ctk.ok()) << ctk.status();
+  const size_t records_before = audit_.events().size();
+  Bytes rnd1 = crypto::RandomBytes(16);
+  auto begun = core_->ImportAndChallenge(kKms, {pk_, mak_, t2.sn, *ctk}, rnd1);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  EXPECT_EQ(begun->imported.tek_kcv, t2.TekKcv());
+  EXPECT_EQ(begun->imported.auk_kcv, t2.AukKcv());
+  auto keys = t2.AuthKeys();
+  ASSERT_TRUE(protocol::VerifyCrnd1(keys, rnd1, begun->challenge.rnd2, begun->challenge.crnd1).ok());
+  Bytes crnd2 = protocol::MakeCrnd2(keys, rnd1, begun->challenge.rnd2).value();
+  auto delivered = core_->AuthenticateAndDeliver(
+      kKms, {begun->imported.auk_index, t2.sn, rnd1, begun->challenge.rnd2, crnd2},
+      KeyAlgorithm::kAes128, false, begun->imported.tek_index);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_TRUE(delivered->tmk.created);
+  auto block = keyblock::ParseTmkBlock(t2.tk.tek, t2.tk.algorithm, delivered->block.key_block);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, delivered->tmk.kcv);
+  // One audit record per composite command, naming what each part did.
+  auto events = audit_.events();
+  ASSERT_EQ(events.size(), records_before + 2);
+  EXPECT_EQ(events[records_before].action, "import_and_challenge");
+  EXPECT_EQ(events[records_before + 1].action, "authenticate_and_deliver");
+  EXPECT_THAT(events[records_before + 1].detail, ::testing::HasSubstr("crnd2=verified"));
+  EXPECT_THAT(events[records_before + 1].detail, ::testing::HasSubstr(delivered->tmk.kcv));
+}
+
+TEST_F(HsmCoreTest, NoTmkIsMadeOrExportedWithoutAVerifiedCrnd2) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  Bytes rnd1 = crypto::RandomBytes(16);
+  auto challenge = core_->AuthChallenge(kKms, auk_, t.sn, rnd1);
+  ASSERT_TRUE(challenge.ok());
+  size_t keys_before = store_.state().keys.size();
+  // KMS's own Crnd1 reflected back, and a token of another terminal's keys.
+  for (const Bytes& crnd2 :
+       {challenge->crnd1, protocol::MakeCrnd2(TestTerminal::Create("SN-1").AuthKeys(), rnd1,
+                                              challenge->rnd2)
+                              .value()}) {
+    auto r = core_->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2},
+                                           KeyAlgorithm::kAes128, false, tek_);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+  }
+  EXPECT_EQ(store_.state().keys.size(), keys_before);  // no TMK
+  // Export only under the SN's own TEK, even after a verified token.
+  Bytes crnd2 = protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value();
+  EXPECT_EQ(core_
+                ->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2},
+                                         KeyAlgorithm::kAes128, false, auk_)
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(store_.state().keys.size(), keys_before);  // the TMK it made was rolled back
+}
+
+TEST_F(HsmCoreTest, ImportAndChallengeIsAllOrNothing) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  TestTerminal t2 = TestTerminal::Create("SN-2");
+  auto ctk = core_->TranslateTransportKey("mtms", Translate(t2, t2.CtkPu(pu_)));
+  ASSERT_TRUE(ctk.ok());
+  size_t keys_before = store_.state().keys.size();
+  // A TDES-length nonce for an AES terminal: the challenge fails, so the import is undone.
+  EXPECT_EQ(core_->ImportAndChallenge(kKms, {pk_, mak_, t2.sn, *ctk}, Bytes(8, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_.state().keys.size(), keys_before);
+  Bytes tampered = *ctk;
+  tampered.back() ^= 1;
+  EXPECT_EQ(core_->ImportAndChallenge(kKms, {pk_, mak_, t2.sn, tampered}, crypto::RandomBytes(16))
+                .status(),
+            absl::UnauthenticatedError("ctk_pk: MAC does not verify"));
+  EXPECT_EQ(store_.state().keys.size(), keys_before);
+}
+
 TEST_F(HsmCoreTest, DeletedKeyIsGoneAndErased) {
   auto tmk = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
   ASSERT_TRUE(core_->DeleteKey(kAlice, tmk->tmk_index).ok());

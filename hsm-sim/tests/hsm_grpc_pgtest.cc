@@ -140,6 +140,11 @@ TEST_F(HsmGrpcTest, OperationalCommandsRefuseOtherServices) {
   expect_denied(Call(*mtms, &Stub::VerifyInstallProof, v1::VerifyInstallProofRequest()).status(),
                 "VerifyInstallProof");
   expect_denied(Call(*mtms, &Stub::GetKeyInfo, v1::GetKeyInfoRequest()).status(), "GetKeyInfo");
+  expect_denied(Call(*mtms, &Stub::ImportAndChallenge, v1::ImportAndChallengeRequest()).status(),
+                "ImportAndChallenge");
+  expect_denied(
+      Call(*mtms, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest()).status(),
+      "AuthenticateAndDeliver");
   expect_denied(Call(*mtms, &Stub::GenerateRandom, v1::GenerateRandomRequest()).status(),
                 "GenerateRandom");
 }
@@ -464,6 +469,53 @@ TEST_F(HsmGrpcTest, TmkAuthenticationExportAndInstallProof) {
   proof.set_proof(Str(p));
   EXPECT_EQ(Call(*kms_, &Stub::VerifyInstallProof, proof).status().code(),
             absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(HsmGrpcTest, CompositeCommandsOverGrpc) {
+  TestTerminal t = TestTerminal::Create("SN-GRPC-COMPOSITE");
+  auto ctk = Call(*kms_, &Stub::TranslateTransportKey, TranslateRequest(t));
+  ASSERT_TRUE(ctk.ok()) << ctk.status();
+  Bytes rnd1 = crypto::RandomBytes(16);
+  v1::ImportAndChallengeRequest begin;
+  begin.mutable_import()->set_pk_index(pk_);
+  begin.mutable_import()->set_mak_index(mak_);
+  begin.mutable_import()->set_sn(t.sn);
+  begin.mutable_import()->set_ctk_pk(ctk->ctk_pk());
+  begin.set_rnd1(Str(rnd1));
+  auto begun = Call(*kms_, &Stub::ImportAndChallenge, begin);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  EXPECT_EQ(begun->imported().auk_kcv(), t.AukKcv());
+  Bytes rnd2 = Raw(begun->challenge().rnd2());
+  ASSERT_TRUE(
+      protocol::VerifyCrnd1(t.AuthKeys(), rnd1, rnd2, Raw(begun->challenge().crnd1())).ok());
+
+  v1::AuthenticateAndDeliverRequest deliver;
+  auto* verify = deliver.mutable_verify();
+  verify->set_auk_index(begun->imported().auk_index());
+  verify->set_sn(t.sn);
+  verify->set_rnd1(Str(rnd1));
+  verify->set_rnd2(Str(rnd2));
+  verify->set_crnd2(begun->challenge().crnd1());  // reflection: refused, nothing made
+  deliver.set_algorithm(v1::KEY_ALGORITHM_AES128);
+  deliver.set_tek_index(begun->imported().tek_index());
+  EXPECT_EQ(Call(*kms_, &Stub::AuthenticateAndDeliver, deliver).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  {
+    pqxx::connection conn(hsm_->dsn());
+    pqxx::work tx(conn);
+    EXPECT_EQ(tx.exec_params1("SELECT count(*) FROM hsm_key WHERE key_type = 6 AND bound_sn = $1",
+                              t.sn)[0]
+                  .as<int64_t>(),
+              0);
+  }
+  verify->set_crnd2(Str(protocol::MakeCrnd2(t.AuthKeys(), rnd1, rnd2).value()));
+  auto delivered = Call(*kms_, &Stub::AuthenticateAndDeliver, deliver);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_TRUE(delivered->tmk().created());
+  EXPECT_EQ(delivered->block().kek_kcv(), t.TekKcv());
+  auto block = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, delivered->block().key_block());
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, delivered->tmk().kcv());
 }
 
 TEST_F(HsmGrpcTest, KeyInfoAndDelete) {
