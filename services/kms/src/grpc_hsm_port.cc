@@ -46,6 +46,53 @@ absl::StatusOr<ImportedTransportKey> GrpcHsmPort::ImportTransportKey(
                               *algorithm};
 }
 
+absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
+    uint64_t pk_index, uint64_t mak_index, const std::string& sn,
+    std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) {
+  rkl::v1::ImportAndChallengeRequest req;
+  req.mutable_import()->set_pk_index(pk_index);
+  req.mutable_import()->set_mak_index(mak_index);
+  req.mutable_import()->set_sn(sn);
+  req.mutable_import()->set_ctk_pk(ToBytesField(ctk_pk));
+  req.set_rnd1(ToBytesField(rnd1));
+  rkl::v1::ImportAndChallengeResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status st = stub_->ImportAndChallenge(ctx.get(), req, &resp);
+  if (!st.ok()) return FromHsm(st, "ImportAndChallenge");
+  const auto& i = resp.imported();
+  absl::StatusOr<crypto::KeyAlgorithm> algorithm =
+      crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(i.algorithm()));
+  if (!algorithm.ok()) return absl::InternalError("HSM #2 returned an unknown algorithm");
+  return ImportedAndChallenged{
+      ImportedTransportKey{i.tek_index(), i.tek_kcv(), i.auk_index(), i.auk_kcv(), *algorithm},
+      AuthChallengeResult{FromBytesField(resp.challenge().rnd2()),
+                          FromBytesField(resp.challenge().crnd1())}};
+}
+
+absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
+    uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
+    std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2,
+    crypto::KeyAlgorithm algorithm, bool replace_existing, uint64_t tek_index) {
+  rkl::v1::AuthenticateAndDeliverRequest req;
+  auto* verify = req.mutable_verify();
+  verify->set_auk_index(auk_index);
+  verify->set_sn(sn);
+  verify->set_rnd1(ToBytesField(rnd1));
+  verify->set_rnd2(ToBytesField(rnd2));
+  verify->set_crnd2(ToBytesField(crnd2));
+  req.set_algorithm(ToProto(algorithm));
+  req.set_replace_existing(replace_existing);
+  req.set_tek_index(tek_index);
+  rkl::v1::AuthenticateAndDeliverResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status st = stub_->AuthenticateAndDeliver(ctx.get(), req, &resp);
+  if (!st.ok()) return FromHsm(st, "AuthenticateAndDeliver");
+  return AuthenticatedDelivery{
+      GeneratedTmk{resp.tmk().tmk_index(), resp.tmk().kcv(), resp.tmk().created()},
+      ExportedKeyBlock{resp.block().key_block(), resp.block().key_kcv(),
+                       resp.block().kek_kcv()}};
+}
+
 absl::StatusOr<GeneratedTmk> GrpcHsmPort::GenerateTmk(const std::string& sn,
                                                       crypto::KeyAlgorithm algorithm,
                                                       bool replace_existing) {

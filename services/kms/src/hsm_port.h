@@ -41,9 +41,44 @@ struct ExportedKeyBlock {
   std::string kek_kcv;
 };
 
+struct ImportedAndChallenged {
+  ImportedTransportKey imported;
+  AuthChallengeResult challenge;
+};
+
+struct AuthenticatedDelivery {
+  GeneratedTmk tmk;
+  ExportedKeyBlock block;
+};
+
 class HsmPort {
  public:
   virtual ~HsmPort() = default;
+
+  // Composite commands: what the named calls do in sequence, as one HSM command (one round
+  // trip, one HSM transaction). The defaults make the separate calls (for fakes).
+  // ImportTransportKey, then AuthChallenge with the imported AUK.
+  virtual absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(
+      uint64_t pk_index, uint64_t mak_index, const std::string& sn,
+      std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) {
+    auto imported = ImportTransportKey(pk_index, mak_index, sn, ctk_pk);
+    if (!imported.ok()) return imported.status();
+    auto challenge = AuthChallenge(imported->auk_index, sn, rnd1);
+    if (!challenge.ok()) return challenge.status();
+    return ImportedAndChallenged{*std::move(imported), *std::move(challenge)};
+  }
+  // AuthVerify, then GenerateTmk, then ExportKeyBlock of that TMK under `tek_index`.
+  virtual absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
+      uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
+      std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2,
+      crypto::KeyAlgorithm algorithm, bool replace_existing, uint64_t tek_index) {
+    if (absl::Status s = AuthVerify(auk_index, sn, rnd1, rnd2, crnd2); !s.ok()) return s;
+    auto tmk = GenerateTmk(sn, algorithm, replace_existing);
+    if (!tmk.ok()) return tmk.status();
+    auto block = ExportKeyBlock(tmk->tmk_index, tek_index, sn);
+    if (!block.ok()) return block.status();
+    return AuthenticatedDelivery{*std::move(tmk), *std::move(block)};
+  }
 
   // PROTOCOL §6: verify M, unwrap, store TEK and AUK bound to `sn`.
   virtual absl::StatusOr<ImportedTransportKey> ImportTransportKey(

@@ -273,11 +273,18 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
 // ---------------------------------------------------------------------------------------
 // Authentication and delivery
 
-absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(TerminalRecord terminal) {
+absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
+    TerminalRecord terminal, std::span<const uint8_t> rnd1,
+    std::optional<AuthChallengeResult>& challenge) {
   if (terminal.auk_index) return terminal;
   const std::string& sn = terminal.sn;
+  // One HSM command: import TEK/AUK and answer the terminal's challenge with the new AUK.
+  absl::StatusOr<ImportedAndChallenged> both = hsm_.ImportAndChallenge(
+      options_.pk_index, options_.mak_index, sn, terminal.ctk_pk, rnd1);
   absl::StatusOr<ImportedTransportKey> imported =
-      hsm_.ImportTransportKey(options_.pk_index, options_.mak_index, sn, terminal.ctk_pk);
+      both.ok() ? absl::StatusOr<ImportedTransportKey>(both->imported)
+                : absl::StatusOr<ImportedTransportKey>(both.status());
+  if (both.ok()) challenge = both->challenge;
   if (!imported.ok()) {
     absl::Status s = imported.status();
     if (s.code() == absl::StatusCode::kUnauthenticated) {
@@ -345,8 +352,12 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     return refusal;
   }
 
-  RKL_ASSIGN_OR_RETURN(TerminalRecord t, EnsureImported(*std::move(terminal)));
-  absl::StatusOr<AuthChallengeResult> challenge = hsm_.AuthChallenge(*t.auk_index, sn, rnd1);
+  std::optional<AuthChallengeResult> fresh_challenge;
+  RKL_ASSIGN_OR_RETURN(TerminalRecord t,
+                       EnsureImported(*std::move(terminal), rnd1, fresh_challenge));
+  absl::StatusOr<AuthChallengeResult> challenge =
+      fresh_challenge ? absl::StatusOr<AuthChallengeResult>(*std::move(fresh_challenge))
+                      : hsm_.AuthChallenge(*t.auk_index, sn, rnd1);
   if (!challenge.ok()) {
     AuditFailure(actor, kActionAuthBegin, sn, absl::StrCat("auk_index ", *t.auk_index),
                  challenge.status());
@@ -456,7 +467,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
-  } else if (terminal.auk_index != session.auk_index) {
+  } else if (terminal.auk_index != session.auk_index || !terminal.tek_index) {
     refusal = absl::FailedPreconditionError(
         "session_id: the terminal's transport key changed; start again");
   } else if (crnd2.size() != 2 * crypto::BlockSize(terminal.algorithm)) {
@@ -480,22 +491,30 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
     return s;
   }
 
-  absl::Status verified = hsm_.AuthVerify(session.auk_index, sn, session.rnd1, session.rnd2, crnd2);
-  if (!verified.ok()) {
-    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, verified);
-    if (verified.code() == absl::StatusCode::kUnauthenticated) {
+  // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
+  // existing one unless this is a re-key) made and exported under TEK — nothing is made or
+  // exported unless Crnd2 verified.
+  absl::StatusOr<AuthenticatedDelivery> out = hsm_.AuthenticateAndDeliver(
+      session.auk_index, sn, session.rnd1, session.rnd2, crnd2, terminal.algorithm,
+      terminal.replace_tmk, *terminal.tek_index);
+  if (!out.ok()) {
+    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, out.status());
+    if (out.status().code() == absl::StatusCode::kUnauthenticated) {
       RKL_RETURN_IF_ERROR(RecordFailure(
           sn, kActionAuthFail,
           absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…")));
       return absl::UnauthenticatedError("crnd2: authentication token does not verify");
     }
-    AuditFailure(actor, kActionAuthComplete, sn, "HSM #2 AuthVerify", verified);
-    return verified;
+    AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver", out.status());
+    return out.status();
   }
+  const GeneratedTmk* tmk = &out->tmk;
+  const ExportedKeyBlock* block = &out->block;
 
-  // Authenticated: the failure streak ends here.
-  absl::StatusOr<TerminalRecord> authed =
-      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+  // Authenticated (the failure streak ends here) and the TMK delivered: one update.
+  absl::StatusOr<TerminalRecord> delivered = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
         if (IsBlocked(cur.state)) return BlockedError(cur.state);
         if (cur.auk_index != session.auk_index) {
           return absl::FailedPreconditionError(
@@ -503,35 +522,9 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
         }
         Change c{cur};
         c.record.consecutive_failures = 0;
-        c.record.state = TerminalState::kAuthenticated;
         c.audit.push_back(Audit(
             actor, kActionAuthOk, sn,
             absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
-        return c;
-      }, &terminal);
-  if (!authed.ok()) {
-    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, authed.status());
-    return authed.status();
-  }
-
-  // S112: the TMK (the existing one unless this is a re-key) under TEK.
-  absl::StatusOr<GeneratedTmk> tmk = hsm_.GenerateTmk(sn, authed->algorithm, authed->replace_tmk);
-  absl::StatusOr<ExportedKeyBlock> block =
-      tmk.ok() ? hsm_.ExportKeyBlock(tmk->tmk_index, *authed->tek_index, sn)
-               : absl::StatusOr<ExportedKeyBlock>(tmk.status());
-  if (!block.ok()) {
-    ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, block.status());
-    AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 GenerateTmk/ExportKeyBlock", block.status());
-    return block.status();
-  }
-  absl::StatusOr<TerminalRecord> delivered =
-      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
-        if (IsBlocked(cur.state)) return BlockedError(cur.state);
-        if (cur.auk_index != session.auk_index) {
-          return absl::FailedPreconditionError(
-              "session_id: the terminal's transport key changed; start again");
-        }
-        Change c{cur};
         const bool new_tmk = tmk->created || cur.tmk_index != tmk->tmk_index;
         if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
         c.record.tmk_index = tmk->tmk_index;
@@ -544,7 +537,8 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
                          ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
         return c;
-      }, &*authed);
+      },
+      &terminal);
   if (!delivered.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, delivered.status());
     return delivered.status();

@@ -154,7 +154,11 @@ class KmsCore {
                                         const TerminalRecord* known = nullptr);
   // One more consecutive failure; locks the SN at the threshold.
   absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
-  absl::StatusOr<TerminalRecord> EnsureImported(TerminalRecord terminal);
+  // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for
+  // `rnd1` in the same HSM command and sets `challenge`.
+  absl::StatusOr<TerminalRecord> EnsureImported(TerminalRecord terminal,
+                                                std::span<const uint8_t> rnd1,
+                                                std::optional<AuthChallengeResult>& challenge);
   absl::StatusOr<TerminalRecord> AdminChange(
       const std::string& actor, const std::string& sn, const std::string& reason,
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);

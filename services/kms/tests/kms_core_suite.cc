@@ -370,7 +370,10 @@ TEST_F(KmsCoreSuite, ChangeWhileWaitingOnTheHsmIsNotOverwritten) {
       core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
       absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
-  EXPECT_EQ(hsm_->calls("GenerateTmk"), 0);
+  // Whatever HSM #2 produced in that command is discarded: no TMK is recorded for, or
+  // delivered to, the revoked terminal.
+  EXPECT_FALSE(Terminal(t.sn()).tmk_index.has_value());
+  EXPECT_TRUE(Terminal(t.sn()).tmk_kcv.empty());
 }
 
 TEST_F(KmsCoreSuite, ChangeWhileImportingIsNotOverwritten) {
