@@ -112,9 +112,10 @@ Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usa
 // "RKL-HSM-COMPONENT-1" ‖ [len]_1 ‖ ceremony id ‖ [len]_1 ‖ custodian.
 Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 
-// The statement behind KeyTransaction::FindLiveKeys for PgKeyStore ($1 key type, $2 SN);
-// exposed so a test can check its plan uses the one-live-key-per-SN index.
-std::string FindLiveKeysSql();
+// The statement behind KeyTransaction::FindLiveKeys for PgKeyStore ($1 SN; the key type,
+// one of TEK/AUK/TMK, is a literal); exposed so a test can check its plan uses the
+// one-live-key-per-SN index.
+std::string FindLiveKeysSql(KeyType type);
 
 // One unit of work. Not thread-safe: used by the thread that runs Transact().
 class KeyTransaction {
