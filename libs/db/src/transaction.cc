@@ -53,6 +53,20 @@ AttemptResult RunAttempt(pqxx::connection& conn, const std::string& set_transact
   }
 }
 
+AttemptResult RunReadAttempt(pqxx::connection& conn,
+                             absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body) {
+  try {
+    pqxx::nontransaction tx(conn);
+    return {body(tx)};
+  } catch (const std::exception& e) {
+    DbError error = ClassifyException(e);
+    // Nothing was written, so a read whose connection broke at any point may run again
+    // (ClassifyException's in-doubt case is about COMMIT, which a read never sends).
+    return {std::move(error.status), error.retryable || error.connection_lost,
+            error.connection_lost};
+  }
+}
+
 absl::Duration Backoff(const TransactionOptions& options, int failed_attempts) {
   absl::Duration ceiling = options.initial_backoff;
   for (int i = 1; i < failed_attempts && ceiling < options.max_backoff; ++i) ceiling *= 2;
@@ -85,6 +99,29 @@ absl::Status RunInTransactionImpl(ConnectionPool& pool,
     if (!lease.ok()) return lease.status();
     stats.attempts = attempt;
     AttemptResult result = RunAttempt(lease->connection(), set_transaction, body);
+    if (result.connection_lost) lease->MarkBroken();
+    if (result.status.ok() || !result.retryable) return result.status;
+    last = std::move(result.status);
+  }
+  return absl::Status(last.code(),
+                      absl::StrCat(last.message(), " (gave up after ", max_attempts, " attempts)"));
+}
+
+absl::Status RunSingleReadImpl(ConnectionPool& pool,
+                               absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
+                               const TransactionOptions& options) {
+  const int max_attempts = std::max(1, options.max_attempts);
+  TransactionStats local_stats;
+  TransactionStats& stats = options.stats != nullptr ? *options.stats : local_stats;
+  stats = {};
+  absl::Status last;
+  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
+    if (attempt > 1) absl::SleepFor(Backoff(options, attempt - 1));
+    absl::StatusOr<ConnectionPool::Lease> lease =
+        options.borrow_timeout ? pool.Borrow(*options.borrow_timeout) : pool.Borrow();
+    if (!lease.ok()) return lease.status();
+    stats.attempts = attempt;
+    AttemptResult result = RunReadAttempt(lease->connection(), body);
     if (result.connection_lost) lease->MarkBroken();
     if (result.status.ok() || !result.retryable) return result.status;
     last = std::move(result.status);

@@ -213,5 +213,57 @@ TEST_F(TransactionTest, LostConnectionIsRetriedOnAFreshConnection) {
   EXPECT_EQ(Count("items"), 1);
 }
 
+TEST_F(TransactionTest, SingleReadRunsWithoutATransactionBlock) {
+  // In autocommit the statement starts its own transaction, so its transaction and statement
+  // timestamps are equal; after a separate BEGIN (RunInReadOnlyTransaction) they differ by
+  // at least one round trip.
+  const char* kSql = "SELECT now() = statement_timestamp()";
+  absl::StatusOr<bool> single =
+      RunSingleRead(*pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        return tx.exec1(kSql)[0].as<bool>();
+      });
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_TRUE(*single);
+  absl::StatusOr<bool> in_tx =
+      RunInReadOnlyTransaction(*pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+        return tx.exec1(kSql)[0].as<bool>();
+      });
+  ASSERT_TRUE(in_tx.ok()) << in_tx.status();
+  EXPECT_FALSE(*in_tx);
+}
+
+TEST_F(TransactionTest, SingleReadReturnsFnErrorWithoutRetry) {
+  TransactionStats stats;
+  absl::StatusOr<int> r = RunSingleRead(
+      *pool_,
+      [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
+        if (tx.exec("SELECT 1 FROM items WHERE id = 7").empty()) {
+          return absl::NotFoundError("no such item");
+        }
+        return 7;
+      },
+      {.stats = &stats});
+  EXPECT_EQ(r.status(), absl::NotFoundError("no such item"));
+  EXPECT_EQ(stats.attempts, 1);
+}
+
+TEST_F(TransactionTest, SingleReadIsRetriedAfterALostConnection) {
+  TransactionStats stats;
+  std::vector<int> pids;
+  absl::StatusOr<int64_t> r = RunSingleRead(
+      *pool_,
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<int64_t> {
+        pids.push_back(tx.exec1("SELECT pg_backend_pid()")[0].as<int>());
+        if (pids.size() == 1) tx.exec("SELECT pg_terminate_backend(pg_backend_pid())");
+        return tx.exec1("SELECT value FROM counter WHERE id = 1")[0].as<int64_t>();
+      },
+      {.stats = &stats});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, 0);
+  EXPECT_EQ(stats.attempts, 2);
+  ASSERT_EQ(pids.size(), 2u);
+  EXPECT_NE(pids[0], pids[1]);
+}
+
 }  // namespace
 }  // namespace rkl::db

@@ -32,23 +32,18 @@ const std::string kListTerminals =
                  "WHERE ($1::text IS NULL OR t.state = $1) AND t.sn LIKE $2 || '%' AND t.sn > $3 "
                  "ORDER BY t.sn LIMIT $4");
 
-constexpr char kInsertTerminal[] =
-    "INSERT INTO terminals (sn, state, state_before_lock, algorithm, tmk_index, tmk_kcv, "
-    "tmk_generation, replace_tmk, rekey_requested, consecutive_failures, created_at_ms, "
-    "installed_at_ms, updated_at_ms, version) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1)";
+// Every write is ONE statement (data-modifying CTEs), so a write transaction costs three
+// round trips (BEGIN, the statement, COMMIT) however many rows it touches, and stays
+// atomic. Audit entries travel as one JSON array parameter ($AUDIT below), inserted in
+// array order and only when the main write happened.
+constexpr char kAuditFromJson[] =
+    "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
+    "SELECT x.at_ms, x.actor, x.action, x.sn, x.detail, x.result "
+    "FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, at_ms bigint, actor text, "
+    "action text, sn text, detail text, result text) ";
 
-constexpr char kUpdateTerminal[] =
-    "UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-    "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
-    "updated_at_ms = $12, version = version + 1 "
-    "WHERE sn = $1 AND version = $13";
-
-constexpr char kUpsertTk[] =
-    "INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, algorithm, "
-    "tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+// $1..$10 as in the sn_tk_kms columns; an unchanged row is not rewritten.
+constexpr char kTkValues[] =
     "ON CONFLICT (sn) DO UPDATE SET ctk_pk = EXCLUDED.ctk_pk, "
     "mtms_submission_id = EXCLUDED.mtms_submission_id, "
     "received_at_ms = EXCLUDED.received_at_ms, algorithm = EXCLUDED.algorithm, "
@@ -56,15 +51,72 @@ constexpr char kUpsertTk[] =
     "auk_index = EXCLUDED.auk_index, auk_kcv = EXCLUDED.auk_kcv, "
     "imported_at_ms = CASE WHEN EXCLUDED.auk_index IS NULL THEN 0 "
     "  WHEN sn_tk_kms.auk_index IS NOT DISTINCT FROM EXCLUDED.auk_index "
-    "  THEN sn_tk_kms.imported_at_ms ELSE EXCLUDED.imported_at_ms END";
+    "  THEN sn_tk_kms.imported_at_ms ELSE EXCLUDED.imported_at_ms END "
+    "WHERE (sn_tk_kms.ctk_pk, sn_tk_kms.mtms_submission_id, sn_tk_kms.received_at_ms, "
+    "sn_tk_kms.algorithm, sn_tk_kms.tek_index, sn_tk_kms.tek_kcv, sn_tk_kms.auk_index, "
+    "sn_tk_kms.auk_kcv) IS DISTINCT FROM (EXCLUDED.ctk_pk, EXCLUDED.mtms_submission_id, "
+    "EXCLUDED.received_at_ms, EXCLUDED.algorithm, EXCLUDED.tek_index, EXCLUDED.tek_kcv, "
+    "EXCLUDED.auk_index, EXCLUDED.auk_kcv)";
 
-constexpr char kCancelSessions[] =
-    "UPDATE auth_sessions SET state = 'CANCELLED' "
-    "WHERE sn = $1 AND state IN ('OPEN', 'AUTHENTICATED')";
+// Typed: in INSERT ... SELECT an untyped parameter would be taken as text.
+constexpr char kTkParams[] =
+    "$14::bytea, $15::text, $16::bigint, $17::smallint, $18::bigint, $19::text, $20::bigint, "
+    "$21::text, $22::bigint";
 
-constexpr char kInsertSession[] =
-    "INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
-    "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+std::string WithAuditParam(std::string sql, int n) {
+  const std::string placeholder = "$AUDIT";
+  size_t at;
+  while ((at = sql.find(placeholder)) != std::string::npos) {
+    sql.replace(at, placeholder.size(), absl::StrCat("$", n));
+  }
+  return sql;
+}
+
+// Terminal $1..$13 (the INSERT below), TK $14..$22 (ctk_pk, submission, received, algorithm,
+// tek_index, tek_kcv, auk_index, auk_kcv, imported_at), audit $23.
+const std::string kInsertTerminal = WithAuditParam(
+    absl::StrCat(
+        "WITH t AS (INSERT INTO terminals (sn, state, state_before_lock, algorithm, tmk_index, "
+        "tmk_kcv, tmk_generation, replace_tmk, rekey_requested, consecutive_failures, "
+        "created_at_ms, installed_at_ms, updated_at_ms, version) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING sn), "
+        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+        "SELECT sn, ", kTkParams, " FROM t), "
+        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
+        "SELECT count(*) FROM t"),
+    23);
+
+// Terminal $1..$13 (version last), TK $14..$22, cancel sessions $23, audit $24. Returns
+// the number of terminal rows updated: 0 when the version moved on (nothing is written).
+const std::string kUpdateTerminal = WithAuditParam(
+    absl::StrCat(
+        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+        "updated_at_ms = $12, version = version + 1 "
+        "WHERE sn = $1 AND version = $13 RETURNING sn), "
+        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+        "SELECT sn, ", kTkParams, " FROM u ", kTkValues, "), "
+        "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
+        "WHERE $23::boolean AND sn IN (SELECT sn FROM u) AND state IN ('OPEN', 'AUTHENTICATED')), "
+        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+        "SELECT count(*) FROM u"),
+    24);
+
+// Session $1..$9, audit $10.
+const std::string kInsertSession = WithAuditParam(
+    absl::StrCat(
+        "WITH s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+        "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "RETURNING id), "
+        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM s) ORDER BY x.ord) "
+        "SELECT count(*) FROM s"),
+    10);
+
+const std::string kInsertAudit =
+    WithAuditParam(absl::StrCat(kAuditFromJson, "ORDER BY x.ord"), 1);
 
 constexpr char kSelectSession[] =
     "SELECT id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, created_at_ms, expires_at_ms "
@@ -74,10 +126,6 @@ constexpr char kSelectSession[] =
 constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
     "WHERE id = $1 AND state = $2";
-
-constexpr char kInsertAudit[] =
-    "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
-    "VALUES ($1, $2, $3, $4, $5, $6)";
 
 constexpr char kListAudit[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
@@ -157,24 +205,70 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
   return s;
 }
 
-void WriteAudit(pqxx::work& tx, const std::vector<AuditEntry>& audit) {
-  for (const AuditEntry& e : audit) {
-    db::Exec(tx, kInsertAudit, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result);
+// A JSON string literal. Control characters, quotes and backslashes are escaped; other
+// bytes pass through (PostgreSQL checks they are UTF-8, as it would for a text parameter).
+void AppendJsonString(std::string& out, std::string_view v) {
+  out += '"';
+  for (unsigned char c : v) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          absl::StrAppend(&out, "\\u00", absl::Hex(c, absl::kZeroPad2));
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
   }
-}
-
-void UpsertTk(pqxx::work& tx, const TerminalRecord& t) {
-  NullableText tek_index(t.tek_index), auk_index(t.auk_index);
-  NullableText tek_kcv(t.tek_kcv, true), auk_kcv(t.auk_kcv, true);
-  db::Exec(tx, kUpsertTk, t.sn, Binary(t.ctk_pk), t.mtms_submission_id, t.tk_received_at_ms,
-                 static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tek_index.get(),
-                 tek_kcv.get(), auk_index.get(), auk_kcv.get(), t.updated_at_ms);
+  out += '"';
 }
 
 }  // namespace
 
+std::string AuditJson(const std::vector<AuditEntry>& audit) {
+  std::string out = "[";
+  for (size_t i = 0; i < audit.size(); ++i) {
+    const AuditEntry& e = audit[i];
+    absl::StrAppend(&out, i ? "," : "", "{\"ord\":", i, ",\"at_ms\":", e.at_ms, ",\"actor\":");
+    AppendJsonString(out, e.actor);
+    out += ",\"action\":";
+    AppendJsonString(out, e.action);
+    out += ",\"sn\":";
+    AppendJsonString(out, e.sn);
+    out += ",\"detail\":";
+    AppendJsonString(out, e.detail);
+    out += ",\"result\":";
+    AppendJsonString(out, e.result);
+    out += "}";
+  }
+  out += "]";
+  return out;
+}
+
+namespace {
+
+// The sn_tk_kms half of a terminal, as parameters $14..$22 of kInsertTerminal/kUpdateTerminal.
+struct TkParams {
+  explicit TkParams(const TerminalRecord& t)
+      : ctk_pk(Binary(t.ctk_pk)),
+        tek_index(t.tek_index),
+        auk_index(t.auk_index),
+        tek_kcv(t.tek_kcv, true),
+        auk_kcv(t.auk_kcv, true),
+        algorithm(static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm))) {}
+  pqxx::binarystring ctk_pk;
+  NullableText tek_index, auk_index, tek_kcv, auk_kcv;
+  int algorithm;
+};
+
+}  // namespace
+
 absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& sn) {
-  return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<TerminalRecord> {
+  return db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<TerminalRecord> {
     pqxx::result r = db::Exec(tx, kSelectTerminal, sn);
     if (r.empty()) return absl::NotFoundError("sn: no such terminal");
     return ReadTerminal(r[0]);
@@ -183,35 +277,39 @@ absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& s
 
 absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
                                              const std::vector<AuditEntry>& audit) {
+  const std::string audit_json = AuditJson(audit);
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    TkParams tk(t);
     db::Exec(tx, kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
-                   static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
-                   tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
-                   t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms);
-    UpsertTk(tx, t);
-    WriteAudit(tx, audit);
+             static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
+             tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
+             t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms,
+             tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
+             tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
+             t.updated_at_ms, audit_json);
     return absl::OkStatus();
   });
 }
 
 absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cancel_sessions,
                                              const std::vector<AuditEntry>& audit) {
+  const std::string audit_json = AuditJson(audit);
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
-    pqxx::result r =
-        db::Exec(tx, kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
-                       static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
-                       tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
-                       t.consecutive_failures, t.installed_at_ms, t.updated_at_ms, t.version);
-    if (r.affected_rows() != 1) {
+    TkParams tk(t);
+    pqxx::row r = db::Exec1(
+        tx, kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
+        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
+        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
+        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
+        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(),
+        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, audit_json);
+    if (r[0].as<int64_t>() != 1) {
       return absl::AbortedError("terminal changed concurrently");
     }
-    UpsertTk(tx, t);
-    if (cancel_sessions) db::Exec(tx, kCancelSessions, t.sn);
-    WriteAudit(tx, audit);
     return absl::OkStatus();
   });
 }
@@ -235,16 +333,17 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
 
 absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
+  const std::string audit_json = AuditJson(audit);
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
     db::Exec(tx, kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-                   SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms);
-    WriteAudit(tx, audit);
+             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
+             audit_json);
     return absl::OkStatus();
   });
 }
 
 absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
-  return db::RunInReadOnlyTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<AuthSession> {
+  return db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<AuthSession> {
     pqxx::result r = db::Exec(tx, kSelectSession, id);
     if (r.empty()) {
       return absl::NotFoundError("session_id: no such session");
@@ -265,8 +364,10 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
 }
 
 absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
+  if (audit.empty()) return absl::OkStatus();
+  const std::string audit_json = AuditJson(audit);
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
-    WriteAudit(tx, audit);
+    db::Exec(tx, kInsertAudit, audit_json);
     return absl::OkStatus();
   });
 }

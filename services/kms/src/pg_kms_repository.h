@@ -11,6 +11,9 @@
 
 namespace rkl::kms {
 
+// The audit entries as the JSON array the write statements take ("ord" gives the order).
+std::string AuditJson(const std::vector<AuditEntry>& audit);
+
 class PgKmsRepository final : public KmsRepository {
  public:
   explicit PgKmsRepository(db::ConnectionPool& pool) : pool_(pool) {}

@@ -766,5 +766,75 @@ TEST_F(KmsCoreSuite, StatisticsAndAuditPaging) {
   EXPECT_EQ(core_->ListAudit("", 0, "x").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// ---- The repository on its own -----------------------------------------------------------
+
+TEST_F(KmsCoreSuite, RepositoryKeepsAuditTextExactlyAndInOrder) {
+  // Audit rows travel as JSON inside one statement: quotes, backslashes, control characters
+  // and non-ASCII text must come back byte for byte, in the order given.
+  std::vector<AuditEntry> in;
+  for (std::string detail : {std::string("quote \" and backslash \\ and {\"json\": 1}"),
+                             std::string("line\nbreak\ttab\r\x01\x1f\x7f end"),
+                             std::string("caf\xc3\xa9 \xe2\x80\xa6 \\u0041 not an escape")}) {
+    AuditEntry e;
+    e.at_ms = 1'750'000'000'000 + static_cast<int64_t>(in.size());
+    e.actor = "admin:o'brien \"x\"";
+    e.action = "test.audit";
+    e.sn = "POS-JSON";
+    e.detail = detail;
+    e.result = "OK";
+    in.push_back(e);
+  }
+  ASSERT_TRUE(repo().AppendAudit(in).ok());
+  absl::StatusOr<std::vector<AuditEntry>> out = repo().ListAudit("POS-JSON", 0, 10);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->size(), in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ((*out)[i].detail, in[i].detail);
+    EXPECT_EQ((*out)[i].actor, in[i].actor);
+    EXPECT_EQ((*out)[i].at_ms, in[i].at_ms);
+    if (i > 0) EXPECT_GT((*out)[i].seq, (*out)[i - 1].seq);
+  }
+}
+
+TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
+  TestTerminal t("POS-STALE", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::StatusOr<Opened> opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  TerminalRecord read = Terminal(t.sn());
+  const size_t audit_before = AuditOf(t.sn()).size();
+
+  TerminalRecord first = read;
+  first.consecutive_failures = 3;
+  ASSERT_TRUE(repo()
+                  .UpdateTerminal(first, false,
+                                  {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.first",
+                                              .sn = t.sn(), .result = "OK"}})
+                  .ok());
+  // The same version again: refused, and neither its audit entry, its TK change nor its
+  // session cancellation is written.
+  TerminalRecord stale = read;
+  stale.state = TerminalState::kRevoked;
+  stale.ctk_pk = Bytes(read.ctk_pk.size(), 0xEE);
+  EXPECT_EQ(repo()
+                .UpdateTerminal(stale, true,
+                                {AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.stale",
+                                            .sn = t.sn(), .result = "OK"}})
+                .code(),
+            absl::StatusCode::kAborted);
+  TerminalRecord now = Terminal(t.sn());
+  EXPECT_EQ(now.consecutive_failures, 3u);
+  EXPECT_NE(now.state, TerminalState::kRevoked);
+  EXPECT_EQ(now.ctk_pk, read.ctk_pk);
+  EXPECT_EQ(now.version, read.version + 1);
+  std::vector<AuditEntry> audit = AuditOf(t.sn());
+  ASSERT_EQ(audit.size(), audit_before + 1);
+  EXPECT_EQ(audit.back().action, "test.first");
+  absl::StatusOr<AuthSession> session = repo().GetSession(opened->session_id);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ(session->state, SessionState::kOpen);
+}
+
 }  // namespace
 }  // namespace rkl::kms::testing

@@ -21,6 +21,7 @@
 
 #include <functional>
 #include <optional>
+#include <pqxx/nontransaction>
 #include <pqxx/transaction>
 #include <type_traits>
 #include <utility>
@@ -57,6 +58,9 @@ namespace internal {
 absl::Status RunInTransactionImpl(ConnectionPool& pool,
                                   absl::FunctionRef<absl::Status(pqxx::work&)> body,
                                   const TransactionOptions& options);
+absl::Status RunSingleReadImpl(ConnectionPool& pool,
+                               absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
+                               const TransactionOptions& options);
 
 template <typename T>
 struct IsStatusOr : std::false_type {};
@@ -95,6 +99,31 @@ template <typename Fn>
 auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions options = {}) {
   options.read_only = true;
   return RunInTransaction(pool, std::forward<Fn>(fn), options);
+}
+
+// RunSingleRead: fn runs exactly ONE read-only statement, in autocommit mode: one round
+// trip to PostgreSQL instead of four (BEGIN, SET TRANSACTION READ ONLY, the statement,
+// COMMIT). One statement sees one snapshot, so the result is as consistent as the same
+// statement inside a read-only transaction. More than one statement, or any write, does
+// not belong here (each would commit on its own): use RunInReadOnlyTransaction.
+// Retried as RunInTransaction is, and also after a lost connection whatever the moment,
+// since nothing was written. options.isolation and options.read_only are not used.
+template <typename Fn>
+auto RunSingleRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
+    -> std::invoke_result_t<Fn&, pqxx::nontransaction&> {
+  using Result = std::invoke_result_t<Fn&, pqxx::nontransaction&>;
+  static_assert(internal::IsStatusOr<Result>::value, "fn must return absl::StatusOr<T>");
+  std::optional<Result> result;
+  absl::Status status = internal::RunSingleReadImpl(
+      pool,
+      [&](pqxx::nontransaction& tx) -> absl::Status {
+        result.reset();
+        result.emplace(std::invoke(fn, tx));
+        return result->status();
+      },
+      options);
+  if (!status.ok()) return Result(std::move(status));
+  return *std::move(result);
 }
 
 }  // namespace rkl::db
