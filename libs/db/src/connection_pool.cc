@@ -134,7 +134,14 @@ void ConnectionPool::Return(std::unique_ptr<pqxx::connection> conn, bool broken)
         idle_.clear();
       }
     }
-    released_.SignalAll();
+    // One connection (or one free slot) serves one waiter. Waking them all made every
+    // return a stampede on mu_ under load (most of rkl-kms's context switches). After a
+    // broken connection several slots may have freed at once.
+    if (broken) {
+      released_.SignalAll();
+    } else {
+      released_.Signal();
+    }
   }
   // `discard` closes here, outside the lock.
 }

@@ -90,6 +90,33 @@ TEST_F(ConnectionPoolTest, WaiterGetsTheConnectionReleasedBeforeItsTimeout) {
   EXPECT_TRUE(waited.ok()) << waited.status();
 }
 
+TEST_F(ConnectionPoolTest, EveryWaiterIsServedWhenReturnsWakeOneAtATime) {
+  // A return wakes one waiter, not all: no waiter may be left asleep while a connection
+  // sits idle. Sixteen threads queue behind one connection held for 50 ms; each then takes
+  // it for a moment. All must get it well within their (generous) timeout.
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
+  ASSERT_TRUE(held.ok()) << held.status();
+  std::atomic<int> served{0}, failures{0};
+  std::vector<std::thread> waiters;
+  for (int t = 0; t < 16; ++t) {
+    waiters.emplace_back([&] {
+      absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow(absl::Seconds(20));
+      if (!lease.ok()) {
+        ++failures;
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+      ++served;
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(50));
+  { ConnectionPool::Lease dropped = *std::move(held); }
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(served.load(), 16);
+}
+
 TEST_F(ConnectionPoolTest, ManyThreadsNeverExceedMaxSize) {
   constexpr int kMax = 3;
   ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = kMax});
