@@ -167,6 +167,13 @@ absl::StatusOr<PublicKey> PublicKey::FromEvpPkey(EvpPkeyPtr pkey) {
   return PublicKey(std::move(pub), *type);
 }
 
+absl::StatusOr<PublicKey> PublicKey::FromPublicOnlyEvpPkey(EvpPkeyPtr pkey) {
+  if (pkey == nullptr) return absl::InvalidArgumentError("public_key: null");
+  auto type = ClassifyKey(pkey.get(), "public_key");
+  if (!type.ok()) return type.status();
+  return PublicKey(std::move(pkey), *type);
+}
+
 PublicKey::PublicKey(const PublicKey& other) : pkey_(nullptr), type_(other.type_) {
   if (other.pkey_ != nullptr && EVP_PKEY_up_ref(other.pkey_.get()) == 1) {
     pkey_.reset(other.pkey_.get());

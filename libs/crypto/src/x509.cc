@@ -247,12 +247,13 @@ std::string Certificate::IssuerDn() const {
 }
 
 absl::StatusOr<PublicKey> Certificate::GetPublicKey() const {
-  EvpPkeyPtr pkey(X509_get_pubkey(x509_.get()));  // counted reference
+  // A counted reference to the key decoded from SubjectPublicKeyInfo: public only.
+  EvpPkeyPtr pkey(X509_get_pubkey(x509_.get()));
   if (pkey == nullptr) {
     return OpenSslError(absl::StatusCode::kInvalidArgument,
                         "certificate.public_key: cannot be decoded");
   }
-  return PublicKey::FromEvpPkey(std::move(pkey));
+  return PublicKey::FromPublicOnlyEvpPkey(std::move(pkey));
 }
 
 bool Certificate::HasBasicConstraints() const {
