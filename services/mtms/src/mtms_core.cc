@@ -165,15 +165,16 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   }
 
   // 2. The operator certificate parses.
-  absl::StatusOr<crypto::Certificate> cert =
-      crypto::Certificate::FromPem(request.operator_certificate_pem);
+  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
+      trust_.Parse(request.operator_certificate_pem);
   if (!cert.ok()) {
     return absl::InvalidArgumentError(
         "operator_certificate_pem: not exactly one PEM X.509 certificate");
   }
 
   // 3–5. Chains to operator-ca, operator profile, not revoked (UNAVAILABLE without a CRL).
-  RKL_ASSIGN_OR_RETURN(std::string certified_operator, trust_.VerifyForIntake(*cert));
+  RKL_ASSIGN_OR_RETURN(std::string certified_operator,
+                       trust_.VerifyForIntake((*cert)->certificate));
 
   // 6. The package speaks for the operator whose card signed it.
   if (package.operator_id() != certified_operator) {
@@ -182,7 +183,7 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   }
 
   // 7. The signature over the byte-exact package.
-  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, cert->GetPublicKey());
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
   if (absl::Status s =
           crypto::EcdsaVerify(operator_key, AsBytes(request.package), AsBytes(request.signature));
       !s.ok()) {
@@ -211,7 +212,7 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   row.package = Bytes(request.package.begin(), request.package.end());
   row.signature = Bytes(request.signature.begin(), request.signature.end());
   row.operator_certificate_pem = request.operator_certificate_pem;
-  row.operator_certificate_serial = cert->SerialHex();
+  row.operator_certificate_serial = (*cert)->certificate.SerialHex();
   row.work_certificate_serial = package.work_certificate_serial();
   row.ctk_pu = Bytes(package.ctk_pu().begin(), package.ctk_pu().end());
   row.algorithm_code = crypto::KeyAlgorithmCode(*algorithm);

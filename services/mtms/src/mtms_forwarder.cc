@@ -209,10 +209,11 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
   if (!package.ParseFromString(b)) {
     return Reject(row, claim_token, "stored package no longer parses");
   }
-  absl::StatusOr<crypto::Certificate> cert =
-      crypto::Certificate::FromPem(row.operator_certificate_pem);
+  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
+      trust_.Parse(row.operator_certificate_pem);
   if (!cert.ok()) return Reject(row, claim_token, "stored operator certificate does not parse");
-  absl::StatusOr<std::string> operator_id = trust_.VerifyChainAt(*cert, row.received_at_ms / 1000);
+  absl::StatusOr<std::string> operator_id =
+      trust_.VerifyChainAt((*cert)->certificate, row.received_at_ms / 1000);
   if (!operator_id.ok()) {
     if (operator_id.status().code() == absl::StatusCode::kUnavailable) {
       return RetryLater(row, claim_token, operator_id.status());
@@ -220,7 +221,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
     return Reject(row, claim_token,
                   absl::StrCat("stored operator certificate: ", operator_id.status().message()));
   }
-  absl::StatusOr<crypto::PublicKey> key = cert->GetPublicKey();
+  const absl::StatusOr<crypto::PublicKey>& key = (*cert)->key;
   if (!key.ok() || !crypto::EcdsaVerify(*key, row.package, row.signature).ok()) {
     return Reject(row, claim_token, "stored package signature does not verify (claim 4)");
   }

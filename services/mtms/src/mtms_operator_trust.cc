@@ -1,5 +1,7 @@
 #include "mtms_operator_trust.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
@@ -80,9 +82,39 @@ absl::StatusOr<OperatorTrust::Snapshot> OperatorTrust::Current(bool need_crl) {
   return *snapshot_;
 }
 
+absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> OperatorTrust::Parse(
+    const std::string& pem) {
+  {
+    absl::MutexLock lock(&cache_mu_);
+    auto it = parsed_.find(pem);
+    if (it != parsed_.end()) return it->second;
+  }
+  absl::StatusOr<crypto::Certificate> cert = crypto::Certificate::FromPem(pem);
+  if (!cert.ok()) {
+    return absl::InvalidArgumentError("not exactly one PEM X.509 certificate");
+  }
+  absl::StatusOr<crypto::PublicKey> key = cert->GetPublicKey();
+  auto parsed = std::make_shared<const ParsedCertificate>(
+      ParsedCertificate{*std::move(cert), std::move(key)});
+  absl::MutexLock lock(&cache_mu_);
+  if (parsed_.size() >= kMaxCached) parsed_.clear();
+  parsed_.emplace(pem, parsed);
+  return parsed;
+}
+
 absl::StatusOr<std::string> OperatorTrust::CheckChainAndProfile(const crypto::Certificate& issuer,
                                                                 const crypto::Certificate& cert,
                                                                 int64_t at_unix_s) {
+  const Bytes der_bytes = cert.ToDer();
+  std::string der(der_bytes.begin(), der_bytes.end());
+  {
+    absl::MutexLock lock(&cache_mu_);
+    auto it = checked_.find(der);
+    if (it != checked_.end() && it->second.issuer == issuer &&
+        at_unix_s >= it->second.valid_from_s && at_unix_s <= it->second.valid_until_s) {
+      return it->second.operator_id;
+    }
+  }
   const crypto::Certificate roots[] = {issuer};
   absl::Status chain = crypto::VerifyChain(cert, {}, roots, {}, at_unix_s);
   if (!chain.ok()) {
@@ -106,7 +138,13 @@ absl::StatusOr<std::string> OperatorTrust::CheckChainAndProfile(const crypto::Ce
   if (!key.ok() || key->Type() != crypto::KeyType::kEcP256) {
     return absl::UnauthenticatedError("operator_certificate: key must be ECDSA P-256");
   }
-  return cn.substr(sizeof(kOperatorCnPrefix) - 1);
+  std::string operator_id = cn.substr(sizeof(kOperatorCnPrefix) - 1);
+  CheckedChain checked{issuer, operator_id, std::max(cert.NotBefore(), issuer.NotBefore()),
+                       std::min(cert.NotAfter(), issuer.NotAfter())};
+  absl::MutexLock lock(&cache_mu_);
+  if (checked_.size() >= kMaxCached) checked_.clear();
+  checked_.insert_or_assign(std::move(der), std::move(checked));
+  return operator_id;
 }
 
 absl::StatusOr<std::string> OperatorTrust::VerifyForIntake(const crypto::Certificate& cert) {

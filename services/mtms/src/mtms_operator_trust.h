@@ -13,9 +13,20 @@
 // expired or not yet valid → FAILED_PRECONDITION; revoked → FAILED_PRECONDITION;
 // wrong profile (CN form, key type, key usage) → UNAUTHENTICATED.
 // Thread-safe: concurrent checks share one snapshot; one refresh runs at a time.
+//
+// Caches (a few operator cards sign every package, so each is parsed and chain-checked once
+// instead of per package; both caches are bounded and only ever hold public data):
+//  - Parse: the certificate and public key parsed from a PEM text, by the exact text;
+//  - the outcome of a successful chain + profile check, by certificate DER. It depends only
+//    on the certificate, the operator-ca certificate and the time, so it is reused only
+//    under the same operator-ca certificate and only for times inside both certificates'
+//    validity. Failures are never cached, and neither is revocation: every intake asks the
+//    current CRL.
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -32,6 +43,12 @@ class OperatorTrust {
  public:
   static constexpr int64_t kRefreshRetryMs = 5000;
   static constexpr char kOperatorCnPrefix[] = "operator:";
+  static constexpr size_t kMaxCached = 4096;  // per cache; emptied when full
+
+  struct ParsedCertificate {
+    crypto::Certificate certificate;
+    absl::StatusOr<crypto::PublicKey> key;  // its subject public key, as GetPublicKey gave it
+  };
 
   // `ca` and `clock` are not owned and must outlive this object.
   OperatorTrust(CaPort& ca, const Clock& clock, absl::Duration refresh_interval);
@@ -39,6 +56,10 @@ class OperatorTrust {
   // Fetches operator-ca and its CRL now. UNAVAILABLE when the CA cannot be reached;
   // UNAVAILABLE too when what it returned does not verify (the old cache is kept).
   absl::Status Refresh();
+
+  // Exactly one PEM certificate, parsed (once per distinct text). INVALID_ARGUMENT when it
+  // is not; parsing alone proves nothing about the certificate.
+  absl::StatusOr<std::shared_ptr<const ParsedCertificate>> Parse(const std::string& pem);
 
   // Full intake check at the current time: chain to operator-ca, validity, profile, and
   // revocation against a current CRL. Returns the operator id from the CN.
@@ -60,6 +81,13 @@ class OperatorTrust {
                                                    const crypto::Certificate& cert,
                                                    int64_t at_unix_s);
 
+  struct CheckedChain {
+    crypto::Certificate issuer;  // the operator-ca certificate it chained to
+    std::string operator_id;
+    int64_t valid_from_s;   // both certificates valid from ...
+    int64_t valid_until_s;  // ... until (inclusive)
+  };
+
   CaPort& ca_;
   const Clock& clock_;
   const int64_t refresh_interval_ms_;
@@ -68,6 +96,11 @@ class OperatorTrust {
   mutable absl::Mutex mu_;
   std::optional<Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
   std::optional<int64_t> last_failed_refresh_ms_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex cache_mu_;
+  std::unordered_map<std::string, std::shared_ptr<const ParsedCertificate>> parsed_
+      ABSL_GUARDED_BY(cache_mu_);
+  std::unordered_map<std::string, CheckedChain> checked_ ABSL_GUARDED_BY(cache_mu_);
 };
 
 }  // namespace rkl::mtms

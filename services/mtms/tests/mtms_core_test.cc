@@ -203,3 +203,87 @@ TEST(ForwarderThreadTest, BackgroundWorkerForwardsAndStops) {
 
 }  // namespace
 }  // namespace rkl::mtms::testing
+
+namespace rkl::mtms::testing {
+namespace {
+
+// A CA whose operator-ca can be swapped for another one (a re-keyed operator-ca).
+class SwitchableCa final : public CaPort {
+ public:
+  explicit SwitchableCa(TestAuthority* authority) : authority_(authority) {}
+  void Use(TestAuthority* authority) { authority_ = authority; }
+  absl::StatusOr<IssuedCertificate> IssueWorkCertificate(const Bytes&, const std::string&,
+                                                         uint64_t) override {
+    return absl::UnimplementedError("not used");
+  }
+  absl::StatusOr<std::string> GetIssuerCertificate(CaIssuer) override {
+    return authority_->operator_ca().ToPem();
+  }
+  absl::StatusOr<std::string> GetCrl(CaIssuer) override { return authority_->CrlPem(); }
+
+ private:
+  TestAuthority* authority_;
+};
+
+class OperatorTrustCacheTest : public ::testing::Test {
+ protected:
+  FakeClock clock_;
+  std::unique_ptr<TestAuthority> a_ = TestAuthority::Create(clock_);
+  std::unique_ptr<TestAuthority> b_ = TestAuthority::Create(clock_);
+  SwitchableCa ca_{a_.get()};
+  OperatorTrust trust_{ca_, clock_, absl::Hours(1)};
+};
+
+TEST_F(OperatorTrustCacheTest, ACachedChainIsNotReusedUnderAnotherOperatorCa) {
+  OperatorCard alice = a_->IssueOperator("alice");
+  ASSERT_TRUE(trust_.Refresh().ok());
+  auto first = trust_.VerifyForIntake(alice.certificate);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, "alice");
+  ASSERT_TRUE(trust_.VerifyForIntake(alice.certificate).ok());  // now from the cache
+
+  ca_.Use(b_.get());  // operator-ca re-keyed: alice's card no longer chains
+  ASSERT_TRUE(trust_.Refresh().ok());
+  EXPECT_EQ(trust_.VerifyForIntake(alice.certificate).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(trust_.VerifyChainAt(alice.certificate, clock_.NowUnixSeconds()).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(OperatorTrustCacheTest, ACachedChainIsReusedOnlyInsideTheValidityWindow) {
+  OperatorCard dave = a_->IssueOperator("dave", absl::Minutes(30));  // now-1h .. now+30m
+  ASSERT_TRUE(trust_.Refresh().ok());
+  const int64_t now = clock_.NowUnixSeconds();
+  ASSERT_TRUE(trust_.VerifyChainAt(dave.certificate, now).ok());
+  EXPECT_TRUE(trust_.VerifyChainAt(dave.certificate, dave.certificate.NotAfter()).ok());
+  EXPECT_EQ(trust_.VerifyChainAt(dave.certificate, dave.certificate.NotAfter() + 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      trust_.VerifyChainAt(dave.certificate, dave.certificate.NotBefore() - 1).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(trust_.VerifyChainAt(dave.certificate, now).ok());
+  clock_.Advance(absl::Minutes(31));  // past notAfter
+  EXPECT_EQ(trust_.VerifyForIntake(dave.certificate).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(OperatorTrustCacheTest, ParseReturnsTheSameCertificateAndRefusesGarbage) {
+  OperatorCard alice = a_->IssueOperator("alice");
+  auto one = trust_.Parse(alice.certificate.ToPem());
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_TRUE((*one)->certificate == alice.certificate);
+  ASSERT_TRUE((*one)->key.ok());
+  EXPECT_TRUE(*(*one)->key == alice.key.GetPublicKey());
+  auto again = trust_.Parse(alice.certificate.ToPem());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(one->get(), again->get());
+  EXPECT_EQ(trust_.Parse("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(trust_.Parse(alice.certificate.ToPem() + alice.certificate.ToPem()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rkl::mtms::testing

@@ -62,7 +62,7 @@ class TestAuthority {
   const crypto::Certificate& terminal_root() const { return terminal_root_; }
   const crypto::Certificate& operator_ca() const { return operator_ca_; }
 
-  // CN "operator:<cn_id>"; valid from now-1h for `validity`.
+  // CN "operator:<cn_id>"; valid from now-1h until now+`validity`.
   OperatorCard IssueOperator(const std::string& cn_id, absl::Duration validity = absl::Hours(24));
   // Same, but from an unrelated CA that is also called operator-ca.
   OperatorCard IssueForeignOperator(const std::string& cn_id);
