@@ -65,6 +65,7 @@ struct Options {
   // Re-runs of a terminal's flow after a transient failure (provision.h TransientRetry).
   // -1: the command's default (fleet 4, provision 0).
   int retries = -1;
+  bool no_fsync = false;
 };
 
 Clock SystemClock() {
@@ -394,6 +395,7 @@ absl::Status CmdFleet(Session& s, Options& o) {
     o.prefix = absl::StrCat("FLEET-", ToHex(crypto::RandomBytes(3)));
   }
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(FleetSn(o.prefix, o.count - 1)));
+  if (o.no_fsync) SetDurableWrites(false);
   RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, true));
   RKL_ASSIGN_OR_RETURN(KmsAdminPort * admin, s.KmsAdmin());  // fail fast on bad flags
 
@@ -619,6 +621,10 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
   fleet->add_option("--progress", o.progress, "auto|bar|plain|none (auto: bar on a terminal)")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
       ->capture_default_str();
+  fleet->add_flag("--no-fsync", o.no_fsync,
+                  "Do not force the terminals' state files to disk (a load run: real terminals "
+                  "sync their own flash, not this machine's disk). Files are still replaced "
+                  "atomically; a crash of this machine may lose the last steps' state");
   commands.push_back({fleet, [&](Session& s) { return CmdFleet(s, o); }});
 
   try {

@@ -91,6 +91,33 @@ TEST(SecureModuleTest, CreateSealsWithPrivateModesAndReopens) {
   EXPECT_EQ(entries, 2);
 }
 
+TEST(SecureModuleTest, WithoutDurableWritesStateIsStillReplacedWhole) {
+  // fleet --no-fsync: no fsync, but the same atomic replace and the same sealed contents.
+  struct Restore {
+    ~Restore() { SetDurableWrites(true); }
+  } restore;
+  SetDurableWrites(false);
+  ASSERT_FALSE(DurableWrites());
+  TempDir dir;
+  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  SecureModuleState next = m->state();
+  next.lifecycle = Lifecycle::kTkSubmitted;
+  next.submission_id = "sub-2";
+  ASSERT_TRUE(m->Commit(next).ok());
+  auto reopened = SecureModule::Open(dir.path(), "T-1");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(reopened->Describe().lifecycle, "TK_SUBMITTED");
+  EXPECT_EQ(reopened->state().submission_id, "sub-2");
+  EXPECT_EQ(ModeOf(m->state_file()), 0600u);
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 2);
+}
+
 TEST(SecureModuleTest, CreateRefusesAnExistingTerminal) {
   TempDir dir;
   ASSERT_TRUE(SecureModule::Create(dir.path(), SampleState("T-1")).ok());
