@@ -200,8 +200,8 @@ const char* SubmissionStateName(SubmissionState state) {
 }
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() {
-  return db::RunInReadOnlyTransaction(
-      pool_, [](pqxx::work& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
+  return db::RunSingleRead(
+      pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
         pqxx::result r = db::Exec(tx, kSelectCurrentWorkKey);
         if (r.empty()) return std::nullopt;
         return ReadWorkKey(r[0]);
@@ -210,8 +210,8 @@ absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() 
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
     const std::string& serial) {
-  return db::RunInReadOnlyTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
+  return db::RunSingleRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
         pqxx::result r = db::Exec(tx, kSelectWorkKey, serial);
         if (r.empty()) return std::nullopt;
         return ReadWorkKey(r[0]);
@@ -219,8 +219,8 @@ absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
 }
 
 absl::StatusOr<std::vector<WorkKeyRecord>> PgMtmsRepository::ListWorkKeys() {
-  return db::RunInReadOnlyTransaction(
-      pool_, [](pqxx::work& tx) -> absl::StatusOr<std::vector<WorkKeyRecord>> {
+  return db::RunSingleRead(
+      pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<WorkKeyRecord>> {
         std::vector<WorkKeyRecord> keys;
         for (const pqxx::row& row : db::Exec(tx, kListWorkKeys)) keys.push_back(ReadWorkKey(row));
         return keys;
@@ -297,8 +297,8 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
 
 absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
     const std::string& submission_id) {
-  return db::RunInReadOnlyTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<SubmissionRecord>> {
+  return db::RunSingleRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<SubmissionRecord>> {
         pqxx::result r = db::Exec(tx, kSelectSubmission, submission_id);
         if (r.empty()) return std::nullopt;
         return ReadSubmission(r[0]);
@@ -307,8 +307,8 @@ absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
 
 absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
     std::optional<SubmissionState> state, size_t limit, const std::optional<QueueCursor>& after) {
-  return db::RunInReadOnlyTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<SubmissionRecord>> {
+  return db::RunSingleRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<SubmissionRecord>> {
         const char* state_param = state ? SubmissionStateName(*state) : nullptr;
         std::string received = after ? std::to_string(after->received_at_ms) : "";
         const char* received_param = after ? received.c_str() : nullptr;
@@ -323,7 +323,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
 }
 
 absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
-  return db::RunInReadOnlyTransaction(pool_, [](pqxx::work& tx) -> absl::StatusOr<QueueCounts> {
+  return db::RunSingleRead(pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<QueueCounts> {
     QueueCounts counts;
     for (const pqxx::row& row : db::Exec(tx, kCountByState)) {
       uint64_t n = row[1].as<uint64_t>();
@@ -411,8 +411,8 @@ absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) {
 }
 
 absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limit) {
-  return db::RunInReadOnlyTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
+  return db::RunSingleRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
         std::vector<AuditRecord> records;
         for (const pqxx::row& row : db::Exec(tx, kListAudit, static_cast<int64_t>(limit))) {
           AuditRecord a;
