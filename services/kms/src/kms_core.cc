@@ -146,7 +146,7 @@ void KmsCore::AuditFailure(const std::string& actor, const char* action, const s
 }
 
 absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide,
-                                               const TerminalRecord* known) {
+                                               const TerminalRecord* known, bool* session_moved) {
   absl::Status last;
   for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
     // A record the caller just read saves a round of reads; if it is stale, the versioned
@@ -160,7 +160,14 @@ absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Deci
     RKL_ASSIGN_OR_RETURN(std::optional<Change> change, decide(current));
     if (!change) return current;
     change->record.updated_at_ms = NowMs();
-    last = repository_.UpdateTerminal(change->record, change->cancel_sessions, change->audit);
+    if (change->session_move) {
+      absl::StatusOr<bool> moved = repository_.UpdateTerminalAndMoveSession(
+          change->record, change->audit, *change->session_move);
+      last = moved.status();
+      if (moved.ok() && session_moved != nullptr) *session_moved = *moved;
+    } else {
+      last = repository_.UpdateTerminal(change->record, change->cancel_sessions, change->audit);
+    }
     if (last.ok()) {
       change->record.version = current.version + 1;
       return change->record;
@@ -512,6 +519,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   const ExportedKeyBlock* block = &out->block;
 
   // Authenticated (the failure streak ends here) and the TMK delivered: one update.
+  bool moved = false;
   absl::StatusOr<TerminalRecord> delivered = Mutate(
       sn,
       [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
@@ -536,16 +544,16 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
             absl::StrCat(new_tmk ? "new" : "existing", " TMK tmk_index ", tmk->tmk_index,
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
                          ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
+        // The session awaits the install proof of this TMK: same transaction.
+        c.session_move = SessionMove{session_id, SessionState::kVerifying,
+                                     SessionState::kAuthenticated, tmk->kcv};
         return c;
       },
-      &terminal);
+      &terminal, &moved);
   if (!delivered.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, delivered.status());
     return delivered.status();
   }
-  RKL_ASSIGN_OR_RETURN(bool moved,
-                       repository_.TransitionSession(session_id, SessionState::kVerifying,
-                                                     SessionState::kAuthenticated, tmk->kcv));
   if (!moved) return absl::AbortedError("session_id: session changed concurrently");
   return DeliveryResult{block->key_block, tmk->kcv};
 }
@@ -613,6 +621,9 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
         c.audit.push_back(Audit(actor, kActionInstalled, sn,
                                 absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
                                              " generation ", cur.tmk_generation)));
+        // The session is spent with the installation, in the same transaction.
+        c.session_move = SessionMove{session_id, SessionState::kConfirming,
+                                     SessionState::kConfirmed, std::nullopt};
         return c;
       }, &terminal);
   if (!installed.ok()) {
@@ -620,10 +631,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
                    installed.status());
     return installed.status();
   }
-  RKL_ASSIGN_OR_RETURN(bool moved,
-                       repository_.TransitionSession(session_id, SessionState::kConfirming,
-                                                     SessionState::kConfirmed, std::nullopt));
-  (void)moved;  // the terminal row is what counts; the session is spent either way
+  // Whether the session moved does not matter: the terminal row is what counts.
   spdlog::info("kms: terminal {} installed TMK kcv {} (generation {})", sn, installed->tmk_kcv,
                installed->tmk_generation);
   return installed->state;

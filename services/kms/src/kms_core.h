@@ -143,6 +143,8 @@ class KmsCore {
     TerminalRecord record;
     bool cancel_sessions = false;
     std::vector<AuditEntry> audit;
+    // A session step written in the same transaction (never with cancel_sessions).
+    std::optional<SessionMove> session_move;
   };
   // Returns the change to make, nullopt for none, or the refusal.
   using Decision = std::function<absl::StatusOr<std::optional<Change>>(const TerminalRecord&)>;
@@ -150,8 +152,10 @@ class KmsCore {
   // Reads the terminal (or starts from `known`, a record the caller has just read or
   // written), decides, writes; re-reads and decides again when another replica changed the
   // row in between. Returns the terminal as it is afterwards.
+  // With a session_move in the change, *session_moved says whether the session moved.
   absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide,
-                                        const TerminalRecord* known = nullptr);
+                                        const TerminalRecord* known = nullptr,
+                                        bool* session_moved = nullptr);
   // One more consecutive failure; locks the SN at the threshold.
   absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
   // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for

@@ -19,6 +19,14 @@
 
 namespace rkl::kms {
 
+// A session step taken in the same transaction as a terminal update.
+struct SessionMove {
+  std::string id;
+  SessionState from;
+  SessionState to;
+  std::optional<std::string> tmk_kcv;  // set on the session when given
+};
+
 struct TerminalFilter {
   std::optional<TerminalState> state;  // nullopt: all
   std::string sn_prefix;
@@ -40,6 +48,12 @@ class KmsRepository {
   // AUTHENTICATED sessions become CANCELLED in the same transaction.
   virtual absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
                                       const std::vector<AuditEntry>& audit) = 0;
+  // UpdateTerminal (without cancelling sessions) and, in the same transaction, the session
+  // step `move` if the session is still in `move.from`. Returns whether the session moved;
+  // the terminal update stands either way. ABORTED, changing nothing, as UpdateTerminal.
+  virtual absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,
+                                                            const std::vector<AuditEntry>& audit,
+                                                            const SessionMove& move) = 0;
   virtual absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(
       const TerminalFilter& filter) = 0;
 

@@ -87,23 +87,43 @@ const std::string kInsertTerminal = WithAuditParam(
         "SELECT count(*) FROM t"),
     23);
 
-// Terminal $1..$13 (version last), TK $14..$22, cancel sessions $23, audit $24. Returns
-// the number of terminal rows updated: 0 when the version moved on (nothing is written).
+// The terminal half of kUpdateTerminal and kUpdateTerminalMoveSession: terminal $1..$13
+// (version last), TK $14..$22.
+std::string UpdateTerminalCtes() {
+  return absl::StrCat(
+      "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+      "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+      "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+      "updated_at_ms = $12, version = version + 1 "
+      "WHERE sn = $1 AND version = $13 RETURNING sn), "
+      "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+      "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+      "SELECT sn, ",
+      kTkParams, " FROM u ", kTkValues, "), ");
+}
+
+// Cancel sessions $23, audit $24. Returns the number of terminal rows updated: 0 when the
+// version moved on (nothing is written).
 const std::string kUpdateTerminal = WithAuditParam(
-    absl::StrCat(
-        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
-        "updated_at_ms = $12, version = version + 1 "
-        "WHERE sn = $1 AND version = $13 RETURNING sn), "
-        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
-        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-        "SELECT sn, ", kTkParams, " FROM u ", kTkValues, "), "
-        "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
-        "WHERE $23::boolean AND sn IN (SELECT sn FROM u) AND state IN ('OPEN', 'AUTHENTICATED')), "
-        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-        "SELECT count(*) FROM u"),
+    absl::StrCat(UpdateTerminalCtes(),
+                 "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
+                 "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
+                 "AND state IN ('OPEN', 'AUTHENTICATED')), "
+                 "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+                 "SELECT count(*) FROM u"),
     24);
+
+// Session move: id $23, from $24, to $25, tmk_kcv $26 (NULL keeps it); audit $27. Returns
+// terminal rows updated and sessions moved.
+const std::string kUpdateTerminalMoveSession = WithAuditParam(
+    absl::StrCat(UpdateTerminalCtes(),
+                 "m AS (UPDATE auth_sessions SET state = $25::text, "
+                 "tmk_kcv = coalesce($26::text, tmk_kcv) "
+                 "WHERE id = $23::text AND state = $24::text AND EXISTS (SELECT 1 FROM u) "
+                 "RETURNING id), "
+                 "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+                 "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
+    27);
 
 // Session $1..$9, audit $10.
 const std::string kInsertSession = WithAuditParam(
@@ -311,6 +331,29 @@ absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cance
       return absl::AbortedError("terminal changed concurrently");
     }
     return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<bool> PgKmsRepository::UpdateTerminalAndMoveSession(
+    const TerminalRecord& t, const std::vector<AuditEntry>& audit, const SessionMove& move) {
+  const std::string audit_json = AuditJson(audit);
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
+    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    NullableText move_kcv(move.tmk_kcv.value_or(""), !move.tmk_kcv.has_value());
+    TkParams tk(t);
+    pqxx::row r = db::Exec1(
+        tx, kUpdateTerminalMoveSession, t.sn, TerminalStateName(t.state), before.get(),
+        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
+        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
+        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
+        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(),
+        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, move.id,
+        SessionStateName(move.from), SessionStateName(move.to), move_kcv.get(), audit_json);
+    if (r[0].as<int64_t>() != 1) {
+      return absl::AbortedError("terminal changed concurrently");
+    }
+    return r[1].as<int64_t>() == 1;
   });
 }
 

@@ -23,6 +23,9 @@ class PgKmsRepository final : public KmsRepository {
                               const std::vector<AuditEntry>& audit) override;
   absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
                               const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,
+                                                    const std::vector<AuditEntry>& audit,
+                                                    const SessionMove& move) override;
   absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(const TerminalFilter& filter) override;
   absl::Status InsertSession(const AuthSession& session,
                              const std::vector<AuditEntry>& audit) override;

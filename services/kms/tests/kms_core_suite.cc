@@ -836,5 +836,52 @@ TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   EXPECT_EQ(session->state, SessionState::kOpen);
 }
 
+TEST_F(KmsCoreSuite, RepositoryMovesTheSessionWithTheTerminalUpdate) {
+  TestTerminal t("POS-MOVE", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::StatusOr<Opened> opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  const std::string& id = opened->session_id;
+  TerminalRecord read = Terminal(t.sn());
+
+  // A stale version: ABORTED, and the session does not move either.
+  TerminalRecord stale = read;
+  stale.version = read.version - 1;
+  EXPECT_EQ(repo()
+                .UpdateTerminalAndMoveSession(
+                    stale, {}, SessionMove{id, SessionState::kOpen, SessionState::kVerifying, {}})
+                .status()
+                .code(),
+            absl::StatusCode::kAborted);
+  ASSERT_EQ(repo().GetSession(id)->state, SessionState::kOpen);
+
+  // The session is in `from`: both change, in one go.
+  TerminalRecord next = read;
+  next.consecutive_failures = 2;
+  absl::StatusOr<bool> moved = repo().UpdateTerminalAndMoveSession(
+      next, {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.move", .sn = t.sn(),
+                        .result = "OK"}},
+      SessionMove{id, SessionState::kOpen, SessionState::kAuthenticated, "ABCDEF"});
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_TRUE(*moved);
+  absl::StatusOr<AuthSession> session = repo().GetSession(id);
+  ASSERT_TRUE(session.ok());
+  EXPECT_EQ(session->state, SessionState::kAuthenticated);
+  EXPECT_EQ(session->tmk_kcv, "ABCDEF");
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 2u);
+  EXPECT_EQ(AuditOf(t.sn()).back().action, "test.move");
+
+  // The session is no longer in `from`: the terminal update stands, the session stays.
+  TerminalRecord after = Terminal(t.sn());
+  after.consecutive_failures = 3;
+  moved = repo().UpdateTerminalAndMoveSession(
+      after, {}, SessionMove{id, SessionState::kOpen, SessionState::kCancelled, std::nullopt});
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_FALSE(*moved);
+  EXPECT_EQ(repo().GetSession(id)->state, SessionState::kAuthenticated);
+  EXPECT_EQ(repo().GetSession(id)->tmk_kcv, "ABCDEF");
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 3u);
+}
+
 }  // namespace
 }  // namespace rkl::kms::testing

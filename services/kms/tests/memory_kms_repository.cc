@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/status/status.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::kms::testing {
 
@@ -37,6 +38,24 @@ absl::Status MemoryKmsRepository::UpdateTerminal(const TerminalRecord& terminal,
                                                  bool cancel_sessions,
                                                  const std::vector<AuditEntry>& audit) {
   absl::MutexLock lock(&mu_);
+  return UpdateLocked(terminal, cancel_sessions, audit);
+}
+
+absl::StatusOr<bool> MemoryKmsRepository::UpdateTerminalAndMoveSession(
+    const TerminalRecord& terminal, const std::vector<AuditEntry>& audit,
+    const SessionMove& move) {
+  absl::MutexLock lock(&mu_);
+  RKL_RETURN_IF_ERROR(UpdateLocked(terminal, false, audit));
+  auto it = sessions_.find(move.id);
+  if (it == sessions_.end() || it->second.state != move.from) return false;
+  it->second.state = move.to;
+  if (move.tmk_kcv) it->second.tmk_kcv = *move.tmk_kcv;
+  return true;
+}
+
+absl::Status MemoryKmsRepository::UpdateLocked(const TerminalRecord& terminal,
+                                               bool cancel_sessions,
+                                               const std::vector<AuditEntry>& audit) {
   auto it = terminals_.find(terminal.sn);
   if (it == terminals_.end() || it->second.version != terminal.version) {
     return absl::AbortedError("terminal changed concurrently");

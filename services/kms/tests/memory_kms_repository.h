@@ -16,6 +16,9 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
   absl::Status InsertTerminal(const TerminalRecord& terminal,
                               const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,
+                                                    const std::vector<AuditEntry>& audit,
+                                                    const SessionMove& move) override;
   absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
                               const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(const TerminalFilter& filter) override;
@@ -32,6 +35,9 @@ class MemoryKmsRepository final : public KmsRepository {
 
  private:
   void Append(const std::vector<AuditEntry>& audit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status UpdateLocked(const TerminalRecord& terminal, bool cancel_sessions,
+                            const std::vector<AuditEntry>& audit)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   std::map<std::string, TerminalRecord> terminals_ ABSL_GUARDED_BY(mu_);
