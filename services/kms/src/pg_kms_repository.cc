@@ -42,7 +42,7 @@ constexpr char kAuditFromJson[] =
     "FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, at_ms bigint, actor text, "
     "action text, sn text, detail text, result text) ";
 
-// $1..$10 as in the sn_tk_kms columns; an unchanged row is not rewritten.
+// The SN-TK_KMS upsert's conflict clause: an unchanged row is not rewritten.
 constexpr char kTkValues[] =
     "ON CONFLICT (sn) DO UPDATE SET ctk_pk = EXCLUDED.ctk_pk, "
     "mtms_submission_id = EXCLUDED.mtms_submission_id, "
