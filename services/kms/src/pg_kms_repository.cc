@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
@@ -223,28 +224,6 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
   s.created_at_ms = r[7].as<int64_t>();
   s.expires_at_ms = r[8].as<int64_t>();
   return s;
-}
-
-// A JSON string literal. Control characters, quotes and backslashes are escaped; other
-// bytes pass through (PostgreSQL checks they are UTF-8, as it would for a text parameter).
-void AppendJsonString(std::string& out, std::string_view v) {
-  out += '"';
-  for (unsigned char c : v) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          absl::StrAppend(&out, "\\u00", absl::Hex(c, absl::kZeroPad2));
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
 }
 
 }  // namespace
