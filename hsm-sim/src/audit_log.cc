@@ -7,6 +7,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kdf.h"
 #include "rkl/crypto/openssl_ptr.h"
@@ -34,6 +35,15 @@ constexpr char kNextPendingId[] = "SELECT nextval('hsm_audit_pending_id_seq')";
 constexpr char kInsertPending[] =
     "INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+// Ids for a group of records, in order.
+constexpr char kNextPendingIds[] =
+    "SELECT nextval('hsm_audit_pending_id_seq') FROM generate_series(1, $1)";
+// A group of pending records in one statement; mac as hex text.
+constexpr char kInsertPendingGroup[] =
+    "INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
+    "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, 'hex') "
+    "FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, at_ms bigint, actor text, action text, "
+    "sn text, detail text, result text, mac text)";
 constexpr char kPendingBatch[] =
     "SELECT id, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
     "ORDER BY id LIMIT $1";
@@ -138,6 +148,87 @@ absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const A
   db::Exec(tx, kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
                  pqxx::binarystring(mac.data(), mac.size()));
   return absl::OkStatus();
+}
+
+absl::Status PgAuditLog::AppendGrouped(const AuditEvent& event) {
+  absl::MutexLock lock(&group_mu_);
+  const uint64_t mine = next_group_;
+  group_queue_.push_back(&event);
+  ++group_members_[mine];
+  while (done_group_ < mine) {
+    if (flushing_) {
+      group_cv_.Wait(&group_mu_);
+      continue;
+    }
+    // Nobody is writing: this thread writes everything queued so far, its own record
+    // included, as one group.
+    flushing_ = true;
+    const uint64_t group = next_group_++;
+    std::vector<const AuditEvent*> events = std::move(group_queue_);
+    group_queue_.clear();
+    std::function<void()> hook = group_hook_;
+    group_mu_.Unlock();
+    if (hook) hook();
+    absl::Status written = WriteGroup(events);
+    group_mu_.Lock();
+    flushing_ = false;
+    done_group_ = group;
+    group_status_[group] = std::move(written);
+    ++groups_written_;
+    group_cv_.SignalAll();
+  }
+  absl::Status status = group_status_[mine];
+  if (--group_members_[mine] == 0) {
+    group_members_.erase(mine);
+    group_status_.erase(mine);
+  }
+  return status;
+}
+
+absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events) {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
+    std::vector<uint64_t> ids;
+    ids.reserve(events.size());
+    for (const auto& row : db::Exec(tx, kNextPendingIds, static_cast<int64_t>(events.size()))) {
+      ids.push_back(row[0].as<uint64_t>());
+    }
+    if (ids.size() != events.size()) return absl::InternalError("audit: too few record ids");
+    std::string json = "[";
+    for (size_t i = 0; i < events.size(); ++i) {
+      const AuditEvent& e = *events[i];
+      RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, ids[i], e));
+      absl::StrAppend(&json, i ? "," : "", "{\"id\":", ids[i], ",\"at_ms\":", e.at_ms,
+                      ",\"actor\":");
+      AppendJsonString(json, e.actor);
+      json += ",\"action\":";
+      AppendJsonString(json, e.action);
+      json += ",\"sn\":";
+      AppendJsonString(json, e.sn);
+      json += ",\"detail\":";
+      AppendJsonString(json, e.detail);
+      json += ",\"result\":";
+      AppendJsonString(json, e.result);
+      absl::StrAppend(&json, ",\"mac\":\"", ToHex(mac), "\"}");
+    }
+    json += "]";
+    db::Exec(tx, kInsertPendingGroup, json);
+    return absl::OkStatus();
+  });
+}
+
+void PgAuditLog::SetGroupHookForTest(std::function<void()> hook) {
+  absl::MutexLock lock(&group_mu_);
+  group_hook_ = std::move(hook);
+}
+
+size_t PgAuditLog::queued_for_test() {
+  absl::MutexLock lock(&group_mu_);
+  return group_queue_.size();
+}
+
+uint64_t PgAuditLog::groups_written() {
+  absl::MutexLock lock(&group_mu_);
+  return groups_written_;
 }
 
 absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {

@@ -19,14 +19,21 @@
 //  - a pending record whose MAC does not verify when it is sealed is replaced in the chain
 //    by a record saying so (action "audit_record_tampered"), and Verify() reports the chain
 //    broken at that record; pending records not yet sealed are checked by their own MAC;
+//  - records of commands that change no key (AppendGrouped) are written in groups: every
+//    caller waits until its record has committed, and concurrent callers share one
+//    transaction (one thread writes what has queued while the previous group committed), so
+//    a burst of read-only commands costs a few commits instead of one each;
 //  - thread-safe; the audit key lives in SecretBytes and never leaves this object.
 // Limitations: removing the newest records (truncating the tail of the chain, or deleting a
 // pending record before it is sealed — at most seal_interval old) is not detectable;
 // records_checked lets an operator compare against what they saw before.
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -93,6 +100,16 @@ class PgAuditLog : public AuditLog {
   // Appends inside the caller's transaction (takes no lock).
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
 
+  // Appends durably: returns once the record has committed, in a transaction shared with
+  // the records of concurrent callers. The group's error, if its write failed.
+  absl::Status AppendGrouped(const AuditEvent& event);
+  // Groups written so far (for tests and metrics).
+  uint64_t groups_written();
+  // Tests only: `hook` runs in the writing thread before each group is written, and
+  // queued_for_test() tells how many records wait for the next group.
+  void SetGroupHookForTest(std::function<void()> hook);
+  size_t queued_for_test();
+
   // Moves every committed pending record into the chain (in batches, one transaction each).
   // Returns how many were sealed.
   absl::StatusOr<uint64_t> Seal();
@@ -104,6 +121,7 @@ class PgAuditLog : public AuditLog {
  private:
   absl::StatusOr<uint64_t> SealBatch(int limit);
   void SealerLoop(absl::Duration interval);
+  absl::Status WriteGroup(const std::vector<const AuditEvent*>& events);
 
   db::ConnectionPool& pool_;
   const crypto::SecretBytes audit_key_;
@@ -111,6 +129,18 @@ class PgAuditLog : public AuditLog {
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread sealer_;
+
+  // Group writes. Group n collects the records queued while group n-1 is written.
+  absl::Mutex group_mu_;
+  absl::CondVar group_cv_;
+  std::vector<const AuditEvent*> group_queue_ ABSL_GUARDED_BY(group_mu_);  // next group
+  uint64_t next_group_ ABSL_GUARDED_BY(group_mu_) = 1;
+  uint64_t done_group_ ABSL_GUARDED_BY(group_mu_) = 0;
+  bool flushing_ ABSL_GUARDED_BY(group_mu_) = false;
+  std::map<uint64_t, absl::Status> group_status_ ABSL_GUARDED_BY(group_mu_);
+  std::map<uint64_t, int> group_members_ ABSL_GUARDED_BY(group_mu_);  // still to collect
+  uint64_t groups_written_ ABSL_GUARDED_BY(group_mu_) = 0;
+  std::function<void()> group_hook_ ABSL_GUARDED_BY(group_mu_);
 };
 
 }  // namespace rkl::hsm

@@ -133,6 +133,18 @@ HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomS
 template <typename Fn>
 auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
+  return RunUnit(std::move(event), crypto, attempts, false, std::forward<Fn>(body));
+}
+
+template <typename Fn>
+auto HsmCore::RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
+    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
+  return RunUnit(std::move(event), crypto, 1, true, std::forward<Fn>(body));
+}
+
+template <typename Fn>
+auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
+    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
   using R = std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   if (crypto && !options_.self_test_passed) {
     RecordFailure(event, SelfTestFailed());
@@ -142,7 +154,7 @@ auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
   std::optional<R> out;
   std::string failure_detail = event.detail;
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    status = store_.Transact([&](KeyTransaction& tx) -> absl::Status {
+    auto unit = [&](KeyTransaction& tx) -> absl::Status {
       out.reset();
       AuditEvent record = event;
       R result = body(tx, record);
@@ -153,7 +165,8 @@ auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
       RKL_RETURN_IF_ERROR(tx.Audit(record));
       out.emplace(std::move(result));
       return absl::OkStatus();
-    });
+    };
+    status = read_only ? store_.TransactReadOnly(unit) : store_.Transact(unit);
     if (status.code() != absl::StatusCode::kAlreadyExists) break;
   }
   if (status.ok()) return std::move(*out);
@@ -536,7 +549,7 @@ absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
       .action = "translate_transport_key",
       .sn = cmd.sn,
       .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
+  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
     RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
     if (!cmd.algorithm) {
       return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
@@ -769,7 +782,7 @@ absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& ca
                    .action = "auth_challenge",
                    .sn = sn,
                    .detail = absl::StrCat("auk=", auk_index)};
-  return Run(event, true, 1,
+  return RunReadOnly(event, true,
              [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
                return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
              });
@@ -793,7 +806,7 @@ absl::Status HsmCore::AuthVerify(const std::string& caller, const AuthVerifyComm
                    .action = "auth_verify",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("auk=", cmd.auk_index)};
-  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
     return DoAuthVerify(tx, audit, cmd);
   });
 }
@@ -833,7 +846,7 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& call
                    .action = "export_key_block",
                    .sn = sn,
                    .detail = absl::StrCat("key=", key_index, " kek=", kek_index)};
-  return Run(event, true, 1,
+  return RunReadOnly(event, true,
              [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
                return DoExport(tx, audit, key_index, kek_index, sn);
              });
@@ -887,7 +900,7 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("auk=", cmd.auk_index,
                                           " tmk_kcv=", absl::AsciiStrToUpper(cmd.tmk_kcv))};
-  return Run(event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
     RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
     auto kcv = FromHex(cmd.tmk_kcv, "tmk_kcv");
     if (!kcv.ok() || kcv->size() != crypto::kKcvSize) {
@@ -924,7 +937,7 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
 absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
       .actor = caller, .action = "get_key_info", .detail = absl::StrCat("key=", key_index)};
-  return Run(event, false, 1, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
+  return RunReadOnly(event, false, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
     if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
     RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
     if (!record)
@@ -956,7 +969,7 @@ absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
 absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_t length) {
   AuditEvent event{
       .actor = caller, .action = "generate_random", .detail = absl::StrCat("length=", length)};
-  return Run(event, true, 1, [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
+  return RunReadOnly(event, true, [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
     if (length == 0 || length > kMaxRandomLength) {
       return absl::InvalidArgumentError("length: must be between 1 and 1024");
     }

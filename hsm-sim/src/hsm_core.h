@@ -207,8 +207,17 @@ class HsmCore {
                      const absl::Status& status);
 
  private:
+  // One command: body in one unit of work with its audit record (attempts > 1 re-runs it on
+  // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyStore::
+  // TransactReadOnly), one attempt.
   template <typename Fn>
   auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
+      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
+  template <typename Fn>
+  auto RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
+      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
+  template <typename Fn>
+  auto RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
   // The bodies of the commands, for use inside one transaction (Run).

@@ -301,9 +301,14 @@ absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::Unseal
 
 class PgKeyTransaction : public KeyTransaction {
  public:
-  PgKeyTransaction(pqxx::work& tx, PgKeyStore& store) : tx_(tx), store_(store) {}
+  // In a transaction (`deferred_audit` null), or read-only in autocommit: writes are refused
+  // and the audit record is handed back through `deferred_audit` to be written afterwards.
+  PgKeyTransaction(pqxx::transaction_base& tx, PgKeyStore& store,
+                   std::optional<AuditEvent>* deferred_audit = nullptr)
+      : tx_(tx), store_(store), deferred_audit_(deferred_audit) {}
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
+    RKL_RETURN_IF_ERROR(Writable());
     uint64_t index = db::Exec1(tx_, kNextKeyIndex)[0].as<uint64_t>();
     Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
     RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
@@ -372,6 +377,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
+    RKL_RETURN_IF_ERROR(Writable());
     if (state == KeyState::kDeleted) {
       db::Exec(tx_, kEraseKey, index, now_ms);
       store_.cache_.Erase(index);
@@ -382,6 +388,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status InsertCeremony(const Ceremony& c) override {
+    RKL_RETURN_IF_ERROR(Writable());
     db::Exec(tx_, kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
                     c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
                     c.expires_at_ms);
@@ -414,6 +421,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
                                 uint64_t result_key_index) override {
+    RKL_RETURN_IF_ERROR(Writable());
     db::Exec(tx_, kSetCeremonyState, id, static_cast<int>(state), result_key_index);
     return absl::OkStatus();
   }
@@ -421,6 +429,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
                             const std::string& kcv, const crypto::SecretBytes& component,
                             int64_t now_ms) override {
+    RKL_RETURN_IF_ERROR(Writable());
     if (!db::Exec(tx_, kComponentExists, ceremony_id, custodian).empty()) {
       return absl::AlreadyExistsError(absl::StrCat(
           "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
@@ -450,17 +459,28 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status DeleteComponents(const std::string& ceremony_id) override {
+    RKL_RETURN_IF_ERROR(Writable());
     db::Exec(tx_, kDeleteComponents, ceremony_id);
     return absl::OkStatus();
   }
 
   absl::Status Audit(const AuditEvent& event) override {
+    if (deferred_audit_ != nullptr) {
+      *deferred_audit_ = event;
+      return absl::OkStatus();
+    }
     return store_.audit_.AppendInTransaction(tx_, event);
   }
 
  private:
-  pqxx::work& tx_;
+  absl::Status Writable() const {
+    if (deferred_audit_ == nullptr) return absl::OkStatus();
+    return absl::InternalError("a read-only HSM command tried to change a key record");
+  }
+
+  pqxx::transaction_base& tx_;
   PgKeyStore& store_;
+  std::optional<AuditEvent>* deferred_audit_;
 };
 
 PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
@@ -472,6 +492,22 @@ absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&
     PgKeyTransaction ktx(tx, *this);
     return fn(ktx);
   });
+}
+
+absl::Status PgKeyStore::TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+  // Each read is its own autocommit statement — what READ COMMITTED gives the statements of
+  // one transaction anyway — so the reads cost one round trip each and no BEGIN/COMMIT.
+  std::optional<AuditEvent> audit;
+  absl::StatusOr<bool> done =
+      db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        audit.reset();
+        PgKeyTransaction ktx(tx, *this, &audit);
+        RKL_RETURN_IF_ERROR(fn(ktx));
+        return true;
+      });
+  RKL_RETURN_IF_ERROR(done.status());
+  if (!audit) return absl::InternalError("an HSM command finished without its audit record");
+  return audit_.AppendGrouped(*audit);
 }
 
 }  // namespace rkl::hsm

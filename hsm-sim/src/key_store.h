@@ -163,6 +163,13 @@ class KeyStore {
  public:
   virtual ~KeyStore() = default;
   virtual absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) = 0;
+  // For commands that change no key: fn may only read (any write fails with INTERNAL and
+  // nothing is written), and its audit record is durable before this returns OK. The
+  // default is Transact(fn); PgKeyStore reads without a transaction and writes the record
+  // in a group with those of concurrent commands (PgAuditLog::AppendGrouped).
+  virtual absl::Status TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+    return Transact(fn);
+  }
 };
 
 // Bounded LRU cache of unsealed keys; entries are zeroed when evicted or erased.
@@ -212,6 +219,7 @@ class PgKeyStore : public KeyStore {
              size_t cache_capacity);
 
   absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
+  absl::Status TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
 
   UnsealedKeyCache& cache() { return cache_; }
 

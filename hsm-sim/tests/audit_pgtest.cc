@@ -6,8 +6,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <pqxx/pqxx>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -269,6 +271,69 @@ TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
   auto v = Verify();
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_TRUE(v->intact());
+}
+
+TEST_F(AuditPgTest, GroupedRecordsQueuedDuringAWriteShareTheNextTransaction) {
+  // The first record is held in its write until seven more have queued behind it: those
+  // seven must then go in one group, and every caller returns only once its record is in.
+  PgAuditLog& log = hsm_->daemon().audit_log();
+  absl::Notification release;
+  std::atomic<bool> first{true};
+  log.SetGroupHookForTest([&] {
+    if (first.exchange(false)) release.WaitForNotification();
+  });
+  const uint64_t groups_before = log.groups_written();
+  const int64_t pending_before = Pending();
+  std::atomic<int> failed{0};
+  auto append = [&](int i) {
+    AuditEvent e{.at_ms = 1000 + i, .actor = "kms", .action = "test_group",
+                 .detail = absl::StrCat("record ", i), .result = "OK"};
+    if (!log.AppendGrouped(e).ok()) ++failed;
+  };
+  std::vector<std::thread> callers;
+  callers.emplace_back(append, 0);
+  while (first.load()) std::this_thread::yield();  // record 0 is being written, and held
+  for (int i = 1; i < 8; ++i) callers.emplace_back(append, i);
+  while (log.queued_for_test() < 7) std::this_thread::yield();
+  release.Notify();
+  for (auto& t : callers) t.join();
+  log.SetGroupHookForTest(nullptr);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(log.groups_written() - groups_before, 2u);
+  EXPECT_EQ(Pending() - pending_before, 8);
+  Seal();
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact());
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'test_group'"), 8);
+}
+
+TEST_F(AuditPgTest, AGroupThatCannotBeWrittenFailsItsCallers) {
+  PgAuditLog& log = hsm_->daemon().audit_log();
+  hsm_->Sql("ALTER TABLE hsm_audit_pending RENAME TO hsm_audit_pending_away");
+  AuditEvent e{.at_ms = 1, .actor = "kms", .action = "test_group", .result = "OK"};
+  EXPECT_FALSE(log.AppendGrouped(e).ok());
+  hsm_->Sql("ALTER TABLE hsm_audit_pending_away RENAME TO hsm_audit_pending");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_group'"), 0);
+  EXPECT_TRUE(log.AppendGrouped(e).ok());  // and the log carries on afterwards
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_group'"), 1);
+}
+
+TEST_F(AuditPgTest, ReadOnlyCommandAnswersOnlyWithItsRecordWritten) {
+  // GenerateRandom changes no key: its record goes through the grouped path. With the
+  // pending table unavailable the command must fail rather than answer unaudited.
+  hsm_->Sql("ALTER TABLE hsm_audit_pending RENAME TO hsm_audit_pending_away");
+  auto stub = hsm_->Stub("kms");
+  v1::GenerateRandomRequest req;
+  req.set_length(16);
+  auto r = Call(*stub, &v1::Hsm::Stub::GenerateRandom, req);
+  EXPECT_FALSE(r.ok());
+  hsm_->Sql("ALTER TABLE hsm_audit_pending_away RENAME TO hsm_audit_pending");
+  r = Call(*stub, &v1::Hsm::Stub::GenerateRandom, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'generate_random' "
+                   "AND result = 'OK'"),
+            1);
 }
 
 }  // namespace

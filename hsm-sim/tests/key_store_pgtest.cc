@@ -6,6 +6,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
 #include "hsm_fixture.h"
 #include "lmk.h"
 #include "rkl/crypto/random.h"
@@ -241,6 +242,43 @@ TEST_F(KeyStorePgTest, UnsafeLmkFileIsFatal) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr(hsm_->lmk_file()));
   ::chmod(hsm_->lmk_file().c_str(), 0600);
+}
+
+TEST_F(KeyStorePgTest, ReadOnlyUnitRefusesWritesAndWritesNothing) {
+  uint64_t index = NewTmk("SN-RO");
+  auto store = FreshStore();
+  auto count = [&](const std::string& sql) {
+    pqxx::connection conn(hsm_->dsn());
+    pqxx::work tx(conn);
+    return tx.exec1(sql)[0].as<int64_t>();
+  };
+  const int64_t keys = count("SELECT count(*) FROM hsm_key");
+  const int64_t pending = count("SELECT count(*) FROM hsm_audit_pending");
+  absl::Status s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
+    auto found = tx.FindKey(index);  // reading is fine
+    if (!found.ok() || !found->has_value()) return absl::InternalError("read failed");
+    RKL_RETURN_IF_ERROR(tx.SetKeyState(index, KeyState::kDeleted, 1));
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test", .result = "OK"});
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("read-only"));
+  EXPECT_EQ(count("SELECT count(*) FROM hsm_key"), keys);
+  EXPECT_EQ(count(absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ", index)), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM hsm_audit_pending"), pending);
+
+  // A read-only unit that forgets its audit record does not pass either.
+  s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
+    return tx.FindKey(index).status();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+
+  // And one that reads and audits writes exactly its record.
+  s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
+    RKL_RETURN_IF_ERROR(tx.FindKey(index).status());
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_ro", .result = "OK"});
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(count("SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_ro'"), 1);
 }
 
 }  // namespace

@@ -101,11 +101,13 @@ auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions 
   return RunInTransaction(pool, std::forward<Fn>(fn), options);
 }
 
-// RunSingleRead: fn runs exactly ONE read-only statement, in autocommit mode: one round
+// RunSingleRead: fn runs read-only statements in autocommit mode, typically one: one round
 // trip to PostgreSQL instead of four (BEGIN, SET TRANSACTION READ ONLY, the statement,
-// COMMIT). One statement sees one snapshot, so the result is as consistent as the same
-// statement inside a read-only transaction. More than one statement, or any write, does
-// not belong here (each would commit on its own): use RunInReadOnlyTransaction.
+// COMMIT). One statement sees one snapshot, so its result is as consistent as inside a
+// read-only transaction. Several statements each see their own snapshot — exactly what
+// READ COMMITTED gives the statements of one transaction — so use it for several reads
+// only when they need no common snapshot; otherwise RunInReadOnlyTransaction. Writes do
+// not belong here (each would commit on its own).
 // Retried as RunInTransaction is, and also after a lost connection whatever the moment,
 // since nothing was written. options.isolation and options.read_only are not used.
 template <typename Fn>
