@@ -558,6 +558,8 @@ absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
       return absl::InvalidArgumentError("created_at_unix_ms: must not be negative");
     }
     if (cmd.ctk_pu.empty()) return absl::InvalidArgumentError("ctk_pu: required");
+    const uint64_t keys[] = {cmd.pr_index, cmd.pk_index, cmd.mak_index};
+    RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
     RKL_ASSIGN_OR_RETURN(KeyRecord pr_record, UsableKey(tx, cmd.pr_index, "pr_index",
                                                         KeyUsage::kTransportDecrypt, nullptr));
     RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
@@ -603,6 +605,8 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
     return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
   }
   RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
+  const uint64_t keys[] = {cmd.pk_index, cmd.mak_index};
+  RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
   RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
                        UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
   RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
@@ -816,6 +820,8 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::DoExport(KeyTransaction& tx, AuditEven
                                                    const std::string& sn) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   // Only a TMK is exportable, and only under its own terminal's TEK.
+  const uint64_t keys[] = {key_index, kek_index};
+  RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
   RKL_ASSIGN_OR_RETURN(KeyRecord key_record,
                        UsableKey(tx, key_index, "key_index", KeyUsage::kTerminalMaster, &sn));
   RKL_ASSIGN_OR_RETURN(KeyRecord kek_record,

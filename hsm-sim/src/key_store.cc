@@ -1,5 +1,7 @@
 #include "key_store.h"
 
+#include <map>
+
 #include <algorithm>
 #include <pqxx/pqxx>
 
@@ -21,6 +23,10 @@ constexpr char kInsertKey[] =
     "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
     "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12)";
+const std::string kFindKey =
+    absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1");
+const std::string kFindKeys =
+    absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = ANY($1::bigint[])");
 constexpr char kLiveLabel[] = "SELECT 1 FROM hsm_key WHERE label = $1 AND state = 1";
 constexpr char kSetKeyState[] =
     "UPDATE hsm_key SET state = $2, updated_at_ms = $3 WHERE key_index = $1";
@@ -334,10 +340,25 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
-    pqxx::result r = db::Exec(tx_, 
-        absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1"), index);
+    if (auto it = prefetched_.find(index); it != prefetched_.end()) return it->second;
+    pqxx::result r = db::Exec(tx_, kFindKey, index);
     if (r.empty()) return std::nullopt;
     return RecordFromRow(r[0]);
+  }
+
+  absl::Status Prefetch(std::span<const uint64_t> indexes) override {
+    // Integers only, so the array literal needs no quoting.
+    std::string array = "{";
+    for (size_t i = 0; i < indexes.size(); ++i) {
+      absl::StrAppend(&array, i ? "," : "", indexes[i]);
+      prefetched_[indexes[i]] = std::nullopt;  // absent unless the query returns it
+    }
+    array += "}";
+    for (const auto& row : db::Exec(tx_, kFindKeys, array)) {
+      KeyRecord record = RecordFromRow(row);
+      prefetched_[record.index] = std::move(record);
+    }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
@@ -378,6 +399,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
+    prefetched_.erase(index);
     if (state == KeyState::kDeleted) {
       db::Exec(tx_, kEraseKey, index, now_ms);
       store_.cache_.Erase(index);
@@ -481,6 +503,7 @@ class PgKeyTransaction : public KeyTransaction {
   pqxx::transaction_base& tx_;
   PgKeyStore& store_;
   std::optional<AuditEvent>* deferred_audit_;
+  std::map<uint64_t, std::optional<KeyRecord>> prefetched_;  // by Prefetch; nullopt: absent
 };
 
 PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,

@@ -20,6 +20,7 @@
 #include <list>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -127,6 +128,13 @@ class KeyTransaction {
   // with the label.
   virtual absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) = 0;
   virtual absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) = 0;
+  // Reads these key records in one go, so that the FindKey calls for them that follow cost
+  // no further round trip (a record this unit changes afterwards is read afresh). Only an
+  // optimisation: the default does nothing.
+  virtual absl::Status Prefetch(std::span<const uint64_t> indexes) {
+    (void)indexes;
+    return absl::OkStatus();
+  }
   // Live (ACTIVE) keys of a type bound to `sn`, locked for the rest of the transaction.
   virtual absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                               const std::string& sn) = 0;

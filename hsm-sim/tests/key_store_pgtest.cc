@@ -281,5 +281,26 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitRefusesWritesAndWritesNothing) {
   EXPECT_EQ(count("SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_ro'"), 1);
 }
 
+TEST_F(KeyStorePgTest, PrefetchedRecordsAreTheStoredOnesAndAChangedOneIsReadAfresh) {
+  uint64_t a = NewTmk("SN-PA");
+  uint64_t b = NewTmk("SN-PB");
+  auto store = FreshStore();
+  absl::Status s = store->Transact([&](KeyTransaction& tx) -> absl::Status {
+    const uint64_t keys[] = {a, b, 999999};
+    RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+    auto ra = tx.FindKey(a);
+    auto rb = tx.FindKey(b);
+    auto missing = tx.FindKey(999999);
+    EXPECT_TRUE(ra.ok() && ra->has_value() && (*ra)->index == a && (*ra)->bound_sn == "SN-PA");
+    EXPECT_TRUE(rb.ok() && rb->has_value() && (*rb)->bound_sn == "SN-PB");
+    EXPECT_TRUE(missing.ok() && !missing->has_value());
+    RKL_RETURN_IF_ERROR(tx.SetKeyState(a, KeyState::kSuperseded, 2));
+    auto again = tx.FindKey(a);
+    EXPECT_TRUE(again.ok() && again->has_value() && (*again)->state == KeyState::kSuperseded);
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_prefetch", .result = "OK"});
+  });
+  EXPECT_TRUE(s.ok()) << s;
+}
+
 }  // namespace
 }  // namespace rkl::hsm
