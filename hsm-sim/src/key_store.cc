@@ -25,8 +25,6 @@ constexpr char kInsertKey[] =
     "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12)";
 const std::string kFindKey =
     absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1");
-const std::string kFindKeys =
-    absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = ANY($1::bigint[])");
 constexpr char kLiveLabel[] = "SELECT 1 FROM hsm_key WHERE label = $1 AND state = 1";
 constexpr char kSetKeyState[] =
     "UPDATE hsm_key SET state = $2, updated_at_ms = $3 WHERE key_index = $1";
@@ -279,6 +277,18 @@ uint64_t UnsealedKeyCache::hits() const {
   return hits_;
 }
 
+std::string PrefetchKeysSql(size_t n) {
+  // One primary-key equality per key, joined with UNION ALL: each branch is planned like
+  // FindKey, an index lookup whatever the table's statistics. (key_index = ANY($1) was
+  // planned as a sequential scan while hsm_key had no statistics yet.)
+  std::string sql;
+  for (size_t i = 1; i <= n; ++i) {
+    absl::StrAppend(&sql, i > 1 ? " UNION ALL " : "", "SELECT ", kKeyColumns,
+                    " FROM hsm_key WHERE key_index = $", i);
+  }
+  return sql;
+}
+
 std::string FindLiveKeysSql(KeyType type) {
   // The key type is a literal (one statement per type), never a parameter. With
   // "key_type = $1" the generic plan of the prepared statement cannot match the partial
@@ -347,14 +357,11 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status Prefetch(std::span<const uint64_t> indexes) override {
-    // Integers only, so the array literal needs no quoting.
-    std::string array = "{";
-    for (size_t i = 0; i < indexes.size(); ++i) {
-      absl::StrAppend(&array, i ? "," : "", indexes[i]);
-      prefetched_[indexes[i]] = std::nullopt;  // absent unless the query returns it
-    }
-    array += "}";
-    for (const auto& row : db::Exec(tx_, kFindKeys, array)) {
+    if (indexes.empty() || indexes.size() > kMaxPrefetch) return absl::OkStatus();
+    std::vector<uint64_t> params(indexes.begin(), indexes.end());
+    for (uint64_t index : indexes) prefetched_[index] = std::nullopt;  // absent unless found
+    for (const auto& row : db::Exec(tx_, PrefetchKeysSql(indexes.size()),
+                                    pqxx::prepare::make_dynamic_params(params))) {
       KeyRecord record = RecordFromRow(row);
       prefetched_[record.index] = std::move(record);
     }

@@ -117,6 +117,9 @@ Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 // one of TEK/AUK/TMK, is a literal); exposed so a test can check its plan uses the
 // one-live-key-per-SN index.
 std::string FindLiveKeysSql(KeyType type);
+// The statement behind PgKeyStore's Prefetch of n keys ($1..$n), exposed for the same reason.
+inline constexpr size_t kMaxPrefetch = 8;
+std::string PrefetchKeysSql(size_t n);
 
 // One unit of work. Not thread-safe: used by the thread that runs Transact().
 class KeyTransaction {

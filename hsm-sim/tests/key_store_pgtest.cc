@@ -179,6 +179,28 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   }
 }
 
+TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
+  // Same condition as above: 900 keys, no statistics. `key_index = ANY($1)` was planned as
+  // a sequential scan here; every branch of the prefetch must be an index lookup.
+  hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
+  hsm_->Sql(
+      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
+      "created_at_ms, updated_at_ms, nonce, sealed) "
+      "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
+      "'\\x00', '\\x00' FROM generate_series(0, 899) g");
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  tx.exec("SET plan_cache_mode = force_generic_plan");
+  tx.exec(absl::StrCat("PREPARE pre(bigint, bigint, bigint) AS ", PrefetchKeysSql(3)));
+  std::string plan;
+  for (const auto& row : tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE pre(1000007, 1000008, 5)")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
+}
+
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
   auto core_tmk =
       hsm_->daemon().core().GenerateTmk("kms", "SN-G", crypto::KeyAlgorithm::kAes128, false);
