@@ -135,7 +135,11 @@ Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& e) {
 }
 
 PgAuditLog::PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
-    : pool_(pool), audit_key_(std::move(audit_key)) {}
+    : pool_(pool), writer_pool_(pool), audit_key_(std::move(audit_key)) {}
+
+PgAuditLog::PgAuditLog(db::ConnectionPool& pool, db::ConnectionPool& writer_pool,
+                       crypto::SecretBytes audit_key)
+    : pool_(pool), writer_pool_(writer_pool), audit_key_(std::move(audit_key)) {}
 
 absl::Status PgAuditLog::Append(const AuditEvent& event) {
   return db::RunInTransaction(pool_,
@@ -186,7 +190,7 @@ absl::Status PgAuditLog::AppendGrouped(const AuditEvent& event) {
 }
 
 absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
+  return db::RunInTransaction(writer_pool_, [&](pqxx::work& tx) -> absl::Status {
     std::vector<uint64_t> ids;
     ids.reserve(events.size());
     for (const auto& row : db::Exec(tx, kNextPendingIds, static_cast<int64_t>(events.size()))) {
@@ -232,7 +236,7 @@ uint64_t PgAuditLog::groups_written() {
 }
 
 absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
+  return db::RunInTransaction(writer_pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
     // The lock orders sealers across threads and replicas; under READ COMMITTED the reads
     // after it see the previous holder's committed chain and deletions.
     db::Exec(tx, kLockChain, kAuditLockClass, kAuditLockChain);

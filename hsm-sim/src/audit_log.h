@@ -91,6 +91,11 @@ Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& event);
 class PgAuditLog : public AuditLog {
  public:
   PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
+  // Group writes and sealing on `writer_pool` (one or two connections of their own), so the
+  // record every command waits for never queues behind the commands' own reads. Both pools
+  // must outlive this object.
+  PgAuditLog(db::ConnectionPool& pool, db::ConnectionPool& writer_pool,
+             crypto::SecretBytes audit_key);
   ~PgAuditLog() override;  // Stop()s
 
   absl::Status Append(const AuditEvent& event) override;
@@ -124,6 +129,7 @@ class PgAuditLog : public AuditLog {
   absl::Status WriteGroup(const std::vector<const AuditEvent*>& events);
 
   db::ConnectionPool& pool_;
+  db::ConnectionPool& writer_pool_;  // group writes and sealing
   const crypto::SecretBytes audit_key_;
 
   absl::Mutex mu_;

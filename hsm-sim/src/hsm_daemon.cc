@@ -124,7 +124,10 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   }
 
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes audit_key, DeriveAuditKey(lmk, options.hsm_id));
-  d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, std::move(audit_key));
+  // Audit group writes and the sealer get connections of their own (see PgAuditLog).
+  d->audit_pool_ = std::make_unique<db::ConnectionPool>(
+      db::PoolOptions{.dsn = options.database_dsn, .max_size = 2});
+  d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, *d->audit_pool_, std::move(audit_key));
   if (options.audit_seal_interval > absl::ZeroDuration()) {
     d->audit_->Start(options.audit_seal_interval);
   }

@@ -75,6 +75,7 @@ class HsmDaemon {
   std::string lmk_kcv_;
   SystemClock system_clock_;
   std::unique_ptr<db::ConnectionPool> pool_;
+  std::unique_ptr<db::ConnectionPool> audit_pool_;  // audit group writes and sealing
   std::unique_ptr<PgAuditLog> audit_;
   std::unique_ptr<PgKeyStore> store_;
   std::unique_ptr<HsmCore> core_;

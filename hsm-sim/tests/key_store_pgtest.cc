@@ -324,5 +324,25 @@ TEST_F(KeyStorePgTest, PrefetchedRecordsAreTheStoredOnesAndAChangedOneIsReadAfre
   EXPECT_TRUE(s.ok()) << s;
 }
 
+TEST_F(KeyStorePgTest, AuditGroupsAreWrittenEvenWhenEveryCommandConnectionIsTaken) {
+  // Commands hold their pool's connections while they work; the record they all wait for
+  // must not queue behind them. With the command pool exhausted, a group still commits.
+  db::ConnectionPool commands(db::PoolOptions{
+      .dsn = hsm_->dsn(), .max_size = 1, .borrow_timeout = absl::Milliseconds(200)});
+  db::ConnectionPool writer(db::PoolOptions{.dsn = hsm_->dsn(), .max_size = 1});
+  PgAuditLog log(commands, writer, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
+  auto held = commands.Borrow();
+  ASSERT_TRUE(held.ok()) << held.status();
+  absl::Status s = log.AppendGrouped(
+      AuditEvent{.at_ms = 1, .actor = "kms", .action = "test_writer_pool", .result = "OK"});
+  EXPECT_TRUE(s.ok()) << s;
+  // The same log on one shared pool would have had to wait for the held connection.
+  PgAuditLog shared(commands, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
+  EXPECT_EQ(shared.AppendGrouped(AuditEvent{.at_ms = 2, .actor = "kms", .action = "test_shared",
+                                            .result = "OK"})
+                .code(),
+            absl::StatusCode::kUnavailable);
+}
+
 }  // namespace
 }  // namespace rkl::hsm
