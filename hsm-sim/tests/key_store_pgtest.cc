@@ -54,6 +54,17 @@ class KeyStorePgTest : public ::testing::Test {
     return tmk->tmk_index;
   }
 
+  // A busy new HSM: 900 live TEK/AUK/TMK records (keys 1000000..1000899, SNs SN-0..SN-299)
+  // that PostgreSQL has no statistics for — the state plans must not depend on.
+  void AddUnanalyzedLiveKeys() {
+    hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
+    hsm_->Sql(
+        "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
+        "created_at_ms, updated_at_ms, nonce, sealed) "
+        "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
+        "'\\x00', '\\x00' FROM generate_series(0, 899) g");
+  }
+
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::unique_ptr<HsmInstance> hsm_;
   std::unique_ptr<db::ConnectionPool> pool_;
@@ -155,12 +166,7 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   // must still go straight to the one live key of the SN, even while the table has no
   // statistics yet (a busy new HSM: 900 live keys, never analyzed). Under exactly these
   // conditions the earlier statement (key type as $1) scanned every live key.
-  hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
-  hsm_->Sql(
-      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
-      "created_at_ms, updated_at_ms, nonce, sealed) "
-      "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
-      "'\\x00', '\\x00' FROM generate_series(0, 899) g");
+  AddUnanalyzedLiveKeys();
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
   tx.exec("SET plan_cache_mode = force_generic_plan");
@@ -182,12 +188,7 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
 TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
   // Same condition as above: 900 keys, no statistics. `key_index = ANY($1)` was planned as
   // a sequential scan here; every branch of the prefetch must be an index lookup.
-  hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
-  hsm_->Sql(
-      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
-      "created_at_ms, updated_at_ms, nonce, sealed) "
-      "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
-      "'\\x00', '\\x00' FROM generate_series(0, 899) g");
+  AddUnanalyzedLiveKeys();
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
   tx.exec("SET plan_cache_mode = force_generic_plan");

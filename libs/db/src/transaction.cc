@@ -78,27 +78,25 @@ absl::Duration Backoff(const TransactionOptions& options, int failed_attempts) {
   return ceiling * jitter(rng);
 }
 
-}  // namespace
-
-absl::Status RunInTransactionImpl(ConnectionPool& pool,
-                                  absl::FunctionRef<absl::Status(pqxx::work&)> body,
-                                  const TransactionOptions& options) {
-  const std::string set_transaction = SetTransactionStatement(options);
+// Borrows a connection and runs `attempt` on it, again on a (possibly new) connection with
+// backoff while it fails retryably, up to options.max_attempts runs in all.
+absl::Status RetryAttempts(ConnectionPool& pool, const TransactionOptions& options,
+                           absl::FunctionRef<AttemptResult(pqxx::connection&)> attempt) {
   const int max_attempts = std::max(1, options.max_attempts);
   TransactionStats local_stats;
   TransactionStats& stats = options.stats != nullptr ? *options.stats : local_stats;
   stats = {};
 
   absl::Status last;
-  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
-    if (attempt > 1) absl::SleepFor(Backoff(options, attempt - 1));
+  for (int n = 1; n <= max_attempts; ++n) {
+    if (n > 1) absl::SleepFor(Backoff(options, n - 1));
     absl::StatusOr<ConnectionPool::Lease> lease =
         options.borrow_timeout ? pool.Borrow(*options.borrow_timeout) : pool.Borrow();
     // Borrow already waited for a slot, and a refused connection is for the caller to
     // retry later: neither is retried here.
     if (!lease.ok()) return lease.status();
-    stats.attempts = attempt;
-    AttemptResult result = RunAttempt(lease->connection(), set_transaction, body);
+    stats.attempts = n;
+    AttemptResult result = attempt(lease->connection());
     if (result.connection_lost) lease->MarkBroken();
     if (result.status.ok() || !result.retryable) return result.status;
     last = std::move(result.status);
@@ -107,27 +105,22 @@ absl::Status RunInTransactionImpl(ConnectionPool& pool,
                       absl::StrCat(last.message(), " (gave up after ", max_attempts, " attempts)"));
 }
 
+}  // namespace
+
+absl::Status RunInTransactionImpl(ConnectionPool& pool,
+                                  absl::FunctionRef<absl::Status(pqxx::work&)> body,
+                                  const TransactionOptions& options) {
+  const std::string set_transaction = SetTransactionStatement(options);
+  return RetryAttempts(pool, options, [&](pqxx::connection& conn) {
+    return RunAttempt(conn, set_transaction, body);
+  });
+}
+
 absl::Status RunSingleReadImpl(ConnectionPool& pool,
                                absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
                                const TransactionOptions& options) {
-  const int max_attempts = std::max(1, options.max_attempts);
-  TransactionStats local_stats;
-  TransactionStats& stats = options.stats != nullptr ? *options.stats : local_stats;
-  stats = {};
-  absl::Status last;
-  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
-    if (attempt > 1) absl::SleepFor(Backoff(options, attempt - 1));
-    absl::StatusOr<ConnectionPool::Lease> lease =
-        options.borrow_timeout ? pool.Borrow(*options.borrow_timeout) : pool.Borrow();
-    if (!lease.ok()) return lease.status();
-    stats.attempts = attempt;
-    AttemptResult result = RunReadAttempt(lease->connection(), body);
-    if (result.connection_lost) lease->MarkBroken();
-    if (result.status.ok() || !result.retryable) return result.status;
-    last = std::move(result.status);
-  }
-  return absl::Status(last.code(),
-                      absl::StrCat(last.message(), " (gave up after ", max_attempts, " attempts)"));
+  return RetryAttempts(pool, options,
+                       [&](pqxx::connection& conn) { return RunReadAttempt(conn, body); });
 }
 
 }  // namespace rkl::db::internal
