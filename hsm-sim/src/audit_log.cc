@@ -197,24 +197,21 @@ absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events
       ids.push_back(row[0].as<uint64_t>());
     }
     if (ids.size() != events.size()) return absl::InternalError("audit: too few record ids");
-    std::string json = "[";
+    JsonRows rows;
     for (size_t i = 0; i < events.size(); ++i) {
       const AuditEvent& e = *events[i];
       RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, ids[i], e));
-      absl::StrAppend(&json, i ? "," : "", "{\"id\":", ids[i], ",\"at_ms\":", e.at_ms,
-                      ",\"actor\":");
-      AppendJsonString(json, e.actor);
-      json += ",\"action\":";
-      AppendJsonString(json, e.action);
-      json += ",\"sn\":";
-      AppendJsonString(json, e.sn);
-      json += ",\"detail\":";
-      AppendJsonString(json, e.detail);
-      json += ",\"result\":";
-      AppendJsonString(json, e.result);
-      absl::StrAppend(&json, ",\"mac\":\"", ToHex(mac), "\"}");
+      rows.Row()
+          .Field("id", static_cast<int64_t>(ids[i]))
+          .Field("at_ms", e.at_ms)
+          .Field("actor", e.actor)
+          .Field("action", e.action)
+          .Field("sn", e.sn)
+          .Field("detail", e.detail)
+          .Field("result", e.result)
+          .Field("mac", ToHex(mac));
     }
-    json += "]";
+    const std::string json = rows.Finish();
     db::Exec(tx, kInsertPendingGroup, json);
     return absl::OkStatus();
   });

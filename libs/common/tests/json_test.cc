@@ -35,5 +35,18 @@ TEST(JsonStringTest, AppendsToWhatIsThere) {
   EXPECT_EQ(out, "[\"x\",\"y\"]");
 }
 
+TEST(JsonRowsTest, BuildsAnArrayOfObjects) {
+  JsonRows rows;
+  rows.Row().Field("id", 7).Field("actor", "kms");
+  rows.Row().Field("id", -1).Field("detail", "a \"b\"\n");
+  EXPECT_EQ(rows.Finish(),
+            "[{\"id\":7,\"actor\":\"kms\"},{\"id\":-1,\"detail\":\"a \\\"b\\\"\\n\"}]");
+}
+
+TEST(JsonRowsTest, NoRowsIsAnEmptyArray) {
+  JsonRows rows;
+  EXPECT_EQ(rows.Finish(), "[]");
+}
+
 }  // namespace
 }  // namespace rkl

@@ -88,43 +88,31 @@ const std::string kInsertTerminal = WithAuditParam(
         "SELECT count(*) FROM t"),
     23);
 
-// The terminal half of kUpdateTerminal and kUpdateTerminalMoveSession: terminal $1..$13
-// (version last), TK $14..$22.
-std::string UpdateTerminalCtes() {
-  return absl::StrCat(
-      "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-      "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-      "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
-      "updated_at_ms = $12, version = version + 1 "
-      "WHERE sn = $1 AND version = $13 RETURNING sn), "
-      "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
-      "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-      "SELECT sn, ",
-      kTkParams, " FROM u ", kTkValues, "), ");
-}
-
-// Cancel sessions $23, audit $24. Returns the number of terminal rows updated: 0 when the
-// version moved on (nothing is written).
+// Terminal $1..$13 (version last), TK $14..$22; cancel the SN's open sessions $23; the
+// session step: id $24 (NULL for none), from $25, to $26, tmk_kcv $27 (NULL keeps it);
+// audit $28. Returns the terminal rows updated (0 when the version moved on: then nothing
+// is written) and the sessions moved. Callers never cancel and move in one call.
 const std::string kUpdateTerminal = WithAuditParam(
-    absl::StrCat(UpdateTerminalCtes(),
-                 "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
-                 "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
-                 "AND state IN ('OPEN', 'AUTHENTICATED')), "
-                 "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-                 "SELECT count(*) FROM u"),
-    24);
-
-// Session move: id $23, from $24, to $25, tmk_kcv $26 (NULL keeps it); audit $27. Returns
-// terminal rows updated and sessions moved.
-const std::string kUpdateTerminalMoveSession = WithAuditParam(
-    absl::StrCat(UpdateTerminalCtes(),
-                 "m AS (UPDATE auth_sessions SET state = $25::text, "
-                 "tmk_kcv = coalesce($26::text, tmk_kcv) "
-                 "WHERE id = $23::text AND state = $24::text AND EXISTS (SELECT 1 FROM u) "
-                 "RETURNING id), "
-                 "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-                 "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
-    27);
+    absl::StrCat(
+        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+        "updated_at_ms = $12, version = version + 1 "
+        "WHERE sn = $1 AND version = $13 RETURNING sn), "
+        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+        "SELECT sn, ",
+        kTkParams, " FROM u ", kTkValues, "), ",
+        "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
+        "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
+        "AND state IN ('OPEN', 'AUTHENTICATED')), "
+        "m AS (UPDATE auth_sessions SET state = $26::text, "
+        "tmk_kcv = coalesce($27::text, tmk_kcv) "
+        "WHERE id = $24::text AND state = $25::text AND EXISTS (SELECT 1 FROM u) "
+        "RETURNING id), "
+        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+        "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
+    28);
 
 // Session $1..$9, audit $10.
 const std::string kInsertSession = WithAuditParam(
@@ -229,23 +217,19 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
 }  // namespace
 
 std::string AuditJson(const std::vector<AuditEntry>& audit) {
-  std::string out = "[";
+  JsonRows rows;
   for (size_t i = 0; i < audit.size(); ++i) {
     const AuditEntry& e = audit[i];
-    absl::StrAppend(&out, i ? "," : "", "{\"ord\":", i, ",\"at_ms\":", e.at_ms, ",\"actor\":");
-    AppendJsonString(out, e.actor);
-    out += ",\"action\":";
-    AppendJsonString(out, e.action);
-    out += ",\"sn\":";
-    AppendJsonString(out, e.sn);
-    out += ",\"detail\":";
-    AppendJsonString(out, e.detail);
-    out += ",\"result\":";
-    AppendJsonString(out, e.result);
-    out += "}";
+    rows.Row()
+        .Field("ord", static_cast<int64_t>(i))
+        .Field("at_ms", e.at_ms)
+        .Field("actor", e.actor)
+        .Field("action", e.action)
+        .Field("sn", e.sn)
+        .Field("detail", e.detail)
+        .Field("result", e.result);
   }
-  out += "]";
-  return out;
+  return rows.Finish();
 }
 
 namespace {
@@ -294,10 +278,26 @@ absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
 
 absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cancel_sessions,
                                              const std::vector<AuditEntry>& audit) {
+  return WriteTerminal(t, cancel_sessions, audit, nullptr).status();
+}
+
+absl::StatusOr<bool> PgKmsRepository::UpdateTerminalAndMoveSession(
+    const TerminalRecord& t, const std::vector<AuditEntry>& audit, const SessionMove& move) {
+  return WriteTerminal(t, false, audit, &move);
+}
+
+absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, bool cancel_sessions,
+                                                    const std::vector<AuditEntry>& audit,
+                                                    const SessionMove* move) {
   const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
+  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    NullableText move_id(move ? move->id : "", move == nullptr);
+    NullableText move_from(move ? SessionStateName(move->from) : "", move == nullptr);
+    NullableText move_to(move ? SessionStateName(move->to) : "", move == nullptr);
+    NullableText move_kcv(move && move->tmk_kcv ? *move->tmk_kcv : "",
+                          move == nullptr || !move->tmk_kcv);
     TkParams tk(t);
     pqxx::row r = db::Exec1(
         tx, kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
@@ -305,30 +305,8 @@ absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cance
         t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
         t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
         t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(),
-        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, audit_json);
-    if (r[0].as<int64_t>() != 1) {
-      return absl::AbortedError("terminal changed concurrently");
-    }
-    return absl::OkStatus();
-  });
-}
-
-absl::StatusOr<bool> PgKmsRepository::UpdateTerminalAndMoveSession(
-    const TerminalRecord& t, const std::vector<AuditEntry>& audit, const SessionMove& move) {
-  const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
-    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
-    NullableText move_kcv(move.tmk_kcv.value_or(""), !move.tmk_kcv.has_value());
-    TkParams tk(t);
-    pqxx::row r = db::Exec1(
-        tx, kUpdateTerminalMoveSession, t.sn, TerminalStateName(t.state), before.get(),
-        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
-        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
-        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
-        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(),
-        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, move.id,
-        SessionStateName(move.from), SessionStateName(move.to), move_kcv.get(), audit_json);
+        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, move_id.get(),
+        move_from.get(), move_to.get(), move_kcv.get(), audit_json);
     if (r[0].as<int64_t>() != 1) {
       return absl::AbortedError("terminal changed concurrently");
     }

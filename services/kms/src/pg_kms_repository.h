@@ -39,6 +39,11 @@ class PgKmsRepository final : public KmsRepository {
       const std::vector<std::string>& failure_actions) override;
 
  private:
+  // The update behind both: `move` may be null; never cancel and move in one call.
+  absl::StatusOr<bool> WriteTerminal(const TerminalRecord& terminal, bool cancel_sessions,
+                                     const std::vector<AuditEntry>& audit,
+                                     const SessionMove* move);
+
   db::ConnectionPool& pool_;
 };
 
