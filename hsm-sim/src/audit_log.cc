@@ -150,7 +150,7 @@ absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const A
   const uint64_t id = db::Exec1(tx, kNextPendingId)[0].as<uint64_t>();
   RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, id, e));
   db::Exec(tx, kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-                 pqxx::binarystring(mac.data(), mac.size()));
+           pqxx::binarystring(mac.data(), mac.size()));
   return absl::OkStatus();
 }
 
@@ -264,7 +264,7 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       ++seq;
       RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
       db::Exec(tx, kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-                     pqxx::binarystring(mac.data(), mac.size()));
+               pqxx::binarystring(mac.data(), mac.size()));
       prev = std::move(mac);
       absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
     }
@@ -346,8 +346,8 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
         // Records committed since the seal above: checked by their own MACs.
         for (const auto& row : db::Exec(tx, kAllPending)) {
           ++v.records_checked;
-          RKL_ASSIGN_OR_RETURN(Bytes mac,
-                               PendingAuditMac(audit_key_, row[0].as<uint64_t>(), EventFromRow(row)));
+          RKL_ASSIGN_OR_RETURN(
+              Bytes mac, PendingAuditMac(audit_key_, row[0].as<uint64_t>(), EventFromRow(row)));
           if (!SameMac(ToBytes(row[7]), mac)) {
             v.intact = false;
             v.first_broken_seq = expected_seq;
@@ -356,8 +356,7 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
         }
         return v;
       },
-      db::TransactionOptions{.isolation = db::IsolationLevel::kRepeatableRead,
-                             .read_only = true});
+      db::TransactionOptions{.isolation = db::IsolationLevel::kRepeatableRead, .read_only = true});
 }
 
 }  // namespace rkl::hsm

@@ -1,8 +1,7 @@
 #include "key_store.h"
 
-#include <map>
-
 #include <algorithm>
+#include <map>
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
@@ -295,8 +294,8 @@ std::string FindLiveKeysSql(KeyType type) {
   // index hsm_key_one_live_per_sn exactly; with the table's statistics still empty the
   // planner then preferred a bitmap scan of every live key (hsm_key_live_label) and
   // filtered, reading ~450 index entries per lookup in a 200-terminal run.
-  return absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_type = ",
-                      static_cast<int>(type),
+  return absl::StrCat("SELECT ", kKeyColumns,
+                      " FROM hsm_key WHERE key_type = ", static_cast<int>(type),
                       " AND bound_sn = $1 AND state = 1 ORDER BY key_index FOR UPDATE");
 }
 
@@ -330,8 +329,8 @@ class PgKeyTransaction : public KeyTransaction {
     RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
     auto [nonce, sealed] = SplitSealed(blob);
     db::Exec(tx_, kInsertKey, index, static_cast<int>(key.type), static_cast<int>(key.algorithm),
-                    static_cast<int>(key.usage), key.bound_sn, key.label, key.kcv, now_ms,
-                    key.rsa_bits, Blob(key.public_key_der), Blob(nonce), Blob(sealed));
+             static_cast<int>(key.usage), key.bound_sn, key.label, key.kcv, now_ms, key.rsa_bits,
+             Blob(key.public_key_der), Blob(nonce), Blob(sealed));
     KeyRecord r;
     r.index = index;
     r.type = key.type;
@@ -395,8 +394,7 @@ class PgKeyTransaction : public KeyTransaction {
     return key;
   }
 
-  absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(
-      const KeyRecord& k) override {
+  absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(const KeyRecord& k) override {
     Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms);
     if (auto cached = store_.cache_.GetParsed(k.index, aad, k.nonce, k.sealed)) return cached;
     RKL_ASSIGN_OR_RETURN(auto key, KeyTransaction::UnsealRsa(k));  // caches the bytes
@@ -419,16 +417,16 @@ class PgKeyTransaction : public KeyTransaction {
   absl::Status InsertCeremony(const Ceremony& c) override {
     RKL_RETURN_IF_ERROR(Writable());
     db::Exec(tx_, kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
-                    c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
-                    c.expires_at_ms);
+             c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
+             c.expires_at_ms);
     return absl::OkStatus();
   }
 
   absl::StatusOr<std::optional<Ceremony>> FindCeremony(const std::string& id) override {
-    pqxx::result r =
-        db::Exec(tx_, absl::StrCat("SELECT ", kCeremonyColumns,
-                                     " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
-                        id);
+    pqxx::result r = db::Exec(tx_,
+                              absl::StrCat("SELECT ", kCeremonyColumns,
+                                           " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
+                              id);
     if (r.empty()) return std::nullopt;
     Ceremony c = CeremonyFromRow(r[0]);
     for (const auto& row : db::Exec(tx_, kCustodians, id)) {
@@ -439,10 +437,11 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<Ceremony>> FindExpiredCeremonies(int64_t now_ms) override {
     pqxx::result r =
-        db::Exec(tx_, absl::StrCat("SELECT ", kCeremonyColumns,
-                                     " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
-                                     "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
-                        now_ms);
+        db::Exec(tx_,
+                 absl::StrCat("SELECT ", kCeremonyColumns,
+                              " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
+                              "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
+                 now_ms);
     std::vector<Ceremony> out;
     for (const auto& row : r) out.push_back(CeremonyFromRow(row));
     return out;
@@ -466,8 +465,7 @@ class PgKeyTransaction : public KeyTransaction {
     RKL_ASSIGN_OR_RETURN(
         Bytes blob, crypto::AeadSeal(store_.lmk_, component, ComponentAad(ceremony_id, custodian)));
     auto [nonce, sealed] = SplitSealed(blob);
-    db::Exec(tx_, kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed),
-                    now_ms);
+    db::Exec(tx_, kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed), now_ms);
     return absl::OkStatus();
   }
 
@@ -529,7 +527,7 @@ absl::Status PgKeyStore::TransactReadOnly(absl::FunctionRef<absl::Status(KeyTran
   // one transaction anyway — so the reads cost one round trip each and no BEGIN/COMMIT.
   std::optional<AuditEvent> audit;
   absl::StatusOr<bool> done =
-      db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+      db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
         audit.reset();
         PgKeyTransaction ktx(tx, *this, &audit);
         RKL_RETURN_IF_ERROR(fn(ktx));

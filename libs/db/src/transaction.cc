@@ -116,9 +116,9 @@ absl::Status RunInTransactionImpl(ConnectionPool& pool,
   });
 }
 
-absl::Status RunSingleReadImpl(ConnectionPool& pool,
-                               absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
-                               const TransactionOptions& options) {
+absl::Status RunAutocommitReadImpl(ConnectionPool& pool,
+                                   absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
+                                   const TransactionOptions& options) {
   return RetryAttempts(pool, options,
                        [&](pqxx::connection& conn) { return RunReadAttempt(conn, body); });
 }

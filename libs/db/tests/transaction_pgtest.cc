@@ -213,44 +213,42 @@ TEST_F(TransactionTest, LostConnectionIsRetriedOnAFreshConnection) {
   EXPECT_EQ(Count("items"), 1);
 }
 
-TEST_F(TransactionTest, SingleReadRunsWithoutATransactionBlock) {
+TEST_F(TransactionTest, AutocommitReadRunsWithoutATransactionBlock) {
   // In autocommit the statement starts its own transaction, so its transaction and statement
   // timestamps are equal; after a separate BEGIN (RunInReadOnlyTransaction) they differ by
   // at least one round trip.
   const char* kSql = "SELECT now() = statement_timestamp()";
   absl::StatusOr<bool> single =
-      RunSingleRead(*pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+      RunAutocommitRead(*pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
         return tx.exec1(kSql)[0].as<bool>();
       });
   ASSERT_TRUE(single.ok()) << single.status();
   EXPECT_TRUE(*single);
-  absl::StatusOr<bool> in_tx =
-      RunInReadOnlyTransaction(*pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-        return tx.exec1(kSql)[0].as<bool>();
-      });
+  absl::StatusOr<bool> in_tx = RunInReadOnlyTransaction(
+      *pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> { return tx.exec1(kSql)[0].as<bool>(); });
   ASSERT_TRUE(in_tx.ok()) << in_tx.status();
   EXPECT_FALSE(*in_tx);
 }
 
-TEST_F(TransactionTest, SingleReadReturnsFnErrorWithoutRetry) {
+TEST_F(TransactionTest, AutocommitReadReturnsFnErrorWithoutRetry) {
   TransactionStats stats;
-  absl::StatusOr<int> r = RunSingleRead(
-      *pool_,
-      [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
-        if (tx.exec("SELECT 1 FROM items WHERE id = 7").empty()) {
-          return absl::NotFoundError("no such item");
-        }
-        return 7;
-      },
-      {.stats = &stats});
+  absl::StatusOr<int> r =
+      RunAutocommitRead(*pool_,
+                        [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
+                          if (tx.exec("SELECT 1 FROM items WHERE id = 7").empty()) {
+                            return absl::NotFoundError("no such item");
+                          }
+                          return 7;
+                        },
+                        {.stats = &stats});
   EXPECT_EQ(r.status(), absl::NotFoundError("no such item"));
   EXPECT_EQ(stats.attempts, 1);
 }
 
-TEST_F(TransactionTest, SingleReadIsRetriedAfterALostConnection) {
+TEST_F(TransactionTest, AutocommitReadIsRetriedAfterALostConnection) {
   TransactionStats stats;
   std::vector<int> pids;
-  absl::StatusOr<int64_t> r = RunSingleRead(
+  absl::StatusOr<int64_t> r = RunAutocommitRead(
       *pool_,
       [&](pqxx::nontransaction& tx) -> absl::StatusOr<int64_t> {
         pids.push_back(tx.exec1("SELECT pg_backend_pid()")[0].as<int>());

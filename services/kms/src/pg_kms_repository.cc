@@ -83,8 +83,12 @@ const std::string kInsertTerminal = WithAuditParam(
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING sn), "
         "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
         "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-        "SELECT sn, ", kTkParams, " FROM t), "
-        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
+        "SELECT sn, ",
+        kTkParams,
+        " FROM t), "
+        "a AS (",
+        kAuditFromJson,
+        "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
         "SELECT count(*) FROM t"),
     23);
 
@@ -110,7 +114,9 @@ const std::string kUpdateTerminal = WithAuditParam(
         "tmk_kcv = coalesce($27::text, tmk_kcv) "
         "WHERE id = $24::text AND state = $25::text AND EXISTS (SELECT 1 FROM u) "
         "RETURNING id), "
-        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+        "a AS (",
+        kAuditFromJson,
+        "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
         "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
     28);
 
@@ -120,12 +126,13 @@ const std::string kInsertSession = WithAuditParam(
         "WITH s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
         "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "RETURNING id), "
-        "a AS (", kAuditFromJson, "WHERE EXISTS (SELECT 1 FROM s) ORDER BY x.ord) "
+        "a AS (",
+        kAuditFromJson,
+        "WHERE EXISTS (SELECT 1 FROM s) ORDER BY x.ord) "
         "SELECT count(*) FROM s"),
     10);
 
-const std::string kInsertAudit =
-    WithAuditParam(absl::StrCat(kAuditFromJson, "ORDER BY x.ord"), 1);
+const std::string kInsertAudit = WithAuditParam(absl::StrCat(kAuditFromJson, "ORDER BY x.ord"), 1);
 
 constexpr char kSelectSession[] =
     "SELECT id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, created_at_ms, expires_at_ms "
@@ -251,11 +258,12 @@ struct TkParams {
 }  // namespace
 
 absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& sn) {
-  return db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<TerminalRecord> {
-    pqxx::result r = db::Exec(tx, kSelectTerminal, sn);
-    if (r.empty()) return absl::NotFoundError("sn: no such terminal");
-    return ReadTerminal(r[0]);
-  });
+  return db::RunAutocommitRead(pool_,
+                               [&](pqxx::nontransaction& tx) -> absl::StatusOr<TerminalRecord> {
+                                 pqxx::result r = db::Exec(tx, kSelectTerminal, sn);
+                                 if (r.empty()) return absl::NotFoundError("sn: no such terminal");
+                                 return ReadTerminal(r[0]);
+                               });
 }
 
 absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
@@ -268,10 +276,9 @@ absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
     db::Exec(tx, kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
              static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
              tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
-             t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms,
-             tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
-             tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
-             t.updated_at_ms, audit_json);
+             t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms, tk.ctk_pk,
+             t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(),
+             tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, audit_json);
     return absl::OkStatus();
   });
 }
@@ -304,9 +311,9 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
         static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
         t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
         t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
-        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(),
-        tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, move_id.get(),
-        move_from.get(), move_to.get(), move_kcv.get(), audit_json);
+        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(),
+        tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, move_id.get(), move_from.get(),
+        move_to.get(), move_kcv.get(), audit_json);
     if (r[0].as<int64_t>() != 1) {
       return absl::AbortedError("terminal changed concurrently");
     }
@@ -320,7 +327,7 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<TerminalRecord>> {
         NullableText state(filter.state ? TerminalStateName(*filter.state) : "", true);
         pqxx::result r = db::Exec(tx, kListTerminals, state.get(), filter.sn_prefix,
-                                        filter.after_sn, filter.limit);
+                                  filter.after_sn, filter.limit);
         std::vector<TerminalRecord> out;
         out.reserve(r.size());
         for (const auto& row : r) {
@@ -336,14 +343,13 @@ absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
   const std::string audit_json = AuditJson(audit);
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
     db::Exec(tx, kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
-             audit_json);
+             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms, audit_json);
     return absl::OkStatus();
   });
 }
 
 absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
-  return db::RunSingleRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<AuthSession> {
+  return db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<AuthSession> {
     pqxx::result r = db::Exec(tx, kSelectSession, id);
     if (r.empty()) {
       return absl::NotFoundError("session_id: no such session");
@@ -358,7 +364,7 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
     NullableText kcv(tmk_kcv.value_or(""), !tmk_kcv.has_value());
     pqxx::result r = db::Exec(tx, kTransitionSession, id, SessionStateName(from),
-                                    SessionStateName(to), kcv.get());
+                              SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
   });
 }

@@ -200,7 +200,7 @@ const char* SubmissionStateName(SubmissionState state) {
 }
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
         pqxx::result r = db::Exec(tx, kSelectCurrentWorkKey);
         if (r.empty()) return std::nullopt;
@@ -210,7 +210,7 @@ absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() 
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
     const std::string& serial) {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
         pqxx::result r = db::Exec(tx, kSelectWorkKey, serial);
         if (r.empty()) return std::nullopt;
@@ -219,7 +219,7 @@ absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
 }
 
 absl::StatusOr<std::vector<WorkKeyRecord>> PgMtmsRepository::ListWorkKeys() {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<WorkKeyRecord>> {
         std::vector<WorkKeyRecord> keys;
         for (const pqxx::row& row : db::Exec(tx, kListWorkKeys)) keys.push_back(ReadWorkKey(row));
@@ -237,8 +237,8 @@ absl::StatusOr<MtmsRepository::InstallResult> PgMtmsRepository::InstallWorkKey(
     }
     db::Exec(tx, kDemoteCurrentWorkKey);
     db::Exec(tx, kInsertWorkKey, key.serial_hex, key.hsm_id, key.hsm_key_index,
-                   Bin(key.public_key_der), key.certificate_pem, key.terminal_root_pem,
-                   key.created_at_ms);
+             Bin(key.public_key_der), key.certificate_pem, key.terminal_root_pem,
+             key.created_at_ms);
     InsertAudit(tx, audit);
     WorkKeyRecord installed = key;
     installed.state = WorkKeyState::kCurrent;
@@ -282,14 +282,14 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
     pqxx::result key = db::Exec(tx, kWorkKeyStateForShare, row.work_certificate_serial);
     if (key.empty()) return InsertOutcome::kUnknownWorkKey;
     if (key[0][0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
-    pqxx::result inserted = db::Exec(tx, 
-        kInsertSubmission, row.submission_id, row.sn, row.operator_id, Bin(row.nonce),
-        Bin(row.package), Bin(row.signature), row.operator_certificate_pem,
-        row.operator_certificate_serial, row.work_certificate_serial, Bin(row.ctk_pu),
-        static_cast<int>(row.algorithm_code), row.created_at_ms, row.received_at_ms);
+    pqxx::result inserted =
+        db::Exec(tx, kInsertSubmission, row.submission_id, row.sn, row.operator_id, Bin(row.nonce),
+                 Bin(row.package), Bin(row.signature), row.operator_certificate_pem,
+                 row.operator_certificate_serial, row.work_certificate_serial, Bin(row.ctk_pu),
+                 static_cast<int>(row.algorithm_code), row.created_at_ms, row.received_at_ms);
     if (inserted.empty()) return InsertOutcome::kReplay;
     db::Exec(tx, kRecordOperatorSeen, row.operator_id, row.operator_certificate_serial,
-                   row.received_at_ms, kLastSeenResolutionMs);
+             row.received_at_ms, kLastSeenResolutionMs);
     InsertAudit(tx, audit);
     return InsertOutcome::kInserted;
   });
@@ -297,7 +297,7 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
 
 absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
     const std::string& submission_id) {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<SubmissionRecord>> {
         pqxx::result r = db::Exec(tx, kSelectSubmission, submission_id);
         if (r.empty()) return std::nullopt;
@@ -307,7 +307,7 @@ absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
 
 absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
     std::optional<SubmissionState> state, size_t limit, const std::optional<QueueCursor>& after) {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<SubmissionRecord>> {
         const char* state_param = state ? SubmissionStateName(*state) : nullptr;
         std::string received = after ? std::to_string(after->received_at_ms) : "";
@@ -315,7 +315,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
         const char* id_param = after ? after->submission_id.c_str() : nullptr;
         std::vector<SubmissionRecord> rows;
         for (const pqxx::row& row : db::Exec(tx, kListSubmissions, state_param, received_param,
-                                                   id_param, static_cast<int64_t>(limit))) {
+                                             id_param, static_cast<int64_t>(limit))) {
           rows.push_back(ReadSubmission(row));
         }
         return rows;
@@ -323,7 +323,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
 }
 
 absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
-  return db::RunSingleRead(pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<QueueCounts> {
+  return db::RunAutocommitRead(pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<QueueCounts> {
     QueueCounts counts;
     for (const pqxx::row& row : db::Exec(tx, kCountByState)) {
       uint64_t n = row[1].as<uint64_t>();
@@ -398,7 +398,7 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submi
                                                         int64_t next_attempt_at_ms) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
     return db::Exec(tx, kFinishRetryLater, submission_id, claim_token, last_error,
-                          next_attempt_at_ms)
+                    next_attempt_at_ms)
                .affected_rows() == 1;
   });
 }
@@ -411,7 +411,7 @@ absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) {
 }
 
 absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limit) {
-  return db::RunSingleRead(
+  return db::RunAutocommitRead(
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
         std::vector<AuditRecord> records;
         for (const pqxx::row& row : db::Exec(tx, kListAudit, static_cast<int64_t>(limit))) {

@@ -58,9 +58,9 @@ namespace internal {
 absl::Status RunInTransactionImpl(ConnectionPool& pool,
                                   absl::FunctionRef<absl::Status(pqxx::work&)> body,
                                   const TransactionOptions& options);
-absl::Status RunSingleReadImpl(ConnectionPool& pool,
-                               absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
-                               const TransactionOptions& options);
+absl::Status RunAutocommitReadImpl(ConnectionPool& pool,
+                                   absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
+                                   const TransactionOptions& options);
 
 template <typename T>
 struct IsStatusOr : std::false_type {};
@@ -101,7 +101,7 @@ auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions 
   return RunInTransaction(pool, std::forward<Fn>(fn), options);
 }
 
-// RunSingleRead: fn runs read-only statements in autocommit mode, typically one: one round
+// RunAutocommitRead: fn runs read-only statements in autocommit mode, typically one: one round
 // trip to PostgreSQL instead of four (BEGIN, SET TRANSACTION READ ONLY, the statement,
 // COMMIT). One statement sees one snapshot, so its result is as consistent as inside a
 // read-only transaction. Several statements each see their own snapshot — exactly what
@@ -111,12 +111,12 @@ auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions 
 // Retried as RunInTransaction is, and also after a lost connection whatever the moment,
 // since nothing was written. options.isolation and options.read_only are not used.
 template <typename Fn>
-auto RunSingleRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
+auto RunAutocommitRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
     -> std::invoke_result_t<Fn&, pqxx::nontransaction&> {
   using Result = std::invoke_result_t<Fn&, pqxx::nontransaction&>;
   static_assert(internal::IsStatusOr<Result>::value, "fn must return absl::StatusOr<T>");
   std::optional<Result> result;
-  absl::Status status = internal::RunSingleReadImpl(
+  absl::Status status = internal::RunAutocommitReadImpl(
       pool,
       [&](pqxx::nontransaction& tx) -> absl::Status {
         result.reset();
