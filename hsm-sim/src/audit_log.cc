@@ -26,9 +26,12 @@ constexpr int kAuditLockChain = 1;
 
 constexpr char kLockChain[] = "SELECT pg_advisory_xact_lock($1, $2)";
 constexpr char kChainHead[] = "SELECT seq, mac FROM hsm_audit ORDER BY seq DESC LIMIT 1";
-constexpr char kInsertRecord[] =
+// A sealed batch in one statement (one round trip, not one per record).
+constexpr char kInsertRecords[] =
     "INSERT INTO hsm_audit (seq, at_ms, actor, action, sn, detail, result, mac) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    "SELECT x.seq, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, 'hex') "
+    "FROM jsonb_to_recordset($1::jsonb) AS x(seq bigint, at_ms bigint, actor text, "
+    "action text, sn text, detail text, result text, mac text)";
 constexpr char kAllRecords[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit ORDER BY seq";
 constexpr char kNextPendingId[] = "SELECT nextval('hsm_audit_pending_id_seq')";
@@ -154,10 +157,11 @@ absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const A
   return absl::OkStatus();
 }
 
-absl::Status PgAuditLog::AppendGrouped(const AuditEvent& event) {
+absl::Status PgAuditLog::AppendGrouped(std::span<const AuditEvent> events) {
+  if (events.empty()) return absl::InternalError("audit: an empty group append");
   absl::MutexLock lock(&group_mu_);
   const uint64_t mine = next_group_;
-  group_queue_.push_back(&event);
+  for (const AuditEvent& event : events) group_queue_.push_back(&event);
   ++group_members_[mine];
   while (done_group_ < mine) {
     if (flushing_) {
@@ -247,6 +251,7 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       prev = ToBytes(head[0][1]);
     }
     std::string ids = "{";
+    JsonRows records;
     for (const auto& row : pending) {
       const uint64_t id = row[0].as<uint64_t>();
       AuditEvent e = EventFromRow(row);
@@ -263,12 +268,20 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       }
       ++seq;
       RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-      db::Exec(tx, kInsertRecord, seq, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-               pqxx::binarystring(mac.data(), mac.size()));
+      records.Row()
+          .Field("seq", static_cast<int64_t>(seq))
+          .Field("at_ms", e.at_ms)
+          .Field("actor", e.actor)
+          .Field("action", e.action)
+          .Field("sn", e.sn)
+          .Field("detail", e.detail)
+          .Field("result", e.result)
+          .Field("mac", ToHex(mac));
       prev = std::move(mac);
       absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
     }
     ids += "}";
+    db::Exec(tx, kInsertRecords, records.Finish());
     db::Exec(tx, kDeletePending, ids);
     return static_cast<uint64_t>(pending.size());
   });

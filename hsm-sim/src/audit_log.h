@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -105,9 +106,11 @@ class PgAuditLog : public AuditLog {
   // Appends inside the caller's transaction (takes no lock).
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
 
-  // Appends durably: returns once the record has committed, in a transaction shared with
-  // the records of concurrent callers. The group's error, if its write failed.
-  absl::Status AppendGrouped(const AuditEvent& event);
+  // Appends durably: returns once the records have committed, in a transaction shared with
+  // the records of concurrent callers (one caller's records always share one group). The
+  // group's error, if its write failed. `events` must not be empty.
+  absl::Status AppendGrouped(std::span<const AuditEvent> events);
+  absl::Status AppendGrouped(const AuditEvent& event) { return AppendGrouped({&event, 1}); }
   // Groups written so far (for tests and metrics).
   uint64_t groups_written();
   // Tests only: `hook` runs in the writing thread before each group is written, and

@@ -175,11 +175,15 @@ auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, bool read_onl
   return R(status);
 }
 
-void HsmCore::RecordFailure(AuditEvent event, const absl::Status& status) {
+void HsmCore::MarkFailed(AuditEvent& event, const absl::Status& status) {
   event.at_ms = clock_.NowUnixMs();
   event.result = absl::StatusCodeToString(status.code());
   absl::StrAppend(&event.detail, event.detail.empty() ? "" : " ", "error=\"",
                   std::string(status.message()), "\"");
+}
+
+void HsmCore::RecordFailure(AuditEvent event, const absl::Status& status) {
+  MarkFailed(event, status);
   if (absl::Status s = audit_.Append(event); !s.ok()) {
     spdlog::error("audit record for {} by {} could not be written: {}", event.action, event.actor,
                   s.ToString());
@@ -542,59 +546,119 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
 
 // ---- Transport key (PROTOCOL §5, §6) -----------------------------------------------------
 
-absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
-                                                     const TranslateCommand& cmd) {
-  AuditEvent event{
+namespace {
+
+AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd) {
+  return AuditEvent{
       .actor = caller,
       .action = "translate_transport_key",
       .sn = cmd.sn,
       .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
-    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
-    if (!cmd.algorithm) {
-      return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
+}
+
+}  // namespace
+
+absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
+                                                     const TranslateCommand& cmd) {
+  return RunReadOnly(TranslateEvent(caller, cmd), true,
+                     [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
+                       const uint64_t keys[] = {cmd.pr_index, cmd.pk_index, cmd.mak_index};
+                       RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+                       return DoTranslate(tx, audit, cmd);
+                     });
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKeys(
+    const std::string& caller, std::span<const TranslateCommand> commands) {
+  absl::Status refused;
+  if (commands.empty() || commands.size() > kMaxTranslateBatch) {
+    refused = absl::InvalidArgumentError(
+        absl::StrCat("items: between 1 and ", kMaxTranslateBatch, " translate commands"));
+  } else if (!options_.self_test_passed) {
+    refused = SelfTestFailed();
+  }
+  if (!refused.ok()) {
+    RecordFailure(AuditEvent{.actor = caller,
+                             .action = "translate_transport_key",
+                             .detail = absl::StrCat("batch of ", commands.size())},
+                  refused);
+    return refused;
+  }
+  std::vector<absl::StatusOr<Bytes>> results;
+  absl::Status unit = store_.TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
+    results.clear();
+    std::vector<uint64_t> keys;
+    for (const TranslateCommand& cmd : commands) {
+      keys.insert(keys.end(), {cmd.pr_index, cmd.pk_index, cmd.mak_index});
     }
-    if (cmd.created_at_ms < 0) {
-      return absl::InvalidArgumentError("created_at_unix_ms: must not be negative");
-    }
-    if (cmd.ctk_pu.empty()) return absl::InvalidArgumentError("ctk_pu: required");
-    const uint64_t keys[] = {cmd.pr_index, cmd.pk_index, cmd.mak_index};
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
-    RKL_ASSIGN_OR_RETURN(KeyRecord pr_record, UsableKey(tx, cmd.pr_index, "pr_index",
-                                                        KeyUsage::kTransportDecrypt, nullptr));
-    RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
-                         UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
-    RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
-                         UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
-    if (cmd.ctk_pu.size() != pr_record.rsa_bits / 8) {
-      return absl::InvalidArgumentError(absl::StrCat("ctk_pu: must be ", pr_record.rsa_bits / 8,
-                                                     " bytes (the modulus of key ", pr_record.index,
-                                                     ")"));
+    for (const TranslateCommand& cmd : commands) {
+      AuditEvent record = TranslateEvent(caller, cmd);
+      absl::StatusOr<Bytes> result = DoTranslate(tx, record, cmd);
+      if (result.ok()) {
+        record.at_ms = clock_.NowUnixMs();
+        record.result = "OK";
+      } else {
+        MarkFailed(record, result.status());
+      }
+      RKL_RETURN_IF_ERROR(tx.Audit(record));
+      results.push_back(std::move(result));
     }
-    RKL_ASSIGN_OR_RETURN(auto pr, UnsealRsa(tx, pr_record));
-    RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
-    RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
-
-    // From here on every failure is the same answer: no padding or format oracle.
-    auto payload = crypto::RsaOaepDecrypt(*pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
-    if (!payload.ok()) return TransportKeyRejected();
-    auto tk = protocol::ParseTkPayload(*payload);
-    if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();
-
-    protocol::CtkPkHeader header{
-        .algorithm = tk->algorithm, .sn = cmd.sn, .created_at_unix_ms = cmd.created_at_ms};
-    RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
-    RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
-    std::copy_n(pk_kcv.begin(), 3, header.pk_kcv.begin());
-    std::copy_n(mak_kcv.begin(), 3, header.mak_kcv.begin());
-    RKL_ASSIGN_OR_RETURN(Bytes ctk_pk, protocol::BuildCtkPk(header, *payload, pk, mak));
-    RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
-    RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
-    absl::StrAppend(&audit.detail, " pk_kcv=", KcvText(pk_kcv), " mak_kcv=", KcvText(mak_kcv),
-                    " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
-                    " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv, " created_at=", cmd.created_at_ms);
-    return ctk_pk;
+    return absl::OkStatus();
   });
+  if (!unit.ok()) {
+    for (const TranslateCommand& cmd : commands) RecordFailure(TranslateEvent(caller, cmd), unit);
+    return unit;
+  }
+  return results;
+}
+
+absl::StatusOr<Bytes> HsmCore::DoTranslate(KeyTransaction& tx, AuditEvent& audit,
+                                           const TranslateCommand& cmd) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+  if (!cmd.algorithm) {
+    return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
+  }
+  if (cmd.created_at_ms < 0) {
+    return absl::InvalidArgumentError("created_at_unix_ms: must not be negative");
+  }
+  if (cmd.ctk_pu.empty()) return absl::InvalidArgumentError("ctk_pu: required");
+  RKL_ASSIGN_OR_RETURN(KeyRecord pr_record, UsableKey(tx, cmd.pr_index, "pr_index",
+                                                      KeyUsage::kTransportDecrypt, nullptr));
+  RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
+                       UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
+  RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
+                       UsableKey(tx, cmd.mak_index, "mak_index", KeyUsage::kTkMac, nullptr));
+  if (cmd.ctk_pu.size() != pr_record.rsa_bits / 8) {
+    return absl::InvalidArgumentError(absl::StrCat("ctk_pu: must be ", pr_record.rsa_bits / 8,
+                                                   " bytes (the modulus of key ", pr_record.index,
+                                                   ")"));
+  }
+  RKL_ASSIGN_OR_RETURN(auto pr, UnsealRsa(tx, pr_record));
+  RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
+  RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
+
+  // From here on every failure is the same answer: no padding or format oracle.
+  auto payload = crypto::RsaOaepDecrypt(*pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+  if (!payload.ok()) return TransportKeyRejected();
+  auto tk = protocol::ParseTkPayload(*payload);
+  if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();
+
+  protocol::CtkPkHeader header{
+      .algorithm = tk->algorithm, .sn = cmd.sn, .created_at_unix_ms = cmd.created_at_ms};
+  RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
+  RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
+  std::copy_n(pk_kcv.begin(), 3, header.pk_kcv.begin());
+  std::copy_n(mak_kcv.begin(), 3, header.mak_kcv.begin());
+  RKL_ASSIGN_OR_RETURN(Bytes ctk_pk, protocol::BuildCtkPk(header, *payload, pk, mak));
+  RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
+  RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
+  absl::StrAppend(&audit.detail, " pk_kcv=", KcvText(pk_kcv), " mak_kcv=", KcvText(mak_kcv),
+                  " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
+                  " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv, " created_at=", cmd.created_at_ms);
+  return ctk_pk;
 }
 
 absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, AuditEvent& audit,
@@ -786,10 +850,11 @@ absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& ca
                    .action = "auth_challenge",
                    .sn = sn,
                    .detail = absl::StrCat("auk=", auk_index)};
-  return RunReadOnly(event, true,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
-               return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
-             });
+  return RunReadOnly(
+      event, true,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
+        return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
+      });
 }
 
 absl::Status HsmCore::DoAuthVerify(KeyTransaction& tx, AuditEvent& audit,
@@ -852,10 +917,10 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& call
                    .action = "export_key_block",
                    .sn = sn,
                    .detail = absl::StrCat("key=", key_index, " kek=", kek_index)};
-  return RunReadOnly(event, true,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
-               return DoExport(tx, audit, key_index, kek_index, sn);
-             });
+  return RunReadOnly(
+      event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
+        return DoExport(tx, audit, key_index, kek_index, sn);
+      });
 }
 
 // ---- Composite commands for KMS: several commands in one transaction and audit record ------
@@ -943,15 +1008,16 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
 absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
       .actor = caller, .action = "get_key_info", .detail = absl::StrCat("key=", key_index)};
-  return RunReadOnly(event, false, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
-    if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
-    RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
-    if (!record)
-      return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
-    record->nonce.clear();
-    record->sealed.clear();
-    return *std::move(record);
-  });
+  return RunReadOnly(
+      event, false, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
+        if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+        RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+        if (!record)
+          return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+        record->nonce.clear();
+        record->sealed.clear();
+        return *std::move(record);
+      });
 }
 
 absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {

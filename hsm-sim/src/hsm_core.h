@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -172,6 +173,15 @@ class HsmCore {
 
   absl::StatusOr<Bytes> TranslateTransportKey(const std::string& caller,
                                               const TranslateCommand& command);
+  // Many TranslateTransportKey commands in one call (1 to kMaxTranslateBatch): every item
+  // is checked, translated and audited exactly as TranslateTransportKey would do it (same
+  // errors, one audit record each), and items fail independently — one result per item, in
+  // order. The items' keys are read once and their records are written in one group. An
+  // error of the call itself (no items or too many, self-test, database, audit) fails
+  // every item; each item is then audited with that error.
+  static constexpr size_t kMaxTranslateBatch = 64;
+  absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
+      const std::string& caller, std::span<const TranslateCommand> commands);
   absl::StatusOr<ImportedTransportKey> ImportTransportKey(const std::string& caller,
                                                           const ImportCommand& command);
   absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& caller, const std::string& sn,
@@ -220,7 +230,11 @@ class HsmCore {
   auto RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
+  // Makes `event` the record of a command that failed with `status`.
+  void MarkFailed(AuditEvent& event, const absl::Status& status);
   // The bodies of the commands, for use inside one transaction (Run).
+  absl::StatusOr<Bytes> DoTranslate(KeyTransaction& tx, AuditEvent& audit,
+                                    const TranslateCommand& cmd);
   absl::StatusOr<ImportedTransportKey> DoImport(KeyTransaction& tx, AuditEvent& audit,
                                                 const ImportCommand& cmd);
   absl::StatusOr<GeneratedTmk> DoGenerateTmk(KeyTransaction& tx, AuditEvent& audit,

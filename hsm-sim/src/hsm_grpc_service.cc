@@ -13,12 +13,20 @@ static_assert(static_cast<int>(CeremonyState::kExpired) == v1::CEREMONY_STATE_EX
 
 constexpr char kAdmins[] = "admin:*";
 
-const char* const kOperationalMethods[] = {
-    "GenerateRsaKeyPair", "GetPublicKey",   "TranslateTransportKey",
-    "ImportTransportKey", "GenerateTmk",    "AuthChallenge",
-    "AuthVerify",         "ExportKeyBlock", "VerifyInstallProof",
-    "GetKeyInfo",         "GenerateRandom", "ImportAndChallenge",
-    "AuthenticateAndDeliver"};
+const char* const kOperationalMethods[] = {"GenerateRsaKeyPair",
+                                           "GetPublicKey",
+                                           "TranslateTransportKey",
+                                           "TranslateTransportKeys",
+                                           "ImportTransportKey",
+                                           "GenerateTmk",
+                                           "AuthChallenge",
+                                           "AuthVerify",
+                                           "ExportKeyBlock",
+                                           "VerifyInstallProof",
+                                           "GetKeyInfo",
+                                           "GenerateRandom",
+                                           "ImportAndChallenge",
+                                           "AuthenticateAndDeliver"};
 const char* const kAdminMethods[] = {"BeginCeremony",    "GetCeremony", "AddComponent",
                                      "CompleteCeremony", "DeleteKey",   "VerifyAuditChain"};
 
@@ -138,21 +146,51 @@ grpc::Status HsmGrpcService::CompleteCeremony(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+namespace {
+
+TranslateCommand TranslateCommandFrom(const v1::TranslateTransportKeyRequest& req) {
+  return TranslateCommand{.pr_index = req.pr_index(),
+                          .ctk_pu = ToBytes(req.ctk_pu()),
+                          .sn = req.sn(),
+                          .created_at_ms = req.created_at_unix_ms(),
+                          .pk_index = req.pk_index(),
+                          .mak_index = req.mak_index(),
+                          .algorithm = Algorithm(req.algorithm())};
+}
+
+}  // namespace
+
 grpc::Status HsmGrpcService::TranslateTransportKey(grpc::ServerContext* ctx,
                                                    const v1::TranslateTransportKeyRequest* req,
                                                    v1::TranslateTransportKeyResponse* resp) {
   auto caller = Authorize(*ctx, "TranslateTransportKey");
   if (!caller.ok()) return Done(caller.status());
-  TranslateCommand cmd{.pr_index = req->pr_index(),
-                       .ctk_pu = ToBytes(req->ctk_pu()),
-                       .sn = req->sn(),
-                       .created_at_ms = req->created_at_unix_ms(),
-                       .pk_index = req->pk_index(),
-                       .mak_index = req->mak_index(),
-                       .algorithm = Algorithm(req->algorithm())};
-  auto r = core_.TranslateTransportKey(*caller, cmd);
+  auto r = core_.TranslateTransportKey(*caller, TranslateCommandFrom(*req));
   if (!r.ok()) return Done(r.status());
   resp->set_ctk_pk(ToString(*r));
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::TranslateTransportKeys(grpc::ServerContext* ctx,
+                                                    const v1::TranslateTransportKeysRequest* req,
+                                                    v1::TranslateTransportKeysResponse* resp) {
+  auto caller = Authorize(*ctx, "TranslateTransportKeys");
+  if (!caller.ok()) return Done(caller.status());
+  std::vector<TranslateCommand> commands;
+  commands.reserve(req->items_size());
+  for (const auto& item : req->items()) commands.push_back(TranslateCommandFrom(item));
+  auto results = core_.TranslateTransportKeys(*caller, commands);
+  if (!results.ok()) return Done(results.status());
+  for (const absl::StatusOr<Bytes>& result : *results) {
+    v1::TranslateTransportKeyOutcome* outcome = resp->add_outcomes();
+    if (result.ok()) {
+      outcome->set_ctk_pk(ToString(*result));
+    } else {
+      const grpc::Status status = Done(result.status());
+      outcome->set_code(static_cast<int32_t>(status.error_code()));
+      outcome->set_message(status.error_message());
+    }
+  }
   return grpc::Status::OK;
 }
 
@@ -200,8 +238,8 @@ grpc::Status HsmGrpcService::ImportAndChallenge(grpc::ServerContext* ctx,
                                                 v1::ImportAndChallengeResponse* resp) {
   auto caller = Authorize(*ctx, "ImportAndChallenge");
   if (!caller.ok()) return Done(caller.status());
-  auto r = core_.ImportAndChallenge(*caller, ImportCommandFrom(req->import()),
-                                    ToBytes(req->rnd1()));
+  auto r =
+      core_.ImportAndChallenge(*caller, ImportCommandFrom(req->import()), ToBytes(req->rnd1()));
   if (!r.ok()) return Done(r.status());
   SetImported(r->imported, *resp->mutable_imported());
   resp->mutable_challenge()->set_rnd2(ToString(r->challenge.rnd2));

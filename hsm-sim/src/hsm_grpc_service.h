@@ -37,6 +37,9 @@ class HsmGrpcService final : public rkl::v1::Hsm::Service {
   grpc::Status TranslateTransportKey(grpc::ServerContext* ctx,
                                      const v1::TranslateTransportKeyRequest* req,
                                      v1::TranslateTransportKeyResponse* resp) override;
+  grpc::Status TranslateTransportKeys(grpc::ServerContext* ctx,
+                                      const v1::TranslateTransportKeysRequest* req,
+                                      v1::TranslateTransportKeysResponse* resp) override;
   grpc::Status ImportTransportKey(grpc::ServerContext* ctx,
                                   const v1::ImportTransportKeyRequest* req,
                                   v1::ImportTransportKeyResponse* resp) override;

@@ -319,7 +319,7 @@ class PgKeyTransaction : public KeyTransaction {
   // In a transaction (`deferred_audit` null), or read-only in autocommit: writes are refused
   // and the audit record is handed back through `deferred_audit` to be written afterwards.
   PgKeyTransaction(pqxx::transaction_base& tx, PgKeyStore& store,
-                   std::optional<AuditEvent>* deferred_audit = nullptr)
+                   std::vector<AuditEvent>* deferred_audit = nullptr)
       : tx_(tx), store_(store), deferred_audit_(deferred_audit) {}
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
@@ -493,7 +493,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status Audit(const AuditEvent& event) override {
     if (deferred_audit_ != nullptr) {
-      *deferred_audit_ = event;
+      deferred_audit_->push_back(event);
       return absl::OkStatus();
     }
     return store_.audit_.AppendInTransaction(tx_, event);
@@ -507,7 +507,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   pqxx::transaction_base& tx_;
   PgKeyStore& store_;
-  std::optional<AuditEvent>* deferred_audit_;
+  std::vector<AuditEvent>* deferred_audit_;  // read-only units: the records to append
   std::map<uint64_t, std::optional<KeyRecord>> prefetched_;  // by Prefetch; nullopt: absent
 };
 
@@ -525,17 +525,18 @@ absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&
 absl::Status PgKeyStore::TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
   // Each read is its own autocommit statement — what READ COMMITTED gives the statements of
   // one transaction anyway — so the reads cost one round trip each and no BEGIN/COMMIT.
-  std::optional<AuditEvent> audit;
+  std::vector<AuditEvent> audits;
   absl::StatusOr<bool> done =
       db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
-        audit.reset();
-        PgKeyTransaction ktx(tx, *this, &audit);
+        audits.clear();
+        PgKeyTransaction ktx(tx, *this, &audits);
         RKL_RETURN_IF_ERROR(fn(ktx));
         return true;
       });
   RKL_RETURN_IF_ERROR(done.status());
-  if (!audit) return absl::InternalError("an HSM command finished without its audit record");
-  return audit_.AppendGrouped(*audit);
+  if (audits.empty())
+    return absl::InternalError("an HSM command finished without its audit record");
+  return audit_.AppendGrouped(audits);
 }
 
 }  // namespace rkl::hsm

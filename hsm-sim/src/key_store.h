@@ -166,7 +166,8 @@ class KeyTransaction {
       const std::string& ceremony_id) = 0;
   virtual absl::Status DeleteComponents(const std::string& ceremony_id) = 0;
 
-  // Appends the audit record in this transaction. Call it last.
+  // Appends the audit record in this transaction. Call it last (a command that carries
+  // several items, like TranslateTransportKeys, calls it once per item).
   virtual absl::Status Audit(const AuditEvent& event) = 0;
 };
 

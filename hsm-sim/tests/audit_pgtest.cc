@@ -188,6 +188,38 @@ TEST_F(AuditPgTest, RecordsStayPendingUntilSealedThenChainInOrder) {
   EXPECT_EQ(v->records_checked(), 3u);
 }
 
+TEST_F(AuditPgTest, SealedBatchKeepsEveryRecordsTextByteForByte) {
+  // The sealer writes a batch as one JSON statement: quoting must not change one byte.
+  const std::vector<std::string> details = {"quote \" backslash \\ slash /",
+                                            "line\nbreak\ttab\r",
+                                            "control \x01\x1f",
+                                            "utf-8 \xc3\xa9\xe2\x82\xac \xf0\x9f\x94\x91",
+                                            "{\"json\": [1, 2]}",
+                                            ""};
+  for (size_t i = 0; i < details.size(); ++i) {
+    absl::Status s =
+        hsm_->daemon().audit_log().Append(AuditEvent{.at_ms = static_cast<int64_t>(i + 1),
+                                                     .actor = "kms",
+                                                     .action = "test_text",
+                                                     .sn = "SN-" + std::to_string(i),
+                                                     .detail = details[i],
+                                                     .result = "OK"});
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  EXPECT_EQ(Seal(), details.size());
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  auto rows = tx.exec("SELECT detail, sn FROM hsm_audit WHERE action = 'test_text' ORDER BY seq");
+  ASSERT_EQ(rows.size(), details.size());
+  for (size_t i = 0; i < details.size(); ++i) {
+    EXPECT_EQ(rows[i][0].as<std::string>(), details[i]);
+    EXPECT_EQ(rows[i][1].as<std::string>(), "SN-" + std::to_string(i));
+  }
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact());
+}
+
 TEST_F(AuditPgTest, BackgroundSealerChainsRecordsByItself) {
   hsm_.reset();
   auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::Milliseconds(20)});
@@ -221,9 +253,8 @@ TEST_F(AuditPgTest, PendingRecordEditedBeforeSealingIsChainedAsTampered) {
   EXPECT_EQ(row[0].as<std::string>(), "hsm");
   EXPECT_EQ(row[1].as<std::string>(), "audit_record_tampered");
   EXPECT_EQ(row[2].as<std::string>(), "DATA_LOSS");
-  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0]
-                .as<int64_t>(),
-            0);
+  EXPECT_EQ(
+      tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0].as<int64_t>(), 0);
   auto v = Verify();
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_FALSE(v->intact());
@@ -286,8 +317,11 @@ TEST_F(AuditPgTest, GroupedRecordsQueuedDuringAWriteShareTheNextTransaction) {
   const int64_t pending_before = Pending();
   std::atomic<int> failed{0};
   auto append = [&](int i) {
-    AuditEvent e{.at_ms = 1000 + i, .actor = "kms", .action = "test_group",
-                 .detail = absl::StrCat("record ", i), .result = "OK"};
+    AuditEvent e{.at_ms = 1000 + i,
+                 .actor = "kms",
+                 .action = "test_group",
+                 .detail = absl::StrCat("record ", i),
+                 .result = "OK"};
     if (!log.AppendGrouped(e).ok()) ++failed;
   };
   std::vector<std::thread> callers;

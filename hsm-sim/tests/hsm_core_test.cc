@@ -273,6 +273,66 @@ TEST_F(HsmCoreTest, TranslateRefusesMalformedRequestsAndWrongKeys) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  TestTerminal t2 = TestTerminal::Create("SN-2");
+  TranslateCommand bad_sn = Translate(t2, t2.CtkPu(pu_));
+  bad_sn.sn = "sn lower";
+  TranslateCommand unknown_pr = Translate(t2, t2.CtkPu(pu_));
+  unknown_pr.pr_index = 999;
+  const std::vector<TranslateCommand> items = {
+      Translate(t, t.CtkPu(pu_)),            // OK
+      Translate(t2, t2.CtkPu(pu_, "SN-1")),  // another SN's label: rejected
+      bad_sn,                                // INVALID_ARGUMENT
+      unknown_pr,                            // NOT_FOUND
+      Translate(t2, t2.CtkPu(pu_)),          // OK, after four others
+  };
+  const size_t before = audit_.events().size();
+  auto batch = core_->TranslateTransportKeys("mtms", items);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_EQ(batch->size(), items.size());
+  auto events = audit_.events();
+  ASSERT_EQ(events.size(), before + items.size());  // one record per item, in order
+  const std::vector<std::string> results = {"OK", "UNAUTHENTICATED", "INVALID_ARGUMENT",
+                                            "NOT_FOUND", "OK"};
+  for (size_t i = 0; i < items.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(events[before + i].action, "translate_transport_key");
+    EXPECT_EQ(events[before + i].sn, items[i].sn);
+    EXPECT_EQ(events[before + i].result, results[i]);
+    // The single command gives the same answer (Ctk_pk is deterministic).
+    auto single = core_->TranslateTransportKey("mtms", items[i]);
+    EXPECT_EQ((*batch)[i].status(), single.status());
+    if (single.ok()) EXPECT_EQ(*(*batch)[i], *single);
+  }
+  EXPECT_EQ((*batch)[1].status(), absl::UnauthenticatedError("transport key rejected"));
+  // The OK items are the terminals' own keys.
+  auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", *(*batch)[4]});
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->tek_kcv, t2.TekKcv());
+}
+
+TEST_F(HsmCoreTest, TranslateBatchRefusesNoItemsOrTooManyAndAuditsTheRefusal) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  const size_t before = audit_.events().size();
+  EXPECT_EQ(core_->TranslateTransportKeys("mtms", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<TranslateCommand> many(HsmCore::kMaxTranslateBatch + 1, Translate(t, t.CtkPu(pu_)));
+  auto refused = core_->TranslateTransportKeys("mtms", many);
+  EXPECT_EQ(refused.status(),
+            absl::InvalidArgumentError("items: between 1 and 64 translate commands"));
+  auto events = audit_.events();
+  ASSERT_EQ(events.size(), before + 2);
+  EXPECT_EQ(events[before + 1].result, "INVALID_ARGUMENT");
+  EXPECT_THAT(events[before + 1].detail, HasSubstr("batch of 65"));
+  many.pop_back();
+  auto full = core_->TranslateTransportKeys("mtms", many);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->size(), HsmCore::kMaxTranslateBatch);
+}
+
 TEST_F(HsmCoreTest, ImportWithBadMacChangesNothing) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
@@ -417,7 +477,8 @@ TEST_F(HsmCoreTest, CompositeCommandsAuthenticateAndDeliverTheTmk) {
   EXPECT_EQ(begun->imported.tek_kcv, t2.TekKcv());
   EXPECT_EQ(begun->imported.auk_kcv, t2.AukKcv());
   auto keys = t2.AuthKeys();
-  ASSERT_TRUE(protocol::VerifyCrnd1(keys, rnd1, begun->challenge.rnd2, begun->challenge.crnd1).ok());
+  ASSERT_TRUE(
+      protocol::VerifyCrnd1(keys, rnd1, begun->challenge.rnd2, begun->challenge.crnd1).ok());
   Bytes crnd2 = protocol::MakeCrnd2(keys, rnd1, begun->challenge.rnd2).value();
   auto delivered = core_->AuthenticateAndDeliver(
       kKms, {begun->imported.auk_index, t2.sn, rnd1, begun->challenge.rnd2, crnd2},
@@ -445,9 +506,9 @@ TEST_F(HsmCoreTest, NoTmkIsMadeOrExportedWithoutAVerifiedCrnd2) {
   size_t keys_before = store_.state().keys.size();
   // KMS's own Crnd1 reflected back, and a token of another terminal's keys.
   for (const Bytes& crnd2 :
-       {challenge->crnd1, protocol::MakeCrnd2(TestTerminal::Create("SN-1").AuthKeys(), rnd1,
-                                              challenge->rnd2)
-                              .value()}) {
+       {challenge->crnd1,
+        protocol::MakeCrnd2(TestTerminal::Create("SN-1").AuthKeys(), rnd1, challenge->rnd2)
+            .value()}) {
     auto r = core_->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2},
                                            KeyAlgorithm::kAes128, false, tek_);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
@@ -524,6 +585,7 @@ TEST_F(HsmCoreTest, FailedSelfTestRefusesEveryCryptographicCommand) {
   EXPECT_EQ(core_->AddComponent(kAlice, "x", Bytes(384, 1)).status(), want);
   EXPECT_EQ(core_->CompleteCeremony(kAlice, "x").status(), want);
   EXPECT_EQ(core_->TranslateTransportKey("mtms", {}).status(), want);
+  EXPECT_EQ(core_->TranslateTransportKeys("mtms", std::vector<TranslateCommand>(1)).status(), want);
   EXPECT_EQ(core_->ImportTransportKey(kKms, {}).status(), want);
   EXPECT_EQ(core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false).status(), want);
   EXPECT_EQ(core_->AuthChallenge(kKms, 1, "SN-1", Bytes(16)).status(), want);

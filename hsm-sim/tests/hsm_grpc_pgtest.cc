@@ -117,6 +117,56 @@ TEST_F(HsmGrpcTest, HealthIsServing) {
   EXPECT_TRUE(*serving);
 }
 
+TEST_F(HsmGrpcTest, TranslateBatchGivesEachItemTheSingleCommandsAnswer) {
+  TestTerminal a = TestTerminal::Create("SN-BATCH-A");
+  TestTerminal b = TestTerminal::Create("SN-BATCH-B", crypto::KeyAlgorithm::kTdes2);
+  v1::TranslateTransportKeysRequest req;
+  *req.add_items() = TranslateRequest(a);
+  v1::TranslateTransportKeyRequest rejected = TranslateRequest(b);
+  rejected.set_ctk_pu(Str(b.CtkPu(pu_, "SN-BATCH-A")));  // under A's label
+  *req.add_items() = rejected;
+  v1::TranslateTransportKeyRequest unknown = TranslateRequest(b);
+  unknown.set_pr_index(987654);
+  *req.add_items() = unknown;
+  *req.add_items() = TranslateRequest(b);
+  auto r = Call(*kms_, &Stub::TranslateTransportKeys, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcomes_size(), req.items_size());
+  for (int i = 0; i < req.items_size(); ++i) {
+    SCOPED_TRACE(i);
+    auto single = Call(*kms_, &Stub::TranslateTransportKey, req.items(i));
+    const v1::TranslateTransportKeyOutcome& outcome = r->outcomes(i);
+    EXPECT_EQ(outcome.code(), static_cast<int>(single.status().code()));
+    EXPECT_EQ(outcome.message(), std::string(single.status().message()));
+    if (single.ok()) EXPECT_EQ(outcome.ctk_pk(), single->ctk_pk());
+    if (!single.ok()) EXPECT_TRUE(outcome.ctk_pk().empty());
+  }
+  EXPECT_EQ(r->outcomes(0).code(), 0);
+  EXPECT_EQ(r->outcomes(1).code(), static_cast<int>(grpc::StatusCode::UNAUTHENTICATED));
+  EXPECT_EQ(r->outcomes(1).message(), "transport key rejected");
+  EXPECT_EQ(r->outcomes(2).code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_EQ(r->outcomes(3).code(), 0);
+  // A Ctk_pk from the batch imports like any other.
+  v1::ImportTransportKeyRequest import;
+  import.set_pk_index(pk_);
+  import.set_mak_index(mak_);
+  import.set_sn(b.sn);
+  import.set_ctk_pk(r->outcomes(3).ctk_pk());
+  auto imported = Call(*kms_, &Stub::ImportTransportKey, import);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->tek_kcv(), b.TekKcv());
+
+  // The call as a whole: no items, or more than 64.
+  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest())
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::TranslateTransportKeysRequest too_many;
+  for (int i = 0; i < 65; ++i) *too_many.add_items() = TranslateRequest(a);
+  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKeys, too_many).status(),
+            absl::InvalidArgumentError("items: between 1 and 64 translate commands"));
+}
+
 TEST_F(HsmGrpcTest, OperationalCommandsRefuseOtherServices) {
   auto mtms = hsm_->Stub("mtms");  // a valid service certificate, not this HSM's owner
   auto expect_denied = [](const absl::Status& s, const std::string& method) {
@@ -129,6 +179,9 @@ TEST_F(HsmGrpcTest, OperationalCommandsRefuseOtherServices) {
   expect_denied(
       Call(*mtms, &Stub::TranslateTransportKey, v1::TranslateTransportKeyRequest()).status(),
       "TranslateTransportKey");
+  expect_denied(
+      Call(*mtms, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest()).status(),
+      "TranslateTransportKeys");
   expect_denied(Call(*mtms, &Stub::ImportTransportKey, v1::ImportTransportKeyRequest()).status(),
                 "ImportTransportKey");
   expect_denied(Call(*mtms, &Stub::GenerateTmk, v1::GenerateTmkRequest()).status(), "GenerateTmk");
@@ -273,8 +326,8 @@ TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   EXPECT_EQ(Call(*alice, &Stub::GetCeremony, get).status().code(), absl::StatusCode::kNotFound);
   // Not what BeginCeremony issues (32 upper-case hex digits): refused before any lookup,
   // and never echoed back, however long.
-  for (std::string bad : {std::string("no-such-ceremony"), std::string(32, 'a'),
-                          std::string(1 << 16, 'A')}) {
+  for (std::string bad :
+       {std::string("no-such-ceremony"), std::string(32, 'a'), std::string(1 << 16, 'A')}) {
     get.set_ceremony_id(bad);
     auto r = Call(*alice, &Stub::GetCeremony, get);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);

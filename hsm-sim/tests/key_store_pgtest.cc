@@ -6,9 +6,9 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
-#include "rkl/common/status_macros.h"
 #include "hsm_fixture.h"
 #include "lmk.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::hsm {
@@ -155,9 +155,10 @@ TEST_F(KeyStorePgTest, ParsedRsaKeyIsCachedButNeverHidesTampering) {
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(first->get(), second->get());  // parsed once, then served from the cache
   EXPECT_EQ((*second)->GetPublicKey().ToDer(), generated->public_key_der);
-  hsm_->Sql(absl::StrCat("UPDATE hsm_key SET sealed = set_byte(sealed, 3, get_byte(sealed, 3) # 1)"
-                         " WHERE key_index = ",
-                         index));
+  hsm_->Sql(
+      absl::StrCat("UPDATE hsm_key SET sealed = set_byte(sealed, 3, get_byte(sealed, 3) # 1)"
+                   " WHERE key_index = ",
+                   index));
   EXPECT_EQ(open_rsa().status().code(), absl::StatusCode::kInternal);
 }
 
@@ -290,9 +291,8 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitRefusesWritesAndWritesNothing) {
   EXPECT_EQ(count("SELECT count(*) FROM hsm_audit_pending"), pending);
 
   // A read-only unit that forgets its audit record does not pass either.
-  s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
-    return tx.FindKey(index).status();
-  });
+  s = store->TransactReadOnly(
+      [&](KeyTransaction& tx) -> absl::Status { return tx.FindKey(index).status(); });
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
 
   // And one that reads and audits writes exactly its record.
@@ -302,6 +302,32 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitRefusesWritesAndWritesNothing) {
   });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(count("SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_ro'"), 1);
+}
+
+TEST_F(KeyStorePgTest, ReadOnlyUnitWithSeveralRecordsWritesThemInOneGroupInOrder) {
+  // TranslateTransportKeys audits each item: the records of one unit commit together.
+  uint64_t index = NewTmk("SN-RG");
+  auto store = FreshStore();
+  const uint64_t groups = audit_->groups_written();
+  absl::Status s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
+    RKL_RETURN_IF_ERROR(tx.FindKey(index).status());
+    for (const char* sn : {"SN-G1", "SN-G2", "SN-G3"}) {
+      RKL_RETURN_IF_ERROR(
+          tx.Audit(AuditEvent{.actor = "kms", .action = "test_group", .sn = sn, .result = "OK"}));
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(audit_->groups_written(), groups + 1);
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  std::vector<std::string> sns;
+  for (const auto& row : tx.exec(
+           "SELECT sn FROM (SELECT id AS seq, sn, action FROM hsm_audit_pending UNION ALL "
+           "SELECT seq, sn, action FROM hsm_audit) a WHERE action = 'test_group' ORDER BY seq")) {
+    sns.push_back(row[0].as<std::string>());
+  }
+  EXPECT_THAT(sns, ::testing::ElementsAre("SN-G1", "SN-G2", "SN-G3"));
 }
 
 TEST_F(KeyStorePgTest, PrefetchedRecordsAreTheStoredOnesAndAChangedOneIsReadAfresh) {
@@ -339,8 +365,9 @@ TEST_F(KeyStorePgTest, AuditGroupsAreWrittenEvenWhenEveryCommandConnectionIsTake
   EXPECT_TRUE(s.ok()) << s;
   // The same log on one shared pool would have had to wait for the held connection.
   PgAuditLog shared(commands, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
-  EXPECT_EQ(shared.AppendGrouped(AuditEvent{.at_ms = 2, .actor = "kms", .action = "test_shared",
-                                            .result = "OK"})
+  EXPECT_EQ(shared
+                .AppendGrouped(
+                    AuditEvent{.at_ms = 2, .actor = "kms", .action = "test_shared", .result = "OK"})
                 .code(),
             absl::StatusCode::kUnavailable);
 }
