@@ -11,8 +11,8 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
-#include "rkl/common/process.h"
 #include "rkl/common/logging.h"
+#include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
 #include "rkl/mtms/migrations.h"
@@ -67,7 +67,9 @@ int main(int argc, char** argv) {
   spdlog::info("database {}: {} migration(s) applied", pool.redacted_dsn(), *applied);
 
   const absl::Duration timeout = config.GetDuration("rpc.timeout");
-  GrpcHsmPort hsm(ChannelOrDie(config, "hsm"), timeout);
+  GrpcHsmPort hsm_rpc(ChannelOrDie(config, "hsm"), timeout);
+  // The forwarder's workers translate concurrently; their packages share HSM #1 calls.
+  TranslateBatcher hsm(hsm_rpc, TranslateBatcherOptionsFromConfig(config));
   GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
   GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
   SystemClock clock;

@@ -46,6 +46,15 @@ ConfigSchema MakeMtmsConfigSchema() {
            "HSM #1 key index of MAK (from the key ceremony); 0 = not yet: packages wait")
       .Default("0")
       .Range(0, INT64_MAX);
+  schema
+      .Int("hsm.translate_batch",
+           "packages sent to HSM #1 in one TranslateTransportKeys call at most: the forwarder "
+           "workers' concurrent translations are combined (1 = one call per package)")
+      .Default("16")
+      .Range(1, 64);
+  schema.Int("hsm.translate_calls", "batched translate calls to HSM #1 in flight at once")
+      .Default("4")
+      .Range(1, 64);
   schema.String("ca.endpoint", "gRPC target of the CA").Default("ca:50051");
   schema.String("ca.authority", "name the CA's certificate must carry").Default("ca");
   schema.Duration("ca.crl_refresh", "how often the operator-ca CRL is re-fetched").Default("5m");
@@ -87,6 +96,12 @@ MtmsCoreOptions CoreOptionsFromConfig(const Config& config) {
       .default_rsa_bits = config.GetEnum("work_key.rsa_bits") == "3072" ? 3072u : 2048u,
       .clock_skew = config.GetDuration("intake.clock_skew"),
   };
+}
+
+TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config) {
+  return TranslateBatcherOptions{
+      .max_batch = static_cast<int>(config.GetInt("hsm.translate_batch")),
+      .max_calls = static_cast<int>(config.GetInt("hsm.translate_calls"))};
 }
 
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {

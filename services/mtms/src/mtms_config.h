@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
+#include "mtms_translate_batcher.h"
 #include "rkl/common/config.h"
 
 namespace rkl::mtms {
@@ -16,6 +17,7 @@ ConfigSchema MakeMtmsConfigSchema();
 
 MtmsCoreOptions CoreOptionsFromConfig(const Config& config);
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config);
+TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config);
 
 // Database connections kept beyond the forwarder's workers, for intake, admin calls and
 // the forwarder's claims.

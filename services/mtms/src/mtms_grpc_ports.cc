@@ -42,8 +42,9 @@ absl::StatusOr<HsmPort::RsaKeyPair> GrpcHsmPort::GenerateRsaKeyPair(uint32_t bit
       .public_key_der = Bytes(resp.public_key_der().begin(), resp.public_key_der().end())};
 }
 
-absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest& request) {
-  v1::TranslateTransportKeyRequest req;
+namespace {
+
+void ToProto(const HsmPort::TranslateRequest& request, v1::TranslateTransportKeyRequest& req) {
   req.set_pr_index(request.pr_index);
   req.set_ctk_pu(std::string(AsString(request.ctk_pu)));
   req.set_sn(request.sn);
@@ -51,6 +52,37 @@ absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest&
   req.set_pk_index(request.pk_index);
   req.set_mak_index(request.mak_index);
   req.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(request.algorithm)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTransportKeys(
+    std::span<const TranslateRequest> requests) {
+  v1::TranslateTransportKeysRequest req;
+  for (const TranslateRequest& request : requests) ToProto(request, *req.add_items());
+  v1::TranslateTransportKeysResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status status = stub_->TranslateTransportKeys(ctx.get(), req, &resp);
+  if (!status.ok()) return FromPeer(status, "hsm");
+  std::vector<absl::StatusOr<Bytes>> out;
+  out.reserve(resp.outcomes_size());
+  for (const v1::TranslateTransportKeyOutcome& outcome : resp.outcomes()) {
+    if (outcome.code() == 0 && outcome.ctk_pk().empty()) {
+      out.push_back(absl::InternalError("hsm: an OK translate outcome without ctk_pk"));
+    } else if (outcome.code() == 0) {
+      out.push_back(Bytes(outcome.ctk_pk().begin(), outcome.ctk_pk().end()));
+    } else {
+      // The item's own answer, exactly as the single call would have returned it.
+      out.push_back(FromPeer(
+          grpc::Status(static_cast<grpc::StatusCode>(outcome.code()), outcome.message()), "hsm"));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest& request) {
+  v1::TranslateTransportKeyRequest req;
+  ToProto(request, req);
   v1::TranslateTransportKeyResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->TranslateTransportKey(ctx.get(), req, &resp);

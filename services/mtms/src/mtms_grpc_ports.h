@@ -22,6 +22,9 @@ class GrpcHsmPort final : public HsmPort {
   GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
   absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t bits, const std::string& label) override;
   absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override;
+  // One TranslateTransportKeys call (1–64 requests).
+  absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
+      std::span<const TranslateRequest> requests) override;
 
  private:
   std::unique_ptr<v1::Hsm::Stub> stub_;

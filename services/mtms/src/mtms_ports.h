@@ -13,7 +13,9 @@
 // concurrently.
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
@@ -45,6 +47,12 @@ class HsmPort {
   // S106 (PROTOCOL §5): Ctk_Pu → Ctk_pk inside HSM #1. Every decryption or format failure
   // is the HSM's one uniform UNAUTHENTICATED.
   virtual absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) = 0;
+  // Many translations in one call: one answer per request, in order, each the answer
+  // TranslateTransportKey gives for it; an error only when the call itself failed (then it
+  // is every request's answer). The default makes one TranslateTransportKey call per
+  // request (mtms_translate_batcher.cc).
+  virtual absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
+      std::span<const TranslateRequest> requests);
 };
 
 enum class CaIssuer { kTerminalRoot, kOperatorCa };

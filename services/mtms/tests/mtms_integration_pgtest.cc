@@ -34,6 +34,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "mtms_translate_batcher.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/kcv.h"
@@ -104,7 +105,8 @@ struct MtmsProcess {
               int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index)
       : pool({.dsn = dsn, .max_size = 4}),
         repository(pool),
-        hsm(Channel(hsm_port, tls, "hsm-mtms"), kTimeout),
+        hsm_rpc(Channel(hsm_port, tls, "hsm-mtms"), kTimeout),
+        hsm(hsm_rpc, TranslateBatcherOptions{}),
         ca(Channel(ca_port, tls, "ca"), kTimeout),
         kms(Channel(kms_port, tls, "kms"), kTimeout),
         trust(ca, clock, kCrlRefresh),
@@ -129,7 +131,8 @@ struct MtmsProcess {
 
   db::ConnectionPool pool;
   PgMtmsRepository repository;
-  GrpcHsmPort hsm;
+  GrpcHsmPort hsm_rpc;
+  TranslateBatcher hsm;  // as in main(): translations go out as TranslateTransportKeys
   GrpcCaPort ca;
   GrpcKmsPort kms;
   OperatorTrust trust;

@@ -20,7 +20,9 @@
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
 #include "mtms_operator_trust.h"
+#include "mtms_translate_batcher.h"
 #include "rkl/crypto/random.h"
+#include "rkl/protocol/transport_key.h"
 #include "test_support.h"
 
 namespace rkl::mtms::testing {
@@ -727,6 +729,45 @@ TYPED_TEST_P(MtmsSuite, BatchIsForwardedByWorkersInParallel) {
   }
 }
 
+TYPED_TEST_P(MtmsSuite, TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome) {
+  // As rkl-mtms runs: the workers' translations share TranslateTransportKeys calls.
+  TranslateBatcher batcher(this->hsm_, {.max_batch = 4, .max_calls = 1});
+  std::vector<std::string> ok, refused;
+  for (int i = 0; i < 6; ++i) {
+    auto r = this->Submit({.sn = absl::StrCat("SN-BT-", i)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ok.push_back(r->submission_id);
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto r = this->Submit({.sn = absl::StrCat("SN-BT-SWAP-", i), .ctk_pu_sn = "SN-OTHER"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    refused.push_back(r->submission_id);
+  }
+  auto forwarder = this->MakeForwarderWith(batcher, this->kms_, /*batch_size=*/9, /*workers=*/9);
+  PassResult pass = this->Pass(forwarder.get());
+  EXPECT_EQ(pass.forwarded, 6u);
+  EXPECT_EQ(pass.rejected, 3u);
+  EXPECT_EQ(pass.retry_later, 0u);
+  EXPECT_GE(batcher.batches_sent(), 3u);  // 9 translations, at most 4 per call
+  EXPECT_LE(batcher.batches_sent(), 9u);
+  for (const std::string& id : ok) {
+    SubmissionRecord row = this->Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kForwarded) << row.sn;
+    auto stored = this->kms_.Get(row.sn);
+    ASSERT_TRUE(stored.has_value()) << row.sn;
+    // Its own Ctk_pk: it opens under PK/MAK and carries its own SN.
+    EXPECT_TRUE(this->hsm_.OpenedAlgorithmName(*stored).ok()) << row.sn;
+    auto parsed = protocol::ParseCtkPk(*stored);
+    ASSERT_TRUE(parsed.ok()) << row.sn;
+    EXPECT_EQ(parsed->header.sn, row.sn);
+  }
+  for (const std::string& id : refused) {
+    SubmissionRecord row = this->Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kRejected) << row.sn;
+    EXPECT_EQ(row.reason, "hsm: UNAUTHENTICATED: transport key rejected") << row.sn;
+  }
+}
+
 TYPED_TEST_P(MtmsSuite, WorkersBoundTheRowsInProcessAcrossConcurrentPasses) {
   constexpr int kRows = 12;
   constexpr int kWorkers = 3;
@@ -875,6 +916,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     TwoReplicasForwardEachRowExactlyOnce, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish,
     RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms, QueueListsPagesAndCounts,
     AuditRecordsEventsWithoutKeyMaterial, BatchIsForwardedByWorkersInParallel,
+    TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome,
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
     StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore);

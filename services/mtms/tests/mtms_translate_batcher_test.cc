@@ -1,0 +1,240 @@
+// TranslateBatcher: concurrent TranslateTransportKey calls become TranslateTransportKeys
+// calls, each caller gets its own answer, and nothing waits on a timer. The inner port is
+// scripted and can hold batch calls at a gate, so what is batched is deterministic.
+#include "mtms_translate_batcher.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+
+namespace rkl::mtms {
+namespace {
+
+using ::testing::ElementsAre;
+
+Bytes AnswerFor(const std::string& sn) { return Bytes(sn.begin(), sn.end()); }
+
+// Answers each item by its SN ("BAD-…" is the HSM's uniform refusal); can hold batch calls
+// until Release(), and can fail or lack the batch call. Thread-safe.
+class ScriptedHsm final : public HsmPort {
+ public:
+  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t, const std::string&) override {
+    return RsaKeyPair{.key_index = 7};
+  }
+  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override {
+    absl::MutexLock lock(&mu_);
+    ++single_calls_;
+    return Answer(request);
+  }
+  absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
+      std::span<const TranslateRequest> requests) override {
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+    std::vector<std::string> sns;
+    for (const auto& r : requests) sns.push_back(r.sn);
+    batches_.push_back(sns);
+    mu_.AwaitWithTimeout(absl::Condition(&open_), absl::Seconds(30));
+    --in_flight_;
+    if (!batch_status_.ok()) return batch_status_;
+    std::vector<absl::StatusOr<Bytes>> out;
+    for (const auto& r : requests) out.push_back(Answer(r));
+    if (drop_one_) out.pop_back();
+    return out;
+  }
+
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    open_ = false;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    open_ = true;
+  }
+  void FailBatches(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    batch_status_ = std::move(s);
+  }
+  void DropOneOutcome() {
+    absl::MutexLock lock(&mu_);
+    drop_one_ = true;
+  }
+  // True once `n` batch calls are inside at the same time.
+  bool WaitForInFlight(int n) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
+  }
+  std::vector<std::vector<std::string>> batches() {
+    absl::MutexLock lock(&mu_);
+    return batches_;
+  }
+  int single_calls() {
+    absl::MutexLock lock(&mu_);
+    return single_calls_;
+  }
+
+ private:
+  static absl::StatusOr<Bytes> Answer(const TranslateRequest& r) {
+    if (absl::StartsWith(r.sn, "BAD-")) return absl::UnauthenticatedError("transport key rejected");
+    return AnswerFor(r.sn);
+  }
+
+  absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  bool drop_one_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
+};
+
+// Runs TranslateTransportKey for each SN on its own thread; answers by SN.
+class Callers {
+ public:
+  Callers(HsmPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
+    for (const std::string& sn : sns_) {
+      threads_.emplace_back([this, &port, sn] {
+        auto answer = port.TranslateTransportKey({.sn = sn});
+        absl::MutexLock lock(&mu_);
+        answers_.emplace(sn, std::move(answer));
+      });
+    }
+  }
+  std::map<std::string, absl::StatusOr<Bytes>> Join() {
+    for (auto& t : threads_) t.join();
+    absl::MutexLock lock(&mu_);
+    return answers_;
+  }
+
+ private:
+  std::vector<std::string> sns_;
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  std::map<std::string, absl::StatusOr<Bytes>> answers_ ABSL_GUARDED_BY(mu_);
+};
+
+// Waits (bounded) until `n` callers are queued behind the calls in flight.
+bool WaitForQueued(TranslateBatcher& batcher, size_t n) {
+  for (int i = 0; i < 3000; ++i) {
+    if (batcher.queued_for_test() >= n) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+TEST(TranslateBatcherTest, ALoneCallIsSentAtOnceAsABatchOfOne) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 2});
+  auto answer = batcher.TranslateTransportKey({.sn = "SN-1"});
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(*answer, AnswerFor("SN-1"));
+  EXPECT_THAT(hsm.batches(), ElementsAre(ElementsAre("SN-1")));
+  EXPECT_EQ(hsm.single_calls(), 0);
+}
+
+TEST(TranslateBatcherTest, CallsArrivingWhileTheCallsInFlightAreFullGoInOneBatch) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 1});
+  hsm.Hold();
+  Callers first(batcher, {"SN-0"});
+  ASSERT_TRUE(hsm.WaitForInFlight(1));
+  Callers rest(batcher, {"SN-1", "BAD-2", "SN-3", "SN-4", "BAD-5"});
+  ASSERT_TRUE(WaitForQueued(batcher, 5));
+  hsm.Release();
+  auto answers = first.Join();
+  auto more = rest.Join();
+  answers.insert(more.begin(), more.end());
+  auto batches = hsm.batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_THAT(batches[0], ElementsAre("SN-0"));
+  EXPECT_EQ(batches[1].size(), 5u);  // every queued caller, in one call
+  ASSERT_EQ(answers.size(), 6u);
+  for (const auto& [sn, answer] : answers) {
+    SCOPED_TRACE(sn);
+    if (absl::StartsWith(sn, "BAD-")) {
+      EXPECT_EQ(answer.status(), absl::UnauthenticatedError("transport key rejected"));
+    } else {
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      EXPECT_EQ(*answer, AnswerFor(sn));  // its own answer, not a neighbour's
+    }
+  }
+  EXPECT_EQ(batcher.batches_sent(), 2u);
+}
+
+TEST(TranslateBatcherTest, BatchesNeverExceedMaxBatchAndEveryCallerIsAnswered) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 4, .max_calls = 1});
+  hsm.Hold();
+  Callers first(batcher, {"SN-X"});
+  ASSERT_TRUE(hsm.WaitForInFlight(1));
+  std::vector<std::string> sns;
+  for (int i = 0; i < 10; ++i) sns.push_back(absl::StrCat("SN-", i));
+  Callers rest(batcher, sns);
+  ASSERT_TRUE(WaitForQueued(batcher, 10));
+  hsm.Release();
+  first.Join();
+  auto answers = rest.Join();
+  size_t items = 0;
+  for (const auto& b : hsm.batches()) {
+    EXPECT_LE(b.size(), 4u);
+    items += b.size();
+  }
+  EXPECT_EQ(items, 11u);
+  EXPECT_EQ(hsm.batches().size(), 1u + 3u);  // 1, then 4 + 4 + 2
+  for (const auto& [sn, answer] : answers) EXPECT_EQ(answer.value_or(Bytes{}), AnswerFor(sn));
+}
+
+TEST(TranslateBatcherTest, AFailedBatchCallIsEveryItemsAnswer) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 1});
+  hsm.FailBatches(absl::UnavailableError("hsm unavailable: connection refused"));
+  auto answers = Callers(batcher, {"SN-1", "SN-2", "SN-3"}).Join();
+  for (const auto& [sn, answer] : answers) {
+    EXPECT_EQ(answer.status(), absl::UnavailableError("hsm unavailable: connection refused"));
+  }
+  EXPECT_EQ(hsm.single_calls(), 0);
+}
+
+TEST(TranslateBatcherTest, AnAnswerWithTheWrongNumberOfOutcomesIsUsedForNothing) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 1});
+  hsm.DropOneOutcome();
+  auto answer = batcher.TranslateTransportKey({.sn = "SN-1"});
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(answer.status().message()), ::testing::HasSubstr("0 outcomes for 1"));
+}
+
+TEST(TranslateBatcherTest, AnHsmWithoutTheBatchCallIsSentOneByOneFromThenOn) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 1});
+  hsm.FailBatches(absl::UnimplementedError("unknown method TranslateTransportKeys"));
+  auto first = batcher.TranslateTransportKey({.sn = "SN-1"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, AnswerFor("SN-1"));
+  EXPECT_TRUE(batcher.batch_unsupported());
+  auto refused = batcher.TranslateTransportKey({.sn = "BAD-2"});
+  EXPECT_EQ(refused.status(), absl::UnauthenticatedError("transport key rejected"));
+  EXPECT_EQ(hsm.batches().size(), 1u);  // tried once, then remembered
+  EXPECT_EQ(hsm.single_calls(), 2);
+}
+
+TEST(TranslateBatcherTest, MaxBatchOneSendsSingleCallsOnly) {
+  ScriptedHsm hsm;
+  TranslateBatcher batcher(hsm, {.max_batch = 1, .max_calls = 4});
+  auto answers = Callers(batcher, {"SN-1", "SN-2"}).Join();
+  for (const auto& [sn, answer] : answers) EXPECT_EQ(answer.value_or(Bytes{}), AnswerFor(sn));
+  EXPECT_TRUE(hsm.batches().empty());
+  EXPECT_EQ(hsm.single_calls(), 2);
+}
+
+}  // namespace
+}  // namespace rkl::mtms
