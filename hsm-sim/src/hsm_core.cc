@@ -1,6 +1,9 @@
 #include "hsm_core.h"
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <thread>
 #include <type_traits>
 
 #include "absl/strings/ascii.h"
@@ -117,6 +120,11 @@ std::string KcvText(std::span<const uint8_t> kcv) { return ToHex(kcv); }
 }  // namespace
 
 int64_t SystemClock::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
+
+int HsmCore::BatchThreads() const {
+  if (options_.batch_threads > 0) return options_.batch_threads;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomSource rng,
                  HsmCoreOptions options)
@@ -548,6 +556,21 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
 
 namespace {
 
+// Runs fn(0) … fn(n-1) on up to `threads` threads, the calling one included; returns when
+// all have run.
+void ParallelFor(size_t n, int threads, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  };
+  const size_t helpers = std::min<size_t>(n, std::max(threads, 1)) - (n > 0 ? 1 : 0);
+  std::vector<std::thread> pool;
+  pool.reserve(helpers);
+  for (size_t t = 0; t < helpers; ++t) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+}
+
 AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd) {
   return AuditEvent{
       .actor = caller,
@@ -594,9 +617,22 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKe
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
-    for (const TranslateCommand& cmd : commands) {
+    // Checks and keys, in order; then the RSA decryptions — nearly all of the work — on
+    // several threads; then Ctk_pk and the record of each item, in order.
+    std::vector<absl::StatusOr<TranslateKeys>> prepared;
+    prepared.reserve(commands.size());
+    for (const TranslateCommand& cmd : commands) prepared.push_back(PrepareTranslate(tx, cmd));
+    std::vector<absl::StatusOr<SecretBytes>> payloads(commands.size(),
+                                                      absl::InternalError("not decrypted"));
+    ParallelFor(commands.size(), BatchThreads(), [&](size_t i) {
+      if (prepared[i].ok()) payloads[i] = DecryptTransportKey(*prepared[i], commands[i]);
+    });
+    for (size_t i = 0; i < commands.size(); ++i) {
+      const TranslateCommand& cmd = commands[i];
       AuditEvent record = TranslateEvent(caller, cmd);
-      absl::StatusOr<Bytes> result = DoTranslate(tx, record, cmd);
+      absl::StatusOr<Bytes> result = prepared[i].ok()
+                                         ? FinishTranslate(record, cmd, *prepared[i], payloads[i])
+                                         : absl::StatusOr<Bytes>(prepared[i].status());
       if (result.ok()) {
         record.at_ms = clock_.NowUnixMs();
         record.result = "OK";
@@ -615,8 +651,8 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKe
   return results;
 }
 
-absl::StatusOr<Bytes> HsmCore::DoTranslate(KeyTransaction& tx, AuditEvent& audit,
-                                           const TranslateCommand& cmd) {
+absl::StatusOr<HsmCore::TranslateKeys> HsmCore::PrepareTranslate(KeyTransaction& tx,
+                                                                 const TranslateCommand& cmd) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
   if (!cmd.algorithm) {
     return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
@@ -636,29 +672,45 @@ absl::StatusOr<Bytes> HsmCore::DoTranslate(KeyTransaction& tx, AuditEvent& audit
                                                    " bytes (the modulus of key ", pr_record.index,
                                                    ")"));
   }
-  RKL_ASSIGN_OR_RETURN(auto pr, UnsealRsa(tx, pr_record));
-  RKL_ASSIGN_OR_RETURN(SecretBytes pk, tx.Unseal(pk_record));
-  RKL_ASSIGN_OR_RETURN(SecretBytes mak, tx.Unseal(mak_record));
+  TranslateKeys keys;
+  RKL_ASSIGN_OR_RETURN(keys.pr, UnsealRsa(tx, pr_record));
+  RKL_ASSIGN_OR_RETURN(keys.pk, tx.Unseal(pk_record));
+  RKL_ASSIGN_OR_RETURN(keys.mak, tx.Unseal(mak_record));
+  return keys;
+}
 
-  // From here on every failure is the same answer: no padding or format oracle.
-  auto payload = crypto::RsaOaepDecrypt(*pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+absl::StatusOr<SecretBytes> HsmCore::DecryptTransportKey(const TranslateKeys& keys,
+                                                         const TranslateCommand& cmd) {
+  return crypto::RsaOaepDecrypt(*keys.pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+}
+
+absl::StatusOr<Bytes> HsmCore::FinishTranslate(AuditEvent& audit, const TranslateCommand& cmd,
+                                               const TranslateKeys& keys,
+                                               const absl::StatusOr<SecretBytes>& payload) {
+  // Every decryption or format failure is the same answer: no padding or format oracle.
   if (!payload.ok()) return TransportKeyRejected();
   auto tk = protocol::ParseTkPayload(*payload);
   if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();
 
   protocol::CtkPkHeader header{
       .algorithm = tk->algorithm, .sn = cmd.sn, .created_at_unix_ms = cmd.created_at_ms};
-  RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, pk));
-  RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, mak));
+  RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(crypto::CipherFamily::kAes, keys.pk));
+  RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(crypto::CipherFamily::kAes, keys.mak));
   std::copy_n(pk_kcv.begin(), 3, header.pk_kcv.begin());
   std::copy_n(mak_kcv.begin(), 3, header.mak_kcv.begin());
-  RKL_ASSIGN_OR_RETURN(Bytes ctk_pk, protocol::BuildCtkPk(header, *payload, pk, mak));
+  RKL_ASSIGN_OR_RETURN(Bytes ctk_pk, protocol::BuildCtkPk(header, *payload, keys.pk, keys.mak));
   RKL_ASSIGN_OR_RETURN(std::string tek_kcv, crypto::KcvHex(tk->algorithm, tk->tek));
   RKL_ASSIGN_OR_RETURN(std::string auk_kcv, crypto::KcvHex(tk->algorithm, tk->auk));
   absl::StrAppend(&audit.detail, " pk_kcv=", KcvText(pk_kcv), " mak_kcv=", KcvText(mak_kcv),
                   " algorithm=", std::string(crypto::KeyAlgorithmName(tk->algorithm)),
                   " tek_kcv=", tek_kcv, " auk_kcv=", auk_kcv, " created_at=", cmd.created_at_ms);
   return ctk_pk;
+}
+
+absl::StatusOr<Bytes> HsmCore::DoTranslate(KeyTransaction& tx, AuditEvent& audit,
+                                           const TranslateCommand& cmd) {
+  RKL_ASSIGN_OR_RETURN(TranslateKeys keys, PrepareTranslate(tx, cmd));
+  return FinishTranslate(audit, cmd, keys, DecryptTransportKey(keys, cmd));
 }
 
 absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, AuditEvent& audit,

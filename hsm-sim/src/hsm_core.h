@@ -51,6 +51,9 @@ struct HsmCoreOptions {
   absl::Duration default_ceremony_ttl = absl::Minutes(15);
   absl::Duration max_ceremony_ttl = absl::Hours(24);
   int ceremony_key_bits = 3072;
+  // Threads that decrypt the items of one TranslateTransportKeys call at once (the calling
+  // thread is one of them); 0 = one per core.
+  int batch_threads = 0;
 };
 
 struct GeneratedRsaKey {
@@ -230,9 +233,22 @@ class HsmCore {
   auto RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
+  int BatchThreads() const;
   // Makes `event` the record of a command that failed with `status`.
   void MarkFailed(AuditEvent& event, const absl::Status& status);
   // The bodies of the commands, for use inside one transaction (Run).
+  // Translate in three steps, so a batch can decrypt its items in parallel: checks and keys
+  // (in the unit), the RSA decryption (no store access), then Ctk_pk and the audit detail.
+  struct TranslateKeys {
+    std::shared_ptr<const crypto::PrivateKey> pr;
+    crypto::SecretBytes pk, mak;
+  };
+  absl::StatusOr<TranslateKeys> PrepareTranslate(KeyTransaction& tx, const TranslateCommand& cmd);
+  static absl::StatusOr<crypto::SecretBytes> DecryptTransportKey(const TranslateKeys& keys,
+                                                                 const TranslateCommand& cmd);
+  absl::StatusOr<Bytes> FinishTranslate(AuditEvent& audit, const TranslateCommand& cmd,
+                                        const TranslateKeys& keys,
+                                        const absl::StatusOr<crypto::SecretBytes>& payload);
   absl::StatusOr<Bytes> DoTranslate(KeyTransaction& tx, AuditEvent& audit,
                                     const TranslateCommand& cmd);
   absl::StatusOr<ImportedTransportKey> DoImport(KeyTransaction& tx, AuditEvent& audit,

@@ -32,11 +32,12 @@ class HsmCoreTest : public ::testing::Test {
  protected:
   void SetUp() override { MakeCore(true); }
 
-  void MakeCore(bool self_test_passed) {
+  void MakeCore(bool self_test_passed, int batch_threads = 0) {
     core_ = std::make_unique<HsmCore>(
         store_, audit_, clock_, testing::DeterministicRandom(42),
         HsmCoreOptions{.self_test_passed = self_test_passed,
-                       .ceremony_key_bits = 2048});  // 3072 in production; speed only
+                       .ceremony_key_bits = 2048,  // 3072 in production; speed only
+                       .batch_threads = batch_threads});
   }
 
   // Runs a two-custodian ceremony and returns the key's index; components are returned.
@@ -288,29 +289,33 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
       unknown_pr,                            // NOT_FOUND
       Translate(t2, t2.CtkPu(pu_)),          // OK, after four others
   };
-  const size_t before = audit_.events().size();
-  auto batch = core_->TranslateTransportKeys("mtms", items);
-  ASSERT_TRUE(batch.ok()) << batch.status();
-  ASSERT_EQ(batch->size(), items.size());
-  auto events = audit_.events();
-  ASSERT_EQ(events.size(), before + items.size());  // one record per item, in order
-  const std::vector<std::string> results = {"OK", "UNAUTHENTICATED", "INVALID_ARGUMENT",
-                                            "NOT_FOUND", "OK"};
-  for (size_t i = 0; i < items.size(); ++i) {
-    SCOPED_TRACE(i);
-    EXPECT_EQ(events[before + i].action, "translate_transport_key");
-    EXPECT_EQ(events[before + i].sn, items[i].sn);
-    EXPECT_EQ(events[before + i].result, results[i]);
-    // The single command gives the same answer (Ctk_pk is deterministic).
-    auto single = core_->TranslateTransportKey("mtms", items[i]);
-    EXPECT_EQ((*batch)[i].status(), single.status());
-    if (single.ok()) EXPECT_EQ(*(*batch)[i], *single);
+  for (int threads : {1, 3}) {  // decrypted one after the other, and on several threads
+    SCOPED_TRACE(absl::StrCat("batch_threads = ", threads));
+    MakeCore(true, threads);
+    const size_t before = audit_.events().size();
+    auto batch = core_->TranslateTransportKeys("mtms", items);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    ASSERT_EQ(batch->size(), items.size());
+    auto events = audit_.events();
+    ASSERT_EQ(events.size(), before + items.size());  // one record per item, in order
+    const std::vector<std::string> results = {"OK", "UNAUTHENTICATED", "INVALID_ARGUMENT",
+                                              "NOT_FOUND", "OK"};
+    for (size_t i = 0; i < items.size(); ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(events[before + i].action, "translate_transport_key");
+      EXPECT_EQ(events[before + i].sn, items[i].sn);
+      EXPECT_EQ(events[before + i].result, results[i]);
+      // The single command gives the same answer (Ctk_pk is deterministic).
+      auto single = core_->TranslateTransportKey("mtms", items[i]);
+      EXPECT_EQ((*batch)[i].status(), single.status());
+      if (single.ok()) EXPECT_EQ(*(*batch)[i], *single);
+    }
+    EXPECT_EQ((*batch)[1].status(), absl::UnauthenticatedError("transport key rejected"));
+    // The OK items are the terminals' own keys.
+    auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", *(*batch)[4]});
+    ASSERT_TRUE(imported.ok()) << imported.status();
+    EXPECT_EQ(imported->tek_kcv, t2.TekKcv());
   }
-  EXPECT_EQ((*batch)[1].status(), absl::UnauthenticatedError("transport key rejected"));
-  // The OK items are the terminals' own keys.
-  auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", *(*batch)[4]});
-  ASSERT_TRUE(imported.ok()) << imported.status();
-  EXPECT_EQ(imported->tek_kcv, t2.TekKcv());
 }
 
 TEST_F(HsmCoreTest, TranslateBatchRefusesNoItemsOrTooManyAndAuditsTheRefusal) {
