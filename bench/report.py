@@ -87,6 +87,7 @@ ceilings = {
 
 # ---- measured ------------------------------------------------------------------------------------
 hsm = load_json("hsm.json")
+hsm_batch = load_json("hsm-batch.json")
 mtms = load_json("mtms.json")
 kms = load_json("kms.json")
 
@@ -155,8 +156,16 @@ measured = {
     "hsm_translate": {
         "per_s": hsm and hsm["per_second"], "raw": hsm,
         "ratio_to_rsa_ceiling": ratio(hsm and hsm["per_second"], rsa_sign),
-        "target": ">= 0.60 of the RSA-2048 ceiling",
+        "rpc": "TranslateTransportKey, one translation per call",
         "load_average_at_start": env.get("load_hsm"),
+    },
+    "hsm_translate_batch": {
+        "per_s": hsm_batch and hsm_batch["per_second"], "raw": hsm_batch,
+        "ratio_to_rsa_ceiling": ratio(hsm_batch and hsm_batch["per_second"], rsa_sign),
+        "rpc": "TranslateTransportKeys, %s translations per call (as MTMS sends them)"
+               % (hsm_batch and hsm_batch.get("batch")),
+        "target": ">= 0.60 of the RSA-2048 ceiling",
+        "load_average_at_start": env.get("load_hsm_batch"),
     },
     "mtms_intake_forward": {
         "per_s": mtms and mtms["per_second"], "raw": mtms,
@@ -248,8 +257,12 @@ def lat(r):
     return "—" if not r else f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"
 
 
-md.append(f"| HSM #1 translate (Pu → PK/MAK) | {fmt(hsm and hsm['per_second'])} | "
-          f"{pct(measured['hsm_translate']['ratio_to_rsa_ceiling'])} of RSA | ≥ 60% of RSA | {lat(hsm)} |")
+md.append(f"| HSM #1 translate (Pu → PK/MAK), one per call | {fmt(hsm and hsm['per_second'])} | "
+          f"{pct(measured['hsm_translate']['ratio_to_rsa_ceiling'])} of RSA | — | {lat(hsm)} |")
+md.append(f"| HSM #1 translate, {(hsm_batch or {}).get('batch', '—')} per TranslateTransportKeys call "
+          f"(as MTMS sends them) | {fmt(hsm_batch and hsm_batch['per_second'])} | "
+          f"{pct(measured['hsm_translate_batch']['ratio_to_rsa_ceiling'])} of RSA | ≥ 60% of RSA | "
+          f"{lat(hsm_batch)} (per call) |")
 md.append(f"| MTMS intake + forward (submit → FORWARDED) | {fmt(mtms and mtms['per_second'])} | "
           f"{pct(measured['mtms_intake_forward']['ratio_to_rsa_ceiling'])} of RSA | — | {lat(mtms)} (submit) |")
 md.append(f"| KMS auth + delivery + confirmation, terminals | {fmt(kms and kms['per_second'])} | "
@@ -315,7 +328,8 @@ with open(os.path.join(out, "results.md"), "w") as f:
 # ---- chart data: label, value (per second) ---------------------------------------------------
 rows = [("RSA-2048 ceiling", rsa_sign), ("gRPC echo ceiling", echo_rps),
         ("crypto-only terminal ceiling", terminal_ceiling),
-        ("HSM translate", hsm and hsm["per_second"]),
+        ("HSM translate, 1 per call", hsm and hsm["per_second"]),
+        ("HSM translate, batched", hsm_batch and hsm_batch["per_second"]),
         ("MTMS intake+forward", mtms and mtms["per_second"]),
         ("KMS auth+delivery+confirm", kms and kms["per_second"])]
 for name, run in sorted(e2e_runs.items(), key=lambda kv: (kv[1] or {}).get("stored_terminals_before") or 0):
