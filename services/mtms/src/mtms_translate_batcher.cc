@@ -41,6 +41,13 @@ absl::StatusOr<Bytes> TranslateBatcher::TranslateTransportKey(const TranslateReq
   Waiter me{.request = &request};
   Turn turn{this, &me};
   absl::MutexLock lock(&mu_);
+  if (batch_unsupported_) {
+    // One call per package, in parallel as the workers make them.
+    mu_.Unlock();
+    absl::StatusOr<Bytes> answer = inner_.TranslateTransportKey(request);
+    mu_.Lock();
+    return answer;
+  }
   queue_.push_back(&me);
   while (true) {
     mu_.Await(absl::Condition(&ItsTurn, &turn));

@@ -13,8 +13,9 @@
 // Each caller gets exactly the answer the single call would have given (the HSM answers
 // every item as TranslateTransportKey, hsm.proto); an error of the batch call itself
 // (unreachable, deadline, ...) is every item's answer. An HSM without TranslateTransportKeys
-// (UNIMPLEMENTED, an older rkl-hsm during a rolling upgrade) is remembered and its items are
-// sent one by one from then on. `max_batch` 1 turns batching off.
+// (UNIMPLEMENTED, an older rkl-hsm during a rolling upgrade) is remembered: the requests
+// of that batch are sent one by one, and every later request goes straight to
+// TranslateTransportKey, as if unbatched. `max_batch` 1 turns batching off.
 //
 // Thread-safe. `inner` is not owned and must outlive the batcher.
 

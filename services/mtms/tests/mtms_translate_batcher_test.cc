@@ -33,6 +33,9 @@ class ScriptedHsm final : public HsmPort {
   absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override {
     absl::MutexLock lock(&mu_);
     ++single_calls_;
+    ++singles_in_flight_;
+    mu_.AwaitWithTimeout(absl::Condition(&singles_open_), absl::Seconds(30));
+    --singles_in_flight_;
     return Answer(request);
   }
   absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
@@ -58,6 +61,16 @@ class ScriptedHsm final : public HsmPort {
   void Release() {
     absl::MutexLock lock(&mu_);
     open_ = true;
+  }
+  void HoldSingles(bool hold) {
+    absl::MutexLock lock(&mu_);
+    singles_open_ = !hold;
+  }
+  // True once `n` single calls are inside at the same time.
+  bool WaitForSinglesInFlight(int n) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return singles_in_flight_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
   }
   void FailBatches(absl::Status s) {
     absl::MutexLock lock(&mu_);
@@ -90,6 +103,8 @@ class ScriptedHsm final : public HsmPort {
 
   absl::Mutex mu_;
   bool open_ ABSL_GUARDED_BY(mu_) = true;
+  bool singles_open_ ABSL_GUARDED_BY(mu_) = true;
+  int singles_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool drop_one_ ABSL_GUARDED_BY(mu_) = false;
@@ -225,6 +240,15 @@ TEST(TranslateBatcherTest, AnHsmWithoutTheBatchCallIsSentOneByOneFromThenOn) {
   EXPECT_EQ(refused.status(), absl::UnauthenticatedError("transport key rejected"));
   EXPECT_EQ(hsm.batches().size(), 1u);  // tried once, then remembered
   EXPECT_EQ(hsm.single_calls(), 2);
+  // From then on requests go out as they come, in parallel (max_calls does not apply).
+  hsm.HoldSingles(true);
+  Callers parallel(batcher, {"SN-P1", "SN-P2", "SN-P3"});
+  const bool all_in = hsm.WaitForSinglesInFlight(3);
+  hsm.HoldSingles(false);
+  auto answers = parallel.Join();
+  EXPECT_TRUE(all_in);
+  for (const auto& [sn, answer] : answers) EXPECT_EQ(answer.value_or(Bytes{}), AnswerFor(sn));
+  EXPECT_EQ(hsm.batches().size(), 1u);
 }
 
 TEST(TranslateBatcherTest, MaxBatchOneSendsSingleCallsOnly) {
