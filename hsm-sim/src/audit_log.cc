@@ -60,6 +60,21 @@ constexpr char kPendingTag[] = "RKL-HSM-AUDIT-PENDING-1";
 constexpr char kTamperedAction[] = "audit_record_tampered";
 constexpr int kSealBatch = 2000;
 
+// One record as a row of the JSON that kInsertPendingGroup and kInsertRecords read;
+// `number` is the pending id or the chain seq, under the column name `number_name`.
+void AddRecordRow(JsonRows& rows, const char* number_name, uint64_t number, const AuditEvent& e,
+                  const Bytes& mac) {
+  rows.Row()
+      .Field(number_name, static_cast<int64_t>(number))
+      .Field("at_ms", e.at_ms)
+      .Field("actor", e.actor)
+      .Field("action", e.action)
+      .Field("sn", e.sn)
+      .Field("detail", e.detail)
+      .Field("result", e.result)
+      .Field("mac", ToHex(mac));
+}
+
 void PutBigEndian(Bytes& out, uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
 }
@@ -205,15 +220,7 @@ absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events
     for (size_t i = 0; i < events.size(); ++i) {
       const AuditEvent& e = *events[i];
       RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, ids[i], e));
-      rows.Row()
-          .Field("id", static_cast<int64_t>(ids[i]))
-          .Field("at_ms", e.at_ms)
-          .Field("actor", e.actor)
-          .Field("action", e.action)
-          .Field("sn", e.sn)
-          .Field("detail", e.detail)
-          .Field("result", e.result)
-          .Field("mac", ToHex(mac));
+      AddRecordRow(rows, "id", ids[i], e, mac);
     }
     const std::string json = rows.Finish();
     db::Exec(tx, kInsertPendingGroup, json);
@@ -268,15 +275,7 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       }
       ++seq;
       RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-      records.Row()
-          .Field("seq", static_cast<int64_t>(seq))
-          .Field("at_ms", e.at_ms)
-          .Field("actor", e.actor)
-          .Field("action", e.action)
-          .Field("sn", e.sn)
-          .Field("detail", e.detail)
-          .Field("result", e.result)
-          .Field("mac", ToHex(mac));
+      AddRecordRow(records, "seq", seq, e, mac);
       prev = std::move(mac);
       absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
     }
