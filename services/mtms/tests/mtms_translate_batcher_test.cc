@@ -146,6 +146,22 @@ bool WaitForQueued(TranslateBatcher& batcher, size_t n) {
   return false;
 }
 
+// Holds a first call ("SN-FIRST") at the HSM, queues `rest` behind it, then lets everything
+// through; returns every caller's answer by SN.
+std::map<std::string, absl::StatusOr<Bytes>> QueueBehindAHeldCall(
+    TranslateBatcher& batcher, ScriptedHsm& hsm, const std::vector<std::string>& rest) {
+  hsm.Hold();
+  Callers first(batcher, {"SN-FIRST"});
+  EXPECT_TRUE(hsm.WaitForInFlight(1));
+  Callers queued(batcher, rest);
+  EXPECT_TRUE(WaitForQueued(batcher, rest.size()));
+  hsm.Release();
+  auto answers = first.Join();
+  auto more = queued.Join();
+  answers.insert(more.begin(), more.end());
+  return answers;
+}
+
 TEST(TranslateBatcherTest, ALoneCallIsSentAtOnceAsABatchOfOne) {
   ScriptedHsm hsm;
   TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 2});
@@ -159,18 +175,10 @@ TEST(TranslateBatcherTest, ALoneCallIsSentAtOnceAsABatchOfOne) {
 TEST(TranslateBatcherTest, CallsArrivingWhileTheCallsInFlightAreFullGoInOneBatch) {
   ScriptedHsm hsm;
   TranslateBatcher batcher(hsm, {.max_batch = 16, .max_calls = 1});
-  hsm.Hold();
-  Callers first(batcher, {"SN-0"});
-  ASSERT_TRUE(hsm.WaitForInFlight(1));
-  Callers rest(batcher, {"SN-1", "BAD-2", "SN-3", "SN-4", "BAD-5"});
-  ASSERT_TRUE(WaitForQueued(batcher, 5));
-  hsm.Release();
-  auto answers = first.Join();
-  auto more = rest.Join();
-  answers.insert(more.begin(), more.end());
+  auto answers = QueueBehindAHeldCall(batcher, hsm, {"SN-1", "BAD-2", "SN-3", "SN-4", "BAD-5"});
   auto batches = hsm.batches();
   ASSERT_EQ(batches.size(), 2u);
-  EXPECT_THAT(batches[0], ElementsAre("SN-0"));
+  EXPECT_THAT(batches[0], ElementsAre("SN-FIRST"));
   EXPECT_EQ(batches[1].size(), 5u);  // every queued caller, in one call
   ASSERT_EQ(answers.size(), 6u);
   for (const auto& [sn, answer] : answers) {
@@ -188,16 +196,10 @@ TEST(TranslateBatcherTest, CallsArrivingWhileTheCallsInFlightAreFullGoInOneBatch
 TEST(TranslateBatcherTest, BatchesNeverExceedMaxBatchAndEveryCallerIsAnswered) {
   ScriptedHsm hsm;
   TranslateBatcher batcher(hsm, {.max_batch = 4, .max_calls = 1});
-  hsm.Hold();
-  Callers first(batcher, {"SN-X"});
-  ASSERT_TRUE(hsm.WaitForInFlight(1));
   std::vector<std::string> sns;
   for (int i = 0; i < 10; ++i) sns.push_back(absl::StrCat("SN-", i));
-  Callers rest(batcher, sns);
-  ASSERT_TRUE(WaitForQueued(batcher, 10));
-  hsm.Release();
-  first.Join();
-  auto answers = rest.Join();
+  auto answers = QueueBehindAHeldCall(batcher, hsm, sns);
+  EXPECT_EQ(answers.size(), 11u);
   size_t items = 0;
   for (const auto& b : hsm.batches()) {
     EXPECT_LE(b.size(), 4u);
