@@ -15,6 +15,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "mtms_translate_batcher.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
 #include "rkl/mtms/migrations.h"
@@ -59,7 +60,8 @@ struct MtmsProcess {
               const std::string& replica)
       : pool({.dsn = dsn, .max_size = 4}),
         repository(pool),
-        hsm(Channel(hsm_port, tls), absl::Seconds(10)),
+        hsm_rpc(Channel(hsm_port, tls), absl::Seconds(10)),
+        hsm(hsm_rpc, TranslateBatcherOptions{}),
         ca(Channel(ca_port, tls), absl::Seconds(10)),
         kms(Channel(kms_port, tls), absl::Seconds(10)),
         trust(ca, clock, absl::Minutes(5)),
@@ -82,7 +84,10 @@ struct MtmsProcess {
 
   db::ConnectionPool pool;
   PgMtmsRepository repository;
-  GrpcHsmPort hsm;
+  GrpcHsmPort hsm_rpc;
+  // As in main(). The test HSM (TestHsmService) has no TranslateTransportKeys, like an
+  // rkl-hsm older than that RPC: the batcher finds UNIMPLEMENTED over the wire and falls back.
+  TranslateBatcher hsm;
   GrpcCaPort ca;
   GrpcKmsPort kms;
   OperatorTrust trust;
@@ -226,6 +231,8 @@ TEST_F(MtmsGrpcTest, OperatorTerminalSubmitsWithoutClientCertificateAndPackageIs
   EXPECT_EQ(forced->forwarded(), 1u);
   ASSERT_TRUE(fake_kms_.Get("SN-GRPC-1").has_value());
   EXPECT_TRUE(fake_hsm_.OpenedAlgorithmName(*fake_kms_.Get("SN-GRPC-1")).ok());
+  // Forwarded through an HSM without the batch RPC: found out over the wire, remembered.
+  EXPECT_TRUE(mtms_->hsm.batch_unsupported());
 
   v1::GetSubmissionRequest get;
   get.set_submission_id(receipt->submission_id());
