@@ -1,14 +1,13 @@
 #include "hsm_core.h"
 
 #include <algorithm>
-#include <atomic>
-#include <functional>
 #include <thread>
 #include <type_traits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "rkl/common/parallel.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/cmac.h"
 #include "rkl/crypto/kcv.h"
@@ -555,21 +554,6 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
 // ---- Transport key (PROTOCOL §5, §6) -----------------------------------------------------
 
 namespace {
-
-// Runs fn(0) … fn(n-1) on up to `threads` threads, the calling one included; returns when
-// all have run.
-void ParallelFor(size_t n, int threads, const std::function<void(size_t)>& fn) {
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i = next++; i < n; i = next++) fn(i);
-  };
-  const size_t helpers = std::min<size_t>(n, std::max(threads, 1)) - (n > 0 ? 1 : 0);
-  std::vector<std::thread> pool;
-  pool.reserve(helpers);
-  for (size_t t = 0; t < helpers; ++t) pool.emplace_back(work);
-  work();
-  for (std::thread& t : pool) t.join();
-}
 
 AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd) {
   return AuditEvent{

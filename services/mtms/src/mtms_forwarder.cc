@@ -1,12 +1,11 @@
 #include "mtms_forwarder.h"
 
 #include <algorithm>
-#include <atomic>
-#include <system_error>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/parallel.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/random.h"
@@ -112,46 +111,27 @@ void Forwarder::ProcessBatch(const std::vector<SubmissionRecord>& rows,
                              const std::string& claim_token, PassResult& result) {
   if (rows.empty()) return;
   absl::Mutex result_mu;
-  std::atomic<size_t> next{0};
-  // Each worker takes the next unprocessed row until none is left. A row is processed only
-  // while holding one of the forwarder's `workers` slots, shared by all concurrent passes.
-  auto work = [&] {
-    for (size_t i = next++; i < rows.size(); i = next++) {
-      AcquireWorkerSlot();
-      const Outcome outcome = Process(rows[i], claim_token);
-      ReleaseWorkerSlot();
-      absl::MutexLock lock(&result_mu);
-      switch (outcome) {
-        case Outcome::kForwarded:
-          ++result.forwarded;
-          break;
-        case Outcome::kRejected:
-          ++result.rejected;
-          break;
-        case Outcome::kRetryLater:
-          ++result.retry_later;
-          break;
-        case Outcome::kLost:
-          break;
-      }
+  // A row is processed only while holding one of the forwarder's `workers` slots, shared by
+  // all concurrent passes. The calling thread is one worker; the others live for this batch.
+  ParallelFor(rows.size(), options_.workers, [&](size_t i) {
+    AcquireWorkerSlot();
+    const Outcome outcome = Process(rows[i], claim_token);
+    ReleaseWorkerSlot();
+    absl::MutexLock lock(&result_mu);
+    switch (outcome) {
+      case Outcome::kForwarded:
+        ++result.forwarded;
+        break;
+      case Outcome::kRejected:
+        ++result.rejected;
+        break;
+      case Outcome::kRetryLater:
+        ++result.retry_later;
+        break;
+      case Outcome::kLost:
+        break;
     }
-  };
-  // The calling thread is one worker; the others live for this batch only.
-  const size_t helpers = std::min(static_cast<size_t>(options_.workers), rows.size()) - 1;
-  std::vector<std::thread> threads;
-  threads.reserve(helpers);
-  for (size_t t = 0; t < helpers; ++t) {
-    try {
-      threads.emplace_back(work);
-    } catch (const std::system_error& e) {
-      // Fewer threads only means less parallelism: the ones we have take every row.
-      spdlog::warn("forwarder: could not start a worker thread ({}); continuing with {}", e.what(),
-                   threads.size() + 1);
-      break;
-    }
-  }
-  work();
-  for (std::thread& thread : threads) thread.join();
+  });
 }
 
 void Forwarder::AcquireWorkerSlot() {
