@@ -1,6 +1,7 @@
 #include "rkl/db/connection_pool.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <string>
 #include <utility>
@@ -26,6 +27,17 @@ absl::Status CheckDsn(const std::string& dsn) {
 std::string FirstLine(absl::string_view text) {
   text = absl::StripAsciiWhitespace(text);
   return std::string(absl::StripAsciiWhitespace(text.substr(0, text.find('\n'))));
+}
+
+// An idle connection has nothing outstanding, so a socket the server has shut down (a
+// restart, a terminated backend, an idle timeout) or that reports an error is dead even
+// though libpq has not noticed yet. A zero-timeout poll: no round trip, no wait. Data
+// without a shutdown (a notice, or a TLS record) is left to libpq.
+bool ClosedByServer(const pqxx::connection& conn) {
+  pollfd p{.fd = conn.sock(), .events = POLLIN | POLLRDHUP, .revents = 0};
+  if (p.fd < 0) return true;
+  if (::poll(&p, 1, 0) <= 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 }  // namespace
@@ -65,16 +77,15 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration time
     if (!idle_.empty()) {
       std::unique_ptr<pqxx::connection> conn = std::move(idle_.back());
       idle_.pop_back();
-      if (conn->is_open()) {
-        mu_.Unlock();
-        return Lease(this, std::move(conn));
-      }
-      // Closed while idle (the server went away): the slot is reused right here.
-      --open_;
       mu_.Unlock();
+      if (conn->is_open() && !ClosedByServer(*conn)) return Lease(this, std::move(conn));
+      // Closed while idle (the server went away): handing it out would fail the borrower's
+      // first statement — and a write sent in autocommit could not tell whether it ran.
+      // The slot is reused right here.
       stale = std::move(conn);
       stale.reset();
       mu_.Lock();
+      --open_;
       continue;
     }
     if (open_ < max_size_) {

@@ -165,6 +165,28 @@ TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
   EXPECT_NE(BackendPid(fresh->connection()), old_pid);
 }
 
+TEST_F(ConnectionPoolTest, IdleConnectionClosedByTheServerIsNotHandedOut) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  int old_pid = 0;
+  {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    old_pid = BackendPid(lease->connection());
+  }
+  ASSERT_EQ(pool.idle_connections(), 1);
+  // The backend goes away while its connection sits idle in the pool (a restart would do
+  // the same to all of them); pg_terminate_backend waits until it has exited.
+  pqxx::connection admin(db_->admin_dsn());
+  pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
+  absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  // The first statement on the lease works: the dead connection was replaced, not lent.
+  int pid = 0;
+  ASSERT_NO_THROW(pid = BackendPid(lease->connection()));
+  EXPECT_NE(pid, old_pid);
+  EXPECT_EQ(pool.open_connections(), 1);
+}
+
 TEST_F(ConnectionPoolTest, MarkBrokenClosesInsteadOfReturning) {
   ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
   {

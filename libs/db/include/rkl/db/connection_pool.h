@@ -7,6 +7,9 @@
 //  - a Lease owns its connection exclusively until it goes out of scope, when the
 //    connection returns to the pool, unless it is broken (closed, or marked broken by the
 //    holder), in which case it is closed and the next Borrow() opens a fresh one;
+//  - Borrow() never hands out an idle connection the server has already closed (a restart,
+//    a terminated backend): a zero-timeout poll of its socket finds it, and a fresh one is
+//    opened in its place;
 //  - Borrow() waits at most the timeout for a free slot, then fails with UNAVAILABLE
 //    "database pool exhausted"; a connection that cannot be opened fails with UNAVAILABLE;
 //    no status or message ever contains the DSN's password;
