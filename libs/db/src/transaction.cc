@@ -67,6 +67,24 @@ AttemptResult RunReadAttempt(pqxx::connection& conn,
   }
 }
 
+AttemptResult RunWriteAttempt(pqxx::connection& conn,
+                              absl::FunctionRef<absl::Status(OneStatement&)> body) {
+  try {
+    pqxx::nontransaction tx(conn);
+    OneStatement statement(tx);
+    return {body(statement)};
+  } catch (const std::exception& e) {
+    DbError error = ClassifyException(e);
+    if (error.connection_lost) {
+      // The statement may have run and committed before the answer was lost.
+      return {absl::UnknownError("database connection lost during an autocommit write: it may "
+                                 "have committed"),
+              false, true};
+    }
+    return {std::move(error.status), error.retryable, false};
+  }
+}
+
 absl::Duration Backoff(const TransactionOptions& options, int failed_attempts) {
   absl::Duration ceiling = options.initial_backoff;
   for (int i = 1; i < failed_attempts && ceiling < options.max_backoff; ++i) ceiling *= 2;
@@ -121,6 +139,13 @@ absl::Status RunAutocommitReadImpl(ConnectionPool& pool,
                                    const TransactionOptions& options) {
   return RetryAttempts(pool, options,
                        [&](pqxx::connection& conn) { return RunReadAttempt(conn, body); });
+}
+
+absl::Status RunAutocommitWriteImpl(ConnectionPool& pool,
+                                    absl::FunctionRef<absl::Status(OneStatement&)> body,
+                                    const TransactionOptions& options) {
+  return RetryAttempts(pool, options,
+                       [&](pqxx::connection& conn) { return RunWriteAttempt(conn, body); });
 }
 
 }  // namespace rkl::db::internal

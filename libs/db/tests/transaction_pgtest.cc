@@ -263,5 +263,112 @@ TEST_F(TransactionTest, AutocommitReadIsRetriedAfterALostConnection) {
   EXPECT_NE(pids[0], pids[1]);
 }
 
+TEST_F(TransactionTest, AutocommitWriteCommitsOneStatementAndReturnsItsValue) {
+  // The CTE writes two tables; both rows are there when the call returns.
+  TransactionStats stats;
+  absl::StatusOr<int64_t> r = RunAutocommitWrite(
+      *pool_,
+      [](OneStatement& stmt) -> absl::StatusOr<int64_t> {
+        return stmt
+            .Exec1("WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id), "
+                   "n AS (INSERT INTO item_notes SELECT id, $4 FROM i) "
+                   "SELECT id * 2 FROM i",
+                   21, "one", 5, "note")[0]
+            .as<int64_t>();
+      },
+      {.stats = &stats});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, 42);
+  EXPECT_EQ(stats.attempts, 1);
+  EXPECT_EQ(Count("items"), 1);
+  EXPECT_EQ(Count("item_notes"), 1);
+}
+
+TEST_F(TransactionTest, AutocommitWriteThatFailsLeavesNothingAndIsNotRetried) {
+  Sql("INSERT INTO items VALUES (1, 'taken', 1)");
+  TransactionStats stats;
+  // The first table's row is written before the second violates the unique label: the
+  // statement is all or nothing.
+  absl::Status s = RunAutocommitWrite(
+      *pool_,
+      [](OneStatement& stmt) {
+        stmt.Exec("WITH c AS (UPDATE counter SET value = value + 1 WHERE id = 1 RETURNING id) "
+                  "INSERT INTO items SELECT 2, $1, 1 FROM c",
+                  "taken");
+        return absl::OkStatus();
+      },
+      {.stats = &stats});
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_EQ(stats.attempts, 1);
+  EXPECT_EQ(Sql("SELECT value FROM counter WHERE id = 1")[0][0].as<int64_t>(), 0);
+  EXPECT_EQ(Count("items"), 1);
+}
+
+TEST_F(TransactionTest, AutocommitWriteRefusesASecondStatement) {
+  absl::Status s = RunAutocommitWrite(*pool_, [](OneStatement& stmt) {
+    stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 1, "first", 1);
+    stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 2, "second", 1);
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_THAT(s.message(), HasSubstr("second statement"));
+  // The first committed on its own (why the second is refused); the second never ran.
+  EXPECT_EQ(Count("items"), 1);
+  EXPECT_EQ(Count("items WHERE label = 'second'"), 0);
+}
+
+TEST_F(TransactionTest, AutocommitWriteWhoseConnectionIsLostIsUnknownAndNotRetried) {
+  TransactionStats stats;
+  std::atomic<int> runs{0};
+  absl::Status s = RunAutocommitWrite(
+      *pool_,
+      [&](OneStatement& stmt) {
+        ++runs;
+        // The backend ends itself mid-statement: the caller cannot tell whether the
+        // statement committed, so it must not run it again.
+        stmt.Exec("WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id) "
+                  "SELECT pg_terminate_backend(pg_backend_pid()) FROM i",
+                  1, "lost", 1);
+        return absl::OkStatus();
+      },
+      {.stats = &stats});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
+  EXPECT_THAT(s.message(), HasSubstr("may have committed"));
+  EXPECT_EQ(stats.attempts, 1);
+  EXPECT_EQ(runs.load(), 1);
+  // The pool replaced the connection: the next write works.
+  absl::Status next = RunAutocommitWrite(*pool_, [](OneStatement& stmt) {
+    stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 2, "next", 1);
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(next.ok()) << next;
+}
+
+TEST_F(TransactionTest, AutocommitWriteAfterTheServerDroppedAnIdleConnectionRunsOnce) {
+  // The situation after a PostgreSQL restart: the pool holds a connection whose backend is
+  // gone. The write must neither fail as UNKNOWN nor need a retry.
+  int old_pid = 0;
+  {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool_->Borrow();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    old_pid = pqxx::nontransaction(lease->connection())
+                  .exec1("SELECT pg_backend_pid()")[0]
+                  .as<int>();
+  }
+  ASSERT_EQ(pool_->idle_connections(), 1);
+  Sql("SELECT pg_terminate_backend(" + std::to_string(old_pid) + ", 5000)");
+  TransactionStats stats;
+  absl::Status s = RunAutocommitWrite(
+      *pool_,
+      [](OneStatement& stmt) {
+        stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 1, "after-restart", 1);
+        return absl::OkStatus();
+      },
+      {.stats = &stats});
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(stats.attempts, 1);
+  EXPECT_EQ(Count("items"), 1);
+}
+
 }  // namespace
 }  // namespace rkl::db

@@ -21,7 +21,9 @@
 
 #include <functional>
 #include <optional>
+#include <pqxx/except>
 #include <pqxx/nontransaction>
+#include <string_view>
 #include <pqxx/transaction>
 #include <type_traits>
 #include <utility>
@@ -31,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/prepared.h"
 
 namespace rkl::db {
 
@@ -54,6 +57,35 @@ struct TransactionOptions {
   TransactionStats* stats = nullptr;
 };
 
+// The one statement of a RunAutocommitWrite attempt, run as a prepared statement (db::Exec).
+// A second Exec throws (pqxx::usage_error) before anything is sent: the first has committed
+// on its own by then, so a body needing two statements belongs in RunInTransaction.
+class OneStatement {
+ public:
+  explicit OneStatement(pqxx::nontransaction& tx) : tx_(tx) {}
+  OneStatement(const OneStatement&) = delete;
+  OneStatement& operator=(const OneStatement&) = delete;
+
+  template <typename... Args>
+  pqxx::result Exec(std::string_view sql, Args&&... args) {
+    Claim();
+    return db::Exec(tx_, sql, std::forward<Args>(args)...);
+  }
+  template <typename... Args>
+  pqxx::row Exec1(std::string_view sql, Args&&... args) {
+    Claim();
+    return db::Exec1(tx_, sql, std::forward<Args>(args)...);
+  }
+
+ private:
+  void Claim() {
+    if (used_) throw pqxx::usage_error("RunAutocommitWrite: a second statement in one write");
+    used_ = true;
+  }
+  pqxx::nontransaction& tx_;
+  bool used_ = false;
+};
+
 namespace internal {
 absl::Status RunInTransactionImpl(ConnectionPool& pool,
                                   absl::FunctionRef<absl::Status(pqxx::work&)> body,
@@ -61,6 +93,9 @@ absl::Status RunInTransactionImpl(ConnectionPool& pool,
 absl::Status RunAutocommitReadImpl(ConnectionPool& pool,
                                    absl::FunctionRef<absl::Status(pqxx::nontransaction&)> body,
                                    const TransactionOptions& options);
+absl::Status RunAutocommitWriteImpl(ConnectionPool& pool,
+                                    absl::FunctionRef<absl::Status(OneStatement&)> body,
+                                    const TransactionOptions& options);
 
 template <typename T>
 struct IsStatusOr : std::false_type {};
@@ -126,6 +161,41 @@ auto RunAutocommitRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& 
       options);
   if (!status.ok()) return Result(std::move(status));
   return *std::move(result);
+}
+
+// RunAutocommitWrite: fn runs ONE data-modifying statement (data-modifying CTEs may touch
+// several tables) in autocommit mode. PostgreSQL runs a lone statement as a transaction of
+// its own, so it is atomic, and under synchronous_commit it is durable by the time its
+// result arrives — what RunInTransaction gives a one-statement body, in one round trip
+// instead of three (BEGIN, the statement, COMMIT). fn gets a OneStatement, which refuses
+// a second statement (INTERNAL).
+// Retried as RunInTransaction is on serialization failure and deadlock: PostgreSQL rolled
+// the statement back. A connection lost while the statement was outstanding is UNKNOWN
+// and never retried — the statement may have committed, exactly as a COMMIT whose answer
+// was lost (the pool does not lend a connection the server had already closed, so a
+// restart of PostgreSQL does not cause this). options.isolation and options.read_only are
+// not used.
+template <typename Fn>
+auto RunAutocommitWrite(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
+    -> std::invoke_result_t<Fn&, OneStatement&> {
+  using Result = std::invoke_result_t<Fn&, OneStatement&>;
+  if constexpr (std::is_same_v<Result, absl::Status>) {
+    return internal::RunAutocommitWriteImpl(pool, fn, options);
+  } else {
+    static_assert(internal::IsStatusOr<Result>::value,
+                  "fn must return absl::Status or absl::StatusOr<T>");
+    std::optional<Result> result;
+    absl::Status status = internal::RunAutocommitWriteImpl(
+        pool,
+        [&](OneStatement& stmt) -> absl::Status {
+          result.reset();
+          result.emplace(std::invoke(fn, stmt));
+          return result->status();
+        },
+        options);
+    if (!status.ok()) return Result(std::move(status));
+    return *std::move(result);
+  }
 }
 
 }  // namespace rkl::db
