@@ -33,9 +33,9 @@ const std::string kListTerminals =
                  "WHERE ($1::text IS NULL OR t.state = $1) AND t.sn LIKE $2 || '%' AND t.sn > $3 "
                  "ORDER BY t.sn LIMIT $4");
 
-// Every write is ONE statement (data-modifying CTEs), so a write transaction costs three
-// round trips (BEGIN, the statement, COMMIT) however many rows it touches, and stays
-// atomic. Audit entries travel as one JSON array parameter ($AUDIT below), inserted in
+// Every write is ONE statement (data-modifying CTEs), run in autocommit
+// (db::RunAutocommitWrite): one round trip however many rows it touches, atomic and
+// durable as a transaction. Audit entries travel as one JSON array parameter ($AUDIT below), inserted in
 // array order and only when the main write happened.
 constexpr char kAuditFromJson[] =
     "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
@@ -269,11 +269,11 @@ absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& s
 absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
                                              const std::vector<AuditEntry>& audit) {
   const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     TkParams tk(t);
-    db::Exec(tx, kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
+    stmt.Exec(kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
              static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
              tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
              t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms, tk.ctk_pk,
@@ -297,7 +297,7 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
                                                     const std::vector<AuditEntry>& audit,
                                                     const SessionMove* move) {
   const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     NullableText move_id(move ? move->id : "", move == nullptr);
@@ -306,8 +306,8 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
     NullableText move_kcv(move && move->tmk_kcv ? *move->tmk_kcv : "",
                           move == nullptr || !move->tmk_kcv);
     TkParams tk(t);
-    pqxx::row r = db::Exec1(
-        tx, kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
+    pqxx::row r = stmt.Exec1(
+        kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
         static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
         t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
         t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
@@ -341,8 +341,8 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
 absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
   const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
-    db::Exec(tx, kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
              SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms, audit_json);
     return absl::OkStatus();
   });
@@ -361,9 +361,9 @@ absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
 absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, SessionState from,
                                                         SessionState to,
                                                         const std::optional<std::string>& tmk_kcv) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     NullableText kcv(tmk_kcv.value_or(""), !tmk_kcv.has_value());
-    pqxx::result r = db::Exec(tx, kTransitionSession, id, SessionStateName(from),
+    pqxx::result r = stmt.Exec(kTransitionSession, id, SessionStateName(from),
                               SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
   });
@@ -372,8 +372,8 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
 absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
   if (audit.empty()) return absl::OkStatus();
   const std::string audit_json = AuditJson(audit);
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) {
-    db::Exec(tx, kInsertAudit, audit_json);
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kInsertAudit, audit_json);
     return absl::OkStatus();
   });
 }
