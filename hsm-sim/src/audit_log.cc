@@ -34,13 +34,9 @@ constexpr char kInsertRecords[] =
     "action text, sn text, detail text, result text, mac text)";
 constexpr char kAllRecords[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit ORDER BY seq";
-constexpr char kNextPendingId[] = "SELECT nextval('hsm_audit_pending_id_seq')";
 constexpr char kInsertPending[] =
     "INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-// Ids for a group of records, in order.
-constexpr char kNextPendingIds[] =
-    "SELECT nextval('hsm_audit_pending_id_seq') FROM generate_series(1, $1)";
 // A group of pending records in one statement; mac as hex text.
 constexpr char kInsertPendingGroup[] =
     "INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
@@ -165,7 +161,7 @@ absl::Status PgAuditLog::Append(const AuditEvent& event) {
 }
 
 absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
-  const uint64_t id = db::Exec1(tx, kNextPendingId)[0].as<uint64_t>();
+  const uint64_t id = pending_ids_.Next(tx);
   RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, id, e));
   db::Exec(tx, kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
            pqxx::binarystring(mac.data(), mac.size()));
@@ -209,21 +205,23 @@ absl::Status PgAuditLog::AppendGrouped(std::span<const AuditEvent> events) {
 }
 
 absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events) {
-  return db::RunInTransaction(writer_pool_, [&](pqxx::work& tx) -> absl::Status {
-    std::vector<uint64_t> ids;
-    ids.reserve(events.size());
-    for (const auto& row : db::Exec(tx, kNextPendingIds, static_cast<int64_t>(events.size()))) {
-      ids.push_back(row[0].as<uint64_t>());
-    }
-    if (ids.size() != events.size()) return absl::InternalError("audit: too few record ids");
-    JsonRows rows;
-    for (size_t i = 0; i < events.size(); ++i) {
-      const AuditEvent& e = *events[i];
-      RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, ids[i], e));
-      AddRecordRow(rows, "id", ids[i], e, mac);
-    }
-    const std::string json = rows.Finish();
-    db::Exec(tx, kInsertPendingGroup, json);
+  // Ids first (no round trip unless the block is used up), then the group is one statement
+  // in autocommit: one round trip where a transaction took three.
+  absl::StatusOr<std::vector<uint64_t>> ids = db::RunAutocommitRead(
+      writer_pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<uint64_t>> {
+        return pending_ids_.Take(tx, events.size());
+      });
+  RKL_RETURN_IF_ERROR(ids.status());
+  if (ids->size() != events.size()) return absl::InternalError("audit: too few record ids");
+  JsonRows rows;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const AuditEvent& e = *events[i];
+    RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, (*ids)[i], e));
+    AddRecordRow(rows, "id", (*ids)[i], e, mac);
+  }
+  const std::string json = rows.Finish();
+  return db::RunAutocommitWrite(writer_pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kInsertPendingGroup, json);
     return absl::OkStatus();
   });
 }

@@ -42,6 +42,7 @@
 #include "rkl/common/hex.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/sequence_block.h"
 
 namespace pqxx {
 class transaction_base;
@@ -134,6 +135,9 @@ class PgAuditLog : public AuditLog {
   db::ConnectionPool& pool_;
   db::ConnectionPool& writer_pool_;  // group writes and sealing
   const crypto::SecretBytes audit_key_;
+  // A pending record's id is bound into its MAC, so it is known before the INSERT: taken
+  // from hsm_audit_pending_id_seq a block at a time, not a nextval() round trip per record.
+  db::SequenceBlock pending_ids_{"hsm_audit_pending_id_seq", 16};
 
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -988,6 +988,9 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
                                           " replace_existing=", replace_existing)};
   return Run(event, true, 2,
              [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
+               // AUK and TEK in one read; the TMK made below is known without one.
+               const uint64_t keys[] = {verify.auk_index, tek_index};
+               RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
                // Nothing is made or exported unless the terminal proved itself just now.
                RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
                absl::StrAppend(&audit.detail, " crnd2=verified");

@@ -17,7 +17,6 @@ namespace {
 constexpr char kKeyColumns[] =
     "key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, created_at_ms, "
     "rsa_bits, public_key_der, nonce, sealed";
-constexpr char kNextKeyIndex[] = "SELECT nextval('hsm_key_index_seq')";
 constexpr char kInsertKey[] =
     "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
     "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) "
@@ -288,7 +287,7 @@ std::string PrefetchKeysSql(size_t n) {
   return sql;
 }
 
-std::string FindLiveKeysSql(KeyType type) {
+std::string FindLiveKeysSql(KeyType type, bool lock) {
   // The key type is a literal (one statement per type), never a parameter. With
   // "key_type = $1" the generic plan of the prepared statement cannot match the partial
   // index hsm_key_one_live_per_sn exactly; with the table's statistics still empty the
@@ -296,7 +295,8 @@ std::string FindLiveKeysSql(KeyType type) {
   // filtered, reading ~450 index entries per lookup in a 200-terminal run.
   return absl::StrCat("SELECT ", kKeyColumns,
                       " FROM hsm_key WHERE key_type = ", static_cast<int>(type),
-                      " AND bound_sn = $1 AND state = 1 ORDER BY key_index FOR UPDATE");
+                      " AND bound_sn = $1 AND state = 1 ORDER BY key_index",
+                      lock ? " FOR UPDATE" : "");
 }
 
 // ---- KeyTransaction ----------------------------------------------------------------------
@@ -324,7 +324,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
-    uint64_t index = db::Exec1(tx_, kNextKeyIndex)[0].as<uint64_t>();
+    const uint64_t index = store_.key_indexes_.Next(tx_);
     Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
     RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
     auto [nonce, sealed] = SplitSealed(blob);
@@ -345,6 +345,7 @@ class PgKeyTransaction : public KeyTransaction {
     r.public_key_der = key.public_key_der;
     r.nonce = std::move(nonce);
     r.sealed = std::move(sealed);
+    prefetched_[index] = r;  // exactly what was written: reading it back costs nothing
     return r;
   }
 
@@ -357,9 +358,13 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status Prefetch(std::span<const uint64_t> indexes) override {
     if (indexes.empty() || indexes.size() > kMaxPrefetch) return absl::OkStatus();
-    std::vector<uint64_t> params(indexes.begin(), indexes.end());
-    for (uint64_t index : indexes) prefetched_[index] = std::nullopt;  // absent unless found
-    for (const auto& row : db::Exec(tx_, PrefetchKeysSql(indexes.size()),
+    std::vector<uint64_t> params;
+    for (uint64_t index : indexes) {
+      if (!prefetched_.contains(index)) params.push_back(index);
+    }
+    if (params.empty()) return absl::OkStatus();  // all read or written by this unit already
+    for (uint64_t index : params) prefetched_[index] = std::nullopt;  // absent unless found
+    for (const auto& row : db::Exec(tx_, PrefetchKeysSql(params.size()),
                                     pqxx::prepare::make_dynamic_params(params))) {
       KeyRecord record = RecordFromRow(row);
       prefetched_[record.index] = std::move(record);
@@ -372,7 +377,9 @@ class PgKeyTransaction : public KeyTransaction {
     if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
       return absl::InvalidArgumentError("FindLiveKeys: only TEK, AUK and TMK are bound to an SN");
     }
-    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type), sn);
+    // A read-only unit runs in autocommit: a row lock would end with the statement and only
+    // cost a WAL record.
+    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type, /*lock=*/deferred_audit_ == nullptr), sn);
     std::vector<KeyRecord> out;
     for (const auto& row : r) out.push_back(RecordFromRow(row));
     return out;
@@ -513,7 +520,11 @@ class PgKeyTransaction : public KeyTransaction {
 
 PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
                        size_t cache_capacity)
-    : pool_(pool), lmk_(lmk), audit_(audit), cache_(cache_capacity) {}
+    : pool_(pool),
+      lmk_(lmk),
+      audit_(audit),
+      cache_(cache_capacity),
+      key_indexes_("hsm_key_index_seq", kKeyIndexBlock) {}
 
 absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {

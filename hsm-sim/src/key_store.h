@@ -34,6 +34,7 @@
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/sequence_block.h"
 
 namespace rkl::hsm {
 
@@ -116,7 +117,9 @@ Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 // The statement behind KeyTransaction::FindLiveKeys for PgKeyStore ($1 SN; the key type,
 // one of TEK/AUK/TMK, is a literal); exposed so a test can check its plan uses the
 // one-live-key-per-SN index.
-std::string FindLiveKeysSql(KeyType type);
+// lock: FOR UPDATE, as inside a transaction (a read-only unit runs in autocommit and does not
+// lock).
+std::string FindLiveKeysSql(KeyType type, bool lock = true);
 // The statement behind PgKeyStore's Prefetch of n keys ($1..$n), exposed for the same reason.
 inline constexpr size_t kMaxPrefetch = 8;
 std::string PrefetchKeysSql(size_t n);
@@ -241,6 +244,10 @@ class PgKeyStore : public KeyStore {
   const crypto::SecretBytes lmk_;
   PgAuditLog& audit_;
   UnsealedKeyCache cache_;
+  // Key indexes are bound into each record's AAD before it is written: taken from
+  // hsm_key_index_seq a block at a time instead of a nextval() round trip per key.
+  static constexpr int kKeyIndexBlock = 16;
+  db::SequenceBlock key_indexes_;
 };
 
 }  // namespace rkl::hsm
