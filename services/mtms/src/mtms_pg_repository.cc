@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <pqxx/pqxx>
 
+#include "absl/strings/str_cat.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
@@ -34,17 +35,6 @@ constexpr char kCountInFlightForWorkKey[] =
 constexpr char kRetireWorkKey[] =
     "UPDATE work_keys SET state = 'RETIRED', retired_at_ms = $2 WHERE serial_hex = $1";
 
-// FOR SHARE: a concurrent retire (FOR UPDATE) waits for this insert, and this insert sees
-// a retire that committed first.
-constexpr char kWorkKeyStateForShare[] =
-    "SELECT state FROM work_keys WHERE serial_hex = $1 FOR SHARE";
-constexpr char kInsertSubmission[] =
-    "INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce, package, signature,"
-    " operator_certificate_pem, operator_certificate_serial, work_certificate_serial, ctk_pu,"
-    " algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'RECEIVED', $13)"
-    " ON CONFLICT ON CONSTRAINT sn_key_mtms_operator_nonce_key DO NOTHING"
-    " RETURNING submission_id";
 // Operators seen, without a per-package write: the row is inserted at an operator
 // certificate's first accepted package, and last_seen_at_ms moves only once it is
 // kLastSeenResolutionMs old. Once the row exists, ON CONFLICT DO NOTHING and an UPDATE
@@ -54,14 +44,36 @@ constexpr char kInsertSubmission[] =
 // row the CTE inserts (one snapshot), so a first sight is one insert. Package counts are
 // counted from sn_key_mtms when wanted (docs/mtms.md).
 constexpr int64_t kLastSeenResolutionMs = 60 * 1000;
-constexpr char kRecordOperatorSeen[] =
-    "WITH first_sight AS ("
-    " INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
-    " last_seen_at_ms) VALUES ($1, $2, $3::bigint, $3::bigint)"
-    " ON CONFLICT (operator_id, certificate_serial) DO NOTHING)"
-    " UPDATE operators_seen SET last_seen_at_ms = $3::bigint"
-    " WHERE operator_id = $1 AND certificate_serial = $2"
-    " AND last_seen_at_ms < $3::bigint - $4::bigint";
+
+// The whole intake in ONE statement, run in autocommit (one round trip):
+//  k: the work key's state, FOR SHARE: a concurrent retire (FOR UPDATE) waits for this
+//     statement, and this statement sees a retire that committed first;
+//  i: the package, unless the work key is retired or the (operator, nonce) was seen before
+//     (ON CONFLICT DO NOTHING: a replay inserts nothing);
+//  o, u: operators seen (above), only for an inserted package;
+//  a: the package's audit entry, only for an inserted package.
+// Returns the work key's state (NULL: unknown) and how many packages were inserted (0/1).
+// Submission $1..$13; $14 resolution; audit $15..$20. Parameters read in SELECT lists are
+// typed: there an untyped parameter would be taken as text.
+constexpr char kIntake[] =
+    "WITH k AS (SELECT state FROM work_keys WHERE serial_hex = $9::text FOR SHARE),"
+    " i AS (INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce, package, signature,"
+    "  operator_certificate_pem, operator_certificate_serial, work_certificate_serial, ctk_pu,"
+    "  algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms)"
+    "  SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea, $7::text,"
+    "  $8::text, $9::text, $10::bytea, $11::smallint, $12::bigint, $13::bigint, 'RECEIVED',"
+    "  $13::bigint FROM k WHERE k.state <> 'RETIRED'"
+    "  ON CONFLICT ON CONSTRAINT sn_key_mtms_operator_nonce_key DO NOTHING"
+    "  RETURNING submission_id),"
+    " o AS (INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
+    "  last_seen_at_ms) SELECT $3::text, $8::text, $13::bigint, $13::bigint FROM i"
+    "  ON CONFLICT (operator_id, certificate_serial) DO NOTHING),"
+    " u AS (UPDATE operators_seen SET last_seen_at_ms = $13::bigint"
+    "  WHERE operator_id = $3::text AND certificate_serial = $8::text"
+    "  AND last_seen_at_ms < $13::bigint - $14::bigint AND EXISTS (SELECT 1 FROM i)),"
+    " a AS (INSERT INTO audit (at_ms, actor, action, sn, detail, result)"
+    "  SELECT $15::bigint, $16::text, $17::text, $18::text, $19::text, $20::text FROM i)"
+    " SELECT (SELECT state FROM k), (SELECT count(*) FROM i)";
 
 constexpr char kSubmissionColumns[] =
     "submission_id, sn, operator_id, nonce, package, signature, operator_certificate_pem,"
@@ -93,14 +105,27 @@ const std::string kClaimDue = std::string(
 constexpr char kMakeAllDue[] =
     "UPDATE sn_key_mtms SET next_attempt_at_ms = $1"
     " WHERE state = 'RECEIVED' AND next_attempt_at_ms > $1";
-constexpr char kFinishForwarded[] =
+// Each finish is one statement with its audit entry ($AUDIT: six typed parameters from
+// the given number on), inserted only when the row was still ours to finish. Returns how
+// many rows were finished (0/1).
+std::string WithAudit(const std::string& update, int first) {
+  auto p = [&](int i, const char* type) { return absl::StrCat("$", first + i, "::", type); };
+  return absl::StrCat("WITH f AS (", update, " RETURNING 1),",
+                      " a AS (INSERT INTO audit (at_ms, actor, action, sn, detail, result) SELECT ",
+                      p(0, "bigint"), ", ", p(1, "text"), ", ", p(2, "text"), ", ", p(3, "text"),
+                      ", ", p(4, "text"), ", ", p(5, "text"), " WHERE EXISTS (SELECT 1 FROM f))",
+                      " SELECT count(*) FROM f");
+}
+const std::string kFinishForwarded = WithAudit(
     "UPDATE sn_key_mtms SET state = 'FORWARDED', forwarded_at_ms = $3, attempts = attempts + 1,"
     " last_error = '', claimed_by = NULL, claimed_until_ms = NULL"
-    " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'";
-constexpr char kFinishRejected[] =
+    " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'",
+    4);
+const std::string kFinishRejected = WithAudit(
     "UPDATE sn_key_mtms SET state = 'REJECTED', reason = $3, attempts = attempts + 1,"
     " claimed_by = NULL, claimed_until_ms = NULL"
-    " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'";
+    " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'",
+    4);
 constexpr char kFinishRetryLater[] =
     "UPDATE sn_key_mtms SET attempts = attempts + 1, last_error = $3, next_attempt_at_ms = $4,"
     " claimed_by = NULL, claimed_until_ms = NULL"
@@ -278,21 +303,18 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
 
 absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const SubmissionRecord& row,
                                                                  const AuditEntry& audit) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<InsertOutcome> {
-    pqxx::result key = db::Exec(tx, kWorkKeyStateForShare, row.work_certificate_serial);
-    if (key.empty()) return InsertOutcome::kUnknownWorkKey;
-    if (key[0][0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
-    pqxx::result inserted =
-        db::Exec(tx, kInsertSubmission, row.submission_id, row.sn, row.operator_id, Bin(row.nonce),
-                 Bin(row.package), Bin(row.signature), row.operator_certificate_pem,
-                 row.operator_certificate_serial, row.work_certificate_serial, Bin(row.ctk_pu),
-                 static_cast<int>(row.algorithm_code), row.created_at_ms, row.received_at_ms);
-    if (inserted.empty()) return InsertOutcome::kReplay;
-    db::Exec(tx, kRecordOperatorSeen, row.operator_id, row.operator_certificate_serial,
-             row.received_at_ms, kLastSeenResolutionMs);
-    InsertAudit(tx, audit);
-    return InsertOutcome::kInserted;
-  });
+  return db::RunAutocommitWrite(
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<InsertOutcome> {
+        pqxx::row r = stmt.Exec1(
+            kIntake, row.submission_id, row.sn, row.operator_id, Bin(row.nonce), Bin(row.package),
+            Bin(row.signature), row.operator_certificate_pem, row.operator_certificate_serial,
+            row.work_certificate_serial, Bin(row.ctk_pu), static_cast<int>(row.algorithm_code),
+            row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms,
+            audit.actor, audit.action, audit.sn, audit.detail, audit.result);
+        if (r[0].is_null()) return InsertOutcome::kUnknownWorkKey;
+        if (r[0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
+        return r[1].as<int64_t>() == 1 ? InsertOutcome::kInserted : InsertOutcome::kReplay;
+      });
 }
 
 absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
@@ -345,11 +367,11 @@ absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
 
 absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ClaimDue(
     const std::string& claim_token, int64_t now_ms, int64_t lease_until_ms, int limit) {
-  return db::RunInTransaction(
-      pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<SubmissionRecord>> {
+  return db::RunAutocommitWrite(
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<std::vector<SubmissionRecord>> {
         std::vector<SubmissionRecord> rows;
         for (const pqxx::row& row :
-             db::Exec(tx, kClaimDue, claim_token, now_ms, lease_until_ms, limit)) {
+             stmt.Exec(kClaimDue, claim_token, now_ms, lease_until_ms, limit)) {
           rows.push_back(ReadSubmission(row));
         }
         // RETURNING has no order; forward oldest first.
@@ -362,20 +384,18 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ClaimDue(
 }
 
 absl::StatusOr<uint64_t> PgMtmsRepository::MakeAllDue(int64_t now_ms) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
-    return static_cast<uint64_t>(db::Exec(tx, kMakeAllDue, now_ms).affected_rows());
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<uint64_t> {
+    return static_cast<uint64_t>(stmt.Exec(kMakeAllDue, now_ms).affected_rows());
   });
 }
 
 absl::StatusOr<bool> PgMtmsRepository::FinishForwarded(const std::string& submission_id,
                                                        const std::string& claim_token,
                                                        int64_t now_ms, const AuditEntry& audit) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    if (db::Exec(tx, kFinishForwarded, submission_id, claim_token, now_ms).affected_rows() != 1) {
-      return false;
-    }
-    InsertAudit(tx, audit);
-    return true;
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    return stmt.Exec1(kFinishForwarded, submission_id, claim_token, now_ms, audit.at_ms,
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+               .as<int64_t>() == 1;
   });
 }
 
@@ -383,12 +403,10 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submiss
                                                       const std::string& claim_token,
                                                       const std::string& reason,
                                                       const AuditEntry& audit) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    if (db::Exec(tx, kFinishRejected, submission_id, claim_token, reason).affected_rows() != 1) {
-      return false;
-    }
-    InsertAudit(tx, audit);
-    return true;
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    return stmt.Exec1(kFinishRejected, submission_id, claim_token, reason, audit.at_ms,
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+               .as<int64_t>() == 1;
   });
 }
 
@@ -396,16 +414,17 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submi
                                                         const std::string& claim_token,
                                                         const std::string& last_error,
                                                         int64_t next_attempt_at_ms) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    return db::Exec(tx, kFinishRetryLater, submission_id, claim_token, last_error,
-                    next_attempt_at_ms)
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    return stmt.Exec(kFinishRetryLater, submission_id, claim_token, last_error,
+                     next_attempt_at_ms)
                .affected_rows() == 1;
   });
 }
 
 absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) {
-  return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
-    InsertAudit(tx, audit);
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
+    stmt.Exec(kInsertAudit, audit.at_ms, audit.actor, audit.action, audit.sn, audit.detail,
+              audit.result);
     return absl::OkStatus();
   });
 }

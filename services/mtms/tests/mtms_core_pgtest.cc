@@ -90,6 +90,86 @@ TEST_F(MtmsSchemaPgTest, AtMostOneCurrentWorkKeyIsAConstraint) {
                pqxx::unique_violation);
 }
 
+TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditAndOperator) {
+  // The intake is one statement: each refusal must leave no trace, an accepted package
+  // exactly its row, its audit entry and its operator's first sight.
+  MtmsRepository& repo = backend_->Replica(0);
+  auto count = [&](const std::string& sql) { return backend_->Sql(sql)[0][0].as<int64_t>(); };
+  WorkKeyRecord key{.serial_hex = "0A1B2C", .hsm_id = "hsm-x", .hsm_key_index = 77,
+                    .public_key_der = Bytes{1, 2, 3}, .certificate_pem = "pem",
+                    .terminal_root_pem = "root", .created_at_ms = 1};
+  ASSERT_TRUE(repo.InstallWorkKey(key, /*rotate=*/true, AuditEntry{.action = "test_install"}).ok());
+  SubmissionRecord row{.submission_id = "sub-intake-1", .sn = "SN-INTAKE",
+                       .operator_id = "op-intake", .nonce = Bytes(16, 0x42),
+                       .package = Bytes{9}, .signature = Bytes{8},
+                       .operator_certificate_pem = "cert", .operator_certificate_serial = "0F",
+                       .work_certificate_serial = "FFFF", .ctk_pu = Bytes{7},
+                       .algorithm_code = 17, .created_at_ms = 5, .received_at_ms = 6};
+  const AuditEntry audit{.at_ms = 6, .actor = "operator:op-intake", .action = "test_intake",
+                         .sn = "SN-INTAKE", .detail = "d"};
+  const std::string audits = "SELECT count(*) FROM audit WHERE action = 'test_intake'";
+  const std::string rows = "SELECT count(*) FROM sn_key_mtms WHERE sn = 'SN-INTAKE'";
+  const std::string seen = "SELECT count(*) FROM operators_seen WHERE operator_id = 'op-intake'";
+
+  auto outcome = repo.InsertSubmission(row, audit);  // no such work key
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(*outcome, InsertOutcome::kUnknownWorkKey);
+  EXPECT_EQ(count(rows) + count(audits) + count(seen), 0);
+
+  row.work_certificate_serial = key.serial_hex;
+  outcome = repo.InsertSubmission(row, audit);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(*outcome, InsertOutcome::kInserted);
+  EXPECT_EQ(count(rows), 1);
+  EXPECT_EQ(count(audits), 1);
+  EXPECT_EQ(count(seen), 1);
+
+  row.submission_id = "sub-intake-2";  // same operator and nonce: a replay
+  outcome = repo.InsertSubmission(row, audit);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(*outcome, InsertOutcome::kReplay);
+  EXPECT_EQ(count(rows), 1);
+  EXPECT_EQ(count(audits), 1);
+
+  backend_->Sql("UPDATE work_keys SET state = 'RETIRED', retired_at_ms = 7 "
+                "WHERE serial_hex = '0A1B2C'");
+  row.submission_id = "sub-intake-3";
+  row.nonce = Bytes(16, 0x43);
+  outcome = repo.InsertSubmission(row, audit);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(*outcome, InsertOutcome::kRetiredWorkKey);
+  EXPECT_EQ(count(rows), 1);
+  EXPECT_EQ(count(audits), 1);
+}
+
+TEST_F(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed) {
+  MtmsRepository& repo = backend_->Replica(0);
+  auto count = [&](const std::string& sql) { return backend_->Sql(sql)[0][0].as<int64_t>(); };
+  auto receipt = Submit({.sn = "SN-FINISH"});
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  auto claimed = repo.ClaimDue("token-a", INT64_MAX / 2, INT64_MAX / 2 + 1000, 10);
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  ASSERT_EQ(claimed->size(), 1u);
+  const std::string id = claimed->front().submission_id;
+  const std::string audits = "SELECT count(*) FROM audit WHERE action = 'test_finish'";
+  const AuditEntry audit{.at_ms = 1, .actor = "mtms", .action = "test_finish", .sn = "SN-FINISH"};
+  // Another claimant's token finishes nothing and audits nothing.
+  auto other = repo.FinishForwarded(id, "token-b", 2, audit);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_FALSE(*other);
+  EXPECT_EQ(count(audits), 0);
+  auto mine = repo.FinishForwarded(id, "token-a", 2, audit);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_TRUE(*mine);
+  EXPECT_EQ(count(audits), 1);
+  // Finished once: a second finish (a rejection now) changes and audits nothing.
+  auto again = repo.FinishRejected(id, "token-a", "late", audit);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(*again);
+  EXPECT_EQ(count(audits), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM sn_key_mtms WHERE state = 'FORWARDED'"), 1);
+}
+
 TEST_F(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute) {
   // xmin names the transaction that last wrote a row version: it changes whenever the row
   // is written, and only then.
