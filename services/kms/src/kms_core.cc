@@ -392,10 +392,10 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
   return BeginResult{session.id, challenge->crnd1, challenge->rnd2, session.expires_at_ms};
 }
 
-absl::StatusOr<AuthSession> KmsCore::LoadSession(const std::string& id, const std::string& sn,
+absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> session,
+                                                 const std::string& id, const std::string& sn,
                                                  SessionState want, const char* action) {
   const std::string actor = TerminalActor(sn);
-  absl::StatusOr<AuthSession> session = repository_.GetSession(id);
   absl::Status refusal;
   std::string detail = absl::StrCat("session ", id.substr(0, 8), "…");
   if (!session.ok()) {
@@ -468,9 +468,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(AuthSession session,
-                       LoadSession(session_id, sn, SessionState::kOpen, kActionAuthComplete));
-  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, repository_.GetTerminal(sn));
+  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
+                       repository_.GetSessionAndTerminal(session_id, sn));
+  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), session_id, sn,
+                                                        SessionState::kOpen, kActionAuthComplete));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
@@ -564,10 +566,12 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(
-      AuthSession session,
-      LoadSession(session_id, sn, SessionState::kAuthenticated, kActionInstallConfirm));
-  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, repository_.GetTerminal(sn));
+  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
+                       repository_.GetSessionAndTerminal(session_id, sn));
+  RKL_ASSIGN_OR_RETURN(AuthSession session,
+                       LoadSession(std::move(read.session), session_id, sn,
+                                   SessionState::kAuthenticated, kActionInstallConfirm));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);

@@ -166,8 +166,10 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> AdminChange(
       const std::string& actor, const std::string& sn, const std::string& reason,
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);
-  // The session `id` for `sn` in state `want`, not expired; refusals are audited.
-  absl::StatusOr<AuthSession> LoadSession(const std::string& id, const std::string& sn,
+  // `session` (as read for `id`) if it is `sn`'s, in state `want` and not expired;
+  // refusals are audited.
+  absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
+                                          const std::string& id, const std::string& sn,
                                           SessionState want, const char* action);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be
   // asked again, else FAILED.

@@ -62,6 +62,25 @@ class KmsRepository {
                                      const std::vector<AuditEntry>& audit) = 0;
   // NOT_FOUND "session_id: no such session".
   virtual absl::StatusOr<AuthSession> GetSession(const std::string& id) = 0;
+  // The session and the terminal `sn` together, as one read where the store allows it:
+  // each answer as GetSession and GetTerminal would give it (NOT_FOUND when absent). The
+  // default reads them one after the other.
+  struct SessionAndTerminal {
+    absl::StatusOr<AuthSession> session;
+    absl::StatusOr<TerminalRecord> terminal;
+  };
+  virtual absl::StatusOr<SessionAndTerminal> GetSessionAndTerminal(const std::string& id,
+                                                                   const std::string& sn) {
+    absl::StatusOr<AuthSession> session = GetSession(id);
+    if (!session.ok() && session.status().code() != absl::StatusCode::kNotFound) {
+      return session.status();
+    }
+    absl::StatusOr<TerminalRecord> terminal = GetTerminal(sn);
+    if (!terminal.ok() && terminal.status().code() != absl::StatusCode::kNotFound) {
+      return terminal.status();
+    }
+    return SessionAndTerminal{std::move(session), std::move(terminal)};
+  }
   // Moves the session from `from` to `to` (and sets tmk_kcv when given). Returns false,
   // changing nothing, when it is no longer in `from`.
   virtual absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from,

@@ -138,6 +138,15 @@ constexpr char kSelectSession[] =
     "SELECT id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, created_at_ms, expires_at_ms "
     "FROM auth_sessions WHERE id = $1";
 
+// Both in one statement and one snapshot; a side that is absent comes back as NULLs.
+const std::string kSelectSessionAndTerminal = absl::StrCat(
+    "SELECT s.id, s.sn, s.auk_index, s.rnd1, s.rnd2, s.state, s.tmk_kcv, s.created_at_ms, "
+    "s.expires_at_ms, ",
+    kTerminalColumns,
+    " FROM (SELECT 1) one LEFT JOIN auth_sessions s ON s.id = $1 "
+    "LEFT JOIN (terminals t JOIN sn_tk_kms k ON k.sn = t.sn) ON t.sn = $2");
+constexpr int kSessionColumnCount = 9;
+
 // The compare-and-set behind single use: only the caller that still finds `from` moves it.
 constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
@@ -356,6 +365,27 @@ absl::StatusOr<AuthSession> PgKmsRepository::GetSession(const std::string& id) {
     }
     return ReadSession(r[0]);
   });
+}
+
+absl::StatusOr<KmsRepository::SessionAndTerminal> PgKmsRepository::GetSessionAndTerminal(
+    const std::string& id, const std::string& sn) {
+  return db::RunAutocommitRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<SessionAndTerminal> {
+        pqxx::row r = db::Exec1(tx, kSelectSessionAndTerminal, id, sn);
+        SessionAndTerminal out{absl::NotFoundError("session_id: no such session"),
+                               absl::NotFoundError("sn: no such terminal")};
+        if (!r[0].is_null()) out.session = ReadSession(r);
+        if (!r[kSessionColumnCount].is_null()) {
+          out.terminal = ReadTerminal(r.slice(kSessionColumnCount, r.size()));
+        }
+        if (!out.session.ok() && out.session.status().code() != absl::StatusCode::kNotFound) {
+          return out.session.status();
+        }
+        if (!out.terminal.ok() && out.terminal.status().code() != absl::StatusCode::kNotFound) {
+          return out.terminal.status();
+        }
+        return out;
+      });
 }
 
 absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, SessionState from,

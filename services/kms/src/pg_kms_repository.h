@@ -30,6 +30,8 @@ class PgKmsRepository final : public KmsRepository {
   absl::Status InsertSession(const AuthSession& session,
                              const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
+  absl::StatusOr<SessionAndTerminal> GetSessionAndTerminal(const std::string& id,
+                                                           const std::string& sn) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;

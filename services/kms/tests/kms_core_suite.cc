@@ -131,6 +131,52 @@ class KmsCoreSuite : public ::testing::Test {
 
 // ---- The flow --------------------------------------------------------------------------
 
+TEST_F(KmsCoreSuite, SessionAndTerminalReadGivesWhatTheSeparateReadsGive) {
+  // Completion and confirmation read both in one go; each half must be exactly the
+  // separate read's answer, whichever side is missing.
+  TestTerminal t("POS-READ", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::StatusOr<Opened> opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  const std::string unknown_id(32, '0');
+  for (const auto& [id, sn] : std::vector<std::pair<std::string, std::string>>{
+           {opened->session_id, t.sn()},
+           {opened->session_id, "POS-NONE"},
+           {unknown_id, t.sn()},
+           {unknown_id, "POS-NONE"}}) {
+    SCOPED_TRACE(id + " " + sn);
+    absl::StatusOr<KmsRepository::SessionAndTerminal> both = repo().GetSessionAndTerminal(id, sn);
+    ASSERT_TRUE(both.ok()) << both.status();
+    absl::StatusOr<AuthSession> session = repo().GetSession(id);
+    absl::StatusOr<TerminalRecord> terminal = repo().GetTerminal(sn);
+    EXPECT_EQ(both->session.status(), session.status());
+    EXPECT_EQ(both->terminal.status(), terminal.status());
+    if (session.ok() && both->session.ok()) {
+      EXPECT_EQ(both->session->id, session->id);
+      EXPECT_EQ(both->session->sn, session->sn);
+      EXPECT_EQ(both->session->auk_index, session->auk_index);
+      EXPECT_EQ(both->session->rnd1, session->rnd1);
+      EXPECT_EQ(both->session->rnd2, session->rnd2);
+      EXPECT_EQ(both->session->state, session->state);
+      EXPECT_EQ(both->session->tmk_kcv, session->tmk_kcv);
+      EXPECT_EQ(both->session->created_at_ms, session->created_at_ms);
+      EXPECT_EQ(both->session->expires_at_ms, session->expires_at_ms);
+    }
+    if (terminal.ok() && both->terminal.ok()) {
+      EXPECT_EQ(both->terminal->sn, terminal->sn);
+      EXPECT_EQ(both->terminal->state, terminal->state);
+      EXPECT_EQ(both->terminal->algorithm, terminal->algorithm);
+      EXPECT_EQ(both->terminal->ctk_pk, terminal->ctk_pk);
+      EXPECT_EQ(both->terminal->tek_index, terminal->tek_index);
+      EXPECT_EQ(both->terminal->auk_index, terminal->auk_index);
+      EXPECT_EQ(both->terminal->auk_kcv, terminal->auk_kcv);
+      EXPECT_EQ(both->terminal->tmk_index, terminal->tmk_index);
+      EXPECT_EQ(both->terminal->version, terminal->version);
+      EXPECT_EQ(both->terminal->updated_at_ms, terminal->updated_at_ms);
+    }
+  }
+}
+
 TEST_F(KmsCoreSuite, FullFlowForEveryAlgorithm) {
   for (KeyAlgorithm a : {KeyAlgorithm::kAes128, KeyAlgorithm::kAes256, KeyAlgorithm::kTdes2}) {
     SCOPED_TRACE(std::string(crypto::KeyAlgorithmName(a)));
