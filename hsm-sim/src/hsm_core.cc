@@ -745,6 +745,8 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
                               .algorithm = tk->algorithm,
                               .created_at_ms = h.created_at_unix_ms};
 
+  const KeyType transport_types[] = {KeyType::kTek, KeyType::kAuk};
+  RKL_RETURN_IF_ERROR(tx.PrefetchLive(transport_types, cmd.sn));
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_teks, tx.FindLiveKeys(KeyType::kTek, cmd.sn));
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_auks, tx.FindLiveKeys(KeyType::kAuk, cmd.sn));
   // The same Ctk_pk again (a KMS retry): hand back the keys it already produced.
@@ -768,22 +770,23 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
       absl::StrAppend(&audit.detail, " superseded=", old.index);
     }
   }
-  RKL_ASSIGN_OR_RETURN(KeyRecord tek, tx.InsertKey(NewKey{.type = KeyType::kTek,
-                                                          .algorithm = code,
-                                                          .usage = KeyUsage::kExportKek,
-                                                          .bound_sn = cmd.sn,
-                                                          .label = "tek:" + cmd.sn,
-                                                          .kcv = tek_kcv,
-                                                          .material = tk->tek},
-                                                   now));
-  RKL_ASSIGN_OR_RETURN(KeyRecord auk, tx.InsertKey(NewKey{.type = KeyType::kAuk,
-                                                          .algorithm = code,
-                                                          .usage = KeyUsage::kTerminalAuth,
-                                                          .bound_sn = cmd.sn,
-                                                          .label = "auk:" + cmd.sn,
-                                                          .kcv = auk_kcv,
-                                                          .material = tk->auk},
-                                                   now));
+  const NewKey new_keys[] = {NewKey{.type = KeyType::kTek,
+                                    .algorithm = code,
+                                    .usage = KeyUsage::kExportKek,
+                                    .bound_sn = cmd.sn,
+                                    .label = "tek:" + cmd.sn,
+                                    .kcv = tek_kcv,
+                                    .material = tk->tek},
+                             NewKey{.type = KeyType::kAuk,
+                                    .algorithm = code,
+                                    .usage = KeyUsage::kTerminalAuth,
+                                    .bound_sn = cmd.sn,
+                                    .label = "auk:" + cmd.sn,
+                                    .kcv = auk_kcv,
+                                    .material = tk->auk}};
+  RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> inserted, tx.InsertKeys(new_keys, now));
+  const KeyRecord& tek = inserted[0];
+  const KeyRecord& auk = inserted[1];
   result.tek_index = tek.index;
   result.auk_index = auk.index;
   absl::StrAppend(&audit.detail, " tek=", tek.index, " auk=", auk.index);

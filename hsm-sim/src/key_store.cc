@@ -287,6 +287,33 @@ std::string PrefetchKeysSql(size_t n) {
   return sql;
 }
 
+std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock) {
+  // Each type's own lookup (below) as a CTE, then together: one index probe per type.
+  // (key_type IN (4, 5) was planned as a scan of every live key while hsm_key had no
+  // statistics.)
+  std::string with, all;
+  for (size_t i = 0; i < types.size(); ++i) {
+    absl::StrAppend(&with, i ? ", " : "WITH ", "t", i, " AS (", FindLiveKeysSql(types[i], lock),
+                    ")");
+    absl::StrAppend(&all, i ? " UNION ALL " : "", "SELECT * FROM t", i);
+  }
+  return absl::StrCat(with, " SELECT * FROM (", all, ") live ORDER BY key_index");
+}
+
+// n rows of kInsertKey's columns, parameters $1..$(12n).
+std::string InsertKeysSql(size_t n) {
+  std::string sql =
+      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
+      "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) VALUES ";
+  for (size_t i = 0; i < n; ++i) {
+    auto p = [&](int k) { return absl::StrCat("$", i * 12 + k); };
+    absl::StrAppend(&sql, i ? ", " : "", "(", p(1), ", ", p(2), ", ", p(3), ", ", p(4), ", ",
+                    p(5), ", ", p(6), ", ", p(7), ", 1, ", p(8), ", ", p(8), ", ", p(9), ", ",
+                    p(10), ", ", p(11), ", ", p(12), ")");
+  }
+  return sql;
+}
+
 std::string FindLiveKeysSql(KeyType type, bool lock) {
   // The key type is a literal (one statement per type), never a parameter. With
   // "key_type = $1" the generic plan of the prepared statement cannot match the partial
@@ -312,6 +339,16 @@ absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::Unseal
   return std::make_shared<const crypto::PrivateKey>(*std::move(key));
 }
 
+absl::StatusOr<std::vector<KeyRecord>> KeyTransaction::InsertKeys(std::span<const NewKey> keys,
+                                                                   int64_t now_ms) {
+  std::vector<KeyRecord> out;
+  for (const NewKey& key : keys) {
+    RKL_ASSIGN_OR_RETURN(KeyRecord r, InsertKey(key, now_ms));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 // ---- PgKeyTransaction ----------------------------------------------------------------------
 
 class PgKeyTransaction : public KeyTransaction {
@@ -323,30 +360,62 @@ class PgKeyTransaction : public KeyTransaction {
       : tx_(tx), store_(store), deferred_audit_(deferred_audit) {}
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
+    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> r, InsertKeys({&key, 1}, now_ms));
+    return std::move(r.front());
+  }
+
+  absl::StatusOr<std::vector<KeyRecord>> InsertKeys(std::span<const NewKey> keys,
+                                                    int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
-    const uint64_t index = store_.key_indexes_.Next(tx_);
-    Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
-    RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
-    auto [nonce, sealed] = SplitSealed(blob);
-    db::Exec(tx_, kInsertKey, index, static_cast<int>(key.type), static_cast<int>(key.algorithm),
-             static_cast<int>(key.usage), key.bound_sn, key.label, key.kcv, now_ms, key.rsa_bits,
-             Blob(key.public_key_der), Blob(nonce), Blob(sealed));
-    KeyRecord r;
-    r.index = index;
-    r.type = key.type;
-    r.algorithm = key.algorithm;
-    r.usage = key.usage;
-    r.bound_sn = key.bound_sn;
-    r.label = key.label;
-    r.kcv = key.kcv;
-    r.state = KeyState::kActive;
-    r.created_at_ms = now_ms;
-    r.rsa_bits = key.rsa_bits;
-    r.public_key_der = key.public_key_der;
-    r.nonce = std::move(nonce);
-    r.sealed = std::move(sealed);
-    prefetched_[index] = r;  // exactly what was written: reading it back costs nothing
-    return r;
+    if (keys.empty()) return std::vector<KeyRecord>{};
+    live_prefetched_.clear();
+    std::vector<KeyRecord> records;
+    for (const NewKey& key : keys) {
+      const uint64_t index = store_.key_indexes_.Next(tx_);
+      Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
+      RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
+      auto [nonce, sealed] = SplitSealed(blob);
+      KeyRecord r;
+      r.index = index;
+      r.type = key.type;
+      r.algorithm = key.algorithm;
+      r.usage = key.usage;
+      r.bound_sn = key.bound_sn;
+      r.label = key.label;
+      r.kcv = key.kcv;
+      r.state = KeyState::kActive;
+      r.created_at_ms = now_ms;
+      r.rsa_bits = key.rsa_bits;
+      r.public_key_der = key.public_key_der;
+      r.nonce = std::move(nonce);
+      r.sealed = std::move(sealed);
+      records.push_back(std::move(r));
+    }
+    if (records.size() == 1) {
+      const KeyRecord& r = records.front();
+      db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
+               static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+               Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
+    } else if (records.size() == 2) {
+      const KeyRecord& a = records[0];
+      const KeyRecord& b = records[1];
+      db::Exec(tx_, InsertKeysSql(2), a.index, static_cast<int>(a.type),
+               static_cast<int>(a.algorithm), static_cast<int>(a.usage), a.bound_sn, a.label,
+               a.kcv, now_ms, a.rsa_bits, Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed),
+               b.index, static_cast<int>(b.type), static_cast<int>(b.algorithm),
+               static_cast<int>(b.usage), b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits,
+               Blob(b.public_key_der), Blob(b.nonce), Blob(b.sealed));
+    } else {  // not used by any command today: one statement per key
+      for (const KeyRecord& r : records) {
+        db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type),
+                 static_cast<int>(r.algorithm), static_cast<int>(r.usage), r.bound_sn, r.label,
+                 r.kcv, now_ms, r.rsa_bits, Blob(r.public_key_der), Blob(r.nonce),
+                 Blob(r.sealed));
+      }
+    }
+    // Exactly what was written: reading these back costs nothing.
+    for (const KeyRecord& r : records) prefetched_[r.index] = r;
+    return records;
   }
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
@@ -377,12 +446,33 @@ class PgKeyTransaction : public KeyTransaction {
     if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
       return absl::InvalidArgumentError("FindLiveKeys: only TEK, AUK and TMK are bound to an SN");
     }
+    if (auto it = live_prefetched_.find({type, sn}); it != live_prefetched_.end()) {
+      return it->second;
+    }
     // A read-only unit runs in autocommit: a row lock would end with the statement and only
     // cost a WAL record.
     pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type, /*lock=*/deferred_audit_ == nullptr), sn);
     std::vector<KeyRecord> out;
     for (const auto& row : r) out.push_back(RecordFromRow(row));
     return out;
+  }
+
+  absl::Status PrefetchLive(std::span<const KeyType> types, const std::string& sn) override {
+    for (KeyType type : types) {
+      if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
+        return absl::InvalidArgumentError("PrefetchLive: only TEK, AUK and TMK are bound to an SN");
+      }
+    }
+    if (types.empty()) return absl::OkStatus();
+    std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> found;
+    for (KeyType type : types) found[{type, sn}];  // none unless read
+    for (const auto& row :
+         db::Exec(tx_, FindLiveKeysSql(types, /*lock=*/deferred_audit_ == nullptr), sn)) {
+      KeyRecord record = RecordFromRow(row);
+      found[{record.type, sn}].push_back(std::move(record));  // in key_index order
+    }
+    for (auto& [key, records] : found) live_prefetched_[key] = std::move(records);
+    return absl::OkStatus();
   }
 
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
@@ -412,6 +502,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
     prefetched_.erase(index);
+    live_prefetched_.clear();
     if (state == KeyState::kDeleted) {
       db::Exec(tx_, kEraseKey, index, now_ms);
       store_.cache_.Erase(index);
@@ -516,6 +607,8 @@ class PgKeyTransaction : public KeyTransaction {
   PgKeyStore& store_;
   std::vector<AuditEvent>* deferred_audit_;  // read-only units: the records to append
   std::map<uint64_t, std::optional<KeyRecord>> prefetched_;  // by Prefetch; nullopt: absent
+  // By PrefetchLive, until this unit changes or inserts a key.
+  std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> live_prefetched_;
 };
 
 PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,

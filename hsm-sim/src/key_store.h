@@ -120,6 +120,8 @@ Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 // lock: FOR UPDATE, as inside a transaction (a read-only unit runs in autocommit and does not
 // lock).
 std::string FindLiveKeysSql(KeyType type, bool lock = true);
+// The same for several types at once (PrefetchLive).
+std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock = true);
 // The statement behind PgKeyStore's Prefetch of n keys ($1..$n), exposed for the same reason.
 inline constexpr size_t kMaxPrefetch = 8;
 std::string PrefetchKeysSql(size_t n);
@@ -133,6 +135,10 @@ class KeyTransaction {
   // ALREADY_EXISTS if it would be a second live TEK/AUK/TMK for the SN or a second live key
   // with the label.
   virtual absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) = 0;
+  // InsertKey for each key, in order, with the same results; PgKeyStore writes them in one
+  // statement.
+  virtual absl::StatusOr<std::vector<KeyRecord>> InsertKeys(std::span<const NewKey> keys,
+                                                            int64_t now_ms);
   virtual absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) = 0;
   // Reads these key records in one go, so that the FindKey calls for them that follow cost
   // no further round trip (a record this unit changes afterwards is read afresh). Only an
@@ -144,6 +150,14 @@ class KeyTransaction {
   // Live (ACTIVE) keys of a type bound to `sn`, locked for the rest of the transaction.
   virtual absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                               const std::string& sn) = 0;
+  // Reads (and locks, as FindLiveKeys) the live keys of these types bound to `sn` in one
+  // go, so that the FindLiveKeys calls for them that follow cost no further round trip,
+  // until this unit changes or inserts a key. Only an optimisation: the default does nothing.
+  virtual absl::Status PrefetchLive(std::span<const KeyType> types, const std::string& sn) {
+    (void)types;
+    (void)sn;
+    return absl::OkStatus();
+  }
   virtual absl::StatusOr<bool> LiveLabelExists(const std::string& label) = 0;
   // Opens the record's sealed material. INTERNAL naming the index if it fails to open.
   virtual absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& record) = 0;

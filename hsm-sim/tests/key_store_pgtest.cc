@@ -186,6 +186,17 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
     EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
     EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
   }
+  // PrefetchLive's statement for TEK and AUK together, likewise.
+  const KeyType both[] = {KeyType::kTek, KeyType::kAuk};
+  tx.exec(absl::StrCat("PREPARE live_both(text) AS ", FindLiveKeysSql(both)));
+  std::string plan;
+  for (const auto& row :
+       tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE live_both('SN-7')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
 }
 
 TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
@@ -400,6 +411,47 @@ TEST_F(KeyStorePgTest, AKeyInsertedInAUnitReadsBackExactlyAsStored) {
   EXPECT_EQ(in_unit.public_key_der, stored.public_key_der);
   EXPECT_EQ(in_unit.nonce, stored.nonce);
   EXPECT_EQ(in_unit.sealed, stored.sealed);
+}
+
+TEST_F(KeyStorePgTest, KeysInsertedTogetherAndPrefetchedLiveKeysAreTheStoredOnes) {
+  auto store = FreshStore();
+  auto key = [](KeyType type, KeyUsage usage, const char* label) {
+    return NewKey{.type = type, .algorithm = 17, .usage = usage, .bound_sn = "SN-TWO",
+                  .label = label, .kcv = "0A0B0C", .material = crypto::RandomSecret(16)};
+  };
+  const NewKey keys[] = {key(KeyType::kTek, KeyUsage::kExportKek, "tek:SN-TWO"),
+                         key(KeyType::kAuk, KeyUsage::kTerminalAuth, "auk:SN-TWO")};
+  std::vector<KeyRecord> inserted;
+  absl::Status s = store->Transact([&](KeyTransaction& tx) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(inserted, tx.InsertKeys(keys, 99));
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_insert_two", .result = "OK"});
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(inserted.size(), 2u);
+  EXPECT_LT(inserted[0].index, inserted[1].index);
+  auto fresh = FreshStore();
+  s = fresh->Transact([&](KeyTransaction& tx) -> absl::Status {
+    const KeyType types[] = {KeyType::kTek, KeyType::kAuk};
+    RKL_RETURN_IF_ERROR(tx.PrefetchLive(types, "SN-TWO"));
+    for (int i = 0; i < 2; ++i) {
+      RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(keys[i].type, "SN-TWO"));
+      EXPECT_EQ(live.size(), 1u);
+      if (live.size() != 1) continue;
+      EXPECT_EQ(live[0].index, inserted[i].index);
+      EXPECT_EQ(live[0].label, keys[i].label);
+      EXPECT_EQ(live[0].usage, keys[i].usage);
+      EXPECT_EQ(live[0].nonce, inserted[i].nonce);
+      EXPECT_EQ(live[0].sealed, inserted[i].sealed);
+      RKL_ASSIGN_OR_RETURN(crypto::SecretBytes opened, tx.Unseal(live[0]));
+      EXPECT_TRUE(opened == keys[i].material) << i;
+    }
+    // A change made by the unit is seen: the prefetched live set is not served after it.
+    RKL_RETURN_IF_ERROR(tx.SetKeyState(inserted[0].index, KeyState::kSuperseded, 100));
+    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> after, tx.FindLiveKeys(KeyType::kTek, "SN-TWO"));
+    EXPECT_TRUE(after.empty());
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_live", .result = "OK"});
+  });
+  ASSERT_TRUE(s.ok()) << s;
 }
 
 TEST_F(KeyStorePgTest, ReadOnlyUnitDoesNotWaitForALockOnALiveKey) {
