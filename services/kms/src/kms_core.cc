@@ -423,6 +423,32 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
   return session;
 }
 
+absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string& id,
+                                                              const std::string& sn,
+                                                              SessionState from, SessionState to,
+                                                              const char* action) {
+  // The common case in one statement: the claim and both reads.
+  RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
+                       repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
+  if (claimed) return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
+  // Not claimed: read both to tell the terminal why (audited by LoadSession). If nothing is
+  // wrong now (the session moved back meanwhile), the caller claims it as before.
+  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
+                       repository_.GetSessionAndTerminal(id, sn));
+  RKL_ASSIGN_OR_RETURN(AuthSession session,
+                       LoadSession(std::move(read.session), id, sn, from, action));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
+  return ClaimedSession{std::move(session), std::move(terminal), false};
+}
+
+void KmsCore::UnclaimSession(const std::string& id, SessionState claimed, SessionState from) {
+  absl::StatusOr<bool> moved = repository_.TransitionSession(id, claimed, from, std::nullopt);
+  if (!moved.ok() || !*moved) {
+    spdlog::warn("kms: could not hand session {}… back after a refusal: {}", id.substr(0, 8),
+                 moved.ok() ? "it moved on" : moved.status().ToString());
+  }
+}
+
 void KmsCore::ReleaseSession(const std::string& id, SessionState claimed, SessionState reopen,
                              const absl::Status& error) {
   SessionState next = IsRetryableHsmError(error) ? reopen : SessionState::kFailed;
@@ -468,11 +494,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
-                       repository_.GetSessionAndTerminal(session_id, sn));
-  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), session_id, sn,
-                                                        SessionState::kOpen, kActionAuthComplete));
-  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
+  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
+                       ClaimSession(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
+                                    kActionAuthComplete));
+  const AuthSession& session = claim.session;
+  const TerminalRecord& terminal = claim.terminal;
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
@@ -486,14 +512,20 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
                      AlgorithmName(terminal.algorithm), " terminal"));
   }
   if (!refusal.ok()) {
+    // Refused before any attempt: the session stays open, as it was.
+    if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
     AuditFailure(actor, kActionAuthComplete, sn, "", refusal);
     return refusal;
   }
 
-  // The one completion attempt: of two replicas racing here, one wins.
-  RKL_ASSIGN_OR_RETURN(bool claimed,
-                       repository_.TransitionSession(session_id, SessionState::kOpen,
-                                                     SessionState::kVerifying, std::nullopt));
+  // The one completion attempt: of two replicas racing here, one wins (the claim above,
+  // or this one when that read found the session open only afterwards).
+  bool claimed = claim.claimed;
+  if (!claimed) {
+    RKL_ASSIGN_OR_RETURN(claimed,
+                         repository_.TransitionSession(session_id, SessionState::kOpen,
+                                                       SessionState::kVerifying, std::nullopt));
+  }
   if (!claimed) {
     absl::Status s = absl::FailedPreconditionError("session_id: session already used");
     AuditFailure(actor, kActionAuthComplete, sn, "", s);
@@ -566,12 +598,11 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
-                       repository_.GetSessionAndTerminal(session_id, sn));
-  RKL_ASSIGN_OR_RETURN(AuthSession session,
-                       LoadSession(std::move(read.session), session_id, sn,
-                                   SessionState::kAuthenticated, kActionInstallConfirm));
-  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
+  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
+                       ClaimSession(session_id, sn, SessionState::kAuthenticated,
+                                    SessionState::kConfirming, kActionInstallConfirm));
+  const AuthSession& session = claim.session;
+  const TerminalRecord& terminal = claim.terminal;
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
@@ -585,12 +616,18 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
                      AlgorithmName(terminal.algorithm), " terminal"));
   }
   if (!refusal.ok()) {
+    if (claim.claimed) {
+      UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
+    }
     AuditFailure(actor, kActionInstallConfirm, sn, "", refusal);
     return refusal;
   }
-  RKL_ASSIGN_OR_RETURN(bool claimed,
-                       repository_.TransitionSession(session_id, SessionState::kAuthenticated,
-                                                     SessionState::kConfirming, std::nullopt));
+  bool claimed = claim.claimed;
+  if (!claimed) {
+    RKL_ASSIGN_OR_RETURN(claimed,
+                         repository_.TransitionSession(session_id, SessionState::kAuthenticated,
+                                                       SessionState::kConfirming, std::nullopt));
+  }
   if (!claimed) {
     absl::Status s =
         absl::FailedPreconditionError("session_id: session is not awaiting an install proof");

@@ -171,6 +171,19 @@ class KmsCore {
   absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
                                           const std::string& id, const std::string& sn,
                                           SessionState want, const char* action);
+  // The session `id` of `sn` and its terminal: claimed from `from` to `to` when everything
+  // about the session allows it (one statement), else loaded as LoadSession does (its
+  // refusals audited) and not claimed yet.
+  struct ClaimedSession {
+    AuthSession session;
+    TerminalRecord terminal;
+    bool claimed = false;
+  };
+  absl::StatusOr<ClaimedSession> ClaimSession(const std::string& id, const std::string& sn,
+                                              SessionState from, SessionState to,
+                                              const char* action);
+  // Back from `claimed` to `from` after a refusal that is not an attempt.
+  void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be
   // asked again, else FAILED.
   void ReleaseSession(const std::string& id, SessionState claimed, SessionState reopen,

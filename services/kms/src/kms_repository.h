@@ -81,6 +81,27 @@ class KmsRepository {
     }
     return SessionAndTerminal{std::move(session), std::move(terminal)};
   }
+  // Claims the session — TransitionSession(id, from, to) — only if it is `sn`'s and has not
+  // expired at `now_ms`, and reads the terminal with it. Returns nullopt, changing nothing,
+  // when any of that does not hold (or either is absent): the caller reads both to tell the
+  // terminal why. The returned session is as it was read, in state `from`. The default
+  // reads, checks and transitions one after the other; PgKmsRepository does it in one
+  // statement.
+  virtual absl::StatusOr<std::optional<SessionAndTerminal>> ClaimSessionAndGetTerminal(
+      const std::string& id, const std::string& sn, SessionState from, SessionState to,
+      int64_t now_ms) {
+    absl::StatusOr<SessionAndTerminal> read = GetSessionAndTerminal(id, sn);
+    if (!read.ok()) return read.status();
+    const absl::StatusOr<AuthSession>& session = read->session;
+    if (!session.ok() || !read->terminal.ok() || session->sn != sn || session->state != from ||
+        now_ms >= session->expires_at_ms) {
+      return std::nullopt;
+    }
+    absl::StatusOr<bool> moved = TransitionSession(id, from, to, std::nullopt);
+    if (!moved.ok()) return moved.status();
+    if (!*moved) return std::nullopt;
+    return *std::move(read);
+  }
   // Moves the session from `from` to `to` (and sets tmk_kcv when given). Returns false,
   // changing nothing, when it is no longer in `from`.
   virtual absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from,

@@ -147,6 +147,18 @@ const std::string kSelectSessionAndTerminal = absl::StrCat(
     "LEFT JOIN (terminals t JOIN sn_tk_kms k ON k.sn = t.sn) ON t.sn = $2");
 constexpr int kSessionColumnCount = 9;
 
+// The claim and the read in one statement: the compare-and-set of kTransitionSession,
+// narrowed to the SN's unexpired session, returning the session as it was (state $3) and
+// its terminal. No row: nothing changed. $1 id, $2 sn, $3 from, $4 to, $5 now.
+const std::string kClaimSessionAndSelectTerminal = absl::StrCat(
+    "WITH s AS (UPDATE auth_sessions SET state = $4 "
+    "WHERE id = $1 AND sn = $2 AND state = $3 AND expires_at_ms > $5::bigint "
+    "RETURNING id, sn, auk_index, rnd1, rnd2, tmk_kcv, created_at_ms, expires_at_ms) "
+    "SELECT s.id, s.sn, s.auk_index, s.rnd1, s.rnd2, $3::text, s.tmk_kcv, s.created_at_ms, "
+    "s.expires_at_ms, ",
+    kTerminalColumns,
+    " FROM s JOIN terminals t ON t.sn = s.sn JOIN sn_tk_kms k ON k.sn = t.sn");
+
 // The compare-and-set behind single use: only the caller that still finds `from` moves it.
 constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
@@ -385,6 +397,24 @@ absl::StatusOr<KmsRepository::SessionAndTerminal> PgKmsRepository::GetSessionAnd
           return out.terminal.status();
         }
         return out;
+      });
+}
+
+absl::StatusOr<std::optional<KmsRepository::SessionAndTerminal>>
+PgKmsRepository::ClaimSessionAndGetTerminal(const std::string& id, const std::string& sn,
+                                            SessionState from, SessionState to, int64_t now_ms) {
+  // A terminal row always exists for a session (foreign key) and an SN-TK_KMS row for a
+  // terminal, so a claim always comes back with its row.
+  return db::RunAutocommitWrite(
+      pool_,
+      [&](db::OneStatement& stmt) -> absl::StatusOr<std::optional<SessionAndTerminal>> {
+        pqxx::result r = stmt.Exec(kClaimSessionAndSelectTerminal, id, sn, SessionStateName(from),
+                                   SessionStateName(to), now_ms);
+        if (r.empty()) return std::nullopt;
+        RKL_ASSIGN_OR_RETURN(AuthSession session, ReadSession(r[0]));
+        RKL_ASSIGN_OR_RETURN(TerminalRecord terminal,
+                             ReadTerminal(r[0].slice(kSessionColumnCount, r[0].size())));
+        return SessionAndTerminal{std::move(session), std::move(terminal)};
       });
 }
 

@@ -32,6 +32,9 @@ class PgKmsRepository final : public KmsRepository {
   absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
   absl::StatusOr<SessionAndTerminal> GetSessionAndTerminal(const std::string& id,
                                                            const std::string& sn) override;
+  absl::StatusOr<std::optional<SessionAndTerminal>> ClaimSessionAndGetTerminal(
+      const std::string& id, const std::string& sn, SessionState from, SessionState to,
+      int64_t now_ms) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;

@@ -649,10 +649,69 @@ TEST_F(KmsCoreSuite, CompleteAndConfirmValidateTheirInput) {
   // Confirming before authenticating is refused.
   EXPECT_EQ(core_->ConfirmInstallation(opened->session_id, t.sn(), Bytes(16, 0)).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
+  absl::StatusOr<DeliveryResult> delivered =
+      core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
   EXPECT_EQ(core_->ConfirmInstallation(opened->session_id, t.sn(), Bytes(5, 0)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+  // A malformed proof is not an attempt either: the session still takes the right one.
+  ASSERT_TRUE(t.AcceptKeyBlock(delivered->key_block, delivered->tmk_kcv).ok());
+  absl::StatusOr<Bytes> proof = t.InstallProof();
+  ASSERT_TRUE(proof.ok()) << proof.status();
+  absl::StatusOr<TerminalState> installed =
+      core_->ConfirmInstallation(opened->session_id, t.sn(), *proof);
+  ASSERT_TRUE(installed.ok()) << installed.status();
+  EXPECT_EQ(*installed, TerminalState::kInstalled);
+}
+
+TEST_F(KmsCoreSuite, ClaimHappensOnlyWhenEverythingAboutTheSessionAllowsIt) {
+  // The repository's one-statement claim, against each reason the core refuses a session
+  // for: it must change nothing in each case, and claim exactly once otherwise.
+  TestTerminal a("POS-CLAIM-A", KeyAlgorithm::kAes128);
+  TestTerminal b("POS-CLAIM-B", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(a).ok());
+  ASSERT_TRUE(Submit(b).ok());
+  auto opened = Open(a);
+  ASSERT_TRUE(opened.ok());
+  const std::string& id = opened->session_id;
+  auto state = [&] {
+    absl::StatusOr<AuthSession> s = repo().GetSession(id);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? s->state : SessionState::kFailed;
+  };
+  absl::StatusOr<AuthSession> before = repo().GetSession(id);
+  ASSERT_TRUE(before.ok());
+  const int64_t now = absl::ToUnixMillis(now_);
+  auto claim = [&](const std::string& sid, const std::string& sn, SessionState from,
+                   int64_t at) {
+    return repo().ClaimSessionAndGetTerminal(sid, sn, from, SessionState::kVerifying, at);
+  };
+  for (const auto& [what, result] :
+       std::vector<std::pair<std::string,
+                             absl::StatusOr<std::optional<KmsRepository::SessionAndTerminal>>>>{
+           {"another SN", claim(id, b.sn(), SessionState::kOpen, now)},
+           {"unknown id", claim(std::string(32, 'e'), a.sn(), SessionState::kOpen, now)},
+           {"unknown SN", claim(id, "POS-NONE", SessionState::kOpen, now)},
+           {"other state", claim(id, a.sn(), SessionState::kAuthenticated, now)},
+           {"expired", claim(id, a.sn(), SessionState::kOpen, before->expires_at_ms)}}) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_FALSE(result->has_value());
+    EXPECT_EQ(state(), SessionState::kOpen);
+  }
+  auto won = claim(id, a.sn(), SessionState::kOpen, before->expires_at_ms - 1);
+  ASSERT_TRUE(won.ok()) << won.status();
+  ASSERT_TRUE(won->has_value());
+  EXPECT_EQ((*won)->session->id, id);
+  EXPECT_EQ((*won)->session->rnd2, before->rnd2);
+  EXPECT_EQ((*won)->session->state, SessionState::kOpen);  // as it was read
+  EXPECT_EQ((*won)->terminal->sn, a.sn());
+  EXPECT_EQ((*won)->terminal->version, Terminal(a.sn()).version);
+  EXPECT_EQ(state(), SessionState::kVerifying);
+  auto again = claim(id, a.sn(), SessionState::kOpen, now);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->has_value());
 }
 
 TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
