@@ -204,21 +204,30 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
   }
   const crypto::KeyAlgorithm algorithm = parsed->header.algorithm;
   const Bytes ctk(ctk_pk.begin(), ctk_pk.end());
+  // A terminal's first TK: one insert, refused (ALREADY_EXISTS) when KMS knows the SN.
+  auto insert_first = [&]() -> absl::Status {
+    TerminalRecord t;
+    t.sn = sn;
+    t.state = TerminalState::kTkReceived;
+    t.algorithm = algorithm;
+    t.ctk_pk = ctk;
+    t.mtms_submission_id = submission_id;
+    t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
+    return repository_.InsertTerminal(
+        t, {Audit(actor, kActionTkReceive, sn,
+                  absl::StrCat("algorithm ", AlgorithmName(algorithm), ", submission ",
+                               submission_id))});
+  };
+
+  // The common case first, without reading: most SNs arrive once.
+  absl::Status first = insert_first();
+  if (first.ok()) return SubmitResult{TerminalState::kTkReceived, false};
+  if (first.code() != absl::StatusCode::kAlreadyExists) return first;
 
   for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
     absl::StatusOr<TerminalRecord> existing = repository_.GetTerminal(sn);
     if (existing.status().code() == absl::StatusCode::kNotFound) {
-      TerminalRecord t;
-      t.sn = sn;
-      t.state = TerminalState::kTkReceived;
-      t.algorithm = algorithm;
-      t.ctk_pk = ctk;
-      t.mtms_submission_id = submission_id;
-      t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
-      absl::Status s =
-          repository_.InsertTerminal(t, {Audit(actor, kActionTkReceive, sn,
-                                               absl::StrCat("algorithm ", AlgorithmName(algorithm),
-                                                            ", submission ", submission_id))});
+      absl::Status s = insert_first();  // gone meanwhile (never, today: rows are not deleted)
       if (s.code() == absl::StatusCode::kAlreadyExists) continue;  // a concurrent first TK
       RKL_RETURN_IF_ERROR(s);
       return SubmitResult{TerminalState::kTkReceived, false};
