@@ -160,7 +160,10 @@ absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Deci
     RKL_ASSIGN_OR_RETURN(std::optional<Change> change, decide(current));
     if (!change) return current;
     change->record.updated_at_ms = NowMs();
-    if (change->session_move) {
+    if (change->session_insert) {
+      last = repository_.UpdateTerminalAndInsertSession(change->record, change->audit,
+                                                        *change->session_insert);
+    } else if (change->session_move) {
       absl::StatusOr<bool> moved = repository_.UpdateTerminalAndMoveSession(
           change->record, change->audit, *change->session_move);
       last = moved.status();
@@ -289,9 +292,16 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
 // ---------------------------------------------------------------------------------------
 // Authentication and delivery
 
+AuditEntry KmsCore::BeginAudit(const AuthSession& session, const std::string& auk_kcv) {
+  return Audit(TerminalActor(session.sn), kActionAuthBegin, session.sn,
+               absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ",
+                            session.auk_index, " auk_kcv ", auk_kcv));
+}
+
 absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
     TerminalRecord terminal, std::span<const uint8_t> rnd1,
-    std::optional<AuthChallengeResult>& challenge) {
+    std::optional<AuthChallengeResult>& challenge, AuthSession* session, bool* opened) {
+  *opened = false;
   if (terminal.auk_index) return terminal;
   const std::string& sn = terminal.sn;
   // One HSM command: import TEK/AUK and answer the terminal's challenge with the new AUK.
@@ -318,12 +328,14 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
     return s;
   }
   const Bytes ctk = terminal.ctk_pk;
-  return Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+  bool with_session = false;
+  auto decide = [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+    with_session = false;
     if (cur.ctk_pk != ctk) {
       return absl::AbortedError("sn: transport key superseded during import; start again");
     }
     // Another replica imported concurrently: keep the first result (the spare keys in
-    // HSM #2 are bound to this SN and never used).
+    // HSM #2 are bound to this SN and never used); the caller opens the session on it.
     if (cur.auk_index) return std::nullopt;
     Change c{cur};
     c.record.tek_index = imported->tek_index;
@@ -334,8 +346,26 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
         Audit(TerminalActor(sn), kActionTkImport, sn,
               absl::StrCat("tek_index ", imported->tek_index, " tek_kcv ", imported->tek_kcv,
                            ", auk_index ", imported->auk_index, " auk_kcv ", imported->auk_kcv)));
+    // The session answered by this import's challenge, in the same write.
+    if (session != nullptr && challenge) {
+      session->id = NewSessionId();
+      session->auk_index = imported->auk_index;
+      session->rnd2 = challenge->rnd2;
+      c.audit.push_back(BeginAudit(*session, imported->auk_kcv));
+      c.session_insert = *session;
+      with_session = true;
+    }
     return c;
-  }, &terminal);
+  };
+  absl::StatusOr<TerminalRecord> after = Mutate(sn, decide, &terminal);
+  // 128 random bits collide only with a broken RNG: a new id, twice at most.
+  for (int retry = 0; retry < 2 && with_session &&
+                      after.status().code() == absl::StatusCode::kAlreadyExists;
+       ++retry) {
+    after = Mutate(sn, decide, &terminal);
+  }
+  if (after.ok()) *opened = with_session;
+  return after;
 }
 
 absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
@@ -368,9 +398,23 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     return refusal;
   }
 
+  AuthSession session;
+  session.sn = sn;
+  session.rnd1.assign(rnd1.begin(), rnd1.end());
+  session.state = SessionState::kOpen;
+  session.created_at_ms = NowMs();
+  session.expires_at_ms = absl::ToUnixMillis(clock_() + options_.session_ttl);
+
+  // A first Begin imports the TK and opens the session in one write (`opened`).
   std::optional<AuthChallengeResult> fresh_challenge;
-  RKL_ASSIGN_OR_RETURN(TerminalRecord t,
-                       EnsureImported(*std::move(terminal), rnd1, fresh_challenge));
+  bool opened = false;
+  RKL_ASSIGN_OR_RETURN(
+      TerminalRecord t,
+      EnsureImported(*std::move(terminal), rnd1, fresh_challenge, &session, &opened));
+  if (opened) {
+    return BeginResult{session.id, fresh_challenge->crnd1, fresh_challenge->rnd2,
+                       session.expires_at_ms};
+  }
   absl::StatusOr<AuthChallengeResult> challenge =
       fresh_challenge ? absl::StatusOr<AuthChallengeResult>(*std::move(fresh_challenge))
                       : hsm_.AuthChallenge(*t.auk_index, sn, rnd1);
@@ -380,20 +424,11 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     return challenge.status();
   }
 
-  AuthSession session;
-  session.sn = sn;
   session.auk_index = *t.auk_index;
-  session.rnd1.assign(rnd1.begin(), rnd1.end());
   session.rnd2 = challenge->rnd2;
-  session.state = SessionState::kOpen;
-  session.created_at_ms = NowMs();
-  session.expires_at_ms = absl::ToUnixMillis(clock_() + options_.session_ttl);
   for (int attempt = 0;; ++attempt) {
     session.id = NewSessionId();
-    absl::Status s = repository_.InsertSession(
-        session, {Audit(actor, kActionAuthBegin, sn,
-                        absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ",
-                                     session.auk_index, " auk_kcv ", t.auk_kcv))});
+    absl::Status s = repository_.InsertSession(session, {BeginAudit(session, t.auk_kcv)});
     if (s.ok()) break;
     // 128 random bits collide only with a broken RNG; do not loop forever on one.
     if (s.code() != absl::StatusCode::kAlreadyExists || attempt >= 2) return s;

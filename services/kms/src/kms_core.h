@@ -145,6 +145,8 @@ class KmsCore {
     std::vector<AuditEntry> audit;
     // A session step written in the same transaction (never with cancel_sessions).
     std::optional<SessionMove> session_move;
+    // Or a new session, written with the terminal or not at all (never with the above).
+    std::optional<AuthSession> session_insert;
   };
   // Returns the change to make, nullopt for none, or the refusal.
   using Decision = std::function<absl::StatusOr<std::optional<Change>>(const TerminalRecord&)>;
@@ -159,10 +161,15 @@ class KmsCore {
   // One more consecutive failure; locks the SN at the threshold.
   absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
   // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for
-  // `rnd1` in the same HSM command and sets `challenge`.
+  // `rnd1` in the same HSM command and sets `challenge`, and opens `session` (its id,
+  // auk_index and rnd2 set here) in the same write as the import: *opened says whether it
+  // did. Not opened: already imported, or imported meanwhile by another replica.
   absl::StatusOr<TerminalRecord> EnsureImported(TerminalRecord terminal,
                                                 std::span<const uint8_t> rnd1,
-                                                std::optional<AuthChallengeResult>& challenge);
+                                                std::optional<AuthChallengeResult>& challenge,
+                                                AuthSession* session, bool* opened);
+  // The audit entry of an opened session.
+  AuditEntry BeginAudit(const AuthSession& session, const std::string& auk_kcv);
   absl::StatusOr<TerminalRecord> AdminChange(
       const std::string& actor, const std::string& sn, const std::string& reason,
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);

@@ -54,6 +54,13 @@ class KmsRepository {
   virtual absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,
                                                             const std::vector<AuditEntry>& audit,
                                                             const SessionMove& move) = 0;
+  // UpdateTerminal (without cancelling sessions) and InsertSession(session) in one
+  // transaction: both or neither. `audit` holds both writes' entries, in order. ABORTED,
+  // changing nothing, as UpdateTerminal; ALREADY_EXISTS, changing nothing, if the session
+  // id is taken.
+  virtual absl::Status UpdateTerminalAndInsertSession(const TerminalRecord& terminal,
+                                                      const std::vector<AuditEntry>& audit,
+                                                      const AuthSession& session) = 0;
   virtual absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(
       const TerminalFilter& filter) = 0;
 

@@ -120,6 +120,29 @@ const std::string kUpdateTerminal = WithAuditParam(
         "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
     28);
 
+// kUpdateTerminal's terminal and TK ($1..$22) with a new session ($23..$30: id, auk_index,
+// rnd1, rnd2, state, tmk_kcv, created, expires; its SN is the terminal's) instead of the
+// session step; audit $31. Nothing is written unless the terminal's version matched.
+const std::string kUpdateTerminalInsertSession = WithAuditParam(
+    absl::StrCat(
+        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+        "updated_at_ms = $12, version = version + 1 "
+        "WHERE sn = $1 AND version = $13 RETURNING sn), "
+        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+        "SELECT sn, ",
+        kTkParams, " FROM u ", kTkValues, "), ",
+        "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+        "created_at_ms, expires_at_ms) SELECT $23::text, sn, $24::bigint, $25::bytea, "
+        "$26::bytea, $27::text, $28::text, $29::bigint, $30::bigint FROM u), "
+        "a AS (",
+        kAuditFromJson,
+        "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+        "SELECT count(*) FROM u"),
+    31);
+
 // Session $1..$9, audit $10.
 const std::string kInsertSession = WithAuditParam(
     absl::StrCat(
@@ -339,6 +362,28 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
       return absl::AbortedError("terminal changed concurrently");
     }
     return r[1].as<int64_t>() == 1;
+  });
+}
+
+absl::Status PgKmsRepository::UpdateTerminalAndInsertSession(const TerminalRecord& t,
+                                                             const std::vector<AuditEntry>& audit,
+                                                             const AuthSession& session) {
+  const std::string audit_json = AuditJson(audit);
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
+    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
+    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+    TkParams tk(t);
+    pqxx::row r = stmt.Exec1(
+        kUpdateTerminalInsertSession, t.sn, TerminalStateName(t.state), before.get(),
+        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
+        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
+        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
+        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(),
+        tk.auk_kcv.get(), t.updated_at_ms, session.id, session.auk_index, Binary(session.rnd1),
+        Binary(session.rnd2), SessionStateName(session.state), session.tmk_kcv,
+        session.created_at_ms, session.expires_at_ms, audit_json);
+    if (r[0].as<int64_t>() != 1) return absl::AbortedError("terminal changed concurrently");
+    return absl::OkStatus();
   });
 }
 

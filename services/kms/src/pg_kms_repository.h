@@ -29,6 +29,9 @@ class PgKmsRepository final : public KmsRepository {
   absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(const TerminalFilter& filter) override;
   absl::Status InsertSession(const AuthSession& session,
                              const std::vector<AuditEntry>& audit) override;
+  absl::Status UpdateTerminalAndInsertSession(const TerminalRecord& terminal,
+                                              const std::vector<AuditEntry>& audit,
+                                              const AuthSession& session) override;
   absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
   absl::StatusOr<SessionAndTerminal> GetSessionAndTerminal(const std::string& id,
                                                            const std::string& sn) override;

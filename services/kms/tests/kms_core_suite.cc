@@ -902,6 +902,84 @@ TEST_F(KmsCoreSuite, RepositoryKeepsAuditTextExactlyAndInOrder) {
   }
 }
 
+TEST_F(KmsCoreSuite, RepositoryWritesAnImportWithItsNewSessionOrNeither) {
+  TestTerminal t("POS-OPEN", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::StatusOr<Opened> existing = Open(t);  // a session whose id we will try to reuse
+  ASSERT_TRUE(existing.ok()) << existing.status();
+  TerminalRecord read = Terminal(t.sn());
+  const size_t audit_before = AuditOf(t.sn()).size();
+  auto session = [&](const std::string& id) {
+    return AuthSession{.id = id, .sn = t.sn(), .auk_index = 4242, .rnd1 = Bytes(16, 1),
+                       .rnd2 = Bytes(16, 2), .state = SessionState::kOpen,
+                       .created_at_ms = 10, .expires_at_ms = 20};
+  };
+  auto audit = [&](const char* action) {
+    return std::vector<AuditEntry>{
+        AuditEntry{.at_ms = 1, .actor = "kms", .action = action, .sn = t.sn(), .result = "OK"},
+        AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.session", .sn = t.sn(),
+                   .result = "OK"}};
+  };
+  TerminalRecord change = read;
+  change.consecutive_failures = 2;
+
+  // A taken session id: neither the terminal change nor any audit entry is written.
+  EXPECT_EQ(repo()
+                .UpdateTerminalAndInsertSession(change, audit("test.taken"),
+                                                session(existing->session_id))
+                .code(),
+            absl::StatusCode::kAlreadyExists);
+  // A stale version: likewise, and the new session does not exist.
+  TerminalRecord stale = change;
+  stale.version = read.version - 1;
+  const std::string fresh_id(32, 'c');
+  EXPECT_EQ(repo().UpdateTerminalAndInsertSession(stale, audit("test.stale"), session(fresh_id))
+                .code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(repo().GetSession(fresh_id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Terminal(t.sn()).version, read.version);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, read.consecutive_failures);
+  EXPECT_EQ(AuditOf(t.sn()).size(), audit_before);
+
+  // Both, with the entries in order.
+  ASSERT_TRUE(
+      repo().UpdateTerminalAndInsertSession(change, audit("test.both"), session(fresh_id)).ok());
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 2u);
+  EXPECT_EQ(Terminal(t.sn()).version, read.version + 1);
+  absl::StatusOr<AuthSession> written = repo().GetSession(fresh_id);
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(written->sn, t.sn());
+  EXPECT_EQ(written->auk_index, 4242u);
+  EXPECT_EQ(written->rnd2, Bytes(16, 2));
+  EXPECT_EQ(written->state, SessionState::kOpen);
+  EXPECT_EQ(written->expires_at_ms, 20);
+  std::vector<AuditEntry> entries = AuditOf(t.sn());
+  ASSERT_EQ(entries.size(), audit_before + 2);
+  EXPECT_EQ(entries[audit_before].action, "test.both");
+  EXPECT_EQ(entries[audit_before + 1].action, "test.session");
+}
+
+TEST_F(KmsCoreSuite, AFirstBeginRecordsTheImportAndOpensTheSessionTogether) {
+  TestTerminal t("POS-FIRST", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  const size_t audit_before = AuditOf(t.sn()).size();
+  absl::StatusOr<Opened> opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  TerminalRecord after = Terminal(t.sn());
+  ASSERT_TRUE(after.auk_index.has_value());
+  absl::StatusOr<AuthSession> session = repo().GetSession(opened->session_id);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ(session->auk_index, *after.auk_index);
+  // The import's entry, then the session's (one write, RepositoryWritesAnImportWith...).
+  std::vector<AuditEntry> entries = AuditOf(t.sn());
+  ASSERT_EQ(entries.size(), audit_before + 2);
+  EXPECT_EQ(entries[audit_before].action, "tk.import");
+  EXPECT_EQ(entries[audit_before + 1].action, "auth.begin");
+  EXPECT_THAT(entries[audit_before + 1].detail, HasSubstr(opened->session_id.substr(0, 8)));
+  // The terminal completes on it.
+  EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
+}
+
 TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   TestTerminal t("POS-STALE", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());

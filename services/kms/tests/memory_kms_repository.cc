@@ -53,6 +53,18 @@ absl::StatusOr<bool> MemoryKmsRepository::UpdateTerminalAndMoveSession(
   return true;
 }
 
+absl::Status MemoryKmsRepository::UpdateTerminalAndInsertSession(
+    const TerminalRecord& terminal, const std::vector<AuditEntry>& audit,
+    const AuthSession& session) {
+  absl::MutexLock lock(&mu_);
+  if (sessions_.contains(session.id)) {
+    return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
+  }
+  RKL_RETURN_IF_ERROR(UpdateLocked(terminal, false, audit));
+  sessions_.emplace(session.id, session);
+  return absl::OkStatus();
+}
+
 absl::Status MemoryKmsRepository::UpdateLocked(const TerminalRecord& terminal,
                                                bool cancel_sessions,
                                                const std::vector<AuditEntry>& audit) {

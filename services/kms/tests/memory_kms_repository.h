@@ -24,6 +24,9 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(const TerminalFilter& filter) override;
   absl::Status InsertSession(const AuthSession& session,
                              const std::vector<AuditEntry>& audit) override;
+  absl::Status UpdateTerminalAndInsertSession(const TerminalRecord& terminal,
+                                              const std::vector<AuditEntry>& audit,
+                                              const AuthSession& session) override;
   absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
