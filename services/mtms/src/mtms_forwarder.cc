@@ -1,6 +1,7 @@
 #include "mtms_forwarder.h"
 
 #include <algorithm>
+#include <deque>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
@@ -88,50 +89,62 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   // A fresh token per pass: a finish from an older, expired claim of ours is refused too.
   const std::string claim_token =
       absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(8)));
-  while (true) {
-    const int64_t now_ms = clock_.NowUnixMs();
-    RKL_ASSIGN_OR_RETURN(std::vector<SubmissionRecord> rows,
-                         repository_.ClaimDue(claim_token, now_ms,
-                                              now_ms + absl::ToInt64Milliseconds(options_.lease),
-                                              options_.batch_size));
-    ProcessBatch(rows, claim_token, result);
-    // Rows that failed got a later next_attempt_at, so they are not claimed again here; a
-    // short batch means nothing more is due. After Stop() the rows already claimed are
-    // finished (above) but no more are claimed.
-    if (static_cast<int>(rows.size()) < options_.batch_size || stopping()) break;
-  }
+  // The pass's workers share a queue of claimed rows; the one that finds it empty claims the
+  // next batch. No row waits for the slowest row of an earlier batch (claiming only once a
+  // whole batch was done held the forwarder to ~batch / (2 · one row's time) rows per
+  // second, docs/performance.md).
+  absl::Mutex queue_mu;
+  std::deque<SubmissionRecord> queue;
+  bool drained = false;  // a claim came back short: nothing more is due now
+  absl::Status failed;
+  ParallelFor(static_cast<size_t>(options_.workers), options_.workers, [&](size_t) {
+    for (;;) {
+      SubmissionRecord row;
+      {
+        absl::MutexLock lock(&queue_mu);
+        while (queue.empty()) {
+          // Rows that failed got a later next_attempt_at, so they are not claimed again
+          // here. After Stop() the rows already claimed are finished but no more are claimed.
+          if (drained || !failed.ok() || stopping()) return;
+          const int64_t now_ms = clock_.NowUnixMs();
+          absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
+              claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
+              options_.batch_size);
+          if (!rows.ok()) {
+            failed = rows.status();
+            return;
+          }
+          if (static_cast<int>(rows->size()) < options_.batch_size) drained = true;
+          for (SubmissionRecord& r : *rows) queue.push_back(std::move(r));
+        }
+        row = std::move(queue.front());
+        queue.pop_front();
+      }
+      AcquireWorkerSlot();
+      const Outcome outcome = Process(row, claim_token);
+      ReleaseWorkerSlot();
+      absl::MutexLock lock(&queue_mu);
+      switch (outcome) {
+        case Outcome::kForwarded:
+          ++result.forwarded;
+          break;
+        case Outcome::kRejected:
+          ++result.rejected;
+          break;
+        case Outcome::kRetryLater:
+          ++result.retry_later;
+          break;
+        case Outcome::kLost:
+          break;
+      }
+    }
+  });
+  RKL_RETURN_IF_ERROR(failed);
   if (result.forwarded + result.rejected + result.retry_later > 0) {
     spdlog::info("forwarder pass: {} forwarded, {} rejected, {} to retry", result.forwarded,
                  result.rejected, result.retry_later);
   }
   return result;
-}
-
-void Forwarder::ProcessBatch(const std::vector<SubmissionRecord>& rows,
-                             const std::string& claim_token, PassResult& result) {
-  if (rows.empty()) return;
-  absl::Mutex result_mu;
-  // A row is processed only while holding one of the forwarder's `workers` slots, shared by
-  // all concurrent passes. The calling thread is one worker; the others live for this batch.
-  ParallelFor(rows.size(), options_.workers, [&](size_t i) {
-    AcquireWorkerSlot();
-    const Outcome outcome = Process(rows[i], claim_token);
-    ReleaseWorkerSlot();
-    absl::MutexLock lock(&result_mu);
-    switch (outcome) {
-      case Outcome::kForwarded:
-        ++result.forwarded;
-        break;
-      case Outcome::kRejected:
-        ++result.rejected;
-        break;
-      case Outcome::kRetryLater:
-        ++result.retry_later;
-        break;
-      case Outcome::kLost:
-        break;
-    }
-  });
 }
 
 void Forwarder::AcquireWorkerSlot() {

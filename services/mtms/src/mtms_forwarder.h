@@ -16,10 +16,11 @@
 // other failure (unreachable peer, PK/MAK not configured yet, ...) → retried with capped
 // exponential backoff, attempts counted.
 //
-// Concurrency: a pass claims up to `batch_size` rows at a time and processes the rows of a
-// batch in parallel, on up to `workers` threads (the calling thread is one of them; the
-// others are started for the batch and joined before the next claim). Rows are independent:
-// each is finished on its own, under the claim token, exactly as a sequential pass would.
+// Concurrency: a pass runs `workers` threads (the calling thread is one of them; the others
+// live for the pass). They share a queue of claimed rows, and the one that finds it empty
+// claims the next `batch_size` rows, so no row waits for the slowest row of an earlier
+// batch. Rows are independent: each is finished on its own, under the claim token, exactly
+// as a sequential pass would.
 // At most `workers` rows are in process at once in one Forwarder, even when several passes
 // run at the same time (the background loop and ForceForward from RPC threads). A worker
 // holds at most one database connection at a time, and none while it calls HSM #1 or KMS,
@@ -80,8 +81,9 @@ class Forwarder {
             const Clock& clock, ForwarderOptions options);
   ~Forwarder();  // Stop()s
 
-  // One pass: claims and processes due rows, batch after batch, until a batch comes back
-  // short (fewer than batch_size rows: nothing more is due) or Stop() was called. An error
+  // One pass: claims and processes due rows, batch after batch, until a claim comes back
+  // short (fewer than batch_size rows: nothing more is due) or Stop() was called; the rows
+  // claimed by then are all processed. An error
   // when the database itself failed, or UNAVAILABLE when the forwarder is stopped.
   absl::StatusOr<PassResult> RunPass();
   // An administrator's "forward now": every RECEIVED row becomes due, then one pass.
@@ -99,9 +101,6 @@ class Forwarder {
 
  private:
   enum class Outcome { kForwarded, kRejected, kRetryLater, kLost };
-  // Processes `rows` on up to options_.workers threads; returns when all are done.
-  void ProcessBatch(const std::vector<SubmissionRecord>& rows, const std::string& claim_token,
-                    PassResult& result);
   // One of the `workers` slots, shared by every pass of this forwarder; waits for one.
   void AcquireWorkerSlot();
   void ReleaseWorkerSlot();

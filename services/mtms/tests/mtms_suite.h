@@ -854,6 +854,70 @@ TYPED_TEST_P(MtmsSuite, MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers) {
   }
 }
 
+// Holds HSM #1's translation of one SN until Release(); every other SN passes. Thread-safe.
+class HoldOneSn final : public HsmPort {
+ public:
+  HoldOneSn(HsmPort& inner, std::string sn) : inner_(inner), sn_(std::move(sn)) {}
+  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t bits, const std::string& label) override {
+    return inner_.GenerateRsaKeyPair(bits, label);
+  }
+  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override {
+    if (request.sn == sn_) {
+      absl::MutexLock lock(&mu_);
+      held_ = true;
+      mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Seconds(30));
+      held_ = false;
+    }
+    return inner_.TranslateTransportKey(request);
+  }
+  bool held() const {
+    absl::MutexLock lock(&mu_);
+    return held_;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    released_ = true;
+  }
+
+ private:
+  HsmPort& inner_;
+  const std::string sn_;
+  mutable absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+TYPED_TEST_P(MtmsSuite, ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt) {
+  // Batches of 2 on 2 workers. The oldest row is held at HSM #1: the other worker goes on
+  // claiming and forwarding everything else meanwhile, instead of waiting for the batch.
+  const std::string slow = this->SubmitMany("SN-SLOW-", 1).front();
+  this->clock_.Advance(absl::Seconds(1));  // claimed first: the oldest
+  this->SubmitMany("SN-REST-", 5);
+  HoldOneSn hold(this->hsm_, "SN-SLOW-0");
+  auto forwarder = this->MakeForwarderWith(hold, this->kms_, /*batch_size=*/2, /*workers=*/2);
+  absl::StatusOr<PassResult> pass;
+  std::thread runner([&] { pass = forwarder->RunPass(); });
+  // First the oldest row reaches HSM #1 and stays there; then everything else must get
+  // through while it is held (a pass that waited for a whole batch claimed nothing more).
+  bool slow_held = false;
+  for (int i = 0; i < 10000 && !(slow_held = hold.held()); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  bool rest_forwarded = false;
+  for (int i = 0; i < 10000 && slow_held && !(rest_forwarded = this->kms_.stored() == 5); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const bool still_held = hold.held();
+  hold.Release();
+  runner.join();
+  EXPECT_TRUE(slow_held);
+  EXPECT_TRUE(rest_forwarded) << this->kms_.stored() << " of 5 forwarded while one row was held";
+  EXPECT_TRUE(still_held);
+  ASSERT_TRUE(pass.ok()) << pass.status();
+  EXPECT_EQ(pass->forwarded, 6u);
+  EXPECT_EQ(this->Row(slow).state, SubmissionState::kForwarded);
+}
+
 TYPED_TEST_P(MtmsSuite, StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore) {
   constexpr int kBatch = 4;
   constexpr int kRows = 10;
@@ -919,6 +983,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome,
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
+    ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt,
     StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore);
 
 }  // namespace rkl::mtms::testing
