@@ -97,25 +97,40 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   std::deque<SubmissionRecord> queue;
   bool drained = false;  // a claim came back short: nothing more is due now
   absl::Status failed;
-  ParallelFor(static_cast<size_t>(options_.workers), options_.workers, [&](size_t) {
+  // Claims the next batch into the queue; false when the pass is to end instead. Rows that
+  // failed got a later next_attempt_at, so they are not claimed again in this pass. After
+  // Stop() the rows already claimed are finished but no more are claimed.
+  auto refill = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) {
+    if (drained || !failed.ok() || stopping()) return false;
+    const int64_t now_ms = clock_.NowUnixMs();
+    absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
+        claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
+        options_.batch_size);
+    if (!rows.ok()) {
+      failed = rows.status();
+      return false;
+    }
+    if (static_cast<int>(rows->size()) < options_.batch_size) drained = true;
+    for (SubmissionRecord& r : *rows) queue.push_back(std::move(r));
+    return true;
+  };
+  size_t first_claim = 0;
+  {
+    absl::MutexLock lock(&queue_mu);
+    refill();
+    first_claim = queue.size();
+  }
+  // As many threads as the first claim can use: a pass over a few rows (packages arriving
+  // one by one) starts no idle threads; a full claim uses every worker.
+  const int threads = static_cast<int>(
+      std::min<size_t>(static_cast<size_t>(options_.workers), first_claim));
+  ParallelFor(static_cast<size_t>(threads), threads, [&](size_t) {
     for (;;) {
       SubmissionRecord row;
       {
         absl::MutexLock lock(&queue_mu);
         while (queue.empty()) {
-          // Rows that failed got a later next_attempt_at, so they are not claimed again
-          // here. After Stop() the rows already claimed are finished but no more are claimed.
-          if (drained || !failed.ok() || stopping()) return;
-          const int64_t now_ms = clock_.NowUnixMs();
-          absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
-              claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
-              options_.batch_size);
-          if (!rows.ok()) {
-            failed = rows.status();
-            return;
-          }
-          if (static_cast<int>(rows->size()) < options_.batch_size) drained = true;
-          for (SubmissionRecord& r : *rows) queue.push_back(std::move(r));
+          if (!refill()) return;
         }
         row = std::move(queue.front());
         queue.pop_front();
