@@ -92,21 +92,27 @@ const std::string kInsertTerminal = WithAuditParam(
         "SELECT count(*) FROM t"),
     23);
 
+// The versioned terminal update (u: $1..$13, version last) and its SN-TK_KMS row (k:
+// $14..$22), the start of both update statements below; the rest of each statement writes
+// only if u did.
+const std::string kTerminalUpdate = absl::StrCat(
+    "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
+    "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+    "updated_at_ms = $12, version = version + 1 "
+    "WHERE sn = $1 AND version = $13 RETURNING sn), "
+    "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+    "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+    "SELECT sn, ",
+    kTkParams, " FROM u ", kTkValues, "), ");
+
 // Terminal $1..$13 (version last), TK $14..$22; cancel the SN's open sessions $23; the
 // session step: id $24 (NULL for none), from $25, to $26, tmk_kcv $27 (NULL keeps it);
 // audit $28. Returns the terminal rows updated (0 when the version moved on: then nothing
 // is written) and the sessions moved. Callers never cancel and move in one call.
 const std::string kUpdateTerminal = WithAuditParam(
     absl::StrCat(
-        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
-        "updated_at_ms = $12, version = version + 1 "
-        "WHERE sn = $1 AND version = $13 RETURNING sn), "
-        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
-        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-        "SELECT sn, ",
-        kTkParams, " FROM u ", kTkValues, "), ",
+        kTerminalUpdate,
         "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
         "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
         "AND state IN ('OPEN', 'AUTHENTICATED')), "
@@ -125,15 +131,7 @@ const std::string kUpdateTerminal = WithAuditParam(
 // session step; audit $31. Nothing is written unless the terminal's version matched.
 const std::string kUpdateTerminalInsertSession = WithAuditParam(
     absl::StrCat(
-        "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-        "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-        "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
-        "updated_at_ms = $12, version = version + 1 "
-        "WHERE sn = $1 AND version = $13 RETURNING sn), "
-        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
-        "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-        "SELECT sn, ",
-        kTkParams, " FROM u ", kTkValues, "), ",
+        kTerminalUpdate,
         "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
         "created_at_ms, expires_at_ms) SELECT $23::text, sn, $24::bigint, $25::bytea, "
         "$26::bytea, $27::text, $28::text, $29::bigint, $30::bigint FROM u), "
