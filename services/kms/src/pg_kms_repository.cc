@@ -297,6 +297,23 @@ struct TkParams {
   int algorithm;
 };
 
+// One of the statements that start with kTerminalUpdate: the terminal and its SN-TK_KMS row
+// as $1..$22, then `rest` from $23 on.
+template <typename... Rest>
+pqxx::row ExecTerminalUpdate(db::OneStatement& stmt, const std::string& sql,
+                             const TerminalRecord& t, Rest&&... rest) {
+  NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
+  NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
+  TkParams tk(t);
+  return stmt.Exec1(sql, t.sn, TerminalStateName(t.state), before.get(),
+                    static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
+                    tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
+                    t.consecutive_failures, t.installed_at_ms, t.updated_at_ms, t.version,
+                    tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
+                    tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
+                    t.updated_at_ms, std::forward<Rest>(rest)...);
+}
+
 }  // namespace
 
 absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& sn) {
@@ -340,22 +357,13 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
                                                     const SessionMove* move) {
   const std::string audit_json = AuditJson(audit);
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
-    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     NullableText move_id(move ? move->id : "", move == nullptr);
     NullableText move_from(move ? SessionStateName(move->from) : "", move == nullptr);
     NullableText move_to(move ? SessionStateName(move->to) : "", move == nullptr);
     NullableText move_kcv(move && move->tmk_kcv ? *move->tmk_kcv : "",
                           move == nullptr || !move->tmk_kcv);
-    TkParams tk(t);
-    pqxx::row r = stmt.Exec1(
-        kUpdateTerminal, t.sn, TerminalStateName(t.state), before.get(),
-        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
-        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
-        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
-        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(),
-        tk.auk_kcv.get(), t.updated_at_ms, cancel_sessions, move_id.get(), move_from.get(),
-        move_to.get(), move_kcv.get(), audit_json);
+    pqxx::row r = ExecTerminalUpdate(stmt, kUpdateTerminal, t, cancel_sessions, move_id.get(),
+                                     move_from.get(), move_to.get(), move_kcv.get(), audit_json);
     if (r[0].as<int64_t>() != 1) {
       return absl::AbortedError("terminal changed concurrently");
     }
@@ -368,18 +376,10 @@ absl::Status PgKmsRepository::UpdateTerminalAndInsertSession(const TerminalRecor
                                                              const AuthSession& session) {
   const std::string audit_json = AuditJson(audit);
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
-    NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
-    NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
-    TkParams tk(t);
-    pqxx::row r = stmt.Exec1(
-        kUpdateTerminalInsertSession, t.sn, TerminalStateName(t.state), before.get(),
-        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
-        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures,
-        t.installed_at_ms, t.updated_at_ms, t.version, tk.ctk_pk, t.mtms_submission_id,
-        t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(),
-        tk.auk_kcv.get(), t.updated_at_ms, session.id, session.auk_index, Binary(session.rnd1),
-        Binary(session.rnd2), SessionStateName(session.state), session.tmk_kcv,
-        session.created_at_ms, session.expires_at_ms, audit_json);
+    pqxx::row r = ExecTerminalUpdate(
+        stmt, kUpdateTerminalInsertSession, t, session.id, session.auk_index,
+        Binary(session.rnd1), Binary(session.rnd2), SessionStateName(session.state),
+        session.tmk_kcv, session.created_at_ms, session.expires_at_ms, audit_json);
     if (r[0].as<int64_t>() != 1) return absl::AbortedError("terminal changed concurrently");
     return absl::OkStatus();
   });
