@@ -313,18 +313,23 @@ void Forwarder::Start() {
   if (running_) return;
   running_ = true;
   stop_ = false;
-  thread_ = std::thread([this] { Loop(); });
+  wake_ = true;  // claim at once: rows may have waited for this start
+  more_due_ = false;
+  next_claim_at_ = absl::Now() + options_.interval;
+  for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
 }
 
 void Forwarder::Stop() {
-  std::thread loop;
+  std::vector<std::thread> workers;
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
     running_ = false;
-    loop = std::move(thread_);
+    workers = std::move(threads_);
+    threads_.clear();
   }
-  if (loop.joinable()) loop.join();
+  // The workers finish the rows already claimed into the queue, then end.
+  for (std::thread& t : workers) t.join();
   // Passes on other threads (ForceForward from RPC threads) finish their claimed rows and
   // claim no more; their worker threads are joined before RunPass returns.
   absl::MutexLock lock(&mu_);
@@ -341,20 +346,53 @@ void Forwarder::Wake() {
   wake_ = true;
 }
 
-void Forwarder::Loop() {
-  while (true) {
-    absl::StatusOr<PassResult> pass = RunPass();
-    if (!pass.ok() && !stopping()) {
-      spdlog::warn("forwarder pass failed: {}", pass.status().ToString());
+bool Forwarder::WorkerHasSomethingToDo() const {
+  if (!queue_.empty() || stop_) return true;
+  if (claiming_) return false;  // the claim in progress fills the queue or finds nothing
+  return wake_ || more_due_ || absl::Now() >= next_claim_at_;
+}
+
+void Forwarder::WorkerLoop() {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    // While another worker claims there is no deadline: its claim ends with a new one (a
+    // deadline already passed would make this a busy loop).
+    mu_.AwaitWithDeadline(absl::Condition(this, &Forwarder::WorkerHasSomethingToDo),
+                          claiming_ ? absl::InfiniteFuture() : next_claim_at_);
+    if (!queue_.empty()) {  // claimed rows are finished even after Stop()
+      ClaimedRow claimed = std::move(queue_.front());
+      queue_.pop_front();
+      mu_.Await(absl::Condition(this, &Forwarder::WorkerSlotFree));
+      ++busy_workers_;
+      mu_.Unlock();
+      Process(claimed.row, claimed.claim_token);
+      mu_.Lock();
+      --busy_workers_;
+      continue;
     }
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(
-        absl::Condition(
-            +[](Forwarder* f) ABSL_NO_THREAD_SAFETY_ANALYSIS { return f->stop_ || f->wake_; },
-            this),
-        options_.interval);
     if (stop_) return;
+    if (!WorkerHasSomethingToDo()) continue;  // woken by another worker's claim ending
+    claiming_ = true;
     wake_ = false;
+    more_due_ = false;
+    // A fresh token per claim: a finish from an older, expired claim of ours is refused.
+    const std::string claim_token =
+        absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(8)));
+    mu_.Unlock();
+    const int64_t now_ms = clock_.NowUnixMs();
+    absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
+        claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
+        options_.batch_size);
+    mu_.Lock();
+    claiming_ = false;
+    next_claim_at_ = absl::Now() + options_.interval;
+    if (!rows.ok()) {
+      // Tried again at the next Wake() or interval, like a failed pass was.
+      spdlog::warn("forwarder: claiming due rows failed: {}", rows.status().ToString());
+      continue;
+    }
+    more_due_ = static_cast<int>(rows->size()) == options_.batch_size;
+    for (SubmissionRecord& r : *rows) queue_.push_back({std::move(r), claim_token});
   }
 }
 

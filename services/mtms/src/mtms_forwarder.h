@@ -16,13 +16,20 @@
 // other failure (unreachable peer, PK/MAK not configured yet, ...) → retried with capped
 // exponential backoff, attempts counted.
 //
-// Concurrency: a pass runs `workers` threads (the calling thread is one of them; the others
-// live for the pass). They share a queue of claimed rows, and the one that finds it empty
-// claims the next `batch_size` rows, so no row waits for the slowest row of an earlier
-// batch. Rows are independent: each is finished on its own, under the claim token, exactly
-// as a sequential pass would.
-// At most `workers` rows are in process at once in one Forwarder, even when several passes
-// run at the same time (the background loop and ForceForward from RPC threads). A worker
+// Concurrency: a pass (RunPass, ForceForward) runs up to `workers` threads (the calling
+// thread is one of them; the others live for the pass). They share a queue of claimed rows,
+// and the one that finds it empty claims the next `batch_size` rows, so no row waits for the
+// slowest row of an earlier batch. Rows are independent: each is finished on its own, under
+// the claim token, exactly as a sequential pass would.
+// The background forwarder (Start) is not a loop of passes but `workers` threads that stay
+// up and share one queue: a worker that finds the queue empty claims due rows when there
+// may be some — after Wake() (a package arrived), after a claim that came back full, and
+// every `interval` (retries coming due, rows of a replica whose lease expired) — and
+// otherwise sleeps. So a package that arrives while other rows are at HSM #1 or KMS is
+// taken by an idle worker at once instead of waiting for those rows (a pass ends only when
+// all of its rows are done).
+// At most `workers` rows are in process at once in one Forwarder, even when passes run
+// next to the background workers (ForceForward from RPC threads). A worker
 // holds at most one database connection at a time, and none while it calls HSM #1 or KMS,
 // so a pool of `workers` + a few connections leaves room for intake (rkl-mtms refuses to
 // start with fewer: CheckMtmsConfig). Rows of one batch finish in no particular order.
@@ -32,14 +39,16 @@
 // package (KWP and CMAC are), so if a replica dies after KMS accepted but before the row was
 // marked, the retry sends identical bytes and KMS recognises the duplicate.
 //
-// Thread-safe: RunPass may be called from RPC threads while the background thread runs.
-// Start() and Stop() must not race each other. Stop() ends the background thread and waits
-// for every pass in progress (on any thread) to finish the rows it already claimed; passes
-// claim nothing more once Stop() was called, until the next Start(). Dependencies are not
+// Thread-safe: RunPass may be called from RPC threads while the background workers run.
+// Start() and Stop() must not race each other. Stop() lets the background workers finish
+// the rows they already claimed, ends them, and waits for every pass in progress (on any
+// thread) to finish the rows it already claimed; nothing more is claimed once Stop() was
+// called, until the next Start(). Dependencies are not
 // owned and must outlive the forwarder, and they must be thread-safe (the ports are:
 // mtms_ports.h); Stop() before destroying them.
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,7 +98,8 @@ class Forwarder {
   // An administrator's "forward now": every RECEIVED row becomes due, then one pass.
   absl::StatusOr<PassResult> ForceForward();
 
-  // Background worker: a pass every `interval` (and at once after Wake()).
+  // Background workers (above): claim at once, then after Wake(), after a full claim, and
+  // every `interval`.
   void Start();
   void Stop();
   void Wake();
@@ -111,7 +121,13 @@ class Forwarder {
                  const std::string& reason);
   Outcome RetryLater(const SubmissionRecord& row, const std::string& claim_token,
                      const absl::Status& why);
-  void Loop();
+  // A background worker: processes queued rows, claims when there may be due rows.
+  void WorkerLoop();
+  bool WorkerHasSomethingToDo() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct ClaimedRow {
+    SubmissionRecord row;
+    std::string claim_token;
+  };
 
   MtmsRepository& repository_;
   HsmPort& hsm_;
@@ -126,7 +142,12 @@ class Forwarder {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   int passes_ ABSL_GUARDED_BY(mu_) = 0;        // RunPass calls in progress, on any thread
   int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;  // rows in Process() now, at most workers
-  std::thread thread_ ABSL_GUARDED_BY(mu_);
+  // The background workers' state.
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::deque<ClaimedRow> queue_ ABSL_GUARDED_BY(mu_);  // claimed, not yet taken by a worker
+  bool claiming_ ABSL_GUARDED_BY(mu_) = false;        // one worker claims at a time
+  bool more_due_ ABSL_GUARDED_BY(mu_) = false;        // the last claim came back full
+  absl::Time next_claim_at_ ABSL_GUARDED_BY(mu_);     // the periodic claim (real time)
 };
 
 }  // namespace rkl::mtms

@@ -76,7 +76,7 @@ class MtmsSuite : public ::testing::Test {
   }
 
   // A forwarder on replica 0 with its own peers, batch size and workers; its background
-  // loop (if started) passes once at start and then only when woken.
+  // workers (if started) claim once at start and then only when woken or after a full claim.
   std::unique_ptr<Forwarder> MakeForwarderWith(HsmPort& hsm, KmsPort& kms, int batch_size,
                                                int workers) {
     return std::make_unique<Forwarder>(backend_->Replica(0), hsm, kms, *trust_, clock_,
@@ -918,6 +918,39 @@ TYPED_TEST_P(MtmsSuite, ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt) {
   EXPECT_EQ(this->Row(slow).state, SubmissionState::kForwarded);
 }
 
+TYPED_TEST_P(MtmsSuite, BackgroundWorkersTakeAPackageThatArrivesWhileAnotherIsHeld) {
+  // The background forwarder's workers stay up: a package that arrives (Wake) while an
+  // earlier row is held at HSM #1 is claimed and forwarded by an idle worker at once, not
+  // after the held row (a pass ends only when all of its rows are done). The interval is an
+  // hour: only Wake() can start the claims.
+  const std::string slow = this->SubmitMany("SN-HELD-", 1).front();
+  HoldOneSn hold(this->hsm_, "SN-HELD-0");
+  auto forwarder = this->MakeForwarderWith(hold, this->kms_, /*batch_size=*/4, /*workers=*/4);
+  forwarder->Start();
+  bool slow_held = false;
+  for (int i = 0; i < 10000 && !(slow_held = hold.held()); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const std::vector<std::string> later = this->SubmitMany("SN-LATER-", 3);
+  bool later_forwarded = false;
+  for (int i = 0; i < 10000 && slow_held; ++i) {
+    forwarder->Wake();  // as intake does after each package
+    if ((later_forwarded = this->kms_.stored() == 3)) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const bool still_held = hold.held();
+  hold.Release();
+  forwarder->Stop();
+  EXPECT_TRUE(slow_held);
+  EXPECT_TRUE(later_forwarded) << this->kms_.stored() << " of 3 forwarded while one row was held";
+  EXPECT_TRUE(still_held);
+  // Stop() finished the held row; each package went to KMS exactly once.
+  EXPECT_EQ(this->Row(slow).state, SubmissionState::kForwarded);
+  for (const std::string& id : later) EXPECT_EQ(this->Row(id).state, SubmissionState::kForwarded);
+  EXPECT_EQ(this->kms_.calls(), 4);
+  EXPECT_EQ(this->kms_.duplicates(), 0);
+}
+
 TYPED_TEST_P(MtmsSuite, StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore) {
   constexpr int kBatch = 4;
   constexpr int kRows = 10;
@@ -984,6 +1017,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
     ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt,
+    BackgroundWorkersTakeAPackageThatArrivesWhileAnotherIsHeld,
     StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore);
 
 }  // namespace rkl::mtms::testing
