@@ -3,6 +3,7 @@
 #include <libpq-fe.h>
 #include <poll.h>
 
+#include <pqxx/nontransaction>
 #include <string>
 #include <utility>
 
@@ -44,6 +45,7 @@ bool ClosedByServer(const pqxx::connection& conn) {
 
 ConnectionPool::ConnectionPool(PoolOptions options)
     : dsn_(std::move(options.dsn)),
+      settings_(std::move(options.settings)),
       redacted_dsn_(RedactDsn(dsn_)),
       target_(DescribeDsnTarget(dsn_)),
       dsn_status_(CheckDsn(dsn_)),
@@ -119,6 +121,15 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> ConnectionPool::Connect() {
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
     conn->inhibit_reactivation(true);
 #pragma GCC diagnostic pop
+    for (const auto& [name, value] : settings_) {
+      try {
+        pqxx::nontransaction tx(*conn);
+        tx.exec_params("SELECT set_config($1, $2, false)", name, value);
+      } catch (const std::exception& e) {
+        return absl::UnavailableError(absl::StrCat("database ", target_, " refused setting ", name,
+                                                   ": ", FirstLine(e.what())));
+      }
+    }
     return conn;
   } catch (const std::exception& e) {
     // libpq does not print passwords, but its text is not ours, so scrub it regardless.

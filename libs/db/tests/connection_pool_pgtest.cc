@@ -198,6 +198,38 @@ TEST_F(ConnectionPoolTest, MarkBrokenClosesInsteadOfReturning) {
   EXPECT_EQ(pool.idle_connections(), 0);
 }
 
+TEST_F(ConnectionPoolTest, SessionSettingsAreMadeOnEveryNewConnection) {
+  ConnectionPool pool(PoolOptions{.dsn = dsn(),
+                                  .max_size = 2,
+                                  .settings = {{"plan_cache_mode", "force_generic_plan"},
+                                               {"application_name", "rkl-pool-test"}}});
+  auto show = [](pqxx::connection& conn, const char* name) {
+    pqxx::nontransaction tx(conn);
+    return tx.exec_params1("SELECT current_setting($1)", name)[0].as<std::string>();
+  };
+  absl::StatusOr<ConnectionPool::Lease> a = pool.Borrow();
+  absl::StatusOr<ConnectionPool::Lease> b = pool.Borrow();  // a second, new connection
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (ConnectionPool::Lease* lease : {&*a, &*b}) {
+    EXPECT_EQ(show(lease->connection(), "plan_cache_mode"), "force_generic_plan");
+    EXPECT_EQ(show(lease->connection(), "application_name"), "rkl-pool-test");
+  }
+  // Without settings a connection has the server's default.
+  ConnectionPool plain(PoolOptions{.dsn = dsn(), .max_size = 1});
+  absl::StatusOr<ConnectionPool::Lease> c = plain.Borrow();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(show(c->connection(), "plan_cache_mode"), "auto");
+}
+
+TEST_F(ConnectionPoolTest, ARefusedSessionSettingIsUnavailableNamingIt) {
+  ConnectionPool pool(
+      PoolOptions{.dsn = dsn(), .max_size = 1, .settings = {{"plan_cache_mode", "sometimes"}}});
+  absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(lease.status().message(), HasSubstr("plan_cache_mode"));
+  EXPECT_EQ(pool.open_connections(), 0);  // nothing half-set-up is kept or lent
+}
+
 TEST(ConnectionPoolNoServerTest, ClosedPortIsUnavailableWithoutPassword) {
   constexpr char kPassword[] = "Sup3r-S3cret-Passw0rd";
   const std::string dsn =

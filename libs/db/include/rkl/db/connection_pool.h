@@ -26,6 +26,7 @@
 #include <memory>
 #include <pqxx/connection>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -43,6 +44,10 @@ struct PoolOptions {
   int max_size = 8;
   // How long Borrow() waits for a connection when all max_size are leased.
   absl::Duration borrow_timeout = absl::Seconds(5);
+  // Session settings (name, value) made on every new connection before it is lent, e.g.
+  // {"plan_cache_mode", "force_generic_plan"}. A setting PostgreSQL refuses makes the
+  // connection attempt fail (UNAVAILABLE naming the setting).
+  std::vector<std::pair<std::string, std::string>> settings = {};
 };
 
 class ConnectionPool {
@@ -73,6 +78,7 @@ class ConnectionPool {
   void Return(std::unique_ptr<pqxx::connection> conn, bool broken);
 
   const std::string dsn_;
+  const std::vector<std::pair<std::string, std::string>> settings_;
   const std::string redacted_dsn_;
   const std::string target_;  // host/port/dbname/user, for messages
   const absl::Status dsn_status_;
