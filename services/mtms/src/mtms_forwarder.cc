@@ -122,8 +122,8 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   }
   // As many threads as the first claim can use: a pass over a few rows (packages arriving
   // one by one) starts no idle threads; a full claim uses every worker.
-  const int threads = static_cast<int>(
-      std::min<size_t>(static_cast<size_t>(options_.workers), first_claim));
+  const int threads =
+      static_cast<int>(std::min<size_t>(static_cast<size_t>(options_.workers), first_claim));
   ParallelFor(static_cast<size_t>(threads), threads, [&](size_t) {
     for (;;) {
       SubmissionRecord row;

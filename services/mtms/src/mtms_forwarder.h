@@ -145,9 +145,9 @@ class Forwarder {
   // The background workers' state.
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::deque<ClaimedRow> queue_ ABSL_GUARDED_BY(mu_);  // claimed, not yet taken by a worker
-  bool claiming_ ABSL_GUARDED_BY(mu_) = false;        // one worker claims at a time
-  bool more_due_ ABSL_GUARDED_BY(mu_) = false;        // the last claim came back full
-  absl::Time next_claim_at_ ABSL_GUARDED_BY(mu_);     // the periodic claim (real time)
+  bool claiming_ ABSL_GUARDED_BY(mu_) = false;         // one worker claims at a time
+  bool more_due_ ABSL_GUARDED_BY(mu_) = false;         // the last claim came back full
+  absl::Time next_claim_at_ ABSL_GUARDED_BY(mu_);      // the periodic claim (real time)
 };
 
 }  // namespace rkl::mtms
