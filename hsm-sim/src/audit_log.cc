@@ -160,11 +160,17 @@ absl::Status PgAuditLog::Append(const AuditEvent& event) {
                               [&](pqxx::work& tx) { return AppendInTransaction(tx, event); });
 }
 
+absl::StatusOr<PgAuditLog::PreparedPending> PgAuditLog::PreparePending(pqxx::transaction_base& tx,
+                                                                       const AuditEvent& e) {
+  PreparedPending out{.id = pending_ids_.Next(tx)};
+  RKL_ASSIGN_OR_RETURN(out.mac, PendingAuditMac(audit_key_, out.id, e));
+  return out;
+}
+
 absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
-  const uint64_t id = pending_ids_.Next(tx);
-  RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(audit_key_, id, e));
-  db::Exec(tx, kInsertPending, id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-           pqxx::binarystring(mac.data(), mac.size()));
+  RKL_ASSIGN_OR_RETURN(PreparedPending p, PreparePending(tx, e));
+  db::Exec(tx, kInsertPending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+           pqxx::binarystring(p.mac.data(), p.mac.size()));
   return absl::OkStatus();
 }
 

@@ -106,6 +106,15 @@ class PgAuditLog : public AuditLog {
 
   // Appends inside the caller's transaction (takes no lock).
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
+  // A pending record ready to be inserted by the caller's own statement (PgKeyStore's
+  // one-statement writes): its id (from the pending-id block; `tx` only when the block is
+  // used up) and its MAC over id and event.
+  struct PreparedPending {
+    uint64_t id = 0;
+    Bytes mac{};
+  };
+  absl::StatusOr<PreparedPending> PreparePending(pqxx::transaction_base& tx,
+                                                 const AuditEvent& event);
 
   // Appends durably: returns once the records have committed, in a transaction shared with
   // the records of concurrent callers (one caller's records always share one group). The

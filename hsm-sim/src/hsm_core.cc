@@ -140,17 +140,24 @@ HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomS
 template <typename Fn>
 auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
-  return RunUnit(std::move(event), crypto, attempts, false, std::forward<Fn>(body));
+  return RunUnit(std::move(event), crypto, attempts, UnitKind::kTransaction,
+                 std::forward<Fn>(body));
+}
+
+template <typename Fn>
+auto HsmCore::RunOneWrite(AuditEvent event, bool crypto, int attempts, Fn&& body)
+    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
+  return RunUnit(std::move(event), crypto, attempts, UnitKind::kOneWrite, std::forward<Fn>(body));
 }
 
 template <typename Fn>
 auto HsmCore::RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
-  return RunUnit(std::move(event), crypto, 1, true, std::forward<Fn>(body));
+  return RunUnit(std::move(event), crypto, 1, UnitKind::kReadOnly, std::forward<Fn>(body));
 }
 
 template <typename Fn>
-auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
+auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
   using R = std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   if (crypto && !options_.self_test_passed) {
@@ -173,7 +180,17 @@ auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, bool read_onl
       out.emplace(std::move(result));
       return absl::OkStatus();
     };
-    status = read_only ? store_.TransactReadOnly(unit) : store_.Transact(unit);
+    switch (kind) {
+      case UnitKind::kTransaction:
+        status = store_.Transact(unit);
+        break;
+      case UnitKind::kReadOnly:
+        status = store_.TransactReadOnly(unit);
+        break;
+      case UnitKind::kOneWrite:
+        status = store_.TransactOneWrite(unit);
+        break;
+    }
     if (status.code() != absl::StatusCode::kAlreadyExists) break;
   }
   if (status.ok()) return std::move(*out);
@@ -799,10 +816,11 @@ absl::StatusOr<ImportedTransportKey> HsmCore::ImportTransportKey(const std::stri
                    .action = "import_transport_key",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return Run(event, true, 2,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
-               return DoImport(tx, audit, cmd);
-             });
+  return RunOneWrite(
+      event, true, 2,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
+        return DoImport(tx, audit, cmd);
+      });
 }
 
 // ---- TMK, authentication, delivery (PROTOCOL §7, §8) ---------------------------------------
@@ -857,10 +875,10 @@ absl::StatusOr<GeneratedTmk> HsmCore::GenerateTmk(const std::string& caller, con
                    .action = "generate_tmk",
                    .sn = sn,
                    .detail = absl::StrCat("replace_existing=", replace_existing)};
-  return Run(event, true, 2,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
-               return DoGenerateTmk(tx, audit, sn, algorithm, replace_existing);
-             });
+  return RunOneWrite(event, true, 2,
+                     [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
+                       return DoGenerateTmk(tx, audit, sn, algorithm, replace_existing);
+                     });
 }
 
 absl::StatusOr<AuthChallengeResult> HsmCore::DoAuthChallenge(KeyTransaction& tx, AuditEvent& audit,
@@ -971,14 +989,15 @@ absl::StatusOr<ImportedAndChallenged> HsmCore::ImportAndChallenge(const std::str
                    .action = "import_and_challenge",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return Run(event, true, 2,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedAndChallenged> {
-               ImportedAndChallenged out;
-               RKL_ASSIGN_OR_RETURN(out.imported, DoImport(tx, audit, cmd));
-               RKL_ASSIGN_OR_RETURN(
-                   out.challenge, DoAuthChallenge(tx, audit, out.imported.auk_index, cmd.sn, rnd1));
-               return out;
-             });
+  return RunOneWrite(
+      event, true, 2,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedAndChallenged> {
+        ImportedAndChallenged out;
+        RKL_ASSIGN_OR_RETURN(out.imported, DoImport(tx, audit, cmd));
+        RKL_ASSIGN_OR_RETURN(out.challenge,
+                             DoAuthChallenge(tx, audit, out.imported.auk_index, cmd.sn, rnd1));
+        return out;
+      });
 }
 
 absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
@@ -989,21 +1008,22 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
                    .sn = verify.sn,
                    .detail = absl::StrCat("auk=", verify.auk_index, " tek=", tek_index,
                                           " replace_existing=", replace_existing)};
-  return Run(event, true, 2,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
-               // AUK and TEK in one read; the TMK made below is known without one.
-               const uint64_t keys[] = {verify.auk_index, tek_index};
-               RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
-               // Nothing is made or exported unless the terminal proved itself just now.
-               RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
-               absl::StrAppend(&audit.detail, " crnd2=verified");
-               AuthenticatedDelivery out;
-               RKL_ASSIGN_OR_RETURN(
-                   out.tmk, DoGenerateTmk(tx, audit, verify.sn, algorithm, replace_existing));
-               RKL_ASSIGN_OR_RETURN(out.block,
-                                    DoExport(tx, audit, out.tmk.tmk_index, tek_index, verify.sn));
-               return out;
-             });
+  return RunOneWrite(
+      event, true, 2,
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
+        // AUK and TEK in one read; the TMK made below is known without one.
+        const uint64_t keys[] = {verify.auk_index, tek_index};
+        RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+        // Nothing is made or exported unless the terminal proved itself just now.
+        RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
+        absl::StrAppend(&audit.detail, " crnd2=verified");
+        AuthenticatedDelivery out;
+        RKL_ASSIGN_OR_RETURN(out.tmk,
+                             DoGenerateTmk(tx, audit, verify.sn, algorithm, replace_existing));
+        RKL_ASSIGN_OR_RETURN(out.block,
+                             DoExport(tx, audit, out.tmk.tmk_index, tek_index, verify.sn));
+        return out;
+      });
 }
 
 absl::Status HsmCore::VerifyInstallProof(const std::string& caller,

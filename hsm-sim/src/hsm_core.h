@@ -222,7 +222,9 @@ class HsmCore {
  private:
   // One command: body in one unit of work with its audit record (attempts > 1 re-runs it on
   // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyStore::
-  // TransactReadOnly), one attempt.
+  // TransactReadOnly), one attempt. RunOneWrite: for commands whose writes are new keys and
+  // superseding the live keys they found (KeyStore::TransactOneWrite).
+  enum class UnitKind { kTransaction, kReadOnly, kOneWrite };
   template <typename Fn>
   auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
@@ -230,7 +232,10 @@ class HsmCore {
   auto RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   template <typename Fn>
-  auto RunUnit(AuditEvent event, bool crypto, int attempts, bool read_only, Fn&& body)
+  auto RunOneWrite(AuditEvent event, bool crypto, int attempts, Fn&& body)
+      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
+  template <typename Fn>
+  auto RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
   int BatchThreads() const;

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/hex.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/aead.h"
 #include "rkl/db/prepared.h"
@@ -307,9 +309,9 @@ std::string InsertKeysSql(size_t n) {
       "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) VALUES ";
   for (size_t i = 0; i < n; ++i) {
     auto p = [&](int k) { return absl::StrCat("$", i * 12 + k); };
-    absl::StrAppend(&sql, i ? ", " : "", "(", p(1), ", ", p(2), ", ", p(3), ", ", p(4), ", ",
-                    p(5), ", ", p(6), ", ", p(7), ", 1, ", p(8), ", ", p(8), ", ", p(9), ", ",
-                    p(10), ", ", p(11), ", ", p(12), ")");
+    absl::StrAppend(&sql, i ? ", " : "", "(", p(1), ", ", p(2), ", ", p(3), ", ", p(4), ", ", p(5),
+                    ", ", p(6), ", ", p(7), ", 1, ", p(8), ", ", p(8), ", ", p(9), ", ", p(10),
+                    ", ", p(11), ", ", p(12), ")");
   }
   return sql;
 }
@@ -320,10 +322,9 @@ std::string FindLiveKeysSql(KeyType type, bool lock) {
   // index hsm_key_one_live_per_sn exactly; with the table's statistics still empty the
   // planner then preferred a bitmap scan of every live key (hsm_key_live_label) and
   // filtered, reading ~450 index entries per lookup in a 200-terminal run.
-  return absl::StrCat("SELECT ", kKeyColumns,
-                      " FROM hsm_key WHERE key_type = ", static_cast<int>(type),
-                      " AND bound_sn = $1 AND state = 1 ORDER BY key_index",
-                      lock ? " FOR UPDATE" : "");
+  return absl::StrCat(
+      "SELECT ", kKeyColumns, " FROM hsm_key WHERE key_type = ", static_cast<int>(type),
+      " AND bound_sn = $1 AND state = 1 ORDER BY key_index", lock ? " FOR UPDATE" : "");
 }
 
 // ---- KeyTransaction ----------------------------------------------------------------------
@@ -340,7 +341,7 @@ absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::Unseal
 }
 
 absl::StatusOr<std::vector<KeyRecord>> KeyTransaction::InsertKeys(std::span<const NewKey> keys,
-                                                                   int64_t now_ms) {
+                                                                  int64_t now_ms) {
   std::vector<KeyRecord> out;
   for (const NewKey& key : keys) {
     RKL_ASSIGN_OR_RETURN(KeyRecord r, InsertKey(key, now_ms));
@@ -349,15 +350,134 @@ absl::StatusOr<std::vector<KeyRecord>> KeyTransaction::InsertKeys(std::span<cons
   return out;
 }
 
+std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
+  // Every parameter is text, cast in place. The key lists are spelled out
+  // (key_index IN ($1, $2)): a generic plan of `key_index = ANY($1)` on a table
+  // without statistics was a sequential scan. Sub-statements see one snapshot. `locked`
+  // takes the row locks a transaction's FOR UPDATE read would have held, waiting for a
+  // concurrent writer and looking at the row as it committed; `ok` is evaluated once,
+  // before any row is written, and every write depends on it: all or nothing.
+  int n = 0;
+  auto list = [&](size_t count) {
+    std::string out;
+    for (size_t i = 0; i < count; ++i) absl::StrAppend(&out, i ? ", " : "", "$", ++n, "::bigint");
+    return out;
+  };
+  std::string sql = "WITH ";
+  if (locked > 0) {
+    absl::StrAppend(&sql, "locked AS (SELECT key_index FROM hsm_key WHERE key_index IN (",
+                    list(locked), ") AND state = 1 FOR UPDATE), ok AS (SELECT count(*) = ", locked,
+                    " AS ok FROM locked)");
+  } else {
+    absl::StrAppend(&sql, "ok AS (SELECT true AS ok)");
+  }
+  if (superseded > 0) {
+    const int at = ++n;
+    absl::StrAppend(&sql, ", sup AS (UPDATE hsm_key SET state = 2, updated_at_ms = $", at,
+                    "::bigint WHERE key_index IN (");
+    absl::StrAppend(&sql, list(superseded), ") AND (SELECT ok FROM ok) RETURNING 1)");
+  }
+  // Parameters are numbered in the order they are appended, one per statement: the
+  // arguments of one call are evaluated in no defined order.
+  std::string audit_params;
+  for (const char* type : {"bigint", "bigint", "text", "text", "text", "text", "text", "bytea"}) {
+    absl::StrAppend(&audit_params, audit_params.empty() ? "" : ", ", "$", ++n, "::", type);
+  }
+  absl::StrAppend(&sql,
+                  ", aud AS (INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, "
+                  "detail, result, mac) SELECT ",
+                  audit_params, " WHERE (SELECT ok FROM ok))");
+  if (keys > 0) {
+    absl::StrAppend(&sql,
+                    ", ins AS (INSERT INTO hsm_key (key_index, key_type, algorithm, usage, "
+                    "bound_sn, label, kcv, state, created_at_ms, updated_at_ms, rsa_bits, "
+                    "public_key_der, nonce, sealed) SELECT v.* FROM (VALUES ");
+    for (size_t i = 0; i < keys; ++i) {
+      std::string row;
+      auto add = [&](const std::string& piece) {
+        absl::StrAppend(&row, row.empty() ? "" : ", ", piece);
+      };
+      auto next = [&](const char* type) { return absl::StrCat("$", ++n, "::", type); };
+      for (const char* type :
+           {"bigint", "smallint", "smallint", "smallint", "text", "text", "text"}) {
+        add(next(type));
+      }
+      add("1::smallint");
+      const std::string created = next("bigint");
+      add(created);
+      add(created);
+      for (const char* type : {"integer", "bytea", "bytea", "bytea"}) add(next(type));
+      absl::StrAppend(&sql, i ? ", " : "", "(", row, ")");
+    }
+    // Reading `sup` makes the superseding run to completion before the first new row is
+    // checked against the one-live-key-per-SN index (sub-statements otherwise run in no
+    // defined order, and the old key would still count as live).
+    absl::StrAppend(
+        &sql, ") v WHERE (SELECT ok FROM ok)",
+        superseded > 0 ? absl::StrCat(" AND (SELECT count(*) FROM sup) = ", superseded) : "", ")");
+  }
+  absl::StrAppend(&sql, " SELECT ok FROM ok");
+  return sql;
+}
+
 // ---- PgKeyTransaction ----------------------------------------------------------------------
+
+// What a TransactOneWrite unit holds back for its one statement.
+struct OneWritePlan {
+  std::vector<uint64_t> locked;      // live keys FindLiveKeys returned: must still be live
+  std::vector<uint64_t> superseded;  // a subset of `locked`
+  int64_t superseded_at_ms = 0;
+  std::vector<KeyRecord> inserts;
+  std::optional<AuditEvent> audit;
+  PgAuditLog::PreparedPending pending;
+  bool writes() const { return !superseded.empty() || !inserts.empty() || audit.has_value(); }
+};
+
+std::vector<uint64_t> Distinct(std::vector<uint64_t> values) {
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  return values;
+}
+
+std::string ByteaText(std::span<const uint8_t> b) { return absl::StrCat("\\x", ToHex(b)); }
+
+// True when it wrote; false when a live key the unit read is no longer live.
+absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& plan) {
+  const std::vector<uint64_t> locked = Distinct(plan.locked);
+  const std::vector<uint64_t> superseded = Distinct(plan.superseded);
+  std::vector<std::string> params;
+  for (uint64_t index : locked) params.push_back(absl::StrCat(index));
+  if (!superseded.empty()) params.push_back(absl::StrCat(plan.superseded_at_ms));
+  for (uint64_t index : superseded) params.push_back(absl::StrCat(index));
+  const AuditEvent& e = *plan.audit;
+  for (std::string v : {absl::StrCat(plan.pending.id), absl::StrCat(e.at_ms), e.actor, e.action,
+                        e.sn, e.detail, e.result, ByteaText(plan.pending.mac)}) {
+    params.push_back(std::move(v));
+  }
+  for (const KeyRecord& r : plan.inserts) {
+    for (std::string v :
+         {absl::StrCat(r.index), absl::StrCat(static_cast<int>(r.type)),
+          absl::StrCat(static_cast<int>(r.algorithm)), absl::StrCat(static_cast<int>(r.usage)),
+          r.bound_sn, r.label, r.kcv, absl::StrCat(r.created_at_ms), absl::StrCat(r.rsa_bits),
+          ByteaText(r.public_key_der), ByteaText(r.nonce), ByteaText(r.sealed)}) {
+      params.push_back(std::move(v));
+    }
+  }
+  pqxx::row row = stmt.Exec1(OneWriteSql(locked.size(), superseded.size(), plan.inserts.size()),
+                             pqxx::prepare::make_dynamic_params(params));
+  return row[0].as<bool>();
+}
 
 class PgKeyTransaction : public KeyTransaction {
  public:
   // In a transaction (`deferred_audit` null), or read-only in autocommit: writes are refused
   // and the audit record is handed back through `deferred_audit` to be written afterwards.
+  // With `one_write` (TransactOneWrite): reads in autocommit without locks, and the writes
+  // collected in *one_write for one statement afterwards.
   PgKeyTransaction(pqxx::transaction_base& tx, PgKeyStore& store,
-                   std::vector<AuditEvent>* deferred_audit = nullptr)
-      : tx_(tx), store_(store), deferred_audit_(deferred_audit) {}
+                   std::vector<AuditEvent>* deferred_audit = nullptr,
+                   OneWritePlan* one_write = nullptr)
+      : tx_(tx), store_(store), deferred_audit_(deferred_audit), one_write_(one_write) {}
 
   absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
     RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> r, InsertKeys({&key, 1}, now_ms));
@@ -391,6 +511,13 @@ class PgKeyTransaction : public KeyTransaction {
       r.sealed = std::move(sealed);
       records.push_back(std::move(r));
     }
+    if (one_write_ != nullptr) {
+      for (const KeyRecord& r : records) {
+        prefetched_[r.index] = r;
+        one_write_->inserts.push_back(r);
+      }
+      return records;
+    }
     if (records.size() == 1) {
       const KeyRecord& r = records.front();
       db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
@@ -400,17 +527,16 @@ class PgKeyTransaction : public KeyTransaction {
       const KeyRecord& a = records[0];
       const KeyRecord& b = records[1];
       db::Exec(tx_, InsertKeysSql(2), a.index, static_cast<int>(a.type),
-               static_cast<int>(a.algorithm), static_cast<int>(a.usage), a.bound_sn, a.label,
-               a.kcv, now_ms, a.rsa_bits, Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed),
-               b.index, static_cast<int>(b.type), static_cast<int>(b.algorithm),
-               static_cast<int>(b.usage), b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits,
-               Blob(b.public_key_der), Blob(b.nonce), Blob(b.sealed));
+               static_cast<int>(a.algorithm), static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv,
+               now_ms, a.rsa_bits, Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), b.index,
+               static_cast<int>(b.type), static_cast<int>(b.algorithm), static_cast<int>(b.usage),
+               b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits, Blob(b.public_key_der),
+               Blob(b.nonce), Blob(b.sealed));
     } else {  // not used by any command today: one statement per key
       for (const KeyRecord& r : records) {
-        db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type),
-                 static_cast<int>(r.algorithm), static_cast<int>(r.usage), r.bound_sn, r.label,
-                 r.kcv, now_ms, r.rsa_bits, Blob(r.public_key_der), Blob(r.nonce),
-                 Blob(r.sealed));
+        db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
+                 static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+                 Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
       }
     }
     // Exactly what was written: reading these back costs nothing.
@@ -420,6 +546,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
     if (auto it = prefetched_.find(index); it != prefetched_.end()) return it->second;
+    RKL_RETURN_IF_ERROR(Readable());
     pqxx::result r = db::Exec(tx_, kFindKey, index);
     if (r.empty()) return std::nullopt;
     return RecordFromRow(r[0]);
@@ -432,6 +559,7 @@ class PgKeyTransaction : public KeyTransaction {
       if (!prefetched_.contains(index)) params.push_back(index);
     }
     if (params.empty()) return absl::OkStatus();  // all read or written by this unit already
+    RKL_RETURN_IF_ERROR(Readable());
     for (uint64_t index : params) prefetched_[index] = std::nullopt;  // absent unless found
     for (const auto& row : db::Exec(tx_, PrefetchKeysSql(params.size()),
                                     pqxx::prepare::make_dynamic_params(params))) {
@@ -447,13 +575,14 @@ class PgKeyTransaction : public KeyTransaction {
       return absl::InvalidArgumentError("FindLiveKeys: only TEK, AUK and TMK are bound to an SN");
     }
     if (auto it = live_prefetched_.find({type, sn}); it != live_prefetched_.end()) {
+      ToLock(it->second);
       return it->second;
     }
-    // A read-only unit runs in autocommit: a row lock would end with the statement and only
-    // cost a WAL record.
-    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type, /*lock=*/deferred_audit_ == nullptr), sn);
+    RKL_RETURN_IF_ERROR(Readable());
+    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type, Locking()), sn);
     std::vector<KeyRecord> out;
     for (const auto& row : r) out.push_back(RecordFromRow(row));
+    ToLock(out);
     return out;
   }
 
@@ -464,10 +593,10 @@ class PgKeyTransaction : public KeyTransaction {
       }
     }
     if (types.empty()) return absl::OkStatus();
+    RKL_RETURN_IF_ERROR(Readable());
     std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> found;
     for (KeyType type : types) found[{type, sn}];  // none unless read
-    for (const auto& row :
-         db::Exec(tx_, FindLiveKeysSql(types, /*lock=*/deferred_audit_ == nullptr), sn)) {
+    for (const auto& row : db::Exec(tx_, FindLiveKeysSql(types, Locking()), sn)) {
       KeyRecord record = RecordFromRow(row);
       found[{record.type, sn}].push_back(std::move(record));  // in key_index order
     }
@@ -476,6 +605,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
+    RKL_RETURN_IF_ERROR(Readable());
     return !db::Exec(tx_, kLiveLabel, label).empty();
   }
 
@@ -501,6 +631,19 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
+    if (one_write_ != nullptr) {
+      if (state != KeyState::kSuperseded ||
+          std::find(one_write_->locked.begin(), one_write_->locked.end(), index) ==
+              one_write_->locked.end()) {
+        return absl::InternalError(
+            "a one-statement HSM command may only supersede a live key it found");
+      }
+      prefetched_.erase(index);
+      live_prefetched_.clear();
+      one_write_->superseded.push_back(index);
+      one_write_->superseded_at_ms = now_ms;
+      return absl::OkStatus();
+    }
     prefetched_.erase(index);
     live_prefetched_.clear();
     if (state == KeyState::kDeleted) {
@@ -513,7 +656,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status InsertCeremony(const Ceremony& c) override {
-    RKL_RETURN_IF_ERROR(Writable());
+    RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
     db::Exec(tx_, kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
              c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
              c.expires_at_ms);
@@ -547,7 +690,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
                                 uint64_t result_key_index) override {
-    RKL_RETURN_IF_ERROR(Writable());
+    RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
     db::Exec(tx_, kSetCeremonyState, id, static_cast<int>(state), result_key_index);
     return absl::OkStatus();
   }
@@ -555,7 +698,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
                             const std::string& kcv, const crypto::SecretBytes& component,
                             int64_t now_ms) override {
-    RKL_RETURN_IF_ERROR(Writable());
+    RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
     if (!db::Exec(tx_, kComponentExists, ceremony_id, custodian).empty()) {
       return absl::AlreadyExistsError(absl::StrCat(
           "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
@@ -584,7 +727,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status DeleteComponents(const std::string& ceremony_id) override {
-    RKL_RETURN_IF_ERROR(Writable());
+    RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
     db::Exec(tx_, kDeleteComponents, ceremony_id);
     return absl::OkStatus();
   }
@@ -594,18 +737,44 @@ class PgKeyTransaction : public KeyTransaction {
       deferred_audit_->push_back(event);
       return absl::OkStatus();
     }
+    if (one_write_ != nullptr) {
+      if (one_write_->audit) {
+        return absl::InternalError("a one-statement HSM command wrote a second audit record");
+      }
+      RKL_ASSIGN_OR_RETURN(one_write_->pending, store_.audit_.PreparePending(tx_, event));
+      one_write_->audit = event;
+      return absl::OkStatus();
+    }
     return store_.audit_.AppendInTransaction(tx_, event);
   }
 
  private:
-  absl::Status Writable() const {
+  absl::Status Writable(bool in_one_write = true) const {
+    if (one_write_ != nullptr && !in_one_write) {
+      return absl::InternalError("a one-statement HSM command tried a write it cannot hold back");
+    }
     if (deferred_audit_ == nullptr) return absl::OkStatus();
     return absl::InternalError("a read-only HSM command tried to change a key record");
+  }
+  // A one-write unit's reads run before its writes reach the database, so a read after a
+  // write would not see them.
+  absl::Status Readable() const {
+    if (one_write_ == nullptr || !one_write_->writes()) return absl::OkStatus();
+    return absl::InternalError("a one-statement HSM command read the database after writing");
+  }
+  // Only a transaction's reads lock: a read-only unit runs in autocommit (a lock would end
+  // with the statement and only cost a WAL record), and a one-write unit locks in its
+  // write statement.
+  bool Locking() const { return deferred_audit_ == nullptr && one_write_ == nullptr; }
+  void ToLock(const std::vector<KeyRecord>& live) {
+    if (one_write_ == nullptr) return;
+    for (const KeyRecord& r : live) one_write_->locked.push_back(r.index);
   }
 
   pqxx::transaction_base& tx_;
   PgKeyStore& store_;
   std::vector<AuditEvent>* deferred_audit_;  // read-only units: the records to append
+  OneWritePlan* one_write_;                  // one-write units: the writes held back
   std::map<uint64_t, std::optional<KeyRecord>> prefetched_;  // by Prefetch; nullopt: absent
   // By PrefetchLive, until this unit changes or inserts a key.
   std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> live_prefetched_;
@@ -624,6 +793,31 @@ absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&
     PgKeyTransaction ktx(tx, *this);
     return fn(ktx);
   });
+}
+
+absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+  // A conflict means a concurrent command superseded a live key this one read; the next
+  // run reads afresh (and then typically finds the other command's keys).
+  constexpr int kMaxRuns = 5;
+  for (int run = 0; run < kMaxRuns; ++run) {
+    OneWritePlan plan;
+    absl::StatusOr<bool> read =
+        db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+          plan = OneWritePlan{};
+          PgKeyTransaction ktx(tx, *this, nullptr, &plan);
+          RKL_RETURN_IF_ERROR(fn(ktx));
+          return true;
+        });
+    RKL_RETURN_IF_ERROR(read.status());
+    if (!plan.audit) return absl::InternalError("an HSM command finished without its audit record");
+    if (before_one_write_) before_one_write_();
+    absl::StatusOr<bool> wrote = db::RunAutocommitWrite(
+        pool_, [&](db::OneStatement& stmt) { return WriteOnePlan(stmt, plan); });
+    RKL_RETURN_IF_ERROR(wrote.status());
+    if (*wrote) return absl::OkStatus();
+  }
+  return absl::AbortedError(
+      "hsm: the live keys of this SN kept changing under concurrent commands; try again");
 }
 
 absl::Status PgKeyStore::TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {

@@ -17,6 +17,7 @@
 //    (SecretBytes). Thread-safe.
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <optional>
@@ -122,6 +123,13 @@ Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 std::string FindLiveKeysSql(KeyType type, bool lock = true);
 // The same for several types at once (PrefetchLive).
 std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock = true);
+// The statement behind TransactOneWrite, for `locked` live keys (which must all still be
+// live), `superseded` of them and `keys` new key records; parameters (all text): the
+// locked indexes, the time of superseding and the superseded indexes (only when there
+// are some), the pending audit
+// record's id, at_ms, actor, action, sn, detail, result, mac, then kInsertKey's columns for
+// each key. Returns one row: whether it wrote.
+std::string OneWriteSql(size_t locked, size_t superseded, size_t keys);
 // The statement behind PgKeyStore's Prefetch of n keys ($1..$n), exposed for the same reason.
 inline constexpr size_t kMaxPrefetch = 8;
 std::string PrefetchKeysSql(size_t n);
@@ -199,6 +207,20 @@ class KeyStore {
   virtual absl::Status TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
     return Transact(fn);
   }
+  // For commands whose only writes are new keys (InsertKey/InsertKeys), superseding live
+  // keys they found with FindLiveKeys, and one audit record: the same guarantees as
+  // Transact. The default is Transact(fn). PgKeyStore runs fn's reads in autocommit without
+  // locks, holds its writes back, and writes them in ONE autocommit statement that first
+  // locks the live keys fn found and checks they are all still live; if one is not (a
+  // concurrent command superseded it), the statement writes nothing and fn runs again on
+  // fresh reads. So the outcome is what a transaction holding those locks from its read
+  // on would give, in 1 write round trip instead of BEGIN, a write per key change and
+  // audit record, and COMMIT. Inside fn, a read that would need the database after a
+  // write, any other write (ceremonies, deletion), or a second audit record fails with
+  // INTERNAL and nothing is written.
+  virtual absl::Status TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+    return Transact(fn);
+  }
 };
 
 // Bounded LRU cache of unsealed keys; entries are zeroed when evicted or erased.
@@ -249,8 +271,11 @@ class PgKeyStore : public KeyStore {
 
   absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
   absl::Status TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
+  absl::Status TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
 
   UnsealedKeyCache& cache() { return cache_; }
+  // Tests only: runs in TransactOneWrite between fn's reads and the write statement.
+  void SetBeforeOneWriteHookForTest(std::function<void()> hook) { before_one_write_ = hook; }
 
  private:
   friend class PgKeyTransaction;
@@ -262,6 +287,7 @@ class PgKeyStore : public KeyStore {
   // hsm_key_index_seq a block at a time instead of a nextval() round trip per key.
   static constexpr int kKeyIndexBlock = 16;
   db::SequenceBlock key_indexes_;
+  std::function<void()> before_one_write_;
 };
 
 }  // namespace rkl::hsm

@@ -4,8 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <thread>
+#include <functional>
 #include <pqxx/pqxx>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "hsm_fixture.h"
@@ -190,8 +191,7 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   const KeyType both[] = {KeyType::kTek, KeyType::kAuk};
   tx.exec(absl::StrCat("PREPARE live_both(text) AS ", FindLiveKeysSql(both)));
   std::string plan;
-  for (const auto& row :
-       tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE live_both('SN-7')")) {
+  for (const auto& row : tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE live_both('SN-7')")) {
     plan += row[0].as<std::string>() + "\n";
   }
   EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
@@ -214,6 +214,41 @@ TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
+}
+
+TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
+  // The HSM's connections use generic plans (hsm_daemon.cc); the one-write statement's
+  // locking read and superseding must be index lookups there too, on a table with no
+  // statistics. Live keys 1000000 and 1000001 (SN-0's TEK and AUK) are superseded, two new
+  // keys inserted; EXPLAIN ANALYZE runs it, and the transaction is rolled back.
+  AddUnanalyzedLiveKeys();
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  tx.exec("SET plan_cache_mode = force_generic_plan");
+  tx.exec(absl::StrCat("PREPARE ow AS ", OneWriteSql(2, 2, 2)));
+  std::string args =
+      "1000000, 1000001, 5, 1000000, 1000001, 999999, 5, 'kms', 'test', "
+      "'SN-0', '', 'OK', '\\x00'";
+  for (int i = 0; i < 2; ++i) {
+    absl::StrAppend(&args, ", ", 2000000 + i, ", ", 4 + i, ", 17, ", 4 + i, ", 'SN-0', 'plan:", i,
+                    "', '', 5, 0, '\\x', '\\x00', '\\x00'");
+  }
+  std::string plan;
+  for (const auto& row :
+       tx.exec(absl::StrCat("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE ow(", args, ")"))) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan on hsm_key"))) << plan;
+  // And it did what it says: both superseded, both new keys live.
+  EXPECT_EQ(tx.exec1("SELECT string_agg(key_index::text, ',' ORDER BY key_index) FROM hsm_key "
+                     "WHERE bound_sn = 'SN-0' AND state = 1 AND key_type IN (4, 5)")[0]
+                .as<std::string>(),
+            "2000000,2000001");
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_key WHERE key_index IN (1000000, 1000001) "
+                     "AND state = 2")[0]
+                .as<int>(),
+            2);
 }
 
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
@@ -371,15 +406,14 @@ TEST_F(KeyStorePgTest, AKeyInsertedInAUnitReadsBackExactlyAsStored) {
   const crypto::SecretBytes material = crypto::RandomSecret(16);
   KeyRecord in_unit;
   absl::Status s = store->Transact([&](KeyTransaction& tx) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(KeyRecord inserted,
-                         tx.InsertKey(NewKey{.type = KeyType::kTmk,
-                                             .algorithm = 17,
-                                             .usage = KeyUsage::kTerminalMaster,
-                                             .bound_sn = "SN-IN",
-                                             .label = "tmk:SN-IN",
-                                             .kcv = "ABCDEF",
-                                             .material = material},
-                                      1234));
+    RKL_ASSIGN_OR_RETURN(KeyRecord inserted, tx.InsertKey(NewKey{.type = KeyType::kTmk,
+                                                                 .algorithm = 17,
+                                                                 .usage = KeyUsage::kTerminalMaster,
+                                                                 .bound_sn = "SN-IN",
+                                                                 .label = "tmk:SN-IN",
+                                                                 .kcv = "ABCDEF",
+                                                                 .material = material},
+                                                          1234));
     const uint64_t keys[] = {inserted.index};
     RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
     RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> found, tx.FindKey(inserted.index));
@@ -416,8 +450,13 @@ TEST_F(KeyStorePgTest, AKeyInsertedInAUnitReadsBackExactlyAsStored) {
 TEST_F(KeyStorePgTest, KeysInsertedTogetherAndPrefetchedLiveKeysAreTheStoredOnes) {
   auto store = FreshStore();
   auto key = [](KeyType type, KeyUsage usage, const char* label) {
-    return NewKey{.type = type, .algorithm = 17, .usage = usage, .bound_sn = "SN-TWO",
-                  .label = label, .kcv = "0A0B0C", .material = crypto::RandomSecret(16)};
+    return NewKey{.type = type,
+                  .algorithm = 17,
+                  .usage = usage,
+                  .bound_sn = "SN-TWO",
+                  .label = label,
+                  .kcv = "0A0B0C",
+                  .material = crypto::RandomSecret(16)};
   };
   const NewKey keys[] = {key(KeyType::kTek, KeyUsage::kExportKek, "tek:SN-TWO"),
                          key(KeyType::kAuk, KeyUsage::kTerminalAuth, "auk:SN-TWO")};
@@ -466,7 +505,8 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitDoesNotWaitForALockOnALiveKey) {
   absl::Status s;
   std::thread reader([&] {
     s = store->TransactReadOnly([&](KeyTransaction& tx) -> absl::Status {
-      RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, "SN-LOCKED"));
+      RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live,
+                           tx.FindLiveKeys(KeyType::kTmk, "SN-LOCKED"));
       if (live.size() != 1 || live[0].index != index) return absl::InternalError("wrong keys");
       return tx.Audit(AuditEvent{.actor = "kms", .action = "test_ro_live", .result = "OK"});
     });
@@ -478,6 +518,279 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitDoesNotWaitForALockOnALiveKey) {
   reader.join();
   EXPECT_TRUE(finished_while_locked) << "the read-only unit waited for the row lock";
   EXPECT_TRUE(s.ok()) << s;
+}
+
+int64_t CountOf(const std::string& dsn, const std::string& sql) {
+  pqxx::connection conn(dsn);
+  pqxx::work tx(conn);
+  return tx.exec1(sql)[0].as<int64_t>();
+}
+
+NewKey TestTmk(const std::string& sn) {
+  return NewKey{.type = KeyType::kTmk,
+                .algorithm = 17,
+                .usage = KeyUsage::kTerminalMaster,
+                .bound_sn = sn,
+                .label = "tmk:" + sn,
+                .kcv = "0A0B0C",
+                .material = crypto::RandomSecret(16)};
+}
+
+// A re-key as a one-write unit: the SN's live TMKs superseded, a new one in, one record.
+absl::Status RekeyInOneWrite(PgKeyStore& store, const std::string& sn, const std::string& action,
+                             std::vector<std::vector<uint64_t>>* seen, KeyRecord* made) {
+  return store.TransactOneWrite([&](KeyTransaction& tx) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
+    std::vector<uint64_t> indexes;
+    for (const KeyRecord& r : live) {
+      indexes.push_back(r.index);
+      RKL_RETURN_IF_ERROR(tx.SetKeyState(r.index, KeyState::kSuperseded, 7));
+    }
+    if (seen != nullptr) seen->push_back(indexes);
+    RKL_ASSIGN_OR_RETURN(*made, tx.InsertKey(TestTmk(sn), 7));
+    return tx.Audit(AuditEvent{.actor = "kms", .action = action, .sn = sn, .result = "OK"});
+  });
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitSupersedesInsertsAndAuditsTogether) {
+  const uint64_t old = NewTmk("SN-OW");
+  auto store = FreshStore();
+  KeyRecord made;
+  std::vector<std::vector<uint64_t>> seen;
+  absl::Status done = RekeyInOneWrite(*store, "SN-OW", "test_one_write", &seen, &made);
+  ASSERT_TRUE(done.ok()) << done;
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], std::vector<uint64_t>{old});
+  const std::string dsn = hsm_->dsn();
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ", old)), 2);
+  EXPECT_EQ(CountOf(dsn, "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-OW' AND state = 1"),
+            static_cast<int64_t>(made.index));
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_one_write' "
+                    "AND sn = 'SN-OW'"),
+            1);
+  // Exactly what was written: a fresh store finds the same record and opens it.
+  auto fresh = FreshStore();
+  absl::Status s = fresh->Transact([&](KeyTransaction& tx) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> stored, tx.FindKey(made.index));
+    if (!stored) return absl::NotFoundError("not stored");
+    EXPECT_EQ(stored->nonce, made.nonce);
+    EXPECT_EQ(stored->sealed, made.sealed);
+    EXPECT_EQ(stored->created_at_ms, 7);
+    EXPECT_EQ(stored->label, "tmk:SN-OW");
+    RKL_RETURN_IF_ERROR(tx.Unseal(*stored).status());
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_read", .result = "OK"});
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  // The audit records it wrote are sealed into the chain like any other, and verify.
+  auto verified = audit_->Verify();
+  ASSERT_TRUE(verified.ok()) << verified.status();
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitRunsAgainWhenALiveKeyItReadWasSupersededMeanwhile) {
+  // Between the unit's reads and its write, another command supersedes the live TMK the
+  // unit found. Its write must then change nothing, and the unit run again on fresh reads.
+  const uint64_t old = NewTmk("SN-RACE");
+  const std::string dsn = hsm_->dsn();
+  const int64_t keys_before = CountOf(dsn, "SELECT count(*) FROM hsm_key");
+  auto store = FreshStore();
+  auto other = FreshStore();
+  int hooks = 0;
+  store->SetBeforeOneWriteHookForTest([&] {
+    if (hooks++ > 0) return;
+    absl::Status s = other->Transact([&](KeyTransaction& tx) -> absl::Status {
+      RKL_RETURN_IF_ERROR(tx.SetKeyState(old, KeyState::kSuperseded, 5));
+      return tx.Audit(AuditEvent{.actor = "kms", .action = "test_other", .result = "OK"});
+    });
+    EXPECT_TRUE(s.ok()) << s;
+  });
+  KeyRecord made;
+  std::vector<std::vector<uint64_t>> seen;
+  absl::Status s = RekeyInOneWrite(*store, "SN-RACE", "test_race", &seen, &made);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(seen.size(), 2u) << "the unit was not run again";
+  EXPECT_EQ(seen[0], std::vector<uint64_t>{old});
+  EXPECT_TRUE(seen[1].empty());
+  // The first run wrote nothing: one key more than before (the second run's), one record.
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key"), keys_before + 1);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_race'"), 1);
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT updated_at_ms FROM hsm_key WHERE key_index = ", old)),
+            5);
+  EXPECT_EQ(CountOf(dsn, "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-RACE' AND state = 1"),
+            static_cast<int64_t>(made.index));
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitWaitsForATransactionHoldingTheLiveKeyAndSeesItsOutcome) {
+  // A transaction holds the live TMK's row lock and supersedes it while the unit writes:
+  // the unit's statement waits for the lock, sees the committed change and runs again.
+  const uint64_t old = NewTmk("SN-HELD");
+  pqxx::connection locker(hsm_->dsn());
+  auto held = std::make_unique<pqxx::work>(locker);
+  auto store = FreshStore();
+  std::atomic<int> hooks{0};
+  store->SetBeforeOneWriteHookForTest([&] { ++hooks; });
+  held->exec(absl::StrCat("SELECT 1 FROM hsm_key WHERE key_index = ", old, " FOR UPDATE"));
+  std::atomic<bool> done{false};
+  absl::Status s;
+  KeyRecord made;
+  std::vector<std::vector<uint64_t>> seen;
+  std::thread writer([&] {
+    s = RekeyInOneWrite(*store, "SN-HELD", "test_held", &seen, &made);
+    done = true;
+  });
+  for (int i = 0; i < 3000 && hooks.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  absl::SleepFor(absl::Milliseconds(100));  // time enough to wrongly go past the lock
+  const bool waited = !done;
+  held->exec(absl::StrCat("UPDATE hsm_key SET state = 2 WHERE key_index = ", old));
+  held->commit();
+  writer.join();
+  EXPECT_TRUE(waited) << "the write did not wait for the row lock";
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[1].empty());
+  EXPECT_EQ(
+      CountOf(hsm_->dsn(), "SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_held'"), 1);
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitsForOneSnAgreeOnOneLiveKey) {
+  // Concurrent re-keys of one SN: each supersedes what it found, so in the end exactly one
+  // TMK is live and every other one was superseded, each by one of the units.
+  NewTmk("SN-MANY");
+  auto store = FreshStore();
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> results(8);
+  std::vector<KeyRecord> made(results.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = RekeyInOneWrite(*store, "SN-MANY", "test_many", nullptr, &made[i]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0;
+  for (const absl::Status& r : results) {
+    // A twin inserted between a run's read and write is ALREADY_EXISTS (HsmCore re-runs
+    // the command); nothing else may happen.
+    if (r.ok()) {
+      ++ok;
+    } else {
+      EXPECT_EQ(r.code(), absl::StatusCode::kAlreadyExists) << r;
+    }
+  }
+  EXPECT_GE(ok, 1);
+  const std::string dsn = hsm_->dsn();
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-MANY' AND state = 1"),
+            1);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-MANY'"), 1 + ok);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_many'"), ok);
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitTwinIsAlreadyExistsAndWritesNothing) {
+  // The unit finds no live TMK; before it writes, another command makes one.
+  auto store = FreshStore();
+  bool made_twin = false;
+  store->SetBeforeOneWriteHookForTest([&] {
+    if (made_twin) return;
+    made_twin = true;
+    NewTmk("SN-TWIN");
+  });
+  const std::string dsn = hsm_->dsn();
+  KeyRecord made;
+  absl::Status s = RekeyInOneWrite(*store, "SN-TWIN", "test_twin", nullptr, &made);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-TWIN'"), 1);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending WHERE action = 'test_twin'"), 0);
+}
+
+TEST_F(KeyStorePgTest, OneWriteUnitRefusesWhatItCannotHoldBackAndWritesNothing) {
+  const uint64_t tmk = NewTmk("SN-REF");
+  const uint64_t other = NewTmk("SN-REF-OTHER");
+  const std::string dsn = hsm_->dsn();
+  const int64_t keys = CountOf(dsn, "SELECT count(*) FROM hsm_key");
+  const int64_t pending = CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending");
+  auto store = FreshStore();
+  const AuditEvent record{.actor = "kms", .action = "test_refused", .result = "OK"};
+  using Body = std::function<absl::Status(KeyTransaction&)>;
+  const std::vector<std::pair<std::string, Body>> bodies = {
+      {"a read after a write",
+       [&](KeyTransaction& tx) -> absl::Status {
+         RKL_RETURN_IF_ERROR(tx.InsertKey(TestTmk("SN-REF-NEW"), 1).status());
+         RKL_RETURN_IF_ERROR(tx.FindKey(other).status());
+         return tx.Audit(record);
+       }},
+      {"superseding a key not found as live",
+       [&](KeyTransaction& tx) -> absl::Status {
+         RKL_RETURN_IF_ERROR(tx.FindKey(tmk).status());
+         RKL_RETURN_IF_ERROR(tx.SetKeyState(tmk, KeyState::kSuperseded, 1));
+         return tx.Audit(record);
+       }},
+      {"deleting a live key",
+       [&](KeyTransaction& tx) -> absl::Status {
+         RKL_RETURN_IF_ERROR(tx.FindLiveKeys(KeyType::kTmk, "SN-REF").status());
+         RKL_RETURN_IF_ERROR(tx.SetKeyState(tmk, KeyState::kDeleted, 1));
+         return tx.Audit(record);
+       }},
+      {"a ceremony write",
+       [&](KeyTransaction& tx) -> absl::Status {
+         RKL_RETURN_IF_ERROR(tx.DeleteComponents("no-such-ceremony"));
+         return tx.Audit(record);
+       }},
+      {"a second audit record",
+       [&](KeyTransaction& tx) -> absl::Status {
+         RKL_RETURN_IF_ERROR(tx.InsertKey(TestTmk("SN-REF-NEW"), 1).status());
+         RKL_RETURN_IF_ERROR(tx.Audit(record));
+         return tx.Audit(record);
+       }},
+      {"no audit record",
+       [&](KeyTransaction& tx) -> absl::Status {
+         return tx.InsertKey(TestTmk("SN-REF-NEW"), 1).status();
+       }},
+  };
+  for (const auto& [what, body] : bodies) {
+    absl::Status s = store->TransactOneWrite(body);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << what << ": " << s;
+  }
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key"), keys);
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ", tmk)), 1);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending"), pending);
+}
+
+TEST_F(KeyStorePgTest, TmkCommandsReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
+  // GenerateTmk runs as a one-write unit: a re-key supersedes the live TMK in the same
+  // statement that inserts the new one, and concurrent first requests agree on one key.
+  HsmCore& core = hsm_->daemon().core();
+  auto first = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, false);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto again = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, false);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->tmk_index, first->tmk_index);
+  EXPECT_FALSE(again->created);
+  auto rekeyed = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, true);
+  ASSERT_TRUE(rekeyed.ok()) << rekeyed.status();
+  EXPECT_NE(rekeyed->tmk_index, first->tmk_index);
+  EXPECT_TRUE(rekeyed->created);
+  const std::string dsn = hsm_->dsn();
+  EXPECT_EQ(
+      CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ", first->tmk_index)),
+      2);
+  EXPECT_EQ(CountOf(dsn, "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-REKEY' AND state = 1"),
+            static_cast<int64_t>(rekeyed->tmk_index));
+
+  std::vector<std::thread> threads;
+  std::vector<absl::StatusOr<GeneratedTmk>> results(8);
+  for (size_t i = 0; i < results.size(); ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = core.GenerateTmk("kms", "SN-CONC", crypto::KeyAlgorithm::kAes128, false);
+    });
+  }
+  for (auto& t : threads) t.join();
+  int created = 0;
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tmk_index, results[0]->tmk_index);
+    created += r->created;
+  }
+  EXPECT_EQ(created, 1);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-CONC'"), 1);
 }
 
 TEST_F(KeyStorePgTest, AuditGroupsAreWrittenEvenWhenEveryCommandConnectionIsTaken) {
