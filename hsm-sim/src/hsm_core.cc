@@ -722,8 +722,10 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
     return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
   }
   RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
+  // PK, MAK and the SN's live transport keys (used below) in one read.
   const uint64_t keys[] = {cmd.pk_index, cmd.mak_index};
-  RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+  const KeyType transport_types[] = {KeyType::kTek, KeyType::kAuk};
+  RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(keys, transport_types, cmd.sn));
   RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
                        UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
   RKL_ASSIGN_OR_RETURN(KeyRecord mak_record,
@@ -762,8 +764,6 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
                               .algorithm = tk->algorithm,
                               .created_at_ms = h.created_at_unix_ms};
 
-  const KeyType transport_types[] = {KeyType::kTek, KeyType::kAuk};
-  RKL_RETURN_IF_ERROR(tx.PrefetchLive(transport_types, cmd.sn));
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_teks, tx.FindLiveKeys(KeyType::kTek, cmd.sn));
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_auks, tx.FindLiveKeys(KeyType::kAuk, cmd.sn));
   // The same Ctk_pk again (a KMS retry): hand back the keys it already produced.
@@ -1011,9 +1011,11 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
   return RunOneWrite(
       event, true, 2,
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
-        // AUK and TEK in one read; the TMK made below is known without one.
+        // AUK, TEK and the SN's live TMK (if any) in one read; the TMK made below is known
+        // without one.
         const uint64_t keys[] = {verify.auk_index, tek_index};
-        RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+        const KeyType tmk[] = {KeyType::kTmk};
+        RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(keys, tmk, verify.sn));
         // Nothing is made or exported unless the terminal proved itself just now.
         RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
         absl::StrAppend(&audit.detail, " crnd2=verified");

@@ -302,6 +302,22 @@ std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock) {
   return absl::StrCat(with, " SELECT * FROM (", all, ") live ORDER BY key_index");
 }
 
+std::string PrefetchWithLiveSql(size_t n, std::span<const KeyType> types, bool lock) {
+  // The live lookups as CTEs (FindLiveKeysSql, $1 the SN), the index lookups as
+  // PrefetchKeysSql's branches: one index probe each.
+  std::string with, all;
+  for (size_t i = 0; i < types.size(); ++i) {
+    absl::StrAppend(&with, i ? ", " : "WITH ", "t", i, " AS (", FindLiveKeysSql(types[i], lock),
+                    ") ");
+    absl::StrAppend(&all, i ? " UNION ALL " : "", "SELECT *, true FROM t", i);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    absl::StrAppend(&all, all.empty() ? "" : " UNION ALL ", "SELECT ", kKeyColumns,
+                    ", false FROM hsm_key WHERE key_index = $", i + 2, "::bigint");
+  }
+  return absl::StrCat(with, all);
+}
+
 // n rows of kInsertKey's columns, parameters $1..$(12n).
 std::string InsertKeysSql(size_t n) {
   std::string sql =
@@ -520,23 +536,22 @@ class PgKeyTransaction : public KeyTransaction {
     }
     if (records.size() == 1) {
       const KeyRecord& r = records.front();
-      db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
-               static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
-               Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
+      Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
+           static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+           Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
     } else if (records.size() == 2) {
       const KeyRecord& a = records[0];
       const KeyRecord& b = records[1];
-      db::Exec(tx_, InsertKeysSql(2), a.index, static_cast<int>(a.type),
-               static_cast<int>(a.algorithm), static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv,
-               now_ms, a.rsa_bits, Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), b.index,
-               static_cast<int>(b.type), static_cast<int>(b.algorithm), static_cast<int>(b.usage),
-               b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits, Blob(b.public_key_der),
-               Blob(b.nonce), Blob(b.sealed));
+      Exec(InsertKeysSql(2), a.index, static_cast<int>(a.type), static_cast<int>(a.algorithm),
+           static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv, now_ms, a.rsa_bits,
+           Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), b.index, static_cast<int>(b.type),
+           static_cast<int>(b.algorithm), static_cast<int>(b.usage), b.bound_sn, b.label, b.kcv,
+           now_ms, b.rsa_bits, Blob(b.public_key_der), Blob(b.nonce), Blob(b.sealed));
     } else {  // not used by any command today: one statement per key
       for (const KeyRecord& r : records) {
-        db::Exec(tx_, kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
-                 static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
-                 Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
+        Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
+             static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+             Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
       }
     }
     // Exactly what was written: reading these back costs nothing.
@@ -547,7 +562,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
     if (auto it = prefetched_.find(index); it != prefetched_.end()) return it->second;
     RKL_RETURN_IF_ERROR(Readable());
-    pqxx::result r = db::Exec(tx_, kFindKey, index);
+    pqxx::result r = Exec(kFindKey, index);
     if (r.empty()) return std::nullopt;
     return RecordFromRow(r[0]);
   }
@@ -561,8 +576,8 @@ class PgKeyTransaction : public KeyTransaction {
     if (params.empty()) return absl::OkStatus();  // all read or written by this unit already
     RKL_RETURN_IF_ERROR(Readable());
     for (uint64_t index : params) prefetched_[index] = std::nullopt;  // absent unless found
-    for (const auto& row : db::Exec(tx_, PrefetchKeysSql(params.size()),
-                                    pqxx::prepare::make_dynamic_params(params))) {
+    for (const auto& row :
+         Exec(PrefetchKeysSql(params.size()), pqxx::prepare::make_dynamic_params(params))) {
       KeyRecord record = RecordFromRow(row);
       prefetched_[record.index] = std::move(record);
     }
@@ -579,7 +594,7 @@ class PgKeyTransaction : public KeyTransaction {
       return it->second;
     }
     RKL_RETURN_IF_ERROR(Readable());
-    pqxx::result r = db::Exec(tx_, FindLiveKeysSql(type, Locking()), sn);
+    pqxx::result r = Exec(FindLiveKeysSql(type, Locking()), sn);
     std::vector<KeyRecord> out;
     for (const auto& row : r) out.push_back(RecordFromRow(row));
     ToLock(out);
@@ -592,21 +607,64 @@ class PgKeyTransaction : public KeyTransaction {
         return absl::InvalidArgumentError("PrefetchLive: only TEK, AUK and TMK are bound to an SN");
       }
     }
-    if (types.empty()) return absl::OkStatus();
+    if (std::all_of(types.begin(), types.end(), [&](KeyType type) {
+          return live_prefetched_.contains({type, sn});
+        })) {
+      return absl::OkStatus();  // read by this unit already (none, too, if types is empty)
+    }
     RKL_RETURN_IF_ERROR(Readable());
     std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> found;
     for (KeyType type : types) found[{type, sn}];  // none unless read
-    for (const auto& row : db::Exec(tx_, FindLiveKeysSql(types, Locking()), sn)) {
+    for (const auto& row : Exec(FindLiveKeysSql(types, Locking()), sn)) {
       KeyRecord record = RecordFromRow(row);
+      prefetched_.try_emplace(record.index, record);          // FindKey of it costs nothing either
       found[{record.type, sn}].push_back(std::move(record));  // in key_index order
     }
     for (auto& [key, records] : found) live_prefetched_[key] = std::move(records);
     return absl::OkStatus();
   }
 
+  absl::Status PrefetchWithLive(std::span<const uint64_t> indexes, std::span<const KeyType> types,
+                                const std::string& sn) override {
+    for (KeyType type : types) {
+      if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
+        return absl::InvalidArgumentError(
+            "PrefetchWithLive: only TEK, AUK and TMK are bound to an SN");
+      }
+    }
+    std::vector<std::string> params = {sn};
+    for (uint64_t index : indexes) {
+      if (!prefetched_.contains(index)) params.push_back(absl::StrCat(index));
+    }
+    if (types.empty() || params.size() - 1 > kMaxPrefetch) return Prefetch(indexes);
+    if (params.size() == 1) return PrefetchLive(types, sn);
+    RKL_RETURN_IF_ERROR(Readable());
+    for (size_t i = 1; i < params.size(); ++i) {
+      prefetched_[std::stoull(params[i])] = std::nullopt;  // absent unless found
+    }
+    std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> found;
+    for (KeyType type : types) found[{type, sn}];  // none unless read
+    for (const auto& row : Exec(PrefetchWithLiveSql(params.size() - 1, types, Locking()),
+                                pqxx::prepare::make_dynamic_params(params))) {
+      KeyRecord record = RecordFromRow(row);
+      if (row[13].as<bool>()) {
+        prefetched_.try_emplace(record.index, record);  // FindKey of it costs nothing either
+        found[{record.type, sn}].push_back(std::move(record));
+      } else {
+        prefetched_[record.index] = std::move(record);
+      }
+    }
+    for (auto& [key, records] : found) {
+      std::sort(records.begin(), records.end(),
+                [](const KeyRecord& a, const KeyRecord& b) { return a.index < b.index; });
+      live_prefetched_[key] = std::move(records);
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
     RKL_RETURN_IF_ERROR(Readable());
-    return !db::Exec(tx_, kLiveLabel, label).empty();
+    return !Exec(kLiveLabel, label).empty();
   }
 
   absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& k) override {
@@ -647,42 +705,39 @@ class PgKeyTransaction : public KeyTransaction {
     prefetched_.erase(index);
     live_prefetched_.clear();
     if (state == KeyState::kDeleted) {
-      db::Exec(tx_, kEraseKey, index, now_ms);
+      Exec(kEraseKey, index, now_ms);
       store_.cache_.Erase(index);
     } else {
-      db::Exec(tx_, kSetKeyState, index, static_cast<int>(state), now_ms);
+      Exec(kSetKeyState, index, static_cast<int>(state), now_ms);
     }
     return absl::OkStatus();
   }
 
   absl::Status InsertCeremony(const Ceremony& c) override {
     RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
-    db::Exec(tx_, kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
-             c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
-             c.expires_at_ms);
+    Exec(kInsertCeremony, c.id, c.label, static_cast<int>(c.key_type), c.component_count,
+         c.ceremony_key_index, static_cast<int>(c.state), c.created_by, c.created_at_ms,
+         c.expires_at_ms);
     return absl::OkStatus();
   }
 
   absl::StatusOr<std::optional<Ceremony>> FindCeremony(const std::string& id) override {
-    pqxx::result r = db::Exec(tx_,
-                              absl::StrCat("SELECT ", kCeremonyColumns,
-                                           " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
-                              id);
+    pqxx::result r = Exec(absl::StrCat("SELECT ", kCeremonyColumns,
+                                       " FROM hsm_ceremony WHERE ceremony_id = $1 FOR UPDATE"),
+                          id);
     if (r.empty()) return std::nullopt;
     Ceremony c = CeremonyFromRow(r[0]);
-    for (const auto& row : db::Exec(tx_, kCustodians, id)) {
+    for (const auto& row : Exec(kCustodians, id)) {
       c.custodians.push_back(row[0].as<std::string>());
     }
     return c;
   }
 
   absl::StatusOr<std::vector<Ceremony>> FindExpiredCeremonies(int64_t now_ms) override {
-    pqxx::result r =
-        db::Exec(tx_,
-                 absl::StrCat("SELECT ", kCeremonyColumns,
-                              " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
-                              "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
-                 now_ms);
+    pqxx::result r = Exec(absl::StrCat("SELECT ", kCeremonyColumns,
+                                       " FROM hsm_ceremony WHERE state = 1 AND expires_at_ms <= $1 "
+                                       "ORDER BY ceremony_id FOR UPDATE SKIP LOCKED"),
+                          now_ms);
     std::vector<Ceremony> out;
     for (const auto& row : r) out.push_back(CeremonyFromRow(row));
     return out;
@@ -691,7 +746,7 @@ class PgKeyTransaction : public KeyTransaction {
   absl::Status SetCeremonyState(const std::string& id, CeremonyState state,
                                 uint64_t result_key_index) override {
     RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
-    db::Exec(tx_, kSetCeremonyState, id, static_cast<int>(state), result_key_index);
+    Exec(kSetCeremonyState, id, static_cast<int>(state), result_key_index);
     return absl::OkStatus();
   }
 
@@ -699,21 +754,21 @@ class PgKeyTransaction : public KeyTransaction {
                             const std::string& kcv, const crypto::SecretBytes& component,
                             int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
-    if (!db::Exec(tx_, kComponentExists, ceremony_id, custodian).empty()) {
+    if (!Exec(kComponentExists, ceremony_id, custodian).empty()) {
       return absl::AlreadyExistsError(absl::StrCat(
           "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
     }
     RKL_ASSIGN_OR_RETURN(
         Bytes blob, crypto::AeadSeal(store_.lmk_, component, ComponentAad(ceremony_id, custodian)));
     auto [nonce, sealed] = SplitSealed(blob);
-    db::Exec(tx_, kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed), now_ms);
+    Exec(kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed), now_ms);
     return absl::OkStatus();
   }
 
   absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
       const std::string& ceremony_id) override {
     std::vector<crypto::SecretBytes> out;
-    for (const auto& row : db::Exec(tx_, kComponents, ceremony_id)) {
+    for (const auto& row : Exec(kComponents, ceremony_id)) {
       std::string custodian = row[0].as<std::string>();
       auto component = crypto::AeadOpen(store_.lmk_, JoinSealed(ToBytes(row[1]), ToBytes(row[2])),
                                         ComponentAad(ceremony_id, custodian));
@@ -728,7 +783,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status DeleteComponents(const std::string& ceremony_id) override {
     RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
-    db::Exec(tx_, kDeleteComponents, ceremony_id);
+    Exec(kDeleteComponents, ceremony_id);
     return absl::OkStatus();
   }
 
@@ -749,6 +804,12 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
  private:
+  // Every statement of a unit goes through here, counted (PgKeyStore::statements_sent).
+  template <typename... Args>
+  pqxx::result Exec(std::string_view sql, Args&&... args) {
+    store_.statements_.fetch_add(1, std::memory_order_relaxed);
+    return db::Exec(tx_, sql, std::forward<Args>(args)...);
+  }
   absl::Status Writable(bool in_one_write = true) const {
     if (one_write_ != nullptr && !in_one_write) {
       return absl::InternalError("a one-statement HSM command tried a write it cannot hold back");
@@ -811,8 +872,10 @@ absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTran
     RKL_RETURN_IF_ERROR(read.status());
     if (!plan.audit) return absl::InternalError("an HSM command finished without its audit record");
     if (before_one_write_) before_one_write_();
-    absl::StatusOr<bool> wrote = db::RunAutocommitWrite(
-        pool_, [&](db::OneStatement& stmt) { return WriteOnePlan(stmt, plan); });
+    absl::StatusOr<bool> wrote = db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+      statements_.fetch_add(1, std::memory_order_relaxed);
+      return WriteOnePlan(stmt, plan);
+    });
     RKL_RETURN_IF_ERROR(wrote.status());
     if (*wrote) return absl::OkStatus();
   }

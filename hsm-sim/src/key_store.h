@@ -16,6 +16,7 @@
 //    that were opened, so the cache never hides tampering; evicted entries are zeroed
 //    (SecretBytes). Thread-safe.
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -130,6 +131,9 @@ std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock = true);
 // record's id, at_ms, actor, action, sn, detail, result, mac, then kInsertKey's columns for
 // each key. Returns one row: whether it wrote.
 std::string OneWriteSql(size_t locked, size_t superseded, size_t keys);
+// The statement behind PrefetchWithLive: $1 the SN, $2..$(n+1) the key indexes; each row
+// is a key record followed by one boolean column, true for the live keys of `types`.
+std::string PrefetchWithLiveSql(size_t n, std::span<const KeyType> types, bool lock = true);
 // The statement behind PgKeyStore's Prefetch of n keys ($1..$n), exposed for the same reason.
 inline constexpr size_t kMaxPrefetch = 8;
 std::string PrefetchKeysSql(size_t n);
@@ -160,11 +164,19 @@ class KeyTransaction {
                                                               const std::string& sn) = 0;
   // Reads (and locks, as FindLiveKeys) the live keys of these types bound to `sn` in one
   // go, so that the FindLiveKeys calls for them that follow cost no further round trip,
-  // until this unit changes or inserts a key. Only an optimisation: the default does nothing.
+  // until this unit changes or inserts a key (nor FindKey of one of them). Only an optimisation:
+  // the default does nothing.
   virtual absl::Status PrefetchLive(std::span<const KeyType> types, const std::string& sn) {
     (void)types;
     (void)sn;
     return absl::OkStatus();
+  }
+  // Prefetch(indexes) and PrefetchLive(types, sn) together, in one statement in PgKeyStore.
+  // The default does both.
+  virtual absl::Status PrefetchWithLive(std::span<const uint64_t> indexes,
+                                        std::span<const KeyType> types, const std::string& sn) {
+    if (absl::Status s = Prefetch(indexes); !s.ok()) return s;
+    return PrefetchLive(types, sn);
   }
   virtual absl::StatusOr<bool> LiveLabelExists(const std::string& label) = 0;
   // Opens the record's sealed material. INTERNAL naming the index if it fails to open.
@@ -274,6 +286,9 @@ class PgKeyStore : public KeyStore {
   absl::Status TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
 
   UnsealedKeyCache& cache() { return cache_; }
+  // Statements the units of this store have sent for key records (not the audit log's
+  // group writes, not sequence blocks), for tests and metrics.
+  uint64_t statements_sent() const { return statements_.load(std::memory_order_relaxed); }
   // Tests only: runs in TransactOneWrite between fn's reads and the write statement.
   void SetBeforeOneWriteHookForTest(std::function<void()> hook) { before_one_write_ = hook; }
 
@@ -288,6 +303,7 @@ class PgKeyStore : public KeyStore {
   static constexpr int kKeyIndexBlock = 16;
   db::SequenceBlock key_indexes_;
   std::function<void()> before_one_write_;
+  std::atomic<uint64_t> statements_{0};
 };
 
 }  // namespace rkl::hsm

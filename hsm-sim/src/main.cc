@@ -3,9 +3,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "hsm_daemon.h"
-#include "rkl/common/process.h"
 #include "rkl/common/config.h"
 #include "rkl/common/logging.h"
+#include "rkl/common/process.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
 

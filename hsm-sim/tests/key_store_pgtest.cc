@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <pqxx/pqxx>
@@ -12,7 +13,12 @@
 #include "hsm_fixture.h"
 #include "lmk.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
+#include "rkl/keyblock/tmk_block.h"
+#include "rkl/protocol/auth.h"
+#include "rkl/protocol/transport_key.h"
+#include "test_terminal.h"
 
 namespace rkl::hsm {
 namespace {
@@ -197,6 +203,32 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
+}
+
+TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPreparedPlan) {
+  // The composite commands' one read: two keys by index and an SN's live keys by type.
+  AddUnanalyzedLiveKeys();
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  tx.exec("SET plan_cache_mode = force_generic_plan");
+  const KeyType types[] = {KeyType::kTek, KeyType::kAuk};
+  tx.exec(absl::StrCat("PREPARE both_ways AS ", PrefetchWithLiveSql(2, types, false)));
+  std::string plan;
+  for (const auto& row :
+       tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE both_ways('SN-7', '1000000', '1000001')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
+  EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
+  EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
+  // SN-7's TEK and AUK (keys 1000021, 1000022), then the two keys by index.
+  pqxx::result rows = tx.exec("EXECUTE both_ways('SN-7', '1000000', '1000001')");
+  std::vector<std::pair<uint64_t, bool>> got;
+  for (const auto& row : rows) got.emplace_back(row[0].as<uint64_t>(), row[13].as<bool>());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::pair<uint64_t, bool>>{
+                     {1000000, false}, {1000001, false}, {1000021, true}, {1000022, true}}));
 }
 
 TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
@@ -791,6 +823,85 @@ TEST_F(KeyStorePgTest, TmkCommandsReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
   }
   EXPECT_EQ(created, 1);
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-CONC'"), 1);
+}
+
+TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
+  // KMS's two HSM commands per terminal on PostgreSQL: ImportAndChallenge reads PK, MAK and
+  // the SN's live TEK/AUK in one statement and writes the keys with their audit record in
+  // another; AuthenticateAndDeliver reads AUK, TEK and the live TMK in one and writes the
+  // TMK with its record in another. The results are the protocol's (the terminal opens the
+  // delivered block).
+  const std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
+      {"admin:a", crypto::RandomSecret(32)}, {"admin:b", crypto::RandomSecret(32)}};
+  const std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
+      {"admin:a", crypto::RandomSecret(32)}, {"admin:b", crypto::RandomSecret(32)}};
+  auto pk_key = testing::RunCeremony(*hsm_, v1::KEY_TYPE_PK, "PK-T", pk_parts);
+  auto mak_key = testing::RunCeremony(*hsm_, v1::KEY_TYPE_MAK, "MAK-T", mak_parts);
+  ASSERT_TRUE(pk_key.ok() && mak_key.ok()) << pk_key.status() << mak_key.status();
+  const crypto::SecretBytes pk = testing::Xor(pk_parts[0].second, pk_parts[1].second);
+  const crypto::SecretBytes mak = testing::Xor(mak_parts[0].second, mak_parts[1].second);
+  auto ctk_pk_of = [&](const testing::TestTerminal& t) {
+    protocol::CtkPkHeader header{
+        .algorithm = t.tk.algorithm, .sn = t.sn, .created_at_unix_ms = 1764000000000};
+    Bytes pk_kcv = crypto::Kcv(crypto::CipherFamily::kAes, pk).value();
+    Bytes mak_kcv = crypto::Kcv(crypto::CipherFamily::kAes, mak).value();
+    std::copy_n(pk_kcv.begin(), 3, header.pk_kcv.begin());
+    std::copy_n(mak_kcv.begin(), 3, header.mak_kcv.begin());
+    return protocol::BuildCtkPk(header, protocol::EncodeTkPayload(t.tk).value(), pk, mak).value();
+  };
+  HsmCore& core = hsm_->daemon().core();
+  PgKeyStore& store = hsm_->daemon().key_store();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-COMPOSITE");
+  const ImportCommand import{pk_key->key_index, mak_key->key_index, t.sn, ctk_pk_of(t)};
+  const Bytes rnd1 = crypto::RandomBytes(16);
+
+  uint64_t before = store.statements_sent();
+  auto begun = core.ImportAndChallenge("kms", import, rnd1);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  EXPECT_EQ(store.statements_sent() - before, 2u);
+  EXPECT_EQ(begun->imported.tek_kcv, t.TekKcv());
+  const protocol::AuthKeys keys = t.AuthKeys();
+  ASSERT_TRUE(
+      protocol::VerifyCrnd1(keys, rnd1, begun->challenge.rnd2, begun->challenge.crnd1).ok());
+
+  before = store.statements_sent();
+  auto delivered =
+      core.AuthenticateAndDeliver("kms",
+                                  {begun->imported.auk_index, t.sn, rnd1, begun->challenge.rnd2,
+                                   protocol::MakeCrnd2(keys, rnd1, begun->challenge.rnd2).value()},
+                                  t.tk.algorithm, false, begun->imported.tek_index);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_EQ(store.statements_sent() - before, 2u);
+  auto block = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, delivered->block.key_block);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, delivered->tmk.kcv);
+
+  // KMS's retry of the same import: the same keys back, nothing new stored.
+  const std::string dsn = hsm_->dsn();
+  const int64_t keys_before = CountOf(dsn, "SELECT count(*) FROM hsm_key");
+  before = store.statements_sent();
+  auto again = core.ImportAndChallenge("kms", import, crypto::RandomBytes(16));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(store.statements_sent() - before, 2u);
+  EXPECT_EQ(again->imported.tek_index, begun->imported.tek_index);
+  EXPECT_EQ(again->imported.auk_index, begun->imported.auk_index);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key"), keys_before);
+
+  // A new transport key for the SN supersedes the old pair in the same write.
+  const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-COMPOSITE");
+  auto replaced = core.ImportAndChallenge(
+      "kms", {pk_key->key_index, mak_key->key_index, renewed.sn, ctk_pk_of(renewed)}, rnd1);
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_NE(replaced->imported.tek_index, begun->imported.tek_index);
+  EXPECT_EQ(
+      CountOf(dsn, absl::StrCat("SELECT count(*) FROM hsm_key WHERE state = 2 AND "
+                                "key_index IN (",
+                                begun->imported.tek_index, ", ", begun->imported.auk_index, ")")),
+      2);
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-COMPOSITE' AND "
+                    "state = 1 AND key_type IN (4, 5)"),
+            2);
 }
 
 TEST_F(KeyStorePgTest, AuditGroupsAreWrittenEvenWhenEveryCommandConnectionIsTaken) {
