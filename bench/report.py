@@ -236,7 +236,8 @@ md = []
 md.append("# rkl benchmark results\n")
 md.append(f"Machine: {nproc} cores, {env.get('cpu', '?')}; commit {env.get('git', '?')}; "
           f"concurrency {env.get('concurrency')}; e2e fleets of {env.get('e2e_count')} terminals; "
-          f"{env.get('requests')} calls per generator. 1-minute load average at the start of each "
+          f"{env.get('requests')} calls per generator; the fleets' simulated terminals kept their "
+          f"files on {env.get('pos_state_fs', '?')}. 1-minute load average at the start of each "
           f"phase: " + ", ".join(f"{k} {v}" for k, v in sorted(loads.items())) + ".\n")
 if env.get("quick") == "1":
     md.append("**Quick run (smoke test of the harness): numbers are not meaningful.**\n")
