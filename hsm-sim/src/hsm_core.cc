@@ -1041,6 +1041,10 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
     if (!kcv.ok() || kcv->size() != crypto::kKcvSize) {
       return absl::InvalidArgumentError("tmk_kcv: must be 6 hex digits");
     }
+    // The AUK and the SN's live TMK (checked below) in one read.
+    const uint64_t auk_index[] = {cmd.auk_index};
+    const KeyType tmk_type[] = {KeyType::kTmk};
+    RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(auk_index, tmk_type, cmd.sn));
     RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
                                                      KeyUsage::kTerminalAuth, &cmd.sn));
     RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));

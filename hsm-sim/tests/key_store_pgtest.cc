@@ -826,7 +826,7 @@ TEST_F(KeyStorePgTest, TmkCommandsReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
 }
 
 TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
-  // KMS's two HSM commands per terminal on PostgreSQL: ImportAndChallenge reads PK, MAK and
+  // KMS's HSM commands per terminal on PostgreSQL: ImportAndChallenge reads PK, MAK and
   // the SN's live TEK/AUK in one statement and writes the keys with their audit record in
   // another; AuthenticateAndDeliver reads AUK, TEK and the live TMK in one and writes the
   // TMK with its record in another. The results are the protocol's (the terminal opens the
@@ -875,6 +875,17 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
   auto block = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, delivered->block.key_block);
   ASSERT_TRUE(block.ok()) << block.status();
   EXPECT_EQ(block->tmk_kcv, delivered->tmk.kcv);
+
+  // The terminal's proof of installation: read-only, one read (its record is written in an
+  // audit group, not by the store).
+  const Bytes rnd3 = crypto::RandomBytes(16), rnd4 = crypto::RandomBytes(16);
+  const Bytes tmk_kcv = FromHex(delivered->tmk.kcv).value();
+  before = store.statements_sent();
+  absl::Status proved = core.VerifyInstallProof(
+      "kms", {begun->imported.auk_index, t.sn, delivered->tmk.kcv, rnd3, rnd4,
+              protocol::MakeInstallProof(keys, t.sn, tmk_kcv, rnd3, rnd4).value()});
+  EXPECT_TRUE(proved.ok()) << proved;
+  EXPECT_EQ(store.statements_sent() - before, 1u);
 
   // KMS's retry of the same import: the same keys back, nothing new stored.
   const std::string dsn = hsm_->dsn();
