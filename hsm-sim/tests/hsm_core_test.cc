@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "core_checks.h"
 #include "fake_key_store.h"
 #include "rkl/crypto/kcv.h"
 #include "test_terminal.h"
@@ -634,20 +635,7 @@ TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
 }
 
 TEST_F(HsmCoreTest, ConcurrentTmkRequestsForOneSnAgreeOnOneKey) {
-  std::vector<std::thread> threads;
-  std::vector<absl::StatusOr<GeneratedTmk>> results(8);
-  for (size_t i = 0; i < results.size(); ++i) {
-    threads.emplace_back(
-        [&, i] { results[i] = core_->GenerateTmk(kKms, "SN-C", KeyAlgorithm::kAes128, false); });
-  }
-  for (auto& th : threads) th.join();
-  int created = 0;
-  for (const auto& r : results) {
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->tmk_index, results[0]->tmk_index);
-    created += r->created;
-  }
-  EXPECT_EQ(created, 1);
+  testing::ExpectConcurrentTmkRequestsAgreeOnOneKey(*core_, kKms, "SN-C");
 }
 
 }  // namespace

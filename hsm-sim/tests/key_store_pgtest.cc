@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "core_checks.h"
 #include "hsm_fixture.h"
 #include "lmk.h"
 #include "rkl/common/status_macros.h"
@@ -26,6 +27,15 @@ namespace {
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
+
+// EXPLAIN (ANALYZE, COSTS OFF) of `statement` (an EXECUTE), one line per plan row.
+std::string ExplainAnalyze(pqxx::work& tx, const std::string& statement) {
+  std::string plan;
+  for (const auto& row : tx.exec(absl::StrCat("EXPLAIN (ANALYZE, COSTS OFF) ", statement))) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  return plan;
+}
 
 class KeyStorePgTest : public ::testing::Test {
  protected:
@@ -184,11 +194,7 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
     SCOPED_TRACE(static_cast<int>(type));
     std::string name = absl::StrCat("live", static_cast<int>(type));
     tx.exec(absl::StrCat("PREPARE ", name, "(text) AS ", FindLiveKeysSql(type)));
-    std::string plan;
-    for (const auto& row :
-         tx.exec(absl::StrCat("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE ", name, "('SN-7')"))) {
-      plan += row[0].as<std::string>() + "\n";
-    }
+    const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ", name, "('SN-7')"));
     EXPECT_THAT(plan, HasSubstr("Index Scan using hsm_key_one_live_per_sn")) << plan;
     EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
     EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
@@ -196,10 +202,7 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   // PrefetchLive's statement for TEK and AUK together, likewise.
   const KeyType both[] = {KeyType::kTek, KeyType::kAuk};
   tx.exec(absl::StrCat("PREPARE live_both(text) AS ", FindLiveKeysSql(both)));
-  std::string plan;
-  for (const auto& row : tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE live_both('SN-7')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = ExplainAnalyze(tx, "EXECUTE live_both('SN-7')");
   EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
@@ -213,11 +216,7 @@ TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPrep
   tx.exec("SET plan_cache_mode = force_generic_plan");
   const KeyType types[] = {KeyType::kTek, KeyType::kAuk};
   tx.exec(absl::StrCat("PREPARE both_ways AS ", PrefetchWithLiveSql(2, types, false)));
-  std::string plan;
-  for (const auto& row :
-       tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE both_ways('SN-7', '1000000', '1000001')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = ExplainAnalyze(tx, "EXECUTE both_ways('SN-7', '1000000', '1000001')");
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
   EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
@@ -239,10 +238,7 @@ TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
   pqxx::work tx(conn);
   tx.exec("SET plan_cache_mode = force_generic_plan");
   tx.exec(absl::StrCat("PREPARE pre(bigint, bigint, bigint) AS ", PrefetchKeysSql(3)));
-  std::string plan;
-  for (const auto& row : tx.exec("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE pre(1000007, 1000008, 5)")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = ExplainAnalyze(tx, "EXECUTE pre(1000007, 1000008, 5)");
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan"))) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
@@ -265,11 +261,7 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
     absl::StrAppend(&args, ", ", 2000000 + i, ", ", 4 + i, ", 17, ", 4 + i, ", 'SN-0', 'plan:", i,
                     "', '', 5, 0, '\\x', '\\x00', '\\x00'");
   }
-  std::string plan;
-  for (const auto& row :
-       tx.exec(absl::StrCat("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE ow(", args, ")"))) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ow(", args, ")"));
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
   EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan on hsm_key"))) << plan;
   // And it did what it says: both superseded, both new keys live.
@@ -807,21 +799,7 @@ TEST_F(KeyStorePgTest, TmkCommandsReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
   EXPECT_EQ(CountOf(dsn, "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-REKEY' AND state = 1"),
             static_cast<int64_t>(rekeyed->tmk_index));
 
-  std::vector<std::thread> threads;
-  std::vector<absl::StatusOr<GeneratedTmk>> results(8);
-  for (size_t i = 0; i < results.size(); ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = core.GenerateTmk("kms", "SN-CONC", crypto::KeyAlgorithm::kAes128, false);
-    });
-  }
-  for (auto& t : threads) t.join();
-  int created = 0;
-  for (const auto& r : results) {
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->tmk_index, results[0]->tmk_index);
-    created += r->created;
-  }
-  EXPECT_EQ(created, 1);
+  testing::ExpectConcurrentTmkRequestsAgreeOnOneKey(core, "kms", "SN-CONC");
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-CONC'"), 1);
 }
 
