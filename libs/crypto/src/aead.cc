@@ -14,6 +14,11 @@
 namespace rkl::crypto {
 namespace {
 
+const EVP_CIPHER* Aes256Gcm() {
+  static const EVP_CIPHER* const gcm = internal::FetchCipher("AES-256-GCM", EVP_aes_256_gcm());
+  return gcm;
+}
+
 absl::Status CheckKey(const SecretBytes& key, const char* what) {
   if (key.size() != kAeadKeySize) {
     return absl::InvalidArgumentError(
@@ -52,7 +57,7 @@ absl::StatusOr<Bytes> AeadSealWithNonceForSelfTest(const SecretBytes& key,
   EvpCipherCtxPtr ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   if (ctx == nullptr ||
-      EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+      EVP_EncryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, nullptr, nullptr) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kAeadNonceSize, nullptr) != 1 ||
       EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.RevealSecret().data(), nonce.data()) !=
           1 ||
@@ -100,7 +105,7 @@ absl::StatusOr<SecretBytes> AeadOpen(const SecretBytes& key, std::span<const uin
   EvpCipherCtxPtr ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   if (ctx == nullptr ||
-      EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+      EVP_DecryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, nullptr, nullptr) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kAeadNonceSize, nullptr) != 1 ||
       EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.RevealSecret().data(), nonce.data()) !=
           1 ||

@@ -12,19 +12,30 @@ namespace rkl::crypto {
 namespace {
 
 const EVP_CIPHER* SelectCipher(CipherFamily family, BlockMode mode, size_t key_length) {
+  using internal::FetchCipher;
   const bool ecb = mode == BlockMode::kEcb;
   if (family == CipherFamily::kTdes) {
     // OpenSSL's DES-EDE is the 2-key (K1 K2 K1) variant, DES-EDE3 the 3-key one.
-    if (key_length == 16) return ecb ? EVP_des_ede_ecb() : EVP_des_ede_cbc();
-    return ecb ? EVP_des_ede3_ecb() : EVP_des_ede3_cbc();
+    static const EVP_CIPHER* const ede_ecb = FetchCipher("DES-EDE-ECB", EVP_des_ede_ecb());
+    static const EVP_CIPHER* const ede_cbc = FetchCipher("DES-EDE-CBC", EVP_des_ede_cbc());
+    static const EVP_CIPHER* const ede3_ecb = FetchCipher("DES-EDE3-ECB", EVP_des_ede3_ecb());
+    static const EVP_CIPHER* const ede3_cbc = FetchCipher("DES-EDE3-CBC", EVP_des_ede3_cbc());
+    if (key_length == 16) return ecb ? ede_ecb : ede_cbc;
+    return ecb ? ede3_ecb : ede3_cbc;
   }
+  static const EVP_CIPHER* const aes128_ecb = FetchCipher("AES-128-ECB", EVP_aes_128_ecb());
+  static const EVP_CIPHER* const aes128_cbc = FetchCipher("AES-128-CBC", EVP_aes_128_cbc());
+  static const EVP_CIPHER* const aes192_ecb = FetchCipher("AES-192-ECB", EVP_aes_192_ecb());
+  static const EVP_CIPHER* const aes192_cbc = FetchCipher("AES-192-CBC", EVP_aes_192_cbc());
+  static const EVP_CIPHER* const aes256_ecb = FetchCipher("AES-256-ECB", EVP_aes_256_ecb());
+  static const EVP_CIPHER* const aes256_cbc = FetchCipher("AES-256-CBC", EVP_aes_256_cbc());
   switch (key_length) {
     case 16:
-      return ecb ? EVP_aes_128_ecb() : EVP_aes_128_cbc();
+      return ecb ? aes128_ecb : aes128_cbc;
     case 24:
-      return ecb ? EVP_aes_192_ecb() : EVP_aes_192_cbc();
+      return ecb ? aes192_ecb : aes192_cbc;
     default:
-      return ecb ? EVP_aes_256_ecb() : EVP_aes_256_cbc();
+      return ecb ? aes256_ecb : aes256_cbc;
   }
 }
 

@@ -7,9 +7,15 @@
 #include <algorithm>
 
 #include "keys_internal.h"
+#include "symmetric_internal.h"
 
 namespace rkl::crypto {
 namespace {
+
+const EVP_MD* Sha256() {
+  static const EVP_MD* const sha256 = internal::FetchDigest("SHA256", EVP_sha256());
+  return sha256;
+}
 
 using internal::OpenSslError;
 
@@ -44,7 +50,7 @@ absl::StatusOr<Bytes> EcdsaSign(const PrivateKey& key, std::span<const uint8_t> 
   }
   EvpMdCtxPtr md(EVP_MD_CTX_new());
   if (md == nullptr ||
-      EVP_DigestSignInit(md.get(), nullptr, EVP_sha256(), nullptr, key.evp_pkey()) != 1) {
+      EVP_DigestSignInit(md.get(), nullptr, Sha256(), nullptr, key.evp_pkey()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "ECDSA sign setup failed");
   }
   size_t len = 0;
@@ -70,7 +76,7 @@ absl::Status EcdsaVerify(const PublicKey& key, std::span<const uint8_t> message,
   }
   EvpMdCtxPtr md(EVP_MD_CTX_new());
   if (md == nullptr ||
-      EVP_DigestVerifyInit(md.get(), nullptr, EVP_sha256(), nullptr, key.evp_pkey()) != 1) {
+      EVP_DigestVerifyInit(md.get(), nullptr, Sha256(), nullptr, key.evp_pkey()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "ECDSA verify setup failed");
   }
   int rc = EVP_DigestVerify(md.get(), signature.data(), signature.size(), message.data(),

@@ -15,13 +15,17 @@ namespace {
 constexpr size_t kMaxKeyLength = 1 << 20;
 
 const EVP_CIPHER* WrapPadCipher(size_t kek_length) {
+  using internal::FetchCipher;
+  static const EVP_CIPHER* const wrap128 = FetchCipher("AES-128-WRAP-PAD", EVP_aes_128_wrap_pad());
+  static const EVP_CIPHER* const wrap192 = FetchCipher("AES-192-WRAP-PAD", EVP_aes_192_wrap_pad());
+  static const EVP_CIPHER* const wrap256 = FetchCipher("AES-256-WRAP-PAD", EVP_aes_256_wrap_pad());
   switch (kek_length) {
     case 16:
-      return EVP_aes_128_wrap_pad();
+      return wrap128;
     case 24:
-      return EVP_aes_192_wrap_pad();
+      return wrap192;
     default:
-      return EVP_aes_256_wrap_pad();
+      return wrap256;
   }
 }
 
