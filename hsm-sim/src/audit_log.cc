@@ -109,17 +109,38 @@ absl::StatusOr<crypto::SecretBytes> DeriveAuditKey(const crypto::SecretBytes& lm
   return crypto::KdfCounterCmac(crypto::CipherFamily::kAes, lmk, "RKL-HSM-AUDIT", hsm_id, 256);
 }
 
+namespace {
+
+// An HMAC context with its digest (SHA-256) set, copied for every MAC: fetching HMAC and
+// SHA-256 by name takes a lock on OpenSSL's provider store each time. Only read (copied)
+// after it is made, so it is safe to share between threads. Null if OpenSSL lacks either.
+const EVP_MAC_CTX* HmacSha256Template() {
+  static EVP_MAC_CTX* const ctx = [] {
+    EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_MAC_CTX* made = mac != nullptr ? EVP_MAC_CTX_new(mac) : nullptr;
+    EVP_MAC_free(mac);  // the context holds its own reference
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    if (made != nullptr && EVP_MAC_CTX_set_params(made, params) != 1) {
+      EVP_MAC_CTX_free(made);
+      made = nullptr;
+    }
+    return made;
+  }();
+  return ctx;
+}
+
+}  // namespace
+
 absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const uint8_t> data) {
-  crypto::EvpMacPtr mac(EVP_MAC_fetch(nullptr, "HMAC", nullptr));
-  if (!mac) return absl::InternalError("HMAC unavailable");
-  crypto::EvpMacCtxPtr ctx(EVP_MAC_CTX_new(mac.get()));
-  char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                         OSSL_PARAM_construct_end()};
+  const EVP_MAC_CTX* tmpl = HmacSha256Template();
+  if (tmpl == nullptr) return absl::InternalError("HMAC unavailable");
+  crypto::EvpMacCtxPtr ctx(EVP_MAC_CTX_dup(tmpl));
   auto k = key.RevealSecret();
   Bytes out(kMacSize);
   size_t out_len = 0;
-  if (!ctx || EVP_MAC_init(ctx.get(), k.data(), k.size(), params) != 1 ||
+  if (!ctx || EVP_MAC_init(ctx.get(), k.data(), k.size(), nullptr) != 1 ||
       EVP_MAC_update(ctx.get(), data.data(), data.size()) != 1 ||
       EVP_MAC_final(ctx.get(), out.data(), &out_len, out.size()) != 1 || out_len != kMacSize) {
     return absl::InternalError("HMAC-SHA256 failed");
