@@ -84,6 +84,20 @@ class KeyStorePgTest : public ::testing::Test {
         "'\\x00', '\\x00' FROM generate_series(0, 899) g");
   }
 
+  // A transaction that plans prepared statements generically, as the HSM's own connections
+  // do, on a busy new HSM's table (AddUnanalyzedLiveKeys); rolled back when it ends.
+  struct GenericPlans {
+    explicit GenericPlans(const std::string& dsn) : conn(dsn), tx(conn) {
+      tx.exec("SET plan_cache_mode = force_generic_plan");
+    }
+    pqxx::connection conn;
+    pqxx::work tx;
+  };
+  std::unique_ptr<GenericPlans> GenericPlansOnUnanalyzedKeys() {
+    AddUnanalyzedLiveKeys();
+    return std::make_unique<GenericPlans>(hsm_->dsn());
+  }
+
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::unique_ptr<HsmInstance> hsm_;
   std::unique_ptr<db::ConnectionPool> pool_;
@@ -186,10 +200,8 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
   // must still go straight to the one live key of the SN, even while the table has no
   // statistics yet (a busy new HSM: 900 live keys, never analyzed). Under exactly these
   // conditions the earlier statement (key type as $1) scanned every live key.
-  AddUnanalyzedLiveKeys();
-  pqxx::connection conn(hsm_->dsn());
-  pqxx::work tx(conn);
-  tx.exec("SET plan_cache_mode = force_generic_plan");
+  auto session = GenericPlansOnUnanalyzedKeys();
+  pqxx::work& tx = session->tx;
   for (KeyType type : {KeyType::kTek, KeyType::kAuk, KeyType::kTmk}) {
     SCOPED_TRACE(static_cast<int>(type));
     std::string name = absl::StrCat("live", static_cast<int>(type));
@@ -210,10 +222,8 @@ TEST_F(KeyStorePgTest, LiveKeyLookupUsesTheIndexEvenAsAGenericPreparedPlan) {
 
 TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPreparedPlan) {
   // The composite commands' one read: two keys by index and an SN's live keys by type.
-  AddUnanalyzedLiveKeys();
-  pqxx::connection conn(hsm_->dsn());
-  pqxx::work tx(conn);
-  tx.exec("SET plan_cache_mode = force_generic_plan");
+  auto session = GenericPlansOnUnanalyzedKeys();
+  pqxx::work& tx = session->tx;
   const KeyType types[] = {KeyType::kTek, KeyType::kAuk};
   tx.exec(absl::StrCat("PREPARE both_ways AS ", PrefetchWithLiveSql(2, types, false)));
   const std::string plan = ExplainAnalyze(tx, "EXECUTE both_ways('SN-7', '1000000', '1000001')");
@@ -233,10 +243,8 @@ TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPrep
 TEST_F(KeyStorePgTest, PrefetchUsesThePrimaryKeyEvenAsAGenericPreparedPlan) {
   // Same condition as above: 900 keys, no statistics. `key_index = ANY($1)` was planned as
   // a sequential scan here; every branch of the prefetch must be an index lookup.
-  AddUnanalyzedLiveKeys();
-  pqxx::connection conn(hsm_->dsn());
-  pqxx::work tx(conn);
-  tx.exec("SET plan_cache_mode = force_generic_plan");
+  auto session = GenericPlansOnUnanalyzedKeys();
+  pqxx::work& tx = session->tx;
   tx.exec(absl::StrCat("PREPARE pre(bigint, bigint, bigint) AS ", PrefetchKeysSql(3)));
   const std::string plan = ExplainAnalyze(tx, "EXECUTE pre(1000007, 1000008, 5)");
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
@@ -249,10 +257,8 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
   // locking read and superseding must be index lookups there too, on a table with no
   // statistics. Live keys 1000000 and 1000001 (SN-0's TEK and AUK) are superseded, two new
   // keys inserted; EXPLAIN ANALYZE runs it, and the transaction is rolled back.
-  AddUnanalyzedLiveKeys();
-  pqxx::connection conn(hsm_->dsn());
-  pqxx::work tx(conn);
-  tx.exec("SET plan_cache_mode = force_generic_plan");
+  auto session = GenericPlansOnUnanalyzedKeys();
+  pqxx::work& tx = session->tx;
   tx.exec(absl::StrCat("PREPARE ow AS ", OneWriteSql(2, 2, 2)));
   std::string args =
       "1000000, 1000001, 5, 1000000, 1000001, 999999, 5, 'kms', 'test', "
