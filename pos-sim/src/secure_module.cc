@@ -289,6 +289,30 @@ absl::Status SecureModule::Commit(SecureModuleState next) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<crypto::Certificate> CertificateMemo::Get(const Bytes& der) const {
+  if (certificate_.has_value() && der == der_) return *certificate_;
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate parsed, crypto::Certificate::FromDer(der));
+  der_ = der;
+  certificate_ = parsed;
+  return parsed;
+}
+
+void CertificateMemo::Remember(const crypto::Certificate& certificate) const {
+  der_ = certificate.ToDer();
+  certificate_ = certificate;
+}
+
+absl::StatusOr<crypto::Certificate> SecureModule::TerminalRoot() const {
+  return root_memo_.Get(state_.terminal_root_der);
+}
+
+absl::StatusOr<crypto::Certificate> SecureModule::WorkCertificate() const {
+  if (state_.work_certificate_der.empty()) {
+    return absl::FailedPreconditionError("terminal: no work certificate installed");
+  }
+  return work_memo_.Get(state_.work_certificate_der);
+}
+
 SecureModuleDescription SecureModule::Describe() const {
   SecureModuleDescription d;
   d.sn = state_.sn;
@@ -303,7 +327,7 @@ SecureModuleDescription SecureModule::Describe() const {
   d.auk_kcv = kcv(state_.auk);
   d.tmk_kcv = kcv(state_.tmk);
   if (!state_.work_certificate_der.empty()) {
-    auto cert = crypto::Certificate::FromDer(state_.work_certificate_der);
+    auto cert = WorkCertificate();
     if (cert.ok()) d.work_certificate_serial = cert->SerialHex();
   }
   d.submission_id = state_.submission_id;

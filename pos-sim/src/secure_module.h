@@ -31,6 +31,7 @@
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/secret_bytes.h"
+#include "rkl/crypto/x509.h"
 
 namespace rkl::pos {
 
@@ -74,6 +75,24 @@ struct SecureModuleDescription {
   std::string submission_id;
 };
 
+// A certificate parsed from DER and kept for as long as the DER it came from is unchanged.
+// Parsing is the expensive part of using a certificate: OpenSSL 3.0 decodes its public key
+// through the provider decoder registry (~150 µs, under a global read-write lock), and the
+// fleet simulator parsed each terminal's HsmWCRT at every step — a third of rkl-pos's CPU.
+// A real terminal parses it once and keeps it; so does the module now.
+class CertificateMemo {
+ public:
+  // The certificate `der` encodes: the kept one when `der` is the DER it was kept for,
+  // otherwise a fresh parse (kept from then on). Errors as Certificate::FromDer.
+  absl::StatusOr<crypto::Certificate> Get(const Bytes& der) const;
+  // Keeps `certificate`, already parsed by the caller, for its own DER.
+  void Remember(const crypto::Certificate& certificate) const;
+
+ private:
+  mutable Bytes der_;
+  mutable std::optional<crypto::Certificate> certificate_;
+};
+
 class SecureModule {
  public:
   // Creates <state_dir>/<sn>/ with a fresh device key and seals `initial` (its sn must be
@@ -94,6 +113,16 @@ class SecureModule {
 
   SecureModuleDescription Describe() const;
 
+  // The burned-in HsmRCRT and the accepted HsmWCRT of the current state, parsed once and
+  // kept while the state holds the same DER. WorkCertificate() is FAILED_PRECONDITION when
+  // no work certificate is installed.
+  absl::StatusOr<crypto::Certificate> TerminalRoot() const;
+  absl::StatusOr<crypto::Certificate> WorkCertificate() const;
+  // Hand the module a certificate the caller has parsed already (the root at manufacture,
+  // the work certificate it just verified); used while the state holds the same DER.
+  void RememberTerminalRoot(const crypto::Certificate& root) const { root_memo_.Remember(root); }
+  void RememberWorkCertificate(const crypto::Certificate& work) const { work_memo_.Remember(work); }
+
   const std::string& directory() const { return dir_; }
   std::string state_file() const;
   std::string device_key_file() const;
@@ -106,6 +135,8 @@ class SecureModule {
   std::string dir_;
   crypto::SecretBytes device_key_;
   SecureModuleState state_;
+  CertificateMemo root_memo_;
+  CertificateMemo work_memo_;
 };
 
 // The directory of terminal `sn` under `state_dir`.

@@ -84,6 +84,7 @@ absl::StatusOr<Terminal> Terminal::Manufacture(const std::string& state_dir, con
   state.terminal_root_der = terminal_root.ToDer();
   state.manufactured_at_unix_ms = absl::ToUnixMillis(clock());
   RKL_ASSIGN_OR_RETURN(SecureModule module, SecureModule::Create(state_dir, state));
+  module.RememberTerminalRoot(terminal_root);
   return Terminal(std::move(module), std::move(clock));
 }
 
@@ -108,7 +109,7 @@ absl::Status Terminal::InstallWorkCertificate(const Certificate& work_certificat
         "terminal: a transport key is in flight (", std::string(LifecycleName(current.lifecycle)),
         "); download the TMK before installing another work certificate"));
   }
-  RKL_ASSIGN_OR_RETURN(Certificate root, Certificate::FromDer(current.terminal_root_der));
+  RKL_ASSIGN_OR_RETURN(Certificate root, module_.TerminalRoot());
   RKL_RETURN_IF_ERROR(CheckWorkCertificate(work_certificate, root, NowUnixMs() / 1000));
 
   SecureModuleState next = current;
@@ -120,7 +121,9 @@ absl::Status Terminal::InstallWorkCertificate(const Certificate& work_certificat
     next.ctk_pu.clear();
   }
   if (next.lifecycle != Lifecycle::kInstalled) next.lifecycle = Lifecycle::kCertInstalled;
-  return module_.Commit(std::move(next));
+  RKL_RETURN_IF_ERROR(module_.Commit(std::move(next)));
+  module_.RememberWorkCertificate(work_certificate);
+  return absl::OkStatus();
 }
 
 absl::Status Terminal::GenerateTransportKey() {
@@ -133,7 +136,7 @@ absl::Status Terminal::GenerateTransportKey() {
     return absl::FailedPreconditionError(
         "terminal: a TMK awaits confirmation; run download-tmk to finish it first");
   }
-  RKL_ASSIGN_OR_RETURN(Certificate work, Certificate::FromDer(current.work_certificate_der));
+  RKL_ASSIGN_OR_RETURN(Certificate work, module_.WorkCertificate());
   RKL_ASSIGN_OR_RETURN(crypto::PublicKey pu, work.GetPublicKey());
 
   protocol::TransportKey tk{current.algorithm, crypto::GenerateKey(current.algorithm),
@@ -158,7 +161,7 @@ absl::StatusOr<TransportKeyOffer> Terminal::OfferTransportKey() const {
     return absl::FailedPreconditionError(
         "terminal: no transport key generated; run generate-tk first");
   }
-  RKL_ASSIGN_OR_RETURN(Certificate work, Certificate::FromDer(s.work_certificate_der));
+  RKL_ASSIGN_OR_RETURN(Certificate work, module_.WorkCertificate());
   return TransportKeyOffer{s.sn, s.ctk_pu, work.SerialHex(), s.algorithm};
 }
 

@@ -87,6 +87,9 @@ TerminalPki* BuildPki() {
       WorkCert(root, root_key, pu, KeyUsage::kKeyEncipherment, false, now - 3600, now + 86400 * 30);
   auto expired =
       WorkCert(root, root_key, pu, KeyUsage::kKeyEncipherment, true, now - 86400 * 30, now - 86400);
+  auto renewed_key = Must(crypto::GenerateRsaKey(2048));
+  auto renewed = WorkCert(root, root_key, renewed_key.GetPublicKey(), KeyUsage::kKeyEncipherment,
+                          true, now - 3600, now + 86400 * 30);
 
   auto op_ca_key = Must(crypto::GenerateEcP256Key());
   auto op_ca = SelfSignedCa(op_ca_key, "operator-ca");
@@ -106,8 +109,8 @@ TerminalPki* BuildPki() {
   return new TerminalPki{std::move(root_key),     std::move(root),    std::move(work_key),
                          std::move(work),         std::move(other),   std::move(wrong_usage),
                          std::move(not_critical), std::move(expired), std::move(other_root),
-                         std::move(op_ca),        std::move(op_key),  std::move(op_cert),
-                         std::move(p12)};
+                         std::move(renewed_key),  std::move(renewed), std::move(op_ca),
+                         std::move(op_key),       std::move(op_cert), std::move(p12)};
 }
 
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }

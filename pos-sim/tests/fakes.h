@@ -42,6 +42,9 @@ struct TerminalPki {
   crypto::Certificate work_not_critical;
   crypto::Certificate work_expired;
   crypto::Certificate other_root;
+  // A valid work certificate for another key (HSM #1 renewed its work key).
+  crypto::PrivateKey renewed_work_key;
+  crypto::Certificate renewed_work;
   // Operator card.
   crypto::Certificate operator_ca;
   crypto::PrivateKey operator_key;

@@ -173,5 +173,39 @@ TEST(SecureModuleTest, CommitReplacesAtomicallyAndRefusesSnChange) {
   EXPECT_EQ(SecureModule::Open(dir.path(), "T-1")->state().lifecycle, Lifecycle::kTkSubmitted);
 }
 
+// The parsed certificates follow the state: a state that holds other DER gets its own.
+TEST(SecureModuleTest, CertificatesAreTheOnesTheStateHolds) {
+  const testing::TerminalPki& pki = testing::TerminalPki::Get();
+  TempDir dir;
+  SecureModuleState initial = SampleState("T-1");
+  initial.terminal_root_der = pki.root.ToDer();
+  initial.work_certificate_der.clear();
+  auto m = SecureModule::Create(dir.path(), initial);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->WorkCertificate().status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(m->TerminalRoot().ok());
+  EXPECT_EQ(m->TerminalRoot()->ToDer(), pki.root.ToDer());
+
+  for (const crypto::Certificate* work : {&pki.work, &pki.renewed_work, &pki.work}) {
+    SecureModuleState next = m->state();
+    next.work_certificate_der = work->ToDer();
+    ASSERT_TRUE(m->Commit(next).ok());
+    auto got = m->WorkCertificate();
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->SerialHex(), work->SerialHex());
+    EXPECT_EQ(m->Describe().work_certificate_serial, work->SerialHex());
+  }
+
+  // What the caller remembers is used only for the DER it was parsed from.
+  m->RememberWorkCertificate(pki.renewed_work);
+  EXPECT_EQ(m->WorkCertificate()->SerialHex(), pki.work.SerialHex());
+
+  SecureModuleState broken = m->state();
+  broken.work_certificate_der = {0x30, 0x00};
+  ASSERT_TRUE(m->Commit(broken).ok());
+  EXPECT_FALSE(m->WorkCertificate().ok());
+  EXPECT_EQ(m->Describe().work_certificate_serial, "");
+}
+
 }  // namespace
 }  // namespace rkl::pos

@@ -7,6 +7,8 @@
 #include "operator_terminal.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/pkcs12.h"
+#include "rkl/crypto/rsa.h"
+#include "rkl/protocol/transport_key.h"
 
 namespace rkl::pos {
 namespace {
@@ -169,6 +171,31 @@ TEST_F(TerminalTest, GoodWorkCertificateIsAcceptedAfterARefusal) {
   ASSERT_TRUE(t.InstallWorkCertificate(TerminalPki::Get().work).ok());
   EXPECT_EQ(t.Describe().lifecycle, "CERT_INSTALLED");
   EXPECT_EQ(t.Describe().work_certificate_serial, TerminalPki::Get().work.SerialHex());
+}
+
+// The module keeps the parsed work certificate; a new one must replace it everywhere.
+TEST_F(TerminalTest, TransportKeyIsEncryptedUnderTheLatestWorkCertificate) {
+  const TerminalPki& pki = TerminalPki::Get();
+  Terminal t = Make("T-1");
+  ASSERT_TRUE(t.InstallWorkCertificate(pki.work).ok());
+  ASSERT_TRUE(t.GenerateTransportKey().ok());
+  ASSERT_EQ(t.OfferTransportKey()->work_certificate_serial, pki.work.SerialHex());
+
+  // Not sent yet: a renewed work certificate replaces the old Pu and discards that TK.
+  ASSERT_TRUE(t.InstallWorkCertificate(pki.renewed_work).ok());
+  EXPECT_EQ(t.Describe().work_certificate_serial, pki.renewed_work.SerialHex());
+  ASSERT_TRUE(t.GenerateTransportKey().ok());
+  auto offer = t.OfferTransportKey();
+  ASSERT_TRUE(offer.ok()) << offer.status();
+  EXPECT_EQ(offer->work_certificate_serial, pki.renewed_work.SerialHex());
+  const Bytes label = protocol::OaepLabel("T-1");
+  EXPECT_TRUE(crypto::RsaOaepDecrypt(pki.renewed_work_key, offer->ctk_pu, label).ok());
+  EXPECT_FALSE(crypto::RsaOaepDecrypt(pki.work_key, offer->ctk_pu, label).ok());
+
+  // A terminal loaded from its files reads the same certificate back.
+  auto loaded = Terminal::Load(dir_.path(), "T-1", time_.clock());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->OfferTransportKey()->work_certificate_serial, pki.renewed_work.SerialHex());
 }
 
 TEST_F(TerminalTest, WorkCertificateCannotChangeWhileATransportKeyIsInFlight) {
