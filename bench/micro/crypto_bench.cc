@@ -23,6 +23,7 @@
 #include "rkl/crypto/kwp.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509.h"
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
@@ -249,6 +250,36 @@ void BM_EcdsaP256Verify(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_EcdsaP256Verify);
+
+// Parsing an X.509 certificate (an HsmWCRT-like one: RSA-2048 subject key). OpenSSL 3.0
+// decodes the subject key through its provider decoder registry, under a global lock; this
+// was a third of the fleet simulator's CPU until a terminal kept its parsed certificates.
+void BM_CertificateParseRsa2048(benchmark::State& state) {
+  auto issuer_key = *crypto::GenerateEcP256Key();
+  auto issuer = crypto::CertificateBuilder()
+                    .SetSubjectCommonName("bench-root")
+                    .SetSerial({1})
+                    .SetValidity(0, 4102444800)
+                    .SetBasicConstraints(true, std::nullopt)
+                    .SelfSign(issuer_key);
+  BENCH_OK(issuer);
+  auto work = crypto::CertificateBuilder()
+                  .SetSubjectCommonName("hsm-work:bench:1")
+                  .SetSerial({2})
+                  .SetValidity(0, 4102444800)
+                  .SetPublicKey(K().pu)
+                  .SetBasicConstraints(false, std::nullopt)
+                  .SetKeyUsage(crypto::KeyUsage::kKeyEncipherment)
+                  .Sign(*issuer, issuer_key);
+  BENCH_OK(work);
+  const Bytes der = work->ToDer();
+  for (auto _ : state) {
+    auto cert = crypto::Certificate::FromDer(der);
+    BENCH_OK(cert);
+    benchmark::DoNotOptimize(cert);
+  }
+}
+BENCHMARK(BM_CertificateParseRsa2048);
 
 // ---- One terminal, every cryptographic operation, both sides ------------------------------
 //
