@@ -42,6 +42,27 @@ m = re.search(r"^\s*fdatasync\s+([\d.]+) ops/sec", read("pg_test_fsync.txt"), re
 if m:
     fsync = float(m.group(1))
 
+def machine_cpu_ms_per_op(text, ops):
+    """Machine CPU (all processes) per operation, from a busy_jiffies=... clk_tck=... line."""
+    m = re.search(r"busy_jiffies=(\d+) clk_tck=(\d+)", text)
+    if not m or not ops:
+        return None
+    return round(1000.0 * int(m.group(1)) / int(m.group(2)) / ops, 4)
+
+
+def pgbench(kind):
+    """tps and machine CPU per statement of bench/run's pgbench ceiling."""
+    text = read(f"pgbench-{kind}.txt")
+    tps = re.search(r"^tps = ([\d.]+)", text, re.M)
+    n = re.search(r"number of transactions actually processed: (\d+)", text)
+    if not tps or not n:
+        return None
+    return {"per_s": round(float(tps.group(1)), 1), "statements": int(n.group(1)),
+            "machine_cpu_ms": machine_cpu_ms_per_op(text, int(n.group(1)))}
+
+
+pg_insert, pg_read = pgbench("insert"), pgbench("read")
+
 micro = {}
 mj = read("micro.json")
 if mj:
@@ -78,9 +99,14 @@ terminal_ceiling = crypto_ceiling()
 echo = load_json("echo.json")
 echo_rps = echo["per_second"] if echo else None
 
+echo_cpu_ms = machine_cpu_ms_per_op(read("echo.cpu"), echo and echo.get("ok"))
+
 ceilings = {
     "rsa2048_private_ops_per_s_all_cores": rsa_sign,
     "grpc_mtls_echo_round_trips_per_s": echo_rps,
+    "grpc_mtls_echo_machine_cpu_ms_per_round_trip": echo_cpu_ms,
+    "postgres_durable_one_row_insert_commits": pg_insert,
+    "postgres_primary_key_reads": pg_read,
     "crypto_only_terminals_per_s": round(terminal_ceiling, 1) if terminal_ceiling else None,
     "disk_fdatasync_per_s": fsync,
 }
@@ -286,6 +312,19 @@ md.append(f"| RSA-2048 private operations/s, all cores (`openssl speed -multi {n
 md.append(f"| bare gRPC unary echo over mTLS, round trips/s | {fmt(echo_rps)} |")
 md.append(f"| crypto-only terminal (every crypto op of one terminal, both sides), terminals/s | {fmt(terminal_ceiling)} |")
 md.append(f"| fdatasync/s of PostgreSQL's disk (`pg_test_fsync`) | {fmt(fsync)} |")
+
+
+def cpu_note(ms):
+    return "" if ms is None else f" (machine CPU {ms * 1000:.0f} µs each)"
+
+
+md.append(f"| bare gRPC echo, machine CPU per round trip, µs | "
+          f"{'—' if echo_cpu_ms is None else f'{echo_cpu_ms * 1000:.0f}'} |")
+clients = env.get("concurrency")
+md.append(f"| PostgreSQL durable one-row INSERT commits/s (pgbench, {clients} clients over TCP)"
+          f"{cpu_note(pg_insert and pg_insert['machine_cpu_ms'])} | {fmt(pg_insert and pg_insert['per_s'])} |")
+md.append(f"| PostgreSQL primary-key reads/s (pgbench, {clients} clients over TCP)"
+          f"{cpu_note(pg_read and pg_read['machine_cpu_ms'])} | {fmt(pg_read and pg_read['per_s'])} |")
 md.append("")
 md.append("## Measured\n")
 md.append("| what | per second | ratio to ceiling | target | p50 / p95 / p99 ms |")
