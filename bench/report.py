@@ -42,6 +42,7 @@ m = re.search(r"^\s*fdatasync\s+([\d.]+) ops/sec", read("pg_test_fsync.txt"), re
 if m:
     fsync = float(m.group(1))
 
+
 def machine_cpu_ms_per_op(text, ops):
     """Machine CPU (all processes) per operation, from a busy_jiffies=... clk_tck=... line."""
     m = re.search(r"busy_jiffies=(\d+) clk_tck=(\d+)", text)
