@@ -438,6 +438,19 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
 
 // ---- PgKeyTransaction ----------------------------------------------------------------------
 
+namespace {
+
+// Only TEK, AUK and TMK are bound to an SN; `what` names the caller in the error.
+absl::Status CheckBoundTypes(std::span<const KeyType> types, const char* what) {
+  for (KeyType type : types) {
+    if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": only TEK, AUK and TMK are bound to an SN"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // What a TransactOneWrite unit holds back for its one statement.
 struct OneWritePlan {
   std::vector<uint64_t> locked;      // live keys FindLiveKeys returned: must still be live
@@ -483,6 +496,8 @@ absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& pl
                              pqxx::prepare::make_dynamic_params(params));
   return row[0].as<bool>();
 }
+
+}  // namespace
 
 class PgKeyTransaction : public KeyTransaction {
  public:
@@ -586,9 +601,7 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                       const std::string& sn) override {
-    if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
-      return absl::InvalidArgumentError("FindLiveKeys: only TEK, AUK and TMK are bound to an SN");
-    }
+    RKL_RETURN_IF_ERROR(CheckBoundTypes({&type, 1}, "FindLiveKeys"));
     if (auto it = live_prefetched_.find({type, sn}); it != live_prefetched_.end()) {
       ToLock(it->second);
       return it->second;
@@ -602,11 +615,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::Status PrefetchLive(std::span<const KeyType> types, const std::string& sn) override {
-    for (KeyType type : types) {
-      if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
-        return absl::InvalidArgumentError("PrefetchLive: only TEK, AUK and TMK are bound to an SN");
-      }
-    }
+    RKL_RETURN_IF_ERROR(CheckBoundTypes(types, "PrefetchLive"));
     if (std::all_of(types.begin(), types.end(), [&](KeyType type) {
           return live_prefetched_.contains({type, sn});
         })) {
@@ -626,25 +635,22 @@ class PgKeyTransaction : public KeyTransaction {
 
   absl::Status PrefetchWithLive(std::span<const uint64_t> indexes, std::span<const KeyType> types,
                                 const std::string& sn) override {
-    for (KeyType type : types) {
-      if (type != KeyType::kTek && type != KeyType::kAuk && type != KeyType::kTmk) {
-        return absl::InvalidArgumentError(
-            "PrefetchWithLive: only TEK, AUK and TMK are bound to an SN");
-      }
-    }
-    std::vector<std::string> params = {sn};
+    RKL_RETURN_IF_ERROR(CheckBoundTypes(types, "PrefetchWithLive"));
+    std::vector<uint64_t> missing;
     for (uint64_t index : indexes) {
-      if (!prefetched_.contains(index)) params.push_back(absl::StrCat(index));
+      if (!prefetched_.contains(index)) missing.push_back(index);
     }
-    if (types.empty() || params.size() - 1 > kMaxPrefetch) return Prefetch(indexes);
-    if (params.size() == 1) return PrefetchLive(types, sn);
+    if (types.empty() || missing.size() > kMaxPrefetch) return Prefetch(indexes);
+    if (missing.empty()) return PrefetchLive(types, sn);
     RKL_RETURN_IF_ERROR(Readable());
-    for (size_t i = 1; i < params.size(); ++i) {
-      prefetched_[std::stoull(params[i])] = std::nullopt;  // absent unless found
+    std::vector<std::string> params = {sn};
+    for (uint64_t index : missing) {
+      params.push_back(absl::StrCat(index));
+      prefetched_[index] = std::nullopt;  // absent unless found
     }
     std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> found;
     for (KeyType type : types) found[{type, sn}];  // none unless read
-    for (const auto& row : Exec(PrefetchWithLiveSql(params.size() - 1, types, Locking()),
+    for (const auto& row : Exec(PrefetchWithLiveSql(missing.size(), types, Locking()),
                                 pqxx::prepare::make_dynamic_params(params))) {
       KeyRecord record = RecordFromRow(row);
       if (row[13].as<bool>()) {

@@ -127,9 +127,8 @@ std::string FindLiveKeysSql(std::span<const KeyType> types, bool lock = true);
 // The statement behind TransactOneWrite, for `locked` live keys (which must all still be
 // live), `superseded` of them and `keys` new key records; parameters (all text): the
 // locked indexes, the time of superseding and the superseded indexes (only when there
-// are some), the pending audit
-// record's id, at_ms, actor, action, sn, detail, result, mac, then kInsertKey's columns for
-// each key. Returns one row: whether it wrote.
+// are some), the pending audit record's id, at_ms, actor, action, sn, detail, result, mac,
+// then kInsertKey's columns for each key. Returns one row: whether it wrote.
 std::string OneWriteSql(size_t locked, size_t superseded, size_t keys);
 // The statement behind PrefetchWithLive: $1 the SN, $2..$(n+1) the key indexes; each row
 // is a key record followed by one boolean column, true for the live keys of `types`.
@@ -164,8 +163,8 @@ class KeyTransaction {
                                                               const std::string& sn) = 0;
   // Reads (and locks, as FindLiveKeys) the live keys of these types bound to `sn` in one
   // go, so that the FindLiveKeys calls for them that follow cost no further round trip,
-  // until this unit changes or inserts a key (nor FindKey of one of them). Only an optimisation:
-  // the default does nothing.
+  // until this unit changes or inserts a key (nor FindKey of one of them). Only an
+  // optimisation: the default does nothing.
   virtual absl::Status PrefetchLive(std::span<const KeyType> types, const std::string& sn) {
     (void)types;
     (void)sn;

@@ -35,8 +35,8 @@ const std::string kListTerminals =
 
 // Every write is ONE statement (data-modifying CTEs), run in autocommit
 // (db::RunAutocommitWrite): one round trip however many rows it touches, atomic and
-// durable as a transaction. Audit entries travel as one JSON array parameter ($AUDIT below), inserted in
-// array order and only when the main write happened.
+// durable as a transaction. Audit entries travel as one JSON array parameter ($AUDIT
+// below), inserted in array order and only when the main write happened.
 constexpr char kAuditFromJson[] =
     "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
     "SELECT x.at_ms, x.actor, x.action, x.sn, x.detail, x.result "

@@ -68,7 +68,8 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("5m");
 
   schema.Bool("forwarder.enabled", "run the background forwarder in this replica").Default("true");
-  schema.Duration("forwarder.interval", "time between the forwarder's periodic claims").Default("5s");
+  schema.Duration("forwarder.interval", "time between the forwarder's periodic claims")
+      .Default("5s");
   schema.Int("forwarder.batch", "rows claimed per batch").Default("32").Range(1, 1000);
   schema
       .Int("forwarder.workers",
