@@ -51,18 +51,25 @@ def machine_cpu_ms_per_op(text, ops):
     return round(1000.0 * int(m.group(1)) / int(m.group(2)) / ops, 4)
 
 
-def pgbench(kind):
-    """tps and machine CPU per statement of bench/run's pgbench ceiling."""
+def pgbench(kind, rows_per_transaction=1):
+    """Rows (statements) per second and machine CPU per row of bench/run's pgbench ceiling."""
     text = read(f"pgbench-{kind}.txt")
     tps = re.search(r"^tps = ([\d.]+)", text, re.M)
     n = re.search(r"number of transactions actually processed: (\d+)", text)
+    clients = re.search(r"number of clients: (\d+)", text)
     if not tps or not n:
         return None
-    return {"per_s": round(float(tps.group(1)), 1), "statements": int(n.group(1)),
-            "machine_cpu_ms": machine_cpu_ms_per_op(text, int(n.group(1)))}
+    rows = int(n.group(1)) * rows_per_transaction
+    return {"per_s": round(float(tps.group(1)) * rows_per_transaction, 1), "statements": rows,
+            "rows_per_transaction": rows_per_transaction,
+            "clients": int(clients.group(1)) if clients else None,
+            "machine_cpu_ms": machine_cpu_ms_per_op(text, rows)}
 
 
 pg_insert, pg_read = pgbench("insert"), pgbench("read")
+# Eight one-row INSERTs per transaction, sent as one pipeline: the best that batching
+# concurrent terminals' writes could do.
+pg_insert8 = pgbench("insert8", 8)
 
 micro = {}
 mj = read("micro.json")
@@ -108,6 +115,7 @@ ceilings = {
     "grpc_mtls_echo_machine_cpu_ms_per_round_trip": echo_cpu_ms,
     "postgres_durable_one_row_insert_commits": pg_insert,
     "postgres_primary_key_reads": pg_read,
+    "postgres_durable_insert_8_per_pipelined_transaction": pg_insert8,
     "crypto_only_terminals_per_s": round(terminal_ceiling, 1) if terminal_ceiling else None,
     "disk_fdatasync_per_s": fsync,
 }
@@ -129,9 +137,16 @@ def fleet(name):
         return None
     cpu = {}
     stored = None
-    for line in read(name + ".cpu").splitlines():
+    cpus = None
+    text = read(name + ".cpu")
+    for line in text.splitlines():
         if line.startswith("stored_before="):
             stored = int(line.split("=")[1])
+            continue
+        if line.startswith("cpus="):
+            cpus = line.split("=")[1]
+            continue
+        if line.startswith("busy_jiffies="):
             continue
         tag, _, rest = line.partition(" ")
         cpu[tag] = dict(kv.split("=") for kv in rest.split())
@@ -154,6 +169,8 @@ def fleet(name):
     busy = sum(cpu_per_terminal_ms.values()) * f.get("terminals_per_second", 0) / 1000
     return {
         "stored_terminals_before": stored,
+        # The CPUs the deployment and the fleet ran on (taskset list).
+        "cpus": cpus,
         "terminals": f["total"],
         "succeeded": f["succeeded"],
         "failed": f["failed"],
@@ -162,6 +179,8 @@ def fleet(name):
         "terminals_per_s": f["terminals_per_second"],
         "steps": f.get("steps", {}),
         "server_cpu_ms_per_terminal": cpu_per_terminal_ms,
+        # The whole machine (servers, rkl-pos, kernel) per terminal, over the run.
+        "machine_cpu_ms_per_terminal": machine_cpu_ms_per_op(text, f.get("succeeded")),
         # Per terminal, per database: transactions committed/rolled back, rows written/read
         # (pg_stat_database deltas over the run; includes the fleet's own admin checks).
         "postgres_per_terminal": commits,
@@ -174,11 +193,16 @@ def fleet(name):
 
 # Fleets: "e2e" (empty database) and "e2e_<N>" (N stored) are levels; a level's repeats are
 # "<level>-2", "<level>-3", ... Each level is reported by its median run.
+# Fleets on fewer CPUs are "cores<K>" (and "cores<K>-2", ...).
 e2e_runs = {}
+core_runs = {}
 for fname in sorted(os.listdir(raw)):
     m = re.fullmatch(r"(e2e(?:_\d+)?(?:-\d+)?)\.json", fname)
     if m:
         e2e_runs[m.group(1)] = fleet(m.group(1))
+    m = re.fullmatch(r"(cores\d+(?:-\d+)?)\.json", fname)
+    if m:
+        core_runs[m.group(1)] = fleet(m.group(1))
 
 
 def server_cpu(run):
@@ -191,23 +215,34 @@ def median(values):
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-levels = {}
-for name, run in e2e_runs.items():
-    if run and run["terminals_per_s"]:
-        levels.setdefault(name.split("-")[0], []).append((name, run))
-level_summary = {}
-for level, runs in levels.items():
-    runs.sort(key=lambda nr: nr[1]["stored_terminals_before"] or 0)
-    rates = [r["terminals_per_s"] for _, r in runs]
-    cpus = [server_cpu(r) for _, r in runs]
-    level_summary[level] = {
-        "runs": [n for n, _ in runs],
-        "stored_before": runs[0][1]["stored_terminals_before"],
-        "terminals_per_s": rates,
-        "median_terminals_per_s": round(median(rates), 1),
-        "server_cpu_ms_per_terminal": cpus,
-        "median_server_cpu_ms_per_terminal": round(median(cpus), 3),
-    }
+def summarize(runs_by_name):
+    """Groups runs into levels ("<level>", "<level>-2", ...), each with its medians."""
+    levels = {}
+    for name, run in runs_by_name.items():
+        if run and run["terminals_per_s"]:
+            levels.setdefault(name.split("-")[0], []).append((name, run))
+    summary = {}
+    for level, runs in levels.items():
+        runs.sort(key=lambda nr: nr[1]["stored_terminals_before"] or 0)
+        rates = [r["terminals_per_s"] for _, r in runs]
+        cpus = [server_cpu(r) for _, r in runs]
+        machine = [r["machine_cpu_ms_per_terminal"] for _, r in runs
+                   if r["machine_cpu_ms_per_terminal"] is not None]
+        summary[level] = {
+            "runs": [n for n, _ in runs],
+            "stored_before": runs[0][1]["stored_terminals_before"],
+            "cpus": runs[0][1]["cpus"],
+            "terminals_per_s": rates,
+            "median_terminals_per_s": round(median(rates), 1),
+            "server_cpu_ms_per_terminal": cpus,
+            "median_server_cpu_ms_per_terminal": round(median(cpus), 3),
+            "median_machine_cpu_ms_per_terminal": round(median(machine), 3) if machine else None,
+        }
+    return summary
+
+
+level_summary = summarize(e2e_runs)
+core_summary = summarize(core_runs)
 e2e = e2e_runs.get("e2e")
 
 measured = {
@@ -250,6 +285,22 @@ measured["e2e_levels"] = {
 }
 measured["e2e_target"] = ">= 1000 terminals/s and >= 0.25 of the crypto-only ceiling"
 
+
+def crypto_only_at(threads):
+    b = micro.get(f"BM_TerminalCryptoOnly/real_time/threads:{threads}")
+    return 1 / (b["real_time_us"] * 1e-6) if b else None
+
+
+# The empty level's fleets on fewer CPUs against the same fleets on all of them: does the
+# rate grow with cores? The crypto-only terminal's 1-thread / all-thread rates beside it.
+all_cores = level_summary.get("e2e")
+measured["e2e_on_fewer_cores"] = {
+    level: dict(L, all_cores_median_terminals_per_s=all_cores and all_cores["median_terminals_per_s"],
+                all_cores_over_this=ratio(all_cores and all_cores["median_terminals_per_s"],
+                                          L["median_terminals_per_s"]))
+    for level, L in core_summary.items()
+}
+
 scaling = []
 base = level_summary.get("e2e")
 for level, L in sorted(level_summary.items(), key=lambda kv: kv[1]["stored_before"] or 0):
@@ -257,6 +308,7 @@ for level, L in sorted(level_summary.items(), key=lambda kv: kv[1]["stored_befor
         "level": level, "runs": L["runs"], "stored_before": L["stored_before"],
         "median_wall_ms_per_terminal": round(1000.0 / L["median_terminals_per_s"], 3),
         "median_server_cpu_ms_per_terminal": L["median_server_cpu_ms_per_terminal"],
+        "median_machine_cpu_ms_per_terminal": L["median_machine_cpu_ms_per_terminal"],
         "server_cpu_ms_per_terminal_runs": L["server_cpu_ms_per_terminal"],
         # Medians against the empty level's medians: the flat-cost target's test.
         "server_cpu_relative_to_empty": round(
@@ -326,6 +378,9 @@ md.append(f"| PostgreSQL durable one-row INSERT commits/s (pgbench, {clients} cl
           f"{cpu_note(pg_insert and pg_insert['machine_cpu_ms'])} | {fmt(pg_insert and pg_insert['per_s'])} |")
 md.append(f"| PostgreSQL primary-key reads/s (pgbench, {clients} clients over TCP)"
           f"{cpu_note(pg_read and pg_read['machine_cpu_ms'])} | {fmt(pg_read and pg_read['per_s'])} |")
+md.append(f"| PostgreSQL durable one-row INSERTs/s, 8 per transaction sent as one pipeline "
+          f"(pgbench, {(pg_insert8 or {}).get('clients', '—')} clients: what batching writes could buy)"
+          f"{cpu_note(pg_insert8 and pg_insert8['machine_cpu_ms'])} | {fmt(pg_insert8 and pg_insert8['per_s'])} |")
 md.append("")
 md.append("## Measured\n")
 md.append("| what | per second | ratio to ceiling | target | p50 / p95 / p99 ms |")
@@ -385,14 +440,38 @@ if len(scaling) > 1 or (scaling and len(scaling[0]["runs"]) > 1):
               "them. The flat-cost target compares server CPU per terminal (services and "
               "PostgreSQL) with the empty level's.\n")
     md.append("| stored before | fleets | median wall ms / terminal | median server CPU ms / terminal "
-              "| server CPU of each run | server CPU vs empty | wall vs empty |")
-    md.append("|---:|---:|---:|---:|---|---:|---:|")
+              "| server CPU of each run | server CPU vs empty | wall vs empty "
+              "| median machine CPU ms / terminal |")
+    md.append("|---:|---:|---:|---:|---|---:|---:|---:|")
     for sc in scaling:
         each = " / ".join(f"{c:.2f}" for c in sc["server_cpu_ms_per_terminal_runs"])
         md.append(f"| {fmt(sc['stored_before'])} | {len(sc['runs'])} | "
                   f"{sc['median_wall_ms_per_terminal']:.2f} | "
                   f"{sc['median_server_cpu_ms_per_terminal']:.2f} | {each} | "
-                  f"{sc['server_cpu_relative_to_empty']:.2f}× | {sc['wall_relative_to_empty']:.2f}× |")
+                  f"{sc['server_cpu_relative_to_empty']:.2f}× | {sc['wall_relative_to_empty']:.2f}× | "
+                  f"{fmt(sc['median_machine_cpu_ms_per_terminal'], 2)} |")
+    md.append("")
+if core_summary and all_cores:
+    md.append("## End to end on fewer cores\n")
+    md.append("The empty level's fleets again, with the services, PostgreSQL and rkl-pos all "
+              "confined to the CPUs shown (taskset), against the same fleets on all "
+              f"{nproc}. Machine CPU is every process's, the kernel's included.\n")
+    md.append("| CPUs | fleets | median terminals/s (each run) | median machine CPU ms / terminal "
+              "| cores kept busy | median server CPU ms / terminal | all CPUs' rate over this |")
+    md.append("|---|---:|---|---:|---:|---:|---:|")
+    for level, L in sorted(core_summary.items()) + [("e2e", all_cores)]:
+        runs = " / ".join(fmt(r, 1) for r in L["terminals_per_s"])
+        over = ratio(all_cores["median_terminals_per_s"], L["median_terminals_per_s"])
+        machine = L["median_machine_cpu_ms_per_terminal"]
+        busy = machine * L["median_terminals_per_s"] / 1000 if machine else None
+        md.append(f"| {L['cpus'] or '—'} | {len(L['runs'])} | {fmt(L['median_terminals_per_s'], 1)} "
+                  f"({runs}) | {fmt(machine, 2)} | {fmt(busy, 2)} | "
+                  f"{L['median_server_cpu_ms_per_terminal']:.2f} | {over:.2f}× |")
+    one, best = crypto_only_at(1), terminal_ceiling
+    if one and best:
+        md.append("")
+        md.append(f"The crypto-only terminal, for comparison: {fmt(one)}/s on one thread, "
+                  f"{fmt(best)}/s on all cores ({best / one:.2f}×).")
     md.append("")
 if rpc_latency:
     md.append("## Server-side RPC latency (interceptor log, mean over the whole run)\n")
