@@ -138,6 +138,7 @@ def fleet(name):
     cpu = {}
     stored = None
     cpus = None
+    reference = None
     text = read(name + ".cpu")
     for line in text.splitlines():
         if line.startswith("stored_before="):
@@ -145,6 +146,10 @@ def fleet(name):
             continue
         if line.startswith("cpus="):
             cpus = line.split("=")[1]
+            continue
+        if line.startswith("reference_rsa_signs_per_s="):
+            value = line.split("=")[1]
+            reference = int(value) if value.isdigit() else None
             continue
         if line.startswith("busy_jiffies="):
             continue
@@ -167,6 +172,12 @@ def fleet(name):
                            "rows_written": round(d[2] / f["succeeded"], 2),
                            "rows_read": round(d[3] / f["succeeded"], 1)}
     busy = sum(cpu_per_terminal_ms.values()) * f.get("terminals_per_second", 0) / 1000
+    wal = None
+    wal_before, wal_after = read(name + ".wal.before").split(), read(name + ".wal.after").split()
+    if len(wal_before) == 3 and len(wal_after) == 3 and f.get("succeeded"):
+        d = [int(a) - int(b) for a, b in zip(wal_after, wal_before)]
+        wal = {"records": round(d[0] / f["succeeded"], 1), "full_page_images": round(d[1] / f["succeeded"], 2),
+               "bytes": round(d[2] / f["succeeded"])}
     return {
         "stored_terminals_before": stored,
         # The CPUs the deployment and the fleet ran on (taskset list).
@@ -187,6 +198,10 @@ def fleet(name):
         # Cores the services + PostgreSQL kept busy (out of nproc); the rest is rkl-pos
         # itself, the kernel, or idle (waiting).
         "server_cores_busy": round(busy, 2),
+        # The whole cluster's WAL per terminal over the run (pg_stat_wal deltas).
+        "wal_per_terminal": wal,
+        # RSA-2048 signatures/s on one core just before the run: the machine's speed then.
+        "reference_rsa_signs_per_s": reference,
         "load_average_at_start": env.get("load_" + name),
     }
 
@@ -451,6 +466,28 @@ if len(scaling) > 1 or (scaling and len(scaling[0]["runs"]) > 1):
                   f"{sc['server_cpu_relative_to_empty']:.2f}× | {sc['wall_relative_to_empty']:.2f}× | "
                   f"{fmt(sc['median_machine_cpu_ms_per_terminal'], 2)} |")
     md.append("")
+all_runs = sorted(list(e2e_runs.items()) + list(core_runs.items()),
+                  key=lambda nr: nr[1]["stored_terminals_before"] or 0 if nr[1] else 0)
+if len(all_runs) > 1:
+    md.append("## Every fleet, in the order run\n")
+    md.append("The machine's speed just before each run (RSA-2048 signatures/s on one core) "
+              "beside its cost, to tell a costlier fleet from a slower machine; WAL is the "
+              "whole cluster's (pg_stat_wal), per terminal.\n")
+    md.append("| run | stored before | CPUs | terminals/s | server CPU ms / terminal "
+              "| machine CPU ms / terminal | reference signs/s | commits / terminal "
+              "| WAL KB / terminal | full-page images / terminal |")
+    md.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in all_runs:
+        if not r:
+            continue
+        commits = sum(c["commits"] for c in r["postgres_per_terminal"].values())
+        wal = r["wal_per_terminal"] or {}
+        md.append(f"| {name} | {fmt(r['stored_terminals_before'])} | {r['cpus'] or '—'} | "
+                  f"{fmt(r['terminals_per_s'], 1)} | {server_cpu(r):.2f} | "
+                  f"{fmt(r['machine_cpu_ms_per_terminal'], 2)} | {fmt(r['reference_rsa_signs_per_s'])} | "
+                  f"{commits:.2f} | {fmt(wal.get('bytes') and wal['bytes'] / 1024, 1)} | "
+                  f"{fmt(wal.get('full_page_images'), 2)} |")
+    md.append("")
 if core_summary and all_cores:
     md.append("## End to end on fewer cores\n")
     md.append("The empty level's fleets again, with the services, PostgreSQL and rkl-pos all "
@@ -499,6 +536,8 @@ rows = [("RSA-2048 ceiling", rsa_sign), ("gRPC echo ceiling", echo_rps),
         ("KMS auth+delivery+confirm", kms and kms["per_second"])]
 for level, L in sorted(level_summary.items(), key=lambda kv: kv[1]["stored_before"] or 0):
     rows.append((f"e2e, {L['stored_before']} stored (median)", L["median_terminals_per_s"]))
+for level, L in sorted(core_summary.items()):
+    rows.append((f"e2e on CPUs {L['cpus']} (median)", L["median_terminals_per_s"]))
 with open(os.path.join(raw, "chart.dat"), "w") as f:
     for i, (label, v) in enumerate(rows):
         f.write(f'{i} "{label}" {v if v else 0}\n')
