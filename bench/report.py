@@ -467,7 +467,7 @@ if len(scaling) > 1 or (scaling and len(scaling[0]["runs"]) > 1):
                   f"{fmt(sc['median_machine_cpu_ms_per_terminal'], 2)} |")
     md.append("")
 all_runs = sorted(list(e2e_runs.items()) + list(core_runs.items()),
-                  key=lambda nr: nr[1]["stored_terminals_before"] or 0 if nr[1] else 0)
+                  key=lambda nr: (nr[1]["stored_terminals_before"] or 0) if nr[1] else 0)
 if len(all_runs) > 1:
     md.append("## Every fleet, in the order run\n")
     md.append("The machine's speed just before each run (RSA-2048 signatures/s on one core) "
