@@ -492,7 +492,7 @@ if core_summary and all_cores:
     md.append("## End to end on fewer cores\n")
     md.append("The empty level's fleets again, with the services, PostgreSQL and rkl-pos all "
               "confined to the CPUs shown (taskset), against the same fleets on all "
-              f"{nproc}. Machine CPU is every process's, the kernel's included.\n")
+              f"{nproc} CPUs. Machine CPU is every process's, the kernel's included.\n")
     md.append("| CPUs | fleets | median terminals/s (each run) | median machine CPU ms / terminal "
               "| cores kept busy | median server CPU ms / terminal | all CPUs' rate over this |")
     md.append("|---|---:|---|---:|---:|---:|---:|")
