@@ -7,17 +7,12 @@
 #include <algorithm>
 
 #include "keys_internal.h"
-#include "symmetric_internal.h"
 
 namespace rkl::crypto {
 namespace {
 
-const EVP_MD* Sha256() {
-  static const EVP_MD* const sha256 = internal::FetchDigest("SHA256", EVP_sha256());
-  return sha256;
-}
-
 using internal::OpenSslError;
+using internal::Sha256;
 
 // Exactly one DER ECDSA-Sig-Value whose re-encoding is identical, so a signature has a single
 // accepted byte form (no BER variants, no trailing bytes).

@@ -18,6 +18,15 @@
 namespace rkl::crypto {
 namespace internal {
 
+const EVP_MD* Sha256() {
+  static const EVP_MD* const sha256 = [] {
+    const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    if (fetched == nullptr) ERR_clear_error();
+    return fetched != nullptr ? fetched : EVP_sha256();
+  }();
+  return sha256;
+}
+
 absl::Status OpenSslError(absl::StatusCode code, std::string_view message) {
   unsigned long err = ERR_peek_last_error();
   std::string text(message);

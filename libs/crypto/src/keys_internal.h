@@ -4,6 +4,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 
 #include <cstdint>
 #include <span>
@@ -24,6 +25,11 @@ absl::Status OpenSslError(absl::StatusCode code, std::string_view message);
 
 // Drops whatever OpenSSL queued; used where the error detail must not leave (decryption).
 inline void ClearOpenSslErrors() { ERR_clear_error(); }
+
+// SHA-256 fetched from OpenSSL's default providers once, for the life of the process
+// (EVP_sha256() if the fetch fails): OpenSSL 3 looks the legacy EVP_sha256() object up in
+// its provider store, under a lock, every time a signing context is set up with it.
+const EVP_MD* Sha256();
 
 // Read-only memory BIO over `data` (which must outlive it).
 BioPtr MemBio(std::span<const uint8_t> data);

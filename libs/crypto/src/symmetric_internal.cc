@@ -13,12 +13,6 @@ const EVP_CIPHER* FetchCipher(const char* name, const EVP_CIPHER* legacy) {
   return fetched != nullptr ? fetched : legacy;
 }
 
-const EVP_MD* FetchDigest(const char* name, const EVP_MD* legacy) {
-  const EVP_MD* fetched = EVP_MD_fetch(nullptr, name, nullptr);
-  if (fetched == nullptr) ERR_clear_error();
-  return fetched != nullptr ? fetched : legacy;
-}
-
 absl::Status OpenSslFailure(const char* operation) {
   ERR_clear_error();
   return absl::InternalError(absl::StrCat(operation, ": OpenSSL call failed"));

@@ -18,14 +18,13 @@ absl::Status OpenSslFailure(const char* operation);
 // INVALID_ARGUMENT naming the family and the accepted sizes (never the key bytes).
 absl::Status BadKeyLength(CipherFamily family, size_t key_length, const char* what);
 
-// The algorithm `name` (e.g. "AES-128-ECB", "SHA256") fetched from OpenSSL's default
-// providers once and kept for the life of the process; `legacy` (EVP_aes_128_ecb() ...) if
-// the fetch fails. OpenSSL 3 looks a legacy EVP_aes_*() / EVP_sha256() object up in its
-// provider store, under a lock, every time a context is initialised with it; with an
-// object fetched beforehand it does not. Call it through a function-local static, one per
-// algorithm, so that each use costs no lookup of ours either.
+// The cipher `name` (e.g. "AES-128-ECB") fetched from OpenSSL's default providers once and
+// kept for the life of the process; `legacy` (EVP_aes_128_ecb() ...) if the fetch fails.
+// OpenSSL 3 looks a legacy EVP_aes_*() object up in its provider store, under a lock, every
+// time a context is initialised with it; with an object fetched beforehand it does not.
+// Call it through a function-local static, one per algorithm, so that each use costs no
+// lookup of ours either.
 const EVP_CIPHER* FetchCipher(const char* name, const EVP_CIPHER* legacy);
-const EVP_MD* FetchDigest(const char* name, const EVP_MD* legacy);
 
 inline const char* FamilyName(CipherFamily family) {
   return family == CipherFamily::kAes ? "AES" : "TDES";
