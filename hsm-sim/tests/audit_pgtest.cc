@@ -16,6 +16,7 @@
 #include "hsm_fixture.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
+#include "rkl/testing/wait.h"
 
 namespace rkl::hsm {
 namespace {
@@ -226,7 +227,8 @@ TEST_F(AuditPgTest, BackgroundSealerChainsRecordsByItself) {
   ASSERT_TRUE(hsm.ok()) << hsm.status();
   hsm_ = *std::move(hsm);
   MakeRecords(5);
-  for (int i = 0; i < 3000 && Chained() < 5; ++i) absl::SleepFor(absl::Milliseconds(10));
+  // Wait for the sealer's work, not for a duration.
+  EXPECT_TRUE(rkl::testing::WaitUntil([&] { return Chained() == 5; }));
   EXPECT_EQ(Chained(), 5);
   EXPECT_EQ(Pending(), 0);
 }

@@ -19,6 +19,7 @@
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/testing/wait.h"
 #include "test_terminal.h"
 
 namespace rkl::hsm {
@@ -523,6 +524,17 @@ TEST_F(KeyStorePgTest, KeysInsertedTogetherAndPrefetchedLiveKeysAreTheStoredOnes
   ASSERT_TRUE(s.ok()) << s;
 }
 
+// Backends of this database that PostgreSQL shows waiting for a heavyweight lock (a row
+// lock taken FOR UPDATE is one): the positive evidence that a statement is blocked.
+int64_t BackendsWaitingForALock(const std::string& dsn) {
+  pqxx::connection conn(dsn);
+  pqxx::nontransaction tx(conn);
+  return tx
+      .exec1("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND wait_event_type = 'Lock'")[0]
+      .as<int64_t>();
+}
+
 TEST_F(KeyStorePgTest, ReadOnlyUnitDoesNotWaitForALockOnALiveKey) {
   // A read-only unit runs in autocommit, where FOR UPDATE would only wait for (and then
   // briefly take) a lock it cannot keep. Another transaction holds the live TMK's lock.
@@ -542,10 +554,15 @@ TEST_F(KeyStorePgTest, ReadOnlyUnitDoesNotWaitForALockOnALiveKey) {
     });
     done = true;
   });
-  for (int i = 0; i < 500 && !done; ++i) absl::SleepFor(absl::Milliseconds(10));
+  // Either the reader finishes, or PostgreSQL shows it waiting for the lock: the outcome is
+  // an event either way, however slow the machine.
+  int64_t waiting = 0;
+  EXPECT_TRUE(rkl::testing::WaitUntil(
+      [&] { return done || (waiting = BackendsWaitingForALock(hsm_->dsn())) > 0; }));
   const bool finished_while_locked = done;
   held.abort();  // lets a waiting reader finish either way
   reader.join();
+  EXPECT_EQ(waiting, 0) << "the read-only unit waited for the row lock";
   EXPECT_TRUE(finished_while_locked) << "the read-only unit waited for the row lock";
   EXPECT_TRUE(s.ok()) << s;
 }
@@ -668,8 +685,10 @@ TEST_F(KeyStorePgTest, OneWriteUnitWaitsForATransactionHoldingTheLiveKeyAndSeesI
     s = RekeyInOneWrite(*store, "SN-HELD", "test_held", &seen, &made);
     done = true;
   });
-  for (int i = 0; i < 3000 && hooks.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(1));
-  absl::SleepFor(absl::Milliseconds(100));  // time enough to wrongly go past the lock
+  // The write either blocks on the held lock (PostgreSQL lists its backend as waiting) or
+  // wrongly goes past it (done): wait for whichever happens, not for a duration.
+  EXPECT_TRUE(rkl::testing::WaitUntil(
+      [&] { return done || (hooks.load() > 0 && BackendsWaitingForALock(hsm_->dsn()) > 0); }));
   const bool waited = !done;
   held->exec(absl::StrCat("UPDATE hsm_key SET state = 2 WHERE key_index = ", old));
   held->commit();
