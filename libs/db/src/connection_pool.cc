@@ -68,6 +68,11 @@ int ConnectionPool::idle_connections() const {
   return static_cast<int>(idle_.size());
 }
 
+int ConnectionPool::waiting_borrowers() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_;
+}
+
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow() { return Borrow(borrow_timeout_); }
 
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration timeout) {
@@ -108,7 +113,9 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration time
                                                  " connections to ", target_, " in use for ",
                                                  absl::FormatDuration(timeout)));
     }
+    ++waiting_;
     released_.WaitWithDeadline(&mu_, deadline);
+    --waiting_;
   }
 }
 

@@ -312,20 +312,16 @@ TEST_F(ServerTest, ShutdownSignalStopsTheServerGracefully) {
   StartServer(ClientCertMode::kRequireAndVerify);
   ASSERT_TRUE(CallEcho(TestPki::Get().Client("mtms")).ok());
   InstallShutdownSignalHandlers();  // before the signal can arrive
-  std::thread signaller([] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::raise(SIGTERM);
-  });
+  // The handler latches the signal, so it may arrive before or after the wait begins.
+  std::thread signaller([] { std::raise(SIGTERM); });
   EXPECT_EQ(server_->RunUntilShutdownSignal(absl::Seconds(2)), SIGTERM);
   signaller.join();
   EXPECT_FALSE(CallEcho(TestPki::Get().Client("mtms")).ok());
 }
 
 TEST_F(ServerTest, RequestShutdownWakesTheWaiter) {
-  std::thread requester([] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    RequestShutdown();
-  });
+  // Latched: the request may come before or after the wait begins.
+  std::thread requester([] { RequestShutdown(); });
   EXPECT_EQ(WaitForShutdownSignal(), 0);
   requester.join();
 }

@@ -192,11 +192,12 @@ TEST(ForwarderThreadTest, BackgroundWorkerForwardsAndStops) {
                .mak_index = hsm.mak_index(),
                .interval = absl::Milliseconds(10)});
   f.Start();
-  // Wait for the state, not for a duration: no timing assumption beyond the test timeout.
-  while (repo.GetSubmission(receipt->submission_id).value()->state != SubmissionState::kForwarded) {
+  // Wait for the state, not for a duration.
+  EXPECT_TRUE(rkl::testing::WaitUntil([&] {
     f.Wake();
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+    return repo.GetSubmission(receipt->submission_id).value()->state ==
+           SubmissionState::kForwarded;
+  }));
   f.Stop();
   EXPECT_EQ(kms.calls(), 1);
 }

@@ -319,14 +319,18 @@ TEST_F(MtmsGrpcTest, WithKmsStoppedPackagesStayReceivedAndAreForwardedOnceAfterR
   EXPECT_EQ(fake_kms_.calls(), 0);
   // The channel reconnects with gRPC's own backoff, so the first passes after the restart
   // may still meet UNAVAILABLE; wait for the outcome, not for a duration.
-  uint32_t forwarded = 0;
-  while (forwarded < static_cast<uint32_t>(kPackages)) {
-    forced = ForceForward();
-    ASSERT_TRUE(forced.ok()) << forced.status();
-    ASSERT_EQ(forced->rejected(), 0u);
-    forwarded += forced->forwarded();
-    if (forwarded < static_cast<uint32_t>(kPackages)) absl::SleepFor(absl::Milliseconds(50));
-  }
+  uint32_t forwarded = 0, rejected = 0;
+  EXPECT_TRUE(rkl::testing::WaitUntil(
+      [&] {
+        forced = ForceForward();
+        if (!forced.ok()) return true;  // reported below
+        rejected += forced->rejected();
+        forwarded += forced->forwarded();
+        return rejected > 0 || forwarded >= static_cast<uint32_t>(kPackages);
+      },
+      rkl::testing::kEventDeadline, absl::Milliseconds(50)));
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  ASSERT_EQ(rejected, 0u);
   EXPECT_EQ(forwarded, static_cast<uint32_t>(kPackages));
   EXPECT_EQ(fake_kms_.calls(), kPackages);
   EXPECT_EQ(fake_kms_.stored(), kPackages);
@@ -354,13 +358,16 @@ TEST_F(MtmsGrpcTest, TwoReplicasWithBackgroundForwardersForwardEachRowExactlyOnc
   mtms_->forwarder.Start();
   second->forwarder.Start();
   // Wait for the outcome, not for a duration (the clock is frozen, so no lease expires).
-  while (true) {
-    auto queue = ListQueue(v1::SUBMISSION_STATE_UNSPECIFIED);
-    ASSERT_TRUE(queue.ok()) << queue.status();
-    if (queue->forwarded() == static_cast<uint64_t>(kPackages)) break;
-    ASSERT_EQ(queue->rejected(), 0u);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  absl::StatusOr<v1::ListQueueResponse> seen;
+  EXPECT_TRUE(rkl::testing::WaitUntil(
+      [&] {
+        seen = ListQueue(v1::SUBMISSION_STATE_UNSPECIFIED);
+        return !seen.ok() || seen->rejected() > 0 ||
+               seen->forwarded() == static_cast<uint64_t>(kPackages);
+      },
+      rkl::testing::kEventDeadline, absl::Milliseconds(20)));
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->rejected(), 0u);
   mtms_->forwarder.Stop();
   second->forwarder.Stop();
   EXPECT_EQ(fake_kms_.calls(), kPackages);

@@ -865,7 +865,7 @@ class HoldOneSn final : public HsmPort {
     if (request.sn == sn_) {
       absl::MutexLock lock(&mu_);
       held_ = true;
-      mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Seconds(30));
+      mu_.AwaitWithTimeout(absl::Condition(&released_), rkl::testing::kEventDeadline);
       held_ = false;
     }
     return inner_.TranslateTransportKey(request);
@@ -899,14 +899,9 @@ TYPED_TEST_P(MtmsSuite, ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt) {
   std::thread runner([&] { pass = forwarder->RunPass(); });
   // First the oldest row reaches HSM #1 and stays there; then everything else must get
   // through while it is held (a pass that waited for a whole batch claimed nothing more).
-  bool slow_held = false;
-  for (int i = 0; i < 10000 && !(slow_held = hold.held()); ++i) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  bool rest_forwarded = false;
-  for (int i = 0; i < 10000 && slow_held && !(rest_forwarded = this->kms_.stored() == 5); ++i) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  const bool slow_held = rkl::testing::WaitUntil([&] { return hold.held(); });
+  const bool rest_forwarded =
+      slow_held && rkl::testing::WaitUntil([&] { return this->kms_.stored() == 5; });
   const bool still_held = hold.held();
   hold.Release();
   runner.join();
@@ -927,17 +922,12 @@ TYPED_TEST_P(MtmsSuite, BackgroundWorkersTakeAPackageThatArrivesWhileAnotherIsHe
   HoldOneSn hold(this->hsm_, "SN-HELD-0");
   auto forwarder = this->MakeForwarderWith(hold, this->kms_, /*batch_size=*/4, /*workers=*/4);
   forwarder->Start();
-  bool slow_held = false;
-  for (int i = 0; i < 10000 && !(slow_held = hold.held()); ++i) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  const bool slow_held = rkl::testing::WaitUntil([&] { return hold.held(); });
   const std::vector<std::string> later = this->SubmitMany("SN-LATER-", 3);
-  bool later_forwarded = false;
-  for (int i = 0; i < 10000 && slow_held; ++i) {
+  const bool later_forwarded = slow_held && rkl::testing::WaitUntil([&] {
     forwarder->Wake();  // as intake does after each package
-    if ((later_forwarded = this->kms_.stored() == 3)) break;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+    return this->kms_.stored() == 3;
+  });
   const bool still_held = hold.held();
   hold.Release();
   forwarder->Stop();
@@ -965,10 +955,7 @@ TYPED_TEST_P(MtmsSuite, StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore) {
     stop_returned = true;
   });
   // Let Stop() be requested before the held rows finish, so the pass must not claim again.
-  bool requested = false;
-  for (int i = 0; i < 30000 && !(requested = forwarder->stopping()); ++i) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  const bool requested = rkl::testing::WaitUntil([&] { return forwarder->stopping(); });
   // Stop() waits for the rows its pass holds at HSM #1.
   EXPECT_FALSE(stop_returned.load());
   gate.Open();

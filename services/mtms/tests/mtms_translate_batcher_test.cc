@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "rkl/testing/wait.h"
 
 namespace rkl::mtms {
 namespace {
@@ -34,7 +35,7 @@ class ScriptedHsm final : public HsmPort {
     absl::MutexLock lock(&mu_);
     ++single_calls_;
     ++singles_in_flight_;
-    mu_.AwaitWithTimeout(absl::Condition(&singles_open_), absl::Seconds(30));
+    mu_.AwaitWithTimeout(absl::Condition(&singles_open_), rkl::testing::kEventDeadline);
     --singles_in_flight_;
     return Answer(request);
   }
@@ -45,7 +46,7 @@ class ScriptedHsm final : public HsmPort {
     std::vector<std::string> sns;
     for (const auto& r : requests) sns.push_back(r.sn);
     batches_.push_back(sns);
-    mu_.AwaitWithTimeout(absl::Condition(&open_), absl::Seconds(30));
+    mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
     --in_flight_;
     if (!batch_status_.ok()) return batch_status_;
     std::vector<absl::StatusOr<Bytes>> out;
@@ -70,7 +71,7 @@ class ScriptedHsm final : public HsmPort {
   bool WaitForSinglesInFlight(int n) {
     absl::MutexLock lock(&mu_);
     auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return singles_in_flight_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
   }
   void FailBatches(absl::Status s) {
     absl::MutexLock lock(&mu_);
@@ -84,7 +85,7 @@ class ScriptedHsm final : public HsmPort {
   bool WaitForInFlight(int n) {
     absl::MutexLock lock(&mu_);
     auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30));
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
   }
   std::vector<std::vector<std::string>> batches() {
     absl::MutexLock lock(&mu_);
@@ -139,11 +140,7 @@ class Callers {
 
 // Waits (bounded) until `n` callers are queued behind the calls in flight.
 bool WaitForQueued(TranslateBatcher& batcher, size_t n) {
-  for (int i = 0; i < 3000; ++i) {
-    if (batcher.queued_for_test() >= n) return true;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return false;
+  return rkl::testing::WaitUntil([&] { return batcher.queued_for_test() >= n; });
 }
 
 // Holds a first call ("SN-FIRST") at the HSM, queues `rest` behind it, then lets everything

@@ -27,6 +27,7 @@
 #include "rkl/crypto/x509.h"
 #include "rkl/crypto/x509_crl.h"
 #include "rkl/rpc/identity.h"
+#include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -169,7 +170,7 @@ class FakeKms final : public KmsPort {
 // opens the gate for good (and timed_out() says so).
 class GatedHsm final : public HsmPort {
  public:
-  static constexpr absl::Duration kGateTimeout = absl::Seconds(30);
+  static constexpr absl::Duration kGateTimeout = rkl::testing::kEventDeadline;
 
   explicit GatedHsm(HsmPort& inner) : inner_(inner) {}
   absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t bits, const std::string& label) override {

@@ -68,6 +68,8 @@ class ConnectionPool {
   // Connections currently open, leased or idle.
   int open_connections() const;
   int idle_connections() const;
+  // Borrow() calls waiting for a connection right now (all max_size leased).
+  int waiting_borrowers() const;
   // The DSN with its password redacted, for logs.
   const std::string& redacted_dsn() const { return redacted_dsn_; }
 
@@ -89,6 +91,7 @@ class ConnectionPool {
   absl::CondVar released_;  // a connection went idle or a slot freed up
   std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + leased + being opened
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Exclusive use of one pooled connection; returns it on destruction. Move-only.
