@@ -309,7 +309,9 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
       // The single command gives the same answer (Ctk_pk is deterministic).
       auto single = core_->TranslateTransportKey("mtms", items[i]);
       EXPECT_EQ((*batch)[i].status(), single.status());
-      if (single.ok()) EXPECT_EQ(*(*batch)[i], *single);
+      if (single.ok()) {
+        EXPECT_EQ(*(*batch)[i], *single);
+      }
     }
     EXPECT_EQ((*batch)[1].status(), absl::UnauthenticatedError("transport key rejected"));
     // The OK items are the terminals' own keys.

@@ -138,8 +138,11 @@ TEST_F(HsmGrpcTest, TranslateBatchGivesEachItemTheSingleCommandsAnswer) {
     const v1::TranslateTransportKeyOutcome& outcome = r->outcomes(i);
     EXPECT_EQ(outcome.code(), static_cast<int>(single.status().code()));
     EXPECT_EQ(outcome.message(), std::string(single.status().message()));
-    if (single.ok()) EXPECT_EQ(outcome.ctk_pk(), single->ctk_pk());
-    if (!single.ok()) EXPECT_TRUE(outcome.ctk_pk().empty());
+    if (single.ok()) {
+      EXPECT_EQ(outcome.ctk_pk(), single->ctk_pk());
+    } else {
+      EXPECT_TRUE(outcome.ctk_pk().empty());
+    }
   }
   EXPECT_EQ(r->outcomes(0).code(), 0);
   EXPECT_EQ(r->outcomes(1).code(), static_cast<int>(grpc::StatusCode::UNAUTHENTICATED));

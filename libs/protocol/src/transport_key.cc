@@ -24,8 +24,10 @@ uint64_t GetBigEndian(std::span<const uint8_t> in) {
 }  // namespace
 
 Bytes OaepLabel(std::string_view sn) {
-  Bytes label(kOaepLabelPrefix.begin(), kOaepLabelPrefix.end());
-  label.insert(label.end(), sn.begin(), sn.end());
+  // Sized once, then filled (appending with insert() draws a false -Warray-bounds from g++ 12).
+  Bytes label(kOaepLabelPrefix.size() + sn.size());
+  std::copy(sn.begin(), sn.end(),
+            std::copy(kOaepLabelPrefix.begin(), kOaepLabelPrefix.end(), label.begin()));
   return label;
 }
 

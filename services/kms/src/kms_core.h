@@ -142,11 +142,11 @@ class KmsCore {
   struct Change {
     TerminalRecord record;
     bool cancel_sessions = false;
-    std::vector<AuditEntry> audit;
+    std::vector<AuditEntry> audit = {};
     // A session step written in the same transaction (never with cancel_sessions).
-    std::optional<SessionMove> session_move;
+    std::optional<SessionMove> session_move = std::nullopt;
     // Or a new session, written with the terminal or not at all (never with the above).
-    std::optional<AuthSession> session_insert;
+    std::optional<AuthSession> session_insert = std::nullopt;
   };
   // Returns the change to make, nullopt for none, or the refusal.
   using Decision = std::function<absl::StatusOr<std::optional<Change>>(const TerminalRecord&)>;

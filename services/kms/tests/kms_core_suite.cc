@@ -898,7 +898,9 @@ TEST_F(KmsCoreSuite, RepositoryKeepsAuditTextExactlyAndInOrder) {
     EXPECT_EQ((*out)[i].detail, in[i].detail);
     EXPECT_EQ((*out)[i].actor, in[i].actor);
     EXPECT_EQ((*out)[i].at_ms, in[i].at_ms);
-    if (i > 0) EXPECT_GT((*out)[i].seq, (*out)[i - 1].seq);
+    if (i > 0) {
+      EXPECT_GT((*out)[i].seq, (*out)[i - 1].seq);
+    }
   }
 }
 
@@ -911,14 +913,15 @@ TEST_F(KmsCoreSuite, RepositoryWritesAnImportWithItsNewSessionOrNeither) {
   const size_t audit_before = AuditOf(t.sn()).size();
   auto session = [&](const std::string& id) {
     return AuthSession{.id = id, .sn = t.sn(), .auk_index = 4242, .rnd1 = Bytes(16, 1),
-                       .rnd2 = Bytes(16, 2), .state = SessionState::kOpen,
+                       .rnd2 = Bytes(16, 2), .state = SessionState::kOpen, .tmk_kcv = "",
                        .created_at_ms = 10, .expires_at_ms = 20};
   };
   auto audit = [&](const char* action) {
     return std::vector<AuditEntry>{
-        AuditEntry{.at_ms = 1, .actor = "kms", .action = action, .sn = t.sn(), .result = "OK"},
+        AuditEntry{.at_ms = 1, .actor = "kms", .action = action, .sn = t.sn(), .detail = "",
+                   .result = "OK"},
         AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.session", .sn = t.sn(),
-                   .result = "OK"}};
+                   .detail = "", .result = "OK"}};
   };
   TerminalRecord change = read;
   change.consecutive_failures = 2;
@@ -993,7 +996,7 @@ TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   ASSERT_TRUE(repo()
                   .UpdateTerminal(first, false,
                                   {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.first",
-                                              .sn = t.sn(), .result = "OK"}})
+                                              .sn = t.sn(), .detail = "", .result = "OK"}})
                   .ok());
   // The same version again: refused, and neither its audit entry, its TK change nor its
   // session cancellation is written.
@@ -1003,7 +1006,7 @@ TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   EXPECT_EQ(repo()
                 .UpdateTerminal(stale, true,
                                 {AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.stale",
-                                            .sn = t.sn(), .result = "OK"}})
+                                            .sn = t.sn(), .detail = "", .result = "OK"}})
                 .code(),
             absl::StatusCode::kAborted);
   TerminalRecord now = Terminal(t.sn());
@@ -1043,7 +1046,7 @@ TEST_F(KmsCoreSuite, RepositoryMovesTheSessionWithTheTerminalUpdate) {
   next.consecutive_failures = 2;
   absl::StatusOr<bool> moved = repo().UpdateTerminalAndMoveSession(
       next, {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.move", .sn = t.sn(),
-                        .result = "OK"}},
+                        .detail = "", .result = "OK"}},
       SessionMove{id, SessionState::kOpen, SessionState::kAuthenticated, "ABCDEF"});
   ASSERT_TRUE(moved.ok()) << moved.status();
   EXPECT_TRUE(*moved);
