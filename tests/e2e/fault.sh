@@ -5,7 +5,7 @@
 # `rkl-pos fleet --count 200 --concurrency 16` runs in the background; once KMS reports
 # some terminals INSTALLED (and while the fleet is still going), the target is killed with
 # SIGKILL (PostgreSQL: an immediate shutdown, i.e. a crash with WAL recovery on restart),
-# left down for a few seconds, and restarted. The fleet rides it out with its bounded retry
+# left down until a terminal of the fleet has met the outage, and restarted. The fleet rides it out with its bounded retry
 # of transient failures; any terminal it still reports failed is resumed where it stopped
 # with `rkl-pos provision --sn` (as a real terminal retries). The test fails if a terminal
 # is lost (not at KMS), stuck (not INSTALLED after the bounded waits), installed twice, or
@@ -41,6 +41,7 @@ E2E_BG_PIDS+=("$fleet")
 # Strike once the flow runs at full speed but most of the fleet is still to come.
 installed=$(e2e_wait_installed 10 "$fleet")
 ((installed < COUNT)) || e2e_fail "the fleet finished before the fault could be injected"
+retries_before=$(e2e_fleet_retries)
 case $target in
   postgres)
     e2e_log "CRASH: PostgreSQL immediate shutdown with $installed/$COUNT INSTALLED"
@@ -52,7 +53,10 @@ case $target in
     ;;
 esac
 kill -0 "$fleet" 2>/dev/null || e2e_fail "the fleet ended while $target was down"
-sleep 4 # down long enough that in-flight terminals hit the outage (not an assertion)
+# Down until a terminal has met the outage (an event, however slow the machine): a restart
+# before any terminal noticed would test nothing.
+e2e_wait_fleet_retries_above "$retries_before" "$fleet" 300
+kill -0 "$fleet" 2>/dev/null || e2e_fail "the fleet ended while $target was down"
 
 case $target in
   postgres)
@@ -73,7 +77,7 @@ e2e_wait_pid "$fleet" 900 || fleet_rc=$?
 E2E_BG_PIDS=()
 e2e_log "fleet exited $fleet_rc: $(grep -E 'succeeded|failed' "$RKL_STATE/logs/pos-fleet.out" | head -2 | tr '\n' ' ')"
 ((fleet_rc == 0)) || sed -n '/failures by reason/,/^$/p' "$RKL_STATE/logs/pos-fleet.out" >&2
-e2e_log "terminals that met the outage and resumed: $(grep -c 'resuming in' "$RKL_STATE/logs/pos-fleet.err" || true) retries by the fleet"
+e2e_log "terminals that met the outage and resumed: $(e2e_fleet_retries) retries by the fleet"
 
 e2e_resume_unfinished "$prefix"
 e2e_assert_fleet "$prefix" "$COUNT"

@@ -124,6 +124,22 @@ e2e_wait_installed() {
   e2e_fail "fewer than $want terminals INSTALLED after ${limit}s"
 }
 
+# Transient failures the fleet has met and retried so far (rkl-pos logs each retry).
+e2e_fleet_retries() {
+  grep -c 'resuming in' "$RKL_STATE/logs/pos-fleet.err" 2>/dev/null || true
+}
+
+# Waits until the fleet (background pid $2) has retried more than $1 times, at most $3 s.
+e2e_wait_fleet_retries_above() {
+  local before=$1 pid=$2 limit=$3 i
+  for ((i = 0; i < limit * 5; i++)); do
+    (($(e2e_fleet_retries) > before)) && return 0
+    kill -0 "$pid" 2>/dev/null || e2e_fail "the fleet exited while waiting for it to meet the outage"
+    sleep 0.2
+  done
+  e2e_fail "no terminal of the fleet met the outage within ${limit}s"
+}
+
 # Waits for background pid $1 for at most $2 seconds; returns its exit status.
 e2e_wait_pid() {
   local pid=$1 limit=$2 i
