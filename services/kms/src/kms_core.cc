@@ -16,6 +16,14 @@
 namespace rkl::kms {
 namespace {
 
+// True when `stored` (a Ctk_pk KMS kept) wraps the same payload as `incoming` under the
+// same PK: KWP has no randomness, so equal W under one PK means equal TEK and AUK.
+bool SameTransportKey(const Bytes& stored, const protocol::ParsedCtkPk& incoming) {
+  absl::StatusOr<protocol::ParsedCtkPk> kept = protocol::ParseCtkPk(stored);
+  return kept.ok() && kept->header.algorithm == incoming.header.algorithm &&
+         kept->header.pk_kcv == incoming.header.pk_kcv && kept->wrapped == incoming.wrapped;
+}
+
 // Optimistic writes that lose a race are decided again on fresh state, a bounded number
 // of times: more than a handful of losses in a row means something is wrong.
 constexpr int kMaxMutateAttempts = 8;
@@ -239,6 +247,11 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     TerminalRecord t = *std::move(existing);
     // An exact repeat (an MTMS outbox retry) changes nothing, whatever the state.
     if (t.ctk_pk == ctk) return SubmitResult{t.state, true};
+    // Nor does the same transport key in another package (the operator terminal sent it
+    // again after a lost receipt, so MTMS made a second Ctk_pk): W = AES-KWP(PK, P) is
+    // deterministic, so the same W under the same PK is the same TEK and AUK. Superseding
+    // would only cancel the session the terminal may already have opened on it.
+    if (SameTransportKey(t.ctk_pk, *parsed)) return SubmitResult{t.state, true};
 
     absl::Status refusal;
     switch (t.state) {

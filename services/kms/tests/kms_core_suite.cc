@@ -274,6 +274,35 @@ TEST_F(KmsCoreSuite, SameCtkPkAgainIsADuplicateAndChangesNothing) {
   EXPECT_EQ(late->state, TerminalState::kInstalled);
 }
 
+TEST_F(KmsCoreSuite, SameTkInANewerPackageIsADuplicateAndKeepsTheOpenSession) {
+  // The operator terminal lost MTMS's receipt and sent the terminal's TK again: MTMS made
+  // a second Ctk_pk (a later created_at, so other bytes) for the same TEK and AUK. The
+  // session the terminal opened on the first one must survive it.
+  TestTerminal t("POS-AGAIN", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  TerminalRecord before = Terminal(t.sn());
+  auto later = t.MakeCtkPk(keys_.pk, keys_.mak, /*created_at_ms=*/1700000060000);
+  ASSERT_TRUE(later.ok());
+  ASSERT_NE(*later, before.ctk_pk);
+  auto again = core_->SubmitTransportKey(kMtms, t.sn(), *later, "sub-again");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.version, before.version);
+  EXPECT_EQ(after.ctk_pk, before.ctk_pk);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 0);
+  EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
+
+  // A different TK is still a new one: it supersedes.
+  t.RegenerateTransportKey();
+  auto other = Submit(t);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_FALSE(other->duplicate);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+}
+
 TEST_F(KmsCoreSuite, IntakeValidatesSnAndCtkPkLayout) {
   TestTerminal t("POS-VAL", KeyAlgorithm::kAes128);
   auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
