@@ -3,8 +3,10 @@
 //   echo-server     the ceiling's server: rkl's RPC bootstrap (mTLS, health, interceptor)
 //                   serving only rkl.v1.Echo
 //   echo            bare unary round trips over mTLS against echo-server
-//   hsm-translate   HSM #1 TranslateTransportKey (Pu → PK/MAK) as `mtms`; with --batch B,
-//                   TranslateTransportKeys with B items per call (what MTMS's forwarder sends)
+//   hsm-translate   HSM #1 TranslateTransportKey (Pu → PK/MAK) as `mtms`, each with its
+//                   package signed by the operator card (HSM #1 verifies it); with --batch
+//                   B, TranslateTransportKeys with B items per call (what MTMS's forwarder
+//                   sends)
 //   mtms            MTMS SubmitTransportKey, then waits until every package is FORWARDED
 //   kms             KMS BeginAuthentication + CompleteAuthentication + ConfirmInstallation
 //
@@ -347,10 +349,45 @@ int HsmTranslateBatches(const std::vector<v1::TranslateTransportKeyRequest>& req
   return r.failed == 0 ? 0 : 1;
 }
 
+// The deployment's operator card (--operator-card, --operator-pin-file).
+struct OperatorCardInfo {
+  crypto::Pkcs12Contents card;
+  std::string operator_id;
+};
+OperatorCardInfo LoadOperatorCard(const Args& a) {
+  std::string pin = ReadFile(a.Str("operator-pin-file"));
+  while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
+  std::string p12 = ReadFile(a.Str("operator-card"));
+  auto card =
+      OrDie(crypto::ReadPkcs12(AsBytes(p12), SecretBytes::CopyOf(AsBytes(pin))), "operator card");
+  const std::string cn = card.certificate.SubjectCommonName();
+  return {std::move(card), cn.substr(cn.find(':') + 1)};
+}
+
+// The package an operator terminal signs for `sn`'s Ctk_Pu (PROTOCOL §4); serialized.
+std::string SignedPackage(const OperatorCardInfo& op, const WorkKeyInfo& wk, const std::string& sn,
+                          const Bytes& ctk, int64_t created_at_ms, Bytes* signature) {
+  v1::TransportKeyPackage pkg;
+  pkg.set_sn(sn);
+  pkg.set_ctk_pu(std::string(AsString(ctk)));
+  pkg.set_work_certificate_serial(wk.serial);
+  pkg.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(KeyAlgorithm::kAes128)));
+  pkg.set_created_at_unix_ms(created_at_ms);
+  Bytes nonce = crypto::RandomBytes(16);
+  pkg.set_nonce(std::string(AsString(nonce)));
+  pkg.set_operator_id(op.operator_id);
+  std::string bytes = pkg.SerializeAsString();
+  *signature = OrDie(crypto::EcdsaSign(op.card.private_key, AsBytes(bytes)), "sign");
+  return bytes;
+}
+
 int HsmTranslate(const Args& a) {
   const int64_t n = a.Int("requests", 5000);
   const int c = static_cast<int>(a.Int("concurrency", 32));
   WorkKeyInfo wk = CurrentWorkKey(a);
+  // HSM #1 translates only what an operator signed: each request carries its package.
+  const OperatorCardInfo op = LoadOperatorCard(a);
+  const std::string card_der(AsString(op.card.certificate.ToDer()));
   const std::string prefix = RunPrefix("T");
   std::vector<v1::TranslateTransportKeyRequest> reqs(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -361,7 +398,12 @@ int HsmTranslate(const Args& a) {
     r.set_pr_index(wk.pr_index);
     r.set_ctk_pu(std::string(AsString(ctk)));
     r.set_sn(sn);
-    r.set_created_at_unix_ms(absl::ToUnixMillis(absl::Now()));
+    const int64_t created_at = absl::ToUnixMillis(absl::Now());
+    r.set_created_at_unix_ms(created_at);
+    Bytes signature;
+    r.set_package(SignedPackage(op, wk, sn, ctk, created_at, &signature));
+    r.set_package_signature(std::string(AsString(signature)));
+    r.set_operator_certificate_der(card_der);
     r.set_pk_index(a.Int("pk-index", 0));
     r.set_mak_index(a.Int("mak-index", 0));
     r.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(KeyAlgorithm::kAes128)));
@@ -406,14 +448,8 @@ int Mtms(const Args& a) {
   const int64_t n = a.Int("requests", 2000);
   const int c = static_cast<int>(a.Int("concurrency", 32));
   WorkKeyInfo wk = CurrentWorkKey(a);
-  std::string pin = ReadFile(a.Str("operator-pin-file"));
-  while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
-  std::string p12 = ReadFile(a.Str("operator-card"));
-  auto card =
-      OrDie(crypto::ReadPkcs12(AsBytes(p12), SecretBytes::CopyOf(AsBytes(pin))), "operator card");
-  const std::string cn = card.certificate.SubjectCommonName();
-  const std::string operator_id = cn.substr(cn.find(':') + 1);
-  const std::string card_pem = card.certificate.ToPem();
+  const OperatorCardInfo op = LoadOperatorCard(a);
+  const std::string card_pem = op.card.certificate.ToPem();
 
   const std::string prefix = RunPrefix("M");
   std::vector<v1::SubmitTransportKeyRequest> reqs(n);
@@ -421,19 +457,8 @@ int Mtms(const Args& a) {
     std::string sn = Sn(prefix, i);
     SecretBytes payload = OrDie(protocol::EncodeTkPayload(NewTk()), "payload");
     Bytes ctk = OrDie(crypto::RsaOaepEncrypt(wk.pu, payload, protocol::OaepLabel(sn)), "OAEP");
-    v1::TransportKeyPackage pkg;
-    pkg.set_sn(sn);
-    pkg.set_ctk_pu(std::string(AsString(ctk)));
-    pkg.set_work_certificate_serial(wk.serial);
-    pkg.set_algorithm(
-        static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(KeyAlgorithm::kAes128)));
-    pkg.set_created_at_unix_ms(absl::ToUnixMillis(absl::Now()));
-    Bytes nonce = crypto::RandomBytes(16);
-    pkg.set_nonce(std::string(AsString(nonce)));
-    pkg.set_operator_id(operator_id);
-    std::string bytes = pkg.SerializeAsString();
-    Bytes sig = OrDie(crypto::EcdsaSign(card.private_key, AsBytes(bytes)), "sign");
-    reqs[i].set_package(bytes);
+    Bytes sig;
+    reqs[i].set_package(SignedPackage(op, wk, sn, ctk, absl::ToUnixMillis(absl::Now()), &sig));
     reqs[i].set_signature(std::string(AsString(sig)));
     reqs[i].set_operator_certificate_pem(card_pem);
   }

@@ -89,10 +89,15 @@ rkl_write_configs() {
           ca) echo "master_key_file: $RKL_STATE/secrets/ca-master.key" ;;
           hsm-mtms | hsm-kms)
             echo "hsm_id: $svc"
+            echo "role: ${svc#hsm-}"
             echo "lmk:"
             echo "  file: $RKL_STATE/secrets/lmk-$svc"
             echo "authz:"
-            echo "  operational_identities: $([[ $svc == hsm-mtms ]] && echo mtms || echo kms)"
+            echo "  operational_identities: ${svc#hsm-}"
+            if [[ $svc == hsm-mtms ]]; then
+              echo "translation:"
+              echo "  operator_ca_file: $pki/operator-ca.pem"
+            fi
             ;;
           mtms)
             echo "hsm:"

@@ -27,6 +27,7 @@ using crypto::SecretBytes;
 
 constexpr size_t kComponentSize = 32;
 constexpr size_t kMaxLabelLength = 64;
+constexpr size_t kMaxReasonLength = 256;
 constexpr uint32_t kMinComponents = 2;
 constexpr uint32_t kMaxComponents = 9;
 constexpr uint32_t kMaxRandomLength = 1024;
@@ -55,6 +56,20 @@ absl::Status ValidateLabel(const std::string& label, std::string_view field) {
     if (c < 0x20 || c > 0x7E) {
       return absl::InvalidArgumentError(
           absl::StrCat(std::string(field), ": must be 1-64 printable ASCII characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A free-text reason for the audit record: bounded, and no control characters (it becomes
+// part of a line of audit detail).
+absl::Status ValidateReason(const std::string& reason) {
+  if (reason.size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError("reason: at most 256 characters");
+  }
+  for (char c : reason) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
+      return absl::InvalidArgumentError("reason: control characters are not allowed");
     }
   }
   return absl::OkStatus();
@@ -131,7 +146,8 @@ HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomS
       audit_(audit),
       clock_(clock),
       rng_(std::move(rng)),
-      options_(std::move(options)) {}
+      options_(std::move(options)),
+      evidence_(options_.operator_cas) {}
 
 // Runs `body` in one store transaction and audits it: on success the record is written in
 // that transaction (so the change and its record commit together); on failure it is written
@@ -623,16 +639,16 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKe
     std::vector<absl::StatusOr<TranslateKeys>> prepared;
     prepared.reserve(commands.size());
     for (const TranslateCommand& cmd : commands) prepared.push_back(PrepareTranslate(tx, cmd));
-    std::vector<absl::StatusOr<SecretBytes>> payloads(commands.size(),
-                                                      absl::InternalError("not decrypted"));
+    // The operator evidence is checked per item with its decryption, on the same threads.
+    std::vector<Decrypted> decrypted(commands.size());
     ParallelFor(commands.size(), BatchThreads(), [&](size_t i) {
-      if (prepared[i].ok()) payloads[i] = DecryptTransportKey(*prepared[i], commands[i]);
+      if (prepared[i].ok()) decrypted[i] = CheckAndDecrypt(*prepared[i], commands[i]);
     });
     for (size_t i = 0; i < commands.size(); ++i) {
       const TranslateCommand& cmd = commands[i];
       AuditEvent record = TranslateEvent(caller, cmd);
       absl::StatusOr<Bytes> result = prepared[i].ok()
-                                         ? FinishTranslate(record, cmd, *prepared[i], payloads[i])
+                                         ? FinishTranslate(record, cmd, *prepared[i], decrypted[i])
                                          : absl::StatusOr<Bytes>(prepared[i].status());
       if (result.ok()) {
         record.at_ms = clock_.NowUnixMs();
@@ -680,15 +696,31 @@ absl::StatusOr<HsmCore::TranslateKeys> HsmCore::PrepareTranslate(KeyTransaction&
   return keys;
 }
 
-absl::StatusOr<SecretBytes> HsmCore::DecryptTransportKey(const TranslateKeys& keys,
-                                                         const TranslateCommand& cmd) {
-  return crypto::RsaOaepDecrypt(*keys.pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+HsmCore::Decrypted HsmCore::CheckAndDecrypt(const TranslateKeys& keys,
+                                            const TranslateCommand& cmd) const {
+  Decrypted out;
+  // Nothing is decrypted unless an operator signed exactly this transport key for this SN.
+  absl::StatusOr<std::string> operator_id =
+      evidence_.Verify(cmd.evidence, TranslateSubject{.sn = cmd.sn,
+                                                      .ctk_pu = cmd.ctk_pu,
+                                                      .algorithm = *cmd.algorithm,
+                                                      .created_at_ms = cmd.created_at_ms});
+  if (!operator_id.ok()) {
+    out.evidence = operator_id.status();
+    return out;
+  }
+  out.operator_id = *std::move(operator_id);
+  out.payload = crypto::RsaOaepDecrypt(*keys.pr, cmd.ctk_pu, protocol::OaepLabel(cmd.sn));
+  return out;
 }
 
 absl::StatusOr<Bytes> HsmCore::FinishTranslate(AuditEvent& audit, const TranslateCommand& cmd,
                                                const TranslateKeys& keys,
-                                               const absl::StatusOr<SecretBytes>& payload) {
+                                               const Decrypted& decrypted) {
+  if (!decrypted.evidence.ok()) return decrypted.evidence;
+  absl::StrAppend(&audit.detail, " operator=", decrypted.operator_id);
   // Every decryption or format failure is the same answer: no padding or format oracle.
+  const absl::StatusOr<SecretBytes>& payload = decrypted.payload;
   if (!payload.ok()) return TransportKeyRejected();
   auto tk = protocol::ParseTkPayload(*payload);
   if (!tk.ok() || tk->algorithm != *cmd.algorithm) return TransportKeyRejected();
@@ -711,7 +743,7 @@ absl::StatusOr<Bytes> HsmCore::FinishTranslate(AuditEvent& audit, const Translat
 absl::StatusOr<Bytes> HsmCore::DoTranslate(KeyTransaction& tx, AuditEvent& audit,
                                            const TranslateCommand& cmd) {
   RKL_ASSIGN_OR_RETURN(TranslateKeys keys, PrepareTranslate(tx, cmd));
-  return FinishTranslate(audit, cmd, keys, DecryptTransportKey(keys, cmd));
+  return FinishTranslate(audit, cmd, keys, CheckAndDecrypt(keys, cmd));
 }
 
 absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, AuditEvent& audit,
@@ -722,9 +754,9 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
     return absl::InvalidArgumentError("ctk_pk: at most 512 bytes");
   }
   RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(cmd.ctk_pk));
-  // PK, MAK and the SN's live transport keys (used below) in one read.
+  // PK, MAK and the SN's live terminal keys (used below) in one read.
   const uint64_t keys[] = {cmd.pk_index, cmd.mak_index};
-  const KeyType transport_types[] = {KeyType::kTek, KeyType::kAuk};
+  const KeyType transport_types[] = {KeyType::kTek, KeyType::kAuk, KeyType::kTmk};
   RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(keys, transport_types, cmd.sn));
   RKL_ASSIGN_OR_RETURN(KeyRecord pk_record,
                        UsableKey(tx, cmd.pk_index, "pk_index", KeyUsage::kTkWrap, nullptr));
@@ -779,9 +811,13 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
       return result;
     }
   }
-  // A new transport key for the SN supersedes the old one.
+  // A new transport key for the SN supersedes the old one, and the SN's TMK with it: a TMK
+  // leaves only under the TEK it was made for, so the next delivery makes a new one
+  // (PROTOCOL §8, re-keying). KMS refuses a new transport key for an installed terminal
+  // unless an administrator marked it for re-key.
+  RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_tmks, tx.FindLiveKeys(KeyType::kTmk, cmd.sn));
   int64_t now = clock_.NowUnixMs();
-  for (const auto* live : {&live_teks, &live_auks}) {
+  for (const auto* live : {&live_teks, &live_auks, &live_tmks}) {
     for (const KeyRecord& old : *live) {
       RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
       absl::StrAppend(&audit.detail, " superseded=", old.index);
@@ -810,25 +846,12 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
   return result;
 }
 
-absl::StatusOr<ImportedTransportKey> HsmCore::ImportTransportKey(const std::string& caller,
-                                                                 const ImportCommand& cmd) {
-  AuditEvent event{.actor = caller,
-                   .action = "import_transport_key",
-                   .sn = cmd.sn,
-                   .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return RunOneWrite(
-      event, true, 2,
-      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedTransportKey> {
-        return DoImport(tx, audit, cmd);
-      });
-}
-
 // ---- TMK, authentication, delivery (PROTOCOL §7, §8) ---------------------------------------
 
 absl::StatusOr<GeneratedTmk> HsmCore::DoGenerateTmk(KeyTransaction& tx, AuditEvent& audit,
                                                     const std::string& sn,
                                                     std::optional<KeyAlgorithm> algorithm,
-                                                    bool replace_existing) {
+                                                    bool replace_existing, uint64_t tek_index) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   if (!algorithm) {
     return absl::InvalidArgumentError("algorithm: must be TDES2, AES128 or AES256");
@@ -838,7 +861,10 @@ absl::StatusOr<GeneratedTmk> HsmCore::DoGenerateTmk(KeyTransaction& tx, AuditEve
   absl::StrAppend(&audit.detail, " algorithm=", name);
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
   int64_t now = clock_.NowUnixMs();
-  if (!live.empty() && !replace_existing) {
+  // The live TMK is delivered again only under the TEK it was made for. One made for a TEK
+  // that has been replaced since (a new transport key raced a delivery), or made before
+  // TMKs were bound, is superseded here instead: a TMK never leaves under a second TEK.
+  if (!live.empty() && !replace_existing && live.front().kek_index == tek_index) {
     const KeyRecord& existing = live.front();
     if (existing.algorithm != code) {
       return absl::FailedPreconditionError(absl::StrCat("sn: the live TMK of ", sn, " is ",
@@ -862,23 +888,11 @@ absl::StatusOr<GeneratedTmk> HsmCore::DoGenerateTmk(KeyTransaction& tx, AuditEve
                                                              .bound_sn = sn,
                                                              .label = "tmk:" + sn,
                                                              .kcv = kcv,
+                                                             .kek_index = tek_index,
                                                              .material = std::move(tmk)},
                                                       now));
-  absl::StrAppend(&audit.detail, " tmk=", record.index, " kcv=", kcv);
+  absl::StrAppend(&audit.detail, " tmk=", record.index, " kcv=", kcv, " bound_to_tek=", tek_index);
   return GeneratedTmk{record.index, kcv, true};
-}
-
-absl::StatusOr<GeneratedTmk> HsmCore::GenerateTmk(const std::string& caller, const std::string& sn,
-                                                  std::optional<KeyAlgorithm> algorithm,
-                                                  bool replace_existing) {
-  AuditEvent event{.actor = caller,
-                   .action = "generate_tmk",
-                   .sn = sn,
-                   .detail = absl::StrCat("replace_existing=", replace_existing)};
-  return RunOneWrite(event, true, 2,
-                     [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedTmk> {
-                       return DoGenerateTmk(tx, audit, sn, algorithm, replace_existing);
-                     });
 }
 
 absl::StatusOr<AuthChallengeResult> HsmCore::DoAuthChallenge(KeyTransaction& tx, AuditEvent& audit,
@@ -927,16 +941,6 @@ absl::Status HsmCore::DoAuthVerify(KeyTransaction& tx, AuditEvent& audit,
   return protocol::VerifyCrnd2(keys, cmd.rnd1, cmd.rnd2, cmd.crnd2);
 }
 
-absl::Status HsmCore::AuthVerify(const std::string& caller, const AuthVerifyCommand& cmd) {
-  AuditEvent event{.actor = caller,
-                   .action = "auth_verify",
-                   .sn = cmd.sn,
-                   .detail = absl::StrCat("auk=", cmd.auk_index)};
-  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
-    return DoAuthVerify(tx, audit, cmd);
-  });
-}
-
 absl::StatusOr<ExportedKeyBlock> HsmCore::DoExport(KeyTransaction& tx, AuditEvent& audit,
                                                    uint64_t key_index, uint64_t kek_index,
                                                    const std::string& sn) {
@@ -948,6 +952,17 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::DoExport(KeyTransaction& tx, AuditEven
                        UsableKey(tx, key_index, "key_index", KeyUsage::kTerminalMaster, &sn));
   RKL_ASSIGN_OR_RETURN(KeyRecord kek_record,
                        UsableKey(tx, kek_index, "kek_index", KeyUsage::kExportKek, &sn));
+  // A TMK goes out only under the TEK it was made for: not under a TEK imported since
+  // (which superseded it anyway), and never a TMK made before the binding existed.
+  if (key_record.kek_index != kek_index) {
+    return absl::PermissionDeniedError(
+        key_record.kek_index == 0
+            ? absl::StrCat("key_index: TMK ", key_index,
+                           " is bound to no TEK (made before TMKs were bound); re-key the "
+                           "terminal")
+            : absl::StrCat("key_index: TMK ", key_index, " is bound to TEK ", key_record.kek_index,
+                           ", not to kek_index ", kek_index));
+  }
   RKL_ASSIGN_OR_RETURN(KeyAlgorithm key_algorithm, TerminalAlgorithm(key_record));
   RKL_ASSIGN_OR_RETURN(KeyAlgorithm kek_algorithm, TerminalAlgorithm(kek_record));
   if (key_algorithm != kek_algorithm) {
@@ -965,19 +980,6 @@ absl::StatusOr<ExportedKeyBlock> HsmCore::DoExport(KeyTransaction& tx, AuditEven
   RKL_ASSIGN_OR_RETURN(result.kek_kcv, crypto::KcvHex(kek_algorithm, tek));
   absl::StrAppend(&audit.detail, " key_kcv=", result.key_kcv, " kek_kcv=", result.kek_kcv);
   return result;
-}
-
-absl::StatusOr<ExportedKeyBlock> HsmCore::ExportKeyBlock(const std::string& caller,
-                                                         uint64_t key_index, uint64_t kek_index,
-                                                         const std::string& sn) {
-  AuditEvent event{.actor = caller,
-                   .action = "export_key_block",
-                   .sn = sn,
-                   .detail = absl::StrCat("key=", key_index, " kek=", kek_index)};
-  return RunReadOnly(
-      event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ExportedKeyBlock> {
-        return DoExport(tx, audit, key_index, kek_index, sn);
-      });
 }
 
 // ---- Composite commands for KMS: several commands in one transaction and audit record ------
@@ -1011,17 +1013,21 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
   return RunOneWrite(
       event, true, 2,
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
-        // AUK, TEK and the SN's live TMK (if any) in one read; the TMK made below is known
-        // without one.
+        // AUK, TEK and the SN's live keys in one read; the TMK made below is known without
+        // one. The live TEK and AUK are taken as found (FindLiveKeys), so the write fails and
+        // the command runs again if a new transport key superseded them meanwhile: a TMK is
+        // never made for, or sent under, a TEK that is no longer the SN's.
         const uint64_t keys[] = {verify.auk_index, tek_index};
-        const KeyType tmk[] = {KeyType::kTmk};
-        RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(keys, tmk, verify.sn));
+        const KeyType live_types[] = {KeyType::kTek, KeyType::kAuk, KeyType::kTmk};
+        RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(keys, live_types, verify.sn));
+        RKL_RETURN_IF_ERROR(tx.FindLiveKeys(KeyType::kTek, verify.sn).status());
+        RKL_RETURN_IF_ERROR(tx.FindLiveKeys(KeyType::kAuk, verify.sn).status());
         // Nothing is made or exported unless the terminal proved itself just now.
         RKL_RETURN_IF_ERROR(DoAuthVerify(tx, audit, verify));
         absl::StrAppend(&audit.detail, " crnd2=verified");
         AuthenticatedDelivery out;
-        RKL_ASSIGN_OR_RETURN(out.tmk,
-                             DoGenerateTmk(tx, audit, verify.sn, algorithm, replace_existing));
+        RKL_ASSIGN_OR_RETURN(
+            out.tmk, DoGenerateTmk(tx, audit, verify.sn, algorithm, replace_existing, tek_index));
         RKL_ASSIGN_OR_RETURN(out.block,
                              DoExport(tx, audit, out.tmk.tmk_index, tek_index, verify.sn));
         return out;
@@ -1069,6 +1075,35 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
     absl::StrAppend(&audit.detail, " tmk=", live.front().index);
     return absl::OkStatus();
   });
+}
+
+// ---- Revocation ------------------------------------------------------------------------
+
+absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::string& caller,
+                                                                   const std::string& sn,
+                                                                   const std::string& reason) {
+  AuditEvent event{.actor = caller, .action = "destroy_terminal_keys", .sn = sn};
+  return Run(event, false, 1,
+             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<std::vector<uint64_t>> {
+               RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+               RKL_RETURN_IF_ERROR(ValidateReason(reason));
+               if (!reason.empty()) absl::StrAppend(&audit.detail, "reason=\"", reason, "\"");
+               RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
+               const int64_t now = clock_.NowUnixMs();
+               std::vector<uint64_t> destroyed;
+               for (const KeyRecord& k : keys) {
+                 RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kDeleted, now));
+                 destroyed.push_back(k.index);
+                 absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
+                                 "destroyed=", KeyTypeName(k.type), ":", k.index, "(",
+                                 KeyStateName(k.state), ",kcv=", k.kcv, ")");
+               }
+               if (destroyed.empty()) {
+                 absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
+                                 "nothing left to destroy");
+               }
+               return destroyed;
+             });
 }
 
 // ---- Administration ----------------------------------------------------------------------

@@ -15,7 +15,13 @@
 //  - decryption and format failures of transport keys and components are one uniform
 //    UNAUTHENTICATED error; error messages never contain key material or plaintext;
 //  - after a failed self-test every command except GetKeyInfo returns FAILED_PRECONDITION
-//    "HSM self-test failed".
+//    "HSM self-test failed";
+//  - a transport key is translated only with evidence that an operator signed exactly it
+//    (OperatorEvidence), checked before anything is decrypted;
+//  - a TMK is bound to the TEK it was made for and is exported under no other key; a new
+//    transport key for an SN supersedes the SN's TMK with its TEK and AUK, so the next
+//    delivery makes a new TMK (PROTOCOL §8, re-keying);
+//  - DestroyTerminalKeys erases every key of an SN (revocation).
 // Authorization (who may call which command) is the gRPC adapter's job; the core receives
 // the authenticated identity for audit and for custodian rules.
 // Thread-safe: commands may run concurrently; shared state lives in the KeyStore.
@@ -29,6 +35,7 @@
 #include "absl/time/time.h"
 #include "audit_log.h"
 #include "key_store.h"
+#include "operator_evidence.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/random.h"
@@ -54,6 +61,9 @@ struct HsmCoreOptions {
   // Threads that decrypt the items of one TranslateTransportKeys call at once (the calling
   // thread is one of them); 0 = one per core.
   int batch_threads = 0;
+  // The operator-ca certificates whose operators' packages this HSM translates (HSM #1);
+  // none: translation is refused.
+  std::vector<crypto::Certificate> operator_cas{};
 };
 
 struct GeneratedRsaKey {
@@ -91,6 +101,7 @@ struct TranslateCommand {
   uint64_t pk_index = 0;
   uint64_t mak_index = 0;
   std::optional<crypto::KeyAlgorithm> algorithm{};  // nullopt: not given / unknown code
+  TranslateEvidence evidence{};                     // the operator-signed package it comes from
 };
 
 struct ImportCommand {
@@ -185,30 +196,32 @@ class HsmCore {
   static constexpr size_t kMaxTranslateBatch = 64;
   absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
       const std::string& caller, std::span<const TranslateCommand> commands);
-  absl::StatusOr<ImportedTransportKey> ImportTransportKey(const std::string& caller,
-                                                          const ImportCommand& command);
-  absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& caller, const std::string& sn,
-                                           std::optional<crypto::KeyAlgorithm> algorithm,
-                                           bool replace_existing);
   absl::StatusOr<AuthChallengeResult> AuthChallenge(const std::string& caller, uint64_t auk_index,
                                                     const std::string& sn, const Bytes& rnd1);
-  absl::Status AuthVerify(const std::string& caller, const AuthVerifyCommand& command);
-  absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(const std::string& caller, uint64_t key_index,
-                                                  uint64_t kek_index, const std::string& sn);
   absl::Status VerifyInstallProof(const std::string& caller, const InstallProofCommand& command);
 
-  // Composite commands (one transaction, one audit record each), with the checks and
-  // errors of the commands they combine:
-  //  ImportAndChallenge      = ImportTransportKey, then AuthChallenge with the imported AUK;
-  //  AuthenticateAndDeliver  = AuthVerify, then GenerateTmk, then ExportKeyBlock of that TMK
-  //                            under `tek_index` — no TMK is made or exported unless Crnd2
-  //                            verified in the same command.
+  // Composite commands (one transaction, one audit record each):
+  //  ImportAndChallenge      = import Ctk_pk (PROTOCOL §6: the same transport key again
+  //                            returns the keys it made; a new one supersedes the SN's live
+  //                            TEK, AUK and TMK), then AuthChallenge with the imported AUK;
+  //  AuthenticateAndDeliver  = verify Crnd2, then the SN's TMK (the live one unless
+  //                            replace_existing; a new one is bound to `tek_index`), then
+  //                            its TR-31 export under `tek_index`, which must be the TEK the
+  //                            TMK is bound to (PERMISSION_DENIED otherwise) — no TMK is
+  //                            made or exported unless Crnd2 verified in the same command.
   absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(const std::string& caller,
                                                            const ImportCommand& command,
                                                            const Bytes& rnd1);
   absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
       const std::string& caller, const AuthVerifyCommand& verify,
       std::optional<crypto::KeyAlgorithm> algorithm, bool replace_existing, uint64_t tek_index);
+
+  // Revocation: erases every key bound to `sn` that is not yet deleted (TEK, AUK, TMK, live
+  // or superseded) and returns their indexes, in one transaction with its audit record.
+  // Idempotent: a repeat destroys nothing and returns none.
+  absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& caller,
+                                                            const std::string& sn,
+                                                            const std::string& reason);
 
   absl::StatusOr<KeyRecord> GetKeyInfo(const std::string& caller, uint64_t key_index);
   absl::Status DeleteKey(const std::string& caller, uint64_t key_index);
@@ -249,11 +262,17 @@ class HsmCore {
     crypto::SecretBytes pk, mak;
   };
   absl::StatusOr<TranslateKeys> PrepareTranslate(KeyTransaction& tx, const TranslateCommand& cmd);
-  static absl::StatusOr<crypto::SecretBytes> DecryptTransportKey(const TranslateKeys& keys,
-                                                                 const TranslateCommand& cmd);
+  // The operator evidence, then the RSA decryption (no store access): the parallel part of
+  // a batch. Evidence errors come back as they are; decryption errors are left for
+  // FinishTranslate to make uniform.
+  struct Decrypted {
+    absl::Status evidence;
+    std::string operator_id;
+    absl::StatusOr<crypto::SecretBytes> payload = absl::InternalError("not decrypted");
+  };
+  Decrypted CheckAndDecrypt(const TranslateKeys& keys, const TranslateCommand& cmd) const;
   absl::StatusOr<Bytes> FinishTranslate(AuditEvent& audit, const TranslateCommand& cmd,
-                                        const TranslateKeys& keys,
-                                        const absl::StatusOr<crypto::SecretBytes>& payload);
+                                        const TranslateKeys& keys, const Decrypted& decrypted);
   absl::StatusOr<Bytes> DoTranslate(KeyTransaction& tx, AuditEvent& audit,
                                     const TranslateCommand& cmd);
   absl::StatusOr<ImportedTransportKey> DoImport(KeyTransaction& tx, AuditEvent& audit,
@@ -261,7 +280,7 @@ class HsmCore {
   absl::StatusOr<GeneratedTmk> DoGenerateTmk(KeyTransaction& tx, AuditEvent& audit,
                                              const std::string& sn,
                                              std::optional<crypto::KeyAlgorithm> algorithm,
-                                             bool replace_existing);
+                                             bool replace_existing, uint64_t tek_index);
   absl::StatusOr<AuthChallengeResult> DoAuthChallenge(KeyTransaction& tx, AuditEvent& audit,
                                                       uint64_t auk_index, const std::string& sn,
                                                       const Bytes& rnd1);
@@ -278,6 +297,7 @@ class HsmCore {
   Clock& clock_;
   crypto::RandomSource rng_;
   const HsmCoreOptions options_;
+  const OperatorEvidence evidence_;
 };
 
 }  // namespace rkl::hsm

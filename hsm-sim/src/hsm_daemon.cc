@@ -1,5 +1,8 @@
 #include "hsm_daemon.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -18,6 +21,16 @@ void DeclareHsmConfig(ConfigSchema& schema) {
               "Name of this HSM instance, e.g. hsm-mtms or hsm-kms. Recorded in the database "
               "at first start and part of the audit key derivation; must not change.")
       .Default("hsm");
+  schema
+      .Enum("role", {"mtms", "kms"},
+            "what this instance is for: mtms = HSM #1 (work key pair and translation, for "
+            "MTMS), kms = HSM #2 (import, authentication, TMK delivery and revocation, for "
+            "KMS). Each role serves only its own commands")
+      .Required();
+  schema.Path("translation.operator_ca_file",
+              "role mtms: PEM file with the operator-ca certificate(s); HSM #1 translates only "
+              "transport keys whose package an operator of this CA signed (required for role "
+              "mtms)");
   schema.String("listen", "host:port to serve gRPC on (HSM #1 50052, HSM #2 50053)")
       .Default("0.0.0.0:50052");
   rpc::DeclareTlsConfig(schema);
@@ -35,9 +48,9 @@ void DeclareHsmConfig(ConfigSchema& schema) {
       .Required();
   schema
       .String("authz.operational_identities",
-              "comma-separated mTLS identities allowed the operational commands (HSM #1: "
-              "mtms, HSM #2: kms); admin:* identities are always allowed, and are the only "
-              "ones allowed ceremony, delete and audit commands")
+              "comma-separated mTLS identities allowed the role's commands (HSM #1: mtms, "
+              "HSM #2: kms); admin:* identities are allowed only the ceremony, key-state and "
+              "audit commands, and only they are")
       .Required();
   schema.Duration("ceremony.default_ttl", "lifetime of a key ceremony that sets no ttl_seconds")
       .Default("15m");
@@ -63,6 +76,15 @@ void DeclareHsmConfig(ConfigSchema& schema) {
 absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
   HsmDaemonOptions o;
   o.hsm_id = config.GetString("hsm_id");
+  o.role = config.GetEnum("role") == "mtms" ? HsmRole::kMtms : HsmRole::kKms;
+  if (config.Has("translation.operator_ca_file")) {
+    o.operator_ca_file = config.GetPath("translation.operator_ca_file");
+  }
+  if (*o.role == HsmRole::kMtms && o.operator_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "config: translation.operator_ca_file: required for role mtms (the operator-ca "
+        "certificate HSM #1 verifies package signatures against)");
+  }
   o.listen_address = config.GetString("listen");
   o.tls = rpc::TlsFilesFromConfig(config);
   o.database_dsn = config.GetString("db.dsn");
@@ -75,7 +97,7 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
     if (identity == "*" || identity.starts_with("admin:")) {
       return absl::InvalidArgumentError(
           absl::StrCat("config: authz.operational_identities: '", identity,
-                       "' is not a service identity (admins are always allowed)"));
+                       "' is not a service identity (admins never get operational commands)"));
     }
     o.operational_identities.push_back(identity);
   }
@@ -94,9 +116,48 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
   return o;
 }
 
+namespace {
+
+// The operator-ca certificates of role mtms: every certificate in the PEM file, each a CA.
+absl::StatusOr<std::vector<crypto::Certificate>> LoadOperatorCas(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("translation.operator_ca_file: cannot read ", file));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<std::vector<crypto::Certificate>> cas =
+      crypto::Certificate::ParsePemBundle(text.str());
+  if (!cas.ok() || cas->empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("translation.operator_ca_file: ", file, " holds no PEM certificate"));
+  }
+  for (const crypto::Certificate& ca : *cas) {
+    if (!ca.IsCa()) {
+      return absl::FailedPreconditionError(absl::StrCat("translation.operator_ca_file: ", file,
+                                                        ": '", ca.SubjectCommonName(),
+                                                        "' is not a CA certificate"));
+    }
+  }
+  return cas;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions options) {
   std::unique_ptr<HsmDaemon> d(new HsmDaemon());
   Clock& clock = options.clock != nullptr ? *options.clock : d->system_clock_;
+  if (!options.role) {
+    return absl::InvalidArgumentError("role: required (mtms for HSM #1, kms for HSM #2)");
+  }
+  std::vector<crypto::Certificate> operator_cas;
+  if (*options.role == HsmRole::kMtms) {
+    if (options.operator_ca_file.empty()) {
+      return absl::InvalidArgumentError("translation.operator_ca_file: required for role mtms");
+    }
+    RKL_ASSIGN_OR_RETURN(operator_cas, LoadOperatorCas(options.operator_ca_file));
+  }
 
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes lmk, LoadLmkFile(options.lmk_file));
   RKL_ASSIGN_OR_RETURN(d->lmk_kcv_, LmkKcv(lmk));
@@ -138,11 +199,12 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   }
   d->store_ = std::make_unique<PgKeyStore>(*d->pool_, lmk, *d->audit_, options.key_cache_size);
   crypto::RandomSource rng = options.rng ? options.rng : crypto::RandomSource(crypto::FillRandom);
-  d->core_ =
-      std::make_unique<HsmCore>(*d->store_, *d->audit_, clock, std::move(rng),
-                                HsmCoreOptions{.self_test_passed = d->self_test_.passed,
-                                               .default_ceremony_ttl = options.ceremony_ttl});
-  d->service_ = std::make_unique<HsmGrpcService>(*d->core_, options.operational_identities);
+  d->core_ = std::make_unique<HsmCore>(*d->store_, *d->audit_, clock, std::move(rng),
+                                       HsmCoreOptions{.self_test_passed = d->self_test_.passed,
+                                                      .default_ceremony_ttl = options.ceremony_ttl,
+                                                      .operator_cas = std::move(operator_cas)});
+  d->service_ =
+      std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
 
   RKL_ASSIGN_OR_RETURN(
       d->server_, rpc::Server::Start({.listen_address = options.listen_address,
@@ -152,8 +214,8 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
                                      {d->service_.get()}));
   d->server_->SetServing(kHsmServiceName, d->self_test_.passed);
   d->server_->SetServing(d->self_test_.passed);
-  spdlog::info("rkl-hsm '{}' serving on port {} (LMK KCV {}, operational identities: {})",
-               options.hsm_id, d->server_->port(), d->lmk_kcv_,
+  spdlog::info("rkl-hsm '{}' (role {}) serving on port {} (LMK KCV {}, operational identities: {})",
+               options.hsm_id, HsmRoleName(*options.role), d->server_->port(), d->lmk_kcv_,
                absl::StrJoin(options.operational_identities, ","));
   return d;
 }

@@ -5,12 +5,14 @@
 //
 // Start() fails (FAILED_PRECONDITION / UNAVAILABLE, naming the file, key or KCV at fault)
 // when the LMK file is unsafe or malformed, the database is unreachable, a migration fails,
-// or the LMK or hsm_id differs from the one the database was created with. A failed
+// or the LMK or hsm_id differs from the one the database was created with, or no role is
+// set, or role mtms has no readable operator-ca certificate to trust. A failed
 // self-test does NOT fail start-up: the daemon serves, reports NOT_SERVING on gRPC health
 // and refuses every cryptographic command with FAILED_PRECONDITION, so an operator can see
 // the state and read the audit log.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,11 @@ inline constexpr char kHsmServiceName[] = "rkl.v1.Hsm";
 
 struct HsmDaemonOptions {
   std::string hsm_id = "hsm";
+  // HSM #1 (kMtms) or HSM #2 (kKms): which commands it serves (HsmGrpcService). Required.
+  std::optional<HsmRole> role;
+  // Role mtms: PEM file with the operator-ca certificate(s) whose operators' packages this
+  // HSM translates (OperatorEvidence). Required for role mtms, ignored for role kms.
+  std::string operator_ca_file;
   std::string database_dsn;
   int db_pool_size = 8;
   std::string lmk_file;

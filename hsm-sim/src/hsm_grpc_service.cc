@@ -1,5 +1,8 @@
 #include "hsm_grpc_service.h"
 
+#include <span>
+#include <stdexcept>
+
 #include "rkl/rpc/status.h"
 
 namespace rkl::hsm {
@@ -13,22 +16,19 @@ static_assert(static_cast<int>(CeremonyState::kExpired) == v1::CEREMONY_STATE_EX
 
 constexpr char kAdmins[] = "admin:*";
 
-const char* const kOperationalMethods[] = {"GenerateRsaKeyPair",
-                                           "GetPublicKey",
-                                           "TranslateTransportKey",
-                                           "TranslateTransportKeys",
-                                           "ImportTransportKey",
-                                           "GenerateTmk",
-                                           "AuthChallenge",
-                                           "AuthVerify",
-                                           "ExportKeyBlock",
-                                           "VerifyInstallProof",
-                                           "GetKeyInfo",
-                                           "GenerateRandom",
-                                           "ImportAndChallenge",
-                                           "AuthenticateAndDeliver"};
+// Who may call what (docs/hsm.md, "Who may call what"). Each operational command is served
+// by one role, to that role's service only: what MTMS needs on HSM #1, what KMS needs on
+// HSM #2. Admins manage keys — ceremonies, key state, audit — and never receive, export or
+// re-wrap one. A method in no list (another role's) is refused to everyone.
+const char* const kMtmsRoleMethods[] = {"GenerateRsaKeyPair", "GetPublicKey",
+                                        "TranslateTransportKey", "TranslateTransportKeys",
+                                        "GenerateRandom"};
+const char* const kKmsRoleMethods[] = {"ImportAndChallenge",     "AuthChallenge",
+                                       "AuthenticateAndDeliver", "VerifyInstallProof",
+                                       "DestroyTerminalKeys",    "GenerateRandom"};
 const char* const kAdminMethods[] = {"BeginCeremony",    "GetCeremony", "AddComponent",
-                                     "CompleteCeremony", "DeleteKey",   "VerifyAuditChain"};
+                                     "CompleteCeremony", "GetKeyInfo",  "DeleteKey",
+                                     "VerifyAuditChain"};
 
 Bytes ToBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 std::string ToString(const Bytes& b) { return std::string(b.begin(), b.end()); }
@@ -44,12 +44,22 @@ grpc::Status Done(const absl::Status& s) { return rpc::ToGrpcStatus(s); }
 
 }  // namespace
 
-HsmGrpcService::HsmGrpcService(HsmCore& core,
+std::string_view HsmRoleName(HsmRole role) { return role == HsmRole::kMtms ? "mtms" : "kms"; }
+
+std::span<const char* const> OperationalMethods(HsmRole role) {
+  if (role == HsmRole::kMtms) return kMtmsRoleMethods;
+  return kKmsRoleMethods;
+}
+
+HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
                                const std::vector<std::string>& operational_identities)
     : core_(core) {
-  std::vector<std::string> operational = operational_identities;
-  operational.push_back(kAdmins);
-  for (const char* m : kOperationalMethods) authorizer_.Allow(m, operational);
+  for (const std::string& identity : operational_identities) {
+    if (identity.starts_with("admin:") || identity.ends_with("*")) {
+      throw std::invalid_argument("operational identities name services, not admins or patterns");
+    }
+  }
+  for (const char* m : OperationalMethods(role)) authorizer_.Allow(m, operational_identities);
   for (const char* m : kAdminMethods) authorizer_.Allow(m, {kAdmins});
 }
 
@@ -155,7 +165,11 @@ TranslateCommand TranslateCommandFrom(const v1::TranslateTransportKeyRequest& re
                           .created_at_ms = req.created_at_unix_ms(),
                           .pk_index = req.pk_index(),
                           .mak_index = req.mak_index(),
-                          .algorithm = Algorithm(req.algorithm())};
+                          .algorithm = Algorithm(req.algorithm()),
+                          .evidence = TranslateEvidence{
+                              .package = ToBytes(req.package()),
+                              .package_signature = ToBytes(req.package_signature()),
+                              .operator_certificate_der = ToBytes(req.operator_certificate_der())}};
 }
 
 }  // namespace
@@ -222,17 +236,6 @@ AuthVerifyCommand AuthVerifyCommandFrom(const v1::AuthVerifyRequest& req) {
 
 }  // namespace
 
-grpc::Status HsmGrpcService::ImportTransportKey(grpc::ServerContext* ctx,
-                                                const v1::ImportTransportKeyRequest* req,
-                                                v1::ImportTransportKeyResponse* resp) {
-  auto caller = Authorize(*ctx, "ImportTransportKey");
-  if (!caller.ok()) return Done(caller.status());
-  auto r = core_.ImportTransportKey(*caller, ImportCommandFrom(*req));
-  if (!r.ok()) return Done(r.status());
-  SetImported(*r, *resp);
-  return grpc::Status::OK;
-}
-
 grpc::Status HsmGrpcService::ImportAndChallenge(grpc::ServerContext* ctx,
                                                 const v1::ImportAndChallengeRequest* req,
                                                 v1::ImportAndChallengeResponse* resp) {
@@ -265,20 +268,6 @@ grpc::Status HsmGrpcService::AuthenticateAndDeliver(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status HsmGrpcService::GenerateTmk(grpc::ServerContext* ctx,
-                                         const v1::GenerateTmkRequest* req,
-                                         v1::GenerateTmkResponse* resp) {
-  auto caller = Authorize(*ctx, "GenerateTmk");
-  if (!caller.ok()) return Done(caller.status());
-  auto r =
-      core_.GenerateTmk(*caller, req->sn(), Algorithm(req->algorithm()), req->replace_existing());
-  if (!r.ok()) return Done(r.status());
-  resp->set_tmk_index(r->tmk_index);
-  resp->set_kcv(r->kcv);
-  resp->set_created(r->created);
-  return grpc::Status::OK;
-}
-
 grpc::Status HsmGrpcService::AuthChallenge(grpc::ServerContext* ctx,
                                            const v1::AuthChallengeRequest* req,
                                            v1::AuthChallengeResponse* resp) {
@@ -288,26 +277,6 @@ grpc::Status HsmGrpcService::AuthChallenge(grpc::ServerContext* ctx,
   if (!r.ok()) return Done(r.status());
   resp->set_rnd2(ToString(r->rnd2));
   resp->set_crnd1(ToString(r->crnd1));
-  return grpc::Status::OK;
-}
-
-grpc::Status HsmGrpcService::AuthVerify(grpc::ServerContext* ctx, const v1::AuthVerifyRequest* req,
-                                        v1::Empty*) {
-  auto caller = Authorize(*ctx, "AuthVerify");
-  if (!caller.ok()) return Done(caller.status());
-  return Done(core_.AuthVerify(*caller, AuthVerifyCommandFrom(*req)));
-}
-
-grpc::Status HsmGrpcService::ExportKeyBlock(grpc::ServerContext* ctx,
-                                            const v1::ExportKeyBlockRequest* req,
-                                            v1::ExportKeyBlockResponse* resp) {
-  auto caller = Authorize(*ctx, "ExportKeyBlock");
-  if (!caller.ok()) return Done(caller.status());
-  auto r = core_.ExportKeyBlock(*caller, req->key_index(), req->kek_index(), req->sn());
-  if (!r.ok()) return Done(r.status());
-  resp->set_key_block(r->key_block);
-  resp->set_key_kcv(r->key_kcv);
-  resp->set_kek_kcv(r->kek_kcv);
   return grpc::Status::OK;
 }
 
@@ -323,6 +292,17 @@ grpc::Status HsmGrpcService::VerifyInstallProof(grpc::ServerContext* ctx,
                                                             .rnd1 = ToBytes(req->rnd1()),
                                                             .rnd2 = ToBytes(req->rnd2()),
                                                             .proof = ToBytes(req->proof())}));
+}
+
+grpc::Status HsmGrpcService::DestroyTerminalKeys(grpc::ServerContext* ctx,
+                                                 const v1::DestroyTerminalKeysRequest* req,
+                                                 v1::DestroyTerminalKeysResponse* resp) {
+  auto caller = Authorize(*ctx, "DestroyTerminalKeys");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.DestroyTerminalKeys(*caller, req->sn(), req->reason());
+  if (!r.ok()) return Done(r.status());
+  for (uint64_t index : *r) resp->add_destroyed_key_indexes(index);
+  return grpc::Status::OK;
 }
 
 grpc::Status HsmGrpcService::GetKeyInfo(grpc::ServerContext* ctx, const v1::GetKeyInfoRequest* req,
@@ -341,6 +321,7 @@ grpc::Status HsmGrpcService::GetKeyInfo(grpc::ServerContext* ctx, const v1::GetK
   resp->set_state(static_cast<v1::KeyState>(r->state));
   resp->set_created_at_unix_ms(r->created_at_ms);
   resp->set_rsa_bits(r->rsa_bits);
+  resp->set_kek_index(r->kek_index);
   return grpc::Status::OK;
 }
 

@@ -3,12 +3,21 @@
 // caller by its mTLS identity, translates messages and converts statuses (rpc::ToGrpcStatus);
 // every rule lives in the core.
 //
-// Authorization: operational RPCs admit the configured operational identities (HSM #1:
-// "mtms", HSM #2: "kms") and admins ("admin:*"); ceremony, delete and audit RPCs admit admins
-// only. A refused call is PERMISSION_DENIED and is audited.
+// Authorization, by the instance's role and the caller's identity (docs/hsm.md, "Who may
+// call what"):
+//  - role mtms (HSM #1): GenerateRsaKeyPair, GetPublicKey, TranslateTransportKey(s) and
+//    GenerateRandom, to the operational identities (mtms) only;
+//  - role kms (HSM #2): ImportAndChallenge, AuthChallenge, AuthenticateAndDeliver,
+//    VerifyInstallProof, DestroyTerminalKeys and GenerateRandom, to the operational
+//    identities (kms) only;
+//  - both roles: ceremony, GetKeyInfo, DeleteKey and VerifyAuditChain to admins
+//    ("admin:*") only — none of them returns, exports or re-wraps a key.
+// Every other call (another role's command, another identity) is PERMISSION_DENIED and is
+// audited.
 // Thread-safe; the core must outlive the service.
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hsm_core.h"
@@ -17,9 +26,16 @@
 
 namespace rkl::hsm {
 
+// What one rkl-hsm instance is for: HSM #1 serves MTMS, HSM #2 serves KMS.
+enum class HsmRole { kMtms, kKms };
+std::string_view HsmRoleName(HsmRole role);  // "mtms", "kms"
+
 class HsmGrpcService final : public rkl::v1::Hsm::Service {
  public:
-  HsmGrpcService(HsmCore& core, const std::vector<std::string>& operational_identities);
+  // `operational_identities`: the services given the role's commands (admins and patterns
+  // are refused: std::invalid_argument).
+  HsmGrpcService(HsmCore& core, HsmRole role,
+                 const std::vector<std::string>& operational_identities);
 
   grpc::Status GenerateRsaKeyPair(grpc::ServerContext* ctx,
                                   const v1::GenerateRsaKeyPairRequest* req,
@@ -40,26 +56,20 @@ class HsmGrpcService final : public rkl::v1::Hsm::Service {
   grpc::Status TranslateTransportKeys(grpc::ServerContext* ctx,
                                       const v1::TranslateTransportKeysRequest* req,
                                       v1::TranslateTransportKeysResponse* resp) override;
-  grpc::Status ImportTransportKey(grpc::ServerContext* ctx,
-                                  const v1::ImportTransportKeyRequest* req,
-                                  v1::ImportTransportKeyResponse* resp) override;
   grpc::Status ImportAndChallenge(grpc::ServerContext* ctx,
                                   const v1::ImportAndChallengeRequest* req,
                                   v1::ImportAndChallengeResponse* resp) override;
   grpc::Status AuthenticateAndDeliver(grpc::ServerContext* ctx,
                                       const v1::AuthenticateAndDeliverRequest* req,
                                       v1::AuthenticateAndDeliverResponse* resp) override;
-  grpc::Status GenerateTmk(grpc::ServerContext* ctx, const v1::GenerateTmkRequest* req,
-                           v1::GenerateTmkResponse* resp) override;
   grpc::Status AuthChallenge(grpc::ServerContext* ctx, const v1::AuthChallengeRequest* req,
                              v1::AuthChallengeResponse* resp) override;
-  grpc::Status AuthVerify(grpc::ServerContext* ctx, const v1::AuthVerifyRequest* req,
-                          v1::Empty* resp) override;
-  grpc::Status ExportKeyBlock(grpc::ServerContext* ctx, const v1::ExportKeyBlockRequest* req,
-                              v1::ExportKeyBlockResponse* resp) override;
   grpc::Status VerifyInstallProof(grpc::ServerContext* ctx,
                                   const v1::VerifyInstallProofRequest* req,
                                   v1::Empty* resp) override;
+  grpc::Status DestroyTerminalKeys(grpc::ServerContext* ctx,
+                                   const v1::DestroyTerminalKeysRequest* req,
+                                   v1::DestroyTerminalKeysResponse* resp) override;
   grpc::Status GetKeyInfo(grpc::ServerContext* ctx, const v1::GetKeyInfoRequest* req,
                           v1::KeyInfo* resp) override;
   grpc::Status DeleteKey(grpc::ServerContext* ctx, const v1::DeleteKeyRequest* req,

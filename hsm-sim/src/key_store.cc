@@ -18,13 +18,20 @@ namespace {
 // ---- Queries (every one parameterised) ----------------------------------------------------
 constexpr char kKeyColumns[] =
     "key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, created_at_ms, "
-    "rsa_bits, public_key_der, nonce, sealed";
+    "rsa_bits, public_key_der, nonce, sealed, kek_index";
+// The position of the first column after kKeyColumns in a row.
+constexpr int kKeyColumnCount = 14;
 constexpr char kInsertKey[] =
     "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
-    "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12)";
+    "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12, $13)";
 const std::string kFindKey =
     absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1");
+// The SN's keys not yet erased; hsm_key_by_sn (003) makes it an index lookup.
+const std::string kUndeletedKeysOf =
+    absl::StrCat("SELECT ", kKeyColumns,
+                 " FROM hsm_key WHERE bound_sn = $1 AND bound_sn <> '' AND state <> 3 "
+                 "ORDER BY key_index FOR UPDATE");
 constexpr char kLiveLabel[] = "SELECT 1 FROM hsm_key WHERE label = $1 AND state = 1";
 constexpr char kSetKeyState[] =
     "UPDATE hsm_key SET state = $2, updated_at_ms = $3 WHERE key_index = $1";
@@ -88,6 +95,7 @@ KeyRecord RecordFromRow(const pqxx::row& r) {
   k.public_key_der = ToBytes(r[10]);
   k.nonce = ToBytes(r[11]);
   k.sealed = ToBytes(r[12]);
+  k.kek_index = r[13].as<uint64_t>();
   return k;
 }
 
@@ -175,15 +183,18 @@ std::string KeyStateName(KeyState state) {
 }
 
 Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
-                   std::string_view bound_sn, int64_t created_at_ms) {
-  constexpr std::string_view kTag = "RKL-HSM-KEY-1";
-  Bytes aad(kTag.begin(), kTag.end());
+                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index) {
+  // Records without a KEK keep the first layout, so keys sealed before the binding existed
+  // still open; a bound record's tag differs, so it cannot pass for an unbound one.
+  const std::string_view tag = kek_index == 0 ? "RKL-HSM-KEY-1" : "RKL-HSM-KEY-2";
+  Bytes aad(tag.begin(), tag.end());
   PutBigEndian(aad, index, 8);
   aad.push_back(static_cast<uint8_t>(type));
   aad.push_back(algorithm);
   aad.push_back(static_cast<uint8_t>(usage));
   PutShortString(aad, bound_sn);
   PutBigEndian(aad, static_cast<uint64_t>(created_at_ms), 8);
+  if (kek_index != 0) PutBigEndian(aad, kek_index, 8);
   return aad;
 }
 
@@ -318,16 +329,16 @@ std::string PrefetchWithLiveSql(size_t n, std::span<const KeyType> types, bool l
   return absl::StrCat(with, all);
 }
 
-// n rows of kInsertKey's columns, parameters $1..$(12n).
+// n rows of kInsertKey's columns, parameters $1..$(13n).
 std::string InsertKeysSql(size_t n) {
   std::string sql =
       "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
-      "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed) VALUES ";
+      "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index) VALUES ";
   for (size_t i = 0; i < n; ++i) {
-    auto p = [&](int k) { return absl::StrCat("$", i * 12 + k); };
+    auto p = [&](int k) { return absl::StrCat("$", i * 13 + k); };
     absl::StrAppend(&sql, i ? ", " : "", "(", p(1), ", ", p(2), ", ", p(3), ", ", p(4), ", ", p(5),
                     ", ", p(6), ", ", p(7), ", 1, ", p(8), ", ", p(8), ", ", p(9), ", ", p(10),
-                    ", ", p(11), ", ", p(12), ")");
+                    ", ", p(11), ", ", p(12), ", ", p(13), ")");
   }
   return sql;
 }
@@ -407,7 +418,7 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
     absl::StrAppend(&sql,
                     ", ins AS (INSERT INTO hsm_key (key_index, key_type, algorithm, usage, "
                     "bound_sn, label, kcv, state, created_at_ms, updated_at_ms, rsa_bits, "
-                    "public_key_der, nonce, sealed) SELECT v.* FROM (VALUES ");
+                    "public_key_der, nonce, sealed, kek_index) SELECT v.* FROM (VALUES ");
     for (size_t i = 0; i < keys; ++i) {
       std::string row;
       auto add = [&](const std::string& piece) {
@@ -422,7 +433,7 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
       const std::string created = next("bigint");
       add(created);
       add(created);
-      for (const char* type : {"integer", "bytea", "bytea", "bytea"}) add(next(type));
+      for (const char* type : {"integer", "bytea", "bytea", "bytea", "bigint"}) add(next(type));
       absl::StrAppend(&sql, i ? ", " : "", "(", row, ")");
     }
     // Reading `sup` makes the superseding run to completion before the first new row is
@@ -488,7 +499,8 @@ absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& pl
          {absl::StrCat(r.index), absl::StrCat(static_cast<int>(r.type)),
           absl::StrCat(static_cast<int>(r.algorithm)), absl::StrCat(static_cast<int>(r.usage)),
           r.bound_sn, r.label, r.kcv, absl::StrCat(r.created_at_ms), absl::StrCat(r.rsa_bits),
-          ByteaText(r.public_key_der), ByteaText(r.nonce), ByteaText(r.sealed)}) {
+          ByteaText(r.public_key_der), ByteaText(r.nonce), ByteaText(r.sealed),
+          absl::StrCat(r.kek_index)}) {
       params.push_back(std::move(v));
     }
   }
@@ -523,7 +535,8 @@ class PgKeyTransaction : public KeyTransaction {
     std::vector<KeyRecord> records;
     for (const NewKey& key : keys) {
       const uint64_t index = store_.key_indexes_.Next(tx_);
-      Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms);
+      Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms,
+                               key.kek_index);
       RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
       auto [nonce, sealed] = SplitSealed(blob);
       KeyRecord r;
@@ -538,6 +551,7 @@ class PgKeyTransaction : public KeyTransaction {
       r.created_at_ms = now_ms;
       r.rsa_bits = key.rsa_bits;
       r.public_key_der = key.public_key_der;
+      r.kek_index = key.kek_index;
       r.nonce = std::move(nonce);
       r.sealed = std::move(sealed);
       records.push_back(std::move(r));
@@ -553,20 +567,21 @@ class PgKeyTransaction : public KeyTransaction {
       const KeyRecord& r = records.front();
       Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
            static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
-           Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
+           Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
     } else if (records.size() == 2) {
       const KeyRecord& a = records[0];
       const KeyRecord& b = records[1];
       Exec(InsertKeysSql(2), a.index, static_cast<int>(a.type), static_cast<int>(a.algorithm),
            static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv, now_ms, a.rsa_bits,
-           Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), b.index, static_cast<int>(b.type),
-           static_cast<int>(b.algorithm), static_cast<int>(b.usage), b.bound_sn, b.label, b.kcv,
-           now_ms, b.rsa_bits, Blob(b.public_key_der), Blob(b.nonce), Blob(b.sealed));
+           Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), a.kek_index, b.index,
+           static_cast<int>(b.type), static_cast<int>(b.algorithm), static_cast<int>(b.usage),
+           b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits, Blob(b.public_key_der), Blob(b.nonce),
+           Blob(b.sealed), b.kek_index);
     } else {  // not used by any command today: one statement per key
       for (const KeyRecord& r : records) {
         Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
              static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
-             Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed));
+             Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
       }
     }
     // Exactly what was written: reading these back costs nothing.
@@ -653,7 +668,7 @@ class PgKeyTransaction : public KeyTransaction {
     for (const auto& row : Exec(PrefetchWithLiveSql(missing.size(), types, Locking()),
                                 pqxx::prepare::make_dynamic_params(params))) {
       KeyRecord record = RecordFromRow(row);
-      if (row[13].as<bool>()) {
+      if (row[kKeyColumnCount].as<bool>()) {
         prefetched_.try_emplace(record.index, record);  // FindKey of it costs nothing either
         found[{record.type, sn}].push_back(std::move(record));
       } else {
@@ -668,13 +683,22 @@ class PgKeyTransaction : public KeyTransaction {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<std::vector<KeyRecord>> FindUndeletedKeysOf(const std::string& sn) override {
+    // Only for commands that erase what they find, which a one-write unit cannot hold back.
+    RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
+    std::vector<KeyRecord> out;
+    for (const auto& row : Exec(kUndeletedKeysOf, sn)) out.push_back(RecordFromRow(row));
+    return out;
+  }
+
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
     RKL_RETURN_IF_ERROR(Readable());
     return !Exec(kLiveLabel, label).empty();
   }
 
   absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& k) override {
-    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms);
+    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms,
+                             k.kek_index);
     if (auto cached = store_.cache_.Get(k.index, aad, k.nonce, k.sealed)) return *cached;
     auto key = crypto::AeadOpen(store_.lmk_, JoinSealed(k.nonce, k.sealed), aad);
     if (!key.ok() || k.nonce.size() != crypto::kAeadNonceSize) {
@@ -686,7 +710,8 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(const KeyRecord& k) override {
-    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms);
+    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms,
+                             k.kek_index);
     if (auto cached = store_.cache_.GetParsed(k.index, aad, k.nonce, k.sealed)) return cached;
     RKL_ASSIGN_OR_RETURN(auto key, KeyTransaction::UnsealRsa(k));  // caches the bytes
     store_.cache_.PutParsed(k.index, aad, k.nonce, k.sealed, key);

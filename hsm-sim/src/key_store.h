@@ -5,8 +5,8 @@
 // Guarantees of PgKeyStore:
 //  - key material and ceremony components are stored only sealed: AES-256-GCM under the LMK
 //    with a fresh 96-bit nonce, AAD = KeyRecordAad(index, type, algorithm, usage, bound SN,
-//    creation time) (PROTOCOL §9), or ComponentAad(ceremony id, custodian). A record whose
-//    nonce, ciphertext or any AAD column was altered, or whose sealed bytes were moved from
+//    creation time, bound KEK) (PROTOCOL §9), or ComponentAad(ceremony id, custodian). A record
+//    whose nonce, ciphertext or any AAD column was altered, or whose sealed bytes were moved from
 //    another row, does not open: Unseal returns INTERNAL "key record N failed its integrity
 //    check" and the key is never used;
 //  - everything one Transact() does — key changes and the audit record — commits together
@@ -79,6 +79,9 @@ struct KeyRecord {
   int64_t created_at_ms = 0;
   uint32_t rsa_bits = 0;
   Bytes public_key_der{};  // RSA keys only
+  // TMKs: the index of the TEK the TMK was made for, the only key it may be exported
+  // under; 0 for every other key (and for TMKs made before the binding existed).
+  uint64_t kek_index = 0;
   Bytes nonce{};
   Bytes sealed{};
 };
@@ -92,6 +95,7 @@ struct NewKey {
   std::string kcv{};
   uint32_t rsa_bits = 0;
   Bytes public_key_der{};
+  uint64_t kek_index = 0;          // as KeyRecord::kek_index
   crypto::SecretBytes material{};  // AES/TDES key bytes, or PKCS#8 DER for RSA
 };
 
@@ -110,9 +114,11 @@ struct Ceremony {
 };
 
 // Fixed-layout AAD of a key record (PROTOCOL §9): "RKL-HSM-KEY-1" ‖ [index]_8 ‖ [type]_1 ‖
-// [algorithm]_1 ‖ [usage]_1 ‖ [len(sn)]_1 ‖ sn ‖ [created_at_ms]_8.
+// [algorithm]_1 ‖ [usage]_1 ‖ [len(sn)]_1 ‖ sn ‖ [created_at_ms]_8; a record bound to a KEK
+// (kek_index ≠ 0: a TMK) has "RKL-HSM-KEY-2" instead of the tag and ‖ [kek_index]_8 at the
+// end, so its binding cannot be changed or removed without the record failing to open.
 Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
-                   std::string_view bound_sn, int64_t created_at_ms);
+                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index = 0);
 // "RKL-HSM-COMPONENT-1" ‖ [len]_1 ‖ ceremony id ‖ [len]_1 ‖ custodian.
 Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian);
 
@@ -177,6 +183,9 @@ class KeyTransaction {
     if (absl::Status s = Prefetch(indexes); !s.ok()) return s;
     return PrefetchLive(types, sn);
   }
+  // Every key bound to `sn` that is not deleted (live or superseded), in key_index order,
+  // locked for the rest of the transaction.
+  virtual absl::StatusOr<std::vector<KeyRecord>> FindUndeletedKeysOf(const std::string& sn) = 0;
   virtual absl::StatusOr<bool> LiveLabelExists(const std::string& label) = 0;
   // Opens the record's sealed material. INTERNAL naming the index if it fails to open.
   virtual absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& record) = 0;

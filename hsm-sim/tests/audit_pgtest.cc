@@ -137,15 +137,20 @@ TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
 }
 
 TEST_F(AuditPgTest, ConcurrentCommandsBuildOneChain) {
+  // 18 terminals with a key each (18 records); 60 revocations of them from 6 threads.
+  for (int t = 0; t < 6; ++t) {
+    for (int i = 0; i < 3; ++i) {
+      testing::InsertTestKey(*hsm_, KeyType::kTmk, absl::StrCat("SN-", t, "-", i));
+    }
+  }
   std::vector<std::thread> threads;
   for (int t = 0; t < 6; ++t) {
     threads.emplace_back([&, t] {
       auto stub = hsm_->Stub("kms");
       for (int i = 0; i < 10; ++i) {
-        v1::GenerateTmkRequest req;
+        v1::DestroyTerminalKeysRequest req;  // a command that writes in a transaction
         req.set_sn(absl::StrCat("SN-", t, "-", i % 3));
-        req.set_algorithm(v1::KEY_ALGORITHM_AES128);
-        EXPECT_TRUE(Call(*stub, &v1::Hsm::Stub::GenerateTmk, req).ok());
+        EXPECT_TRUE(Call(*stub, &v1::Hsm::Stub::DestroyTerminalKeys, req).ok());
       }
     });
   }
@@ -153,18 +158,20 @@ TEST_F(AuditPgTest, ConcurrentCommandsBuildOneChain) {
   auto v = Verify();
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_TRUE(v->intact());
-  EXPECT_EQ(v->records_checked(), 60u);
+  EXPECT_EQ(v->records_checked(), 78u);
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
-  // 60 commands, then the verification's own record, sealed in one gap-free chain.
+  // 78 commands, then the verification's own record, sealed in one gap-free chain.
   EXPECT_EQ(Seal(), 1u);
   EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit_pending")[0].as<int64_t>(), 0);
-  EXPECT_EQ(tx.exec1("SELECT max(seq) - min(seq) + 1 FROM hsm_audit")[0].as<int64_t>(), 61);
-  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit")[0].as<int64_t>(), 61);
-  // One live TMK per SN, whatever the interleaving.
-  EXPECT_EQ(
-      tx.exec1("SELECT count(*) FROM hsm_key WHERE key_type = 6 AND state = 1")[0].as<int64_t>(),
-      18);
+  EXPECT_EQ(tx.exec1("SELECT max(seq) - min(seq) + 1 FROM hsm_audit")[0].as<int64_t>(), 79);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit")[0].as<int64_t>(), 79);
+  // Every key destroyed exactly once, whatever the interleaving.
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_key WHERE state = 3")[0].as<int64_t>(), 18);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE action = 'destroy_terminal_keys' "
+                     "AND detail LIKE 'destroyed=%'")[0]
+                .as<int64_t>(),
+            18);
 }
 
 TEST_F(AuditPgTest, RecordsStayPendingUntilSealedThenChainInOrder) {

@@ -52,7 +52,8 @@ class FakeKeyTransaction : public KeyTransaction {
                 .state = KeyState::kActive,
                 .created_at_ms = now_ms,
                 .rsa_bits = key.rsa_bits,
-                .public_key_der = key.public_key_der};
+                .public_key_der = key.public_key_der,
+                .kek_index = key.kek_index};
     s_.keys[r.index] = {r, key.material};
     return r;
   }
@@ -69,6 +70,15 @@ class FakeKeyTransaction : public KeyTransaction {
     for (const auto& [index, stored] : s_.keys) {
       const KeyRecord& r = stored.record;
       if (r.type == type && r.bound_sn == sn && r.state == KeyState::kActive) out.push_back(r);
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<KeyRecord>> FindUndeletedKeysOf(const std::string& sn) override {
+    std::vector<KeyRecord> out;
+    for (const auto& [index, stored] : s_.keys) {
+      const KeyRecord& r = stored.record;
+      if (!sn.empty() && r.bound_sn == sn && r.state != KeyState::kDeleted) out.push_back(r);
     }
     return out;
   }

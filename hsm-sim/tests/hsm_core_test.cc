@@ -10,6 +10,7 @@
 #include "core_checks.h"
 #include "fake_key_store.h"
 #include "rkl/crypto/kcv.h"
+#include "test_operator.h"
 #include "test_terminal.h"
 
 namespace rkl::hsm {
@@ -29,6 +30,8 @@ constexpr char kAlice[] = "admin:alice";
 constexpr char kBob[] = "admin:bob";
 constexpr char kKms[] = "kms";
 
+constexpr int64_t kCreatedAt = 1'700'000'000'000;
+
 class HsmCoreTest : public ::testing::Test {
  protected:
   void SetUp() override { MakeCore(true); }
@@ -38,7 +41,8 @@ class HsmCoreTest : public ::testing::Test {
         store_, audit_, clock_, testing::DeterministicRandom(42),
         HsmCoreOptions{.self_test_passed = self_test_passed,
                        .ceremony_key_bits = 2048,  // 3072 in production; speed only
-                       .batch_threads = batch_threads});
+                       .batch_threads = batch_threads,
+                       .operator_cas = {operator_.ca}});
   }
 
   // Runs a two-custodian ceremony and returns the key's index; components are returned.
@@ -75,25 +79,69 @@ class HsmCoreTest : public ::testing::Test {
     auto ctk = core_->TranslateTransportKey("mtms", Translate(t, t.CtkPu(pu_)));
     ASSERT_TRUE(ctk.ok()) << ctk.status();
     ctk_pk_ = *ctk;
-    auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, t.sn, ctk_pk_});
+    auto imported = Import(t, ctk_pk_);
     ASSERT_TRUE(imported.ok()) << imported.status();
     tek_ = imported->tek_index;
     auk_ = imported->auk_index;
   }
 
+  // A translate command for `t`, with an operator's signature over exactly its fields.
   TranslateCommand Translate(const TestTerminal& t, Bytes ctk_pu) {
-    return {.pr_index = pr_,
-            .ctk_pu = std::move(ctk_pu),
-            .sn = t.sn,
-            .created_at_ms = 1234,
-            .pk_index = pk_,
-            .mak_index = mak_,
-            .algorithm = t.tk.algorithm};
+    return Signed({.pr_index = pr_,
+                   .ctk_pu = std::move(ctk_pu),
+                   .sn = t.sn,
+                   .created_at_ms = kCreatedAt,
+                   .pk_index = pk_,
+                   .mak_index = mak_,
+                   .algorithm = t.tk.algorithm});
+  }
+  // `cmd` with the evidence signed anew for its current fields.
+  TranslateCommand Signed(TranslateCommand cmd) {
+    cmd.evidence = operator_.Sign(cmd.sn, cmd.ctk_pu, cmd.algorithm.value_or(KeyAlgorithm::kAes128),
+                                  cmd.created_at_ms);
+    return cmd;
+  }
+
+  // The import part of ImportAndChallenge (the challenge answers a fresh Rnd1).
+  absl::StatusOr<ImportedTransportKey> Import(const TestTerminal& t, const Bytes& ctk_pk) {
+    auto begun = core_->ImportAndChallenge(kKms, {pk_, mak_, t.sn, ctk_pk},
+                                           crypto::RandomBytes(crypto::BlockSize(t.tk.algorithm)));
+    if (!begun.ok()) return begun.status();
+    return begun->imported;
+  }
+  // Translate and import a terminal's transport key: its TEK and AUK indexes.
+  absl::StatusOr<ImportedTransportKey> Enrol(const TestTerminal& t) {
+    auto ctk = core_->TranslateTransportKey("mtms", Translate(t, t.CtkPu(pu_)));
+    if (!ctk.ok()) return ctk.status();
+    return Import(t, *ctk);
+  }
+
+  // A whole §7 authentication by `t` with `auk`, then the delivery under `tek`.
+  absl::StatusOr<AuthenticatedDelivery> Deliver(const TestTerminal& t, uint64_t auk, uint64_t tek,
+                                                bool replace_existing = false,
+                                                std::optional<KeyAlgorithm> algorithm = {}) {
+    Bytes rnd1 = crypto::RandomBytes(crypto::BlockSize(t.tk.algorithm));
+    auto challenge = core_->AuthChallenge(kKms, auk, t.sn, rnd1);
+    if (!challenge.ok()) return challenge.status();
+    Bytes crnd2 = protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value();
+    return core_->AuthenticateAndDeliver(kKms, {auk, t.sn, rnd1, challenge->rnd2, crnd2},
+                                         algorithm.value_or(t.tk.algorithm), replace_existing, tek);
+  }
+
+  // The newest audit record of `action`.
+  AuditEvent LastEvent(const std::string& action) {
+    auto events = audit_.events();
+    for (auto it = events.rbegin(); it != events.rend(); ++it) {
+      if (it->action == action) return *it;
+    }
+    ADD_FAILURE() << "no audit record of " << action;
+    return {};
   }
 
   FakeAuditLog audit_;
   FakeKeyStore store_{audit_};
   FakeClock clock_;
+  testing::TestOperator operator_ = testing::TestOperator::Create();
   std::unique_ptr<HsmCore> core_;
   uint64_t pk_ = 0, mak_ = 0, pr_ = 0, tek_ = 0, auk_ = 0;
   Bytes pu_, ctk_pk_;
@@ -202,8 +250,8 @@ TEST_F(HsmCoreTest, BeginCeremonyValidatesItsArguments) {
 TEST_F(HsmCoreTest, TranslateThenImportYieldsTheTerminalsKeys) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
-  auto tek = core_->GetKeyInfo(kKms, tek_);
-  auto auk = core_->GetKeyInfo(kKms, auk_);
+  auto tek = core_->GetKeyInfo(kAlice, tek_);
+  auto auk = core_->GetKeyInfo(kAlice, auk_);
   ASSERT_TRUE(tek.ok() && auk.ok());
   EXPECT_EQ(tek->kcv, t.TekKcv());
   EXPECT_EQ(auk->kcv, t.AukKcv());
@@ -211,7 +259,7 @@ TEST_F(HsmCoreTest, TranslateThenImportYieldsTheTerminalsKeys) {
   EXPECT_EQ(auk->usage, KeyUsage::kTerminalAuth);
   EXPECT_EQ(tek->bound_sn, "SN-1");
   // Importing the same Ctk_pk again returns the same keys.
-  auto again = core_->ImportTransportKey(kKms, {pk_, mak_, t.sn, ctk_pk_});
+  auto again = Import(t, ctk_pk_);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->tek_index, tek_);
   EXPECT_EQ(again->auk_index, auk_);
@@ -221,16 +269,101 @@ TEST_F(HsmCoreTest, NewTransportKeySupersedesTheOldOne) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
   TestTerminal t2 = TestTerminal::Create("SN-1");
-  auto ctk = core_->TranslateTransportKey("mtms", Translate(t2, t2.CtkPu(pu_)));
-  ASSERT_TRUE(ctk.ok());
-  auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, t2.sn, *ctk});
-  ASSERT_TRUE(imported.ok());
+  auto imported = Enrol(t2);
+  ASSERT_TRUE(imported.ok()) << imported.status();
   EXPECT_NE(imported->tek_index, tek_);
-  EXPECT_EQ(core_->GetKeyInfo(kKms, tek_)->state, KeyState::kSuperseded);
-  EXPECT_EQ(core_->GetKeyInfo(kKms, auk_)->state, KeyState::kSuperseded);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, tek_)->state, KeyState::kSuperseded);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, auk_)->state, KeyState::kSuperseded);
   // The superseded AUK can no longer authenticate.
   auto r = core_->AuthChallenge(kKms, auk_, "SN-1", Bytes(16, 1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// ---- Translation needs an operator's signature (claim 4, inside HSM #1) -------------------
+
+TEST_F(HsmCoreTest, TranslateNeedsAnOperatorSignatureOverExactlyThisTransportKey) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  TestTerminal victim = TestTerminal::Create("SN-VICTIM");
+  const TranslateCommand good = Translate(victim, victim.CtkPu(pu_));
+  ASSERT_TRUE(core_->TranslateTransportKey("mtms", good).ok());
+
+  struct Case {
+    std::string what;
+    TranslateCommand cmd;
+    absl::StatusCode code;
+  };
+  std::vector<Case> cases;
+  TranslateCommand c = good;
+  c.evidence = {};
+  cases.push_back({"no evidence", c, absl::StatusCode::kUnauthenticated});
+  c = good;
+  c.evidence.package_signature = {};
+  cases.push_back({"no signature", c, absl::StatusCode::kUnauthenticated});
+  c = good;
+  c.evidence.package_signature.back() ^= 1;
+  cases.push_back({"forged signature", c, absl::StatusCode::kUnauthenticated});
+  c = good;
+  c.evidence =
+      testing::TestOperator::Create("op1").Sign(c.sn, c.ctk_pu, *c.algorithm, c.created_at_ms);
+  cases.push_back({"an operator of another CA", c, absl::StatusCode::kUnauthenticated});
+  c = good;
+  c.evidence.operator_certificate_der = operator_.ca.ToDer();  // the CA is no operator
+  cases.push_back({"the CA's own certificate", c, absl::StatusCode::kUnauthenticated});
+  // Signed by the operator, but for something else than what HSM #1 is asked to translate.
+  c = good;
+  c.evidence = operator_.Sign("SN-OTHER", c.ctk_pu, *c.algorithm, c.created_at_ms);
+  cases.push_back({"signed for another SN", c, absl::StatusCode::kPermissionDenied});
+  c = good;
+  c.evidence = operator_.Sign(c.sn, t.CtkPu(pu_, c.sn), *c.algorithm, c.created_at_ms);
+  cases.push_back({"signed for another Ctk_Pu", c, absl::StatusCode::kPermissionDenied});
+  c = good;
+  c.evidence = operator_.Sign(c.sn, c.ctk_pu, KeyAlgorithm::kAes256, c.created_at_ms);
+  cases.push_back({"signed for another algorithm", c, absl::StatusCode::kPermissionDenied});
+  c = good;
+  c.created_at_ms += 1;
+  cases.push_back({"signed with another created_at", c, absl::StatusCode::kPermissionDenied});
+  c = good;
+  c.evidence.package = Bytes{0xFF, 0xFF, 0xFF};
+  c.evidence.package_signature = crypto::EcdsaSign(operator_.key, c.evidence.package).value();
+  cases.push_back({"a signed package that is no package", c, absl::StatusCode::kInvalidArgument});
+  c = good;
+  c.created_at_ms = int64_t{1'500'000'000'000};  // before the card was valid
+  c = Signed(c);
+  cases.push_back({"a card not valid at created_at", c, absl::StatusCode::kFailedPrecondition});
+
+  std::vector<TranslateCommand> batch;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.what);
+    const size_t before = audit_.events().size();
+    auto r = core_->TranslateTransportKey("mtms", k.cmd);
+    EXPECT_EQ(r.status().code(), k.code) << r.status();
+    // Refused before anything was decrypted, with its own message (not the uniform one).
+    EXPECT_NE(r.status().message(), "transport key rejected");
+    auto events = audit_.events();
+    ASSERT_EQ(events.size(), before + 1);
+    EXPECT_EQ(events.back().action, "translate_transport_key");
+    EXPECT_EQ(events.back().result, absl::StatusCodeToString(k.code));
+    batch.push_back(k.cmd);
+  }
+  // Each item of a batch is checked the same way, on its own.
+  batch.push_back(good);
+  auto answers = core_->TranslateTransportKeys("mtms", batch);
+  ASSERT_TRUE(answers.ok()) << answers.status();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].what);
+    EXPECT_EQ((*answers)[i].status(), core_->TranslateTransportKey("mtms", cases[i].cmd).status());
+  }
+  EXPECT_TRUE(answers->back().ok()) << answers->back().status();
+}
+
+TEST_F(HsmCoreTest, AnHsmWithoutOperatorCaTranslatesNothing) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  core_ = std::make_unique<HsmCore>(store_, audit_, clock_, testing::DeterministicRandom(1),
+                                    HsmCoreOptions{});
+  EXPECT_EQ(core_->TranslateTransportKey("mtms", Translate(t, t.CtkPu(pu_))).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(HsmCoreTest, TranslateGivesOneAnswerForEveryDecryptionOrFormatFailure) {
@@ -242,10 +375,10 @@ TEST_F(HsmCoreTest, TranslateGivesOneAnswerForEveryDecryptionOrFormatFailure) {
       core_->TranslateTransportKey("mtms", Translate(t, t.CtkPu(pu_, "SN-2"))).status());
   // Random bytes of the right length.
   failures.push_back(core_->TranslateTransportKey("mtms", Translate(t, Bytes(256, 0x5A))).status());
-  // Declared algorithm differs from the payload's.
+  // Declared (and signed) algorithm differs from the payload's.
   TranslateCommand cmd = Translate(t, t.CtkPu(pu_));
   cmd.algorithm = KeyAlgorithm::kAes256;
-  failures.push_back(core_->TranslateTransportKey("mtms", cmd).status());
+  failures.push_back(core_->TranslateTransportKey("mtms", Signed(cmd)).status());
   // A payload that is not P (right key, right label, wrong content).
   auto pu = crypto::PublicKey::FromDer(pu_).value();
   Bytes junk =
@@ -261,7 +394,7 @@ TEST_F(HsmCoreTest, TranslateRefusesMalformedRequestsAndWrongKeys) {
   Provision(t);
   TranslateCommand bad_sn = Translate(t, t.CtkPu(pu_));
   bad_sn.sn = "sn lower";
-  EXPECT_EQ(core_->TranslateTransportKey("mtms", bad_sn).status().code(),
+  EXPECT_EQ(core_->TranslateTransportKey("mtms", Signed(bad_sn)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(core_->TranslateTransportKey("mtms", Translate(t, Bytes(100, 1))).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -283,12 +416,15 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
   bad_sn.sn = "sn lower";
   TranslateCommand unknown_pr = Translate(t2, t2.CtkPu(pu_));
   unknown_pr.pr_index = 999;
+  TranslateCommand unsigned_item = Translate(t2, t2.CtkPu(pu_));
+  unsigned_item.evidence = {};
   const std::vector<TranslateCommand> items = {
       Translate(t, t.CtkPu(pu_)),            // OK
       Translate(t2, t2.CtkPu(pu_, "SN-1")),  // another SN's label: rejected
-      bad_sn,                                // INVALID_ARGUMENT
+      Signed(bad_sn),                        // INVALID_ARGUMENT
       unknown_pr,                            // NOT_FOUND
-      Translate(t2, t2.CtkPu(pu_)),          // OK, after four others
+      unsigned_item,                         // no operator signature: UNAUTHENTICATED
+      Translate(t2, t2.CtkPu(pu_)),          // OK, after five others
   };
   for (int threads : {1, 3}) {  // decrypted one after the other, and on several threads
     SCOPED_TRACE(absl::StrCat("batch_threads = ", threads));
@@ -299,8 +435,8 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
     ASSERT_EQ(batch->size(), items.size());
     auto events = audit_.events();
     ASSERT_EQ(events.size(), before + items.size());  // one record per item, in order
-    const std::vector<std::string> results = {"OK", "UNAUTHENTICATED", "INVALID_ARGUMENT",
-                                              "NOT_FOUND", "OK"};
+    const std::vector<std::string> results = {"OK",        "UNAUTHENTICATED", "INVALID_ARGUMENT",
+                                              "NOT_FOUND", "UNAUTHENTICATED", "OK"};
     for (size_t i = 0; i < items.size(); ++i) {
       SCOPED_TRACE(i);
       EXPECT_EQ(events[before + i].action, "translate_transport_key");
@@ -314,8 +450,9 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
       }
     }
     EXPECT_EQ((*batch)[1].status(), absl::UnauthenticatedError("transport key rejected"));
+    EXPECT_NE((*batch)[4].status().message(), "transport key rejected");
     // The OK items are the terminals' own keys.
-    auto imported = core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", *(*batch)[4]});
+    auto imported = Import(t2, *(*batch)[5]);
     ASSERT_TRUE(imported.ok()) << imported.status();
     EXPECT_EQ(imported->tek_kcv, t2.TekKcv());
   }
@@ -350,57 +487,136 @@ TEST_F(HsmCoreTest, ImportWithBadMacChangesNothing) {
   Bytes tampered = *ctk;
   tampered.back() ^= 1;
   size_t keys_before = store_.state().keys.size();
-  auto r = core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", tampered});
+  auto r = Import(t2, tampered);
   EXPECT_EQ(r.status(), absl::UnauthenticatedError("ctk_pk: MAC does not verify"));
   EXPECT_EQ(store_.state().keys.size(), keys_before);
   // The right Ctk_pk under the wrong SN.
-  EXPECT_EQ(core_->ImportTransportKey(kKms, {pk_, mak_, "SN-3", *ctk}).status().code(),
+  EXPECT_EQ(Import(TestTerminal::Create("SN-3"), *ctk).status().code(),
             absl::StatusCode::kInvalidArgument);
   // Garbage is malformed.
-  EXPECT_EQ(core_->ImportTransportKey(kKms, {pk_, mak_, "SN-2", Bytes(40, 7)}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Import(t2, Bytes(40, 7)).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HsmCoreTest, ImportUnderOtherCeremonyKeysIsRefused) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
+  Bytes rnd1 = crypto::RandomBytes(16);
   // Another MAK with the same PK: the MAC fails.
   uint64_t other_mak = Ceremony(KeyType::kMak, "MAK-2");
-  EXPECT_EQ(core_->ImportTransportKey(kKms, {pk_, other_mak, t.sn, ctk_pk_}).status().code(),
+  EXPECT_EQ(core_->ImportAndChallenge(kKms, {pk_, other_mak, t.sn, ctk_pk_}, rnd1).status().code(),
             absl::StatusCode::kUnauthenticated);
   // Another PK with the right MAK: the MAC holds but the header names another PK.
   uint64_t other_pk = Ceremony(KeyType::kPk, "PK-2");
-  auto r = core_->ImportTransportKey(kKms, {other_pk, mak_, t.sn, ctk_pk_});
+  auto r = core_->ImportAndChallenge(kKms, {other_pk, mak_, t.sn, ctk_pk_}, rnd1);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(r.status().message(), HasSubstr("ceremony keys differ"));
 }
 
+// ---- TMK: one per SN, bound to its TEK ------------------------------------------------------
+
 TEST_F(HsmCoreTest, OneLiveTmkPerSn) {
-  auto first = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(first.ok());
-  EXPECT_TRUE(first->created);
-  auto again = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(again.ok());
-  EXPECT_FALSE(again->created);
-  EXPECT_EQ(again->tmk_index, first->tmk_index);
-  EXPECT_EQ(again->kcv, first->kcv);
-  EXPECT_EQ(core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kTdes2, false).status().code(),
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto first = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->tmk.created);
+  auto again = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->tmk.created);
+  EXPECT_EQ(again->tmk.tmk_index, first->tmk.tmk_index);
+  EXPECT_EQ(again->tmk.kcv, first->tmk.kcv);
+  EXPECT_EQ(Deliver(t, auk_, tek_, false, KeyAlgorithm::kTdes2).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  auto rekey = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, true);
-  ASSERT_TRUE(rekey.ok());
-  EXPECT_TRUE(rekey->created);
-  EXPECT_NE(rekey->tmk_index, first->tmk_index);
-  EXPECT_EQ(core_->GetKeyInfo(kKms, first->tmk_index)->state, KeyState::kSuperseded);
-  EXPECT_EQ(core_->GenerateTmk(kKms, "SN-1", std::nullopt, false).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->GenerateTmk(kKms, "", KeyAlgorithm::kAes128, false).status().code(),
+  auto rekey = Deliver(t, auk_, tek_, true);
+  ASSERT_TRUE(rekey.ok()) << rekey.status();
+  EXPECT_TRUE(rekey->tmk.created);
+  EXPECT_NE(rekey->tmk.tmk_index, first->tmk.tmk_index);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, first->tmk.tmk_index)->state, KeyState::kSuperseded);
+  Bytes rnd1 = crypto::RandomBytes(16);
+  auto challenge = core_->AuthChallenge(kKms, auk_, t.sn, rnd1);
+  ASSERT_TRUE(challenge.ok());
+  Bytes crnd2 = protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value();
+  EXPECT_EQ(core_
+                ->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2},
+                                         std::nullopt, false, tek_)
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HsmCoreTest, TdesTmkHasOddParity) {
-  auto tmk = core_->GenerateTmk(kKms, "SN-T", KeyAlgorithm::kTdes2, false);
-  ASSERT_TRUE(tmk.ok());
-  EXPECT_TRUE(crypto::HasOddParity(store_.state().keys.at(tmk->tmk_index).material));
+  TestTerminal t = TestTerminal::Create("SN-T", KeyAlgorithm::kTdes2);
+  Provision(t);
+  auto delivered = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_TRUE(crypto::HasOddParity(store_.state().keys.at(delivered->tmk.tmk_index).material));
+}
+
+TEST_F(HsmCoreTest, TmkIsBoundToTheTekItIsDeliveredUnder) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto delivered = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  auto info = core_->GetKeyInfo(kAlice, delivered->tmk.tmk_index);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->kek_index, tek_);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, tek_)->kek_index, 0u);
+  EXPECT_THAT(LastEvent("authenticate_and_deliver").detail,
+              HasSubstr(absl::StrCat("bound_to_tek=", tek_)));
+}
+
+TEST_F(HsmCoreTest, NewTransportKeyAfterDeliverySupersedesTheTmk) {
+  // TK, then its TMK, then a new TK for the SN (PROTOCOL §8, re-keying): the new TK
+  // supersedes the TMK with the old TEK and AUK, and the next delivery makes a new TMK —
+  // the first TMK never leaves under the new TEK.
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto first = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  TestTerminal t2 = TestTerminal::Create("SN-1");  // the same terminal's new TK
+  auto imported = Enrol(t2);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, first->tmk.tmk_index)->state, KeyState::kSuperseded);
+  EXPECT_THAT(LastEvent("import_and_challenge").detail,
+              HasSubstr(absl::StrCat("superseded=", first->tmk.tmk_index)));
+  // Even asked for the existing TMK (replace_existing false), the delivery makes a new one.
+  auto second = Deliver(t2, imported->auk_index, imported->tek_index);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->tmk.created);
+  EXPECT_NE(second->tmk.tmk_index, first->tmk.tmk_index);
+  EXPECT_NE(second->tmk.kcv, first->tmk.kcv);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, second->tmk.tmk_index)->kek_index, imported->tek_index);
+  auto block = keyblock::ParseTmkBlock(t2.tk.tek, t2.tk.algorithm, second->block.key_block);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, second->tmk.kcv);
+  // The old TEK and AUK are of no use any more.
+  EXPECT_EQ(Deliver(t, auk_, tek_).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(HsmCoreTest, ATmkIsNeverExportedUnderAnotherTek) {
+  // A TMK made for TEK1 whose TEK was replaced without it being superseded (a new transport
+  // key that raced the delivery; or a TMK made before TMKs were bound): the next delivery
+  // under TEK2 supersedes it and makes a new one, instead of sending it under TEK2.
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto first = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  TestTerminal t2 = TestTerminal::Create("SN-1");
+  auto imported = Enrol(t2);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  // Put the old TMK back to ACTIVE, as the race would have left it.
+  store_.state().keys.at(first->tmk.tmk_index).record.state = KeyState::kActive;
+  auto second = Deliver(t2, imported->auk_index, imported->tek_index);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->tmk.created);
+  EXPECT_NE(second->tmk.kcv, first->tmk.kcv);
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, first->tmk.tmk_index)->state, KeyState::kSuperseded);
+  // The same with a TMK bound to no TEK.
+  store_.state().keys.at(second->tmk.tmk_index).record.kek_index = 0;
+  auto third = Deliver(t2, imported->auk_index, imported->tek_index);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(third->tmk.created);
+  EXPECT_NE(third->tmk.kcv, second->tmk.kcv);
 }
 
 TEST_F(HsmCoreTest, AuthenticationIsReflectionSafeAndBoundToTheSn) {
@@ -411,11 +627,19 @@ TEST_F(HsmCoreTest, AuthenticationIsReflectionSafeAndBoundToTheSn) {
   ASSERT_TRUE(challenge.ok()) << challenge.status();
   auto keys = t.AuthKeys();
   ASSERT_TRUE(protocol::VerifyCrnd1(keys, rnd1, challenge->rnd2, challenge->crnd1).ok());
-  Bytes crnd2 = protocol::MakeCrnd2(keys, rnd1, challenge->rnd2).value();
-  EXPECT_TRUE(core_->AuthVerify(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2}).ok());
   // KMS's own answer reflected back does not verify.
-  EXPECT_EQ(core_->AuthVerify(kKms, {auk_, t.sn, rnd1, challenge->rnd2, challenge->crnd1}).code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(
+      core_
+          ->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, challenge->crnd1},
+                                   KeyAlgorithm::kAes128, false, tek_)
+          .status()
+          .code(),
+      absl::StatusCode::kUnauthenticated);
+  Bytes crnd2 = protocol::MakeCrnd2(keys, rnd1, challenge->rnd2).value();
+  EXPECT_TRUE(core_
+                  ->AuthenticateAndDeliver(kKms, {auk_, t.sn, rnd1, challenge->rnd2, crnd2},
+                                           KeyAlgorithm::kAes128, false, tek_)
+                  .ok());
   // The AUK of SN-1 for SN-2.
   EXPECT_EQ(core_->AuthChallenge(kKms, auk_, "SN-2", rnd1).status().code(),
             absl::StatusCode::kPermissionDenied);
@@ -426,33 +650,32 @@ TEST_F(HsmCoreTest, AuthenticationIsReflectionSafeAndBoundToTheSn) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(HsmCoreTest, ExportOnlyTheTmkUnderItsOwnTek) {
+TEST_F(HsmCoreTest, DeliveryOnlyUnderTheSnsOwnTek) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
-  auto tmk = core_->GenerateTmk(kKms, t.sn, KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(tmk.ok());
-  auto block = core_->ExportKeyBlock(kKms, tmk->tmk_index, tek_, t.sn);
-  ASSERT_TRUE(block.ok()) << block.status();
-  auto delivered = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, block->key_block);
+  TestTerminal other = TestTerminal::Create("SN-2");
+  auto other_keys = Enrol(other);
+  ASSERT_TRUE(other_keys.ok()) << other_keys.status();
+  const size_t keys_before = store_.state().keys.size();
+  // Under the AUK, under PK, under another terminal's TEK: refused, and no TMK is left.
+  for (uint64_t kek : {auk_, pk_, other_keys->tek_index}) {
+    SCOPED_TRACE(kek);
+    EXPECT_EQ(Deliver(t, auk_, kek).status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(store_.state().keys.size(), keys_before);
+  }
+  auto delivered = Deliver(t, auk_, tek_);
   ASSERT_TRUE(delivered.ok()) << delivered.status();
-  EXPECT_EQ(delivered->tmk_kcv, tmk->kcv);
-  // The AUK is not exportable; nor is anything under the AUK or under a PK.
-  EXPECT_EQ(core_->ExportKeyBlock(kKms, auk_, tek_, t.sn).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(core_->ExportKeyBlock(kKms, tmk->tmk_index, auk_, t.sn).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(core_->ExportKeyBlock(kKms, tmk->tmk_index, pk_, t.sn).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  // Another terminal's TMK under this TEK.
-  auto other = core_->GenerateTmk(kKms, "SN-2", KeyAlgorithm::kAes128, false);
-  EXPECT_EQ(core_->ExportKeyBlock(kKms, other->tmk_index, tek_, t.sn).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  auto block = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, delivered->block.key_block);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, delivered->tmk.kcv);
 }
 
 TEST_F(HsmCoreTest, InstallProofMustNameTheLiveTmk) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
-  auto tmk = core_->GenerateTmk(kKms, t.sn, KeyAlgorithm::kAes128, false);
+  auto delivered = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  const GeneratedTmk* tmk = &delivered->tmk;
   Bytes rnd1 = crypto::RandomBytes(16), rnd2 = crypto::RandomBytes(16);
   Bytes kcv = FromHex(tmk->kcv).value();
   Bytes proof = protocol::MakeInstallProof(t.AuthKeys(), t.sn, kcv, rnd1, rnd2).value();
@@ -552,13 +775,64 @@ TEST_F(HsmCoreTest, ImportAndChallengeIsAllOrNothing) {
   EXPECT_EQ(store_.state().keys.size(), keys_before);
 }
 
+// ---- Revocation ----------------------------------------------------------------------------
+
+TEST_F(HsmCoreTest, DestroyTerminalKeysErasesEveryKeyOfTheSn) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto first = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  TestTerminal t2 = TestTerminal::Create("SN-1");  // a re-key: the first keys superseded
+  auto imported = Enrol(t2);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  auto second = Deliver(t2, imported->auk_index, imported->tek_index);
+  ASSERT_TRUE(second.ok()) << second.status();
+  TestTerminal bystander = TestTerminal::Create("SN-2");
+  auto bystander_keys = Enrol(bystander);
+  ASSERT_TRUE(bystander_keys.ok());
+
+  auto destroyed = core_->DestroyTerminalKeys(kKms, "SN-1", "stolen");
+  ASSERT_TRUE(destroyed.ok()) << destroyed.status();
+  const std::vector<uint64_t> all = {tek_,
+                                     auk_,
+                                     first->tmk.tmk_index,
+                                     imported->tek_index,
+                                     imported->auk_index,
+                                     second->tmk.tmk_index};
+  EXPECT_THAT(*destroyed, ::testing::UnorderedElementsAreArray(all));
+  for (uint64_t index : all) {
+    EXPECT_EQ(core_->GetKeyInfo(kAlice, index)->state, KeyState::kDeleted);
+    EXPECT_TRUE(store_.state().keys.at(index).material.empty());
+  }
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, bystander_keys->tek_index)->state, KeyState::kActive);
+  const AuditEvent record = LastEvent("destroy_terminal_keys");
+  EXPECT_EQ(record.actor, kKms);
+  EXPECT_EQ(record.sn, "SN-1");
+  EXPECT_EQ(record.result, "OK");
+  EXPECT_THAT(record.detail, HasSubstr("stolen"));
+  // The terminal can get no TMK any more, and a repeat destroys nothing.
+  EXPECT_EQ(Deliver(t2, imported->auk_index, imported->tek_index).status().code(),
+            absl::StatusCode::kNotFound);
+  auto again = core_->DestroyTerminalKeys(kKms, "SN-1", "");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->empty());
+  EXPECT_EQ(core_->DestroyTerminalKeys(kKms, "bad sn", "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->DestroyTerminalKeys(kKms, "SN-1", "a\nb").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(HsmCoreTest, DeletedKeyIsGoneAndErased) {
-  auto tmk = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(core_->DeleteKey(kAlice, tmk->tmk_index).ok());
-  EXPECT_TRUE(store_.state().keys.at(tmk->tmk_index).material.empty());
-  EXPECT_EQ(core_->GetKeyInfo(kAlice, tmk->tmk_index)->state, KeyState::kDeleted);
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  auto delivered = Deliver(t, auk_, tek_);
+  ASSERT_TRUE(delivered.ok());
+  const uint64_t tmk = delivered->tmk.tmk_index;
+  ASSERT_TRUE(core_->DeleteKey(kAlice, tmk).ok());
+  EXPECT_TRUE(store_.state().keys.at(tmk).material.empty());
+  EXPECT_EQ(core_->GetKeyInfo(kAlice, tmk)->state, KeyState::kDeleted);
   EXPECT_EQ(core_->DeleteKey(kAlice, 999).code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(core_->DeleteKey(kAlice, tmk->tmk_index).ok());  // idempotent
+  EXPECT_TRUE(core_->DeleteKey(kAlice, tmk).ok());  // idempotent
 }
 
 TEST_F(HsmCoreTest, GenerateRandomLimits) {
@@ -577,14 +851,12 @@ TEST_F(HsmCoreTest, RsaKeyPairArgumentsAreChecked) {
   EXPECT_EQ(core_->GenerateRsaKeyPair("mtms", 2048, "w").status().code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(*core_->GetPublicKey("mtms", ok->key_index), ok->public_key_der);
-  auto tmk = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
-  EXPECT_EQ(core_->GetPublicKey("mtms", tmk->tmk_index).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  uint64_t pk = Ceremony(KeyType::kPk, "PK");
+  EXPECT_EQ(core_->GetPublicKey("mtms", pk).status().code(), absl::StatusCode::kPermissionDenied);
 }
 
 TEST_F(HsmCoreTest, FailedSelfTestRefusesEveryCryptographicCommand) {
-  auto tmk = core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(tmk.ok());
+  uint64_t pk = Ceremony(KeyType::kPk, "PK");
   MakeCore(false);
   const absl::Status want = absl::FailedPreconditionError("HSM self-test failed");
   EXPECT_EQ(core_->GenerateRsaKeyPair("mtms", 2048, "w").status(), want);
@@ -594,15 +866,14 @@ TEST_F(HsmCoreTest, FailedSelfTestRefusesEveryCryptographicCommand) {
   EXPECT_EQ(core_->CompleteCeremony(kAlice, "x").status(), want);
   EXPECT_EQ(core_->TranslateTransportKey("mtms", {}).status(), want);
   EXPECT_EQ(core_->TranslateTransportKeys("mtms", std::vector<TranslateCommand>(1)).status(), want);
-  EXPECT_EQ(core_->ImportTransportKey(kKms, {}).status(), want);
-  EXPECT_EQ(core_->GenerateTmk(kKms, "SN-1", KeyAlgorithm::kAes128, false).status(), want);
+  EXPECT_EQ(core_->ImportAndChallenge(kKms, {}, Bytes(16)).status(), want);
   EXPECT_EQ(core_->AuthChallenge(kKms, 1, "SN-1", Bytes(16)).status(), want);
-  EXPECT_EQ(core_->AuthVerify(kKms, {}), want);
-  EXPECT_EQ(core_->ExportKeyBlock(kKms, 1, 2, "SN-1").status(), want);
+  EXPECT_EQ(core_->AuthenticateAndDeliver(kKms, {}, KeyAlgorithm::kAes128, false, 2).status(),
+            want);
   EXPECT_EQ(core_->VerifyInstallProof(kKms, {}), want);
   EXPECT_EQ(core_->GenerateRandom(kKms, 16).status(), want);
   // Looking at key metadata still works, so an operator can investigate.
-  EXPECT_TRUE(core_->GetKeyInfo(kKms, tmk->tmk_index).ok());
+  EXPECT_TRUE(core_->GetKeyInfo(kAlice, pk).ok());
 }
 
 TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
@@ -624,6 +895,7 @@ TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
   EXPECT_EQ(events[before].result, "OK");
   EXPECT_EQ(events[before].sn, "SN-1");
   EXPECT_THAT(events[before].detail, HasSubstr("tek_kcv=" + t.TekKcv()));
+  EXPECT_THAT(events[before].detail, HasSubstr("operator=op1"));
   EXPECT_EQ(events[before + 1].result, "UNAUTHENTICATED");
   EXPECT_EQ(events[before + 2].result, "PERMISSION_DENIED");
   std::vector<std::string> secrets = {ToHex(t.tk.tek.RevealSecret()),
@@ -636,8 +908,10 @@ TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
   }
 }
 
-TEST_F(HsmCoreTest, ConcurrentTmkRequestsForOneSnAgreeOnOneKey) {
-  testing::ExpectConcurrentTmkRequestsAgreeOnOneKey(*core_, kKms, "SN-C");
+TEST_F(HsmCoreTest, ConcurrentDeliveriesForOneSnAgreeOnOneTmk) {
+  TestTerminal t = TestTerminal::Create("SN-C");
+  Provision(t);
+  testing::ExpectConcurrentDeliveriesAgreeOnOneTmk(*core_, kKms, t, auk_, tek_);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "hsm_fixture.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,11 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <pqxx/pqxx>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
@@ -54,6 +57,11 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
   if (!tls.ok()) return tls.status();
   HsmDaemonOptions o;
   o.hsm_id = options_.hsm_id;
+  o.role = options_.role;
+  if (options_.role == HsmRole::kMtms) {
+    o.operator_ca_file = dir_ + "/operator-ca.pem";
+    operator_.WriteCaFile(o.operator_ca_file);
+  }
   o.database_dsn = db_.dsn();
   o.db_pool_size = 8;
   o.lmk_file = lmk_file.empty() ? lmk_file_ : lmk_file;
@@ -154,6 +162,41 @@ absl::StatusOr<CeremonyResult> RunCeremony(
   auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, complete);
   if (!done.ok()) return done.status();
   return CeremonyResult{done->key_index(), done->kcv()};
+}
+
+uint64_t InsertTestKey(HsmInstance& hsm, KeyType type, const std::string& sn,
+                       crypto::KeyAlgorithm algorithm, uint64_t kek_index,
+                       const crypto::SecretBytes* material) {
+  uint64_t index = 0;
+  static const std::map<KeyType, KeyUsage> kUsage = {{KeyType::kTek, KeyUsage::kExportKek},
+                                                     {KeyType::kAuk, KeyUsage::kTerminalAuth},
+                                                     {KeyType::kTmk, KeyUsage::kTerminalMaster}};
+  absl::Status s = hsm.daemon().key_store().Transact([&](KeyTransaction& tx) -> absl::Status {
+    auto r = tx.InsertKey(
+        NewKey{.type = type,
+               .algorithm = crypto::KeyAlgorithmCode(algorithm),
+               .usage = kUsage.at(type),
+               .bound_sn = sn,
+               .label = absl::StrCat("test:", KeyTypeName(type), ":", sn, ":", counter++),
+               .kcv = "000000",
+               .kek_index = kek_index,
+               .material = material != nullptr ? *material : crypto::GenerateKey(algorithm)},
+        hsm.clock().NowUnixMs());
+    if (!r.ok()) return r.status();
+    index = r->index;
+    return tx.Audit(AuditEvent{.at_ms = hsm.clock().NowUnixMs(),
+                               .actor = "test",
+                               .action = "test_insert_key",
+                               .sn = sn,
+                               .result = "OK"});
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  return index;
+}
+
+TerminalKeys InsertTerminalKeys(HsmInstance& hsm, const TestTerminal& t) {
+  return TerminalKeys{.tek = InsertTestKey(hsm, KeyType::kTek, t.sn, t.tk.algorithm, 0, &t.tk.tek),
+                      .auk = InsertTestKey(hsm, KeyType::kAuk, t.sn, t.tk.algorithm, 0, &t.tk.auk)};
 }
 
 std::vector<std::string> LeakPatterns(std::span<const uint8_t> secret) {

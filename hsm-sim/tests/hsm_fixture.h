@@ -16,6 +16,7 @@
 #include "rkl/testing/test_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/hsm.grpc.pb.h"
+#include "test_operator.h"
 
 namespace rkl::hsm::testing {
 
@@ -23,6 +24,7 @@ inline constexpr absl::Duration kRpcTimeout = absl::Seconds(120);
 
 struct InstanceOptions {
   std::string hsm_id = "hsm-kms";
+  HsmRole role = HsmRole::kKms;
   std::string operational_identity = "kms";
   bool fail_self_test = false;
   size_t key_cache_size = 256;
@@ -50,6 +52,8 @@ class HsmInstance {
   std::shared_ptr<grpc::Channel> Channel(const std::string& identity);
 
   HsmDaemon& daemon() { return *daemon_; }
+  // The operator-ca this instance trusts (role mtms) and one of its operator cards.
+  const TestOperator& operator_card() const { return operator_; }
   FakeClock& clock() { return clock_; }
   const std::string& dsn() const { return db_.dsn(); }
   const std::string& lmk_file() const { return lmk_file_; }
@@ -73,6 +77,7 @@ class HsmInstance {
   std::string dir_;
   std::string lmk_file_;
   crypto::SecretBytes lmk_;
+  TestOperator operator_ = TestOperator::Create();
   FakeClock clock_{absl::ToUnixMillis(absl::Now())};
   absl::Mutex tls_mu_;  // TestPki is single-threaded; tests open channels from threads
   std::map<std::string, rpc::TlsFiles> tls_ ABSL_GUARDED_BY(tls_mu_);
@@ -102,6 +107,19 @@ struct CeremonyResult {
 absl::StatusOr<CeremonyResult> RunCeremony(
     HsmInstance& hsm, v1::KeyType type, const std::string& label,
     const std::vector<std::pair<std::string, crypto::SecretBytes>>& custodian_components);
+
+// Inserts a key record straight into the instance's key store (no HSM command): random
+// material of `algorithm`, bound to `sn`, for tests of the store itself. Returns its index.
+// `material` defaults to a fresh random key.
+uint64_t InsertTestKey(HsmInstance& hsm, KeyType type, const std::string& sn,
+                       crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128,
+                       uint64_t kek_index = 0, const crypto::SecretBytes* material = nullptr);
+struct TerminalKeys {
+  uint64_t tek = 0, auk = 0;
+};
+struct TestTerminal;
+// A terminal's TEK and AUK as an import would have stored them (straight into the store).
+TerminalKeys InsertTerminalKeys(HsmInstance& hsm, const TestTerminal& t);
 
 // Every base64 and hex spelling of `secret` that can appear in a longer encoded text, plus
 // its raw bytes.

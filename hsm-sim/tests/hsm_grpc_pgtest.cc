@@ -4,9 +4,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <pqxx/pqxx>
+#include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "hsm_fixture.h"
 #include "rkl/crypto/random.h"
 #include "rkl/rpc/channel.h"
@@ -24,30 +28,40 @@ using testing::TestTerminal;
 using Stub = v1::Hsm::Stub;
 
 constexpr char kKms[] = "kms";
+constexpr char kMtms[] = "mtms";
 constexpr char kAlice[] = "admin:alice";
 constexpr char kBob[] = "admin:bob";
+constexpr int64_t kCreatedAt = 1'700'000'000'000;
 
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
-// One HSM (operational identity "kms") with PK, MAK and a work key pair, shared by the suite:
-// the ceremonies' RSA-3072 keys are slow to make.
+// HSM #1 (role mtms, for "mtms") and HSM #2 (role kms, for "kms") with the same PK and MAK,
+// and a work key pair in HSM #1, shared by the suite: the ceremonies' RSA-3072 keys are slow
+// to make. `hsm_` is HSM #2.
 class HsmGrpcTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     pki_ = rkl::testing::TestPki::Create().value().release();
+    hsm1_ =
+        HsmInstance::Create(
+            *pki_, {.hsm_id = "hsm-mtms", .role = HsmRole::kMtms, .operational_identity = kMtms})
+            .value()
+            .release();
     hsm_ = HsmInstance::Create(*pki_).value().release();
-    auto pk = testing::RunCeremony(
-        *hsm_, v1::KEY_TYPE_PK, "PK-TEST",
-        {{kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}});
-    auto mak = testing::RunCeremony(
-        *hsm_, v1::KEY_TYPE_MAK, "MAK-TEST",
-        {{kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}});
-    ASSERT_TRUE(pk.ok()) << pk.status();
-    ASSERT_TRUE(mak.ok()) << mak.status();
-    pk_ = pk->key_index;
-    mak_ = mak->key_index;
-    auto stub = hsm_->Stub(kKms);
+    const std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
+        {kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}};
+    const std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
+        {kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}};
+    for (auto [hsm, pk, mak] : {std::tuple{hsm1_, &pk1_, &mak1_}, std::tuple{hsm_, &pk_, &mak_}}) {
+      auto p = testing::RunCeremony(*hsm, v1::KEY_TYPE_PK, "PK-TEST", pk_parts);
+      auto m = testing::RunCeremony(*hsm, v1::KEY_TYPE_MAK, "MAK-TEST", mak_parts);
+      ASSERT_TRUE(p.ok()) << p.status();
+      ASSERT_TRUE(m.ok()) << m.status();
+      *pk = p->key_index;
+      *mak = m->key_index;
+    }
+    auto stub = hsm1_->Stub(kMtms);
     v1::GenerateRsaKeyPairRequest req;
     req.set_bits(2048);
     req.set_label("work-test");
@@ -58,57 +72,98 @@ class HsmGrpcTest : public ::testing::Test {
   }
   static void TearDownTestSuite() {
     delete hsm_;
+    delete hsm1_;
     delete pki_;
   }
 
-  void SetUp() override { kms_ = hsm_->Stub(kKms); }
+  void SetUp() override {
+    kms_ = hsm_->Stub(kKms);
+    mtms_ = hsm1_->Stub(kMtms);
+  }
 
+  // A translate request for `t` with its operator evidence, as MTMS sends it.
   v1::TranslateTransportKeyRequest TranslateRequest(const TestTerminal& t) {
     v1::TranslateTransportKeyRequest req;
     req.set_pr_index(pr_);
-    req.set_ctk_pu(Str(t.CtkPu(pu_)));
+    const Bytes ctk_pu = t.CtkPu(pu_);
+    req.set_ctk_pu(Str(ctk_pu));
     req.set_sn(t.sn);
-    req.set_created_at_unix_ms(1700000000000);
-    req.set_pk_index(pk_);
-    req.set_mak_index(mak_);
+    req.set_created_at_unix_ms(kCreatedAt);
+    req.set_pk_index(pk1_);
+    req.set_mak_index(mak1_);
     req.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(t.tk.algorithm)));
+    SetEvidence(req);
+    return req;
+  }
+  // Signs `req`'s fields anew, as the operator would have.
+  static void SetEvidence(v1::TranslateTransportKeyRequest& req) {
+    auto algorithm = crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(req.algorithm()));
+    TranslateEvidence e = hsm1_->operator_card().Sign(
+        req.sn(), Raw(req.ctk_pu()), algorithm.ok() ? *algorithm : crypto::KeyAlgorithm::kAes128,
+        req.created_at_unix_ms());
+    req.set_package(Str(e.package));
+    req.set_package_signature(Str(e.package_signature));
+    req.set_operator_certificate_der(Str(e.operator_certificate_der));
+  }
+
+  v1::ImportAndChallengeRequest ImportRequest(const std::string& sn, const std::string& ctk_pk,
+                                              const Bytes& rnd1) {
+    v1::ImportAndChallengeRequest req;
+    req.mutable_import()->set_pk_index(pk_);
+    req.mutable_import()->set_mak_index(mak_);
+    req.mutable_import()->set_sn(sn);
+    req.mutable_import()->set_ctk_pk(ctk_pk);
+    req.set_rnd1(Str(rnd1));
     return req;
   }
 
-  // Translate and import for a terminal; returns the import response.
+  // Translate on HSM #1 and import on HSM #2 for a terminal; returns the import response.
   v1::ImportTransportKeyResponse Enrol(const TestTerminal& t) {
-    auto ctk = Call(*kms_, &Stub::TranslateTransportKey, TranslateRequest(t));
+    auto ctk = Call(*mtms_, &Stub::TranslateTransportKey, TranslateRequest(t));
     EXPECT_TRUE(ctk.ok()) << ctk.status();
-    v1::ImportTransportKeyRequest req;
-    req.set_pk_index(pk_);
-    req.set_mak_index(mak_);
-    req.set_sn(t.sn);
-    req.set_ctk_pk(ctk->ctk_pk());
-    auto imported = Call(*kms_, &Stub::ImportTransportKey, req);
-    EXPECT_TRUE(imported.ok()) << imported.status();
-    return *imported;
+    auto begun = Call(
+        *kms_, &Stub::ImportAndChallenge,
+        ImportRequest(t.sn, ctk->ctk_pk(), crypto::RandomBytes(crypto::BlockSize(t.tk.algorithm))));
+    EXPECT_TRUE(begun.ok()) << begun.status();
+    return begun->imported();
   }
 
-  v1::GenerateTmkResponse Tmk(const std::string& sn,
-                              v1::KeyAlgorithm a = v1::KEY_ALGORITHM_AES128) {
-    v1::GenerateTmkRequest req;
-    req.set_sn(sn);
-    req.set_algorithm(a);
-    auto r = Call(*kms_, &Stub::GenerateTmk, req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return *r;
+  // A §7 authentication by `t`, then its TMK under `tek`.
+  absl::StatusOr<v1::AuthenticateAndDeliverResponse> Deliver(const TestTerminal& t, uint64_t auk,
+                                                             uint64_t tek) {
+    Bytes rnd1 = crypto::RandomBytes(crypto::BlockSize(t.tk.algorithm));
+    v1::AuthChallengeRequest ch;
+    ch.set_auk_index(auk);
+    ch.set_sn(t.sn);
+    ch.set_rnd1(Str(rnd1));
+    auto challenge = Call(*kms_, &Stub::AuthChallenge, ch);
+    if (!challenge.ok()) return challenge.status();
+    v1::AuthenticateAndDeliverRequest deliver;
+    auto* verify = deliver.mutable_verify();
+    verify->set_auk_index(auk);
+    verify->set_sn(t.sn);
+    verify->set_rnd1(Str(rnd1));
+    verify->set_rnd2(challenge->rnd2());
+    verify->set_crnd2(Str(protocol::MakeCrnd2(t.AuthKeys(), rnd1, Raw(challenge->rnd2())).value()));
+    deliver.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(t.tk.algorithm)));
+    deliver.set_tek_index(tek);
+    return Call(*kms_, &Stub::AuthenticateAndDeliver, deliver);
   }
 
   static rkl::testing::TestPki* pki_;
+  static HsmInstance* hsm1_;
   static HsmInstance* hsm_;
-  static uint64_t pk_, mak_, pr_;
+  static uint64_t pk_, mak_, pk1_, mak1_, pr_;
   static Bytes pu_;
   std::unique_ptr<Stub> kms_;
+  std::unique_ptr<Stub> mtms_;
 };
 
 rkl::testing::TestPki* HsmGrpcTest::pki_ = nullptr;
+HsmInstance* HsmGrpcTest::hsm1_ = nullptr;
 HsmInstance* HsmGrpcTest::hsm_ = nullptr;
-uint64_t HsmGrpcTest::pk_ = 0, HsmGrpcTest::mak_ = 0, HsmGrpcTest::pr_ = 0;
+uint64_t HsmGrpcTest::pk_ = 0, HsmGrpcTest::mak_ = 0, HsmGrpcTest::pk1_ = 0, HsmGrpcTest::mak1_ = 0,
+         HsmGrpcTest::pr_ = 0;
 Bytes HsmGrpcTest::pu_;
 
 TEST_F(HsmGrpcTest, HealthIsServing) {
@@ -124,17 +179,21 @@ TEST_F(HsmGrpcTest, TranslateBatchGivesEachItemTheSingleCommandsAnswer) {
   *req.add_items() = TranslateRequest(a);
   v1::TranslateTransportKeyRequest rejected = TranslateRequest(b);
   rejected.set_ctk_pu(Str(b.CtkPu(pu_, "SN-BATCH-A")));  // under A's label
+  SetEvidence(rejected);
   *req.add_items() = rejected;
   v1::TranslateTransportKeyRequest unknown = TranslateRequest(b);
   unknown.set_pr_index(987654);
   *req.add_items() = unknown;
+  v1::TranslateTransportKeyRequest forged = TranslateRequest(b);
+  forged.set_sn("SN-BATCH-A");  // b's package, presented for A
+  *req.add_items() = forged;
   *req.add_items() = TranslateRequest(b);
-  auto r = Call(*kms_, &Stub::TranslateTransportKeys, req);
+  auto r = Call(*mtms_, &Stub::TranslateTransportKeys, req);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->outcomes_size(), req.items_size());
   for (int i = 0; i < req.items_size(); ++i) {
     SCOPED_TRACE(i);
-    auto single = Call(*kms_, &Stub::TranslateTransportKey, req.items(i));
+    auto single = Call(*mtms_, &Stub::TranslateTransportKey, req.items(i));
     const v1::TranslateTransportKeyOutcome& outcome = r->outcomes(i);
     EXPECT_EQ(outcome.code(), static_cast<int>(single.status().code()));
     EXPECT_EQ(outcome.message(), std::string(single.status().message()));
@@ -148,87 +207,123 @@ TEST_F(HsmGrpcTest, TranslateBatchGivesEachItemTheSingleCommandsAnswer) {
   EXPECT_EQ(r->outcomes(1).code(), static_cast<int>(grpc::StatusCode::UNAUTHENTICATED));
   EXPECT_EQ(r->outcomes(1).message(), "transport key rejected");
   EXPECT_EQ(r->outcomes(2).code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
-  EXPECT_EQ(r->outcomes(3).code(), 0);
+  EXPECT_EQ(r->outcomes(3).code(), static_cast<int>(grpc::StatusCode::PERMISSION_DENIED));
+  EXPECT_EQ(r->outcomes(4).code(), 0);
   // A Ctk_pk from the batch imports like any other.
-  v1::ImportTransportKeyRequest import;
-  import.set_pk_index(pk_);
-  import.set_mak_index(mak_);
-  import.set_sn(b.sn);
-  import.set_ctk_pk(r->outcomes(3).ctk_pk());
-  auto imported = Call(*kms_, &Stub::ImportTransportKey, import);
+  auto imported = Call(*kms_, &Stub::ImportAndChallenge,
+                       ImportRequest(b.sn, r->outcomes(4).ctk_pk(), crypto::RandomBytes(8)));
   ASSERT_TRUE(imported.ok()) << imported.status();
-  EXPECT_EQ(imported->tek_kcv(), b.TekKcv());
+  EXPECT_EQ(imported->imported().tek_kcv(), b.TekKcv());
 
   // The call as a whole: no items, or more than 64.
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest())
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest())
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   v1::TranslateTransportKeysRequest too_many;
   for (int i = 0; i < 65; ++i) *too_many.add_items() = TranslateRequest(a);
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKeys, too_many).status(),
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKeys, too_many).status(),
             absl::InvalidArgumentError("items: between 1 and 64 translate commands"));
 }
 
-TEST_F(HsmGrpcTest, OperationalCommandsRefuseOtherServices) {
-  auto mtms = hsm_->Stub("mtms");  // a valid service certificate, not this HSM's owner
-  auto expect_denied = [](const absl::Status& s, const std::string& method) {
-    EXPECT_EQ(s, absl::PermissionDeniedError("caller 'mtms' may not call " + method));
-  };
-  expect_denied(Call(*mtms, &Stub::GenerateRsaKeyPair, v1::GenerateRsaKeyPairRequest()).status(),
-                "GenerateRsaKeyPair");
-  expect_denied(Call(*mtms, &Stub::GetPublicKey, v1::GetPublicKeyRequest()).status(),
-                "GetPublicKey");
-  expect_denied(
-      Call(*mtms, &Stub::TranslateTransportKey, v1::TranslateTransportKeyRequest()).status(),
-      "TranslateTransportKey");
-  expect_denied(
-      Call(*mtms, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest()).status(),
-      "TranslateTransportKeys");
-  expect_denied(Call(*mtms, &Stub::ImportTransportKey, v1::ImportTransportKeyRequest()).status(),
-                "ImportTransportKey");
-  expect_denied(Call(*mtms, &Stub::GenerateTmk, v1::GenerateTmkRequest()).status(), "GenerateTmk");
-  expect_denied(Call(*mtms, &Stub::AuthChallenge, v1::AuthChallengeRequest()).status(),
-                "AuthChallenge");
-  expect_denied(Call(*mtms, &Stub::AuthVerify, v1::AuthVerifyRequest()).status(), "AuthVerify");
-  expect_denied(Call(*mtms, &Stub::ExportKeyBlock, v1::ExportKeyBlockRequest()).status(),
-                "ExportKeyBlock");
-  expect_denied(Call(*mtms, &Stub::VerifyInstallProof, v1::VerifyInstallProofRequest()).status(),
-                "VerifyInstallProof");
-  expect_denied(Call(*mtms, &Stub::GetKeyInfo, v1::GetKeyInfoRequest()).status(), "GetKeyInfo");
-  expect_denied(Call(*mtms, &Stub::ImportAndChallenge, v1::ImportAndChallengeRequest()).status(),
-                "ImportAndChallenge");
-  expect_denied(
-      Call(*mtms, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest()).status(),
-      "AuthenticateAndDeliver");
-  expect_denied(Call(*mtms, &Stub::GenerateRandom, v1::GenerateRandomRequest()).status(),
-                "GenerateRandom");
+// Calls `method` on `stub` with an empty request; its status.
+absl::Status CallEmpty(Stub& stub, const std::string& method) {
+  if (method == "GenerateRsaKeyPair")
+    return Call(stub, &Stub::GenerateRsaKeyPair, v1::GenerateRsaKeyPairRequest()).status();
+  if (method == "GetPublicKey")
+    return Call(stub, &Stub::GetPublicKey, v1::GetPublicKeyRequest()).status();
+  if (method == "TranslateTransportKey")
+    return Call(stub, &Stub::TranslateTransportKey, v1::TranslateTransportKeyRequest()).status();
+  if (method == "TranslateTransportKeys")
+    return Call(stub, &Stub::TranslateTransportKeys, v1::TranslateTransportKeysRequest()).status();
+  if (method == "BeginCeremony")
+    return Call(stub, &Stub::BeginCeremony, v1::BeginCeremonyRequest()).status();
+  if (method == "GetCeremony")
+    return Call(stub, &Stub::GetCeremony, v1::GetCeremonyRequest()).status();
+  if (method == "AddComponent")
+    return Call(stub, &Stub::AddComponent, v1::AddComponentRequest()).status();
+  if (method == "CompleteCeremony")
+    return Call(stub, &Stub::CompleteCeremony, v1::CompleteCeremonyRequest()).status();
+  if (method == "AuthChallenge")
+    return Call(stub, &Stub::AuthChallenge, v1::AuthChallengeRequest()).status();
+  if (method == "VerifyInstallProof")
+    return Call(stub, &Stub::VerifyInstallProof, v1::VerifyInstallProofRequest()).status();
+  if (method == "ImportAndChallenge")
+    return Call(stub, &Stub::ImportAndChallenge, v1::ImportAndChallengeRequest()).status();
+  if (method == "AuthenticateAndDeliver")
+    return Call(stub, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest()).status();
+  if (method == "DestroyTerminalKeys")
+    return Call(stub, &Stub::DestroyTerminalKeys, v1::DestroyTerminalKeysRequest()).status();
+  if (method == "GetKeyInfo")
+    return Call(stub, &Stub::GetKeyInfo, v1::GetKeyInfoRequest()).status();
+  if (method == "DeleteKey") return Call(stub, &Stub::DeleteKey, v1::DeleteKeyRequest()).status();
+  if (method == "VerifyAuditChain")
+    return Call(stub, &Stub::VerifyAuditChain, v1::Empty()).status();
+  if (method == "GenerateRandom")
+    return Call(stub, &Stub::GenerateRandom, v1::GenerateRandomRequest()).status();
+  return absl::InternalError("unknown method " + method);
 }
 
-TEST_F(HsmGrpcTest, AdminCommandsRefuseServices) {
-  auto expect_denied = [](const absl::Status& s, const std::string& method) {
-    EXPECT_EQ(s, absl::PermissionDeniedError("caller 'kms' may not call " + method));
+TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
+  // Who may call what (docs/hsm.md): every method of the service, on each role, for each
+  // kind of caller. An admitted call gets past authorization (its empty request is then
+  // refused for what it is); anyone else is refused by name.
+  const std::vector<std::string> mtms_role = {"GenerateRsaKeyPair", "GetPublicKey",
+                                              "TranslateTransportKey", "TranslateTransportKeys",
+                                              "GenerateRandom"};
+  const std::vector<std::string> kms_role = {"AuthChallenge",       "VerifyInstallProof",
+                                             "ImportAndChallenge",  "AuthenticateAndDeliver",
+                                             "DestroyTerminalKeys", "GenerateRandom"};
+  const std::vector<std::string> admin = {"BeginCeremony",    "GetCeremony", "AddComponent",
+                                          "CompleteCeremony", "GetKeyInfo",  "DeleteKey",
+                                          "VerifyAuditChain"};
+  std::vector<std::string> all = admin;
+  all.insert(all.end(), mtms_role.begin(), mtms_role.end());
+  all.insert(all.end(), kms_role.begin(), kms_role.end());
+  // Every RPC of the service is in the table.
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName("rkl.v1.Hsm");
+  ASSERT_NE(service, nullptr);
+  EXPECT_EQ(static_cast<int>(std::set<std::string>(all.begin(), all.end()).size()),
+            service->method_count());
+  auto contains = [](const std::vector<std::string>& v, const std::string& m) {
+    return std::find(v.begin(), v.end(), m) != v.end();
   };
-  expect_denied(Call(*kms_, &Stub::BeginCeremony, v1::BeginCeremonyRequest()).status(),
-                "BeginCeremony");
-  expect_denied(Call(*kms_, &Stub::GetCeremony, v1::GetCeremonyRequest()).status(), "GetCeremony");
-  expect_denied(Call(*kms_, &Stub::AddComponent, v1::AddComponentRequest()).status(),
-                "AddComponent");
-  expect_denied(Call(*kms_, &Stub::CompleteCeremony, v1::CompleteCeremonyRequest()).status(),
-                "CompleteCeremony");
-  expect_denied(Call(*kms_, &Stub::DeleteKey, v1::DeleteKeyRequest()).status(), "DeleteKey");
-  expect_denied(Call(*kms_, &Stub::VerifyAuditChain, v1::Empty()).status(), "VerifyAuditChain");
+  struct Role {
+    HsmInstance* hsm;
+    std::string service;
+    const std::vector<std::string>* methods;
+  };
+  for (const Role& role : {Role{hsm1_, kMtms, &mtms_role}, Role{hsm_, kKms, &kms_role}}) {
+    for (const std::string caller :
+         {std::string(kMtms), std::string(kKms), std::string(kAlice), std::string("ca")}) {
+      auto stub = role.hsm->Stub(caller);
+      for (const std::string& method : std::set<std::string>(all.begin(), all.end())) {
+        SCOPED_TRACE(role.service + " HSM, " + caller + " calls " + method);
+        const bool allowed = (caller == role.service && contains(*role.methods, method)) ||
+                             (caller == kAlice && contains(admin, method));
+        const absl::Status denied =
+            absl::PermissionDeniedError("caller '" + caller + "' may not call " + method);
+        const absl::Status s = CallEmpty(*stub, method);
+        if (allowed) {
+          EXPECT_NE(s, denied);
+        } else {
+          EXPECT_EQ(s, denied);
+        }
+      }
+    }
+  }
 }
 
 TEST_F(HsmGrpcTest, RefusalsAreAudited) {
-  auto mtms = hsm_->Stub("mtms");
-  (void)Call(*mtms, &Stub::GenerateTmk, v1::GenerateTmkRequest());
+  auto admin = hsm_->Stub(kAlice);
+  (void)Call(*admin, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest());
   ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
   auto row = tx.exec1("SELECT actor, action, result FROM hsm_audit ORDER BY seq DESC LIMIT 1");
-  EXPECT_EQ(row[0].as<std::string>(), "mtms");
-  EXPECT_EQ(row[1].as<std::string>(), "GenerateTmk");
+  EXPECT_EQ(row[0].as<std::string>(), kAlice);
+  EXPECT_EQ(row[1].as<std::string>(), "AuthenticateAndDeliver");
   EXPECT_EQ(row[2].as<std::string>(), "PERMISSION_DENIED");
 }
 
@@ -245,33 +340,32 @@ TEST_F(HsmGrpcTest, ClientWithoutCertificateCannotConnect) {
             absl::StatusCode::kUnavailable);
 }
 
-TEST_F(HsmGrpcTest, AdminsMayUseOperationalCommands) {
-  auto admin = hsm_->Stub(kAlice);
+TEST_F(HsmGrpcTest, GenerateRandomForTheRolesService) {
   v1::GenerateRandomRequest req;
   req.set_length(24);
-  auto r = Call(*admin, &Stub::GenerateRandom, req);
+  auto r = Call(*kms_, &Stub::GenerateRandom, req);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->random().size(), 24u);
   req.set_length(2000);
-  EXPECT_EQ(Call(*admin, &Stub::GenerateRandom, req).status().code(),
+  EXPECT_EQ(Call(*kms_, &Stub::GenerateRandom, req).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HsmGrpcTest, RsaKeyPairAndPublicKey) {
   v1::GetPublicKeyRequest get;
   get.set_key_index(pr_);
-  auto pub = Call(*kms_, &Stub::GetPublicKey, get);
+  auto pub = Call(*mtms_, &Stub::GetPublicKey, get);
   ASSERT_TRUE(pub.ok()) << pub.status();
   EXPECT_EQ(Raw(pub->public_key_der()), pu_);
   get.set_key_index(999999);
-  EXPECT_EQ(Call(*kms_, &Stub::GetPublicKey, get).status().code(), absl::StatusCode::kNotFound);
-  get.set_key_index(pk_);
-  EXPECT_EQ(Call(*kms_, &Stub::GetPublicKey, get).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::GetPublicKey, get).status().code(), absl::StatusCode::kNotFound);
+  get.set_key_index(pk1_);
+  EXPECT_EQ(Call(*mtms_, &Stub::GetPublicKey, get).status().code(),
             absl::StatusCode::kPermissionDenied);
   v1::GenerateRsaKeyPairRequest gen;
   gen.set_bits(4096);
   gen.set_label("too-big");
-  EXPECT_EQ(Call(*kms_, &Stub::GenerateRsaKeyPair, gen).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::GenerateRsaKeyPair, gen).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -381,10 +475,11 @@ TEST_F(HsmGrpcTest, TranslateAndImport) {
   EXPECT_EQ(imported.tek_kcv(), t.TekKcv());
   EXPECT_EQ(imported.auk_kcv(), t.AukKcv());
   EXPECT_EQ(imported.algorithm(), v1::KEY_ALGORITHM_AES128);
-  EXPECT_EQ(imported.created_at_unix_ms(), 1700000000000);
+  EXPECT_EQ(imported.created_at_unix_ms(), kCreatedAt);
+  auto admin = hsm_->Stub(kAlice);
   v1::GetKeyInfoRequest info_req;
   info_req.set_key_index(imported.tek_index());
-  auto info = Call(*kms_, &Stub::GetKeyInfo, info_req);
+  auto info = Call(*admin, &Stub::GetKeyInfo, info_req);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->type(), v1::KEY_TYPE_TEK);
   EXPECT_EQ(info->usage(), v1::KEY_USAGE_EXPORT_KEK);
@@ -397,42 +492,54 @@ TEST_F(HsmGrpcTest, TranslateRefusals) {
   TestTerminal t = TestTerminal::Create("SN-GRPC-2");
   auto req = TranslateRequest(t);
   req.set_sn("SN-OTHER");  // Ctk_Pu is bound to SN-GRPC-2 by its OAEP label
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status(),
+  SetEvidence(req);
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status(),
             absl::UnauthenticatedError("transport key rejected"));
   req = TranslateRequest(t);
   req.set_sn("bad sn!");
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
             absl::StatusCode::kInvalidArgument);
   req = TranslateRequest(t);
   req.set_ctk_pu("short");
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
             absl::StatusCode::kInvalidArgument);
   req = TranslateRequest(t);
   req.set_algorithm(v1::KEY_ALGORITHM_UNSPECIFIED);
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
             absl::StatusCode::kInvalidArgument);
   req = TranslateRequest(t);
-  req.set_pr_index(pk_);  // PK used as the decryption key
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status().code(),
+  req.set_pr_index(pk1_);  // PK used as the decryption key
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
             absl::StatusCode::kPermissionDenied);
   req = TranslateRequest(t);
   req.set_mak_index(987654);
-  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, req).status().code(),
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
             absl::StatusCode::kNotFound);
+  // Without the operator's evidence, or with a forged signature: refused before decryption.
+  req = TranslateRequest(t);
+  req.clear_package_signature();
+  EXPECT_EQ(Call(*mtms_, &Stub::TranslateTransportKey, req).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  req = TranslateRequest(t);
+  std::string forged = req.package_signature();
+  forged.back() ^= 1;
+  req.set_package_signature(forged);
+  auto r = Call(*mtms_, &Stub::TranslateTransportKey, req);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(r.status().message(), HasSubstr("package_signature"));
+  // HSM #2 translates nothing, whoever asks.
+  EXPECT_EQ(Call(*kms_, &Stub::TranslateTransportKey, TranslateRequest(t)).status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 TEST_F(HsmGrpcTest, ImportRefusals) {
   TestTerminal t = TestTerminal::Create("SN-GRPC-3");
-  auto ctk = Call(*kms_, &Stub::TranslateTransportKey, TranslateRequest(t));
+  auto ctk = Call(*mtms_, &Stub::TranslateTransportKey, TranslateRequest(t));
   ASSERT_TRUE(ctk.ok());
-  v1::ImportTransportKeyRequest req;
-  req.set_pk_index(pk_);
-  req.set_mak_index(mak_);
-  req.set_sn(t.sn);
+  const Bytes rnd1 = crypto::RandomBytes(16);
   std::string bad_mac = ctk->ctk_pk();
   bad_mac.back() ^= 1;
-  req.set_ctk_pk(bad_mac);
-  EXPECT_EQ(Call(*kms_, &Stub::ImportTransportKey, req).status(),
+  EXPECT_EQ(Call(*kms_, &Stub::ImportAndChallenge, ImportRequest(t.sn, bad_mac, rnd1)).status(),
             absl::UnauthenticatedError("ctk_pk: MAC does not verify"));
   pqxx::connection conn(hsm_->dsn());
   {
@@ -440,32 +547,28 @@ TEST_F(HsmGrpcTest, ImportRefusals) {
     EXPECT_EQ(
         tx.exec_params1("SELECT count(*) FROM hsm_key WHERE bound_sn = $1", t.sn)[0].as<int>(), 0);
   }
-  req.set_ctk_pk(ctk->ctk_pk());
-  req.set_sn("SN-GRPC-OTHER");
-  EXPECT_EQ(Call(*kms_, &Stub::ImportTransportKey, req).status().code(),
+  EXPECT_EQ(
+      Call(*kms_, &Stub::ImportAndChallenge, ImportRequest("SN-GRPC-OTHER", ctk->ctk_pk(), rnd1))
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Call(*kms_, &Stub::ImportAndChallenge, ImportRequest(t.sn, "RKL1 is not enough", rnd1))
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
-  req.set_sn(t.sn);
-  req.set_ctk_pk("RKL1 is not enough");
-  EXPECT_EQ(Call(*kms_, &Stub::ImportTransportKey, req).status().code(),
+  EXPECT_EQ(Call(*kms_, &Stub::ImportAndChallenge, ImportRequest(t.sn, std::string(600, 'x'), rnd1))
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
-  req.set_ctk_pk(std::string(600, 'x'));
-  EXPECT_EQ(Call(*kms_, &Stub::ImportTransportKey, req).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  req.set_ctk_pk(ctk->ctk_pk());
-  req.set_pk_index(mak_);
-  EXPECT_EQ(Call(*kms_, &Stub::ImportTransportKey, req).status().code(),
+  auto swapped = ImportRequest(t.sn, ctk->ctk_pk(), rnd1);
+  swapped.mutable_import()->set_pk_index(mak_);
+  EXPECT_EQ(Call(*kms_, &Stub::ImportAndChallenge, swapped).status().code(),
             absl::StatusCode::kPermissionDenied);
 }
 
-TEST_F(HsmGrpcTest, TmkAuthenticationExportAndInstallProof) {
+TEST_F(HsmGrpcTest, AuthenticationDeliveryAndInstallProof) {
   TestTerminal t = TestTerminal::Create("SN-GRPC-4");
   auto imported = Enrol(t);
-  auto tmk = Tmk(t.sn);
-  EXPECT_TRUE(tmk.created());
-  auto again = Tmk(t.sn);
-  EXPECT_FALSE(again.created());
-  EXPECT_EQ(again.tmk_index(), tmk.tmk_index());
-
   Bytes rnd1 = crypto::RandomBytes(16);
   v1::AuthChallengeRequest ch;
   ch.set_auk_index(imported.auk_index());
@@ -475,50 +578,45 @@ TEST_F(HsmGrpcTest, TmkAuthenticationExportAndInstallProof) {
   ASSERT_TRUE(challenge.ok()) << challenge.status();
   Bytes rnd2 = Raw(challenge->rnd2());
   ASSERT_TRUE(protocol::VerifyCrnd1(t.AuthKeys(), rnd1, rnd2, Raw(challenge->crnd1())).ok());
-  v1::AuthVerifyRequest verify;
-  verify.set_auk_index(imported.auk_index());
-  verify.set_sn(t.sn);
-  verify.set_rnd1(Str(rnd1));
-  verify.set_rnd2(Str(rnd2));
-  verify.set_crnd2(challenge->crnd1());  // reflection
-  EXPECT_EQ(Call(*kms_, &Stub::AuthVerify, verify).status().code(),
+  v1::AuthenticateAndDeliverRequest deliver;
+  auto* verify = deliver.mutable_verify();
+  verify->set_auk_index(imported.auk_index());
+  verify->set_sn(t.sn);
+  verify->set_rnd1(Str(rnd1));
+  verify->set_rnd2(Str(rnd2));
+  verify->set_crnd2(challenge->crnd1());  // reflection
+  deliver.set_algorithm(v1::KEY_ALGORITHM_AES128);
+  deliver.set_tek_index(imported.tek_index());
+  EXPECT_EQ(Call(*kms_, &Stub::AuthenticateAndDeliver, deliver).status().code(),
             absl::StatusCode::kUnauthenticated);
-  verify.set_crnd2(Str(protocol::MakeCrnd2(t.AuthKeys(), rnd1, rnd2).value()));
-  EXPECT_TRUE(Call(*kms_, &Stub::AuthVerify, verify).ok());
-  verify.set_sn("SN-GRPC-OTHER");
-  EXPECT_EQ(Call(*kms_, &Stub::AuthVerify, verify).status().code(),
+  verify->set_crnd2(Str(protocol::MakeCrnd2(t.AuthKeys(), rnd1, rnd2).value()));
+  verify->set_sn("SN-GRPC-OTHER");
+  EXPECT_EQ(Call(*kms_, &Stub::AuthenticateAndDeliver, deliver).status().code(),
             absl::StatusCode::kPermissionDenied);
+  verify->set_sn(t.sn);
+  deliver.set_tek_index(imported.auk_index());  // the AUK is no KEK
+  EXPECT_EQ(Call(*kms_, &Stub::AuthenticateAndDeliver, deliver).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  deliver.set_tek_index(imported.tek_index());
+  auto out = Call(*kms_, &Stub::AuthenticateAndDeliver, deliver);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->block().kek_kcv(), t.TekKcv());
+  auto delivered = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, out->block().key_block());
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_EQ(delivered->tmk_kcv, out->tmk().kcv());
   ch.set_rnd1("short");
   EXPECT_EQ(Call(*kms_, &Stub::AuthChallenge, ch).status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  v1::ExportKeyBlockRequest exp;
-  exp.set_key_index(tmk.tmk_index());
-  exp.set_kek_index(imported.tek_index());
-  exp.set_sn(t.sn);
-  auto block = Call(*kms_, &Stub::ExportKeyBlock, exp);
-  ASSERT_TRUE(block.ok()) << block.status();
-  EXPECT_EQ(block->key_kcv(), tmk.kcv());
-  EXPECT_EQ(block->kek_kcv(), t.TekKcv());
-  auto delivered = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, block->key_block());
-  ASSERT_TRUE(delivered.ok()) << delivered.status();
-  EXPECT_EQ(delivered->tmk_kcv, tmk.kcv());
-  exp.set_key_index(imported.auk_index());  // the AUK is not exportable
-  EXPECT_EQ(Call(*kms_, &Stub::ExportKeyBlock, exp).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  exp.set_key_index(tmk.tmk_index());
-  exp.set_sn("SN-GRPC-OTHER");
-  EXPECT_EQ(Call(*kms_, &Stub::ExportKeyBlock, exp).status().code(),
-            absl::StatusCode::kPermissionDenied);
-
   v1::VerifyInstallProofRequest proof;
   proof.set_auk_index(imported.auk_index());
   proof.set_sn(t.sn);
-  proof.set_tmk_kcv(tmk.kcv());
+  proof.set_tmk_kcv(out->tmk().kcv());
   proof.set_rnd1(Str(rnd1));
   proof.set_rnd2(Str(rnd2));
-  Bytes p = protocol::MakeInstallProof(t.AuthKeys(), t.sn, FromHex(tmk.kcv()).value(), rnd1, rnd2)
-                .value();
+  Bytes p =
+      protocol::MakeInstallProof(t.AuthKeys(), t.sn, FromHex(out->tmk().kcv()).value(), rnd1, rnd2)
+          .value();
   proof.set_proof(Str(p));
   EXPECT_TRUE(Call(*kms_, &Stub::VerifyInstallProof, proof).ok());
   p[3] ^= 1;
@@ -529,16 +627,10 @@ TEST_F(HsmGrpcTest, TmkAuthenticationExportAndInstallProof) {
 
 TEST_F(HsmGrpcTest, CompositeCommandsOverGrpc) {
   TestTerminal t = TestTerminal::Create("SN-GRPC-COMPOSITE");
-  auto ctk = Call(*kms_, &Stub::TranslateTransportKey, TranslateRequest(t));
+  auto ctk = Call(*mtms_, &Stub::TranslateTransportKey, TranslateRequest(t));
   ASSERT_TRUE(ctk.ok()) << ctk.status();
   Bytes rnd1 = crypto::RandomBytes(16);
-  v1::ImportAndChallengeRequest begin;
-  begin.mutable_import()->set_pk_index(pk_);
-  begin.mutable_import()->set_mak_index(mak_);
-  begin.mutable_import()->set_sn(t.sn);
-  begin.mutable_import()->set_ctk_pk(ctk->ctk_pk());
-  begin.set_rnd1(Str(rnd1));
-  auto begun = Call(*kms_, &Stub::ImportAndChallenge, begin);
+  auto begun = Call(*kms_, &Stub::ImportAndChallenge, ImportRequest(t.sn, ctk->ctk_pk(), rnd1));
   ASSERT_TRUE(begun.ok()) << begun.status();
   EXPECT_EQ(begun->imported().auk_kcv(), t.AukKcv());
   Bytes rnd2 = Raw(begun->challenge().rnd2());
@@ -575,30 +667,67 @@ TEST_F(HsmGrpcTest, CompositeCommandsOverGrpc) {
 }
 
 TEST_F(HsmGrpcTest, KeyInfoAndDelete) {
-  auto tmk = Tmk("SN-GRPC-5", v1::KEY_ALGORITHM_TDES2);
+  TestTerminal t = TestTerminal::Create("SN-GRPC-5", crypto::KeyAlgorithm::kTdes2);
+  auto imported = Enrol(t);
+  auto tmk = Deliver(t, imported.auk_index(), imported.tek_index());
+  ASSERT_TRUE(tmk.ok()) << tmk.status();
+  auto admin = hsm_->Stub(kAlice);
   v1::GetKeyInfoRequest info_req;
-  info_req.set_key_index(tmk.tmk_index());
-  auto info = Call(*kms_, &Stub::GetKeyInfo, info_req);
+  info_req.set_key_index(tmk->tmk().tmk_index());
+  auto info = Call(*admin, &Stub::GetKeyInfo, info_req);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->type(), v1::KEY_TYPE_TMK);
   EXPECT_EQ(info->algorithm(), v1::KEY_ALGORITHM_TDES2);
   EXPECT_EQ(info->label(), "tmk:SN-GRPC-5");
+  EXPECT_EQ(info->kek_index(), imported.tek_index());
   info_req.set_key_index(0);
-  EXPECT_EQ(Call(*kms_, &Stub::GetKeyInfo, info_req).status().code(),
+  EXPECT_EQ(Call(*admin, &Stub::GetKeyInfo, info_req).status().code(),
             absl::StatusCode::kInvalidArgument);
   info_req.set_key_index(123456789);
-  EXPECT_EQ(Call(*kms_, &Stub::GetKeyInfo, info_req).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Call(*admin, &Stub::GetKeyInfo, info_req).status().code(), absl::StatusCode::kNotFound);
 
-  auto admin = hsm_->Stub(kAlice);
   v1::DeleteKeyRequest del;
-  del.set_key_index(tmk.tmk_index());
+  del.set_key_index(tmk->tmk().tmk_index());
   ASSERT_TRUE(Call(*admin, &Stub::DeleteKey, del).ok());
-  info_req.set_key_index(tmk.tmk_index());
-  EXPECT_EQ(Call(*kms_, &Stub::GetKeyInfo, info_req)->state(), v1::KEY_STATE_DELETED);
+  info_req.set_key_index(tmk->tmk().tmk_index());
+  EXPECT_EQ(Call(*admin, &Stub::GetKeyInfo, info_req)->state(), v1::KEY_STATE_DELETED);
   del.set_key_index(123456789);
   EXPECT_EQ(Call(*admin, &Stub::DeleteKey, del).status().code(), absl::StatusCode::kNotFound);
-  // A deleted TMK cannot be exported, and a new one can be made for the SN.
-  EXPECT_TRUE(Tmk("SN-GRPC-5", v1::KEY_ALGORITHM_TDES2).created());
+  // A deleted TMK cannot be delivered; the next delivery makes a new one.
+  auto next = Deliver(t, imported.auk_index(), imported.tek_index());
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_TRUE(next->tmk().created());
+  EXPECT_NE(next->tmk().tmk_index(), tmk->tmk().tmk_index());
+}
+
+TEST_F(HsmGrpcTest, RevocationDestroysTheTerminalsKeys) {
+  TestTerminal t = TestTerminal::Create("SN-GRPC-REVOKED");
+  auto imported = Enrol(t);
+  auto tmk = Deliver(t, imported.auk_index(), imported.tek_index());
+  ASSERT_TRUE(tmk.ok()) << tmk.status();
+  v1::DestroyTerminalKeysRequest destroy;
+  destroy.set_sn(t.sn);
+  destroy.set_reason("stolen");
+  auto destroyed = Call(*kms_, &Stub::DestroyTerminalKeys, destroy);
+  ASSERT_TRUE(destroyed.ok()) << destroyed.status();
+  EXPECT_THAT(destroyed->destroyed_key_indexes(),
+              ::testing::UnorderedElementsAre(imported.tek_index(), imported.auk_index(),
+                                              tmk->tmk().tmk_index()));
+  auto admin = hsm_->Stub(kAlice);
+  for (uint64_t index : destroyed->destroyed_key_indexes()) {
+    v1::GetKeyInfoRequest info_req;
+    info_req.set_key_index(index);
+    EXPECT_EQ(Call(*admin, &Stub::GetKeyInfo, info_req)->state(), v1::KEY_STATE_DELETED);
+  }
+  EXPECT_EQ(Deliver(t, imported.auk_index(), imported.tek_index()).status().code(),
+            absl::StatusCode::kNotFound);
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  EXPECT_EQ(tx.exec_params1("SELECT count(*) FROM hsm_key WHERE bound_sn = $1 AND "
+                            "(state <> 3 OR sealed IS NOT NULL)",
+                            t.sn)[0]
+                .as<int>(),
+            0);
 }
 
 TEST(HsmSelfTestPgTest, FailedSelfTestMeansNotServingAndRefusals) {
@@ -615,10 +744,10 @@ TEST(HsmSelfTestPgTest, FailedSelfTestMeansNotServingAndRefusals) {
   ASSERT_TRUE(overall.ok());
   EXPECT_FALSE(*overall);
   auto stub = v1::Hsm::NewStub(channel);
-  v1::GenerateTmkRequest req;
-  req.set_sn("SN-1");
+  v1::AuthenticateAndDeliverRequest req;
+  req.mutable_verify()->set_sn("SN-1");
   req.set_algorithm(v1::KEY_ALGORITHM_AES128);
-  EXPECT_EQ(Call(*stub, &Stub::GenerateTmk, req).status(),
+  EXPECT_EQ(Call(*stub, &Stub::AuthenticateAndDeliver, req).status(),
             absl::FailedPreconditionError("HSM self-test failed"));
   v1::GenerateRandomRequest rnd;
   rnd.set_length(8);

@@ -26,8 +26,10 @@ Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
 TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
   auto pki = rkl::testing::TestPki::Create();
   ASSERT_TRUE(pki.ok()) << pki.status();
-  auto hsm1 = HsmInstance::Create(**pki, {.hsm_id = "hsm-mtms", .operational_identity = "mtms"});
-  auto hsm2 = HsmInstance::Create(**pki, {.hsm_id = "hsm-kms", .operational_identity = "kms"});
+  auto hsm1 = HsmInstance::Create(
+      **pki, {.hsm_id = "hsm-mtms", .role = HsmRole::kMtms, .operational_identity = "mtms"});
+  auto hsm2 = HsmInstance::Create(
+      **pki, {.hsm_id = "hsm-kms", .role = HsmRole::kKms, .operational_identity = "kms"});
   ASSERT_TRUE(hsm1.ok()) << hsm1.status();
   ASSERT_TRUE(hsm2.ok()) << hsm2.status();
   ASSERT_FALSE((*hsm1)->lmk() == (*hsm2)->lmk());
@@ -70,65 +72,57 @@ TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
     secrets.push_back(t.tk.tek);
     secrets.push_back(t.tk.auk);
 
-    // S106 on HSM #1.
+    // S106 on HSM #1, with the operator's signed package as evidence (claim 4).
     v1::TranslateTransportKeyRequest tr;
     tr.set_pr_index(work->key_index());
-    tr.set_ctk_pu(Str(t.CtkPu(Raw(work->public_key_der()))));
+    const Bytes ctk_pu = t.CtkPu(Raw(work->public_key_der()));
+    tr.set_ctk_pu(Str(ctk_pu));
     tr.set_sn(t.sn);
     tr.set_created_at_unix_ms(1764000000000);
     tr.set_pk_index(pk1->key_index);
     tr.set_mak_index(mak1->key_index);
     tr.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(algorithm)));
+    const TranslateEvidence evidence =
+        (*hsm1)->operator_card().Sign(t.sn, ctk_pu, algorithm, 1764000000000);
+    tr.set_package(Str(evidence.package));
+    tr.set_package_signature(Str(evidence.package_signature));
+    tr.set_operator_certificate_der(Str(evidence.operator_certificate_der));
     auto ctk = Call(*mtms, &Stub::TranslateTransportKey, tr);
     ASSERT_TRUE(ctk.ok()) << ctk.status();
 
-    // S109-S111 on HSM #2.
+    // S109-S111 and S401-S402 on HSM #2: import, then the challenge, as KMS does.
     auto kms = (*hsm2)->Stub("kms");
-    v1::ImportTransportKeyRequest im;
-    im.set_pk_index(pk2->key_index);
-    im.set_mak_index(mak2->key_index);
-    im.set_sn(t.sn);
-    im.set_ctk_pk(ctk->ctk_pk());
-    auto imported = Call(*kms, &Stub::ImportTransportKey, im);
-    ASSERT_TRUE(imported.ok()) << imported.status();
+    auto keys = t.AuthKeys();
+    Bytes rnd1 = crypto::RandomBytes(crypto::BlockSize(algorithm));
+    v1::ImportAndChallengeRequest begin;
+    begin.mutable_import()->set_pk_index(pk2->key_index);
+    begin.mutable_import()->set_mak_index(mak2->key_index);
+    begin.mutable_import()->set_sn(t.sn);
+    begin.mutable_import()->set_ctk_pk(ctk->ctk_pk());
+    begin.set_rnd1(Str(rnd1));
+    auto begun = Call(*kms, &Stub::ImportAndChallenge, begin);
+    ASSERT_TRUE(begun.ok()) << begun.status();
+    const v1::ImportTransportKeyResponse* imported = &begun->imported();
     EXPECT_EQ(imported->tek_kcv(), t.TekKcv());
     EXPECT_EQ(imported->auk_kcv(), t.AukKcv());
     EXPECT_EQ(imported->created_at_unix_ms(), 1764000000000);
+    Bytes rnd2 = Raw(begun->challenge().rnd2());
+    ASSERT_TRUE(protocol::VerifyCrnd1(keys, rnd1, rnd2, Raw(begun->challenge().crnd1())).ok());
 
-    // S112: one TMK for the SN.
-    v1::GenerateTmkRequest tg;
-    tg.set_sn(t.sn);
-    tg.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(algorithm)));
-    auto tmk = Call(*kms, &Stub::GenerateTmk, tg);
-    ASSERT_TRUE(tmk.ok()) << tmk.status();
-
-    // S401-S405: mutual authentication, the terminal side from rkl::protocol.
-    auto keys = t.AuthKeys();
-    Bytes rnd1 = crypto::RandomBytes(crypto::BlockSize(algorithm));
-    v1::AuthChallengeRequest ch;
-    ch.set_auk_index(imported->auk_index());
-    ch.set_sn(t.sn);
-    ch.set_rnd1(Str(rnd1));
-    auto challenge = Call(*kms, &Stub::AuthChallenge, ch);
-    ASSERT_TRUE(challenge.ok()) << challenge.status();
-    Bytes rnd2 = Raw(challenge->rnd2());
-    ASSERT_TRUE(protocol::VerifyCrnd1(keys, rnd1, rnd2, Raw(challenge->crnd1())).ok());
-    v1::AuthVerifyRequest av;
-    av.set_auk_index(imported->auk_index());
-    av.set_sn(t.sn);
-    av.set_rnd1(Str(rnd1));
-    av.set_rnd2(Str(rnd2));
-    av.set_crnd2(Str(protocol::MakeCrnd2(keys, rnd1, rnd2).value()));
-    ASSERT_TRUE(Call(*kms, &Stub::AuthVerify, av).ok());
-
-    // S112-S113: the TMK under TEK; the terminal opens it and proves the install.
-    v1::ExportKeyBlockRequest ex;
-    ex.set_key_index(tmk->tmk_index());
-    ex.set_kek_index(imported->tek_index());
-    ex.set_sn(t.sn);
-    auto block = Call(*kms, &Stub::ExportKeyBlock, ex);
-    ASSERT_TRUE(block.ok()) << block.status();
-    auto delivered = keyblock::ParseTmkBlock(t.tk.tek, algorithm, block->key_block());
+    // S403-S405 and S112-S113: the terminal's answer, then its TMK under TEK; the terminal
+    // opens it and proves the install.
+    v1::AuthenticateAndDeliverRequest deliver;
+    deliver.mutable_verify()->set_auk_index(imported->auk_index());
+    deliver.mutable_verify()->set_sn(t.sn);
+    deliver.mutable_verify()->set_rnd1(Str(rnd1));
+    deliver.mutable_verify()->set_rnd2(Str(rnd2));
+    deliver.mutable_verify()->set_crnd2(Str(protocol::MakeCrnd2(keys, rnd1, rnd2).value()));
+    deliver.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(algorithm)));
+    deliver.set_tek_index(imported->tek_index());
+    auto out = Call(*kms, &Stub::AuthenticateAndDeliver, deliver);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const v1::GenerateTmkResponse* tmk = &out->tmk();
+    auto delivered = keyblock::ParseTmkBlock(t.tk.tek, algorithm, out->block().key_block());
     ASSERT_TRUE(delivered.ok()) << delivered.status();
     EXPECT_EQ(delivered->tmk_algorithm, algorithm);
     EXPECT_EQ(delivered->tmk_kcv, tmk->kcv());
@@ -162,7 +156,7 @@ TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
   std::string dump1 = (*hsm1)->DumpDatabase(), dump2 = (*hsm2)->DumpDatabase();
   // The dump is real: it holds the audit rows and the sealed records.
   ASSERT_TRUE(absl::StrContains(dump1, "translate_transport_key"));
-  ASSERT_TRUE(absl::StrContains(dump2, "import_transport_key"));
+  ASSERT_TRUE(absl::StrContains(dump2, "import_and_challenge"));
   int patterns = 0;
   for (const crypto::SecretBytes& secret : secrets) {
     for (const std::string& pattern : testing::LeakPatterns(secret.RevealSecret())) {
@@ -180,10 +174,11 @@ TEST(InteropPgTest, LeakSearchFindsAPlantedKey) {
   // The leakage check above can fail: plant a key in a label and it is found.
   auto pki = rkl::testing::TestPki::Create();
   ASSERT_TRUE(pki.ok());
-  auto hsm = HsmInstance::Create(**pki);
+  auto hsm = HsmInstance::Create(
+      **pki, {.hsm_id = "hsm-mtms", .role = HsmRole::kMtms, .operational_identity = "mtms"});
   ASSERT_TRUE(hsm.ok()) << hsm.status();
   crypto::SecretBytes planted = crypto::RandomSecret(16);
-  auto kms = (*hsm)->Stub("kms");
+  auto kms = (*hsm)->Stub("mtms");
   v1::GenerateRsaKeyPairRequest gen;
   gen.set_bits(2048);
   gen.set_label(absl::Base64Escape(std::string(AsString(planted.RevealSecret()))).substr(0, 20));

@@ -69,9 +69,19 @@ class KeyStorePgTest : public ::testing::Test {
   }
 
   uint64_t NewTmk(const std::string& sn) {
-    auto tmk = hsm_->daemon().core().GenerateTmk("kms", sn, crypto::KeyAlgorithm::kAes128, false);
-    EXPECT_TRUE(tmk.ok()) << tmk.status();
-    return tmk->tmk_index;
+    return testing::InsertTestKey(*hsm_, KeyType::kTmk, sn);
+  }
+
+  // A whole §7 authentication by `t`, then the delivery of its TMK under `tek`.
+  absl::StatusOr<AuthenticatedDelivery> Deliver(const testing::TestTerminal& t, uint64_t auk,
+                                                uint64_t tek, bool replace_existing = false) {
+    HsmCore& core = hsm_->daemon().core();
+    Bytes rnd1 = crypto::RandomBytes(16);
+    auto challenge = core.AuthChallenge("kms", auk, t.sn, rnd1);
+    if (!challenge.ok()) return challenge.status();
+    Bytes crnd2 = protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value();
+    return core.AuthenticateAndDeliver("kms", {auk, t.sn, rnd1, challenge->rnd2, crnd2},
+                                       t.tk.algorithm, replace_existing, tek);
   }
 
   // A busy new HSM: 900 live TEK/AUK/TMK records (keys 1000000..1000899, SNs SN-0..SN-299)
@@ -235,7 +245,7 @@ TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPrep
   // SN-7's TEK and AUK (keys 1000021, 1000022), then the two keys by index.
   pqxx::result rows = tx.exec("EXECUTE both_ways('SN-7', '1000000', '1000001')");
   std::vector<std::pair<uint64_t, bool>> got;
-  for (const auto& row : rows) got.emplace_back(row[0].as<uint64_t>(), row[13].as<bool>());
+  for (const auto& row : rows) got.emplace_back(row[0].as<uint64_t>(), row[14].as<bool>());
   std::sort(got.begin(), got.end());
   EXPECT_EQ(got, (std::vector<std::pair<uint64_t, bool>>{
                      {1000000, false}, {1000001, false}, {1000021, true}, {1000022, true}}));
@@ -266,7 +276,7 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
       "'SN-0', '', 'OK', '\\x00'";
   for (int i = 0; i < 2; ++i) {
     absl::StrAppend(&args, ", ", 2000000 + i, ", ", 4 + i, ", 17, ", 4 + i, ", 'SN-0', 'plan:", i,
-                    "', '', 5, 0, '\\x', '\\x00', '\\x00'");
+                    "', '', 5, 0, '\\x', '\\x00', '\\x00', 0");
   }
   const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ow(", args, ")"));
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
@@ -283,20 +293,36 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
 }
 
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
-  auto core_tmk =
-      hsm_->daemon().core().GenerateTmk("kms", "SN-G", crypto::KeyAlgorithm::kAes128, false);
-  ASSERT_TRUE(core_tmk.ok());
+  const uint64_t auk = testing::InsertTestKey(*hsm_, KeyType::kAuk, "SN-G");
   // A fresh daemon (empty cache) on the tampered database.
-  hsm_->Sql(
-      absl::StrCat("UPDATE hsm_key SET bound_sn = 'SN-H' WHERE key_index = ", core_tmk->tmk_index));
+  hsm_->Sql(absl::StrCat("UPDATE hsm_key SET bound_sn = 'SN-H' WHERE key_index = ", auk));
   ASSERT_TRUE(hsm_->Start().ok());
   auto stub = hsm_->Stub("kms");
-  v1::GenerateTmkRequest req;
+  v1::AuthChallengeRequest req;
+  req.set_auk_index(auk);
   req.set_sn("SN-H");
-  req.set_algorithm(v1::KEY_ALGORITHM_AES128);
-  auto r = testing::Call(*stub, &v1::Hsm::Stub::GenerateTmk, req);
-  EXPECT_EQ(r.status(), absl::InternalError(absl::StrCat("key record ", core_tmk->tmk_index,
-                                                         " failed its integrity check")));
+  req.set_rnd1(std::string(16, 'r'));
+  auto r = testing::Call(*stub, &v1::Hsm::Stub::AuthChallenge, req);
+  EXPECT_EQ(r.status(),
+            absl::InternalError(absl::StrCat("key record ", auk, " failed its integrity check")));
+}
+
+TEST_F(KeyStorePgTest, ATmksBindingToItsTekCannotBeChangedOrRemoved) {
+  // kek_index is part of a bound record's AAD: re-binding the TMK to another TEK (say one
+  // an attacker imported), or unbinding it, makes the record fail to open.
+  const uint64_t tmk = testing::InsertTestKey(*hsm_, KeyType::kTmk, "SN-BIND",
+                                              crypto::KeyAlgorithm::kAes128, /*kek_index=*/41);
+  ASSERT_TRUE(Open(*FreshStore(), tmk).ok());
+  for (int kek : {42, 0}) {
+    SCOPED_TRACE(kek);
+    hsm_->Sql(absl::StrCat("UPDATE hsm_key SET kek_index = ", kek, " WHERE key_index = ", tmk));
+    EXPECT_EQ(Open(*FreshStore(), tmk).status(),
+              absl::InternalError(absl::StrCat("key record ", tmk, " failed its integrity check")));
+  }
+  // Only a TMK has a KEK.
+  EXPECT_THROW(hsm_->Sql(absl::StrCat("UPDATE hsm_key SET kek_index = 7 WHERE key_index = ",
+                                      testing::InsertTestKey(*hsm_, KeyType::kTek, "SN-BIND"))),
+               pqxx::check_violation);
 }
 
 TEST_F(KeyStorePgTest, DatabaseAllowsOneLiveTmkPerSn) {
@@ -329,6 +355,7 @@ TEST_F(KeyStorePgTest, AnotherHsmIdOnTheSameDatabaseIsFatal) {
   o.hsm_id = "hsm-mtms";
   o.database_dsn = hsm_->dsn();
   o.lmk_file = hsm_->lmk_file();
+  o.role = HsmRole::kKms;
   o.operational_identities = {"mtms"};
   o.listen_address = "127.0.0.1:0";
   o.tls = pki_->Issue("hsm-mtms").value();
@@ -803,29 +830,111 @@ TEST_F(KeyStorePgTest, OneWriteUnitRefusesWhatItCannotHoldBackAndWritesNothing) 
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_audit_pending"), pending);
 }
 
-TEST_F(KeyStorePgTest, TmkCommandsReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
-  // GenerateTmk runs as a one-write unit: a re-key supersedes the live TMK in the same
-  // statement that inserts the new one, and concurrent first requests agree on one key.
-  HsmCore& core = hsm_->daemon().core();
-  auto first = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, false);
+TEST_F(KeyStorePgTest, TmkDeliveriesReKeyAndAgreeOnOneLiveKeyUnderConcurrency) {
+  // AuthenticateAndDeliver runs as a one-write unit: a re-key supersedes the live TMK in the
+  // same statement that inserts the new one, and concurrent first deliveries agree on one.
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-REKEY");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek);
   ASSERT_TRUE(first.ok()) << first.status();
-  auto again = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, false);
+  auto again = Deliver(t, keys.auk, keys.tek);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->tmk_index, first->tmk_index);
-  EXPECT_FALSE(again->created);
-  auto rekeyed = core.GenerateTmk("kms", "SN-REKEY", crypto::KeyAlgorithm::kAes128, true);
+  EXPECT_EQ(again->tmk.tmk_index, first->tmk.tmk_index);
+  EXPECT_FALSE(again->tmk.created);
+  auto rekeyed = Deliver(t, keys.auk, keys.tek, /*replace_existing=*/true);
   ASSERT_TRUE(rekeyed.ok()) << rekeyed.status();
-  EXPECT_NE(rekeyed->tmk_index, first->tmk_index);
-  EXPECT_TRUE(rekeyed->created);
+  EXPECT_NE(rekeyed->tmk.tmk_index, first->tmk.tmk_index);
+  EXPECT_TRUE(rekeyed->tmk.created);
   const std::string dsn = hsm_->dsn();
-  EXPECT_EQ(
-      CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ", first->tmk_index)),
-      2);
-  EXPECT_EQ(CountOf(dsn, "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-REKEY' AND state = 1"),
-            static_cast<int64_t>(rekeyed->tmk_index));
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ",
+                                      first->tmk.tmk_index)),
+            2);
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT key_index FROM hsm_key WHERE bound_sn = 'SN-REKEY' AND "
+                    "state = 1 AND key_type = 6"),
+            static_cast<int64_t>(rekeyed->tmk.tmk_index));
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT kek_index FROM hsm_key WHERE key_index = ",
+                                      rekeyed->tmk.tmk_index)),
+            static_cast<int64_t>(keys.tek));
 
-  testing::ExpectConcurrentTmkRequestsAgreeOnOneKey(core, "kms", "SN-CONC");
-  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-CONC'"), 1);
+  const testing::TestTerminal c = testing::TestTerminal::Create("SN-CONC");
+  const testing::TerminalKeys ckeys = testing::InsertTerminalKeys(*hsm_, c);
+  testing::ExpectConcurrentDeliveriesAgreeOnOneTmk(hsm_->daemon().core(), "kms", c, ckeys.auk,
+                                                   ckeys.tek);
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-CONC' AND "
+                    "key_type = 6"),
+            1);
+}
+
+TEST_F(KeyStorePgTest, NewTransportKeyArrivingWhileATmkIsMadeNeverLeavesItUnderAnotherTek) {
+  // A new TK for the SN lands between the delivery's reads and its write: the delivery's
+  // write finds the TEK and AUK it read superseded, writes nothing, runs again and is
+  // refused (the old AUK is superseded). No TMK is made for the old TEK; the next delivery
+  // with the new keys makes one bound to the new TEK.
+  PgKeyStore& store = hsm_->daemon().key_store();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-RACE-TK");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-RACE-TK");
+  testing::TerminalKeys renewed_keys;
+  bool raced = false;
+  store.SetBeforeOneWriteHookForTest([&] {
+    if (raced) return;
+    raced = true;
+    // What an import of the new TK does: supersede the SN's live keys, store the new pair.
+    absl::Status s = store.Transact([&](KeyTransaction& tx) -> absl::Status {
+      for (KeyType type : {KeyType::kTek, KeyType::kAuk, KeyType::kTmk}) {
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(type, t.sn));
+        for (const KeyRecord& k : live) {
+          RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kSuperseded, 1));
+        }
+      }
+      return tx.Audit(AuditEvent{.actor = "kms", .action = "test_import", .result = "OK"});
+    });
+    ASSERT_TRUE(s.ok()) << s;
+    renewed_keys = testing::InsertTerminalKeys(*hsm_, renewed);
+  });
+  auto delivered = Deliver(t, keys.auk, keys.tek);
+  store.SetBeforeOneWriteHookForTest(nullptr);
+  ASSERT_TRUE(raced);
+  EXPECT_EQ(delivered.status().code(), absl::StatusCode::kFailedPrecondition) << delivered.status();
+  const std::string dsn = hsm_->dsn();
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-RACE-TK' AND "
+                    "key_type = 6"),
+            0);
+  auto next = Deliver(renewed, renewed_keys.auk, renewed_keys.tek);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT kek_index FROM hsm_key WHERE key_index = ",
+                                      next->tmk.tmk_index)),
+            static_cast<int64_t>(renewed_keys.tek));
+}
+
+TEST_F(KeyStorePgTest, TmkMadeWhileANewTransportKeyWasImportedIsSupersededNotReused) {
+  // The other order: the delivery commits its TMK (bound to TEK1) between the import's
+  // reads and its write, so the import supersedes TEK1 and AUK1 but not that TMK. The next
+  // delivery, under TEK2, must not send it: it is superseded and a new TMK is made.
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-RACE-TMK");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // As the race leaves it: TEK1/AUK1 superseded, TEK2/AUK2 live, TMK1 (bound to TEK1) live.
+  hsm_->Sql(absl::StrCat("UPDATE hsm_key SET state = 2 WHERE key_index IN (", keys.tek, ", ",
+                         keys.auk, ")"));
+  const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-RACE-TMK");
+  const testing::TerminalKeys renewed_keys = testing::InsertTerminalKeys(*hsm_, renewed);
+  auto second = Deliver(renewed, renewed_keys.auk, renewed_keys.tek);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->tmk.created);
+  EXPECT_NE(second->tmk.kcv, first->tmk.kcv);
+  auto block =
+      keyblock::ParseTmkBlock(renewed.tk.tek, renewed.tk.algorithm, second->block.key_block);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ(block->tmk_kcv, second->tmk.kcv);
+  const std::string dsn = hsm_->dsn();
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT state FROM hsm_key WHERE key_index = ",
+                                      first->tmk.tmk_index)),
+            2);
 }
 
 TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
@@ -901,17 +1010,17 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
   EXPECT_EQ(again->imported.auk_index, begun->imported.auk_index);
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key"), keys_before);
 
-  // A new transport key for the SN supersedes the old pair in the same write.
+  // A new transport key for the SN supersedes the old pair and the TMK in the same write.
   const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-COMPOSITE");
   auto replaced = core.ImportAndChallenge(
       "kms", {pk_key->key_index, mak_key->key_index, renewed.sn, ctk_pk_of(renewed)}, rnd1);
   ASSERT_TRUE(replaced.ok()) << replaced.status();
   EXPECT_NE(replaced->imported.tek_index, begun->imported.tek_index);
-  EXPECT_EQ(
-      CountOf(dsn, absl::StrCat("SELECT count(*) FROM hsm_key WHERE state = 2 AND "
-                                "key_index IN (",
-                                begun->imported.tek_index, ", ", begun->imported.auk_index, ")")),
-      2);
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT count(*) FROM hsm_key WHERE state = 2 AND "
+                                      "key_index IN (",
+                                      begun->imported.tek_index, ", ", begun->imported.auk_index,
+                                      ", ", delivered->tmk.tmk_index, ")")),
+            3);
   EXPECT_EQ(CountOf(dsn,
                     "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-COMPOSITE' AND "
                     "state = 1 AND key_type IN (4, 5)"),

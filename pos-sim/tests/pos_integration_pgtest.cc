@@ -599,6 +599,10 @@ class PosIntegrationTest : public ::testing::Test {
     options.database_dsn = db.dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {serves};
+    options.role = serves == "mtms" ? hsm::HsmRole::kMtms : hsm::HsmRole::kKms;
+    // HSM #1 translates only packages signed by operators of this deployment's operator-ca
+    // (written by the bootstrap, as `rklctl pki init` does).
+    if (serves == "mtms") options.operator_ca_file = w_->pki_dir() + "/operator-ca.pem";
     options.listen_address = "127.0.0.1:0";
     options.tls = IdentityTls(w_->pki_dir(), hsm_id);
     auto daemon = hsm::HsmDaemon::Start(options);

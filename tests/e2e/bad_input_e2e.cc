@@ -763,12 +763,15 @@ TEST_F(CaBadInput, IssueOperatorAndServiceCertificatesAndRevoke) {
   EXPECT_CODE(Call(*mtms_, &C::RevokeCertificate, revoke), StatusCode::PERMISSION_DENIED);
 }
 
-// Both HSMs get the same treatment, each with its own operational identity.
+// Both HSMs get the same treatment, each with its own operational identity and the
+// commands of its role (HSM #1: work key and translation; HSM #2: import, authentication,
+// delivery, revocation); the other role's commands are refused to everyone.
 struct HsmCase {
   const char* endpoint;
   Who operational;
   Who foreign;  // the other HSM's owner: not allowed here
   const char* pk_env;
+  bool translates;  // HSM #1
 };
 
 class HsmBadInput : public ::testing::TestWithParam<HsmCase> {
@@ -780,23 +783,30 @@ class HsmBadInput : public ::testing::TestWithParam<HsmCase> {
   std::unique_ptr<H> foreign_ =
       rkl::v1::Hsm::NewStub(Channel(GetParam().endpoint, GetParam().foreign));
   uint64_t pk() const { return EnvIndex(GetParam().pk_env); }
+  bool translates() const { return GetParam().translates; }
   static constexpr uint64_t kUnknownIndex = 987654321;
 };
 
 TEST_P(HsmBadInput, KeyIndexesAndUsages) {
   rkl::v1::GetKeyInfoRequest info;
   info.set_key_index(0);
-  EXPECT_CODE(Call(*op_, &H::GetKeyInfo, info), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*admin_, &H::GetKeyInfo, info), StatusCode::INVALID_ARGUMENT);
   info.set_key_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::GetKeyInfo, info), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*admin_, &H::GetKeyInfo, info), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*op_, &H::GetKeyInfo, info), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::GetPublicKeyRequest pub;
   pub.set_key_index(0);
-  EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::INVALID_ARGUMENT);
-  pub.set_key_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::NOT_FOUND);
-  pub.set_key_index(pk());  // PK is not an RSA key
-  EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::PERMISSION_DENIED);
+  if (translates()) {
+    EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::INVALID_ARGUMENT);
+    pub.set_key_index(kUnknownIndex);
+    EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::NOT_FOUND);
+    pub.set_key_index(pk());  // PK is not an RSA key
+    EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::PERMISSION_DENIED);
+  } else {
+    EXPECT_CODE(Call(*op_, &H::GetPublicKey, pub), StatusCode::PERMISSION_DENIED);
+  }
+  EXPECT_CODE(Call(*admin_, &H::GetPublicKey, pub), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::DeleteKeyRequest del;
   del.set_key_index(0);
@@ -813,17 +823,20 @@ TEST_P(HsmBadInput, KeyIndexesAndUsages) {
   gen.set_label("e2e-bad");
   for (uint32_t bits : {0u, 1024u, 4096u}) {
     gen.set_bits(bits);
-    EXPECT_CODE(Call(*op_, &H::GenerateRsaKeyPair, gen), StatusCode::INVALID_ARGUMENT);
+    EXPECT_CODE(Call(*op_, &H::GenerateRsaKeyPair, gen),
+                translates() ? StatusCode::INVALID_ARGUMENT : StatusCode::PERMISSION_DENIED);
   }
   gen.set_bits(2048);
   for (const std::string& label : {std::string(""), Big(65, 'l'), std::string("tab\there")}) {
     gen.set_label(label);
-    EXPECT_CODE(Call(*op_, &H::GenerateRsaKeyPair, gen), StatusCode::INVALID_ARGUMENT);
+    EXPECT_CODE(Call(*op_, &H::GenerateRsaKeyPair, gen),
+                translates() ? StatusCode::INVALID_ARGUMENT : StatusCode::PERMISSION_DENIED);
   }
   EXPECT_CODE(Call(*op_, &H::VerifyAuditChain, rkl::v1::Empty()), StatusCode::PERMISSION_DENIED);
-  // The other HSM's owner is a stranger here.
+  // The other HSM's owner is a stranger here, and an admin gets no operational command.
   rnd.set_length(16);
   EXPECT_CODE(Call(*foreign_, &H::GenerateRandom, rnd), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*admin_, &H::GenerateRandom, rnd), StatusCode::PERMISSION_DENIED);
 }
 
 TEST_P(HsmBadInput, TransportKeys) {
@@ -834,91 +847,96 @@ TEST_P(HsmBadInput, TransportKeys) {
   tr.set_created_at_unix_ms(1);
   tr.set_algorithm(rkl::v1::KEY_ALGORITHM_AES128);
   tr.set_ctk_pu(std::string(256, '\x01'));
-  for (const std::string& sn : BadSns()) {
-    tr.set_sn(sn);
+  if (translates()) {
+    for (const std::string& sn : BadSns()) {
+      tr.set_sn(sn);
+      EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
+    }
+    tr.set_sn("E2E-BAD-HSM");
+    tr.set_algorithm(static_cast<rkl::v1::KeyAlgorithm>(99));
     EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
+    tr.set_algorithm(rkl::v1::KEY_ALGORITHM_AES128);
+    tr.set_created_at_unix_ms(-1);
+    EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
+    tr.set_created_at_unix_ms(1);
+    tr.set_pr_index(0);
+    EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
+    tr.set_pr_index(kUnknownIndex);
+    EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::NOT_FOUND);
+    tr.set_pr_index(pk());  // PK used as Pr: outside its usage
+    EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::PERMISSION_DENIED);
+  } else {
+    tr.set_sn("E2E-BAD-HSM");
+    EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::PERMISSION_DENIED);
   }
-  tr.set_sn("E2E-BAD-HSM");
-  tr.set_algorithm(static_cast<rkl::v1::KeyAlgorithm>(99));
-  EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
-  tr.set_algorithm(rkl::v1::KEY_ALGORITHM_AES128);
-  tr.set_created_at_unix_ms(-1);
-  EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
-  tr.set_created_at_unix_ms(1);
-  tr.set_pr_index(0);
-  EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::INVALID_ARGUMENT);
-  tr.set_pr_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::NOT_FOUND);
-  tr.set_pr_index(pk());  // PK used as Pr: outside its usage
-  EXPECT_CODE(Call(*op_, &H::TranslateTransportKey, tr), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*admin_, &H::TranslateTransportKey, tr), StatusCode::PERMISSION_DENIED);
 
-  rkl::v1::ImportTransportKeyRequest im;
-  im.set_pk_index(pk());
-  im.set_mak_index(pk() + 1);
-  im.set_sn("E2E-BAD-HSM");
-  for (size_t n : {size_t{0}, size_t{5}, size_t{100}, size_t{513}}) {
-    im.set_ctk_pk(std::string(n, '\x01'));
-    EXPECT_CODE(Call(*op_, &H::ImportTransportKey, im), StatusCode::INVALID_ARGUMENT);
+  rkl::v1::ImportAndChallengeRequest begin;
+  rkl::v1::ImportTransportKeyRequest* im = begin.mutable_import();
+  begin.set_rnd1(std::string(16, '\x01'));
+  im->set_pk_index(pk());
+  im->set_mak_index(pk() + 1);
+  im->set_sn("E2E-BAD-HSM");
+  if (!translates()) {
+    for (size_t n : {size_t{0}, size_t{5}, size_t{100}, size_t{513}}) {
+      im->set_ctk_pk(std::string(n, '\x01'));
+      EXPECT_CODE(Call(*op_, &H::ImportAndChallenge, begin), StatusCode::INVALID_ARGUMENT);
+    }
+    im->set_ctk_pk(std::string(100, '\x01'));
+    for (const std::string& sn : BadSns()) {
+      im->set_sn(sn);
+      EXPECT_CODE(Call(*op_, &H::ImportAndChallenge, begin), StatusCode::INVALID_ARGUMENT);
+    }
+    im->set_sn("E2E-BAD-HSM");
+    im->set_pk_index(0);
+    EXPECT_CODE(Call(*op_, &H::ImportAndChallenge, begin), StatusCode::INVALID_ARGUMENT);
+  } else {
+    EXPECT_CODE(Call(*op_, &H::ImportAndChallenge, begin), StatusCode::PERMISSION_DENIED);
   }
-  im.set_ctk_pk(std::string(100, '\x01'));
-  for (const std::string& sn : BadSns()) {
-    im.set_sn(sn);
-    EXPECT_CODE(Call(*op_, &H::ImportTransportKey, im), StatusCode::INVALID_ARGUMENT);
-  }
-  im.set_sn("E2E-BAD-HSM");
-  im.set_pk_index(0);
-  EXPECT_CODE(Call(*op_, &H::ImportTransportKey, im), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*admin_, &H::ImportAndChallenge, begin), StatusCode::PERMISSION_DENIED);
 }
 
 TEST_P(HsmBadInput, TerminalKeyCommands) {
-  rkl::v1::GenerateTmkRequest tmk;
-  tmk.set_algorithm(rkl::v1::KEY_ALGORITHM_AES128);
-  for (const std::string& sn : BadSns()) {
-    tmk.set_sn(sn);
-    EXPECT_CODE(Call(*op_, &H::GenerateTmk, tmk), StatusCode::INVALID_ARGUMENT);
-  }
-  tmk.set_sn("E2E-BAD-HSM");
-  for (int alg : {0, 2, 99}) {
-    tmk.set_algorithm(static_cast<rkl::v1::KeyAlgorithm>(alg));
-    EXPECT_CODE(Call(*op_, &H::GenerateTmk, tmk), StatusCode::INVALID_ARGUMENT);
-  }
-
+  const StatusCode refused_here = StatusCode::PERMISSION_DENIED;  // HSM #1 serves none of them
   rkl::v1::AuthChallengeRequest ch;
   ch.set_sn("E2E-BAD-HSM");
   ch.set_rnd1(std::string(16, '\x01'));
   ch.set_auk_index(0);
-  EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::INVALID_ARGUMENT);
-  ch.set_auk_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::NOT_FOUND);
-  ch.set_auk_index(pk());  // PK is not an AUK
-  EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::PERMISSION_DENIED);
-  for (const std::string& sn : BadSns()) {
-    ch.set_sn(sn);
-    EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch),
+              translates() ? refused_here : StatusCode::INVALID_ARGUMENT);
+  if (!translates()) {
+    ch.set_auk_index(kUnknownIndex);
+    EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::NOT_FOUND);
+    ch.set_auk_index(pk());  // PK is not an AUK
+    EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::PERMISSION_DENIED);
+    for (const std::string& sn : BadSns()) {
+      ch.set_sn(sn);
+      EXPECT_CODE(Call(*op_, &H::AuthChallenge, ch), StatusCode::INVALID_ARGUMENT);
+    }
   }
 
-  rkl::v1::AuthVerifyRequest av;
-  av.set_sn("E2E-BAD-HSM");
-  av.set_auk_index(0);
-  av.set_rnd1(std::string(16, '\x01'));
-  av.set_rnd2(std::string(16, '\x02'));
-  av.set_crnd2(std::string(32, '\x03'));
-  EXPECT_CODE(Call(*op_, &H::AuthVerify, av), StatusCode::INVALID_ARGUMENT);
-  av.set_auk_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::AuthVerify, av), StatusCode::NOT_FOUND);
-  av.set_auk_index(pk());
-  EXPECT_CODE(Call(*op_, &H::AuthVerify, av), StatusCode::PERMISSION_DENIED);
-
-  rkl::v1::ExportKeyBlockRequest ex;
-  ex.set_sn("E2E-BAD-HSM");
-  ex.set_key_index(0);
-  ex.set_kek_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::ExportKeyBlock, ex), StatusCode::INVALID_ARGUMENT);
-  ex.set_key_index(kUnknownIndex);
-  EXPECT_CODE(Call(*op_, &H::ExportKeyBlock, ex), StatusCode::NOT_FOUND);
-  ex.set_key_index(pk());  // PK is not a TMK: never exportable
-  ex.set_kek_index(pk());
-  EXPECT_CODE(Call(*op_, &H::ExportKeyBlock, ex), StatusCode::PERMISSION_DENIED);
+  rkl::v1::AuthenticateAndDeliverRequest deliver;
+  rkl::v1::AuthVerifyRequest* av = deliver.mutable_verify();
+  av->set_sn("E2E-BAD-HSM");
+  av->set_auk_index(0);
+  av->set_rnd1(std::string(16, '\x01'));
+  av->set_rnd2(std::string(16, '\x02'));
+  av->set_crnd2(std::string(32, '\x03'));
+  deliver.set_algorithm(rkl::v1::KEY_ALGORITHM_AES128);
+  deliver.set_tek_index(kUnknownIndex);
+  EXPECT_CODE(Call(*op_, &H::AuthenticateAndDeliver, deliver),
+              translates() ? refused_here : StatusCode::INVALID_ARGUMENT);
+  if (!translates()) {
+    av->set_auk_index(kUnknownIndex);
+    EXPECT_CODE(Call(*op_, &H::AuthenticateAndDeliver, deliver), StatusCode::NOT_FOUND);
+    av->set_auk_index(pk());
+    EXPECT_CODE(Call(*op_, &H::AuthenticateAndDeliver, deliver), StatusCode::PERMISSION_DENIED);
+    for (const std::string& sn : BadSns()) {
+      av->set_sn(sn);
+      EXPECT_CODE(Call(*op_, &H::AuthenticateAndDeliver, deliver), StatusCode::INVALID_ARGUMENT);
+    }
+  }
+  EXPECT_CODE(Call(*admin_, &H::AuthenticateAndDeliver, deliver), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::VerifyInstallProofRequest vp;
   vp.set_sn("E2E-BAD-HSM");
@@ -928,8 +946,21 @@ TEST_P(HsmBadInput, TerminalKeyCommands) {
   vp.set_proof(std::string(16, '\x03'));
   for (const std::string& kcv : {std::string(""), std::string("XYZ123"), std::string("ABCDEF01")}) {
     vp.set_tmk_kcv(kcv);
-    EXPECT_CODE(Call(*op_, &H::VerifyInstallProof, vp), StatusCode::INVALID_ARGUMENT);
+    EXPECT_CODE(Call(*op_, &H::VerifyInstallProof, vp),
+                translates() ? refused_here : StatusCode::INVALID_ARGUMENT);
   }
+
+  rkl::v1::DestroyTerminalKeysRequest destroy;
+  for (const std::string& sn : BadSns()) {
+    destroy.set_sn(sn);
+    EXPECT_CODE(Call(*op_, &H::DestroyTerminalKeys, destroy),
+                translates() ? refused_here : StatusCode::INVALID_ARGUMENT);
+  }
+  destroy.set_sn("E2E-BAD-HSM");
+  destroy.set_reason(Big(300, 'r'));
+  EXPECT_CODE(Call(*op_, &H::DestroyTerminalKeys, destroy),
+              translates() ? refused_here : StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*admin_, &H::DestroyTerminalKeys, destroy), StatusCode::PERMISSION_DENIED);
 }
 
 TEST_P(HsmBadInput, CeremonyCommands) {
@@ -976,13 +1007,15 @@ TEST_P(HsmBadInput, CeremonyCommands) {
   EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::NOT_FOUND);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    BothHsms, HsmBadInput,
-    ::testing::Values(HsmCase{"hsm-mtms", Who::kMtms, Who::kKms, "E2E_HSM_MTMS_PK_INDEX"},
-                      HsmCase{"hsm-kms", Who::kKms, Who::kMtms, "E2E_HSM_KMS_PK_INDEX"}),
-    [](const ::testing::TestParamInfo<HsmCase>& info) {
-      return std::string(info.param.endpoint) == "hsm-mtms" ? "Hsm1Mtms" : "Hsm2Kms";
-    });
+INSTANTIATE_TEST_SUITE_P(BothHsms, HsmBadInput,
+                         ::testing::Values(HsmCase{"hsm-mtms", Who::kMtms, Who::kKms,
+                                                   "E2E_HSM_MTMS_PK_INDEX", /*translates=*/true},
+                                           HsmCase{"hsm-kms", Who::kKms, Who::kMtms,
+                                                   "E2E_HSM_KMS_PK_INDEX", /*translates=*/false}),
+                         [](const ::testing::TestParamInfo<HsmCase>& info) {
+                           return std::string(info.param.endpoint) == "hsm-mtms" ? "Hsm1Mtms"
+                                                                                 : "Hsm2Kms";
+                         });
 
 // Last (gtest runs suites in definition order): after all of the above, every service is
 // still up and SERVING.

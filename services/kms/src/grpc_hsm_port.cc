@@ -28,24 +28,6 @@ GrpcHsmPort::GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration 
     : stub_(rkl::v1::Hsm::NewStub(std::shared_ptr<grpc::ChannelInterface>(std::move(channel)))),
       timeout_(timeout) {}
 
-absl::StatusOr<ImportedTransportKey> GrpcHsmPort::ImportTransportKey(
-    uint64_t pk_index, uint64_t mak_index, const std::string& sn, std::span<const uint8_t> ctk_pk) {
-  rkl::v1::ImportTransportKeyRequest req;
-  req.set_pk_index(pk_index);
-  req.set_mak_index(mak_index);
-  req.set_sn(sn);
-  req.set_ctk_pk(ToBytesField(ctk_pk));
-  rkl::v1::ImportTransportKeyResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->ImportTransportKey(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "ImportTransportKey");
-  absl::StatusOr<crypto::KeyAlgorithm> algorithm =
-      crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(resp.algorithm()));
-  if (!algorithm.ok()) return absl::InternalError("HSM #2 returned an unknown algorithm");
-  return ImportedTransportKey{resp.tek_index(), resp.tek_kcv(), resp.auk_index(), resp.auk_kcv(),
-                              *algorithm};
-}
-
 absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
     uint64_t pk_index, uint64_t mak_index, const std::string& sn,
     std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) {
@@ -93,20 +75,6 @@ absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
                        resp.block().kek_kcv()}};
 }
 
-absl::StatusOr<GeneratedTmk> GrpcHsmPort::GenerateTmk(const std::string& sn,
-                                                      crypto::KeyAlgorithm algorithm,
-                                                      bool replace_existing) {
-  rkl::v1::GenerateTmkRequest req;
-  req.set_sn(sn);
-  req.set_algorithm(ToProto(algorithm));
-  req.set_replace_existing(replace_existing);
-  rkl::v1::GenerateTmkResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->GenerateTmk(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "GenerateTmk");
-  return GeneratedTmk{resp.tmk_index(), resp.kcv(), resp.created()};
-}
-
 absl::StatusOr<AuthChallengeResult> GrpcHsmPort::AuthChallenge(uint64_t auk_index,
                                                                const std::string& sn,
                                                                std::span<const uint8_t> rnd1) {
@@ -119,35 +87,6 @@ absl::StatusOr<AuthChallengeResult> GrpcHsmPort::AuthChallenge(uint64_t auk_inde
   grpc::Status st = stub_->AuthChallenge(ctx.get(), req, &resp);
   if (!st.ok()) return FromHsm(st, "AuthChallenge");
   return AuthChallengeResult{FromBytesField(resp.rnd2()), FromBytesField(resp.crnd1())};
-}
-
-absl::Status GrpcHsmPort::AuthVerify(uint64_t auk_index, const std::string& sn,
-                                     std::span<const uint8_t> rnd1, std::span<const uint8_t> rnd2,
-                                     std::span<const uint8_t> crnd2) {
-  rkl::v1::AuthVerifyRequest req;
-  req.set_auk_index(auk_index);
-  req.set_sn(sn);
-  req.set_rnd1(ToBytesField(rnd1));
-  req.set_rnd2(ToBytesField(rnd2));
-  req.set_crnd2(ToBytesField(crnd2));
-  rkl::v1::Empty resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->AuthVerify(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "AuthVerify");
-  return absl::OkStatus();
-}
-
-absl::StatusOr<ExportedKeyBlock> GrpcHsmPort::ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
-                                                             const std::string& sn) {
-  rkl::v1::ExportKeyBlockRequest req;
-  req.set_key_index(key_index);
-  req.set_kek_index(kek_index);
-  req.set_sn(sn);
-  rkl::v1::ExportKeyBlockResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->ExportKeyBlock(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "ExportKeyBlock");
-  return ExportedKeyBlock{resp.key_block(), resp.key_kcv(), resp.kek_kcv()};
 }
 
 absl::Status GrpcHsmPort::VerifyInstallProof(uint64_t auk_index, const std::string& sn,
@@ -167,6 +106,19 @@ absl::Status GrpcHsmPort::VerifyInstallProof(uint64_t auk_index, const std::stri
   grpc::Status st = stub_->VerifyInstallProof(ctx.get(), req, &resp);
   if (!st.ok()) return FromHsm(st, "VerifyInstallProof");
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint64_t>> GrpcHsmPort::DestroyTerminalKeys(const std::string& sn,
+                                                                       const std::string& reason) {
+  rkl::v1::DestroyTerminalKeysRequest req;
+  req.set_sn(sn);
+  req.set_reason(reason);
+  rkl::v1::DestroyTerminalKeysResponse resp;
+  auto ctx = rpc::MakeClientContext(timeout_);
+  grpc::Status st = stub_->DestroyTerminalKeys(ctx.get(), req, &resp);
+  if (!st.ok()) return FromHsm(st, "DestroyTerminalKeys");
+  return std::vector<uint64_t>(resp.destroyed_key_indexes().begin(),
+                               resp.destroyed_key_indexes().end());
 }
 
 }  // namespace rkl::kms

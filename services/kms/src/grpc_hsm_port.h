@@ -23,23 +23,16 @@ class GrpcHsmPort final : public HsmPort {
       std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) override;
   absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
       uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
-      std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2,
-      crypto::KeyAlgorithm algorithm, bool replace_existing, uint64_t tek_index) override;
-  absl::StatusOr<ImportedTransportKey> ImportTransportKey(uint64_t pk_index, uint64_t mak_index,
-                                                          const std::string& sn,
-                                                          std::span<const uint8_t> ctk_pk) override;
-  absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& sn, crypto::KeyAlgorithm algorithm,
-                                           bool replace_existing) override;
+      std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2, crypto::KeyAlgorithm algorithm,
+      bool replace_existing, uint64_t tek_index) override;
   absl::StatusOr<AuthChallengeResult> AuthChallenge(uint64_t auk_index, const std::string& sn,
                                                     std::span<const uint8_t> rnd1) override;
-  absl::Status AuthVerify(uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
-                          std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2) override;
-  absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
-                                                  const std::string& sn) override;
   absl::Status VerifyInstallProof(uint64_t auk_index, const std::string& sn,
                                   const std::string& tmk_kcv, std::span<const uint8_t> rnd1,
                                   std::span<const uint8_t> rnd2,
                                   std::span<const uint8_t> proof) override;
+  absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& sn,
+                                                            const std::string& reason) override;
 
  private:
   std::unique_ptr<rkl::v1::Hsm::Stub> stub_;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -55,55 +56,32 @@ class HsmPort {
  public:
   virtual ~HsmPort() = default;
 
-  // Composite commands: what the named calls do in sequence, as one HSM command (one round
-  // trip, one HSM transaction). The defaults make the separate calls (for fakes).
-  // ImportTransportKey, then AuthChallenge with the imported AUK.
+  // PROTOCOL §6 then §7 step 2, as one HSM command: verify M, unwrap, store TEK and AUK
+  // bound to `sn` (the same Ctk_pk again returns the keys it made; a new one supersedes the
+  // SN's live TEK, AUK and TMK), then answer `rnd1` with the imported AUK.
   virtual absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(
-      uint64_t pk_index, uint64_t mak_index, const std::string& sn,
-      std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) {
-    auto imported = ImportTransportKey(pk_index, mak_index, sn, ctk_pk);
-    if (!imported.ok()) return imported.status();
-    auto challenge = AuthChallenge(imported->auk_index, sn, rnd1);
-    if (!challenge.ok()) return challenge.status();
-    return ImportedAndChallenged{*std::move(imported), *std::move(challenge)};
-  }
-  // AuthVerify, then GenerateTmk, then ExportKeyBlock of that TMK under `tek_index`.
+      uint64_t pk_index, uint64_t mak_index, const std::string& sn, std::span<const uint8_t> ctk_pk,
+      std::span<const uint8_t> rnd1) = 0;
+  // PROTOCOL §7 step 4 then §8, as one HSM command: verify Crnd2, take the SN's TMK (the
+  // live one unless `replace_existing`; a new one is bound to `tek_index`) and export it as
+  // TR-31 under that TEK. Nothing is made or exported unless Crnd2 verifies.
   virtual absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
       uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
-      std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2,
-      crypto::KeyAlgorithm algorithm, bool replace_existing, uint64_t tek_index) {
-    if (absl::Status s = AuthVerify(auk_index, sn, rnd1, rnd2, crnd2); !s.ok()) return s;
-    auto tmk = GenerateTmk(sn, algorithm, replace_existing);
-    if (!tmk.ok()) return tmk.status();
-    auto block = ExportKeyBlock(tmk->tmk_index, tek_index, sn);
-    if (!block.ok()) return block.status();
-    return AuthenticatedDelivery{*std::move(tmk), *std::move(block)};
-  }
-
-  // PROTOCOL §6: verify M, unwrap, store TEK and AUK bound to `sn`.
-  virtual absl::StatusOr<ImportedTransportKey> ImportTransportKey(
-      uint64_t pk_index, uint64_t mak_index, const std::string& sn,
-      std::span<const uint8_t> ctk_pk) = 0;
-  // One live TMK per SN; with replace_existing the live one is superseded.
-  virtual absl::StatusOr<GeneratedTmk> GenerateTmk(const std::string& sn,
-                                                   crypto::KeyAlgorithm algorithm,
-                                                   bool replace_existing) = 0;
-  // PROTOCOL §7 step 2.
+      std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2, crypto::KeyAlgorithm algorithm,
+      bool replace_existing, uint64_t tek_index) = 0;
+  // PROTOCOL §7 step 2, for a terminal whose TEK/AUK were imported before.
   virtual absl::StatusOr<AuthChallengeResult> AuthChallenge(uint64_t auk_index,
                                                             const std::string& sn,
                                                             std::span<const uint8_t> rnd1) = 0;
-  // PROTOCOL §7 step 4.
-  virtual absl::Status AuthVerify(uint64_t auk_index, const std::string& sn,
-                                  std::span<const uint8_t> rnd1, std::span<const uint8_t> rnd2,
-                                  std::span<const uint8_t> crnd2) = 0;
-  // PROTOCOL §8: the key under the KEK as a TR-31 block.
-  virtual absl::StatusOr<ExportedKeyBlock> ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
-                                                          const std::string& sn) = 0;
   // PROTOCOL §8 install proof.
   virtual absl::Status VerifyInstallProof(uint64_t auk_index, const std::string& sn,
                                           const std::string& tmk_kcv, std::span<const uint8_t> rnd1,
                                           std::span<const uint8_t> rnd2,
                                           std::span<const uint8_t> proof) = 0;
+  // Revocation: destroys every key of `sn` in HSM #2 (TEK, AUK, TMK, live or superseded);
+  // returns the indexes destroyed now (none when a previous call destroyed them).
+  virtual absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& sn,
+                                                                    const std::string& reason) = 0;
 };
 
 // True for the codes after which the same HSM call may simply be repeated.

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/sn.h"
@@ -611,9 +612,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
 
   // Authenticated (the failure streak ends here) and the TMK delivered: one update.
   bool moved = false;
+  bool revoked_meanwhile = false;
   absl::StatusOr<TerminalRecord> delivered = Mutate(
       sn,
       [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        revoked_meanwhile = cur.state == TerminalState::kRevoked;
         if (IsBlocked(cur.state)) return BlockedError(cur.state);
         if (cur.auk_index != session.auk_index) {
           return absl::FailedPreconditionError(
@@ -643,6 +646,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
       &terminal, &moved);
   if (!delivered.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, delivered.status());
+    if (revoked_meanwhile) {
+      // Revoked while HSM #2 made the TMK: the revocation may have destroyed the terminal's
+      // keys before that TMK existed, so destroy again (it is discarded here, never sent).
+      (void)DestroyKeys("kms", sn, "revoked during delivery");
+    }
     return delivered.status();
   }
   if (!moved) return absl::AbortedError("session_id: session changed concurrently");
@@ -811,17 +819,51 @@ absl::StatusOr<TerminalRecord> KmsCore::UnlockTerminal(const std::string& actor,
   });
 }
 
+absl::StatusOr<bool> KmsCore::DestroyKeys(const std::string& actor, const std::string& sn,
+                                          const std::string& reason) {
+  absl::StatusOr<std::vector<uint64_t>> destroyed = hsm_.DestroyTerminalKeys(sn, reason);
+  if (!destroyed.ok()) {
+    AuditFailure(actor, kActionKeysDestroy, sn, "HSM #2 DestroyTerminalKeys", destroyed.status());
+    return absl::Status(
+        destroyed.status().code(),
+        absl::StrCat("sn: terminal is revoked, but HSM #2 has not destroyed its keys yet; repeat "
+                     "the revocation (",
+                     destroyed.status().message(), ")"));
+  }
+  std::string detail =
+      destroyed->empty()
+          ? std::string("HSM #2 holds no key of the terminal any more")
+          : absl::StrCat("HSM #2 destroyed key indexes ", absl::StrJoin(*destroyed, ", "));
+  if (!reason.empty()) absl::StrAppend(&detail, ", reason: ", reason);
+  absl::Status s = repository_.AppendAudit({Audit(actor, kActionKeysDestroy, sn, detail)});
+  if (!s.ok())
+    spdlog::error("kms: audit write failed for {} on {}: {}", kActionKeysDestroy, sn, s.ToString());
+  return !destroyed->empty();
+}
+
 absl::StatusOr<TerminalRecord> KmsCore::RevokeTerminal(const std::string& actor,
                                                        const std::string& sn,
                                                        const std::string& reason) {
-  return AdminChange(actor, sn, reason, kActionRevoke, [](TerminalRecord& t) {
-    if (t.state == TerminalState::kRevoked) {
-      return absl::FailedPreconditionError("sn: terminal is already revoked");
-    }
-    t.state = TerminalState::kRevoked;
-    t.state_before_lock.reset();
-    return absl::OkStatus();
-  });
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckReason(reason));
+  // A revocation whose HSM step failed is completed by repeating it.
+  absl::StatusOr<TerminalRecord> current = repository_.GetTerminal(sn);
+  if (current.ok() && current->state == TerminalState::kRevoked) {
+    RKL_ASSIGN_OR_RETURN(bool destroyed, DestroyKeys(actor, sn, reason));
+    if (destroyed) return *current;
+  }
+  // REVOKED first, so no delivery can start any more; then the keys.
+  RKL_ASSIGN_OR_RETURN(TerminalRecord revoked,
+                       AdminChange(actor, sn, reason, kActionRevoke, [](TerminalRecord& t) {
+                         if (t.state == TerminalState::kRevoked) {
+                           return absl::FailedPreconditionError("sn: terminal is already revoked");
+                         }
+                         t.state = TerminalState::kRevoked;
+                         t.state_before_lock.reset();
+                         return absl::OkStatus();
+                       }));
+  RKL_RETURN_IF_ERROR(DestroyKeys(actor, sn, reason).status());
+  return revoked;
 }
 
 absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,

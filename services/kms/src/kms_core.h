@@ -85,6 +85,8 @@ inline constexpr char kActionInstalled[] = "terminal.installed";
 inline constexpr char kActionLock[] = "terminal.lock";
 inline constexpr char kActionUnlock[] = "terminal.unlock";
 inline constexpr char kActionRevoke[] = "terminal.revoke";
+// HSM #2 destroyed a revoked terminal's keys (or could not: the result says).
+inline constexpr char kActionKeysDestroy[] = "terminal.keys_destroy";
 inline constexpr char kActionRekey[] = "terminal.rekey";
 
 inline constexpr int kDefaultPageSize = 100;
@@ -129,6 +131,10 @@ class KmsCore {
                                              const std::string& page_token);
   absl::StatusOr<TerminalRecord> UnlockTerminal(const std::string& actor, const std::string& sn,
                                                 const std::string& reason);
+  // REVOKED for good, then every key of the SN destroyed in HSM #2 (audited here and there).
+  // If HSM #2 cannot be reached the terminal stays REVOKED and the error says so; repeating
+  // the revocation then destroys the keys (a repeat with nothing left to destroy is
+  // FAILED_PRECONDITION "already revoked").
   absl::StatusOr<TerminalRecord> RevokeTerminal(const std::string& actor, const std::string& sn,
                                                 const std::string& reason);
   absl::StatusOr<TerminalRecord> MarkForRekey(const std::string& actor, const std::string& sn,
@@ -170,6 +176,9 @@ class KmsCore {
                                                 AuthSession* session, bool* opened);
   // The audit entry of an opened session.
   AuditEntry BeginAudit(const AuthSession& session, const std::string& auk_kcv);
+  // HSM #2 destroys the SN's keys; audited. Whether it destroyed any.
+  absl::StatusOr<bool> DestroyKeys(const std::string& actor, const std::string& sn,
+                                   const std::string& reason);
   absl::StatusOr<TerminalRecord> AdminChange(
       const std::string& actor, const std::string& sn, const std::string& reason,
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);

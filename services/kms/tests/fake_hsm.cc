@@ -30,12 +30,11 @@ FakeHsm::FakeHsm(const TransportKeys& keys) {
   keys_.emplace(kMakIndex, Key{Type::kMak, "", KeyAlgorithm::kAes256, keys.mak, AesKcv(keys.mak)});
 }
 
-absl::Status FakeHsm::Enter(const std::string& method) {
+absl::Status FakeHsm::Enter(const std::string& method, PendingHook& hook) {
   ++calls_[method];
   if (auto it = on_next_call_.find(method); it != on_next_call_.end()) {
-    std::function<void()> fn = std::move(it->second);
+    hook.fn = std::move(it->second);
     on_next_call_.erase(it);
-    fn();
   }
   if (fail_next_ > 0) {
     --fail_next_;
@@ -87,12 +86,14 @@ uint64_t FakeHsm::Store(Key key) {
   return index;
 }
 
-absl::StatusOr<ImportedTransportKey> FakeHsm::ImportTransportKey(uint64_t pk_index,
-                                                                 uint64_t mak_index,
-                                                                 const std::string& sn,
-                                                                 std::span<const uint8_t> ctk_pk) {
+absl::StatusOr<ImportedAndChallenged> FakeHsm::ImportAndChallenge(uint64_t pk_index,
+                                                                  uint64_t mak_index,
+                                                                  const std::string& sn,
+                                                                  std::span<const uint8_t> ctk_pk,
+                                                                  std::span<const uint8_t> rnd1) {
+  PendingHook hook;
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("ImportTransportKey"));
+  RKL_RETURN_IF_ERROR(Enter("ImportAndChallenge", hook));
   RKL_ASSIGN_OR_RETURN(const Key* pk, Find(pk_index, Type::kPk, ""));
   RKL_ASSIGN_OR_RETURN(const Key* mak, Find(mak_index, Type::kMak, ""));
   RKL_ASSIGN_OR_RETURN(protocol::ParsedCtkPk parsed, protocol::ParseCtkPk(ctk_pk));
@@ -103,40 +104,89 @@ absl::StatusOr<ImportedTransportKey> FakeHsm::ImportTransportKey(uint64_t pk_ind
       ToHex(parsed.header.mak_kcv) != mak->kcv) {
     return absl::UnauthenticatedError("transport key rejected");
   }
-  ImportedTransportKey out;
-  out.algorithm = tk->algorithm;
-  out.tek_kcv = KcvText(tk->algorithm, tk->tek);
-  out.auk_kcv = KcvText(tk->algorithm, tk->auk);
-  out.tek_index = Store({Type::kTek, sn, tk->algorithm, tk->tek, out.tek_kcv});
-  out.auk_index = Store({Type::kAuk, sn, tk->algorithm, tk->auk, out.auk_kcv});
+  RKL_RETURN_IF_ERROR(protocol::CheckNonce(tk->algorithm, rnd1, "rnd1"));
+  ImportedAndChallenged out;
+  ImportedTransportKey& imported = out.imported;
+  imported.algorithm = tk->algorithm;
+  imported.tek_kcv = KcvText(tk->algorithm, tk->tek);
+  imported.auk_kcv = KcvText(tk->algorithm, tk->auk);
+  // The same transport key again: the keys it made. A new one supersedes the SN's live
+  // TEK, AUK and TMK, as rkl-hsm does.
+  uint64_t live_tek = 0, live_auk = 0;
+  for (const auto& [index, key] : keys_) {
+    if (key.sn != sn || !key.live) continue;
+    if (key.type == Type::kTek && key.bytes == tk->tek) live_tek = index;
+    if (key.type == Type::kAuk && key.bytes == tk->auk) live_auk = index;
+  }
+  if (live_tek != 0 && live_auk != 0) {
+    imported.tek_index = live_tek;
+    imported.auk_index = live_auk;
+  } else {
+    for (auto& [index, key] : keys_) {
+      if (key.sn == sn) key.live = false;
+    }
+    imported.tek_index = Store({Type::kTek, sn, tk->algorithm, tk->tek, imported.tek_kcv});
+    imported.auk_index = Store({Type::kAuk, sn, tk->algorithm, tk->auk, imported.auk_kcv});
+  }
+  RKL_ASSIGN_OR_RETURN(out.challenge, Challenge(imported.auk_index, sn, rnd1));
   return out;
 }
 
-absl::StatusOr<GeneratedTmk> FakeHsm::GenerateTmk(const std::string& sn, KeyAlgorithm algorithm,
-                                                  bool replace_existing) {
+absl::StatusOr<AuthenticatedDelivery> FakeHsm::AuthenticateAndDeliver(
+    uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
+    std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2, KeyAlgorithm algorithm,
+    bool replace_existing, uint64_t tek_index) {
+  PendingHook hook;
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("GenerateTmk"));
+  RKL_RETURN_IF_ERROR(Enter("AuthenticateAndDeliver", hook));
+  RKL_ASSIGN_OR_RETURN(const Key* auk, Find(auk_index, Type::kAuk, sn));
+  RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
+                       protocol::DeriveAuthKeys(auk->algorithm, auk->bytes, sn));
+  RKL_RETURN_IF_ERROR(protocol::VerifyCrnd2(keys, rnd1, rnd2, crnd2));
+  RKL_ASSIGN_OR_RETURN(const Key* tek, Find(tek_index, Type::kTek, sn));
+  AuthenticatedDelivery out;
+  const Key* tmk = nullptr;
   for (auto& [index, key] : keys_) {
     if (key.type != Type::kTmk || key.sn != sn || !key.live) continue;
-    if (!replace_existing) {
-      if (key.algorithm != algorithm) {
-        return absl::FailedPreconditionError("algorithm: differs from the live TMK");
-      }
-      return GeneratedTmk{index, key.kcv, false};
+    if (replace_existing) {
+      key.live = false;  // superseded
+      continue;
     }
-    key.live = false;  // superseded
+    if (key.algorithm != algorithm) {
+      return absl::FailedPreconditionError("algorithm: differs from the live TMK");
+    }
+    out.tmk = GeneratedTmk{index, key.kcv, false};
+    tmk = &key;
   }
-  SecretBytes tmk = crypto::GenerateKey(algorithm);
-  std::string kcv = KcvText(algorithm, tmk);
-  uint64_t index = Store({Type::kTmk, sn, algorithm, std::move(tmk), kcv});
-  return GeneratedTmk{index, kcv, true};
+  if (tmk == nullptr) {
+    SecretBytes bytes = crypto::GenerateKey(algorithm);
+    std::string kcv = KcvText(algorithm, bytes);
+    Key key{Type::kTmk, sn, algorithm, std::move(bytes), kcv};
+    key.kek_index = tek_index;
+    uint64_t index = Store(std::move(key));
+    out.tmk = GeneratedTmk{index, kcv, true};
+    tmk = &keys_.at(index);
+  }
+  if (tmk->kek_index != tek_index) {
+    return absl::PermissionDeniedError("key_index: the TMK is bound to another TEK");
+  }
+  RKL_ASSIGN_OR_RETURN(std::string block, keyblock::BuildTmkBlock(tek->bytes, tek->algorithm,
+                                                                  tmk->bytes, tmk->algorithm));
+  out.block = ExportedKeyBlock{std::move(block), tmk->kcv, tek->kcv};
+  return out;
 }
 
 absl::StatusOr<AuthChallengeResult> FakeHsm::AuthChallenge(uint64_t auk_index,
                                                            const std::string& sn,
                                                            std::span<const uint8_t> rnd1) {
+  PendingHook hook;
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("AuthChallenge"));
+  RKL_RETURN_IF_ERROR(Enter("AuthChallenge", hook));
+  return Challenge(auk_index, sn, rnd1);
+}
+
+absl::StatusOr<AuthChallengeResult> FakeHsm::Challenge(uint64_t auk_index, const std::string& sn,
+                                                       std::span<const uint8_t> rnd1) {
   RKL_ASSIGN_OR_RETURN(const Key* auk, Find(auk_index, Type::kAuk, sn));
   RKL_RETURN_IF_ERROR(protocol::CheckNonce(auk->algorithm, rnd1, "rnd1"));
   RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
@@ -146,34 +196,36 @@ absl::StatusOr<AuthChallengeResult> FakeHsm::AuthChallenge(uint64_t auk_index,
   return AuthChallengeResult{std::move(rnd2), std::move(crnd1)};
 }
 
-absl::Status FakeHsm::AuthVerify(uint64_t auk_index, const std::string& sn,
-                                 std::span<const uint8_t> rnd1, std::span<const uint8_t> rnd2,
-                                 std::span<const uint8_t> crnd2) {
+absl::StatusOr<std::vector<uint64_t>> FakeHsm::DestroyTerminalKeys(const std::string& sn,
+                                                                   const std::string&) {
+  PendingHook hook;
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("AuthVerify"));
-  RKL_ASSIGN_OR_RETURN(const Key* auk, Find(auk_index, Type::kAuk, sn));
-  RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
-                       protocol::DeriveAuthKeys(auk->algorithm, auk->bytes, sn));
-  return protocol::VerifyCrnd2(keys, rnd1, rnd2, crnd2);
+  RKL_RETURN_IF_ERROR(Enter("DestroyTerminalKeys", hook));
+  std::vector<uint64_t> destroyed;
+  for (auto& [index, key] : keys_) {
+    if (key.sn != sn || key.sn.empty() || key.destroyed) continue;
+    key.live = false;
+    key.destroyed = true;
+    key.bytes = SecretBytes();
+    destroyed.push_back(index);
+  }
+  return destroyed;
 }
 
-absl::StatusOr<ExportedKeyBlock> FakeHsm::ExportKeyBlock(uint64_t key_index, uint64_t kek_index,
-                                                         const std::string& sn) {
+int FakeHsm::UndestroyedKeys(const std::string& sn) const {
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("ExportKeyBlock"));
-  RKL_ASSIGN_OR_RETURN(const Key* tmk, Find(key_index, Type::kTmk, sn));
-  RKL_ASSIGN_OR_RETURN(const Key* tek, Find(kek_index, Type::kTek, sn));
-  RKL_ASSIGN_OR_RETURN(std::string block, keyblock::BuildTmkBlock(tek->bytes, tek->algorithm,
-                                                                  tmk->bytes, tmk->algorithm));
-  return ExportedKeyBlock{std::move(block), tmk->kcv, tek->kcv};
+  int n = 0;
+  for (const auto& [index, key] : keys_) n += key.sn == sn && !key.destroyed;
+  return n;
 }
 
 absl::Status FakeHsm::VerifyInstallProof(uint64_t auk_index, const std::string& sn,
                                          const std::string& tmk_kcv, std::span<const uint8_t> rnd1,
                                          std::span<const uint8_t> rnd2,
                                          std::span<const uint8_t> proof) {
+  PendingHook hook;
   absl::MutexLock lock(&mu_);
-  RKL_RETURN_IF_ERROR(Enter("VerifyInstallProof"));
+  RKL_RETURN_IF_ERROR(Enter("VerifyInstallProof", hook));
   RKL_ASSIGN_OR_RETURN(const Key* auk, Find(auk_index, Type::kAuk, sn));
   RKL_ASSIGN_OR_RETURN(Bytes kcv, FromHex(tmk_kcv, "tmk_kcv"));
   RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,

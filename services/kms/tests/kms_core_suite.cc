@@ -438,9 +438,8 @@ TEST_F(KmsCoreSuite, ChangeWhileWaitingOnTheHsmIsNotOverwritten) {
   ASSERT_TRUE(Submit(t).ok());
   auto opened = Open(t);
   ASSERT_TRUE(opened.ok()) << opened.status();
-  hsm_->OnNextCall("AuthVerify", [&] {
-    ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
-  });
+  hsm_->OnNextCall("AuthenticateAndDeliver",
+                   [&] { ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok()); });
   EXPECT_EQ(
       core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
       absl::StatusCode::kFailedPrecondition);
@@ -449,14 +448,77 @@ TEST_F(KmsCoreSuite, ChangeWhileWaitingOnTheHsmIsNotOverwritten) {
   // delivered to, the revoked terminal.
   EXPECT_FALSE(Terminal(t.sn()).tmk_index.has_value());
   EXPECT_TRUE(Terminal(t.sn()).tmk_kcv.empty());
+  // And HSM #2 no longer holds it, nor any other key of the terminal.
+  EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
+}
+
+// ---- Revocation reaches HSM #2 ------------------------------------------------------------
+
+TEST_F(KmsCoreSuite, RevocationDestroysTheTerminalsKeysInHsm2) {
+  TestTerminal t("POS-REVOKE-KEYS", KeyAlgorithm::kAes128);
+  ASSERT_NO_FATAL_FAILURE(Install(t));
+  ASSERT_GT(hsm_->UndestroyedKeys(t.sn()), 0);
+  auto revoked = core_->RevokeTerminal(kAlice, t.sn(), "stolen");
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->state, TerminalState::kRevoked);
+  EXPECT_EQ(hsm_->calls("DestroyTerminalKeys"), 1);
+  EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
+  EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), "");
+  EXPECT_EQ(CountAudit(t.sn(), kActionRevoke, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "OK"), 1);
+  // A repeat finds nothing left to destroy: already revoked, as before.
+  EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KmsCoreSuite, RevocationWhoseHsmStepFailedIsCompletedByRepeatingIt) {
+  TestTerminal t("POS-REVOKE-RETRY", KeyAlgorithm::kAes128);
+  ASSERT_NO_FATAL_FAILURE(Install(t));
+  hsm_->FailNextCalls(1);
+  auto revoked = core_->RevokeTerminal(kAlice, t.sn(), "stolen");
+  EXPECT_EQ(revoked.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(revoked.status().message(), HasSubstr("repeat the revocation"));
+  // Revoked at KMS all the same: nothing more is delivered.
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
+  EXPECT_GT(hsm_->UndestroyedKeys(t.sn()), 0);
+  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "UNAVAILABLE"), 1);
+  auto again = core_->RevokeTerminal(kAlice, t.sn(), "stolen");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
+  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "OK"), 1);
+}
+
+TEST_F(KmsCoreSuite, TmkMadeWhileTheTerminalWasRevokedIsDestroyed) {
+  // The revocation's HSM step ran before HSM #2 made the TMK (here: it could not reach
+  // HSM #2 at all); the delivery's update then finds the terminal REVOKED and has the
+  // just-made TMK destroyed — it never leaves KMS either.
+  TestTerminal t("POS-REVOKE-RACE", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  auto opened = Open(t);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  hsm_->OnNextCall("AuthenticateAndDeliver", [&] {
+    hsm_->FailNextCalls(1);
+    EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "stolen").status().code(),
+              absl::StatusCode::kUnavailable);
+  });
+  auto delivered = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
+  EXPECT_EQ(delivered.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
+  EXPECT_FALSE(Terminal(t.sn()).tmk_index.has_value());
+  EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
+  EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), "");
+  int by_kms = 0;
+  for (const AuditEntry& e : AuditOf(t.sn())) {
+    by_kms += e.action == kActionKeysDestroy && e.actor == "kms" && e.result == "OK";
+  }
+  EXPECT_EQ(by_kms, 1);
 }
 
 TEST_F(KmsCoreSuite, ChangeWhileImportingIsNotOverwritten) {
   TestTerminal t("POS-RACE2", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
-  hsm_->OnNextCall("ImportTransportKey", [&] {
-    ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
-  });
+  hsm_->OnNextCall("ImportAndChallenge",
+                   [&] { ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok()); });
   // The import's write starts from the record read before the HSM call; it must not put
   // the terminal back to TK_RECEIVED. (A session opened in this window is refused at
   // completion.)
@@ -549,7 +611,7 @@ TEST_F(KmsCoreSuite, SessionUsedTwiceIsRefused) {
   auto again = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(again.status().message(), HasSubstr("already used"));
-  EXPECT_EQ(hsm_->calls("AuthVerify"), 1);  // the replay never reached the HSM
+  EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 1);  // the replay never reached the HSM
 }
 
 TEST_F(KmsCoreSuite, ExpiredSessionIsRefused) {
@@ -561,7 +623,7 @@ TEST_F(KmsCoreSuite, ExpiredSessionIsRefused) {
   auto late = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(late.status().message(), HasSubstr("expired"));
-  EXPECT_EQ(hsm_->calls("AuthVerify"), 0);
+  EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 0);
 
   // One millisecond before the end it still works.
   auto fresh = Open(t);
@@ -583,7 +645,7 @@ TEST_F(KmsCoreSuite, SessionOfOneSnCannotBeCompletedForAnother) {
   EXPECT_EQ(cross.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(cross.status(), unknown.status());
   EXPECT_EQ(Terminal(b.sn()).consecutive_failures, 0u);
-  EXPECT_EQ(hsm_->calls("AuthVerify"), 0);
+  EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 0);
   // And A's own session is still good.
   EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, a.sn(), opened->crnd2).ok());
 }
@@ -659,7 +721,7 @@ TEST_F(KmsCoreSuite, BeginValidatesItsInput) {
   EXPECT_THAT(wrong_len.status().message(), HasSubstr("rnd1"));
   EXPECT_EQ(core_->BeginAuthentication("bad sn", Bytes(8, 1)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(hsm_->calls("ImportTransportKey"), 0);
+  EXPECT_EQ(hsm_->calls("ImportAndChallenge"), 0);
 }
 
 TEST_F(KmsCoreSuite, CompleteAndConfirmValidateTheirInput) {

@@ -83,6 +83,7 @@ class KmsIntegrationTest : public ::testing::Test {
 
     hsm::HsmDaemonOptions options;
     options.hsm_id = "hsm-kms";
+    options.role = hsm::HsmRole::kKms;
     options.database_dsn = hsm_db_->dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {"kms"};

@@ -265,7 +265,10 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
       .created_at_unix_ms = package.created_at_unix_ms(),
       .pk_index = options_.pk_index,
       .mak_index = options_.mak_index,
-      .algorithm = *algorithm};
+      .algorithm = *algorithm,
+      .package = row.package,
+      .package_signature = row.signature,
+      .operator_certificate_der = (*cert)->certificate.ToDer()};
   absl::StatusOr<Bytes> ctk_pk = hsm_.TranslateTransportKey(translate);
   if (!ctk_pk.ok()) {
     if (IsPermanentHsmRefusal(ctk_pk.status().code())) {

@@ -52,6 +52,9 @@ void ToProto(const HsmPort::TranslateRequest& request, v1::TranslateTransportKey
   req.set_pk_index(request.pk_index);
   req.set_mak_index(request.mak_index);
   req.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(request.algorithm)));
+  req.set_package(std::string(AsString(request.package)));
+  req.set_package_signature(std::string(AsString(request.package_signature)));
+  req.set_operator_certificate_der(std::string(AsString(request.operator_certificate_der)));
 }
 
 }  // namespace

@@ -43,9 +43,15 @@ class HsmPort {
     uint64_t pk_index = 0;
     uint64_t mak_index = 0;
     crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+    // The evidence HSM #1 verifies itself before it translates (claim 4): the stored,
+    // operator-signed package B, byte-exact, its signature and the operator certificate.
+    Bytes package;
+    Bytes package_signature;
+    Bytes operator_certificate_der;
   };
-  // S106 (PROTOCOL §5): Ctk_Pu → Ctk_pk inside HSM #1. Every decryption or format failure
-  // is the HSM's one uniform UNAUTHENTICATED.
+  // S106 (PROTOCOL §5): Ctk_Pu → Ctk_pk inside HSM #1, for a package an operator signed.
+  // Every decryption or format failure is the HSM's one uniform UNAUTHENTICATED; missing or
+  // bad evidence is UNAUTHENTICATED / PERMISSION_DENIED with its own message.
   virtual absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) = 0;
   // Many translations in one call: one answer per request, in order, each the answer
   // TranslateTransportKey gives for it; an error only when the call itself failed (then it

@@ -188,10 +188,11 @@ class MtmsIntegrationTest : public ::testing::Test {
       ASSERT_TRUE(files.ok()) << files.status();
       w.tls[id] = *files;
     }
+    // The CA first: HSM #1 trusts its operator-ca.
+    ASSERT_NO_FATAL_FAILURE(StartCa(w));
     ASSERT_NO_FATAL_FAILURE(StartHsm(w));
     ASSERT_NO_FATAL_FAILURE(RunCeremony(w, v1::KEY_TYPE_PK, w.pk_index, w.pk));
     ASSERT_NO_FATAL_FAILURE(RunCeremony(w, v1::KEY_TYPE_MAK, w.mak_index, w.mak));
-    ASSERT_NO_FATAL_FAILURE(StartCa(w));
   }
 
   static void TearDownTestSuite() {
@@ -208,8 +209,12 @@ class MtmsIntegrationTest : public ::testing::Test {
     std::string lmk_file = w.pki->dir() + "/hsm-mtms-lmk.hex";
     std::ofstream(lmk_file) << ToHex(crypto::RandomBytes(32)) << "\n";
     ASSERT_EQ(::chmod(lmk_file.c_str(), 0600), 0);
+    const std::string operator_ca_file = w.pki->dir() + "/operator-ca.pem";
+    std::ofstream(operator_ca_file) << w.operator_ca->ToPem();
     hsm::HsmDaemonOptions options;
     options.hsm_id = kHsmId;
+    options.role = hsm::HsmRole::kMtms;
+    options.operator_ca_file = operator_ca_file;
     options.database_dsn = w.hsm_db->dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {"mtms"};
@@ -574,7 +579,7 @@ TEST_F(MtmsIntegrationTest, WorkKeyIsGeneratedByHsm1AndCertifiedByTheCa) {
   const crypto::Certificate wrong_roots[] = {*w().operator_ca};
   EXPECT_FALSE(crypto::VerifyChain(*cert, {}, wrong_roots, {}, clock().NowUnixSeconds()).ok());
   // The certified key is the one HSM #1 holds at that index.
-  auto hsm = v1::Hsm::NewStub(Channel(w().hsm->port(), w().tls["admin:alice"], "hsm-mtms"));
+  auto hsm = v1::Hsm::NewStub(Channel(w().hsm->port(), w().tls["mtms"], "hsm-mtms"));
   v1::GetPublicKeyRequest get;
   get.set_key_index(key->hsm_key_index());
   auto pu = Call<v1::Hsm::Stub, v1::GetPublicKeyRequest, v1::GetPublicKeyResponse>(

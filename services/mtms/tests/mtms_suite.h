@@ -629,15 +629,19 @@ TYPED_TEST_P(MtmsSuite, RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms) {
   ASSERT_TRUE(p.ParseFromString(std::string(AsString((*claimed)[0].package))));
   auto key = repo.FindWorkKey(p.work_certificate_serial());
   ASSERT_TRUE(key.ok() && key->has_value());
-  auto ctk_pk =
-      this->hsm_.TranslateTransportKey({.pr_index = (**key).hsm_key_index,
-                                        .ctk_pu = Bytes(p.ctk_pu().begin(), p.ctk_pu().end()),
-                                        .sn = p.sn(),
-                                        .created_at_unix_ms = p.created_at_unix_ms(),
-                                        .pk_index = this->hsm_.pk_index(),
-                                        .mak_index = this->hsm_.mak_index(),
-                                        .algorithm = crypto::KeyAlgorithm::kAes128});
-  ASSERT_TRUE(ctk_pk.ok());
+  auto ctk_pk = this->hsm_.TranslateTransportKey(
+      {.pr_index = (**key).hsm_key_index,
+       .ctk_pu = Bytes(p.ctk_pu().begin(), p.ctk_pu().end()),
+       .sn = p.sn(),
+       .created_at_unix_ms = p.created_at_unix_ms(),
+       .pk_index = this->hsm_.pk_index(),
+       .mak_index = this->hsm_.mak_index(),
+       .algorithm = crypto::KeyAlgorithm::kAes128,
+       .package = (*claimed)[0].package,
+       .package_signature = (*claimed)[0].signature,
+       .operator_certificate_der =
+           crypto::Certificate::FromPem((*claimed)[0].operator_certificate_pem)->ToDer()});
+  ASSERT_TRUE(ctk_pk.ok()) << ctk_pk.status();
   ASSERT_TRUE(this->kms_.SubmitTransportKey(p.sn(), *ctk_pk, receipt->submission_id).ok());
   // ... and the replica dies here. After its lease, another one finishes the row.
   this->clock_.Advance(absl::Minutes(3));

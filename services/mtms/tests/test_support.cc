@@ -154,6 +154,21 @@ absl::StatusOr<Bytes> FakeHsm::TranslateTransportKey(const TranslateRequest& req
   if (request.pk_index != pk_index() || request.mak_index != mak_index()) {
     return absl::NotFoundError("key index: no such key");
   }
+  // As HSM #1 does (OperatorEvidence): only what an operator signed, exactly.
+  auto cert = crypto::Certificate::FromDer(request.operator_certificate_der);
+  if (!cert.ok()) return absl::UnauthenticatedError("operator_certificate_der: missing");
+  auto signer = cert->GetPublicKey();
+  if (!signer.ok() ||
+      !crypto::EcdsaVerify(*signer, request.package, request.package_signature).ok()) {
+    return absl::UnauthenticatedError("package_signature: does not verify");
+  }
+  v1::TransportKeyPackage package;
+  if (!package.ParseFromArray(request.package.data(), static_cast<int>(request.package.size())) ||
+      package.sn() != request.sn || ToBytes(package.ctk_pu()) != request.ctk_pu ||
+      package.created_at_unix_ms() != request.created_at_unix_ms ||
+      package.algorithm() != static_cast<int>(crypto::KeyAlgorithmCode(request.algorithm))) {
+    return absl::PermissionDeniedError("package: signed for something else");
+  }
   const absl::Status rejected = absl::UnauthenticatedError("transport key rejected");
   absl::MutexLock lock(&mu_);
   auto it = rsa_.find(request.pr_index);
@@ -280,13 +295,17 @@ grpc::Status TestHsmService::TranslateTransportKey(grpc::ServerContext* ctx,
   }
   auto algorithm = crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(req->algorithm()));
   if (!algorithm.ok()) return rpc::ToGrpcStatus(algorithm.status());
-  auto ctk_pk = hsm_.TranslateTransportKey({.pr_index = req->pr_index(),
-                                            .ctk_pu = ToBytes(req->ctk_pu()),
-                                            .sn = req->sn(),
-                                            .created_at_unix_ms = req->created_at_unix_ms(),
-                                            .pk_index = req->pk_index(),
-                                            .mak_index = req->mak_index(),
-                                            .algorithm = *algorithm});
+  auto ctk_pk = hsm_.TranslateTransportKey(
+      {.pr_index = req->pr_index(),
+       .ctk_pu = ToBytes(req->ctk_pu()),
+       .sn = req->sn(),
+       .created_at_unix_ms = req->created_at_unix_ms(),
+       .pk_index = req->pk_index(),
+       .mak_index = req->mak_index(),
+       .algorithm = *algorithm,
+       .package = ToBytes(req->package()),
+       .package_signature = ToBytes(req->package_signature()),
+       .operator_certificate_der = ToBytes(req->operator_certificate_der())});
   if (!ctk_pk.ok()) return rpc::ToGrpcStatus(ctk_pk.status());
   resp->set_ctk_pk(ToStr(*ctk_pk));
   return grpc::Status::OK;
