@@ -295,7 +295,7 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
     const std::vector<std::string>* methods;
   };
   for (const Role& role : {Role{hsm1_, kMtms, &mtms_role}, Role{hsm_, kKms, &kms_role}}) {
-    for (const std::string caller :
+    for (const std::string& caller :
          {std::string(kMtms), std::string(kKms), std::string(kAlice), std::string("ca")}) {
       auto stub = role.hsm->Stub(caller);
       for (const std::string& method : std::set<std::string>(all.begin(), all.end())) {

@@ -349,6 +349,7 @@ void RegisterKeyCommands(CLI::App* hsm) {
                 << "state      " << v1::KeyState_Name(r.state()) << "\n"
                 << "created    " << r.created_at_unix_ms() << " (unix ms)\n";
       if (r.rsa_bits() != 0) std::cout << "rsa bits   " << r.rsa_bits() << "\n";
+      if (r.kek_index() != 0) std::cout << "bound tek  " << r.kek_index() << "\n";
     });
   }
   {
