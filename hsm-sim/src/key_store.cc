@@ -890,8 +890,7 @@ absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&
 absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
   // A conflict means a concurrent command superseded a live key this one read; the next
   // run reads afresh (and then typically finds the other command's keys).
-  constexpr int kMaxRuns = 5;
-  for (int run = 0; run < kMaxRuns; ++run) {
+  for (int run = 0; run < kMaxOneWriteRuns; ++run) {
     OneWritePlan plan;
     absl::StatusOr<bool> read =
         db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {

@@ -285,6 +285,11 @@ class UnsealedKeyCache {
 
 class PgKeyStore : public KeyStore {
  public:
+  // TransactOneWrite runs a unit at most this often, then answers ABORTED. A run fails only
+  // because another unit's write superseded a live key it read, so with at most this many
+  // units on one SN at once none of them is ever ABORTED.
+  static constexpr int kMaxOneWriteRuns = 5;
+
   // `lmk` is copied into this object; `audit` must outlive it.
   PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
              size_t cache_capacity);

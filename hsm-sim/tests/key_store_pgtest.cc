@@ -730,11 +730,13 @@ TEST_F(KeyStorePgTest, OneWriteUnitWaitsForATransactionHoldingTheLiveKeyAndSeesI
 
 TEST_F(KeyStorePgTest, OneWriteUnitsForOneSnAgreeOnOneLiveKey) {
   // Concurrent re-keys of one SN: each supersedes what it found, so in the end exactly one
-  // TMK is live and every other one was superseded, each by one of the units.
+  // TMK is live and every other one was superseded, each by one of the units. As many units
+  // as a unit has runs: each lost run is another unit's success, so however the scheduler
+  // interleaves them none runs out of runs (more units would make ABORTED a matter of luck).
   NewTmk("SN-MANY");
   auto store = FreshStore();
   std::vector<std::thread> threads;
-  std::vector<absl::Status> results(8);
+  std::vector<absl::Status> results(PgKeyStore::kMaxOneWriteRuns);
   std::vector<KeyRecord> made(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
     threads.emplace_back([&, i] {
