@@ -1,8 +1,13 @@
 #include "rkl/rpc/identity.h"
 
 #include <grpc/grpc_security_constants.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
+#include <cctype>
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
@@ -64,6 +69,34 @@ absl::StatusOr<std::string> RequireCaller(const grpc::ServerContextBase& ctx) {
 bool IsAdmin(std::string_view identity) {
   constexpr std::string_view kPrefix = "admin:";
   return identity.size() > kPrefix.size() && identity.starts_with(kPrefix);
+}
+
+bool IsCustodian(std::string_view identity) {
+  constexpr std::string_view kPrefix = "custodian:";
+  return identity.size() > kPrefix.size() && identity.starts_with(kPrefix);
+}
+
+std::string PeerCertificateSerialHex(const grpc::ServerContextBase& ctx) {
+  std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return "";
+  std::vector<grpc::string_ref> pem = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (pem.empty()) return "";
+  BIO* bio = BIO_new_mem_buf(pem.front().data(), static_cast<int>(pem.front().size()));
+  X509* cert = bio != nullptr ? PEM_read_bio_X509(bio, nullptr, nullptr, nullptr) : nullptr;
+  BIO_free_all(bio);
+  std::string out;
+  if (cert != nullptr) {
+    BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
+    char* hex = bn != nullptr ? BN_bn2hex(bn) : nullptr;
+    if (hex != nullptr) out = hex;
+    OPENSSL_free(hex);
+    BN_free(bn);
+    X509_free(cert);
+  }
+  ERR_clear_error();
+  for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (out.size() % 2 == 1) out.insert(out.begin(), '0');
+  return out;
 }
 
 Authorizer& Authorizer::Allow(std::string method, std::vector<std::string> identities) {

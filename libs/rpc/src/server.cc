@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "call_logging.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
@@ -36,12 +37,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   RKL_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
                        MakeServerCredentials(options.tls, options.client_cert_mode));
+  std::unique_ptr<grpc::Service> revocation_service;
+  if (options.revocation != nullptr) {
+    if (!options.refresh_crl) {
+      return absl::InvalidArgumentError("refresh_crl: required with revocation");
+    }
+    creds->SetAuthMetadataProcessor(options.revocation->MakeProcessor());
+    revocation_service = MakeRevocationService(options.refresh_crl, options.revocation);
+  }
   InitProcessWidePlugins();
 
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen_address, creds, &port);
   for (grpc::Service* service : services) builder.RegisterService(service);
+  if (revocation_service) builder.RegisterService(revocation_service.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // Clients (MakeChannel) send keepalive pings every 30 s; without this the server would
@@ -62,13 +72,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
                                                " (address in use, or not a valid host:port?)"));
   }
-  auto result = std::unique_ptr<Server>(new Server(std::move(server), port));
+  auto result = std::unique_ptr<Server>(
+      new Server(std::move(revocation_service), std::move(server), port));
   result->SetServing("", options.start_serving);
   spdlog::info(
-      "gRPC server listening on {} (port {}, client certificates {})", options.listen_address, port,
+      "gRPC server listening on {} (port {}, client certificates {}{})", options.listen_address,
+      port,
       options.client_cert_mode == ClientCertMode::kRequireAndVerify   ? "required"
       : options.client_cert_mode == ClientCertMode::kOptionalVerified ? "optional, verified"
-                                                                      : "not requested");
+                                                                      : "not requested",
+      options.revocation != nullptr ? ", checked against the service-ca CRL" : "");
   return result;
 }
 

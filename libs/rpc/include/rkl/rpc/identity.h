@@ -39,8 +39,15 @@ CallerIdentity GetCallerIdentity(const grpc::ServerContextBase& ctx);
 // certificate.
 absl::StatusOr<std::string> RequireCaller(const grpc::ServerContextBase& ctx);
 
+// Upper-case hex serial (no leading zeros) of the verified client certificate of the call;
+// empty without one. For services that check the presented certificate against their own
+// records (rkl-ca's dual control).
+std::string PeerCertificateSerialHex(const grpc::ServerContextBase& ctx);
+
 // True for operator/administrator identities (`admin:<name>`, with a non-empty name).
 bool IsAdmin(std::string_view identity);
+// True for key custodian identities (`custodian:<name>`, with a non-empty name).
+bool IsCustodian(std::string_view identity);
 
 class Authorizer {
  public:

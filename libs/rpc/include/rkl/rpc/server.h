@@ -5,7 +5,10 @@
 // Guarantees:
 //  - Transport is always TLS. kRequireAndVerify (default) rejects, during the handshake,
 //    any client without a certificate chaining to tls.ca_file; kNone is for the
-//    terminal-facing endpoint only. Authorization per RPC stays the handler's job
+//    terminal-facing endpoint only. With `revocation` set, every call whose client presented
+//    a certificate is also checked against the service-ca CRL in force (rkl/rpc/revocation.h)
+//    and refused with UNAUTHENTICATED if it is revoked or its status is unknown — per call,
+//    so a revocation also stops connections opened before it. Authorization per RPC stays the handler's job
 //    (rkl/rpc/identity.h) — the transport only establishes who is calling.
 //  - Each RPC is logged once: request id, method, caller identity, status code, latency.
 //    Request and response bodies are never logged.
@@ -29,8 +32,10 @@
 //   if (!server.ok()) { spdlog::critical("{}", server.status().ToString()); return 1; }
 //   (*server)->RunUntilShutdownSignal(absl::Seconds(10));
 
+#include <grpcpp/impl/codegen/service_type.h>
 #include <grpcpp/server.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +46,8 @@
 #include "rkl/rpc/tls.h"
 
 namespace rkl::rpc {
+
+class RevocationList;
 
 inline constexpr int kDefaultMaxMessageBytes = 1 << 20;  // 1 MiB: rkl messages are small
 
@@ -58,6 +65,11 @@ struct ServerOptions {
   // (2,700 threads in 15 s in rkl-kms, most of its CPU in the kernel), instead of reusing
   // one. Threads are still created only as concurrency demands.
   int max_idle_threads = 256;
+  // Client-certificate revocation (see above; ServiceCaCrl::ConfigureServer sets both). The
+  // server then also serves rkl.v1.Revocation, whose RefreshCrl (admins only) runs
+  // `refresh_crl`. Not owned; must outlive the server.
+  const RevocationList* revocation = nullptr;
+  std::function<absl::StatusOr<uint64_t>()> refresh_crl{};
 };
 
 class Server {
@@ -93,9 +105,14 @@ class Server {
   grpc::Server& grpc_server() { return *server_; }
 
  private:
-  Server(std::unique_ptr<grpc::Server> server, int port)
-      : server_(std::move(server)), port_(port) {}
+  Server(std::unique_ptr<grpc::Service> revocation_service, std::unique_ptr<grpc::Server> server,
+         int port)
+      : revocation_service_(std::move(revocation_service)),
+        server_(std::move(server)),
+        port_(port) {}
 
+  // Declared before server_, so it outlives the server that dispatches to it.
+  std::unique_ptr<grpc::Service> revocation_service_;
   std::unique_ptr<grpc::Server> server_;
   const int port_;
   absl::Mutex mu_;
