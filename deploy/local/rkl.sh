@@ -11,11 +11,18 @@
 #   pos/        the simulated terminals' secure modules
 #   ceremony.env  PK/MAK key indexes and KCVs of both HSMs (no key material)
 # Ports: RKL_PORT_BASE (default 50051) + 0 ca, +1 hsm-mtms, +2 hsm-kms, +3 mtms, +4 kms.
+#
+# People (docs/pki.md "Custody"), all from `rklctl pki init`: admins alice and bob
+# (admin:alice, admin:bob — any later privileged certificate takes both: one requests, the
+# other approves) and key custodians carol and dave (custodian:carol, custodian:dave — the
+# only identities the HSMs accept for the PK/MAK ceremony, which needs both).
 
 : "${RKL_STATE:?RKL_STATE must name the state directory}"
 : "${RKL_BIN:?RKL_BIN must name the build directory}"
 RKL_PORT_BASE=${RKL_PORT_BASE:-50051}
 RKL_SERVICES=(ca hsm-mtms hsm-kms mtms kms)
+RKL_ADMINS=(alice bob)
+RKL_CUSTODIANS=(carol dave)
 
 source "$(dirname "${BASH_SOURCE[0]}")/pg.sh"
 
@@ -45,11 +52,25 @@ rkl_binary() {
 rklctl() { "$RKL_BIN/tools/rklctl/rklctl" "$@"; }
 rkl_pos() { "$RKL_BIN/pos-sim/rkl-pos" "$@"; }
 
-# Admin connection flags for rklctl, as custodian/administrator $1 (default custodian-a).
+# Admin connection flags for rklctl, as administrator $1 (default the first, alice).
 rkl_admin_flags() {
-  local who=${1:-custodian-a}
+  local who=${1:-${RKL_ADMINS[0]}}
   echo "--tls-ca $RKL_STATE/pki/ca-bundle.pem --tls-cert $RKL_STATE/pki/admin-$who/cert.pem" \
     "--tls-key $RKL_STATE/pki/admin-$who/key.pem"
+}
+
+# Connection flags as key custodian $1 (carol or dave).
+rkl_custodian_flags() {
+  local who=$1
+  echo "--tls-ca $RKL_STATE/pki/ca-bundle.pem --tls-cert $RKL_STATE/pki/custodian-$who/cert.pem" \
+    "--tls-key $RKL_STATE/pki/custodian-$who/key.pem"
+}
+
+# `rklctl pki revoke` flag: every service refreshes its CRL before the command returns.
+rkl_notify_flags() {
+  local svc list=()
+  for svc in "${RKL_SERVICES[@]}"; do list+=("$svc=$(rkl_addr "$svc")"); done
+  echo "--notify $(IFS=,; echo "${list[*]}")"
 }
 
 rkl_secret_file() {  # name, command that prints the content
@@ -58,15 +79,22 @@ rkl_secret_file() {  # name, command that prints the content
   (umask 077 && eval "$2" >"$f")
 }
 
-# PKI bootstrap (once): every service identity, custodian-a as the first admin, one operator card.
+# PKI bootstrap (once): every service identity, both admins, both custodians, one operator card.
 rkl_pki_init() {
-  [[ -s "$RKL_STATE/pki/ca-bundle.pem" ]] && return 0
+  if [[ -s "$RKL_STATE/pki/ca-bundle.pem" ]]; then
+    # A state directory from before custodians had their own certificates cannot be reused.
+    [[ -s "$RKL_STATE/pki/custodian-${RKL_CUSTODIANS[0]}/cert.pem" ]] ||
+      rkl_die "$RKL_STATE holds a PKI without custodian certificates (an older layout); start over with --reset"
+    return 0
+  fi
   mkdir -p "$RKL_STATE/secrets" && chmod 700 "$RKL_STATE/secrets"
   rkl_secret_file operator.pin "head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo"
   rm -rf "$RKL_STATE/pki"
   rkl_log "PKI: bootstrapping the CA (terminal-root, operator-ca, service-ca) and every identity"
   rklctl pki init --db "$(rkl_pg_dsn ca)" --master-key-file "$RKL_STATE/secrets/ca-master.key" \
-    --create-master-key --out "$RKL_STATE/pki" --admin custodian-a --operator-id operator1 \
+    --create-master-key --out "$RKL_STATE/pki" --operator-id operator1 \
+    --admins "$(IFS=,; echo "${RKL_ADMINS[*]}")" \
+    --custodians "$(IFS=,; echo "${RKL_CUSTODIANS[*]}")" \
     --operator-pin-file "$RKL_STATE/secrets/operator.pin" >"$RKL_STATE/logs/pki-init.log" ||
     { cat "$RKL_STATE/logs/pki-init.log" >&2; rkl_die "pki init failed"; }
 }
@@ -85,6 +113,8 @@ rkl_write_configs() {
         echo "  ca_file: $pki/ca-bundle.pem"
         echo "db:"
         echo "  dsn: '$(rkl_pg_dsn "$svc") connect_timeout=5'"
+        # Client certificates on the service-ca CRL are refused (docs/pki.md "Revocation").
+        [[ $svc == ca ]] || printf 'crl:\n  ca_endpoint: %s\n' "$(rkl_addr ca)"
         case $svc in
           ca) echo "master_key_file: $RKL_STATE/secrets/ca-master.key" ;;
           hsm-mtms | hsm-kms)
@@ -185,28 +215,21 @@ rkl_stop_all() {
   for svc in kms mtms hsm-kms hsm-mtms ca; do rkl_stop "$svc"; done
 }
 
-# The second custodian's certificate, issued by the running CA (dual control needs two).
-rkl_second_custodian() {
-  [[ -s "$RKL_STATE/pki/admin-custodian-b/cert.pem" ]] && return 0
-  rklctl pki issue-service --ca "$(rkl_addr ca)" --authority ca $(rkl_admin_flags custodian-a) \
-    --name admin:custodian-b --out "$RKL_STATE/pki" >>"$RKL_STATE/logs/pki-init.log" ||
-    rkl_die "could not issue the second custodian's certificate"
-}
-
-# One ceremony on one HSM: prints "<index> <kcv>".
+# One ceremony on one HSM, by both custodians: prints "<index> <kcv>".
 rkl_ceremony_one() {
   local hsm=$1 type=$2 label=$3 out id
+  local a=${RKL_CUSTODIANS[0]} b=${RKL_CUSTODIANS[1]}
   local target="--hsm $(rkl_addr "$hsm") --authority $hsm"
-  out=$(rklctl hsm ceremony begin $target $(rkl_admin_flags custodian-a) --label "$label" \
+  out=$(rklctl hsm ceremony begin $target $(rkl_custodian_flags "$a") --label "$label" \
     --type "$type" --components 2) || rkl_die "ceremony begin on $hsm failed"
   id=$(awk '{print $2}' <<<"$out")
-  rklctl hsm ceremony add-component $target $(rkl_admin_flags custodian-a) --ceremony "$id" \
-    --component-file "$RKL_STATE/secrets/custodian-a-$type.component" >/dev/null ||
-    rkl_die "custodian-a could not add the $type component on $hsm"
-  rklctl hsm ceremony add-component $target $(rkl_admin_flags custodian-b) --ceremony "$id" \
-    --component-file "$RKL_STATE/secrets/custodian-b-$type.component" >/dev/null ||
-    rkl_die "custodian-b could not add the $type component on $hsm"
-  out=$(rklctl hsm ceremony complete $target $(rkl_admin_flags custodian-a) --ceremony "$id") ||
+  rklctl hsm ceremony add-component $target $(rkl_custodian_flags "$a") --ceremony "$id" \
+    --component-file "$RKL_STATE/secrets/custodian-$a-$type.component" >/dev/null ||
+    rkl_die "custodian $a could not add the $type component on $hsm"
+  rklctl hsm ceremony add-component $target $(rkl_custodian_flags "$b") --ceremony "$id" \
+    --component-file "$RKL_STATE/secrets/custodian-$b-$type.component" >/dev/null ||
+    rkl_die "custodian $b could not add the $type component on $hsm"
+  out=$(rklctl hsm ceremony complete $target $(rkl_custodian_flags "$b") --ceremony "$id") ||
     rkl_die "ceremony complete on $hsm failed"
   awk '{print $3, $5}' <<<"$out"  # "key index N KCV XXXXXX"
 }
@@ -218,10 +241,10 @@ rkl_ceremony() {
   [[ -s "$RKL_STATE/ceremony.env" ]] && return 0
   local type who
   for type in PK MAK; do
-    for who in custodian-a custodian-b; do
-      rm -f "$RKL_STATE/secrets/$who-$type.component"
-      rklctl hsm component new --out "$RKL_STATE/secrets/$who-$type.component" |
-        sed "s|^|  $who $type component: |; s|written to .* (mode 0600), ||" >&2
+    for who in "${RKL_CUSTODIANS[@]}"; do
+      rm -f "$RKL_STATE/secrets/custodian-$who-$type.component"
+      rklctl hsm component new --out "$RKL_STATE/secrets/custodian-$who-$type.component" |
+        sed "s|^|  custodian $who $type component: |; s|written to .* (mode 0600), ||" >&2
     done
   done
   local label_suffix
@@ -235,9 +258,9 @@ rkl_ceremony() {
   [[ -n "$m_pk_kcv" && "$m_pk_kcv" == "$k_pk_kcv" && "$m_mak_kcv" == "$k_mak_kcv" ]] ||
     rkl_die "the two HSMs do not hold the same PK/MAK (KCVs differ)"
   for type in PK MAK; do
-    for who in custodian-a custodian-b; do
-      shred -u "$RKL_STATE/secrets/$who-$type.component" 2>/dev/null ||
-        rm -f "$RKL_STATE/secrets/$who-$type.component"
+    for who in "${RKL_CUSTODIANS[@]}"; do
+      shred -u "$RKL_STATE/secrets/custodian-$who-$type.component" 2>/dev/null ||
+        rm -f "$RKL_STATE/secrets/custodian-$who-$type.component"
     done
   done
   cat >"$RKL_STATE/ceremony.env" <<ENV
@@ -268,9 +291,8 @@ rkl_up() {
   rkl_log "starting rkl-ca and both rkl-hsm instances (mTLS)"
   for svc in ca hsm-mtms hsm-kms; do rkl_start "$svc"; done
   for svc in ca hsm-mtms hsm-kms; do rkl_wait_healthy "$svc"; done
-  rkl_second_custodian
   if [[ ! -s "$RKL_STATE/ceremony.env" ]]; then
-    rkl_log "key ceremony: PK and MAK from custodian-a and custodian-b into both HSMs"
+    rkl_log "key ceremony: PK and MAK from custodians ${RKL_CUSTODIANS[*]} into both HSMs"
     rkl_ceremony
   fi
   source "$RKL_STATE/ceremony.env"
@@ -290,6 +312,6 @@ rkl_pos_flags() {
     "--ca-bundle $RKL_STATE/pki/ca-bundle.pem" \
     "--operator-card $RKL_STATE/pki/operator-operator1.p12" \
     "--operator-pin-file $RKL_STATE/secrets/operator.pin" \
-    "--admin-cert $RKL_STATE/pki/admin-custodian-a/cert.pem" \
-    "--admin-key $RKL_STATE/pki/admin-custodian-a/key.pem"
+    "--admin-cert $RKL_STATE/pki/admin-${RKL_ADMINS[0]}/cert.pem" \
+    "--admin-key $RKL_STATE/pki/admin-${RKL_ADMINS[0]}/key.pem"
 }

@@ -365,6 +365,20 @@ std::string CeremonyIdForAudit(const std::string& id) {
   return ValidateCeremonyId(id).ok() ? id : "<invalid>";
 }
 
+// Ceremonies are the custodians': only a custodian:<name> identity (a role of its own in
+// service-ca certificates, issued under dual control) may begin, add to or complete one.
+bool IsCustodianIdentity(const std::string& identity) {
+  constexpr std::string_view kPrefix = "custodian:";
+  return identity.size() > kPrefix.size() && identity.starts_with(kPrefix);
+}
+
+absl::Status RequireCustodian(const std::string& caller) {
+  if (IsCustodianIdentity(caller)) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("caller '", caller.empty() ? "(no identity)" : caller,
+                   "' is not a key custodian; ceremonies need custodian:<name> certificates"));
+}
+
 absl::StatusOr<Ceremony> OpenCeremony(KeyTransaction& tx, const std::string& id, int64_t now) {
   RKL_RETURN_IF_ERROR(ValidateCeremonyId(id));
   RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(id));
@@ -392,6 +406,7 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
   absl::Duration ttl =
       ttl_seconds == 0 ? options_.default_ceremony_ttl : absl::Seconds(ttl_seconds);
   absl::Status pre = options_.self_test_passed ? ValidateLabel(label, "label") : SelfTestFailed();
+  if (pre.ok()) pre = RequireCustodian(caller);
   if (pre.ok() && key_type != KeyType::kPk && key_type != KeyType::kMak) {
     pre = absl::InvalidArgumentError("key_type: must be KEY_TYPE_PK or KEY_TYPE_MAK");
   } else if (pre.ok() && (component_count < kMinComponents || component_count > kMaxComponents)) {
@@ -486,6 +501,7 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
   }
   return Run(
       event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
+        RKL_RETURN_IF_ERROR(RequireCustodian(caller));
         int64_t now = clock_.NowUnixMs();
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
         if (std::find(c.custodians.begin(), c.custodians.end(), caller) != c.custodians.end()) {
@@ -536,12 +552,25 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
   return Run(
       event, true, 1,
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
+        RKL_RETURN_IF_ERROR(RequireCustodian(caller));
         int64_t now = clock_.NowUnixMs();
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
         if (c.custodians.size() < c.component_count) {
           return absl::FailedPreconditionError(
               absl::StrCat("ceremony ", c.id, " is incomplete: ", c.custodians.size(), " of ",
                            c.component_count, " components added"));
+        }
+        // Dual control, checked again where the key is made: at least two components, each
+        // from a different custodian identity (a ceremony begun before custodian roles
+        // existed may hold admin components; it cannot complete).
+        std::vector<std::string> holders = c.custodians;
+        std::sort(holders.begin(), holders.end());
+        if (holders.size() < kMinComponents ||
+            std::adjacent_find(holders.begin(), holders.end()) != holders.end() ||
+            !std::all_of(holders.begin(), holders.end(), IsCustodianIdentity)) {
+          return absl::PermissionDeniedError(absl::StrCat(
+              "ceremony ", c.id, ": its components must come from at least ", kMinComponents,
+              " distinct custodian:* identities (have: ", absl::StrJoin(c.custodians, ","), ")"));
         }
         RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(c.label));
         if (taken) {

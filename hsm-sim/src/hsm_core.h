@@ -173,12 +173,17 @@ class HsmCore {
                                                      const std::string& label);
   absl::StatusOr<Bytes> GetPublicKey(const std::string& caller, uint64_t key_index);
 
+  // Key ceremonies (S101) belong to key custodians: Begin, AddComponent and Complete refuse
+  // (PERMISSION_DENIED, audited) a caller that is not a custodian:<name> identity; a
+  // custodian adds at most one component; Complete refuses unless the components came from
+  // at least two distinct custodians. The gRPC layer admits only custodian:* to these
+  // methods as well; the core checks again so no other path can skip it.
   absl::StatusOr<BegunCeremony> BeginCeremony(const std::string& caller, const std::string& label,
                                               KeyType key_type, uint32_t component_count,
                                               uint32_t ttl_seconds);
   absl::StatusOr<CeremonyStatus> GetCeremony(const std::string& caller,
                                              const std::string& ceremony_id);
-  // The custodian is `caller`.
+  // The custodian is `caller`, a custodian:<name> identity.
   absl::StatusOr<AddedComponent> AddComponent(const std::string& caller,
                                               const std::string& ceremony_id,
                                               const Bytes& encrypted_component);

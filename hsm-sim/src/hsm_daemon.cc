@@ -52,6 +52,7 @@ void DeclareHsmConfig(ConfigSchema& schema) {
               "HSM #2: kms); admin:* identities are allowed only the ceremony, key-state and "
               "audit commands, and only they are")
       .Required();
+  rpc::DeclareRevocationConfig(schema);
   schema.Duration("ceremony.default_ttl", "lifetime of a key ceremony that sets no ttl_seconds")
       .Default("15m");
   schema.Int("key_cache.size", "unsealed keys kept in memory (LRU, zeroed on eviction); 0 = none")
@@ -113,6 +114,7 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
         "config: audit.seal_interval: must be between 0 and 10m (e.g. 100ms)");
   }
   o.fail_self_test = config.GetBool("testing.fail_self_test");
+  o.crl = rpc::ServiceCaCrlOptionsFromConfig(config, o.tls);
   return o;
 }
 
@@ -206,12 +208,17 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->service_ =
       std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
 
-  RKL_ASSIGN_OR_RETURN(
-      d->server_, rpc::Server::Start({.listen_address = options.listen_address,
-                                      .tls = options.tls,
-                                      .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
-                                      .start_serving = false},
-                                     {d->service_.get()}));
+  rpc::ServerOptions server_options{.listen_address = options.listen_address,
+                                    .tls = options.tls,
+                                    .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
+                                    .start_serving = false};
+  if (options.crl.has_value()) {
+    RKL_ASSIGN_OR_RETURN(d->crl_, rpc::ServiceCaCrl::Create(*options.crl));
+    // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
+    RKL_RETURN_IF_ERROR(d->crl_->Start());
+    d->crl_->ConfigureServer(server_options);
+  }
+  RKL_ASSIGN_OR_RETURN(d->server_, rpc::Server::Start(server_options, {d->service_.get()}));
   d->server_->SetServing(kHsmServiceName, d->self_test_.passed);
   d->server_->SetServing(d->self_test_.passed);
   spdlog::info("rkl-hsm '{}' (role {}) serving on port {} (LMK KCV {}, operational identities: {})",

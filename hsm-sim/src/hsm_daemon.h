@@ -24,6 +24,7 @@
 #include "key_store.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "self_test.h"
 
@@ -55,6 +56,10 @@ struct HsmDaemonOptions {
   Clock* clock = nullptr;
   // Tests inject randomness; empty means the CSPRNG.
   crypto::RandomSource rng;
+  // Client-certificate revocation (docs/pki.md "Revocation"): the service-ca CRL fetched from
+  // rkl-ca and enforced on every call. The daemon's config requires it; tests that start an
+  // HSM without a CA leave it unset.
+  std::optional<rpc::ServiceCaCrlOptions> crl;
 };
 
 // The configuration keys of rkl-hsm (RKL_HSM_* environment overrides).
@@ -87,6 +92,7 @@ class HsmDaemon {
   std::unique_ptr<PgKeyStore> store_;
   std::unique_ptr<HsmCore> core_;
   std::unique_ptr<HsmGrpcService> service_;
+  std::unique_ptr<rpc::ServiceCaCrl> crl_;  // outlives server_, which checks calls against it
   std::unique_ptr<rpc::Server> server_;
 };
 

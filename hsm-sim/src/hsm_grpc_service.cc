@@ -18,7 +18,9 @@ constexpr char kAdmins[] = "admin:*";
 
 // Who may call what (docs/hsm.md, "Who may call what"). Each operational command is served
 // by one role, to that role's service only: what MTMS needs on HSM #1, what KMS needs on
-// HSM #2. Admins manage keys — ceremonies, key state, audit — and never receive, export or
+// HSM #2. Key ceremonies are the custodians' (docs/hsm.md "Custody"): only custodian:*
+// certificates, which the CA issues at `pki init` or under two admins' dual control; admins
+// may watch. Admins manage keys — key state, deletion, audit — and never receive, export or
 // re-wrap one. A method in no list (another role's) is refused to everyone.
 const char* const kMtmsRoleMethods[] = {"GenerateRsaKeyPair", "GetPublicKey",
                                         "TranslateTransportKey", "TranslateTransportKeys",
@@ -26,9 +28,9 @@ const char* const kMtmsRoleMethods[] = {"GenerateRsaKeyPair", "GetPublicKey",
 const char* const kKmsRoleMethods[] = {"ImportAndChallenge",     "AuthChallenge",
                                        "AuthenticateAndDeliver", "VerifyInstallProof",
                                        "DestroyTerminalKeys",    "GenerateRandom"};
-const char* const kAdminMethods[] = {"BeginCeremony",    "GetCeremony", "AddComponent",
-                                     "CompleteCeremony", "GetKeyInfo",  "DeleteKey",
-                                     "VerifyAuditChain"};
+const char* const kAdminMethods[] = {"GetKeyInfo", "DeleteKey", "VerifyAuditChain"};
+constexpr char kCustodians[] = "custodian:*";
+const char* const kCeremonyMethods[] = {"BeginCeremony", "AddComponent", "CompleteCeremony"};
 
 Bytes ToBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 std::string ToString(const Bytes& b) { return std::string(b.begin(), b.end()); }
@@ -55,12 +57,16 @@ HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
                                const std::vector<std::string>& operational_identities)
     : core_(core) {
   for (const std::string& identity : operational_identities) {
-    if (identity.starts_with("admin:") || identity.ends_with("*")) {
-      throw std::invalid_argument("operational identities name services, not admins or patterns");
+    if (identity.starts_with("admin:") || identity.starts_with("custodian:") ||
+        identity.ends_with("*")) {
+      throw std::invalid_argument(
+          "operational identities name services, not admins, custodians or patterns");
     }
   }
   for (const char* m : OperationalMethods(role)) authorizer_.Allow(m, operational_identities);
   for (const char* m : kAdminMethods) authorizer_.Allow(m, {kAdmins});
+  for (const char* m : kCeremonyMethods) authorizer_.Allow(m, {kCustodians});
+  authorizer_.Allow("GetCeremony", {kCustodians, kAdmins});
 }
 
 absl::StatusOr<std::string> HsmGrpcService::Authorize(const grpc::ServerContext& ctx,

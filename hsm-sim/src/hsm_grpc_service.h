@@ -10,7 +10,8 @@
 //  - role kms (HSM #2): ImportAndChallenge, AuthChallenge, AuthenticateAndDeliver,
 //    VerifyInstallProof, DestroyTerminalKeys and GenerateRandom, to the operational
 //    identities (kms) only;
-//  - both roles: ceremony, GetKeyInfo, DeleteKey and VerifyAuditChain to admins
+//  - both roles: ceremony steps to key custodians ("custodian:*") only; GetCeremony to
+//    custodians and admins; GetKeyInfo, DeleteKey and VerifyAuditChain to admins
 //    ("admin:*") only — none of them returns, exports or re-wraps a key.
 // Every other call (another role's command, another identity) is PERMISSION_DENIED and is
 // audited.

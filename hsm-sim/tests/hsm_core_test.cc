@@ -28,6 +28,9 @@ using testing::TestTerminal;
 
 constexpr char kAlice[] = "admin:alice";
 constexpr char kBob[] = "admin:bob";
+// Key custodians: the only identities ceremonies accept.
+constexpr char kCarol[] = "custodian:carol";
+constexpr char kDave[] = "custodian:dave";
 constexpr char kKms[] = "kms";
 
 constexpr int64_t kCreatedAt = 1'700'000'000'000;
@@ -48,20 +51,20 @@ class HsmCoreTest : public ::testing::Test {
   // Runs a two-custodian ceremony and returns the key's index; components are returned.
   uint64_t Ceremony(KeyType type, const std::string& label, SecretBytes* c1 = nullptr,
                     SecretBytes* c2 = nullptr) {
-    auto begun = core_->BeginCeremony(kAlice, label, type, 2, 0);
+    auto begun = core_->BeginCeremony(kCarol, label, type, 2, 0);
     EXPECT_TRUE(begun.ok()) << begun.status();
     SecretBytes a = crypto::RandomSecret(32), b = crypto::RandomSecret(32);
     EXPECT_TRUE(core_
-                    ->AddComponent(kAlice, begun->ceremony_id,
+                    ->AddComponent(kCarol, begun->ceremony_id,
                                    EncryptComponent(begun->component_encryption_key_der,
                                                     begun->ceremony_id, a))
                     .ok());
     EXPECT_TRUE(core_
-                    ->AddComponent(kBob, begun->ceremony_id,
+                    ->AddComponent(kDave, begun->ceremony_id,
                                    EncryptComponent(begun->component_encryption_key_der,
                                                     begun->ceremony_id, b))
                     .ok());
-    auto done = core_->CompleteCeremony(kAlice, begun->ceremony_id);
+    auto done = core_->CompleteCeremony(kCarol, begun->ceremony_id);
     EXPECT_TRUE(done.ok()) << done.status();
     if (c1) *c1 = a;
     if (c2) *c2 = b;
@@ -165,11 +168,11 @@ TEST_F(HsmCoreTest, CeremonyCombinesComponentsAndErasesThem) {
 }
 
 TEST_F(HsmCoreTest, ComponentKcvIsReportedToItsCustodian) {
-  auto begun = core_->BeginCeremony(kAlice, "MAK-1", KeyType::kMak, 2, 0);
+  auto begun = core_->BeginCeremony(kCarol, "MAK-1", KeyType::kMak, 2, 0);
   ASSERT_TRUE(begun.ok());
   SecretBytes a = crypto::RandomSecret(32);
   auto added = core_->AddComponent(
-      kAlice, begun->ceremony_id,
+      kCarol, begun->ceremony_id,
       EncryptComponent(begun->component_encryption_key_der, begun->ceremony_id, a));
   ASSERT_TRUE(added.ok()) << added.status();
   EXPECT_EQ(added->component_kcv, crypto::KcvHex(KeyAlgorithm::kAes256, a).value());
@@ -178,72 +181,110 @@ TEST_F(HsmCoreTest, ComponentKcvIsReportedToItsCustodian) {
 }
 
 TEST_F(HsmCoreTest, SingleCustodianCannotCompleteACeremony) {
-  auto begun = core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 2, 0);
+  auto begun = core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 2, 0);
   ASSERT_TRUE(begun.ok());
   auto enc = [&] {
     return EncryptComponent(begun->component_encryption_key_der, begun->ceremony_id,
                             crypto::RandomSecret(32));
   };
-  ASSERT_TRUE(core_->AddComponent(kAlice, begun->ceremony_id, enc()).ok());
-  auto again = core_->AddComponent(kAlice, begun->ceremony_id, enc());
+  ASSERT_TRUE(core_->AddComponent(kCarol, begun->ceremony_id, enc()).ok());
+  auto again = core_->AddComponent(kCarol, begun->ceremony_id, enc());
   EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_THAT(again.status().message(), HasSubstr("admin:alice"));
-  auto complete = core_->CompleteCeremony(kAlice, begun->ceremony_id);
+  EXPECT_THAT(again.status().message(), HasSubstr("custodian:carol"));
+  auto complete = core_->CompleteCeremony(kCarol, begun->ceremony_id);
   EXPECT_EQ(complete.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(complete.status().message(), HasSubstr("1 of 2"));
 }
 
+// Issue 20: one person with an admin (or service) certificate cannot run a ceremony, with one
+// identity or two; only custodian:* identities take part, each once.
+TEST_F(HsmCoreTest, CeremoniesRefuseEveryoneButCustodians) {
+  const size_t keys_before = store_.state().keys.size();
+  for (const char* who : {kAlice, kBob, "kms", "mtms", ""}) {
+    auto begun = core_->BeginCeremony(who, "PK-X", KeyType::kPk, 2, 0);
+    EXPECT_EQ(begun.status().code(), absl::StatusCode::kPermissionDenied) << who;
+    EXPECT_THAT(begun.status().message(), HasSubstr("not a key custodian"));
+  }
+  EXPECT_EQ(store_.state().keys.size(), keys_before);  // not even a ceremony key
+  auto begun = core_->BeginCeremony(kCarol, "PK-X", KeyType::kPk, 2, 0);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  auto enc = [&] {
+    return EncryptComponent(begun->component_encryption_key_der, begun->ceremony_id,
+                            crypto::RandomSecret(32));
+  };
+  for (const char* who : {kAlice, kBob}) {
+    EXPECT_EQ(core_->AddComponent(who, begun->ceremony_id, enc()).status().code(),
+              absl::StatusCode::kPermissionDenied)
+        << who;
+  }
+  EXPECT_EQ(store_.component_rows(), 0u);
+  ASSERT_TRUE(core_->AddComponent(kCarol, begun->ceremony_id, enc()).ok());
+  ASSERT_TRUE(core_->AddComponent(kDave, begun->ceremony_id, enc()).ok());
+  EXPECT_EQ(core_->CompleteCeremony(kAlice, begun->ceremony_id).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto done = core_->CompleteCeremony(kDave, begun->ceremony_id);
+  ASSERT_TRUE(done.ok()) << done.status();
+  // Every refusal is in the audit log, under the identity that tried.
+  int refused = 0;
+  for (const AuditEvent& e : audit_.events()) {
+    if (e.actor == kAlice && e.action.starts_with("ceremony_") && e.result == "PERMISSION_DENIED") {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 3);
+}
+
 TEST_F(HsmCoreTest, ExpiredCeremonyIsErasedAndRefused) {
-  auto begun = core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 2, 60);
+  auto begun = core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 2, 60);
   ASSERT_TRUE(begun.ok());
   ASSERT_TRUE(core_
-                  ->AddComponent(kAlice, begun->ceremony_id,
+                  ->AddComponent(kCarol, begun->ceremony_id,
                                  EncryptComponent(begun->component_encryption_key_der,
                                                   begun->ceremony_id, crypto::RandomSecret(32)))
                   .ok());
   EXPECT_EQ(store_.component_rows(), 1u);
   clock_.Advance(absl::Seconds(61));
-  auto late = core_->AddComponent(kBob, begun->ceremony_id,
+  auto late = core_->AddComponent(kDave, begun->ceremony_id,
                                   EncryptComponent(begun->component_encryption_key_der,
                                                    begun->ceremony_id, crypto::RandomSecret(32)));
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(late.status().message(), HasSubstr("expired"));
   EXPECT_EQ(store_.component_rows(), 0u);
   EXPECT_EQ(store_.state().ceremonies.at(begun->ceremony_id).state, CeremonyState::kExpired);
-  EXPECT_EQ(core_->CompleteCeremony(kAlice, begun->ceremony_id).status().code(),
+  EXPECT_EQ(core_->CompleteCeremony(kCarol, begun->ceremony_id).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(HsmCoreTest, ComponentForAnotherCeremonyIsRejected) {
-  auto one = core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 2, 0);
-  auto two = core_->BeginCeremony(kAlice, "MAK", KeyType::kMak, 2, 0);
+  auto one = core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 2, 0);
+  auto two = core_->BeginCeremony(kCarol, "MAK", KeyType::kMak, 2, 0);
   ASSERT_TRUE(one.ok() && two.ok());
   // Encrypted to ceremony one's key with ceremony two's label: OAEP label mismatch.
   Bytes wrong_label = EncryptComponent(one->component_encryption_key_der, two->ceremony_id,
                                        crypto::RandomSecret(32));
-  auto r = core_->AddComponent(kAlice, one->ceremony_id, wrong_label);
+  auto r = core_->AddComponent(kCarol, one->ceremony_id, wrong_label);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
   // A 16-byte component is refused with the same answer.
   Bytes short_component = EncryptComponent(one->component_encryption_key_der, one->ceremony_id,
                                            crypto::RandomSecret(16));
-  auto s = core_->AddComponent(kAlice, one->ceremony_id, short_component);
+  auto s = core_->AddComponent(kCarol, one->ceremony_id, short_component);
   EXPECT_EQ(s.status(), r.status());
-  EXPECT_EQ(core_->AddComponent(kAlice, one->ceremony_id, Bytes(10, 1)).status().code(),
+  EXPECT_EQ(core_->AddComponent(kCarol, one->ceremony_id, Bytes(10, 1)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->AddComponent(kAlice, std::string(32, 'F'), Bytes(256, 1)).status().code(),
+  EXPECT_EQ(core_->AddComponent(kCarol, std::string(32, 'F'), Bytes(256, 1)).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(core_->AddComponent(kAlice, "nope", Bytes(256, 1)).status().code(),
+  EXPECT_EQ(core_->AddComponent(kCarol, "nope", Bytes(256, 1)).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HsmCoreTest, BeginCeremonyValidatesItsArguments) {
-  EXPECT_EQ(core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 1, 0).status().code(),
+  EXPECT_EQ(core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 1, 0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->BeginCeremony(kAlice, "PK", KeyType::kTmk, 2, 0).status().code(),
+  EXPECT_EQ(core_->BeginCeremony(kCarol, "PK", KeyType::kTmk, 2, 0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->BeginCeremony(kAlice, "", KeyType::kPk, 2, 0).status().code(),
+  EXPECT_EQ(core_->BeginCeremony(kCarol, "", KeyType::kPk, 2, 0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 2, 90000).status().code(),
+  EXPECT_EQ(core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 2, 90000).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -861,9 +902,9 @@ TEST_F(HsmCoreTest, FailedSelfTestRefusesEveryCryptographicCommand) {
   const absl::Status want = absl::FailedPreconditionError("HSM self-test failed");
   EXPECT_EQ(core_->GenerateRsaKeyPair("mtms", 2048, "w").status(), want);
   EXPECT_EQ(core_->GetPublicKey("mtms", 1).status(), want);
-  EXPECT_EQ(core_->BeginCeremony(kAlice, "PK", KeyType::kPk, 2, 0).status(), want);
-  EXPECT_EQ(core_->AddComponent(kAlice, "x", Bytes(384, 1)).status(), want);
-  EXPECT_EQ(core_->CompleteCeremony(kAlice, "x").status(), want);
+  EXPECT_EQ(core_->BeginCeremony(kCarol, "PK", KeyType::kPk, 2, 0).status(), want);
+  EXPECT_EQ(core_->AddComponent(kCarol, "x", Bytes(384, 1)).status(), want);
+  EXPECT_EQ(core_->CompleteCeremony(kCarol, "x").status(), want);
   EXPECT_EQ(core_->TranslateTransportKey("mtms", {}).status(), want);
   EXPECT_EQ(core_->TranslateTransportKeys("mtms", std::vector<TranslateCommand>(1)).status(), want);
   EXPECT_EQ(core_->ImportAndChallenge(kKms, {}, Bytes(16)).status(), want);

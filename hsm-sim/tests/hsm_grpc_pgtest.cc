@@ -32,6 +32,8 @@ constexpr char kMtms[] = "mtms";
 constexpr char kAlice[] = "admin:alice";
 constexpr char kBob[] = "admin:bob";
 constexpr int64_t kCreatedAt = 1'700'000'000'000;
+constexpr char kCarol[] = "custodian:carol";  // key custodians: the ceremony's only callers
+constexpr char kDave[] = "custodian:dave";
 
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
@@ -50,9 +52,9 @@ class HsmGrpcTest : public ::testing::Test {
             .release();
     hsm_ = HsmInstance::Create(*pki_).value().release();
     const std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
-        {kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}};
+        {kCarol, crypto::RandomSecret(32)}, {kDave, crypto::RandomSecret(32)}};
     const std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
-        {kAlice, crypto::RandomSecret(32)}, {kBob, crypto::RandomSecret(32)}};
+        {kCarol, crypto::RandomSecret(32)}, {kDave, crypto::RandomSecret(32)}};
     for (auto [hsm, pk, mak] : {std::tuple{hsm1_, &pk1_, &mak1_}, std::tuple{hsm_, &pk_, &mak_}}) {
       auto p = testing::RunCeremony(*hsm, v1::KEY_TYPE_PK, "PK-TEST", pk_parts);
       auto m = testing::RunCeremony(*hsm, v1::KEY_TYPE_MAK, "MAK-TEST", mak_parts);
@@ -274,10 +276,12 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
   const std::vector<std::string> kms_role = {"AuthChallenge",       "VerifyInstallProof",
                                              "ImportAndChallenge",  "AuthenticateAndDeliver",
                                              "DestroyTerminalKeys", "GenerateRandom"};
-  const std::vector<std::string> admin = {"BeginCeremony",    "GetCeremony", "AddComponent",
-                                          "CompleteCeremony", "GetKeyInfo",  "DeleteKey",
+  const std::vector<std::string> custodian = {"BeginCeremony", "GetCeremony", "AddComponent",
+                                              "CompleteCeremony"};
+  const std::vector<std::string> admin = {"GetCeremony", "GetKeyInfo", "DeleteKey",
                                           "VerifyAuditChain"};
   std::vector<std::string> all = admin;
+  all.insert(all.end(), custodian.begin(), custodian.end());
   all.insert(all.end(), mtms_role.begin(), mtms_role.end());
   all.insert(all.end(), kms_role.begin(), kms_role.end());
   // Every RPC of the service is in the table.
@@ -296,12 +300,14 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
   };
   for (const Role& role : {Role{hsm1_, kMtms, &mtms_role}, Role{hsm_, kKms, &kms_role}}) {
     for (const std::string& caller :
-         {std::string(kMtms), std::string(kKms), std::string(kAlice), std::string("ca")}) {
+         {std::string(kMtms), std::string(kKms), std::string(kAlice), std::string(kCarol),
+          std::string("ca")}) {
       auto stub = role.hsm->Stub(caller);
       for (const std::string& method : std::set<std::string>(all.begin(), all.end())) {
         SCOPED_TRACE(role.service + " HSM, " + caller + " calls " + method);
         const bool allowed = (caller == role.service && contains(*role.methods, method)) ||
-                             (caller == kAlice && contains(admin, method));
+                             (caller == kAlice && contains(admin, method)) ||
+                             (caller == kCarol && contains(custodian, method));
         const absl::Status denied =
             absl::PermissionDeniedError("caller '" + caller + "' may not call " + method);
         const absl::Status s = CallEmpty(*stub, method);
@@ -370,12 +376,12 @@ TEST_F(HsmGrpcTest, RsaKeyPairAndPublicKey) {
 }
 
 TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
-  auto alice = hsm_->Stub(kAlice);
+  auto carol = hsm_->Stub(kCarol);
   v1::BeginCeremonyRequest begin;
   begin.set_label("PK-DUAL");
   begin.set_key_type(v1::KEY_TYPE_PK);
   begin.set_component_count(2);
-  auto begun = Call(*alice, &Stub::BeginCeremony, begin);
+  auto begun = Call(*carol, &Stub::BeginCeremony, begin);
   ASSERT_TRUE(begun.ok()) << begun.status();
   Bytes key = Raw(begun->component_encryption_key_der());
   EXPECT_EQ(crypto::PublicKey::FromDer(key)->Bits(), 3072);
@@ -384,31 +390,31 @@ TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   add.set_ceremony_id(begun->ceremony_id());
   add.set_encrypted_component(
       Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
-  ASSERT_TRUE(Call(*alice, &Stub::AddComponent, add).ok());
-  // Single custodian: a second component from alice is refused, completion is refused.
+  ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
+  // Single custodian: a second component from carol is refused, completion is refused.
   add.set_encrypted_component(
       Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
-  EXPECT_EQ(Call(*alice, &Stub::AddComponent, add).status().code(),
+  EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
             absl::StatusCode::kAlreadyExists);
   v1::CompleteCeremonyRequest complete;
   complete.set_ceremony_id(begun->ceremony_id());
-  EXPECT_EQ(Call(*alice, &Stub::CompleteCeremony, complete).status().code(),
+  EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
   v1::GetCeremonyRequest get;
   get.set_ceremony_id(begun->ceremony_id());
-  auto status = Call(*alice, &Stub::GetCeremony, get);
+  auto status = Call(*carol, &Stub::GetCeremony, get);
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(status->state(), v1::CEREMONY_STATE_OPEN);
   EXPECT_EQ(status->components_added(), 1u);
-  EXPECT_THAT(status->custodians(), ::testing::ElementsAre(kAlice));
+  EXPECT_THAT(status->custodians(), ::testing::ElementsAre(kCarol));
   EXPECT_EQ(Raw(status->component_encryption_key_der()), key);
 
-  auto bob = hsm_->Stub(kBob);
-  ASSERT_TRUE(Call(*bob, &Stub::AddComponent, add).ok());
-  auto done = Call(*bob, &Stub::CompleteCeremony, complete);
+  auto dave = hsm_->Stub(kDave);
+  ASSERT_TRUE(Call(*dave, &Stub::AddComponent, add).ok());
+  auto done = Call(*dave, &Stub::CompleteCeremony, complete);
   ASSERT_TRUE(done.ok()) << done.status();
-  status = Call(*alice, &Stub::GetCeremony, get);
+  status = Call(*carol, &Stub::GetCeremony, get);
   EXPECT_EQ(status->state(), v1::CEREMONY_STATE_COMPLETED);
   EXPECT_EQ(status->result_key_index(), done->key_index());
   EXPECT_TRUE(status->component_encryption_key_der().empty());
@@ -417,44 +423,87 @@ TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   pqxx::work tx(conn);
   EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_ceremony_component")[0].as<int>(), 0);
   // Completing again is refused.
-  EXPECT_EQ(Call(*bob, &Stub::CompleteCeremony, complete).status().code(),
+  EXPECT_EQ(Call(*dave, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kFailedPrecondition);
   get.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_EQ(Call(*alice, &Stub::GetCeremony, get).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Call(*carol, &Stub::GetCeremony, get).status().code(), absl::StatusCode::kNotFound);
   // Not what BeginCeremony issues (32 upper-case hex digits): refused before any lookup,
   // and never echoed back, however long.
   for (std::string bad :
        {std::string("no-such-ceremony"), std::string(32, 'a'), std::string(1 << 16, 'A')}) {
     get.set_ceremony_id(bad);
-    auto r = Call(*alice, &Stub::GetCeremony, get);
+    auto r = Call(*carol, &Stub::GetCeremony, get);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_LT(r.status().message().size(), 100u);
   }
 }
 
-TEST_F(HsmGrpcTest, ExpiredCeremonyIsRefused) {
+// Issue 20: an admin — even holding two admin certificates — cannot run a ceremony; two
+// components from one custodian are refused. Nothing is created; every refusal is audited.
+TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
   auto alice = hsm_->Stub(kAlice);
+  auto bob = hsm_->Stub(kBob);
+  auto carol = hsm_->Stub(kCarol);
   v1::BeginCeremonyRequest begin;
-  begin.set_label("MAK-EXPIRES");
-  begin.set_key_type(v1::KEY_TYPE_MAK);
+  begin.set_label("PK-ALONE");
+  begin.set_key_type(v1::KEY_TYPE_PK);
   begin.set_component_count(2);
-  begin.set_ttl_seconds(30);
-  auto begun = Call(*alice, &Stub::BeginCeremony, begin);
+  EXPECT_EQ(Call(*alice, &Stub::BeginCeremony, begin).status(),
+            absl::PermissionDeniedError("caller 'admin:alice' may not call BeginCeremony"));
+  auto begun = Call(*carol, &Stub::BeginCeremony, begin);
   ASSERT_TRUE(begun.ok()) << begun.status();
   Bytes key = Raw(begun->component_encryption_key_der());
   v1::AddComponentRequest add;
   add.set_ceremony_id(begun->ceremony_id());
   add.set_encrypted_component(
       Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
-  ASSERT_TRUE(Call(*alice, &Stub::AddComponent, add).ok());
+  for (Stub* admin : {alice.get(), bob.get()}) {
+    EXPECT_EQ(Call(*admin, &Stub::AddComponent, add).status().code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+  ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
+  EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  v1::CompleteCeremonyRequest complete;
+  complete.set_ceremony_id(begun->ceremony_id());
+  EXPECT_EQ(Call(*alice, &Stub::CompleteCeremony, complete).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
+  pqxx::connection conn(hsm_->dsn());
+  pqxx::work tx(conn);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_key WHERE label = 'PK-ALONE'")[0].as<int>(), 0);
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor IN ('admin:alice', 'admin:bob')"
+                     " AND action IN ('BeginCeremony', 'AddComponent', 'CompleteCeremony')"
+                     " AND result = 'PERMISSION_DENIED'")[0]
+                .as<int>(),
+            4);
+}
+
+TEST_F(HsmGrpcTest, ExpiredCeremonyIsRefused) {
+  auto carol = hsm_->Stub(kCarol);
+  v1::BeginCeremonyRequest begin;
+  begin.set_label("MAK-EXPIRES");
+  begin.set_key_type(v1::KEY_TYPE_MAK);
+  begin.set_component_count(2);
+  begin.set_ttl_seconds(30);
+  auto begun = Call(*carol, &Stub::BeginCeremony, begin);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  Bytes key = Raw(begun->component_encryption_key_der());
+  v1::AddComponentRequest add;
+  add.set_ceremony_id(begun->ceremony_id());
+  add.set_encrypted_component(
+      Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
+  ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
   hsm_->clock().Advance(absl::Seconds(31));
-  auto bob = hsm_->Stub(kBob);
-  auto late = Call(*bob, &Stub::AddComponent, add);
+  auto dave = hsm_->Stub(kDave);
+  auto late = Call(*dave, &Stub::AddComponent, add);
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(late.status().message(), HasSubstr("expired"));
   v1::GetCeremonyRequest get;
   get.set_ceremony_id(begun->ceremony_id());
-  auto status = Call(*alice, &Stub::GetCeremony, get);
+  auto status = Call(*carol, &Stub::GetCeremony, get);
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(status->state(), v1::CEREMONY_STATE_EXPIRED);
   pqxx::connection conn(hsm_->dsn());

@@ -39,9 +39,9 @@ TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
   crypto::SecretBytes pk_a = crypto::RandomSecret(32), pk_b = crypto::RandomSecret(32);
   crypto::SecretBytes mak_a = crypto::RandomSecret(32), mak_b = crypto::RandomSecret(32);
   std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
-      {"admin:mtms-custodian", pk_a}, {"admin:kms-custodian", pk_b}};
+      {"custodian:mtms-custodian", pk_a}, {"custodian:kms-custodian", pk_b}};
   std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
-      {"admin:mtms-custodian", mak_a}, {"admin:kms-custodian", mak_b}};
+      {"custodian:mtms-custodian", mak_a}, {"custodian:kms-custodian", mak_b}};
   auto pk1 = testing::RunCeremony(**hsm1, v1::KEY_TYPE_PK, "PK-2026", pk_parts);
   auto mak1 = testing::RunCeremony(**hsm1, v1::KEY_TYPE_MAK, "MAK-2026", mak_parts);
   auto pk2 = testing::RunCeremony(**hsm2, v1::KEY_TYPE_PK, "PK-2026", pk_parts);

@@ -946,9 +946,9 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
   // TMK with its record in another. The results are the protocol's (the terminal opens the
   // delivered block).
   const std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
-      {"admin:a", crypto::RandomSecret(32)}, {"admin:b", crypto::RandomSecret(32)}};
+      {"custodian:a", crypto::RandomSecret(32)}, {"custodian:b", crypto::RandomSecret(32)}};
   const std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
-      {"admin:a", crypto::RandomSecret(32)}, {"admin:b", crypto::RandomSecret(32)}};
+      {"custodian:a", crypto::RandomSecret(32)}, {"custodian:b", crypto::RandomSecret(32)}};
   auto pk_key = testing::RunCeremony(*hsm_, v1::KEY_TYPE_PK, "PK-T", pk_parts);
   auto mak_key = testing::RunCeremony(*hsm_, v1::KEY_TYPE_MAK, "MAK-T", mak_parts);
   ASSERT_TRUE(pk_key.ok() && mak_key.ok()) << pk_key.status() << mak_key.status();

@@ -5,11 +5,12 @@
 //               terminal root HsmRCRT and the operator card come from that directory;
 //   rkl-hsm ×2  HsmDaemon, HSM #1 (hsm-mtms, serves mtms) and HSM #2 (hsm-kms, serves kms),
 //               each with its own LMK; PK and MAK entered by the same two custodians
-//               (admin:alice from the bootstrap, admin:bob issued by the CA over its admin
-//               RPC) with RSA-OAEP-encrypted components into BOTH HSMs (S101);
+//               (custodian:alice and custodian:bob from the bootstrap) with
+//               RSA-OAEP-encrypted components into BOTH HSMs (S101);
 //   rkl-mtms    configured from YAML through its own schema (PK/MAK indexes of HSM #1), the
 //               forwarder running; work key provisioned through the admin RPC (S201–S203);
-//   rkl-kms     configured from YAML through its own schema (PK/MAK indexes of HSM #2).
+//   rkl-kms     configured from YAML through its own schema (PK/MAK indexes of HSM #2),
+//               refusing client certificates on the service-ca CRL it fetches from rkl-ca.
 //
 // The simulator is driven as `rkl-pos provision` and `rkl-pos fleet` drive it: its real gRPC
 // clients over server-authenticated TLS, the operator card opened from the bootstrap's
@@ -81,6 +82,7 @@
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
 #include "rkl/testing/test_database.h"
@@ -455,6 +457,7 @@ struct World {
   std::optional<rkl::testing::TestDatabase> ca_db, hsm1_db, hsm2_db, mtms_db, kms_db;
   std::unique_ptr<CaProcess> ca;
   std::unique_ptr<hsm::HsmDaemon> hsm1, hsm2;
+  std::unique_ptr<rpc::ServiceCaCrl> kms_crl;  // outlives the KMS server that enforces it
   std::unique_ptr<KmsProcess> kms;
   std::unique_ptr<MtmsProcess> mtms;
 
@@ -542,8 +545,8 @@ class PosIntegrationTest : public ::testing::Test {
     return *std::move(db);
   }
 
-  // rkl-ca on its database, bootstrapped as `rklctl pki init` does; then a second
-  // administrator (the KMS custodian) issued through the CA's admin RPC.
+  // rkl-ca on its database, bootstrapped as `rklctl pki init` does: two admins and the two
+  // key custodians (the MTMS custodian alice, the KMS custodian bob).
   static void StartCa() {
     w_->ca_db.emplace(NewDatabase());
     w_->ca = std::make_unique<CaProcess>(w_->ca_db->dsn());
@@ -551,7 +554,8 @@ class PosIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(applied.ok()) << applied.status();
     ASSERT_TRUE(ca::CheckBootstrapOutputDir(w_->pki_dir()).ok());
     ca::BootstrapRequest req;
-    req.admin_name = "alice";
+    req.admin_names = {"alice", "bob"};
+    req.custodian_names = {"alice", "bob"};
     req.operator_pin = SecretBytes::CopyOf(AsBytes(kPin));
     auto boot = w_->ca->core.Bootstrap(req);
     ASSERT_TRUE(boot.ok()) << boot.status();
@@ -564,28 +568,6 @@ class PosIntegrationTest : public ::testing::Test {
         {&w_->ca->service});
     ASSERT_TRUE(server.ok()) << server.status();
     w_->ca->server = *std::move(server);
-
-    // admin:bob, as `rklctl pki issue` would make him.
-    auto ca_admin = v1::CertificateAuthority::NewStub(
-        ChannelTo(w_->ca->server->port(), "ca", IdentityTls(w_->pki_dir(), "admin:alice")));
-    auto bob_key = crypto::GenerateEcP256Key();
-    ASSERT_TRUE(bob_key.ok());
-    auto csr = crypto::CsrBuilder().SetSubjectCommonName("bob").Sign(*bob_key);
-    ASSERT_TRUE(csr.ok()) << csr.status();
-    v1::IssueServiceCertificateRequest issue;
-    issue.set_csr_pem(csr->ToPem());
-    issue.set_name("admin:bob");
-    v1::IssuedCertificate issued;
-    auto ctx = rpc::MakeClientContext(kRpcTimeout);
-    grpc::Status st = ca_admin->IssueServiceCertificate(ctx.get(), issue, &issued);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-    const std::string bob_dir = w_->pki_dir() + "/admin-bob";
-    std::filesystem::create_directories(bob_dir);
-    auto key_pem = bob_key->ExportPkcs8PemSecret();
-    ASSERT_TRUE(key_pem.ok());
-    ASSERT_TRUE(ca::WriteNewFile(bob_dir + "/key.pem", key_pem->RevealSecret(), 0600).ok());
-    ASSERT_TRUE(
-        ca::WriteNewFile(bob_dir + "/cert.pem", AsBytes(issued.certificate_pem()), 0644).ok());
   }
 
   static std::unique_ptr<hsm::HsmDaemon> StartHsm(const std::string& hsm_id,
@@ -630,7 +612,7 @@ class PosIntegrationTest : public ::testing::Test {
     auto run = [&](hsm::HsmDaemon& hsm, const std::string& authority, v1::KeyType type,
                    const char* label, const SecretBytes& a, const SecretBytes& b) {
       auto key = RunCeremony(hsm.port(), authority, pki, type, label,
-                             {{"admin:alice", &a}, {"admin:bob", &b}});
+                             {{"custodian:alice", &a}, {"custodian:bob", &b}});
       EXPECT_TRUE(key.ok()) << authority << " " << label << ": " << key.status();
       return key.ok() ? *key : CeremonyKey{};
     };
@@ -659,10 +641,18 @@ class PosIntegrationTest : public ::testing::Test {
                      "db:\n", "  dsn: ", Yq(w_->kms_db->dsn()), "\n", "  pool_size: 8\n", "hsm:\n",
                      "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'\n", "  authority: hsm-kms\n",
                      "  tls:\n", TlsYaml(IdentityTls(pki, "kms"), "    "),
-                     "  pk_index: ", w_->pk2.index, "\n", "  mak_index: ", w_->mak2.index, "\n");
+                     "  pk_index: ", w_->pk2.index, "\n", "  mak_index: ", w_->mak2.index, "\n",
+                     "crl:\n", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
     auto config = ConfigFromYaml(kms::MakeKmsConfigSchema(), yaml);
     ASSERT_TRUE(config.ok()) << config.status();
     kms::KmsSettings settings = kms::KmsSettingsFromConfig(*config);
+    // Client certificates on the service-ca CRL are refused, the CRL fetched from rkl-ca.
+    auto crl = rpc::ServiceCaCrl::Create(settings.crl);
+    ASSERT_TRUE(crl.ok()) << crl.status();
+    w_->kms_crl = *std::move(crl);
+    ASSERT_TRUE(w_->kms_crl->Start().ok());
+    ASSERT_TRUE(w_->kms_crl->list().crl_number().has_value());
+    w_->kms_crl->ConfigureServer(settings.server);
     ASSERT_EQ(settings.core.pk_index, w_->pk2.index);
     ASSERT_EQ(settings.core.mak_index, w_->mak2.index);
     auto hsm_channel = rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);
@@ -688,7 +678,8 @@ class PosIntegrationTest : public ::testing::Test {
         "  mak_index: ", w_->mak1.index, "\n", "ca:\n",
         "  endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n", "kms:\n",
         "  endpoint: '127.0.0.1:", w_->kms->server->port(), "'\n", "rpc:\n", "  timeout: 30s\n",
-        "forwarder:\n", "  interval: 100ms\n", "replica_id: mtms-pos-integration\n");
+        "forwarder:\n", "  interval: 100ms\n", "replica_id: mtms-pos-integration\n", "crl:\n",
+        "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
     auto loaded = ConfigFromYaml(mtms::MakeMtmsConfigSchema(), yaml);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     const Config& config = *loaded;

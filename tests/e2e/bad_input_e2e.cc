@@ -23,7 +23,6 @@
 #include <iterator>
 #include <map>
 #include <memory>
-
 #include <string>
 #include <vector>
 
@@ -50,6 +49,7 @@
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/kms.grpc.pb.h"
 #include "rkl/v1/mtms.grpc.pb.h"
+#include "rkl/v1/revocation.grpc.pb.h"
 
 namespace rkl::e2e {
 namespace {
@@ -80,17 +80,18 @@ std::string ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-enum class Who { kNone, kAdmin, kMtms, kKms };
+enum class Who { kNone, kAdmin, kCustodian, kMtms, kKms };
 
 // A new channel (own connection) to `service` as `who`.
 std::shared_ptr<grpc::Channel> FreshChannel(const std::string& service, Who who) {
   const std::string pki = Env("E2E_PKI");
   rpc::ChannelOptions options;
   options.tls.ca_file = pki + "/ca-bundle.pem";
-  const char* dir = who == Who::kAdmin  ? "admin-custodian-a"
-                    : who == Who::kMtms ? "mtms"
-                    : who == Who::kKms  ? "kms"
-                                        : nullptr;
+  const char* dir = who == Who::kAdmin       ? "admin-alice"
+                    : who == Who::kCustodian ? "custodian-carol"
+                    : who == Who::kMtms      ? "mtms"
+                    : who == Who::kKms       ? "kms"
+                                             : nullptr;
   if (dir != nullptr) {
     options.tls.cert_file = absl::StrCat(pki, "/", dir, "/cert.pem");
     options.tls.key_file = absl::StrCat(pki, "/", dir, "/key.pem");
@@ -167,8 +168,8 @@ struct ServiceUnderTest {
   };
 };
 
-// Each HSM role's commands, for its own service; the admin commands are the same on both
-// (docs/hsm.md, "Who may call what").
+// Each HSM role's commands, for its own service; the custodian and admin commands are the
+// same on both (docs/hsm.md, "Who may call what").
 bool IsHsmAdminRpc(const std::string& m) {
   return m == "BeginCeremony" || m == "GetCeremony" || m == "AddComponent" ||
          m == "CompleteCeremony" || m == "GetKeyInfo" || m == "DeleteKey" ||
@@ -184,15 +185,23 @@ bool IsHsm2Rpc(const std::string& m) {
 }
 
 std::vector<ServiceUnderTest> Services() {
+  // Links revocation.proto's descriptors in: nothing else here names its messages.
+  (void)rkl::v1::RefreshCrlRequest::descriptor();
   auto admin = [](const std::string&) { return Who::kAdmin; };
+  // On either HSM role, key ceremonies are the custodians' (issue 20); key state, deletion
+  // and audit the admins'.
+  auto hsm = [](const std::string& m) {
+    return m == "BeginCeremony" || m == "AddComponent" || m == "CompleteCeremony" ? Who::kCustodian
+                                                                                  : Who::kAdmin;
+  };
   return {
       {"rkl.v1.CertificateAuthority", "ca",
        [](const std::string& m) { return m == "IssueWorkCertificate" ? Who::kMtms : Who::kAdmin; }},
       {"rkl.v1.Hsm", "hsm-mtms",
-       [](const std::string& m) { return IsHsmAdminRpc(m) ? Who::kAdmin : Who::kMtms; },
+       [hsm](const std::string& m) { return IsHsmAdminRpc(m) ? hsm(m) : Who::kMtms; },
        [](const std::string& m) { return IsHsmAdminRpc(m) || IsHsm1Rpc(m); }},
       {"rkl.v1.Hsm", "hsm-kms",
-       [](const std::string& m) { return IsHsmAdminRpc(m) ? Who::kAdmin : Who::kKms; },
+       [hsm](const std::string& m) { return IsHsmAdminRpc(m) ? hsm(m) : Who::kKms; },
        [](const std::string& m) { return IsHsmAdminRpc(m) || IsHsm2Rpc(m); }},
       {"rkl.v1.Mtms", "mtms", admin},
       {"rkl.v1.Kms", "kms",
@@ -204,6 +213,12 @@ std::vector<ServiceUnderTest> Services() {
          }
          return Who::kAdmin;
        }},
+      // Served beside each service by every rkl server (libs/rpc, client revocation).
+      {"rkl.v1.Revocation", "ca", admin},
+      {"rkl.v1.Revocation", "hsm-mtms", admin},
+      {"rkl.v1.Revocation", "hsm-kms", admin},
+      {"rkl.v1.Revocation", "mtms", admin},
+      {"rkl.v1.Revocation", "kms", admin},
   };
 }
 
@@ -735,46 +750,68 @@ TEST_F(CaBadInput, IssueWorkCertificate) {
   EXPECT_CODE(Call(*kms_, &C::IssueWorkCertificate, req), StatusCode::PERMISSION_DENIED);
 }
 
-TEST_F(CaBadInput, IssueOperatorAndServiceCertificatesAndRevoke) {
+TEST_F(CaBadInput, CertificateRequestsApprovalsAndRevoke) {
   auto ec = crypto::GenerateEcP256Key();
   ASSERT_TRUE(ec.ok());
   auto csr = crypto::CsrBuilder().SetSubjectCommonName("ignored").Sign(*ec);
   ASSERT_TRUE(csr.ok());
   const std::string good_csr = csr->ToPem();
 
-  rkl::v1::IssueOperatorCertificateRequest op;
-  op.set_operator_id("e2e-op");
+  rkl::v1::RequestCertificateRequest request;
+  EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
+  rkl::v1::IssueOperatorCertificateRequest* op = request.mutable_operator_();
+  op->set_operator_id("e2e-op");
   for (const std::string& pem :
        {std::string(""), std::string("garbage"),
         std::string(
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")}) {
-    op.set_csr_pem(pem);
-    EXPECT_CODE(Call(*admin_, &C::IssueOperatorCertificate, op), StatusCode::INVALID_ARGUMENT);
+    op->set_csr_pem(pem);
+    EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
   }
-  op.set_csr_pem(good_csr);
+  op->set_csr_pem(good_csr);
   for (const std::string& id : {std::string(""), std::string("Upper"), Big(49, 'a')}) {
-    op.set_operator_id(id);
-    EXPECT_CODE(Call(*admin_, &C::IssueOperatorCertificate, op), StatusCode::INVALID_ARGUMENT);
+    op->set_operator_id(id);
+    EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
   }
-  op.set_operator_id("e2e-op");
-  op.set_validity_days(100000);
-  EXPECT_CODE(Call(*admin_, &C::IssueOperatorCertificate, op), StatusCode::INVALID_ARGUMENT);
-  EXPECT_CODE(Call(*mtms_, &C::IssueOperatorCertificate, op), StatusCode::PERMISSION_DENIED);
+  op->set_operator_id("e2e-op");
+  op->set_validity_days(100000);
+  EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*mtms_, &C::RequestCertificate, request), StatusCode::PERMISSION_DENIED);
 
-  rkl::v1::IssueServiceCertificateRequest svc;
-  svc.set_csr_pem("garbage");
-  svc.set_name("kms");
-  EXPECT_CODE(Call(*admin_, &C::IssueServiceCertificate, svc), StatusCode::INVALID_ARGUMENT);
-  svc.set_csr_pem(good_csr);
+  rkl::v1::IssueServiceCertificateRequest* svc = request.mutable_service();
+  svc->set_csr_pem("garbage");
+  svc->set_name("kms");
+  EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
+  svc->set_csr_pem(good_csr);
   for (const std::string& name :
-       {std::string(""), std::string("root"), std::string("admin:"), std::string("admin:UP")}) {
-    svc.set_name(name);
-    EXPECT_CODE(Call(*admin_, &C::IssueServiceCertificate, svc), StatusCode::INVALID_ARGUMENT);
+       {std::string(""), std::string("root"), std::string("admin:"), std::string("admin:UP"),
+        std::string("custodian:"), std::string("custodian:a b")}) {
+    svc->set_name(name);
+    EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
   }
-  svc.set_name("kms");
-  svc.add_dns_names("bad_name!");
-  EXPECT_CODE(Call(*admin_, &C::IssueServiceCertificate, svc), StatusCode::INVALID_ARGUMENT);
-  EXPECT_CODE(Call(*kms_, &C::IssueServiceCertificate, svc), StatusCode::PERMISSION_DENIED);
+  svc->set_name("kms");
+  svc->add_dns_names("bad_name!");
+  EXPECT_CODE(Call(*admin_, &C::RequestCertificate, request), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*kms_, &C::RequestCertificate, request), StatusCode::PERMISSION_DENIED);
+
+  rkl::v1::ApproveCertificateRequestRequest approve;
+  approve.set_subject("kms");
+  for (const std::string& id : {std::string(""), std::string("xyz"), Big(200, 'A')}) {
+    approve.set_request_id(id);
+    EXPECT_CODE(Call(*admin_, &C::ApproveCertificateRequest, approve),
+                StatusCode::INVALID_ARGUMENT);
+  }
+  approve.set_request_id(Big(32, 'A'));  // well formed, never issued
+  EXPECT_CODE(Call(*admin_, &C::ApproveCertificateRequest, approve), StatusCode::NOT_FOUND);
+  approve.set_subject("");
+  EXPECT_CODE(Call(*admin_, &C::ApproveCertificateRequest, approve), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*mtms_, &C::ApproveCertificateRequest, approve), StatusCode::PERMISSION_DENIED);
+  rkl::v1::GetCertificateRequestRequest get;
+  get.set_request_id("xyz");
+  EXPECT_CODE(Call(*admin_, &C::GetCertificateRequest, get), StatusCode::INVALID_ARGUMENT);
+  get.set_request_id(Big(32, 'A'));
+  EXPECT_CODE(Call(*admin_, &C::GetCertificateRequest, get), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*kms_, &C::GetCertificateRequest, get), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::RevokeCertificateRequest revoke;
   revoke.set_reason(rkl::v1::REVOCATION_REASON_KEY_COMPROMISE);
@@ -807,6 +844,8 @@ class HsmBadInput : public ::testing::TestWithParam<HsmCase> {
   std::unique_ptr<H> op_ =
       rkl::v1::Hsm::NewStub(Channel(GetParam().endpoint, GetParam().operational));
   std::unique_ptr<H> admin_ = rkl::v1::Hsm::NewStub(Channel(GetParam().endpoint, Who::kAdmin));
+  std::unique_ptr<H> custodian_ =
+      rkl::v1::Hsm::NewStub(Channel(GetParam().endpoint, Who::kCustodian));
   std::unique_ptr<H> foreign_ =
       rkl::v1::Hsm::NewStub(Channel(GetParam().endpoint, GetParam().foreign));
   uint64_t pk() const { return EnvIndex(GetParam().pk_env); }
@@ -995,17 +1034,19 @@ TEST_P(HsmBadInput, CeremonyCommands) {
   begin.set_label("e2e-bad-ceremony");
   begin.set_key_type(rkl::v1::KEY_TYPE_TEK);  // only PK or MAK come from components
   begin.set_component_count(2);
-  EXPECT_CODE(Call(*admin_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
   begin.set_key_type(rkl::v1::KEY_TYPE_PK);
   for (uint32_t n : {0u, 1u, 10u}) {
     begin.set_component_count(n);
-    EXPECT_CODE(Call(*admin_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
+    EXPECT_CODE(Call(*custodian_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
   }
   begin.set_component_count(2);
   begin.set_ttl_seconds(25 * 3600);  // more than 24 h
-  EXPECT_CODE(Call(*admin_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::BeginCeremony, begin), StatusCode::INVALID_ARGUMENT);
   begin.set_ttl_seconds(0);
   EXPECT_CODE(Call(*op_, &H::BeginCeremony, begin), StatusCode::PERMISSION_DENIED);
+  // Ceremonies are the custodians' (issue 20): an admin is refused too.
+  EXPECT_CODE(Call(*admin_, &H::BeginCeremony, begin), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::GetCeremonyRequest get;
   get.set_ceremony_id("");
@@ -1018,20 +1059,23 @@ TEST_P(HsmBadInput, CeremonyCommands) {
   rkl::v1::AddComponentRequest add;
   add.set_encrypted_component(std::string(384, '\x01'));
   add.set_ceremony_id("");
-  EXPECT_CODE(Call(*admin_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
   add.set_ceremony_id("no-such-ceremony");  // not the 32-hex-digit form ids have
-  EXPECT_CODE(Call(*admin_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
   add.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_CODE(Call(*admin_, &H::AddComponent, add), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::NOT_FOUND);
   EXPECT_CODE(Call(*op_, &H::AddComponent, add), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*admin_, &H::AddComponent, add), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::CompleteCeremonyRequest complete;
   complete.set_ceremony_id("");
-  EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
   complete.set_ceremony_id("no-such-ceremony");  // not the 32-hex-digit form ids have
-  EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
   complete.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::NOT_FOUND);
+  EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*op_, &H::CompleteCeremony, complete), StatusCode::PERMISSION_DENIED);
 }
 
 INSTANTIATE_TEST_SUITE_P(BothHsms, HsmBadInput,

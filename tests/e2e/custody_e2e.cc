@@ -87,7 +87,7 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& service, Who who) {
   auto& slot = cache[{service, who}];
   if (slot) return slot;
   const std::string pki = Env("E2E_PKI");
-  const char* dir = who == Who::kAdmin ? "admin-custodian-a" : who == Who::kMtms ? "mtms" : "kms";
+  const char* dir = who == Who::kAdmin ? "admin-alice" : who == Who::kMtms ? "mtms" : "kms";
   rpc::ChannelOptions options;
   options.tls = {absl::StrCat(pki, "/", dir, "/cert.pem"), absl::StrCat(pki, "/", dir, "/key.pem"),
                  pki + "/ca-bundle.pem"};

@@ -97,7 +97,7 @@ run_custody() {  # gtest filter, what
 
 # ---- 1 and 2: refused, and nothing changed -------------------------------------------------
 db_fingerprint >"$E2E_SCRATCH/before"
-admin=admin:custodian-a
+admin=admin:alice
 denied_before=$(hsm_audit_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
 run_custody 'AdminAttack.*' admin
 run_custody 'MtmsWithoutOperatorSignature.*' mtms

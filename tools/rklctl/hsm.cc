@@ -158,7 +158,10 @@ const char* StateName(v1::CeremonyState s) {
 }
 
 void RegisterCeremony(CLI::App* hsm) {
-  auto* ceremony = hsm->add_subcommand("ceremony", "PK/MAK key ceremony under dual control");
+  auto* ceremony = hsm->add_subcommand(
+      "ceremony",
+      "PK/MAK key ceremony under dual control: begin, add-component and complete take "
+      "custodian:<name> certificates (two distinct custodians); status also admins");
   ceremony->require_subcommand(1);
 
   // begin
@@ -227,8 +230,9 @@ void RegisterCeremony(CLI::App* hsm) {
     auto o = std::make_shared<Opts>();
     auto* cmd = ceremony->add_subcommand(
         "add-component",
-        "add this custodian's component (the custodian is the --tls-cert identity); with no "
-        "source option the component is prompted for without echo");
+        "add this custodian's component (the custodian is the --tls-cert identity, a "
+        "custodian:<name> certificate); with no source option the component is prompted for "
+        "without echo");
     AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
     cmd->add_option("--ceremony", o->id, "ceremony id")->required();
     auto* file = cmd->add_option("--component-file", o->file,

@@ -2,7 +2,9 @@
 // administration through the running rkl-ca over mTLS with an admin certificate.
 // Prints serials, fingerprints, KCVs and file names — never key material. Keys made here
 // (service keys, operator cards) are generated locally and never sent anywhere: only CSRs go
-// to the CA. See docs/pki.md.
+// to the CA. Privileged certificates take two admins (docs/pki.md "Custody"): `request`
+// (one admin, keeps the new key here) → `approve` (another admin) → `fetch` (writes the
+// certificate beside the key).
 
 #include <sys/stat.h>
 
@@ -11,6 +13,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -33,6 +36,7 @@
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 #include "rkl/v1/ca.grpc.pb.h"
+#include "rkl/v1/revocation.grpc.pb.h"
 
 namespace rkl::rklctl {
 namespace {
@@ -89,7 +93,8 @@ struct InitOptions {
   std::string operator_id = "operator1";
   std::string operator_pin;
   std::string operator_pin_file;
-  std::string admin = "admin";
+  std::vector<std::string> admins;
+  std::vector<std::string> custodians;
   std::vector<std::string> services = {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms"};
   std::vector<std::string> hostnames;
   std::string root_key = "rsa-3072";
@@ -150,15 +155,16 @@ void RunInit(const InitOptions& o) {
   ca::BootstrapRequest request;
   request.services = o.services;
   request.extra_dns_names = o.hostnames;
-  request.admin_name = o.admin;
+  request.admin_names = o.admins;
+  request.custodian_names = o.custodians;
   request.operator_id = o.operator_id;
   request.operator_pin = *std::move(pin);
   absl::StatusOr<ca::BootstrapResult> result = core.Bootstrap(request);
   if (!result.ok()) Fail("init", result.status());
   if (absl::Status s = ca::WriteBootstrapOutput(*result, o.out); !s.ok()) {
     Fail("init (writing " + o.out +
-             "; the CA database IS initialised — reissue with "
-             "`rklctl pki issue-service` / `issue-operator`)",
+             "; the CA database IS initialised — reissue with `rklctl pki request` and "
+             "`rklctl pki approve`)",
          s);
   }
 
@@ -170,11 +176,14 @@ void RunInit(const InitOptions& o) {
   for (const ca::KeyAndCertificate& s : result->services) {
     PrintCertificate(s.name, s.certificate);
   }
-  PrintCertificate(result->admin.name, result->admin.certificate);
+  for (const ca::KeyAndCertificate& a : result->admins) PrintCertificate(a.name, a.certificate);
+  for (const ca::KeyAndCertificate& c : result->custodians) {
+    PrintCertificate(c.name, c.certificate);
+  }
   PrintCertificate(result->operator_card.name, result->operator_card.certificate);
   std::cout << "wrote " << o.out << "/{ca-bundle.pem,terminal-root.pem,operator-ca.pem}, " << o.out
-            << "/<service>/{cert.pem,key.pem}, " << o.out << "/"
-            << ca::IdentityDirName(result->admin.name) << "/, " << o.out << "/operator-"
+            << "/<service>/{cert.pem,key.pem}, " << o.out
+            << "/admin-<name>/ and custodian-<name>/ for each person, " << o.out << "/operator-"
             << o.operator_id << ".p12\n";
 }
 
@@ -249,8 +258,14 @@ void RegisterInit(CLI::App* pki) {
       ->capture_default_str();
   cmd->add_option("--operator-pin-file", o->operator_pin_file, "file whose first line is the PIN");
   cmd->add_option("--operator-pin", o->operator_pin, "the PIN (visible in `ps`: prefer a file)");
-  cmd->add_option("--admin", o->admin, "first administrator: identity admin:<NAME>")
-      ->capture_default_str();
+  cmd->add_option("--admins", o->admins,
+                  "the first administrators, at least two (identities admin:<NAME>): dual "
+                  "control needs one to request and another to approve")
+      ->delimiter(',')
+      ->required();
+  cmd->add_option("--custodians", o->custodians,
+                  "key custodians (identities custodian:<NAME>); a key ceremony needs two")
+      ->delimiter(',');
   cmd->add_option("--services", o->services, "services to certify")
       ->delimiter(',')
       ->capture_default_str();
@@ -275,7 +290,85 @@ void RegisterInit(CLI::App* pki) {
   cmd->callback([o] { RunInit(*o); });
 }
 
-void RegisterIssueService(CLI::App* pki) {
+// ---- dual control: request, approve, fetch -----------------------------------------------
+
+const char* RequestStateName(v1::CertificateRequestInfo::State state) {
+  switch (state) {
+    case v1::CertificateRequestInfo::STATE_PENDING:
+      return "PENDING";
+    case v1::CertificateRequestInfo::STATE_ISSUED:
+      return "ISSUED";
+    case v1::CertificateRequestInfo::STATE_EXPIRED:
+      return "EXPIRED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+void PrintRequest(const v1::CertificateRequestInfo& r) {
+  std::cout << "request " << r.request_id() << ": " << RequestStateName(r.state()) << "\n"
+            << "  subject " << r.subject() << " (" << r.profile() << ")";
+  if (r.dns_names_size() > 0) {
+    std::cout << ", extra DNS names "
+              << absl::StrJoin(r.dns_names().begin(), r.dns_names().end(), ",");
+  }
+  std::cout << "\n  requested by " << r.requested_by() << " at "
+            << absl::FormatTime(absl::FromUnixSeconds(r.requested_at_unix_s())) << ", expires "
+            << absl::FormatTime(absl::FromUnixSeconds(r.expires_at_unix_s())) << "\n"
+            << "  key SHA-256 " << r.public_key_sha256_hex() << "\n";
+  if (r.state() == v1::CertificateRequestInfo::STATE_ISSUED) {
+    std::cout << "  approved by " << r.approved_by() << " at "
+              << absl::FormatTime(absl::FromUnixSeconds(r.approved_at_unix_s()))
+              << ", certificate serial " << r.certificate().serial_hex() << "\n";
+  }
+}
+
+// The path of the pending key of an operator card request: beside the card, mode 0600,
+// removed once the card is written.
+std::string PendingCardKeyPath(const std::string& card) { return card + ".key.pem"; }
+
+absl::StatusOr<crypto::SecretBytes> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string data = text.str();
+  crypto::SecretBytes out = crypto::SecretBytes::CopyOf(AsBytes(data));
+  std::fill(data.begin(), data.end(), '\0');
+  return out;
+}
+
+// Sends a request, made with a key generated here and written to `key_path` first (so no
+// request exists whose key is lost). On failure the key file is removed again.
+v1::CertificateRequestInfo SendRequest(const Endpoint& endpoint, const std::string& step,
+                                       const crypto::PrivateKey& key, const std::string& key_path,
+                                       v1::RequestCertificateRequest request) {
+  absl::StatusOr<crypto::SecretBytes> key_pem = key.ExportPkcs8PemSecret();
+  if (!key_pem.ok()) Fail(step, key_pem.status());
+  if (absl::Status s = ca::WriteNewFile(key_path, key_pem->RevealSecret(), 0600); !s.ok()) {
+    Fail(step, s);
+  }
+  auto stub = StubOrFail(endpoint, step);
+  auto ctx = rpc::MakeClientContext(kRpcTimeout);
+  v1::CertificateRequestInfo info;
+  grpc::Status st = stub->RequestCertificate(ctx.get(), request, &info);
+  if (!st.ok()) {
+    std::filesystem::remove(key_path);
+    Fail(step, rpc::FromGrpcStatus(st));
+  }
+  return info;
+}
+
+void PrintNextStep(const v1::CertificateRequestInfo& info, const std::string& fetch_hint) {
+  PrintRequest(info);
+  std::cout << "dual control: a second admin approves it with\n"
+            << "  rklctl pki approve --request " << info.request_id() << " --subject "
+            << info.subject() << "\n"
+            << "after checking the key SHA-256 above with you; then\n"
+            << "  rklctl pki fetch --request " << info.request_id() << " " << fetch_hint << "\n";
+}
+
+void RegisterRequest(CLI::App* pki) {
   struct Options {
     Endpoint endpoint;
     std::string name;
@@ -286,17 +379,20 @@ void RegisterIssueService(CLI::App* pki) {
   };
   auto o = std::make_shared<Options>();
   auto* cmd = pki->add_subcommand(
-      "issue-service", "new key + certificate for a service or admin:<name> (key made here)");
+      "request",
+      "ask for a service, admin:<name> or custodian:<name> certificate (key made here, kept "
+      "in <out>/<name>/key.pem); a second admin must approve it");
   AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
-  cmd->add_option("--name", o->name, "ca | hsm-mtms | hsm-kms | mtms | kms | admin:<name>")
+  cmd->add_option("--name", o->name,
+                  "ca | hsm-mtms | hsm-kms | mtms | kms | admin:<name> | custodian:<name>")
       ->required();
-  cmd->add_option("--dns-name", o->dns_names, "extra DNS SAN (repeatable)");
+  cmd->add_option("--dns-name", o->dns_names, "extra DNS SAN (repeatable; services only)");
   cmd->add_option("--key-type", o->key_type, "ec-p256 | rsa-2048 | rsa-3072")
       ->capture_default_str();
   cmd->add_option("--days", o->days, "validity (default: the CA's)");
-  cmd->add_option("--out", o->out, "directory; writes <out>/<name>/{cert.pem,key.pem}")->required();
+  cmd->add_option("--out", o->out, "directory; the key goes to <out>/<name>/key.pem")->required();
   cmd->callback([o] {
-    const std::string step = "issue-service";
+    const std::string step = "request";
     absl::StatusOr<ca::KeySpec> spec = ca::KeySpecFromName(o->key_type);
     if (!spec.ok()) Fail(step, spec.status());
     std::string dir = o->out + "/" + ca::IdentityDirName(o->name);
@@ -305,87 +401,210 @@ void RegisterIssueService(CLI::App* pki) {
     if (!key.ok()) Fail(step, key.status());
     absl::StatusOr<crypto::Csr> csr = crypto::CsrBuilder().SetSubjectCommonName(o->name).Sign(*key);
     if (!csr.ok()) Fail(step, csr.status());
-    auto stub = StubOrFail(o->endpoint, step);
-    v1::IssueServiceCertificateRequest req;
-    req.set_csr_pem(csr->ToPem());
-    req.set_name(o->name);
-    for (const std::string& d : o->dns_names) req.add_dns_names(d);
-    req.set_validity_days(o->days);
-    auto resp = CallOrFail<v1::IssueServiceCertificateRequest, v1::IssuedCertificate>(
-        *stub, &v1::CertificateAuthority::Stub::IssueServiceCertificate, req, step);
-    absl::StatusOr<crypto::Certificate> cert = crypto::Certificate::FromPem(resp.certificate_pem());
-    if (!cert.ok()) Fail(step, cert.status());
-    absl::StatusOr<crypto::SecretBytes> key_pem = key->ExportPkcs8PemSecret();
-    if (!key_pem.ok()) Fail(step, key_pem.status());
+    v1::RequestCertificateRequest req;
+    v1::IssueServiceCertificateRequest* svc = req.mutable_service();
+    svc->set_csr_pem(csr->ToPem());
+    svc->set_name(o->name);
+    for (const std::string& d : o->dns_names) svc->add_dns_names(d);
+    svc->set_validity_days(o->days);
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
-    if (absl::Status s = ca::WriteNewFile(dir + "/key.pem", key_pem->RevealSecret(), 0600);
-        !s.ok()) {
-      Fail(step, s);
-    }
-    if (absl::Status s = ca::WriteNewFile(dir + "/cert.pem", AsBytes(resp.certificate_pem()), 0644);
-        !s.ok()) {
-      Fail(step, s);
-    }
-    std::cout << "issued " << dir << "/{cert.pem,key.pem}\n";
-    PrintCertificate(o->name, *cert);
+    if (ec) Fail(step, absl::FailedPreconditionError("--out: cannot create " + dir));
+    v1::CertificateRequestInfo info = SendRequest(o->endpoint, step, *key, dir + "/key.pem", req);
+    (void)ca::WriteNewFile(dir + "/request-id", AsBytes(info.request_id() + "\n"), 0644);
+    std::cout << "key written to " << dir << "/key.pem (mode 0600)\n";
+    PrintNextStep(info, "--out " + o->out);
   });
 }
 
-void RegisterIssueOperator(CLI::App* pki) {
+void RegisterRequestOperator(CLI::App* pki) {
   struct Options {
     Endpoint endpoint;
     std::string id;
-    std::string pin;
-    std::string pin_file;
     std::string out;
     uint32_t days = 0;
   };
   auto o = std::make_shared<Options>();
-  auto* cmd =
-      pki->add_subcommand("issue-operator",
-                          "new operator card: P-256 key made here, certificate from operator-ca, "
-                          "written as a PIN-protected PKCS#12");
+  auto* cmd = pki->add_subcommand(
+      "request-operator",
+      "ask for an operator card (P-256 key made here, kept beside the card until `fetch` "
+      "writes the PIN-protected PKCS#12); a second admin must approve it");
   AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
   cmd->add_option("--id", o->id, "operator id ([a-z0-9._-], 1-48)")->required();
-  cmd->add_option("--pin-file", o->pin_file, "file whose first line is the PIN");
-  cmd->add_option("--pin", o->pin, "the PIN (visible in `ps`: prefer a file)");
   cmd->add_option("--days", o->days, "validity (default: the CA's)");
-  cmd->add_option("--out", o->out, "PKCS#12 file to create (default operator-<id>.p12)");
+  cmd->add_option("--out", o->out, "PKCS#12 file `fetch` will create (default operator-<id>.p12)");
   cmd->callback([o] {
-    const std::string step = "issue-operator";
-    absl::StatusOr<crypto::SecretBytes> pin = ReadPin(o->pin, o->pin_file);
-    if (!pin.ok()) Fail(step, pin.status());
+    const std::string step = "request-operator";
     std::string out = o->out.empty() ? "operator-" + o->id + ".p12" : o->out;
+    std::error_code ec;
+    if (std::filesystem::exists(out, ec)) {
+      Fail(step, absl::AlreadyExistsError(out + ": already exists; not overwritten"));
+    }
     absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateEcP256Key();
     if (!key.ok()) Fail(step, key.status());
     absl::StatusOr<crypto::Csr> csr =
         crypto::CsrBuilder().SetSubjectCommonName(ca::OperatorCommonName(o->id)).Sign(*key);
     if (!csr.ok()) Fail(step, csr.status());
+    v1::RequestCertificateRequest req;
+    v1::IssueOperatorCertificateRequest* op = req.mutable_operator_();
+    op->set_csr_pem(csr->ToPem());
+    op->set_operator_id(o->id);
+    op->set_validity_days(o->days);
+    v1::CertificateRequestInfo info =
+        SendRequest(o->endpoint, step, *key, PendingCardKeyPath(out), req);
+    std::cout << "pending key written to " << PendingCardKeyPath(out)
+              << " (mode 0600; `fetch` turns it into the PIN-protected card and removes it)\n";
+    PrintNextStep(info, "--out " + out + " --pin-file <PIN file>");
+  });
+}
+
+void RegisterApprove(CLI::App* pki) {
+  struct Options {
+    Endpoint endpoint;
+    std::string request_id;
+    std::string subject;
+  };
+  auto o = std::make_shared<Options>();
+  auto* cmd = pki->add_subcommand(
+      "approve", "approve another admin's certificate request (dual control); the CA signs it now");
+  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+  cmd->add_option("--request", o->request_id, "request id (32 hex digits)")->required();
+  cmd->add_option("--subject", o->subject,
+                  "the identity the request names, e.g. admin:bob (must match)")
+      ->required();
+  cmd->callback([o] {
+    auto stub = StubOrFail(o->endpoint, "approve");
+    v1::ApproveCertificateRequestRequest req;
+    req.set_request_id(absl::AsciiStrToUpper(o->request_id));
+    req.set_subject(o->subject);
+    v1::CertificateRequestInfo info =
+        CallOrFail<v1::ApproveCertificateRequestRequest, v1::CertificateRequestInfo>(
+            *stub, &v1::CertificateAuthority::Stub::ApproveCertificateRequest, req, "approve");
+    PrintRequest(info);
+  });
+}
+
+void RegisterFetch(CLI::App* pki) {
+  struct Options {
+    Endpoint endpoint;
+    std::string request_id;
+    std::string out;
+    std::string pin;
+    std::string pin_file;
+  };
+  auto o = std::make_shared<Options>();
+  auto* cmd = pki->add_subcommand(
+      "fetch",
+      "write the certificate of an approved request beside its key (service/admin/custodian: "
+      "<out>/<name>/cert.pem; operator: the PIN-protected card <out>)");
+  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+  cmd->add_option("--request", o->request_id, "request id (32 hex digits)")->required();
+  cmd->add_option("--out", o->out, "the --out given to `request` / `request-operator`")->required();
+  cmd->add_option("--pin-file", o->pin_file, "operator cards: file whose first line is the PIN");
+  cmd->add_option("--pin", o->pin, "operator cards: the PIN (visible in `ps`: prefer a file)");
+  cmd->callback([o] {
+    const std::string step = "fetch";
     auto stub = StubOrFail(o->endpoint, step);
-    v1::IssueOperatorCertificateRequest req;
-    req.set_csr_pem(csr->ToPem());
-    req.set_operator_id(o->id);
-    req.set_validity_days(o->days);
-    auto resp = CallOrFail<v1::IssueOperatorCertificateRequest, v1::IssuedCertificate>(
-        *stub, &v1::CertificateAuthority::Stub::IssueOperatorCertificate, req, step);
+    v1::GetCertificateRequestRequest req;
+    req.set_request_id(absl::AsciiStrToUpper(o->request_id));
+    v1::CertificateRequestInfo info =
+        CallOrFail<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
+            *stub, &v1::CertificateAuthority::Stub::GetCertificateRequest, req, step);
+    if (info.state() != v1::CertificateRequestInfo::STATE_ISSUED) {
+      PrintRequest(info);
+      Fail(step, absl::FailedPreconditionError(absl::StrCat("request ", info.request_id(), " is ",
+                                                            RequestStateName(info.state()),
+                                                            ", not ISSUED")));
+    }
+    absl::StatusOr<crypto::Certificate> cert =
+        crypto::Certificate::FromPem(info.certificate().certificate_pem());
+    if (!cert.ok()) Fail(step, cert.status());
+    const bool card = info.profile() == "operator";
+    const std::string key_path =
+        card ? PendingCardKeyPath(o->out)
+             : o->out + "/" + ca::IdentityDirName(info.subject()) + "/key.pem";
+    absl::StatusOr<crypto::SecretBytes> key_pem = ReadSecretFile(key_path);
+    if (!key_pem.ok()) Fail(step, key_pem.status());
+    absl::StatusOr<crypto::PrivateKey> key = crypto::PrivateKey::FromPemSecret(*key_pem);
+    if (!key.ok()) Fail(step, key.status());
+    absl::StatusOr<crypto::PublicKey> cert_key = cert->GetPublicKey();
+    if (!cert_key.ok() || cert_key->ToDer() != key->GetPublicKey().ToDer()) {
+      Fail(step, absl::FailedPreconditionError(absl::StrCat(key_path, ": is not the key request ",
+                                                            info.request_id(), " certified")));
+    }
+    if (!card) {
+      std::string cert_path = o->out + "/" + ca::IdentityDirName(info.subject()) + "/cert.pem";
+      if (absl::Status s = ca::WriteNewFile(cert_path, AsBytes(cert->ToPem()), 0644); !s.ok()) {
+        Fail(step, s);
+      }
+      std::cout << "wrote " << cert_path << "\n";
+      PrintCertificate(info.subject(), *cert);
+      return;
+    }
+    absl::StatusOr<crypto::SecretBytes> pin = ReadPin(o->pin, o->pin_file);
+    if (!pin.ok()) Fail(step, pin.status());
     v1::GetIssuerCertificateRequest issuer_req;
     issuer_req.set_issuer(v1::ISSUER_OPERATOR_CA);
     auto issuer = CallOrFail<v1::GetIssuerCertificateRequest, v1::GetIssuerCertificateResponse>(
         *stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate, issuer_req, step);
-    absl::StatusOr<crypto::Certificate> cert = crypto::Certificate::FromPem(resp.certificate_pem());
     absl::StatusOr<crypto::Certificate> ca_cert =
         crypto::Certificate::FromPem(issuer.certificate_pem());
-    if (!cert.ok()) Fail(step, cert.status());
     if (!ca_cert.ok()) Fail(step, ca_cert.status());
     std::vector<crypto::Certificate> chain = {*ca_cert};
     absl::StatusOr<Bytes> p12 =
         crypto::WritePkcs12(*key, *cert, chain, cert->SubjectCommonName(), *pin);
     if (!p12.ok()) Fail(step, p12.status());
-    if (absl::Status s = ca::WriteNewFile(out, *p12, 0600); !s.ok()) Fail(step, s);
-    std::cout << "wrote operator card " << out << " (mode 0600)\n";
+    if (absl::Status s = ca::WriteNewFile(o->out, *p12, 0600); !s.ok()) Fail(step, s);
+    std::filesystem::remove(key_path);
+    std::cout << "wrote operator card " << o->out << " (mode 0600); removed " << key_path << "\n";
     PrintCertificate(cert->SubjectCommonName(), *cert);
   });
+}
+
+void RegisterRequests(CLI::App* pki) {
+  struct Options {
+    Endpoint endpoint;
+    bool all = false;
+    std::string request_id;
+  };
+  auto o = std::make_shared<Options>();
+  auto* cmd = pki->add_subcommand(
+      "requests", "list certificate requests waiting for approval (or one, with --request)");
+  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+  cmd->add_flag("--all", o->all, "include approved requests");
+  cmd->add_option("--request", o->request_id, "show only this request");
+  cmd->callback([o] {
+    auto stub = StubOrFail(o->endpoint, "requests");
+    if (!o->request_id.empty()) {
+      v1::GetCertificateRequestRequest req;
+      req.set_request_id(absl::AsciiStrToUpper(o->request_id));
+      PrintRequest(CallOrFail<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
+          *stub, &v1::CertificateAuthority::Stub::GetCertificateRequest, req, "requests"));
+      return;
+    }
+    v1::ListCertificateRequestsRequest req;
+    req.set_include_decided(o->all);
+    auto resp = CallOrFail<v1::ListCertificateRequestsRequest, v1::ListCertificateRequestsResponse>(
+        *stub, &v1::CertificateAuthority::Stub::ListCertificateRequests, req, "requests");
+    if (resp.requests().empty()) std::cout << "no requests\n";
+    for (const auto& r : resp.requests()) PrintRequest(r);
+  });
+}
+
+// A service to notify after a revocation: NAME=HOST:PORT (NAME is the server name its
+// certificate carries, e.g. hsm-kms=localhost:50053).
+struct NotifyTarget {
+  std::string name;
+  std::string address;
+};
+
+absl::StatusOr<NotifyTarget> ParseNotifyTarget(const std::string& spec) {
+  size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--notify: '", spec, "' must be NAME=HOST:PORT, e.g. kms=localhost:50055"));
+  }
+  return NotifyTarget{spec.substr(0, eq), spec.substr(eq + 1)};
 }
 
 void RegisterRevoke(CLI::App* pki) {
@@ -393,23 +612,78 @@ void RegisterRevoke(CLI::App* pki) {
     Endpoint endpoint;
     std::string serial;
     std::string reason;
+    std::vector<std::string> notify;
   };
   auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand("revoke", "revoke a certificate; its issuer's CRL is re-signed");
+  auto* cmd = pki->add_subcommand(
+      "revoke",
+      "revoke a certificate; its issuer's CRL is re-signed, and every --notify service "
+      "refreshes its CRL before this returns");
   AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
   cmd->add_option("--serial", o->serial, "serial number, hex")->required();
   cmd->add_option("--reason", o->reason,
                   "key-compromise | affiliation-changed | superseded | cessation-of-operation")
       ->required();
+  cmd->add_option("--notify", o->notify,
+                  "NAME=HOST:PORT of a service to make refresh its CRL now (repeatable, or "
+                  "comma-separated); the others enforce it within their crl.refresh_interval")
+      ->delimiter(',')
+      ->envname("RKL_CTL_NOTIFY");
   cmd->callback([o] {
+    std::vector<NotifyTarget> targets;
+    for (const std::string& spec : o->notify) {
+      absl::StatusOr<NotifyTarget> t = ParseNotifyTarget(spec);
+      if (!t.ok()) Fail("revoke", t.status());
+      targets.push_back(*t);
+    }
     absl::StatusOr<v1::RevocationReason> reason = ReasonFlag(o->reason);
     if (!reason.ok()) Fail("revoke", reason.status());
     auto stub = StubOrFail(o->endpoint, "revoke");
     v1::RevokeCertificateRequest req;
     req.set_serial_hex(o->serial);
     req.set_reason(*reason);
-    PrintStatus(CallOrFail<v1::RevokeCertificateRequest, v1::CertificateStatus>(
-        *stub, &v1::CertificateAuthority::Stub::RevokeCertificate, req, "revoke"));
+    v1::CertificateStatus status = CallOrFail<v1::RevokeCertificateRequest, v1::CertificateStatus>(
+        *stub, &v1::CertificateAuthority::Stub::RevokeCertificate, req, "revoke");
+    PrintStatus(status);
+    if (targets.empty()) return;
+    // The service-ca CRL that lists this revocation; each service must hold at least it.
+    v1::GetCrlRequest crl_req;
+    crl_req.set_issuer(v1::ISSUER_SERVICE_CA);
+    const uint64_t wanted = CallOrFail<v1::GetCrlRequest, v1::GetCrlResponse>(
+                                *stub, &v1::CertificateAuthority::Stub::GetCrl, crl_req, "revoke")
+                                .crl_number();
+    const bool service_ca = status.issuer() == v1::ISSUER_SERVICE_CA;
+    std::vector<std::string> missed;
+    for (const NotifyTarget& t : targets) {
+      Endpoint e = o->endpoint;
+      e.target = t.address;
+      e.authority = t.name;
+      absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = Connect(e);
+      grpc::Status st = channel.ok() ? grpc::Status::OK
+                                     : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                    std::string(channel.status().message()));
+      v1::RefreshCrlResponse resp;
+      if (st.ok()) {
+        auto ctx = rpc::MakeClientContext(kRpcTimeout);
+        st = v1::Revocation::NewStub(*channel)->RefreshCrl(ctx.get(), v1::RefreshCrlRequest(),
+                                                           &resp);
+      }
+      if (!st.ok()) {
+        missed.push_back(absl::StrCat(t.name, " (", t.address, "): ", st.error_message()));
+      } else if (service_ca && resp.crl_number() < wanted) {
+        missed.push_back(absl::StrCat(t.name, " (", t.address, "): holds CRL number ",
+                                      resp.crl_number(), ", older than ", wanted));
+      } else {
+        std::cout << "  " << t.name << " (" << t.address << "): service-ca CRL number "
+                  << resp.crl_number() << " in force\n";
+      }
+    }
+    if (!missed.empty()) {
+      std::cerr << "rklctl pki revoke: revoked, but not confirmed by:\n";
+      for (const std::string& m : missed) std::cerr << "  " << m << "\n";
+      std::cerr << "they enforce it within their crl.refresh_interval once they reach rkl-ca\n";
+      throw CLI::RuntimeError(1);
+    }
   });
 }
 
@@ -479,8 +753,11 @@ void RegisterPkiCommands(CLI::App& app) {
   auto* pki = app.add_subcommand("pki", "PKI bootstrap and certificate administration");
   pki->require_subcommand(1);
   RegisterInit(pki);
-  RegisterIssueService(pki);
-  RegisterIssueOperator(pki);
+  RegisterRequest(pki);
+  RegisterRequestOperator(pki);
+  RegisterApprove(pki);
+  RegisterFetch(pki);
+  RegisterRequests(pki);
   RegisterRevoke(pki);
   RegisterReadCommands(pki);
 }

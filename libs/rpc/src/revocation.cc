@@ -92,7 +92,8 @@ class RevocationProcessor final : public grpc::AuthMetadataProcessor {
 
   grpc::Status Process(const InputMetadata&, grpc::AuthContext* context, OutputMetadata*,
                        OutputMetadata*) override {
-    std::vector<grpc::string_ref> pem = context->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+    std::vector<grpc::string_ref> pem =
+        context->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
     if (pem.empty()) return grpc::Status::OK;  // no client certificate: not ours to judge
     absl::Status s = list_->Check(std::string_view(pem.front().data(), pem.front().size()));
     if (s.ok()) return grpc::Status::OK;
@@ -153,7 +154,8 @@ absl::StatusOr<std::unique_ptr<RevocationList>> RevocationList::Create(
   std::vector<Trusted> trusted;
   BioPtr bio = MemBio(trusted_ca_pem);
   while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr)) {
-    trusted.push_back({NameDer(X509_get_subject_name(cert)), std::shared_ptr<X509>(cert, X509_free)});
+    trusted.push_back(
+        {NameDer(X509_get_subject_name(cert)), std::shared_ptr<X509>(cert, X509_free)});
   }
   ERR_clear_error();
   if (trusted.empty()) {
@@ -190,9 +192,9 @@ absl::Status RevocationList::Install(std::string_view crl_text) {
   }
   ERR_clear_error();
   if (!verified) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "crl: not signed by a certificate of the trust bundle (issuer ", snapshot->issuer_text,
-        ")"));
+    return absl::UnauthenticatedError(
+        absl::StrCat("crl: not signed by a certificate of the trust bundle (issuer ",
+                     snapshot->issuer_text, ")"));
   }
   std::unique_ptr<ASN1_INTEGER, Asn1IntegerFree> number(static_cast<ASN1_INTEGER*>(
       X509_CRL_get_ext_d2i(crl.get(), NID_crl_number, nullptr, nullptr)));
@@ -204,8 +206,8 @@ absl::Status RevocationList::Install(std::string_view crl_text) {
   snapshot->crl_number = n;
   const int64_t now = absl::ToUnixSeconds(clock_());
   if (now >= snapshot->next_update) {
-    return absl::FailedPreconditionError(absl::StrCat("crl: number ", n, " expired at ",
-                                                      FormatUnix(snapshot->next_update)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("crl: number ", n, " expired at ", FormatUnix(snapshot->next_update)));
   }
   STACK_OF(X509_REVOKED)* revoked = X509_CRL_get_REVOKED(crl.get());
   for (int i = 0; i < sk_X509_REVOKED_num(revoked); ++i) {
@@ -216,8 +218,8 @@ absl::Status RevocationList::Install(std::string_view crl_text) {
   absl::MutexLock lock(&mu_);
   if (snapshot_ != nullptr && snapshot_->issuer_der == snapshot->issuer_der) {
     if (n < snapshot_->crl_number) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "crl: number ", n, " is older than number ", snapshot_->crl_number, " in force"));
+      return absl::FailedPreconditionError(absl::StrCat("crl: number ", n, " is older than number ",
+                                                        snapshot_->crl_number, " in force"));
     }
     if (n == snapshot_->crl_number) return absl::OkStatus();
   }
@@ -257,9 +259,9 @@ absl::Status RevocationList::Check(std::string_view certificate_pem) const {
     snapshot = snapshot_;
   }
   if (snapshot == nullptr) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "client certificate ", peer.serial_hex,
-        ": revocation status unknown (no service-ca CRL fetched yet); retry shortly"));
+    return absl::UnauthenticatedError(
+        absl::StrCat("client certificate ", peer.serial_hex,
+                     ": revocation status unknown (no service-ca CRL fetched yet); retry shortly"));
   }
   if (absl::ToUnixSeconds(clock_()) >= snapshot->next_update) {
     return absl::UnauthenticatedError(absl::StrCat(
@@ -268,8 +270,8 @@ absl::Status RevocationList::Check(std::string_view certificate_pem) const {
         " and rkl-ca could not be reached since)"));
   }
   if (peer.issuer_der != snapshot->issuer_der) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "client certificate ", peer.serial_hex, ": no CRL of its issuer is in force"));
+    return absl::UnauthenticatedError(
+        absl::StrCat("client certificate ", peer.serial_hex, ": no CRL of its issuer is in force"));
   }
   if (snapshot->revoked.contains(peer.serial_hex)) {
     return absl::UnauthenticatedError(absl::StrCat("client certificate ", peer.serial_hex,
@@ -332,8 +334,24 @@ absl::StatusOr<uint64_t> CrlRefresher::RefreshNow() {
   return list_->crl_number().value_or(0);
 }
 
+absl::Status CrlRefresher::AwaitFirst(absl::Duration max_wait) {
+  const absl::Time deadline = absl::Now() + max_wait;
+  while (true) {
+    absl::StatusOr<uint64_t> number = RefreshNow();
+    if (list_->crl_number().has_value()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("no service-ca CRL after ",
+                                                 absl::FormatDuration(max_wait), ": ",
+                                                 number.status().message()));
+    }
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stop_), kRetryUntilLoaded);
+    if (stop_) return absl::CancelledError("stopped while waiting for the first CRL");
+  }
+}
+
 void CrlRefresher::Start() {
-  (void)RefreshNow();  // logged; the schedule retries
+  if (!list_->crl_number().has_value()) (void)RefreshNow();  // logged; the schedule retries
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -434,10 +452,17 @@ absl::StatusOr<std::unique_ptr<ServiceCaCrl>> ServiceCaCrl::Create(ServiceCaCrlO
     }
     return response.crl_pem();
   };
-  out->refresher_ = std::make_unique<CrlRefresher>(out->list_.get(), std::move(fetch),
-                                                   options.refresh_interval,
-                                                   std::move(options.also_refresh));
+  out->refresher_ =
+      std::make_unique<CrlRefresher>(out->list_.get(), std::move(fetch), options.refresh_interval,
+                                     std::move(options.also_refresh));
+  out->startup_wait_ = options.startup_wait;
   return out;
+}
+
+absl::Status ServiceCaCrl::Start() {
+  RKL_RETURN_IF_ERROR(refresher_->AwaitFirst(startup_wait_));
+  refresher_->Start();
+  return absl::OkStatus();
 }
 
 void ServiceCaCrl::ConfigureServer(ServerOptions& options) {

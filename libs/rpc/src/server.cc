@@ -8,8 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "call_logging.h"
-#include "rkl/rpc/revocation.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
 
@@ -72,16 +72,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
                                                " (address in use, or not a valid host:port?)"));
   }
-  auto result = std::unique_ptr<Server>(
-      new Server(std::move(revocation_service), std::move(server), port));
+  auto result =
+      std::unique_ptr<Server>(new Server(std::move(revocation_service), std::move(server), port));
   result->SetServing("", options.start_serving);
-  spdlog::info(
-      "gRPC server listening on {} (port {}, client certificates {}{})", options.listen_address,
-      port,
-      options.client_cert_mode == ClientCertMode::kRequireAndVerify   ? "required"
-      : options.client_cert_mode == ClientCertMode::kOptionalVerified ? "optional, verified"
-                                                                      : "not requested",
-      options.revocation != nullptr ? ", checked against the service-ca CRL" : "");
+  spdlog::info("gRPC server listening on {} (port {}, client certificates {}{})",
+               options.listen_address, port,
+               options.client_cert_mode == ClientCertMode::kRequireAndVerify ? "required"
+               : options.client_cert_mode == ClientCertMode::kOptionalVerified
+                   ? "optional, verified"
+                   : "not requested",
+               options.revocation != nullptr ? ", checked against the service-ca CRL" : "");
   return result;
 }
 

@@ -86,8 +86,8 @@ class Clock {
 class RevocationListTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto list = RevocationList::Create(ReadFile(TestPki::Get().ca_file()),
-                                       [this] { return clock_.Now(); });
+    auto list =
+        RevocationList::Create(ReadFile(TestPki::Get().ca_file()), [this] { return clock_.Now(); });
     ASSERT_TRUE(list.ok()) << list.status();
     list_ = *std::move(list);
   }
@@ -137,8 +137,8 @@ TEST_F(RevocationListTest, AnOlderCrlCannotUndoARevocation) {
   EXPECT_FALSE(list_->Check(Pem("mtms")).ok());
   // The same CRL again is harmless; a newer one replaces it.
   EXPECT_TRUE(list_->Install(SignCrl("service-ca", 5, {CertFile("mtms")})).ok());
-  EXPECT_TRUE(list_->Install(SignCrl("service-ca", 6, {CertFile("mtms"), CertFile("admin:alice")}))
-                  .ok());
+  EXPECT_TRUE(
+      list_->Install(SignCrl("service-ca", 6, {CertFile("mtms"), CertFile("admin:alice")})).ok());
   EXPECT_FALSE(list_->Check(Pem("admin:alice")).ok());
 }
 
@@ -174,7 +174,8 @@ TEST_F(RevocationListTest, RefresherInstallsWhatItFetchesAndKeepsItOnFailure) {
         absl::MutexLock lock(&mu);
         return next;
       },
-      absl::Hours(1), [&] {
+      absl::Hours(1),
+      [&] {
         ++also;
         return absl::OkStatus();
       });
@@ -214,6 +215,31 @@ TEST_F(RevocationListTest, RefresherRetriesOnItsOwnUntilACrlArrives) {
   refresher.Stop();
   EXPECT_EQ(list_->crl_number(), 7u);
   EXPECT_GE(fetches.load(), 3);
+}
+
+TEST_F(RevocationListTest, AwaitFirstWaitsForTheCaOrGivesUp) {
+  std::atomic<int> fetches{0};
+  const std::string crl = SignCrl("service-ca", 4, {});
+  CrlRefresher patient(
+      list_.get(),
+      [&]() -> absl::StatusOr<std::string> {
+        if (++fetches < 3) return absl::UnavailableError("ca not up yet");
+        return crl;
+      },
+      absl::Hours(1));
+  ASSERT_TRUE(patient.AwaitFirst(absl::Seconds(60)).ok());
+  EXPECT_EQ(list_->crl_number(), 4u);
+  EXPECT_EQ(fetches.load(), 3);
+
+  auto other =
+      RevocationList::Create(ReadFile(TestPki::Get().ca_file()), [this] { return clock_.Now(); });
+  ASSERT_TRUE(other.ok());
+  CrlRefresher hopeless(
+      other->get(), []() -> absl::StatusOr<std::string> { return absl::UnavailableError("down"); },
+      absl::Hours(1));
+  absl::Status s = hopeless.AwaitFirst(absl::ZeroDuration());
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(s.message(), "down")) << s;
 }
 
 // ---- The server: a per-call check, and rkl.v1.Revocation ------------------------------------

@@ -87,7 +87,8 @@ absl::Status WriteBootstrapOutput(const BootstrapResult& result, const std::stri
   RKL_RETURN_IF_ERROR(WritePem(dir + "/terminal-root.pem", result.terminal_root.ToPem()));
   RKL_RETURN_IF_ERROR(WritePem(dir + "/operator-ca.pem", result.operator_ca.ToPem()));
   for (const KeyAndCertificate& s : result.services) RKL_RETURN_IF_ERROR(WriteKeyPair(s, dir));
-  RKL_RETURN_IF_ERROR(WriteKeyPair(result.admin, dir));
+  for (const KeyAndCertificate& a : result.admins) RKL_RETURN_IF_ERROR(WriteKeyPair(a, dir));
+  for (const KeyAndCertificate& c : result.custodians) RKL_RETURN_IF_ERROR(WriteKeyPair(c, dir));
   std::string card_name = result.operator_card.name.substr(std::string("operator:").size());
   return WriteNewFile(absl::StrCat(dir, "/operator-", card_name, ".p12"), result.operator_pkcs12,
                       kSecretFileMode);

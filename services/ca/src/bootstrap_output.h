@@ -6,8 +6,9 @@
 //   DIR/operator-ca.pem          operator-ca: what MTMS verifies operator cards against
 //   DIR/<service>/cert.pem       one per service (ca, hsm-mtms, hsm-kms, mtms, kms)
 //   DIR/<service>/key.pem        its private key, PKCS#8 PEM, mode 0600
-//   DIR/admin-<name>/cert.pem    the first administrator's client certificate
+//   DIR/admin-<name>/cert.pem    one per first administrator (at least two): client certificate
 //   DIR/admin-<name>/key.pem     mode 0600
+//   DIR/custodian-<name>/...     one per key custodian, the same two files
 //   DIR/operator-<id>.p12        the first operator card, PIN-protected PKCS#12, mode 0600
 //
 // Guarantees: files are created exclusively (an existing file is never overwritten); private
@@ -27,7 +28,8 @@ absl::Status CheckBootstrapOutputDir(const std::string& dir);
 // Writes the layout above (creating `dir` if needed).
 absl::Status WriteBootstrapOutput(const BootstrapResult& result, const std::string& dir);
 
-// The sub-directory name of an identity: "mtms" → "mtms", "admin:alice" → "admin-alice".
+// The sub-directory name of an identity: "mtms" → "mtms", "admin:alice" → "admin-alice",
+// "custodian:carol" → "custodian-carol".
 std::string IdentityDirName(const std::string& identity);
 
 // Writes `data` to a new file with `mode`; ALREADY_EXISTS if the file exists.

@@ -35,6 +35,10 @@ void DeclarePolicyConfig(ConfigSchema& schema) {
        "service/admin certificate validity, days (default and ceiling)");
   schema.Duration("policy.crl_validity", "nextUpdate - thisUpdate of every CRL; re-signed at half")
       .Default("168h");
+  schema
+      .Duration("policy.request_ttl",
+                "how long a certificate request waits for a second admin's approval")
+      .Default("24h");
   schema.Duration("policy.backdate", "notBefore is this far before issuance (clock skew)")
       .Default("5m");
 }
@@ -57,6 +61,7 @@ absl::StatusOr<CaPolicy> PolicyFromConfig(const Config& config) {
   p.service_validity_days = static_cast<int>(config.GetInt("policy.service_days"));
   p.crl_validity = config.GetDuration("policy.crl_validity");
   p.backdate = config.GetDuration("policy.backdate");
+  p.request_ttl = config.GetDuration("policy.request_ttl");
   absl::Status s = ValidatePolicy(p);
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("policy: ", s.message()));
   return p;

@@ -1,5 +1,7 @@
 #include "ca_core.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <set>
 
@@ -8,6 +10,7 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/pkcs12.h"
 #include "rkl/crypto/x509_csr.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::ca {
 namespace {
@@ -58,6 +61,32 @@ absl::StatusOr<crypto::PublicKey> CsrPublicKey(const std::string& csr_pem) {
   return key;
 }
 
+constexpr size_t kRequestIdSize = 16;
+
+bool ValidRequestId(const std::string& id) {
+  if (id.size() != 2 * kRequestIdSize) return false;
+  for (char c : id) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)) && (c < 'A' || c > 'F')) return false;
+  }
+  return true;
+}
+
+std::string AuditResult(const absl::Status& status) {
+  if (status.ok()) return "OK";
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message());
+}
+
+// validity_days beyond the profile's ceiling is refused when the request is made, not only
+// when it is signed.
+absl::Status CheckRequestedDays(uint32_t days, int max_days, Profile profile) {
+  if (days > static_cast<uint32_t>(max_days)) {
+    return absl::InvalidArgumentError(absl::StrCat("validity_days: must be at most ", max_days,
+                                                   " for ", std::string(ProfileName(profile)),
+                                                   " certificates"));
+  }
+  return absl::OkStatus();
+}
+
 crypto::CrlReason AllowedReasonOrUnspecified(crypto::CrlReason reason) {
   switch (reason) {
     case crypto::CrlReason::kKeyCompromise:
@@ -92,7 +121,25 @@ absl::Status ValidatePolicy(const CaPolicy& p) {
   if (p.backdate < absl::ZeroDuration() || p.backdate > absl::Hours(24)) {
     return absl::InvalidArgumentError("backdate: must be between 0 and 24h");
   }
+  if (p.request_ttl < absl::Minutes(1) || p.request_ttl > absl::Hours(24 * 30)) {
+    return absl::InvalidArgumentError("request ttl: must be between 1m and 30 days");
+  }
   return absl::OkStatus();
+}
+
+std::string CsrKeySha256Hex(const std::string& csr_pem) {
+  absl::StatusOr<crypto::Csr> csr = crypto::Csr::FromPem(csr_pem);
+  if (!csr.ok()) return "";
+  absl::StatusOr<crypto::PublicKey> key = csr->GetPublicKey();
+  if (!key.ok()) return "";
+  Bytes der = key->ToDer();
+  Bytes digest(EVP_MAX_MD_SIZE);
+  unsigned int len = 0;
+  if (EVP_Digest(der.data(), der.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1) {
+    return "";
+  }
+  digest.resize(len);
+  return ToHex(digest);
 }
 
 CertificateRecord RecordOf(const crypto::Certificate& cert, IssuerId issuer, Profile profile) {
@@ -239,26 +286,24 @@ absl::StatusOr<crypto::Certificate> CaCore::IssueWorkCertificate(
                          request.validity_days});
 }
 
-absl::StatusOr<crypto::Certificate> CaCore::IssueOperatorCertificate(
-    const OperatorCertificateRequest& request) {
+absl::StatusOr<CaCore::LeafSpec> CaCore::OperatorLeaf(const OperatorCertificateRequest& request) {
   RKL_RETURN_IF_ERROR(ValidateOperatorId(request.operator_id));
   RKL_ASSIGN_OR_RETURN(crypto::PublicKey key, CsrPublicKey(request.csr_pem));
   RKL_RETURN_IF_ERROR(ValidateOperatorPublicKey(key));
-  return IssueAndRecord({Profile::kOperator,
-                         OperatorCommonName(request.operator_id),
-                         key,
-                         {},
-                         request.validity_days});
+  RKL_RETURN_IF_ERROR(CheckRequestedDays(
+      request.validity_days, DefaultValidityDays(Profile::kOperator), Profile::kOperator));
+  return LeafSpec{
+      Profile::kOperator, OperatorCommonName(request.operator_id), key, {}, request.validity_days};
 }
 
-absl::StatusOr<crypto::Certificate> CaCore::IssueServiceCertificate(
-    const ServiceCertificateRequest& request) {
+absl::StatusOr<CaCore::LeafSpec> CaCore::ServiceLeaf(const ServiceCertificateRequest& request) {
   RKL_RETURN_IF_ERROR(ValidateServiceName(request.name));
   std::vector<std::string> dns_names = {request.name};
-  if (IsAdminName(request.name)) {
-    // An admin certificate identifies a person; it is never a server's name.
+  if (IsPersonName(request.name)) {
+    // An admin or custodian certificate identifies a person; it is never a server's name.
     if (!request.dns_names.empty()) {
-      return absl::InvalidArgumentError("dns_names: not allowed for admin certificates");
+      return absl::InvalidArgumentError(
+          "dns_names: not allowed for admin and custodian certificates");
     }
   } else {
     // Clients reach a service by its name (compose) or on localhost (demo, tests).
@@ -272,8 +317,211 @@ absl::StatusOr<crypto::Certificate> CaCore::IssueServiceCertificate(
   }
   RKL_ASSIGN_OR_RETURN(crypto::PublicKey key, CsrPublicKey(request.csr_pem));
   RKL_RETURN_IF_ERROR(ValidateServicePublicKey(key));
-  return IssueAndRecord(
-      {Profile::kService, request.name, key, std::move(dns_names), request.validity_days});
+  RKL_RETURN_IF_ERROR(CheckRequestedDays(
+      request.validity_days, DefaultValidityDays(Profile::kService), Profile::kService));
+  return LeafSpec{Profile::kService, request.name, key, std::move(dns_names),
+                  request.validity_days};
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueOperatorCertificate(
+    const OperatorCertificateRequest& request) {
+  RKL_ASSIGN_OR_RETURN(LeafSpec leaf, OperatorLeaf(request));
+  return IssueAndRecord(leaf);
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueServiceCertificate(
+    const ServiceCertificateRequest& request) {
+  RKL_ASSIGN_OR_RETURN(LeafSpec leaf, ServiceLeaf(request));
+  return IssueAndRecord(leaf);
+}
+
+// ---- Dual control -------------------------------------------------------------------------
+
+void CaCore::Audit(AuditRecord record) {
+  if (record.at == 0) record.at = NowUnix();
+  if (record.actor.empty()) record.actor = "(no identity)";
+  if (absl::Status s = repository_->InsertAudit(record); !s.ok()) {
+    spdlog::error("ca audit: could not record {} by {} ({}): {}", record.action, record.actor,
+                  record.result, s.ToString());
+  }
+}
+
+void CaCore::RecordRefusal(const std::string& caller, std::string_view method,
+                           const absl::Status& status) {
+  Audit({.actor = caller,
+         .action = "rpc.refused",
+         .result = AuditResult(status),
+         .detail = absl::StrCat("method=", std::string(method))});
+}
+
+absl::Status CaCore::CheckAdmin(const Caller& caller, const char* role) {
+  if (!IsAdminName(caller.identity)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(role, ": '", caller.identity.empty() ? "(no identity)" : caller.identity,
+                     "' is not an admin; only admin:* identities take part in dual control"));
+  }
+  absl::StatusOr<std::string> serial = NormalizeSerialHex(caller.certificate_serial_hex);
+  if (!serial.ok()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(role, ": the caller's certificate serial is unknown"));
+  }
+  absl::StatusOr<CertificateRecord> cert = repository_->GetCertificate(*serial);
+  if (absl::IsNotFound(cert.status())) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(role, ": certificate ", *serial, " was not issued by this CA"));
+  }
+  if (!cert.ok()) return cert.status();
+  if (cert->subject_cn != caller.identity || cert->issuer != IssuerId::kServiceCa) {
+    return absl::PermissionDeniedError(absl::StrCat(role, ": certificate ", *serial,
+                                                    " does not belong to '", caller.identity, "'"));
+  }
+  if (cert->state == CertificateState::kRevoked) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(role, ": certificate ", *serial, " of '", caller.identity, "' is revoked"));
+  }
+  if (NowUnix() >= cert->not_after) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(role, ": certificate ", *serial, " of '", caller.identity, "' has expired"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CertificateRequestRecord> CaCore::StoreRequest(
+    const Caller& requester, CertificateRequestRecord request,
+    const absl::StatusOr<LeafSpec>& leaf) {
+  AuditRecord audit{.actor = requester.identity,
+                    .action = "request.create",
+                    .subject = request.subject,
+                    .detail = absl::StrCat("profile=", std::string(ProfileName(request.profile)))};
+  absl::Status status = CheckAdmin(requester, "requester");
+  if (status.ok()) status = leaf.status();
+  if (status.ok()) status = CheckReady();
+  if (!status.ok()) {
+    audit.result = AuditResult(status);
+    Audit(std::move(audit));
+    return status;
+  }
+  request.requested_by = requester.identity;
+  request.requested_at = NowUnix();
+  request.expires_at = request.requested_at + absl::ToInt64Seconds(policy_.request_ttl);
+  request.state = RequestState::kPending;
+  absl::StrAppend(&audit.detail, " key_sha256=", CsrKeySha256Hex(request.csr_pem),
+                  " expires_at=", request.expires_at);
+  audit.at = request.requested_at;
+  for (int attempt = 0; attempt < kMaxSerialAttempts; ++attempt) {
+    Bytes id(kRequestIdSize);
+    serial_source_(id);
+    request.id = ToHex(id);
+    audit.request_id = request.id;
+    status = repository_->InsertRequest(request, audit);
+    if (status.ok()) return request;
+    if (!absl::IsAlreadyExists(status)) break;
+  }
+  audit.request_id.clear();
+  audit.result = AuditResult(status);
+  Audit(std::move(audit));
+  return status;
+}
+
+absl::StatusOr<CertificateRequestRecord> CaCore::RequestServiceCertificate(
+    const Caller& requester, const ServiceCertificateRequest& request) {
+  CertificateRequestRecord r{.profile = Profile::kService,
+                             .subject = request.name,
+                             .csr_pem = request.csr_pem,
+                             .dns_names = request.dns_names,
+                             .validity_days = request.validity_days};
+  return StoreRequest(requester, std::move(r), ServiceLeaf(request));
+}
+
+absl::StatusOr<CertificateRequestRecord> CaCore::RequestOperatorCertificate(
+    const Caller& requester, const OperatorCertificateRequest& request) {
+  CertificateRequestRecord r{.profile = Profile::kOperator,
+                             .subject = OperatorCommonName(request.operator_id),
+                             .csr_pem = request.csr_pem,
+                             .validity_days = request.validity_days};
+  return StoreRequest(requester, std::move(r), OperatorLeaf(request));
+}
+
+bool CaCore::IsExpired(const CertificateRequestRecord& request) const {
+  return request.state == RequestState::kPending && NowUnix() >= request.expires_at;
+}
+
+absl::StatusOr<ApprovedRequest> CaCore::ApproveRequest(const Caller& approver,
+                                                       const std::string& request_id,
+                                                       const std::string& subject) {
+  AuditRecord audit{.actor = approver.identity,
+                    .action = "request.approve",
+                    .request_id = ValidRequestId(request_id) ? request_id : "",
+                    .subject = subject};
+  const int64_t now = NowUnix();
+  audit.at = now;
+  std::optional<crypto::Certificate> signed_cert;
+  auto refuse = [&](absl::Status status) {
+    audit.result = AuditResult(status);
+    Audit(audit);
+    return status;
+  };
+  if (!ValidRequestId(request_id)) {
+    return refuse(absl::InvalidArgumentError("request_id: must be 32 upper-case hex digits"));
+  }
+  if (subject.empty()) {
+    return refuse(absl::InvalidArgumentError(
+        "subject: required: repeat the identity the request names (e.g. admin:bob)"));
+  }
+  if (absl::Status s = CheckAdmin(approver, "approver"); !s.ok()) return refuse(s);
+
+  RequestSigner sign = [&](const CertificateRequestRecord& r) -> absl::StatusOr<CertificateRecord> {
+    if (r.state != RequestState::kPending) {
+      return absl::FailedPreconditionError(absl::StrCat("request_id: request ", r.id,
+                                                        " was already approved by ", r.approved_by,
+                                                        " (certificate ", r.serial_hex, ")"));
+    }
+    if (now >= r.expires_at) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("request_id: request ", r.id, " expired at ",
+                       absl::FormatTime(absl::FromUnixSeconds(r.expires_at), absl::UTCTimeZone()),
+                       "; make a new request"));
+    }
+    if (r.requested_by == approver.identity) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("approver: '", approver.identity, "' made request ", r.id,
+                       "; a second, distinct admin must approve it (dual control)"));
+    }
+    if (r.subject != subject) {
+      return absl::FailedPreconditionError(absl::StrCat("subject: request ", r.id, " is for '",
+                                                        r.subject, "', not '", subject, "'"));
+    }
+    absl::StatusOr<LeafSpec> leaf =
+        r.profile == Profile::kOperator
+            ? OperatorLeaf({r.csr_pem, r.subject.substr(std::string_view("operator:").size()),
+                            r.validity_days})
+            : ServiceLeaf({r.csr_pem, r.subject, r.dns_names, r.validity_days});
+    RKL_RETURN_IF_ERROR(leaf.status());
+    IssuerId issuer_id = IssuerOf(leaf->profile);
+    RKL_ASSIGN_OR_RETURN(Issuer issuer, LoadIssuer(issuer_id));
+    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, SignLeaf(*leaf, issuer, now));
+    signed_cert = cert;
+    return RecordOf(cert, issuer_id, leaf->profile);
+  };
+  AuditRecord approved = audit;
+  absl::StatusOr<CertificateRequestRecord> done;
+  for (int attempt = 0; attempt < kMaxSerialAttempts; ++attempt) {
+    done = repository_->ApproveRequest(request_id, approver.identity, now, sign, approved);
+    if (!absl::IsAlreadyExists(done.status())) break;
+  }
+  if (!done.ok()) return refuse(done.status());
+  return ApprovedRequest{*std::move(done), *std::move(signed_cert)};
+}
+
+absl::StatusOr<CertificateRequestRecord> CaCore::GetRequest(const std::string& request_id) {
+  if (!ValidRequestId(request_id)) {
+    return absl::InvalidArgumentError("request_id: must be 32 upper-case hex digits");
+  }
+  return repository_->GetRequest(request_id);
+}
+
+absl::StatusOr<std::vector<CertificateRequestRecord>> CaCore::ListRequests(bool pending_only) {
+  return repository_->ListRequests(pending_only, kMaxListedRequests);
 }
 
 absl::StatusOr<CrlRecord> CaCore::SignCrl(IssuerId issuer_id, const Issuer& issuer,
@@ -291,7 +539,23 @@ absl::StatusOr<CrlRecord> CaCore::SignCrl(IssuerId issuer_id, const Issuer& issu
 }
 
 absl::StatusOr<CertificateRecord> CaCore::Revoke(const std::string& serial_hex,
-                                                 crypto::CrlReason reason) {
+                                                 crypto::CrlReason reason,
+                                                 const std::string& actor) {
+  AuditRecord audit{.actor = actor,
+                    .action = "certificate.revoke",
+                    .detail = absl::StrCat("reason=", static_cast<int>(reason))};
+  absl::StatusOr<CertificateRecord> revoked = RevokeUnaudited(serial_hex, reason);
+  if (revoked.ok()) {
+    audit.serial_hex = revoked->serial_hex;
+    audit.subject = revoked->subject_cn;
+  }
+  audit.result = AuditResult(revoked.status());
+  Audit(std::move(audit));
+  return revoked;
+}
+
+absl::StatusOr<CertificateRecord> CaCore::RevokeUnaudited(const std::string& serial_hex,
+                                                          crypto::CrlReason reason) {
   RKL_ASSIGN_OR_RETURN(std::string serial, NormalizeSerialHex(serial_hex));
   if (AllowedReasonOrUnspecified(reason) == crypto::CrlReason::kUnspecified) {
     return absl::InvalidArgumentError(
@@ -357,8 +621,9 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   }
   std::set<std::string> seen;
   for (const std::string& s : request.services) {
-    if (IsAdminName(s)) {
-      return absl::InvalidArgumentError("services: admin identities are set with admin_name");
+    if (IsPersonName(s)) {
+      return absl::InvalidArgumentError(
+          "services: admin and custodian identities are set with admin_names / custodian_names");
     }
     RKL_RETURN_IF_ERROR(ValidateServiceName(s, "services"));
     if (!seen.insert(s).second) {
@@ -368,8 +633,32 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   for (const std::string& h : request.extra_dns_names) {
     RKL_RETURN_IF_ERROR(ValidateDnsName(h, "hostnames"));
   }
-  const std::string admin_identity = std::string(kAdminPrefix) + request.admin_name;
-  RKL_RETURN_IF_ERROR(ValidateServiceName(admin_identity, "admin_name"));
+  // Persons: at least two admins (nobody could ever approve a request otherwise), custodians
+  // as listed; every name once across both roles' identities.
+  auto person_identities =
+      [&](const std::vector<std::string>& names, std::string_view prefix,
+          const std::string& field) -> absl::StatusOr<std::vector<std::string>> {
+    std::vector<std::string> out;
+    for (const std::string& n : names) {
+      std::string identity = std::string(prefix) + n;
+      RKL_RETURN_IF_ERROR(ValidateServiceName(identity, field));
+      if (!seen.insert(identity).second) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": ", n, " listed twice"));
+      }
+      out.push_back(std::move(identity));
+    }
+    return out;
+  };
+  RKL_ASSIGN_OR_RETURN(std::vector<std::string> admin_identities,
+                       person_identities(request.admin_names, kAdminPrefix, "admin_names"));
+  if (admin_identities.size() < 2) {
+    return absl::InvalidArgumentError(
+        "admin_names: at least two distinct admins are required (dual control: one requests, "
+        "another approves every later admin, custodian, service or operator certificate)");
+  }
+  RKL_ASSIGN_OR_RETURN(
+      std::vector<std::string> custodian_identities,
+      person_identities(request.custodian_names, kCustodianPrefix, "custodian_names"));
   RKL_RETURN_IF_ERROR(ValidateOperatorId(request.operator_id));
   if (request.operator_pin.empty()) {
     return absl::InvalidArgumentError("operator_pin: required (1-128 bytes)");
@@ -437,9 +726,18 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
                                                          policy_.bootstrap_leaf_key, service_ca));
     services.push_back(std::move(kc));
   }
-  RKL_ASSIGN_OR_RETURN(KeyAndCertificate admin,
-                       make_leaf(Profile::kService, admin_identity, {admin_identity},
-                                 policy_.bootstrap_leaf_key, service_ca));
+  std::vector<KeyAndCertificate> admins;
+  for (const std::string& identity : admin_identities) {
+    RKL_ASSIGN_OR_RETURN(KeyAndCertificate kc, make_leaf(Profile::kService, identity, {identity},
+                                                         policy_.bootstrap_leaf_key, service_ca));
+    admins.push_back(std::move(kc));
+  }
+  std::vector<KeyAndCertificate> custodians;
+  for (const std::string& identity : custodian_identities) {
+    RKL_ASSIGN_OR_RETURN(KeyAndCertificate kc, make_leaf(Profile::kService, identity, {identity},
+                                                         policy_.bootstrap_leaf_key, service_ca));
+    custodians.push_back(std::move(kc));
+  }
   // Operator cards are always P-256 (PROTOCOL §1).
   RKL_ASSIGN_OR_RETURN(KeyAndCertificate card,
                        make_leaf(Profile::kOperator, OperatorCommonName(request.operator_id), {},
@@ -453,11 +751,26 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   // Everything is signed: record it all at once, or nothing.
   RKL_RETURN_IF_ERROR(
       repository_->Initialize(master_key_->KcvHex(), issuer_records, cert_records, crl_records));
+  for (const auto* group : {&services, &admins, &custodians}) {
+    for (const KeyAndCertificate& kc : *group) {
+      Audit({.at = now,
+             .actor = "rklctl pki init",
+             .action = "bootstrap.issue",
+             .subject = kc.name,
+             .serial_hex = kc.certificate.SerialHex()});
+    }
+  }
+  Audit({.at = now,
+         .actor = "rklctl pki init",
+         .action = "bootstrap.issue",
+         .subject = card.name,
+         .serial_hex = card.certificate.SerialHex()});
   return BootstrapResult{std::move(root.certificate),
                          std::move(operator_ca.certificate),
                          std::move(service_ca.certificate),
                          std::move(services),
-                         std::move(admin),
+                         std::move(admins),
+                         std::move(custodians),
                          std::move(card),
                          std::move(pkcs12)};
 }

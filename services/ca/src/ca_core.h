@@ -3,6 +3,16 @@
 // work, operator and service certificates, revocation and CRLs (PROTOCOL §2). It knows
 // nothing of gRPC; ca_grpc_service.cc adapts it, `rklctl pki init` calls Bootstrap directly.
 //
+// Custody (docs/pki.md "Custody"): a certificate that gives a person or a process privilege
+// (service, admin:*, custodian:*, operator card) comes either from Bootstrap (`rklctl pki
+// init`, offline, before any service runs) or from dual control: RequestServiceCertificate /
+// RequestOperatorCertificate by one admin, then ApproveRequest by a second, distinct admin
+// whose certificate this CA issued and has not revoked, before the request expires. Each
+// step and each refusal is audited (ca_audit). Only HSM work certificates are signed on one
+// caller's word, and only for `mtms` (they certify a key that never leaves HSM #1).
+// IssueOperatorCertificate and IssueServiceCertificate are the signing steps those paths use;
+// no RPC reaches them directly.
+//
 // Guarantees:
 //  - issuer private keys exist in clear only in this process's memory, only while one
 //    certificate or CRL is being signed; at rest they are sealed under the MasterKey;
@@ -53,6 +63,8 @@ struct CaPolicy {
   // notBefore is set this far in the past, so a verifier whose clock is slightly behind
   // the CA's accepts a certificate issued a moment ago.
   absl::Duration backdate = absl::Minutes(5);
+  // How long a certificate request waits for its second admin before it expires.
+  absl::Duration request_ttl = absl::Hours(24);
 };
 // INVALID_ARGUMENT naming the setting when a value is out of range.
 absl::Status ValidatePolicy(const CaPolicy& policy);
@@ -77,10 +89,27 @@ struct ServiceCertificateRequest {
   uint32_t validity_days = 0;
 };
 
+// The authenticated caller of a custody step: its mTLS identity and the serial of the
+// certificate it presented, both from the TLS layer (rpc::GetCallerIdentity,
+// rpc::PeerCertificateSerialHex).
+struct Caller {
+  std::string identity;
+  std::string certificate_serial_hex;
+};
+
+struct ApprovedRequest {
+  CertificateRequestRecord request;
+  crypto::Certificate certificate;
+};
+
 struct BootstrapRequest {
   std::vector<std::string> services = {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms"};
   std::vector<std::string> extra_dns_names;  // added to every service certificate
-  std::string admin_name = "admin";          // the admin identity is admin:<admin_name>
+  // The first administrators (identities admin:<name>): at least two, since every later
+  // privileged certificate needs one admin to request it and another to approve it.
+  std::vector<std::string> admin_names = {"admin1", "admin2"};
+  // Key custodians (identities custodian:<name>); a key ceremony needs two of them.
+  std::vector<std::string> custodian_names;
   std::string operator_id = "operator1";
   crypto::SecretBytes operator_pin;  // protects the operator card (PKCS#12)
   int pkcs12_iterations = crypto::Pkcs12WriteOptions{}.iterations;
@@ -97,7 +126,8 @@ struct BootstrapResult {
   crypto::Certificate operator_ca;
   crypto::Certificate service_ca;
   std::vector<KeyAndCertificate> services;
-  KeyAndCertificate admin;
+  std::vector<KeyAndCertificate> admins;
+  std::vector<KeyAndCertificate> custodians;
   KeyAndCertificate operator_card;
   Bytes operator_pkcs12;  // PIN-protected card: key, operator certificate, operator-ca
 };
@@ -126,10 +156,40 @@ class CaCore {
   absl::StatusOr<crypto::Certificate> IssueServiceCertificate(
       const ServiceCertificateRequest& request);
 
+  // ---- Dual control ----
+  // Records a pending request by `requester` (an admin holding a good certificate of this
+  // CA, else PERMISSION_DENIED). Every rule of the issuance is checked now (INVALID_ARGUMENT
+  // naming the field), so an approval signs exactly what was requested. Audited.
+  absl::StatusOr<CertificateRequestRecord> RequestServiceCertificate(
+      const Caller& requester, const ServiceCertificateRequest& request);
+  absl::StatusOr<CertificateRequestRecord> RequestOperatorCertificate(
+      const Caller& requester, const OperatorCertificateRequest& request);
+  // Signs a pending request. `subject` must repeat the identity the request names, so an
+  // approver approves what they think they approve. Refusals, each audited with nothing
+  // else changed: PERMISSION_DENIED when the approver is not an admin holding a good
+  // certificate of this CA, or made the request; FAILED_PRECONDITION when the request was
+  // already approved, has expired (policy.request_ttl) or names another subject;
+  // NOT_FOUND for an unknown id.
+  absl::StatusOr<ApprovedRequest> ApproveRequest(const Caller& approver,
+                                                 const std::string& request_id,
+                                                 const std::string& subject);
+  absl::StatusOr<CertificateRequestRecord> GetRequest(const std::string& request_id);
+  // Newest first (at most kMaxListedRequests).
+  absl::StatusOr<std::vector<CertificateRequestRecord>> ListRequests(bool pending_only);
+  static constexpr int kMaxListedRequests = 500;
+  // Pending and past its expiry at the core's clock.
+  bool IsExpired(const CertificateRequestRecord& request) const;
+  // Audits a call refused before it reached the core (authorization). Never fails: a
+  // refusal stands even if its record cannot be written (logged instead).
+  void RecordRefusal(const std::string& caller, std::string_view method,
+                     const absl::Status& status);
+
   // Revokes a leaf and republishes its issuer's CRL. Allowed reasons: keyCompromise,
   // affiliationChanged, superseded, cessationOfOperation. Revoking a revoked certificate
   // returns it unchanged; issuer certificates cannot be revoked (FAILED_PRECONDITION).
-  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, crypto::CrlReason reason);
+  // Audited under `actor`.
+  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, crypto::CrlReason reason,
+                                           const std::string& actor = "(unspecified)");
   // The issuer's current CRL, re-signed first if it is past half its life.
   absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer);
   absl::StatusOr<CertificateRecord> GetCertificateStatus(const std::string& serial_hex);
@@ -150,6 +210,17 @@ class CaCore {
   };
 
   absl::StatusOr<Issuer> LoadIssuer(IssuerId issuer);
+  absl::StatusOr<CertificateRecord> RevokeUnaudited(const std::string& serial_hex,
+                                                    crypto::CrlReason reason);
+  absl::StatusOr<LeafSpec> ServiceLeaf(const ServiceCertificateRequest& request);
+  absl::StatusOr<LeafSpec> OperatorLeaf(const OperatorCertificateRequest& request);
+  // PERMISSION_DENIED unless `caller` is an admin whose presented certificate this CA issued
+  // to that identity, unrevoked and unexpired.
+  absl::Status CheckAdmin(const Caller& caller, const char* role);
+  absl::StatusOr<CertificateRequestRecord> StoreRequest(const Caller& requester,
+                                                        CertificateRequestRecord request,
+                                                        const absl::StatusOr<LeafSpec>& leaf);
+  void Audit(AuditRecord record);
   absl::StatusOr<crypto::Certificate> SignLeaf(const LeafSpec& spec, const Issuer& issuer,
                                                int64_t now);
   absl::StatusOr<crypto::Certificate> IssueAndRecord(const LeafSpec& spec);
@@ -168,6 +239,10 @@ class CaCore {
 
 // The certificate record kept for `cert`.
 CertificateRecord RecordOf(const crypto::Certificate& cert, IssuerId issuer, Profile profile);
+
+// Upper-case hex SHA-256 of a CSR's SubjectPublicKeyInfo ("" if it does not parse): what a
+// requester reads out to the approver so both know which key is being certified.
+std::string CsrKeySha256Hex(const std::string& csr_pem);
 
 // Upper-cases and checks a serial given by a caller: 2-40 hex digits, even length.
 absl::StatusOr<std::string> NormalizeSerialHex(std::string_view serial_hex);

@@ -11,6 +11,7 @@ using rpc::ToGrpcStatus;
 std::vector<std::string> AnyRklIdentity() {
   std::vector<std::string> ids(std::begin(kServiceNames), std::end(kServiceNames));
   ids.push_back(std::string(kAdminPrefix) + "*");
+  ids.push_back(std::string(kCustodianPrefix) + "*");
   return ids;
 }
 
@@ -43,8 +44,10 @@ rpc::Authorizer MakeCaAuthorizer() {
       .Allow("GetCrl", AnyRklIdentity())
       .Allow("GetCertificateStatus", AnyRklIdentity())
       .Allow("IssueWorkCertificate", {"mtms"})
-      .Allow("IssueOperatorCertificate", {admins})
-      .Allow("IssueServiceCertificate", {admins})
+      .Allow("RequestCertificate", {admins})
+      .Allow("ApproveCertificateRequest", {admins})
+      .Allow("GetCertificateRequest", {admins})
+      .Allow("ListCertificateRequests", {admins})
       .Allow("RevokeCertificate", {admins});
   return a;
 }
@@ -107,11 +110,39 @@ v1::RevocationReason ReasonToProto(crypto::CrlReason reason) {
   }
 }
 
+absl::StatusOr<Caller> CaGrpcService::Authorize(const grpc::ServerContext& ctx,
+                                                const char* method) {
+  std::string identity = rpc::GetCallerIdentity(ctx).name;
+  if (absl::Status s = authorizer_.Check(method, identity); !s.ok()) {
+    core_->RecordRefusal(identity, method, s);
+    return s;
+  }
+  return Caller{identity, rpc::PeerCertificateSerialHex(ctx)};
+}
+
+void CaGrpcService::FillRequest(const CertificateRequestRecord& r,
+                                v1::CertificateRequestInfo* out) {
+  out->set_request_id(r.id);
+  out->set_subject(r.subject);
+  out->set_profile(std::string(ProfileName(r.profile)));
+  for (const std::string& d : r.dns_names) out->add_dns_names(d);
+  out->set_validity_days(r.validity_days);
+  out->set_requested_by(r.requested_by);
+  out->set_requested_at_unix_s(r.requested_at);
+  out->set_expires_at_unix_s(r.expires_at);
+  out->set_state(r.state == RequestState::kIssued ? v1::CertificateRequestInfo::STATE_ISSUED
+                 : core_->IsExpired(r)            ? v1::CertificateRequestInfo::STATE_EXPIRED
+                                                  : v1::CertificateRequestInfo::STATE_PENDING);
+  out->set_approved_by(r.approved_by);
+  out->set_approved_at_unix_s(r.approved_at);
+  out->set_public_key_sha256_hex(CsrKeySha256Hex(r.csr_pem));
+}
+
 grpc::Status CaGrpcService::GetIssuerCertificate(grpc::ServerContext* ctx,
                                                  const v1::GetIssuerCertificateRequest* request,
                                                  v1::GetIssuerCertificateResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "GetIssuerCertificate"); !s.ok()) {
-    return ToGrpcStatus(s);
+  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetIssuerCertificate"); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
   }
   absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
   if (!issuer.ok()) return ToGrpcStatus(issuer.status());
@@ -124,8 +155,8 @@ grpc::Status CaGrpcService::GetIssuerCertificate(grpc::ServerContext* ctx,
 grpc::Status CaGrpcService::IssueWorkCertificate(grpc::ServerContext* ctx,
                                                  const v1::IssueWorkCertificateRequest* request,
                                                  v1::IssuedCertificate* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "IssueWorkCertificate"); !s.ok()) {
-    return ToGrpcStatus(s);
+  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "IssueWorkCertificate"); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
   }
   WorkCertificateRequest req;
   req.public_key_der.assign(request->public_key_der().begin(), request->public_key_der().end());
@@ -138,53 +169,96 @@ grpc::Status CaGrpcService::IssueWorkCertificate(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CaGrpcService::IssueOperatorCertificate(
-    grpc::ServerContext* ctx, const v1::IssueOperatorCertificateRequest* request,
-    v1::IssuedCertificate* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "IssueOperatorCertificate"); !s.ok()) {
-    return ToGrpcStatus(s);
+grpc::Status CaGrpcService::RequestCertificate(grpc::ServerContext* ctx,
+                                               const v1::RequestCertificateRequest* request,
+                                               v1::CertificateRequestInfo* response) {
+  absl::StatusOr<Caller> caller = Authorize(*ctx, "RequestCertificate");
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  absl::StatusOr<CertificateRequestRecord> record;
+  if (request->has_service()) {
+    const v1::IssueServiceCertificateRequest& svc = request->service();
+    ServiceCertificateRequest req;
+    req.csr_pem = svc.csr_pem();
+    req.name = svc.name();
+    req.dns_names.assign(svc.dns_names().begin(), svc.dns_names().end());
+    req.validity_days = svc.validity_days();
+    record = core_->RequestServiceCertificate(*caller, req);
+  } else if (request->has_operator_()) {
+    const v1::IssueOperatorCertificateRequest& op = request->operator_();
+    record = core_->RequestOperatorCertificate(
+        *caller, {op.csr_pem(), op.operator_id(), op.validity_days()});
+  } else {
+    return ToGrpcStatus(absl::InvalidArgumentError("certificate: set either service or operator"));
   }
-  absl::StatusOr<crypto::Certificate> cert = core_->IssueOperatorCertificate(
-      {request->csr_pem(), request->operator_id(), request->validity_days()});
-  if (!cert.ok()) return ToGrpcStatus(cert.status());
-  FillIssued(*cert, response);
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  FillRequest(*record, response);
   return grpc::Status::OK;
 }
 
-grpc::Status CaGrpcService::IssueServiceCertificate(
-    grpc::ServerContext* ctx, const v1::IssueServiceCertificateRequest* request,
-    v1::IssuedCertificate* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "IssueServiceCertificate"); !s.ok()) {
-    return ToGrpcStatus(s);
+grpc::Status CaGrpcService::ApproveCertificateRequest(
+    grpc::ServerContext* ctx, const v1::ApproveCertificateRequestRequest* request,
+    v1::CertificateRequestInfo* response) {
+  absl::StatusOr<Caller> caller = Authorize(*ctx, "ApproveCertificateRequest");
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  absl::StatusOr<ApprovedRequest> approved =
+      core_->ApproveRequest(*caller, request->request_id(), request->subject());
+  if (!approved.ok()) return ToGrpcStatus(approved.status());
+  FillRequest(approved->request, response);
+  FillIssued(approved->certificate, response->mutable_certificate());
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::GetCertificateRequest(grpc::ServerContext* ctx,
+                                                  const v1::GetCertificateRequestRequest* request,
+                                                  v1::CertificateRequestInfo* response) {
+  absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCertificateRequest");
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  absl::StatusOr<CertificateRequestRecord> record = core_->GetRequest(request->request_id());
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  FillRequest(*record, response);
+  if (record->state == RequestState::kIssued) {
+    absl::StatusOr<CertificateRecord> cert = core_->GetCertificateStatus(record->serial_hex);
+    if (!cert.ok()) return ToGrpcStatus(cert.status());
+    absl::StatusOr<crypto::Certificate> parsed =
+        crypto::Certificate::FromDer(cert->certificate_der);
+    if (!parsed.ok()) return ToGrpcStatus(parsed.status());
+    FillIssued(*parsed, response->mutable_certificate());
   }
-  ServiceCertificateRequest req;
-  req.csr_pem = request->csr_pem();
-  req.name = request->name();
-  req.dns_names.assign(request->dns_names().begin(), request->dns_names().end());
-  req.validity_days = request->validity_days();
-  absl::StatusOr<crypto::Certificate> cert = core_->IssueServiceCertificate(req);
-  if (!cert.ok()) return ToGrpcStatus(cert.status());
-  FillIssued(*cert, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status CaGrpcService::ListCertificateRequests(
+    grpc::ServerContext* ctx, const v1::ListCertificateRequestsRequest* request,
+    v1::ListCertificateRequestsResponse* response) {
+  absl::StatusOr<Caller> caller = Authorize(*ctx, "ListCertificateRequests");
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  absl::StatusOr<std::vector<CertificateRequestRecord>> records =
+      core_->ListRequests(!request->include_decided());
+  if (!records.ok()) return ToGrpcStatus(records.status());
+  for (const CertificateRequestRecord& r : *records) FillRequest(r, response->add_requests());
   return grpc::Status::OK;
 }
 
 grpc::Status CaGrpcService::RevokeCertificate(grpc::ServerContext* ctx,
                                               const v1::RevokeCertificateRequest* request,
                                               v1::CertificateStatus* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "RevokeCertificate"); !s.ok()) {
-    return ToGrpcStatus(s);
-  }
+  absl::StatusOr<Caller> caller = Authorize(*ctx, "RevokeCertificate");
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<crypto::CrlReason> reason = ReasonFromProto(request->reason());
   if (!reason.ok()) return ToGrpcStatus(reason.status());
-  absl::StatusOr<CertificateRecord> record = core_->Revoke(request->serial_hex(), *reason);
+  absl::StatusOr<CertificateRecord> record =
+      core_->Revoke(request->serial_hex(), *reason, caller->identity);
   if (!record.ok()) return ToGrpcStatus(record.status());
+  if (on_revoked_) on_revoked_();
   FillStatus(*record, response);
   return grpc::Status::OK;
 }
 
 grpc::Status CaGrpcService::GetCrl(grpc::ServerContext* ctx, const v1::GetCrlRequest* request,
                                    v1::GetCrlResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "GetCrl"); !s.ok()) return ToGrpcStatus(s);
+  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCrl"); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
   if (!issuer.ok()) return ToGrpcStatus(issuer.status());
   absl::StatusOr<CrlRecord> record = core_->GetCrl(*issuer);
@@ -200,8 +274,8 @@ grpc::Status CaGrpcService::GetCrl(grpc::ServerContext* ctx, const v1::GetCrlReq
 grpc::Status CaGrpcService::GetCertificateStatus(grpc::ServerContext* ctx,
                                                  const v1::GetCertificateStatusRequest* request,
                                                  v1::CertificateStatus* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "GetCertificateStatus"); !s.ok()) {
-    return ToGrpcStatus(s);
+  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCertificateStatus"); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
   }
   absl::StatusOr<CertificateRecord> record = core_->GetCertificateStatus(request->serial_hex());
   if (!record.ok()) return ToGrpcStatus(record.status());

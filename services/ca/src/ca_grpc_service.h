@@ -3,12 +3,19 @@
 // its mTLS identity and converts statuses (rpc::ToGrpcStatus). No logic of its own.
 //
 // Who may call what (PROTOCOL §2, ARCHITECTURE "Trust boundaries"):
-//   GetIssuerCertificate, GetCrl, GetCertificateStatus — any rkl identity (services, admins);
+//   GetIssuerCertificate, GetCrl, GetCertificateStatus — any rkl identity (services,
+//     admins, custodians);
 //   IssueWorkCertificate — `mtms` only;
-//   IssueOperatorCertificate, IssueServiceCertificate, RevokeCertificate — admin:* only.
-// Thread-safe; the core is not owned and must outlive the service.
+//   RequestCertificate, ApproveCertificateRequest, GetCertificateRequest,
+//     ListCertificateRequests, RevokeCertificate — admin:* only (and the core adds the
+//     rules of dual control: the approver is another admin than the requester, both holding
+//     a good certificate of this CA).
+// A refused call is audited (CaCore::RecordRefusal). Thread-safe; the core is not owned and
+// must outlive the service.
 
 #include <grpcpp/server_context.h>
+
+#include <functional>
 
 #include "ca_core.h"
 #include "rkl/rpc/identity.h"
@@ -21,7 +28,10 @@ rpc::Authorizer MakeCaAuthorizer();
 
 class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
  public:
-  explicit CaGrpcService(CaCore* core) : core_(core), authorizer_(MakeCaAuthorizer()) {}
+  // `on_revoked`, when set, runs after every successful revocation (the daemon refreshes
+  // the CRL its own mTLS server enforces there).
+  explicit CaGrpcService(CaCore* core, std::function<void()> on_revoked = nullptr)
+      : core_(core), authorizer_(MakeCaAuthorizer()), on_revoked_(std::move(on_revoked)) {}
 
   grpc::Status GetIssuerCertificate(grpc::ServerContext* ctx,
                                     const v1::GetIssuerCertificateRequest* request,
@@ -29,12 +39,18 @@ class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
   grpc::Status IssueWorkCertificate(grpc::ServerContext* ctx,
                                     const v1::IssueWorkCertificateRequest* request,
                                     v1::IssuedCertificate* response) override;
-  grpc::Status IssueOperatorCertificate(grpc::ServerContext* ctx,
-                                        const v1::IssueOperatorCertificateRequest* request,
-                                        v1::IssuedCertificate* response) override;
-  grpc::Status IssueServiceCertificate(grpc::ServerContext* ctx,
-                                       const v1::IssueServiceCertificateRequest* request,
-                                       v1::IssuedCertificate* response) override;
+  grpc::Status RequestCertificate(grpc::ServerContext* ctx,
+                                  const v1::RequestCertificateRequest* request,
+                                  v1::CertificateRequestInfo* response) override;
+  grpc::Status ApproveCertificateRequest(grpc::ServerContext* ctx,
+                                         const v1::ApproveCertificateRequestRequest* request,
+                                         v1::CertificateRequestInfo* response) override;
+  grpc::Status GetCertificateRequest(grpc::ServerContext* ctx,
+                                     const v1::GetCertificateRequestRequest* request,
+                                     v1::CertificateRequestInfo* response) override;
+  grpc::Status ListCertificateRequests(grpc::ServerContext* ctx,
+                                       const v1::ListCertificateRequestsRequest* request,
+                                       v1::ListCertificateRequestsResponse* response) override;
   grpc::Status RevokeCertificate(grpc::ServerContext* ctx,
                                  const v1::RevokeCertificateRequest* request,
                                  v1::CertificateStatus* response) override;
@@ -45,8 +61,13 @@ class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
                                     v1::CertificateStatus* response) override;
 
  private:
+  // Authorizes the call and audits a refusal; returns the caller.
+  absl::StatusOr<Caller> Authorize(const grpc::ServerContext& ctx, const char* method);
+  void FillRequest(const CertificateRequestRecord& r, v1::CertificateRequestInfo* out);
+
   CaCore* core_;
   const rpc::Authorizer authorizer_;
+  const std::function<void()> on_revoked_;
 };
 
 // Enum conversions shared with rklctl.

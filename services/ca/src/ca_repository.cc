@@ -3,6 +3,8 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/transaction.h"
 
@@ -41,6 +43,22 @@ constexpr char kUpdateCrl[] =
     " WHERE issuer = $1";
 
 constexpr char kStateRevoked[] = "revoked";
+
+constexpr char kRequestColumns[] =
+    "id, profile, subject, csr_pem, dns_names, validity_days, requested_by, requested_at,"
+    " expires_at, state, COALESCE(approved_by, ''), COALESCE(approved_at, 0),"
+    " COALESCE(serial_hex, '')";
+constexpr char kInsertRequest[] =
+    "INSERT INTO ca_certificate_requests (id, profile, subject, csr_pem, dns_names,"
+    " validity_days, requested_by, requested_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+    " $8, $9)";
+constexpr char kMarkRequestIssued[] =
+    "UPDATE ca_certificate_requests SET state = 'issued', approved_by = $2, approved_at = $3,"
+    " serial_hex = $4 WHERE id = $1 AND state = 'pending'";
+constexpr char kInsertAudit[] =
+    "INSERT INTO ca_audit (at, actor, action, request_id, subject, serial_hex, result, detail)"
+    " VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8)";
+constexpr char kStateIssued[] = "issued";
 
 pqxx::binarystring Blob(const Bytes& bytes) {
   return pqxx::binarystring(bytes.data(), bytes.size());
@@ -116,6 +134,31 @@ absl::StatusOr<CrlRecord> PublishLocked(pqxx::work& tx, IssuerId issuer,
   tx.exec_params(kUpdateCrl, Name(issuer), static_cast<int64_t>(next->crl_number),
                  next->this_update, next->next_update, Blob(next->crl_der));
   return *next;
+}
+
+absl::StatusOr<CertificateRequestRecord> RequestFromRow(const pqxx::row& row) {
+  CertificateRequestRecord r;
+  r.id = row[0].as<std::string>();
+  RKL_ASSIGN_OR_RETURN(r.profile, ProfileFromName(row[1].as<std::string>()));
+  r.subject = row[2].as<std::string>();
+  r.csr_pem = row[3].as<std::string>();
+  std::string dns = row[4].as<std::string>();
+  if (!dns.empty()) r.dns_names = absl::StrSplit(dns, ',');
+  r.validity_days = row[5].as<uint32_t>();
+  r.requested_by = row[6].as<std::string>();
+  r.requested_at = row[7].as<int64_t>();
+  r.expires_at = row[8].as<int64_t>();
+  r.state =
+      row[9].as<std::string>() == kStateIssued ? RequestState::kIssued : RequestState::kPending;
+  r.approved_by = row[10].as<std::string>();
+  r.approved_at = row[11].as<int64_t>();
+  r.serial_hex = row[12].as<std::string>();
+  return r;
+}
+
+void InsertAuditRow(pqxx::work& tx, const AuditRecord& a) {
+  tx.exec_params(kInsertAudit, a.at, a.actor, a.action, a.request_id, a.subject, a.serial_hex,
+                 a.result, a.detail);
 }
 
 }  // namespace
@@ -217,6 +260,87 @@ absl::StatusOr<CrlRecord> PgCaRepository::GetCrl(IssuerId issuer) {
 absl::StatusOr<CrlRecord> PgCaRepository::PublishCrl(IssuerId issuer, const CrlPublisher& publish) {
   return db::RunInTransaction(*pool_,
                               [&](pqxx::work& tx) { return PublishLocked(tx, issuer, publish); });
+}
+
+}  // namespace rkl::ca
+
+namespace rkl::ca {
+
+absl::Status PgCaRepository::InsertRequest(const CertificateRequestRecord& r,
+                                           const AuditRecord& audit) {
+  return db::RunInTransaction(*pool_, [&](pqxx::work& tx) -> absl::Status {
+    tx.exec_params(kInsertRequest, r.id, std::string(ProfileName(r.profile)), r.subject, r.csr_pem,
+                   absl::StrJoin(r.dns_names, ","), static_cast<int64_t>(r.validity_days),
+                   r.requested_by, r.requested_at, r.expires_at);
+    InsertAuditRow(tx, audit);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<CertificateRequestRecord> PgCaRepository::GetRequest(const std::string& id) {
+  return db::RunInReadOnlyTransaction(
+      *pool_, [&](pqxx::work& tx) -> absl::StatusOr<CertificateRequestRecord> {
+        pqxx::result r = tx.exec_params(
+            absl::StrCat("SELECT ", kRequestColumns, " FROM ca_certificate_requests WHERE id = $1"),
+            id);
+        if (r.empty()) return absl::NotFoundError("request_id: no such certificate request");
+        return RequestFromRow(r[0]);
+      });
+}
+
+absl::StatusOr<std::vector<CertificateRequestRecord>> PgCaRepository::ListRequests(
+    bool pending_only, int limit) {
+  return db::RunInReadOnlyTransaction(
+      *pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<CertificateRequestRecord>> {
+        pqxx::result rows =
+            tx.exec_params(absl::StrCat("SELECT ", kRequestColumns, " FROM ca_certificate_requests",
+                                        pending_only ? " WHERE state = 'pending'" : "",
+                                        " ORDER BY requested_at DESC, id LIMIT $1"),
+                           limit);
+        std::vector<CertificateRequestRecord> out;
+        for (const pqxx::row& row : rows) {
+          RKL_ASSIGN_OR_RETURN(CertificateRequestRecord r, RequestFromRow(row));
+          out.push_back(std::move(r));
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<CertificateRequestRecord> PgCaRepository::ApproveRequest(const std::string& id,
+                                                                        const std::string& approver,
+                                                                        int64_t approved_at,
+                                                                        const RequestSigner& sign,
+                                                                        AuditRecord audit) {
+  return db::RunInTransaction(
+      *pool_, [&](pqxx::work& tx) -> absl::StatusOr<CertificateRequestRecord> {
+        pqxx::result r =
+            tx.exec_params(absl::StrCat("SELECT ", kRequestColumns,
+                                        " FROM ca_certificate_requests WHERE id = $1 FOR UPDATE"),
+                           id);
+        if (r.empty()) return absl::NotFoundError("request_id: no such certificate request");
+        RKL_ASSIGN_OR_RETURN(CertificateRequestRecord request, RequestFromRow(r[0]));
+        RKL_ASSIGN_OR_RETURN(CertificateRecord cert, sign(request));
+        InsertCertificateRow(tx, cert);
+        pqxx::result marked =
+            tx.exec_params(kMarkRequestIssued, id, approver, approved_at, cert.serial_hex);
+        if (marked.affected_rows() != 1) {
+          return absl::FailedPreconditionError("request_id: the request is no longer pending");
+        }
+        audit.serial_hex = cert.serial_hex;
+        InsertAuditRow(tx, audit);
+        request.state = RequestState::kIssued;
+        request.approved_by = approver;
+        request.approved_at = approved_at;
+        request.serial_hex = cert.serial_hex;
+        return request;
+      });
+}
+
+absl::Status PgCaRepository::InsertAudit(const AuditRecord& audit) {
+  return db::RunInTransaction(*pool_, [&](pqxx::work& tx) -> absl::Status {
+    InsertAuditRow(tx, audit);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace rkl::ca

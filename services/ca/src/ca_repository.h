@@ -1,6 +1,7 @@
 #pragma once
 // Storage of the CA: issuers (certificate + sealed private key), every issued certificate
-// with its profile, subject, validity and status, and the current CRL of each issuer.
+// with its profile, subject, validity and status, the current CRL of each issuer, the
+// certificate requests of dual control and the CA's audit trail.
 //
 // CaRepository is the interface ca_core depends on (unit tests use a fake); PgCaRepository
 // is the PostgreSQL implementation over the CA's own database (services/ca/migrations).
@@ -11,7 +12,11 @@
 //  - Initialize() is all-or-nothing and happens once: a second call is FAILED_PRECONDITION;
 //  - Revoke() and PublishCrl() serialise per issuer, so CRL numbers strictly increase and a
 //    CRL always lists every certificate revoked before it was signed;
-//  - only public data and sealed (AES-256-GCM) issuer keys are stored: no clear private key.
+//  - only public data and sealed (AES-256-GCM) issuer keys are stored: no clear private key;
+//  - ApproveRequest() issues at most once per request: under a lock on the request row it
+//    re-reads it, and records the certificate, the approval and its audit record together
+//    (in PostgreSQL a CHECK also refuses a request approved by its own requester);
+//  - audit records are only ever inserted.
 // PgCaRepository is thread-safe (each call borrows its own pooled connection).
 
 #include <cstdint>
@@ -65,6 +70,42 @@ struct RevokedEntry {
   crypto::CrlReason reason;
 };
 
+enum class RequestState { kPending, kIssued };
+
+// A request for a certificate that needs a second admin's approval (dual control).
+struct CertificateRequestRecord {
+  std::string id{};                     // 32 upper-case hex digits
+  Profile profile = Profile::kService;  // kService (services, admins, custodians) or kOperator
+  std::string subject{};                // identity it will name: "kms", "admin:bob", "operator:x"
+  std::string csr_pem{};
+  std::vector<std::string> dns_names{};  // extra SANs (services only)
+  uint32_t validity_days = 0;            // 0: policy default
+  std::string requested_by{};
+  int64_t requested_at = 0;  // unix seconds
+  int64_t expires_at = 0;
+  RequestState state = RequestState::kPending;
+  std::string approved_by{};  // empty while pending
+  int64_t approved_at = 0;
+  std::string serial_hex{};  // the issued certificate; empty while pending
+};
+
+// One line of the CA's audit trail (table ca_audit).
+struct AuditRecord {
+  int64_t at = 0;  // unix seconds
+  std::string actor{};
+  std::string action{};  // e.g. "request.create", "request.approve", "certificate.revoke"
+  std::string request_id{};
+  std::string subject{};
+  std::string serial_hex{};
+  std::string result = "OK";  // "OK" or "<CODE>: <message>"
+  std::string detail{};
+};
+
+// Checks a request, locked and freshly read, and signs its certificate; an error refuses the
+// approval and nothing is written. May run more than once (transaction retries).
+using RequestSigner =
+    std::function<absl::StatusOr<CertificateRecord>(const CertificateRequestRecord& locked)>;
+
 // Decides, under the issuer's CRL lock, whether to publish a new CRL and signs it. Gets the
 // current CRL and every revoked certificate of the issuer; returns the new CRL, or nullopt
 // to keep the current one. May run more than once (transaction retries): it must be pure.
@@ -105,6 +146,27 @@ class CaRepository {
   virtual absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) = 0;
   // Lets `publish` replace the issuer's CRL; returns the CRL in force afterwards.
   virtual absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) = 0;
+
+  // Stores a new pending request and its audit record together. ALREADY_EXISTS if the id is
+  // taken.
+  virtual absl::Status InsertRequest(const CertificateRequestRecord& request,
+                                     const AuditRecord& audit) = 0;
+  // NOT_FOUND for an unknown id.
+  virtual absl::StatusOr<CertificateRequestRecord> GetRequest(const std::string& id) = 0;
+  // Newest first, at most `limit`; only pending ones when `pending_only`.
+  virtual absl::StatusOr<std::vector<CertificateRequestRecord>> ListRequests(bool pending_only,
+                                                                             int limit) = 0;
+  // Locks the request, runs `sign` on it, then records the certificate it returns, marks the
+  // request issued by `approver` at `approved_at` (with the certificate's serial) and writes
+  // `audit` (its serial_hex filled in), all in one transaction. `sign`'s error is returned
+  // and nothing changes. NOT_FOUND for an unknown id; ALREADY_EXISTS for a serial collision.
+  virtual absl::StatusOr<CertificateRequestRecord> ApproveRequest(const std::string& id,
+                                                                  const std::string& approver,
+                                                                  int64_t approved_at,
+                                                                  const RequestSigner& sign,
+                                                                  AuditRecord audit) = 0;
+
+  virtual absl::Status InsertAudit(const AuditRecord& audit) = 0;
 };
 
 class PgCaRepository final : public CaRepository {
@@ -125,6 +187,17 @@ class PgCaRepository final : public CaRepository {
                                            const CrlPublisher& publish) override;
   absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) override;
   absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) override;
+  absl::Status InsertRequest(const CertificateRequestRecord& request,
+                             const AuditRecord& audit) override;
+  absl::StatusOr<CertificateRequestRecord> GetRequest(const std::string& id) override;
+  absl::StatusOr<std::vector<CertificateRequestRecord>> ListRequests(bool pending_only,
+                                                                     int limit) override;
+  absl::StatusOr<CertificateRequestRecord> ApproveRequest(const std::string& id,
+                                                          const std::string& approver,
+                                                          int64_t approved_at,
+                                                          const RequestSigner& sign,
+                                                          AuditRecord audit) override;
+  absl::Status InsertAudit(const AuditRecord& audit) override;
 
  private:
   db::ConnectionPool* pool_;

@@ -10,12 +10,14 @@
 #include "ca_repository.h"
 #include "master_key.h"
 #include "rkl/ca/migrations.h"
-#include "rkl/common/process.h"
 #include "rkl/common/config.h"
 #include "rkl/common/logging.h"
+#include "rkl/common/process.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
 #include "rkl/rpc/tls.h"
@@ -37,6 +39,12 @@ rkl::ConfigSchema MakeSchema() {
             "CA master key: 32 raw bytes or 64 hex digits, mode 0600 (see docs/pki.md)")
       .Required();
   rkl::ca::DeclarePolicyConfig(schema);
+  schema
+      .Duration("crl.refresh_interval",
+                "how often the service-ca CRL this server enforces is re-read from the database "
+                "(besides right after each revocation here): bounds how late a revocation made "
+                "through another CA replica takes effect")
+      .Default("60s");
   schema.Duration("shutdown_grace", "how long in-flight calls may finish on SIGTERM")
       .Default("10s");
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
@@ -81,13 +89,36 @@ int main(int argc, char** argv) {
   if (absl::Status ready = core.CheckReady(); !ready.ok()) return Fatal(ready);
   spdlog::info("master key KCV {} matches the CA database", master_key->KcvHex());
 
-  rkl::ca::CaGrpcService service(&core);
-  auto server = rkl::rpc::Server::Start(
-      {.listen_address = config.GetString("listen"), .tls = rkl::rpc::TlsFilesFromConfig(config)},
-      {&service});
+  // The CA enforces its own service-ca CRL on its clients, read from its database: at once
+  // after each revocation it makes, and on a schedule for revocations by other replicas.
+  const rkl::rpc::TlsFiles tls = rkl::rpc::TlsFilesFromConfig(config);
+  absl::StatusOr<std::string> ca_pem = rkl::rpc::ReadPemFile(tls.ca_file, "tls.ca_file");
+  if (!ca_pem.ok()) return Fatal(ca_pem.status());
+  auto revocation = rkl::rpc::RevocationList::Create(*ca_pem, [] { return absl::Now(); });
+  if (!revocation.ok()) return Fatal(revocation.status());
+  rkl::rpc::CrlRefresher refresher(
+      revocation->get(),
+      [&core]() -> absl::StatusOr<std::string> {
+        RKL_ASSIGN_OR_RETURN(rkl::ca::CrlRecord crl, core.GetCrl(rkl::ca::IssuerId::kServiceCa));
+        return std::string(crl.crl_der.begin(), crl.crl_der.end());
+      },
+      config.GetDuration("crl.refresh_interval"));
+  if (absl::StatusOr<uint64_t> first = refresher.RefreshNow(); !first.ok()) {
+    return Fatal(first.status());
+  }
+  refresher.Start();
+
+  rkl::ca::CaGrpcService service(&core, [&refresher] { (void)refresher.RefreshNow(); });
+  auto server =
+      rkl::rpc::Server::Start({.listen_address = config.GetString("listen"),
+                               .tls = tls,
+                               .revocation = revocation->get(),
+                               .refresh_crl = [&refresher] { return refresher.RefreshNow(); }},
+                              {&service});
   if (!server.ok()) return Fatal(server.status());
   (*server)->SetServing("rkl.v1.CertificateAuthority", true);
   spdlog::info("serving rkl.v1.CertificateAuthority on port {}", (*server)->port());
   (*server)->RunUntilShutdownSignal(config.GetDuration("shutdown_grace"));
+  refresher.Stop();
   return 0;
 }

@@ -167,18 +167,25 @@ absl::Status ValidateOperatorId(std::string_view id, std::string_view field) {
 }
 
 bool IsAdminName(std::string_view name) { return name.starts_with(kAdminPrefix); }
+bool IsCustodianName(std::string_view name) { return name.starts_with(kCustodianPrefix); }
+bool IsPersonName(std::string_view name) { return IsAdminName(name) || IsCustodianName(name); }
 
 absl::Status ValidateServiceName(std::string_view name, std::string_view field) {
   if (IsAdminName(name)) {
     return CheckChars(name.substr(kAdminPrefix.size()), field, kMaxOperatorIdLength, "._-",
                       "admin:<name> with a name of 1-48 characters of [a-z0-9._-]");
   }
+  if (IsCustodianName(name)) {
+    return CheckChars(name.substr(kCustodianPrefix.size()), field, kMaxOperatorIdLength, "._-",
+                      "custodian:<name> with a name of 1-48 characters of [a-z0-9._-]");
+  }
   if (std::find(std::begin(kServiceNames), std::end(kServiceNames), name) !=
       std::end(kServiceNames)) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      std::string(field), ": must be ca, hsm-mtms, hsm-kms, mtms, kms or admin:<name>"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(std::string(field),
+                   ": must be ca, hsm-mtms, hsm-kms, mtms, kms, admin:<name> or custodian:<name>"));
 }
 
 absl::Status ValidateDnsName(std::string_view dns_name, std::string_view field) {

@@ -59,15 +59,21 @@ IssuerId IssuerOf(Profile profile);
 // Services that may hold a service-ca certificate (PROTOCOL §2), besides admin:<name>.
 inline constexpr std::string_view kServiceNames[] = {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms"};
 inline constexpr std::string_view kAdminPrefix = "admin:";
+// Key custodians (docs/pki.md "Custody"): a role of its own, the only one HSMs accept for
+// key ceremonies. Issued, like admins, only at bootstrap or under dual control.
+inline constexpr std::string_view kCustodianPrefix = "custodian:";
 
 // Identifier rules. Lengths keep every CN within X.509's 64-character limit.
 // hsm_id: 1-32 of [a-z0-9-]. operator_id: 1-48 of [a-z0-9._-]. Admin name: 1-48 of
 // [a-z0-9._-]. Errors are INVALID_ARGUMENT naming `field` and the rule.
 absl::Status ValidateHsmId(std::string_view hsm_id, std::string_view field = "hsm_id");
 absl::Status ValidateOperatorId(std::string_view id, std::string_view field = "operator_id");
-// "ca", "hsm-mtms", "hsm-kms", "mtms", "kms" or "admin:<name>".
+// "ca", "hsm-mtms", "hsm-kms", "mtms", "kms", "admin:<name>" or "custodian:<name>".
 absl::Status ValidateServiceName(std::string_view name, std::string_view field = "name");
 bool IsAdminName(std::string_view name);
+bool IsCustodianName(std::string_view name);
+// A person's identity (admin or custodian): never a server's name, so no extra DNS SANs.
+bool IsPersonName(std::string_view name);
 // An extra DNS SAN for a service certificate: 1-253 characters of [a-z0-9.-] (lower case).
 absl::Status ValidateDnsName(std::string_view dns_name, std::string_view field = "dns_names");
 

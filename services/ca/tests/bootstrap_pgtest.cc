@@ -117,7 +117,7 @@ TEST_F(BootstrapPgTest, WritesTheDocumentedLayoutWithPrivateFilesMode0600) {
   EXPECT_EQ(testing::ReadFileOrDie(d + "/ca-bundle.pem"), r.service_ca.ToPem());
   EXPECT_EQ(testing::ReadFileOrDie(d + "/terminal-root.pem"), r.terminal_root.ToPem());
   EXPECT_EQ(testing::ReadFileOrDie(d + "/operator-ca.pem"), r.operator_ca.ToPem());
-  for (const char* id : {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms", "admin-admin"}) {
+  for (const char* id : {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms", "admin-alice", "admin-bob"}) {
     std::string cert = d + "/" + id + "/cert.pem";
     std::string key = d + "/" + id + "/key.pem";
     EXPECT_EQ(FileMode(key), 0600) << key;
@@ -155,15 +155,23 @@ TEST_F(BootstrapPgTest, ProducedFilesRunMutualTlsFromTheFirstSecond) {
     return v1::CertificateAuthority::NewStub(*channel);
   };
 
-  // The admin certificate is an admin: it may issue a service certificate.
-  auto admin = stub_for("admin-admin");
-  v1::IssueServiceCertificateRequest svc_req;
-  svc_req.set_csr_pem(testing::CsrPem(crypto::GenerateEcP256Key().value()));
-  svc_req.set_name("kms");
-  v1::IssuedCertificate svc_resp;
+  // The admin certificates are admins: one requests a service certificate, the other
+  // approves it.
+  v1::RequestCertificateRequest svc_req;
+  svc_req.mutable_service()->set_csr_pem(testing::CsrPem(crypto::GenerateEcP256Key().value()));
+  svc_req.mutable_service()->set_name("kms");
+  v1::CertificateRequestInfo requested;
   auto ctx = rpc::MakeClientContext(kTimeout);
-  grpc::Status s = admin->IssueServiceCertificate(ctx.get(), svc_req, &svc_resp);
+  grpc::Status s = stub_for("admin-alice")->RequestCertificate(ctx.get(), svc_req, &requested);
   ASSERT_TRUE(s.ok()) << s.error_message();
+  v1::ApproveCertificateRequestRequest approve;
+  approve.set_request_id(requested.request_id());
+  approve.set_subject("kms");
+  v1::CertificateRequestInfo approved;
+  auto approve_ctx = rpc::MakeClientContext(kTimeout);
+  s = stub_for("admin-bob")->ApproveCertificateRequest(approve_ctx.get(), approve, &approved);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(approved.certificate().certificate_pem().empty());
 
   // The mtms certificate is mtms: it may have Pu certified; kms may not.
   v1::IssueWorkCertificateRequest work_req;
@@ -275,12 +283,14 @@ TEST_F(BootstrapPgTest, DatabaseDumpHoldsNoPrivateKey) {
   for (const KeyAndCertificate& s : r.services) {
     for (auto& n : KeyNeedles(s.name, s.key)) needles.push_back(n);
   }
-  for (auto& n : KeyNeedles(r.admin.name, r.admin.key)) needles.push_back(n);
+  for (const KeyAndCertificate& a : r.admins) {
+    for (auto& n : KeyNeedles(a.name, a.key)) needles.push_back(n);
+  }
   for (auto& n : KeyNeedles(r.operator_card.name, r.operator_card.key)) needles.push_back(n);
   // And the card's PKCS#12 itself.
   needles.push_back({"operator p12 hex", absl::AsciiStrToLower(ToHex(r.operator_pkcs12))});
 
-  ASSERT_GE(needles.size(), 9u * 8u);
+  ASSERT_GE(needles.size(), 10u * 8u);
   int hits = 0;
   for (const auto& [label, needle] : needles) {
     ASSERT_GE(needle.size(), 16u) << label;

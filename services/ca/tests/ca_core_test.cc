@@ -51,6 +51,8 @@ class CaCoreTest : public ::testing::Test {
 
   BootstrapResult Bootstrap() {
     BootstrapRequest req;
+    req.admin_names = {"alice", "bob"};
+    req.custodian_names = {"carol", "dave"};
     req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1234"));
     req.pkcs12_iterations = 1000;
     auto result = core_->Bootstrap(req);
@@ -107,11 +109,20 @@ TEST_F(CaCoreTest, BootstrapCreatesThreeSelfSignedIssuersAndRecordsEverything) {
     EXPECT_EQ(s.certificate.IssuerCommonName(), "service-ca");
     EXPECT_TRUE(crypto::VerifyChain(s.certificate, {}, {&r.service_ca, 1}, {}, kStart).ok());
   }
-  EXPECT_EQ(r.admin.certificate.SubjectCommonName(), "admin:admin");
-  EXPECT_THAT(r.admin.certificate.DnsNames(), ElementsAre("admin:admin"));
+  ASSERT_EQ(r.admins.size(), 2u);
+  EXPECT_EQ(r.admins[0].certificate.SubjectCommonName(), "admin:alice");
+  EXPECT_THAT(r.admins[0].certificate.DnsNames(), ElementsAre("admin:alice"));
+  EXPECT_EQ(r.admins[1].certificate.SubjectCommonName(), "admin:bob");
+  ASSERT_EQ(r.custodians.size(), 2u);
+  EXPECT_EQ(r.custodians[0].certificate.SubjectCommonName(), "custodian:carol");
+  EXPECT_THAT(r.custodians[1].certificate.DnsNames(), ElementsAre("custodian:dave"));
+  EXPECT_TRUE(
+      crypto::VerifyChain(r.custodians[0].certificate, {}, {&r.service_ca, 1}, {}, kStart).ok());
   EXPECT_EQ(r.operator_card.certificate.SubjectCommonName(), "operator:operator1");
-  // 3 issuers + 5 services + admin + operator, all recorded.
-  EXPECT_EQ(repo_.certificates().size(), 10u);
+  // 3 issuers + 5 services + 2 admins + 2 custodians + operator, all recorded.
+  EXPECT_EQ(repo_.certificates().size(), 13u);
+  // Each identity the bootstrap issued is in the audit trail.
+  EXPECT_EQ(repo_.audit().size(), 10u);
   auto card = crypto::ReadPkcs12(r.operator_pkcs12, crypto::SecretBytes::CopyOf(AsBytes("1234")));
   ASSERT_TRUE(card.ok()) << card.status();
   EXPECT_EQ(card->certificate, r.operator_card.certificate);
@@ -121,6 +132,7 @@ TEST_F(CaCoreTest, SecondBootstrapIsRefusedAndChangesNothing) {
   BootstrapResult r = Bootstrap();
   auto before = repo_.issuers().at(IssuerId::kTerminalRoot).certificate_der;
   BootstrapRequest req;
+  req.admin_names = {"alice", "bob"};
   req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1234"));
   auto again = core_->Bootstrap(req);
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -137,9 +149,22 @@ TEST_F(CaCoreTest, BootstrapValidatesItsRequestBeforeMakingKeys) {
   req.services = {"mtms", "mtms"};
   EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
   req.services = {"mtms"};
-  req.admin_name = "Root";
+  req.admin_names = {"root", "Root"};
   EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
-  req.admin_name = "root";
+  // Dual control needs two distinct admins from the start.
+  req.admin_names = {"root"};
+  EXPECT_THAT(core_->Bootstrap(req).status().message(), HasSubstr("at least two"));
+  req.admin_names = {"root", "root"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.admin_names = {"root", "ops"};
+  req.custodian_names = {"carol", "carol"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.custodian_names = {"Carol"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.custodian_names = {"carol"};
+  req.services = {"mtms", "custodian:x"};
+  EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.services = {"mtms"};
   req.extra_dns_names = {"bad_host"};
   EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
   req.extra_dns_names = {"ca.example"};
@@ -341,7 +366,7 @@ TEST_F(CaCoreTest, ServiceCertificatesCarryNameLocalhostAndExtraSans) {
   EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "admin:bob", {"bob.example"}, 0})
                 .status()
                 .message(),
-            "dns_names: not allowed for admin certificates");
+            "dns_names: not allowed for admin and custodian certificates");
   EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "pos", {}, 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(core_->IssueServiceCertificate({CsrPem(key), "kms", {"Bad_Name"}, 0}).status().code(),
@@ -438,6 +463,185 @@ TEST_F(CaCoreTest, PolicyValidation) {
   p = CaPolicy{};
   p.terminal_root_key = KeySpec::kEcP256;
   EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Dual control ---------------------------------------------------------------------------
+
+class DualControlTest : public CaCoreTest {
+ protected:
+  void SetUp() override {
+    CaCoreTest::SetUp();
+    boot_.emplace(Bootstrap());
+    alice_ = {"admin:alice", boot_->admins[0].certificate.SerialHex()};
+    bob_ = {"admin:bob", boot_->admins[1].certificate.SerialHex()};
+    carol_ = {"custodian:carol", boot_->custodians[0].certificate.SerialHex()};
+    kms_ = {"kms", boot_->services[4].certificate.SerialHex()};
+  }
+
+  absl::StatusOr<CertificateRequestRecord> RequestAdmin(const Caller& who,
+                                                        const std::string& name) {
+    return core_->RequestServiceCertificate(
+        who, {CsrPem(crypto::GenerateEcP256Key().value()), name, {}, 0});
+  }
+
+  // The last audit record, and that it names the action and a result starting with `result`.
+  void ExpectAudited(const std::string& action, const std::string& result) {
+    ASSERT_FALSE(repo_.audit().empty());
+    const AuditRecord& a = repo_.audit().back();
+    EXPECT_EQ(a.action, action);
+    EXPECT_TRUE(a.result.starts_with(result)) << a.result;
+  }
+
+  std::optional<BootstrapResult> boot_;
+  Caller alice_, bob_, carol_, kms_;
+};
+
+TEST_F(DualControlTest, OneAdminRequestsASecondApprovesThenItIsSigned) {
+  size_t certs = repo_.certificates().size();
+  auto request = RequestAdmin(alice_, "admin:mallory");
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->state, RequestState::kPending);
+  EXPECT_EQ(request->requested_by, "admin:alice");
+  EXPECT_EQ(request->expires_at, kStart + 24 * 3600);
+  EXPECT_EQ(repo_.certificates().size(), certs);  // nothing signed yet
+  ExpectAudited("request.create", "OK");
+
+  auto approved = core_->ApproveRequest(bob_, request->id, "admin:mallory");
+  ASSERT_TRUE(approved.ok()) << approved.status();
+  EXPECT_EQ(approved->certificate.SubjectCommonName(), "admin:mallory");
+  EXPECT_EQ(approved->request.state, RequestState::kIssued);
+  EXPECT_EQ(approved->request.approved_by, "admin:bob");
+  EXPECT_EQ(approved->request.serial_hex, approved->certificate.SerialHex());
+  EXPECT_TRUE(
+      crypto::VerifyChain(approved->certificate, {}, {&boot_->service_ca, 1}, {}, kStart).ok());
+  EXPECT_EQ(repo_.certificates().size(), certs + 1);
+  ExpectAudited("request.approve", "OK");
+  EXPECT_EQ(repo_.audit().back().serial_hex, approved->certificate.SerialHex());
+
+  // Approved once: a second approval (by anyone) is refused.
+  auto again = core_->ApproveRequest(bob_, request->id, "admin:mallory");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(repo_.certificates().size(), certs + 1);
+}
+
+TEST_F(DualControlTest, TheRequesterCannotApproveTheirOwnRequest) {
+  for (const char* name : {"admin:mallory", "kms", "custodian:eve"}) {
+    auto request = RequestAdmin(alice_, name);
+    ASSERT_TRUE(request.ok()) << request.status();
+    size_t certs = repo_.certificates().size();
+    auto self = core_->ApproveRequest(alice_, request->id, name);
+    EXPECT_EQ(self.status().code(), absl::StatusCode::kPermissionDenied) << name;
+    EXPECT_THAT(self.status().message(), HasSubstr("second, distinct admin"));
+    EXPECT_EQ(repo_.certificates().size(), certs);
+    EXPECT_EQ(repo_.requests().at(request->id).state, RequestState::kPending);
+    ExpectAudited("request.approve", "PERMISSION_DENIED");
+  }
+}
+
+TEST_F(DualControlTest, OperatorCardsNeedTwoAdminsToo) {
+  auto request = core_->RequestOperatorCertificate(
+      alice_, {CsrPem(crypto::GenerateEcP256Key().value()), "op2", 0});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->subject, "operator:op2");
+  EXPECT_EQ(core_->ApproveRequest(alice_, request->id, "operator:op2").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto approved = core_->ApproveRequest(bob_, request->id, "operator:op2");
+  ASSERT_TRUE(approved.ok()) << approved.status();
+  EXPECT_EQ(approved->certificate.IssuerCommonName(), "operator-ca");
+}
+
+TEST_F(DualControlTest, OnlyAdminsWithAGoodCertificateOfThisCaTakePart) {
+  auto request = RequestAdmin(alice_, "admin:mallory");
+  ASSERT_TRUE(request.ok());
+  size_t certs = repo_.certificates().size();
+  // Not an admin: a custodian, a service.
+  for (const Caller& who : {carol_, kms_}) {
+    EXPECT_EQ(core_->ApproveRequest(who, request->id, "admin:mallory").status().code(),
+              absl::StatusCode::kPermissionDenied)
+        << who.identity;
+    EXPECT_EQ(RequestAdmin(who, "admin:x").status().code(), absl::StatusCode::kPermissionDenied);
+  }
+  // An admin name on a certificate this CA did not issue, or on another person's.
+  EXPECT_EQ(
+      core_
+          ->ApproveRequest({"admin:bob", "40" + std::string(30, '1')}, request->id, "admin:mallory")
+          .status()
+          .code(),
+      absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_
+                ->ApproveRequest({"admin:bob", alice_.certificate_serial_hex}, request->id,
+                                 "admin:mallory")
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_->ApproveRequest({"admin:bob", ""}, request->id, "admin:mallory").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // A revoked admin.
+  ASSERT_TRUE(
+      core_->Revoke(bob_.certificate_serial_hex, crypto::CrlReason::kKeyCompromise, "admin:alice")
+          .ok());
+  auto revoked = core_->ApproveRequest(bob_, request->id, "admin:mallory");
+  EXPECT_EQ(revoked.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(revoked.status().message(), HasSubstr("revoked"));
+  EXPECT_EQ(repo_.certificates().size(), certs);
+  EXPECT_EQ(repo_.requests().at(request->id).state, RequestState::kPending);
+  ExpectAudited("request.approve", "PERMISSION_DENIED");
+}
+
+TEST_F(DualControlTest, RequestsExpire) {
+  auto request = RequestAdmin(alice_, "admin:mallory");
+  ASSERT_TRUE(request.ok());
+  now_ = kStart + 24 * 3600 - 1;
+  EXPECT_FALSE(core_->IsExpired(*request));
+  now_ = kStart + 24 * 3600;
+  EXPECT_TRUE(core_->IsExpired(*request));
+  auto late = core_->ApproveRequest(bob_, request->id, "admin:mallory");
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(late.status().message(), HasSubstr("expired"));
+  EXPECT_EQ(repo_.requests().at(request->id).state, RequestState::kPending);
+  ExpectAudited("request.approve", "FAILED_PRECONDITION");
+}
+
+TEST_F(DualControlTest, TheApproverMustNameTheSubjectTheyApprove) {
+  auto request = RequestAdmin(alice_, "admin:mallory");
+  ASSERT_TRUE(request.ok());
+  EXPECT_EQ(core_->ApproveRequest(bob_, request->id, "kms").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->ApproveRequest(bob_, request->id, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ApproveRequest(bob_, "nope", "admin:mallory").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ApproveRequest(bob_, std::string(32, 'A'), "admin:mallory").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(repo_.requests().at(request->id).state, RequestState::kPending);
+}
+
+TEST_F(DualControlTest, EveryRuleOfTheCertificateIsCheckedAtRequestTime) {
+  const std::string csr = CsrPem(crypto::GenerateEcP256Key().value());
+  for (const ServiceCertificateRequest& bad :
+       std::vector<ServiceCertificateRequest>{{csr, "pos", {}, 0},
+                                              {csr, "custodian:", {}, 0},
+                                              {csr, "admin:bob", {"bob.example"}, 0},
+                                              {csr, "custodian:eve", {"eve.example"}, 0},
+                                              {csr, "kms", {"Bad_Name"}, 0},
+                                              {csr, "kms", {}, 366},
+                                              {"garbage", "kms", {}, 0}}) {
+    EXPECT_EQ(core_->RequestServiceCertificate(alice_, bad).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad.name;
+    ExpectAudited("request.create", "INVALID_ARGUMENT");
+  }
+  EXPECT_EQ(core_->RequestOperatorCertificate(alice_, {csr, "Upper", 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(repo_.requests().empty());
+}
+
+TEST_F(DualControlTest, RefusalsBeforeTheCoreAreAudited) {
+  core_->RecordRefusal("custodian:carol", "ApproveCertificateRequest",
+                       absl::PermissionDeniedError("no"));
+  ExpectAudited("rpc.refused", "PERMISSION_DENIED");
+  EXPECT_EQ(repo_.audit().back().actor, "custodian:carol");
+  EXPECT_THAT(repo_.audit().back().detail, HasSubstr("ApproveCertificateRequest"));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "bootstrap_output.h"
 #include "ca_grpc_service.h"
 #include "ca_pg_fixture.h"
 #include "rkl/crypto/ecdsa.h"
@@ -36,6 +37,10 @@ class CaGrpcPgTest : public CaPgTest {
     pki_ = *std::move(pki);
     auto server_tls = pki_->Issue("ca");
     ASSERT_TRUE(server_tls.ok());
+    // The server trusts the test PKI's identities and the ones the bootstrap issued (the
+    // admins and custodians dual control knows).
+    server_tls->ca_file =
+        tmp_.Write("server-trust.pem", pki_->ca_certificate().ToPem() + boot_->service_ca.ToPem());
     service_ = std::make_unique<CaGrpcService>(&*core_);
     auto server =
         rpc::Server::Start({.listen_address = "127.0.0.1:0", .tls = *server_tls}, {service_.get()});
@@ -46,7 +51,25 @@ class CaGrpcPgTest : public CaPgTest {
   std::unique_ptr<v1::CertificateAuthority::Stub> Stub(const std::string& identity) {
     auto tls = pki_->Issue(identity);
     EXPECT_TRUE(tls.ok());
-    rpc::ChannelOptions options{.tls = *tls, .authority = "localhost"};
+    return StubWith(*tls);
+  }
+
+  // A stub presenting an identity the bootstrap issued (this CA's own certificate).
+  std::unique_ptr<v1::CertificateAuthority::Stub> BootStub(const KeyAndCertificate& kc) {
+    const std::string name = IdentityDirName(kc.name);
+    auto key_pem = kc.key.ExportPkcs8PemSecret();
+    EXPECT_TRUE(key_pem.ok());
+    std::span<const uint8_t> key = key_pem->RevealSecret();
+    rpc::TlsFiles tls{tmp_.Write(name + "-cert.pem", kc.certificate.ToPem()),
+                      tmp_.Write(name + "-key.pem", std::string(key.begin(), key.end())),
+                      pki_->ca_file()};
+    return StubWith(tls);
+  }
+  std::unique_ptr<v1::CertificateAuthority::Stub> Alice() { return BootStub(boot_->admins[0]); }
+  std::unique_ptr<v1::CertificateAuthority::Stub> Bob() { return BootStub(boot_->admins[1]); }
+
+  std::unique_ptr<v1::CertificateAuthority::Stub> StubWith(const rpc::TlsFiles& tls) {
+    rpc::ChannelOptions options{.tls = tls, .authority = "localhost"};
     auto channel = rpc::MakeChannel("127.0.0.1:" + std::to_string(server_->port()), options);
     EXPECT_TRUE(channel.ok()) << channel.status();
     channels_.push_back(*channel);
@@ -73,24 +96,48 @@ class CaGrpcPgTest : public CaPgTest {
         stub, &v1::CertificateAuthority::Stub::IssueWorkCertificate, req);
   }
 
-  absl::StatusOr<v1::IssuedCertificate> IssueOperator(v1::CertificateAuthority::Stub& stub,
-                                                      const std::string& csr,
-                                                      const std::string& id = "alice") {
-    v1::IssueOperatorCertificateRequest req;
-    req.set_csr_pem(csr);
-    req.set_operator_id(id);
-    return Call<v1::IssueOperatorCertificateRequest, v1::IssuedCertificate>(
-        stub, &v1::CertificateAuthority::Stub::IssueOperatorCertificate, req);
+  absl::StatusOr<v1::CertificateRequestInfo> Request(v1::CertificateAuthority::Stub& stub,
+                                                     const v1::RequestCertificateRequest& req) {
+    return Call<v1::RequestCertificateRequest, v1::CertificateRequestInfo>(
+        stub, &v1::CertificateAuthority::Stub::RequestCertificate, req);
   }
 
-  absl::StatusOr<v1::IssuedCertificate> IssueService(v1::CertificateAuthority::Stub& stub,
+  absl::StatusOr<v1::CertificateRequestInfo> Approve(v1::CertificateAuthority::Stub& stub,
+                                                     const std::string& id,
+                                                     const std::string& subject) {
+    v1::ApproveCertificateRequestRequest req;
+    req.set_request_id(id);
+    req.set_subject(subject);
+    return Call<v1::ApproveCertificateRequestRequest, v1::CertificateRequestInfo>(
+        stub, &v1::CertificateAuthority::Stub::ApproveCertificateRequest, req);
+  }
+
+  // Dual control: `requester` requests, bob (the bootstrap's second admin) approves.
+  absl::StatusOr<v1::IssuedCertificate> RequestAndApprove(
+      v1::CertificateAuthority::Stub& requester, const v1::RequestCertificateRequest& req) {
+    auto requested = Request(requester, req);
+    if (!requested.ok()) return requested.status();
+    auto approved = Approve(*Bob(), requested->request_id(), requested->subject());
+    if (!approved.ok()) return approved.status();
+    return approved->certificate();
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueOperator(v1::CertificateAuthority::Stub& requester,
+                                                      const std::string& csr,
+                                                      const std::string& id = "alice") {
+    v1::RequestCertificateRequest req;
+    req.mutable_operator_()->set_csr_pem(csr);
+    req.mutable_operator_()->set_operator_id(id);
+    return RequestAndApprove(requester, req);
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueService(v1::CertificateAuthority::Stub& requester,
                                                      const std::string& csr,
                                                      const std::string& name) {
-    v1::IssueServiceCertificateRequest req;
-    req.set_csr_pem(csr);
-    req.set_name(name);
-    return Call<v1::IssueServiceCertificateRequest, v1::IssuedCertificate>(
-        stub, &v1::CertificateAuthority::Stub::IssueServiceCertificate, req);
+    v1::RequestCertificateRequest req;
+    req.mutable_service()->set_csr_pem(csr);
+    req.mutable_service()->set_name(name);
+    return RequestAndApprove(requester, req);
   }
 
   absl::StatusOr<v1::CertificateStatus> Revoke(v1::CertificateAuthority::Stub& stub,
@@ -238,7 +285,7 @@ TEST_F(CaGrpcPgTest, OperatorCertificatesAreAdminOnlyAndFollowTheirProfile) {
     auto stub = Stub(who);
     EXPECT_EQ(IssueOperator(*stub, csr).status().code(), absl::StatusCode::kPermissionDenied);
   }
-  auto admin = Stub("admin:alice");
+  auto admin = Alice();
   auto issued = IssueOperator(*admin, csr);
   ASSERT_TRUE(issued.ok()) << issued.status();
   std::string text = X509Text(issued->certificate_pem());
@@ -263,7 +310,7 @@ TEST_F(CaGrpcPgTest, OperatorCertificatesAreAdminOnlyAndFollowTheirProfile) {
 }
 
 TEST_F(CaGrpcPgTest, CsrWithForeignSignatureIsInvalidArgument) {
-  auto admin = Stub("admin:alice");
+  auto admin = Alice();
   std::string csr = testing::MismatchedCsrPem(crypto::GenerateEcP256Key().value(),
                                               crypto::GenerateEcP256Key().value());
   auto op = IssueOperator(*admin, csr);
@@ -271,7 +318,8 @@ TEST_F(CaGrpcPgTest, CsrWithForeignSignatureIsInvalidArgument) {
   EXPECT_EQ(op.status().message(),
             "csr_pem: signature does not verify under the request's public key");
   EXPECT_EQ(IssueService(*admin, csr, "kms").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 10);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificate_requests")[0][0].as<int>(), 0);
 }
 
 TEST_F(CaGrpcPgTest, ServiceCertificatesAreAdminOnlyAndCarryEkuAndSans) {
@@ -279,13 +327,11 @@ TEST_F(CaGrpcPgTest, ServiceCertificatesAreAdminOnlyAndCarryEkuAndSans) {
   auto mtms = Stub("mtms");
   EXPECT_EQ(IssueService(*mtms, testing::CsrPem(key), "kms").status().code(),
             absl::StatusCode::kPermissionDenied);
-  auto admin = Stub("admin:alice");
-  v1::IssueServiceCertificateRequest req;
-  req.set_csr_pem(testing::CsrPem(key));
-  req.set_name("kms");
-  req.add_dns_names("kms.rkl.internal");
-  auto issued = Call<v1::IssueServiceCertificateRequest, v1::IssuedCertificate>(
-      *admin, &v1::CertificateAuthority::Stub::IssueServiceCertificate, req);
+  v1::RequestCertificateRequest req;
+  req.mutable_service()->set_csr_pem(testing::CsrPem(key));
+  req.mutable_service()->set_name("kms");
+  req.mutable_service()->add_dns_names("kms.rkl.internal");
+  auto issued = RequestAndApprove(*Alice(), req);
   ASSERT_TRUE(issued.ok()) << issued.status();
   std::string text = X509Text(issued->certificate_pem());
   EXPECT_THAT(ExtensionHeaders(text),
@@ -304,7 +350,7 @@ TEST_F(CaGrpcPgTest, ServiceCertificatesAreAdminOnlyAndCarryEkuAndSans) {
 }
 
 TEST_F(CaGrpcPgTest, RevokedOperatorIsListedInTheCrlAndReportedRevoked) {
-  auto admin = Stub("admin:alice");
+  auto admin = Alice();
   auto issued = IssueOperator(*admin, testing::CsrPem(crypto::GenerateEcP256Key().value()));
   ASSERT_TRUE(issued.ok());
   const std::string serial = issued->serial_hex();
@@ -372,7 +418,7 @@ TEST_F(CaGrpcPgTest, StatusAndRevocationInputErrors) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(Status(*admin, "not-hex").status().code(), absl::StatusCode::kInvalidArgument);
   v1::RevokeCertificateRequest req;
-  req.set_serial_hex(boot_->admin.certificate.SerialHex());
+  req.set_serial_hex(boot_->admins[0].certificate.SerialHex());
   auto no_reason = Call<v1::RevokeCertificateRequest, v1::CertificateStatus>(
       *admin, &v1::CertificateAuthority::Stub::RevokeCertificate, req);
   EXPECT_EQ(no_reason.status().code(), absl::StatusCode::kInvalidArgument);
@@ -380,6 +426,100 @@ TEST_F(CaGrpcPgTest, StatusAndRevocationInputErrors) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Crl(*admin, v1::ISSUER_UNSPECIFIED).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Dual control over gRPC: the identity and the certificate serial come from mTLS ----------
+
+TEST_F(CaGrpcPgTest, OneAdminAloneCannotIssueAPrivilegedCertificate) {
+  auto alice = Alice();
+  const int certs_before = Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>();
+  for (const char* name : {"admin:mallory", "kms", "custodian:eve"}) {
+    const int certs = Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>();
+    v1::RequestCertificateRequest req;
+    req.mutable_service()->set_csr_pem(testing::CsrPem(crypto::GenerateEcP256Key().value()));
+    req.mutable_service()->set_name(name);
+    auto requested = Request(*alice, req);
+    ASSERT_TRUE(requested.ok()) << requested.status();
+    EXPECT_EQ(requested->state(), v1::CertificateRequestInfo::STATE_PENDING);
+    EXPECT_EQ(requested->requested_by(), "admin:alice");
+    EXPECT_EQ(requested->public_key_sha256_hex().size(), 64u);
+    auto self = Approve(*alice, requested->request_id(), name);
+    EXPECT_EQ(self.status().code(), absl::StatusCode::kPermissionDenied) << name;
+    // Identities that are not admins of this CA: PERMISSION_DENIED at the door.
+    for (const char* who : {"kms", "custodian:carol", "admin:alice"}) {
+      // (admin:alice of the *test* PKI: same name, a certificate this CA never issued)
+      auto stranger = Stub(who);
+      EXPECT_EQ(Approve(*stranger, requested->request_id(), name).status().code(),
+                absl::StatusCode::kPermissionDenied)
+          << who;
+    }
+    EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), certs);
+    // ...and the second, distinct admin makes it happen.
+    auto approved = Approve(*Bob(), requested->request_id(), name);
+    ASSERT_TRUE(approved.ok()) << approved.status();
+    EXPECT_EQ(approved->approved_by(), "admin:bob");
+    auto cert = crypto::Certificate::FromPem(approved->certificate().certificate_pem());
+    ASSERT_TRUE(cert.ok());
+    EXPECT_EQ(cert->SubjectCommonName(), name);
+  }
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), certs_before + 3);
+  // Every step and every refusal is in the audit trail.
+  EXPECT_EQ(
+      Sql("SELECT count(*) FROM ca_audit WHERE action = 'request.create' AND result = 'OK'")[0][0]
+          .as<int>(),
+      3);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_audit WHERE action = 'request.approve'"
+                " AND actor = 'admin:alice' AND result LIKE 'PERMISSION_DENIED%'")[0][0]
+                .as<int>(),
+            6);  // self-approval, and the test PKI's admin:alice
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_audit WHERE action = 'rpc.refused'")[0][0].as<int>(), 6);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_audit WHERE action = 'request.approve'"
+                " AND actor = 'admin:bob' AND result = 'OK' AND serial_hex IS NOT NULL")[0][0]
+                .as<int>(),
+            3);
+}
+
+TEST_F(CaGrpcPgTest, TheDatabaseRefusesASelfApprovedRequestWhateverTheCode) {
+  auto requested = Request(*Alice(), [] {
+    v1::RequestCertificateRequest req;
+    req.mutable_service()->set_csr_pem(testing::CsrPem(crypto::GenerateEcP256Key().value()));
+    req.mutable_service()->set_name("admin:mallory");
+    return req;
+  }());
+  ASSERT_TRUE(requested.ok());
+  EXPECT_THROW(Sql("UPDATE ca_certificate_requests SET approved_by = requested_by WHERE id = '" +
+                   requested->request_id() + "'"),
+               pqxx::check_violation);
+}
+
+TEST_F(CaGrpcPgTest, RequestsCanBeListedAndReadByAdminsOnly) {
+  v1::RequestCertificateRequest req;
+  req.mutable_operator_()->set_csr_pem(testing::CsrPem(crypto::GenerateEcP256Key().value()));
+  req.mutable_operator_()->set_operator_id("op2");
+  auto requested = Request(*Alice(), req);
+  ASSERT_TRUE(requested.ok()) << requested.status();
+  EXPECT_EQ(requested->subject(), "operator:op2");
+  auto bob = Bob();
+  auto list = Call<v1::ListCertificateRequestsRequest, v1::ListCertificateRequestsResponse>(
+      *bob, &v1::CertificateAuthority::Stub::ListCertificateRequests,
+      v1::ListCertificateRequestsRequest());
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->requests_size(), 1);
+  EXPECT_EQ(list->requests(0).request_id(), requested->request_id());
+  v1::GetCertificateRequestRequest get;
+  get.set_request_id(requested->request_id());
+  auto mtms = Stub("mtms");
+  EXPECT_EQ((Call<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
+                 *mtms, &v1::CertificateAuthority::Stub::GetCertificateRequest, get))
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(Approve(*bob, requested->request_id(), "operator:op2").ok());
+  auto fetched = Call<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
+      *Alice(), &v1::CertificateAuthority::Stub::GetCertificateRequest, get);
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->state(), v1::CertificateRequestInfo::STATE_ISSUED);
+  EXPECT_FALSE(fetched->certificate().certificate_pem().empty());
 }
 
 }  // namespace

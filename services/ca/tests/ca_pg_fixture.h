@@ -42,6 +42,7 @@ class CaPgTest : public ::testing::Test {
 
   BootstrapResult Bootstrap(const std::string& pin = "2468") {
     BootstrapRequest req;
+    req.admin_names = {"alice", "bob"};
     req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes(pin));
     req.pkcs12_iterations = 2048;
     auto result = core_->Bootstrap(req);

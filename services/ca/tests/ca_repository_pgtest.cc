@@ -19,7 +19,7 @@ class CaRepositoryPgTest : public CaPgTest {};
 TEST_F(CaRepositoryPgTest, BootstrapIsRecordedAndSurvivesANewProcess) {
   BootstrapResult r = Bootstrap();
   EXPECT_EQ(Sql("SELECT count(*) FROM ca_issuers")[0][0].as<int>(), 3);
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 10);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
   EXPECT_EQ(Sql("SELECT count(*) FROM ca_crls WHERE crl_number = 1")[0][0].as<int>(), 3);
   EXPECT_EQ(Sql("SELECT kcv FROM ca_master_key")[0][0].as<std::string>(), master_key_->KcvHex());
   EXPECT_EQ(Sql("SELECT profile FROM ca_certificates WHERE subject_cn = 'terminal-root'")[0][0]
@@ -54,7 +54,7 @@ TEST_F(CaRepositoryPgTest, SecondInitialisationIsRefusedAtomically) {
   absl::Status direct = repo_->Initialize("ABCDEF", {}, {}, {});
   EXPECT_EQ(direct.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Sql("SELECT kcv FROM ca_master_key")[0][0].as<std::string>(), master_key_->KcvHex());
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 10);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
 }
 
 TEST_F(CaRepositoryPgTest, SerialNumbersAreUniqueByConstraint) {

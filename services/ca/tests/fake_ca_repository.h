@@ -3,6 +3,7 @@
 // (unique serials, one-time Initialize, idempotent Revoke), no database.
 // Not thread-safe; tests drive it from one thread.
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -81,7 +82,69 @@ class FakeCaRepository final : public CaRepository {
     return *next;
   }
 
+  absl::Status InsertRequest(const CertificateRequestRecord& request,
+                             const AuditRecord& audit) override {
+    if (!requests_.emplace(request.id, request).second) {
+      return absl::AlreadyExistsError("ca_certificate_requests_pkey");
+    }
+    audit_.push_back(audit);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<CertificateRequestRecord> GetRequest(const std::string& id) override {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return absl::NotFoundError("request_id: no such request");
+    return it->second;
+  }
+
+  absl::StatusOr<std::vector<CertificateRequestRecord>> ListRequests(bool pending_only,
+                                                                     int limit) override {
+    std::vector<CertificateRequestRecord> out;
+    for (const auto& [id, r] : requests_) {
+      if (pending_only && r.state != RequestState::kPending) continue;
+      out.push_back(r);
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+      return a.requested_at != b.requested_at ? a.requested_at > b.requested_at : a.id < b.id;
+    });
+    if (out.size() > static_cast<size_t>(limit)) out.resize(static_cast<size_t>(limit));
+    return out;
+  }
+
+  // Same contract as PgCaRepository, including the CHECK that nobody approves their own
+  // request (a bug in the core must not slip past the fake either).
+  absl::StatusOr<CertificateRequestRecord> ApproveRequest(const std::string& id,
+                                                          const std::string& approver,
+                                                          int64_t approved_at,
+                                                          const RequestSigner& sign,
+                                                          AuditRecord audit) override {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return absl::NotFoundError("request_id: no such request");
+    RKL_ASSIGN_OR_RETURN(CertificateRecord cert, sign(it->second));
+    if (approver == it->second.requested_by) {
+      return absl::FailedPreconditionError("ca_certificate_requests_check");
+    }
+    if (it->second.state != RequestState::kPending) {
+      return absl::FailedPreconditionError("request_id: the request is no longer pending");
+    }
+    RKL_RETURN_IF_ERROR(InsertCertificate(cert));
+    it->second.state = RequestState::kIssued;
+    it->second.approved_by = approver;
+    it->second.approved_at = approved_at;
+    it->second.serial_hex = cert.serial_hex;
+    audit.serial_hex = cert.serial_hex;
+    audit_.push_back(audit);
+    return it->second;
+  }
+
+  absl::Status InsertAudit(const AuditRecord& audit) override {
+    audit_.push_back(audit);
+    return absl::OkStatus();
+  }
+
   // Test access.
+  std::vector<AuditRecord>& audit() { return audit_; }
+  std::map<std::string, CertificateRequestRecord>& requests() { return requests_; }
   std::map<std::string, CertificateRecord>& certificates() { return certs_; }
   std::map<IssuerId, IssuerRecord>& issuers() { return issuers_; }
   void set_kcv(std::optional<std::string> kcv) { kcv_ = std::move(kcv); }
@@ -102,6 +165,8 @@ class FakeCaRepository final : public CaRepository {
   std::map<IssuerId, IssuerRecord> issuers_;
   std::map<std::string, CertificateRecord> certs_;
   std::map<IssuerId, CrlRecord> crls_;
+  std::map<std::string, CertificateRequestRecord> requests_;
+  std::vector<AuditRecord> audit_;
 };
 
 }  // namespace rkl::ca

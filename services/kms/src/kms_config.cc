@@ -7,6 +7,7 @@ ConfigSchema MakeKmsConfigSchema() {
   s.String("listen", "host:port the Kms service listens on (terminals, MTMS and admins)")
       .Default("0.0.0.0:50055");
   rpc::DeclareTlsConfig(s, "tls");
+  rpc::DeclareRevocationConfig(s);
   s.String("db.dsn", "libpq DSN of the KMS database (rkl_kms); include connect_timeout")
       .Required()
       .Secret();
@@ -52,6 +53,7 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.session_ttl = config.GetDuration("session.ttl");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
   k.shutdown_grace = config.GetDuration("shutdown.grace");
+  k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
   return k;
 }
 

@@ -7,6 +7,7 @@
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 
 namespace rkl::kms {
@@ -23,6 +24,7 @@ struct KmsSettings {
   absl::Duration hsm_timeout;
   KmsCoreOptions core;
   absl::Duration shutdown_grace;
+  rpc::ServiceCaCrlOptions crl;  // client-certificate revocation (docs/pki.md)
 };
 
 // Reads a loaded Config (validated by the schema) into typed settings.

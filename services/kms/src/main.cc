@@ -76,6 +76,18 @@ int main(int argc, char** argv) {
       repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
   rkl::kms::KmsGrpcService service(core);
 
+  // Client certificates on the service-ca CRL are refused (terminals present none).
+  auto crl = rkl::rpc::ServiceCaCrl::Create(settings.crl);
+  if (!crl.ok()) {
+    spdlog::critical("fatal: crl.*: {}", crl.status().ToString());
+    return 1;
+  }
+  // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
+  if (absl::Status s = (*crl)->Start(); !s.ok()) {
+    spdlog::critical("fatal: crl.*: {}", s.ToString());
+    return 1;
+  }
+  (*crl)->ConfigureServer(settings.server);
   auto server = rkl::rpc::Server::Start(settings.server, {&service});
   if (!server.ok()) {
     spdlog::critical("fatal: {}", server.status().ToString());

@@ -32,7 +32,7 @@ class TlsFilesFixture : public ::testing::Test {
     return "tls: {cert_file: " + dir_ + "/kms.pem, key_file: " + dir_ +
            "/kms.key, ca_file: " + dir_ + "/ca.pem}\nhsm: {" + hsm_extra +
            "tls: {cert_file: " + dir_ + "/client.pem, key_file: " + dir_ +
-           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n";
+           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n";
   }
   std::string dir_;
 };
@@ -48,6 +48,11 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.server.listen_address, "0.0.0.0:50055");
   EXPECT_EQ(s.server.client_cert_mode, rpc::ClientCertMode::kOptionalVerified);
   EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
+  // Client-certificate revocation: the CRL comes from rkl-ca, refreshed every minute.
+  EXPECT_EQ(s.crl.ca_endpoint, "ca:50051");
+  EXPECT_EQ(s.crl.ca_authority, "ca");
+  EXPECT_EQ(s.crl.refresh_interval, absl::Seconds(60));
+  EXPECT_EQ(s.crl.tls.cert_file, s.server.tls.cert_file);
   EXPECT_EQ(s.core.lockout_threshold, 5);
   EXPECT_EQ(s.core.pk_index, 7u);
   EXPECT_EQ(s.core.mak_index, 8u);

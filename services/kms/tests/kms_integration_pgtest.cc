@@ -66,7 +66,8 @@ class KmsIntegrationTest : public ::testing::Test {
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
     pki_ = pki->release();
-    for (const char* id : {"hsm-kms", "kms", "admin:alice", "admin:bob"}) {
+    for (const char* id :
+         {"hsm-kms", "kms", "admin:alice", "admin:bob", "custodian:alice", "custodian:bob"}) {
       auto files = pki_->Issue(id);
       ASSERT_TRUE(files.ok()) << files.status();
       (*tls_)[id] = *files;
@@ -116,10 +117,10 @@ class KmsIntegrationTest : public ::testing::Test {
   }
 
   static void RunCeremony(rkl::v1::KeyType type, Result& out) {
-    auto alice =
-        rkl::v1::Hsm::NewStub(std::shared_ptr<grpc::ChannelInterface>(HsmChannel("admin:alice")));
+    auto alice = rkl::v1::Hsm::NewStub(
+        std::shared_ptr<grpc::ChannelInterface>(HsmChannel("custodian:alice")));
     auto bob =
-        rkl::v1::Hsm::NewStub(std::shared_ptr<grpc::ChannelInterface>(HsmChannel("admin:bob")));
+        rkl::v1::Hsm::NewStub(std::shared_ptr<grpc::ChannelInterface>(HsmChannel("custodian:bob")));
     rkl::v1::BeginCeremonyRequest begin;
     begin.set_label(type == rkl::v1::KEY_TYPE_PK ? "PK-TEST" : "MAK-TEST");
     begin.set_key_type(type);

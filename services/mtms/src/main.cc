@@ -17,6 +17,7 @@
 #include "rkl/db/migration.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
@@ -90,11 +91,28 @@ int main(int argc, char** argv) {
   rpc::Authorizer authorizer = MakeMtmsAuthorizer();
   MtmsGrpcService service(core, forwarder, authorizer);
 
+  // Client certificates on the service-ca CRL are refused (operator terminals present none).
+  // A refresh pushed by `rklctl pki revoke --notify` also refreshes the operator-ca CRL, so
+  // a revoked operator card is refused at once instead of after ca.crl_refresh.
+  rpc::ServerOptions server_options{.listen_address = config.GetString("listen"),
+                                    .tls = rpc::TlsFilesFromConfig(config),
+                                    .client_cert_mode = rpc::ClientCertMode::kOptionalVerified};
+  rpc::ServiceCaCrlOptions crl_options =
+      rpc::ServiceCaCrlOptionsFromConfig(config, server_options.tls);
+  crl_options.also_refresh = [&trust] { return trust.Refresh(); };
+  absl::StatusOr<std::unique_ptr<rpc::ServiceCaCrl>> crl = rpc::ServiceCaCrl::Create(crl_options);
+  if (!crl.ok()) {
+    spdlog::critical("crl.*: {}", crl.status().ToString());
+    return 1;
+  }
+  // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
+  if (absl::Status s = (*crl)->Start(); !s.ok()) {
+    spdlog::critical("crl.*: {}", s.ToString());
+    return 1;
+  }
+  (*crl)->ConfigureServer(server_options);
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start({.listen_address = config.GetString("listen"),
-                          .tls = rpc::TlsFilesFromConfig(config),
-                          .client_cert_mode = rpc::ClientCertMode::kOptionalVerified},
-                         {&service});
+      rpc::Server::Start(server_options, {&service});
   if (!server.ok()) {
     spdlog::critical("gRPC server: {}", server.status().ToString());
     return 1;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
 
 namespace rkl::mtms {
@@ -22,6 +23,7 @@ ConfigSchema MakeMtmsConfigSchema() {
   // One service certificate (CN = DNS SAN = "mtms") serves both directions: the server
   // side, and the client side towards hsm-mtms, ca and kms.
   rpc::DeclareTlsConfig(schema);
+  rpc::DeclareRevocationConfig(schema);
   schema.String("db.dsn", "libpq DSN of the rkl_mtms database (include connect_timeout)")
       .Required()
       .Secret();

@@ -56,7 +56,8 @@ TEST(MtmsConfigTest, OptionsComeFromTheConfiguration) {
       schema,
       absl::StrCat("db: {dsn: 'host=db'}\nhsm: {pk_index: 7, mak_index: 8, id: hsm-x}\n",
                    "tls: {cert_file: ", pem, ", key_file: ", pem, ", ca_file: ", pem, "}\n",
-                   "forwarder: {interval: 250ms, batch: 3}\nreplica_id: r9\n"),
+                   "forwarder: {interval: 250ms, batch: 3}\nreplica_id: r9\n",
+                   "crl: {ca_endpoint: 'ca:50051'}\n"),
       [](const std::string&) { return std::nullopt; });
   ASSERT_TRUE(config.ok()) << config.status();
   MtmsCoreOptions core = CoreOptionsFromConfig(*config);
@@ -81,10 +82,11 @@ std::string TlsPlaceholder() {
 
 absl::StatusOr<Config> LoadWith(const std::string& yaml) {
   const std::string pem = TlsPlaceholder();
-  return LoadConfigFromYaml(MakeMtmsConfigSchema(),
-                            absl::StrCat("db: {dsn: 'host=db'}\n", "tls: {cert_file: ", pem,
-                                         ", key_file: ", pem, ", ca_file: ", pem, "}\n", yaml),
-                            [](const std::string&) { return std::nullopt; });
+  return LoadConfigFromYaml(
+      MakeMtmsConfigSchema(),
+      absl::StrCat("db: {dsn: 'host=db'}\n", "tls: {cert_file: ", pem, ", key_file: ", pem,
+                   ", ca_file: ", pem, "}\n", "crl: {ca_endpoint: 'ca:50051'}\n", yaml),
+      [](const std::string&) { return std::nullopt; });
 }
 
 TEST(MtmsConfigTest, ForwarderWorkersDefaultTo16AndArePassedOn) {

@@ -183,7 +183,8 @@ class MtmsIntegrationTest : public ::testing::Test {
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
     w.pki = *std::move(pki);
-    for (const char* id : {"hsm-mtms", "ca", "kms", "mtms", "admin:alice", "admin:bob"}) {
+    for (const char* id : {"hsm-mtms", "ca", "kms", "mtms", "admin:alice", "admin:bob",
+                           "custodian:alice", "custodian:bob"}) {
       auto files = w.pki->Issue(id);
       ASSERT_TRUE(files.ok()) << files.status();
       w.tls[id] = *files;
@@ -227,11 +228,12 @@ class MtmsIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(w.hsm->self_test().passed) << "HSM #1 self-test failed";
   }
 
-  // S101 on HSM #1: admin:alice begins, each custodian adds one component RSA-OAEP encrypted
-  // to the ceremony key, admin:bob completes. The key is the XOR of the components.
+  // S101 on HSM #1: custodian:alice begins, each custodian adds one component RSA-OAEP
+  // encrypted to the ceremony key, custodian:bob completes. The key is the XOR of the
+  // components.
   static void RunCeremony(World& w, v1::KeyType type, uint64_t& index, SecretBytes& key) {
-    auto alice = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["admin:alice"], "hsm-mtms"));
-    auto bob = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["admin:bob"], "hsm-mtms"));
+    auto alice = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["custodian:alice"], "hsm-mtms"));
+    auto bob = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["custodian:bob"], "hsm-mtms"));
     v1::BeginCeremonyRequest begin;
     begin.set_label(type == v1::KEY_TYPE_PK ? "PK-MTMS-INT" : "MAK-MTMS-INT");
     begin.set_key_type(type);
@@ -285,6 +287,7 @@ class MtmsIntegrationTest : public ::testing::Test {
         &*w.ca_repository, &*w.ca_master_key, ca::CaPolicy{},
         [clock] { return absl::FromUnixMillis(clock->NowUnixMs()); }, crypto::FillRandom);
     ca::BootstrapRequest bootstrap;
+    bootstrap.admin_names = {"alice", "bob"};
     bootstrap.operator_pin = SecretBytes::CopyOf(AsBytes("246810"));
     bootstrap.pkcs12_iterations = 2048;
     auto boot = w.ca_core->Bootstrap(bootstrap);
@@ -345,16 +348,10 @@ class MtmsIntegrationTest : public ::testing::Test {
     absl::StatusOr<crypto::Csr> csr =
         crypto::CsrBuilder().SetSubjectCommonName("operator card").Sign(*key);
     if (!csr.ok()) return csr.status();
-    v1::IssueOperatorCertificateRequest req;
-    req.set_csr_pem(csr->ToPem());
-    req.set_operator_id(operator_id);
-    auto stub = CaAdmin();
-    auto issued = Call<v1::CertificateAuthority::Stub, v1::IssueOperatorCertificateRequest,
-                       v1::IssuedCertificate>(
-        *stub, &v1::CertificateAuthority::Stub::IssueOperatorCertificate, req);
-    if (!issued.ok()) return issued.status();
+    // Signed by the real CA's core: two admins' approval (dual control) is the CA's own
+    // tests' subject; here the card only has to be a real operator-ca card.
     absl::StatusOr<crypto::Certificate> cert =
-        crypto::Certificate::FromPem(issued->certificate_pem());
+        w().ca_core->IssueOperatorCertificate({csr->ToPem(), operator_id, 0});
     if (!cert.ok()) return cert.status();
     return OperatorCard{operator_id, *std::move(key), *std::move(cert)};
   }

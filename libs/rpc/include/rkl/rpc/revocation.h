@@ -115,8 +115,13 @@ class CrlRefresher {
   CrlRefresher(const CrlRefresher&) = delete;
   CrlRefresher& operator=(const CrlRefresher&) = delete;
 
-  // Fetches once (a failure is logged, and retried by the schedule), then refreshes on the
-  // schedule above from a thread of its own until Stop().
+  // Fetches until a first CRL is in force, retrying every kRetryUntilLoaded, for at most
+  // `max_wait`: UNAVAILABLE (the last fetch error) when none arrived. A daemon calls this
+  // before it listens, so a client meets "not listening yet" (UNAVAILABLE, retried) rather
+  // than every call refused as UNAUTHENTICATED while the CA is still starting.
+  absl::Status AwaitFirst(absl::Duration max_wait);
+  // Fetches once unless a CRL is in force already (a failure is logged, and retried by the
+  // schedule), then refreshes on the schedule above from a thread of its own until Stop().
   void Start();
   void Stop();
 
@@ -154,6 +159,8 @@ struct ServiceCaCrlOptions {
   TlsFiles tls;  // the daemon's own certificate (client) and its trust bundle
   RevocationList::Clock clock = [] { return absl::Now(); };
   std::function<absl::Status()> also_refresh;  // see CrlRefresher
+  // How long Start() waits for rkl-ca to hand out a first CRL before start-up fails.
+  absl::Duration startup_wait = absl::Seconds(120);
 };
 // Reads the keys DeclareRevocationConfig declared; `tls` is the daemon's TlsFiles.
 ServiceCaCrlOptions ServiceCaCrlOptionsFromConfig(const Config& config, const TlsFiles& tls);
@@ -163,8 +170,9 @@ class ServiceCaCrl {
   // Reads the trust bundle and prepares the channel to rkl-ca; fetches nothing yet.
   static absl::StatusOr<std::unique_ptr<ServiceCaCrl>> Create(ServiceCaCrlOptions options);
 
-  // The first fetch, then the schedule (CrlRefresher::Start).
-  void Start() { refresher_->Start(); }
+  // Waits for the first CRL (CrlRefresher::AwaitFirst, up to options.startup_wait), then
+  // refreshes on the schedule (CrlRefresher::Start). Call before the server listens.
+  absl::Status Start();
   RevocationList& list() { return *list_; }
   CrlRefresher& refresher() { return *refresher_; }
   // Makes the server enforce the list and serve rkl.v1.Revocation (ServerOptions).
@@ -174,6 +182,7 @@ class ServiceCaCrl {
   ServiceCaCrl() = default;
   std::unique_ptr<RevocationList> list_;
   std::unique_ptr<CrlRefresher> refresher_;
+  absl::Duration startup_wait_;
 };
 
 }  // namespace rkl::rpc

@@ -8,8 +8,8 @@
 //    terminal-facing endpoint only. With `revocation` set, every call whose client presented
 //    a certificate is also checked against the service-ca CRL in force (rkl/rpc/revocation.h)
 //    and refused with UNAUTHENTICATED if it is revoked or its status is unknown — per call,
-//    so a revocation also stops connections opened before it. Authorization per RPC stays the handler's job
-//    (rkl/rpc/identity.h) — the transport only establishes who is calling.
+//    so a revocation also stops connections opened before it. Authorization per RPC stays the
+//    handler's job (rkl/rpc/identity.h) — the transport only establishes who is calling.
 //  - Each RPC is logged once: request id, method, caller identity, status code, latency.
 //    Request and response bodies are never logged.
 //  - Services passed to Start() are not owned and must outlive the Server.
