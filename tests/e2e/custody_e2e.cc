@@ -1,10 +1,11 @@
 // Key custody attacks against a live deployment (issue 20, findings 1 and 4), each written
 // as the attack with the deployment's own certificates, each asserting the refusal:
 //
-//  AdminAttack      one admin certificate tries the chain that used to recover a terminal's
-//                   TMK: its own TEK' encrypted to Pu → HSM #1 translates → HSM #2 imports →
-//                   the victim's TMK exported under TEK'. Every step is PERMISSION_DENIED,
-//                   and the single-step RPCs the chain used no longer exist (UNIMPLEMENTED).
+//  AdminAttack      one admin certificate (and then one key custodian's) tries the chain that
+//                   used to recover a terminal's TMK: its own TEK' encrypted to Pu → HSM #1
+//                   translates → HSM #2 imports → the victim's TMK exported under TEK'. Every
+//                   step is PERMISSION_DENIED, and the single-step RPCs the chain used no
+//                   longer exist (UNIMPLEMENTED).
 //  MtmsWithoutOperatorSignature
 //                   the `mtms` identity asks HSM #1 to translate the same Ctk_Pu' without a
 //                   valid operator signature for it: none, forged, from a CA of its own, or
@@ -80,14 +81,17 @@ std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
 // The deployment's identities, from its own PKI.
-enum class Who { kAdmin, kMtms, kKms };
+enum class Who { kAdmin, kCustodian, kMtms, kKms };
 
 std::shared_ptr<grpc::Channel> Channel(const std::string& service, Who who) {
   static std::map<std::pair<std::string, Who>, std::shared_ptr<grpc::Channel>> cache;
   auto& slot = cache[{service, who}];
   if (slot) return slot;
   const std::string pki = Env("E2E_PKI");
-  const char* dir = who == Who::kAdmin ? "admin-alice" : who == Who::kMtms ? "mtms" : "kms";
+  const char* dir = who == Who::kAdmin       ? "admin-alice"
+                    : who == Who::kCustodian ? "custodian-carol"
+                    : who == Who::kMtms      ? "mtms"
+                                             : "kms";
   rpc::ChannelOptions options;
   options.tls = {absl::StrCat(pki, "/", dir, "/cert.pem"), absl::StrCat(pki, "/", dir, "/key.pem"),
                  pki + "/ca-bundle.pem"};
@@ -239,10 +243,11 @@ grpc::Status CallByName(const std::shared_ptr<grpc::Channel>& channel, const std
 
 // ---- One admin certificate, the whole chain ------------------------------------------------
 
-TEST(AdminAttack, EveryStepOfTheChainIsRefused) {
+// Every step, as `who` (an admin or a key custodian): refused.
+void ExpectTheChainRefused(Who who) {
   const std::string victim = Env("E2E_VICTIM_SN");
-  auto hsm1 = Hsm("hsm-mtms", Who::kAdmin);
-  auto hsm2 = Hsm("hsm-kms", Who::kAdmin);
+  auto hsm1 = Hsm("hsm-mtms", who);
+  auto hsm2 = Hsm("hsm-kms", who);
   // 1. TEK' of the attacker's making, encrypted to Pu for the victim's SN.
   const WorkKey wk = CurrentWorkKey();
   const ForgedTransportKey forged = Forge(wk.pu, victim);
@@ -271,10 +276,10 @@ TEST(AdminAttack, EveryStepOfTheChainIsRefused) {
                               "/rkl.v1.Hsm/AuthVerify", "/rkl.v1.Hsm/ExportKeyBlock"}) {
     for (const char* which : {"hsm-mtms", "hsm-kms"}) {
       SCOPED_TRACE(absl::StrCat(which, removed));
-      EXPECT_CODE(CallByName(Channel(which, Who::kAdmin), removed), StatusCode::UNIMPLEMENTED);
+      EXPECT_CODE(CallByName(Channel(which, who), removed), StatusCode::UNIMPLEMENTED);
     }
   }
-  // Nothing else operational is open to an admin either.
+  // Nothing else operational is open to an admin or a custodian either.
   v1::AuthChallengeRequest ch;
   ch.set_auk_index(EnvIndex("E2E_VICTIM_AUK_INDEX"));
   ch.set_sn(victim);
@@ -294,13 +299,26 @@ TEST(AdminAttack, EveryStepOfTheChainIsRefused) {
   gen.set_bits(2048);
   gen.set_label("attacker");
   EXPECT_CODE(Call(*hsm1, &H::GenerateRsaKeyPair, gen), StatusCode::PERMISSION_DENIED);
+}
+
+TEST(AdminAttack, EveryStepOfTheChainIsRefused) {
+  ExpectTheChainRefused(Who::kAdmin);
   // What an admin may do is look: the victim's TMK is there, ACTIVE, bound to its TEK.
   v1::GetKeyInfoRequest info;
   info.set_key_index(EnvIndex("E2E_VICTIM_TMK_INDEX"));
   v1::KeyInfo key;
-  ASSERT_TRUE(Call(*hsm2, &H::GetKeyInfo, info, &key).ok());
+  ASSERT_TRUE(Call(*Hsm("hsm-kms", Who::kAdmin), &H::GetKeyInfo, info, &key).ok());
   EXPECT_EQ(key.state(), v1::KEY_STATE_ACTIVE);
   EXPECT_EQ(key.kek_index(), EnvIndex("E2E_VICTIM_TEK_INDEX"));
+}
+
+TEST(AdminAttack, AKeyCustodiansCertificateIsRefusedEveryStepToo) {
+  // A custodian enters key components in ceremonies, and does nothing else: not even look.
+  ExpectTheChainRefused(Who::kCustodian);
+  v1::GetKeyInfoRequest info;
+  info.set_key_index(EnvIndex("E2E_VICTIM_TMK_INDEX"));
+  EXPECT_CODE(Call(*Hsm("hsm-kms", Who::kCustodian), &H::GetKeyInfo, info),
+              StatusCode::PERMISSION_DENIED);
 }
 
 TEST(AdminAttack, ServicesMayNotUseTheOtherRolesHsm) {
