@@ -161,6 +161,21 @@ ConfigKey& ConfigSchema::Enum(std::string key, std::vector<std::string> allowed,
   return k;
 }
 
+ConfigSchema ConfigSchema::CheckingOnly(const std::vector<std::string>& prefixes) const {
+  ConfigSchema copy = *this;
+  for (ConfigKey& key : copy.keys_) {
+    bool checked = false;
+    for (const std::string& p : prefixes) checked = checked || key.name_.starts_with(p);
+    if (checked) continue;
+    key.type_ = ConfigType::kString;
+    key.required_ = false;
+    key.min_ = INT64_MIN;
+    key.max_ = INT64_MAX;
+    key.allowed_.clear();
+  }
+  return copy;
+}
+
 const ConfigKey* ConfigSchema::Find(std::string_view key) const {
   for (const ConfigKey& k : keys_) {
     if (k.name() == key) return &k;
@@ -462,18 +477,33 @@ std::string RenderConfigReference(const ConfigSchema& schema, ReferenceFormat fo
 }
 
 Config LoadConfigOrExit(const ConfigSchema& schema, std::string_view program, int argc,
-                        const char* const* argv) {
+                        const char* const* argv,
+                        std::initializer_list<CommandLineSwitch> switches) {
   std::string prog(program);
   std::string file;
   if (const char* env = std::getenv(EnvVarFor(schema.env_prefix(), "config").c_str())) {
     file = env;
   }
   auto usage = [&] {
-    return absl::StrCat("usage: ", prog,
-                        " [--config=FILE] [--print-config-reference[=markdown]] [--help]\n"
-                        "Configuration file: --config or ",
-                        EnvVarFor(schema.env_prefix(), "config"),
-                        "; each key can be overridden by its environment variable.\n");
+    std::string text = absl::StrCat("usage: ", prog, " [--config=FILE]");
+    for (const CommandLineSwitch& s : switches)
+      absl::StrAppend(&text, " [", std::string(s.name), "]");
+    absl::StrAppend(&text,
+                    " [--print-config-reference[=markdown]] [--help]\n"
+                    "Configuration file: --config or ",
+                    EnvVarFor(schema.env_prefix(), "config"),
+                    "; each key can be overridden by its environment variable.\n");
+    for (const CommandLineSwitch& s : switches) {
+      absl::StrAppend(&text, "  ", std::string(s.name), "  ", std::string(s.help), "\n");
+    }
+    return text;
+  };
+  for (const CommandLineSwitch& s : switches) *s.value = false;
+  auto find_switch = [&](std::string_view arg) -> const CommandLineSwitch* {
+    for (const CommandLineSwitch& s : switches) {
+      if (s.name == arg) return &s;
+    }
+    return nullptr;
   };
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -490,12 +520,18 @@ Config LoadConfigOrExit(const ConfigSchema& schema, std::string_view program, in
       file = std::string(arg.substr(9));
     } else if (arg == "--config" && i + 1 < argc) {
       file = argv[++i];
+    } else if (const CommandLineSwitch* s = find_switch(arg); s != nullptr) {
+      *s->value = true;
     } else {
       std::cerr << prog << ": fatal: unknown argument '" << arg << "'\n" << usage();
       std::exit(2);
     }
   }
-  absl::StatusOr<Config> config = LoadConfig(schema, file);
+  std::optional<ConfigSchema> narrowed;
+  for (const CommandLineSwitch& s : switches) {
+    if (*s.value && !s.checks_only.empty()) narrowed.emplace(schema.CheckingOnly(s.checks_only));
+  }
+  absl::StatusOr<Config> config = LoadConfig(narrowed ? *narrowed : schema, file);
   if (!config.ok()) {
     std::cerr << prog << ": fatal: invalid configuration"
               << (file.empty() ? std::string() : " (" + file + ")") << ":\n"

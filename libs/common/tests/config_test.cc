@@ -235,5 +235,43 @@ TEST_F(ConfigTest, LoadConfigOrExitPrintsReference) {
       ::testing::ExitedWithCode(0), "");
 }
 
+TEST_F(ConfigTest, LoadConfigOrExitTakesTheProgramsOwnSwitches) {
+  auto path = std::filesystem::temp_directory_path() / "rkl_config_switch_test.yaml";
+  std::ofstream(path) << CertLine();
+  const std::string config_arg = "--config=" + path.string();
+  bool migrate_only = true;  // reset when the switch is absent
+  const char* plain[] = {"rkl-test", config_arg.c_str()};
+  LoadConfigOrExit(
+      schema_, "rkl-test", 2, plain,
+      {{.name = "--migrate-only", .help = "migrate and exit", .value = &migrate_only}});
+  EXPECT_FALSE(migrate_only);
+  const char* with_switch[] = {"rkl-test", "--migrate-only", config_arg.c_str()};
+  LoadConfigOrExit(
+      schema_, "rkl-test", 3, with_switch,
+      {{.name = "--migrate-only", .help = "migrate and exit", .value = &migrate_only}});
+  EXPECT_TRUE(migrate_only);
+  // A switch another program takes is still an unknown argument here.
+  EXPECT_EXIT(LoadConfigOrExit(schema_, "rkl-test", 3, with_switch), ::testing::ExitedWithCode(2),
+              "unknown argument '--migrate-only'");
+  std::filesystem::remove(path);
+}
+
+TEST_F(ConfigTest, ASchemaCheckingOnlySomeKeysStillKnowsTheOthers) {
+  ConfigSchema narrowed = schema_.CheckingOnly({"db."});
+  // tls.cert_file is required and must exist, but is not checked any more; db.* still is.
+  auto config = LoadConfigFromYaml(narrowed, "tls:\n  cert_file: /nonexistent\n", FakeEnv({}));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->GetInt("db.pool_size"), 8);
+  EXPECT_EQ(config->GetString("tls.cert_file"), "/nonexistent");
+  auto bad_db = LoadConfigFromYaml(narrowed, "db:\n  pool_size: 0\n", FakeEnv({}));
+  EXPECT_FALSE(bad_db.ok());
+  EXPECT_THAT(bad_db.status().message(), HasSubstr("config: db.pool_size: must be between"));
+  auto unknown = LoadConfigFromYaml(narrowed, "dbx:\n  pool: 3\n", FakeEnv({}));
+  EXPECT_FALSE(unknown.ok());
+  EXPECT_THAT(unknown.status().message(), HasSubstr("config: dbx.pool: unknown key"));
+  // The original schema is unchanged.
+  EXPECT_FALSE(LoadConfigFromYaml(schema_, "", FakeEnv({})).ok());
+}
+
 }  // namespace
 }  // namespace rkl

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <string>
@@ -104,6 +105,12 @@ class ConfigSchema {
   const std::deque<ConfigKey>& keys() const { return keys_; }
   const ConfigKey* Find(std::string_view key) const;
 
+  // A copy that checks only the keys starting with one of `prefixes` ("db." covers db.dsn).
+  // Every other key is still known (an unknown key stays an error) but optional and read as
+  // plain text, so a file it names need not exist and only GetString() reads it. For a run
+  // that uses only those keys, e.g. a daemon's --migrate-only.
+  ConfigSchema CheckingOnly(const std::vector<std::string>& prefixes) const;
+
  private:
   ConfigKey& Add(std::string key, ConfigType type, std::string description);
 
@@ -166,13 +173,26 @@ enum class ReferenceFormat { kText, kMarkdown };
 std::string RenderConfigReference(const ConfigSchema& schema,
                                   ReferenceFormat format = ReferenceFormat::kText);
 
+// A switch a program takes on its command line besides the ones LoadConfigOrExit knows,
+// e.g. `--migrate-only`: `*value` becomes true when the switch is given.
+struct CommandLineSwitch {
+  std::string_view name;  // with the dashes: "--migrate-only"
+  std::string_view help;  // one line for --help
+  bool* value;
+  // Non-empty: when the switch is given, only keys with these prefixes are checked
+  // (ConfigSchema::CheckingOnly), since that run reads nothing else.
+  std::vector<std::string> checks_only = {};
+};
+
 // The start-up path for a daemon's main(). Understands:
 //   --config=FILE | --config FILE   (else the <PREFIX>_CONFIG environment variable, else none)
 //   --print-config-reference[=markdown]   prints the reference to stdout and exits 0
 //   --help                          prints usage plus the reference and exits 0
+//   each of `switches`
 // Any other argument, or an invalid configuration, prints a fatal message naming every
 // problem to stderr and exits with status 2.
 Config LoadConfigOrExit(const ConfigSchema& schema, std::string_view program, int argc,
-                        const char* const* argv);
+                        const char* const* argv,
+                        std::initializer_list<CommandLineSwitch> switches = {});
 
 }  // namespace rkl
