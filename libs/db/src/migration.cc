@@ -218,6 +218,34 @@ absl::StatusOr<int> ApplyMigrations(ConnectionPool& pool, std::span<const Migrat
   return applied_count;
 }
 
+absl::Status CheckMigrationsApplied(ConnectionPool& pool, std::span<const Migration> migrations,
+                                    std::string_view schema_table) {
+  if (absl::Status s = ValidateMigrations(migrations); !s.ok()) return s;
+  absl::StatusOr<std::string> table = QuotedTableName(schema_table);
+  if (!table.ok()) return table.status();
+  return RunInReadOnlyTransaction(pool, [&](pqxx::work& tx) -> absl::Status {
+    if (tx.exec_params1("SELECT to_regclass($1) IS NULL", *table)[0].as<bool>()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the database has no schema yet (no table ", std::string(schema_table),
+                       "): apply the migrations as the owner role first"));
+    }
+    std::map<int64_t, AppliedRow> applied;
+    for (const pqxx::row& row : tx.exec(
+             absl::StrCat("SELECT version, name, checksum FROM ", *table, " ORDER BY version"))) {
+      applied[row[0].as<int64_t>()] = {row[1].as<std::string>(), row[2].as<std::string>()};
+    }
+    if (absl::Status s = CheckHistory(migrations, applied); !s.ok()) return s;
+    for (const Migration& m : migrations) {
+      if (!applied.contains(m.version)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("migration ", Describe(m),
+                         " is not applied: apply the migrations as the owner role first"));
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
 absl::StatusOr<int> ApplyMigrations(std::string_view dsn, std::span<const Migration> migrations,
                                     std::string_view schema_table) {
   ConnectionPool pool(PoolOptions{.dsn = std::string(dsn), .max_size = 1});

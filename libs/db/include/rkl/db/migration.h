@@ -55,4 +55,12 @@ absl::StatusOr<int> ApplyMigrations(ConnectionPool& pool, std::span<const Migrat
 absl::StatusOr<int> ApplyMigrations(std::string_view dsn, std::span<const Migration> migrations,
                                     std::string_view schema_table = kDefaultSchemaTable);
 
+// For a role that may not migrate (a service's runtime role, docs/operations.md): OK when
+// every migration of the binary is recorded in `schema_table` with its checksum (newer ones
+// recorded by a newer binary are tolerated, as above). Otherwise FAILED_PRECONDITION naming
+// the first migration missing or changed, or saying that the database has no schema yet.
+// Changes nothing and takes no lock; needs only SELECT on `schema_table`.
+absl::Status CheckMigrationsApplied(ConnectionPool& pool, std::span<const Migration> migrations,
+                                    std::string_view schema_table = kDefaultSchemaTable);
+
 }  // namespace rkl::db
