@@ -7,9 +7,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "db_roles.h"
 #include "lmk.h"
 #include "rkl/common/status_macros.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/hsm/migrations.h"
 #include "spdlog/spdlog.h"
 
@@ -40,6 +41,7 @@ void DeclareHsmConfig(ConfigSchema& schema) {
               "'host=db dbname=rkl_hsm_kms user=rkl_hsm connect_timeout=5'")
       .Required()
       .Secret();
+  db::DeclareOwnerDsnConfig(schema);
   schema.Int("db.pool_size", "database connections at most").Default("8").Range(1, 256);
   schema
       .Path("lmk.file",
@@ -89,6 +91,7 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
   o.listen_address = config.GetString("listen");
   o.tls = rpc::TlsFilesFromConfig(config);
   o.database_dsn = config.GetString("db.dsn");
+  o.owner_dsn = config.GetString("db.owner_dsn");
   o.db_pool_size = static_cast<int>(config.GetInt("db.pool_size"));
   o.lmk_file = config.GetPath("lmk.file");
   for (absl::string_view id :
@@ -145,7 +148,31 @@ absl::StatusOr<std::vector<crypto::Certificate>> LoadOperatorCas(const std::stri
   return cas;
 }
 
+absl::Status SetUpHsmSchema(db::ConnectionPool& pool, const std::string& owner_dsn,
+                            bool migrate_only) {
+  auto setup = db::SetUpSchema(pool, {.owner_dsn = owner_dsn, .migrate_only = migrate_only},
+                               Migrations(), kHsmRuntimeGrants);
+  if (!setup.ok()) {
+    return absl::Status(
+        setup.status().code(),
+        absl::StrCat("database ", pool.redacted_dsn(), ": schema: ", setup.status().message()));
+  }
+  if (setup->migrated) {
+    spdlog::info(
+        "schema: {} migration(s) applied as the owner; runtime role '{}' granted its "
+        "privileges",
+        setup->applied, setup->runtime_role);
+  }
+  if (!setup->warning.empty()) spdlog::warn("database: {}", setup->warning);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status HsmDaemon::MigrateOnly(const std::string& database_dsn, const std::string& owner_dsn) {
+  db::ConnectionPool pool(db::PoolOptions{.dsn = database_dsn, .max_size = 1});
+  return SetUpHsmSchema(pool, owner_dsn, true);
+}
 
 absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions options) {
   std::unique_ptr<HsmDaemon> d(new HsmDaemon());
@@ -172,12 +199,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
       db::PoolOptions{.dsn = options.database_dsn,
                       .max_size = options.db_pool_size,
                       .settings = {{"plan_cache_mode", "force_generic_plan"}}});
-  auto applied = db::ApplyMigrations(*d->pool_, Migrations());
-  if (!applied.ok()) {
-    return absl::Status(applied.status().code(),
-                        absl::StrCat("database ", d->pool_->redacted_dsn(),
-                                     ": migrations: ", applied.status().message()));
-  }
+  RKL_RETURN_IF_ERROR(SetUpHsmSchema(*d->pool_, options.owner_dsn, false));
   RKL_RETURN_IF_ERROR(
       BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, clock.NowUnixMs()));
 

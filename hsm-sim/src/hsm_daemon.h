@@ -4,12 +4,13 @@
 // both start the HSM through it, so the tests exercise the daemon's real start-up path.
 //
 // Start() fails (FAILED_PRECONDITION / UNAVAILABLE, naming the file, key or KCV at fault)
-// when the LMK file is unsafe or malformed, the database is unreachable, a migration fails,
-// or the LMK or hsm_id differs from the one the database was created with, or no role is
-// set, or role mtms has no readable operator-ca certificate to trust. A failed
-// self-test does NOT fail start-up: the daemon serves, reports NOT_SERVING on gRPC health
-// and refuses every cryptographic command with FAILED_PRECONDITION, so an operator can see
-// the state and read the audit log.
+// when the LMK file is unsafe or malformed, the database is unreachable, the schema is not
+// the binary's (migrations run as the owner role: MigrateOnly, or owner_dsn at start-up,
+// docs/operations.md), or the LMK or hsm_id differs from the one the database was created
+// with, or no role is set, or role mtms has no readable operator-ca certificate to trust. A
+// failed self-test does NOT fail start-up: the daemon serves, reports NOT_SERVING on gRPC
+// health and refuses every cryptographic command with FAILED_PRECONDITION, so an operator can
+// see the state and read the audit log.
 
 #include <memory>
 #include <optional>
@@ -39,7 +40,9 @@ struct HsmDaemonOptions {
   // Role mtms: PEM file with the operator-ca certificate(s) whose operators' packages this
   // HSM translates (OperatorEvidence). Required for role mtms, ignored for role kms.
   std::string operator_ca_file;
-  std::string database_dsn;
+  std::string database_dsn;  // the runtime role
+  // The owner role: when set, Start() migrates with it first (then closes it).
+  std::string owner_dsn;
   int db_pool_size = 8;
   std::string lmk_file;
   std::vector<std::string> operational_identities;
@@ -70,6 +73,9 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config);
 class HsmDaemon {
  public:
   static absl::StatusOr<std::unique_ptr<HsmDaemon>> Start(HsmDaemonOptions options);
+  // `rkl-hsm --migrate-only`: applies the migrations as owner_dsn's role and grants
+  // database_dsn's role its privileges (db_roles.h); serves nothing.
+  static absl::Status MigrateOnly(const std::string& database_dsn, const std::string& owner_dsn);
   ~HsmDaemon();
 
   int port() const { return server_->port(); }

@@ -17,7 +17,10 @@
 namespace rkl::hsm {
 namespace {
 
-constexpr char kInstance[] = "SELECT hsm_id, lmk_kcv FROM hsm_instance FOR UPDATE";
+// No row lock: the row is never updated, and the INSERT before this read has waited for a
+// concurrent first start's row to commit. (A lock would also need UPDATE, which the runtime
+// role does not hold on this table.)
+constexpr char kInstance[] = "SELECT hsm_id, lmk_kcv FROM hsm_instance";
 constexpr char kInsertInstance[] =
     "INSERT INTO hsm_instance (hsm_id, lmk_kcv, created_at_ms) VALUES ($1, $2, $3) "
     "ON CONFLICT (singleton) DO NOTHING";

@@ -12,13 +12,29 @@
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema("RKL_HSM");
   rkl::hsm::DeclareHsmConfig(schema);
-  rkl::Config config = rkl::LoadConfigOrExit(schema, "rkl-hsm", argc, argv);
+  bool migrate_only = false;
+  rkl::Config config = rkl::LoadConfigOrExit(
+      schema, "rkl-hsm", argc, argv,
+      {{.name = "--migrate-only",
+        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
+                "privileges, and exit (docs/operations.md)",
+        .value = &migrate_only,
+        .checks_only = {"db.", "log."}}});
   rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = "rkl-hsm"});
   rkl::rpc::InstallShutdownSignalHandlers();
 
+  if (migrate_only) {
+    absl::Status migrated = rkl::hsm::HsmDaemon::MigrateOnly(config.GetString("db.dsn"),
+                                                             config.GetString("db.owner_dsn"));
+    if (!migrated.ok()) {
+      spdlog::critical("migration failed: {}", migrated.ToString());
+      return 1;
+    }
+    return 0;
+  }
   auto options = rkl::hsm::HsmOptionsFromConfig(config);
   if (!options.ok()) {
     spdlog::critical("{}", std::string(options.status().message()));

@@ -129,7 +129,7 @@ TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
   Seal();  // by the daemon, with the right key
   // Same rows, MACs recomputed by someone without the LMK: they cannot, so they forge with
   // a key of their own — here simulated by verifying under another LMK's audit key.
-  db::ConnectionPool pool(db::PoolOptions{.dsn = hsm_->dsn()});
+  db::ConnectionPool pool(db::PoolOptions{.dsn = hsm_->runtime_dsn()});
   PgAuditLog other(pool, DeriveAuditKey(crypto::RandomSecret(32), "hsm-kms").value());
   auto v = other.Verify();
   ASSERT_TRUE(v.ok()) << v.status();

@@ -62,7 +62,10 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
     o.operator_ca_file = dir_ + "/operator-ca.pem";
     operator_.WriteCaFile(o.operator_ca_file);
   }
-  o.database_dsn = db_.dsn();
+  // As a deployment runs it: the daemon serves as the runtime role; it migrates (and grants
+  // that role its privileges) as the owner first, then drops the owner's connection.
+  o.database_dsn = db_.runtime_dsn();
+  o.owner_dsn = db_.owner_dsn();
   o.db_pool_size = 8;
   o.lmk_file = lmk_file.empty() ? lmk_file_ : lmk_file;
   o.operational_identities = {options_.operational_identity};

@@ -55,7 +55,10 @@ class HsmInstance {
   // The operator-ca this instance trusts (role mtms) and one of its operator cards.
   const TestOperator& operator_card() const { return operator_; }
   FakeClock& clock() { return clock_; }
+  // The database as the cluster superuser (for tampering and inspection), and as the role
+  // the daemon runs as.
   const std::string& dsn() const { return db_.dsn(); }
+  const std::string& runtime_dsn() const { return db_.runtime_dsn(); }
   const std::string& lmk_file() const { return lmk_file_; }
   const crypto::SecretBytes& lmk() const { return lmk_; }
   // Writes another LMK file (mode 0600) next to the real one and returns its path.

@@ -47,7 +47,7 @@ class KeyStorePgTest : public ::testing::Test {
     auto hsm = HsmInstance::Create(*pki_);
     ASSERT_TRUE(hsm.ok()) << hsm.status();
     hsm_ = *std::move(hsm);
-    pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = hsm_->dsn()});
+    pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = hsm_->runtime_dsn()});
     audit_ = std::make_unique<PgAuditLog>(*pool_, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
   }
 
@@ -353,7 +353,7 @@ TEST_F(KeyStorePgTest, AnotherHsmIdOnTheSameDatabaseIsFatal) {
   hsm_->Stop();
   HsmDaemonOptions o;
   o.hsm_id = "hsm-mtms";
-  o.database_dsn = hsm_->dsn();
+  o.database_dsn = hsm_->runtime_dsn();
   o.lmk_file = hsm_->lmk_file();
   o.role = HsmRole::kKms;
   o.operational_identities = {"mtms"};

@@ -46,6 +46,7 @@
 #include "absl/strings/str_join.h"
 #include "bootstrap_output.h"
 #include "ca_core.h"
+#include "ca_db_roles.h"
 #include "ca_grpc_service.h"
 #include "ca_repository.h"
 #include "clients.h"
@@ -55,10 +56,12 @@
 #include "hsm_daemon.h"
 #include "kms_config.h"
 #include "kms_core.h"
+#include "kms_db_roles.h"
 #include "kms_grpc_service.h"
 #include "master_key.h"
 #include "mtms_config.h"
 #include "mtms_core.h"
+#include "mtms_db_roles.h"
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
@@ -78,6 +81,7 @@
 #include "rkl/crypto/x509_csr.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/call_context.h"
@@ -549,8 +553,9 @@ class PosIntegrationTest : public ::testing::Test {
   // key custodians (the MTMS custodian alice, the KMS custodian bob).
   static void StartCa() {
     w_->ca_db.emplace(NewDatabase());
-    w_->ca = std::make_unique<CaProcess>(w_->ca_db->dsn());
-    auto applied = db::ApplyMigrations(w_->ca->pool, ca::Migrations());
+    w_->ca = std::make_unique<CaProcess>(w_->ca_db->runtime_dsn());
+    auto applied = db::MigrateAsOwner(w_->ca_db->owner_dsn(), w_->ca_db->runtime_role(),
+                                      ca::Migrations(), ca::kCaRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     ASSERT_TRUE(ca::CheckBootstrapOutputDir(w_->pki_dir()).ok());
     ca::BootstrapRequest req;
@@ -578,7 +583,8 @@ class PosIntegrationTest : public ::testing::Test {
     ::chmod(lmk_file.c_str(), 0600);
     hsm::HsmDaemonOptions options;
     options.hsm_id = hsm_id;
-    options.database_dsn = db.dsn();
+    options.database_dsn = db.runtime_dsn();
+    options.owner_dsn = db.owner_dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {serves};
     options.role = serves == "mtms" ? hsm::HsmRole::kMtms : hsm::HsmRole::kKms;
@@ -638,11 +644,24 @@ class PosIntegrationTest : public ::testing::Test {
     const std::string pki = w_->pki_dir();
     const std::string yaml =
         absl::StrCat("listen: '127.0.0.1:0'\n", "tls:\n", TlsYaml(IdentityTls(pki, "kms"), "  "),
-                     "db:\n", "  dsn: ", Yq(w_->kms_db->dsn()), "\n", "  pool_size: 8\n", "hsm:\n",
-                     "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'\n", "  authority: hsm-kms\n",
-                     "  tls:\n", TlsYaml(IdentityTls(pki, "kms"), "    "),
-                     "  pk_index: ", w_->pk2.index, "\n", "  mak_index: ", w_->mak2.index, "\n",
-                     "crl:\n", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
+                     "db:
+", "  dsn: ", Yq(w_->kms_db->runtime_dsn()), "
+",
+                     "  owner_dsn: ", Yq(w_->kms_db->owner_dsn()), "
+", "  pool_size: 8
+",
+                     "hsm:
+", "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'
+",
+                     "  authority: hsm-kms
+", "  tls:
+", TlsYaml(IdentityTls(pki, "kms"), "    "),
+                     "  pk_index: ", w_->pk2.index, "
+", "  mak_index: ", w_->mak2.index, "
+",
+                     "crl:
+", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'
+");
     auto config = ConfigFromYaml(kms::MakeKmsConfigSchema(), yaml);
     ASSERT_TRUE(config.ok()) << config.status();
     kms::KmsSettings settings = kms::KmsSettingsFromConfig(*config);
@@ -658,7 +677,9 @@ class PosIntegrationTest : public ::testing::Test {
     auto hsm_channel = rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);
     ASSERT_TRUE(hsm_channel.ok()) << hsm_channel.status();
     w_->kms = std::make_unique<KmsProcess>(settings, *hsm_channel);
-    auto applied = db::ApplyMigrations(w_->kms->pool, kms::Migrations());
+    // As main() does: migrate as db.owner_dsn, then serve as db.dsn's role.
+    auto applied = db::SetUpSchema(w_->kms->pool, {.owner_dsn = settings.owner_dsn},
+                                   kms::Migrations(), kms::kKmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     auto server = rpc::Server::Start(settings.server, {&w_->kms->service});
     ASSERT_TRUE(server.ok()) << server.status();
@@ -673,7 +694,8 @@ class PosIntegrationTest : public ::testing::Test {
     const std::string pki = w_->pki_dir();
     const std::string yaml = absl::StrCat(
         "listen: '127.0.0.1:0'\n", "tls:\n", TlsYaml(IdentityTls(pki, "mtms"), "  "), "db:\n",
-        "  dsn: ", Yq(w_->mtms_db->dsn()), "\n", "  pool_size: 8\n", "hsm:\n",
+        "  dsn: ", Yq(w_->mtms_db->runtime_dsn()), "\n",
+        "  owner_dsn: ", Yq(w_->mtms_db->owner_dsn()), "\n", "  pool_size: 8\n", "hsm:\n",
         "  endpoint: '127.0.0.1:", w_->hsm1->port(), "'\n", "  pk_index: ", w_->pk1.index, "\n",
         "  mak_index: ", w_->mak1.index, "\n", "ca:\n",
         "  endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n", "kms:\n",
@@ -694,7 +716,8 @@ class PosIntegrationTest : public ::testing::Test {
       return c.ok() ? *c : nullptr;
     };
     w_->mtms = std::make_unique<MtmsProcess>(config, channel("hsm"), channel("ca"), channel("kms"));
-    auto applied = db::ApplyMigrations(w_->mtms->pool, mtms::Migrations());
+    auto applied = db::SetUpSchema(w_->mtms->pool, {.owner_dsn = config.GetString("db.owner_dsn")},
+                                   mtms::Migrations(), mtms::kMtmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     absl::Status refreshed = w_->mtms->trust.Refresh();
     ASSERT_TRUE(refreshed.ok()) << refreshed;

@@ -146,8 +146,12 @@ void RunInit(const InitOptions& o) {
   if (!master_key.ok()) Fail("init (master key)", master_key.status());
 
   db::ConnectionPool pool({.dsn = o.dsn, .max_size = 2});
-  absl::StatusOr<int> applied = db::ApplyMigrations(pool, ca::Migrations());
-  if (!applied.ok()) Fail("init (schema)", applied.status());
+  // A schema the migration step (`rkl-ca --migrate-only`) already made is used as it is,
+  // so init can run as the CA's runtime role; otherwise the DSN's role must create it.
+  if (!db::CheckMigrationsApplied(pool, ca::Migrations()).ok()) {
+    absl::StatusOr<int> applied = db::ApplyMigrations(pool, ca::Migrations());
+    if (!applied.ok()) Fail("init (schema)", applied.status());
+  }
 
   ca::PgCaRepository repository(&pool);
   ca::CaCore core(
@@ -244,7 +248,9 @@ void RegisterInit(CLI::App* pki) {
       pki->add_subcommand("init",
                           "bootstrap a fresh CA: issuers, every service's mTLS identity, an admin "
                           "certificate and one operator card (refuses an initialised CA)");
-  cmd->add_option("--db", o->dsn, "libpq DSN of the CA database")
+  cmd->add_option("--db", o->dsn,
+                  "libpq DSN of the CA database: its owner, or the runtime role once "
+                  "`rkl-ca --migrate-only` has made the schema (docs/operations.md)")
       ->required()
       ->envname("RKL_CA_DB_DSN");
   cmd->add_option("--master-key-file", o->master_key_file,

@@ -6,6 +6,7 @@
 
 #include "ca_config.h"
 #include "ca_core.h"
+#include "ca_db_roles.h"
 #include "ca_grpc_service.h"
 #include "ca_repository.h"
 #include "master_key.h"
@@ -16,7 +17,7 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
@@ -33,6 +34,7 @@ rkl::ConfigSchema MakeSchema() {
       .Default("0.0.0.0:50051");
   rkl::rpc::DeclareTlsConfig(schema);
   schema.String("db.dsn", "libpq DSN of the CA's own database (rkl_ca)").Required().Secret();
+  rkl::db::DeclareOwnerDsnConfig(schema);
   schema.Int("db.pool_size", "maximum open database connections").Default("4").Range(1, 64);
   schema
       .Path("master_key_file",
@@ -62,25 +64,41 @@ int Fatal(const absl::Status& status) {
 
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = MakeSchema();
-  rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  bool migrate_only = false;
+  rkl::Config config = rkl::LoadConfigOrExit(
+      schema, kProgram, argc, argv,
+      {{.name = "--migrate-only",
+        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
+                "privileges, and exit (docs/operations.md)",
+        .value = &migrate_only,
+        .checks_only = {"db.", "log."}}});
   rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = kProgram});
   rkl::rpc::InstallShutdownSignalHandlers();
 
+  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  spdlog::info("database {}", pool.redacted_dsn());
+  absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
+      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
+      rkl::ca::Migrations(), rkl::ca::kCaRuntimeGrants);
+  if (!schema_setup.ok()) return Fatal(schema_setup.status());
+  if (schema_setup->migrated) {
+    spdlog::info(
+        "schema: {} migration(s) applied as the owner; runtime role '{}' granted its "
+        "privileges",
+        schema_setup->applied, schema_setup->runtime_role);
+  }
+  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
+  if (migrate_only) return 0;
+
   absl::StatusOr<rkl::ca::CaPolicy> policy = rkl::ca::PolicyFromConfig(config);
   if (!policy.ok()) return Fatal(policy.status());
   absl::StatusOr<rkl::ca::MasterKey> master_key =
       rkl::ca::MasterKey::LoadFromFile(config.GetPath("master_key_file"));
   if (!master_key.ok()) return Fatal(master_key.status());
-
-  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
-  spdlog::info("database {}", pool.redacted_dsn());
-  absl::StatusOr<int> applied = rkl::db::ApplyMigrations(pool, rkl::ca::Migrations());
-  if (!applied.ok()) return Fatal(applied.status());
-  spdlog::info("schema migrations applied: {}", *applied);
 
   rkl::ca::PgCaRepository repository(&pool);
   rkl::ca::CaCore core(

@@ -10,13 +10,14 @@
 #include <string>
 
 #include "ca_core.h"
+#include "ca_db_roles.h"
 #include "ca_repository.h"
 #include "master_key.h"
 #include "openssl_cli.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/testing/test_database.h"
 
 namespace rkl::ca {
@@ -27,8 +28,10 @@ class CaPgTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     db_.emplace(*std::move(db));
-    pool_.emplace(db::PoolOptions{.dsn = db_->dsn(), .max_size = 4});
-    auto applied = db::ApplyMigrations(*pool_, Migrations());
+    // The repository runs as the runtime role, with only the privileges the CA is granted.
+    pool_.emplace(db::PoolOptions{.dsn = db_->runtime_dsn(), .max_size = 4});
+    auto applied =
+        db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kCaRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     repo_.emplace(&*pool_);
     master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());

@@ -1,5 +1,7 @@
 #include "kms_config.h"
 
+#include "rkl/db/schema_roles.h"
+
 namespace rkl::kms {
 
 ConfigSchema MakeKmsConfigSchema() {
@@ -11,6 +13,7 @@ ConfigSchema MakeKmsConfigSchema() {
   s.String("db.dsn", "libpq DSN of the KMS database (rkl_kms); include connect_timeout")
       .Required()
       .Secret();
+  db::DeclareOwnerDsnConfig(s);
   s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
   s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
       .Default("localhost:50053");
@@ -43,6 +46,7 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.server.client_cert_mode = rpc::ClientCertMode::kOptionalVerified;
   k.server.start_serving = false;
   k.db.dsn = config.GetString("db.dsn");
+  k.owner_dsn = config.GetString("db.owner_dsn");
   k.db.max_size = static_cast<int>(config.GetInt("db.pool_size"));
   k.hsm_target = config.GetString("hsm.endpoint");
   k.hsm_channel.tls = rpc::TlsFilesFromConfig(config, "hsm.tls");

@@ -19,6 +19,7 @@ ConfigSchema MakeKmsConfigSchema();
 struct KmsSettings {
   rpc::ServerOptions server;
   db::PoolOptions db;
+  std::string owner_dsn;  // db.owner_dsn: empty unless this process migrates
   std::string hsm_target;
   rpc::ChannelOptions hsm_channel;
   absl::Duration hsm_timeout;

@@ -10,12 +10,13 @@
 #include "grpc_hsm_port.h"
 #include "kms_config.h"
 #include "kms_core.h"
+#include "kms_db_roles.h"
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
-#include "rkl/common/process.h"
 #include "rkl/common/logging.h"
+#include "rkl/common/process.h"
 #include "rkl/crypto/random.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/db/transaction.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/health.h"
@@ -46,23 +47,41 @@ bool HsmReady(const std::shared_ptr<grpc::Channel>& channel, absl::Duration time
 
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = rkl::kms::MakeKmsConfigSchema();
-  rkl::Config config = rkl::LoadConfigOrExit(schema, kProgram, argc, argv);
+  bool migrate_only = false;
+  rkl::Config config = rkl::LoadConfigOrExit(
+      schema, kProgram, argc, argv,
+      {{.name = "--migrate-only",
+        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
+                "privileges, and exit (docs/operations.md)",
+        .value = &migrate_only,
+        .checks_only = {"db.", "log."}}});
   rkl::InitDaemonProcess();
   rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
                     .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
                     .program = kProgram});
   rkl::rpc::InstallShutdownSignalHandlers();
-  rkl::kms::KmsSettings settings = rkl::kms::KmsSettingsFromConfig(config);
   spdlog::info("configuration:\n{}", config.Describe());
 
-  rkl::db::ConnectionPool pool(settings.db);
-  absl::StatusOr<int> applied = rkl::db::ApplyMigrations(pool, rkl::kms::Migrations());
-  if (!applied.ok()) {
-    spdlog::critical("fatal: database migrations on {} failed: {}", pool.redacted_dsn(),
-                     applied.status().ToString());
+  // Only db.* is read before this step: --migrate-only checks nothing else.
+  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
+      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
+      rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
+  if (!schema_setup.ok()) {
+    spdlog::critical("fatal: database schema on {}: {}", pool.redacted_dsn(),
+                     schema_setup.status().ToString());
     return 1;
   }
-  spdlog::info("database {}: {} migration(s) applied", pool.redacted_dsn(), *applied);
+  if (schema_setup->migrated) {
+    spdlog::info(
+        "database {}: {} migration(s) applied as the owner; runtime role '{}' granted "
+        "its privileges",
+        pool.redacted_dsn(), schema_setup->applied, schema_setup->runtime_role);
+  }
+  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
+  if (migrate_only) return 0;
+  rkl::kms::KmsSettings settings = rkl::kms::KmsSettingsFromConfig(config);
 
   absl::StatusOr<std::shared_ptr<grpc::Channel>> hsm_channel =
       rkl::rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);

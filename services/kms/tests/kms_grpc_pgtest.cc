@@ -13,9 +13,10 @@
 
 #include "fake_hsm.h"
 #include "kms_core.h"
+#include "kms_db_roles.h"
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
@@ -72,7 +73,8 @@ class KmsGrpcTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     db_.emplace(*std::move(db));
-    auto applied = db::ApplyMigrations(db_->dsn(), Migrations());
+    auto applied =
+        db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kKmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
@@ -83,8 +85,8 @@ class KmsGrpcTest : public ::testing::Test {
       tls_[id] = *files;
     }
     hsm_ = std::make_unique<FakeHsm>(keys_);
-    a_ = std::make_unique<Replica>(db_->dsn(), *hsm_, tls_["kms"]);
-    b_ = std::make_unique<Replica>(db_->dsn(), *hsm_, tls_["kms"]);
+    a_ = std::make_unique<Replica>(db_->runtime_dsn(), *hsm_, tls_["kms"]);
+    b_ = std::make_unique<Replica>(db_->runtime_dsn(), *hsm_, tls_["kms"]);
     ASSERT_NE(a_->server, nullptr);
     ASSERT_NE(b_->server, nullptr);
   }
@@ -434,7 +436,8 @@ TEST_F(KmsGrpcTest, TheDatabaseRefusesTwoTerminalsWithOneTmk) {
 }
 
 TEST_F(KmsGrpcTest, MigrationsAreIdempotent) {
-  auto again = db::ApplyMigrations(db_->dsn(), Migrations());
+  auto again =
+      db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kKmsRuntimeGrants);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
 }

@@ -17,11 +17,12 @@
 #include "grpc_hsm_port.h"
 #include "hsm_daemon.h"
 #include "kms_core.h"
+#include "kms_db_roles.h"
 #include "pg_kms_repository.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
@@ -85,7 +86,8 @@ class KmsIntegrationTest : public ::testing::Test {
     hsm::HsmDaemonOptions options;
     options.hsm_id = "hsm-kms";
     options.role = hsm::HsmRole::kKms;
-    options.database_dsn = hsm_db_->dsn();
+    options.database_dsn = hsm_db_->runtime_dsn();
+    options.owner_dsn = hsm_db_->owner_dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {"kms"};
     options.listen_address = "127.0.0.1:0";
@@ -165,7 +167,8 @@ class KmsIntegrationTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     kms_db_.emplace(*std::move(db));
-    auto applied = db::ApplyMigrations(kms_db_->dsn(), Migrations());
+    auto applied = db::MigrateAsOwner(kms_db_->owner_dsn(), kms_db_->runtime_role(), Migrations(),
+                                      kKmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     a_ = MakeReplica();
     b_ = MakeReplica();
@@ -173,7 +176,7 @@ class KmsIntegrationTest : public ::testing::Test {
 
   std::unique_ptr<KmsReplica> MakeReplica() {
     return std::make_unique<KmsReplica>(
-        kms_db_->dsn(), HsmChannel("kms"),
+        kms_db_->runtime_dsn(), HsmChannel("kms"),
         [this] {
           absl::MutexLock lock(&clock_mu_);
           return now_;

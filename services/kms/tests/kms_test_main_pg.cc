@@ -3,8 +3,9 @@
 #include <optional>
 
 #include "kms_core_suite.h"
+#include "kms_db_roles.h"
 #include "pg_kms_repository.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/testing/test_database.h"
 
@@ -14,8 +15,10 @@ namespace {
 class PgFixture final : public RepositoryFixture {
  public:
   explicit PgFixture(rkl::testing::TestDatabase db)
-      : db_(std::move(db)), pool_(db::PoolOptions{.dsn = db_.dsn(), .max_size = 8}) {
-    auto applied = db::ApplyMigrations(pool_, Migrations());
+      : db_(std::move(db)), pool_(db::PoolOptions{.dsn = db_.runtime_dsn(), .max_size = 8}) {
+    // The repository runs as the runtime role, with only the privileges KMS is granted.
+    auto applied =
+        db::MigrateAsOwner(db_.owner_dsn(), db_.runtime_role(), Migrations(), kKmsRuntimeGrants);
     EXPECT_TRUE(applied.ok()) << applied.status();
     repo_.emplace(pool_);
   }

@@ -6,6 +6,7 @@
 
 #include "mtms_config.h"
 #include "mtms_core.h"
+#include "mtms_db_roles.h"
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
@@ -14,7 +15,7 @@
 #include "rkl/common/logging.h"
 #include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
-#include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/revocation.h"
@@ -45,27 +46,44 @@ int main(int argc, char** argv) {
   using namespace rkl;
   using namespace rkl::mtms;
   ConfigSchema schema = MakeMtmsConfigSchema();
-  Config config = LoadConfigOrExit(schema, kProgram, argc, argv);
+  bool migrate_only = false;
+  Config config = LoadConfigOrExit(
+      schema, kProgram, argc, argv,
+      {{.name = "--migrate-only",
+        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
+                "privileges, and exit (docs/operations.md)",
+        .value = &migrate_only,
+        .checks_only = {"db.", "log."}}});
   rkl::InitDaemonProcess();
   InitLogging({.format = *ParseLogFormat(config.GetEnum("log.format")),
                .level = *ParseLogLevel(config.GetEnum("log.level")),
                .program = kProgram});
   rpc::InstallShutdownSignalHandlers();
   spdlog::info("configuration:\n{}", config.Describe());
-  if (absl::Status s = CheckMtmsConfig(config); !s.ok()) {
+  // --migrate-only reads only db.* (nothing else is checked then).
+  if (absl::Status s = migrate_only ? absl::OkStatus() : CheckMtmsConfig(config); !s.ok()) {
     spdlog::critical("{}: {}", kProgram, std::string(s.message()));
     return 1;
   }
 
   db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
                            .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
-  absl::StatusOr<int> applied = db::ApplyMigrations(pool, rkl::mtms::Migrations());
-  if (!applied.ok()) {
-    spdlog::critical("database {}: migrations failed: {}", pool.redacted_dsn(),
-                     applied.status().ToString());
+  absl::StatusOr<db::SchemaSetupResult> schema_setup = db::SetUpSchema(
+      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
+      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
+  if (!schema_setup.ok()) {
+    spdlog::critical("database {}: schema: {}", pool.redacted_dsn(),
+                     schema_setup.status().ToString());
     return 1;
   }
-  spdlog::info("database {}: {} migration(s) applied", pool.redacted_dsn(), *applied);
+  if (schema_setup->migrated) {
+    spdlog::info(
+        "database {}: {} migration(s) applied as the owner; runtime role '{}' granted "
+        "its privileges",
+        pool.redacted_dsn(), schema_setup->applied, schema_setup->runtime_role);
+  }
+  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
+  if (migrate_only) return 0;
 
   const absl::Duration timeout = config.GetDuration("rpc.timeout");
   GrpcHsmPort hsm_rpc(ChannelOrDie(config, "hsm"), timeout);

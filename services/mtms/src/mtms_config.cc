@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
 
@@ -27,6 +28,7 @@ ConfigSchema MakeMtmsConfigSchema() {
   schema.String("db.dsn", "libpq DSN of the rkl_mtms database (include connect_timeout)")
       .Required()
       .Secret();
+  db::DeclareOwnerDsnConfig(schema);
   schema
       .Int("db.pool_size",
            "maximum open database connections; at least forwarder.workers + 4 (checked at "

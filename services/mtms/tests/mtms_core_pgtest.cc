@@ -3,10 +3,12 @@
 
 #include <pqxx/pqxx>
 
+#include "mtms_db_roles.h"
 #include "mtms_pg_repository.h"
 #include "mtms_suite.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/testing/test_database.h"
 
@@ -22,7 +24,9 @@ struct PgBackend {
     }
     auto backend = std::make_unique<PgBackend>();
     backend->db.emplace(*std::move(db));
-    auto applied = db::ApplyMigrations(backend->db->dsn(), rkl::mtms::Migrations());
+    // The repositories run as the runtime role, with only the privileges MTMS is granted.
+    auto applied = db::MigrateAsOwner(backend->db->owner_dsn(), backend->db->runtime_role(),
+                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
     if (!applied.ok()) {
       ADD_FAILURE() << applied.status();
       return nullptr;
@@ -33,8 +37,8 @@ struct PgBackend {
   // Each replica has its own pool, as separate processes would.
   MtmsRepository& Replica(int i) {
     while (static_cast<int>(repositories.size()) <= i) {
-      pools.push_back(
-          std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = db->dsn(), .max_size = 4}));
+      pools.push_back(std::make_unique<db::ConnectionPool>(
+          db::PoolOptions{.dsn = db->runtime_dsn(), .max_size = 4}));
       repositories.push_back(std::make_unique<PgMtmsRepository>(*pools.back()));
     }
     return *repositories[i];
@@ -252,7 +256,7 @@ TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow
   // ...and intake goes through regardless. lock_timeout turns a wait on that lock into an
   // error, so a regression fails here instead of hanging.
   db::ConnectionPool pool(
-      {.dsn = backend_->db->dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
+      {.dsn = backend_->db->runtime_dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
   PgMtmsRepository repository(pool);
   auto core = MakeCore(repository);
   for (int i = 1; i <= 5; ++i) {
@@ -267,7 +271,8 @@ TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow
 }
 
 TEST_F(MtmsSchemaPgTest, MigrationsAreIdempotentAtRestart) {
-  auto again = db::ApplyMigrations(backend_->db->dsn(), rkl::mtms::Migrations());
+  auto again = db::MigrateAsOwner(backend_->db->owner_dsn(), backend_->db->runtime_role(),
+                                  rkl::mtms::Migrations(), kMtmsRuntimeGrants);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
 }

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "mtms_core.h"
+#include "mtms_db_roles.h"
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
@@ -18,6 +19,7 @@
 #include "mtms_translate_batcher.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
@@ -104,7 +106,8 @@ class MtmsGrpcTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     db_.emplace(*std::move(db));
-    auto applied = db::ApplyMigrations(db_->dsn(), rkl::mtms::Migrations());
+    auto applied = db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(),
+                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
@@ -129,7 +132,7 @@ class MtmsGrpcTest : public ::testing::Test {
   }
 
   std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica) {
-    return std::make_unique<MtmsProcess>(db_->dsn(), tls_["mtms"], hsm_server_->port(),
+    return std::make_unique<MtmsProcess>(db_->runtime_dsn(), tls_["mtms"], hsm_server_->port(),
                                          ca_server_->port(), kms_port_, clock_,
                                          fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica);
   }

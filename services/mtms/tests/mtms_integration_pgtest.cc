@@ -24,11 +24,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "ca_core.h"
+#include "ca_db_roles.h"
 #include "ca_grpc_service.h"
 #include "ca_repository.h"
 #include "hsm_daemon.h"
 #include "master_key.h"
 #include "mtms_core.h"
+#include "mtms_db_roles.h"
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
@@ -46,6 +48,7 @@
 #include "rkl/crypto/x509_verify.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
+#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/protocol/transport_key.h"
 #include "rkl/rpc/call_context.h"
@@ -216,7 +219,8 @@ class MtmsIntegrationTest : public ::testing::Test {
     options.hsm_id = kHsmId;
     options.role = hsm::HsmRole::kMtms;
     options.operator_ca_file = operator_ca_file;
-    options.database_dsn = w.hsm_db->dsn();
+    options.database_dsn = w.hsm_db->runtime_dsn();
+    options.owner_dsn = w.hsm_db->owner_dsn();
     options.lmk_file = lmk_file;
     options.operational_identities = {"mtms"};
     options.listen_address = "127.0.0.1:0";
@@ -274,8 +278,9 @@ class MtmsIntegrationTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     w.ca_db.emplace(*std::move(db));
-    w.ca_pool.emplace(db::PoolOptions{.dsn = w.ca_db->dsn(), .max_size = 4});
-    auto applied = db::ApplyMigrations(*w.ca_pool, ca::Migrations());
+    w.ca_pool.emplace(db::PoolOptions{.dsn = w.ca_db->runtime_dsn(), .max_size = 4});
+    auto applied = db::MigrateAsOwner(w.ca_db->owner_dsn(), w.ca_db->runtime_role(),
+                                      ca::Migrations(), ca::kCaRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     w.ca_repository.emplace(&*w.ca_pool);
     auto master_key = ca::MasterKey::FromSecret(crypto::RandomSecret(32));
@@ -310,14 +315,15 @@ class MtmsIntegrationTest : public ::testing::Test {
     auto db = rkl::testing::TestDatabase::Create();
     ASSERT_TRUE(db.ok()) << db.status();
     mtms_db_.emplace(*std::move(db));
-    auto applied = db::ApplyMigrations(mtms_db_->dsn(), rkl::mtms::Migrations());
+    auto applied = db::MigrateAsOwner(mtms_db_->owner_dsn(), mtms_db_->runtime_role(),
+                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
     ASSERT_TRUE(applied.ok()) << applied.status();
     kms_service_ = std::make_unique<TestKmsService>(kms_);
     auto kms_server = rpc::Server::Start({.listen_address = "127.0.0.1:0", .tls = w.tls["kms"]},
                                          {kms_service_.get()});
     ASSERT_TRUE(kms_server.ok()) << kms_server.status();
     kms_server_ = *std::move(kms_server);
-    mtms_ = std::make_unique<MtmsProcess>(mtms_db_->dsn(), w.tls["mtms"], w.hsm->port(),
+    mtms_ = std::make_unique<MtmsProcess>(mtms_db_->runtime_dsn(), w.tls["mtms"], w.hsm->port(),
                                           w.ca_server->port(), kms_server_->port(), w.clock,
                                           w.pk_index, w.mak_index);
     ASSERT_NE(mtms_->server, nullptr);

@@ -1,0 +1,25 @@
+#pragma once
+// What rkl-ca's runtime database role may do (docs/operations.md, "Database roles"). The
+// migration step (`rkl-ca --migrate-only`, as db.owner_dsn) grants exactly this and revokes
+// anything else: the role the CA runs as cannot change the schema, truncate a table, replace
+// or remove an issuer, or delete or rewrite a certificate it issued.
+//
+//  - ca_master_key, ca_issuers: written once by the bootstrap (`rklctl pki init` runs it as
+//    the owner; the tests run it as this role). INSERT cannot add to them afterwards: one
+//    master key row and three issuer names are all the schema allows. Never updated;
+//  - ca_certificates: issued, then possibly revoked: only the revocation columns can change,
+//    never the certificate, its subject or its validity, and no row is ever deleted;
+//  - ca_crls: one row per issuer, re-signed in place.
+
+#include "rkl/db/schema_roles.h"
+
+namespace rkl::ca {
+
+inline constexpr db::RuntimeGrant kCaRuntimeGrants[] = {
+    db::TableGrant("ca_master_key", "SELECT, INSERT"),
+    db::TableGrant("ca_issuers", "SELECT, INSERT"),
+    db::TableGrant("ca_certificates", "SELECT, INSERT", "state, revoked_at, revocation_reason"),
+    db::TableGrant("ca_crls", "SELECT, INSERT, UPDATE"),
+};
+
+}  // namespace rkl::ca
