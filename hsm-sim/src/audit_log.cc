@@ -1,12 +1,21 @@
 #include "audit_log.h"
 
+#include <fcntl.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
 #include <pqxx/pqxx>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kdf.h"
@@ -50,6 +59,14 @@ constexpr char kAllPending[] =
     "SELECT id, at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
     "ORDER BY id";
 constexpr char kDeletePending[] = "DELETE FROM hsm_audit_pending WHERE id = ANY($1::bigint[])";
+constexpr char kRecordMac[] = "SELECT mac FROM hsm_audit WHERE seq = $1";
+
+constexpr char kAnchorTag[] = "RKL-HSM-AUDIT-ANCHOR-1";
+constexpr char kAnchorFormat[] = "rkl-hsm-audit-anchor v1";
+// Far longer than any anchor; longer text is refused before it is looked at.
+constexpr size_t kMaxAnchorText = 512;
+// What Anchor() chains when the chain no longer holds the anchor in the file.
+constexpr char kAnchorMismatchAction[] = "audit_anchor_mismatch";
 
 constexpr char kPendingTag[] = "RKL-HSM-AUDIT-PENDING-1";
 // What the sealer chains in place of a pending record whose MAC does not verify.
@@ -102,7 +119,119 @@ absl::StatusOr<Bytes> ChainMac(const crypto::SecretBytes& key, std::span<const u
   return HmacSha256(key, data);
 }
 
+bool IsAnchorHsmId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.' &&
+        c != ':') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Writes `text` to `path` so that a reader sees the old file or the new one, never part of
+// one, and the new one survives a crash once this returns.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("audit anchor: cannot write ", tmp));
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return absl::UnavailableError(absl::StrCat("audit anchor: cannot write ", path));
+  }
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return absl::OkStatus();
+}
+
+// The file's anchor; nullopt when there is no file yet.
+absl::StatusOr<std::optional<AuditAnchor>> ReadAnchorFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return std::optional<AuditAnchor>();
+    return absl::UnavailableError(absl::StrCat("audit anchor: cannot read ", path));
+  }
+  std::string text(kMaxAnchorText + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  absl::StatusOr<AuditAnchor> anchor = ParseAuditAnchor(text);
+  if (!anchor.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit anchor file ", path, " does not hold an anchor (", anchor.status().message(),
+        "); it is left as it is: look at it, then move it away to anchor afresh"));
+  }
+  return std::optional<AuditAnchor>(*std::move(anchor));
+}
+
 }  // namespace
+
+std::string FormatAuditAnchor(const AuditAnchor& a) {
+  return absl::StrCat(kAnchorFormat, " hsm=", a.hsm_id, " seq=", a.seq, " head=", ToHex(a.head_mac),
+                      " at_ms=", a.at_ms, " mac=", ToHex(a.mac));
+}
+
+absl::StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text) {
+  if (text.size() > kMaxAnchorText) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("anchor: longer than ", kMaxAnchorText, " bytes: not an audit anchor"));
+  }
+  absl::string_view line = absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size()));
+  if (!absl::ConsumePrefix(&line, kAnchorFormat) || !absl::ConsumePrefix(&line, " ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("anchor: must start with '", kAnchorFormat, "'"));
+  }
+  std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
+  const char* const kNames[] = {"hsm", "seq", "head", "at_ms", "mac"};
+  if (fields.size() != 5) {
+    return absl::InvalidArgumentError("anchor: must have the fields hsm, seq, head, at_ms, mac");
+  }
+  std::string value[5];
+  for (int i = 0; i < 5; ++i) {
+    absl::string_view f = fields[i];
+    if (!absl::ConsumePrefix(&f, kNames[i]) || !absl::ConsumePrefix(&f, "=")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("anchor: field ", i + 1, " must be ", kNames[i], "=..."));
+    }
+    value[i] = std::string(f);
+  }
+  AuditAnchor a;
+  a.hsm_id = value[0];
+  if (!IsAnchorHsmId(a.hsm_id)) {
+    return absl::InvalidArgumentError("anchor: hsm must be an HSM id (letters, digits, -_.:)");
+  }
+  if (!absl::SimpleAtoi(value[1], &a.seq) || value[1].empty() || value[1][0] == '+') {
+    return absl::InvalidArgumentError("anchor: seq must be a record number");
+  }
+  if (!absl::SimpleAtoi(value[3], &a.at_ms) || a.at_ms < 0) {
+    return absl::InvalidArgumentError("anchor: at_ms must be Unix milliseconds");
+  }
+  for (auto [index, out] : {std::pair<int, Bytes*>{2, &a.head_mac}, {4, &a.mac}}) {
+    absl::StatusOr<Bytes> bytes = FromHex(value[index]);
+    if (!bytes.ok() || bytes->size() != kMacSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("anchor: ", kNames[index], " must be 64 hex digits"));
+    }
+    *out = *std::move(bytes);
+  }
+  return a;
+}
+
+absl::StatusOr<Bytes> AuditAnchorMac(const crypto::SecretBytes& key, const AuditAnchor& a) {
+  Bytes data(kAnchorTag, kAnchorTag + sizeof(kAnchorTag) - 1);
+  PutText(data, a.hsm_id);
+  PutBigEndian(data, a.seq, 8);
+  data.insert(data.end(), a.head_mac.begin(), a.head_mac.end());
+  PutBigEndian(data, static_cast<uint64_t>(a.at_ms), 8);
+  return HmacSha256(key, data);
+}
 
 absl::StatusOr<crypto::SecretBytes> DeriveAuditKey(const crypto::SecretBytes& lmk,
                                                    const std::string& hsm_id) {
@@ -353,17 +482,31 @@ void PgAuditLog::SealerLoop(absl::Duration interval) {
       // Nothing is lost: the records stay pending, durable, until a later pass.
       spdlog::warn("audit: sealing pending records failed (will retry): {}",
                    sealed.status().ToString());
+    } else if (absl::StatusOr<bool> anchored = AnchorIfDue(); !anchored.ok()) {
+      // A refused anchor was logged (critical) by Anchor(); a failed write is retried.
+      spdlog::warn("audit: anchoring failed: {}", anchored.status().ToString());
     }
     if (stopping) return;
   }
 }
 
-absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
+absl::Status PgAuditLog::CheckAnchorMac(const AuditAnchor& anchor) {
+  RKL_ASSIGN_OR_RETURN(Bytes expected, AuditAnchorMac(audit_key_, anchor));
+  if (!SameMac(expected, anchor.mac) || anchor.head_mac.size() != kMacSize) {
+    return absl::UnauthenticatedError(
+        "anchor: MAC does not verify (not an anchor of this HSM, or altered)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AuditVerification> PgAuditLog::Verify(const AuditAnchor* anchor) {
+  if (anchor != nullptr) RKL_RETURN_IF_ERROR(CheckAnchorMac(*anchor));
   RKL_RETURN_IF_ERROR(Seal().status());
   return db::RunInTransaction(
       pool_,
       [&](pqxx::work& tx) -> absl::StatusOr<AuditVerification> {
         AuditVerification v;
+        if (anchor != nullptr) v.anchor_seq = anchor->seq;
         Bytes prev(kMacSize, 0);
         uint64_t expected_seq = 1;
         for (const auto& row : db::Exec(tx, kAllRecords)) {
@@ -375,10 +518,32 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
           if (seq != expected_seq || !SameMac(stored, mac) || e.action == kTamperedAction) {
             v.intact = false;
             v.first_broken_seq = seq;
+            v.finding = seq != expected_seq ? absl::StrCat("record ", expected_seq, " is missing")
+                        : e.action == kTamperedAction
+                            ? absl::StrCat("record ", seq, " replaces a tampered pending record")
+                            : absl::StrCat("record ", seq, " does not match its MAC");
+            return v;
+          }
+          if (anchor != nullptr && seq == anchor->seq && !SameMac(stored, anchor->head_mac)) {
+            // Chained correctly, yet not the record the HSM anchored: only someone with the
+            // audit key could have made it.
+            v.intact = false;
+            v.first_broken_seq = seq;
+            v.finding =
+                absl::StrCat("record ", seq, " is not the one anchored at unix ms ", anchor->at_ms);
             return v;
           }
           prev = std::move(stored);
           expected_seq = seq + 1;
+        }
+        if (anchor != nullptr && anchor->seq >= expected_seq) {
+          v.intact = false;
+          v.first_broken_seq = expected_seq;
+          v.finding = absl::StrCat("the chain ends at record ", expected_seq - 1,
+                                   " but the anchor of unix ms ", anchor->at_ms, " holds record ",
+                                   anchor->seq, ": records ", expected_seq, "..", anchor->seq,
+                                   " were removed");
+          return v;
         }
         // Records committed since the seal above: checked by their own MACs.
         for (const auto& row : db::Exec(tx, kAllPending)) {
@@ -388,12 +553,93 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify() {
           if (!SameMac(ToBytes(row[7]), mac)) {
             v.intact = false;
             v.first_broken_seq = expected_seq;
+            v.finding = "a pending record does not match its MAC";
             return v;
           }
         }
         return v;
       },
       db::TransactionOptions{.isolation = db::IsolationLevel::kRepeatableRead, .read_only = true});
+}
+
+void PgAuditLog::ConfigureAnchors(AnchorOptions options) {
+  absl::MutexLock lock(&anchor_mu_);
+  anchor_options_ = std::move(options);
+  last_anchor_ms_.reset();
+}
+
+absl::Status PgAuditLog::CheckChainHolds(const AuditAnchor& anchor) {
+  if (anchor.seq == 0) return absl::OkStatus();  // an empty chain holds nothing to lose
+  absl::StatusOr<bool> holds =
+      db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        pqxx::result r = db::Exec(tx, kRecordMac, static_cast<int64_t>(anchor.seq));
+        return !r.empty() && SameMac(ToBytes(r[0][0]), anchor.head_mac);
+      });
+  RKL_RETURN_IF_ERROR(holds.status());
+  if (*holds) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the audit chain no longer holds record ", anchor.seq, " as anchored at unix ms ",
+      anchor.at_ms, ": records were removed or replaced since"));
+}
+
+absl::StatusOr<AuditAnchor> PgAuditLog::Anchor() {
+  absl::MutexLock lock(&anchor_mu_);
+  RKL_RETURN_IF_ERROR(Seal().status());
+  const AnchorOptions& o = anchor_options_;
+  const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+  if (!o.file.empty()) {
+    RKL_ASSIGN_OR_RETURN(std::optional<AuditAnchor> previous, ReadAnchorFile(o.file));
+    if (previous) {
+      absl::Status held = CheckAnchorMac(*previous);
+      if (held.ok()) held = CheckChainHolds(*previous);
+      if (!held.ok()) {
+        if (absl::IsUnavailable(held)) return held;  // the database, not the chain
+        const std::string what = absl::StrCat("anchor file ", o.file, ": ", held.message());
+        spdlog::critical("audit: {}; the anchor file is kept as evidence", what);
+        // Chained like any record, so the chain itself carries the finding from here on.
+        (void)Append(AuditEvent{.at_ms = now,
+                                .actor = "hsm",
+                                .action = kAnchorMismatchAction,
+                                .detail = what,
+                                .result = "DATA_LOSS"});
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ". The file is left as it is: investigate, then move it away to anchor afresh"));
+      }
+    }
+  }
+  AuditAnchor anchor{.hsm_id = o.hsm_id, .head_mac = Bytes(kMacSize, 0), .at_ms = now};
+  absl::Status read =
+      db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        pqxx::result head = db::Exec(tx, kChainHead);
+        if (!head.empty()) {
+          anchor.seq = head[0][0].as<uint64_t>();
+          anchor.head_mac = ToBytes(head[0][1]);
+        }
+        return true;
+      }).status();
+  RKL_RETURN_IF_ERROR(read);
+  RKL_ASSIGN_OR_RETURN(anchor.mac, AuditAnchorMac(audit_key_, anchor));
+  if (!o.file.empty()) {
+    RKL_RETURN_IF_ERROR(WriteFileAtomically(o.file, FormatAuditAnchor(anchor) + "\n"));
+    // In the log too, so a central log store keeps every anchor, not only the latest.
+    spdlog::info("audit anchor: {}", FormatAuditAnchor(anchor));
+  }
+  last_anchor_ms_ = now;
+  return anchor;
+}
+
+absl::StatusOr<bool> PgAuditLog::AnchorIfDue() {
+  {
+    absl::MutexLock lock(&anchor_mu_);
+    const AnchorOptions& o = anchor_options_;
+    if (o.file.empty() || o.interval <= absl::ZeroDuration()) return false;
+    const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+    if (last_anchor_ms_ && now - *last_anchor_ms_ < absl::ToInt64Milliseconds(o.interval)) {
+      return false;
+    }
+  }
+  RKL_RETURN_IF_ERROR(Anchor().status());
+  return true;
 }
 
 }  // namespace rkl::hsm

@@ -23,16 +23,26 @@
 //    caller waits until its record has committed, and concurrent callers share one
 //    transaction (one thread writes what has queued while the previous group committed), so
 //    a burst of read-only commands costs a few commits instead of one each;
+//  - anchors: Anchor() seals and then MACs the chain's head (its seq and chain MAC) into an
+//    AuditAnchor, written to a file outside the database when one is configured, and by the
+//    sealer every anchor interval (by the injected clock). Verify(anchor) then also reports
+//    the chain broken if it no longer holds the anchored record unchanged — which is how
+//    removing the newest records is found. An anchor is never written over one the chain no
+//    longer holds: Anchor() refuses (FAILED_PRECONDITION), logs and audits it, and keeps the
+//    file for the investigation;
 //  - thread-safe; the audit key lives in SecretBytes and never leaves this object.
-// Limitations: removing the newest records (truncating the tail of the chain, or deleting a
-// pending record before it is sealed — at most seal_interval old) is not detectable;
-// records_checked lets an operator compare against what they saw before.
+// Limitations: the records after the last anchor (the tail of the chain since then, and a
+// pending record before it is sealed) can be removed without a trace; so can every record
+// by someone who also holds the LMK (the audit key derives from it), or who can replace the
+// anchor file with an older one.
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -63,7 +73,30 @@ struct AuditVerification {
   bool intact = true;
   uint64_t records_checked = 0;   // chained records plus pending ones
   uint64_t first_broken_seq = 0;  // 0 when intact; a pending record counts as last seq + 1
+  uint64_t anchor_seq = 0;        // the anchored record checked; 0 without an anchor
+  std::string finding{};          // when not intact: what is wrong, for an operator
 };
+
+// The chain's head as the HSM saw it at at_ms, MACed under the audit key so that nobody
+// without the LMK can make one (docs/hsm.md, Audit). Kept outside the HSM's database, it
+// shows whether the chain there still holds everything up to `seq`.
+struct AuditAnchor {
+  std::string hsm_id{};
+  uint64_t seq = 0;   // the newest chained record; 0 for an empty chain
+  Bytes head_mac{};   // its chain MAC (32 zero bytes for an empty chain)
+  int64_t at_ms = 0;  // when the anchor was made, by the HSM's clock
+  Bytes mac{};        // AuditAnchorMac()
+};
+
+// One line of text: "rkl-hsm-audit-anchor v1 hsm=<id> seq=<n> head=<64 hex> at_ms=<n>
+// mac=<64 hex>".
+std::string FormatAuditAnchor(const AuditAnchor& anchor);
+// INVALID_ARGUMENT naming the field for anything that is not such a line (surrounding
+// whitespace aside); the message never repeats the input. Does not check the MAC.
+absl::StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text);
+// HMAC-SHA256(key, "RKL-HSM-AUDIT-ANCHOR-1" ‖ [len]_4 ‖ hsm_id ‖ [seq]_8 ‖ head_mac ‖
+// [at_ms]_8).
+absl::StatusOr<Bytes> AuditAnchorMac(const crypto::SecretBytes& key, const AuditAnchor& anchor);
 
 class AuditLog {
  public:
@@ -71,7 +104,11 @@ class AuditLog {
   // Appends in a transaction of its own (records of failed commands, whose own transaction
   // rolled back).
   virtual absl::Status Append(const AuditEvent& event) = 0;
-  virtual absl::StatusOr<AuditVerification> Verify() = 0;
+  // Checks the chain, and with `anchor` (may be null) that it still holds the anchored
+  // record: UNAUTHENTICATED if the anchor's MAC does not verify.
+  virtual absl::StatusOr<AuditVerification> Verify(const AuditAnchor* anchor) = 0;
+  // Anchors the chain's head (see PgAuditLog) and returns the anchor.
+  virtual absl::StatusOr<AuditAnchor> Anchor() = 0;
 };
 
 // The key the chain is MACed with, derived from the LMK.
@@ -101,8 +138,32 @@ class PgAuditLog : public AuditLog {
   ~PgAuditLog() override;  // Stop()s
 
   absl::Status Append(const AuditEvent& event) override;
-  // Seals everything committed so far, then checks the whole chain and the pending records.
-  absl::StatusOr<AuditVerification> Verify() override;
+  // Seals everything committed so far, then checks the whole chain and the pending records,
+  // and with `anchor` that the chain holds the anchored record with the anchored MAC: a
+  // chain that ends before it is reported broken at its first missing record, one whose
+  // record differs at that record.
+  absl::StatusOr<AuditVerification> Verify(const AuditAnchor* anchor) override;
+
+  // Where and how often anchors are written. Call before Start().
+  struct AnchorOptions {
+    std::string hsm_id{};
+    // The file that holds the latest anchor (replaced atomically); empty: Anchor() only
+    // returns anchors.
+    std::string file{};
+    // The sealer anchors when this much time has passed by `now_ms` since the last anchor;
+    // zero: only when Anchor() is called.
+    absl::Duration interval = absl::ZeroDuration();
+    std::function<int64_t()> now_ms{};  // null: the system clock
+  };
+  void ConfigureAnchors(AnchorOptions options);
+  // Seals, then makes an anchor of the chain's head and, when a file is configured, writes
+  // it there after checking that the chain still holds the anchor the file has (if any).
+  // FAILED_PRECONDITION if it does not (or the file holds something else): the file is left
+  // as it is, and an audit record says so.
+  absl::StatusOr<AuditAnchor> Anchor() override;
+  // Anchor() if the interval has passed since the last one by the configured clock; called
+  // by the sealer after each pass. Returns whether it anchored.
+  absl::StatusOr<bool> AnchorIfDue();
 
   // Appends inside the caller's transaction (takes no lock).
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
@@ -138,6 +199,8 @@ class PgAuditLog : public AuditLog {
 
  private:
   absl::StatusOr<uint64_t> SealBatch(int limit);
+  absl::Status CheckAnchorMac(const AuditAnchor& anchor);
+  absl::Status CheckChainHolds(const AuditAnchor& anchor);
   void SealerLoop(absl::Duration interval);
   absl::Status WriteGroup(const std::vector<const AuditEvent*>& events);
 
@@ -151,6 +214,11 @@ class PgAuditLog : public AuditLog {
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread sealer_;
+
+  // One anchoring at a time in this process (several replicas may each write their own).
+  absl::Mutex anchor_mu_;
+  AnchorOptions anchor_options_ ABSL_GUARDED_BY(anchor_mu_);
+  std::optional<int64_t> last_anchor_ms_ ABSL_GUARDED_BY(anchor_mu_);
 
   // Group writes. Group n collects the records queued while group n-1 is written.
   absl::Mutex group_mu_;

@@ -1183,9 +1183,19 @@ absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_
   });
 }
 
-absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& caller) {
+absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& caller,
+                                                            std::string_view anchor_text) {
   AuditEvent event{.actor = caller, .action = "verify_audit_chain"};
-  absl::StatusOr<AuditVerification> verification = audit_.Verify();
+  std::optional<AuditAnchor> anchor;
+  if (!anchor_text.empty()) {
+    absl::StatusOr<AuditAnchor> parsed = ParseAuditAnchor(anchor_text);
+    if (!parsed.ok()) {
+      RecordFailure(event, parsed.status());
+      return parsed.status();
+    }
+    anchor = *std::move(parsed);
+  }
+  absl::StatusOr<AuditVerification> verification = audit_.Verify(anchor ? &*anchor : nullptr);
   if (!verification.ok()) {
     RecordFailure(event, verification.status());
     return verification.status();
@@ -1196,7 +1206,22 @@ absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& c
                                verification->intact ? " intact"
                                                     : absl::StrCat(" first_broken_seq=",
                                                                    verification->first_broken_seq));
+               if (anchor) absl::StrAppend(&audit.detail, " anchor_seq=", anchor->seq);
                return *verification;
+             });
+}
+
+absl::StatusOr<AuditAnchor> HsmCore::AnchorAuditChain(const std::string& caller) {
+  AuditEvent event{.actor = caller, .action = "anchor_audit_chain"};
+  absl::StatusOr<AuditAnchor> anchor = audit_.Anchor();
+  if (!anchor.ok()) {
+    RecordFailure(event, anchor.status());
+    return anchor.status();
+  }
+  return Run(event, false, 1,
+             [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditAnchor> {
+               absl::StrAppend(&audit.detail, "anchor_seq=", anchor->seq);
+               return *anchor;
              });
 }
 

@@ -231,7 +231,12 @@ class HsmCore {
   absl::StatusOr<KeyRecord> GetKeyInfo(const std::string& caller, uint64_t key_index);
   absl::Status DeleteKey(const std::string& caller, uint64_t key_index);
   absl::StatusOr<Bytes> GenerateRandom(const std::string& caller, uint32_t length);
-  absl::StatusOr<AuditVerification> VerifyAuditChain(const std::string& caller);
+  // `anchor`: empty, or an AuditAnchor line (INVALID_ARGUMENT if it is not one,
+  // UNAUTHENTICATED if its MAC is not this HSM's).
+  absl::StatusOr<AuditVerification> VerifyAuditChain(const std::string& caller,
+                                                     std::string_view anchor);
+  // Anchors the audit chain's head now (AuditLog::Anchor).
+  absl::StatusOr<AuditAnchor> AnchorAuditChain(const std::string& caller);
 
   // Audits a call the adapter refused (authorization), so denials are on record too.
   void RecordRefusal(const std::string& caller, const std::string& action,

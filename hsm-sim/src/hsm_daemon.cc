@@ -66,6 +66,19 @@ void DeclareHsmConfig(ConfigSchema& schema) {
                 "with a per-record MAC and never wait for the chain); 0 = only when the "
                 "chain is verified and at shutdown")
       .Default("100ms");
+  schema
+      .String("audit.anchor_file",
+              "file the audit chain's head is anchored to, outside the HSM's database (an "
+              "anchor is MACed under the LMK; rklctl hsm audit-verify --anchor checks the chain "
+              "against it). Keep it where the database's administrators cannot write. Empty: "
+              "no anchors written (docs/hsm.md, Audit)")
+      .Default("");
+  schema
+      .Duration("audit.anchor_interval",
+                "how often the anchor file is rewritten with the chain's head; records chained "
+                "after the last anchor can be removed undetected (0 = only at start, shutdown "
+                "and AnchorAuditChain)")
+      .Default("1m");
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   schema.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "lowest level logged")
       .Default("info");
@@ -116,6 +129,8 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
     return absl::InvalidArgumentError(
         "config: audit.seal_interval: must be between 0 and 10m (e.g. 100ms)");
   }
+  o.anchor_file = config.GetString("audit.anchor_file");
+  o.anchor_interval = config.GetDuration("audit.anchor_interval");
   o.fail_self_test = config.GetBool("testing.fail_self_test");
   o.crl = rpc::ServiceCaCrlOptionsFromConfig(config, o.tls);
   return o;
@@ -218,6 +233,18 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->audit_pool_ = std::make_unique<db::ConnectionPool>(
       db::PoolOptions{.dsn = options.database_dsn, .max_size = 2});
   d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, *d->audit_pool_, std::move(audit_key));
+  d->audit_->ConfigureAnchors({.hsm_id = options.hsm_id,
+                               .file = options.anchor_file,
+                               .interval = options.anchor_interval,
+                               .now_ms = [c = &clock] { return c->NowUnixMs(); }});
+  d->anchors_ = !options.anchor_file.empty();
+  if (d->anchors_) {
+    // Checks the anchor left by the last run before anything else is chained: a chain cut
+    // while the HSM was down is reported here (and audited), and the file is kept.
+    if (auto anchored = d->audit_->Anchor(); !anchored.ok()) {
+      spdlog::error("audit: anchoring at start-up failed: {}", anchored.status().ToString());
+    }
+  }
   if (options.audit_seal_interval > absl::ZeroDuration()) {
     d->audit_->Start(options.audit_seal_interval);
   }
@@ -257,6 +284,10 @@ HsmDaemon::~HsmDaemon() {
     audit_->Stop();
     if (auto sealed = audit_->Seal(); !sealed.ok()) {
       spdlog::warn("audit: final seal failed: {}", sealed.status().ToString());
+    } else if (anchors_) {
+      if (auto anchored = audit_->Anchor(); !anchored.ok()) {
+        spdlog::warn("audit: final anchor failed: {}", anchored.status().ToString());
+      }
     }
   }
 }

@@ -53,6 +53,10 @@ struct HsmDaemonOptions {
   // How often committed audit records are sealed into the chain; zero = only on demand
   // (VerifyAuditChain, shutdown).
   absl::Duration audit_seal_interval = absl::Milliseconds(100);
+  // Where and how often the audit chain's head is anchored (PgAuditLog::AnchorOptions);
+  // the clock below decides when an anchor is due. Empty file: no anchors written.
+  std::string anchor_file;
+  absl::Duration anchor_interval = absl::Minutes(1);
   // Test-only: make one self-test answer wrong, to exercise the failure path.
   bool fail_self_test = false;
   // Tests inject a clock they control (ceremony expiry); null means the system clock.
@@ -95,6 +99,7 @@ class HsmDaemon {
   std::unique_ptr<db::ConnectionPool> pool_;
   std::unique_ptr<db::ConnectionPool> audit_pool_;  // audit group writes and sealing
   std::unique_ptr<PgAuditLog> audit_;
+  bool anchors_ = false;  // an anchor file is configured
   std::unique_ptr<PgKeyStore> store_;
   std::unique_ptr<HsmCore> core_;
   std::unique_ptr<HsmGrpcService> service_;

@@ -28,7 +28,8 @@ const char* const kMtmsRoleMethods[] = {"GenerateRsaKeyPair", "GetPublicKey",
 const char* const kKmsRoleMethods[] = {"ImportAndChallenge",     "AuthChallenge",
                                        "AuthenticateAndDeliver", "VerifyInstallProof",
                                        "DestroyTerminalKeys",    "GenerateRandom"};
-const char* const kAdminMethods[] = {"GetKeyInfo", "DeleteKey", "VerifyAuditChain"};
+const char* const kAdminMethods[] = {"GetKeyInfo", "DeleteKey", "VerifyAuditChain",
+                                     "AnchorAuditChain"};
 constexpr char kCustodians[] = "custodian:*";
 const char* const kCeremonyMethods[] = {"BeginCeremony", "AddComponent", "CompleteCeremony"};
 
@@ -349,15 +350,29 @@ grpc::Status HsmGrpcService::GenerateRandom(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status HsmGrpcService::VerifyAuditChain(grpc::ServerContext* ctx, const v1::Empty*,
+grpc::Status HsmGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
+                                              const v1::VerifyAuditChainRequest* req,
                                               v1::VerifyAuditChainResponse* resp) {
   auto caller = Authorize(*ctx, "VerifyAuditChain");
   if (!caller.ok()) return Done(caller.status());
-  auto r = core_.VerifyAuditChain(*caller);
+  auto r = core_.VerifyAuditChain(*caller, req->anchor());
   if (!r.ok()) return Done(r.status());
   resp->set_intact(r->intact);
   resp->set_records_checked(r->records_checked);
   resp->set_first_broken_seq(r->first_broken_seq);
+  resp->set_anchor_seq(r->anchor_seq);
+  resp->set_finding(r->finding);
+  return grpc::Status::OK;
+}
+
+grpc::Status HsmGrpcService::AnchorAuditChain(grpc::ServerContext* ctx, const v1::Empty*,
+                                              v1::AnchorAuditChainResponse* resp) {
+  auto caller = Authorize(*ctx, "AnchorAuditChain");
+  if (!caller.ok()) return Done(caller.status());
+  auto r = core_.AnchorAuditChain(*caller);
+  if (!r.ok()) return Done(r.status());
+  resp->set_anchor(FormatAuditAnchor(*r));
+  resp->set_seq(r->seq);
   return grpc::Status::OK;
 }
 

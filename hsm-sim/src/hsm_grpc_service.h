@@ -77,8 +77,10 @@ class HsmGrpcService final : public rkl::v1::Hsm::Service {
                          v1::Empty* resp) override;
   grpc::Status GenerateRandom(grpc::ServerContext* ctx, const v1::GenerateRandomRequest* req,
                               v1::GenerateRandomResponse* resp) override;
-  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx, const v1::Empty* req,
+  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx, const v1::VerifyAuditChainRequest* req,
                                 v1::VerifyAuditChainResponse* resp) override;
+  grpc::Status AnchorAuditChain(grpc::ServerContext* ctx, const v1::Empty* req,
+                                v1::AnchorAuditChainResponse* resp) override;
 
  private:
   // The caller's identity if it may call `method`; otherwise the refusal (audited).

@@ -2,16 +2,22 @@
 // ones), append-only for SQL users, any edited or deleted row reported by its seq; records
 // pending (written by commands, not yet chained) are sealed in order, a tampered or
 // replayed pending record is chained as tampered, and commands never wait for each other's
-// audit record.
+// audit record. The role the daemon runs as cannot erase or rewrite the chain; a superuser
+// who removes the newest records is caught by an anchor, which is never written over one
+// the chain lost, is checked at start-up, and is due by the injected clock.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <pqxx/pqxx>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/synchronization/notification.h"
 #include "hsm_fixture.h"
 #include "rkl/common/status_macros.h"
@@ -21,7 +27,9 @@
 namespace rkl::hsm {
 namespace {
 
+using ::testing::AnyOf;
 using testing::Call;
+using ::testing::HasSubstr;
 using testing::HsmInstance;
 
 class AuditPgTest : public ::testing::Test {
@@ -38,7 +46,7 @@ class AuditPgTest : public ::testing::Test {
 
   absl::StatusOr<v1::VerifyAuditChainResponse> Verify() {
     auto stub = hsm_->Stub("admin:auditor");
-    return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, v1::Empty());
+    return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, v1::VerifyAuditChainRequest());
   }
 
   void MakeRecords(int n) {
@@ -65,8 +73,60 @@ class AuditPgTest : public ::testing::Test {
     return n.value_or(0);
   }
 
+  // A fresh instance that anchors to a file (every `interval` by its clock; zero: only at
+  // start, shutdown and AnchorAuditChain). No background sealer: the test drives it.
+  void RestartWithAnchors(absl::Duration interval = absl::ZeroDuration()) {
+    hsm_.reset();
+    anchor_file_ = pki_->dir() + "/hsm-kms.anchor";
+    auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::ZeroDuration(),
+                                           .anchor_file = anchor_file_,
+                                           .anchor_interval = interval});
+    ASSERT_TRUE(hsm.ok()) << hsm.status();
+    hsm_ = *std::move(hsm);
+  }
+  std::string AnchorFileText() {
+    std::ifstream in(anchor_file_);
+    std::string line;
+    std::getline(in, line);
+    return line;
+  }
+  uint64_t AnchorFileSeq() {
+    auto anchor = ParseAuditAnchor(AnchorFileText());
+    EXPECT_TRUE(anchor.ok()) << anchor.status();
+    return anchor.ok() ? anchor->seq : 0;
+  }
+  absl::StatusOr<v1::AnchorAuditChainResponse> AnchorNow() {
+    auto stub = hsm_->Stub("admin:auditor");
+    return Call(*stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
+  }
+  absl::StatusOr<v1::VerifyAuditChainResponse> VerifyWith(const std::string& anchor) {
+    auto stub = hsm_->Stub("admin:auditor");
+    v1::VerifyAuditChainRequest req;
+    req.set_anchor(anchor);
+    return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, req);
+  }
+  // What a superuser can do and the runtime role cannot: switch the append-only trigger off
+  // and delete the newest records.
+  void SuperuserRemovesRecordsFrom(uint64_t seq) {
+    hsm_->Sql(
+        absl::StrCat("ALTER TABLE hsm_audit DISABLE TRIGGER USER; DELETE FROM hsm_audit "
+                     "WHERE seq >= ",
+                     seq, "; ALTER TABLE hsm_audit ENABLE TRIGGER USER"));
+  }
+  // Every chained record, as the superuser sees it.
+  std::string ChainDump() {
+    pqxx::connection conn(hsm_->dsn());
+    pqxx::work tx(conn);
+    return tx
+        .exec1(
+            "SELECT coalesce(string_agg(seq || ':' || actor || ':' || action || ':' || "
+            "encode(mac, 'hex'), ',' ORDER BY seq), '') FROM hsm_audit")[0]
+        .as<std::string>();
+  }
+
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::unique_ptr<HsmInstance> hsm_;
+  std::string anchor_file_;
 };
 
 TEST_F(AuditPgTest, ChainIsIntactAndCountsEveryRecord) {
@@ -131,7 +191,7 @@ TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
   // a key of their own — here simulated by verifying under another LMK's audit key.
   db::ConnectionPool pool(db::PoolOptions{.dsn = hsm_->runtime_dsn()});
   PgAuditLog other(pool, DeriveAuditKey(crypto::RandomSecret(32), "hsm-kms").value());
-  auto v = other.Verify();
+  auto v = other.Verify(nullptr);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(v->first_broken_seq, 1u);
 }
@@ -377,6 +437,162 @@ TEST_F(AuditPgTest, ReadOnlyCommandAnswersOnlyWithItsRecordWritten) {
   EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'generate_random' "
                    "AND result = 'OK'"),
             1);
+}
+
+TEST_F(AuditPgTest, TheRoleTheDaemonRunsAsCannotEraseOrRewriteTheChain) {
+  MakeRecords(4);
+  Seal();
+  const std::string before = ChainDump();
+  ASSERT_NE(before, "");
+  for (const char* attack :
+       {"DELETE FROM hsm_audit WHERE seq = 4", "UPDATE hsm_audit SET actor = 'admin:nobody'",
+        "TRUNCATE hsm_audit", "ALTER TABLE hsm_audit DISABLE TRIGGER USER",
+        "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only",
+        "DROP TRIGGER hsm_audit_append_only ON hsm_audit", "DROP TABLE hsm_audit",
+        "TRUNCATE hsm_audit_pending", "TRUNCATE hsm_key", "DELETE FROM hsm_key",
+        "ALTER TABLE hsm_key ADD COLUMN clear bytea", "CREATE TABLE stash (k bytea)"}) {
+    std::string refused;
+    try {
+      pqxx::connection conn(hsm_->runtime_dsn());
+      pqxx::work tx(conn);
+      tx.exec(attack);
+      tx.commit();
+    } catch (const std::exception& e) {
+      refused = e.what();
+    }
+    EXPECT_THAT(refused, AnyOf(HasSubstr("permission denied"), HasSubstr("must be owner")))
+        << attack;
+  }
+  EXPECT_EQ(ChainDump(), before);
+  auto v = Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact());
+  EXPECT_EQ(v->first_broken_seq(), 0u);
+}
+
+TEST_F(AuditPgTest, AnAnchorCatchesTheNewestRecordsRemovedBySuperuser) {
+  RestartWithAnchors();
+  MakeRecords(5);
+  auto anchored = AnchorNow();
+  ASSERT_TRUE(anchored.ok()) << anchored.status();
+  EXPECT_EQ(anchored->seq(), 5u);
+  EXPECT_EQ(AnchorFileText(), anchored->anchor());
+  auto held = VerifyWith(anchored->anchor());
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_TRUE(held->intact()) << held->finding();
+  EXPECT_EQ(held->anchor_seq(), 5u);
+
+  // Records 4 to 6 (the anchor's own record was chained by that verification) are removed.
+  SuperuserRemovesRecordsFrom(4);
+  auto cut = VerifyWith(anchored->anchor());
+  ASSERT_TRUE(cut.ok()) << cut.status();
+  EXPECT_FALSE(cut->intact());
+  EXPECT_EQ(cut->first_broken_seq(), 5u);  // the verification's record was chained as 4
+  EXPECT_THAT(cut->finding(), HasSubstr("the chain ends at record 4"));
+  EXPECT_THAT(cut->finding(), HasSubstr("records 5..5 were removed"));
+
+  // Without the anchor the chain alone looks whole: that is the gap the anchor closes.
+  auto alone = Verify();
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_TRUE(alone->intact());
+
+  // New records now carry the removed ones' numbers, but not their MACs.
+  auto reused = VerifyWith(anchored->anchor());
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_FALSE(reused->intact());
+  EXPECT_EQ(reused->first_broken_seq(), 5u);
+  EXPECT_THAT(reused->finding(), HasSubstr("record 5 is not the one anchored"));
+}
+
+TEST_F(AuditPgTest, AnAnchorIsNeverWrittenOverOneTheChainNoLongerHolds) {
+  RestartWithAnchors();
+  MakeRecords(3);
+  auto anchored = AnchorNow();
+  ASSERT_TRUE(anchored.ok()) << anchored.status();
+  const std::string evidence = AnchorFileText();
+  SuperuserRemovesRecordsFrom(2);
+
+  auto refused = AnchorNow();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("no longer holds record 3"));
+  EXPECT_EQ(AnchorFileText(), evidence);
+  Seal();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit_anchor_mismatch' AND "
+                   "actor = 'hsm' AND result = 'DATA_LOSS'"),
+            1);
+
+  // Once the file is moved away (kept as evidence), anchoring starts afresh.
+  std::filesystem::rename(anchor_file_, anchor_file_ + ".evidence");
+  auto fresh = AnchorNow();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  auto v = VerifyWith(fresh->anchor());
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->intact()) << v->finding();
+}
+
+TEST_F(AuditPgTest, AChainCutWhileTheHsmWasDownIsFoundAtStart) {
+  RestartWithAnchors();
+  MakeRecords(3);
+  hsm_->Stop();  // seals and anchors the last records
+  const std::string at_shutdown = AnchorFileText();
+  auto anchor = ParseAuditAnchor(at_shutdown);
+  ASSERT_TRUE(anchor.ok()) << anchor.status();
+  EXPECT_EQ(anchor->seq, 3u);
+  SuperuserRemovesRecordsFrom(3);
+
+  ASSERT_TRUE(hsm_->Start().ok());  // it serves, so the finding can be read and verified
+  EXPECT_EQ(AnchorFileText(), at_shutdown);
+  Seal();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit_anchor_mismatch'"), 1);
+  auto v = VerifyWith(at_shutdown);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->intact());
+  EXPECT_EQ(v->first_broken_seq(), 3u);
+}
+
+TEST_F(AuditPgTest, AnchorsAreDueByTheInjectedClock) {
+  RestartWithAnchors(absl::Minutes(1));
+  EXPECT_EQ(AnchorFileSeq(), 0u);  // anchored at start-up, on an empty chain
+  MakeRecords(2);
+  PgAuditLog& log = hsm_->daemon().audit_log();
+  auto due = log.AnchorIfDue();
+  ASSERT_TRUE(due.ok()) << due.status();
+  EXPECT_FALSE(*due);
+  hsm_->clock().Advance(absl::Seconds(59));
+  EXPECT_FALSE(log.AnchorIfDue().value_or(true));
+  EXPECT_EQ(AnchorFileSeq(), 0u);
+  hsm_->clock().Advance(absl::Seconds(1));
+  EXPECT_TRUE(log.AnchorIfDue().value_or(false));
+  EXPECT_EQ(AnchorFileSeq(), 2u);
+  EXPECT_FALSE(log.AnchorIfDue().value_or(true));  // the next one is a minute away again
+}
+
+TEST_F(AuditPgTest, AnAnchorThatIsNotThisHsmsIsRefused) {
+  RestartWithAnchors();
+  MakeRecords(2);
+  auto anchored = AnchorNow();
+  ASSERT_TRUE(anchored.ok()) << anchored.status();
+  ASSERT_EQ(anchored->seq(), 2u);
+
+  // Edited to claim fewer records: the MAC no longer verifies.
+  const std::string edited = absl::StrReplaceAll(anchored->anchor(), {{" seq=2 ", " seq=1 "}});
+  ASSERT_NE(edited, anchored->anchor());
+  EXPECT_EQ(VerifyWith(edited).status().code(), absl::StatusCode::kUnauthenticated);
+  // Well formed, MACed with another LMK's audit key (another HSM, or a forger).
+  auto foreign = ParseAuditAnchor(anchored->anchor());
+  ASSERT_TRUE(foreign.ok());
+  foreign->mac =
+      AuditAnchorMac(DeriveAuditKey(crypto::RandomSecret(32), "hsm-kms").value(), *foreign).value();
+  EXPECT_EQ(VerifyWith(FormatAuditAnchor(*foreign)).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  // Not an anchor at all, or far too long: refused without repeating it.
+  for (const std::string& junk :
+       {std::string("hello"), std::string(600, 'x'),
+        absl::StrReplaceAll(anchored->anchor(), {{"head=", "head=zz"}})}) {
+    auto r = VerifyWith(junk);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << junk;
+    EXPECT_LT(r.status().message().size(), 200u);
+  }
 }
 
 }  // namespace

@@ -17,9 +17,21 @@ void FakeAuditLog::AppendCommitted(const std::vector<AuditEvent>& events) {
   events_.insert(events_.end(), events.begin(), events.end());
 }
 
-absl::StatusOr<AuditVerification> FakeAuditLog::Verify() {
+absl::StatusOr<AuditVerification> FakeAuditLog::Verify(const AuditAnchor* anchor) {
   absl::MutexLock lock(&mu_);
-  return AuditVerification{true, events_.size(), 0};
+  AuditVerification v{.records_checked = events_.size()};
+  if (anchor != nullptr) v.anchor_seq = anchor->seq;
+  if (anchor != nullptr && anchor->seq > events_.size()) {
+    v.intact = false;
+    v.first_broken_seq = events_.size() + 1;
+    v.finding = "records were removed";
+  }
+  return v;
+}
+
+absl::StatusOr<AuditAnchor> FakeAuditLog::Anchor() {
+  absl::MutexLock lock(&mu_);
+  return AuditAnchor{.hsm_id = "fake", .seq = events_.size(), .head_mac = Bytes(32, 0)};
 }
 
 std::vector<AuditEvent> FakeAuditLog::events() const {

@@ -19,7 +19,9 @@ namespace rkl::hsm::testing {
 class FakeAuditLog : public AuditLog {
  public:
   absl::Status Append(const AuditEvent& event) override;
-  absl::StatusOr<AuditVerification> Verify() override;
+  absl::StatusOr<AuditVerification> Verify(const AuditAnchor* anchor) override;
+  // An anchor of the number of records so far (no MAC: nothing checks it here).
+  absl::StatusOr<AuditAnchor> Anchor() override;
   std::vector<AuditEvent> events() const;
   void AppendCommitted(const std::vector<AuditEvent>& events);
 

@@ -73,6 +73,8 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
   o.tls = *tls;
   o.key_cache_size = options_.key_cache_size;
   o.audit_seal_interval = options_.audit_seal_interval;
+  o.anchor_file = options_.anchor_file;
+  o.anchor_interval = options_.anchor_interval;
   o.fail_self_test = options_.fail_self_test;
   o.clock = &clock_;
   auto d = HsmDaemon::Start(std::move(o));

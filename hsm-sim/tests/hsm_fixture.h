@@ -33,6 +33,9 @@ struct InstanceOptions {
   // either table would depend on timing. Tests seal where they mean to (VerifyAuditChain,
   // daemon().audit_log().Seal()); a test of the sealer itself sets an interval.
   absl::Duration audit_seal_interval = absl::ZeroDuration();
+  // The daemon's audit anchor file (empty: none) and interval (by clock()).
+  std::string anchor_file = "";
+  absl::Duration anchor_interval = absl::ZeroDuration();
 };
 
 class HsmInstance {

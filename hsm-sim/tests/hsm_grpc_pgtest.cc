@@ -260,7 +260,9 @@ absl::Status CallEmpty(Stub& stub, const std::string& method) {
     return Call(stub, &Stub::GetKeyInfo, v1::GetKeyInfoRequest()).status();
   if (method == "DeleteKey") return Call(stub, &Stub::DeleteKey, v1::DeleteKeyRequest()).status();
   if (method == "VerifyAuditChain")
-    return Call(stub, &Stub::VerifyAuditChain, v1::Empty()).status();
+    return Call(stub, &Stub::VerifyAuditChain, v1::VerifyAuditChainRequest()).status();
+  if (method == "AnchorAuditChain")
+    return Call(stub, &Stub::AnchorAuditChain, v1::Empty()).status();
   if (method == "GenerateRandom")
     return Call(stub, &Stub::GenerateRandom, v1::GenerateRandomRequest()).status();
   return absl::InternalError("unknown method " + method);
@@ -279,7 +281,7 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
   const std::vector<std::string> custodian = {"BeginCeremony", "GetCeremony", "AddComponent",
                                               "CompleteCeremony"};
   const std::vector<std::string> admin = {"GetCeremony", "GetKeyInfo", "DeleteKey",
-                                          "VerifyAuditChain"};
+                                          "VerifyAuditChain", "AnchorAuditChain"};
   std::vector<std::string> all = admin;
   all.insert(all.end(), custodian.begin(), custodian.end());
   all.insert(all.end(), mtms_role.begin(), mtms_role.end());

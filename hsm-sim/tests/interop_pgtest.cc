@@ -142,7 +142,7 @@ TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
   // Both audit chains are intact.
   for (auto* hsm : {hsm1->get(), hsm2->get()}) {
     auto admin = hsm->Stub("admin:auditor");
-    auto v = Call(*admin, &Stub::VerifyAuditChain, v1::Empty());
+    auto v = Call(*admin, &Stub::VerifyAuditChain, v1::VerifyAuditChainRequest());
     ASSERT_TRUE(v.ok()) << v.status();
     EXPECT_TRUE(v->intact());
     EXPECT_GT(v->records_checked(), 10u);

@@ -657,7 +657,7 @@ TEST_F(KeyStorePgTest, OneWriteUnitSupersedesInsertsAndAuditsTogether) {
   });
   EXPECT_TRUE(s.ok()) << s;
   // The audit records it wrote are sealed into the chain like any other, and verify.
-  auto verified = audit_->Verify();
+  auto verified = audit_->Verify(nullptr);
   ASSERT_TRUE(verified.ok()) << verified.status();
 }
 

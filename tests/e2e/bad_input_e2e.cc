@@ -898,7 +898,16 @@ TEST_P(HsmBadInput, KeyIndexesAndUsages) {
     EXPECT_CODE(Call(*op_, &H::GenerateRsaKeyPair, gen),
                 translates() ? StatusCode::INVALID_ARGUMENT : StatusCode::PERMISSION_DENIED);
   }
-  EXPECT_CODE(Call(*op_, &H::VerifyAuditChain, rkl::v1::Empty()), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*op_, &H::VerifyAuditChain, rkl::v1::VerifyAuditChainRequest()),
+              StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*op_, &H::AnchorAuditChain, rkl::v1::Empty()), StatusCode::PERMISSION_DENIED);
+  rkl::v1::VerifyAuditChainRequest anchor;
+  for (const std::string& bad : {std::string("rkl-hsm-audit-anchor v1"), Big(513, 'a'),
+                                 std::string("rkl-hsm-audit-anchor v1 hsm=x seq=-1 head= at_ms=0 "
+                                             "mac=")}) {
+    anchor.set_anchor(bad);
+    EXPECT_CODE(Call(*admin_, &H::VerifyAuditChain, anchor), StatusCode::INVALID_ARGUMENT);
+  }
   // The other HSM's owner is a stranger here, and an admin gets no operational command.
   rnd.set_length(16);
   EXPECT_CODE(Call(*foreign_, &H::GenerateRandom, rnd), StatusCode::PERMISSION_DENIED);

@@ -1,20 +1,22 @@
 // `rklctl hsm ...`: the key ceremony (PK/MAK from custodian components under dual control),
-// key information, key deletion and audit-chain verification against one rkl-hsm, plus two
-// offline helpers that make a random component or LMK file. Nothing printed is key material:
-// only ceremony ids, key indexes, KCVs and states. A component is read from a file, a
-// no-echo prompt or (development only) the command line, and leaves this process only
-// RSA-OAEP-encrypted to the ceremony's own key.
+// key information, key deletion, audit-chain verification and anchoring against one rkl-hsm,
+// plus two offline helpers that make a random component or LMK file. Nothing printed is key
+// material: only ceremony ids, key indexes, KCVs, states and audit anchors. A component is read
+// from a file, a no-echo prompt or (development only) the command line, and leaves this process
+// only RSA-OAEP-encrypted to the ceremony's own key.
 
 #include <fcntl.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "commands.h"
 #include "connection.h"
 #include "rkl/common/hex.h"
@@ -374,20 +376,74 @@ void RegisterKeyCommands(CLI::App* hsm) {
     });
   }
   {
-    auto endpoint = std::make_shared<Endpoint>();
+    struct Opts {
+      Endpoint endpoint;
+      std::string anchor_file;
+    };
+    auto o = std::make_shared<Opts>();
     auto* cmd = hsm->add_subcommand(
-        "audit-verify", "verify the audit chain; exit 1 and name the first broken record if not");
-    AddEndpointOptions(cmd, *endpoint, "hsm", kDefaultHsm);
-    cmd->callback([endpoint] {
-      auto stub = HsmStub(*endpoint);
-      auto r = Call("verify audit chain", *stub, &v1::Hsm::Stub::VerifyAuditChain, v1::Empty());
+        "audit-verify",
+        "verify the audit chain (and with --anchor that it still holds the anchored record); "
+        "exit 1 and name the first broken record if not");
+    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+    cmd->add_option("--anchor", o->anchor_file,
+                    "an anchor of this HSM (its audit.anchor_file, or saved from audit-anchor): "
+                    "also detects the newest records removed");
+    cmd->callback([o] {
+      v1::VerifyAuditChainRequest req;
+      if (!o->anchor_file.empty()) {
+        std::ifstream in(o->anchor_file, std::ios::binary);
+        if (!in) Fail("read anchor", absl::NotFoundError(o->anchor_file + ": cannot be read"), 2);
+        std::string text(4096, '\0');
+        in.read(text.data(), static_cast<std::streamsize>(text.size()));
+        text.resize(static_cast<size_t>(in.gcount()));
+        req.set_anchor(std::string(absl::StripAsciiWhitespace(text)));
+      }
+      auto stub = HsmStub(o->endpoint);
+      auto r = Call("verify audit chain", *stub, &v1::Hsm::Stub::VerifyAuditChain, req);
       if (r.intact()) {
-        std::cout << "audit chain intact: " << r.records_checked() << " records\n";
+        std::cout << "audit chain intact: " << r.records_checked() << " records";
+        if (!o->anchor_file.empty()) {
+          std::cout << "; holds anchored record " << r.anchor_seq();
+        }
+        std::cout << "\n";
         return;
       }
       std::cout << "audit chain BROKEN at record " << r.first_broken_seq() << " ("
-                << r.records_checked() << " records checked)\n";
+                << r.records_checked() << " records checked): " << r.finding() << "\n";
       throw CLI::RuntimeError(1);
+    });
+  }
+  {
+    struct Opts {
+      Endpoint endpoint;
+      std::string out;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = hsm->add_subcommand(
+        "audit-anchor",
+        "anchor the audit chain's head now (the HSM also writes it to its audit.anchor_file); "
+        "prints the anchor");
+    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+    cmd->add_option("--out", o->out,
+                    "also write the anchor to this NEW file, to keep it away from the HSM");
+    cmd->callback([o] {
+      auto stub = HsmStub(o->endpoint);
+      auto r = Call("anchor audit chain", *stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
+      if (!o->out.empty()) {
+        int fd = ::open(o->out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        const std::string line = r.anchor() + "\n";
+        bool ok =
+            fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+        ok = fd >= 0 && ::fsync(fd) == 0 && ok;
+        if (fd >= 0) ::close(fd);
+        if (!ok) {
+          Fail("write anchor",
+               absl::FailedPreconditionError(o->out + ": cannot be created (it must not exist)"),
+               2);
+        }
+      }
+      std::cout << r.anchor() << "\n";
     });
   }
 }
