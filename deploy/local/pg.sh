@@ -7,8 +7,11 @@
 # PostgreSQL refuses to run as root, so as root the server runs as `postgres`. Its data
 # directory lives where that user can reach it: under $RKL_STATE when it can traverse the
 # path, otherwise in /var/tmp/rkl-pg-<hash of $RKL_STATE> (recorded in $RKL_STATE/pg.dir).
-# One database and one login role per service, each with its own random password, written
-# only to $RKL_STATE/secrets/<service>.dsn (mode 0600).
+# Per service one database and two login roles (docs/operations.md, "Database roles"), each
+# with its own random password: the owner rkl_<svc>_owner owns the database and is used only
+# to migrate (DSN in $RKL_STATE/secrets/<service>-owner.dsn); the runtime role rkl_<svc>, which
+# the service runs as, may only connect until the migration step grants it its DML (DSN in
+# $RKL_STATE/secrets/<service>.dsn). Both files mode 0600.
 
 RKL_PG_BIN=${RKL_PG_BIN:-/usr/lib/postgresql/15/bin}
 RKL_SERVICES_WITH_DB=(ca hsm-mtms hsm-kms mtms kms)
@@ -119,27 +122,65 @@ rkl_pg_crash() {
   rkl_pg_as_owner "$RKL_PG_BIN/pg_ctl" stop -D "$(rkl_pg_dir)/data" -m immediate -w -t 60 >/dev/null
 }
 
-# Creates (once) one role and one database per service; writes $RKL_STATE/secrets/<svc>.dsn.
+# Creates (once) both roles and the database of every service; writes the two DSN files. A
+# state directory from before the owner/runtime split (the runtime role owned its database)
+# is converted in place: the owner role is created and takes over the database and all it
+# holds, and the runtime role keeps only CONNECT until the next migration step grants it.
 rkl_pg_provision() {
   mkdir -p "$RKL_STATE/secrets" && chmod 700 "$RKL_STATE/secrets"
-  local svc name pw dsn_file
+  local svc name owner pw owner_pw dsn_file owner_file
   for svc in "${RKL_SERVICES_WITH_DB[@]}"; do
     name="rkl_${svc//-/_}"
+    owner="${name}_owner"
     dsn_file="$RKL_STATE/secrets/$svc.dsn"
-    [[ -s "$dsn_file" ]] && continue
-    pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    rkl_psql -d postgres -v name="$name" -v pw="$pw" <<'SQL'
+    owner_file="$RKL_STATE/secrets/$svc-owner.dsn"
+    [[ -s "$dsn_file" && -s "$owner_file" ]] && continue
+    owner_pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    if [[ ! -s "$dsn_file" ]]; then
+      pw=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+      # Passwords go through stdin, never the command line (ps).
+      {
+        printf '\\set pw %s\n\\set owner_pw %s\n' "$pw" "$owner_pw"
+        cat <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'owner', :'owner_pw') \gexec
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'name', :'pw') \gexec
-SELECT format('CREATE DATABASE %I OWNER %I', :'name', :'name') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'name', :'owner') \gexec
+SQL
+      } | rkl_psql -d postgres -v name="$name" -v owner="$owner"
+      (umask 077 && printf 'host=127.0.0.1 port=%s dbname=%s user=%s password=%s\n' \
+        "$(rkl_pg_port)" "$name" "$name" "$pw" >"$dsn_file")
+    else
+      # Before the split: the runtime role owns the database and its tables.
+      {
+        printf '\\set owner_pw %s\n' "$owner_pw"
+        cat <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'owner')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'owner') \gexec
+SELECT format('ALTER ROLE %I PASSWORD %L', :'owner', :'owner_pw') \gexec
+SQL
+      } | rkl_psql -d postgres -v owner="$owner"
+      rkl_psql -d "$name" -v name="$name" -v owner="$owner" <<'SQL'
+SELECT format('REASSIGN OWNED BY %I TO %I', :'name', :'owner') \gexec
+SQL
+    fi
+    # Only the runtime role connects besides the owner; nobody makes temporary tables.
+    rkl_psql -d postgres -v name="$name" <<'SQL'
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', :'name') \gexec
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'name', :'name') \gexec
 SQL
     (umask 077 && printf 'host=127.0.0.1 port=%s dbname=%s user=%s password=%s\n' \
-      "$(rkl_pg_port)" "$name" "$name" "$pw" >"$dsn_file")
+      "$(rkl_pg_port)" "$name" "$owner" "$owner_pw" >"$owner_file")
   done
 }
 
-# The DSN of a service, with the current port (the port can change between runs).
+# The DSN of a service's runtime role, with the current port (the port can change between
+# runs).
 rkl_pg_dsn() {
   sed -E "s/port=[0-9]+/port=$(rkl_pg_port)/" "$RKL_STATE/secrets/$1.dsn"
+}
+# The DSN of the role that owns a service's database: for the migration step only.
+rkl_pg_owner_dsn() {
+  sed -E "s/port=[0-9]+/port=$(rkl_pg_port)/" "$RKL_STATE/secrets/$1-owner.dsn"
 }
 
 rkl_pg_destroy() {

@@ -4,11 +4,13 @@
 #
 # Everything lives in $RKL_STATE:
 #   pki/        rklctl pki init output (service identities, CA bundle, terminal root, operator card)
-#   secrets/    database DSNs, CA master key, LMKs, operator PIN (all mode 0600)
+#   secrets/    database DSNs (<svc>.dsn the runtime role, <svc>-owner.dsn the owner that
+#               migrates), CA master key, LMKs, operator PIN (all mode 0600)
 #   config/     one YAML file per process
 #   logs/       one log per process
 #   run/        pid files
 #   pos/        the simulated terminals' secure modules
+#   anchors/    each HSM's audit anchor, <hsm>.anchor (docs/hsm.md, Audit)
 #   ceremony.env  PK/MAK key indexes and KCVs of both HSMs (no key material)
 # Ports: RKL_PORT_BASE (default 50051) + 0 ca, +1 hsm-mtms, +2 hsm-kms, +3 mtms, +4 kms.
 #
@@ -91,7 +93,8 @@ rkl_pki_init() {
   rkl_secret_file operator.pin "head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo"
   rm -rf "$RKL_STATE/pki"
   rkl_log "PKI: bootstrapping the CA (terminal-root, operator-ca, service-ca) and every identity"
-  rklctl pki init --db "$(rkl_pg_dsn ca)" --master-key-file "$RKL_STATE/secrets/ca-master.key" \
+  # pki init creates the CA's schema, so it runs as the database's owner.
+  rklctl pki init --db "$(rkl_pg_owner_dsn ca)" --master-key-file "$RKL_STATE/secrets/ca-master.key" \
     --create-master-key --out "$RKL_STATE/pki" --operator-id operator1 \
     --admins "$(IFS=,; echo "${RKL_ADMINS[*]}")" \
     --custodians "$(IFS=,; echo "${RKL_CUSTODIANS[*]}")" \
@@ -100,7 +103,7 @@ rkl_pki_init() {
 }
 
 rkl_write_configs() {
-  mkdir -p "$RKL_STATE/config"
+  mkdir -p "$RKL_STATE/config" "$RKL_STATE/anchors"
   local pki="$RKL_STATE/pki" svc
   for svc in "${RKL_SERVICES[@]}"; do
     (
@@ -122,6 +125,8 @@ rkl_write_configs() {
             echo "role: ${svc#hsm-}"
             echo "lmk:"
             echo "  file: $RKL_STATE/secrets/lmk-$svc"
+            echo "audit:"
+            echo "  anchor_file: $RKL_STATE/anchors/$svc.anchor"
             echo "authz:"
             echo "  operational_identities: ${svc#hsm-}"
             if [[ $svc == hsm-mtms ]]; then
@@ -174,9 +179,32 @@ rkl_is_our_process() {
 }
 rkl_running() { local p; p=$(rkl_pid "$1") && rkl_is_our_process "$1" "$p"; }
 
+# The migration step of one service (docs/operations.md, "Database roles"): its binary with
+# --migrate-only applies the schema as the database's owner and grants the runtime role its
+# privileges, then exits. The owner's DSN reaches only that process, through its environment
+# (never a command line, never a config file): the service itself runs as the runtime role.
+rkl_migrate() {
+  local svc=$1 var
+  case $svc in
+    ca) var=RKL_CA_DB_OWNER_DSN ;;
+    hsm-*) var=RKL_HSM_DB_OWNER_DSN ;;
+    mtms) var=RKL_MTMS_DB_OWNER_DSN ;;
+    kms) var=RKL_KMS_DB_OWNER_DSN ;;
+  esac
+  mkdir -p "$RKL_STATE/logs"
+  if ! (
+    export "$var=$(rkl_pg_owner_dsn "$svc") connect_timeout=5"
+    exec "$(rkl_binary "$svc")" --config "$RKL_STATE/config/$svc.yaml" --migrate-only
+  ) >>"$RKL_STATE/logs/$svc.log" 2>&1; then
+    tail -5 "$RKL_STATE/logs/$svc.log" >&2
+    rkl_die "$svc: the migration step failed (log: $RKL_STATE/logs/$svc.log)"
+  fi
+}
+
 rkl_start() {
   local svc=$1
   rkl_running "$svc" && return 0
+  rkl_migrate "$svc"
   mkdir -p "$RKL_STATE/run" "$RKL_STATE/logs"
   local bin
   bin=$(rkl_binary "$svc")
