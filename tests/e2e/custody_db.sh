@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# e2e_custody_db: no database role of the deployment can erase its tracks (issue 20, finding 5).
+#   bash tests/e2e/custody_db.sh <build dir> <port base>
+#
+# Brings the system up (deploy/local: an owner and a runtime role per database, every daemon
+# running as its runtime role) and provisions one terminal, so every audit holds records.
+# Then, as the attacks themselves:
+#  1. with each service's own DSN ($RKL_STATE/secrets/<svc>.dsn, the role the daemon runs
+#     as): ALTER TABLE <audit> DISABLE TRIGGER USER, DELETE, UPDATE and TRUNCATE of its audit
+#     table (the CA, which has none, of the certificates it issued: rewriting one), TRUNCATE
+#     and ALTER of every table, CREATE TABLE: every one refused by PostgreSQL, and the audit
+#     table, the triggers and the schema exactly as before;
+#  2. as the cluster's superuser, who can: switch hsm-kms's audit trigger off and delete the
+#     newest records (those the last anchor covers). `rklctl hsm audit-verify --anchor` with
+#     the anchor hsm-kms keeps outside its database names the chain broken; hsm-kms refuses
+#     to write a new anchor over that one (the file stays as it was) and its audit records
+#     the mismatch.
+set -euo pipefail
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+e2e_init custody_db "$2" "$1"
+
+rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
+  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
+  e2e_fail "rkl_up: the deployment did not come up"
+}
+e2e_log "deployment up"
+sn=E2E-DB-1
+# shellcheck disable=SC2046
+e2e_pos provision --sn "$sn" >"$RKL_STATE/logs/pos.log" 2>&1 ||
+  e2e_fail "terminal $sn: provision failed ($(tail -1 "$RKL_STATE/logs/pos.log"))"
+
+# psql as a service's runtime role, over TCP with its password, as the daemon connects. The
+# password goes through the environment of psql alone, not its command line.
+as_runtime() {
+  local svc=$1 sql=$2 dsn pw
+  dsn=$(rkl_pg_dsn "$svc")
+  pw=$(sed -nE 's/.* password=([^ ]+).*/\1/p' <<<"$dsn")
+  PGPASSWORD=$pw PGCONNECT_TIMEOUT=10 /usr/bin/psql -X -q -v ON_ERROR_STOP=1 -At \
+    "${dsn/ password=$pw/}" -c "$sql" 2>&1
+}
+
+# The rows of a table (those matching $3), as the superuser sees them, as one digest.
+table_digest() {
+  e2e_sql "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '')
+    FROM $2 t WHERE ${3:-true}"
+}
+# Tables, columns, triggers (with their enabled state) and owners of a database's schema.
+schema_digest() {
+  e2e_sql "$1" "SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
+      SELECT c.relname || '.' || a.attname || ':' || pg_get_userbyid(c.relowner) AS x
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       WHERE n.nspname = 'public'
+      UNION ALL
+      SELECT tgrelid::regclass::text || '/' || tgname || ':' || tgenabled::text FROM pg_trigger
+       WHERE NOT tgisinternal) s"
+}
+
+# A statement the runtime role must be refused: PostgreSQL's own refusal, nothing else.
+expect_refused() {
+  local svc=$1 sql=$2 out
+  if out=$(as_runtime "$svc" "$sql"); then
+    e2e_fail "$svc: the runtime role was allowed: $sql"
+  fi
+  grep -qE 'permission denied|must be owner' <<<"$out" ||
+    e2e_fail "$svc: '$sql' failed, but not as a refusal: $out"
+}
+
+# ---- 1. the runtime role of every service ----------------------------------------------
+for svc in "${RKL_SERVICES_WITH_DB[@]}"; do
+  db="rkl_${svc//-/_}"
+  case $svc in
+    hsm-*) audit=hsm_audit column=actor ;;
+    mtms | kms) audit=audit column=actor ;;
+    # The CA keeps no audit table: what it issued is its record, revocable but not rewritable.
+    ca) audit=ca_certificates column=certificate_der ;;
+  esac
+  # The records there now must stay as they are; the service may append meanwhile.
+  existing=true
+  [[ $audit == ca_certificates ]] ||
+    existing="seq <= $(e2e_sql "$db" "SELECT coalesce(max(seq), 0) FROM $audit")"
+  role=$(as_runtime "$svc" "SELECT current_user") || e2e_fail "$svc: its DSN does not connect: $role"
+  [[ "$role" == "$db" ]] || e2e_fail "$svc: the service's DSN logs in as '$role', expected '$db'"
+  [[ $(e2e_sql "$db" "SELECT rolsuper FROM pg_roles WHERE rolname = '$role'") == f ]] ||
+    e2e_fail "$svc: the runtime role $role is a superuser"
+  owned=$(e2e_sql "$db" "SELECT count(*) FROM pg_class c JOIN pg_namespace n
+    ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) = '$role'")
+  [[ "$owned" == 0 ]] || e2e_fail "$svc: the runtime role $role owns $owned objects of its schema"
+  rows=$(e2e_sql "$db" "SELECT count(*) FROM $audit")
+  ((rows > 0)) || e2e_fail "$svc: $audit is empty; the attacks below would prove nothing"
+  before_table=$(table_digest "$db" "$audit" "$existing")
+  before_schema=$(schema_digest "$db")
+
+  expect_refused "$svc" "ALTER TABLE $audit DISABLE TRIGGER USER"
+  expect_refused "$svc" "DELETE FROM $audit"
+  expect_refused "$svc" "UPDATE $audit SET $column = $column"
+  expect_refused "$svc" "TRUNCATE $audit"
+  while read -r table; do
+    expect_refused "$svc" "TRUNCATE $table"
+    expect_refused "$svc" "ALTER TABLE $table ADD COLUMN e2e_intruder int"
+  done < <(e2e_sql "$db" "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+  expect_refused "$svc" "CREATE TABLE e2e_intruder (x int)"
+
+  [[ $(table_digest "$db" "$audit" "$existing") == "$before_table" ]] ||
+    e2e_fail "$svc: $audit changed"
+  [[ $(schema_digest "$db") == "$before_schema" ]] || e2e_fail "$svc: the schema changed"
+  e2e_log "$svc: runtime role $role refused (trigger, DELETE, UPDATE, TRUNCATE of $audit;" \
+    "TRUNCATE and ALTER of every table; CREATE); $audit ($rows rows) and schema unchanged"
+done
+
+# ---- 2. a superuser removes hsm-kms's newest audit records ------------------------------
+hsm="--hsm $(rkl_addr hsm-kms) --authority hsm-kms $(rkl_admin_flags)"
+anchor_file="$RKL_STATE/anchors/hsm-kms.anchor"
+# shellcheck disable=SC2086
+rklctl hsm audit-anchor $hsm >"$E2E_SCRATCH/printed.anchor" ||
+  e2e_fail "rklctl hsm audit-anchor failed"
+printed_seq=$(sed -nE 's/.* seq=([0-9]+) .*/\1/p' "$E2E_SCRATCH/printed.anchor")
+# The HSM's own file holds that anchor, or a newer one of its schedule.
+seq=$(sed -nE 's/^rkl-hsm-audit-anchor v1 hsm=hsm-kms seq=([0-9]+) .*/\1/p' "$anchor_file")
+[[ -n "$seq" && -n "$printed_seq" ]] && ((seq >= printed_seq)) ||
+  e2e_fail "the anchor file ($(cat "$anchor_file")) does not hold the anchor hsm-kms printed"
+((seq > 2)) || e2e_fail "the anchor covers only $seq records"
+for anchor in "$E2E_SCRATCH/printed.anchor" "$anchor_file"; do
+  # shellcheck disable=SC2086
+  out=$(rklctl hsm audit-verify $hsm --anchor "$anchor") ||
+    e2e_fail "the audit chain does not verify against a fresh anchor: $out"
+done
+# Every record after seq - 2 goes, so whatever anchor the file holds by now (its seq is at
+# least $seq) names a record that is gone.
+rkl_psql -d rkl_hsm_kms -c "ALTER TABLE hsm_audit DISABLE TRIGGER USER" \
+  -c "DELETE FROM hsm_audit WHERE seq > $((seq - 2))" \
+  -c "ALTER TABLE hsm_audit ENABLE TRIGGER USER" >/dev/null
+e2e_log "superuser: deleted hsm-kms audit records after $((seq - 2)) (the anchor holds $seq)"
+cp "$anchor_file" "$E2E_SCRATCH/anchor.kept"
+
+# shellcheck disable=SC2086
+if out=$(rklctl hsm audit-verify $hsm --anchor "$anchor_file"); then
+  e2e_fail "audit-verify --anchor accepted a chain whose newest records were deleted: $out"
+fi
+grep -q "audit chain BROKEN at record" <<<"$out" || e2e_fail "audit-verify --anchor: $out"
+e2e_log "audit-verify --anchor: $out"
+# shellcheck disable=SC2086
+if out=$(rklctl hsm audit-anchor $hsm 2>&1); then
+  e2e_fail "hsm-kms wrote a new anchor over one its chain no longer holds: $out"
+fi
+grep -q "FAILED_PRECONDITION" <<<"$out" || e2e_fail "audit-anchor refused, but not as expected: $out"
+cmp -s "$anchor_file" "$E2E_SCRATCH/anchor.kept" || e2e_fail "the anchor file changed"
+# shellcheck disable=SC2086
+rklctl hsm audit-verify $hsm >/dev/null 2>&1 || true  # seals what is pending
+mismatch=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_audit
+  WHERE action = 'audit_anchor_mismatch' AND result = 'DATA_LOSS'")
+((mismatch >= 1)) || e2e_fail "hsm-kms's audit holds no audit_anchor_mismatch record"
+e2e_log "hsm-kms refused to anchor over the lost records (file kept; $mismatch mismatch record(s))"
+
+e2e_leakage_sweep
