@@ -644,24 +644,12 @@ class PosIntegrationTest : public ::testing::Test {
     const std::string pki = w_->pki_dir();
     const std::string yaml =
         absl::StrCat("listen: '127.0.0.1:0'\n", "tls:\n", TlsYaml(IdentityTls(pki, "kms"), "  "),
-                     "db:
-", "  dsn: ", Yq(w_->kms_db->runtime_dsn()), "
-",
-                     "  owner_dsn: ", Yq(w_->kms_db->owner_dsn()), "
-", "  pool_size: 8
-",
-                     "hsm:
-", "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'
-",
-                     "  authority: hsm-kms
-", "  tls:
-", TlsYaml(IdentityTls(pki, "kms"), "    "),
-                     "  pk_index: ", w_->pk2.index, "
-", "  mak_index: ", w_->mak2.index, "
-",
-                     "crl:
-", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'
-");
+                     "db:\n", "  dsn: ", Yq(w_->kms_db->runtime_dsn()), "\n",
+                     "  owner_dsn: ", Yq(w_->kms_db->owner_dsn()), "\n", "  pool_size: 8\n",
+                     "hsm:\n", "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'\n",
+                     "  authority: hsm-kms\n", "  tls:\n", TlsYaml(IdentityTls(pki, "kms"), "    "),
+                     "  pk_index: ", w_->pk2.index, "\n", "  mak_index: ", w_->mak2.index, "\n",
+                     "crl:\n", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
     auto config = ConfigFromYaml(kms::MakeKmsConfigSchema(), yaml);
     ASSERT_TRUE(config.ok()) << config.status();
     kms::KmsSettings settings = kms::KmsSettingsFromConfig(*config);

@@ -7,7 +7,7 @@
 # Then, as the attacks themselves:
 #  1. with each service's own DSN ($RKL_STATE/secrets/<svc>.dsn, the role the daemon runs
 #     as): ALTER TABLE <audit> DISABLE TRIGGER USER, DELETE, UPDATE and TRUNCATE of its audit
-#     table (the CA, which has none, of the certificates it issued: rewriting one), TRUNCATE
+#     table (the CA's: of ca_audit and of the certificates it issued), TRUNCATE
 #     and ALTER of every table, CREATE TABLE: every one refused by PostgreSQL, and the audit
 #     table, the triggers and the schema exactly as before;
 #  2. as the cluster's superuser, who can: switch hsm-kms's audit trigger off and delete the
@@ -68,14 +68,19 @@ expect_refused() {
 }
 
 # ---- 1. the runtime role of every service ----------------------------------------------
+# Each service's records, as "service:table:column"; the CA's are its audit and what it
+# issued (revocable, but never rewritable).
+targets=()
 for svc in "${RKL_SERVICES_WITH_DB[@]}"; do
-  db="rkl_${svc//-/_}"
   case $svc in
-    hsm-*) audit=hsm_audit column=actor ;;
-    mtms | kms) audit=audit column=actor ;;
-    # The CA keeps no audit table: what it issued is its record, revocable but not rewritable.
-    ca) audit=ca_certificates column=certificate_der ;;
+    hsm-*) targets+=("$svc:hsm_audit:actor") ;;
+    mtms | kms) targets+=("$svc:audit:actor") ;;
+    ca) targets+=("ca:ca_audit:actor" "ca:ca_certificates:certificate_der") ;;
   esac
+done
+for target in "${targets[@]}"; do
+  IFS=: read -r svc audit column <<<"$target"
+  db="rkl_${svc//-/_}"
   # The records there now must stay as they are; the service may append meanwhile.
   existing=true
   [[ $audit == ca_certificates ]] ||

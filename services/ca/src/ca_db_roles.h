@@ -9,7 +9,10 @@
 //    master key row and three issuer names are all the schema allows. Never updated;
 //  - ca_certificates: issued, then possibly revoked: only the revocation columns can change,
 //    never the certificate, its subject or its validity, and no row is ever deleted;
-//  - ca_crls: one row per issuer, re-signed in place.
+//  - ca_crls: one row per issuer, re-signed in place;
+//  - ca_certificate_requests (dual control): requested, then issued once: only the approval
+//    columns can change, never the request, its subject or its requester;
+//  - ca_audit: append-only.
 
 #include "rkl/db/schema_roles.h"
 
@@ -20,6 +23,10 @@ inline constexpr db::RuntimeGrant kCaRuntimeGrants[] = {
     db::TableGrant("ca_issuers", "SELECT, INSERT"),
     db::TableGrant("ca_certificates", "SELECT, INSERT", "state, revoked_at, revocation_reason"),
     db::TableGrant("ca_crls", "SELECT, INSERT, UPDATE"),
+    db::TableGrant("ca_certificate_requests", "SELECT, INSERT",
+                   "state, approved_by, approved_at, serial_hex"),
+    db::TableGrant("ca_audit", "SELECT, INSERT"),
+    db::SequenceGrant("ca_audit_seq_seq", "USAGE"),
 };
 
 }  // namespace rkl::ca
