@@ -63,6 +63,17 @@ TEST_P(TransportKeyTest, CtkPkRoundTripAndLayout) {
   EXPECT_TRUE(opened->auk == tk.auk);
 }
 
+// The published limit (kms.proto, docs/kms.md: 150 bytes) is what the largest valid input
+// produces: a 32-character SN and an AES-256 TK.
+TEST(CtkPkSize, TheLargestValidCtkPkIsTheDocumentedLimit) {
+  auto pk = crypto::RandomSecret(32), mak = crypto::RandomSecret(32);
+  CtkPkHeader h{KeyAlgorithm::kAes256, std::string(32, 'S'), 1764000000123, {1, 2, 3}, {4, 5, 6}};
+  auto ctk = BuildCtkPk(h, *EncodeTkPayload(FreshTk(KeyAlgorithm::kAes256)), pk, mak);
+  ASSERT_TRUE(ctk.ok()) << ctk.status();
+  EXPECT_EQ(ctk->size(), kMaxCtkPkSize);
+  EXPECT_EQ(kMaxCtkPkSize, 150u);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllAlgorithms, TransportKeyTest,
                          ::testing::Values(KeyAlgorithm::kTdes2, KeyAlgorithm::kAes128,
                                            KeyAlgorithm::kAes256));
