@@ -295,6 +295,24 @@ absl::Status CmdSubmit(Session& s) {
   return absl::OkStatus();
 }
 
+absl::Status CmdSubmission(Session& s) {
+  RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
+  const SecureModuleDescription d = t.Describe();
+  if (d.submission_id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("terminal ", d.sn, " has no MTMS receipt yet (run submit)"));
+  }
+  RKL_ASSIGN_OR_RETURN(OperatorTerminal * op, s.Operator(true));
+  RKL_ASSIGN_OR_RETURN(SubmissionView v, op->QuerySubmission(d.submission_id));
+  std::ostream& out = *s.io().out;
+  out << "submission    " << v.submission_id << "\n"
+      << "sn            " << v.sn << "\n"
+      << "state         " << v.state << "\n"
+      << "attempts      " << v.attempts << "\n";
+  if (!v.reason.empty()) out << "reason        " << v.reason << "\n";
+  return absl::OkStatus();
+}
+
 absl::Status CmdDownloadTmk(Session& s) {
   RKL_ASSIGN_OR_RETURN(Terminal t, s.LoadTerminal());
   RKL_ASSIGN_OR_RETURN(KmsTerminalPort * kms, s.Kms());
@@ -570,6 +588,17 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
   AddCaBundle(submit, o);
   AddCard(submit, o);
   commands.push_back({submit, CmdSubmit});
+
+  auto* submission = app.add_subcommand(
+      "submission",
+      "The operator reads back the terminal's MTMS submission: state, and why it was rejected "
+      "(signed with the operator card)");
+  AddStateDir(submission, o);
+  AddSn(submission, o, true);
+  AddMtms(submission, o);
+  AddCaBundle(submission, o);
+  AddCard(submission, o);
+  commands.push_back({submission, CmdSubmission});
 
   auto* download = app.add_subcommand(
       "download-tmk",

@@ -62,6 +62,21 @@ absl::StatusOr<SubmissionReceipt> GrpcMtmsClient::SubmitTransportKey(
   return SubmissionReceipt{resp.submission_id(), rkl::v1::SubmissionState_Name(resp.state())};
 }
 
+absl::StatusOr<SubmissionView> GrpcMtmsClient::GetOwnSubmission(
+    const Bytes& query, const Bytes& signature, const std::string& operator_certificate_pem) {
+  auto ctx = rpc::MakeClientContext(timeout_);
+  rkl::v1::GetOwnSubmissionRequest req;
+  req.set_query(ToString(query));
+  req.set_signature(ToString(signature));
+  req.set_operator_certificate_pem(operator_certificate_pem);
+  rkl::v1::Submission resp;
+  grpc::Status status = stub_->GetOwnSubmission(ctx.get(), req, &resp);
+  if (!status.ok()) return Failed("mtms GetOwnSubmission", status);
+  return SubmissionView{resp.submission_id(), resp.sn(),
+                        rkl::v1::SubmissionState_Name(resp.state()), resp.reason(),
+                        resp.attempts()};
+}
+
 GrpcKmsClient::GrpcKmsClient(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
     : stub_(rkl::v1::Kms::NewStub(std::move(channel))), timeout_(timeout) {}
 

@@ -40,6 +40,9 @@ class GrpcMtmsClient final : public MtmsPort {
   absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
       const Bytes& package, const Bytes& signature,
       const std::string& operator_certificate_pem) override;
+  absl::StatusOr<SubmissionView> GetOwnSubmission(
+      const Bytes& query, const Bytes& signature,
+      const std::string& operator_certificate_pem) override;
 
  private:
   std::unique_ptr<rkl::v1::Mtms::Stub> stub_;

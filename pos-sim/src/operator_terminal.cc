@@ -76,4 +76,21 @@ absl::StatusOr<SubmissionReceipt> OperatorTerminal::Submit(const TransportKeyOff
                                   card_->certificate_pem());
 }
 
+absl::StatusOr<SubmissionView> OperatorTerminal::QuerySubmission(
+    const std::string& submission_id) {
+  if (card_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "operator_card: an operator card is needed to sign the query");
+  }
+  rkl::v1::SubmissionQuery query;
+  query.set_submission_id(submission_id);
+  query.set_operator_id(card_->operator_id());
+  query.set_created_at_unix_ms(absl::ToUnixMillis(clock_()));
+  const std::string serialized = query.SerializeAsString();
+  const std::string to_sign = absl::StrCat("RKL-SUBMISSION-QUERY:", serialized);
+  RKL_ASSIGN_OR_RETURN(Bytes signature, card_->Sign(Bytes(to_sign.begin(), to_sign.end())));
+  return mtms_.GetOwnSubmission(Bytes(serialized.begin(), serialized.end()), signature,
+                                card_->certificate_pem());
+}
+
 }  // namespace rkl::pos

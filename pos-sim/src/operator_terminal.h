@@ -76,6 +76,9 @@ class OperatorTerminal {
   absl::StatusOr<WorkCertificateBundle> FetchWorkCertificate();
   // S104–S105: signs and submits; FAILED_PRECONDITION if no operator card was given.
   absl::StatusOr<SubmissionReceipt> Submit(const TransportKeyOffer& offer);
+  // Reads back one of this card's submissions (MTMS GetOwnSubmission): a SubmissionQuery
+  // signed over "RKL-SUBMISSION-QUERY:" ‖ query. FAILED_PRECONDITION without a card.
+  absl::StatusOr<SubmissionView> QuerySubmission(const std::string& submission_id);
 
  private:
   MtmsPort& mtms_;

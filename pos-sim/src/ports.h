@@ -26,6 +26,15 @@ struct SubmissionReceipt {
   std::string state;  // SubmissionState name, e.g. "SUBMISSION_STATE_RECEIVED"
 };
 
+// What MTMS tells the submitting operator about its submission (GetOwnSubmission).
+struct SubmissionView {
+  std::string submission_id;
+  std::string sn;
+  std::string state;   // SubmissionState name, e.g. "SUBMISSION_STATE_REJECTED"
+  std::string reason;  // why, when REJECTED
+  uint32_t attempts = 0;
+};
+
 class MtmsPort {
  public:
   virtual ~MtmsPort() = default;
@@ -33,6 +42,10 @@ class MtmsPort {
   virtual absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
       const Bytes& package, const Bytes& signature,
       const std::string& operator_certificate_pem) = 0;
+  // `query` is a serialized rkl.v1.SubmissionQuery, `signature` the operator card's over
+  // "RKL-SUBMISSION-QUERY:" ‖ query.
+  virtual absl::StatusOr<SubmissionView> GetOwnSubmission(
+      const Bytes& query, const Bytes& signature, const std::string& operator_certificate_pem) = 0;
 };
 
 struct AuthChallenge {

@@ -135,6 +135,11 @@ class FakeMtms final : public MtmsPort {
   absl::StatusOr<SubmissionReceipt> SubmitTransportKey(
       const Bytes& package, const Bytes& signature,
       const std::string& operator_certificate_pem) override;
+  // Not modelled: the in-memory MTMS forwards at once and keeps no submissions.
+  absl::StatusOr<SubmissionView> GetOwnSubmission(const Bytes&, const Bytes&,
+                                                  const std::string&) override {
+    return absl::UnimplementedError("FakeMtms keeps no submissions");
+  }
 
  private:
   FakeKms& kms_;

@@ -90,6 +90,7 @@
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
 #include "rkl/testing/test_database.h"
+#include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -865,6 +866,47 @@ TEST_F(PosIntegrationTest, ProvisionInstallsOneTerminalPerAlgorithmAsKmsConfirms
     EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
     EXPECT_EQ(SecureModule::Open(w_->state_dir(), run.sn)->Describe().tmk_kcv, status.tmk_kcv);
   }
+}
+
+// MTMS GetOwnSubmission through rkl-pos's operator terminal (`rkl-pos submission`): the
+// operator reads its own submissions back — FORWARDED for a provisioned terminal, REJECTED
+// with KMS's reason for a clone of an INSTALLED SN, which without it would only ever see its
+// terminal's calls fail.
+TEST_F(PosIntegrationTest, TheOperatorReadsItsSubmissionsBackAndWhyOneWasRejected) {
+  const ProvisionRun& run = Provisioned().front();
+  ASSERT_TRUE(run.result.ok()) << run.result.status();
+  auto forwarded = w_->operator_terminal->QuerySubmission(run.result->terminal.submission_id);
+  ASSERT_TRUE(forwarded.ok()) << forwarded.status();
+  EXPECT_EQ(forwarded->sn, run.sn);
+  EXPECT_EQ(forwarded->state, "SUBMISSION_STATE_FORWARDED");
+  EXPECT_TRUE(forwarded->reason.empty());
+
+  // A second terminal with the same SN (another state directory): MTMS takes its package,
+  // KMS refuses it for the INSTALLED SN, and only the operator's query says so.
+  const std::string clone_dir = w_->state_dir() + "-clone";
+  ASSERT_EQ(::mkdir(clone_dir.c_str(), 0700), 0);
+  ProvisionContext ctx = w_->Context(run.algorithm);
+  ctx.state_dir = clone_dir;
+  StepRecorder steps;
+  auto clone = ProvisionTerminal(ctx, run.sn, steps);
+  EXPECT_FALSE(clone.ok());
+  auto module = SecureModule::Open(clone_dir, run.sn);
+  ASSERT_TRUE(module.ok()) << module.status();
+  const std::string id = module->Describe().submission_id;
+  ASSERT_FALSE(id.empty());
+  absl::StatusOr<SubmissionView> view;
+  EXPECT_TRUE(rkl::testing::WaitUntil([&] {
+    view = w_->operator_terminal->QuerySubmission(id);
+    return !view.ok() || view->state != "SUBMISSION_STATE_RECEIVED";
+  }));
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->state, "SUBMISSION_STATE_REJECTED");
+  EXPECT_THAT(view->reason, ::testing::HasSubstr("FAILED_PRECONDITION"));
+  // The installed terminal is untouched.
+  auto installed = w_->sim_admin->GetTerminal(run.sn);
+  ASSERT_TRUE(installed.ok()) << installed.status();
+  EXPECT_EQ(installed->state, kInstalled);
+  EXPECT_EQ(installed->tmk_kcv, run.result->terminal.tmk_kcv);
 }
 
 TEST_F(PosIntegrationTest, FleetOfHundredIsInstalledWithDistinctTmks) {

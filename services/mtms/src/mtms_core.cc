@@ -258,6 +258,73 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetSubmission(const std::string& subm
   return *std::move(row);
 }
 
+absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request) {
+  if (request.query.empty() || request.query.size() > kMaxPackageBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query: must be 1..", kMaxPackageBytes, " bytes"));
+  }
+  if (request.signature.empty() || request.signature.size() > kMaxSignatureBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("signature: must be 1..", kMaxSignatureBytes, " bytes of DER"));
+  }
+  if (request.operator_certificate_pem.empty() ||
+      request.operator_certificate_pem.size() > kMaxCertificatePemBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("operator_certificate_pem: must be 1..",
+                                                   kMaxCertificatePemBytes, " bytes of PEM"));
+  }
+  v1::SubmissionQuery query;
+  if (!query.ParseFromString(request.query) ||
+      !query.GetReflection()->GetUnknownFields(query).empty()) {
+    return absl::InvalidArgumentError("query: not a serialized SubmissionQuery");
+  }
+  if (query.submission_id().empty() || query.submission_id().size() > 64) {
+    return absl::InvalidArgumentError("query.submission_id: must be 1-64 characters");
+  }
+  if (!IsOperatorId(query.operator_id())) {
+    return absl::InvalidArgumentError("query.operator_id: must be 1-64 characters of [a-z0-9._-]");
+  }
+  if (query.created_at_unix_ms() <= 0) {
+    return absl::InvalidArgumentError("query.created_at_unix_ms: must be positive");
+  }
+  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
+      trust_.Parse(request.operator_certificate_pem);
+  if (!cert.ok()) {
+    return absl::InvalidArgumentError(
+        "operator_certificate_pem: not exactly one PEM X.509 certificate");
+  }
+  RKL_ASSIGN_OR_RETURN(std::string certified_operator,
+                       trust_.VerifyForIntake((*cert)->certificate));
+  if (query.operator_id() != certified_operator) {
+    return absl::PermissionDeniedError(
+        "query.operator_id: does not match the operator certificate's CN operator:<id>");
+  }
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
+  const std::string signed_bytes = std::string(kSubmissionQueryContext) + request.query;
+  if (absl::Status s =
+          crypto::EcdsaVerify(operator_key, AsBytes(signed_bytes), AsBytes(request.signature));
+      !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) {
+      return absl::InvalidArgumentError("signature: not a canonical DER ECDSA signature");
+    }
+    return absl::UnauthenticatedError(
+        "signature: does not verify over the query under the operator certificate");
+  }
+  const int64_t skew_ms = absl::ToInt64Milliseconds(options_.clock_skew);
+  if (std::llabs(clock_.NowUnixMs() - query.created_at_unix_ms()) > skew_ms) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("query.created_at_unix_ms: must be within ±",
+                     absl::FormatDuration(options_.clock_skew), " of MTMS time"));
+  }
+  RKL_ASSIGN_OR_RETURN(std::optional<SubmissionRecord> row,
+                       repository_.GetSubmission(query.submission_id()));
+  if (!row.has_value() || row->operator_id != certified_operator) {
+    return absl::NotFoundError("query.submission_id: no submission of this operator has that id");
+  }
+  row->last_error.clear();
+  row->next_attempt_at_ms = 0;
+  return *std::move(row);
+}
+
 absl::StatusOr<WorkKeyRecord> MtmsCore::CheckIssuedWorkKey(uint64_t key_index,
                                                            const Bytes& public_key_der,
                                                            const CaPort::IssuedCertificate& issued,

@@ -55,6 +55,14 @@ struct SubmitRequest {
   std::string operator_certificate_pem;
 };
 
+// GetOwnSubmission: a SubmissionQuery signed by the operator card (proto/rkl/v1/mtms.proto).
+inline constexpr std::string_view kSubmissionQueryContext = "RKL-SUBMISSION-QUERY:";
+struct OwnSubmissionQuery {
+  std::string query;  // serialized SubmissionQuery
+  std::string signature;  // over kSubmissionQueryContext ‖ query
+  std::string operator_certificate_pem;
+};
+
 struct SubmitReceipt {
   std::string submission_id;
   SubmissionState state = SubmissionState::kReceived;
@@ -84,6 +92,14 @@ class MtmsCore {
   absl::StatusOr<SubmitReceipt> SubmitTransportKey(const SubmitRequest& request,
                                                    const std::string& actor);
   absl::StatusOr<SubmissionRecord> GetSubmission(const std::string& submission_id);
+  // The submitting operator's view of its own submission (docs/mtms.md "Reading a submission
+  // back"). Checks, in order: shapes (INVALID_ARGUMENT), the certificate as at intake (steps
+  // 2–5), query.operator_id is the certificate's (PERMISSION_DENIED), the signature over
+  // kSubmissionQueryContext ‖ query (UNAUTHENTICATED), created_at within ±clock_skew
+  // (FAILED_PRECONDITION); then an unknown id and another operator's submission are the same
+  // NOT_FOUND. The record has no last_error or next attempt (those are for admins). Reads
+  // only: nothing is written, not even an audit record.
+  absl::StatusOr<SubmissionRecord> GetOwnSubmission(const OwnSubmissionQuery& request);
 
   // Idempotent unless `rotate`: returns the CURRENT key if there is one. `rsa_bits` 0 means
   // the default; otherwise 2048 or 3072.

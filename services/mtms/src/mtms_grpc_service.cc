@@ -104,6 +104,19 @@ grpc::Status MtmsGrpcService::GetSubmission(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status MtmsGrpcService::GetOwnSubmission(grpc::ServerContext* /*ctx*/,
+                                               const v1::GetOwnSubmissionRequest* request,
+                                               v1::Submission* response) {
+  // Public: the query is authenticated by the operator card's signature, not by TLS.
+  absl::StatusOr<SubmissionRecord> row = core_.GetOwnSubmission(
+      OwnSubmissionQuery{.query = request->query(),
+                         .signature = request->signature(),
+                         .operator_certificate_pem = request->operator_certificate_pem()});
+  if (!row.ok()) return rpc::ToGrpcStatus(row.status());
+  ToProto(*row, response);
+  return grpc::Status::OK;
+}
+
 grpc::Status MtmsGrpcService::ProvisionWorkKey(grpc::ServerContext* ctx,
                                                const v1::ProvisionWorkKeyRequest* request,
                                                v1::WorkKey* response) {

@@ -28,6 +28,9 @@ class MtmsGrpcService final : public v1::Mtms::Service {
                                   v1::SubmitTransportKeyResponse* response) override;
   grpc::Status GetSubmission(grpc::ServerContext* ctx, const v1::GetSubmissionRequest* request,
                              v1::Submission* response) override;
+  grpc::Status GetOwnSubmission(grpc::ServerContext* ctx,
+                                const v1::GetOwnSubmissionRequest* request,
+                                v1::Submission* response) override;
   grpc::Status ProvisionWorkKey(grpc::ServerContext* ctx,
                                 const v1::ProvisionWorkKeyRequest* request,
                                 v1::WorkKey* response) override;

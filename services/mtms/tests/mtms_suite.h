@@ -986,6 +986,91 @@ TYPED_TEST_P(MtmsSuite, StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore) {
   EXPECT_EQ(this->kms_.duplicates(), 0);
 }
 
+// GetOwnSubmission (docs/mtms.md "Reading a submission back"): the submitting operator sees
+// its submission's state and, once rejected, the reason; nobody else sees anything.
+TYPED_TEST_P(MtmsSuite, AnOperatorReadsItsOwnSubmissionAndTheReasonItWasRejected) {
+  this->kms_.SetAnswer(absl::FailedPreconditionError("sn: TMK already installed"));
+  auto receipt = this->Submit({.sn = "SN-OWN"});
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  auto own = this->core_->GetOwnSubmission(
+      MakeOwnSubmissionQuery(receipt->submission_id, *this->alice_, this->clock_));
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(own->state, SubmissionState::kReceived);
+  EXPECT_EQ(own->sn, "SN-OWN");
+  EXPECT_EQ(own->operator_id, "alice");
+  EXPECT_EQ(this->Pass().rejected, 1u);
+  own = this->core_->GetOwnSubmission(
+      MakeOwnSubmissionQuery(receipt->submission_id, *this->alice_, this->clock_));
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(own->state, SubmissionState::kRejected);
+  EXPECT_THAT(own->reason, HasSubstr("kms: FAILED_PRECONDITION"));
+  EXPECT_TRUE(own->last_error.empty());
+  EXPECT_EQ(own->next_attempt_at_ms, 0);
+  // Another operator, with a valid card and query, learns nothing: the same NOT_FOUND as an
+  // id that does not exist.
+  OperatorCard bob = this->authority_->IssueOperator("bob");
+  auto other = this->core_->GetOwnSubmission(
+      MakeOwnSubmissionQuery(receipt->submission_id, bob, this->clock_));
+  auto unknown = this->core_->GetOwnSubmission(
+      MakeOwnSubmissionQuery("00000000000000000000000000000000", *this->alice_, this->clock_));
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound) << other.status();
+  EXPECT_EQ(other.status(), unknown.status());
+}
+
+TYPED_TEST_P(MtmsSuite, OwnSubmissionQueriesFollowTheIntakeRules) {
+  auto receipt = this->Submit({.sn = "SN-QUERY"});
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  const std::string id = receipt->submission_id;
+  auto code = [this](const OwnSubmissionQuery& q) {
+    return this->core_->GetOwnSubmission(q).status().code();
+  };
+  // Signed without the context prefix — e.g. a package signature presented as a query's.
+  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_,
+                                        {.without_context = true})),
+            absl::StatusCode::kUnauthenticated);
+  OwnSubmissionQuery swapped = MakeOwnSubmissionQuery(id, *this->alice_, this->clock_);
+  swapped.signature = MakeSubmission({}, *this->alice_, this->work_, this->clock_).signature;
+  EXPECT_EQ(code(swapped), absl::StatusCode::kUnauthenticated);
+  // Another operator's id in alice's query.
+  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_,
+                                        {.operator_id = "bob"})),
+            absl::StatusCode::kPermissionDenied);
+  // Stale and future.
+  for (int64_t shift : {-absl::ToInt64Milliseconds(absl::Minutes(6)),
+                        absl::ToInt64Milliseconds(absl::Minutes(6))}) {
+    EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_,
+                                          {.created_at_ms = this->clock_.NowUnixMs() + shift})),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  // A card from another CA, and a revoked card.
+  OperatorCard mallory = this->authority_->IssueForeignOperator("alice");
+  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, mallory, this->clock_)),
+            absl::StatusCode::kUnauthenticated);
+  OperatorCard carol = this->authority_->IssueOperator("carol");
+  auto carols = this->Submit({.sn = "SN-CAROL"}, &carol);
+  ASSERT_TRUE(carols.ok()) << carols.status();
+  this->authority_->Revoke(carol.certificate);
+  ASSERT_TRUE(this->trust_->Refresh().ok());
+  EXPECT_EQ(code(MakeOwnSubmissionQuery(carols->submission_id, carol, this->clock_)),
+            absl::StatusCode::kFailedPrecondition);
+  // Malformed: empty or oversized fields, bytes that are not a query, a garbled signature.
+  OwnSubmissionQuery bad = MakeOwnSubmissionQuery(id, *this->alice_, this->clock_);
+  bad.query = "\x0a\x7f\x01";
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  bad = MakeOwnSubmissionQuery(id, *this->alice_, this->clock_);
+  bad.signature.clear();
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  bad = MakeOwnSubmissionQuery(id, *this->alice_, this->clock_);
+  bad.operator_certificate_pem = "garbage";
+  EXPECT_EQ(code(bad), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(MakeOwnSubmissionQuery("", *this->alice_, this->clock_)),
+            absl::StatusCode::kInvalidArgument);
+  // The valid query still answers: none of the above changed anything.
+  auto own = this->core_->GetOwnSubmission(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_));
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(own->state, SubmissionState::kReceived);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(
     MtmsSuite, ValidPackageIsStoredByteExact, ValidPackageIsForwardedAndOpensUnderPkMak,
     ReplayedPackageIsAlreadyExists, ReplayIsDetectedByAnotherReplicaOrAfterRestart,
@@ -1008,6 +1093,8 @@ REGISTER_TYPED_TEST_SUITE_P(
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
     ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt,
+    AnOperatorReadsItsOwnSubmissionAndTheReasonItWasRejected,
+    OwnSubmissionQueriesFollowTheIntakeRules,
     BackgroundWorkersTakeAPackageThatArrivesWhileAnotherIsHeld,
     StopDuringAPassFinishesTheClaimedRowsAndClaimsNoMore);
 

@@ -657,4 +657,20 @@ SubmitRequest MakeSubmission(const PackageSpec& spec, const OperatorCard& card,
   return SignPackage(MakePackage(spec, card, work, clock).SerializeAsString(), card);
 }
 
+OwnSubmissionQuery MakeOwnSubmissionQuery(const std::string& submission_id,
+                                          const OperatorCard& card, const Clock& clock,
+                                          const QuerySpec& spec) {
+  v1::SubmissionQuery query;
+  query.set_submission_id(submission_id);
+  query.set_operator_id(spec.operator_id.empty() ? card.operator_id : spec.operator_id);
+  query.set_created_at_unix_ms(spec.created_at_ms != 0 ? spec.created_at_ms : clock.NowUnixMs());
+  const std::string serialized = query.SerializeAsString();
+  const std::string to_sign =
+      spec.without_context ? serialized : std::string(kSubmissionQueryContext) + serialized;
+  Bytes sig = Must(crypto::EcdsaSign(card.key, AsBytes(to_sign)));
+  return OwnSubmissionQuery{.query = serialized,
+                            .signature = ToStr(sig),
+                            .operator_certificate_pem = card.certificate.ToPem()};
+}
+
 }  // namespace rkl::mtms::testing

@@ -332,4 +332,15 @@ SubmitRequest SignPackage(const std::string& serialized, const OperatorCard& car
 SubmitRequest MakeSubmission(const PackageSpec& spec, const OperatorCard& card,
                              const WorkCertificateBundle& work, const Clock& clock);
 
+// What an operator terminal sends to read its submission back (GetOwnSubmission): the
+// query for `submission_id`, signed by `card` over kSubmissionQueryContext ‖ query.
+struct QuerySpec {
+  std::string operator_id;    // empty = the card's id
+  int64_t created_at_ms = 0;  // 0 = the clock's now
+  bool without_context = false;  // sign the bare query (the rule under test)
+};
+OwnSubmissionQuery MakeOwnSubmissionQuery(const std::string& submission_id,
+                                          const OperatorCard& card, const Clock& clock,
+                                          const QuerySpec& spec = {});
+
 }  // namespace rkl::mtms::testing
