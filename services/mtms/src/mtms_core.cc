@@ -39,6 +39,25 @@ bool IsSerialHex(const std::string& s) {
   return true;
 }
 
+// Step 1's sizes of what an operator card signed: the message (`field`), the signature and
+// the card's certificate.
+absl::Status CheckSignedShapes(std::string_view field, const std::string& message,
+                               const std::string& signature, const std::string& certificate_pem) {
+  if (message.empty() || message.size() > kMaxPackageBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": must be 1..", kMaxPackageBytes, " bytes"));
+  }
+  if (signature.empty() || signature.size() > kMaxSignatureBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("signature: must be 1..", kMaxSignatureBytes, " bytes of DER"));
+  }
+  if (certificate_pem.empty() || certificate_pem.size() > kMaxCertificatePemBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("operator_certificate_pem: must be 1..",
+                                                   kMaxCertificatePemBytes, " bytes of PEM"));
+  }
+  return absl::OkStatus();
+}
+
 std::string EncodePageToken(const SubmissionRecord& last) {
   return ToHex(AsBytes(absl::StrCat(last.received_at_ms, "/", last.submission_id)));
 }
@@ -112,19 +131,8 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
                                                const std::string& actor,
                                                std::string& sn_for_audit) {
   // 1. Shape of the request and of the package.
-  if (request.package.empty() || request.package.size() > kMaxPackageBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("package: must be 1..", kMaxPackageBytes, " bytes"));
-  }
-  if (request.signature.empty() || request.signature.size() > kMaxSignatureBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("signature: must be 1..", kMaxSignatureBytes, " bytes of DER"));
-  }
-  if (request.operator_certificate_pem.empty() ||
-      request.operator_certificate_pem.size() > kMaxCertificatePemBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("operator_certificate_pem: must be 1..",
-                                                   kMaxCertificatePemBytes, " bytes of PEM"));
-  }
+  RKL_RETURN_IF_ERROR(CheckSignedShapes("package", request.package, request.signature,
+                                        request.operator_certificate_pem));
   v1::TransportKeyPackage package;
   if (!package.ParseFromString(request.package)) {
     return absl::InvalidArgumentError("package: not a serialized TransportKeyPackage");
@@ -164,44 +172,15 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
         "package.operator_id: must be 1-64 characters of [a-z0-9._-]");
   }
 
-  // 2. The operator certificate parses.
-  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
-      trust_.Parse(request.operator_certificate_pem);
-  if (!cert.ok()) {
-    return absl::InvalidArgumentError(
-        "operator_certificate_pem: not exactly one PEM X.509 certificate");
-  }
-
-  // 3–5. Chains to operator-ca, operator profile, not revoked (UNAVAILABLE without a CRL).
-  RKL_ASSIGN_OR_RETURN(std::string certified_operator,
-                       trust_.VerifyForIntake((*cert)->certificate));
-
-  // 6. The package speaks for the operator whose card signed it.
-  if (package.operator_id() != certified_operator) {
-    return absl::PermissionDeniedError(
-        "package.operator_id: does not match the operator certificate's CN operator:<id>");
-  }
-
-  // 7. The signature over the byte-exact package.
-  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
-  if (absl::Status s =
-          crypto::EcdsaVerify(operator_key, AsBytes(request.package), AsBytes(request.signature));
-      !s.ok()) {
-    if (s.code() == absl::StatusCode::kInvalidArgument) {
-      return absl::InvalidArgumentError("signature: not a canonical DER ECDSA signature");
-    }
-    return absl::UnauthenticatedError(
-        "signature: does not verify over package under the operator certificate");
-  }
+  // 2–7. The operator certificate, the operator it names, the signature.
+  RKL_ASSIGN_OR_RETURN(
+      std::string certificate_serial,
+      VerifyOperatorSigned("package", package.operator_id(), "", request.package,
+                           request.signature, request.operator_certificate_pem));
 
   // 8. Freshness.
   const int64_t now_ms = clock_.NowUnixMs();
-  const int64_t skew_ms = absl::ToInt64Milliseconds(options_.clock_skew);
-  if (std::llabs(now_ms - package.created_at_unix_ms()) > skew_ms) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("package.created_at_unix_ms: must be within ±",
-                     absl::FormatDuration(options_.clock_skew), " of MTMS time"));
-  }
+  RKL_RETURN_IF_ERROR(CheckFresh("package", package.created_at_unix_ms(), now_ms));
 
   // 9–10. Work key and replay, atomically with the insert.
   SubmissionRecord row;
@@ -212,7 +191,7 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   row.package = Bytes(request.package.begin(), request.package.end());
   row.signature = Bytes(request.signature.begin(), request.signature.end());
   row.operator_certificate_pem = request.operator_certificate_pem;
-  row.operator_certificate_serial = (*cert)->certificate.SerialHex();
+  row.operator_certificate_serial = certificate_serial;
   row.work_certificate_serial = package.work_certificate_serial();
   row.ctk_pu = Bytes(package.ctk_pu().begin(), package.ctk_pu().end());
   row.algorithm_code = crypto::KeyAlgorithmCode(*algorithm);
@@ -259,19 +238,8 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetSubmission(const std::string& subm
 }
 
 absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request) {
-  if (request.query.empty() || request.query.size() > kMaxPackageBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("query: must be 1..", kMaxPackageBytes, " bytes"));
-  }
-  if (request.signature.empty() || request.signature.size() > kMaxSignatureBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("signature: must be 1..", kMaxSignatureBytes, " bytes of DER"));
-  }
-  if (request.operator_certificate_pem.empty() ||
-      request.operator_certificate_pem.size() > kMaxCertificatePemBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("operator_certificate_pem: must be 1..",
-                                                   kMaxCertificatePemBytes, " bytes of PEM"));
-  }
+  RKL_RETURN_IF_ERROR(CheckSignedShapes("query", request.query, request.signature,
+                                        request.operator_certificate_pem));
   v1::SubmissionQuery query;
   if (!query.ParseFromString(request.query) ||
       !query.GetReflection()->GetUnknownFields(query).empty()) {
@@ -286,43 +254,67 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQ
   if (query.created_at_unix_ms() <= 0) {
     return absl::InvalidArgumentError("query.created_at_unix_ms: must be positive");
   }
-  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
-      trust_.Parse(request.operator_certificate_pem);
-  if (!cert.ok()) {
-    return absl::InvalidArgumentError(
-        "operator_certificate_pem: not exactly one PEM X.509 certificate");
-  }
-  RKL_ASSIGN_OR_RETURN(std::string certified_operator,
-                       trust_.VerifyForIntake((*cert)->certificate));
-  if (query.operator_id() != certified_operator) {
-    return absl::PermissionDeniedError(
-        "query.operator_id: does not match the operator certificate's CN operator:<id>");
-  }
-  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
-  const std::string signed_bytes = std::string(kSubmissionQueryContext) + request.query;
-  if (absl::Status s =
-          crypto::EcdsaVerify(operator_key, AsBytes(signed_bytes), AsBytes(request.signature));
-      !s.ok()) {
-    if (s.code() == absl::StatusCode::kInvalidArgument) {
-      return absl::InvalidArgumentError("signature: not a canonical DER ECDSA signature");
-    }
-    return absl::UnauthenticatedError(
-        "signature: does not verify over the query under the operator certificate");
-  }
-  const int64_t skew_ms = absl::ToInt64Milliseconds(options_.clock_skew);
-  if (std::llabs(clock_.NowUnixMs() - query.created_at_unix_ms()) > skew_ms) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("query.created_at_unix_ms: must be within ±",
-                     absl::FormatDuration(options_.clock_skew), " of MTMS time"));
-  }
+  RKL_RETURN_IF_ERROR(VerifyOperatorSigned("query", query.operator_id(),
+                                           kSubmissionQueryContext, request.query,
+                                           request.signature, request.operator_certificate_pem)
+                          .status());
+  RKL_RETURN_IF_ERROR(CheckFresh("query", query.created_at_unix_ms(), clock_.NowUnixMs()));
   RKL_ASSIGN_OR_RETURN(std::optional<SubmissionRecord> row,
                        repository_.GetSubmission(query.submission_id()));
-  if (!row.has_value() || row->operator_id != certified_operator) {
+  if (!row.has_value() || row->operator_id != query.operator_id()) {
     return absl::NotFoundError("query.submission_id: no submission of this operator has that id");
   }
   row->last_error.clear();
   row->next_attempt_at_ms = 0;
   return *std::move(row);
+}
+
+absl::StatusOr<std::string> MtmsCore::VerifyOperatorSigned(std::string_view field,
+                                                           const std::string& operator_id,
+                                                           std::string_view context,
+                                                           const std::string& message,
+                                                           const std::string& signature,
+                                                           const std::string& certificate_pem) {
+  // 2. The operator certificate parses.
+  absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
+      trust_.Parse(certificate_pem);
+  if (!cert.ok()) {
+    return absl::InvalidArgumentError(
+        "operator_certificate_pem: not exactly one PEM X.509 certificate");
+  }
+  // 3–5. Chains to operator-ca, operator profile, not revoked (UNAVAILABLE without a CRL).
+  RKL_ASSIGN_OR_RETURN(std::string certified_operator,
+                       trust_.VerifyForIntake((*cert)->certificate));
+  // 6. The message speaks for the operator whose card signed it.
+  if (operator_id != certified_operator) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(std::string(field),
+                     ".operator_id: does not match the operator certificate's CN operator:<id>"));
+  }
+  // 7. The signature over the byte-exact message (after its context, if any).
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
+  const std::string signed_bytes = absl::StrCat(std::string(context), message);
+  if (absl::Status s =
+          crypto::EcdsaVerify(operator_key, AsBytes(signed_bytes), AsBytes(signature));
+      !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) {
+      return absl::InvalidArgumentError("signature: not a canonical DER ECDSA signature");
+    }
+    return absl::UnauthenticatedError(absl::StrCat("signature: does not verify over ",
+                                                   std::string(field),
+                                                   " under the operator certificate"));
+  }
+  return (*cert)->certificate.SerialHex();
+}
+
+absl::Status MtmsCore::CheckFresh(std::string_view field, int64_t created_at_ms,
+                                  int64_t now_ms) const {
+  if (std::llabs(now_ms - created_at_ms) > absl::ToInt64Milliseconds(options_.clock_skew)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(std::string(field), ".created_at_unix_ms: must be within ±",
+                     absl::FormatDuration(options_.clock_skew), " of MTMS time"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<WorkKeyRecord> MtmsCore::CheckIssuedWorkKey(uint64_t key_index,
