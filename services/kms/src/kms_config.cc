@@ -30,6 +30,20 @@ ConfigSchema MakeKmsConfigSchema() {
   s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
       .Default("5")
       .Range(1, 100);
+  // Terminal RPCs (Begin/Complete/ConfirmInstallation) per source address and per SN
+  // (docs/kms.md "Rate limits"). per_minute 0 turns a limit off.
+  s.Int("limits.per_source.per_minute",
+        "terminal calls per minute one source IP address may make on average (0: no limit)")
+      .Default("6000")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_source.burst", "terminal calls one source IP address may make at once")
+      .Default("200")
+      .Range(1, 1'000'000);
+  s.Int("limits.per_sn.per_minute",
+        "terminal calls per minute for one SN on average (0: no limit)")
+      .Default("60")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_sn.burst", "terminal calls for one SN at once").Default("20").Range(1, 1'000'000);
   s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
       .Default("info");
@@ -56,6 +70,12 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
   k.core.session_ttl = config.GetDuration("session.ttl");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
+  k.terminal_limits.per_source = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};
+  k.terminal_limits.per_sn = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_sn.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
   return k;
