@@ -27,9 +27,16 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Range(1, INT64_MAX);
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
-  s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
-      .Default("5")
-      .Range(1, 100);
+  s.Int("lockout.threshold",
+        "consecutive failed proofs that lock an SN until an admin unlocks it (docs/kms.md "
+        "\"Lockout\")")
+      .Default("100")
+      .Range(1, 1'000'000);
+  s.Duration("lockout.backoff_base",
+             "wait after an SN's first failed proof, doubling per further failure; 0: none")
+      .Default("1s");
+  s.Duration("lockout.backoff_max", "the longest wait between an SN's failed proofs")
+      .Default("10m");
   // Terminal RPCs (Begin/Complete/ConfirmInstallation) per source address and per SN
   // (docs/kms.md "Rate limits"). per_minute 0 turns a limit off.
   s.Int("limits.per_source.per_minute",
@@ -70,6 +77,8 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
   k.core.session_ttl = config.GetDuration("session.ttl");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
+  k.core.backoff_base = config.GetDuration("lockout.backoff_base");
+  k.core.backoff_max = config.GetDuration("lockout.backoff_max");
   k.terminal_limits.per_source = {
       .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
       .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};

@@ -98,7 +98,11 @@ const std::string kInsertTerminal = WithAuditParam(
 const std::string kTerminalUpdate = absl::StrCat(
     "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
     "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+    "rekey_requested = $9, consecutive_failures = $10, "
+    // The back-off ends with the failure streak (success, unlock); else only
+    // kChargeProofAttempt and kRefundProofAttempt move it.
+    "retry_after_ms = CASE WHEN $10::integer = 0 THEN 0 ELSE retry_after_ms END, "
+    "installed_at_ms = $11, "
     "updated_at_ms = $12, version = version + 1 "
     "WHERE sn = $1 AND version = $13 RETURNING sn), "
     "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
@@ -184,6 +188,25 @@ const std::string kClaimSessionAndSelectTerminal = absl::StrCat(
 constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
     "WHERE id = $1 AND state = $2";
+
+// One proof attempt charged atomically (KmsRepository::ChargeProofAttempt): the row lock
+// of the UPDATE serialises parallel sessions of one SN. $1 sn, $2 now, $3 base, $4 max,
+// $5 lock_after. The second half answers a refusal with the row as read.
+constexpr char kChargeProofAttempt[] =
+    "WITH u AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
+    "retry_after_ms = $2::bigint + least($4::bigint, "
+    "  $3::bigint * power(2::numeric, least(consecutive_failures, 62)))::bigint, "
+    "version = version + 1 "
+    "WHERE sn = $1 AND retry_after_ms <= $2::bigint AND consecutive_failures < $5::integer "
+    "AND state NOT IN ('LOCKED', 'REVOKED') "
+    "RETURNING consecutive_failures, retry_after_ms, version) "
+    "SELECT true, consecutive_failures, retry_after_ms, version FROM u "
+    "UNION ALL SELECT false, consecutive_failures, retry_after_ms, version FROM terminals "
+    "WHERE sn = $1 AND NOT EXISTS (SELECT 1 FROM u)";
+
+constexpr char kRefundProofAttempt[] =
+    "UPDATE terminals SET consecutive_failures = greatest(consecutive_failures - 1, 0), "
+    "retry_after_ms = least(retry_after_ms, $2::bigint), version = version + 1 WHERE sn = $1";
 
 constexpr char kListAudit[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
@@ -469,6 +492,26 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
     pqxx::result r = stmt.Exec(kTransitionSession, id, SessionStateName(from),
                               SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
+  });
+}
+
+absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(
+    const std::string& sn, const ProofAttemptPolicy& policy) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<ProofAttempt> {
+    pqxx::result r = stmt.Exec(kChargeProofAttempt, sn, policy.now_ms, policy.backoff_base_ms,
+                               policy.backoff_max_ms, static_cast<int64_t>(policy.lock_after));
+    if (r.empty()) return absl::NotFoundError("sn: no such terminal");
+    return ProofAttempt{.allowed = r[0][0].as<bool>(),
+                        .failures = r[0][1].as<uint32_t>(),
+                        .retry_after_ms = r[0][2].as<int64_t>(),
+                        .version = r[0][3].as<int64_t>()};
+  });
+}
+
+absl::Status PgKmsRepository::RefundProofAttempt(const std::string& sn, int64_t now_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kRefundProofAttempt, sn, now_ms);
+    return absl::OkStatus();
   });
 }
 
