@@ -445,6 +445,13 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     session.id = NewSessionId();
     absl::Status s = repository_.InsertSession(session, {BeginAudit(session, t.auk_kcv)});
     if (s.ok()) break;
+    if (s.code() == absl::StatusCode::kFailedPrecondition) {
+      // Locked, revoked, installed or given a new TK while HSM #2 made the challenge: no
+      // session was opened. Say why, as a Begin that came later would.
+      absl::StatusOr<TerminalRecord> now = repository_.GetTerminal(sn);
+      if (now.ok() && IsBlocked(now->state)) s = BlockedError(now->state);
+      return s;
+    }
     // 128 random bits collide only with a broken RNG; do not loop forever on one.
     if (s.code() != absl::StatusCode::kAlreadyExists || attempt >= 2) return s;
   }

@@ -79,7 +79,10 @@ class KmsRepository {
   virtual absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(
       const TerminalFilter& filter) = 0;
 
-  // ALREADY_EXISTS if the id is taken (the caller draws a new one).
+  // ALREADY_EXISTS if the id is taken (the caller draws a new one). Opens the session only
+  // if, at that moment, its terminal is TK_RECEIVED, AUTHENTICATED or TMK_DELIVERED with
+  // AUK session.auk_index (checked with the insert, atomically); else FAILED_PRECONDITION,
+  // changing nothing.
   virtual absl::Status InsertSession(const AuthSession& session,
                                      const std::vector<AuditEntry>& audit) = 0;
   // NOT_FOUND "session_id: no such session".

@@ -145,11 +145,18 @@ const std::string kUpdateTerminalInsertSession = WithAuditParam(
         "SELECT count(*) FROM u"),
     31);
 
-// Session $1..$9, audit $10.
+// Session $1..$9, audit $10. Opened only while its terminal can be authenticated with that
+// AUK: the terminal row is re-checked and share-locked in the same statement, so a lock,
+// revocation or new TK committed while HSM #2 made the challenge leaves no session, and
+// one that comes later waits for this statement and then cancels the session it sees.
 const std::string kInsertSession = WithAuditParam(
     absl::StrCat(
-        "WITH s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
-        "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "WITH t AS (SELECT t.sn FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+        "WHERE t.sn = $2 AND t.state IN ('TK_RECEIVED', 'AUTHENTICATED', 'TMK_DELIVERED') "
+        "AND k.auk_index = $3::bigint FOR SHARE OF t), "
+        "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+        "created_at_ms, expires_at_ms) SELECT $1::text, sn, $3::bigint, $4::bytea, $5::bytea, "
+        "$6::text, $7::text, $8::bigint, $9::bigint FROM t "
         "RETURNING id), "
         "a AS (",
         kAuditFromJson,
@@ -215,6 +222,12 @@ constexpr char kListAudit[] =
 constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
 constexpr char kCountDistinctKcvs[] = "SELECT count(*), count(DISTINCT tmk_kcv) FROM terminals";
 constexpr char kCountFailures[] = "SELECT count(*) FROM audit WHERE action = ANY($1::text[])";
+
+absl::Status TerminalMovedOn() {
+  return absl::FailedPreconditionError(
+      "sn: the terminal changed while the session was being opened (locked, revoked, "
+      "installed or a new transport key); start again");
+}
 
 // ---- Conversions -----------------------------------------------------------------------
 
@@ -429,8 +442,11 @@ absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
   const std::string audit_json = AuditJson(audit);
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
-    stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms, audit_json);
+    pqxx::result r =
+        stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+                  SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
+                  audit_json);
+    if (r[0][0].as<int64_t>() == 0) return TerminalMovedOn();
     return absl::OkStatus();
   });
 }

@@ -825,6 +825,34 @@ TEST_F(KmsCoreSuite, ParallelSessionsCannotSpendMoreAttemptsThanTheRule) {
   }
 }
 
+// Issue 21, finding 6: a terminal revoked (or locked) while HSM #2 makes Begin's challenge
+// gets no session: the state is re-checked in the same write as the session.
+TEST_F(KmsCoreSuite, BeginOpensNoSessionForATerminalRevokedOrLockedMeanwhile) {
+  for (bool revoke : {true, false}) {
+    SCOPED_TRACE(revoke);
+    TestTerminal t(revoke ? "POS-REVOKING" : "POS-LOCKING", KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    Deliver(t);  // imported: the next Begin calls AuthChallenge alone
+    const int opened_before = CountAudit(t.sn(), kActionAuthBegin, "OK");
+    hsm_->OnNextCall("AuthChallenge", [&] {
+      if (revoke) {
+        ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
+      } else {
+        // What the threshold does, as another replica would: LOCKED.
+        TerminalRecord cur = Terminal(t.sn());
+        cur.state_before_lock = cur.state;
+        cur.state = TerminalState::kLocked;
+        ASSERT_TRUE(repo().UpdateTerminal(cur, true, {}).ok());
+      }
+    });
+    Bytes rnd1 = t.NewRnd1();
+    auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+    ASSERT_EQ(begun.status().code(), absl::StatusCode::kFailedPrecondition) << begun.status();
+    EXPECT_THAT(begun.status().message(), HasSubstr(revoke ? "revoked" : "locked"));
+    EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), opened_before);  // no session
+  }
+}
+
 TEST_F(KmsCoreSuite, BeginValidatesItsInput) {
   TestTerminal t("POS-IN", KeyAlgorithm::kTdes2);
   EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(8, 1)).status().code(),

@@ -113,8 +113,17 @@ absl::StatusOr<std::vector<TerminalRecord>> MemoryKmsRepository::ListTerminals(
 absl::Status MemoryKmsRepository::InsertSession(const AuthSession& session,
                                                 const std::vector<AuditEntry>& audit) {
   absl::MutexLock lock(&mu_);
-  if (!terminals_.contains(session.sn)) {
-    return absl::FailedPreconditionError("integrity violation");
+  auto t = terminals_.find(session.sn);
+  if (t == terminals_.end()) return absl::FailedPreconditionError("integrity violation");
+  if (sessions_.contains(session.id)) {
+    return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
+  }
+  const TerminalState state = t->second.state;
+  if ((state != TerminalState::kTkReceived && state != TerminalState::kAuthenticated &&
+       state != TerminalState::kTmkDelivered) ||
+      t->second.auk_index != session.auk_index) {
+    return absl::FailedPreconditionError(
+        "sn: the terminal changed while the session was being opened");
   }
   if (!sessions_.emplace(session.id, session).second) {
     return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
