@@ -160,6 +160,11 @@ rkl_write_configs() {
             echo "    cert_file: $pki/kms/cert.pem"
             echo "    key_file: $pki/kms/key.pem"
             echo "    ca_file: $pki/ca-bundle.pem"
+            # Terminal RPC budgets (docs/kms.md "Rate limits"): every simulated terminal
+            # comes from 127.0.0.1, so that address gets a fleet's budget; each SN keeps
+            # the default.
+            echo "limits:"
+            echo "  per_source: {per_minute: 600000, burst: 5000}"
             ;;
         esac
       } >"$RKL_STATE/config/$svc.yaml"

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
@@ -30,8 +31,10 @@ absl::Status Annotate(const absl::Status& status, std::string_view prefix) {
 
 bool Retryable(const absl::Status& status) {
   // NOT_FOUND: MTMS has not forwarded the TK yet. UNAVAILABLE: safe to retry (§10).
+  // RESOURCE_EXHAUSTED with a retry hint: over a rate limit, wait at least the hint.
   return status.code() == absl::StatusCode::kNotFound ||
-         status.code() == absl::StatusCode::kUnavailable;
+         status.code() == absl::StatusCode::kUnavailable ||
+         (status.code() == absl::StatusCode::kResourceExhausted && RetryDelay(status));
 }
 
 }  // namespace
@@ -205,7 +208,8 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
           absl::StatusCodeToString(challenge.status().code()), ": ", challenge.status().message(),
           ")"));
     }
-    sleep(std::min(backoff, deadline - now));
+    sleep(std::min(std::max(backoff, RetryDelay(challenge.status()).value_or(absl::ZeroDuration())),
+                   deadline - now));
     backoff = std::min(backoff * 2, wait.max_backoff);
   }
   if (!challenge.ok()) return Annotate(challenge.status(), "kms: BeginAuthentication: ");

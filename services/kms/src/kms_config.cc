@@ -27,9 +27,30 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Range(1, INT64_MAX);
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
-  s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
-      .Default("5")
-      .Range(1, 100);
+  s.Int("lockout.threshold",
+        "consecutive failed proofs that lock an SN until an admin unlocks it (docs/kms.md "
+        "\"Lockout\")")
+      .Default("100")
+      .Range(1, 1'000'000);
+  s.Duration("lockout.backoff_base",
+             "wait after an SN's first failed proof, doubling per further failure; 0: none")
+      .Default("1s");
+  s.Duration("lockout.backoff_max", "the longest wait between an SN's failed proofs")
+      .Default("10m");
+  // Terminal RPCs (Begin/Complete/ConfirmInstallation) per source address and per SN
+  // (docs/kms.md "Rate limits"). per_minute 0 turns a limit off.
+  s.Int("limits.per_source.per_minute",
+        "terminal calls per minute one source IP address may make on average (0: no limit)")
+      .Default("6000")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_source.burst", "terminal calls one source IP address may make at once")
+      .Default("200")
+      .Range(1, 1'000'000);
+  s.Int("limits.per_sn.per_minute",
+        "terminal calls per minute for one SN on average (0: no limit)")
+      .Default("60")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_sn.burst", "terminal calls for one SN at once").Default("20").Range(1, 1'000'000);
   s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
       .Default("info");
@@ -56,6 +77,14 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
   k.core.session_ttl = config.GetDuration("session.ttl");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
+  k.core.backoff_base = config.GetDuration("lockout.backoff_base");
+  k.core.backoff_max = config.GetDuration("lockout.backoff_max");
+  k.terminal_limits.per_source = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};
+  k.terminal_limits.per_sn = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_sn.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
   return k;

@@ -4,6 +4,7 @@
 // indexes only; it never holds key material.
 
 #include "kms_core.h"
+#include "kms_grpc_service.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/rpc/channel.h"
@@ -24,6 +25,7 @@ struct KmsSettings {
   rpc::ChannelOptions hsm_channel;
   absl::Duration hsm_timeout;
   KmsCoreOptions core;
+  TerminalRateLimits terminal_limits;  // limits.*
   absl::Duration shutdown_grace;
   rpc::ServiceCaCrlOptions crl;  // client-certificate revocation (docs/pki.md)
 };

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/sn.h"
@@ -444,6 +445,13 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     session.id = NewSessionId();
     absl::Status s = repository_.InsertSession(session, {BeginAudit(session, t.auk_kcv)});
     if (s.ok()) break;
+    if (s.code() == absl::StatusCode::kFailedPrecondition) {
+      // Locked, revoked, installed or given a new TK while HSM #2 made the challenge: no
+      // session was opened. Say why, as a Begin that came later would.
+      absl::StatusOr<TerminalRecord> now = repository_.GetTerminal(sn);
+      if (now.ok() && IsBlocked(now->state)) s = BlockedError(now->state);
+      return s;
+    }
     // 128 random bits collide only with a broken RNG; do not loop forever on one.
     if (s.code() != absl::StatusCode::kAlreadyExists || attempt >= 2) return s;
   }
@@ -517,18 +525,63 @@ void KmsCore::ReleaseSession(const std::string& id, SessionState claimed, Sessio
   }
 }
 
+absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
+                                                    TerminalRecord& terminal) {
+  const int64_t now = NowMs();
+  ProofAttemptPolicy policy{.now_ms = now,
+                            .backoff_base_ms = absl::ToInt64Milliseconds(options_.backoff_base),
+                            .backoff_max_ms = absl::ToInt64Milliseconds(options_.backoff_max),
+                            .lock_after = static_cast<uint32_t>(options_.lockout_threshold)};
+  RKL_ASSIGN_OR_RETURN(ProofAttempt a, repository_.ChargeProofAttempt(sn, policy));
+  if (a.allowed) {
+    terminal.consecutive_failures = a.failures;
+    terminal.version = a.version;
+    return a;
+  }
+  if (a.failures >= policy.lock_after) {
+    // The attempt that reached the threshold locks the SN when HSM #2 has judged it.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sn: no authentication attempts left after ", a.failures,
+        " consecutive failures; an administrator must unlock the terminal"));
+  }
+  if (a.retry_after_ms <= now) {
+    // Neither backing off nor out of attempts: locked or revoked since it was read.
+    return absl::FailedPreconditionError("sn: terminal is locked or revoked");
+  }
+  // Backing off. Not audited:
+  // a refusal that costs a write would let anyone make KMS write.
+  const absl::Duration wait =
+      std::max(absl::Milliseconds(a.retry_after_ms - now), absl::Milliseconds(1));
+  return RateLimitedError(
+      absl::StrCat("sn: ", a.failures,
+                   " consecutive failed proofs; the next attempt is allowed later"),
+      wait);
+}
+
+void KmsCore::RefundAttempt(const std::string& sn) {
+  absl::Status s = repository_.RefundProofAttempt(sn, NowMs());
+  if (!s.ok()) spdlog::warn("kms: could not refund a proof attempt of {}: {}", sn, s.ToString());
+}
+
 absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
-                                    const std::string& detail) {
-  const int threshold = options_.lockout_threshold;
+                                    const std::string& detail, const ProofAttempt& attempt,
+                                    const std::string& message) {
+  // The counter went up when the attempt was charged; this records what it was.
+  const uint32_t threshold = static_cast<uint32_t>(options_.lockout_threshold);
+  const int64_t now = NowMs();
   absl::StatusOr<TerminalRecord> after =
       Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
         Change c{cur};
-        c.record.consecutive_failures = cur.consecutive_failures + 1;
         c.audit.push_back(
             Audit(TerminalActor(sn), action, sn,
-                  absl::StrCat(detail, ", consecutive failures ", c.record.consecutive_failures),
+                  absl::StrCat(detail, ", consecutive failures ", cur.consecutive_failures,
+                               cur.consecutive_failures < threshold
+                                   ? absl::StrCat(", next attempt in ",
+                                                  std::max<int64_t>(0, attempt.retry_after_ms - now),
+                                                  " ms")
+                                   : ""),
                   absl::UnauthenticatedError("")));
-        if (static_cast<int>(c.record.consecutive_failures) >= threshold && !IsBlocked(cur.state)) {
+        if (cur.consecutive_failures >= threshold && !IsBlocked(cur.state)) {
           c.record.state_before_lock = cur.state;
           c.record.state = TerminalState::kLocked;
           c.cancel_sessions = true;
@@ -539,11 +592,18 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
         }
         return c;
       });
-  if (after.ok() && after->state == TerminalState::kLocked &&
-      after->consecutive_failures == static_cast<uint32_t>(threshold)) {
-    spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn, threshold);
+  if (!after.ok()) return after.status();
+  if (after->state == TerminalState::kLocked) {
+    spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn,
+                 after->consecutive_failures);
+    return absl::UnauthenticatedError(absl::StrCat(
+        message, message.empty() ? "" : "; ", "the terminal is now locked"));
   }
-  return after.status();
+  const absl::Duration wait = absl::Milliseconds(std::max<int64_t>(0, attempt.retry_after_ms - now));
+  return WithRetryDelay(
+      absl::UnauthenticatedError(absl::StrCat(message, "; next attempt allowed in ",
+                                              absl::ToInt64Milliseconds(wait), " ms")),
+      wait);
 }
 
 absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string& session_id,
@@ -589,6 +649,13 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
     AuditFailure(actor, kActionAuthComplete, sn, "", s);
     return s;
   }
+  // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
+  // session is handed back unused.
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
+  if (!attempt.ok()) {
+    UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
+    return attempt.status();
+  }
 
   // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
   // existing one unless this is a re-key) made and exported under TEK — nothing is made or
@@ -599,11 +666,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!out.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, out.status());
     if (out.status().code() == absl::StatusCode::kUnauthenticated) {
-      RKL_RETURN_IF_ERROR(RecordFailure(
-          sn, kActionAuthFail,
-          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…")));
-      return absl::UnauthenticatedError("crnd2: authentication token does not verify");
+      return RecordFailure(sn, kActionAuthFail,
+                           absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"),
+                           *attempt, "crnd2: authentication token does not verify");
     }
+    RefundAttempt(sn);
     AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver", out.status());
     return out.status();
   }
@@ -699,16 +766,21 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     AuditFailure(actor, kActionInstallConfirm, sn, "", s);
     return s;
   }
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
+  if (!attempt.ok()) {
+    UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
+    return attempt.status();
+  }
   absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
                                                   session.rnd1, session.rnd2, proof);
   if (!verified.ok()) {
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated, verified);
     if (verified.code() == absl::StatusCode::kUnauthenticated) {
-      RKL_RETURN_IF_ERROR(
-          RecordFailure(sn, kActionInstallFail,
-                        absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv)));
-      return absl::UnauthenticatedError("proof: install proof does not verify");
+      return RecordFailure(sn, kActionInstallFail,
+                           absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv),
+                           *attempt, "proof: install proof does not verify");
     }
+    RefundAttempt(sn);
     AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
     return verified;
   }

@@ -39,7 +39,12 @@ struct KmsCoreOptions {
   uint64_t pk_index = 0;   // HSM #2 index of PK (KEY_USAGE_TK_WRAP)
   uint64_t mak_index = 0;  // HSM #2 index of MAK (KEY_USAGE_TK_MAC)
   absl::Duration session_ttl = absl::Seconds(60);
-  int lockout_threshold = 5;  // consecutive failures that lock an SN
+  // Failed proofs (docs/kms.md "Lockout"): after n consecutive failures the SN's next
+  // proof waits min(backoff_max, backoff_base · 2^(n-1)); at lockout_threshold it is LOCKED
+  // until an admin unlocks it. A zero backoff_base turns the back-off off.
+  int lockout_threshold = 100;
+  absl::Duration backoff_base = absl::Seconds(1);
+  absl::Duration backoff_max = absl::Minutes(10);
 };
 
 struct SubmitResult {
@@ -164,8 +169,17 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide,
                                         const TerminalRecord* known = nullptr,
                                         bool* session_moved = nullptr);
-  // One more consecutive failure; locks the SN at the threshold.
-  absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
+  // Charges one proof attempt to the SN before HSM #2 sees it (KmsRepository::
+  // ChargeProofAttempt) and updates `terminal`'s counter and version. While the SN backs
+  // off: RESOURCE_EXHAUSTED with the time until the next attempt; at the threshold:
+  // FAILED_PRECONDITION, locked.
+  absl::StatusOr<ProofAttempt> ChargeAttempt(const std::string& sn, TerminalRecord& terminal);
+  // Gives back an attempt HSM #2 did not judge (logged when that fails).
+  void RefundAttempt(const std::string& sn);
+  // Audits the failure the charged `attempt` turned out to be; locks the SN at the
+  // threshold. UNAUTHENTICATED `message` with the time until the next attempt.
+  absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail,
+                             const ProofAttempt& attempt, const std::string& message);
   // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for
   // `rnd1` in the same HSM command and sets `challenge`, and opens `session` (its id,
   // auk_index and rnd2 set here) in the same write as the import: *opened says whether it

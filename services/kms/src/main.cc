@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   rkl::kms::PgKmsRepository repository(pool);
   rkl::kms::KmsCore core(
       repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
-  rkl::kms::KmsGrpcService service(core);
+  rkl::kms::KmsGrpcService service(core, settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).
   auto crl = rkl::rpc::ServiceCaCrl::Create(settings.crl);

@@ -98,7 +98,11 @@ const std::string kInsertTerminal = WithAuditParam(
 const std::string kTerminalUpdate = absl::StrCat(
     "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
     "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+    "rekey_requested = $9, consecutive_failures = $10, "
+    // The back-off ends with the failure streak (success, unlock); else only
+    // kChargeProofAttempt and kRefundProofAttempt move it.
+    "retry_after_ms = CASE WHEN $10::integer = 0 THEN 0 ELSE retry_after_ms END, "
+    "installed_at_ms = $11, "
     "updated_at_ms = $12, version = version + 1 "
     "WHERE sn = $1 AND version = $13 RETURNING sn), "
     "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
@@ -141,11 +145,18 @@ const std::string kUpdateTerminalInsertSession = WithAuditParam(
         "SELECT count(*) FROM u"),
     31);
 
-// Session $1..$9, audit $10.
+// Session $1..$9, audit $10. Opened only while its terminal can be authenticated with that
+// AUK: the terminal row is re-checked and share-locked in the same statement, so a lock,
+// revocation or new TK committed while HSM #2 made the challenge leaves no session, and
+// one that comes later waits for this statement and then cancels the session it sees.
 const std::string kInsertSession = WithAuditParam(
     absl::StrCat(
-        "WITH s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
-        "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "WITH t AS (SELECT t.sn FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+        "WHERE t.sn = $2 AND t.state IN ('TK_RECEIVED', 'AUTHENTICATED', 'TMK_DELIVERED') "
+        "AND k.auk_index = $3::bigint FOR SHARE OF t), "
+        "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+        "created_at_ms, expires_at_ms) SELECT $1::text, sn, $3::bigint, $4::bytea, $5::bytea, "
+        "$6::text, $7::text, $8::bigint, $9::bigint FROM t "
         "RETURNING id), "
         "a AS (",
         kAuditFromJson,
@@ -185,6 +196,25 @@ constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
     "WHERE id = $1 AND state = $2";
 
+// One proof attempt charged atomically (KmsRepository::ChargeProofAttempt): the row lock
+// of the UPDATE serialises parallel sessions of one SN. $1 sn, $2 now, $3 base, $4 max,
+// $5 lock_after. The second half answers a refusal with the row as read.
+constexpr char kChargeProofAttempt[] =
+    "WITH u AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
+    "retry_after_ms = $2::bigint + least($4::bigint, "
+    "  $3::bigint * power(2::numeric, least(consecutive_failures, 62)))::bigint, "
+    "version = version + 1 "
+    "WHERE sn = $1 AND retry_after_ms <= $2::bigint AND consecutive_failures < $5::integer "
+    "AND state NOT IN ('LOCKED', 'REVOKED') "
+    "RETURNING consecutive_failures, retry_after_ms, version) "
+    "SELECT true, consecutive_failures, retry_after_ms, version FROM u "
+    "UNION ALL SELECT false, consecutive_failures, retry_after_ms, version FROM terminals "
+    "WHERE sn = $1 AND NOT EXISTS (SELECT 1 FROM u)";
+
+constexpr char kRefundProofAttempt[] =
+    "UPDATE terminals SET consecutive_failures = greatest(consecutive_failures - 1, 0), "
+    "retry_after_ms = least(retry_after_ms, $2::bigint), version = version + 1 WHERE sn = $1";
+
 constexpr char kListAudit[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
     "WHERE ($1 = '' OR sn = $1) AND seq > $2 ORDER BY seq LIMIT $3";
@@ -192,6 +222,12 @@ constexpr char kListAudit[] =
 constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
 constexpr char kCountDistinctKcvs[] = "SELECT count(*), count(DISTINCT tmk_kcv) FROM terminals";
 constexpr char kCountFailures[] = "SELECT count(*) FROM audit WHERE action = ANY($1::text[])";
+
+absl::Status TerminalMovedOn() {
+  return absl::FailedPreconditionError(
+      "sn: the terminal changed while the session was being opened (locked, revoked, "
+      "installed or a new transport key); start again");
+}
 
 // ---- Conversions -----------------------------------------------------------------------
 
@@ -406,8 +442,11 @@ absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
   const std::string audit_json = AuditJson(audit);
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
-    stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms, audit_json);
+    pqxx::result r =
+        stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+                  SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
+                  audit_json);
+    if (r[0][0].as<int64_t>() == 0) return TerminalMovedOn();
     return absl::OkStatus();
   });
 }
@@ -469,6 +508,26 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
     pqxx::result r = stmt.Exec(kTransitionSession, id, SessionStateName(from),
                               SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
+  });
+}
+
+absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(
+    const std::string& sn, const ProofAttemptPolicy& policy) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<ProofAttempt> {
+    pqxx::result r = stmt.Exec(kChargeProofAttempt, sn, policy.now_ms, policy.backoff_base_ms,
+                               policy.backoff_max_ms, static_cast<int64_t>(policy.lock_after));
+    if (r.empty()) return absl::NotFoundError("sn: no such terminal");
+    return ProofAttempt{.allowed = r[0][0].as<bool>(),
+                        .failures = r[0][1].as<uint32_t>(),
+                        .retry_after_ms = r[0][2].as<int64_t>(),
+                        .version = r[0][3].as<int64_t>()};
+  });
+}
+
+absl::Status PgKmsRepository::RefundProofAttempt(const std::string& sn, int64_t now_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kRefundProofAttempt, sn, now_ms);
+    return absl::OkStatus();
   });
 }
 

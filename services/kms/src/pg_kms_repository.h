@@ -40,6 +40,9 @@ class PgKmsRepository final : public KmsRepository {
       int64_t now_ms) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
+  absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,
+                                                  const ProofAttemptPolicy& policy) override;
+  absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
                                                     int limit) override;

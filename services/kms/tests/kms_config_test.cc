@@ -53,7 +53,14 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.crl.ca_authority, "ca");
   EXPECT_EQ(s.crl.refresh_interval, absl::Seconds(60));
   EXPECT_EQ(s.crl.tls.cert_file, s.server.tls.cert_file);
-  EXPECT_EQ(s.core.lockout_threshold, 5);
+  EXPECT_EQ(s.core.lockout_threshold, 100);
+  EXPECT_EQ(s.core.backoff_base, absl::Seconds(1));
+  EXPECT_EQ(s.core.backoff_max, absl::Minutes(10));
+  // Terminal RPC budgets: 100/s (burst 200) per source address, 1/s (burst 20) per SN.
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.per_second, 100);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.burst, 200);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.per_second, 1);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.burst, 20);
   EXPECT_EQ(s.core.pk_index, 7u);
   EXPECT_EQ(s.core.mak_index, 8u);
   EXPECT_EQ(s.hsm_target, "localhost:50053");

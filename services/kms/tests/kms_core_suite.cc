@@ -12,6 +12,8 @@
 #include "absl/synchronization/mutex.h"
 #include "fake_hsm.h"
 #include "kms_core.h"
+#include "rkl/common/parallel.h"
+#include "rkl/common/retry_delay.h"
 #include "test_terminal.h"
 
 namespace rkl::kms::testing {
@@ -38,6 +40,19 @@ class KmsCoreSuite : public ::testing::Test {
         },
         crypto::FillRandom,
         KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex});
+  }
+
+  // A core on the same repository, HSM and clock with other options.
+  void UseOptions(KmsCoreOptions options) {
+    options.pk_index = FakeHsm::kPkIndex;
+    options.mak_index = FakeHsm::kMakIndex;
+    core_ = std::make_unique<KmsCore>(
+        repo(), *hsm_,
+        [this] {
+          absl::MutexLock lock(&clock_mu_);
+          return now_;
+        },
+        crypto::FillRandom, options);
   }
 
   void Advance(absl::Duration d) {
@@ -113,12 +128,16 @@ class KmsCoreSuite : public ::testing::Test {
     return n;
   }
 
-  // Wrong Crnd2 for a fresh session: one failure.
+  // Wrong Crnd2 for a fresh session: one failure; then the clock waits out the back-off
+  // the refusal names.
   absl::Status FailOnce(TestTerminal& t) {
     absl::StatusOr<Opened> opened = Open(t);
     if (!opened.ok()) return opened.status();
     opened->crnd2[0] ^= 0x01;
-    return core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+    absl::Status s =
+        core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+    if (std::optional<absl::Duration> wait = RetryDelay(s)) Advance(*wait);
+    return s;
   }
 
   TransportKeys keys_ = TransportKeys::Generate();
@@ -650,7 +669,8 @@ TEST_F(KmsCoreSuite, SessionOfOneSnCannotBeCompletedForAnother) {
   EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, a.sn(), opened->crnd2).ok());
 }
 
-TEST_F(KmsCoreSuite, FiveConsecutiveFailuresLockUntilAnAdminUnlocks) {
+TEST_F(KmsCoreSuite, FailuresUpToTheThresholdLockUntilAnAdminUnlocks) {
+  UseOptions({.lockout_threshold = 5});
   TestTerminal t("POS-LOCK", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
   for (int i = 1; i <= 4; ++i) {
@@ -685,6 +705,7 @@ TEST_F(KmsCoreSuite, FiveConsecutiveFailuresLockUntilAnAdminUnlocks) {
 }
 
 TEST_F(KmsCoreSuite, ASuccessEndsTheFailureStreak) {
+  UseOptions({.lockout_threshold = 5});
   TestTerminal t("POS-STREAK", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
   for (int i = 0; i < 4; ++i) ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
@@ -705,6 +726,131 @@ TEST_F(KmsCoreSuite, LockoutThresholdIsConfigurable) {
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
   (void)FailOnce(t);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+}
+
+// Issue 21, finding 1: failed proofs back off per SN, exponentially and capped, and every
+// refusal names the time until the next attempt; no refused attempt reaches HSM #2.
+TEST_F(KmsCoreSuite, FailedProofsBackOffExponentiallyAndEveryRefusalSaysHowLong) {
+  TestTerminal t("POS-BACKOFF", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::Duration expected = absl::Seconds(1);
+  for (int failure = 1; failure <= 12; ++failure) {
+    SCOPED_TRACE(failure);
+    auto opened = Open(t);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    Bytes wrong = opened->crnd2;
+    wrong[0] ^= 0x01;
+    absl::Status failed = core_->CompleteAuthentication(opened->session_id, t.sn(), wrong).status();
+    ASSERT_EQ(failed.code(), absl::StatusCode::kUnauthenticated);
+    ASSERT_EQ(RetryDelay(failed), expected);
+    EXPECT_THAT(failed.message(), HasSubstr(absl::StrCat(
+                                      "next attempt allowed in ",
+                                      absl::ToInt64Milliseconds(expected), " ms")));
+    // Until then even the right answer is refused before HSM #2, and the session stays
+    // usable (a refusal for time is not an attempt).
+    const int hsm_calls = hsm_->calls("AuthenticateAndDeliver");
+    Advance(expected - absl::Milliseconds(1));
+    auto early_session = Open(t);
+    ASSERT_TRUE(early_session.ok());
+    absl::Status early =
+        core_->CompleteAuthentication(early_session->session_id, t.sn(), wrong).status();
+    ASSERT_EQ(early.code(), absl::StatusCode::kResourceExhausted) << early;
+    EXPECT_EQ(RetryDelay(early), absl::Milliseconds(1));
+    EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), hsm_calls);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, static_cast<uint32_t>(failure));
+    Advance(absl::Milliseconds(1));
+    expected = std::min(expected * 2, absl::Minutes(10));  // 1 s doubling, capped at 10 min
+  }
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);  // 12 of 100: not locked
+  // The right answer after the wait: delivered, and the streak and its back-off are over.
+  Deliver(t);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+  auto next = Open(t);
+  ASSERT_TRUE(next.ok());
+  next->crnd2[0] ^= 0x01;
+  EXPECT_EQ(RetryDelay(core_->CompleteAuthentication(next->session_id, t.sn(), next->crnd2).status()),
+            absl::Seconds(1));
+}
+
+TEST_F(KmsCoreSuite, OnlyTheConfiguredLargeNumberOfFailuresLocksForGood) {
+  TestTerminal t("POS-HUNDRED", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  for (int i = 1; i < 100; ++i) {
+    ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated) << i;
+  }
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
+  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 0);
+  absl::Status last = FailOnce(t);
+  EXPECT_EQ(last.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(last.message(), HasSubstr("now locked"));
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 100u);
+  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 1);
+  EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 100);
+}
+
+// Issue 21, finding 6: the failure limit holds under parallel sessions. Twenty sessions
+// opened at once and completed at once with wrong tokens: with the back-off, one attempt
+// reaches HSM #2 and the others are told to wait; without it, exactly the threshold do.
+TEST_F(KmsCoreSuite, ParallelSessionsCannotSpendMoreAttemptsThanTheRule) {
+  for (bool backoff : {true, false}) {
+    SCOPED_TRACE(backoff);
+    UseOptions({.lockout_threshold = 5,
+                .backoff_base = backoff ? absl::Seconds(1) : absl::ZeroDuration()});
+    TestTerminal t(backoff ? "POS-PAR-BACKOFF" : "POS-PAR-LIMIT", KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    std::vector<Opened> sessions;
+    for (int i = 0; i < 20; ++i) {
+      auto opened = Open(t);
+      ASSERT_TRUE(opened.ok()) << opened.status();
+      opened->crnd2[0] ^= 0x01;
+      sessions.push_back(*opened);
+    }
+    const int hsm_before = hsm_->calls("AuthenticateAndDeliver");
+    std::vector<absl::Status> results(sessions.size());
+    ParallelFor(sessions.size(), 20, [&](size_t i) {
+      results[i] =
+          core_->CompleteAuthentication(sessions[i].session_id, t.sn(), sessions[i].crnd2).status();
+    });
+    int unauthenticated = 0;
+    for (const absl::Status& s : results) {
+      if (s.code() == absl::StatusCode::kUnauthenticated) ++unauthenticated;
+    }
+    const int allowed = backoff ? 1 : 5;
+    EXPECT_EQ(unauthenticated, allowed);
+    EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver") - hsm_before, allowed);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, static_cast<uint32_t>(allowed));
+    EXPECT_EQ(Terminal(t.sn()).state,
+              backoff ? TerminalState::kTkReceived : TerminalState::kLocked);
+  }
+}
+
+// Issue 21, finding 6: a terminal revoked (or locked) while HSM #2 makes Begin's challenge
+// gets no session: the state is re-checked in the same write as the session.
+TEST_F(KmsCoreSuite, BeginOpensNoSessionForATerminalRevokedOrLockedMeanwhile) {
+  for (bool revoke : {true, false}) {
+    SCOPED_TRACE(revoke);
+    TestTerminal t(revoke ? "POS-REVOKING" : "POS-LOCKING", KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    Deliver(t);  // imported: the next Begin calls AuthChallenge alone
+    const int opened_before = CountAudit(t.sn(), kActionAuthBegin, "OK");
+    hsm_->OnNextCall("AuthChallenge", [&] {
+      if (revoke) {
+        ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
+      } else {
+        // What the threshold does, as another replica would: LOCKED.
+        TerminalRecord cur = Terminal(t.sn());
+        cur.state_before_lock = cur.state;
+        cur.state = TerminalState::kLocked;
+        ASSERT_TRUE(repo().UpdateTerminal(cur, true, {}).ok());
+      }
+    });
+    Bytes rnd1 = t.NewRnd1();
+    auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+    ASSERT_EQ(begun.status().code(), absl::StatusCode::kFailedPrecondition) << begun.status();
+    EXPECT_THAT(begun.status().message(), HasSubstr(revoke ? "revoked" : "locked"));
+    EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), opened_before);  // no session
+  }
 }
 
 TEST_F(KmsCoreSuite, BeginValidatesItsInput) {
@@ -823,6 +969,9 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   // The session is spent; the right proof is too late for it.
   EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
+  // A wrong proof backs off like a wrong Crnd2.
+  ASSERT_EQ(RetryDelay(r.status()), absl::Seconds(1));
+  Advance(absl::Seconds(1));
 
   // A terminal that lost the delivery authenticates again and gets the same TMK.
   std::string again = Deliver(t);

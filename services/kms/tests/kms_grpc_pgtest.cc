@@ -18,6 +18,7 @@
 #include "pg_kms_repository.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
@@ -43,13 +44,14 @@ const absl::Time kNow = absl::FromUnixMillis(1'700'000'000'000);
 
 // One KMS process: its own pool, core, service and server on 127.0.0.1:0.
 struct Replica {
-  Replica(const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls)
+  Replica(const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls,
+          TerminalRateLimits limits = {})
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
         repository(pool),
         core(
             repository, hsm, [] { return kNow; }, crypto::FillRandom,
             KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex}),
-        service(core) {
+        service(core, std::move(limits)) {
     rpc::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.tls = tls;
@@ -187,6 +189,15 @@ class KmsGrpcTest : public ::testing::Test {
     return resp;
   }
 
+  // Rows of every KMS table, in one string ("terminals=.. sn_tk_kms=.. ...").
+  std::string RowCounts() {
+    pqxx::result r = Sql(
+        "SELECT (SELECT count(*) FROM terminals), (SELECT count(*) FROM sn_tk_kms), "
+        "(SELECT count(*) FROM auth_sessions), (SELECT count(*) FROM audit)");
+    return absl::StrCat("terminals=", r[0][0].as<int64_t>(), " sn_tk_kms=", r[0][1].as<int64_t>(),
+                        " auth_sessions=", r[0][2].as<int64_t>(), " audit=", r[0][3].as<int64_t>());
+  }
+
   pqxx::result Sql(const std::string& sql) {
     pqxx::connection c(db_->dsn());
     pqxx::work tx(c);
@@ -241,6 +252,80 @@ TEST_F(KmsGrpcTest, TerminalCompletesTheFlowOverTlsAndNothingSecretIsLogged) {
       EXPECT_THAT(row[0].as<std::string>(), Not(HasSubstr(secret)));
     }
   }
+}
+
+// Issue 21, finding 1: over budget, a terminal RPC is RESOURCE_EXHAUSTED with
+// google.rpc.RetryInfo, and costs no database write and no HSM command.
+TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) {
+  absl::Mutex mu;
+  absl::Time now = kNow;
+  TerminalRateLimits limits{.per_source = {.per_second = 1, .burst = 8},
+                            .per_sn = {.per_second = 0.5, .burst = 3},
+                            .clock = [&] {
+                              absl::MutexLock lock(&mu);
+                              return now;
+                            }};
+  Replica limited(db_->runtime_dsn(), *hsm_, tls_["kms"], limits);
+  ASSERT_NE(limited.server, nullptr);
+  auto mtms = Stub(limited, tls_["mtms"]);
+  auto terminal = Terminal(limited);
+  TestTerminal t("RATE-LIMIT-1", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(*mtms, t).ok());  // MTMS's RPC is not a terminal RPC: not counted
+
+  // Three Begins for the SN pass (burst 3); the fourth is refused before the core.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Begin(*terminal, t).ok()) << i;
+  const std::string rows = RowCounts();
+  const int hsm_calls = hsm_->calls("AuthChallenge") + hsm_->calls("ImportAndChallenge");
+  rkl::v1::BeginAuthenticationRequest req;
+  req.set_sn(t.sn());
+  req.set_rnd1(std::string(AsString(t.NewRnd1())));
+  rkl::v1::BeginAuthenticationResponse resp;
+  auto ctx = rpc::MakeClientContext(kTimeout);
+  grpc::Status g = terminal->BeginAuthentication(ctx.get(), req, &resp);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(g.error_message(), HasSubstr("too many calls for this sn; retry in 2000 ms"));
+  EXPECT_EQ(rpc::RetryDelayFromDetails(g), absl::Seconds(2));
+  // Complete and Confirm for the SN draw on the same budget.
+  EXPECT_EQ(Complete(*terminal, t, std::string(32, 'a'), Bytes(32)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  rkl::v1::ConfirmInstallationRequest confirm;
+  confirm.set_session_id(std::string(32, 'a'));
+  confirm.set_sn(t.sn());
+  confirm.set_proof(std::string(16, 'p'));
+  rkl::v1::ConfirmInstallationResponse confirmed;
+  EXPECT_EQ(Call(*terminal, &rkl::v1::Kms::Stub::ConfirmInstallation, confirm, &confirmed).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RowCounts(), rows);
+  EXPECT_EQ(hsm_->calls("AuthChallenge") + hsm_->calls("ImportAndChallenge"), hsm_calls);
+  EXPECT_EQ(limited.service.rate_limited(), 3u);
+
+  // The source has spent 3 + 3 of its 8: two more unknown SNs, then it is refused too,
+  // whatever the SN.
+  TestTerminal other("RATE-LIMIT-2", KeyAlgorithm::kAes128);
+  TestTerminal third("RATE-LIMIT-3", KeyAlgorithm::kAes128);
+  EXPECT_EQ(Begin(*terminal, other).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Begin(*terminal, other).status().code(), absl::StatusCode::kNotFound);
+  absl::Status source = Begin(*terminal, third).status();
+  EXPECT_EQ(source.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(source.message(), HasSubstr("too many terminal calls from this address"));
+  EXPECT_EQ(RetryDelay(source), absl::Seconds(1));
+  EXPECT_EQ(RowCounts(), rows);
+
+  // Once the hint has passed, the SN gets a token back (and the source one more).
+  {
+    absl::MutexLock lock(&mu);
+    now += absl::Seconds(2);
+  }
+  EXPECT_TRUE(Begin(*terminal, t).ok());
+  // Other replicas (no limits configured) are not affected.
+  EXPECT_TRUE(Begin(*Terminal(*a_), t).ok());
+}
+
+TEST(PeerAddressTest, DropsThePort) {
+  EXPECT_EQ(PeerAddress("ipv4:10.1.2.3:5555"), "10.1.2.3");
+  EXPECT_EQ(PeerAddress("ipv6:[::1]:5555"), "::1");
+  EXPECT_EQ(PeerAddress("ipv6:%5B::1%5D:5555"), "%5B::1%5D");
+  EXPECT_EQ(PeerAddress("unix:/tmp/s"), "unix:/tmp/s");
 }
 
 TEST_F(KmsGrpcTest, IntakeIsForMtmsOnly) {
