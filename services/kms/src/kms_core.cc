@@ -770,10 +770,11 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
         if (!again) c.record.installed_at_ms = NowMs();
         c.record.rekey_requested = false;
         c.record.consecutive_failures = 0;
-        c.audit.push_back(Audit(actor, kActionInstalled, sn,
+        c.audit.push_back(Audit(actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
                                 absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
                                              " generation ", cur.tmk_generation,
-                                             again ? ", confirmed again in a new session" : "")));
+                                             again ? ", already INSTALLED, session " : "",
+                                             again ? session_id.substr(0, 8) : "")));
         // The session is spent with the installation, in the same transaction.
         c.session_move = SessionMove{session_id, SessionState::kConfirming,
                                      SessionState::kConfirmed, std::nullopt};

@@ -82,6 +82,8 @@ inline constexpr char kActionTmkDeliver[] = "tmk.deliver";
 inline constexpr char kActionInstallConfirm[] = "install.confirm";  // refusals before the HSM
 inline constexpr char kActionInstallFail[] = "install.fail";
 inline constexpr char kActionInstalled[] = "terminal.installed";
+// An INSTALLED terminal confirmed its installed TMK again, in a new session (a lost reply).
+inline constexpr char kActionInstallReconfirm[] = "install.reconfirm";
 inline constexpr char kActionLock[] = "terminal.lock";
 inline constexpr char kActionUnlock[] = "terminal.unlock";
 inline constexpr char kActionRevoke[] = "terminal.revoke";
