@@ -11,7 +11,6 @@
 #include <grpcpp/channel.h>
 
 #include <atomic>
-
 #include <memory>
 #include <string>
 

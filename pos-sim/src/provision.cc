@@ -81,8 +81,7 @@ bool IsTransientFailure(const absl::Status& status) {
   // every step resumes safely from the secure module's state.
   return status.code() == absl::StatusCode::kUnavailable ||
          status.code() == absl::StatusCode::kDeadlineExceeded ||
-         status.code() == absl::StatusCode::kAborted ||
-         status.code() == absl::StatusCode::kUnknown;
+         status.code() == absl::StatusCode::kAborted || status.code() == absl::StatusCode::kUnknown;
 }
 
 absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,

@@ -40,8 +40,7 @@ bool Retryable(const absl::Status& status) {
 bool ConfirmationOutcomeOpen(const absl::Status& status) {
   return status.code() == absl::StatusCode::kUnavailable ||
          status.code() == absl::StatusCode::kDeadlineExceeded ||
-         status.code() == absl::StatusCode::kUnknown ||
-         status.code() == absl::StatusCode::kAborted;
+         status.code() == absl::StatusCode::kUnknown || status.code() == absl::StatusCode::kAborted;
 }
 
 }  // namespace

@@ -32,16 +32,16 @@ absl::Status CheckNewerThanStored(const Bytes& stored, int64_t incoming_created_
   if (!kept.ok()) return absl::OkStatus();  // nothing comparable is stored: the new one wins
   const int64_t kept_at = kept->header.created_at_unix_ms;
   if (incoming_created_at_ms < kept_at) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "ctk_pk: created_at ", incoming_created_at_ms,
-        " is older than the stored transport key's (", kept_at,
-        "); a newer package for this SN was accepted already"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " is older than the stored transport key's (", kept_at,
+                     "); a newer package for this SN was accepted already"));
   }
   if (incoming_created_at_ms == kept_at) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "ctk_pk: created_at ", incoming_created_at_ms,
-        " equals the stored transport key's, with another transport key; only a later "
-        "package replaces it"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " equals the stored transport key's, with another transport key; only a later "
+                     "package replaces it"));
   }
   return absl::OkStatus();
 }
@@ -701,17 +701,17 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
-                       ClaimSession(session_id, sn, SessionState::kAuthenticated,
-                                    SessionState::kConfirming, kActionInstallConfirm,
-                                    SessionState::kConfirmed));
+  RKL_ASSIGN_OR_RETURN(
+      ClaimedSession claim,
+      ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
+                   kActionInstallConfirm, SessionState::kConfirmed));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
   if (claim.repeat) return RepeatConfirmation(session, terminal, proof);
   // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
   // its confirmation authenticated again and proves the same TMK in a fresh session.
-  const bool pending = terminal.state == TerminalState::kTmkDelivered ||
-                       terminal.state == TerminalState::kInstalled;
+  const bool pending =
+      terminal.state == TerminalState::kTmkDelivered || terminal.state == TerminalState::kInstalled;
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
@@ -756,8 +756,9 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
     return verified;
   }
-  absl::StatusOr<TerminalRecord> installed =
-      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+  absl::StatusOr<TerminalRecord> installed = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
         const bool again = cur.state == TerminalState::kInstalled;
         if ((!again && cur.state != TerminalState::kTmkDelivered) ||
             cur.tmk_kcv != session.tmk_kcv) {
@@ -770,16 +771,17 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
         if (!again) c.record.installed_at_ms = NowMs();
         c.record.rekey_requested = false;
         c.record.consecutive_failures = 0;
-        c.audit.push_back(Audit(actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
-                                absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
-                                             " generation ", cur.tmk_generation,
-                                             again ? ", already INSTALLED, session " : "",
-                                             again ? session_id.substr(0, 8) : "")));
+        c.audit.push_back(Audit(
+            actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
+            absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv, " generation ",
+                         cur.tmk_generation, again ? ", already INSTALLED, session " : "",
+                         again ? session_id.substr(0, 8) : "")));
         // The session is spent with the installation, in the same transaction.
         c.session_move = SessionMove{session_id, SessionState::kConfirming,
                                      SessionState::kConfirmed, std::nullopt};
         return c;
-      }, &terminal);
+      },
+      &terminal);
   if (!installed.ok()) {
     // A write whose outcome is UNKNOWN may have committed (then the session is CONFIRMED and
     // stays so) or not (then the same proof may simply be sent again): hand it back.
