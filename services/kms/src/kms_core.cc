@@ -26,6 +26,27 @@ bool SameTransportKey(const Bytes& stored, const protocol::ParsedCtkPk& incoming
          kept->header.pk_kcv == incoming.header.pk_kcv && kept->wrapped == incoming.wrapped;
 }
 
+// A new Ctk_pk for an SN replaces the stored one only with a later created_at (header H,
+// PROTOCOL §5). Equal bytes and the same TK were answered as duplicates before this.
+absl::Status CheckNewerThanStored(const Bytes& stored, int64_t incoming_created_at_ms) {
+  absl::StatusOr<protocol::ParsedCtkPk> kept = protocol::ParseCtkPk(stored);
+  if (!kept.ok()) return absl::OkStatus();  // nothing comparable is stored: the new one wins
+  const int64_t kept_at = kept->header.created_at_unix_ms;
+  if (incoming_created_at_ms < kept_at) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " is older than the stored transport key's (", kept_at,
+                     "); a newer package for this SN was accepted already"));
+  }
+  if (incoming_created_at_ms == kept_at) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " equals the stored transport key's, with another transport key; only a later "
+                     "package replaces it"));
+  }
+  return absl::OkStatus();
+}
+
 // Optimistic writes that lose a race are decided again on fresh state, a bounded number
 // of times: more than a handful of losses in a row means something is wrong.
 constexpr int kMaxMutateAttempts = 8;
@@ -255,7 +276,14 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     // would only cancel the session the terminal may already have opened on it.
     if (SameTransportKey(t.ctk_pk, *parsed)) return SubmitResult{t.state, true};
 
-    absl::Status refusal;
+    // Packages for one SN arrive in any order (MTMS retries with backoff, replicas race):
+    // only a strictly newer one may replace the stored TK, so a package that waited in a
+    // retry queue can never overwrite the TK the terminal holds now.
+    absl::Status refusal = CheckNewerThanStored(t.ctk_pk, parsed->header.created_at_unix_ms);
+    if (!refusal.ok()) {
+      AuditFailure(actor, kActionTkSubmit, sn, absl::StrCat("submission ", submission_id), refusal);
+      return refusal;
+    }
     switch (t.state) {
       case TerminalState::kRevoked:
       case TerminalState::kLocked:
@@ -398,10 +426,10 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     return terminal.status();
   }
   absl::Status refusal;
+  // An INSTALLED terminal may authenticate again: one that lost ConfirmInstallation's reply
+  // proves AUK in a fresh session and confirms the same TMK (CompleteAuthentication).
   if (IsBlocked(terminal->state)) {
     refusal = BlockedError(terminal->state);
-  } else if (terminal->state == TerminalState::kInstalled) {
-    refusal = absl::FailedPreconditionError("sn: terminal already installed its TMK");
   } else if (terminal->state == TerminalState::kRekeyPending) {
     refusal = absl::FailedPreconditionError(
         "sn: terminal is marked for re-key and awaits a new transport key");
@@ -492,7 +520,8 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
 absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string& id,
                                                               const std::string& sn,
                                                               SessionState from, SessionState to,
-                                                              const char* action) {
+                                                              const char* action,
+                                                              std::optional<SessionState> done) {
   // The common case in one statement: the claim and both reads.
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
                        repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
@@ -501,6 +530,10 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
   // wrong now (the session moved back meanwhile), the caller claims it as before.
   RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
                        repository_.GetSessionAndTerminal(id, sn));
+  if (done && read.session.ok() && read.session->sn == sn && read.session->state == *done &&
+      read.terminal.ok()) {
+    return ClaimedSession{*std::move(read.session), *std::move(read.terminal), false, true};
+  }
   RKL_ASSIGN_OR_RETURN(AuthSession session,
                        LoadSession(std::move(read.session), id, sn, from, action));
   RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
@@ -695,16 +728,21 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
             actor, kActionAuthOk, sn,
             absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
         const bool new_tmk = tmk->created || cur.tmk_index != tmk->tmk_index;
+        // An installed terminal that authenticates again gets its installed TMK again, under
+        // its own TEK (what it got before), and stays INSTALLED: it only needs a session in
+        // which to confirm it. Any other TMK means it is not installed any more.
+        const bool still_installed = cur.state == TerminalState::kInstalled && !new_tmk;
         if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
         c.record.tmk_index = tmk->tmk_index;
         c.record.tmk_kcv = tmk->kcv;
         c.record.replace_tmk = false;
-        c.record.state = TerminalState::kTmkDelivered;
+        if (!still_installed) c.record.state = TerminalState::kTmkDelivered;
         c.audit.push_back(Audit(
             actor, kActionTmkDeliver, sn,
             absl::StrCat(new_tmk ? "new" : "existing", " TMK tmk_index ", tmk->tmk_index,
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
-                         ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
+                         ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv,
+                         still_installed ? ", terminal already INSTALLED" : "")));
         // The session awaits the install proof of this TMK: same transaction.
         c.session_move = SessionMove{session_id, SessionState::kVerifying,
                                      SessionState::kAuthenticated, tmk->kcv};
@@ -730,16 +768,22 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
-                       ClaimSession(session_id, sn, SessionState::kAuthenticated,
-                                    SessionState::kConfirming, kActionInstallConfirm));
+  RKL_ASSIGN_OR_RETURN(
+      ClaimedSession claim,
+      ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
+                   kActionInstallConfirm, SessionState::kConfirmed));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
+  if (claim.repeat) return RepeatConfirmation(session, terminal, proof);
+  // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
+  // its confirmation authenticated again and proves the same TMK in a fresh session.
+  const bool pending =
+      terminal.state == TerminalState::kTmkDelivered || terminal.state == TerminalState::kInstalled;
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
-  } else if (terminal.state != TerminalState::kTmkDelivered ||
-             terminal.tmk_kcv != session.tmk_kcv || terminal.auk_index != session.auk_index) {
+  } else if (!pending || terminal.tmk_kcv != session.tmk_kcv ||
+             terminal.auk_index != session.auk_index) {
     refusal = absl::FailedPreconditionError(
         "session_id: the TMK delivered in this session is no longer pending installation");
   } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
@@ -784,35 +828,84 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
     return verified;
   }
-  absl::StatusOr<TerminalRecord> installed =
-      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
-        if (cur.state != TerminalState::kTmkDelivered || cur.tmk_kcv != session.tmk_kcv) {
+  absl::StatusOr<TerminalRecord> installed = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        const bool again = cur.state == TerminalState::kInstalled;
+        if ((!again && cur.state != TerminalState::kTmkDelivered) ||
+            cur.tmk_kcv != session.tmk_kcv) {
           return absl::FailedPreconditionError(
               "session_id: the TMK delivered in this session is no longer pending "
               "installation");
         }
         Change c{cur};
         c.record.state = TerminalState::kInstalled;
-        c.record.installed_at_ms = NowMs();
+        if (!again) c.record.installed_at_ms = NowMs();
         c.record.rekey_requested = false;
         c.record.consecutive_failures = 0;
-        c.audit.push_back(Audit(actor, kActionInstalled, sn,
-                                absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
-                                             " generation ", cur.tmk_generation)));
+        c.audit.push_back(Audit(
+            actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
+            absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv, " generation ",
+                         cur.tmk_generation, again ? ", already INSTALLED, session " : "",
+                         again ? session_id.substr(0, 8) : "")));
         // The session is spent with the installation, in the same transaction.
         c.session_move = SessionMove{session_id, SessionState::kConfirming,
                                      SessionState::kConfirmed, std::nullopt};
         return c;
-      }, &terminal);
+      },
+      &terminal);
   if (!installed.ok()) {
+    // A write whose outcome is UNKNOWN may have committed (then the session is CONFIRMED and
+    // stays so) or not (then the same proof may simply be sent again): hand it back.
+    const bool maybe_written = installed.status().code() == absl::StatusCode::kUnknown;
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated,
-                   installed.status());
+                   maybe_written ? absl::UnavailableError("") : installed.status());
     return installed.status();
   }
   // Whether the session moved does not matter: the terminal row is what counts.
   spdlog::info("kms: terminal {} installed TMK kcv {} (generation {})", sn, installed->tmk_kcv,
                installed->tmk_generation);
   return installed->state;
+}
+
+absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& session,
+                                                          const TerminalRecord& terminal,
+                                                          std::span<const uint8_t> proof) {
+  const std::string& sn = terminal.sn;
+  const std::string actor = TerminalActor(sn);
+  absl::Status refusal;
+  if (IsBlocked(terminal.state)) {
+    refusal = BlockedError(terminal.state);
+  } else if (terminal.state != TerminalState::kInstalled || terminal.tmk_kcv != session.tmk_kcv ||
+             terminal.auk_index != session.auk_index) {
+    refusal = absl::FailedPreconditionError(
+        "session_id: session was confirmed, but the TMK it installed is no longer the "
+        "terminal's");
+  } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
+    refusal = absl::InvalidArgumentError(
+        absl::StrCat("proof: must be ", crypto::BlockSize(terminal.algorithm), " bytes for a ",
+                     AlgorithmName(terminal.algorithm), " terminal"));
+  }
+  if (!refusal.ok()) {
+    AuditFailure(actor, kActionInstallConfirm, sn,
+                 absl::StrCat("session ", session.id.substr(0, 8), "…"), refusal);
+    return refusal;
+  }
+  // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the
+  // first time; nothing changes, so nothing is written.
+  absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
+                                                  session.rnd1, session.rnd2, proof);
+  if (verified.code() == absl::StatusCode::kUnauthenticated) {
+    RKL_RETURN_IF_ERROR(RecordFailure(
+        sn, kActionInstallFail,
+        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv)));
+    return absl::UnauthenticatedError("proof: install proof does not verify");
+  }
+  if (!verified.ok()) {
+    AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
+    return verified;
+  }
+  return TerminalState::kInstalled;
 }
 
 // ---------------------------------------------------------------------------------------

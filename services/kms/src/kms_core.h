@@ -87,6 +87,8 @@ inline constexpr char kActionTmkDeliver[] = "tmk.deliver";
 inline constexpr char kActionInstallConfirm[] = "install.confirm";  // refusals before the HSM
 inline constexpr char kActionInstallFail[] = "install.fail";
 inline constexpr char kActionInstalled[] = "terminal.installed";
+// An INSTALLED terminal confirmed its installed TMK again, in a new session (a lost reply).
+inline constexpr char kActionInstallReconfirm[] = "install.reconfirm";
 inline constexpr char kActionLock[] = "terminal.lock";
 inline constexpr char kActionUnlock[] = "terminal.unlock";
 inline constexpr char kActionRevoke[] = "terminal.revoke";
@@ -124,7 +126,8 @@ class KmsCore {
   absl::StatusOr<DeliveryResult> CompleteAuthentication(const std::string& session_id,
                                                         const std::string& sn,
                                                         std::span<const uint8_t> crnd2);
-  // S113.
+  // S113. Idempotent: the same session and proof again answer INSTALLED, and an INSTALLED
+  // terminal that authenticated again confirms its TMK in the new session (docs/kms.md).
   absl::StatusOr<TerminalState> ConfirmInstallation(const std::string& session_id,
                                                     const std::string& sn,
                                                     std::span<const uint8_t> proof);
@@ -204,14 +207,24 @@ class KmsCore {
   // The session `id` of `sn` and its terminal: claimed from `from` to `to` when everything
   // about the session allows it (one statement), else loaded as LoadSession does (its
   // refusals audited) and not claimed yet.
+  // A session of `sn` found in state `done` (the step it is asked for was completed
+  // already) is returned unclaimed and unaudited with repeat set: the caller answers the
+  // repetition.
   struct ClaimedSession {
     AuthSession session;
     TerminalRecord terminal;
     bool claimed = false;
+    bool repeat = false;
   };
   absl::StatusOr<ClaimedSession> ClaimSession(const std::string& id, const std::string& sn,
                                               SessionState from, SessionState to,
-                                              const char* action);
+                                              const char* action,
+                                              std::optional<SessionState> done = std::nullopt);
+  // ConfirmInstallation for a session already CONFIRMED: OK/INSTALLED if the terminal still
+  // has that session's TMK installed and HSM #2 verifies `proof` again; writes nothing.
+  absl::StatusOr<TerminalState> RepeatConfirmation(const AuthSession& session,
+                                                   const TerminalRecord& terminal,
+                                                   std::span<const uint8_t> proof);
   // Back from `claimed` to `from` after a refusal that is not an attempt.
   void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be

@@ -14,6 +14,7 @@
 #include "kms_core.h"
 #include "rkl/common/parallel.h"
 #include "rkl/common/retry_delay.h"
+#include "rkl/protocol/transport_key.h"
 #include "test_terminal.h"
 
 namespace rkl::kms::testing {
@@ -320,6 +321,52 @@ TEST_F(KmsCoreSuite, SameTkInANewerPackageIsADuplicateAndKeepsTheOpenSession) {
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_FALSE(other->duplicate);
   EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+}
+
+TEST_F(KmsCoreSuite, AnOlderPackageIsRefusedAndChangesNothing) {
+  // MTMS retried an older package (it waited in backoff) after a newer one for the same SN
+  // was accepted: storing it would give KMS a TK the terminal no longer holds.
+  TestTerminal older("POS-ORDER", KeyAlgorithm::kAes128);
+  TestTerminal newer("POS-ORDER", KeyAlgorithm::kAes128);
+  newer.RegenerateTransportKey();
+  ASSERT_LT(older.tk_created_at_ms(), newer.tk_created_at_ms());
+  ASSERT_TRUE(Submit(newer).ok());
+  TerminalRecord before = Terminal(newer.sn());
+  for (int64_t at : {older.tk_created_at_ms(), newer.tk_created_at_ms()}) {
+    SCOPED_TRACE(at);
+    auto ctk = older.MakeCtkPk(keys_.pk, keys_.mak, at);
+    ASSERT_TRUE(ctk.ok());
+    auto r = core_->SubmitTransportKey(kMtms, older.sn(), *ctk, "sub-older");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(r.status().message(), HasSubstr("ctk_pk: created_at"));
+    EXPECT_THAT(r.status().message(),
+                HasSubstr(at == newer.tk_created_at_ms() ? "equals" : "older"));
+    TerminalRecord after = Terminal(newer.sn());
+    EXPECT_EQ(after.version, before.version);
+    EXPECT_EQ(after.ctk_pk, before.ctk_pk);
+  }
+  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSubmit, "FAILED_PRECONDITION"), 2);
+  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSupersede, "OK"), 0);
+  // The identical newer package again is still the duplicate an outbox retry needs, and the
+  // terminal that holds the newer TK completes its flow.
+  auto dup = Submit(newer);
+  ASSERT_TRUE(dup.ok()) << dup.status();
+  EXPECT_TRUE(dup->duplicate);
+  EXPECT_FALSE(Deliver(newer).empty());
+  EXPECT_TRUE(newer.has_tmk());
+}
+
+TEST_F(KmsCoreSuite, ANewerPackageSupersedesAnOlderOne) {
+  TestTerminal t("POS-NEWER", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  t.RegenerateTransportKey();
+  auto r = Submit(t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->duplicate);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+  auto stored = protocol::ParseCtkPk(Terminal(t.sn()).ctk_pk);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->header.created_at_unix_ms, t.tk_created_at_ms());
 }
 
 TEST_F(KmsCoreSuite, IntakeValidatesSnAndCtkPkLayout) {
@@ -983,10 +1030,100 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   ASSERT_TRUE(good.ok());
   auto installed = core_->ConfirmInstallation(again, t.sn(), *good);
   ASSERT_TRUE(installed.ok()) << installed.status();
-  // Installed: no more deliveries and no second confirmation.
-  EXPECT_EQ(core_->ConfirmInstallation(again, t.sn(), *good).status().code(),
+  // Installed: the same confirmation again is answered (a lost reply), and the spent
+  // session with the wrong proof stays spent.
+  EXPECT_EQ(core_->ConfirmInstallation(again, t.sn(), *good).value_or(TerminalState::kLocked),
+            TerminalState::kInstalled);
+  EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(Open(t).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndWritesNothing) {
+  // The reply to ConfirmInstallation was lost; the terminal sends the same call again.
+  TestTerminal t("POS-CONFIRM2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string session = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(proof.ok());
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  TerminalRecord installed = Terminal(t.sn());
+  const int audit_rows = static_cast<int>(AuditOf(t.sn()).size());
+
+  Advance(absl::Minutes(5));  // past the session's expiry: a repeat changes nothing anyway
+  auto again = core_->ConfirmInstallation(session, t.sn(), *proof);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, TerminalState::kInstalled);
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.version, installed.version);
+  EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
+  EXPECT_EQ(static_cast<int>(AuditOf(t.sn()).size()), audit_rows);
+  EXPECT_EQ(hsm_->calls("VerifyInstallProof"), 2);  // the repeat is checked, not trusted
+
+  // A wrong proof in the confirmed session is not an answer: it counts as a failure.
+  Bytes wrong = *proof;
+  wrong[0] ^= 0x01;
+  auto bad = core_->ConfirmInstallation(session, t.sn(), wrong);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kInstalled);
+  // The confirmed session is still this terminal's only: another SN learns nothing.
+  auto other = core_->ConfirmInstallation(session, "POS-OTHER", *proof);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(KmsCoreSuite, InstalledTerminalThatLostTheReplyConfirmsInAFreshSession) {
+  // The terminal holds its TMK but never saw KMS accept the proof; its session is gone.
+  // It authenticates again, gets the same TMK under its own TEK, and confirms it.
+  TestTerminal t("POS-RESUME", KeyAlgorithm::kTdes2);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string first = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(first, t.sn(), *proof).ok());
+  const std::string kcv = t.tmk_kcv();
+  auto fingerprint = t.TmkFingerprint();
+  ASSERT_TRUE(fingerprint.ok());
+  TerminalRecord installed = Terminal(t.sn());
+  Advance(absl::Minutes(10));
+
+  std::string second = Deliver(t);
+  ASSERT_FALSE(second.empty());
+  EXPECT_NE(second, first);
+  EXPECT_EQ(t.tmk_kcv(), kcv);
+  EXPECT_EQ(*t.TmkFingerprint(), *fingerprint);  // the same TMK, not a new one
+  TerminalRecord delivered = Terminal(t.sn());
+  EXPECT_EQ(delivered.state, TerminalState::kInstalled);
+  EXPECT_EQ(delivered.tmk_generation, installed.tmk_generation);
+  EXPECT_EQ(delivered.tmk_index, installed.tmk_index);
+  auto proof2 = t.InstallProof();
+  ASSERT_TRUE(proof2.ok());
+  auto confirmed = core_->ConfirmInstallation(second, t.sn(), *proof2);
+  ASSERT_TRUE(confirmed.ok()) << confirmed.status();
+  EXPECT_EQ(*confirmed, TerminalState::kInstalled);
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.state, TerminalState::kInstalled);
+  EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
+  EXPECT_EQ(after.tmk_kcv, kcv);
+  EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), kcv);
+  EXPECT_EQ(CountAudit(t.sn(), kActionInstalled, "OK"), 1);  // installed once
+  EXPECT_EQ(CountAudit(t.sn(), kActionInstallReconfirm, "OK"), 1);
+
+  // The first session's proof does not confirm the second session, nor the other way round.
+  auto crossed = core_->ConfirmInstallation(first, t.sn(), *proof2);
+  EXPECT_EQ(crossed.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(KmsCoreSuite, ConfirmationOfASupersededTmkIsNotRepeated) {
+  // A confirmed session whose TMK was replaced by a re-key proves nothing any more.
+  TestTerminal t("POS-CONF-RK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string session = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  ASSERT_TRUE(core_->MarkForRekey(kAlice, t.sn(), "ticket").ok());
+  auto again = core_->ConfirmInstallation(session, t.sn(), *proof);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr("no longer the terminal's"));
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRekeyPending);
 }
 
 TEST_F(KmsCoreSuite, UnreachableHsmIsRetryableAndKeepsTheSession) {

@@ -126,6 +126,14 @@ const std::string kFinishRejected = WithAudit(
     " claimed_by = NULL, claimed_until_ms = NULL"
     " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'",
     4);
+// Superseded: the row and a newer sibling for its SN (a lookup in index sn_key_mtms_by_sn).
+const std::string kFinishSuperseded = WithAudit(
+    "UPDATE sn_key_mtms r SET state = 'REJECTED', reason = $3, attempts = r.attempts + 1,"
+    " claimed_by = NULL, claimed_until_ms = NULL"
+    " WHERE r.submission_id = $1 AND r.claimed_by = $2 AND r.state = 'RECEIVED'"
+    " AND EXISTS (SELECT 1 FROM sn_key_mtms n WHERE n.sn = r.sn"
+    "  AND n.created_at_ms > r.created_at_ms AND n.state IN ('RECEIVED', 'FORWARDED'))",
+    4);
 constexpr char kFinishRetryLater[] =
     "UPDATE sn_key_mtms SET attempts = attempts + 1, last_error = $3, next_attempt_at_ms = $4,"
     " claimed_by = NULL, claimed_until_ms = NULL"
@@ -405,6 +413,17 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submiss
                                                       const AuditEntry& audit) {
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     return stmt.Exec1(kFinishRejected, submission_id, claim_token, reason, audit.at_ms,
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+               .as<int64_t>() == 1;
+  });
+}
+
+absl::StatusOr<bool> PgMtmsRepository::FinishSupersededIfNewer(const std::string& submission_id,
+                                                               const std::string& claim_token,
+                                                               const std::string& reason,
+                                                               const AuditEntry& audit) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    return stmt.Exec1(kFinishSuperseded, submission_id, claim_token, reason, audit.at_ms,
                       audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
                .as<int64_t>() == 1;
   });
