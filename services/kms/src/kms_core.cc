@@ -892,15 +892,20 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
     return refusal;
   }
   // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the
-  // first time; nothing changes, so nothing is written.
+  // first time, charged to the SN's attempts like any proof (so the repeat is no way around
+  // the back-off); a proof that verifies gets its attempt back, and nothing else is written.
+  TerminalRecord charged = terminal;
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, charged);
+  if (!attempt.ok()) return attempt.status();
   absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
                                                   session.rnd1, session.rnd2, proof);
   if (verified.code() == absl::StatusCode::kUnauthenticated) {
-    RKL_RETURN_IF_ERROR(RecordFailure(
+    return RecordFailure(
         sn, kActionInstallFail,
-        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv)));
-    return absl::UnauthenticatedError("proof: install proof does not verify");
+        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv),
+        *attempt, "proof: install proof does not verify");
   }
+  RefundAttempt(sn);
   if (!verified.ok()) {
     AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
     return verified;
