@@ -80,7 +80,8 @@ class KmsRepository {
       const TerminalFilter& filter) = 0;
 
   // ALREADY_EXISTS if the id is taken (the caller draws a new one). Opens the session only
-  // if, at that moment, its terminal is TK_RECEIVED, AUTHENTICATED or TMK_DELIVERED with
+  // if, at that moment, its terminal is TK_RECEIVED, AUTHENTICATED, TMK_DELIVERED or
+  // INSTALLED (a terminal that lost its confirmation's reply authenticates again) with
   // AUK session.auk_index (checked with the insert, atomically); else FAILED_PRECONDITION,
   // changing nothing.
   virtual absl::Status InsertSession(const AuthSession& session,

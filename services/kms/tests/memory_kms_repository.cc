@@ -120,7 +120,7 @@ absl::Status MemoryKmsRepository::InsertSession(const AuthSession& session,
   }
   const TerminalState state = t->second.state;
   if ((state != TerminalState::kTkReceived && state != TerminalState::kAuthenticated &&
-       state != TerminalState::kTmkDelivered) ||
+       state != TerminalState::kTmkDelivered && state != TerminalState::kInstalled) ||
       t->second.auk_index != session.auk_index) {
     return absl::FailedPreconditionError(
         "sn: the terminal changed while the session was being opened");
