@@ -100,7 +100,7 @@ bool IsAnchorInstanceId(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
   for (char c : id) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.' &&
-        c != ':') {
+        c != '@' && c != ':') {
       return false;
     }
   }
@@ -186,7 +186,7 @@ absl::StatusOr<AuditAnchor> ParseAuditAnchor(const ChainSpec& spec, std::string_
   if (!IsAnchorInstanceId(a.instance_id)) {
     return absl::InvalidArgumentError(absl::StrCat("anchor: ", spec.name, " must be an ",
                                                    absl::AsciiStrToUpper(spec.name),
-                                                   " id (letters, digits, -_.:)"));
+                                                   " id (letters, digits, -_.:@)"));
   }
   if (!absl::SimpleAtoi(value[1], &a.seq) || value[1].empty() || value[1][0] == '+') {
     return absl::InvalidArgumentError("anchor: seq must be a record number");

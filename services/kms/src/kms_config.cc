@@ -1,5 +1,9 @@
 #include "kms_config.h"
 
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
 
 namespace rkl::kms {
@@ -30,6 +34,9 @@ ConfigSchema MakeKmsConfigSchema() {
   s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
       .Default("5")
       .Range(1, 100);
+  audit::DeclareAuditConfig(s, "KMS");
+  s.String("replica_id", "this replica's name in its audit anchors (default: kms@<host name>)")
+      .Default("");
   s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
       .Default("info");
@@ -37,7 +44,7 @@ ConfigSchema MakeKmsConfigSchema() {
   return s;
 }
 
-KmsSettings KmsSettingsFromConfig(const Config& config) {
+absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   KmsSettings k;
   k.server.listen_address = config.GetString("listen");
   k.server.tls = rpc::TlsFilesFromConfig(config, "tls");
@@ -58,6 +65,12 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
+  RKL_ASSIGN_OR_RETURN(k.audit, audit::AuditSettingsFromConfig(config));
+  k.replica_id = config.GetString("replica_id");
+  if (k.replica_id.empty()) {
+    char host[256] = {};
+    k.replica_id = absl::StrCat("kms@", ::gethostname(host, sizeof(host) - 1) == 0 ? host : "");
+  }
   return k;
 }
 

@@ -34,13 +34,14 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_tmk_generation(t.tmk_generation);
 }
 
-KmsGrpcService::KmsGrpcService(KmsCore& core) : core_(core), authorizer_(MakeAuthorizer()) {}
+KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit)
+    : core_(core), audit_(audit), authorizer_(MakeAuthorizer()) {}
 
 rpc::Authorizer KmsGrpcService::MakeAuthorizer() {
   rpc::Authorizer a;
   a.Allow("SubmitTransportKey", {kMtms});
   for (const char* m : {"GetTerminal", "ListTerminals", "UnlockTerminal", "RevokeTerminal",
-                        "MarkForRekey", "GetStatistics", "ListAudit"}) {
+                        "MarkForRekey", "GetStatistics", "ListAudit", "VerifyAuditChain"}) {
     a.Allow(m, {kAdmins});
   }
   return a;
@@ -198,6 +199,21 @@ grpc::Status KmsGrpcService::ListAudit(grpc::ServerContext* ctx,
     r->set_result(e.result);
   }
   resp->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status KmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
+                                              const rkl::v1::VerifyAuditChainRequest* req,
+                                              rkl::v1::VerifyAuditChainResponse* resp) {
+  absl::StatusOr<std::string> caller = Authorize(*ctx, "VerifyAuditChain");
+  if (!caller.ok()) return rpc::ToGrpcStatus(caller.status());
+  absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(req->anchor());
+  if (!v.ok()) return rpc::ToGrpcStatus(v.status());
+  resp->set_intact(v->intact);
+  resp->set_records_checked(v->records_checked);
+  resp->set_first_broken_seq(v->first_broken_seq);
+  resp->set_anchor_seq(v->anchor_seq);
+  resp->set_finding(v->finding);
   return grpc::Status::OK;
 }
 

@@ -2,9 +2,12 @@
 // KmsGrpcService: the rkl.v1.Kms adapter over KmsCore. It only authorizes the caller
 // (rpc::Authorizer: SubmitTransportKey `mtms`; admin RPCs `admin:*`; terminal RPCs any TLS
 // client, since the terminal proves itself with AUK), translates messages and converts
-// statuses once with rpc::ToGrpcStatus. Thread-safe; the core must outlive it.
+// statuses once with rpc::ToGrpcStatus. VerifyAuditChain goes to the audit chain itself
+// (rkl::audit), which KMS keeps beside the core. Thread-safe; the core and the chain must
+// outlive it.
 
 #include "kms_core.h"
+#include "rkl/audit/audit_log.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/v1/kms.grpc.pb.h"
 
@@ -12,7 +15,7 @@ namespace rkl::kms {
 
 class KmsGrpcService final : public rkl::v1::Kms::Service {
  public:
-  explicit KmsGrpcService(KmsCore& core);
+  KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit);
 
   // The authorization policy, exposed for tests and docs.
   static rpc::Authorizer MakeAuthorizer();
@@ -43,12 +46,16 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
                              rkl::v1::Statistics* resp) override;
   grpc::Status ListAudit(grpc::ServerContext* ctx, const rkl::v1::ListAuditRequest* req,
                          rkl::v1::ListAuditResponse* resp) override;
+  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx,
+                                const rkl::v1::VerifyAuditChainRequest* req,
+                                rkl::v1::VerifyAuditChainResponse* resp) override;
 
  private:
   // OK with the caller's identity, or PERMISSION_DENIED / UNAUTHENTICATED.
   absl::StatusOr<std::string> Authorize(const grpc::ServerContext& ctx, const char* method);
 
   KmsCore& core_;
+  audit::PgAuditLog& audit_;
   rpc::Authorizer authorizer_;
 };
 
