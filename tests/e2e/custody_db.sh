@@ -15,7 +15,8 @@
 #     the anchor hsm-kms keeps outside its database names the chain broken; hsm-kms refuses
 #     to write a new anchor over that one (the file stays as it was) and its audit records
 #     the mismatch;
-#  3. as the superuser: switch KMS's and MTMS's audit triggers off, edit a KMS record and
+#  3. (KMS's and MTMS's chains verify, also against the anchors they wrote at start-up.)
+#     As the superuser: switch KMS's and MTMS's audit triggers off, edit a KMS record and
 #     delete a middle MTMS record. `rklctl kms audit-verify` and `rklctl mtms audit-verify`
 #     (verification in the service, which holds the audit MAC key) exit 1 naming the
 #     edited record and the record after the gap.
@@ -82,6 +83,12 @@ for svc in kms mtms; do
   out=$(rklctl $svc audit-verify $flags) || e2e_fail "$svc: the untouched audit chain: $out"
   grep -q "audit chain intact" <<<"$out" || e2e_fail "$svc audit-verify: $out"
   e2e_log "$svc: $out"
+  # The anchor the service wrote at start-up is its own and its chain still holds it.
+  grep -q "^rkl-$svc-audit-anchor v1 $svc=" "$RKL_STATE/anchors/$svc.anchor" ||
+    e2e_fail "$svc: no anchor of its own in $RKL_STATE/anchors/$svc.anchor"
+  # shellcheck disable=SC2086
+  out=$(rklctl $svc audit-verify $flags --anchor "$RKL_STATE/anchors/$svc.anchor") ||
+    e2e_fail "$svc: the chain does not verify against its own anchor: $out"
 done
 
 # ---- 1. the runtime role of every service ----------------------------------------------
