@@ -233,7 +233,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->audit_pool_ = std::make_unique<db::ConnectionPool>(
       db::PoolOptions{.dsn = options.database_dsn, .max_size = 2});
   d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, *d->audit_pool_, std::move(audit_key));
-  d->audit_->ConfigureAnchors({.hsm_id = options.hsm_id,
+  d->audit_->ConfigureAnchors({.instance_id = options.hsm_id,
                                .file = options.anchor_file,
                                .interval = options.anchor_interval,
                                .now_ms = [c = &clock] { return c->NowUnixMs(); }});

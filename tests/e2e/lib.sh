@@ -236,12 +236,14 @@ e2e_assert_fleet() {
       e2e_fail "terminal $sn: the terminal is $state, KMS says INSTALLED (stuck terminal)"
   done <"$out/pos-status"
 
-  # None twice: exactly one install per SN in the KMS audit.
-  local twice once
-  twice=$(e2e_sql rkl_kms "SELECT sn, count(*) FROM audit WHERE action = 'terminal.installed'
+  # None twice: exactly one install per SN in the KMS audit — its chain and the records not
+  # yet sealed into it (each record is in one of the two; one statement, one snapshot).
+  local twice once records="(SELECT sn, action FROM audit UNION ALL
+    SELECT sn, action FROM audit_pending) a"
+  twice=$(e2e_sql rkl_kms "SELECT sn, count(*) FROM $records WHERE action = 'terminal.installed'
     AND sn LIKE '$like' GROUP BY sn HAVING count(*) <> 1")
   [[ -z "$twice" ]] || e2e_fail "terminals installed more than once (sn count): $twice"
-  once=$(e2e_sql rkl_kms "SELECT count(DISTINCT sn) FROM audit
+  once=$(e2e_sql rkl_kms "SELECT count(DISTINCT sn) FROM $records
     WHERE action = 'terminal.installed' AND sn LIKE '$like'")
   ((once == count)) || e2e_fail "the KMS audit shows $once installs for $count terminals"
 

@@ -1,5 +1,9 @@
 #include "kms_config.h"
 
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
 
 namespace rkl::kms {
@@ -51,6 +55,9 @@ ConfigSchema MakeKmsConfigSchema() {
       .Default("60")
       .Range(0, 60'000'000);
   s.Int("limits.per_sn.burst", "terminal calls for one SN at once").Default("20").Range(1, 1'000'000);
+  audit::DeclareAuditConfig(s, "KMS");
+  s.String("replica_id", "this replica's name in its audit anchors (default: kms@<host name>)")
+      .Default("");
   s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
       .Default("info");
@@ -58,7 +65,7 @@ ConfigSchema MakeKmsConfigSchema() {
   return s;
 }
 
-KmsSettings KmsSettingsFromConfig(const Config& config) {
+absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   KmsSettings k;
   k.server.listen_address = config.GetString("listen");
   k.server.tls = rpc::TlsFilesFromConfig(config, "tls");
@@ -87,6 +94,12 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
       .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
+  RKL_ASSIGN_OR_RETURN(k.audit, audit::AuditSettingsFromConfig(config));
+  k.replica_id = config.GetString("replica_id");
+  if (k.replica_id.empty()) {
+    char host[256] = {};
+    k.replica_id = absl::StrCat("kms@", ::gethostname(host, sizeof(host) - 1) == 0 ? host : "");
+  }
   return k;
 }
 

@@ -5,6 +5,7 @@
 
 #include "kms_core.h"
 #include "kms_grpc_service.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/rpc/channel.h"
@@ -28,9 +29,12 @@ struct KmsSettings {
   TerminalRateLimits terminal_limits;  // limits.*
   absl::Duration shutdown_grace;
   rpc::ServiceCaCrlOptions crl;  // client-certificate revocation (docs/pki.md)
+  audit::AuditSettings audit;    // the audit chain (docs/kms.md, Audit)
+  std::string replica_id;        // names this replica's audit anchors
 };
 
-// Reads a loaded Config (validated by the schema) into typed settings.
-KmsSettings KmsSettingsFromConfig(const Config& config);
+// Reads a loaded Config (validated by the schema) into typed settings; INVALID_ARGUMENT
+// naming the key for a value the schema cannot check.
+absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config);
 
 }  // namespace rkl::kms

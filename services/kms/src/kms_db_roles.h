@@ -6,7 +6,12 @@
 //
 //  - terminals, sn_tk_kms, auth_sessions: rows are created and move through their states;
 //    none is ever deleted (a superseding TK replaces its row with an upsert);
-//  - audit: appended to and read, nothing else.
+//  - audit: the chain, appended to (by the sealer) and read, nothing else;
+//  - audit_pending: records wait here to be chained, and the sealer deletes those it has
+//    chained. A role that deletes one before it is sealed removes a record no anchor has
+//    seen yet: the bound docs/kms.md states (at most audit.seal_interval old);
+//  - audit_key: the first start records the MAC key's KCV; never changed;
+//  - audit_legacy: the records from before the chain, read only.
 
 #include "rkl/db/schema_roles.h"
 
@@ -17,7 +22,10 @@ inline constexpr db::RuntimeGrant kKmsRuntimeGrants[] = {
     db::TableGrant("sn_tk_kms", "SELECT, INSERT, UPDATE"),
     db::TableGrant("auth_sessions", "SELECT, INSERT, UPDATE"),
     db::TableGrant("audit", "SELECT, INSERT"),
-    db::SequenceGrant("audit_seq_seq", "USAGE"),
+    db::TableGrant("audit_pending", "SELECT, INSERT, DELETE"),
+    db::SequenceGrant("audit_pending_id_seq", "USAGE"),
+    db::TableGrant("audit_key", "SELECT, INSERT"),
+    db::TableGrant("audit_legacy", "SELECT"),
 };
 
 }  // namespace rkl::kms

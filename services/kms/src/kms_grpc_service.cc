@@ -54,8 +54,10 @@ std::string PeerAddress(const std::string& peer) {
   return peer;
 }
 
-KmsGrpcService::KmsGrpcService(KmsCore& core, TerminalRateLimits limits)
+KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit,
+                               TerminalRateLimits limits)
     : core_(core),
+      audit_(audit),
       authorizer_(MakeAuthorizer()),
       by_source_(limits.per_source, limits.clock, limits.max_tracked),
       by_sn_(limits.per_sn, limits.clock, limits.max_tracked) {}
@@ -86,7 +88,7 @@ rpc::Authorizer KmsGrpcService::MakeAuthorizer() {
   rpc::Authorizer a;
   a.Allow("SubmitTransportKey", {kMtms});
   for (const char* m : {"GetTerminal", "ListTerminals", "UnlockTerminal", "RevokeTerminal",
-                        "MarkForRekey", "GetStatistics", "ListAudit"}) {
+                        "MarkForRekey", "GetStatistics", "ListAudit", "VerifyAuditChain"}) {
     a.Allow(m, {kAdmins});
   }
   return a;
@@ -247,6 +249,21 @@ grpc::Status KmsGrpcService::ListAudit(grpc::ServerContext* ctx,
     r->set_result(e.result);
   }
   resp->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status KmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
+                                              const rkl::v1::VerifyAuditChainRequest* req,
+                                              rkl::v1::VerifyAuditChainResponse* resp) {
+  absl::StatusOr<std::string> caller = Authorize(*ctx, "VerifyAuditChain");
+  if (!caller.ok()) return rpc::ToGrpcStatus(caller.status());
+  absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(req->anchor());
+  if (!v.ok()) return rpc::ToGrpcStatus(v.status());
+  resp->set_intact(v->intact);
+  resp->set_records_checked(v->records_checked);
+  resp->set_first_broken_seq(v->first_broken_seq);
+  resp->set_anchor_seq(v->anchor_seq);
+  resp->set_finding(v->finding);
   return grpc::Status::OK;
 }
 

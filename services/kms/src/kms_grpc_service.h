@@ -6,12 +6,14 @@
 // (BeginAuthentication, CompleteAuthentication, ConfirmInstallation) the call spends a
 // token of its source address's budget and of its SN's (TerminalRateLimits); over either
 // budget it is RESOURCE_EXHAUSTED with google.rpc.RetryInfo, having cost no database access
-// and no HSM command. Thread-safe; the core must outlive it.
+// and no HSM command. VerifyAuditChain goes to the audit chain itself (rkl::audit), which
+// KMS keeps beside the core. Thread-safe; the core and the chain must outlive it.
 
 #include <atomic>
 #include <memory>
 
 #include "kms_core.h"
+#include "rkl/audit/audit_log.h"
 #include "rkl/common/rate_limiter.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -29,7 +31,7 @@ struct TerminalRateLimits {
 
 class KmsGrpcService final : public rkl::v1::Kms::Service {
  public:
-  explicit KmsGrpcService(KmsCore& core, TerminalRateLimits limits = {});
+  KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits = {});
 
   // Terminal calls refused for volume since start.
   uint64_t rate_limited() const { return rate_limited_.load(); }
@@ -63,6 +65,9 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
                              rkl::v1::Statistics* resp) override;
   grpc::Status ListAudit(grpc::ServerContext* ctx, const rkl::v1::ListAuditRequest* req,
                          rkl::v1::ListAuditResponse* resp) override;
+  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx,
+                                const rkl::v1::VerifyAuditChainRequest* req,
+                                rkl::v1::VerifyAuditChainResponse* resp) override;
 
  private:
   // OK with the caller's identity, or PERMISSION_DENIED / UNAUTHENTICATED.
@@ -72,6 +77,7 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
   absl::Status AdmitTerminalCall(const grpc::ServerContext& ctx, const std::string& sn);
 
   KmsCore& core_;
+  audit::PgAuditLog& audit_;
   rpc::Authorizer authorizer_;
   KeyedRateLimiter by_source_;
   KeyedRateLimiter by_sn_;

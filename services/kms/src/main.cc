@@ -13,6 +13,7 @@
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/logging.h"
 #include "rkl/common/process.h"
 #include "rkl/crypto/random.h"
@@ -81,7 +82,19 @@ int main(int argc, char** argv) {
   }
   if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
   if (migrate_only) return 0;
-  rkl::kms::KmsSettings settings = rkl::kms::KmsSettingsFromConfig(config);
+  absl::StatusOr<rkl::kms::KmsSettings> loaded = rkl::kms::KmsSettingsFromConfig(config);
+  if (!loaded.ok()) {
+    spdlog::critical("fatal: {}", loaded.status().ToString());
+    return 1;
+  }
+  rkl::kms::KmsSettings settings = *std::move(loaded);
+  // The audit chain's MAC key: read, and checked against the KCV the chain was begun with.
+  absl::StatusOr<rkl::crypto::SecretBytes> audit_key =
+      rkl::audit::LoadAndBindAuditMacKey(pool, rkl::kms::KmsAuditChain(), settings.audit);
+  if (!audit_key.ok()) {
+    spdlog::critical("fatal: {}", audit_key.status().ToString());
+    return 1;
+  }
 
   absl::StatusOr<std::shared_ptr<grpc::Channel>> hsm_channel =
       rkl::rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);
@@ -90,10 +103,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   rkl::kms::GrpcHsmPort hsm(*hsm_channel, settings.hsm_timeout);
-  rkl::kms::PgKmsRepository repository(pool);
+  rkl::kms::PgKmsRepository repository(pool, *std::move(audit_key));
+  // Anchors at start (checking the last run's), seals in the background; at the end of main
+  // seals and anchors once more.
+  rkl::audit::ServiceAuditChain audit_chain(repository.audit_log(), settings.audit,
+                                            settings.replica_id);
+  audit_chain.Start();
   rkl::kms::KmsCore core(
       repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
-  rkl::kms::KmsGrpcService service(core, settings.terminal_limits);
+  rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).
   auto crl = rkl::rpc::ServiceCaCrl::Create(settings.crl);

@@ -23,7 +23,8 @@ class TlsFilesFixture : public ::testing::Test {
     char tmpl[] = "/tmp/rkl-kms-config-test.XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    for (const char* f : {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key"}) {
+    for (const char* f :
+         {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key", "audit-mac.key"}) {
       std::ofstream(dir_ + "/" + f) << "placeholder\n";
     }
   }
@@ -32,7 +33,8 @@ class TlsFilesFixture : public ::testing::Test {
     return "tls: {cert_file: " + dir_ + "/kms.pem, key_file: " + dir_ +
            "/kms.key, ca_file: " + dir_ + "/ca.pem}\nhsm: {" + hsm_extra +
            "tls: {cert_file: " + dir_ + "/client.pem, key_file: " + dir_ +
-           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n";
+           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n" +
+           "audit: {mac_key_file: " + dir_ + "/audit-mac.key}\n";
   }
   std::string dir_;
 };
@@ -44,7 +46,7 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
                                        "db: {dsn: 'host=db dbname=rkl_kms password=hunter2'}\n",
                                    NoEnv());
   ASSERT_TRUE(config.ok()) << config.status();
-  KmsSettings s = KmsSettingsFromConfig(*config);
+  KmsSettings s = KmsSettingsFromConfig(*config).value();
   EXPECT_EQ(s.server.listen_address, "0.0.0.0:50055");
   EXPECT_EQ(s.server.client_cert_mode, rpc::ClientCertMode::kOptionalVerified);
   EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
@@ -88,7 +90,7 @@ TEST_F(TlsFilesFixture, EnvironmentOverridesUseThePrefix) {
     return std::optional<std::string>();
   });
   ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(KmsSettingsFromConfig(*config).core.session_ttl, absl::Seconds(30));
+  EXPECT_EQ(KmsSettingsFromConfig(*config).value().core.session_ttl, absl::Seconds(30));
 }
 
 }  // namespace

@@ -47,11 +47,11 @@ struct Replica {
   Replica(const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls,
           TerminalRateLimits limits = {})
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),  // both replicas: one key
         core(
             repository, hsm, [] { return kNow; }, crypto::FillRandom,
             KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex}),
-        service(core, std::move(limits)) {
+        service(core, repository.audit_log(), std::move(limits)) {
     rpc::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.tls = tls;
@@ -247,7 +247,8 @@ TEST_F(KmsGrpcTest, TerminalCompletesTheFlowOverTlsAndNothingSecretIsLogged) {
     EXPECT_THAT(log.str(), Not(HasSubstr(secret)));
   }
   // Nor anything in the database: only indexes, KCVs and wrapped Ctk_pk.
-  for (const auto& row : Sql("SELECT detail FROM audit")) {
+  for (const auto& row :
+       Sql("SELECT detail FROM audit UNION ALL SELECT detail FROM audit_pending")) {
     for (const std::string& secret : t.SecretHexForLeakChecks()) {
       EXPECT_THAT(row[0].as<std::string>(), Not(HasSubstr(secret)));
     }
@@ -370,6 +371,11 @@ TEST_F(KmsGrpcTest, AdminRpcsAreForAdminsOnly) {
     EXPECT_EQ(
         Call(*stub, &rkl::v1::Kms::Stub::ListAudit, rkl::v1::ListAuditRequest(), &audit).code(),
         absl::StatusCode::kPermissionDenied);
+    rkl::v1::VerifyAuditChainResponse verified;
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::VerifyAuditChain, rkl::v1::VerifyAuditChainRequest(),
+                   &verified)
+                  .code(),
+              absl::StatusCode::kPermissionDenied);
   }
   auto admin = Stub(*a_, tls_["admin:alice"]);
   rkl::v1::Statistics stats;
@@ -463,6 +469,11 @@ TEST_F(KmsGrpcTest, ThousandTerminalsGetThousandDistinctTmks) {
         results[i] = s.ok() ? (i % 2 ? RunTerminal(*terminals[i], *on_a, *on_b)
                                      : RunTerminal(*terminals[i], *on_b, *on_a))
                             : s.status();
+        // Both replicas seal their audit chain while every worker writes: one chain.
+        if (i % 40 < kThreads) {
+          absl::StatusOr<uint64_t> sealed = (w % 2 ? a_ : b_)->repository.audit_log().Seal();
+          EXPECT_TRUE(sealed.ok()) << sealed.status();
+        }
       }
     });
   }
@@ -495,6 +506,18 @@ TEST_F(KmsGrpcTest, ThousandTerminalsGetThousandDistinctTmks) {
   EXPECT_EQ(stats.terminals_total(), static_cast<uint64_t>(kTerminals));
   EXPECT_EQ(stats.terminals_by_state().at("INSTALLED"), static_cast<uint64_t>(kTerminals));
   EXPECT_EQ(stats.distinct_tmk_kcvs(), static_cast<uint64_t>(counts[2].as<int>()));
+
+  // The audit both replicas wrote and sealed at once is one intact chain, every record in it.
+  rkl::v1::VerifyAuditChainResponse verified;
+  ASSERT_TRUE(Call(*Stub(*b_, tls_["admin:alice"]), &rkl::v1::Kms::Stub::VerifyAuditChain,
+                   rkl::v1::VerifyAuditChainRequest(), &verified)
+                  .ok());
+  EXPECT_TRUE(verified.intact()) << verified.finding();
+  pqxx::row chain = Sql("SELECT count(*), coalesce(max(seq), 0) FROM audit")[0];
+  EXPECT_EQ(verified.records_checked(), chain[0].as<uint64_t>());
+  EXPECT_EQ(chain[1].as<int64_t>(), chain[0].as<int64_t>());  // seqs 1..n, no gap
+  EXPECT_GE(chain[0].as<int>(), kTerminals);
+  EXPECT_EQ(Sql("SELECT count(*) FROM audit_pending")[0][0].as<int>(), 0);
 }
 
 TEST_F(KmsGrpcTest, TheDatabaseRefusesTwoTerminalsWithOneTmk) {

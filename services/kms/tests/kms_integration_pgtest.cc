@@ -48,7 +48,7 @@ struct KmsReplica {
   KmsReplica(const std::string& dsn, std::shared_ptr<grpc::Channel> hsm_channel, Clock clock,
              KmsCoreOptions options)
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),  // every replica: one key
         hsm(std::move(hsm_channel), kTimeout),
         core(repository, hsm, std::move(clock), crypto::FillRandom, options) {}
   db::ConnectionPool pool;

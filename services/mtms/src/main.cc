@@ -12,6 +12,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/logging.h"
 #include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
@@ -92,7 +93,24 @@ int main(int argc, char** argv) {
   GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
   GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
   SystemClock clock;
-  PgMtmsRepository repository(pool);
+  absl::StatusOr<audit::AuditSettings> audit_settings = audit::AuditSettingsFromConfig(config);
+  if (!audit_settings.ok()) {
+    spdlog::critical("fatal: {}", audit_settings.status().ToString());
+    return 1;
+  }
+  // The audit chain's MAC key: read, and checked against the KCV the chain was begun with.
+  absl::StatusOr<crypto::SecretBytes> audit_key =
+      audit::LoadAndBindAuditMacKey(pool, MtmsAuditChain(), *audit_settings);
+  if (!audit_key.ok()) {
+    spdlog::critical("fatal: {}", audit_key.status().ToString());
+    return 1;
+  }
+  PgMtmsRepository repository(pool, *std::move(audit_key));
+  // Anchors at start (checking the last run's), seals in the background; at the end of main
+  // seals and anchors once more.
+  audit::ServiceAuditChain audit_chain(repository.audit_log(), *audit_settings,
+                                       ForwarderOptionsFromConfig(config).replica_id);
+  audit_chain.Start();
   OperatorTrust trust(ca, clock, config.GetDuration("ca.crl_refresh"));
   if (absl::Status s = trust.Refresh(); !s.ok()) {
     // Not fatal: intake answers UNAVAILABLE until the CA is reachable.
@@ -107,7 +125,7 @@ int main(int argc, char** argv) {
   }
   Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
   rpc::Authorizer authorizer = MakeMtmsAuthorizer();
-  MtmsGrpcService service(core, forwarder, authorizer);
+  MtmsGrpcService service(core, forwarder, authorizer, repository.audit_log());
 
   // Client certificates on the service-ca CRL are refused (operator terminals present none).
   // A refresh pushed by `rklctl pki revoke --notify` also refreshes the operator-ca CRL, so

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
@@ -86,6 +87,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("2m");
   schema.String("replica_id", "this replica's name in claims and audit (default: host name)")
       .Default("");
+  audit::DeclareAuditConfig(schema, "MTMS");
 
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   schema
