@@ -1,6 +1,7 @@
 #include "kms_config.h"
 
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 
 namespace rkl::kms {
 
@@ -14,6 +15,7 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(s);
+  db::DeclareStatementTimeoutConfig(s);
   s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
   s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
       .Default("localhost:50053");
@@ -69,6 +71,7 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.db.dsn = config.GetString("db.dsn");
   k.owner_dsn = config.GetString("db.owner_dsn");
   k.db.max_size = static_cast<int>(config.GetInt("db.pool_size"));
+  k.db.settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config));
   k.hsm_target = config.GetString("hsm.endpoint");
   k.hsm_channel.tls = rpc::TlsFilesFromConfig(config, "hsm.tls");
   k.hsm_channel.authority = config.GetString("hsm.authority");
