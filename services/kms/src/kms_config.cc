@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 
 namespace rkl::kms {
 
@@ -18,6 +19,7 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(s);
+  db::DeclareStatementTimeoutConfig(s);
   s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
   s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
       .Default("localhost:50053");
@@ -76,6 +78,7 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.db.dsn = config.GetString("db.dsn");
   k.owner_dsn = config.GetString("db.owner_dsn");
   k.db.max_size = static_cast<int>(config.GetInt("db.pool_size"));
+  k.db.settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config));
   k.hsm_target = config.GetString("hsm.endpoint");
   k.hsm_channel.tls = rpc::TlsFilesFromConfig(config, "hsm.tls");
   k.hsm_channel.authority = config.GetString("hsm.authority");

@@ -8,7 +8,10 @@
 // Guarantees:
 //  - no key material ever passes through it: it holds HSM #2 key indexes and KCVs only,
 //    and nothing it logs, audits or returns in an error holds more;
-//  - every state change and every refusal is audited (actor, SN, action, indexes/KCVs);
+//  - every state change and every refusal is audited (actor, SN, action, indexes/KCVs),
+//    except a proof refused during its SN's back-off, which writes nothing;
+//  - every proof (Crnd2, install proof) is charged to its SN before HSM #2 sees it, so
+//    failures back off and lock strictly however many sessions run in parallel;
 //  - all state lives in the repository, so any number of KmsCore instances (replicas) on
 //    one database can serve any step of any terminal's flow;
 //  - every session step is claimed atomically: a session completes at most once.

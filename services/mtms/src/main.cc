@@ -17,6 +17,7 @@
 #include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/revocation.h"
@@ -67,8 +68,10 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                           .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  db::ConnectionPool pool(
+      {.dsn = config.GetString("db.dsn"),
+       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+       .settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config))});
   absl::StatusOr<db::SchemaSetupResult> schema_setup = db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
       rkl::mtms::Migrations(), kMtmsRuntimeGrants);

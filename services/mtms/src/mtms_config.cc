@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
 
@@ -30,6 +31,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(schema);
+  db::DeclareStatementTimeoutConfig(schema);
   schema
       .Int("db.pool_size",
            "maximum open database connections; at least forwarder.workers + 4 (checked at "
