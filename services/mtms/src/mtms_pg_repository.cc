@@ -433,9 +433,11 @@ absl::StatusOr<bool> PgMtmsRepository::FinishSupersededIfNewer(const std::string
                                                                const std::string& claim_token,
                                                                const std::string& reason,
                                                                const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     return stmt.Exec1(kFinishSuperseded, submission_id, claim_token, reason, audit.at_ms,
-                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result, p.id,
+                      Bin(p.mac))[0]
                .as<int64_t>() == 1;
   });
 }
