@@ -1055,6 +1055,10 @@ absl::StatusOr<Statistics> KmsCore::GetStatistics() {
   return repository_.GetStatistics({kActionAuthFail, kActionInstallFail});
 }
 
+absl::StatusOr<int64_t> KmsCore::PurgeExpiredSessions() {
+  return repository_.PurgeSessions(absl::ToUnixMillis(clock_() - options_.session_retention));
+}
+
 absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t page_size,
                                              const std::string& page_token) {
   if (!sn.empty()) RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));

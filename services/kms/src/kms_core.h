@@ -48,6 +48,10 @@ struct KmsCoreOptions {
   int lockout_threshold = 100;
   absl::Duration backoff_base = absl::Seconds(1);
   absl::Duration backoff_max = absl::Minutes(10);
+  // PurgeExpiredSessions deletes sessions that expired longer ago than this. Until then a
+  // terminal that lost ConfirmInstallation's reply may repeat it in the same session;
+  // afterwards it confirms in a fresh one (docs/kms.md "Retries").
+  absl::Duration session_retention = absl::Minutes(10);
 };
 
 struct SubmitResult {
@@ -151,6 +155,11 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> MarkForRekey(const std::string& actor, const std::string& sn,
                                               const std::string& reason);
   absl::StatusOr<Statistics> GetStatistics();
+  // Deletes the sessions that expired more than `session_retention` before the injected
+  // clock's now — used, refused, cancelled or never answered — and returns how many. rkl-kms
+  // calls it every `session.purge_interval`; tests call it directly. Any replica may run it
+  // at any time: a session it deletes can no longer be used by anyone.
+  absl::StatusOr<int64_t> PurgeExpiredSessions();
   absl::StatusOr<AuditPage> ListAudit(const std::string& sn, uint32_t page_size,
                                       const std::string& page_token);
 

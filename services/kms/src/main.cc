@@ -148,8 +148,24 @@ int main(int argc, char** argv) {
       }
     } while (!stop.WaitForNotificationWithTimeout(kReadinessInterval));
   });
+  // Expired sessions are deleted on a schedule; every replica purges (one DELETE each, which
+  // replicas may run at once), so the table stays bounded while any replica runs.
+  std::thread purge;
+  if (settings.session_purge_interval > absl::ZeroDuration()) {
+    purge = std::thread([&] {
+      while (!stop.WaitForNotificationWithTimeout(settings.session_purge_interval)) {
+        absl::StatusOr<int64_t> purged = core.PurgeExpiredSessions();
+        if (!purged.ok()) {
+          spdlog::warn("kms: session purge failed: {}", purged.status().ToString());
+        } else if (*purged > 0) {
+          spdlog::debug("kms: purged {} expired session(s)", *purged);
+        }
+      }
+    });
+  }
   (*server)->RunUntilShutdownSignal(settings.shutdown_grace);
   stop.Notify();
   readiness.join();
+  if (purge.joinable()) purge.join();
   return 0;
 }

@@ -199,6 +199,7 @@ constexpr char kTransitionSession[] =
 // One proof attempt charged atomically (KmsRepository::ChargeProofAttempt): the row lock
 // of the UPDATE serialises parallel sessions of one SN. $1 sn, $2 now, $3 base, $4 max,
 // $5 lock_after. The second half answers a refusal with the row as read.
+constexpr char kPurgeSessions[] = "DELETE FROM auth_sessions WHERE expires_at_ms < $1";
 constexpr char kChargeProofAttempt[] =
     "WITH u AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
     "retry_after_ms = $2::bigint + least($4::bigint, "
@@ -542,6 +543,12 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
     pqxx::result r =
         stmt.Exec(kTransitionSession, id, SessionStateName(from), SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
+  });
+}
+
+absl::StatusOr<int64_t> PgKmsRepository::PurgeSessions(int64_t expired_before_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<int64_t> {
+    return static_cast<int64_t>(stmt.Exec(kPurgeSessions, expired_before_ms).affected_rows());
   });
 }
 

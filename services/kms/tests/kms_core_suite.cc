@@ -1037,6 +1037,35 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
+TEST_F(KmsCoreSuite, ThePurgeDeletesSessionsExpiredLongerAgoThanTheRetentionAndNothingElse) {
+  UseOptions({.session_retention = absl::Minutes(10)});
+  TestTerminal t("POS-PURGE", KeyAlgorithm::kAes128);
+  Install(t);  // one CONFIRMED session
+  auto unanswered = Open(t);
+  ASSERT_TRUE(unanswered.ok());
+  const TerminalRecord installed = Terminal(t.sn());
+  const size_t audit_rows = AuditOf(t.sn()).size();
+
+  // Expired, but not yet for the retention: kept (a lost confirmation may still repeat).
+  Advance(absl::Seconds(60) + absl::Minutes(10) - absl::Milliseconds(1));
+  auto fresh = Open(t);  // expires a minute after the others' purge time
+  ASSERT_TRUE(fresh.ok());
+  absl::StatusOr<int64_t> purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 0);
+  EXPECT_TRUE(repo().GetSession(unanswered->session_id).ok());
+
+  Advance(absl::Milliseconds(2));
+  purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 2);  // the confirmed and the unanswered one
+  EXPECT_EQ(repo().GetSession(unanswered->session_id).status().code(), absl::StatusCode::kNotFound);
+  // The live session, the terminal and the audit are untouched.
+  ASSERT_TRUE(repo().GetSession(fresh->session_id).ok());
+  EXPECT_EQ(Terminal(t.sn()).version, installed.version);
+  EXPECT_EQ(AuditOf(t.sn()).size(), audit_rows + 1);  // + the fresh session's auth.begin
+  EXPECT_TRUE(core_->CompleteAuthentication(fresh->session_id, t.sn(), fresh->crnd2).ok());
+}
 
 TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
   // The reply to ConfirmInstallation was lost; the terminal sends the same call again.

@@ -150,6 +150,12 @@ absl::StatusOr<bool> MemoryKmsRepository::TransitionSession(
   return true;
 }
 
+absl::StatusOr<int64_t> MemoryKmsRepository::PurgeSessions(int64_t expired_before_ms) {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(std::erase_if(
+      sessions_, [&](const auto& s) { return s.second.expires_at_ms < expired_before_ms; }));
+}
+
 absl::StatusOr<ProofAttempt> MemoryKmsRepository::ChargeProofAttempt(
     const std::string& sn, const ProofAttemptPolicy& policy) {
   absl::MutexLock lock(&mu_);
