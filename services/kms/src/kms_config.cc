@@ -42,6 +42,11 @@ ConfigSchema MakeKmsConfigSchema() {
              "how often this replica deletes sessions past "
              "session.retention (0: never)")
       .Default("1m");
+  s.Duration("refusals.flush_interval",
+             "how often this replica adds the terminal refusals it counted to refusal_counts "
+             "(docs/kms.md \"Bounded state\"); more than 0")
+      .Default("10s");
+  s.Duration("refusals.retention", "how long refusal counts are kept").Default("24h");
   s.Int("lockout.threshold",
         "consecutive failed proofs that lock an SN until an admin unlocks it (docs/kms.md "
         "\"Lockout\")")
@@ -104,6 +109,11 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
         " is shorter than session.ttl (", absl::FormatDuration(k.core.session_ttl), ")"));
   }
   k.session_purge_interval = config.GetDuration("session.purge_interval");
+  k.refusal_flush_interval = config.GetDuration("refusals.flush_interval");
+  if (k.refusal_flush_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("refusals.flush_interval: must be more than 0");
+  }
+  k.core.refusal_retention = config.GetDuration("refusals.retention");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
   k.core.backoff_base = config.GetDuration("lockout.backoff_base");
   k.core.backoff_max = config.GetDuration("lockout.backoff_max");

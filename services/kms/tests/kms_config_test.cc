@@ -52,6 +52,8 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
   EXPECT_EQ(s.core.session_retention, absl::Minutes(10));
   EXPECT_EQ(s.session_purge_interval, absl::Minutes(1));
+  EXPECT_EQ(s.refusal_flush_interval, absl::Seconds(10));
+  EXPECT_EQ(s.core.refusal_retention, absl::Hours(24));
   // Client-certificate revocation: the CRL comes from rkl-ca, refreshed every minute.
   EXPECT_EQ(s.crl.ca_endpoint, "ca:50051");
   EXPECT_EQ(s.crl.ca_authority, "ca");

@@ -7,7 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/synchronization/mutex.h"
 #include "fake_hsm.h"
@@ -1065,6 +1067,56 @@ TEST_F(KmsCoreSuite, ThePurgeDeletesSessionsExpiredLongerAgoThanTheRetentionAndN
   EXPECT_EQ(Terminal(t.sn()).version, installed.version);
   EXPECT_EQ(AuditOf(t.sn()).size(), audit_rows + 1);  // + the fresh session's auth.begin
   EXPECT_TRUE(core_->CompleteAuthentication(fresh->session_id, t.sn(), fresh->crnd2).ok());
+}
+
+TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
+  TestTerminal t("POS-JUNK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  const size_t audit_rows = AuditOf("").size();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(
+        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1()).status().code(),
+        absl::StatusCode::kNotFound);
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(3)).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // Unknown sessions, whichever SN the caller names: counted under "*".
+  for (const std::string& sn : {t.sn(), std::string("POS-NOBODY-9")}) {
+    EXPECT_EQ(core_->CompleteAuthentication(std::string(32, 'a'), sn, Bytes(32)).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  EXPECT_EQ(AuditOf("").size(), audit_rows);  // nothing audited
+
+  absl::StatusOr<int64_t> flushed = core_->FlushRefusalCounts();
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(*flushed, 7);
+  // The same refusals once more, in the same minute: the rows count up.
+  EXPECT_FALSE(core_->BeginAuthentication("POS-NOBODY-0", t.NewRnd1()).ok());
+  ASSERT_TRUE(core_->FlushRefusalCounts().ok());
+  absl::StatusOr<std::vector<RefusalCount>> rows = repo().ListRefusalCounts();
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  std::map<std::tuple<std::string, std::string, std::string>, int64_t> counts;
+  for (const RefusalCount& r : *rows) {
+    EXPECT_EQ(r.interval_start_ms % 60'000, 0);
+    EXPECT_LE(r.interval_start_ms, absl::ToUnixMillis(now_));
+    counts[{r.sn, r.action, r.reason}] = r.count;
+  }
+  using Key = std::tuple<std::string, std::string, std::string>;
+  EXPECT_EQ(counts, (std::map<Key, int64_t>{{{"*", kActionAuthBegin, "NOT_FOUND"}, 4},
+                                            {{"*", kActionAuthComplete, "NOT_FOUND"}, 2},
+                                            {{t.sn(), kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
+
+  // Purged after refusals.retention (24 h by default), not before.
+  Advance(absl::Hours(23));
+  ASSERT_THAT(core_->PurgeRefusalCounts(),
+              ::testing::Truly([](const absl::StatusOr<int64_t>& n) { return n.ok() && *n == 0; }));
+  Advance(absl::Hours(1) + absl::Minutes(1));
+  absl::StatusOr<int64_t> purged = core_->PurgeRefusalCounts();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 3);
+  EXPECT_TRUE(repo().ListRefusalCounts()->empty());
 }
 
 TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
