@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
@@ -33,6 +34,19 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Range(1, INT64_MAX);
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
+  s.Duration("session.retention",
+             "how long after its expiry a session is kept before the purge deletes it; at "
+             "least session.ttl")
+      .Default("10m");
+  s.Duration("session.purge_interval",
+             "how often this replica deletes sessions past "
+             "session.retention (0: never)")
+      .Default("1m");
+  s.Duration("refusals.flush_interval",
+             "how often this replica adds the terminal refusals it counted to refusal_counts "
+             "(docs/kms.md \"Bounded state\"); more than 0")
+      .Default("10s");
+  s.Duration("refusals.retention", "how long refusal counts are kept").Default("24h");
   s.Int("lockout.threshold",
         "consecutive failed proofs that lock an SN until an admin unlocks it (docs/kms.md "
         "\"Lockout\")")
@@ -86,6 +100,20 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.core.pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index"));
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
   k.core.session_ttl = config.GetDuration("session.ttl");
+  k.core.session_retention = config.GetDuration("session.retention");
+  // A session claimed just before its expiry is still in flight for up to an HSM call and
+  // a write; retaining every session at least one more ttl leaves that call its row.
+  if (k.core.session_retention < k.core.session_ttl) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session.retention: ", absl::FormatDuration(k.core.session_retention),
+        " is shorter than session.ttl (", absl::FormatDuration(k.core.session_ttl), ")"));
+  }
+  k.session_purge_interval = config.GetDuration("session.purge_interval");
+  k.refusal_flush_interval = config.GetDuration("refusals.flush_interval");
+  if (k.refusal_flush_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("refusals.flush_interval: must be more than 0");
+  }
+  k.core.refusal_retention = config.GetDuration("refusals.retention");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
   k.core.backoff_base = config.GetDuration("lockout.backoff_base");
   k.core.backoff_max = config.GetDuration("lockout.backoff_max");

@@ -176,6 +176,57 @@ void KmsCore::AuditFailure(const std::string& actor, const char* action, const s
   if (!s.ok()) spdlog::error("kms: audit write failed for {} on {}: {}", action, sn, s.ToString());
 }
 
+void KmsCore::CountRefusal(const char* action, const std::string& sn, const absl::Status& refusal) {
+  const int64_t now_ms = NowMs();
+  constexpr int64_t kMinuteMs = 60'000;
+  const int64_t minute = now_ms - (now_ms % kMinuteMs + kMinuteMs) % kMinuteMs;
+  const std::string reason = CodeName(refusal);
+  const absl::string_view message = refusal.message();
+  absl::MutexLock lock(&refusal_mu_);
+  auto it = refusals_.find(RefusalKey{minute, sn, action, reason});
+  if (it == refusals_.end()) {
+    const bool full = refusals_.size() >= kMaxTalliedRefusalKeys;
+    RefusalCount row;
+    row.interval_start_ms = minute;
+    row.sn = full ? std::string(kAnySn) : sn;
+    row.action = action;
+    row.reason = reason;
+    it = refusals_.try_emplace(RefusalKey{minute, row.sn, action, reason}, std::move(row)).first;
+  }
+  ++it->second.count;
+  it->second.last_detail.assign(message.data(), std::min<size_t>(message.size(), 256));
+}
+
+absl::StatusOr<int64_t> KmsCore::FlushRefusalCounts() {
+  std::map<RefusalKey, RefusalCount> taken;
+  {
+    absl::MutexLock lock(&refusal_mu_);
+    taken.swap(refusals_);
+  }
+  std::vector<RefusalCount> counts;
+  int64_t total = 0;
+  for (auto& [key, count] : taken) {
+    total += count.count;
+    counts.push_back(count);
+  }
+  absl::Status s = repository_.AddRefusalCounts(counts);
+  if (!s.ok()) {
+    // Put them back (merging with what was counted meanwhile) for the next flush. An
+    // UNKNOWN outcome may then count them twice; counters are not the audit.
+    absl::MutexLock lock(&refusal_mu_);
+    for (auto& [key, count] : taken) {
+      auto [it, inserted] = refusals_.emplace(key, count);
+      if (!inserted) it->second.count += count.count;
+    }
+    return s;
+  }
+  return total;
+}
+
+absl::StatusOr<int64_t> KmsCore::PurgeRefusalCounts() {
+  return repository_.PurgeRefusalCounts(absl::ToUnixMillis(clock_() - options_.refusal_retention));
+}
+
 absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide,
                                                const TerminalRecord* known, bool* session_moved) {
   absl::Status last;
@@ -422,6 +473,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
       if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8, ...: visible without a line per probe
         spdlog::info("kms: BeginAuthentication for an unknown SN ({} so far; latest {})", n, sn);
       }
+      CountRefusal(kActionAuthBegin, kAnySn, terminal.status());
     }
     return terminal.status();
   }
@@ -437,7 +489,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     refusal = protocol::CheckNonce(terminal->algorithm, rnd1, "rnd1");
   }
   if (!refusal.ok()) {
-    AuditFailure(actor, kActionAuthBegin, sn, "", refusal);
+    CountRefusal(kActionAuthBegin, sn, refusal);
     return refusal;
   }
 
@@ -487,11 +539,9 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
 }
 
 absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> session,
-                                                 const std::string& id, const std::string& sn,
-                                                 SessionState want, const char* action) {
-  const std::string actor = TerminalActor(sn);
+                                                 const std::string& sn, SessionState want,
+                                                 const char* action) {
   absl::Status refusal;
-  std::string detail = absl::StrCat("session ", id.substr(0, 8), "…");
   if (!session.ok()) {
     if (session.status().code() != absl::StatusCode::kNotFound) return session.status();
     refusal = session.status();
@@ -499,7 +549,6 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
     // Indistinguishable from an unknown session: the caller learns nothing about other
     // terminals' sessions, and the session stays usable by its own terminal.
     refusal = absl::NotFoundError("session_id: no such session");
-    absl::StrAppend(&detail, " belongs to another terminal");
   } else if (session->state == SessionState::kCancelled) {
     refusal = absl::FailedPreconditionError(
         "session_id: session was cancelled (new transport key, lock or revocation)");
@@ -511,7 +560,8 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
     refusal = absl::FailedPreconditionError("session_id: session expired");
   }
   if (!refusal.ok()) {
-    AuditFailure(actor, action, sn, detail, refusal);
+    // The SN is one KMS knows only when it is the session's.
+    CountRefusal(action, session.ok() && session->sn == sn ? sn : std::string(kAnySn), refusal);
     return refusal;
   }
   return session;
@@ -526,7 +576,7 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
                        repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
   if (claimed) return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
-  // Not claimed: read both to tell the terminal why (audited by LoadSession). If nothing is
+  // Not claimed: read both to tell the terminal why (counted by LoadSession). If nothing is
   // wrong now (the session moved back meanwhile), the caller claims it as before.
   RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
                        repository_.GetSessionAndTerminal(id, sn));
@@ -534,8 +584,7 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
       read.terminal.ok()) {
     return ClaimedSession{*std::move(read.session), *std::move(read.terminal), false, true};
   }
-  RKL_ASSIGN_OR_RETURN(AuthSession session,
-                       LoadSession(std::move(read.session), id, sn, from, action));
+  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, action));
   RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   return ClaimedSession{std::move(session), std::move(terminal), false};
 }
@@ -665,7 +714,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!refusal.ok()) {
     // Refused before any attempt: the session stays open, as it was.
     if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    AuditFailure(actor, kActionAuthComplete, sn, "", refusal);
+    CountRefusal(kActionAuthComplete, sn, refusal);
     return refusal;
   }
 
@@ -679,7 +728,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   }
   if (!claimed) {
     absl::Status s = absl::FailedPreconditionError("session_id: session already used");
-    AuditFailure(actor, kActionAuthComplete, sn, "", s);
+    CountRefusal(kActionAuthComplete, sn, s);
     return s;
   }
   // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
@@ -795,7 +844,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     if (claim.claimed) {
       UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
     }
-    AuditFailure(actor, kActionInstallConfirm, sn, "", refusal);
+    CountRefusal(kActionInstallConfirm, sn, refusal);
     return refusal;
   }
   bool claimed = claim.claimed;
@@ -807,7 +856,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   if (!claimed) {
     absl::Status s =
         absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
-    AuditFailure(actor, kActionInstallConfirm, sn, "", s);
+    CountRefusal(kActionInstallConfirm, sn, s);
     return s;
   }
   absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
@@ -887,8 +936,7 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
                      AlgorithmName(terminal.algorithm), " terminal"));
   }
   if (!refusal.ok()) {
-    AuditFailure(actor, kActionInstallConfirm, sn,
-                 absl::StrCat("session ", session.id.substr(0, 8), "…"), refusal);
+    CountRefusal(kActionInstallConfirm, sn, refusal);
     return refusal;
   }
   // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the
@@ -1053,6 +1101,10 @@ absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,
 
 absl::StatusOr<Statistics> KmsCore::GetStatistics() {
   return repository_.GetStatistics({kActionAuthFail, kActionInstallFail});
+}
+
+absl::StatusOr<int64_t> KmsCore::PurgeExpiredSessions() {
+  return repository_.PurgeSessions(absl::ToUnixMillis(clock_() - options_.session_retention));
 }
 
 absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t page_size,

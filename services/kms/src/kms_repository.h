@@ -148,6 +148,19 @@ class KmsRepository {
   // (not below 0), retry_after_ms at most `now_ms`, the version moves on.
   virtual absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) = 0;
 
+  // Deletes every session that expired before `expired_before_ms`, whatever its state —
+  // finished (CONFIRMED, FAILED, CANCELLED) or never used — and returns how many. One
+  // statement; the terminals and the audit are untouched.
+  virtual absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) = 0;
+
+  // Adds each count to its row (interval, sn, action, reason), creating it when absent; one
+  // statement for them all.
+  virtual absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) = 0;
+  // Every row, ordered by interval, sn, action, reason.
+  virtual absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() = 0;
+  // Deletes the rows of intervals that began before `before_ms`; returns how many.
+  virtual absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) = 0;
+
   virtual absl::Status AppendAudit(const std::vector<AuditEntry>& audit) = 0;
   // Ascending seq after `after_seq`; all terminals when sn is empty.
   virtual absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn,

@@ -148,8 +148,42 @@ int main(int argc, char** argv) {
       }
     } while (!stop.WaitForNotificationWithTimeout(kReadinessInterval));
   });
+  // Housekeeping (docs/kms.md "Bounded state"): the refusals counted in memory go to
+  // refusal_counts every refusals.flush_interval (and at shutdown); expired sessions and old
+  // refusal counts are deleted every session.purge_interval. Every replica does both (one
+  // statement each, which replicas may run at once), so the tables stay bounded while any
+  // replica runs.
+  std::thread housekeeping([&] {
+    absl::Time last_purge = absl::Now();
+    auto flush = [&] {
+      absl::StatusOr<int64_t> flushed = core.FlushRefusalCounts();
+      if (!flushed.ok()) {
+        spdlog::warn("kms: refusal counts not written (kept for the next try): {}",
+                     flushed.status().ToString());
+      }
+    };
+    while (!stop.WaitForNotificationWithTimeout(settings.refusal_flush_interval)) {
+      flush();
+      if (settings.session_purge_interval <= absl::ZeroDuration() ||
+          absl::Now() - last_purge < settings.session_purge_interval) {
+        continue;
+      }
+      last_purge = absl::Now();
+      absl::StatusOr<int64_t> sessions = core.PurgeExpiredSessions();
+      absl::StatusOr<int64_t> counts = core.PurgeRefusalCounts();
+      if (!sessions.ok() || !counts.ok()) {
+        spdlog::warn("kms: purge failed: sessions {}, refusal counts {}",
+                     sessions.status().ToString(), counts.status().ToString());
+      } else if (*sessions > 0 || *counts > 0) {
+        spdlog::debug("kms: purged {} expired session(s), {} refusal count row(s)", *sessions,
+                      *counts);
+      }
+    }
+    flush();
+  });
   (*server)->RunUntilShutdownSignal(settings.shutdown_grace);
   stop.Notify();
   readiness.join();
+  housekeeping.join();
   return 0;
 }

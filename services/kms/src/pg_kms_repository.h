@@ -51,6 +51,10 @@ class PgKmsRepository final : public KmsRepository {
   absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,
                                                   const ProofAttemptPolicy& policy) override;
   absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) override;
+  absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) override;
+  absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) override;
+  absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() override;
+  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
                                                     int limit) override;

@@ -50,6 +50,10 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.server.listen_address, "0.0.0.0:50055");
   EXPECT_EQ(s.server.client_cert_mode, rpc::ClientCertMode::kOptionalVerified);
   EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
+  EXPECT_EQ(s.core.session_retention, absl::Minutes(10));
+  EXPECT_EQ(s.session_purge_interval, absl::Minutes(1));
+  EXPECT_EQ(s.refusal_flush_interval, absl::Seconds(10));
+  EXPECT_EQ(s.core.refusal_retention, absl::Hours(24));
   // Client-certificate revocation: the CRL comes from rkl-ca, refreshed every minute.
   EXPECT_EQ(s.crl.ca_endpoint, "ca:50051");
   EXPECT_EQ(s.crl.ca_authority, "ca");
@@ -91,6 +95,19 @@ TEST_F(TlsFilesFixture, EnvironmentOverridesUseThePrefix) {
   });
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(KmsSettingsFromConfig(*config).value().core.session_ttl, absl::Seconds(30));
+}
+
+TEST_F(TlsFilesFixture, ARetentionShorterThanTheSessionTtlIsNamed) {
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config =
+      LoadConfigFromYaml(schema,
+                         TlsYaml("pk_index: 7, mak_index: 8, ") +
+                             "db: {dsn: 'dbname=x'}\nsession: {ttl: 60s, retention: 30s}\n",
+                         NoEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<KmsSettings> s = KmsSettingsFromConfig(*config);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("session.retention"));
 }
 
 }  // namespace

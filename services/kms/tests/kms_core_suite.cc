@@ -7,7 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/synchronization/mutex.h"
 #include "fake_hsm.h"
@@ -1036,6 +1038,85 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
             TerminalState::kInstalled);
   EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+TEST_F(KmsCoreSuite, ThePurgeDeletesSessionsExpiredLongerAgoThanTheRetentionAndNothingElse) {
+  UseOptions({.session_retention = absl::Minutes(10)});
+  TestTerminal t("POS-PURGE", KeyAlgorithm::kAes128);
+  Install(t);  // one CONFIRMED session
+  auto unanswered = Open(t);
+  ASSERT_TRUE(unanswered.ok());
+  const TerminalRecord installed = Terminal(t.sn());
+  const size_t audit_rows = AuditOf(t.sn()).size();
+
+  // Expired, but not yet for the retention: kept (a lost confirmation may still repeat).
+  Advance(absl::Seconds(60) + absl::Minutes(10) - absl::Milliseconds(1));
+  auto fresh = Open(t);  // expires a minute after the others' purge time
+  ASSERT_TRUE(fresh.ok());
+  absl::StatusOr<int64_t> purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 0);
+  EXPECT_TRUE(repo().GetSession(unanswered->session_id).ok());
+
+  Advance(absl::Milliseconds(2));
+  purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 2);  // the confirmed and the unanswered one
+  EXPECT_EQ(repo().GetSession(unanswered->session_id).status().code(), absl::StatusCode::kNotFound);
+  // The live session, the terminal and the audit are untouched.
+  ASSERT_TRUE(repo().GetSession(fresh->session_id).ok());
+  EXPECT_EQ(Terminal(t.sn()).version, installed.version);
+  EXPECT_EQ(AuditOf(t.sn()).size(), audit_rows + 1);  // + the fresh session's auth.begin
+  EXPECT_TRUE(core_->CompleteAuthentication(fresh->session_id, t.sn(), fresh->crnd2).ok());
+}
+
+TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
+  TestTerminal t("POS-JUNK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  const size_t audit_rows = AuditOf("").size();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(
+        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1()).status().code(),
+        absl::StatusCode::kNotFound);
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(3)).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // Unknown sessions, whichever SN the caller names: counted under "*".
+  for (const std::string& sn : {t.sn(), std::string("POS-NOBODY-9")}) {
+    EXPECT_EQ(core_->CompleteAuthentication(std::string(32, 'a'), sn, Bytes(32)).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  EXPECT_EQ(AuditOf("").size(), audit_rows);  // nothing audited
+
+  absl::StatusOr<int64_t> flushed = core_->FlushRefusalCounts();
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(*flushed, 7);
+  // The same refusals once more, in the same minute: the rows count up.
+  EXPECT_FALSE(core_->BeginAuthentication("POS-NOBODY-0", t.NewRnd1()).ok());
+  ASSERT_TRUE(core_->FlushRefusalCounts().ok());
+  absl::StatusOr<std::vector<RefusalCount>> rows = repo().ListRefusalCounts();
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  std::map<std::tuple<std::string, std::string, std::string>, int64_t> counts;
+  for (const RefusalCount& r : *rows) {
+    EXPECT_EQ(r.interval_start_ms % 60'000, 0);
+    EXPECT_LE(r.interval_start_ms, absl::ToUnixMillis(now_));
+    counts[{r.sn, r.action, r.reason}] = r.count;
+  }
+  using Key = std::tuple<std::string, std::string, std::string>;
+  EXPECT_EQ(counts, (std::map<Key, int64_t>{{{"*", kActionAuthBegin, "NOT_FOUND"}, 4},
+                                            {{"*", kActionAuthComplete, "NOT_FOUND"}, 2},
+                                            {{t.sn(), kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
+
+  // Purged after refusals.retention (24 h by default), not before.
+  Advance(absl::Hours(23));
+  ASSERT_THAT(core_->PurgeRefusalCounts(),
+              ::testing::Truly([](const absl::StatusOr<int64_t>& n) { return n.ok() && *n == 0; }));
+  Advance(absl::Hours(1) + absl::Minutes(1));
+  absl::StatusOr<int64_t> purged = core_->PurgeRefusalCounts();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 3);
+  EXPECT_TRUE(repo().ListRefusalCounts()->empty());
 }
 
 TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
