@@ -6,9 +6,9 @@
 -- with imported TEK/AUK, HSM #2 key records for TEK/AUK/TMK, audit rows on every side, MTMS
 -- packages FORWARDED) so tables and indexes have the real shape and size. Key material is
 -- random bytes that are never used; key indexes start at 10^12 so they can never meet an
--- index the HSM's own sequence hands out. The HSM audit rows carry random MACs: the audit
--- chain of a bench database does not verify past this point (bench only; never do this to a
--- real HSM database).
+-- index the HSM's own sequence hands out. The audit rows (HSMs, KMS, MTMS) carry random
+-- MACs: the audit chains of a bench database do not verify past this point (bench only;
+-- never do this to a real database).
 \set ON_ERROR_STOP on
 SELECT current_database() = 'rkl_kms' AS is_kms, current_database() = 'rkl_hsm_kms' AS is_hsm_kms,
        current_database() = 'rkl_hsm_mtms' AS is_hsm_mtms, current_database() = 'rkl_mtms' AS is_mtms,
@@ -29,12 +29,15 @@ SELECT :'tag' || '-' || lpad(g::text, 7, '0'),
        upper(left(md5(:'tag' || g || 'tek'), 6)), :base + 3 * g + 2,
        upper(left(md5(:'tag' || g || 'auk'), 6)), :now_ms
 FROM generate_series(1, :n) g;
-INSERT INTO audit (at_ms, actor, action, sn, detail, result)
-SELECT :now_ms, a.actor, a.action, :'tag' || '-' || lpad(g::text, 7, '0'),
-       'prepopulated by bench/run', 'OK'
+SELECT coalesce(max(seq), 0) AS seq0 FROM audit \gset
+INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac)
+SELECT :seq0 + 6 * (g - 1) + a.i, :now_ms, a.actor, a.action,
+       :'tag' || '-' || lpad(g::text, 7, '0'), 'prepopulated by bench/run', 'OK',
+       decode(md5(g || a.action) || md5(a.action || g), 'hex')
 FROM generate_series(1, :n) g,
-     (VALUES ('mtms', 'tk.receive'), ('terminal', 'tk.import'), ('terminal', 'auth.begin'),
-             ('terminal', 'auth.ok'), ('terminal', 'tmk.deliver'), ('terminal', 'tmk.installed')) a(actor, action);
+     (VALUES (1, 'mtms', 'tk.receive'), (2, 'terminal', 'tk.import'),
+             (3, 'terminal', 'auth.begin'), (4, 'terminal', 'auth.ok'),
+             (5, 'terminal', 'tmk.deliver'), (6, 'terminal', 'tmk.installed')) a(i, actor, action);
 \endif
 \if :is_hsm_kms
 SELECT greatest(coalesce(max(key_index), 0), 1000000000000) AS base FROM hsm_key \gset
@@ -73,10 +76,12 @@ SELECT 'pre-' || :'tag' || '-' || g, :'tag' || '-' || lpad(g::text, 7, '0'), 'op
        decode(repeat(md5(g || 'ctk'), 16), 'hex'), 17, :now_ms, :now_ms, 'FORWARDED', 1,
        :now_ms, :now_ms
 FROM generate_series(1, :n) g;
-INSERT INTO audit (at_ms, actor, action, sn, detail, result)
-SELECT :now_ms, a.actor, a.action, :'tag' || '-' || lpad(g::text, 7, '0'),
-       'prepopulated by bench/run', 'OK'
-FROM generate_series(1, :n) g, (VALUES ('operator:operator1', 'package.receive'),
-                                       ('mtms', 'package.forward')) a(actor, action);
+SELECT coalesce(max(seq), 0) AS seq0 FROM audit \gset
+INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac)
+SELECT :seq0 + 2 * (g - 1) + a.i, :now_ms, a.actor, a.action,
+       :'tag' || '-' || lpad(g::text, 7, '0'), 'prepopulated by bench/run', 'OK',
+       decode(md5(g || a.action) || md5(a.action || g), 'hex')
+FROM generate_series(1, :n) g, (VALUES (1, 'operator:operator1', 'package.receive'),
+                                       (2, 'mtms', 'package.forward')) a(i, actor, action);
 \endif
 COMMIT;

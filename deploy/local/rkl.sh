@@ -5,7 +5,8 @@
 # Everything lives in $RKL_STATE:
 #   pki/        rklctl pki init output (service identities, CA bundle, terminal root, operator card)
 #   secrets/    database DSNs (<svc>.dsn the runtime role, <svc>-owner.dsn the owner that
-#               migrates), CA master key, LMKs, operator PIN (all mode 0600)
+#               migrates), CA master key, LMKs, MTMS's and KMS's audit MAC keys, operator
+#               PIN (all mode 0600)
 #   config/     one YAML file per process
 #   logs/       one log per process
 #   run/        pid files
@@ -134,6 +135,13 @@ rkl_write_configs() {
               echo "  operator_ca_file: $pki/operator-ca.pem"
             fi
             ;;
+          mtms | kms)
+            # The audit chain's MAC key (docs/kms.md, docs/mtms.md "Audit"), and where its
+            # head is anchored, outside the database.
+            echo "audit:"
+            echo "  mac_key_file: $RKL_STATE/secrets/audit-$svc.key"
+            echo "  anchor_file: $RKL_STATE/anchors/$svc.anchor"
+            ;;&
           mtms)
             echo "hsm:"
             echo "  endpoint: $(rkl_addr hsm-mtms)"
@@ -160,6 +168,11 @@ rkl_write_configs() {
             echo "    cert_file: $pki/kms/cert.pem"
             echo "    key_file: $pki/kms/key.pem"
             echo "    ca_file: $pki/ca-bundle.pem"
+            # Terminal RPC budgets (docs/kms.md "Rate limits"): every simulated terminal
+            # comes from 127.0.0.1, so that address gets a fleet's budget; each SN keeps
+            # the default.
+            echo "limits:"
+            echo "  per_source: {per_minute: 600000, burst: 5000}"
             ;;
         esac
       } >"$RKL_STATE/config/$svc.yaml"
@@ -313,6 +326,14 @@ rkl_up() {
   for svc in hsm-mtms hsm-kms; do
     [[ -s "$RKL_STATE/secrets/lmk-$svc" ]] ||
       rklctl hsm lmk new --out "$RKL_STATE/secrets/lmk-$svc" | sed "s|^|  $svc LMK: |" >&2
+  done
+  # The audit MAC keys of MTMS and KMS: 32 random bytes as hex, readable by the daemons'
+  # user only (their KCVs are logged at start-up and bound to each database).
+  for svc in mtms kms; do
+    [[ -s "$RKL_STATE/secrets/audit-$svc.key" ]] || (
+      umask 077
+      head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RKL_STATE/secrets/audit-$svc.key"
+    )
   done
   [[ -s "$RKL_STATE/ceremony.env" ]] && source "$RKL_STATE/ceremony.env"
   rkl_write_configs

@@ -1,236 +1,57 @@
 #pragma once
-// The HSM's audit log: one record per command (who, what, which SN, which key indexes and
-// KCVs, the result), never key material.
-//
-// Guarantees of PgAuditLog:
-//  - records are append-only (a trigger refuses UPDATE/DELETE/TRUNCATE) and chained: record n
-//    carries mac_n = HMAC-SHA256(audit_key, mac_{n-1} ‖ Canonical(record n)), mac_0 = 32 zero
-//    bytes, with audit_key = KDF(LMK, "RKL-HSM-AUDIT", hsm_id, 256) (PROTOCOL §7 KDF). Editing,
-//    deleting, inserting or reordering rows is therefore detected by Verify(), which names
-//    the first record whose MAC (or sequence number) does not follow;
-//  - a record commits together with the key change it describes (AppendInTransaction), but
-//    commands do not serialize on the chain: the record goes to hsm_audit_pending with a
-//    per-record MAC (HMAC-SHA256(audit_key, "RKL-HSM-AUDIT-PENDING-1" ‖ [id]_8 ‖
-//    Canonical(record))), and Seal() — run by a background thread every seal_interval,
-//    and by Verify() first — moves committed pending records in id order into the chain
-//    in one transaction, under a PostgreSQL advisory lock so that several replicas sharing
-//    the database build one chain. Nothing holds a lock across a command's commit, so
-//    PostgreSQL can group-commit concurrent commands;
-//  - a pending record whose MAC does not verify when it is sealed is replaced in the chain
-//    by a record saying so (action "audit_record_tampered"), and Verify() reports the chain
-//    broken at that record; pending records not yet sealed are checked by their own MAC;
-//  - records of commands that change no key (AppendGrouped) are written in groups: every
-//    caller waits until its record has committed, and concurrent callers share one
-//    transaction (one thread writes what has queued while the previous group committed), so
-//    a burst of read-only commands costs a few commits instead of one each;
-//  - anchors: Anchor() seals and then MACs the chain's head (its seq and chain MAC) into an
-//    AuditAnchor, written to a file outside the database when one is configured, and by the
-//    sealer every anchor interval (by the injected clock). Verify(anchor) then also reports
-//    the chain broken if it no longer holds the anchored record unchanged — which is how
-//    removing the newest records is found. An anchor is never written over one the chain no
-//    longer holds: Anchor() refuses (FAILED_PRECONDITION), logs and audits it, and keeps the
-//    file for the investigation;
-//  - thread-safe; the audit key lives in SecretBytes and never leaves this object.
-// Limitations: the records after the last anchor (the tail of the chain since then, and a
-// pending record before it is sealed) can be removed without a trace; so can every record
-// by someone who also holds the LMK (the audit key derives from it), or who can replace the
-// anchor file with an older one.
+// The HSM's audit log: rkl::audit's chain (libs/audit, which states its guarantees) over the
+// tables hsm_audit and hsm_audit_pending, with the audit key derived from the LMK:
+// audit_key = KDF(LMK, "RKL-HSM-AUDIT", hsm_id, 256) (PROTOCOL §7 KDF). Records, MACs and
+// anchors keep the HSM's formats ("RKL-HSM-AUDIT-PENDING-1", "rkl-hsm-audit-anchor v1
+// hsm=..."; docs/hsm.md, Audit). The names below let the HSM's code and tests speak of its
+// own chain without naming the spec each time.
 
 #include <cstdint>
-#include <functional>
-#include <map>
-#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
-#include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
-#include "rkl/common/hex.h"
-#include "rkl/crypto/secret_bytes.h"
-#include "rkl/db/connection_pool.h"
-#include "rkl/db/sequence_block.h"
-
-namespace pqxx {
-class transaction_base;
-}
+#include "rkl/audit/audit_log.h"
 
 namespace rkl::hsm {
 
-struct AuditEvent {
-  int64_t at_ms = 0;
-  std::string actor{};   // caller identity
-  std::string action{};  // e.g. "translate_transport_key"
-  std::string sn{};      // empty when not about one terminal
-  std::string detail{};  // indexes, KCVs, error text; never key material
-  std::string result{};  // "OK" or a status code name
-};
+using audit::AuditAnchor;
+using audit::AuditEvent;
+using audit::AuditLog;
+using audit::AuditVerification;
+using audit::CanonicalAuditRecord;
+using audit::HmacSha256;
 
-struct AuditVerification {
-  bool intact = true;
-  uint64_t records_checked = 0;   // chained records plus pending ones
-  uint64_t first_broken_seq = 0;  // 0 when intact; a pending record counts as last seq + 1
-  uint64_t anchor_seq = 0;        // the anchored record checked; 0 without an anchor
-  std::string finding{};          // when not intact: what is wrong, for an operator
-};
-
-// The chain's head as the HSM saw it at at_ms, MACed under the audit key so that nobody
-// without the LMK can make one (docs/hsm.md, Audit). Kept outside the HSM's database, it
-// shows whether the chain there still holds everything up to `seq`.
-struct AuditAnchor {
-  std::string hsm_id{};
-  uint64_t seq = 0;   // the newest chained record; 0 for an empty chain
-  Bytes head_mac{};   // its chain MAC (32 zero bytes for an empty chain)
-  int64_t at_ms = 0;  // when the anchor was made, by the HSM's clock
-  Bytes mac{};        // AuditAnchorMac()
-};
-
-// One line of text: "rkl-hsm-audit-anchor v1 hsm=<id> seq=<n> head=<64 hex> at_ms=<n>
-// mac=<64 hex>".
-std::string FormatAuditAnchor(const AuditAnchor& anchor);
-// INVALID_ARGUMENT naming the field for anything that is not such a line (surrounding
-// whitespace aside); the message never repeats the input. Does not check the MAC.
-absl::StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text);
-// HMAC-SHA256(key, "RKL-HSM-AUDIT-ANCHOR-1" ‖ [len]_4 ‖ hsm_id ‖ [seq]_8 ‖ head_mac ‖
-// [at_ms]_8).
-absl::StatusOr<Bytes> AuditAnchorMac(const crypto::SecretBytes& key, const AuditAnchor& anchor);
-
-class AuditLog {
- public:
-  virtual ~AuditLog() = default;
-  // Appends in a transaction of its own (records of failed commands, whose own transaction
-  // rolled back).
-  virtual absl::Status Append(const AuditEvent& event) = 0;
-  // Checks the chain, and with `anchor` (may be null) that it still holds the anchored
-  // record: UNAUTHENTICATED if the anchor's MAC does not verify.
-  virtual absl::StatusOr<AuditVerification> Verify(const AuditAnchor* anchor) = 0;
-  // Anchors the chain's head (see PgAuditLog) and returns the anchor.
-  virtual absl::StatusOr<AuditAnchor> Anchor() = 0;
-};
+// The HSM's chain: its tables, and "hsm" as the domain of its MACs and anchors.
+const audit::ChainSpec& HsmAuditChain();
 
 // The key the chain is MACed with, derived from the LMK.
 absl::StatusOr<crypto::SecretBytes> DeriveAuditKey(const crypto::SecretBytes& lmk,
                                                    const std::string& hsm_id);
 
-// The MAC a pending record carries: HMAC-SHA256(key, "RKL-HSM-AUDIT-PENDING-1" ‖ [id]_8 ‖
-// CanonicalAuditRecord(0, event)).
-absl::StatusOr<Bytes> PendingAuditMac(const crypto::SecretBytes& key, uint64_t id,
-                                      const AuditEvent& event);
+inline std::string FormatAuditAnchor(const AuditAnchor& anchor) {
+  return audit::FormatAuditAnchor(HsmAuditChain(), anchor);
+}
+inline absl::StatusOr<AuditAnchor> ParseAuditAnchor(std::string_view text) {
+  return audit::ParseAuditAnchor(HsmAuditChain(), text);
+}
+inline absl::StatusOr<Bytes> AuditAnchorMac(const crypto::SecretBytes& key,
+                                            const AuditAnchor& anchor) {
+  return audit::AuditAnchorMac(HsmAuditChain(), key, anchor);
+}
+inline absl::StatusOr<Bytes> PendingAuditMac(const crypto::SecretBytes& key, uint64_t id,
+                                             const AuditEvent& event) {
+  return audit::PendingAuditMac(HsmAuditChain(), key, id, event);
+}
 
-// HMAC-SHA256; exposed for the self-test.
-absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const uint8_t> data);
-
-// The canonical encoding a record's MAC covers: [seq]_8 ‖ [at_ms]_8 ‖ each text field as
-// [len]_4 ‖ bytes, in the order actor, action, sn, detail, result.
-Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& event);
-
-class PgAuditLog : public AuditLog {
+// rkl::audit::PgAuditLog on the HSM's tables.
+class PgAuditLog : public audit::PgAuditLog {
  public:
-  PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
-  // Group writes and sealing on `writer_pool` (one or two connections of their own), so the
-  // record every command waits for never queues behind the commands' own reads. Both pools
-  // must outlive this object.
+  PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
+      : audit::PgAuditLog(pool, std::move(audit_key), HsmAuditChain()) {}
   PgAuditLog(db::ConnectionPool& pool, db::ConnectionPool& writer_pool,
-             crypto::SecretBytes audit_key);
-  ~PgAuditLog() override;  // Stop()s
-
-  absl::Status Append(const AuditEvent& event) override;
-  // Seals everything committed so far, then checks the whole chain and the pending records,
-  // and with `anchor` that the chain holds the anchored record with the anchored MAC: a
-  // chain that ends before it is reported broken at its first missing record, one whose
-  // record differs at that record.
-  absl::StatusOr<AuditVerification> Verify(const AuditAnchor* anchor) override;
-
-  // Where and how often anchors are written. Call before Start().
-  struct AnchorOptions {
-    std::string hsm_id{};
-    // The file that holds the latest anchor (replaced atomically); empty: Anchor() only
-    // returns anchors.
-    std::string file{};
-    // The sealer anchors when this much time has passed by `now_ms` since the last anchor;
-    // zero: only when Anchor() is called.
-    absl::Duration interval = absl::ZeroDuration();
-    std::function<int64_t()> now_ms{};  // null: the system clock
-  };
-  void ConfigureAnchors(AnchorOptions options);
-  // Seals, then makes an anchor of the chain's head and, when a file is configured, writes
-  // it there after checking that the chain still holds the anchor the file has (if any).
-  // FAILED_PRECONDITION if it does not (or the file holds something else): the file is left
-  // as it is, and an audit record says so.
-  absl::StatusOr<AuditAnchor> Anchor() override;
-  // Anchor() if the interval has passed since the last one by the configured clock; called
-  // by the sealer after each pass. Returns whether it anchored.
-  absl::StatusOr<bool> AnchorIfDue();
-
-  // Appends inside the caller's transaction (takes no lock).
-  absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
-  // A pending record ready to be inserted by the caller's own statement (PgKeyStore's
-  // one-statement writes): its id (from the pending-id block; `tx` only when the block is
-  // used up) and its MAC over id and event.
-  struct PreparedPending {
-    uint64_t id = 0;
-    Bytes mac{};
-  };
-  absl::StatusOr<PreparedPending> PreparePending(pqxx::transaction_base& tx,
-                                                 const AuditEvent& event);
-
-  // Appends durably: returns once the records have committed, in a transaction shared with
-  // the records of concurrent callers (one caller's records always share one group). The
-  // group's error, if its write failed. `events` must not be empty.
-  absl::Status AppendGrouped(std::span<const AuditEvent> events);
-  absl::Status AppendGrouped(const AuditEvent& event) { return AppendGrouped({&event, 1}); }
-  // Groups written so far (for tests and metrics).
-  uint64_t groups_written();
-  // Tests only: `hook` runs in the writing thread before each group is written, and
-  // queued_for_test() tells how many records wait for the next group.
-  void SetGroupHookForTest(std::function<void()> hook);
-  size_t queued_for_test();
-
-  // Moves every committed pending record into the chain (in batches, one transaction each).
-  // Returns how many were sealed.
-  absl::StatusOr<uint64_t> Seal();
-
-  // Background sealer: Seal() every `interval`; Stop() seals once more and joins.
-  void Start(absl::Duration interval);
-  void Stop();
-
- private:
-  absl::StatusOr<uint64_t> SealBatch(int limit);
-  absl::Status CheckAnchorMac(const AuditAnchor& anchor);
-  absl::Status CheckChainHolds(const AuditAnchor& anchor);
-  void SealerLoop(absl::Duration interval);
-  absl::Status WriteGroup(const std::vector<const AuditEvent*>& events);
-
-  db::ConnectionPool& pool_;
-  db::ConnectionPool& writer_pool_;  // group writes and sealing
-  const crypto::SecretBytes audit_key_;
-  // A pending record's id is bound into its MAC, so it is known before the INSERT: taken
-  // from hsm_audit_pending_id_seq a block at a time, not a nextval() round trip per record.
-  db::SequenceBlock pending_ids_{"hsm_audit_pending_id_seq", 16};
-
-  absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread sealer_;
-
-  // One anchoring at a time in this process (several replicas may each write their own).
-  absl::Mutex anchor_mu_;
-  AnchorOptions anchor_options_ ABSL_GUARDED_BY(anchor_mu_);
-  std::optional<int64_t> last_anchor_ms_ ABSL_GUARDED_BY(anchor_mu_);
-
-  // Group writes. Group n collects the records queued while group n-1 is written.
-  absl::Mutex group_mu_;
-  absl::CondVar group_cv_;
-  std::vector<const AuditEvent*> group_queue_ ABSL_GUARDED_BY(group_mu_);  // next group
-  uint64_t next_group_ ABSL_GUARDED_BY(group_mu_) = 1;
-  uint64_t done_group_ ABSL_GUARDED_BY(group_mu_) = 0;
-  bool flushing_ ABSL_GUARDED_BY(group_mu_) = false;
-  std::map<uint64_t, absl::Status> group_status_ ABSL_GUARDED_BY(group_mu_);
-  std::map<uint64_t, int> group_members_ ABSL_GUARDED_BY(group_mu_);  // still to collect
-  uint64_t groups_written_ ABSL_GUARDED_BY(group_mu_) = 0;
-  std::function<void()> group_hook_ ABSL_GUARDED_BY(group_mu_);
+             crypto::SecretBytes audit_key)
+      : audit::PgAuditLog(pool, writer_pool, std::move(audit_key), HsmAuditChain()) {}
 };
 
 }  // namespace rkl::hsm

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "rkl/common/parallel.h"
@@ -215,7 +216,18 @@ auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind
   return R(status);
 }
 
+std::string AuditSn(const std::string& sn) {
+  if (sn.empty() || protocol::ValidateSn(sn).ok()) return sn;
+  // What a refused caller sent as its SN may be anything up to the message limit (1 MiB):
+  // the audit keeps a bounded, marked form — hex of the first 16 bytes and the length —
+  // so a record can neither grow with the request nor pass for a real SN.
+  constexpr size_t kShown = 16;
+  return absl::StrCat("invalid:", absl::BytesToHexString(sn.substr(0, kShown)),
+                      sn.size() > kShown ? "..." : "", "(", sn.size(), " bytes)");
+}
+
 void HsmCore::MarkFailed(AuditEvent& event, const absl::Status& status) {
+  event.sn = AuditSn(event.sn);
   event.at_ms = clock_.NowUnixMs();
   event.result = absl::StatusCodeToString(status.code());
   absl::StrAppend(&event.detail, event.detail.empty() ? "" : " ", "error=\"",

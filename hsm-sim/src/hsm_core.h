@@ -310,4 +310,8 @@ class HsmCore {
   const OperatorEvidence evidence_;
 };
 
+// The SN as an audit record keeps it: a valid SN (or none) as it is; anything else a caller
+// sent, of any length, as "invalid:<hex of its first 16 bytes>[...](<length> bytes)".
+std::string AuditSn(const std::string& sn);
+
 }  // namespace rkl::hsm

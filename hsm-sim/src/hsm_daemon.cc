@@ -11,6 +11,7 @@
 #include "lmk.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/hsm/migrations.h"
 #include "spdlog/spdlog.h"
 
@@ -42,6 +43,7 @@ void DeclareHsmConfig(ConfigSchema& schema) {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(schema);
+  db::DeclareStatementTimeoutConfig(schema);
   schema.Int("db.pool_size", "database connections at most").Default("8").Range(1, 256);
   schema
       .Path("lmk.file",
@@ -106,6 +108,7 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
   o.database_dsn = config.GetString("db.dsn");
   o.owner_dsn = config.GetString("db.owner_dsn");
   o.db_pool_size = static_cast<int>(config.GetInt("db.pool_size"));
+  o.db_timeouts = db::StatementTimeoutsFromConfig(config);
   o.lmk_file = config.GetPath("lmk.file");
   for (absl::string_view id :
        absl::StrSplit(config.GetString("authz.operational_identities"), ',')) {
@@ -210,10 +213,15 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   // custom plan looks cheaper — for the one-write statement (KeyStore::TransactOneWrite)
   // planning cost more than running it. Each statement is written to be an index lookup
   // as a generic plan too, and tests check the plans of the hot ones (key_store_pgtest).
-  d->pool_ = std::make_unique<db::ConnectionPool>(
-      db::PoolOptions{.dsn = options.database_dsn,
-                      .max_size = options.db_pool_size,
-                      .settings = {{"plan_cache_mode", "force_generic_plan"}}});
+  // Database deadlines below the callers' (hsm.timeout 5 s at KMS) on the command pool
+  // only; the audit pool's sealer may wait for its chain lock as long as it must.
+  std::vector<std::pair<std::string, std::string>> settings = {
+      {"plan_cache_mode", "force_generic_plan"}};
+  for (auto& setting : db::StatementTimeoutSettings(options.db_timeouts)) {
+    settings.push_back(std::move(setting));
+  }
+  d->pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{
+      .dsn = options.database_dsn, .max_size = options.db_pool_size, .settings = settings});
   RKL_RETURN_IF_ERROR(SetUpHsmSchema(*d->pool_, options.owner_dsn, false));
   RKL_RETURN_IF_ERROR(
       BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, clock.NowUnixMs()));
@@ -233,7 +241,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->audit_pool_ = std::make_unique<db::ConnectionPool>(
       db::PoolOptions{.dsn = options.database_dsn, .max_size = 2});
   d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, *d->audit_pool_, std::move(audit_key));
-  d->audit_->ConfigureAnchors({.hsm_id = options.hsm_id,
+  d->audit_->ConfigureAnchors({.instance_id = options.hsm_id,
                                .file = options.anchor_file,
                                .interval = options.anchor_interval,
                                .now_ms = [c = &clock] { return c->NowUnixMs(); }});

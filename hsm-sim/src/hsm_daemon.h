@@ -25,6 +25,7 @@
 #include "key_store.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "self_test.h"
@@ -44,6 +45,9 @@ struct HsmDaemonOptions {
   // The owner role: when set, Start() migrates with it first (then closes it).
   std::string owner_dsn;
   int db_pool_size = 8;
+  // db.statement_timeout / db.lock_timeout; none unless set (tests start daemons without).
+  db::StatementTimeouts db_timeouts{.statement = absl::ZeroDuration(),
+                                    .lock = absl::ZeroDuration()};
   std::string lmk_file;
   std::vector<std::string> operational_identities;
   std::string listen_address = "0.0.0.0:50052";

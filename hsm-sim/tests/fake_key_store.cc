@@ -31,7 +31,7 @@ absl::StatusOr<AuditVerification> FakeAuditLog::Verify(const AuditAnchor* anchor
 
 absl::StatusOr<AuditAnchor> FakeAuditLog::Anchor() {
   absl::MutexLock lock(&mu_);
-  return AuditAnchor{.hsm_id = "fake", .seq = events_.size(), .head_mac = Bytes(32, 0)};
+  return AuditAnchor{.instance_id = "fake", .seq = events_.size(), .head_mac = Bytes(32, 0)};
 }
 
 std::vector<AuditEvent> FakeAuditLog::events() const {

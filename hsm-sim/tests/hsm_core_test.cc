@@ -449,6 +449,32 @@ TEST_F(HsmCoreTest, TranslateRefusesMalformedRequestsAndWrongKeys) {
             absl::StatusCode::kNotFound);
 }
 
+// Issue 21, finding 6: a refused command's SN reaches the audit bounded and marked, never
+// as the megabyte a caller sent.
+TEST_F(HsmCoreTest, RefusalAuditsKeepABoundedMarkedFormOfAnInvalidSn) {
+  TestTerminal t = TestTerminal::Create("SN-1");
+  Provision(t);
+  const std::string huge(1 << 20, 'A');
+  TranslateCommand bad = Translate(t, t.CtkPu(pu_));
+  bad.sn = huge;
+  EXPECT_EQ(core_->TranslateTransportKey("mtms", bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  AuditEvent translate = LastEvent("translate_transport_key");
+  EXPECT_EQ(translate.result, "INVALID_ARGUMENT");
+  EXPECT_EQ(translate.sn, "invalid:41414141414141414141414141414141...(1048576 bytes)");
+  EXPECT_EQ(core_->DestroyTerminalKeys(kKms, "bad\nsn", "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LastEvent("destroy_terminal_keys").sn, "invalid:6261640a736e(6 bytes)");
+  std::vector<TranslateCommand> batch{bad};
+  ASSERT_TRUE(core_->TranslateTransportKeys("mtms", batch).ok());
+  EXPECT_EQ(LastEvent("translate_transport_key").sn.size(), translate.sn.size());
+  // Valid SNs are kept as they are.
+  EXPECT_EQ(AuditSn("SN-1"), "SN-1");
+  EXPECT_EQ(AuditSn(""), "");
+  EXPECT_EQ(AuditSn(std::string(33, 'A')),
+            "invalid:41414141414141414141414141414141...(33 bytes)");
+}
+
 TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
   TestTerminal t = TestTerminal::Create("SN-1");
   Provision(t);
@@ -481,7 +507,7 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
     for (size_t i = 0; i < items.size(); ++i) {
       SCOPED_TRACE(i);
       EXPECT_EQ(events[before + i].action, "translate_transport_key");
-      EXPECT_EQ(events[before + i].sn, items[i].sn);
+      EXPECT_EQ(events[before + i].sn, AuditSn(items[i].sn));  // an invalid SN bounded and marked
       EXPECT_EQ(events[before + i].result, results[i]);
       // The single command gives the same answer (Ctk_pk is deterministic).
       auto single = core_->TranslateTransportKey("mtms", items[i]);

@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -155,7 +156,16 @@ class Session {
       RKL_ASSIGN_OR_RETURN(auto channel,
                            MakePosChannel({o_.kms, o_.kms_authority, {"", "", o_.ca_bundle}}));
       kms_ = std::make_unique<GrpcKmsClient>(std::move(channel), rpc_timeout_);
+      if (const char* drop = std::getenv(kDropConfirmRepliesEnv); drop != nullptr) {
+        int n = 0;
+        if (!absl::SimpleAtoi(drop, &n) || n < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(kDropConfirmRepliesEnv, ": must be a count >= 0"));
+        }
+        if (n > 0) dropper_ = std::make_unique<ConfirmReplyDropper>(*kms_, n);
+      }
     }
+    if (dropper_ != nullptr) return dropper_.get();
     return kms_.get();
   }
 
@@ -218,6 +228,7 @@ class Session {
   crypto::KeyAlgorithm algorithm_ = crypto::KeyAlgorithm::kAes128;
   std::unique_ptr<GrpcMtmsClient> mtms_;
   std::unique_ptr<GrpcKmsClient> kms_;
+  std::unique_ptr<ConfirmReplyDropper> dropper_;  // the test switch, when set
   std::unique_ptr<GrpcKmsClient> admin_;
   std::optional<crypto::Certificate> root_;
   std::optional<OperatorCard> card_;

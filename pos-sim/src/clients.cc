@@ -4,6 +4,7 @@
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::pos {
 namespace {
@@ -148,6 +149,21 @@ absl::StatusOr<std::vector<KmsTerminalView>> GrpcKmsClient::ListTerminals(
     token = resp.next_page_token();
   } while (!token.empty());
   return out;
+}
+
+absl::StatusOr<std::string> ConfirmReplyDropper::ConfirmInstallation(const std::string& session_id,
+                                                                     const std::string& sn,
+                                                                     const Bytes& proof) {
+  absl::StatusOr<std::string> answer = kms_.ConfirmInstallation(session_id, sn, proof);
+  if (remaining_.fetch_sub(1) <= 0) {
+    remaining_.fetch_add(1);
+    return answer;
+  }
+  dropped_.fetch_add(1);
+  spdlog::warn("terminal {}: test switch {}: the answer to ConfirmInstallation ({}) is dropped", sn,
+               kDropConfirmRepliesEnv,
+               answer.ok() ? *answer : absl::StatusCodeToString(answer.status().code()));
+  return absl::UnavailableError("kms: ConfirmInstallation: reply lost (test switch)");
 }
 
 }  // namespace rkl::pos

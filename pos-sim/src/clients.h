@@ -10,6 +10,7 @@
 
 #include <grpcpp/channel.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -67,6 +68,35 @@ class GrpcKmsClient final : public KmsTerminalPort, public KmsAdminPort {
  private:
   std::unique_ptr<rkl::v1::Kms::Stub> stub_;
   absl::Duration timeout_;
+};
+
+// The test switch RKL_POS_TEST_DROP_CONFIRM_REPLIES=N (docs/pos-sim.md): every call goes to
+// `kms`, but the answers of the first N ConfirmInstallation calls of the process are
+// replaced by UNAVAILABLE, as a network that lost them would — KMS did act on them. For the
+// end-to-end tests of lost replies only. Thread-safe; `kms` must outlive it.
+inline constexpr char kDropConfirmRepliesEnv[] = "RKL_POS_TEST_DROP_CONFIRM_REPLIES";
+
+class ConfirmReplyDropper final : public KmsTerminalPort {
+ public:
+  ConfirmReplyDropper(KmsTerminalPort& kms, int drop) : kms_(kms), remaining_(drop) {}
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
+                                                    const Bytes& rnd1) override {
+    return kms_.BeginAuthentication(sn, rnd1);
+  }
+  absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
+                                                     const std::string& sn,
+                                                     const Bytes& crnd2) override {
+    return kms_.CompleteAuthentication(session_id, sn, crnd2);
+  }
+  absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
+                                                  const std::string& sn,
+                                                  const Bytes& proof) override;
+  int dropped() const { return dropped_.load(); }
+
+ private:
+  KmsTerminalPort& kms_;
+  std::atomic<int> remaining_;
+  std::atomic<int> dropped_{0};
 };
 
 }  // namespace rkl::pos

@@ -77,9 +77,11 @@ absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& contex
 }
 
 bool IsTransientFailure(const absl::Status& status) {
+  // UNKNOWN: a write whose outcome the service could not tell (docs/kms.md "Retries");
+  // every step resumes safely from the secure module's state.
   return status.code() == absl::StatusCode::kUnavailable ||
          status.code() == absl::StatusCode::kDeadlineExceeded ||
-         status.code() == absl::StatusCode::kAborted;
+         status.code() == absl::StatusCode::kAborted || status.code() == absl::StatusCode::kUnknown;
 }
 
 absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,

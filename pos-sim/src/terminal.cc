@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
@@ -30,8 +31,19 @@ absl::Status Annotate(const absl::Status& status, std::string_view prefix) {
 
 bool Retryable(const absl::Status& status) {
   // NOT_FOUND: MTMS has not forwarded the TK yet. UNAVAILABLE: safe to retry (§10).
+  // RESOURCE_EXHAUSTED with a retry hint: over a rate limit, wait at least the hint.
   return status.code() == absl::StatusCode::kNotFound ||
-         status.code() == absl::StatusCode::kUnavailable;
+         status.code() == absl::StatusCode::kUnavailable ||
+         (status.code() == absl::StatusCode::kResourceExhausted && RetryDelay(status));
+}
+
+// The confirmation may have been accepted even though no answer came (a lost reply, or
+// UNKNOWN from a write that may have committed): the same call is repeated, and KMS answers
+// a repeat of a proof it accepted with INSTALLED (docs/kms.md "Retries").
+bool ConfirmationOutcomeOpen(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kDeadlineExceeded ||
+         status.code() == absl::StatusCode::kUnknown || status.code() == absl::StatusCode::kAborted;
 }
 
 }  // namespace
@@ -182,6 +194,9 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
   }
   const crypto::KeyAlgorithm algorithm = current.algorithm;
   const std::string sn = current.sn;
+  // TMK_LOADED: the TMK is stored but KMS's acceptance of its proof never arrived. The
+  // terminal authenticates again, takes delivery of the same TMK and confirms it.
+  const bool resuming = current.lifecycle == Lifecycle::kTmkLoaded;
   RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
                        protocol::DeriveAuthKeys(algorithm, current.auk, sn));
 
@@ -205,7 +220,8 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
           absl::StatusCodeToString(challenge.status().code()), ": ", challenge.status().message(),
           ")"));
     }
-    sleep(std::min(backoff, deadline - now));
+    sleep(std::min(std::max(backoff, RetryDelay(challenge.status()).value_or(absl::ZeroDuration())),
+                   deadline - now));
     backoff = std::min(backoff * 2, wait.max_backoff);
   }
   if (!challenge.ok()) return Annotate(challenge.status(), "kms: BeginAuthentication: ");
@@ -241,15 +257,37 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
   }
 
   // S113: store the TMK, then prove it to KMS.
-  SecureModuleState loaded = current;
-  loaded.tmk = std::move(tmk->tmk);
-  loaded.lifecycle = Lifecycle::kTmkLoaded;
-  RKL_RETURN_IF_ERROR(module_.Commit(std::move(loaded)));
+  if (resuming) {
+    // Only the TMK this terminal already holds can finish the job: anything else means KMS
+    // and the terminal disagree, and the stored TMK is kept.
+    if (!(tmk->tmk == current.tmk)) {
+      return absl::FailedPreconditionError(
+          "key_block: refused, secure module unchanged: KMS delivered another TMK than the one "
+          "awaiting confirmation");
+    }
+  } else {
+    SecureModuleState loaded = current;
+    loaded.tmk = std::move(tmk->tmk);
+    loaded.lifecycle = Lifecycle::kTmkLoaded;
+    RKL_RETURN_IF_ERROR(module_.Commit(std::move(loaded)));
+  }
 
   RKL_ASSIGN_OR_RETURN(Bytes kcv, FromHex(tmk->tmk_kcv, "tmk_kcv"));
   RKL_ASSIGN_OR_RETURN(Bytes proof,
                        protocol::MakeInstallProof(keys, sn, kcv, rnd1, challenge->rnd2));
-  auto confirmed = kms.ConfirmInstallation(challenge->session_id, sn, proof);
+  absl::StatusOr<std::string> confirmed;
+  absl::Duration pause = wait.initial_backoff;
+  for (;;) {
+    ++result.confirm_attempts;
+    confirmed = kms.ConfirmInstallation(challenge->session_id, sn, proof);
+    if (confirmed.ok() || !ConfirmationOutcomeOpen(confirmed.status()) ||
+        result.confirm_attempts >= kConfirmAttempts) {
+      break;
+    }
+    sleep(pause);
+    pause = std::min(pause * 2, wait.max_backoff);
+  }
+  // TMK_LOADED stays: running download-tmk again finishes it.
   if (!confirmed.ok()) return Annotate(confirmed.status(), "kms: ConfirmInstallation: ");
 
   SecureModuleState installed = module_.state();

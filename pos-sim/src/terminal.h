@@ -42,11 +42,16 @@ struct ForwardingWait {
 // DownloadTmk's DEADLINE_EXCEEDED message when KMS never learned the terminal in time.
 inline constexpr char kForwardingTimeoutMessagePrefix[] = "kms: terminal not known to KMS";
 
+// ConfirmInstallation calls with one proof at most, when no answer says how the previous
+// one ended (UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, ABORTED).
+inline constexpr int kConfirmAttempts = 3;
+
 struct DownloadResult {
   std::string tmk_kcv;
   std::string kms_state;                 // as KMS reported after confirmation
   absl::Duration waited_for_forwarding;  // time spent on NOT_FOUND retries
   int begin_attempts = 0;
+  int confirm_attempts = 0;
 };
 
 // Public data the terminal hands to the operator terminal for S104.
@@ -84,7 +89,11 @@ class Terminal {
   // Records MTMS's receipt once the operator terminal submitted the package.
   absl::Status MarkSubmitted(const std::string& submission_id);
 
-  // S109–S113, S401–S405 against KMS, waiting for the TK to be forwarded first.
+  // S109–S113, S401–S405 against KMS, waiting for the TK to be forwarded first. From
+  // TMK_LOADED (a confirmation whose answer never came) it authenticates again, accepts only
+  // the TMK it holds, and confirms it (KMS answers INSTALLED also if it had accepted the first
+  // proof). A confirmation without an answer is repeated (kConfirmAttempts, backing off as
+  // the forwarding wait does); if none answers, the terminal stays TMK_LOADED.
   absl::StatusOr<DownloadResult> DownloadTmk(KmsTerminalPort& kms, const ForwardingWait& wait,
                                              const Sleeper& sleep);
 

@@ -138,6 +138,14 @@ void FakeKms::Ingest(const std::string& sn, crypto::KeyAlgorithm algorithm, Secr
   r.not_found_remaining = forwarding_delay_;
 }
 
+void FakeKms::ForgetTmk(const std::string& sn) {
+  absl::MutexLock l(&mu_);
+  Record& r = terminals_.at(sn);
+  r.tmk = SecretBytes();
+  r.tmk_kcv.clear();
+  r.state = "TERMINAL_STATE_TK_RECEIVED";
+}
+
 SecretBytes FakeKms::TmkOf(const std::string& sn) {
   absl::MutexLock l(&mu_);
   auto it = terminals_.find(sn);
@@ -183,7 +191,8 @@ absl::StatusOr<KeyDelivery> FakeKms::CompleteAuthentication(const std::string& s
     r.tmk = crypto::GenerateKey(r.algorithm);
     r.tmk_kcv = Must(crypto::KcvHex(r.algorithm, r.tmk));
   }
-  r.state = "TERMINAL_STATE_TMK_DELIVERED";
+  // An installed terminal that authenticates again gets its TMK again and stays installed.
+  if (r.state != "TERMINAL_STATE_INSTALLED") r.state = "TERMINAL_STATE_TMK_DELIVERED";
   KeyDelivery d{"", r.tmk_kcv};
   switch (misbehaviour_) {
     case KmsMisbehaviour::kBadMac: {
@@ -232,13 +241,18 @@ absl::StatusOr<std::string> FakeKms::ConfirmInstallation(const std::string& sess
                                                          const Bytes& proof) {
   absl::MutexLock l(&mu_);
   auto s = sessions_.find(session_id);
-  if (s == sessions_.end() || s->second.sn != sn || s->second.completed) {
+  if (s == sessions_.end() || s->second.sn != sn) {
     return absl::FailedPreconditionError("session_id: not usable");
   }
   if (misbehaviour_ == KmsMisbehaviour::kRejectConfirmation) {
     return absl::UnavailableError("hsm: unavailable");
   }
+  ++confirm_calls_;
   Record& r = terminals_.at(sn);
+  // As KMS: the same proof in a confirmed session again answers INSTALLED.
+  if (s->second.completed && r.state != "TERMINAL_STATE_INSTALLED") {
+    return absl::FailedPreconditionError("session_id: not usable");
+  }
   RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(r.algorithm, r.auk, sn));
   RKL_ASSIGN_OR_RETURN(Bytes kcv, FromHex(r.tmk_kcv));
   RKL_RETURN_IF_ERROR(

@@ -79,6 +79,16 @@ class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
   }
   // The TMK KMS generated for `sn` (test oracle).
   crypto::SecretBytes TmkOf(const std::string& sn);
+  // Forgets `sn`'s TMK: the next delivery carries a new one (KMS and terminal disagree).
+  void ForgetTmk(const std::string& sn);
+  std::string StateOf(const std::string& sn) {
+    absl::MutexLock l(&mu_);
+    return terminals_.at(sn).state;
+  }
+  int confirm_calls() {
+    absl::MutexLock l(&mu_);
+    return confirm_calls_;
+  }
   int begin_calls() {
     absl::MutexLock l(&mu_);
     return begin_calls_;
@@ -114,6 +124,7 @@ class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
   KmsMisbehaviour misbehaviour_ ABSL_GUARDED_BY(mu_) = KmsMisbehaviour::kNone;
   int forwarding_delay_ ABSL_GUARDED_BY(mu_) = 0;
   int begin_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int confirm_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int next_session_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

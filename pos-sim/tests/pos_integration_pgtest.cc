@@ -334,11 +334,11 @@ struct KmsProcess {
   KmsProcess(const kms::KmsSettings& s, std::shared_ptr<grpc::Channel> hsm_channel)
       : settings(s),
         pool(s.db),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),
         hsm(std::move(hsm_channel), s.hsm_timeout),
         core(
             repository, hsm, [] { return absl::Now(); }, crypto::FillRandom, s.core),
-        service(core) {}
+        service(core, repository.audit_log()) {}
   ~KmsProcess() {
     if (server) server->Shutdown(absl::Seconds(1));
   }
@@ -356,7 +356,7 @@ struct MtmsProcess {
               std::shared_ptr<grpc::Channel> ca_channel, std::shared_ptr<grpc::Channel> kms_channel)
       : pool({.dsn = config.GetString("db.dsn"),
               .max_size = static_cast<int>(config.GetInt("db.pool_size"))}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),
         hsm(std::move(hsm_channel), config.GetDuration("rpc.timeout")),
         ca(std::move(ca_channel), config.GetDuration("rpc.timeout")),
         kms(std::move(kms_channel), config.GetDuration("rpc.timeout")),
@@ -364,7 +364,7 @@ struct MtmsProcess {
         core(repository, hsm, ca, trust, clock, mtms::CoreOptionsFromConfig(config)),
         forwarder(repository, hsm, kms, trust, clock, mtms::ForwarderOptionsFromConfig(config)),
         authorizer(mtms::MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer) {}
+        service(core, forwarder, authorizer, repository.audit_log()) {}
   ~MtmsProcess() {
     forwarder.Stop();
     if (server) server->Shutdown(absl::Seconds(1));
@@ -450,6 +450,16 @@ struct FleetRun {
 struct World {
   pos::testing::TempDir dir;
   std::string pki_dir() const { return dir.path() + "/pki"; }
+  // audit.mac_key_file of KMS and MTMS: a key file as the deployments make one (mode 0600).
+  std::string audit_key_file() const {
+    const std::string path = dir.path() + "/audit-mac.key";
+    if (!std::filesystem::exists(path)) {
+      std::ofstream(path) << std::string(64, 'a') << "\n";
+      std::filesystem::permissions(
+          path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    }
+    return path;
+  }
   std::string state_dir() const { return dir.path() + "/state"; }
   std::string output_dir() const { return dir.path() + "/output"; }
 
@@ -650,10 +660,11 @@ class PosIntegrationTest : public ::testing::Test {
                      "hsm:\n", "  endpoint: '127.0.0.1:", w_->hsm2->port(), "'\n",
                      "  authority: hsm-kms\n", "  tls:\n", TlsYaml(IdentityTls(pki, "kms"), "    "),
                      "  pk_index: ", w_->pk2.index, "\n", "  mak_index: ", w_->mak2.index, "\n",
-                     "crl:\n", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
+                     "crl:\n", "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n",
+                     "audit:\n", "  mac_key_file: ", Yq(w_->audit_key_file()), "\n");
     auto config = ConfigFromYaml(kms::MakeKmsConfigSchema(), yaml);
     ASSERT_TRUE(config.ok()) << config.status();
-    kms::KmsSettings settings = kms::KmsSettingsFromConfig(*config);
+    kms::KmsSettings settings = kms::KmsSettingsFromConfig(*config).value();
     // Client certificates on the service-ca CRL are refused, the CRL fetched from rkl-ca.
     auto crl = rpc::ServiceCaCrl::Create(settings.crl);
     ASSERT_TRUE(crl.ok()) << crl.status();
@@ -690,7 +701,8 @@ class PosIntegrationTest : public ::testing::Test {
         "  endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n", "kms:\n",
         "  endpoint: '127.0.0.1:", w_->kms->server->port(), "'\n", "rpc:\n", "  timeout: 30s\n",
         "forwarder:\n", "  interval: 100ms\n", "replica_id: mtms-pos-integration\n", "crl:\n",
-        "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n");
+        "  ca_endpoint: '127.0.0.1:", w_->ca->server->port(), "'\n", "audit:\n",
+        "  mac_key_file: ", Yq(w_->audit_key_file()), "\n");
     auto loaded = ConfigFromYaml(mtms::MakeMtmsConfigSchema(), yaml);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     const Config& config = *loaded;

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "clients.h"
 #include "fakes.h"
 #include "operator_terminal.h"
 #include "rkl/crypto/kcv.h"
@@ -271,6 +272,53 @@ TEST_F(TerminalTest, RefusedConfirmationKeepsTheTmkForARetry) {
   ASSERT_TRUE(Download(t).ok());
   EXPECT_EQ(t.Describe().lifecycle, "INSTALLED");
   EXPECT_TRUE(t.secure_module().state().tmk == kms_.TmkOf("T-1"));
+}
+
+TEST_F(TerminalTest, LostConfirmationReplyIsRepeatedAndConverges) {
+  // KMS accepted the proof but its answer was lost: the same call again is answered.
+  Terminal t = Submitted("T-1");
+  ConfirmReplyDropper lossy(kms_, 1);
+  auto r = t.DownloadTmk(lossy, {}, time_.sleeper());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(lossy.dropped(), 1);
+  EXPECT_EQ(r->confirm_attempts, 2);
+  EXPECT_EQ(kms_.confirm_calls(), 2);
+  EXPECT_EQ(t.Describe().lifecycle, "INSTALLED");
+  EXPECT_EQ(kms_.StateOf("T-1"), "TERMINAL_STATE_INSTALLED");
+}
+
+TEST_F(TerminalTest, DownloadResumesFromTmkLoadedWhenKmsHadInstalledIt) {
+  // Every answer lost: KMS is INSTALLED, the terminal TMK_LOADED. Running download-tmk again
+  // authenticates anew, takes the same TMK and confirms it.
+  Terminal t = Submitted("T-1");
+  ConfirmReplyDropper lossy(kms_, kConfirmAttempts);
+  auto lost = t.DownloadTmk(lossy, {}, time_.sleeper());
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(t.Describe().lifecycle, "TMK_LOADED");
+  EXPECT_EQ(kms_.StateOf("T-1"), "TERMINAL_STATE_INSTALLED");
+  const crypto::SecretBytes tmk = t.secure_module().state().tmk;
+  // generate-tk still refuses: the TMK must be finished first.
+  EXPECT_EQ(t.GenerateTransportKey().code(), absl::StatusCode::kFailedPrecondition);
+
+  auto resumed = Download(t);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(t.Describe().lifecycle, "INSTALLED");
+  EXPECT_TRUE(t.secure_module().state().tmk == tmk);
+  EXPECT_TRUE(tmk == kms_.TmkOf("T-1"));
+}
+
+TEST_F(TerminalTest, ResumingRefusesAnotherTmkAndKeepsItsOwn) {
+  Terminal t = Submitted("T-1");
+  kms_.set_misbehaviour(KmsMisbehaviour::kRejectConfirmation);
+  ASSERT_FALSE(Download(t).ok());
+  ASSERT_EQ(t.Describe().lifecycle, "TMK_LOADED");
+  kms_.set_misbehaviour(KmsMisbehaviour::kNone);
+  kms_.ForgetTmk("T-1");
+  const Bytes before = FileBytes(t.secure_module().state_file());
+  auto r = Download(t);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("another TMK than the one awaiting confirmation"));
+  EXPECT_EQ(FileBytes(t.secure_module().state_file()), before);
 }
 
 // ---- waiting for MTMS→KMS forwarding ----

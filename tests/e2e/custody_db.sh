@@ -14,7 +14,12 @@
 #     newest records (those the last anchor covers). `rklctl hsm audit-verify --anchor` with
 #     the anchor hsm-kms keeps outside its database names the chain broken; hsm-kms refuses
 #     to write a new anchor over that one (the file stays as it was) and its audit records
-#     the mismatch.
+#     the mismatch;
+#  3. (KMS's and MTMS's chains verify, also against the anchors they wrote at start-up.)
+#     As the superuser: switch KMS's and MTMS's audit triggers off, edit a KMS record and
+#     delete a middle MTMS record. `rklctl kms audit-verify` and `rklctl mtms audit-verify`
+#     (verification in the service, which holds the audit MAC key) exit 1 naming the
+#     edited record and the record after the gap.
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -66,6 +71,25 @@ expect_refused() {
   grep -qE 'permission denied|must be owner' <<<"$out" ||
     e2e_fail "$svc: '$sql' failed, but not as a refusal: $out"
 }
+
+kms="--kms $(rkl_addr kms) --authority kms $(rkl_admin_flags)"
+mtms="--mtms $(rkl_addr mtms) --authority mtms $(rkl_admin_flags)"
+# Verifying seals what is pending, so both chains hold the records written so far (no
+# waiting on the sealer's schedule), and they are intact before any attack.
+for svc in kms mtms; do
+  flags=$kms
+  [[ $svc == mtms ]] && flags=$mtms
+  # shellcheck disable=SC2086
+  out=$(rklctl $svc audit-verify $flags) || e2e_fail "$svc: the untouched audit chain: $out"
+  grep -q "audit chain intact" <<<"$out" || e2e_fail "$svc audit-verify: $out"
+  e2e_log "$svc: $out"
+  # The anchor the service wrote at start-up is its own and its chain still holds it.
+  grep -q "^rkl-$svc-audit-anchor v1 $svc=" "$RKL_STATE/anchors/$svc.anchor" ||
+    e2e_fail "$svc: no anchor of its own in $RKL_STATE/anchors/$svc.anchor"
+  # shellcheck disable=SC2086
+  out=$(rklctl $svc audit-verify $flags --anchor "$RKL_STATE/anchors/$svc.anchor") ||
+    e2e_fail "$svc: the chain does not verify against its own anchor: $out"
+done
 
 # ---- 1. the runtime role of every service ----------------------------------------------
 # Each service's records, as "service:table:column"; the CA's are its audit and what it
@@ -157,5 +181,34 @@ mismatch=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_audit
   WHERE action = 'audit_anchor_mismatch' AND result = 'DATA_LOSS'")
 ((mismatch >= 1)) || e2e_fail "hsm-kms's audit holds no audit_anchor_mismatch record"
 e2e_log "hsm-kms refused to anchor over the lost records (file kept; $mismatch mismatch record(s))"
+
+# ---- 3. a superuser edits a KMS audit record and deletes an MTMS one ---------------------
+# As the superuser, with the trigger off: what a database administrator could do unseen
+# before the chain. $3 is the statement, on record $4.
+superuser_edit() {
+  rkl_psql -d "$1" -c "ALTER TABLE $2 DISABLE TRIGGER USER" -c "$3" \
+    -c "ALTER TABLE $2 ENABLE TRIGGER USER" >/dev/null
+}
+# audit-verify must exit 1 (not 0, not an error) and name record $3.
+expect_broken_at() {
+  local svc=$1 flags=$2 seq=$3 out rc=0
+  # shellcheck disable=SC2086
+  out=$(rklctl "$svc" audit-verify $flags 2>&1) || rc=$?
+  ((rc == 1)) || e2e_fail "$svc audit-verify exited $rc after the edit: $out"
+  grep -q "audit chain BROKEN at record $seq " <<<"$out" ||
+    e2e_fail "$svc audit-verify does not name record $seq: $out"
+  e2e_log "$svc audit-verify (exit 1): $out"
+}
+kms_seq=$(e2e_sql rkl_kms "SELECT min(seq) FROM audit WHERE sn = '$sn'")
+[[ -n "$kms_seq" ]] || e2e_fail "kms: no chained audit record for $sn"
+superuser_edit rkl_kms audit "UPDATE audit SET result = 'DENIED' WHERE seq = $kms_seq"
+e2e_log "superuser: edited KMS audit record $kms_seq"
+expect_broken_at kms "$kms" "$kms_seq"
+
+mtms_max=$(e2e_sql rkl_mtms "SELECT coalesce(max(seq), 0) FROM audit")
+((mtms_max >= 2)) || e2e_fail "mtms: only $mtms_max chained audit records"
+superuser_edit rkl_mtms audit "DELETE FROM audit WHERE seq = 1"
+e2e_log "superuser: deleted MTMS audit record 1 of $mtms_max"
+expect_broken_at mtms "$mtms" 2
 
 e2e_leakage_sweep

@@ -149,7 +149,8 @@ left=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_key WHERE bound_sn = '$revo
     FROM hsm_audit_pending WHERE sn = '$revoked' AND action = 'destroy_terminal_keys'
     AND actor = 'kms' AND result = 'OK')") == 1)) ||
   e2e_fail "HSM #2's audit does not record the destruction of $revoked's keys once"
-(($(e2e_sql rkl_kms "SELECT count(*) FROM audit WHERE sn = '$revoked' AND
+(($(e2e_sql rkl_kms "SELECT count(*) FROM (SELECT sn, action, result FROM audit UNION ALL
+    SELECT sn, action, result FROM audit_pending) a WHERE sn = '$revoked' AND
     action = 'terminal.keys_destroy' AND result = 'OK'") == 1)) ||
   e2e_fail "KMS's audit does not record the destruction of $revoked's keys"
 # The revoked terminal can never get a TMK again.

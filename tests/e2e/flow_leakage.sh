@@ -105,8 +105,10 @@ control_must_fail "KMS lists 12 terminals with prefix E2E-FLEET, expected 13" 13
 e2e_sql rkl_kms "UPDATE terminals SET state = 'TMK_DELIVERED' WHERE sn = 'E2E-FLEET-000002'"
 control_must_fail "KMS reports 11 of 12 terminals INSTALLED" 12
 e2e_sql rkl_kms "UPDATE terminals SET state = 'INSTALLED' WHERE sn = 'E2E-FLEET-000002'"
-e2e_sql rkl_kms "INSERT INTO audit (at_ms, actor, action, sn, detail, result)
-  VALUES (0, 'e2e-control', 'terminal.installed', 'E2E-FLEET-000003', 'control', 'OK')"
+# (A superuser's record, far past the chain's end, so no seal reaches it; its MAC is junk.)
+e2e_sql rkl_kms "INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac)
+  SELECT coalesce(max(seq), 0) + 1000000, 0, 'e2e-control', 'terminal.installed',
+  'E2E-FLEET-000003', 'control', 'OK', '\\x00'::bytea FROM audit"
 control_must_fail "terminals installed more than once (sn count): E2E-FLEET-000003 2" 12
 e2e_log "controls: the fleet check caught a lost, a stuck and a twice-installed terminal"
 

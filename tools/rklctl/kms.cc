@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 
+#include "audit_verify.h"
 #include "commands.h"
 #include "connection.h"
 #include "rkl/rpc/call_context.h"
@@ -214,6 +215,15 @@ void RegisterKmsCommands(CLI::App& app) {
       } while (!req.page().page_token().empty());
     });
   }
+  AddAuditVerifyCommand(kms, "KMS", "kms", kDefaultKms,
+                        [](const Endpoint& endpoint, const rkl::v1::VerifyAuditChainRequest& req) {
+                          auto stub = KmsStub(endpoint, "audit-verify");
+                          rkl::v1::VerifyAuditChainResponse resp;
+                          auto ctx = rpc::MakeClientContext(kTimeout);
+                          grpc::Status st = stub->VerifyAuditChain(ctx.get(), req, &resp);
+                          if (!st.ok()) Fail("audit-verify", rpc::FromGrpcStatus(st));
+                          return resp;
+                        });
 }
 
 }  // namespace rkl::rklctl

@@ -13,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/time/time.h"
+#include "audit_verify.h"
 #include "commands.h"
 #include "connection.h"
 #include "rkl/rpc/call_context.h"
@@ -200,10 +201,20 @@ void RegisterQueueCommands(CLI::App* mtms) {
 }  // namespace
 
 void RegisterMtmsCommands(CLI::App& app) {
-  auto* mtms = app.add_subcommand("mtms", "rkl-mtms: work keys and the forwarding queue");
+  auto* mtms =
+      app.add_subcommand("mtms", "rkl-mtms: work keys, the forwarding queue, audit verification");
   mtms->require_subcommand(1);
   RegisterWorkKeyCommands(mtms);
   RegisterQueueCommands(mtms);
+  AddAuditVerifyCommand(mtms, "MTMS", "mtms", kDefaultMtms,
+                        [](const Endpoint& endpoint, const v1::VerifyAuditChainRequest& req) {
+                          auto stub = MtmsStub(endpoint, "audit-verify");
+                          v1::VerifyAuditChainResponse resp;
+                          auto ctx = rpc::MakeClientContext(kTimeout);
+                          grpc::Status st = stub->VerifyAuditChain(ctx.get(), req, &resp);
+                          if (!st.ok()) Fail("audit-verify", rpc::FromGrpcStatus(st));
+                          return resp;
+                        });
 }
 
 }  // namespace rkl::rklctl

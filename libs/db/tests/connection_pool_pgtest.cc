@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "pg_fixture.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
 #include "rkl/testing/wait.h"
 
@@ -224,6 +225,46 @@ TEST_F(ConnectionPoolTest, SessionSettingsAreMadeOnEveryNewConnection) {
   absl::StatusOr<ConnectionPool::Lease> c = plain.Borrow();
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(show(c->connection(), "plan_cache_mode"), "auto");
+}
+
+// Issue 21, finding 6: a service's statements cannot outlive its callers' deadlines.
+TEST_F(ConnectionPoolTest, StatementAndLockTimeoutsEndAStatementThatWouldOutliveItsCaller) {
+  StatementTimeouts timeouts{.statement = absl::Milliseconds(300),
+                             .lock = absl::Milliseconds(100)};
+  EXPECT_THAT(StatementTimeoutSettings(timeouts),
+              ::testing::ElementsAre(std::pair<std::string, std::string>("statement_timeout",
+                                                                         "300ms"),
+                                     std::pair<std::string, std::string>("lock_timeout",
+                                                                         "100ms")));
+  EXPECT_TRUE(StatementTimeoutSettings({.statement = absl::ZeroDuration(),
+                                        .lock = absl::ZeroDuration()})
+                  .empty());
+  ConnectionPool pool(PoolOptions{
+      .dsn = dsn(), .max_size = 1, .settings = StatementTimeoutSettings(timeouts)});
+  // A statement that would run for a minute is cancelled: DEADLINE_EXCEEDED.
+  absl::StatusOr<int> slept = RunAutocommitRead(pool, [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
+    tx.exec("SELECT pg_sleep(60)");
+    return 1;
+  });
+  EXPECT_EQ(slept.status().code(), absl::StatusCode::kDeadlineExceeded) << slept.status();
+  EXPECT_THAT(slept.status().message(), HasSubstr("57014"));
+
+  // A row another connection holds locked (for as long as it likes) is refused: ABORTED.
+  pqxx::connection holder(dsn());
+  {
+    pqxx::nontransaction setup(holder);
+    setup.exec("CREATE TABLE timeout_probe (id int PRIMARY KEY, v int)");
+    setup.exec("INSERT INTO timeout_probe VALUES (1, 0)");
+  }
+  pqxx::work lock(holder);
+  lock.exec("SELECT v FROM timeout_probe WHERE id = 1 FOR UPDATE");
+  absl::Status write = RunAutocommitWrite(pool, [](OneStatement& stmt) {
+    stmt.Exec("UPDATE timeout_probe SET v = 1 WHERE id = 1");
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(write.code(), absl::StatusCode::kAborted) << write;
+  EXPECT_THAT(write.message(), HasSubstr("55P03"));
+  lock.abort();
 }
 
 TEST_F(ConnectionPoolTest, ARefusedSessionSettingIsUnavailableNamingIt) {

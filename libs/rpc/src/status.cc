@@ -1,5 +1,10 @@
 #include "rkl/rpc/status.h"
 
+#include "google/protobuf/duration.pb.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "rkl/common/retry_delay.h"
+
 namespace rkl::rpc {
 namespace {
 
@@ -91,12 +96,42 @@ absl::StatusCode FromGrpcCode(grpc::StatusCode code) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+  std::optional<absl::Duration> delay = RetryDelay(status);
+  if (!delay) return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+  // google.rpc.Status with RetryInfo: sent as grpc-status-details-bin.
+  google::rpc::RetryInfo retry;
+  const int64_t ms = absl::ToInt64Milliseconds(*delay);
+  retry.mutable_retry_delay()->set_seconds(ms / 1000);
+  retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(ms % 1000) * 1'000'000);
+  google::rpc::Status details;
+  details.set_code(static_cast<int32_t>(ToGrpcCode(status.code())));
+  details.set_message(std::string(status.message()));
+  details.add_details()->PackFrom(retry);
+  return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()),
+                      details.SerializeAsString());
+}
+
+std::optional<absl::Duration> RetryDelayFromDetails(const grpc::Status& status) {
+  if (status.error_details().empty()) return std::nullopt;
+  google::rpc::Status details;
+  if (!details.ParseFromString(status.error_details())) return std::nullopt;
+  for (const google::protobuf::Any& any : details.details()) {
+    google::rpc::RetryInfo retry;
+    if (any.Is<google::rpc::RetryInfo>() && any.UnpackTo(&retry)) {
+      return absl::Seconds(retry.retry_delay().seconds()) +
+             absl::Nanoseconds(retry.retry_delay().nanos());
+    }
+  }
+  return std::nullopt;
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(FromGrpcCode(status.error_code()), status.error_message());
+  absl::Status s(FromGrpcCode(status.error_code()), status.error_message());
+  if (std::optional<absl::Duration> delay = RetryDelayFromDetails(status)) {
+    s = WithRetryDelay(std::move(s), *delay);
+  }
+  return s;
 }
 
 }  // namespace rkl::rpc

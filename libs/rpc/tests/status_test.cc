@@ -1,5 +1,9 @@
 #include "rkl/rpc/status.h"
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "rkl/common/retry_delay.h"
+
 #include <gtest/gtest.h>
 
 namespace rkl::rpc {
@@ -23,6 +27,32 @@ TEST(StatusConversion, EveryCodeRoundTripsWithItsMessage) {
     EXPECT_EQ(back.error_code(), from_grpc.error_code());
     EXPECT_EQ(back.error_message(), from_grpc.error_message());
   }
+}
+
+TEST(StatusConversion, ARetryHintTravelsAsGoogleRpcRetryInfo) {
+  absl::Status limited = RateLimitedError("rate limit: too many calls from this source",
+                                          absl::Microseconds(1'500'001));
+  EXPECT_EQ(limited.message(), "rate limit: too many calls from this source; retry in 1501 ms");
+  grpc::Status g = ToGrpcStatus(limited);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(g.error_message(), limited.message());
+  // Standard details any gRPC client can read: google.rpc.Status{code, message, [RetryInfo]}.
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(g.error_details()));
+  EXPECT_EQ(details.code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  ASSERT_EQ(details.details_size(), 1);
+  google::rpc::RetryInfo retry;
+  ASSERT_TRUE(details.details(0).UnpackTo(&retry));
+  EXPECT_EQ(retry.retry_delay().seconds(), 1);
+  EXPECT_EQ(retry.retry_delay().nanos(), 501'000'000);
+  EXPECT_EQ(RetryDelayFromDetails(g), absl::Milliseconds(1501));
+  absl::Status back = FromGrpcStatus(g);
+  EXPECT_EQ(back.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RetryDelay(back), absl::Milliseconds(1501));
+  // Without a hint there are no details.
+  EXPECT_TRUE(ToGrpcStatus(absl::ResourceExhaustedError("x")).error_details().empty());
+  EXPECT_EQ(RetryDelay(FromGrpcStatus(ToGrpcStatus(absl::ResourceExhaustedError("x")))),
+            std::nullopt);
 }
 
 TEST(StatusConversion, UnexpectedCodesBecomeUnknown) {

@@ -18,6 +18,7 @@
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
@@ -35,6 +36,7 @@ rkl::ConfigSchema MakeSchema() {
   rkl::rpc::DeclareTlsConfig(schema);
   schema.String("db.dsn", "libpq DSN of the CA's own database (rkl_ca)").Required().Secret();
   rkl::db::DeclareOwnerDsnConfig(schema);
+  rkl::db::DeclareStatementTimeoutConfig(schema);
   schema.Int("db.pool_size", "maximum open database connections").Default("4").Range(1, 64);
   schema
       .Path("master_key_file",
@@ -78,8 +80,10 @@ int main(int argc, char** argv) {
                     .program = kProgram});
   rkl::rpc::InstallShutdownSignalHandlers();
 
-  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  rkl::db::ConnectionPool pool(
+      {.dsn = config.GetString("db.dsn"),
+       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+       .settings = rkl::db::StatementTimeoutSettings(rkl::db::StatementTimeoutsFromConfig(config))});
   spdlog::info("database {}", pool.redacted_dsn());
   absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},

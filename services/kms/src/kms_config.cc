@@ -1,6 +1,12 @@
 #include "kms_config.h"
 
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 
 namespace rkl::kms {
 
@@ -14,6 +20,7 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(s);
+  db::DeclareStatementTimeoutConfig(s);
   s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
   s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
       .Default("localhost:50053");
@@ -27,9 +34,46 @@ ConfigSchema MakeKmsConfigSchema() {
       .Required()
       .Range(1, INT64_MAX);
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
-  s.Int("lockout.threshold", "consecutive authentication failures that lock an SN")
-      .Default("5")
-      .Range(1, 100);
+  s.Duration("session.retention",
+             "how long after its expiry a session is kept before the purge deletes it; at "
+             "least session.ttl")
+      .Default("10m");
+  s.Duration("session.purge_interval",
+             "how often this replica deletes sessions past "
+             "session.retention (0: never)")
+      .Default("1m");
+  s.Duration("refusals.flush_interval",
+             "how often this replica adds the terminal refusals it counted to refusal_counts "
+             "(docs/kms.md \"Bounded state\"); more than 0")
+      .Default("10s");
+  s.Duration("refusals.retention", "how long refusal counts are kept").Default("24h");
+  s.Int("lockout.threshold",
+        "consecutive failed proofs that lock an SN until an admin unlocks it (docs/kms.md "
+        "\"Lockout\")")
+      .Default("100")
+      .Range(1, 1'000'000);
+  s.Duration("lockout.backoff_base",
+             "wait after an SN's first failed proof, doubling per further failure; 0: none")
+      .Default("1s");
+  s.Duration("lockout.backoff_max", "the longest wait between an SN's failed proofs")
+      .Default("10m");
+  // Terminal RPCs (Begin/Complete/ConfirmInstallation) per source address and per SN
+  // (docs/kms.md "Rate limits"). per_minute 0 turns a limit off.
+  s.Int("limits.per_source.per_minute",
+        "terminal calls per minute one source IP address may make on average (0: no limit)")
+      .Default("6000")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_source.burst", "terminal calls one source IP address may make at once")
+      .Default("200")
+      .Range(1, 1'000'000);
+  s.Int("limits.per_sn.per_minute",
+        "terminal calls per minute for one SN on average (0: no limit)")
+      .Default("60")
+      .Range(0, 60'000'000);
+  s.Int("limits.per_sn.burst", "terminal calls for one SN at once").Default("20").Range(1, 1'000'000);
+  audit::DeclareAuditConfig(s, "KMS");
+  s.String("replica_id", "this replica's name in its audit anchors (default: kms@<host name>)")
+      .Default("");
   s.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   s.Enum("log.level", {"trace", "debug", "info", "warn", "error"}, "minimum log level")
       .Default("info");
@@ -37,7 +81,7 @@ ConfigSchema MakeKmsConfigSchema() {
   return s;
 }
 
-KmsSettings KmsSettingsFromConfig(const Config& config) {
+absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   KmsSettings k;
   k.server.listen_address = config.GetString("listen");
   k.server.tls = rpc::TlsFilesFromConfig(config, "tls");
@@ -48,6 +92,7 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.db.dsn = config.GetString("db.dsn");
   k.owner_dsn = config.GetString("db.owner_dsn");
   k.db.max_size = static_cast<int>(config.GetInt("db.pool_size"));
+  k.db.settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config));
   k.hsm_target = config.GetString("hsm.endpoint");
   k.hsm_channel.tls = rpc::TlsFilesFromConfig(config, "hsm.tls");
   k.hsm_channel.authority = config.GetString("hsm.authority");
@@ -55,9 +100,37 @@ KmsSettings KmsSettingsFromConfig(const Config& config) {
   k.core.pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index"));
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
   k.core.session_ttl = config.GetDuration("session.ttl");
+  k.core.session_retention = config.GetDuration("session.retention");
+  // A session claimed just before its expiry is still in flight for up to an HSM call and
+  // a write; retaining every session at least one more ttl leaves that call its row.
+  if (k.core.session_retention < k.core.session_ttl) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session.retention: ", absl::FormatDuration(k.core.session_retention),
+        " is shorter than session.ttl (", absl::FormatDuration(k.core.session_ttl), ")"));
+  }
+  k.session_purge_interval = config.GetDuration("session.purge_interval");
+  k.refusal_flush_interval = config.GetDuration("refusals.flush_interval");
+  if (k.refusal_flush_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("refusals.flush_interval: must be more than 0");
+  }
+  k.core.refusal_retention = config.GetDuration("refusals.retention");
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
+  k.core.backoff_base = config.GetDuration("lockout.backoff_base");
+  k.core.backoff_max = config.GetDuration("lockout.backoff_max");
+  k.terminal_limits.per_source = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};
+  k.terminal_limits.per_sn = {
+      .per_second = static_cast<double>(config.GetInt("limits.per_sn.per_minute")) / 60,
+      .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
+  RKL_ASSIGN_OR_RETURN(k.audit, audit::AuditSettingsFromConfig(config));
+  k.replica_id = config.GetString("replica_id");
+  if (k.replica_id.empty()) {
+    char host[256] = {};
+    k.replica_id = absl::StrCat("kms@", ::gethostname(host, sizeof(host) - 1) == 0 ? host : "");
+  }
   return k;
 }
 

@@ -4,6 +4,8 @@
 // indexes only; it never holds key material.
 
 #include "kms_core.h"
+#include "kms_grpc_service.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/rpc/channel.h"
@@ -24,11 +26,17 @@ struct KmsSettings {
   rpc::ChannelOptions hsm_channel;
   absl::Duration hsm_timeout;
   KmsCoreOptions core;
+  TerminalRateLimits terminal_limits;  // limits.*
   absl::Duration shutdown_grace;
+  absl::Duration session_purge_interval;  // 0: this replica never purges
+  absl::Duration refusal_flush_interval;  // > 0
   rpc::ServiceCaCrlOptions crl;  // client-certificate revocation (docs/pki.md)
+  audit::AuditSettings audit;    // the audit chain (docs/kms.md, Audit)
+  std::string replica_id;        // names this replica's audit anchors
 };
 
-// Reads a loaded Config (validated by the schema) into typed settings.
-KmsSettings KmsSettingsFromConfig(const Config& config);
+// Reads a loaded Config (validated by the schema) into typed settings; INVALID_ARGUMENT
+// naming the key for a value the schema cannot check.
+absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config);
 
 }  // namespace rkl::kms

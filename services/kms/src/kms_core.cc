@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/sn.h"
@@ -23,6 +24,27 @@ bool SameTransportKey(const Bytes& stored, const protocol::ParsedCtkPk& incoming
   absl::StatusOr<protocol::ParsedCtkPk> kept = protocol::ParseCtkPk(stored);
   return kept.ok() && kept->header.algorithm == incoming.header.algorithm &&
          kept->header.pk_kcv == incoming.header.pk_kcv && kept->wrapped == incoming.wrapped;
+}
+
+// A new Ctk_pk for an SN replaces the stored one only with a later created_at (header H,
+// PROTOCOL §5). Equal bytes and the same TK were answered as duplicates before this.
+absl::Status CheckNewerThanStored(const Bytes& stored, int64_t incoming_created_at_ms) {
+  absl::StatusOr<protocol::ParsedCtkPk> kept = protocol::ParseCtkPk(stored);
+  if (!kept.ok()) return absl::OkStatus();  // nothing comparable is stored: the new one wins
+  const int64_t kept_at = kept->header.created_at_unix_ms;
+  if (incoming_created_at_ms < kept_at) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " is older than the stored transport key's (", kept_at,
+                     "); a newer package for this SN was accepted already"));
+  }
+  if (incoming_created_at_ms == kept_at) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ctk_pk: created_at ", incoming_created_at_ms,
+                     " equals the stored transport key's, with another transport key; only a later "
+                     "package replaces it"));
+  }
+  return absl::OkStatus();
 }
 
 // Optimistic writes that lose a race are decided again on fresh state, a bounded number
@@ -154,6 +176,57 @@ void KmsCore::AuditFailure(const std::string& actor, const char* action, const s
   if (!s.ok()) spdlog::error("kms: audit write failed for {} on {}: {}", action, sn, s.ToString());
 }
 
+void KmsCore::CountRefusal(const char* action, const std::string& sn, const absl::Status& refusal) {
+  const int64_t now_ms = NowMs();
+  constexpr int64_t kMinuteMs = 60'000;
+  const int64_t minute = now_ms - (now_ms % kMinuteMs + kMinuteMs) % kMinuteMs;
+  const std::string reason = CodeName(refusal);
+  const absl::string_view message = refusal.message();
+  absl::MutexLock lock(&refusal_mu_);
+  auto it = refusals_.find(RefusalKey{minute, sn, action, reason});
+  if (it == refusals_.end()) {
+    const bool full = refusals_.size() >= kMaxTalliedRefusalKeys;
+    RefusalCount row;
+    row.interval_start_ms = minute;
+    row.sn = full ? std::string(kAnySn) : sn;
+    row.action = action;
+    row.reason = reason;
+    it = refusals_.try_emplace(RefusalKey{minute, row.sn, action, reason}, std::move(row)).first;
+  }
+  ++it->second.count;
+  it->second.last_detail.assign(message.data(), std::min<size_t>(message.size(), 256));
+}
+
+absl::StatusOr<int64_t> KmsCore::FlushRefusalCounts() {
+  std::map<RefusalKey, RefusalCount> taken;
+  {
+    absl::MutexLock lock(&refusal_mu_);
+    taken.swap(refusals_);
+  }
+  std::vector<RefusalCount> counts;
+  int64_t total = 0;
+  for (auto& [key, count] : taken) {
+    total += count.count;
+    counts.push_back(count);
+  }
+  absl::Status s = repository_.AddRefusalCounts(counts);
+  if (!s.ok()) {
+    // Put them back (merging with what was counted meanwhile) for the next flush. An
+    // UNKNOWN outcome may then count them twice; counters are not the audit.
+    absl::MutexLock lock(&refusal_mu_);
+    for (auto& [key, count] : taken) {
+      auto [it, inserted] = refusals_.emplace(key, count);
+      if (!inserted) it->second.count += count.count;
+    }
+    return s;
+  }
+  return total;
+}
+
+absl::StatusOr<int64_t> KmsCore::PurgeRefusalCounts() {
+  return repository_.PurgeRefusalCounts(absl::ToUnixMillis(clock_() - options_.refusal_retention));
+}
+
 absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Decision& decide,
                                                const TerminalRecord* known, bool* session_moved) {
   absl::Status last;
@@ -254,7 +327,14 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     // would only cancel the session the terminal may already have opened on it.
     if (SameTransportKey(t.ctk_pk, *parsed)) return SubmitResult{t.state, true};
 
-    absl::Status refusal;
+    // Packages for one SN arrive in any order (MTMS retries with backoff, replicas race):
+    // only a strictly newer one may replace the stored TK, so a package that waited in a
+    // retry queue can never overwrite the TK the terminal holds now.
+    absl::Status refusal = CheckNewerThanStored(t.ctk_pk, parsed->header.created_at_unix_ms);
+    if (!refusal.ok()) {
+      AuditFailure(actor, kActionTkSubmit, sn, absl::StrCat("submission ", submission_id), refusal);
+      return refusal;
+    }
     switch (t.state) {
       case TerminalState::kRevoked:
       case TerminalState::kLocked:
@@ -393,14 +473,15 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
       if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8, ...: visible without a line per probe
         spdlog::info("kms: BeginAuthentication for an unknown SN ({} so far; latest {})", n, sn);
       }
+      CountRefusal(kActionAuthBegin, kAnySn, terminal.status());
     }
     return terminal.status();
   }
   absl::Status refusal;
+  // An INSTALLED terminal may authenticate again: one that lost ConfirmInstallation's reply
+  // proves AUK in a fresh session and confirms the same TMK (CompleteAuthentication).
   if (IsBlocked(terminal->state)) {
     refusal = BlockedError(terminal->state);
-  } else if (terminal->state == TerminalState::kInstalled) {
-    refusal = absl::FailedPreconditionError("sn: terminal already installed its TMK");
   } else if (terminal->state == TerminalState::kRekeyPending) {
     refusal = absl::FailedPreconditionError(
         "sn: terminal is marked for re-key and awaits a new transport key");
@@ -408,7 +489,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     refusal = protocol::CheckNonce(terminal->algorithm, rnd1, "rnd1");
   }
   if (!refusal.ok()) {
-    AuditFailure(actor, kActionAuthBegin, sn, "", refusal);
+    CountRefusal(kActionAuthBegin, sn, refusal);
     return refusal;
   }
 
@@ -444,6 +525,13 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     session.id = NewSessionId();
     absl::Status s = repository_.InsertSession(session, {BeginAudit(session, t.auk_kcv)});
     if (s.ok()) break;
+    if (s.code() == absl::StatusCode::kFailedPrecondition) {
+      // Locked, revoked, installed or given a new TK while HSM #2 made the challenge: no
+      // session was opened. Say why, as a Begin that came later would.
+      absl::StatusOr<TerminalRecord> now = repository_.GetTerminal(sn);
+      if (now.ok() && IsBlocked(now->state)) s = BlockedError(now->state);
+      return s;
+    }
     // 128 random bits collide only with a broken RNG; do not loop forever on one.
     if (s.code() != absl::StatusCode::kAlreadyExists || attempt >= 2) return s;
   }
@@ -451,11 +539,9 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
 }
 
 absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> session,
-                                                 const std::string& id, const std::string& sn,
-                                                 SessionState want, const char* action) {
-  const std::string actor = TerminalActor(sn);
+                                                 const std::string& sn, SessionState want,
+                                                 const char* action) {
   absl::Status refusal;
-  std::string detail = absl::StrCat("session ", id.substr(0, 8), "…");
   if (!session.ok()) {
     if (session.status().code() != absl::StatusCode::kNotFound) return session.status();
     refusal = session.status();
@@ -463,7 +549,6 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
     // Indistinguishable from an unknown session: the caller learns nothing about other
     // terminals' sessions, and the session stays usable by its own terminal.
     refusal = absl::NotFoundError("session_id: no such session");
-    absl::StrAppend(&detail, " belongs to another terminal");
   } else if (session->state == SessionState::kCancelled) {
     refusal = absl::FailedPreconditionError(
         "session_id: session was cancelled (new transport key, lock or revocation)");
@@ -475,7 +560,8 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
     refusal = absl::FailedPreconditionError("session_id: session expired");
   }
   if (!refusal.ok()) {
-    AuditFailure(actor, action, sn, detail, refusal);
+    // The SN is one KMS knows only when it is the session's.
+    CountRefusal(action, session.ok() && session->sn == sn ? sn : std::string(kAnySn), refusal);
     return refusal;
   }
   return session;
@@ -484,17 +570,21 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
 absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string& id,
                                                               const std::string& sn,
                                                               SessionState from, SessionState to,
-                                                              const char* action) {
+                                                              const char* action,
+                                                              std::optional<SessionState> done) {
   // The common case in one statement: the claim and both reads.
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
                        repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
   if (claimed) return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
-  // Not claimed: read both to tell the terminal why (audited by LoadSession). If nothing is
+  // Not claimed: read both to tell the terminal why (counted by LoadSession). If nothing is
   // wrong now (the session moved back meanwhile), the caller claims it as before.
   RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
                        repository_.GetSessionAndTerminal(id, sn));
-  RKL_ASSIGN_OR_RETURN(AuthSession session,
-                       LoadSession(std::move(read.session), id, sn, from, action));
+  if (done && read.session.ok() && read.session->sn == sn && read.session->state == *done &&
+      read.terminal.ok()) {
+    return ClaimedSession{*std::move(read.session), *std::move(read.terminal), false, true};
+  }
+  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, action));
   RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   return ClaimedSession{std::move(session), std::move(terminal), false};
 }
@@ -517,18 +607,63 @@ void KmsCore::ReleaseSession(const std::string& id, SessionState claimed, Sessio
   }
 }
 
+absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
+                                                    TerminalRecord& terminal) {
+  const int64_t now = NowMs();
+  ProofAttemptPolicy policy{.now_ms = now,
+                            .backoff_base_ms = absl::ToInt64Milliseconds(options_.backoff_base),
+                            .backoff_max_ms = absl::ToInt64Milliseconds(options_.backoff_max),
+                            .lock_after = static_cast<uint32_t>(options_.lockout_threshold)};
+  RKL_ASSIGN_OR_RETURN(ProofAttempt a, repository_.ChargeProofAttempt(sn, policy));
+  if (a.allowed) {
+    terminal.consecutive_failures = a.failures;
+    terminal.version = a.version;
+    return a;
+  }
+  if (a.failures >= policy.lock_after) {
+    // The attempt that reached the threshold locks the SN when HSM #2 has judged it.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sn: no authentication attempts left after ", a.failures,
+        " consecutive failures; an administrator must unlock the terminal"));
+  }
+  if (a.retry_after_ms <= now) {
+    // Neither backing off nor out of attempts: locked or revoked since it was read.
+    return absl::FailedPreconditionError("sn: terminal is locked or revoked");
+  }
+  // Backing off. Not audited:
+  // a refusal that costs a write would let anyone make KMS write.
+  const absl::Duration wait =
+      std::max(absl::Milliseconds(a.retry_after_ms - now), absl::Milliseconds(1));
+  return RateLimitedError(
+      absl::StrCat("sn: ", a.failures,
+                   " consecutive failed proofs; the next attempt is allowed later"),
+      wait);
+}
+
+void KmsCore::RefundAttempt(const std::string& sn) {
+  absl::Status s = repository_.RefundProofAttempt(sn, NowMs());
+  if (!s.ok()) spdlog::warn("kms: could not refund a proof attempt of {}: {}", sn, s.ToString());
+}
+
 absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
-                                    const std::string& detail) {
-  const int threshold = options_.lockout_threshold;
+                                    const std::string& detail, const ProofAttempt& attempt,
+                                    const std::string& message) {
+  // The counter went up when the attempt was charged; this records what it was.
+  const uint32_t threshold = static_cast<uint32_t>(options_.lockout_threshold);
+  const int64_t now = NowMs();
   absl::StatusOr<TerminalRecord> after =
       Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
         Change c{cur};
-        c.record.consecutive_failures = cur.consecutive_failures + 1;
         c.audit.push_back(
             Audit(TerminalActor(sn), action, sn,
-                  absl::StrCat(detail, ", consecutive failures ", c.record.consecutive_failures),
+                  absl::StrCat(detail, ", consecutive failures ", cur.consecutive_failures,
+                               cur.consecutive_failures < threshold
+                                   ? absl::StrCat(", next attempt in ",
+                                                  std::max<int64_t>(0, attempt.retry_after_ms - now),
+                                                  " ms")
+                                   : ""),
                   absl::UnauthenticatedError("")));
-        if (static_cast<int>(c.record.consecutive_failures) >= threshold && !IsBlocked(cur.state)) {
+        if (cur.consecutive_failures >= threshold && !IsBlocked(cur.state)) {
           c.record.state_before_lock = cur.state;
           c.record.state = TerminalState::kLocked;
           c.cancel_sessions = true;
@@ -539,11 +674,18 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
         }
         return c;
       });
-  if (after.ok() && after->state == TerminalState::kLocked &&
-      after->consecutive_failures == static_cast<uint32_t>(threshold)) {
-    spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn, threshold);
+  if (!after.ok()) return after.status();
+  if (after->state == TerminalState::kLocked) {
+    spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn,
+                 after->consecutive_failures);
+    return absl::UnauthenticatedError(absl::StrCat(
+        message, message.empty() ? "" : "; ", "the terminal is now locked"));
   }
-  return after.status();
+  const absl::Duration wait = absl::Milliseconds(std::max<int64_t>(0, attempt.retry_after_ms - now));
+  return WithRetryDelay(
+      absl::UnauthenticatedError(absl::StrCat(message, "; next attempt allowed in ",
+                                              absl::ToInt64Milliseconds(wait), " ms")),
+      wait);
 }
 
 absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string& session_id,
@@ -572,7 +714,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!refusal.ok()) {
     // Refused before any attempt: the session stays open, as it was.
     if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    AuditFailure(actor, kActionAuthComplete, sn, "", refusal);
+    CountRefusal(kActionAuthComplete, sn, refusal);
     return refusal;
   }
 
@@ -586,8 +728,15 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   }
   if (!claimed) {
     absl::Status s = absl::FailedPreconditionError("session_id: session already used");
-    AuditFailure(actor, kActionAuthComplete, sn, "", s);
+    CountRefusal(kActionAuthComplete, sn, s);
     return s;
+  }
+  // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
+  // session is handed back unused.
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
+  if (!attempt.ok()) {
+    UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
+    return attempt.status();
   }
 
   // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
@@ -599,11 +748,11 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!out.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, out.status());
     if (out.status().code() == absl::StatusCode::kUnauthenticated) {
-      RKL_RETURN_IF_ERROR(RecordFailure(
-          sn, kActionAuthFail,
-          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…")));
-      return absl::UnauthenticatedError("crnd2: authentication token does not verify");
+      return RecordFailure(sn, kActionAuthFail,
+                           absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"),
+                           *attempt, "crnd2: authentication token does not verify");
     }
+    RefundAttempt(sn);
     AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver", out.status());
     return out.status();
   }
@@ -628,16 +777,21 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
             actor, kActionAuthOk, sn,
             absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
         const bool new_tmk = tmk->created || cur.tmk_index != tmk->tmk_index;
+        // An installed terminal that authenticates again gets its installed TMK again, under
+        // its own TEK (what it got before), and stays INSTALLED: it only needs a session in
+        // which to confirm it. Any other TMK means it is not installed any more.
+        const bool still_installed = cur.state == TerminalState::kInstalled && !new_tmk;
         if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
         c.record.tmk_index = tmk->tmk_index;
         c.record.tmk_kcv = tmk->kcv;
         c.record.replace_tmk = false;
-        c.record.state = TerminalState::kTmkDelivered;
+        if (!still_installed) c.record.state = TerminalState::kTmkDelivered;
         c.audit.push_back(Audit(
             actor, kActionTmkDeliver, sn,
             absl::StrCat(new_tmk ? "new" : "existing", " TMK tmk_index ", tmk->tmk_index,
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
-                         ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv)));
+                         ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv,
+                         still_installed ? ", terminal already INSTALLED" : "")));
         // The session awaits the install proof of this TMK: same transaction.
         c.session_move = SessionMove{session_id, SessionState::kVerifying,
                                      SessionState::kAuthenticated, tmk->kcv};
@@ -663,16 +817,22 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
-                       ClaimSession(session_id, sn, SessionState::kAuthenticated,
-                                    SessionState::kConfirming, kActionInstallConfirm));
+  RKL_ASSIGN_OR_RETURN(
+      ClaimedSession claim,
+      ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
+                   kActionInstallConfirm, SessionState::kConfirmed));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
+  if (claim.repeat) return RepeatConfirmation(session, terminal, proof);
+  // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
+  // its confirmation authenticated again and proves the same TMK in a fresh session.
+  const bool pending =
+      terminal.state == TerminalState::kTmkDelivered || terminal.state == TerminalState::kInstalled;
   absl::Status refusal;
   if (IsBlocked(terminal.state)) {
     refusal = BlockedError(terminal.state);
-  } else if (terminal.state != TerminalState::kTmkDelivered ||
-             terminal.tmk_kcv != session.tmk_kcv || terminal.auk_index != session.auk_index) {
+  } else if (!pending || terminal.tmk_kcv != session.tmk_kcv ||
+             terminal.auk_index != session.auk_index) {
     refusal = absl::FailedPreconditionError(
         "session_id: the TMK delivered in this session is no longer pending installation");
   } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
@@ -684,7 +844,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     if (claim.claimed) {
       UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
     }
-    AuditFailure(actor, kActionInstallConfirm, sn, "", refusal);
+    CountRefusal(kActionInstallConfirm, sn, refusal);
     return refusal;
   }
   bool claimed = claim.claimed;
@@ -696,51 +856,109 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   if (!claimed) {
     absl::Status s =
         absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
-    AuditFailure(actor, kActionInstallConfirm, sn, "", s);
+    CountRefusal(kActionInstallConfirm, sn, s);
     return s;
+  }
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
+  if (!attempt.ok()) {
+    UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
+    return attempt.status();
   }
   absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
                                                   session.rnd1, session.rnd2, proof);
   if (!verified.ok()) {
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated, verified);
     if (verified.code() == absl::StatusCode::kUnauthenticated) {
-      RKL_RETURN_IF_ERROR(
-          RecordFailure(sn, kActionInstallFail,
-                        absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv)));
-      return absl::UnauthenticatedError("proof: install proof does not verify");
+      return RecordFailure(sn, kActionInstallFail,
+                           absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv),
+                           *attempt, "proof: install proof does not verify");
     }
+    RefundAttempt(sn);
     AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
     return verified;
   }
-  absl::StatusOr<TerminalRecord> installed =
-      Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
-        if (cur.state != TerminalState::kTmkDelivered || cur.tmk_kcv != session.tmk_kcv) {
+  absl::StatusOr<TerminalRecord> installed = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        const bool again = cur.state == TerminalState::kInstalled;
+        if ((!again && cur.state != TerminalState::kTmkDelivered) ||
+            cur.tmk_kcv != session.tmk_kcv) {
           return absl::FailedPreconditionError(
               "session_id: the TMK delivered in this session is no longer pending "
               "installation");
         }
         Change c{cur};
         c.record.state = TerminalState::kInstalled;
-        c.record.installed_at_ms = NowMs();
+        if (!again) c.record.installed_at_ms = NowMs();
         c.record.rekey_requested = false;
         c.record.consecutive_failures = 0;
-        c.audit.push_back(Audit(actor, kActionInstalled, sn,
-                                absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv,
-                                             " generation ", cur.tmk_generation)));
+        c.audit.push_back(Audit(
+            actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
+            absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv, " generation ",
+                         cur.tmk_generation, again ? ", already INSTALLED, session " : "",
+                         again ? session_id.substr(0, 8) : "")));
         // The session is spent with the installation, in the same transaction.
         c.session_move = SessionMove{session_id, SessionState::kConfirming,
                                      SessionState::kConfirmed, std::nullopt};
         return c;
-      }, &terminal);
+      },
+      &terminal);
   if (!installed.ok()) {
+    // A write whose outcome is UNKNOWN may have committed (then the session is CONFIRMED and
+    // stays so) or not (then the same proof may simply be sent again): hand it back.
+    const bool maybe_written = installed.status().code() == absl::StatusCode::kUnknown;
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated,
-                   installed.status());
+                   maybe_written ? absl::UnavailableError("") : installed.status());
     return installed.status();
   }
   // Whether the session moved does not matter: the terminal row is what counts.
   spdlog::info("kms: terminal {} installed TMK kcv {} (generation {})", sn, installed->tmk_kcv,
                installed->tmk_generation);
   return installed->state;
+}
+
+absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& session,
+                                                          const TerminalRecord& terminal,
+                                                          std::span<const uint8_t> proof) {
+  const std::string& sn = terminal.sn;
+  const std::string actor = TerminalActor(sn);
+  absl::Status refusal;
+  if (IsBlocked(terminal.state)) {
+    refusal = BlockedError(terminal.state);
+  } else if (terminal.state != TerminalState::kInstalled || terminal.tmk_kcv != session.tmk_kcv ||
+             terminal.auk_index != session.auk_index) {
+    refusal = absl::FailedPreconditionError(
+        "session_id: session was confirmed, but the TMK it installed is no longer the "
+        "terminal's");
+  } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
+    refusal = absl::InvalidArgumentError(
+        absl::StrCat("proof: must be ", crypto::BlockSize(terminal.algorithm), " bytes for a ",
+                     AlgorithmName(terminal.algorithm), " terminal"));
+  }
+  if (!refusal.ok()) {
+    CountRefusal(kActionInstallConfirm, sn, refusal);
+    return refusal;
+  }
+  // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the
+  // first time, charged to the SN's attempts like any proof (so the repeat is no way around
+  // the back-off); a proof that verifies gets its attempt back, and nothing else is written.
+  TerminalRecord charged = terminal;
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, charged);
+  if (!attempt.ok()) return attempt.status();
+  absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
+                                                  session.rnd1, session.rnd2, proof);
+  if (verified.code() == absl::StatusCode::kUnauthenticated) {
+    return RecordFailure(
+        sn, kActionInstallFail,
+        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv),
+        *attempt, "proof: install proof does not verify");
+  }
+  RefundAttempt(sn);
+  if (!verified.ok()) {
+    AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
+    return verified;
+  }
+  return TerminalState::kInstalled;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -883,6 +1101,10 @@ absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,
 
 absl::StatusOr<Statistics> KmsCore::GetStatistics() {
   return repository_.GetStatistics({kActionAuthFail, kActionInstallFail});
+}
+
+absl::StatusOr<int64_t> KmsCore::PurgeExpiredSessions() {
+  return repository_.PurgeSessions(absl::ToUnixMillis(clock_() - options_.session_retention));
 }
 
 absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t page_size,

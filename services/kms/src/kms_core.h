@@ -8,23 +8,35 @@
 // Guarantees:
 //  - no key material ever passes through it: it holds HSM #2 key indexes and KCVs only,
 //    and nothing it logs, audits or returns in an error holds more;
-//  - every state change and every refusal is audited (actor, SN, action, indexes/KCVs);
+//  - every state change and every refusal is audited (actor, SN, action, indexes/KCVs),
+//    except a proof refused during its SN's back-off, which writes nothing, and a terminal
+//    call refused before any key operation or proof attempt (an unknown SN, a blocked
+//    terminal, malformed input, a session not the caller's to use), which is counted per
+//    minute, SN (or "*" for an SN KMS does not know), action and code, and reaches
+//    refusal_counts at the next FlushRefusalCounts (docs/kms.md "Bounded state");
+//  - every proof (Crnd2, install proof) is charged to its SN before HSM #2 sees it, so
+//    failures back off and lock strictly however many sessions run in parallel;
 //  - all state lives in the repository, so any number of KmsCore instances (replicas) on
 //    one database can serve any step of any terminal's flow;
 //  - every session step is claimed atomically: a session completes at most once.
 // It knows nothing of gRPC; callers pass the authenticated actor for the audit and
-// authorize before calling. Thread-safe (it has no mutable state of its own);
+// authorize before calling. Thread-safe (its only state of its own is the refusal tally, under
+// a mutex);
 // the repository and HSM port must outlive it.
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "hsm_port.h"
 #include "kms_repository.h"
@@ -39,7 +51,18 @@ struct KmsCoreOptions {
   uint64_t pk_index = 0;   // HSM #2 index of PK (KEY_USAGE_TK_WRAP)
   uint64_t mak_index = 0;  // HSM #2 index of MAK (KEY_USAGE_TK_MAC)
   absl::Duration session_ttl = absl::Seconds(60);
-  int lockout_threshold = 5;  // consecutive failures that lock an SN
+  // Failed proofs (docs/kms.md "Lockout"): after n consecutive failures the SN's next
+  // proof waits min(backoff_max, backoff_base · 2^(n-1)); at lockout_threshold it is LOCKED
+  // until an admin unlocks it. A zero backoff_base turns the back-off off.
+  int lockout_threshold = 100;
+  absl::Duration backoff_base = absl::Seconds(1);
+  absl::Duration backoff_max = absl::Minutes(10);
+  // PurgeExpiredSessions deletes sessions that expired longer ago than this. Until then a
+  // terminal that lost ConfirmInstallation's reply may repeat it in the same session;
+  // afterwards it confirms in a fresh one (docs/kms.md "Retries").
+  absl::Duration session_retention = absl::Minutes(10);
+  // PurgeRefusalCounts deletes the counts of minutes that began longer ago than this.
+  absl::Duration refusal_retention = absl::Hours(24);
 };
 
 struct SubmitResult {
@@ -82,6 +105,8 @@ inline constexpr char kActionTmkDeliver[] = "tmk.deliver";
 inline constexpr char kActionInstallConfirm[] = "install.confirm";  // refusals before the HSM
 inline constexpr char kActionInstallFail[] = "install.fail";
 inline constexpr char kActionInstalled[] = "terminal.installed";
+// An INSTALLED terminal confirmed its installed TMK again, in a new session (a lost reply).
+inline constexpr char kActionInstallReconfirm[] = "install.reconfirm";
 inline constexpr char kActionLock[] = "terminal.lock";
 inline constexpr char kActionUnlock[] = "terminal.unlock";
 inline constexpr char kActionRevoke[] = "terminal.revoke";
@@ -119,7 +144,8 @@ class KmsCore {
   absl::StatusOr<DeliveryResult> CompleteAuthentication(const std::string& session_id,
                                                         const std::string& sn,
                                                         std::span<const uint8_t> crnd2);
-  // S113.
+  // S113. Idempotent: the same session and proof again answer INSTALLED, and an INSTALLED
+  // terminal that authenticated again confirms its TMK in the new session (docs/kms.md).
   absl::StatusOr<TerminalState> ConfirmInstallation(const std::string& session_id,
                                                     const std::string& sn,
                                                     std::span<const uint8_t> proof);
@@ -140,6 +166,21 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> MarkForRekey(const std::string& actor, const std::string& sn,
                                               const std::string& reason);
   absl::StatusOr<Statistics> GetStatistics();
+  // Deletes the sessions that expired more than `session_retention` before the injected
+  // clock's now — used, refused, cancelled or never answered — and returns how many. rkl-kms
+  // calls it every `session.purge_interval`; tests call it directly. Any replica may run it
+  // at any time: a session it deletes can no longer be used by anyone.
+  absl::StatusOr<int64_t> PurgeExpiredSessions();
+  // Adds the refusals counted since the last flush to refusal_counts (one statement) and
+  // returns how many refusals that was. On failure the tally is kept for the next flush.
+  // rkl-kms flushes every `refusals.flush_interval` and at shutdown; a crash loses at most
+  // that much counting, never an audit record.
+  absl::StatusOr<int64_t> FlushRefusalCounts();
+  // Deletes the counts of minutes that began more than `refusal_retention` ago.
+  absl::StatusOr<int64_t> PurgeRefusalCounts();
+  // Distinct (minute, SN, action, code) keys tallied in memory between two flushes; beyond
+  // it every new key is counted under SN "*".
+  static constexpr size_t kMaxTalliedRefusalKeys = 4096;
   absl::StatusOr<AuditPage> ListAudit(const std::string& sn, uint32_t page_size,
                                       const std::string& page_token);
 
@@ -164,8 +205,17 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide,
                                         const TerminalRecord* known = nullptr,
                                         bool* session_moved = nullptr);
-  // One more consecutive failure; locks the SN at the threshold.
-  absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail);
+  // Charges one proof attempt to the SN before HSM #2 sees it (KmsRepository::
+  // ChargeProofAttempt) and updates `terminal`'s counter and version. While the SN backs
+  // off: RESOURCE_EXHAUSTED with the time until the next attempt; at the threshold:
+  // FAILED_PRECONDITION, locked.
+  absl::StatusOr<ProofAttempt> ChargeAttempt(const std::string& sn, TerminalRecord& terminal);
+  // Gives back an attempt HSM #2 did not judge (logged when that fails).
+  void RefundAttempt(const std::string& sn);
+  // Audits the failure the charged `attempt` turned out to be; locks the SN at the
+  // threshold. UNAUTHENTICATED `message` with the time until the next attempt.
+  absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail,
+                             const ProofAttempt& attempt, const std::string& message);
   // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for
   // `rnd1` in the same HSM command and sets `challenge`, and opens `session` (its id,
   // auk_index and rnd2 set here) in the same write as the import: *opened says whether it
@@ -182,22 +232,32 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> AdminChange(
       const std::string& actor, const std::string& sn, const std::string& reason,
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);
-  // `session` (as read for `id`) if it is `sn`'s, in state `want` and not expired;
-  // refusals are audited.
+  // `session` (as read) if it is `sn`'s, in state `want` and not expired; refusals are
+  // counted (CountRefusal).
   absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
-                                          const std::string& id, const std::string& sn,
-                                          SessionState want, const char* action);
+                                          const std::string& sn, SessionState want,
+                                          const char* action);
   // The session `id` of `sn` and its terminal: claimed from `from` to `to` when everything
   // about the session allows it (one statement), else loaded as LoadSession does (its
-  // refusals audited) and not claimed yet.
+  // refusals counted) and not claimed yet.
+  // A session of `sn` found in state `done` (the step it is asked for was completed
+  // already) is returned unclaimed and unaudited with repeat set: the caller answers the
+  // repetition.
   struct ClaimedSession {
     AuthSession session;
     TerminalRecord terminal;
     bool claimed = false;
+    bool repeat = false;
   };
   absl::StatusOr<ClaimedSession> ClaimSession(const std::string& id, const std::string& sn,
                                               SessionState from, SessionState to,
-                                              const char* action);
+                                              const char* action,
+                                              std::optional<SessionState> done = std::nullopt);
+  // ConfirmInstallation for a session already CONFIRMED: OK/INSTALLED if the terminal still
+  // has that session's TMK installed and HSM #2 verifies `proof` again; writes nothing.
+  absl::StatusOr<TerminalState> RepeatConfirmation(const AuthSession& session,
+                                                   const TerminalRecord& terminal,
+                                                   std::span<const uint8_t> proof);
   // Back from `claimed` to `from` after a refusal that is not an attempt.
   void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be
@@ -209,6 +269,9 @@ class KmsCore {
                    const absl::Status& result = absl::OkStatus()) const;
   void AuditFailure(const std::string& actor, const char* action, const std::string& sn,
                     const std::string& detail, const absl::Status& result);
+  // Counts a refusal made before any key operation (see the guarantees above); `sn` is
+  // kAnySn unless the SN is a terminal KMS knows.
+  void CountRefusal(const char* action, const std::string& sn, const absl::Status& refusal);
   int64_t NowMs() const;
   std::string NewSessionId() const;
 
@@ -218,6 +281,9 @@ class KmsCore {
   Clock clock_;
   crypto::RandomSource random_;
   KmsCoreOptions options_;
+  using RefusalKey = std::tuple<int64_t, std::string, std::string, std::string>;
+  absl::Mutex refusal_mu_;
+  std::map<RefusalKey, RefusalCount> refusals_ ABSL_GUARDED_BY(refusal_mu_);
 };
 
 // "terminal:<sn>": the audit actor of the terminal RPCs.

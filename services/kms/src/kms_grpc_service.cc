@@ -1,7 +1,10 @@
 #include "kms_grpc_service.h"
 
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/protocol/sn.h"
 #include "rkl/rpc/status.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::kms {
 namespace {
@@ -34,13 +37,58 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_tmk_generation(t.tmk_generation);
 }
 
-KmsGrpcService::KmsGrpcService(KmsCore& core) : core_(core), authorizer_(MakeAuthorizer()) {}
+std::string PeerAddress(const std::string& peer) {
+  std::string_view p = peer;
+  if (p.starts_with("ipv4:")) {
+    p.remove_prefix(5);
+    return std::string(p.substr(0, p.rfind(':')));
+  }
+  if (p.starts_with("ipv6:")) {
+    p.remove_prefix(5);
+    if (!p.empty() && p.front() == '[') {
+      const size_t close = p.find(']');
+      if (close != std::string_view::npos) return std::string(p.substr(1, close - 1));
+    }
+    return std::string(p.substr(0, p.rfind(':')));
+  }
+  return peer;
+}
+
+KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit,
+                               TerminalRateLimits limits)
+    : core_(core),
+      audit_(audit),
+      authorizer_(MakeAuthorizer()),
+      by_source_(limits.per_source, limits.clock, limits.max_tracked),
+      by_sn_(limits.per_sn, limits.clock, limits.max_tracked) {}
+
+absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
+                                               const std::string& sn) {
+  absl::Status refusal;
+  if (absl::Duration wait = by_source_.Acquire(PeerAddress(ctx.peer()));
+      wait > absl::ZeroDuration()) {
+    refusal = RateLimitedError("rate limit: too many terminal calls from this address", wait);
+  } else if (!protocol::ValidateSn(sn).ok()) {
+    return absl::OkStatus();  // refused by the core, before any database access
+  } else if (absl::Duration wait = by_sn_.Acquire(sn); wait > absl::ZeroDuration()) {
+    refusal = RateLimitedError("rate limit: too many calls for this sn", wait);
+  } else {
+    return absl::OkStatus();
+  }
+  // Counted and logged at 1, 2, 4, 8, ... refusals; never written anywhere durable.
+  const uint64_t n = ++rate_limited_;
+  if ((n & (n - 1)) == 0) {
+    spdlog::warn("kms: {} terminal calls refused for volume so far (latest: {})", n,
+                 std::string(refusal.message()));
+  }
+  return refusal;
+}
 
 rpc::Authorizer KmsGrpcService::MakeAuthorizer() {
   rpc::Authorizer a;
   a.Allow("SubmitTransportKey", {kMtms});
   for (const char* m : {"GetTerminal", "ListTerminals", "UnlockTerminal", "RevokeTerminal",
-                        "MarkForRekey", "GetStatistics", "ListAudit"}) {
+                        "MarkForRekey", "GetStatistics", "ListAudit", "VerifyAuditChain"}) {
     a.Allow(m, {kAdmins});
   }
   return a;
@@ -67,9 +115,10 @@ grpc::Status KmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
 }
 
 // Terminal RPCs: open to any TLS client; the terminal proves itself with AUK.
-grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext*,
+grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext* ctx,
                                                  const rkl::v1::BeginAuthenticationRequest* req,
                                                  rkl::v1::BeginAuthenticationResponse* resp) {
+  if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<BeginResult> r = core_.BeginAuthentication(req->sn(), Span(req->rnd1()));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   resp->set_session_id(r->session_id);
@@ -80,8 +129,9 @@ grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext*,
 }
 
 grpc::Status KmsGrpcService::CompleteAuthentication(
-    grpc::ServerContext*, const rkl::v1::CompleteAuthenticationRequest* req,
+    grpc::ServerContext* ctx, const rkl::v1::CompleteAuthenticationRequest* req,
     rkl::v1::CompleteAuthenticationResponse* resp) {
+  if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<DeliveryResult> r =
       core_.CompleteAuthentication(req->session_id(), req->sn(), Span(req->crnd2()));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
@@ -90,9 +140,10 @@ grpc::Status KmsGrpcService::CompleteAuthentication(
   return grpc::Status::OK;
 }
 
-grpc::Status KmsGrpcService::ConfirmInstallation(grpc::ServerContext*,
+grpc::Status KmsGrpcService::ConfirmInstallation(grpc::ServerContext* ctx,
                                                  const rkl::v1::ConfirmInstallationRequest* req,
                                                  rkl::v1::ConfirmInstallationResponse* resp) {
+  if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<TerminalState> r =
       core_.ConfirmInstallation(req->session_id(), req->sn(), Span(req->proof()));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
@@ -198,6 +249,21 @@ grpc::Status KmsGrpcService::ListAudit(grpc::ServerContext* ctx,
     r->set_result(e.result);
   }
   resp->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status KmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
+                                              const rkl::v1::VerifyAuditChainRequest* req,
+                                              rkl::v1::VerifyAuditChainResponse* resp) {
+  absl::StatusOr<std::string> caller = Authorize(*ctx, "VerifyAuditChain");
+  if (!caller.ok()) return rpc::ToGrpcStatus(caller.status());
+  absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(req->anchor());
+  if (!v.ok()) return rpc::ToGrpcStatus(v.status());
+  resp->set_intact(v->intact);
+  resp->set_records_checked(v->records_checked);
+  resp->set_first_broken_seq(v->first_broken_seq);
+  resp->set_anchor_seq(v->anchor_seq);
+  resp->set_finding(v->finding);
   return grpc::Status::OK;
 }
 

@@ -2,17 +2,39 @@
 // KmsGrpcService: the rkl.v1.Kms adapter over KmsCore. It only authorizes the caller
 // (rpc::Authorizer: SubmitTransportKey `mtms`; admin RPCs `admin:*`; terminal RPCs any TLS
 // client, since the terminal proves itself with AUK), translates messages and converts
-// statuses once with rpc::ToGrpcStatus. Thread-safe; the core must outlive it.
+// statuses once with rpc::ToGrpcStatus. Before the core sees a terminal RPC
+// (BeginAuthentication, CompleteAuthentication, ConfirmInstallation) the call spends a
+// token of its source address's budget and of its SN's (TerminalRateLimits); over either
+// budget it is RESOURCE_EXHAUSTED with google.rpc.RetryInfo, having cost no database access
+// and no HSM command. VerifyAuditChain goes to the audit chain itself (rkl::audit), which
+// KMS keeps beside the core. Thread-safe; the core and the chain must outlive it.
+
+#include <atomic>
+#include <memory>
 
 #include "kms_core.h"
+#include "rkl/audit/audit_log.h"
+#include "rkl/common/rate_limiter.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/v1/kms.grpc.pb.h"
 
 namespace rkl::kms {
 
+// Budgets of the terminal RPCs, shared by the three (docs/kms.md "Rate limits"). A limit
+// with per_second 0 is off (the default here; the daemon's defaults are in kms_config.cc).
+struct TerminalRateLimits {
+  RateLimit per_source;  // by the caller's IP address (gRPC peer, without the port)
+  RateLimit per_sn;      // by the request's SN, when it is a valid SN
+  KeyedRateLimiter::Clock clock = [] { return absl::Now(); };
+  size_t max_tracked = KeyedRateLimiter::kDefaultMaxKeys;  // per limiter
+};
+
 class KmsGrpcService final : public rkl::v1::Kms::Service {
  public:
-  explicit KmsGrpcService(KmsCore& core);
+  KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits = {});
+
+  // Terminal calls refused for volume since start.
+  uint64_t rate_limited() const { return rate_limited_.load(); }
 
   // The authorization policy, exposed for tests and docs.
   static rpc::Authorizer MakeAuthorizer();
@@ -43,14 +65,28 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
                              rkl::v1::Statistics* resp) override;
   grpc::Status ListAudit(grpc::ServerContext* ctx, const rkl::v1::ListAuditRequest* req,
                          rkl::v1::ListAuditResponse* resp) override;
+  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx,
+                                const rkl::v1::VerifyAuditChainRequest* req,
+                                rkl::v1::VerifyAuditChainResponse* resp) override;
 
  private:
   // OK with the caller's identity, or PERMISSION_DENIED / UNAUTHENTICATED.
   absl::StatusOr<std::string> Authorize(const grpc::ServerContext& ctx, const char* method);
 
+  // OK, or RESOURCE_EXHAUSTED with the time until the caller's next token.
+  absl::Status AdmitTerminalCall(const grpc::ServerContext& ctx, const std::string& sn);
+
   KmsCore& core_;
+  audit::PgAuditLog& audit_;
   rpc::Authorizer authorizer_;
+  KeyedRateLimiter by_source_;
+  KeyedRateLimiter by_sn_;
+  std::atomic<uint64_t> rate_limited_{0};
 };
+
+// The IP address of a gRPC peer string ("ipv4:10.0.0.1:5555" → "10.0.0.1",
+// "ipv6:[::1]:5555" → "::1"); other forms (unix sockets) as given.
+std::string PeerAddress(const std::string& peer);
 
 void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out);
 

@@ -34,6 +34,21 @@ struct TerminalFilter {
   int limit = 100;
 };
 
+// The back-off rule ChargeProofAttempt applies (docs/kms.md "Lockout").
+struct ProofAttemptPolicy {
+  int64_t now_ms = 0;
+  int64_t backoff_base_ms = 1000;     // wait after the first failure; doubles per failure
+  int64_t backoff_max_ms = 600'000;   // the wait never exceeds this
+  uint32_t lock_after = 100;          // no attempt once this many failures are counted
+};
+
+struct ProofAttempt {
+  bool allowed = false;
+  uint32_t failures = 0;       // consecutive failures counted, this attempt included
+  int64_t retry_after_ms = 0;  // no further attempt before this
+  int64_t version = 0;         // the terminal row's version afterwards
+};
+
 class KmsRepository {
  public:
   virtual ~KmsRepository() = default;
@@ -64,7 +79,11 @@ class KmsRepository {
   virtual absl::StatusOr<std::vector<TerminalRecord>> ListTerminals(
       const TerminalFilter& filter) = 0;
 
-  // ALREADY_EXISTS if the id is taken (the caller draws a new one).
+  // ALREADY_EXISTS if the id is taken (the caller draws a new one). Opens the session only
+  // if, at that moment, its terminal is TK_RECEIVED, AUTHENTICATED, TMK_DELIVERED or
+  // INSTALLED (a terminal that lost its confirmation's reply authenticates again) with
+  // AUK session.auk_index (checked with the insert, atomically); else FAILED_PRECONDITION,
+  // changing nothing.
   virtual absl::Status InsertSession(const AuthSession& session,
                                      const std::vector<AuditEntry>& audit) = 0;
   // NOT_FOUND "session_id: no such session".
@@ -114,6 +133,33 @@ class KmsRepository {
   virtual absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from,
                                                  SessionState to,
                                                  const std::optional<std::string>& tmk_kcv) = 0;
+
+  // Counts one proof attempt (Crnd2 or install proof) against `sn` before HSM #2 judges it,
+  // in one atomic step, so parallel sessions cannot spend more attempts than the rule
+  // allows. Allowed only while the terminal is neither LOCKED nor REVOKED, its
+  // retry_after_ms <= now and fewer than lock_after failures are counted; then the counter
+  // goes up by one (a success resets it: UpdateTerminal with consecutive_failures 0),
+  // retry_after_ms becomes now + min(max, base · 2^(failures before)) and the version moves
+  // on. Not allowed: nothing changes and the answer holds the terminal's counter and
+  // retry_after_ms as read. NOT_FOUND when the SN is absent.
+  virtual absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,
+                                                          const ProofAttemptPolicy& policy) = 0;
+  // Takes back an attempt HSM #2 never judged (it was unreachable): the counter down by one
+  // (not below 0), retry_after_ms at most `now_ms`, the version moves on.
+  virtual absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) = 0;
+
+  // Deletes every session that expired before `expired_before_ms`, whatever its state —
+  // finished (CONFIRMED, FAILED, CANCELLED) or never used — and returns how many. One
+  // statement; the terminals and the audit are untouched.
+  virtual absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) = 0;
+
+  // Adds each count to its row (interval, sn, action, reason), creating it when absent; one
+  // statement for them all.
+  virtual absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) = 0;
+  // Every row, ordered by interval, sn, action, reason.
+  virtual absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() = 0;
+  // Deletes the rows of intervals that began before `before_ms`; returns how many.
+  virtual absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) = 0;
 
   virtual absl::Status AppendAudit(const std::vector<AuditEntry>& audit) = 0;
   // Ascending seq after `after_seq`; all terminals when sn is empty.

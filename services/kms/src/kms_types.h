@@ -92,6 +92,18 @@ struct AuditEntry {
   std::string result;  // "OK" or a status code name
 };
 
+// Refusals of one kind in one minute, counted instead of audited one by one (docs/kms.md
+// "Bounded state"): `sn` is a terminal KMS knows, or kAnySn.
+inline constexpr char kAnySn[] = "*";
+struct RefusalCount {
+  int64_t interval_start_ms = 0;
+  std::string sn;
+  std::string action;
+  std::string reason;  // a status code name
+  int64_t count = 0;
+  std::string last_detail;  // the latest refusal's message, at most 256 bytes
+};
+
 struct Statistics {
   std::vector<std::pair<std::string, uint64_t>> terminals_by_state;
   uint64_t terminals_total = 0;

@@ -13,10 +13,12 @@
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/logging.h"
 #include "rkl/common/process.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/health.h"
@@ -63,8 +65,10 @@ int main(int argc, char** argv) {
   spdlog::info("configuration:\n{}", config.Describe());
 
   // Only db.* is read before this step: --migrate-only checks nothing else.
-  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                                .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  rkl::db::ConnectionPool pool(
+      {.dsn = config.GetString("db.dsn"),
+       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+       .settings = rkl::db::StatementTimeoutSettings(rkl::db::StatementTimeoutsFromConfig(config))});
   absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
       rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
@@ -81,7 +85,19 @@ int main(int argc, char** argv) {
   }
   if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
   if (migrate_only) return 0;
-  rkl::kms::KmsSettings settings = rkl::kms::KmsSettingsFromConfig(config);
+  absl::StatusOr<rkl::kms::KmsSettings> loaded = rkl::kms::KmsSettingsFromConfig(config);
+  if (!loaded.ok()) {
+    spdlog::critical("fatal: {}", loaded.status().ToString());
+    return 1;
+  }
+  rkl::kms::KmsSettings settings = *std::move(loaded);
+  // The audit chain's MAC key: read, and checked against the KCV the chain was begun with.
+  absl::StatusOr<rkl::crypto::SecretBytes> audit_key =
+      rkl::audit::LoadAndBindAuditMacKey(pool, rkl::kms::KmsAuditChain(), settings.audit);
+  if (!audit_key.ok()) {
+    spdlog::critical("fatal: {}", audit_key.status().ToString());
+    return 1;
+  }
 
   absl::StatusOr<std::shared_ptr<grpc::Channel>> hsm_channel =
       rkl::rpc::MakeChannel(settings.hsm_target, settings.hsm_channel);
@@ -90,10 +106,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   rkl::kms::GrpcHsmPort hsm(*hsm_channel, settings.hsm_timeout);
-  rkl::kms::PgKmsRepository repository(pool);
+  rkl::kms::PgKmsRepository repository(pool, *std::move(audit_key));
+  // Anchors at start (checking the last run's), seals in the background; at the end of main
+  // seals and anchors once more.
+  rkl::audit::ServiceAuditChain audit_chain(repository.audit_log(), settings.audit,
+                                            settings.replica_id);
+  audit_chain.Start();
   rkl::kms::KmsCore core(
       repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
-  rkl::kms::KmsGrpcService service(core);
+  rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).
   auto crl = rkl::rpc::ServiceCaCrl::Create(settings.crl);
@@ -127,8 +148,42 @@ int main(int argc, char** argv) {
       }
     } while (!stop.WaitForNotificationWithTimeout(kReadinessInterval));
   });
+  // Housekeeping (docs/kms.md "Bounded state"): the refusals counted in memory go to
+  // refusal_counts every refusals.flush_interval (and at shutdown); expired sessions and old
+  // refusal counts are deleted every session.purge_interval. Every replica does both (one
+  // statement each, which replicas may run at once), so the tables stay bounded while any
+  // replica runs.
+  std::thread housekeeping([&] {
+    absl::Time last_purge = absl::Now();
+    auto flush = [&] {
+      absl::StatusOr<int64_t> flushed = core.FlushRefusalCounts();
+      if (!flushed.ok()) {
+        spdlog::warn("kms: refusal counts not written (kept for the next try): {}",
+                     flushed.status().ToString());
+      }
+    };
+    while (!stop.WaitForNotificationWithTimeout(settings.refusal_flush_interval)) {
+      flush();
+      if (settings.session_purge_interval <= absl::ZeroDuration() ||
+          absl::Now() - last_purge < settings.session_purge_interval) {
+        continue;
+      }
+      last_purge = absl::Now();
+      absl::StatusOr<int64_t> sessions = core.PurgeExpiredSessions();
+      absl::StatusOr<int64_t> counts = core.PurgeRefusalCounts();
+      if (!sessions.ok() || !counts.ok()) {
+        spdlog::warn("kms: purge failed: sessions {}, refusal counts {}",
+                     sessions.status().ToString(), counts.status().ToString());
+      } else if (*sessions > 0 || *counts > 0) {
+        spdlog::debug("kms: purged {} expired session(s), {} refusal count row(s)", *sessions,
+                      *counts);
+      }
+    }
+    flush();
+  });
   (*server)->RunUntilShutdownSignal(settings.shutdown_grace);
   stop.Notify();
   readiness.join();
+  housekeeping.join();
   return 0;
 }

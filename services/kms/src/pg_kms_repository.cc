@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/hex.h"
 #include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
@@ -36,12 +37,13 @@ const std::string kListTerminals =
 // Every write is ONE statement (data-modifying CTEs), run in autocommit
 // (db::RunAutocommitWrite): one round trip however many rows it touches, atomic and
 // durable as a transaction. Audit entries travel as one JSON array parameter ($AUDIT
-// below), inserted in array order and only when the main write happened.
+// below), inserted in array order and only when the main write happened, into
+// audit_pending with the id and MAC rkl::audit prepared for each; the sealer chains them.
 constexpr char kAuditFromJson[] =
-    "INSERT INTO audit (at_ms, actor, action, sn, detail, result) "
-    "SELECT x.at_ms, x.actor, x.action, x.sn, x.detail, x.result "
-    "FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, at_ms bigint, actor text, "
-    "action text, sn text, detail text, result text) ";
+    "INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
+    "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, 'hex') "
+    "FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, id bigint, at_ms bigint, "
+    "actor text, action text, sn text, detail text, result text, mac text) ";
 
 // The SN-TK_KMS upsert's conflict clause: an unchanged row is not rewritten.
 constexpr char kTkValues[] =
@@ -98,7 +100,11 @@ const std::string kInsertTerminal = WithAuditParam(
 const std::string kTerminalUpdate = absl::StrCat(
     "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
     "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-    "rekey_requested = $9, consecutive_failures = $10, installed_at_ms = $11, "
+    "rekey_requested = $9, consecutive_failures = $10, "
+    // The back-off ends with the failure streak (success, unlock); else only
+    // kChargeProofAttempt and kRefundProofAttempt move it.
+    "retry_after_ms = CASE WHEN $10::integer = 0 THEN 0 ELSE retry_after_ms END, "
+    "installed_at_ms = $11, "
     "updated_at_ms = $12, version = version + 1 "
     "WHERE sn = $1 AND version = $13 RETURNING sn), "
     "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
@@ -111,41 +117,47 @@ const std::string kTerminalUpdate = absl::StrCat(
 // audit $28. Returns the terminal rows updated (0 when the version moved on: then nothing
 // is written) and the sessions moved. Callers never cancel and move in one call.
 const std::string kUpdateTerminal = WithAuditParam(
-    absl::StrCat(
-        kTerminalUpdate,
-        "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
-        "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
-        "AND state IN ('OPEN', 'AUTHENTICATED')), "
-        "m AS (UPDATE auth_sessions SET state = $26::text, "
-        "tmk_kcv = coalesce($27::text, tmk_kcv) "
-        "WHERE id = $24::text AND state = $25::text AND EXISTS (SELECT 1 FROM u) "
-        "RETURNING id), "
-        "a AS (",
-        kAuditFromJson,
-        "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-        "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
+    absl::StrCat(kTerminalUpdate,
+                 "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
+                 "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
+                 "AND state IN ('OPEN', 'AUTHENTICATED')), "
+                 "m AS (UPDATE auth_sessions SET state = $26::text, "
+                 "tmk_kcv = coalesce($27::text, tmk_kcv) "
+                 "WHERE id = $24::text AND state = $25::text AND EXISTS (SELECT 1 FROM u) "
+                 "RETURNING id), "
+                 "a AS (",
+                 kAuditFromJson,
+                 "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+                 "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
     28);
 
 // kUpdateTerminal's terminal and TK ($1..$22) with a new session ($23..$30: id, auk_index,
 // rnd1, rnd2, state, tmk_kcv, created, expires; its SN is the terminal's) instead of the
 // session step; audit $31. Nothing is written unless the terminal's version matched.
 const std::string kUpdateTerminalInsertSession = WithAuditParam(
-    absl::StrCat(
-        kTerminalUpdate,
-        "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
-        "created_at_ms, expires_at_ms) SELECT $23::text, sn, $24::bigint, $25::bytea, "
-        "$26::bytea, $27::text, $28::text, $29::bigint, $30::bigint FROM u), "
-        "a AS (",
-        kAuditFromJson,
-        "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-        "SELECT count(*) FROM u"),
+    absl::StrCat(kTerminalUpdate,
+                 "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+                 "created_at_ms, expires_at_ms) SELECT $23::text, sn, $24::bigint, $25::bytea, "
+                 "$26::bytea, $27::text, $28::text, $29::bigint, $30::bigint FROM u), "
+                 "a AS (",
+                 kAuditFromJson,
+                 "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
+                 "SELECT count(*) FROM u"),
     31);
 
-// Session $1..$9, audit $10.
+// Session $1..$9, audit $10. Opened only while its terminal can be authenticated with that
+// AUK: the terminal row is re-checked and share-locked in the same statement, so a lock,
+// revocation or new TK committed while HSM #2 made the challenge leaves no session, and
+// one that comes later waits for this statement and then cancels the session it sees.
 const std::string kInsertSession = WithAuditParam(
     absl::StrCat(
-        "WITH s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
-        "created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "WITH t AS (SELECT t.sn FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+        "WHERE t.sn = $2 "
+        "AND t.state IN ('TK_RECEIVED', 'AUTHENTICATED', 'TMK_DELIVERED', 'INSTALLED') "
+        "AND k.auk_index = $3::bigint FOR SHARE OF t), "
+        "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
+        "created_at_ms, expires_at_ms) SELECT $1::text, sn, $3::bigint, $4::bytea, $5::bytea, "
+        "$6::text, $7::text, $8::bigint, $9::bigint FROM t "
         "RETURNING id), "
         "a AS (",
         kAuditFromJson,
@@ -177,13 +189,43 @@ const std::string kClaimSessionAndSelectTerminal = absl::StrCat(
     "RETURNING id, sn, auk_index, rnd1, rnd2, tmk_kcv, created_at_ms, expires_at_ms) "
     "SELECT s.id, s.sn, s.auk_index, s.rnd1, s.rnd2, $3::text, s.tmk_kcv, s.created_at_ms, "
     "s.expires_at_ms, ",
-    kTerminalColumns,
-    " FROM s JOIN terminals t ON t.sn = s.sn JOIN sn_tk_kms k ON k.sn = t.sn");
+    kTerminalColumns, " FROM s JOIN terminals t ON t.sn = s.sn JOIN sn_tk_kms k ON k.sn = t.sn");
 
 // The compare-and-set behind single use: only the caller that still finds `from` moves it.
 constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
     "WHERE id = $1 AND state = $2";
+
+// One proof attempt charged atomically (KmsRepository::ChargeProofAttempt): the row lock
+// of the UPDATE serialises parallel sessions of one SN. $1 sn, $2 now, $3 base, $4 max,
+// $5 lock_after. The second half answers a refusal with the row as read.
+constexpr char kAddRefusalCounts[] =
+    "INSERT INTO refusal_counts (interval_start_ms, sn, action, reason, count, last_detail) "
+    "SELECT x.interval_start_ms, x.sn, x.action, x.reason, x.count, x.last_detail "
+    "FROM jsonb_to_recordset($1::jsonb) AS x(interval_start_ms bigint, sn text, action text, "
+    "reason text, count bigint, last_detail text) "
+    "ON CONFLICT (interval_start_ms, sn, action, reason) DO UPDATE SET "
+    "count = refusal_counts.count + EXCLUDED.count, last_detail = EXCLUDED.last_detail";
+constexpr char kListRefusalCounts[] =
+    "SELECT interval_start_ms, sn, action, reason, count, last_detail FROM refusal_counts "
+    "ORDER BY interval_start_ms, sn, action, reason";
+constexpr char kPurgeRefusalCounts[] = "DELETE FROM refusal_counts WHERE interval_start_ms < $1";
+constexpr char kPurgeSessions[] = "DELETE FROM auth_sessions WHERE expires_at_ms < $1";
+constexpr char kChargeProofAttempt[] =
+    "WITH u AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
+    "retry_after_ms = $2::bigint + least($4::bigint, "
+    "  $3::bigint * power(2::numeric, least(consecutive_failures, 62)))::bigint, "
+    "version = version + 1 "
+    "WHERE sn = $1 AND retry_after_ms <= $2::bigint AND consecutive_failures < $5::integer "
+    "AND state NOT IN ('LOCKED', 'REVOKED') "
+    "RETURNING consecutive_failures, retry_after_ms, version) "
+    "SELECT true, consecutive_failures, retry_after_ms, version FROM u "
+    "UNION ALL SELECT false, consecutive_failures, retry_after_ms, version FROM terminals "
+    "WHERE sn = $1 AND NOT EXISTS (SELECT 1 FROM u)";
+
+constexpr char kRefundProofAttempt[] =
+    "UPDATE terminals SET consecutive_failures = greatest(consecutive_failures - 1, 0), "
+    "retry_after_ms = least(retry_after_ms, $2::bigint), version = version + 1 WHERE sn = $1";
 
 constexpr char kListAudit[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
@@ -191,7 +233,17 @@ constexpr char kListAudit[] =
 
 constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
 constexpr char kCountDistinctKcvs[] = "SELECT count(*), count(DISTINCT tmk_kcv) FROM terminals";
-constexpr char kCountFailures[] = "SELECT count(*) FROM audit WHERE action = ANY($1::text[])";
+// Chained, pending and from before the chain (audit_legacy), in one snapshot.
+constexpr char kCountFailures[] =
+    "SELECT (SELECT count(*) FROM audit WHERE action = ANY($1::text[])) + "
+    "(SELECT count(*) FROM audit_pending WHERE action = ANY($1::text[])) + "
+    "(SELECT count(*) FROM audit_legacy WHERE action = ANY($1::text[]))";
+
+absl::Status TerminalMovedOn() {
+  return absl::FailedPreconditionError(
+      "sn: the terminal changed while the session was being opened (locked, revoked, "
+      "installed or a new transport key); start again");
+}
 
 // ---- Conversions -----------------------------------------------------------------------
 
@@ -265,12 +317,42 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
 
 }  // namespace
 
-std::string AuditJson(const std::vector<AuditEntry>& audit) {
+const audit::ChainSpec& KmsAuditChain() {
+  static const audit::ChainSpec* const spec = new audit::ChainSpec{
+      .name = "kms",
+      .chain_table = "audit",
+      .pending_table = "audit_pending",
+      .pending_id_sequence = "audit_pending_id_seq",
+      .lock_class = 0x524B4C4B,  // "RKLK"
+      .pending_id_block = 64,
+  };
+  return *spec;
+}
+
+PgKmsRepository::PgKmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
+    : pool_(pool), audit_(pool, std::move(audit_key), KmsAuditChain()) {}
+
+absl::StatusOr<std::string> PgKmsRepository::PendingAuditJson(
+    const std::vector<AuditEntry>& audit) {
+  std::vector<audit::AuditEvent> events;
+  events.reserve(audit.size());
+  for (const AuditEntry& e : audit) {
+    events.push_back({.at_ms = e.at_ms,
+                      .actor = e.actor,
+                      .action = e.action,
+                      .sn = e.sn,
+                      .detail = e.detail,
+                      .result = e.result});
+  }
+  RKL_ASSIGN_OR_RETURN(std::vector<audit::PgAuditLog::PreparedPending> pending,
+                       audit_.PreparePending(events));
   JsonRows rows;
   for (size_t i = 0; i < audit.size(); ++i) {
     const AuditEntry& e = audit[i];
     rows.Row()
         .Field("ord", static_cast<int64_t>(i))
+        .Field("id", static_cast<int64_t>(pending[i].id))
+        .Field("mac", ToHex(pending[i].mac))
         .Field("at_ms", e.at_ms)
         .Field("actor", e.actor)
         .Field("action", e.action)
@@ -327,17 +409,18 @@ absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& s
 
 absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
                                              const std::vector<AuditEntry>& audit) {
-  const std::string audit_json = AuditJson(audit);
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     TkParams tk(t);
     stmt.Exec(kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
-             static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
-             tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
-             t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms, tk.ctk_pk,
-             t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm, tk.tek_index.get(),
-             tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(), t.updated_at_ms, audit_json);
+              static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
+              tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
+              t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms,
+              tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
+              tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
+              t.updated_at_ms, audit_json);
     return absl::OkStatus();
   });
 }
@@ -355,7 +438,7 @@ absl::StatusOr<bool> PgKmsRepository::UpdateTerminalAndMoveSession(
 absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, bool cancel_sessions,
                                                     const std::vector<AuditEntry>& audit,
                                                     const SessionMove* move) {
-  const std::string audit_json = AuditJson(audit);
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     NullableText move_id(move ? move->id : "", move == nullptr);
     NullableText move_from(move ? SessionStateName(move->from) : "", move == nullptr);
@@ -374,12 +457,12 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
 absl::Status PgKmsRepository::UpdateTerminalAndInsertSession(const TerminalRecord& t,
                                                              const std::vector<AuditEntry>& audit,
                                                              const AuthSession& session) {
-  const std::string audit_json = AuditJson(audit);
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
-    pqxx::row r = ExecTerminalUpdate(
-        stmt, kUpdateTerminalInsertSession, t, session.id, session.auk_index,
-        Binary(session.rnd1), Binary(session.rnd2), SessionStateName(session.state),
-        session.tmk_kcv, session.created_at_ms, session.expires_at_ms, audit_json);
+    pqxx::row r = ExecTerminalUpdate(stmt, kUpdateTerminalInsertSession, t, session.id,
+                                     session.auk_index, Binary(session.rnd1), Binary(session.rnd2),
+                                     SessionStateName(session.state), session.tmk_kcv,
+                                     session.created_at_ms, session.expires_at_ms, audit_json);
     if (r[0].as<int64_t>() != 1) return absl::AbortedError("terminal changed concurrently");
     return absl::OkStatus();
   });
@@ -404,10 +487,13 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
 
 absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
-  const std::string audit_json = AuditJson(audit);
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
-    stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-             SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms, audit_json);
+    pqxx::result r =
+        stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
+                  SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
+                  audit_json);
+    if (r[0][0].as<int64_t>() == 0) return TerminalMovedOn();
     return absl::OkStatus();
   });
 }
@@ -449,8 +535,7 @@ PgKmsRepository::ClaimSessionAndGetTerminal(const std::string& id, const std::st
   // A terminal row always exists for a session (foreign key) and an SN-TK_KMS row for a
   // terminal, so a claim always comes back with its row.
   return db::RunAutocommitWrite(
-      pool_,
-      [&](db::OneStatement& stmt) -> absl::StatusOr<std::optional<SessionAndTerminal>> {
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<std::optional<SessionAndTerminal>> {
         pqxx::result r = stmt.Exec(kClaimSessionAndSelectTerminal, id, sn, SessionStateName(from),
                                    SessionStateName(to), now_ms);
         if (r.empty()) return std::nullopt;
@@ -466,15 +551,82 @@ absl::StatusOr<bool> PgKmsRepository::TransitionSession(const std::string& id, S
                                                         const std::optional<std::string>& tmk_kcv) {
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     NullableText kcv(tmk_kcv.value_or(""), !tmk_kcv.has_value());
-    pqxx::result r = stmt.Exec(kTransitionSession, id, SessionStateName(from),
-                              SessionStateName(to), kcv.get());
+    pqxx::result r =
+        stmt.Exec(kTransitionSession, id, SessionStateName(from), SessionStateName(to), kcv.get());
     return r.affected_rows() == 1;
+  });
+}
+
+absl::StatusOr<int64_t> PgKmsRepository::PurgeSessions(int64_t expired_before_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<int64_t> {
+    return static_cast<int64_t>(stmt.Exec(kPurgeSessions, expired_before_ms).affected_rows());
+  });
+}
+
+absl::Status PgKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
+  if (counts.empty()) return absl::OkStatus();
+  JsonRows rows;
+  for (const RefusalCount& c : counts) {
+    rows.Row()
+        .Field("interval_start_ms", c.interval_start_ms)
+        .Field("sn", c.sn)
+        .Field("action", c.action)
+        .Field("reason", c.reason)
+        .Field("count", c.count)
+        .Field("last_detail", c.last_detail);
+  }
+  const std::string json = rows.Finish();
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
+    stmt.Exec(kAddRefusalCounts, json);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<RefusalCount>> PgKmsRepository::ListRefusalCounts() {
+  return db::RunAutocommitRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<RefusalCount>> {
+        std::vector<RefusalCount> out;
+        for (const auto& row : db::Exec(tx, kListRefusalCounts)) {
+          out.push_back({.interval_start_ms = row[0].as<int64_t>(),
+                         .sn = row[1].as<std::string>(),
+                         .action = row[2].as<std::string>(),
+                         .reason = row[3].as<std::string>(),
+                         .count = row[4].as<int64_t>(),
+                         .last_detail = row[5].as<std::string>()});
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<int64_t> PgKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<int64_t> {
+    return static_cast<int64_t>(stmt.Exec(kPurgeRefusalCounts, before_ms).affected_rows());
+  });
+}
+
+absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(
+    const std::string& sn, const ProofAttemptPolicy& policy) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<ProofAttempt> {
+    pqxx::result r = stmt.Exec(kChargeProofAttempt, sn, policy.now_ms, policy.backoff_base_ms,
+                               policy.backoff_max_ms, static_cast<int64_t>(policy.lock_after));
+    if (r.empty()) return absl::NotFoundError("sn: no such terminal");
+    return ProofAttempt{.allowed = r[0][0].as<bool>(),
+                        .failures = r[0][1].as<uint32_t>(),
+                        .retry_after_ms = r[0][2].as<int64_t>(),
+                        .version = r[0][3].as<int64_t>()};
+  });
+}
+
+absl::Status PgKmsRepository::RefundProofAttempt(const std::string& sn, int64_t now_ms) {
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kRefundProofAttempt, sn, now_ms);
+    return absl::OkStatus();
   });
 }
 
 absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
   if (audit.empty()) return absl::OkStatus();
-  const std::string audit_json = AuditJson(audit);
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     stmt.Exec(kInsertAudit, audit_json);
     return absl::OkStatus();
@@ -483,6 +635,8 @@ absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) 
 
 absl::StatusOr<std::vector<AuditEntry>> PgKmsRepository::ListAudit(const std::string& sn,
                                                                    uint64_t after_seq, int limit) {
+  // Records are listed by their place in the chain: those committed so far are chained first.
+  RKL_RETURN_IF_ERROR(audit_.Seal().status());
   return db::RunInReadOnlyTransaction(
       pool_, [&](pqxx::work& tx) -> absl::StatusOr<std::vector<AuditEntry>> {
         pqxx::result r = db::Exec(tx, kListAudit, sn, after_seq, limit);

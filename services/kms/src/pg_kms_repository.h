@@ -7,16 +7,24 @@
 // Thread-safe; the pool must outlive the repository.
 
 #include "kms_repository.h"
+#include "rkl/audit/audit_log.h"
+#include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 
 namespace rkl::kms {
 
-// The audit entries as the JSON array the write statements take ("ord" gives the order).
-std::string AuditJson(const std::vector<AuditEntry>& audit);
+// KMS's audit chain (tables audit, audit_pending; "kms" as the domain of its MACs and
+// anchors): the HSM's format and verifier, under KMS's own audit MAC key.
+const audit::ChainSpec& KmsAuditChain();
 
 class PgKmsRepository final : public KmsRepository {
  public:
-  explicit PgKmsRepository(db::ConnectionPool& pool) : pool_(pool) {}
+  // Every audit entry is written as a pending record of KMS's chain, MACed under
+  // `audit_key` (audit.mac_key_file), in the same statement as the change it describes.
+  PgKmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
+
+  // The chain: its sealer, verification and anchors (main() starts and stops them).
+  audit::PgAuditLog& audit_log() { return audit_; }
 
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
   absl::Status InsertTerminal(const TerminalRecord& terminal,
@@ -40,6 +48,13 @@ class PgKmsRepository final : public KmsRepository {
       int64_t now_ms) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
+  absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,
+                                                  const ProofAttemptPolicy& policy) override;
+  absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) override;
+  absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) override;
+  absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) override;
+  absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() override;
+  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
                                                     int limit) override;
@@ -49,10 +64,14 @@ class PgKmsRepository final : public KmsRepository {
  private:
   // The update behind both: `move` may be null; never cancel and move in one call.
   absl::StatusOr<bool> WriteTerminal(const TerminalRecord& terminal, bool cancel_sessions,
-                                     const std::vector<AuditEntry>& audit,
-                                     const SessionMove* move);
+                                     const std::vector<AuditEntry>& audit, const SessionMove* move);
+
+  // The entries as the JSON array the write statements take ("ord" gives the order), each
+  // with its pending id and MAC.
+  absl::StatusOr<std::string> PendingAuditJson(const std::vector<AuditEntry>& audit);
 
   db::ConnectionPool& pool_;
+  audit::PgAuditLog audit_;
 };
 
 }  // namespace rkl::kms

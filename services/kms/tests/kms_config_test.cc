@@ -23,7 +23,8 @@ class TlsFilesFixture : public ::testing::Test {
     char tmpl[] = "/tmp/rkl-kms-config-test.XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    for (const char* f : {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key"}) {
+    for (const char* f :
+         {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key", "audit-mac.key"}) {
       std::ofstream(dir_ + "/" + f) << "placeholder\n";
     }
   }
@@ -32,7 +33,8 @@ class TlsFilesFixture : public ::testing::Test {
     return "tls: {cert_file: " + dir_ + "/kms.pem, key_file: " + dir_ +
            "/kms.key, ca_file: " + dir_ + "/ca.pem}\nhsm: {" + hsm_extra +
            "tls: {cert_file: " + dir_ + "/client.pem, key_file: " + dir_ +
-           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n";
+           "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n" +
+           "audit: {mac_key_file: " + dir_ + "/audit-mac.key}\n";
   }
   std::string dir_;
 };
@@ -44,16 +46,27 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
                                        "db: {dsn: 'host=db dbname=rkl_kms password=hunter2'}\n",
                                    NoEnv());
   ASSERT_TRUE(config.ok()) << config.status();
-  KmsSettings s = KmsSettingsFromConfig(*config);
+  KmsSettings s = KmsSettingsFromConfig(*config).value();
   EXPECT_EQ(s.server.listen_address, "0.0.0.0:50055");
   EXPECT_EQ(s.server.client_cert_mode, rpc::ClientCertMode::kOptionalVerified);
   EXPECT_EQ(s.core.session_ttl, absl::Seconds(60));
+  EXPECT_EQ(s.core.session_retention, absl::Minutes(10));
+  EXPECT_EQ(s.session_purge_interval, absl::Minutes(1));
+  EXPECT_EQ(s.refusal_flush_interval, absl::Seconds(10));
+  EXPECT_EQ(s.core.refusal_retention, absl::Hours(24));
   // Client-certificate revocation: the CRL comes from rkl-ca, refreshed every minute.
   EXPECT_EQ(s.crl.ca_endpoint, "ca:50051");
   EXPECT_EQ(s.crl.ca_authority, "ca");
   EXPECT_EQ(s.crl.refresh_interval, absl::Seconds(60));
   EXPECT_EQ(s.crl.tls.cert_file, s.server.tls.cert_file);
-  EXPECT_EQ(s.core.lockout_threshold, 5);
+  EXPECT_EQ(s.core.lockout_threshold, 100);
+  EXPECT_EQ(s.core.backoff_base, absl::Seconds(1));
+  EXPECT_EQ(s.core.backoff_max, absl::Minutes(10));
+  // Terminal RPC budgets: 100/s (burst 200) per source address, 1/s (burst 20) per SN.
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.per_second, 100);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.burst, 200);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.per_second, 1);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.burst, 20);
   EXPECT_EQ(s.core.pk_index, 7u);
   EXPECT_EQ(s.core.mak_index, 8u);
   EXPECT_EQ(s.hsm_target, "localhost:50053");
@@ -81,7 +94,20 @@ TEST_F(TlsFilesFixture, EnvironmentOverridesUseThePrefix) {
     return std::optional<std::string>();
   });
   ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(KmsSettingsFromConfig(*config).core.session_ttl, absl::Seconds(30));
+  EXPECT_EQ(KmsSettingsFromConfig(*config).value().core.session_ttl, absl::Seconds(30));
+}
+
+TEST_F(TlsFilesFixture, ARetentionShorterThanTheSessionTtlIsNamed) {
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config =
+      LoadConfigFromYaml(schema,
+                         TlsYaml("pk_index: 7, mak_index: 8, ") +
+                             "db: {dsn: 'dbname=x'}\nsession: {ttl: 60s, retention: 30s}\n",
+                         NoEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<KmsSettings> s = KmsSettingsFromConfig(*config);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("session.retention"));
 }
 
 }  // namespace

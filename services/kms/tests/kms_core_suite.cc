@@ -7,11 +7,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/synchronization/mutex.h"
 #include "fake_hsm.h"
 #include "kms_core.h"
+#include "rkl/common/parallel.h"
+#include "rkl/common/retry_delay.h"
+#include "rkl/protocol/transport_key.h"
 #include "test_terminal.h"
 
 namespace rkl::kms::testing {
@@ -38,6 +43,19 @@ class KmsCoreSuite : public ::testing::Test {
         },
         crypto::FillRandom,
         KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex});
+  }
+
+  // A core on the same repository, HSM and clock with other options.
+  void UseOptions(KmsCoreOptions options) {
+    options.pk_index = FakeHsm::kPkIndex;
+    options.mak_index = FakeHsm::kMakIndex;
+    core_ = std::make_unique<KmsCore>(
+        repo(), *hsm_,
+        [this] {
+          absl::MutexLock lock(&clock_mu_);
+          return now_;
+        },
+        crypto::FillRandom, options);
   }
 
   void Advance(absl::Duration d) {
@@ -113,12 +131,16 @@ class KmsCoreSuite : public ::testing::Test {
     return n;
   }
 
-  // Wrong Crnd2 for a fresh session: one failure.
+  // Wrong Crnd2 for a fresh session: one failure; then the clock waits out the back-off
+  // the refusal names.
   absl::Status FailOnce(TestTerminal& t) {
     absl::StatusOr<Opened> opened = Open(t);
     if (!opened.ok()) return opened.status();
     opened->crnd2[0] ^= 0x01;
-    return core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+    absl::Status s =
+        core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+    if (std::optional<absl::Duration> wait = RetryDelay(s)) Advance(*wait);
+    return s;
   }
 
   TransportKeys keys_ = TransportKeys::Generate();
@@ -301,6 +323,52 @@ TEST_F(KmsCoreSuite, SameTkInANewerPackageIsADuplicateAndKeepsTheOpenSession) {
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_FALSE(other->duplicate);
   EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+}
+
+TEST_F(KmsCoreSuite, AnOlderPackageIsRefusedAndChangesNothing) {
+  // MTMS retried an older package (it waited in backoff) after a newer one for the same SN
+  // was accepted: storing it would give KMS a TK the terminal no longer holds.
+  TestTerminal older("POS-ORDER", KeyAlgorithm::kAes128);
+  TestTerminal newer("POS-ORDER", KeyAlgorithm::kAes128);
+  newer.RegenerateTransportKey();
+  ASSERT_LT(older.tk_created_at_ms(), newer.tk_created_at_ms());
+  ASSERT_TRUE(Submit(newer).ok());
+  TerminalRecord before = Terminal(newer.sn());
+  for (int64_t at : {older.tk_created_at_ms(), newer.tk_created_at_ms()}) {
+    SCOPED_TRACE(at);
+    auto ctk = older.MakeCtkPk(keys_.pk, keys_.mak, at);
+    ASSERT_TRUE(ctk.ok());
+    auto r = core_->SubmitTransportKey(kMtms, older.sn(), *ctk, "sub-older");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(r.status().message(), HasSubstr("ctk_pk: created_at"));
+    EXPECT_THAT(r.status().message(),
+                HasSubstr(at == newer.tk_created_at_ms() ? "equals" : "older"));
+    TerminalRecord after = Terminal(newer.sn());
+    EXPECT_EQ(after.version, before.version);
+    EXPECT_EQ(after.ctk_pk, before.ctk_pk);
+  }
+  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSubmit, "FAILED_PRECONDITION"), 2);
+  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSupersede, "OK"), 0);
+  // The identical newer package again is still the duplicate an outbox retry needs, and the
+  // terminal that holds the newer TK completes its flow.
+  auto dup = Submit(newer);
+  ASSERT_TRUE(dup.ok()) << dup.status();
+  EXPECT_TRUE(dup->duplicate);
+  EXPECT_FALSE(Deliver(newer).empty());
+  EXPECT_TRUE(newer.has_tmk());
+}
+
+TEST_F(KmsCoreSuite, ANewerPackageSupersedesAnOlderOne) {
+  TestTerminal t("POS-NEWER", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  t.RegenerateTransportKey();
+  auto r = Submit(t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->duplicate);
+  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+  auto stored = protocol::ParseCtkPk(Terminal(t.sn()).ctk_pk);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->header.created_at_unix_ms, t.tk_created_at_ms());
 }
 
 TEST_F(KmsCoreSuite, IntakeValidatesSnAndCtkPkLayout) {
@@ -650,7 +718,8 @@ TEST_F(KmsCoreSuite, SessionOfOneSnCannotBeCompletedForAnother) {
   EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, a.sn(), opened->crnd2).ok());
 }
 
-TEST_F(KmsCoreSuite, FiveConsecutiveFailuresLockUntilAnAdminUnlocks) {
+TEST_F(KmsCoreSuite, FailuresUpToTheThresholdLockUntilAnAdminUnlocks) {
+  UseOptions({.lockout_threshold = 5});
   TestTerminal t("POS-LOCK", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
   for (int i = 1; i <= 4; ++i) {
@@ -685,6 +754,7 @@ TEST_F(KmsCoreSuite, FiveConsecutiveFailuresLockUntilAnAdminUnlocks) {
 }
 
 TEST_F(KmsCoreSuite, ASuccessEndsTheFailureStreak) {
+  UseOptions({.lockout_threshold = 5});
   TestTerminal t("POS-STREAK", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
   for (int i = 0; i < 4; ++i) ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
@@ -705,6 +775,131 @@ TEST_F(KmsCoreSuite, LockoutThresholdIsConfigurable) {
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
   (void)FailOnce(t);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+}
+
+// Issue 21, finding 1: failed proofs back off per SN, exponentially and capped, and every
+// refusal names the time until the next attempt; no refused attempt reaches HSM #2.
+TEST_F(KmsCoreSuite, FailedProofsBackOffExponentiallyAndEveryRefusalSaysHowLong) {
+  TestTerminal t("POS-BACKOFF", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  absl::Duration expected = absl::Seconds(1);
+  for (int failure = 1; failure <= 12; ++failure) {
+    SCOPED_TRACE(failure);
+    auto opened = Open(t);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    Bytes wrong = opened->crnd2;
+    wrong[0] ^= 0x01;
+    absl::Status failed = core_->CompleteAuthentication(opened->session_id, t.sn(), wrong).status();
+    ASSERT_EQ(failed.code(), absl::StatusCode::kUnauthenticated);
+    ASSERT_EQ(RetryDelay(failed), expected);
+    EXPECT_THAT(failed.message(), HasSubstr(absl::StrCat(
+                                      "next attempt allowed in ",
+                                      absl::ToInt64Milliseconds(expected), " ms")));
+    // Until then even the right answer is refused before HSM #2, and the session stays
+    // usable (a refusal for time is not an attempt).
+    const int hsm_calls = hsm_->calls("AuthenticateAndDeliver");
+    Advance(expected - absl::Milliseconds(1));
+    auto early_session = Open(t);
+    ASSERT_TRUE(early_session.ok());
+    absl::Status early =
+        core_->CompleteAuthentication(early_session->session_id, t.sn(), wrong).status();
+    ASSERT_EQ(early.code(), absl::StatusCode::kResourceExhausted) << early;
+    EXPECT_EQ(RetryDelay(early), absl::Milliseconds(1));
+    EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), hsm_calls);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, static_cast<uint32_t>(failure));
+    Advance(absl::Milliseconds(1));
+    expected = std::min(expected * 2, absl::Minutes(10));  // 1 s doubling, capped at 10 min
+  }
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);  // 12 of 100: not locked
+  // The right answer after the wait: delivered, and the streak and its back-off are over.
+  Deliver(t);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+  auto next = Open(t);
+  ASSERT_TRUE(next.ok());
+  next->crnd2[0] ^= 0x01;
+  EXPECT_EQ(RetryDelay(core_->CompleteAuthentication(next->session_id, t.sn(), next->crnd2).status()),
+            absl::Seconds(1));
+}
+
+TEST_F(KmsCoreSuite, OnlyTheConfiguredLargeNumberOfFailuresLocksForGood) {
+  TestTerminal t("POS-HUNDRED", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  for (int i = 1; i < 100; ++i) {
+    ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated) << i;
+  }
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
+  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 0);
+  absl::Status last = FailOnce(t);
+  EXPECT_EQ(last.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(last.message(), HasSubstr("now locked"));
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 100u);
+  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 1);
+  EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 100);
+}
+
+// Issue 21, finding 6: the failure limit holds under parallel sessions. Twenty sessions
+// opened at once and completed at once with wrong tokens: with the back-off, one attempt
+// reaches HSM #2 and the others are told to wait; without it, exactly the threshold do.
+TEST_F(KmsCoreSuite, ParallelSessionsCannotSpendMoreAttemptsThanTheRule) {
+  for (bool backoff : {true, false}) {
+    SCOPED_TRACE(backoff);
+    UseOptions({.lockout_threshold = 5,
+                .backoff_base = backoff ? absl::Seconds(1) : absl::ZeroDuration()});
+    TestTerminal t(backoff ? "POS-PAR-BACKOFF" : "POS-PAR-LIMIT", KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    std::vector<Opened> sessions;
+    for (int i = 0; i < 20; ++i) {
+      auto opened = Open(t);
+      ASSERT_TRUE(opened.ok()) << opened.status();
+      opened->crnd2[0] ^= 0x01;
+      sessions.push_back(*opened);
+    }
+    const int hsm_before = hsm_->calls("AuthenticateAndDeliver");
+    std::vector<absl::Status> results(sessions.size());
+    ParallelFor(sessions.size(), 20, [&](size_t i) {
+      results[i] =
+          core_->CompleteAuthentication(sessions[i].session_id, t.sn(), sessions[i].crnd2).status();
+    });
+    int unauthenticated = 0;
+    for (const absl::Status& s : results) {
+      if (s.code() == absl::StatusCode::kUnauthenticated) ++unauthenticated;
+    }
+    const int allowed = backoff ? 1 : 5;
+    EXPECT_EQ(unauthenticated, allowed);
+    EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver") - hsm_before, allowed);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, static_cast<uint32_t>(allowed));
+    EXPECT_EQ(Terminal(t.sn()).state,
+              backoff ? TerminalState::kTkReceived : TerminalState::kLocked);
+  }
+}
+
+// Issue 21, finding 6: a terminal revoked (or locked) while HSM #2 makes Begin's challenge
+// gets no session: the state is re-checked in the same write as the session.
+TEST_F(KmsCoreSuite, BeginOpensNoSessionForATerminalRevokedOrLockedMeanwhile) {
+  for (bool revoke : {true, false}) {
+    SCOPED_TRACE(revoke);
+    TestTerminal t(revoke ? "POS-REVOKING" : "POS-LOCKING", KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    Deliver(t);  // imported: the next Begin calls AuthChallenge alone
+    const int opened_before = CountAudit(t.sn(), kActionAuthBegin, "OK");
+    hsm_->OnNextCall("AuthChallenge", [&] {
+      if (revoke) {
+        ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
+      } else {
+        // What the threshold does, as another replica would: LOCKED.
+        TerminalRecord cur = Terminal(t.sn());
+        cur.state_before_lock = cur.state;
+        cur.state = TerminalState::kLocked;
+        ASSERT_TRUE(repo().UpdateTerminal(cur, true, {}).ok());
+      }
+    });
+    Bytes rnd1 = t.NewRnd1();
+    auto begun = core_->BeginAuthentication(t.sn(), rnd1);
+    ASSERT_EQ(begun.status().code(), absl::StatusCode::kFailedPrecondition) << begun.status();
+    EXPECT_THAT(begun.status().message(), HasSubstr(revoke ? "revoked" : "locked"));
+    EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), opened_before);  // no session
+  }
 }
 
 TEST_F(KmsCoreSuite, BeginValidatesItsInput) {
@@ -823,6 +1018,9 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   // The session is spent; the right proof is too late for it.
   EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
+  // A wrong proof backs off like a wrong Crnd2.
+  ASSERT_EQ(RetryDelay(r.status()), absl::Seconds(1));
+  Advance(absl::Seconds(1));
 
   // A terminal that lost the delivery authenticates again and gets the same TMK.
   std::string again = Deliver(t);
@@ -834,10 +1032,182 @@ TEST_F(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   ASSERT_TRUE(good.ok());
   auto installed = core_->ConfirmInstallation(again, t.sn(), *good);
   ASSERT_TRUE(installed.ok()) << installed.status();
-  // Installed: no more deliveries and no second confirmation.
-  EXPECT_EQ(core_->ConfirmInstallation(again, t.sn(), *good).status().code(),
+  // Installed: the same confirmation again is answered (a lost reply), and the spent
+  // session with the wrong proof stays spent.
+  EXPECT_EQ(core_->ConfirmInstallation(again, t.sn(), *good).value_or(TerminalState::kLocked),
+            TerminalState::kInstalled);
+  EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(Open(t).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+TEST_F(KmsCoreSuite, ThePurgeDeletesSessionsExpiredLongerAgoThanTheRetentionAndNothingElse) {
+  UseOptions({.session_retention = absl::Minutes(10)});
+  TestTerminal t("POS-PURGE", KeyAlgorithm::kAes128);
+  Install(t);  // one CONFIRMED session
+  auto unanswered = Open(t);
+  ASSERT_TRUE(unanswered.ok());
+  const TerminalRecord installed = Terminal(t.sn());
+  const size_t audit_rows = AuditOf(t.sn()).size();
+
+  // Expired, but not yet for the retention: kept (a lost confirmation may still repeat).
+  Advance(absl::Seconds(60) + absl::Minutes(10) - absl::Milliseconds(1));
+  auto fresh = Open(t);  // expires a minute after the others' purge time
+  ASSERT_TRUE(fresh.ok());
+  absl::StatusOr<int64_t> purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 0);
+  EXPECT_TRUE(repo().GetSession(unanswered->session_id).ok());
+
+  Advance(absl::Milliseconds(2));
+  purged = core_->PurgeExpiredSessions();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 2);  // the confirmed and the unanswered one
+  EXPECT_EQ(repo().GetSession(unanswered->session_id).status().code(), absl::StatusCode::kNotFound);
+  // The live session, the terminal and the audit are untouched.
+  ASSERT_TRUE(repo().GetSession(fresh->session_id).ok());
+  EXPECT_EQ(Terminal(t.sn()).version, installed.version);
+  EXPECT_EQ(AuditOf(t.sn()).size(), audit_rows + 1);  // + the fresh session's auth.begin
+  EXPECT_TRUE(core_->CompleteAuthentication(fresh->session_id, t.sn(), fresh->crnd2).ok());
+}
+
+TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
+  TestTerminal t("POS-JUNK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  const size_t audit_rows = AuditOf("").size();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(
+        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1()).status().code(),
+        absl::StatusCode::kNotFound);
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(3)).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // Unknown sessions, whichever SN the caller names: counted under "*".
+  for (const std::string& sn : {t.sn(), std::string("POS-NOBODY-9")}) {
+    EXPECT_EQ(core_->CompleteAuthentication(std::string(32, 'a'), sn, Bytes(32)).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  EXPECT_EQ(AuditOf("").size(), audit_rows);  // nothing audited
+
+  absl::StatusOr<int64_t> flushed = core_->FlushRefusalCounts();
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(*flushed, 7);
+  // The same refusals once more, in the same minute: the rows count up.
+  EXPECT_FALSE(core_->BeginAuthentication("POS-NOBODY-0", t.NewRnd1()).ok());
+  ASSERT_TRUE(core_->FlushRefusalCounts().ok());
+  absl::StatusOr<std::vector<RefusalCount>> rows = repo().ListRefusalCounts();
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  std::map<std::tuple<std::string, std::string, std::string>, int64_t> counts;
+  for (const RefusalCount& r : *rows) {
+    EXPECT_EQ(r.interval_start_ms % 60'000, 0);
+    EXPECT_LE(r.interval_start_ms, absl::ToUnixMillis(now_));
+    counts[{r.sn, r.action, r.reason}] = r.count;
+  }
+  using Key = std::tuple<std::string, std::string, std::string>;
+  EXPECT_EQ(counts, (std::map<Key, int64_t>{{{"*", kActionAuthBegin, "NOT_FOUND"}, 4},
+                                            {{"*", kActionAuthComplete, "NOT_FOUND"}, 2},
+                                            {{t.sn(), kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
+
+  // Purged after refusals.retention (24 h by default), not before.
+  Advance(absl::Hours(23));
+  ASSERT_THAT(core_->PurgeRefusalCounts(),
+              ::testing::Truly([](const absl::StatusOr<int64_t>& n) { return n.ok() && *n == 0; }));
+  Advance(absl::Hours(1) + absl::Minutes(1));
+  absl::StatusOr<int64_t> purged = core_->PurgeRefusalCounts();
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 3);
+  EXPECT_TRUE(repo().ListRefusalCounts()->empty());
+}
+
+TEST_F(KmsCoreSuite, RepeatedConfirmationAnswersInstalledAndChangesNothing) {
+  // The reply to ConfirmInstallation was lost; the terminal sends the same call again.
+  TestTerminal t("POS-CONFIRM2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string session = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(proof.ok());
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  TerminalRecord installed = Terminal(t.sn());
+  const int audit_rows = static_cast<int>(AuditOf(t.sn()).size());
+
+  Advance(absl::Minutes(5));  // past the session's expiry: a repeat changes nothing anyway
+  auto again = core_->ConfirmInstallation(session, t.sn(), *proof);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, TerminalState::kInstalled);
+  // Its proof attempt was charged and, verified, given back: the terminal is as it was.
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.state, installed.state);
+  EXPECT_EQ(after.consecutive_failures, installed.consecutive_failures);
+  EXPECT_EQ(after.tmk_generation, installed.tmk_generation);
+  EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
+  EXPECT_EQ(static_cast<int>(AuditOf(t.sn()).size()), audit_rows);
+  EXPECT_EQ(hsm_->calls("VerifyInstallProof"), 2);  // the repeat is checked, not trusted
+
+  // A wrong proof in the confirmed session is not an answer: it counts as a failure.
+  Bytes wrong = *proof;
+  wrong[0] ^= 0x01;
+  auto bad = core_->ConfirmInstallation(session, t.sn(), wrong);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kInstalled);
+  // The confirmed session is still this terminal's only: another SN learns nothing.
+  auto other = core_->ConfirmInstallation(session, "POS-OTHER", *proof);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(KmsCoreSuite, InstalledTerminalThatLostTheReplyConfirmsInAFreshSession) {
+  // The terminal holds its TMK but never saw KMS accept the proof; its session is gone.
+  // It authenticates again, gets the same TMK under its own TEK, and confirms it.
+  TestTerminal t("POS-RESUME", KeyAlgorithm::kTdes2);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string first = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(first, t.sn(), *proof).ok());
+  const std::string kcv = t.tmk_kcv();
+  auto fingerprint = t.TmkFingerprint();
+  ASSERT_TRUE(fingerprint.ok());
+  TerminalRecord installed = Terminal(t.sn());
+  Advance(absl::Minutes(10));
+
+  std::string second = Deliver(t);
+  ASSERT_FALSE(second.empty());
+  EXPECT_NE(second, first);
+  EXPECT_EQ(t.tmk_kcv(), kcv);
+  EXPECT_EQ(*t.TmkFingerprint(), *fingerprint);  // the same TMK, not a new one
+  TerminalRecord delivered = Terminal(t.sn());
+  EXPECT_EQ(delivered.state, TerminalState::kInstalled);
+  EXPECT_EQ(delivered.tmk_generation, installed.tmk_generation);
+  EXPECT_EQ(delivered.tmk_index, installed.tmk_index);
+  auto proof2 = t.InstallProof();
+  ASSERT_TRUE(proof2.ok());
+  auto confirmed = core_->ConfirmInstallation(second, t.sn(), *proof2);
+  ASSERT_TRUE(confirmed.ok()) << confirmed.status();
+  EXPECT_EQ(*confirmed, TerminalState::kInstalled);
+  TerminalRecord after = Terminal(t.sn());
+  EXPECT_EQ(after.state, TerminalState::kInstalled);
+  EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
+  EXPECT_EQ(after.tmk_kcv, kcv);
+  EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), kcv);
+  EXPECT_EQ(CountAudit(t.sn(), kActionInstalled, "OK"), 1);  // installed once
+  EXPECT_EQ(CountAudit(t.sn(), kActionInstallReconfirm, "OK"), 1);
+
+  // The first session's proof does not confirm the second session, nor the other way round.
+  auto crossed = core_->ConfirmInstallation(first, t.sn(), *proof2);
+  EXPECT_EQ(crossed.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(KmsCoreSuite, ConfirmationOfASupersededTmkIsNotRepeated) {
+  // A confirmed session whose TMK was replaced by a re-key proves nothing any more.
+  TestTerminal t("POS-CONF-RK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  std::string session = Deliver(t);
+  auto proof = t.InstallProof();
+  ASSERT_TRUE(core_->ConfirmInstallation(session, t.sn(), *proof).ok());
+  ASSERT_TRUE(core_->MarkForRekey(kAlice, t.sn(), "ticket").ok());
+  auto again = core_->ConfirmInstallation(session, t.sn(), *proof);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr("no longer the terminal's"));
+  EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRekeyPending);
 }
 
 TEST_F(KmsCoreSuite, UnreachableHsmIsRetryableAndKeepsTheSession) {

@@ -19,6 +19,7 @@
 #include "kms_core.h"
 #include "kms_db_roles.h"
 #include "pg_kms_repository.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
@@ -47,7 +48,7 @@ struct KmsReplica {
   KmsReplica(const std::string& dsn, std::shared_ptr<grpc::Channel> hsm_channel, Clock clock,
              KmsCoreOptions options)
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),  // every replica: one key
         hsm(std::move(hsm_channel), kTimeout),
         core(repository, hsm, std::move(clock), crypto::FillRandom, options) {}
   db::ConnectionPool pool;
@@ -174,14 +175,16 @@ class KmsIntegrationTest : public ::testing::Test {
     b_ = MakeReplica();
   }
 
-  std::unique_ptr<KmsReplica> MakeReplica() {
+  std::unique_ptr<KmsReplica> MakeReplica(int lockout_threshold = 100) {
     return std::make_unique<KmsReplica>(
         kms_db_->runtime_dsn(), HsmChannel("kms"),
         [this] {
           absl::MutexLock lock(&clock_mu_);
           return now_;
         },
-        KmsCoreOptions{.pk_index = pk_.index, .mak_index = mak_.index});
+        KmsCoreOptions{.pk_index = pk_.index,
+                       .mak_index = mak_.index,
+                       .lockout_threshold = lockout_threshold});
   }
 
   void Advance(absl::Duration d) {
@@ -300,6 +303,7 @@ TEST_F(KmsIntegrationTest, WrongReflectedReusedExpiredAndCrossSnTokensAreRefused
   EXPECT_EQ(
       a_->core.CompleteAuthentication(wrong->session_id, t.sn(), wrong->crnd2).status().code(),
       absl::StatusCode::kUnauthenticated);
+  Advance(absl::Seconds(1));  // the back-off after one failure
 
   auto reflected = Open(a_->core, t);
   ASSERT_TRUE(reflected.ok());
@@ -307,6 +311,7 @@ TEST_F(KmsIntegrationTest, WrongReflectedReusedExpiredAndCrossSnTokensAreRefused
                 .status()
                 .code(),
             absl::StatusCode::kUnauthenticated);
+  Advance(absl::Seconds(2));  // and after two
 
   auto cross = Open(a_->core, t);
   ASSERT_TRUE(cross.ok());
@@ -333,16 +338,28 @@ TEST_F(KmsIntegrationTest, WrongReflectedReusedExpiredAndCrossSnTokensAreRefused
   EXPECT_EQ(a_->core.GetTerminal(t.sn())->consecutive_failures, 0u);  // reset by success
 }
 
-TEST_F(KmsIntegrationTest, FiveFailuresLockAndUnlockRestores) {
+TEST_F(KmsIntegrationTest, FailuresBackOffAcrossReplicasLockAtTheThresholdAndUnlockRestores) {
+  a_ = MakeReplica(/*lockout_threshold=*/5);
+  b_ = MakeReplica(/*lockout_threshold=*/5);
   TestTerminal t("REAL-LOCK", KeyAlgorithm::kTdes2);
   ASSERT_TRUE(Submit(a_->core, t).ok());
   for (int i = 0; i < 5; ++i) {
     auto opened = Open(i % 2 ? a_->core : b_->core, t);
     ASSERT_TRUE(opened.ok()) << opened.status();
     opened->crnd2.back() ^= 1;
-    EXPECT_EQ(
-        a_->core.CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status().code(),
-        absl::StatusCode::kUnauthenticated);
+    absl::Status failed =
+        a_->core.CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).status();
+    EXPECT_EQ(failed.code(), absl::StatusCode::kUnauthenticated);
+    if (i == 4) break;
+    // The back-off is the SN's, whichever replica is asked next.
+    ASSERT_EQ(RetryDelay(failed), absl::Seconds(1) * (1 << i));
+    auto early = Open(b_->core, t);
+    ASSERT_TRUE(early.ok());
+    EXPECT_EQ(b_->core.CompleteAuthentication(early->session_id, t.sn(), early->crnd2)
+                  .status()
+                  .code(),
+              absl::StatusCode::kResourceExhausted);
+    Advance(*RetryDelay(failed));
   }
   EXPECT_EQ(a_->core.GetTerminal(t.sn())->state, TerminalState::kLocked);
   EXPECT_EQ(Open(b_->core, t).status().code(), absl::StatusCode::kFailedPrecondition);

@@ -20,7 +20,7 @@ class PgFixture final : public RepositoryFixture {
     auto applied =
         db::MigrateAsOwner(db_.owner_dsn(), db_.runtime_role(), Migrations(), kKmsRuntimeGrants);
     EXPECT_TRUE(applied.ok()) << applied.status();
-    repo_.emplace(pool_);
+    repo_.emplace(pool_, crypto::SecretBytes(32));
   }
   KmsRepository& repository() override { return *repo_; }
 

@@ -1,5 +1,6 @@
 #include "memory_kms_repository.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/status/status.h"
@@ -83,6 +84,7 @@ absl::Status MemoryKmsRepository::UpdateLocked(const TerminalRecord& terminal,
   TerminalRecord t = terminal;
   t.version = terminal.version + 1;
   it->second = std::move(t);
+  if (terminal.consecutive_failures == 0) retry_after_ms_.erase(terminal.sn);
   if (cancel_sessions) {
     for (auto& [id, s] : sessions_) {
       if (s.sn == terminal.sn &&
@@ -111,8 +113,17 @@ absl::StatusOr<std::vector<TerminalRecord>> MemoryKmsRepository::ListTerminals(
 absl::Status MemoryKmsRepository::InsertSession(const AuthSession& session,
                                                 const std::vector<AuditEntry>& audit) {
   absl::MutexLock lock(&mu_);
-  if (!terminals_.contains(session.sn)) {
-    return absl::FailedPreconditionError("integrity violation");
+  auto t = terminals_.find(session.sn);
+  if (t == terminals_.end()) return absl::FailedPreconditionError("integrity violation");
+  if (sessions_.contains(session.id)) {
+    return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
+  }
+  const TerminalState state = t->second.state;
+  if ((state != TerminalState::kTkReceived && state != TerminalState::kAuthenticated &&
+       state != TerminalState::kTmkDelivered && state != TerminalState::kInstalled) ||
+      t->second.auk_index != session.auk_index) {
+    return absl::FailedPreconditionError(
+        "sn: the terminal changed while the session was being opened");
   }
   if (!sessions_.emplace(session.id, session).second) {
     return absl::AlreadyExistsError("unique violation on constraint auth_sessions_pkey");
@@ -137,6 +148,72 @@ absl::StatusOr<bool> MemoryKmsRepository::TransitionSession(
   it->second.state = to;
   if (tmk_kcv) it->second.tmk_kcv = *tmk_kcv;
   return true;
+}
+
+absl::StatusOr<int64_t> MemoryKmsRepository::PurgeSessions(int64_t expired_before_ms) {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(std::erase_if(
+      sessions_, [&](const auto& s) { return s.second.expires_at_ms < expired_before_ms; }));
+}
+
+absl::Status MemoryKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
+  absl::MutexLock lock(&mu_);
+  for (const RefusalCount& c : counts) {
+    RefusalCount& row = refusal_counts_[{c.interval_start_ms, c.sn, c.action, c.reason}];
+    const int64_t before = row.count;
+    row = c;
+    row.count += before;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<RefusalCount>> MemoryKmsRepository::ListRefusalCounts() {
+  absl::MutexLock lock(&mu_);
+  std::vector<RefusalCount> rows;
+  for (const auto& [key, row] : refusal_counts_) rows.push_back(row);
+  return rows;
+}
+
+absl::StatusOr<int64_t> MemoryKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(std::erase_if(
+      refusal_counts_, [&](const auto& r) { return r.second.interval_start_ms < before_ms; }));
+}
+
+absl::StatusOr<ProofAttempt> MemoryKmsRepository::ChargeProofAttempt(
+    const std::string& sn, const ProofAttemptPolicy& policy) {
+  absl::MutexLock lock(&mu_);
+  auto it = terminals_.find(sn);
+  if (it == terminals_.end()) return absl::NotFoundError("sn: no such terminal");
+  TerminalRecord& t = it->second;
+  int64_t& retry_after = retry_after_ms_[sn];
+  ProofAttempt a{.failures = t.consecutive_failures, .retry_after_ms = retry_after,
+                 .version = t.version};
+  if (t.state == TerminalState::kLocked || t.state == TerminalState::kRevoked ||
+      retry_after > policy.now_ms || t.consecutive_failures >= policy.lock_after) {
+    return a;
+  }
+  int64_t wait = policy.backoff_max_ms;
+  if (t.consecutive_failures < 62 &&
+      policy.backoff_base_ms <= (policy.backoff_max_ms >> t.consecutive_failures)) {
+    wait = std::min(policy.backoff_max_ms, policy.backoff_base_ms << t.consecutive_failures);
+  }
+  retry_after = policy.now_ms + wait;
+  ++t.consecutive_failures;
+  ++t.version;
+  return ProofAttempt{.allowed = true, .failures = t.consecutive_failures,
+                      .retry_after_ms = retry_after, .version = t.version};
+}
+
+absl::Status MemoryKmsRepository::RefundProofAttempt(const std::string& sn, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  auto it = terminals_.find(sn);
+  if (it == terminals_.end()) return absl::OkStatus();
+  if (it->second.consecutive_failures > 0) --it->second.consecutive_failures;
+  int64_t& retry_after = retry_after_ms_[sn];
+  retry_after = std::min(retry_after, now_ms);
+  ++it->second.version;
+  return absl::OkStatus();
 }
 
 absl::Status MemoryKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {

@@ -30,6 +30,13 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::StatusOr<AuthSession> GetSession(const std::string& id) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
+  absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,
+                                                  const ProofAttemptPolicy& policy) override;
+  absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) override;
+  absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) override;
+  absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) override;
+  absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() override;
+  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
                                                     int limit) override;
@@ -45,7 +52,10 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::Mutex mu_;
   std::map<std::string, TerminalRecord> terminals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, AuthSession> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::tuple<int64_t, std::string, std::string, std::string>, RefusalCount> refusal_counts_
+      ABSL_GUARDED_BY(mu_);
   std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> retry_after_ms_ ABSL_GUARDED_BY(mu_);  // terminals.retry_after_ms
 };
 
 }  // namespace rkl::kms::testing

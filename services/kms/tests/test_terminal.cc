@@ -39,17 +39,23 @@ TestTerminal::TestTerminal(std::string sn, KeyAlgorithm algorithm)
 void TestTerminal::RegenerateTransportKey() {
   tek_ = crypto::GenerateKey(algorithm_);
   auk_ = crypto::GenerateKey(algorithm_);
+  // A new TK travels in a later package (KMS keeps only the newest, by created_at).
+  if (!tek_created_at_ms_set_) {
+    tek_created_at_ms_set_ = true;
+  } else {
+    tk_created_at_ms_ += 1000;
+  }
 }
 
 absl::StatusOr<Bytes> TestTerminal::MakeCtkPk(const crypto::SecretBytes& pk,
                                               const crypto::SecretBytes& mak,
-                                              int64_t created_at_ms) const {
+                                              std::optional<int64_t> created_at_ms) const {
   protocol::TransportKey tk{algorithm_, tek_, auk_};
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes payload, protocol::EncodeTkPayload(tk));
   protocol::CtkPkHeader h;
   h.algorithm = algorithm_;
   h.sn = sn_;
-  h.created_at_unix_ms = created_at_ms;
+  h.created_at_unix_ms = created_at_ms.value_or(tk_created_at_ms_);
   RKL_ASSIGN_OR_RETURN(Bytes pk_kcv, crypto::Kcv(CipherFamily::kAes, pk));
   RKL_ASSIGN_OR_RETURN(Bytes mak_kcv, crypto::Kcv(CipherFamily::kAes, mak));
   std::copy(pk_kcv.begin(), pk_kcv.end(), h.pk_kcv.begin());

@@ -9,6 +9,7 @@
 //    values it computes itself, then the install proof.
 // Test-only; keeps its keys in SecretBytes. Not thread-safe (one terminal, one thread).
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,10 +27,13 @@ class TestTerminal {
   const std::string& sn() const { return sn_; }
   crypto::KeyAlgorithm algorithm() const { return algorithm_; }
 
-  // Ctk_pk = H ‖ [len(W)]_2 ‖ W ‖ M under `pk`/`mak` (AES-256).
+  // Ctk_pk = H ‖ [len(W)]_2 ‖ W ‖ M under `pk`/`mak` (AES-256). created_at defaults to the
+  // current TK's: 1700000000000 for the first, one second later for each new TK.
   absl::StatusOr<Bytes> MakeCtkPk(const crypto::SecretBytes& pk, const crypto::SecretBytes& mak,
-                                  int64_t created_at_ms = 1700000000000) const;
-  // Replaces TEK/AUK with fresh ones (a new TK, as for a re-key).
+                                  std::optional<int64_t> created_at_ms = std::nullopt) const;
+  int64_t tk_created_at_ms() const { return tk_created_at_ms_; }
+  // Replaces TEK/AUK with fresh ones (a new TK, as for a re-key), in a package made one
+  // second after the previous one.
   void RegenerateTransportKey();
 
   // §7 step 1: a fresh Rnd1 (one cipher block).
@@ -54,6 +58,8 @@ class TestTerminal {
  private:
   std::string sn_;
   crypto::KeyAlgorithm algorithm_;
+  int64_t tk_created_at_ms_ = 1700000000000;
+  bool tek_created_at_ms_set_ = false;
   crypto::SecretBytes tek_;
   crypto::SecretBytes auk_;
   Bytes rnd1_;

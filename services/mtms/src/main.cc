@@ -12,10 +12,12 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/common/logging.h"
 #include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/revocation.h"
@@ -66,8 +68,10 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                           .max_size = static_cast<int>(config.GetInt("db.pool_size"))});
+  db::ConnectionPool pool(
+      {.dsn = config.GetString("db.dsn"),
+       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+       .settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config))});
   absl::StatusOr<db::SchemaSetupResult> schema_setup = db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
       rkl::mtms::Migrations(), kMtmsRuntimeGrants);
@@ -92,7 +96,24 @@ int main(int argc, char** argv) {
   GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
   GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
   SystemClock clock;
-  PgMtmsRepository repository(pool);
+  absl::StatusOr<audit::AuditSettings> audit_settings = audit::AuditSettingsFromConfig(config);
+  if (!audit_settings.ok()) {
+    spdlog::critical("fatal: {}", audit_settings.status().ToString());
+    return 1;
+  }
+  // The audit chain's MAC key: read, and checked against the KCV the chain was begun with.
+  absl::StatusOr<crypto::SecretBytes> audit_key =
+      audit::LoadAndBindAuditMacKey(pool, MtmsAuditChain(), *audit_settings);
+  if (!audit_key.ok()) {
+    spdlog::critical("fatal: {}", audit_key.status().ToString());
+    return 1;
+  }
+  PgMtmsRepository repository(pool, *std::move(audit_key));
+  // Anchors at start (checking the last run's), seals in the background; at the end of main
+  // seals and anchors once more.
+  audit::ServiceAuditChain audit_chain(repository.audit_log(), *audit_settings,
+                                       ForwarderOptionsFromConfig(config).replica_id);
+  audit_chain.Start();
   OperatorTrust trust(ca, clock, config.GetDuration("ca.crl_refresh"));
   if (absl::Status s = trust.Refresh(); !s.ok()) {
     // Not fatal: intake answers UNAVAILABLE until the CA is reachable.
@@ -107,7 +128,7 @@ int main(int argc, char** argv) {
   }
   Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
   rpc::Authorizer authorizer = MakeMtmsAuthorizer();
-  MtmsGrpcService service(core, forwarder, authorizer);
+  MtmsGrpcService service(core, forwarder, authorizer, repository.audit_log());
 
   // Client certificates on the service-ca CRL are refused (operator terminals present none).
   // A refresh pushed by `rklctl pki revoke --notify` also refreshes the operator-ca CRL, so

@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
 
@@ -29,6 +31,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Required()
       .Secret();
   db::DeclareOwnerDsnConfig(schema);
+  db::DeclareStatementTimeoutConfig(schema);
   schema
       .Int("db.pool_size",
            "maximum open database connections; at least forwarder.workers + 4 (checked at "
@@ -86,6 +89,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("2m");
   schema.String("replica_id", "this replica's name in claims and audit (default: host name)")
       .Default("");
+  audit::DeclareAuditConfig(schema, "MTMS");
 
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
   schema

@@ -6,7 +6,12 @@
 //
 //  - work_keys, operators_seen, sn_key_mtms: rows are created and change state (work keys
 //    retire, packages are claimed and forwarded); none is ever deleted;
-//  - audit: appended to and read, nothing else.
+//  - audit: the chain, appended to (by the sealer) and read, nothing else;
+//  - audit_pending: records wait here to be chained, and the sealer deletes those it has
+//    chained. A role that deletes one before it is sealed removes a record no anchor has
+//    seen yet: the bound docs/mtms.md states (at most audit.seal_interval old);
+//  - audit_key: the first start records the MAC key's KCV; never changed;
+//  - audit_legacy: the records from before the chain, read only.
 
 #include "rkl/db/schema_roles.h"
 
@@ -17,7 +22,10 @@ inline constexpr db::RuntimeGrant kMtmsRuntimeGrants[] = {
     db::TableGrant("operators_seen", "SELECT, INSERT, UPDATE"),
     db::TableGrant("sn_key_mtms", "SELECT, INSERT, UPDATE"),
     db::TableGrant("audit", "SELECT, INSERT"),
-    db::SequenceGrant("audit_seq_seq", "USAGE"),
+    db::TableGrant("audit_pending", "SELECT, INSERT, DELETE"),
+    db::SequenceGrant("audit_pending_id_seq", "USAGE"),
+    db::TableGrant("audit_key", "SELECT, INSERT"),
+    db::TableGrant("audit_legacy", "SELECT"),
 };
 
 }  // namespace rkl::mtms

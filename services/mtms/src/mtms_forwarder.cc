@@ -18,6 +18,9 @@ namespace rkl::mtms {
 namespace {
 
 constexpr size_t kMaxReasonLength = 512;
+constexpr char kSupersededReason[] =
+    "superseded: a package for this SN with a later created_at is forwarded or pending; not "
+    "sent";
 
 std::string Describe(const absl::Status& s) {
   std::string text = absl::StrCat(absl::StatusCodeToString(s.code()), ": ", s.message());
@@ -234,8 +237,31 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
     return Reject(row, claim_token, "stored package signature does not verify (claim 4)");
   }
   if (package.operator_id() != *operator_id || package.sn() != row.sn ||
-      package.work_certificate_serial() != row.work_certificate_serial) {
+      package.work_certificate_serial() != row.work_certificate_serial ||
+      package.created_at_unix_ms() != row.created_at_ms) {
     return Reject(row, claim_token, "stored row does not match its signed package");
+  }
+
+  // Order per SN: a package with a newer sibling already forwarded or waiting is never sent
+  // (KMS would refuse it as older, or it would be sent before the newer one only to be
+  // replaced). A newer package that arrives after this check and overtakes this one is
+  // caught by KMS, which refuses the older one (FAILED_PRECONDITION: REJECTED below).
+  {
+    AuditEntry audit{
+        .at_ms = clock_.NowUnixMs(),
+        .actor = options_.replica_id,
+        .action = "package.supersede",
+        .sn = row.sn,
+        .detail = absl::StrCat("submission ", row.submission_id, ": ", kSupersededReason),
+        .result = "REJECTED"};
+    absl::StatusOr<bool> superseded = repository_.FinishSupersededIfNewer(
+        row.submission_id, claim_token, kSupersededReason, audit);
+    if (!superseded.ok()) return RetryLater(row, claim_token, superseded.status());
+    if (*superseded) {
+      spdlog::info("forwarder: submission {} sn={} superseded by a newer package, not sent",
+                   row.submission_id, row.sn);
+      return Outcome::kRejected;
+    }
   }
 
   // 2. The work key the package was made for.

@@ -52,8 +52,9 @@ void ToProto(const WorkKeyRecord& key, v1::WorkKey* out) {
   out->set_created_at_unix_ms(key.created_at_ms);
 }
 
-constexpr const char* kAdminRpcs[] = {"GetSubmission", "ProvisionWorkKey", "RetireWorkKey",
-                                      "ListWorkKeys",  "ListQueue",        "ForceForward"};
+constexpr const char* kAdminRpcs[] = {"GetSubmission",   "ProvisionWorkKey", "RetireWorkKey",
+                                      "ListWorkKeys",    "ListQueue",        "ForceForward",
+                                      "VerifyAuditChain"};
 
 }  // namespace
 
@@ -197,6 +198,22 @@ grpc::Status MtmsGrpcService::ForceForward(grpc::ServerContext* ctx, const v1::E
   response->set_forwarded(pass->forwarded);
   response->set_rejected(pass->rejected);
   response->set_retry_later(pass->retry_later);
+  return grpc::Status::OK;
+}
+
+grpc::Status MtmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
+                                               const v1::VerifyAuditChainRequest* request,
+                                               v1::VerifyAuditChainResponse* response) {
+  if (absl::Status s = authorizer_.Check(*ctx, "VerifyAuditChain"); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
+  absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(request->anchor());
+  if (!v.ok()) return rpc::ToGrpcStatus(v.status());
+  response->set_intact(v->intact);
+  response->set_records_checked(v->records_checked);
+  response->set_first_broken_seq(v->first_broken_seq);
+  response->set_anchor_seq(v->anchor_seq);
+  response->set_finding(v->finding);
   return grpc::Status::OK;
 }
 

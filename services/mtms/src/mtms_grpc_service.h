@@ -2,11 +2,13 @@
 // MtmsGrpcService: the thin gRPC adapter of rkl.v1.Mtms over MtmsCore and Forwarder. It
 // authorizes the caller (GetWorkCertificate and SubmitTransportKey are public, every other
 // RPC needs an `admin:*` identity), translates messages, and converts statuses once with
-// rpc::ToGrpcStatus. No logic lives here. Thread-safe; core, forwarder and authorizer are
-// not owned and must outlive the service.
+// rpc::ToGrpcStatus. No logic lives here: VerifyAuditChain goes to the audit chain
+// (rkl::audit). Thread-safe; core, forwarder, authorizer and chain are not owned and must
+// outlive the service.
 
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
+#include "rkl/audit/audit_log.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
@@ -17,8 +19,9 @@ rpc::Authorizer MakeMtmsAuthorizer();
 
 class MtmsGrpcService final : public v1::Mtms::Service {
  public:
-  MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, const rpc::Authorizer& authorizer)
-      : core_(core), forwarder_(forwarder), authorizer_(authorizer) {}
+  MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, const rpc::Authorizer& authorizer,
+                  audit::PgAuditLog& audit)
+      : core_(core), forwarder_(forwarder), authorizer_(authorizer), audit_(audit) {}
 
   grpc::Status GetWorkCertificate(grpc::ServerContext* ctx,
                                   const v1::GetWorkCertificateRequest* request,
@@ -40,6 +43,9 @@ class MtmsGrpcService final : public v1::Mtms::Service {
                             v1::ListWorkKeysResponse* response) override;
   grpc::Status ListQueue(grpc::ServerContext* ctx, const v1::ListQueueRequest* request,
                          v1::ListQueueResponse* response) override;
+  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx,
+                                const v1::VerifyAuditChainRequest* request,
+                                v1::VerifyAuditChainResponse* response) override;
   grpc::Status ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
                             v1::ForceForwardResponse* response) override;
 
@@ -47,6 +53,7 @@ class MtmsGrpcService final : public v1::Mtms::Service {
   MtmsCore& core_;
   Forwarder& forwarder_;
   const rpc::Authorizer& authorizer_;
+  audit::PgAuditLog& audit_;
 };
 
 }  // namespace rkl::mtms

@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
@@ -51,9 +52,10 @@ constexpr int64_t kLastSeenResolutionMs = 60 * 1000;
 //  i: the package, unless the work key is retired or the (operator, nonce) was seen before
 //     (ON CONFLICT DO NOTHING: a replay inserts nothing);
 //  o, u: operators seen (above), only for an inserted package;
-//  a: the package's audit entry, only for an inserted package.
+//  a: the package's audit entry (a pending record of the chain, id $21 and MAC $22 from
+//     rkl::audit), only for an inserted package.
 // Returns the work key's state (NULL: unknown) and how many packages were inserted (0/1).
-// Submission $1..$13; $14 resolution; audit $15..$20. Parameters read in SELECT lists are
+// Submission $1..$13; $14 resolution; audit $15..$22. Parameters read in SELECT lists are
 // typed: there an untyped parameter would be taken as text.
 constexpr char kIntake[] =
     "WITH k AS (SELECT state FROM work_keys WHERE serial_hex = $9::text FOR SHARE),"
@@ -71,8 +73,9 @@ constexpr char kIntake[] =
     " u AS (UPDATE operators_seen SET last_seen_at_ms = $13::bigint"
     "  WHERE operator_id = $3::text AND certificate_serial = $8::text"
     "  AND last_seen_at_ms < $13::bigint - $14::bigint AND EXISTS (SELECT 1 FROM i)),"
-    " a AS (INSERT INTO audit (at_ms, actor, action, sn, detail, result)"
-    "  SELECT $15::bigint, $16::text, $17::text, $18::text, $19::text, $20::text FROM i)"
+    " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac)"
+    "  SELECT $21::bigint, $15::bigint, $16::text, $17::text, $18::text, $19::text, $20::text,"
+    "  $22::bytea FROM i)"
     " SELECT (SELECT state FROM k), (SELECT count(*) FROM i)";
 
 constexpr char kSubmissionColumns[] =
@@ -105,16 +108,18 @@ const std::string kClaimDue = std::string(
 constexpr char kMakeAllDue[] =
     "UPDATE sn_key_mtms SET next_attempt_at_ms = $1"
     " WHERE state = 'RECEIVED' AND next_attempt_at_ms > $1";
-// Each finish is one statement with its audit entry ($AUDIT: six typed parameters from
-// the given number on), inserted only when the row was still ours to finish. Returns how
+// Each finish is one statement with its audit entry (eight typed parameters from the given
+// number on: the record, then its pending id and MAC), inserted into audit_pending only
+// when the row was still ours to finish. Returns how
 // many rows were finished (0/1).
 std::string WithAudit(const std::string& update, int first) {
   auto p = [&](int i, const char* type) { return absl::StrCat("$", first + i, "::", type); };
   return absl::StrCat("WITH f AS (", update, " RETURNING 1),",
-                      " a AS (INSERT INTO audit (at_ms, actor, action, sn, detail, result) SELECT ",
-                      p(0, "bigint"), ", ", p(1, "text"), ", ", p(2, "text"), ", ", p(3, "text"),
-                      ", ", p(4, "text"), ", ", p(5, "text"), " WHERE EXISTS (SELECT 1 FROM f))",
-                      " SELECT count(*) FROM f");
+                      " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail,"
+                      " result, mac) SELECT ",
+                      p(6, "bigint"), ", ", p(0, "bigint"), ", ", p(1, "text"), ", ", p(2, "text"),
+                      ", ", p(3, "text"), ", ", p(4, "text"), ", ", p(5, "text"), ", ",
+                      p(7, "bytea"), " WHERE EXISTS (SELECT 1 FROM f))", " SELECT count(*) FROM f");
 }
 const std::string kFinishForwarded = WithAudit(
     "UPDATE sn_key_mtms SET state = 'FORWARDED', forwarded_at_ms = $3, attempts = attempts + 1,"
@@ -126,14 +131,19 @@ const std::string kFinishRejected = WithAudit(
     " claimed_by = NULL, claimed_until_ms = NULL"
     " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'",
     4);
+// Superseded: the row and a newer sibling for its SN (a lookup in index sn_key_mtms_by_sn).
+const std::string kFinishSuperseded = WithAudit(
+    "UPDATE sn_key_mtms r SET state = 'REJECTED', reason = $3, attempts = r.attempts + 1,"
+    " claimed_by = NULL, claimed_until_ms = NULL"
+    " WHERE r.submission_id = $1 AND r.claimed_by = $2 AND r.state = 'RECEIVED'"
+    " AND EXISTS (SELECT 1 FROM sn_key_mtms n WHERE n.sn = r.sn"
+    "  AND n.created_at_ms > r.created_at_ms AND n.state IN ('RECEIVED', 'FORWARDED'))",
+    4);
 constexpr char kFinishRetryLater[] =
     "UPDATE sn_key_mtms SET attempts = attempts + 1, last_error = $3, next_attempt_at_ms = $4,"
     " claimed_by = NULL, claimed_until_ms = NULL"
     " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'";
 
-constexpr char kInsertAudit[] =
-    "INSERT INTO audit (at_ms, actor, action, sn, detail, result)"
-    " VALUES ($1, $2, $3, $4, $5, $6)";
 constexpr char kListAudit[] =
     "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit ORDER BY seq DESC LIMIT $1";
 
@@ -194,8 +204,13 @@ SubmissionRecord ReadSubmission(const pqxx::row& r) {
   return s;
 }
 
-void InsertAudit(pqxx::work& tx, const AuditEntry& a) {
-  db::Exec(tx, kInsertAudit, a.at_ms, a.actor, a.action, a.sn, a.detail, a.result);
+audit::AuditEvent Event(const AuditEntry& a) {
+  return audit::AuditEvent{.at_ms = a.at_ms,
+                           .actor = a.actor,
+                           .action = a.action,
+                           .sn = a.sn,
+                           .detail = a.detail,
+                           .result = a.result};
 }
 
 }  // namespace
@@ -264,7 +279,7 @@ absl::StatusOr<MtmsRepository::InstallResult> PgMtmsRepository::InstallWorkKey(
     db::Exec(tx, kInsertWorkKey, key.serial_hex, key.hsm_id, key.hsm_key_index,
              Bin(key.public_key_der), key.certificate_pem, key.terminal_root_pem,
              key.created_at_ms);
-    InsertAudit(tx, audit);
+    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, Event(audit)));
     WorkKeyRecord installed = key;
     installed.state = WorkKeyState::kCurrent;
     installed.retired_at_ms = 0;
@@ -293,7 +308,7 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
       return result;
     }
     db::Exec(tx, kRetireWorkKey, serial, now_ms);
-    InsertAudit(tx, audit);
+    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, Event(audit)));
     result.key.state = WorkKeyState::kRetired;
     result.key.retired_at_ms = now_ms;
     result.outcome = RetireOutcome::kRetired;
@@ -303,14 +318,15 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
 
 absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const SubmissionRecord& row,
                                                                  const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(
       pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<InsertOutcome> {
         pqxx::row r = stmt.Exec1(
             kIntake, row.submission_id, row.sn, row.operator_id, Bin(row.nonce), Bin(row.package),
             Bin(row.signature), row.operator_certificate_pem, row.operator_certificate_serial,
             row.work_certificate_serial, Bin(row.ctk_pu), static_cast<int>(row.algorithm_code),
-            row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms,
-            audit.actor, audit.action, audit.sn, audit.detail, audit.result);
+            row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms, audit.actor,
+            audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac));
         if (r[0].is_null()) return InsertOutcome::kUnknownWorkKey;
         if (r[0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
         return r[1].as<int64_t>() == 1 ? InsertOutcome::kInserted : InsertOutcome::kReplay;
@@ -392,9 +408,11 @@ absl::StatusOr<uint64_t> PgMtmsRepository::MakeAllDue(int64_t now_ms) {
 absl::StatusOr<bool> PgMtmsRepository::FinishForwarded(const std::string& submission_id,
                                                        const std::string& claim_token,
                                                        int64_t now_ms, const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     return stmt.Exec1(kFinishForwarded, submission_id, claim_token, now_ms, audit.at_ms,
-                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result, p.id,
+                      Bin(p.mac))[0]
                .as<int64_t>() == 1;
   });
 }
@@ -403,9 +421,23 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submiss
                                                       const std::string& claim_token,
                                                       const std::string& reason,
                                                       const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    return stmt.Exec1(kFinishRejected, submission_id, claim_token, reason, audit.at_ms,
-                      audit.actor, audit.action, audit.sn, audit.detail, audit.result)[0]
+    return stmt.Exec1(kFinishRejected, submission_id, claim_token, reason, audit.at_ms, audit.actor,
+                      audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac))[0]
+               .as<int64_t>() == 1;
+  });
+}
+
+absl::StatusOr<bool> PgMtmsRepository::FinishSupersededIfNewer(const std::string& submission_id,
+                                                               const std::string& claim_token,
+                                                               const std::string& reason,
+                                                               const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    return stmt.Exec1(kFinishSuperseded, submission_id, claim_token, reason, audit.at_ms,
+                      audit.actor, audit.action, audit.sn, audit.detail, audit.result, p.id,
+                      Bin(p.mac))[0]
                .as<int64_t>() == 1;
   });
 }
@@ -415,21 +447,26 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submi
                                                         const std::string& last_error,
                                                         int64_t next_attempt_at_ms) {
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    return stmt.Exec(kFinishRetryLater, submission_id, claim_token, last_error,
-                     next_attempt_at_ms)
+    return stmt.Exec(kFinishRetryLater, submission_id, claim_token, last_error, next_attempt_at_ms)
                .affected_rows() == 1;
   });
 }
 
 absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) {
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
-    stmt.Exec(kInsertAudit, audit.at_ms, audit.actor, audit.action, audit.sn, audit.detail,
-              audit.result);
-    return absl::OkStatus();
-  });
+  return audit_.Append(Event(audit));
+}
+
+absl::StatusOr<audit::PgAuditLog::PreparedPending> PgMtmsRepository::Prepare(
+    const AuditEntry& entry) {
+  const audit::AuditEvent event = Event(entry);
+  RKL_ASSIGN_OR_RETURN(std::vector<audit::PgAuditLog::PreparedPending> p,
+                       audit_.PreparePending({&event, 1}));
+  return std::move(p.at(0));
 }
 
 absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limit) {
+  // The newest records by their place in the chain: those committed so far are chained first.
+  RKL_RETURN_IF_ERROR(audit_.Seal().status());
   return db::RunAutocommitRead(
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
         std::vector<AuditRecord> records;
@@ -447,5 +484,20 @@ absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limi
         return records;
       });
 }
+
+const audit::ChainSpec& MtmsAuditChain() {
+  static const audit::ChainSpec* const spec = new audit::ChainSpec{
+      .name = "mtms",
+      .chain_table = "audit",
+      .pending_table = "audit_pending",
+      .pending_id_sequence = "audit_pending_id_seq",
+      .lock_class = 0x524B4C4D,  // "RKLM"
+      .pending_id_block = 64,
+  };
+  return *spec;
+}
+
+PgMtmsRepository::PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
+    : pool_(pool), audit_(pool, std::move(audit_key), MtmsAuditChain()) {}
 
 }  // namespace rkl::mtms

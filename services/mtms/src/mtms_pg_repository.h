@@ -5,13 +5,24 @@
 // call. Thread-safe as the pool is. The pool is not owned and must outlive the repository.
 
 #include "mtms_repository.h"
+#include "rkl/audit/audit_log.h"
+#include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 
 namespace rkl::mtms {
 
+// MTMS's audit chain (tables audit, audit_pending; "mtms" as the domain of its MACs and
+// anchors): the HSM's format and verifier, under MTMS's own audit MAC key.
+const audit::ChainSpec& MtmsAuditChain();
+
 class PgMtmsRepository final : public MtmsRepository {
  public:
-  explicit PgMtmsRepository(db::ConnectionPool& pool) : pool_(pool) {}
+  // Every audit entry is written as a pending record of MTMS's chain, MACed under
+  // `audit_key` (audit.mac_key_file), with the change it describes.
+  PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
+
+  // The chain: its sealer, verification and anchors (main() starts and stops them).
+  audit::PgAuditLog& audit_log() { return audit_; }
 
   absl::StatusOr<std::optional<WorkKeyRecord>> CurrentWorkKey() override;
   absl::StatusOr<std::optional<WorkKeyRecord>> FindWorkKey(const std::string& serial) override;
@@ -37,6 +48,10 @@ class PgMtmsRepository final : public MtmsRepository {
   absl::StatusOr<bool> FinishForwarded(const std::string& submission_id,
                                        const std::string& claim_token, int64_t now_ms,
                                        const AuditEntry& audit) override;
+  absl::StatusOr<bool> FinishSupersededIfNewer(const std::string& submission_id,
+                                               const std::string& claim_token,
+                                               const std::string& reason,
+                                               const AuditEntry& audit) override;
   absl::StatusOr<bool> FinishRejected(const std::string& submission_id,
                                       const std::string& claim_token, const std::string& reason,
                                       const AuditEntry& audit) override;
@@ -49,7 +64,11 @@ class PgMtmsRepository final : public MtmsRepository {
   absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) override;
 
  private:
+  // The pending id and MAC of an entry written by one of the statements.
+  absl::StatusOr<audit::PgAuditLog::PreparedPending> Prepare(const AuditEntry& entry);
+
   db::ConnectionPool& pool_;
+  audit::PgAuditLog audit_;
 };
 
 }  // namespace rkl::mtms

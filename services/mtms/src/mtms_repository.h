@@ -163,6 +163,14 @@ class MtmsRepository {
                                               const std::string& claim_token,
                                               const std::string& reason,
                                               const AuditEntry& audit) = 0;
+  // A package superseded before it was sent: REJECTED with `reason` and `audit`, like
+  // FinishRejected — but only if another row for the same SN with a later created_at is
+  // RECEIVED or FORWARDED (a newer package replaces it at KMS). False, changing nothing,
+  // when there is none or the claim no longer holds the row.
+  virtual absl::StatusOr<bool> FinishSupersededIfNewer(const std::string& submission_id,
+                                                       const std::string& claim_token,
+                                                       const std::string& reason,
+                                                       const AuditEntry& audit) = 0;
   virtual absl::StatusOr<bool> FinishRetryLater(const std::string& submission_id,
                                                 const std::string& claim_token,
                                                 const std::string& last_error,

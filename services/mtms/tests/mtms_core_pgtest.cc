@@ -39,7 +39,8 @@ struct PgBackend {
     while (static_cast<int>(repositories.size()) <= i) {
       pools.push_back(std::make_unique<db::ConnectionPool>(
           db::PoolOptions{.dsn = db->runtime_dsn(), .max_size = 4}));
-      repositories.push_back(std::make_unique<PgMtmsRepository>(*pools.back()));
+      repositories.push_back(
+          std::make_unique<PgMtmsRepository>(*pools.back(), crypto::SecretBytes(32)));
     }
     return *repositories[i];
   }
@@ -99,19 +100,35 @@ TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   // exactly its row, its audit entry and its operator's first sight.
   MtmsRepository& repo = backend_->Replica(0);
   auto count = [&](const std::string& sql) { return backend_->Sql(sql)[0][0].as<int64_t>(); };
-  WorkKeyRecord key{.serial_hex = "0A1B2C", .hsm_id = "hsm-x", .hsm_key_index = 77,
-                    .public_key_der = Bytes{1, 2, 3}, .certificate_pem = "pem",
-                    .terminal_root_pem = "root", .created_at_ms = 1};
+  WorkKeyRecord key{.serial_hex = "0A1B2C",
+                    .hsm_id = "hsm-x",
+                    .hsm_key_index = 77,
+                    .public_key_der = Bytes{1, 2, 3},
+                    .certificate_pem = "pem",
+                    .terminal_root_pem = "root",
+                    .created_at_ms = 1};
   ASSERT_TRUE(repo.InstallWorkKey(key, /*rotate=*/true, AuditEntry{.action = "test_install"}).ok());
-  SubmissionRecord row{.submission_id = "sub-intake-1", .sn = "SN-INTAKE",
-                       .operator_id = "op-intake", .nonce = Bytes(16, 0x42),
-                       .package = Bytes{9}, .signature = Bytes{8},
-                       .operator_certificate_pem = "cert", .operator_certificate_serial = "0F",
-                       .work_certificate_serial = "FFFF", .ctk_pu = Bytes{7},
-                       .algorithm_code = 17, .created_at_ms = 5, .received_at_ms = 6};
-  const AuditEntry audit{.at_ms = 6, .actor = "operator:op-intake", .action = "test_intake",
-                         .sn = "SN-INTAKE", .detail = "d"};
-  const std::string audits = "SELECT count(*) FROM audit WHERE action = 'test_intake'";
+  SubmissionRecord row{.submission_id = "sub-intake-1",
+                       .sn = "SN-INTAKE",
+                       .operator_id = "op-intake",
+                       .nonce = Bytes(16, 0x42),
+                       .package = Bytes{9},
+                       .signature = Bytes{8},
+                       .operator_certificate_pem = "cert",
+                       .operator_certificate_serial = "0F",
+                       .work_certificate_serial = "FFFF",
+                       .ctk_pu = Bytes{7},
+                       .algorithm_code = 17,
+                       .created_at_ms = 5,
+                       .received_at_ms = 6};
+  const AuditEntry audit{.at_ms = 6,
+                         .actor = "operator:op-intake",
+                         .action = "test_intake",
+                         .sn = "SN-INTAKE",
+                         .detail = "d"};
+  const std::string audits =
+      "SELECT count(*) FROM (SELECT action FROM audit UNION ALL SELECT action FROM "
+      "audit_pending) a WHERE action = 'test_intake'";
   const std::string rows = "SELECT count(*) FROM sn_key_mtms WHERE sn = 'SN-INTAKE'";
   const std::string seen = "SELECT count(*) FROM operators_seen WHERE operator_id = 'op-intake'";
 
@@ -135,8 +152,9 @@ TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   EXPECT_EQ(count(rows), 1);
   EXPECT_EQ(count(audits), 1);
 
-  backend_->Sql("UPDATE work_keys SET state = 'RETIRED', retired_at_ms = 7 "
-                "WHERE serial_hex = '0A1B2C'");
+  backend_->Sql(
+      "UPDATE work_keys SET state = 'RETIRED', retired_at_ms = 7 "
+      "WHERE serial_hex = '0A1B2C'");
   row.submission_id = "sub-intake-3";
   row.nonce = Bytes(16, 0x43);
   outcome = repo.InsertSubmission(row, audit);
@@ -155,7 +173,9 @@ TEST_F(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed
   ASSERT_TRUE(claimed.ok()) << claimed.status();
   ASSERT_EQ(claimed->size(), 1u);
   const std::string id = claimed->front().submission_id;
-  const std::string audits = "SELECT count(*) FROM audit WHERE action = 'test_finish'";
+  const std::string audits =
+      "SELECT count(*) FROM (SELECT action FROM audit UNION ALL SELECT action FROM "
+      "audit_pending) a WHERE action = 'test_finish'";
   const AuditEntry audit{.at_ms = 1, .actor = "mtms", .action = "test_finish", .sn = "SN-FINISH"};
   // Another claimant's token finishes nothing and audits nothing.
   auto other = repo.FinishForwarded(id, "token-b", 2, audit);
@@ -257,7 +277,7 @@ TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow
   // error, so a regression fails here instead of hanging.
   db::ConnectionPool pool(
       {.dsn = backend_->db->runtime_dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
-  PgMtmsRepository repository(pool);
+  PgMtmsRepository repository(pool, crypto::SecretBytes(32));
   auto core = MakeCore(repository);
   for (int i = 1; i <= 5; ++i) {
     auto r = core->SubmitTransportKey(

@@ -57,7 +57,7 @@ TEST(MtmsConfigTest, OptionsComeFromTheConfiguration) {
       absl::StrCat("db: {dsn: 'host=db'}\nhsm: {pk_index: 7, mak_index: 8, id: hsm-x}\n",
                    "tls: {cert_file: ", pem, ", key_file: ", pem, ", ca_file: ", pem, "}\n",
                    "forwarder: {interval: 250ms, batch: 3}\nreplica_id: r9\n",
-                   "crl: {ca_endpoint: 'ca:50051'}\n"),
+                   "crl: {ca_endpoint: 'ca:50051'}\n", "audit: {mac_key_file: ", pem, "}\n"),
       [](const std::string&) { return std::nullopt; });
   ASSERT_TRUE(config.ok()) << config.status();
   MtmsCoreOptions core = CoreOptionsFromConfig(*config);
@@ -85,7 +85,8 @@ absl::StatusOr<Config> LoadWith(const std::string& yaml) {
   return LoadConfigFromYaml(
       MakeMtmsConfigSchema(),
       absl::StrCat("db: {dsn: 'host=db'}\n", "tls: {cert_file: ", pem, ", key_file: ", pem,
-                   ", ca_file: ", pem, "}\n", "crl: {ca_endpoint: 'ca:50051'}\n", yaml),
+                   ", ca_file: ", pem, "}\n", "crl: {ca_endpoint: 'ca:50051'}\n",
+                   "audit: {mac_key_file: ", pem, "}\n", yaml),
       [](const std::string&) { return std::nullopt; });
 }
 
@@ -135,11 +136,12 @@ TEST(MtmsConfigTest, ExampleConfigurationLoadsAndPassesTheChecks) {
   ASSERT_TRUE(in) << RKL_MTMS_EXAMPLE_CONFIG;
   std::stringstream text;
   text << in.rdbuf();
-  // The example's TLS paths are a deployment's; point them at a file that exists here.
+  // The example's TLS and key paths are a deployment's; point them at a file that exists here.
   const std::string pem = TlsPlaceholder();
   auto config = LoadConfigFromYaml(MakeMtmsConfigSchema(), text.str(),
                                    [&](const std::string& name) -> std::optional<std::string> {
                                      if (name.rfind("RKL_MTMS_TLS_", 0) == 0) return pem;
+                                     if (name == "RKL_MTMS_AUDIT_MAC_KEY_FILE") return pem;
                                      return std::nullopt;
                                    });
   ASSERT_TRUE(config.ok()) << config.status();
@@ -197,8 +199,7 @@ TEST(ForwarderThreadTest, BackgroundWorkerForwardsAndStops) {
   // Wait for the state, not for a duration.
   EXPECT_TRUE(rkl::testing::WaitUntil([&] {
     f.Wake();
-    return repo.GetSubmission(receipt->submission_id).value()->state ==
-           SubmissionState::kForwarded;
+    return repo.GetSubmission(receipt->submission_id).value()->state == SubmissionState::kForwarded;
   }));
   f.Stop();
   EXPECT_EQ(kms.calls(), 1);

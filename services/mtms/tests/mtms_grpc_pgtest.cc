@@ -61,7 +61,7 @@ struct MtmsProcess {
               int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index,
               const std::string& replica)
       : pool({.dsn = dsn, .max_size = 4}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),
         hsm_rpc(Channel(hsm_port, tls), absl::Seconds(10)),
         hsm(hsm_rpc, TranslateBatcherOptions{}),
         ca(Channel(ca_port, tls), absl::Seconds(10)),
@@ -75,7 +75,7 @@ struct MtmsProcess {
                                    .batch_size = 2,
                                    .interval = absl::Milliseconds(20)}),
         authorizer(MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer) {
+        service(core, forwarder, authorizer, repository.audit_log()) {
     server = StartServer("127.0.0.1:0", tls, &service, rpc::ClientCertMode::kOptionalVerified);
   }
   ~MtmsProcess() {

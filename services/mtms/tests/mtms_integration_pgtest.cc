@@ -107,7 +107,7 @@ struct MtmsProcess {
   MtmsProcess(const std::string& dsn, const rpc::TlsFiles& tls, int hsm_port, int ca_port,
               int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index)
       : pool({.dsn = dsn, .max_size = 4}),
-        repository(pool),
+        repository(pool, crypto::SecretBytes(32)),
         hsm_rpc(Channel(hsm_port, tls, "hsm-mtms"), kTimeout),
         hsm(hsm_rpc, TranslateBatcherOptions{}),
         ca(Channel(ca_port, tls, "ca"), kTimeout),
@@ -119,7 +119,7 @@ struct MtmsProcess {
             ForwarderOptions{
                 .replica_id = "mtms-integration", .pk_index = pk_index, .mak_index = mak_index}),
         authorizer(MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer) {
+        service(core, forwarder, authorizer, repository.audit_log()) {
     auto started = rpc::Server::Start({.listen_address = "127.0.0.1:0",
                                        .tls = tls,
                                        .client_cert_mode = rpc::ClientCertMode::kOptionalVerified},

@@ -505,6 +505,63 @@ TYPED_TEST_P(MtmsSuite, KmsRejectionIsRecordedAndNotRetried) {
   EXPECT_EQ(this->Row(receipt->submission_id).state, SubmissionState::kRejected);
 }
 
+TYPED_TEST_P(MtmsSuite, OlderPackageInBackoffIsSupersededByANewerOneAndNeverSent) {
+  // Package A waits in backoff (KMS was down); the operator sends a newer package B for the
+  // same SN, which goes out at once. A must never reach KMS after B.
+  this->kms_.SetAnswer(absl::UnavailableError("kms down"));
+  auto older = this->Submit({.sn = "SN-ORDER"});
+  ASSERT_TRUE(older.ok()) << older.status();
+  EXPECT_EQ(this->Pass().retry_later, 1u);
+  this->kms_.SetAnswer(absl::OkStatus());
+  this->clock_.Advance(absl::Milliseconds(500));  // A is due only after 1 s
+  auto newer = this->Submit({.sn = "SN-ORDER"});
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  EXPECT_EQ(this->Pass().forwarded, 1u);
+  ASSERT_EQ(this->Row(newer->submission_id).state, SubmissionState::kForwarded);
+  const std::optional<Bytes> at_kms = this->kms_.Get("SN-ORDER");
+  ASSERT_TRUE(at_kms.has_value());
+  const int kms_calls = this->kms_.calls();
+
+  auto forced = this->forwarder_->ForceForward();  // A is due now
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ(forced->rejected, 1u);
+  EXPECT_EQ(forced->forwarded, 0u);
+  SubmissionRecord row = this->Row(older->submission_id);
+  EXPECT_EQ(row.state, SubmissionState::kRejected);
+  EXPECT_THAT(row.reason, HasSubstr("superseded"));
+  EXPECT_EQ(this->kms_.calls(), kms_calls);       // never sent
+  EXPECT_EQ(this->kms_.Get("SN-ORDER"), at_kms);  // KMS keeps B
+  // Final: later passes leave it alone.
+  this->clock_.Advance(absl::Hours(1));
+  ASSERT_TRUE(this->forwarder_->ForceForward().ok());
+  EXPECT_EQ(this->kms_.calls(), kms_calls);
+}
+
+TYPED_TEST_P(MtmsSuite, APendingNewerPackageSupersedesAnOlderOneButNotTheOtherWayRound) {
+  // Both are pending while KMS is down: the older one is superseded at its first attempt
+  // (the newer one waits too), and only the newer one is ever sent. A package of another SN
+  // is not affected, and the newer one is not superseded by the older.
+  this->kms_.SetAnswer(absl::UnavailableError("kms down"));
+  auto older = this->Submit({.sn = "SN-BOTH"});
+  this->clock_.Advance(absl::Milliseconds(10));
+  auto newer = this->Submit({.sn = "SN-BOTH"});
+  auto other = this->Submit({.sn = "SN-OTHER"});
+  ASSERT_TRUE(older.ok() && newer.ok() && other.ok());
+  PassResult first = this->Pass();
+  EXPECT_EQ(first.retry_later, 2u);
+  EXPECT_EQ(first.rejected, 1u);
+  EXPECT_EQ(this->Row(older->submission_id).state, SubmissionState::kRejected);
+  EXPECT_EQ(this->kms_.calls(), 2);  // the newer one and the other SN's
+  this->kms_.SetAnswer(absl::OkStatus());
+  auto forced = this->forwarder_->ForceForward();
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ(forced->forwarded, 2u);
+  EXPECT_EQ(forced->rejected, 0u);
+  EXPECT_EQ(this->Row(older->submission_id).state, SubmissionState::kRejected);
+  EXPECT_EQ(this->Row(newer->submission_id).state, SubmissionState::kForwarded);
+  EXPECT_EQ(this->Row(other->submission_id).state, SubmissionState::kForwarded);
+}
+
 TYPED_TEST_P(MtmsSuite, CtkPuForSnASubmittedAsSnBFailsLikeAnyDecryptionFailure) {
   auto swapped = this->Submit({.sn = "SN-B", .ctk_pu_sn = "SN-A"});
   ASSERT_TRUE(swapped.ok()) << swapped.status();  // MTMS cannot tell; HSM #1 can
@@ -1072,11 +1129,12 @@ TYPED_TEST_P(MtmsSuite, OwnSubmissionQueriesFollowTheIntakeRules) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(
-    MtmsSuite, ValidPackageIsStoredByteExact, ValidPackageIsForwardedAndOpensUnderPkMak,
-    ReplayedPackageIsAlreadyExists, ReplayIsDetectedByAnotherReplicaOrAfterRestart,
-    CreatedAtOutsideFiveMinutesIsRefusedBothWays, SignatureOverModifiedPackageIsUnauthenticated,
-    RevokedOperatorIsRefused, RevocationIsNoticedOnTheNextScheduledRefresh,
-    OperatorCertificateFromAnotherCaIsUnauthenticated,
+    MtmsSuite, OlderPackageInBackoffIsSupersededByANewerOneAndNeverSent,
+    APendingNewerPackageSupersedesAnOlderOneButNotTheOtherWayRound, ValidPackageIsStoredByteExact,
+    ValidPackageIsForwardedAndOpensUnderPkMak, ReplayedPackageIsAlreadyExists,
+    ReplayIsDetectedByAnotherReplicaOrAfterRestart, CreatedAtOutsideFiveMinutesIsRefusedBothWays,
+    SignatureOverModifiedPackageIsUnauthenticated, RevokedOperatorIsRefused,
+    RevocationIsNoticedOnTheNextScheduledRefresh, OperatorCertificateFromAnotherCaIsUnauthenticated,
     ExpiredOperatorCertificateIsFailedPrecondition,
     OperatorIdOtherThanTheCertificatesIsPermissionDenied,
     UnknownOrRetiredWorkCertificateIsFailedPrecondition, MalformedInputIsInvalidArgument,

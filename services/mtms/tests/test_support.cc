@@ -581,6 +581,35 @@ absl::StatusOr<bool> InMemoryRepository::FinishRejected(const std::string& submi
       &audit);
 }
 
+absl::StatusOr<bool> InMemoryRepository::FinishSupersededIfNewer(const std::string& submission_id,
+                                                                 const std::string& claim_token,
+                                                                 const std::string& reason,
+                                                                 const AuditEntry& audit) {
+  absl::MutexLock lock(&mu_);
+  auto it = rows_.find(submission_id);
+  if (it == rows_.end() || it->second.claimed_by != claim_token ||
+      it->second.record.state != SubmissionState::kReceived) {
+    return false;
+  }
+  const SubmissionRecord& r = it->second.record;
+  bool newer = false;
+  for (const auto& [id, other] : rows_) {
+    const SubmissionRecord& n = other.record;
+    if (n.sn == r.sn && n.created_at_ms > r.created_at_ms &&
+        (n.state == SubmissionState::kReceived || n.state == SubmissionState::kForwarded)) {
+      newer = true;
+    }
+  }
+  if (!newer) return false;
+  it->second.record.state = SubmissionState::kRejected;
+  it->second.record.reason = reason;
+  ++it->second.record.attempts;
+  it->second.claimed_by.clear();
+  it->second.claimed_until_ms = 0;
+  AuditLocked(audit);
+  return true;
+}
+
 absl::StatusOr<bool> InMemoryRepository::FinishRetryLater(const std::string& submission_id,
                                                           const std::string& claim_token,
                                                           const std::string& last_error,

@@ -281,6 +281,10 @@ class InMemoryRepository final : public MtmsRepository {
   absl::StatusOr<bool> FinishForwarded(const std::string& submission_id,
                                        const std::string& claim_token, int64_t now_ms,
                                        const AuditEntry& audit) override;
+  absl::StatusOr<bool> FinishSupersededIfNewer(const std::string& submission_id,
+                                               const std::string& claim_token,
+                                               const std::string& reason,
+                                               const AuditEntry& audit) override;
   absl::StatusOr<bool> FinishRejected(const std::string& submission_id,
                                       const std::string& claim_token, const std::string& reason,
                                       const AuditEntry& audit) override;

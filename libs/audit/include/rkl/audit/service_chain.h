@@ -1,0 +1,54 @@
+#pragma once
+// The audit chain of a service daemon that keeps its MAC key in a file (KMS, MTMS): the
+// audit.* configuration keys, and the start-up and shutdown steps the HSM also takes —
+// check the key against the database, check the last anchor, run the sealer; at shutdown,
+// chain what is left and anchor it.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "rkl/audit/audit_log.h"
+#include "rkl/common/config.h"
+#include "rkl/crypto/secret_bytes.h"
+#include "rkl/db/connection_pool.h"
+
+namespace rkl::audit {
+
+struct AuditSettings {
+  std::string mac_key_file;
+  absl::Duration seal_interval = absl::Milliseconds(100);  // zero: only verify and shutdown
+  std::string anchor_file;                                 // empty: no anchors written
+  absl::Duration anchor_interval = absl::Minutes(1);
+};
+
+// audit.mac_key_file (required), audit.seal_interval, audit.anchor_file, audit.anchor_interval;
+// `service` ("KMS") names the daemon in the descriptions.
+void DeclareAuditConfig(ConfigSchema& schema, const std::string& service);
+// INVALID_ARGUMENT naming the key for a value out of range.
+absl::StatusOr<AuditSettings> AuditSettingsFromConfig(const Config& config);
+
+// Reads audit.mac_key_file and checks its KCV against the one the chain was begun with
+// (recording it at first start); FAILED_PRECONDITION naming the file otherwise.
+absl::StatusOr<crypto::SecretBytes> LoadAndBindAuditMacKey(db::ConnectionPool& pool,
+                                                           const ChainSpec& spec,
+                                                           const AuditSettings& settings);
+
+// Runs the chain of one daemon between Start() and its destructor: anchors (to
+// settings.anchor_file, by `instance_id`) at start — which checks the anchor the last run
+// left — and every anchor_interval, seals every seal_interval, and at the end seals and
+// anchors once more. An anchor refused at start is logged (critical) and audited by the log
+// itself; the daemon keeps running.
+class ServiceAuditChain {
+ public:
+  ServiceAuditChain(PgAuditLog& log, AuditSettings settings, std::string instance_id);
+  ~ServiceAuditChain();
+  void Start();
+
+ private:
+  PgAuditLog& log_;
+  const AuditSettings settings_;
+  bool started_ = false;
+};
+
+}  // namespace rkl::audit

@@ -1,0 +1,689 @@
+#include "rkl/audit/audit_log.h"
+
+#include <fcntl.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <pqxx/pqxx>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "rkl/common/json.h"
+#include "rkl/common/status_macros.h"
+#include "rkl/crypto/openssl_ptr.h"
+#include "rkl/db/prepared.h"
+#include "rkl/db/transaction.h"
+#include "spdlog/spdlog.h"
+
+namespace rkl::audit {
+namespace {
+
+constexpr size_t kMacSize = 32;
+constexpr int kAuditLockChain = 1;
+
+constexpr char kLockChain[] = "SELECT pg_advisory_xact_lock($1, $2)";
+// The domain a chain's MACs and anchors are bound to: "RKL-HSM-AUDIT-PENDING-1",
+// "RKL-HSM-AUDIT-ANCHOR-1" and "rkl-hsm-audit-anchor v1" for the HSM's.
+std::string PendingTag(const ChainSpec& spec) {
+  return absl::StrCat("RKL-", absl::AsciiStrToUpper(spec.name), "-AUDIT-PENDING-1");
+}
+std::string AnchorTag(const ChainSpec& spec) {
+  return absl::StrCat("RKL-", absl::AsciiStrToUpper(spec.name), "-AUDIT-ANCHOR-1");
+}
+std::string AnchorFormat(const ChainSpec& spec) {
+  return absl::StrCat("rkl-", spec.name, "-audit-anchor v1");
+}
+// Far longer than any anchor; longer text is refused before it is looked at.
+constexpr size_t kMaxAnchorText = 512;
+// What Anchor() chains when the chain no longer holds the anchor in the file.
+constexpr char kAnchorMismatchAction[] = "audit_anchor_mismatch";
+
+// What the sealer chains in place of a pending record whose MAC does not verify.
+constexpr char kTamperedAction[] = "audit_record_tampered";
+constexpr int kSealBatch = 2000;
+
+// One record as a row of the JSON that insert_pending_group and insert_records read;
+// `number` is the pending id or the chain seq, under the column name `number_name`.
+void AddRecordRow(JsonRows& rows, const char* number_name, uint64_t number, const AuditEvent& e,
+                  const Bytes& mac) {
+  rows.Row()
+      .Field(number_name, static_cast<int64_t>(number))
+      .Field("at_ms", e.at_ms)
+      .Field("actor", e.actor)
+      .Field("action", e.action)
+      .Field("sn", e.sn)
+      .Field("detail", e.detail)
+      .Field("result", e.result)
+      .Field("mac", ToHex(mac));
+}
+
+void PutBigEndian(Bytes& out, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+void PutText(Bytes& out, const std::string& s) {
+  PutBigEndian(out, s.size(), 4);
+  out.insert(out.end(), s.begin(), s.end());
+}
+
+Bytes ToBytes(const pqxx::field& f) {
+  pqxx::binarystring b(f);
+  return Bytes(b.data(), b.data() + b.size());
+}
+
+AuditEvent EventFromRow(const pqxx::row& row) {
+  return AuditEvent{row[1].as<int64_t>(),     row[2].as<std::string>(), row[3].as<std::string>(),
+                    row[4].as<std::string>(), row[5].as<std::string>(), row[6].as<std::string>()};
+}
+
+bool SameMac(const Bytes& a, const Bytes& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+absl::StatusOr<Bytes> ChainMac(const crypto::SecretBytes& key, std::span<const uint8_t> prev,
+                               uint64_t seq, const AuditEvent& e) {
+  Bytes data(prev.begin(), prev.end());
+  Bytes record = CanonicalAuditRecord(seq, e);
+  data.insert(data.end(), record.begin(), record.end());
+  return HmacSha256(key, data);
+}
+
+bool IsAnchorInstanceId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.' &&
+        c != '@' && c != ':') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Writes `text` to `path` so that a reader sees the old file or the new one, never part of
+// one, and the new one survives a crash once this returns.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("audit anchor: cannot write ", tmp));
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return absl::UnavailableError(absl::StrCat("audit anchor: cannot write ", path));
+  }
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return absl::OkStatus();
+}
+
+// The file's anchor; nullopt when there is no file yet.
+absl::StatusOr<std::optional<AuditAnchor>> ReadAnchorFile(const ChainSpec& spec,
+                                                          const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return std::optional<AuditAnchor>();
+    return absl::UnavailableError(absl::StrCat("audit anchor: cannot read ", path));
+  }
+  std::string text(kMaxAnchorText + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  absl::StatusOr<AuditAnchor> anchor = ParseAuditAnchor(spec, text);
+  if (!anchor.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit anchor file ", path, " does not hold an anchor (", anchor.status().message(),
+        "); it is left as it is: look at it, then move it away to anchor afresh"));
+  }
+  return std::optional<AuditAnchor>(*std::move(anchor));
+}
+
+}  // namespace
+
+std::string FormatAuditAnchor(const ChainSpec& spec, const AuditAnchor& a) {
+  return absl::StrCat(AnchorFormat(spec), " ", spec.name, "=", a.instance_id, " seq=", a.seq,
+                      " head=", ToHex(a.head_mac), " at_ms=", a.at_ms, " mac=", ToHex(a.mac));
+}
+
+absl::StatusOr<AuditAnchor> ParseAuditAnchor(const ChainSpec& spec, std::string_view text) {
+  const std::string format = AnchorFormat(spec);
+  if (text.size() > kMaxAnchorText) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("anchor: longer than ", kMaxAnchorText, " bytes: not an audit anchor"));
+  }
+  absl::string_view line = absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size()));
+  if (!absl::ConsumePrefix(&line, format) || !absl::ConsumePrefix(&line, " ")) {
+    return absl::InvalidArgumentError(absl::StrCat("anchor: must start with '", format, "'"));
+  }
+  std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
+  const char* const kNames[] = {spec.name.c_str(), "seq", "head", "at_ms", "mac"};
+  if (fields.size() != 5) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("anchor: must have the fields ", spec.name, ", seq, head, at_ms, mac"));
+  }
+  std::string value[5];
+  for (int i = 0; i < 5; ++i) {
+    absl::string_view f = fields[i];
+    if (!absl::ConsumePrefix(&f, kNames[i]) || !absl::ConsumePrefix(&f, "=")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("anchor: field ", i + 1, " must be ", kNames[i], "=..."));
+    }
+    value[i] = std::string(f);
+  }
+  AuditAnchor a;
+  a.instance_id = value[0];
+  if (!IsAnchorInstanceId(a.instance_id)) {
+    return absl::InvalidArgumentError(absl::StrCat("anchor: ", spec.name, " must be an ",
+                                                   absl::AsciiStrToUpper(spec.name),
+                                                   " id (letters, digits, -_.:@)"));
+  }
+  if (!absl::SimpleAtoi(value[1], &a.seq) || value[1].empty() || value[1][0] == '+') {
+    return absl::InvalidArgumentError("anchor: seq must be a record number");
+  }
+  if (!absl::SimpleAtoi(value[3], &a.at_ms) || a.at_ms < 0) {
+    return absl::InvalidArgumentError("anchor: at_ms must be Unix milliseconds");
+  }
+  for (auto [index, out] : {std::pair<int, Bytes*>{2, &a.head_mac}, {4, &a.mac}}) {
+    absl::StatusOr<Bytes> bytes = FromHex(value[index]);
+    if (!bytes.ok() || bytes->size() != kMacSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("anchor: ", kNames[index], " must be 64 hex digits"));
+    }
+    *out = *std::move(bytes);
+  }
+  return a;
+}
+
+absl::StatusOr<Bytes> AuditAnchorMac(const ChainSpec& spec, const crypto::SecretBytes& key,
+                                     const AuditAnchor& a) {
+  const std::string tag = AnchorTag(spec);
+  Bytes data(tag.begin(), tag.end());
+  PutText(data, a.instance_id);
+  PutBigEndian(data, a.seq, 8);
+  data.insert(data.end(), a.head_mac.begin(), a.head_mac.end());
+  PutBigEndian(data, static_cast<uint64_t>(a.at_ms), 8);
+  return HmacSha256(key, data);
+}
+
+namespace {
+
+// An HMAC context with its digest (SHA-256) set, copied for every MAC: fetching HMAC and
+// SHA-256 by name takes a lock on OpenSSL's provider store each time. Only read (copied)
+// after it is made, so it is safe to share between threads. Null if OpenSSL lacks either.
+const EVP_MAC_CTX* HmacSha256Template() {
+  static EVP_MAC_CTX* const ctx = [] {
+    EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_MAC_CTX* made = mac != nullptr ? EVP_MAC_CTX_new(mac) : nullptr;
+    EVP_MAC_free(mac);  // the context holds its own reference
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    if (made != nullptr && EVP_MAC_CTX_set_params(made, params) != 1) {
+      EVP_MAC_CTX_free(made);
+      made = nullptr;
+    }
+    return made;
+  }();
+  return ctx;
+}
+
+}  // namespace
+
+absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const uint8_t> data) {
+  const EVP_MAC_CTX* tmpl = HmacSha256Template();
+  if (tmpl == nullptr) return absl::InternalError("HMAC unavailable");
+  crypto::EvpMacCtxPtr ctx(EVP_MAC_CTX_dup(tmpl));
+  auto k = key.RevealSecret();
+  Bytes out(kMacSize);
+  size_t out_len = 0;
+  if (!ctx || EVP_MAC_init(ctx.get(), k.data(), k.size(), nullptr) != 1 ||
+      EVP_MAC_update(ctx.get(), data.data(), data.size()) != 1 ||
+      EVP_MAC_final(ctx.get(), out.data(), &out_len, out.size()) != 1 || out_len != kMacSize) {
+    return absl::InternalError("HMAC-SHA256 failed");
+  }
+  return out;
+}
+
+absl::StatusOr<Bytes> PendingAuditMac(const ChainSpec& spec, const crypto::SecretBytes& key,
+                                      uint64_t id, const AuditEvent& event) {
+  const std::string tag = PendingTag(spec);
+  Bytes data(tag.begin(), tag.end());
+  PutBigEndian(data, id, 8);
+  Bytes record = CanonicalAuditRecord(0, event);
+  data.insert(data.end(), record.begin(), record.end());
+  return HmacSha256(key, data);
+}
+
+Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& e) {
+  Bytes out;
+  PutBigEndian(out, seq, 8);
+  PutBigEndian(out, static_cast<uint64_t>(e.at_ms), 8);
+  PutText(out, e.actor);
+  PutText(out, e.action);
+  PutText(out, e.sn);
+  PutText(out, e.detail);
+  PutText(out, e.result);
+  return out;
+}
+
+// Every statement of the chain, with the spec's table names spliced in (identifiers this code
+// controls, never input).
+struct PgAuditLog::Statements {
+  explicit Statements(const ChainSpec& spec) {
+    const std::string& chain = spec.chain_table;
+    const std::string& pending = spec.pending_table;
+    chain_head = absl::StrCat("SELECT seq, mac FROM ", chain, " ORDER BY seq DESC LIMIT 1");
+    // A sealed batch in one statement (one round trip, not one per record).
+    insert_records = absl::StrCat(
+        "INSERT INTO ", chain, " (seq, at_ms, actor, action, sn, detail, result, mac) ",
+        "SELECT x.seq, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, "
+        "decode(x.mac, 'hex') FROM jsonb_to_recordset($1::jsonb) AS x(seq bigint, at_ms "
+        "bigint, actor text, action text, sn text, detail text, result text, mac text)");
+    all_records = absl::StrCat("SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM ",
+                               chain, " ORDER BY seq");
+    insert_pending = absl::StrCat("INSERT INTO ", pending,
+                                  " (id, at_ms, actor, action, sn, detail, result, mac) "
+                                  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+    // A group of pending records in one statement; mac as hex text.
+    insert_pending_group = absl::StrCat(
+        "INSERT INTO ", pending, " (id, at_ms, actor, action, sn, detail, result, mac) ",
+        "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, "
+        "decode(x.mac, 'hex') FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, at_ms bigint, "
+        "actor text, action text, sn text, detail text, result text, mac text)");
+    pending_batch = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",
+                                 pending, " ORDER BY id LIMIT $1");
+    all_pending = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",
+                               pending, " ORDER BY id");
+    delete_pending = absl::StrCat("DELETE FROM ", pending, " WHERE id = ANY($1::bigint[])");
+    record_mac = absl::StrCat("SELECT mac FROM ", chain, " WHERE seq = $1");
+  }
+  std::string chain_head, insert_records, all_records, insert_pending, insert_pending_group,
+      pending_batch, all_pending, delete_pending, record_mac;
+};
+
+PgAuditLog::PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key, ChainSpec spec)
+    : PgAuditLog(pool, pool, std::move(audit_key), std::move(spec)) {}
+
+PgAuditLog::PgAuditLog(db::ConnectionPool& pool, db::ConnectionPool& writer_pool,
+                       crypto::SecretBytes audit_key, ChainSpec spec)
+    : pool_(pool),
+      writer_pool_(writer_pool),
+      audit_key_(std::move(audit_key)),
+      spec_(std::move(spec)),
+      sql_(std::make_unique<const Statements>(spec_)),
+      pending_ids_(spec_.pending_id_sequence, spec_.pending_id_block) {}
+
+absl::Status PgAuditLog::Append(const AuditEvent& event) {
+  return db::RunInTransaction(pool_,
+                              [&](pqxx::work& tx) { return AppendInTransaction(tx, event); });
+}
+
+absl::StatusOr<PgAuditLog::PreparedPending> PgAuditLog::PreparePending(pqxx::transaction_base& tx,
+                                                                       const AuditEvent& e) {
+  PreparedPending out{.id = pending_ids_.Next(tx)};
+  RKL_ASSIGN_OR_RETURN(out.mac, PendingAuditMac(spec_, audit_key_, out.id, e));
+  return out;
+}
+
+absl::StatusOr<std::vector<PgAuditLog::PreparedPending>> PgAuditLog::PreparePending(
+    std::span<const AuditEvent> events) {
+  std::vector<PreparedPending> out;
+  if (events.empty()) return out;
+  absl::StatusOr<std::vector<uint64_t>> ids = db::RunAutocommitRead(
+      writer_pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<uint64_t>> {
+        return pending_ids_.Take(tx, events.size());
+      });
+  RKL_RETURN_IF_ERROR(ids.status());
+  if (ids->size() != events.size()) return absl::InternalError("audit: too few record ids");
+  out.reserve(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(spec_, audit_key_, (*ids)[i], events[i]));
+    out.push_back({.id = (*ids)[i], .mac = std::move(mac)});
+  }
+  return out;
+}
+
+absl::StatusOr<AuditVerification> PgAuditLog::VerifyWithAnchorText(std::string_view anchor_text) {
+  if (anchor_text.empty()) return Verify(nullptr);
+  RKL_ASSIGN_OR_RETURN(AuditAnchor anchor, ParseAuditAnchor(spec_, anchor_text));
+  return Verify(&anchor);
+}
+
+absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
+  RKL_ASSIGN_OR_RETURN(PreparedPending p, PreparePending(tx, e));
+  db::Exec(tx, sql_->insert_pending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+           pqxx::binarystring(p.mac.data(), p.mac.size()));
+  return absl::OkStatus();
+}
+
+absl::Status PgAuditLog::AppendGrouped(std::span<const AuditEvent> events) {
+  if (events.empty()) return absl::InternalError("audit: an empty group append");
+  absl::MutexLock lock(&group_mu_);
+  const uint64_t mine = next_group_;
+  for (const AuditEvent& event : events) group_queue_.push_back(&event);
+  ++group_members_[mine];
+  while (done_group_ < mine) {
+    if (flushing_) {
+      group_cv_.Wait(&group_mu_);
+      continue;
+    }
+    // Nobody is writing: this thread writes everything queued so far, its own record
+    // included, as one group.
+    flushing_ = true;
+    const uint64_t group = next_group_++;
+    std::vector<const AuditEvent*> events = std::move(group_queue_);
+    group_queue_.clear();
+    std::function<void()> hook = group_hook_;
+    group_mu_.Unlock();
+    if (hook) hook();
+    absl::Status written = WriteGroup(events);
+    group_mu_.Lock();
+    flushing_ = false;
+    done_group_ = group;
+    group_status_[group] = std::move(written);
+    ++groups_written_;
+    group_cv_.SignalAll();
+  }
+  absl::Status status = group_status_[mine];
+  if (--group_members_[mine] == 0) {
+    group_members_.erase(mine);
+    group_status_.erase(mine);
+  }
+  return status;
+}
+
+absl::Status PgAuditLog::WriteGroup(const std::vector<const AuditEvent*>& events) {
+  // Ids first (no round trip unless the block is used up), then the group is one statement
+  // in autocommit: one round trip where a transaction took three.
+  absl::StatusOr<std::vector<uint64_t>> ids = db::RunAutocommitRead(
+      writer_pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<uint64_t>> {
+        return pending_ids_.Take(tx, events.size());
+      });
+  RKL_RETURN_IF_ERROR(ids.status());
+  if (ids->size() != events.size()) return absl::InternalError("audit: too few record ids");
+  JsonRows rows;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const AuditEvent& e = *events[i];
+    RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(spec_, audit_key_, (*ids)[i], e));
+    AddRecordRow(rows, "id", (*ids)[i], e, mac);
+  }
+  const std::string json = rows.Finish();
+  return db::RunAutocommitWrite(writer_pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(sql_->insert_pending_group, json);
+    return absl::OkStatus();
+  });
+}
+
+void PgAuditLog::SetGroupHookForTest(std::function<void()> hook) {
+  absl::MutexLock lock(&group_mu_);
+  group_hook_ = std::move(hook);
+}
+
+size_t PgAuditLog::queued_for_test() {
+  absl::MutexLock lock(&group_mu_);
+  return group_queue_.size();
+}
+
+uint64_t PgAuditLog::groups_written() {
+  absl::MutexLock lock(&group_mu_);
+  return groups_written_;
+}
+
+absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
+  return db::RunInTransaction(writer_pool_, [&](pqxx::work& tx) -> absl::StatusOr<uint64_t> {
+    // The lock orders sealers across threads and replicas; under READ COMMITTED the reads
+    // after it see the previous holder's committed chain and deletions.
+    db::Exec(tx, kLockChain, spec_.lock_class, kAuditLockChain);
+    pqxx::result pending = db::Exec(tx, sql_->pending_batch, limit);
+    if (pending.empty()) return uint64_t{0};
+    pqxx::result head = db::Exec(tx, sql_->chain_head);
+    uint64_t seq = 0;
+    Bytes prev(kMacSize, 0);
+    if (!head.empty()) {
+      seq = head[0][0].as<uint64_t>();
+      prev = ToBytes(head[0][1]);
+    }
+    std::string ids = "{";
+    JsonRows records;
+    for (const auto& row : pending) {
+      const uint64_t id = row[0].as<uint64_t>();
+      AuditEvent e = EventFromRow(row);
+      RKL_ASSIGN_OR_RETURN(Bytes expected, PendingAuditMac(spec_, audit_key_, id, e));
+      if (!SameMac(expected, ToBytes(row[7]))) {
+        // Its content cannot be trusted, so none of it goes into the chain.
+        spdlog::error("audit: pending record {} failed its MAC; chained as tampered", id);
+        e = AuditEvent{.at_ms = e.at_ms,
+                       .actor = spec_.name,
+                       .action = kTamperedAction,
+                       .detail = absl::StrCat("pending record ", id,
+                                              " failed its MAC; its content is not trusted"),
+                       .result = "DATA_LOSS"};
+      }
+      ++seq;
+      RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
+      AddRecordRow(records, "seq", seq, e, mac);
+      prev = std::move(mac);
+      absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
+    }
+    ids += "}";
+    db::Exec(tx, sql_->insert_records, records.Finish());
+    db::Exec(tx, sql_->delete_pending, ids);
+    return static_cast<uint64_t>(pending.size());
+  });
+}
+
+absl::StatusOr<uint64_t> PgAuditLog::Seal() {
+  uint64_t total = 0;
+  while (true) {
+    RKL_ASSIGN_OR_RETURN(uint64_t n, SealBatch(kSealBatch));
+    total += n;
+    if (n < static_cast<uint64_t>(kSealBatch)) return total;
+  }
+}
+
+void PgAuditLog::Start(absl::Duration interval) {
+  absl::MutexLock lock(&mu_);
+  if (sealer_.joinable()) return;
+  stop_ = false;
+  sealer_ = std::thread([this, interval] { SealerLoop(interval); });
+}
+
+void PgAuditLog::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!sealer_.joinable()) return;
+    stop_ = true;
+  }
+  sealer_.join();
+  absl::MutexLock lock(&mu_);
+  sealer_ = std::thread();
+}
+
+PgAuditLog::~PgAuditLog() { Stop(); }
+
+void PgAuditLog::SealerLoop(absl::Duration interval) {
+  while (true) {
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), interval);
+      stopping = stop_;
+    }
+    absl::StatusOr<uint64_t> sealed = Seal();
+    if (!sealed.ok()) {
+      // Nothing is lost: the records stay pending, durable, until a later pass.
+      spdlog::warn("audit: sealing pending records failed (will retry): {}",
+                   sealed.status().ToString());
+    } else if (absl::StatusOr<bool> anchored = AnchorIfDue(); !anchored.ok()) {
+      // A refused anchor was logged (critical) by Anchor(); a failed write is retried.
+      spdlog::warn("audit: anchoring failed: {}", anchored.status().ToString());
+    }
+    if (stopping) return;
+  }
+}
+
+absl::Status PgAuditLog::CheckAnchorMac(const AuditAnchor& anchor) {
+  RKL_ASSIGN_OR_RETURN(Bytes expected, AuditAnchorMac(spec_, audit_key_, anchor));
+  if (!SameMac(expected, anchor.mac) || anchor.head_mac.size() != kMacSize) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("anchor: MAC does not verify (not an anchor of this ",
+                     absl::AsciiStrToUpper(spec_.name), ", or altered)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AuditVerification> PgAuditLog::Verify(const AuditAnchor* anchor) {
+  if (anchor != nullptr) RKL_RETURN_IF_ERROR(CheckAnchorMac(*anchor));
+  RKL_RETURN_IF_ERROR(Seal().status());
+  return db::RunInTransaction(
+      pool_,
+      [&](pqxx::work& tx) -> absl::StatusOr<AuditVerification> {
+        AuditVerification v;
+        if (anchor != nullptr) v.anchor_seq = anchor->seq;
+        Bytes prev(kMacSize, 0);
+        uint64_t expected_seq = 1;
+        for (const auto& row : db::Exec(tx, sql_->all_records)) {
+          uint64_t seq = row[0].as<uint64_t>();
+          AuditEvent e = EventFromRow(row);
+          Bytes stored = ToBytes(row[7]);
+          ++v.records_checked;
+          RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
+          if (seq != expected_seq || !SameMac(stored, mac) || e.action == kTamperedAction) {
+            v.intact = false;
+            v.first_broken_seq = seq;
+            v.finding = seq != expected_seq ? absl::StrCat("record ", expected_seq, " is missing")
+                        : e.action == kTamperedAction
+                            ? absl::StrCat("record ", seq, " replaces a tampered pending record")
+                            : absl::StrCat("record ", seq, " does not match its MAC");
+            return v;
+          }
+          if (anchor != nullptr && seq == anchor->seq && !SameMac(stored, anchor->head_mac)) {
+            // Chained correctly, yet not the record the service anchored: only someone with the
+            // audit key could have made it.
+            v.intact = false;
+            v.first_broken_seq = seq;
+            v.finding =
+                absl::StrCat("record ", seq, " is not the one anchored at unix ms ", anchor->at_ms);
+            return v;
+          }
+          prev = std::move(stored);
+          expected_seq = seq + 1;
+        }
+        if (anchor != nullptr && anchor->seq >= expected_seq) {
+          v.intact = false;
+          v.first_broken_seq = expected_seq;
+          v.finding = absl::StrCat("the chain ends at record ", expected_seq - 1,
+                                   " but the anchor of unix ms ", anchor->at_ms, " holds record ",
+                                   anchor->seq, ": records ", expected_seq, "..", anchor->seq,
+                                   " were removed");
+          return v;
+        }
+        // Records committed since the seal above: checked by their own MACs.
+        for (const auto& row : db::Exec(tx, sql_->all_pending)) {
+          ++v.records_checked;
+          RKL_ASSIGN_OR_RETURN(Bytes mac, PendingAuditMac(spec_, audit_key_, row[0].as<uint64_t>(),
+                                                          EventFromRow(row)));
+          if (!SameMac(ToBytes(row[7]), mac)) {
+            v.intact = false;
+            v.first_broken_seq = expected_seq;
+            v.finding = "a pending record does not match its MAC";
+            return v;
+          }
+        }
+        return v;
+      },
+      db::TransactionOptions{.isolation = db::IsolationLevel::kRepeatableRead, .read_only = true});
+}
+
+void PgAuditLog::ConfigureAnchors(AnchorOptions options) {
+  absl::MutexLock lock(&anchor_mu_);
+  anchor_options_ = std::move(options);
+  last_anchor_ms_.reset();
+}
+
+absl::Status PgAuditLog::CheckChainHolds(const AuditAnchor& anchor) {
+  if (anchor.seq == 0) return absl::OkStatus();  // an empty chain holds nothing to lose
+  absl::StatusOr<bool> holds =
+      db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        pqxx::result r = db::Exec(tx, sql_->record_mac, static_cast<int64_t>(anchor.seq));
+        return !r.empty() && SameMac(ToBytes(r[0][0]), anchor.head_mac);
+      });
+  RKL_RETURN_IF_ERROR(holds.status());
+  if (*holds) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the audit chain no longer holds record ", anchor.seq, " as anchored at unix ms ",
+      anchor.at_ms, ": records were removed or replaced since"));
+}
+
+absl::StatusOr<AuditAnchor> PgAuditLog::Anchor() {
+  absl::MutexLock lock(&anchor_mu_);
+  RKL_RETURN_IF_ERROR(Seal().status());
+  const AnchorOptions& o = anchor_options_;
+  const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+  if (!o.file.empty()) {
+    RKL_ASSIGN_OR_RETURN(std::optional<AuditAnchor> previous, ReadAnchorFile(spec_, o.file));
+    if (previous) {
+      absl::Status held = CheckAnchorMac(*previous);
+      if (held.ok()) held = CheckChainHolds(*previous);
+      if (!held.ok()) {
+        if (absl::IsUnavailable(held)) return held;  // the database, not the chain
+        const std::string what = absl::StrCat("anchor file ", o.file, ": ", held.message());
+        spdlog::critical("audit: {}; the anchor file is kept as evidence", what);
+        // Chained like any record, so the chain itself carries the finding from here on.
+        (void)Append(AuditEvent{.at_ms = now,
+                                .actor = spec_.name,
+                                .action = kAnchorMismatchAction,
+                                .detail = what,
+                                .result = "DATA_LOSS"});
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ". The file is left as it is: investigate, then move it away to anchor afresh"));
+      }
+    }
+  }
+  AuditAnchor anchor{.instance_id = o.instance_id, .head_mac = Bytes(kMacSize, 0), .at_ms = now};
+  absl::Status read =
+      db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+        pqxx::result head = db::Exec(tx, sql_->chain_head);
+        if (!head.empty()) {
+          anchor.seq = head[0][0].as<uint64_t>();
+          anchor.head_mac = ToBytes(head[0][1]);
+        }
+        return true;
+      }).status();
+  RKL_RETURN_IF_ERROR(read);
+  RKL_ASSIGN_OR_RETURN(anchor.mac, AuditAnchorMac(spec_, audit_key_, anchor));
+  if (!o.file.empty()) {
+    RKL_RETURN_IF_ERROR(WriteFileAtomically(o.file, FormatAuditAnchor(spec_, anchor) + "\n"));
+    // In the log too, so a central log store keeps every anchor, not only the latest.
+    spdlog::info("audit anchor: {}", FormatAuditAnchor(spec_, anchor));
+  }
+  last_anchor_ms_ = now;
+  return anchor;
+}
+
+absl::StatusOr<bool> PgAuditLog::AnchorIfDue() {
+  {
+    absl::MutexLock lock(&anchor_mu_);
+    const AnchorOptions& o = anchor_options_;
+    if (o.file.empty() || o.interval <= absl::ZeroDuration()) return false;
+    const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+    if (last_anchor_ms_ && now - *last_anchor_ms_ < absl::ToInt64Milliseconds(o.interval)) {
+      return false;
+    }
+  }
+  RKL_RETURN_IF_ERROR(Anchor().status());
+  return true;
+}
+
+}  // namespace rkl::audit
