@@ -120,7 +120,7 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.terminal_limits.per_source = {
       .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
       .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};
-  k.terminal_limits.per_sn = {
+  k.terminal_limits.per_subject = {
       .per_second = static_cast<double>(config.GetInt("limits.per_sn.per_minute")) / 60,
       .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
   k.shutdown_grace = config.GetDuration("shutdown.grace");

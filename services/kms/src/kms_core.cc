@@ -176,51 +176,14 @@ void KmsCore::AuditFailure(const std::string& actor, const char* action, const s
   if (!s.ok()) spdlog::error("kms: audit write failed for {} on {}: {}", action, sn, s.ToString());
 }
 
-void KmsCore::CountRefusal(const char* action, const std::string& sn, const absl::Status& refusal) {
-  const int64_t now_ms = NowMs();
-  constexpr int64_t kMinuteMs = 60'000;
-  const int64_t minute = now_ms - (now_ms % kMinuteMs + kMinuteMs) % kMinuteMs;
-  const std::string reason = CodeName(refusal);
-  const absl::string_view message = refusal.message();
-  absl::MutexLock lock(&refusal_mu_);
-  auto it = refusals_.find(RefusalKey{minute, sn, action, reason});
-  if (it == refusals_.end()) {
-    const bool full = refusals_.size() >= kMaxTalliedRefusalKeys;
-    RefusalCount row;
-    row.interval_start_ms = minute;
-    row.sn = full ? std::string(kAnySn) : sn;
-    row.action = action;
-    row.reason = reason;
-    it = refusals_.try_emplace(RefusalKey{minute, row.sn, action, reason}, std::move(row)).first;
-  }
-  ++it->second.count;
-  it->second.last_detail.assign(message.data(), std::min<size_t>(message.size(), 256));
+void KmsCore::CountRefusal(const RefusalScope& scope, const std::string& sn,
+                           const absl::Status& refusal) {
+  refusals_.Count(NowMs(), sn, scope.source, scope.action, refusal);
 }
 
 absl::StatusOr<int64_t> KmsCore::FlushRefusalCounts() {
-  std::map<RefusalKey, RefusalCount> taken;
-  {
-    absl::MutexLock lock(&refusal_mu_);
-    taken.swap(refusals_);
-  }
-  std::vector<RefusalCount> counts;
-  int64_t total = 0;
-  for (auto& [key, count] : taken) {
-    total += count.count;
-    counts.push_back(count);
-  }
-  absl::Status s = repository_.AddRefusalCounts(counts);
-  if (!s.ok()) {
-    // Put them back (merging with what was counted meanwhile) for the next flush. An
-    // UNKNOWN outcome may then count them twice; counters are not the audit.
-    absl::MutexLock lock(&refusal_mu_);
-    for (auto& [key, count] : taken) {
-      auto [it, inserted] = refusals_.emplace(key, count);
-      if (!inserted) it->second.count += count.count;
-    }
-    return s;
-  }
-  return total;
+  return refusals_.Flush(
+      [&](const std::vector<RefusalCount>& counts) { return repository_.AddRefusalCounts(counts); });
 }
 
 absl::StatusOr<int64_t> KmsCore::PurgeRefusalCounts() {
@@ -463,7 +426,8 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
 }
 
 absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
-                                                         std::span<const uint8_t> rnd1) {
+                                                         std::span<const uint8_t> rnd1,
+                                                         std::string_view source) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   const std::string actor = TerminalActor(sn);
   absl::StatusOr<TerminalRecord> terminal = repository_.GetTerminal(sn);
@@ -473,7 +437,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
       if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8, ...: visible without a line per probe
         spdlog::info("kms: BeginAuthentication for an unknown SN ({} so far; latest {})", n, sn);
       }
-      CountRefusal(kActionAuthBegin, kAnySn, terminal.status());
+      CountRefusal({kActionAuthBegin, source}, kAnySn, terminal.status());
     }
     return terminal.status();
   }
@@ -489,7 +453,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     refusal = protocol::CheckNonce(terminal->algorithm, rnd1, "rnd1");
   }
   if (!refusal.ok()) {
-    CountRefusal(kActionAuthBegin, sn, refusal);
+    CountRefusal({kActionAuthBegin, source}, sn, refusal);
     return refusal;
   }
 
@@ -540,7 +504,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
 
 absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> session,
                                                  const std::string& sn, SessionState want,
-                                                 const char* action) {
+                                                 const RefusalScope& scope) {
   absl::Status refusal;
   if (!session.ok()) {
     if (session.status().code() != absl::StatusCode::kNotFound) return session.status();
@@ -561,7 +525,7 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
   }
   if (!refusal.ok()) {
     // The SN is one KMS knows only when it is the session's.
-    CountRefusal(action, session.ok() && session->sn == sn ? sn : std::string(kAnySn), refusal);
+    CountRefusal(scope, session.ok() && session->sn == sn ? sn : std::string(kAnySn), refusal);
     return refusal;
   }
   return session;
@@ -570,7 +534,7 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
 absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string& id,
                                                               const std::string& sn,
                                                               SessionState from, SessionState to,
-                                                              const char* action,
+                                                              const RefusalScope& scope,
                                                               std::optional<SessionState> done) {
   // The common case in one statement: the claim and both reads.
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
@@ -584,7 +548,7 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
       read.terminal.ok()) {
     return ClaimedSession{*std::move(read.session), *std::move(read.terminal), false, true};
   }
-  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, action));
+  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, scope));
   RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   return ClaimedSession{std::move(session), std::move(terminal), false};
 }
@@ -690,13 +654,14 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
 
 absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string& session_id,
                                                                const std::string& sn,
-                                                               std::span<const uint8_t> crnd2) {
+                                                               std::span<const uint8_t> crnd2,
+                                                               std::string_view source) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
   RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
                        ClaimSession(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
-                                    kActionAuthComplete));
+                                    RefusalScope{kActionAuthComplete, source}));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
   absl::Status refusal;
@@ -714,7 +679,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!refusal.ok()) {
     // Refused before any attempt: the session stays open, as it was.
     if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    CountRefusal(kActionAuthComplete, sn, refusal);
+    CountRefusal({kActionAuthComplete, source}, sn, refusal);
     return refusal;
   }
 
@@ -728,7 +693,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   }
   if (!claimed) {
     absl::Status s = absl::FailedPreconditionError("session_id: session already used");
-    CountRefusal(kActionAuthComplete, sn, s);
+    CountRefusal({kActionAuthComplete, source}, sn, s);
     return s;
   }
   // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
@@ -813,17 +778,18 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
 
 absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& session_id,
                                                            const std::string& sn,
-                                                           std::span<const uint8_t> proof) {
+                                                           std::span<const uint8_t> proof,
+                                                           std::string_view source) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
   RKL_ASSIGN_OR_RETURN(
       ClaimedSession claim,
       ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
-                   kActionInstallConfirm, SessionState::kConfirmed));
+                   RefusalScope{kActionInstallConfirm, source}, SessionState::kConfirmed));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
-  if (claim.repeat) return RepeatConfirmation(session, terminal, proof);
+  if (claim.repeat) return RepeatConfirmation(session, terminal, proof, source);
   // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
   // its confirmation authenticated again and proves the same TMK in a fresh session.
   const bool pending =
@@ -844,7 +810,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     if (claim.claimed) {
       UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
     }
-    CountRefusal(kActionInstallConfirm, sn, refusal);
+    CountRefusal({kActionInstallConfirm, source}, sn, refusal);
     return refusal;
   }
   bool claimed = claim.claimed;
@@ -856,7 +822,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   if (!claimed) {
     absl::Status s =
         absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
-    CountRefusal(kActionInstallConfirm, sn, s);
+    CountRefusal({kActionInstallConfirm, source}, sn, s);
     return s;
   }
   absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
@@ -919,7 +885,8 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
 
 absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& session,
                                                           const TerminalRecord& terminal,
-                                                          std::span<const uint8_t> proof) {
+                                                          std::span<const uint8_t> proof,
+                                                          std::string_view source) {
   const std::string& sn = terminal.sn;
   const std::string actor = TerminalActor(sn);
   absl::Status refusal;
@@ -936,7 +903,7 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
                      AlgorithmName(terminal.algorithm), " terminal"));
   }
   if (!refusal.ok()) {
-    CountRefusal(kActionInstallConfirm, sn, refusal);
+    CountRefusal({kActionInstallConfirm, source}, sn, refusal);
     return refusal;
   }
   // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the

@@ -41,6 +41,7 @@
 #include "hsm_port.h"
 #include "kms_repository.h"
 #include "kms_types.h"
+#include "rkl/audit/refusal_counts.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::kms {
@@ -138,17 +139,21 @@ class KmsCore {
                                                   const std::string& mtms_submission_id);
 
   // S109–S111, S401–S402. Imports TEK/AUK on first use.
+  // `source` (the caller's address, from the gRPC adapter) only labels refusal counts.
   absl::StatusOr<BeginResult> BeginAuthentication(const std::string& sn,
-                                                  std::span<const uint8_t> rnd1);
+                                                  std::span<const uint8_t> rnd1,
+                                                  std::string_view source = {});
   // S403–S405, S112.
   absl::StatusOr<DeliveryResult> CompleteAuthentication(const std::string& session_id,
                                                         const std::string& sn,
-                                                        std::span<const uint8_t> crnd2);
+                                                        std::span<const uint8_t> crnd2,
+                                                        std::string_view source = {});
   // S113. Idempotent: the same session and proof again answer INSTALLED, and an INSTALLED
   // terminal that authenticated again confirms its TMK in the new session (docs/kms.md).
   absl::StatusOr<TerminalState> ConfirmInstallation(const std::string& session_id,
                                                     const std::string& sn,
-                                                    std::span<const uint8_t> proof);
+                                                    std::span<const uint8_t> proof,
+                                                    std::string_view source = {});
 
   // Administration.
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn);
@@ -178,9 +183,6 @@ class KmsCore {
   absl::StatusOr<int64_t> FlushRefusalCounts();
   // Deletes the counts of minutes that began more than `refusal_retention` ago.
   absl::StatusOr<int64_t> PurgeRefusalCounts();
-  // Distinct (minute, SN, action, code) keys tallied in memory between two flushes; beyond
-  // it every new key is counted under SN "*".
-  static constexpr size_t kMaxTalliedRefusalKeys = 4096;
   absl::StatusOr<AuditPage> ListAudit(const std::string& sn, uint32_t page_size,
                                       const std::string& page_token);
 
@@ -234,9 +236,14 @@ class KmsCore {
       const char* action, const std::function<absl::Status(TerminalRecord&)>& change);
   // `session` (as read) if it is `sn`'s, in state `want` and not expired; refusals are
   // counted (CountRefusal).
+  // What a counted refusal is filed under: the RPC's action and the caller's address.
+  struct RefusalScope {
+    const char* action;
+    std::string_view source;
+  };
   absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
                                           const std::string& sn, SessionState want,
-                                          const char* action);
+                                          const RefusalScope& scope);
   // The session `id` of `sn` and its terminal: claimed from `from` to `to` when everything
   // about the session allows it (one statement), else loaded as LoadSession does (its
   // refusals counted) and not claimed yet.
@@ -251,13 +258,14 @@ class KmsCore {
   };
   absl::StatusOr<ClaimedSession> ClaimSession(const std::string& id, const std::string& sn,
                                               SessionState from, SessionState to,
-                                              const char* action,
+                                              const RefusalScope& scope,
                                               std::optional<SessionState> done = std::nullopt);
   // ConfirmInstallation for a session already CONFIRMED: OK/INSTALLED if the terminal still
   // has that session's TMK installed and HSM #2 verifies `proof` again; writes nothing.
   absl::StatusOr<TerminalState> RepeatConfirmation(const AuthSession& session,
                                                    const TerminalRecord& terminal,
-                                                   std::span<const uint8_t> proof);
+                                                   std::span<const uint8_t> proof,
+                                                   std::string_view source);
   // Back from `claimed` to `from` after a refusal that is not an attempt.
   void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be
@@ -271,7 +279,7 @@ class KmsCore {
                     const std::string& detail, const absl::Status& result);
   // Counts a refusal made before any key operation (see the guarantees above); `sn` is
   // kAnySn unless the SN is a terminal KMS knows.
-  void CountRefusal(const char* action, const std::string& sn, const absl::Status& refusal);
+  void CountRefusal(const RefusalScope& scope, const std::string& sn, const absl::Status& refusal);
   int64_t NowMs() const;
   std::string NewSessionId() const;
 
@@ -281,9 +289,7 @@ class KmsCore {
   Clock clock_;
   crypto::RandomSource random_;
   KmsCoreOptions options_;
-  using RefusalKey = std::tuple<int64_t, std::string, std::string, std::string>;
-  absl::Mutex refusal_mu_;
-  std::map<RefusalKey, RefusalCount> refusals_ ABSL_GUARDED_BY(refusal_mu_);
+  audit::RefusalTally refusals_;
 };
 
 // "terminal:<sn>": the audit actor of the terminal RPCs.

@@ -1,6 +1,5 @@
 #include "kms_grpc_service.h"
 
-#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/sn.h"
 #include "rkl/rpc/status.h"
@@ -15,6 +14,10 @@ constexpr char kAdmins[] = "admin:*";
 std::span<const uint8_t> Span(const std::string& s) { return AsBytes(s); }
 
 std::string Field(std::span<const uint8_t> b) { return std::string(AsString(b)); }
+
+std::string Source(const grpc::ServerContext& ctx) {
+  return rpc::PublicCallGate::PeerAddress(ctx.peer());
+}
 
 rkl::v1::TerminalState ToProto(TerminalState s) {
   return static_cast<rkl::v1::TerminalState>(static_cast<int>(s));
@@ -37,51 +40,15 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_tmk_generation(t.tmk_generation);
 }
 
-std::string PeerAddress(const std::string& peer) {
-  std::string_view p = peer;
-  if (p.starts_with("ipv4:")) {
-    p.remove_prefix(5);
-    return std::string(p.substr(0, p.rfind(':')));
-  }
-  if (p.starts_with("ipv6:")) {
-    p.remove_prefix(5);
-    if (!p.empty() && p.front() == '[') {
-      const size_t close = p.find(']');
-      if (close != std::string_view::npos) return std::string(p.substr(1, close - 1));
-    }
-    return std::string(p.substr(0, p.rfind(':')));
-  }
-  return peer;
-}
-
 KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit,
                                TerminalRateLimits limits)
-    : core_(core),
-      audit_(audit),
-      authorizer_(MakeAuthorizer()),
-      by_source_(limits.per_source, limits.clock, limits.max_tracked),
-      by_sn_(limits.per_sn, limits.clock, limits.max_tracked) {}
+    : core_(core), audit_(audit), authorizer_(MakeAuthorizer()), gate_("kms", "sn", limits) {}
 
 absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
                                                const std::string& sn) {
-  absl::Status refusal;
-  if (absl::Duration wait = by_source_.Acquire(PeerAddress(ctx.peer()));
-      wait > absl::ZeroDuration()) {
-    refusal = RateLimitedError("rate limit: too many terminal calls from this address", wait);
-  } else if (!protocol::ValidateSn(sn).ok()) {
-    return absl::OkStatus();  // refused by the core, before any database access
-  } else if (absl::Duration wait = by_sn_.Acquire(sn); wait > absl::ZeroDuration()) {
-    refusal = RateLimitedError("rate limit: too many calls for this sn", wait);
-  } else {
-    return absl::OkStatus();
-  }
-  // Counted and logged at 1, 2, 4, 8, ... refusals; never written anywhere durable.
-  const uint64_t n = ++rate_limited_;
-  if ((n & (n - 1)) == 0) {
-    spdlog::warn("kms: {} terminal calls refused for volume so far (latest: {})", n,
-                 std::string(refusal.message()));
-  }
-  return refusal;
+  // An invalid SN spends only the address's budget: the core refuses it before any
+  // database access.
+  return gate_.Admit(ctx, protocol::ValidateSn(sn).ok() ? std::string_view(sn) : "");
 }
 
 rpc::Authorizer KmsGrpcService::MakeAuthorizer() {
@@ -119,7 +86,7 @@ grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext* ctx,
                                                  const rkl::v1::BeginAuthenticationRequest* req,
                                                  rkl::v1::BeginAuthenticationResponse* resp) {
   if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
-  absl::StatusOr<BeginResult> r = core_.BeginAuthentication(req->sn(), Span(req->rnd1()));
+  absl::StatusOr<BeginResult> r = core_.BeginAuthentication(req->sn(), Span(req->rnd1()), Source(*ctx));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   resp->set_session_id(r->session_id);
   resp->set_crnd1(Field(r->crnd1));
@@ -133,7 +100,7 @@ grpc::Status KmsGrpcService::CompleteAuthentication(
     rkl::v1::CompleteAuthenticationResponse* resp) {
   if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<DeliveryResult> r =
-      core_.CompleteAuthentication(req->session_id(), req->sn(), Span(req->crnd2()));
+      core_.CompleteAuthentication(req->session_id(), req->sn(), Span(req->crnd2()), Source(*ctx));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   resp->set_key_block(r->key_block);
   resp->set_tmk_kcv(r->tmk_kcv);
@@ -145,7 +112,7 @@ grpc::Status KmsGrpcService::ConfirmInstallation(grpc::ServerContext* ctx,
                                                  rkl::v1::ConfirmInstallationResponse* resp) {
   if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<TerminalState> r =
-      core_.ConfirmInstallation(req->session_id(), req->sn(), Span(req->proof()));
+      core_.ConfirmInstallation(req->session_id(), req->sn(), Span(req->proof()), Source(*ctx));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   resp->set_state(ToProto(*r));
   return grpc::Status::OK;

@@ -9,32 +9,26 @@
 // and no HSM command. VerifyAuditChain goes to the audit chain itself (rkl::audit), which
 // KMS keeps beside the core. Thread-safe; the core and the chain must outlive it.
 
-#include <atomic>
 #include <memory>
 
 #include "kms_core.h"
 #include "rkl/audit/audit_log.h"
-#include "rkl/common/rate_limiter.h"
 #include "rkl/rpc/identity.h"
+#include "rkl/rpc/public_call_gate.h"
 #include "rkl/v1/kms.grpc.pb.h"
 
 namespace rkl::kms {
 
-// Budgets of the terminal RPCs, shared by the three (docs/kms.md "Rate limits"). A limit
-// with per_second 0 is off (the default here; the daemon's defaults are in kms_config.cc).
-struct TerminalRateLimits {
-  RateLimit per_source;  // by the caller's IP address (gRPC peer, without the port)
-  RateLimit per_sn;      // by the request's SN, when it is a valid SN
-  KeyedRateLimiter::Clock clock = [] { return absl::Now(); };
-  size_t max_tracked = KeyedRateLimiter::kDefaultMaxKeys;  // per limiter
-};
+// Budgets of the terminal RPCs, shared by the three (docs/kms.md "Rate limits"): per
+// source address and per SN.
+using TerminalRateLimits = rpc::PublicCallLimits;
 
 class KmsGrpcService final : public rkl::v1::Kms::Service {
  public:
   KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits = {});
 
   // Terminal calls refused for volume since start.
-  uint64_t rate_limited() const { return rate_limited_.load(); }
+  uint64_t rate_limited() const { return gate_.refused(); }
 
   // The authorization policy, exposed for tests and docs.
   static rpc::Authorizer MakeAuthorizer();
@@ -79,14 +73,9 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
   KmsCore& core_;
   audit::PgAuditLog& audit_;
   rpc::Authorizer authorizer_;
-  KeyedRateLimiter by_source_;
-  KeyedRateLimiter by_sn_;
-  std::atomic<uint64_t> rate_limited_{0};
+  rpc::PublicCallGate gate_;
 };
 
-// The IP address of a gRPC peer string ("ipv4:10.0.0.1:5555" → "10.0.0.1",
-// "ipv6:[::1]:5555" → "::1"); other forms (unix sockets) as given.
-std::string PeerAddress(const std::string& peer);
 
 void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out);
 

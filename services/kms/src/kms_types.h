@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "rkl/audit/refusal_counts.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
 
@@ -94,15 +95,8 @@ struct AuditEntry {
 
 // Refusals of one kind in one minute, counted instead of audited one by one (docs/kms.md
 // "Bounded state"): `sn` is a terminal KMS knows, or kAnySn.
-inline constexpr char kAnySn[] = "*";
-struct RefusalCount {
-  int64_t interval_start_ms = 0;
-  std::string sn;
-  std::string action;
-  std::string reason;  // a status code name
-  int64_t count = 0;
-  std::string last_detail;  // the latest refusal's message, at most 256 bytes
-};
+inline constexpr const char* kAnySn = audit::kAny;
+using RefusalCount = audit::RefusalCount;
 
 struct Statistics {
   std::vector<std::pair<std::string, uint64_t>> terminals_by_state;

@@ -196,21 +196,11 @@ constexpr char kTransitionSession[] =
     "UPDATE auth_sessions SET state = $3, tmk_kcv = coalesce($4, tmk_kcv) "
     "WHERE id = $1 AND state = $2";
 
+constexpr char kPurgeSessions[] = "DELETE FROM auth_sessions WHERE expires_at_ms < $1";
+
 // One proof attempt charged atomically (KmsRepository::ChargeProofAttempt): the row lock
 // of the UPDATE serialises parallel sessions of one SN. $1 sn, $2 now, $3 base, $4 max,
 // $5 lock_after. The second half answers a refusal with the row as read.
-constexpr char kAddRefusalCounts[] =
-    "INSERT INTO refusal_counts (interval_start_ms, sn, action, reason, count, last_detail) "
-    "SELECT x.interval_start_ms, x.sn, x.action, x.reason, x.count, x.last_detail "
-    "FROM jsonb_to_recordset($1::jsonb) AS x(interval_start_ms bigint, sn text, action text, "
-    "reason text, count bigint, last_detail text) "
-    "ON CONFLICT (interval_start_ms, sn, action, reason) DO UPDATE SET "
-    "count = refusal_counts.count + EXCLUDED.count, last_detail = EXCLUDED.last_detail";
-constexpr char kListRefusalCounts[] =
-    "SELECT interval_start_ms, sn, action, reason, count, last_detail FROM refusal_counts "
-    "ORDER BY interval_start_ms, sn, action, reason";
-constexpr char kPurgeRefusalCounts[] = "DELETE FROM refusal_counts WHERE interval_start_ms < $1";
-constexpr char kPurgeSessions[] = "DELETE FROM auth_sessions WHERE expires_at_ms < $1";
 constexpr char kChargeProofAttempt[] =
     "WITH u AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
     "retry_after_ms = $2::bigint + least($4::bigint, "
@@ -564,44 +554,15 @@ absl::StatusOr<int64_t> PgKmsRepository::PurgeSessions(int64_t expired_before_ms
 }
 
 absl::Status PgKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
-  if (counts.empty()) return absl::OkStatus();
-  JsonRows rows;
-  for (const RefusalCount& c : counts) {
-    rows.Row()
-        .Field("interval_start_ms", c.interval_start_ms)
-        .Field("sn", c.sn)
-        .Field("action", c.action)
-        .Field("reason", c.reason)
-        .Field("count", c.count)
-        .Field("last_detail", c.last_detail);
-  }
-  const std::string json = rows.Finish();
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
-    stmt.Exec(kAddRefusalCounts, json);
-    return absl::OkStatus();
-  });
+  return audit::AddRefusalCounts(pool_, counts);
 }
 
 absl::StatusOr<std::vector<RefusalCount>> PgKmsRepository::ListRefusalCounts() {
-  return db::RunAutocommitRead(
-      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<RefusalCount>> {
-        std::vector<RefusalCount> out;
-        for (const auto& row : db::Exec(tx, kListRefusalCounts)) {
-          out.push_back({.interval_start_ms = row[0].as<int64_t>(),
-                         .sn = row[1].as<std::string>(),
-                         .action = row[2].as<std::string>(),
-                         .reason = row[3].as<std::string>(),
-                         .count = row[4].as<int64_t>(),
-                         .last_detail = row[5].as<std::string>()});
-        }
-        return out;
-      });
+  return audit::ListRefusalCounts(pool_);
 }
 
 absl::StatusOr<int64_t> PgKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<int64_t> {
-    return static_cast<int64_t>(stmt.Exec(kPurgeRefusalCounts, before_ms).affected_rows());
-  });
+  return audit::PurgeRefusalCounts(pool_, before_ms);
 }
 
 absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(

@@ -65,8 +65,8 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   // Terminal RPC budgets: 100/s (burst 200) per source address, 1/s (burst 20) per SN.
   EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.per_second, 100);
   EXPECT_DOUBLE_EQ(s.terminal_limits.per_source.burst, 200);
-  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.per_second, 1);
-  EXPECT_DOUBLE_EQ(s.terminal_limits.per_sn.burst, 20);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_subject.per_second, 1);
+  EXPECT_DOUBLE_EQ(s.terminal_limits.per_subject.burst, 20);
   EXPECT_EQ(s.core.pk_index, 7u);
   EXPECT_EQ(s.core.mak_index, 8u);
   EXPECT_EQ(s.hsm_target, "localhost:50053");

@@ -1075,7 +1075,9 @@ TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
   const size_t audit_rows = AuditOf("").size();
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(
-        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1()).status().code(),
+        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1(), "10.0.0.7")
+            .status()
+            .code(),
         absl::StatusCode::kNotFound);
   }
   for (int i = 0; i < 2; ++i) {
@@ -1093,20 +1095,23 @@ TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
   ASSERT_TRUE(flushed.ok()) << flushed.status();
   EXPECT_EQ(*flushed, 7);
   // The same refusals once more, in the same minute: the rows count up.
-  EXPECT_FALSE(core_->BeginAuthentication("POS-NOBODY-0", t.NewRnd1()).ok());
+  EXPECT_FALSE(core_->BeginAuthentication("POS-NOBODY-0", t.NewRnd1(), "10.0.0.7").ok());
   ASSERT_TRUE(core_->FlushRefusalCounts().ok());
   absl::StatusOr<std::vector<RefusalCount>> rows = repo().ListRefusalCounts();
   ASSERT_TRUE(rows.ok()) << rows.status();
-  std::map<std::tuple<std::string, std::string, std::string>, int64_t> counts;
+  // Keyed by SN, source address (given by the gRPC adapter; "*" when none), action and
+  // reason.
+  using Key = std::tuple<std::string, std::string, std::string, std::string>;
+  std::map<Key, int64_t> counts;
   for (const RefusalCount& r : *rows) {
     EXPECT_EQ(r.interval_start_ms % 60'000, 0);
     EXPECT_LE(r.interval_start_ms, absl::ToUnixMillis(now_));
-    counts[{r.sn, r.action, r.reason}] = r.count;
+    counts[{r.sn, r.source, r.action, r.reason}] = r.count;
   }
-  using Key = std::tuple<std::string, std::string, std::string>;
-  EXPECT_EQ(counts, (std::map<Key, int64_t>{{{"*", kActionAuthBegin, "NOT_FOUND"}, 4},
-                                            {{"*", kActionAuthComplete, "NOT_FOUND"}, 2},
-                                            {{t.sn(), kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
+  EXPECT_EQ(counts,
+            (std::map<Key, int64_t>{{{"*", "10.0.0.7", kActionAuthBegin, "NOT_FOUND"}, 4},
+                                    {{"*", "*", kActionAuthComplete, "NOT_FOUND"}, 2},
+                                    {{t.sn(), "*", kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
 
   // Purged after refusals.retention (24 h by default), not before.
   Advance(absl::Hours(23));

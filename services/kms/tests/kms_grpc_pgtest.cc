@@ -274,7 +274,7 @@ TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) 
   absl::Mutex mu;
   absl::Time now = kNow;
   TerminalRateLimits limits{.per_source = {.per_second = 1, .burst = 8},
-                            .per_sn = {.per_second = 0.5, .burst = 3},
+                            .per_subject = {.per_second = 0.5, .burst = 3},
                             .clock = [&] {
                               absl::MutexLock lock(&mu);
                               return now;
@@ -321,7 +321,7 @@ TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) 
   EXPECT_EQ(Begin(*terminal, other).status().code(), absl::StatusCode::kNotFound);
   absl::Status source = Begin(*terminal, third).status();
   EXPECT_EQ(source.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(source.message(), HasSubstr("too many terminal calls from this address"));
+  EXPECT_THAT(source.message(), HasSubstr("too many calls from this address"));
   EXPECT_EQ(RetryDelay(source), absl::Seconds(1));
   EXPECT_EQ(RowCounts(), rows);
 
@@ -424,6 +424,8 @@ TEST_F(KmsGrpcTest, TenThousandJunkBeginsLeaveBoundedTablesAfterThePurge) {
   EXPECT_EQ(after.at("auth_sessions"), 0);
   // One minute (the clock stood still while they came): one row per (SN or "*", action, code).
   EXPECT_EQ(after.at("refusal_counts"), 2);
+  // Filed under the caller's address (the test's loopback connection), not under "*".
+  EXPECT_EQ(Sql("SELECT count(*) FROM refusal_counts WHERE source = '*'")[0][0].as<int64_t>(), 0);
   EXPECT_EQ(Sql("SELECT count FROM refusal_counts WHERE sn = '*' AND reason = 'NOT_FOUND'")[0][0]
                 .as<int64_t>(),
             kUnknown);
@@ -457,10 +459,10 @@ TEST_F(KmsGrpcTest, TenThousandJunkBeginsLeaveBoundedTablesAfterThePurge) {
 }
 
 TEST(PeerAddressTest, DropsThePort) {
-  EXPECT_EQ(PeerAddress("ipv4:10.1.2.3:5555"), "10.1.2.3");
-  EXPECT_EQ(PeerAddress("ipv6:[::1]:5555"), "::1");
-  EXPECT_EQ(PeerAddress("ipv6:%5B::1%5D:5555"), "%5B::1%5D");
-  EXPECT_EQ(PeerAddress("unix:/tmp/s"), "unix:/tmp/s");
+  EXPECT_EQ(rpc::PublicCallGate::PeerAddress("ipv4:10.1.2.3:5555"), "10.1.2.3");
+  EXPECT_EQ(rpc::PublicCallGate::PeerAddress("ipv6:[::1]:5555"), "::1");
+  EXPECT_EQ(rpc::PublicCallGate::PeerAddress("ipv6:%5B::1%5D:5555"), "%5B::1%5D");
+  EXPECT_EQ(rpc::PublicCallGate::PeerAddress("unix:/tmp/s"), "unix:/tmp/s");
 }
 
 TEST_F(KmsGrpcTest, IntakeIsForMtmsOnly) {

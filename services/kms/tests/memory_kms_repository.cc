@@ -159,7 +159,7 @@ absl::StatusOr<int64_t> MemoryKmsRepository::PurgeSessions(int64_t expired_befor
 absl::Status MemoryKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
   absl::MutexLock lock(&mu_);
   for (const RefusalCount& c : counts) {
-    RefusalCount& row = refusal_counts_[{c.interval_start_ms, c.sn, c.action, c.reason}];
+    RefusalCount& row = refusal_counts_[{c.interval_start_ms, c.sn, c.source, c.action, c.reason}];
     const int64_t before = row.count;
     row = c;
     row.count += before;
