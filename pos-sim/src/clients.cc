@@ -12,9 +12,14 @@ namespace {
 std::string ToString(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes ToBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
+// The service's status, its message prefixed with the RPC; its payloads (a retry hint) kept.
 absl::Status Failed(std::string_view rpc, const grpc::Status& status) {
   absl::Status s = rpc::FromGrpcStatus(status);
-  return absl::Status(s.code(), absl::StrCat(std::string(rpc), ": ", s.message()));
+  absl::Status out(s.code(), absl::StrCat(std::string(rpc), ": ", s.message()));
+  s.ForEachPayload([&](absl::string_view type_url, const absl::Cord& payload) {
+    out.SetPayload(type_url, payload);
+  });
+  return out;
 }
 
 KmsTerminalView ToView(const rkl::v1::Terminal& t) {

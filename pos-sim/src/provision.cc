@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "files.h"
+#include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "secure_module.h"
 #include "spdlog/spdlog.h"
@@ -79,9 +80,11 @@ absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& contex
 bool IsTransientFailure(const absl::Status& status) {
   // UNKNOWN: a write whose outcome the service could not tell (docs/kms.md "Retries");
   // every step resumes safely from the secure module's state.
+  // RESOURCE_EXHAUSTED with a retry hint: over a service's rate limit (waited out below).
   return status.code() == absl::StatusCode::kUnavailable ||
          status.code() == absl::StatusCode::kDeadlineExceeded ||
-         status.code() == absl::StatusCode::kAborted || status.code() == absl::StatusCode::kUnknown;
+         status.code() == absl::StatusCode::kAborted || status.code() == absl::StatusCode::kUnknown ||
+         (status.code() == absl::StatusCode::kResourceExhausted && RetryDelay(status));
 }
 
 absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,
@@ -104,7 +107,7 @@ absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContex
                  std::string(r.status().message()), absl::FormatDuration(backoff), attempt + 1,
                  retry.attempts);
     steps.MarkFailed("");
-    if (context.sleep) context.sleep(backoff);
+    if (context.sleep) context.sleep(std::max(backoff, RetryDelay(r.status()).value_or(backoff)));
     backoff = std::min(backoff * 2, retry.max_backoff);
   }
 }

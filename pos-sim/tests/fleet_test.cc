@@ -1,4 +1,6 @@
 #include "fleet.h"
+#include "provision.h"
+#include "rkl/common/retry_delay.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -147,6 +149,21 @@ TEST(RunFleetTest, NoProgressWhenNotAsked) {
   FleetSummary s = RunFleet({.count = 3, .concurrency = 10},
                             [](int, StepRecorder&) { return absl::OkStatus(); });
   EXPECT_EQ(s.succeeded, 3);
+}
+
+}  // namespace
+}  // namespace rkl::pos
+
+namespace rkl::pos {
+namespace {
+
+// A service's rate limit (RESOURCE_EXHAUSTED with a retry hint) is waited out like an
+// outage; RESOURCE_EXHAUSTED without one (a message over gRPC's size limit) is final.
+TEST(IsTransientFailureTest, RateLimitsWithAHintAreRetriedOthersAreFinal) {
+  EXPECT_TRUE(IsTransientFailure(RateLimitedError("rate limit", absl::Seconds(2))));
+  EXPECT_TRUE(IsTransientFailure(absl::UnavailableError("down")));
+  EXPECT_FALSE(IsTransientFailure(absl::ResourceExhaustedError("message too large")));
+  EXPECT_FALSE(IsTransientFailure(absl::InvalidArgumentError("sn")));
 }
 
 }  // namespace

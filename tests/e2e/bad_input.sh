@@ -14,9 +14,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 e2e_init bad_input "$2" "$1"
 # This test puts dozens of malformed calls to one SN in a second, each to see its own
-# answer; the per-SN rate limit (docs/kms.md "Rate limits", tested in kms_pgtest) would
-# answer most of them RESOURCE_EXHAUSTED first. Give this deployment's SNs room.
+# answer; the per-SN rate limits (docs/kms.md and docs/mtms.md "Rate limits", tested in
+# kms_pgtest and mtms_pgtest) would answer most of them RESOURCE_EXHAUSTED first. Give this
+# deployment's SNs room.
 export RKL_KMS_LIMITS_PER_SN_BURST=100000
+export RKL_MTMS_LIMITS_PER_SN_BURST=100000
 
 rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
   tail -30 "$RKL_STATE/logs/rkl-up.log" >&2

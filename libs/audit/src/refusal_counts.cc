@@ -32,7 +32,7 @@ void RefusalTally::Count(int64_t now_ms, std::string_view sn, std::string_view s
                          std::string_view action, const absl::Status& refusal) {
   const int64_t minute =
       now_ms - (now_ms % kIntervalMs + kIntervalMs) % kIntervalMs;  // floor, also before 1970
-  Identity id{OrAny(sn, 64), OrAny(source, kMaxSourceBytes), std::string(action),
+  Identity id{OrAny(sn, 32), OrAny(source, kMaxSourceBytes), std::string(action),
               refusal.ok() ? "OK" : absl::StatusCodeToString(refusal.code())};
   absl::MutexLock lock(&mu_);
   if (minute != minute_) {

@@ -33,6 +33,37 @@ absl::Status PublicCallGate::Admit(std::string_view source, std::string_view sub
   return refusal;
 }
 
+void DeclarePublicCallLimitsConfig(ConfigSchema& schema, std::string_view calls) {
+  const std::string what(calls);
+  schema
+      .Int("limits.per_source.per_minute",
+           absl::StrCat(what, " per minute one source IP address may make on average (0: no limit)"))
+      .Default("6000")
+      .Range(0, 60'000'000);
+  schema.Int("limits.per_source.burst", absl::StrCat(what, " one source IP address may make at once"))
+      .Default("200")
+      .Range(1, 1'000'000);
+  schema.Int("limits.per_sn.per_minute", absl::StrCat(what, " per minute for one SN on average (0: no limit)"))
+      .Default("60")
+      .Range(0, 60'000'000);
+  schema.Int("limits.per_sn.burst", absl::StrCat(what, " for one SN at once"))
+      .Default("20")
+      .Range(1, 1'000'000);
+}
+
+PublicCallLimits PublicCallLimitsFromConfig(const Config& config) {
+  auto limit = [&](const char* prefix) {
+    return RateLimit{
+        .per_second =
+            static_cast<double>(config.GetInt(absl::StrCat(prefix, ".per_minute"))) / 60,
+        .burst = static_cast<double>(config.GetInt(absl::StrCat(prefix, ".burst")))};
+  };
+  PublicCallLimits limits;
+  limits.per_source = limit("limits.per_source");
+  limits.per_subject = limit("limits.per_sn");
+  return limits;
+}
+
 std::string PublicCallGate::PeerAddress(const std::string& peer) {
   std::string_view p = peer;
   if (p.starts_with("ipv4:")) {

@@ -59,18 +59,7 @@ ConfigSchema MakeKmsConfigSchema() {
       .Default("10m");
   // Terminal RPCs (Begin/Complete/ConfirmInstallation) per source address and per SN
   // (docs/kms.md "Rate limits"). per_minute 0 turns a limit off.
-  s.Int("limits.per_source.per_minute",
-        "terminal calls per minute one source IP address may make on average (0: no limit)")
-      .Default("6000")
-      .Range(0, 60'000'000);
-  s.Int("limits.per_source.burst", "terminal calls one source IP address may make at once")
-      .Default("200")
-      .Range(1, 1'000'000);
-  s.Int("limits.per_sn.per_minute",
-        "terminal calls per minute for one SN on average (0: no limit)")
-      .Default("60")
-      .Range(0, 60'000'000);
-  s.Int("limits.per_sn.burst", "terminal calls for one SN at once").Default("20").Range(1, 1'000'000);
+  rpc::DeclarePublicCallLimitsConfig(s, "terminal calls");
   audit::DeclareAuditConfig(s, "KMS");
   s.String("replica_id", "this replica's name in its audit anchors (default: kms@<host name>)")
       .Default("");
@@ -117,12 +106,7 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.core.lockout_threshold = static_cast<int>(config.GetInt("lockout.threshold"));
   k.core.backoff_base = config.GetDuration("lockout.backoff_base");
   k.core.backoff_max = config.GetDuration("lockout.backoff_max");
-  k.terminal_limits.per_source = {
-      .per_second = static_cast<double>(config.GetInt("limits.per_source.per_minute")) / 60,
-      .burst = static_cast<double>(config.GetInt("limits.per_source.burst"))};
-  k.terminal_limits.per_subject = {
-      .per_second = static_cast<double>(config.GetInt("limits.per_sn.per_minute")) / 60,
-      .burst = static_cast<double>(config.GetInt("limits.per_sn.burst"))};
+  k.terminal_limits = rpc::PublicCallLimitsFromConfig(config);
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
   RKL_ASSIGN_OR_RETURN(k.audit, audit::AuditSettingsFromConfig(config));

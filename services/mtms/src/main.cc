@@ -3,7 +3,9 @@
 
 #include <cstdlib>
 #include <memory>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "mtms_config.h"
 #include "mtms_core.h"
 #include "mtms_db_roles.h"
@@ -128,7 +130,8 @@ int main(int argc, char** argv) {
   }
   Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
   rpc::Authorizer authorizer = MakeMtmsAuthorizer();
-  MtmsGrpcService service(core, forwarder, authorizer, repository.audit_log());
+  MtmsGrpcService service(core, forwarder, authorizer, repository.audit_log(),
+                          rpc::PublicCallLimitsFromConfig(config));
 
   // Client certificates on the service-ca CRL are refused (operator terminals present none).
   // A refresh pushed by `rklctl pki revoke --notify` also refreshes the operator-ca CRL, so
@@ -159,7 +162,36 @@ int main(int argc, char** argv) {
   if (config.GetBool("forwarder.enabled")) forwarder.Start();
   spdlog::info("{} serving on port {} (replica {})", kProgram, (*server)->port(),
                forwarder_options.replica_id);
+  // Housekeeping (docs/mtms.md "Bounded state"): the refusals counted in memory go to
+  // refusal_counts every refusals.flush_interval (and at shutdown); counts older than
+  // refusals.retention are deleted every refusals.purge_interval. One statement each, which
+  // replicas may run at once.
+  absl::Notification stop;
+  std::thread housekeeping([&] {
+    const absl::Duration flush_interval = config.GetDuration("refusals.flush_interval");
+    const absl::Duration purge_interval = config.GetDuration("refusals.purge_interval");
+    absl::Time last_purge = absl::Now();
+    auto flush = [&] {
+      if (absl::StatusOr<int64_t> flushed = core.FlushRefusalCounts(); !flushed.ok()) {
+        spdlog::warn("mtms: refusal counts not written (kept for the next try): {}",
+                     flushed.status().ToString());
+      }
+    };
+    while (!stop.WaitForNotificationWithTimeout(flush_interval)) {
+      flush();
+      if (purge_interval <= absl::ZeroDuration() || absl::Now() - last_purge < purge_interval) {
+        continue;
+      }
+      last_purge = absl::Now();
+      if (absl::StatusOr<int64_t> purged = core.PurgeRefusalCounts(); !purged.ok()) {
+        spdlog::warn("mtms: purge of refusal counts failed: {}", purged.status().ToString());
+      }
+    }
+    flush();
+  });
   (*server)->RunUntilShutdownSignal(absl::Seconds(10));
+  stop.Notify();
+  housekeeping.join();
   forwarder.Stop();
   spdlog::info("{} stopped", kProgram);
   return 0;

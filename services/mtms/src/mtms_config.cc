@@ -6,6 +6,7 @@
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/rpc/public_call_gate.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
 
@@ -87,6 +88,18 @@ ConfigSchema MakeMtmsConfigSchema() {
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
   schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
       .Default("2m");
+  // Public RPCs (GetWorkCertificate, SubmitTransportKey, GetOwnSubmission) per source
+  // address, and SubmitTransportKey per package SN (docs/mtms.md "Rate limits").
+  rpc::DeclarePublicCallLimitsConfig(schema, "operator-terminal calls");
+  schema
+      .Duration("refusals.flush_interval",
+                "how often this replica adds the refusals it counted to refusal_counts "
+                "(docs/mtms.md \"Bounded state\"); more than 0")
+      .Default("10s");
+  schema.Duration("refusals.retention", "how long refusal counts are kept").Default("24h");
+  schema.Duration("refusals.purge_interval", "how often this replica deletes refusal counts "
+                  "older than refusals.retention (0: never)")
+      .Default("1m");
   schema.String("replica_id", "this replica's name in claims and audit (default: host name)")
       .Default("");
   audit::DeclareAuditConfig(schema, "MTMS");
@@ -104,6 +117,7 @@ MtmsCoreOptions CoreOptionsFromConfig(const Config& config) {
       .hsm_id = config.GetString("hsm.id"),
       .default_rsa_bits = config.GetEnum("work_key.rsa_bits") == "3072" ? 3072u : 2048u,
       .clock_skew = config.GetDuration("intake.clock_skew"),
+      .refusal_retention = config.GetDuration("refusals.retention"),
   };
 }
 
@@ -139,6 +153,9 @@ absl::Status CheckMtmsConfig(const Config& config) {
         absl::StrCat("config: db.pool_size: must be at least forwarder.workers + ", kPoolReserve,
                      " = ", workers + kPoolReserve, ", got ", pool_size,
                      " (raise db.pool_size or lower forwarder.workers)"));
+  }
+  if (config.GetDuration("refusals.flush_interval") <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("config: refusals.flush_interval: must be more than 0");
   }
   return absl::OkStatus();
 }

@@ -22,8 +22,9 @@ TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config);
 // Database connections kept beyond the forwarder's workers, for intake, admin calls and
 // the forwarder's claims.
 inline constexpr int kPoolReserve = 4;
-// Rules that span keys: db.pool_size >= forwarder.workers + kPoolReserve. INVALID_ARGUMENT
-// naming the keys otherwise; main() refuses to start.
+// Rules beyond each key's own: db.pool_size >= forwarder.workers + kPoolReserve, and
+// refusals.flush_interval > 0. INVALID_ARGUMENT naming the keys otherwise; main() refuses
+// to start. The budgets of the public RPCs (limits.*) are rpc::PublicCallLimitsFromConfig.
 absl::Status CheckMtmsConfig(const Config& config);
 
 }  // namespace rkl::mtms

@@ -113,23 +113,38 @@ absl::StatusOr<WorkCertificateBundle> MtmsCore::GetWorkCertificate() {
 }
 
 absl::StatusOr<SubmitReceipt> MtmsCore::SubmitTransportKey(const SubmitRequest& request,
-                                                           const std::string& actor) {
+                                                           const std::string& actor,
+                                                           std::string_view source) {
   std::string sn;
   absl::StatusOr<SubmitReceipt> receipt = Intake(request, actor, sn);
   if (!receipt.ok()) {
-    // Dependency outages are not security events; everything else is worth a record.
-    if (receipt.status().code() != absl::StatusCode::kUnavailable) {
-      Audit(actor, "package.refuse", sn, std::string(receipt.status().message()), receipt.status());
-    }
-    spdlog::info("package refused: sn={} code={}", sn,
-                 absl::StatusCodeToString(receipt.status().code()));
+    CountRefusal(kActionPackageRefuse, sn, source, receipt.status());
+    spdlog::debug("package refused: sn={} code={}", sn.empty() ? "*" : sn,
+                  absl::StatusCodeToString(receipt.status().code()));
   }
   return receipt;
 }
 
+void MtmsCore::CountRefusal(const char* action, const std::string& sn, std::string_view source,
+                            const absl::Status& refusal) {
+  if (refusal.code() == absl::StatusCode::kUnavailable) return;
+  refusals_.Count(clock_.NowUnixMs(), sn, source, action, refusal);
+}
+
+absl::StatusOr<int64_t> MtmsCore::FlushRefusalCounts() {
+  return refusals_.Flush([&](const std::vector<audit::RefusalCount>& counts) {
+    return repository_.AddRefusalCounts(counts);
+  });
+}
+
+absl::StatusOr<int64_t> MtmsCore::PurgeRefusalCounts() {
+  return repository_.PurgeRefusalCounts(
+      clock_.NowUnixMs() - absl::ToInt64Milliseconds(options_.refusal_retention));
+}
+
 absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
                                                const std::string& actor,
-                                               std::string& sn_for_audit) {
+                                               std::string& signed_sn) {
   // 1. Shape of the request and of the package.
   RKL_RETURN_IF_ERROR(CheckSignedShapes("package", request.package, request.signature,
                                         request.operator_certificate_pem));
@@ -143,7 +158,6 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
     return absl::InvalidArgumentError("package: contains fields unknown to TransportKeyPackage");
   }
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(package.sn()));
-  sn_for_audit = package.sn();
   if (package.ctk_pu().size() != 256 && package.ctk_pu().size() != 384) {
     return absl::InvalidArgumentError(
         "package.ctk_pu: must be 256 or 384 bytes (an RSA-2048/3072 OAEP ciphertext)");
@@ -177,6 +191,8 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
       std::string certificate_serial,
       VerifyOperatorSigned("package", package.operator_id(), "", request.package,
                            request.signature, request.operator_certificate_pem));
+  // From here on the SN is one a certified operator signed for: refusals count under it.
+  signed_sn = package.sn();
 
   // 8. Freshness.
   const int64_t now_ms = clock_.NowUnixMs();
@@ -237,7 +253,14 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetSubmission(const std::string& subm
   return *std::move(row);
 }
 
-absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request) {
+absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request,
+                                                             std::string_view source) {
+  absl::StatusOr<SubmissionRecord> row = QueryOwnSubmission(request);
+  if (!row.ok()) CountRefusal(kActionQueryRefuse, "", source, row.status());
+  return row;
+}
+
+absl::StatusOr<SubmissionRecord> MtmsCore::QueryOwnSubmission(const OwnSubmissionQuery& request) {
   RKL_RETURN_IF_ERROR(CheckSignedShapes("query", request.query, request.signature,
                                         request.operator_certificate_pem));
   v1::SubmissionQuery query;

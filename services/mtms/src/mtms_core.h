@@ -18,6 +18,10 @@
 //   9. the work certificate serial is known and not retired ......... FAILED_PRECONDITION
 //  10. (operator_id, nonce) never seen (database constraint) ........ ALREADY_EXISTS
 // Messages name the field and the rule and never contain key material or plaintext.
+// Refusals (other than UNAVAILABLE, an outage) are counted per minute, SN, source address,
+// action and code (rkl::audit::RefusalTally) and written to refusal_counts at
+// FlushRefusalCounts, not audited one by one (docs/mtms.md "Bounded state"); the SN is the
+// package's only once the operator's signature verified, else "*".
 //
 // Thread-safe: every method may run concurrently; state lives in the repository.
 // Dependencies are not owned and must outlive the core.
@@ -47,7 +51,13 @@ struct MtmsCoreOptions {
   std::string hsm_id = "hsm-mtms";  // goes into the work certificate CN
   uint32_t default_rsa_bits = 2048;
   absl::Duration clock_skew = absl::Minutes(5);
+  // PurgeRefusalCounts deletes the counts of minutes that began longer ago than this.
+  absl::Duration refusal_retention = absl::Hours(24);
 };
+
+// The actions refusals are counted under.
+inline constexpr char kActionPackageRefuse[] = "package.refuse";
+inline constexpr char kActionQueryRefuse[] = "submission.query";
 
 struct SubmitRequest {
   std::string package;  // B, serialized TransportKeyPackage
@@ -88,9 +98,11 @@ class MtmsCore {
   // FAILED_PRECONDITION until a work key was provisioned.
   absl::StatusOr<WorkCertificateBundle> GetWorkCertificate();
 
-  // `actor`: the caller's identity for the audit ("" for an anonymous operator terminal).
+  // `actor`: the caller's identity for the audit ("" for an anonymous operator terminal);
+  // `source`: the caller's address, which only labels refusal counts.
   absl::StatusOr<SubmitReceipt> SubmitTransportKey(const SubmitRequest& request,
-                                                   const std::string& actor);
+                                                   const std::string& actor,
+                                                   std::string_view source = {});
   absl::StatusOr<SubmissionRecord> GetSubmission(const std::string& submission_id);
   // The submitting operator's view of its own submission (docs/mtms.md "Reading a submission
   // back"). Checks, in order: shapes (INVALID_ARGUMENT), the certificate as at intake (steps
@@ -98,8 +110,16 @@ class MtmsCore {
   // kSubmissionQueryContext ‖ query (UNAUTHENTICATED), created_at within ±clock_skew
   // (FAILED_PRECONDITION); then an unknown id and another operator's submission are the same
   // NOT_FOUND. The record has no last_error or next attempt (those are for admins). Reads
-  // only: nothing is written, not even an audit record.
-  absl::StatusOr<SubmissionRecord> GetOwnSubmission(const OwnSubmissionQuery& request);
+  // only: nothing is written but, for a refusal, a count.
+  absl::StatusOr<SubmissionRecord> GetOwnSubmission(const OwnSubmissionQuery& request,
+                                                    std::string_view source = {});
+
+  // Adds the refusals counted since the last flush to refusal_counts (one statement) and
+  // returns how many refusals that was; on failure they are kept for the next flush.
+  // rkl-mtms flushes every `refusals.flush_interval` and at shutdown.
+  absl::StatusOr<int64_t> FlushRefusalCounts();
+  // Deletes the counts of minutes that began more than `refusal_retention` ago.
+  absl::StatusOr<int64_t> PurgeRefusalCounts();
 
   // Idempotent unless `rotate`: returns the CURRENT key if there is one. `rsa_bits` 0 means
   // the default; otherwise 2048 or 3072.
@@ -114,7 +134,11 @@ class MtmsCore {
 
  private:
   absl::StatusOr<SubmitReceipt> Intake(const SubmitRequest& request, const std::string& actor,
-                                       std::string& sn_for_audit);
+                                       std::string& signed_sn);
+  absl::StatusOr<SubmissionRecord> QueryOwnSubmission(const OwnSubmissionQuery& request);
+  // Counts a refusal unless it is UNAVAILABLE (an outage, not the caller's doing).
+  void CountRefusal(const char* action, const std::string& sn, std::string_view source,
+                    const absl::Status& refusal);
   // Intake steps 2–7 for any message an operator card signs (a package, a query): the
   // certificate, `operator_id` is the certificate's, the signature over context ‖ message.
   // `field` names the message in errors. Returns the certificate's serial.
@@ -138,6 +162,7 @@ class MtmsCore {
   OperatorTrust& trust_;
   const Clock& clock_;
   const MtmsCoreOptions options_;
+  audit::RefusalTally refusals_;
 };
 
 }  // namespace rkl::mtms

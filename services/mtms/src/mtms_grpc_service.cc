@@ -1,5 +1,6 @@
 #include "mtms_grpc_service.h"
 
+#include "rkl/protocol/sn.h"
 #include "rkl/rpc/status.h"
 
 namespace rkl::mtms {
@@ -52,6 +53,16 @@ void ToProto(const WorkKeyRecord& key, v1::WorkKey* out) {
   out->set_created_at_unix_ms(key.created_at_ms);
 }
 
+// The SN a package names, for its budget; empty when the package does not parse or the SN
+// is not valid (the core refuses those before any database access). Unverified: the
+// signature is checked later, so a sender can spend only budgets, never gain anything.
+std::string PackageSn(const std::string& package) {
+  if (package.size() > kMaxPackageBytes) return "";
+  v1::TransportKeyPackage parsed;
+  if (!parsed.ParseFromString(package) || !protocol::ValidateSn(parsed.sn()).ok()) return "";
+  return parsed.sn();
+}
+
 constexpr const char* kAdminRpcs[] = {"GetSubmission",   "ProvisionWorkKey", "RetireWorkKey",
                                       "ListWorkKeys",    "ListQueue",        "ForceForward",
                                       "VerifyAuditChain"};
@@ -68,6 +79,7 @@ grpc::Status MtmsGrpcService::GetWorkCertificate(grpc::ServerContext* ctx,
                                                  const v1::GetWorkCertificateRequest* request,
                                                  v1::GetWorkCertificateResponse* response) {
   // Public: the operator terminal connects with server-authenticated TLS only.
+  if (absl::Status s = gate_.Admit(*ctx, ""); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<WorkCertificateBundle> bundle = core_.GetWorkCertificate();
   if (!bundle.ok()) return rpc::ToGrpcStatus(bundle.status());
   response->set_work_certificate_pem(bundle->certificate_pem);
@@ -80,11 +92,14 @@ grpc::Status MtmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
                                                  const v1::SubmitTransportKeyRequest* request,
                                                  v1::SubmitTransportKeyResponse* response) {
   // Public: the package is authenticated by the operator card's signature, not by TLS.
+  if (absl::Status s = gate_.Admit(*ctx, PackageSn(request->package())); !s.ok()) {
+    return rpc::ToGrpcStatus(s);
+  }
   absl::StatusOr<SubmitReceipt> receipt = core_.SubmitTransportKey(
       SubmitRequest{.package = request->package(),
                     .signature = request->signature(),
                     .operator_certificate_pem = request->operator_certificate_pem()},
-      rpc::GetCallerIdentity(*ctx).name);
+      rpc::GetCallerIdentity(*ctx).name, rpc::PublicCallGate::PeerAddress(ctx->peer()));
   if (!receipt.ok()) return rpc::ToGrpcStatus(receipt.status());
   // Start forwarding now rather than at the next timed pass: the terminal is waiting.
   forwarder_.Wake();
@@ -105,14 +120,16 @@ grpc::Status MtmsGrpcService::GetSubmission(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status MtmsGrpcService::GetOwnSubmission(grpc::ServerContext* /*ctx*/,
+grpc::Status MtmsGrpcService::GetOwnSubmission(grpc::ServerContext* ctx,
                                                const v1::GetOwnSubmissionRequest* request,
                                                v1::Submission* response) {
   // Public: the query is authenticated by the operator card's signature, not by TLS.
+  if (absl::Status s = gate_.Admit(*ctx, ""); !s.ok()) return rpc::ToGrpcStatus(s);
   absl::StatusOr<SubmissionRecord> row = core_.GetOwnSubmission(
       OwnSubmissionQuery{.query = request->query(),
                          .signature = request->signature(),
-                         .operator_certificate_pem = request->operator_certificate_pem()});
+                         .operator_certificate_pem = request->operator_certificate_pem()},
+      rpc::PublicCallGate::PeerAddress(ctx->peer()));
   if (!row.ok()) return rpc::ToGrpcStatus(row.status());
   ToProto(*row, response);
   return grpc::Status::OK;

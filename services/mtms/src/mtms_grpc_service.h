@@ -2,7 +2,10 @@
 // MtmsGrpcService: the thin gRPC adapter of rkl.v1.Mtms over MtmsCore and Forwarder. It
 // authorizes the caller (GetWorkCertificate and SubmitTransportKey are public, every other
 // RPC needs an `admin:*` identity), translates messages, and converts statuses once with
-// rpc::ToGrpcStatus. No logic lives here: VerifyAuditChain goes to the audit chain
+// rpc::ToGrpcStatus. The public RPCs first spend a token of the caller's address budget
+// (and SubmitTransportKey one of its package SN's) in an rpc::PublicCallGate: over budget
+// they are RESOURCE_EXHAUSTED with google.rpc.RetryInfo before the core, the database or
+// HSM #1 sees them (docs/mtms.md "Rate limits"). No logic lives here: VerifyAuditChain goes to the audit chain
 // (rkl::audit). Thread-safe; core, forwarder, authorizer and chain are not owned and must
 // outlive the service.
 
@@ -10,6 +13,7 @@
 #include "mtms_forwarder.h"
 #include "rkl/audit/audit_log.h"
 #include "rkl/rpc/identity.h"
+#include "rkl/rpc/public_call_gate.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
 namespace rkl::mtms {
@@ -20,8 +24,15 @@ rpc::Authorizer MakeMtmsAuthorizer();
 class MtmsGrpcService final : public v1::Mtms::Service {
  public:
   MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, const rpc::Authorizer& authorizer,
-                  audit::PgAuditLog& audit)
-      : core_(core), forwarder_(forwarder), authorizer_(authorizer), audit_(audit) {}
+                  audit::PgAuditLog& audit, rpc::PublicCallLimits limits = {})
+      : core_(core),
+        forwarder_(forwarder),
+        authorizer_(authorizer),
+        audit_(audit),
+        gate_("mtms", "sn", std::move(limits)) {}
+
+  // Public calls refused for volume since start.
+  uint64_t rate_limited() const { return gate_.refused(); }
 
   grpc::Status GetWorkCertificate(grpc::ServerContext* ctx,
                                   const v1::GetWorkCertificateRequest* request,
@@ -54,6 +65,7 @@ class MtmsGrpcService final : public v1::Mtms::Service {
   Forwarder& forwarder_;
   const rpc::Authorizer& authorizer_;
   audit::PgAuditLog& audit_;
+  rpc::PublicCallGate gate_;
 };
 
 }  // namespace rkl::mtms

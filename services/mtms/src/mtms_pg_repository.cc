@@ -500,4 +500,16 @@ const audit::ChainSpec& MtmsAuditChain() {
 PgMtmsRepository::PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
     : pool_(pool), audit_(pool, std::move(audit_key), MtmsAuditChain()) {}
 
+absl::Status PgMtmsRepository::AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) {
+  return audit::AddRefusalCounts(pool_, counts);
+}
+
+absl::StatusOr<std::vector<audit::RefusalCount>> PgMtmsRepository::ListRefusalCounts() {
+  return audit::ListRefusalCounts(pool_);
+}
+
+absl::StatusOr<int64_t> PgMtmsRepository::PurgeRefusalCounts(int64_t before_ms) {
+  return audit::PurgeRefusalCounts(pool_, before_ms);
+}
+
 }  // namespace rkl::mtms

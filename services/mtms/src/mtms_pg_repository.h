@@ -62,6 +62,9 @@ class PgMtmsRepository final : public MtmsRepository {
 
   absl::Status AppendAudit(const AuditEntry& audit) override;
   absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) override;
+  absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) override;
+  absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() override;
+  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
 
  private:
   // The pending id and MAC of an entry written by one of the statements.

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "rkl/audit/refusal_counts.h"
 #include "rkl/common/hex.h"
 
 namespace rkl::mtms {
@@ -181,6 +182,13 @@ class MtmsRepository {
   virtual absl::Status AppendAudit(const AuditEntry& audit) = 0;
   // Newest first.
   virtual absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) = 0;
+
+  // ---- Refusal counts (docs/mtms.md "Bounded state") ----
+  // Adds the counts to refusal_counts (one statement; rows of the same key add up).
+  virtual absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) = 0;
+  virtual absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() = 0;
+  // Deletes the counts of minutes that began before `before_ms`; returns how many rows.
+  virtual absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) = 0;
 };
 
 }  // namespace rkl::mtms

@@ -59,7 +59,7 @@ std::unique_ptr<rpc::Server> StartServer(
 struct MtmsProcess {
   MtmsProcess(const std::string& dsn, const rpc::TlsFiles& tls, int hsm_port, int ca_port,
               int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index,
-              const std::string& replica)
+              const std::string& replica, rpc::PublicCallLimits limits = {})
       : pool({.dsn = dsn, .max_size = 4}),
         repository(pool, crypto::SecretBytes(32)),
         hsm_rpc(Channel(hsm_port, tls), absl::Seconds(10)),
@@ -75,7 +75,7 @@ struct MtmsProcess {
                                    .batch_size = 2,
                                    .interval = absl::Milliseconds(20)}),
         authorizer(MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer, repository.audit_log()) {
+        service(core, forwarder, authorizer, repository.audit_log(), std::move(limits)) {
     server = StartServer("127.0.0.1:0", tls, &service, rpc::ClientCertMode::kOptionalVerified);
   }
   ~MtmsProcess() {
@@ -131,10 +131,12 @@ class MtmsGrpcTest : public ::testing::Test {
     operator_.emplace(authority_->IssueOperator("alice"));
   }
 
-  std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica) {
+  std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica,
+                                         rpc::PublicCallLimits limits = {}) {
     return std::make_unique<MtmsProcess>(db_->runtime_dsn(), tls_["mtms"], hsm_server_->port(),
                                          ca_server_->port(), kms_port_, clock_,
-                                         fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica);
+                                         fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica,
+                                         std::move(limits));
   }
 
   std::unique_ptr<v1::Mtms::Stub> Stub(const rpc::TlsFiles& tls, MtmsProcess* mtms = nullptr) {
@@ -155,13 +157,24 @@ class MtmsGrpcTest : public ::testing::Test {
     return resp;
   }
 
-  absl::StatusOr<WorkCertificateBundle> FetchWorkCertificate() {
+  absl::StatusOr<WorkCertificateBundle> FetchWorkCertificate(MtmsProcess* mtms = nullptr) {
     v1::GetWorkCertificateResponse resp;
     auto ctx = rpc::MakeClientContext(kRpcTimeout);
-    grpc::Status s = Anonymous()->GetWorkCertificate(ctx.get(), {}, &resp);
+    grpc::Status s = Stub(pki_->Anonymous(), mtms)->GetWorkCertificate(ctx.get(), {}, &resp);
     if (!s.ok()) return rpc::FromGrpcStatus(s);
     return WorkCertificateBundle{resp.work_certificate_pem(), resp.terminal_root_pem(),
                                  resp.serial_hex()};
+  }
+
+  // The gRPC status as received, for the details a converted status would drop.
+  grpc::Status SubmitOverGrpc(const SubmitRequest& r, MtmsProcess* mtms) {
+    v1::SubmitTransportKeyRequest req;
+    req.set_package(r.package);
+    req.set_signature(r.signature);
+    req.set_operator_certificate_pem(r.operator_certificate_pem);
+    v1::SubmitTransportKeyResponse resp;
+    auto ctx = rpc::MakeClientContext(kRpcTimeout);
+    return Stub(pki_->Anonymous(), mtms)->SubmitTransportKey(ctx.get(), req, &resp);
   }
 
   absl::StatusOr<v1::SubmitTransportKeyResponse> SubmitOverGrpc(const SubmitRequest& r) {
@@ -269,6 +282,50 @@ TEST_F(MtmsGrpcTest, RefusalsKeepTheirCodesOverTheWire) {
   ASSERT_TRUE(mtms_->trust.Refresh().ok());
   EXPECT_EQ(SubmitOverGrpc(MakeSubmission({}, revoked, *work, clock_)).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Issue 21, finding 1: over budget, a public RPC is RESOURCE_EXHAUSTED with
+// google.rpc.RetryInfo before the core sees it: no row, no refusal count, no HSM call.
+TEST_F(MtmsGrpcTest, PublicCallsOverBudgetAreResourceExhaustedAndWriteNothing) {
+  auto limited = StartMtms(
+      "limited", {.per_source = {.per_second = 1, .burst = 5},
+                  .per_subject = {.per_second = 0.5, .burst = 2},
+                  .clock = [this] { return absl::FromUnixMillis(clock_.NowUnixMs()); }});
+  ASSERT_TRUE(limited->server);
+  ASSERT_TRUE(Provision().ok());  // an admin RPC: not budgeted
+  auto work = FetchWorkCertificate(limited.get());  // the address's 1st token
+  ASSERT_TRUE(work.ok()) << work.status();
+
+  // Two packages for one SN pass (burst 2); the third is refused before intake.
+  for (int i = 0; i < 2; ++i) {
+    grpc::Status s =
+        SubmitOverGrpc(MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, clock_), limited.get());
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  grpc::Status refused =
+      SubmitOverGrpc(MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, clock_), limited.get());
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("too many calls for this sn; retry in 2000 ms"));
+  EXPECT_EQ(rpc::RetryDelayFromDetails(refused), absl::Seconds(2));
+  auto queue = ListQueue(v1::SUBMISSION_STATE_UNSPECIFIED);
+  ASSERT_TRUE(queue.ok()) << queue.status();
+  EXPECT_EQ(queue->received(), 2u);
+  EXPECT_EQ(*limited->core.FlushRefusalCounts(), 0);  // not even counted as a refusal
+
+  // The address has spent 1 + 3 of its 5: one more call of any kind, then every public RPC
+  // is refused, whatever the SN.
+  ASSERT_TRUE(FetchWorkCertificate(limited.get()).ok());
+  absl::StatusOr<WorkCertificateBundle> over = FetchWorkCertificate(limited.get());
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.status().message(), HasSubstr("too many calls from this address"));
+  grpc::Status other =
+      SubmitOverGrpc(MakeSubmission({.sn = "SN-OTHER"}, *operator_, *work, clock_), limited.get());
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(limited->service.rate_limited(), 3u);
+
+  // A second later the address has a token again.
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_TRUE(FetchWorkCertificate(limited.get()).ok());
 }
 
 TEST_F(MtmsGrpcTest, AdminRpcsRefuseAnonymousAndServiceCallers) {

@@ -14,6 +14,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
+#include <tuple>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -749,7 +751,7 @@ TYPED_TEST_P(MtmsSuite, AuditRecordsEventsWithoutKeyMaterial) {
   for (const AuditRecord& a : *audit) actions.insert(a.action);
   EXPECT_TRUE(actions.count("work_key.provision"));
   EXPECT_TRUE(actions.count("package.receive"));
-  EXPECT_TRUE(actions.count("package.refuse"));
+  EXPECT_FALSE(actions.count("package.refuse"));  // counted instead (next test)
   EXPECT_TRUE(actions.count("package.forward"));
   const std::string ctk_pu_hex = ToHex(this->Row(receipt->submission_id).ctk_pu);
   const std::string ctk_pk_hex = ToHex(*this->kms_.Get("SN-AUDIT"));
@@ -757,6 +759,58 @@ TYPED_TEST_P(MtmsSuite, AuditRecordsEventsWithoutKeyMaterial) {
     EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pu_hex.substr(0, 16))));
     EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pk_hex.substr(0, 16))));
   }
+}
+
+// Issue 21, finding 2: refusals are counted per minute, SN, source, action and code, not
+// audited one by one. The SN is the package's only once the operator's signature verified:
+// anyone can name any SN in an unsigned package, and must not make rows by doing so.
+TYPED_TEST_P(MtmsSuite, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention) {
+  auto& repository = this->backend_->Replica(0);
+  const size_t audit_before = repository.ListAudit(1000)->size();
+  // Signed by alice, but naming bob: refused before the signature counts (PERMISSION_DENIED).
+  for (int i = 0; i < 3; ++i) {
+    SubmitRequest req = MakeSubmission({.sn = absl::StrCat("SN-FORGED-", i), .operator_id = "bob"},
+                                       *this->alice_, this->work_, this->clock_);
+    EXPECT_EQ(this->core_->SubmitTransportKey(req, "", "10.1.1.1").status().code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+  // A verified package replayed: refused after the signature, under its SN.
+  SubmitRequest valid = MakeSubmission({.sn = "SN-REPLAY"}, *this->alice_, this->work_,
+                                       this->clock_);
+  ASSERT_TRUE(this->core_->SubmitTransportKey(valid, "", "10.1.1.2").ok());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(this->core_->SubmitTransportKey(valid, "", "10.1.1.2").status().code(),
+              absl::StatusCode::kAlreadyExists);
+  }
+  // Garbage: no SN, no source (an in-process caller).
+  EXPECT_EQ(this->core_->SubmitTransportKey(SubmitRequest{.package = "x"}, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The audit holds the one intake and no refusal.
+  EXPECT_EQ(repository.ListAudit(1000)->size(), audit_before + 1);
+
+  absl::StatusOr<int64_t> flushed = this->core_->FlushRefusalCounts();
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(*flushed, 6);
+  absl::StatusOr<std::vector<audit::RefusalCount>> rows = repository.ListRefusalCounts();
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  using Key = std::tuple<std::string, std::string, std::string, std::string>;
+  std::map<Key, int64_t> counts;
+  for (const audit::RefusalCount& r : *rows) {
+    EXPECT_EQ(r.interval_start_ms % 60'000, 0);
+    counts[{r.sn, r.source, r.action, r.reason}] = r.count;
+  }
+  EXPECT_EQ(counts,
+            (std::map<Key, int64_t>{
+                {{"*", "10.1.1.1", kActionPackageRefuse, "PERMISSION_DENIED"}, 3},
+                {{"SN-REPLAY", "10.1.1.2", kActionPackageRefuse, "ALREADY_EXISTS"}, 2},
+                {{"*", "*", kActionPackageRefuse, "INVALID_ARGUMENT"}, 1}}));
+
+  // Kept for refusals.retention (24 h by default), then purged.
+  this->clock_.Advance(absl::Hours(23));
+  EXPECT_EQ(*this->core_->PurgeRefusalCounts(), 0);
+  this->clock_.Advance(absl::Hours(1) + absl::Minutes(1));
+  EXPECT_EQ(*this->core_->PurgeRefusalCounts(), 3);
+  EXPECT_TRUE(repository.ListRefusalCounts()->empty());
 }
 
 // ---------------------------------------------------------------- forwarder workers
@@ -1146,7 +1200,8 @@ REGISTER_TYPED_TEST_SUITE_P(
     TamperedStoredPackageIsRejectedBeforeTheHsmSeesIt, HsmDownIsRetriedAndPkMakNotConfiguredWaits,
     TwoReplicasForwardEachRowExactlyOnce, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish,
     RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms, QueueListsPagesAndCounts,
-    AuditRecordsEventsWithoutKeyMaterial, BatchIsForwardedByWorkersInParallel,
+    AuditRecordsEventsWithoutKeyMaterial, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention,
+    BatchIsForwardedByWorkersInParallel,
     TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome,
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <set>
 #include <string>
@@ -294,6 +295,9 @@ class InMemoryRepository final : public MtmsRepository {
                                         int64_t next_attempt_at_ms) override;
   absl::Status AppendAudit(const AuditEntry& audit) override;
   absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) override;
+  absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) override;
+  absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() override;
+  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
 
   // Test hook: replace the stored package bytes (a tampered database).
   void OverwritePackage(const std::string& submission_id, const Bytes& package);
@@ -314,6 +318,9 @@ class InMemoryRepository final : public MtmsRepository {
   std::map<std::string, Row> rows_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<std::string, Bytes>> nonces_ ABSL_GUARDED_BY(mu_);
   std::vector<AuditRecord> audit_ ABSL_GUARDED_BY(mu_);
+  std::map<std::tuple<int64_t, std::string, std::string, std::string, std::string>,
+           audit::RefusalCount>
+      refusal_counts_ ABSL_GUARDED_BY(mu_);
 };
 
 // Builds what an operator terminal sends (PROTOCOL §3–§4).

@@ -57,7 +57,8 @@ class RefusalTally {
   explicit RefusalTally(size_t max_keys_per_interval = kDefaultMaxKeysPerInterval)
       : max_keys_(max_keys_per_interval) {}
 
-  // Counts one refusal. An empty or over-long `sn` or `source` is counted as kAny.
+  // Counts one refusal. `sn` is a valid SN (protocol::ValidateSn) or empty; an empty `sn`
+  // or an empty or over-long `source` is counted as kAny.
   void Count(int64_t now_ms, std::string_view sn, std::string_view source,
              std::string_view action, const absl::Status& refusal);
 

@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "rkl/common/config.h"
 #include "rkl/common/rate_limiter.h"
 
 namespace rkl::rpc {
@@ -60,5 +61,11 @@ class PublicCallGate {
   KeyedRateLimiter by_subject_;
   std::atomic<uint64_t> refused_{0};
 };
+
+// The budgets as configuration: limits.per_source.{per_minute,burst} and
+// limits.per_sn.{per_minute,burst}, with the same defaults in every daemon (6,000 per minute,
+// burst 200 per address; 60 per minute, burst 20 per SN). `calls` names the RPCs in --help.
+void DeclarePublicCallLimitsConfig(ConfigSchema& schema, std::string_view calls);
+PublicCallLimits PublicCallLimitsFromConfig(const Config& config);
 
 }  // namespace rkl::rpc
