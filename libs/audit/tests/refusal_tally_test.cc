@@ -8,9 +8,9 @@
 namespace rkl::audit {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::Field;
 using ::testing::UnorderedElementsAre;
-using ::testing::AllOf;
 
 constexpr int64_t kMinute = RefusalTally::kIntervalMs;
 constexpr int64_t kT0 = 1'700'000'000'000 - 1'700'000'000'000 % kMinute;
@@ -41,11 +41,11 @@ TEST(RefusalTallyTest, CountsPerMinuteSnSourceActionAndReason) {
                  Field(&RefusalCount::source, source), Field(&RefusalCount::reason, reason),
                  Field(&RefusalCount::count, count));
   };
-  EXPECT_THAT(rows, UnorderedElementsAre(row(kT0, "POS-1", "10.0.0.1", "NOT_FOUND", 2),
-                                         row(kT0, "POS-1", "10.0.0.2", "NOT_FOUND", 1),
-                                         row(kT0 + kMinute, "POS-1", "10.0.0.1",
-                                             "INVALID_ARGUMENT", 1),
-                                         row(kT0, "*", "*", "NOT_FOUND", 1)));
+  EXPECT_THAT(rows,
+              UnorderedElementsAre(row(kT0, "POS-1", "10.0.0.1", "NOT_FOUND", 2),
+                                   row(kT0, "POS-1", "10.0.0.2", "NOT_FOUND", 1),
+                                   row(kT0 + kMinute, "POS-1", "10.0.0.1", "INVALID_ARGUMENT", 1),
+                                   row(kT0, "*", "*", "NOT_FOUND", 1)));
   EXPECT_TRUE(FlushAll(tally).empty());  // taken once
 }
 

@@ -20,8 +20,8 @@ absl::Status PublicCallGate::Admit(std::string_view source, std::string_view sub
   } else if (subject.empty()) {
     return absl::OkStatus();
   } else if (absl::Duration wait = by_subject_.Acquire(subject); wait > absl::ZeroDuration()) {
-    refusal = RateLimitedError(absl::StrCat("rate limit: too many calls for this ", subject_name_),
-                               wait);
+    refusal =
+        RateLimitedError(absl::StrCat("rate limit: too many calls for this ", subject_name_), wait);
   } else {
     return absl::OkStatus();
   }
@@ -36,14 +36,18 @@ absl::Status PublicCallGate::Admit(std::string_view source, std::string_view sub
 void DeclarePublicCallLimitsConfig(ConfigSchema& schema, std::string_view calls) {
   const std::string what(calls);
   schema
-      .Int("limits.per_source.per_minute",
-           absl::StrCat(what, " per minute one source IP address may make on average (0: no limit)"))
+      .Int(
+          "limits.per_source.per_minute",
+          absl::StrCat(what, " per minute one source IP address may make on average (0: no limit)"))
       .Default("6000")
       .Range(0, 60'000'000);
-  schema.Int("limits.per_source.burst", absl::StrCat(what, " one source IP address may make at once"))
+  schema
+      .Int("limits.per_source.burst", absl::StrCat(what, " one source IP address may make at once"))
       .Default("200")
       .Range(1, 1'000'000);
-  schema.Int("limits.per_sn.per_minute", absl::StrCat(what, " per minute for one SN on average (0: no limit)"))
+  schema
+      .Int("limits.per_sn.per_minute",
+           absl::StrCat(what, " per minute for one SN on average (0: no limit)"))
       .Default("60")
       .Range(0, 60'000'000);
   schema.Int("limits.per_sn.burst", absl::StrCat(what, " for one SN at once"))
@@ -54,8 +58,7 @@ void DeclarePublicCallLimitsConfig(ConfigSchema& schema, std::string_view calls)
 PublicCallLimits PublicCallLimitsFromConfig(const Config& config) {
   auto limit = [&](const char* prefix) {
     return RateLimit{
-        .per_second =
-            static_cast<double>(config.GetInt(absl::StrCat(prefix, ".per_minute"))) / 60,
+        .per_second = static_cast<double>(config.GetInt(absl::StrCat(prefix, ".per_minute"))) / 60,
         .burst = static_cast<double>(config.GetInt(absl::StrCat(prefix, ".burst")))};
   };
   PublicCallLimits limits;

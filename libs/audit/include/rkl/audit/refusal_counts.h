@@ -59,8 +59,8 @@ class RefusalTally {
 
   // Counts one refusal. `sn` is a valid SN (protocol::ValidateSn) or empty; an empty `sn`
   // or an empty or over-long `source` is counted as kAny.
-  void Count(int64_t now_ms, std::string_view sn, std::string_view source,
-             std::string_view action, const absl::Status& refusal);
+  void Count(int64_t now_ms, std::string_view sn, std::string_view source, std::string_view action,
+             const absl::Status& refusal);
 
   using Writer = std::function<absl::Status(const std::vector<RefusalCount>&)>;
   // Writes the counts taken since the last flush (nothing when there are none) and returns
