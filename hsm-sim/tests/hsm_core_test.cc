@@ -471,8 +471,7 @@ TEST_F(HsmCoreTest, RefusalAuditsKeepABoundedMarkedFormOfAnInvalidSn) {
   // Valid SNs are kept as they are.
   EXPECT_EQ(AuditSn("SN-1"), "SN-1");
   EXPECT_EQ(AuditSn(""), "");
-  EXPECT_EQ(AuditSn(std::string(33, 'A')),
-            "invalid:41414141414141414141414141414141...(33 bytes)");
+  EXPECT_EQ(AuditSn(std::string(33, 'A')), "invalid:41414141414141414141414141414141...(33 bytes)");
 }
 
 TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {

@@ -301,9 +301,8 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
     const std::vector<std::string>* methods;
   };
   for (const Role& role : {Role{hsm1_, kMtms, &mtms_role}, Role{hsm_, kKms, &kms_role}}) {
-    for (const std::string& caller :
-         {std::string(kMtms), std::string(kKms), std::string(kAlice), std::string(kCarol),
-          std::string("ca")}) {
+    for (const std::string& caller : {std::string(kMtms), std::string(kKms), std::string(kAlice),
+                                      std::string(kCarol), std::string("ca")}) {
       auto stub = role.hsm->Stub(caller);
       for (const std::string& method : std::set<std::string>(all.begin(), all.end())) {
         SCOPED_TRACE(role.service + " HSM, " + caller + " calls " + method);
@@ -449,9 +448,10 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
     pqxx::connection conn(hsm_->dsn());
     pqxx::work tx(conn);
     return tx
-        .exec1("SELECT count(*) FROM hsm_audit WHERE actor IN ('admin:alice', 'admin:bob')"
-               " AND action IN ('BeginCeremony', 'AddComponent', 'CompleteCeremony')"
-               " AND result = 'PERMISSION_DENIED'")[0]
+        .exec1(
+            "SELECT count(*) FROM hsm_audit WHERE actor IN ('admin:alice', 'admin:bob')"
+            " AND action IN ('BeginCeremony', 'AddComponent', 'CompleteCeremony')"
+            " AND result = 'PERMISSION_DENIED'")[0]
         .as<int>();
   };
   const int refusals_before = admin_refusals();

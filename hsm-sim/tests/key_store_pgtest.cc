@@ -557,8 +557,9 @@ int64_t BackendsWaitingForALock(const std::string& dsn) {
   pqxx::connection conn(dsn);
   pqxx::nontransaction tx(conn);
   return tx
-      .exec1("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-             "AND wait_event_type = 'Lock'")[0]
+      .exec1(
+          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+          "AND wait_event_type = 'Lock'")[0]
       .as<int64_t>();
 }
 

@@ -1,11 +1,10 @@
 #include "files.h"
 
-#include <atomic>
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>

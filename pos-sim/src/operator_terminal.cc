@@ -76,8 +76,7 @@ absl::StatusOr<SubmissionReceipt> OperatorTerminal::Submit(const TransportKeyOff
                                   card_->certificate_pem());
 }
 
-absl::StatusOr<SubmissionView> OperatorTerminal::QuerySubmission(
-    const std::string& submission_id) {
+absl::StatusOr<SubmissionView> OperatorTerminal::QuerySubmission(const std::string& submission_id) {
   if (card_ == nullptr) {
     return absl::FailedPreconditionError(
         "operator_card: an operator card is needed to sign the query");

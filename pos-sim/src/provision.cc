@@ -83,7 +83,8 @@ bool IsTransientFailure(const absl::Status& status) {
   // RESOURCE_EXHAUSTED with a retry hint: over a service's rate limit (waited out below).
   return status.code() == absl::StatusCode::kUnavailable ||
          status.code() == absl::StatusCode::kDeadlineExceeded ||
-         status.code() == absl::StatusCode::kAborted || status.code() == absl::StatusCode::kUnknown ||
+         status.code() == absl::StatusCode::kAborted ||
+         status.code() == absl::StatusCode::kUnknown ||
          (status.code() == absl::StatusCode::kResourceExhausted && RetryDelay(status));
 }
 

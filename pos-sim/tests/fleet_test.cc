@@ -1,6 +1,4 @@
 #include "fleet.h"
-#include "provision.h"
-#include "rkl/common/retry_delay.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -11,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "provision.h"
+#include "rkl/common/retry_delay.h"
 
 namespace rkl::pos {
 namespace {

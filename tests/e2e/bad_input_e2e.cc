@@ -163,9 +163,7 @@ struct ServiceUnderTest {
   std::string endpoint;   // service name: ca, hsm-mtms, hsm-kms, mtms, kms
   std::function<Who(const std::string& method)> who;
   // Whether anyone may call the method here (an HSM serves only its role's commands).
-  std::function<bool(const std::string& method)> served = [](const std::string&) {
-    return true;
-  };
+  std::function<bool(const std::string& method)> served = [](const std::string&) { return true; };
 };
 
 // Each HSM role's commands, for its own service; the custodian and admin commands are the

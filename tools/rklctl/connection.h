@@ -2,9 +2,9 @@
 // Connection flags shared by every rklctl area: where the service is and which TLS files to
 // use. Admin commands present an admin:* client certificate (mTLS).
 
-#include <CLI/CLI.hpp>
 #include <grpcpp/channel.h>
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 
@@ -13,9 +13,9 @@
 namespace rkl::rklctl {
 
 struct Endpoint {
-  std::string target;     // host:port or dns:///name:port
-  std::string tls_ca;     // CA bundle that the server certificate must chain to
-  std::string tls_cert;   // client certificate (admin); empty for server-auth only
+  std::string target;    // host:port or dns:///name:port
+  std::string tls_ca;    // CA bundle that the server certificate must chain to
+  std::string tls_cert;  // client certificate (admin); empty for server-auth only
   std::string tls_key;
   std::string authority;  // expected server name when it differs from the target host
 };

@@ -1,13 +1,14 @@
 // `rklctl health`: readiness probe over the standard gRPC health service, for the demo,
 // the end-to-end tests and compose health checks. Exit 0 when SERVING.
 
+#include "rkl/rpc/health.h"
+
 #include <chrono>
 #include <iostream>
 #include <thread>
 
 #include "commands.h"
 #include "connection.h"
-#include "rkl/rpc/health.h"
 
 namespace rkl::rklctl {
 

@@ -32,7 +32,7 @@ absl::StatusOr<Bytes> FromHex(std::string_view hex, std::string_view field) {
     int hi = Nibble(hex[2 * i]), lo = Nibble(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) {
       return absl::InvalidArgumentError(std::string(field) + ": not a hex digit at offset " +
-                                                     std::to_string(hi < 0 ? 2 * i : 2 * i + 1));
+                                        std::to_string(hi < 0 ? 2 * i : 2 * i + 1));
     }
     out[i] = static_cast<uint8_t>(hi << 4 | lo);
   }

@@ -4,8 +4,6 @@
 
 namespace rkl {
 
-void InitDaemonProcess() {
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-}
+void InitDaemonProcess() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
 
 }  // namespace rkl

@@ -36,9 +36,9 @@ std::optional<absl::Duration> RetryDelay(const absl::Status& status) {
 
 absl::Status RateLimitedError(std::string_view what, absl::Duration delay) {
   const int64_t ms = CeilMillis(delay);
-  return WithRetryDelay(
-      absl::ResourceExhaustedError(absl::StrCat(absl::string_view(what.data(), what.size()), "; retry in ", ms, " ms")),
-      absl::Milliseconds(ms));
+  return WithRetryDelay(absl::ResourceExhaustedError(absl::StrCat(
+                            absl::string_view(what.data(), what.size()), "; retry in ", ms, " ms")),
+                        absl::Milliseconds(ms));
 }
 
 }  // namespace rkl

@@ -229,23 +229,22 @@ TEST_F(ConnectionPoolTest, SessionSettingsAreMadeOnEveryNewConnection) {
 
 // Issue 21, finding 6: a service's statements cannot outlive its callers' deadlines.
 TEST_F(ConnectionPoolTest, StatementAndLockTimeoutsEndAStatementThatWouldOutliveItsCaller) {
-  StatementTimeouts timeouts{.statement = absl::Milliseconds(300),
-                             .lock = absl::Milliseconds(100)};
-  EXPECT_THAT(StatementTimeoutSettings(timeouts),
-              ::testing::ElementsAre(std::pair<std::string, std::string>("statement_timeout",
-                                                                         "300ms"),
-                                     std::pair<std::string, std::string>("lock_timeout",
-                                                                         "100ms")));
-  EXPECT_TRUE(StatementTimeoutSettings({.statement = absl::ZeroDuration(),
-                                        .lock = absl::ZeroDuration()})
-                  .empty());
-  ConnectionPool pool(PoolOptions{
-      .dsn = dsn(), .max_size = 1, .settings = StatementTimeoutSettings(timeouts)});
+  StatementTimeouts timeouts{.statement = absl::Milliseconds(300), .lock = absl::Milliseconds(100)};
+  EXPECT_THAT(
+      StatementTimeoutSettings(timeouts),
+      ::testing::ElementsAre(std::pair<std::string, std::string>("statement_timeout", "300ms"),
+                             std::pair<std::string, std::string>("lock_timeout", "100ms")));
+  EXPECT_TRUE(
+      StatementTimeoutSettings({.statement = absl::ZeroDuration(), .lock = absl::ZeroDuration()})
+          .empty());
+  ConnectionPool pool(
+      PoolOptions{.dsn = dsn(), .max_size = 1, .settings = StatementTimeoutSettings(timeouts)});
   // A statement that would run for a minute is cancelled: DEADLINE_EXCEEDED.
-  absl::StatusOr<int> slept = RunAutocommitRead(pool, [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
-    tx.exec("SELECT pg_sleep(60)");
-    return 1;
-  });
+  absl::StatusOr<int> slept =
+      RunAutocommitRead(pool, [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
+        tx.exec("SELECT pg_sleep(60)");
+        return 1;
+      });
   EXPECT_EQ(slept.status().code(), absl::StatusCode::kDeadlineExceeded) << slept.status();
   EXPECT_THAT(slept.status().message(), HasSubstr("57014"));
 

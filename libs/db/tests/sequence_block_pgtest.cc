@@ -1,5 +1,3 @@
-#include "rkl/db/sequence_block.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +7,7 @@
 
 #include "pg_fixture.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/sequence_block.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::db {

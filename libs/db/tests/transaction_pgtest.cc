@@ -270,10 +270,11 @@ TEST_F(TransactionTest, AutocommitWriteCommitsOneStatementAndReturnsItsValue) {
       *pool_,
       [](OneStatement& stmt) -> absl::StatusOr<int64_t> {
         return stmt
-            .Exec1("WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id), "
-                   "n AS (INSERT INTO item_notes SELECT id, $4 FROM i) "
-                   "SELECT id * 2 FROM i",
-                   21, "one", 5, "note")[0]
+            .Exec1(
+                "WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id), "
+                "n AS (INSERT INTO item_notes SELECT id, $4 FROM i) "
+                "SELECT id * 2 FROM i",
+                21, "one", 5, "note")[0]
             .as<int64_t>();
       },
       {.stats = &stats});
@@ -292,9 +293,10 @@ TEST_F(TransactionTest, AutocommitWriteThatFailsLeavesNothingAndIsNotRetried) {
   absl::Status s = RunAutocommitWrite(
       *pool_,
       [](OneStatement& stmt) {
-        stmt.Exec("WITH c AS (UPDATE counter SET value = value + 1 WHERE id = 1 RETURNING id) "
-                  "INSERT INTO items SELECT 2, $1, 1 FROM c",
-                  "taken");
+        stmt.Exec(
+            "WITH c AS (UPDATE counter SET value = value + 1 WHERE id = 1 RETURNING id) "
+            "INSERT INTO items SELECT 2, $1, 1 FROM c",
+            "taken");
         return absl::OkStatus();
       },
       {.stats = &stats});
@@ -320,18 +322,19 @@ TEST_F(TransactionTest, AutocommitWriteRefusesASecondStatement) {
 TEST_F(TransactionTest, AutocommitWriteWhoseConnectionIsLostIsUnknownAndNotRetried) {
   TransactionStats stats;
   std::atomic<int> runs{0};
-  absl::Status s = RunAutocommitWrite(
-      *pool_,
-      [&](OneStatement& stmt) {
-        ++runs;
-        // The backend ends itself mid-statement: the caller cannot tell whether the
-        // statement committed, so it must not run it again.
-        stmt.Exec("WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id) "
-                  "SELECT pg_terminate_backend(pg_backend_pid()) FROM i",
-                  1, "lost", 1);
-        return absl::OkStatus();
-      },
-      {.stats = &stats});
+  absl::Status s =
+      RunAutocommitWrite(*pool_,
+                         [&](OneStatement& stmt) {
+                           ++runs;
+                           // The backend ends itself mid-statement: the caller cannot tell whether
+                           // the statement committed, so it must not run it again.
+                           stmt.Exec(
+                               "WITH i AS (INSERT INTO items VALUES ($1, $2, $3) RETURNING id) "
+                               "SELECT pg_terminate_backend(pg_backend_pid()) FROM i",
+                               1, "lost", 1);
+                           return absl::OkStatus();
+                         },
+                         {.stats = &stats});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
   EXPECT_THAT(s.message(), HasSubstr("may have committed"));
   EXPECT_EQ(stats.attempts, 1);
@@ -351,20 +354,19 @@ TEST_F(TransactionTest, AutocommitWriteAfterTheServerDroppedAnIdleConnectionRuns
   {
     absl::StatusOr<ConnectionPool::Lease> lease = pool_->Borrow();
     ASSERT_TRUE(lease.ok()) << lease.status();
-    old_pid = pqxx::nontransaction(lease->connection())
-                  .exec1("SELECT pg_backend_pid()")[0]
-                  .as<int>();
+    old_pid =
+        pqxx::nontransaction(lease->connection()).exec1("SELECT pg_backend_pid()")[0].as<int>();
   }
   ASSERT_EQ(pool_->idle_connections(), 1);
   Sql("SELECT pg_terminate_backend(" + std::to_string(old_pid) + ", 5000)");
   TransactionStats stats;
-  absl::Status s = RunAutocommitWrite(
-      *pool_,
-      [](OneStatement& stmt) {
-        stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 1, "after-restart", 1);
-        return absl::OkStatus();
-      },
-      {.stats = &stats});
+  absl::Status s = RunAutocommitWrite(*pool_,
+                                      [](OneStatement& stmt) {
+                                        stmt.Exec("INSERT INTO items VALUES ($1, $2, $3)", 1,
+                                                  "after-restart", 1);
+                                        return absl::OkStatus();
+                                      },
+                                      {.stats = &stats});
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(stats.attempts, 1);
   EXPECT_EQ(Count("items"), 1);

@@ -33,8 +33,8 @@ absl::Status CheckPair(const AuthKeys& keys, std::span<const uint8_t> rnd1,
   return CheckNonce(keys.algorithm, rnd2, "rnd2");
 }
 
-Bytes ProofMessage(std::string_view sn, std::span<const uint8_t> kcv,
-                   std::span<const uint8_t> rnd1, std::span<const uint8_t> rnd2) {
+Bytes ProofMessage(std::string_view sn, std::span<const uint8_t> kcv, std::span<const uint8_t> rnd1,
+                   std::span<const uint8_t> rnd2) {
   // Sized once, then filled (appending with insert() draws a false -Warray-bounds from g++ 12).
   Bytes m(kInstalledLabel.size() + sn.size() + kcv.size() + rnd1.size() + rnd2.size());
   auto out = std::copy(kInstalledLabel.begin(), kInstalledLabel.end(), m.begin());
@@ -63,10 +63,9 @@ absl::Status CheckNonce(crypto::KeyAlgorithm algorithm, std::span<const uint8_t>
                         std::string_view field) {
   size_t b = crypto::BlockSize(algorithm);
   if (rnd.size() != b) {
-    return absl::InvalidArgumentError(std::string(field) + ": must be " + std::to_string(b) +
-                                      " bytes for a " +
-                                      std::string(crypto::KeyAlgorithmName(algorithm)) +
-                                      " terminal");
+    return absl::InvalidArgumentError(
+        std::string(field) + ": must be " + std::to_string(b) + " bytes for a " +
+        std::string(crypto::KeyAlgorithmName(algorithm)) + " terminal");
   }
   return absl::OkStatus();
 }
@@ -127,8 +126,8 @@ absl::Status VerifyInstallProof(const AuthKeys& keys, std::string_view sn,
                                 std::span<const uint8_t> rnd2, std::span<const uint8_t> proof) {
   if (tmk_kcv.size() != 3) return absl::InvalidArgumentError("tmk_kcv: must be 3 bytes");
   RKL_RETURN_IF_ERROR(CheckPair(keys, rnd1, rnd2));
-  if (!crypto::CmacVerify(FamilyOf(keys.algorithm), keys.p2k,
-                          ProofMessage(sn, tmk_kcv, rnd1, rnd2), proof)) {
+  if (!crypto::CmacVerify(FamilyOf(keys.algorithm), keys.p2k, ProofMessage(sn, tmk_kcv, rnd1, rnd2),
+                          proof)) {
     return absl::UnauthenticatedError("install proof does not verify");
   }
   return absl::OkStatus();

@@ -34,8 +34,8 @@ Bytes OaepLabel(std::string_view sn) {
 absl::StatusOr<SecretBytes> EncodeTkPayload(const TransportKey& tk) {
   size_t n = crypto::KeyLength(tk.algorithm);
   if (tk.tek.size() != n || tk.auk.size() != n) {
-    return absl::InvalidArgumentError("transport key: TEK and AUK must be " +
-                                      std::to_string(n) + " bytes for " +
+    return absl::InvalidArgumentError("transport key: TEK and AUK must be " + std::to_string(n) +
+                                      " bytes for " +
                                       std::string(crypto::KeyAlgorithmName(tk.algorithm)));
   }
   SecretBytes p(2 + 2 * n);
@@ -81,9 +81,7 @@ Bytes EncodeCtkPkHeader(const CtkPkHeader& h) {
 }
 
 absl::StatusOr<ParsedCtkPk> ParseCtkPk(std::span<const uint8_t> in) {
-  auto bad = [](const std::string& what) {
-    return absl::InvalidArgumentError("ctk_pk: " + what);
-  };
+  auto bad = [](const std::string& what) { return absl::InvalidArgumentError("ctk_pk: " + what); };
   if (in.size() > kMaxCtkPkSize) return bad("longer than any valid Ctk_pk");
   if (in.size() < 6 || !std::equal(kCtkPkMagic.begin(), kCtkPkMagic.end(), in.begin())) {
     return bad("does not start with RKL1");
@@ -109,7 +107,8 @@ absl::StatusOr<ParsedCtkPk> ParseCtkPk(std::span<const uint8_t> in) {
   pos += 3;
   size_t w_len = GetBigEndian(in.subspan(pos, 2));
   pos += 2;
-  if (w_len < 16 || w_len % 8 != 0) return bad("wrapped key length must be a multiple of 8, at least 16");
+  if (w_len < 16 || w_len % 8 != 0)
+    return bad("wrapped key length must be a multiple of 8, at least 16");
   if (in.size() != pos + w_len + kCtkPkMacSize) return bad("length does not match its fields");
   out.wrapped.assign(in.begin() + pos, in.begin() + pos + w_len);
   out.authenticated.assign(in.begin(), in.begin() + pos + w_len);

@@ -14,9 +14,9 @@ TEST(Sn, AcceptsTheAlphabetUpTo32) {
 }
 
 TEST(Sn, RejectsEverythingElseAsInvalidArgument) {
-  for (std::string bad : {std::string(), std::string(33, 'A'), std::string("pos-1"),
-                          std::string("POS_1"), std::string("POS 1"), std::string("POS\n"),
-                          std::string("P\0S", 3), std::string("ÄBC")}) {
+  for (std::string bad :
+       {std::string(), std::string(33, 'A'), std::string("pos-1"), std::string("POS_1"),
+        std::string("POS 1"), std::string("POS\n"), std::string("P\0S", 3), std::string("ÄBC")}) {
     absl::Status s = ValidateSn(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_EQ(s.message().substr(0, 3), "sn:");

@@ -109,9 +109,7 @@ TEST(TkPayload, EncodeRejectsWrongKeyLength) {
   EXPECT_EQ(EncodeTkPayload(tk).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(OaepLabel, IsPrefixAndSn) {
-  EXPECT_EQ(AsString(OaepLabel("ABC-1")), "RKL-TK:ABC-1");
-}
+TEST(OaepLabel, IsPrefixAndSn) { EXPECT_EQ(AsString(OaepLabel("ABC-1")), "RKL-TK:ABC-1"); }
 
 class CtkPkNegative : public ::testing::Test {
  protected:

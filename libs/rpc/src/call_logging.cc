@@ -77,10 +77,10 @@ class CallLoggingInterceptor final : public grpc::experimental::Interceptor {
     const std::string& caller = caller_.empty() ? kNoCaller : caller_;
     // NOT_FOUND is an expected answer (a terminal polling until MTMS has forwarded its
     // TK asks many times); a warning per poll would bury the real ones.
-    auto level = status.ok() ? (IsInfrastructure(method_) ? spdlog::level::debug
-                                                          : spdlog::level::info)
+    auto level = status.ok()
+                     ? (IsInfrastructure(method_) ? spdlog::level::debug : spdlog::level::info)
                  : status.error_code() == grpc::StatusCode::NOT_FOUND ? spdlog::level::info
-                                                                       : spdlog::level::warn;
+                                                                      : spdlog::level::warn;
     if (status.ok()) {
       spdlog::log(level, "rpc {} request_id={} caller={} code={} latency_ms={:.3f}", method_,
                   request_id_, caller, code, ms);

@@ -118,8 +118,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   grpc::SslServerCredentialsOptions options(
       mode == ClientCertMode::kRequireAndVerify
           ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-          : mode == ClientCertMode::kOptionalVerified ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
-                                                      : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      : mode == ClientCertMode::kOptionalVerified ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                                  : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   options.pem_root_certs = m.ca_pem;
   options.pem_key_cert_pairs.push_back({m.private_key_pem, m.cert_chain_pem});
   return grpc::SslServerCredentials(options);

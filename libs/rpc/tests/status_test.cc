@@ -1,10 +1,10 @@
 #include "rkl/rpc/status.h"
 
+#include <gtest/gtest.h>
+
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "rkl/common/retry_delay.h"
-
-#include <gtest/gtest.h>
 
 namespace rkl::rpc {
 namespace {

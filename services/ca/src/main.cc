@@ -80,10 +80,10 @@ int main(int argc, char** argv) {
                     .program = kProgram});
   rkl::rpc::InstallShutdownSignalHandlers();
 
-  rkl::db::ConnectionPool pool(
-      {.dsn = config.GetString("db.dsn"),
-       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
-       .settings = rkl::db::StatementTimeoutSettings(rkl::db::StatementTimeoutsFromConfig(config))});
+  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                                .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+                                .settings = rkl::db::StatementTimeoutSettings(
+                                    rkl::db::StatementTimeoutsFromConfig(config))});
   spdlog::info("database {}", pool.redacted_dsn());
   absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},

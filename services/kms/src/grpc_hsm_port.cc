@@ -29,8 +29,8 @@ GrpcHsmPort::GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration 
       timeout_(timeout) {}
 
 absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
-    uint64_t pk_index, uint64_t mak_index, const std::string& sn,
-    std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) {
+    uint64_t pk_index, uint64_t mak_index, const std::string& sn, std::span<const uint8_t> ctk_pk,
+    std::span<const uint8_t> rnd1) {
   rkl::v1::ImportAndChallengeRequest req;
   req.mutable_import()->set_pk_index(pk_index);
   req.mutable_import()->set_mak_index(mak_index);
@@ -53,8 +53,8 @@ absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
 
 absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
     uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
-    std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2,
-    crypto::KeyAlgorithm algorithm, bool replace_existing, uint64_t tek_index) {
+    std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2, crypto::KeyAlgorithm algorithm,
+    bool replace_existing, uint64_t tek_index) {
   rkl::v1::AuthenticateAndDeliverRequest req;
   auto* verify = req.mutable_verify();
   verify->set_auk_index(auk_index);
@@ -71,8 +71,7 @@ absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
   if (!st.ok()) return FromHsm(st, "AuthenticateAndDeliver");
   return AuthenticatedDelivery{
       GeneratedTmk{resp.tmk().tmk_index(), resp.tmk().kcv(), resp.tmk().created()},
-      ExportedKeyBlock{resp.block().key_block(), resp.block().key_kcv(),
-                       resp.block().kek_kcv()}};
+      ExportedKeyBlock{resp.block().key_block(), resp.block().key_kcv(), resp.block().kek_kcv()}};
 }
 
 absl::StatusOr<AuthChallengeResult> GrpcHsmPort::AuthChallenge(uint64_t auk_index,

@@ -18,9 +18,10 @@ class GrpcHsmPort final : public HsmPort {
  public:
   GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
 
-  absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(
-      uint64_t pk_index, uint64_t mak_index, const std::string& sn,
-      std::span<const uint8_t> ctk_pk, std::span<const uint8_t> rnd1) override;
+  absl::StatusOr<ImportedAndChallenged> ImportAndChallenge(uint64_t pk_index, uint64_t mak_index,
+                                                           const std::string& sn,
+                                                           std::span<const uint8_t> ctk_pk,
+                                                           std::span<const uint8_t> rnd1) override;
   absl::StatusOr<AuthenticatedDelivery> AuthenticateAndDeliver(
       uint64_t auk_index, const std::string& sn, std::span<const uint8_t> rnd1,
       std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2, crypto::KeyAlgorithm algorithm,

@@ -30,9 +30,9 @@ struct KmsSettings {
   absl::Duration shutdown_grace;
   absl::Duration session_purge_interval;  // 0: this replica never purges
   absl::Duration refusal_flush_interval;  // > 0
-  rpc::ServiceCaCrlOptions crl;  // client-certificate revocation (docs/pki.md)
-  audit::AuditSettings audit;    // the audit chain (docs/kms.md, Audit)
-  std::string replica_id;        // names this replica's audit anchors
+  rpc::ServiceCaCrlOptions crl;           // client-certificate revocation (docs/pki.md)
+  audit::AuditSettings audit;             // the audit chain (docs/kms.md, Audit)
+  std::string replica_id;                 // names this replica's audit anchors
 };
 
 // Reads a loaded Config (validated by the schema) into typed settings; INVALID_ARGUMENT

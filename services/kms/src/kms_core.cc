@@ -182,8 +182,9 @@ void KmsCore::CountRefusal(const RefusalScope& scope, const std::string& sn,
 }
 
 absl::StatusOr<int64_t> KmsCore::FlushRefusalCounts() {
-  return refusals_.Flush(
-      [&](const std::vector<RefusalCount>& counts) { return repository_.AddRefusalCounts(counts); });
+  return refusals_.Flush([&](const std::vector<RefusalCount>& counts) {
+    return repository_.AddRefusalCounts(counts);
+  });
 }
 
 absl::StatusOr<int64_t> KmsCore::PurgeRefusalCounts() {
@@ -261,10 +262,9 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     t.ctk_pk = ctk;
     t.mtms_submission_id = submission_id;
     t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
-    return repository_.InsertTerminal(
-        t, {Audit(actor, kActionTkReceive, sn,
-                  absl::StrCat("algorithm ", AlgorithmName(algorithm), ", submission ",
-                               submission_id))});
+    return repository_.InsertTerminal(t, {Audit(actor, kActionTkReceive, sn,
+                                                absl::StrCat("algorithm ", AlgorithmName(algorithm),
+                                                             ", submission ", submission_id))});
   };
 
   // The common case first, without reading: most SNs arrive once.
@@ -351,8 +351,8 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
 
 AuditEntry KmsCore::BeginAudit(const AuthSession& session, const std::string& auk_kcv) {
   return Audit(TerminalActor(session.sn), kActionAuthBegin, session.sn,
-               absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ",
-                            session.auk_index, " auk_kcv ", auk_kcv));
+               absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ", session.auk_index,
+                            " auk_kcv ", auk_kcv));
 }
 
 absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
@@ -362,8 +362,8 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
   if (terminal.auk_index) return terminal;
   const std::string& sn = terminal.sn;
   // One HSM command: import TEK/AUK and answer the terminal's challenge with the new AUK.
-  absl::StatusOr<ImportedAndChallenged> both = hsm_.ImportAndChallenge(
-      options_.pk_index, options_.mak_index, sn, terminal.ctk_pk, rnd1);
+  absl::StatusOr<ImportedAndChallenged> both =
+      hsm_.ImportAndChallenge(options_.pk_index, options_.mak_index, sn, terminal.ctk_pk, rnd1);
   absl::StatusOr<ImportedTransportKey> imported =
       both.ok() ? absl::StatusOr<ImportedTransportKey>(both->imported)
                 : absl::StatusOr<ImportedTransportKey>(both.status());
@@ -416,8 +416,8 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
   };
   absl::StatusOr<TerminalRecord> after = Mutate(sn, decide, &terminal);
   // 128 random bits collide only with a broken RNG: a new id, twice at most.
-  for (int retry = 0; retry < 2 && with_session &&
-                      after.status().code() == absl::StatusCode::kAlreadyExists;
+  for (int retry = 0;
+       retry < 2 && with_session && after.status().code() == absl::StatusCode::kAlreadyExists;
        ++retry) {
     after = Mutate(sn, decide, &terminal);
   }
@@ -467,9 +467,8 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
   // A first Begin imports the TK and opens the session in one write (`opened`).
   std::optional<AuthChallengeResult> fresh_challenge;
   bool opened = false;
-  RKL_ASSIGN_OR_RETURN(
-      TerminalRecord t,
-      EnsureImported(*std::move(terminal), rnd1, fresh_challenge, &session, &opened));
+  RKL_ASSIGN_OR_RETURN(TerminalRecord t, EnsureImported(*std::move(terminal), rnd1, fresh_challenge,
+                                                        &session, &opened));
   if (opened) {
     return BeginResult{session.id, fresh_challenge->crnd1, fresh_challenge->rnd2,
                        session.expires_at_ms};
@@ -539,7 +538,8 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
   // The common case in one statement: the claim and both reads.
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
                        repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
-  if (claimed) return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
+  if (claimed)
+    return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
   // Not claimed: read both to tell the terminal why (counted by LoadSession). If nothing is
   // wrong now (the session moved back meanwhile), the caller claims it as before.
   RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
@@ -586,9 +586,9 @@ absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
   }
   if (a.failures >= policy.lock_after) {
     // The attempt that reached the threshold locks the SN when HSM #2 has judged it.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "sn: no authentication attempts left after ", a.failures,
-        " consecutive failures; an administrator must unlock the terminal"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sn: no authentication attempts left after ", a.failures,
+                     " consecutive failures; an administrator must unlock the terminal"));
   }
   if (a.retry_after_ms <= now) {
     // Neither backing off nor out of attempts: locked or revoked since it was read.
@@ -620,12 +620,12 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
         Change c{cur};
         c.audit.push_back(
             Audit(TerminalActor(sn), action, sn,
-                  absl::StrCat(detail, ", consecutive failures ", cur.consecutive_failures,
-                               cur.consecutive_failures < threshold
-                                   ? absl::StrCat(", next attempt in ",
-                                                  std::max<int64_t>(0, attempt.retry_after_ms - now),
-                                                  " ms")
-                                   : ""),
+                  absl::StrCat(
+                      detail, ", consecutive failures ", cur.consecutive_failures,
+                      cur.consecutive_failures < threshold
+                          ? absl::StrCat(", next attempt in ",
+                                         std::max<int64_t>(0, attempt.retry_after_ms - now), " ms")
+                          : ""),
                   absl::UnauthenticatedError("")));
         if (cur.consecutive_failures >= threshold && !IsBlocked(cur.state)) {
           c.record.state_before_lock = cur.state;
@@ -642,10 +642,11 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
   if (after->state == TerminalState::kLocked) {
     spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn,
                  after->consecutive_failures);
-    return absl::UnauthenticatedError(absl::StrCat(
-        message, message.empty() ? "" : "; ", "the terminal is now locked"));
+    return absl::UnauthenticatedError(
+        absl::StrCat(message, message.empty() ? "" : "; ", "the terminal is now locked"));
   }
-  const absl::Duration wait = absl::Milliseconds(std::max<int64_t>(0, attempt.retry_after_ms - now));
+  const absl::Duration wait =
+      absl::Milliseconds(std::max<int64_t>(0, attempt.retry_after_ms - now));
   return WithRetryDelay(
       absl::UnauthenticatedError(absl::StrCat(message, "; next attempt allowed in ",
                                               absl::ToInt64Milliseconds(wait), " ms")),
@@ -707,15 +708,16 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
   // existing one unless this is a re-key) made and exported under TEK — nothing is made or
   // exported unless Crnd2 verified.
-  absl::StatusOr<AuthenticatedDelivery> out = hsm_.AuthenticateAndDeliver(
-      session.auk_index, sn, session.rnd1, session.rnd2, crnd2, terminal.algorithm,
-      terminal.replace_tmk, *terminal.tek_index);
+  absl::StatusOr<AuthenticatedDelivery> out =
+      hsm_.AuthenticateAndDeliver(session.auk_index, sn, session.rnd1, session.rnd2, crnd2,
+                                  terminal.algorithm, terminal.replace_tmk, *terminal.tek_index);
   if (!out.ok()) {
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, out.status());
     if (out.status().code() == absl::StatusCode::kUnauthenticated) {
-      return RecordFailure(sn, kActionAuthFail,
-                           absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"),
-                           *attempt, "crnd2: authentication token does not verify");
+      return RecordFailure(
+          sn, kActionAuthFail,
+          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"), *attempt,
+          "crnd2: authentication token does not verify");
     }
     RefundAttempt(sn);
     AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver", out.status());
@@ -917,8 +919,8 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
   if (verified.code() == absl::StatusCode::kUnauthenticated) {
     return RecordFailure(
         sn, kActionInstallFail,
-        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv),
-        *attempt, "proof: install proof does not verify");
+        absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv), *attempt,
+        "proof: install proof does not verify");
   }
   RefundAttempt(sn);
   if (!verified.ok()) {

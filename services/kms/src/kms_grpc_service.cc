@@ -40,8 +40,7 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_tmk_generation(t.tmk_generation);
 }
 
-KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit,
-                               TerminalRateLimits limits)
+KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits)
     : core_(core), audit_(audit), authorizer_(MakeAuthorizer()), gate_("kms", "sn", limits) {}
 
 absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
@@ -86,7 +85,8 @@ grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext* ctx,
                                                  const rkl::v1::BeginAuthenticationRequest* req,
                                                  rkl::v1::BeginAuthenticationResponse* resp) {
   if (absl::Status s = AdmitTerminalCall(*ctx, req->sn()); !s.ok()) return rpc::ToGrpcStatus(s);
-  absl::StatusOr<BeginResult> r = core_.BeginAuthentication(req->sn(), Span(req->rnd1()), Source(*ctx));
+  absl::StatusOr<BeginResult> r =
+      core_.BeginAuthentication(req->sn(), Span(req->rnd1()), Source(*ctx));
   if (!r.ok()) return rpc::ToGrpcStatus(r.status());
   resp->set_session_id(r->session_id);
   resp->set_crnd1(Field(r->crnd1));

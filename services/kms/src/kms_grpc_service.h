@@ -76,7 +76,6 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
   rpc::PublicCallGate gate_;
 };
 
-
 void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out);
 
 }  // namespace rkl::kms

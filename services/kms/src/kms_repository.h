@@ -37,9 +37,9 @@ struct TerminalFilter {
 // The back-off rule ChargeProofAttempt applies (docs/kms.md "Lockout").
 struct ProofAttemptPolicy {
   int64_t now_ms = 0;
-  int64_t backoff_base_ms = 1000;     // wait after the first failure; doubles per failure
-  int64_t backoff_max_ms = 600'000;   // the wait never exceeds this
-  uint32_t lock_after = 100;          // no attempt once this many failures are counted
+  int64_t backoff_base_ms = 1000;    // wait after the first failure; doubles per failure
+  int64_t backoff_max_ms = 600'000;  // the wait never exceeds this
+  uint32_t lock_after = 100;         // no attempt once this many failures are counted
 };
 
 struct ProofAttempt {

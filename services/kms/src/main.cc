@@ -65,10 +65,10 @@ int main(int argc, char** argv) {
   spdlog::info("configuration:\n{}", config.Describe());
 
   // Only db.* is read before this step: --migrate-only checks nothing else.
-  rkl::db::ConnectionPool pool(
-      {.dsn = config.GetString("db.dsn"),
-       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
-       .settings = rkl::db::StatementTimeoutSettings(rkl::db::StatementTimeoutsFromConfig(config))});
+  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
+                                .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+                                .settings = rkl::db::StatementTimeoutSettings(
+                                    rkl::db::StatementTimeoutsFromConfig(config))});
   absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
       pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
       rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);

@@ -479,10 +479,9 @@ absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
   RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
-    pqxx::result r =
-        stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1), Binary(s.rnd2),
-                  SessionStateName(s.state), s.tmk_kcv, s.created_at_ms, s.expires_at_ms,
-                  audit_json);
+    pqxx::result r = stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1),
+                               Binary(s.rnd2), SessionStateName(s.state), s.tmk_kcv,
+                               s.created_at_ms, s.expires_at_ms, audit_json);
     if (r[0][0].as<int64_t>() == 0) return TerminalMovedOn();
     return absl::OkStatus();
   });
@@ -565,8 +564,8 @@ absl::StatusOr<int64_t> PgKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
   return audit::PurgeRefusalCounts(pool_, before_ms);
 }
 
-absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(
-    const std::string& sn, const ProofAttemptPolicy& policy) {
+absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(const std::string& sn,
+                                                                 const ProofAttemptPolicy& policy) {
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<ProofAttempt> {
     pqxx::result r = stmt.Exec(kChargeProofAttempt, sn, policy.now_ms, policy.backoff_base_ms,
                                policy.backoff_max_ms, static_cast<int64_t>(policy.lock_after));

@@ -161,11 +161,11 @@ TEST_F(KmsCoreSuite, SessionAndTerminalReadGivesWhatTheSeparateReadsGive) {
   absl::StatusOr<Opened> opened = Open(t);
   ASSERT_TRUE(opened.ok()) << opened.status();
   const std::string unknown_id(32, '0');
-  for (const auto& [id, sn] : std::vector<std::pair<std::string, std::string>>{
-           {opened->session_id, t.sn()},
-           {opened->session_id, "POS-NONE"},
-           {unknown_id, t.sn()},
-           {unknown_id, "POS-NONE"}}) {
+  for (const auto& [id, sn] :
+       std::vector<std::pair<std::string, std::string>>{{opened->session_id, t.sn()},
+                                                        {opened->session_id, "POS-NONE"},
+                                                        {unknown_id, t.sn()},
+                                                        {unknown_id, "POS-NONE"}}) {
     SCOPED_TRACE(id + " " + sn);
     absl::StatusOr<KmsRepository::SessionAndTerminal> both = repo().GetSessionAndTerminal(id, sn);
     ASSERT_TRUE(both.ok()) << both.status();
@@ -792,9 +792,9 @@ TEST_F(KmsCoreSuite, FailedProofsBackOffExponentiallyAndEveryRefusalSaysHowLong)
     absl::Status failed = core_->CompleteAuthentication(opened->session_id, t.sn(), wrong).status();
     ASSERT_EQ(failed.code(), absl::StatusCode::kUnauthenticated);
     ASSERT_EQ(RetryDelay(failed), expected);
-    EXPECT_THAT(failed.message(), HasSubstr(absl::StrCat(
-                                      "next attempt allowed in ",
-                                      absl::ToInt64Milliseconds(expected), " ms")));
+    EXPECT_THAT(failed.message(),
+                HasSubstr(absl::StrCat("next attempt allowed in ",
+                                       absl::ToInt64Milliseconds(expected), " ms")));
     // Until then even the right answer is refused before HSM #2, and the session stays
     // usable (a refusal for time is not an attempt).
     const int hsm_calls = hsm_->calls("AuthenticateAndDeliver");
@@ -817,8 +817,9 @@ TEST_F(KmsCoreSuite, FailedProofsBackOffExponentiallyAndEveryRefusalSaysHowLong)
   auto next = Open(t);
   ASSERT_TRUE(next.ok());
   next->crnd2[0] ^= 0x01;
-  EXPECT_EQ(RetryDelay(core_->CompleteAuthentication(next->session_id, t.sn(), next->crnd2).status()),
-            absl::Seconds(1));
+  EXPECT_EQ(
+      RetryDelay(core_->CompleteAuthentication(next->session_id, t.sn(), next->crnd2).status()),
+      absl::Seconds(1));
 }
 
 TEST_F(KmsCoreSuite, OnlyTheConfiguredLargeNumberOfFailuresLocksForGood) {
@@ -969,8 +970,7 @@ TEST_F(KmsCoreSuite, ClaimHappensOnlyWhenEverythingAboutTheSessionAllowsIt) {
   absl::StatusOr<AuthSession> before = repo().GetSession(id);
   ASSERT_TRUE(before.ok());
   const int64_t now = absl::ToUnixMillis(now_);
-  auto claim = [&](const std::string& sid, const std::string& sn, SessionState from,
-                   int64_t at) {
+  auto claim = [&](const std::string& sid, const std::string& sn, SessionState from, int64_t at) {
     return repo().ClaimSessionAndGetTerminal(sid, sn, from, SessionState::kVerifying, at);
   };
   for (const auto& [what, result] :
@@ -1074,11 +1074,10 @@ TEST_F(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
   ASSERT_TRUE(Submit(t).ok());
   const size_t audit_rows = AuditOf("").size();
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(
-        core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1(), "10.0.0.7")
-            .status()
-            .code(),
-        absl::StatusCode::kNotFound);
+    EXPECT_EQ(core_->BeginAuthentication(absl::StrCat("POS-NOBODY-", i), t.NewRnd1(), "10.0.0.7")
+                  .status()
+                  .code(),
+              absl::StatusCode::kNotFound);
   }
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(3)).status().code(),
@@ -1378,16 +1377,29 @@ TEST_F(KmsCoreSuite, RepositoryWritesAnImportWithItsNewSessionOrNeither) {
   TerminalRecord read = Terminal(t.sn());
   const size_t audit_before = AuditOf(t.sn()).size();
   auto session = [&](const std::string& id) {
-    return AuthSession{.id = id, .sn = t.sn(), .auk_index = 4242, .rnd1 = Bytes(16, 1),
-                       .rnd2 = Bytes(16, 2), .state = SessionState::kOpen, .tmk_kcv = "",
-                       .created_at_ms = 10, .expires_at_ms = 20};
+    return AuthSession{.id = id,
+                       .sn = t.sn(),
+                       .auk_index = 4242,
+                       .rnd1 = Bytes(16, 1),
+                       .rnd2 = Bytes(16, 2),
+                       .state = SessionState::kOpen,
+                       .tmk_kcv = "",
+                       .created_at_ms = 10,
+                       .expires_at_ms = 20};
   };
   auto audit = [&](const char* action) {
-    return std::vector<AuditEntry>{
-        AuditEntry{.at_ms = 1, .actor = "kms", .action = action, .sn = t.sn(), .detail = "",
-                   .result = "OK"},
-        AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.session", .sn = t.sn(),
-                   .detail = "", .result = "OK"}};
+    return std::vector<AuditEntry>{AuditEntry{.at_ms = 1,
+                                              .actor = "kms",
+                                              .action = action,
+                                              .sn = t.sn(),
+                                              .detail = "",
+                                              .result = "OK"},
+                                   AuditEntry{.at_ms = 2,
+                                              .actor = "kms",
+                                              .action = "test.session",
+                                              .sn = t.sn(),
+                                              .detail = "",
+                                              .result = "OK"}};
   };
   TerminalRecord change = read;
   change.consecutive_failures = 2;
@@ -1402,9 +1414,9 @@ TEST_F(KmsCoreSuite, RepositoryWritesAnImportWithItsNewSessionOrNeither) {
   TerminalRecord stale = change;
   stale.version = read.version - 1;
   const std::string fresh_id(32, 'c');
-  EXPECT_EQ(repo().UpdateTerminalAndInsertSession(stale, audit("test.stale"), session(fresh_id))
-                .code(),
-            absl::StatusCode::kAborted);
+  EXPECT_EQ(
+      repo().UpdateTerminalAndInsertSession(stale, audit("test.stale"), session(fresh_id)).code(),
+      absl::StatusCode::kAborted);
   EXPECT_EQ(repo().GetSession(fresh_id).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Terminal(t.sn()).version, read.version);
   EXPECT_EQ(Terminal(t.sn()).consecutive_failures, read.consecutive_failures);
@@ -1461,8 +1473,12 @@ TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   first.consecutive_failures = 3;
   ASSERT_TRUE(repo()
                   .UpdateTerminal(first, false,
-                                  {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.first",
-                                              .sn = t.sn(), .detail = "", .result = "OK"}})
+                                  {AuditEntry{.at_ms = 1,
+                                              .actor = "kms",
+                                              .action = "test.first",
+                                              .sn = t.sn(),
+                                              .detail = "",
+                                              .result = "OK"}})
                   .ok());
   // The same version again: refused, and neither its audit entry, its TK change nor its
   // session cancellation is written.
@@ -1471,8 +1487,12 @@ TEST_F(KmsCoreSuite, RepositoryStaleUpdateWritesNothing) {
   stale.ctk_pk = Bytes(read.ctk_pk.size(), 0xEE);
   EXPECT_EQ(repo()
                 .UpdateTerminal(stale, true,
-                                {AuditEntry{.at_ms = 2, .actor = "kms", .action = "test.stale",
-                                            .sn = t.sn(), .detail = "", .result = "OK"}})
+                                {AuditEntry{.at_ms = 2,
+                                            .actor = "kms",
+                                            .action = "test.stale",
+                                            .sn = t.sn(),
+                                            .detail = "",
+                                            .result = "OK"}})
                 .code(),
             absl::StatusCode::kAborted);
   TerminalRecord now = Terminal(t.sn());
@@ -1511,8 +1531,13 @@ TEST_F(KmsCoreSuite, RepositoryMovesTheSessionWithTheTerminalUpdate) {
   TerminalRecord next = read;
   next.consecutive_failures = 2;
   absl::StatusOr<bool> moved = repo().UpdateTerminalAndMoveSession(
-      next, {AuditEntry{.at_ms = 1, .actor = "kms", .action = "test.move", .sn = t.sn(),
-                        .detail = "", .result = "OK"}},
+      next,
+      {AuditEntry{.at_ms = 1,
+                  .actor = "kms",
+                  .action = "test.move",
+                  .sn = t.sn(),
+                  .detail = "",
+                  .result = "OK"}},
       SessionMove{id, SessionState::kOpen, SessionState::kAuthenticated, "ABCDEF"});
   ASSERT_TRUE(moved.ok()) << moved.status();
   EXPECT_TRUE(*moved);

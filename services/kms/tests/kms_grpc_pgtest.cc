@@ -204,9 +204,9 @@ class KmsGrpcTest : public ::testing::Test {
 
   // Rows of every KMS table, in one string ("terminals=.. sn_tk_kms=.. ...").
   std::string RowCounts() {
-    pqxx::result r = Sql(
-        "SELECT (SELECT count(*) FROM terminals), (SELECT count(*) FROM sn_tk_kms), "
-        "(SELECT count(*) FROM auth_sessions), (SELECT count(*) FROM audit)");
+    pqxx::result r =
+        Sql("SELECT (SELECT count(*) FROM terminals), (SELECT count(*) FROM sn_tk_kms), "
+            "(SELECT count(*) FROM auth_sessions), (SELECT count(*) FROM audit)");
     return absl::StrCat("terminals=", r[0][0].as<int64_t>(), " sn_tk_kms=", r[0][1].as<int64_t>(),
                         " auth_sessions=", r[0][2].as<int64_t>(), " audit=", r[0][3].as<int64_t>());
   }

@@ -355,10 +355,9 @@ TEST_F(KmsIntegrationTest, FailuresBackOffAcrossReplicasLockAtTheThresholdAndUnl
     ASSERT_EQ(RetryDelay(failed), absl::Seconds(1) * (1 << i));
     auto early = Open(b_->core, t);
     ASSERT_TRUE(early.ok());
-    EXPECT_EQ(b_->core.CompleteAuthentication(early->session_id, t.sn(), early->crnd2)
-                  .status()
-                  .code(),
-              absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(
+        b_->core.CompleteAuthentication(early->session_id, t.sn(), early->crnd2).status().code(),
+        absl::StatusCode::kResourceExhausted);
     Advance(*RetryDelay(failed));
   }
   EXPECT_EQ(a_->core.GetTerminal(t.sn())->state, TerminalState::kLocked);

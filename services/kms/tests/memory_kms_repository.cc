@@ -43,8 +43,7 @@ absl::Status MemoryKmsRepository::UpdateTerminal(const TerminalRecord& terminal,
 }
 
 absl::StatusOr<bool> MemoryKmsRepository::UpdateTerminalAndMoveSession(
-    const TerminalRecord& terminal, const std::vector<AuditEntry>& audit,
-    const SessionMove& move) {
+    const TerminalRecord& terminal, const std::vector<AuditEntry>& audit, const SessionMove& move) {
   absl::MutexLock lock(&mu_);
   RKL_RETURN_IF_ERROR(UpdateLocked(terminal, false, audit));
   auto it = sessions_.find(move.id);
@@ -66,8 +65,7 @@ absl::Status MemoryKmsRepository::UpdateTerminalAndInsertSession(
   return absl::OkStatus();
 }
 
-absl::Status MemoryKmsRepository::UpdateLocked(const TerminalRecord& terminal,
-                                               bool cancel_sessions,
+absl::Status MemoryKmsRepository::UpdateLocked(const TerminalRecord& terminal, bool cancel_sessions,
                                                const std::vector<AuditEntry>& audit) {
   auto it = terminals_.find(terminal.sn);
   if (it == terminals_.end() || it->second.version != terminal.version) {
@@ -187,8 +185,8 @@ absl::StatusOr<ProofAttempt> MemoryKmsRepository::ChargeProofAttempt(
   if (it == terminals_.end()) return absl::NotFoundError("sn: no such terminal");
   TerminalRecord& t = it->second;
   int64_t& retry_after = retry_after_ms_[sn];
-  ProofAttempt a{.failures = t.consecutive_failures, .retry_after_ms = retry_after,
-                 .version = t.version};
+  ProofAttempt a{
+      .failures = t.consecutive_failures, .retry_after_ms = retry_after, .version = t.version};
   if (t.state == TerminalState::kLocked || t.state == TerminalState::kRevoked ||
       retry_after > policy.now_ms || t.consecutive_failures >= policy.lock_after) {
     return a;
@@ -201,8 +199,10 @@ absl::StatusOr<ProofAttempt> MemoryKmsRepository::ChargeProofAttempt(
   retry_after = policy.now_ms + wait;
   ++t.consecutive_failures;
   ++t.version;
-  return ProofAttempt{.allowed = true, .failures = t.consecutive_failures,
-                      .retry_after_ms = retry_after, .version = t.version};
+  return ProofAttempt{.allowed = true,
+                      .failures = t.consecutive_failures,
+                      .retry_after_ms = retry_after,
+                      .version = t.version};
 }
 
 absl::Status MemoryKmsRepository::RefundProofAttempt(const std::string& sn, int64_t now_ms) {

@@ -53,8 +53,7 @@ class MemoryKmsRepository final : public KmsRepository {
   std::map<std::string, TerminalRecord> terminals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, AuthSession> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::tuple<int64_t, std::string, std::string, std::string, std::string>, RefusalCount>
-      refusal_counts_
-      ABSL_GUARDED_BY(mu_);
+      refusal_counts_ ABSL_GUARDED_BY(mu_);
   std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> retry_after_ms_ ABSL_GUARDED_BY(mu_);  // terminals.retry_after_ms
 };

@@ -97,8 +97,10 @@ ConfigSchema MakeMtmsConfigSchema() {
                 "(docs/mtms.md \"Bounded state\"); more than 0")
       .Default("10s");
   schema.Duration("refusals.retention", "how long refusal counts are kept").Default("24h");
-  schema.Duration("refusals.purge_interval", "how often this replica deletes refusal counts "
-                  "older than refusals.retention (0: never)")
+  schema
+      .Duration("refusals.purge_interval",
+                "how often this replica deletes refusal counts "
+                "older than refusals.retention (0: never)")
       .Default("1m");
   schema.String("replica_id", "this replica's name in claims and audit (default: host name)")
       .Default("");

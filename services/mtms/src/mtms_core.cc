@@ -138,13 +138,12 @@ absl::StatusOr<int64_t> MtmsCore::FlushRefusalCounts() {
 }
 
 absl::StatusOr<int64_t> MtmsCore::PurgeRefusalCounts() {
-  return repository_.PurgeRefusalCounts(
-      clock_.NowUnixMs() - absl::ToInt64Milliseconds(options_.refusal_retention));
+  return repository_.PurgeRefusalCounts(clock_.NowUnixMs() -
+                                        absl::ToInt64Milliseconds(options_.refusal_retention));
 }
 
 absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
-                                               const std::string& actor,
-                                               std::string& signed_sn) {
+                                               const std::string& actor, std::string& signed_sn) {
   // 1. Shape of the request and of the package.
   RKL_RETURN_IF_ERROR(CheckSignedShapes("package", request.package, request.signature,
                                         request.operator_certificate_pem));
@@ -187,10 +186,9 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   }
 
   // 2–7. The operator certificate, the operator it names, the signature.
-  RKL_ASSIGN_OR_RETURN(
-      std::string certificate_serial,
-      VerifyOperatorSigned("package", package.operator_id(), "", request.package,
-                           request.signature, request.operator_certificate_pem));
+  RKL_ASSIGN_OR_RETURN(std::string certificate_serial,
+                       VerifyOperatorSigned("package", package.operator_id(), "", request.package,
+                                            request.signature, request.operator_certificate_pem));
   // From here on the SN is one a certified operator signed for: refusals count under it.
   signed_sn = package.sn();
 
@@ -254,7 +252,7 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetSubmission(const std::string& subm
 }
 
 absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request,
-                                                             std::string_view source) {
+                                                            std::string_view source) {
   absl::StatusOr<SubmissionRecord> row = QueryOwnSubmission(request);
   if (!row.ok()) CountRefusal(kActionQueryRefuse, "", source, row.status());
   return row;
@@ -277,9 +275,9 @@ absl::StatusOr<SubmissionRecord> MtmsCore::QueryOwnSubmission(const OwnSubmissio
   if (query.created_at_unix_ms() <= 0) {
     return absl::InvalidArgumentError("query.created_at_unix_ms: must be positive");
   }
-  RKL_RETURN_IF_ERROR(VerifyOperatorSigned("query", query.operator_id(),
-                                           kSubmissionQueryContext, request.query,
-                                           request.signature, request.operator_certificate_pem)
+  RKL_RETURN_IF_ERROR(VerifyOperatorSigned("query", query.operator_id(), kSubmissionQueryContext,
+                                           request.query, request.signature,
+                                           request.operator_certificate_pem)
                           .status());
   RKL_RETURN_IF_ERROR(CheckFresh("query", query.created_at_unix_ms(), clock_.NowUnixMs()));
   RKL_ASSIGN_OR_RETURN(std::optional<SubmissionRecord> row,
@@ -292,12 +290,9 @@ absl::StatusOr<SubmissionRecord> MtmsCore::QueryOwnSubmission(const OwnSubmissio
   return *std::move(row);
 }
 
-absl::StatusOr<std::string> MtmsCore::VerifyOperatorSigned(std::string_view field,
-                                                           const std::string& operator_id,
-                                                           std::string_view context,
-                                                           const std::string& message,
-                                                           const std::string& signature,
-                                                           const std::string& certificate_pem) {
+absl::StatusOr<std::string> MtmsCore::VerifyOperatorSigned(
+    std::string_view field, const std::string& operator_id, std::string_view context,
+    const std::string& message, const std::string& signature, const std::string& certificate_pem) {
   // 2. The operator certificate parses.
   absl::StatusOr<std::shared_ptr<const OperatorTrust::ParsedCertificate>> cert =
       trust_.Parse(certificate_pem);
@@ -317,15 +312,13 @@ absl::StatusOr<std::string> MtmsCore::VerifyOperatorSigned(std::string_view fiel
   // 7. The signature over the byte-exact message (after its context, if any).
   RKL_ASSIGN_OR_RETURN(crypto::PublicKey operator_key, (*cert)->key);
   const std::string signed_bytes = absl::StrCat(std::string(context), message);
-  if (absl::Status s =
-          crypto::EcdsaVerify(operator_key, AsBytes(signed_bytes), AsBytes(signature));
+  if (absl::Status s = crypto::EcdsaVerify(operator_key, AsBytes(signed_bytes), AsBytes(signature));
       !s.ok()) {
     if (s.code() == absl::StatusCode::kInvalidArgument) {
       return absl::InvalidArgumentError("signature: not a canonical DER ECDSA signature");
     }
-    return absl::UnauthenticatedError(absl::StrCat("signature: does not verify over ",
-                                                   std::string(field),
-                                                   " under the operator certificate"));
+    return absl::UnauthenticatedError(absl::StrCat(
+        "signature: does not verify over ", std::string(field), " under the operator certificate"));
   }
   return (*cert)->certificate.SerialHex();
 }

@@ -68,7 +68,7 @@ struct SubmitRequest {
 // GetOwnSubmission: a SubmissionQuery signed by the operator card (proto/rkl/v1/mtms.proto).
 inline constexpr std::string_view kSubmissionQueryContext = "RKL-SUBMISSION-QUERY:";
 struct OwnSubmissionQuery {
-  std::string query;  // serialized SubmissionQuery
+  std::string query;      // serialized SubmissionQuery
   std::string signature;  // over kSubmissionQueryContext ‖ query
   std::string operator_certificate_pem;
 };
@@ -142,12 +142,9 @@ class MtmsCore {
   // Intake steps 2–7 for any message an operator card signs (a package, a query): the
   // certificate, `operator_id` is the certificate's, the signature over context ‖ message.
   // `field` names the message in errors. Returns the certificate's serial.
-  absl::StatusOr<std::string> VerifyOperatorSigned(std::string_view field,
-                                                   const std::string& operator_id,
-                                                   std::string_view context,
-                                                   const std::string& message,
-                                                   const std::string& signature,
-                                                   const std::string& certificate_pem);
+  absl::StatusOr<std::string> VerifyOperatorSigned(
+      std::string_view field, const std::string& operator_id, std::string_view context,
+      const std::string& message, const std::string& signature, const std::string& certificate_pem);
   // Step 8: `created_at_ms` within ±clock_skew of `now_ms`.
   absl::Status CheckFresh(std::string_view field, int64_t created_at_ms, int64_t now_ms) const;
   absl::StatusOr<WorkKeyRecord> CheckIssuedWorkKey(uint64_t key_index, const Bytes& public_key_der,

@@ -5,9 +5,9 @@
 // rpc::ToGrpcStatus. The public RPCs first spend a token of the caller's address budget
 // (and SubmitTransportKey one of its package SN's) in an rpc::PublicCallGate: over budget
 // they are RESOURCE_EXHAUSTED with google.rpc.RetryInfo before the core, the database or
-// HSM #1 sees them (docs/mtms.md "Rate limits"). No logic lives here: VerifyAuditChain goes to the audit chain
-// (rkl::audit). Thread-safe; core, forwarder, authorizer and chain are not owned and must
-// outlive the service.
+// HSM #1 sees them (docs/mtms.md "Rate limits"). No logic lives here: VerifyAuditChain goes to the
+// audit chain (rkl::audit). Thread-safe; core, forwarder, authorizer and chain are not owned and
+// must outlive the service.
 
 #include "mtms_core.h"
 #include "mtms_forwarder.h"

@@ -133,10 +133,9 @@ class MtmsGrpcTest : public ::testing::Test {
 
   std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica,
                                          rpc::PublicCallLimits limits = {}) {
-    return std::make_unique<MtmsProcess>(db_->runtime_dsn(), tls_["mtms"], hsm_server_->port(),
-                                         ca_server_->port(), kms_port_, clock_,
-                                         fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica,
-                                         std::move(limits));
+    return std::make_unique<MtmsProcess>(
+        db_->runtime_dsn(), tls_["mtms"], hsm_server_->port(), ca_server_->port(), kms_port_,
+        clock_, fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica, std::move(limits));
   }
 
   std::unique_ptr<v1::Mtms::Stub> Stub(const rpc::TlsFiles& tls, MtmsProcess* mtms = nullptr) {
@@ -287,12 +286,12 @@ TEST_F(MtmsGrpcTest, RefusalsKeepTheirCodesOverTheWire) {
 // Issue 21, finding 1: over budget, a public RPC is RESOURCE_EXHAUSTED with
 // google.rpc.RetryInfo before the core sees it: no row, no refusal count, no HSM call.
 TEST_F(MtmsGrpcTest, PublicCallsOverBudgetAreResourceExhaustedAndWriteNothing) {
-  auto limited = StartMtms(
-      "limited", {.per_source = {.per_second = 1, .burst = 5},
-                  .per_subject = {.per_second = 0.5, .burst = 2},
-                  .clock = [this] { return absl::FromUnixMillis(clock_.NowUnixMs()); }});
+  auto limited =
+      StartMtms("limited", {.per_source = {.per_second = 1, .burst = 5},
+                            .per_subject = {.per_second = 0.5, .burst = 2},
+                            .clock = [this] { return absl::FromUnixMillis(clock_.NowUnixMs()); }});
   ASSERT_TRUE(limited->server);
-  ASSERT_TRUE(Provision().ok());  // an admin RPC: not budgeted
+  ASSERT_TRUE(Provision().ok());                    // an admin RPC: not budgeted
   auto work = FetchWorkCertificate(limited.get());  // the address's 1st token
   ASSERT_TRUE(work.ok()) << work.status();
 

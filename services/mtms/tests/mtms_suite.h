@@ -15,8 +15,8 @@
 
 #include <atomic>
 #include <map>
-#include <tuple>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "mtms_core.h"
@@ -775,8 +775,8 @@ TYPED_TEST_P(MtmsSuite, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention) 
               absl::StatusCode::kPermissionDenied);
   }
   // A verified package replayed: refused after the signature, under its SN.
-  SubmitRequest valid = MakeSubmission({.sn = "SN-REPLAY"}, *this->alice_, this->work_,
-                                       this->clock_);
+  SubmitRequest valid =
+      MakeSubmission({.sn = "SN-REPLAY"}, *this->alice_, this->work_, this->clock_);
   ASSERT_TRUE(this->core_->SubmitTransportKey(valid, "", "10.1.1.2").ok());
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(this->core_->SubmitTransportKey(valid, "", "10.1.1.2").status().code(),
@@ -799,11 +799,10 @@ TYPED_TEST_P(MtmsSuite, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention) 
     EXPECT_EQ(r.interval_start_ms % 60'000, 0);
     counts[{r.sn, r.source, r.action, r.reason}] = r.count;
   }
-  EXPECT_EQ(counts,
-            (std::map<Key, int64_t>{
-                {{"*", "10.1.1.1", kActionPackageRefuse, "PERMISSION_DENIED"}, 3},
-                {{"SN-REPLAY", "10.1.1.2", kActionPackageRefuse, "ALREADY_EXISTS"}, 2},
-                {{"*", "*", kActionPackageRefuse, "INVALID_ARGUMENT"}, 1}}));
+  EXPECT_EQ(counts, (std::map<Key, int64_t>{
+                        {{"*", "10.1.1.1", kActionPackageRefuse, "PERMISSION_DENIED"}, 3},
+                        {{"SN-REPLAY", "10.1.1.2", kActionPackageRefuse, "ALREADY_EXISTS"}, 2},
+                        {{"*", "*", kActionPackageRefuse, "INVALID_ARGUMENT"}, 1}}));
 
   // Kept for refusals.retention (24 h by default), then purged.
   this->clock_.Advance(absl::Hours(23));
@@ -1040,9 +1039,9 @@ TYPED_TEST_P(MtmsSuite, BackgroundWorkersTakeAPackageThatArrivesWhileAnotherIsHe
   const bool slow_held = rkl::testing::WaitUntil([&] { return hold.held(); });
   const std::vector<std::string> later = this->SubmitMany("SN-LATER-", 3);
   const bool later_forwarded = slow_held && rkl::testing::WaitUntil([&] {
-    forwarder->Wake();  // as intake does after each package
-    return this->kms_.stored() == 3;
-  });
+                                 forwarder->Wake();  // as intake does after each package
+                                 return this->kms_.stored() == 3;
+                               });
   const bool still_held = hold.held();
   hold.Release();
   forwarder->Stop();
@@ -1136,15 +1135,14 @@ TYPED_TEST_P(MtmsSuite, OwnSubmissionQueriesFollowTheIntakeRules) {
     return this->core_->GetOwnSubmission(q).status().code();
   };
   // Signed without the context prefix — e.g. a package signature presented as a query's.
-  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_,
-                                        {.without_context = true})),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(
+      code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_, {.without_context = true})),
+      absl::StatusCode::kUnauthenticated);
   OwnSubmissionQuery swapped = MakeOwnSubmissionQuery(id, *this->alice_, this->clock_);
   swapped.signature = MakeSubmission({}, *this->alice_, this->work_, this->clock_).signature;
   EXPECT_EQ(code(swapped), absl::StatusCode::kUnauthenticated);
   // Another operator's id in alice's query.
-  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_,
-                                        {.operator_id = "bob"})),
+  EXPECT_EQ(code(MakeOwnSubmissionQuery(id, *this->alice_, this->clock_, {.operator_id = "bob"})),
             absl::StatusCode::kPermissionDenied);
   // Stale and future.
   for (int64_t shift : {-absl::ToInt64Milliseconds(absl::Minutes(6)),
@@ -1201,8 +1199,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     TwoReplicasForwardEachRowExactlyOnce, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish,
     RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms, QueueListsPagesAndCounts,
     AuditRecordsEventsWithoutKeyMaterial, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention,
-    BatchIsForwardedByWorkersInParallel,
-    TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome,
+    BatchIsForwardedByWorkersInParallel, TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome,
     WorkersBoundTheRowsInProcessAcrossConcurrentPasses,
     MixedBatchesGiveTheSameOutcomesWithAnyNumberOfWorkers,
     ASlowRowDoesNotHoldBackTheRowsClaimedAfterIt,

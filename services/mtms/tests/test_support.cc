@@ -629,8 +629,7 @@ absl::Status InMemoryRepository::AppendAudit(const AuditEntry& audit) {
   return absl::OkStatus();
 }
 
-absl::Status InMemoryRepository::AddRefusalCounts(
-    const std::vector<audit::RefusalCount>& counts) {
+absl::Status InMemoryRepository::AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) {
   absl::MutexLock lock(&mu_);
   for (const audit::RefusalCount& c : counts) {
     audit::RefusalCount& row =

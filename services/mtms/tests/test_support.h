@@ -12,10 +12,10 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <tuple>
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -346,8 +346,8 @@ SubmitRequest MakeSubmission(const PackageSpec& spec, const OperatorCard& card,
 // What an operator terminal sends to read its submission back (GetOwnSubmission): the
 // query for `submission_id`, signed by `card` over kSubmissionQueryContext ‖ query.
 struct QuerySpec {
-  std::string operator_id;    // empty = the card's id
-  int64_t created_at_ms = 0;  // 0 = the clock's now
+  std::string operator_id;       // empty = the card's id
+  int64_t created_at_ms = 0;     // 0 = the clock's now
   bool without_context = false;  // sign the bare query (the rule under test)
 };
 OwnSubmissionQuery MakeOwnSubmissionQuery(const std::string& submission_id,

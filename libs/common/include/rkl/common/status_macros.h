@@ -7,8 +7,8 @@
 #define RKL_STATUS_CONCAT_INNER_(a, b) a##b
 #define RKL_STATUS_CONCAT_(a, b) RKL_STATUS_CONCAT_INNER_(a, b)
 
-#define RKL_RETURN_IF_ERROR(expr)                     \
-  do {                                                \
+#define RKL_RETURN_IF_ERROR(expr)                                                   \
+  do {                                                                              \
     if (::absl::Status rkl_status_ = (expr); !rkl_status_.ok()) return rkl_status_; \
   } while (0)
 

@@ -13,12 +13,12 @@
 //    use of clear key material can be found with `grep -rn RevealSecret`.
 // Not thread-safe for concurrent mutation; const access from several threads is fine.
 
+#include <fmt/format.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
-
-#include <fmt/format.h>
 
 namespace rkl::crypto {
 
@@ -63,7 +63,8 @@ template <>
 struct fmt::formatter<rkl::crypto::SecretBytes> {
   template <typename ParseContext>
   constexpr auto parse(ParseContext& ctx) {
-    static_assert(sizeof(ParseContext) == 0, "SecretBytes holds clear key material and must never be formatted or logged");
+    static_assert(sizeof(ParseContext) == 0,
+                  "SecretBytes holds clear key material and must never be formatted or logged");
     return ctx.begin();
   }
   template <typename FormatContext>

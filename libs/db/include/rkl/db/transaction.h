@@ -23,8 +23,8 @@
 #include <optional>
 #include <pqxx/except>
 #include <pqxx/nontransaction>
-#include <string_view>
 #include <pqxx/transaction>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 

@@ -1,7 +1,8 @@
 #pragma once
 // The transport key TK = TEK ‖ AUK and its two wrapped forms (PROTOCOL §3, §5, §6):
 //   Ctk_Pu = RSAES-OAEP-SHA256(Pu, P), label "RKL-TK:" ‖ SN, P = 0x01 ‖ code ‖ TEK ‖ AUK
-//   Ctk_pk = H ‖ [len(W)]_2 ‖ W ‖ M, W = AES-256-KWP(PK, P), M = AES-256-CMAC(MAK, H ‖ [len(W)]_2 ‖ W)
+//   Ctk_pk = H ‖ [len(W)]_2 ‖ W ‖ M, W = AES-256-KWP(PK, P), M = AES-256-CMAC(MAK, H ‖ [len(W)]_2 ‖
+//   W)
 // Shared by the HSM (translate, import) and terminals (generate), so both sides read the
 // same bytes the same way. Parsers are strict: every length is checked exactly.
 // Error texts describe the rule broken but never contain key bytes. Callers on the HSM side
