@@ -112,9 +112,10 @@ void BM_RsaOaepDecrypt2048(benchmark::State& state) {
 }
 BENCHMARK(BM_RsaOaepDecrypt2048)->ThreadRange(1, 2)->UseRealTime();
 
-// What HSM #1 pays per translate today on top of the decryption: the sealed Pr record is
-// parsed from PKCS#8 DER into a fresh EVP_PKEY, whose first private operation also builds
-// its Montgomery and blinding state (see docs/performance.md).
+// What a translate would pay on top of the decryption if HSM #1 did not keep parsed keys
+// (UnsealedKeyCache): the sealed Pr record parsed from PKCS#8 DER into a fresh EVP_PKEY,
+// whose first private operation also builds its Montgomery and blinding state (see
+// docs/performance.md).
 void BM_RsaPkcs8ParseThenDecrypt2048(benchmark::State& state) {
   SecretBytes der = *K().pr.ExportPkcs8DerSecret();
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
@@ -252,8 +253,8 @@ void BM_EcdsaP256Verify(benchmark::State& state) {
 BENCHMARK(BM_EcdsaP256Verify);
 
 // Parsing an X.509 certificate (an HsmWCRT-like one: RSA-2048 subject key). OpenSSL 3.0
-// decodes the subject key through its provider decoder registry, under a global lock; this
-// was a third of the fleet simulator's CPU until a terminal kept its parsed certificates.
+// decodes the subject key through its provider decoder registry, under a global lock; the
+// cost a simulated terminal avoids by keeping its parsed certificates (CertificateMemo).
 void BM_CertificateParseRsa2048(benchmark::State& state) {
   auto issuer_key = *crypto::GenerateEcP256Key();
   auto issuer = crypto::CertificateBuilder()

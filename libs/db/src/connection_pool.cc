@@ -163,9 +163,9 @@ void ConnectionPool::Return(std::unique_ptr<pqxx::connection> conn, bool broken)
         idle_.clear();
       }
     }
-    // One connection (or one free slot) serves one waiter. Waking them all made every
-    // return a stampede on mu_ under load (most of rkl-kms's context switches). After a
-    // broken connection several slots may have freed at once.
+    // One connection (or one free slot) serves one waiter. Waking them all would make every
+    // return a stampede on mu_ when many handlers wait, each woken thread a context switch
+    // that finds nothing. After a broken connection several slots may have freed at once.
     if (broken) {
       released_.SignalAll();
     } else {

@@ -61,9 +61,10 @@ struct ServerOptions {
   // database can start with false and call SetServing(true) when ready.
   bool start_serving = true;
   // Handler threads kept waiting for the next call. gRPC's synchronous server otherwise
-  // keeps at most 2: under concurrent load every call then created a thread and ended it
-  // (2,700 threads in 15 s in rkl-kms, most of its CPU in the kernel), instead of reusing
-  // one. Threads are still created only as concurrency demands.
+  // keeps at most 2: under concurrent calls each finished handler thread then exits and
+  // each new call creates one, so the process spends its time in the kernel creating and
+  // ending threads instead of reusing them. Threads are still created only as concurrency
+  // demands.
   int max_idle_threads = 256;
   // Client-certificate revocation (see above; ServiceCaCrl::ConfigureServer sets both). The
   // server then also serves rkl.v1.Revocation, whose RefreshCrl (admins only) runs
