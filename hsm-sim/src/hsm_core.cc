@@ -134,18 +134,16 @@ std::string KcvText(std::span<const uint8_t> kcv) { return ToHex(kcv); }
 
 }  // namespace
 
-int64_t SystemClock::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
-
 int HsmCore::BatchThreads() const {
   if (options_.batch_threads > 0) return options_.batch_threads;
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomSource rng,
+HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
                  HsmCoreOptions options)
     : store_(store),
       audit_(audit),
-      clock_(clock),
+      clock_(std::move(clock)),
       rng_(std::move(rng)),
       options_(std::move(options)),
       evidence_(options_.operator_cas) {}
@@ -191,7 +189,7 @@ auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind
       R result = body(tx, record);
       failure_detail = record.detail;
       if (!StatusOf(result).ok()) return StatusOf(result);
-      record.at_ms = clock_.NowUnixMs();
+      record.at_ms = NowUnixMs(clock_);
       record.result = "OK";
       RKL_RETURN_IF_ERROR(tx.Audit(record));
       out.emplace(std::move(result));
@@ -228,7 +226,7 @@ std::string AuditSn(const std::string& sn) {
 
 void HsmCore::MarkFailed(AuditEvent& event, const absl::Status& status) {
   event.sn = AuditSn(event.sn);
-  event.at_ms = clock_.NowUnixMs();
+  event.at_ms = NowUnixMs(clock_);
   event.result = absl::StatusCodeToString(status.code());
   absl::StrAppend(&event.detail, event.detail.empty() ? "" : " ", "error=\"",
                   std::string(status.message()), "\"");
@@ -320,7 +318,7 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
                           .rsa_bits = bits,
                           .public_key_der = public_der,
                           .material = *pkcs8};
-               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, clock_.NowUnixMs()));
+               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, NowUnixMs(clock_)));
                absl::StrAppend(&audit.detail, " key=", record.index, " label=", label);
                return GeneratedRsaKey{record.index, public_der};
              });
@@ -336,7 +334,7 @@ absl::StatusOr<Bytes> HsmCore::GetPublicKey(const std::string& caller, uint64_t 
 // ---- Key ceremony ----------------------------------------------------------------------------
 
 absl::Status HsmCore::ExpireCeremonies() {
-  int64_t now = clock_.NowUnixMs();
+  int64_t now = NowUnixMs(clock_);
   return store_.Transact([&](KeyTransaction& tx) -> absl::Status {
     RKL_ASSIGN_OR_RETURN(std::vector<Ceremony> expired, tx.FindExpiredCeremonies(now));
     for (const Ceremony& c : expired) {
@@ -451,7 +449,7 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
                  return absl::AlreadyExistsError(
                      absl::StrCat("label: an active key is already labelled '", label, "'"));
                }
-               int64_t now = clock_.NowUnixMs();
+               int64_t now = NowUnixMs(clock_);
                NewKey ceremony_key{.type = KeyType::kRsaPrivate,
                                    .usage = KeyUsage::kCeremonyDecrypt,
                                    .label = "ceremony:" + id,
@@ -514,7 +512,7 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
   return Run(
       event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
         RKL_RETURN_IF_ERROR(RequireCustodian(caller));
-        int64_t now = clock_.NowUnixMs();
+        int64_t now = NowUnixMs(clock_);
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
         if (std::find(c.custodians.begin(), c.custodians.end(), caller) != c.custodians.end()) {
           return absl::AlreadyExistsError(
@@ -565,7 +563,7 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
       event, true, 1,
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
         RKL_RETURN_IF_ERROR(RequireCustodian(caller));
-        int64_t now = clock_.NowUnixMs();
+        int64_t now = NowUnixMs(clock_);
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
         if (c.custodians.size() < c.component_count) {
           return absl::FailedPreconditionError(
@@ -692,7 +690,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKe
                                          ? FinishTranslate(record, cmd, *prepared[i], decrypted[i])
                                          : absl::StatusOr<Bytes>(prepared[i].status());
       if (result.ok()) {
-        record.at_ms = clock_.NowUnixMs();
+        record.at_ms = NowUnixMs(clock_);
         record.result = "OK";
       } else {
         MarkFailed(record, result.status());
@@ -857,7 +855,7 @@ absl::StatusOr<ImportedTransportKey> HsmCore::DoImport(KeyTransaction& tx, Audit
   // (PROTOCOL §8, re-keying). KMS refuses a new transport key for an installed terminal
   // unless an administrator marked it for re-key.
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live_tmks, tx.FindLiveKeys(KeyType::kTmk, cmd.sn));
-  int64_t now = clock_.NowUnixMs();
+  int64_t now = NowUnixMs(clock_);
   for (const auto* live : {&live_teks, &live_auks, &live_tmks}) {
     for (const KeyRecord& old : *live) {
       RKL_RETURN_IF_ERROR(tx.SetKeyState(old.index, KeyState::kSuperseded, now));
@@ -901,7 +899,7 @@ absl::StatusOr<GeneratedTmk> HsmCore::DoGenerateTmk(KeyTransaction& tx, AuditEve
   std::string name(crypto::KeyAlgorithmName(*algorithm));
   absl::StrAppend(&audit.detail, " algorithm=", name);
   RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
-  int64_t now = clock_.NowUnixMs();
+  int64_t now = NowUnixMs(clock_);
   // The live TMK is delivered again only under the TEK it was made for. One made for a TEK
   // that has been replaced since (a new transport key raced a delivery), or made before
   // TMKs were bound, is superseded here instead: a TMK never leaves under a second TEK.
@@ -1130,7 +1128,7 @@ absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::st
                RKL_RETURN_IF_ERROR(ValidateReason(reason));
                if (!reason.empty()) absl::StrAppend(&audit.detail, "reason=\"", reason, "\"");
                RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
-               const int64_t now = clock_.NowUnixMs();
+               const int64_t now = NowUnixMs(clock_);
                std::vector<uint64_t> destroyed;
                for (const KeyRecord& k : keys) {
                  RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kDeleted, now));
@@ -1178,7 +1176,7 @@ absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
       absl::StrAppend(&audit.detail, " (already deleted)");
       return absl::OkStatus();
     }
-    return tx.SetKeyState(key_index, KeyState::kDeleted, clock_.NowUnixMs());
+    return tx.SetKeyState(key_index, KeyState::kDeleted, NowUnixMs(clock_));
   });
 }
 

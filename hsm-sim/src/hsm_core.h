@@ -36,22 +36,12 @@
 #include "audit_log.h"
 #include "key_store.h"
 #include "operator_evidence.h"
+#include "rkl/common/clock.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::hsm {
-
-class Clock {
- public:
-  virtual ~Clock() = default;
-  virtual int64_t NowUnixMs() = 0;
-};
-
-class SystemClock : public Clock {
- public:
-  int64_t NowUnixMs() override;
-};
 
 struct HsmCoreOptions {
   bool self_test_passed = true;
@@ -162,9 +152,9 @@ struct InstallProofCommand {
 
 class HsmCore {
  public:
-  // `store`, `audit` and `clock` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
+  // `store` and `audit` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
   // and symmetric keys (tests inject a deterministic one; production passes FillRandom).
-  HsmCore(KeyStore& store, AuditLog& audit, Clock& clock, crypto::RandomSource rng,
+  HsmCore(KeyStore& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
           HsmCoreOptions options);
 
   bool self_test_passed() const { return options_.self_test_passed; }
@@ -304,7 +294,7 @@ class HsmCore {
 
   KeyStore& store_;
   AuditLog& audit_;
-  Clock& clock_;
+  const Clock clock_;
   crypto::RandomSource rng_;
   const HsmCoreOptions options_;
   const OperatorEvidence evidence_;

@@ -194,7 +194,7 @@ absl::Status HsmDaemon::MigrateOnly(const std::string& database_dsn, const std::
 
 absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions options) {
   std::unique_ptr<HsmDaemon> d(new HsmDaemon());
-  Clock& clock = options.clock != nullptr ? *options.clock : d->system_clock_;
+  const Clock clock = options.clock ? options.clock : SystemClock();
   if (!options.role) {
     return absl::InvalidArgumentError("role: required (mtms for HSM #1, kms for HSM #2)");
   }
@@ -224,7 +224,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
       .dsn = options.database_dsn, .max_size = options.db_pool_size, .settings = settings});
   RKL_RETURN_IF_ERROR(SetUpHsmSchema(*d->pool_, options.owner_dsn, false));
   RKL_RETURN_IF_ERROR(
-      BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, clock.NowUnixMs()));
+      BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, NowUnixMs(clock)));
 
   d->self_test_ = RunSelfTests(options.fail_self_test);
   if (d->self_test_.passed) {
@@ -244,7 +244,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->audit_->ConfigureAnchors({.instance_id = options.hsm_id,
                                .file = options.anchor_file,
                                .interval = options.anchor_interval,
-                               .now_ms = [c = &clock] { return c->NowUnixMs(); }});
+                               .now_ms = [clock] { return NowUnixMs(clock); }});
   d->anchors_ = !options.anchor_file.empty();
   if (d->anchors_) {
     // Checks the anchor left by the last run before anything else is chained: a chain cut

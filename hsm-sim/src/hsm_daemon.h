@@ -63,8 +63,8 @@ struct HsmDaemonOptions {
   absl::Duration anchor_interval = absl::Minutes(1);
   // Test-only: make one self-test answer wrong, to exercise the failure path.
   bool fail_self_test = false;
-  // Tests inject a clock they control (ceremony expiry); null means the system clock.
-  Clock* clock = nullptr;
+  // Tests inject a clock they control (ceremony expiry); empty means SystemClock().
+  Clock clock;
   // Tests inject randomness; empty means the CSPRNG.
   crypto::RandomSource rng;
   // Client-certificate revocation (docs/pki.md "Revocation"): the service-ca CRL fetched from
@@ -99,7 +99,6 @@ class HsmDaemon {
 
   SelfTestResult self_test_;
   std::string lmk_kcv_;
-  SystemClock system_clock_;
   std::unique_ptr<db::ConnectionPool> pool_;
   std::unique_ptr<db::ConnectionPool> audit_pool_;  // audit group writes and sealing
   std::unique_ptr<PgAuditLog> audit_;

@@ -13,6 +13,7 @@
 #include "audit_log.h"
 #include "hsm_core.h"
 #include "key_store.h"
+#include "rkl/testing/fake_clock.h"
 
 namespace rkl::hsm::testing {
 
@@ -62,15 +63,7 @@ class FakeKeyStore : public KeyStore {
   State state_;
 };
 
-class FakeClock : public Clock {
- public:
-  explicit FakeClock(int64_t now_ms = 1'700'000'000'000) : now_(now_ms) {}
-  int64_t NowUnixMs() override { return now_.load(); }
-  void Advance(absl::Duration d) { now_ += absl::ToInt64Milliseconds(d); }
-
- private:
-  std::atomic<int64_t> now_;
-};
+using FakeClock = rkl::testing::FakeClock;
 
 // A deterministic RandomSource (a counter-driven stream), so tests are reproducible.
 crypto::RandomSource DeterministicRandom(uint64_t seed);

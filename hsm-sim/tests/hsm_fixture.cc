@@ -76,7 +76,7 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
   o.anchor_file = options_.anchor_file;
   o.anchor_interval = options_.anchor_interval;
   o.fail_self_test = options_.fail_self_test;
-  o.clock = &clock_;
+  o.clock = clock_;
   auto d = HsmDaemon::Start(std::move(o));
   if (!d.ok()) return d.status();
   daemon_ = *std::move(d);

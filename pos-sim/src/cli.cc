@@ -69,10 +69,6 @@ struct Options {
   bool no_fsync = false;
 };
 
-Clock SystemClock() {
-  return [] { return absl::Now(); };
-}
-
 absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& text, const char* flag) {
   absl::Duration d;
   if (!absl::ParseDuration(text, &d) || d <= absl::ZeroDuration()) {

@@ -22,13 +22,13 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ports.h"
+#include "rkl/common/clock.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/x509.h"
 #include "secure_module.h"
 
 namespace rkl::pos {
 
-using Clock = std::function<absl::Time()>;
 using Sleeper = std::function<void(absl::Duration)>;
 
 // How long download-tmk waits for MTMS to forward the TK to KMS (KMS answers NOT_FOUND

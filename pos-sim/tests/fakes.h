@@ -215,7 +215,5 @@ class TempDir {
 // Reads a file for byte-identity checks.
 Bytes FileBytes(const std::string& path);
 
-inline Clock RealClock() {
-  return [] { return absl::Now(); };
-}
+inline Clock RealClock() { return SystemClock(); }
 }  // namespace rkl::pos::testing

@@ -369,7 +369,7 @@ struct MtmsProcess {
     forwarder.Stop();
     if (server) server->Shutdown(absl::Seconds(1));
   }
-  mtms::SystemClock clock;
+  Clock clock = SystemClock();
   db::ConnectionPool pool;
   mtms::PgMtmsRepository repository;
   mtms::GrpcHsmPort hsm;

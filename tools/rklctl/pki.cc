@@ -154,8 +154,7 @@ void RunInit(const InitOptions& o) {
   }
 
   ca::PgCaRepository repository(&pool);
-  ca::CaCore core(
-      &repository, &*master_key, *policy, [] { return absl::Now(); }, crypto::FillRandom);
+  ca::CaCore core(&repository, &*master_key, *policy, rkl::SystemClock(), crypto::FillRandom);
   ca::BootstrapRequest request;
   request.services = o.services;
   request.extra_dns_names = o.hostnames;

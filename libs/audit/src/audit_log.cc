@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "rkl/common/clock.h"
 #include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/openssl_ptr.h"
@@ -630,7 +631,7 @@ absl::StatusOr<AuditAnchor> PgAuditLog::Anchor() {
   absl::MutexLock lock(&anchor_mu_);
   RKL_RETURN_IF_ERROR(Seal().status());
   const AnchorOptions& o = anchor_options_;
-  const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+  const int64_t now = o.now_ms ? o.now_ms() : NowUnixMs(SystemClock());
   if (!o.file.empty()) {
     RKL_ASSIGN_OR_RETURN(std::optional<AuditAnchor> previous, ReadAnchorFile(spec_, o.file));
     if (previous) {
@@ -677,7 +678,7 @@ absl::StatusOr<bool> PgAuditLog::AnchorIfDue() {
     absl::MutexLock lock(&anchor_mu_);
     const AnchorOptions& o = anchor_options_;
     if (o.file.empty() || o.interval <= absl::ZeroDuration()) return false;
-    const int64_t now = o.now_ms ? o.now_ms() : absl::ToUnixMillis(absl::Now());
+    const int64_t now = o.now_ms ? o.now_ms() : NowUnixMs(SystemClock());
     if (last_anchor_ms_ && now - *last_anchor_ms_ < absl::ToInt64Milliseconds(o.interval)) {
       return false;
     }

@@ -57,7 +57,7 @@ absl::StatusOr<crypto::SecretBytes> LoadAndBindAuditMacKey(db::ConnectionPool& p
                                                            const AuditSettings& settings) {
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes key, LoadAuditMacKeyFile(settings.mac_key_file));
   RKL_RETURN_IF_ERROR(
-      BindAuditMacKey(pool, spec, key, settings.mac_key_file, absl::ToUnixMillis(absl::Now())));
+      BindAuditMacKey(pool, spec, key, settings.mac_key_file, NowUnixMs(settings.clock)));
   RKL_ASSIGN_OR_RETURN(std::string kcv, AuditMacKeyKcv(key));
   spdlog::info("audit: {} chain MAC key from {} (KCV {})", spec.name, settings.mac_key_file, kcv);
   return key;

@@ -10,7 +10,7 @@ namespace {
 class RateLimiterTest : public ::testing::Test {
  protected:
   absl::Time now_ = absl::FromUnixSeconds(1'700'000'000);
-  KeyedRateLimiter::Clock Clock() {
+  rkl::Clock Clock() {
     return [this] { return now_; };
   }
 };

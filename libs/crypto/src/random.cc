@@ -23,6 +23,12 @@ void FillRandom(std::span<uint8_t> out) {
   }
 }
 
+Bytes RandomBytes(const RandomSource& random, size_t n) {
+  Bytes out(n);
+  random(out);
+  return out;
+}
+
 Bytes RandomBytes(size_t n) {
   Bytes out(n);
   FillRandom(out);

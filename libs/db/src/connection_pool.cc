@@ -77,8 +77,8 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow() { return Borrow(b
 
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration timeout) {
   if (!dsn_status_.ok()) return dsn_status_;
-  const absl::Time deadline = absl::Now() + timeout;
-  std::unique_ptr<pqxx::connection> stale;  // closed outside the lock: PQfinish does I/O
+  const absl::Time deadline = absl::Now() + timeout;  // wall time: a real wait
+  std::unique_ptr<pqxx::connection> stale;            // closed outside the lock: PQfinish does I/O
   mu_.Lock();
   while (true) {
     if (!idle_.empty()) {
@@ -107,7 +107,7 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration time
       }
       return Lease(this, *std::move(conn));
     }
-    if (absl::Now() >= deadline) {
+    if (absl::Now() >= deadline) {  // wall time: a real wait
       mu_.Unlock();
       return absl::UnavailableError(absl::StrCat("database pool exhausted: all ", max_size_,
                                                  " connections to ", target_, " in use for ",

@@ -51,7 +51,7 @@ std::string RequestId(const grpc::ServerContextBase& ctx) {
 std::unique_ptr<grpc::ClientContext> MakeClientContext(absl::Duration timeout,
                                                        std::string request_id) {
   auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));  // wall time: gRPC deadline
   ctx->AddMetadata(kRequestIdMetadataKey, request_id.empty() ? NewRequestId() : request_id);
   return ctx;
 }

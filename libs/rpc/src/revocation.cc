@@ -335,11 +335,11 @@ absl::StatusOr<uint64_t> CrlRefresher::RefreshNow() {
 }
 
 absl::Status CrlRefresher::AwaitFirst(absl::Duration max_wait) {
-  const absl::Time deadline = absl::Now() + max_wait;
+  const absl::Time deadline = absl::Now() + max_wait;  // wall time: a real wait
   while (true) {
     absl::StatusOr<uint64_t> number = RefreshNow();
     if (list_->crl_number().has_value()) return absl::OkStatus();
-    if (absl::Now() >= deadline) {
+    if (absl::Now() >= deadline) {  // wall time: a real wait
       return absl::UnavailableError(absl::StrCat("no service-ca CRL after ",
                                                  absl::FormatDuration(max_wait), ": ",
                                                  number.status().message()));

@@ -105,7 +105,7 @@ void Server::Shutdown(absl::Duration grace) {
   }
   // Load balancers and health probes see NOT_SERVING first and stop sending new calls.
   SetServing(false);
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));  // wall time: the grace wait
   server_->Wait();
 }
 

@@ -36,6 +36,7 @@
 #include "ca_repository.h"
 #include "master_key.h"
 #include "profiles.h"
+#include "rkl/common/clock.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/pkcs12.h"
 #include "rkl/crypto/random.h"
@@ -134,8 +135,6 @@ struct BootstrapResult {
 
 class CaCore {
  public:
-  using Clock = std::function<absl::Time()>;
-
   // `repository` and `master_key` are not owned and must outlive the core. `serial_source`
   // fills serial numbers (crypto::FillRandom in production).
   CaCore(CaRepository* repository, const MasterKey* master_key, CaPolicy policy, Clock clock,

@@ -105,8 +105,8 @@ int main(int argc, char** argv) {
   if (!master_key.ok()) return Fatal(master_key.status());
 
   rkl::ca::PgCaRepository repository(&pool);
-  rkl::ca::CaCore core(
-      &repository, &*master_key, *policy, [] { return absl::Now(); }, rkl::crypto::FillRandom);
+  rkl::ca::CaCore core(&repository, &*master_key, *policy, rkl::SystemClock(),
+                       rkl::crypto::FillRandom);
   // A wrong master key or an uninitialised database cannot be fixed by retrying: stop here.
   if (absl::Status ready = core.CheckReady(); !ready.ok()) return Fatal(ready);
   spdlog::info("master key KCV {} matches the CA database", master_key->KcvHex());
@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
   const rkl::rpc::TlsFiles tls = rkl::rpc::TlsFilesFromConfig(config);
   absl::StatusOr<std::string> ca_pem = rkl::rpc::ReadPemFile(tls.ca_file, "tls.ca_file");
   if (!ca_pem.ok()) return Fatal(ca_pem.status());
-  auto revocation = rkl::rpc::RevocationList::Create(*ca_pem, [] { return absl::Now(); });
+  auto revocation = rkl::rpc::RevocationList::Create(*ca_pem, rkl::SystemClock());
   if (!revocation.ok()) return Fatal(revocation.status());
   rkl::rpc::CrlRefresher refresher(
       revocation->get(),

@@ -42,11 +42,10 @@
 #include "kms_repository.h"
 #include "kms_types.h"
 #include "rkl/audit/refusal_counts.h"
+#include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::kms {
-
-using Clock = std::function<absl::Time()>;
 
 struct KmsCoreOptions {
   uint64_t pk_index = 0;   // HSM #2 index of PK (KEY_USAGE_TK_WRAP)

@@ -112,8 +112,8 @@ int main(int argc, char** argv) {
   rkl::audit::ServiceAuditChain audit_chain(repository.audit_log(), settings.audit,
                                             settings.replica_id);
   audit_chain.Start();
-  rkl::kms::KmsCore core(
-      repository, hsm, [] { return absl::Now(); }, rkl::crypto::FillRandom, settings.core);
+  rkl::kms::KmsCore core(repository, hsm, rkl::SystemClock(), rkl::crypto::FillRandom,
+                         settings.core);
   rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).

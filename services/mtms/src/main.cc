@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
   TranslateBatcher hsm(hsm_rpc, TranslateBatcherOptionsFromConfig(config));
   GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
   GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
-  SystemClock clock;
+  const Clock clock = SystemClock();
   absl::StatusOr<audit::AuditSettings> audit_settings = audit::AuditSettingsFromConfig(config);
   if (!audit_settings.ok()) {
     spdlog::critical("fatal: {}", audit_settings.status().ToString());

@@ -89,7 +89,7 @@ MtmsCore::MtmsCore(MtmsRepository& repository, HsmPort& hsm, CaPort& ca, Operato
 
 void MtmsCore::Audit(const std::string& actor, const std::string& action, const std::string& sn,
                      const std::string& detail, const absl::Status& result) {
-  AuditEntry entry{.at_ms = clock_.NowUnixMs(),
+  AuditEntry entry{.at_ms = NowUnixMs(clock_),
                    .actor = actor.empty() ? "anonymous" : actor,
                    .action = action,
                    .sn = sn,
@@ -128,7 +128,7 @@ absl::StatusOr<SubmitReceipt> MtmsCore::SubmitTransportKey(const SubmitRequest& 
 void MtmsCore::CountRefusal(const char* action, const std::string& sn, std::string_view source,
                             const absl::Status& refusal) {
   if (refusal.code() == absl::StatusCode::kUnavailable) return;
-  refusals_.Count(clock_.NowUnixMs(), sn, source, action, refusal);
+  refusals_.Count(NowUnixMs(clock_), sn, source, action, refusal);
 }
 
 absl::StatusOr<int64_t> MtmsCore::FlushRefusalCounts() {
@@ -138,7 +138,7 @@ absl::StatusOr<int64_t> MtmsCore::FlushRefusalCounts() {
 }
 
 absl::StatusOr<int64_t> MtmsCore::PurgeRefusalCounts() {
-  return repository_.PurgeRefusalCounts(clock_.NowUnixMs() -
+  return repository_.PurgeRefusalCounts(NowUnixMs(clock_) -
                                         absl::ToInt64Milliseconds(options_.refusal_retention));
 }
 
@@ -193,12 +193,12 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   signed_sn = package.sn();
 
   // 8. Freshness.
-  const int64_t now_ms = clock_.NowUnixMs();
+  const int64_t now_ms = NowUnixMs(clock_);
   RKL_RETURN_IF_ERROR(CheckFresh("package", package.created_at_unix_ms(), now_ms));
 
   // 9–10. Work key and replay, atomically with the insert.
   SubmissionRecord row;
-  row.submission_id = ToHex(crypto::RandomBytes(16));
+  row.submission_id = ToHex(crypto::RandomBytes(options_.random, 16));
   row.sn = package.sn();
   row.operator_id = package.operator_id();
   row.nonce = Bytes(package.nonce().begin(), package.nonce().end());
@@ -279,7 +279,7 @@ absl::StatusOr<SubmissionRecord> MtmsCore::QueryOwnSubmission(const OwnSubmissio
                                            request.query, request.signature,
                                            request.operator_certificate_pem)
                           .status());
-  RKL_RETURN_IF_ERROR(CheckFresh("query", query.created_at_unix_ms(), clock_.NowUnixMs()));
+  RKL_RETURN_IF_ERROR(CheckFresh("query", query.created_at_unix_ms(), NowUnixMs(clock_)));
   RKL_ASSIGN_OR_RETURN(std::optional<SubmissionRecord> row,
                        repository_.GetSubmission(query.submission_id()));
   if (!row.has_value() || row->operator_id != query.operator_id()) {
@@ -348,8 +348,7 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::CheckIssuedWorkKey(uint64_t key_index,
     return refuse("terminal-root is not a self-signed CA certificate");
   }
   const crypto::Certificate roots[] = {*root};
-  if (absl::Status s = crypto::VerifyChain(*cert, {}, roots, {}, clock_.NowUnixSeconds());
-      !s.ok()) {
+  if (absl::Status s = crypto::VerifyChain(*cert, {}, roots, {}, NowUnixSeconds(clock_)); !s.ok()) {
     return refuse(absl::StrCat("does not chain to terminal-root (", s.message(), ")"));
   }
   absl::StatusOr<crypto::PublicKey> key = cert->GetPublicKey();
@@ -375,7 +374,7 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::CheckIssuedWorkKey(uint64_t key_index,
   record.certificate_pem = cert->ToPem();
   record.terminal_root_pem = root->ToPem();
   record.state = WorkKeyState::kCurrent;
-  record.created_at_ms = clock_.NowUnixMs();
+  record.created_at_ms = NowUnixMs(clock_);
   return record;
 }
 
@@ -394,8 +393,8 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::ProvisionWorkKey(bool rotate, uint32_t r
       HsmPort::RsaKeyPair pair,
       // The HSM refuses two active keys with one label; a random suffix keeps two
       // provisionings in the same millisecond (replicas, a quick rotate) apart.
-      hsm_.GenerateRsaKeyPair(bits, absl::StrCat("mtms-work-", clock_.NowUnixMs(), "-",
-                                                 ToHex(crypto::RandomBytes(4)))));
+      hsm_.GenerateRsaKeyPair(bits, absl::StrCat("mtms-work-", NowUnixMs(clock_), "-",
+                                                 ToHex(crypto::RandomBytes(options_.random, 4)))));
   // S202–S203.
   absl::StatusOr<CaPort::IssuedCertificate> issued =
       ca_.IssueWorkCertificate(pair.public_key_der, options_.hsm_id, pair.key_index);
@@ -416,7 +415,7 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::ProvisionWorkKey(bool rotate, uint32_t r
           record.status());
     return record.status();
   }
-  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+  AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = actor,
                    .action = rotate ? "work_key.rotate" : "work_key.provision",
                    .detail = absl::StrCat("serial ", record->serial_hex, " hsm ", options_.hsm_id,
@@ -439,12 +438,12 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::RetireWorkKey(const std::string& serial_
   if (!IsSerialHex(serial)) {
     return absl::InvalidArgumentError("serial_hex: must be 1-40 hex digits");
   }
-  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+  AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = actor,
                    .action = "work_key.retire",
                    .detail = absl::StrCat("serial ", serial, force ? " (forced)" : "")};
   RKL_ASSIGN_OR_RETURN(MtmsRepository::RetireResult result,
-                       repository_.RetireWorkKey(serial, force, clock_.NowUnixMs(), audit));
+                       repository_.RetireWorkKey(serial, force, NowUnixMs(clock_), audit));
   switch (result.outcome) {
     case MtmsRepository::RetireOutcome::kRetired:
       spdlog::info("work key retired: serial {}", serial);

@@ -33,10 +33,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "mtms_clock.h"
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
+#include "rkl/common/clock.h"
+#include "rkl/crypto/random.h"
 
 namespace rkl::mtms {
 
@@ -53,6 +54,8 @@ struct MtmsCoreOptions {
   absl::Duration clock_skew = absl::Minutes(5);
   // PurgeRefusalCounts deletes the counts of minutes that began longer ago than this.
   absl::Duration refusal_retention = absl::Hours(24);
+  // Submission ids and work-key label suffixes (tests may inject a deterministic source).
+  crypto::RandomSource random = crypto::FillRandom;
 };
 
 // The actions refusals are counted under.
@@ -157,7 +160,7 @@ class MtmsCore {
   HsmPort& hsm_;
   CaPort& ca_;
   OperatorTrust& trust_;
-  const Clock& clock_;
+  const Clock clock_;
   const MtmsCoreOptions options_;
   audit::RefusalTally refusals_;
 };

@@ -18,6 +18,12 @@ namespace rkl::mtms {
 namespace {
 
 constexpr size_t kMaxReasonLength = 512;
+
+// The background workers' next periodic claim is a real wait (absl::Mutex deadlines run on
+// the wall clock), not a decision: what is due is decided by the injected clock.
+absl::Time WallDeadline(absl::Duration interval) {
+  return absl::Now() + interval;  // wall time: the wait's deadline
+}
 constexpr char kSupersededReason[] =
     "superseded: a package for this SN with a later created_at is forwarded or pending; not "
     "sent";
@@ -74,7 +80,7 @@ absl::Duration Forwarder::BackoffAfter(uint32_t attempts) const {
 }
 
 absl::StatusOr<PassResult> Forwarder::ForceForward() {
-  RKL_RETURN_IF_ERROR(repository_.MakeAllDue(clock_.NowUnixMs()).status());
+  RKL_RETURN_IF_ERROR(repository_.MakeAllDue(NowUnixMs(clock_)).status());
   return RunPass();
 }
 
@@ -91,7 +97,7 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   PassResult result;
   // A fresh token per pass: a finish from an older, expired claim of ours is refused too.
   const std::string claim_token =
-      absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(8)));
+      absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
   // The pass's workers share a queue of claimed rows; the one that finds it empty claims the
   // next batch. No row waits for the slowest row of an earlier batch (claiming only once a
   // whole batch was done held the forwarder to ~batch / (2 · one row's time) rows per
@@ -105,7 +111,7 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   // Stop() the rows already claimed are finished but no more are claimed.
   auto refill = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) {
     if (drained || !failed.ok() || stopping()) return false;
-    const int64_t now_ms = clock_.NowUnixMs();
+    const int64_t now_ms = NowUnixMs(clock_);
     absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
         claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
         options_.batch_size);
@@ -182,7 +188,7 @@ bool Forwarder::NoPassRunning() const { return passes_ == 0; }
 
 Forwarder::Outcome Forwarder::Reject(const SubmissionRecord& row, const std::string& claim_token,
                                      const std::string& reason) {
-  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+  AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = options_.replica_id,
                    .action = "package.reject",
                    .sn = row.sn,
@@ -203,7 +209,7 @@ Forwarder::Outcome Forwarder::Reject(const SubmissionRecord& row, const std::str
 Forwarder::Outcome Forwarder::RetryLater(const SubmissionRecord& row,
                                          const std::string& claim_token, const absl::Status& why) {
   const uint32_t attempts = row.attempts + 1;
-  const int64_t next = clock_.NowUnixMs() + absl::ToInt64Milliseconds(BackoffAfter(attempts));
+  const int64_t next = NowUnixMs(clock_) + absl::ToInt64Milliseconds(BackoffAfter(attempts));
   absl::StatusOr<bool> done =
       repository_.FinishRetryLater(row.submission_id, claim_token, Describe(why), next);
   if (!done.ok() || !*done) return Outcome::kLost;
@@ -248,7 +254,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
   // caught by KMS, which refuses the older one (FAILED_PRECONDITION: REJECTED below).
   {
     AuditEntry audit{
-        .at_ms = clock_.NowUnixMs(),
+        .at_ms = NowUnixMs(clock_),
         .actor = options_.replica_id,
         .action = "package.supersede",
         .sn = row.sn,
@@ -316,7 +322,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
         row, claim_token,
         absl::Status(receipt.status().code(), absl::StrCat("kms: ", receipt.status().message())));
   }
-  AuditEntry audit{.at_ms = clock_.NowUnixMs(),
+  AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = options_.replica_id,
                    .action = "package.forward",
                    .sn = row.sn,
@@ -324,7 +330,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
                                           (*work_key)->hsm_key_index,
                                           receipt->duplicate ? " (kms: duplicate)" : "")};
   absl::StatusOr<bool> done =
-      repository_.FinishForwarded(row.submission_id, claim_token, clock_.NowUnixMs(), audit);
+      repository_.FinishForwarded(row.submission_id, claim_token, NowUnixMs(clock_), audit);
   if (!done.ok()) {
     // KMS has it; the row stays RECEIVED and the retry is a duplicate KMS recognises.
     spdlog::warn("forwarder: submission {} forwarded but not marked: {}", row.submission_id,
@@ -344,7 +350,7 @@ void Forwarder::Start() {
   stop_ = false;
   wake_ = true;  // claim at once: rows may have waited for this start
   more_due_ = false;
-  next_claim_at_ = absl::Now() + options_.interval;
+  next_claim_at_ = WallDeadline(options_.interval);
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
 }
 
@@ -378,7 +384,7 @@ void Forwarder::Wake() {
 bool Forwarder::WorkerHasSomethingToDo() const {
   if (!queue_.empty() || stop_) return true;
   if (claiming_) return false;  // the claim in progress fills the queue or finds nothing
-  return wake_ || more_due_ || absl::Now() >= next_claim_at_;
+  return wake_ || more_due_ || absl::Now() >= next_claim_at_;  // wall time: the wait's deadline
 }
 
 void Forwarder::WorkerLoop() {
@@ -406,15 +412,15 @@ void Forwarder::WorkerLoop() {
     more_due_ = false;
     // A fresh token per claim: a finish from an older, expired claim of ours is refused.
     const std::string claim_token =
-        absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(8)));
+        absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
     mu_.Unlock();
-    const int64_t now_ms = clock_.NowUnixMs();
+    const int64_t now_ms = NowUnixMs(clock_);
     absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
         claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
         options_.batch_size);
     mu_.Lock();
     claiming_ = false;
-    next_claim_at_ = absl::Now() + options_.interval;
+    next_claim_at_ = WallDeadline(options_.interval);
     if (!rows.ok()) {
       // Tried again at the next Wake() or interval, like a failed pass was.
       spdlog::warn("forwarder: claiming due rows failed: {}", rows.status().ToString());

@@ -57,10 +57,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "mtms_clock.h"
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
+#include "rkl/common/clock.h"
+#include "rkl/crypto/random.h"
 
 namespace rkl::mtms {
 
@@ -76,6 +77,8 @@ struct ForwarderOptions {
   absl::Duration max_backoff = absl::Minutes(5);
   // How long a claim holds a row; longer than one HSM + KMS round trip with deadlines.
   absl::Duration lease = absl::Minutes(2);
+  // Claim tokens (tests may inject a deterministic source).
+  crypto::RandomSource random = crypto::FillRandom;
 };
 
 struct PassResult {
@@ -133,7 +136,7 @@ class Forwarder {
   HsmPort& hsm_;
   KmsPort& kms_;
   OperatorTrust& trust_;
-  const Clock& clock_;
+  const Clock clock_;
   const ForwarderOptions options_;
 
   mutable absl::Mutex mu_;

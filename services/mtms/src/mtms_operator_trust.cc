@@ -17,7 +17,7 @@ absl::Status OperatorTrust::Refresh() {
   absl::MutexLock refresh_lock(&refresh_mu_);
   auto fail = [&](absl::Status status) {
     absl::MutexLock lock(&mu_);
-    last_failed_refresh_ms_ = clock_.NowUnixMs();
+    last_failed_refresh_ms_ = NowUnixMs(clock_);
     spdlog::warn("operator-ca refresh failed: {}", status.ToString());
     return status;
   };
@@ -44,15 +44,15 @@ absl::Status OperatorTrust::Refresh() {
   if (snapshot_.has_value() && snapshot_->issuer == *issuer && crl->CrlNumber().has_value() &&
       snapshot_->crl.CrlNumber().has_value() && *crl->CrlNumber() < *snapshot_->crl.CrlNumber()) {
     // An older CRL than the one we hold (a lagging CA replica): keep ours.
-    snapshot_->fetched_at_ms = clock_.NowUnixMs();
+    snapshot_->fetched_at_ms = NowUnixMs(clock_);
     return absl::OkStatus();
   }
-  snapshot_ = Snapshot{*std::move(issuer), *std::move(crl), clock_.NowUnixMs()};
+  snapshot_ = Snapshot{*std::move(issuer), *std::move(crl), NowUnixMs(clock_)};
   return absl::OkStatus();
 }
 
 absl::StatusOr<OperatorTrust::Snapshot> OperatorTrust::Current(bool need_crl) {
-  const int64_t now_ms = clock_.NowUnixMs();
+  const int64_t now_ms = NowUnixMs(clock_);
   bool refresh = false;
   {
     absl::MutexLock lock(&mu_);
@@ -150,7 +150,7 @@ absl::StatusOr<std::string> OperatorTrust::CheckChainAndProfile(const crypto::Ce
 absl::StatusOr<std::string> OperatorTrust::VerifyForIntake(const crypto::Certificate& cert) {
   RKL_ASSIGN_OR_RETURN(Snapshot snapshot, Current(/*need_crl=*/true));
   RKL_ASSIGN_OR_RETURN(std::string operator_id,
-                       CheckChainAndProfile(snapshot.issuer, cert, clock_.NowUnixSeconds()));
+                       CheckChainAndProfile(snapshot.issuer, cert, NowUnixSeconds(clock_)));
   if (snapshot.crl.IsRevoked(cert)) {
     return absl::FailedPreconditionError("operator_certificate: revoked by operator-ca");
   }

@@ -32,8 +32,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "mtms_clock.h"
 #include "mtms_ports.h"
+#include "rkl/common/clock.h"
 #include "rkl/crypto/x509.h"
 #include "rkl/crypto/x509_crl.h"
 
@@ -89,7 +89,7 @@ class OperatorTrust {
   };
 
   CaPort& ca_;
-  const Clock& clock_;
+  const Clock clock_;
   const int64_t refresh_interval_ms_;
 
   absl::Mutex refresh_mu_;  // one CA round trip at a time

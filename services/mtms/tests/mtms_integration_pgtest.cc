@@ -76,10 +76,8 @@ constexpr absl::Duration kCrlRefresh = absl::Minutes(5);  // ca.crl_refresh defa
 std::string ToStr(std::span<const uint8_t> b) { return std::string(AsString(b)); }
 
 // HSM #1's clock, frozen: ceremonies never expire mid-test.
-class FrozenHsmClock final : public hsm::Clock {
- public:
-  int64_t NowUnixMs() override { return kT0Ms; }
-};
+// (A FakeClock nobody advances.)
+using FrozenHsmClock = FakeClock;
 
 std::shared_ptr<grpc::Channel> Channel(int port, const rpc::TlsFiles& tls,
                                        const std::string& authority) {
@@ -225,7 +223,7 @@ class MtmsIntegrationTest : public ::testing::Test {
     options.operational_identities = {"mtms"};
     options.listen_address = "127.0.0.1:0";
     options.tls = w.tls["hsm-mtms"];
-    options.clock = &w.hsm_clock;
+    options.clock = w.hsm_clock;
     auto daemon = hsm::HsmDaemon::Start(options);
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     w.hsm = *std::move(daemon);
@@ -286,11 +284,9 @@ class MtmsIntegrationTest : public ::testing::Test {
     auto master_key = ca::MasterKey::FromSecret(crypto::RandomSecret(32));
     ASSERT_TRUE(master_key.ok()) << master_key.status();
     w.ca_master_key.emplace(*std::move(master_key));
-    const Clock* clock = &w.clock;
     // The default policy: RSA-3072 terminal-root, P-256 operator-ca and service-ca.
-    w.ca_core.emplace(
-        &*w.ca_repository, &*w.ca_master_key, ca::CaPolicy{},
-        [clock] { return absl::FromUnixMillis(clock->NowUnixMs()); }, crypto::FillRandom);
+    w.ca_core.emplace(&*w.ca_repository, &*w.ca_master_key, ca::CaPolicy{}, w.clock,
+                      crypto::FillRandom);
     ca::BootstrapRequest bootstrap;
     bootstrap.admin_names = {"alice", "bob"};
     bootstrap.operator_pin = SecretBytes::CopyOf(AsBytes("246810"));

@@ -62,7 +62,7 @@ Bytes ToBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 // ---- TestAuthority ----
 
 std::unique_ptr<TestAuthority> TestAuthority::Create(const Clock& clock) {
-  const int64_t now_s = clock.NowUnixSeconds();
+  const int64_t now_s = NowUnixSeconds(clock);
   crypto::PrivateKey root_key = Must(crypto::GenerateRsaKey(2048));
   crypto::Certificate root = SelfSignedCa(root_key, "terminal-root", now_s);
   crypto::PrivateKey op_key = Must(crypto::GenerateEcP256Key());
@@ -72,13 +72,13 @@ std::unique_ptr<TestAuthority> TestAuthority::Create(const Clock& clock) {
 }
 
 OperatorCard TestAuthority::IssueOperator(const std::string& cn_id, absl::Duration validity) {
-  return IssueCard(operator_ca_, operator_ca_key_, cn_id, clock_.NowUnixSeconds(), validity);
+  return IssueCard(operator_ca_, operator_ca_key_, cn_id, NowUnixSeconds(clock_), validity);
 }
 
 OperatorCard TestAuthority::IssueForeignOperator(const std::string& cn_id) {
   crypto::PrivateKey key = Must(crypto::GenerateEcP256Key());
-  crypto::Certificate ca = SelfSignedCa(key, "operator-ca", clock_.NowUnixSeconds());
-  return IssueCard(ca, key, cn_id, clock_.NowUnixSeconds(), absl::Hours(24));
+  crypto::Certificate ca = SelfSignedCa(key, "operator-ca", NowUnixSeconds(clock_));
+  return IssueCard(ca, key, cn_id, NowUnixSeconds(clock_), absl::Hours(24));
 }
 
 void TestAuthority::Revoke(const crypto::Certificate& cert) {
@@ -87,7 +87,7 @@ void TestAuthority::Revoke(const crypto::Certificate& cert) {
 }
 
 std::string TestAuthority::CrlPem(absl::Duration next_update_in) {
-  const int64_t now_s = clock_.NowUnixSeconds();
+  const int64_t now_s = NowUnixSeconds(clock_);
   crypto::CrlBuilder b;
   {
     absl::MutexLock lock(&mu_);
@@ -100,7 +100,7 @@ std::string TestAuthority::CrlPem(absl::Duration next_update_in) {
 
 CaPort::IssuedCertificate TestAuthority::IssueWork(const Bytes& public_key_der,
                                                    const std::string& hsm_id, uint64_t key_index) {
-  const int64_t now_s = clock_.NowUnixSeconds();
+  const int64_t now_s = NowUnixSeconds(clock_);
   crypto::CertificateBuilder b;
   b.SetSubjectCommonName("hsm-work:" + hsm_id + ":" + std::to_string(key_index))
       .SetSerial(Serial())
@@ -693,7 +693,7 @@ v1::TransportKeyPackage MakePackage(const PackageSpec& spec, const OperatorCard&
                                spec.ctk_pu_sn.empty() ? spec.sn : spec.ctk_pu_sn, spec.algorithm)));
   p.set_work_certificate_serial(spec.work_serial.empty() ? work.serial_hex : spec.work_serial);
   p.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(spec.algorithm)));
-  p.set_created_at_unix_ms(spec.created_at_ms == 0 ? clock.NowUnixMs() : spec.created_at_ms);
+  p.set_created_at_unix_ms(spec.created_at_ms == 0 ? NowUnixMs(clock) : spec.created_at_ms);
   p.set_nonce(ToStr(spec.nonce.empty() ? crypto::RandomBytes(16) : spec.nonce));
   p.set_operator_id(spec.operator_id.empty() ? card.operator_id : spec.operator_id);
   return p;
@@ -717,7 +717,7 @@ OwnSubmissionQuery MakeOwnSubmissionQuery(const std::string& submission_id,
   v1::SubmissionQuery query;
   query.set_submission_id(submission_id);
   query.set_operator_id(spec.operator_id.empty() ? card.operator_id : spec.operator_id);
-  query.set_created_at_unix_ms(spec.created_at_ms != 0 ? spec.created_at_ms : clock.NowUnixMs());
+  query.set_created_at_unix_ms(spec.created_at_ms != 0 ? spec.created_at_ms : NowUnixMs(clock));
   const std::string serialized = query.SerializeAsString();
   const std::string to_sign =
       spec.without_context ? serialized : std::string(kSubmissionQueryContext) + serialized;

@@ -19,15 +19,16 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "mtms_clock.h"
 #include "mtms_core.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
+#include "rkl/common/clock.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/crypto/x509.h"
 #include "rkl/crypto/x509_crl.h"
 #include "rkl/rpc/identity.h"
+#include "rkl/testing/fake_clock.h"
 #include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
@@ -39,15 +40,10 @@ namespace rkl::mtms::testing {
 // 2026-01-01T00:00:00Z: tests never read the real clock for protocol decisions.
 inline constexpr int64_t kT0Ms = 1767225600000;
 
-class FakeClock final : public Clock {
+// rkl::testing::FakeClock, starting at kT0Ms.
+class FakeClock final : public rkl::testing::FakeClock {
  public:
-  explicit FakeClock(int64_t now_ms = kT0Ms) : now_ms_(now_ms) {}
-  int64_t NowUnixMs() const override { return now_ms_.load(); }
-  void Set(int64_t now_ms) { now_ms_ = now_ms; }
-  void Advance(absl::Duration d) { now_ms_ += absl::ToInt64Milliseconds(d); }
-
- private:
-  std::atomic<int64_t> now_ms_;
+  explicit FakeClock(int64_t now_ms = kT0Ms) : rkl::testing::FakeClock(now_ms) {}
 };
 
 struct OperatorCard {
@@ -82,7 +78,7 @@ class TestAuthority {
         terminal_root_(std::move(root)),
         operator_ca_key_(std::move(op_key)),
         operator_ca_(std::move(op)) {}
-  const Clock& clock_;
+  const Clock clock_;
   crypto::PrivateKey terminal_root_key_;
   crypto::Certificate terminal_root_;
   crypto::PrivateKey operator_ca_key_;

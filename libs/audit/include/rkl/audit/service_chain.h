@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "rkl/audit/audit_log.h"
+#include "rkl/common/clock.h"
 #include "rkl/common/config.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
@@ -20,6 +21,7 @@ struct AuditSettings {
   absl::Duration seal_interval = absl::Milliseconds(100);  // zero: only verify and shutdown
   std::string anchor_file;                                 // empty: no anchors written
   absl::Duration anchor_interval = absl::Minutes(1);
+  Clock clock = SystemClock();  // when the MAC key was first bound
 };
 
 // audit.mac_key_file (required), audit.seal_interval, audit.anchor_file, audit.anchor_interval;

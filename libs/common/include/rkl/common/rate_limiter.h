@@ -21,6 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "rkl/common/clock.h"
 
 namespace rkl {
 
@@ -31,7 +32,6 @@ struct RateLimit {
 
 class KeyedRateLimiter {
  public:
-  using Clock = std::function<absl::Time()>;
   static constexpr size_t kDefaultMaxKeys = 100000;
 
   KeyedRateLimiter(RateLimit limit, Clock clock, size_t max_keys = kDefaultMaxKeys);

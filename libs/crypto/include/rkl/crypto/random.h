@@ -28,6 +28,8 @@ void FillRandom(std::span<uint8_t> out);
 
 // Public random values: nonces, challenges, identifiers.
 Bytes RandomBytes(size_t n);
+// The same, drawn from `random` (service code draws from its injected source).
+Bytes RandomBytes(const RandomSource& random, size_t n);
 // Random bytes that will be (or become part of) key material.
 SecretBytes RandomSecret(size_t n);
 // A fresh key of `algorithm` (TDES: odd parity, K1 != K2).

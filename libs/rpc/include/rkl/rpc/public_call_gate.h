@@ -31,7 +31,7 @@ namespace rkl::rpc {
 struct PublicCallLimits {
   RateLimit per_source;   // by the caller's IP address
   RateLimit per_subject;  // by the request's subject (an SN), when the call names a valid one
-  KeyedRateLimiter::Clock clock = [] { return absl::Now(); };
+  Clock clock = SystemClock();
   size_t max_tracked = KeyedRateLimiter::kDefaultMaxKeys;  // per budget
 };
 

@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "rkl/common/clock.h"
 #include "rkl/common/config.h"
 #include "rkl/rpc/tls.h"
 
@@ -53,7 +54,6 @@ struct ServerOptions;
 
 class RevocationList {
  public:
-  using Clock = std::function<absl::Time()>;
   static constexpr size_t kMaxCachedCertificates = 1024;  // emptied when full
 
   // `trusted_ca_pem`: the PEM bundle client certificates must chain to (tls.ca_file).
@@ -157,7 +157,7 @@ struct ServiceCaCrlOptions {
   absl::Duration refresh_interval = absl::Seconds(60);
   absl::Duration rpc_timeout = absl::Seconds(10);
   TlsFiles tls;  // the daemon's own certificate (client) and its trust bundle
-  RevocationList::Clock clock = [] { return absl::Now(); };
+  Clock clock = SystemClock();
   std::function<absl::Status()> also_refresh;  // see CrlRefresher
   // How long Start() waits for rkl-ca to hand out a first CRL before start-up fails.
   absl::Duration startup_wait = absl::Seconds(120);
