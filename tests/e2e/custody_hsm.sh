@@ -10,8 +10,9 @@
 #  2. the `mtms` identity asks HSM #1 to translate TEK' without a valid operator signature
 #     (none, forged, a CA of its own, a real operator's package for another SN or Ctk_Pu):
 #     refused;
-#  and checks that no row of any database changed (audit records of the refusals are
-#  allowed, and required: each refusal is on record in its HSM's audit). Then:
+#  and checks that no row of any database changed (audit records and refusal counts of
+#  the refusals are allowed, and required: each refusal is on record in its HSM's audit).
+#  Then:
 #  3. the `kms` identity imports a transport key of its own for the victim: the import
 #     supersedes the victim's TMK, and the delivery under TEK' carries a new TMK, never the
 #     victim's;
@@ -63,15 +64,17 @@ export E2E_OPERATOR_PIN_FILE="$RKL_STATE/secrets/operator.pin"
 export E2E_VICTIM_SN=$victim E2E_VICTIM_TEK_INDEX=$v_tek E2E_VICTIM_AUK_INDEX=$v_auk
 export E2E_VICTIM_TMK_INDEX=$v_tmk E2E_VICTIM_TMK_KCV=$v_kcv
 
-# Every row of every table of every service database except the audit tables, as one
-# digest per table: what "nothing changed" is checked against.
+# Every row of every table of every service database except the audit tables and the
+# refusal counters (both are where refusals go on record; a service flushes its counters
+# on its own schedule), as one digest per table: what "nothing changed" is checked against.
 db_fingerprint() {
   local db table
   for db in $(e2e_sql postgres "SELECT datname FROM pg_database WHERE datname LIKE 'rkl_%'
       ORDER BY 1"); do
     for table in $(e2e_sql "$db" "SELECT table_name FROM information_schema.tables
         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
-        AND table_name NOT LIKE '%audit%' ORDER BY 1"); do
+        AND table_name NOT LIKE '%audit%' AND table_name <> 'refusal_counts'
+        ORDER BY 1"); do
       echo "$db.$table $(e2e_sql "$db" "SELECT count(*) || ' ' || coalesce(md5(string_agg(
         t::text, '|' ORDER BY t::text)), '-') FROM \"$table\" t")"
     done
