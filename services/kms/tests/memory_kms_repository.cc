@@ -155,27 +155,16 @@ absl::StatusOr<int64_t> MemoryKmsRepository::PurgeSessions(int64_t expired_befor
 }
 
 absl::Status MemoryKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
-  absl::MutexLock lock(&mu_);
-  for (const RefusalCount& c : counts) {
-    RefusalCount& row = refusal_counts_[{c.interval_start_ms, c.sn, c.source, c.action, c.reason}];
-    const int64_t before = row.count;
-    row = c;
-    row.count += before;
-  }
+  refusal_counts_.Add(counts);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<RefusalCount>> MemoryKmsRepository::ListRefusalCounts() {
-  absl::MutexLock lock(&mu_);
-  std::vector<RefusalCount> rows;
-  for (const auto& [key, row] : refusal_counts_) rows.push_back(row);
-  return rows;
+  return refusal_counts_.List();
 }
 
 absl::StatusOr<int64_t> MemoryKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(std::erase_if(
-      refusal_counts_, [&](const auto& r) { return r.second.interval_start_ms < before_ms; }));
+  return refusal_counts_.Purge(before_ms);
 }
 
 absl::StatusOr<ProofAttempt> MemoryKmsRepository::ChargeProofAttempt(

@@ -8,6 +8,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "kms_repository.h"
+#include "rkl/testing/memory_refusal_counts.h"
 
 namespace rkl::kms::testing {
 
@@ -52,8 +53,7 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::Mutex mu_;
   std::map<std::string, TerminalRecord> terminals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, AuthSession> sessions_ ABSL_GUARDED_BY(mu_);
-  std::map<std::tuple<int64_t, std::string, std::string, std::string, std::string>, RefusalCount>
-      refusal_counts_ ABSL_GUARDED_BY(mu_);
+  rkl::testing::MemoryRefusalCounts refusal_counts_;
   std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> retry_after_ms_ ABSL_GUARDED_BY(mu_);  // terminals.retry_after_ms
 };

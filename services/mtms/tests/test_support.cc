@@ -630,28 +630,16 @@ absl::Status InMemoryRepository::AppendAudit(const AuditEntry& audit) {
 }
 
 absl::Status InMemoryRepository::AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) {
-  absl::MutexLock lock(&mu_);
-  for (const audit::RefusalCount& c : counts) {
-    audit::RefusalCount& row =
-        refusal_counts_[{c.interval_start_ms, c.sn, c.source, c.action, c.reason}];
-    const int64_t before = row.count;
-    row = c;
-    row.count += before;
-  }
+  refusal_counts_.Add(counts);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<audit::RefusalCount>> InMemoryRepository::ListRefusalCounts() {
-  absl::MutexLock lock(&mu_);
-  std::vector<audit::RefusalCount> rows;
-  for (const auto& [key, row] : refusal_counts_) rows.push_back(row);
-  return rows;
+  return refusal_counts_.List();
 }
 
 absl::StatusOr<int64_t> InMemoryRepository::PurgeRefusalCounts(int64_t before_ms) {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(std::erase_if(
-      refusal_counts_, [&](const auto& r) { return r.second.interval_start_ms < before_ms; }));
+  return refusal_counts_.Purge(before_ms);
 }
 
 absl::StatusOr<std::vector<AuditRecord>> InMemoryRepository::ListAudit(size_t limit) {

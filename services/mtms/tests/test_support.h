@@ -29,6 +29,7 @@
 #include "rkl/crypto/x509_crl.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/testing/fake_clock.h"
+#include "rkl/testing/memory_refusal_counts.h"
 #include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
@@ -314,9 +315,7 @@ class InMemoryRepository final : public MtmsRepository {
   std::map<std::string, Row> rows_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<std::string, Bytes>> nonces_ ABSL_GUARDED_BY(mu_);
   std::vector<AuditRecord> audit_ ABSL_GUARDED_BY(mu_);
-  std::map<std::tuple<int64_t, std::string, std::string, std::string, std::string>,
-           audit::RefusalCount>
-      refusal_counts_ ABSL_GUARDED_BY(mu_);
+  rkl::testing::MemoryRefusalCounts refusal_counts_;
 };
 
 // Builds what an operator terminal sends (PROTOCOL §3–§4).
