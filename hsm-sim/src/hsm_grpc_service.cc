@@ -357,11 +357,7 @@ grpc::Status HsmGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
   if (!caller.ok()) return Done(caller.status());
   auto r = core_.VerifyAuditChain(*caller, req->anchor());
   if (!r.ok()) return Done(r.status());
-  resp->set_intact(r->intact);
-  resp->set_records_checked(r->records_checked);
-  resp->set_first_broken_seq(r->first_broken_seq);
-  resp->set_anchor_seq(r->anchor_seq);
-  resp->set_finding(r->finding);
+  audit::ToProto(*r, resp);
   return grpc::Status::OK;
 }
 

@@ -687,4 +687,12 @@ absl::StatusOr<bool> PgAuditLog::AnchorIfDue() {
   return true;
 }
 
+void ToProto(const AuditVerification& v, v1::VerifyAuditChainResponse* out) {
+  out->set_intact(v.intact);
+  out->set_records_checked(v.records_checked);
+  out->set_first_broken_seq(v.first_broken_seq);
+  out->set_anchor_seq(v.anchor_seq);
+  out->set_finding(v.finding);
+}
+
 }  // namespace rkl::audit

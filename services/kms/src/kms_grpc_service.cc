@@ -226,11 +226,7 @@ grpc::Status KmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
   if (!caller.ok()) return rpc::ToGrpcStatus(caller.status());
   absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(req->anchor());
   if (!v.ok()) return rpc::ToGrpcStatus(v.status());
-  resp->set_intact(v->intact);
-  resp->set_records_checked(v->records_checked);
-  resp->set_first_broken_seq(v->first_broken_seq);
-  resp->set_anchor_seq(v->anchor_seq);
-  resp->set_finding(v->finding);
+  audit::ToProto(*v, resp);
   return grpc::Status::OK;
 }
 

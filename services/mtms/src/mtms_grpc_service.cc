@@ -226,11 +226,7 @@ grpc::Status MtmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
   }
   absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(request->anchor());
   if (!v.ok()) return rpc::ToGrpcStatus(v.status());
-  response->set_intact(v->intact);
-  response->set_records_checked(v->records_checked);
-  response->set_first_broken_seq(v->first_broken_seq);
-  response->set_anchor_seq(v->anchor_seq);
-  response->set_finding(v->finding);
+  audit::ToProto(*v, response);
   return grpc::Status::OK;
 }
 

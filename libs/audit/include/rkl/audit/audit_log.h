@@ -57,6 +57,7 @@
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/sequence_block.h"
+#include "rkl/v1/common.pb.h"
 
 namespace pqxx {
 class transaction_base;
@@ -92,6 +93,9 @@ struct AuditVerification {
   uint64_t anchor_seq = 0;        // the anchored record checked; 0 without an anchor
   std::string finding{};          // when not intact: what is wrong, for an operator
 };
+
+// The answer of every service's VerifyAuditChain RPC (HSM, KMS, MTMS).
+void ToProto(const AuditVerification& v, v1::VerifyAuditChainResponse* out);
 
 // The chain's head as its service saw it at at_ms, MACed under the audit key so that nobody
 // without that key can make one (docs/hsm.md, Audit). Kept outside the service's database,

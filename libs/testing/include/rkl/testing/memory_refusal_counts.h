@@ -36,8 +36,8 @@ class MemoryRefusalCounts {
 
   int64_t Purge(int64_t before_ms) {
     absl::MutexLock lock(&mu_);
-    return static_cast<int64_t>(
-        std::erase_if(rows_, [&](const auto& r) { return r.second.interval_start_ms < before_ms; }));
+    return static_cast<int64_t>(std::erase_if(
+        rows_, [&](const auto& r) { return r.second.interval_start_ms < before_ms; }));
   }
 
  private:
