@@ -3,6 +3,7 @@
 #include <span>
 #include <stdexcept>
 
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/status.h"
 
 namespace rkl::hsm {
@@ -229,7 +230,7 @@ void SetImported(const ImportedTransportKey& r, v1::ImportTransportKeyResponse& 
   resp.set_tek_kcv(r.tek_kcv);
   resp.set_auk_index(r.auk_index);
   resp.set_auk_kcv(r.auk_kcv);
-  resp.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(r.algorithm)));
+  resp.set_algorithm(protocol::ToProto(r.algorithm));
   resp.set_created_at_unix_ms(r.created_at_ms);
 }
 

@@ -5,6 +5,7 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/pkcs12.h"
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/v1/mtms.pb.h"
 
 namespace rkl::pos {
@@ -43,8 +44,7 @@ absl::StatusOr<SignedPackage> BuildSignedPackage(const TransportKeyOffer& offer,
   package.set_sn(offer.sn);
   package.set_ctk_pu(std::string(offer.ctk_pu.begin(), offer.ctk_pu.end()));
   package.set_work_certificate_serial(offer.work_certificate_serial);
-  package.set_algorithm(
-      static_cast<rkl::v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(offer.algorithm)));
+  package.set_algorithm(protocol::ToProto(offer.algorithm));
   package.set_created_at_unix_ms(now_unix_ms);
   Bytes nonce(kPackageNonceSize);
   random(nonce);

@@ -1,6 +1,7 @@
 #include "grpc_hsm_port.h"
 
 #include "absl/strings/str_cat.h"
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 
@@ -11,9 +12,7 @@ std::string ToBytesField(std::span<const uint8_t> b) { return std::string(AsStri
 
 Bytes FromBytesField(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
-rkl::v1::KeyAlgorithm ToProto(crypto::KeyAlgorithm a) {
-  return static_cast<rkl::v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(a));
-}
+rkl::v1::KeyAlgorithm ToProto(crypto::KeyAlgorithm a) { return protocol::ToProto(a); }
 
 // Errors from HSM #2 keep their code (the core's decisions depend on it) and say where
 // they came from.

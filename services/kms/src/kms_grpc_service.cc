@@ -1,6 +1,7 @@
 #include "kms_grpc_service.h"
 
 #include "rkl/common/status_macros.h"
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/protocol/sn.h"
 #include "rkl/rpc/status.h"
 #include "spdlog/spdlog.h"
@@ -19,6 +20,18 @@ std::string Source(const grpc::ServerContext& ctx) {
   return rpc::PublicCallGate::PeerAddress(ctx.peer());
 }
 
+// TerminalState and rkl.v1.TerminalState share their numbers; the build checks each.
+static_assert(rkl::v1::TERMINAL_STATE_TK_RECEIVED == static_cast<int>(TerminalState::kTkReceived));
+static_assert(rkl::v1::TERMINAL_STATE_AUTHENTICATED ==
+              static_cast<int>(TerminalState::kAuthenticated));
+static_assert(rkl::v1::TERMINAL_STATE_TMK_DELIVERED ==
+              static_cast<int>(TerminalState::kTmkDelivered));
+static_assert(rkl::v1::TERMINAL_STATE_INSTALLED == static_cast<int>(TerminalState::kInstalled));
+static_assert(rkl::v1::TERMINAL_STATE_LOCKED == static_cast<int>(TerminalState::kLocked));
+static_assert(rkl::v1::TERMINAL_STATE_REVOKED == static_cast<int>(TerminalState::kRevoked));
+static_assert(rkl::v1::TERMINAL_STATE_REKEY_PENDING ==
+              static_cast<int>(TerminalState::kRekeyPending));
+
 rkl::v1::TerminalState ToProto(TerminalState s) {
   return static_cast<rkl::v1::TerminalState>(static_cast<int>(s));
 }
@@ -28,7 +41,7 @@ rkl::v1::TerminalState ToProto(TerminalState s) {
 void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_sn(t.sn);
   out->set_state(ToProto(t.state));
-  out->set_algorithm(static_cast<rkl::v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(t.algorithm)));
+  out->set_algorithm(protocol::ToProto(t.algorithm));
   out->set_tmk_kcv(t.tmk_kcv);
   out->set_tek_kcv(t.tek_kcv);
   out->set_auk_kcv(t.auk_kcv);

@@ -1,6 +1,7 @@
 #include "mtms_grpc_ports.h"
 
 #include "absl/strings/str_cat.h"
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 
@@ -51,7 +52,7 @@ void ToProto(const HsmPort::TranslateRequest& request, v1::TranslateTransportKey
   req.set_created_at_unix_ms(request.created_at_unix_ms);
   req.set_pk_index(request.pk_index);
   req.set_mak_index(request.mak_index);
-  req.set_algorithm(static_cast<v1::KeyAlgorithm>(crypto::KeyAlgorithmCode(request.algorithm)));
+  req.set_algorithm(protocol::ToProto(request.algorithm));
   req.set_package(std::string(AsString(request.package)));
   req.set_package_signature(std::string(AsString(request.package_signature)));
   req.set_operator_certificate_der(std::string(AsString(request.operator_certificate_der)));
