@@ -9,6 +9,26 @@
 namespace rkl::hsm {
 namespace {
 
+// KeyType, KeyUsage and KeyState share their numbers with rkl.v1's; GetKeyInfo casts them,
+// so the build checks every value. (KeyRecord::algorithm is already the wire code,
+// protocol/proto_enums.h.)
+static_assert(v1::KEY_TYPE_RSA_PRIVATE == static_cast<int>(KeyType::kRsaPrivate));
+static_assert(v1::KEY_TYPE_PK == static_cast<int>(KeyType::kPk));
+static_assert(v1::KEY_TYPE_MAK == static_cast<int>(KeyType::kMak));
+static_assert(v1::KEY_TYPE_TEK == static_cast<int>(KeyType::kTek));
+static_assert(v1::KEY_TYPE_AUK == static_cast<int>(KeyType::kAuk));
+static_assert(v1::KEY_TYPE_TMK == static_cast<int>(KeyType::kTmk));
+static_assert(v1::KEY_USAGE_TRANSPORT_DECRYPT == static_cast<int>(KeyUsage::kTransportDecrypt));
+static_assert(v1::KEY_USAGE_TK_WRAP == static_cast<int>(KeyUsage::kTkWrap));
+static_assert(v1::KEY_USAGE_TK_MAC == static_cast<int>(KeyUsage::kTkMac));
+static_assert(v1::KEY_USAGE_EXPORT_KEK == static_cast<int>(KeyUsage::kExportKek));
+static_assert(v1::KEY_USAGE_TERMINAL_AUTH == static_cast<int>(KeyUsage::kTerminalAuth));
+static_assert(v1::KEY_USAGE_TERMINAL_MASTER == static_cast<int>(KeyUsage::kTerminalMaster));
+static_assert(v1::KEY_USAGE_CEREMONY_DECRYPT == static_cast<int>(KeyUsage::kCeremonyDecrypt));
+static_assert(v1::KEY_STATE_ACTIVE == static_cast<int>(KeyState::kActive));
+static_assert(v1::KEY_STATE_SUPERSEDED == static_cast<int>(KeyState::kSuperseded));
+static_assert(v1::KEY_STATE_DELETED == static_cast<int>(KeyState::kDeleted));
+
 // The core's enums carry the proto's numbers; keep them in step.
 static_assert(static_cast<int>(KeyType::kTmk) == v1::KEY_TYPE_TMK);
 static_assert(static_cast<int>(KeyUsage::kCeremonyDecrypt) == v1::KEY_USAGE_CEREMONY_DECRYPT);
