@@ -4,27 +4,13 @@
 #include "absl/strings/str_cat.h"
 #include "hsm_daemon.h"
 #include "rkl/common/config.h"
-#include "rkl/common/logging.h"
-#include "rkl/common/process.h"
-#include "rkl/rpc/shutdown.h"
+#include "rkl/rpc/daemon.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema("RKL_HSM");
   rkl::hsm::DeclareHsmConfig(schema);
-  bool migrate_only = false;
-  rkl::Config config = rkl::LoadConfigOrExit(
-      schema, "rkl-hsm", argc, argv,
-      {{.name = "--migrate-only",
-        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
-                "privileges, and exit (docs/operations.md)",
-        .value = &migrate_only,
-        .checks_only = {"db.", "log."}}});
-  rkl::InitDaemonProcess();
-  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
-                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
-                    .program = "rkl-hsm"});
-  rkl::rpc::InstallShutdownSignalHandlers();
+  const auto [config, migrate_only] = rkl::rpc::StartDaemonOrExit(schema, "rkl-hsm", argc, argv);
 
   if (migrate_only) {
     absl::Status migrated = rkl::hsm::HsmDaemon::MigrateOnly(config.GetString("db.dsn"),

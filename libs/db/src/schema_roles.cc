@@ -11,7 +11,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::db {
 namespace {
@@ -281,6 +283,35 @@ absl::StatusOr<SchemaSetupResult> SetUpSchema(ConnectionPool& runtime_pool,
                                   "migrate as a separate owner role (docs/operations.md)");
   }
   return result;
+}
+
+PoolOptions PoolOptionsFromConfig(const Config& config) {
+  return {.dsn = config.GetString("db.dsn"),
+          .max_size = static_cast<int>(config.GetInt("db.pool_size")),
+          .settings = StatementTimeoutSettings(StatementTimeoutsFromConfig(config))};
+}
+
+absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const Config& config,
+                               bool migrate_only, std::span<const Migration> migrations,
+                               std::span<const RuntimeGrant> grants) {
+  absl::StatusOr<SchemaSetupResult> result = SetUpSchema(
+      runtime_pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
+      migrations, grants);
+  if (!result.ok()) {
+    return absl::Status(result.status().code(),
+                        absl::StrCat("database ", runtime_pool.redacted_dsn(),
+                                     ": schema: ", result.status().message()));
+  }
+  if (result->migrated) {
+    spdlog::info(
+        "database {}: {} migration(s) applied as the owner; runtime role '{}' granted its "
+        "privileges",
+        runtime_pool.redacted_dsn(), result->applied, result->runtime_role);
+  }
+  if (!result->warning.empty()) {
+    spdlog::warn("database {}: {}", runtime_pool.redacted_dsn(), result->warning);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace rkl::db

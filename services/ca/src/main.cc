@@ -12,13 +12,12 @@
 #include "master_key.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/common/config.h"
-#include "rkl/common/logging.h"
-#include "rkl/common/process.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/rpc/daemon.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
@@ -66,36 +65,15 @@ int Fatal(const absl::Status& status) {
 
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = MakeSchema();
-  bool migrate_only = false;
-  rkl::Config config = rkl::LoadConfigOrExit(
-      schema, kProgram, argc, argv,
-      {{.name = "--migrate-only",
-        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
-                "privileges, and exit (docs/operations.md)",
-        .value = &migrate_only,
-        .checks_only = {"db.", "log."}}});
-  rkl::InitDaemonProcess();
-  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
-                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
-                    .program = kProgram});
-  rkl::rpc::InstallShutdownSignalHandlers();
+  const auto [config, migrate_only] = rkl::rpc::StartDaemonOrExit(schema, kProgram, argc, argv);
 
-  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                                .max_size = static_cast<int>(config.GetInt("db.pool_size")),
-                                .settings = rkl::db::StatementTimeoutSettings(
-                                    rkl::db::StatementTimeoutsFromConfig(config))});
+  rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
   spdlog::info("database {}", pool.redacted_dsn());
-  absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
-      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
-      rkl::ca::Migrations(), rkl::ca::kCaRuntimeGrants);
-  if (!schema_setup.ok()) return Fatal(schema_setup.status());
-  if (schema_setup->migrated) {
-    spdlog::info(
-        "schema: {} migration(s) applied as the owner; runtime role '{}' granted its "
-        "privileges",
-        schema_setup->applied, schema_setup->runtime_role);
+  if (absl::Status s = rkl::db::SetUpDaemonSchema(pool, config, migrate_only, rkl::ca::Migrations(),
+                                                  rkl::ca::kCaRuntimeGrants);
+      !s.ok()) {
+    return Fatal(s);
   }
-  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
   if (migrate_only) return 0;
 
   absl::StatusOr<rkl::ca::CaPolicy> policy = rkl::ca::PolicyFromConfig(config);

@@ -14,13 +14,11 @@
 #include "kms_grpc_service.h"
 #include "pg_kms_repository.h"
 #include "rkl/audit/service_chain.h"
-#include "rkl/common/logging.h"
-#include "rkl/common/process.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/schema_roles.h"
-#include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
 #include "rkl/kms/migrations.h"
+#include "rkl/rpc/daemon.h"
 #include "rkl/rpc/health.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
@@ -49,41 +47,17 @@ bool HsmReady(const std::shared_ptr<grpc::Channel>& channel, absl::Duration time
 
 int main(int argc, char** argv) {
   rkl::ConfigSchema schema = rkl::kms::MakeKmsConfigSchema();
-  bool migrate_only = false;
-  rkl::Config config = rkl::LoadConfigOrExit(
-      schema, kProgram, argc, argv,
-      {{.name = "--migrate-only",
-        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
-                "privileges, and exit (docs/operations.md)",
-        .value = &migrate_only,
-        .checks_only = {"db.", "log."}}});
-  rkl::InitDaemonProcess();
-  rkl::InitLogging({.format = *rkl::ParseLogFormat(config.GetEnum("log.format")),
-                    .level = *rkl::ParseLogLevel(config.GetEnum("log.level")),
-                    .program = kProgram});
-  rkl::rpc::InstallShutdownSignalHandlers();
+  const auto [config, migrate_only] = rkl::rpc::StartDaemonOrExit(schema, kProgram, argc, argv);
   spdlog::info("configuration:\n{}", config.Describe());
 
   // Only db.* is read before this step: --migrate-only checks nothing else.
-  rkl::db::ConnectionPool pool({.dsn = config.GetString("db.dsn"),
-                                .max_size = static_cast<int>(config.GetInt("db.pool_size")),
-                                .settings = rkl::db::StatementTimeoutSettings(
-                                    rkl::db::StatementTimeoutsFromConfig(config))});
-  absl::StatusOr<rkl::db::SchemaSetupResult> schema_setup = rkl::db::SetUpSchema(
-      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
-      rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
-  if (!schema_setup.ok()) {
-    spdlog::critical("fatal: database schema on {}: {}", pool.redacted_dsn(),
-                     schema_setup.status().ToString());
+  rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
+  if (absl::Status s = rkl::db::SetUpDaemonSchema(
+          pool, config, migrate_only, rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
+      !s.ok()) {
+    spdlog::critical("fatal: {}", s.ToString());
     return 1;
   }
-  if (schema_setup->migrated) {
-    spdlog::info(
-        "database {}: {} migration(s) applied as the owner; runtime role '{}' granted "
-        "its privileges",
-        pool.redacted_dsn(), schema_setup->applied, schema_setup->runtime_role);
-  }
-  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
   if (migrate_only) return 0;
   absl::StatusOr<rkl::kms::KmsSettings> loaded = rkl::kms::KmsSettingsFromConfig(config);
   if (!loaded.ok()) {

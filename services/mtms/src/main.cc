@@ -15,13 +15,11 @@
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
 #include "rkl/audit/service_chain.h"
-#include "rkl/common/logging.h"
-#include "rkl/common/process.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
-#include "rkl/db/statement_timeouts.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/rpc/daemon.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
@@ -50,19 +48,7 @@ int main(int argc, char** argv) {
   using namespace rkl;
   using namespace rkl::mtms;
   ConfigSchema schema = MakeMtmsConfigSchema();
-  bool migrate_only = false;
-  Config config = LoadConfigOrExit(
-      schema, kProgram, argc, argv,
-      {{.name = "--migrate-only",
-        .help = "apply the schema migrations as db.owner_dsn, grant db.dsn's role its "
-                "privileges, and exit (docs/operations.md)",
-        .value = &migrate_only,
-        .checks_only = {"db.", "log."}}});
-  rkl::InitDaemonProcess();
-  InitLogging({.format = *ParseLogFormat(config.GetEnum("log.format")),
-               .level = *ParseLogLevel(config.GetEnum("log.level")),
-               .program = kProgram});
-  rpc::InstallShutdownSignalHandlers();
+  const auto [config, migrate_only] = rpc::StartDaemonOrExit(schema, kProgram, argc, argv);
   spdlog::info("configuration:\n{}", config.Describe());
   // --migrate-only reads only db.* (nothing else is checked then).
   if (absl::Status s = migrate_only ? absl::OkStatus() : CheckMtmsConfig(config); !s.ok()) {
@@ -70,25 +56,13 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  db::ConnectionPool pool(
-      {.dsn = config.GetString("db.dsn"),
-       .max_size = static_cast<int>(config.GetInt("db.pool_size")),
-       .settings = db::StatementTimeoutSettings(db::StatementTimeoutsFromConfig(config))});
-  absl::StatusOr<db::SchemaSetupResult> schema_setup = db::SetUpSchema(
-      pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
-      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
-  if (!schema_setup.ok()) {
-    spdlog::critical("database {}: schema: {}", pool.redacted_dsn(),
-                     schema_setup.status().ToString());
+  db::ConnectionPool pool(db::PoolOptionsFromConfig(config));
+  if (absl::Status s = db::SetUpDaemonSchema(pool, config, migrate_only, rkl::mtms::Migrations(),
+                                             kMtmsRuntimeGrants);
+      !s.ok()) {
+    spdlog::critical("{}: {}", kProgram, s.ToString());
     return 1;
   }
-  if (schema_setup->migrated) {
-    spdlog::info(
-        "database {}: {} migration(s) applied as the owner; runtime role '{}' granted "
-        "its privileges",
-        pool.redacted_dsn(), schema_setup->applied, schema_setup->runtime_role);
-  }
-  if (!schema_setup->warning.empty()) spdlog::warn("database: {}", schema_setup->warning);
   if (migrate_only) return 0;
 
   const absl::Duration timeout = config.GetDuration("rpc.timeout");

@@ -92,4 +92,16 @@ absl::StatusOr<SchemaSetupResult> SetUpSchema(ConnectionPool& runtime_pool,
                                               std::span<const Migration> migrations,
                                               std::span<const RuntimeGrant> grants);
 
+// A daemon's runtime pool options from its configuration: db.dsn, db.pool_size and the
+// statement timeouts (DeclareStatementTimeoutConfig).
+PoolOptions PoolOptionsFromConfig(const Config& config);
+
+// SetUpSchema with db.owner_dsn, as every daemon runs it at start-up, and the log lines of
+// what it did: the migrations applied and the runtime role granted, and the warning if the
+// runtime role is stronger than it should be. An error says which database (DSN without
+// password) and why.
+absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const Config& config,
+                               bool migrate_only, std::span<const Migration> migrations,
+                               std::span<const RuntimeGrant> grants);
+
 }  // namespace rkl::db
