@@ -536,6 +536,47 @@ void AddRoot(CLI::App* c, Options& o) {
       ->capture_default_str();
 }
 
+// The option groups the subcommands share.
+enum class Opt {
+  kStateDir,
+  kSn,
+  kSnOptional,
+  kRoot,
+  kMtms,
+  kKms,
+  kCaBundle,
+  kCard,
+  kAdmin,
+  kRetries,
+  kFleetRetries
+};
+void AddOptionGroup(CLI::App* c, Options& o, Opt group) {
+  switch (group) {
+    case Opt::kStateDir:
+      return AddStateDir(c, o);
+    case Opt::kSn:
+      return AddSn(c, o, true);
+    case Opt::kSnOptional:
+      return AddSn(c, o, false);
+    case Opt::kRoot:
+      return AddRoot(c, o);
+    case Opt::kMtms:
+      return AddMtms(c, o);
+    case Opt::kKms:
+      return AddKms(c, o);
+    case Opt::kCaBundle:
+      return AddCaBundle(c, o);
+    case Opt::kCard:
+      return AddCard(c, o);
+    case Opt::kAdmin:
+      return AddAdmin(c, o);
+    case Opt::kRetries:
+      return AddRetries(c, o, 0);
+    case Opt::kFleetRetries:
+      return AddRetries(c, o, kFleetDefaultRetries);
+  }
+}
+
 }  // namespace
 
 int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
@@ -556,98 +597,58 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
       ->capture_default_str();
   app.fallthrough();
 
+  // Each subcommand: its name, help, the option groups it takes (in --help order) and what it
+  // runs.
   struct Command {
     CLI::App* app;
     std::function<absl::Status(Session&)> run;
   };
   std::vector<Command> commands;
-
-  auto* manufacture = app.add_subcommand(
-      "manufacture", "Create a terminal: SN, key algorithm and burned-in HsmRCRT");
-  AddStateDir(manufacture, o);
-  AddSn(manufacture, o, true);
-  AddRoot(manufacture, o);
-  commands.push_back({manufacture, CmdManufacture});
-
-  auto* install = app.add_subcommand(
+  auto add_command = [&](const char* name, const char* help, std::initializer_list<Opt> groups,
+                         std::function<absl::Status(Session&)> run) {
+    CLI::App* command = app.add_subcommand(name, help);
+    for (Opt group : groups) AddOptionGroup(command, o, group);
+    commands.push_back({command, std::move(run)});
+    return command;
+  };
+  add_command("manufacture", "Create a terminal: SN, key algorithm and burned-in HsmRCRT",
+              {Opt::kStateDir, Opt::kSn, Opt::kRoot}, CmdManufacture);
+  add_command(
       "install-cert",
       "S204-S206: the operator terminal fetches HsmWCRT from MTMS; the terminal verifies it "
-      "against its HsmRCRT and keeps Pu");
-  AddStateDir(install, o);
-  AddSn(install, o, true);
-  AddMtms(install, o);
-  AddCaBundle(install, o);
-  commands.push_back({install, CmdInstallCert});
-
-  auto* generate = app.add_subcommand(
-      "generate-tk", "S102-S103: the secure module makes TK = TEK || AUK and Ctk_Pu under Pu");
-  AddStateDir(generate, o);
-  AddSn(generate, o, true);
-  commands.push_back({generate, CmdGenerateTk});
-
-  auto* submit = app.add_subcommand(
+      "against its HsmRCRT and keeps Pu",
+      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle}, CmdInstallCert);
+  add_command("generate-tk",
+              "S102-S103: the secure module makes TK = TEK || AUK and Ctk_Pu under Pu",
+              {Opt::kStateDir, Opt::kSn}, CmdGenerateTk);
+  add_command(
       "submit",
       "S104-S105, S301-S303: the operator terminal signs SN + Ctk_Pu with the operator card and "
-      "sends it to MTMS");
-  AddStateDir(submit, o);
-  AddSn(submit, o, true);
-  AddMtms(submit, o);
-  AddCaBundle(submit, o);
-  AddCard(submit, o);
-  commands.push_back({submit, CmdSubmit});
-
-  auto* submission = app.add_subcommand(
+      "sends it to MTMS",
+      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle, Opt::kCard}, CmdSubmit);
+  add_command(
       "submission",
       "The operator reads back the terminal's MTMS submission: state, and why it was rejected "
-      "(signed with the operator card)");
-  AddStateDir(submission, o);
-  AddSn(submission, o, true);
-  AddMtms(submission, o);
-  AddCaBundle(submission, o);
-  AddCard(submission, o);
-  commands.push_back({submission, CmdSubmission});
-
-  auto* download = app.add_subcommand(
+      "(signed with the operator card)",
+      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle, Opt::kCard}, CmdSubmission);
+  add_command(
       "download-tmk",
       "S109-S113, S401-S405: mutual authentication with AUK, TMK as a TR-31 block under TEK, "
-      "install proof");
-  AddStateDir(download, o);
-  AddSn(download, o, true);
-  AddKms(download, o);
-  AddCaBundle(download, o);
-  AddAdmin(download, o);
-  commands.push_back({download, CmdDownloadTmk});
-
-  auto* provision = app.add_subcommand(
-      "provision", "All steps for one terminal (resumes an existing terminal where it stopped)");
-  AddStateDir(provision, o);
-  AddSn(provision, o, true);
-  AddRoot(provision, o);
-  AddMtms(provision, o);
-  AddKms(provision, o);
-  AddCaBundle(provision, o);
-  AddCard(provision, o);
-  AddAdmin(provision, o);
-  AddRetries(provision, o, 0);
-  commands.push_back({provision, CmdProvision});
-
-  auto* status = app.add_subcommand(
-      "status", "Show one terminal (--sn) or all terminals: states and KCVs only");
-  AddStateDir(status, o);
-  AddSn(status, o, false);
-  commands.push_back({status, CmdStatus});
-
-  auto* fleet = app.add_subcommand(
+      "install proof",
+      {Opt::kStateDir, Opt::kSn, Opt::kKms, Opt::kCaBundle, Opt::kAdmin}, CmdDownloadTmk);
+  add_command("provision",
+              "All steps for one terminal (resumes an existing terminal where it stopped)",
+              {Opt::kStateDir, Opt::kSn, Opt::kRoot, Opt::kMtms, Opt::kKms, Opt::kCaBundle,
+               Opt::kCard, Opt::kAdmin, Opt::kRetries},
+              CmdProvision);
+  add_command("status", "Show one terminal (--sn) or all terminals: states and KCVs only",
+              {Opt::kStateDir, Opt::kSnOptional}, CmdStatus);
+  auto* fleet = add_command(
       "fleet",
-      "N terminals through the whole flow in parallel, with progress and a latency summary");
-  AddStateDir(fleet, o);
-  AddRoot(fleet, o);
-  AddMtms(fleet, o);
-  AddKms(fleet, o);
-  AddCaBundle(fleet, o);
-  AddCard(fleet, o);
-  AddAdmin(fleet, o);
-  AddRetries(fleet, o, kFleetDefaultRetries);
+      "N terminals through the whole flow in parallel, with progress and a latency summary",
+      {Opt::kStateDir, Opt::kRoot, Opt::kMtms, Opt::kKms, Opt::kCaBundle, Opt::kCard, Opt::kAdmin,
+       Opt::kFleetRetries},
+      [&](Session& s) { return CmdFleet(s, o); });
   fleet->add_option("--count", o.count, "Number of terminals")->capture_default_str();
   fleet->add_option("--concurrency", o.concurrency, "Terminals in flight at once")
       ->capture_default_str();
@@ -661,7 +662,6 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
                   "Do not force the terminals' state files to disk (a load run: real terminals "
                   "sync their own flash, not this machine's disk). Files are still replaced "
                   "atomically; a crash of this machine may lose the last steps' state");
-  commands.push_back({fleet, [&](Session& s) { return CmdFleet(s, o); }});
 
   try {
     app.parse(argc, argv);
