@@ -1,5 +1,7 @@
 #include "connection.h"
 
+#include <iostream>
+
 #include "rkl/rpc/channel.h"
 
 namespace rkl::rklctl {
@@ -24,6 +26,20 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Endpoint& endpoint)
   options.tls = {endpoint.tls_cert, endpoint.tls_key, endpoint.tls_ca};
   options.authority = endpoint.authority;
   return rpc::MakeChannel(endpoint.target, options);
+}
+
+CLI::App* AddCommandGroup(CLI::App& parent, const std::string& name, const std::string& help,
+                          std::initializer_list<void (*)(CLI::App*)> add_commands) {
+  CLI::App* group = parent.add_subcommand(name, help);
+  group->require_subcommand(1);
+  for (auto add : add_commands) add(group);
+  return group;
+}
+
+void Area::Fail(const std::string& step, const absl::Status& status, int exit_code) const {
+  std::cerr << "rklctl " << name << " " << step << ": " << absl::StatusCodeToString(status.code())
+            << ": " << status.message() << "\n";
+  throw CLI::RuntimeError(exit_code);
 }
 
 }  // namespace rkl::rklctl

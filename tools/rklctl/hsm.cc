@@ -34,30 +34,13 @@ namespace {
 using crypto::SecretBytes;
 
 constexpr size_t kComponentSize = 32;
-constexpr absl::Duration kTimeout = absl::Seconds(60);
+constexpr Area kArea{"hsm", absl::Seconds(60)};
 constexpr char kDefaultHsm[] = "localhost:50052";
-
-[[noreturn]] void Fail(const std::string& step, const absl::Status& status, int code = 1) {
-  std::cerr << "rklctl hsm: " << step << ": " << status.message() << " ("
-            << absl::StatusCodeToString(status.code()) << ")\n";
-  throw CLI::RuntimeError(code);
-}
 
 std::unique_ptr<v1::Hsm::Stub> HsmStub(const Endpoint& endpoint) {
   auto channel = Connect(endpoint);
-  if (!channel.ok()) Fail("connect", channel.status(), 2);
+  if (!channel.ok()) kArea.Fail("connect", channel.status(), 2);
   return v1::Hsm::NewStub(*channel);
-}
-
-template <typename Req, typename Resp>
-Resp Call(const std::string& step, v1::Hsm::Stub& stub,
-          grpc::Status (v1::Hsm::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-          const Req& request) {
-  auto ctx = rpc::MakeClientContext(kTimeout);
-  Resp response;
-  grpc::Status s = (stub.*method)(ctx.get(), request, &response);
-  if (!s.ok()) Fail(step, rpc::FromGrpcStatus(s));
-  return response;
 }
 
 // 64 hex digits (optionally followed by a line ending) or 32 raw bytes.
@@ -159,6 +142,19 @@ const char* StateName(v1::CeremonyState s) {
   }
 }
 
+// The options of a command on one ceremony.
+struct CeremonyOpts {
+  Endpoint endpoint;
+  std::string id;
+};
+std::pair<CLI::App*, std::shared_ptr<CeremonyOpts>> AddCeremonyCommand(CLI::App* ceremony,
+                                                                       const std::string& name,
+                                                                       const std::string& help) {
+  auto [cmd, o] = AddServiceCommand<CeremonyOpts>(ceremony, name, help, "hsm", kDefaultHsm);
+  cmd->add_option("--ceremony", o->id, "ceremony id")->required();
+  return {cmd, o};
+}
+
 void RegisterCeremony(CLI::App* hsm) {
   auto* ceremony = hsm->add_subcommand(
       "ceremony",
@@ -174,9 +170,8 @@ void RegisterCeremony(CLI::App* hsm) {
       uint32_t components = 2;
       uint32_t ttl = 0;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = ceremony->add_subcommand("begin", "start a ceremony; prints its id");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+    auto [cmd, o] = AddServiceCommand<Opts>(ceremony, "begin", "start a ceremony; prints its id",
+                                            "hsm", kDefaultHsm);
     cmd->add_option("--label", o->label, "label of the key to make, e.g. PK-2026")->required();
     cmd->add_option("--type", o->type, "PK or MAK")
         ->required()
@@ -192,7 +187,7 @@ void RegisterCeremony(CLI::App* hsm) {
       req.set_key_type(o->type == "PK" ? v1::KEY_TYPE_PK : v1::KEY_TYPE_MAK);
       req.set_component_count(o->components);
       req.set_ttl_seconds(o->ttl);
-      auto r = Call("begin ceremony", *stub, &v1::Hsm::Stub::BeginCeremony, req);
+      auto r = kArea.Call("begin ceremony", *stub, &v1::Hsm::Stub::BeginCeremony, req);
       std::cout << "ceremony " << r.ceremony_id() << " open for " << o->type << " '" << o->label
                 << "', " << o->components << " components, expires at unix ms "
                 << r.expires_at_unix_ms() << "\n";
@@ -201,19 +196,13 @@ void RegisterCeremony(CLI::App* hsm) {
 
   // status
   {
-    struct Opts {
-      Endpoint endpoint;
-      std::string id;
-    };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = ceremony->add_subcommand("status", "show a ceremony's state and custodians");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
-    cmd->add_option("--ceremony", o->id, "ceremony id")->required();
+    auto [cmd, o] =
+        AddCeremonyCommand(ceremony, "status", "show a ceremony's state and custodians");
     cmd->callback([o] {
       auto stub = HsmStub(o->endpoint);
       v1::GetCeremonyRequest req;
       req.set_ceremony_id(o->id);
-      auto r = Call("get ceremony", *stub, &v1::Hsm::Stub::GetCeremony, req);
+      auto r = kArea.Call("get ceremony", *stub, &v1::Hsm::Stub::GetCeremony, req);
       std::cout << "ceremony " << r.ceremony_id() << " " << StateName(r.state()) << ", label '"
                 << r.label() << "', " << r.components_added() << "/" << r.component_count()
                 << " components";
@@ -229,13 +218,12 @@ void RegisterCeremony(CLI::App* hsm) {
       Endpoint endpoint;
       std::string id, file, hex, generate_to;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = ceremony->add_subcommand(
-        "add-component",
+    auto [cmd, o] = AddServiceCommand<Opts>(
+        ceremony, "add-component",
         "add this custodian's component (the custodian is the --tls-cert identity, a "
         "custodian:<name> certificate); with no source option the component is prompted for "
-        "without echo");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+        "without echo",
+        "hsm", kDefaultHsm);
     cmd->add_option("--ceremony", o->id, "ceremony id")->required();
     auto* file = cmd->add_option("--component-file", o->file,
                                  "file with the component (64 hex digits or 32 raw bytes)");
@@ -259,33 +247,34 @@ void RegisterCeremony(CLI::App* hsm) {
       } else {
         component = PromptComponent();
       }
-      if (!component.ok()) Fail("read component", component.status(), 2);
+      if (!component.ok()) kArea.Fail("read component", component.status(), 2);
 
       auto stub = HsmStub(o->endpoint);
       v1::GetCeremonyRequest get;
       get.set_ceremony_id(o->id);
-      auto ceremony = Call("get ceremony", *stub, &v1::Hsm::Stub::GetCeremony, get);
+      auto ceremony = kArea.Call("get ceremony", *stub, &v1::Hsm::Stub::GetCeremony, get);
       if (ceremony.state() != v1::CEREMONY_STATE_OPEN) {
-        Fail("add component", absl::FailedPreconditionError(
-                                  absl::StrCat("ceremony is ", StateName(ceremony.state()))));
+        kArea.Fail("add component", absl::FailedPreconditionError(
+                                        absl::StrCat("ceremony is ", StateName(ceremony.state()))));
       }
       const std::string& der = ceremony.component_encryption_key_der();
       auto key = crypto::PublicKey::FromDer(AsBytes(der));
       if (!key.ok() || key->Type() != crypto::KeyType::kRsa || key->Bits() < 3072) {
-        Fail("ceremony key", absl::FailedPreconditionError("not an RSA key of at least 3072 bits"));
+        kArea.Fail("ceremony key",
+                   absl::FailedPreconditionError("not an RSA key of at least 3072 bits"));
       }
       std::string label = "RKL-COMPONENT:" + o->id;
       auto encrypted = crypto::RsaOaepEncrypt(*key, *component, AsBytes(label));
-      if (!encrypted.ok()) Fail("encrypt component", encrypted.status());
+      if (!encrypted.ok()) kArea.Fail("encrypt component", encrypted.status());
       v1::AddComponentRequest add;
       add.set_ceremony_id(o->id);
       add.set_encrypted_component(std::string(encrypted->begin(), encrypted->end()));
-      auto r = Call("add component", *stub, &v1::Hsm::Stub::AddComponent, add);
+      auto r = kArea.Call("add component", *stub, &v1::Hsm::Stub::AddComponent, add);
       std::string local_kcv = Kcv(*component);
       if (r.component_kcv() != local_kcv) {
-        Fail("add component",
-             absl::DataLossError(absl::StrCat("the HSM reports component KCV ", r.component_kcv(),
-                                              " but the component entered has KCV ", local_kcv)));
+        kArea.Fail("add component", absl::DataLossError(absl::StrCat(
+                                        "the HSM reports component KCV ", r.component_kcv(),
+                                        " but the component entered has KCV ", local_kcv)));
       }
       std::cout << "component added: KCV " << r.component_kcv() << " (" << r.components_added()
                 << "/" << r.components_required() << ")\n";
@@ -294,19 +283,12 @@ void RegisterCeremony(CLI::App* hsm) {
 
   // complete
   {
-    struct Opts {
-      Endpoint endpoint;
-      std::string id;
-    };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = ceremony->add_subcommand("complete", "combine the components into the key");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
-    cmd->add_option("--ceremony", o->id, "ceremony id")->required();
+    auto [cmd, o] = AddCeremonyCommand(ceremony, "complete", "combine the components into the key");
     cmd->callback([o] {
       auto stub = HsmStub(o->endpoint);
       v1::CompleteCeremonyRequest req;
       req.set_ceremony_id(o->id);
-      auto r = Call("complete ceremony", *stub, &v1::Hsm::Stub::CompleteCeremony, req);
+      auto r = kArea.Call("complete ceremony", *stub, &v1::Hsm::Stub::CompleteCeremony, req);
       std::cout << "key index " << r.key_index() << " KCV " << r.kcv() << "\n";
     });
   }
@@ -324,7 +306,7 @@ void RegisterSecretFiles(CLI::App* hsm) {
     cmd->add_option("--out", *out, "file to create")->required();
     cmd->callback([out, name] {
       auto secret = WriteNewSecretFile(*out);
-      if (!secret.ok()) Fail(name + " new", secret.status(), 2);
+      if (!secret.ok()) kArea.Fail(name + " new", secret.status(), 2);
       std::cout << name << " written to " << *out << " (mode 0600), KCV " << Kcv(*secret) << "\n";
     });
   }
@@ -336,15 +318,14 @@ void RegisterKeyCommands(CLI::App* hsm) {
       Endpoint endpoint;
       uint64_t index = 0;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = hsm->add_subcommand("key-info", "show a key's metadata (never its bytes)");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+    auto [cmd, o] = AddServiceCommand<Opts>(
+        hsm, "key-info", "show a key's metadata (never its bytes)", "hsm", kDefaultHsm);
     cmd->add_option("--index", o->index, "key index")->required();
     cmd->callback([o] {
       auto stub = HsmStub(o->endpoint);
       v1::GetKeyInfoRequest req;
       req.set_key_index(o->index);
-      auto r = Call("key info", *stub, &v1::Hsm::Stub::GetKeyInfo, req);
+      auto r = kArea.Call("key info", *stub, &v1::Hsm::Stub::GetKeyInfo, req);
       std::cout << "index      " << r.key_index() << "\n"
                 << "type       " << v1::KeyType_Name(r.type()) << "\n"
                 << "algorithm  " << v1::KeyAlgorithm_Name(r.algorithm()) << "\n"
@@ -363,15 +344,14 @@ void RegisterKeyCommands(CLI::App* hsm) {
       Endpoint endpoint;
       uint64_t index = 0;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = hsm->add_subcommand("delete-key", "delete a key and erase its sealed material");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+    auto [cmd, o] = AddServiceCommand<Opts>(
+        hsm, "delete-key", "delete a key and erase its sealed material", "hsm", kDefaultHsm);
     cmd->add_option("--index", o->index, "key index")->required();
     cmd->callback([o] {
       auto stub = HsmStub(o->endpoint);
       v1::DeleteKeyRequest req;
       req.set_key_index(o->index);
-      Call("delete key", *stub, &v1::Hsm::Stub::DeleteKey, req);
+      kArea.Call("delete key", *stub, &v1::Hsm::Stub::DeleteKey, req);
       std::cout << "key " << o->index << " deleted\n";
     });
   }
@@ -380,12 +360,11 @@ void RegisterKeyCommands(CLI::App* hsm) {
       Endpoint endpoint;
       std::string anchor_file;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = hsm->add_subcommand(
-        "audit-verify",
+    auto [cmd, o] = AddServiceCommand<Opts>(
+        hsm, "audit-verify",
         "verify the audit chain (and with --anchor that it still holds the anchored record); "
-        "exit 1 and name the first broken record if not");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+        "exit 1 and name the first broken record if not",
+        "hsm", kDefaultHsm);
     cmd->add_option("--anchor", o->anchor_file,
                     "an anchor of this HSM (its audit.anchor_file, or saved from audit-anchor): "
                     "also detects the newest records removed");
@@ -393,14 +372,15 @@ void RegisterKeyCommands(CLI::App* hsm) {
       v1::VerifyAuditChainRequest req;
       if (!o->anchor_file.empty()) {
         std::ifstream in(o->anchor_file, std::ios::binary);
-        if (!in) Fail("read anchor", absl::NotFoundError(o->anchor_file + ": cannot be read"), 2);
+        if (!in)
+          kArea.Fail("read anchor", absl::NotFoundError(o->anchor_file + ": cannot be read"), 2);
         std::string text(4096, '\0');
         in.read(text.data(), static_cast<std::streamsize>(text.size()));
         text.resize(static_cast<size_t>(in.gcount()));
         req.set_anchor(std::string(absl::StripAsciiWhitespace(text)));
       }
       auto stub = HsmStub(o->endpoint);
-      auto r = Call("verify audit chain", *stub, &v1::Hsm::Stub::VerifyAuditChain, req);
+      auto r = kArea.Call("verify audit chain", *stub, &v1::Hsm::Stub::VerifyAuditChain, req);
       if (r.intact()) {
         std::cout << "audit chain intact: " << r.records_checked() << " records";
         if (!o->anchor_file.empty()) {
@@ -419,17 +399,17 @@ void RegisterKeyCommands(CLI::App* hsm) {
       Endpoint endpoint;
       std::string out;
     };
-    auto o = std::make_shared<Opts>();
-    auto* cmd = hsm->add_subcommand(
-        "audit-anchor",
+    auto [cmd, o] = AddServiceCommand<Opts>(
+        hsm, "audit-anchor",
         "anchor the audit chain's head now (the HSM also writes it to its audit.anchor_file); "
-        "prints the anchor");
-    AddEndpointOptions(cmd, o->endpoint, "hsm", kDefaultHsm);
+        "prints the anchor",
+        "hsm", kDefaultHsm);
     cmd->add_option("--out", o->out,
                     "also write the anchor to this NEW file, to keep it away from the HSM");
     cmd->callback([o] {
       auto stub = HsmStub(o->endpoint);
-      auto r = Call("anchor audit chain", *stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
+      auto r =
+          kArea.Call("anchor audit chain", *stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
       if (!o->out.empty()) {
         int fd = ::open(o->out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         const std::string line = r.anchor() + "\n";
@@ -438,9 +418,9 @@ void RegisterKeyCommands(CLI::App* hsm) {
         ok = fd >= 0 && ::fsync(fd) == 0 && ok;
         if (fd >= 0) ::close(fd);
         if (!ok) {
-          Fail("write anchor",
-               absl::FailedPreconditionError(o->out + ": cannot be created (it must not exist)"),
-               2);
+          kArea.Fail(
+              "write anchor",
+              absl::FailedPreconditionError(o->out + ": cannot be created (it must not exist)"), 2);
         }
       }
       std::cout << r.anchor() << "\n";
@@ -451,11 +431,8 @@ void RegisterKeyCommands(CLI::App* hsm) {
 }  // namespace
 
 void RegisterHsmCommands(CLI::App& app) {
-  auto* hsm = app.add_subcommand("hsm", "key ceremony, key info, audit verification (rkl-hsm)");
-  hsm->require_subcommand(1);
-  RegisterCeremony(hsm);
-  RegisterSecretFiles(hsm);
-  RegisterKeyCommands(hsm);
+  AddCommandGroup(app, "hsm", "key ceremony, key info, audit verification (rkl-hsm)",
+                  {RegisterCeremony, RegisterSecretFiles, RegisterKeyCommands});
 }
 
 }  // namespace rkl::rklctl

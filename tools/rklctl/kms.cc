@@ -21,7 +21,7 @@ namespace rkl::rklctl {
 namespace {
 
 constexpr char kDefaultKms[] = "localhost:50055";
-constexpr absl::Duration kTimeout = absl::Seconds(15);
+constexpr Area kArea{"kms", absl::Seconds(15)};
 
 std::string StateName(rkl::v1::TerminalState s) {
   std::string name = rkl::v1::TerminalState_Name(s);
@@ -29,16 +29,36 @@ std::string StateName(rkl::v1::TerminalState s) {
   return name.starts_with(kPrefix) ? name.substr(kPrefix.size()) : name;
 }
 
-[[noreturn]] void Fail(const std::string& step, const absl::Status& status) {
-  std::cerr << "rklctl kms " << step << ": " << absl::StatusCodeToString(status.code()) << ": "
-            << status.message() << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 std::unique_ptr<rkl::v1::Kms::Stub> KmsStub(const Endpoint& endpoint, const std::string& step) {
   auto channel = Connect(endpoint);
-  if (!channel.ok()) Fail(step, channel.status());
+  if (!channel.ok()) kArea.Fail(step, channel.status());
   return rkl::v1::Kms::NewStub(std::shared_ptr<grpc::ChannelInterface>(*channel));
+}
+
+// --page-size and --all of a listing command.
+struct Paging {
+  uint32_t page_size = 100;
+  bool all = false;
+};
+void AddPagingOptions(CLI::App* cmd, Paging& paging, const std::string& rows) {
+  cmd->add_option("--page-size", paging.page_size, rows + " per request")
+      ->check(CLI::Range(1, 1000));
+  cmd->add_flag("--all", paging.all, "follow pages to the end");
+}
+
+// Calls `fetch_page` (which sends `req`, prints the page and returns its next_page_token)
+// for the first page, and with --all for every following one; without --all, says when
+// there are more.
+template <typename Request, typename FetchPage>
+void FollowPages(Request& req, const Paging& paging, FetchPage fetch_page) {
+  req.mutable_page()->set_page_size(paging.page_size);
+  do {
+    req.mutable_page()->set_page_token(fetch_page());
+    if (!paging.all && !req.page().page_token().empty()) {
+      std::cout << "(more: --all)\n";
+      return;
+    }
+  } while (!req.page().page_token().empty());
 }
 
 void PrintTerminal(const rkl::v1::Terminal& t) {
@@ -61,9 +81,7 @@ void AddAdminChange(CLI::App* terminal, const std::string& name, const std::stri
                     grpc::Status (rkl::v1::Kms::Stub::*rpc)(grpc::ClientContext*,
                                                             const rkl::v1::TerminalAdminRequest&,
                                                             rkl::v1::Terminal*)) {
-  auto* cmd = terminal->add_subcommand(name, help);
-  auto args = std::make_shared<TerminalArgs>();
-  AddEndpointOptions(cmd, args->endpoint, "kms", kDefaultKms);
+  auto [cmd, args] = AddServiceCommand<TerminalArgs>(terminal, name, help, "kms", kDefaultKms);
   cmd->add_option("sn", args->sn, "terminal serial number")->required();
   cmd->add_option("--reason", args->reason, "why (recorded in the audit, at most 256 chars)");
   cmd->callback([args, name, rpc] {
@@ -71,35 +89,26 @@ void AddAdminChange(CLI::App* terminal, const std::string& name, const std::stri
     rkl::v1::TerminalAdminRequest req;
     req.set_sn(args->sn);
     req.set_reason(args->reason);
-    rkl::v1::Terminal resp;
-    auto ctx = rpc::MakeClientContext(kTimeout);
-    grpc::Status st = ((*stub).*rpc)(ctx.get(), req, &resp);
-    if (!st.ok()) Fail("terminal " + name, rpc::FromGrpcStatus(st));
-    PrintTerminal(resp);
+    PrintTerminal(kArea.Call("terminal " + name, *stub, rpc, req));
   });
 }
 
 }  // namespace
 
 void RegisterKmsCommands(CLI::App& app) {
-  auto* kms = app.add_subcommand("kms", "terminal administration on rkl-kms");
-  kms->require_subcommand(1);
-  auto* terminal = kms->add_subcommand("terminal", "inspect and administer terminals");
-  terminal->require_subcommand(1);
+  CLI::App* kms = AddCommandGroup(app, "kms", "terminal administration on rkl-kms");
+  CLI::App* terminal = AddCommandGroup(*kms, "terminal", "inspect and administer terminals");
 
   {
-    auto* cmd = terminal->add_subcommand("get", "show one terminal");
-    auto args = std::make_shared<TerminalArgs>();
-    AddEndpointOptions(cmd, args->endpoint, "kms", kDefaultKms);
+    auto [cmd, args] =
+        AddServiceCommand<TerminalArgs>(terminal, "get", "show one terminal", "kms", kDefaultKms);
     cmd->add_option("sn", args->sn, "terminal serial number")->required();
     cmd->callback([args] {
       auto stub = KmsStub(args->endpoint, "terminal get");
       rkl::v1::GetTerminalRequest req;
       req.set_sn(args->sn);
-      rkl::v1::Terminal resp;
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      grpc::Status st = stub->GetTerminal(ctx.get(), req, &resp);
-      if (!st.ok()) Fail("terminal get", rpc::FromGrpcStatus(st));
+      rkl::v1::Terminal resp =
+          kArea.Call("terminal get", *stub, &rkl::v1::Kms::Stub::GetTerminal, req);
       PrintTerminal(resp);
       std::cout << "  tk_received_at_ms=" << resp.tk_received_at_unix_ms()
                 << "  installed_at_ms=" << resp.installed_at_unix_ms()
@@ -112,43 +121,32 @@ void RegisterKmsCommands(CLI::App& app) {
       Endpoint endpoint;
       std::string state;
       std::string prefix;
-      uint32_t page_size = 100;
-      bool all = false;
+      Paging paging;
     };
-    auto* cmd = terminal->add_subcommand("list", "list terminals, by SN");
-    auto args = std::make_shared<ListArgs>();
-    AddEndpointOptions(cmd, args->endpoint, "kms", kDefaultKms);
+    auto [cmd, args] =
+        AddServiceCommand<ListArgs>(terminal, "list", "list terminals, by SN", "kms", kDefaultKms);
     cmd->add_option("--state", args->state,
                     "only this state (TK_RECEIVED, AUTHENTICATED, TMK_DELIVERED, INSTALLED, "
                     "LOCKED, REVOKED, REKEY_PENDING)");
     cmd->add_option("--prefix", args->prefix, "only SNs starting with this");
-    cmd->add_option("--page-size", args->page_size, "terminals per request")
-        ->check(CLI::Range(1, 1000));
-    cmd->add_flag("--all", args->all, "follow pages to the end");
+    AddPagingOptions(cmd, args->paging, "terminals");
     cmd->callback([args] {
       rkl::v1::ListTerminalsRequest req;
       if (!args->state.empty()) {
         rkl::v1::TerminalState state;
         if (!rkl::v1::TerminalState_Parse("TERMINAL_STATE_" + args->state, &state)) {
-          Fail("terminal list", absl::InvalidArgumentError("--state: unknown state"));
+          kArea.Fail("terminal list", absl::InvalidArgumentError("--state: unknown state"));
         }
         req.set_state(state);
       }
       req.set_sn_prefix(args->prefix);
-      req.mutable_page()->set_page_size(args->page_size);
       auto stub = KmsStub(args->endpoint, "terminal list");
-      do {
-        rkl::v1::ListTerminalsResponse resp;
-        auto ctx = rpc::MakeClientContext(kTimeout);
-        grpc::Status st = stub->ListTerminals(ctx.get(), req, &resp);
-        if (!st.ok()) Fail("terminal list", rpc::FromGrpcStatus(st));
+      FollowPages(req, args->paging, [&] {
+        rkl::v1::ListTerminalsResponse resp =
+            kArea.Call("terminal list", *stub, &rkl::v1::Kms::Stub::ListTerminals, req);
         for (const auto& t : resp.terminals()) PrintTerminal(t);
-        req.mutable_page()->set_page_token(resp.next_page_token());
-        if (!args->all && !resp.next_page_token().empty()) {
-          std::cout << "(more: --all)\n";
-          break;
-        }
-      } while (!req.page().page_token().empty());
+        return resp.next_page_token();
+      });
     });
   }
   AddAdminChange(terminal, "unlock", "unlock a LOCKED terminal (back to its previous state)",
@@ -165,10 +163,8 @@ void RegisterKmsCommands(CLI::App& app) {
     AddEndpointOptions(cmd, *endpoint, "kms", kDefaultKms);
     cmd->callback([endpoint] {
       auto stub = KmsStub(*endpoint, "stats");
-      rkl::v1::Statistics resp;
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      grpc::Status st = stub->GetStatistics(ctx.get(), rkl::v1::Empty(), &resp);
-      if (!st.ok()) Fail("stats", rpc::FromGrpcStatus(st));
+      rkl::v1::Statistics resp =
+          kArea.Call("stats", *stub, &rkl::v1::Kms::Stub::GetStatistics, rkl::v1::Empty());
       std::cout << "terminals_total=" << resp.terminals_total()
                 << "\ndistinct_tmk_kcvs=" << resp.distinct_tmk_kcvs()
                 << "\nauth_failures_total=" << resp.auth_failures_total() << "\n";
@@ -181,47 +177,34 @@ void RegisterKmsCommands(CLI::App& app) {
     struct AuditArgs {
       Endpoint endpoint;
       std::string sn;
-      uint32_t page_size = 100;
-      bool all = false;
+      Paging paging;
     };
-    auto* cmd = kms->add_subcommand("audit", "the KMS audit trail, oldest first");
-    auto args = std::make_shared<AuditArgs>();
-    AddEndpointOptions(cmd, args->endpoint, "kms", kDefaultKms);
+    auto [cmd, args] = AddServiceCommand<AuditArgs>(
+        kms, "audit", "the KMS audit trail, oldest first", "kms", kDefaultKms);
     cmd->add_option("--sn", args->sn, "only this terminal");
-    cmd->add_option("--page-size", args->page_size, "records per request")
-        ->check(CLI::Range(1, 1000));
-    cmd->add_flag("--all", args->all, "follow pages to the end");
+    AddPagingOptions(cmd, args->paging, "records");
     cmd->callback([args] {
       auto stub = KmsStub(args->endpoint, "audit");
       rkl::v1::ListAuditRequest req;
       req.set_sn(args->sn);
-      req.mutable_page()->set_page_size(args->page_size);
-      do {
-        rkl::v1::ListAuditResponse resp;
-        auto ctx = rpc::MakeClientContext(kTimeout);
-        grpc::Status st = stub->ListAudit(ctx.get(), req, &resp);
-        if (!st.ok()) Fail("audit", rpc::FromGrpcStatus(st));
+      FollowPages(req, args->paging, [&] {
+        rkl::v1::ListAuditResponse resp =
+            kArea.Call("audit", *stub, &rkl::v1::Kms::Stub::ListAudit, req);
         for (const auto& r : resp.records()) {
           std::cout << r.seq() << "  " << absl::FormatTime(absl::FromUnixMillis(r.at_unix_ms()))
                     << "  " << r.actor() << "  " << r.action() << "  "
                     << (r.sn().empty() ? "-" : r.sn()) << "  " << r.result() << "  " << r.detail()
                     << "\n";
         }
-        req.mutable_page()->set_page_token(resp.next_page_token());
-        if (!args->all && !resp.next_page_token().empty()) {
-          std::cout << "(more: --all)\n";
-          break;
-        }
-      } while (!req.page().page_token().empty());
+        return resp.next_page_token();
+      });
     });
   }
   AddAuditVerifyCommand(kms, "KMS", "kms", kDefaultKms,
                         [](const Endpoint& endpoint, const rkl::v1::VerifyAuditChainRequest& req) {
                           auto stub = KmsStub(endpoint, "audit-verify");
-                          rkl::v1::VerifyAuditChainResponse resp;
-                          auto ctx = rpc::MakeClientContext(kTimeout);
-                          grpc::Status st = stub->VerifyAuditChain(ctx.get(), req, &resp);
-                          if (!st.ok()) Fail("audit-verify", rpc::FromGrpcStatus(st));
+                          rkl::v1::VerifyAuditChainResponse resp = kArea.Call(
+                              "audit-verify", *stub, &rkl::v1::Kms::Stub::VerifyAuditChain, req);
                           return resp;
                         });
 }

@@ -25,17 +25,11 @@ namespace {
 
 constexpr char kDefaultMtms[] = "localhost:50054";
 // Provisioning generates an RSA key in HSM #1 and has the CA sign it: allow for that.
-constexpr absl::Duration kTimeout = absl::Seconds(60);
-
-[[noreturn]] void Fail(const std::string& step, const absl::Status& status) {
-  std::cerr << "rklctl mtms " << step << ": " << absl::StatusCodeToString(status.code()) << ": "
-            << status.message() << "\n";
-  throw CLI::RuntimeError(1);
-}
+constexpr Area kArea{"mtms", absl::Seconds(60)};
 
 std::unique_ptr<v1::Mtms::Stub> MtmsStub(const Endpoint& endpoint, const std::string& step) {
   auto channel = Connect(endpoint);
-  if (!channel.ok()) Fail(step, channel.status());
+  if (!channel.ok()) kArea.Fail(step, channel.status());
   return v1::Mtms::NewStub(std::shared_ptr<grpc::ChannelInterface>(*channel));
 }
 
@@ -86,11 +80,10 @@ void RegisterWorkKeyCommands(CLI::App* mtms) {
       bool rotate = false;
       uint32_t rsa_bits = 0;
     };
-    auto args = std::make_shared<Args>();
-    auto* cmd = work_key->add_subcommand(
-        "provision",
-        "have HSM #1 generate Pu/Pr and the CA certify it (idempotent unless --rotate)");
-    AddEndpointOptions(cmd, args->endpoint, "mtms", kDefaultMtms);
+    auto [cmd, args] = AddServiceCommand<Args>(
+        work_key, "provision",
+        "have HSM #1 generate Pu/Pr and the CA certify it (idempotent unless --rotate)", "mtms",
+        kDefaultMtms);
     cmd->add_flag("--rotate", args->rotate,
                   "make a new pair current; the old one stays accepted until retired");
     cmd->add_option("--rsa-bits", args->rsa_bits, "2048 or 3072 (default: the server's)")
@@ -100,10 +93,8 @@ void RegisterWorkKeyCommands(CLI::App* mtms) {
       v1::ProvisionWorkKeyRequest req;
       req.set_rotate(args->rotate);
       req.set_rsa_bits(args->rsa_bits);
-      v1::WorkKey resp;
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      grpc::Status st = stub->ProvisionWorkKey(ctx.get(), req, &resp);
-      if (!st.ok()) Fail("work-key provision", rpc::FromGrpcStatus(st));
+      v1::WorkKey resp =
+          kArea.Call("work-key provision", *stub, &v1::Mtms::Stub::ProvisionWorkKey, req);
       PrintWorkKey(resp);
     });
   }
@@ -113,10 +104,8 @@ void RegisterWorkKeyCommands(CLI::App* mtms) {
     AddEndpointOptions(cmd, *endpoint, "mtms", kDefaultMtms);
     cmd->callback([endpoint] {
       auto stub = MtmsStub(*endpoint, "work-key list");
-      v1::ListWorkKeysResponse resp;
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      grpc::Status st = stub->ListWorkKeys(ctx.get(), {}, &resp);
-      if (!st.ok()) Fail("work-key list", rpc::FromGrpcStatus(st));
+      v1::ListWorkKeysResponse resp =
+          kArea.Call("work-key list", *stub, &v1::Mtms::Stub::ListWorkKeys, {});
       for (const auto& k : resp.work_keys()) PrintWorkKey(k);
     });
   }
@@ -138,10 +127,7 @@ void RegisterWorkKeyCommands(CLI::App* mtms) {
       v1::RetireWorkKeyRequest req;
       req.set_serial_hex(args->serial);
       req.set_force(args->force);
-      v1::WorkKey resp;
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      grpc::Status st = stub->RetireWorkKey(ctx.get(), req, &resp);
-      if (!st.ok()) Fail("work-key retire", rpc::FromGrpcStatus(st));
+      v1::WorkKey resp = kArea.Call("work-key retire", *stub, &v1::Mtms::Stub::RetireWorkKey, req);
       PrintWorkKey(resp);
     });
   }
@@ -154,9 +140,8 @@ void RegisterQueueCommands(CLI::App* mtms) {
     uint32_t page_size = 0;
     bool all = false;
   };
-  auto args = std::make_shared<Args>();
-  auto* queue = mtms->add_subcommand("queue", "table SN-Key_MTMS: packages and their forwarding");
-  AddEndpointOptions(queue, args->endpoint, "mtms", kDefaultMtms);
+  auto [queue, args] = AddServiceCommand<Args>(
+      mtms, "queue", "table SN-Key_MTMS: packages and their forwarding", "mtms", kDefaultMtms);
   queue->add_option("--state", args->state, "received | forwarded | rejected (default: all)")
       ->check(CLI::IsMember({"received", "forwarded", "rejected"}, CLI::ignore_case));
   queue->add_option("--page-size", args->page_size, "rows per page (default 100, at most 1000)");
@@ -171,10 +156,7 @@ void RegisterQueueCommands(CLI::App* mtms) {
     req.mutable_page()->set_page_size(args->page_size);
     v1::ListQueueResponse resp;
     do {
-      auto ctx = rpc::MakeClientContext(kTimeout);
-      resp.Clear();
-      grpc::Status st = stub->ListQueue(ctx.get(), req, &resp);
-      if (!st.ok()) Fail("queue", rpc::FromGrpcStatus(st));
+      resp = kArea.Call("queue", *stub, &v1::Mtms::Stub::ListQueue, req);
       for (const auto& s : resp.submissions()) PrintSubmission(s);
       req.mutable_page()->set_page_token(resp.next_page_token());
     } while (args->all && !resp.next_page_token().empty());
@@ -189,10 +171,8 @@ void RegisterQueueCommands(CLI::App* mtms) {
   AddEndpointOptions(forward, *endpoint, "mtms", kDefaultMtms);
   forward->callback([endpoint] {
     auto stub = MtmsStub(*endpoint, "forward-now");
-    v1::ForceForwardResponse resp;
-    auto ctx = rpc::MakeClientContext(kTimeout);
-    grpc::Status st = stub->ForceForward(ctx.get(), {}, &resp);
-    if (!st.ok()) Fail("forward-now", rpc::FromGrpcStatus(st));
+    v1::ForceForwardResponse resp =
+        kArea.Call("forward-now", *stub, &v1::Mtms::Stub::ForceForward, {});
     std::cout << "forwarded=" << resp.forwarded() << "  rejected=" << resp.rejected()
               << "  retry_later=" << resp.retry_later() << "\n";
   });
@@ -201,18 +181,14 @@ void RegisterQueueCommands(CLI::App* mtms) {
 }  // namespace
 
 void RegisterMtmsCommands(CLI::App& app) {
-  auto* mtms =
-      app.add_subcommand("mtms", "rkl-mtms: work keys, the forwarding queue, audit verification");
-  mtms->require_subcommand(1);
-  RegisterWorkKeyCommands(mtms);
-  RegisterQueueCommands(mtms);
+  CLI::App* mtms =
+      AddCommandGroup(app, "mtms", "rkl-mtms: work keys, the forwarding queue, audit verification",
+                      {RegisterWorkKeyCommands, RegisterQueueCommands});
   AddAuditVerifyCommand(mtms, "MTMS", "mtms", kDefaultMtms,
                         [](const Endpoint& endpoint, const v1::VerifyAuditChainRequest& req) {
                           auto stub = MtmsStub(endpoint, "audit-verify");
-                          v1::VerifyAuditChainResponse resp;
-                          auto ctx = rpc::MakeClientContext(kTimeout);
-                          grpc::Status st = stub->VerifyAuditChain(ctx.get(), req, &resp);
-                          if (!st.ok()) Fail("audit-verify", rpc::FromGrpcStatus(st));
+                          v1::VerifyAuditChainResponse resp = kArea.Call(
+                              "audit-verify", *stub, &v1::Mtms::Stub::VerifyAuditChain, req);
                           return resp;
                         });
 }

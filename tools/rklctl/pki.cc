@@ -41,13 +41,8 @@
 namespace rkl::rklctl {
 namespace {
 
-constexpr absl::Duration kRpcTimeout = absl::Seconds(30);
+constexpr Area kArea{"pki", absl::Seconds(30)};
 constexpr size_t kMaxPinBytes = 128;
-
-[[noreturn]] void Fail(const std::string& step, const absl::Status& status) {
-  std::cerr << "rklctl pki " << step << ": " << status.message() << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 // The PIN from the command line or from a file (first line), as a secret.
 absl::StatusOr<crypto::SecretBytes> ReadPin(const std::string& pin, const std::string& pin_file) {
@@ -129,28 +124,28 @@ absl::StatusOr<ca::CaPolicy> PolicyFrom(const InitOptions& o) {
 
 void RunInit(const InitOptions& o) {
   absl::StatusOr<crypto::SecretBytes> pin = ReadPin(o.operator_pin, o.operator_pin_file);
-  if (!pin.ok()) Fail("init", pin.status());
+  if (!pin.ok()) kArea.Fail("init", pin.status());
   absl::StatusOr<ca::CaPolicy> policy = PolicyFrom(o);
-  if (!policy.ok()) Fail("init", policy.status());
+  if (!policy.ok()) kArea.Fail("init", policy.status());
   // Refuse a used output directory before touching the database or generating anything.
-  if (absl::Status s = ca::CheckBootstrapOutputDir(o.out); !s.ok()) Fail("init", s);
+  if (absl::Status s = ca::CheckBootstrapOutputDir(o.out); !s.ok()) kArea.Fail("init", s);
 
   struct stat st {};
   if (o.create_master_key && ::stat(o.master_key_file.c_str(), &st) != 0) {
     if (absl::Status s = ca::MasterKey::CreateFile(o.master_key_file); !s.ok()) {
-      Fail("init (create master key)", s);
+      kArea.Fail("init (create master key)", s);
     }
     std::cout << "created master key file " << o.master_key_file << " (mode 0600)\n";
   }
   absl::StatusOr<ca::MasterKey> master_key = ca::MasterKey::LoadFromFile(o.master_key_file);
-  if (!master_key.ok()) Fail("init (master key)", master_key.status());
+  if (!master_key.ok()) kArea.Fail("init (master key)", master_key.status());
 
   db::ConnectionPool pool({.dsn = o.dsn, .max_size = 2});
   // A schema the migration step (`rkl-ca --migrate-only`) already made is used as it is,
   // so init can run as the CA's runtime role; otherwise the DSN's role must create it.
   if (!db::CheckMigrationsApplied(pool, ca::Migrations()).ok()) {
     absl::StatusOr<int> applied = db::ApplyMigrations(pool, ca::Migrations());
-    if (!applied.ok()) Fail("init (schema)", applied.status());
+    if (!applied.ok()) kArea.Fail("init (schema)", applied.status());
   }
 
   ca::PgCaRepository repository(&pool);
@@ -163,12 +158,12 @@ void RunInit(const InitOptions& o) {
   request.operator_id = o.operator_id;
   request.operator_pin = *std::move(pin);
   absl::StatusOr<ca::BootstrapResult> result = core.Bootstrap(request);
-  if (!result.ok()) Fail("init", result.status());
+  if (!result.ok()) kArea.Fail("init", result.status());
   if (absl::Status s = ca::WriteBootstrapOutput(*result, o.out); !s.ok()) {
-    Fail("init (writing " + o.out +
-             "; the CA database IS initialised — reissue with `rklctl pki request` and "
-             "`rklctl pki approve`)",
-         s);
+    kArea.Fail("init (writing " + o.out +
+                   "; the CA database IS initialised — reissue with `rklctl pki request` and "
+                   "`rklctl pki approve`)",
+               s);
   }
 
   std::cout << "CA initialised in " << pool.redacted_dsn() << "\n"
@@ -199,18 +194,8 @@ struct ClientOptions {
 std::unique_ptr<v1::CertificateAuthority::Stub> StubOrFail(const Endpoint& endpoint,
                                                            const std::string& step) {
   auto channel = Connect(endpoint);
-  if (!channel.ok()) Fail(step, channel.status());
+  if (!channel.ok()) kArea.Fail(step, channel.status());
   return v1::CertificateAuthority::NewStub(*channel);
-}
-
-template <typename Req, typename Resp, typename Method>
-Resp CallOrFail(v1::CertificateAuthority::Stub& stub, Method method, const Req& req,
-                const std::string& step) {
-  auto ctx = rpc::MakeClientContext(kRpcTimeout);
-  Resp resp;
-  grpc::Status s = (stub.*method)(ctx.get(), req, &resp);
-  if (!s.ok()) Fail(step, rpc::FromGrpcStatus(s));
-  return resp;
 }
 
 absl::StatusOr<v1::Issuer> IssuerFlag(const std::string& name) {
@@ -349,17 +334,17 @@ v1::CertificateRequestInfo SendRequest(const Endpoint& endpoint, const std::stri
                                        const crypto::PrivateKey& key, const std::string& key_path,
                                        v1::RequestCertificateRequest request) {
   absl::StatusOr<crypto::SecretBytes> key_pem = key.ExportPkcs8PemSecret();
-  if (!key_pem.ok()) Fail(step, key_pem.status());
+  if (!key_pem.ok()) kArea.Fail(step, key_pem.status());
   if (absl::Status s = ca::WriteNewFile(key_path, key_pem->RevealSecret(), 0600); !s.ok()) {
-    Fail(step, s);
+    kArea.Fail(step, s);
   }
   auto stub = StubOrFail(endpoint, step);
-  auto ctx = rpc::MakeClientContext(kRpcTimeout);
+  auto ctx = rpc::MakeClientContext(kArea.timeout);
   v1::CertificateRequestInfo info;
   grpc::Status st = stub->RequestCertificate(ctx.get(), request, &info);
   if (!st.ok()) {
     std::filesystem::remove(key_path);
-    Fail(step, rpc::FromGrpcStatus(st));
+    kArea.Fail(step, rpc::FromGrpcStatus(st));
   }
   return info;
 }
@@ -382,12 +367,11 @@ void RegisterRequest(CLI::App* pki) {
     std::string out;
     uint32_t days = 0;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "request",
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "request",
       "ask for a service, admin:<name> or custodian:<name> certificate (key made here, kept "
-      "in <out>/<name>/key.pem); a second admin must approve it");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+      "in <out>/<name>/key.pem); a second admin must approve it",
+      "ca", "localhost:50051");
   cmd->add_option("--name", o->name,
                   "ca | hsm-mtms | hsm-kms | mtms | kms | admin:<name> | custodian:<name>")
       ->required();
@@ -399,13 +383,13 @@ void RegisterRequest(CLI::App* pki) {
   cmd->callback([o] {
     const std::string step = "request";
     absl::StatusOr<ca::KeySpec> spec = ca::KeySpecFromName(o->key_type);
-    if (!spec.ok()) Fail(step, spec.status());
+    if (!spec.ok()) kArea.Fail(step, spec.status());
     std::string dir = o->out + "/" + ca::IdentityDirName(o->name);
-    if (absl::Status s = ca::CheckBootstrapOutputDir(dir); !s.ok()) Fail(step, s);
+    if (absl::Status s = ca::CheckBootstrapOutputDir(dir); !s.ok()) kArea.Fail(step, s);
     absl::StatusOr<crypto::PrivateKey> key = ca::GenerateKey(*spec);
-    if (!key.ok()) Fail(step, key.status());
+    if (!key.ok()) kArea.Fail(step, key.status());
     absl::StatusOr<crypto::Csr> csr = crypto::CsrBuilder().SetSubjectCommonName(o->name).Sign(*key);
-    if (!csr.ok()) Fail(step, csr.status());
+    if (!csr.ok()) kArea.Fail(step, csr.status());
     v1::RequestCertificateRequest req;
     v1::IssueServiceCertificateRequest* svc = req.mutable_service();
     svc->set_csr_pem(csr->ToPem());
@@ -414,7 +398,7 @@ void RegisterRequest(CLI::App* pki) {
     svc->set_validity_days(o->days);
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
-    if (ec) Fail(step, absl::FailedPreconditionError("--out: cannot create " + dir));
+    if (ec) kArea.Fail(step, absl::FailedPreconditionError("--out: cannot create " + dir));
     v1::CertificateRequestInfo info = SendRequest(o->endpoint, step, *key, dir + "/key.pem", req);
     (void)ca::WriteNewFile(dir + "/request-id", AsBytes(info.request_id() + "\n"), 0644);
     std::cout << "key written to " << dir << "/key.pem (mode 0600)\n";
@@ -429,12 +413,11 @@ void RegisterRequestOperator(CLI::App* pki) {
     std::string out;
     uint32_t days = 0;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "request-operator",
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "request-operator",
       "ask for an operator card (P-256 key made here, kept beside the card until `fetch` "
-      "writes the PIN-protected PKCS#12); a second admin must approve it");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+      "writes the PIN-protected PKCS#12); a second admin must approve it",
+      "ca", "localhost:50051");
   cmd->add_option("--id", o->id, "operator id ([a-z0-9._-], 1-48)")->required();
   cmd->add_option("--days", o->days, "validity (default: the CA's)");
   cmd->add_option("--out", o->out, "PKCS#12 file `fetch` will create (default operator-<id>.p12)");
@@ -443,13 +426,13 @@ void RegisterRequestOperator(CLI::App* pki) {
     std::string out = o->out.empty() ? "operator-" + o->id + ".p12" : o->out;
     std::error_code ec;
     if (std::filesystem::exists(out, ec)) {
-      Fail(step, absl::AlreadyExistsError(out + ": already exists; not overwritten"));
+      kArea.Fail(step, absl::AlreadyExistsError(out + ": already exists; not overwritten"));
     }
     absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateEcP256Key();
-    if (!key.ok()) Fail(step, key.status());
+    if (!key.ok()) kArea.Fail(step, key.status());
     absl::StatusOr<crypto::Csr> csr =
         crypto::CsrBuilder().SetSubjectCommonName(ca::OperatorCommonName(o->id)).Sign(*key);
-    if (!csr.ok()) Fail(step, csr.status());
+    if (!csr.ok()) kArea.Fail(step, csr.status());
     v1::RequestCertificateRequest req;
     v1::IssueOperatorCertificateRequest* op = req.mutable_operator_();
     op->set_csr_pem(csr->ToPem());
@@ -469,10 +452,10 @@ void RegisterApprove(CLI::App* pki) {
     std::string request_id;
     std::string subject;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "approve", "approve another admin's certificate request (dual control); the CA signs it now");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "approve",
+      "approve another admin's certificate request (dual control); the CA signs it now", "ca",
+      "localhost:50051");
   cmd->add_option("--request", o->request_id, "request id (32 hex digits)")->required();
   cmd->add_option("--subject", o->subject,
                   "the identity the request names, e.g. admin:bob (must match)")
@@ -482,9 +465,8 @@ void RegisterApprove(CLI::App* pki) {
     v1::ApproveCertificateRequestRequest req;
     req.set_request_id(absl::AsciiStrToUpper(o->request_id));
     req.set_subject(o->subject);
-    v1::CertificateRequestInfo info =
-        CallOrFail<v1::ApproveCertificateRequestRequest, v1::CertificateRequestInfo>(
-            *stub, &v1::CertificateAuthority::Stub::ApproveCertificateRequest, req, "approve");
+    v1::CertificateRequestInfo info = kArea.Call(
+        "approve", *stub, &v1::CertificateAuthority::Stub::ApproveCertificateRequest, req);
     PrintRequest(info);
   });
 }
@@ -497,12 +479,11 @@ void RegisterFetch(CLI::App* pki) {
     std::string pin;
     std::string pin_file;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "fetch",
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "fetch",
       "write the certificate of an approved request beside its key (service/admin/custodian: "
-      "<out>/<name>/cert.pem; operator: the PIN-protected card <out>)");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+      "<out>/<name>/cert.pem; operator: the PIN-protected card <out>)",
+      "ca", "localhost:50051");
   cmd->add_option("--request", o->request_id, "request id (32 hex digits)")->required();
   cmd->add_option("--out", o->out, "the --out given to `request` / `request-operator`")->required();
   cmd->add_option("--pin-file", o->pin_file, "operator cards: file whose first line is the PIN");
@@ -513,53 +494,53 @@ void RegisterFetch(CLI::App* pki) {
     v1::GetCertificateRequestRequest req;
     req.set_request_id(absl::AsciiStrToUpper(o->request_id));
     v1::CertificateRequestInfo info =
-        CallOrFail<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
-            *stub, &v1::CertificateAuthority::Stub::GetCertificateRequest, req, step);
+        kArea.Call(step, *stub, &v1::CertificateAuthority::Stub::GetCertificateRequest, req);
     if (info.state() != v1::CertificateRequestInfo::STATE_ISSUED) {
       PrintRequest(info);
-      Fail(step, absl::FailedPreconditionError(absl::StrCat("request ", info.request_id(), " is ",
-                                                            RequestStateName(info.state()),
-                                                            ", not ISSUED")));
+      kArea.Fail(step, absl::FailedPreconditionError(
+                           absl::StrCat("request ", info.request_id(), " is ",
+                                        RequestStateName(info.state()), ", not ISSUED")));
     }
     absl::StatusOr<crypto::Certificate> cert =
         crypto::Certificate::FromPem(info.certificate().certificate_pem());
-    if (!cert.ok()) Fail(step, cert.status());
+    if (!cert.ok()) kArea.Fail(step, cert.status());
     const bool card = info.profile() == "operator";
     const std::string key_path =
         card ? PendingCardKeyPath(o->out)
              : o->out + "/" + ca::IdentityDirName(info.subject()) + "/key.pem";
     absl::StatusOr<crypto::SecretBytes> key_pem = ReadSecretFile(key_path);
-    if (!key_pem.ok()) Fail(step, key_pem.status());
+    if (!key_pem.ok()) kArea.Fail(step, key_pem.status());
     absl::StatusOr<crypto::PrivateKey> key = crypto::PrivateKey::FromPemSecret(*key_pem);
-    if (!key.ok()) Fail(step, key.status());
+    if (!key.ok()) kArea.Fail(step, key.status());
     absl::StatusOr<crypto::PublicKey> cert_key = cert->GetPublicKey();
     if (!cert_key.ok() || cert_key->ToDer() != key->GetPublicKey().ToDer()) {
-      Fail(step, absl::FailedPreconditionError(absl::StrCat(key_path, ": is not the key request ",
+      kArea.Fail(step,
+                 absl::FailedPreconditionError(absl::StrCat(key_path, ": is not the key request ",
                                                             info.request_id(), " certified")));
     }
     if (!card) {
       std::string cert_path = o->out + "/" + ca::IdentityDirName(info.subject()) + "/cert.pem";
       if (absl::Status s = ca::WriteNewFile(cert_path, AsBytes(cert->ToPem()), 0644); !s.ok()) {
-        Fail(step, s);
+        kArea.Fail(step, s);
       }
       std::cout << "wrote " << cert_path << "\n";
       PrintCertificate(info.subject(), *cert);
       return;
     }
     absl::StatusOr<crypto::SecretBytes> pin = ReadPin(o->pin, o->pin_file);
-    if (!pin.ok()) Fail(step, pin.status());
+    if (!pin.ok()) kArea.Fail(step, pin.status());
     v1::GetIssuerCertificateRequest issuer_req;
     issuer_req.set_issuer(v1::ISSUER_OPERATOR_CA);
-    auto issuer = CallOrFail<v1::GetIssuerCertificateRequest, v1::GetIssuerCertificateResponse>(
-        *stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate, issuer_req, step);
+    auto issuer =
+        kArea.Call(step, *stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate, issuer_req);
     absl::StatusOr<crypto::Certificate> ca_cert =
         crypto::Certificate::FromPem(issuer.certificate_pem());
-    if (!ca_cert.ok()) Fail(step, ca_cert.status());
+    if (!ca_cert.ok()) kArea.Fail(step, ca_cert.status());
     std::vector<crypto::Certificate> chain = {*ca_cert};
     absl::StatusOr<Bytes> p12 =
         crypto::WritePkcs12(*key, *cert, chain, cert->SubjectCommonName(), *pin);
-    if (!p12.ok()) Fail(step, p12.status());
-    if (absl::Status s = ca::WriteNewFile(o->out, *p12, 0600); !s.ok()) Fail(step, s);
+    if (!p12.ok()) kArea.Fail(step, p12.status());
+    if (absl::Status s = ca::WriteNewFile(o->out, *p12, 0600); !s.ok()) kArea.Fail(step, s);
     std::filesystem::remove(key_path);
     std::cout << "wrote operator card " << o->out << " (mode 0600); removed " << key_path << "\n";
     PrintCertificate(cert->SubjectCommonName(), *cert);
@@ -572,10 +553,9 @@ void RegisterRequests(CLI::App* pki) {
     bool all = false;
     std::string request_id;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "requests", "list certificate requests waiting for approval (or one, with --request)");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "requests", "list certificate requests waiting for approval (or one, with --request)",
+      "ca", "localhost:50051");
   cmd->add_flag("--all", o->all, "include approved requests");
   cmd->add_option("--request", o->request_id, "show only this request");
   cmd->callback([o] {
@@ -583,14 +563,14 @@ void RegisterRequests(CLI::App* pki) {
     if (!o->request_id.empty()) {
       v1::GetCertificateRequestRequest req;
       req.set_request_id(absl::AsciiStrToUpper(o->request_id));
-      PrintRequest(CallOrFail<v1::GetCertificateRequestRequest, v1::CertificateRequestInfo>(
-          *stub, &v1::CertificateAuthority::Stub::GetCertificateRequest, req, "requests"));
+      PrintRequest(kArea.Call("requests", *stub,
+                              &v1::CertificateAuthority::Stub::GetCertificateRequest, req));
       return;
     }
     v1::ListCertificateRequestsRequest req;
     req.set_include_decided(o->all);
-    auto resp = CallOrFail<v1::ListCertificateRequestsRequest, v1::ListCertificateRequestsResponse>(
-        *stub, &v1::CertificateAuthority::Stub::ListCertificateRequests, req, "requests");
+    auto resp = kArea.Call("requests", *stub,
+                           &v1::CertificateAuthority::Stub::ListCertificateRequests, req);
     if (resp.requests().empty()) std::cout << "no requests\n";
     for (const auto& r : resp.requests()) PrintRequest(r);
   });
@@ -619,12 +599,11 @@ void RegisterRevoke(CLI::App* pki) {
     std::string reason;
     std::vector<std::string> notify;
   };
-  auto o = std::make_shared<Options>();
-  auto* cmd = pki->add_subcommand(
-      "revoke",
+  auto [cmd, o] = AddServiceCommand<Options>(
+      pki, "revoke",
       "revoke a certificate; its issuer's CRL is re-signed, and every --notify service "
-      "refreshes its CRL before this returns");
-  AddEndpointOptions(cmd, o->endpoint, "ca", "localhost:50051");
+      "refreshes its CRL before this returns",
+      "ca", "localhost:50051");
   cmd->add_option("--serial", o->serial, "serial number, hex")->required();
   cmd->add_option("--reason", o->reason,
                   "key-compromise | affiliation-changed | superseded | cessation-of-operation")
@@ -638,25 +617,24 @@ void RegisterRevoke(CLI::App* pki) {
     std::vector<NotifyTarget> targets;
     for (const std::string& spec : o->notify) {
       absl::StatusOr<NotifyTarget> t = ParseNotifyTarget(spec);
-      if (!t.ok()) Fail("revoke", t.status());
+      if (!t.ok()) kArea.Fail("revoke", t.status());
       targets.push_back(*t);
     }
     absl::StatusOr<v1::RevocationReason> reason = ReasonFlag(o->reason);
-    if (!reason.ok()) Fail("revoke", reason.status());
+    if (!reason.ok()) kArea.Fail("revoke", reason.status());
     auto stub = StubOrFail(o->endpoint, "revoke");
     v1::RevokeCertificateRequest req;
     req.set_serial_hex(o->serial);
     req.set_reason(*reason);
-    v1::CertificateStatus status = CallOrFail<v1::RevokeCertificateRequest, v1::CertificateStatus>(
-        *stub, &v1::CertificateAuthority::Stub::RevokeCertificate, req, "revoke");
+    v1::CertificateStatus status =
+        kArea.Call("revoke", *stub, &v1::CertificateAuthority::Stub::RevokeCertificate, req);
     PrintStatus(status);
     if (targets.empty()) return;
     // The service-ca CRL that lists this revocation; each service must hold at least it.
     v1::GetCrlRequest crl_req;
     crl_req.set_issuer(v1::ISSUER_SERVICE_CA);
-    const uint64_t wanted = CallOrFail<v1::GetCrlRequest, v1::GetCrlResponse>(
-                                *stub, &v1::CertificateAuthority::Stub::GetCrl, crl_req, "revoke")
-                                .crl_number();
+    const uint64_t wanted =
+        kArea.Call("revoke", *stub, &v1::CertificateAuthority::Stub::GetCrl, crl_req).crl_number();
     const bool service_ca = status.issuer() == v1::ISSUER_SERVICE_CA;
     std::vector<std::string> missed;
     for (const NotifyTarget& t : targets) {
@@ -669,7 +647,7 @@ void RegisterRevoke(CLI::App* pki) {
                                                     std::string(channel.status().message()));
       v1::RefreshCrlResponse resp;
       if (st.ok()) {
-        auto ctx = rpc::MakeClientContext(kRpcTimeout);
+        auto ctx = rpc::MakeClientContext(kArea.timeout);
         st = v1::Revocation::NewStub(*channel)->RefreshCrl(ctx.get(), v1::RefreshCrlRequest(),
                                                            &resp);
       }
@@ -699,55 +677,52 @@ void RegisterReadCommands(CLI::App* pki) {
     std::string serial;
     std::string out;
   };
-  auto crl = std::make_shared<Options>();
-  auto* crl_cmd = pki->add_subcommand("crl", "print an issuer's current CRL (PEM)");
-  AddEndpointOptions(crl_cmd, crl->endpoint, "ca", "localhost:50051");
+  auto [crl_cmd, crl] = AddServiceCommand<Options>(
+      pki, "crl", "print an issuer's current CRL (PEM)", "ca", "localhost:50051");
   crl_cmd->add_option("--issuer", crl->issuer, "terminal-root | operator-ca | service-ca")
       ->capture_default_str();
   crl_cmd->add_option("--out", crl->out, "write the PEM here instead of stdout");
   crl_cmd->callback([crl] {
     absl::StatusOr<v1::Issuer> issuer = IssuerFlag(crl->issuer);
-    if (!issuer.ok()) Fail("crl", issuer.status());
+    if (!issuer.ok()) kArea.Fail("crl", issuer.status());
     auto stub = StubOrFail(crl->endpoint, "crl");
     v1::GetCrlRequest req;
     req.set_issuer(*issuer);
-    auto resp = CallOrFail<v1::GetCrlRequest, v1::GetCrlResponse>(
-        *stub, &v1::CertificateAuthority::Stub::GetCrl, req, "crl");
+    auto resp = kArea.Call("crl", *stub, &v1::CertificateAuthority::Stub::GetCrl, req);
     std::cerr << crl->issuer << " CRL number " << resp.crl_number() << ", next update "
               << absl::FormatTime(absl::FromUnixSeconds(resp.next_update_unix_s())) << "\n";
     if (crl->out.empty()) {
       std::cout << resp.crl_pem();
     } else if (absl::Status s = ca::WriteNewFile(crl->out, AsBytes(resp.crl_pem()), 0644);
                !s.ok()) {
-      Fail("crl", s);
+      kArea.Fail("crl", s);
     }
   });
 
-  auto status = std::make_shared<Options>();
-  auto* status_cmd = pki->add_subcommand("status", "status of a certificate by serial");
-  AddEndpointOptions(status_cmd, status->endpoint, "ca", "localhost:50051");
+  auto [status_cmd, status] = AddServiceCommand<Options>(
+      pki, "status", "status of a certificate by serial", "ca", "localhost:50051");
   status_cmd->add_option("--serial", status->serial, "serial number, hex")->required();
   status_cmd->callback([status] {
     auto stub = StubOrFail(status->endpoint, "status");
     v1::GetCertificateStatusRequest req;
     req.set_serial_hex(status->serial);
-    PrintStatus(CallOrFail<v1::GetCertificateStatusRequest, v1::CertificateStatus>(
-        *stub, &v1::CertificateAuthority::Stub::GetCertificateStatus, req, "status"));
+    PrintStatus(
+        kArea.Call("status", *stub, &v1::CertificateAuthority::Stub::GetCertificateStatus, req));
   });
 
-  auto issuer = std::make_shared<Options>();
-  auto* issuer_cmd = pki->add_subcommand("issuer", "print an issuer's certificate (PEM)");
-  AddEndpointOptions(issuer_cmd, issuer->endpoint, "ca", "localhost:50051");
+  auto [issuer_cmd, issuer] = AddServiceCommand<Options>(
+      pki, "issuer", "print an issuer's certificate (PEM)", "ca", "localhost:50051");
   issuer_cmd->add_option("--issuer", issuer->issuer, "terminal-root | operator-ca | service-ca")
       ->capture_default_str();
   issuer_cmd->callback([issuer] {
     absl::StatusOr<v1::Issuer> id = IssuerFlag(issuer->issuer);
-    if (!id.ok()) Fail("issuer", id.status());
+    if (!id.ok()) kArea.Fail("issuer", id.status());
     auto stub = StubOrFail(issuer->endpoint, "issuer");
     v1::GetIssuerCertificateRequest req;
     req.set_issuer(*id);
-    std::cout << CallOrFail<v1::GetIssuerCertificateRequest, v1::GetIssuerCertificateResponse>(
-                     *stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate, req, "issuer")
+    std::cout << kArea
+                     .Call("issuer", *stub, &v1::CertificateAuthority::Stub::GetIssuerCertificate,
+                           req)
                      .certificate_pem();
   });
 }
@@ -755,16 +730,9 @@ void RegisterReadCommands(CLI::App* pki) {
 }  // namespace
 
 void RegisterPkiCommands(CLI::App& app) {
-  auto* pki = app.add_subcommand("pki", "PKI bootstrap and certificate administration");
-  pki->require_subcommand(1);
-  RegisterInit(pki);
-  RegisterRequest(pki);
-  RegisterRequestOperator(pki);
-  RegisterApprove(pki);
-  RegisterFetch(pki);
-  RegisterRequests(pki);
-  RegisterRevoke(pki);
-  RegisterReadCommands(pki);
+  AddCommandGroup(app, "pki", "PKI bootstrap and certificate administration",
+                  {RegisterInit, RegisterRequest, RegisterRequestOperator, RegisterApprove,
+                   RegisterFetch, RegisterRequests, RegisterRevoke, RegisterReadCommands});
 }
 
 }  // namespace rkl::rklctl
