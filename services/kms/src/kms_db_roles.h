@@ -8,29 +8,19 @@
 //    deleted (a superseding TK replaces its row with an upsert);
 //  - auth_sessions: the same, and a session is deleted once it expired longer ago than
 //    `session.retention` (KmsCore::PurgeExpiredSessions);
-//  - refusal_counts: counters upserted per minute (KmsCore::FlushRefusalCounts), deleted
-//    after `refusals.retention`;
-//  - audit: the chain, appended to (by the sealer) and read, nothing else;
-//  - audit_pending: records wait here to be chained, and the sealer deletes those it has
-//    chained. A role that deletes one before it is sealed removes a record no anchor has
-//    seen yet: the bound docs/kms.md states (at most audit.seal_interval old);
-//  - audit_key: the first start records the MAC key's KCV; never changed;
-//  - audit_legacy: the records from before the chain, read only.
+//  - the audit chain's tables and refusal_counts: audit::kServiceAuditGrants.
 
+#include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
 
 namespace rkl::kms {
 
-inline constexpr db::RuntimeGrant kKmsRuntimeGrants[] = {
-    db::TableGrant("terminals", "SELECT, INSERT, UPDATE"),
-    db::TableGrant("sn_tk_kms", "SELECT, INSERT, UPDATE"),
-    db::TableGrant("auth_sessions", "SELECT, INSERT, UPDATE, DELETE"),
-    db::TableGrant("refusal_counts", "SELECT, INSERT, UPDATE, DELETE"),
-    db::TableGrant("audit", "SELECT, INSERT"),
-    db::TableGrant("audit_pending", "SELECT, INSERT, DELETE"),
-    db::SequenceGrant("audit_pending_id_seq", "USAGE"),
-    db::TableGrant("audit_key", "SELECT, INSERT"),
-    db::TableGrant("audit_legacy", "SELECT"),
-};
+inline constexpr auto kKmsRuntimeGrants = db::JoinGrants(
+    {
+        db::TableGrant("terminals", "SELECT, INSERT, UPDATE"),
+        db::TableGrant("sn_tk_kms", "SELECT, INSERT, UPDATE"),
+        db::TableGrant("auth_sessions", "SELECT, INSERT, UPDATE, DELETE"),
+    },
+    audit::kServiceAuditGrants);
 
 }  // namespace rkl::kms

@@ -13,8 +13,28 @@
 #include "rkl/common/config.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/schema_roles.h"
 
 namespace rkl::audit {
+
+// What the runtime role of a service with a chain (KMS, MTMS) may do with libs/audit's tables
+// (docs/operations.md, "Database roles"):
+//  - refusal_counts: counters upserted per minute (FlushRefusalCounts), deleted after
+//    `refusals.retention`;
+//  - audit: the chain, appended to (by the sealer) and read, nothing else;
+//  - audit_pending: records wait here to be chained, and the sealer deletes those it has
+//    chained. A role that deletes one before it is sealed removes a record no anchor has
+//    seen yet: the bound the service's document states (at most audit.seal_interval old);
+//  - audit_key: the first start records the MAC key's KCV; never changed;
+//  - audit_legacy: the records from before the chain, read only.
+inline constexpr db::RuntimeGrant kServiceAuditGrants[] = {
+    db::TableGrant("refusal_counts", "SELECT, INSERT, UPDATE, DELETE"),
+    db::TableGrant("audit", "SELECT, INSERT"),
+    db::TableGrant("audit_pending", "SELECT, INSERT, DELETE"),
+    db::SequenceGrant("audit_pending_id_seq", "USAGE"),
+    db::TableGrant("audit_key", "SELECT, INSERT"),
+    db::TableGrant("audit_legacy", "SELECT"),
+};
 
 struct AuditSettings {
   std::string mac_key_file;

@@ -25,6 +25,8 @@
 //  - steps running at once from several replicas are serialised (advisory locks).
 // Nothing here prints a DSN's password. Stateless; safe from any thread.
 
+#include <array>
+#include <cstddef>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,6 +55,17 @@ constexpr RuntimeGrant TableGrant(std::string_view name, std::string_view privil
 }
 constexpr RuntimeGrant SequenceGrant(std::string_view name, std::string_view privileges) {
   return {RuntimeGrant::Object::kSequence, name, privileges};
+}
+
+// A service's own grants followed by those of a shared part (e.g. the audit tables of
+// libs/audit), as one list at compile time.
+template <size_t N, size_t M>
+constexpr std::array<RuntimeGrant, N + M> JoinGrants(const RuntimeGrant (&own)[N],
+                                                     const RuntimeGrant (&shared)[M]) {
+  std::array<RuntimeGrant, N + M> all{};
+  for (size_t i = 0; i < N; ++i) all[i] = own[i];
+  for (size_t i = 0; i < M; ++i) all[N + i] = shared[i];
+  return all;
 }
 
 // INVALID_ARGUMENT naming the object unless every line is well-formed and allowed.
