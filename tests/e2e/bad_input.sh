@@ -20,10 +20,7 @@ e2e_init bad_input "$2" "$1"
 export RKL_KMS_LIMITS_PER_SN_BURST=100000
 export RKL_MTMS_LIMITS_PER_SN_BURST=100000
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up"
 
 export RKL_POS_STATE_DIR="$RKL_STATE/pos"

@@ -1096,32 +1096,36 @@ TEST_P(HsmBadInput, CeremonyCommands) {
   // Ceremonies are the custodians' (issue 20): an admin is refused too.
   EXPECT_CODE(Call(*admin_, &H::BeginCeremony, begin), StatusCode::PERMISSION_DENIED);
 
+  // Each ceremony command refuses an empty id and one not of the 32-hex-digit form ids have
+  // as INVALID_ARGUMENT, and a well-formed id never issued as NOT_FOUND.
+  const std::pair<std::string, StatusCode> bad_ids[] = {
+      {"", StatusCode::INVALID_ARGUMENT},
+      {"no-such-ceremony", StatusCode::INVALID_ARGUMENT},
+      {std::string(32, 'A'), StatusCode::NOT_FOUND}};
+
   rkl::v1::GetCeremonyRequest get;
-  get.set_ceremony_id("");
-  EXPECT_CODE(Call(*admin_, &H::GetCeremony, get), StatusCode::INVALID_ARGUMENT);
-  get.set_ceremony_id("no-such-ceremony");  // not the 32-hex-digit form ids have
-  EXPECT_CODE(Call(*admin_, &H::GetCeremony, get), StatusCode::INVALID_ARGUMENT);
-  get.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_CODE(Call(*admin_, &H::GetCeremony, get), StatusCode::NOT_FOUND);
+  for (const auto& [id, code] : bad_ids) {
+    SCOPED_TRACE("ceremony id '" + id + "'");
+    get.set_ceremony_id(id);
+    EXPECT_CODE(Call(*admin_, &H::GetCeremony, get), code);
+  }
 
   rkl::v1::AddComponentRequest add;
   add.set_encrypted_component(std::string(384, '\x01'));
-  add.set_ceremony_id("");
-  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
-  add.set_ceremony_id("no-such-ceremony");  // not the 32-hex-digit form ids have
-  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::INVALID_ARGUMENT);
-  add.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), StatusCode::NOT_FOUND);
+  for (const auto& [id, code] : bad_ids) {
+    SCOPED_TRACE("ceremony id '" + id + "'");
+    add.set_ceremony_id(id);
+    EXPECT_CODE(Call(*custodian_, &H::AddComponent, add), code);
+  }
   EXPECT_CODE(Call(*op_, &H::AddComponent, add), StatusCode::PERMISSION_DENIED);
   EXPECT_CODE(Call(*admin_, &H::AddComponent, add), StatusCode::PERMISSION_DENIED);
 
   rkl::v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id("");
-  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
-  complete.set_ceremony_id("no-such-ceremony");  // not the 32-hex-digit form ids have
-  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::INVALID_ARGUMENT);
-  complete.set_ceremony_id(std::string(32, 'A'));  // well formed, never issued
-  EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), StatusCode::NOT_FOUND);
+  for (const auto& [id, code] : bad_ids) {
+    SCOPED_TRACE("ceremony id '" + id + "'");
+    complete.set_ceremony_id(id);
+    EXPECT_CODE(Call(*custodian_, &H::CompleteCeremony, complete), code);
+  }
   EXPECT_CODE(Call(*admin_, &H::CompleteCeremony, complete), StatusCode::PERMISSION_DENIED);
   EXPECT_CODE(Call(*op_, &H::CompleteCeremony, complete), StatusCode::PERMISSION_DENIED);
 }

@@ -26,10 +26,7 @@ e2e_init custody_hsm "$2" "$1"
 E2E_CUSTODY="$RKL_BIN/tests/e2e/custody_e2e"
 [[ -x "$E2E_CUSTODY" ]] || e2e_fail "missing binary $E2E_CUSTODY: build it first (ninja -C $RKL_BIN)"
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up"
 
 pos_log="$RKL_STATE/logs/pos.log"

@@ -23,10 +23,7 @@ e2e_init custody_pki "$2" "$1"
 # KMS is the service the revocation is NOT pushed to: it must pick it up by its schedule.
 export RKL_KMS_CRL_REFRESH_INTERVAL=3s
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up (PKI with admins alice, bob and custodians carol, dave; ceremony by carol and dave)"
 
 REQ="$E2E_SCRATCH/requests"

@@ -25,10 +25,7 @@ COUNT=200
 CONCURRENCY=16
 prefix="E2E-F-$(tr '[:lower:]' '[:upper:]' <<<"${target//-/}")"
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up; fleet of $COUNT terminals ($prefix-*), $CONCURRENCY at a time"
 
 # shellcheck disable=SC2046

@@ -20,10 +20,7 @@ e2e_init flow_order "$2" "$1"
 # A package that failed once waits until forward-now (no timing involved).
 export RKL_MTMS_FORWARDER_INITIAL_BACKOFF=1h RKL_MTMS_FORWARDER_MAX_BACKOFF=1h
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up"
 
 sn=E2E-ORDER-1

@@ -17,10 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 e2e_init flow_retry "$2" "$1"
 
-rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
-  tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
-  e2e_fail "rkl_up: the deployment did not come up"
-}
+e2e_up
 e2e_log "deployment up"
 
 # "<terminal state> <terminal TMK KCV>" and KMS's "<state> <tmk_kcv>" for an SN.

@@ -14,6 +14,15 @@
 E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 e2e_log() { printf '[%s] e2e %s: %s\n' "$(date +%H:%M:%S)" "${E2E_NAME:-?}" "$*" >&2; }
+
+# Brings the deployment up (rkl_up, logged to logs/rkl-up.log); if it does not come up,
+# shows the log's tail and fails the case.
+e2e_up() {
+  rkl_up >"$RKL_STATE/logs/rkl-up.log" 2>&1 || {
+    tail -30 "$RKL_STATE/logs/rkl-up.log" >&2
+    e2e_fail "rkl_up: the deployment did not come up"
+  }
+}
 e2e_fail() {
   e2e_log "FAIL: $*"
   exit 1
