@@ -7,6 +7,17 @@
 #     (fixture "pg") before the first pgtest and removes it after the last; the test
 #     finds it through the RKL_TEST_PG_DSN_FILE environment variable.
 
+# rkl_add_library(<name>)
+#   The library rkl_<name> (alias rkl::<name>) of libs/<name>: every src/*.cc of the calling
+#   directory (globbed: a new source file needs no CMake change), with include/ as its
+#   public include directory. The caller adds its dependencies with target_link_libraries.
+function(rkl_add_library name)
+  file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cc)
+  add_library(rkl_${name} STATIC ${sources})
+  add_library(rkl::${name} ALIAS rkl_${name})
+  target_include_directories(rkl_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
+endfunction()
+
 function(rkl_add_test)
   cmake_parse_arguments(T "" "NAME" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})

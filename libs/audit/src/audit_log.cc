@@ -278,6 +278,20 @@ Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& e) {
   return out;
 }
 
+namespace {
+// INSERT of the records in $1, a JSON array of AddRecordRow rows, into `table`, whose number
+// column is `number_name`.
+std::string InsertRecordsFromJson(const std::string& table, const std::string& number_name) {
+  return absl::StrCat("INSERT INTO ", table, " (", number_name,
+                      ", at_ms, actor, action, sn, detail, result, mac) SELECT x.", number_name,
+                      ", x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, "
+                      "'hex') FROM jsonb_to_recordset($1::jsonb) AS x(",
+                      number_name,
+                      " bigint, at_ms bigint, actor text, action text, sn text, detail text, "
+                      "result text, mac text)");
+}
+}  // namespace
+
 // Every statement of the chain, with the spec's table names spliced in (identifiers this code
 // controls, never input).
 struct PgAuditLog::Statements {
@@ -285,23 +299,15 @@ struct PgAuditLog::Statements {
     const std::string& chain = spec.chain_table;
     const std::string& pending = spec.pending_table;
     chain_head = absl::StrCat("SELECT seq, mac FROM ", chain, " ORDER BY seq DESC LIMIT 1");
-    // A sealed batch in one statement (one round trip, not one per record).
-    insert_records = absl::StrCat(
-        "INSERT INTO ", chain, " (seq, at_ms, actor, action, sn, detail, result, mac) ",
-        "SELECT x.seq, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, "
-        "decode(x.mac, 'hex') FROM jsonb_to_recordset($1::jsonb) AS x(seq bigint, at_ms "
-        "bigint, actor text, action text, sn text, detail text, result text, mac text)");
+    // A sealed batch, or a group of pending records, in one statement (one round trip, not
+    // one per record); mac as hex text.
+    insert_records = InsertRecordsFromJson(chain, "seq");
     all_records = absl::StrCat("SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM ",
                                chain, " ORDER BY seq");
     insert_pending = absl::StrCat("INSERT INTO ", pending,
                                   " (id, at_ms, actor, action, sn, detail, result, mac) "
                                   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
-    // A group of pending records in one statement; mac as hex text.
-    insert_pending_group = absl::StrCat(
-        "INSERT INTO ", pending, " (id, at_ms, actor, action, sn, detail, result, mac) ",
-        "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, "
-        "decode(x.mac, 'hex') FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, at_ms bigint, "
-        "actor text, action text, sn text, detail text, result text, mac text)");
+    insert_pending_group = InsertRecordsFromJson(pending, "id");
     pending_batch = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",
                                  pending, " ORDER BY id LIMIT $1");
     all_pending = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",

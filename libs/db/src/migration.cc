@@ -12,30 +12,20 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "identifiers.h"
 #include "rkl/db/errors.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::db {
 namespace {
 
-// First key of the two-int advisory lock ("rkl" in ASCII); the second is hashtext(table),
-// so services sharing a database under different record tables do not wait on each other.
-constexpr int kAdvisoryLockClass = 0x726b6c;
+// The migration lock's second key is hashtext(table), so services sharing a database under
+// different record tables do not wait on each other.
+using internal::IsLowerIdentifier;
+using internal::kAdvisoryLockClass;
 
 std::string Describe(const Migration& m) {
   return absl::StrCat(m.version, " (", std::string(m.name), ")");
-}
-
-bool IsIdentifier(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  if (!absl::ascii_islower(static_cast<unsigned char>(s[0])) && s[0] != '_') return false;
-  for (char c : s) {
-    if (!absl::ascii_islower(static_cast<unsigned char>(c)) &&
-        !absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '_') {
-      return false;
-    }
-  }
-  return true;
 }
 
 // "table" or "schema.table" → quoted SQL name. Identifiers cannot be bind parameters, so
@@ -46,7 +36,7 @@ absl::StatusOr<std::string> QuotedTableName(std::string_view schema_table) {
   if (parts.size() > 2) parts.clear();
   std::string quoted;
   for (const std::string& part : parts) {
-    if (!IsIdentifier(part)) {
+    if (!IsLowerIdentifier(part)) {
       parts.clear();
       break;
     }

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "identifiers.h"
 #include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
 #include "spdlog/spdlog.h"
@@ -18,21 +19,10 @@
 namespace rkl::db {
 namespace {
 
-// The class of the migration lock (migration.cc); the grants take a key of their own in it.
-constexpr int kAdvisoryLockClass = 0x726b6c;
+// The grants take a key of their own in the migration lock's class.
+using internal::IsLowerIdentifier;
+using internal::kAdvisoryLockClass;
 constexpr char kGrantsLockKey[] = "rkl_runtime_grants";
-
-bool IsIdentifier(std::string_view s) {
-  if (s.empty() || s.size() > 63) return false;
-  if (!absl::ascii_islower(static_cast<unsigned char>(s[0])) && s[0] != '_') return false;
-  for (char c : s) {
-    if (!absl::ascii_islower(static_cast<unsigned char>(c)) &&
-        !absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '_') {
-      return false;
-    }
-  }
-  return true;
-}
 
 // The privileges of one line, upper-case, each checked against what that kind of object may
 // be granted. TRUNCATE, REFERENCES and TRIGGER are never among them: the first empties an
@@ -69,7 +59,7 @@ absl::StatusOr<std::vector<std::string>> ParseUpdateColumns(const RuntimeGrant& 
   for (absl::string_view part :
        absl::StrSplit(absl::string_view(g.update_columns.data(), g.update_columns.size()), ',')) {
     std::string column(absl::StripAsciiWhitespace(part));
-    if (!IsIdentifier(column)) {
+    if (!IsLowerIdentifier(column)) {
       return absl::InvalidArgumentError(absl::StrCat("runtime grant on ", name, ": UPDATE column '",
                                                      column, "' is not an identifier"));
     }
@@ -189,7 +179,7 @@ absl::Status ApplyGrants(ConnectionPool& owner_pool, std::string_view runtime_ro
 
 absl::Status ValidateRuntimeGrants(std::span<const RuntimeGrant> grants) {
   for (const RuntimeGrant& g : grants) {
-    if (!IsIdentifier(g.name)) {
+    if (!IsLowerIdentifier(g.name)) {
       return absl::InvalidArgumentError(absl::StrCat("runtime grant: '", std::string(g.name),
                                                      "' is not a lower-case identifier"));
     }

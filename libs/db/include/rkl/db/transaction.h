@@ -101,24 +101,23 @@ template <typename T>
 struct IsStatusOr : std::false_type {};
 template <typename T>
 struct IsStatusOr<absl::StatusOr<T>> : std::true_type {};
-}  // namespace internal
 
-// fn: absl::Status(pqxx::work&) or absl::StatusOr<T>(pqxx::work&); the result type is
-// fn's. An OK result means the transaction committed.
-template <typename Fn>
-auto RunInTransaction(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
-    -> std::invoke_result_t<Fn&, pqxx::work&> {
-  using Result = std::invoke_result_t<Fn&, pqxx::work&>;
+// Runs `fn` (returning absl::Status or absl::StatusOr<T>) through `impl`, one of the Impl
+// functions above with `Tx` its body's argument, and returns fn's result. For a StatusOr,
+// each attempt's value replaces the previous one's, so a retry never sees a stale value.
+template <typename Tx, typename Fn, typename Impl>
+auto RunReturning(ConnectionPool& pool, Fn& fn, const TransactionOptions& options, Impl impl)
+    -> std::invoke_result_t<Fn&, Tx&> {
+  using Result = std::invoke_result_t<Fn&, Tx&>;
   if constexpr (std::is_same_v<Result, absl::Status>) {
-    return internal::RunInTransactionImpl(pool, fn, options);
+    return impl(pool, fn, options);
   } else {
-    static_assert(internal::IsStatusOr<Result>::value,
-                  "fn must return absl::Status or absl::StatusOr<T>");
+    static_assert(IsStatusOr<Result>::value, "fn must return absl::Status or absl::StatusOr<T>");
     std::optional<Result> result;
-    absl::Status status = internal::RunInTransactionImpl(
+    absl::Status status = impl(
         pool,
-        [&](pqxx::work& tx) -> absl::Status {
-          result.reset();  // a retry must not see the previous attempt's value
+        [&](Tx& tx) -> absl::Status {
+          result.reset();
           result.emplace(std::invoke(fn, tx));
           return result->status();
         },
@@ -126,6 +125,15 @@ auto RunInTransaction(ConnectionPool& pool, Fn&& fn, const TransactionOptions& o
     if (!status.ok()) return Result(std::move(status));
     return *std::move(result);
   }
+}
+}  // namespace internal
+
+// fn: absl::Status(pqxx::work&) or absl::StatusOr<T>(pqxx::work&); the result type is
+// fn's. An OK result means the transaction committed.
+template <typename Fn>
+auto RunInTransaction(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
+    -> std::invoke_result_t<Fn&, pqxx::work&> {
+  return internal::RunReturning<pqxx::work>(pool, fn, options, internal::RunInTransactionImpl);
 }
 
 // The same in a READ ONLY transaction: writes fail (SQLSTATE 25006 → INTERNAL), and
@@ -148,19 +156,10 @@ auto RunInReadOnlyTransaction(ConnectionPool& pool, Fn&& fn, TransactionOptions 
 template <typename Fn>
 auto RunAutocommitRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
     -> std::invoke_result_t<Fn&, pqxx::nontransaction&> {
-  using Result = std::invoke_result_t<Fn&, pqxx::nontransaction&>;
-  static_assert(internal::IsStatusOr<Result>::value, "fn must return absl::StatusOr<T>");
-  std::optional<Result> result;
-  absl::Status status = internal::RunAutocommitReadImpl(
-      pool,
-      [&](pqxx::nontransaction& tx) -> absl::Status {
-        result.reset();
-        result.emplace(std::invoke(fn, tx));
-        return result->status();
-      },
-      options);
-  if (!status.ok()) return Result(std::move(status));
-  return *std::move(result);
+  static_assert(internal::IsStatusOr<std::invoke_result_t<Fn&, pqxx::nontransaction&>>::value,
+                "fn must return absl::StatusOr<T>");
+  return internal::RunReturning<pqxx::nontransaction>(pool, fn, options,
+                                                      internal::RunAutocommitReadImpl);
 }
 
 // RunAutocommitWrite: fn runs ONE data-modifying statement (data-modifying CTEs may touch
@@ -178,24 +177,7 @@ auto RunAutocommitRead(ConnectionPool& pool, Fn&& fn, const TransactionOptions& 
 template <typename Fn>
 auto RunAutocommitWrite(ConnectionPool& pool, Fn&& fn, const TransactionOptions& options = {})
     -> std::invoke_result_t<Fn&, OneStatement&> {
-  using Result = std::invoke_result_t<Fn&, OneStatement&>;
-  if constexpr (std::is_same_v<Result, absl::Status>) {
-    return internal::RunAutocommitWriteImpl(pool, fn, options);
-  } else {
-    static_assert(internal::IsStatusOr<Result>::value,
-                  "fn must return absl::Status or absl::StatusOr<T>");
-    std::optional<Result> result;
-    absl::Status status = internal::RunAutocommitWriteImpl(
-        pool,
-        [&](OneStatement& stmt) -> absl::Status {
-          result.reset();
-          result.emplace(std::invoke(fn, stmt));
-          return result->status();
-        },
-        options);
-    if (!status.ok()) return Result(std::move(status));
-    return *std::move(result);
-  }
+  return internal::RunReturning<OneStatement>(pool, fn, options, internal::RunAutocommitWriteImpl);
 }
 
 }  // namespace rkl::db
