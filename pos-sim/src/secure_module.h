@@ -5,7 +5,8 @@
 // On disk, a terminal is a directory <state-dir>/<SN>/ (mode 0700) holding
 //   device.key             32 random bytes, mode 0600: stands for the hardware-unique key a
 //                          real secure element never exports;
-//   secure_module.sealed   mode 0600: AES-256-GCM(device key, state, AAD = SN), see aead.h.
+//   secure_module.sealed   mode 0600: the state sealed under the device key with AAD = SN
+//                          (crypto::SealingKey, seal.h: AES-256-GCM, nonce ‖ ciphertext ‖ tag).
 // The state (SN, algorithm, lifecycle, burned-in HsmRCRT, accepted HsmWCRT, TEK, AUK, Ctk_Pu,
 // MTMS receipt, TMK) is serialised into a SecretBytes buffer and sealed as a whole, so no
 // clear key is ever written anywhere, and a state file copied to another SN or device does
@@ -30,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/seal.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/crypto/x509.h"
 
@@ -133,11 +135,11 @@ class SecureModule {
 
  private:
   friend class SecureModuleTestPeer;
-  SecureModule(std::string dir, crypto::SecretBytes device_key, SecureModuleState state)
+  SecureModule(std::string dir, crypto::SealingKey device_key, SecureModuleState state)
       : dir_(std::move(dir)), device_key_(std::move(device_key)), state_(std::move(state)) {}
 
   std::string dir_;
-  crypto::SecretBytes device_key_;
+  crypto::SealingKey device_key_;
   SecureModuleState state_;
   CertificateMemo root_memo_;
   CertificateMemo work_memo_;
