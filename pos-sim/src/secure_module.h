@@ -78,14 +78,13 @@ struct SecureModuleDescription {
 };
 
 // A certificate parsed from DER and kept for as long as the DER it came from is unchanged.
-// Parsing is the expensive part of using a certificate: OpenSSL 3.0 decodes its public key
-// through the provider decoder registry, under a global read-write lock (its cost is
-// BM_CertificateParseRsa2048 in bench/micro). Without the memo every step of every
-// terminal (generate-tk, submit, describe, install) would parse the HsmWCRT or HsmRCRT
-// again, and a fleet's terminals would spend their CPU — taken from the servers' cores —
-// on it. A real terminal parses a certificate once and keeps it; so does the module. Like
-// the module, used by one thread at a time (Get and Remember update the kept copy even on
-// a const memo).
+// Parsing is the costly part of using a certificate: OpenSSL 3 decodes its public key
+// through the provider decoder registry, under a process-wide lock. Every step of a
+// terminal (generate-tk, submit, describe, install) uses the HsmWCRT or HsmRCRT, and a
+// fleet runs many terminals in one process beside the servers, so parsing on every step
+// would contend on that lock. A real terminal parses a certificate once and keeps it; so
+// does the module. Like the module, used by one thread at a time (Get and Remember update
+// the kept copy even on a const memo).
 class CertificateMemo {
  public:
   // The certificate `der` encodes: the kept one when `der` is the DER it was kept for,
