@@ -26,6 +26,17 @@ Ptr GetExtension(const X509* x, int nid, int* critical) {
   return internal::DecodeExtension<Ptr>(x, X509_get_ext_d2i, nid, critical);
 }
 
+// True when the extension `nid` is present and marked critical.
+template <typename Ptr>
+bool IsCritical(const X509* x, int nid) {
+  int crit = -1;
+  GetExtension<Ptr>(x, nid, &crit);
+  return crit == 1;
+}
+
+// True when OpenSSL's decoded extension flags hold `flag` (EXFLAG_BCONS, ...).
+bool HasExtension(X509* x, uint32_t flag) { return (X509_get_extension_flags(x) & flag) != 0; }
+
 bool IsValidDnsName(std::string_view name) {
   if (name.empty() || name.size() > 253) return false;
   for (char c : name) {
@@ -162,14 +173,10 @@ absl::StatusOr<PublicKey> Certificate::GetPublicKey() const {
   return PublicKey::FromPublicOnlyEvpPkey(std::move(pkey));
 }
 
-bool Certificate::HasBasicConstraints() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_BCONS) != 0;
-}
+bool Certificate::HasBasicConstraints() const { return HasExtension(x509_.get(), EXFLAG_BCONS); }
 
 bool Certificate::BasicConstraintsCritical() const {
-  int crit = -1;
-  GetExtension<BasicConstraintsPtr>(x509_.get(), NID_basic_constraints, &crit);
-  return crit == 1;
+  return IsCritical<BasicConstraintsPtr>(x509_.get(), NID_basic_constraints);
 }
 
 bool Certificate::IsCa() const {
@@ -184,14 +191,10 @@ std::optional<int> Certificate::PathLength() const {
   return static_cast<int>(len);
 }
 
-bool Certificate::HasKeyUsage() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_KUSAGE) != 0;
-}
+bool Certificate::HasKeyUsage() const { return HasExtension(x509_.get(), EXFLAG_KUSAGE); }
 
 bool Certificate::KeyUsageCritical() const {
-  int crit = -1;
-  GetExtension<Asn1BitStringPtr>(x509_.get(), NID_key_usage, &crit);
-  return crit == 1;
+  return IsCritical<Asn1BitStringPtr>(x509_.get(), NID_key_usage);
 }
 
 KeyUsage Certificate::KeyUsageBits() const {
@@ -204,9 +207,7 @@ KeyUsage Certificate::KeyUsageBits() const {
   return static_cast<KeyUsage>(out);
 }
 
-bool Certificate::HasExtendedKeyUsage() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_XKUSAGE) != 0;
-}
+bool Certificate::HasExtendedKeyUsage() const { return HasExtension(x509_.get(), EXFLAG_XKUSAGE); }
 
 ExtendedKeyUsage Certificate::ExtendedKeyUsages() const {
   ExtendedKeyUsagePtr eku =
