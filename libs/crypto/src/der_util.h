@@ -6,8 +6,8 @@
 //
 // Every Decode* refuses with INVALID_ARGUMENT and the caller's text, and clears OpenSSL's
 // error queue: the input came from a peer, the message names what was expected, and no
-// stale OpenSSL error is left for a later call to report. No function here sees key
-// material other than public keys.
+// stale OpenSSL error is left for a later call to report. No message here carries input
+// bytes, so secret input (a PKCS#8 private key) may be decoded through DecodeDer too.
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
