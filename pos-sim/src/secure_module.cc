@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "files.h"
 #include "rkl/common/status_macros.h"
-#include "rkl/crypto/aead.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/x509.h"
@@ -81,6 +80,10 @@ absl::Status Corrupt(std::string_view rule) {
 }
 
 Bytes SnAad(std::string_view sn) { return Bytes(sn.begin(), sn.end()); }
+
+std::string DeviceKeyFile(const std::string& dir) {
+  return absl::StrCat(dir, "/", kDeviceKeyFileName);
+}
 
 }  // namespace
 
@@ -224,9 +227,7 @@ absl::StatusOr<SecureModuleState> ParseState(const SecretBytes& serialized) {
 }
 
 std::string SecureModule::state_file() const { return absl::StrCat(dir_, "/", kStateFileName); }
-std::string SecureModule::device_key_file() const {
-  return absl::StrCat(dir_, "/", kDeviceKeyFileName);
-}
+std::string SecureModule::device_key_file() const { return DeviceKeyFile(dir_); }
 
 absl::StatusOr<SecureModule> SecureModule::Create(const std::string& state_dir,
                                                   const SecureModuleState& initial) {
@@ -241,15 +242,20 @@ absl::StatusOr<SecureModule> SecureModule::Create(const std::string& state_dir,
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create directory ", dir, ": ", std::strerror(errno)));
   }
-  SecureModule module(dir, crypto::RandomSecret(crypto::kAeadKeySize), SecureModuleState{});
-  module.state_.sn = initial.sn;
-  absl::Status created = CreateSecretFile(module.device_key_file(), module.device_key_, kFileMode);
-  if (created.ok()) created = module.Commit(initial);
-  if (!created.ok()) {
+  absl::StatusOr<SecureModule> module = [&]() -> absl::StatusOr<SecureModule> {
+    SecretBytes device_key = crypto::RandomSecret(crypto::SealingKey::kKekSize);
+    RKL_RETURN_IF_ERROR(CreateSecretFile(DeviceKeyFile(dir), device_key, kFileMode));
+    RKL_ASSIGN_OR_RETURN(crypto::SealingKey sealing_key,
+                         crypto::SealingKey::Create(std::move(device_key)));
+    SecureModule created(dir, std::move(sealing_key), SecureModuleState{});
+    created.state_.sn = initial.sn;
+    RKL_RETURN_IF_ERROR(created.Commit(initial));
+    return created;
+  }();
+  if (!module.ok()) {
     // A half-made terminal would block the SN forever: remove it.
     std::error_code ignored;
     std::filesystem::remove_all(dir, ignored);
-    return created;
   }
   return module;
 }
@@ -262,13 +268,16 @@ absl::StatusOr<SecureModule> SecureModule::Open(const std::string& state_dir,
     return absl::NotFoundError(absl::StrCat("sn: no terminal ", sn, " in ", state_dir,
                                             " (run `rkl-pos manufacture` first)"));
   }
-  SecureModule module(dir, SecretBytes(), SecureModuleState{});
-  RKL_ASSIGN_OR_RETURN(module.device_key_, ReadSecretFile(module.device_key_file()));
-  if (module.device_key_.size() != crypto::kAeadKeySize) {
-    return absl::DataLossError(absl::StrCat(module.device_key_file(), ": not a device key"));
+  const std::string device_key_file = DeviceKeyFile(dir);
+  RKL_ASSIGN_OR_RETURN(SecretBytes device_key, ReadSecretFile(device_key_file));
+  absl::StatusOr<crypto::SealingKey> sealing_key =
+      crypto::SealingKey::Create(std::move(device_key));
+  if (!sealing_key.ok()) {
+    return absl::DataLossError(absl::StrCat(device_key_file, ": not a device key"));
   }
+  SecureModule module(dir, *std::move(sealing_key), SecureModuleState{});
   RKL_ASSIGN_OR_RETURN(Bytes sealed, ReadFileBytes(module.state_file()));
-  auto opened = crypto::AeadOpen(module.device_key_, sealed, SnAad(sn));
+  auto opened = module.device_key_.Open(SnAad(sn), sealed);
   if (!opened.ok()) {
     return absl::DataLossError(absl::StrCat(
         module.state_file(), ": does not open under this device's key (tampered or copied)"));
@@ -283,7 +292,7 @@ absl::Status SecureModule::Commit(SecureModuleState next) {
     return absl::InvalidArgumentError("sn: a secure module's SN never changes");
   }
   RKL_ASSIGN_OR_RETURN(SecretBytes serialized, SerializeState(next));
-  RKL_ASSIGN_OR_RETURN(Bytes sealed, crypto::AeadSeal(device_key_, serialized, SnAad(next.sn)));
+  RKL_ASSIGN_OR_RETURN(Bytes sealed, device_key_.Seal(SnAad(next.sn), serialized));
   RKL_RETURN_IF_ERROR(WriteFileAtomically(state_file(), sealed, kFileMode));
   state_ = std::move(next);
   return absl::OkStatus();

@@ -5,7 +5,8 @@
 // On disk, a terminal is a directory <state-dir>/<SN>/ (mode 0700) holding
 //   device.key             32 random bytes, mode 0600: stands for the hardware-unique key a
 //                          real secure element never exports;
-//   secure_module.sealed   mode 0600: AES-256-GCM(device key, state, AAD = SN), see aead.h.
+//   secure_module.sealed   mode 0600: the state sealed under the device key with AAD = SN
+//                          (crypto::SealingKey, seal.h: AES-256-GCM, nonce ‖ ciphertext ‖ tag).
 // The state (SN, algorithm, lifecycle, burned-in HsmRCRT, accepted HsmWCRT, TEK, AUK, Ctk_Pu,
 // MTMS receipt, TMK) is serialised into a SecretBytes buffer and sealed as a whole, so no
 // clear key is ever written anywhere, and a state file copied to another SN or device does
@@ -30,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
+#include "rkl/crypto/seal.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/crypto/x509.h"
 
@@ -76,14 +78,13 @@ struct SecureModuleDescription {
 };
 
 // A certificate parsed from DER and kept for as long as the DER it came from is unchanged.
-// Parsing is the expensive part of using a certificate: OpenSSL 3.0 decodes its public key
-// through the provider decoder registry, under a global read-write lock (its cost is
-// BM_CertificateParseRsa2048 in bench/micro). Without the memo every step of every
-// terminal (generate-tk, submit, describe, install) would parse the HsmWCRT or HsmRCRT
-// again, and a fleet's terminals would spend their CPU — taken from the servers' cores —
-// on it. A real terminal parses a certificate once and keeps it; so does the module. Like
-// the module, used by one thread at a time (Get and Remember update the kept copy even on
-// a const memo).
+// Parsing is the costly part of using a certificate: OpenSSL 3 decodes its public key
+// through the provider decoder registry, under a process-wide lock. Every step of a
+// terminal (generate-tk, submit, describe, install) uses the HsmWCRT or HsmRCRT, and a
+// fleet runs many terminals in one process beside the servers, so parsing on every step
+// would contend on that lock. A real terminal parses a certificate once and keeps it; so
+// does the module. Like the module, used by one thread at a time (Get and Remember update
+// the kept copy even on a const memo).
 class CertificateMemo {
  public:
   // The certificate `der` encodes: the kept one when `der` is the DER it was kept for,
@@ -133,11 +134,11 @@ class SecureModule {
 
  private:
   friend class SecureModuleTestPeer;
-  SecureModule(std::string dir, crypto::SecretBytes device_key, SecureModuleState state)
+  SecureModule(std::string dir, crypto::SealingKey device_key, SecureModuleState state)
       : dir_(std::move(dir)), device_key_(std::move(device_key)), state_(std::move(state)) {}
 
   std::string dir_;
-  crypto::SecretBytes device_key_;
+  crypto::SealingKey device_key_;
   SecureModuleState state_;
   CertificateMemo root_memo_;
   CertificateMemo work_memo_;

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "files.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/kcv.h"
@@ -470,8 +471,10 @@ testing::RevealedKeys SecureModuleTestPeer::RevealKeysForTest(const SecureModule
     auto r = s.RevealSecret();
     return Bytes(r.begin(), r.end());
   };
+  // The device key never leaves its SealingKey; its file is the same 32 bytes.
+  absl::StatusOr<crypto::SecretBytes> device_key = ReadSecretFile(module.device_key_file());
   return {copy(module.state_.tek), copy(module.state_.auk), copy(module.state_.tmk),
-          copy(module.device_key_)};
+          device_key.ok() ? copy(*device_key) : Bytes()};
 }
 
 }  // namespace rkl::pos

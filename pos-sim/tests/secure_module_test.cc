@@ -8,6 +8,7 @@
 
 #include "fakes.h"
 #include "files.h"
+#include "rkl/crypto/aead.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::pos {
@@ -154,6 +155,40 @@ TEST(SecureModuleTest, StateFileCopiedToAnotherTerminalDoesNotOpen) {
   ASSERT_TRUE(
       WriteFileAtomically(b->device_key_file(), FileBytes(a->device_key_file()), 0600).ok());
   EXPECT_EQ(SecureModule::Open(dir.path(), "T-B").status().code(), absl::StatusCode::kDataLoss);
+}
+
+// Terminals already on disk hold AES-256-GCM(device.key, state) as nonce ‖ ciphertext ‖ tag
+// with AAD = SN; a directory written that way, without SecureModule, still opens.
+TEST(SecureModuleTest, OpensAStateFileSealedInTheStoredLayout) {
+  TempDir dir;
+  const std::string terminal = TerminalDirectory(dir.path(), "T-OLD");
+  ASSERT_TRUE(MakeDirectories(terminal, 0700).ok());
+  const crypto::SecretBytes device_key = crypto::RandomSecret(32);
+  ASSERT_TRUE(CreateSecretFile(terminal + "/device.key", device_key, 0600).ok());
+  const SecureModuleState state = SampleState("T-OLD");
+  const Bytes sealed =
+      crypto::AeadSeal(device_key, SerializeState(state).value(), AsBytes("T-OLD")).value();
+  ASSERT_TRUE(WriteFileAtomically(terminal + "/secure_module.sealed", sealed, 0600).ok());
+
+  auto opened = SecureModule::Open(dir.path(), "T-OLD");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_TRUE(opened->state().tek == state.tek);
+  EXPECT_EQ(opened->state().submission_id, "sub-1");
+  // A commit writes the same layout back.
+  ASSERT_TRUE(opened->Commit(opened->state()).ok());
+  EXPECT_TRUE(
+      crypto::AeadOpen(device_key, FileBytes(opened->state_file()), AsBytes("T-OLD")).value() ==
+      SerializeState(state).value());
+}
+
+TEST(SecureModuleTest, DeviceKeyOfTheWrongSizeIsDataLoss) {
+  TempDir dir;
+  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(WriteFileAtomically(m->device_key_file(), Bytes(16, 7), 0600).ok());
+  auto opened = SecureModule::Open(dir.path(), "T-1");
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(opened.status().message(), HasSubstr("not a device key"));
 }
 
 TEST(SecureModuleTest, CommitReplacesAtomicallyAndRefusesSnChange) {

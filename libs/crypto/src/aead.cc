@@ -82,7 +82,12 @@ absl::StatusOr<Bytes> AeadSealWithNonceForSelfTest(const SecretBytes& key,
 
 absl::StatusOr<Bytes> AeadSeal(const SecretBytes& key, const SecretBytes& plaintext,
                                std::span<const uint8_t> aad) {
-  const Bytes nonce = RandomBytes(kAeadNonceSize);
+  return AeadSeal(key, plaintext, aad, FillRandom);
+}
+
+absl::StatusOr<Bytes> AeadSeal(const SecretBytes& key, const SecretBytes& plaintext,
+                               std::span<const uint8_t> aad, const RandomSource& random) {
+  const Bytes nonce = RandomBytes(random, kAeadNonceSize);
   return AeadSealWithNonceForSelfTest(key, nonce, plaintext, aad);
 }
 

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "keys_internal.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::crypto {
 namespace internal {
@@ -25,71 +26,6 @@ const EVP_MD* Sha256() {
     return fetched != nullptr ? fetched : EVP_sha256();
   }();
   return sha256;
-}
-
-absl::Status OpenSslError(absl::StatusCode code, std::string_view message) {
-  unsigned long err = ERR_peek_last_error();
-  std::string text(message);
-  if (err != 0) {
-    const char* reason = ERR_reason_error_string(err);
-    if (reason != nullptr) absl::StrAppend(&text, " (openssl: ", reason, ")");
-  }
-  ERR_clear_error();
-  return absl::Status(code, text);
-}
-
-BioPtr MemBio(std::span<const uint8_t> data) {
-  return BioPtr(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-}
-
-std::string BioContents(BIO* bio) {
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio, &data);
-  if (len <= 0 || data == nullptr) return {};
-  return std::string(data, static_cast<size_t>(len));
-}
-
-bool LooksLikePem(std::span<const uint8_t> data) {
-  size_t i = 0;
-  while (i < data.size() && std::isspace(data[i])) ++i;
-  static constexpr std::string_view kArmour = "-----BEGIN ";
-  return data.size() - i >= kArmour.size() && AsString(data.subspan(i, kArmour.size())) == kArmour;
-}
-
-absl::StatusOr<int64_t> Asn1TimeToUnix(const ASN1_TIME* t) {
-  // ASN1_TIME_diff against the epoch avoids timegm() and the local time zone entirely.
-  Asn1TimePtr epoch(ASN1_TIME_set(nullptr, 0));
-  int days = 0;
-  int secs = 0;
-  if (t == nullptr || epoch == nullptr || ASN1_TIME_diff(&days, &secs, epoch.get(), t) != 1) {
-    return OpenSslError(absl::StatusCode::kInvalidArgument, "time: not a valid ASN.1 time");
-  }
-  return static_cast<int64_t>(days) * 86400 + secs;
-}
-
-absl::StatusOr<Asn1IntegerPtr> SerialToAsn1(std::span<const uint8_t> serial,
-                                            std::string_view field) {
-  BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
-  if (bn == nullptr) return OpenSslError(absl::StatusCode::kInternal, "BN_bin2bn failed");
-  if (BN_is_zero(bn.get())) {
-    return absl::InvalidArgumentError(absl::StrCat(std::string(field), ": must be positive"));
-  }
-  // 20 content octets of a positive INTEGER hold at most 159 bits (the sign bit must be 0).
-  if (BN_num_bits(bn.get()) > 159) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(field), ": must fit in 20 octets (RFC 5280 4.1.2.2)"));
-  }
-  Asn1IntegerPtr out(BN_to_ASN1_INTEGER(bn.get(), nullptr));
-  if (out == nullptr) return OpenSslError(absl::StatusCode::kInternal, "BN_to_ASN1_INTEGER failed");
-  return out;
-}
-
-Bytes Asn1IntegerToBytes(const ASN1_INTEGER* a) {
-  BignumPtr bn(ASN1_INTEGER_to_BN(a, nullptr));
-  if (bn == nullptr) return {};
-  Bytes out(static_cast<size_t>(BN_num_bytes(bn.get())));
-  BN_bn2bin(bn.get(), out.data());
-  return out;
 }
 
 }  // namespace internal
@@ -143,26 +79,17 @@ std::string_view KeyTypeName(KeyType type) {
 // ---- PublicKey ------------------------------------------------------------------------------
 
 absl::StatusOr<PublicKey> PublicKey::FromDer(std::span<const uint8_t> der) {
-  EvpPkeyPtr pkey = internal::ParseDerExact<EvpPkeyPtr>(der, d2i_PUBKEY);
-  if (pkey == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("public_key: not a DER SubjectPublicKeyInfo");
-  }
-  auto type = ClassifyKey(pkey.get(), "public_key");
-  if (!type.ok()) return type.status();
-  return PublicKey(std::move(pkey), *type);
+  RKL_ASSIGN_OR_RETURN(EvpPkeyPtr pkey,
+                       internal::DecodeDer<EvpPkeyPtr>(
+                           der, d2i_PUBKEY, "public_key: not a DER SubjectPublicKeyInfo"));
+  return FromPublicOnlyEvpPkey(std::move(pkey));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromPem(std::string_view pem) {
-  BioPtr bio = internal::MemBio(pem);
-  EvpPkeyPtr pkey(PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr));
-  if (pkey == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("public_key: not a PEM PUBLIC KEY");
-  }
-  auto type = ClassifyKey(pkey.get(), "public_key");
-  if (!type.ok()) return type.status();
-  return PublicKey(std::move(pkey), *type);
+  RKL_ASSIGN_OR_RETURN(EvpPkeyPtr pkey,
+                       internal::DecodePem<EvpPkeyPtr>(pem, PEM_read_bio_PUBKEY,
+                                                       "public_key: not a PEM PUBLIC KEY"));
+  return FromPublicOnlyEvpPkey(std::move(pkey));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromEvpPkey(EvpPkeyPtr pkey) {
@@ -183,32 +110,16 @@ absl::StatusOr<PublicKey> PublicKey::FromPublicOnlyEvpPkey(EvpPkeyPtr pkey) {
   return PublicKey(std::move(pkey), *type);
 }
 
-PublicKey::PublicKey(const PublicKey& other) : pkey_(nullptr), type_(other.type_) {
-  if (other.pkey_ != nullptr && EVP_PKEY_up_ref(other.pkey_.get()) == 1) {
-    pkey_.reset(other.pkey_.get());
-  }
-}
+PublicKey::PublicKey(const PublicKey& other)
+    : pkey_(internal::ShareReference(other.pkey_, EVP_PKEY_up_ref)), type_(other.type_) {}
 
-PublicKey& PublicKey::operator=(const PublicKey& other) {
-  if (this != &other) {
-    PublicKey copy(other);
-    *this = std::move(copy);
-  }
-  return *this;
-}
+PublicKey& PublicKey::operator=(const PublicKey& other) { return *this = PublicKey(other); }
 
 int PublicKey::Bits() const { return EVP_PKEY_get_bits(pkey_.get()); }
 
 Bytes PublicKey::ToDer() const { return internal::ToDer(pkey_.get(), i2d_PUBKEY); }
 
-std::string PublicKey::ToPem() const {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr || PEM_write_bio_PUBKEY(bio.get(), pkey_.get()) != 1) {
-    ERR_clear_error();
-    return {};
-  }
-  return internal::BioContents(bio.get());
-}
+std::string PublicKey::ToPem() const { return internal::ToPem(pkey_.get(), PEM_write_bio_PUBKEY); }
 
 bool operator==(const PublicKey& a, const PublicKey& b) {
   if (a.pkey_ == nullptr || b.pkey_ == nullptr) return a.pkey_ == b.pkey_;
@@ -220,12 +131,10 @@ bool operator==(const PublicKey& a, const PublicKey& b) {
 // ---- PrivateKey -----------------------------------------------------------------------------
 
 absl::StatusOr<PrivateKey> PrivateKey::FromPkcs8DerSecret(const SecretBytes& pkcs8_der) {
-  Pkcs8PrivKeyInfoPtr p8 = internal::ParseDerExact<Pkcs8PrivKeyInfoPtr>(pkcs8_der.RevealSecret(),
-                                                                        d2i_PKCS8_PRIV_KEY_INFO);
-  if (p8 == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("private_key: not a DER PKCS#8 PrivateKeyInfo");
-  }
+  RKL_ASSIGN_OR_RETURN(
+      Pkcs8PrivKeyInfoPtr p8,
+      internal::DecodeDer<Pkcs8PrivKeyInfoPtr>(pkcs8_der.RevealSecret(), d2i_PKCS8_PRIV_KEY_INFO,
+                                               "private_key: not a DER PKCS#8 PrivateKeyInfo"));
   EvpPkeyPtr pkey(EVP_PKCS82PKEY(p8.get()));
   if (pkey == nullptr) {
     ERR_clear_error();

@@ -57,22 +57,13 @@ absl::StatusOr<Bytes> WritePkcs12(const PrivateKey& private_key, const Certifica
     ERR_clear_error();
     return absl::InvalidArgumentError("certificate: does not match the private key");
   }
-  X509StackPtr ca(sk_X509_new_null());
-  if (ca == nullptr) return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-  for (const Certificate& c : chain) {
-    if (X509_up_ref(c.x509()) != 1) {
-      return OpenSslError(absl::StatusCode::kInternal, "X509_up_ref failed");
-    }
-    if (sk_X509_push(ca.get(), c.x509()) <= 0) {
-      X509_free(c.x509());
-      return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-    }
-  }
+  auto ca = internal::X509StackOf(chain);
+  if (!ca.ok()) return ca.status();
   std::string name(friendly_name);
   // NID_aes_256_cbc for both bags selects PBES2 with PBKDF2-HMAC-SHA256; mac_iter = -1 skips
   // PKCS12_create's default SHA-1 MAC so that an HMAC-SHA256 one can be set below.
   Pkcs12Ptr p12(PKCS12_create_ex(AsCString(*pass), name.empty() ? nullptr : name.c_str(),
-                                 private_key.evp_pkey(), certificate.x509(), ca.get(),
+                                 private_key.evp_pkey(), certificate.x509(), ca->get(),
                                  NID_aes_256_cbc, NID_aes_256_cbc, options.iterations,
                                  /*mac_iter=*/-1, /*keytype=*/0, nullptr, nullptr));
   if (p12 == nullptr) return OpenSslError(absl::StatusCode::kInternal, "PKCS#12 creation failed");

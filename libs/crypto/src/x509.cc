@@ -11,83 +11,31 @@
 
 #include "absl/strings/str_cat.h"
 #include "keys_internal.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::crypto {
-namespace internal {
-
-absl::StatusOr<X509NamePtr> BuildName(std::string_view cn, std::string_view organization,
-                                      std::string_view field) {
-  if (cn.empty() || cn.size() > 64) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(field), ".cn: must be 1-64 characters"));
-  }
-  if (organization.size() > 64) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(field), ".organization: must be at most 64 characters"));
-  }
-  X509NamePtr name(X509_NAME_new());
-  if (name == nullptr) return OpenSslError(absl::StatusCode::kInternal, "X509_NAME_new failed");
-  // Least specific first, so the RFC 2253 form reads "CN=...,O=...".
-  if (!organization.empty() &&
-      X509_NAME_add_entry_by_NID(name.get(), NID_organizationName, MBSTRING_UTF8,
-                                 reinterpret_cast<const unsigned char*>(organization.data()),
-                                 static_cast<int>(organization.size()), -1, 0) != 1) {
-    return OpenSslError(absl::StatusCode::kInvalidArgument,
-                        absl::StrCat(std::string(field), ".organization: not valid UTF-8"));
-  }
-  if (X509_NAME_add_entry_by_NID(name.get(), NID_commonName, MBSTRING_UTF8,
-                                 reinterpret_cast<const unsigned char*>(cn.data()),
-                                 static_cast<int>(cn.size()), -1, 0) != 1) {
-    return OpenSslError(absl::StatusCode::kInvalidArgument,
-                        absl::StrCat(std::string(field), ".cn: not valid UTF-8"));
-  }
-  return name;
-}
-
-std::string NameCommonName(const X509_NAME* name) {
-  if (name == nullptr) return {};
-  int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-  if (idx < 0) return {};
-  const ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
-  unsigned char* utf8 = nullptr;
-  int len = ASN1_STRING_to_UTF8(&utf8, data);
-  if (len < 0) {
-    ERR_clear_error();
-    return {};
-  }
-  std::string out(reinterpret_cast<char*>(utf8), static_cast<size_t>(len));
-  OPENSSL_free(utf8);
-  return out;
-}
-
-std::string NameToString(const X509_NAME* name) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr || name == nullptr) return {};
-  // RFC 2253, but keep UTF-8 readable instead of \XX-escaping every non-ASCII byte.
-  if (X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) < 0) {
-    ERR_clear_error();
-    return {};
-  }
-  return BioContents(bio.get());
-}
-
-}  // namespace internal
-
 namespace {
 
 using internal::OpenSslError;
 
-// Returns the decoded extension `nid` (caller frees with the type's free) and its criticality
-// in *critical: -1 absent, 0/1 present. Duplicated extensions read as absent here, but such
-// certificates are already rejected at parse time (EXFLAG_INVALID).
+// The certificate's extension `nid` (see internal::DecodeExtension). Duplicated extensions
+// read as absent here, but such certificates are already rejected at parse time
+// (EXFLAG_INVALID).
 template <typename Ptr>
 Ptr GetExtension(const X509* x, int nid, int* critical) {
-  int crit = -1;
-  Ptr ext(static_cast<typename Ptr::pointer>(X509_get_ext_d2i(x, nid, &crit, nullptr)));
-  if (critical != nullptr) *critical = ext != nullptr ? crit : -1;
-  ERR_clear_error();
-  return ext;
+  return internal::DecodeExtension<Ptr>(x, X509_get_ext_d2i, nid, critical);
 }
+
+// True when the extension `nid` is present and marked critical.
+template <typename Ptr>
+bool IsCritical(const X509* x, int nid) {
+  int crit = -1;
+  GetExtension<Ptr>(x, nid, &crit);
+  return crit == 1;
+}
+
+// True when OpenSSL's decoded extension flags hold `flag` (EXFLAG_BCONS, ...).
+bool HasExtension(X509* x, uint32_t flag) { return (X509_get_extension_flags(x) & flag) != 0; }
 
 bool IsValidDnsName(std::string_view name) {
   if (name.empty() || name.size() > 253) return false;
@@ -104,18 +52,6 @@ absl::Status AddExtension(X509* x, int nid, void* value, bool critical, std::str
                         absl::StrCat("cannot add extension ", std::string(what)));
   }
   return absl::OkStatus();
-}
-
-// SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 §4.2.1.2 method 1).
-absl::StatusOr<Asn1OctetStringPtr> KeyIdOf(const X509* x) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  Asn1OctetStringPtr id(ASN1_OCTET_STRING_new());
-  if (id == nullptr || X509_pubkey_digest(x, EVP_sha1(), md, &len) != 1 ||
-      ASN1_OCTET_STRING_set(id.get(), md, static_cast<int>(len)) != 1) {
-    return OpenSslError(absl::StatusCode::kInternal, "cannot compute key identifier");
-  }
-  return id;
 }
 
 struct EkuName {
@@ -153,11 +89,8 @@ absl::StatusOr<Certificate> Certificate::FromX509(X509Ptr x509) {
 }
 
 absl::StatusOr<Certificate> Certificate::FromDer(std::span<const uint8_t> der) {
-  X509Ptr x = internal::ParseDerExact<X509Ptr>(der, d2i_X509);
-  if (x == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("certificate: not a DER X.509 certificate");
-  }
+  RKL_ASSIGN_OR_RETURN(X509Ptr x, internal::DecodeDer<X509Ptr>(
+                                      der, d2i_X509, "certificate: not a DER X.509 certificate"));
   return FromX509(std::move(x));
 }
 
@@ -192,35 +125,19 @@ absl::StatusOr<Certificate> Certificate::FromPem(std::string_view pem) {
 }
 
 absl::StatusOr<Certificate> Certificate::Parse(std::span<const uint8_t> pem_or_der) {
-  if (internal::LooksLikePem(pem_or_der)) return FromPem(AsString(pem_or_der));
-  return FromDer(pem_or_der);
+  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
 }
 
 Certificate::Certificate(const Certificate& other)
-    : not_before_(other.not_before_), not_after_(other.not_after_) {
-  if (other.x509_ != nullptr && X509_up_ref(other.x509_.get()) == 1) {
-    x509_.reset(other.x509_.get());
-  }
-}
+    : x509_(internal::ShareReference(other.x509_, X509_up_ref)),
+      not_before_(other.not_before_),
+      not_after_(other.not_after_) {}
 
-Certificate& Certificate::operator=(const Certificate& other) {
-  if (this != &other) {
-    Certificate copy(other);
-    *this = std::move(copy);
-  }
-  return *this;
-}
+Certificate& Certificate::operator=(const Certificate& other) { return *this = Certificate(other); }
 
 Bytes Certificate::ToDer() const { return internal::ToDer(x509_.get(), i2d_X509); }
 
-std::string Certificate::ToPem() const {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr || PEM_write_bio_X509(bio.get(), x509_.get()) != 1) {
-    ERR_clear_error();
-    return {};
-  }
-  return internal::BioContents(bio.get());
-}
+std::string Certificate::ToPem() const { return internal::ToPem(x509_.get(), PEM_write_bio_X509); }
 
 Bytes Certificate::SerialBytes() const {
   return internal::Asn1IntegerToBytes(X509_get0_serialNumber(x509_.get()));
@@ -256,14 +173,10 @@ absl::StatusOr<PublicKey> Certificate::GetPublicKey() const {
   return PublicKey::FromPublicOnlyEvpPkey(std::move(pkey));
 }
 
-bool Certificate::HasBasicConstraints() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_BCONS) != 0;
-}
+bool Certificate::HasBasicConstraints() const { return HasExtension(x509_.get(), EXFLAG_BCONS); }
 
 bool Certificate::BasicConstraintsCritical() const {
-  int crit = -1;
-  GetExtension<BasicConstraintsPtr>(x509_.get(), NID_basic_constraints, &crit);
-  return crit == 1;
+  return IsCritical<BasicConstraintsPtr>(x509_.get(), NID_basic_constraints);
 }
 
 bool Certificate::IsCa() const {
@@ -278,14 +191,10 @@ std::optional<int> Certificate::PathLength() const {
   return static_cast<int>(len);
 }
 
-bool Certificate::HasKeyUsage() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_KUSAGE) != 0;
-}
+bool Certificate::HasKeyUsage() const { return HasExtension(x509_.get(), EXFLAG_KUSAGE); }
 
 bool Certificate::KeyUsageCritical() const {
-  int crit = -1;
-  GetExtension<Asn1BitStringPtr>(x509_.get(), NID_key_usage, &crit);
-  return crit == 1;
+  return IsCritical<Asn1BitStringPtr>(x509_.get(), NID_key_usage);
 }
 
 KeyUsage Certificate::KeyUsageBits() const {
@@ -298,9 +207,7 @@ KeyUsage Certificate::KeyUsageBits() const {
   return static_cast<KeyUsage>(out);
 }
 
-bool Certificate::HasExtendedKeyUsage() const {
-  return (X509_get_extension_flags(x509_.get()) & EXFLAG_XKUSAGE) != 0;
-}
+bool Certificate::HasExtendedKeyUsage() const { return HasExtension(x509_.get(), EXFLAG_XKUSAGE); }
 
 ExtendedKeyUsage Certificate::ExtendedKeyUsages() const {
   ExtendedKeyUsagePtr eku =
@@ -334,17 +241,11 @@ std::vector<std::string> Certificate::DnsNames() const {
 }
 
 Bytes Certificate::SubjectKeyId() const {
-  const ASN1_OCTET_STRING* id = X509_get0_subject_key_id(x509_.get());
-  if (id == nullptr) return {};
-  const uint8_t* p = ASN1_STRING_get0_data(id);
-  return Bytes(p, p + ASN1_STRING_length(id));
+  return internal::OctetStringBytes(X509_get0_subject_key_id(x509_.get()));
 }
 
 Bytes Certificate::AuthorityKeyId() const {
-  const ASN1_OCTET_STRING* id = X509_get0_authority_key_id(x509_.get());
-  if (id == nullptr) return {};
-  const uint8_t* p = ASN1_STRING_get0_data(id);
-  return Bytes(p, p + ASN1_STRING_length(id));
+  return internal::OctetStringBytes(X509_get0_authority_key_id(x509_.get()));
 }
 
 Bytes Certificate::Sha256Fingerprint() const {
@@ -418,10 +319,7 @@ CertificateBuilder& CertificateBuilder::SetKeyIdentifiers(bool enabled) {
 
 absl::StatusOr<Certificate> CertificateBuilder::Sign(const Certificate& issuer,
                                                      const PrivateKey& issuer_key) const {
-  if (X509_check_private_key(issuer.x509(), issuer_key.evp_pkey()) != 1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("issuer_key: does not match the issuer certificate");
-  }
+  RKL_RETURN_IF_ERROR(internal::CheckIssuerKey(issuer.x509(), issuer_key.evp_pkey()));
   return Build(&issuer, issuer_key);
 }
 
@@ -550,40 +448,25 @@ absl::StatusOr<Certificate> CertificateBuilder::Build(const Certificate* issuer,
   }
 
   if (key_identifiers_) {
-    auto skid = KeyIdOf(x.get());
-    if (!skid.ok()) return skid.status();
-    absl::Status s = AddExtension(x.get(), NID_subject_key_identifier, skid->get(), false,
-                                  "subjectKeyIdentifier");
-    if (!s.ok()) return s;
-
-    // The AKI is the issuer's own SKI when it has one, so chain building matches it exactly.
+    RKL_ASSIGN_OR_RETURN(Asn1OctetStringPtr skid, internal::KeyIdOf(x.get()));
+    RKL_RETURN_IF_ERROR(AddExtension(x.get(), NID_subject_key_identifier, skid.get(), false,
+                                     "subjectKeyIdentifier"));
+    // A self-signed certificate is its own issuer: its AKI is the SKI just made.
     Asn1OctetStringPtr issuer_id;
     if (issuer == nullptr) {
-      issuer_id.reset(ASN1_OCTET_STRING_dup(skid->get()));
-    } else if (const ASN1_OCTET_STRING* id = X509_get0_subject_key_id(issuer->x509())) {
-      issuer_id.reset(ASN1_OCTET_STRING_dup(id));
+      issuer_id.reset(ASN1_OCTET_STRING_dup(skid.get()));
     } else {
-      auto computed = KeyIdOf(issuer->x509());
-      if (!computed.ok()) return computed.status();
-      issuer_id = *std::move(computed);
+      RKL_ASSIGN_OR_RETURN(issuer_id, internal::IssuerKeyIdOf(issuer->x509()));
     }
-    AuthorityKeyIdPtr akid(AUTHORITY_KEYID_new());
-    if (issuer_id == nullptr || akid == nullptr) {
-      return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-    }
-    akid->keyid = issuer_id.release();
-    s = AddExtension(x.get(), NID_authority_key_identifier, akid.get(), false,
-                     "authorityKeyIdentifier");
-    if (!s.ok()) return s;
+    RKL_ASSIGN_OR_RETURN(AuthorityKeyIdPtr akid, internal::AuthorityKeyIdFor(std::move(issuer_id)));
+    RKL_RETURN_IF_ERROR(AddExtension(x.get(), NID_authority_key_identifier, akid.get(), false,
+                                     "authorityKeyIdentifier"));
   }
 
   if (X509_sign(x.get(), key.evp_pkey(), EVP_sha256()) <= 0) {
     return OpenSslError(absl::StatusCode::kInternal, "certificate signing failed");
   }
-  // Re-parse the signed DER so the returned object is exactly what any relying party sees.
-  Bytes der = internal::ToDer(x.get(), i2d_X509);
-  if (der.empty()) return OpenSslError(absl::StatusCode::kInternal, "certificate encoding failed");
-  return Certificate::FromDer(der);
+  return internal::Reparse<Certificate>(x.get(), i2d_X509, "certificate");
 }
 
 }  // namespace rkl::crypto

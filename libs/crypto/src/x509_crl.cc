@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "keys_internal.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::crypto {
 namespace {
@@ -43,57 +44,32 @@ absl::StatusOr<Crl> Crl::FromX509Crl(X509CrlPtr crl) {
 }
 
 absl::StatusOr<Crl> Crl::FromDer(std::span<const uint8_t> der) {
-  X509CrlPtr crl = internal::ParseDerExact<X509CrlPtr>(der, d2i_X509_CRL);
-  if (crl == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("crl: not a DER X.509 CRL");
-  }
+  RKL_ASSIGN_OR_RETURN(X509CrlPtr crl, internal::DecodeDer<X509CrlPtr>(der, d2i_X509_CRL,
+                                                                       "crl: not a DER X.509 CRL"));
   return FromX509Crl(std::move(crl));
 }
 
 absl::StatusOr<Crl> Crl::FromPem(std::string_view pem) {
-  BioPtr bio = internal::MemBio(pem);
-  X509CrlPtr crl(PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr));
-  if (crl == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("crl: not a PEM X509 CRL");
-  }
-  // Exactly one block: a second one would silently be ignored otherwise.
-  X509CrlPtr extra(PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr));
-  ERR_clear_error();
-  if (extra != nullptr) return absl::InvalidArgumentError("crl: expected exactly one PEM CRL");
+  RKL_ASSIGN_OR_RETURN(X509CrlPtr crl, internal::DecodePem<X509CrlPtr>(
+                                           pem, PEM_read_bio_X509_CRL, "crl: not a PEM X509 CRL",
+                                           "crl: expected exactly one PEM CRL"));
   return FromX509Crl(std::move(crl));
 }
 
 absl::StatusOr<Crl> Crl::Parse(std::span<const uint8_t> pem_or_der) {
-  if (internal::LooksLikePem(pem_or_der)) return FromPem(AsString(pem_or_der));
-  return FromDer(pem_or_der);
+  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
 }
 
-Crl::Crl(const Crl& other) : last_update_(other.last_update_), next_update_(other.next_update_) {
-  if (other.crl_ != nullptr && X509_CRL_up_ref(other.crl_.get()) == 1) {
-    crl_.reset(other.crl_.get());
-  }
-}
+Crl::Crl(const Crl& other)
+    : crl_(internal::ShareReference(other.crl_, X509_CRL_up_ref)),
+      last_update_(other.last_update_),
+      next_update_(other.next_update_) {}
 
-Crl& Crl::operator=(const Crl& other) {
-  if (this != &other) {
-    Crl copy(other);
-    *this = std::move(copy);
-  }
-  return *this;
-}
+Crl& Crl::operator=(const Crl& other) { return *this = Crl(other); }
 
 Bytes Crl::ToDer() const { return internal::ToDer(crl_.get(), i2d_X509_CRL); }
 
-std::string Crl::ToPem() const {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr || PEM_write_bio_X509_CRL(bio.get(), crl_.get()) != 1) {
-    ERR_clear_error();
-    return {};
-  }
-  return internal::BioContents(bio.get());
-}
+std::string Crl::ToPem() const { return internal::ToPem(crl_.get(), PEM_write_bio_X509_CRL); }
 
 std::string Crl::IssuerDn() const {
   return internal::NameToString(X509_CRL_get_issuer(crl_.get()));
@@ -104,9 +80,8 @@ std::string Crl::IssuerCommonName() const {
 }
 
 std::optional<uint64_t> Crl::CrlNumber() const {
-  int crit = -1;
-  Asn1IntegerPtr n(
-      static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(crl_.get(), NID_crl_number, &crit, nullptr)));
+  Asn1IntegerPtr n = internal::DecodeExtension<Asn1IntegerPtr>(crl_.get(), X509_CRL_get_ext_d2i,
+                                                               NID_crl_number, nullptr);
   uint64_t value = 0;
   bool ok = n != nullptr && ASN1_INTEGER_get_uint64(&value, n.get()) == 1;
   ERR_clear_error();
@@ -137,9 +112,8 @@ std::vector<RevokedCertificate> Crl::Entries() const {
     entry.revocation_time =
         internal::Asn1TimeToUnix(X509_REVOKED_get0_revocationDate(r)).value_or(0);
     entry.reason = CrlReason::kUnspecified;
-    int crit = -1;
-    Asn1EnumeratedPtr reason(
-        static_cast<ASN1_ENUMERATED*>(X509_REVOKED_get_ext_d2i(r, NID_crl_reason, &crit, nullptr)));
+    Asn1EnumeratedPtr reason = internal::DecodeExtension<Asn1EnumeratedPtr>(
+        r, X509_REVOKED_get_ext_d2i, NID_crl_reason, nullptr);
     if (reason != nullptr) entry.reason = static_cast<CrlReason>(ASN1_ENUMERATED_get(reason.get()));
     out.push_back(std::move(entry));
   }
@@ -185,20 +159,17 @@ absl::StatusOr<Crl> CrlBuilder::Sign(const Certificate& issuer,
   if (next_update_.has_value() && *next_update_ <= *last_update_) {
     return absl::InvalidArgumentError("crl.next_update: must be after last_update");
   }
-  if (X509_check_private_key(issuer.x509(), issuer_key.evp_pkey()) != 1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("issuer_key: does not match the issuer certificate");
-  }
+  RKL_RETURN_IF_ERROR(internal::CheckIssuerKey(issuer.x509(), issuer_key.evp_pkey()));
 
   X509CrlPtr crl(X509_CRL_new());
-  Asn1TimePtr last(ASN1_TIME_set(nullptr, static_cast<time_t>(*last_update_)));
+  Asn1TimePtr last = internal::UnixToAsn1Time(*last_update_);
   if (crl == nullptr || last == nullptr || X509_CRL_set_version(crl.get(), kCrlVersion2) != 1 ||
       X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(issuer.x509())) != 1 ||
       X509_CRL_set1_lastUpdate(crl.get(), last.get()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "CRL assembly failed");
   }
   if (next_update_.has_value()) {
-    Asn1TimePtr next(ASN1_TIME_set(nullptr, static_cast<time_t>(*next_update_)));
+    Asn1TimePtr next = internal::UnixToAsn1Time(*next_update_);
     if (next == nullptr || X509_CRL_set1_nextUpdate(crl.get(), next.get()) != 1) {
       return OpenSslError(absl::StatusCode::kInternal, "CRL assembly failed");
     }
@@ -211,7 +182,7 @@ absl::StatusOr<Crl> CrlBuilder::Sign(const Certificate& issuer,
       return absl::InvalidArgumentError("revoked.revocation_time: must be >= 0");
     }
     X509RevokedPtr entry(X509_REVOKED_new());
-    Asn1TimePtr when(ASN1_TIME_set(nullptr, static_cast<time_t>(r.revocation_time)));
+    Asn1TimePtr when = internal::UnixToAsn1Time(r.revocation_time);
     if (entry == nullptr || when == nullptr ||
         X509_REVOKED_set_serialNumber(entry.get(), serial->get()) != 1 ||
         X509_REVOKED_set_revocationDate(entry.get(), when.get()) != 1) {
@@ -233,24 +204,8 @@ absl::StatusOr<Crl> CrlBuilder::Sign(const Certificate& issuer,
     entry.release();  // the CRL owns it now
   }
 
-  // authorityKeyIdentifier = the issuer's SKI (or its RFC 5280 method-1 hash if it has none).
-  Asn1OctetStringPtr key_id;
-  if (const ASN1_OCTET_STRING* id = X509_get0_subject_key_id(issuer.x509())) {
-    key_id.reset(ASN1_OCTET_STRING_dup(id));
-  } else {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    key_id.reset(ASN1_OCTET_STRING_new());
-    if (key_id == nullptr || X509_pubkey_digest(issuer.x509(), EVP_sha1(), md, &len) != 1 ||
-        ASN1_OCTET_STRING_set(key_id.get(), md, static_cast<int>(len)) != 1) {
-      return OpenSslError(absl::StatusCode::kInternal, "cannot compute key identifier");
-    }
-  }
-  AuthorityKeyIdPtr akid(AUTHORITY_KEYID_new());
-  if (key_id == nullptr || akid == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-  }
-  akid->keyid = key_id.release();
+  RKL_ASSIGN_OR_RETURN(Asn1OctetStringPtr key_id, internal::IssuerKeyIdOf(issuer.x509()));
+  RKL_ASSIGN_OR_RETURN(AuthorityKeyIdPtr akid, internal::AuthorityKeyIdFor(std::move(key_id)));
   if (X509_CRL_add1_ext_i2d(crl.get(), NID_authority_key_identifier, akid.get(), 0,
                             X509V3_ADD_DEFAULT) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "CRL authorityKeyIdentifier failed");
@@ -268,9 +223,7 @@ absl::StatusOr<Crl> CrlBuilder::Sign(const Certificate& issuer,
       X509_CRL_sign(crl.get(), issuer_key.evp_pkey(), EVP_sha256()) <= 0) {
     return OpenSslError(absl::StatusCode::kInternal, "CRL signing failed");
   }
-  Bytes der = internal::ToDer(crl.get(), i2d_X509_CRL);
-  if (der.empty()) return OpenSslError(absl::StatusCode::kInternal, "CRL encoding failed");
-  return Crl::FromDer(der);
+  return internal::Reparse<Crl>(crl.get(), i2d_X509_CRL, "CRL");
 }
 
 }  // namespace rkl::crypto

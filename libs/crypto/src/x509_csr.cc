@@ -6,36 +6,28 @@
 #include <openssl/x509.h>
 
 #include "keys_internal.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::crypto {
 
 using internal::OpenSslError;
 
 absl::StatusOr<Csr> Csr::FromDer(std::span<const uint8_t> der) {
-  X509ReqPtr req = internal::ParseDerExact<X509ReqPtr>(der, d2i_X509_REQ);
-  if (req == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("csr: not a DER PKCS#10 request");
-  }
+  RKL_ASSIGN_OR_RETURN(X509ReqPtr req, internal::DecodeDer<X509ReqPtr>(
+                                           der, d2i_X509_REQ, "csr: not a DER PKCS#10 request"));
   return Csr(std::move(req));
 }
 
 absl::StatusOr<Csr> Csr::FromPem(std::string_view pem) {
-  BioPtr bio = internal::MemBio(pem);
-  X509ReqPtr req(PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr));
-  if (req == nullptr) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError("csr: not a PEM CERTIFICATE REQUEST");
-  }
-  X509ReqPtr extra(PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr));
-  ERR_clear_error();
-  if (extra != nullptr) return absl::InvalidArgumentError("csr: expected exactly one PEM request");
+  RKL_ASSIGN_OR_RETURN(X509ReqPtr req,
+                       internal::DecodePem<X509ReqPtr>(pem, PEM_read_bio_X509_REQ,
+                                                       "csr: not a PEM CERTIFICATE REQUEST",
+                                                       "csr: expected exactly one PEM request"));
   return Csr(std::move(req));
 }
 
 absl::StatusOr<Csr> Csr::Parse(std::span<const uint8_t> pem_or_der) {
-  if (internal::LooksLikePem(pem_or_der)) return FromPem(AsString(pem_or_der));
-  return FromDer(pem_or_der);
+  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
 }
 
 Csr::Csr(const Csr& other) : req_(X509_REQ_dup(other.req_.get())) {}
@@ -47,14 +39,7 @@ Csr& Csr::operator=(const Csr& other) {
 
 Bytes Csr::ToDer() const { return internal::ToDer(req_.get(), i2d_X509_REQ); }
 
-std::string Csr::ToPem() const {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr || PEM_write_bio_X509_REQ(bio.get(), req_.get()) != 1) {
-    ERR_clear_error();
-    return {};
-  }
-  return internal::BioContents(bio.get());
-}
+std::string Csr::ToPem() const { return internal::ToPem(req_.get(), PEM_write_bio_X509_REQ); }
 
 std::string Csr::SubjectCommonName() const {
   return internal::NameCommonName(X509_REQ_get_subject_name(req_.get()));
@@ -109,10 +94,8 @@ absl::StatusOr<Csr> CsrBuilder::Sign(const PrivateKey& key) const {
   if (X509_REQ_sign(req.get(), key.evp_pkey(), EVP_sha256()) <= 0) {
     return OpenSslError(absl::StatusCode::kInternal, "CSR signing failed");
   }
-  // Re-parse so the object is exactly what the CA will decode.
-  Bytes der = internal::ToDer(req.get(), i2d_X509_REQ);
-  if (der.empty()) return OpenSslError(absl::StatusCode::kInternal, "CSR encoding failed");
-  return Csr::FromDer(der);
+  // Re-parsed, so the object is exactly what the CA will decode.
+  return internal::Reparse<Csr>(req.get(), i2d_X509_REQ, "CSR");
 }
 
 }  // namespace rkl::crypto

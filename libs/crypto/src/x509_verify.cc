@@ -47,21 +47,12 @@ absl::Status VerifyChain(const Certificate& leaf, std::span<const Certificate> i
     if (X509_STORE_add_crl(store.get(), crl.x509_crl()) != 1) ERR_clear_error();
   }
 
-  X509StackPtr untrusted(sk_X509_new_null());
-  if (untrusted == nullptr) return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-  for (const Certificate& c : intermediates) {
-    if (X509_up_ref(c.x509()) != 1) {
-      return OpenSslError(absl::StatusCode::kInternal, "X509_up_ref failed");
-    }
-    if (sk_X509_push(untrusted.get(), c.x509()) <= 0) {
-      X509_free(c.x509());
-      return OpenSslError(absl::StatusCode::kInternal, "allocation failed");
-    }
-  }
+  auto untrusted = internal::X509StackOf(intermediates);
+  if (!untrusted.ok()) return untrusted.status();
 
   X509StoreCtxPtr ctx(X509_STORE_CTX_new());
   if (ctx == nullptr ||
-      X509_STORE_CTX_init(ctx.get(), store.get(), leaf.x509(), untrusted.get()) != 1) {
+      X509_STORE_CTX_init(ctx.get(), store.get(), leaf.x509(), untrusted->get()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "X509_STORE_CTX_init failed");
   }
   unsigned long flags = X509_V_FLAG_X509_STRICT;

@@ -8,6 +8,7 @@
 
 #include <string_view>
 
+#include "gcm_test_vectors.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/secret_bytes.h"
@@ -18,17 +19,12 @@ namespace {
 Bytes H(std::string_view hex) { return FromHex(hex).value(); }
 SecretBytes S(std::string_view hex) { return SecretBytes::CopyOf(H(hex)); }
 
-constexpr std::string_view kKey =
-    "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
-constexpr std::string_view kNonce = "cafebabefacedbaddecaf888";
-constexpr std::string_view kPlain =
-    "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
-    "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39";
-constexpr std::string_view kAad = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
-constexpr std::string_view kCipher =
-    "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa"
-    "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662";
-constexpr std::string_view kTag = "76fc6ece0f4e1768cddf8853bb2d551b";
+using gcm_test_case_16::kAad;
+using gcm_test_case_16::kCipher;
+using gcm_test_case_16::kKey;
+using gcm_test_case_16::kNonce;
+using gcm_test_case_16::kPlain;
+using gcm_test_case_16::kTag;
 
 TEST(Aead, GcmTestCase16KnownAnswer) {
   absl::StatusOr<Bytes> sealed =

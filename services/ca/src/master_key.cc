@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
-#include "rkl/crypto/aead.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 
@@ -145,7 +144,8 @@ absl::StatusOr<MasterKey> MasterKey::FromSecret(crypto::SecretBytes key) {
     return absl::InvalidArgumentError("master key: must be 32 bytes");
   }
   RKL_ASSIGN_OR_RETURN(std::string kcv, crypto::KcvHex(crypto::CipherFamily::kAes, key));
-  return MasterKey(std::move(key), std::move(kcv));
+  RKL_ASSIGN_OR_RETURN(crypto::SealingKey sealing_key, crypto::SealingKey::Create(std::move(key)));
+  return MasterKey(std::move(sealing_key), std::move(kcv));
 }
 
 Bytes MasterKey::IssuerKeyAad(std::string_view issuer_name, const crypto::Certificate& cert) {
@@ -165,14 +165,14 @@ absl::StatusOr<Bytes> MasterKey::SealIssuerKey(std::string_view issuer_name,
     return absl::InvalidArgumentError("issuer key: does not match the issuer certificate");
   }
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes pkcs8, key.ExportPkcs8DerSecret());
-  return crypto::AeadSeal(key_, pkcs8, IssuerKeyAad(issuer_name, issuer_certificate));
+  return key_.Seal(IssuerKeyAad(issuer_name, issuer_certificate), pkcs8);
 }
 
 absl::StatusOr<crypto::PrivateKey> MasterKey::OpenIssuerKey(
     std::string_view issuer_name, const crypto::Certificate& issuer_certificate,
     const Bytes& sealed) const {
   absl::StatusOr<crypto::SecretBytes> pkcs8 =
-      crypto::AeadOpen(key_, sealed, IssuerKeyAad(issuer_name, issuer_certificate));
+      key_.Open(IssuerKeyAad(issuer_name, issuer_certificate), sealed);
   // One message whatever failed: wrong master key, altered record, or a record moved.
   const absl::Status cannot_open = absl::InternalError(absl::StrCat(
       "issuer ", std::string(issuer_name), ": private key cannot be opened with this master key"));

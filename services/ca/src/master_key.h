@@ -5,7 +5,8 @@
 //  - the key is 32 bytes (AES-256) held only in SecretBytes; it is read from a file that must
 //    not be accessible to group or others (mode 0600 or 0400), in either of two forms:
 //    32 raw bytes, or 64 hex digits (optionally followed by a newline);
-//  - issuer private keys are sealed as AES-256-GCM(master key, PKCS#8 DER) with
+//  - issuer private keys are sealed by a crypto::SealingKey (seal.h: AES-256-GCM,
+//    nonce ‖ ciphertext ‖ tag) over their PKCS#8 DER with
 //    AAD = issuer name ‖ SHA-256(issuer certificate DER), so a sealed key moved to another
 //    issuer row, or paired with another certificate, does not open;
 //  - nothing here logs or returns the key or a decrypted key's bytes; the KCV (AES-CMAC,
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/keys.h"
+#include "rkl/crypto/seal.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/crypto/x509.h"
 
@@ -57,11 +59,11 @@ class MasterKey {
                                                    const Bytes& sealed) const;
 
  private:
-  MasterKey(crypto::SecretBytes key, std::string kcv_hex)
+  MasterKey(crypto::SealingKey key, std::string kcv_hex)
       : key_(std::move(key)), kcv_hex_(std::move(kcv_hex)) {}
   static Bytes IssuerKeyAad(std::string_view issuer_name, const crypto::Certificate& cert);
 
-  crypto::SecretBytes key_;
+  crypto::SealingKey key_;
   std::string kcv_hex_;
 };
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "rkl/crypto/aead.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/random.h"
 
@@ -135,6 +136,27 @@ TEST_F(MasterKeyTest, SealedIssuerKeyOpensOnlyWithSameKeyNameAndCertificate) {
   // A key that does not belong to the certificate is refused at sealing time.
   EXPECT_EQ(mk.SealIssuerKey("operator-ca", cert, key2).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Issuer rows already in CA databases hold AES-256-GCM(master key, PKCS#8) as
+// nonce ‖ ciphertext ‖ tag with AAD = issuer name ‖ SHA-256(certificate DER); a record made
+// that way, without MasterKey, still opens.
+TEST_F(MasterKeyTest, OpensIssuerKeysSealedInTheStoredLayout) {
+  const crypto::SecretBytes master = crypto::SecretBytes::CopyOf(FromHex(kHexKey).value());
+  auto mk = MasterKey::FromSecret(master).value();
+  crypto::PrivateKey key = crypto::GenerateEcP256Key().value();
+  crypto::Certificate cert = SelfSigned(key, "service-ca");
+  Bytes aad = {'s', 'e', 'r', 'v', 'i', 'c', 'e', '-', 'c', 'a'};
+  const Bytes fingerprint = cert.Sha256Fingerprint();
+  aad.insert(aad.end(), fingerprint.begin(), fingerprint.end());
+  const Bytes stored = crypto::AeadSeal(master, key.ExportPkcs8DerSecret().value(), aad).value();
+
+  auto opened = mk.OpenIssuerKey("service-ca", cert, stored);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_TRUE(opened->GetPublicKey() == key.GetPublicKey());
+  // And what MasterKey seals opens the same way.
+  const Bytes sealed = mk.SealIssuerKey("service-ca", cert, key).value();
+  EXPECT_TRUE(crypto::AeadOpen(master, sealed, aad).value() == key.ExportPkcs8DerSecret().value());
 }
 
 TEST_F(MasterKeyTest, FromSecretRequires32Bytes) {

@@ -99,9 +99,8 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   const std::string claim_token =
       absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
   // The pass's workers share a queue of claimed rows; the one that finds it empty claims the
-  // next batch. No row waits for the slowest row of an earlier batch (claiming only once a
-  // whole batch was done held the forwarder to ~batch / (2 · one row's time) rows per
-  // second, docs/performance.md).
+  // next batch. No row waits for the slowest row of an earlier batch, so no worker idles
+  // while rows are due.
   absl::Mutex queue_mu;
   std::deque<SubmissionRecord> queue;
   bool drained = false;  // a claim came back short: nothing more is due now

@@ -4,9 +4,9 @@
 namespace rkl {
 
 // Turns off Abseil's mutex deadlock detector. Debian builds Abseil without NDEBUG, so the
-// detector is on by default and records a lock graph on every absl::Mutex acquisition
-// (GraphCycles, in the CPU profile of any process that leaves it on; docs/performance.md).
-// Tests keep it on; the daemons' lock order is covered by those tests.
+// detector is on by default and updates a lock graph (GraphCycles) on every absl::Mutex
+// acquisition, work that only finds lock-order bugs. Tests keep it on, so the daemons'
+// lock order is checked there rather than in production.
 void InitDaemonProcess();
 
 }  // namespace rkl

@@ -1,5 +1,6 @@
 #pragma once
-// AES-256-GCM sealing of secret records (PROTOCOL §9: HSM key records under the LMK).
+// AES-256-GCM sealing of secret records (PROTOCOL §9: HSM key records under the LMK). seal.h's
+// SealingKey is the same format behind a KEK checked once.
 //
 // Sealed blob format (all of it public, stored as one column):
 //     nonce (12 bytes, random per seal) ‖ ciphertext (same length as the plaintext) ‖ tag (16)
@@ -18,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
+#include "rkl/crypto/random.h"
 #include "rkl/crypto/secret_bytes.h"
 
 namespace rkl::crypto {
@@ -26,8 +28,11 @@ inline constexpr size_t kAeadKeySize = 32;
 inline constexpr size_t kAeadNonceSize = 12;
 inline constexpr size_t kAeadTagSize = 16;
 
+// The nonce comes from the CSPRNG, or from `random` in the second form.
 absl::StatusOr<Bytes> AeadSeal(const SecretBytes& key, const SecretBytes& plaintext,
                                std::span<const uint8_t> aad);
+absl::StatusOr<Bytes> AeadSeal(const SecretBytes& key, const SecretBytes& plaintext,
+                               std::span<const uint8_t> aad, const RandomSource& random);
 absl::StatusOr<SecretBytes> AeadOpen(const SecretBytes& key, std::span<const uint8_t> sealed,
                                      std::span<const uint8_t> aad);
 

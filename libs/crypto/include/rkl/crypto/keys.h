@@ -70,9 +70,9 @@ class PublicKey {
   friend class Certificate;
   PublicKey(EvpPkeyPtr pkey, KeyType type) : pkey_(std::move(pkey)), type_(type) {}
   // For a key that holds no private part by construction (a certificate's subject key):
-  // shares it instead of copying it through SPKI DER, which would cost an OpenSSL 3 encoder
-  // and a decoder lookup (provider registry walks under a global lock) each time a
-  // certificate's key is taken, e.g. for every signature MTMS verifies (docs/performance.md).
+  // shares it instead of copying it through SPKI DER. A copy would run an OpenSSL 3 encoder
+  // and a decoder lookup (a walk of the provider registry under a process-wide lock) each
+  // time a certificate's key is taken, which callers do once per signature they verify.
   static absl::StatusOr<PublicKey> FromPublicOnlyEvpPkey(EvpPkeyPtr pkey);
   EvpPkeyPtr pkey_;
   KeyType type_;

@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -38,15 +39,6 @@ enum class KeyUsage : uint32_t {
   kEncipherOnly = 1u << 7,
   kDecipherOnly = 1u << 8,
 };
-constexpr KeyUsage operator|(KeyUsage a, KeyUsage b) {
-  return static_cast<KeyUsage>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
-}
-constexpr KeyUsage operator&(KeyUsage a, KeyUsage b) {
-  return static_cast<KeyUsage>(static_cast<uint32_t>(a) & static_cast<uint32_t>(b));
-}
-// True when every bit of `wanted` is in `set`.
-constexpr bool HasAll(KeyUsage set, KeyUsage wanted) { return (set & wanted) == wanted; }
-
 // extendedKeyUsage purposes rkl knows; any other OID read from a certificate shows as kOther,
 // so a policy of "exactly these" can still tell that something else is present.
 enum class ExtendedKeyUsage : uint32_t {
@@ -59,13 +51,21 @@ enum class ExtendedKeyUsage : uint32_t {
   kOcspSigning = 1u << 5,
   kOther = 1u << 31,
 };
-constexpr ExtendedKeyUsage operator|(ExtendedKeyUsage a, ExtendedKeyUsage b) {
-  return static_cast<ExtendedKeyUsage>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
+
+// Both usage enums are bit sets: | and & combine them, HasAll(set, wanted) is true when every
+// bit of `wanted` is in `set`.
+template <typename E>
+concept UsageBits = std::is_same_v<E, KeyUsage> || std::is_same_v<E, ExtendedKeyUsage>;
+template <UsageBits E>
+constexpr E operator|(E a, E b) {
+  return static_cast<E>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
 }
-constexpr ExtendedKeyUsage operator&(ExtendedKeyUsage a, ExtendedKeyUsage b) {
-  return static_cast<ExtendedKeyUsage>(static_cast<uint32_t>(a) & static_cast<uint32_t>(b));
+template <UsageBits E>
+constexpr E operator&(E a, E b) {
+  return static_cast<E>(static_cast<uint32_t>(a) & static_cast<uint32_t>(b));
 }
-constexpr bool HasAll(ExtendedKeyUsage set, ExtendedKeyUsage wanted) {
+template <UsageBits E>
+constexpr bool HasAll(E set, E wanted) {
   return (set & wanted) == wanted;
 }
 

@@ -1,8 +1,7 @@
 #pragma once
 // Exec: run a parameterised statement as a named prepared statement of the connection, so
 // PostgreSQL parses and plans it once per connection instead of on every call (an unnamed
-// exec_params statement is parsed, analyzed and planned again each time it runs; see
-// docs/performance.md, "Where the time goes").
+// exec_params statement is parsed, analyzed and planned again each time it runs).
 //
 // Guarantees:
 //  - the statement's name is derived from its text ("rkl_" + 16 hex digits of a hash), so
