@@ -2,7 +2,8 @@
 // Refusal counts: the refusals of public calls (terminal and operator-terminal RPCs) that
 // happen before any key operation are counted per minute instead of each being appended
 // to a service's audit, so junk traffic cannot grow a table without bound (docs/kms.md and
-// docs/mtms.md, "Bounded state"). KMS and MTMS share the tally; refusal_counts.h writes it to the table.
+// docs/mtms.md, "Bounded state"). KMS and MTMS share the tally; refusal_counts.h writes
+// it to the table.
 //
 // Guarantees of RefusalTally:
 //  - a count is keyed by (minute, sn, source, action, reason); `action` and `reason` come
