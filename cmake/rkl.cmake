@@ -7,12 +7,21 @@
 #     (fixture "pg") before the first pgtest and removes it after the last; the test
 #     finds it through the RKL_TEST_PG_DSN_FILE environment variable.
 
-# rkl_add_library(<name>)
-#   The library rkl_<name> (alias rkl::<name>) of libs/<name>: every src/*.cc of the calling
-#   directory (globbed: a new source file needs no CMake change), with include/ as its
-#   public include directory. The caller adds its dependencies with target_link_libraries.
+# rkl_add_library(<name> [SOURCES a.cc ...] [EXCLUDE b.cc ...])
+#   The library rkl_<name> (alias rkl::<name>) of a folder of libs/, with include/ as its
+#   public include directory: made of every src/*.cc (globbed: a new source file needs no
+#   CMake change) but those named after EXCLUDE, or of only the src/ files named after
+#   SOURCES. The caller adds its dependencies with target_link_libraries.
 function(rkl_add_library name)
-  file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cc)
+  cmake_parse_arguments(L "" "" "SOURCES;EXCLUDE" ${ARGN})
+  if(L_SOURCES)
+    list(TRANSFORM L_SOURCES PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/src/ OUTPUT_VARIABLE sources)
+  else()
+    file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cc)
+    foreach(excluded IN LISTS L_EXCLUDE)
+      list(REMOVE_ITEM sources ${CMAKE_CURRENT_SOURCE_DIR}/src/${excluded})
+    endforeach()
+  endif()
   add_library(rkl_${name} STATIC ${sources})
   add_library(rkl::${name} ALIAS rkl_${name})
   target_include_directories(rkl_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)

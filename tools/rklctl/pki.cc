@@ -20,7 +20,7 @@
 #include "bootstrap_output.h"
 #include "ca_core.h"
 #include "ca_grpc_service.h"
-#include "ca_repository.h"
+#include "ca_pg_repository.h"
 #include "commands.h"
 #include "connection.h"
 #include "master_key.h"

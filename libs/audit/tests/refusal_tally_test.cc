@@ -1,9 +1,10 @@
+#include "rkl/audit/refusal_tally.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "rkl/audit/refusal_counts.h"
 
 namespace rkl::audit {
 namespace {

@@ -4,7 +4,8 @@
 // certificate requests of dual control and the CA's audit trail.
 //
 // CaRepository is the interface ca_core depends on (unit tests use a fake); PgCaRepository
-// is the PostgreSQL implementation over the CA's own database (services/ca/migrations).
+// (ca_pg_repository.h) is the PostgreSQL implementation over the CA's own database
+// (services/ca/migrations).
 //
 // Guarantees of every implementation:
 //  - serial numbers are unique across the CA: inserting a taken serial is ALREADY_EXISTS and
@@ -17,7 +18,6 @@
 //    re-reads it, and records the certificate, the approval and its audit record together
 //    (in PostgreSQL a CHECK also refuses a request approved by its own requester);
 //  - audit records are only ever inserted.
-// PgCaRepository is thread-safe (each call borrows its own pooled connection).
 
 #include <cstdint>
 #include <functional>
@@ -30,7 +30,6 @@
 #include "profiles.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/x509_crl.h"
-#include "rkl/db/connection_pool.h"
 
 namespace rkl::ca {
 
@@ -167,40 +166,6 @@ class CaRepository {
                                                                   AuditRecord audit) = 0;
 
   virtual absl::Status InsertAudit(const AuditRecord& audit) = 0;
-};
-
-class PgCaRepository final : public CaRepository {
- public:
-  // `pool` is not owned and must outlive the repository.
-  explicit PgCaRepository(db::ConnectionPool* pool) : pool_(pool) {}
-
-  absl::StatusOr<std::optional<std::string>> GetMasterKeyKcv() override;
-  absl::Status Initialize(const std::string& master_key_kcv,
-                          const std::vector<IssuerRecord>& issuers,
-                          const std::vector<CertificateRecord>& certificates,
-                          const std::vector<CrlRecord>& crls) override;
-  absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) override;
-  absl::Status InsertCertificate(const CertificateRecord& record) override;
-  absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial_hex) override;
-  absl::StatusOr<CertificateRecord> Revoke(const std::string& serial_hex, int64_t revoked_at,
-                                           crypto::CrlReason reason,
-                                           const CrlPublisher& publish) override;
-  absl::StatusOr<CrlRecord> GetCrl(IssuerId issuer) override;
-  absl::StatusOr<CrlRecord> PublishCrl(IssuerId issuer, const CrlPublisher& publish) override;
-  absl::Status InsertRequest(const CertificateRequestRecord& request,
-                             const AuditRecord& audit) override;
-  absl::StatusOr<CertificateRequestRecord> GetRequest(const std::string& id) override;
-  absl::StatusOr<std::vector<CertificateRequestRecord>> ListRequests(bool pending_only,
-                                                                     int limit) override;
-  absl::StatusOr<CertificateRequestRecord> ApproveRequest(const std::string& id,
-                                                          const std::string& approver,
-                                                          int64_t approved_at,
-                                                          const RequestSigner& sign,
-                                                          AuditRecord audit) override;
-  absl::Status InsertAudit(const AuditRecord& audit) override;
-
- private:
-  db::ConnectionPool* pool_;
 };
 
 }  // namespace rkl::ca

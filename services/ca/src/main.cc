@@ -8,7 +8,7 @@
 #include "ca_core.h"
 #include "ca_db_roles.h"
 #include "ca_grpc_service.h"
-#include "ca_repository.h"
+#include "ca_pg_repository.h"
 #include "master_key.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/common/config.h"

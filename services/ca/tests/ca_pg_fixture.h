@@ -11,7 +11,7 @@
 
 #include "ca_core.h"
 #include "ca_db_roles.h"
-#include "ca_repository.h"
+#include "ca_pg_repository.h"
 #include "master_key.h"
 #include "openssl_cli.h"
 #include "rkl/ca/migrations.h"

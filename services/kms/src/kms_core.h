@@ -41,7 +41,7 @@
 #include "hsm_port.h"
 #include "kms_repository.h"
 #include "kms_types.h"
-#include "rkl/audit/refusal_counts.h"
+#include "rkl/audit/refusal_tally.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
 

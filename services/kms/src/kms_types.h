@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "rkl/audit/refusal_counts.h"
+#include "rkl/audit/refusal_tally.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
 

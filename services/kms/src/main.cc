@@ -12,7 +12,7 @@
 #include "kms_core.h"
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
-#include "pg_kms_repository.h"
+#include "kms_pg_repository.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/schema_roles.h"

@@ -18,7 +18,7 @@
 #include "kms_core.h"
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
-#include "pg_kms_repository.h"
+#include "kms_pg_repository.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"

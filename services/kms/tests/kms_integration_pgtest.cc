@@ -18,7 +18,7 @@
 #include "hsm_daemon.h"
 #include "kms_core.h"
 #include "kms_db_roles.h"
-#include "pg_kms_repository.h"
+#include "kms_pg_repository.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"

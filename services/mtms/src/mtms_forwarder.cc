@@ -85,84 +85,27 @@ absl::StatusOr<PassResult> Forwarder::ForceForward() {
 }
 
 absl::StatusOr<PassResult> Forwarder::RunPass() {
+  Pass pass{.background = false};
+  size_t first_claim = 0;
   {
     absl::MutexLock lock(&mu_);
     if (stop_) return absl::UnavailableError("forwarder is stopped");
     ++passes_;
+    // The first claim on the calling thread: the pass then starts as many threads as it can
+    // use, so a pass over a few rows (packages arriving one by one) starts no idle ones.
+    Claim(pass);
+    first_claim = pass.queue.size();
   }
   absl::Cleanup pass_done = [this] {
     absl::MutexLock lock(&mu_);
     --passes_;
   };
-  PassResult result;
-  // A fresh token per pass: a finish from an older, expired claim of ours is refused too.
-  const std::string claim_token =
-      absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
-  // The pass's workers share a queue of claimed rows; the one that finds it empty claims the
-  // next batch. No row waits for the slowest row of an earlier batch, so no worker idles
-  // while rows are due.
-  absl::Mutex queue_mu;
-  std::deque<SubmissionRecord> queue;
-  bool drained = false;  // a claim came back short: nothing more is due now
-  absl::Status failed;
-  // Claims the next batch into the queue; false when the pass is to end instead. Rows that
-  // failed got a later next_attempt_at, so they are not claimed again in this pass. After
-  // Stop() the rows already claimed are finished but no more are claimed.
-  auto refill = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) {
-    if (drained || !failed.ok() || stopping()) return false;
-    const int64_t now_ms = NowUnixMs(clock_);
-    absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
-        claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
-        options_.batch_size);
-    if (!rows.ok()) {
-      failed = rows.status();
-      return false;
-    }
-    if (static_cast<int>(rows->size()) < options_.batch_size) drained = true;
-    for (SubmissionRecord& r : *rows) queue.push_back(std::move(r));
-    return true;
-  };
-  size_t first_claim = 0;
-  {
-    absl::MutexLock lock(&queue_mu);
-    refill();
-    first_claim = queue.size();
-  }
-  // As many threads as the first claim can use: a pass over a few rows (packages arriving
-  // one by one) starts no idle threads; a full claim uses every worker.
   const int threads =
       static_cast<int>(std::min<size_t>(static_cast<size_t>(options_.workers), first_claim));
-  ParallelFor(static_cast<size_t>(threads), threads, [&](size_t) {
-    for (;;) {
-      SubmissionRecord row;
-      {
-        absl::MutexLock lock(&queue_mu);
-        while (queue.empty()) {
-          if (!refill()) return;
-        }
-        row = std::move(queue.front());
-        queue.pop_front();
-      }
-      AcquireWorkerSlot();
-      const Outcome outcome = Process(row, claim_token);
-      ReleaseWorkerSlot();
-      absl::MutexLock lock(&queue_mu);
-      switch (outcome) {
-        case Outcome::kForwarded:
-          ++result.forwarded;
-          break;
-        case Outcome::kRejected:
-          ++result.rejected;
-          break;
-        case Outcome::kRetryLater:
-          ++result.retry_later;
-          break;
-        case Outcome::kLost:
-          break;
-      }
-    }
-  });
-  RKL_RETURN_IF_ERROR(failed);
+  ParallelFor(static_cast<size_t>(threads), threads, [&](size_t) { Work(pass); });
+  absl::MutexLock lock(&mu_);
+  RKL_RETURN_IF_ERROR(pass.failed);
+  const PassResult& result = pass.result;
   if (result.forwarded + result.rejected + result.retry_later > 0) {
     spdlog::info("forwarder pass: {} forwarded, {} rejected, {} to retry", result.forwarded,
                  result.rejected, result.retry_later);
@@ -170,15 +113,96 @@ absl::StatusOr<PassResult> Forwarder::RunPass() {
   return result;
 }
 
-void Forwarder::AcquireWorkerSlot() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(this, &Forwarder::WorkerSlotFree));
-  ++busy_workers_;
+void Forwarder::Claim(Pass& pass) {
+  pass.claiming = true;
+  if (pass.background) wake_ = false;  // a Wake() from now on asks for the next claim
+  // A fresh token per claim: a finish from an older, expired claim of ours is refused.
+  const std::string claim_token =
+      absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
+  mu_.Unlock();
+  const int64_t now_ms = NowUnixMs(clock_);
+  absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
+      claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease), options_.batch_size);
+  mu_.Lock();
+  pass.claiming = false;
+  if (pass.background) next_claim_at_ = WallDeadline(options_.interval);
+  if (!rows.ok()) {
+    // A pass ends with the error; the background claims again at the next Wake() or
+    // interval.
+    pass.more_due = false;
+    if (pass.background) {
+      spdlog::warn("forwarder: claiming due rows failed: {}", rows.status().ToString());
+    } else {
+      pass.failed = rows.status();
+    }
+    return;
+  }
+  // Rows that failed got a later next_attempt_at, so a pass does not claim them again.
+  pass.more_due = static_cast<int>(rows->size()) == options_.batch_size;
+  for (SubmissionRecord& r : *rows) pass.queue.push_back({std::move(r), claim_token});
 }
 
-void Forwarder::ReleaseWorkerSlot() {
+bool Forwarder::Pass::MayProceed() const { return !queue.empty() || !claiming; }
+
+bool Forwarder::Pass::BackgroundMayClaim(const Forwarder& f) const {
+  // While a claim is in progress it fills the queue or finds nothing.
+  if (!queue.empty() || f.stop_) return true;
+  if (claiming) return false;
+  return f.wake_ || more_due || absl::Now() >= f.next_claim_at_;  // wall time: the wait's deadline
+}
+
+void Forwarder::Work(Pass& pass) {
   absl::MutexLock lock(&mu_);
-  --busy_workers_;
+  for (;;) {
+    if (!pass.queue.empty()) {  // claimed rows are finished even after Stop()
+      ClaimedRow claimed = std::move(pass.queue.front());
+      pass.queue.pop_front();
+      mu_.Await(absl::Condition(this, &Forwarder::WorkerSlotFree));
+      ++busy_workers_;
+      mu_.Unlock();
+      const Outcome outcome = Process(claimed.row, claimed.claim_token);
+      mu_.Lock();
+      --busy_workers_;
+      pass.Count(outcome);
+      continue;
+    }
+    if (pass.claiming) {  // another thread's claim fills the queue or finds nothing
+      mu_.Await(absl::Condition(&pass, &Pass::MayProceed));
+      continue;
+    }
+    if (stop_ || !pass.failed.ok()) return;
+    if (!pass.more_due) {
+      if (!pass.background) return;  // a pass ends when nothing more is due
+      // The background waits for a Wake(), a claim that came back full or the interval. If
+      // another thread starts a claim meanwhile, the loop waits for it above, without a
+      // deadline: its claim ends with a new one (a deadline already passed would make this
+      // a busy loop).
+      auto may_claim = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return pass.BackgroundMayClaim(*this);
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&may_claim), next_claim_at_);
+      // Rows, a claim in progress or Stop() are the loop's to handle; woken by the end of
+      // another thread's claim, this one may have nothing to do.
+      if (!pass.queue.empty() || pass.claiming || stop_ || !may_claim()) continue;
+    }
+    Claim(pass);
+  }
+}
+
+void Forwarder::Pass::Count(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kForwarded:
+      ++result.forwarded;
+      break;
+    case Outcome::kRejected:
+      ++result.rejected;
+      break;
+    case Outcome::kRetryLater:
+      ++result.retry_later;
+      break;
+    case Outcome::kLost:
+      break;
+  }
 }
 
 bool Forwarder::WorkerSlotFree() const { return busy_workers_ < options_.workers; }
@@ -348,9 +372,11 @@ void Forwarder::Start() {
   running_ = true;
   stop_ = false;
   wake_ = true;  // claim at once: rows may have waited for this start
-  more_due_ = false;
   next_claim_at_ = WallDeadline(options_.interval);
-  for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
+  background_ = std::make_unique<Pass>(Pass{.background = true});
+  for (int i = 0; i < options_.workers; ++i) {
+    threads_.emplace_back([this, pass = background_.get()] { Work(*pass); });
+  }
 }
 
 void Forwarder::Stop() {
@@ -367,6 +393,7 @@ void Forwarder::Stop() {
   // Passes on other threads (ForceForward from RPC threads) finish their claimed rows and
   // claim no more; their worker threads are joined before RunPass returns.
   absl::MutexLock lock(&mu_);
+  background_.reset();
   mu_.Await(absl::Condition(this, &Forwarder::NoPassRunning));
 }
 
@@ -378,56 +405,6 @@ bool Forwarder::stopping() const {
 void Forwarder::Wake() {
   absl::MutexLock lock(&mu_);
   wake_ = true;
-}
-
-bool Forwarder::WorkerHasSomethingToDo() const {
-  if (!queue_.empty() || stop_) return true;
-  if (claiming_) return false;  // the claim in progress fills the queue or finds nothing
-  return wake_ || more_due_ || absl::Now() >= next_claim_at_;  // wall time: the wait's deadline
-}
-
-void Forwarder::WorkerLoop() {
-  absl::MutexLock lock(&mu_);
-  for (;;) {
-    // While another worker claims there is no deadline: its claim ends with a new one (a
-    // deadline already passed would make this a busy loop).
-    mu_.AwaitWithDeadline(absl::Condition(this, &Forwarder::WorkerHasSomethingToDo),
-                          claiming_ ? absl::InfiniteFuture() : next_claim_at_);
-    if (!queue_.empty()) {  // claimed rows are finished even after Stop()
-      ClaimedRow claimed = std::move(queue_.front());
-      queue_.pop_front();
-      mu_.Await(absl::Condition(this, &Forwarder::WorkerSlotFree));
-      ++busy_workers_;
-      mu_.Unlock();
-      Process(claimed.row, claimed.claim_token);
-      mu_.Lock();
-      --busy_workers_;
-      continue;
-    }
-    if (stop_) return;
-    if (!WorkerHasSomethingToDo()) continue;  // woken by another worker's claim ending
-    claiming_ = true;
-    wake_ = false;
-    more_due_ = false;
-    // A fresh token per claim: a finish from an older, expired claim of ours is refused.
-    const std::string claim_token =
-        absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8)));
-    mu_.Unlock();
-    const int64_t now_ms = NowUnixMs(clock_);
-    absl::StatusOr<std::vector<SubmissionRecord>> rows = repository_.ClaimDue(
-        claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease),
-        options_.batch_size);
-    mu_.Lock();
-    claiming_ = false;
-    next_claim_at_ = WallDeadline(options_.interval);
-    if (!rows.ok()) {
-      // Tried again at the next Wake() or interval, like a failed pass was.
-      spdlog::warn("forwarder: claiming due rows failed: {}", rows.status().ToString());
-      continue;
-    }
-    more_due_ = static_cast<int>(rows->size()) == options_.batch_size;
-    for (SubmissionRecord& r : *rows) queue_.push_back({std::move(r), claim_token});
-  }
 }
 
 }  // namespace rkl::mtms

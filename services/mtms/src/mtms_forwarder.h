@@ -20,14 +20,13 @@
 // thread is one of them; the others live for the pass). They share a queue of claimed rows,
 // and the one that finds it empty claims the next `batch_size` rows, so no row waits for the
 // slowest row of an earlier batch. Rows are independent: each is finished on its own, under
-// the claim token, exactly as a sequential pass would.
-// The background forwarder (Start) is not a loop of passes but `workers` threads that stay
-// up and share one queue: a worker that finds the queue empty claims due rows when there
-// may be some — after Wake() (a package arrived), after a claim that came back full, and
-// every `interval` (retries coming due, rows of a replica whose lease expired) — and
-// otherwise sleeps. So a package that arrives while other rows are at HSM #1 or KMS is
-// taken by an idle worker at once instead of waiting for those rows (a pass ends only when
-// all of its rows are done).
+// the token of its claim, exactly as a sequential pass would.
+// The background forwarder (Start) is `workers` threads that run the same claim loop (Work)
+// over one shared queue, but stay up: when nothing is due they wait, and claim after Wake()
+// (a package arrived), after a claim that came back full, and every `interval` (retries
+// coming due, rows of a replica whose lease expired). So a package that arrives while other
+// rows are at HSM #1 or KMS is taken by an idle worker at once instead of waiting for those
+// rows (a pass ends only when all of its rows are done).
 // At most `workers` rows are in process at once in one Forwarder, even when passes run
 // next to the background workers (ForceForward from RPC threads). A worker
 // holds at most one database connection at a time, and none while it calls HSM #1 or KMS,
@@ -49,11 +48,13 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -114,9 +115,7 @@ class Forwarder {
 
  private:
   enum class Outcome { kForwarded, kRejected, kRetryLater, kLost };
-  // One of the `workers` slots, shared by every pass of this forwarder; waits for one.
-  void AcquireWorkerSlot();
-  void ReleaseWorkerSlot();
+  // Rows in Process() are at most `workers`, over every pass of this forwarder.
   bool WorkerSlotFree() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NoPassRunning() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Outcome Process(const SubmissionRecord& row, const std::string& claim_token);
@@ -124,13 +123,32 @@ class Forwarder {
                  const std::string& reason);
   Outcome RetryLater(const SubmissionRecord& row, const std::string& claim_token,
                      const absl::Status& why);
-  // A background worker: processes queued rows, claims when there may be due rows.
-  void WorkerLoop();
-  bool WorkerHasSomethingToDo() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct ClaimedRow {
     SubmissionRecord row;
     std::string claim_token;
   };
+  // The rows a set of threads shares: RunPass's threads, or the background workers (Start).
+  // Guarded by mu_.
+  struct Pass {
+    // The background workers wait for a Wake() or the interval when nothing is due, and end
+    // at Stop(); a pass ends when nothing more is due.
+    bool background = false;
+    std::deque<ClaimedRow> queue{};  // claimed, not yet taken by a thread
+    bool claiming = false;           // one thread claims at a time
+    bool more_due = true;            // no claim yet, or the last one came back full
+    absl::Status failed{};           // a pass's failed claim (the pass ends with it)
+    PassResult result{};
+
+    bool MayProceed() const;  // the claim in progress ended, or left rows
+    bool BackgroundMayClaim(const Forwarder& forwarder) const;
+    void Count(Outcome outcome);
+  };
+  // Claims the next batch into the pass's queue (mu_ released meanwhile).
+  void Claim(Pass& pass) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The one claim loop, run by every thread of a pass and by every background worker:
+  // processes queued rows; when the queue is empty, claims the next batch if more may be
+  // due, else ends (a pass) or waits for a Wake() or the interval (the background).
+  void Work(Pass& pass);
 
   MtmsRepository& repository_;
   HsmPort& hsm_;
@@ -147,10 +165,8 @@ class Forwarder {
   int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;  // rows in Process() now, at most workers
   // The background workers' state.
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
-  std::deque<ClaimedRow> queue_ ABSL_GUARDED_BY(mu_);  // claimed, not yet taken by a worker
-  bool claiming_ ABSL_GUARDED_BY(mu_) = false;         // one worker claims at a time
-  bool more_due_ ABSL_GUARDED_BY(mu_) = false;         // the last claim came back full
-  absl::Time next_claim_at_ ABSL_GUARDED_BY(mu_);      // the periodic claim (real time)
+  std::unique_ptr<Pass> background_ ABSL_GUARDED_BY(mu_);  // their shared rows, while started
+  absl::Time next_claim_at_ ABSL_GUARDED_BY(mu_);          // the periodic claim (real time)
 };
 
 }  // namespace rkl::mtms

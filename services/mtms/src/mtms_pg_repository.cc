@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/refusal_counts.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "rkl/audit/refusal_counts.h"
+#include "rkl/audit/refusal_tally.h"
 #include "rkl/common/hex.h"
 
 namespace rkl::mtms {

@@ -26,7 +26,7 @@
 #include "ca_core.h"
 #include "ca_db_roles.h"
 #include "ca_grpc_service.h"
-#include "ca_repository.h"
+#include "ca_pg_repository.h"
 #include "hsm_daemon.h"
 #include "master_key.h"
 #include "mtms_core.h"

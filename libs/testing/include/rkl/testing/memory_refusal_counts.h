@@ -11,7 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "rkl/audit/refusal_counts.h"
+#include "rkl/audit/refusal_tally.h"
 
 namespace rkl::testing {
 

@@ -1,6 +1,6 @@
 #pragma once
 // PgKmsRepository: KmsRepository on PostgreSQL (schema: services/kms/migrations). Every
-// query is a named, parameterised constant in pg_kms_repository.cc; every method is one
+// query is a named, parameterised constant in kms_pg_repository.cc; every method is one
 // transaction (rkl::db::RunInTransaction, retried on serialization failures). Optimistic
 // terminal writes use the row's `version`; session steps are single UPDATE ... WHERE
 // state = <from> statements, so concurrent replicas cannot both win one step.

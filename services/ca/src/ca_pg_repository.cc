@@ -1,4 +1,4 @@
-#include "ca_repository.h"
+#include "ca_pg_repository.h"
 
 #include <pqxx/pqxx>
 

@@ -1,10 +1,11 @@
-#include "pg_kms_repository.h"
+#include "kms_pg_repository.h"
 
 #include <pqxx/binarystring>
 #include <pqxx/pqxx>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/refusal_counts.h"
 #include "rkl/common/hex.h"
 #include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
