@@ -1,10 +1,11 @@
 #pragma once
 // HsmGrpcService: the gRPC face of HsmCore (proto/rkl/v1/hsm.proto). It only authorizes the
-// caller by its mTLS identity, translates messages and converts statuses (rpc::ToGrpcStatus);
-// every rule lives in the core.
+// caller by its mTLS identity (rpc::ServiceAdapter, by the roles hsm.proto declares on each
+// RPC), translates messages and converts statuses once; every rule lives in the core.
 //
 // Authorization, by the instance's role and the caller's identity (docs/hsm.md, "Who may
-// call what"):
+// call what"; hsm.proto's "mtms" and "kms" roles are bound to this instance's operational
+// identities or to nobody):
 //  - role mtms (HSM #1): GenerateRsaKeyPair, GetPublicKey, TranslateTransportKey(s) and
 //    GenerateRandom, to the operational identities (mtms) only;
 //  - role kms (HSM #2): ImportAndChallenge, AuthChallenge, AuthenticateAndDeliver,
@@ -22,7 +23,7 @@
 #include <vector>
 
 #include "hsm_core.h"
-#include "rkl/rpc/identity.h"
+#include "rkl/rpc/adapter.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 
 namespace rkl::hsm {
@@ -83,11 +84,8 @@ class HsmGrpcService final : public rkl::v1::Hsm::Service {
                                 v1::AnchorAuditChainResponse* resp) override;
 
  private:
-  // The caller's identity if it may call `method`; otherwise the refusal (audited).
-  absl::StatusOr<std::string> Authorize(const grpc::ServerContext& ctx, const char* method);
-
   HsmCore& core_;
-  rpc::Authorizer authorizer_;
+  const rpc::ServiceAdapter adapter_;
 };
 
 }  // namespace rkl::hsm

@@ -363,8 +363,7 @@ struct MtmsProcess {
         trust(ca, clock, config.GetDuration("ca.crl_refresh")),
         core(repository, hsm, ca, trust, clock, mtms::CoreOptionsFromConfig(config)),
         forwarder(repository, hsm, kms, trust, clock, mtms::ForwarderOptionsFromConfig(config)),
-        authorizer(mtms::MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer, repository.audit_log()) {}
+        service(core, forwarder, repository.audit_log()) {}
   ~MtmsProcess() {
     forwarder.Stop();
     if (server) server->Shutdown(absl::Seconds(1));
@@ -378,7 +377,6 @@ struct MtmsProcess {
   mtms::OperatorTrust trust;
   mtms::MtmsCore core;
   mtms::Forwarder forwarder;
-  rpc::Authorizer authorizer;
   mtms::MtmsGrpcService service;
   std::unique_ptr<rpc::Server> server;
 };

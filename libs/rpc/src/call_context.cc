@@ -34,8 +34,10 @@ bool IsWellFormedRequestId(std::string_view id) {
   return true;
 }
 
-std::string RequestId(const grpc::ServerContextBase& ctx) {
-  // client_metadata() is on the concrete context types; both share the lookup below.
+namespace {
+
+// client_metadata() is on the concrete context types; both share the lookup below.
+std::string ClientMetadata(const grpc::ServerContextBase& ctx, const char* key) {
   const std::multimap<grpc::string_ref, grpc::string_ref>* md = nullptr;
   if (auto* sync = dynamic_cast<const grpc::ServerContext*>(&ctx)) {
     md = &sync->client_metadata();
@@ -43,9 +45,19 @@ std::string RequestId(const grpc::ServerContextBase& ctx) {
     md = &cb->client_metadata();
   }
   if (md == nullptr) return {};
-  auto it = md->find(kRequestIdMetadataKey);
+  auto it = md->find(key);
   if (it == md->end()) return {};
   return std::string(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
+std::string RequestId(const grpc::ServerContextBase& ctx) {
+  return ClientMetadata(ctx, kRequestIdMetadataKey);
+}
+
+std::string RpcMethod(const grpc::ServerContextBase& ctx) {
+  return ClientMetadata(ctx, kMethodMetadataKey);
 }
 
 std::unique_ptr<grpc::ClientContext> MakeClientContext(absl::Duration timeout,

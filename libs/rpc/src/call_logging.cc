@@ -37,6 +37,7 @@ class CallLoggingInterceptor final : public grpc::experimental::Interceptor {
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       FixRequestId(methods->GetRecvInitialMetadata());
+      RecordMethod(methods->GetRecvInitialMetadata());
       caller_ = GetCallerIdentity(*context_).name;
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
@@ -66,6 +67,14 @@ class CallLoggingInterceptor final : public grpc::experimental::Interceptor {
     md->erase(kRequestIdMetadataKey);
     request_id_ = NewRequestId();
     md->emplace(grpc::string_ref(kRequestIdMetadataKey), grpc::string_ref(request_id_));
+  }
+
+  // Puts the method gRPC dispatched the call to where RpcMethod() finds it, after dropping
+  // anything a client sent under that key: ServiceAdapter authorizes by it.
+  void RecordMethod(std::multimap<grpc::string_ref, grpc::string_ref>* md) {
+    if (md == nullptr) return;
+    md->erase(kMethodMetadataKey);
+    md->emplace(grpc::string_ref(kMethodMetadataKey), grpc::string_ref(method_));
   }
 
   void Log(const grpc::Status& status) {

@@ -1,6 +1,7 @@
 #pragma once
-// Private to rkl::rpc: the server interceptor that fixes each call's request id and logs one
-// line per RPC. See rkl/rpc/server.h and rkl/rpc/call_context.h for the guarantees.
+// Private to rkl::rpc: the server interceptor that fixes each call's request id, records its
+// method for ServiceAdapter (rkl/rpc/adapter.h) and logs one line per RPC. See rkl/rpc/server.h and
+// rkl/rpc/call_context.h for the guarantees.
 
 #include <grpcpp/support/server_interceptor.h>
 

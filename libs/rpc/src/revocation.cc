@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/rpc/adapter.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/identity.h"
@@ -109,24 +110,25 @@ class RevocationServiceImpl final : public v1::Revocation::Service {
  public:
   RevocationServiceImpl(std::function<absl::StatusOr<uint64_t>()> refresh,
                         const RevocationList* list)
-      : refresh_(std::move(refresh)), list_(list) {
-    authorizer_.Allow("RefreshCrl", {"admin:*"});
-  }
+      : refresh_(std::move(refresh)),
+        list_(list),
+        adapter_(ServiceAdapter::DescriptorOf<v1::Revocation>()) {}
 
   grpc::Status RefreshCrl(grpc::ServerContext* ctx, const v1::RefreshCrlRequest*,
                           v1::RefreshCrlResponse* response) override {
-    if (absl::Status s = authorizer_.Check(*ctx, "RefreshCrl"); !s.ok()) return ToGrpcStatus(s);
-    absl::StatusOr<uint64_t> number = refresh_();
-    if (!number.ok()) return ToGrpcStatus(number.status());
-    response->set_crl_number(*number);
-    response->set_next_update_unix_s(list_->next_update().value_or(0));
-    return grpc::Status::OK;
+    return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+      absl::StatusOr<uint64_t> number = refresh_();
+      if (!number.ok()) return number.status();
+      response->set_crl_number(*number);
+      response->set_next_update_unix_s(list_->next_update().value_or(0));
+      return absl::OkStatus();
+    });
   }
 
  private:
   const std::function<absl::StatusOr<uint64_t>()> refresh_;
   const RevocationList* list_;
-  Authorizer authorizer_;
+  const ServiceAdapter adapter_;  // revocation.proto: admins only
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "rkl/rpc/status.h"
 
+#include "absl/strings/str_cat.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -132,6 +133,32 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
     s = WithRetryDelay(std::move(s), *delay);
   }
   return s;
+}
+
+absl::Status FromPeerStatus(const grpc::Status& status, std::string_view peer) {
+  absl::Status s = FromGrpcStatus(status);
+  switch (s.code()) {
+    case absl::StatusCode::kDeadlineExceeded:
+      return absl::UnavailableError(absl::StrCat(std::string(peer), " did not answer in time"));
+    case absl::StatusCode::kUnavailable: {
+      absl::Status out =
+          absl::UnavailableError(absl::StrCat(std::string(peer), " unavailable: ", s.message()));
+      if (std::optional<absl::Duration> delay = RetryDelay(s)) {
+        out = WithRetryDelay(std::move(out), *delay);
+      }
+      return out;
+    }
+    default:
+      return s;
+  }
+}
+
+absl::Status FromPeerStatus(int32_t code, std::string_view message, std::string_view peer) {
+  if (code < 0 || code > static_cast<int32_t>(grpc::StatusCode::UNAUTHENTICATED)) {
+    return absl::UnknownError(std::string(message));
+  }
+  return FromPeerStatus(grpc::Status(static_cast<grpc::StatusCode>(code), std::string(message)),
+                        peer);
 }
 
 }  // namespace rkl::rpc

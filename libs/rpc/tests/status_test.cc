@@ -62,5 +62,61 @@ TEST(StatusConversion, UnexpectedCodesBecomeUnknown) {
             grpc::StatusCode::UNKNOWN);
 }
 
+// ---- The peer-error policy ------------------------------------------------------------------
+
+TEST(PeerStatus, ALatePeerIsUnavailableSoTheSameCallMayBeRepeated) {
+  EXPECT_EQ(
+      FromPeerStatus(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"), "hsm"),
+      absl::UnavailableError("hsm did not answer in time"));
+}
+
+TEST(PeerStatus, AnUnreachablePeerIsUnavailableAndNamed) {
+  EXPECT_EQ(
+      FromPeerStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection refused"), "kms"),
+      absl::UnavailableError("kms unavailable: connection refused"));
+  // Its retry hint, if it sent one, is kept.
+  absl::Status busy = FromPeerStatus(
+      ToGrpcStatus(WithRetryDelay(absl::UnavailableError("busy"), absl::Seconds(2))), "ca");
+  EXPECT_EQ(busy.message(), "ca unavailable: busy");
+  EXPECT_EQ(RetryDelay(busy), absl::Seconds(2));
+}
+
+TEST(PeerStatus, EveryOtherAnswerIsThePeersOwnWithCodeMessageAndRetryHint) {
+  for (int c = 0; c <= 16; ++c) {
+    const auto code = static_cast<grpc::StatusCode>(c);
+    if (code == grpc::StatusCode::DEADLINE_EXCEEDED || code == grpc::StatusCode::UNAVAILABLE) {
+      continue;
+    }
+    grpc::Status answer(code, c == 0 ? "" : "field: rule");
+    EXPECT_EQ(FromPeerStatus(answer, "hsm"), FromGrpcStatus(answer)) << c;
+    EXPECT_EQ(FromPeerStatus(c, answer.error_message(), "hsm"), FromGrpcStatus(answer)) << c;
+  }
+  absl::Status limited = FromPeerStatus(
+      ToGrpcStatus(WithRetryDelay(absl::ResourceExhaustedError("slow down"), absl::Seconds(3))),
+      "kms");
+  EXPECT_EQ(limited.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(limited.message(), "slow down");
+  EXPECT_EQ(RetryDelay(limited), absl::Seconds(3));
+}
+
+TEST(PeerStatus, NumericCodesFollowTheSamePolicy) {
+  EXPECT_EQ(
+      FromPeerStatus(static_cast<int32_t>(grpc::StatusCode::DEADLINE_EXCEEDED), "late", "hsm"),
+      absl::UnavailableError("hsm did not answer in time"));
+  EXPECT_EQ(FromPeerStatus(static_cast<int32_t>(grpc::StatusCode::UNAUTHENTICATED),
+                           "transport key rejected", "hsm"),
+            absl::UnauthenticatedError("transport key rejected"));
+}
+
+TEST(PeerStatus, ACodeOutsideGoogleRpcCodeIsUnknownWithThePeersMessage) {
+  EXPECT_EQ(FromPeerStatus(99, "from the future", "hsm"), absl::UnknownError("from the future"));
+  EXPECT_EQ(FromPeerStatus(-1, "negative", "hsm"), absl::UnknownError("negative"));
+  EXPECT_EQ(FromPeerStatus(17, "one past the last", "hsm"),
+            absl::UnknownError("one past the last"));
+  EXPECT_EQ(
+      FromPeerStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "from the future"), "hsm"),
+      absl::UnknownError("from the future"));
+}
+
 }  // namespace
 }  // namespace rkl::rpc

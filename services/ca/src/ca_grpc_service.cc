@@ -1,18 +1,15 @@
 #include "ca_grpc_service.h"
 
 #include "absl/strings/str_cat.h"
-#include "rkl/rpc/status.h"
+#include "rkl/common/status_macros.h"
 
 namespace rkl::ca {
 namespace {
 
-using rpc::ToGrpcStatus;
-
-std::vector<std::string> AnyRklIdentity() {
-  std::vector<std::string> ids(std::begin(kServiceNames), std::end(kServiceNames));
-  ids.push_back(std::string(kAdminPrefix) + "*");
-  ids.push_back(std::string(kCustodianPrefix) + "*");
-  return ids;
+// The authorized caller as the core's dual-control rules need it: identity and the serial of
+// the certificate it presented.
+Caller CallerOf(const grpc::ServerContext& ctx, const std::string& identity) {
+  return Caller{identity, rpc::PeerCertificateSerialHex(ctx)};
 }
 
 void FillIssued(const crypto::Certificate& cert, v1::IssuedCertificate* out) {
@@ -37,20 +34,17 @@ void FillStatus(const CertificateRecord& r, v1::CertificateStatus* out) {
 
 }  // namespace
 
-rpc::Authorizer MakeCaAuthorizer() {
-  rpc::Authorizer a;
-  const std::string admins = std::string(kAdminPrefix) + "*";
-  a.Allow("GetIssuerCertificate", AnyRklIdentity())
-      .Allow("GetCrl", AnyRklIdentity())
-      .Allow("GetCertificateStatus", AnyRklIdentity())
-      .Allow("IssueWorkCertificate", {"mtms"})
-      .Allow("RequestCertificate", {admins})
-      .Allow("ApproveCertificateRequest", {admins})
-      .Allow("GetCertificateRequest", {admins})
-      .Allow("ListCertificateRequests", {admins})
-      .Allow("RevokeCertificate", {admins});
-  return a;
-}
+CaGrpcService::CaGrpcService(CaCore* core, std::function<void()> on_revoked)
+    : core_(core),
+      adapter_(rpc::ServiceAdapter::DescriptorOf<v1::CertificateAuthority>(),
+               {.role_bindings = {{"service", std::vector<std::string>(std::begin(kServiceNames),
+                                                                       std::end(kServiceNames))}},
+                .on_refused =
+                    [core](std::string_view caller, std::string_view method,
+                           const absl::Status& refusal) {
+                      core->RecordRefusal(std::string(caller), std::string(method), refusal);
+                    }}),
+      on_revoked_(std::move(on_revoked)) {}
 
 absl::StatusOr<IssuerId> IssuerFromProto(v1::Issuer issuer) {
   switch (issuer) {
@@ -110,16 +104,6 @@ v1::RevocationReason ReasonToProto(crypto::CrlReason reason) {
   }
 }
 
-absl::StatusOr<Caller> CaGrpcService::Authorize(const grpc::ServerContext& ctx,
-                                                const char* method) {
-  std::string identity = rpc::GetCallerIdentity(ctx).name;
-  if (absl::Status s = authorizer_.Check(method, identity); !s.ok()) {
-    core_->RecordRefusal(identity, method, s);
-    return s;
-  }
-  return Caller{identity, rpc::PeerCertificateSerialHex(ctx)};
-}
-
 void CaGrpcService::FillRequest(const CertificateRequestRecord& r,
                                 v1::CertificateRequestInfo* out) {
   out->set_request_id(r.id);
@@ -141,146 +125,131 @@ void CaGrpcService::FillRequest(const CertificateRequestRecord& r,
 grpc::Status CaGrpcService::GetIssuerCertificate(grpc::ServerContext* ctx,
                                                  const v1::GetIssuerCertificateRequest* request,
                                                  v1::GetIssuerCertificateResponse* response) {
-  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetIssuerCertificate"); !caller.ok()) {
-    return ToGrpcStatus(caller.status());
-  }
-  absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
-  if (!issuer.ok()) return ToGrpcStatus(issuer.status());
-  absl::StatusOr<crypto::Certificate> cert = core_->GetIssuerCertificate(*issuer);
-  if (!cert.ok()) return ToGrpcStatus(cert.status());
-  response->set_certificate_pem(cert->ToPem());
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(IssuerId issuer, IssuerFromProto(request->issuer()));
+    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, core_->GetIssuerCertificate(issuer));
+    response->set_certificate_pem(cert.ToPem());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::IssueWorkCertificate(grpc::ServerContext* ctx,
                                                  const v1::IssueWorkCertificateRequest* request,
                                                  v1::IssuedCertificate* response) {
-  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "IssueWorkCertificate"); !caller.ok()) {
-    return ToGrpcStatus(caller.status());
-  }
-  WorkCertificateRequest req;
-  req.public_key_der.assign(request->public_key_der().begin(), request->public_key_der().end());
-  req.hsm_id = request->hsm_id();
-  req.key_index = request->key_index();
-  req.validity_days = request->validity_days();
-  absl::StatusOr<crypto::Certificate> cert = core_->IssueWorkCertificate(req);
-  if (!cert.ok()) return ToGrpcStatus(cert.status());
-  FillIssued(*cert, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    WorkCertificateRequest req;
+    req.public_key_der.assign(request->public_key_der().begin(), request->public_key_der().end());
+    req.hsm_id = request->hsm_id();
+    req.key_index = request->key_index();
+    req.validity_days = request->validity_days();
+    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, core_->IssueWorkCertificate(req));
+    FillIssued(cert, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::RequestCertificate(grpc::ServerContext* ctx,
                                                const v1::RequestCertificateRequest* request,
                                                v1::CertificateRequestInfo* response) {
-  absl::StatusOr<Caller> caller = Authorize(*ctx, "RequestCertificate");
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<CertificateRequestRecord> record;
-  if (request->has_service()) {
-    const v1::IssueServiceCertificateRequest& svc = request->service();
-    ServiceCertificateRequest req;
-    req.csr_pem = svc.csr_pem();
-    req.name = svc.name();
-    req.dns_names.assign(svc.dns_names().begin(), svc.dns_names().end());
-    req.validity_days = svc.validity_days();
-    record = core_->RequestServiceCertificate(*caller, req);
-  } else if (request->has_operator_()) {
-    const v1::IssueOperatorCertificateRequest& op = request->operator_();
-    record = core_->RequestOperatorCertificate(
-        *caller, {op.csr_pem(), op.operator_id(), op.validity_days()});
-  } else {
-    return ToGrpcStatus(absl::InvalidArgumentError("certificate: set either service or operator"));
-  }
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  FillRequest(*record, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& identity) -> absl::Status {
+    const Caller caller = CallerOf(*ctx, identity);
+    absl::StatusOr<CertificateRequestRecord> record;
+    if (request->has_service()) {
+      const v1::IssueServiceCertificateRequest& svc = request->service();
+      ServiceCertificateRequest req;
+      req.csr_pem = svc.csr_pem();
+      req.name = svc.name();
+      req.dns_names.assign(svc.dns_names().begin(), svc.dns_names().end());
+      req.validity_days = svc.validity_days();
+      record = core_->RequestServiceCertificate(caller, req);
+    } else if (request->has_operator_()) {
+      const v1::IssueOperatorCertificateRequest& op = request->operator_();
+      record = core_->RequestOperatorCertificate(
+          caller, {op.csr_pem(), op.operator_id(), op.validity_days()});
+    } else {
+      return absl::InvalidArgumentError("certificate: set either service or operator");
+    }
+    if (!record.ok()) return record.status();
+    FillRequest(*record, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::ApproveCertificateRequest(
     grpc::ServerContext* ctx, const v1::ApproveCertificateRequestRequest* request,
     v1::CertificateRequestInfo* response) {
-  absl::StatusOr<Caller> caller = Authorize(*ctx, "ApproveCertificateRequest");
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<ApprovedRequest> approved =
-      core_->ApproveRequest(*caller, request->request_id(), request->subject());
-  if (!approved.ok()) return ToGrpcStatus(approved.status());
-  FillRequest(approved->request, response);
-  FillIssued(approved->certificate, response->mutable_certificate());
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& identity) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(
+        ApprovedRequest approved,
+        core_->ApproveRequest(CallerOf(*ctx, identity), request->request_id(), request->subject()));
+    FillRequest(approved.request, response);
+    FillIssued(approved.certificate, response->mutable_certificate());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::GetCertificateRequest(grpc::ServerContext* ctx,
                                                   const v1::GetCertificateRequestRequest* request,
                                                   v1::CertificateRequestInfo* response) {
-  absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCertificateRequest");
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<CertificateRequestRecord> record = core_->GetRequest(request->request_id());
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  FillRequest(*record, response);
-  if (record->state == RequestState::kIssued) {
-    absl::StatusOr<CertificateRecord> cert = core_->GetCertificateStatus(record->serial_hex);
-    if (!cert.ok()) return ToGrpcStatus(cert.status());
-    absl::StatusOr<crypto::Certificate> parsed =
-        crypto::Certificate::FromDer(cert->certificate_der);
-    if (!parsed.ok()) return ToGrpcStatus(parsed.status());
-    FillIssued(*parsed, response->mutable_certificate());
-  }
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(CertificateRequestRecord record, core_->GetRequest(request->request_id()));
+    FillRequest(record, response);
+    if (record.state == RequestState::kIssued) {
+      RKL_ASSIGN_OR_RETURN(CertificateRecord cert, core_->GetCertificateStatus(record.serial_hex));
+      RKL_ASSIGN_OR_RETURN(crypto::Certificate parsed,
+                           crypto::Certificate::FromDer(cert.certificate_der));
+      FillIssued(parsed, response->mutable_certificate());
+    }
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::ListCertificateRequests(
     grpc::ServerContext* ctx, const v1::ListCertificateRequestsRequest* request,
     v1::ListCertificateRequestsResponse* response) {
-  absl::StatusOr<Caller> caller = Authorize(*ctx, "ListCertificateRequests");
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::vector<CertificateRequestRecord>> records =
-      core_->ListRequests(!request->include_decided());
-  if (!records.ok()) return ToGrpcStatus(records.status());
-  for (const CertificateRequestRecord& r : *records) FillRequest(r, response->add_requests());
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::vector<CertificateRequestRecord> records,
+                         core_->ListRequests(!request->include_decided()));
+    for (const CertificateRequestRecord& r : records) FillRequest(r, response->add_requests());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::RevokeCertificate(grpc::ServerContext* ctx,
                                               const v1::RevokeCertificateRequest* request,
                                               v1::CertificateStatus* response) {
-  absl::StatusOr<Caller> caller = Authorize(*ctx, "RevokeCertificate");
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<crypto::CrlReason> reason = ReasonFromProto(request->reason());
-  if (!reason.ok()) return ToGrpcStatus(reason.status());
-  absl::StatusOr<CertificateRecord> record =
-      core_->Revoke(request->serial_hex(), *reason, caller->identity);
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  if (on_revoked_) on_revoked_();
-  FillStatus(*record, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& identity) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(crypto::CrlReason reason, ReasonFromProto(request->reason()));
+    RKL_ASSIGN_OR_RETURN(CertificateRecord record,
+                         core_->Revoke(request->serial_hex(), reason, identity));
+    if (on_revoked_) on_revoked_();
+    FillStatus(record, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::GetCrl(grpc::ServerContext* ctx, const v1::GetCrlRequest* request,
                                    v1::GetCrlResponse* response) {
-  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCrl"); !caller.ok()) {
-    return ToGrpcStatus(caller.status());
-  }
-  absl::StatusOr<IssuerId> issuer = IssuerFromProto(request->issuer());
-  if (!issuer.ok()) return ToGrpcStatus(issuer.status());
-  absl::StatusOr<CrlRecord> record = core_->GetCrl(*issuer);
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  absl::StatusOr<crypto::Crl> crl = crypto::Crl::FromDer(record->crl_der);
-  if (!crl.ok()) return ToGrpcStatus(crl.status());
-  response->set_crl_pem(crl->ToPem());
-  response->set_crl_number(record->crl_number);
-  response->set_next_update_unix_s(record->next_update);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(IssuerId issuer, IssuerFromProto(request->issuer()));
+    RKL_ASSIGN_OR_RETURN(CrlRecord record, core_->GetCrl(issuer));
+    RKL_ASSIGN_OR_RETURN(crypto::Crl crl, crypto::Crl::FromDer(record.crl_der));
+    response->set_crl_pem(crl.ToPem());
+    response->set_crl_number(record.crl_number);
+    response->set_next_update_unix_s(record.next_update);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status CaGrpcService::GetCertificateStatus(grpc::ServerContext* ctx,
                                                  const v1::GetCertificateStatusRequest* request,
                                                  v1::CertificateStatus* response) {
-  if (absl::StatusOr<Caller> caller = Authorize(*ctx, "GetCertificateStatus"); !caller.ok()) {
-    return ToGrpcStatus(caller.status());
-  }
-  absl::StatusOr<CertificateRecord> record = core_->GetCertificateStatus(request->serial_hex());
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  FillStatus(*record, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(CertificateRecord record,
+                         core_->GetCertificateStatus(request->serial_hex()));
+    FillStatus(record, response);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace rkl::ca

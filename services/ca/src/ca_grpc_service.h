@@ -1,8 +1,9 @@
 #pragma once
 // rkl.v1.CertificateAuthority over CaCore: translates messages, authorizes the caller from
-// its mTLS identity and converts statuses (rpc::ToGrpcStatus). No logic of its own.
+// its mTLS identity (rpc::ServiceAdapter, by the roles ca.proto declares on each RPC) and
+// converts statuses once. No logic of its own.
 //
-// Who may call what (PROTOCOL §2, ARCHITECTURE "Trust boundaries"):
+// Who may call what (ca.proto; PROTOCOL §2, ARCHITECTURE "Trust boundaries"):
 //   GetIssuerCertificate, GetCrl, GetCertificateStatus — any rkl identity (services,
 //     admins, custodians);
 //   IssueWorkCertificate — `mtms` only;
@@ -18,20 +19,16 @@
 #include <functional>
 
 #include "ca_core.h"
-#include "rkl/rpc/identity.h"
+#include "rkl/rpc/adapter.h"
 #include "rkl/v1/ca.grpc.pb.h"
 
 namespace rkl::ca {
-
-// The authorization table above, for the service and for tests.
-rpc::Authorizer MakeCaAuthorizer();
 
 class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
  public:
   // `on_revoked`, when set, runs after every successful revocation (the daemon refreshes
   // the CRL its own mTLS server enforces there).
-  explicit CaGrpcService(CaCore* core, std::function<void()> on_revoked = nullptr)
-      : core_(core), authorizer_(MakeCaAuthorizer()), on_revoked_(std::move(on_revoked)) {}
+  explicit CaGrpcService(CaCore* core, std::function<void()> on_revoked = nullptr);
 
   grpc::Status GetIssuerCertificate(grpc::ServerContext* ctx,
                                     const v1::GetIssuerCertificateRequest* request,
@@ -61,12 +58,10 @@ class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
                                     v1::CertificateStatus* response) override;
 
  private:
-  // Authorizes the call and audits a refusal; returns the caller.
-  absl::StatusOr<Caller> Authorize(const grpc::ServerContext& ctx, const char* method);
   void FillRequest(const CertificateRequestRecord& r, v1::CertificateRequestInfo* out);
 
   CaCore* core_;
-  const rpc::Authorizer authorizer_;
+  const rpc::ServiceAdapter adapter_;
   const std::function<void()> on_revoked_;
 };
 

@@ -1,6 +1,5 @@
 #include "grpc_hsm_port.h"
 
-#include "absl/strings/str_cat.h"
 #include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
@@ -14,12 +13,9 @@ Bytes FromBytesField(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
 rkl::v1::KeyAlgorithm ToProto(crypto::KeyAlgorithm a) { return protocol::ToProto(a); }
 
-// Errors from HSM #2 keep their code (the core's decisions depend on it) and say where
-// they came from.
-absl::Status FromHsm(const grpc::Status& status, const char* rpc) {
-  absl::Status s = rpc::FromGrpcStatus(status);
-  return absl::Status(s.code(), absl::StrCat("HSM #2 ", rpc, ": ", s.message()));
-}
+// Peer errors follow rpc::FromPeerStatus: HSM #2's own answers keep their code (the core's
+// decisions depend on it); an unreachable or late HSM #2 is UNAVAILABLE.
+constexpr char kPeer[] = "HSM #2";
 
 }  // namespace
 
@@ -39,7 +35,7 @@ absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
   rkl::v1::ImportAndChallengeResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status st = stub_->ImportAndChallenge(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "ImportAndChallenge");
+  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
   const auto& i = resp.imported();
   absl::StatusOr<crypto::KeyAlgorithm> algorithm =
       crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(i.algorithm()));
@@ -67,7 +63,7 @@ absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
   rkl::v1::AuthenticateAndDeliverResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status st = stub_->AuthenticateAndDeliver(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "AuthenticateAndDeliver");
+  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
   return AuthenticatedDelivery{
       GeneratedTmk{resp.tmk().tmk_index(), resp.tmk().kcv(), resp.tmk().created()},
       ExportedKeyBlock{resp.block().key_block(), resp.block().key_kcv(), resp.block().kek_kcv()}};
@@ -83,7 +79,7 @@ absl::StatusOr<AuthChallengeResult> GrpcHsmPort::AuthChallenge(uint64_t auk_inde
   rkl::v1::AuthChallengeResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status st = stub_->AuthChallenge(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "AuthChallenge");
+  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
   return AuthChallengeResult{FromBytesField(resp.rnd2()), FromBytesField(resp.crnd1())};
 }
 
@@ -102,7 +98,7 @@ absl::Status GrpcHsmPort::VerifyInstallProof(uint64_t auk_index, const std::stri
   rkl::v1::Empty resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status st = stub_->VerifyInstallProof(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "VerifyInstallProof");
+  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
   return absl::OkStatus();
 }
 
@@ -114,7 +110,7 @@ absl::StatusOr<std::vector<uint64_t>> GrpcHsmPort::DestroyTerminalKeys(const std
   rkl::v1::DestroyTerminalKeysResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status st = stub_->DestroyTerminalKeys(ctx.get(), req, &resp);
-  if (!st.ok()) return FromHsm(st, "DestroyTerminalKeys");
+  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
   return std::vector<uint64_t>(resp.destroyed_key_indexes().begin(),
                                resp.destroyed_key_indexes().end());
 }

@@ -1,8 +1,9 @@
 #pragma once
 // GrpcHsmPort: HsmPort over rkl.v1.Hsm on HSM #2, through an mTLS channel (rkl::rpc).
-// Each call has a deadline; UNAVAILABLE and DEADLINE_EXCEEDED come back unchanged so the
-// core can tell a retryable outage from a refusal. Requests carry indexes, public
-// nonces/tokens and wrapped keys only. Thread-safe (gRPC stubs are).
+// Each call has a deadline; errors follow the peer-error policy (rpc::FromPeerStatus):
+// UNAVAILABLE and DEADLINE_EXCEEDED come back as UNAVAILABLE, so the core can tell a
+// retryable outage from a refusal, and HSM #2's refusals keep their code and message. Requests
+// carry indexes, public nonces/tokens and wrapped keys only. Thread-safe (gRPC stubs are).
 
 #include <grpcpp/channel.h>
 

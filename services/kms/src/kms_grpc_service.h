@@ -1,8 +1,8 @@
 #pragma once
 // KmsGrpcService: the rkl.v1.Kms adapter over KmsCore. It only authorizes the caller
-// (rpc::Authorizer: SubmitTransportKey `mtms`; admin RPCs `admin:*`; terminal RPCs any TLS
-// client, since the terminal proves itself with AUK), translates messages and converts
-// statuses once with rpc::ToGrpcStatus. Before the core sees a terminal RPC
+// (rpc::ServiceAdapter, by the roles kms.proto declares on each RPC: SubmitTransportKey
+// `mtms`; admin RPCs `admin:*`; terminal RPCs public, since the terminal proves itself with
+// AUK), translates messages and converts statuses once. Before the core sees a terminal RPC
 // (BeginAuthentication, CompleteAuthentication, ConfirmInstallation) the call spends a
 // token of its source address's budget and of its SN's (TerminalRateLimits); over either
 // budget it is RESOURCE_EXHAUSTED with google.rpc.RetryInfo, having cost no database access
@@ -13,7 +13,7 @@
 
 #include "kms_core.h"
 #include "rkl/audit/audit_log.h"
-#include "rkl/rpc/identity.h"
+#include "rkl/rpc/adapter.h"
 #include "rkl/rpc/public_call_gate.h"
 #include "rkl/v1/kms.grpc.pb.h"
 
@@ -29,9 +29,6 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
 
   // Terminal calls refused for volume since start.
   uint64_t rate_limited() const { return gate_.refused(); }
-
-  // The authorization policy, exposed for tests and docs.
-  static rpc::Authorizer MakeAuthorizer();
 
   grpc::Status SubmitTransportKey(grpc::ServerContext* ctx,
                                   const rkl::v1::KmsSubmitTransportKeyRequest* req,
@@ -64,15 +61,12 @@ class KmsGrpcService final : public rkl::v1::Kms::Service {
                                 rkl::v1::VerifyAuditChainResponse* resp) override;
 
  private:
-  // OK with the caller's identity, or PERMISSION_DENIED / UNAUTHENTICATED.
-  absl::StatusOr<std::string> Authorize(const grpc::ServerContext& ctx, const char* method);
-
   // OK, or RESOURCE_EXHAUSTED with the time until the caller's next token.
   absl::Status AdmitTerminalCall(const grpc::ServerContext& ctx, const std::string& sn);
 
   KmsCore& core_;
   audit::PgAuditLog& audit_;
-  rpc::Authorizer authorizer_;
+  const rpc::ServiceAdapter adapter_;
   rpc::PublicCallGate gate_;
 };
 

@@ -103,8 +103,7 @@ int main(int argc, char** argv) {
         "until the key ceremony's indexes are configured");
   }
   Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
-  rpc::Authorizer authorizer = MakeMtmsAuthorizer();
-  MtmsGrpcService service(core, forwarder, authorizer, repository.audit_log(),
+  MtmsGrpcService service(core, forwarder, repository.audit_log(),
                           rpc::PublicCallLimitsFromConfig(config));
 
   // Client certificates on the service-ca CRL are refused (operator terminals present none).

@@ -1,24 +1,11 @@
 #include "mtms_grpc_ports.h"
 
-#include "absl/strings/str_cat.h"
 #include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 
 namespace rkl::mtms {
 namespace {
-
-// `peer` prefixes the message so an operator reading a queue row knows who answered.
-absl::Status FromPeer(const grpc::Status& status, const char* peer) {
-  absl::Status s = rpc::FromGrpcStatus(status);
-  if (s.code() == absl::StatusCode::kDeadlineExceeded) {
-    return absl::UnavailableError(absl::StrCat(peer, " did not answer in time"));
-  }
-  if (s.code() == absl::StatusCode::kUnavailable) {
-    return absl::UnavailableError(absl::StrCat(peer, " unavailable: ", s.message()));
-  }
-  return s;
-}
 
 v1::Issuer ToProto(CaIssuer issuer) {
   return issuer == CaIssuer::kTerminalRoot ? v1::ISSUER_TERMINAL_ROOT : v1::ISSUER_OPERATOR_CA;
@@ -37,7 +24,7 @@ absl::StatusOr<HsmPort::RsaKeyPair> GrpcHsmPort::GenerateRsaKeyPair(uint32_t bit
   v1::GenerateRsaKeyPairResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->GenerateRsaKeyPair(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "hsm");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
   return RsaKeyPair{
       .key_index = resp.key_index(),
       .public_key_der = Bytes(resp.public_key_der().begin(), resp.public_key_der().end())};
@@ -67,7 +54,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTranspo
   v1::TranslateTransportKeysResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->TranslateTransportKeys(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "hsm");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
   std::vector<absl::StatusOr<Bytes>> out;
   out.reserve(resp.outcomes_size());
   for (const v1::TranslateTransportKeyOutcome& outcome : resp.outcomes()) {
@@ -77,8 +64,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTranspo
       out.push_back(Bytes(outcome.ctk_pk().begin(), outcome.ctk_pk().end()));
     } else {
       // The item's own answer, exactly as the single call would have returned it.
-      out.push_back(FromPeer(
-          grpc::Status(static_cast<grpc::StatusCode>(outcome.code()), outcome.message()), "hsm"));
+      out.push_back(rpc::FromPeerStatus(outcome.code(), outcome.message(), "hsm"));
     }
   }
   return out;
@@ -90,7 +76,7 @@ absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest&
   v1::TranslateTransportKeyResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->TranslateTransportKey(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "hsm");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
   return Bytes(resp.ctk_pk().begin(), resp.ctk_pk().end());
 }
 
@@ -106,7 +92,7 @@ absl::StatusOr<CaPort::IssuedCertificate> GrpcCaPort::IssueWorkCertificate(
   v1::IssuedCertificate resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->IssueWorkCertificate(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "ca");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
   return IssuedCertificate{.certificate_pem = resp.certificate_pem(),
                            .serial_hex = resp.serial_hex()};
 }
@@ -117,7 +103,7 @@ absl::StatusOr<std::string> GrpcCaPort::GetIssuerCertificate(CaIssuer issuer) {
   v1::GetIssuerCertificateResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->GetIssuerCertificate(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "ca");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
   return resp.certificate_pem();
 }
 
@@ -127,7 +113,7 @@ absl::StatusOr<std::string> GrpcCaPort::GetCrl(CaIssuer issuer) {
   v1::GetCrlResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->GetCrl(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "ca");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
   return resp.crl_pem();
 }
 
@@ -144,7 +130,7 @@ absl::StatusOr<KmsPort::Receipt> GrpcKmsPort::SubmitTransportKey(const std::stri
   v1::KmsSubmitTransportKeyResponse resp;
   auto ctx = rpc::MakeClientContext(timeout_);
   grpc::Status status = stub_->SubmitTransportKey(ctx.get(), req, &resp);
-  if (!status.ok()) return FromPeer(status, "kms");
+  if (!status.ok()) return rpc::FromPeerStatus(status, "kms");
   return Receipt{.duplicate = resp.duplicate()};
 }
 

@@ -1,8 +1,9 @@
 #pragma once
 // The gRPC implementations of HsmPort, CaPort and KmsPort over rkl::rpc channels (mTLS with
 // MTMS's service certificate, a deadline on every call, an x-request-id per call).
-// gRPC UNAVAILABLE and DEADLINE_EXCEEDED become UNAVAILABLE (retryable, mtms_ports.h);
-// every other status is the peer's answer, converted once with rpc::FromGrpcStatus.
+// Errors follow the peer-error policy, rpc::FromPeerStatus: gRPC UNAVAILABLE and
+// DEADLINE_EXCEEDED become UNAVAILABLE (retryable, mtms_ports.h), naming the peer; every
+// other status is the peer's answer, code and message kept.
 // Thread-safe: stubs and channels are shared.
 
 #include <grpcpp/channel.h>

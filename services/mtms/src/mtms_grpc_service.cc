@@ -1,7 +1,7 @@
 #include "mtms_grpc_service.h"
 
+#include "rkl/common/status_macros.h"
 #include "rkl/protocol/sn.h"
-#include "rkl/rpc/status.h"
 
 namespace rkl::mtms {
 namespace {
@@ -63,171 +63,161 @@ std::string PackageSn(const std::string& package) {
   return parsed.sn();
 }
 
-constexpr const char* kAdminRpcs[] = {"GetSubmission",   "ProvisionWorkKey", "RetireWorkKey",
-                                      "ListWorkKeys",    "ListQueue",        "ForceForward",
-                                      "VerifyAuditChain"};
-
 }  // namespace
 
-rpc::Authorizer MakeMtmsAuthorizer() {
-  rpc::Authorizer authorizer;
-  for (const char* method : kAdminRpcs) authorizer.Allow(method, {"admin:*"});
-  return authorizer;
-}
+MtmsGrpcService::MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, audit::PgAuditLog& audit,
+                                 rpc::PublicCallLimits limits)
+    : core_(core),
+      forwarder_(forwarder),
+      audit_(audit),
+      adapter_(rpc::ServiceAdapter::DescriptorOf<v1::Mtms>()),
+      gate_("mtms", "sn", std::move(limits)) {}
 
 grpc::Status MtmsGrpcService::GetWorkCertificate(grpc::ServerContext* ctx,
                                                  const v1::GetWorkCertificateRequest* request,
                                                  v1::GetWorkCertificateResponse* response) {
   // Public: the operator terminal connects with server-authenticated TLS only.
-  if (absl::Status s = gate_.Admit(*ctx, ""); !s.ok()) return rpc::ToGrpcStatus(s);
-  absl::StatusOr<WorkCertificateBundle> bundle = core_.GetWorkCertificate();
-  if (!bundle.ok()) return rpc::ToGrpcStatus(bundle.status());
-  response->set_work_certificate_pem(bundle->certificate_pem);
-  response->set_terminal_root_pem(bundle->terminal_root_pem);
-  response->set_serial_hex(bundle->serial_hex);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, ""));
+    RKL_ASSIGN_OR_RETURN(WorkCertificateBundle bundle, core_.GetWorkCertificate());
+    response->set_work_certificate_pem(bundle.certificate_pem);
+    response->set_terminal_root_pem(bundle.terminal_root_pem);
+    response->set_serial_hex(bundle.serial_hex);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
                                                  const v1::SubmitTransportKeyRequest* request,
                                                  v1::SubmitTransportKeyResponse* response) {
   // Public: the package is authenticated by the operator card's signature, not by TLS.
-  if (absl::Status s = gate_.Admit(*ctx, PackageSn(request->package())); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<SubmitReceipt> receipt = core_.SubmitTransportKey(
-      SubmitRequest{.package = request->package(),
-                    .signature = request->signature(),
-                    .operator_certificate_pem = request->operator_certificate_pem()},
-      rpc::GetCallerIdentity(*ctx).name, rpc::PublicCallGate::PeerAddress(ctx->peer()));
-  if (!receipt.ok()) return rpc::ToGrpcStatus(receipt.status());
-  // Start forwarding now rather than at the next timed pass: the terminal is waiting.
-  forwarder_.Wake();
-  response->set_submission_id(receipt->submission_id);
-  response->set_state(ToProto(receipt->state));
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
+    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, PackageSn(request->package())));
+    RKL_ASSIGN_OR_RETURN(
+        SubmitReceipt receipt,
+        core_.SubmitTransportKey(
+            SubmitRequest{.package = request->package(),
+                          .signature = request->signature(),
+                          .operator_certificate_pem = request->operator_certificate_pem()},
+            caller, rpc::PublicCallGate::PeerAddress(ctx->peer())));
+    // Start forwarding now rather than at the next timed pass: the terminal is waiting.
+    forwarder_.Wake();
+    response->set_submission_id(receipt.submission_id);
+    response->set_state(ToProto(receipt.state));
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::GetSubmission(grpc::ServerContext* ctx,
                                             const v1::GetSubmissionRequest* request,
                                             v1::Submission* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "GetSubmission"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<SubmissionRecord> row = core_.GetSubmission(request->submission_id());
-  if (!row.ok()) return rpc::ToGrpcStatus(row.status());
-  ToProto(*row, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(SubmissionRecord row, core_.GetSubmission(request->submission_id()));
+    ToProto(row, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::GetOwnSubmission(grpc::ServerContext* ctx,
                                                const v1::GetOwnSubmissionRequest* request,
                                                v1::Submission* response) {
   // Public: the query is authenticated by the operator card's signature, not by TLS.
-  if (absl::Status s = gate_.Admit(*ctx, ""); !s.ok()) return rpc::ToGrpcStatus(s);
-  absl::StatusOr<SubmissionRecord> row = core_.GetOwnSubmission(
-      OwnSubmissionQuery{.query = request->query(),
-                         .signature = request->signature(),
-                         .operator_certificate_pem = request->operator_certificate_pem()},
-      rpc::PublicCallGate::PeerAddress(ctx->peer()));
-  if (!row.ok()) return rpc::ToGrpcStatus(row.status());
-  ToProto(*row, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, ""));
+    RKL_ASSIGN_OR_RETURN(
+        SubmissionRecord row,
+        core_.GetOwnSubmission(
+            OwnSubmissionQuery{.query = request->query(),
+                               .signature = request->signature(),
+                               .operator_certificate_pem = request->operator_certificate_pem()},
+            rpc::PublicCallGate::PeerAddress(ctx->peer())));
+    ToProto(row, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::ProvisionWorkKey(grpc::ServerContext* ctx,
                                                const v1::ProvisionWorkKeyRequest* request,
                                                v1::WorkKey* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "ProvisionWorkKey"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<WorkKeyRecord> key = core_.ProvisionWorkKey(request->rotate(), request->rsa_bits(),
-                                                             rpc::GetCallerIdentity(*ctx).name);
-  if (!key.ok()) return rpc::ToGrpcStatus(key.status());
-  ToProto(*key, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(WorkKeyRecord key,
+                         core_.ProvisionWorkKey(request->rotate(), request->rsa_bits(), caller));
+    ToProto(key, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::RetireWorkKey(grpc::ServerContext* ctx,
                                             const v1::RetireWorkKeyRequest* request,
                                             v1::WorkKey* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "RetireWorkKey"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<WorkKeyRecord> key = core_.RetireWorkKey(request->serial_hex(), request->force(),
-                                                          rpc::GetCallerIdentity(*ctx).name);
-  if (!key.ok()) return rpc::ToGrpcStatus(key.status());
-  ToProto(*key, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(WorkKeyRecord key,
+                         core_.RetireWorkKey(request->serial_hex(), request->force(), caller));
+    ToProto(key, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::ListWorkKeys(grpc::ServerContext* ctx, const v1::Empty* request,
                                            v1::ListWorkKeysResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "ListWorkKeys"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<std::vector<WorkKeyRecord>> keys = core_.ListWorkKeys();
-  if (!keys.ok()) return rpc::ToGrpcStatus(keys.status());
-  for (const WorkKeyRecord& key : *keys) ToProto(key, response->add_work_keys());
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::vector<WorkKeyRecord> keys, core_.ListWorkKeys());
+    for (const WorkKeyRecord& key : keys) ToProto(key, response->add_work_keys());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::ListQueue(grpc::ServerContext* ctx,
                                         const v1::ListQueueRequest* request,
                                         v1::ListQueueResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "ListQueue"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  std::optional<SubmissionState> state;
-  switch (request->state()) {
-    case v1::SUBMISSION_STATE_UNSPECIFIED:
-      break;
-    case v1::SUBMISSION_STATE_RECEIVED:
-      state = SubmissionState::kReceived;
-      break;
-    case v1::SUBMISSION_STATE_FORWARDED:
-      state = SubmissionState::kForwarded;
-      break;
-    case v1::SUBMISSION_STATE_REJECTED:
-      state = SubmissionState::kRejected;
-      break;
-    default:
-      return rpc::ToGrpcStatus(absl::InvalidArgumentError("state: unknown SubmissionState"));
-  }
-  absl::StatusOr<QueuePage> page =
-      core_.ListQueue(state, request->page().page_size(), request->page().page_token());
-  if (!page.ok()) return rpc::ToGrpcStatus(page.status());
-  for (const SubmissionRecord& row : page->submissions) ToProto(row, response->add_submissions());
-  response->set_next_page_token(page->next_page_token);
-  response->set_received(page->counts.received);
-  response->set_forwarded(page->counts.forwarded);
-  response->set_rejected(page->counts.rejected);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    std::optional<SubmissionState> state;
+    switch (request->state()) {
+      case v1::SUBMISSION_STATE_UNSPECIFIED:
+        break;
+      case v1::SUBMISSION_STATE_RECEIVED:
+        state = SubmissionState::kReceived;
+        break;
+      case v1::SUBMISSION_STATE_FORWARDED:
+        state = SubmissionState::kForwarded;
+        break;
+      case v1::SUBMISSION_STATE_REJECTED:
+        state = SubmissionState::kRejected;
+        break;
+      default:
+        return absl::InvalidArgumentError("state: unknown SubmissionState");
+    }
+    RKL_ASSIGN_OR_RETURN(QueuePage page, core_.ListQueue(state, request->page().page_size(),
+                                                         request->page().page_token()));
+    for (const SubmissionRecord& row : page.submissions) ToProto(row, response->add_submissions());
+    response->set_next_page_token(page.next_page_token);
+    response->set_received(page.counts.received);
+    response->set_forwarded(page.counts.forwarded);
+    response->set_rejected(page.counts.rejected);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
                                            v1::ForceForwardResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "ForceForward"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<PassResult> pass = forwarder_.ForceForward();
-  if (!pass.ok()) return rpc::ToGrpcStatus(pass.status());
-  response->set_forwarded(pass->forwarded);
-  response->set_rejected(pass->rejected);
-  response->set_retry_later(pass->retry_later);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(PassResult pass, forwarder_.ForceForward());
+    response->set_forwarded(pass.forwarded);
+    response->set_rejected(pass.rejected);
+    response->set_retry_later(pass.retry_later);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status MtmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
                                                const v1::VerifyAuditChainRequest* request,
                                                v1::VerifyAuditChainResponse* response) {
-  if (absl::Status s = authorizer_.Check(*ctx, "VerifyAuditChain"); !s.ok()) {
-    return rpc::ToGrpcStatus(s);
-  }
-  absl::StatusOr<audit::AuditVerification> v = audit_.VerifyWithAnchorText(request->anchor());
-  if (!v.ok()) return rpc::ToGrpcStatus(v.status());
-  audit::ToProto(*v, response);
-  return grpc::Status::OK;
+  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(audit::AuditVerification v,
+                         audit_.VerifyWithAnchorText(request->anchor()));
+    audit::ToProto(v, response);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace rkl::mtms

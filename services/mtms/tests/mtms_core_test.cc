@@ -150,7 +150,7 @@ TEST(MtmsConfigTest, ExampleConfigurationLoadsAndPassesTheChecks) {
 }
 
 TEST(MtmsAuthorizerTest, AdminRpcsNeedAnAdminIdentity) {
-  rpc::Authorizer authz = MakeMtmsAuthorizer();
+  const rpc::ServiceAdapter authz(rpc::ServiceAdapter::DescriptorOf<v1::Mtms>());
   for (const char* rpc : {"GetSubmission", "ProvisionWorkKey", "RetireWorkKey", "ListWorkKeys",
                           "ListQueue", "ForceForward"}) {
     EXPECT_TRUE(authz.Check(rpc, "admin:alice").ok()) << rpc;

@@ -74,8 +74,7 @@ struct MtmsProcess {
                                    .mak_index = mak_index,
                                    .batch_size = 2,
                                    .interval = absl::Milliseconds(20)}),
-        authorizer(MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer, repository.audit_log(), std::move(limits)) {
+        service(core, forwarder, repository.audit_log(), std::move(limits)) {
     server = StartServer("127.0.0.1:0", tls, &service, rpc::ClientCertMode::kOptionalVerified);
   }
   ~MtmsProcess() {
@@ -95,7 +94,6 @@ struct MtmsProcess {
   OperatorTrust trust;
   MtmsCore core;
   Forwarder forwarder;
-  rpc::Authorizer authorizer;
   MtmsGrpcService service;
   std::unique_ptr<rpc::Server> server;
 };

@@ -116,8 +116,7 @@ struct MtmsProcess {
             repository, hsm, kms, trust, clock,
             ForwarderOptions{
                 .replica_id = "mtms-integration", .pk_index = pk_index, .mak_index = mak_index}),
-        authorizer(MakeMtmsAuthorizer()),
-        service(core, forwarder, authorizer, repository.audit_log()) {
+        service(core, forwarder, repository.audit_log()) {
     auto started = rpc::Server::Start({.listen_address = "127.0.0.1:0",
                                        .tls = tls,
                                        .client_cert_mode = rpc::ClientCertMode::kOptionalVerified},
@@ -139,7 +138,6 @@ struct MtmsProcess {
   OperatorTrust trust;
   MtmsCore core;
   Forwarder forwarder;
-  rpc::Authorizer authorizer;
   MtmsGrpcService service;
   std::unique_ptr<rpc::Server> server;
 };

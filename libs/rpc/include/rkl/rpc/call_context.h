@@ -21,6 +21,9 @@
 namespace rkl::rpc {
 
 inline constexpr char kRequestIdMetadataKey[] = "x-request-id";
+// Where rkl::rpc::Server's interceptor records the method of the call being served; whatever
+// a client sends under this key is discarded first.
+inline constexpr char kMethodMetadataKey[] = "x-rkl-method";
 
 // 32 lower-case hex characters from a per-thread CSPRNG-seeded generator.
 std::string NewRequestId();
@@ -31,6 +34,11 @@ bool IsWellFormedRequestId(std::string_view id);
 // The id of the call being served (as fixed by the server's interceptor); empty only when
 // the server runs without rkl::rpc::Server's interceptor.
 std::string RequestId(const grpc::ServerContextBase& ctx);
+
+// The full method path of the call being served ("/rkl.v1.Kms/GetTerminal"), as
+// rkl::rpc::Server's interceptor recorded it from gRPC's own call information; empty without
+// that interceptor. ServiceAdapter authorizes by it (rkl/rpc/adapter.h).
+std::string RpcMethod(const grpc::ServerContextBase& ctx);
 
 // A client context with a deadline `timeout` from now and `x-request-id` set to
 // `request_id` (a new id when empty). ClientContext cannot move, hence the unique_ptr.
