@@ -139,7 +139,7 @@ int HsmCore::BatchThreads() const {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-HsmCore::HsmCore(KeyStore& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
+HsmCore::HsmCore(KeyBarrier& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
                  HsmCoreOptions options)
     : store_(store),
       audit_(audit),

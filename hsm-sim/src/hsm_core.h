@@ -24,7 +24,7 @@
 //  - DestroyTerminalKeys erases every key of an SN (revocation).
 // Authorization (who may call which command) is the gRPC adapter's job; the core receives
 // the authenticated identity for audit and for custodian rules.
-// Thread-safe: commands may run concurrently; shared state lives in the KeyStore.
+// Thread-safe: commands may run concurrently; shared state lives under the KeyBarrier.
 
 #include <cstdint>
 #include <optional>
@@ -34,7 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "audit_log.h"
-#include "key_store.h"
+#include "key_barrier.h"
 #include "operator_evidence.h"
 #include "rkl/common/clock.h"
 #include "rkl/common/hex.h"
@@ -154,7 +154,7 @@ class HsmCore {
  public:
   // `store` and `audit` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
   // and symmetric keys (tests inject a deterministic one; production passes FillRandom).
-  HsmCore(KeyStore& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
+  HsmCore(KeyBarrier& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
           HsmCoreOptions options);
 
   bool self_test_passed() const { return options_.self_test_passed; }
@@ -234,9 +234,9 @@ class HsmCore {
 
  private:
   // One command: body in one unit of work with its audit record (attempts > 1 re-runs it on
-  // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyStore::
+  // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyBarrier::
   // TransactReadOnly), one attempt. RunOneWrite: for commands whose writes are new keys and
-  // superseding the live keys they found (KeyStore::TransactOneWrite).
+  // superseding the live keys they found (KeyBarrier::TransactOneWrite).
   enum class UnitKind { kTransaction, kReadOnly, kOneWrite };
   template <typename Fn>
   auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
@@ -292,7 +292,7 @@ class HsmCore {
   crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
   absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);
 
-  KeyStore& store_;
+  KeyBarrier& store_;
   AuditLog& audit_;
   const Clock clock_;
   crypto::RandomSource rng_;
