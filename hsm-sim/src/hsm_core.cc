@@ -148,41 +148,23 @@ HsmCore::HsmCore(KeyBarrier& store, AuditLog& audit, Clock clock, crypto::Random
       options_(std::move(options)),
       evidence_(options_.operator_cas) {}
 
-// Runs `body` in one store transaction and audits it: on success the record is written in
-// that transaction (so the change and its record commit together); on failure it is written
-// on its own. `attempts` > 1 re-runs the whole command after ALREADY_EXISTS, which is how a
-// unique index reports a concurrent twin (the re-run then finds the twin's result).
+// Runs `body` in one unit of work of the store and audits it: on success the record is
+// written in that unit (so the change and its record commit together); on failure it is
+// written on its own. `options.attempts` > 1 re-runs the whole command after ALREADY_EXISTS,
+// which is how a unique index reports a concurrent twin (the re-run then finds the twin's
+// result).
 template <typename Fn>
-auto HsmCore::Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
-    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
-  return RunUnit(std::move(event), crypto, attempts, UnitKind::kTransaction,
-                 std::forward<Fn>(body));
-}
-
-template <typename Fn>
-auto HsmCore::RunOneWrite(AuditEvent event, bool crypto, int attempts, Fn&& body)
-    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
-  return RunUnit(std::move(event), crypto, attempts, UnitKind::kOneWrite, std::forward<Fn>(body));
-}
-
-template <typename Fn>
-auto HsmCore::RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
-    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
-  return RunUnit(std::move(event), crypto, 1, UnitKind::kReadOnly, std::forward<Fn>(body));
-}
-
-template <typename Fn>
-auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind, Fn&& body)
+auto HsmCore::RunUnit(AuditEvent event, UnitOptions options, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
   using R = std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  if (crypto && !options_.self_test_passed) {
+  if (options.uses_crypto && !options_.self_test_passed) {
     RecordFailure(event, SelfTestFailed());
     return R(SelfTestFailed());
   }
   absl::Status status;
   std::optional<R> out;
   std::string failure_detail = event.detail;
-  for (int attempt = 0; attempt < attempts; ++attempt) {
+  for (int attempt = 0; attempt < options.attempts; ++attempt) {
     auto unit = [&](KeyTransaction& tx) -> absl::Status {
       out.reset();
       AuditEvent record = event;
@@ -195,7 +177,7 @@ auto HsmCore::RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind
       out.emplace(std::move(result));
       return absl::OkStatus();
     };
-    switch (kind) {
+    switch (options.kind) {
       case UnitKind::kTransaction:
         status = store_.Transact(unit);
         break;
@@ -305,30 +287,30 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
     return s;
   }
   Bytes public_der = pr->GetPublicKey().ToDer();
-  return Run(event, true, 1,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedRsaKey> {
-               RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
-               if (taken) {
-                 return absl::AlreadyExistsError(
-                     absl::StrCat("label: an active key is already labelled '", label, "'"));
-               }
-               NewKey key{.type = KeyType::kRsaPrivate,
-                          .usage = KeyUsage::kTransportDecrypt,
-                          .label = label,
-                          .rsa_bits = bits,
-                          .public_key_der = public_der,
-                          .material = *pkcs8};
-               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, NowUnixMs(clock_)));
-               absl::StrAppend(&audit.detail, " key=", record.index, " label=", label);
-               return GeneratedRsaKey{record.index, public_der};
-             });
+  return RunUnit(event, {},
+                 [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedRsaKey> {
+                   RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
+                   if (taken) {
+                     return absl::AlreadyExistsError(
+                         absl::StrCat("label: an active key is already labelled '", label, "'"));
+                   }
+                   NewKey key{.type = KeyType::kRsaPrivate,
+                              .usage = KeyUsage::kTransportDecrypt,
+                              .label = label,
+                              .rsa_bits = bits,
+                              .public_key_der = public_der,
+                              .material = *pkcs8};
+                   RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, NowUnixMs(clock_)));
+                   absl::StrAppend(&audit.detail, " key=", record.index, " label=", label);
+                   return GeneratedRsaKey{record.index, public_der};
+                 });
 }
 
 absl::StatusOr<Bytes> HsmCore::GetPublicKey(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
       .actor = caller, .action = "get_public_key", .detail = absl::StrCat("key=", key_index)};
-  return Run(event, true, 1,
-             [&](KeyTransaction& tx, AuditEvent&) { return LoadPublicKey(tx, key_index); });
+  return RunUnit(event, {},
+                 [&](KeyTransaction& tx, AuditEvent&) { return LoadPublicKey(tx, key_index); });
 }
 
 // ---- Key ceremony ----------------------------------------------------------------------------
@@ -442,34 +424,34 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
   Bytes id_bytes(kCeremonyIdBytes);
   rng_(id_bytes);
   std::string id = ToHex(id_bytes);
-  return Run(event, true, 1,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<BegunCeremony> {
-               RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
-               if (taken) {
-                 return absl::AlreadyExistsError(
-                     absl::StrCat("label: an active key is already labelled '", label, "'"));
-               }
-               int64_t now = NowUnixMs(clock_);
-               NewKey ceremony_key{.type = KeyType::kRsaPrivate,
-                                   .usage = KeyUsage::kCeremonyDecrypt,
-                                   .label = "ceremony:" + id,
-                                   .rsa_bits = static_cast<uint32_t>(options_.ceremony_key_bits),
-                                   .public_key_der = public_der,
-                                   .material = *pkcs8};
-               RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(ceremony_key, now));
-               Ceremony c{.id = id,
-                          .label = label,
-                          .key_type = key_type,
-                          .component_count = component_count,
-                          .ceremony_key_index = record.index,
-                          .state = CeremonyState::kOpen,
-                          .created_by = caller,
-                          .created_at_ms = now,
-                          .expires_at_ms = now + absl::ToInt64Milliseconds(ttl)};
-               RKL_RETURN_IF_ERROR(tx.InsertCeremony(c));
-               absl::StrAppend(&audit.detail, " ceremony=", id, " ceremony_key=", record.index);
-               return BegunCeremony{id, public_der, c.expires_at_ms};
-             });
+  return RunUnit(
+      event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<BegunCeremony> {
+        RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
+        if (taken) {
+          return absl::AlreadyExistsError(
+              absl::StrCat("label: an active key is already labelled '", label, "'"));
+        }
+        int64_t now = NowUnixMs(clock_);
+        NewKey ceremony_key{.type = KeyType::kRsaPrivate,
+                            .usage = KeyUsage::kCeremonyDecrypt,
+                            .label = "ceremony:" + id,
+                            .rsa_bits = static_cast<uint32_t>(options_.ceremony_key_bits),
+                            .public_key_der = public_der,
+                            .material = *pkcs8};
+        RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(ceremony_key, now));
+        Ceremony c{.id = id,
+                   .label = label,
+                   .key_type = key_type,
+                   .component_count = component_count,
+                   .ceremony_key_index = record.index,
+                   .state = CeremonyState::kOpen,
+                   .created_by = caller,
+                   .created_at_ms = now,
+                   .expires_at_ms = now + absl::ToInt64Milliseconds(ttl)};
+        RKL_RETURN_IF_ERROR(tx.InsertCeremony(c));
+        absl::StrAppend(&audit.detail, " ceremony=", id, " ceremony_key=", record.index);
+        return BegunCeremony{id, public_der, c.expires_at_ms};
+      });
 }
 
 absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
@@ -481,21 +463,19 @@ absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
     RecordFailure(event, s);
     return s;
   }
-  return Run(event, true, 1,
-             [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<CeremonyStatus> {
-               RKL_RETURN_IF_ERROR(ValidateCeremonyId(ceremony_id));
-               RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(ceremony_id));
-               if (!c) {
-                 return absl::NotFoundError(
-                     absl::StrCat("ceremony_id: ceremony ", ceremony_id, " not found"));
-               }
-               CeremonyStatus status{*c, {}};
-               if (c->state == CeremonyState::kOpen) {
-                 RKL_ASSIGN_OR_RETURN(status.component_encryption_key_der,
-                                      LoadPublicKey(tx, c->ceremony_key_index));
-               }
-               return status;
-             });
+  return RunUnit(event, {}, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<CeremonyStatus> {
+    RKL_RETURN_IF_ERROR(ValidateCeremonyId(ceremony_id));
+    RKL_ASSIGN_OR_RETURN(std::optional<Ceremony> c, tx.FindCeremony(ceremony_id));
+    if (!c) {
+      return absl::NotFoundError(absl::StrCat("ceremony_id: ceremony ", ceremony_id, " not found"));
+    }
+    CeremonyStatus status{*c, {}};
+    if (c->state == CeremonyState::kOpen) {
+      RKL_ASSIGN_OR_RETURN(status.component_encryption_key_der,
+                           LoadPublicKey(tx, c->ceremony_key_index));
+    }
+    return status;
+  });
 }
 
 absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
@@ -509,8 +489,8 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
     RecordFailure(event, s);
     return s;
   }
-  return Run(
-      event, true, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
+  return RunUnit(
+      event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
         RKL_RETURN_IF_ERROR(RequireCustodian(caller));
         int64_t now = NowUnixMs(clock_);
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
@@ -559,9 +539,8 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
     RecordFailure(event, s);
     return s;
   }
-  return Run(
-      event, true, 1,
-      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
+  return RunUnit(
+      event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
         RKL_RETURN_IF_ERROR(RequireCustodian(caller));
         int64_t now = NowUnixMs(clock_);
         RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
@@ -639,12 +618,12 @@ AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd
 
 absl::StatusOr<Bytes> HsmCore::TranslateTransportKey(const std::string& caller,
                                                      const TranslateCommand& cmd) {
-  return RunReadOnly(TranslateEvent(caller, cmd), true,
-                     [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
-                       const uint64_t keys[] = {cmd.pr_index, cmd.pk_index, cmd.mak_index};
-                       RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
-                       return DoTranslate(tx, audit, cmd);
-                     });
+  return RunUnit(TranslateEvent(caller, cmd), {.kind = UnitKind::kReadOnly},
+                 [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<Bytes> {
+                   const uint64_t keys[] = {cmd.pr_index, cmd.pk_index, cmd.mak_index};
+                   RKL_RETURN_IF_ERROR(tx.Prefetch(keys));
+                   return DoTranslate(tx, audit, cmd);
+                 });
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKeys(
@@ -960,11 +939,10 @@ absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& ca
                    .action = "auth_challenge",
                    .sn = sn,
                    .detail = absl::StrCat("auk=", auk_index)};
-  return RunReadOnly(
-      event, true,
-      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
-        return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
-      });
+  return RunUnit(event, {.kind = UnitKind::kReadOnly},
+                 [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthChallengeResult> {
+                   return DoAuthChallenge(tx, audit, auk_index, sn, rnd1);
+                 });
 }
 
 absl::Status HsmCore::DoAuthVerify(KeyTransaction& tx, AuditEvent& audit,
@@ -1030,8 +1008,8 @@ absl::StatusOr<ImportedAndChallenged> HsmCore::ImportAndChallenge(const std::str
                    .action = "import_and_challenge",
                    .sn = cmd.sn,
                    .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
-  return RunOneWrite(
-      event, true, 2,
+  return RunUnit(
+      event, {.kind = UnitKind::kOneWrite, .attempts = 2},
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<ImportedAndChallenged> {
         ImportedAndChallenged out;
         RKL_ASSIGN_OR_RETURN(out.imported, DoImport(tx, audit, cmd));
@@ -1049,8 +1027,8 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
                    .sn = verify.sn,
                    .detail = absl::StrCat("auk=", verify.auk_index, " tek=", tek_index,
                                           " replace_existing=", replace_existing)};
-  return RunOneWrite(
-      event, true, 2,
+  return RunUnit(
+      event, {.kind = UnitKind::kOneWrite, .attempts = 2},
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AuthenticatedDelivery> {
         // AUK, TEK and the SN's live keys in one read; the TMK made below is known without
         // one. The live TEK and AUK are taken as found (FindLiveKeys), so the write fails and
@@ -1080,40 +1058,43 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("auk=", cmd.auk_index,
                                           " tmk_kcv=", absl::AsciiStrToUpper(cmd.tmk_kcv))};
-  return RunReadOnly(event, true, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
-    RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
-    auto kcv = FromHex(cmd.tmk_kcv, "tmk_kcv");
-    if (!kcv.ok() || kcv->size() != crypto::kKcvSize) {
-      return absl::InvalidArgumentError("tmk_kcv: must be 6 hex digits");
-    }
-    // The AUK and the SN's live TMK (checked below) in one read.
-    const uint64_t auk_index[] = {cmd.auk_index};
-    const KeyType tmk_type[] = {KeyType::kTmk};
-    RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(auk_index, tmk_type, cmd.sn));
-    RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
-                                                     KeyUsage::kTerminalAuth, &cmd.sn));
-    RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
-    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
-    RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
-    RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
-    RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys, protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
-    RKL_RETURN_IF_ERROR(
-        protocol::VerifyInstallProof(keys, cmd.sn, *kcv, cmd.rnd1, cmd.rnd2, cmd.proof));
-    // The proof is only worth something if it names the TMK this HSM holds for the SN.
-    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, cmd.sn));
-    if (live.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat("sn: ", cmd.sn, " has no live TMK"));
-    }
-    RKL_ASSIGN_OR_RETURN(KeyAlgorithm tmk_algorithm, TerminalAlgorithm(live.front()));
-    RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(live.front()));
-    RKL_ASSIGN_OR_RETURN(Bytes live_kcv, crypto::Kcv(tmk_algorithm, tmk));
-    if (live_kcv != *kcv) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("tmk_kcv: is not the KCV of the live TMK of ", cmd.sn));
-    }
-    absl::StrAppend(&audit.detail, " tmk=", live.front().index);
-    return absl::OkStatus();
-  });
+  return RunUnit(
+      event, {.kind = UnitKind::kReadOnly},
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(cmd.sn));
+        auto kcv = FromHex(cmd.tmk_kcv, "tmk_kcv");
+        if (!kcv.ok() || kcv->size() != crypto::kKcvSize) {
+          return absl::InvalidArgumentError("tmk_kcv: must be 6 hex digits");
+        }
+        // The AUK and the SN's live TMK (checked below) in one read.
+        const uint64_t auk_index[] = {cmd.auk_index};
+        const KeyType tmk_type[] = {KeyType::kTmk};
+        RKL_RETURN_IF_ERROR(tx.PrefetchWithLive(auk_index, tmk_type, cmd.sn));
+        RKL_ASSIGN_OR_RETURN(KeyRecord record, UsableKey(tx, cmd.auk_index, "auk_index",
+                                                         KeyUsage::kTerminalAuth, &cmd.sn));
+        RKL_ASSIGN_OR_RETURN(KeyAlgorithm algorithm, TerminalAlgorithm(record));
+        RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd1, "rnd1"));
+        RKL_RETURN_IF_ERROR(protocol::CheckNonce(algorithm, cmd.rnd2, "rnd2"));
+        RKL_ASSIGN_OR_RETURN(SecretBytes auk, tx.Unseal(record));
+        RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
+                             protocol::DeriveAuthKeys(algorithm, auk, cmd.sn));
+        RKL_RETURN_IF_ERROR(
+            protocol::VerifyInstallProof(keys, cmd.sn, *kcv, cmd.rnd1, cmd.rnd2, cmd.proof));
+        // The proof is only worth something if it names the TMK this HSM holds for the SN.
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, cmd.sn));
+        if (live.empty()) {
+          return absl::FailedPreconditionError(absl::StrCat("sn: ", cmd.sn, " has no live TMK"));
+        }
+        RKL_ASSIGN_OR_RETURN(KeyAlgorithm tmk_algorithm, TerminalAlgorithm(live.front()));
+        RKL_ASSIGN_OR_RETURN(SecretBytes tmk, tx.Unseal(live.front()));
+        RKL_ASSIGN_OR_RETURN(Bytes live_kcv, crypto::Kcv(tmk_algorithm, tmk));
+        if (live_kcv != *kcv) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("tmk_kcv: is not the KCV of the live TMK of ", cmd.sn));
+        }
+        absl::StrAppend(&audit.detail, " tmk=", live.front().index);
+        return absl::OkStatus();
+      });
 }
 
 // ---- Revocation ------------------------------------------------------------------------
@@ -1122,27 +1103,28 @@ absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::st
                                                                    const std::string& sn,
                                                                    const std::string& reason) {
   AuditEvent event{.actor = caller, .action = "destroy_terminal_keys", .sn = sn};
-  return Run(event, false, 1,
-             [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<std::vector<uint64_t>> {
-               RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-               RKL_RETURN_IF_ERROR(ValidateReason(reason));
-               if (!reason.empty()) absl::StrAppend(&audit.detail, "reason=\"", reason, "\"");
-               RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
-               const int64_t now = NowUnixMs(clock_);
-               std::vector<uint64_t> destroyed;
-               for (const KeyRecord& k : keys) {
-                 RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kDeleted, now));
-                 destroyed.push_back(k.index);
-                 absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
-                                 "destroyed=", KeyTypeName(k.type), ":", k.index, "(",
-                                 KeyStateName(k.state), ",kcv=", k.kcv, ")");
-               }
-               if (destroyed.empty()) {
-                 absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
-                                 "nothing left to destroy");
-               }
-               return destroyed;
-             });
+  return RunUnit(
+      event, {.uses_crypto = false},
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<std::vector<uint64_t>> {
+        RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+        RKL_RETURN_IF_ERROR(ValidateReason(reason));
+        if (!reason.empty()) absl::StrAppend(&audit.detail, "reason=\"", reason, "\"");
+        RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
+        const int64_t now = NowUnixMs(clock_);
+        std::vector<uint64_t> destroyed;
+        for (const KeyRecord& k : keys) {
+          RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kDeleted, now));
+          destroyed.push_back(k.index);
+          absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
+                          "destroyed=", KeyTypeName(k.type), ":", k.index, "(",
+                          KeyStateName(k.state), ",kcv=", k.kcv, ")");
+        }
+        if (destroyed.empty()) {
+          absl::StrAppend(&audit.detail, audit.detail.empty() ? "" : " ",
+                          "nothing left to destroy");
+        }
+        return destroyed;
+      });
 }
 
 // ---- Administration ----------------------------------------------------------------------
@@ -1150,8 +1132,9 @@ absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::st
 absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
       .actor = caller, .action = "get_key_info", .detail = absl::StrCat("key=", key_index)};
-  return RunReadOnly(
-      event, false, [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
+  return RunUnit(
+      event, {.kind = UnitKind::kReadOnly, .uses_crypto = false},
+      [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
         if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
         RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
         if (!record)
@@ -1165,32 +1148,34 @@ absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_
 absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
       .actor = caller, .action = "delete_key", .detail = absl::StrCat("key=", key_index)};
-  return Run(event, false, 1, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
-    if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
-    RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
-    if (!record)
-      return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
-    absl::StrAppend(&audit.detail, " type=", KeyTypeName(record->type), " label=", record->label,
-                    " kcv=", record->kcv);
-    if (record->state == KeyState::kDeleted) {
-      absl::StrAppend(&audit.detail, " (already deleted)");
-      return absl::OkStatus();
-    }
-    return tx.SetKeyState(key_index, KeyState::kDeleted, NowUnixMs(clock_));
-  });
+  return RunUnit(
+      event, {.uses_crypto = false}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
+        if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+        RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+        if (!record)
+          return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+        absl::StrAppend(&audit.detail, " type=", KeyTypeName(record->type),
+                        " label=", record->label, " kcv=", record->kcv);
+        if (record->state == KeyState::kDeleted) {
+          absl::StrAppend(&audit.detail, " (already deleted)");
+          return absl::OkStatus();
+        }
+        return tx.SetKeyState(key_index, KeyState::kDeleted, NowUnixMs(clock_));
+      });
 }
 
 absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_t length) {
   AuditEvent event{
       .actor = caller, .action = "generate_random", .detail = absl::StrCat("length=", length)};
-  return RunReadOnly(event, true, [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
-    if (length == 0 || length > kMaxRandomLength) {
-      return absl::InvalidArgumentError("length: must be between 1 and 1024");
-    }
-    Bytes out(length);
-    rng_(out);
-    return out;
-  });
+  return RunUnit(event, {.kind = UnitKind::kReadOnly},
+                 [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
+                   if (length == 0 || length > kMaxRandomLength) {
+                     return absl::InvalidArgumentError("length: must be between 1 and 1024");
+                   }
+                   Bytes out(length);
+                   rng_(out);
+                   return out;
+                 });
 }
 
 absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& caller,
@@ -1210,15 +1195,16 @@ absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& c
     RecordFailure(event, verification.status());
     return verification.status();
   }
-  return Run(event, false, 1,
-             [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditVerification> {
-               absl::StrAppend(&audit.detail, "records=", verification->records_checked,
-                               verification->intact ? " intact"
-                                                    : absl::StrCat(" first_broken_seq=",
-                                                                   verification->first_broken_seq));
-               if (anchor) absl::StrAppend(&audit.detail, " anchor_seq=", anchor->seq);
-               return *verification;
-             });
+  return RunUnit(event, {.uses_crypto = false},
+                 [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditVerification> {
+                   absl::StrAppend(
+                       &audit.detail, "records=", verification->records_checked,
+                       verification->intact
+                           ? " intact"
+                           : absl::StrCat(" first_broken_seq=", verification->first_broken_seq));
+                   if (anchor) absl::StrAppend(&audit.detail, " anchor_seq=", anchor->seq);
+                   return *verification;
+                 });
 }
 
 absl::StatusOr<AuditAnchor> HsmCore::AnchorAuditChain(const std::string& caller) {
@@ -1228,11 +1214,11 @@ absl::StatusOr<AuditAnchor> HsmCore::AnchorAuditChain(const std::string& caller)
     RecordFailure(event, anchor.status());
     return anchor.status();
   }
-  return Run(event, false, 1,
-             [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditAnchor> {
-               absl::StrAppend(&audit.detail, "anchor_seq=", anchor->seq);
-               return *anchor;
-             });
+  return RunUnit(event, {.uses_crypto = false},
+                 [&](KeyTransaction&, AuditEvent& audit) -> absl::StatusOr<AuditAnchor> {
+                   absl::StrAppend(&audit.detail, "anchor_seq=", anchor->seq);
+                   return *anchor;
+                 });
 }
 
 }  // namespace rkl::hsm

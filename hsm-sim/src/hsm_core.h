@@ -233,28 +233,30 @@ class HsmCore {
                      const absl::Status& status);
 
  private:
-  // One command: body in one unit of work with its audit record (attempts > 1 re-runs it on
-  // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyBarrier::
-  // TransactReadOnly), one attempt. RunOneWrite: for commands whose writes are new keys and
-  // superseding the live keys they found (KeyBarrier::TransactOneWrite).
-  enum class UnitKind { kTransaction, kReadOnly, kOneWrite };
+  // How a command runs (RunUnit).
+  enum class UnitKind {
+    kTransaction,  // KeyBarrier::Transact
+    kReadOnly,     // KeyBarrier::TransactReadOnly: for commands that change no key
+    kOneWrite,     // KeyBarrier::TransactOneWrite: for commands whose writes are new keys and
+                   // superseding the live keys they found
+  };
+  struct UnitOptions {
+    UnitKind kind = UnitKind::kTransaction;
+    // Uses keys or randomness: refused (FAILED_PRECONDITION, audited) after a failed
+    // self-test.
+    bool uses_crypto = true;
+    // Runs of the whole command; each run after the first follows an ALREADY_EXISTS.
+    int attempts = 1;
+  };
+  // One command: body(tx, record) in one unit of work with its audit record.
   template <typename Fn>
-  auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunOneWrite(AuditEvent event, bool crypto, int attempts, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind, Fn&& body)
+  auto RunUnit(AuditEvent event, UnitOptions options, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
   int BatchThreads() const;
   // Makes `event` the record of a command that failed with `status`.
   void MarkFailed(AuditEvent& event, const absl::Status& status);
-  // The bodies of the commands, for use inside one transaction (Run).
+  // The bodies of the commands, for use inside one unit of work (RunUnit).
   // Translate in three steps, so a batch can decrypt its items in parallel: checks and keys
   // (in the unit), the RSA decryption (no store access), then Ctk_pk and the audit detail.
   struct TranslateKeys {
