@@ -25,6 +25,9 @@
 // Authorization (who may call which command) is the gRPC adapter's job; the core receives
 // the authenticated identity for audit and for custodian rules.
 // Thread-safe: commands may run concurrently; shared state lives under the KeyBarrier.
+// The commands are defined one file per domain: hsm_core_ceremony.cc, hsm_core_transport.cc
+// (RSA work keys, translate, import), hsm_core_terminal.cc (TMK, authentication, delivery,
+// revocation) and hsm_core_admin.cc; hsm_core.cc holds construction and the command unit.
 
 #include <cstdint>
 #include <optional>
