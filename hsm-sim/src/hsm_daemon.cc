@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "db_roles.h"
 #include "lmk.h"
+#include "pg_lmk_binding.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"

@@ -19,10 +19,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "audit_log.h"
 #include "hsm_core.h"
 #include "hsm_grpc_service.h"
 #include "key_barrier.h"
+#include "pg_audit_log.h"
 #include "pg_key_record_store.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"

@@ -15,8 +15,8 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
-#include "audit_log.h"
 #include "key_record_store.h"
+#include "pg_audit_log.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/sequence_block.h"
 
