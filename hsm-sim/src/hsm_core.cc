@@ -8,11 +8,11 @@
 #include "hsm_core_internal.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/keys.h"
+#include "rkl/crypto/rsa.h"
 #include "rkl/protocol/sn.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl::hsm {
-namespace core_internal {
 
 constexpr size_t kMaxLabelLength = 64;
 
@@ -63,11 +63,26 @@ absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(KeyTransacti
   return tx.UnsealRsa(record);
 }
 
-}  // namespace core_internal
+absl::Status RequireFreeLabel(KeyTransaction& tx, const std::string& label) {
+  RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
+  if (taken) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("label: an active key is already labelled '", label, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RsaKeyToStore> NewRsaKey(int bits, std::string_view what) {
+  absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateRsaKey(bits);
+  absl::StatusOr<crypto::SecretBytes> pkcs8 =
+      key.ok() ? key->ExportPkcs8DerSecret() : absl::StatusOr<crypto::SecretBytes>(key.status());
+  if (!pkcs8.ok())
+    return absl::InternalError(absl::StrCat(std::string(what), " generation failed"));
+  return RsaKeyToStore{*std::move(pkcs8), key->GetPublicKey().ToDer()};
+}
 
 namespace {
 
-using core_internal::UnsealRsa;
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
 

@@ -10,10 +10,6 @@
 namespace rkl::hsm {
 namespace {
 
-using core_internal::SelfTestFailed;
-using core_internal::UnsealRsa;
-using core_internal::UsableKey;
-using core_internal::ValidateLabel;
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
 
@@ -131,32 +127,24 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
     RecordFailure(event, pre);
     return pre;
   }
-  absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateRsaKey(options_.ceremony_key_bits);
-  absl::StatusOr<SecretBytes> pkcs8 =
-      key.ok() ? key->ExportPkcs8DerSecret() : absl::StatusOr<SecretBytes>(key.status());
-  if (!pkcs8.ok()) {
-    absl::Status s = absl::InternalError("ceremony key generation failed");
-    RecordFailure(event, s);
-    return s;
+  absl::StatusOr<RsaKeyToStore> key = NewRsaKey(options_.ceremony_key_bits, "ceremony key");
+  if (!key.ok()) {
+    RecordFailure(event, key.status());
+    return key.status();
   }
-  Bytes public_der = key->GetPublicKey().ToDer();
   Bytes id_bytes(kCeremonyIdBytes);
   rng_(id_bytes);
   std::string id = ToHex(id_bytes);
   return RunUnit(
       event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<BegunCeremony> {
-        RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
-        if (taken) {
-          return absl::AlreadyExistsError(
-              absl::StrCat("label: an active key is already labelled '", label, "'"));
-        }
+        RKL_RETURN_IF_ERROR(RequireFreeLabel(tx, label));
         int64_t now = NowUnixMs(clock_);
         NewKey ceremony_key{.type = KeyType::kRsaPrivate,
                             .usage = KeyUsage::kCeremonyDecrypt,
                             .label = "ceremony:" + id,
                             .rsa_bits = static_cast<uint32_t>(options_.ceremony_key_bits),
-                            .public_key_der = public_der,
-                            .material = *pkcs8};
+                            .public_key_der = key->public_der,
+                            .material = key->pkcs8};
         RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(ceremony_key, now));
         Ceremony c{.id = id,
                    .label = label,
@@ -169,7 +157,7 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
                    .expires_at_ms = now + absl::ToInt64Milliseconds(ttl)};
         RKL_RETURN_IF_ERROR(tx.InsertCeremony(c));
         absl::StrAppend(&audit.detail, " ceremony=", id, " ceremony_key=", record.index);
-        return BegunCeremony{id, public_der, c.expires_at_ms};
+        return BegunCeremony{id, key->public_der, c.expires_at_ms};
       });
 }
 
@@ -280,11 +268,7 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
               "ceremony ", c.id, ": its components must come from at least ", kMinComponents,
               " distinct custodian:* identities (have: ", absl::StrJoin(c.custodians, ","), ")"));
         }
-        RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(c.label));
-        if (taken) {
-          return absl::AlreadyExistsError(
-              absl::StrCat("label: an active key is already labelled '", c.label, "'"));
-        }
+        RKL_RETURN_IF_ERROR(RequireFreeLabel(tx, c.label));
         RKL_ASSIGN_OR_RETURN(std::vector<SecretBytes> components, tx.OpenComponents(c.id));
         if (components.size() != c.component_count) {
           return absl::InternalError(absl::StrCat("ceremony ", c.id, " lost components"));

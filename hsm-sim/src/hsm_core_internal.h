@@ -14,7 +14,6 @@
 #include "rkl/common/status_macros.h"
 
 namespace rkl::hsm {
-namespace core_internal {
 
 // FAILED_PRECONDITION "HSM self-test failed".
 absl::Status SelfTestFailed();
@@ -27,14 +26,24 @@ absl::StatusOr<KeyRecord> UsableKey(KeyTransaction& tx, uint64_t index, std::str
                                     KeyUsage usage, const std::string* sn);
 absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(KeyTransaction& tx,
                                                                     const KeyRecord& record);
+// ALREADY_EXISTS if an active key has the label.
+absl::Status RequireFreeLabel(KeyTransaction& tx, const std::string& label);
+
+// A new RSA key pair as a command stores it: its PKCS#8 DER (sealed by the barrier) and its
+// public half. Generated before the unit of work: it takes long, and holds no database
+// resources.
+struct RsaKeyToStore {
+  crypto::SecretBytes pkcs8;
+  Bytes public_der;
+};
+// INTERNAL "<what> generation failed" if OpenSSL fails.
+absl::StatusOr<RsaKeyToStore> NewRsaKey(int bits, std::string_view what);
 
 inline const absl::Status& StatusOf(const absl::Status& s) { return s; }
 template <typename T>
 const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
   return s.status();
 }
-
-}  // namespace core_internal
 
 // Runs `body` in one unit of work of the store and audits it: on success the record is
 // written in that unit (so the change and its record commit together); on failure it is
@@ -46,8 +55,8 @@ auto HsmCore::RunUnit(AuditEvent event, UnitOptions options, Fn&& body)
     -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&> {
   using R = std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   if (options.uses_crypto && !options_.self_test_passed) {
-    RecordFailure(event, core_internal::SelfTestFailed());
-    return R(core_internal::SelfTestFailed());
+    RecordFailure(event, SelfTestFailed());
+    return R(SelfTestFailed());
   }
   absl::Status status;
   std::optional<R> out;
@@ -58,7 +67,7 @@ auto HsmCore::RunUnit(AuditEvent event, UnitOptions options, Fn&& body)
       AuditEvent record = event;
       R result = body(tx, record);
       failure_detail = record.detail;
-      if (!core_internal::StatusOf(result).ok()) return core_internal::StatusOf(result);
+      if (!StatusOf(result).ok()) return StatusOf(result);
       record.at_ms = NowUnixMs(clock_);
       record.result = "OK";
       RKL_RETURN_IF_ERROR(tx.Audit(record));

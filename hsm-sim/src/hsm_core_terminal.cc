@@ -12,7 +12,6 @@
 namespace rkl::hsm {
 namespace {
 
-using core_internal::UsableKey;
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
 

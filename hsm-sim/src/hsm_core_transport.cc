@@ -17,10 +17,6 @@
 namespace rkl::hsm {
 namespace {
 
-using core_internal::SelfTestFailed;
-using core_internal::UnsealRsa;
-using core_internal::UsableKey;
-using core_internal::ValidateLabel;
 using crypto::SecretBytes;
 
 // The one answer for every way a transport key can fail to decrypt or parse (PROTOCOL §5).
@@ -48,32 +44,23 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
     RecordFailure(event, pre);
     return pre;
   }
-  // Generated before the transaction: it takes long, and holds no database resources.
-  absl::StatusOr<crypto::PrivateKey> pr = crypto::GenerateRsaKey(static_cast<int>(bits));
-  absl::StatusOr<SecretBytes> pkcs8 =
-      pr.ok() ? pr->ExportPkcs8DerSecret() : absl::StatusOr<SecretBytes>(pr.status());
-  if (!pkcs8.ok()) {
-    absl::Status s = absl::InternalError("RSA key generation failed");
-    RecordFailure(event, s);
-    return s;
+  absl::StatusOr<RsaKeyToStore> pr = NewRsaKey(static_cast<int>(bits), "RSA key");
+  if (!pr.ok()) {
+    RecordFailure(event, pr.status());
+    return pr.status();
   }
-  Bytes public_der = pr->GetPublicKey().ToDer();
   return RunUnit(event, {},
                  [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedRsaKey> {
-                   RKL_ASSIGN_OR_RETURN(bool taken, tx.LiveLabelExists(label));
-                   if (taken) {
-                     return absl::AlreadyExistsError(
-                         absl::StrCat("label: an active key is already labelled '", label, "'"));
-                   }
+                   RKL_RETURN_IF_ERROR(RequireFreeLabel(tx, label));
                    NewKey key{.type = KeyType::kRsaPrivate,
                               .usage = KeyUsage::kTransportDecrypt,
                               .label = label,
                               .rsa_bits = bits,
-                              .public_key_der = public_der,
-                              .material = *pkcs8};
+                              .public_key_der = pr->public_der,
+                              .material = pr->pkcs8};
                    RKL_ASSIGN_OR_RETURN(KeyRecord record, tx.InsertKey(key, NowUnixMs(clock_)));
                    absl::StrAppend(&audit.detail, " key=", record.index, " label=", label);
-                   return GeneratedRsaKey{record.index, public_der};
+                   return GeneratedRsaKey{record.index, pr->public_der};
                  });
 }
 
