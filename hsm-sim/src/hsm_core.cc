@@ -76,8 +76,9 @@ absl::StatusOr<RsaKeyToStore> NewRsaKey(int bits, std::string_view what) {
   absl::StatusOr<crypto::PrivateKey> key = crypto::GenerateRsaKey(bits);
   absl::StatusOr<crypto::SecretBytes> pkcs8 =
       key.ok() ? key->ExportPkcs8DerSecret() : absl::StatusOr<crypto::SecretBytes>(key.status());
-  if (!pkcs8.ok())
+  if (!pkcs8.ok()) {
     return absl::InternalError(absl::StrCat(std::string(what), " generation failed"));
+  }
   return RsaKeyToStore{*std::move(pkcs8), key->GetPublicKey().ToDer()};
 }
 
