@@ -44,14 +44,4 @@ inline absl::StatusOr<Bytes> PendingAuditMac(const crypto::SecretBytes& key, uin
   return audit::PendingAuditMac(HsmAuditChain(), key, id, event);
 }
 
-// rkl::audit::PgAuditLog on the HSM's tables.
-class PgAuditLog : public audit::PgAuditLog {
- public:
-  PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
-      : audit::PgAuditLog(pool, std::move(audit_key), HsmAuditChain()) {}
-  PgAuditLog(db::ConnectionPool& pool, db::ConnectionPool& writer_pool,
-             crypto::SecretBytes audit_key)
-      : audit::PgAuditLog(pool, writer_pool, std::move(audit_key), HsmAuditChain()) {}
-};
-
 }  // namespace rkl::hsm

@@ -24,7 +24,10 @@
 //  - DestroyTerminalKeys erases every key of an SN (revocation).
 // Authorization (who may call which command) is the gRPC adapter's job; the core receives
 // the authenticated identity for audit and for custodian rules.
-// Thread-safe: commands may run concurrently; shared state lives in the KeyStore.
+// Thread-safe: commands may run concurrently; shared state lives under the KeyBarrier.
+// The commands are defined one file per domain: hsm_core_ceremony.cc, hsm_core_transport.cc
+// (RSA work keys, translate, import), hsm_core_terminal.cc (TMK, authentication, delivery,
+// revocation) and hsm_core_admin.cc; hsm_core.cc holds construction and the command unit.
 
 #include <cstdint>
 #include <optional>
@@ -34,7 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "audit_log.h"
-#include "key_store.h"
+#include "key_barrier.h"
 #include "operator_evidence.h"
 #include "rkl/common/clock.h"
 #include "rkl/common/hex.h"
@@ -154,7 +157,7 @@ class HsmCore {
  public:
   // `store` and `audit` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
   // and symmetric keys (tests inject a deterministic one; production passes FillRandom).
-  HsmCore(KeyStore& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
+  HsmCore(KeyBarrier& store, AuditLog& audit, Clock clock, crypto::RandomSource rng,
           HsmCoreOptions options);
 
   bool self_test_passed() const { return options_.self_test_passed; }
@@ -233,28 +236,30 @@ class HsmCore {
                      const absl::Status& status);
 
  private:
-  // One command: body in one unit of work with its audit record (attempts > 1 re-runs it on
-  // ALREADY_EXISTS). RunReadOnly: for commands that change no key (KeyStore::
-  // TransactReadOnly), one attempt. RunOneWrite: for commands whose writes are new keys and
-  // superseding the live keys they found (KeyStore::TransactOneWrite).
-  enum class UnitKind { kTransaction, kReadOnly, kOneWrite };
+  // How a command runs (RunUnit).
+  enum class UnitKind {
+    kTransaction,  // KeyBarrier::Transact
+    kReadOnly,     // KeyBarrier::TransactReadOnly: for commands that change no key
+    kOneWrite,     // KeyBarrier::TransactOneWrite: for commands whose writes are new keys and
+                   // superseding the live keys they found
+  };
+  struct UnitOptions {
+    UnitKind kind = UnitKind::kTransaction;
+    // Uses keys or randomness: refused (FAILED_PRECONDITION, audited) after a failed
+    // self-test.
+    bool uses_crypto = true;
+    // Runs of the whole command; each run after the first follows an ALREADY_EXISTS.
+    int attempts = 1;
+  };
+  // One command: body(tx, record) in one unit of work with its audit record.
   template <typename Fn>
-  auto Run(AuditEvent event, bool crypto, int attempts, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunReadOnly(AuditEvent event, bool crypto, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunOneWrite(AuditEvent event, bool crypto, int attempts, Fn&& body)
-      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
-  template <typename Fn>
-  auto RunUnit(AuditEvent event, bool crypto, int attempts, UnitKind kind, Fn&& body)
+  auto RunUnit(AuditEvent event, UnitOptions options, Fn&& body)
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&>;
   void RecordFailure(AuditEvent event, const absl::Status& status);
   int BatchThreads() const;
   // Makes `event` the record of a command that failed with `status`.
   void MarkFailed(AuditEvent& event, const absl::Status& status);
-  // The bodies of the commands, for use inside one transaction (Run).
+  // The bodies of the commands, for use inside one unit of work (RunUnit).
   // Translate in three steps, so a batch can decrypt its items in parallel: checks and keys
   // (in the unit), the RSA decryption (no store access), then Ctk_pk and the audit detail.
   struct TranslateKeys {
@@ -292,7 +297,7 @@ class HsmCore {
   crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
   absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);
 
-  KeyStore& store_;
+  KeyBarrier& store_;
   AuditLog& audit_;
   const Clock clock_;
   crypto::RandomSource rng_;

@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "db_roles.h"
 #include "lmk.h"
+#include "pg_lmk_binding.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
@@ -210,7 +211,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   RKL_ASSIGN_OR_RETURN(d->lmk_kcv_, LmkKcv(lmk));
 
   // Generic plans: PostgreSQL otherwise re-plans each execution of a statement whose
-  // custom plan looks cheaper — for the one-write statement (KeyStore::TransactOneWrite)
+  // custom plan looks cheaper — for the one-write statement (KeyRecordStore::TransactOneWrite)
   // planning cost more than running it. Each statement is written to be an index lookup
   // as a generic plan too, and tests check the plans of the hot ones (key_store_pgtest).
   // Database deadlines below the callers' (hsm.timeout 5 s at KMS) on the command pool
@@ -256,9 +257,10 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   if (options.audit_seal_interval > absl::ZeroDuration()) {
     d->audit_->Start(options.audit_seal_interval);
   }
-  d->store_ = std::make_unique<PgKeyStore>(*d->pool_, lmk, *d->audit_, options.key_cache_size);
+  d->records_ = std::make_unique<PgKeyRecordStore>(*d->pool_, *d->audit_);
+  d->barrier_ = std::make_unique<KeyBarrier>(*d->records_, lmk, options.key_cache_size);
   crypto::RandomSource rng = options.rng ? options.rng : crypto::RandomSource(crypto::FillRandom);
-  d->core_ = std::make_unique<HsmCore>(*d->store_, *d->audit_, clock, std::move(rng),
+  d->core_ = std::make_unique<HsmCore>(*d->barrier_, *d->audit_, clock, std::move(rng),
                                        HsmCoreOptions{.self_test_passed = d->self_test_.passed,
                                                       .default_ceremony_ttl = options.ceremony_ttl,
                                                       .operator_cas = std::move(operator_cas)});

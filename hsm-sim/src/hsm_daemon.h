@@ -19,10 +19,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "audit_log.h"
 #include "hsm_core.h"
 #include "hsm_grpc_service.h"
-#include "key_store.h"
+#include "key_barrier.h"
+#include "pg_audit_log.h"
+#include "pg_key_record_store.h"
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/statement_timeouts.h"
@@ -89,7 +90,8 @@ class HsmDaemon {
   int port() const { return server_->port(); }
   rpc::Server& server() { return *server_; }
   HsmCore& core() { return *core_; }
-  PgKeyStore& key_store() { return *store_; }
+  PgKeyRecordStore& key_records() { return *records_; }
+  KeyBarrier& key_barrier() { return *barrier_; }
   PgAuditLog& audit_log() { return *audit_; }
   const SelfTestResult& self_test() const { return self_test_; }
   const std::string& lmk_kcv() const { return lmk_kcv_; }
@@ -103,7 +105,8 @@ class HsmDaemon {
   std::unique_ptr<db::ConnectionPool> audit_pool_;  // audit group writes and sealing
   std::unique_ptr<PgAuditLog> audit_;
   bool anchors_ = false;  // an anchor file is configured
-  std::unique_ptr<PgKeyStore> store_;
+  std::unique_ptr<PgKeyRecordStore> records_;
+  std::unique_ptr<KeyBarrier> barrier_;
   std::unique_ptr<HsmCore> core_;
   std::unique_ptr<HsmGrpcService> service_;
   std::unique_ptr<rpc::ServiceCaCrl> crl_;  // outlives server_, which checks calls against it

@@ -351,7 +351,7 @@ TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
   absl::Notification a_appended, b_committed;
   bool b_seen_while_a_open = false;
   std::thread a([&] {
-    absl::Status s = hsm_->daemon().key_store().Transact([&](KeyTransaction& tx) {
+    absl::Status s = hsm_->daemon().key_barrier().Transact([&](KeyTransaction& tx) {
       RKL_RETURN_IF_ERROR(tx.Audit(AuditEvent{.at_ms = 1, .actor = "a", .action = "test"}));
       a_appended.Notify();
       b_seen_while_a_open = b_committed.WaitForNotificationWithTimeout(absl::Seconds(30));
@@ -360,7 +360,7 @@ TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
     EXPECT_TRUE(s.ok()) << s;
   });
   ASSERT_TRUE(a_appended.WaitForNotificationWithTimeout(absl::Seconds(60)));
-  absl::Status s = hsm_->daemon().key_store().Transact([&](KeyTransaction& tx) {
+  absl::Status s = hsm_->daemon().key_barrier().Transact([&](KeyTransaction& tx) {
     return tx.Audit(AuditEvent{.at_ms = 2, .actor = "b", .action = "test"});
   });
   EXPECT_TRUE(s.ok()) << s;

@@ -39,48 +39,40 @@ std::vector<AuditEvent> FakeAuditLog::events() const {
   return events_;
 }
 
-class FakeKeyTransaction : public KeyTransaction {
+class FakeKeyRecordTransaction : public KeyRecordTransaction {
  public:
-  explicit FakeKeyTransaction(FakeKeyStore::State& s) : s_(s) {}
+  explicit FakeKeyRecordTransaction(FakeKeyRecordStore::State& s) : s_(s) {}
 
-  absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
-    for (const auto& [index, stored] : s_.keys) {
-      const KeyRecord& r = stored.record;
-      if (r.state != KeyState::kActive) continue;
-      if (r.label == key.label) return absl::AlreadyExistsError("hsm_key_live_label");
-      bool terminal_key =
-          key.type == KeyType::kTek || key.type == KeyType::kAuk || key.type == KeyType::kTmk;
-      if (terminal_key && r.type == key.type && r.bound_sn == key.bound_sn) {
-        return absl::AlreadyExistsError("hsm_key_one_live_per_sn");
+  absl::StatusOr<uint64_t> NextKeyIndex() override { return s_.next_index++; }
+
+  absl::Status InsertKeys(std::span<const KeyRecord> records) override {
+    for (const KeyRecord& key : records) {
+      for (const auto& [index, r] : s_.keys) {
+        if (r.state != KeyState::kActive) continue;
+        if (r.label == key.label) return absl::AlreadyExistsError("hsm_key_live_label");
+        bool terminal_key =
+            key.type == KeyType::kTek || key.type == KeyType::kAuk || key.type == KeyType::kTmk;
+        if (terminal_key && r.type == key.type && r.bound_sn == key.bound_sn) {
+          return absl::AlreadyExistsError("hsm_key_one_live_per_sn");
+        }
       }
+      KeyRecord r = key;
+      r.state = KeyState::kActive;
+      s_.keys[r.index] = std::move(r);
     }
-    KeyRecord r{.index = s_.next_index++,
-                .type = key.type,
-                .algorithm = key.algorithm,
-                .usage = key.usage,
-                .bound_sn = key.bound_sn,
-                .label = key.label,
-                .kcv = key.kcv,
-                .state = KeyState::kActive,
-                .created_at_ms = now_ms,
-                .rsa_bits = key.rsa_bits,
-                .public_key_der = key.public_key_der,
-                .kek_index = key.kek_index};
-    s_.keys[r.index] = {r, key.material};
-    return r;
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
     auto it = s_.keys.find(index);
     if (it == s_.keys.end()) return std::nullopt;
-    return it->second.record;
+    return it->second;
   }
 
   absl::StatusOr<std::vector<KeyRecord>> FindLiveKeys(KeyType type,
                                                       const std::string& sn) override {
     std::vector<KeyRecord> out;
-    for (const auto& [index, stored] : s_.keys) {
-      const KeyRecord& r = stored.record;
+    for (const auto& [index, r] : s_.keys) {
       if (r.type == type && r.bound_sn == sn && r.state == KeyState::kActive) out.push_back(r);
     }
     return out;
@@ -88,33 +80,26 @@ class FakeKeyTransaction : public KeyTransaction {
 
   absl::StatusOr<std::vector<KeyRecord>> FindUndeletedKeysOf(const std::string& sn) override {
     std::vector<KeyRecord> out;
-    for (const auto& [index, stored] : s_.keys) {
-      const KeyRecord& r = stored.record;
+    for (const auto& [index, r] : s_.keys) {
       if (!sn.empty() && r.bound_sn == sn && r.state != KeyState::kDeleted) out.push_back(r);
     }
     return out;
   }
 
   absl::StatusOr<bool> LiveLabelExists(const std::string& label) override {
-    for (const auto& [index, stored] : s_.keys) {
-      if (stored.record.label == label && stored.record.state == KeyState::kActive) return true;
+    for (const auto& [index, r] : s_.keys) {
+      if (r.label == label && r.state == KeyState::kActive) return true;
     }
     return false;
   }
 
-  absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& record) override {
-    auto it = s_.keys.find(record.index);
-    if (it == s_.keys.end() || it->second.material.empty()) {
-      return absl::InternalError(
-          absl::StrCat("key record ", record.index, " failed its integrity check"));
-    }
-    return it->second.material;
-  }
-
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t) override {
-    auto& stored = s_.keys.at(index);
-    stored.record.state = state;
-    if (state == KeyState::kDeleted) stored.material = crypto::SecretBytes();
+    KeyRecord& r = s_.keys.at(index);
+    r.state = state;
+    if (state == KeyState::kDeleted) {
+      r.nonce.clear();
+      r.sealed.clear();
+    }
     return absl::OkStatus();
   }
 
@@ -128,7 +113,7 @@ class FakeKeyTransaction : public KeyTransaction {
     if (it == s_.ceremonies.end()) return std::nullopt;
     Ceremony c = it->second;
     c.custodians.clear();
-    for (const auto& comp : s_.components[id]) c.custodians.push_back(comp.custodian);
+    for (const auto& comp : s_.components[id]) c.custodians.push_back(comp.sealed.custodian);
     return c;
   }
 
@@ -147,20 +132,21 @@ class FakeKeyTransaction : public KeyTransaction {
     return absl::OkStatus();
   }
 
-  absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
-                            const std::string& kcv, const crypto::SecretBytes& component,
-                            int64_t) override {
+  absl::Status InsertComponent(const std::string& ceremony_id, const std::string& kcv,
+                               const SealedComponent& component, int64_t) override {
     for (const auto& c : s_.components[ceremony_id]) {
-      if (c.custodian == custodian) return absl::AlreadyExistsError("duplicate custodian");
+      if (c.sealed.custodian == component.custodian) {
+        return absl::AlreadyExistsError("duplicate custodian");
+      }
     }
-    s_.components[ceremony_id].push_back({custodian, kcv, component});
+    s_.components[ceremony_id].push_back({component, kcv});
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
+  absl::StatusOr<std::vector<SealedComponent>> FindComponents(
       const std::string& ceremony_id) override {
-    std::vector<crypto::SecretBytes> out;
-    for (const auto& c : s_.components[ceremony_id]) out.push_back(c.component);
+    std::vector<SealedComponent> out;
+    for (const auto& c : s_.components[ceremony_id]) out.push_back(c.sealed);
     return out;
   }
 
@@ -177,13 +163,14 @@ class FakeKeyTransaction : public KeyTransaction {
   std::vector<AuditEvent> pending;
 
  private:
-  FakeKeyStore::State& s_;
+  FakeKeyRecordStore::State& s_;
 };
 
-absl::Status FakeKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+absl::Status FakeKeyRecordStore::Transact(
+    absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
   absl::MutexLock lock(&mu_);
   State before = state_;
-  FakeKeyTransaction tx(state_);
+  FakeKeyRecordTransaction tx(state_);
   absl::Status s = fn(tx);
   if (!s.ok()) {
     state_ = std::move(before);
@@ -193,10 +180,17 @@ absl::Status FakeKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransactio
   return absl::OkStatus();
 }
 
-size_t FakeKeyStore::component_rows() const {
+size_t FakeKeyRecordStore::component_rows() const {
   size_t n = 0;
   for (const auto& [id, v] : state_.components) n += v.size();
   return n;
+}
+
+crypto::SecretBytes TestLmk(uint8_t seed) {
+  crypto::SecretBytes lmk(32);
+  std::span<uint8_t> bytes = lmk.RevealSecretMutable();
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(seed * 31 + i);
+  return lmk;
 }
 
 crypto::RandomSource DeterministicRandom(uint64_t seed) {

@@ -1,9 +1,10 @@
 #pragma once
-// In-memory KeyStore, AuditLog and Clock for unit tests of HsmCore. Transact() runs one unit
-// of work at a time under a mutex and restores the previous state when fn fails, so it has
-// the all-or-nothing behaviour of the PostgreSQL store; the live-key and label uniqueness
-// rules of the schema are enforced as ALREADY_EXISTS. Keys are kept unsealed (there is no
-// LMK here): sealing is covered by the PostgreSQL tests.
+// In-memory KeyRecordStore, AuditLog and Clock for unit tests of HsmCore. Transact() runs one
+// unit of work at a time under a mutex and restores the previous state when fn fails, so it
+// has the all-or-nothing behaviour of the PostgreSQL store; the live-key and label uniqueness
+// rules of the schema are enforced as ALREADY_EXISTS. Like PgKeyRecordStore it holds rows
+// only: keys and components are sealed by the KeyBarrier above it, so tests can tamper with
+// the rows (state()) exactly as with the tables.
 
 #include <atomic>
 #include <map>
@@ -12,7 +13,8 @@
 #include "absl/synchronization/mutex.h"
 #include "audit_log.h"
 #include "hsm_core.h"
-#include "key_store.h"
+#include "key_barrier.h"
+#include "key_record_store.h"
 #include "rkl/testing/fake_clock.h"
 
 namespace rkl::hsm::testing {
@@ -31,23 +33,18 @@ class FakeAuditLog : public AuditLog {
   std::vector<AuditEvent> events_ ABSL_GUARDED_BY(mu_);
 };
 
-class FakeKeyStore : public KeyStore {
+class FakeKeyRecordStore : public KeyRecordStore {
  public:
-  explicit FakeKeyStore(FakeAuditLog& audit) : audit_(audit) {}
-  absl::Status Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) override;
+  explicit FakeKeyRecordStore(FakeAuditLog& audit) : audit_(audit) {}
+  absl::Status Transact(absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) override;
 
-  struct StoredKey {
-    KeyRecord record;
-    crypto::SecretBytes material;
-  };
   struct StoredComponent {
-    std::string custodian;
+    SealedComponent sealed;
     std::string kcv;
-    crypto::SecretBytes component;
   };
   struct State {
     uint64_t next_index = 1;
-    std::map<uint64_t, StoredKey> keys;
+    std::map<uint64_t, KeyRecord> keys;
     std::map<std::string, Ceremony> ceremonies;
     std::map<std::string, std::vector<StoredComponent>> components;
   };
@@ -57,13 +54,16 @@ class FakeKeyStore : public KeyStore {
   size_t component_rows() const;
 
  private:
-  friend class FakeKeyTransaction;
+  friend class FakeKeyRecordTransaction;
   absl::Mutex mu_;
   FakeAuditLog& audit_;
   State state_;
 };
 
 using FakeClock = rkl::testing::FakeClock;
+
+// A fixed LMK for the unit tests' KeyBarrier (and `seed` for another one).
+crypto::SecretBytes TestLmk(uint8_t seed = 1);
 
 // A deterministic RandomSource (a counter-driven stream), so tests are reproducible.
 crypto::RandomSource DeterministicRandom(uint64_t seed);

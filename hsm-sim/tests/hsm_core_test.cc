@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "core_checks.h"
 #include "fake_key_store.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "test_operator.h"
 #include "test_terminal.h"
@@ -21,7 +22,7 @@ using crypto::SecretBytes;
 using testing::EncryptComponent;
 using testing::FakeAuditLog;
 using testing::FakeClock;
-using testing::FakeKeyStore;
+using testing::FakeKeyRecordStore;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::TestTerminal;
@@ -141,8 +142,22 @@ class HsmCoreTest : public ::testing::Test {
     return {};
   }
 
+  // The clear material of a stored key, opened through the barrier.
+  SecretBytes Material(uint64_t index) {
+    SecretBytes out;
+    absl::Status s = store_.Transact([&](KeyTransaction& tx) -> absl::Status {
+      RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(index));
+      if (!record) return absl::NotFoundError("no such key");
+      RKL_ASSIGN_OR_RETURN(out, tx.Unseal(*record));
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    return out;
+  }
+
   FakeAuditLog audit_;
-  FakeKeyStore store_{audit_};
+  FakeKeyRecordStore rows_{audit_};
+  KeyBarrier store_{rows_, testing::TestLmk(), /*cache_capacity=*/16};
   FakeClock clock_;
   testing::TestOperator operator_ = testing::TestOperator::Create();
   std::unique_ptr<HsmCore> core_;
@@ -157,12 +172,12 @@ TEST_F(HsmCoreTest, CeremonyCombinesComponentsAndErasesThem) {
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->kcv, crypto::KcvHex(KeyAlgorithm::kAes256, testing::Xor(a, b)).value());
   EXPECT_EQ(info->usage, KeyUsage::kTkWrap);
-  EXPECT_EQ(store_.component_rows(), 0u);
+  EXPECT_EQ(rows_.component_rows(), 0u);
   // The ceremony key is gone, material included.
-  for (const auto& [i, k] : store_.state().keys) {
-    if (k.record.usage == KeyUsage::kCeremonyDecrypt) {
-      EXPECT_EQ(k.record.state, KeyState::kDeleted);
-      EXPECT_TRUE(k.material.empty());
+  for (const auto& [i, k] : rows_.state().keys) {
+    if (k.usage == KeyUsage::kCeremonyDecrypt) {
+      EXPECT_EQ(k.state, KeyState::kDeleted);
+      EXPECT_TRUE(k.sealed.empty());
     }
   }
 }
@@ -199,13 +214,13 @@ TEST_F(HsmCoreTest, SingleCustodianCannotCompleteACeremony) {
 // Issue 20: one person with an admin (or service) certificate cannot run a ceremony, with one
 // identity or two; only custodian:* identities take part, each once.
 TEST_F(HsmCoreTest, CeremoniesRefuseEveryoneButCustodians) {
-  const size_t keys_before = store_.state().keys.size();
+  const size_t keys_before = rows_.state().keys.size();
   for (const char* who : {kAlice, kBob, "kms", "mtms", ""}) {
     auto begun = core_->BeginCeremony(who, "PK-X", KeyType::kPk, 2, 0);
     EXPECT_EQ(begun.status().code(), absl::StatusCode::kPermissionDenied) << who;
     EXPECT_THAT(begun.status().message(), HasSubstr("not a key custodian"));
   }
-  EXPECT_EQ(store_.state().keys.size(), keys_before);  // not even a ceremony key
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);  // not even a ceremony key
   auto begun = core_->BeginCeremony(kCarol, "PK-X", KeyType::kPk, 2, 0);
   ASSERT_TRUE(begun.ok()) << begun.status();
   auto enc = [&] {
@@ -217,7 +232,7 @@ TEST_F(HsmCoreTest, CeremoniesRefuseEveryoneButCustodians) {
               absl::StatusCode::kPermissionDenied)
         << who;
   }
-  EXPECT_EQ(store_.component_rows(), 0u);
+  EXPECT_EQ(rows_.component_rows(), 0u);
   ASSERT_TRUE(core_->AddComponent(kCarol, begun->ceremony_id, enc()).ok());
   ASSERT_TRUE(core_->AddComponent(kDave, begun->ceremony_id, enc()).ok());
   EXPECT_EQ(core_->CompleteCeremony(kAlice, begun->ceremony_id).status().code(),
@@ -242,15 +257,15 @@ TEST_F(HsmCoreTest, ExpiredCeremonyIsErasedAndRefused) {
                                  EncryptComponent(begun->component_encryption_key_der,
                                                   begun->ceremony_id, crypto::RandomSecret(32)))
                   .ok());
-  EXPECT_EQ(store_.component_rows(), 1u);
+  EXPECT_EQ(rows_.component_rows(), 1u);
   clock_.Advance(absl::Seconds(61));
   auto late = core_->AddComponent(kDave, begun->ceremony_id,
                                   EncryptComponent(begun->component_encryption_key_der,
                                                    begun->ceremony_id, crypto::RandomSecret(32)));
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(late.status().message(), HasSubstr("expired"));
-  EXPECT_EQ(store_.component_rows(), 0u);
-  EXPECT_EQ(store_.state().ceremonies.at(begun->ceremony_id).state, CeremonyState::kExpired);
+  EXPECT_EQ(rows_.component_rows(), 0u);
+  EXPECT_EQ(rows_.state().ceremonies.at(begun->ceremony_id).state, CeremonyState::kExpired);
   EXPECT_EQ(core_->CompleteCeremony(kCarol, begun->ceremony_id).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -552,10 +567,10 @@ TEST_F(HsmCoreTest, ImportWithBadMacChangesNothing) {
   ASSERT_TRUE(ctk.ok());
   Bytes tampered = *ctk;
   tampered.back() ^= 1;
-  size_t keys_before = store_.state().keys.size();
+  size_t keys_before = rows_.state().keys.size();
   auto r = Import(t2, tampered);
   EXPECT_EQ(r.status(), absl::UnauthenticatedError("ctk_pk: MAC does not verify"));
-  EXPECT_EQ(store_.state().keys.size(), keys_before);
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);
   // The right Ctk_pk under the wrong SN.
   EXPECT_EQ(Import(TestTerminal::Create("SN-3"), *ctk).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -615,7 +630,7 @@ TEST_F(HsmCoreTest, TdesTmkHasOddParity) {
   Provision(t);
   auto delivered = Deliver(t, auk_, tek_);
   ASSERT_TRUE(delivered.ok()) << delivered.status();
-  EXPECT_TRUE(crypto::HasOddParity(store_.state().keys.at(delivered->tmk.tmk_index).material));
+  EXPECT_TRUE(crypto::HasOddParity(Material(delivered->tmk.tmk_index)));
 }
 
 TEST_F(HsmCoreTest, TmkIsBoundToTheTekItIsDeliveredUnder) {
@@ -671,14 +686,14 @@ TEST_F(HsmCoreTest, ATmkIsNeverExportedUnderAnotherTek) {
   auto imported = Enrol(t2);
   ASSERT_TRUE(imported.ok()) << imported.status();
   // Put the old TMK back to ACTIVE, as the race would have left it.
-  store_.state().keys.at(first->tmk.tmk_index).record.state = KeyState::kActive;
+  rows_.state().keys.at(first->tmk.tmk_index).state = KeyState::kActive;
   auto second = Deliver(t2, imported->auk_index, imported->tek_index);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_TRUE(second->tmk.created);
   EXPECT_NE(second->tmk.kcv, first->tmk.kcv);
   EXPECT_EQ(core_->GetKeyInfo(kAlice, first->tmk.tmk_index)->state, KeyState::kSuperseded);
   // The same with a TMK bound to no TEK.
-  store_.state().keys.at(second->tmk.tmk_index).record.kek_index = 0;
+  rows_.state().keys.at(second->tmk.tmk_index).kek_index = 0;
   auto third = Deliver(t2, imported->auk_index, imported->tek_index);
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_TRUE(third->tmk.created);
@@ -722,12 +737,12 @@ TEST_F(HsmCoreTest, DeliveryOnlyUnderTheSnsOwnTek) {
   TestTerminal other = TestTerminal::Create("SN-2");
   auto other_keys = Enrol(other);
   ASSERT_TRUE(other_keys.ok()) << other_keys.status();
-  const size_t keys_before = store_.state().keys.size();
+  const size_t keys_before = rows_.state().keys.size();
   // Under the AUK, under PK, under another terminal's TEK: refused, and no TMK is left.
   for (uint64_t kek : {auk_, pk_, other_keys->tek_index}) {
     SCOPED_TRACE(kek);
     EXPECT_EQ(Deliver(t, auk_, kek).status().code(), absl::StatusCode::kPermissionDenied);
-    EXPECT_EQ(store_.state().keys.size(), keys_before);
+    EXPECT_EQ(rows_.state().keys.size(), keys_before);
   }
   auto delivered = Deliver(t, auk_, tek_);
   ASSERT_TRUE(delivered.ok()) << delivered.status();
@@ -800,7 +815,7 @@ TEST_F(HsmCoreTest, NoTmkIsMadeOrExportedWithoutAVerifiedCrnd2) {
   Bytes rnd1 = crypto::RandomBytes(16);
   auto challenge = core_->AuthChallenge(kKms, auk_, t.sn, rnd1);
   ASSERT_TRUE(challenge.ok());
-  size_t keys_before = store_.state().keys.size();
+  size_t keys_before = rows_.state().keys.size();
   // KMS's own Crnd1 reflected back, and a token of another terminal's keys.
   for (const Bytes& crnd2 :
        {challenge->crnd1,
@@ -810,7 +825,7 @@ TEST_F(HsmCoreTest, NoTmkIsMadeOrExportedWithoutAVerifiedCrnd2) {
                                            KeyAlgorithm::kAes128, false, tek_);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
   }
-  EXPECT_EQ(store_.state().keys.size(), keys_before);  // no TMK
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);  // no TMK
   // Export only under the SN's own TEK, even after a verified token.
   Bytes crnd2 = protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value();
   EXPECT_EQ(core_
@@ -819,7 +834,7 @@ TEST_F(HsmCoreTest, NoTmkIsMadeOrExportedWithoutAVerifiedCrnd2) {
                 .status()
                 .code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(store_.state().keys.size(), keys_before);  // the TMK it made was rolled back
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);  // the TMK it made was rolled back
 }
 
 TEST_F(HsmCoreTest, ImportAndChallengeIsAllOrNothing) {
@@ -828,17 +843,17 @@ TEST_F(HsmCoreTest, ImportAndChallengeIsAllOrNothing) {
   TestTerminal t2 = TestTerminal::Create("SN-2");
   auto ctk = core_->TranslateTransportKey("mtms", Translate(t2, t2.CtkPu(pu_)));
   ASSERT_TRUE(ctk.ok());
-  size_t keys_before = store_.state().keys.size();
+  size_t keys_before = rows_.state().keys.size();
   // A TDES-length nonce for an AES terminal: the challenge fails, so the import is undone.
   EXPECT_EQ(core_->ImportAndChallenge(kKms, {pk_, mak_, t2.sn, *ctk}, Bytes(8, 1)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(store_.state().keys.size(), keys_before);
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);
   Bytes tampered = *ctk;
   tampered.back() ^= 1;
   EXPECT_EQ(core_->ImportAndChallenge(kKms, {pk_, mak_, t2.sn, tampered}, crypto::RandomBytes(16))
                 .status(),
             absl::UnauthenticatedError("ctk_pk: MAC does not verify"));
-  EXPECT_EQ(store_.state().keys.size(), keys_before);
+  EXPECT_EQ(rows_.state().keys.size(), keys_before);
 }
 
 // ---- Revocation ----------------------------------------------------------------------------
@@ -868,7 +883,7 @@ TEST_F(HsmCoreTest, DestroyTerminalKeysErasesEveryKeyOfTheSn) {
   EXPECT_THAT(*destroyed, ::testing::UnorderedElementsAreArray(all));
   for (uint64_t index : all) {
     EXPECT_EQ(core_->GetKeyInfo(kAlice, index)->state, KeyState::kDeleted);
-    EXPECT_TRUE(store_.state().keys.at(index).material.empty());
+    EXPECT_TRUE(rows_.state().keys.at(index).sealed.empty());
   }
   EXPECT_EQ(core_->GetKeyInfo(kAlice, bystander_keys->tek_index)->state, KeyState::kActive);
   const AuditEvent record = LastEvent("destroy_terminal_keys");
@@ -895,7 +910,7 @@ TEST_F(HsmCoreTest, DeletedKeyIsGoneAndErased) {
   ASSERT_TRUE(delivered.ok());
   const uint64_t tmk = delivered->tmk.tmk_index;
   ASSERT_TRUE(core_->DeleteKey(kAlice, tmk).ok());
-  EXPECT_TRUE(store_.state().keys.at(tmk).material.empty());
+  EXPECT_TRUE(rows_.state().keys.at(tmk).sealed.empty());
   EXPECT_EQ(core_->GetKeyInfo(kAlice, tmk)->state, KeyState::kDeleted);
   EXPECT_EQ(core_->DeleteKey(kAlice, 999).code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(core_->DeleteKey(kAlice, tmk).ok());  // idempotent

@@ -176,7 +176,7 @@ uint64_t InsertTestKey(HsmInstance& hsm, KeyType type, const std::string& sn,
   static const std::map<KeyType, KeyUsage> kUsage = {{KeyType::kTek, KeyUsage::kExportKek},
                                                      {KeyType::kAuk, KeyUsage::kTerminalAuth},
                                                      {KeyType::kTmk, KeyUsage::kTerminalMaster}};
-  absl::Status s = hsm.daemon().key_store().Transact([&](KeyTransaction& tx) -> absl::Status {
+  absl::Status s = hsm.daemon().key_barrier().Transact([&](KeyTransaction& tx) -> absl::Status {
     auto r = tx.InsertKey(
         NewKey{.type = type,
                .algorithm = crypto::KeyAlgorithmCode(algorithm),

@@ -38,6 +38,23 @@ std::string ExplainAnalyze(pqxx::work& tx, const std::string& statement) {
   return plan;
 }
 
+// A barrier over a row store of its own, wired as the daemon wires them.
+struct BarrierOverPg {
+  BarrierOverPg(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
+                size_t cache)
+      : rows(pool, audit), barrier(rows, lmk, cache) {}
+  absl::Status Transact(KeyBarrier::Unit fn) { return barrier.Transact(fn); }
+  absl::Status TransactReadOnly(KeyBarrier::Unit fn) { return barrier.TransactReadOnly(fn); }
+  absl::Status TransactOneWrite(KeyBarrier::Unit fn) { return barrier.TransactOneWrite(fn); }
+  UnsealedKeyCache& cache() { return barrier.cache(); }
+  void SetBeforeOneWriteHookForTest(std::function<void()> hook) {
+    rows.SetBeforeOneWriteHookForTest(std::move(hook));
+  }
+
+  PgKeyRecordStore rows;
+  KeyBarrier barrier;
+};
+
 class KeyStorePgTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -52,11 +69,11 @@ class KeyStorePgTest : public ::testing::Test {
   }
 
   // A store of its own, so nothing is served from the daemon's cache.
-  std::unique_ptr<PgKeyStore> FreshStore(size_t cache = 0) {
-    return std::make_unique<PgKeyStore>(*pool_, hsm_->lmk(), *audit_, cache);
+  std::unique_ptr<BarrierOverPg> FreshStore(size_t cache = 0) {
+    return std::make_unique<BarrierOverPg>(*pool_, hsm_->lmk(), *audit_, cache);
   }
 
-  absl::StatusOr<crypto::SecretBytes> Open(PgKeyStore& store, uint64_t index) {
+  absl::StatusOr<crypto::SecretBytes> Open(BarrierOverPg& store, uint64_t index) {
     absl::StatusOr<crypto::SecretBytes> out = absl::NotFoundError("no such key");
     absl::Status s = store.Transact([&](KeyTransaction& tx) -> absl::Status {
       auto r = tx.FindKey(index);
@@ -612,7 +629,7 @@ NewKey TestTmk(const std::string& sn) {
 }
 
 // A re-key as a one-write unit: the SN's live TMKs superseded, a new one in, one record.
-absl::Status RekeyInOneWrite(PgKeyStore& store, const std::string& sn, const std::string& action,
+absl::Status RekeyInOneWrite(BarrierOverPg& store, const std::string& sn, const std::string& action,
                              std::vector<std::vector<uint64_t>>* seen, KeyRecord* made) {
   return store.TransactOneWrite([&](KeyTransaction& tx) -> absl::Status {
     RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> live, tx.FindLiveKeys(KeyType::kTmk, sn));
@@ -737,7 +754,7 @@ TEST_F(KeyStorePgTest, OneWriteUnitsForOneSnAgreeOnOneLiveKey) {
   NewTmk("SN-MANY");
   auto store = FreshStore();
   std::vector<std::thread> threads;
-  std::vector<absl::Status> results(PgKeyStore::kMaxOneWriteRuns);
+  std::vector<absl::Status> results(PgKeyRecordStore::kMaxOneWriteRuns);
   std::vector<KeyRecord> made(results.size());
   for (size_t i = 0; i < results.size(); ++i) {
     threads.emplace_back([&, i] {
@@ -875,13 +892,14 @@ TEST_F(KeyStorePgTest, NewTransportKeyArrivingWhileATmkIsMadeNeverLeavesItUnderA
   // write finds the TEK and AUK it read superseded, writes nothing, runs again and is
   // refused (the old AUK is superseded). No TMK is made for the old TEK; the next delivery
   // with the new keys makes one bound to the new TEK.
-  PgKeyStore& store = hsm_->daemon().key_store();
+  PgKeyRecordStore& rows = hsm_->daemon().key_records();
+  KeyBarrier& store = hsm_->daemon().key_barrier();
   const testing::TestTerminal t = testing::TestTerminal::Create("SN-RACE-TK");
   const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
   const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-RACE-TK");
   testing::TerminalKeys renewed_keys;
   bool raced = false;
-  store.SetBeforeOneWriteHookForTest([&] {
+  rows.SetBeforeOneWriteHookForTest([&] {
     if (raced) return;
     raced = true;
     // What an import of the new TK does: supersede the SN's live keys, store the new pair.
@@ -898,7 +916,7 @@ TEST_F(KeyStorePgTest, NewTransportKeyArrivingWhileATmkIsMadeNeverLeavesItUnderA
     renewed_keys = testing::InsertTerminalKeys(*hsm_, renewed);
   });
   auto delivered = Deliver(t, keys.auk, keys.tek);
-  store.SetBeforeOneWriteHookForTest(nullptr);
+  rows.SetBeforeOneWriteHookForTest(nullptr);
   ASSERT_TRUE(raced);
   EXPECT_EQ(delivered.status().code(), absl::StatusCode::kFailedPrecondition) << delivered.status();
   const std::string dsn = hsm_->dsn();
@@ -965,7 +983,7 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
     return protocol::BuildCtkPk(header, protocol::EncodeTkPayload(t.tk).value(), pk, mak).value();
   };
   HsmCore& core = hsm_->daemon().core();
-  PgKeyStore& store = hsm_->daemon().key_store();
+  PgKeyRecordStore& store = hsm_->daemon().key_records();
   const testing::TestTerminal t = testing::TestTerminal::Create("SN-COMPOSITE");
   const ImportCommand import{pk_key->key_index, mak_key->key_index, t.sn, ctk_pk_of(t)};
   const Bytes rnd1 = crypto::RandomBytes(16);

@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "key_store.h"
+#include "key_barrier.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::hsm {

@@ -1,4 +1,4 @@
-#include "key_store.h"
+#include "pg_key_record_store.h"
 
 #include <algorithm>
 #include <map>
@@ -8,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/common/hex.h"
 #include "rkl/common/status_macros.h"
-#include "rkl/crypto/aead.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
 
@@ -61,15 +60,6 @@ constexpr char kComponents[] =
     "ORDER BY position";
 constexpr char kDeleteComponents[] = "DELETE FROM hsm_ceremony_component WHERE ceremony_id = $1";
 
-void PutBigEndian(Bytes& out, uint64_t v, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-void PutShortString(Bytes& out, std::string_view s) {
-  out.push_back(static_cast<uint8_t>(std::min<size_t>(s.size(), 255)));
-  out.insert(out.end(), s.begin(), s.begin() + std::min<size_t>(s.size(), 255));
-}
-
 Bytes ToBytes(const pqxx::field& f) {
   if (f.is_null()) return {};
   pqxx::binarystring b(f);
@@ -114,179 +104,7 @@ Ceremony CeremonyFromRow(const pqxx::row& r) {
   return c;
 }
 
-// Splits AeadSeal's nonce ‖ ciphertext ‖ tag into the two stored columns.
-std::pair<Bytes, Bytes> SplitSealed(const Bytes& blob) {
-  return {Bytes(blob.begin(), blob.begin() + crypto::kAeadNonceSize),
-          Bytes(blob.begin() + crypto::kAeadNonceSize, blob.end())};
-}
-
-Bytes JoinSealed(std::span<const uint8_t> nonce, std::span<const uint8_t> sealed) {
-  Bytes blob(nonce.begin(), nonce.end());
-  blob.insert(blob.end(), sealed.begin(), sealed.end());
-  return blob;
-}
-
-bool Equal(std::span<const uint8_t> a, std::span<const uint8_t> b) {
-  return std::equal(a.begin(), a.end(), b.begin(), b.end());
-}
-
 }  // namespace
-
-std::string KeyTypeName(KeyType type) {
-  switch (type) {
-    case KeyType::kRsaPrivate:
-      return "RSA_PRIVATE";
-    case KeyType::kPk:
-      return "PK";
-    case KeyType::kMak:
-      return "MAK";
-    case KeyType::kTek:
-      return "TEK";
-    case KeyType::kAuk:
-      return "AUK";
-    case KeyType::kTmk:
-      return "TMK";
-  }
-  return "UNKNOWN";
-}
-
-std::string KeyUsageName(KeyUsage usage) {
-  switch (usage) {
-    case KeyUsage::kTransportDecrypt:
-      return "TRANSPORT_DECRYPT";
-    case KeyUsage::kTkWrap:
-      return "TK_WRAP";
-    case KeyUsage::kTkMac:
-      return "TK_MAC";
-    case KeyUsage::kExportKek:
-      return "EXPORT_KEK";
-    case KeyUsage::kTerminalAuth:
-      return "TERMINAL_AUTH";
-    case KeyUsage::kTerminalMaster:
-      return "TERMINAL_MASTER";
-    case KeyUsage::kCeremonyDecrypt:
-      return "CEREMONY_DECRYPT";
-  }
-  return "UNKNOWN";
-}
-
-std::string KeyStateName(KeyState state) {
-  switch (state) {
-    case KeyState::kActive:
-      return "ACTIVE";
-    case KeyState::kSuperseded:
-      return "SUPERSEDED";
-    case KeyState::kDeleted:
-      return "DELETED";
-  }
-  return "UNKNOWN";
-}
-
-Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
-                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index) {
-  // Records without a KEK keep the first layout, so keys sealed before the binding existed
-  // still open; a bound record's tag differs, so it cannot pass for an unbound one.
-  const std::string_view tag = kek_index == 0 ? "RKL-HSM-KEY-1" : "RKL-HSM-KEY-2";
-  Bytes aad(tag.begin(), tag.end());
-  PutBigEndian(aad, index, 8);
-  aad.push_back(static_cast<uint8_t>(type));
-  aad.push_back(algorithm);
-  aad.push_back(static_cast<uint8_t>(usage));
-  PutShortString(aad, bound_sn);
-  PutBigEndian(aad, static_cast<uint64_t>(created_at_ms), 8);
-  if (kek_index != 0) PutBigEndian(aad, kek_index, 8);
-  return aad;
-}
-
-Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian) {
-  constexpr std::string_view kTag = "RKL-HSM-COMPONENT-1";
-  Bytes aad(kTag.begin(), kTag.end());
-  PutShortString(aad, ceremony_id);
-  PutShortString(aad, custodian);
-  return aad;
-}
-
-// ---- UnsealedKeyCache ----------------------------------------------------------------------
-
-UnsealedKeyCache::Entry* UnsealedKeyCache::Find(uint64_t index, std::span<const uint8_t> aad,
-                                                std::span<const uint8_t> nonce,
-                                                std::span<const uint8_t> sealed) {
-  auto it = entries_.find(index);
-  if (it == entries_.end()) return nullptr;
-  Entry& e = it->second;
-  if (!Equal(e.aad, aad) || !Equal(e.nonce, nonce) || !Equal(e.sealed, sealed)) {
-    // The record changed since it was opened: forget the old key and open the record again.
-    lru_.erase(e.lru);
-    entries_.erase(it);
-    return nullptr;
-  }
-  return &e;
-}
-
-std::optional<crypto::SecretBytes> UnsealedKeyCache::Get(uint64_t index,
-                                                         std::span<const uint8_t> aad,
-                                                         std::span<const uint8_t> nonce,
-                                                         std::span<const uint8_t> sealed) {
-  absl::MutexLock lock(&mu_);
-  Entry* e = Find(index, aad, nonce, sealed);
-  if (e == nullptr) return std::nullopt;
-  lru_.splice(lru_.begin(), lru_, e->lru);
-  ++hits_;
-  return e->key;
-}
-
-std::shared_ptr<const crypto::PrivateKey> UnsealedKeyCache::GetParsed(
-    uint64_t index, std::span<const uint8_t> aad, std::span<const uint8_t> nonce,
-    std::span<const uint8_t> sealed) {
-  absl::MutexLock lock(&mu_);
-  Entry* e = Find(index, aad, nonce, sealed);
-  if (e == nullptr || e->parsed == nullptr) return nullptr;
-  lru_.splice(lru_.begin(), lru_, e->lru);
-  ++hits_;
-  return e->parsed;
-}
-
-void UnsealedKeyCache::PutParsed(uint64_t index, std::span<const uint8_t> aad,
-                                 std::span<const uint8_t> nonce, std::span<const uint8_t> sealed,
-                                 std::shared_ptr<const crypto::PrivateKey> key) {
-  absl::MutexLock lock(&mu_);
-  if (Entry* e = Find(index, aad, nonce, sealed)) e->parsed = std::move(key);
-}
-
-void UnsealedKeyCache::Put(uint64_t index, Bytes aad, Bytes nonce, Bytes sealed,
-                           const crypto::SecretBytes& key) {
-  if (capacity_ == 0) return;
-  absl::MutexLock lock(&mu_);
-  if (auto it = entries_.find(index); it != entries_.end()) {
-    lru_.erase(it->second.lru);
-    entries_.erase(it);
-  }
-  while (entries_.size() >= capacity_) {
-    entries_.erase(lru_.back());  // SecretBytes' destructor zeroes the evicted key
-    lru_.pop_back();
-  }
-  lru_.push_front(index);
-  entries_.emplace(index,
-                   Entry{std::move(aad), std::move(nonce), std::move(sealed), key, lru_.begin()});
-}
-
-void UnsealedKeyCache::Erase(uint64_t index) {
-  absl::MutexLock lock(&mu_);
-  if (auto it = entries_.find(index); it != entries_.end()) {
-    lru_.erase(it->second.lru);
-    entries_.erase(it);
-  }
-}
-
-size_t UnsealedKeyCache::size() const {
-  absl::MutexLock lock(&mu_);
-  return entries_.size();
-}
-
-uint64_t UnsealedKeyCache::hits() const {
-  absl::MutexLock lock(&mu_);
-  return hits_;
-}
 
 std::string PrefetchKeysSql(size_t n) {
   // One primary-key equality per key, joined with UNION ALL: each branch is planned like
@@ -352,29 +170,6 @@ std::string FindLiveKeysSql(KeyType type, bool lock) {
   return absl::StrCat(
       "SELECT ", kKeyColumns, " FROM hsm_key WHERE key_type = ", static_cast<int>(type),
       " AND bound_sn = $1 AND state = 1 ORDER BY key_index", lock ? " FOR UPDATE" : "");
-}
-
-// ---- KeyTransaction ----------------------------------------------------------------------
-
-absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> KeyTransaction::UnsealRsa(
-    const KeyRecord& record) {
-  RKL_ASSIGN_OR_RETURN(crypto::SecretBytes der, Unseal(record));
-  auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
-  if (!key.ok() || key->Type() != crypto::KeyType::kRsa) {
-    return absl::InternalError(
-        absl::StrCat("key record ", record.index, " failed its integrity check"));
-  }
-  return std::make_shared<const crypto::PrivateKey>(*std::move(key));
-}
-
-absl::StatusOr<std::vector<KeyRecord>> KeyTransaction::InsertKeys(std::span<const NewKey> keys,
-                                                                  int64_t now_ms) {
-  std::vector<KeyRecord> out;
-  for (const NewKey& key : keys) {
-    RKL_ASSIGN_OR_RETURN(KeyRecord r, InsertKey(key, now_ms));
-    out.push_back(std::move(r));
-  }
-  return out;
 }
 
 std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
@@ -447,7 +242,8 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
   return sql;
 }
 
-// ---- PgKeyTransaction ----------------------------------------------------------------------
+// ---- PgKeyRecordTransaction
+// ----------------------------------------------------------------------
 
 namespace {
 
@@ -511,82 +307,57 @@ absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& pl
 
 }  // namespace
 
-class PgKeyTransaction : public KeyTransaction {
+class PgKeyRecordTransaction : public KeyRecordTransaction {
  public:
   // In a transaction (`deferred_audit` null), or read-only in autocommit: writes are refused
   // and the audit record is handed back through `deferred_audit` to be written afterwards.
   // With `one_write` (TransactOneWrite): reads in autocommit without locks, and the writes
   // collected in *one_write for one statement afterwards.
-  PgKeyTransaction(pqxx::transaction_base& tx, PgKeyStore& store,
-                   std::vector<AuditEvent>* deferred_audit = nullptr,
-                   OneWritePlan* one_write = nullptr)
+  PgKeyRecordTransaction(pqxx::transaction_base& tx, PgKeyRecordStore& store,
+                         std::vector<AuditEvent>* deferred_audit = nullptr,
+                         OneWritePlan* one_write = nullptr)
       : tx_(tx), store_(store), deferred_audit_(deferred_audit), one_write_(one_write) {}
 
-  absl::StatusOr<KeyRecord> InsertKey(const NewKey& key, int64_t now_ms) override {
-    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> r, InsertKeys({&key, 1}, now_ms));
-    return std::move(r.front());
+  absl::StatusOr<uint64_t> NextKeyIndex() override {
+    RKL_RETURN_IF_ERROR(Writable());
+    return store_.key_indexes_.Next(tx_);
   }
 
-  absl::StatusOr<std::vector<KeyRecord>> InsertKeys(std::span<const NewKey> keys,
-                                                    int64_t now_ms) override {
+  absl::Status InsertKeys(std::span<const KeyRecord> records) override {
     RKL_RETURN_IF_ERROR(Writable());
-    if (keys.empty()) return std::vector<KeyRecord>{};
+    if (records.empty()) return absl::OkStatus();
     live_prefetched_.clear();
-    std::vector<KeyRecord> records;
-    for (const NewKey& key : keys) {
-      const uint64_t index = store_.key_indexes_.Next(tx_);
-      Bytes aad = KeyRecordAad(index, key.type, key.algorithm, key.usage, key.bound_sn, now_ms,
-                               key.kek_index);
-      RKL_ASSIGN_OR_RETURN(Bytes blob, crypto::AeadSeal(store_.lmk_, key.material, aad));
-      auto [nonce, sealed] = SplitSealed(blob);
-      KeyRecord r;
-      r.index = index;
-      r.type = key.type;
-      r.algorithm = key.algorithm;
-      r.usage = key.usage;
-      r.bound_sn = key.bound_sn;
-      r.label = key.label;
-      r.kcv = key.kcv;
-      r.state = KeyState::kActive;
-      r.created_at_ms = now_ms;
-      r.rsa_bits = key.rsa_bits;
-      r.public_key_der = key.public_key_der;
-      r.kek_index = key.kek_index;
-      r.nonce = std::move(nonce);
-      r.sealed = std::move(sealed);
-      records.push_back(std::move(r));
-    }
     if (one_write_ != nullptr) {
       for (const KeyRecord& r : records) {
         prefetched_[r.index] = r;
         one_write_->inserts.push_back(r);
       }
-      return records;
+      return absl::OkStatus();
     }
     if (records.size() == 1) {
       const KeyRecord& r = records.front();
       Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
-           static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+           static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, r.created_at_ms, r.rsa_bits,
            Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
     } else if (records.size() == 2) {
       const KeyRecord& a = records[0];
       const KeyRecord& b = records[1];
       Exec(InsertKeysSql(2), a.index, static_cast<int>(a.type), static_cast<int>(a.algorithm),
-           static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv, now_ms, a.rsa_bits,
+           static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv, a.created_at_ms, a.rsa_bits,
            Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), a.kek_index, b.index,
            static_cast<int>(b.type), static_cast<int>(b.algorithm), static_cast<int>(b.usage),
-           b.bound_sn, b.label, b.kcv, now_ms, b.rsa_bits, Blob(b.public_key_der), Blob(b.nonce),
-           Blob(b.sealed), b.kek_index);
+           b.bound_sn, b.label, b.kcv, b.created_at_ms, b.rsa_bits, Blob(b.public_key_der),
+           Blob(b.nonce), Blob(b.sealed), b.kek_index);
     } else {  // not used by any command today: one statement per key
       for (const KeyRecord& r : records) {
         Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
-             static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, now_ms, r.rsa_bits,
+             static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, r.created_at_ms, r.rsa_bits,
              Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
       }
     }
     // Exactly what was written: reading these back costs nothing.
     for (const KeyRecord& r : records) prefetched_[r.index] = r;
-    return records;
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::optional<KeyRecord>> FindKey(uint64_t index) override {
@@ -696,28 +467,6 @@ class PgKeyTransaction : public KeyTransaction {
     return !Exec(kLiveLabel, label).empty();
   }
 
-  absl::StatusOr<crypto::SecretBytes> Unseal(const KeyRecord& k) override {
-    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms,
-                             k.kek_index);
-    if (auto cached = store_.cache_.Get(k.index, aad, k.nonce, k.sealed)) return *cached;
-    auto key = crypto::AeadOpen(store_.lmk_, JoinSealed(k.nonce, k.sealed), aad);
-    if (!key.ok() || k.nonce.size() != crypto::kAeadNonceSize) {
-      return absl::InternalError(
-          absl::StrCat("key record ", k.index, " failed its integrity check"));
-    }
-    store_.cache_.Put(k.index, std::move(aad), k.nonce, k.sealed, *key);
-    return key;
-  }
-
-  absl::StatusOr<std::shared_ptr<const crypto::PrivateKey>> UnsealRsa(const KeyRecord& k) override {
-    Bytes aad = KeyRecordAad(k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.created_at_ms,
-                             k.kek_index);
-    if (auto cached = store_.cache_.GetParsed(k.index, aad, k.nonce, k.sealed)) return cached;
-    RKL_ASSIGN_OR_RETURN(auto key, KeyTransaction::UnsealRsa(k));  // caches the bytes
-    store_.cache_.PutParsed(k.index, aad, k.nonce, k.sealed, key);
-    return key;
-  }
-
   absl::Status SetKeyState(uint64_t index, KeyState state, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable());
     if (one_write_ != nullptr) {
@@ -737,7 +486,6 @@ class PgKeyTransaction : public KeyTransaction {
     live_prefetched_.clear();
     if (state == KeyState::kDeleted) {
       Exec(kEraseKey, index, now_ms);
-      store_.cache_.Erase(index);
     } else {
       Exec(kSetKeyState, index, static_cast<int>(state), now_ms);
     }
@@ -781,33 +529,24 @@ class PgKeyTransaction : public KeyTransaction {
     return absl::OkStatus();
   }
 
-  absl::Status AddComponent(const std::string& ceremony_id, const std::string& custodian,
-                            const std::string& kcv, const crypto::SecretBytes& component,
-                            int64_t now_ms) override {
+  absl::Status InsertComponent(const std::string& ceremony_id, const std::string& kcv,
+                               const SealedComponent& c, int64_t now_ms) override {
     RKL_RETURN_IF_ERROR(Writable(/*in_one_write=*/false));
-    if (!Exec(kComponentExists, ceremony_id, custodian).empty()) {
+    if (!Exec(kComponentExists, ceremony_id, c.custodian).empty()) {
       return absl::AlreadyExistsError(absl::StrCat(
-          "custodian '", custodian, "' already added a component to ceremony ", ceremony_id));
+          "custodian '", c.custodian, "' already added a component to ceremony ", ceremony_id));
     }
-    RKL_ASSIGN_OR_RETURN(
-        Bytes blob, crypto::AeadSeal(store_.lmk_, component, ComponentAad(ceremony_id, custodian)));
-    auto [nonce, sealed] = SplitSealed(blob);
-    Exec(kInsertComponent, ceremony_id, custodian, kcv, Blob(nonce), Blob(sealed), now_ms);
+    Exec(kInsertComponent, ceremony_id, c.custodian, kcv, Blob(c.nonce), Blob(c.sealed), now_ms);
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<crypto::SecretBytes>> OpenComponents(
+  absl::StatusOr<std::vector<SealedComponent>> FindComponents(
       const std::string& ceremony_id) override {
-    std::vector<crypto::SecretBytes> out;
+    std::vector<SealedComponent> out;
     for (const auto& row : Exec(kComponents, ceremony_id)) {
-      std::string custodian = row[0].as<std::string>();
-      auto component = crypto::AeadOpen(store_.lmk_, JoinSealed(ToBytes(row[1]), ToBytes(row[2])),
-                                        ComponentAad(ceremony_id, custodian));
-      if (!component.ok()) {
-        return absl::InternalError(absl::StrCat("component of '", custodian, "' in ceremony ",
-                                                ceremony_id, " failed its integrity check"));
-      }
-      out.push_back(*std::move(component));
+      out.push_back(SealedComponent{.custodian = row[0].as<std::string>(),
+                                    .nonce = ToBytes(row[1]),
+                                    .sealed = ToBytes(row[2])});
     }
     return out;
   }
@@ -835,7 +574,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
  private:
-  // Every statement of a unit goes through here, counted (PgKeyStore::statements_sent).
+  // Every statement of a unit goes through here, counted (PgKeyRecordStore::statements_sent).
   template <typename... Args>
   pqxx::result Exec(std::string_view sql, Args&&... args) {
     store_.statements_.fetch_add(1, std::memory_order_relaxed);
@@ -864,7 +603,7 @@ class PgKeyTransaction : public KeyTransaction {
   }
 
   pqxx::transaction_base& tx_;
-  PgKeyStore& store_;
+  PgKeyRecordStore& store_;
   std::vector<AuditEvent>* deferred_audit_;  // read-only units: the records to append
   OneWritePlan* one_write_;                  // one-write units: the writes held back
   std::map<uint64_t, std::optional<KeyRecord>> prefetched_;  // by Prefetch; nullopt: absent
@@ -872,22 +611,18 @@ class PgKeyTransaction : public KeyTransaction {
   std::map<std::pair<KeyType, std::string>, std::vector<KeyRecord>> live_prefetched_;
 };
 
-PgKeyStore::PgKeyStore(db::ConnectionPool& pool, const crypto::SecretBytes& lmk, PgAuditLog& audit,
-                       size_t cache_capacity)
-    : pool_(pool),
-      lmk_(lmk),
-      audit_(audit),
-      cache_(cache_capacity),
-      key_indexes_("hsm_key_index_seq", kKeyIndexBlock) {}
+PgKeyRecordStore::PgKeyRecordStore(db::ConnectionPool& pool, PgAuditLog& audit)
+    : pool_(pool), audit_(audit), key_indexes_("hsm_key_index_seq", kKeyIndexBlock) {}
 
-absl::Status PgKeyStore::Transact(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+absl::Status PgKeyRecordStore::Transact(absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
   return db::RunInTransaction(pool_, [&](pqxx::work& tx) -> absl::Status {
-    PgKeyTransaction ktx(tx, *this);
+    PgKeyRecordTransaction ktx(tx, *this);
     return fn(ktx);
   });
 }
 
-absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+absl::Status PgKeyRecordStore::TransactOneWrite(
+    absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
   // A conflict means a concurrent command superseded a live key this one read; the next
   // run reads afresh (and then typically finds the other command's keys).
   for (int run = 0; run < kMaxOneWriteRuns; ++run) {
@@ -895,7 +630,7 @@ absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTran
     absl::StatusOr<bool> read =
         db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
           plan = OneWritePlan{};
-          PgKeyTransaction ktx(tx, *this, nullptr, &plan);
+          PgKeyRecordTransaction ktx(tx, *this, nullptr, &plan);
           RKL_RETURN_IF_ERROR(fn(ktx));
           return true;
         });
@@ -913,14 +648,15 @@ absl::Status PgKeyStore::TransactOneWrite(absl::FunctionRef<absl::Status(KeyTran
       "hsm: the live keys of this SN kept changing under concurrent commands; try again");
 }
 
-absl::Status PgKeyStore::TransactReadOnly(absl::FunctionRef<absl::Status(KeyTransaction&)> fn) {
+absl::Status PgKeyRecordStore::TransactReadOnly(
+    absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
   // Each read is its own autocommit statement — what READ COMMITTED gives the statements of
   // one transaction anyway — so the reads cost one round trip each and no BEGIN/COMMIT.
   std::vector<AuditEvent> audits;
   absl::StatusOr<bool> done =
       db::RunAutocommitRead(pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
         audits.clear();
-        PgKeyTransaction ktx(tx, *this, &audits);
+        PgKeyRecordTransaction ktx(tx, *this, &audits);
         RKL_RETURN_IF_ERROR(fn(ktx));
         return true;
       });
