@@ -24,7 +24,7 @@
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::audit {
 namespace {
@@ -69,32 +69,22 @@ AuditEvent Event(int i) {
                     .result = i % 3 == 0 ? "FAILED_PRECONDITION" : "OK"};
 }
 
-class AuditChainPgTest : public ::testing::Test {
+class AuditChainPgTest : public testing::PgFixture {
  protected:
   void SetUp() override {
-    auto db = testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    db_.emplace(*std::move(db));
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     Sql(kSchema);
-    pool_.emplace(db::PoolOptions{.dsn = db_->dsn(), .max_size = 8});
+    pool_.emplace(db::PoolOptions{.dsn = database().dsn(), .max_size = 8});
     key_ = crypto::RandomSecret(kAuditMacKeySize);
     log_ = std::make_unique<PgAuditLog>(*pool_, key_, TestChain());
     dir_ = std::filesystem::temp_directory_path() /
-           absl::StrCat("rkl-audit-pgtest-", ::getpid(), "-", db_->name());
+           absl::StrCat("rkl-audit-pgtest-", ::getpid(), "-", database().name());
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override {
     log_.reset();
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
-  }
-
-  pqxx::result Sql(const std::string& sql) {
-    pqxx::connection c(db_->dsn());
-    pqxx::work tx(c);
-    pqxx::result r = tx.exec(sql);
-    tx.commit();
-    return r;
   }
 
   // n records, each in a statement of its own as a service writes them; then sealed.
@@ -119,7 +109,6 @@ class AuditChainPgTest : public ::testing::Test {
     return v.value_or(AuditVerification{.intact = false, .finding = "Verify failed"});
   }
 
-  std::optional<testing::TestDatabase> db_;
   std::optional<db::ConnectionPool> pool_;
   crypto::SecretBytes key_;
   std::unique_ptr<PgAuditLog> log_;
@@ -237,7 +226,7 @@ TEST_F(AuditChainPgTest, ATamperedPendingRecordIsChainedAsTampered) {
 }
 
 TEST_F(AuditChainPgTest, TwoReplicasWritingAndSealingAtOnceBuildOneChain) {
-  db::ConnectionPool other_pool(db::PoolOptions{.dsn = db_->dsn(), .max_size = 8});
+  db::ConnectionPool other_pool(db::PoolOptions{.dsn = database().dsn(), .max_size = 8});
   PgAuditLog replica(other_pool, key_, TestChain());
   constexpr int kThreads = 4, kPerThread = 40;
   std::vector<std::thread> threads;
