@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/actions.h"
 #include "rkl/audit/audit_log.h"
 #include "rkl/audit/mac_key.h"
 #include "rkl/crypto/random.h"
@@ -89,18 +90,18 @@ class AuditChainPgTest : public testing::PgFixture {
 
   // n records, each in a statement of its own as a service writes them; then sealed.
   void Write(PgAuditLog& log, int first, int n) {
-    for (int i = first; i < first + n; ++i) {
-      AuditEvent e = Event(i);
-      auto prepared = log.PreparePending({&e, 1});
-      ASSERT_TRUE(prepared.ok()) << prepared.status();
-      absl::Status s = db::RunAutocommitWrite(*pool_, [&](db::OneStatement& stmt) {
-        const PgAuditLog::PreparedPending& p = (*prepared)[0];
-        stmt.Exec(kInsertPending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-                  pqxx::binarystring(p.mac.data(), p.mac.size()));
-        return absl::OkStatus();
-      });
-      ASSERT_TRUE(s.ok()) << s;
-    }
+    for (int i = first; i < first + n; ++i) ASSERT_NO_FATAL_FAILURE(WriteEvent(log, Event(i)));
+  }
+  void WriteEvent(PgAuditLog& log, const AuditEvent& e) {
+    auto prepared = log.PreparePending({&e, 1});
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    absl::Status s = db::RunAutocommitWrite(*pool_, [&](db::OneStatement& stmt) {
+      const PgAuditLog::PreparedPending& p = (*prepared)[0];
+      stmt.Exec(kInsertPending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+                pqxx::binarystring(p.mac.data(), p.mac.size()));
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(s.ok()) << s;
   }
 
   AuditVerification Verify(const AuditAnchor* anchor = nullptr) {
@@ -189,7 +190,7 @@ TEST_F(AuditChainPgTest, RemovingTheNewestRecordsIsFoundOnlyWithAnAnchor) {
   ASSERT_TRUE(log_->Seal().ok());
   EXPECT_EQ(
       Sql("SELECT actor, action FROM audit ORDER BY seq DESC LIMIT 1")[0][1].as<std::string>(),
-      "audit_anchor_mismatch");
+      action::kAuditAnchorMismatch);
 }
 
 TEST_F(AuditChainPgTest, AnAnchorOfAnotherChainOrKeyIsRefused) {
@@ -212,6 +213,26 @@ TEST_F(AuditChainPgTest, AnAnchorOfAnotherChainOrKeyIsRefused) {
   EXPECT_EQ(v->first_broken_seq, 1u);
 }
 
+TEST_F(AuditChainPgTest, ATamperedRecordOfEitherSpellingBreaksTheChain) {
+  // A chain sealed before the dotted vocabulary holds the older spelling under a MAC that
+  // still verifies; it must break the chain as the current one does.
+  for (const char* tampered : {action::kAuditRecordTampered, action::kLegacyAuditRecordTampered}) {
+    SCOPED_TRACE(tampered);
+    Sql("TRUNCATE audit, audit_pending");
+    PgAuditLog log(*pool_, key_, TestChain());
+    Write(log, 1, 2);
+    AuditEvent e = Event(3);
+    e.action = tampered;
+    ASSERT_NO_FATAL_FAILURE(WriteEvent(log, e));
+    Write(log, 4, 1);
+    auto v = log.Verify(nullptr);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_FALSE(v->intact);
+    EXPECT_EQ(v->first_broken_seq, 3u);
+    EXPECT_THAT(v->finding, HasSubstr("replaces a tampered pending record"));
+  }
+}
+
 TEST_F(AuditChainPgTest, ATamperedPendingRecordIsChainedAsTampered) {
   Write(*log_, 1, 3);
   Sql("UPDATE audit_pending SET detail = 'nothing happened' WHERE sn = 'SN2'");
@@ -219,7 +240,7 @@ TEST_F(AuditChainPgTest, ATamperedPendingRecordIsChainedAsTampered) {
   EXPECT_FALSE(Verify().intact);
   // ...and sealed, it is chained as a record saying so, its content not trusted.
   EXPECT_EQ(Sql("SELECT action FROM audit WHERE seq = 2")[0][0].as<std::string>(),
-            "audit_record_tampered");
+            action::kAuditRecordTampered);
   AuditVerification v = Verify();
   EXPECT_FALSE(v.intact);
   EXPECT_EQ(v.first_broken_seq, 2u);

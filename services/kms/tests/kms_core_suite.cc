@@ -98,8 +98,10 @@ TEST_P(KmsCoreSuite, FullFlowForEveryAlgorithm) {
     EXPECT_EQ(installed.state, TerminalState::kInstalled);
     EXPECT_EQ(installed.installed_at_ms, absl::ToUnixMillis(now_));
     EXPECT_EQ(installed.consecutive_failures, 0u);
-    for (const char* action : {kActionTkReceive, kActionTkImport, kActionAuthBegin, kActionAuthOk,
-                               kActionTmkDeliver, kActionInstalled}) {
+    for (const char* action :
+         {rkl::audit::action::kTkReceive, rkl::audit::action::kTkImport,
+          rkl::audit::action::kAuthBegin, rkl::audit::action::kAuthOk,
+          rkl::audit::action::kTmkDeliver, rkl::audit::action::kTerminalInstalled}) {
       EXPECT_EQ(CountAudit(t.sn(), action, "OK"), 1) << action;
     }
   }
@@ -154,8 +156,8 @@ TEST_P(KmsCoreSuite, SameCtkPkAgainIsADuplicateAndChangesNothing) {
   TerminalRecord after = Terminal(t.sn());
   EXPECT_EQ(after.version, before.version);
   EXPECT_EQ(after.updated_at_ms, before.updated_at_ms);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkReceive, "OK"), 1);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 0);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkReceive, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSupersede, "OK"), 0);
 
   // Even once installed, an outbox retry of the same TK is answered, not refused.
   std::string session = Deliver(t);
@@ -185,7 +187,7 @@ TEST_P(KmsCoreSuite, SameTkInANewerPackageIsADuplicateAndKeepsTheOpenSession) {
   TerminalRecord after = Terminal(t.sn());
   EXPECT_EQ(after.version, before.version);
   EXPECT_EQ(after.ctk_pk, before.ctk_pk);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 0);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSupersede, "OK"), 0);
   EXPECT_TRUE(core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2).ok());
 
   // A different TK is still a new one: it supersedes.
@@ -193,7 +195,7 @@ TEST_P(KmsCoreSuite, SameTkInANewerPackageIsADuplicateAndKeepsTheOpenSession) {
   auto other = Submit(t);
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_FALSE(other->duplicate);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSupersede, "OK"), 1);
 }
 
 TEST_P(KmsCoreSuite, AnOlderPackageIsRefusedAndChangesNothing) {
@@ -218,8 +220,8 @@ TEST_P(KmsCoreSuite, AnOlderPackageIsRefusedAndChangesNothing) {
     EXPECT_EQ(after.version, before.version);
     EXPECT_EQ(after.ctk_pk, before.ctk_pk);
   }
-  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSubmit, "FAILED_PRECONDITION"), 2);
-  EXPECT_EQ(CountAudit(newer.sn(), kActionTkSupersede, "OK"), 0);
+  EXPECT_EQ(CountAudit(newer.sn(), rkl::audit::action::kTkSubmit, "FAILED_PRECONDITION"), 2);
+  EXPECT_EQ(CountAudit(newer.sn(), rkl::audit::action::kTkSupersede, "OK"), 0);
   // The identical newer package again is still the duplicate an outbox retry needs, and the
   // terminal that holds the newer TK completes its flow.
   auto dup = Submit(newer);
@@ -236,7 +238,7 @@ TEST_P(KmsCoreSuite, ANewerPackageSupersedesAnOlderOne) {
   auto r = Submit(t);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->duplicate);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSupersede, "OK"), 1);
   auto stored = protocol::ParseCtkPk(Terminal(t.sn()).ctk_pk);
   ASSERT_TRUE(stored.ok());
   EXPECT_EQ(stored->header.created_at_unix_ms, t.tk_created_at_ms());
@@ -283,7 +285,7 @@ TEST_P(KmsCoreSuite, NewTkSupersedesAPendingOneAndCancelsItsSessions) {
   TerminalRecord second = Terminal(t.sn());
   EXPECT_FALSE(second.auk_index.has_value());  // old TEK/AUK forgotten
   EXPECT_NE(second.ctk_pk, first.ctk_pk);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSupersede, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSupersede, "OK"), 1);
 
   // The session of the old TK is dead.
   auto stale = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
@@ -322,7 +324,7 @@ TEST_P(KmsCoreSuite, NewTkForAnInstalledTerminalNeedsAnAdminRekey) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(refused.status().message(), HasSubstr("re-key"));
   EXPECT_EQ(Terminal(t.sn()).version, installed.version);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkSubmit, "FAILED_PRECONDITION"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkSubmit, "FAILED_PRECONDITION"), 1);
 
   auto marked = core_->MarkForRekey(kAlice, t.sn(), "annual key change");
   ASSERT_TRUE(marked.ok()) << marked.status();
@@ -346,7 +348,7 @@ TEST_P(KmsCoreSuite, NewTkForAnInstalledTerminalNeedsAnAdminRekey) {
   EXPECT_EQ(rekeyed.tmk_generation, 2u);
   EXPECT_FALSE(rekeyed.rekey_requested);
   EXPECT_NE(rekeyed.tmk_index, installed.tmk_index);
-  EXPECT_EQ(CountAudit(t.sn(), kActionRekey, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalRekey, "OK"), 1);
 }
 
 TEST_P(KmsCoreSuite, RevokedTerminalRefusesIntakeAndAuthentication) {
@@ -403,8 +405,8 @@ TEST_P(KmsCoreSuite, RevocationDestroysTheTerminalsKeysInHsm2) {
   EXPECT_EQ(hsm_->calls("DestroyTerminalKeys"), 1);
   EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
   EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), "");
-  EXPECT_EQ(CountAudit(t.sn(), kActionRevoke, "OK"), 1);
-  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalRevoke, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalKeysDestroy, "OK"), 1);
   // A repeat finds nothing left to destroy: already revoked, as before.
   EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "").status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -420,11 +422,11 @@ TEST_P(KmsCoreSuite, RevocationWhoseHsmStepFailedIsCompletedByRepeatingIt) {
   // Revoked at KMS all the same: nothing more is delivered.
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kRevoked);
   EXPECT_GT(hsm_->UndestroyedKeys(t.sn()), 0);
-  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "UNAVAILABLE"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalKeysDestroy, "UNAVAILABLE"), 1);
   auto again = core_->RevokeTerminal(kAlice, t.sn(), "stolen");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(hsm_->UndestroyedKeys(t.sn()), 0);
-  EXPECT_EQ(CountAudit(t.sn(), kActionKeysDestroy, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalKeysDestroy, "OK"), 1);
 }
 
 TEST_P(KmsCoreSuite, TmkMadeWhileTheTerminalWasRevokedIsDestroyed) {
@@ -448,7 +450,8 @@ TEST_P(KmsCoreSuite, TmkMadeWhileTheTerminalWasRevokedIsDestroyed) {
   EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), "");
   int by_kms = 0;
   for (const AuditEntry& e : AuditOf(t.sn())) {
-    by_kms += e.action == kActionKeysDestroy && e.actor == "kms" && e.result == "OK";
+    by_kms += e.action == rkl::audit::action::kTerminalKeysDestroy && e.actor == "kms" &&
+              e.result == "OK";
   }
   EXPECT_EQ(by_kms, 1);
 }
@@ -493,8 +496,8 @@ TEST_P(KmsCoreSuite, TamperedCtkPkIsUnauthenticatedAndChangesNothing) {
   EXPECT_FALSE(after.auk_index.has_value());
   EXPECT_EQ(after.consecutive_failures, 0u);
   EXPECT_EQ(hsm_->calls("AuthChallenge"), 0);
-  EXPECT_EQ(CountAudit(t.sn(), kActionTkImport, "UNAUTHENTICATED"), 1);
-  EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), 0);  // no session was opened
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTkImport, "UNAUTHENTICATED"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kAuthBegin, "OK"), 0);  // no session was opened
 }
 
 TEST_P(KmsCoreSuite, WrongCrnd2IsUnauthenticatedAndCounts) {
@@ -508,7 +511,7 @@ TEST_P(KmsCoreSuite, WrongCrnd2IsUnauthenticatedAndCounts) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
-  EXPECT_EQ(CountAudit(t.sn(), kActionAuthFail, "UNAUTHENTICATED"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kAuthFail, "UNAUTHENTICATED"), 1);
   // One completion attempt per session: even the right answer is now too late.
   auto retry = core_->CompleteAuthentication(opened->session_id, t.sn(), opened->crnd2);
   EXPECT_EQ(retry.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -603,7 +606,7 @@ TEST_P(KmsCoreSuite, FailuresUpToTheThresholdLockUntilAnAdminUnlocks) {
   TerminalRecord locked = Terminal(t.sn());
   EXPECT_EQ(locked.state, TerminalState::kLocked);
   EXPECT_EQ(locked.consecutive_failures, 5u);
-  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalLock, "OK"), 1);
 
   auto begin = Open(t);
   EXPECT_EQ(begin.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -619,7 +622,7 @@ TEST_P(KmsCoreSuite, FailuresUpToTheThresholdLockUntilAnAdminUnlocks) {
   ASSERT_TRUE(unlocked.ok()) << unlocked.status();
   EXPECT_EQ(unlocked->state, TerminalState::kTkReceived);
   EXPECT_EQ(unlocked->consecutive_failures, 0u);
-  EXPECT_EQ(CountAudit(t.sn(), kActionUnlock, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalUnlock, "OK"), 1);
   Deliver(t);
   EXPECT_TRUE(t.has_tmk());
 }
@@ -700,13 +703,13 @@ TEST_P(KmsCoreSuite, OnlyTheConfiguredLargeNumberOfFailuresLocksForGood) {
     ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated) << i;
   }
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
-  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 0);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalLock, "OK"), 0);
   absl::Status last = FailOnce(t);
   EXPECT_EQ(last.code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(last.message(), HasSubstr("now locked"));
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
   EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 100u);
-  EXPECT_EQ(CountAudit(t.sn(), kActionLock, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalLock, "OK"), 1);
   EXPECT_EQ(hsm_->calls("AuthenticateAndDeliver"), 100);
 }
 
@@ -754,7 +757,7 @@ TEST_P(KmsCoreSuite, BeginOpensNoSessionForATerminalRevokedOrLockedMeanwhile) {
     TestTerminal t(revoke ? "POS-REVOKING" : "POS-LOCKING", KeyAlgorithm::kAes128);
     ASSERT_TRUE(Submit(t).ok());
     Deliver(t);  // imported: the next Begin calls AuthChallenge alone
-    const int opened_before = CountAudit(t.sn(), kActionAuthBegin, "OK");
+    const int opened_before = CountAudit(t.sn(), rkl::audit::action::kAuthBegin, "OK");
     hsm_->OnNextCall("AuthChallenge", [&] {
       if (revoke) {
         ASSERT_TRUE(core_->RevokeTerminal(kAlice, t.sn(), "stolen").ok());
@@ -770,7 +773,8 @@ TEST_P(KmsCoreSuite, BeginOpensNoSessionForATerminalRevokedOrLockedMeanwhile) {
     auto begun = core_->BeginAuthentication(t.sn(), rnd1);
     ASSERT_EQ(begun.status().code(), absl::StatusCode::kFailedPrecondition) << begun.status();
     EXPECT_THAT(begun.status().message(), HasSubstr(revoke ? "revoked" : "locked"));
-    EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "OK"), opened_before);  // no session
+    EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kAuthBegin, "OK"),
+              opened_before);  // no session
   }
 }
 
@@ -779,7 +783,7 @@ TEST_P(KmsCoreSuite, BeginValidatesItsInput) {
   EXPECT_EQ(core_->BeginAuthentication(t.sn(), Bytes(8, 1)).status().code(),
             absl::StatusCode::kNotFound);
   // Counted, not audited: a probe for an unknown SN must not cost a durable write.
-  EXPECT_EQ(CountAudit(t.sn(), kActionAuthBegin, "NOT_FOUND"), 0);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kAuthBegin, "NOT_FOUND"), 0);
   EXPECT_EQ(core_->unknown_sn_begins(), 1u);
   ASSERT_TRUE(Submit(t).ok());
   // A TDES terminal's nonce is one 8-byte block.
@@ -885,7 +889,7 @@ TEST_P(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTmkDelivered);
   EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
-  EXPECT_EQ(CountAudit(t.sn(), kActionInstallFail, "UNAUTHENTICATED"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kInstallFail, "UNAUTHENTICATED"), 1);
   // The session is spent; the right proof is too late for it.
   EXPECT_EQ(core_->ConfirmInstallation(session, t.sn(), *proof).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -978,10 +982,10 @@ TEST_P(KmsCoreSuite, RefusalsBeforeAnyKeyOperationAreCountedNotAudited) {
     EXPECT_LE(r.interval_start_ms, absl::ToUnixMillis(now_));
     counts[{r.sn, r.source, r.action, r.reason}] = r.count;
   }
-  EXPECT_EQ(counts,
-            (std::map<Key, int64_t>{{{"*", "10.0.0.7", kActionAuthBegin, "NOT_FOUND"}, 4},
-                                    {{"*", "*", kActionAuthComplete, "NOT_FOUND"}, 2},
-                                    {{t.sn(), "*", kActionAuthBegin, "INVALID_ARGUMENT"}, 2}}));
+  EXPECT_EQ(counts, (std::map<Key, int64_t>{
+                        {{"*", "10.0.0.7", rkl::audit::action::kAuthBegin, "NOT_FOUND"}, 4},
+                        {{"*", "*", rkl::audit::action::kAuthComplete, "NOT_FOUND"}, 2},
+                        {{t.sn(), "*", rkl::audit::action::kAuthBegin, "INVALID_ARGUMENT"}, 2}}));
 
   // Purged after refusals.retention (24 h by default), not before.
   Advance(absl::Hours(23));
@@ -1063,8 +1067,8 @@ TEST_P(KmsCoreSuite, InstalledTerminalThatLostTheReplyConfirmsInAFreshSession) {
   EXPECT_EQ(after.installed_at_ms, installed.installed_at_ms);
   EXPECT_EQ(after.tmk_kcv, kcv);
   EXPECT_EQ(hsm_->LiveTmkKcv(t.sn()), kcv);
-  EXPECT_EQ(CountAudit(t.sn(), kActionInstalled, "OK"), 1);  // installed once
-  EXPECT_EQ(CountAudit(t.sn(), kActionInstallReconfirm, "OK"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalInstalled, "OK"), 1);  // installed once
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kInstallReconfirm, "OK"), 1);
 
   // The first session's proof does not confirm the second session, nor the other way round.
   auto crossed = core_->ConfirmInstallation(first, t.sn(), *proof2);
@@ -1123,12 +1127,12 @@ TEST_P(KmsCoreSuite, AdminRulesAreEnforced) {
   EXPECT_EQ(core_->RevokeTerminal(kAlice, t.sn(), "line\nbreak").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Terminal(t.sn()).state, TerminalState::kTkReceived);
-  EXPECT_EQ(CountAudit(t.sn(), kActionUnlock, "FAILED_PRECONDITION"), 1);
+  EXPECT_EQ(CountAudit(t.sn(), rkl::audit::action::kTerminalUnlock, "FAILED_PRECONDITION"), 1);
   auto revoked = core_->RevokeTerminal(kAlice, t.sn(), "decommissioned");
   ASSERT_TRUE(revoked.ok());
   bool found = false;
   for (const AuditEntry& e : AuditOf(t.sn())) {
-    if (e.action == kActionRevoke && e.result == "OK") {
+    if (e.action == rkl::audit::action::kTerminalRevoke && e.result == "OK") {
       found = true;
       EXPECT_EQ(e.actor, kAlice);
       EXPECT_THAT(e.detail, HasSubstr("decommissioned"));

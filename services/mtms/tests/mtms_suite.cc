@@ -589,14 +589,14 @@ TEST_P(MtmsSuite, AuditRecordsEventsWithoutKeyMaterial) {
   auto audit = backend_->Replica(0).ListAudit(100);
   ASSERT_TRUE(audit.ok());
   std::set<std::string> actions;
-  for (const AuditRecord& a : *audit) actions.insert(a.action);
+  for (const AuditEntry& a : *audit) actions.insert(a.action);
   EXPECT_TRUE(actions.count("work_key.provision"));
   EXPECT_TRUE(actions.count("package.receive"));
   EXPECT_FALSE(actions.count("package.refuse"));  // counted instead (next test)
   EXPECT_TRUE(actions.count("package.forward"));
   const std::string ctk_pu_hex = ToHex(Row(receipt->submission_id).ctk_pu);
   const std::string ctk_pk_hex = ToHex(*kms_.Get("SN-AUDIT"));
-  for (const AuditRecord& a : *audit) {
+  for (const AuditEntry& a : *audit) {
     EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pu_hex.substr(0, 16))));
     EXPECT_THAT(a.detail, Not(HasSubstr(ctk_pk_hex.substr(0, 16))));
   }
@@ -639,10 +639,12 @@ TEST_P(MtmsSuite, RefusalsAreCountedNotAuditedAndPurgedAfterTheRetention) {
     EXPECT_EQ(r.interval_start_ms % 60'000, 0);
     counts[{r.sn, r.source, r.action, r.reason}] = r.count;
   }
-  EXPECT_EQ(counts, (std::map<Key, int64_t>{
-                        {{"*", "10.1.1.1", kActionPackageRefuse, "PERMISSION_DENIED"}, 3},
-                        {{"SN-REPLAY", "10.1.1.2", kActionPackageRefuse, "ALREADY_EXISTS"}, 2},
-                        {{"*", "*", kActionPackageRefuse, "INVALID_ARGUMENT"}, 1}}));
+  EXPECT_EQ(
+      counts,
+      (std::map<Key, int64_t>{
+          {{"*", "10.1.1.1", rkl::audit::action::kPackageRefuse, "PERMISSION_DENIED"}, 3},
+          {{"SN-REPLAY", "10.1.1.2", rkl::audit::action::kPackageRefuse, "ALREADY_EXISTS"}, 2},
+          {{"*", "*", rkl::audit::action::kPackageRefuse, "INVALID_ARGUMENT"}, 1}}));
 
   // Kept for refusals.retention (24 h by default), then purged.
   clock_.Advance(absl::Hours(23));

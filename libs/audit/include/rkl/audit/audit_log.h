@@ -20,7 +20,7 @@
 //    lock so that several replicas sharing the database build one chain. Nothing holds a
 //    lock across a writer's commit, so PostgreSQL can group-commit concurrent writers;
 //  - a pending record whose MAC does not verify when it is sealed is replaced in the chain
-//    by a record saying so (action "audit_record_tampered"), and Verify() reports the chain
+//    by a record saying so (action "audit.record_tampered"), and Verify() reports the chain
 //    broken at that record; pending records not yet sealed are checked by their own MAC;
 //  - records of commands that change nothing (AppendGrouped) are written in groups: every
 //    caller waits until its record has committed, and concurrent callers share one
@@ -77,13 +77,18 @@ struct ChainSpec {
   int pending_id_block = 16;        // pending ids fetched per nextval() round trip
 };
 
+// The one audit entry type of every service: what a service writes (seq 0) and what a
+// listing of its chain reads back (with seq). CA, HSM, KMS and MTMS use it as it is.
 struct AuditEvent {
   int64_t at_ms = 0;
   std::string actor{};   // caller identity
-  std::string action{};  // e.g. "translate_transport_key"
+  std::string action{};  // one of rkl/audit/actions.h, e.g. "tk.import"
   std::string sn{};      // empty when not about one terminal
   std::string detail{};  // indexes, KCVs, error text; never key material
   std::string result{};  // "OK" or a status code name
+  // The record's place in its chain, set by a listing; 0 in what a service writes (the
+  // chain assigns it when it seals) and outside the MACs.
+  uint64_t seq = 0;
 };
 
 struct AuditVerification {
