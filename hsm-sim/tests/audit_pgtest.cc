@@ -20,6 +20,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/notification.h"
 #include "hsm_fixture.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/testing/wait.h"
@@ -320,7 +321,7 @@ TEST_F(AuditPgTest, PendingRecordEditedBeforeSealingIsChainedAsTampered) {
   pqxx::work tx(conn);
   auto row = tx.exec1("SELECT actor, action, result FROM hsm_audit WHERE seq = 2");
   EXPECT_EQ(row[0].as<std::string>(), "hsm");
-  EXPECT_EQ(row[1].as<std::string>(), "audit_record_tampered");
+  EXPECT_EQ(row[1].as<std::string>(), audit::action::kAuditRecordTampered);
   EXPECT_EQ(row[2].as<std::string>(), "DATA_LOSS");
   EXPECT_EQ(
       tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0].as<int64_t>(), 0);
@@ -517,7 +518,7 @@ TEST_F(AuditPgTest, AnAnchorIsNeverWrittenOverOneTheChainNoLongerHolds) {
   EXPECT_THAT(refused.status().message(), HasSubstr("no longer holds record 3"));
   EXPECT_EQ(AnchorFileText(), evidence);
   Seal();
-  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit_anchor_mismatch' AND "
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit.anchor_mismatch' AND "
                    "actor = 'hsm' AND result = 'DATA_LOSS'"),
             1);
 
@@ -543,7 +544,7 @@ TEST_F(AuditPgTest, AChainCutWhileTheHsmWasDownIsFoundAtStart) {
   ASSERT_TRUE(hsm_->Start().ok());  // it serves, so the finding can be read and verified
   EXPECT_EQ(AnchorFileText(), at_shutdown);
   Seal();
-  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit_anchor_mismatch'"), 1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit WHERE action = 'audit.anchor_mismatch'"), 1);
   auto v = VerifyWith(at_shutdown);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_FALSE(v->intact());

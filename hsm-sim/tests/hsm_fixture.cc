@@ -18,6 +18,7 @@
 #include "rkl/crypto/random.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/service_database.h"
 #include "test_terminal.h"
 
 namespace rkl::hsm::testing {
@@ -106,12 +107,7 @@ std::string HsmInstance::WriteOtherLmkFile(const crypto::SecretBytes& lmk) {
   return path;
 }
 
-void HsmInstance::Sql(const std::string& statement) {
-  pqxx::connection conn(db_.dsn());
-  pqxx::work tx(conn);
-  tx.exec(statement);
-  tx.commit();
-}
+void HsmInstance::Sql(const std::string& statement) { rkl::testing::RunSql(db_.dsn(), statement); }
 
 std::string HsmInstance::DumpDatabase() {
   std::string dump;

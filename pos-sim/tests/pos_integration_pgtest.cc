@@ -89,7 +89,7 @@
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
@@ -168,14 +168,6 @@ std::shared_ptr<grpc::Channel> ChannelTo(int port, const std::string& authority,
   auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), options);
   EXPECT_TRUE(channel.ok()) << channel.status();
   return channel.ok() ? *channel : nullptr;
-}
-
-pqxx::result Sql(const std::string& dsn, const std::string& statement) {
-  pqxx::connection conn(dsn);
-  pqxx::work tx(conn);
-  pqxx::result r = tx.exec(statement);
-  tx.commit();
-  return r;
 }
 
 Bytes Xor(const SecretBytes& a, const SecretBytes& b) {
@@ -467,7 +459,7 @@ struct World {
   std::ostringstream out;       // what `rkl-pos provision` / `fleet` print on stdout
   std::ostringstream progress;  // fleet progress (stderr of `rkl-pos fleet`)
 
-  std::optional<rkl::testing::TestDatabase> ca_db, hsm1_db, hsm2_db, mtms_db, kms_db;
+  std::optional<rkl::testing::ServiceDatabase> ca_db, hsm1_db, hsm2_db, mtms_db, kms_db;
   std::unique_ptr<CaProcess> ca;
   std::unique_ptr<hsm::HsmDaemon> hsm1, hsm2;
   std::unique_ptr<rpc::ServiceCaCrl> kms_crl;  // outlives the KMS server that enforces it
@@ -552,8 +544,9 @@ class PosIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(w_ != nullptr && w_->ready) << "the deployment did not start; see above";
   }
 
-  static rkl::testing::TestDatabase NewDatabase() {
-    auto db = rkl::testing::TestDatabase::Create();
+  // A fresh database; with `schema`, migrated as `rkl-<svc> --migrate-only` would.
+  static rkl::testing::ServiceDatabase NewDatabase(rkl::testing::ServiceSchema schema = {}) {
+    auto db = rkl::testing::ServiceDatabase::Create(schema);
     EXPECT_TRUE(db.ok()) << db.status();
     return *std::move(db);
   }
@@ -561,11 +554,9 @@ class PosIntegrationTest : public ::testing::Test {
   // rkl-ca on its database, bootstrapped as `rklctl pki init` does: two admins and the two
   // key custodians (the MTMS custodian alice, the KMS custodian bob).
   static void StartCa() {
-    w_->ca_db.emplace(NewDatabase());
+    w_->ca_db.emplace(
+        NewDatabase({.migrations = ca::Migrations(), .grants = ca::kCaRuntimeGrants}));
     w_->ca = std::make_unique<CaProcess>(w_->ca_db->runtime_dsn());
-    auto applied = db::MigrateAsOwner(w_->ca_db->owner_dsn(), w_->ca_db->runtime_role(),
-                                      ca::Migrations(), ca::kCaRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
     ASSERT_TRUE(ca::CheckBootstrapOutputDir(w_->pki_dir()).ok());
     ca::BootstrapRequest req;
     req.admin_names = {"alice", "bob"};
@@ -586,7 +577,7 @@ class PosIntegrationTest : public ::testing::Test {
 
   static std::unique_ptr<hsm::HsmDaemon> StartHsm(const std::string& hsm_id,
                                                   const std::string& serves,
-                                                  const rkl::testing::TestDatabase& db) {
+                                                  const rkl::testing::ServiceDatabase& db) {
     const std::string lmk_file = absl::StrCat(w_->dir.path(), "/", hsm_id, "-lmk.hex");
     std::ofstream(lmk_file) << ToHex(crypto::RandomBytes(32)) << "\n";
     ::chmod(lmk_file.c_str(), 0600);
@@ -969,8 +960,8 @@ TEST_F(PosIntegrationTest, FleetOfHundredIsInstalledWithDistinctTmks) {
   // 100 distinct TMK key indexes in KMS, each a live TMK in HSM #2 bound to its SN with the
   // KCV KMS reports.
   pqxx::result rows =
-      Sql(w_->kms_db->dsn(), "SELECT sn, tmk_index, tmk_kcv FROM terminals WHERE sn LIKE '" +
-                                 fleet.prefix + "-%' ORDER BY sn");
+      w_->kms_db->Sql("SELECT sn, tmk_index, tmk_kcv FROM terminals WHERE sn LIKE '" +
+                      fleet.prefix + "-%' ORDER BY sn");
   ASSERT_EQ(rows.size(), static_cast<size_t>(kFleetCount));
   std::set<int64_t> tmk_indexes;
   std::map<int64_t, std::pair<std::string, std::string>> expected;  // index → (sn, kcv)
@@ -980,8 +971,8 @@ TEST_F(PosIntegrationTest, FleetOfHundredIsInstalledWithDistinctTmks) {
     expected[row[1].as<int64_t>()] = {row[0].c_str(), row[2].c_str()};
   }
   EXPECT_EQ(tmk_indexes.size(), static_cast<size_t>(kFleetCount));
-  pqxx::result hsm_rows = Sql(
-      w_->hsm2_db->dsn(), "SELECT key_index, bound_sn, kcv, state FROM hsm_key WHERE key_type = 6");
+  pqxx::result hsm_rows =
+      w_->hsm2_db->Sql("SELECT key_index, bound_sn, kcv, state FROM hsm_key WHERE key_type = 6");
   int matched = 0;
   for (const auto& row : hsm_rows) {
     auto it = expected.find(row[0].as<int64_t>());
@@ -1016,11 +1007,11 @@ TEST_F(PosIntegrationTest, SearchFindsAPlantedKeyInADumpAFileAndOutput) {
   auto control_db = NewDatabase();
   const std::string hex = ToHex(planted);
   const std::string raw(planted.begin(), planted.end());
-  Sql(control_db.dsn(),
+  control_db.Sql(
       "CREATE TABLE planted (b bytea, upper_hex text, b64 text, b64_shifted text);"
       "INSERT INTO planted VALUES (decode('" +
-          hex + "', 'hex'), '" + hex + "', '" + absl::Base64Escape(raw) + "', '" +
-          absl::Base64Escape("ab" + raw) + "')");
+      hex + "', 'hex'), '" + hex + "', '" + absl::Base64Escape(raw) + "', '" +
+      absl::Base64Escape("ab" + raw) + "')");
   const std::string dump = DumpDatabase(control_db.dsn(), w_->output_dir() + "/control.sql");
   std::vector<std::string> hits = search.Find(dump, "control dump");
   for (const char* form : {"raw", "HEX", "hex", "base64@0", "base64@2"}) {

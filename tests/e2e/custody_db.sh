@@ -175,8 +175,8 @@ cmp -s "$anchor_file" "$E2E_SCRATCH/anchor.kept" || e2e_fail "the anchor file ch
 # shellcheck disable=SC2086
 rklctl hsm audit-verify $hsm >/dev/null 2>&1 || true  # seals what is pending
 mismatch=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_audit
-  WHERE action = 'audit_anchor_mismatch' AND result = 'DATA_LOSS'")
-((mismatch >= 1)) || e2e_fail "hsm-kms's audit holds no audit_anchor_mismatch record"
+  WHERE action = 'audit.anchor_mismatch' AND result = 'DATA_LOSS'")
+((mismatch >= 1)) || e2e_fail "hsm-kms's audit holds no audit.anchor_mismatch record"
 e2e_log "hsm-kms refused to anchor over the lost records (file kept; $mismatch mismatch record(s))"
 
 # ---- 3. a superuser edits a KMS audit record and deletes an MTMS one ---------------------

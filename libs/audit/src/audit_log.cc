@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/clock.h"
 #include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
@@ -45,10 +46,15 @@ std::string AnchorFormat(const ChainSpec& spec) {
 // Far longer than any anchor; longer text is refused before it is looked at.
 constexpr size_t kMaxAnchorText = 512;
 // What Anchor() chains when the chain no longer holds the anchor in the file.
-constexpr char kAnchorMismatchAction[] = "audit_anchor_mismatch";
+constexpr const char* kAnchorMismatchAction = action::kAuditAnchorMismatch;
 
 // What the sealer chains in place of a pending record whose MAC does not verify.
-constexpr char kTamperedAction[] = "audit_record_tampered";
+constexpr const char* kTamperedAction = action::kAuditRecordTampered;
+// Such a record breaks the chain in either spelling: a chain sealed before the dotted
+// vocabulary holds the older one, under a MAC that still verifies.
+bool IsTamperedRecord(const AuditEvent& e) {
+  return e.action == action::kAuditRecordTampered || e.action == action::kLegacyAuditRecordTampered;
+}
 constexpr int kSealBatch = 2000;
 
 // One record as a row of the JSON that insert_pending_group and insert_records read;
@@ -81,8 +87,12 @@ Bytes ToBytes(const pqxx::field& f) {
 }
 
 AuditEvent EventFromRow(const pqxx::row& row) {
-  return AuditEvent{row[1].as<int64_t>(),     row[2].as<std::string>(), row[3].as<std::string>(),
-                    row[4].as<std::string>(), row[5].as<std::string>(), row[6].as<std::string>()};
+  return AuditEvent{.at_ms = row[1].as<int64_t>(),
+                    .actor = row[2].as<std::string>(),
+                    .action = row[3].as<std::string>(),
+                    .sn = row[4].as<std::string>(),
+                    .detail = row[5].as<std::string>(),
+                    .result = row[6].as<std::string>()};
 }
 
 bool SameMac(const Bytes& a, const Bytes& b) {
@@ -566,11 +576,11 @@ absl::StatusOr<AuditVerification> PgAuditLog::Verify(const AuditAnchor* anchor) 
           Bytes stored = ToBytes(row[7]);
           ++v.records_checked;
           RKL_ASSIGN_OR_RETURN(Bytes mac, ChainMac(audit_key_, prev, seq, e));
-          if (seq != expected_seq || !SameMac(stored, mac) || e.action == kTamperedAction) {
+          if (seq != expected_seq || !SameMac(stored, mac) || IsTamperedRecord(e)) {
             v.intact = false;
             v.first_broken_seq = seq;
             v.finding = seq != expected_seq ? absl::StrCat("record ", expected_seq, " is missing")
-                        : e.action == kTamperedAction
+                        : IsTamperedRecord(e)
                             ? absl::StrCat("record ", seq, " replaces a tampered pending record")
                             : absl::StrCat("record ", seq, " does not match its MAC");
             return v;

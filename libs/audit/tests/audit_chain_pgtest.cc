@@ -18,13 +18,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/actions.h"
 #include "rkl/audit/audit_log.h"
 #include "rkl/audit/mac_key.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::audit {
 namespace {
@@ -69,18 +70,16 @@ AuditEvent Event(int i) {
                     .result = i % 3 == 0 ? "FAILED_PRECONDITION" : "OK"};
 }
 
-class AuditChainPgTest : public ::testing::Test {
+class AuditChainPgTest : public testing::PgFixture {
  protected:
   void SetUp() override {
-    auto db = testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    db_.emplace(*std::move(db));
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     Sql(kSchema);
-    pool_.emplace(db::PoolOptions{.dsn = db_->dsn(), .max_size = 8});
+    pool_.emplace(db::PoolOptions{.dsn = database().dsn(), .max_size = 8});
     key_ = crypto::RandomSecret(kAuditMacKeySize);
     log_ = std::make_unique<PgAuditLog>(*pool_, key_, TestChain());
     dir_ = std::filesystem::temp_directory_path() /
-           absl::StrCat("rkl-audit-pgtest-", ::getpid(), "-", db_->name());
+           absl::StrCat("rkl-audit-pgtest-", ::getpid(), "-", database().name());
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override {
@@ -89,28 +88,20 @@ class AuditChainPgTest : public ::testing::Test {
     std::filesystem::remove_all(dir_, ec);
   }
 
-  pqxx::result Sql(const std::string& sql) {
-    pqxx::connection c(db_->dsn());
-    pqxx::work tx(c);
-    pqxx::result r = tx.exec(sql);
-    tx.commit();
-    return r;
-  }
-
   // n records, each in a statement of its own as a service writes them; then sealed.
   void Write(PgAuditLog& log, int first, int n) {
-    for (int i = first; i < first + n; ++i) {
-      AuditEvent e = Event(i);
-      auto prepared = log.PreparePending({&e, 1});
-      ASSERT_TRUE(prepared.ok()) << prepared.status();
-      absl::Status s = db::RunAutocommitWrite(*pool_, [&](db::OneStatement& stmt) {
-        const PgAuditLog::PreparedPending& p = (*prepared)[0];
-        stmt.Exec(kInsertPending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-                  pqxx::binarystring(p.mac.data(), p.mac.size()));
-        return absl::OkStatus();
-      });
-      ASSERT_TRUE(s.ok()) << s;
-    }
+    for (int i = first; i < first + n; ++i) ASSERT_NO_FATAL_FAILURE(WriteEvent(log, Event(i)));
+  }
+  void WriteEvent(PgAuditLog& log, const AuditEvent& e) {
+    auto prepared = log.PreparePending({&e, 1});
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    absl::Status s = db::RunAutocommitWrite(*pool_, [&](db::OneStatement& stmt) {
+      const PgAuditLog::PreparedPending& p = (*prepared)[0];
+      stmt.Exec(kInsertPending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
+                pqxx::binarystring(p.mac.data(), p.mac.size()));
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(s.ok()) << s;
   }
 
   AuditVerification Verify(const AuditAnchor* anchor = nullptr) {
@@ -119,7 +110,6 @@ class AuditChainPgTest : public ::testing::Test {
     return v.value_or(AuditVerification{.intact = false, .finding = "Verify failed"});
   }
 
-  std::optional<testing::TestDatabase> db_;
   std::optional<db::ConnectionPool> pool_;
   crypto::SecretBytes key_;
   std::unique_ptr<PgAuditLog> log_;
@@ -200,7 +190,7 @@ TEST_F(AuditChainPgTest, RemovingTheNewestRecordsIsFoundOnlyWithAnAnchor) {
   ASSERT_TRUE(log_->Seal().ok());
   EXPECT_EQ(
       Sql("SELECT actor, action FROM audit ORDER BY seq DESC LIMIT 1")[0][1].as<std::string>(),
-      "audit_anchor_mismatch");
+      action::kAuditAnchorMismatch);
 }
 
 TEST_F(AuditChainPgTest, AnAnchorOfAnotherChainOrKeyIsRefused) {
@@ -223,6 +213,26 @@ TEST_F(AuditChainPgTest, AnAnchorOfAnotherChainOrKeyIsRefused) {
   EXPECT_EQ(v->first_broken_seq, 1u);
 }
 
+TEST_F(AuditChainPgTest, ATamperedRecordOfEitherSpellingBreaksTheChain) {
+  // A chain sealed before the dotted vocabulary holds the older spelling under a MAC that
+  // still verifies; it must break the chain as the current one does.
+  for (const char* tampered : {action::kAuditRecordTampered, action::kLegacyAuditRecordTampered}) {
+    SCOPED_TRACE(tampered);
+    Sql("TRUNCATE audit, audit_pending");
+    PgAuditLog log(*pool_, key_, TestChain());
+    Write(log, 1, 2);
+    AuditEvent e = Event(3);
+    e.action = tampered;
+    ASSERT_NO_FATAL_FAILURE(WriteEvent(log, e));
+    Write(log, 4, 1);
+    auto v = log.Verify(nullptr);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_FALSE(v->intact);
+    EXPECT_EQ(v->first_broken_seq, 3u);
+    EXPECT_THAT(v->finding, HasSubstr("replaces a tampered pending record"));
+  }
+}
+
 TEST_F(AuditChainPgTest, ATamperedPendingRecordIsChainedAsTampered) {
   Write(*log_, 1, 3);
   Sql("UPDATE audit_pending SET detail = 'nothing happened' WHERE sn = 'SN2'");
@@ -230,14 +240,14 @@ TEST_F(AuditChainPgTest, ATamperedPendingRecordIsChainedAsTampered) {
   EXPECT_FALSE(Verify().intact);
   // ...and sealed, it is chained as a record saying so, its content not trusted.
   EXPECT_EQ(Sql("SELECT action FROM audit WHERE seq = 2")[0][0].as<std::string>(),
-            "audit_record_tampered");
+            action::kAuditRecordTampered);
   AuditVerification v = Verify();
   EXPECT_FALSE(v.intact);
   EXPECT_EQ(v.first_broken_seq, 2u);
 }
 
 TEST_F(AuditChainPgTest, TwoReplicasWritingAndSealingAtOnceBuildOneChain) {
-  db::ConnectionPool other_pool(db::PoolOptions{.dsn = db_->dsn(), .max_size = 8});
+  db::ConnectionPool other_pool(db::PoolOptions{.dsn = database().dsn(), .max_size = 8});
   PgAuditLog replica(other_pool, key_, TestChain());
   constexpr int kThreads = 4, kPerThread = 40;
   std::vector<std::thread> threads;

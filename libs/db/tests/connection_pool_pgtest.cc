@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "pg_fixture.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/statement_timeouts.h"
 #include "rkl/db/transaction.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/wait.h"
 
 namespace rkl::db {
@@ -45,10 +45,10 @@ int ClosedPort() {
   return ntohs(addr.sin_port);
 }
 
-class ConnectionPoolTest : public PgTest {};
+class ConnectionPoolTest : public rkl::testing::PgFixture {};
 
 TEST_F(ConnectionPoolTest, OpensLazilyAndReusesReturnedConnections) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 2});
   EXPECT_EQ(pool.open_connections(), 0);
   int first_pid = 0;
   {
@@ -66,7 +66,7 @@ TEST_F(ConnectionPoolTest, OpensLazilyAndReusesReturnedConnections) {
 }
 
 TEST_F(ConnectionPoolTest, ExhaustionReturnsUnavailableAfterTimeout) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 1});
   absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
   ASSERT_TRUE(held.ok()) << held.status();
   const absl::Time start = absl::Now();
@@ -81,7 +81,7 @@ TEST_F(ConnectionPoolTest, ExhaustionReturnsUnavailableAfterTimeout) {
 }
 
 TEST_F(ConnectionPoolTest, WaiterGetsTheConnectionReleasedBeforeItsTimeout) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 1});
   absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
   ASSERT_TRUE(held.ok()) << held.status();
   // Released only once the borrower below is known to be waiting for it.
@@ -100,7 +100,7 @@ TEST_F(ConnectionPoolTest, EveryWaiterIsServedWhenReturnsWakeOneAtATime) {
   // A return wakes one waiter, not all: no waiter may be left asleep while a connection
   // sits idle. Sixteen threads queue behind one held connection; each then takes it for a
   // moment. All must get it within their (generous) timeout.
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 1});
   absl::StatusOr<ConnectionPool::Lease> held = pool.Borrow();
   ASSERT_TRUE(held.ok()) << held.status();
   std::atomic<int> served{0}, failures{0};
@@ -125,7 +125,7 @@ TEST_F(ConnectionPoolTest, EveryWaiterIsServedWhenReturnsWakeOneAtATime) {
 
 TEST_F(ConnectionPoolTest, ManyThreadsNeverExceedMaxSize) {
   constexpr int kMax = 3;
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = kMax});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = kMax});
   std::atomic<int> in_use{0}, peak{0}, failures{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
@@ -153,14 +153,14 @@ TEST_F(ConnectionPoolTest, ManyThreadsNeverExceedMaxSize) {
 }
 
 TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 2});
   int old_pid = 0;
   {
     absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
     ASSERT_TRUE(lease.ok()) << lease.status();
     old_pid = BackendPid(lease->connection());
     // Kill the backend from outside, as a server restart or failover would.
-    pqxx::connection admin(db_->admin_dsn());
+    pqxx::connection admin(database().admin_dsn());
     pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
     EXPECT_ANY_THROW(BackendPid(lease->connection()));
     // Not marked broken by the holder: the pool must notice on its own.
@@ -172,7 +172,7 @@ TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
 }
 
 TEST_F(ConnectionPoolTest, IdleConnectionClosedByTheServerIsNotHandedOut) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 1});
   int old_pid = 0;
   {
     absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
@@ -182,7 +182,7 @@ TEST_F(ConnectionPoolTest, IdleConnectionClosedByTheServerIsNotHandedOut) {
   ASSERT_EQ(pool.idle_connections(), 1);
   // The backend goes away while its connection sits idle in the pool (a restart would do
   // the same to all of them); pg_terminate_backend waits until it has exited.
-  pqxx::connection admin(db_->admin_dsn());
+  pqxx::connection admin(database().admin_dsn());
   pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
   absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
   ASSERT_TRUE(lease.ok()) << lease.status();
@@ -194,7 +194,7 @@ TEST_F(ConnectionPoolTest, IdleConnectionClosedByTheServerIsNotHandedOut) {
 }
 
 TEST_F(ConnectionPoolTest, MarkBrokenClosesInsteadOfReturning) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 2});
   {
     absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
     ASSERT_TRUE(lease.ok()) << lease.status();
@@ -205,7 +205,7 @@ TEST_F(ConnectionPoolTest, MarkBrokenClosesInsteadOfReturning) {
 }
 
 TEST_F(ConnectionPoolTest, SessionSettingsAreMadeOnEveryNewConnection) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(),
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(),
                                   .max_size = 2,
                                   .settings = {{"plan_cache_mode", "force_generic_plan"},
                                                {"application_name", "rkl-pool-test"}}});
@@ -221,7 +221,7 @@ TEST_F(ConnectionPoolTest, SessionSettingsAreMadeOnEveryNewConnection) {
     EXPECT_EQ(show(lease->connection(), "application_name"), "rkl-pool-test");
   }
   // Without settings a connection has the server's default.
-  ConnectionPool plain(PoolOptions{.dsn = dsn(), .max_size = 1});
+  ConnectionPool plain(PoolOptions{.dsn = database().dsn(), .max_size = 1});
   absl::StatusOr<ConnectionPool::Lease> c = plain.Borrow();
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(show(c->connection(), "plan_cache_mode"), "auto");
@@ -237,8 +237,8 @@ TEST_F(ConnectionPoolTest, StatementAndLockTimeoutsEndAStatementThatWouldOutlive
   EXPECT_TRUE(
       StatementTimeoutSettings({.statement = absl::ZeroDuration(), .lock = absl::ZeroDuration()})
           .empty());
-  ConnectionPool pool(
-      PoolOptions{.dsn = dsn(), .max_size = 1, .settings = StatementTimeoutSettings(timeouts)});
+  ConnectionPool pool(PoolOptions{
+      .dsn = database().dsn(), .max_size = 1, .settings = StatementTimeoutSettings(timeouts)});
   // A statement that would run for a minute is cancelled: DEADLINE_EXCEEDED.
   absl::StatusOr<int> slept =
       RunAutocommitRead(pool, [](pqxx::nontransaction& tx) -> absl::StatusOr<int> {
@@ -249,7 +249,7 @@ TEST_F(ConnectionPoolTest, StatementAndLockTimeoutsEndAStatementThatWouldOutlive
   EXPECT_THAT(slept.status().message(), HasSubstr("57014"));
 
   // A row another connection holds locked (for as long as it likes) is refused: ABORTED.
-  pqxx::connection holder(dsn());
+  pqxx::connection holder(database().dsn());
   {
     pqxx::nontransaction setup(holder);
     setup.exec("CREATE TABLE timeout_probe (id int PRIMARY KEY, v int)");
@@ -267,8 +267,8 @@ TEST_F(ConnectionPoolTest, StatementAndLockTimeoutsEndAStatementThatWouldOutlive
 }
 
 TEST_F(ConnectionPoolTest, ARefusedSessionSettingIsUnavailableNamingIt) {
-  ConnectionPool pool(
-      PoolOptions{.dsn = dsn(), .max_size = 1, .settings = {{"plan_cache_mode", "sometimes"}}});
+  ConnectionPool pool(PoolOptions{
+      .dsn = database().dsn(), .max_size = 1, .settings = {{"plan_cache_mode", "sometimes"}}});
   absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(lease.status().message(), HasSubstr("plan_cache_mode"));
@@ -295,7 +295,7 @@ TEST(ConnectionPoolNoServerTest, ClosedPortIsUnavailableWithoutPassword) {
 
 TEST_F(ConnectionPoolTest, WrongPasswordIsUnavailableWithoutPassword) {
   constexpr char kPassword[] = "Wrong-Passw0rd-1234";
-  ConnectionPool pool(PoolOptions{.dsn = absl::StrCat(dsn(), " password=", kPassword)});
+  ConnectionPool pool(PoolOptions{.dsn = absl::StrCat(database().dsn(), " password=", kPassword)});
   absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(lease.status().message(), Not(HasSubstr(kPassword)));

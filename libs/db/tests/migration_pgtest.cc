@@ -5,9 +5,9 @@
 #include <thread>
 #include <vector>
 
-#include "pg_fixture.h"
 #include "rkl/db/migration.h"
 #include "rkl/db/test_migrations/migrations.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::db {
 namespace {
@@ -19,7 +19,7 @@ std::vector<Migration> Embedded() {
   return {m.begin(), m.end()};
 }
 
-class MigrationTest : public PgTest {
+class MigrationTest : public rkl::testing::PgFixture {
  protected:
   bool TableExists(const std::string& name) {
     return !Sql("SELECT to_regclass('" + name + "') IS NULL")[0][0].as<bool>();
@@ -34,7 +34,7 @@ class MigrationTest : public PgTest {
 };
 
 TEST_F(MigrationTest, AppliesInOrderAndRecordsEach) {
-  absl::StatusOr<int> applied = ApplyMigrations(dsn(), test_migrations::Migrations());
+  absl::StatusOr<int> applied = ApplyMigrations(database().dsn(), test_migrations::Migrations());
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, 3);
   EXPECT_TRUE(TableExists("widgets"));
@@ -55,7 +55,7 @@ TEST_F(MigrationTest, AppliesInOrderAndRecordsEach) {
 }
 
 TEST_F(MigrationTest, SecondRunAppliesNothing) {
-  ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 2});
+  ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 2});
   ASSERT_EQ(ApplyMigrations(pool, test_migrations::Migrations()).value_or(-1), 3);
   absl::StatusOr<int> again = ApplyMigrations(pool, test_migrations::Migrations());
   ASSERT_TRUE(again.ok()) << again.status();
@@ -65,19 +65,19 @@ TEST_F(MigrationTest, SecondRunAppliesNothing) {
 
 TEST_F(MigrationTest, AppliesOnlyTheNewOnes) {
   std::vector<Migration> m = Embedded();
-  ASSERT_EQ(ApplyMigrations(dsn(), std::span(m).first(2)).value_or(-1), 2);
-  absl::StatusOr<int> rest = ApplyMigrations(dsn(), m);
+  ASSERT_EQ(ApplyMigrations(database().dsn(), std::span(m).first(2)).value_or(-1), 2);
+  absl::StatusOr<int> rest = ApplyMigrations(database().dsn(), m);
   ASSERT_TRUE(rest.ok()) << rest.status();
   EXPECT_EQ(*rest, 1);
 }
 
 TEST_F(MigrationTest, ChangedChecksumOfAppliedMigrationIsRefused) {
-  ASSERT_TRUE(ApplyMigrations(dsn(), test_migrations::Migrations()).ok());
+  ASSERT_TRUE(ApplyMigrations(database().dsn(), test_migrations::Migrations()).ok());
   std::vector<Migration> edited = Embedded();
   const std::string new_sql = std::string(edited[1].sql) + "\n-- edited after release\n";
   edited[1].sql = new_sql;
   edited.push_back({11, "later", "CREATE TABLE later (id int)"});
-  absl::StatusOr<int> result = ApplyMigrations(dsn(), edited);
+  absl::StatusOr<int> result = ApplyMigrations(database().dsn(), edited);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(result.status().message(), HasSubstr("migration 2 (create_parts)"));
   EXPECT_FALSE(TableExists("later"));  // refused before anything ran
@@ -89,7 +89,7 @@ TEST_F(MigrationTest, FailingMigrationRollsBackEntirelyAndNamesItsVersion) {
       {2, "bad", "CREATE TABLE half_done (id int);\nINSERT INTO no_such_table VALUES (1);"},
       {3, "never", "CREATE TABLE never (id int)"},
   };
-  absl::StatusOr<int> result = ApplyMigrations(dsn(), m);
+  absl::StatusOr<int> result = ApplyMigrations(database().dsn(), m);
   ASSERT_FALSE(result.ok());
   EXPECT_THAT(result.status().message(), HasSubstr("migration 2 (bad)"));
   EXPECT_THAT(result.status().message(), HasSubstr("42P01"));
@@ -100,7 +100,7 @@ TEST_F(MigrationTest, FailingMigrationRollsBackEntirelyAndNamesItsVersion) {
 
   // Fixing the file lets the next start continue where it stopped.
   m[1].sql = "CREATE TABLE half_done (id int)";
-  absl::StatusOr<int> fixed = ApplyMigrations(dsn(), m);
+  absl::StatusOr<int> fixed = ApplyMigrations(database().dsn(), m);
   ASSERT_TRUE(fixed.ok()) << fixed.status();
   EXPECT_EQ(*fixed, 2);
 }
@@ -119,7 +119,8 @@ TEST_F(MigrationTest, ConcurrentRunnersApplyEachMigrationOnce) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kRunners; ++i) {
     threads.emplace_back([&, i] {
-      ConnectionPool pool(PoolOptions{.dsn = dsn(), .max_size = 1});  // one "replica" each
+      ConnectionPool pool(
+          PoolOptions{.dsn = database().dsn(), .max_size = 1});  // one "replica" each
       results[i] = ApplyMigrations(pool, m);
     });
   }
@@ -136,17 +137,17 @@ TEST_F(MigrationTest, ConcurrentRunnersApplyEachMigrationOnce) {
 TEST_F(MigrationTest, UnappliedMigrationBelowAnAppliedOneIsRefused) {
   std::vector<Migration> m = Embedded();  // 1, 2, 10
   std::vector<Migration> without_2 = {m[0], m[2]};
-  ASSERT_TRUE(ApplyMigrations(dsn(), without_2).ok());
-  absl::StatusOr<int> result = ApplyMigrations(dsn(), m);
+  ASSERT_TRUE(ApplyMigrations(database().dsn(), without_2).ok());
+  absl::StatusOr<int> result = ApplyMigrations(database().dsn(), m);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(result.status().message(), HasSubstr("migration 2 (create_parts)"));
 }
 
 TEST_F(MigrationTest, DatabaseNewerThanBinaryIsTolerated) {
-  ASSERT_TRUE(ApplyMigrations(dsn(), test_migrations::Migrations()).ok());
+  ASSERT_TRUE(ApplyMigrations(database().dsn(), test_migrations::Migrations()).ok());
   std::vector<Migration> older = Embedded();
   older.pop_back();
-  absl::StatusOr<int> result = ApplyMigrations(dsn(), older);
+  absl::StatusOr<int> result = ApplyMigrations(database().dsn(), older);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, 0);
 }
@@ -154,7 +155,7 @@ TEST_F(MigrationTest, DatabaseNewerThanBinaryIsTolerated) {
 TEST_F(MigrationTest, UnorderedListIsRefusedBeforeTouchingTheDatabase) {
   std::vector<Migration> m = Embedded();
   std::swap(m[0], m[1]);
-  absl::StatusOr<int> result = ApplyMigrations(dsn(), m);
+  absl::StatusOr<int> result = ApplyMigrations(database().dsn(), m);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(result.status().message(), HasSubstr("1 (create_widgets)"));
   EXPECT_FALSE(TableExists("rkl_schema_migrations"));
@@ -163,13 +164,13 @@ TEST_F(MigrationTest, UnorderedListIsRefusedBeforeTouchingTheDatabase) {
 TEST_F(MigrationTest, CustomRecordTableAndSchema) {
   Sql("CREATE SCHEMA kms");
   absl::StatusOr<int> result =
-      ApplyMigrations(dsn(), test_migrations::Migrations(), "kms.schema_history");
+      ApplyMigrations(database().dsn(), test_migrations::Migrations(), "kms.schema_history");
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(RecordedVersions("kms.schema_history"), (std::vector<int64_t>{1, 2, 10}));
   EXPECT_FALSE(TableExists("rkl_schema_migrations"));
 
   absl::StatusOr<int> bad =
-      ApplyMigrations(dsn(), test_migrations::Migrations(), "x; DROP TABLE widgets");
+      ApplyMigrations(database().dsn(), test_migrations::Migrations(), "x; DROP TABLE widgets");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -4,8 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "pg_fixture.h"
 #include "rkl/db/prepared.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::db {
 namespace {
@@ -13,13 +13,12 @@ namespace {
 constexpr char kInsert[] = "INSERT INTO kv (k, v) VALUES ($1, $2)";
 constexpr char kSelect[] = "SELECT v FROM kv WHERE k = $1";
 
-class PreparedTest : public PgTest {
+class PreparedTest : public rkl::testing::PgFixture {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
-    if (HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     Sql("CREATE TABLE kv (k text PRIMARY KEY, v bytea NOT NULL)");
-    conn_.emplace(dsn());
+    conn_.emplace(database().dsn());
   }
 
   // This connection's prepared statements, by name.

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "pg_fixture.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/test_migrations/migrations.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::db {
 namespace {
@@ -46,16 +46,17 @@ constexpr RuntimeGrant kGrants[] = {
     SequenceGrant("journal_seq_seq", "USAGE"),
 };
 
-class SchemaRolesTest : public PgTest {
+class SchemaRolesTest : public rkl::testing::PgFixture {
  protected:
   absl::StatusOr<int> Migrate() {
-    return MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), AllMigrations(), kGrants);
+    return MigrateAsOwner(database().owner_dsn(), database().runtime_role(), AllMigrations(),
+                          kGrants);
   }
 
   // Runs one statement as the runtime role; the error text if PostgreSQL refused it.
   std::string AsRuntime(const std::string& statement) {
     try {
-      pqxx::connection conn(db_->runtime_dsn());
+      pqxx::connection conn(database().runtime_dsn());
       pqxx::work tx(conn);
       tx.exec(statement);
       tx.commit();
@@ -121,7 +122,7 @@ TEST_F(SchemaRolesTest, RuntimeRoleRunsItsDmlAndNothingElse) {
 
 TEST_F(SchemaRolesTest, RunningTheStepAgainTakesBackWhatWasGrantedByHand) {
   ASSERT_TRUE(Migrate().ok());
-  Sql("GRANT DELETE, TRUNCATE ON journal TO " + db_->runtime_role());
+  Sql("GRANT DELETE, TRUNCATE ON journal TO " + database().runtime_role());
   auto again = Migrate();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
@@ -130,23 +131,24 @@ TEST_F(SchemaRolesTest, RunningTheStepAgainTakesBackWhatWasGrantedByHand) {
 }
 
 TEST_F(SchemaRolesTest, RefusesARuntimeRoleThatCouldUndoTheGrantsBeforeMigrating) {
-  auto same = MigrateAsOwner(db_->owner_dsn(), db_->owner_role(), AllMigrations(), kGrants);
+  auto same =
+      MigrateAsOwner(database().owner_dsn(), database().owner_role(), AllMigrations(), kGrants);
   EXPECT_EQ(same.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(same.status().message(), HasSubstr("the role migrations run as"));
 
-  Sql("GRANT " + db_->owner_role() + " TO " + db_->runtime_role());
+  Sql("GRANT " + database().owner_role() + " TO " + database().runtime_role());
   auto member = Migrate();
   EXPECT_EQ(member.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(member.status().message(), HasSubstr("a member of the role migrations run as"));
-  Sql("REVOKE " + db_->owner_role() + " FROM " + db_->runtime_role());
+  Sql("REVOKE " + database().owner_role() + " FROM " + database().runtime_role());
 
-  Sql("ALTER ROLE " + db_->runtime_role() + " SUPERUSER");
+  Sql("ALTER ROLE " + database().runtime_role() + " SUPERUSER");
   auto super = Migrate();
   EXPECT_EQ(super.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(super.status().message(), HasSubstr("is a superuser"));
-  Sql("ALTER ROLE " + db_->runtime_role() + " NOSUPERUSER");
+  Sql("ALTER ROLE " + database().runtime_role() + " NOSUPERUSER");
 
-  auto missing = MigrateAsOwner(db_->owner_dsn(), "no_such_role", AllMigrations(), kGrants);
+  auto missing = MigrateAsOwner(database().owner_dsn(), "no_such_role", AllMigrations(), kGrants);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(missing.status().message(), HasSubstr("'no_such_role' does not exist"));
 
@@ -155,7 +157,7 @@ TEST_F(SchemaRolesTest, RefusesARuntimeRoleThatCouldUndoTheGrantsBeforeMigrating
 
   // A runtime role that owns a table (the layout before the split) is refused too.
   Sql("CREATE TABLE legacy (x int)");
-  Sql("ALTER TABLE legacy OWNER TO " + db_->runtime_role());
+  Sql("ALTER TABLE legacy OWNER TO " + database().runtime_role());
   auto owner_of_table = Migrate();
   EXPECT_EQ(owner_of_table.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(owner_of_table.status().message(), HasSubstr("owns legacy"));
@@ -172,8 +174,8 @@ TEST_F(SchemaRolesTest, GrantListsNeverCarryTruncateOrSchemaPrivileges) {
         RuntimeGrant{RuntimeGrant::Object::kSequence, "journal_seq_seq", "USAGE", "last_value"}}) {
     EXPECT_EQ(ValidateRuntimeGrants({&bad, 1}).code(), absl::StatusCode::kInvalidArgument)
         << bad.name << " " << bad.privileges;
-    auto refused = MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), AllMigrations(),
-                                  std::span<const RuntimeGrant>(&bad, 1));
+    auto refused = MigrateAsOwner(database().owner_dsn(), database().runtime_role(),
+                                  AllMigrations(), std::span<const RuntimeGrant>(&bad, 1));
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   }
   EXPECT_TRUE(Sql("SELECT to_regclass('rkl_schema_migrations') IS NULL")[0][0].as<bool>());
@@ -181,7 +183,7 @@ TEST_F(SchemaRolesTest, GrantListsNeverCarryTruncateOrSchemaPrivileges) {
 }
 
 TEST_F(SchemaRolesTest, ADaemonWithoutTheOwnersDsnStartsOnlyOnACurrentSchema) {
-  ConnectionPool runtime({.dsn = db_->runtime_dsn(), .max_size = 2});
+  ConnectionPool runtime({.dsn = database().runtime_dsn(), .max_size = 2});
   auto unmigrated = SetUpSchema(runtime, {}, AllMigrations(), kGrants);
   EXPECT_EQ(unmigrated.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(unmigrated.status().message(), HasSubstr("no schema yet"));
@@ -193,12 +195,12 @@ TEST_F(SchemaRolesTest, ADaemonWithoutTheOwnersDsnStartsOnlyOnACurrentSchema) {
   EXPECT_THAT(no_owner.status().message(), HasSubstr("db.owner_dsn"));
 
   // The migration step, as `--migrate-only` runs it.
-  auto step = SetUpSchema(runtime, {.owner_dsn = db_->owner_dsn(), .migrate_only = true},
+  auto step = SetUpSchema(runtime, {.owner_dsn = database().owner_dsn(), .migrate_only = true},
                           AllMigrations(), kGrants);
   ASSERT_TRUE(step.ok()) << step.status();
   EXPECT_TRUE(step->migrated);
   EXPECT_EQ(step->applied, 4);
-  EXPECT_EQ(step->runtime_role, db_->runtime_role());
+  EXPECT_EQ(step->runtime_role, database().runtime_role());
   EXPECT_EQ(step->warning, "");
 
   auto serve = SetUpSchema(runtime, {}, AllMigrations(), kGrants);
@@ -217,8 +219,8 @@ TEST_F(SchemaRolesTest, ADaemonWithoutTheOwnersDsnStartsOnlyOnACurrentSchema) {
 
 TEST_F(SchemaRolesTest, ARuntimeRoleThatOwnsTheSchemaIsReported) {
   // The single-role layout: the service runs as the owner. It starts, with a warning.
-  ASSERT_TRUE(ApplyMigrations(db_->owner_dsn(), AllMigrations()).ok());
-  ConnectionPool as_owner({.dsn = db_->owner_dsn(), .max_size = 1});
+  ASSERT_TRUE(ApplyMigrations(database().owner_dsn(), AllMigrations()).ok());
+  ConnectionPool as_owner({.dsn = database().owner_dsn(), .max_size = 1});
   auto setup = SetUpSchema(as_owner, {}, AllMigrations(), kGrants);
   ASSERT_TRUE(setup.ok()) << setup.status();
   EXPECT_THAT(setup->warning, HasSubstr("owns"));

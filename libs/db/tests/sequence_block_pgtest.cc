@@ -5,23 +5,22 @@
 #include <thread>
 #include <vector>
 
-#include "pg_fixture.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/sequence_block.h"
 #include "rkl/db/transaction.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::db {
 namespace {
 
 using ::testing::ElementsAre;
 
-class SequenceBlockTest : public PgTest {
+class SequenceBlockTest : public rkl::testing::PgFixture {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
-    if (HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     Sql("CREATE SEQUENCE ids AS bigint START 1");
-    pool_.emplace(PoolOptions{.dsn = dsn(), .max_size = 4});
+    pool_.emplace(PoolOptions{.dsn = database().dsn(), .max_size = 4});
   }
 
   uint64_t NextIn(SequenceBlock& ids) {

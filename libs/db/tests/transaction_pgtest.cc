@@ -5,9 +5,9 @@
 #include <latch>
 #include <thread>
 
-#include "pg_fixture.h"
 #include "rkl/db/errors.h"
 #include "rkl/db/transaction.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::db {
 namespace {
@@ -15,17 +15,16 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-class TransactionTest : public PgTest {
+class TransactionTest : public rkl::testing::PgFixture {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
-    if (HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     Sql("CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL UNIQUE,"
         " qty integer NOT NULL CHECK (qty >= 0))");
     Sql("CREATE TABLE item_notes (item_id bigint NOT NULL REFERENCES items (id), note text)");
     Sql("CREATE TABLE counter (id int PRIMARY KEY, value bigint NOT NULL)");
     Sql("INSERT INTO counter VALUES (1, 0)");
-    pool_.emplace(PoolOptions{.dsn = dsn(), .max_size = 4});
+    pool_.emplace(PoolOptions{.dsn = database().dsn(), .max_size = 4});
   }
 
   int64_t Count(const std::string& table) {

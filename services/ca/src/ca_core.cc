@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/pkcs12.h"
 #include "rkl/crypto/x509_csr.h"
@@ -338,7 +339,7 @@ absl::StatusOr<crypto::Certificate> CaCore::IssueServiceCertificate(
 // ---- Dual control -------------------------------------------------------------------------
 
 void CaCore::Audit(AuditRecord record) {
-  if (record.at == 0) record.at = NowUnix();
+  if (record.at_ms == 0) record.at_ms = NowUnix() * 1000;
   if (record.actor.empty()) record.actor = "(no identity)";
   if (absl::Status s = repository_->InsertAudit(record); !s.ok()) {
     spdlog::error("ca audit: could not record {} by {} ({}): {}", record.action, record.actor,
@@ -348,10 +349,10 @@ void CaCore::Audit(AuditRecord record) {
 
 void CaCore::RecordRefusal(const std::string& caller, std::string_view method,
                            const absl::Status& status) {
-  Audit({.actor = caller,
-         .action = "rpc.refused",
-         .result = AuditResult(status),
-         .detail = absl::StrCat("method=", std::string(method))});
+  AuditRecord refused(caller, rkl::audit::action::kRpcRefused);
+  refused.result = AuditResult(status);
+  refused.detail = absl::StrCat("method=", std::string(method));
+  Audit(std::move(refused));
 }
 
 absl::Status CaCore::CheckAdmin(const Caller& caller, const char* role) {
@@ -389,10 +390,9 @@ absl::Status CaCore::CheckAdmin(const Caller& caller, const char* role) {
 absl::StatusOr<CertificateRequestRecord> CaCore::StoreRequest(
     const Caller& requester, CertificateRequestRecord request,
     const absl::StatusOr<LeafSpec>& leaf) {
-  AuditRecord audit{.actor = requester.identity,
-                    .action = "request.create",
-                    .subject = request.subject,
-                    .detail = absl::StrCat("profile=", std::string(ProfileName(request.profile)))};
+  AuditRecord audit(requester.identity, rkl::audit::action::kRequestCreate);
+  audit.subject = request.subject;
+  audit.detail = absl::StrCat("profile=", std::string(ProfileName(request.profile)));
   absl::Status status = CheckAdmin(requester, "requester");
   if (status.ok()) status = leaf.status();
   if (status.ok()) status = CheckReady();
@@ -407,7 +407,7 @@ absl::StatusOr<CertificateRequestRecord> CaCore::StoreRequest(
   request.state = RequestState::kPending;
   absl::StrAppend(&audit.detail, " key_sha256=", CsrKeySha256Hex(request.csr_pem),
                   " expires_at=", request.expires_at);
-  audit.at = request.requested_at;
+  audit.at_ms = request.requested_at * 1000;
   for (int attempt = 0; attempt < kMaxSerialAttempts; ++attempt) {
     Bytes id(kRequestIdSize);
     serial_source_(id);
@@ -449,12 +449,11 @@ bool CaCore::IsExpired(const CertificateRequestRecord& request) const {
 absl::StatusOr<ApprovedRequest> CaCore::ApproveRequest(const Caller& approver,
                                                        const std::string& request_id,
                                                        const std::string& subject) {
-  AuditRecord audit{.actor = approver.identity,
-                    .action = "request.approve",
-                    .request_id = ValidRequestId(request_id) ? request_id : "",
-                    .subject = subject};
+  AuditRecord audit(approver.identity, rkl::audit::action::kRequestApprove);
+  audit.request_id = ValidRequestId(request_id) ? request_id : "";
+  audit.subject = subject;
   const int64_t now = NowUnix();
-  audit.at = now;
+  audit.at_ms = now * 1000;
   std::optional<crypto::Certificate> signed_cert;
   auto refuse = [&](absl::Status status) {
     audit.result = AuditResult(status);
@@ -541,9 +540,8 @@ absl::StatusOr<CrlRecord> CaCore::SignCrl(IssuerId issuer_id, const Issuer& issu
 absl::StatusOr<CertificateRecord> CaCore::Revoke(const std::string& serial_hex,
                                                  crypto::CrlReason reason,
                                                  const std::string& actor) {
-  AuditRecord audit{.actor = actor,
-                    .action = "certificate.revoke",
-                    .detail = absl::StrCat("reason=", static_cast<int>(reason))};
+  AuditRecord audit(actor, rkl::audit::action::kCertificateRevoke);
+  audit.detail = absl::StrCat("reason=", static_cast<int>(reason));
   absl::StatusOr<CertificateRecord> revoked = RevokeUnaudited(serial_hex, reason);
   if (revoked.ok()) {
     audit.serial_hex = revoked->serial_hex;
@@ -751,20 +749,17 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   // Everything is signed: record it all at once, or nothing.
   RKL_RETURN_IF_ERROR(
       repository_->Initialize(master_key_->KcvHex(), issuer_records, cert_records, crl_records));
+  auto issued = [&](const std::string& subject, const std::string& serial_hex) {
+    AuditRecord record("rklctl pki init", rkl::audit::action::kBootstrapIssue);
+    record.at_ms = now * 1000;
+    record.subject = subject;
+    record.serial_hex = serial_hex;
+    Audit(std::move(record));
+  };
   for (const auto* group : {&services, &admins, &custodians}) {
-    for (const KeyAndCertificate& kc : *group) {
-      Audit({.at = now,
-             .actor = "rklctl pki init",
-             .action = "bootstrap.issue",
-             .subject = kc.name,
-             .serial_hex = kc.certificate.SerialHex()});
-    }
+    for (const KeyAndCertificate& kc : *group) issued(kc.name, kc.certificate.SerialHex());
   }
-  Audit({.at = now,
-         .actor = "rklctl pki init",
-         .action = "bootstrap.issue",
-         .subject = card.name,
-         .serial_hex = card.certificate.SerialHex()});
+  issued(card.name, card.certificate.SerialHex());
   return BootstrapResult{std::move(root.certificate),
                          std::move(operator_ca.certificate),
                          std::move(service_ca.certificate),

@@ -157,8 +157,8 @@ absl::StatusOr<CertificateRequestRecord> RequestFromRow(const pqxx::row& row) {
 }
 
 void InsertAuditRow(pqxx::work& tx, const AuditRecord& a) {
-  tx.exec_params(kInsertAudit, a.at, a.actor, a.action, a.request_id, a.subject, a.serial_hex,
-                 a.result, a.detail);
+  tx.exec_params(kInsertAudit, a.at_ms / 1000, a.actor, a.action, a.request_id, a.subject,
+                 a.serial_hex, a.result, a.detail);
 }
 
 }  // namespace

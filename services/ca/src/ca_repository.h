@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "profiles.h"
+#include "rkl/audit/audit_event.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/x509_crl.h"
 
@@ -88,16 +89,18 @@ struct CertificateRequestRecord {
   std::string serial_hex{};  // the issued certificate; empty while pending
 };
 
-// One line of the CA's audit trail (table ca_audit).
-struct AuditRecord {
-  int64_t at = 0;  // unix seconds
-  std::string actor{};
-  std::string action{};  // e.g. "request.create", "request.approve", "certificate.revoke"
+// One line of the CA's audit trail (table ca_audit): the entry every service writes
+// (audit::AuditEvent: action from rkl/audit/actions.h, result "OK" or "<CODE>: <message>",
+// at_ms stored to the second, sn unused) and the CA's own columns.
+struct AuditRecord : audit::AuditEvent {
+  AuditRecord(std::string actor_name, std::string action_name) {
+    actor = std::move(actor_name);
+    action = std::move(action_name);
+    result = "OK";
+  }
   std::string request_id{};
   std::string subject{};
   std::string serial_hex{};
-  std::string result = "OK";  // "OK" or "<CODE>: <message>"
-  std::string detail{};
 };
 
 // Checks a request, locked and freshly read, and signs its certificate; an error refuses the

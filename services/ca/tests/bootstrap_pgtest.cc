@@ -102,7 +102,7 @@ class BootstrapPgTest : public CaPgTest {
   std::string Dump() {
     std::string path = tmp_.path() + "/dump.sql";
     auto dump = testing::RunCommand(std::string(RKL_CA_TEST_PG_DUMP) + " --no-owner -d " +
-                                    ShellQuote(db_->dsn()) + " -f " + path);
+                                    ShellQuote(database().dsn()) + " -f " + path);
     EXPECT_EQ(dump.exit_code, 0) << dump.output;
     return testing::ReadFileOrDie(path);
   }

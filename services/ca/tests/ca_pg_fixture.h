@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <optional>
-#include <pqxx/pqxx>
 #include <string>
 
 #include "ca_core.h"
@@ -16,24 +15,18 @@
 #include "openssl_cli.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/crypto/random.h"
-#include "rkl/db/connection_pool.h"
-#include "rkl/db/schema_roles.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::ca {
 
-class CaPgTest : public ::testing::Test {
+class CaPgTest : public rkl::testing::PgFixture {
  protected:
+  CaPgTest() : PgFixture({.migrations = Migrations(), .grants = kCaRuntimeGrants}) {}
+
   void SetUp() override {
-    auto db = rkl::testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    db_.emplace(*std::move(db));
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     // The repository runs as the runtime role, with only the privileges the CA is granted.
-    pool_.emplace(db::PoolOptions{.dsn = db_->runtime_dsn(), .max_size = 4});
-    auto applied =
-        db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kCaRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
-    repo_.emplace(&*pool_);
+    repo_.emplace(&database().pool());
     master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
     MakeCore();
   }
@@ -51,14 +44,6 @@ class CaPgTest : public ::testing::Test {
     auto result = core_->Bootstrap(req);
     EXPECT_TRUE(result.ok()) << result.status();
     return *std::move(result);
-  }
-
-  pqxx::result Sql(const std::string& statement) {
-    pqxx::connection conn(db_->dsn());
-    pqxx::work tx(conn);
-    pqxx::result r = tx.exec(statement);
-    tx.commit();
-    return r;
   }
 
   // `openssl x509 -text -noout` of `pem`.
@@ -99,8 +84,6 @@ class CaPgTest : public ::testing::Test {
     return testing::RunCommand(cmd + " " + cert);
   }
 
-  std::optional<rkl::testing::TestDatabase> db_;
-  std::optional<db::ConnectionPool> pool_;
   std::optional<PgCaRepository> repo_;
   std::optional<MasterKey> master_key_;
   CaPolicy policy_ = [] {

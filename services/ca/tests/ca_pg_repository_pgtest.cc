@@ -27,7 +27,7 @@ TEST_F(CaRepositoryPgTest, BootstrapIsRecordedAndSurvivesANewProcess) {
             "issuer");
 
   // A fresh pool and core, as a restarted daemon would have.
-  db::ConnectionPool pool2({.dsn = db_->dsn(), .max_size = 2});
+  db::ConnectionPool pool2({.dsn = database().dsn(), .max_size = 2});
   PgCaRepository repo2(&pool2);
   CaCore core2(
       &repo2, &*master_key_, policy_, [] { return absl::Now(); }, crypto::FillRandom);

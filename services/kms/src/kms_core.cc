@@ -243,12 +243,12 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
   // Layout only: the MAC is HSM #2's to check, at import (PROTOCOL §6).
   absl::StatusOr<protocol::ParsedCtkPk> parsed = protocol::ParseCtkPk(ctk_pk);
   if (!parsed.ok()) {
-    AuditFailure(actor, kActionTkSubmit, sn, "", parsed.status());
+    AuditFailure(actor, rkl::audit::action::kTkSubmit, sn, "", parsed.status());
     return parsed.status();
   }
   if (parsed->header.sn != sn) {
     absl::Status s = absl::InvalidArgumentError("ctk_pk: header SN differs from sn");
-    AuditFailure(actor, kActionTkSubmit, sn, "", s);
+    AuditFailure(actor, rkl::audit::action::kTkSubmit, sn, "", s);
     return s;
   }
   const crypto::KeyAlgorithm algorithm = parsed->header.algorithm;
@@ -262,7 +262,7 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     t.ctk_pk = ctk;
     t.mtms_submission_id = submission_id;
     t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
-    return repository_.InsertTerminal(t, {Audit(actor, kActionTkReceive, sn,
+    return repository_.InsertTerminal(t, {Audit(actor, rkl::audit::action::kTkReceive, sn,
                                                 absl::StrCat("algorithm ", AlgorithmName(algorithm),
                                                              ", submission ", submission_id))});
   };
@@ -295,7 +295,8 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     // retry queue can never overwrite the TK the terminal holds now.
     absl::Status refusal = CheckNewerThanStored(t.ctk_pk, parsed->header.created_at_unix_ms);
     if (!refusal.ok()) {
-      AuditFailure(actor, kActionTkSubmit, sn, absl::StrCat("submission ", submission_id), refusal);
+      AuditFailure(actor, rkl::audit::action::kTkSubmit, sn,
+                   absl::StrCat("submission ", submission_id), refusal);
       return refusal;
     }
     switch (t.state) {
@@ -313,7 +314,8 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
         break;
     }
     if (!refusal.ok()) {
-      AuditFailure(actor, kActionTkSubmit, sn, absl::StrCat("submission ", submission_id), refusal);
+      AuditFailure(actor, rkl::audit::action::kTkSubmit, sn,
+                   absl::StrCat("submission ", submission_id), refusal);
       return refusal;
     }
 
@@ -335,7 +337,7 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     t.version = expected_version;
     absl::Status s = repository_.UpdateTerminal(
         t, /*cancel_sessions=*/true,
-        {Audit(actor, kActionTkSupersede, sn,
+        {Audit(actor, rkl::audit::action::kTkSupersede, sn,
                absl::StrCat("superseded (", before, ") by a new TK, algorithm ",
                             AlgorithmName(algorithm), ", submission ", submission_id,
                             t.rekey_requested ? ", re-key" : ""))});
@@ -350,7 +352,7 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
 // Authentication and delivery
 
 AuditEntry KmsCore::BeginAudit(const AuthSession& session, const std::string& auk_kcv) {
-  return Audit(TerminalActor(session.sn), kActionAuthBegin, session.sn,
+  return Audit(TerminalActor(session.sn), rkl::audit::action::kAuthBegin, session.sn,
                absl::StrCat("session ", session.id.substr(0, 8), "…, auk_index ", session.auk_index,
                             " auk_kcv ", auk_kcv));
 }
@@ -374,14 +376,14 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
       // One fixed text: which check failed inside HSM #2 is nobody's business.
       s = absl::UnauthenticatedError("sn: the terminal's transport key failed verification");
     }
-    AuditFailure(TerminalActor(sn), kActionTkImport, sn,
+    AuditFailure(TerminalActor(sn), rkl::audit::action::kTkImport, sn,
                  absl::StrCat("pk_index ", options_.pk_index, " mak_index ", options_.mak_index),
                  s);
     return s;
   }
   if (imported->algorithm != terminal.algorithm) {
     absl::Status s = absl::InternalError("HSM #2 reported another algorithm than Ctk_pk holds");
-    AuditFailure(TerminalActor(sn), kActionTkImport, sn, "", s);
+    AuditFailure(TerminalActor(sn), rkl::audit::action::kTkImport, sn, "", s);
     return s;
   }
   const Bytes ctk = terminal.ctk_pk;
@@ -400,7 +402,7 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
     c.record.auk_index = imported->auk_index;
     c.record.auk_kcv = imported->auk_kcv;
     c.audit.push_back(
-        Audit(TerminalActor(sn), kActionTkImport, sn,
+        Audit(TerminalActor(sn), rkl::audit::action::kTkImport, sn,
               absl::StrCat("tek_index ", imported->tek_index, " tek_kcv ", imported->tek_kcv,
                            ", auk_index ", imported->auk_index, " auk_kcv ", imported->auk_kcv)));
     // The session answered by this import's challenge, in the same write.
@@ -437,7 +439,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
       if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8, ...: visible without a line per probe
         spdlog::info("kms: BeginAuthentication for an unknown SN ({} so far; latest {})", n, sn);
       }
-      CountRefusal({kActionAuthBegin, source}, kAnySn, terminal.status());
+      CountRefusal({rkl::audit::action::kAuthBegin, source}, kAnySn, terminal.status());
     }
     return terminal.status();
   }
@@ -453,7 +455,7 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
     refusal = protocol::CheckNonce(terminal->algorithm, rnd1, "rnd1");
   }
   if (!refusal.ok()) {
-    CountRefusal({kActionAuthBegin, source}, sn, refusal);
+    CountRefusal({rkl::audit::action::kAuthBegin, source}, sn, refusal);
     return refusal;
   }
 
@@ -477,8 +479,8 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
       fresh_challenge ? absl::StatusOr<AuthChallengeResult>(*std::move(fresh_challenge))
                       : hsm_.AuthChallenge(*t.auk_index, sn, rnd1);
   if (!challenge.ok()) {
-    AuditFailure(actor, kActionAuthBegin, sn, absl::StrCat("auk_index ", *t.auk_index),
-                 challenge.status());
+    AuditFailure(actor, rkl::audit::action::kAuthBegin, sn,
+                 absl::StrCat("auk_index ", *t.auk_index), challenge.status());
     return challenge.status();
   }
 
@@ -631,7 +633,7 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
           c.record.state_before_lock = cur.state;
           c.record.state = TerminalState::kLocked;
           c.cancel_sessions = true;
-          c.audit.push_back(Audit("kms", kActionLock, sn,
+          c.audit.push_back(Audit("kms", rkl::audit::action::kTerminalLock, sn,
                                   absl::StrCat(c.record.consecutive_failures,
                                                " consecutive authentication failures (was ",
                                                TerminalStateName(cur.state), ")")));
@@ -662,7 +664,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   const std::string actor = TerminalActor(sn);
   RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
                        ClaimSession(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
-                                    RefusalScope{kActionAuthComplete, source}));
+                                    RefusalScope{rkl::audit::action::kAuthComplete, source}));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
   absl::Status refusal;
@@ -680,7 +682,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   if (!refusal.ok()) {
     // Refused before any attempt: the session stays open, as it was.
     if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    CountRefusal({kActionAuthComplete, source}, sn, refusal);
+    CountRefusal({rkl::audit::action::kAuthComplete, source}, sn, refusal);
     return refusal;
   }
 
@@ -694,7 +696,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
   }
   if (!claimed) {
     absl::Status s = absl::FailedPreconditionError("session_id: session already used");
-    CountRefusal({kActionAuthComplete, source}, sn, s);
+    CountRefusal({rkl::audit::action::kAuthComplete, source}, sn, s);
     return s;
   }
   // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
@@ -715,12 +717,13 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
     ReleaseSession(session_id, SessionState::kVerifying, SessionState::kOpen, out.status());
     if (out.status().code() == absl::StatusCode::kUnauthenticated) {
       return RecordFailure(
-          sn, kActionAuthFail,
+          sn, rkl::audit::action::kAuthFail,
           absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"), *attempt,
           "crnd2: authentication token does not verify");
     }
     RefundAttempt(sn);
-    AuditFailure(actor, kActionTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver", out.status());
+    AuditFailure(actor, rkl::audit::action::kTmkDeliver, sn, "HSM #2 AuthenticateAndDeliver",
+                 out.status());
     return out.status();
   }
   const GeneratedTmk* tmk = &out->tmk;
@@ -741,7 +744,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
         Change c{cur};
         c.record.consecutive_failures = 0;
         c.audit.push_back(Audit(
-            actor, kActionAuthOk, sn,
+            actor, rkl::audit::action::kAuthOk, sn,
             absl::StrCat("session ", session_id.substr(0, 8), "…, auk_index ", session.auk_index)));
         const bool new_tmk = tmk->created || cur.tmk_index != tmk->tmk_index;
         // An installed terminal that authenticates again gets its installed TMK again, under
@@ -754,7 +757,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
         c.record.replace_tmk = false;
         if (!still_installed) c.record.state = TerminalState::kTmkDelivered;
         c.audit.push_back(Audit(
-            actor, kActionTmkDeliver, sn,
+            actor, rkl::audit::action::kTmkDeliver, sn,
             absl::StrCat(new_tmk ? "new" : "existing", " TMK tmk_index ", tmk->tmk_index,
                          " tmk_kcv ", tmk->kcv, " generation ", c.record.tmk_generation,
                          ", under TEK tek_index ", *cur.tek_index, " tek_kcv ", block->kek_kcv,
@@ -788,7 +791,8 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   RKL_ASSIGN_OR_RETURN(
       ClaimedSession claim,
       ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
-                   RefusalScope{kActionInstallConfirm, source}, SessionState::kConfirmed));
+                   RefusalScope{rkl::audit::action::kInstallConfirm, source},
+                   SessionState::kConfirmed));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
   if (claim.repeat) return RepeatConfirmation(session, terminal, proof, source);
@@ -812,7 +816,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     if (claim.claimed) {
       UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
     }
-    CountRefusal({kActionInstallConfirm, source}, sn, refusal);
+    CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, refusal);
     return refusal;
   }
   bool claimed = claim.claimed;
@@ -824,7 +828,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   if (!claimed) {
     absl::Status s =
         absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
-    CountRefusal({kActionInstallConfirm, source}, sn, s);
+    CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, s);
     return s;
   }
   absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
@@ -837,12 +841,13 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   if (!verified.ok()) {
     ReleaseSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated, verified);
     if (verified.code() == absl::StatusCode::kUnauthenticated) {
-      return RecordFailure(sn, kActionInstallFail,
+      return RecordFailure(sn, rkl::audit::action::kInstallFail,
                            absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv),
                            *attempt, "proof: install proof does not verify");
     }
     RefundAttempt(sn);
-    AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
+    AuditFailure(actor, rkl::audit::action::kInstallConfirm, sn, "HSM #2 VerifyInstallProof",
+                 verified);
     return verified;
   }
   absl::StatusOr<TerminalRecord> installed = Mutate(
@@ -861,7 +866,9 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
         c.record.rekey_requested = false;
         c.record.consecutive_failures = 0;
         c.audit.push_back(Audit(
-            actor, again ? kActionInstallReconfirm : kActionInstalled, sn,
+            actor,
+            again ? rkl::audit::action::kInstallReconfirm : rkl::audit::action::kTerminalInstalled,
+            sn,
             absl::StrCat("tmk_index ", *cur.tmk_index, " tmk_kcv ", cur.tmk_kcv, " generation ",
                          cur.tmk_generation, again ? ", already INSTALLED, session " : "",
                          again ? session_id.substr(0, 8) : "")));
@@ -905,7 +912,7 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
                      AlgorithmName(terminal.algorithm), " terminal"));
   }
   if (!refusal.ok()) {
-    CountRefusal({kActionInstallConfirm, source}, sn, refusal);
+    CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, refusal);
     return refusal;
   }
   // The same proof again (the reply to the first was lost): HSM #2 checks it as it did the
@@ -918,13 +925,14 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
                                                   session.rnd1, session.rnd2, proof);
   if (verified.code() == absl::StatusCode::kUnauthenticated) {
     return RecordFailure(
-        sn, kActionInstallFail,
+        sn, rkl::audit::action::kInstallFail,
         absl::StrCat("repeated install proof did not verify, tmk_kcv ", session.tmk_kcv), *attempt,
         "proof: install proof does not verify");
   }
   RefundAttempt(sn);
   if (!verified.ok()) {
-    AuditFailure(actor, kActionInstallConfirm, sn, "HSM #2 VerifyInstallProof", verified);
+    AuditFailure(actor, rkl::audit::action::kInstallConfirm, sn, "HSM #2 VerifyInstallProof",
+                 verified);
     return verified;
   }
   return TerminalState::kInstalled;
@@ -995,7 +1003,7 @@ absl::StatusOr<TerminalRecord> KmsCore::AdminChange(
 absl::StatusOr<TerminalRecord> KmsCore::UnlockTerminal(const std::string& actor,
                                                        const std::string& sn,
                                                        const std::string& reason) {
-  return AdminChange(actor, sn, reason, kActionUnlock, [](TerminalRecord& t) {
+  return AdminChange(actor, sn, reason, rkl::audit::action::kTerminalUnlock, [](TerminalRecord& t) {
     if (t.state != TerminalState::kLocked || !t.state_before_lock) {
       return absl::FailedPreconditionError("sn: terminal is not locked");
     }
@@ -1010,7 +1018,8 @@ absl::StatusOr<bool> KmsCore::DestroyKeys(const std::string& actor, const std::s
                                           const std::string& reason) {
   absl::StatusOr<std::vector<uint64_t>> destroyed = hsm_.DestroyTerminalKeys(sn, reason);
   if (!destroyed.ok()) {
-    AuditFailure(actor, kActionKeysDestroy, sn, "HSM #2 DestroyTerminalKeys", destroyed.status());
+    AuditFailure(actor, rkl::audit::action::kTerminalKeysDestroy, sn, "HSM #2 DestroyTerminalKeys",
+                 destroyed.status());
     return absl::Status(
         destroyed.status().code(),
         absl::StrCat("sn: terminal is revoked, but HSM #2 has not destroyed its keys yet; repeat "
@@ -1022,9 +1031,11 @@ absl::StatusOr<bool> KmsCore::DestroyKeys(const std::string& actor, const std::s
           ? std::string("HSM #2 holds no key of the terminal any more")
           : absl::StrCat("HSM #2 destroyed key indexes ", absl::StrJoin(*destroyed, ", "));
   if (!reason.empty()) absl::StrAppend(&detail, ", reason: ", reason);
-  absl::Status s = repository_.AppendAudit({Audit(actor, kActionKeysDestroy, sn, detail)});
+  absl::Status s =
+      repository_.AppendAudit({Audit(actor, rkl::audit::action::kTerminalKeysDestroy, sn, detail)});
   if (!s.ok())
-    spdlog::error("kms: audit write failed for {} on {}: {}", kActionKeysDestroy, sn, s.ToString());
+    spdlog::error("kms: audit write failed for {} on {}: {}",
+                  rkl::audit::action::kTerminalKeysDestroy, sn, s.ToString());
   return !destroyed->empty();
 }
 
@@ -1040,15 +1051,16 @@ absl::StatusOr<TerminalRecord> KmsCore::RevokeTerminal(const std::string& actor,
     if (destroyed) return *current;
   }
   // REVOKED first, so no delivery can start any more; then the keys.
-  RKL_ASSIGN_OR_RETURN(TerminalRecord revoked,
-                       AdminChange(actor, sn, reason, kActionRevoke, [](TerminalRecord& t) {
-                         if (t.state == TerminalState::kRevoked) {
-                           return absl::FailedPreconditionError("sn: terminal is already revoked");
-                         }
-                         t.state = TerminalState::kRevoked;
-                         t.state_before_lock.reset();
-                         return absl::OkStatus();
-                       }));
+  RKL_ASSIGN_OR_RETURN(
+      TerminalRecord revoked,
+      AdminChange(actor, sn, reason, rkl::audit::action::kTerminalRevoke, [](TerminalRecord& t) {
+        if (t.state == TerminalState::kRevoked) {
+          return absl::FailedPreconditionError("sn: terminal is already revoked");
+        }
+        t.state = TerminalState::kRevoked;
+        t.state_before_lock.reset();
+        return absl::OkStatus();
+      }));
   RKL_RETURN_IF_ERROR(DestroyKeys(actor, sn, reason).status());
   return revoked;
 }
@@ -1056,7 +1068,7 @@ absl::StatusOr<TerminalRecord> KmsCore::RevokeTerminal(const std::string& actor,
 absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,
                                                      const std::string& sn,
                                                      const std::string& reason) {
-  return AdminChange(actor, sn, reason, kActionRekey, [](TerminalRecord& t) {
+  return AdminChange(actor, sn, reason, rkl::audit::action::kTerminalRekey, [](TerminalRecord& t) {
     if (t.state != TerminalState::kInstalled) {
       return absl::FailedPreconditionError(
           absl::StrCat("sn: only an INSTALLED terminal can be marked for re-key (it is ",
@@ -1069,7 +1081,8 @@ absl::StatusOr<TerminalRecord> KmsCore::MarkForRekey(const std::string& actor,
 }
 
 absl::StatusOr<Statistics> KmsCore::GetStatistics() {
-  return repository_.GetStatistics({kActionAuthFail, kActionInstallFail});
+  return repository_.GetStatistics(
+      {rkl::audit::action::kAuthFail, rkl::audit::action::kInstallFail});
 }
 
 absl::StatusOr<int64_t> KmsCore::PurgeExpiredSessions() {

@@ -41,6 +41,7 @@
 #include "hsm_port.h"
 #include "kms_repository.h"
 #include "kms_types.h"
+#include "rkl/audit/actions.h"
 #include "rkl/audit/refusal_tally.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
@@ -92,27 +93,7 @@ struct AuditPage {
   std::string next_page_token;
 };
 
-// Audit actions (AuditRecord.action). Failure actions count in Statistics.
-inline constexpr char kActionTkReceive[] = "tk.receive";
-inline constexpr char kActionTkSupersede[] = "tk.supersede";
-inline constexpr char kActionTkSubmit[] = "tk.submit";  // refusals of a submission
-inline constexpr char kActionTkImport[] = "tk.import";
-inline constexpr char kActionAuthBegin[] = "auth.begin";
-inline constexpr char kActionAuthComplete[] = "auth.complete";  // refusals before the HSM
-inline constexpr char kActionAuthOk[] = "auth.ok";
-inline constexpr char kActionAuthFail[] = "auth.fail";
-inline constexpr char kActionTmkDeliver[] = "tmk.deliver";
-inline constexpr char kActionInstallConfirm[] = "install.confirm";  // refusals before the HSM
-inline constexpr char kActionInstallFail[] = "install.fail";
-inline constexpr char kActionInstalled[] = "terminal.installed";
-// An INSTALLED terminal confirmed its installed TMK again, in a new session (a lost reply).
-inline constexpr char kActionInstallReconfirm[] = "install.reconfirm";
-inline constexpr char kActionLock[] = "terminal.lock";
-inline constexpr char kActionUnlock[] = "terminal.unlock";
-inline constexpr char kActionRevoke[] = "terminal.revoke";
-// HSM #2 destroyed a revoked terminal's keys (or could not: the result says).
-inline constexpr char kActionKeysDestroy[] = "terminal.keys_destroy";
-inline constexpr char kActionRekey[] = "terminal.rekey";
+// Audit actions: rkl/audit/actions.h (audit::action). Failure actions count in Statistics.
 
 inline constexpr int kDefaultPageSize = 100;
 inline constexpr int kMaxPageSize = 1000;

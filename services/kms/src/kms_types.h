@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "rkl/audit/audit_event.h"
 #include "rkl/audit/refusal_tally.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/key_algorithm.h"
@@ -82,16 +83,9 @@ struct AuthSession {
   int64_t expires_at_ms = 0;
 };
 
-// One audit line: who did what to which terminal, with indexes and KCVs only.
-struct AuditEntry {
-  uint64_t seq = 0;  // assigned by the repository
-  int64_t at_ms = 0;
-  std::string actor;
-  std::string action;
-  std::string sn;
-  std::string detail;
-  std::string result;  // "OK" or a status code name
-};
+// One audit line: who did what to which terminal, with indexes and KCVs only; seq is
+// assigned by the repository.
+using AuditEntry = audit::AuditEvent;
 
 // Refusals of one kind in one minute, counted instead of audited one by one (docs/kms.md
 // "Bounded state"): `sn` is a terminal KMS knows, or kAnySn.

@@ -20,13 +20,12 @@
 #include "kms_grpc_service.h"
 #include "kms_pg_repository.h"
 #include "rkl/common/retry_delay.h"
-#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/kms.grpc.pb.h"
 #include "spdlog/sinks/ostream_sink.h"
@@ -72,15 +71,12 @@ struct Replica {
   std::unique_ptr<rpc::Server> server;
 };
 
-class KmsGrpcTest : public ::testing::Test {
+class KmsGrpcTest : public rkl::testing::PgFixture {
  protected:
+  KmsGrpcTest() : PgFixture({.migrations = Migrations(), .grants = kKmsRuntimeGrants}) {}
+
   void SetUp() override {
-    auto db = rkl::testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    db_.emplace(*std::move(db));
-    auto applied =
-        db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kKmsRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
     pki_ = *std::move(pki);
@@ -90,8 +86,8 @@ class KmsGrpcTest : public ::testing::Test {
       tls_[id] = *files;
     }
     hsm_ = std::make_unique<FakeHsm>(keys_);
-    a_ = std::make_unique<Replica>(db_->runtime_dsn(), *hsm_, tls_["kms"]);
-    b_ = std::make_unique<Replica>(db_->runtime_dsn(), *hsm_, tls_["kms"]);
+    a_ = std::make_unique<Replica>(database().runtime_dsn(), *hsm_, tls_["kms"]);
+    b_ = std::make_unique<Replica>(database().runtime_dsn(), *hsm_, tls_["kms"]);
     ASSERT_NE(a_->server, nullptr);
     ASSERT_NE(b_->server, nullptr);
   }
@@ -211,16 +207,7 @@ class KmsGrpcTest : public ::testing::Test {
                         " auth_sessions=", r[0][2].as<int64_t>(), " audit=", r[0][3].as<int64_t>());
   }
 
-  pqxx::result Sql(const std::string& sql) {
-    pqxx::connection c(db_->dsn());
-    pqxx::work tx(c);
-    pqxx::result r = tx.exec(sql);
-    tx.commit();
-    return r;
-  }
-
   TransportKeys keys_ = TransportKeys::Generate();
-  std::optional<rkl::testing::TestDatabase> db_;
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::map<std::string, rpc::TlsFiles> tls_;
   std::unique_ptr<FakeHsm> hsm_;
@@ -279,7 +266,7 @@ TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) 
                               absl::MutexLock lock(&mu);
                               return now;
                             }};
-  Replica limited(db_->runtime_dsn(), *hsm_, tls_["kms"], limits);
+  Replica limited(database().runtime_dsn(), *hsm_, tls_["kms"], limits);
   ASSERT_NE(limited.server, nullptr);
   auto mtms = Stub(limited, tls_["mtms"]);
   auto terminal = Terminal(limited);
@@ -349,7 +336,7 @@ TEST_F(KmsGrpcTest, TenThousandJunkBeginsLeaveBoundedTablesAfterThePurge) {
   constexpr int kThreads = 4;
   absl::Mutex mu;
   absl::Time now = kNow;
-  Replica r(db_->runtime_dsn(), *hsm_, tls_["kms"], {}, [&] {
+  Replica r(database().runtime_dsn(), *hsm_, tls_["kms"], {}, [&] {
     absl::MutexLock lock(&mu);
     return now;
   });
@@ -680,8 +667,7 @@ TEST_F(KmsGrpcTest, TheDatabaseRefusesTwoTerminalsWithOneTmk) {
 }
 
 TEST_F(KmsGrpcTest, MigrationsAreIdempotent) {
-  auto again =
-      db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(), Migrations(), kKmsRuntimeGrants);
+  auto again = database().Migrate();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
 }

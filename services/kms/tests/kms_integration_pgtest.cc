@@ -23,12 +23,11 @@
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
-#include "rkl/db/schema_roles.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "test_terminal.h"
@@ -57,8 +56,10 @@ struct KmsReplica {
   KmsCore core;
 };
 
-class KmsIntegrationTest : public ::testing::Test {
+class KmsIntegrationTest : public rkl::testing::PgFixture {
  protected:
+  KmsIntegrationTest() : PgFixture({.migrations = Migrations(), .grants = kKmsRuntimeGrants}) {}
+
   struct Result {
     uint64_t index = 0;
     SecretBytes key;
@@ -165,19 +166,14 @@ class KmsIntegrationTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    auto db = rkl::testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    kms_db_.emplace(*std::move(db));
-    auto applied = db::MigrateAsOwner(kms_db_->owner_dsn(), kms_db_->runtime_role(), Migrations(),
-                                      kKmsRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     a_ = MakeReplica();
     b_ = MakeReplica();
   }
 
   std::unique_ptr<KmsReplica> MakeReplica(int lockout_threshold = 100) {
     return std::make_unique<KmsReplica>(
-        kms_db_->runtime_dsn(), HsmChannel("kms"),
+        database().runtime_dsn(), HsmChannel("kms"),
         [this] {
           absl::MutexLock lock(&clock_mu_);
           return now_;
@@ -228,14 +224,6 @@ class KmsIntegrationTest : public ::testing::Test {
                                                : absl::InternalError("not installed");
   }
 
-  pqxx::result KmsSql(const std::string& sql) {
-    pqxx::connection c(kms_db_->dsn());
-    pqxx::work tx(c);
-    pqxx::result r = tx.exec(sql);
-    tx.commit();
-    return r;
-  }
-
   static rkl::testing::TestPki* pki_;
   static std::map<std::string, rpc::TlsFiles>* tls_;
   static rkl::testing::TestDatabase* hsm_db_;
@@ -243,7 +231,6 @@ class KmsIntegrationTest : public ::testing::Test {
   static Result pk_;
   static Result mak_;
 
-  std::optional<rkl::testing::TestDatabase> kms_db_;
   std::unique_ptr<KmsReplica> a_;
   std::unique_ptr<KmsReplica> b_;
   absl::Mutex clock_mu_;
@@ -288,7 +275,7 @@ TEST_F(KmsIntegrationTest, TamperedCtkPkIsUnauthenticatedAndChangesNothing) {
   EXPECT_EQ(after->version, before->version);
   EXPECT_FALSE(after->auk_index.has_value());
   EXPECT_EQ(after->consecutive_failures, 0u);
-  EXPECT_EQ(KmsSql("SELECT count(*) FROM auth_sessions")[0][0].as<int>(), 0);
+  EXPECT_EQ(Sql("SELECT count(*) FROM auth_sessions")[0][0].as<int>(), 0);
 }
 
 TEST_F(KmsIntegrationTest, WrongReflectedReusedExpiredAndCrossSnTokensAreRefused) {
@@ -415,9 +402,9 @@ TEST_F(KmsIntegrationTest, ThousandTerminalsGetThousandDistinctTmks) {
   std::set<Bytes> fingerprints;
   for (const auto& t : terminals) fingerprints.insert(*t->TmkFingerprint());
   EXPECT_EQ(fingerprints.size(), static_cast<size_t>(kTerminals));
-  pqxx::row counts = KmsSql(
-      "SELECT count(*), count(DISTINCT tmk_index), count(*) FILTER (WHERE state = 'INSTALLED')"
-      " FROM terminals")[0];
+  pqxx::row counts =
+      Sql("SELECT count(*), count(DISTINCT tmk_index), count(*) FILTER (WHERE state = 'INSTALLED')"
+          " FROM terminals")[0];
   EXPECT_EQ(counts[0].as<int>(), kTerminals);
   EXPECT_EQ(counts[1].as<int>(), kTerminals);
   EXPECT_EQ(counts[2].as<int>(), kTerminals);

@@ -118,7 +118,7 @@ absl::StatusOr<SubmitReceipt> MtmsCore::SubmitTransportKey(const SubmitRequest& 
   std::string sn;
   absl::StatusOr<SubmitReceipt> receipt = Intake(request, actor, sn);
   if (!receipt.ok()) {
-    CountRefusal(kActionPackageRefuse, sn, source, receipt.status());
+    CountRefusal(rkl::audit::action::kPackageRefuse, sn, source, receipt.status());
     spdlog::debug("package refused: sn={} code={}", sn.empty() ? "*" : sn,
                   absl::StatusCodeToString(receipt.status().code()));
   }
@@ -216,11 +216,12 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
   AuditEntry audit{
       .at_ms = now_ms,
       .actor = actor.empty() ? absl::StrCat("operator:", row.operator_id) : actor,
-      .action = "package.receive",
+      .action = rkl::audit::action::kPackageReceive,
       .sn = row.sn,
       .detail = absl::StrCat("submission ", row.submission_id, " operator ", row.operator_id,
                              " certificate ", row.operator_certificate_serial, " work certificate ",
-                             row.work_certificate_serial)};
+                             row.work_certificate_serial),
+      .result = "OK"};
   RKL_ASSIGN_OR_RETURN(InsertOutcome outcome, repository_.InsertSubmission(row, audit));
   switch (outcome) {
     case InsertOutcome::kInserted:
@@ -254,7 +255,7 @@ absl::StatusOr<SubmissionRecord> MtmsCore::GetSubmission(const std::string& subm
 absl::StatusOr<SubmissionRecord> MtmsCore::GetOwnSubmission(const OwnSubmissionQuery& request,
                                                             std::string_view source) {
   absl::StatusOr<SubmissionRecord> row = QueryOwnSubmission(request);
-  if (!row.ok()) CountRefusal(kActionQueryRefuse, "", source, row.status());
+  if (!row.ok()) CountRefusal(rkl::audit::action::kSubmissionQuery, "", source, row.status());
   return row;
 }
 
@@ -415,11 +416,13 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::ProvisionWorkKey(bool rotate, uint32_t r
           record.status());
     return record.status();
   }
-  AuditEntry audit{.at_ms = NowUnixMs(clock_),
-                   .actor = actor,
-                   .action = rotate ? "work_key.rotate" : "work_key.provision",
-                   .detail = absl::StrCat("serial ", record->serial_hex, " hsm ", options_.hsm_id,
-                                          " key index ", pair.key_index, " rsa ", bits)};
+  AuditEntry audit{
+      .at_ms = NowUnixMs(clock_),
+      .actor = actor,
+      .action = rotate ? rkl::audit::action::kWorkKeyRotate : rkl::audit::action::kWorkKeyProvision,
+      .detail = absl::StrCat("serial ", record->serial_hex, " hsm ", options_.hsm_id, " key index ",
+                             pair.key_index, " rsa ", bits),
+      .result = "OK"};
   RKL_ASSIGN_OR_RETURN(MtmsRepository::InstallResult result,
                        repository_.InstallWorkKey(*record, rotate, audit));
   if (!result.installed) {
@@ -440,8 +443,9 @@ absl::StatusOr<WorkKeyRecord> MtmsCore::RetireWorkKey(const std::string& serial_
   }
   AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = actor,
-                   .action = "work_key.retire",
-                   .detail = absl::StrCat("serial ", serial, force ? " (forced)" : "")};
+                   .action = rkl::audit::action::kWorkKeyRetire,
+                   .detail = absl::StrCat("serial ", serial, force ? " (forced)" : ""),
+                   .result = "OK"};
   RKL_ASSIGN_OR_RETURN(MtmsRepository::RetireResult result,
                        repository_.RetireWorkKey(serial, force, NowUnixMs(clock_), audit));
   switch (result.outcome) {

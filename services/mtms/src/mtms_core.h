@@ -36,6 +36,7 @@
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
 
@@ -57,10 +58,6 @@ struct MtmsCoreOptions {
   // Submission ids and work-key label suffixes (tests may inject a deterministic source).
   crypto::RandomSource random = crypto::FillRandom;
 };
-
-// The actions refusals are counted under.
-inline constexpr char kActionPackageRefuse[] = "package.refuse";
-inline constexpr char kActionQueryRefuse[] = "submission.query";
 
 struct SubmitRequest {
   std::string package;  // B, serialized TransportKeyPackage

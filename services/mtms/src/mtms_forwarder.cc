@@ -6,6 +6,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/parallel.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
@@ -213,7 +214,7 @@ Forwarder::Outcome Forwarder::Reject(const SubmissionRecord& row, const std::str
                                      const std::string& reason) {
   AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = options_.replica_id,
-                   .action = "package.reject",
+                   .action = rkl::audit::action::kPackageReject,
                    .sn = row.sn,
                    .detail = absl::StrCat("submission ", row.submission_id, ": ", reason),
                    .result = "REJECTED"};
@@ -279,7 +280,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
     AuditEntry audit{
         .at_ms = NowUnixMs(clock_),
         .actor = options_.replica_id,
-        .action = "package.supersede",
+        .action = rkl::audit::action::kPackageSupersede,
         .sn = row.sn,
         .detail = absl::StrCat("submission ", row.submission_id, ": ", kSupersededReason),
         .result = "REJECTED"};
@@ -347,11 +348,12 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
   }
   AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = options_.replica_id,
-                   .action = "package.forward",
+                   .action = rkl::audit::action::kPackageForward,
                    .sn = row.sn,
                    .detail = absl::StrCat("submission ", row.submission_id, " work key index ",
                                           (*work_key)->hsm_key_index,
-                                          receipt->duplicate ? " (kms: duplicate)" : "")};
+                                          receipt->duplicate ? " (kms: duplicate)" : ""),
+                   .result = "OK"};
   absl::StatusOr<bool> done =
       repository_.FinishForwarded(row.submission_id, claim_token, NowUnixMs(clock_), audit);
   if (!done.ok()) {

@@ -465,14 +465,14 @@ absl::StatusOr<audit::PgAuditLog::PreparedPending> PgMtmsRepository::Prepare(
   return std::move(p.at(0));
 }
 
-absl::StatusOr<std::vector<AuditRecord>> PgMtmsRepository::ListAudit(size_t limit) {
+absl::StatusOr<std::vector<AuditEntry>> PgMtmsRepository::ListAudit(size_t limit) {
   // The newest records by their place in the chain: those committed so far are chained first.
   RKL_RETURN_IF_ERROR(audit_.Seal().status());
   return db::RunAutocommitRead(
-      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditRecord>> {
-        std::vector<AuditRecord> records;
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditEntry>> {
+        std::vector<AuditEntry> records;
         for (const pqxx::row& row : db::Exec(tx, kListAudit, static_cast<int64_t>(limit))) {
-          AuditRecord a;
+          AuditEntry a;
           a.seq = row[0].as<uint64_t>();
           a.at_ms = row[1].as<int64_t>();
           a.actor = row[2].as<std::string>();

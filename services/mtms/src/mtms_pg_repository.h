@@ -61,7 +61,7 @@ class PgMtmsRepository final : public MtmsRepository {
                                         int64_t next_attempt_at_ms) override;
 
   absl::Status AppendAudit(const AuditEntry& audit) override;
-  absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) override;
+  absl::StatusOr<std::vector<AuditEntry>> ListAudit(size_t limit) override;
   absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) override;
   absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() override;
   absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;

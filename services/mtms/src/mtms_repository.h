@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "rkl/audit/audit_event.h"
 #include "rkl/audit/refusal_tally.h"
 #include "rkl/common/hex.h"
 
@@ -72,18 +73,8 @@ struct SubmissionRecord {
 };
 
 // One audit record; never key material: identities, SNs, indexes, serials, KCVs, codes.
-struct AuditEntry {
-  int64_t at_ms = 0;
-  std::string actor;
-  std::string action;
-  std::string sn;
-  std::string detail;
-  std::string result = "OK";
-};
-
-struct AuditRecord : AuditEntry {
-  uint64_t seq = 0;
-};
+// A listing sets seq.
+using AuditEntry = audit::AuditEvent;
 
 enum class InsertOutcome { kInserted, kUnknownWorkKey, kRetiredWorkKey, kReplay };
 
@@ -181,7 +172,7 @@ class MtmsRepository {
   // For events that change nothing else (refused packages, refused provisioning).
   virtual absl::Status AppendAudit(const AuditEntry& audit) = 0;
   // Newest first.
-  virtual absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) = 0;
+  virtual absl::StatusOr<std::vector<AuditEntry>> ListAudit(size_t limit) = 0;
 
   // ---- Refusal counts (docs/mtms.md "Bounded state") ----
   // Adds the counts to refusal_counts (one statement; rows of the same key add up).

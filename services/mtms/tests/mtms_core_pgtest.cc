@@ -7,45 +7,37 @@
 #include "mtms_pg_repository.h"
 #include "mtms_suite.h"
 #include "rkl/db/connection_pool.h"
-#include "rkl/db/migration.h"
-#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 
 namespace rkl::mtms::testing {
 namespace {
 
-struct PgBackend {
-  static std::unique_ptr<PgBackend> Create() {
-    auto db = rkl::testing::TestDatabase::Create();
+struct PgBackend final : public MtmsBackend {
+  static std::unique_ptr<MtmsBackend> Create() {
+    // The repositories run as the runtime role, with only the privileges MTMS is granted.
+    auto db = rkl::testing::ServiceDatabase::Create(
+        {.migrations = rkl::mtms::Migrations(), .grants = kMtmsRuntimeGrants});
     if (!db.ok()) {
       ADD_FAILURE() << db.status();
       return nullptr;
     }
     auto backend = std::make_unique<PgBackend>();
     backend->db.emplace(*std::move(db));
-    // The repositories run as the runtime role, with only the privileges MTMS is granted.
-    auto applied = db::MigrateAsOwner(backend->db->owner_dsn(), backend->db->runtime_role(),
-                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
-    if (!applied.ok()) {
-      ADD_FAILURE() << applied.status();
-      return nullptr;
-    }
     return backend;
   }
 
   // Each replica has its own pool, as separate processes would.
-  MtmsRepository& Replica(int i) {
+  MtmsRepository& Replica(int i) override {
     while (static_cast<int>(repositories.size()) <= i) {
-      pools.push_back(std::make_unique<db::ConnectionPool>(
-          db::PoolOptions{.dsn = db->runtime_dsn(), .max_size = 4}));
+      pools.push_back(db->NewPool(4));
       repositories.push_back(
           std::make_unique<PgMtmsRepository>(*pools.back(), crypto::SecretBytes(32)));
     }
     return *repositories[i];
   }
 
-  void OverwritePackage(const std::string& id, const Bytes& package) {
+  void OverwritePackage(const std::string& id, const Bytes& package) override {
     pqxx::connection conn(db->dsn());
     pqxx::work tx(conn);
     tx.exec_params("UPDATE sn_key_mtms SET package = $2 WHERE submission_id = $1", id,
@@ -53,53 +45,57 @@ struct PgBackend {
     tx.commit();
   }
 
-  pqxx::result Sql(const std::string& statement) {
-    pqxx::connection conn(db->dsn());
-    pqxx::work tx(conn);
-    pqxx::result r = tx.exec(statement);
-    tx.commit();
-    return r;
-  }
+  pqxx::result Sql(const std::string& statement) { return db->Sql(statement); }
 
-  std::optional<rkl::testing::TestDatabase> db;
+  std::optional<rkl::testing::ServiceDatabase> db;
   std::vector<std::unique_ptr<db::ConnectionPool>> pools;
   std::vector<std::unique_ptr<PgMtmsRepository>> repositories;
 };
 
-INSTANTIATE_TYPED_TEST_SUITE_P(Postgres, MtmsSuite, ::testing::Types<PgBackend>);
+const rkl::testing::Implementation<MtmsBackend> kPostgres{"Postgres", &PgBackend::Create};
 
-class MtmsSchemaPgTest : public MtmsSuite<PgBackend> {};
+INSTANTIATE_TEST_SUITE_P(Postgres, MtmsSuite, ::testing::Values(kPostgres),
+                         rkl::testing::ImplementationName());
 
-TEST_F(MtmsSchemaPgTest, ReplayIsRefusedByTheDatabaseConstraintItself) {
+// What only a real database shows: the suite's set-up, on PostgreSQL alone.
+class MtmsSchemaPgTest : public MtmsSuite {
+ protected:
+  PgBackend& pg() { return static_cast<PgBackend&>(*backend_); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Postgres, MtmsSchemaPgTest, ::testing::Values(kPostgres),
+                         rkl::testing::ImplementationName());
+
+TEST_P(MtmsSchemaPgTest, ReplayIsRefusedByTheDatabaseConstraintItself) {
   auto receipt = Submit({.sn = "SN-CONSTRAINT"});
   ASSERT_TRUE(receipt.ok());
   // Bypassing the code: a second row with the same (operator_id, nonce) cannot exist.
-  EXPECT_THROW(backend_->Sql("INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce,"
-                             " package, signature, operator_certificate_pem,"
-                             " operator_certificate_serial, work_certificate_serial, ctk_pu,"
-                             " algorithm_code, created_at_ms, received_at_ms, state,"
-                             " next_attempt_at_ms)"
-                             " SELECT 'other', sn, operator_id, nonce, package, signature,"
-                             " operator_certificate_pem, operator_certificate_serial,"
-                             " work_certificate_serial, ctk_pu, algorithm_code, created_at_ms,"
-                             " received_at_ms, 'RECEIVED', next_attempt_at_ms FROM sn_key_mtms"),
+  EXPECT_THROW(pg().Sql("INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce,"
+                        " package, signature, operator_certificate_pem,"
+                        " operator_certificate_serial, work_certificate_serial, ctk_pu,"
+                        " algorithm_code, created_at_ms, received_at_ms, state,"
+                        " next_attempt_at_ms)"
+                        " SELECT 'other', sn, operator_id, nonce, package, signature,"
+                        " operator_certificate_pem, operator_certificate_serial,"
+                        " work_certificate_serial, ctk_pu, algorithm_code, created_at_ms,"
+                        " received_at_ms, 'RECEIVED', next_attempt_at_ms FROM sn_key_mtms"),
                pqxx::unique_violation);
 }
 
-TEST_F(MtmsSchemaPgTest, AtMostOneCurrentWorkKeyIsAConstraint) {
-  EXPECT_THROW(backend_->Sql("UPDATE work_keys SET state = 'CURRENT'"
-                             " WHERE state = 'CURRENT'; INSERT INTO work_keys (serial_hex, hsm_id,"
-                             " hsm_key_index, public_key_der, certificate_pem, terminal_root_pem,"
-                             " state, created_at_ms) VALUES ('AB', 'h', 999, '', '', '',"
-                             " 'CURRENT', 0)"),
+TEST_P(MtmsSchemaPgTest, AtMostOneCurrentWorkKeyIsAConstraint) {
+  EXPECT_THROW(pg().Sql("UPDATE work_keys SET state = 'CURRENT'"
+                        " WHERE state = 'CURRENT'; INSERT INTO work_keys (serial_hex, hsm_id,"
+                        " hsm_key_index, public_key_der, certificate_pem, terminal_root_pem,"
+                        " state, created_at_ms) VALUES ('AB', 'h', 999, '', '', '',"
+                        " 'CURRENT', 0)"),
                pqxx::unique_violation);
 }
 
-TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditAndOperator) {
+TEST_P(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditAndOperator) {
   // The intake is one statement: each refusal must leave no trace, an accepted package
   // exactly its row, its audit entry and its operator's first sight.
   MtmsRepository& repo = backend_->Replica(0);
-  auto count = [&](const std::string& sql) { return backend_->Sql(sql)[0][0].as<int64_t>(); };
+  auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };
   WorkKeyRecord key{.serial_hex = "0A1B2C",
                     .hsm_id = "hsm-x",
                     .hsm_key_index = 77,
@@ -152,7 +148,7 @@ TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   EXPECT_EQ(count(rows), 1);
   EXPECT_EQ(count(audits), 1);
 
-  backend_->Sql(
+  pg().Sql(
       "UPDATE work_keys SET state = 'RETIRED', retired_at_ms = 7 "
       "WHERE serial_hex = '0A1B2C'");
   row.submission_id = "sub-intake-3";
@@ -164,9 +160,9 @@ TEST_F(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   EXPECT_EQ(count(audits), 1);
 }
 
-TEST_F(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed) {
+TEST_P(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed) {
   MtmsRepository& repo = backend_->Replica(0);
-  auto count = [&](const std::string& sql) { return backend_->Sql(sql)[0][0].as<int64_t>(); };
+  auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };
   auto receipt = Submit({.sn = "SN-FINISH"});
   ASSERT_TRUE(receipt.ok()) << receipt.status();
   auto claimed = repo.ClaimDue("token-a", INT64_MAX / 2, INT64_MAX / 2 + 1000, 10);
@@ -194,11 +190,11 @@ TEST_F(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed
   EXPECT_EQ(count("SELECT count(*) FROM sn_key_mtms WHERE state = 'FORWARDED'"), 1);
 }
 
-TEST_F(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute) {
+TEST_P(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute) {
   // xmin names the transaction that last wrote a row version: it changes whenever the row
   // is written, and only then.
   auto seen = [&](const std::string& op) {  // op: a fixed operator id of this test
-    pqxx::result r = backend_->Sql(
+    pqxx::result r = pg().Sql(
         "SELECT xmin::text, first_seen_at_ms, last_seen_at_ms, certificate_serial"
         " FROM operators_seen WHERE operator_id = '" +
         op + "'");
@@ -246,7 +242,7 @@ TEST_F(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute)
   EXPECT_EQ(seen("bob").first, clock_.NowUnixMs());
 
   // The package counts come from the submissions themselves, and are right.
-  pqxx::result counts = backend_->Sql(
+  pqxx::result counts = pg().Sql(
       "SELECT o.operator_id, count(s.submission_id) FROM operators_seen o"
       " LEFT JOIN sn_key_mtms s ON s.operator_id = o.operator_id"
       " AND s.operator_certificate_serial = o.certificate_serial"
@@ -257,18 +253,17 @@ TEST_F(MtmsSchemaPgTest, OperatorsSeenIsWrittenOnFirstSightAndAtMostOnceAMinute)
   EXPECT_EQ(counts[1][0].as<std::string>(), "bob");
   EXPECT_EQ(counts[1][1].as<int64_t>(), 3);
   // No counter is left behind to go stale (migration 002).
-  EXPECT_EQ(backend_
-                ->Sql("SELECT count(*) FROM information_schema.columns"
-                      " WHERE table_name = 'operators_seen' AND column_name = 'packages'")[0][0]
+  EXPECT_EQ(pg().Sql("SELECT count(*) FROM information_schema.columns"
+                     " WHERE table_name = 'operators_seen' AND column_name = 'packages'")[0][0]
                 .as<int>(),
             0);
 }
 
-TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow) {
+TEST_P(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow) {
   ASSERT_TRUE(Submit({.sn = "SN-LOCK-0"}).ok());  // alice's operators_seen row exists now
   // Another transaction holds alice's row lock until it ends, as a concurrent submission
   // did when every package updated the row...
-  pqxx::connection holder(backend_->db->dsn());
+  pqxx::connection holder(pg().db->dsn());
   pqxx::work locked(holder);
   ASSERT_EQ(
       locked.exec("SELECT 1 FROM operators_seen WHERE operator_id = 'alice' FOR UPDATE").size(),
@@ -276,7 +271,7 @@ TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow
   // ...and intake goes through regardless. lock_timeout turns a wait on that lock into an
   // error, so a regression fails here instead of hanging.
   db::ConnectionPool pool(
-      {.dsn = backend_->db->runtime_dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
+      {.dsn = pg().db->runtime_dsn() + " options='-c lock_timeout=5s'", .max_size = 2});
   PgMtmsRepository repository(pool, crypto::SecretBytes(32));
   auto core = MakeCore(repository);
   for (int i = 1; i <= 5; ++i) {
@@ -286,13 +281,11 @@ TEST_F(MtmsSchemaPgTest, SubmissionsOfOneOperatorDoNotWaitForItsOperatorsSeenRow
   }
   locked.abort();
   EXPECT_EQ(
-      backend_->Sql("SELECT count(*) FROM sn_key_mtms WHERE operator_id = 'alice'")[0][0].as<int>(),
-      6);
+      pg().Sql("SELECT count(*) FROM sn_key_mtms WHERE operator_id = 'alice'")[0][0].as<int>(), 6);
 }
 
-TEST_F(MtmsSchemaPgTest, MigrationsAreIdempotentAtRestart) {
-  auto again = db::MigrateAsOwner(backend_->db->owner_dsn(), backend_->db->runtime_role(),
-                                  rkl::mtms::Migrations(), kMtmsRuntimeGrants);
+TEST_P(MtmsSchemaPgTest, MigrationsAreIdempotentAtRestart) {
+  auto again = pg().db->Migrate();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
 }

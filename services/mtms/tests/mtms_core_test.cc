@@ -11,17 +11,22 @@
 namespace rkl::mtms::testing {
 namespace {
 
-struct InMemoryBackend {
-  static std::unique_ptr<InMemoryBackend> Create() { return std::make_unique<InMemoryBackend>(); }
+class InMemoryBackend final : public MtmsBackend {
+ public:
   // One process, one store: every "replica" shares it.
-  MtmsRepository& Replica(int) { return repository; }
-  void OverwritePackage(const std::string& id, const Bytes& package) {
-    repository.OverwritePackage(id, package);
+  MtmsRepository& Replica(int) override { return repository_; }
+  void OverwritePackage(const std::string& id, const Bytes& package) override {
+    repository_.OverwritePackage(id, package);
   }
-  InMemoryRepository repository;
+
+ private:
+  InMemoryRepository repository_;
 };
 
-INSTANTIATE_TYPED_TEST_SUITE_P(InMemory, MtmsSuite, ::testing::Types<InMemoryBackend>);
+INSTANTIATE_TEST_SUITE_P(InMemory, MtmsSuite,
+                         ::testing::Values(rkl::testing::Implementation<MtmsBackend>{
+                             "InMemory", [] { return std::make_unique<InMemoryBackend>(); }}),
+                         rkl::testing::ImplementationName());
 
 TEST(MtmsConfigTest, DefaultsAreSaneAndTheDsnIsRequired) {
   ConfigSchema schema = MakeMtmsConfigSchema();

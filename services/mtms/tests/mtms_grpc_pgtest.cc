@@ -19,13 +19,12 @@
 #include "mtms_translate_batcher.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
-#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 #include "test_support.h"
@@ -98,15 +97,13 @@ struct MtmsProcess {
   std::unique_ptr<rpc::Server> server;
 };
 
-class MtmsGrpcTest : public ::testing::Test {
+class MtmsGrpcTest : public rkl::testing::PgFixture {
  protected:
+  MtmsGrpcTest()
+      : PgFixture({.migrations = rkl::mtms::Migrations(), .grants = kMtmsRuntimeGrants}) {}
+
   void SetUp() override {
-    auto db = rkl::testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    db_.emplace(*std::move(db));
-    auto applied = db::MigrateAsOwner(db_->owner_dsn(), db_->runtime_role(),
-                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     auto pki = rkl::testing::TestPki::Create();
     ASSERT_TRUE(pki.ok()) << pki.status();
     pki_ = *std::move(pki);
@@ -132,7 +129,7 @@ class MtmsGrpcTest : public ::testing::Test {
   std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica,
                                          rpc::PublicCallLimits limits = {}) {
     return std::make_unique<MtmsProcess>(
-        db_->runtime_dsn(), tls_["mtms"], hsm_server_->port(), ca_server_->port(), kms_port_,
+        database().runtime_dsn(), tls_["mtms"], hsm_server_->port(), ca_server_->port(), kms_port_,
         clock_, fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica, std::move(limits));
   }
 
@@ -206,7 +203,6 @@ class MtmsGrpcTest : public ::testing::Test {
   }
 
   FakeClock clock_;
-  std::optional<rkl::testing::TestDatabase> db_;
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::map<std::string, rpc::TlsFiles> tls_;
   std::unique_ptr<TestAuthority> authority_;

@@ -48,14 +48,13 @@
 #include "rkl/crypto/x509_verify.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
-#include "rkl/db/schema_roles.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/protocol/transport_key.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/test_database.h"
+#include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
@@ -163,8 +162,7 @@ struct World {
   SecretBytes pk;  // XOR of the components the test entered as custodians
   SecretBytes mak;
 
-  std::optional<rkl::testing::TestDatabase> ca_db;
-  std::optional<db::ConnectionPool> ca_pool;
+  std::optional<rkl::testing::ServiceDatabase> ca_db;
   std::optional<ca::PgCaRepository> ca_repository;
   std::optional<ca::MasterKey> ca_master_key;
   std::optional<ca::CaCore> ca_core;
@@ -174,8 +172,11 @@ struct World {
   std::optional<crypto::Certificate> operator_ca;
 };
 
-class MtmsIntegrationTest : public ::testing::Test {
+class MtmsIntegrationTest : public rkl::testing::PgFixture {
  protected:
+  MtmsIntegrationTest()
+      : PgFixture({.migrations = rkl::mtms::Migrations(), .grants = kMtmsRuntimeGrants}) {}
+
   static void SetUpTestSuite() {
     world_ = new World();
     World& w = *world_;
@@ -271,14 +272,11 @@ class MtmsIntegrationTest : public ::testing::Test {
   }
 
   static void StartCa(World& w) {
-    auto db = rkl::testing::TestDatabase::Create();
+    auto db = rkl::testing::ServiceDatabase::Create(
+        {.migrations = ca::Migrations(), .grants = ca::kCaRuntimeGrants});
     ASSERT_TRUE(db.ok()) << db.status();
     w.ca_db.emplace(*std::move(db));
-    w.ca_pool.emplace(db::PoolOptions{.dsn = w.ca_db->runtime_dsn(), .max_size = 4});
-    auto applied = db::MigrateAsOwner(w.ca_db->owner_dsn(), w.ca_db->runtime_role(),
-                                      ca::Migrations(), ca::kCaRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
-    w.ca_repository.emplace(&*w.ca_pool);
+    w.ca_repository.emplace(&w.ca_db->pool());
     auto master_key = ca::MasterKey::FromSecret(crypto::RandomSecret(32));
     ASSERT_TRUE(master_key.ok()) << master_key.status();
     w.ca_master_key.emplace(*std::move(master_key));
@@ -306,18 +304,13 @@ class MtmsIntegrationTest : public ::testing::Test {
     World& w = *world_;
     ASSERT_TRUE(w.hsm && w.ca_server && w.pk_index != 0 && w.mak_index != 0)
         << "the suite set-up failed; see above";
-    auto db = rkl::testing::TestDatabase::Create();
-    ASSERT_TRUE(db.ok()) << db.status();
-    mtms_db_.emplace(*std::move(db));
-    auto applied = db::MigrateAsOwner(mtms_db_->owner_dsn(), mtms_db_->runtime_role(),
-                                      rkl::mtms::Migrations(), kMtmsRuntimeGrants);
-    ASSERT_TRUE(applied.ok()) << applied.status();
+    ASSERT_NO_FATAL_FAILURE(PgFixture::SetUp());
     kms_service_ = std::make_unique<TestKmsService>(kms_);
     auto kms_server = rpc::Server::Start({.listen_address = "127.0.0.1:0", .tls = w.tls["kms"]},
                                          {kms_service_.get()});
     ASSERT_TRUE(kms_server.ok()) << kms_server.status();
     kms_server_ = *std::move(kms_server);
-    mtms_ = std::make_unique<MtmsProcess>(mtms_db_->runtime_dsn(), w.tls["mtms"], w.hsm->port(),
+    mtms_ = std::make_unique<MtmsProcess>(database().runtime_dsn(), w.tls["mtms"], w.hsm->port(),
                                           w.ca_server->port(), kms_server_->port(), w.clock,
                                           w.pk_index, w.mak_index);
     ASSERT_NE(mtms_->server, nullptr);
@@ -531,7 +524,6 @@ class MtmsIntegrationTest : public ::testing::Test {
 
   static World* world_;
 
-  std::optional<rkl::testing::TestDatabase> mtms_db_;
   FakeKms kms_;
   std::unique_ptr<TestKmsService> kms_service_;
   std::unique_ptr<rpc::Server> kms_server_;

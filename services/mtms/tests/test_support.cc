@@ -642,15 +642,15 @@ absl::StatusOr<int64_t> InMemoryRepository::PurgeRefusalCounts(int64_t before_ms
   return refusal_counts_.Purge(before_ms);
 }
 
-absl::StatusOr<std::vector<AuditRecord>> InMemoryRepository::ListAudit(size_t limit) {
+absl::StatusOr<std::vector<AuditEntry>> InMemoryRepository::ListAudit(size_t limit) {
   absl::MutexLock lock(&mu_);
-  std::vector<AuditRecord> out(audit_.rbegin(), audit_.rend());
+  std::vector<AuditEntry> out(audit_.rbegin(), audit_.rend());
   if (out.size() > limit) out.resize(limit);
   return out;
 }
 
 void InMemoryRepository::AuditLocked(const AuditEntry& audit) {
-  AuditRecord r;
+  AuditEntry r;
   static_cast<AuditEntry&>(r) = audit;
   r.seq = audit_.size() + 1;
   audit_.push_back(std::move(r));

@@ -291,7 +291,7 @@ class InMemoryRepository final : public MtmsRepository {
                                         const std::string& last_error,
                                         int64_t next_attempt_at_ms) override;
   absl::Status AppendAudit(const AuditEntry& audit) override;
-  absl::StatusOr<std::vector<AuditRecord>> ListAudit(size_t limit) override;
+  absl::StatusOr<std::vector<AuditEntry>> ListAudit(size_t limit) override;
   absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) override;
   absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() override;
   absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
@@ -314,7 +314,7 @@ class InMemoryRepository final : public MtmsRepository {
   std::vector<WorkKeyRecord> work_keys_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Row> rows_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<std::string, Bytes>> nonces_ ABSL_GUARDED_BY(mu_);
-  std::vector<AuditRecord> audit_ ABSL_GUARDED_BY(mu_);
+  std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);
   rkl::testing::MemoryRefusalCounts refusal_counts_;
 };
 

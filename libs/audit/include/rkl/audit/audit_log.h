@@ -20,7 +20,7 @@
 //    lock so that several replicas sharing the database build one chain. Nothing holds a
 //    lock across a writer's commit, so PostgreSQL can group-commit concurrent writers;
 //  - a pending record whose MAC does not verify when it is sealed is replaced in the chain
-//    by a record saying so (action "audit_record_tampered"), and Verify() reports the chain
+//    by a record saying so (action "audit.record_tampered"), and Verify() reports the chain
 //    broken at that record; pending records not yet sealed are checked by their own MAC;
 //  - records of commands that change nothing (AppendGrouped) are written in groups: every
 //    caller waits until its record has committed, and concurrent callers share one
@@ -53,6 +53,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "rkl/audit/audit_event.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
@@ -77,14 +78,6 @@ struct ChainSpec {
   int pending_id_block = 16;        // pending ids fetched per nextval() round trip
 };
 
-struct AuditEvent {
-  int64_t at_ms = 0;
-  std::string actor{};   // caller identity
-  std::string action{};  // e.g. "translate_transport_key"
-  std::string sn{};      // empty when not about one terminal
-  std::string detail{};  // indexes, KCVs, error text; never key material
-  std::string result{};  // "OK" or a status code name
-};
 
 struct AuditVerification {
   bool intact = true;
