@@ -54,13 +54,13 @@ INSERT INTO hsm_audit (seq, at_ms, actor, action, sn, detail, result, mac)
 SELECT :seq0 + 6 * (g - 1) + a.i, :now_ms, 'kms', a.action, :'tag' || '-' || lpad(g::text, 7, '0'),
        'prepopulated by bench/run', 'OK', decode(md5(g || a.action) || md5(a.action || g), 'hex')
 FROM generate_series(1, :n) g,
-     (VALUES (1, 'import_transport_key'), (2, 'generate_tmk'), (3, 'auth_challenge'),
-             (4, 'auth_verify'), (5, 'export_key_block'), (6, 'verify_install_proof')) a(i, action);
+     (VALUES (1, 'import_transport_key'), (2, 'generate_tmk'), (3, 'auth.challenge'),
+             (4, 'auth_verify'), (5, 'export_key_block'), (6, 'install.verify_proof')) a(i, action);
 \endif
 \if :is_hsm_mtms
 SELECT coalesce(max(seq), 0) AS seq0 FROM hsm_audit \gset
 INSERT INTO hsm_audit (seq, at_ms, actor, action, sn, detail, result, mac)
-SELECT :seq0 + g, :now_ms, 'mtms', 'translate_transport_key', :'tag' || '-' || lpad(g::text, 7, '0'),
+SELECT :seq0 + g, :now_ms, 'mtms', 'tk.translate', :'tag' || '-' || lpad(g::text, 7, '0'),
        'prepopulated by bench/run', 'OK', decode(md5(g::text) || md5(:'tag' || g), 'hex')
 FROM generate_series(1, :n) g;
 \endif

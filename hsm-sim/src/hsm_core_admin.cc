@@ -2,9 +2,12 @@
 // audit-chain verification and anchoring.
 #include "absl/strings/str_cat.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 
 namespace rkl::hsm {
+
+namespace action = audit::action;
 namespace {
 
 constexpr uint32_t kMaxRandomLength = 1024;
@@ -15,7 +18,7 @@ constexpr uint32_t kMaxRandomLength = 1024;
 
 absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
-      .actor = caller, .action = "get_key_info", .detail = absl::StrCat("key=", key_index)};
+      .actor = caller, .action = action::kKeyGetInfo, .detail = absl::StrCat("key=", key_index)};
   return RunUnit(
       event, {.kind = UnitKind::kReadOnly, .uses_crypto = false},
       [&](KeyTransaction& tx, AuditEvent&) -> absl::StatusOr<KeyRecord> {
@@ -31,7 +34,7 @@ absl::StatusOr<KeyRecord> HsmCore::GetKeyInfo(const std::string& caller, uint64_
 
 absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
-      .actor = caller, .action = "delete_key", .detail = absl::StrCat("key=", key_index)};
+      .actor = caller, .action = action::kKeyDelete, .detail = absl::StrCat("key=", key_index)};
   return RunUnit(
       event, {.uses_crypto = false}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::Status {
         if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
@@ -49,8 +52,9 @@ absl::Status HsmCore::DeleteKey(const std::string& caller, uint64_t key_index) {
 }
 
 absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_t length) {
-  AuditEvent event{
-      .actor = caller, .action = "generate_random", .detail = absl::StrCat("length=", length)};
+  AuditEvent event{.actor = caller,
+                   .action = action::kRandomGenerate,
+                   .detail = absl::StrCat("length=", length)};
   return RunUnit(event, {.kind = UnitKind::kReadOnly},
                  [&](KeyTransaction&, AuditEvent&) -> absl::StatusOr<Bytes> {
                    if (length == 0 || length > kMaxRandomLength) {
@@ -64,7 +68,7 @@ absl::StatusOr<Bytes> HsmCore::GenerateRandom(const std::string& caller, uint32_
 
 absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& caller,
                                                             std::string_view anchor_text) {
-  AuditEvent event{.actor = caller, .action = "verify_audit_chain"};
+  AuditEvent event{.actor = caller, .action = action::kAuditVerify};
   std::optional<AuditAnchor> anchor;
   if (!anchor_text.empty()) {
     absl::StatusOr<AuditAnchor> parsed = ParseAuditAnchor(anchor_text);
@@ -92,7 +96,7 @@ absl::StatusOr<AuditVerification> HsmCore::VerifyAuditChain(const std::string& c
 }
 
 absl::StatusOr<AuditAnchor> HsmCore::AnchorAuditChain(const std::string& caller) {
-  AuditEvent event{.actor = caller, .action = "anchor_audit_chain"};
+  AuditEvent event{.actor = caller, .action = action::kAuditAnchor};
   absl::StatusOr<AuditAnchor> anchor = audit_.Anchor();
   if (!anchor.ok()) {
     RecordFailure(event, anchor.status());

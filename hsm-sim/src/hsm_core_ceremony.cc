@@ -2,12 +2,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/rsa.h"
 
 namespace rkl::hsm {
+
+namespace action = audit::action;
 namespace {
 
 using crypto::KeyAlgorithm;
@@ -43,7 +46,7 @@ absl::Status HsmCore::ExpireCeremonies() {
       RKL_RETURN_IF_ERROR(tx.Audit(AuditEvent{
           .at_ms = now,
           .actor = kSystemActor,
-          .action = "ceremony_expire",
+          .action = action::kCeremonyExpire,
           .detail = absl::StrCat("ceremony=", c.id, " label=", c.label,
                                  " components=", c.custodians.size(), "/", c.component_count,
                                  " ceremony_key=", c.ceremony_key_index, " (erased)"),
@@ -107,7 +110,7 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
                                                      uint32_t component_count,
                                                      uint32_t ttl_seconds) {
   AuditEvent event{.actor = caller,
-                   .action = "ceremony_begin",
+                   .action = action::kCeremonyBegin,
                    .detail = absl::StrCat("label=", label, " type=", KeyTypeName(key_type),
                                           " components=", component_count)};
   absl::Duration ttl =
@@ -164,7 +167,7 @@ absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
 absl::StatusOr<CeremonyStatus> HsmCore::GetCeremony(const std::string& caller,
                                                     const std::string& ceremony_id) {
   AuditEvent event{.actor = caller,
-                   .action = "ceremony_get",
+                   .action = action::kCeremonyGet,
                    .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
@@ -190,7 +193,7 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
                                                      const Bytes& encrypted_component) {
   AuditEvent event{
       .actor = caller,
-      .action = "ceremony_add_component",
+      .action = action::kCeremonyAddComponent,
       .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id), " custodian=", caller)};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);
@@ -240,7 +243,7 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
 absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& caller,
                                                             const std::string& ceremony_id) {
   AuditEvent event{.actor = caller,
-                   .action = "ceremony_complete",
+                   .action = action::kCeremonyComplete,
                    .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
   if (absl::Status s = ExpireCeremonies(); !s.ok()) {
     RecordFailure(event, s);

@@ -3,6 +3,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/keyblock/tmk_block.h"
@@ -10,6 +11,8 @@
 #include "rkl/protocol/sn.h"
 
 namespace rkl::hsm {
+
+namespace action = audit::action;
 namespace {
 
 using crypto::KeyAlgorithm;
@@ -119,7 +122,7 @@ absl::StatusOr<AuthChallengeResult> HsmCore::AuthChallenge(const std::string& ca
                                                            const std::string& sn,
                                                            const Bytes& rnd1) {
   AuditEvent event{.actor = caller,
-                   .action = "auth_challenge",
+                   .action = action::kAuthChallenge,
                    .sn = sn,
                    .detail = absl::StrCat("auk=", auk_index)};
   return RunUnit(event, {.kind = UnitKind::kReadOnly},
@@ -188,7 +191,7 @@ absl::StatusOr<ImportedAndChallenged> HsmCore::ImportAndChallenge(const std::str
                                                                   const ImportCommand& cmd,
                                                                   const Bytes& rnd1) {
   AuditEvent event{.actor = caller,
-                   .action = "import_and_challenge",
+                   .action = action::kTkImportAndChallenge,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("pk=", cmd.pk_index, " mak=", cmd.mak_index)};
   return RunUnit(
@@ -206,7 +209,7 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
     const std::string& caller, const AuthVerifyCommand& verify,
     std::optional<KeyAlgorithm> algorithm, bool replace_existing, uint64_t tek_index) {
   AuditEvent event{.actor = caller,
-                   .action = "authenticate_and_deliver",
+                   .action = action::kTmkAuthenticateAndDeliver,
                    .sn = verify.sn,
                    .detail = absl::StrCat("auk=", verify.auk_index, " tek=", tek_index,
                                           " replace_existing=", replace_existing)};
@@ -237,7 +240,7 @@ absl::StatusOr<AuthenticatedDelivery> HsmCore::AuthenticateAndDeliver(
 absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
                                          const InstallProofCommand& cmd) {
   AuditEvent event{.actor = caller,
-                   .action = "verify_install_proof",
+                   .action = action::kInstallVerifyProof,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("auk=", cmd.auk_index,
                                           " tmk_kcv=", absl::AsciiStrToUpper(cmd.tmk_kcv))};
@@ -285,7 +288,7 @@ absl::Status HsmCore::VerifyInstallProof(const std::string& caller,
 absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::string& caller,
                                                                    const std::string& sn,
                                                                    const std::string& reason) {
-  AuditEvent event{.actor = caller, .action = "destroy_terminal_keys", .sn = sn};
+  AuditEvent event{.actor = caller, .action = action::kTerminalKeysDestroy, .sn = sn};
   return RunUnit(
       event, {.uses_crypto = false},
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<std::vector<uint64_t>> {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/parallel.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/cmac.h"
@@ -15,6 +16,8 @@
 #include "rkl/protocol/transport_key.h"
 
 namespace rkl::hsm {
+
+namespace action = audit::action;
 namespace {
 
 using crypto::SecretBytes;
@@ -34,7 +37,7 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
                                                             uint32_t bits,
                                                             const std::string& label) {
   AuditEvent event{
-      .actor = caller, .action = "generate_rsa_key_pair", .detail = absl::StrCat("bits=", bits)};
+      .actor = caller, .action = action::kRsaKeyGenerate, .detail = absl::StrCat("bits=", bits)};
   absl::Status pre = SelfTestFailed();
   if (options_.self_test_passed) {
     pre = bits == 2048 || bits == 3072 ? ValidateLabel(label, "label")
@@ -66,7 +69,7 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
 
 absl::StatusOr<Bytes> HsmCore::GetPublicKey(const std::string& caller, uint64_t key_index) {
   AuditEvent event{
-      .actor = caller, .action = "get_public_key", .detail = absl::StrCat("key=", key_index)};
+      .actor = caller, .action = action::kPublicKeyGet, .detail = absl::StrCat("key=", key_index)};
   return RunUnit(event, {},
                  [&](KeyTransaction& tx, AuditEvent&) { return LoadPublicKey(tx, key_index); });
 }
@@ -78,7 +81,7 @@ namespace {
 AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd) {
   return AuditEvent{
       .actor = caller,
-      .action = "translate_transport_key",
+      .action = action::kTkTranslate,
       .sn = cmd.sn,
       .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index)};
 }
@@ -106,7 +109,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmCore::TranslateTransportKe
   }
   if (!refused.ok()) {
     RecordFailure(AuditEvent{.actor = caller,
-                             .action = "translate_transport_key",
+                             .action = action::kTkTranslate,
                              .detail = absl::StrCat("batch of ", commands.size())},
                   refused);
     return refused;

@@ -229,7 +229,7 @@ TEST_F(AuditPgTest, ConcurrentCommandsBuildOneChain) {
   EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit")[0].as<int64_t>(), 79);
   // Every key destroyed exactly once, whatever the interleaving.
   EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_key WHERE state = 3")[0].as<int64_t>(), 18);
-  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE action = 'destroy_terminal_keys' "
+  EXPECT_EQ(tx.exec1("SELECT count(*) FROM hsm_audit WHERE action = 'terminal.keys_destroy' "
                      "AND detail LIKE 'destroyed=%'")[0]
                 .as<int64_t>(),
             18);
@@ -435,7 +435,7 @@ TEST_F(AuditPgTest, ReadOnlyCommandAnswersOnlyWithItsRecordWritten) {
   hsm_->Sql("ALTER TABLE hsm_audit_pending_away RENAME TO hsm_audit_pending");
   r = Call(*stub, &v1::Hsm::Stub::GenerateRandom, req);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'generate_random' "
+  EXPECT_EQ(Scalar("SELECT count(*) FROM hsm_audit_pending WHERE action = 'random.generate' "
                    "AND result = 'OK'"),
             1);
 }

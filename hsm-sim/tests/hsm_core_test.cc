@@ -398,7 +398,7 @@ TEST_F(HsmCoreTest, TranslateNeedsAnOperatorSignatureOverExactlyThisTransportKey
     EXPECT_NE(r.status().message(), "transport key rejected");
     auto events = audit_.events();
     ASSERT_EQ(events.size(), before + 1);
-    EXPECT_EQ(events.back().action, "translate_transport_key");
+    EXPECT_EQ(events.back().action, "tk.translate");
     EXPECT_EQ(events.back().result, absl::StatusCodeToString(k.code));
     batch.push_back(k.cmd);
   }
@@ -474,15 +474,15 @@ TEST_F(HsmCoreTest, RefusalAuditsKeepABoundedMarkedFormOfAnInvalidSn) {
   bad.sn = huge;
   EXPECT_EQ(core_->TranslateTransportKey("mtms", bad).status().code(),
             absl::StatusCode::kInvalidArgument);
-  AuditEvent translate = LastEvent("translate_transport_key");
+  AuditEvent translate = LastEvent("tk.translate");
   EXPECT_EQ(translate.result, "INVALID_ARGUMENT");
   EXPECT_EQ(translate.sn, "invalid:41414141414141414141414141414141...(1048576 bytes)");
   EXPECT_EQ(core_->DestroyTerminalKeys(kKms, "bad\nsn", "").status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LastEvent("destroy_terminal_keys").sn, "invalid:6261640a736e(6 bytes)");
+  EXPECT_EQ(LastEvent("terminal.keys_destroy").sn, "invalid:6261640a736e(6 bytes)");
   std::vector<TranslateCommand> batch{bad};
   ASSERT_TRUE(core_->TranslateTransportKeys("mtms", batch).ok());
-  EXPECT_EQ(LastEvent("translate_transport_key").sn.size(), translate.sn.size());
+  EXPECT_EQ(LastEvent("tk.translate").sn.size(), translate.sn.size());
   // Valid SNs are kept as they are.
   EXPECT_EQ(AuditSn("SN-1"), "SN-1");
   EXPECT_EQ(AuditSn(""), "");
@@ -520,7 +520,7 @@ TEST_F(HsmCoreTest, TranslateBatchAnswersEachItemAsTheSingleCommandDoes) {
                                               "NOT_FOUND", "UNAUTHENTICATED", "OK"};
     for (size_t i = 0; i < items.size(); ++i) {
       SCOPED_TRACE(i);
-      EXPECT_EQ(events[before + i].action, "translate_transport_key");
+      EXPECT_EQ(events[before + i].action, "tk.translate");
       EXPECT_EQ(events[before + i].sn, AuditSn(items[i].sn));  // an invalid SN bounded and marked
       EXPECT_EQ(events[before + i].result, results[i]);
       // The single command gives the same answer (Ctk_pk is deterministic).
@@ -642,7 +642,7 @@ TEST_F(HsmCoreTest, TmkIsBoundToTheTekItIsDeliveredUnder) {
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->kek_index, tek_);
   EXPECT_EQ(core_->GetKeyInfo(kAlice, tek_)->kek_index, 0u);
-  EXPECT_THAT(LastEvent("authenticate_and_deliver").detail,
+  EXPECT_THAT(LastEvent("tmk.authenticate_and_deliver").detail,
               HasSubstr(absl::StrCat("bound_to_tek=", tek_)));
 }
 
@@ -658,7 +658,7 @@ TEST_F(HsmCoreTest, NewTransportKeyAfterDeliverySupersedesTheTmk) {
   auto imported = Enrol(t2);
   ASSERT_TRUE(imported.ok()) << imported.status();
   EXPECT_EQ(core_->GetKeyInfo(kAlice, first->tmk.tmk_index)->state, KeyState::kSuperseded);
-  EXPECT_THAT(LastEvent("import_and_challenge").detail,
+  EXPECT_THAT(LastEvent("tk.import_and_challenge").detail,
               HasSubstr(absl::StrCat("superseded=", first->tmk.tmk_index)));
   // Even asked for the existing TMK (replace_existing false), the delivery makes a new one.
   auto second = Deliver(t2, imported->auk_index, imported->tek_index);
@@ -803,8 +803,8 @@ TEST_F(HsmCoreTest, CompositeCommandsAuthenticateAndDeliverTheTmk) {
   // One audit record per composite command, naming what each part did.
   auto events = audit_.events();
   ASSERT_EQ(events.size(), records_before + 2);
-  EXPECT_EQ(events[records_before].action, "import_and_challenge");
-  EXPECT_EQ(events[records_before + 1].action, "authenticate_and_deliver");
+  EXPECT_EQ(events[records_before].action, "tk.import_and_challenge");
+  EXPECT_EQ(events[records_before + 1].action, "tmk.authenticate_and_deliver");
   EXPECT_THAT(events[records_before + 1].detail, ::testing::HasSubstr("crnd2=verified"));
   EXPECT_THAT(events[records_before + 1].detail, ::testing::HasSubstr(delivered->tmk.kcv));
 }
@@ -886,7 +886,7 @@ TEST_F(HsmCoreTest, DestroyTerminalKeysErasesEveryKeyOfTheSn) {
     EXPECT_TRUE(rows_.state().keys.at(index).sealed.empty());
   }
   EXPECT_EQ(core_->GetKeyInfo(kAlice, bystander_keys->tek_index)->state, KeyState::kActive);
-  const AuditEvent record = LastEvent("destroy_terminal_keys");
+  const AuditEvent record = LastEvent("terminal.keys_destroy");
   EXPECT_EQ(record.actor, kKms);
   EXPECT_EQ(record.sn, "SN-1");
   EXPECT_EQ(record.result, "OK");
@@ -972,7 +972,7 @@ TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
   core_->RecordRefusal("mtms", "DeleteKey", absl::PermissionDeniedError("no"));
   auto events = audit_.events();
   ASSERT_EQ(events.size(), before + 3);
-  EXPECT_EQ(events[before].action, "translate_transport_key");
+  EXPECT_EQ(events[before].action, "tk.translate");
   EXPECT_EQ(events[before].result, "OK");
   EXPECT_EQ(events[before].sn, "SN-1");
   EXPECT_THAT(events[before].detail, HasSubstr("tek_kcv=" + t.TekKcv()));

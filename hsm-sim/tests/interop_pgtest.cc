@@ -155,8 +155,8 @@ TEST(InteropPgTest, TranslateOnOneImportOnTwoDeliverAndLeakNothing) {
   }
   std::string dump1 = (*hsm1)->DumpDatabase(), dump2 = (*hsm2)->DumpDatabase();
   // The dump is real: it holds the audit rows and the sealed records.
-  ASSERT_TRUE(absl::StrContains(dump1, "translate_transport_key"));
-  ASSERT_TRUE(absl::StrContains(dump2, "import_and_challenge"));
+  ASSERT_TRUE(absl::StrContains(dump1, "tk.translate"));
+  ASSERT_TRUE(absl::StrContains(dump2, "tk.import_and_challenge"));
   int patterns = 0;
   for (const crypto::SecretBytes& secret : secrets) {
     for (const std::string& pattern : testing::LeakPatterns(secret.RevealSecret())) {

@@ -145,8 +145,8 @@ left=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_key WHERE bound_sn = '$revo
   AND (state <> 3 OR sealed IS NOT NULL OR nonce IS NOT NULL)")
 ((left == 0)) || e2e_fail "HSM #2 still holds $left keys of revoked $revoked"
 (($(e2e_sql rkl_hsm_kms "SELECT (SELECT count(*) FROM hsm_audit WHERE sn = '$revoked' AND
-    action = 'destroy_terminal_keys' AND actor = 'kms' AND result = 'OK') + (SELECT count(*)
-    FROM hsm_audit_pending WHERE sn = '$revoked' AND action = 'destroy_terminal_keys'
+    action = 'terminal.keys_destroy' AND actor = 'kms' AND result = 'OK') + (SELECT count(*)
+    FROM hsm_audit_pending WHERE sn = '$revoked' AND action = 'terminal.keys_destroy'
     AND actor = 'kms' AND result = 'OK')") == 1)) ||
   e2e_fail "HSM #2's audit does not record the destruction of $revoked's keys once"
 (($(e2e_sql rkl_kms "SELECT count(*) FROM (SELECT sn, action, result FROM audit UNION ALL

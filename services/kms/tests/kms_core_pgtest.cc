@@ -7,7 +7,7 @@
 
 #include "kms_core_suite.h"
 #include "kms_db_roles.h"
-#include "pg_kms_repository.h"
+#include "kms_pg_repository.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/testing/service_database.h"
 

@@ -78,7 +78,6 @@ struct ChainSpec {
   int pending_id_block = 16;        // pending ids fetched per nextval() round trip
 };
 
-
 struct AuditVerification {
   bool intact = true;
   uint64_t records_checked = 0;   // chained records plus pending ones
