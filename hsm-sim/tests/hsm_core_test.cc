@@ -242,7 +242,7 @@ TEST_F(HsmCoreTest, CeremoniesRefuseEveryoneButCustodians) {
   // Every refusal is in the audit log, under the identity that tried.
   int refused = 0;
   for (const AuditEvent& e : audit_.events()) {
-    if (e.actor == kAlice && e.action.starts_with("ceremony_") && e.result == "PERMISSION_DENIED") {
+    if (e.actor == kAlice && e.action.starts_with("ceremony.") && e.result == "PERMISSION_DENIED") {
       ++refused;
     }
   }

@@ -114,9 +114,9 @@ for action in ImportAndChallenge AuthenticateAndDeliver; do
   (($(hsm_audit_count rkl_hsm_kms "$admin" "$action" PERMISSION_DENIED) >= 1)) ||
     e2e_fail "HSM #2's audit has no record of the admin's refused $action"
 done
-(($(hsm_audit_count rkl_hsm_mtms mtms translate_transport_key UNAUTHENTICATED) >= 3)) ||
+(($(hsm_audit_count rkl_hsm_mtms mtms tk.translate UNAUTHENTICATED) >= 3)) ||
   e2e_fail "HSM #1's audit lacks the refused translations without a valid signature"
-(($(hsm_audit_count rkl_hsm_mtms mtms translate_transport_key PERMISSION_DENIED) >= 2)) ||
+(($(hsm_audit_count rkl_hsm_mtms mtms tk.translate PERMISSION_DENIED) >= 2)) ||
   e2e_fail "HSM #1's audit lacks the refused translations of another terminal's package"
 e2e_log "every refusal is in its HSM's audit"
 
