@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "rkl/audit/audit_log.h"
+#include "rkl/audit/audit_chain.h"
 
 namespace rkl::hsm {
 

@@ -3,6 +3,7 @@
 #include <span>
 #include <stdexcept>
 
+#include "rkl/audit/audit_log.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/status.h"

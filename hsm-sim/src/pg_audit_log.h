@@ -3,6 +3,7 @@
 // guarantees) on the tables hsm_audit and hsm_audit_pending (HsmAuditChain()).
 
 #include "audit_log.h"
+#include "rkl/audit/audit_log.h"
 #include "rkl/db/connection_pool.h"
 
 namespace rkl::hsm {
