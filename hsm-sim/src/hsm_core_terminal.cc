@@ -18,22 +18,6 @@ namespace {
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
 
-constexpr size_t kMaxReasonLength = 256;
-
-// A free-text reason for the audit record: bounded, and no control characters (it becomes
-// part of a line of audit detail).
-absl::Status ValidateReason(const std::string& reason) {
-  if (reason.size() > kMaxReasonLength) {
-    return absl::InvalidArgumentError("reason: at most 256 characters");
-  }
-  for (char c : reason) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
-      return absl::InvalidArgumentError("reason: control characters are not allowed");
-    }
-  }
-  return absl::OkStatus();
-}
-
 std::string AlgorithmName(uint8_t code) {
   auto a = crypto::KeyAlgorithmFromCode(code);
   return a.ok() ? std::string(crypto::KeyAlgorithmName(*a)) : "none";
@@ -293,7 +277,7 @@ absl::StatusOr<std::vector<uint64_t>> HsmCore::DestroyTerminalKeys(const std::st
       event, {.uses_crypto = false},
       [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<std::vector<uint64_t>> {
         RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-        RKL_RETURN_IF_ERROR(ValidateReason(reason));
+        RKL_RETURN_IF_ERROR(audit::CheckAuditReason(reason));
         if (!reason.empty()) absl::StrAppend(&audit.detail, "reason=\"", reason, "\"");
         RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
         const int64_t now = NowUnixMs(clock_);

@@ -71,18 +71,6 @@ absl::Status CheckSessionId(const std::string& id) {
   return absl::InvalidArgumentError("session_id: must be 32 lower-case hex characters");
 }
 
-absl::Status CheckReason(const std::string& reason) {
-  if (reason.size() > kMaxReasonLength) {
-    return absl::InvalidArgumentError("reason: at most 256 characters");
-  }
-  for (char c : reason) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
-      return absl::InvalidArgumentError("reason: control characters are not allowed");
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckSubmissionId(const std::string& id) {
   if (id.size() > kMaxSubmissionIdLength) {
     return absl::InvalidArgumentError("mtms_submission_id: at most 128 characters");
@@ -979,7 +967,7 @@ absl::StatusOr<TerminalRecord> KmsCore::AdminChange(
     const std::string& actor, const std::string& sn, const std::string& reason, const char* action,
     const std::function<absl::Status(TerminalRecord&)>& change) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-  RKL_RETURN_IF_ERROR(CheckReason(reason));
+  RKL_RETURN_IF_ERROR(audit::CheckAuditReason(reason));
   bool cancel = false;
   absl::StatusOr<TerminalRecord> after =
       Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
@@ -1043,7 +1031,7 @@ absl::StatusOr<TerminalRecord> KmsCore::RevokeTerminal(const std::string& actor,
                                                        const std::string& sn,
                                                        const std::string& reason) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-  RKL_RETURN_IF_ERROR(CheckReason(reason));
+  RKL_RETURN_IF_ERROR(audit::CheckAuditReason(reason));
   // A revocation whose HSM step failed is completed by repeating it.
   absl::StatusOr<TerminalRecord> current = repository_.GetTerminal(sn);
   if (current.ok() && current->state == TerminalState::kRevoked) {

@@ -97,7 +97,6 @@ struct AuditPage {
 
 inline constexpr int kDefaultPageSize = 100;
 inline constexpr int kMaxPageSize = 1000;
-inline constexpr size_t kMaxReasonLength = 256;
 inline constexpr size_t kMaxSubmissionIdLength = 128;
 
 class KmsCore {

@@ -44,7 +44,6 @@ struct AuditVerification {
   std::string finding{};          // when not intact: what is wrong, for an operator
 };
 
-
 // The chain's head as its service saw it at at_ms, MACed under the audit key so that nobody
 // without that key can make one (docs/hsm.md, Audit). Kept outside the service's database,
 // it shows whether the chain there still holds everything up to `seq`.

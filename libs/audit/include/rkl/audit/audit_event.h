@@ -3,8 +3,12 @@
 // returns it. Header only, without the database: service cores include it (rkl::audit_tally
 // carries the include path), and rkl::audit's chain seals and verifies it.
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
 
 namespace rkl::audit {
 
@@ -21,5 +25,22 @@ struct AuditEvent {
   // chain assigns it when it seals) and outside the MACs.
   uint64_t seq = 0;
 };
+
+// The longest free-text reason an operator may give for an audited change.
+inline constexpr size_t kMaxAuditReasonLength = 256;
+
+// INVALID_ARGUMENT unless `reason` fits an audit record's detail: at most
+// kMaxAuditReasonLength bytes, and no control characters (it becomes part of one line).
+inline absl::Status CheckAuditReason(std::string_view reason) {
+  if (reason.size() > kMaxAuditReasonLength) {
+    return absl::InvalidArgumentError("reason: at most 256 characters");
+  }
+  for (char c : reason) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
+      return absl::InvalidArgumentError("reason: control characters are not allowed");
+    }
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace rkl::audit
