@@ -6,6 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/rsa.h"
@@ -129,9 +130,12 @@ void HsmCore::RecordFailure(AuditEvent event, const absl::Status& status) {
   }
 }
 
-void HsmCore::RecordRefusal(const std::string& caller, const std::string& action,
+void HsmCore::RecordRefusal(const std::string& caller, const std::string& method,
                             const absl::Status& status) {
-  RecordFailure(AuditEvent{.actor = caller, .action = action}, status);
+  RecordFailure(AuditEvent{.actor = caller,
+                           .action = audit::action::kRpcRefused,
+                           .detail = absl::StrCat("method=", method)},
+                status);
 }
 
 SecretBytes HsmCore::NewSymmetricKey(KeyAlgorithm algorithm) {

@@ -231,8 +231,9 @@ class HsmCore {
   // Anchors the audit chain's head now (AuditLog::Anchor).
   absl::StatusOr<AuditAnchor> AnchorAuditChain(const std::string& caller);
 
-  // Audits a call the adapter refused (authorization), so denials are on record too.
-  void RecordRefusal(const std::string& caller, const std::string& action,
+  // Audits a call the adapter refused (authorization), so denials are on record too: action
+  // rpc.refused, detail "method=<RPC> error=...", as the CA records its refusals.
+  void RecordRefusal(const std::string& caller, const std::string& method,
                      const absl::Status& status);
 
  private:

@@ -979,6 +979,8 @@ TEST_F(HsmCoreTest, EveryCommandIsAuditedWithoutKeyMaterial) {
   EXPECT_THAT(events[before].detail, HasSubstr("operator=op1"));
   EXPECT_EQ(events[before + 1].result, "UNAUTHENTICATED");
   EXPECT_EQ(events[before + 2].result, "PERMISSION_DENIED");
+  EXPECT_EQ(events[before + 2].action, "rpc.refused");
+  EXPECT_THAT(events[before + 2].detail, HasSubstr("method=DeleteKey"));
   std::vector<std::string> secrets = {ToHex(t.tk.tek.RevealSecret()),
                                       ToHex(t.tk.auk.RevealSecret()), ToHex(c1.RevealSecret()),
                                       ToHex(c2.RevealSecret())};

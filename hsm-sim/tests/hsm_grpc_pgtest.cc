@@ -328,10 +328,13 @@ TEST_F(HsmGrpcTest, RefusalsAreAudited) {
   ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
   pqxx::connection conn(hsm_->dsn());
   pqxx::work tx(conn);
-  auto row = tx.exec1("SELECT actor, action, result FROM hsm_audit ORDER BY seq DESC LIMIT 1");
+  auto row =
+      tx.exec1("SELECT actor, action, result, detail FROM hsm_audit ORDER BY seq DESC LIMIT 1");
   EXPECT_EQ(row[0].as<std::string>(), kAlice);
-  EXPECT_EQ(row[1].as<std::string>(), "AuthenticateAndDeliver");
+  EXPECT_EQ(row[1].as<std::string>(), "rpc.refused");
   EXPECT_EQ(row[2].as<std::string>(), "PERMISSION_DENIED");
+  EXPECT_TRUE(row[3].as<std::string>().starts_with("method=AuthenticateAndDeliver "))
+      << row[3].as<std::string>();
 }
 
 TEST_F(HsmGrpcTest, ClientWithoutCertificateCannotConnect) {
@@ -450,7 +453,8 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
     return tx
         .exec1(
             "SELECT count(*) FROM hsm_audit WHERE actor IN ('admin:alice', 'admin:bob')"
-            " AND action IN ('BeginCeremony', 'AddComponent', 'CompleteCeremony')"
+            " AND action = 'rpc.refused' AND split_part(detail, ' ', 1) IN"
+            " ('method=BeginCeremony', 'method=AddComponent', 'method=CompleteCeremony')"
             " AND result = 'PERMISSION_DENIED'")[0]
         .as<int>();
   };

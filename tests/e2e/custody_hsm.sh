@@ -77,13 +77,21 @@ db_fingerprint() {
     done
   done
 }
-# Refusals audited in one HSM: records of `action` by `actor` with result `result`, chained
-# or still pending.
+# Records of `action` by `actor` with result `result` in one HSM's audit, chained or still
+# pending.
 hsm_audit_count() {
-  local db=$1 actor=$2 action=$3 result=$4
-  e2e_sql "$db" "SELECT (SELECT count(*) FROM hsm_audit WHERE actor = '$actor'
-    AND action = '$action' AND result = '$result') + (SELECT count(*) FROM hsm_audit_pending
-    WHERE actor = '$actor' AND action = '$action' AND result = '$result')"
+  local db=$1 actor=$2 action=$3 result=$4 where
+  where="actor = '$actor' AND action = '$action' AND result = '$result'"
+  e2e_sql "$db" "SELECT (SELECT count(*) FROM hsm_audit WHERE $where)
+    + (SELECT count(*) FROM hsm_audit_pending WHERE $where)"
+}
+# Calls the HSM's adapter refused: action rpc.refused with the RPC in the detail.
+hsm_refusal_count() {
+  local db=$1 actor=$2 method=$3 result=$4 where
+  where="actor = '$actor' AND action = 'rpc.refused' AND detail LIKE 'method=$method %'
+    AND result = '$result'"
+  e2e_sql "$db" "SELECT (SELECT count(*) FROM hsm_audit WHERE $where)
+    + (SELECT count(*) FROM hsm_audit_pending WHERE $where)"
 }
 
 run_custody() {  # gtest filter, what
@@ -98,7 +106,7 @@ run_custody() {  # gtest filter, what
 # ---- 1 and 2: refused, and nothing changed -------------------------------------------------
 db_fingerprint >"$E2E_SCRATCH/before"
 admin=admin:alice
-denied_before=$(hsm_audit_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
+denied_before=$(hsm_refusal_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
 run_custody 'AdminAttack.*' admin
 run_custody 'MtmsWithoutOperatorSignature.*' mtms
 db_fingerprint >"$E2E_SCRATCH/after"
@@ -107,12 +115,12 @@ if ! diff -u "$E2E_SCRATCH/before" "$E2E_SCRATCH/after" >&2; then
 fi
 e2e_log "no database row changed ($(wc -l <"$E2E_SCRATCH/before") tables compared)"
 # ... except the audit, where each refusal is on record.
-denied_after=$(hsm_audit_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
+denied_after=$(hsm_refusal_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
 ((denied_after > denied_before)) ||
   e2e_fail "HSM #1's audit has no record of the admin's refused translation"
-for action in ImportAndChallenge AuthenticateAndDeliver; do
-  (($(hsm_audit_count rkl_hsm_kms "$admin" "$action" PERMISSION_DENIED) >= 1)) ||
-    e2e_fail "HSM #2's audit has no record of the admin's refused $action"
+for method in ImportAndChallenge AuthenticateAndDeliver; do
+  (($(hsm_refusal_count rkl_hsm_kms "$admin" "$method" PERMISSION_DENIED) >= 1)) ||
+    e2e_fail "HSM #2's audit has no record of the admin's refused $method"
 done
 (($(hsm_audit_count rkl_hsm_mtms mtms tk.translate UNAUTHENTICATED) >= 3)) ||
   e2e_fail "HSM #1's audit lacks the refused translations without a valid signature"

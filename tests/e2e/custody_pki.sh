@@ -153,7 +153,8 @@ shred -u "$E2E_SCRATCH/c1" "$E2E_SCRATCH/c2"
 rklctl hsm audit-verify --hsm "$(rkl_addr hsm-kms)" --authority hsm-kms $(rkl_admin_flags alice) \
   >/dev/null || e2e_fail "HSM #2's audit chain does not verify"
 n=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM hsm_audit WHERE result = 'PERMISSION_DENIED'
-  AND action IN ('BeginCeremony', 'GetCeremony', 'AddComponent', 'CompleteCeremony')
+  AND action = 'rpc.refused' AND split_part(detail, ' ', 1) IN ('method=BeginCeremony',
+    'method=GetCeremony', 'method=AddComponent', 'method=CompleteCeremony')
   AND actor IN ('admin:alice', 'admin:mallory', 'kms')")
 ((n == 6)) || e2e_fail "HSM #2 audited $n refused ceremony calls, expected 6"
 e2e_log "2. ceremony: admin certificates (two of one person) refused, one custodian cannot add twice or complete; no key made; refusals audited"
