@@ -80,91 +80,6 @@ rpc::ServiceAdapter::Options AdapterOptions(HsmCore& core, HsmRole role,
 
 }  // namespace
 
-HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
-                               const std::vector<std::string>& operational_identities)
-    : core_(core),
-      adapter_(rpc::ServiceAdapter::DescriptorOf<v1::Hsm>(),
-               AdapterOptions(core, role, operational_identities)) {}
-
-grpc::Status HsmGrpcService::GenerateRsaKeyPair(grpc::ServerContext* ctx,
-                                                const v1::GenerateRsaKeyPairRequest* req,
-                                                v1::GenerateRsaKeyPairResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.GenerateRsaKeyPair(caller, req->bits(), req->label()));
-    resp->set_key_index(r.key_index);
-    resp->set_public_key_der(ToString(r.public_key_der));
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::GetPublicKey(grpc::ServerContext* ctx,
-                                          const v1::GetPublicKeyRequest* req,
-                                          v1::GetPublicKeyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.GetPublicKey(caller, req->key_index()));
-    resp->set_public_key_der(ToString(r));
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::BeginCeremony(grpc::ServerContext* ctx,
-                                           const v1::BeginCeremonyRequest* req,
-                                           v1::BeginCeremonyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(
-        auto r, core_.BeginCeremony(caller, req->label(), static_cast<KeyType>(req->key_type()),
-                                    req->component_count(), req->ttl_seconds()));
-    resp->set_ceremony_id(r.ceremony_id);
-    resp->set_component_encryption_key_der(ToString(r.component_encryption_key_der));
-    resp->set_expires_at_unix_ms(r.expires_at_ms);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::GetCeremony(grpc::ServerContext* ctx,
-                                         const v1::GetCeremonyRequest* req,
-                                         v1::GetCeremonyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.GetCeremony(caller, req->ceremony_id()));
-    const Ceremony& c = r.ceremony;
-    resp->set_ceremony_id(c.id);
-    resp->set_label(c.label);
-    resp->set_key_type(static_cast<v1::KeyType>(c.key_type));
-    resp->set_component_count(c.component_count);
-    resp->set_components_added(static_cast<uint32_t>(c.custodians.size()));
-    for (const std::string& custodian : c.custodians) resp->add_custodians(custodian);
-    resp->set_state(static_cast<v1::CeremonyState>(c.state));
-    resp->set_expires_at_unix_ms(c.expires_at_ms);
-    resp->set_component_encryption_key_der(ToString(r.component_encryption_key_der));
-    resp->set_result_key_index(c.result_key_index);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::AddComponent(grpc::ServerContext* ctx,
-                                          const v1::AddComponentRequest* req,
-                                          v1::AddComponentResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.AddComponent(caller, req->ceremony_id(),
-                                                    ToBytes(req->encrypted_component())));
-    resp->set_component_kcv(r.component_kcv);
-    resp->set_components_added(r.components_added);
-    resp->set_components_required(r.components_required);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::CompleteCeremony(grpc::ServerContext* ctx,
-                                              const v1::CompleteCeremonyRequest* req,
-                                              v1::CompleteCeremonyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.CompleteCeremony(caller, req->ceremony_id()));
-    resp->set_key_index(r.key_index);
-    resp->set_kcv(r.kcv);
-    return absl::OkStatus();
-  });
-}
-
 namespace {
 
 TranslateCommand TranslateCommandFrom(const v1::TranslateTransportKeyRequest& req) {
@@ -182,38 +97,6 @@ TranslateCommand TranslateCommandFrom(const v1::TranslateTransportKeyRequest& re
 }
 
 }  // namespace
-
-grpc::Status HsmGrpcService::TranslateTransportKey(grpc::ServerContext* ctx,
-                                                   const v1::TranslateTransportKeyRequest* req,
-                                                   v1::TranslateTransportKeyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.TranslateTransportKey(caller, TranslateCommandFrom(*req)));
-    resp->set_ctk_pk(ToString(r));
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::TranslateTransportKeys(grpc::ServerContext* ctx,
-                                                    const v1::TranslateTransportKeysRequest* req,
-                                                    v1::TranslateTransportKeysResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    std::vector<TranslateCommand> commands;
-    commands.reserve(req->items_size());
-    for (const auto& item : req->items()) commands.push_back(TranslateCommandFrom(item));
-    RKL_ASSIGN_OR_RETURN(auto results, core_.TranslateTransportKeys(caller, commands));
-    for (const absl::StatusOr<Bytes>& result : results) {
-      v1::TranslateTransportKeyOutcome* outcome = resp->add_outcomes();
-      if (result.ok()) {
-        outcome->set_ctk_pk(ToString(*result));
-      } else {
-        const grpc::Status status = rpc::ToGrpcStatus(result.status());
-        outcome->set_code(static_cast<int32_t>(status.error_code()));
-        outcome->set_message(status.error_message());
-      }
-    }
-    return absl::OkStatus();
-  });
-}
 
 namespace {
 
@@ -243,126 +126,213 @@ AuthVerifyCommand AuthVerifyCommandFrom(const v1::AuthVerifyRequest& req) {
 
 }  // namespace
 
-grpc::Status HsmGrpcService::ImportAndChallenge(grpc::ServerContext* ctx,
-                                                const v1::ImportAndChallengeRequest* req,
-                                                v1::ImportAndChallengeResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.ImportAndChallenge(caller, ImportCommandFrom(req->import()),
+HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
+                               const std::vector<std::string>& operational_identities)
+    : UnaryService(rpc::ServiceAdapter::DescriptorOf<v1::Hsm>(),
+                   AdapterOptions(core, role, operational_identities)),
+      core_(core) {
+  Bind("GenerateRsaKeyPair",
+       [this](const rpc::UnaryCall& call, const v1::GenerateRsaKeyPairRequest* req,
+              v1::GenerateRsaKeyPairResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r,
+                              core_.GenerateRsaKeyPair(call.caller, req->bits(), req->label()));
+         resp->set_key_index(r.key_index);
+         resp->set_public_key_der(ToString(r.public_key_der));
+         return absl::OkStatus();
+       });
+
+  Bind("GetPublicKey",
+       [this](const rpc::UnaryCall& call, const v1::GetPublicKeyRequest* req,
+              v1::GetPublicKeyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GetPublicKey(call.caller, req->key_index()));
+         resp->set_public_key_der(ToString(r));
+         return absl::OkStatus();
+       });
+
+  Bind("BeginCeremony",
+       [this](const rpc::UnaryCall& call, const v1::BeginCeremonyRequest* req,
+              v1::BeginCeremonyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(
+             auto r,
+             core_.BeginCeremony(call.caller, req->label(), static_cast<KeyType>(req->key_type()),
+                                 req->component_count(), req->ttl_seconds()));
+         resp->set_ceremony_id(r.ceremony_id);
+         resp->set_component_encryption_key_der(ToString(r.component_encryption_key_der));
+         resp->set_expires_at_unix_ms(r.expires_at_ms);
+         return absl::OkStatus();
+       });
+
+  Bind("GetCeremony",
+       [this](const rpc::UnaryCall& call, const v1::GetCeremonyRequest* req,
+              v1::GetCeremonyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GetCeremony(call.caller, req->ceremony_id()));
+         const Ceremony& c = r.ceremony;
+         resp->set_ceremony_id(c.id);
+         resp->set_label(c.label);
+         resp->set_key_type(static_cast<v1::KeyType>(c.key_type));
+         resp->set_component_count(c.component_count);
+         resp->set_components_added(static_cast<uint32_t>(c.custodians.size()));
+         for (const std::string& custodian : c.custodians) resp->add_custodians(custodian);
+         resp->set_state(static_cast<v1::CeremonyState>(c.state));
+         resp->set_expires_at_unix_ms(c.expires_at_ms);
+         resp->set_component_encryption_key_der(ToString(r.component_encryption_key_der));
+         resp->set_result_key_index(c.result_key_index);
+         return absl::OkStatus();
+       });
+
+  Bind("AddComponent",
+       [this](const rpc::UnaryCall& call, const v1::AddComponentRequest* req,
+              v1::AddComponentResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.AddComponent(call.caller, req->ceremony_id(),
+                                                         ToBytes(req->encrypted_component())));
+         resp->set_component_kcv(r.component_kcv);
+         resp->set_components_added(r.components_added);
+         resp->set_components_required(r.components_required);
+         return absl::OkStatus();
+       });
+
+  Bind("CompleteCeremony",
+       [this](const rpc::UnaryCall& call, const v1::CompleteCeremonyRequest* req,
+              v1::CompleteCeremonyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.CompleteCeremony(call.caller, req->ceremony_id()));
+         resp->set_key_index(r.key_index);
+         resp->set_kcv(r.kcv);
+         return absl::OkStatus();
+       });
+
+  Bind("TranslateTransportKey",
+       [this](const rpc::UnaryCall& call, const v1::TranslateTransportKeyRequest* req,
+              v1::TranslateTransportKeyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r,
+                              core_.TranslateTransportKey(call.caller, TranslateCommandFrom(*req)));
+         resp->set_ctk_pk(ToString(r));
+         return absl::OkStatus();
+       });
+
+  Bind("TranslateTransportKeys",
+       [this](const rpc::UnaryCall& call, const v1::TranslateTransportKeysRequest* req,
+              v1::TranslateTransportKeysResponse* resp) -> absl::Status {
+         std::vector<TranslateCommand> commands;
+         commands.reserve(req->items_size());
+         for (const auto& item : req->items()) commands.push_back(TranslateCommandFrom(item));
+         RKL_ASSIGN_OR_RETURN(auto results, core_.TranslateTransportKeys(call.caller, commands));
+         for (const absl::StatusOr<Bytes>& result : results) {
+           v1::TranslateTransportKeyOutcome* outcome = resp->add_outcomes();
+           if (result.ok()) {
+             outcome->set_ctk_pk(ToString(*result));
+           } else {
+             const grpc::Status status = rpc::ToGrpcStatus(result.status());
+             outcome->set_code(static_cast<int32_t>(status.error_code()));
+             outcome->set_message(status.error_message());
+           }
+         }
+         return absl::OkStatus();
+       });
+
+  Bind("ImportAndChallenge",
+       [this](const rpc::UnaryCall& call, const v1::ImportAndChallengeRequest* req,
+              v1::ImportAndChallengeResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(
+             auto r, core_.ImportAndChallenge(call.caller, ImportCommandFrom(req->import()),
+                                              ToBytes(req->rnd1())));
+         SetImported(r.imported, *resp->mutable_imported());
+         resp->mutable_challenge()->set_rnd2(ToString(r.challenge.rnd2));
+         resp->mutable_challenge()->set_crnd1(ToString(r.challenge.crnd1));
+         return absl::OkStatus();
+       });
+
+  Bind("AuthenticateAndDeliver",
+       [this](const rpc::UnaryCall& call, const v1::AuthenticateAndDeliverRequest* req,
+              v1::AuthenticateAndDeliverResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(
+             auto r, core_.AuthenticateAndDeliver(call.caller, AuthVerifyCommandFrom(req->verify()),
+                                                  Algorithm(req->algorithm()),
+                                                  req->replace_existing(), req->tek_index()));
+         resp->mutable_tmk()->set_tmk_index(r.tmk.tmk_index);
+         resp->mutable_tmk()->set_kcv(r.tmk.kcv);
+         resp->mutable_tmk()->set_created(r.tmk.created);
+         resp->mutable_block()->set_key_block(r.block.key_block);
+         resp->mutable_block()->set_key_kcv(r.block.key_kcv);
+         resp->mutable_block()->set_kek_kcv(r.block.kek_kcv);
+         return absl::OkStatus();
+       });
+
+  Bind("AuthChallenge",
+       [this](const rpc::UnaryCall& call, const v1::AuthChallengeRequest* req,
+              v1::AuthChallengeResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.AuthChallenge(call.caller, req->auk_index(), req->sn(),
                                                           ToBytes(req->rnd1())));
-    SetImported(r.imported, *resp->mutable_imported());
-    resp->mutable_challenge()->set_rnd2(ToString(r.challenge.rnd2));
-    resp->mutable_challenge()->set_crnd1(ToString(r.challenge.crnd1));
-    return absl::OkStatus();
-  });
-}
+         resp->set_rnd2(ToString(r.rnd2));
+         resp->set_crnd1(ToString(r.crnd1));
+         return absl::OkStatus();
+       });
 
-grpc::Status HsmGrpcService::AuthenticateAndDeliver(grpc::ServerContext* ctx,
-                                                    const v1::AuthenticateAndDeliverRequest* req,
-                                                    v1::AuthenticateAndDeliverResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(
-        auto r, core_.AuthenticateAndDeliver(caller, AuthVerifyCommandFrom(req->verify()),
-                                             Algorithm(req->algorithm()), req->replace_existing(),
-                                             req->tek_index()));
-    resp->mutable_tmk()->set_tmk_index(r.tmk.tmk_index);
-    resp->mutable_tmk()->set_kcv(r.tmk.kcv);
-    resp->mutable_tmk()->set_created(r.tmk.created);
-    resp->mutable_block()->set_key_block(r.block.key_block);
-    resp->mutable_block()->set_key_kcv(r.block.key_kcv);
-    resp->mutable_block()->set_kek_kcv(r.block.kek_kcv);
-    return absl::OkStatus();
-  });
-}
+  Bind("VerifyInstallProof",
+       [this](const rpc::UnaryCall& call, const v1::VerifyInstallProofRequest* req,
+              v1::Empty*) -> absl::Status {
+         return core_.VerifyInstallProof(call.caller,
+                                         InstallProofCommand{.auk_index = req->auk_index(),
+                                                             .sn = req->sn(),
+                                                             .tmk_kcv = req->tmk_kcv(),
+                                                             .rnd1 = ToBytes(req->rnd1()),
+                                                             .rnd2 = ToBytes(req->rnd2()),
+                                                             .proof = ToBytes(req->proof())});
+       });
 
-grpc::Status HsmGrpcService::AuthChallenge(grpc::ServerContext* ctx,
-                                           const v1::AuthChallengeRequest* req,
-                                           v1::AuthChallengeResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(
-        auto r, core_.AuthChallenge(caller, req->auk_index(), req->sn(), ToBytes(req->rnd1())));
-    resp->set_rnd2(ToString(r.rnd2));
-    resp->set_crnd1(ToString(r.crnd1));
-    return absl::OkStatus();
-  });
-}
+  Bind("DestroyTerminalKeys",
+       [this](const rpc::UnaryCall& call, const v1::DestroyTerminalKeysRequest* req,
+              v1::DestroyTerminalKeysResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r,
+                              core_.DestroyTerminalKeys(call.caller, req->sn(), req->reason()));
+         for (uint64_t index : r) resp->add_destroyed_key_indexes(index);
+         return absl::OkStatus();
+       });
 
-grpc::Status HsmGrpcService::VerifyInstallProof(grpc::ServerContext* ctx,
-                                                const v1::VerifyInstallProofRequest* req,
-                                                v1::Empty*) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    return core_.VerifyInstallProof(caller, InstallProofCommand{.auk_index = req->auk_index(),
-                                                                .sn = req->sn(),
-                                                                .tmk_kcv = req->tmk_kcv(),
-                                                                .rnd1 = ToBytes(req->rnd1()),
-                                                                .rnd2 = ToBytes(req->rnd2()),
-                                                                .proof = ToBytes(req->proof())});
-  });
-}
+  Bind("GetKeyInfo",
+       [this](const rpc::UnaryCall& call, const v1::GetKeyInfoRequest* req,
+              v1::KeyInfo* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GetKeyInfo(call.caller, req->key_index()));
+         resp->set_key_index(r.index);
+         resp->set_type(static_cast<v1::KeyType>(r.type));
+         resp->set_algorithm(static_cast<v1::KeyAlgorithm>(r.algorithm));
+         resp->set_usage(static_cast<v1::KeyUsage>(r.usage));
+         resp->set_bound_sn(r.bound_sn);
+         resp->set_label(r.label);
+         resp->set_kcv(r.kcv);
+         resp->set_state(static_cast<v1::KeyState>(r.state));
+         resp->set_created_at_unix_ms(r.created_at_ms);
+         resp->set_rsa_bits(r.rsa_bits);
+         resp->set_kek_index(r.kek_index);
+         return absl::OkStatus();
+       });
 
-grpc::Status HsmGrpcService::DestroyTerminalKeys(grpc::ServerContext* ctx,
-                                                 const v1::DestroyTerminalKeysRequest* req,
-                                                 v1::DestroyTerminalKeysResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.DestroyTerminalKeys(caller, req->sn(), req->reason()));
-    for (uint64_t index : r) resp->add_destroyed_key_indexes(index);
-    return absl::OkStatus();
-  });
-}
+  Bind("DeleteKey",
+       [this](const rpc::UnaryCall& call, const v1::DeleteKeyRequest* req, v1::Empty*)
+           -> absl::Status { return core_.DeleteKey(call.caller, req->key_index()); });
 
-grpc::Status HsmGrpcService::GetKeyInfo(grpc::ServerContext* ctx, const v1::GetKeyInfoRequest* req,
-                                        v1::KeyInfo* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.GetKeyInfo(caller, req->key_index()));
-    resp->set_key_index(r.index);
-    resp->set_type(static_cast<v1::KeyType>(r.type));
-    resp->set_algorithm(static_cast<v1::KeyAlgorithm>(r.algorithm));
-    resp->set_usage(static_cast<v1::KeyUsage>(r.usage));
-    resp->set_bound_sn(r.bound_sn);
-    resp->set_label(r.label);
-    resp->set_kcv(r.kcv);
-    resp->set_state(static_cast<v1::KeyState>(r.state));
-    resp->set_created_at_unix_ms(r.created_at_ms);
-    resp->set_rsa_bits(r.rsa_bits);
-    resp->set_kek_index(r.kek_index);
-    return absl::OkStatus();
-  });
-}
+  Bind("GenerateRandom",
+       [this](const rpc::UnaryCall& call, const v1::GenerateRandomRequest* req,
+              v1::GenerateRandomResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GenerateRandom(call.caller, req->length()));
+         resp->set_random(ToString(r));
+         return absl::OkStatus();
+       });
 
-grpc::Status HsmGrpcService::DeleteKey(grpc::ServerContext* ctx, const v1::DeleteKeyRequest* req,
-                                       v1::Empty*) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    return core_.DeleteKey(caller, req->key_index());
-  });
-}
+  Bind("VerifyAuditChain",
+       [this](const rpc::UnaryCall& call, const v1::VerifyAuditChainRequest* req,
+              v1::VerifyAuditChainResponse* resp) -> absl::Status {
+         return rpc::Answer(core_.VerifyAuditChain(call.caller, req->anchor()), resp,
+                            audit::ToProto);
+       });
 
-grpc::Status HsmGrpcService::GenerateRandom(grpc::ServerContext* ctx,
-                                            const v1::GenerateRandomRequest* req,
-                                            v1::GenerateRandomResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.GenerateRandom(caller, req->length()));
-    resp->set_random(ToString(r));
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
-                                              const v1::VerifyAuditChainRequest* req,
-                                              v1::VerifyAuditChainResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.VerifyAuditChain(caller, req->anchor()));
-    audit::ToProto(r, resp);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status HsmGrpcService::AnchorAuditChain(grpc::ServerContext* ctx, const v1::Empty*,
-                                              v1::AnchorAuditChainResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(auto r, core_.AnchorAuditChain(caller));
-    resp->set_anchor(FormatAuditAnchor(r));
-    resp->set_seq(r.seq);
-    return absl::OkStatus();
-  });
+  Bind("AnchorAuditChain",
+       [this](const rpc::UnaryCall& call, const v1::Empty*,
+              v1::AnchorAuditChainResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.AnchorAuditChain(call.caller));
+         resp->set_anchor(FormatAuditAnchor(r));
+         resp->set_seq(r.seq);
+         return absl::OkStatus();
+       });
 }
 
 }  // namespace rkl::hsm

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "hsm_core.h"
-#include "rkl/rpc/adapter.h"
+#include "rkl/rpc/unary_service.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 
 namespace rkl::hsm {
@@ -32,60 +32,15 @@ namespace rkl::hsm {
 enum class HsmRole { kMtms, kKms };
 std::string_view HsmRoleName(HsmRole role);  // "mtms", "kms"
 
-class HsmGrpcService final : public rkl::v1::Hsm::Service {
+class HsmGrpcService final : public rpc::UnaryService {
  public:
   // `operational_identities`: the services given the role's commands (admins and patterns
   // are refused: std::invalid_argument).
   HsmGrpcService(HsmCore& core, HsmRole role,
                  const std::vector<std::string>& operational_identities);
 
-  grpc::Status GenerateRsaKeyPair(grpc::ServerContext* ctx,
-                                  const v1::GenerateRsaKeyPairRequest* req,
-                                  v1::GenerateRsaKeyPairResponse* resp) override;
-  grpc::Status GetPublicKey(grpc::ServerContext* ctx, const v1::GetPublicKeyRequest* req,
-                            v1::GetPublicKeyResponse* resp) override;
-  grpc::Status BeginCeremony(grpc::ServerContext* ctx, const v1::BeginCeremonyRequest* req,
-                             v1::BeginCeremonyResponse* resp) override;
-  grpc::Status GetCeremony(grpc::ServerContext* ctx, const v1::GetCeremonyRequest* req,
-                           v1::GetCeremonyResponse* resp) override;
-  grpc::Status AddComponent(grpc::ServerContext* ctx, const v1::AddComponentRequest* req,
-                            v1::AddComponentResponse* resp) override;
-  grpc::Status CompleteCeremony(grpc::ServerContext* ctx, const v1::CompleteCeremonyRequest* req,
-                                v1::CompleteCeremonyResponse* resp) override;
-  grpc::Status TranslateTransportKey(grpc::ServerContext* ctx,
-                                     const v1::TranslateTransportKeyRequest* req,
-                                     v1::TranslateTransportKeyResponse* resp) override;
-  grpc::Status TranslateTransportKeys(grpc::ServerContext* ctx,
-                                      const v1::TranslateTransportKeysRequest* req,
-                                      v1::TranslateTransportKeysResponse* resp) override;
-  grpc::Status ImportAndChallenge(grpc::ServerContext* ctx,
-                                  const v1::ImportAndChallengeRequest* req,
-                                  v1::ImportAndChallengeResponse* resp) override;
-  grpc::Status AuthenticateAndDeliver(grpc::ServerContext* ctx,
-                                      const v1::AuthenticateAndDeliverRequest* req,
-                                      v1::AuthenticateAndDeliverResponse* resp) override;
-  grpc::Status AuthChallenge(grpc::ServerContext* ctx, const v1::AuthChallengeRequest* req,
-                             v1::AuthChallengeResponse* resp) override;
-  grpc::Status VerifyInstallProof(grpc::ServerContext* ctx,
-                                  const v1::VerifyInstallProofRequest* req,
-                                  v1::Empty* resp) override;
-  grpc::Status DestroyTerminalKeys(grpc::ServerContext* ctx,
-                                   const v1::DestroyTerminalKeysRequest* req,
-                                   v1::DestroyTerminalKeysResponse* resp) override;
-  grpc::Status GetKeyInfo(grpc::ServerContext* ctx, const v1::GetKeyInfoRequest* req,
-                          v1::KeyInfo* resp) override;
-  grpc::Status DeleteKey(grpc::ServerContext* ctx, const v1::DeleteKeyRequest* req,
-                         v1::Empty* resp) override;
-  grpc::Status GenerateRandom(grpc::ServerContext* ctx, const v1::GenerateRandomRequest* req,
-                              v1::GenerateRandomResponse* resp) override;
-  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx, const v1::VerifyAuditChainRequest* req,
-                                v1::VerifyAuditChainResponse* resp) override;
-  grpc::Status AnchorAuditChain(grpc::ServerContext* ctx, const v1::Empty* req,
-                                v1::AnchorAuditChainResponse* resp) override;
-
  private:
   HsmCore& core_;
-  const rpc::ServiceAdapter adapter_;
 };
 
 }  // namespace rkl::hsm

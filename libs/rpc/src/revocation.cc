@@ -13,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "openssl_owners.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/rpc/adapter.h"
 #include "rkl/rpc/call_context.h"
@@ -27,32 +28,6 @@
 namespace rkl::rpc {
 namespace {
 
-// Local RAII owners: rkl::rpc parses X.509 itself and stays independent of rkl::crypto.
-struct BioFree {
-  void operator()(BIO* p) const { BIO_free_all(p); }
-};
-struct X509Free {
-  void operator()(X509* p) const { X509_free(p); }
-};
-struct CrlFree {
-  void operator()(X509_CRL* p) const { X509_CRL_free(p); }
-};
-struct BnFree {
-  void operator()(BIGNUM* p) const { BN_free(p); }
-};
-struct Asn1IntegerFree {
-  void operator()(ASN1_INTEGER* p) const { ASN1_INTEGER_free(p); }
-};
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using CrlPtr = std::unique_ptr<X509_CRL, CrlFree>;
-
-int NoPassphrase(char*, int, int, void*) { return -1; }
-
-BioPtr MemBio(std::string_view data) {
-  return BioPtr(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-}
-
 std::string NameDer(const X509_NAME* name) {
   unsigned char* der = nullptr;
   int len = i2d_X509_NAME(name, &der);
@@ -64,7 +39,7 @@ std::string NameDer(const X509_NAME* name) {
 
 // Upper-case hex of an ASN.1 INTEGER's value, no leading zeros ("" on failure).
 std::string SerialHex(const ASN1_INTEGER* serial) {
-  std::unique_ptr<BIGNUM, BnFree> bn(ASN1_INTEGER_to_BN(serial, nullptr));
+  BnPtr bn(ASN1_INTEGER_to_BN(serial, nullptr));
   if (!bn) return "";
   char* hex = BN_bn2hex(bn.get());
   if (hex == nullptr) return "";
@@ -198,7 +173,7 @@ absl::Status RevocationList::Install(std::string_view crl_text) {
         absl::StrCat("crl: not signed by a certificate of the trust bundle (issuer ",
                      snapshot->issuer_text, ")"));
   }
-  std::unique_ptr<ASN1_INTEGER, Asn1IntegerFree> number(static_cast<ASN1_INTEGER*>(
+  Asn1IntegerPtr number(static_cast<ASN1_INTEGER*>(
       X509_CRL_get_ext_d2i(crl.get(), NID_crl_number, nullptr, nullptr)));
   uint64_t n = 0;
   if (!number || ASN1_INTEGER_get_uint64(&n, number.get()) != 1) {

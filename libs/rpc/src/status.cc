@@ -5,92 +5,39 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "rkl/common/retry_delay.h"
+#include "rkl/rpc/enum_pairs.h"
 
 namespace rkl::rpc {
 namespace {
 
-// Both enums are google.rpc.Code; the switch (rather than a cast) keeps an unexpected
-// value from a newer peer from turning into an out-of-range enum.
+// Both enums are google.rpc.Code; the table (rather than a cast) keeps an unexpected value
+// from a newer peer from turning into an out-of-range enum: it becomes UNKNOWN.
+constexpr EnumPairs<absl::StatusCode, grpc::StatusCode, 17> kCodes{{{
+    {absl::StatusCode::kOk, grpc::StatusCode::OK},
+    {absl::StatusCode::kCancelled, grpc::StatusCode::CANCELLED},
+    {absl::StatusCode::kUnknown, grpc::StatusCode::UNKNOWN},
+    {absl::StatusCode::kInvalidArgument, grpc::StatusCode::INVALID_ARGUMENT},
+    {absl::StatusCode::kDeadlineExceeded, grpc::StatusCode::DEADLINE_EXCEEDED},
+    {absl::StatusCode::kNotFound, grpc::StatusCode::NOT_FOUND},
+    {absl::StatusCode::kAlreadyExists, grpc::StatusCode::ALREADY_EXISTS},
+    {absl::StatusCode::kPermissionDenied, grpc::StatusCode::PERMISSION_DENIED},
+    {absl::StatusCode::kResourceExhausted, grpc::StatusCode::RESOURCE_EXHAUSTED},
+    {absl::StatusCode::kFailedPrecondition, grpc::StatusCode::FAILED_PRECONDITION},
+    {absl::StatusCode::kAborted, grpc::StatusCode::ABORTED},
+    {absl::StatusCode::kOutOfRange, grpc::StatusCode::OUT_OF_RANGE},
+    {absl::StatusCode::kUnimplemented, grpc::StatusCode::UNIMPLEMENTED},
+    {absl::StatusCode::kInternal, grpc::StatusCode::INTERNAL},
+    {absl::StatusCode::kUnavailable, grpc::StatusCode::UNAVAILABLE},
+    {absl::StatusCode::kDataLoss, grpc::StatusCode::DATA_LOSS},
+    {absl::StatusCode::kUnauthenticated, grpc::StatusCode::UNAUTHENTICATED},
+}}};
+
 grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk:
-      return grpc::StatusCode::OK;
-    case absl::StatusCode::kCancelled:
-      return grpc::StatusCode::CANCELLED;
-    case absl::StatusCode::kUnknown:
-      return grpc::StatusCode::UNKNOWN;
-    case absl::StatusCode::kInvalidArgument:
-      return grpc::StatusCode::INVALID_ARGUMENT;
-    case absl::StatusCode::kDeadlineExceeded:
-      return grpc::StatusCode::DEADLINE_EXCEEDED;
-    case absl::StatusCode::kNotFound:
-      return grpc::StatusCode::NOT_FOUND;
-    case absl::StatusCode::kAlreadyExists:
-      return grpc::StatusCode::ALREADY_EXISTS;
-    case absl::StatusCode::kPermissionDenied:
-      return grpc::StatusCode::PERMISSION_DENIED;
-    case absl::StatusCode::kResourceExhausted:
-      return grpc::StatusCode::RESOURCE_EXHAUSTED;
-    case absl::StatusCode::kFailedPrecondition:
-      return grpc::StatusCode::FAILED_PRECONDITION;
-    case absl::StatusCode::kAborted:
-      return grpc::StatusCode::ABORTED;
-    case absl::StatusCode::kOutOfRange:
-      return grpc::StatusCode::OUT_OF_RANGE;
-    case absl::StatusCode::kUnimplemented:
-      return grpc::StatusCode::UNIMPLEMENTED;
-    case absl::StatusCode::kInternal:
-      return grpc::StatusCode::INTERNAL;
-    case absl::StatusCode::kUnavailable:
-      return grpc::StatusCode::UNAVAILABLE;
-    case absl::StatusCode::kDataLoss:
-      return grpc::StatusCode::DATA_LOSS;
-    case absl::StatusCode::kUnauthenticated:
-      return grpc::StatusCode::UNAUTHENTICATED;
-    default:
-      return grpc::StatusCode::UNKNOWN;
-  }
+  return kCodes.Forward(code).value_or(grpc::StatusCode::UNKNOWN);
 }
 
 absl::StatusCode FromGrpcCode(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return absl::StatusCode::kOk;
-    case grpc::StatusCode::CANCELLED:
-      return absl::StatusCode::kCancelled;
-    case grpc::StatusCode::UNKNOWN:
-      return absl::StatusCode::kUnknown;
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return absl::StatusCode::kInvalidArgument;
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return absl::StatusCode::kDeadlineExceeded;
-    case grpc::StatusCode::NOT_FOUND:
-      return absl::StatusCode::kNotFound;
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return absl::StatusCode::kAlreadyExists;
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return absl::StatusCode::kPermissionDenied;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return absl::StatusCode::kResourceExhausted;
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return absl::StatusCode::kFailedPrecondition;
-    case grpc::StatusCode::ABORTED:
-      return absl::StatusCode::kAborted;
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return absl::StatusCode::kOutOfRange;
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return absl::StatusCode::kUnimplemented;
-    case grpc::StatusCode::INTERNAL:
-      return absl::StatusCode::kInternal;
-    case grpc::StatusCode::UNAVAILABLE:
-      return absl::StatusCode::kUnavailable;
-    case grpc::StatusCode::DATA_LOSS:
-      return absl::StatusCode::kDataLoss;
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return absl::StatusCode::kUnauthenticated;
-    default:
-      return absl::StatusCode::kUnknown;
-  }
+  return kCodes.Backward(code).value_or(absl::StatusCode::kUnknown);
 }
 
 }  // namespace

@@ -11,31 +11,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "openssl_owners.h"
 #include "rkl/common/status_macros.h"
 
 namespace rkl::rpc {
 namespace {
-
-// Local RAII owners: rkl::rpc only parses PEM here and stays independent of rkl::crypto.
-struct BioFree {
-  void operator()(BIO* p) const { BIO_free_all(p); }
-};
-struct EvpPkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct X509Free {
-  void operator()(X509* p) const { X509_free(p); }
-};
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-
-// Refuses encrypted keys instead of letting OpenSSL prompt on a terminal a daemon lacks.
-int NoPassphrase(char*, int, int, void*) { return -1; }
-
-BioPtr MemBio(const std::string& pem) {
-  return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
 
 // Counts the certificates in a PEM bundle and returns the first.
 X509Ptr FirstCertificate(const std::string& pem, int* count) {

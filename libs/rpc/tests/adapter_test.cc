@@ -15,6 +15,7 @@
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
+#include "rkl/rpc/unary_service.h"
 #include "rkl/v1/ca.pb.h"
 #include "rkl/v1/echo.grpc.pb.h"
 #include "rkl/v1/hsm.pb.h"
@@ -171,29 +172,29 @@ TEST(ServiceAdapter, TheRklServicesDeclareEveryRpc) {
 
 // ---- Over a real server: the method comes from the call, not from the handler --------------
 
-// rkl.v1.Echo served through a ServiceAdapter; records what it saw.
-class AdaptedEcho final : public v1::Echo::Service {
+// rkl.v1.Echo served as a UnaryService (through its ServiceAdapter); records what it saw.
+class AdaptedEcho final : public UnaryService {
  public:
   explicit AdaptedEcho(const google::protobuf::ServiceDescriptor& service)
-      : adapter_(service, {.role_bindings = {},
-                           .on_refused = [this](std::string_view caller, std::string_view method,
-                                                const absl::Status& refusal) {
-                             absl::MutexLock lock(&mu_);
-                             refusals_.push_back(std::string(caller) + " " + std::string(method));
-                           }}) {}
-
-  grpc::Status Echo(grpc::ServerContext* ctx, const v1::EchoRequest* req,
-                    v1::EchoResponse* resp) override {
-    return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-      {
-        absl::MutexLock lock(&mu_);
-        methods_.push_back(RpcMethod(*ctx));
-      }
-      if (req->payload() == "fail") return absl::FailedPreconditionError("payload: fail");
-      resp->set_payload(req->payload());
-      resp->set_caller_identity(caller);
-      return absl::OkStatus();
-    });
+      : UnaryService(service,
+                     {.role_bindings = {},
+                      .on_refused = [this](std::string_view caller, std::string_view method,
+                                           const absl::Status& refusal) {
+                        absl::MutexLock lock(&mu_);
+                        refusals_.push_back(std::string(caller) + " " + std::string(method));
+                      }}) {
+    Bind("Echo",
+         [this](const UnaryCall& call, const v1::EchoRequest* req,
+                v1::EchoResponse* resp) -> absl::Status {
+           {
+             absl::MutexLock lock(&mu_);
+             methods_.push_back(RpcMethod(call.ctx));
+           }
+           if (req->payload() == "fail") return absl::FailedPreconditionError("payload: fail");
+           resp->set_payload(req->payload());
+           resp->set_caller_identity(call.caller);
+           return absl::OkStatus();
+         });
   }
 
   std::vector<std::string> refusals() {
@@ -206,7 +207,6 @@ class AdaptedEcho final : public v1::Echo::Service {
   }
 
  private:
-  const ServiceAdapter adapter_;
   absl::Mutex mu_;
   std::vector<std::string> refusals_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> methods_ ABSL_GUARDED_BY(mu_);
@@ -318,6 +318,38 @@ TEST(ServiceAdapter, ACallServedWithoutTheServersInterceptorIsRefused) {
   EXPECT_FALSE(ran);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(status.error_message(), "caller '(unauthenticated)' may not call (unknown)");
+}
+
+// ---- UnaryService::Bind checks each binding against the service's descriptor ---------------
+
+// rkl.v1.Echo with one body bound to `method`.
+class EchoBinding final : public UnaryService {
+ public:
+  template <typename Body>
+  EchoBinding(std::string_view method, Body body)
+      : UnaryService(ServiceAdapter::DescriptorOf<v1::Echo>()) {
+    Bind(method, std::move(body));
+  }
+};
+
+absl::Status EchoBody(const UnaryCall&, const v1::EchoRequest*, v1::EchoResponse*) {
+  return absl::OkStatus();
+}
+
+absl::Status SwappedBody(const UnaryCall&, const v1::EchoResponse*, v1::EchoRequest*) {
+  return absl::OkStatus();
+}
+
+TEST(UnaryService, BindsAMethodOfTheServiceWithItsOwnMessages) {
+  EXPECT_NO_THROW(EchoBinding("Echo", &EchoBody));
+}
+
+TEST(UnaryService, RefusesAMethodTheServiceDoesNotHave) {
+  EXPECT_THROW(EchoBinding("Ech0", &EchoBody), std::logic_error);
+}
+
+TEST(UnaryService, RefusesABodyForOtherMessagesThanTheMethods) {
+  EXPECT_THROW(EchoBinding("Echo", &SwappedBody), std::logic_error);
 }
 
 }  // namespace

@@ -19,49 +19,21 @@
 #include <functional>
 
 #include "ca_core.h"
-#include "rkl/rpc/adapter.h"
+#include "rkl/rpc/unary_service.h"
 #include "rkl/v1/ca.grpc.pb.h"
 
 namespace rkl::ca {
 
-class CaGrpcService final : public rkl::v1::CertificateAuthority::Service {
+class CaGrpcService final : public rpc::UnaryService {
  public:
   // `on_revoked`, when set, runs after every successful revocation (the daemon refreshes
   // the CRL its own mTLS server enforces there).
   explicit CaGrpcService(CaCore* core, std::function<void()> on_revoked = nullptr);
 
-  grpc::Status GetIssuerCertificate(grpc::ServerContext* ctx,
-                                    const v1::GetIssuerCertificateRequest* request,
-                                    v1::GetIssuerCertificateResponse* response) override;
-  grpc::Status IssueWorkCertificate(grpc::ServerContext* ctx,
-                                    const v1::IssueWorkCertificateRequest* request,
-                                    v1::IssuedCertificate* response) override;
-  grpc::Status RequestCertificate(grpc::ServerContext* ctx,
-                                  const v1::RequestCertificateRequest* request,
-                                  v1::CertificateRequestInfo* response) override;
-  grpc::Status ApproveCertificateRequest(grpc::ServerContext* ctx,
-                                         const v1::ApproveCertificateRequestRequest* request,
-                                         v1::CertificateRequestInfo* response) override;
-  grpc::Status GetCertificateRequest(grpc::ServerContext* ctx,
-                                     const v1::GetCertificateRequestRequest* request,
-                                     v1::CertificateRequestInfo* response) override;
-  grpc::Status ListCertificateRequests(grpc::ServerContext* ctx,
-                                       const v1::ListCertificateRequestsRequest* request,
-                                       v1::ListCertificateRequestsResponse* response) override;
-  grpc::Status RevokeCertificate(grpc::ServerContext* ctx,
-                                 const v1::RevokeCertificateRequest* request,
-                                 v1::CertificateStatus* response) override;
-  grpc::Status GetCrl(grpc::ServerContext* ctx, const v1::GetCrlRequest* request,
-                      v1::GetCrlResponse* response) override;
-  grpc::Status GetCertificateStatus(grpc::ServerContext* ctx,
-                                    const v1::GetCertificateStatusRequest* request,
-                                    v1::CertificateStatus* response) override;
-
  private:
   void FillRequest(const CertificateRequestRecord& r, v1::CertificateRequestInfo* out);
 
   CaCore* core_;
-  const rpc::ServiceAdapter adapter_;
   const std::function<void()> on_revoked_;
 };
 

@@ -1,8 +1,7 @@
 #include "grpc_hsm_port.h"
 
+#include "rkl/common/status_macros.h"
 #include "rkl/protocol/proto_enums.h"
-#include "rkl/rpc/call_context.h"
-#include "rkl/rpc/status.h"
 
 namespace rkl::kms {
 namespace {
@@ -20,8 +19,7 @@ constexpr char kPeer[] = "HSM #2";
 }  // namespace
 
 GrpcHsmPort::GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
-    : stub_(rkl::v1::Hsm::NewStub(std::shared_ptr<grpc::ChannelInterface>(std::move(channel)))),
-      timeout_(timeout) {}
+    : hsm_(std::move(channel), timeout, kPeer) {}
 
 absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
     uint64_t pk_index, uint64_t mak_index, const std::string& sn, std::span<const uint8_t> ctk_pk,
@@ -32,10 +30,8 @@ absl::StatusOr<ImportedAndChallenged> GrpcHsmPort::ImportAndChallenge(
   req.mutable_import()->set_sn(sn);
   req.mutable_import()->set_ctk_pk(ToBytesField(ctk_pk));
   req.set_rnd1(ToBytesField(rnd1));
-  rkl::v1::ImportAndChallengeResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->ImportAndChallenge(ctx.get(), req, &resp);
-  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::ImportAndChallengeResponse resp,
+                       hsm_.Call(&rkl::v1::Hsm::Stub::ImportAndChallenge, req));
   const auto& i = resp.imported();
   absl::StatusOr<crypto::KeyAlgorithm> algorithm =
       crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(i.algorithm()));
@@ -60,10 +56,8 @@ absl::StatusOr<AuthenticatedDelivery> GrpcHsmPort::AuthenticateAndDeliver(
   req.set_algorithm(ToProto(algorithm));
   req.set_replace_existing(replace_existing);
   req.set_tek_index(tek_index);
-  rkl::v1::AuthenticateAndDeliverResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->AuthenticateAndDeliver(ctx.get(), req, &resp);
-  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::AuthenticateAndDeliverResponse resp,
+                       hsm_.Call(&rkl::v1::Hsm::Stub::AuthenticateAndDeliver, req));
   return AuthenticatedDelivery{
       GeneratedTmk{resp.tmk().tmk_index(), resp.tmk().kcv(), resp.tmk().created()},
       ExportedKeyBlock{resp.block().key_block(), resp.block().key_kcv(), resp.block().kek_kcv()}};
@@ -76,10 +70,8 @@ absl::StatusOr<AuthChallengeResult> GrpcHsmPort::AuthChallenge(uint64_t auk_inde
   req.set_auk_index(auk_index);
   req.set_sn(sn);
   req.set_rnd1(ToBytesField(rnd1));
-  rkl::v1::AuthChallengeResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->AuthChallenge(ctx.get(), req, &resp);
-  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::AuthChallengeResponse resp,
+                       hsm_.Call(&rkl::v1::Hsm::Stub::AuthChallenge, req));
   return AuthChallengeResult{FromBytesField(resp.rnd2()), FromBytesField(resp.crnd1())};
 }
 
@@ -95,11 +87,7 @@ absl::Status GrpcHsmPort::VerifyInstallProof(uint64_t auk_index, const std::stri
   req.set_rnd1(ToBytesField(rnd1));
   req.set_rnd2(ToBytesField(rnd2));
   req.set_proof(ToBytesField(proof));
-  rkl::v1::Empty resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->VerifyInstallProof(ctx.get(), req, &resp);
-  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
-  return absl::OkStatus();
+  return hsm_.Call(&rkl::v1::Hsm::Stub::VerifyInstallProof, req).status();
 }
 
 absl::StatusOr<std::vector<uint64_t>> GrpcHsmPort::DestroyTerminalKeys(const std::string& sn,
@@ -107,10 +95,8 @@ absl::StatusOr<std::vector<uint64_t>> GrpcHsmPort::DestroyTerminalKeys(const std
   rkl::v1::DestroyTerminalKeysRequest req;
   req.set_sn(sn);
   req.set_reason(reason);
-  rkl::v1::DestroyTerminalKeysResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status st = stub_->DestroyTerminalKeys(ctx.get(), req, &resp);
-  if (!st.ok()) return rpc::FromPeerStatus(st, kPeer);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::DestroyTerminalKeysResponse resp,
+                       hsm_.Call(&rkl::v1::Hsm::Stub::DestroyTerminalKeys, req));
   return std::vector<uint64_t>(resp.destroyed_key_indexes().begin(),
                                resp.destroyed_key_indexes().end());
 }

@@ -11,6 +11,7 @@
 
 #include "absl/time/time.h"
 #include "hsm_port.h"
+#include "rkl/rpc/peer_client.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 
 namespace rkl::kms {
@@ -37,8 +38,7 @@ class GrpcHsmPort final : public HsmPort {
                                                             const std::string& reason) override;
 
  private:
-  std::unique_ptr<rkl::v1::Hsm::Stub> stub_;
-  absl::Duration timeout_;
+  const rpc::PeerClient<rkl::v1::Hsm> hsm_;
 };
 
 }  // namespace rkl::kms

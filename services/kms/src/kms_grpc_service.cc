@@ -49,12 +49,6 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_tmk_generation(t.tmk_generation);
 }
 
-KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits)
-    : core_(core),
-      audit_(audit),
-      adapter_(rpc::ServiceAdapter::DescriptorOf<rkl::v1::Kms>()),
-      gate_("kms", "sn", limits) {}
-
 absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
                                                const std::string& sn) {
   // An invalid SN spends only the address's budget: the core refuses it before any
@@ -62,165 +56,135 @@ absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
   return gate_.Admit(ctx, protocol::ValidateSn(sn).ok() ? std::string_view(sn) : "");
 }
 
-grpc::Status KmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
-                                                const rkl::v1::KmsSubmitTransportKeyRequest* req,
-                                                rkl::v1::KmsSubmitTransportKeyResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(SubmitResult r,
-                         core_.SubmitTransportKey(caller, req->sn(), Span(req->ctk_pk()),
-                                                  req->mtms_submission_id()));
-    resp->set_state(ToProto(r.state));
-    resp->set_duplicate(r.duplicate);
-    return absl::OkStatus();
-  });
-}
+KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits)
+    : UnaryService(rpc::ServiceAdapter::DescriptorOf<rkl::v1::Kms>()),
+      core_(core),
+      audit_(audit),
+      gate_("kms", "sn", limits) {
+  Bind("SubmitTransportKey",
+       [this](const rpc::UnaryCall& call, const rkl::v1::KmsSubmitTransportKeyRequest* req,
+              rkl::v1::KmsSubmitTransportKeyResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(SubmitResult r,
+                              core_.SubmitTransportKey(call.caller, req->sn(), Span(req->ctk_pk()),
+                                                       req->mtms_submission_id()));
+         resp->set_state(ToProto(r.state));
+         resp->set_duplicate(r.duplicate);
+         return absl::OkStatus();
+       });
 
-// Terminal RPCs (public): the terminal proves itself with AUK.
-grpc::Status KmsGrpcService::BeginAuthentication(grpc::ServerContext* ctx,
-                                                 const rkl::v1::BeginAuthenticationRequest* req,
-                                                 rkl::v1::BeginAuthenticationResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(AdmitTerminalCall(*ctx, req->sn()));
-    RKL_ASSIGN_OR_RETURN(BeginResult r,
-                         core_.BeginAuthentication(req->sn(), Span(req->rnd1()), Source(*ctx)));
-    resp->set_session_id(r.session_id);
-    resp->set_crnd1(Field(r.crnd1));
-    resp->set_rnd2(Field(r.rnd2));
-    resp->set_expires_at_unix_ms(r.expires_at_ms);
-    return absl::OkStatus();
-  });
-}
+  // Terminal RPCs (public): the terminal proves itself with AUK.
+  Bind("BeginAuthentication",
+       [this](const rpc::UnaryCall& call, const rkl::v1::BeginAuthenticationRequest* req,
+              rkl::v1::BeginAuthenticationResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         RKL_ASSIGN_OR_RETURN(BeginResult r, core_.BeginAuthentication(req->sn(), Span(req->rnd1()),
+                                                                       Source(call.ctx)));
+         resp->set_session_id(r.session_id);
+         resp->set_crnd1(Field(r.crnd1));
+         resp->set_rnd2(Field(r.rnd2));
+         resp->set_expires_at_unix_ms(r.expires_at_ms);
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::CompleteAuthentication(
-    grpc::ServerContext* ctx, const rkl::v1::CompleteAuthenticationRequest* req,
-    rkl::v1::CompleteAuthenticationResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(AdmitTerminalCall(*ctx, req->sn()));
-    RKL_ASSIGN_OR_RETURN(DeliveryResult r,
-                         core_.CompleteAuthentication(req->session_id(), req->sn(),
-                                                      Span(req->crnd2()), Source(*ctx)));
-    resp->set_key_block(r.key_block);
-    resp->set_tmk_kcv(r.tmk_kcv);
-    return absl::OkStatus();
-  });
-}
+  Bind("CompleteAuthentication",
+       [this](const rpc::UnaryCall& call, const rkl::v1::CompleteAuthenticationRequest* req,
+              rkl::v1::CompleteAuthenticationResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         RKL_ASSIGN_OR_RETURN(DeliveryResult r,
+                              core_.CompleteAuthentication(req->session_id(), req->sn(),
+                                                           Span(req->crnd2()), Source(call.ctx)));
+         resp->set_key_block(r.key_block);
+         resp->set_tmk_kcv(r.tmk_kcv);
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::ConfirmInstallation(grpc::ServerContext* ctx,
-                                                 const rkl::v1::ConfirmInstallationRequest* req,
-                                                 rkl::v1::ConfirmInstallationResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(AdmitTerminalCall(*ctx, req->sn()));
-    RKL_ASSIGN_OR_RETURN(
-        TerminalState r,
-        core_.ConfirmInstallation(req->session_id(), req->sn(), Span(req->proof()), Source(*ctx)));
-    resp->set_state(ToProto(r));
-    return absl::OkStatus();
-  });
-}
+  Bind("ConfirmInstallation",
+       [this](const rpc::UnaryCall& call, const rkl::v1::ConfirmInstallationRequest* req,
+              rkl::v1::ConfirmInstallationResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         RKL_ASSIGN_OR_RETURN(TerminalState r,
+                              core_.ConfirmInstallation(req->session_id(), req->sn(),
+                                                        Span(req->proof()), Source(call.ctx)));
+         resp->set_state(ToProto(r));
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::GetTerminal(grpc::ServerContext* ctx,
-                                         const rkl::v1::GetTerminalRequest* req,
-                                         rkl::v1::Terminal* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.GetTerminal(req->sn()));
-    ToProto(t, resp);
-    return absl::OkStatus();
-  });
-}
+  Bind("GetTerminal",
+       [this](const rpc::UnaryCall&, const rkl::v1::GetTerminalRequest* req,
+              rkl::v1::Terminal* resp) -> absl::Status {
+         return rpc::Answer(core_.GetTerminal(req->sn()), resp, ToProto);
+       });
 
-grpc::Status KmsGrpcService::ListTerminals(grpc::ServerContext* ctx,
-                                           const rkl::v1::ListTerminalsRequest* req,
-                                           rkl::v1::ListTerminalsResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    std::optional<TerminalState> state;
-    if (req->state() != rkl::v1::TERMINAL_STATE_UNSPECIFIED) {
-      if (!rkl::v1::TerminalState_IsValid(req->state())) {
-        return absl::InvalidArgumentError("state: unknown terminal state");
-      }
-      state = static_cast<TerminalState>(req->state());
-    }
-    RKL_ASSIGN_OR_RETURN(TerminalPage page,
-                         core_.ListTerminals(state, req->sn_prefix(), req->page().page_size(),
-                                             req->page().page_token()));
-    for (const TerminalRecord& t : page.terminals) ToProto(t, resp->add_terminals());
-    resp->set_next_page_token(page.next_page_token);
-    return absl::OkStatus();
-  });
-}
+  Bind("ListTerminals",
+       [this](const rpc::UnaryCall&, const rkl::v1::ListTerminalsRequest* req,
+              rkl::v1::ListTerminalsResponse* resp) -> absl::Status {
+         std::optional<TerminalState> state;
+         if (req->state() != rkl::v1::TERMINAL_STATE_UNSPECIFIED) {
+           if (!rkl::v1::TerminalState_IsValid(req->state())) {
+             return absl::InvalidArgumentError("state: unknown terminal state");
+           }
+           state = static_cast<TerminalState>(req->state());
+         }
+         RKL_ASSIGN_OR_RETURN(TerminalPage page,
+                              core_.ListTerminals(state, req->sn_prefix(), req->page().page_size(),
+                                                  req->page().page_token()));
+         for (const TerminalRecord& t : page.terminals) ToProto(t, resp->add_terminals());
+         resp->set_next_page_token(page.next_page_token);
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::UnlockTerminal(grpc::ServerContext* ctx,
-                                            const rkl::v1::TerminalAdminRequest* req,
-                                            rkl::v1::Terminal* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.UnlockTerminal(caller, req->sn(), req->reason()));
-    ToProto(t, resp);
-    return absl::OkStatus();
-  });
-}
+  // Unlock, revoke, mark for rekey: an admin's action on one terminal, answered with its record.
+  using TerminalAction = absl::StatusOr<TerminalRecord> (KmsCore::*)(
+      const std::string& actor, const std::string& sn, const std::string& reason);
+  for (const auto& [method, action] :
+       {std::pair<const char*, TerminalAction>{"UnlockTerminal", &KmsCore::UnlockTerminal},
+        {"RevokeTerminal", &KmsCore::RevokeTerminal},
+        {"MarkForRekey", &KmsCore::MarkForRekey}}) {
+    Bind(method,
+         [this, action](const rpc::UnaryCall& call, const rkl::v1::TerminalAdminRequest* req,
+                        rkl::v1::Terminal* resp) -> absl::Status {
+           return rpc::Answer((core_.*action)(call.caller, req->sn(), req->reason()), resp,
+                              ToProto);
+         });
+  }
 
-grpc::Status KmsGrpcService::RevokeTerminal(grpc::ServerContext* ctx,
-                                            const rkl::v1::TerminalAdminRequest* req,
-                                            rkl::v1::Terminal* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.RevokeTerminal(caller, req->sn(), req->reason()));
-    ToProto(t, resp);
-    return absl::OkStatus();
-  });
-}
+  Bind("GetStatistics",
+       [this](const rpc::UnaryCall&, const rkl::v1::Empty*,
+              rkl::v1::Statistics* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(Statistics st, core_.GetStatistics());
+         for (const auto& [state, count] : st.terminals_by_state) {
+           (*resp->mutable_terminals_by_state())[state] = count;
+         }
+         resp->set_terminals_total(st.terminals_total);
+         resp->set_distinct_tmk_kcvs(st.distinct_tmk_kcvs);
+         resp->set_auth_failures_total(st.auth_failures_total);
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::MarkForRekey(grpc::ServerContext* ctx,
-                                          const rkl::v1::TerminalAdminRequest* req,
-                                          rkl::v1::Terminal* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.MarkForRekey(caller, req->sn(), req->reason()));
-    ToProto(t, resp);
-    return absl::OkStatus();
-  });
-}
+  Bind("ListAudit",
+       [this](const rpc::UnaryCall&, const rkl::v1::ListAuditRequest* req,
+              rkl::v1::ListAuditResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(AuditPage page, core_.ListAudit(req->sn(), req->page().page_size(),
+                                                              req->page().page_token()));
+         for (const AuditEntry& e : page.records) {
+           rkl::v1::AuditRecord* r = resp->add_records();
+           r->set_seq(e.seq);
+           r->set_at_unix_ms(e.at_ms);
+           r->set_actor(e.actor);
+           r->set_action(e.action);
+           r->set_sn(e.sn);
+           r->set_detail(e.detail);
+           r->set_result(e.result);
+         }
+         resp->set_next_page_token(page.next_page_token);
+         return absl::OkStatus();
+       });
 
-grpc::Status KmsGrpcService::GetStatistics(grpc::ServerContext* ctx, const rkl::v1::Empty*,
-                                           rkl::v1::Statistics* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(Statistics st, core_.GetStatistics());
-    for (const auto& [state, count] : st.terminals_by_state) {
-      (*resp->mutable_terminals_by_state())[state] = count;
-    }
-    resp->set_terminals_total(st.terminals_total);
-    resp->set_distinct_tmk_kcvs(st.distinct_tmk_kcvs);
-    resp->set_auth_failures_total(st.auth_failures_total);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status KmsGrpcService::ListAudit(grpc::ServerContext* ctx,
-                                       const rkl::v1::ListAuditRequest* req,
-                                       rkl::v1::ListAuditResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(AuditPage page, core_.ListAudit(req->sn(), req->page().page_size(),
-                                                         req->page().page_token()));
-    for (const AuditEntry& e : page.records) {
-      rkl::v1::AuditRecord* r = resp->add_records();
-      r->set_seq(e.seq);
-      r->set_at_unix_ms(e.at_ms);
-      r->set_actor(e.actor);
-      r->set_action(e.action);
-      r->set_sn(e.sn);
-      r->set_detail(e.detail);
-      r->set_result(e.result);
-    }
-    resp->set_next_page_token(page.next_page_token);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status KmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
-                                              const rkl::v1::VerifyAuditChainRequest* req,
-                                              rkl::v1::VerifyAuditChainResponse* resp) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(audit::AuditVerification v, audit_.VerifyWithAnchorText(req->anchor()));
-    audit::ToProto(v, resp);
-    return absl::OkStatus();
-  });
+  Bind("VerifyAuditChain",
+       [this](const rpc::UnaryCall&, const rkl::v1::VerifyAuditChainRequest* req,
+              rkl::v1::VerifyAuditChainResponse* resp) -> absl::Status {
+         return rpc::Answer(audit_.VerifyWithAnchorText(req->anchor()), resp, audit::ToProto);
+       });
 }
 
 }  // namespace rkl::kms

@@ -1,7 +1,7 @@
 #include "mtms_grpc_ports.h"
 
+#include "rkl/common/status_macros.h"
 #include "rkl/protocol/proto_enums.h"
-#include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 
 namespace rkl::mtms {
@@ -14,17 +14,15 @@ v1::Issuer ToProto(CaIssuer issuer) {
 }  // namespace
 
 GrpcHsmPort::GrpcHsmPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
-    : stub_(v1::Hsm::NewStub(channel)), timeout_(timeout) {}
+    : hsm_(std::move(channel), timeout, "hsm") {}
 
 absl::StatusOr<HsmPort::RsaKeyPair> GrpcHsmPort::GenerateRsaKeyPair(uint32_t bits,
                                                                     const std::string& label) {
   v1::GenerateRsaKeyPairRequest req;
   req.set_bits(bits);
   req.set_label(label);
-  v1::GenerateRsaKeyPairResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->GenerateRsaKeyPair(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
+  RKL_ASSIGN_OR_RETURN(v1::GenerateRsaKeyPairResponse resp,
+                       hsm_.Call(&v1::Hsm::Stub::GenerateRsaKeyPair, req));
   return RsaKeyPair{
       .key_index = resp.key_index(),
       .public_key_der = Bytes(resp.public_key_der().begin(), resp.public_key_der().end())};
@@ -51,10 +49,8 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTranspo
     std::span<const TranslateRequest> requests) {
   v1::TranslateTransportKeysRequest req;
   for (const TranslateRequest& request : requests) ToProto(request, *req.add_items());
-  v1::TranslateTransportKeysResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->TranslateTransportKeys(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
+  RKL_ASSIGN_OR_RETURN(v1::TranslateTransportKeysResponse resp,
+                       hsm_.Call(&v1::Hsm::Stub::TranslateTransportKeys, req));
   std::vector<absl::StatusOr<Bytes>> out;
   out.reserve(resp.outcomes_size());
   for (const v1::TranslateTransportKeyOutcome& outcome : resp.outcomes()) {
@@ -73,15 +69,13 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTranspo
 absl::StatusOr<Bytes> GrpcHsmPort::TranslateTransportKey(const TranslateRequest& request) {
   v1::TranslateTransportKeyRequest req;
   ToProto(request, req);
-  v1::TranslateTransportKeyResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->TranslateTransportKey(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "hsm");
+  RKL_ASSIGN_OR_RETURN(v1::TranslateTransportKeyResponse resp,
+                       hsm_.Call(&v1::Hsm::Stub::TranslateTransportKey, req));
   return Bytes(resp.ctk_pk().begin(), resp.ctk_pk().end());
 }
 
 GrpcCaPort::GrpcCaPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
-    : stub_(v1::CertificateAuthority::NewStub(channel)), timeout_(timeout) {}
+    : ca_(std::move(channel), timeout, "ca") {}
 
 absl::StatusOr<CaPort::IssuedCertificate> GrpcCaPort::IssueWorkCertificate(
     const Bytes& public_key_der, const std::string& hsm_id, uint64_t key_index) {
@@ -89,36 +83,41 @@ absl::StatusOr<CaPort::IssuedCertificate> GrpcCaPort::IssueWorkCertificate(
   req.set_public_key_der(std::string(AsString(public_key_der)));
   req.set_hsm_id(hsm_id);
   req.set_key_index(key_index);
-  v1::IssuedCertificate resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->IssueWorkCertificate(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
+  RKL_ASSIGN_OR_RETURN(v1::IssuedCertificate resp,
+                       ca_.Call(&v1::CertificateAuthority::Stub::IssueWorkCertificate, req));
   return IssuedCertificate{.certificate_pem = resp.certificate_pem(),
                            .serial_hex = resp.serial_hex()};
 }
 
-absl::StatusOr<std::string> GrpcCaPort::GetIssuerCertificate(CaIssuer issuer) {
-  v1::GetIssuerCertificateRequest req;
+namespace {
+
+// GetIssuerCertificate and GetCrl: a request naming an issuer, a PEM in the answer.
+template <typename Request, typename Response>
+absl::StatusOr<std::string> IssuerPem(const rpc::PeerClient<v1::CertificateAuthority>& ca,
+                                      grpc::Status (v1::CertificateAuthority::Stub::*rpc)(
+                                          grpc::ClientContext*, const Request&, Response*),
+                                      const std::string& (Response::*pem)() const,
+                                      CaIssuer issuer) {
+  Request req;
   req.set_issuer(ToProto(issuer));
-  v1::GetIssuerCertificateResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->GetIssuerCertificate(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
-  return resp.certificate_pem();
+  RKL_ASSIGN_OR_RETURN(Response resp, ca.Call(rpc, req));
+  return (resp.*pem)();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> GrpcCaPort::GetIssuerCertificate(CaIssuer issuer) {
+  return IssuerPem(ca_, &v1::CertificateAuthority::Stub::GetIssuerCertificate,
+                   &v1::GetIssuerCertificateResponse::certificate_pem, issuer);
 }
 
 absl::StatusOr<std::string> GrpcCaPort::GetCrl(CaIssuer issuer) {
-  v1::GetCrlRequest req;
-  req.set_issuer(ToProto(issuer));
-  v1::GetCrlResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->GetCrl(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "ca");
-  return resp.crl_pem();
+  return IssuerPem(ca_, &v1::CertificateAuthority::Stub::GetCrl, &v1::GetCrlResponse::crl_pem,
+                   issuer);
 }
 
 GrpcKmsPort::GrpcKmsPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
-    : stub_(v1::Kms::NewStub(channel)), timeout_(timeout) {}
+    : kms_(std::move(channel), timeout, "kms") {}
 
 absl::StatusOr<KmsPort::Receipt> GrpcKmsPort::SubmitTransportKey(const std::string& sn,
                                                                  const Bytes& ctk_pk,
@@ -127,10 +126,8 @@ absl::StatusOr<KmsPort::Receipt> GrpcKmsPort::SubmitTransportKey(const std::stri
   req.set_sn(sn);
   req.set_ctk_pk(std::string(AsString(ctk_pk)));
   req.set_mtms_submission_id(submission_id);
-  v1::KmsSubmitTransportKeyResponse resp;
-  auto ctx = rpc::MakeClientContext(timeout_);
-  grpc::Status status = stub_->SubmitTransportKey(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromPeerStatus(status, "kms");
+  RKL_ASSIGN_OR_RETURN(v1::KmsSubmitTransportKeyResponse resp,
+                       kms_.Call(&v1::Kms::Stub::SubmitTransportKey, req));
   return Receipt{.duplicate = resp.duplicate()};
 }
 

@@ -12,6 +12,7 @@
 
 #include "absl/time/time.h"
 #include "mtms_ports.h"
+#include "rkl/rpc/peer_client.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -28,8 +29,7 @@ class GrpcHsmPort final : public HsmPort {
       std::span<const TranslateRequest> requests) override;
 
  private:
-  std::unique_ptr<v1::Hsm::Stub> stub_;
-  absl::Duration timeout_;
+  const rpc::PeerClient<v1::Hsm> hsm_;
 };
 
 class GrpcCaPort final : public CaPort {
@@ -42,8 +42,7 @@ class GrpcCaPort final : public CaPort {
   absl::StatusOr<std::string> GetCrl(CaIssuer issuer) override;
 
  private:
-  std::unique_ptr<v1::CertificateAuthority::Stub> stub_;
-  absl::Duration timeout_;
+  const rpc::PeerClient<v1::CertificateAuthority> ca_;
 };
 
 class GrpcKmsPort final : public KmsPort {
@@ -53,8 +52,7 @@ class GrpcKmsPort final : public KmsPort {
                                              const std::string& submission_id) override;
 
  private:
-  std::unique_ptr<v1::Kms::Stub> stub_;
-  absl::Duration timeout_;
+  const rpc::PeerClient<v1::Kms> kms_;
 };
 
 }  // namespace rkl::mtms

@@ -2,32 +2,29 @@
 
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/sn.h"
+#include "rkl/rpc/enum_pairs.h"
 
 namespace rkl::mtms {
 namespace {
 
+constexpr rpc::EnumPairs<SubmissionState, v1::SubmissionState, 3> kSubmissionStates{{{
+    {SubmissionState::kReceived, v1::SUBMISSION_STATE_RECEIVED},
+    {SubmissionState::kForwarded, v1::SUBMISSION_STATE_FORWARDED},
+    {SubmissionState::kRejected, v1::SUBMISSION_STATE_REJECTED},
+}}};
+
+constexpr rpc::EnumPairs<WorkKeyState, v1::WorkKey::State, 3> kWorkKeyStates{{{
+    {WorkKeyState::kCurrent, v1::WorkKey::STATE_CURRENT},
+    {WorkKeyState::kPrevious, v1::WorkKey::STATE_PREVIOUS},
+    {WorkKeyState::kRetired, v1::WorkKey::STATE_RETIRED},
+}}};
+
 v1::SubmissionState ToProto(SubmissionState state) {
-  switch (state) {
-    case SubmissionState::kReceived:
-      return v1::SUBMISSION_STATE_RECEIVED;
-    case SubmissionState::kForwarded:
-      return v1::SUBMISSION_STATE_FORWARDED;
-    case SubmissionState::kRejected:
-      return v1::SUBMISSION_STATE_REJECTED;
-  }
-  return v1::SUBMISSION_STATE_UNSPECIFIED;
+  return kSubmissionStates.Forward(state).value_or(v1::SUBMISSION_STATE_UNSPECIFIED);
 }
 
 v1::WorkKey::State ToProto(WorkKeyState state) {
-  switch (state) {
-    case WorkKeyState::kCurrent:
-      return v1::WorkKey::STATE_CURRENT;
-    case WorkKeyState::kPrevious:
-      return v1::WorkKey::STATE_PREVIOUS;
-    case WorkKeyState::kRetired:
-      return v1::WorkKey::STATE_RETIRED;
-  }
-  return v1::WorkKey::STATE_UNSPECIFIED;
+  return kWorkKeyStates.Forward(state).value_or(v1::WorkKey::STATE_UNSPECIFIED);
 }
 
 void ToProto(const SubmissionRecord& row, v1::Submission* out) {
@@ -67,157 +64,121 @@ std::string PackageSn(const std::string& package) {
 
 MtmsGrpcService::MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, audit::PgAuditLog& audit,
                                  rpc::PublicCallLimits limits)
-    : core_(core),
+    : UnaryService(rpc::ServiceAdapter::DescriptorOf<v1::Mtms>()),
+      core_(core),
       forwarder_(forwarder),
       audit_(audit),
-      adapter_(rpc::ServiceAdapter::DescriptorOf<v1::Mtms>()),
-      gate_("mtms", "sn", std::move(limits)) {}
-
-grpc::Status MtmsGrpcService::GetWorkCertificate(grpc::ServerContext* ctx,
-                                                 const v1::GetWorkCertificateRequest* request,
-                                                 v1::GetWorkCertificateResponse* response) {
+      gate_("mtms", "sn", std::move(limits)) {
   // Public: the operator terminal connects with server-authenticated TLS only.
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, ""));
-    RKL_ASSIGN_OR_RETURN(WorkCertificateBundle bundle, core_.GetWorkCertificate());
-    response->set_work_certificate_pem(bundle.certificate_pem);
-    response->set_terminal_root_pem(bundle.terminal_root_pem);
-    response->set_serial_hex(bundle.serial_hex);
-    return absl::OkStatus();
-  });
-}
+  Bind("GetWorkCertificate",
+       [this](const rpc::UnaryCall& call, const v1::GetWorkCertificateRequest* request,
+              v1::GetWorkCertificateResponse* response) -> absl::Status {
+         RKL_RETURN_IF_ERROR(gate_.Admit(call.ctx, ""));
+         RKL_ASSIGN_OR_RETURN(WorkCertificateBundle bundle, core_.GetWorkCertificate());
+         response->set_work_certificate_pem(bundle.certificate_pem);
+         response->set_terminal_root_pem(bundle.terminal_root_pem);
+         response->set_serial_hex(bundle.serial_hex);
+         return absl::OkStatus();
+       });
 
-grpc::Status MtmsGrpcService::SubmitTransportKey(grpc::ServerContext* ctx,
-                                                 const v1::SubmitTransportKeyRequest* request,
-                                                 v1::SubmitTransportKeyResponse* response) {
   // Public: the package is authenticated by the operator card's signature, not by TLS.
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, PackageSn(request->package())));
-    RKL_ASSIGN_OR_RETURN(
-        SubmitReceipt receipt,
-        core_.SubmitTransportKey(
-            SubmitRequest{.package = request->package(),
-                          .signature = request->signature(),
-                          .operator_certificate_pem = request->operator_certificate_pem()},
-            caller, rpc::PublicCallGate::PeerAddress(ctx->peer())));
-    // Start forwarding now rather than at the next timed pass: the terminal is waiting.
-    forwarder_.Wake();
-    response->set_submission_id(receipt.submission_id);
-    response->set_state(ToProto(receipt.state));
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status MtmsGrpcService::GetSubmission(grpc::ServerContext* ctx,
-                                            const v1::GetSubmissionRequest* request,
-                                            v1::Submission* response) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(SubmissionRecord row, core_.GetSubmission(request->submission_id()));
-    ToProto(row, response);
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status MtmsGrpcService::GetOwnSubmission(grpc::ServerContext* ctx,
-                                               const v1::GetOwnSubmissionRequest* request,
-                                               v1::Submission* response) {
-  // Public: the query is authenticated by the operator card's signature, not by TLS.
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_RETURN_IF_ERROR(gate_.Admit(*ctx, ""));
-    RKL_ASSIGN_OR_RETURN(
-        SubmissionRecord row,
-        core_.GetOwnSubmission(
-            OwnSubmissionQuery{.query = request->query(),
+  Bind("SubmitTransportKey",
+       [this](const rpc::UnaryCall& call, const v1::SubmitTransportKeyRequest* request,
+              v1::SubmitTransportKeyResponse* response) -> absl::Status {
+         RKL_RETURN_IF_ERROR(gate_.Admit(call.ctx, PackageSn(request->package())));
+         RKL_ASSIGN_OR_RETURN(
+             SubmitReceipt receipt,
+             core_.SubmitTransportKey(
+                 SubmitRequest{.package = request->package(),
                                .signature = request->signature(),
                                .operator_certificate_pem = request->operator_certificate_pem()},
-            rpc::PublicCallGate::PeerAddress(ctx->peer())));
-    ToProto(row, response);
-    return absl::OkStatus();
-  });
-}
+                 call.caller, rpc::PublicCallGate::PeerAddress(call.ctx.peer())));
+         // Start forwarding now rather than at the next timed pass: the terminal is waiting.
+         forwarder_.Wake();
+         response->set_submission_id(receipt.submission_id);
+         response->set_state(ToProto(receipt.state));
+         return absl::OkStatus();
+       });
 
-grpc::Status MtmsGrpcService::ProvisionWorkKey(grpc::ServerContext* ctx,
-                                               const v1::ProvisionWorkKeyRequest* request,
-                                               v1::WorkKey* response) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(WorkKeyRecord key,
-                         core_.ProvisionWorkKey(request->rotate(), request->rsa_bits(), caller));
-    ToProto(key, response);
-    return absl::OkStatus();
-  });
-}
+  Bind("GetSubmission",
+       [this](const rpc::UnaryCall&, const v1::GetSubmissionRequest* request,
+              v1::Submission* response) -> absl::Status {
+         return rpc::Answer(core_.GetSubmission(request->submission_id()), response, ToProto);
+       });
 
-grpc::Status MtmsGrpcService::RetireWorkKey(grpc::ServerContext* ctx,
-                                            const v1::RetireWorkKeyRequest* request,
-                                            v1::WorkKey* response) {
-  return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(WorkKeyRecord key,
-                         core_.RetireWorkKey(request->serial_hex(), request->force(), caller));
-    ToProto(key, response);
-    return absl::OkStatus();
-  });
-}
+  // Public: the query is authenticated by the operator card's signature, not by TLS.
+  Bind("GetOwnSubmission",
+       [this](const rpc::UnaryCall& call, const v1::GetOwnSubmissionRequest* request,
+              v1::Submission* response) -> absl::Status {
+         RKL_RETURN_IF_ERROR(gate_.Admit(call.ctx, ""));
+         return rpc::Answer(
+             core_.GetOwnSubmission(OwnSubmissionQuery{.query = request->query(),
+                                                       .signature = request->signature(),
+                                                       .operator_certificate_pem =
+                                                           request->operator_certificate_pem()},
+                                    rpc::PublicCallGate::PeerAddress(call.ctx.peer())),
+             response, ToProto);
+       });
 
-grpc::Status MtmsGrpcService::ListWorkKeys(grpc::ServerContext* ctx, const v1::Empty* request,
-                                           v1::ListWorkKeysResponse* response) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(std::vector<WorkKeyRecord> keys, core_.ListWorkKeys());
-    for (const WorkKeyRecord& key : keys) ToProto(key, response->add_work_keys());
-    return absl::OkStatus();
-  });
-}
+  Bind("ProvisionWorkKey",
+       [this](const rpc::UnaryCall& call, const v1::ProvisionWorkKeyRequest* request,
+              v1::WorkKey* response) -> absl::Status {
+         return rpc::Answer(
+             core_.ProvisionWorkKey(request->rotate(), request->rsa_bits(), call.caller), response,
+             ToProto);
+       });
 
-grpc::Status MtmsGrpcService::ListQueue(grpc::ServerContext* ctx,
-                                        const v1::ListQueueRequest* request,
-                                        v1::ListQueueResponse* response) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    std::optional<SubmissionState> state;
-    switch (request->state()) {
-      case v1::SUBMISSION_STATE_UNSPECIFIED:
-        break;
-      case v1::SUBMISSION_STATE_RECEIVED:
-        state = SubmissionState::kReceived;
-        break;
-      case v1::SUBMISSION_STATE_FORWARDED:
-        state = SubmissionState::kForwarded;
-        break;
-      case v1::SUBMISSION_STATE_REJECTED:
-        state = SubmissionState::kRejected;
-        break;
-      default:
-        return absl::InvalidArgumentError("state: unknown SubmissionState");
-    }
-    RKL_ASSIGN_OR_RETURN(QueuePage page, core_.ListQueue(state, request->page().page_size(),
-                                                         request->page().page_token()));
-    for (const SubmissionRecord& row : page.submissions) ToProto(row, response->add_submissions());
-    response->set_next_page_token(page.next_page_token);
-    response->set_received(page.counts.received);
-    response->set_forwarded(page.counts.forwarded);
-    response->set_rejected(page.counts.rejected);
-    return absl::OkStatus();
-  });
-}
+  Bind("RetireWorkKey",
+       [this](const rpc::UnaryCall& call, const v1::RetireWorkKeyRequest* request,
+              v1::WorkKey* response) -> absl::Status {
+         return rpc::Answer(
+             core_.RetireWorkKey(request->serial_hex(), request->force(), call.caller), response,
+             ToProto);
+       });
 
-grpc::Status MtmsGrpcService::ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
-                                           v1::ForceForwardResponse* response) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(PassResult pass, forwarder_.ForceForward());
-    response->set_forwarded(pass.forwarded);
-    response->set_rejected(pass.rejected);
-    response->set_retry_later(pass.retry_later);
-    return absl::OkStatus();
-  });
-}
+  Bind("ListWorkKeys",
+       [this](const rpc::UnaryCall&, const v1::Empty* request,
+              v1::ListWorkKeysResponse* response) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(std::vector<WorkKeyRecord> keys, core_.ListWorkKeys());
+         for (const WorkKeyRecord& key : keys) ToProto(key, response->add_work_keys());
+         return absl::OkStatus();
+       });
 
-grpc::Status MtmsGrpcService::VerifyAuditChain(grpc::ServerContext* ctx,
-                                               const v1::VerifyAuditChainRequest* request,
-                                               v1::VerifyAuditChainResponse* response) {
-  return adapter_.Serve(*ctx, [&](const std::string&) -> absl::Status {
-    RKL_ASSIGN_OR_RETURN(audit::AuditVerification v,
-                         audit_.VerifyWithAnchorText(request->anchor()));
-    audit::ToProto(v, response);
-    return absl::OkStatus();
-  });
+  Bind("ListQueue",
+       [this](const rpc::UnaryCall&, const v1::ListQueueRequest* request,
+              v1::ListQueueResponse* response) -> absl::Status {
+         std::optional<SubmissionState> state;
+         if (request->state() != v1::SUBMISSION_STATE_UNSPECIFIED) {
+           state = kSubmissionStates.Backward(request->state());
+           if (!state) return absl::InvalidArgumentError("state: unknown SubmissionState");
+         }
+         RKL_ASSIGN_OR_RETURN(QueuePage page, core_.ListQueue(state, request->page().page_size(),
+                                                              request->page().page_token()));
+         for (const SubmissionRecord& row : page.submissions)
+           ToProto(row, response->add_submissions());
+         response->set_next_page_token(page.next_page_token);
+         response->set_received(page.counts.received);
+         response->set_forwarded(page.counts.forwarded);
+         response->set_rejected(page.counts.rejected);
+         return absl::OkStatus();
+       });
+
+  Bind("ForceForward",
+       [this](const rpc::UnaryCall&, const v1::Empty* request,
+              v1::ForceForwardResponse* response) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(PassResult pass, forwarder_.ForceForward());
+         response->set_forwarded(pass.forwarded);
+         response->set_rejected(pass.rejected);
+         response->set_retry_later(pass.retry_later);
+         return absl::OkStatus();
+       });
+
+  Bind("VerifyAuditChain",
+       [this](const rpc::UnaryCall&, const v1::VerifyAuditChainRequest* request,
+              v1::VerifyAuditChainResponse* response) -> absl::Status {
+         return rpc::Answer(audit_.VerifyWithAnchorText(request->anchor()), response,
+                            audit::ToProto);
+       });
 }
 
 }  // namespace rkl::mtms

@@ -13,13 +13,13 @@
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
 #include "rkl/audit/audit_log.h"
-#include "rkl/rpc/adapter.h"
 #include "rkl/rpc/public_call_gate.h"
+#include "rkl/rpc/unary_service.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
 namespace rkl::mtms {
 
-class MtmsGrpcService final : public v1::Mtms::Service {
+class MtmsGrpcService final : public rpc::UnaryService {
  public:
   MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, audit::PgAuditLog& audit,
                   rpc::PublicCallLimits limits = {});
@@ -27,37 +27,10 @@ class MtmsGrpcService final : public v1::Mtms::Service {
   // Public calls refused for volume since start.
   uint64_t rate_limited() const { return gate_.refused(); }
 
-  grpc::Status GetWorkCertificate(grpc::ServerContext* ctx,
-                                  const v1::GetWorkCertificateRequest* request,
-                                  v1::GetWorkCertificateResponse* response) override;
-  grpc::Status SubmitTransportKey(grpc::ServerContext* ctx,
-                                  const v1::SubmitTransportKeyRequest* request,
-                                  v1::SubmitTransportKeyResponse* response) override;
-  grpc::Status GetSubmission(grpc::ServerContext* ctx, const v1::GetSubmissionRequest* request,
-                             v1::Submission* response) override;
-  grpc::Status GetOwnSubmission(grpc::ServerContext* ctx,
-                                const v1::GetOwnSubmissionRequest* request,
-                                v1::Submission* response) override;
-  grpc::Status ProvisionWorkKey(grpc::ServerContext* ctx,
-                                const v1::ProvisionWorkKeyRequest* request,
-                                v1::WorkKey* response) override;
-  grpc::Status RetireWorkKey(grpc::ServerContext* ctx, const v1::RetireWorkKeyRequest* request,
-                             v1::WorkKey* response) override;
-  grpc::Status ListWorkKeys(grpc::ServerContext* ctx, const v1::Empty* request,
-                            v1::ListWorkKeysResponse* response) override;
-  grpc::Status ListQueue(grpc::ServerContext* ctx, const v1::ListQueueRequest* request,
-                         v1::ListQueueResponse* response) override;
-  grpc::Status VerifyAuditChain(grpc::ServerContext* ctx,
-                                const v1::VerifyAuditChainRequest* request,
-                                v1::VerifyAuditChainResponse* response) override;
-  grpc::Status ForceForward(grpc::ServerContext* ctx, const v1::Empty* request,
-                            v1::ForceForwardResponse* response) override;
-
  private:
   MtmsCore& core_;
   Forwarder& forwarder_;
   audit::PgAuditLog& audit_;
-  const rpc::ServiceAdapter adapter_;
   rpc::PublicCallGate gate_;
 };
 

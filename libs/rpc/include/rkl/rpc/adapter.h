@@ -5,17 +5,15 @@
 // `option (rkl.v1.allowed_roles) = "...";` (repeatable) or `option (rkl.v1.public_rpc) =
 // true;`. The adapter reads those options from the service's descriptor when it is built,
 // and for each call takes the method from the call itself (RpcMethod(), recorded by
-// rkl::rpc::Server's interceptor), so a handler never names its own RPC:
+// rkl::rpc::Server's interceptor), so a handler never names its own RPC. The services serve
+// through rkl::rpc::UnaryService (rkl/rpc/unary_service.h), which runs every bound body in
+// Serve; a hand-written handler would read:
 //
-//   grpc::Status KmsGrpcService::GetTerminal(grpc::ServerContext* ctx,
-//                                            const v1::GetTerminalRequest* req,
-//                                            v1::Terminal* resp) {
-//     return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
-//       RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.GetTerminal(req->sn()));
-//       ToProto(t, resp);
-//       return absl::OkStatus();
-//     });
-//   }
+//   return adapter_.Serve(*ctx, [&](const std::string& caller) -> absl::Status {
+//     RKL_ASSIGN_OR_RETURN(TerminalRecord t, core_.GetTerminal(req->sn()));
+//     ToProto(t, resp);
+//     return absl::OkStatus();
+//   });
 //
 // Guarantees:
 //  - default-deny: a call is refused with PERMISSION_DENIED "caller '<id>' may not call
