@@ -19,6 +19,7 @@
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/testing/race.h"
 #include "rkl/testing/wait.h"
 #include "test_terminal.h"
 
@@ -762,16 +763,9 @@ TEST_F(KeyStorePgTest, OneWriteUnitsForOneSnAgreeOnOneLiveKey) {
     });
   }
   for (auto& t : threads) t.join();
-  int ok = 0;
-  for (const absl::Status& r : results) {
-    // A twin inserted between a run's read and write is ALREADY_EXISTS (HsmCore re-runs
-    // the command); nothing else may happen.
-    if (r.ok()) {
-      ++ok;
-    } else {
-      EXPECT_EQ(r.code(), absl::StatusCode::kAlreadyExists) << r;
-    }
-  }
+  // A twin inserted between a run's read and write is ALREADY_EXISTS (HsmCore re-runs the
+  // command); nothing else may happen.
+  const int ok = rkl::testing::CountWinners(results, absl::StatusCode::kAlreadyExists);
   EXPECT_GE(ok, 1);
   const std::string dsn = hsm_->dsn();
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-MANY' AND state = 1"),

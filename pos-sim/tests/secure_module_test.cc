@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <iterator>
 
 #include "fakes.h"
 #include "files.h"
@@ -37,6 +38,12 @@ mode_t ModeOf(const std::string& path) {
   struct stat st;
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 0777;
+}
+
+// How many entries `dir` holds.
+int EntriesIn(const std::string& dir) {
+  std::filesystem::directory_iterator it(dir);
+  return static_cast<int>(std::distance(begin(it), end(it)));
 }
 
 TEST(SecureModuleStateTest, SerializationRoundTrips) {
@@ -84,12 +91,7 @@ TEST(SecureModuleTest, CreateSealsWithPrivateModesAndReopens) {
   EXPECT_EQ(reopened->Describe().tek_kcv, m->Describe().tek_kcv);
   EXPECT_EQ(reopened->Describe().lifecycle, "TK_GENERATED");
   // No leftover temporary files.
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
-    (void)e;
-    ++entries;
-  }
-  EXPECT_EQ(entries, 2);
+  EXPECT_EQ(EntriesIn(m->directory()), 2);
 }
 
 TEST(SecureModuleTest, WithoutDurableWritesStateIsStillReplacedWhole) {
@@ -111,12 +113,7 @@ TEST(SecureModuleTest, WithoutDurableWritesStateIsStillReplacedWhole) {
   EXPECT_EQ(reopened->Describe().lifecycle, "TK_SUBMITTED");
   EXPECT_EQ(reopened->state().submission_id, "sub-2");
   EXPECT_EQ(ModeOf(m->state_file()), 0600u);
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
-    (void)e;
-    ++entries;
-  }
-  EXPECT_EQ(entries, 2);
+  EXPECT_EQ(EntriesIn(m->directory()), 2);
 }
 
 TEST(SecureModuleTest, CreateRefusesAnExistingTerminal) {
