@@ -32,19 +32,12 @@ using ::testing::AnyOf;
 using testing::Call;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
+using testing::HsmInstanceTest;
 
-class AuditPgTest : public ::testing::Test {
+// The instance has no background sealer (InstanceOptions' default): each test seals when it
+// means to.
+class AuditPgTest : public HsmInstanceTest {
  protected:
-  void SetUp() override {
-    auto pki = rkl::testing::TestPki::Create();
-    ASSERT_TRUE(pki.ok()) << pki.status();
-    pki_ = *std::move(pki);
-    // No background sealer: each test seals when it means to.
-    auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::ZeroDuration()});
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = *std::move(hsm);
-  }
-
   absl::StatusOr<v1::VerifyAuditChainResponse> Verify() {
     auto stub = hsm_->Stub("admin:auditor");
     return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, v1::VerifyAuditChainRequest());
@@ -125,8 +118,6 @@ class AuditPgTest : public ::testing::Test {
         .as<std::string>();
   }
 
-  std::unique_ptr<rkl::testing::TestPki> pki_;
-  std::unique_ptr<HsmInstance> hsm_;
   std::string anchor_file_;
 };
 

@@ -4,6 +4,8 @@
 // TestPki certificate; clients for any identity; and helpers that run raw SQL against the
 // instance's database (to tamper, or to dump it).
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -88,6 +90,22 @@ class HsmInstance {
   absl::Mutex tls_mu_;  // TestPki is single-threaded; tests open channels from threads
   std::map<std::string, rpc::TlsFiles> tls_ ABSL_GUARDED_BY(tls_mu_);
   std::unique_ptr<HsmDaemon> daemon_;
+};
+
+// A test with an HsmInstance of its own (default options) and the TestPki it trusts.
+class HsmInstanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pki = rkl::testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    auto hsm = HsmInstance::Create(*pki_);
+    ASSERT_TRUE(hsm.ok()) << hsm.status();
+    hsm_ = *std::move(hsm);
+  }
+
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  std::unique_ptr<HsmInstance> hsm_;
 };
 
 // A unary call with a deadline, as absl::StatusOr.

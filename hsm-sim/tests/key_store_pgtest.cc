@@ -28,7 +28,7 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-using testing::HsmInstance;
+using testing::HsmInstanceTest;
 
 // EXPLAIN (ANALYZE, COSTS OFF) of `statement` (an EXECUTE), one line per plan row.
 std::string ExplainAnalyze(pqxx::work& tx, const std::string& statement) {
@@ -56,15 +56,11 @@ struct BarrierOverPg {
   KeyBarrier barrier;
 };
 
-class KeyStorePgTest : public ::testing::Test {
+class KeyStorePgTest : public HsmInstanceTest {
  protected:
   void SetUp() override {
-    auto pki = rkl::testing::TestPki::Create();
-    ASSERT_TRUE(pki.ok()) << pki.status();
-    pki_ = *std::move(pki);
-    auto hsm = HsmInstance::Create(*pki_);
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = *std::move(hsm);
+    HsmInstanceTest::SetUp();
+    if (HasFatalFailure()) return;
     pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = hsm_->runtime_dsn()});
     audit_ = std::make_unique<PgAuditLog>(*pool_, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
   }
@@ -127,8 +123,6 @@ class KeyStorePgTest : public ::testing::Test {
     return std::make_unique<GenericPlans>(hsm_->dsn());
   }
 
-  std::unique_ptr<rkl::testing::TestPki> pki_;
-  std::unique_ptr<HsmInstance> hsm_;
   std::unique_ptr<db::ConnectionPool> pool_;
   std::unique_ptr<PgAuditLog> audit_;
 };

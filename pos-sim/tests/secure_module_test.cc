@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <functional>
 #include <iterator>
 
 #include "fakes.h"
@@ -130,16 +131,29 @@ TEST(SecureModuleTest, OpenUnknownTerminalIsNotFound) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(SecureModuleTest, TamperedStateFileDoesNotOpen) {
+// A new module whose `file` is then replaced by what `rewrite` makes of it no longer opens:
+// DATA_LOSS, saying `finding`.
+void ExpectDataLossAfterRewriting(std::string (SecureModule::*file)() const,
+                                  const std::function<Bytes(Bytes)>& rewrite,
+                                  const std::string& finding) {
   TempDir dir;
   auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
   ASSERT_TRUE(m.ok());
-  Bytes sealed = FileBytes(m->state_file());
-  sealed[sealed.size() / 2] ^= 0x01;
-  ASSERT_TRUE(WriteFileAtomically(m->state_file(), sealed, 0600).ok());
+  const std::string path = (*m.*file)();
+  ASSERT_TRUE(WriteFileAtomically(path, rewrite(FileBytes(path)), 0600).ok());
   auto opened = SecureModule::Open(dir.path(), "T-1");
   EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(opened.status().message(), HasSubstr("does not open"));
+  EXPECT_THAT(opened.status().message(), HasSubstr(finding));
+}
+
+TEST(SecureModuleTest, TamperedStateFileDoesNotOpen) {
+  ExpectDataLossAfterRewriting(
+      &SecureModule::state_file,
+      [](Bytes sealed) {
+        sealed[sealed.size() / 2] ^= 0x01;
+        return sealed;
+      },
+      "does not open");
 }
 
 TEST(SecureModuleTest, StateFileCopiedToAnotherTerminalDoesNotOpen) {
@@ -179,13 +193,8 @@ TEST(SecureModuleTest, OpensAStateFileSealedInTheStoredLayout) {
 }
 
 TEST(SecureModuleTest, DeviceKeyOfTheWrongSizeIsDataLoss) {
-  TempDir dir;
-  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
-  ASSERT_TRUE(m.ok());
-  ASSERT_TRUE(WriteFileAtomically(m->device_key_file(), Bytes(16, 7), 0600).ok());
-  auto opened = SecureModule::Open(dir.path(), "T-1");
-  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(opened.status().message(), HasSubstr("not a device key"));
+  ExpectDataLossAfterRewriting(
+      &SecureModule::device_key_file, [](Bytes) { return Bytes(16, 7); }, "not a device key");
 }
 
 TEST(SecureModuleTest, CommitReplacesAtomicallyAndRefusesSnChange) {

@@ -24,6 +24,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <utility>
 
 namespace rkl::testing {
 
@@ -44,6 +45,12 @@ class ConformanceTest : public ::testing::TestWithParam<Implementation<T>> {
 };
 
 // Names each test after its implementation ("KmsCoreSuite.FullFlow/Memory").
+// The parameters of a suite instantiated over the one implementation `make` makes.
+template <typename T>
+auto OneImplementation(std::string name, std::function<std::unique_ptr<T>()> make) {
+  return ::testing::Values(Implementation<T>{std::move(name), std::move(make)});
+}
+
 struct ImplementationName {
   template <typename T>
   std::string operator()(const ::testing::TestParamInfo<Implementation<T>>& info) const {
