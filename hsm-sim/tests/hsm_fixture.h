@@ -122,6 +122,16 @@ absl::StatusOr<Resp> Call(v1::Hsm::Stub& stub,
   return response;
 }
 
+// What the first custodian sends to open a ceremony for a key of `type` labelled `label`,
+// of `component_count` components.
+v1::BeginCeremonyRequest BeginRequest(const std::string& label, v1::KeyType type,
+                                      uint32_t component_count = 2);
+
+// What a custodian sends to the ceremony `begun` opened: `component`, encrypted to the
+// ceremony key as rklctl does.
+v1::AddComponentRequest ComponentRequest(const v1::BeginCeremonyResponse& begun,
+                                         const crypto::SecretBytes& component);
+
 struct CeremonyResult {
   uint64_t key_index = 0;
   std::string kcv;
