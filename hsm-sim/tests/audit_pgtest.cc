@@ -43,6 +43,21 @@ class AuditPgTest : public HsmInstanceTest {
     return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, v1::VerifyAuditChainRequest());
   }
 
+  // VerifyAuditChain finds the whole chain intact.
+  void ExpectIntact() {
+    auto v = Verify();
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_TRUE(v->intact());
+  }
+
+  // VerifyAuditChain finds the chain broken, first at record `seq`.
+  void ExpectBrokenAt(uint64_t seq) {
+    auto v = Verify();
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_FALSE(v->intact());
+    EXPECT_EQ(v->first_broken_seq(), seq);
+  }
+
   void MakeRecords(int n) {
     auto stub = hsm_->Stub("kms");
     for (int i = 0; i < n; ++i) {
@@ -170,10 +185,7 @@ TEST_F(AuditPgTest, DeletedRecordIsReportedAtTheGap) {
   hsm_->Sql(
       "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
       "DELETE FROM hsm_audit WHERE seq = 3;");
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 4u);
+  ExpectBrokenAt(4);
 }
 
 TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
@@ -275,9 +287,7 @@ TEST_F(AuditPgTest, SealedBatchKeepsEveryRecordsTextByteForByte) {
     EXPECT_EQ(rows[i][0].as<std::string>(), details[i]);
     EXPECT_EQ(rows[i][1].as<std::string>(), "SN-" + std::to_string(i));
   }
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_TRUE(v->intact());
+  ExpectIntact();
 }
 
 TEST_F(AuditPgTest, BackgroundSealerChainsRecordsByItself) {
@@ -316,10 +326,7 @@ TEST_F(AuditPgTest, PendingRecordEditedBeforeSealingIsChainedAsTampered) {
   EXPECT_EQ(row[2].as<std::string>(), "DATA_LOSS");
   EXPECT_EQ(
       tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0].as<int64_t>(), 0);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 2u);
+  ExpectBrokenAt(2);
 }
 
 TEST_F(AuditPgTest, ReplayedPendingRecordIsChainedAsTampered) {
@@ -330,10 +337,7 @@ TEST_F(AuditPgTest, ReplayedPendingRecordIsChainedAsTampered) {
       "SELECT at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
       "ORDER BY id LIMIT 1");
   EXPECT_EQ(Seal(), 3u);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 3u);
+  ExpectBrokenAt(3);
 }
 
 TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
@@ -360,9 +364,7 @@ TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
   a.join();
   EXPECT_TRUE(b_seen_while_a_open);
   EXPECT_EQ(Seal(), 2u);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_TRUE(v->intact());
+  ExpectIntact();
 }
 
 TEST_F(AuditPgTest, GroupedRecordsQueuedDuringAWriteShareTheNextTransaction) {

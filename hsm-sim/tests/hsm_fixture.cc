@@ -157,6 +157,12 @@ v1::AddComponentRequest ComponentRequest(const v1::BeginCeremonyResponse& begun,
   return add;
 }
 
+v1::CompleteCeremonyRequest CompleteRequest(const v1::BeginCeremonyResponse& begun) {
+  v1::CompleteCeremonyRequest complete;
+  complete.set_ceremony_id(begun.ceremony_id());
+  return complete;
+}
+
 absl::StatusOr<CeremonyResult> RunCeremony(
     HsmInstance& hsm, v1::KeyType type, const std::string& label,
     const std::vector<std::pair<std::string, crypto::SecretBytes>>& custodian_components) {
@@ -169,9 +175,7 @@ absl::StatusOr<CeremonyResult> RunCeremony(
     auto added = Call(*stub, &v1::Hsm::Stub::AddComponent, ComponentRequest(*begun, component));
     if (!added.ok()) return added.status();
   }
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
-  auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, complete);
+  auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, CompleteRequest(*begun));
   if (!done.ok()) return done.status();
   return CeremonyResult{done->key_index(), done->kcv()};
 }

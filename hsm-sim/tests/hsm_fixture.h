@@ -132,6 +132,9 @@ v1::BeginCeremonyRequest BeginRequest(const std::string& label, v1::KeyType type
 v1::AddComponentRequest ComponentRequest(const v1::BeginCeremonyResponse& begun,
                                          const crypto::SecretBytes& component);
 
+// What the first custodian sends to complete the ceremony `begun` opened.
+v1::CompleteCeremonyRequest CompleteRequest(const v1::BeginCeremonyResponse& begun);
+
 struct CeremonyResult {
   uint64_t key_index = 0;
   std::string kcv;

@@ -22,6 +22,7 @@ namespace {
 
 using testing::BeginRequest;
 using testing::Call;
+using testing::CompleteRequest;
 using testing::ComponentRequest;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
@@ -394,8 +395,7 @@ TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   add = ComponentRequest(*begun, crypto::RandomSecret(32));
   EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
             absl::StatusCode::kAlreadyExists);
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
+  const v1::CompleteCeremonyRequest complete = CompleteRequest(*begun);
   EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
@@ -469,8 +469,7 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
   ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
   EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
             absl::StatusCode::kAlreadyExists);
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
+  const v1::CompleteCeremonyRequest complete = CompleteRequest(*begun);
   EXPECT_EQ(Call(*alice, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
