@@ -44,13 +44,13 @@ class ConformanceTest : public ::testing::TestWithParam<Implementation<T>> {
   std::unique_ptr<T> MakeImplementation() const { return this->GetParam().make(); }
 };
 
-// Names each test after its implementation ("KmsCoreSuite.FullFlow/Memory").
 // The parameters of a suite instantiated over the one implementation `make` makes.
 template <typename T>
 auto OneImplementation(std::string name, std::function<std::unique_ptr<T>()> make) {
   return ::testing::Values(Implementation<T>{std::move(name), std::move(make)});
 }
 
+// Names each test after its implementation ("KmsCoreSuite.FullFlow/Memory").
 struct ImplementationName {
   template <typename T>
   std::string operator()(const ::testing::TestParamInfo<Implementation<T>>& info) const {
