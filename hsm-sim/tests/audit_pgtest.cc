@@ -32,22 +32,30 @@ using ::testing::AnyOf;
 using testing::Call;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
+using testing::HsmInstanceTest;
 
-class AuditPgTest : public ::testing::Test {
+// The instance has no background sealer (InstanceOptions' default): each test seals when it
+// means to.
+class AuditPgTest : public HsmInstanceTest {
  protected:
-  void SetUp() override {
-    auto pki = rkl::testing::TestPki::Create();
-    ASSERT_TRUE(pki.ok()) << pki.status();
-    pki_ = *std::move(pki);
-    // No background sealer: each test seals when it means to.
-    auto hsm = HsmInstance::Create(*pki_, {.audit_seal_interval = absl::ZeroDuration()});
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = *std::move(hsm);
-  }
-
   absl::StatusOr<v1::VerifyAuditChainResponse> Verify() {
     auto stub = hsm_->Stub("admin:auditor");
     return Call(*stub, &v1::Hsm::Stub::VerifyAuditChain, v1::VerifyAuditChainRequest());
+  }
+
+  // VerifyAuditChain finds the whole chain intact.
+  void ExpectIntact() {
+    auto v = Verify();
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_TRUE(v->intact());
+  }
+
+  // VerifyAuditChain finds the chain broken, first at record `seq`.
+  void ExpectBrokenAt(uint64_t seq) {
+    auto v = Verify();
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_FALSE(v->intact());
+    EXPECT_EQ(v->first_broken_seq(), seq);
   }
 
   void MakeRecords(int n) {
@@ -114,6 +122,12 @@ class AuditPgTest : public ::testing::Test {
                      "WHERE seq >= ",
                      seq, "; ALTER TABLE hsm_audit ENABLE TRIGGER USER"));
   }
+  // Runs `sql` as an attacker with superuser rights would: the append-only trigger switched
+  // off around it.
+  void Tamper(const std::string& sql) {
+    hsm_->Sql(absl::StrCat("ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;", sql,
+                           ";ALTER TABLE hsm_audit ENABLE TRIGGER hsm_audit_append_only"));
+  }
   // Every chained record, as the superuser sees it.
   std::string ChainDump() {
     pqxx::connection conn(hsm_->dsn());
@@ -125,8 +139,6 @@ class AuditPgTest : public ::testing::Test {
         .as<std::string>();
   }
 
-  std::unique_ptr<rkl::testing::TestPki> pki_;
-  std::unique_ptr<HsmInstance> hsm_;
   std::string anchor_file_;
 };
 
@@ -149,11 +161,7 @@ TEST_F(AuditPgTest, SqlCannotUpdateOrDeleteRecords) {
 TEST_F(AuditPgTest, EditedRecordIsReportedBySeq) {
   MakeRecords(8);
   Seal();
-  // An attacker with superuser rights switches the trigger off and edits record 4.
-  hsm_->Sql(
-      "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
-      "UPDATE hsm_audit SET actor = 'admin:nobody' WHERE seq = 4;"
-      "ALTER TABLE hsm_audit ENABLE TRIGGER hsm_audit_append_only");
+  Tamper("UPDATE hsm_audit SET actor = 'admin:nobody' WHERE seq = 4");
   auto v = Verify();
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_FALSE(v->intact());
@@ -164,25 +172,17 @@ TEST_F(AuditPgTest, EditedRecordIsReportedBySeq) {
 TEST_F(AuditPgTest, EditedResultOrMacIsReported) {
   MakeRecords(5);
   Seal();
-  hsm_->Sql(
-      "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
+  Tamper(
       "UPDATE hsm_audit SET mac = set_byte(mac, 0, get_byte(mac, 0) # 1) WHERE seq = 5;"
-      "UPDATE hsm_audit SET result = 'OK' WHERE seq = 2;");
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_EQ(v->first_broken_seq(), 2u);
+      "UPDATE hsm_audit SET result = 'OK' WHERE seq = 2");
+  ExpectBrokenAt(2);
 }
 
 TEST_F(AuditPgTest, DeletedRecordIsReportedAtTheGap) {
   MakeRecords(6);
   Seal();
-  hsm_->Sql(
-      "ALTER TABLE hsm_audit DISABLE TRIGGER hsm_audit_append_only;"
-      "DELETE FROM hsm_audit WHERE seq = 3;");
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 4u);
+  Tamper("DELETE FROM hsm_audit WHERE seq = 3");
+  ExpectBrokenAt(4);
 }
 
 TEST_F(AuditPgTest, ChainFromAnotherLmkDoesNotVerify) {
@@ -284,9 +284,7 @@ TEST_F(AuditPgTest, SealedBatchKeepsEveryRecordsTextByteForByte) {
     EXPECT_EQ(rows[i][0].as<std::string>(), details[i]);
     EXPECT_EQ(rows[i][1].as<std::string>(), "SN-" + std::to_string(i));
   }
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_TRUE(v->intact());
+  ExpectIntact();
 }
 
 TEST_F(AuditPgTest, BackgroundSealerChainsRecordsByItself) {
@@ -325,10 +323,7 @@ TEST_F(AuditPgTest, PendingRecordEditedBeforeSealingIsChainedAsTampered) {
   EXPECT_EQ(row[2].as<std::string>(), "DATA_LOSS");
   EXPECT_EQ(
       tx.exec1("SELECT count(*) FROM hsm_audit WHERE actor = 'admin:nobody'")[0].as<int64_t>(), 0);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 2u);
+  ExpectBrokenAt(2);
 }
 
 TEST_F(AuditPgTest, ReplayedPendingRecordIsChainedAsTampered) {
@@ -339,10 +334,7 @@ TEST_F(AuditPgTest, ReplayedPendingRecordIsChainedAsTampered) {
       "SELECT at_ms, actor, action, sn, detail, result, mac FROM hsm_audit_pending "
       "ORDER BY id LIMIT 1");
   EXPECT_EQ(Seal(), 3u);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_FALSE(v->intact());
-  EXPECT_EQ(v->first_broken_seq(), 3u);
+  ExpectBrokenAt(3);
 }
 
 TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
@@ -369,9 +361,7 @@ TEST_F(AuditPgTest, CommandsDoNotWaitForEachOthersAuditRecord) {
   a.join();
   EXPECT_TRUE(b_seen_while_a_open);
   EXPECT_EQ(Seal(), 2u);
-  auto v = Verify();
-  ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_TRUE(v->intact());
+  ExpectIntact();
 }
 
 TEST_F(AuditPgTest, GroupedRecordsQueuedDuringAWriteShareTheNextTransaction) {

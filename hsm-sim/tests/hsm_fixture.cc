@@ -137,30 +137,45 @@ std::string HsmInstance::DumpDatabase() {
   return dump;
 }
 
+v1::BeginCeremonyRequest BeginRequest(const std::string& label, v1::KeyType type,
+                                      uint32_t component_count) {
+  v1::BeginCeremonyRequest begin;
+  begin.set_label(label);
+  begin.set_key_type(type);
+  begin.set_component_count(component_count);
+  return begin;
+}
+
+v1::AddComponentRequest ComponentRequest(const v1::BeginCeremonyResponse& begun,
+                                         const crypto::SecretBytes& component) {
+  const std::string& key = begun.component_encryption_key_der();
+  const Bytes encrypted =
+      EncryptComponent(Bytes(key.begin(), key.end()), begun.ceremony_id(), component);
+  v1::AddComponentRequest add;
+  add.set_ceremony_id(begun.ceremony_id());
+  add.set_encrypted_component(std::string(encrypted.begin(), encrypted.end()));
+  return add;
+}
+
+v1::CompleteCeremonyRequest CompleteRequest(const v1::BeginCeremonyResponse& begun) {
+  v1::CompleteCeremonyRequest complete;
+  complete.set_ceremony_id(begun.ceremony_id());
+  return complete;
+}
+
 absl::StatusOr<CeremonyResult> RunCeremony(
     HsmInstance& hsm, v1::KeyType type, const std::string& label,
     const std::vector<std::pair<std::string, crypto::SecretBytes>>& custodian_components) {
   auto first = hsm.Stub(custodian_components.front().first);
-  v1::BeginCeremonyRequest begin;
-  begin.set_label(label);
-  begin.set_key_type(type);
-  begin.set_component_count(static_cast<uint32_t>(custodian_components.size()));
-  auto begun = Call(*first, &v1::Hsm::Stub::BeginCeremony, begin);
+  auto begun = Call(*first, &v1::Hsm::Stub::BeginCeremony,
+                    BeginRequest(label, type, static_cast<uint32_t>(custodian_components.size())));
   if (!begun.ok()) return begun.status();
-  Bytes key_der(begun->component_encryption_key_der().begin(),
-                begun->component_encryption_key_der().end());
   for (const auto& [custodian, component] : custodian_components) {
     auto stub = hsm.Stub(custodian);
-    v1::AddComponentRequest add;
-    add.set_ceremony_id(begun->ceremony_id());
-    Bytes enc = EncryptComponent(key_der, begun->ceremony_id(), component);
-    add.set_encrypted_component(std::string(enc.begin(), enc.end()));
-    auto added = Call(*stub, &v1::Hsm::Stub::AddComponent, add);
+    auto added = Call(*stub, &v1::Hsm::Stub::AddComponent, ComponentRequest(*begun, component));
     if (!added.ok()) return added.status();
   }
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
-  auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, complete);
+  auto done = Call(*first, &v1::Hsm::Stub::CompleteCeremony, CompleteRequest(*begun));
   if (!done.ok()) return done.status();
   return CeremonyResult{done->key_index(), done->kcv()};
 }

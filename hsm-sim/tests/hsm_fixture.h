@@ -4,6 +4,8 @@
 // TestPki certificate; clients for any identity; and helpers that run raw SQL against the
 // instance's database (to tamper, or to dump it).
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -90,6 +92,22 @@ class HsmInstance {
   std::unique_ptr<HsmDaemon> daemon_;
 };
 
+// A test with an HsmInstance of its own (default options) and the TestPki it trusts.
+class HsmInstanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pki = rkl::testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    auto hsm = HsmInstance::Create(*pki_);
+    ASSERT_TRUE(hsm.ok()) << hsm.status();
+    hsm_ = *std::move(hsm);
+  }
+
+  std::unique_ptr<rkl::testing::TestPki> pki_;
+  std::unique_ptr<HsmInstance> hsm_;
+};
+
 // A unary call with a deadline, as absl::StatusOr.
 template <typename Req, typename Resp>
 absl::StatusOr<Resp> Call(v1::Hsm::Stub& stub,
@@ -103,6 +121,19 @@ absl::StatusOr<Resp> Call(v1::Hsm::Stub& stub,
   if (!s.ok()) return rpc::FromGrpcStatus(s);
   return response;
 }
+
+// What the first custodian sends to open a ceremony for a key of `type` labelled `label`,
+// of `component_count` components.
+v1::BeginCeremonyRequest BeginRequest(const std::string& label, v1::KeyType type,
+                                      uint32_t component_count = 2);
+
+// What a custodian sends to the ceremony `begun` opened: `component`, encrypted to the
+// ceremony key as rklctl does.
+v1::AddComponentRequest ComponentRequest(const v1::BeginCeremonyResponse& begun,
+                                         const crypto::SecretBytes& component);
+
+// What the first custodian sends to complete the ceremony `begun` opened.
+v1::CompleteCeremonyRequest CompleteRequest(const v1::BeginCeremonyResponse& begun);
 
 struct CeremonyResult {
   uint64_t key_index = 0;

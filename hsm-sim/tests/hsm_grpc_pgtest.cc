@@ -20,8 +20,10 @@
 namespace rkl::hsm {
 namespace {
 
+using testing::BeginRequest;
 using testing::Call;
-using testing::EncryptComponent;
+using testing::CompleteRequest;
+using testing::ComponentRequest;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
 using testing::TestTerminal;
@@ -381,27 +383,19 @@ TEST_F(HsmGrpcTest, RsaKeyPairAndPublicKey) {
 
 TEST_F(HsmGrpcTest, CeremonyStatusAndDualControl) {
   auto carol = hsm_->Stub(kCarol);
-  v1::BeginCeremonyRequest begin;
-  begin.set_label("PK-DUAL");
-  begin.set_key_type(v1::KEY_TYPE_PK);
-  begin.set_component_count(2);
+  const v1::BeginCeremonyRequest begin = BeginRequest("PK-DUAL", v1::KEY_TYPE_PK);
   auto begun = Call(*carol, &Stub::BeginCeremony, begin);
   ASSERT_TRUE(begun.ok()) << begun.status();
   Bytes key = Raw(begun->component_encryption_key_der());
   EXPECT_EQ(crypto::PublicKey::FromDer(key)->Bits(), 3072);
 
-  v1::AddComponentRequest add;
-  add.set_ceremony_id(begun->ceremony_id());
-  add.set_encrypted_component(
-      Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
+  v1::AddComponentRequest add = ComponentRequest(*begun, crypto::RandomSecret(32));
   ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
   // Single custodian: a second component from carol is refused, completion is refused.
-  add.set_encrypted_component(
-      Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
+  add = ComponentRequest(*begun, crypto::RandomSecret(32));
   EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
             absl::StatusCode::kAlreadyExists);
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
+  const v1::CompleteCeremonyRequest complete = CompleteRequest(*begun);
   EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
@@ -462,19 +456,12 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
   auto alice = hsm_->Stub(kAlice);
   auto bob = hsm_->Stub(kBob);
   auto carol = hsm_->Stub(kCarol);
-  v1::BeginCeremonyRequest begin;
-  begin.set_label("PK-ALONE");
-  begin.set_key_type(v1::KEY_TYPE_PK);
-  begin.set_component_count(2);
+  const v1::BeginCeremonyRequest begin = BeginRequest("PK-ALONE", v1::KEY_TYPE_PK);
   EXPECT_EQ(Call(*alice, &Stub::BeginCeremony, begin).status(),
             absl::PermissionDeniedError("caller 'admin:alice' may not call BeginCeremony"));
   auto begun = Call(*carol, &Stub::BeginCeremony, begin);
   ASSERT_TRUE(begun.ok()) << begun.status();
-  Bytes key = Raw(begun->component_encryption_key_der());
-  v1::AddComponentRequest add;
-  add.set_ceremony_id(begun->ceremony_id());
-  add.set_encrypted_component(
-      Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
+  const v1::AddComponentRequest add = ComponentRequest(*begun, crypto::RandomSecret(32));
   for (Stub* admin : {alice.get(), bob.get()}) {
     EXPECT_EQ(Call(*admin, &Stub::AddComponent, add).status().code(),
               absl::StatusCode::kPermissionDenied);
@@ -482,8 +469,7 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
   ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
   EXPECT_EQ(Call(*carol, &Stub::AddComponent, add).status().code(),
             absl::StatusCode::kAlreadyExists);
-  v1::CompleteCeremonyRequest complete;
-  complete.set_ceremony_id(begun->ceremony_id());
+  const v1::CompleteCeremonyRequest complete = CompleteRequest(*begun);
   EXPECT_EQ(Call(*alice, &Stub::CompleteCeremony, complete).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Call(*carol, &Stub::CompleteCeremony, complete).status().code(),
@@ -498,18 +484,11 @@ TEST_F(HsmGrpcTest, CeremoniesNeedTwoDistinctCustodians) {
 
 TEST_F(HsmGrpcTest, ExpiredCeremonyIsRefused) {
   auto carol = hsm_->Stub(kCarol);
-  v1::BeginCeremonyRequest begin;
-  begin.set_label("MAK-EXPIRES");
-  begin.set_key_type(v1::KEY_TYPE_MAK);
-  begin.set_component_count(2);
+  v1::BeginCeremonyRequest begin = BeginRequest("MAK-EXPIRES", v1::KEY_TYPE_MAK);
   begin.set_ttl_seconds(30);
   auto begun = Call(*carol, &Stub::BeginCeremony, begin);
   ASSERT_TRUE(begun.ok()) << begun.status();
-  Bytes key = Raw(begun->component_encryption_key_der());
-  v1::AddComponentRequest add;
-  add.set_ceremony_id(begun->ceremony_id());
-  add.set_encrypted_component(
-      Str(EncryptComponent(key, begun->ceremony_id(), crypto::RandomSecret(32))));
+  const v1::AddComponentRequest add = ComponentRequest(*begun, crypto::RandomSecret(32));
   ASSERT_TRUE(Call(*carol, &Stub::AddComponent, add).ok());
   hsm_->clock().Advance(absl::Seconds(31));
   auto dave = hsm_->Stub(kDave);

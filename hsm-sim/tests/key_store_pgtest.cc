@@ -19,6 +19,7 @@
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/testing/race.h"
 #include "rkl/testing/wait.h"
 #include "test_terminal.h"
 
@@ -27,7 +28,7 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-using testing::HsmInstance;
+using testing::HsmInstanceTest;
 
 // EXPLAIN (ANALYZE, COSTS OFF) of `statement` (an EXECUTE), one line per plan row.
 std::string ExplainAnalyze(pqxx::work& tx, const std::string& statement) {
@@ -55,15 +56,11 @@ struct BarrierOverPg {
   KeyBarrier barrier;
 };
 
-class KeyStorePgTest : public ::testing::Test {
+class KeyStorePgTest : public HsmInstanceTest {
  protected:
   void SetUp() override {
-    auto pki = rkl::testing::TestPki::Create();
-    ASSERT_TRUE(pki.ok()) << pki.status();
-    pki_ = *std::move(pki);
-    auto hsm = HsmInstance::Create(*pki_);
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = *std::move(hsm);
+    HsmInstanceTest::SetUp();
+    if (HasFatalFailure()) return;
     pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{.dsn = hsm_->runtime_dsn()});
     audit_ = std::make_unique<PgAuditLog>(*pool_, DeriveAuditKey(hsm_->lmk(), "hsm-kms").value());
   }
@@ -126,8 +123,6 @@ class KeyStorePgTest : public ::testing::Test {
     return std::make_unique<GenericPlans>(hsm_->dsn());
   }
 
-  std::unique_ptr<rkl::testing::TestPki> pki_;
-  std::unique_ptr<HsmInstance> hsm_;
   std::unique_ptr<db::ConnectionPool> pool_;
   std::unique_ptr<PgAuditLog> audit_;
 };
@@ -762,16 +757,9 @@ TEST_F(KeyStorePgTest, OneWriteUnitsForOneSnAgreeOnOneLiveKey) {
     });
   }
   for (auto& t : threads) t.join();
-  int ok = 0;
-  for (const absl::Status& r : results) {
-    // A twin inserted between a run's read and write is ALREADY_EXISTS (HsmCore re-runs
-    // the command); nothing else may happen.
-    if (r.ok()) {
-      ++ok;
-    } else {
-      EXPECT_EQ(r.code(), absl::StatusCode::kAlreadyExists) << r;
-    }
-  }
+  // A twin inserted between a run's read and write is ALREADY_EXISTS (HsmCore re-runs the
+  // command); nothing else may happen.
+  const int ok = rkl::testing::CountWinners(results, absl::StatusCode::kAlreadyExists);
   EXPECT_GE(ok, 1);
   const std::string dsn = hsm_->dsn();
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-MANY' AND state = 1"),

@@ -60,4 +60,8 @@ std::vector<std::string> CliHarness::AdminFlags() const {
           servers_.admin_tls().key_file};
 }
 
+std::vector<std::string> CliHarness::AllStepsFlags() const {
+  return Concat({StateFlags(), RootFlags(), MtmsFlags(), KmsFlags(), CardFlags(), AdminFlags()});
+}
+
 }  // namespace rkl::pos::testing

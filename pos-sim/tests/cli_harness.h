@@ -2,6 +2,9 @@
 // Runs rkl-pos in-process against FakeServers, with the files a user would pass (HsmRCRT,
 // operator card, PIN file, service-ca bundle, admin certificate) and captured streams.
 
+#include <gtest/gtest.h>
+
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -31,6 +34,8 @@ class CliHarness {
   std::vector<std::string> RootFlags() const;
   std::vector<std::string> AdminFlags() const;
   std::vector<std::string> StateFlags() const { return {"--state-dir", state_dir()}; }
+  // Every flag above: what `provision` and `fleet`, which run all the steps, need.
+  std::vector<std::string> AllStepsFlags() const;
 
   std::string state_dir() const { return dir_.path() + "/state"; }
   const std::string& dir() const { return dir_.path(); }
@@ -41,5 +46,17 @@ class CliHarness {
 };
 
 std::vector<std::string> Concat(std::initializer_list<std::vector<std::string>> parts);
+
+// A test against FakeServers started afresh for each test.
+class FakeServersTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto servers = FakeServers::Start();
+    ASSERT_TRUE(servers.ok()) << servers.status();
+    servers_ = *std::move(servers);
+  }
+
+  std::unique_ptr<FakeServers> servers_;
+};
 
 }  // namespace rkl::pos::testing

@@ -21,6 +21,7 @@
 #include "rkl/protocol/transport_key.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/must.h"
 #include "rkl/v1/kms.grpc.pb.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
@@ -31,15 +32,7 @@ using crypto::Certificate;
 using crypto::CertificateBuilder;
 using crypto::KeyUsage;
 using crypto::SecretBytes;
-
-template <typename T>
-T Must(absl::StatusOr<T> v) {
-  if (!v.ok()) {
-    fprintf(stderr, "test fixture: %s\n", v.status().ToString().c_str());
-    std::abort();
-  }
-  return *std::move(v);
-}
+using rkl::testing::Must;
 
 int64_t Now() { return absl::ToUnixSeconds(absl::Now()); }
 

@@ -16,18 +16,12 @@ namespace {
 
 using testing::CliHarness;
 using testing::Concat;
-using testing::FakeServers;
+using testing::FakeServersTest;
 using ::testing::HasSubstr;
 using testing::TerminalPki;
 
-class GrpcFlowTest : public ::testing::Test {
+class GrpcFlowTest : public FakeServersTest {
  protected:
-  void SetUp() override {
-    auto servers = FakeServers::Start();
-    ASSERT_TRUE(servers.ok()) << servers.status();
-    servers_ = *std::move(servers);
-  }
-
   std::shared_ptr<grpc::Channel> Channel(const std::string& target, rpc::TlsFiles tls) {
     auto channel = MakePosChannel({target, "localhost", tls});
     EXPECT_TRUE(channel.ok()) << channel.status();
@@ -35,7 +29,6 @@ class GrpcFlowTest : public ::testing::Test {
   }
   rpc::TlsFiles Anonymous() { return servers_->pki().Anonymous(); }
 
-  std::unique_ptr<FakeServers> servers_;
   testing::TempDir dir_;
 };
 
@@ -126,13 +119,7 @@ TEST_F(GrpcFlowTest, CliStepByStepThenStatus) {
 
 TEST_F(GrpcFlowTest, CliProvisionAndFleetWithJson) {
   CliHarness cli(*servers_);
-  auto r = cli.Run(Concat({{"provision", "--sn", "P-1"},
-                           cli.StateFlags(),
-                           cli.RootFlags(),
-                           cli.MtmsFlags(),
-                           cli.KmsFlags(),
-                           cli.CardFlags(),
-                           cli.AdminFlags()}));
+  auto r = cli.Run(Concat({{"provision", "--sn", "P-1"}, cli.AllStepsFlags()}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("step download-tmk"));
   EXPECT_THAT(r.out, HasSubstr("TERMINAL_STATE_INSTALLED"));
@@ -140,12 +127,7 @@ TEST_F(GrpcFlowTest, CliProvisionAndFleetWithJson) {
   const std::string json = cli.dir() + "/fleet.json";
   r = cli.Run(Concat({{"fleet", "--count", "12", "--concurrency", "4", "--prefix", "CF", "--json",
                        json, "--progress", "plain"},
-                      cli.StateFlags(),
-                      cli.RootFlags(),
-                      cli.MtmsFlags(),
-                      cli.KmsFlags(),
-                      cli.CardFlags(),
-                      cli.AdminFlags()}));
+                      cli.AllStepsFlags()}));
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_THAT(r.out, HasSubstr("CF-000001 .. CF-000012"));
   EXPECT_THAT(r.out, HasSubstr("12 succeeded, 0 failed"));
@@ -163,12 +145,7 @@ TEST_F(GrpcFlowTest, CliFleetReportsFailuresByReasonAndFails) {
   servers_->kms().set_misbehaviour(testing::KmsMisbehaviour::kBadMac);
   auto r = cli.Run(Concat(
       {{"fleet", "--count", "5", "--concurrency", "2", "--prefix", "BAD", "--progress", "none"},
-       cli.StateFlags(),
-       cli.RootFlags(),
-       cli.MtmsFlags(),
-       cli.KmsFlags(),
-       cli.CardFlags(),
-       cli.AdminFlags()}));
+       cli.AllStepsFlags()}));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.out, HasSubstr("0 succeeded, 5 failed"));
   EXPECT_THAT(r.out, HasSubstr("5  download-tmk: UNAUTHENTICATED: key_block: refused"));

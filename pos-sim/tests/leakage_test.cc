@@ -24,7 +24,7 @@ namespace {
 
 using testing::CliHarness;
 using testing::Concat;
-using testing::FakeServers;
+using testing::FakeServersTest;
 
 // Every textual or binary form a key could take in a file or a log line.
 std::vector<std::string> Encodings(const Bytes& key) {
@@ -67,12 +67,11 @@ TEST(LeakageSearchTest, FindsPlantedKeysInEveryEncoding) {
   EXPECT_TRUE(Find("nothing here", key, "x").empty());
 }
 
-class LeakageTest : public ::testing::Test {
+class LeakageTest : public FakeServersTest {
  protected:
   void SetUp() override {
-    auto servers = FakeServers::Start();
-    ASSERT_TRUE(servers.ok()) << servers.status();
-    servers_ = *std::move(servers);
+    FakeServersTest::SetUp();
+    if (HasFatalFailure()) return;
     auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log_);
     previous_ = spdlog::default_logger();
     auto logger = std::make_shared<spdlog::logger>("capture", sink);
@@ -81,7 +80,6 @@ class LeakageTest : public ::testing::Test {
   }
   void TearDown() override { spdlog::set_default_logger(previous_); }
 
-  std::unique_ptr<FakeServers> servers_;
   std::ostringstream log_;
   std::shared_ptr<spdlog::logger> previous_;
 };
@@ -103,24 +101,14 @@ TEST_F(LeakageTest, NoClearKeyInStateFilesOrOutput) {
   ASSERT_EQ(run(Concat({{"download-tmk"}, sn, cli.StateFlags(), cli.KmsFlags(), cli.AdminFlags()})),
             0)
       << output;
-  ASSERT_EQ(run(Concat({{"provision", "--sn", "LEAK-2", "--algorithm", "AES256"},
-                        cli.StateFlags(),
-                        cli.RootFlags(),
-                        cli.MtmsFlags(),
-                        cli.KmsFlags(),
-                        cli.CardFlags(),
-                        cli.AdminFlags()})),
-            0)
+  ASSERT_EQ(
+      run(Concat({{"provision", "--sn", "LEAK-2", "--algorithm", "AES256"}, cli.AllStepsFlags()})),
+      0)
       << output;
   const std::string json = cli.dir() + "/fleet.json";
   ASSERT_EQ(run(Concat({{"fleet", "--count", "4", "--concurrency", "2", "--prefix", "LF",
                          "--algorithm", "TDES2", "--json", json, "--progress", "bar"},
-                        cli.StateFlags(),
-                        cli.RootFlags(),
-                        cli.MtmsFlags(),
-                        cli.KmsFlags(),
-                        cli.CardFlags(),
-                        cli.AdminFlags()})),
+                        cli.AllStepsFlags()})),
             0)
       << output;
   ASSERT_EQ(run(Concat({{"status"}, cli.StateFlags()})), 0);

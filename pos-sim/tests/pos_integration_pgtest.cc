@@ -89,7 +89,9 @@
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/loopback_channel.h"
 #include "rkl/testing/service_database.h"
+#include "rkl/testing/shell.h"
 #include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
@@ -105,6 +107,8 @@ namespace {
 
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
+using rkl::testing::LoopbackChannel;
+using rkl::testing::ShellQuote;
 using ::testing::IsEmpty;
 
 constexpr absl::Duration kRpcTimeout = absl::Seconds(30);
@@ -115,18 +119,6 @@ constexpr int kFleetConcurrency = 16;
 
 // ---------------------------------------------------------------------------------------
 // Small helpers.
-
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
 
 // A YAML single-quoted scalar.
 std::string Yq(const std::string& s) {
@@ -158,16 +150,6 @@ std::string TlsYaml(const rpc::TlsFiles& tls, const std::string& indent) {
 absl::StatusOr<Config> ConfigFromYaml(const ConfigSchema& schema, const std::string& yaml) {
   return LoadConfigFromYaml(schema, yaml,
                             [](const std::string&) -> std::optional<std::string> { return {}; });
-}
-
-std::shared_ptr<grpc::Channel> ChannelTo(int port, const std::string& authority,
-                                         const rpc::TlsFiles& tls) {
-  rpc::ChannelOptions options;
-  options.tls = tls;
-  options.authority = authority;
-  auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), options);
-  EXPECT_TRUE(channel.ok()) << channel.status();
-  return channel.ok() ? *channel : nullptr;
 }
 
 Bytes Xor(const SecretBytes& a, const SecretBytes& b) {
@@ -388,7 +370,7 @@ absl::StatusOr<CeremonyKey> RunCeremony(
   std::vector<std::unique_ptr<v1::Hsm::Stub>> stubs;
   for (const auto& [identity, component] : custodians) {
     stubs.push_back(
-        v1::Hsm::NewStub(ChannelTo(hsm_port, hsm_authority, IdentityTls(pki, identity))));
+        v1::Hsm::NewStub(LoopbackChannel(hsm_port, IdentityTls(pki, identity), hsm_authority)));
   }
   v1::BeginCeremonyRequest begin;
   begin.set_label(label);
@@ -723,8 +705,8 @@ class PosIntegrationTest : public ::testing::Test {
 
   // S201–S203 through the MTMS admin RPC, as `rklctl mtms provision-work-key` does.
   static void ProvisionWorkKey() {
-    auto admin = v1::Mtms::NewStub(
-        ChannelTo(w_->mtms->server->port(), "mtms", IdentityTls(w_->pki_dir(), "admin:alice")));
+    auto admin = v1::Mtms::NewStub(LoopbackChannel(
+        w_->mtms->server->port(), IdentityTls(w_->pki_dir(), "admin:alice"), "mtms"));
     v1::ProvisionWorkKeyRequest req;
     v1::WorkKey key;
     auto ctx = rpc::MakeClientContext(kRpcTimeout);
@@ -924,7 +906,7 @@ TEST_F(PosIntegrationTest, FleetOfHundredIsInstalledWithDistinctTmks) {
 
   // KMS's view, paging through ListTerminals with a small page.
   auto kms_admin = v1::Kms::NewStub(
-      ChannelTo(w_->kms->server->port(), "kms", IdentityTls(w_->pki_dir(), "admin:alice")));
+      LoopbackChannel(w_->kms->server->port(), IdentityTls(w_->pki_dir(), "admin:alice"), "kms"));
   std::map<std::string, v1::Terminal> listed;
   std::string token;
   int pages = 0;

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <functional>
+#include <iterator>
 
 #include "fakes.h"
 #include "files.h"
@@ -37,6 +39,12 @@ mode_t ModeOf(const std::string& path) {
   struct stat st;
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 0777;
+}
+
+// How many entries `dir` holds.
+int EntriesIn(const std::string& dir) {
+  std::filesystem::directory_iterator it(dir);
+  return static_cast<int>(std::distance(begin(it), end(it)));
 }
 
 TEST(SecureModuleStateTest, SerializationRoundTrips) {
@@ -84,12 +92,7 @@ TEST(SecureModuleTest, CreateSealsWithPrivateModesAndReopens) {
   EXPECT_EQ(reopened->Describe().tek_kcv, m->Describe().tek_kcv);
   EXPECT_EQ(reopened->Describe().lifecycle, "TK_GENERATED");
   // No leftover temporary files.
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
-    (void)e;
-    ++entries;
-  }
-  EXPECT_EQ(entries, 2);
+  EXPECT_EQ(EntriesIn(m->directory()), 2);
 }
 
 TEST(SecureModuleTest, WithoutDurableWritesStateIsStillReplacedWhole) {
@@ -111,12 +114,7 @@ TEST(SecureModuleTest, WithoutDurableWritesStateIsStillReplacedWhole) {
   EXPECT_EQ(reopened->Describe().lifecycle, "TK_SUBMITTED");
   EXPECT_EQ(reopened->state().submission_id, "sub-2");
   EXPECT_EQ(ModeOf(m->state_file()), 0600u);
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(m->directory())) {
-    (void)e;
-    ++entries;
-  }
-  EXPECT_EQ(entries, 2);
+  EXPECT_EQ(EntriesIn(m->directory()), 2);
 }
 
 TEST(SecureModuleTest, CreateRefusesAnExistingTerminal) {
@@ -133,16 +131,29 @@ TEST(SecureModuleTest, OpenUnknownTerminalIsNotFound) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(SecureModuleTest, TamperedStateFileDoesNotOpen) {
+// A new module whose `file` is then replaced by what `rewrite` makes of it no longer opens:
+// DATA_LOSS, saying `finding`.
+void ExpectDataLossAfterRewriting(std::string (SecureModule::*file)() const,
+                                  const std::function<Bytes(Bytes)>& rewrite,
+                                  const std::string& finding) {
   TempDir dir;
   auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
   ASSERT_TRUE(m.ok());
-  Bytes sealed = FileBytes(m->state_file());
-  sealed[sealed.size() / 2] ^= 0x01;
-  ASSERT_TRUE(WriteFileAtomically(m->state_file(), sealed, 0600).ok());
+  const std::string path = (*m.*file)();
+  ASSERT_TRUE(WriteFileAtomically(path, rewrite(FileBytes(path)), 0600).ok());
   auto opened = SecureModule::Open(dir.path(), "T-1");
   EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(opened.status().message(), HasSubstr("does not open"));
+  EXPECT_THAT(opened.status().message(), HasSubstr(finding));
+}
+
+TEST(SecureModuleTest, TamperedStateFileDoesNotOpen) {
+  ExpectDataLossAfterRewriting(
+      &SecureModule::state_file,
+      [](Bytes sealed) {
+        sealed[sealed.size() / 2] ^= 0x01;
+        return sealed;
+      },
+      "does not open");
 }
 
 TEST(SecureModuleTest, StateFileCopiedToAnotherTerminalDoesNotOpen) {
@@ -182,13 +193,8 @@ TEST(SecureModuleTest, OpensAStateFileSealedInTheStoredLayout) {
 }
 
 TEST(SecureModuleTest, DeviceKeyOfTheWrongSizeIsDataLoss) {
-  TempDir dir;
-  auto m = SecureModule::Create(dir.path(), SampleState("T-1"));
-  ASSERT_TRUE(m.ok());
-  ASSERT_TRUE(WriteFileAtomically(m->device_key_file(), Bytes(16, 7), 0600).ok());
-  auto opened = SecureModule::Open(dir.path(), "T-1");
-  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(opened.status().message(), HasSubstr("not a device key"));
+  ExpectDataLossAfterRewriting(
+      &SecureModule::device_key_file, [](Bytes) { return Bytes(16, 7); }, "not a device key");
 }
 
 TEST(SecureModuleTest, CommitReplacesAtomicallyAndRefusesSnChange) {

@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "e2e_support.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/message.h"
@@ -64,45 +65,13 @@ constexpr size_t kJustOver = kServerMax + 16 * 1024;
 // input is a defect (logs, clients).
 constexpr size_t kMaxErrorMessage = 2048;
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') {
-    ADD_FAILURE() << "environment variable " << name << " is not set (run bad_input.sh)";
-    return "";
-  }
-  return v;
-}
-
-uint64_t EnvIndex(const char* name) { return std::stoull(Env(name)); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-enum class Who { kNone, kAdmin, kCustodian, kMtms, kKms };
-
 // A new channel (own connection) to `service` as `who`.
 std::shared_ptr<grpc::Channel> FreshChannel(const std::string& service, Who who) {
-  const std::string pki = Env("E2E_PKI");
-  rpc::ChannelOptions options;
-  options.tls.ca_file = pki + "/ca-bundle.pem";
-  const char* dir = who == Who::kAdmin       ? "admin-alice"
-                    : who == Who::kCustodian ? "custodian-carol"
-                    : who == Who::kMtms      ? "mtms"
-                    : who == Who::kKms       ? "kms"
-                                             : nullptr;
-  if (dir != nullptr) {
-    options.tls.cert_file = absl::StrCat(pki, "/", dir, "/cert.pem");
-    options.tls.key_file = absl::StrCat(pki, "/", dir, "/key.pem");
-  }
-  options.authority = service;
+  rpc::ChannelOptions options = ChannelOptionsAs(service, who);
   // Larger than the servers' limit, so an oversized request reaches the server and the
   // server (not this client) is what refuses it.
   options.max_message_bytes = 8 * kServerMax;
-  std::string env = "E2E_" + service + "_ADDR";
-  for (char& c : env) c = c == '-' ? '_' : static_cast<char>(std::toupper(c));
-  auto channel = rpc::MakeChannel(Env(env.c_str()), options);
+  auto channel = rpc::MakeChannel(ServiceAddress(service), options);
   EXPECT_TRUE(channel.ok()) << channel.status();
   return channel.ok() ? *channel : nullptr;
 }

@@ -40,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "e2e_support.h"
 #include "rkl/common/hex.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/kcv.h"
@@ -62,43 +63,14 @@ namespace {
 using grpc::StatusCode;
 using H = v1::Hsm::Stub;
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') {
-    ADD_FAILURE() << "environment variable " << name << " is not set (run custody_hsm.sh)";
-    return "0";
-  }
-  return v;
-}
-uint64_t EnvIndex(const char* name) { return std::stoull(Env(name)); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
-
-// The deployment's identities, from its own PKI.
-enum class Who { kAdmin, kCustodian, kMtms, kKms };
 
 std::shared_ptr<grpc::Channel> Channel(const std::string& service, Who who) {
   static std::map<std::pair<std::string, Who>, std::shared_ptr<grpc::Channel>> cache;
   auto& slot = cache[{service, who}];
   if (slot) return slot;
-  const std::string pki = Env("E2E_PKI");
-  const char* dir = who == Who::kAdmin       ? "admin-alice"
-                    : who == Who::kCustodian ? "custodian-carol"
-                    : who == Who::kMtms      ? "mtms"
-                                             : "kms";
-  rpc::ChannelOptions options;
-  options.tls = {absl::StrCat(pki, "/", dir, "/cert.pem"), absl::StrCat(pki, "/", dir, "/key.pem"),
-                 pki + "/ca-bundle.pem"};
-  options.authority = service;
-  std::string env = "E2E_" + service + "_ADDR";
-  for (char& c : env) c = c == '-' ? '_' : static_cast<char>(std::toupper(c));
-  auto channel = rpc::MakeChannel(Env(env.c_str()), options);
+  auto channel = rpc::MakeChannel(ServiceAddress(service), ChannelOptionsAs(service, who));
   EXPECT_TRUE(channel.ok()) << channel.status();
   slot = channel.ok() ? *channel : nullptr;
   return slot;

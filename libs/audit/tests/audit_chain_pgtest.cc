@@ -134,37 +134,47 @@ TEST_F(AuditChainPgTest, RecordsWrittenEveryWayFormOneIntactChain) {
   EXPECT_EQ(Sql("SELECT sn FROM audit WHERE seq = 7")[0][0].as<std::string>(), "SN7");
 }
 
-TEST_F(AuditChainPgTest, AnUpdatedFieldIsReportedAtItsRecord) {
+// A superuser's change to eight sealed records, and where Verify must report the break.
+struct Tampering {
+  std::string name;
+  std::vector<std::string> sql;  // run behind the log's back, in order
+  uint64_t first_broken_seq;
+  std::string finding;  // a part of the finding (empty: any finding)
+};
+
+class AuditChainTamperingTest : public AuditChainPgTest,
+                                public ::testing::WithParamInterface<Tampering> {};
+
+TEST_P(AuditChainTamperingTest, IsReportedWhereTheChainBreaks) {
+  const Tampering& t = GetParam();
   Write(*log_, 1, 8);
   ASSERT_TRUE(log_->Seal().ok());
-  Sql("UPDATE audit SET result = 'OK' WHERE seq = 3");
+  for (const std::string& statement : t.sql) Sql(statement);
   AuditVerification v = Verify();
   EXPECT_FALSE(v.intact);
-  EXPECT_EQ(v.first_broken_seq, 3u);
-  EXPECT_THAT(v.finding, HasSubstr("record 3 does not match its MAC"));
+  EXPECT_EQ(v.first_broken_seq, t.first_broken_seq);
+  EXPECT_THAT(v.finding, HasSubstr(t.finding));
 }
 
-TEST_F(AuditChainPgTest, ADeletedMiddleRowIsReportedAtTheGap) {
-  Write(*log_, 1, 8);
-  ASSERT_TRUE(log_->Seal().ok());
-  Sql("DELETE FROM audit WHERE seq = 4");
-  AuditVerification v = Verify();
-  EXPECT_FALSE(v.intact);
-  EXPECT_EQ(v.first_broken_seq, 5u);
-  EXPECT_THAT(v.finding, HasSubstr("record 4 is missing"));
-}
-
-TEST_F(AuditChainPgTest, ReorderedRowsAreReported) {
-  Write(*log_, 1, 8);
-  ASSERT_TRUE(log_->Seal().ok());
-  // Swap records 5 and 6, MACs and all: each is genuine, but no longer follows its
-  // predecessor.
-  Sql("UPDATE audit SET seq = seq + 1000 WHERE seq IN (5, 6)");
-  Sql("UPDATE audit SET seq = CASE seq WHEN 1005 THEN 6 ELSE 5 END WHERE seq IN (1005, 1006)");
-  AuditVerification v = Verify();
-  EXPECT_FALSE(v.intact);
-  EXPECT_EQ(v.first_broken_seq, 5u);
-}
+INSTANTIATE_TEST_SUITE_P(
+    Superuser, AuditChainTamperingTest,
+    ::testing::Values(Tampering{"AnUpdatedFieldAtItsRecord",
+                                {"UPDATE audit SET result = 'OK' WHERE seq = 3"},
+                                3,
+                                "record 3 does not match its MAC"},
+                      Tampering{"ADeletedMiddleRowAtTheGap",
+                                {"DELETE FROM audit WHERE seq = 4"},
+                                5,
+                                "record 4 is missing"},
+                      // Swap records 5 and 6, MACs and all: each is genuine, but no longer follows
+                      // its predecessor.
+                      Tampering{"ReorderedRows",
+                                {"UPDATE audit SET seq = seq + 1000 WHERE seq IN (5, 6)",
+                                 "UPDATE audit SET seq = CASE seq WHEN 1005 THEN 6 ELSE 5 END "
+                                 "WHERE seq IN (1005, 1006)"},
+                                5,
+                                ""}),
+    [](const ::testing::TestParamInfo<Tampering>& info) { return info.param.name; });
 
 TEST_F(AuditChainPgTest, RemovingTheNewestRecordsIsFoundOnlyWithAnAnchor) {
   const std::string file = (dir_ / "kms.anchor").string();

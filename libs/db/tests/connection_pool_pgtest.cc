@@ -45,7 +45,23 @@ int ClosedPort() {
   return ntohs(addr.sin_port);
 }
 
-class ConnectionPoolTest : public rkl::testing::PgFixture {};
+class ConnectionPoolTest : public rkl::testing::PgFixture {
+ protected:
+  // Ends the backend serving `pid` from outside, as a server restart or failover would;
+  // pg_terminate_backend waits until it has exited.
+  void TerminateBackend(int pid) {
+    pqxx::connection admin(database().admin_dsn());
+    pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", pid);
+  }
+
+  // The backend pid of a connection borrowed from `pool` and handed back at once (0, with
+  // the failure recorded, when the borrow fails).
+  static int BorrowAndReturn(ConnectionPool& pool) {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    return lease.ok() ? BackendPid(lease->connection()) : 0;
+  }
+};
 
 TEST_F(ConnectionPoolTest, OpensLazilyAndReusesReturnedConnections) {
   ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 2});
@@ -159,9 +175,7 @@ TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
     absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
     ASSERT_TRUE(lease.ok()) << lease.status();
     old_pid = BackendPid(lease->connection());
-    // Kill the backend from outside, as a server restart or failover would.
-    pqxx::connection admin(database().admin_dsn());
-    pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
+    TerminateBackend(old_pid);
     EXPECT_ANY_THROW(BackendPid(lease->connection()));
     // Not marked broken by the holder: the pool must notice on its own.
   }
@@ -173,17 +187,11 @@ TEST_F(ConnectionPoolTest, LostConnectionIsDroppedAndReplacedOnNextBorrow) {
 
 TEST_F(ConnectionPoolTest, IdleConnectionClosedByTheServerIsNotHandedOut) {
   ConnectionPool pool(PoolOptions{.dsn = database().dsn(), .max_size = 1});
-  int old_pid = 0;
-  {
-    absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
-    ASSERT_TRUE(lease.ok()) << lease.status();
-    old_pid = BackendPid(lease->connection());
-  }
+  const int old_pid = BorrowAndReturn(pool);
   ASSERT_EQ(pool.idle_connections(), 1);
   // The backend goes away while its connection sits idle in the pool (a restart would do
-  // the same to all of them); pg_terminate_backend waits until it has exited.
-  pqxx::connection admin(database().admin_dsn());
-  pqxx::nontransaction(admin).exec_params("SELECT pg_terminate_backend($1, 5000)", old_pid);
+  // the same to all of them).
+  TerminateBackend(old_pid);
   absl::StatusOr<ConnectionPool::Lease> lease = pool.Borrow();
   ASSERT_TRUE(lease.ok()) << lease.status();
   // The first statement on the lease works: the dead connection was replaced, not lent.

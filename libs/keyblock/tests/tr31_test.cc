@@ -9,6 +9,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "rkl/common/hex.h"
 #include "rkl/crypto/cipher.h"
@@ -76,36 +77,68 @@ std::string Replace(std::string_view block, size_t pos, char c) {
   return out;
 }
 
-TEST(Tr31Vectors, VersionBParsesWithHeaderKeyAndKcv) {
-  absl::StatusOr<ParsedKeyBlock> parsed = Parse(S(kKbpkB), kBlockB);
+// A published vector and everything parsing it must yield.
+struct Vector {
+  std::string name;
+  std::string_view kbpk, block;
+  KeyBlockVersion version;
+  std::string key_usage;
+  char algorithm, mode_of_use;
+  std::string key_version;
+  char exportability;
+  std::vector<OptionalBlock> optional_blocks;
+  std::string_view key, kcv;
+  CipherFamily family;
+};
+
+class Tr31PublishedVectors : public ::testing::TestWithParam<Vector> {};
+
+TEST_P(Tr31PublishedVectors, ParsesWithHeaderKeyAndKcv) {
+  const Vector& v = GetParam();
+  absl::StatusOr<ParsedKeyBlock> parsed = Parse(S(v.kbpk), v.block);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   const KeyBlockHeader& h = parsed->header;
-  EXPECT_EQ(h.version, KeyBlockVersion::kB);
-  EXPECT_EQ(h.key_usage, "B0");
-  EXPECT_EQ(h.algorithm, 'T');
-  EXPECT_EQ(h.mode_of_use, 'X');
-  EXPECT_EQ(h.key_version, "12");
-  EXPECT_EQ(h.exportability, 'S');
-  ASSERT_EQ(h.optional_blocks.size(), 1u);
-  EXPECT_EQ(h.optional_blocks[0], (OptionalBlock{"KS", "00604B120F9292800000"}));
-  EXPECT_EQ(Hex(parsed->key), kKeyB);
-  EXPECT_EQ(crypto::KcvHex(CipherFamily::kTdes, parsed->key).value(), kKcvB);
+  EXPECT_EQ(h.version, v.version);
+  EXPECT_EQ(h.key_usage, v.key_usage);
+  EXPECT_EQ(h.algorithm, v.algorithm);
+  EXPECT_EQ(h.mode_of_use, v.mode_of_use);
+  EXPECT_EQ(h.key_version, v.key_version);
+  EXPECT_EQ(h.exportability, v.exportability);
+  EXPECT_EQ(h.optional_blocks, v.optional_blocks);
+  EXPECT_EQ(Hex(parsed->key), v.key);
+  EXPECT_EQ(crypto::KcvHex(v.family, parsed->key).value(), v.kcv);
 }
 
-TEST(Tr31Vectors, VersionDParsesWithHeaderKeyAndKcv) {
-  absl::StatusOr<ParsedKeyBlock> parsed = Parse(S(kKbpkD), kBlockD);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  const KeyBlockHeader& h = parsed->header;
-  EXPECT_EQ(h.version, KeyBlockVersion::kD);
-  EXPECT_EQ(h.key_usage, "P0");
-  EXPECT_EQ(h.algorithm, 'A');
-  EXPECT_EQ(h.mode_of_use, 'E');
-  EXPECT_EQ(h.key_version, "00");
-  EXPECT_EQ(h.exportability, 'E');
-  EXPECT_TRUE(h.optional_blocks.empty());
-  EXPECT_EQ(Hex(parsed->key), kKeyD);
-  EXPECT_EQ(crypto::KcvHex(CipherFamily::kAes, parsed->key).value(), kKcvD);
-}
+INSTANTIATE_TEST_SUITE_P(Published, Tr31PublishedVectors,
+                         ::testing::Values(Vector{"VersionB",
+                                                  kKbpkB,
+                                                  kBlockB,
+                                                  KeyBlockVersion::kB,
+                                                  "B0",
+                                                  'T',
+                                                  'X',
+                                                  "12",
+                                                  'S',
+                                                  {OptionalBlock{"KS", "00604B120F9292800000"}},
+                                                  kKeyB,
+                                                  kKcvB,
+                                                  CipherFamily::kTdes},
+                                           Vector{"VersionD",
+                                                  kKbpkD,
+                                                  kBlockD,
+                                                  KeyBlockVersion::kD,
+                                                  "P0",
+                                                  'A',
+                                                  'E',
+                                                  "00",
+                                                  'E',
+                                                  {},
+                                                  kKeyD,
+                                                  kKcvD,
+                                                  CipherFamily::kAes}),
+                         [](const ::testing::TestParamInfo<Vector>& info) {
+                           return info.param.name;
+                         });
 
 TEST(Tr31Vectors, DerivedKeysMatchIndependentComputation) {
   // KBEK/KBAK computed with Python's `cryptography` CMAC from the TR-31 derivation data.

@@ -165,6 +165,15 @@ TEST_F(RevocationListTest, RefusesACertificateOfAnotherIssuer) {
 
 // ---- CrlRefresher ---------------------------------------------------------------------------
 
+// A fetch from a CA that "comes up" at the third attempt: UNAVAILABLE twice, then `crl`.
+// Counts its attempts in `fetches`.
+CrlRefresher::Fetch UpAtTheThirdAttempt(std::atomic<int>& fetches, std::string crl) {
+  return [&fetches, crl = std::move(crl)]() -> absl::StatusOr<std::string> {
+    if (++fetches < 3) return absl::UnavailableError("ca not up yet");
+    return crl;
+  };
+}
+
 TEST_F(RevocationListTest, RefresherInstallsWhatItFetchesAndKeepsItOnFailure) {
   absl::Mutex mu;
   absl::StatusOr<std::string> next = SignCrl("service-ca", 1, {});
@@ -198,15 +207,8 @@ TEST_F(RevocationListTest, RefresherInstallsWhatItFetchesAndKeepsItOnFailure) {
 
 TEST_F(RevocationListTest, RefresherRetriesOnItsOwnUntilACrlArrives) {
   std::atomic<int> fetches{0};
-  const std::string crl = SignCrl("service-ca", 7, {});
-  CrlRefresher refresher(
-      list_.get(),
-      [&]() -> absl::StatusOr<std::string> {
-        // The CA "comes up" at the third attempt.
-        if (++fetches < 3) return absl::UnavailableError("ca not up yet");
-        return crl;
-      },
-      absl::Hours(1));
+  CrlRefresher refresher(list_.get(), UpAtTheThirdAttempt(fetches, SignCrl("service-ca", 7, {})),
+                         absl::Hours(1));
   refresher.Start();
   // The refresher retries every second: wait for the event, not for a time.
   EXPECT_TRUE(rkl::testing::WaitUntil([&] { return list_->crl_number().has_value(); }));
@@ -217,14 +219,8 @@ TEST_F(RevocationListTest, RefresherRetriesOnItsOwnUntilACrlArrives) {
 
 TEST_F(RevocationListTest, AwaitFirstWaitsForTheCaOrGivesUp) {
   std::atomic<int> fetches{0};
-  const std::string crl = SignCrl("service-ca", 4, {});
-  CrlRefresher patient(
-      list_.get(),
-      [&]() -> absl::StatusOr<std::string> {
-        if (++fetches < 3) return absl::UnavailableError("ca not up yet");
-        return crl;
-      },
-      absl::Hours(1));
+  CrlRefresher patient(list_.get(), UpAtTheThirdAttempt(fetches, SignCrl("service-ca", 4, {})),
+                       absl::Hours(1));
   ASSERT_TRUE(patient.AwaitFirst(absl::Seconds(60)).ok());
   EXPECT_EQ(list_->crl_number(), 4u);
   EXPECT_EQ(fetches.load(), 3);

@@ -67,6 +67,20 @@ class ServerTest : public ::testing::Test {
     return resp.caller_identity();
   }
 
+  // Echo from `tls` succeeds and the server saw `identity`.
+  void ExpectIdentity(const TlsFiles& tls, const std::string& identity) {
+    auto seen = CallEcho(tls);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(*seen, identity);
+  }
+
+  // The TLS handshake from `tls` fails, so the call is UNAVAILABLE.
+  void ExpectRefused(const TlsFiles& tls) {
+    auto seen = CallEcho(tls);
+    ASSERT_FALSE(seen.ok());
+    EXPECT_EQ(seen.status().code(), absl::StatusCode::kUnavailable) << seen.status();
+  }
+
   std::unique_ptr<EchoService> echo_;
   std::unique_ptr<Server> server_;
   std::string last_response_request_id_;
@@ -74,55 +88,36 @@ class ServerTest : public ::testing::Test {
 
 TEST_F(ServerTest, MutualTlsClientIsIdentifiedByItsCertificate) {
   StartServer(ClientCertMode::kRequireAndVerify);
-  auto identity = CallEcho(TestPki::Get().Client("mtms"));
-  ASSERT_TRUE(identity.ok()) << identity.status();
-  EXPECT_EQ(*identity, "mtms");
-
-  auto admin = CallEcho(TestPki::Get().Client("admin:alice"));
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  EXPECT_EQ(*admin, "admin:alice");
+  ExpectIdentity(TestPki::Get().Client("mtms"), "mtms");
+  ExpectIdentity(TestPki::Get().Client("admin:alice"), "admin:alice");
 }
 
 TEST_F(ServerTest, ClientWithoutCertificateIsRejectedInMutualTlsMode) {
   StartServer(ClientCertMode::kRequireAndVerify);
-  auto identity = CallEcho(TestPki::Get().AnonymousClient());
-  ASSERT_FALSE(identity.ok());
-  EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnavailable) << identity.status();
+  ExpectRefused(TestPki::Get().AnonymousClient());
 }
 
 TEST_F(ServerTest, ClientCertificateFromForeignCaIsRejected) {
   StartServer(ClientCertMode::kRequireAndVerify);
-  auto identity = CallEcho(TestPki::Get().ForeignClient());
-  ASSERT_FALSE(identity.ok());
-  EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnavailable) << identity.status();
+  ExpectRefused(TestPki::Get().ForeignClient());
 }
 
 TEST_F(ServerTest, CertificateWhoseCnIsNotItsSanHasNoIdentity) {
   StartServer(ClientCertMode::kRequireAndVerify);
-  auto identity = CallEcho(TestPki::Get().Client("mismatch"));
-  ASSERT_TRUE(identity.ok()) << identity.status();
-  EXPECT_EQ(*identity, "");
+  ExpectIdentity(TestPki::Get().Client("mismatch"), "");
 }
 
 TEST_F(ServerTest, ServerAuthenticatedModeAcceptsAnonymousClients) {
   StartServer(ClientCertMode::kNone);
-  auto identity = CallEcho(TestPki::Get().AnonymousClient());
-  ASSERT_TRUE(identity.ok()) << identity.status();
-  EXPECT_EQ(*identity, "");
+  ExpectIdentity(TestPki::Get().AnonymousClient(), "");
 }
 
 TEST_F(ServerTest, OptionalModeIdentifiesCertifiedCallersAndAdmitsAnonymousOnes) {
   StartServer(ClientCertMode::kOptionalVerified);
-  auto anonymous = CallEcho(TestPki::Get().AnonymousClient());
-  ASSERT_TRUE(anonymous.ok()) << anonymous.status();
-  EXPECT_EQ(*anonymous, "");
-  auto mtms = CallEcho(TestPki::Get().Client("mtms"));
-  ASSERT_TRUE(mtms.ok()) << mtms.status();
-  EXPECT_EQ(*mtms, "mtms");
+  ExpectIdentity(TestPki::Get().AnonymousClient(), "");
+  ExpectIdentity(TestPki::Get().Client("mtms"), "mtms");
   // A presented certificate is still verified: a foreign CA does not get in.
-  auto foreign = CallEcho(TestPki::Get().ForeignClient());
-  ASSERT_FALSE(foreign.ok());
-  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kUnavailable) << foreign.status();
+  ExpectRefused(TestPki::Get().ForeignClient());
 }
 
 TEST_F(ServerTest, ClientRefusesServerWhoseNameDoesNotMatch) {

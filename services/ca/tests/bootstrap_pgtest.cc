@@ -20,28 +20,18 @@
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/shell.h"
 #include "test_keys.h"
 
 namespace rkl::ca {
 namespace {
 
+using rkl::testing::ShellQuote;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
 constexpr char kPin[] = "735911";
 constexpr absl::Duration kTimeout = absl::Seconds(20);
-
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
 
 int FileMode(const std::string& path) {
   struct stat st {};

@@ -15,8 +15,8 @@ class MemoryRepository final : public RepositoryUnderTest {
 };
 
 INSTANTIATE_TEST_SUITE_P(Memory, KmsCoreSuite,
-                         ::testing::Values(rkl::testing::Implementation<RepositoryUnderTest>{
-                             "Memory", [] { return std::make_unique<MemoryRepository>(); }}),
+                         rkl::testing::OneImplementation<RepositoryUnderTest>(
+                             "Memory", [] { return std::make_unique<MemoryRepository>(); }),
                          rkl::testing::ImplementationName());
 
 }  // namespace

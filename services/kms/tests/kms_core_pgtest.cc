@@ -35,10 +35,10 @@ class PgRepository final : public RepositoryUnderTest {
   PgKmsRepository repo_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Postgres, KmsCoreSuite,
-                         ::testing::Values(rkl::testing::Implementation<RepositoryUnderTest>{
-                             "Postgres", &PgRepository::Create}),
-                         rkl::testing::ImplementationName());
+INSTANTIATE_TEST_SUITE_P(
+    Postgres, KmsCoreSuite,
+    rkl::testing::OneImplementation<RepositoryUnderTest>("Postgres", &PgRepository::Create),
+    rkl::testing::ImplementationName());
 
 }  // namespace
 }  // namespace rkl::kms::testing

@@ -25,6 +25,7 @@
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/race.h"
 #include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -559,15 +560,8 @@ TEST_F(KmsGrpcTest, ADoubleSubmitOnTwoReplicasSucceedsExactlyOnce) {
       });
     }
     for (auto& th : threads) th.join();
-    int ok = 0;
-    for (const absl::Status& r : results) {
-      if (r.ok()) {
-        ++ok;
-      } else {
-        EXPECT_EQ(r.code(), absl::StatusCode::kFailedPrecondition) << r;
-      }
-    }
-    EXPECT_EQ(ok, 1) << "round " << round;
+    EXPECT_EQ(rkl::testing::CountWinners(results, absl::StatusCode::kFailedPrecondition), 1)
+        << "round " << round;
   }
 }
 

@@ -37,7 +37,6 @@ namespace {
 
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
-using ::testing::HasSubstr;
 
 constexpr absl::Duration kTimeout = absl::Seconds(30);
 constexpr char kAlice[] = "admin:alice";

@@ -54,6 +54,7 @@
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/loopback_channel.h"
 #include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/ca.grpc.pb.h"
@@ -80,12 +81,7 @@ using FrozenHsmClock = FakeClock;
 
 std::shared_ptr<grpc::Channel> Channel(int port, const rpc::TlsFiles& tls,
                                        const std::string& authority) {
-  rpc::ChannelOptions options;
-  options.tls = tls;
-  options.authority = authority;
-  auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), options);
-  EXPECT_TRUE(channel.ok()) << channel.status();
-  return channel.ok() ? *channel : nullptr;
+  return rkl::testing::LoopbackChannel(port, tls, authority);
 }
 
 template <typename Stub, typename Req, typename Resp, typename Method>

@@ -24,6 +24,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <utility>
 
 namespace rkl::testing {
 
@@ -42,6 +43,12 @@ class ConformanceTest : public ::testing::TestWithParam<Implementation<T>> {
   // A fresh instance of this instantiation's implementation (null on failure, see above).
   std::unique_ptr<T> MakeImplementation() const { return this->GetParam().make(); }
 };
+
+// The parameters of a suite instantiated over the one implementation `make` makes.
+template <typename T>
+auto OneImplementation(std::string name, std::function<std::unique_ptr<T>()> make) {
+  return ::testing::Values(Implementation<T>{std::move(name), std::move(make)});
+}
 
 // Names each test after its implementation ("KmsCoreSuite.FullFlow/Memory").
 struct ImplementationName {
