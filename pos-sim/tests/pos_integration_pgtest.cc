@@ -89,6 +89,7 @@
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
+#include "rkl/testing/loopback_channel.h"
 #include "rkl/testing/service_database.h"
 #include "rkl/testing/wait.h"
 #include "rkl/v1/ca.grpc.pb.h"
@@ -158,16 +159,6 @@ std::string TlsYaml(const rpc::TlsFiles& tls, const std::string& indent) {
 absl::StatusOr<Config> ConfigFromYaml(const ConfigSchema& schema, const std::string& yaml) {
   return LoadConfigFromYaml(schema, yaml,
                             [](const std::string&) -> std::optional<std::string> { return {}; });
-}
-
-std::shared_ptr<grpc::Channel> ChannelTo(int port, const std::string& authority,
-                                         const rpc::TlsFiles& tls) {
-  rpc::ChannelOptions options;
-  options.tls = tls;
-  options.authority = authority;
-  auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), options);
-  EXPECT_TRUE(channel.ok()) << channel.status();
-  return channel.ok() ? *channel : nullptr;
 }
 
 Bytes Xor(const SecretBytes& a, const SecretBytes& b) {
@@ -387,8 +378,8 @@ absl::StatusOr<CeremonyKey> RunCeremony(
     const std::vector<std::pair<std::string, const SecretBytes*>>& custodians) {
   std::vector<std::unique_ptr<v1::Hsm::Stub>> stubs;
   for (const auto& [identity, component] : custodians) {
-    stubs.push_back(
-        v1::Hsm::NewStub(ChannelTo(hsm_port, hsm_authority, IdentityTls(pki, identity))));
+    stubs.push_back(v1::Hsm::NewStub(
+        rkl::testing::LoopbackChannel(hsm_port, IdentityTls(pki, identity), hsm_authority)));
   }
   v1::BeginCeremonyRequest begin;
   begin.set_label(label);
@@ -723,8 +714,8 @@ class PosIntegrationTest : public ::testing::Test {
 
   // S201–S203 through the MTMS admin RPC, as `rklctl mtms provision-work-key` does.
   static void ProvisionWorkKey() {
-    auto admin = v1::Mtms::NewStub(
-        ChannelTo(w_->mtms->server->port(), "mtms", IdentityTls(w_->pki_dir(), "admin:alice")));
+    auto admin = v1::Mtms::NewStub(rkl::testing::LoopbackChannel(
+        w_->mtms->server->port(), IdentityTls(w_->pki_dir(), "admin:alice"), "mtms"));
     v1::ProvisionWorkKeyRequest req;
     v1::WorkKey key;
     auto ctx = rpc::MakeClientContext(kRpcTimeout);
@@ -923,8 +914,8 @@ TEST_F(PosIntegrationTest, FleetOfHundredIsInstalledWithDistinctTmks) {
                  absl::StrFormat("%.2f", absl::ToDoubleSeconds(fleet.summary.elapsed)));
 
   // KMS's view, paging through ListTerminals with a small page.
-  auto kms_admin = v1::Kms::NewStub(
-      ChannelTo(w_->kms->server->port(), "kms", IdentityTls(w_->pki_dir(), "admin:alice")));
+  auto kms_admin = v1::Kms::NewStub(rkl::testing::LoopbackChannel(
+      w_->kms->server->port(), IdentityTls(w_->pki_dir(), "admin:alice"), "kms"));
   std::map<std::string, v1::Terminal> listed;
   std::string token;
   int pages = 0;
