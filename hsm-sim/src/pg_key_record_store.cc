@@ -9,6 +9,7 @@
 #include "rkl/common/hex.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
+#include "rkl/db/row.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::hsm {
@@ -72,35 +73,15 @@ pqxx::binarystring Blob(std::span<const uint8_t> b) {
 
 KeyRecord RecordFromRow(const pqxx::row& r) {
   KeyRecord k;
-  k.index = r[0].as<uint64_t>();
-  k.type = static_cast<KeyType>(r[1].as<int>());
-  k.algorithm = static_cast<uint8_t>(r[2].as<int>());
-  k.usage = static_cast<KeyUsage>(r[3].as<int>());
-  k.bound_sn = r[4].as<std::string>();
-  k.label = r[5].as<std::string>();
-  k.kcv = r[6].as<std::string>();
-  k.state = static_cast<KeyState>(r[7].as<int>());
-  k.created_at_ms = r[8].as<int64_t>();
-  k.rsa_bits = r[9].as<uint32_t>();
-  k.public_key_der = ToBytes(r[10]);
-  k.nonce = ToBytes(r[11]);
-  k.sealed = ToBytes(r[12]);
-  k.kek_index = r[13].as<uint64_t>();
+  db::ReadColumns(r, k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.label, k.kcv, k.state,
+                  k.created_at_ms, k.rsa_bits, k.public_key_der, k.nonce, k.sealed, k.kek_index);
   return k;
 }
 
 Ceremony CeremonyFromRow(const pqxx::row& r) {
   Ceremony c;
-  c.id = r[0].as<std::string>();
-  c.label = r[1].as<std::string>();
-  c.key_type = static_cast<KeyType>(r[2].as<int>());
-  c.component_count = r[3].as<uint32_t>();
-  c.ceremony_key_index = r[4].as<uint64_t>();
-  c.state = static_cast<CeremonyState>(r[5].as<int>());
-  c.created_by = r[6].as<std::string>();
-  c.created_at_ms = r[7].as<int64_t>();
-  c.expires_at_ms = r[8].as<int64_t>();
-  c.result_key_index = r[9].as<uint64_t>();
+  db::ReadColumns(r, c.id, c.label, c.key_type, c.component_count, c.ceremony_key_index, c.state,
+                  c.created_by, c.created_at_ms, c.expires_at_ms, c.result_key_index);
   return c;
 }
 

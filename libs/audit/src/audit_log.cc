@@ -47,9 +47,9 @@ constexpr int kSealBatch = 2000;
 
 // One record as a row of the JSON that insert_pending_group and insert_records read;
 // `number` is the pending id or the chain seq, under the column name `number_name`.
-void AddRecordRow(JsonRows& rows, const char* number_name, uint64_t number, const AuditEvent& e,
-                  const Bytes& mac) {
-  rows.Row()
+JsonRows& AddRecordRow(JsonRows& rows, const char* number_name, uint64_t number,
+                       const AuditEvent& e, const Bytes& mac) {
+  return rows.Row()
       .Field(number_name, static_cast<int64_t>(number))
       .Field("at_ms", e.at_ms)
       .Field("actor", e.actor)
@@ -211,6 +211,16 @@ absl::StatusOr<std::vector<PgAuditLog::PreparedPending>> PgAuditLog::PreparePend
     out.push_back({.id = (*ids)[i], .mac = std::move(mac)});
   }
   return out;
+}
+
+absl::StatusOr<std::string> PgAuditLog::PreparePendingJson(std::span<const AuditEvent> events) {
+  RKL_ASSIGN_OR_RETURN(std::vector<PreparedPending> pending, PreparePending(events));
+  JsonRows rows;
+  for (size_t i = 0; i < events.size(); ++i) {
+    AddRecordRow(rows, "id", pending[i].id, events[i], pending[i].mac)
+        .Field("ord", static_cast<int64_t>(i));
+  }
+  return rows.Finish();
 }
 
 absl::StatusOr<AuditVerification> PgAuditLog::VerifyWithAnchorText(std::string_view anchor_text) {
@@ -543,6 +553,12 @@ absl::StatusOr<bool> PgAuditLog::AnchorIfDue() {
   }
   RKL_RETURN_IF_ERROR(Anchor().status());
   return true;
+}
+
+AuditEvent ChainedEventFromRow(const pqxx::row& row) {
+  AuditEvent e = EventFromRow(row);
+  e.seq = row[0].as<uint64_t>();
+  return e;
 }
 
 void ToProto(const AuditVerification& v, v1::VerifyAuditChainResponse* out) {

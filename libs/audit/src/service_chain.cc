@@ -1,5 +1,7 @@
 #include "rkl/audit/service_chain.h"
 
+#include <utility>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "rkl/audit/mac_key.h"
@@ -7,6 +9,17 @@
 #include "spdlog/spdlog.h"
 
 namespace rkl::audit {
+
+ChainSpec ServiceChainSpec(std::string name, int lock_class) {
+  return ChainSpec{
+      .name = std::move(name),
+      .chain_table = "audit",
+      .pending_table = "audit_pending",
+      .pending_id_sequence = "audit_pending_id_seq",
+      .lock_class = lock_class,
+      .pending_id_block = 64,
+  };
+}
 
 void DeclareAuditConfig(ConfigSchema& schema, const std::string& service) {
   schema

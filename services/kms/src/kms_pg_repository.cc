@@ -5,9 +5,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "rkl/audit/refusal_counts.h"
-#include "rkl/common/hex.h"
-#include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
@@ -308,52 +305,6 @@ absl::StatusOr<AuthSession> ReadSession(const pqxx::row& r) {
 
 }  // namespace
 
-const audit::ChainSpec& KmsAuditChain() {
-  static const audit::ChainSpec* const spec = new audit::ChainSpec{
-      .name = "kms",
-      .chain_table = "audit",
-      .pending_table = "audit_pending",
-      .pending_id_sequence = "audit_pending_id_seq",
-      .lock_class = 0x524B4C4B,  // "RKLK"
-      .pending_id_block = 64,
-  };
-  return *spec;
-}
-
-PgKmsRepository::PgKmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
-    : pool_(pool), audit_(pool, std::move(audit_key), KmsAuditChain()) {}
-
-absl::StatusOr<std::string> PgKmsRepository::PendingAuditJson(
-    const std::vector<AuditEntry>& audit) {
-  std::vector<audit::AuditEvent> events;
-  events.reserve(audit.size());
-  for (const AuditEntry& e : audit) {
-    events.push_back({.at_ms = e.at_ms,
-                      .actor = e.actor,
-                      .action = e.action,
-                      .sn = e.sn,
-                      .detail = e.detail,
-                      .result = e.result});
-  }
-  RKL_ASSIGN_OR_RETURN(std::vector<audit::PgAuditLog::PreparedPending> pending,
-                       audit_.PreparePending(events));
-  JsonRows rows;
-  for (size_t i = 0; i < audit.size(); ++i) {
-    const AuditEntry& e = audit[i];
-    rows.Row()
-        .Field("ord", static_cast<int64_t>(i))
-        .Field("id", static_cast<int64_t>(pending[i].id))
-        .Field("mac", ToHex(pending[i].mac))
-        .Field("at_ms", e.at_ms)
-        .Field("actor", e.actor)
-        .Field("action", e.action)
-        .Field("sn", e.sn)
-        .Field("detail", e.detail)
-        .Field("result", e.result);
-  }
-  return rows.Finish();
-}
-
 namespace {
 
 // The sn_tk_kms half of a terminal, as parameters $14..$22 of kInsertTerminal/kUpdateTerminal.
@@ -400,7 +351,7 @@ absl::StatusOr<TerminalRecord> PgKmsRepository::GetTerminal(const std::string& s
 
 absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
                                              const std::vector<AuditEntry>& audit) {
-  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
@@ -429,7 +380,7 @@ absl::StatusOr<bool> PgKmsRepository::UpdateTerminalAndMoveSession(
 absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, bool cancel_sessions,
                                                     const std::vector<AuditEntry>& audit,
                                                     const SessionMove* move) {
-  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
     NullableText move_id(move ? move->id : "", move == nullptr);
     NullableText move_from(move ? SessionStateName(move->from) : "", move == nullptr);
@@ -448,7 +399,7 @@ absl::StatusOr<bool> PgKmsRepository::WriteTerminal(const TerminalRecord& t, boo
 absl::Status PgKmsRepository::UpdateTerminalAndInsertSession(const TerminalRecord& t,
                                                              const std::vector<AuditEntry>& audit,
                                                              const AuthSession& session) {
-  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::Status {
     pqxx::row r = ExecTerminalUpdate(stmt, kUpdateTerminalInsertSession, t, session.id,
                                      session.auk_index, Binary(session.rnd1), Binary(session.rnd2),
@@ -478,7 +429,7 @@ absl::StatusOr<std::vector<TerminalRecord>> PgKmsRepository::ListTerminals(
 
 absl::Status PgKmsRepository::InsertSession(const AuthSession& s,
                                             const std::vector<AuditEntry>& audit) {
-  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     pqxx::result r = stmt.Exec(kInsertSession, s.id, s.sn, s.auk_index, Binary(s.rnd1),
                                Binary(s.rnd2), SessionStateName(s.state), s.tmk_kcv,
@@ -553,18 +504,6 @@ absl::StatusOr<int64_t> PgKmsRepository::PurgeSessions(int64_t expired_before_ms
   });
 }
 
-absl::Status PgKmsRepository::AddRefusalCounts(const std::vector<RefusalCount>& counts) {
-  return audit::AddRefusalCounts(pool_, counts);
-}
-
-absl::StatusOr<std::vector<RefusalCount>> PgKmsRepository::ListRefusalCounts() {
-  return audit::ListRefusalCounts(pool_);
-}
-
-absl::StatusOr<int64_t> PgKmsRepository::PurgeRefusalCounts(int64_t before_ms) {
-  return audit::PurgeRefusalCounts(pool_, before_ms);
-}
-
 absl::StatusOr<ProofAttempt> PgKmsRepository::ChargeProofAttempt(const std::string& sn,
                                                                  const ProofAttemptPolicy& policy) {
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<ProofAttempt> {
@@ -587,7 +526,7 @@ absl::Status PgKmsRepository::RefundProofAttempt(const std::string& sn, int64_t 
 
 absl::Status PgKmsRepository::AppendAudit(const std::vector<AuditEntry>& audit) {
   if (audit.empty()) return absl::OkStatus();
-  RKL_ASSIGN_OR_RETURN(const std::string audit_json, PendingAuditJson(audit));
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
     stmt.Exec(kInsertAudit, audit_json);
     return absl::OkStatus();
@@ -603,17 +542,7 @@ absl::StatusOr<std::vector<AuditEntry>> PgKmsRepository::ListAudit(const std::st
         pqxx::result r = db::Exec(tx, kListAudit, sn, after_seq, limit);
         std::vector<AuditEntry> out;
         out.reserve(r.size());
-        for (const auto& row : r) {
-          AuditEntry e;
-          e.seq = row[0].as<uint64_t>();
-          e.at_ms = row[1].as<int64_t>();
-          e.actor = row[2].as<std::string>();
-          e.action = row[3].as<std::string>();
-          e.sn = row[4].as<std::string>();
-          e.detail = row[5].as<std::string>();
-          e.result = row[6].as<std::string>();
-          out.push_back(std::move(e));
-        }
+        for (const auto& row : r) out.push_back(audit::ChainedEventFromRow(row));
         return out;
       });
 }

@@ -6,8 +6,12 @@
 // state = <from> statements, so concurrent replicas cannot both win one step.
 // Thread-safe; the pool must outlive the repository.
 
+#include <utility>
+
 #include "kms_repository.h"
 #include "rkl/audit/audit_log.h"
+#include "rkl/audit/pg_service_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 
@@ -15,16 +19,17 @@ namespace rkl::kms {
 
 // KMS's audit chain (tables audit, audit_pending; "kms" as the domain of its MACs and
 // anchors): the HSM's format and verifier, under KMS's own audit MAC key.
-const audit::ChainSpec& KmsAuditChain();
+inline audit::ChainSpec KmsAuditChain() {
+  return audit::ServiceChainSpec("kms", 0x524B4C4B);  // lock class "RKLK"
+}
 
-class PgKmsRepository final : public KmsRepository {
+// The audit chain and the refusal counts are audit::PgServiceRepository's.
+class PgKmsRepository final : public audit::PgServiceRepository<KmsRepository> {
  public:
   // Every audit entry is written as a pending record of KMS's chain, MACed under
   // `audit_key` (audit.mac_key_file), in the same statement as the change it describes.
-  PgKmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
-
-  // The chain: its sealer, verification and anchors (main() starts and stops them).
-  audit::PgAuditLog& audit_log() { return audit_; }
+  PgKmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
+      : PgServiceRepository(pool, std::move(audit_key), KmsAuditChain()) {}
 
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
   absl::Status InsertTerminal(const TerminalRecord& terminal,
@@ -52,9 +57,6 @@ class PgKmsRepository final : public KmsRepository {
                                                   const ProofAttemptPolicy& policy) override;
   absl::Status RefundProofAttempt(const std::string& sn, int64_t now_ms) override;
   absl::StatusOr<int64_t> PurgeSessions(int64_t expired_before_ms) override;
-  absl::Status AddRefusalCounts(const std::vector<RefusalCount>& counts) override;
-  absl::StatusOr<std::vector<RefusalCount>> ListRefusalCounts() override;
-  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
   absl::Status AppendAudit(const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(const std::string& sn, uint64_t after_seq,
                                                     int limit) override;
@@ -65,13 +67,6 @@ class PgKmsRepository final : public KmsRepository {
   // The update behind both: `move` may be null; never cancel and move in one call.
   absl::StatusOr<bool> WriteTerminal(const TerminalRecord& terminal, bool cancel_sessions,
                                      const std::vector<AuditEntry>& audit, const SessionMove* move);
-
-  // The entries as the JSON array the write statements take ("ord" gives the order), each
-  // with its pending id and MAC.
-  absl::StatusOr<std::string> PendingAuditJson(const std::vector<AuditEntry>& audit);
-
-  db::ConnectionPool& pool_;
-  audit::PgAuditLog audit_;
 };
 
 }  // namespace rkl::kms

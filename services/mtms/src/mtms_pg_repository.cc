@@ -4,9 +4,9 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
-#include "rkl/audit/refusal_counts.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
+#include "rkl/db/row.h"
 #include "rkl/db/transaction.h"
 
 namespace rkl::mtms {
@@ -150,11 +150,6 @@ constexpr char kListAudit[] =
 
 pqxx::binarystring Bin(const Bytes& b) { return pqxx::binarystring(b.data(), b.size()); }
 
-Bytes ReadBytes(const pqxx::field& f) {
-  pqxx::binarystring bs(f);
-  return Bytes(bs.data(), bs.data() + bs.size());
-}
-
 WorkKeyState ParseWorkKeyState(const std::string& s) {
   if (s == "CURRENT") return WorkKeyState::kCurrent;
   if (s == "PREVIOUS") return WorkKeyState::kPrevious;
@@ -169,49 +164,37 @@ SubmissionState ParseSubmissionState(const std::string& s) {
 
 WorkKeyRecord ReadWorkKey(const pqxx::row& r) {
   WorkKeyRecord k;
-  k.serial_hex = r[0].as<std::string>();
-  k.hsm_id = r[1].as<std::string>();
-  k.hsm_key_index = r[2].as<uint64_t>();
-  k.public_key_der = ReadBytes(r[3]);
-  k.certificate_pem = r[4].as<std::string>();
-  k.terminal_root_pem = r[5].as<std::string>();
-  k.state = ParseWorkKeyState(r[6].as<std::string>());
-  k.created_at_ms = r[7].as<int64_t>();
-  k.retired_at_ms = r[8].as<int64_t>();
+  std::string state;
+  db::ReadColumns(r, k.serial_hex, k.hsm_id, k.hsm_key_index, k.public_key_der, k.certificate_pem,
+                  k.terminal_root_pem, state, k.created_at_ms, k.retired_at_ms);
+  k.state = ParseWorkKeyState(state);
   return k;
 }
 
 SubmissionRecord ReadSubmission(const pqxx::row& r) {
   SubmissionRecord s;
-  s.submission_id = r[0].as<std::string>();
-  s.sn = r[1].as<std::string>();
-  s.operator_id = r[2].as<std::string>();
-  s.nonce = ReadBytes(r[3]);
-  s.package = ReadBytes(r[4]);
-  s.signature = ReadBytes(r[5]);
-  s.operator_certificate_pem = r[6].as<std::string>();
-  s.operator_certificate_serial = r[7].as<std::string>();
-  s.work_certificate_serial = r[8].as<std::string>();
-  s.ctk_pu = ReadBytes(r[9]);
-  s.algorithm_code = static_cast<uint8_t>(r[10].as<int>());
-  s.created_at_ms = r[11].as<int64_t>();
-  s.received_at_ms = r[12].as<int64_t>();
-  s.state = ParseSubmissionState(r[13].as<std::string>());
-  s.reason = r[14].as<std::string>();
-  s.attempts = r[15].as<uint32_t>();
-  s.next_attempt_at_ms = r[16].as<int64_t>();
-  s.last_error = r[17].as<std::string>();
-  s.forwarded_at_ms = r[18].as<int64_t>();
+  std::string state;
+  db::ReadColumns(r, s.submission_id, s.sn, s.operator_id, s.nonce, s.package, s.signature,
+                  s.operator_certificate_pem, s.operator_certificate_serial,
+                  s.work_certificate_serial, s.ctk_pu, s.algorithm_code, s.created_at_ms,
+                  s.received_at_ms, state, s.reason, s.attempts, s.next_attempt_at_ms, s.last_error,
+                  s.forwarded_at_ms);
+  s.state = ParseSubmissionState(state);
   return s;
 }
 
-audit::AuditEvent Event(const AuditEntry& a) {
-  return audit::AuditEvent{.at_ms = a.at_ms,
-                           .actor = a.actor,
-                           .action = a.action,
-                           .sn = a.sn,
-                           .detail = a.detail,
-                           .result = a.result};
+// The row `statement` selects, read by `read`; nullopt when there is none. In autocommit.
+template <typename Record, typename... Args>
+absl::StatusOr<std::optional<Record>> ReadOptional(db::ConnectionPool& pool,
+                                                   Record (*read)(const pqxx::row&),
+                                                   const std::string& statement,
+                                                   const Args&... args) {
+  return db::RunAutocommitRead(
+      pool, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<Record>> {
+        pqxx::result r = db::Exec(tx, statement, args...);
+        if (r.empty()) return std::nullopt;
+        return read(r[0]);
+      });
 }
 
 }  // namespace
@@ -241,22 +224,12 @@ const char* SubmissionStateName(SubmissionState state) {
 }
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::CurrentWorkKey() {
-  return db::RunAutocommitRead(
-      pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
-        pqxx::result r = db::Exec(tx, kSelectCurrentWorkKey);
-        if (r.empty()) return std::nullopt;
-        return ReadWorkKey(r[0]);
-      });
+  return ReadOptional(pool_, ReadWorkKey, kSelectCurrentWorkKey);
 }
 
 absl::StatusOr<std::optional<WorkKeyRecord>> PgMtmsRepository::FindWorkKey(
     const std::string& serial) {
-  return db::RunAutocommitRead(
-      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<WorkKeyRecord>> {
-        pqxx::result r = db::Exec(tx, kSelectWorkKey, serial);
-        if (r.empty()) return std::nullopt;
-        return ReadWorkKey(r[0]);
-      });
+  return ReadOptional(pool_, ReadWorkKey, kSelectWorkKey, serial);
 }
 
 absl::StatusOr<std::vector<WorkKeyRecord>> PgMtmsRepository::ListWorkKeys() {
@@ -280,7 +253,7 @@ absl::StatusOr<MtmsRepository::InstallResult> PgMtmsRepository::InstallWorkKey(
     db::Exec(tx, kInsertWorkKey, key.serial_hex, key.hsm_id, key.hsm_key_index,
              Bin(key.public_key_der), key.certificate_pem, key.terminal_root_pem,
              key.created_at_ms);
-    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, Event(audit)));
+    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, audit));
     WorkKeyRecord installed = key;
     installed.state = WorkKeyState::kCurrent;
     installed.retired_at_ms = 0;
@@ -309,7 +282,7 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
       return result;
     }
     db::Exec(tx, kRetireWorkKey, serial, now_ms);
-    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, Event(audit)));
+    RKL_RETURN_IF_ERROR(audit_.AppendInTransaction(tx, audit));
     result.key.state = WorkKeyState::kRetired;
     result.key.retired_at_ms = now_ms;
     result.outcome = RetireOutcome::kRetired;
@@ -336,12 +309,7 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
 
 absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
     const std::string& submission_id) {
-  return db::RunAutocommitRead(
-      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::optional<SubmissionRecord>> {
-        pqxx::result r = db::Exec(tx, kSelectSubmission, submission_id);
-        if (r.empty()) return std::nullopt;
-        return ReadSubmission(r[0]);
-      });
+  return ReadOptional(pool_, ReadSubmission, kSelectSubmission, submission_id);
 }
 
 absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ListSubmissions(
@@ -365,18 +333,7 @@ absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
   return db::RunAutocommitRead(pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<QueueCounts> {
     QueueCounts counts;
     for (const pqxx::row& row : db::Exec(tx, kCountByState)) {
-      uint64_t n = row[1].as<uint64_t>();
-      switch (ParseSubmissionState(row[0].as<std::string>())) {
-        case SubmissionState::kReceived:
-          counts.received = n;
-          break;
-        case SubmissionState::kForwarded:
-          counts.forwarded = n;
-          break;
-        case SubmissionState::kRejected:
-          counts.rejected = n;
-          break;
-      }
+      counts.Of(ParseSubmissionState(row[0].as<std::string>())) = row[1].as<uint64_t>();
     }
     return counts;
   });
@@ -406,41 +363,39 @@ absl::StatusOr<uint64_t> PgMtmsRepository::MakeAllDue(int64_t now_ms) {
   });
 }
 
+template <typename Value>
+absl::StatusOr<bool> PgMtmsRepository::FinishWithAudit(const std::string& statement,
+                                                       const std::string& submission_id,
+                                                       const std::string& claim_token,
+                                                       const Value& value,
+                                                       const AuditEntry& audit) {
+  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
+    const pqxx::row finished =
+        stmt.Exec1(statement, submission_id, claim_token, value, audit.at_ms, audit.actor,
+                   audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac));
+    return finished[0].as<int64_t>() == 1;
+  });
+}
+
 absl::StatusOr<bool> PgMtmsRepository::FinishForwarded(const std::string& submission_id,
                                                        const std::string& claim_token,
                                                        int64_t now_ms, const AuditEntry& audit) {
-  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    return stmt.Exec1(kFinishForwarded, submission_id, claim_token, now_ms, audit.at_ms,
-                      audit.actor, audit.action, audit.sn, audit.detail, audit.result, p.id,
-                      Bin(p.mac))[0]
-               .as<int64_t>() == 1;
-  });
+  return FinishWithAudit(kFinishForwarded, submission_id, claim_token, now_ms, audit);
 }
 
 absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submission_id,
                                                       const std::string& claim_token,
                                                       const std::string& reason,
                                                       const AuditEntry& audit) {
-  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    return stmt.Exec1(kFinishRejected, submission_id, claim_token, reason, audit.at_ms, audit.actor,
-                      audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac))[0]
-               .as<int64_t>() == 1;
-  });
+  return FinishWithAudit(kFinishRejected, submission_id, claim_token, reason, audit);
 }
 
 absl::StatusOr<bool> PgMtmsRepository::FinishSupersededIfNewer(const std::string& submission_id,
                                                                const std::string& claim_token,
                                                                const std::string& reason,
                                                                const AuditEntry& audit) {
-  RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
-  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    return stmt.Exec1(kFinishSuperseded, submission_id, claim_token, reason, audit.at_ms,
-                      audit.actor, audit.action, audit.sn, audit.detail, audit.result, p.id,
-                      Bin(p.mac))[0]
-               .as<int64_t>() == 1;
-  });
+  return FinishWithAudit(kFinishSuperseded, submission_id, claim_token, reason, audit);
 }
 
 absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submission_id,
@@ -453,15 +408,12 @@ absl::StatusOr<bool> PgMtmsRepository::FinishRetryLater(const std::string& submi
   });
 }
 
-absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) {
-  return audit_.Append(Event(audit));
-}
+absl::Status PgMtmsRepository::AppendAudit(const AuditEntry& audit) { return audit_.Append(audit); }
 
 absl::StatusOr<audit::PgAuditLog::PreparedPending> PgMtmsRepository::Prepare(
     const AuditEntry& entry) {
-  const audit::AuditEvent event = Event(entry);
   RKL_ASSIGN_OR_RETURN(std::vector<audit::PgAuditLog::PreparedPending> p,
-                       audit_.PreparePending({&event, 1}));
+                       audit_.PreparePending({&entry, 1}));
   return std::move(p.at(0));
 }
 
@@ -472,45 +424,10 @@ absl::StatusOr<std::vector<AuditEntry>> PgMtmsRepository::ListAudit(size_t limit
       pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<AuditEntry>> {
         std::vector<AuditEntry> records;
         for (const pqxx::row& row : db::Exec(tx, kListAudit, static_cast<int64_t>(limit))) {
-          AuditEntry a;
-          a.seq = row[0].as<uint64_t>();
-          a.at_ms = row[1].as<int64_t>();
-          a.actor = row[2].as<std::string>();
-          a.action = row[3].as<std::string>();
-          a.sn = row[4].as<std::string>();
-          a.detail = row[5].as<std::string>();
-          a.result = row[6].as<std::string>();
-          records.push_back(std::move(a));
+          records.push_back(audit::ChainedEventFromRow(row));
         }
         return records;
       });
-}
-
-const audit::ChainSpec& MtmsAuditChain() {
-  static const audit::ChainSpec* const spec = new audit::ChainSpec{
-      .name = "mtms",
-      .chain_table = "audit",
-      .pending_table = "audit_pending",
-      .pending_id_sequence = "audit_pending_id_seq",
-      .lock_class = 0x524B4C4D,  // "RKLM"
-      .pending_id_block = 64,
-  };
-  return *spec;
-}
-
-PgMtmsRepository::PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
-    : pool_(pool), audit_(pool, std::move(audit_key), MtmsAuditChain()) {}
-
-absl::Status PgMtmsRepository::AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) {
-  return audit::AddRefusalCounts(pool_, counts);
-}
-
-absl::StatusOr<std::vector<audit::RefusalCount>> PgMtmsRepository::ListRefusalCounts() {
-  return audit::ListRefusalCounts(pool_);
-}
-
-absl::StatusOr<int64_t> PgMtmsRepository::PurgeRefusalCounts(int64_t before_ms) {
-  return audit::PurgeRefusalCounts(pool_, before_ms);
 }
 
 }  // namespace rkl::mtms

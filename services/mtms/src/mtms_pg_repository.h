@@ -4,8 +4,12 @@
 // transaction through rkl::db::RunInTransaction, so none stays open across an HSM or KMS
 // call. Thread-safe as the pool is. The pool is not owned and must outlive the repository.
 
+#include <utility>
+
 #include "mtms_repository.h"
 #include "rkl/audit/audit_log.h"
+#include "rkl/audit/pg_service_repository.h"
+#include "rkl/audit/service_chain.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
 
@@ -13,16 +17,17 @@ namespace rkl::mtms {
 
 // MTMS's audit chain (tables audit, audit_pending; "mtms" as the domain of its MACs and
 // anchors): the HSM's format and verifier, under MTMS's own audit MAC key.
-const audit::ChainSpec& MtmsAuditChain();
+inline audit::ChainSpec MtmsAuditChain() {
+  return audit::ServiceChainSpec("mtms", 0x524B4C4D);  // lock class "RKLM"
+}
 
-class PgMtmsRepository final : public MtmsRepository {
+// The audit chain and the refusal counts are audit::PgServiceRepository's.
+class PgMtmsRepository final : public audit::PgServiceRepository<MtmsRepository> {
  public:
   // Every audit entry is written as a pending record of MTMS's chain, MACed under
   // `audit_key` (audit.mac_key_file), with the change it describes.
-  PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key);
-
-  // The chain: its sealer, verification and anchors (main() starts and stops them).
-  audit::PgAuditLog& audit_log() { return audit_; }
+  PgMtmsRepository(db::ConnectionPool& pool, crypto::SecretBytes audit_key)
+      : PgServiceRepository(pool, std::move(audit_key), MtmsAuditChain()) {}
 
   absl::StatusOr<std::optional<WorkKeyRecord>> CurrentWorkKey() override;
   absl::StatusOr<std::optional<WorkKeyRecord>> FindWorkKey(const std::string& serial) override;
@@ -62,16 +67,18 @@ class PgMtmsRepository final : public MtmsRepository {
 
   absl::Status AppendAudit(const AuditEntry& audit) override;
   absl::StatusOr<std::vector<AuditEntry>> ListAudit(size_t limit) override;
-  absl::Status AddRefusalCounts(const std::vector<audit::RefusalCount>& counts) override;
-  absl::StatusOr<std::vector<audit::RefusalCount>> ListRefusalCounts() override;
-  absl::StatusOr<int64_t> PurgeRefusalCounts(int64_t before_ms) override;
 
  private:
   // The pending id and MAC of an entry written by one of the statements.
   absl::StatusOr<audit::PgAuditLog::PreparedPending> Prepare(const AuditEntry& entry);
-
-  db::ConnectionPool& pool_;
-  audit::PgAuditLog audit_;
+  // One of the finish statements (WithAudit in the .cc): the row, the claim token and the
+  // statement's own value ($3), with `audit` as its pending record. Whether the row was still
+  // ours to finish.
+  template <typename Value>
+  absl::StatusOr<bool> FinishWithAudit(const std::string& statement,
+                                       const std::string& submission_id,
+                                       const std::string& claim_token, const Value& value,
+                                       const AuditEntry& audit);
 };
 
 }  // namespace rkl::mtms

@@ -88,6 +88,19 @@ struct QueueCounts {
   uint64_t received = 0;
   uint64_t forwarded = 0;
   uint64_t rejected = 0;
+
+  // The count of rows in `state`.
+  uint64_t& Of(SubmissionState state) {
+    switch (state) {
+      case SubmissionState::kForwarded:
+        return forwarded;
+      case SubmissionState::kRejected:
+        return rejected;
+      case SubmissionState::kReceived:
+        break;
+    }
+    return received;
+  }
 };
 
 class MtmsRepository {

@@ -164,16 +164,20 @@ TEST(MtmsAuthorizerTest, AdminRpcsNeedAnAdminIdentity) {
   }
 }
 
-TEST(ForwarderBackoffTest, DoublesFromTheInitialValueUpToTheCap) {
+// What a Forwarder outside the suite runs against: an in-memory repository and fakes.
+struct ForwarderWorld : FakePeers {
   InMemoryRepository repo;
-  FakeHsm hsm;
-  FakeKms kms;
-  FakeClock clock;
-  auto authority = TestAuthority::Create(clock);
-  FakeCa ca(*authority);
-  OperatorTrust trust(ca, clock, absl::Minutes(5));
-  Forwarder f(repo, hsm, kms, trust, clock,
-              {.initial_backoff = absl::Seconds(1), .max_backoff = absl::Seconds(60)});
+  OperatorTrust trust{ca, clock, absl::Minutes(5)};
+
+  Forwarder MakeForwarder(ForwarderOptions options) {
+    return Forwarder(repo, hsm, kms, trust, clock, std::move(options));
+  }
+};
+
+TEST(ForwarderBackoffTest, DoublesFromTheInitialValueUpToTheCap) {
+  ForwarderWorld w;
+  Forwarder f =
+      w.MakeForwarder({.initial_backoff = absl::Seconds(1), .max_backoff = absl::Seconds(60)});
   EXPECT_EQ(f.BackoffAfter(1), absl::Seconds(1));
   EXPECT_EQ(f.BackoffAfter(2), absl::Seconds(2));
   EXPECT_EQ(f.BackoffAfter(6), absl::Seconds(32));
@@ -182,32 +186,26 @@ TEST(ForwarderBackoffTest, DoublesFromTheInitialValueUpToTheCap) {
 }
 
 TEST(ForwarderThreadTest, BackgroundWorkerForwardsAndStops) {
-  InMemoryRepository repo;
-  FakeHsm hsm;
-  FakeKms kms;
-  FakeClock clock;
-  auto authority = TestAuthority::Create(clock);
-  FakeCa ca(*authority);
-  OperatorTrust trust(ca, clock, absl::Minutes(5));
-  MtmsCore core(repo, hsm, ca, trust, clock, {});
+  ForwarderWorld w;
+  MtmsCore core(w.repo, w.hsm, w.ca, w.trust, w.clock, {});
   ASSERT_TRUE(core.ProvisionWorkKey(false, 0, "admin:t").ok());
-  OperatorCard card = authority->IssueOperator("op");
+  OperatorCard card = w.authority->IssueOperator("op");
   auto work = core.GetWorkCertificate();
   ASSERT_TRUE(work.ok());
-  auto receipt = core.SubmitTransportKey(MakeSubmission({}, card, *work, clock), "");
+  auto receipt = core.SubmitTransportKey(MakeSubmission({}, card, *work, w.clock), "");
   ASSERT_TRUE(receipt.ok());
-  Forwarder f(repo, hsm, kms, trust, clock,
-              {.pk_index = hsm.pk_index(),
-               .mak_index = hsm.mak_index(),
-               .interval = absl::Milliseconds(10)});
+  Forwarder f = w.MakeForwarder({.pk_index = w.hsm.pk_index(),
+                                 .mak_index = w.hsm.mak_index(),
+                                 .interval = absl::Milliseconds(10)});
   f.Start();
   // Wait for the state, not for a duration.
   EXPECT_TRUE(rkl::testing::WaitUntil([&] {
     f.Wake();
-    return repo.GetSubmission(receipt->submission_id).value()->state == SubmissionState::kForwarded;
+    return w.repo.GetSubmission(receipt->submission_id).value()->state ==
+           SubmissionState::kForwarded;
   }));
   f.Stop();
-  EXPECT_EQ(kms.calls(), 1);
+  EXPECT_EQ(w.kms.calls(), 1);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "mtms_process.h"
 #include "mtms_translate_batcher.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
@@ -32,18 +33,10 @@
 namespace rkl::mtms::testing {
 namespace {
 
+using rkl::testing::LoopbackChannel;
 using ::testing::HasSubstr;
 
 constexpr absl::Duration kRpcTimeout = absl::Seconds(20);
-
-std::shared_ptr<grpc::Channel> Channel(int port, const rpc::TlsFiles& tls) {
-  rpc::ChannelOptions options;
-  options.tls = tls;
-  options.authority = "localhost";
-  auto channel = rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), options);
-  EXPECT_TRUE(channel.ok()) << channel.status();
-  return *channel;
-}
 
 std::unique_ptr<rpc::Server> StartServer(
     const std::string& address, const rpc::TlsFiles& tls, grpc::Service* service,
@@ -53,49 +46,6 @@ std::unique_ptr<rpc::Server> StartServer(
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
 }
-
-// One rkl-mtms "process": its own pool, ports, core, forwarder and gRPC server.
-struct MtmsProcess {
-  MtmsProcess(const std::string& dsn, const rpc::TlsFiles& tls, int hsm_port, int ca_port,
-              int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index,
-              const std::string& replica, rpc::PublicCallLimits limits = {})
-      : pool({.dsn = dsn, .max_size = 4}),
-        repository(pool, crypto::SecretBytes(32)),
-        hsm_rpc(Channel(hsm_port, tls), absl::Seconds(10)),
-        hsm(hsm_rpc, TranslateBatcherOptions{}),
-        ca(Channel(ca_port, tls), absl::Seconds(10)),
-        kms(Channel(kms_port, tls), absl::Seconds(10)),
-        trust(ca, clock, absl::Minutes(5)),
-        core(repository, hsm, ca, trust, clock, MtmsCoreOptions{}),
-        forwarder(repository, hsm, kms, trust, clock,
-                  ForwarderOptions{.replica_id = replica,
-                                   .pk_index = pk_index,
-                                   .mak_index = mak_index,
-                                   .batch_size = 2,
-                                   .interval = absl::Milliseconds(20)}),
-        service(core, forwarder, repository.audit_log(), std::move(limits)) {
-    server = StartServer("127.0.0.1:0", tls, &service, rpc::ClientCertMode::kOptionalVerified);
-  }
-  ~MtmsProcess() {
-    forwarder.Stop();
-    if (server) server->Shutdown(absl::Seconds(1));
-  }
-  int port() const { return server->port(); }
-
-  db::ConnectionPool pool;
-  PgMtmsRepository repository;
-  GrpcHsmPort hsm_rpc;
-  // As in main(). The test HSM (TestHsmService) has no TranslateTransportKeys, like an
-  // rkl-hsm older than that RPC: the batcher finds UNIMPLEMENTED over the wire and falls back.
-  TranslateBatcher hsm;
-  GrpcCaPort ca;
-  GrpcKmsPort kms;
-  OperatorTrust trust;
-  MtmsCore core;
-  Forwarder forwarder;
-  MtmsGrpcService service;
-  std::unique_ptr<rpc::Server> server;
-};
 
 class MtmsGrpcTest : public rkl::testing::PgFixture {
  protected:
@@ -112,29 +62,37 @@ class MtmsGrpcTest : public rkl::testing::PgFixture {
       ASSERT_TRUE(files.ok()) << files.status();
       tls_[id] = *files;
     }
-    authority_ = TestAuthority::Create(clock_);
-    fake_ca_ = std::make_unique<FakeCa>(*authority_);
-    hsm_service_ = std::make_unique<TestHsmService>(fake_hsm_, "mtms");
-    ca_service_ = std::make_unique<TestCaService>(*fake_ca_);
-    kms_service_ = std::make_unique<TestKmsService>(fake_kms_);
+    hsm_service_ = std::make_unique<TestHsmService>(fakes_.hsm, "mtms");
+    ca_service_ = std::make_unique<TestCaService>(fakes_.ca);
+    kms_service_ = std::make_unique<TestKmsService>(fakes_.kms);
     hsm_server_ = StartServer("127.0.0.1:0", tls_["hsm-mtms"], hsm_service_.get());
     ca_server_ = StartServer("127.0.0.1:0", tls_["ca"], ca_service_.get());
     kms_server_ = StartServer("127.0.0.1:0", tls_["kms"], kms_service_.get());
     ASSERT_TRUE(hsm_server_ && ca_server_ && kms_server_);
     kms_port_ = kms_server_->port();
     mtms_ = StartMtms("replica-0");
-    operator_.emplace(authority_->IssueOperator("alice"));
+    operator_.emplace(fakes_.authority->IssueOperator("alice"));
   }
 
   std::unique_ptr<MtmsProcess> StartMtms(const std::string& replica,
                                          rpc::PublicCallLimits limits = {}) {
     return std::make_unique<MtmsProcess>(
-        database().runtime_dsn(), tls_["mtms"], hsm_server_->port(), ca_server_->port(), kms_port_,
-        clock_, fake_hsm_.pk_index(), fake_hsm_.mak_index(), replica, std::move(limits));
+        fakes_.clock, MtmsProcessOptions{.dsn = database().runtime_dsn(),
+                                         .tls = tls_["mtms"],
+                                         .hsm_port = hsm_server_->port(),
+                                         .ca_port = ca_server_->port(),
+                                         .kms_port = kms_port_,
+                                         .forwarder = {.replica_id = replica,
+                                                       .pk_index = fakes_.hsm.pk_index(),
+                                                       .mak_index = fakes_.hsm.mak_index(),
+                                                       .batch_size = 2,
+                                                       .interval = absl::Milliseconds(20)},
+                                         .limits = std::move(limits)});
   }
 
   std::unique_ptr<v1::Mtms::Stub> Stub(const rpc::TlsFiles& tls, MtmsProcess* mtms = nullptr) {
-    return v1::Mtms::NewStub(Channel((mtms ? mtms : mtms_.get())->port(), tls));
+    return v1::Mtms::NewStub(
+        LoopbackChannel((mtms ? mtms : mtms_.get())->port(), tls, "localhost"));
   }
   std::unique_ptr<v1::Mtms::Stub> Admin(MtmsProcess* mtms = nullptr) {
     return Stub(tls_["admin:alice"], mtms);
@@ -160,25 +118,23 @@ class MtmsGrpcTest : public rkl::testing::PgFixture {
                                  resp.serial_hex()};
   }
 
-  // The gRPC status as received, for the details a converted status would drop.
-  grpc::Status SubmitOverGrpc(const SubmitRequest& r, MtmsProcess* mtms) {
+  // The gRPC status as received, for the details a converted status would drop; the
+  // response goes to `resp` when given.
+  grpc::Status SubmitOverGrpc(const SubmitRequest& r, MtmsProcess* mtms,
+                              v1::SubmitTransportKeyResponse* resp = nullptr) {
     v1::SubmitTransportKeyRequest req;
     req.set_package(r.package);
     req.set_signature(r.signature);
     req.set_operator_certificate_pem(r.operator_certificate_pem);
-    v1::SubmitTransportKeyResponse resp;
+    v1::SubmitTransportKeyResponse unused;
     auto ctx = rpc::MakeClientContext(kRpcTimeout);
-    return Stub(pki_->Anonymous(), mtms)->SubmitTransportKey(ctx.get(), req, &resp);
+    return Stub(pki_->Anonymous(), mtms)
+        ->SubmitTransportKey(ctx.get(), req, resp != nullptr ? resp : &unused);
   }
 
   absl::StatusOr<v1::SubmitTransportKeyResponse> SubmitOverGrpc(const SubmitRequest& r) {
-    v1::SubmitTransportKeyRequest req;
-    req.set_package(r.package);
-    req.set_signature(r.signature);
-    req.set_operator_certificate_pem(r.operator_certificate_pem);
     v1::SubmitTransportKeyResponse resp;
-    auto ctx = rpc::MakeClientContext(kRpcTimeout);
-    grpc::Status s = Anonymous()->SubmitTransportKey(ctx.get(), req, &resp);
+    grpc::Status s = SubmitOverGrpc(r, nullptr, &resp);
     if (!s.ok()) return rpc::FromGrpcStatus(s);
     return resp;
   }
@@ -202,13 +158,9 @@ class MtmsGrpcTest : public rkl::testing::PgFixture {
     return resp;
   }
 
-  FakeClock clock_;
+  FakePeers fakes_;
   std::unique_ptr<rkl::testing::TestPki> pki_;
   std::map<std::string, rpc::TlsFiles> tls_;
-  std::unique_ptr<TestAuthority> authority_;
-  std::unique_ptr<FakeCa> fake_ca_;
-  FakeHsm fake_hsm_;
-  FakeKms fake_kms_;
   std::unique_ptr<TestHsmService> hsm_service_;
   std::unique_ptr<TestCaService> ca_service_;
   std::unique_ptr<TestKmsService> kms_service_;
@@ -231,15 +183,16 @@ TEST_F(MtmsGrpcTest, OperatorTerminalSubmitsWithoutClientCertificateAndPackageIs
   auto work = FetchWorkCertificate();
   ASSERT_TRUE(work.ok()) << work.status();
   EXPECT_EQ(work->serial_hex, key->serial_hex());
-  auto receipt = SubmitOverGrpc(MakeSubmission({.sn = "SN-GRPC-1"}, *operator_, *work, clock_));
+  auto receipt =
+      SubmitOverGrpc(MakeSubmission({.sn = "SN-GRPC-1"}, *operator_, *work, fakes_.clock));
   ASSERT_TRUE(receipt.ok()) << receipt.status();
   EXPECT_EQ(receipt->state(), v1::SUBMISSION_STATE_RECEIVED);
 
   auto forced = ForceForward();
   ASSERT_TRUE(forced.ok()) << forced.status();
   EXPECT_EQ(forced->forwarded(), 1u);
-  ASSERT_TRUE(fake_kms_.Get("SN-GRPC-1").has_value());
-  EXPECT_TRUE(fake_hsm_.OpenedAlgorithmName(*fake_kms_.Get("SN-GRPC-1")).ok());
+  ASSERT_TRUE(fakes_.kms.Get("SN-GRPC-1").has_value());
+  EXPECT_TRUE(fakes_.hsm.OpenedAlgorithmName(*fakes_.kms.Get("SN-GRPC-1")).ok());
   // Forwarded through an HSM without the batch RPC: found out over the wire, remembered.
   EXPECT_TRUE(mtms_->hsm.batch_unsupported());
 
@@ -257,33 +210,33 @@ TEST_F(MtmsGrpcTest, RefusalsKeepTheirCodesOverTheWire) {
   ASSERT_TRUE(Provision().ok());
   auto work = FetchWorkCertificate();
   ASSERT_TRUE(work.ok());
-  SubmitRequest req = MakeSubmission({}, *operator_, *work, clock_);
+  SubmitRequest req = MakeSubmission({}, *operator_, *work, fakes_.clock);
   ASSERT_TRUE(SubmitOverGrpc(req).ok());
   EXPECT_EQ(SubmitOverGrpc(req).status().code(), absl::StatusCode::kAlreadyExists);
-  SubmitRequest stale = MakeSubmission({.created_at_ms = clock_.NowUnixMs() - 10 * 60 * 1000},
-                                       *operator_, *work, clock_);
+  SubmitRequest stale = MakeSubmission({.created_at_ms = fakes_.clock.NowUnixMs() - 10 * 60 * 1000},
+                                       *operator_, *work, fakes_.clock);
   EXPECT_EQ(SubmitOverGrpc(stale).status().code(), absl::StatusCode::kFailedPrecondition);
-  v1::TransportKeyPackage p = MakePackage({}, *operator_, *work, clock_);
+  v1::TransportKeyPackage p = MakePackage({}, *operator_, *work, fakes_.clock);
   SubmitRequest modified = SignPackage(p.SerializeAsString(), *operator_);
   p.set_sn("SN-OTHER");
   modified.package = p.SerializeAsString();
   auto unauth = SubmitOverGrpc(modified);
   EXPECT_EQ(unauth.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(unauth.status().message(), HasSubstr("signature"));
-  OperatorCard revoked = authority_->IssueOperator("eve");
-  authority_->Revoke(revoked.certificate);
+  OperatorCard revoked = fakes_.authority->IssueOperator("eve");
+  fakes_.authority->Revoke(revoked.certificate);
   ASSERT_TRUE(mtms_->trust.Refresh().ok());
-  EXPECT_EQ(SubmitOverGrpc(MakeSubmission({}, revoked, *work, clock_)).status().code(),
+  EXPECT_EQ(SubmitOverGrpc(MakeSubmission({}, revoked, *work, fakes_.clock)).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
 // Issue 21, finding 1: over budget, a public RPC is RESOURCE_EXHAUSTED with
 // google.rpc.RetryInfo before the core sees it: no row, no refusal count, no HSM call.
 TEST_F(MtmsGrpcTest, PublicCallsOverBudgetAreResourceExhaustedAndWriteNothing) {
-  auto limited =
-      StartMtms("limited", {.per_source = {.per_second = 1, .burst = 5},
-                            .per_subject = {.per_second = 0.5, .burst = 2},
-                            .clock = [this] { return absl::FromUnixMillis(clock_.NowUnixMs()); }});
+  auto limited = StartMtms(
+      "limited", {.per_source = {.per_second = 1, .burst = 5},
+                  .per_subject = {.per_second = 0.5, .burst = 2},
+                  .clock = [this] { return absl::FromUnixMillis(fakes_.clock.NowUnixMs()); }});
   ASSERT_TRUE(limited->server);
   ASSERT_TRUE(Provision().ok());                    // an admin RPC: not budgeted
   auto work = FetchWorkCertificate(limited.get());  // the address's 1st token
@@ -291,12 +244,12 @@ TEST_F(MtmsGrpcTest, PublicCallsOverBudgetAreResourceExhaustedAndWriteNothing) {
 
   // Two packages for one SN pass (burst 2); the third is refused before intake.
   for (int i = 0; i < 2; ++i) {
-    grpc::Status s =
-        SubmitOverGrpc(MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, clock_), limited.get());
+    grpc::Status s = SubmitOverGrpc(
+        MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, fakes_.clock), limited.get());
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
-  grpc::Status refused =
-      SubmitOverGrpc(MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, clock_), limited.get());
+  grpc::Status refused = SubmitOverGrpc(
+      MakeSubmission({.sn = "SN-RATE"}, *operator_, *work, fakes_.clock), limited.get());
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(refused.error_message(), HasSubstr("too many calls for this sn; retry in 2000 ms"));
   EXPECT_EQ(rpc::RetryDelayFromDetails(refused), absl::Seconds(2));
@@ -311,13 +264,13 @@ TEST_F(MtmsGrpcTest, PublicCallsOverBudgetAreResourceExhaustedAndWriteNothing) {
   absl::StatusOr<WorkCertificateBundle> over = FetchWorkCertificate(limited.get());
   EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(over.status().message(), HasSubstr("too many calls from this address"));
-  grpc::Status other =
-      SubmitOverGrpc(MakeSubmission({.sn = "SN-OTHER"}, *operator_, *work, clock_), limited.get());
+  grpc::Status other = SubmitOverGrpc(
+      MakeSubmission({.sn = "SN-OTHER"}, *operator_, *work, fakes_.clock), limited.get());
   EXPECT_EQ(other.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(limited->service.rate_limited(), 3u);
 
   // A second later the address has a token again.
-  clock_.Advance(absl::Seconds(1));
+  fakes_.clock.Advance(absl::Seconds(1));
   EXPECT_TRUE(FetchWorkCertificate(limited.get()).ok());
 }
 
@@ -330,7 +283,7 @@ TEST_F(MtmsGrpcTest, AdminRpcsRefuseAnonymousAndServiceCallers) {
   v1::WorkKey key;
   grpc::Status service = Stub(tls_["kms"])->ProvisionWorkKey(ctx.get(), {}, &key);
   EXPECT_EQ(service.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_EQ(fake_hsm_.translate_calls.load(), 0);
+  EXPECT_EQ(fakes_.hsm.translate_calls.load(), 0);
   ctx = rpc::MakeClientContext(kRpcTimeout);
   EXPECT_TRUE(Admin()->ListWorkKeys(ctx.get(), {}, &resp).ok());
 }
@@ -345,7 +298,7 @@ TEST_F(MtmsGrpcTest, WithKmsStoppedPackagesStayReceivedAndAreForwardedOnceAfterR
   constexpr int kPackages = 5;
   for (int i = 0; i < kPackages; ++i) {
     ASSERT_TRUE(SubmitOverGrpc(MakeSubmission({.sn = absl::StrCat("SN-OUTAGE-", i)}, *operator_,
-                                              *work, clock_))
+                                              *work, fakes_.clock))
                     .ok());
   }
   auto forced = ForceForward();
@@ -369,7 +322,7 @@ TEST_F(MtmsGrpcTest, WithKmsStoppedPackagesStayReceivedAndAreForwardedOnceAfterR
   // ... then KMS comes back on its address.
   kms_server_ = StartServer(absl::StrCat("127.0.0.1:", kms_port_), tls_["kms"], kms_service_.get());
   ASSERT_NE(kms_server_, nullptr);
-  EXPECT_EQ(fake_kms_.calls(), 0);
+  EXPECT_EQ(fakes_.kms.calls(), 0);
   // The channel reconnects with gRPC's own backoff, so the first passes after the restart
   // may still meet UNAVAILABLE; wait for the outcome, not for a duration.
   uint32_t forwarded = 0, rejected = 0;
@@ -385,12 +338,12 @@ TEST_F(MtmsGrpcTest, WithKmsStoppedPackagesStayReceivedAndAreForwardedOnceAfterR
   ASSERT_TRUE(forced.ok()) << forced.status();
   ASSERT_EQ(rejected, 0u);
   EXPECT_EQ(forwarded, static_cast<uint32_t>(kPackages));
-  EXPECT_EQ(fake_kms_.calls(), kPackages);
-  EXPECT_EQ(fake_kms_.stored(), kPackages);
-  EXPECT_EQ(fake_kms_.duplicates(), 0);
+  EXPECT_EQ(fakes_.kms.calls(), kPackages);
+  EXPECT_EQ(fakes_.kms.stored(), kPackages);
+  EXPECT_EQ(fakes_.kms.duplicates(), 0);
   // Each exactly once: nothing more is ever sent.
   EXPECT_EQ(ForceForward()->forwarded(), 0u);
-  EXPECT_EQ(fake_kms_.calls(), kPackages);
+  EXPECT_EQ(fakes_.kms.calls(), kPackages);
   queue = ListQueue(v1::SUBMISSION_STATE_FORWARDED);
   ASSERT_TRUE(queue.ok());
   EXPECT_EQ(queue->forwarded(), static_cast<uint64_t>(kPackages));
@@ -403,8 +356,8 @@ TEST_F(MtmsGrpcTest, TwoReplicasWithBackgroundForwardersForwardEachRowExactlyOnc
   ASSERT_TRUE(work.ok());
   constexpr int kPackages = 16;
   for (int i = 0; i < kPackages; ++i) {
-    ASSERT_TRUE(SubmitOverGrpc(
-                    MakeSubmission({.sn = absl::StrCat("SN-TWO-", i)}, *operator_, *work, clock_))
+    ASSERT_TRUE(SubmitOverGrpc(MakeSubmission({.sn = absl::StrCat("SN-TWO-", i)}, *operator_, *work,
+                                              fakes_.clock))
                     .ok());
   }
   auto second = StartMtms("replica-1");
@@ -423,9 +376,9 @@ TEST_F(MtmsGrpcTest, TwoReplicasWithBackgroundForwardersForwardEachRowExactlyOnc
   ASSERT_EQ(seen->rejected(), 0u);
   mtms_->forwarder.Stop();
   second->forwarder.Stop();
-  EXPECT_EQ(fake_kms_.calls(), kPackages);
-  EXPECT_EQ(fake_kms_.stored(), kPackages);
-  EXPECT_EQ(fake_kms_.duplicates(), 0);
+  EXPECT_EQ(fakes_.kms.calls(), kPackages);
+  EXPECT_EQ(fakes_.kms.stored(), kPackages);
+  EXPECT_EQ(fakes_.kms.duplicates(), 0);
   auto queue = ListQueue(v1::SUBMISSION_STATE_FORWARDED);
   ASSERT_TRUE(queue.ok());
   for (const v1::Submission& s : queue->submissions()) EXPECT_EQ(s.attempts(), 1u);

@@ -36,6 +36,7 @@
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "mtms_process.h"
 #include "mtms_translate_batcher.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/crypto/ecdsa.h"
@@ -54,7 +55,6 @@
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
-#include "rkl/testing/loopback_channel.h"
 #include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
 #include "rkl/v1/ca.grpc.pb.h"
@@ -67,6 +67,7 @@ namespace {
 
 using crypto::KeyAlgorithm;
 using crypto::SecretBytes;
+using rkl::testing::LoopbackChannel;
 using ::testing::HasSubstr;
 
 constexpr absl::Duration kTimeout = absl::Seconds(30);
@@ -79,11 +80,6 @@ std::string ToStr(std::span<const uint8_t> b) { return std::string(AsString(b));
 // (A FakeClock nobody advances.)
 using FrozenHsmClock = FakeClock;
 
-std::shared_ptr<grpc::Channel> Channel(int port, const rpc::TlsFiles& tls,
-                                       const std::string& authority) {
-  return rkl::testing::LoopbackChannel(port, tls, authority);
-}
-
 template <typename Stub, typename Req, typename Resp, typename Method>
 absl::StatusOr<Resp> Call(Stub& stub, Method method, const Req& req) {
   auto ctx = rpc::MakeClientContext(kTimeout);
@@ -92,50 +88,6 @@ absl::StatusOr<Resp> Call(Stub& stub, Method method, const Req& req) {
   if (!s.ok()) return rpc::FromGrpcStatus(s);
   return resp;
 }
-
-// One rkl-mtms "process" wired as main() wires it: pool, gRPC ports to HSM #1 / CA / KMS
-// (mTLS with the `mtms` certificate, the configured authorities), operator trust, core,
-// forwarder (not started: the tests drive it with ForceForward) and the gRPC service.
-struct MtmsProcess {
-  MtmsProcess(const std::string& dsn, const rpc::TlsFiles& tls, int hsm_port, int ca_port,
-              int kms_port, const Clock& clock, uint64_t pk_index, uint64_t mak_index)
-      : pool({.dsn = dsn, .max_size = 4}),
-        repository(pool, crypto::SecretBytes(32)),
-        hsm_rpc(Channel(hsm_port, tls, "hsm-mtms"), kTimeout),
-        hsm(hsm_rpc, TranslateBatcherOptions{}),
-        ca(Channel(ca_port, tls, "ca"), kTimeout),
-        kms(Channel(kms_port, tls, "kms"), kTimeout),
-        trust(ca, clock, kCrlRefresh),
-        core(repository, hsm, ca, trust, clock, MtmsCoreOptions{.hsm_id = kHsmId}),
-        forwarder(
-            repository, hsm, kms, trust, clock,
-            ForwarderOptions{
-                .replica_id = "mtms-integration", .pk_index = pk_index, .mak_index = mak_index}),
-        service(core, forwarder, repository.audit_log()) {
-    auto started = rpc::Server::Start({.listen_address = "127.0.0.1:0",
-                                       .tls = tls,
-                                       .client_cert_mode = rpc::ClientCertMode::kOptionalVerified},
-                                      {&service});
-    EXPECT_TRUE(started.ok()) << started.status();
-    if (started.ok()) server = *std::move(started);
-  }
-  ~MtmsProcess() {
-    forwarder.Stop();
-    if (server) server->Shutdown(absl::Seconds(1));
-  }
-
-  db::ConnectionPool pool;
-  PgMtmsRepository repository;
-  GrpcHsmPort hsm_rpc;
-  TranslateBatcher hsm;  // as in main(): translations go out as TranslateTransportKeys
-  GrpcCaPort ca;
-  GrpcKmsPort kms;
-  OperatorTrust trust;
-  MtmsCore core;
-  Forwarder forwarder;
-  MtmsGrpcService service;
-  std::unique_ptr<rpc::Server> server;
-};
 
 // What a terminal made (PROTOCOL §3) and what its operator terminal wraps around it (§4).
 struct TerminalPackage {
@@ -229,8 +181,9 @@ class MtmsIntegrationTest : public rkl::testing::PgFixture {
   // encrypted to the ceremony key, custodian:bob completes. The key is the XOR of the
   // components.
   static void RunCeremony(World& w, v1::KeyType type, uint64_t& index, SecretBytes& key) {
-    auto alice = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["custodian:alice"], "hsm-mtms"));
-    auto bob = v1::Hsm::NewStub(Channel(w.hsm->port(), w.tls["custodian:bob"], "hsm-mtms"));
+    auto alice =
+        v1::Hsm::NewStub(LoopbackChannel(w.hsm->port(), w.tls["custodian:alice"], "hsm-mtms"));
+    auto bob = v1::Hsm::NewStub(LoopbackChannel(w.hsm->port(), w.tls["custodian:bob"], "hsm-mtms"));
     v1::BeginCeremonyRequest begin;
     begin.set_label(type == v1::KEY_TYPE_PK ? "PK-MTMS-INT" : "MAK-MTMS-INT");
     begin.set_key_type(type);
@@ -306,9 +259,21 @@ class MtmsIntegrationTest : public rkl::testing::PgFixture {
                                          {kms_service_.get()});
     ASSERT_TRUE(kms_server.ok()) << kms_server.status();
     kms_server_ = *std::move(kms_server);
-    mtms_ = std::make_unique<MtmsProcess>(database().runtime_dsn(), w.tls["mtms"], w.hsm->port(),
-                                          w.ca_server->port(), kms_server_->port(), w.clock,
-                                          w.pk_index, w.mak_index);
+    mtms_ = std::make_unique<MtmsProcess>(
+        w.clock, MtmsProcessOptions{.dsn = database().runtime_dsn(),
+                                    .tls = w.tls["mtms"],
+                                    .hsm_port = w.hsm->port(),
+                                    .ca_port = w.ca_server->port(),
+                                    .kms_port = kms_server_->port(),
+                                    .hsm_name = kHsmId,
+                                    .ca_name = "ca",
+                                    .kms_name = "kms",
+                                    .rpc_timeout = kTimeout,
+                                    .crl_refresh = kCrlRefresh,
+                                    .core = {.hsm_id = kHsmId},
+                                    .forwarder = {.replica_id = "mtms-integration",
+                                                  .pk_index = w.pk_index,
+                                                  .mak_index = w.mak_index}});
     ASSERT_NE(mtms_->server, nullptr);
     auto alice = IssueOperator("alice");
     ASSERT_TRUE(alice.ok()) << alice.status();
@@ -327,7 +292,7 @@ class MtmsIntegrationTest : public rkl::testing::PgFixture {
 
   std::unique_ptr<v1::CertificateAuthority::Stub> CaAdmin() {
     return v1::CertificateAuthority::NewStub(
-        Channel(w().ca_server->port(), w().tls["admin:alice"], "ca"));
+        LoopbackChannel(w().ca_server->port(), w().tls["admin:alice"], "ca"));
   }
 
   // An operator card: the key stays here, the CSR goes to the real CA.
@@ -373,11 +338,12 @@ class MtmsIntegrationTest : public rkl::testing::PgFixture {
   // ---- MTMS over gRPC, as an administrator and as an operator terminal use it ----
 
   std::unique_ptr<v1::Mtms::Stub> MtmsAdmin() {
-    return v1::Mtms::NewStub(Channel(mtms_->server->port(), w().tls["admin:alice"], "mtms"));
+    return v1::Mtms::NewStub(
+        LoopbackChannel(mtms_->server->port(), w().tls["admin:alice"], "mtms"));
   }
   // The operator terminal: server-authenticated TLS only, no client certificate.
   std::unique_ptr<v1::Mtms::Stub> MtmsAnonymous() {
-    return v1::Mtms::NewStub(Channel(mtms_->server->port(), w().pki->Anonymous(), "mtms"));
+    return v1::Mtms::NewStub(LoopbackChannel(mtms_->server->port(), w().pki->Anonymous(), "mtms"));
   }
 
   // `fresh_millisecond` moves the shared frozen clock on, so created_at values of work keys
@@ -564,7 +530,7 @@ TEST_F(MtmsIntegrationTest, WorkKeyIsGeneratedByHsm1AndCertifiedByTheCa) {
   const crypto::Certificate wrong_roots[] = {*w().operator_ca};
   EXPECT_FALSE(crypto::VerifyChain(*cert, {}, wrong_roots, {}, clock().NowUnixSeconds()).ok());
   // The certified key is the one HSM #1 holds at that index.
-  auto hsm = v1::Hsm::NewStub(Channel(w().hsm->port(), w().tls["mtms"], "hsm-mtms"));
+  auto hsm = v1::Hsm::NewStub(LoopbackChannel(w().hsm->port(), w().tls["mtms"], "hsm-mtms"));
   v1::GetPublicKeyRequest get;
   get.set_key_index(key->hsm_key_index());
   auto pu = Call<v1::Hsm::Stub, v1::GetPublicKeyRequest, v1::GetPublicKeyResponse>(

@@ -499,9 +499,8 @@ TEST_P(MtmsSuite, TwoReplicasForwardEachRowExactlyOnce) {
 TEST_P(MtmsSuite, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish) {
   auto receipt = Submit({.sn = "SN-LEASE"});
   ASSERT_TRUE(receipt.ok());
-  MtmsRepository& repo = backend_->Replica(0);
-  const int64_t now = clock_.NowUnixMs();
-  auto claimed = repo.ClaimDue("crashed-replica", now, now + 60000, 10);
+  const int64_t claimed_at = clock_.NowUnixMs();
+  auto claimed = ClaimAsCrashedReplica();
   ASSERT_TRUE(claimed.ok());
   ASSERT_EQ(claimed->size(), 1u);
   // While the lease holds, nobody else gets the row.
@@ -509,8 +508,9 @@ TEST_P(MtmsSuite, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish) {
   EXPECT_EQ(kms_.calls(), 0);
   clock_.Advance(absl::Seconds(61));
   EXPECT_EQ(Pass().forwarded, 1u);
-  auto stale = repo.FinishRejected(receipt->submission_id, "crashed-replica", "late",
-                                   AuditEntry{.at_ms = now, .actor = "x", .action = "y"});
+  auto stale = backend_->Replica(0).FinishRejected(
+      receipt->submission_id, kCrashedReplica, "late",
+      AuditEntry{.at_ms = claimed_at, .actor = "x", .action = "y"});
   ASSERT_TRUE(stale.ok());
   EXPECT_FALSE(*stale);
   EXPECT_EQ(Row(receipt->submission_id).state, SubmissionState::kForwarded);
@@ -521,13 +521,11 @@ TEST_P(MtmsSuite, RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms) {
   // the same bytes again, and KMS sees a duplicate, not a second transport key.
   auto receipt = Submit({.sn = "SN-CRASH"});
   ASSERT_TRUE(receipt.ok());
-  MtmsRepository& repo = backend_->Replica(0);
-  const int64_t now = clock_.NowUnixMs();
-  auto claimed = repo.ClaimDue("crashed-replica", now, now + 60000, 10);
+  auto claimed = ClaimAsCrashedReplica();
   ASSERT_TRUE(claimed.ok() && claimed->size() == 1u);
   v1::TransportKeyPackage p;
   ASSERT_TRUE(p.ParseFromString(std::string(AsString((*claimed)[0].package))));
-  auto key = repo.FindWorkKey(p.work_certificate_serial());
+  auto key = backend_->Replica(0).FindWorkKey(p.work_certificate_serial());
   ASSERT_TRUE(key.ok() && key->has_value());
   auto ctk_pk = hsm_.TranslateTransportKey(
       {.pr_index = (**key).hsm_key_index,

@@ -98,6 +98,14 @@ class MtmsSuite : public rkl::testing::ConformanceTest<MtmsBackend> {
                                                         .lease = absl::Minutes(2)});
   }
 
+  // Claims the due rows on replica 0 as a replica that then crashes (the claim token
+  // kCrashedReplica, leased for a minute from now).
+  static constexpr char kCrashedReplica[] = "crashed-replica";
+  absl::StatusOr<std::vector<SubmissionRecord>> ClaimAsCrashedReplica() {
+    const int64_t now = clock_.NowUnixMs();
+    return backend_->Replica(0).ClaimDue(kCrashedReplica, now, now + 60000, 10);
+  }
+
   // Submits `n` packages with SNs prefix0, prefix1, ...; returns their submission ids.
   std::vector<std::string> SubmitMany(const std::string& prefix, int n) {
     std::vector<std::string> ids;

@@ -486,19 +486,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> InMemoryRepository::ListSubmission
 absl::StatusOr<QueueCounts> InMemoryRepository::CountSubmissions() {
   absl::MutexLock lock(&mu_);
   QueueCounts c;
-  for (const auto& [id, row] : rows_) {
-    switch (row.record.state) {
-      case SubmissionState::kReceived:
-        ++c.received;
-        break;
-      case SubmissionState::kForwarded:
-        ++c.forwarded;
-        break;
-      case SubmissionState::kRejected:
-        ++c.rejected;
-        break;
-    }
-  }
+  for (const auto& [id, row] : rows_) ++c.Of(row.record.state);
   return c;
 }
 

@@ -161,6 +161,16 @@ class FakeKms final : public KmsPort {
   std::atomic<int> duplicates_{0};
 };
 
+// MTMS's peers as fakes on one clock: the CA (a TestAuthority's operator-ca and CRL behind a
+// FakeCa), HSM #1 and KMS.
+struct FakePeers {
+  FakeClock clock;
+  std::unique_ptr<TestAuthority> authority = TestAuthority::Create(clock);
+  FakeCa ca{*authority};
+  FakeHsm hsm;
+  FakeKms kms;
+};
+
 // Thread-safe. An HsmPort in front of another that holds every TranslateTransportKey call
 // at a gate until Open(), counting how many calls are inside at once. Tests use it to see
 // the forwarder's parallelism without timing: WaitForInFlight(n) returns true once n calls

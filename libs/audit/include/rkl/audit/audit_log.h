@@ -62,13 +62,18 @@
 #include "rkl/v1/common.pb.h"
 
 namespace pqxx {
+class row;
 class transaction_base;
-}
+}  // namespace pqxx
 
 namespace rkl::audit {
 
 // The answer of every service's VerifyAuditChain RPC (HSM, KMS, MTMS).
 void ToProto(const AuditVerification& v, v1::VerifyAuditChainResponse* out);
+
+// A row of a listing of the chain (seq, at_ms, actor, action, sn, detail, result): the
+// record as the event it holds, with its seq (KMS's and MTMS's ListAudit).
+AuditEvent ChainedEventFromRow(const pqxx::row& row);
 
 class PgAuditLog : public AuditLog {
  public:
@@ -125,6 +130,10 @@ class PgAuditLog : public AuditLog {
   // MTMS's data-modifying CTEs): ids are fetched on a connection of this log's, and only
   // when the block is used up. In the order of `events`.
   absl::StatusOr<std::vector<PreparedPending>> PreparePending(std::span<const AuditEvent> events);
+  // The same records as the JSON array such a statement reads (jsonb_to_recordset): one
+  // object per event with "ord" (its place in `events`), "id", "mac" (hex) and the event's
+  // fields, as the group writes insert them.
+  absl::StatusOr<std::string> PreparePendingJson(std::span<const AuditEvent> events);
 
   // An admin's VerifyAuditChain: `anchor_text` empty, or an anchor line of this chain
   // (INVALID_ARGUMENT if it is not one; UNAUTHENTICATED if its MAC is not this chain's).

@@ -36,6 +36,11 @@ inline constexpr db::RuntimeGrant kServiceAuditGrants[] = {
     db::TableGrant("audit_legacy", "SELECT"),
 };
 
+// The chain of such a service, in the tables above (audit, audit_pending and its id
+// sequence): `name` ("kms") is the domain of its MACs and anchors, `lock_class` orders its
+// sealers. Its pending ids are fetched a block of 64 at a time.
+ChainSpec ServiceChainSpec(std::string name, int lock_class);
+
 struct AuditSettings {
   std::string mac_key_file;
   absl::Duration seal_interval = absl::Milliseconds(100);  // zero: only verify and shutdown
