@@ -135,6 +135,19 @@ std::string Certificate::SerialHex() const {
   return ASN1_STRING_type(serial) == V_ASN1_NEG_INTEGER ? "-" + hex : hex;
 }
 
+std::string Certificate::SubjectCommonName() const {
+  return internal::NameCommonName(X509_get_subject_name(x509_.get()));
+}
+std::string Certificate::IssuerCommonName() const {
+  return internal::NameCommonName(X509_get_issuer_name(x509_.get()));
+}
+std::string Certificate::SubjectDn() const {
+  return internal::NameToString(X509_get_subject_name(x509_.get()));
+}
+std::string Certificate::IssuerDn() const {
+  return internal::NameToString(X509_get_issuer_name(x509_.get()));
+}
+
 absl::StatusOr<PublicKey> Certificate::GetPublicKey() const {
   // A counted reference to the key decoded from SubjectPublicKeyInfo: public only.
   EvpPkeyPtr pkey(X509_get_pubkey(x509_.get()));

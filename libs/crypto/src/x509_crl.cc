@@ -56,6 +56,14 @@ absl::StatusOr<Crl> Crl::FromPem(std::string_view pem) {
   return FromX509Crl(std::move(crl));
 }
 
+std::string Crl::IssuerDn() const {
+  return internal::NameToString(X509_CRL_get_issuer(crl_.get()));
+}
+
+std::string Crl::IssuerCommonName() const {
+  return internal::NameCommonName(X509_CRL_get_issuer(crl_.get()));
+}
+
 std::optional<uint64_t> Crl::CrlNumber() const {
   Asn1IntegerPtr n = internal::DecodeExtension<Asn1IntegerPtr>(crl_.get(), X509_CRL_get_ext_d2i,
                                                                NID_crl_number, nullptr);

@@ -26,6 +26,14 @@ absl::StatusOr<Csr> Csr::FromPem(std::string_view pem) {
   return Csr(std::move(req));
 }
 
+std::string Csr::SubjectCommonName() const {
+  return internal::NameCommonName(X509_REQ_get_subject_name(req_.get()));
+}
+
+std::string Csr::SubjectDn() const {
+  return internal::NameToString(X509_REQ_get_subject_name(req_.get()));
+}
+
 absl::StatusOr<PublicKey> Csr::GetPublicKey() const {
   EvpPkeyPtr pkey(X509_REQ_get_pubkey(req_.get()));  // counted reference
   if (pkey == nullptr) {

@@ -19,19 +19,19 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-class MasterKeyTest : public rkl::testing::TempDirTest {
- protected:
-  static crypto::Certificate SelfSigned(const crypto::PrivateKey& key, const std::string& cn) {
-    return crypto::CertificateBuilder()
-        .SetSubjectCommonName(cn)
-        .SetSerial({0x41, 0x02})
-        .SetValidity(1'700'000'000, 1'800'000'000)
-        .SetBasicConstraints(true, 0)
-        .SetKeyUsage(crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign)
-        .SelfSign(key)
-        .value();
-  }
-};
+// Each test's key files go in a fresh directory.
+using MasterKeyTest = rkl::testing::TempDirTest;
+
+crypto::Certificate SelfSigned(const crypto::PrivateKey& key, const std::string& cn) {
+  return crypto::CertificateBuilder()
+      .SetSubjectCommonName(cn)
+      .SetSerial({0x41, 0x02})
+      .SetValidity(1'700'000'000, 1'800'000'000)
+      .SetBasicConstraints(true, 0)
+      .SetKeyUsage(crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign)
+      .SelfSign(key)
+      .value();
+}
 
 constexpr char kHexKey[] = "000102030405060708090A0B0C0D0E0F101112131415161718191a1b1c1d1e1f";
 

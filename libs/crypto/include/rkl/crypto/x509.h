@@ -70,11 +70,8 @@ constexpr bool HasAll(E set, E wanted) {
   return (set & wanted) == wanted;
 }
 
-// Parse(), ToDer() and ToPem() come from PemOrDerCodec, the subject's and issuer's CN and DN
-// from HasSubjectName and HasIssuerName.
-class Certificate : public PemOrDerCodec<Certificate>,
-                    public HasSubjectName<Certificate>,
-                    public HasIssuerName<Certificate> {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Certificate : public PemOrDerCodec<Certificate> {
  public:
   // Exactly one DER certificate, no trailing bytes.
   static absl::StatusOr<Certificate> FromDer(std::span<const uint8_t> der);
@@ -89,6 +86,13 @@ class Certificate : public PemOrDerCodec<Certificate>,
   // those bytes ("-" prefixed in the unlikely case of a negative serial from elsewhere).
   Bytes SerialBytes() const;
   std::string SerialHex() const;
+
+  // First CN of the subject / issuer as UTF-8; empty when there is none.
+  std::string SubjectCommonName() const;
+  std::string IssuerCommonName() const;
+  // RFC 2253 form, most specific first, e.g. "CN=terminal-root,O=rkl".
+  std::string SubjectDn() const;
+  std::string IssuerDn() const;
 
   // Validity bounds, unix seconds.
   int64_t NotBefore() const { return not_before_; }

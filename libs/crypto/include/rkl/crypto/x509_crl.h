@@ -45,15 +45,16 @@ struct RevokedCertificate {
   CrlReason reason;         // kUnspecified when the entry has no reasonCode
 };
 
-// Parse(), ToDer() and ToPem() come from PemOrDerCodec, IssuerDn() and IssuerCommonName() from
-// HasIssuerName.
-class Crl : public PemOrDerCodec<Crl>, public HasIssuerName<Crl> {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Crl : public PemOrDerCodec<Crl> {
  public:
   // Exactly one DER CRL, no trailing bytes.
   static absl::StatusOr<Crl> FromDer(std::span<const uint8_t> der);
   // Exactly one "X509 CRL" PEM block.
   static absl::StatusOr<Crl> FromPem(std::string_view pem);
 
+  std::string IssuerDn() const;
+  std::string IssuerCommonName() const;
   int64_t LastUpdate() const { return last_update_; }
   std::optional<int64_t> NextUpdate() const { return next_update_; }
   // cRLNumber; nullopt when absent or larger than 64 bits.

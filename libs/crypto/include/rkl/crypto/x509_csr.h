@@ -25,15 +25,16 @@
 
 namespace rkl::crypto {
 
-// Parse(), ToDer() and ToPem() come from PemOrDerCodec, SubjectCommonName() and SubjectDn()
-// from HasSubjectName.
-class Csr : public PemOrDerCodec<Csr>, public HasSubjectName<Csr> {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Csr : public PemOrDerCodec<Csr> {
  public:
   // Exactly one DER CertificationRequest, no trailing bytes.
   static absl::StatusOr<Csr> FromDer(std::span<const uint8_t> der);
   // One "CERTIFICATE REQUEST" (or "NEW CERTIFICATE REQUEST") PEM block.
   static absl::StatusOr<Csr> FromPem(std::string_view pem);
 
+  std::string SubjectCommonName() const;
+  std::string SubjectDn() const;
   // INVALID_ARGUMENT if the key is neither RSA nor EC P-256.
   absl::StatusOr<PublicKey> GetPublicKey() const;
 

@@ -1,7 +1,6 @@
 #pragma once
 // What the X.509 value types (Certificate, Crl, Csr) and their builders have in common:
-// reading either encoding, writing both, the subject and issuer names, and the subject name a
-// builder sets.
+// reading either encoding, writing both, and the subject name a builder sets.
 
 #include <cstdint>
 #include <span>
@@ -24,26 +23,6 @@ class PemOrDerCodec {
   // The DER encoding and the PEM text; empty if OpenSSL fails to encode.
   Bytes ToDer() const;
   std::string ToPem() const;
-};
-
-// Base of a value type `T` named after a subject (Certificate, Csr).
-template <typename T>
-class HasSubjectName {
- public:
-  // First CN as UTF-8; empty when there is none.
-  std::string SubjectCommonName() const;
-  // RFC 2253 form, most specific first, e.g. "CN=terminal-root,O=rkl".
-  std::string SubjectDn() const;
-};
-
-// Base of a value type `T` signed by an issuer it names (Certificate, Crl).
-template <typename T>
-class HasIssuerName {
- public:
-  // First CN as UTF-8; empty when there is none.
-  std::string IssuerCommonName() const;
-  // RFC 2253 form, most specific first.
-  std::string IssuerDn() const;
 };
 
 // Base of CertificateBuilder and CsrBuilder: the subject's CN and O.
