@@ -9,6 +9,7 @@
 
 #include "key_barrier.h"
 #include "rkl/crypto/random.h"
+#include "rkl/testing/temp_dir.h"
 
 namespace rkl::hsm {
 namespace {
@@ -16,30 +17,13 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-class LmkFileTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("rkl-lmk-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string Write(const std::string& content, mode_t mode) {
-    std::string path = dir_ / "lmk";
-    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
-    ::chmod(path.c_str(), mode);
-    return path;
-  }
-
-  std::filesystem::path dir_;
-};
+// Each test writes its LMK file as "lmk" in a fresh directory.
+using LmkFileTest = rkl::testing::TempDirTest;
 
 constexpr char kHex[] = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F";
 
 TEST_F(LmkFileTest, ReadsHexWithNewline) {
-  auto lmk = LoadLmkFile(Write(std::string(kHex) + "\n", 0600));
+  auto lmk = LoadLmkFile(WriteFile("lmk", std::string(kHex) + "\n", 0600));
   ASSERT_TRUE(lmk.ok()) << lmk.status();
   EXPECT_EQ(lmk->size(), 32u);
   EXPECT_EQ(lmk->RevealSecret()[31], 0x1F);
@@ -48,30 +32,30 @@ TEST_F(LmkFileTest, ReadsHexWithNewline) {
 TEST_F(LmkFileTest, ReadsRawBytes) {
   std::string raw(32, '\0');
   for (int i = 0; i < 32; ++i) raw[i] = static_cast<char>(i);
-  auto lmk = LoadLmkFile(Write(raw, 0400));
+  auto lmk = LoadLmkFile(WriteFile("lmk", raw, 0400));
   ASSERT_TRUE(lmk.ok()) << lmk.status();
-  auto hex = LoadLmkFile(Write(kHex, 0600));
+  auto hex = LoadLmkFile(WriteFile("lmk", kHex, 0600));
   EXPECT_TRUE(*lmk == *hex);
 }
 
 TEST_F(LmkFileTest, RefusesAFileOthersCanRead) {
-  auto lmk = LoadLmkFile(Write(kHex, 0644));
+  auto lmk = LoadLmkFile(WriteFile("lmk", kHex, 0644));
   ASSERT_FALSE(lmk.ok());
   EXPECT_EQ(lmk.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(lmk.status().message(), HasSubstr("0644"));
   EXPECT_THAT(lmk.status().message(), HasSubstr("chmod 600"));
-  EXPECT_EQ(LoadLmkFile(Write(kHex, 0640)).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(LoadLmkFile(WriteFile("lmk", kHex, 0640)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(LmkFileTest, RefusesWrongContentWithoutEchoingIt) {
-  auto short_file = LoadLmkFile(Write("00112233", 0600));
+  auto short_file = LoadLmkFile(WriteFile("lmk", "00112233", 0600));
   EXPECT_EQ(short_file.status().code(), absl::StatusCode::kFailedPrecondition);
   std::string not_hex(64, 'Z');
-  auto bad = LoadLmkFile(Write(not_hex, 0600));
+  auto bad = LoadLmkFile(WriteFile("lmk", not_hex, 0600));
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(bad.status().message(), Not(HasSubstr("ZZZZ")));
-  EXPECT_EQ(LoadLmkFile((dir_ / "missing").string()).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(LoadLmkFile(dir_ + "/missing").status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(UnsealedKeyCacheTest, ServesOnlyTheExactRecordItOpened) {

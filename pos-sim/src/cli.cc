@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -136,22 +137,16 @@ class Session {
 
   absl::StatusOr<MtmsPort*> Mtms() {
     if (mtms_ == nullptr) {
-      RKL_RETURN_IF_ERROR(Require(o_.mtms, "--mtms", "RKL_POS_MTMS"));
-      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
-      RKL_ASSIGN_OR_RETURN(auto channel,
-                           MakePosChannel({o_.mtms, o_.mtms_authority, {"", "", o_.ca_bundle}}));
-      mtms_ = std::make_unique<GrpcMtmsClient>(std::move(channel), rpc_timeout_);
+      RKL_ASSIGN_OR_RETURN(
+          mtms_, Connect<GrpcMtmsClient>(o_.mtms, "--mtms", "RKL_POS_MTMS", o_.mtms_authority));
     }
     return mtms_.get();
   }
 
   absl::StatusOr<KmsTerminalPort*> Kms() {
     if (kms_ == nullptr) {
-      RKL_RETURN_IF_ERROR(Require(o_.kms, "--kms", "RKL_POS_KMS"));
-      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
-      RKL_ASSIGN_OR_RETURN(auto channel,
-                           MakePosChannel({o_.kms, o_.kms_authority, {"", "", o_.ca_bundle}}));
-      kms_ = std::make_unique<GrpcKmsClient>(std::move(channel), rpc_timeout_);
+      RKL_ASSIGN_OR_RETURN(
+          kms_, Connect<GrpcKmsClient>(o_.kms, "--kms", "RKL_POS_KMS", o_.kms_authority));
       if (const char* drop = std::getenv(kDropConfirmRepliesEnv); drop != nullptr) {
         int n = 0;
         if (!absl::SimpleAtoi(drop, &n) || n < 0) {
@@ -172,12 +167,9 @@ class Session {
       if (o_.admin_cert.empty() || o_.admin_key.empty()) {
         return absl::InvalidArgumentError("--admin-cert and --admin-key go together");
       }
-      RKL_RETURN_IF_ERROR(Require(o_.kms, "--kms", "RKL_POS_KMS"));
-      RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
-      RKL_ASSIGN_OR_RETURN(
-          auto channel,
-          MakePosChannel({o_.kms, o_.kms_authority, {o_.admin_cert, o_.admin_key, o_.ca_bundle}}));
-      admin_ = std::make_unique<GrpcKmsClient>(std::move(channel), rpc_timeout_);
+      RKL_ASSIGN_OR_RETURN(admin_,
+                           Connect<GrpcKmsClient>(o_.kms, "--kms", "RKL_POS_KMS", o_.kms_authority,
+                                                  o_.admin_cert, o_.admin_key));
     }
     return admin_.get();
   }
@@ -217,6 +209,20 @@ class Session {
   const ForwardingWait& forwarding() const { return forwarding_; }
 
  private:
+  // A `Client` of the service at `target` (required: `flag` or `env`), over TLS verified with
+  // the CA bundle; `cert` and `key` are the client's own identity, empty for none.
+  template <typename Client>
+  absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target, const char* flag,
+                                                  const char* env, const std::string& authority,
+                                                  const std::string& cert = "",
+                                                  const std::string& key = "") {
+    RKL_RETURN_IF_ERROR(Require(target, flag, env));
+    RKL_RETURN_IF_ERROR(Require(o_.ca_bundle, "--ca-bundle", "RKL_POS_CA_BUNDLE"));
+    RKL_ASSIGN_OR_RETURN(auto channel,
+                         MakePosChannel({target, authority, {cert, key, o_.ca_bundle}}));
+    return std::make_unique<Client>(std::move(channel), rpc_timeout_);
+  }
+
   const Options& o_;
   const CliIo& io_;
   absl::Duration rpc_timeout_;
@@ -463,119 +469,78 @@ absl::Status CmdFleet(Session& s, Options& o) {
   return verdict;
 }
 
-// Flag groups shared by the subcommands, each with its environment variable.
+// Adds the flag `name` ("--ca-bundle") bound to `value`. It can also be set through the
+// environment variable named after it: RKL_POS_, then the name in upper case with '_' for '-'
+// (RKL_POS_CA_BUNDLE).
+template <typename T>
+CLI::Option* AddFlag(CLI::App* c, const std::string& name, T& value, const std::string& help) {
+  std::string env = "RKL_POS_" + name.substr(2);
+  for (char& ch : env) ch = ch == '-' ? '_' : absl::ascii_toupper(static_cast<unsigned char>(ch));
+  return c->add_option(name, value, help)->envname(env);
+}
+
+// Flag groups shared by the subcommands.
 void AddStateDir(CLI::App* c, Options& o) {
-  c->add_option("--state-dir", o.state_dir,
-                "Directory of the terminals' secure modules (one sub-directory per SN)")
-      ->envname("RKL_POS_STATE_DIR")
+  AddFlag(c, "--state-dir", o.state_dir,
+          "Directory of the terminals' secure modules (one sub-directory per SN)")
       ->capture_default_str();
 }
-void AddSn(CLI::App* c, Options& o, bool required) {
-  auto* opt = c->add_option("--sn", o.sn, "Terminal serial number: 1-32 of A-Z 0-9 -")
-                  ->envname("RKL_POS_SN");
+void AddSnFlag(CLI::App* c, Options& o, bool required) {
+  auto* opt = AddFlag(c, "--sn", o.sn, "Terminal serial number: 1-32 of A-Z 0-9 -");
   if (required) opt->required();
 }
+void AddSn(CLI::App* c, Options& o) { AddSnFlag(c, o, true); }
+void AddSnOptional(CLI::App* c, Options& o) { AddSnFlag(c, o, false); }
 void AddCaBundle(CLI::App* c, Options& o) {
-  c->add_option("--ca-bundle", o.ca_bundle,
-                "service-ca certificate(s) that MTMS's and KMS's TLS certificates chain to")
-      ->envname("RKL_POS_CA_BUNDLE");
-  c->add_option("--rpc-timeout", o.rpc_timeout, "Deadline of each RPC")
-      ->envname("RKL_POS_RPC_TIMEOUT")
-      ->capture_default_str();
+  AddFlag(c, "--ca-bundle", o.ca_bundle,
+          "service-ca certificate(s) that MTMS's and KMS's TLS certificates chain to");
+  AddFlag(c, "--rpc-timeout", o.rpc_timeout, "Deadline of each RPC")->capture_default_str();
 }
 void AddMtms(CLI::App* c, Options& o) {
-  c->add_option("--mtms", o.mtms, "MTMS address host:port (server-authenticated TLS)")
-      ->envname("RKL_POS_MTMS");
-  c->add_option("--mtms-authority", o.mtms_authority,
-                "Name MTMS's certificate must carry, if not the host of --mtms")
-      ->envname("RKL_POS_MTMS_AUTHORITY");
+  AddFlag(c, "--mtms", o.mtms, "MTMS address host:port (server-authenticated TLS)");
+  AddFlag(c, "--mtms-authority", o.mtms_authority,
+          "Name MTMS's certificate must carry, if not the host of --mtms");
 }
 void AddKms(CLI::App* c, Options& o) {
-  c->add_option("--kms", o.kms, "KMS address host:port (server-authenticated TLS)")
-      ->envname("RKL_POS_KMS");
-  c->add_option("--kms-authority", o.kms_authority,
-                "Name KMS's certificate must carry, if not the host of --kms")
-      ->envname("RKL_POS_KMS_AUTHORITY");
-  c->add_option("--forwarding-timeout", o.forwarding_timeout,
-                "How long to wait for MTMS to forward the TK to KMS")
-      ->envname("RKL_POS_FORWARDING_TIMEOUT")
+  AddFlag(c, "--kms", o.kms, "KMS address host:port (server-authenticated TLS)");
+  AddFlag(c, "--kms-authority", o.kms_authority,
+          "Name KMS's certificate must carry, if not the host of --kms");
+  AddFlag(c, "--forwarding-timeout", o.forwarding_timeout,
+          "How long to wait for MTMS to forward the TK to KMS")
       ->capture_default_str();
 }
 void AddCard(CLI::App* c, Options& o) {
-  c->add_option("--operator-card", o.operator_card,
-                "Operator card: PKCS#12 with the ECDSA P-256 key and operator certificate")
-      ->envname("RKL_POS_OPERATOR_CARD");
-  c->add_option("--operator-pin-file", o.operator_pin_file,
-                "File whose first line is the card PIN; else RKL_POS_OPERATOR_PIN, else a "
-                "no-echo prompt on the terminal")
-      ->envname("RKL_POS_OPERATOR_PIN_FILE");
+  AddFlag(c, "--operator-card", o.operator_card,
+          "Operator card: PKCS#12 with the ECDSA P-256 key and operator certificate");
+  AddFlag(c, "--operator-pin-file", o.operator_pin_file,
+          "File whose first line is the card PIN; else RKL_POS_OPERATOR_PIN, else a no-echo "
+          "prompt on the terminal");
 }
 void AddAdmin(CLI::App* c, Options& o) {
-  c->add_option("--admin-cert", o.admin_cert,
-                "admin:* client certificate, to verify results through the KMS admin RPC")
-      ->envname("RKL_POS_ADMIN_CERT");
-  c->add_option("--admin-key", o.admin_key, "Private key of --admin-cert")
-      ->envname("RKL_POS_ADMIN_KEY");
+  AddFlag(c, "--admin-cert", o.admin_cert,
+          "admin:* client certificate, to verify results through the KMS admin RPC");
+  AddFlag(c, "--admin-key", o.admin_key, "Private key of --admin-cert");
 }
-void AddRetries(CLI::App* c, Options& o, int default_retries) {
-  c->add_option("--retries", o.retries,
-                absl::StrCat("Re-runs of a terminal's flow after UNAVAILABLE, DEADLINE_EXCEEDED or "
-                             "ABORTED, resuming where it stopped, with backoff 1s doubling to 10s "
-                             "(default ",
-                             default_retries, ")"))
-      ->envname("RKL_POS_RETRIES")
+void AddRetriesFlag(CLI::App* c, Options& o, int default_retries) {
+  AddFlag(c, "--retries", o.retries,
+          absl::StrCat("Re-runs of a terminal's flow after UNAVAILABLE, DEADLINE_EXCEEDED or "
+                       "ABORTED, resuming where it stopped, with backoff 1s doubling to 10s "
+                       "(default ",
+                       default_retries, ")"))
       ->check(CLI::Range(0, 100));
 }
+void AddRetries(CLI::App* c, Options& o) { AddRetriesFlag(c, o, 0); }
+void AddFleetRetries(CLI::App* c, Options& o) { AddRetriesFlag(c, o, kFleetDefaultRetries); }
 void AddRoot(CLI::App* c, Options& o) {
-  c->add_option("--terminal-root", o.terminal_root,
-                "HsmRCRT (terminal-root certificate, PEM or DER) burned into new terminals")
-      ->envname("RKL_POS_TERMINAL_ROOT");
-  c->add_option("--algorithm", o.algorithm, "Terminal key algorithm of new terminals")
-      ->envname("RKL_POS_ALGORITHM")
+  AddFlag(c, "--terminal-root", o.terminal_root,
+          "HsmRCRT (terminal-root certificate, PEM or DER) burned into new terminals");
+  AddFlag(c, "--algorithm", o.algorithm, "Terminal key algorithm of new terminals")
       ->check(CLI::IsMember({"AES128", "AES256", "TDES2"}))
       ->capture_default_str();
 }
 
-// The option groups the subcommands share.
-enum class Opt {
-  kStateDir,
-  kSn,
-  kSnOptional,
-  kRoot,
-  kMtms,
-  kKms,
-  kCaBundle,
-  kCard,
-  kAdmin,
-  kRetries,
-  kFleetRetries
-};
-void AddOptionGroup(CLI::App* c, Options& o, Opt group) {
-  switch (group) {
-    case Opt::kStateDir:
-      return AddStateDir(c, o);
-    case Opt::kSn:
-      return AddSn(c, o, true);
-    case Opt::kSnOptional:
-      return AddSn(c, o, false);
-    case Opt::kRoot:
-      return AddRoot(c, o);
-    case Opt::kMtms:
-      return AddMtms(c, o);
-    case Opt::kKms:
-      return AddKms(c, o);
-    case Opt::kCaBundle:
-      return AddCaBundle(c, o);
-    case Opt::kCard:
-      return AddCard(c, o);
-    case Opt::kAdmin:
-      return AddAdmin(c, o);
-    case Opt::kRetries:
-      return AddRetries(c, o, 0);
-    case Opt::kFleetRetries:
-      return AddRetries(c, o, kFleetDefaultRetries);
-  }
-}
+// An option group: adds its flags to a subcommand.
+using OptionGroup = void (*)(CLI::App*, Options&);
 
 }  // namespace
 
@@ -589,12 +554,9 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
   app.require_subcommand(1);
   // A flag given twice (or in a script and again by hand) takes the last value.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off")
-      ->envname("RKL_POS_LOG_LEVEL")
+  AddFlag(&app, "--log-level", o.log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
-  app.add_option("--log-format", o.log_format, "text|json")
-      ->envname("RKL_POS_LOG_FORMAT")
-      ->capture_default_str();
+  AddFlag(&app, "--log-format", o.log_format, "text|json")->capture_default_str();
   app.fallthrough();
 
   // Each subcommand: its name, help, the option groups it takes (in --help order) and what it
@@ -604,50 +566,49 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
     std::function<absl::Status(Session&)> run;
   };
   std::vector<Command> commands;
-  auto add_command = [&](const char* name, const char* help, std::initializer_list<Opt> groups,
+  auto add_command = [&](const char* name, const char* help,
+                         std::initializer_list<OptionGroup> groups,
                          std::function<absl::Status(Session&)> run) {
     CLI::App* command = app.add_subcommand(name, help);
-    for (Opt group : groups) AddOptionGroup(command, o, group);
+    for (OptionGroup add_group : groups) add_group(command, o);
     commands.push_back({command, std::move(run)});
     return command;
   };
   add_command("manufacture", "Create a terminal: SN, key algorithm and burned-in HsmRCRT",
-              {Opt::kStateDir, Opt::kSn, Opt::kRoot}, CmdManufacture);
+              {AddStateDir, AddSn, AddRoot}, CmdManufacture);
   add_command(
       "install-cert",
       "S204-S206: the operator terminal fetches HsmWCRT from MTMS; the terminal verifies it "
       "against its HsmRCRT and keeps Pu",
-      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle}, CmdInstallCert);
+      {AddStateDir, AddSn, AddMtms, AddCaBundle}, CmdInstallCert);
   add_command("generate-tk",
               "S102-S103: the secure module makes TK = TEK || AUK and Ctk_Pu under Pu",
-              {Opt::kStateDir, Opt::kSn}, CmdGenerateTk);
+              {AddStateDir, AddSn}, CmdGenerateTk);
   add_command(
       "submit",
       "S104-S105, S301-S303: the operator terminal signs SN + Ctk_Pu with the operator card and "
       "sends it to MTMS",
-      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle, Opt::kCard}, CmdSubmit);
+      {AddStateDir, AddSn, AddMtms, AddCaBundle, AddCard}, CmdSubmit);
   add_command(
       "submission",
       "The operator reads back the terminal's MTMS submission: state, and why it was rejected "
       "(signed with the operator card)",
-      {Opt::kStateDir, Opt::kSn, Opt::kMtms, Opt::kCaBundle, Opt::kCard}, CmdSubmission);
+      {AddStateDir, AddSn, AddMtms, AddCaBundle, AddCard}, CmdSubmission);
   add_command(
       "download-tmk",
       "S109-S113, S401-S405: mutual authentication with AUK, TMK as a TR-31 block under TEK, "
       "install proof",
-      {Opt::kStateDir, Opt::kSn, Opt::kKms, Opt::kCaBundle, Opt::kAdmin}, CmdDownloadTmk);
-  add_command("provision",
-              "All steps for one terminal (resumes an existing terminal where it stopped)",
-              {Opt::kStateDir, Opt::kSn, Opt::kRoot, Opt::kMtms, Opt::kKms, Opt::kCaBundle,
-               Opt::kCard, Opt::kAdmin, Opt::kRetries},
-              CmdProvision);
+      {AddStateDir, AddSn, AddKms, AddCaBundle, AddAdmin}, CmdDownloadTmk);
+  add_command(
+      "provision", "All steps for one terminal (resumes an existing terminal where it stopped)",
+      {AddStateDir, AddSn, AddRoot, AddMtms, AddKms, AddCaBundle, AddCard, AddAdmin, AddRetries},
+      CmdProvision);
   add_command("status", "Show one terminal (--sn) or all terminals: states and KCVs only",
-              {Opt::kStateDir, Opt::kSnOptional}, CmdStatus);
+              {AddStateDir, AddSnOptional}, CmdStatus);
   auto* fleet = add_command(
       "fleet",
       "N terminals through the whole flow in parallel, with progress and a latency summary",
-      {Opt::kStateDir, Opt::kRoot, Opt::kMtms, Opt::kKms, Opt::kCaBundle, Opt::kCard, Opt::kAdmin,
-       Opt::kFleetRetries},
+      {AddStateDir, AddRoot, AddMtms, AddKms, AddCaBundle, AddCard, AddAdmin, AddFleetRetries},
       [&](Session& s) { return CmdFleet(s, o); });
   fleet->add_option("--count", o.count, "Number of terminals")->capture_default_str();
   fleet->add_option("--concurrency", o.concurrency, "Terminals in flight at once")

@@ -1,6 +1,7 @@
 #include "clients.h"
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
@@ -20,6 +21,40 @@ absl::Status Failed(std::string_view rpc, const grpc::Status& status) {
     out.SetPayload(type_url, payload);
   });
   return out;
+}
+
+// One unary RPC, `method` of `stub` (&Stub::GetTerminal, ...), under a `timeout` deadline.
+// A failure is the service's status with its message prefixed by `rpc` (Failed); an empty
+// `rpc` leaves it as the service sent it, for callers that examine the message.
+template <typename Stub, typename Req, typename Resp>
+absl::StatusOr<Resp> Call(Stub& stub,
+                          grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                          const Req& req, absl::Duration timeout, std::string_view rpc = {}) {
+  auto ctx = rpc::MakeClientContext(timeout);
+  Resp resp;
+  grpc::Status status = (stub.*method)(ctx.get(), req, &resp);
+  if (status.ok()) return resp;
+  if (rpc.empty()) return rpc::FromGrpcStatus(status);
+  return Failed(rpc, status);
+}
+
+// A request the operator card signed: `signature` over its payload, and the signer's
+// certificate.
+template <typename Req>
+Req OperatorSigned(const Bytes& signature, const std::string& operator_certificate_pem) {
+  Req req;
+  req.set_signature(ToString(signature));
+  req.set_operator_certificate_pem(operator_certificate_pem);
+  return req;
+}
+
+// A request within an authentication session: the session and the terminal's SN.
+template <typename Req>
+Req InSession(const std::string& session_id, const std::string& sn) {
+  Req req;
+  req.set_session_id(session_id);
+  req.set_sn(sn);
+  return req;
 }
 
 KmsTerminalView ToView(const rkl::v1::Terminal& t) {
@@ -46,38 +81,32 @@ GrpcMtmsClient::GrpcMtmsClient(std::shared_ptr<grpc::Channel> channel, absl::Dur
     : stub_(rkl::v1::Mtms::NewStub(std::move(channel))), timeout_(timeout) {}
 
 absl::StatusOr<WorkCertificateBundle> GrpcMtmsClient::GetWorkCertificate() {
-  auto ctx = rpc::MakeClientContext(timeout_);
-  rkl::v1::GetWorkCertificateRequest req;
-  rkl::v1::GetWorkCertificateResponse resp;
-  grpc::Status status = stub_->GetWorkCertificate(ctx.get(), req, &resp);
-  if (!status.ok()) return Failed("mtms GetWorkCertificate", status);
+  RKL_ASSIGN_OR_RETURN(
+      rkl::v1::GetWorkCertificateResponse resp,
+      Call(*stub_, &rkl::v1::Mtms::Stub::GetWorkCertificate, rkl::v1::GetWorkCertificateRequest(),
+           timeout_, "mtms GetWorkCertificate"));
   return WorkCertificateBundle{resp.work_certificate_pem(), resp.terminal_root_pem(),
                                resp.serial_hex()};
 }
 
 absl::StatusOr<SubmissionReceipt> GrpcMtmsClient::SubmitTransportKey(
     const Bytes& package, const Bytes& signature, const std::string& operator_certificate_pem) {
-  auto ctx = rpc::MakeClientContext(timeout_);
-  rkl::v1::SubmitTransportKeyRequest req;
+  auto req =
+      OperatorSigned<rkl::v1::SubmitTransportKeyRequest>(signature, operator_certificate_pem);
   req.set_package(ToString(package));
-  req.set_signature(ToString(signature));
-  req.set_operator_certificate_pem(operator_certificate_pem);
-  rkl::v1::SubmitTransportKeyResponse resp;
-  grpc::Status status = stub_->SubmitTransportKey(ctx.get(), req, &resp);
-  if (!status.ok()) return Failed("mtms SubmitTransportKey", status);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::SubmitTransportKeyResponse resp,
+                       Call(*stub_, &rkl::v1::Mtms::Stub::SubmitTransportKey, req, timeout_,
+                            "mtms SubmitTransportKey"));
   return SubmissionReceipt{resp.submission_id(), rkl::v1::SubmissionState_Name(resp.state())};
 }
 
 absl::StatusOr<SubmissionView> GrpcMtmsClient::GetOwnSubmission(
     const Bytes& query, const Bytes& signature, const std::string& operator_certificate_pem) {
-  auto ctx = rpc::MakeClientContext(timeout_);
-  rkl::v1::GetOwnSubmissionRequest req;
+  auto req = OperatorSigned<rkl::v1::GetOwnSubmissionRequest>(signature, operator_certificate_pem);
   req.set_query(ToString(query));
-  req.set_signature(ToString(signature));
-  req.set_operator_certificate_pem(operator_certificate_pem);
-  rkl::v1::Submission resp;
-  grpc::Status status = stub_->GetOwnSubmission(ctx.get(), req, &resp);
-  if (!status.ok()) return Failed("mtms GetOwnSubmission", status);
+  RKL_ASSIGN_OR_RETURN(
+      rkl::v1::Submission resp,
+      Call(*stub_, &rkl::v1::Mtms::Stub::GetOwnSubmission, req, timeout_, "mtms GetOwnSubmission"));
   return SubmissionView{resp.submission_id(), resp.sn(),
                         rkl::v1::SubmissionState_Name(resp.state()), resp.reason(),
                         resp.attempts()};
@@ -88,51 +117,40 @@ GrpcKmsClient::GrpcKmsClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
 
 absl::StatusOr<AuthChallenge> GrpcKmsClient::BeginAuthentication(const std::string& sn,
                                                                  const Bytes& rnd1) {
-  auto ctx = rpc::MakeClientContext(timeout_);
   rkl::v1::BeginAuthenticationRequest req;
   req.set_sn(sn);
   req.set_rnd1(ToString(rnd1));
-  rkl::v1::BeginAuthenticationResponse resp;
-  grpc::Status status = stub_->BeginAuthentication(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromGrpcStatus(status);  // NOT_FOUND is examined by callers
+  // NOT_FOUND is examined by callers.
+  RKL_ASSIGN_OR_RETURN(rkl::v1::BeginAuthenticationResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::BeginAuthentication, req, timeout_));
   return AuthChallenge{resp.session_id(), ToBytes(resp.crnd1()), ToBytes(resp.rnd2())};
 }
 
 absl::StatusOr<KeyDelivery> GrpcKmsClient::CompleteAuthentication(const std::string& session_id,
                                                                   const std::string& sn,
                                                                   const Bytes& crnd2) {
-  auto ctx = rpc::MakeClientContext(timeout_);
-  rkl::v1::CompleteAuthenticationRequest req;
-  req.set_session_id(session_id);
-  req.set_sn(sn);
+  auto req = InSession<rkl::v1::CompleteAuthenticationRequest>(session_id, sn);
   req.set_crnd2(ToString(crnd2));
-  rkl::v1::CompleteAuthenticationResponse resp;
-  grpc::Status status = stub_->CompleteAuthentication(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromGrpcStatus(status);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::CompleteAuthenticationResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::CompleteAuthentication, req, timeout_));
   return KeyDelivery{resp.key_block(), resp.tmk_kcv()};
 }
 
 absl::StatusOr<std::string> GrpcKmsClient::ConfirmInstallation(const std::string& session_id,
                                                                const std::string& sn,
                                                                const Bytes& proof) {
-  auto ctx = rpc::MakeClientContext(timeout_);
-  rkl::v1::ConfirmInstallationRequest req;
-  req.set_session_id(session_id);
-  req.set_sn(sn);
+  auto req = InSession<rkl::v1::ConfirmInstallationRequest>(session_id, sn);
   req.set_proof(ToString(proof));
-  rkl::v1::ConfirmInstallationResponse resp;
-  grpc::Status status = stub_->ConfirmInstallation(ctx.get(), req, &resp);
-  if (!status.ok()) return rpc::FromGrpcStatus(status);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::ConfirmInstallationResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::ConfirmInstallation, req, timeout_));
   return rkl::v1::TerminalState_Name(resp.state());
 }
 
 absl::StatusOr<KmsTerminalView> GrpcKmsClient::GetTerminal(const std::string& sn) {
-  auto ctx = rpc::MakeClientContext(timeout_);
   rkl::v1::GetTerminalRequest req;
   req.set_sn(sn);
-  rkl::v1::Terminal resp;
-  grpc::Status status = stub_->GetTerminal(ctx.get(), req, &resp);
-  if (!status.ok()) return Failed("kms GetTerminal", status);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::Terminal resp, Call(*stub_, &rkl::v1::Kms::Stub::GetTerminal, req,
+                                                    timeout_, "kms GetTerminal"));
   return ToView(resp);
 }
 
@@ -142,14 +160,13 @@ absl::StatusOr<std::vector<KmsTerminalView>> GrpcKmsClient::ListTerminals(
   std::vector<KmsTerminalView> out;
   std::string token;
   do {
-    auto ctx = rpc::MakeClientContext(timeout_);
     rkl::v1::ListTerminalsRequest req;
     req.set_sn_prefix(sn_prefix);
     req.mutable_page()->set_page_size(kPageSize);
     req.mutable_page()->set_page_token(token);
-    rkl::v1::ListTerminalsResponse resp;
-    grpc::Status status = stub_->ListTerminals(ctx.get(), req, &resp);
-    if (!status.ok()) return Failed("kms ListTerminals", status);
+    RKL_ASSIGN_OR_RETURN(
+        rkl::v1::ListTerminalsResponse resp,
+        Call(*stub_, &rkl::v1::Kms::Stub::ListTerminals, req, timeout_, "kms ListTerminals"));
     for (const auto& t : resp.terminals()) out.push_back(ToView(t));
     token = resp.next_page_token();
   } while (!token.empty());

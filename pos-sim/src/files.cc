@@ -10,30 +10,11 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/unique_fd.h"
 #include "rkl/crypto/random.h"
 
 namespace rkl::pos {
 namespace {
-
-// Closes on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int Release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 absl::Status ErrnoStatus(const std::string& what, const std::string& path, int err) {
   std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(err));
@@ -84,7 +65,7 @@ absl::Status ReadAll(int fd, uint8_t* data, size_t size, const std::string& path
 }  // namespace
 
 absl::StatusOr<Bytes> ReadFileBytes(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus("cannot open", path, errno);
   auto size = FileSize(fd.get(), path);
   if (!size.ok()) return size.status();
@@ -100,7 +81,7 @@ absl::StatusOr<std::string> ReadFileText(const std::string& path) {
 }
 
 absl::StatusOr<crypto::SecretBytes> ReadSecretFile(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus("cannot open", path, errno);
   auto size = FileSize(fd.get(), path);
   if (!size.ok()) return size.status();
@@ -119,7 +100,7 @@ absl::Status WriteFileAtomically(const std::string& path, const Bytes& data, mod
   if (dir.empty()) dir = ".";
   std::string tmp = absl::StrCat(path, ".tmp-", ::getpid(), "-", ToHex(crypto::RandomBytes(6)));
   {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
     if (fd.get() < 0) return ErrnoStatus("cannot create", tmp, errno);
     // open() applies the umask; the module's files must be exactly `mode`.
     if (::fchmod(fd.get(), mode) != 0) {
@@ -139,14 +120,14 @@ absl::Status WriteFileAtomically(const std::string& path, const Bytes& data, mod
   }
   if (!DurableWrites()) return absl::OkStatus();
   // Make the rename itself durable.
-  Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd.get() >= 0) ::fsync(dfd.get());
   return absl::OkStatus();
 }
 
 absl::Status CreateSecretFile(const std::string& path, const crypto::SecretBytes& data,
                               mode_t mode) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
   if (fd.get() < 0) return ErrnoStatus("cannot create", path, errno);
   if (::fchmod(fd.get(), mode) != 0) return ErrnoStatus("cannot chmod", path, errno);
   auto bytes = data.RevealSecret();

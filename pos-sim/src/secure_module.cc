@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "files.h"
+#include "rkl/common/enum_names.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
@@ -88,21 +89,12 @@ std::string DeviceKeyFile(const std::string& dir) {
 }  // namespace
 
 std::string_view LifecycleName(Lifecycle lifecycle) {
-  switch (lifecycle) {
-    case Lifecycle::kManufactured:
-      return "MANUFACTURED";
-    case Lifecycle::kCertInstalled:
-      return "CERT_INSTALLED";
-    case Lifecycle::kTkGenerated:
-      return "TK_GENERATED";
-    case Lifecycle::kTkSubmitted:
-      return "TK_SUBMITTED";
-    case Lifecycle::kTmkLoaded:
-      return "TMK_LOADED";
-    case Lifecycle::kInstalled:
-      return "INSTALLED";
-  }
-  return "UNKNOWN";
+  static constexpr EnumName<Lifecycle> kNames[] = {
+      {Lifecycle::kManufactured, "MANUFACTURED"}, {Lifecycle::kCertInstalled, "CERT_INSTALLED"},
+      {Lifecycle::kTkGenerated, "TK_GENERATED"},  {Lifecycle::kTkSubmitted, "TK_SUBMITTED"},
+      {Lifecycle::kTmkLoaded, "TMK_LOADED"},      {Lifecycle::kInstalled, "INSTALLED"},
+  };
+  return NameOf(kNames, lifecycle, "UNKNOWN");
 }
 
 std::string TerminalDirectory(const std::string& state_dir, std::string_view sn) {

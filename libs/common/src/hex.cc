@@ -28,15 +28,21 @@ absl::StatusOr<Bytes> FromHex(std::string_view hex, std::string_view field) {
     return absl::InvalidArgumentError(std::string(field) + ": hex must have an even length");
   }
   Bytes out(hex.size() / 2);
-  for (size_t i = 0; i < out.size(); ++i) {
-    int hi = Nibble(hex[2 * i]), lo = Nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) {
-      return absl::InvalidArgumentError(std::string(field) + ": not a hex digit at offset " +
-                                        std::to_string(hi < 0 ? 2 * i : 2 * i + 1));
-    }
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  if (std::optional<size_t> bad = DecodeHexInto(hex, out)) {
+    return absl::InvalidArgumentError(std::string(field) + ": not a hex digit at offset " +
+                                      std::to_string(*bad));
   }
   return out;
+}
+
+std::optional<size_t> DecodeHexInto(std::string_view hex, std::span<uint8_t> out) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    int hi = Nibble(hex[2 * i]), lo = Nibble(hex[2 * i + 1]);
+    if (hi < 0) return 2 * i;
+    if (lo < 0) return 2 * i + 1;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return std::nullopt;
 }
 
 }  // namespace rkl

@@ -63,61 +63,60 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return len;
 }
 
-class JsonFormatter final : public spdlog::formatter {
- public:
-  explicit JsonFormatter(std::string program) : program_(std::move(program)) {}
+// One JSON object per line: {"ts":...,"level":...,"program":...,"msg":...}.
+void RenderJsonLine(std::string_view program, const spdlog::details::log_msg& msg,
+                    std::string& line) {
+  line.reserve(96 + msg.payload.size());
+  line.append("{\"ts\":\"");
+  AppendTimestamp(msg.time, line);
+  line.append("\",\"level\":\"");
+  line.append(LevelName(msg.level));
+  line.append("\",\"program\":\"");
+  AppendJsonEscaped(program, line);
+  line.append("\",\"msg\":\"");
+  AppendJsonEscaped(std::string_view(msg.payload.data(), msg.payload.size()), line);
+  line.append("\"}\n");
+}
 
-  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    std::string line;
-    line.reserve(96 + msg.payload.size());
-    line.append("{\"ts\":\"");
-    AppendTimestamp(msg.time, line);
-    line.append("\",\"level\":\"");
-    line.append(LevelName(msg.level));
-    line.append("\",\"program\":\"");
-    AppendJsonEscaped(program_, line);
-    line.append("\",\"msg\":\"");
-    AppendJsonEscaped(std::string_view(msg.payload.data(), msg.payload.size()), line);
-    line.append("\"}\n");
-    dest.append(line.data(), line.data() + line.size());
-  }
-
-  std::unique_ptr<spdlog::formatter> clone() const override {
-    return std::make_unique<JsonFormatter>(program_);
-  }
-
- private:
-  std::string program_;
-};
-
-class TextFormatter final : public spdlog::formatter {
- public:
-  explicit TextFormatter(std::string program) : program_(std::move(program)) {}
-
-  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    std::string line;
-    AppendTimestamp(msg.time, line);
-    absl::StrAppend(&line, " ", std::string(LevelName(msg.level)), " ", program_, ": ");
-    // Control characters would let a message fake further lines; show them escaped.
-    for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
-      if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
-        char buf[8];
-        std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned char>(c));
-        line.append(buf);
-      } else {
-        line.push_back(c);
-      }
+// "<ts> <level> <program>: <message>".
+void RenderTextLine(std::string_view program, const spdlog::details::log_msg& msg,
+                    std::string& line) {
+  AppendTimestamp(msg.time, line);
+  absl::StrAppend(&line, " ", std::string(LevelName(msg.level)), " ", std::string(program), ": ");
+  // Control characters would let a message fake further lines; show them escaped.
+  for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+    if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned char>(c));
+      line.append(buf);
+    } else {
+      line.push_back(c);
     }
-    line.push_back('\n');
+  }
+  line.push_back('\n');
+}
+
+// Writes each message as the one line `render` makes of it.
+class LineFormatter final : public spdlog::formatter {
+ public:
+  using Render = void (*)(std::string_view program, const spdlog::details::log_msg& msg,
+                          std::string& line);
+  LineFormatter(std::string program, Render render)
+      : program_(std::move(program)), render_(render) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    std::string line;
+    render_(program_, msg, line);
     dest.append(line.data(), line.data() + line.size());
   }
 
   std::unique_ptr<spdlog::formatter> clone() const override {
-    return std::make_unique<TextFormatter>(program_);
+    return std::make_unique<LineFormatter>(program_, render_);
   }
 
  private:
   std::string program_;
+  Render render_;
 };
 
 }  // namespace
@@ -171,9 +170,9 @@ void AppendJsonEscaped(std::string_view text, std::string& out) {
 void InitLogging(const LoggingOptions& options) {
   auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   if (options.format == LogFormat::kJson) {
-    sink->set_formatter(std::make_unique<JsonFormatter>(options.program));
+    sink->set_formatter(std::make_unique<LineFormatter>(options.program, RenderJsonLine));
   } else {
-    sink->set_formatter(std::make_unique<TextFormatter>(options.program));
+    sink->set_formatter(std::make_unique<LineFormatter>(options.program, RenderTextLine));
   }
   auto logger = std::make_shared<spdlog::logger>(options.program, std::move(sink));
   logger->set_level(options.level);

@@ -34,6 +34,28 @@ absl::Status CheckSize(size_t n, const char* what, const char* field) {
   return absl::OkStatus();
 }
 
+// EVP_CipherInit_ex's direction argument.
+constexpr int kSeal = 1;
+constexpr int kOpen = 0;
+
+// An AES-256-GCM context in direction `enc` (kSeal or kOpen), keyed with `key` and `nonce`,
+// with `aad` already fed in; null when OpenSSL refuses any step.
+EvpCipherCtxPtr StartGcm(int enc, const SecretBytes& key, std::span<const uint8_t> nonce,
+                         std::span<const uint8_t> aad) {
+  EvpCipherCtxPtr ctx(EVP_CIPHER_CTX_new());
+  int len = 0;
+  if (ctx == nullptr ||
+      EVP_CipherInit_ex(ctx.get(), Aes256Gcm(), nullptr, nullptr, nullptr, enc) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kAeadNonceSize, nullptr) != 1 ||
+      EVP_CipherInit_ex(ctx.get(), nullptr, nullptr, key.RevealSecret().data(), nonce.data(),
+                        enc) != 1 ||
+      (!aad.empty() &&
+       EVP_CipherUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1)) {
+    return nullptr;
+  }
+  return ctx;
+}
+
 }  // namespace
 
 absl::StatusOr<Bytes> AeadSealWithNonceForSelfTest(const SecretBytes& key,
@@ -54,17 +76,8 @@ absl::StatusOr<Bytes> AeadSealWithNonceForSelfTest(const SecretBytes& key,
   uint8_t* ct = out.data() + kAeadNonceSize;
   uint8_t* tag = ct + plaintext.size();
 
-  EvpCipherCtxPtr ctx(EVP_CIPHER_CTX_new());
-  int len = 0;
-  if (ctx == nullptr ||
-      EVP_EncryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kAeadNonceSize, nullptr) != 1 ||
-      EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.RevealSecret().data(), nonce.data()) !=
-          1 ||
-      (!aad.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(),
-                                         static_cast<int>(aad.size())) != 1)) {
-    return internal::OpenSslFailure(kWhat);
-  }
+  EvpCipherCtxPtr ctx = StartGcm(kSeal, key, nonce, aad);
+  if (ctx == nullptr) return internal::OpenSslFailure(kWhat);
   int written = 0;
   if (!plaintext.empty() &&
       EVP_EncryptUpdate(ctx.get(), ct, &written, plaintext.RevealSecret().data(),
@@ -107,17 +120,8 @@ absl::StatusOr<SecretBytes> AeadOpen(const SecretBytes& key, std::span<const uin
   // EVP_CTRL_GCM_SET_TAG takes a non-const pointer; give it a copy of the (public) tag.
   Bytes tag(sealed.end() - kAeadTagSize, sealed.end());
 
-  EvpCipherCtxPtr ctx(EVP_CIPHER_CTX_new());
-  int len = 0;
-  if (ctx == nullptr ||
-      EVP_DecryptInit_ex(ctx.get(), Aes256Gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, kAeadNonceSize, nullptr) != 1 ||
-      EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.RevealSecret().data(), nonce.data()) !=
-          1 ||
-      (!aad.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(),
-                                         static_cast<int>(aad.size())) != 1)) {
-    return internal::OpenSslFailure(kWhat);
-  }
+  EvpCipherCtxPtr ctx = StartGcm(kOpen, key, nonce, aad);
+  if (ctx == nullptr) return internal::OpenSslFailure(kWhat);
   SecretBytes out(ct.size());
   auto buf = out.RevealSecretMutable();
   int written = 0;

@@ -139,14 +139,6 @@ absl::StatusOr<T> Reparse(const Obj* obj, I2d i2d, const char* what) {
 
 // ---- sharing -------------------------------------------------------------------------------
 
-// Another counted reference to the object `p` owns (`up_ref` is X509_up_ref, ...); null when
-// `p` is null or the count cannot be taken.
-template <typename Ptr, typename UpRef>
-Ptr ShareReference(const Ptr& p, UpRef up_ref) {
-  if (p == nullptr || up_ref(p.get()) != 1) return Ptr();
-  return Ptr(p.get());
-}
-
 // A stack holding a counted reference to each of `certs` (for X509_STORE_CTX, PKCS#12).
 absl::StatusOr<X509StackPtr> X509StackOf(std::span<const Certificate> certs);
 

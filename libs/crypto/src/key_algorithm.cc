@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/enum_names.h"
 
 namespace rkl::crypto {
 
@@ -24,22 +25,18 @@ absl::StatusOr<KeyAlgorithm> KeyAlgorithmFromCode(uint8_t code) {
   }
 }
 
+namespace {
+constexpr EnumName<KeyAlgorithm> kAlgorithmNames[] = {{KeyAlgorithm::kTdes2, "TDES2"},
+                                                      {KeyAlgorithm::kAes128, "AES128"},
+                                                      {KeyAlgorithm::kAes256, "AES256"}};
+}  // namespace
+
 std::string_view KeyAlgorithmName(KeyAlgorithm algorithm) {
-  switch (algorithm) {
-    case KeyAlgorithm::kTdes2:
-      return "TDES2";
-    case KeyAlgorithm::kAes128:
-      return "AES128";
-    case KeyAlgorithm::kAes256:
-      return "AES256";
-  }
-  return "UNKNOWN";
+  return NameOf(kAlgorithmNames, algorithm, "UNKNOWN");
 }
 
 absl::StatusOr<KeyAlgorithm> KeyAlgorithmFromName(std::string_view name) {
-  for (KeyAlgorithm a : {KeyAlgorithm::kTdes2, KeyAlgorithm::kAes128, KeyAlgorithm::kAes256}) {
-    if (name == KeyAlgorithmName(a)) return a;
-  }
+  if (auto a = ValueNamed(kAlgorithmNames, name)) return *a;
   // The name is caller-supplied configuration, never key material, so echoing it helps.
   return absl::InvalidArgumentError(absl::StrCat("key algorithm name \"",
                                                  std::string(name.substr(0, 32)),

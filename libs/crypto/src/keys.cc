@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "keys_internal.h"
+#include "rkl/common/enum_names.h"
 #include "rkl/common/status_macros.h"
 
 namespace rkl::crypto {
@@ -67,13 +68,9 @@ EvpPkeyPtr PublicOnly(const EVP_PKEY* pkey) {
 }  // namespace
 
 std::string_view KeyTypeName(KeyType type) {
-  switch (type) {
-    case KeyType::kRsa:
-      return "RSA";
-    case KeyType::kEcP256:
-      return "EC-P256";
-  }
-  return "unknown";
+  static constexpr EnumName<KeyType> kNames[] = {{KeyType::kRsa, "RSA"},
+                                                 {KeyType::kEcP256, "EC-P256"}};
+  return NameOf(kNames, type);
 }
 
 // ---- PublicKey ------------------------------------------------------------------------------
@@ -109,11 +106,6 @@ absl::StatusOr<PublicKey> PublicKey::FromPublicOnlyEvpPkey(EvpPkeyPtr pkey) {
   if (!type.ok()) return type.status();
   return PublicKey(std::move(pkey), *type);
 }
-
-PublicKey::PublicKey(const PublicKey& other)
-    : pkey_(internal::ShareReference(other.pkey_, EVP_PKEY_up_ref)), type_(other.type_) {}
-
-PublicKey& PublicKey::operator=(const PublicKey& other) { return *this = PublicKey(other); }
 
 int PublicKey::Bits() const { return EVP_PKEY_get_bits(pkey_.get()); }
 

@@ -124,21 +124,6 @@ absl::StatusOr<Certificate> Certificate::FromPem(std::string_view pem) {
   return std::move(certs->front());
 }
 
-absl::StatusOr<Certificate> Certificate::Parse(std::span<const uint8_t> pem_or_der) {
-  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
-}
-
-Certificate::Certificate(const Certificate& other)
-    : x509_(internal::ShareReference(other.x509_, X509_up_ref)),
-      not_before_(other.not_before_),
-      not_after_(other.not_after_) {}
-
-Certificate& Certificate::operator=(const Certificate& other) { return *this = Certificate(other); }
-
-Bytes Certificate::ToDer() const { return internal::ToDer(x509_.get(), i2d_X509); }
-
-std::string Certificate::ToPem() const { return internal::ToPem(x509_.get(), PEM_write_bio_X509); }
-
 Bytes Certificate::SerialBytes() const {
   return internal::Asn1IntegerToBytes(X509_get0_serialNumber(x509_.get()));
 }
@@ -271,14 +256,6 @@ bool operator==(const Certificate& a, const Certificate& b) {
 
 // ---- CertificateBuilder ---------------------------------------------------------------------
 
-CertificateBuilder& CertificateBuilder::SetSubjectCommonName(std::string cn) {
-  cn_ = std::move(cn);
-  return *this;
-}
-CertificateBuilder& CertificateBuilder::SetSubjectOrganization(std::string organization) {
-  organization_ = std::move(organization);
-  return *this;
-}
 CertificateBuilder& CertificateBuilder::SetSerial(Bytes serial) {
   serial_ = std::move(serial);
   return *this;

@@ -56,21 +56,6 @@ absl::StatusOr<Crl> Crl::FromPem(std::string_view pem) {
   return FromX509Crl(std::move(crl));
 }
 
-absl::StatusOr<Crl> Crl::Parse(std::span<const uint8_t> pem_or_der) {
-  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
-}
-
-Crl::Crl(const Crl& other)
-    : crl_(internal::ShareReference(other.crl_, X509_CRL_up_ref)),
-      last_update_(other.last_update_),
-      next_update_(other.next_update_) {}
-
-Crl& Crl::operator=(const Crl& other) { return *this = Crl(other); }
-
-Bytes Crl::ToDer() const { return internal::ToDer(crl_.get(), i2d_X509_CRL); }
-
-std::string Crl::ToPem() const { return internal::ToPem(crl_.get(), PEM_write_bio_X509_CRL); }
-
 std::string Crl::IssuerDn() const {
   return internal::NameToString(X509_CRL_get_issuer(crl_.get()));
 }

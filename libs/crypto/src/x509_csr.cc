@@ -26,21 +26,6 @@ absl::StatusOr<Csr> Csr::FromPem(std::string_view pem) {
   return Csr(std::move(req));
 }
 
-absl::StatusOr<Csr> Csr::Parse(std::span<const uint8_t> pem_or_der) {
-  return internal::DecodePemOrDer(pem_or_der, FromPem, FromDer);
-}
-
-Csr::Csr(const Csr& other) : req_(X509_REQ_dup(other.req_.get())) {}
-
-Csr& Csr::operator=(const Csr& other) {
-  if (this != &other) req_.reset(X509_REQ_dup(other.req_.get()));
-  return *this;
-}
-
-Bytes Csr::ToDer() const { return internal::ToDer(req_.get(), i2d_X509_REQ); }
-
-std::string Csr::ToPem() const { return internal::ToPem(req_.get(), PEM_write_bio_X509_REQ); }
-
 std::string Csr::SubjectCommonName() const {
   return internal::NameCommonName(X509_REQ_get_subject_name(req_.get()));
 }
@@ -70,16 +55,6 @@ absl::Status Csr::VerifySelfSignature() const {
     return absl::UnauthenticatedError("csr: signature does not match the subject public key");
   }
   return absl::InvalidArgumentError("csr: signature or algorithm cannot be decoded");
-}
-
-CsrBuilder& CsrBuilder::SetSubjectCommonName(std::string cn) {
-  cn_ = std::move(cn);
-  return *this;
-}
-
-CsrBuilder& CsrBuilder::SetSubjectOrganization(std::string organization) {
-  organization_ = std::move(organization);
-  return *this;
 }
 
 absl::StatusOr<Csr> CsrBuilder::Sign(const PrivateKey& key) const {

@@ -121,14 +121,7 @@ TEST_F(EcdsaTest, RejectsRsaKeys) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(EcdsaKeyTest, PrivateKeyNeedsPrivateComponent) {
-  auto key = GenerateEcP256Key();
-  ASSERT_TRUE(key.ok());
-  EvpPkeyPtr pub(EVP_PKEY_dup(key->GetPublicKey().evp_pkey()));
-  ASSERT_NE(pub, nullptr);
-  EXPECT_EQ(PrivateKey::FromEvpPkey(std::move(pub)).status().code(),
-            absl::StatusCode::kInvalidArgument);
-}
+// PrivateKeyNeedsPrivateComponent: keys_test.cc, for both key types.
 
 TEST(EcdsaKeyTest, RejectsOtherCurves) {
   EVP_PKEY* raw = EVP_EC_gen("P-384");

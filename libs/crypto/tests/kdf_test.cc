@@ -23,35 +23,45 @@ using ::testing::HasSubstr;
 SecretBytes S(std::string_view hex) { return SecretBytes::CopyOf(FromHex(hex).value()); }
 std::string Hex(const SecretBytes& s) { return ToHex(s.RevealSecret()); }
 
-TEST(Kdf, Aes128OneBlock) {
-  absl::StatusOr<SecretBytes> k = KdfCounterCmac(
-      CipherFamily::kAes, S("000102030405060708090a0b0c0d0e0f"), "RKL-AUTH-K2P", "TERM-0001", 128);
+// One known answer: KDF(key, label, context, bits) = expected.
+struct KdfVector {
+  const char* name;
+  CipherFamily family;
+  const char* key_hex;
+  const char* label;
+  const char* context;
+  size_t bits;
+  const char* expected_hex;
+};
+
+constexpr KdfVector kKdfVectors[] = {
+    {"Aes128OneBlock", CipherFamily::kAes, "000102030405060708090a0b0c0d0e0f", "RKL-AUTH-K2P",
+     "TERM-0001", 128, "DA1096E2CD36E804D0DF31D853AAB0C3"},
+    {"Aes256TwoBlocks", CipherFamily::kAes,
+     "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "RKL-AUTH-P2K",
+     "TERM-0001", 256, "4ED433AE66608B41794181EB7FB29A30573B369F574BC3B1CB18AA23B471B385"},
+    {"Tdes2TwoBlocks", CipherFamily::kTdes, "0123456789ABCDEFFEDCBA9876543210", "RKL-AUTH-K2P",
+     "TERM-0001", 128, "251BF2EB5F04F704EE2BEE235EA7E045"},
+    // L = 40: [L]_2 = 0x0028 changes the PRF input, so this is not a prefix of the 128-bit
+    // output.
+    {"LengthIsBoundIntoEveryBlockAndOutputIsTruncated", CipherFamily::kAes,
+     "000102030405060708090a0b0c0d0e0f", "RKL-AUTH-K2P", "TERM-0001", 40, "931F0F3106"},
+};
+
+class KdfKnownAnswer : public ::testing::TestWithParam<KdfVector> {};
+
+TEST_P(KdfKnownAnswer, Matches) {
+  const KdfVector& v = GetParam();
+  absl::StatusOr<SecretBytes> k =
+      KdfCounterCmac(v.family, S(v.key_hex), v.label, v.context, v.bits);
   ASSERT_TRUE(k.ok()) << k.status();
-  EXPECT_EQ(Hex(*k), "DA1096E2CD36E804D0DF31D853AAB0C3");
+  EXPECT_EQ(Hex(*k), v.expected_hex);
 }
 
-TEST(Kdf, Aes256TwoBlocks) {
-  absl::StatusOr<SecretBytes> k = KdfCounterCmac(
-      CipherFamily::kAes, S("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"),
-      "RKL-AUTH-P2K", "TERM-0001", 256);
-  ASSERT_TRUE(k.ok()) << k.status();
-  EXPECT_EQ(Hex(*k), "4ED433AE66608B41794181EB7FB29A30573B369F574BC3B1CB18AA23B471B385");
-}
-
-TEST(Kdf, Tdes2TwoBlocks) {
-  absl::StatusOr<SecretBytes> k = KdfCounterCmac(
-      CipherFamily::kTdes, S("0123456789ABCDEFFEDCBA9876543210"), "RKL-AUTH-K2P", "TERM-0001", 128);
-  ASSERT_TRUE(k.ok()) << k.status();
-  EXPECT_EQ(Hex(*k), "251BF2EB5F04F704EE2BEE235EA7E045");
-}
-
-TEST(Kdf, LengthIsBoundIntoEveryBlockAndOutputIsTruncated) {
-  // L = 40: [L]_2 = 0x0028 changes the PRF input, so this is not a prefix of the 128-bit output.
-  absl::StatusOr<SecretBytes> k = KdfCounterCmac(
-      CipherFamily::kAes, S("000102030405060708090a0b0c0d0e0f"), "RKL-AUTH-K2P", "TERM-0001", 40);
-  ASSERT_TRUE(k.ok()) << k.status();
-  EXPECT_EQ(Hex(*k), "931F0F3106");
-}
+INSTANTIATE_TEST_SUITE_P(Kdf, KdfKnownAnswer, ::testing::ValuesIn(kKdfVectors),
+                         [](const ::testing::TestParamInfo<KdfVector>& info) {
+                           return std::string(info.param.name);
+                         });
 
 TEST(Kdf, LabelAndContextSeparateOutputs) {
   const SecretBytes key = RandomSecret(16);

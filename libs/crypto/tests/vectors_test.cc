@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,43 +26,40 @@ std::string Hex(const absl::StatusOr<Bytes>& b) {
   return b.ok() ? ToHex(*b) : std::string("<error>");
 }
 
-// ---- public-vectors.json: aes_cmac_rfc4493 ----
+// One keyed known answer from public-vectors.json, all hex: f(key, input) = output.
+struct KeyedVector {
+  const char* key;
+  const char* input;
+  const char* output;
+};
+
+// ---- public-vectors.json: aes_cmac_rfc4493 (input: message, output: MAC) ----
 TEST(PublicVectors, AesCmacRfc4493) {
-  struct V {
-    const char* key;
-    const char* msg;
-    const char* mac;
-  };
-  const V vectors[] = {
+  const KeyedVector vectors[] = {
       {"2b7e151628aed2a6abf7158809cf4f3c", "", "bb1d6929e95937287fa37d129b756746"},
       {"2b7e151628aed2a6abf7158809cf4f3c", "6bc1bee22e409f96e93d7e117393172a",
        "070a16b46b4d4144f79bdd9dd04a287c"},
   };
-  for (const V& v : vectors) {
-    EXPECT_EQ(Hex(Cmac(CipherFamily::kAes, S(v.key), H(v.msg))), ToHex(H(v.mac)));
-    EXPECT_TRUE(CmacVerify(CipherFamily::kAes, S(v.key), H(v.msg), H(v.mac)));
+  for (const KeyedVector& v : vectors) {
+    EXPECT_EQ(Hex(Cmac(CipherFamily::kAes, S(v.key), H(v.input))), ToHex(H(v.output)));
+    EXPECT_TRUE(CmacVerify(CipherFamily::kAes, S(v.key), H(v.input), H(v.output)));
   }
 }
 
-// ---- public-vectors.json: aes_kwp_rfc5649 (192-bit KEK) ----
+// ---- public-vectors.json: aes_kwp_rfc5649, 192-bit KEK (input: key, output: wrapped) ----
 TEST(PublicVectors, AesKwpRfc5649) {
-  struct V {
-    const char* kek;
-    const char* key;
-    const char* wrapped;
-  };
-  const V vectors[] = {
+  const KeyedVector vectors[] = {
       {"5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8",
        "c37b7e6492584340bed12207808941155068f738",
        "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a"},
       {"5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8", "466f7250617369",
        "afbeb0f07dfbf5419200f2ccb50bb24f"},
   };
-  for (const V& v : vectors) {
-    EXPECT_EQ(Hex(KwpWrap(S(v.kek), S(v.key))), ToHex(H(v.wrapped)));
-    absl::StatusOr<SecretBytes> unwrapped = KwpUnwrap(S(v.kek), H(v.wrapped));
+  for (const KeyedVector& v : vectors) {
+    EXPECT_EQ(Hex(KwpWrap(S(v.key), S(v.input))), ToHex(H(v.output)));
+    absl::StatusOr<SecretBytes> unwrapped = KwpUnwrap(S(v.key), H(v.output));
     ASSERT_TRUE(unwrapped.ok()) << unwrapped.status();
-    EXPECT_TRUE(*unwrapped == S(v.key));
+    EXPECT_TRUE(*unwrapped == S(v.input));
   }
 }
 
@@ -97,38 +95,58 @@ TEST(NistCmac, Aes128SubkeyK1) {
             "7DF76B0C1AB899B33E42F047B91B546F");
 }
 
-TEST(NistCmac, Aes128LongerMessages) {
-  const SecretBytes key = S("2b7e151628aed2a6abf7158809cf4f3c");
-  const std::string msg64 =
-      "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
-      "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710";
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kAes, key, H(msg64.substr(0, 80)))),
-            "DFA66747DE9AE63030CA32611497C827");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kAes, key, H(msg64))), "51F0BEBF7E3B9D92FC49741779363CFE");
+// ---- NIST SP 800-38B examples, AES and TDES ----
+// One CMAC example; `algorithm`, when set, is checked through the KeyAlgorithm overload too.
+struct NistCmacVector {
+  const char* name;
+  CipherFamily family;
+  std::optional<KeyAlgorithm> algorithm;
+  const char* key;
+  const char* msg;
+  const char* mac;
+};
+
+constexpr char kAesKey128[] = "2b7e151628aed2a6abf7158809cf4f3c";
+constexpr char kAesKey256[] = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4";
+constexpr char kTdesKey3[] = "8aa83bf8cbda10620bc1bf19fbb6cd58bc313d4a371ca8b5";
+constexpr char kTdesKey2[] = "4cf15134a2850dd58a3d10ba80570d38";
+
+const NistCmacVector kNistCmacVectors[] = {
+    {"Aes128Msg40", CipherFamily::kAes, std::nullopt, kAesKey128,
+     "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411",
+     "DFA66747DE9AE63030CA32611497C827"},
+    {"Aes128Msg64", CipherFamily::kAes, std::nullopt, kAesKey128,
+     "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+     "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
+     "51F0BEBF7E3B9D92FC49741779363CFE"},
+    {"Aes256Empty", CipherFamily::kAes, std::nullopt, kAesKey256, "",
+     "028962F61B7BF89EFC6B551F4667D983"},
+    {"Aes256Msg16", CipherFamily::kAes, KeyAlgorithm::kAes256, kAesKey256,
+     "6bc1bee22e409f96e93d7e117393172a", "28A7023F452E8F82BD4BF28D8C37C35C"},
+    {"Tdes3KeyEmpty", CipherFamily::kTdes, std::nullopt, kTdesKey3, "", "B7A688E122FFAF95"},
+    {"Tdes3KeyMsg8", CipherFamily::kTdes, std::nullopt, kTdesKey3, "6bc1bee22e409f96",
+     "8E8F293136283797"},
+    {"Tdes3KeyMsg20", CipherFamily::kTdes, std::nullopt, kTdesKey3,
+     "6bc1bee22e409f96e93d7e117393172aae2d8a57", "743DDBE0CE2DC2ED"},
+    {"Tdes2KeyEmpty", CipherFamily::kTdes, std::nullopt, kTdesKey2, "", "BD2EBF9A3BA00361"},
+    {"Tdes2KeyMsg16", CipherFamily::kTdes, KeyAlgorithm::kTdes2, kTdesKey2,
+     "6bc1bee22e409f96e93d7e117393172a", "743DA9F41B91EC83"},
+};
+
+class NistCmacVectors : public ::testing::TestWithParam<NistCmacVector> {};
+
+TEST_P(NistCmacVectors, Matches) {
+  const NistCmacVector& v = GetParam();
+  EXPECT_EQ(Hex(Cmac(v.family, S(v.key), H(v.msg))), v.mac);
+  if (v.algorithm.has_value()) {
+    EXPECT_EQ(Hex(Cmac(*v.algorithm, S(v.key), H(v.msg))), v.mac);
+  }
 }
 
-TEST(NistCmac, Aes256) {
-  const SecretBytes key = S("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kAes, key, Bytes{})), "028962F61B7BF89EFC6B551F4667D983");
-  EXPECT_EQ(Hex(Cmac(KeyAlgorithm::kAes256, key, H("6bc1bee22e409f96e93d7e117393172a"))),
-            "28A7023F452E8F82BD4BF28D8C37C35C");
-}
-
-// ---- NIST SP 800-38B, TDES ----
-TEST(NistCmac, Tdes3Key) {
-  const SecretBytes key = S("8aa83bf8cbda10620bc1bf19fbb6cd58bc313d4a371ca8b5");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kTdes, key, Bytes{})), "B7A688E122FFAF95");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kTdes, key, H("6bc1bee22e409f96"))), "8E8F293136283797");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kTdes, key, H("6bc1bee22e409f96e93d7e117393172aae2d8a57"))),
-            "743DDBE0CE2DC2ED");
-}
-
-TEST(NistCmac, Tdes2Key) {
-  const SecretBytes key = S("4cf15134a2850dd58a3d10ba80570d38");
-  EXPECT_EQ(Hex(Cmac(CipherFamily::kTdes, key, Bytes{})), "BD2EBF9A3BA00361");
-  EXPECT_EQ(Hex(Cmac(KeyAlgorithm::kTdes2, key, H("6bc1bee22e409f96e93d7e117393172a"))),
-            "743DA9F41B91EC83");
-}
+INSTANTIATE_TEST_SUITE_P(Sp800_38b, NistCmacVectors, ::testing::ValuesIn(kNistCmacVectors),
+                         [](const ::testing::TestParamInfo<NistCmacVector>& info) {
+                           return std::string(info.param.name);
+                         });
 
 // ---- NIST SP 800-38A and openssl enc cross-checks for the raw modes ----
 TEST(CipherKnownAnswer, AesEcbAndCbc) {

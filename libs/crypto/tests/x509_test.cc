@@ -70,6 +70,15 @@ class X509Test : public ::testing::Test {
         .Sign(*root_, *root_key_);
   }
 
+  // A builder for `cn` with `serial`, valid from a day before kNow for a year.
+  static CertificateBuilder YearLong(std::string cn, Bytes serial) {
+    CertificateBuilder b;
+    b.SetSubjectCommonName(std::move(cn))
+        .SetSerial(std::move(serial))
+        .SetValidity(kNow - kDay, kNow + kYear);
+    return b;
+  }
+
   static absl::StatusOr<Crl> MakeCrl(std::vector<Bytes> revoked, int64_t next_update) {
     CrlBuilder b;
     for (Bytes& s : revoked) b.AddRevoked(std::move(s), kNow - 60, CrlReason::kKeyCompromise);
@@ -92,6 +101,21 @@ PrivateKey* X509Test::other_root_key_ = nullptr;
 Certificate* X509Test::root_ = nullptr;
 Certificate* X509Test::other_root_ = nullptr;
 Certificate* X509Test::work_ = nullptr;
+
+// A failed status with `code` whose message contains `text`.
+MATCHER_P2(FailsWith, code, text,
+           "fails with " + absl::StatusCodeToString(code) + " saying \"" + std::string(text) +
+               "\"") {
+  *result_listener << "the status is " << arg;
+  return arg.code() == code && std::string(arg.message()).find(text) != std::string::npos;
+}
+
+// VerifyChain of `leaf` directly under the one trusted root `root` (no intermediates).
+absl::Status VerifyUnder(const Certificate& leaf, const Certificate& root, int64_t at_time = kNow,
+                         std::span<const Crl> crls = {}) {
+  Certificate roots[] = {root};
+  return VerifyChain(leaf, {}, roots, crls, at_time);
+}
 
 Bytes Sha256(std::span<const uint8_t> data) {
   Bytes md(SHA256_DIGEST_LENGTH);
@@ -162,10 +186,7 @@ TEST_F(X509Test, ServiceCertificateWithEcIssuer) {
   auto ca_key = GenerateEcP256Key();
   auto svc_key = GenerateEcP256Key();
   ASSERT_TRUE(ca_key.ok() && svc_key.ok());
-  auto ca = CertificateBuilder()
-                .SetSubjectCommonName("service-ca")
-                .SetSerial(Bytes{0x05})
-                .SetValidity(kNow - kDay, kNow + kYear)
+  auto ca = YearLong("service-ca", Bytes{0x05})
                 .SetBasicConstraints(true, std::nullopt)
                 .SetKeyUsage(KeyUsage::kKeyCertSign | KeyUsage::kCrlSign)
                 .SelfSign(*ca_key);
@@ -189,8 +210,7 @@ TEST_F(X509Test, ServiceCertificateWithEcIssuer) {
             ExtendedKeyUsage::kServerAuth | ExtendedKeyUsage::kClientAuth);
   EXPECT_EQ(svc->KeyUsageBits(), KeyUsage::kDigitalSignature | KeyUsage::kKeyAgreement);
   EXPECT_EQ(svc->GetPublicKey()->Type(), KeyType::kEcP256);
-  Certificate roots[] = {*ca};
-  EXPECT_TRUE(VerifyChain(*svc, {}, roots, {}, kNow).ok());
+  EXPECT_TRUE(VerifyUnder(*svc, *ca).ok());
 }
 
 // ---- parsing --------------------------------------------------------------------------------
@@ -285,8 +305,7 @@ TEST_F(X509Test, BuilderRejectsBadFields) {
 // ---- chain verification ---------------------------------------------------------------------
 
 TEST_F(X509Test, ChainVerifies) {
-  Certificate roots[] = {*root_};
-  absl::Status s = VerifyChain(*work_, {}, roots, {}, kNow);
+  absl::Status s = VerifyUnder(*work_, *root_);
   EXPECT_TRUE(s.ok()) << s;
   // Also with both roots offered: the right one is found.
   Certificate both[] = {*other_root_, *root_};
@@ -295,31 +314,24 @@ TEST_F(X509Test, ChainVerifies) {
 
 TEST_F(X509Test, WrongRootFails) {
   // Same subject name, different key: only the signature tells them apart.
-  Certificate roots[] = {*other_root_};
-  absl::Status s = VerifyChain(*work_, {}, roots, {}, kNow);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("certificate chain:"));
+  EXPECT_THAT(VerifyUnder(*work_, *other_root_),
+              FailsWith(absl::StatusCode::kUnauthenticated, "certificate chain:"));
 }
 
 TEST_F(X509Test, UnrelatedRootFails) {
   auto key = GenerateEcP256Key();
   auto unrelated = MakeRoot(*key, "operator-ca", Bytes{9});
   ASSERT_TRUE(unrelated.ok()) << unrelated.status();
-  Certificate roots[] = {*unrelated};
-  absl::Status s = VerifyChain(*work_, {}, roots, {}, kNow);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("unable to get local issuer certificate"));
+  EXPECT_THAT(VerifyUnder(*work_, *unrelated), FailsWith(absl::StatusCode::kUnauthenticated,
+                                                         "unable to get local issuer certificate"));
 }
 
 TEST_F(X509Test, ExpiredAndNotYetValidFail) {
-  Certificate roots[] = {*root_};
-  absl::Status expired = VerifyChain(*work_, {}, roots, {}, work_->NotAfter() + 1);
-  EXPECT_EQ(expired.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(expired.message()), HasSubstr("certificate has expired"));
-  absl::Status early = VerifyChain(*work_, {}, roots, {}, work_->NotBefore() - 1);
-  EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(early.message()), HasSubstr("not yet valid"));
-  EXPECT_TRUE(VerifyChain(*work_, {}, roots, {}, work_->NotAfter() - 1).ok());
+  EXPECT_THAT(VerifyUnder(*work_, *root_, work_->NotAfter() + 1),
+              FailsWith(absl::StatusCode::kFailedPrecondition, "certificate has expired"));
+  EXPECT_THAT(VerifyUnder(*work_, *root_, work_->NotBefore() - 1),
+              FailsWith(absl::StatusCode::kFailedPrecondition, "not yet valid"));
+  EXPECT_TRUE(VerifyUnder(*work_, *root_, work_->NotAfter() - 1).ok());
 }
 
 TEST_F(X509Test, TamperedCertificateSignatureFails) {
@@ -327,10 +339,8 @@ TEST_F(X509Test, TamperedCertificateSignatureFails) {
   der[der.size() - 5] ^= 0x01;  // inside the signature BIT STRING
   auto tampered = Certificate::FromDer(der);
   ASSERT_TRUE(tampered.ok());
-  Certificate roots[] = {*root_};
-  absl::Status s = VerifyChain(*tampered, {}, roots, {}, kNow);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("signature failure"));
+  EXPECT_THAT(VerifyUnder(*tampered, *root_),
+              FailsWith(absl::StatusCode::kUnauthenticated, "signature failure"));
 }
 
 TEST_F(X509Test, IntermediateAndPathLength) {
@@ -338,20 +348,14 @@ TEST_F(X509Test, IntermediateAndPathLength) {
     auto root = MakeRoot(*root_key_, "root", Bytes{0x21}, root_path_len);
     if (!root.ok()) return root.status();
     auto inter_key = GenerateEcP256Key();
-    auto inter = CertificateBuilder()
-                     .SetSubjectCommonName("operator-ca")
-                     .SetSerial(Bytes{0x22})
-                     .SetValidity(kNow - kDay, kNow + kYear)
+    auto inter = YearLong("operator-ca", Bytes{0x22})
                      .SetPublicKey(inter_key->GetPublicKey())
                      .SetBasicConstraints(true, 0)
                      .SetKeyUsage(KeyUsage::kKeyCertSign | KeyUsage::kCrlSign)
                      .Sign(*root, *root_key_);
     if (!inter.ok()) return inter.status();
     auto op_key = GenerateEcP256Key();
-    auto op = CertificateBuilder()
-                  .SetSubjectCommonName("operator:alice")
-                  .SetSerial(Bytes{0x23})
-                  .SetValidity(kNow - kDay, kNow + kYear)
+    auto op = YearLong("operator:alice", Bytes{0x23})
                   .SetPublicKey(op_key->GetPublicKey())
                   .SetKeyUsage(KeyUsage::kDigitalSignature)
                   .Sign(*inter, *inter_key);
@@ -367,32 +371,23 @@ TEST_F(X509Test, IntermediateAndPathLength) {
   };
   EXPECT_TRUE(make_chain(1).ok());
   EXPECT_TRUE(make_chain(std::nullopt).ok());
-  absl::Status too_long = make_chain(0);
-  EXPECT_EQ(too_long.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(too_long.message()), HasSubstr("path length constraint exceeded"));
+  EXPECT_THAT(make_chain(0),
+              FailsWith(absl::StatusCode::kUnauthenticated, "path length constraint exceeded"));
 }
 
 TEST_F(X509Test, StrictModeRejectsNonCriticalCaBasicConstraints) {
-  auto root = CertificateBuilder()
-                  .SetSubjectCommonName("lax-root")
-                  .SetSerial(Bytes{0x31})
-                  .SetValidity(kNow - kDay, kNow + kYear)
+  auto root = YearLong("lax-root", Bytes{0x31})
                   .SetBasicConstraints(true, 0, /*critical=*/false)
                   .SetKeyUsage(KeyUsage::kKeyCertSign | KeyUsage::kCrlSign)
                   .SelfSign(*other_root_key_);
   ASSERT_TRUE(root.ok());
   EXPECT_FALSE(root->BasicConstraintsCritical());
-  auto leaf = CertificateBuilder()
-                  .SetSubjectCommonName("leaf")
-                  .SetSerial(Bytes{0x32})
-                  .SetValidity(kNow - kDay, kNow + kYear)
+  auto leaf = YearLong("leaf", Bytes{0x32})
                   .SetPublicKey(work_key_->GetPublicKey())
                   .Sign(*root, *other_root_key_);
   ASSERT_TRUE(leaf.ok());
-  Certificate roots[] = {*root};
-  absl::Status s = VerifyChain(*leaf, {}, roots, {}, kNow);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("not marked critical"));
+  EXPECT_THAT(VerifyUnder(*leaf, *root),
+              FailsWith(absl::StatusCode::kUnauthenticated, "not marked critical"));
 }
 
 // ---- CRLs -----------------------------------------------------------------------------------
@@ -402,23 +397,19 @@ TEST_F(X509Test, CrlRevokedFailsUnrevokedPasses) {
   ASSERT_TRUE(other.ok());
   auto crl = MakeCrl({work_->SerialBytes()}, kNow + 7 * kDay);
   ASSERT_TRUE(crl.ok()) << crl.status();
-  Certificate roots[] = {*root_};
   Crl crls[] = {*crl};
-  absl::Status revoked = VerifyChain(*work_, {}, roots, crls, kNow);
-  EXPECT_EQ(revoked.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(revoked.message()), HasSubstr("certificate revoked"));
-  absl::Status fine = VerifyChain(*other, {}, roots, crls, kNow);
+  EXPECT_THAT(VerifyUnder(*work_, *root_, kNow, crls),
+              FailsWith(absl::StatusCode::kFailedPrecondition, "certificate revoked"));
+  absl::Status fine = VerifyUnder(*other, *root_, kNow, crls);
   EXPECT_TRUE(fine.ok()) << fine;
 }
 
 TEST_F(X509Test, CrlMustBeCurrentAndFromTheIssuer) {
   auto crl = MakeCrl({}, kNow + 7 * kDay);
   ASSERT_TRUE(crl.ok());
-  Certificate roots[] = {*root_};
   Crl crls[] = {*crl};
-  absl::Status stale = VerifyChain(*work_, {}, roots, crls, kNow + 8 * kDay);
-  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(stale.message()), HasSubstr("CRL has expired"));
+  EXPECT_THAT(VerifyUnder(*work_, *root_, kNow + 8 * kDay, crls),
+              FailsWith(absl::StatusCode::kFailedPrecondition, "CRL has expired"));
 
   // A CRL from another issuer does not count: no CRL for the leaf's issuer.
   auto foreign = CrlBuilder()
@@ -428,9 +419,8 @@ TEST_F(X509Test, CrlMustBeCurrentAndFromTheIssuer) {
   ASSERT_TRUE(foreign.ok());
   Crl foreign_crls[] = {*foreign};
   Certificate both[] = {*root_, *other_root_};
-  absl::Status none = VerifyChain(*work_, {}, both, foreign_crls, kNow);
-  EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(none.message()), HasSubstr("unable to get certificate CRL"));
+  EXPECT_THAT(VerifyChain(*work_, {}, both, foreign_crls, kNow),
+              FailsWith(absl::StatusCode::kFailedPrecondition, "unable to get certificate CRL"));
 }
 
 TEST_F(X509Test, CrlAccessorsAndRoundTrip) {

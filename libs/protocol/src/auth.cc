@@ -33,6 +33,20 @@ absl::Status CheckPair(const AuthKeys& keys, std::span<const uint8_t> rnd1,
   return CheckNonce(keys.algorithm, rnd2, "rnd2");
 }
 
+// Checks that `token` (Crnd1 or Crnd2, named `field`) is two cipher blocks that decrypt under
+// `key` (CBC, zero IV) to `expected`; UNAUTHENTICATED(`mismatch`) when they do not.
+absl::Status VerifyToken(const AuthKeys& keys, const crypto::SecretBytes& key,
+                         std::span<const uint8_t> expected, std::span<const uint8_t> token,
+                         const char* field, const char* mismatch) {
+  if (token.size() != 2 * crypto::BlockSize(keys.algorithm)) {
+    return absl::InvalidArgumentError(std::string(field) + ": must be two cipher blocks");
+  }
+  RKL_ASSIGN_OR_RETURN(Bytes plain, crypto::Decrypt(FamilyOf(keys.algorithm), BlockMode::kCbc, key,
+                                                    ZeroIv(keys), token));
+  if (!ConstantTimeEqual(plain, expected)) return absl::UnauthenticatedError(mismatch);
+  return absl::OkStatus();
+}
+
 Bytes ProofMessage(std::string_view sn, std::span<const uint8_t> kcv, std::span<const uint8_t> rnd1,
                    std::span<const uint8_t> rnd2) {
   // Sized once, then filled (appending with insert() draws a false -Warray-bounds from g++ 12).
@@ -87,29 +101,15 @@ absl::StatusOr<Bytes> MakeCrnd2(const AuthKeys& keys, std::span<const uint8_t> r
 absl::Status VerifyCrnd2(const AuthKeys& keys, std::span<const uint8_t> rnd1,
                          std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd2) {
   RKL_RETURN_IF_ERROR(CheckPair(keys, rnd1, rnd2));
-  if (crnd2.size() != 2 * crypto::BlockSize(keys.algorithm)) {
-    return absl::InvalidArgumentError("crnd2: must be two cipher blocks");
-  }
-  RKL_ASSIGN_OR_RETURN(Bytes plain, crypto::Decrypt(FamilyOf(keys.algorithm), BlockMode::kCbc,
-                                                    keys.p2k, ZeroIv(keys), crnd2));
-  if (!ConstantTimeEqual(plain, Concat(rnd2, rnd1))) {
-    return absl::UnauthenticatedError("authentication token does not verify");
-  }
-  return absl::OkStatus();
+  return VerifyToken(keys, keys.p2k, Concat(rnd2, rnd1), crnd2, "crnd2",
+                     "authentication token does not verify");
 }
 
 absl::Status VerifyCrnd1(const AuthKeys& keys, std::span<const uint8_t> rnd1,
                          std::span<const uint8_t> rnd2, std::span<const uint8_t> crnd1) {
   RKL_RETURN_IF_ERROR(CheckPair(keys, rnd1, rnd2));
-  if (crnd1.size() != 2 * crypto::BlockSize(keys.algorithm)) {
-    return absl::InvalidArgumentError("crnd1: must be two cipher blocks");
-  }
-  RKL_ASSIGN_OR_RETURN(Bytes plain, crypto::Decrypt(FamilyOf(keys.algorithm), BlockMode::kCbc,
-                                                    keys.k2p, ZeroIv(keys), crnd1));
-  if (!ConstantTimeEqual(plain, Concat(rnd1, rnd2))) {
-    return absl::UnauthenticatedError("KMS could not prove AUK: Crnd1 does not verify");
-  }
-  return absl::OkStatus();
+  return VerifyToken(keys, keys.k2p, Concat(rnd1, rnd2), crnd1, "crnd1",
+                     "KMS could not prove AUK: Crnd1 does not verify");
 }
 
 absl::StatusOr<Bytes> MakeInstallProof(const AuthKeys& keys, std::string_view sn,

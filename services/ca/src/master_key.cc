@@ -8,7 +8,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/hex.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/common/unique_fd.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
 
@@ -18,27 +20,6 @@ namespace {
 // Longest accepted file: 64 hex digits and a CRLF. Anything bigger is not a master key file,
 // and reading it would only put more unknown bytes in memory.
 constexpr size_t kMaxFileSize = 2 * MasterKey::kSize + 2;
-
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-int HexValue(uint8_t c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // Decodes the file content straight into a SecretBytes, so the clear key never sits in an
 // ordinary string.
@@ -50,15 +31,7 @@ absl::StatusOr<crypto::SecretBytes> DecodeKeyFile(const crypto::SecretBytes& con
   while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r')) --len;
   if (len == 2 * MasterKey::kSize) {
     crypto::SecretBytes key(MasterKey::kSize);
-    std::span<uint8_t> out = key.RevealSecretMutable();
-    bool ok = true;
-    for (size_t i = 0; i < MasterKey::kSize; ++i) {
-      int hi = HexValue(data[2 * i]);
-      int lo = HexValue(data[2 * i + 1]);
-      ok = ok && hi >= 0 && lo >= 0;
-      out[i] = static_cast<uint8_t>(((hi & 0xF) << 4) | (lo & 0xF));
-    }
-    if (ok) return key;
+    if (!DecodeHexInto(AsString(data.first(len)), key.RevealSecretMutable())) return key;
   }
   return absl::FailedPreconditionError(
       absl::StrCat("master_key_file ", path, ": must hold exactly 32 raw bytes or 64 hex digits"));
@@ -67,7 +40,7 @@ absl::StatusOr<crypto::SecretBytes> DecodeKeyFile(const crypto::SecretBytes& con
 }  // namespace
 
 absl::StatusOr<MasterKey> MasterKey::LoadFromFile(const std::string& path) {
-  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
     int err = errno;
     if (err == ENOENT) {
@@ -107,7 +80,7 @@ absl::StatusOr<MasterKey> MasterKey::LoadFromFile(const std::string& path) {
 }
 
 absl::Status MasterKey::CreateFile(const std::string& path) {
-  FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) {
     int err = errno;
     if (err == EEXIST) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/enum_names.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/rsa.h"
 
@@ -20,6 +21,17 @@ constexpr size_t kMaxDnsNameLength = 253;
 constexpr int kMinRsaBits = 2048;
 // Upper bound so a caller cannot make terminals verify with absurdly large keys.
 constexpr int kMaxRsaBits = 4096;
+
+constexpr EnumName<IssuerId> kIssuerNames[] = {{IssuerId::kTerminalRoot, "terminal-root"},
+                                               {IssuerId::kOperatorCa, "operator-ca"},
+                                               {IssuerId::kServiceCa, "service-ca"}};
+constexpr EnumName<Profile> kProfileNames[] = {{Profile::kIssuer, "issuer"},
+                                               {Profile::kWork, "work"},
+                                               {Profile::kOperator, "operator"},
+                                               {Profile::kService, "service"}};
+constexpr EnumName<KeySpec> kKeySpecNames[] = {{KeySpec::kEcP256, "ec-p256"},
+                                               {KeySpec::kRsa2048, "rsa-2048"},
+                                               {KeySpec::kRsa3072, "rsa-3072"}};
 
 bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
 
@@ -54,62 +66,24 @@ absl::Status ValidateRsa(const crypto::PublicKey& key, std::string_view field) {
 
 }  // namespace
 
-std::string_view IssuerName(IssuerId issuer) {
-  switch (issuer) {
-    case IssuerId::kTerminalRoot:
-      return "terminal-root";
-    case IssuerId::kOperatorCa:
-      return "operator-ca";
-    case IssuerId::kServiceCa:
-      return "service-ca";
-  }
-  return "unknown";
-}
+std::string_view IssuerName(IssuerId issuer) { return NameOf(kIssuerNames, issuer); }
 
 absl::StatusOr<IssuerId> IssuerFromName(std::string_view name) {
-  for (IssuerId id : kAllIssuers) {
-    if (IssuerName(id) == name) return id;
-  }
+  if (auto id = ValueNamed(kIssuerNames, name)) return *id;
   return absl::InvalidArgumentError("issuer: must be terminal-root, operator-ca or service-ca");
 }
 
-std::string_view ProfileName(Profile profile) {
-  switch (profile) {
-    case Profile::kIssuer:
-      return "issuer";
-    case Profile::kWork:
-      return "work";
-    case Profile::kOperator:
-      return "operator";
-    case Profile::kService:
-      return "service";
-  }
-  return "unknown";
-}
+std::string_view ProfileName(Profile profile) { return NameOf(kProfileNames, profile); }
 
 absl::StatusOr<Profile> ProfileFromName(std::string_view name) {
-  for (Profile p : {Profile::kIssuer, Profile::kWork, Profile::kOperator, Profile::kService}) {
-    if (ProfileName(p) == name) return p;
-  }
+  if (auto p = ValueNamed(kProfileNames, name)) return *p;
   return absl::InvalidArgumentError("profile: must be issuer, work, operator or service");
 }
 
-std::string_view KeySpecName(KeySpec spec) {
-  switch (spec) {
-    case KeySpec::kEcP256:
-      return "ec-p256";
-    case KeySpec::kRsa2048:
-      return "rsa-2048";
-    case KeySpec::kRsa3072:
-      return "rsa-3072";
-  }
-  return "unknown";
-}
+std::string_view KeySpecName(KeySpec spec) { return NameOf(kKeySpecNames, spec); }
 
 absl::StatusOr<KeySpec> KeySpecFromName(std::string_view name) {
-  for (KeySpec s : {KeySpec::kEcP256, KeySpec::kRsa2048, KeySpec::kRsa3072}) {
-    if (KeySpecName(s) == name) return s;
-  }
+  if (auto s = ValueNamed(kKeySpecNames, name)) return *s;
   return absl::InvalidArgumentError("key type: must be ec-p256, rsa-2048 or rsa-3072");
 }
 

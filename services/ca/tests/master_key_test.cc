@@ -11,6 +11,7 @@
 #include "rkl/crypto/aead.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/random.h"
+#include "rkl/testing/temp_dir.h"
 
 namespace rkl::ca {
 namespace {
@@ -18,44 +19,28 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-class MasterKeyTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/rkl-ca-mk.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+// Each test's key files go in a fresh directory.
+using MasterKeyTest = rkl::testing::TempDirTest;
 
-  std::string Write(const std::string& name, const std::string& content, mode_t mode) {
-    std::string path = dir_ + "/" + name;
-    std::ofstream(path, std::ios::binary) << content;
-    ::chmod(path.c_str(), mode);
-    return path;
-  }
-
-  static crypto::Certificate SelfSigned(const crypto::PrivateKey& key, const std::string& cn) {
-    return crypto::CertificateBuilder()
-        .SetSubjectCommonName(cn)
-        .SetSerial({0x41, 0x02})
-        .SetValidity(1'700'000'000, 1'800'000'000)
-        .SetBasicConstraints(true, 0)
-        .SetKeyUsage(crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign)
-        .SelfSign(key)
-        .value();
-  }
-
-  std::string dir_;
-};
+crypto::Certificate SelfSigned(const crypto::PrivateKey& key, const std::string& cn) {
+  return crypto::CertificateBuilder()
+      .SetSubjectCommonName(cn)
+      .SetSerial({0x41, 0x02})
+      .SetValidity(1'700'000'000, 1'800'000'000)
+      .SetBasicConstraints(true, 0)
+      .SetKeyUsage(crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign)
+      .SelfSign(key)
+      .value();
+}
 
 constexpr char kHexKey[] = "000102030405060708090A0B0C0D0E0F101112131415161718191a1b1c1d1e1f";
 
 TEST_F(MasterKeyTest, LoadsHexAndRawFormsToTheSameKey) {
-  auto hex = MasterKey::LoadFromFile(Write("hex", std::string(kHexKey) + "\n", 0600));
+  auto hex = MasterKey::LoadFromFile(WriteFile("hex", std::string(kHexKey) + "\n", 0600));
   ASSERT_TRUE(hex.ok()) << hex.status();
   std::string raw_bytes;
   for (int i = 0; i < 32; ++i) raw_bytes.push_back(static_cast<char>(i));
-  auto raw = MasterKey::LoadFromFile(Write("raw", raw_bytes, 0400));
+  auto raw = MasterKey::LoadFromFile(WriteFile("raw", raw_bytes, 0400));
   ASSERT_TRUE(raw.ok()) << raw.status();
   EXPECT_EQ(hex->KcvHex(), raw->KcvHex());
   EXPECT_EQ(hex->KcvHex().size(), 6u);
@@ -63,7 +48,7 @@ TEST_F(MasterKeyTest, LoadsHexAndRawFormsToTheSameKey) {
 
 TEST_F(MasterKeyTest, RefusesFilesGroupOrOthersCanAccess) {
   for (mode_t mode : {0640, 0604, 0660, 0644, 0610}) {
-    auto key = MasterKey::LoadFromFile(Write("k", kHexKey, mode));
+    auto key = MasterKey::LoadFromFile(WriteFile("k", kHexKey, mode));
     ASSERT_FALSE(key.ok()) << std::oct << mode;
     EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(key.status().message(), HasSubstr("chmod 600"));
@@ -75,7 +60,7 @@ TEST_F(MasterKeyTest, RefusesWrongSizesAndNonHexWithoutEchoingContent) {
   for (const std::string& content :
        {std::string(31, 'a'), std::string(33, 'a'), std::string(63, 'A'),
         std::string("ZZ") + std::string(kHexKey).substr(2), std::string(kHexKey) + "00"}) {
-    auto key = MasterKey::LoadFromFile(Write("k", content, 0600));
+    auto key = MasterKey::LoadFromFile(WriteFile("k", content, 0600));
     ASSERT_FALSE(key.ok());
     EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(key.status().message(), Not(HasSubstr("0102030405")));

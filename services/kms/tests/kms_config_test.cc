@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "rkl/testing/temp_dir.h"
+
 namespace rkl::kms {
 namespace {
 
@@ -17,18 +19,15 @@ EnvLookup NoEnv() {
 }
 
 // Path keys must name readable files; their content is checked later, by rkl::rpc.
-class TlsFilesFixture : public ::testing::Test {
+class TlsFilesFixture : public rkl::testing::TempDirTest {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/rkl-kms-config-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    TempDirTest::SetUp();
     for (const char* f :
          {"kms.pem", "kms.key", "ca.pem", "client.pem", "client.key", "audit-mac.key"}) {
-      std::ofstream(dir_ + "/" + f) << "placeholder\n";
+      WriteFile(f, "placeholder\n", 0644);
     }
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string TlsYaml(const std::string& hsm_extra = "") const {
     return "tls: {cert_file: " + dir_ + "/kms.pem, key_file: " + dir_ +
            "/kms.key, ca_file: " + dir_ + "/ca.pem}\nhsm: {" + hsm_extra +
@@ -36,7 +35,6 @@ class TlsFilesFixture : public ::testing::Test {
            "/client.key, ca_file: " + dir_ + "/ca.pem}}\n" + "crl: {ca_endpoint: 'ca:50051'}\n" +
            "audit: {mac_key_file: " + dir_ + "/audit-mac.key}\n";
   }
-  std::string dir_;
 };
 
 TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {

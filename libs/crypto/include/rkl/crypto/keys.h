@@ -46,12 +46,7 @@ class PublicKey {
   // unsupported key type. For rkl::crypto internals and for interop with OpenSSL code.
   static absl::StatusOr<PublicKey> FromEvpPkey(EvpPkeyPtr pkey);
 
-  PublicKey(const PublicKey& other);
-  PublicKey& operator=(const PublicKey& other);
-  PublicKey(PublicKey&&) noexcept = default;
-  PublicKey& operator=(PublicKey&&) noexcept = default;
-  ~PublicKey() = default;
-
+  // Copies share the EVP_PKEY (SharedEvpPkeyPtr).
   KeyType Type() const { return type_; }
   // Modulus size for RSA, 256 for P-256.
   int Bits() const;
@@ -74,7 +69,7 @@ class PublicKey {
   // and a decoder lookup (a walk of the provider registry under a process-wide lock) each
   // time a certificate's key is taken, which callers do once per signature they verify.
   static absl::StatusOr<PublicKey> FromPublicOnlyEvpPkey(EvpPkeyPtr pkey);
-  EvpPkeyPtr pkey_;
+  SharedEvpPkeyPtr pkey_;
   KeyType type_;
 };
 
@@ -88,12 +83,7 @@ class PrivateKey {
   // unsupported key type. For rkl::crypto internals (generation, PKCS#12 import).
   static absl::StatusOr<PrivateKey> FromEvpPkey(EvpPkeyPtr pkey);
 
-  PrivateKey(const PrivateKey&) = delete;
-  PrivateKey& operator=(const PrivateKey&) = delete;
-  PrivateKey(PrivateKey&&) noexcept = default;
-  PrivateKey& operator=(PrivateKey&&) noexcept = default;
-  ~PrivateKey() = default;
-
+  // Move-only: it owns its EVP_PKEY (EvpPkeyPtr), and a private key is never copied.
   KeyType Type() const { return type_; }
   int Bits() const;
   PublicKey GetPublicKey() const;

@@ -52,6 +52,45 @@ using AuthorityKeyIdPtr = OpenSslPtr<AUTHORITY_KEYID, AUTHORITY_KEYID_free>;
 using Pkcs8PrivKeyInfoPtr = OpenSslPtr<PKCS8_PRIV_KEY_INFO, PKCS8_PRIV_KEY_INFO_free>;
 using EcdsaSigPtr = OpenSslPtr<ECDSA_SIG, ECDSA_SIG_free>;
 
+// An OpenSslPtr that can also be copied: a copy holds what `Copy` returns for the object, another
+// counted reference (TakeReference) or a duplicate (X509_REQ_dup), and is null when the source
+// is null or `Copy` fails. The immutable value types (PublicKey, Certificate, Crl, Csr) hold
+// one, so their copy and move operations are the implicit ones. Objects shared by reference
+// must only be read.
+template <typename T, void (*Free)(T*), T* (*Copy)(T*)>
+class CopyableOpenSslPtr : public OpenSslPtr<T, Free> {
+  using Owner = OpenSslPtr<T, Free>;
+
+ public:
+  CopyableOpenSslPtr() = default;
+  // Takes over what `owner` owns.
+  CopyableOpenSslPtr(Owner owner) noexcept : Owner(std::move(owner)) {}  // NOLINT: implicit
+  CopyableOpenSslPtr(const CopyableOpenSslPtr& other)
+      : Owner(other != nullptr ? Copy(other.get()) : nullptr) {}
+  CopyableOpenSslPtr& operator=(const CopyableOpenSslPtr& other) {
+    if (this != &other) this->reset(other != nullptr ? Copy(other.get()) : nullptr);
+    return *this;
+  }
+  CopyableOpenSslPtr(CopyableOpenSslPtr&&) noexcept = default;
+  CopyableOpenSslPtr& operator=(CopyableOpenSslPtr&&) noexcept = default;
+  ~CopyableOpenSslPtr() = default;
+};
+
+// `p` with one more reference taken by `UpRef` (X509_up_ref, ...); null when that fails.
+template <typename T, int (*UpRef)(T*)>
+T* TakeReference(T* p) {
+  return UpRef(p) == 1 ? p : nullptr;
+}
+// X509_REQ has no reference count: copies are deep.
+inline X509_REQ* DuplicateX509Req(X509_REQ* p) { return X509_REQ_dup(p); }
+
+using SharedEvpPkeyPtr =
+    CopyableOpenSslPtr<EVP_PKEY, EVP_PKEY_free, TakeReference<EVP_PKEY, EVP_PKEY_up_ref>>;
+using SharedX509Ptr = CopyableOpenSslPtr<X509, X509_free, TakeReference<X509, X509_up_ref>>;
+using SharedX509CrlPtr =
+    CopyableOpenSslPtr<X509_CRL, X509_CRL_free, TakeReference<X509_CRL, X509_CRL_up_ref>>;
+using CopiedX509ReqPtr = CopyableOpenSslPtr<X509_REQ, X509_REQ_free, DuplicateX509Req>;
+
 // STACK_OF(X509) that owns one reference to each element.
 inline void FreeX509Stack(STACK_OF(X509) * s) { sk_X509_pop_free(s, X509_free); }
 using X509StackPtr = OpenSslPtr<STACK_OF(X509), FreeX509Stack>;

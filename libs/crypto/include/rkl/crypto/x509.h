@@ -23,6 +23,7 @@
 #include "rkl/common/hex.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/openssl_ptr.h"
+#include "rkl/crypto/x509_object.h"
 
 namespace rkl::crypto {
 
@@ -69,27 +70,17 @@ constexpr bool HasAll(E set, E wanted) {
   return (set & wanted) == wanted;
 }
 
-class Certificate {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Certificate : public PemOrDerCodec<Certificate> {
  public:
   // Exactly one DER certificate, no trailing bytes.
   static absl::StatusOr<Certificate> FromDer(std::span<const uint8_t> der);
   // Exactly one "CERTIFICATE" PEM block (use ParsePemBundle for several).
   static absl::StatusOr<Certificate> FromPem(std::string_view pem);
-  // PEM if the input starts with a PEM armour line, DER otherwise.
-  static absl::StatusOr<Certificate> Parse(std::span<const uint8_t> pem_or_der);
   // One or more concatenated "CERTIFICATE" PEM blocks, in order.
   static absl::StatusOr<std::vector<Certificate>> ParsePemBundle(std::string_view pem);
   // Takes ownership of a parsed X509 and applies the same checks as FromDer.
   static absl::StatusOr<Certificate> FromX509(X509Ptr x509);
-
-  Certificate(const Certificate& other);
-  Certificate& operator=(const Certificate& other);
-  Certificate(Certificate&&) noexcept = default;
-  Certificate& operator=(Certificate&&) noexcept = default;
-  ~Certificate() = default;
-
-  Bytes ToDer() const;
-  std::string ToPem() const;
 
   // Serial number as big-endian magnitude bytes (no leading zero) and as upper-case hex of
   // those bytes ("-" prefixed in the unlikely case of a negative serial from elsewhere).
@@ -147,7 +138,7 @@ class Certificate {
  private:
   Certificate(X509Ptr x509, int64_t not_before, int64_t not_after)
       : x509_(std::move(x509)), not_before_(not_before), not_after_(not_after) {}
-  X509Ptr x509_;
+  SharedX509Ptr x509_;
   int64_t not_before_ = 0;
   int64_t not_after_ = 0;
 };
@@ -157,12 +148,9 @@ class Certificate {
 // method 1) and authorityKeyIdentifier (the issuer's SKI) are added, as
 // X509_V_FLAG_X509_STRICT verification requires them.
 // Not thread-safe; use one builder per certificate.
-class CertificateBuilder {
+// SetSubjectCommonName() and SetSubjectOrganization() come from SubjectNameBuilder.
+class CertificateBuilder : public SubjectNameBuilder<CertificateBuilder> {
  public:
-  // Required, 1-64 characters.
-  CertificateBuilder& SetSubjectCommonName(std::string cn);
-  // Optional O attribute, 1-64 characters.
-  CertificateBuilder& SetSubjectOrganization(std::string organization);
   // Required, big-endian unsigned, positive, at most 159 bits (RFC 5280 §4.1.2.2).
   CertificateBuilder& SetSerial(Bytes serial);
   // Required, unix seconds, 0 <= not_before < not_after.
@@ -195,8 +183,6 @@ class CertificateBuilder {
   };
   absl::StatusOr<Certificate> Build(const Certificate* issuer, const PrivateKey& key) const;
 
-  std::string cn_;
-  std::string organization_;
   Bytes serial_;
   std::optional<int64_t> not_before_;
   std::optional<int64_t> not_after_;

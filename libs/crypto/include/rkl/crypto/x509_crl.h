@@ -22,6 +22,7 @@
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/openssl_ptr.h"
 #include "rkl/crypto/x509.h"
+#include "rkl/crypto/x509_object.h"
 
 namespace rkl::crypto {
 
@@ -44,23 +45,13 @@ struct RevokedCertificate {
   CrlReason reason;         // kUnspecified when the entry has no reasonCode
 };
 
-class Crl {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Crl : public PemOrDerCodec<Crl> {
  public:
   // Exactly one DER CRL, no trailing bytes.
   static absl::StatusOr<Crl> FromDer(std::span<const uint8_t> der);
   // Exactly one "X509 CRL" PEM block.
   static absl::StatusOr<Crl> FromPem(std::string_view pem);
-  // PEM if the input starts with a PEM armour line, DER otherwise.
-  static absl::StatusOr<Crl> Parse(std::span<const uint8_t> pem_or_der);
-
-  Crl(const Crl& other);
-  Crl& operator=(const Crl& other);
-  Crl(Crl&&) noexcept = default;
-  Crl& operator=(Crl&&) noexcept = default;
-  ~Crl() = default;
-
-  Bytes ToDer() const;
-  std::string ToPem() const;
 
   std::string IssuerDn() const;
   std::string IssuerCommonName() const;
@@ -88,7 +79,7 @@ class Crl {
       : crl_(std::move(crl)), last_update_(last_update), next_update_(next_update) {}
   static absl::StatusOr<Crl> FromX509Crl(X509CrlPtr crl);
 
-  X509CrlPtr crl_;
+  SharedX509CrlPtr crl_;
   int64_t last_update_ = 0;
   std::optional<int64_t> next_update_;
 };

@@ -21,26 +21,17 @@
 #include "rkl/common/hex.h"
 #include "rkl/crypto/keys.h"
 #include "rkl/crypto/openssl_ptr.h"
+#include "rkl/crypto/x509_object.h"
 
 namespace rkl::crypto {
 
-class Csr {
+// Parse(), ToDer() and ToPem() come from PemOrDerCodec.
+class Csr : public PemOrDerCodec<Csr> {
  public:
   // Exactly one DER CertificationRequest, no trailing bytes.
   static absl::StatusOr<Csr> FromDer(std::span<const uint8_t> der);
   // One "CERTIFICATE REQUEST" (or "NEW CERTIFICATE REQUEST") PEM block.
   static absl::StatusOr<Csr> FromPem(std::string_view pem);
-  // PEM if the input starts with a PEM armour line, DER otherwise.
-  static absl::StatusOr<Csr> Parse(std::span<const uint8_t> pem_or_der);
-
-  Csr(const Csr& other);
-  Csr& operator=(const Csr& other);
-  Csr(Csr&&) noexcept = default;
-  Csr& operator=(Csr&&) noexcept = default;
-  ~Csr() = default;
-
-  Bytes ToDer() const;
-  std::string ToPem() const;
 
   std::string SubjectCommonName() const;
   std::string SubjectDn() const;
@@ -58,23 +49,15 @@ class Csr {
 
  private:
   explicit Csr(X509ReqPtr req) : req_(std::move(req)) {}
-  X509ReqPtr req_;
+  CopiedX509ReqPtr req_;
 };
 
-// Not thread-safe; one builder per request.
-class CsrBuilder {
+// Not thread-safe; one builder per request. SetSubjectCommonName() (required) and
+// SetSubjectOrganization() come from SubjectNameBuilder.
+class CsrBuilder : public SubjectNameBuilder<CsrBuilder> {
  public:
-  // Required, 1-64 characters.
-  CsrBuilder& SetSubjectCommonName(std::string cn);
-  // Optional, 1-64 characters.
-  CsrBuilder& SetSubjectOrganization(std::string organization);
-
   // SHA-256 signature (RSA PKCS#1 v1.5 or ECDSA) by `key`, whose public key the request carries.
   absl::StatusOr<Csr> Sign(const PrivateKey& key) const;
-
- private:
-  std::string cn_;
-  std::string organization_;
 };
 
 }  // namespace rkl::crypto
