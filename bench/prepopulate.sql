@@ -12,8 +12,13 @@
 \set ON_ERROR_STOP on
 SELECT current_database() = 'rkl_kms' AS is_kms, current_database() = 'rkl_hsm_kms' AS is_hsm_kms,
        current_database() = 'rkl_hsm_mtms' AS is_hsm_mtms, current_database() = 'rkl_mtms' AS is_mtms,
+       current_database() IN ('rkl_kms', 'rkl_hsm_kms', 'rkl_hsm_mtms', 'rkl_mtms') AS is_rkl,
+       CASE WHEN current_database() LIKE 'rkl_hsm_%' THEN 'hsm_audit' ELSE 'audit' END
+         AS audit_table,
        (extract(epoch FROM now()) * 1000)::bigint AS now_ms \gset
 BEGIN;
+-- The audit records every SN gets, in order (filled below by each database's part).
+CREATE TEMPORARY TABLE sn_audit (i int, actor text, action text) ON COMMIT DROP;
 \if :is_kms
 SELECT greatest(coalesce(max(tmk_index), 0), 1000000000000) AS base FROM terminals \gset
 INSERT INTO terminals (sn, state, algorithm, tmk_index, tmk_kcv, tmk_generation, created_at_ms,
@@ -29,19 +34,12 @@ SELECT :'tag' || '-' || lpad(g::text, 7, '0'),
        upper(left(md5(:'tag' || g || 'tek'), 6)), :base + 3 * g + 2,
        upper(left(md5(:'tag' || g || 'auk'), 6)), :now_ms
 FROM generate_series(1, :n) g;
-SELECT coalesce(max(seq), 0) AS seq0 FROM audit \gset
-INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac)
-SELECT :seq0 + 6 * (g - 1) + a.i, :now_ms, a.actor, a.action,
-       :'tag' || '-' || lpad(g::text, 7, '0'), 'prepopulated by bench/run', 'OK',
-       decode(md5(g || a.action) || md5(a.action || g), 'hex')
-FROM generate_series(1, :n) g,
-     (VALUES (1, 'mtms', 'tk.receive'), (2, 'terminal', 'tk.import'),
-             (3, 'terminal', 'auth.begin'), (4, 'terminal', 'auth.ok'),
-             (5, 'terminal', 'tmk.deliver'), (6, 'terminal', 'tmk.installed')) a(i, actor, action);
+INSERT INTO sn_audit
+VALUES (1, 'mtms', 'tk.receive'), (2, 'terminal', 'tk.import'), (3, 'terminal', 'auth.begin'),
+       (4, 'terminal', 'auth.ok'), (5, 'terminal', 'tmk.deliver'), (6, 'terminal', 'tmk.installed');
 \endif
 \if :is_hsm_kms
 SELECT greatest(coalesce(max(key_index), 0), 1000000000000) AS base FROM hsm_key \gset
-SELECT coalesce(max(seq), 0) AS seq0 FROM hsm_audit \gset
 INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state,
                      created_at_ms, updated_at_ms, nonce, sealed)
 SELECT :base + 3 * g + k.off, k.type, 17, k.usage, :'tag' || '-' || lpad(g::text, 7, '0'),
@@ -50,19 +48,13 @@ SELECT :base + 3 * g + k.off, k.type, 17, k.usage, :'tag' || '-' || lpad(g::text
        decode(md5(:'tag' || g || k.name) || md5(k.name || g), 'hex')
 FROM generate_series(1, :n) g,
      (VALUES (1, 4, 4, 'tek'), (2, 5, 5, 'auk'), (3, 6, 6, 'tmk')) k(off, type, usage, name);
-INSERT INTO hsm_audit (seq, at_ms, actor, action, sn, detail, result, mac)
-SELECT :seq0 + 6 * (g - 1) + a.i, :now_ms, 'kms', a.action, :'tag' || '-' || lpad(g::text, 7, '0'),
-       'prepopulated by bench/run', 'OK', decode(md5(g || a.action) || md5(a.action || g), 'hex')
-FROM generate_series(1, :n) g,
-     (VALUES (1, 'import_transport_key'), (2, 'generate_tmk'), (3, 'auth.challenge'),
-             (4, 'auth_verify'), (5, 'export_key_block'), (6, 'install.verify_proof')) a(i, action);
+INSERT INTO sn_audit
+VALUES (1, 'kms', 'import_transport_key'), (2, 'kms', 'generate_tmk'),
+       (3, 'kms', 'auth.challenge'), (4, 'kms', 'auth_verify'), (5, 'kms', 'export_key_block'),
+       (6, 'kms', 'install.verify_proof');
 \endif
 \if :is_hsm_mtms
-SELECT coalesce(max(seq), 0) AS seq0 FROM hsm_audit \gset
-INSERT INTO hsm_audit (seq, at_ms, actor, action, sn, detail, result, mac)
-SELECT :seq0 + g, :now_ms, 'mtms', 'tk.translate', :'tag' || '-' || lpad(g::text, 7, '0'),
-       'prepopulated by bench/run', 'OK', decode(md5(g::text) || md5(:'tag' || g), 'hex')
-FROM generate_series(1, :n) g;
+INSERT INTO sn_audit VALUES (1, 'mtms', 'tk.translate');
 \endif
 \if :is_mtms
 SELECT serial_hex AS work_serial FROM work_keys ORDER BY created_at_ms DESC LIMIT 1 \gset
@@ -76,12 +68,16 @@ SELECT 'pre-' || :'tag' || '-' || g, :'tag' || '-' || lpad(g::text, 7, '0'), 'op
        decode(repeat(md5(g || 'ctk'), 16), 'hex'), 17, :now_ms, :now_ms, 'FORWARDED', 1,
        :now_ms, :now_ms
 FROM generate_series(1, :n) g;
-SELECT coalesce(max(seq), 0) AS seq0 FROM audit \gset
-INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac)
-SELECT :seq0 + 2 * (g - 1) + a.i, :now_ms, a.actor, a.action,
+INSERT INTO sn_audit
+VALUES (1, 'operator:operator1', 'package.receive'), (2, 'mtms', 'package.forward');
+\endif
+\if :is_rkl
+SELECT coalesce(max(seq), 0) AS seq0, (SELECT count(*) FROM sn_audit) AS per_sn
+FROM :"audit_table" \gset
+INSERT INTO :"audit_table" (seq, at_ms, actor, action, sn, detail, result, mac)
+SELECT :seq0 + :per_sn * (g - 1) + a.i, :now_ms, a.actor, a.action,
        :'tag' || '-' || lpad(g::text, 7, '0'), 'prepopulated by bench/run', 'OK',
        decode(md5(g || a.action) || md5(a.action || g), 'hex')
-FROM generate_series(1, :n) g, (VALUES (1, 'operator:operator1', 'package.receive'),
-                                       (2, 'mtms', 'package.forward')) a(i, actor, action);
+FROM generate_series(1, :n) g, sn_audit a;
 \endif
 COMMIT;

@@ -46,3 +46,47 @@ function(rkl_add_pgtest)
     FIXTURES_REQUIRED rkl_pg
     ENVIRONMENT "RKL_TEST_PG_DSN_FILE=${CMAKE_BINARY_DIR}/test-pg/dsn")
 endfunction()
+
+# rkl_add_service_library(<name> SOURCES src/a.cc ... [PUBLIC ...] [PRIVATE ...])
+#   A static library of files of the caller's src/ folder, which is also its public include
+#   directory (a service keeps its headers beside its sources).
+function(rkl_add_service_library name)
+  cmake_parse_arguments(L "" "" "SOURCES;PUBLIC;PRIVATE" ${ARGN})
+  add_library(${name} STATIC ${L_SOURCES})
+  target_include_directories(${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/src)
+  target_link_libraries(${name} PUBLIC ${L_PUBLIC} PRIVATE ${L_PRIVATE})
+endfunction()
+
+# rkl_add_daemon(<name> LIBS ...)
+#   An executable of src/main.cc, installed into bin/.
+function(rkl_add_daemon name)
+  cmake_parse_arguments(D "" "" "LIBS" ${ARGN})
+  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/src/main.cc)
+  target_link_libraries(${name} PRIVATE ${D_LIBS})
+  install(TARGETS ${name} RUNTIME DESTINATION bin)
+endfunction()
+
+# rkl_add_service(<svc> CORE src/a.cc ... [CORE_PUBLIC ...] [CORE_PRIVATE ...]
+#                 PG src/b.cc ... [PG_LIBS ...] GRPC src/c.cc ... [GRPC_LIBS ...]
+#                 [DAEMON_LIBS ...])
+#   The four parts of every service, each over the one before it:
+#     <svc>_migrations  migrations/NNN_name.sql, embedded (namespace rkl::<svc>)
+#     <svc>_core        the CORE sources: logic and the interfaces of its storage and peers
+#     <svc>_pg          the PG sources, over <svc>_core, rkl::db and <svc>_migrations
+#     <svc>_grpc        the GRPC sources, the service's adapter, over <svc>_core, rkl::rpc
+#                       and rkl::proto
+#     rkl-<svc>         the daemon (src/main.cc), over the three libraries
+#   The *_LIBS lists name what a part links beyond these (PUBLIC, but for CORE_PRIVATE).
+function(rkl_add_service svc)
+  cmake_parse_arguments(S "" ""
+    "CORE;CORE_PUBLIC;CORE_PRIVATE;PG;PG_LIBS;GRPC;GRPC_LIBS;DAEMON_LIBS" ${ARGN})
+  rkl_embed_migrations(TARGET ${svc}_migrations DIR ${CMAKE_CURRENT_SOURCE_DIR}/migrations
+                       NAMESPACE rkl::${svc})
+  rkl_add_service_library(${svc}_core SOURCES ${S_CORE}
+    PUBLIC ${S_CORE_PUBLIC} PRIVATE ${S_CORE_PRIVATE})
+  rkl_add_service_library(${svc}_pg SOURCES ${S_PG}
+    PUBLIC ${svc}_core rkl::db ${svc}_migrations ${S_PG_LIBS} PRIVATE absl::strings)
+  rkl_add_service_library(${svc}_grpc SOURCES ${S_GRPC}
+    PUBLIC ${svc}_core rkl::rpc rkl::proto ${S_GRPC_LIBS} PRIVATE absl::strings)
+  rkl_add_daemon(rkl-${svc} LIBS ${svc}_grpc ${svc}_pg ${svc}_core ${S_DAEMON_LIBS})
+endfunction()

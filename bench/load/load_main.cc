@@ -142,8 +142,23 @@ std::vector<std::shared_ptr<grpc::Channel>> Channels(const Args& a, const std::s
   return out;
 }
 
-void Deadline(grpc::ClientContext& ctx) {
+// One unary call of `stub` under the run's deadline (kCallTimeout).
+template <typename Stub, typename Request, typename Response>
+grpc::Status Call(Stub& stub,
+                  grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                  const Request& request, Response* response) {
+  grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
+  return (stub.*method)(&ctx, request, response);
+}
+
+// A terminal's next request in the session `begun` opened.
+template <typename Request>
+Request SessionRequest(const v1::BeginAuthenticationResponse& begun, const std::string& sn) {
+  Request request;
+  request.set_session_id(begun.session_id());
+  request.set_sn(sn);
+  return request;
 }
 
 // ---- closed-loop driver and statistics --------------------------------------------------------
@@ -267,12 +282,10 @@ int Echo(const Args& a) {
   for (auto& ch : channels) stubs.push_back(v1::Echo::NewStub(ch));
   const std::string payload(64, 'x');
   RunResult r = Drive(n, c, [&](int64_t, int t) -> std::string {
-    grpc::ClientContext ctx;
-    Deadline(ctx);
     v1::EchoRequest req;
     req.set_payload(payload);
     v1::EchoResponse resp;
-    grpc::Status s = stubs[t % stubs.size()]->Echo(&ctx, req, &resp);
+    grpc::Status s = Call(*stubs[t % stubs.size()], &v1::Echo::Stub::Echo, req, &resp);
     if (!s.ok()) return Fmt(s);
     return resp.payload() == payload ? "" : "payload differs";
   });
@@ -292,10 +305,8 @@ WorkKeyInfo CurrentWorkKey(const Args& a) {
   auto ch = Channel(a.Str("mtms"), a.Str("mtms-authority", "mtms"),
                     {a.Str("admin-cert"), a.Str("admin-key"), a.Str("ca")});
   auto stub = v1::Mtms::NewStub(ch);
-  grpc::ClientContext ctx;
-  Deadline(ctx);
   v1::ListWorkKeysResponse resp;
-  grpc::Status s = stub->ListWorkKeys(&ctx, v1::Empty(), &resp);
+  grpc::Status s = Call(*stub, &v1::Mtms::Stub::ListWorkKeys, v1::Empty(), &resp);
   if (!s.ok()) Args::Fail("ListWorkKeys: " + Fmt(s));
   for (const auto& k : resp.work_keys()) {
     if (k.state() != v1::WorkKey::STATE_CURRENT) continue;
@@ -303,6 +314,12 @@ WorkKeyInfo CurrentWorkKey(const Args& a) {
     return {k.hsm_key_index(), OrDie(cert.GetPublicKey(), "work public key"), k.serial_hex()};
   }
   Args::Fail("MTMS has no current work key");
+}
+
+// A new transport key for `sn`, encrypted to the current work key (Ctk_pu).
+Bytes NewCtk(const WorkKeyInfo& wk, const std::string& sn) {
+  SecretBytes payload = OrDie(protocol::EncodeTkPayload(NewTk()), "payload");
+  return OrDie(crypto::RsaOaepEncrypt(wk.pu, payload, protocol::OaepLabel(sn)), "OAEP");
 }
 
 // --batch B: TranslateTransportKeys with B items per call, c / B calls in flight (so c
@@ -316,10 +333,9 @@ int HsmTranslateBatches(const std::vector<v1::TranslateTransportKeyRequest>& req
   const int threads = static_cast<int>(std::max<int64_t>(1, c / batch));
   std::atomic<int64_t> bad_items{0};
   RunResult r = Drive(calls, threads, [&](int64_t i, int t) -> std::string {
-    grpc::ClientContext ctx;
-    Deadline(ctx);
     v1::TranslateTransportKeysResponse resp;
-    grpc::Status s = stubs[t % stubs.size()]->TranslateTransportKeys(&ctx, batches[i], &resp);
+    grpc::Status s =
+        Call(*stubs[t % stubs.size()], &v1::Hsm::Stub::TranslateTransportKeys, batches[i], &resp);
     if (!s.ok()) {
       bad_items += batches[i].items_size();
       return Fmt(s);
@@ -392,8 +408,7 @@ int HsmTranslate(const Args& a) {
   std::vector<v1::TranslateTransportKeyRequest> reqs(n);
   for (int64_t i = 0; i < n; ++i) {
     std::string sn = Sn(prefix, i);
-    SecretBytes payload = OrDie(protocol::EncodeTkPayload(NewTk()), "payload");
-    Bytes ctk = OrDie(crypto::RsaOaepEncrypt(wk.pu, payload, protocol::OaepLabel(sn)), "OAEP");
+    Bytes ctk = NewCtk(wk, sn);
     auto& r = reqs[i];
     r.set_pr_index(wk.pr_index);
     r.set_ctk_pu(std::string(AsString(ctk)));
@@ -414,10 +429,9 @@ int HsmTranslate(const Args& a) {
   const int64_t batch = a.Int("batch", 1);
   if (batch > 1) return HsmTranslateBatches(reqs, batch, c, stubs);
   RunResult r = Drive(n, c, [&](int64_t i, int t) -> std::string {
-    grpc::ClientContext ctx;
-    Deadline(ctx);
     v1::TranslateTransportKeyResponse resp;
-    grpc::Status s = stubs[t % stubs.size()]->TranslateTransportKey(&ctx, reqs[i], &resp);
+    grpc::Status s =
+        Call(*stubs[t % stubs.size()], &v1::Hsm::Stub::TranslateTransportKey, reqs[i], &resp);
     if (!s.ok()) return Fmt(s);
     auto parsed = protocol::ParseCtkPk(AsBytes(resp.ctk_pk()));
     if (!parsed.ok() || parsed->header.sn != reqs[i].sn()) return "Ctk_pk malformed";
@@ -434,12 +448,10 @@ struct QueueCounts {
 };
 
 QueueCounts Counts(v1::Mtms::Stub& admin) {
-  grpc::ClientContext ctx;
-  Deadline(ctx);
   v1::ListQueueRequest req;
   req.mutable_page()->set_page_size(1);
   v1::ListQueueResponse resp;
-  grpc::Status s = admin.ListQueue(&ctx, req, &resp);
+  grpc::Status s = Call(admin, &v1::Mtms::Stub::ListQueue, req, &resp);
   if (!s.ok()) Args::Fail("ListQueue: " + Fmt(s));
   return {resp.received(), resp.forwarded(), resp.rejected()};
 }
@@ -455,8 +467,7 @@ int Mtms(const Args& a) {
   std::vector<v1::SubmitTransportKeyRequest> reqs(n);
   for (int64_t i = 0; i < n; ++i) {
     std::string sn = Sn(prefix, i);
-    SecretBytes payload = OrDie(protocol::EncodeTkPayload(NewTk()), "payload");
-    Bytes ctk = OrDie(crypto::RsaOaepEncrypt(wk.pu, payload, protocol::OaepLabel(sn)), "OAEP");
+    Bytes ctk = NewCtk(wk, sn);
     Bytes sig;
     reqs[i].set_package(SignedPackage(op, wk, sn, ctk, absl::ToUnixMillis(absl::Now()), &sig));
     reqs[i].set_signature(std::string(AsString(sig)));
@@ -471,10 +482,9 @@ int Mtms(const Args& a) {
   for (auto& ch : channels) stubs.push_back(v1::Mtms::NewStub(ch));
   const auto start = Clock::now();
   RunResult r = Drive(n, c, [&](int64_t i, int t) -> std::string {
-    grpc::ClientContext ctx;
-    Deadline(ctx);
     v1::SubmitTransportKeyResponse resp;
-    grpc::Status s = stubs[t % stubs.size()]->SubmitTransportKey(&ctx, reqs[i], &resp);
+    grpc::Status s =
+        Call(*stubs[t % stubs.size()], &v1::Mtms::Stub::SubmitTransportKey, reqs[i], &resp);
     if (!s.ok()) return Fmt(s);
     return resp.submission_id().empty() ? "no receipt" : "";
   });
@@ -560,10 +570,9 @@ int Kms(const Args& a) {
   std::vector<std::unique_ptr<v1::Kms::Stub>> mtms_stubs;
   for (auto& ch : mtms_channels) mtms_stubs.push_back(v1::Kms::NewStub(ch));
   RunResult intake = Drive(n, c, [&](int64_t i, int t) -> std::string {
-    grpc::ClientContext ctx;
-    Deadline(ctx);
     v1::KmsSubmitTransportKeyResponse resp;
-    grpc::Status s = mtms_stubs[t % mtms_stubs.size()]->SubmitTransportKey(&ctx, submits[i], &resp);
+    grpc::Status s = Call(*mtms_stubs[t % mtms_stubs.size()], &v1::Kms::Stub::SubmitTransportKey,
+                          submits[i], &resp);
     return s.ok() ? "" : Fmt(s);
   });
   if (intake.failed > 0) {
@@ -589,43 +598,30 @@ int Kms(const Args& a) {
     breq.set_sn(term.sn);
     breq.set_rnd1(std::string(AsString(rnd1)));
     v1::BeginAuthenticationResponse bresp;
-    {
-      grpc::ClientContext ctx;
-      Deadline(ctx);
-      grpc::Status s = kms.BeginAuthentication(&ctx, breq, &bresp);
-      if (!s.ok()) return "begin: " + Fmt(s);
+    if (grpc::Status s = Call(kms, &v1::Kms::Stub::BeginAuthentication, breq, &bresp); !s.ok()) {
+      return "begin: " + Fmt(s);
     }
     Bytes rnd2(bresp.rnd2().begin(), bresp.rnd2().end());
     if (!protocol::VerifyCrnd1(*keys, rnd1, rnd2, AsBytes(bresp.crnd1())).ok())
       return "KMS did not prove AUK";
     auto t1 = Clock::now();
     Bytes crnd2 = OrDie(protocol::MakeCrnd2(*keys, rnd1, rnd2), "crnd2");
-    v1::CompleteAuthenticationRequest creq;
-    creq.set_session_id(bresp.session_id());
-    creq.set_sn(term.sn);
+    auto creq = SessionRequest<v1::CompleteAuthenticationRequest>(bresp, term.sn);
     creq.set_crnd2(std::string(AsString(crnd2)));
     v1::CompleteAuthenticationResponse cresp;
-    {
-      grpc::ClientContext ctx;
-      Deadline(ctx);
-      grpc::Status s = kms.CompleteAuthentication(&ctx, creq, &cresp);
-      if (!s.ok()) return "complete: " + Fmt(s);
+    if (grpc::Status s = Call(kms, &v1::Kms::Stub::CompleteAuthentication, creq, &cresp); !s.ok()) {
+      return "complete: " + Fmt(s);
     }
     auto delivery = keyblock::ParseTmkBlock(term.tk.tek, alg, cresp.key_block());
     if (!delivery.ok() || delivery->tmk_kcv != cresp.tmk_kcv()) return "TR-31 block rejected";
     auto t2 = Clock::now();
     Bytes kcv = OrDie(crypto::Kcv(delivery->tmk_algorithm, delivery->tmk), "kcv");
     Bytes proof = OrDie(protocol::MakeInstallProof(*keys, term.sn, kcv, rnd1, rnd2), "proof");
-    v1::ConfirmInstallationRequest qreq;
-    qreq.set_session_id(bresp.session_id());
-    qreq.set_sn(term.sn);
+    auto qreq = SessionRequest<v1::ConfirmInstallationRequest>(bresp, term.sn);
     qreq.set_proof(std::string(AsString(proof)));
     v1::ConfirmInstallationResponse qresp;
-    {
-      grpc::ClientContext ctx;
-      Deadline(ctx);
-      grpc::Status s = kms.ConfirmInstallation(&ctx, qreq, &qresp);
-      if (!s.ok()) return "confirm: " + Fmt(s);
+    if (grpc::Status s = Call(kms, &v1::Kms::Stub::ConfirmInstallation, qreq, &qresp); !s.ok()) {
+      return "confirm: " + Fmt(s);
     }
     if (qresp.state() != v1::TERMINAL_STATE_INSTALLED) return "not INSTALLED";
     auto t3 = Clock::now();

@@ -83,6 +83,27 @@ protocol::TransportKey NewTk() {
           crypto::GenerateKey(KeyAlgorithm::kAes128)};
 }
 
+const absl::Status& StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+
+// The timed loop of a benchmark: `op` once an iteration, its result kept from the optimizer;
+// the first failure stops the benchmark with the status' message.
+template <typename Op>
+void TimeOk(benchmark::State& state, Op op) {
+  for (auto _ : state) {
+    auto result = op();
+    if (const absl::Status& s = StatusOf(result); !s.ok()) {
+      state.SkipWithError(std::string(s.message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(result);
+  }
+}
+
+// For the set-up of a benchmark.
 #define BENCH_OK(expr)                    \
   if (!(expr).ok()) {                     \
     state.SkipWithError(#expr " failed"); \
@@ -92,11 +113,7 @@ protocol::TransportKey NewTk() {
 void BM_RsaOaepEncrypt2048(benchmark::State& state) {
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
   Bytes label = protocol::OaepLabel(kSn);
-  for (auto _ : state) {
-    auto c = crypto::RsaOaepEncrypt(K().pu, p, label);
-    BENCH_OK(c);
-    benchmark::DoNotOptimize(c);
-  }
+  TimeOk(state, [&] { return crypto::RsaOaepEncrypt(K().pu, p, label); });
 }
 BENCHMARK(BM_RsaOaepEncrypt2048);
 
@@ -104,11 +121,7 @@ void BM_RsaOaepDecrypt2048(benchmark::State& state) {
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
   Bytes label = protocol::OaepLabel(kSn);
   Bytes c = *crypto::RsaOaepEncrypt(K().pu, p, label);
-  for (auto _ : state) {
-    auto d = crypto::RsaOaepDecrypt(K().pr, c, label);
-    BENCH_OK(d);
-    benchmark::DoNotOptimize(d);
-  }
+  TimeOk(state, [&] { return crypto::RsaOaepDecrypt(K().pr, c, label); });
 }
 BENCHMARK(BM_RsaOaepDecrypt2048)->ThreadRange(1, 2)->UseRealTime();
 
@@ -121,76 +134,51 @@ void BM_RsaPkcs8ParseThenDecrypt2048(benchmark::State& state) {
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
   Bytes label = protocol::OaepLabel(kSn);
   Bytes c = *crypto::RsaOaepEncrypt(K().pu, p, label);
-  for (auto _ : state) {
-    auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
-    BENCH_OK(key);
-    auto d = crypto::RsaOaepDecrypt(*key, c, label);
-    BENCH_OK(d);
-    benchmark::DoNotOptimize(d);
-  }
+  TimeOk(state, [&]() -> decltype(crypto::RsaOaepDecrypt(K().pr, c, label)) {
+    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, crypto::PrivateKey::FromPkcs8DerSecret(der));
+    return crypto::RsaOaepDecrypt(key, c, label);
+  });
 }
 BENCHMARK(BM_RsaPkcs8ParseThenDecrypt2048);
 
 void BM_RsaPkcs8Parse2048(benchmark::State& state) {
   SecretBytes der = *K().pr.ExportPkcs8DerSecret();
-  for (auto _ : state) {
-    auto key = crypto::PrivateKey::FromPkcs8DerSecret(der);
-    BENCH_OK(key);
-    benchmark::DoNotOptimize(key);
-  }
+  TimeOk(state, [&] { return crypto::PrivateKey::FromPkcs8DerSecret(der); });
 }
 BENCHMARK(BM_RsaPkcs8Parse2048);
 
 void BM_KwpWrapTkPayload(benchmark::State& state) {
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
-  for (auto _ : state) {
-    auto w = crypto::KwpWrap(K().pk, p);
-    BENCH_OK(w);
-    benchmark::DoNotOptimize(w);
-  }
+  TimeOk(state, [&] { return crypto::KwpWrap(K().pk, p); });
 }
 BENCHMARK(BM_KwpWrapTkPayload);
 
 void BM_KwpUnwrapTkPayload(benchmark::State& state) {
   SecretBytes p = *protocol::EncodeTkPayload(NewTk());
   Bytes w = *crypto::KwpWrap(K().pk, p);
-  for (auto _ : state) {
-    auto u = crypto::KwpUnwrap(K().pk, w);
-    BENCH_OK(u);
-    benchmark::DoNotOptimize(u);
-  }
+  TimeOk(state, [&] { return crypto::KwpUnwrap(K().pk, w); });
 }
 BENCHMARK(BM_KwpUnwrapTkPayload);
 
 void BM_CmacAes256(benchmark::State& state) {
   Bytes data = crypto::RandomBytes(static_cast<size_t>(state.range(0)));
-  for (auto _ : state) {
-    auto m = crypto::Cmac(CipherFamily::kAes, K().mak, data);
-    BENCH_OK(m);
-    benchmark::DoNotOptimize(m);
-  }
+  TimeOk(state, [&] { return crypto::Cmac(CipherFamily::kAes, K().mak, data); });
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
 }
 BENCHMARK(BM_CmacAes256)->Arg(64)->Arg(1024);
 
 void BM_KdfAuthKeys(benchmark::State& state) {
   SecretBytes auk = crypto::GenerateKey(KeyAlgorithm::kAes128);
-  for (auto _ : state) {
-    auto k = protocol::DeriveAuthKeys(KeyAlgorithm::kAes128, auk, kSn);
-    BENCH_OK(k);
-    benchmark::DoNotOptimize(k);
-  }
+  TimeOk(state, [&] { return protocol::DeriveAuthKeys(KeyAlgorithm::kAes128, auk, kSn); });
 }
 BENCHMARK(BM_KdfAuthKeys);
 
 void BM_Tr31BuildTmkBlock(benchmark::State& state) {
   SecretBytes tek = crypto::GenerateKey(KeyAlgorithm::kAes128);
   SecretBytes tmk = crypto::GenerateKey(KeyAlgorithm::kAes128);
-  for (auto _ : state) {
-    auto b = keyblock::BuildTmkBlock(tek, KeyAlgorithm::kAes128, tmk, KeyAlgorithm::kAes128);
-    BENCH_OK(b);
-    benchmark::DoNotOptimize(b);
-  }
+  TimeOk(state, [&] {
+    return keyblock::BuildTmkBlock(tek, KeyAlgorithm::kAes128, tmk, KeyAlgorithm::kAes128);
+  });
 }
 BENCHMARK(BM_Tr31BuildTmkBlock);
 
@@ -199,11 +187,7 @@ void BM_Tr31ParseTmkBlock(benchmark::State& state) {
   SecretBytes tmk = crypto::GenerateKey(KeyAlgorithm::kAes128);
   std::string block =
       *keyblock::BuildTmkBlock(tek, KeyAlgorithm::kAes128, tmk, KeyAlgorithm::kAes128);
-  for (auto _ : state) {
-    auto d = keyblock::ParseTmkBlock(tek, KeyAlgorithm::kAes128, block);
-    BENCH_OK(d);
-    benchmark::DoNotOptimize(d);
-  }
+  TimeOk(state, [&] { return keyblock::ParseTmkBlock(tek, KeyAlgorithm::kAes128, block); });
 }
 BENCHMARK(BM_Tr31ParseTmkBlock);
 
@@ -212,11 +196,7 @@ BENCHMARK(BM_Tr31ParseTmkBlock);
 void BM_GcmSealKeyRecord(benchmark::State& state) {
   SecretBytes key = crypto::GenerateKey(KeyAlgorithm::kAes128);
   Bytes aad = RecordAad(42);
-  for (auto _ : state) {
-    auto s = crypto::AeadSeal(K().lmk, key, aad);
-    BENCH_OK(s);
-    benchmark::DoNotOptimize(s);
-  }
+  TimeOk(state, [&] { return crypto::AeadSeal(K().lmk, key, aad); });
 }
 BENCHMARK(BM_GcmSealKeyRecord);
 
@@ -224,31 +204,20 @@ void BM_GcmOpenKeyRecord(benchmark::State& state) {
   SecretBytes key = crypto::GenerateKey(KeyAlgorithm::kAes128);
   Bytes aad = RecordAad(42);
   Bytes sealed = *crypto::AeadSeal(K().lmk, key, aad);
-  for (auto _ : state) {
-    auto o = crypto::AeadOpen(K().lmk, sealed, aad);
-    BENCH_OK(o);
-    benchmark::DoNotOptimize(o);
-  }
+  TimeOk(state, [&] { return crypto::AeadOpen(K().lmk, sealed, aad); });
 }
 BENCHMARK(BM_GcmOpenKeyRecord);
 
 void BM_EcdsaP256Sign(benchmark::State& state) {
   Bytes msg = crypto::RandomBytes(400);
-  for (auto _ : state) {
-    auto s = crypto::EcdsaSign(K().card, msg);
-    BENCH_OK(s);
-    benchmark::DoNotOptimize(s);
-  }
+  TimeOk(state, [&] { return crypto::EcdsaSign(K().card, msg); });
 }
 BENCHMARK(BM_EcdsaP256Sign);
 
 void BM_EcdsaP256Verify(benchmark::State& state) {
   Bytes msg = crypto::RandomBytes(400);
   Bytes sig = *crypto::EcdsaSign(K().card, msg);
-  for (auto _ : state) {
-    absl::Status s = crypto::EcdsaVerify(K().card_pub, msg, sig);
-    BENCH_OK(s);
-  }
+  TimeOk(state, [&] { return crypto::EcdsaVerify(K().card_pub, msg, sig); });
 }
 BENCHMARK(BM_EcdsaP256Verify);
 
@@ -274,11 +243,7 @@ void BM_CertificateParseRsa2048(benchmark::State& state) {
                   .Sign(*issuer, issuer_key);
   BENCH_OK(work);
   const Bytes der = work->ToDer();
-  for (auto _ : state) {
-    auto cert = crypto::Certificate::FromDer(der);
-    BENCH_OK(cert);
-    benchmark::DoNotOptimize(cert);
-  }
+  TimeOk(state, [&] { return crypto::Certificate::FromDer(der); });
 }
 BENCHMARK(BM_CertificateParseRsa2048);
 
@@ -367,13 +332,7 @@ absl::Status OneTerminal(int64_t n) {
 
 void BM_TerminalCryptoOnly(benchmark::State& state) {
   int64_t n = 0;
-  for (auto _ : state) {
-    absl::Status s = OneTerminal(n++);
-    if (!s.ok()) {
-      state.SkipWithError(std::string(s.message()).c_str());
-      return;
-    }
-  }
+  TimeOk(state, [&] { return OneTerminal(n++); });
 }
 BENCHMARK(BM_TerminalCryptoOnly)->ThreadRange(1, 2)->UseRealTime();
 

@@ -295,6 +295,13 @@ class HsmCore {
                                             uint64_t key_index, uint64_t kek_index,
                                             const std::string& sn);
   absl::Status ExpireCeremonies();
+  // A custodian's step on an open ceremony (adding a component, completing it): expired
+  // ceremonies are swept first; then, in one unit (RunUnit), the caller must be a custodian
+  // and `ceremony_id` an open ceremony, and body(tx, record, ceremony, now) takes the step.
+  template <typename Fn>
+  auto RunCustodianStep(AuditEvent event, const std::string& caller, const std::string& ceremony_id,
+                        Fn&& body)
+      -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&, Ceremony&, int64_t>;
   crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
   absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);
 

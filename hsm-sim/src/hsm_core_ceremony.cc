@@ -105,6 +105,25 @@ absl::StatusOr<Ceremony> OpenCeremony(KeyTransaction& tx, const std::string& id,
 
 }  // namespace
 
+template <typename Fn>
+auto HsmCore::RunCustodianStep(AuditEvent event, const std::string& caller,
+                               const std::string& ceremony_id, Fn&& body)
+    -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&, Ceremony&, int64_t> {
+  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
+    RecordFailure(event, s);
+    return s;
+  }
+  return RunUnit(
+      std::move(event), {},
+      [&](KeyTransaction& tx, AuditEvent& audit)
+          -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&, Ceremony&, int64_t> {
+        RKL_RETURN_IF_ERROR(RequireCustodian(caller));
+        int64_t now = NowUnixMs(clock_);
+        RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
+        return body(tx, audit, c, now);
+      });
+}
+
 absl::StatusOr<BegunCeremony> HsmCore::BeginCeremony(const std::string& caller,
                                                      const std::string& label, KeyType key_type,
                                                      uint32_t component_count,
@@ -195,15 +214,10 @@ absl::StatusOr<AddedComponent> HsmCore::AddComponent(const std::string& caller,
       .actor = caller,
       .action = action::kCeremonyAddComponent,
       .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id), " custodian=", caller)};
-  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
-    RecordFailure(event, s);
-    return s;
-  }
-  return RunUnit(
-      event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<AddedComponent> {
-        RKL_RETURN_IF_ERROR(RequireCustodian(caller));
-        int64_t now = NowUnixMs(clock_);
-        RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
+  return RunCustodianStep(
+      event, caller, ceremony_id,
+      [&](KeyTransaction& tx, AuditEvent& audit, Ceremony& c,
+          int64_t now) -> absl::StatusOr<AddedComponent> {
         if (std::find(c.custodians.begin(), c.custodians.end(), caller) != c.custodians.end()) {
           return absl::AlreadyExistsError(
               absl::StrCat("custodian '", caller, "' already added a component to ceremony ", c.id,
@@ -245,15 +259,10 @@ absl::StatusOr<CompletedCeremony> HsmCore::CompleteCeremony(const std::string& c
   AuditEvent event{.actor = caller,
                    .action = action::kCeremonyComplete,
                    .detail = absl::StrCat("ceremony=", CeremonyIdForAudit(ceremony_id))};
-  if (absl::Status s = ExpireCeremonies(); !s.ok()) {
-    RecordFailure(event, s);
-    return s;
-  }
-  return RunUnit(
-      event, {}, [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CompletedCeremony> {
-        RKL_RETURN_IF_ERROR(RequireCustodian(caller));
-        int64_t now = NowUnixMs(clock_);
-        RKL_ASSIGN_OR_RETURN(Ceremony c, OpenCeremony(tx, ceremony_id, now));
+  return RunCustodianStep(
+      event, caller, ceremony_id,
+      [&](KeyTransaction& tx, AuditEvent& audit, Ceremony& c,
+          int64_t now) -> absl::StatusOr<CompletedCeremony> {
         if (c.custodians.size() < c.component_count) {
           return absl::FailedPreconditionError(
               absl::StrCat("ceremony ", c.id, " is incomplete: ", c.custodians.size(), " of ",

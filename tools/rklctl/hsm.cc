@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -312,120 +313,106 @@ void RegisterSecretFiles(CLI::App* hsm) {
   }
 }
 
+// A command of an HSM with one option besides the endpoint's (`option`, required or not):
+// run(stub, the option's value).
+template <typename Value>
+void AddHsmCommand(CLI::App* hsm, const std::string& name, const std::string& description,
+                   const std::string& option, const std::string& option_description, bool required,
+                   std::function<void(v1::Hsm::Stub&, const Value&)> run) {
+  struct Opts {
+    Endpoint endpoint;
+    Value value{};
+  };
+  auto [cmd, o] = AddServiceCommand<Opts>(hsm, name, description, "hsm", kDefaultHsm);
+  cmd->add_option(option, o->value, option_description)->required(required);
+  cmd->callback([o, run] { run(*HsmStub(o->endpoint), o->value); });
+}
+
+// A command on the key --index of an HSM: run(stub, index).
+void AddKeyIndexCommand(CLI::App* hsm, const std::string& name, const std::string& description,
+                        std::function<void(v1::Hsm::Stub&, const uint64_t&)> run) {
+  AddHsmCommand<uint64_t>(hsm, name, description, "--index", "key index", true, std::move(run));
+}
+
 void RegisterKeyCommands(CLI::App* hsm) {
-  {
-    struct Opts {
-      Endpoint endpoint;
-      uint64_t index = 0;
-    };
-    auto [cmd, o] = AddServiceCommand<Opts>(
-        hsm, "key-info", "show a key's metadata (never its bytes)", "hsm", kDefaultHsm);
-    cmd->add_option("--index", o->index, "key index")->required();
-    cmd->callback([o] {
-      auto stub = HsmStub(o->endpoint);
-      v1::GetKeyInfoRequest req;
-      req.set_key_index(o->index);
-      auto r = kArea.Call("key info", *stub, &v1::Hsm::Stub::GetKeyInfo, req);
-      std::cout << "index      " << r.key_index() << "\n"
-                << "type       " << v1::KeyType_Name(r.type()) << "\n"
-                << "algorithm  " << v1::KeyAlgorithm_Name(r.algorithm()) << "\n"
-                << "usage      " << v1::KeyUsage_Name(r.usage()) << "\n"
-                << "bound sn   " << r.bound_sn() << "\n"
-                << "label      " << r.label() << "\n"
-                << "kcv        " << r.kcv() << "\n"
-                << "state      " << v1::KeyState_Name(r.state()) << "\n"
-                << "created    " << r.created_at_unix_ms() << " (unix ms)\n";
-      if (r.rsa_bits() != 0) std::cout << "rsa bits   " << r.rsa_bits() << "\n";
-      if (r.kek_index() != 0) std::cout << "bound tek  " << r.kek_index() << "\n";
-    });
-  }
-  {
-    struct Opts {
-      Endpoint endpoint;
-      uint64_t index = 0;
-    };
-    auto [cmd, o] = AddServiceCommand<Opts>(
-        hsm, "delete-key", "delete a key and erase its sealed material", "hsm", kDefaultHsm);
-    cmd->add_option("--index", o->index, "key index")->required();
-    cmd->callback([o] {
-      auto stub = HsmStub(o->endpoint);
-      v1::DeleteKeyRequest req;
-      req.set_key_index(o->index);
-      kArea.Call("delete key", *stub, &v1::Hsm::Stub::DeleteKey, req);
-      std::cout << "key " << o->index << " deleted\n";
-    });
-  }
-  {
-    struct Opts {
-      Endpoint endpoint;
-      std::string anchor_file;
-    };
-    auto [cmd, o] = AddServiceCommand<Opts>(
-        hsm, "audit-verify",
-        "verify the audit chain (and with --anchor that it still holds the anchored record); "
-        "exit 1 and name the first broken record if not",
-        "hsm", kDefaultHsm);
-    cmd->add_option("--anchor", o->anchor_file,
-                    "an anchor of this HSM (its audit.anchor_file, or saved from audit-anchor): "
-                    "also detects the newest records removed");
-    cmd->callback([o] {
-      v1::VerifyAuditChainRequest req;
-      if (!o->anchor_file.empty()) {
-        std::ifstream in(o->anchor_file, std::ios::binary);
-        if (!in)
-          kArea.Fail("read anchor", absl::NotFoundError(o->anchor_file + ": cannot be read"), 2);
-        std::string text(4096, '\0');
-        in.read(text.data(), static_cast<std::streamsize>(text.size()));
-        text.resize(static_cast<size_t>(in.gcount()));
-        req.set_anchor(std::string(absl::StripAsciiWhitespace(text)));
-      }
-      auto stub = HsmStub(o->endpoint);
-      auto r = kArea.Call("verify audit chain", *stub, &v1::Hsm::Stub::VerifyAuditChain, req);
-      if (r.intact()) {
-        std::cout << "audit chain intact: " << r.records_checked() << " records";
-        if (!o->anchor_file.empty()) {
-          std::cout << "; holds anchored record " << r.anchor_seq();
+  AddKeyIndexCommand(hsm, "key-info", "show a key's metadata (never its bytes)",
+                     [](v1::Hsm::Stub& stub, const uint64_t& index) {
+                       v1::GetKeyInfoRequest req;
+                       req.set_key_index(index);
+                       auto r = kArea.Call("key info", stub, &v1::Hsm::Stub::GetKeyInfo, req);
+                       std::cout << "index      " << r.key_index() << "\n"
+                                 << "type       " << v1::KeyType_Name(r.type()) << "\n"
+                                 << "algorithm  " << v1::KeyAlgorithm_Name(r.algorithm()) << "\n"
+                                 << "usage      " << v1::KeyUsage_Name(r.usage()) << "\n"
+                                 << "bound sn   " << r.bound_sn() << "\n"
+                                 << "label      " << r.label() << "\n"
+                                 << "kcv        " << r.kcv() << "\n"
+                                 << "state      " << v1::KeyState_Name(r.state()) << "\n"
+                                 << "created    " << r.created_at_unix_ms() << " (unix ms)\n";
+                       if (r.rsa_bits() != 0) std::cout << "rsa bits   " << r.rsa_bits() << "\n";
+                       if (r.kek_index() != 0) std::cout << "bound tek  " << r.kek_index() << "\n";
+                     });
+  AddKeyIndexCommand(hsm, "delete-key", "delete a key and erase its sealed material",
+                     [](v1::Hsm::Stub& stub, const uint64_t& index) {
+                       v1::DeleteKeyRequest req;
+                       req.set_key_index(index);
+                       kArea.Call("delete key", stub, &v1::Hsm::Stub::DeleteKey, req);
+                       std::cout << "key " << index << " deleted\n";
+                     });
+  AddHsmCommand<std::string>(
+      hsm, "audit-verify",
+      "verify the audit chain (and with --anchor that it still holds the anchored record); "
+      "exit 1 and name the first broken record if not",
+      "--anchor",
+      "an anchor of this HSM (its audit.anchor_file, or saved from audit-anchor): also detects "
+      "the newest records removed",
+      false, [](v1::Hsm::Stub& stub, const std::string& anchor_file) {
+        v1::VerifyAuditChainRequest req;
+        if (!anchor_file.empty()) {
+          std::ifstream in(anchor_file, std::ios::binary);
+          if (!in)
+            kArea.Fail("read anchor", absl::NotFoundError(anchor_file + ": cannot be read"), 2);
+          std::string text(4096, '\0');
+          in.read(text.data(), static_cast<std::streamsize>(text.size()));
+          text.resize(static_cast<size_t>(in.gcount()));
+          req.set_anchor(std::string(absl::StripAsciiWhitespace(text)));
         }
-        std::cout << "\n";
-        return;
-      }
-      std::cout << "audit chain BROKEN at record " << r.first_broken_seq() << " ("
-                << r.records_checked() << " records checked): " << r.finding() << "\n";
-      throw CLI::RuntimeError(1);
-    });
-  }
-  {
-    struct Opts {
-      Endpoint endpoint;
-      std::string out;
-    };
-    auto [cmd, o] = AddServiceCommand<Opts>(
-        hsm, "audit-anchor",
-        "anchor the audit chain's head now (the HSM also writes it to its audit.anchor_file); "
-        "prints the anchor",
-        "hsm", kDefaultHsm);
-    cmd->add_option("--out", o->out,
-                    "also write the anchor to this NEW file, to keep it away from the HSM");
-    cmd->callback([o] {
-      auto stub = HsmStub(o->endpoint);
-      auto r =
-          kArea.Call("anchor audit chain", *stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
-      if (!o->out.empty()) {
-        int fd = ::open(o->out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        const std::string line = r.anchor() + "\n";
-        bool ok =
-            fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-        ok = fd >= 0 && ::fsync(fd) == 0 && ok;
-        if (fd >= 0) ::close(fd);
-        if (!ok) {
-          kArea.Fail(
-              "write anchor",
-              absl::FailedPreconditionError(o->out + ": cannot be created (it must not exist)"), 2);
+        auto r = kArea.Call("verify audit chain", stub, &v1::Hsm::Stub::VerifyAuditChain, req);
+        if (r.intact()) {
+          std::cout << "audit chain intact: " << r.records_checked() << " records";
+          if (!anchor_file.empty()) {
+            std::cout << "; holds anchored record " << r.anchor_seq();
+          }
+          std::cout << "\n";
+          return;
         }
-      }
-      std::cout << r.anchor() << "\n";
-    });
-  }
+        std::cout << "audit chain BROKEN at record " << r.first_broken_seq() << " ("
+                  << r.records_checked() << " records checked): " << r.finding() << "\n";
+        throw CLI::RuntimeError(1);
+      });
+  AddHsmCommand<std::string>(
+      hsm, "audit-anchor",
+      "anchor the audit chain's head now (the HSM also writes it to its audit.anchor_file); "
+      "prints the anchor",
+      "--out", "also write the anchor to this NEW file, to keep it away from the HSM", false,
+      [](v1::Hsm::Stub& stub, const std::string& out) {
+        auto r =
+            kArea.Call("anchor audit chain", stub, &v1::Hsm::Stub::AnchorAuditChain, v1::Empty());
+        if (!out.empty()) {
+          int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+          const std::string line = r.anchor() + "\n";
+          bool ok =
+              fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+          ok = fd >= 0 && ::fsync(fd) == 0 && ok;
+          if (fd >= 0) ::close(fd);
+          if (!ok) {
+            kArea.Fail(
+                "write anchor",
+                absl::FailedPreconditionError(out + ": cannot be created (it must not exist)"), 2);
+          }
+        }
+        std::cout << r.anchor() << "\n";
+      });
 }
 
 }  // namespace

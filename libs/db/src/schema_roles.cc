@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/algorithm/container.h"
@@ -223,6 +224,15 @@ void DeclareOwnerDsnConfig(ConfigSchema& schema) {
               "never holds the owner's password (docs/operations.md)")
       .Default("")
       .Secret();
+}
+
+void DeclareDatabaseConfig(ConfigSchema& schema, DatabaseConfigHelp help) {
+  schema.String("db.dsn", std::move(help.dsn)).Required().Secret();
+  DeclareOwnerDsnConfig(schema);
+  DeclareStatementTimeoutConfig(schema);
+  schema.Int("db.pool_size", std::move(help.pool_size))
+      .Default(std::move(help.pool_size_default))
+      .Range(1, help.max_pool_size);
 }
 
 absl::StatusOr<SchemaSetupResult> SetUpSchema(ConnectionPool& runtime_pool,

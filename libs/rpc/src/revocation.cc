@@ -10,6 +10,7 @@
 
 #include <ctime>
 #include <unordered_set>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -385,6 +386,14 @@ ServiceCaCrlOptions ServiceCaCrlOptionsFromConfig(const Config& config, const Tl
   o.refresh_interval = config.GetDuration("crl.refresh_interval");
   o.tls = tls;
   return o;
+}
+
+absl::StatusOr<std::unique_ptr<ServiceCaCrl>> ServiceCaCrl::StartForServer(
+    ServiceCaCrlOptions options, ServerOptions& server) {
+  RKL_ASSIGN_OR_RETURN(std::unique_ptr<ServiceCaCrl> crl, Create(std::move(options)));
+  RKL_RETURN_IF_ERROR(crl->Start());
+  crl->ConfigureServer(server);
+  return crl;
 }
 
 absl::StatusOr<std::unique_ptr<ServiceCaCrl>> ServiceCaCrl::Create(ServiceCaCrlOptions options) {

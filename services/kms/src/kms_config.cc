@@ -16,12 +16,10 @@ ConfigSchema MakeKmsConfigSchema() {
       .Default("0.0.0.0:50055");
   rpc::DeclareTlsConfig(s, "tls");
   rpc::DeclareRevocationConfig(s);
-  s.String("db.dsn", "libpq DSN of the KMS database (rkl_kms); include connect_timeout")
-      .Required()
-      .Secret();
-  db::DeclareOwnerDsnConfig(s);
-  db::DeclareStatementTimeoutConfig(s);
-  s.Int("db.pool_size", "database connections per process").Default("8").Range(1, 256);
+  db::DeclareDatabaseConfig(
+      s, {.dsn = "libpq DSN of the KMS database (rkl_kms); include connect_timeout",
+          .pool_size = "database connections per process",
+          .pool_size_default = "8"});
   s.String("hsm.endpoint", "gRPC target of HSM #2 (rkl-hsm serving KMS)")
       .Default("localhost:50053");
   s.String("hsm.authority", "name HSM #2's certificate must carry").Default("hsm-kms");

@@ -110,6 +110,20 @@ absl::Status BlockedError(TerminalState s) {
              : absl::FailedPreconditionError("sn: terminal is revoked");
 }
 
+// What refuses a terminal's proof in a session before any attempt, the first of: the
+// terminal blocked; `stale` (the session no longer fits the terminal: `stale_error`); its
+// token `token` not `blocks` cipher blocks of the terminal's algorithm (malformed input is
+// not an attempt either).
+absl::Status SessionRefusal(const TerminalRecord& terminal, bool stale, const char* stale_error,
+                            const char* token, size_t size, size_t blocks) {
+  if (IsBlocked(terminal.state)) return BlockedError(terminal.state);
+  if (stale) return absl::FailedPreconditionError(stale_error);
+  const size_t want = blocks * crypto::BlockSize(terminal.algorithm);
+  if (size == want) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(token, ": must be ", want, " bytes for a ",
+                                                 AlgorithmName(terminal.algorithm), " terminal"));
+}
+
 std::string Describe(const TerminalRecord& t) {
   std::string d = absl::StrCat("state ", TerminalStateName(t.state), ", algorithm ",
                                AlgorithmName(t.algorithm));
@@ -525,6 +539,8 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
                                                               SessionState from, SessionState to,
                                                               const RefusalScope& scope,
                                                               std::optional<SessionState> done) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckSessionId(id));
   // The common case in one statement: the claim and both reads.
   RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
                        repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
@@ -541,6 +557,37 @@ absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string&
   RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, scope));
   RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
   return ClaimedSession{std::move(session), std::move(terminal), false};
+}
+
+absl::StatusOr<ProofAttempt> KmsCore::BeginAttempt(const std::string& session_id,
+                                                   const std::string& sn, ClaimedSession& claim,
+                                                   SessionState from, SessionState to,
+                                                   const RefusalScope& scope,
+                                                   const absl::Status& refusal,
+                                                   const char* not_claimable) {
+  if (!refusal.ok()) {
+    // Refused before any attempt: the session stays as it was.
+    if (claim.claimed) UnclaimSession(session_id, to, from);
+    CountRefusal(scope, sn, refusal);
+    return refusal;
+  }
+  // The one attempt: of two replicas racing here, one wins (ClaimSession's claim, or this
+  // one when its read found the session in `from` only afterwards).
+  bool claimed = claim.claimed;
+  if (!claimed) {
+    RKL_ASSIGN_OR_RETURN(claimed,
+                         repository_.TransitionSession(session_id, from, to, std::nullopt));
+  }
+  if (!claimed) {
+    absl::Status s = absl::FailedPreconditionError(absl::StrCat("session_id: ", not_claimable));
+    CountRefusal(scope, sn, s);
+    return s;
+  }
+  // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
+  // session is handed back unused.
+  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
+  if (!attempt.ok()) UnclaimSession(session_id, to, from);
+  return attempt;
 }
 
 void KmsCore::UnclaimSession(const std::string& id, SessionState claimed, SessionState from) {
@@ -647,53 +694,20 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
                                                                const std::string& sn,
                                                                std::span<const uint8_t> crnd2,
                                                                std::string_view source) {
-  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-  RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
   RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
                        ClaimSession(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
                                     RefusalScope{rkl::audit::action::kAuthComplete, source}));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
-  absl::Status refusal;
-  if (IsBlocked(terminal.state)) {
-    refusal = BlockedError(terminal.state);
-  } else if (terminal.auk_index != session.auk_index || !terminal.tek_index) {
-    refusal = absl::FailedPreconditionError(
-        "session_id: the terminal's transport key changed; start again");
-  } else if (crnd2.size() != 2 * crypto::BlockSize(terminal.algorithm)) {
-    // Malformed input is not an attempt: the session stays open.
-    refusal = absl::InvalidArgumentError(
-        absl::StrCat("crnd2: must be ", 2 * crypto::BlockSize(terminal.algorithm), " bytes for a ",
-                     AlgorithmName(terminal.algorithm), " terminal"));
-  }
-  if (!refusal.ok()) {
-    // Refused before any attempt: the session stays open, as it was.
-    if (claim.claimed) UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    CountRefusal({rkl::audit::action::kAuthComplete, source}, sn, refusal);
-    return refusal;
-  }
-
-  // The one completion attempt: of two replicas racing here, one wins (the claim above,
-  // or this one when that read found the session open only afterwards).
-  bool claimed = claim.claimed;
-  if (!claimed) {
-    RKL_ASSIGN_OR_RETURN(claimed,
-                         repository_.TransitionSession(session_id, SessionState::kOpen,
-                                                       SessionState::kVerifying, std::nullopt));
-  }
-  if (!claimed) {
-    absl::Status s = absl::FailedPreconditionError("session_id: session already used");
-    CountRefusal({rkl::audit::action::kAuthComplete, source}, sn, s);
-    return s;
-  }
-  // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
-  // session is handed back unused.
-  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
-  if (!attempt.ok()) {
-    UnclaimSession(session_id, SessionState::kVerifying, SessionState::kOpen);
-    return attempt.status();
-  }
+  // Refused before any attempt, the session stays open.
+  const absl::Status refusal = SessionRefusal(
+      terminal, terminal.auk_index != session.auk_index || !terminal.tek_index,
+      "session_id: the terminal's transport key changed; start again", "crnd2", crnd2.size(), 2);
+  RKL_ASSIGN_OR_RETURN(
+      ProofAttempt attempt,
+      BeginAttempt(session_id, sn, claim, SessionState::kOpen, SessionState::kVerifying,
+                   {rkl::audit::action::kAuthComplete, source}, refusal, "session already used"));
 
   // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
   // existing one unless this is a re-key) made and exported under TEK — nothing is made or
@@ -706,7 +720,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
     if (out.status().code() == absl::StatusCode::kUnauthenticated) {
       return RecordFailure(
           sn, rkl::audit::action::kAuthFail,
-          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"), *attempt,
+          absl::StrCat("crnd2 did not verify, session ", session_id.substr(0, 8), "…"), attempt,
           "crnd2: authentication token does not verify");
     }
     RefundAttempt(sn);
@@ -773,8 +787,6 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
                                                            const std::string& sn,
                                                            std::span<const uint8_t> proof,
                                                            std::string_view source) {
-  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
-  RKL_RETURN_IF_ERROR(CheckSessionId(session_id));
   const std::string actor = TerminalActor(sn);
   RKL_ASSIGN_OR_RETURN(
       ClaimedSession claim,
@@ -788,42 +800,16 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
   // its confirmation authenticated again and proves the same TMK in a fresh session.
   const bool pending =
       terminal.state == TerminalState::kTmkDelivered || terminal.state == TerminalState::kInstalled;
-  absl::Status refusal;
-  if (IsBlocked(terminal.state)) {
-    refusal = BlockedError(terminal.state);
-  } else if (!pending || terminal.tmk_kcv != session.tmk_kcv ||
-             terminal.auk_index != session.auk_index) {
-    refusal = absl::FailedPreconditionError(
-        "session_id: the TMK delivered in this session is no longer pending installation");
-  } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
-    refusal = absl::InvalidArgumentError(
-        absl::StrCat("proof: must be ", crypto::BlockSize(terminal.algorithm), " bytes for a ",
-                     AlgorithmName(terminal.algorithm), " terminal"));
-  }
-  if (!refusal.ok()) {
-    if (claim.claimed) {
-      UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
-    }
-    CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, refusal);
-    return refusal;
-  }
-  bool claimed = claim.claimed;
-  if (!claimed) {
-    RKL_ASSIGN_OR_RETURN(claimed,
-                         repository_.TransitionSession(session_id, SessionState::kAuthenticated,
-                                                       SessionState::kConfirming, std::nullopt));
-  }
-  if (!claimed) {
-    absl::Status s =
-        absl::FailedPreconditionError("session_id: session is not awaiting an install proof");
-    CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, s);
-    return s;
-  }
-  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
-  if (!attempt.ok()) {
-    UnclaimSession(session_id, SessionState::kConfirming, SessionState::kAuthenticated);
-    return attempt.status();
-  }
+  const absl::Status refusal = SessionRefusal(
+      terminal,
+      !pending || terminal.tmk_kcv != session.tmk_kcv || terminal.auk_index != session.auk_index,
+      "session_id: the TMK delivered in this session is no longer pending installation", "proof",
+      proof.size(), 1);
+  RKL_ASSIGN_OR_RETURN(
+      ProofAttempt attempt,
+      BeginAttempt(session_id, sn, claim, SessionState::kAuthenticated, SessionState::kConfirming,
+                   {rkl::audit::action::kInstallConfirm, source}, refusal,
+                   "session is not awaiting an install proof"));
   absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
                                                   session.rnd1, session.rnd2, proof);
   if (!verified.ok()) {
@@ -831,7 +817,7 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
     if (verified.code() == absl::StatusCode::kUnauthenticated) {
       return RecordFailure(sn, rkl::audit::action::kInstallFail,
                            absl::StrCat("install proof did not verify, tmk_kcv ", session.tmk_kcv),
-                           *attempt, "proof: install proof does not verify");
+                           attempt, "proof: install proof does not verify");
     }
     RefundAttempt(sn);
     AuditFailure(actor, rkl::audit::action::kInstallConfirm, sn, "HSM #2 VerifyInstallProof",
@@ -886,19 +872,13 @@ absl::StatusOr<TerminalState> KmsCore::RepeatConfirmation(const AuthSession& ses
                                                           std::string_view source) {
   const std::string& sn = terminal.sn;
   const std::string actor = TerminalActor(sn);
-  absl::Status refusal;
-  if (IsBlocked(terminal.state)) {
-    refusal = BlockedError(terminal.state);
-  } else if (terminal.state != TerminalState::kInstalled || terminal.tmk_kcv != session.tmk_kcv ||
-             terminal.auk_index != session.auk_index) {
-    refusal = absl::FailedPreconditionError(
-        "session_id: session was confirmed, but the TMK it installed is no longer the "
-        "terminal's");
-  } else if (proof.size() != crypto::BlockSize(terminal.algorithm)) {
-    refusal = absl::InvalidArgumentError(
-        absl::StrCat("proof: must be ", crypto::BlockSize(terminal.algorithm), " bytes for a ",
-                     AlgorithmName(terminal.algorithm), " terminal"));
-  }
+  const absl::Status refusal = SessionRefusal(
+      terminal,
+      terminal.state != TerminalState::kInstalled || terminal.tmk_kcv != session.tmk_kcv ||
+          terminal.auk_index != session.auk_index,
+      "session_id: session was confirmed, but the TMK it installed is no longer "
+      "the terminal's",
+      "proof", proof.size(), 1);
   if (!refusal.ok()) {
     CountRefusal({rkl::audit::action::kInstallConfirm, source}, sn, refusal);
     return refusal;

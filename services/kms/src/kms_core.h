@@ -223,9 +223,9 @@ class KmsCore {
   absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
                                           const std::string& sn, SessionState want,
                                           const RefusalScope& scope);
-  // The session `id` of `sn` and its terminal: claimed from `from` to `to` when everything
-  // about the session allows it (one statement), else loaded as LoadSession does (its
-  // refusals counted) and not claimed yet.
+  // The session `id` of `sn` and its terminal (`id` and `sn` checked for form first, before
+  // any read): claimed from `from` to `to` when everything about the session allows it (one
+  // statement), else loaded as LoadSession does (its refusals counted) and not claimed yet.
   // A session of `sn` found in state `done` (the step it is asked for was completed
   // already) is returned unclaimed and unaudited with repeat set: the caller answers the
   // repetition.
@@ -245,6 +245,14 @@ class KmsCore {
                                                    const TerminalRecord& terminal,
                                                    std::span<const uint8_t> proof,
                                                    std::string_view source);
+  // The proof attempt in a session ClaimSession found (from `from` to `to`), after the
+  // caller's checks: their `refusal` hands the claim back and is counted; a session not
+  // claimed yet is claimed now, or refused as `not_claimable` (counted); then the attempt is
+  // charged (ChargeAttempt), the claim handed back if it is refused.
+  absl::StatusOr<ProofAttempt> BeginAttempt(const std::string& session_id, const std::string& sn,
+                                            ClaimedSession& claim, SessionState from,
+                                            SessionState to, const RefusalScope& scope,
+                                            const absl::Status& refusal, const char* not_claimable);
   // Back from `claimed` to `from` after a refusal that is not an attempt.
   void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be

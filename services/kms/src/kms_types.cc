@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 
 namespace rkl::kms {
 namespace {
@@ -28,34 +29,37 @@ constexpr std::array<std::pair<SessionState, std::string_view>, 7> kSessionState
     {SessionState::kCancelled, "CANCELLED"},
 }};
 
+// The name of `value` in `table`, or "UNKNOWN".
+template <typename Enum, size_t N>
+std::string NameIn(const std::array<std::pair<Enum, std::string_view>, N>& table, Enum value) {
+  for (const auto& [v, name] : table) {
+    if (v == value) return std::string(name);
+  }
+  return "UNKNOWN";
+}
+
+// The value named `name` in `table`; a name outside it is a database row no version wrote.
+template <typename Enum, size_t N>
+absl::StatusOr<Enum> ValueIn(const std::array<std::pair<Enum, std::string_view>, N>& table,
+                             std::string_view name, const char* what) {
+  for (const auto& [v, n] : table) {
+    if (n == name) return v;
+  }
+  return absl::InternalError(absl::StrCat(what, ": unknown value in the database"));
+}
+
 }  // namespace
 
-std::string TerminalStateName(TerminalState state) {
-  for (const auto& [s, name] : kTerminalStates) {
-    if (s == state) return std::string(name);
-  }
-  return "UNKNOWN";
-}
+std::string TerminalStateName(TerminalState state) { return NameIn(kTerminalStates, state); }
 
 absl::StatusOr<TerminalState> TerminalStateFromName(std::string_view name) {
-  for (const auto& [s, n] : kTerminalStates) {
-    if (n == name) return s;
-  }
-  return absl::InternalError("terminal state: unknown value in the database");
+  return ValueIn(kTerminalStates, name, "terminal state");
 }
 
-std::string SessionStateName(SessionState state) {
-  for (const auto& [s, name] : kSessionStates) {
-    if (s == state) return std::string(name);
-  }
-  return "UNKNOWN";
-}
+std::string SessionStateName(SessionState state) { return NameIn(kSessionStates, state); }
 
 absl::StatusOr<SessionState> SessionStateFromName(std::string_view name) {
-  for (const auto& [s, n] : kSessionStates) {
-    if (n == name) return s;
-  }
-  return absl::InternalError("session state: unknown value in the database");
+  return ValueIn(kSessionStates, name, "session state");
 }
 
 }  // namespace rkl::kms

@@ -91,17 +91,11 @@ int main(int argc, char** argv) {
   rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).
-  auto crl = rkl::rpc::ServiceCaCrl::Create(settings.crl);
+  auto crl = rkl::rpc::ServiceCaCrl::StartForServer(settings.crl, settings.server);
   if (!crl.ok()) {
     spdlog::critical("fatal: crl.*: {}", crl.status().ToString());
     return 1;
   }
-  // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
-  if (absl::Status s = (*crl)->Start(); !s.ok()) {
-    spdlog::critical("fatal: crl.*: {}", s.ToString());
-    return 1;
-  }
-  (*crl)->ConfigureServer(settings.server);
   auto server = rkl::rpc::Server::Start(settings.server, {&service});
   if (!server.ok()) {
     spdlog::critical("fatal: {}", server.status().ToString());

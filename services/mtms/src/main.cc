@@ -115,17 +115,12 @@ int main(int argc, char** argv) {
   rpc::ServiceCaCrlOptions crl_options =
       rpc::ServiceCaCrlOptionsFromConfig(config, server_options.tls);
   crl_options.also_refresh = [&trust] { return trust.Refresh(); };
-  absl::StatusOr<std::unique_ptr<rpc::ServiceCaCrl>> crl = rpc::ServiceCaCrl::Create(crl_options);
+  absl::StatusOr<std::unique_ptr<rpc::ServiceCaCrl>> crl =
+      rpc::ServiceCaCrl::StartForServer(crl_options, server_options);
   if (!crl.ok()) {
     spdlog::critical("crl.*: {}", crl.status().ToString());
     return 1;
   }
-  // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
-  if (absl::Status s = (*crl)->Start(); !s.ok()) {
-    spdlog::critical("crl.*: {}", s.ToString());
-    return 1;
-  }
-  (*crl)->ConfigureServer(server_options);
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(server_options, {&service});
   if (!server.ok()) {

@@ -5,7 +5,6 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
-#include "rkl/db/statement_timeouts.h"
 #include "rkl/rpc/public_call_gate.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
@@ -28,17 +27,11 @@ ConfigSchema MakeMtmsConfigSchema() {
   // side, and the client side towards hsm-mtms, ca and kms.
   rpc::DeclareTlsConfig(schema);
   rpc::DeclareRevocationConfig(schema);
-  schema.String("db.dsn", "libpq DSN of the rkl_mtms database (include connect_timeout)")
-      .Required()
-      .Secret();
-  db::DeclareOwnerDsnConfig(schema);
-  db::DeclareStatementTimeoutConfig(schema);
-  schema
-      .Int("db.pool_size",
-           "maximum open database connections; at least forwarder.workers + 4 (checked at "
-           "start-up)")
-      .Default("24")
-      .Range(1, 256);
+  db::DeclareDatabaseConfig(
+      schema, {.dsn = "libpq DSN of the rkl_mtms database (include connect_timeout)",
+               .pool_size = "maximum open database connections; at least forwarder.workers + "
+                            "4 (checked at start-up)",
+               .pool_size_default = "24"});
 
   schema.String("hsm.endpoint", "gRPC target of HSM #1").Default("hsm-mtms:50052");
   schema.String("hsm.authority", "name HSM #1's certificate must carry").Default("hsm-mtms");

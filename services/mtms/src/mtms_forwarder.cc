@@ -35,25 +35,15 @@ std::string Describe(const absl::Status& s) {
   return text;
 }
 
-// HSM #1 answers about this package (UNAUTHENTICATED is its one uniform "transport key
-// rejected"); anything else is about the HSM or our configuration and may heal.
-bool IsPermanentHsmRefusal(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kInvalidArgument;
-}
-
-bool IsPermanentKmsRefusal(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kUnauthenticated:
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kOutOfRange:
-      return true;
-    default:
-      return false;
-  }
-}
+// The codes by which a peer refuses this package for good: the row is rejected. Any other
+// failure is about the peer or our configuration and may heal: the row is retried later.
+// HSM #1 answers UNAUTHENTICATED as its one uniform "transport key rejected".
+constexpr absl::StatusCode kHsmPermanentRefusals[] = {absl::StatusCode::kUnauthenticated,
+                                                      absl::StatusCode::kInvalidArgument};
+constexpr absl::StatusCode kKmsPermanentRefusals[] = {
+    absl::StatusCode::kInvalidArgument, absl::StatusCode::kFailedPrecondition,
+    absl::StatusCode::kUnauthenticated, absl::StatusCode::kAlreadyExists,
+    absl::StatusCode::kNotFound,        absl::StatusCode::kOutOfRange};
 
 ForwarderOptions Normalized(ForwarderOptions options) {
   options.batch_size = std::max(options.batch_size, 1);
@@ -243,6 +233,17 @@ Forwarder::Outcome Forwarder::RetryLater(const SubmissionRecord& row,
   return Outcome::kRetryLater;
 }
 
+Forwarder::Outcome Forwarder::PeerFailed(const SubmissionRecord& row,
+                                         const std::string& claim_token, absl::string_view peer,
+                                         const absl::Status& failure,
+                                         absl::Span<const absl::StatusCode> permanent) {
+  if (std::find(permanent.begin(), permanent.end(), failure.code()) != permanent.end()) {
+    return Reject(row, claim_token, absl::StrCat(peer, ": ", Describe(failure)));
+  }
+  return RetryLater(row, claim_token,
+                    absl::Status(failure.code(), absl::StrCat(peer, ": ", failure.message())));
+}
+
 Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::string& claim_token) {
   // 1. Claim 4: everything from the stored, signed bytes.
   v1::TransportKeyPackage package;
@@ -327,24 +328,14 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
       .operator_certificate_der = (*cert)->certificate.ToDer()};
   absl::StatusOr<Bytes> ctk_pk = hsm_.TranslateTransportKey(translate);
   if (!ctk_pk.ok()) {
-    if (IsPermanentHsmRefusal(ctk_pk.status().code())) {
-      return Reject(row, claim_token, absl::StrCat("hsm: ", Describe(ctk_pk.status())));
-    }
-    return RetryLater(
-        row, claim_token,
-        absl::Status(ctk_pk.status().code(), absl::StrCat("hsm: ", ctk_pk.status().message())));
+    return PeerFailed(row, claim_token, "hsm", ctk_pk.status(), kHsmPermanentRefusals);
   }
 
   // 4. S107–S108.
   absl::StatusOr<KmsPort::Receipt> receipt =
       kms_.SubmitTransportKey(package.sn(), *ctk_pk, row.submission_id);
   if (!receipt.ok()) {
-    if (IsPermanentKmsRefusal(receipt.status().code())) {
-      return Reject(row, claim_token, absl::StrCat("kms: ", Describe(receipt.status())));
-    }
-    return RetryLater(
-        row, claim_token,
-        absl::Status(receipt.status().code(), absl::StrCat("kms: ", receipt.status().message())));
+    return PeerFailed(row, claim_token, "kms", receipt.status(), kKmsPermanentRefusals);
   }
   AuditEntry audit{.at_ms = NowUnixMs(clock_),
                    .actor = options_.replica_id,

@@ -56,8 +56,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
@@ -123,6 +125,11 @@ class Forwarder {
                  const std::string& reason);
   Outcome RetryLater(const SubmissionRecord& row, const std::string& claim_token,
                      const absl::Status& why);
+  // `peer` ("hsm" or "kms") failed the row's call: rejects the row if the failure's code is
+  // one of `permanent`, else retries it later.
+  Outcome PeerFailed(const SubmissionRecord& row, const std::string& claim_token,
+                     absl::string_view peer, const absl::Status& failure,
+                     absl::Span<const absl::StatusCode> permanent);
   struct ClaimedRow {
     SubmissionRecord row;
     std::string claim_token;

@@ -27,6 +27,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
@@ -108,6 +109,19 @@ absl::StatusOr<SchemaSetupResult> SetUpSchema(ConnectionPool& runtime_pool,
 // A daemon's runtime pool options from its configuration: db.dsn, db.pool_size and the
 // statement timeouts (DeclareStatementTimeoutConfig).
 PoolOptions PoolOptionsFromConfig(const Config& config);
+
+// What a daemon says of its own database's keys (DeclareDatabaseConfig).
+struct DatabaseConfigHelp {
+  std::string dsn;        // which database db.dsn names
+  std::string pool_size;  // what bounds db.pool_size
+  std::string pool_size_default;
+  int64_t max_pool_size = 256;
+};
+// Declares a daemon's database keys: db.dsn (required, secret), db.owner_dsn
+// (DeclareOwnerDsnConfig), the statement timeouts (DeclareStatementTimeoutConfig) and
+// db.pool_size (1 to help.max_pool_size), as PoolOptionsFromConfig and SetUpDaemonSchema
+// read them.
+void DeclareDatabaseConfig(ConfigSchema& schema, DatabaseConfigHelp help);
 
 // SetUpSchema with db.owner_dsn, as every daemon runs it at start-up, and the log lines of
 // what it did: the migrations applied and the runtime role granted, and the warning if the

@@ -177,6 +177,10 @@ class ServiceCaCrl {
   CrlRefresher& refresher() { return *refresher_; }
   // Makes the server enforce the list and serve rkl.v1.Revocation (ServerOptions).
   void ConfigureServer(ServerOptions& options);
+  // A daemon's start-up in one call: Create, Start, then ConfigureServer(server). The server
+  // is not to listen before a first CRL is in force: clients see UNAVAILABLE and retry.
+  static absl::StatusOr<std::unique_ptr<ServiceCaCrl>> StartForServer(ServiceCaCrlOptions options,
+                                                                      ServerOptions& server);
 
  private:
   ServiceCaCrl() = default;
