@@ -68,6 +68,7 @@ TEST(AnnexB, KdhCredentialTokenB6IsMalformedAndRefused) {
   // B.6 puts the CRLs after the (empty) SignerInfos, against RFC 5652's field order.
   auto parsed = ParseCredentialToken(ReadSample("b6_ct_kdh.der"));
   EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << parsed.status();
+  EXPECT_EQ(parsed.status().message(), "TR-34 token: malformed credential token");
 }
 
 TEST(AnnexB, SampleKdhCertificateHasDuplicatedExtensionsAndIsRefused) {
