@@ -15,13 +15,15 @@
 
 namespace rkl::tr34::der {
 
-inline constexpr uint8_t kInteger = 0x02;
-inline constexpr uint8_t kOctetString = 0x04;
-inline constexpr uint8_t kNull = 0x05;
-inline constexpr uint8_t kOid = 0x06;
-inline constexpr uint8_t kUtcTime = 0x17;
-inline constexpr uint8_t kSequence = 0x30;
-inline constexpr uint8_t kSet = 0x31;
+// The universal tags rkl reads and writes.
+enum Tag : uint8_t {
+  kInteger = 0x02,
+  kOctetString = 0x04,
+  kNull = 0x05,
+  kOid = 0x06,
+  kSequence = 0x30,
+  kSet = 0x31,
+};
 // [n] constructed, context-specific.
 constexpr uint8_t ContextTag(int n) { return static_cast<uint8_t>(0xA0 | n); }
 

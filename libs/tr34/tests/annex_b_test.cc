@@ -2,6 +2,7 @@
 // they come from and which of them are inconsistent, and how each case is handled here).
 
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -40,6 +41,34 @@ CertId Krd1Id() {
   auto id = CertIdOf(SampleCert("krd_1_cert.pem"));
   EXPECT_TRUE(id.ok());
   return *id;
+}
+
+// A published key token (B.8 or B.9): parsed, with what both share checked (signed by KDH 1,
+// the TDES header, the CA KDH CRL, and a signature that verifies under KDH 1's key).
+KeyToken ParseSampleKeyToken(const std::string& name) {
+  Bytes token = ReadSample(name);
+  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
+  auto parsed = ParseKeyToken(token);
+  EXPECT_TRUE(parsed.ok()) << name << ": " << parsed.status();
+  if (!parsed.ok()) return KeyToken{};
+  EXPECT_EQ(parsed->signer, kdh1.id);
+  EXPECT_EQ(parsed->header, kSampleTdesHeader);
+  EXPECT_EQ(parsed->crls, std::vector<Bytes>{ReadSample("ca_kdh_crl.der")});
+  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok()) << name;
+  return *std::move(parsed);
+}
+
+// `token` signed again by the sample KDH 1 key around its own EnvelopedData, with the key
+// block header and `attribute` as the TR-34 signed attributes.
+Bytes ResignSampleKeyToken(const KeyToken& token, Bytes attribute) {
+  const uint8_t kEnvelopedDataOid[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86,
+                                       0xF7, 0x0D, 0x01, 0x07, 0x03};
+  auto rebuilt = internal::BuildSignedToken(
+      kEnvelopedDataOid, token.enveloped_data,
+      {internal::KeyBlockHeaderAttribute(token.header), std::move(attribute)}, token.signer,
+      ReadSampleKey("kdh_1_key.pem"), token.crls);
+  EXPECT_TRUE(rebuilt.ok()) << rebuilt.status();
+  return rebuilt.ok() ? *rebuilt : Bytes();
 }
 
 TEST(AnnexB, RandomNumberTokenB12ParsesAndRebuildsByteForByte) {
@@ -92,18 +121,10 @@ TEST(AnnexB, SampleCertificatesHaveTheirRoles) {
 }
 
 TEST(AnnexB, TwoPassKeyTokenB9ParsesAndVerifies) {
-  Bytes token = ReadSample("b9_two_pass_key_token.der");
-  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
-  auto parsed = ParseKeyToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, kdh1.id);
-  ASSERT_TRUE(parsed->krd_nonce.has_value());
-  EXPECT_EQ(ToHex(*parsed->krd_nonce), kSampleNonce);
-  EXPECT_FALSE(parsed->signing_time.has_value());
-  EXPECT_EQ(parsed->header, kSampleTdesHeader);
-  ASSERT_EQ(parsed->crls.size(), 1u);
-  EXPECT_EQ(parsed->crls[0], ReadSample("ca_kdh_crl.der"));
-  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok());
+  KeyToken parsed = ParseSampleKeyToken("b9_two_pass_key_token.der");
+  ASSERT_TRUE(parsed.krd_nonce.has_value());
+  EXPECT_EQ(ToHex(*parsed.krd_nonce), kSampleNonce);
+  EXPECT_FALSE(parsed.signing_time.has_value());
 }
 
 TEST(AnnexB, TwoPassKeyTokenB9RebuildsWithItsSignedAttributesInDerOrder) {
@@ -112,29 +133,22 @@ TEST(AnnexB, TwoPassKeyTokenB9RebuildsWithItsSignedAttributesInDerOrder) {
   // before the nonce's). rkl's builder sorts, so the rebuilt token differs from B.9 only
   // there, and B.8's byte-for-byte rebuild below shows the rest of the encoding.
   Bytes token = ReadSample("b9_two_pass_key_token.der");
-  auto parsed = ParseKeyToken(token);
-  ASSERT_TRUE(parsed.ok());
-  crypto::PrivateKey kdh_key = ReadSampleKey("kdh_1_key.pem");
-  const uint8_t kEnvelopedDataOid[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86,
-                                       0xF7, 0x0D, 0x01, 0x07, 0x03};
-  auto rebuilt = internal::BuildSignedToken(kEnvelopedDataOid, parsed->enveloped_data,
-                                            {internal::KeyBlockHeaderAttribute(parsed->header),
-                                             internal::RandomNonceAttribute(*parsed->krd_nonce)},
-                                            parsed->signer, kdh_key, parsed->crls);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  ASSERT_EQ(rebuilt->size(), token.size());
-  EXPECT_NE(*rebuilt, token);
+  KeyToken parsed = ParseSampleKeyToken("b9_two_pass_key_token.der");
+  ASSERT_TRUE(parsed.krd_nonce.has_value());
+  Bytes rebuilt = ResignSampleKeyToken(parsed, internal::RandomNonceAttribute(*parsed.krd_nonce));
+  ASSERT_EQ(rebuilt.size(), token.size());
+  EXPECT_NE(rebuilt, token);
   const std::string kHeaderThenNonce =
       "301F06092A864886F70D0107013112041041303235364B3054423030453030303030"
       "20060A2A864886F70D0109190331120410167EB0E72781E4940112233445566778";
-  EXPECT_THAT(ToHex(*rebuilt), HasSubstr(kHeaderThenNonce));
-  EXPECT_TRUE(VerifySignedToken(*rebuilt, RawPeer("kdh_1_cert.pem")).ok());
-  auto reparsed = ParseKeyToken(*rebuilt);
+  EXPECT_THAT(ToHex(rebuilt), HasSubstr(kHeaderThenNonce));
+  EXPECT_TRUE(VerifySignedToken(rebuilt, RawPeer("kdh_1_cert.pem")).ok());
+  auto reparsed = ParseKeyToken(rebuilt);
   ASSERT_TRUE(reparsed.ok());
-  EXPECT_EQ(reparsed->enveloped_data, parsed->enveloped_data);
-  EXPECT_EQ(reparsed->krd_nonce, parsed->krd_nonce);
-  EXPECT_EQ(reparsed->header, parsed->header);
-  EXPECT_EQ(reparsed->crls, parsed->crls);
+  EXPECT_EQ(reparsed->enveloped_data, parsed.enveloped_data);
+  EXPECT_EQ(reparsed->krd_nonce, parsed.krd_nonce);
+  EXPECT_EQ(reparsed->header, parsed.header);
+  EXPECT_EQ(reparsed->crls, parsed.crls);
 }
 
 TEST(AnnexB, TwoPassKeyTokenB9EncryptedKeyDoesNotOpenUnderSampleKrdKey) {
@@ -192,31 +206,16 @@ TEST(AnnexB, SampleKeysCarryThePublishedKeyThroughOurTwoPassToken) {
 
 TEST(AnnexB, OnePassKeyTokenB8ParsesVerifiesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b8_one_pass_key_token.der");
-  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
-  auto parsed = ParseKeyToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, kdh1.id);
-  EXPECT_FALSE(parsed->krd_nonce.has_value());
-  ASSERT_TRUE(parsed->signing_time.has_value());
-  EXPECT_EQ(*parsed->signing_time, kSampleOnePassTime);
-  EXPECT_EQ(parsed->header, kSampleTdesHeader);
-  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok());
-  crypto::PrivateKey kdh_key = ReadSampleKey("kdh_1_key.pem");
-  const uint8_t kEnvelopedDataOid[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86,
-                                       0xF7, 0x0D, 0x01, 0x07, 0x03};
-  const uint8_t kSigningTime[] = {0x30, 0x1C, 0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D,
-                                  0x01, 0x09, 0x05, 0x31, 0x0F, 0x17, 0x0D, '2',  '0',  '0',
-                                  '2',  '1',  '0',  '1',  '9',  '1',  '3',  '5',  '3',  'Z'};
-  auto rebuilt =
-      internal::BuildSignedToken(kEnvelopedDataOid, parsed->enveloped_data,
-                                 {internal::KeyBlockHeaderAttribute(parsed->header),
-                                  Bytes(std::begin(kSigningTime), std::end(kSigningTime))},
-                                 parsed->signer, kdh_key, parsed->crls);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  KeyToken parsed = ParseSampleKeyToken("b8_one_pass_key_token.der");
+  EXPECT_FALSE(parsed.krd_nonce.has_value());
+  ASSERT_TRUE(parsed.signing_time.has_value());
+  EXPECT_EQ(*parsed.signing_time, kSampleOnePassTime);
+  // signingTime as B.8 encodes it: UTCTime "200210191353Z".
+  Bytes signing_time = HexBytes("301C06092A864886F70D010905310F170D3230303231303139313335335A");
+  EXPECT_EQ(ToHex(ResignSampleKeyToken(parsed, signing_time)), ToHex(token));
   // Its EnvelopedData is B.9's, with the same inconsistent encryptedKey.
-  auto block = ReceiveOnePassKeyToken(token, kdh1, kSampleOnePassTime + 10, 300, 60, Krd1Id(),
-                                      ReadSampleKey("krd_1_key.pem"));
+  auto block = ReceiveOnePassKeyToken(token, RawPeer("kdh_1_cert.pem"), kSampleOnePassTime + 10,
+                                      300, 60, Krd1Id(), ReadSampleKey("krd_1_key.pem"));
   EXPECT_EQ(block.status().code(), absl::StatusCode::kUnauthenticated);
 }
 

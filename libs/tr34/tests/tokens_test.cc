@@ -90,19 +90,28 @@ class Tr34Test : public ::testing::Test {
     return *id;
   }
 
+  // A two-pass request from the KDH to `to` for an AES `tmk`; tests change what they need.
+  static KeyTokenRequest Request(const Party& to, const crypto::SecretBytes& tmk,
+                                 const Bytes& nonce) {
+    return KeyTokenRequest{.kdh_id = Id(*kdh_),
+                           .kdh_key = &kdh_->key,
+                           .krd = Peer(to, Role::kKrd),
+                           .tmk_family = crypto::CipherFamily::kAes,
+                           .tmk = &tmk,
+                           .header = kAesHeader,
+                           .krd_nonce = nonce,
+                           .signing_time = std::nullopt,
+                           .crls = {ReadSample("ca_kdh_crl.der")}};
+  }
+
   // A key token from the KDH to `to`, two-pass when a nonce is given, else one-pass at kNow.
   absl::StatusOr<Bytes> Token(const Party& to, crypto::CipherFamily family,
                               const crypto::SecretBytes& tmk, std::optional<Bytes> nonce,
                               const std::string& header) {
-    KeyTokenRequest request{.kdh_id = Id(*kdh_),
-                            .kdh_key = &kdh_->key,
-                            .krd = Peer(to, Role::kKrd),
-                            .tmk_family = family,
-                            .tmk = &tmk,
-                            .header = header,
-                            .krd_nonce = nonce,
-                            .signing_time = std::nullopt,
-                            .crls = {ReadSample("ca_kdh_crl.der")}};
+    KeyTokenRequest request = Request(to, tmk, nonce_);
+    request.tmk_family = family;
+    request.header = header;
+    request.krd_nonce = nonce;
     if (!nonce.has_value()) request.signing_time = kNow;
     return BuildKeyToken(request);
   }
@@ -266,15 +275,8 @@ TEST_F(Tr34Test, TamperedSignatureIsRefused) {
 TEST_F(Tr34Test, TokenFromAnotherSignerIsRefused) {
   // The other KRD's key signs a token naming the real KDH: the KDH's key does not verify it.
   crypto::SecretBytes tmk = crypto::RandomSecret(16);
-  KeyTokenRequest request{.kdh_id = Id(*kdh_),
-                          .kdh_key = &other_krd_->key,
-                          .krd = Peer(*krd_, Role::kKrd),
-                          .tmk_family = crypto::CipherFamily::kAes,
-                          .tmk = &tmk,
-                          .header = kAesHeader,
-                          .krd_nonce = nonce_,
-                          .signing_time = std::nullopt,
-                          .crls = {}};
+  KeyTokenRequest request = Request(*krd_, tmk, nonce_);
+  request.kdh_key = &other_krd_->key;
   auto token = BuildKeyToken(request);
   ASSERT_TRUE(token.ok());
   auto block = ReceiveTwoPass(*token, nonce_);
@@ -314,15 +316,8 @@ TEST_F(Tr34Test, BuilderRefusesBadRequests) {
   EXPECT_FALSE(Token(*krd_, crypto::CipherFamily::kTdes, odd, nonce_, kTdesHeader).ok());
   EXPECT_FALSE(Token(*krd_, crypto::CipherFamily::kAes, tmk, Bytes(4, 0), kAesHeader).ok());
   EXPECT_FALSE(Token(*krd_, crypto::CipherFamily::kAes, tmk, nonce_, "").ok());
-  KeyTokenRequest both{.kdh_id = Id(*kdh_),
-                       .kdh_key = &kdh_->key,
-                       .krd = Peer(*krd_, Role::kKrd),
-                       .tmk_family = crypto::CipherFamily::kAes,
-                       .tmk = &tmk,
-                       .header = kAesHeader,
-                       .krd_nonce = nonce_,
-                       .signing_time = kNow,
-                       .crls = {}};
+  KeyTokenRequest both = Request(*krd_, tmk, nonce_);
+  both.signing_time = kNow;
   EXPECT_EQ(BuildKeyToken(both).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
