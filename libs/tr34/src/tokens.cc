@@ -21,6 +21,7 @@
 #include "rkl/crypto/openssl_ptr.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509_crl.h"
 #include "tokens_internal.h"
 
 namespace rkl::tr34 {
@@ -680,6 +681,25 @@ absl::StatusOr<PeerKey> PeerFromCertificate(const crypto::Certificate& cert, Rol
   RKL_ASSIGN_OR_RETURN(CertId id, CertIdOf(cert));
   RKL_ASSIGN_OR_RETURN(crypto::PublicKey key, cert.GetPublicKey());
   return PeerKey{std::move(id), std::move(key)};
+}
+
+absl::Status CheckKdhNotRevoked(const crypto::Certificate& kdh_cert, std::span<const Bytes> crls,
+                                const crypto::Certificate& ca_kdh, int64_t now) {
+  for (const Bytes& der : crls) {
+    auto crl = crypto::Crl::FromDer(der);
+    if (!crl.ok() || !crl->VerifySignature(ca_kdh).ok()) continue;  // another CA's, or forged
+    if (crl->LastUpdate() > now || !crl->NextUpdate().has_value() || *crl->NextUpdate() < now) {
+      continue;
+    }
+    if (crl->IsRevoked(kdh_cert)) {
+      return absl::FailedPreconditionError(absl::StrCat("KDH certificate ", kdh_cert.SubjectDn(),
+                                                        " serial ", kdh_cert.SerialHex(),
+                                                        " is revoked by its CA's CRL"));
+    }
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("no current CRL signed by the KDH CA ", ca_kdh.SubjectDn()));
 }
 
 absl::StatusOr<Bytes> BuildRandomNumberToken(std::span<const uint8_t> nonce) {

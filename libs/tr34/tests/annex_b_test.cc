@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rkl/crypto/x509.h"
+#include "rkl/crypto/x509_crl.h"
 #include "rkl/tr34/tokens.h"
 #include "test_data.h"
 #include "tokens_internal.h"
@@ -98,6 +99,15 @@ TEST(AnnexB, KdhCredentialTokenB6IsMalformedAndRefused) {
   auto parsed = ParseCredentialToken(ReadSample("b6_ct_kdh.der"));
   EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << parsed.status();
   EXPECT_EQ(parsed.status().message(), "TR-34 token: malformed credential token");
+}
+
+TEST(AnnexB, SampleKdhCrlIsSignedByTheSampleCaKdh) {
+  // The sample CRL (2010-11-02, next update 2010-12-02) lists serials 3400000008, 0A and 0B.
+  auto crl = crypto::Crl::FromDer(ReadSample("ca_kdh_crl.der"));
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  EXPECT_TRUE(crl->VerifySignature(SampleCert("ca_kdh_cert.pem")).ok());
+  EXPECT_TRUE(crl->IsRevoked(HexBytes("3400000008")));
+  EXPECT_FALSE(crl->IsRevoked(HexBytes("3400000006")));  // KDH 1
 }
 
 TEST(AnnexB, SampleKdhCertificateHasDuplicatedExtensionsAndIsRefused) {

@@ -12,6 +12,7 @@
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
 #include "rkl/crypto/x509.h"
+#include "rkl/crypto/x509_crl.h"
 #include "test_data.h"
 #include "tokens_internal.h"
 
@@ -307,6 +308,33 @@ TEST_F(Tr34Test, KrdCertificateIsNeverAKdhCertificate) {
   auto forged = PeerFromCertificate(impostor.cert, Role::kKdh, ca_kdh_->cert);
   EXPECT_EQ(forged.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(forged.status().message(), HasSubstr("does not verify"));
+}
+
+TEST_F(Tr34Test, RevokedKdhIsRefused) {
+  auto crl_with = [&](std::vector<Bytes> revoked, int64_t last, int64_t next, const Party& ca) {
+    crypto::CrlBuilder builder;
+    builder.SetLastUpdate(last).SetNextUpdate(next);
+    for (Bytes& serial : revoked) builder.AddRevoked(std::move(serial), last);
+    auto crl = builder.Sign(ca.cert, ca.key);
+    EXPECT_TRUE(crl.ok()) << crl.status();
+    return crl->ToDer();
+  };
+  const crypto::Certificate& kdh = kdh_->cert;
+  Bytes clean = crl_with({{0x09}}, kNow - 60, kNow + 3600, *ca_kdh_);
+  EXPECT_TRUE(CheckKdhNotRevoked(kdh, std::vector<Bytes>{clean}, ca_kdh_->cert, kNow).ok());
+  Bytes revoking = crl_with({kdh.SerialBytes()}, kNow - 60, kNow + 3600, *ca_kdh_);
+  absl::Status revoked = CheckKdhNotRevoked(kdh, std::vector<Bytes>{revoking}, ca_kdh_->cert, kNow);
+  EXPECT_EQ(revoked.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(revoked.message(), HasSubstr("is revoked"));
+  // A stale CRL, one signed by another CA and none at all: no usable CRL.
+  Bytes stale = crl_with({}, kNow - 7200, kNow - 3600, *ca_kdh_);
+  Bytes foreign = crl_with({}, kNow - 60, kNow + 3600, *ca_krd_);
+  for (const std::vector<Bytes>& crls :
+       {std::vector<Bytes>{stale}, std::vector<Bytes>{foreign}, std::vector<Bytes>{}}) {
+    absl::Status status = CheckKdhNotRevoked(kdh, crls, ca_kdh_->cert, kNow);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(status.message(), HasSubstr("no current CRL"));
+  }
 }
 
 TEST_F(Tr34Test, BuilderRefusesBadRequests) {

@@ -62,6 +62,14 @@ struct PeerKey {
 absl::StatusOr<PeerKey> PeerFromCertificate(const crypto::Certificate& cert, Role role,
                                             const crypto::Certificate& role_ca);
 
+// The KRD's check of the KDH CA's CRL that comes with CT_KDH and the key tokens: among
+// `crls` one is issued and signed by `ca_kdh` and current at `now` (lastUpdate <= now <=
+// nextUpdate), and it does not list `kdh_cert`. FAILED_PRECONDITION "revoked" for a listed
+// KDH, FAILED_PRECONDITION for no usable CRL (a KRD cannot tell a revoked KDH from one whose
+// CRL was withheld, so it refuses both).
+absl::Status CheckKdhNotRevoked(const crypto::Certificate& kdh_cert, std::span<const Bytes> crls,
+                                const crypto::Certificate& ca_kdh, int64_t now);
+
 // ---- RT_KRD: the KRD's random number, an Attribute { randomNonce, SET { OCTET STRING } } ----
 inline constexpr size_t kMinNonceSize = 8;
 absl::StatusOr<Bytes> BuildRandomNumberToken(std::span<const uint8_t> nonce);
