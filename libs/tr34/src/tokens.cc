@@ -263,27 +263,37 @@ absl::Status VerifyParts(const SignedParts& parts, const PeerKey& signer) {
       (sig_nid != NID_rsaEncryption && sig_nid != NID_sha256WithRSAEncryption)) {
     return absl::InvalidArgumentError("TR-34 token: signature must be RSA with SHA-256");
   }
-  // contentType must name the encapsulated content (RFC 5652 §11.1).
-  auto* content_type = static_cast<ASN1_OBJECT*>(
-      CMS_signed_get0_data_by_OBJ(si, OBJ_nid2obj(NID_pkcs9_contentType), -3, V_ASN1_OBJECT));
-  if (content_type == nullptr || OBJ_obj2nid(content_type) != parts.econtent_nid) {
-    ERR_clear_error();
-    return absl::UnauthenticatedError("TR-34 token: contentType attribute does not match");
+  Bytes signed_bytes;
+  if (CMS_signed_get_attr_count(si) <= 0) {
+    // RFC 5652 §5.3: signed attributes may be absent only for id-data, and the signature then
+    // covers the content (the CA unbind token, B.13).
+    if (parts.econtent_nid != NID_pkcs7_data) {
+      return absl::UnauthenticatedError("TR-34 token: signed attributes are missing");
+    }
+    signed_bytes = parts.econtent;
+  } else {
+    // contentType must name the encapsulated content (RFC 5652 §11.1).
+    auto* content_type = static_cast<ASN1_OBJECT*>(
+        CMS_signed_get0_data_by_OBJ(si, OBJ_nid2obj(NID_pkcs9_contentType), -3, V_ASN1_OBJECT));
+    if (content_type == nullptr || OBJ_obj2nid(content_type) != parts.econtent_nid) {
+      ERR_clear_error();
+      return absl::UnauthenticatedError("TR-34 token: contentType attribute does not match");
+    }
+    RKL_ASSIGN_OR_RETURN(auto digest,
+                         SignedOctets(si, OBJ_nid2obj(NID_pkcs9_messageDigest), "messageDigest"));
+    RKL_ASSIGN_OR_RETURN(Bytes expected, Sha256(parts.econtent));
+    if (!digest.has_value() || !Same(*digest, expected)) {
+      return absl::UnauthenticatedError("TR-34 token: content does not match its messageDigest");
+    }
+    RKL_ASSIGN_OR_RETURN(signed_bytes, SignedAttributesAsSent(si));
   }
-  RKL_ASSIGN_OR_RETURN(auto digest,
-                       SignedOctets(si, OBJ_nid2obj(NID_pkcs9_messageDigest), "messageDigest"));
-  RKL_ASSIGN_OR_RETURN(Bytes expected, Sha256(parts.econtent));
-  if (!digest.has_value() || !Same(*digest, expected)) {
-    return absl::UnauthenticatedError("TR-34 token: content does not match its messageDigest");
-  }
-  RKL_ASSIGN_OR_RETURN(Bytes signed_attrs, SignedAttributesAsSent(si));
   ASN1_OCTET_STRING* sig = CMS_SignerInfo_get0_signature(si);
   crypto::EvpMdCtxPtr ctx(EVP_MD_CTX_new());
   if (ctx == nullptr || sig == nullptr ||
       EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, signer.key.evp_pkey()) != 1 ||
       EVP_DigestVerify(ctx.get(), ASN1_STRING_get0_data(sig),
-                       static_cast<size_t>(ASN1_STRING_length(sig)), signed_attrs.data(),
-                       signed_attrs.size()) != 1) {
+                       static_cast<size_t>(ASN1_STRING_length(sig)), signed_bytes.data(),
+                       signed_bytes.size()) != 1) {
     ERR_clear_error();
     return absl::UnauthenticatedError("TR-34 token: signature does not verify");
   }
@@ -567,6 +577,32 @@ absl::StatusOr<KeyBlock> Accept(const KeyToken& token, const CertId& own_id,
   return block;
 }
 
+// [1] IMPLICIT RevocationInfoChoices (RFC 5652 §10.2.1), absent when there is no CRL.
+Bytes CrlField(std::span<const Bytes> crls) {
+  if (crls.empty()) return Bytes();
+  Bytes crl_set;
+  for (const Bytes& crl : crls) crl_set.insert(crl_set.end(), crl.begin(), crl.end());
+  return der::Tlv(der::ContextTag(1), crl_set);
+}
+
+// A SignedData ContentInfo with one SignerInfo (version 1, issuerAndSerialNumber, SHA-256,
+// rsaEncryption); `signed_attrs` is the [0] field, or empty for none.
+Bytes AssembleSignedData(std::span<const uint8_t> econtent_type, std::span<const uint8_t> econtent,
+                         std::span<const uint8_t> signed_attrs, std::span<const uint8_t> signature,
+                         const CertId& signer, std::span<const Bytes> crls) {
+  Bytes sha256 = Seq({kOidSha256});
+  Bytes signer_info =
+      Seq({kDerVersion1, signer.der, sha256, signed_attrs, Seq({kOidRsaEncryption, kDerNull}),
+           der::Tlv(der::kOctetString, signature)});
+  Bytes encap =
+      Seq({econtent_type, der::Tlv(der::ContextTag(0), der::Tlv(der::kOctetString, econtent))});
+  // Version 1 as the Annex B tokens have it (RFC 5652 would say 3 for a content other than
+  // id-data; parsers accept both).
+  Bytes signed_data =
+      Seq({kDerVersion1, der::SetOf({sha256}), encap, CrlField(crls), der::SetOf({signer_info})});
+  return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), signed_data)});
+}
+
 }  // namespace
 
 namespace internal {
@@ -591,20 +627,16 @@ absl::StatusOr<Bytes> BuildSignedToken(std::span<const uint8_t> econtent_type,
   RKL_ASSIGN_OR_RETURN(Bytes signature, RsaSha256Sign(signer_key, attrs));
   // In the SignerInfo the same SET carries the [0] IMPLICIT tag (RFC 5652 §5.3).
   attrs[0] = der::ContextTag(0);
-  Bytes sha256 = Seq({kOidSha256});
-  Bytes signer_info =
-      Seq({kDerVersion1, signer.der, sha256, attrs, Seq({kOidRsaEncryption, kDerNull}),
-           der::Tlv(der::kOctetString, signature)});
-  Bytes encap =
-      Seq({econtent_type, der::Tlv(der::ContextTag(0), der::Tlv(der::kOctetString, econtent))});
-  Bytes crl_set;
-  for (const Bytes& crl : crls) crl_set.insert(crl_set.end(), crl.begin(), crl.end());
-  Bytes crl_field = crls.empty() ? Bytes() : der::Tlv(der::ContextTag(1), crl_set);
-  // Version 1 as the Annex B tokens have it (RFC 5652 would say 3 for a content other than
-  // id-data; parsers accept both).
-  Bytes signed_data =
-      Seq({kDerVersion1, der::SetOf({sha256}), encap, crl_field, der::SetOf({signer_info})});
-  return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), signed_data)});
+  return AssembleSignedData(econtent_type, econtent, attrs, signature, signer, crls);
+}
+
+absl::StatusOr<Bytes> BuildSignedTokenWithoutAttributes(std::span<const uint8_t> econtent,
+                                                        const CertId& signer,
+                                                        const crypto::PrivateKey& signer_key) {
+  // RFC 5652 §5.4: with no signed attributes the signature covers the content itself, which
+  // must then be id-data.
+  RKL_ASSIGN_OR_RETURN(Bytes signature, RsaSha256Sign(signer_key, econtent));
+  return AssembleSignedData(kOidData, econtent, {}, signature, signer, {});
 }
 
 absl::StatusOr<KeyBlock> ParseKeyBlock(const SecretBytes& der) {
@@ -731,15 +763,13 @@ absl::StatusOr<Bytes> BuildCredentialToken(std::span<const crypto::Certificate> 
     Bytes der = cert.ToDer();
     certs.insert(certs.end(), der.begin(), der.end());
   }
-  Bytes crl_set;
-  for (const Bytes& crl : crls) crl_set.insert(crl_set.end(), crl.begin(), crl.end());
-  Bytes crl_field = crls.empty() ? Bytes() : der::Tlv(der::ContextTag(1), crl_set);
+
   // Degenerate SignedData (RFC 5652 §5.2): no digest algorithms, an empty id-data content
   // and no signers, as Annex B's CT_KRD has it.
   Bytes empty_set = der::Tlv(der::kSet, {});
   Bytes encap = Seq({kOidData, der::Tlv(der::ContextTag(0), der::Tlv(der::kOctetString, {}))});
-  Bytes signed_data = Seq(
-      {kDerVersion1, empty_set, encap, der::Tlv(der::ContextTag(0), certs), crl_field, empty_set});
+  Bytes signed_data = Seq({kDerVersion1, empty_set, encap, der::Tlv(der::ContextTag(0), certs),
+                           CrlField(crls), empty_set});
   return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), signed_data)});
 }
 
@@ -897,6 +927,39 @@ absl::StatusOr<Bytes> BuildKdhUnbindToken(const CertId& kdh_id, const crypto::Pr
   RKL_RETURN_IF_ERROR(CheckNonce(krd_nonce));
   return internal::BuildSignedToken(
       kOidData, krd_id.der, {internal::RandomNonceAttribute(krd_nonce)}, kdh_id, kdh_key, crls);
+}
+
+}  // namespace rkl::tr34
+
+namespace rkl::tr34 {
+
+absl::StatusOr<CaUnbindToken> ParseCaUnbindToken(std::span<const uint8_t> token) {
+  RKL_ASSIGN_OR_RETURN(SignedParts parts, ParseSigned(token, NID_pkcs7_data, "CA unbind token"));
+  // The KRD and KDH identifiers, each an IssuerAndSerialNumber: bare one after the other as
+  // Annex B's B.13 has them, or inside one SEQUENCE.
+  std::span<const uint8_t> ids = parts.econtent;
+  if (auto outer = der::ParseOne(ids); outer && outer->tag == der::kSequence) {
+    der::Reader probe(outer->value);
+    auto first = probe.NextIf(der::kSequence);
+    if (first && first->value.size() > 0 && first->value[0] == der::kSequence) ids = outer->value;
+  }
+  der::Reader r(ids);
+  auto krd = r.NextIf(der::kSequence);
+  auto kdh = r.NextIf(der::kSequence);
+  if (!krd || !kdh || !r.Done()) return Malformed("CA unbind token identifiers");
+  CaUnbindToken out;
+  out.signer = std::move(parts.signer);
+  out.krd_id = CertId{Bytes(krd->encoding.begin(), krd->encoding.end())};
+  out.kdh_id = CertId{Bytes(kdh->encoding.begin(), kdh->encoding.end())};
+  return out;
+}
+
+absl::StatusOr<Bytes> BuildCaUnbindToken(const CertId& ca_krd_id,
+                                         const crypto::PrivateKey& ca_krd_key, const CertId& krd_id,
+                                         const CertId& kdh_id) {
+  // As B.13: the two identifiers without an enclosing SEQUENCE, signed without attributes.
+  return internal::BuildSignedTokenWithoutAttributes(der::Concat({krd_id.der, kdh_id.der}),
+                                                     ca_krd_id, ca_krd_key);
 }
 
 }  // namespace rkl::tr34

@@ -36,6 +36,11 @@ absl::StatusOr<Bytes> BuildSignedToken(std::span<const uint8_t> econtent_type,
                                        const crypto::PrivateKey& signer_key,
                                        std::span<const Bytes> crls);
 
+// The same with no signed attributes: the signature covers `econtent`, of type id-data.
+absl::StatusOr<Bytes> BuildSignedTokenWithoutAttributes(std::span<const uint8_t> econtent,
+                                                        const CertId& signer,
+                                                        const crypto::PrivateKey& signer_key);
+
 // Attribute { id-data, SET { OCTET STRING header } } and { randomNonce, ... }.
 Bytes KeyBlockHeaderAttribute(std::string_view header);
 Bytes RandomNonceAttribute(std::span<const uint8_t> nonce);

@@ -245,6 +245,25 @@ TEST(AnnexB, KdhUnbindTokenB14ParsesVerifiesAndRebuildsByteForByte) {
   EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
 }
 
+TEST(AnnexB, CaUnbindTokenB13ParsesVerifiesAndRebuildsByteForByte) {
+  Bytes token = ReadSample("b13_ubt_ca_unbind.der");
+  crypto::Certificate ca_krd = SampleCert("ca_krd_cert.pem");
+  auto ca_krd_peer = PeerKey{CertIdOf(ca_krd).value(), ca_krd.GetPublicKey().value()};
+  auto parsed = ParseCaUnbindToken(token);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->signer, ca_krd_peer.id);
+  EXPECT_EQ(parsed->krd_id, Krd1Id());
+  EXPECT_EQ(parsed->kdh_id, RawPeer("kdh_1_cert.pem").id);
+  // No signed attributes: the signature covers the content.
+  EXPECT_TRUE(VerifySignedToken(token, ca_krd_peer).ok());
+  auto rebuilt = BuildCaUnbindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"), parsed->krd_id,
+                                    parsed->kdh_id);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  // Signed by the KDH instead, it does not verify as the CA's.
+  EXPECT_FALSE(VerifySignedToken(token, RawPeer("kdh_1_cert.pem")).ok());
+}
+
 TEST(AnnexB, AesEnvelopedDataSampleHasAnEightByteIvAndIsRefused) {
   // B.2.2.3.2 (errata) names AES-128-CBC with the 8-byte TDES IV 0123456789ABCDEF.
   auto block = internal::DecryptKeyBlockWithContentKey(ReadSample("b2234_aes_enveloped_data.der"),

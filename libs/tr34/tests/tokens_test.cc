@@ -393,6 +393,23 @@ TEST_F(Tr34Test, KdhUnbindTokenRoundTripsAndVerifies) {
   EXPECT_FALSE(ParseKeyToken(*token).ok());
 }
 
+TEST_F(Tr34Test, CaUnbindTokenRoundTripsAndVerifies) {
+  auto token = BuildCaUnbindToken(Id(*ca_krd_), ca_krd_->key, Id(*krd_), Id(*kdh_));
+  ASSERT_TRUE(token.ok()) << token.status();
+  auto parsed = ParseCaUnbindToken(*token);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->signer, Id(*ca_krd_));
+  EXPECT_EQ(parsed->krd_id, Id(*krd_));
+  EXPECT_EQ(parsed->kdh_id, Id(*kdh_));
+  PeerKey ca{Id(*ca_krd_), ca_krd_->key.GetPublicKey()};
+  EXPECT_TRUE(VerifySignedToken(*token, ca).ok());
+  Bytes tampered = *token;
+  tampered[tampered.size() - 1] ^= 0x01;
+  EXPECT_EQ(VerifySignedToken(tampered, ca).code(), absl::StatusCode::kUnauthenticated);
+  // Another CA's key does not verify it.
+  EXPECT_FALSE(VerifySignedToken(*token, PeerKey{Id(*ca_krd_), ca_kdh_->key.GetPublicKey()}).ok());
+}
+
 TEST_F(Tr34Test, TrailingBytesAreRefused) {
   crypto::SecretBytes tmk = crypto::RandomSecret(16);
   auto token = Token(*krd_, crypto::CipherFamily::kAes, tmk, nonce_, kAesHeader);

@@ -157,4 +157,16 @@ absl::StatusOr<Bytes> BuildKdhUnbindToken(const CertId& kdh_id, const crypto::Pr
                                           const CertId& krd_id, std::span<const uint8_t> krd_nonce,
                                           std::span<const Bytes> crls);
 
+// ---- CA unbind token: SignedData by the KRD's CA (no signed attributes) over id-data
+// { KRD id, KDH id }, telling the KRD to forget its KDH ----
+struct CaUnbindToken {
+  CertId signer;
+  CertId krd_id;
+  CertId kdh_id;
+};
+absl::StatusOr<CaUnbindToken> ParseCaUnbindToken(std::span<const uint8_t> token);
+absl::StatusOr<Bytes> BuildCaUnbindToken(const CertId& ca_krd_id,
+                                         const crypto::PrivateKey& ca_krd_key, const CertId& krd_id,
+                                         const CertId& kdh_id);
+
 }  // namespace rkl::tr34
