@@ -577,6 +577,17 @@ absl::StatusOr<KeyBlock> Accept(const KeyToken& token, const CertId& own_id,
   return block;
 }
 
+// signingTime as UTCTime (RFC 5652 §11.3: for dates 1950-2049), "YYMMDDHHMMSSZ".
+absl::StatusOr<Bytes> SigningTimeAttribute(int64_t unix_seconds) {
+  crypto::Asn1TimePtr t(ASN1_UTCTIME_set(nullptr, static_cast<time_t>(unix_seconds)));
+  if (t == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("signing time outside UTCTime's range");
+  }
+  RKL_ASSIGN_OR_RETURN(Bytes time_der, ToDer(t.get(), i2d_ASN1_UTCTIME));
+  return Attribute(kOidSigningTime, time_der);
+}
+
 // [1] IMPLICIT RevocationInfoChoices (RFC 5652 §10.2.1), absent when there is no CRL.
 Bytes CrlField(std::span<const Bytes> crls) {
   if (crls.empty()) return Bytes();
@@ -601,6 +612,24 @@ Bytes AssembleSignedData(std::span<const uint8_t> econtent_type, std::span<const
   Bytes signed_data =
       Seq({kDerVersion1, der::SetOf({sha256}), encap, CrlField(crls), der::SetOf({signer_info})});
   return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), signed_data)});
+}
+
+// The fields of a degenerate SignedData (RFC 5652 §5.2: no digest algorithms, no signers)
+// carrying `econtent` as id-data, `certificates` and `crls`, without the SEQUENCE header:
+// CT_KRD/CT_KDH wrap it in one, the rebind tokens of Annex B carry it bare.
+Bytes DegenerateSignedDataBody(std::span<const uint8_t> econtent,
+                               std::span<const crypto::Certificate> certificates,
+                               std::span<const Bytes> crls) {
+  Bytes certs;
+  for (const crypto::Certificate& cert : certificates) {
+    Bytes der = cert.ToDer();
+    certs.insert(certs.end(), der.begin(), der.end());
+  }
+  Bytes empty_set = der::Tlv(der::kSet, {});
+  Bytes encap =
+      Seq({kOidData, der::Tlv(der::ContextTag(0), der::Tlv(der::kOctetString, econtent))});
+  return der::Concat({kDerVersion1, empty_set, encap, der::Tlv(der::ContextTag(0), certs),
+                      CrlField(crls), empty_set});
 }
 
 }  // namespace
@@ -758,19 +787,8 @@ absl::StatusOr<Bytes> BuildCredentialToken(std::span<const crypto::Certificate> 
   if (certificates.empty()) {
     return absl::InvalidArgumentError("credential token: needs at least one certificate");
   }
-  Bytes certs;
-  for (const crypto::Certificate& cert : certificates) {
-    Bytes der = cert.ToDer();
-    certs.insert(certs.end(), der.begin(), der.end());
-  }
-
-  // Degenerate SignedData (RFC 5652 §5.2): no digest algorithms, an empty id-data content
-  // and no signers, as Annex B's CT_KRD has it.
-  Bytes empty_set = der::Tlv(der::kSet, {});
-  Bytes encap = Seq({kOidData, der::Tlv(der::ContextTag(0), der::Tlv(der::kOctetString, {}))});
-  Bytes signed_data = Seq({kDerVersion1, empty_set, encap, der::Tlv(der::ContextTag(0), certs),
-                           CrlField(crls), empty_set});
-  return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), signed_data)});
+  Bytes body = DegenerateSignedDataBody({}, certificates, crls);
+  return Seq({kOidSignedData, der::Tlv(der::ContextTag(0), der::Tlv(der::kSequence, body))});
 }
 
 absl::StatusOr<CredentialToken> ParseCredentialToken(std::span<const uint8_t> token) {
@@ -825,14 +843,8 @@ absl::StatusOr<Bytes> BuildKeyToken(const KeyTokenRequest& request) {
   if (request.krd_nonce.has_value()) {
     attrs.push_back(internal::RandomNonceAttribute(*request.krd_nonce));
   } else {
-    // UTCTime (RFC 5652 §11.3: for dates 1950-2049), "YYMMDDHHMMSSZ".
-    crypto::Asn1TimePtr t(ASN1_UTCTIME_set(nullptr, static_cast<time_t>(*request.signing_time)));
-    if (t == nullptr) {
-      ERR_clear_error();
-      return absl::InvalidArgumentError("key token: signing time outside UTCTime's range");
-    }
-    RKL_ASSIGN_OR_RETURN(Bytes time_der, ToDer(t.get(), i2d_ASN1_UTCTIME));
-    attrs.push_back(Attribute(kOidSigningTime, time_der));
+    RKL_ASSIGN_OR_RETURN(Bytes time, SigningTimeAttribute(*request.signing_time));
+    attrs.push_back(std::move(time));
   }
   return internal::BuildSignedToken(kOidEnvelopedData, enveloped, std::move(attrs), request.kdh_id,
                                     *request.kdh_key, request.crls);
@@ -960,6 +972,68 @@ absl::StatusOr<Bytes> BuildCaUnbindToken(const CertId& ca_krd_id,
   // As B.13: the two identifiers without an enclosing SEQUENCE, signed without attributes.
   return internal::BuildSignedTokenWithoutAttributes(der::Concat({krd_id.der, kdh_id.der}),
                                                      ca_krd_id, ca_krd_key);
+}
+
+}  // namespace rkl::tr34
+
+namespace rkl::tr34 {
+
+absl::StatusOr<RebindToken> ParseRebindToken(std::span<const uint8_t> token) {
+  RKL_ASSIGN_OR_RETURN(SignedParts parts, ParseSigned(token, NID_pkcs7_signed, "rebind token"));
+  // The inner degenerate SignedData: Annex B's B.10 and B.11 carry its fields without the
+  // SEQUENCE header; a full SignedData is accepted too.
+  Bytes inner = parts.econtent;
+  if (auto whole = der::ParseOne(inner); !whole || whole->tag != der::kSequence ||
+                                         whole->value.empty() || whole->value[0] != der::kInteger) {
+    inner = der::Tlv(der::kSequence, parts.econtent);
+  }
+  Bytes content_info = Seq({kOidSignedData, der::Tlv(der::ContextTag(0), inner)});
+  RKL_ASSIGN_OR_RETURN(CredentialToken credential, ParseCredentialToken(content_info));
+  if (credential.certificates.size() != 1) {
+    return absl::InvalidArgumentError("rebind token: must carry exactly one new KDH certificate");
+  }
+  RKL_ASSIGN_OR_RETURN(CmsPtr cms,
+                       ParseContentInfo(content_info, NID_pkcs7_signed, "rebind token"));
+  ASN1_OCTET_STRING** content = CMS_get0_content(cms.get());
+  if (content == nullptr || *content == nullptr) return Malformed("rebind token identifiers");
+  std::span<const uint8_t> ids(ASN1_STRING_get0_data(*content),
+                               static_cast<size_t>(ASN1_STRING_length(*content)));
+  der::Reader r(ids);
+  auto krd = r.NextIf(der::kSequence);
+  auto old_kdh = r.NextIf(der::kSequence);  // present in the CA's rebind token only
+  if (!krd || !r.Done()) return Malformed("rebind token identifiers");
+  RebindToken out{.signer = std::move(parts.signer),
+                  .krd_id = CertId{Bytes(krd->encoding.begin(), krd->encoding.end())},
+                  .old_kdh_id = std::nullopt,
+                  .new_kdh = std::move(credential.certificates[0]),
+                  .krd_nonce = std::nullopt,
+                  .signing_time = std::nullopt,
+                  .crls = std::move(parts.crls)};
+  if (old_kdh) out.old_kdh_id = CertId{Bytes(old_kdh->encoding.begin(), old_kdh->encoding.end())};
+  RKL_ASSIGN_OR_RETURN(out.krd_nonce, SignedNonce(parts.signer_info));
+  RKL_ASSIGN_OR_RETURN(out.signing_time, SignedTime(parts.signer_info));
+  return out;
+}
+
+absl::StatusOr<Bytes> BuildKdhRebindToken(const CertId& kdh_id, const crypto::PrivateKey& kdh_key,
+                                          const CertId& krd_id, const crypto::Certificate& new_kdh,
+                                          std::span<const uint8_t> krd_nonce,
+                                          std::span<const Bytes> crls) {
+  RKL_RETURN_IF_ERROR(CheckNonce(krd_nonce));
+  Bytes inner = DegenerateSignedDataBody(krd_id.der, {&new_kdh, 1}, {});
+  return internal::BuildSignedToken(
+      kOidSignedData, inner, {internal::RandomNonceAttribute(krd_nonce)}, kdh_id, kdh_key, crls);
+}
+
+absl::StatusOr<Bytes> BuildCaRebindToken(const CertId& ca_krd_id,
+                                         const crypto::PrivateKey& ca_krd_key, const CertId& krd_id,
+                                         const CertId& old_kdh_id,
+                                         const crypto::Certificate& new_kdh, int64_t signing_time) {
+  Bytes inner =
+      DegenerateSignedDataBody(der::Concat({krd_id.der, old_kdh_id.der}), {&new_kdh, 1}, {});
+  RKL_ASSIGN_OR_RETURN(Bytes time, SigningTimeAttribute(signing_time));
+  return internal::BuildSignedToken(kOidSignedData, inner, {std::move(time)}, ca_krd_id, ca_krd_key,
+                                    {});
 }
 
 }  // namespace rkl::tr34

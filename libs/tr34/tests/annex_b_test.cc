@@ -264,6 +264,45 @@ TEST(AnnexB, CaUnbindTokenB13ParsesVerifiesAndRebuildsByteForByte) {
   EXPECT_FALSE(VerifySignedToken(token, RawPeer("kdh_1_cert.pem")).ok());
 }
 
+TEST(AnnexB, KdhRebindTokenB11ParsesVerifiesAndRebuildsByteForByte) {
+  Bytes token = ReadSample("b11_rbt_kdh.der");
+  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
+  auto parsed = ParseRebindToken(token);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->signer, kdh1.id);
+  EXPECT_EQ(parsed->krd_id, Krd1Id());
+  EXPECT_FALSE(parsed->old_kdh_id.has_value());
+  EXPECT_EQ(parsed->new_kdh.SubjectCommonName(), "TR34 Sample KDH 2");
+  EXPECT_EQ(parsed->new_kdh.SerialHex(), "3400000007");
+  ASSERT_TRUE(parsed->krd_nonce.has_value());
+  EXPECT_EQ(ToHex(*parsed->krd_nonce), kSampleUnbindNonce);
+  EXPECT_EQ(parsed->crls, std::vector<Bytes>{ReadSample("ca_kdh_crl.der")});
+  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok());
+  auto rebuilt = BuildKdhRebindToken(kdh1.id, ReadSampleKey("kdh_1_key.pem"), parsed->krd_id,
+                                     parsed->new_kdh, *parsed->krd_nonce, parsed->crls);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+}
+
+TEST(AnnexB, CaRebindTokenB10ParsesVerifiesAndRebuildsByteForByte) {
+  Bytes token = ReadSample("b10_rbt_ca_unbind.der");
+  crypto::Certificate ca_krd = SampleCert("ca_krd_cert.pem");
+  PeerKey ca_krd_peer{CertIdOf(ca_krd).value(), ca_krd.GetPublicKey().value()};
+  auto parsed = ParseRebindToken(token);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->signer, ca_krd_peer.id);
+  EXPECT_EQ(parsed->krd_id, Krd1Id());
+  EXPECT_EQ(parsed->old_kdh_id, RawPeer("kdh_1_cert.pem").id);
+  EXPECT_EQ(parsed->new_kdh.SubjectCommonName(), "TR34 Sample KDH 2");
+  EXPECT_EQ(parsed->signing_time, 1'328'016'134);  // 2012-01-31 13:22:14 UTC
+  EXPECT_FALSE(parsed->krd_nonce.has_value());
+  EXPECT_TRUE(VerifySignedToken(token, ca_krd_peer).ok());
+  auto rebuilt = BuildCaRebindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"), parsed->krd_id,
+                                    *parsed->old_kdh_id, parsed->new_kdh, *parsed->signing_time);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+}
+
 TEST(AnnexB, AesEnvelopedDataSampleHasAnEightByteIvAndIsRefused) {
   // B.2.2.3.2 (errata) names AES-128-CBC with the 8-byte TDES IV 0123456789ABCDEF.
   auto block = internal::DecryptKeyBlockWithContentKey(ReadSample("b2234_aes_enveloped_data.der"),

@@ -410,6 +410,34 @@ TEST_F(Tr34Test, CaUnbindTokenRoundTripsAndVerifies) {
   EXPECT_FALSE(VerifySignedToken(*token, PeerKey{Id(*ca_krd_), ca_kdh_->key.GetPublicKey()}).ok());
 }
 
+TEST_F(Tr34Test, RebindTokensRoundTripAndVerify) {
+  Party new_kdh = NewEndEntity("rkl KDH 2", 5, crypto::KeyUsage::kDigitalSignature, *ca_kdh_);
+  auto from_kdh = BuildKdhRebindToken(Id(*kdh_), kdh_->key, Id(*krd_), new_kdh.cert, nonce_,
+                                      std::vector<Bytes>{ReadSample("ca_kdh_crl.der")});
+  ASSERT_TRUE(from_kdh.ok()) << from_kdh.status();
+  auto parsed = ParseRebindToken(*from_kdh);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->krd_id, Id(*krd_));
+  EXPECT_EQ(parsed->new_kdh, new_kdh.cert);
+  EXPECT_EQ(parsed->krd_nonce, nonce_);
+  EXPECT_FALSE(parsed->old_kdh_id.has_value());
+  EXPECT_TRUE(VerifySignedToken(*from_kdh, Peer(*kdh_, Role::kKdh)).ok());
+  // The new KDH certificate still has to pass the role check before a KRD trusts it.
+  EXPECT_TRUE(CheckRole(parsed->new_kdh, Role::kKdh, ca_kdh_->cert).ok());
+
+  auto from_ca =
+      BuildCaRebindToken(Id(*ca_krd_), ca_krd_->key, Id(*krd_), Id(*kdh_), new_kdh.cert, kNow);
+  ASSERT_TRUE(from_ca.ok()) << from_ca.status();
+  parsed = ParseRebindToken(*from_ca);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->old_kdh_id, Id(*kdh_));
+  EXPECT_EQ(parsed->signing_time, kNow);
+  EXPECT_TRUE(VerifySignedToken(*from_ca, PeerKey{Id(*ca_krd_), ca_krd_->key.GetPublicKey()}).ok());
+  // A rebind token is no key token, and the KDH's key does not verify the CA's token.
+  EXPECT_FALSE(ParseKeyToken(*from_ca).ok());
+  EXPECT_FALSE(VerifySignedToken(*from_ca, Peer(*kdh_, Role::kKdh)).ok());
+}
+
 TEST_F(Tr34Test, TrailingBytesAreRefused) {
   crypto::SecretBytes tmk = crypto::RandomSecret(16);
   auto token = Token(*krd_, crypto::CipherFamily::kAes, tmk, nonce_, kAesHeader);

@@ -169,4 +169,26 @@ absl::StatusOr<Bytes> BuildCaUnbindToken(const CertId& ca_krd_id,
                                          const crypto::PrivateKey& ca_krd_key, const CertId& krd_id,
                                          const CertId& kdh_id);
 
+// ---- rebind tokens: a new KDH certificate for a KRD, as a degenerate SignedData carrying
+// the KRD's id (and, from the CA, the old KDH's id), signed by the current KDH with the KRD's
+// random number (KDH rebind) or by the KRD's CA with a signing time (CA rebind) ----
+struct RebindToken {
+  CertId signer;
+  CertId krd_id;
+  std::optional<CertId> old_kdh_id;  // CA rebind only
+  crypto::Certificate new_kdh;
+  std::optional<Bytes> krd_nonce;       // KDH rebind
+  std::optional<int64_t> signing_time;  // CA rebind
+  std::vector<Bytes> crls;
+};
+absl::StatusOr<RebindToken> ParseRebindToken(std::span<const uint8_t> token);
+absl::StatusOr<Bytes> BuildKdhRebindToken(const CertId& kdh_id, const crypto::PrivateKey& kdh_key,
+                                          const CertId& krd_id, const crypto::Certificate& new_kdh,
+                                          std::span<const uint8_t> krd_nonce,
+                                          std::span<const Bytes> crls);
+absl::StatusOr<Bytes> BuildCaRebindToken(const CertId& ca_krd_id,
+                                         const crypto::PrivateKey& ca_krd_key, const CertId& krd_id,
+                                         const CertId& old_kdh_id,
+                                         const crypto::Certificate& new_kdh, int64_t signing_time);
+
 }  // namespace rkl::tr34
