@@ -72,14 +72,31 @@ Bytes ResignSampleKeyToken(const KeyToken& token, Bytes attribute) {
   return rebuilt.ok() ? *rebuilt : Bytes();
 }
 
+// A published signed token taken apart by `parse`, checked to name `signer` and to verify
+// under its key.
+template <typename Parse>
+auto ParseSignedSample(const Bytes& token, Parse parse, const PeerKey& signer) {
+  auto parsed = parse(token);
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  if (parsed.ok()) {
+    EXPECT_EQ(parsed->signer, signer.id);
+  }
+  EXPECT_TRUE(VerifySignedToken(token, signer).ok());
+  return parsed;
+}
+
+// `rebuilt`, made by rkl's builder from what parsing `token` gave, is `token` to the byte.
+void ExpectSameBytes(const absl::StatusOr<Bytes>& rebuilt, const Bytes& token) {
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+}
+
 TEST(AnnexB, RandomNumberTokenB12ParsesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b12_rt_krd.der");
   auto nonce = ParseRandomNumberToken(token);
   ASSERT_TRUE(nonce.ok()) << nonce.status();
   EXPECT_EQ(ToHex(*nonce), kSampleNonce);
-  auto rebuilt = BuildRandomNumberToken(*nonce);
-  ASSERT_TRUE(rebuilt.ok());
-  EXPECT_EQ(*rebuilt, token);
+  ExpectSameBytes(BuildRandomNumberToken(*nonce), token);
 }
 
 TEST(AnnexB, KrdCredentialTokenB7ParsesAndRebuildsByteForByte) {
@@ -89,9 +106,7 @@ TEST(AnnexB, KrdCredentialTokenB7ParsesAndRebuildsByteForByte) {
   ASSERT_EQ(parsed->certificates.size(), 1u);
   EXPECT_EQ(parsed->certificates[0], SampleCert("krd_1_cert.pem"));
   EXPECT_TRUE(parsed->crls.empty());
-  auto rebuilt = BuildCredentialToken(parsed->certificates);
-  ASSERT_TRUE(rebuilt.ok());
-  EXPECT_EQ(*rebuilt, token);
+  ExpectSameBytes(BuildCredentialToken(parsed->certificates), token);
 }
 
 TEST(AnnexB, KdhCredentialTokenB6IsMalformedAndRefused) {
@@ -229,78 +244,72 @@ TEST(AnnexB, OnePassKeyTokenB8ParsesVerifiesAndRebuildsByteForByte) {
   EXPECT_EQ(block.status().code(), absl::StatusCode::kUnauthenticated);
 }
 
+// B.11 or B.14 taken apart by `parse`, with what they share checked: signed by KDH 1, to
+// KRD 1, answering the same random number, with the CA KDH CRL.
+template <typename Parse>
+auto ParseKdh1ToKrd1Sample(const Bytes& token, Parse parse) {
+  auto parsed = ParseSignedSample(token, parse, RawPeer("kdh_1_cert.pem"));
+  if (parsed.ok()) {
+    EXPECT_EQ(parsed->krd_id, Krd1Id());
+    EXPECT_EQ(parsed->krd_nonce, HexBytes(kSampleUnbindNonce));
+    EXPECT_EQ(parsed->crls, std::vector<Bytes>{ReadSample("ca_kdh_crl.der")});
+  }
+  return parsed;
+}
+
 TEST(AnnexB, KdhUnbindTokenB14ParsesVerifiesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b14_ubt_kdh_unbind.der");
-  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
-  auto parsed = ParseKdhUnbindToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, kdh1.id);
-  EXPECT_EQ(parsed->krd_id, Krd1Id());
-  ASSERT_TRUE(parsed->krd_nonce.has_value());
-  EXPECT_EQ(ToHex(*parsed->krd_nonce), kSampleUnbindNonce);
-  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok());
-  auto rebuilt = BuildKdhUnbindToken(kdh1.id, ReadSampleKey("kdh_1_key.pem"), parsed->krd_id,
-                                     *parsed->krd_nonce, parsed->crls);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  auto parsed = ParseKdh1ToKrd1Sample(token, ParseKdhUnbindToken);
+  ASSERT_TRUE(parsed.ok());
+  ExpectSameBytes(BuildKdhUnbindToken(parsed->signer, ReadSampleKey("kdh_1_key.pem"),
+                                      parsed->krd_id, HexBytes(kSampleUnbindNonce), parsed->crls),
+                  token);
 }
 
 TEST(AnnexB, CaUnbindTokenB13ParsesVerifiesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b13_ubt_ca_unbind.der");
   crypto::Certificate ca_krd = SampleCert("ca_krd_cert.pem");
   auto ca_krd_peer = PeerKey{CertIdOf(ca_krd).value(), ca_krd.GetPublicKey().value()};
-  auto parsed = ParseCaUnbindToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, ca_krd_peer.id);
+  // B.13 has no signed attributes: its signature covers the content.
+  auto parsed = ParseSignedSample(token, ParseCaUnbindToken, ca_krd_peer);
+  ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->krd_id, Krd1Id());
   EXPECT_EQ(parsed->kdh_id, RawPeer("kdh_1_cert.pem").id);
-  // No signed attributes: the signature covers the content.
-  EXPECT_TRUE(VerifySignedToken(token, ca_krd_peer).ok());
-  auto rebuilt = BuildCaUnbindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"), parsed->krd_id,
-                                    parsed->kdh_id);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  ExpectSameBytes(BuildCaUnbindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"),
+                                     parsed->krd_id, parsed->kdh_id),
+                  token);
   // Signed by the KDH instead, it does not verify as the CA's.
   EXPECT_FALSE(VerifySignedToken(token, RawPeer("kdh_1_cert.pem")).ok());
 }
 
 TEST(AnnexB, KdhRebindTokenB11ParsesVerifiesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b11_rbt_kdh.der");
-  PeerKey kdh1 = RawPeer("kdh_1_cert.pem");
-  auto parsed = ParseRebindToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, kdh1.id);
-  EXPECT_EQ(parsed->krd_id, Krd1Id());
+  auto parsed = ParseKdh1ToKrd1Sample(token, ParseRebindToken);
+  ASSERT_TRUE(parsed.ok());
   EXPECT_FALSE(parsed->old_kdh_id.has_value());
   EXPECT_EQ(parsed->new_kdh.SubjectCommonName(), "TR34 Sample KDH 2");
   EXPECT_EQ(parsed->new_kdh.SerialHex(), "3400000007");
-  ASSERT_TRUE(parsed->krd_nonce.has_value());
-  EXPECT_EQ(ToHex(*parsed->krd_nonce), kSampleUnbindNonce);
-  EXPECT_EQ(parsed->crls, std::vector<Bytes>{ReadSample("ca_kdh_crl.der")});
-  EXPECT_TRUE(VerifySignedToken(token, kdh1).ok());
-  auto rebuilt = BuildKdhRebindToken(kdh1.id, ReadSampleKey("kdh_1_key.pem"), parsed->krd_id,
-                                     parsed->new_kdh, *parsed->krd_nonce, parsed->crls);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  ExpectSameBytes(
+      BuildKdhRebindToken(parsed->signer, ReadSampleKey("kdh_1_key.pem"), parsed->krd_id,
+                          parsed->new_kdh, HexBytes(kSampleUnbindNonce), parsed->crls),
+      token);
 }
 
 TEST(AnnexB, CaRebindTokenB10ParsesVerifiesAndRebuildsByteForByte) {
   Bytes token = ReadSample("b10_rbt_ca_unbind.der");
   crypto::Certificate ca_krd = SampleCert("ca_krd_cert.pem");
   PeerKey ca_krd_peer{CertIdOf(ca_krd).value(), ca_krd.GetPublicKey().value()};
-  auto parsed = ParseRebindToken(token);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->signer, ca_krd_peer.id);
+  auto parsed = ParseSignedSample(token, ParseRebindToken, ca_krd_peer);
+  ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->krd_id, Krd1Id());
   EXPECT_EQ(parsed->old_kdh_id, RawPeer("kdh_1_cert.pem").id);
   EXPECT_EQ(parsed->new_kdh.SubjectCommonName(), "TR34 Sample KDH 2");
   EXPECT_EQ(parsed->signing_time, 1'328'016'134);  // 2012-01-31 13:22:14 UTC
   EXPECT_FALSE(parsed->krd_nonce.has_value());
-  EXPECT_TRUE(VerifySignedToken(token, ca_krd_peer).ok());
-  auto rebuilt = BuildCaRebindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"), parsed->krd_id,
-                                    *parsed->old_kdh_id, parsed->new_kdh, *parsed->signing_time);
-  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
-  EXPECT_EQ(ToHex(*rebuilt), ToHex(token));
+  ExpectSameBytes(
+      BuildCaRebindToken(ca_krd_peer.id, ReadSampleKey("ca_krd_key.pem"), parsed->krd_id,
+                         *parsed->old_kdh_id, parsed->new_kdh, *parsed->signing_time),
+      token);
 }
 
 TEST(AnnexB, AesEnvelopedDataSampleHasAnEightByteIvAndIsRefused) {
