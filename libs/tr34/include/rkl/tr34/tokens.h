@@ -1,7 +1,9 @@
 #pragma once
 // ANSI X9 TR-34-2019 tokens as CMS (RFC 5652) structures, DER on the wire: the KRD random
 // number token (RT_KRD), the credential tokens (CT_KRD, CT_KDH), the one- and two-pass key
-// tokens and the KDH unbind token, with the checks the KRD makes before it accepts a key.
+// tokens, the KDH and CA unbind tokens and the KDH and CA rebind tokens, with the checks the
+// KRD makes before it accepts a key. Builders are the KDH's side (to run inside HSM #2),
+// Receive*/Verify*/Check* the KRD's.
 //
 // Guarantees:
 //  - a clear TMK exists only as crypto::SecretBytes (KeyBlock::key); the decrypted key block
@@ -14,7 +16,12 @@
 //    signing KDH and carries the signed key block header;
 //  - certificate roles are told apart by the CA that issued them (see CheckRole), so a KRD
 //    certificate never passes as a KDH one, or the reverse.
-// Parsing uses OpenSSL's CMS API (d2i_CMS_ContentInfo, signer and attribute accessors).
+// Not checked here: the KDH's revocation (the caller runs CheckKdhNotRevoked on the CRLs that
+// come with CT_KDH and the key token) and replay of a one-pass token within its window (the
+// caller keeps the last accepted signing time).
+// Parsing uses OpenSSL's CMS API (d2i_CMS_ContentInfo, signer and attribute accessors),
+// except for EnvelopedData and the key block, read by hand so that the content-encryption
+// key and the decrypted key block stay in SecretBytes.
 // Builders compose DER by hand: OpenSSL's CMS signing adds a signingTime read from the wall
 // clock to every SignerInfo, which the two-pass token must not carry, and its OAEP parameters
 // and attribute sets cannot be made to follow the standard's encodings exactly.
