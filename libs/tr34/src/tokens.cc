@@ -636,6 +636,8 @@ Bytes DegenerateSignedDataBody(std::span<const uint8_t> econtent,
 
 namespace internal {
 
+std::span<const uint8_t> EnvelopedDataOid() { return kOidEnvelopedData; }
+
 Bytes KeyBlockHeaderAttribute(std::string_view header) {
   return Attribute(kOidData, der::Tlv(der::kOctetString, AsBytes(header)));
 }

@@ -41,6 +41,9 @@ absl::StatusOr<Bytes> BuildSignedTokenWithoutAttributes(std::span<const uint8_t>
                                                         const CertId& signer,
                                                         const crypto::PrivateKey& signer_key);
 
+// The DER of id-envelopedData, the content type a key token signs.
+std::span<const uint8_t> EnvelopedDataOid();
+
 // Attribute { id-data, SET { OCTET STRING header } } and { randomNonce, ... }.
 Bytes KeyBlockHeaderAttribute(std::string_view header);
 Bytes RandomNonceAttribute(std::span<const uint8_t> nonce);

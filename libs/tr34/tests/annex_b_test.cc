@@ -62,10 +62,8 @@ KeyToken ParseSampleKeyToken(const std::string& name) {
 // `token` signed again by the sample KDH 1 key around its own EnvelopedData, with the key
 // block header and `attribute` as the TR-34 signed attributes.
 Bytes ResignSampleKeyToken(const KeyToken& token, Bytes attribute) {
-  const uint8_t kEnvelopedDataOid[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86,
-                                       0xF7, 0x0D, 0x01, 0x07, 0x03};
   auto rebuilt = internal::BuildSignedToken(
-      kEnvelopedDataOid, token.enveloped_data,
+      internal::EnvelopedDataOid(), token.enveloped_data,
       {internal::KeyBlockHeaderAttribute(token.header), std::move(attribute)}, token.signer,
       ReadSampleKey("kdh_1_key.pem"), token.crls);
   EXPECT_TRUE(rebuilt.ok()) << rebuilt.status();

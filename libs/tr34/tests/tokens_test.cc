@@ -291,6 +291,37 @@ TEST_F(Tr34Test, TokenFromAnotherSignerIsRefused) {
   EXPECT_THAT(block.status().message(), HasSubstr("another KDH"));
 }
 
+TEST_F(Tr34Test, KeyBlockMustMatchTheSignedTokenAroundIt) {
+  // A validly signed token around an EnvelopedData whose key block says something else:
+  // another header than the signed one, or another KDH than the signer.
+  crypto::SecretBytes tmk = crypto::RandomSecret(16);
+  auto resign = [&](const Bytes& token, std::string_view signed_header) {
+    auto parsed = ParseKeyToken(token);
+    EXPECT_TRUE(parsed.ok());
+    auto out = internal::BuildSignedToken(
+        internal::EnvelopedDataOid(), parsed->enveloped_data,
+        {internal::KeyBlockHeaderAttribute(signed_header), internal::RandomNonceAttribute(nonce_)},
+        Id(*kdh_), kdh_->key, {});
+    EXPECT_TRUE(out.ok());
+    return *out;
+  };
+  auto token = Token(*krd_, crypto::CipherFamily::kAes, tmk, nonce_, kAesHeader);
+  ASSERT_TRUE(token.ok());
+  auto block = ReceiveTwoPass(resign(*token, "D0256K0AB00N0000"), nonce_);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(block.status().message(), HasSubstr("header differs"));
+  ExpectNoSecretIn(block.status(), tmk);
+
+  KeyTokenRequest other_kdh = Request(*krd_, tmk, nonce_);
+  other_kdh.kdh_id = Id(*other_krd_);
+  auto foreign = BuildKeyToken(other_kdh);
+  ASSERT_TRUE(foreign.ok());
+  block = ReceiveTwoPass(resign(*foreign, kAesHeader), nonce_);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(block.status().message(), HasSubstr("names another KDH"));
+  ExpectNoSecretIn(block.status(), tmk);
+}
+
 TEST_F(Tr34Test, KrdCertificateIsNeverAKdhCertificate) {
   auto as_kdh = PeerFromCertificate(krd_->cert, Role::kKdh, ca_kdh_->cert);
   EXPECT_EQ(as_kdh.status().code(), absl::StatusCode::kFailedPrecondition);
