@@ -167,30 +167,11 @@ absl::StatusOr<std::vector<crypto::Certificate>> LoadOperatorCas(const std::stri
   return cas;
 }
 
-absl::Status SetUpHsmSchema(db::ConnectionPool& pool, const std::string& owner_dsn,
-                            bool migrate_only) {
-  auto setup = db::SetUpSchema(pool, {.owner_dsn = owner_dsn, .migrate_only = migrate_only},
-                               Migrations(), kHsmRuntimeGrants);
-  if (!setup.ok()) {
-    return absl::Status(
-        setup.status().code(),
-        absl::StrCat("database ", pool.redacted_dsn(), ": schema: ", setup.status().message()));
-  }
-  if (setup->migrated) {
-    spdlog::info(
-        "schema: {} migration(s) applied as the owner; runtime role '{}' granted its "
-        "privileges",
-        setup->applied, setup->runtime_role);
-  }
-  if (!setup->warning.empty()) spdlog::warn("database: {}", setup->warning);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status HsmDaemon::MigrateOnly(const std::string& database_dsn, const std::string& owner_dsn) {
   db::ConnectionPool pool(db::PoolOptions{.dsn = database_dsn, .max_size = 1});
-  return SetUpHsmSchema(pool, owner_dsn, true);
+  return db::SetUpDaemonSchema(pool, owner_dsn, true, Migrations(), kHsmRuntimeGrants);
 }
 
 absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions options) {
@@ -223,7 +204,8 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   }
   d->pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{
       .dsn = options.database_dsn, .max_size = options.db_pool_size, .settings = settings});
-  RKL_RETURN_IF_ERROR(SetUpHsmSchema(*d->pool_, options.owner_dsn, false));
+  RKL_RETURN_IF_ERROR(
+      db::SetUpDaemonSchema(*d->pool_, options.owner_dsn, false, Migrations(), kHsmRuntimeGrants));
   RKL_RETURN_IF_ERROR(
       BindLmkToDatabase(*d->pool_, options.hsm_id, lmk, options.lmk_file, NowUnixMs(clock)));
 

@@ -294,9 +294,15 @@ PoolOptions PoolOptionsFromConfig(const Config& config) {
 absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const Config& config,
                                bool migrate_only, std::span<const Migration> migrations,
                                std::span<const RuntimeGrant> grants) {
+  return SetUpDaemonSchema(runtime_pool, config.GetString("db.owner_dsn"), migrate_only, migrations,
+                           grants);
+}
+
+absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const std::string& owner_dsn,
+                               bool migrate_only, std::span<const Migration> migrations,
+                               std::span<const RuntimeGrant> grants) {
   absl::StatusOr<SchemaSetupResult> result = SetUpSchema(
-      runtime_pool, {.owner_dsn = config.GetString("db.owner_dsn"), .migrate_only = migrate_only},
-      migrations, grants);
+      runtime_pool, {.owner_dsn = owner_dsn, .migrate_only = migrate_only}, migrations, grants);
   if (!result.ok()) {
     return absl::Status(result.status().code(),
                         absl::StrCat("database ", runtime_pool.redacted_dsn(),

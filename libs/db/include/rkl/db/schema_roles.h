@@ -130,5 +130,9 @@ void DeclareDatabaseConfig(ConfigSchema& schema, DatabaseConfigHelp help);
 absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const Config& config,
                                bool migrate_only, std::span<const Migration> migrations,
                                std::span<const RuntimeGrant> grants);
+// The same with the owner's DSN given (the HSM's options carry it; "" = no owner DSN).
+absl::Status SetUpDaemonSchema(ConnectionPool& runtime_pool, const std::string& owner_dsn,
+                               bool migrate_only, std::span<const Migration> migrations,
+                               std::span<const RuntimeGrant> grants);
 
 }  // namespace rkl::db
