@@ -58,6 +58,17 @@ e2e_init() {
     rkl_pg_destroy
     rm -rf -- "${RKL_STATE:?}"
   fi
+  # Another run on the same ports (a second build tree with the same RKL_E2E_PORT_OFFSET, or
+  # cases whose ranges overlap) would make daemons fail to bind or, worse, talk to the other
+  # run's processes: refuse to start, naming the port.
+  local port
+  for ((port = RKL_PORT_BASE; port <= RKL_PG_PORT; port++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      e2e_fail "port $port on 127.0.0.1 is already in use (ports $RKL_PORT_BASE..$RKL_PG_PORT" \
+        "belong to this case): is another run using them? Give each build tree its own" \
+        "-DRKL_E2E_PORT_OFFSET, at least 4000 apart"
+    fi
+  done
   mkdir -p "$RKL_STATE/logs"
   # Key material of the leakage sweep lives here, outside the swept tree, and is erased.
   E2E_SCRATCH=$(mktemp -d "/tmp/rkl-e2e-$E2E_NAME.XXXXXX")
@@ -71,7 +82,7 @@ e2e_init() {
   # backoff stays short, so fault tests finish in minutes. Production defaults are untouched.
   export RKL_MTMS_FORWARDER_LEASE=20s
   export RKL_MTMS_FORWARDER_MAX_BACKOFF=5s
-  e2e_log "state $RKL_STATE, ports $RKL_PORT_BASE..$((RKL_PORT_BASE + 4)), binaries $RKL_BIN"
+  e2e_log "state $RKL_STATE, ports $RKL_PORT_BASE..$RKL_PG_PORT, binaries $RKL_BIN"
 }
 
 e2e_cleanup() {
