@@ -11,6 +11,8 @@
 #   logs/       one log per process
 #   run/        pid files
 #   pos/        the simulated terminals' secure modules
+#   manufacturer/  the terminal manufacturer's TR-34 KRD CA (krd-ca.p12 under a PIN in
+#               secrets/krd-ca.pin, krd-ca.pem), which certifies TR-34 terminals' device keys
 #   anchors/    each HSM's audit anchor, <hsm>.anchor (docs/hsm.md, Audit)
 #   ceremony.env  PK/MAK key indexes and KCVs of both HSMs (no key material)
 # Ports: RKL_PORT_BASE (default 50051) + 0 ca, +1 hsm-mtms, +2 hsm-kms, +3 mtms, +4 kms.
@@ -88,12 +90,14 @@ rkl_pki_init() {
     # A state directory from before custodians had their own certificates cannot be reused.
     [[ -s "$RKL_STATE/pki/custodian-${RKL_CUSTODIANS[0]}/cert.pem" ]] ||
       rkl_die "$RKL_STATE holds a PKI without custodian certificates (an older layout); start over with --reset"
+    [[ -s "$RKL_STATE/pki/kdh-ca.pem" ]] ||
+      rkl_die "$RKL_STATE holds a PKI without the TR-34 kdh-ca (an older layout); start over with --reset"
     return 0
   fi
   mkdir -p "$RKL_STATE/secrets" && chmod 700 "$RKL_STATE/secrets"
   rkl_secret_file operator.pin "head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo"
   rm -rf "$RKL_STATE/pki"
-  rkl_log "PKI: bootstrapping the CA (terminal-root, operator-ca, service-ca) and every identity"
+  rkl_log "PKI: bootstrapping the CA (terminal-root, operator-ca, service-ca, kdh-ca) and every identity"
   # pki init creates the CA's schema, so it runs as the database's owner.
   rklctl pki init --db "$(rkl_pg_owner_dsn ca)" --master-key-file "$RKL_STATE/secrets/ca-master.key" \
     --create-master-key --out "$RKL_STATE/pki" --operator-id operator1 \
@@ -101,6 +105,18 @@ rkl_pki_init() {
     --custodians "$(IFS=,; echo "${RKL_CUSTODIANS[*]}")" \
     --operator-pin-file "$RKL_STATE/secrets/operator.pin" >"$RKL_STATE/logs/pki-init.log" ||
     { cat "$RKL_STATE/logs/pki-init.log" >&2; rkl_die "pki init failed"; }
+}
+
+# The terminal manufacturer's TR-34 KRD CA (once): outside rkl, as a manufacturer would run it;
+# rkl trusts its certificate (tr34.krd_ca_files of HSM #2 and KMS).
+rkl_krd_ca_init() {
+  [[ -s "$RKL_STATE/manufacturer/krd-ca.pem" ]] && return 0
+  rkl_secret_file krd-ca.pin "head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo"
+  rm -rf "$RKL_STATE/manufacturer"
+  rkl_log "TR-34: the manufacturer's KRD CA (rkl-pos krd-ca init)"
+  rkl_pos krd-ca init --out "$RKL_STATE/manufacturer" --pin-file "$RKL_STATE/secrets/krd-ca.pin" \
+    >"$RKL_STATE/logs/krd-ca-init.log" 2>&1 ||
+    { cat "$RKL_STATE/logs/krd-ca-init.log" >&2; rkl_die "krd-ca init failed"; }
 }
 
 rkl_write_configs() {
@@ -133,6 +149,10 @@ rkl_write_configs() {
             if [[ $svc == hsm-mtms ]]; then
               echo "translation:"
               echo "  operator_ca_file: $pki/operator-ca.pem"
+            else
+              # TR-34 (docs/tr34.md): the KRD CAs whose terminals HSM #2 makes key tokens for.
+              echo "tr34:"
+              echo "  krd_ca_files: [$RKL_STATE/manufacturer/krd-ca.pem]"
             fi
             ;;
           mtms | kms)
@@ -173,6 +193,14 @@ rkl_write_configs() {
             # the default.
             echo "limits:"
             echo "  per_source: {per_minute: 600000, burst: 5000}"
+            # TR-34 (docs/tr34.md): the KRD CAs KMS accepts terminals from, and the CA that
+            # certifies the KDH key and publishes the kdh-ca CRL.
+            echo "ca:"
+            echo "  endpoint: $(rkl_addr ca)"
+            echo "  authority: ca"
+            echo "tr34:"
+            echo "  krd_ca_files: [$RKL_STATE/manufacturer/krd-ca.pem]"
+            echo "  kdh_hsm_id: hsm-kms"
             ;;
         esac
       } >"$RKL_STATE/config/$svc.yaml"
@@ -322,6 +350,7 @@ rkl_up() {
   rkl_pg_start
   rkl_pg_provision
   rkl_pki_init
+  rkl_krd_ca_init
   local svc
   for svc in hsm-mtms hsm-kms; do
     [[ -s "$RKL_STATE/secrets/lmk-$svc" ]] ||
@@ -352,6 +381,20 @@ rkl_up() {
   rkl_log "MTMS work key (S201-S203): HSM #1 generates Pu/Pr, the CA signs HsmWCRT"
   rklctl mtms work-key provision --mtms "$(rkl_addr mtms)" --authority mtms \
     $(rkl_admin_flags) | sed 's/^/  /' >&2 || rkl_die "work key provisioning failed"
+  rkl_kdh_provision
+}
+
+# TR-34 (once): HSM #2 generates the KDH signing key, the CA's kdh-ca certifies it.
+rkl_kdh_provision() {
+  local target="--kms $(rkl_addr kms) --authority kms"
+  # shellcheck disable=SC2046
+  if rklctl kms kdh list $target $(rkl_admin_flags) 2>/dev/null | grep -q 'active'; then
+    return 0
+  fi
+  rkl_log "TR-34 KDH key: HSM #2 generates it, kdh-ca certifies it"
+  # shellcheck disable=SC2046
+  rklctl kms kdh provision $target $(rkl_admin_flags) | sed 's/^/  /' >&2 ||
+    rkl_die "KDH key provisioning failed"
 }
 
 # Common flags of rkl-pos against this deployment.
@@ -363,4 +406,11 @@ rkl_pos_flags() {
     "--operator-pin-file $RKL_STATE/secrets/operator.pin" \
     "--admin-cert $RKL_STATE/pki/admin-${RKL_ADMINS[0]}/cert.pem" \
     "--admin-key $RKL_STATE/pki/admin-${RKL_ADMINS[0]}/key.pem"
+}
+
+# The flags rkl-pos needs on top of rkl_pos_flags for TR-34 terminals: the kdh-ca burned in
+# at manufacture, and the manufacturer's KRD CA that certifies each terminal's device key.
+rkl_pos_tr34_flags() {
+  echo "--kdh-ca $RKL_STATE/pki/kdh-ca.pem --krd-ca-card $RKL_STATE/manufacturer/krd-ca.p12" \
+    "--krd-ca-pin-file $RKL_STATE/secrets/krd-ca.pin"
 }
