@@ -628,6 +628,17 @@ TEST_F(CaCoreTest, PolicyValidation) {
   p = CaPolicy{};
   p.terminal_root_key = KeySpec::kEcP256;
   EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+  p = CaPolicy{};
+  p.kdh_ca_key = KeySpec::kEcP256;
+  EXPECT_THAT(ValidatePolicy(p).message(), HasSubstr("kdh_ca key: must be RSA"));
+  p = CaPolicy{};
+  p.kdh_ca_validity_days = 0;
+  EXPECT_EQ(ValidatePolicy(p).message(),
+            "kdh_ca validity: must be between 1 and 36500 days, got 0");
+  p = CaPolicy{};
+  p.kdh_validity_days = 36501;
+  EXPECT_EQ(ValidatePolicy(p).message(),
+            "kdh certificate validity: must be between 1 and 36500 days, got 36501");
 }
 
 // ---- Dual control ---------------------------------------------------------------------------
