@@ -93,10 +93,12 @@ struct InitOptions {
   std::vector<std::string> services = {"ca", "hsm-mtms", "hsm-kms", "mtms", "kms"};
   std::vector<std::string> hostnames;
   std::string root_key = "rsa-3072";
+  std::string kdh_ca_key = "rsa-3072";
   std::string operator_ca_key = "ec-p256";
   std::string service_ca_key = "ec-p256";
   std::string leaf_key = "ec-p256";
   int root_days = ca::CaPolicy{}.terminal_root_validity_days;
+  int kdh_ca_days = ca::CaPolicy{}.kdh_ca_validity_days;
   int ca_days = ca::CaPolicy{}.service_ca_validity_days;
   int service_days = ca::CaPolicy{}.service_validity_days;
   int operator_days = ca::CaPolicy{}.operator_validity_days;
@@ -110,10 +112,12 @@ absl::StatusOr<ca::CaPolicy> PolicyFrom(const InitOptions& o) {
     return s;
   };
   RKL_ASSIGN_OR_RETURN(p.terminal_root_key, spec("--root-key", o.root_key));
+  RKL_ASSIGN_OR_RETURN(p.kdh_ca_key, spec("--kdh-ca-key", o.kdh_ca_key));
   RKL_ASSIGN_OR_RETURN(p.operator_ca_key, spec("--operator-ca-key", o.operator_ca_key));
   RKL_ASSIGN_OR_RETURN(p.service_ca_key, spec("--service-ca-key", o.service_ca_key));
   RKL_ASSIGN_OR_RETURN(p.bootstrap_leaf_key, spec("--leaf-key", o.leaf_key));
   p.terminal_root_validity_days = o.root_days;
+  p.kdh_ca_validity_days = o.kdh_ca_days;
   p.operator_ca_validity_days = o.ca_days;
   p.service_ca_validity_days = o.ca_days;
   p.service_validity_days = o.service_days;
@@ -169,6 +173,7 @@ void RunInit(const InitOptions& o) {
   std::cout << "CA initialised in " << pool.redacted_dsn() << "\n"
             << "  master key KCV " << master_key->KcvHex() << "\n";
   PrintCertificate("terminal-root", result->terminal_root);
+  PrintCertificate("kdh-ca", result->kdh_ca);
   PrintCertificate("operator-ca", result->operator_ca);
   PrintCertificate("service-ca", result->service_ca);
   for (const ca::KeyAndCertificate& s : result->services) {
@@ -179,10 +184,88 @@ void RunInit(const InitOptions& o) {
     PrintCertificate(c.name, c.certificate);
   }
   PrintCertificate(result->operator_card.name, result->operator_card.certificate);
-  std::cout << "wrote " << o.out << "/{ca-bundle.pem,terminal-root.pem,operator-ca.pem}, " << o.out
-            << "/<service>/{cert.pem,key.pem}, " << o.out
+  std::cout << "wrote " << o.out << "/{ca-bundle.pem,terminal-root.pem," << ca::kKdhCaFileName
+            << ",operator-ca.pem}, " << o.out << "/<service>/{cert.pem,key.pem}, " << o.out
             << "/admin-<name>/ and custodian-<name>/ for each person, " << o.out << "/operator-"
             << o.operator_id << ".p12\n";
+}
+
+// ---- add-issuer --------------------------------------------------------------------------
+
+struct AddIssuerOptions {
+  std::string issuer;
+  std::string dsn;
+  std::string master_key_file;
+  std::string out;
+  std::string key = "rsa-3072";
+  int days = ca::CaPolicy{}.kdh_ca_validity_days;
+};
+
+void RunAddIssuer(const AddIssuerOptions& o) {
+  const std::string step = "add-issuer";
+  if (o.issuer != "kdh-ca") {
+    kArea.Fail(step, absl::InvalidArgumentError(
+                         "issuer: must be kdh-ca (`pki init` makes the others with the CA)"));
+  }
+  ca::CaPolicy policy;
+  absl::StatusOr<ca::KeySpec> spec = ca::KeySpecFromName(o.key);
+  if (!spec.ok()) {
+    kArea.Fail(step, absl::InvalidArgumentError(absl::StrCat("--key: ", spec.status().message())));
+  }
+  policy.kdh_ca_key = *spec;
+  policy.kdh_ca_validity_days = o.days;
+  if (absl::Status s = ca::ValidatePolicy(policy); !s.ok()) kArea.Fail(step, s);
+  const std::string path = o.out + "/" + ca::kKdhCaFileName;
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    kArea.Fail(step, absl::AlreadyExistsError(path + ": already exists; not overwritten"));
+  }
+  absl::StatusOr<ca::MasterKey> master_key = ca::MasterKey::LoadFromFile(o.master_key_file);
+  if (!master_key.ok()) kArea.Fail(step + " (master key)", master_key.status());
+
+  db::ConnectionPool pool({.dsn = o.dsn, .max_size = 2});
+  // The schema must know the issuer (migration 003): apply what `rkl-ca --migrate-only`
+  // has not, as `init` does.
+  if (!db::CheckMigrationsApplied(pool, ca::Migrations()).ok()) {
+    absl::StatusOr<int> applied = db::ApplyMigrations(pool, ca::Migrations());
+    if (!applied.ok()) kArea.Fail(step + " (schema)", applied.status());
+  }
+  ca::PgCaRepository repository(&pool);
+  ca::CaCore core(&repository, &*master_key, policy, rkl::SystemClock(), crypto::FillRandom);
+  absl::StatusOr<crypto::Certificate> cert = core.AddIssuer(ca::IssuerId::kKdhCa);
+  if (!cert.ok()) kArea.Fail(step, cert.status());
+  absl::StatusOr<std::string> written =
+      ca::WriteIssuerCertificate(ca::IssuerId::kKdhCa, *cert, o.out);
+  if (!written.ok()) {
+    kArea.Fail(step + " (writing " + path +
+                   "; the issuer IS in the CA database — `rklctl pki issuer --issuer kdh-ca` "
+                   "prints its certificate)",
+               written.status());
+  }
+  std::cout << "issuer added to " << pool.redacted_dsn() << "\n";
+  PrintCertificate("kdh-ca", *cert);
+  std::cout << "wrote " << *written << " (terminals burn it in)\n";
+}
+
+void RegisterAddIssuer(CLI::App* pki) {
+  auto o = std::make_shared<AddIssuerOptions>();
+  auto* cmd = pki->add_subcommand(
+      "add-issuer",
+      "add an issuer a CA bootstrapped before it existed lacks (kdh-ca), offline like init; "
+      "refuses an issuer the CA already has");
+  cmd->add_option("issuer", o->issuer, "kdh-ca")->required();
+  cmd->add_option("--db", o->dsn, "libpq DSN of the CA database (as for init)")
+      ->required()
+      ->envname("RKL_CA_DB_DSN");
+  cmd->add_option("--master-key-file", o->master_key_file,
+                  "the CA master key file the database was initialised with")
+      ->required()
+      ->envname("RKL_CA_MASTER_KEY_FILE");
+  cmd->add_option("--out", o->out, "directory to write kdh-ca.pem into (created if needed)")
+      ->required();
+  cmd->add_option("--key", o->key, "rsa-3072 | rsa-2048")->capture_default_str();
+  cmd->add_option("--days", o->days, "validity")->capture_default_str();
+  cmd->callback([o] { RunAddIssuer(*o); });
 }
 
 // ---- commands against the running CA -----------------------------------------------------
@@ -264,6 +347,8 @@ void RegisterInit(CLI::App* pki) {
       ->delimiter(',');
   cmd->add_option("--root-key", o->root_key, "terminal-root key: rsa-3072 | rsa-2048")
       ->capture_default_str();
+  cmd->add_option("--kdh-ca-key", o->kdh_ca_key, "kdh-ca (TR-34) key: rsa-3072 | rsa-2048")
+      ->capture_default_str();
   cmd->add_option("--operator-ca-key", o->operator_ca_key, "ec-p256 | rsa-2048 | rsa-3072")
       ->capture_default_str();
   cmd->add_option("--service-ca-key", o->service_ca_key, "ec-p256 | rsa-2048 | rsa-3072")
@@ -271,6 +356,7 @@ void RegisterInit(CLI::App* pki) {
   cmd->add_option("--leaf-key", o->leaf_key, "service/admin keys: ec-p256 | rsa-2048 | rsa-3072")
       ->capture_default_str();
   cmd->add_option("--root-days", o->root_days, "terminal-root validity")->capture_default_str();
+  cmd->add_option("--kdh-ca-days", o->kdh_ca_days, "kdh-ca validity")->capture_default_str();
   cmd->add_option("--ca-days", o->ca_days, "operator-ca and service-ca validity")
       ->capture_default_str();
   cmd->add_option("--service-days", o->service_days, "service/admin certificate validity")
@@ -679,7 +765,7 @@ void RegisterReadCommands(CLI::App* pki) {
   };
   auto [crl_cmd, crl] = AddServiceCommand<Options>(
       pki, "crl", "print an issuer's current CRL (PEM)", "ca", "localhost:50051");
-  crl_cmd->add_option("--issuer", crl->issuer, "terminal-root | operator-ca | service-ca")
+  crl_cmd->add_option("--issuer", crl->issuer, "terminal-root | operator-ca | service-ca | kdh-ca")
       ->capture_default_str();
   crl_cmd->add_option("--out", crl->out, "write the PEM here instead of stdout");
   crl_cmd->callback([crl] {
@@ -712,7 +798,8 @@ void RegisterReadCommands(CLI::App* pki) {
 
   auto [issuer_cmd, issuer] = AddServiceCommand<Options>(
       pki, "issuer", "print an issuer's certificate (PEM)", "ca", "localhost:50051");
-  issuer_cmd->add_option("--issuer", issuer->issuer, "terminal-root | operator-ca | service-ca")
+  issuer_cmd
+      ->add_option("--issuer", issuer->issuer, "terminal-root | operator-ca | service-ca | kdh-ca")
       ->capture_default_str();
   issuer_cmd->callback([issuer] {
     absl::StatusOr<v1::Issuer> id = IssuerFlag(issuer->issuer);
@@ -730,9 +817,10 @@ void RegisterReadCommands(CLI::App* pki) {
 }  // namespace
 
 void RegisterPkiCommands(CLI::App& app) {
-  AddCommandGroup(app, "pki", "PKI bootstrap and certificate administration",
-                  {RegisterInit, RegisterRequest, RegisterRequestOperator, RegisterApprove,
-                   RegisterFetch, RegisterRequests, RegisterRevoke, RegisterReadCommands});
+  AddCommandGroup(
+      app, "pki", "PKI bootstrap and certificate administration",
+      {RegisterInit, RegisterAddIssuer, RegisterRequest, RegisterRequestOperator, RegisterApprove,
+       RegisterFetch, RegisterRequests, RegisterRevoke, RegisterReadCommands});
 }
 
 }  // namespace rkl::rklctl

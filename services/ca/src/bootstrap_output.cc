@@ -78,6 +78,17 @@ absl::Status CheckBootstrapOutputDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> WriteIssuerCertificate(IssuerId issuer,
+                                                   const crypto::Certificate& certificate,
+                                                   const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::FailedPreconditionError(absl::StrCat("out: cannot create ", dir));
+  std::string path = absl::StrCat(dir, "/", std::string(IssuerName(issuer)), ".pem");
+  RKL_RETURN_IF_ERROR(WritePem(path, certificate.ToPem()));
+  return path;
+}
+
 absl::Status WriteBootstrapOutput(const BootstrapResult& result, const std::string& dir) {
   RKL_RETURN_IF_ERROR(CheckBootstrapOutputDir(dir));
   std::error_code ec;
@@ -85,6 +96,7 @@ absl::Status WriteBootstrapOutput(const BootstrapResult& result, const std::stri
   if (ec) return absl::FailedPreconditionError(absl::StrCat("out: cannot create ", dir));
   RKL_RETURN_IF_ERROR(WritePem(dir + "/ca-bundle.pem", result.service_ca.ToPem()));
   RKL_RETURN_IF_ERROR(WritePem(dir + "/terminal-root.pem", result.terminal_root.ToPem()));
+  RKL_RETURN_IF_ERROR(WritePem(dir + "/" + kKdhCaFileName, result.kdh_ca.ToPem()));
   RKL_RETURN_IF_ERROR(WritePem(dir + "/operator-ca.pem", result.operator_ca.ToPem()));
   for (const KeyAndCertificate& s : result.services) RKL_RETURN_IF_ERROR(WriteKeyPair(s, dir));
   for (const KeyAndCertificate& a : result.admins) RKL_RETURN_IF_ERROR(WriteKeyPair(a, dir));

@@ -29,12 +29,6 @@ absl::Status NotInitialised() {
       "ca: not initialised; run `rklctl pki init` against this database first");
 }
 
-// NOT_FOUND from the repository about an issuer means the CA has no issuers yet.
-absl::Status MapIssuerLookup(const absl::Status& status) {
-  if (absl::IsNotFound(status)) return NotInitialised();
-  return status;
-}
-
 absl::Status CheckDays(int days, std::string_view name, int max = 36500) {
   if (days < 1 || days > max) {
     return absl::InvalidArgumentError(
@@ -107,13 +101,19 @@ absl::Status ValidatePolicy(const CaPolicy& p) {
     return absl::InvalidArgumentError(
         "terminal_root key: must be RSA (terminals verify RSA, PROTOCOL §1)");
   }
+  if (p.kdh_ca_key == KeySpec::kEcP256) {
+    return absl::InvalidArgumentError(
+        "kdh_ca key: must be RSA (terminals verify the KDH certificate with RSA, TR-34)");
+  }
   if (p.organization.size() > 64) {
     return absl::InvalidArgumentError("organization: must be at most 64 characters");
   }
   RKL_RETURN_IF_ERROR(CheckDays(p.terminal_root_validity_days, "terminal_root validity"));
   RKL_RETURN_IF_ERROR(CheckDays(p.operator_ca_validity_days, "operator_ca validity"));
   RKL_RETURN_IF_ERROR(CheckDays(p.service_ca_validity_days, "service_ca validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.kdh_ca_validity_days, "kdh_ca validity"));
   RKL_RETURN_IF_ERROR(CheckDays(p.work_validity_days, "work certificate validity"));
+  RKL_RETURN_IF_ERROR(CheckDays(p.kdh_validity_days, "kdh certificate validity"));
   RKL_RETURN_IF_ERROR(CheckDays(p.operator_validity_days, "operator certificate validity"));
   RKL_RETURN_IF_ERROR(CheckDays(p.service_validity_days, "service certificate validity"));
   if (p.crl_validity < absl::Hours(1) || p.crl_validity > absl::Hours(24 * 366)) {
@@ -187,6 +187,8 @@ int CaCore::DefaultValidityDays(Profile profile) const {
   switch (profile) {
     case Profile::kWork:
       return policy_.work_validity_days;
+    case Profile::kKdh:
+      return policy_.kdh_validity_days;
     case Profile::kOperator:
       return policy_.operator_validity_days;
     case Profile::kService:
@@ -208,9 +210,23 @@ absl::Status CaCore::CheckReady() {
   return absl::OkStatus();
 }
 
+absl::Status CaCore::MissingIssuer(IssuerId issuer, const absl::Status& lookup) {
+  if (!absl::IsNotFound(lookup)) return lookup;
+  absl::StatusOr<std::optional<std::string>> kcv = repository_->GetMasterKeyKcv();
+  if (!kcv.ok()) return kcv.status();
+  if (!kcv->has_value()) return NotInitialised();
+  // Only an issuer added to rkl after this CA was bootstrapped can be missing.
+  const std::string name(IssuerName(issuer));
+  return absl::FailedPreconditionError(
+      absl::StrCat(name,
+                   ": not bootstrapped (this CA was initialised before it existed); run "
+                   "`rklctl pki add-issuer ",
+                   name, "` against this database"));
+}
+
 absl::StatusOr<CaCore::Issuer> CaCore::LoadIssuer(IssuerId issuer) {
   absl::StatusOr<IssuerRecord> record = repository_->GetIssuer(issuer);
-  if (!record.ok()) return MapIssuerLookup(record.status());
+  if (!record.ok()) return MissingIssuer(issuer, record.status());
   RKL_ASSIGN_OR_RETURN(crypto::Certificate cert,
                        crypto::Certificate::FromDer(record->certificate_der));
   RKL_ASSIGN_OR_RETURN(
@@ -267,24 +283,33 @@ absl::StatusOr<crypto::Certificate> CaCore::IssueAndRecord(const LeafSpec& spec)
 
 absl::StatusOr<crypto::Certificate> CaCore::GetIssuerCertificate(IssuerId issuer) {
   absl::StatusOr<IssuerRecord> record = repository_->GetIssuer(issuer);
-  if (!record.ok()) return MapIssuerLookup(record.status());
+  if (!record.ok()) return MissingIssuer(issuer, record.status());
   return crypto::Certificate::FromDer(record->certificate_der);
 }
 
 absl::StatusOr<crypto::Certificate> CaCore::IssueWorkCertificate(
     const WorkCertificateRequest& request) {
+  return IssueHsmKeyCertificate(Profile::kWork, request);
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueKdhCertificate(
+    const KdhCertificateRequest& request) {
+  return IssueHsmKeyCertificate(Profile::kKdh, request);
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::IssueHsmKeyCertificate(
+    Profile profile, const HsmKeyCertificateRequest& request) {
   RKL_RETURN_IF_ERROR(ValidateHsmId(request.hsm_id));
   absl::StatusOr<crypto::PublicKey> key = crypto::PublicKey::FromDer(request.public_key_der);
   if (!key.ok()) {
     return absl::InvalidArgumentError(
         "public_key_der: must be one DER SubjectPublicKeyInfo of an RSA key");
   }
-  RKL_RETURN_IF_ERROR(ValidateWorkPublicKey(*key));
-  return IssueAndRecord({Profile::kWork,
-                         WorkCommonName(request.hsm_id, request.key_index),
-                         *key,
-                         {},
-                         request.validity_days});
+  RKL_RETURN_IF_ERROR(ValidateHsmPublicKey(*key));
+  std::string common_name = profile == Profile::kKdh
+                                ? KdhCommonName(request.hsm_id, request.key_index)
+                                : WorkCommonName(request.hsm_id, request.key_index);
+  return IssueAndRecord({profile, std::move(common_name), *key, {}, request.validity_days});
 }
 
 absl::StatusOr<CaCore::LeafSpec> CaCore::OperatorLeaf(const OperatorCertificateRequest& request) {
@@ -581,7 +606,7 @@ absl::StatusOr<CertificateRecord> CaCore::RevokeUnaudited(const std::string& ser
 
 absl::StatusOr<CrlRecord> CaCore::GetCrl(IssuerId issuer_id) {
   absl::StatusOr<CrlRecord> current = repository_->GetCrl(issuer_id);
-  if (!current.ok()) return MapIssuerLookup(current.status());
+  if (!current.ok()) return MissingIssuer(issuer_id, current.status());
   int64_t now = NowUnix();
   // Past half its life: re-sign, so relying parties never hold a CRL close to expiry.
   auto stale = [now](const CrlRecord& crl) {
@@ -604,6 +629,75 @@ absl::StatusOr<CrlRecord> CaCore::GetCrl(IssuerId issuer_id) {
 absl::StatusOr<CertificateRecord> CaCore::GetCertificateStatus(const std::string& serial_hex) {
   RKL_ASSIGN_OR_RETURN(std::string serial, NormalizeSerialHex(serial_hex));
   return repository_->GetCertificate(serial);
+}
+
+absl::StatusOr<CaCore::NewIssuer> CaCore::MakeIssuer(IssuerId id, Bytes serial, int64_t now) {
+  KeySpec spec = policy_.terminal_root_key;
+  int days = policy_.terminal_root_validity_days;
+  switch (id) {
+    case IssuerId::kTerminalRoot:
+      break;
+    case IssuerId::kKdhCa:
+      spec = policy_.kdh_ca_key;
+      days = policy_.kdh_ca_validity_days;
+      break;
+    case IssuerId::kOperatorCa:
+      spec = policy_.operator_ca_key;
+      days = policy_.operator_ca_validity_days;
+      break;
+    case IssuerId::kServiceCa:
+      spec = policy_.service_ca_key;
+      days = policy_.service_ca_validity_days;
+      break;
+  }
+  RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, GenerateKey(spec));
+  ExtensionProfile ext = ExtensionsOf(Profile::kIssuer);
+  crypto::CertificateBuilder b;
+  b.SetSubjectCommonName(std::string(IssuerName(id)))
+      .SetSerial(std::move(serial))
+      .SetValidity(now - absl::ToInt64Seconds(policy_.backdate), now + days * kSecondsPerDay)
+      .SetBasicConstraints(ext.is_ca, ext.path_len, /*critical=*/true)
+      .SetKeyUsage(ext.key_usage, /*critical=*/true);
+  if (!policy_.organization.empty()) b.SetSubjectOrganization(policy_.organization);
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, b.SelfSign(key));
+  RKL_ASSIGN_OR_RETURN(Bytes sealed, master_key_->SealIssuerKey(IssuerName(id), cert, key));
+  IssuerRecord record{id, cert.ToDer(), std::move(sealed), std::string(KeySpecName(spec))};
+  CertificateRecord cert_record = RecordOf(cert, id, Profile::kIssuer);
+  Issuer issuer{std::move(cert), std::move(key)};
+  RKL_ASSIGN_OR_RETURN(CrlRecord crl, SignCrl(id, issuer, 1, {}, now));
+  return NewIssuer{std::move(issuer), std::move(record), std::move(cert_record), std::move(crl)};
+}
+
+absl::StatusOr<crypto::Certificate> CaCore::AddIssuer(IssuerId issuer_id,
+                                                      const std::string& actor) {
+  RKL_RETURN_IF_ERROR(ValidatePolicy(policy_));
+  RKL_RETURN_IF_ERROR(CheckReady());
+  const std::string name(IssuerName(issuer_id));
+  auto exists = [&] {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, ": already exists in this CA; an issuer is never replaced"));
+  };
+  absl::StatusOr<IssuerRecord> current = repository_->GetIssuer(issuer_id);
+  if (current.ok()) return exists();
+  if (!absl::IsNotFound(current.status())) return current.status();
+  const int64_t now = NowUnix();
+  absl::Status added;
+  for (int attempt = 0; attempt < kMaxSerialAttempts; ++attempt) {
+    RKL_ASSIGN_OR_RETURN(NewIssuer made, MakeIssuer(issuer_id, NewSerial(), now));
+    added = repository_->AddIssuer(made.record, made.certificate, made.crl);
+    if (added.ok()) {
+      AuditRecord record(actor, rkl::audit::action::kBootstrapIssue);
+      record.at_ms = now * 1000;
+      record.subject = name;
+      record.serial_hex = made.certificate.serial_hex;
+      record.detail = "issuer added";
+      Audit(std::move(record));
+      return std::move(made.issuer.certificate);
+    }
+    if (absl::IsFailedPrecondition(added)) return exists();
+    if (!absl::IsAlreadyExists(added)) return added;
+  }
+  return absl::InternalError("serial: random serial numbers kept colliding; check the RNG");
 }
 
 absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& request) {
@@ -663,7 +757,6 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   }
 
   const int64_t now = NowUnix();
-  const int64_t not_before = now - absl::ToInt64Seconds(policy_.backdate);
   std::vector<IssuerRecord> issuer_records;
   std::vector<CertificateRecord> cert_records;
   std::vector<CrlRecord> crl_records;
@@ -674,32 +767,17 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
     return s;
   };
 
-  auto make_issuer = [&](IssuerId id, KeySpec spec, int days) -> absl::StatusOr<Issuer> {
-    RKL_ASSIGN_OR_RETURN(crypto::PrivateKey key, GenerateKey(spec));
-    ExtensionProfile ext = ExtensionsOf(Profile::kIssuer);
-    crypto::CertificateBuilder b;
-    b.SetSubjectCommonName(std::string(IssuerName(id)))
-        .SetSerial(fresh_serial())
-        .SetValidity(not_before, now + days * kSecondsPerDay)
-        .SetBasicConstraints(ext.is_ca, ext.path_len, /*critical=*/true)
-        .SetKeyUsage(ext.key_usage, /*critical=*/true);
-    if (!policy_.organization.empty()) b.SetSubjectOrganization(policy_.organization);
-    RKL_ASSIGN_OR_RETURN(crypto::Certificate cert, b.SelfSign(key));
-    RKL_ASSIGN_OR_RETURN(Bytes sealed, master_key_->SealIssuerKey(IssuerName(id), cert, key));
-    issuer_records.push_back({id, cert.ToDer(), std::move(sealed), std::string(KeySpecName(spec))});
-    cert_records.push_back(RecordOf(cert, id, Profile::kIssuer));
-    Issuer issuer{std::move(cert), std::move(key)};
-    RKL_ASSIGN_OR_RETURN(CrlRecord crl, SignCrl(id, issuer, 1, {}, now));
-    crl_records.push_back(std::move(crl));
-    return issuer;
+  auto make_issuer = [&](IssuerId id) -> absl::StatusOr<Issuer> {
+    RKL_ASSIGN_OR_RETURN(NewIssuer made, MakeIssuer(id, fresh_serial(), now));
+    issuer_records.push_back(std::move(made.record));
+    cert_records.push_back(std::move(made.certificate));
+    crl_records.push_back(std::move(made.crl));
+    return std::move(made.issuer);
   };
-  RKL_ASSIGN_OR_RETURN(Issuer root, make_issuer(IssuerId::kTerminalRoot, policy_.terminal_root_key,
-                                                policy_.terminal_root_validity_days));
-  RKL_ASSIGN_OR_RETURN(Issuer operator_ca,
-                       make_issuer(IssuerId::kOperatorCa, policy_.operator_ca_key,
-                                   policy_.operator_ca_validity_days));
-  RKL_ASSIGN_OR_RETURN(Issuer service_ca, make_issuer(IssuerId::kServiceCa, policy_.service_ca_key,
-                                                      policy_.service_ca_validity_days));
+  RKL_ASSIGN_OR_RETURN(Issuer root, make_issuer(IssuerId::kTerminalRoot));
+  RKL_ASSIGN_OR_RETURN(Issuer operator_ca, make_issuer(IssuerId::kOperatorCa));
+  RKL_ASSIGN_OR_RETURN(Issuer service_ca, make_issuer(IssuerId::kServiceCa));
+  RKL_ASSIGN_OR_RETURN(Issuer kdh_ca, make_issuer(IssuerId::kKdhCa));
 
   auto make_leaf = [&](Profile profile, std::string cn, std::vector<std::string> dns, KeySpec spec,
                        const Issuer& issuer) -> absl::StatusOr<KeyAndCertificate> {
@@ -761,6 +839,7 @@ absl::StatusOr<BootstrapResult> CaCore::Bootstrap(const BootstrapRequest& reques
   }
   issued(card.name, card.certificate.SerialHex());
   return BootstrapResult{std::move(root.certificate),
+                         std::move(kdh_ca.certificate),
                          std::move(operator_ca.certificate),
                          std::move(service_ca.certificate),
                          std::move(services),

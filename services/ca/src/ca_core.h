@@ -1,6 +1,6 @@
 #pragma once
-// CaCore: the certificate authority's logic — bootstrap of the three issuers, issuance of HSM
-// work, operator and service certificates, revocation and CRLs (PROTOCOL §2). It knows
+// CaCore: the certificate authority's logic — bootstrap of the four issuers, issuance of HSM
+// work, TR-34 KDH, operator and service certificates, revocation and CRLs (PROTOCOL §2). It knows
 // nothing of gRPC; ca_grpc_service.cc adapts it, `rklctl pki init` calls Bootstrap directly.
 //
 // Custody (docs/pki.md "Custody"): a certificate that gives a person or a process privilege
@@ -8,8 +8,10 @@
 // init`, offline, before any service runs) or from dual control: RequestServiceCertificate /
 // RequestOperatorCertificate by one admin, then ApproveRequest by a second, distinct admin
 // whose certificate this CA issued and has not revoked, before the request expires. Each
-// step and each refusal is audited (ca_audit). Only HSM work certificates are signed on one
-// caller's word, and only for `mtms` (they certify a key that never leaves HSM #1).
+// step and each refusal is audited (ca_audit). Only HSM work certificates and KDH
+// certificates are signed on one caller's word: work certificates only for `mtms` (they
+// certify a key that never leaves HSM #1), KDH certificates only for `kms` (a key that never
+// leaves HSM #2).
 // IssueOperatorCertificate and IssueServiceCertificate are the signing steps those paths use;
 // no RPC reaches them directly.
 //
@@ -50,14 +52,17 @@ namespace rkl::ca {
 struct CaPolicy {
   std::string organization = "rkl";               // O of every subject; empty: no O attribute
   KeySpec terminal_root_key = KeySpec::kRsa3072;  // terminals verify RSA (PROTOCOL §1)
+  KeySpec kdh_ca_key = KeySpec::kRsa3072;         // TR-34: terminals verify RSA here too
   KeySpec operator_ca_key = KeySpec::kEcP256;
   KeySpec service_ca_key = KeySpec::kEcP256;
   KeySpec bootstrap_leaf_key = KeySpec::kEcP256;  // service and admin keys the bootstrap writes
   int terminal_root_validity_days = 7300;         // burned into terminals: must outlive them
+  int kdh_ca_validity_days = 7300;                // burned into terminals too
   int operator_ca_validity_days = 3650;
   int service_ca_validity_days = 3650;
   // Leaf defaults, which are also the ceilings: a request may ask for less, never more.
   int work_validity_days = 730;
+  int kdh_validity_days = 730;
   int operator_validity_days = 365;
   int service_validity_days = 365;
   absl::Duration crl_validity = absl::Hours(7 * 24);  // nextUpdate - thisUpdate
@@ -70,12 +75,16 @@ struct CaPolicy {
 // INVALID_ARGUMENT naming the setting when a value is out of range.
 absl::Status ValidatePolicy(const CaPolicy& policy);
 
-struct WorkCertificateRequest {
-  Bytes public_key_der;  // SubjectPublicKeyInfo of Pu
+// A key an HSM generated and holds, certified on its service's word: an HSM work key Pu
+// (IssueWorkCertificate) or a TR-34 KDH signing key (IssueKdhCertificate).
+struct HsmKeyCertificateRequest {
+  Bytes public_key_der;  // SubjectPublicKeyInfo: RSA 2048-4096, e = 65537
   std::string hsm_id;
-  uint64_t key_index = 0;
+  uint64_t key_index = 0;      // the key's index inside that HSM
   uint32_t validity_days = 0;  // 0: policy default
 };
+using WorkCertificateRequest = HsmKeyCertificateRequest;
+using KdhCertificateRequest = HsmKeyCertificateRequest;
 
 struct OperatorCertificateRequest {
   std::string csr_pem;
@@ -124,6 +133,7 @@ struct KeyAndCertificate {
 
 struct BootstrapResult {
   crypto::Certificate terminal_root;
+  crypto::Certificate kdh_ca;
   crypto::Certificate operator_ca;
   crypto::Certificate service_ca;
   std::vector<KeyAndCertificate> services;
@@ -144,12 +154,23 @@ class CaCore {
   // not initialised (run `rklctl pki init`), or the database records another key's KCV.
   absl::Status CheckReady();
 
-  // Creates the three issuers and the first set of leaf certificates and records them all in
+  // Creates the four issuers and the first set of leaf certificates and records them all in
   // one transaction. FAILED_PRECONDITION if the CA is already initialised (nothing changes).
   absl::StatusOr<BootstrapResult> Bootstrap(const BootstrapRequest& request);
+  // Creates one issuer an initialised CA lacks (kdh-ca, in a CA bootstrapped before it
+  // existed; `rklctl pki add-issuer`, offline like the bootstrap): its key, self-signed
+  // certificate and first CRL, recorded together and audited under `actor`.
+  // FAILED_PRECONDITION if the CA is not initialised under this master key or already has
+  // the issuer (an issuer is never replaced).
+  absl::StatusOr<crypto::Certificate> AddIssuer(IssuerId issuer,
+                                                const std::string& actor = "rklctl pki add-issuer");
 
   absl::StatusOr<crypto::Certificate> GetIssuerCertificate(IssuerId issuer);
+  // CN hsm-work:<hsm_id>:<key_index>, keyEncipherment, from terminal-root.
   absl::StatusOr<crypto::Certificate> IssueWorkCertificate(const WorkCertificateRequest& request);
+  // TR-34: CN kdh:<hsm_id>:<key_index>, digitalSignature, from kdh-ca. FAILED_PRECONDITION
+  // "kdh-ca: not bootstrapped" in a CA that lacks kdh-ca (AddIssuer makes it).
+  absl::StatusOr<crypto::Certificate> IssueKdhCertificate(const KdhCertificateRequest& request);
   absl::StatusOr<crypto::Certificate> IssueOperatorCertificate(
       const OperatorCertificateRequest& request);
   absl::StatusOr<crypto::Certificate> IssueServiceCertificate(
@@ -208,7 +229,23 @@ class CaCore {
     uint32_t validity_days;
   };
 
+  // What a new issuer is made of, ready to record.
+  struct NewIssuer {
+    Issuer issuer;
+    IssuerRecord record;
+    CertificateRecord certificate;
+    CrlRecord crl;
+  };
+
   absl::StatusOr<Issuer> LoadIssuer(IssuerId issuer);
+  // NOT_FOUND from the repository about `issuer`, told apart: the CA is not initialised, or
+  // it is but lacks this issuer.
+  absl::Status MissingIssuer(IssuerId issuer, const absl::Status& lookup);
+  // A fresh key of the policy's type for `issuer`, its self-signed certificate (valid from
+  // `now` for the policy's days) and its first, empty CRL.
+  absl::StatusOr<NewIssuer> MakeIssuer(IssuerId issuer, Bytes serial, int64_t now);
+  absl::StatusOr<crypto::Certificate> IssueHsmKeyCertificate(
+      Profile profile, const HsmKeyCertificateRequest& request);
   absl::StatusOr<CertificateRecord> RevokeUnaudited(const std::string& serial_hex,
                                                     crypto::CrlReason reason);
   absl::StatusOr<LeafSpec> ServiceLeaf(const ServiceCertificateRequest& request);

@@ -4,9 +4,10 @@
 // anything else: the role the CA runs as cannot change the schema, truncate a table, replace
 // or remove an issuer, or delete or rewrite a certificate it issued.
 //
-//  - ca_master_key, ca_issuers: written once by the bootstrap (`rklctl pki init` runs it as
-//    the owner; the tests run it as this role). INSERT cannot add to them afterwards: one
-//    master key row and three issuer names are all the schema allows. Never updated;
+//  - ca_master_key, ca_issuers: written by the bootstrap (`rklctl pki init` runs it as the
+//    owner; the tests run it as this role), and ca_issuers by `rklctl pki add-issuer` for an
+//    issuer a CA bootstrapped before it existed lacks (kdh-ca). One master key row and four
+//    issuer names are all the schema allows, so INSERT can add nothing else. Never updated;
 //  - ca_certificates: issued, then possibly revoked: only the revocation columns can change,
 //    never the certificate, its subject or its validity, and no row is ever deleted;
 //  - ca_crls: one row per issuer, re-signed in place;

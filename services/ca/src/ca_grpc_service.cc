@@ -33,10 +33,22 @@ void FillStatus(const CertificateRecord& r, v1::CertificateStatus* out) {
   }
 }
 
-constexpr rpc::EnumPairs<v1::Issuer, IssuerId, 3> kIssuers{{{
+// IssueWorkCertificate and IssueKdhCertificate carry the same fields.
+template <typename Request>
+HsmKeyCertificateRequest HsmKeyRequestOf(const Request& request) {
+  HsmKeyCertificateRequest req;
+  req.public_key_der.assign(request.public_key_der().begin(), request.public_key_der().end());
+  req.hsm_id = request.hsm_id();
+  req.key_index = request.key_index();
+  req.validity_days = request.validity_days();
+  return req;
+}
+
+constexpr rpc::EnumPairs<v1::Issuer, IssuerId, 4> kIssuers{{{
     {v1::ISSUER_TERMINAL_ROOT, IssuerId::kTerminalRoot},
     {v1::ISSUER_OPERATOR_CA, IssuerId::kOperatorCa},
     {v1::ISSUER_SERVICE_CA, IssuerId::kServiceCa},
+    {v1::ISSUER_KDH_CA, IssuerId::kKdhCa},
 }}};
 
 constexpr rpc::EnumPairs<v1::RevocationReason, crypto::CrlReason, 4> kReasons{{{
@@ -51,7 +63,8 @@ constexpr rpc::EnumPairs<v1::RevocationReason, crypto::CrlReason, 4> kReasons{{{
 absl::StatusOr<IssuerId> IssuerFromProto(v1::Issuer issuer) {
   if (std::optional<IssuerId> id = kIssuers.Forward(issuer)) return *id;
   return absl::InvalidArgumentError(
-      "issuer: must be ISSUER_TERMINAL_ROOT, ISSUER_OPERATOR_CA or ISSUER_SERVICE_CA");
+      "issuer: must be ISSUER_TERMINAL_ROOT, ISSUER_OPERATOR_CA, ISSUER_SERVICE_CA or "
+      "ISSUER_KDH_CA");
 }
 
 v1::Issuer IssuerToProto(IssuerId issuer) {
@@ -111,13 +124,15 @@ CaGrpcService::CaGrpcService(CaCore* core, std::function<void()> on_revoked)
   Bind("IssueWorkCertificate",
        [this](const rpc::UnaryCall&, const v1::IssueWorkCertificateRequest* request,
               v1::IssuedCertificate* response) -> absl::Status {
-         WorkCertificateRequest req;
-         req.public_key_der.assign(request->public_key_der().begin(),
-                                   request->public_key_der().end());
-         req.hsm_id = request->hsm_id();
-         req.key_index = request->key_index();
-         req.validity_days = request->validity_days();
-         return rpc::Answer(core_->IssueWorkCertificate(req), response, FillIssued);
+         return rpc::Answer(core_->IssueWorkCertificate(HsmKeyRequestOf(*request)), response,
+                            FillIssued);
+       });
+
+  Bind("IssueKdhCertificate",
+       [this](const rpc::UnaryCall&, const v1::IssueKdhCertificateRequest* request,
+              v1::IssuedCertificate* response) -> absl::Status {
+         return rpc::Answer(core_->IssueKdhCertificate(HsmKeyRequestOf(*request)), response,
+                            FillIssued);
        });
 
   Bind("RequestCertificate",

@@ -7,6 +7,7 @@
 //   GetIssuerCertificate, GetCrl, GetCertificateStatus — any rkl identity (services,
 //     admins, custodians);
 //   IssueWorkCertificate — `mtms` only;
+//   IssueKdhCertificate — `kms` only (TR-34: the KDH key lives in HSM #2, which KMS fronts);
 //   RequestCertificate, ApproveCertificateRequest, GetCertificateRequest,
 //     ListCertificateRequests, RevokeCertificate — admin:* only (and the core adds the
 //     rules of dual control: the approver is another admin than the requester, both holding

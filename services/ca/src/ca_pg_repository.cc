@@ -19,6 +19,9 @@ constexpr char kInsertMasterKeyKcv[] =
 constexpr char kInsertIssuer[] =
     "INSERT INTO ca_issuers (name, certificate_der, sealed_private_key, key_type)"
     " VALUES ($1, $2, $3, $4)";
+constexpr char kInsertIssuerIfAbsent[] =
+    "INSERT INTO ca_issuers (name, certificate_der, sealed_private_key, key_type)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
 constexpr char kSelectIssuer[] =
     "SELECT certificate_der, sealed_private_key, key_type FROM ca_issuers WHERE name = $1";
 constexpr char kInsertCertificate[] =
@@ -192,6 +195,26 @@ absl::Status PgCaRepository::Initialize(const std::string& master_key_kcv,
       tx.exec_params(kInsertCrl, Name(c.issuer), static_cast<int64_t>(c.crl_number), c.this_update,
                      c.next_update, Blob(c.crl_der));
     }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PgCaRepository::AddIssuer(const IssuerRecord& issuer,
+                                       const CertificateRecord& certificate, const CrlRecord& crl) {
+  return db::RunInTransaction(*pool_, [&](pqxx::work& tx) -> absl::Status {
+    if (tx.exec(kSelectMasterKeyKcv).empty()) {
+      return absl::FailedPreconditionError("ca: not initialised");
+    }
+    pqxx::result inserted =
+        tx.exec_params(kInsertIssuerIfAbsent, Name(issuer.issuer), Blob(issuer.certificate_der),
+                       Blob(issuer.sealed_private_key), issuer.key_type);
+    if (inserted.affected_rows() != 1) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Name(issuer.issuer), ": already exists; an issuer is never replaced"));
+    }
+    InsertCertificateRow(tx, certificate);
+    tx.exec_params(kInsertCrl, Name(crl.issuer), static_cast<int64_t>(crl.crl_number),
+                   crl.this_update, crl.next_update, Blob(crl.crl_der));
     return absl::OkStatus();
   });
 }

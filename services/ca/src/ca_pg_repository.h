@@ -24,6 +24,8 @@ class PgCaRepository final : public CaRepository {
                           const std::vector<IssuerRecord>& issuers,
                           const std::vector<CertificateRecord>& certificates,
                           const std::vector<CrlRecord>& crls) override;
+  absl::Status AddIssuer(const IssuerRecord& issuer, const CertificateRecord& certificate,
+                         const CrlRecord& crl) override;
   absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) override;
   absl::Status InsertCertificate(const CertificateRecord& record) override;
   absl::StatusOr<CertificateRecord> GetCertificate(const std::string& serial_hex) override;

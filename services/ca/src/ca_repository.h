@@ -129,7 +129,13 @@ class CaRepository {
                                   const std::vector<CertificateRecord>& certificates,
                                   const std::vector<CrlRecord>& crls) = 0;
 
-  // NOT_FOUND when the CA is not initialised.
+  // Records an issuer an initialised CA lacks, with its certificate and first CRL, in one
+  // transaction. FAILED_PRECONDITION when the CA is not initialised or already has the issuer
+  // (nothing changes); ALREADY_EXISTS if the certificate's serial is taken.
+  virtual absl::Status AddIssuer(const IssuerRecord& issuer, const CertificateRecord& certificate,
+                                 const CrlRecord& crl) = 0;
+
+  // NOT_FOUND when the CA is not initialised, or lacks this issuer.
   virtual absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) = 0;
 
   // ALREADY_EXISTS if the serial is taken.

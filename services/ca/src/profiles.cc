@@ -24,11 +24,13 @@ constexpr int kMaxRsaBits = 4096;
 
 constexpr EnumName<IssuerId> kIssuerNames[] = {{IssuerId::kTerminalRoot, "terminal-root"},
                                                {IssuerId::kOperatorCa, "operator-ca"},
-                                               {IssuerId::kServiceCa, "service-ca"}};
+                                               {IssuerId::kServiceCa, "service-ca"},
+                                               {IssuerId::kKdhCa, "kdh-ca"}};
 constexpr EnumName<Profile> kProfileNames[] = {{Profile::kIssuer, "issuer"},
                                                {Profile::kWork, "work"},
                                                {Profile::kOperator, "operator"},
-                                               {Profile::kService, "service"}};
+                                               {Profile::kService, "service"},
+                                               {Profile::kKdh, "kdh"}};
 constexpr EnumName<KeySpec> kKeySpecNames[] = {{KeySpec::kEcP256, "ec-p256"},
                                                {KeySpec::kRsa2048, "rsa-2048"},
                                                {KeySpec::kRsa3072, "rsa-3072"}};
@@ -70,14 +72,15 @@ std::string_view IssuerName(IssuerId issuer) { return NameOf(kIssuerNames, issue
 
 absl::StatusOr<IssuerId> IssuerFromName(std::string_view name) {
   if (auto id = ValueNamed(kIssuerNames, name)) return *id;
-  return absl::InvalidArgumentError("issuer: must be terminal-root, operator-ca or service-ca");
+  return absl::InvalidArgumentError(
+      "issuer: must be terminal-root, operator-ca, service-ca or kdh-ca");
 }
 
 std::string_view ProfileName(Profile profile) { return NameOf(kProfileNames, profile); }
 
 absl::StatusOr<Profile> ProfileFromName(std::string_view name) {
   if (auto p = ValueNamed(kProfileNames, name)) return *p;
-  return absl::InvalidArgumentError("profile: must be issuer, work, operator or service");
+  return absl::InvalidArgumentError("profile: must be issuer, work, operator, service or kdh");
 }
 
 std::string_view KeySpecName(KeySpec spec) { return NameOf(kKeySpecNames, spec); }
@@ -111,6 +114,9 @@ ExtensionProfile ExtensionsOf(Profile profile) {
       return {false, std::nullopt, KeyUsage::kKeyEncipherment, ExtendedKeyUsage::kNone};
     case Profile::kOperator:
       return {false, std::nullopt, KeyUsage::kDigitalSignature, ExtendedKeyUsage::kNone};
+    case Profile::kKdh:
+      // digitalSignature only: the KDH signs TR-34 tokens (CMS SignedData) and nothing else.
+      return {false, std::nullopt, KeyUsage::kDigitalSignature, ExtendedKeyUsage::kNone};
     case Profile::kService:
       // (EC)DHE TLS needs only digitalSignature from the certificate key.
       return {false, std::nullopt, KeyUsage::kDigitalSignature,
@@ -125,6 +131,8 @@ IssuerId IssuerOf(Profile profile) {
       return IssuerId::kTerminalRoot;
     case Profile::kOperator:
       return IssuerId::kOperatorCa;
+    case Profile::kKdh:
+      return IssuerId::kKdhCa;
     case Profile::kService:
     case Profile::kIssuer:
       return IssuerId::kServiceCa;
@@ -177,11 +185,15 @@ std::string WorkCommonName(std::string_view hsm_id, uint64_t key_index) {
   return absl::StrCat("hsm-work:", std::string(hsm_id), ":", key_index);
 }
 
+std::string KdhCommonName(std::string_view hsm_id, uint64_t key_index) {
+  return absl::StrCat("kdh:", std::string(hsm_id), ":", key_index);
+}
+
 std::string OperatorCommonName(std::string_view operator_id) {
   return absl::StrCat("operator:", std::string(operator_id));
 }
 
-absl::Status ValidateWorkPublicKey(const crypto::PublicKey& key) {
+absl::Status ValidateHsmPublicKey(const crypto::PublicKey& key) {
   if (key.Type() != crypto::KeyType::kRsa) {
     return absl::InvalidArgumentError("public_key_der: must be an RSA key");
   }

@@ -6,8 +6,9 @@
 //  - every certificate's subject is decided here from validated identifiers (hsm id, key
 //    index, operator id, service name), never copied from a CSR;
 //  - each issuer signs exactly one kind of leaf: terminal-root only HSM work certificates,
-//    operator-ca only operator certificates, service-ca only service/admin certificates, so a
-//    certificate of one kind can never chain where another kind is expected;
+//    kdh-ca only TR-34 KDH certificates, operator-ca only operator certificates, service-ca
+//    only service/admin certificates, so a certificate of one kind can never chain where
+//    another kind is expected;
 //  - extensions are exactly the profile's: basicConstraints (critical), keyUsage (critical),
 //    extendedKeyUsage only on service certificates, subjectAltName only on service
 //    certificates, plus subjectKeyIdentifier/authorityKeyIdentifier (required by strict
@@ -26,17 +27,20 @@
 
 namespace rkl::ca {
 
-// The three issuers. Their names are the subject CNs of their certificates and the keys of
-// their rows in the CA database.
-enum class IssuerId { kTerminalRoot, kOperatorCa, kServiceCa };
+// The four issuers. Their names are the subject CNs of their certificates and the keys of
+// their rows in the CA database. kdh-ca certifies the TR-34 KDH signing keys HSM #2 holds
+// (docs/tr34.md); terminals burn its certificate in, as they do terminal-root's.
+enum class IssuerId { kTerminalRoot, kOperatorCa, kServiceCa, kKdhCa };
 inline constexpr IssuerId kAllIssuers[] = {IssuerId::kTerminalRoot, IssuerId::kOperatorCa,
-                                           IssuerId::kServiceCa};
-std::string_view IssuerName(IssuerId issuer);  // "terminal-root", "operator-ca", "service-ca"
+                                           IssuerId::kServiceCa, IssuerId::kKdhCa};
+// "terminal-root", "operator-ca", "service-ca", "kdh-ca"
+std::string_view IssuerName(IssuerId issuer);
 absl::StatusOr<IssuerId> IssuerFromName(std::string_view name);
 
 // What a certificate is for; stored with every issued certificate.
-enum class Profile { kIssuer, kWork, kOperator, kService };
-std::string_view ProfileName(Profile profile);  // "issuer", "work", "operator", "service"
+enum class Profile { kIssuer, kWork, kOperator, kService, kKdh };
+// "issuer", "work", "operator", "service", "kdh"
+std::string_view ProfileName(Profile profile);
 absl::StatusOr<Profile> ProfileFromName(std::string_view name);
 
 // Key algorithms the CA generates (issuer keys, and the keys the bootstrap writes).
@@ -79,10 +83,12 @@ absl::Status ValidateDnsName(std::string_view dns_name, std::string_view field =
 
 // Subject CNs.
 std::string WorkCommonName(std::string_view hsm_id, uint64_t key_index);  // hsm-work:<id>:<n>
+std::string KdhCommonName(std::string_view hsm_id, uint64_t key_index);   // kdh:<id>:<n>
 std::string OperatorCommonName(std::string_view operator_id);             // operator:<id>
 
-// Pu of an HSM work certificate: RSA, 2048-4096 bits, public exponent 65537.
-absl::Status ValidateWorkPublicKey(const crypto::PublicKey& key);
+// A key an HSM holds and the CA certifies on its service's word (an HSM work key Pu, a KDH
+// signing key): RSA, 2048-4096 bits, public exponent 65537.
+absl::Status ValidateHsmPublicKey(const crypto::PublicKey& key);
 // Operator card key: EC P-256 (PROTOCOL §1).
 absl::Status ValidateOperatorPublicKey(const crypto::PublicKey& key);
 // Service / admin key: EC P-256, or RSA 2048-4096 bits with e = 65537.

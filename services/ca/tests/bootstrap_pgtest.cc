@@ -101,9 +101,11 @@ class BootstrapPgTest : public CaPgTest {
 TEST_F(BootstrapPgTest, WritesTheDocumentedLayoutWithPrivateFilesMode0600) {
   BootstrapResult r = BootstrapToDisk();
   const std::string d = out_dir();
-  for (const char* f : {"ca-bundle.pem", "terminal-root.pem", "operator-ca.pem"}) {
+  for (const char* f : {"ca-bundle.pem", "terminal-root.pem", "kdh-ca.pem", "operator-ca.pem"}) {
     EXPECT_EQ(FileMode(d + "/" + f), 0644) << f;
   }
+  // What terminals burn in to check the TR-34 KDH certificate.
+  EXPECT_EQ(testing::ReadFileOrDie(d + "/kdh-ca.pem"), r.kdh_ca.ToPem());
   EXPECT_EQ(testing::ReadFileOrDie(d + "/ca-bundle.pem"), r.service_ca.ToPem());
   EXPECT_EQ(testing::ReadFileOrDie(d + "/terminal-root.pem"), r.terminal_root.ToPem());
   EXPECT_EQ(testing::ReadFileOrDie(d + "/operator-ca.pem"), r.operator_ca.ToPem());
@@ -124,6 +126,11 @@ TEST_F(BootstrapPgTest, WritesTheDocumentedLayoutWithPrivateFilesMode0600) {
   std::string root_text = X509Text(r.terminal_root.ToPem());
   EXPECT_THAT(root_text, HasSubstr("Public-Key: (3072 bit)"));
   EXPECT_THAT(root_text, HasSubstr("sha256WithRSAEncryption"));
+  // kdh-ca: the same by default.
+  std::string kdh_ca_text = X509Text(r.kdh_ca.ToPem());
+  EXPECT_THAT(kdh_ca_text, HasSubstr("Public-Key: (3072 bit)"));
+  EXPECT_THAT(kdh_ca_text, HasSubstr("sha256WithRSAEncryption"));
+  EXPECT_THAT(kdh_ca_text, HasSubstr("CA:TRUE, pathlen:0"));
   EXPECT_THAT(X509Text(r.services[0].certificate.ToPem()), HasSubstr("DNS:ca, DNS:localhost"));
 }
 
@@ -243,6 +250,24 @@ TEST_F(BootstrapPgTest, SecondRunRefusesAndWritesNothing) {
   EXPECT_EQ(testing::ReadFileOrDie(out_dir() + "/x"), "1");
 }
 
+// `rklctl pki add-issuer kdh-ca --out DIR`: DIR/kdh-ca.pem beside an earlier bootstrap's
+// files, never over an existing one.
+TEST_F(BootstrapPgTest, AddedIssuerIsWrittenBesideTheBootstrapOutputOnce) {
+  BootstrapResult r = BootstrapToDisk();
+  const std::string d = out_dir();
+  ASSERT_EQ(std::remove((d + "/kdh-ca.pem").c_str()), 0);
+  auto path = WriteIssuerCertificate(IssuerId::kKdhCa, r.kdh_ca, d);
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(*path, d + "/kdh-ca.pem");
+  EXPECT_EQ(FileMode(*path), 0644);
+  EXPECT_EQ(testing::ReadFileOrDie(*path), r.kdh_ca.ToPem());
+  auto again = WriteIssuerCertificate(IssuerId::kKdhCa, r.terminal_root, d);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(testing::ReadFileOrDie(*path), r.kdh_ca.ToPem());
+  auto fresh_dir = WriteIssuerCertificate(IssuerId::kKdhCa, r.kdh_ca, tmp_.path() + "/new/sub");
+  ASSERT_TRUE(fresh_dir.ok()) << fresh_dir.status();
+}
+
 TEST_F(BootstrapPgTest, DatabaseDumpHoldsNoPrivateKey) {
   BootstrapResult r = BootstrapToDisk();
   // Issue and revoke a little more, so every table has rows.
@@ -294,7 +319,7 @@ TEST_F(BootstrapPgTest, DatabaseDumpHoldsNoPrivateKey) {
   // The sealed issuer keys are there, and are not the keys.
   EXPECT_EQ(
       Sql("SELECT count(*) FROM ca_issuers WHERE length(sealed_private_key) > 100")[0][0].as<int>(),
-      3);
+      4);
 }
 
 }  // namespace

@@ -32,6 +32,7 @@ class CaCoreTest : public ::testing::Test {
     master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
     // RSA-2048 root keeps the suite fast; the default (3072) is checked in the pgtests.
     policy_.terminal_root_key = KeySpec::kRsa2048;
+    policy_.kdh_ca_key = KeySpec::kRsa2048;
     MakeCore();
   }
 
@@ -63,6 +64,9 @@ class CaCoreTest : public ::testing::Test {
   absl::StatusOr<crypto::Certificate> IssueWork(const crypto::PrivateKey& key, uint32_t days = 0) {
     return core_->IssueWorkCertificate({key.GetPublicKey().ToDer(), "hsm-mtms", 7, days});
   }
+  absl::StatusOr<crypto::Certificate> IssueKdh(const crypto::PrivateKey& key, uint32_t days = 0) {
+    return core_->IssueKdhCertificate({key.GetPublicKey().ToDer(), "hsm-kms", 3, days});
+  }
 
   FakeCaRepository repo_;
   std::optional<MasterKey> master_key_;
@@ -83,10 +87,11 @@ TEST_F(CaCoreTest, NotInitialisedCaRefusesEverythingButBootstrap) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(CaCoreTest, BootstrapCreatesThreeSelfSignedIssuersAndRecordsEverything) {
+TEST_F(CaCoreTest, BootstrapCreatesFourSelfSignedIssuersAndRecordsEverything) {
   BootstrapResult r = Bootstrap();
   EXPECT_TRUE(core_->CheckReady().ok());
-  for (const crypto::Certificate* c : {&r.terminal_root, &r.operator_ca, &r.service_ca}) {
+  for (const crypto::Certificate* c :
+       {&r.terminal_root, &r.kdh_ca, &r.operator_ca, &r.service_ca}) {
     EXPECT_TRUE(c->IsSelfSigned());
     EXPECT_TRUE(c->IsCa());
     EXPECT_TRUE(c->BasicConstraintsCritical());
@@ -101,6 +106,11 @@ TEST_F(CaCoreTest, BootstrapCreatesThreeSelfSignedIssuersAndRecordsEverything) {
   EXPECT_EQ(r.operator_ca.GetPublicKey()->Type(), crypto::KeyType::kEcP256);
   EXPECT_EQ(r.service_ca.SubjectDn(), "CN=service-ca,O=rkl");
   EXPECT_EQ(r.terminal_root.NotAfter(), kStart + 7300 * kDay);
+  EXPECT_EQ(r.kdh_ca.SubjectDn(), "CN=kdh-ca,O=rkl");
+  EXPECT_EQ(r.kdh_ca.GetPublicKey()->Type(), crypto::KeyType::kRsa);
+  EXPECT_EQ(r.kdh_ca.NotAfter(), kStart + 7300 * kDay);
+  EXPECT_EQ(*core_->GetIssuerCertificate(IssuerId::kKdhCa), r.kdh_ca);
+  EXPECT_EQ(core_->GetCrl(IssuerId::kKdhCa)->crl_number, 1u);
 
   ASSERT_EQ(r.services.size(), 5u);
   for (const KeyAndCertificate& s : r.services) {
@@ -119,8 +129,8 @@ TEST_F(CaCoreTest, BootstrapCreatesThreeSelfSignedIssuersAndRecordsEverything) {
   EXPECT_TRUE(
       crypto::VerifyChain(r.custodians[0].certificate, {}, {&r.service_ca, 1}, {}, kStart).ok());
   EXPECT_EQ(r.operator_card.certificate.SubjectCommonName(), "operator:operator1");
-  // 3 issuers + 5 services + 2 admins + 2 custodians + operator, all recorded.
-  EXPECT_EQ(repo_.certificates().size(), 13u);
+  // 4 issuers + 5 services + 2 admins + 2 custodians + operator, all recorded.
+  EXPECT_EQ(repo_.certificates().size(), 14u);
   // Each identity the bootstrap issued is in the audit trail.
   EXPECT_EQ(repo_.audit().size(), 10u);
   auto card = crypto::ReadPkcs12(r.operator_pkcs12, crypto::SecretBytes::CopyOf(AsBytes("1234")));
@@ -174,6 +184,11 @@ TEST_F(CaCoreTest, BootstrapValidatesItsRequestBeforeMakingKeys) {
   MakeCore();
   req.operator_pin = crypto::SecretBytes::CopyOf(AsBytes("1"));
   EXPECT_EQ(core_->Bootstrap(req).status().code(), absl::StatusCode::kInvalidArgument);
+  policy_.terminal_root_key = KeySpec::kRsa2048;
+  policy_.kdh_ca_key = KeySpec::kEcP256;
+  MakeCore();
+  EXPECT_EQ(core_->Bootstrap(req).status().message(),
+            "kdh_ca key: must be RSA (terminals verify the KDH certificate with RSA, TR-34)");
   EXPECT_EQ(repo_.initialize_calls, 0);
 }
 
@@ -253,6 +268,156 @@ TEST_F(CaCoreTest, WorkCertificateRequestsAreValidated) {
   auto shorter = IssueWork(rsa, 30);
   ASSERT_TRUE(shorter.ok());
   EXPECT_EQ(shorter->NotAfter(), kStart + 30 * kDay);
+}
+
+TEST_F(CaCoreTest, KdhCertificateFollowsTheKdhProfile) {
+  BootstrapResult r = Bootstrap();
+  auto key = crypto::GenerateRsaKey(2048).value();
+  auto cert = IssueKdh(key);
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_EQ(cert->SubjectDn(), "CN=kdh:hsm-kms:3,O=rkl");
+  EXPECT_EQ(cert->IssuerCommonName(), "kdh-ca");
+  EXPECT_TRUE(cert->HasBasicConstraints());
+  EXPECT_TRUE(cert->BasicConstraintsCritical());
+  EXPECT_FALSE(cert->IsCa());
+  EXPECT_TRUE(cert->KeyUsageCritical());
+  EXPECT_EQ(cert->KeyUsageBits(), crypto::KeyUsage::kDigitalSignature);
+  EXPECT_FALSE(cert->HasExtendedKeyUsage());
+  EXPECT_TRUE(cert->DnsNames().empty());
+  EXPECT_TRUE(*cert->GetPublicKey() == key.GetPublicKey());
+  EXPECT_EQ(cert->NotBefore(), kStart - 300);
+  EXPECT_EQ(cert->NotAfter(), kStart + 730 * kDay);
+  EXPECT_TRUE(crypto::VerifyChain(*cert, {}, {&r.kdh_ca, 1}, {}, kStart).ok());
+  // Each issuer signs one kind of leaf: a KDH certificate is no work certificate.
+  EXPECT_FALSE(crypto::VerifyChain(*cert, {}, {&r.terminal_root, 1}, {}, kStart).ok());
+  auto work = IssueWork(crypto::GenerateRsaKey(2048).value());
+  ASSERT_TRUE(work.ok());
+  EXPECT_FALSE(crypto::VerifyChain(*work, {}, {&r.kdh_ca, 1}, {}, kStart).ok());
+  const CertificateRecord& rec = repo_.certificates().at(cert->SerialHex());
+  EXPECT_EQ(rec.profile, Profile::kKdh);
+  EXPECT_EQ(rec.issuer, IssuerId::kKdhCa);
+  EXPECT_EQ(rec.subject_cn, "kdh:hsm-kms:3");
+  EXPECT_EQ(rec.certificate_der, cert->ToDer());
+}
+
+TEST_F(CaCoreTest, KdhCertificateRequestsAreValidated) {
+  Bootstrap();
+  auto rsa = crypto::GenerateRsaKey(2048).value();
+  auto ec = crypto::GenerateEcP256Key().value();
+  auto e3 = testing::RsaKeyWithExponent(2048, 3);
+  auto small = testing::RsaKeyWithExponent(1024, 65537);
+  struct Case {
+    KdhCertificateRequest req;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {{ec.GetPublicKey().ToDer(), "hsm-kms", 1, 0}, "public_key_der: must be an RSA key"},
+      {{e3.GetPublicKey().ToDer(), "hsm-kms", 1, 0},
+       "public_key_der: RSA public exponent must be 65537"},
+      {{small.GetPublicKey().ToDer(), "hsm-kms", 1, 0},
+       "public_key_der: RSA key must have 2048 to 4096 bits, got 1024"},
+      {{rsa.GetPublicKey().ToDer(), "HSM", 1, 0}, "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {{rsa.GetPublicKey().ToDer(), "hsm:kms", 1, 0},
+       "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {{rsa.GetPublicKey().ToDer(), "", 1, 0}, "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {{rsa.GetPublicKey().ToDer(), "hsm-kms", 1, 731},
+       "validity_days: must be at most 730 for kdh certificates"},
+  };
+  size_t before = repo_.certificates().size();
+  for (const Case& c : cases) {
+    auto cert = core_->IssueKdhCertificate(c.req);
+    EXPECT_EQ(cert.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_EQ(cert.status().message(), c.message);
+  }
+  EXPECT_EQ(repo_.certificates().size(), before);
+  auto shorter = IssueKdh(rsa, 30);
+  ASSERT_TRUE(shorter.ok());
+  EXPECT_EQ(shorter->NotAfter(), kStart + 30 * kDay);
+  // The ceiling is the policy's, not the work certificates'.
+  policy_.kdh_validity_days = 100;
+  MakeCore();
+  EXPECT_EQ(IssueKdh(rsa, 101).status().message(),
+            "validity_days: must be at most 100 for kdh certificates");
+  EXPECT_EQ(IssueKdh(rsa)->NotAfter(), kStart + 100 * kDay);
+}
+
+TEST_F(CaCoreTest, KdhCertificateNeverOutlivesKdhCa) {
+  policy_.kdh_ca_validity_days = 100;
+  MakeCore();
+  BootstrapResult r = Bootstrap();
+  auto cert = IssueKdh(crypto::GenerateRsaKey(2048).value());
+  ASSERT_TRUE(cert.ok());
+  EXPECT_EQ(cert->NotAfter(), r.kdh_ca.NotAfter());
+  now_ = r.kdh_ca.NotAfter();
+  EXPECT_EQ(IssueKdh(crypto::GenerateRsaKey(2048).value()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CaCoreTest, RevokedKdhCertificateIsListedInKdhCaCrlOnly) {
+  BootstrapResult r = Bootstrap();
+  auto cert = IssueKdh(crypto::GenerateRsaKey(2048).value());
+  ASSERT_TRUE(cert.ok());
+  auto revoked = core_->Revoke(cert->SerialHex(), crypto::CrlReason::kKeyCompromise, "admin:alice");
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->issuer, IssuerId::kKdhCa);
+  auto crl = core_->GetCrl(IssuerId::kKdhCa);
+  ASSERT_TRUE(crl.ok());
+  EXPECT_EQ(crl->crl_number, 2u);
+  auto parsed = crypto::Crl::FromDer(crl->crl_der);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_TRUE(parsed->VerifySignature(r.kdh_ca).ok());
+  EXPECT_TRUE(parsed->IsRevoked(cert->SerialBytes()));
+  EXPECT_EQ(core_->GetCrl(IssuerId::kTerminalRoot)->crl_number, 1u);
+}
+
+TEST_F(CaCoreTest, CaWithoutKdhCaGetsItFromAddIssuerOnce) {
+  BootstrapResult r = Bootstrap();
+  repo_.ForgetIssuer(IssuerId::kKdhCa);  // bootstrapped before kdh-ca existed
+  auto key = crypto::GenerateRsaKey(2048).value();
+  for (absl::Status s : {IssueKdh(key).status(), core_->GetCrl(IssuerId::kKdhCa).status(),
+                         core_->GetIssuerCertificate(IssuerId::kKdhCa).status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(s.message(), HasSubstr("kdh-ca: not bootstrapped"));
+    EXPECT_THAT(s.message(), HasSubstr("rklctl pki add-issuer kdh-ca"));
+  }
+  size_t audited = repo_.audit().size();
+  auto added = core_->AddIssuer(IssuerId::kKdhCa);
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_EQ(added->SubjectCommonName(), "kdh-ca");
+  EXPECT_TRUE(added->IsSelfSigned());
+  EXPECT_EQ(added->PathLength(), 0);
+  EXPECT_EQ(added->KeyUsageBits(), crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign);
+  EXPECT_NE(*added, r.kdh_ca);
+  EXPECT_EQ(repo_.certificates().at(added->SerialHex()).profile, Profile::kIssuer);
+  EXPECT_EQ(core_->GetCrl(IssuerId::kKdhCa)->crl_number, 1u);
+  ASSERT_EQ(repo_.audit().size(), audited + 1);
+  EXPECT_EQ(repo_.audit().back().subject, "kdh-ca");
+  EXPECT_EQ(repo_.audit().back().serial_hex, added->SerialHex());
+  auto cert = IssueKdh(key);
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_TRUE(crypto::VerifyChain(*cert, {}, {&*added, 1}, {}, kStart).ok());
+
+  // An issuer is never replaced: not kdh-ca again, not one the bootstrap made.
+  for (IssuerId id : {IssuerId::kKdhCa, IssuerId::kTerminalRoot}) {
+    auto again = core_->AddIssuer(id);
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(again.status().message(), HasSubstr("already exists"));
+  }
+  EXPECT_EQ(*core_->GetIssuerCertificate(IssuerId::kKdhCa), *added);
+}
+
+TEST_F(CaCoreTest, AddIssuerNeedsAnInitialisedCaUnderItsMasterKey) {
+  auto fresh = core_->AddIssuer(IssuerId::kKdhCa);
+  EXPECT_EQ(fresh.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(fresh.status().message(), HasSubstr("rklctl pki init"));
+  Bootstrap();
+  repo_.ForgetIssuer(IssuerId::kKdhCa);
+  master_key_.emplace(MasterKey::FromSecret(crypto::RandomSecret(32)).value());
+  MakeCore();
+  auto other_key = core_->AddIssuer(IssuerId::kKdhCa);
+  EXPECT_EQ(other_key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(other_key.status().message(), HasSubstr("does not match"));
+  EXPECT_FALSE(repo_.issuers().contains(IssuerId::kKdhCa));
 }
 
 TEST_F(CaCoreTest, LeafNeverOutlivesItsIssuer) {
@@ -463,6 +628,17 @@ TEST_F(CaCoreTest, PolicyValidation) {
   p = CaPolicy{};
   p.terminal_root_key = KeySpec::kEcP256;
   EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+  p = CaPolicy{};
+  p.kdh_ca_key = KeySpec::kEcP256;
+  EXPECT_THAT(ValidatePolicy(p).message(), HasSubstr("kdh_ca key: must be RSA"));
+  p = CaPolicy{};
+  p.kdh_ca_validity_days = 0;
+  EXPECT_EQ(ValidatePolicy(p).message(),
+            "kdh_ca validity: must be between 1 and 36500 days, got 0");
+  p = CaPolicy{};
+  p.kdh_validity_days = 36501;
+  EXPECT_EQ(ValidatePolicy(p).message(),
+            "kdh certificate validity: must be between 1 and 36500 days, got 36501");
 }
 
 // ---- Dual control ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/status.h"
 #include "rkl/testing/test_pki.h"
+#include "rkl/tr34/tokens.h"
 #include "test_keys.h"
 
 namespace rkl::ca {
@@ -101,6 +102,20 @@ class CaGrpcPgTest : public CaPgTest {
     req.set_key_index(42);
     return Call<v1::IssueWorkCertificateRequest, v1::IssuedCertificate>(
         stub, &v1::CertificateAuthority::Stub::IssueWorkCertificate, req);
+  }
+
+  absl::StatusOr<v1::IssuedCertificate> IssueKdh(v1::CertificateAuthority::Stub& stub,
+                                                 const crypto::PublicKey& key,
+                                                 const std::string& hsm_id = "hsm-kms",
+                                                 uint32_t validity_days = 0) {
+    v1::IssueKdhCertificateRequest req;
+    Bytes der = key.ToDer();
+    req.set_public_key_der(std::string(der.begin(), der.end()));
+    req.set_hsm_id(hsm_id);
+    req.set_key_index(5);
+    req.set_validity_days(validity_days);
+    return Call<v1::IssueKdhCertificateRequest, v1::IssuedCertificate>(
+        stub, &v1::CertificateAuthority::Stub::IssueKdhCertificate, req);
   }
 
   absl::StatusOr<v1::CertificateRequestInfo> Request(v1::CertificateAuthority::Stub& stub,
@@ -195,6 +210,7 @@ TEST_F(CaGrpcPgTest, AnyRklIdentityReadsIssuerCertificatesOthersDoNot) {
     EXPECT_EQ(*root, boot_->terminal_root.ToPem());
     EXPECT_EQ(*IssuerPem(*stub, v1::ISSUER_OPERATOR_CA), boot_->operator_ca.ToPem());
     EXPECT_EQ(*IssuerPem(*stub, v1::ISSUER_SERVICE_CA), boot_->service_ca.ToPem());
+    EXPECT_EQ(*IssuerPem(*stub, v1::ISSUER_KDH_CA), boot_->kdh_ca.ToPem());
   }
   // A certificate from the right CA but for no rkl identity is turned away.
   auto stranger = Stub("pos");
@@ -265,7 +281,7 @@ TEST_F(CaGrpcPgTest, WorkCertificateHasExactlyTheHsmWcrtExtensionsPerOpenssl) {
 
 TEST_F(CaGrpcPgTest, IssuerCertificatesHaveExactlyTheIssuerExtensionsPerOpenssl) {
   for (const crypto::Certificate* issuer :
-       {&boot_->terminal_root, &boot_->operator_ca, &boot_->service_ca}) {
+       {&boot_->terminal_root, &boot_->kdh_ca, &boot_->operator_ca, &boot_->service_ca}) {
     std::string pem = issuer->ToPem();
     auto verify = OpensslVerify(pem, pem);
     EXPECT_EQ(verify.exit_code, 0) << verify.output;
@@ -279,6 +295,178 @@ TEST_F(CaGrpcPgTest, IssuerCertificatesHaveExactlyTheIssuerExtensionsPerOpenssl)
               HasSubstr("Signature Algorithm: sha256WithRSAEncryption"));
   EXPECT_THAT(X509Text(boot_->operator_ca.ToPem()),
               HasSubstr("Signature Algorithm: ecdsa-with-SHA256"));
+  std::string kdh_ca_text = X509Text(boot_->kdh_ca.ToPem());
+  EXPECT_THAT(kdh_ca_text, HasSubstr("Signature Algorithm: sha256WithRSAEncryption"));
+  EXPECT_THAT(kdh_ca_text, HasSubstr("Subject: O = rkl, CN = kdh-ca"));
+}
+
+// ---- TR-34 KDH certificates ---------------------------------------------------------------
+
+TEST_F(CaGrpcPgTest, OnlyKmsMayRequestAKdhCertificate) {
+  auto pub = crypto::GenerateRsaKey(2048).value().GetPublicKey();
+  for (const char* who : {"mtms", "admin:alice", "hsm-kms", "ca", "custodian:carol"}) {
+    auto stub = Stub(who);
+    auto denied = IssueKdh(*stub, pub);
+    EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied) << who;
+    EXPECT_EQ(denied.status().message(),
+              absl::StrCat("caller '", who, "' may not call IssueKdhCertificate"));
+  }
+  // A bootstrap admin with this CA's own certificate is refused too.
+  EXPECT_EQ(IssueKdh(*Alice(), pub).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates WHERE profile = 'kdh'")[0][0].as<int>(), 0);
+  EXPECT_GE(Sql("SELECT count(*) FROM ca_audit WHERE action = 'rpc.refused' AND detail LIKE "
+                "'%IssueKdhCertificate%'")[0][0]
+                .as<int>(),
+            6);
+  auto kms = Stub("kms");
+  auto issued = IssueKdh(*kms, pub);
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  EXPECT_EQ(issued->serial_hex().size(), 32u);
+  EXPECT_EQ(Sql("SELECT issuer, subject_cn FROM ca_certificates WHERE profile = 'kdh'")[0][0]
+                .as<std::string>(),
+            "kdh-ca");
+}
+
+TEST_F(CaGrpcPgTest, KdhCertificateHasExactlyTheKdhProfilePerOpenssl) {
+  auto kms = Stub("kms");
+  auto key = crypto::GenerateRsaKey(2048).value();
+  auto issued = IssueKdh(*kms, key.GetPublicKey());
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  const std::string kdh_ca_pem = boot_->kdh_ca.ToPem();
+
+  auto verify = OpensslVerify(kdh_ca_pem, issued->certificate_pem());
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  EXPECT_THAT(verify.output, HasSubstr(": OK"));
+
+  std::string text = X509Text(issued->certificate_pem());
+  EXPECT_THAT(ExtensionHeaders(text), ElementsAreArray(kPlainProfileExtensions));
+  EXPECT_THAT(text, HasSubstr("X509v3 Basic Constraints: critical\n                CA:FALSE\n"));
+  EXPECT_THAT(text, HasSubstr("X509v3 Key Usage: critical\n                Digital Signature\n"));
+  EXPECT_THAT(text, HasSubstr("Subject: O = rkl, CN = kdh:hsm-kms:5\n"));
+  EXPECT_THAT(text, HasSubstr("Issuer: O = rkl, CN = kdh-ca\n"));
+  EXPECT_THAT(text, HasSubstr("Signature Algorithm: sha256WithRSAEncryption"));
+
+  auto cert = crypto::Certificate::FromPem(issued->certificate_pem()).value();
+  EXPECT_EQ(cert.SubjectCommonName(), "kdh:hsm-kms:5");
+  EXPECT_EQ(cert.IssuerCommonName(), "kdh-ca");
+  EXPECT_TRUE(cert.HasBasicConstraints());
+  EXPECT_FALSE(cert.IsCa());
+  EXPECT_TRUE(cert.BasicConstraintsCritical());
+  EXPECT_EQ(cert.KeyUsageBits(), crypto::KeyUsage::kDigitalSignature);
+  EXPECT_TRUE(cert.KeyUsageCritical());
+  EXPECT_FALSE(cert.HasExtendedKeyUsage());
+  EXPECT_TRUE(cert.DnsNames().empty());
+  EXPECT_TRUE(*cert.GetPublicKey() == key.GetPublicKey());
+  EXPECT_FALSE(cert.SubjectKeyId().empty());
+  EXPECT_EQ(cert.AuthorityKeyId(), boot_->kdh_ca.SubjectKeyId());
+  EXPECT_EQ(cert.SerialHex(), issued->serial_hex());
+  EXPECT_EQ(cert.NotAfter(), issued->not_after_unix_s());
+  // Default validity: 730 days.
+  EXPECT_NEAR(static_cast<double>(cert.NotAfter() - absl::ToUnixSeconds(absl::Now())),
+              730.0 * 86'400, 3600.0);
+
+  // What a terminal checks with its burned-in kdh-ca (libs/tr34).
+  absl::Status role = tr34::CheckRole(cert, tr34::Role::kKdh, boot_->kdh_ca);
+  EXPECT_TRUE(role.ok()) << role;
+  // ...and which a certificate of another issuer or role never passes.
+  EXPECT_FALSE(tr34::CheckRole(cert, tr34::Role::kKdh, boot_->terminal_root).ok());
+  EXPECT_FALSE(tr34::CheckRole(cert, tr34::Role::kKrd, boot_->kdh_ca).ok());
+
+  auto status = Status(*kms, issued->serial_hex());
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->issuer(), v1::ISSUER_KDH_CA);
+  EXPECT_EQ(status->profile(), "kdh");
+  EXPECT_EQ(status->subject_cn(), "kdh:hsm-kms:5");
+  EXPECT_EQ(status->state(), v1::CertificateStatus::STATE_GOOD);
+}
+
+TEST_F(CaGrpcPgTest, KdhAndWorkCertificatesNeverChainToEachOthersIssuer) {
+  auto kdh = IssueKdh(*Stub("kms"), crypto::GenerateRsaKey(2048).value().GetPublicKey());
+  ASSERT_TRUE(kdh.ok()) << kdh.status();
+  auto work = IssueWork(*Stub("mtms"), crypto::GenerateRsaKey(2048).value().GetPublicKey());
+  ASSERT_TRUE(work.ok()) << work.status();
+  auto kdh_under_root = OpensslVerify(boot_->terminal_root.ToPem(), kdh->certificate_pem());
+  EXPECT_NE(kdh_under_root.exit_code, 0) << kdh_under_root.output;
+  auto work_under_kdh_ca = OpensslVerify(boot_->kdh_ca.ToPem(), work->certificate_pem());
+  EXPECT_NE(work_under_kdh_ca.exit_code, 0) << work_under_kdh_ca.output;
+  auto kdh_cert = crypto::Certificate::FromPem(kdh->certificate_pem()).value();
+  auto work_cert = crypto::Certificate::FromPem(work->certificate_pem()).value();
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  EXPECT_FALSE(crypto::VerifyChain(kdh_cert, {}, {&boot_->terminal_root, 1}, {}, now).ok());
+  EXPECT_FALSE(crypto::VerifyChain(work_cert, {}, {&boot_->kdh_ca, 1}, {}, now).ok());
+  EXPECT_TRUE(crypto::VerifyChain(kdh_cert, {}, {&boot_->kdh_ca, 1}, {}, now).ok());
+  // A work certificate is no KDH certificate for a terminal either.
+  EXPECT_FALSE(tr34::CheckRole(work_cert, tr34::Role::kKdh, boot_->kdh_ca).ok());
+}
+
+TEST_F(CaGrpcPgTest, KdhCertificateRequestsAreValidatedOverGrpc) {
+  auto kms = Stub("kms");
+  auto rsa = crypto::GenerateRsaKey(2048).value().GetPublicKey();
+  struct Case {
+    crypto::PublicKey key;
+    std::string hsm_id;
+    uint32_t days;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {crypto::GenerateEcP256Key()->GetPublicKey(), "hsm-kms", 0,
+       "public_key_der: must be an RSA key"},
+      {testing::RsaKeyWithExponent(1024, 65537).GetPublicKey(), "hsm-kms", 0,
+       "public_key_der: RSA key must have 2048 to 4096 bits, got 1024"},
+      {testing::RsaKeyWithExponent(2048, 3).GetPublicKey(), "hsm-kms", 0,
+       "public_key_der: RSA public exponent must be 65537"},
+      {rsa, "HSM-KMS", 0, "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {rsa, std::string(33, 'a'), 0, "hsm_id: must be 1-32 characters of [a-z0-9-]"},
+      {rsa, "hsm-kms", 731, "validity_days: must be at most 730 for kdh certificates"},
+  };
+  for (const Case& c : cases) {
+    auto refused = IssueKdh(*kms, c.key, c.hsm_id, c.days);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_EQ(refused.status().message(), c.message);
+  }
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates WHERE profile = 'kdh'")[0][0].as<int>(), 0);
+  auto shorter = IssueKdh(*kms, rsa, "hsm-kms", 730);
+  EXPECT_TRUE(shorter.ok()) << shorter.status();
+}
+
+TEST_F(CaGrpcPgTest, RevokedKdhCertificateIsListedInKdhCaCrl) {
+  auto kms = Stub("kms");
+  auto issued = IssueKdh(*kms, crypto::GenerateRsaKey(2048).value().GetPublicKey());
+  ASSERT_TRUE(issued.ok()) << issued.status();
+  const std::string serial = issued->serial_hex();
+  // kms may read but not revoke.
+  EXPECT_EQ(Revoke(*kms, serial).status().code(), absl::StatusCode::kPermissionDenied);
+  auto revoked = Revoke(*Alice(), serial);
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->state(), v1::CertificateStatus::STATE_REVOKED);
+  EXPECT_EQ(revoked->issuer(), v1::ISSUER_KDH_CA);
+  EXPECT_EQ(Status(*kms, serial)->state(), v1::CertificateStatus::STATE_REVOKED);
+
+  auto crl = Crl(*kms, v1::ISSUER_KDH_CA);
+  ASSERT_TRUE(crl.ok()) << crl.status();
+  EXPECT_EQ(crl->crl_number(), 2u);
+  std::string crl_path = tmp_.Write("kdh-ca.crl.pem", crl->crl_pem());
+  std::string ca_path = tmp_.Write("kdh-ca.pem", boot_->kdh_ca.ToPem());
+  auto crl_text = testing::RunCommand("openssl crl -noout -text -in " + crl_path);
+  EXPECT_THAT(crl_text.output, HasSubstr("Issuer: O = rkl, CN = kdh-ca"));
+  EXPECT_THAT(crl_text.output, HasSubstr("Serial Number: " + serial));
+  auto crl_sig = testing::RunCommand("openssl crl -noout -CAfile " + ca_path + " -in " + crl_path);
+  EXPECT_THAT(crl_sig.output, HasSubstr("verify OK"));
+  auto verify = OpensslVerify(boot_->kdh_ca.ToPem(), issued->certificate_pem(), crl->crl_pem());
+  EXPECT_NE(verify.exit_code, 0);
+  EXPECT_THAT(verify.output, HasSubstr("certificate revoked"));
+
+  // What a terminal runs on the CRL that comes with CT_KDH (libs/tr34).
+  auto cert = crypto::Certificate::FromPem(issued->certificate_pem()).value();
+  auto parsed = crypto::Crl::FromPem(crl->crl_pem()).value();
+  std::vector<Bytes> crls = {parsed.ToDer()};
+  absl::Status not_revoked =
+      tr34::CheckKdhNotRevoked(cert, crls, boot_->kdh_ca, absl::ToUnixSeconds(absl::Now()));
+  EXPECT_EQ(not_revoked.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(not_revoked.message(), HasSubstr("revoked"));
+
+  // terminal-root's CRL is untouched.
+  EXPECT_EQ(Crl(*kms, v1::ISSUER_TERMINAL_ROOT)->crl_number(), 1u);
 }
 
 TEST_F(CaGrpcPgTest, OperatorCertificatesAreAdminOnlyAndFollowTheirProfile) {
@@ -319,7 +507,7 @@ TEST_F(CaGrpcPgTest, CsrWithForeignSignatureIsInvalidArgument) {
   EXPECT_EQ(op.status().message(),
             "csr_pem: signature does not verify under the request's public key");
   EXPECT_EQ(IssueService(*admin, csr, "kms").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 12);
   EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificate_requests")[0][0].as<int>(), 0);
 }
 

@@ -89,6 +89,7 @@ class CaPgTest : public rkl::testing::PgFixture {
   CaPolicy policy_ = [] {
     CaPolicy p;
     p.terminal_root_key = KeySpec::kRsa2048;  // fast; the bootstrap test uses the default
+    p.kdh_ca_key = KeySpec::kRsa2048;
     return p;
   }();
   std::optional<CaCore> core_;

@@ -7,6 +7,7 @@
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/rsa.h"
 #include "rkl/crypto/x509_crl.h"
+#include "rkl/crypto/x509_verify.h"
 #include "test_keys.h"
 
 namespace rkl::ca {
@@ -18,9 +19,11 @@ class CaRepositoryPgTest : public CaPgTest {};
 
 TEST_F(CaRepositoryPgTest, BootstrapIsRecordedAndSurvivesANewProcess) {
   BootstrapResult r = Bootstrap();
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_issuers")[0][0].as<int>(), 3);
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_crls WHERE crl_number = 1")[0][0].as<int>(), 3);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_issuers")[0][0].as<int>(), 4);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 12);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_crls WHERE crl_number = 1")[0][0].as<int>(), 4);
+  EXPECT_EQ(Sql("SELECT key_type FROM ca_issuers WHERE name = 'kdh-ca'")[0][0].as<std::string>(),
+            "rsa-2048");  // the fixture's policy
   EXPECT_EQ(Sql("SELECT kcv FROM ca_master_key")[0][0].as<std::string>(), master_key_->KcvHex());
   EXPECT_EQ(Sql("SELECT profile FROM ca_certificates WHERE subject_cn = 'terminal-root'")[0][0]
                 .as<std::string>(),
@@ -54,7 +57,69 @@ TEST_F(CaRepositoryPgTest, SecondInitialisationIsRefusedAtomically) {
   absl::Status direct = repo_->Initialize("ABCDEF", {}, {}, {});
   EXPECT_EQ(direct.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Sql("SELECT kcv FROM ca_master_key")[0][0].as<std::string>(), master_key_->KcvHex());
-  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 11);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates")[0][0].as<int>(), 12);
+}
+
+// A CA bootstrapped before kdh-ca existed (its rows removed here, as the superuser) gets it
+// from AddIssuer (`rklctl pki add-issuer kdh-ca`), once, as the runtime role.
+TEST_F(CaRepositoryPgTest, AddIssuerGivesAnOlderCaItsKdhCaOnce) {
+  BootstrapResult r = Bootstrap();
+  Sql("DELETE FROM ca_crls WHERE issuer = 'kdh-ca'");
+  Sql("DELETE FROM ca_certificates WHERE issuer = 'kdh-ca'");
+  Sql("DELETE FROM ca_issuers WHERE name = 'kdh-ca'");
+  auto rsa = crypto::GenerateRsaKey(2048)->GetPublicKey().ToDer();
+  auto before = core_->IssueKdhCertificate({rsa, "hsm-kms", 1, 0});
+  EXPECT_EQ(before.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(before.status().message(), HasSubstr("kdh-ca: not bootstrapped"));
+
+  auto added = core_->AddIssuer(IssuerId::kKdhCa);
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_issuers")[0][0].as<int>(), 4);
+  EXPECT_EQ(Sql("SELECT crl_number FROM ca_crls WHERE issuer = 'kdh-ca'")[0][0].as<int>(), 1);
+  EXPECT_EQ(Sql("SELECT profile FROM ca_certificates WHERE serial_hex = '" + added->SerialHex() +
+                "'")[0][0]
+                .as<std::string>(),
+            "issuer");
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_audit WHERE action = 'bootstrap.issue' AND subject = "
+                "'kdh-ca' AND serial_hex = '" +
+                added->SerialHex() + "'")[0][0]
+                .as<int>(),
+            1);
+  auto kdh = core_->IssueKdhCertificate({rsa, "hsm-kms", 1, 0});
+  ASSERT_TRUE(kdh.ok()) << kdh.status();
+  EXPECT_TRUE(
+      crypto::VerifyChain(*kdh, {}, {&*added, 1}, {}, absl::ToUnixSeconds(absl::Now())).ok());
+  EXPECT_EQ(core_->GetCrl(IssuerId::kKdhCa)->crl_number, 1u);
+
+  // Never replaced: not through the core, not through the repository directly.
+  EXPECT_EQ(core_->AddIssuer(IssuerId::kKdhCa).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  IssuerRecord issuer = repo_->GetIssuer(IssuerId::kKdhCa).value();
+  CertificateRecord cert = RecordOf(r.kdh_ca, IssuerId::kKdhCa, Profile::kIssuer);
+  CrlRecord crl = repo_->GetCrl(IssuerId::kKdhCa).value();
+  absl::Status direct = repo_->AddIssuer(issuer, cert, crl);
+  EXPECT_EQ(direct.code(), absl::StatusCode::kFailedPrecondition) << direct;
+  EXPECT_EQ(*core_->GetIssuerCertificate(IssuerId::kKdhCa), *added);
+}
+
+TEST_F(CaRepositoryPgTest, SchemaKnowsKdhCaAndStillRefusesUnknownIssuersAndProfiles) {
+  Bootstrap();
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates WHERE issuer = 'kdh-ca' AND profile = "
+                "'issuer'")[0][0]
+                .as<int>(),
+            1);
+  EXPECT_THROW(Sql("INSERT INTO ca_issuers (name, certificate_der, sealed_private_key, key_type) "
+                   "SELECT 'other-ca', certificate_der, sealed_private_key, key_type FROM "
+                   "ca_issuers WHERE name = 'kdh-ca'"),
+               pqxx::check_violation);
+  EXPECT_THROW(Sql("UPDATE ca_certificates SET profile = 'krd' WHERE issuer = 'kdh-ca'"),
+               pqxx::check_violation);
+}
+
+TEST_F(CaRepositoryPgTest, AddIssuerNeedsAnInitialisedCa) {
+  auto added = core_->AddIssuer(IssuerId::kKdhCa);
+  EXPECT_EQ(added.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_issuers")[0][0].as<int>(), 0);
 }
 
 TEST_F(CaRepositoryPgTest, SerialNumbersAreUniqueByConstraint) {

@@ -30,6 +30,28 @@ class FakeCaRepository final : public CaRepository {
     return absl::OkStatus();
   }
 
+  absl::Status AddIssuer(const IssuerRecord& issuer, const CertificateRecord& certificate,
+                         const CrlRecord& crl) override {
+    if (!kcv_.has_value()) return absl::FailedPreconditionError("ca: not initialised");
+    if (issuers_.contains(issuer.issuer)) {
+      return absl::FailedPreconditionError("issuer: already exists");
+    }
+    if (certs_.contains(certificate.serial_hex)) {
+      return absl::AlreadyExistsError("ca_certificates_pkey");
+    }
+    issuers_.insert_or_assign(issuer.issuer, issuer);
+    certs_.insert_or_assign(certificate.serial_hex, certificate);
+    crls_.insert_or_assign(crl.issuer, crl);
+    return absl::OkStatus();
+  }
+
+  // Test hook: the state of a CA bootstrapped before `issuer` existed.
+  void ForgetIssuer(IssuerId issuer) {
+    issuers_.erase(issuer);
+    crls_.erase(issuer);
+    std::erase_if(certs_, [issuer](const auto& c) { return c.second.issuer == issuer; });
+  }
+
   absl::StatusOr<IssuerRecord> GetIssuer(IssuerId issuer) override {
     auto it = issuers_.find(issuer);
     if (it == issuers_.end()) return absl::NotFoundError("issuer: not initialised");

@@ -33,6 +33,15 @@ TEST(ProfilesTest, ExtensionsAreThoseOfProtocolSection2) {
   EXPECT_FALSE(svc.is_ca);
   EXPECT_EQ(svc.extended_key_usage, ExtendedKeyUsage::kServerAuth | ExtendedKeyUsage::kClientAuth);
 
+  // TR-34 KDH: signs tokens, nothing else; exactly the operator profile's bits, but from its
+  // own issuer.
+  ExtensionProfile kdh = ExtensionsOf(Profile::kKdh);
+  EXPECT_FALSE(kdh.is_ca);
+  EXPECT_EQ(kdh.path_len, std::nullopt);
+  EXPECT_EQ(kdh.key_usage, KeyUsage::kDigitalSignature);
+  EXPECT_EQ(kdh.extended_key_usage, ExtendedKeyUsage::kNone);
+
+  EXPECT_EQ(IssuerOf(Profile::kKdh), IssuerId::kKdhCa);
   EXPECT_EQ(IssuerOf(Profile::kWork), IssuerId::kTerminalRoot);
   EXPECT_EQ(IssuerOf(Profile::kOperator), IssuerId::kOperatorCa);
   EXPECT_EQ(IssuerOf(Profile::kService), IssuerId::kServiceCa);
@@ -41,7 +50,10 @@ TEST(ProfilesTest, ExtensionsAreThoseOfProtocolSection2) {
 TEST(ProfilesTest, NamesRoundTrip) {
   for (IssuerId id : kAllIssuers) EXPECT_EQ(*IssuerFromName(IssuerName(id)), id);
   EXPECT_FALSE(IssuerFromName("root").ok());
-  for (Profile p : {Profile::kIssuer, Profile::kWork, Profile::kOperator, Profile::kService}) {
+  EXPECT_EQ(IssuerName(IssuerId::kKdhCa), "kdh-ca");
+  EXPECT_EQ(ProfileName(Profile::kKdh), "kdh");
+  for (Profile p :
+       {Profile::kIssuer, Profile::kWork, Profile::kOperator, Profile::kService, Profile::kKdh}) {
     EXPECT_EQ(*ProfileFromName(ProfileName(p)), p);
   }
   EXPECT_FALSE(ProfileFromName("tls").ok());
@@ -63,6 +75,8 @@ TEST(ProfilesTest, HsmIdRule) {
   // The longest id and index still fit X.509's 64-character CN.
   EXPECT_LE(WorkCommonName(std::string(32, 'a'), UINT64_MAX).size(), 64u);
   EXPECT_EQ(WorkCommonName("hsm-mtms", 7), "hsm-work:hsm-mtms:7");
+  EXPECT_LE(KdhCommonName(std::string(32, 'a'), UINT64_MAX).size(), 64u);
+  EXPECT_EQ(KdhCommonName("hsm-kms", 3), "kdh:hsm-kms:3");
 }
 
 TEST(ProfilesTest, OperatorAndServiceNameRules) {
@@ -84,16 +98,16 @@ TEST(ProfilesTest, OperatorAndServiceNameRules) {
   }
 }
 
-TEST(ProfilesTest, WorkKeyMustBeRsa2048To4096WithExponent65537) {
-  EXPECT_TRUE(ValidateWorkPublicKey(crypto::GenerateRsaKey(2048)->GetPublicKey()).ok());
-  absl::Status ec = ValidateWorkPublicKey(crypto::GenerateEcP256Key()->GetPublicKey());
+TEST(ProfilesTest, HsmKeyMustBeRsa2048To4096WithExponent65537) {
+  EXPECT_TRUE(ValidateHsmPublicKey(crypto::GenerateRsaKey(2048)->GetPublicKey()).ok());
+  absl::Status ec = ValidateHsmPublicKey(crypto::GenerateEcP256Key()->GetPublicKey());
   EXPECT_EQ(ec.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ec.message(), "public_key_der: must be an RSA key");
   absl::Status small =
-      ValidateWorkPublicKey(testing::RsaKeyWithExponent(1024, 65537).GetPublicKey());
+      ValidateHsmPublicKey(testing::RsaKeyWithExponent(1024, 65537).GetPublicKey());
   EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(small.message(), "public_key_der: RSA key must have 2048 to 4096 bits, got 1024");
-  absl::Status e3 = ValidateWorkPublicKey(testing::RsaKeyWithExponent(2048, 3).GetPublicKey());
+  absl::Status e3 = ValidateHsmPublicKey(testing::RsaKeyWithExponent(2048, 3).GetPublicKey());
   EXPECT_EQ(e3.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(e3.message(), "public_key_der: RSA public exponent must be 65537");
 }
