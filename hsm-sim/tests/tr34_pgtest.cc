@@ -20,9 +20,9 @@ namespace rkl::hsm {
 namespace {
 
 using testing::Call;
+using ::testing::HasSubstr;
 using testing::HsmInstance;
 using testing::Tr34Party;
-using ::testing::HasSubstr;
 using Stub = v1::Hsm::Stub;
 
 constexpr char kKms[] = "kms";
@@ -51,8 +51,8 @@ class Tr34PgTest : public ::testing::Test {
     auto kdh = Call(*kms, &Stub::GenerateKdhKey, req);
     ASSERT_TRUE(kdh.ok()) << kdh.status();
     kdh_index_ = kdh->key_index();
-    kdh_cert_ =
-        new crypto::Certificate(testing::NewKdhCertificate(Raw(kdh->public_key_der()), 2, *kdh_ca_));
+    kdh_cert_ = new crypto::Certificate(
+        testing::NewKdhCertificate(Raw(kdh->public_key_der()), 2, *kdh_ca_));
   }
   static void TearDownTestSuite() {
     delete hsm_;
@@ -148,8 +148,7 @@ TEST_F(Tr34PgTest, KeyTokenRoundTripBindingProofAndNoLeak) {
   proof.set_tmk_index(built->tmk_index());
   proof.set_sn(kSn);
   proof.set_krd_nonce(Str(nonce2));
-  proof.set_proof(
-      Str(tr34::InstallProof(crypto::KeyAlgorithm::kAes128, tmk, kSn, nonce2).value()));
+  proof.set_proof(Str(tr34::InstallProof(crypto::KeyAlgorithm::kAes128, tmk, kSn, nonce2).value()));
   EXPECT_TRUE(Call(*kms_, &Stub::VerifyKeyTokenInstallProof, proof).ok());
   v1::VerifyKeyTokenInstallProofRequest wrong = proof;
   wrong.set_krd_nonce(Str(nonce));
@@ -187,10 +186,10 @@ TEST_F(Tr34PgTest, RebindingAStoredTmkToAnotherKrdBreaksIt) {
                                       "key_index = ",
                                       built->tmk_index())),
                std::exception);
-  EXPECT_THROW(hsm_->Sql(absl::StrCat("UPDATE hsm_key SET bound_krd = '",
-                                      testing::KrdIdOfCert(thief.cert),
-                                      "' WHERE key_index = ", kdh_index_)),
-               std::exception);
+  EXPECT_THROW(
+      hsm_->Sql(absl::StrCat("UPDATE hsm_key SET bound_krd = '", testing::KrdIdOfCert(thief.cert),
+                             "' WHERE key_index = ", kdh_index_)),
+      std::exception);
 }
 
 TEST_F(Tr34PgTest, ConcurrentFirstTokensAgreeOnOneTmk) {
@@ -214,8 +213,7 @@ TEST_F(Tr34PgTest, ConcurrentFirstTokensAgreeOnOneTmk) {
     ASSERT_TRUE(results[i].ok()) << results[i].status();
     EXPECT_EQ(results[i]->tmk_index(), results[0]->tmk_index());
     created += results[i]->created();
-    auto block =
-        testing::ReceiveToken(Raw(results[i]->key_token()), *kdh_cert_, krd, nonces[i]);
+    auto block = testing::ReceiveToken(Raw(results[i]->key_token()), *kdh_cert_, krd, nonces[i]);
     ASSERT_TRUE(block.ok()) << block.status();
     EXPECT_EQ(crypto::KcvHex(crypto::KeyAlgorithm::kAes128, block->key).value(),
               results[0]->tmk_kcv());
@@ -235,11 +233,11 @@ TEST_F(Tr34PgTest, OnlyKmsMayCallTheTr34Commands) {
     EXPECT_EQ(
         Call(*stub, &Stub::BuildKeyToken, Request(*krd_a_, kSn, crypto::RandomBytes(16))).status(),
         absl::PermissionDeniedError("caller '" + caller + "' may not call BuildKeyToken"));
-    EXPECT_EQ(Call(*stub, &Stub::VerifyKeyTokenInstallProof,
-                   v1::VerifyKeyTokenInstallProofRequest())
-                  .status(),
-              absl::PermissionDeniedError("caller '" + caller +
-                                          "' may not call VerifyKeyTokenInstallProof"));
+    EXPECT_EQ(
+        Call(*stub, &Stub::VerifyKeyTokenInstallProof, v1::VerifyKeyTokenInstallProofRequest())
+            .status(),
+        absl::PermissionDeniedError("caller '" + caller +
+                                    "' may not call VerifyKeyTokenInstallProof"));
   }
 }
 
