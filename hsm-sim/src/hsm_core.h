@@ -21,13 +21,16 @@
 //  - a TMK is bound to the TEK it was made for and is exported under no other key; a new
 //    transport key for an SN supersedes the SN's TMK with its TEK and AUK, so the next
 //    delivery makes a new TMK (PROTOCOL §8, re-keying);
+//  - a TR-34 TMK is bound to the KRD it was made for and is put in a key token for no other
+//    KRD; the KDH key signs key tokens and nothing else;
 //  - DestroyTerminalKeys erases every key of an SN (revocation).
 // Authorization (who may call which command) is the gRPC adapter's job; the core receives
 // the authenticated identity for audit and for custodian rules.
 // Thread-safe: commands may run concurrently; shared state lives under the KeyBarrier.
 // The commands are defined one file per domain: hsm_core_ceremony.cc, hsm_core_transport.cc
 // (RSA work keys, translate, import), hsm_core_terminal.cc (TMK, authentication, delivery,
-// revocation) and hsm_core_admin.cc; hsm_core.cc holds construction and the command unit.
+// revocation), hsm_core_tr34.cc (KDH key, key tokens) and hsm_core_admin.cc; hsm_core.cc holds
+// construction and the command unit.
 
 #include <cstdint>
 #include <optional>
@@ -57,6 +60,9 @@ struct HsmCoreOptions {
   // The operator-ca certificates whose operators' packages this HSM translates (HSM #1);
   // none: translation is refused.
   std::vector<crypto::Certificate> operator_cas{};
+  // TR-34 (HSM #2): the KRD CA certificates whose KRDs this HSM builds key tokens for; none:
+  // the TR-34 commands answer FAILED_PRECONDITION "tr34: not configured".
+  std::vector<crypto::Certificate> krd_cas{};
 };
 
 struct GeneratedRsaKey {
@@ -153,6 +159,33 @@ struct InstallProofCommand {
   Bytes rnd1{}, rnd2{}, proof{};
 };
 
+// A TR-34 two-pass key token for one KRD (BuildKeyToken).
+struct KeyTokenCommand {
+  std::string sn{};
+  std::optional<crypto::KeyAlgorithm> algorithm{};  // nullopt: not given / unknown code
+  Bytes krd_certificate_der{};
+  Bytes krd_nonce{};  // 8-64 bytes
+  uint64_t kdh_key_index = 0;
+  Bytes kdh_certificate_der{};
+  std::vector<Bytes> crls{};  // 0-4
+  bool replace_existing = false;
+};
+
+struct BuiltKeyToken {
+  Bytes key_token{};
+  uint64_t tmk_index = 0;
+  std::string tmk_kcv{};
+  bool created = false;
+  std::string krd_id{};
+};
+
+struct KeyTokenProofCommand {
+  uint64_t tmk_index = 0;
+  std::string sn{};
+  Bytes krd_nonce{};
+  Bytes proof{};
+};
+
 class HsmCore {
  public:
   // `store` and `audit` must outlive the core. `rng` fills nonces, Rnd2, ceremony ids
@@ -165,6 +198,24 @@ class HsmCore {
   absl::StatusOr<GeneratedRsaKey> GenerateRsaKeyPair(const std::string& caller, uint32_t bits,
                                                      const std::string& label);
   absl::StatusOr<Bytes> GetPublicKey(const std::string& caller, uint64_t key_index);
+
+  // TR-34 (HSM #2, docs/hsm.md "TR-34 key tokens"). The KDH signing key: GenerateRsaKeyPair
+  // with usage KDH_SIGN, a key that signs key tokens and nothing else.
+  absl::StatusOr<GeneratedRsaKey> GenerateKdhKey(const std::string& caller, uint32_t bits,
+                                                 const std::string& label);
+  // One command (one unit, one audit record): checks the KRD certificate (CheckRole kKrd
+  // under one of options.krd_cas, subject CN = sn), the KDH key (usage KDH_SIGN, live) and
+  // that the KDH certificate holds its public key; takes the SN's TMK — the live one if it
+  // is bound to this KRD and !replace_existing, else a new one bound to this KRD that
+  // supersedes the SN's live TMK; a live TMK bound to another KRD or to a TEK is refused
+  // (PERMISSION_DENIED) unless replace_existing — and returns it in a two-pass key token
+  // signed with the KDH key and encrypted to the KRD.
+  absl::StatusOr<BuiltKeyToken> BuildKeyToken(const std::string& caller,
+                                              const KeyTokenCommand& command);
+  // The KRD's install proof (tr34::InstallProof) for the live KRD-bound TMK at tmk_index,
+  // bound to sn: UNAUTHENTICATED "proof: does not verify" for any mismatch.
+  absl::Status VerifyKeyTokenInstallProof(const std::string& caller,
+                                          const KeyTokenProofCommand& command);
 
   // Key ceremonies (S101) belong to key custodians: Begin, AddComponent and Complete refuse
   // (PERMISSION_DENIED, audited) a caller that is not a custodian:<name> identity; a
@@ -304,6 +355,13 @@ class HsmCore {
       -> std::invoke_result_t<Fn&, KeyTransaction&, AuditEvent&, Ceremony&, int64_t>;
   crypto::SecretBytes NewSymmetricKey(crypto::KeyAlgorithm algorithm);
   absl::StatusOr<Bytes> LoadPublicKey(KeyTransaction& tx, uint64_t key_index);
+  // An RSA key pair with `usage` (GenerateRsaKeyPair, GenerateKdhKey), audited as
+  // `audit_action`.
+  absl::StatusOr<GeneratedRsaKey> GenerateRsaKey(const std::string& caller, uint32_t bits,
+                                                 const std::string& label, KeyUsage usage,
+                                                 const char* audit_action);
+  // The KRD certificate of a BuildKeyToken, checked against options_.krd_cas and the SN.
+  absl::StatusOr<crypto::Certificate> CheckKrdCertificate(const KeyTokenCommand& cmd) const;
 
   KeyBarrier& store_;
   AuditLog& audit_;

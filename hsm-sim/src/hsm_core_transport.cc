@@ -36,8 +36,13 @@ std::string KcvText(std::span<const uint8_t> kcv) { return ToHex(kcv); }
 absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& caller,
                                                             uint32_t bits,
                                                             const std::string& label) {
-  AuditEvent event{
-      .actor = caller, .action = action::kRsaKeyGenerate, .detail = absl::StrCat("bits=", bits)};
+  return GenerateRsaKey(caller, bits, label, KeyUsage::kTransportDecrypt, action::kRsaKeyGenerate);
+}
+
+absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKey(const std::string& caller, uint32_t bits,
+                                                        const std::string& label, KeyUsage usage,
+                                                        const char* audit_action) {
+  AuditEvent event{.actor = caller, .action = audit_action, .detail = absl::StrCat("bits=", bits)};
   absl::Status pre = SelfTestFailed();
   if (options_.self_test_passed) {
     pre = bits == 2048 || bits == 3072 ? ValidateLabel(label, "label")
@@ -56,7 +61,7 @@ absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateRsaKeyPair(const std::string& c
                  [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<GeneratedRsaKey> {
                    RKL_RETURN_IF_ERROR(RequireFreeLabel(tx, label));
                    NewKey key{.type = KeyType::kRsaPrivate,
-                              .usage = KeyUsage::kTransportDecrypt,
+                              .usage = usage,
                               .label = label,
                               .rsa_bits = bits,
                               .public_key_der = pr->public_der,

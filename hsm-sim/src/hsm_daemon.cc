@@ -34,6 +34,12 @@ void DeclareHsmConfig(ConfigSchema& schema) {
               "role mtms: PEM file with the operator-ca certificate(s); HSM #1 translates only "
               "transport keys whose package an operator of this CA signed (required for role "
               "mtms)");
+  schema
+      .String("tr34.krd_ca_files",
+              "role kms, TR-34: comma-separated PEM files with the KRD CA certificates (the "
+              "terminal manufacturers' CAs) whose KRDs this HSM builds key tokens for. Empty: "
+              "the TR-34 commands answer FAILED_PRECONDITION \"tr34: not configured\"")
+      .Default("");
   schema.String("listen", "host:port to serve gRPC on (HSM #1 50052, HSM #2 50053)")
       .Default("0.0.0.0:50052");
   rpc::DeclareTlsConfig(schema);
@@ -104,6 +110,10 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
         "config: translation.operator_ca_file: required for role mtms (the operator-ca "
         "certificate HSM #1 verifies package signatures against)");
   }
+  for (absl::string_view file : absl::StrSplit(config.GetString("tr34.krd_ca_files"), ',')) {
+    std::string path(absl::StripAsciiWhitespace(file));
+    if (!path.empty()) o.krd_ca_files.push_back(std::move(path));
+  }
   o.listen_address = config.GetString("listen");
   o.tls = rpc::TlsFilesFromConfig(config);
   o.database_dsn = config.GetString("db.dsn");
@@ -142,12 +152,13 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
 
 namespace {
 
-// The operator-ca certificates of role mtms: every certificate in the PEM file, each a CA.
-absl::StatusOr<std::vector<crypto::Certificate>> LoadOperatorCas(const std::string& file) {
+// CA certificates from a PEM file (the operator-ca of role mtms, the KRD CAs of TR-34):
+// every certificate in it, each a CA; errors name the configuration `key`.
+absl::StatusOr<std::vector<crypto::Certificate>> LoadCaCertificates(const std::string& file,
+                                                                    const std::string& key) {
   std::ifstream in(file, std::ios::binary);
   if (!in) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("translation.operator_ca_file: cannot read ", file));
+    return absl::FailedPreconditionError(absl::StrCat(key, ": cannot read ", file));
   }
   std::stringstream text;
   text << in.rdbuf();
@@ -155,13 +166,12 @@ absl::StatusOr<std::vector<crypto::Certificate>> LoadOperatorCas(const std::stri
       crypto::Certificate::ParsePemBundle(text.str());
   if (!cas.ok() || cas->empty()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("translation.operator_ca_file: ", file, " holds no PEM certificate"));
+        absl::StrCat(key, ": ", file, " holds no PEM certificate"));
   }
   for (const crypto::Certificate& ca : *cas) {
     if (!ca.IsCa()) {
-      return absl::FailedPreconditionError(absl::StrCat("translation.operator_ca_file: ", file,
-                                                        ": '", ca.SubjectCommonName(),
-                                                        "' is not a CA certificate"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          key, ": ", file, ": '", ca.SubjectCommonName(), "' is not a CA certificate"));
     }
   }
   return cas;
@@ -185,7 +195,16 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
     if (options.operator_ca_file.empty()) {
       return absl::InvalidArgumentError("translation.operator_ca_file: required for role mtms");
     }
-    RKL_ASSIGN_OR_RETURN(operator_cas, LoadOperatorCas(options.operator_ca_file));
+    RKL_ASSIGN_OR_RETURN(
+        operator_cas, LoadCaCertificates(options.operator_ca_file, "translation.operator_ca_file"));
+  }
+  // TR-34 is HSM #2's (role kms); role mtms serves none of its commands, so its KRD CAs
+  // would be unused.
+  std::vector<crypto::Certificate> krd_cas;
+  for (const std::string& file : options.krd_ca_files) {
+    RKL_ASSIGN_OR_RETURN(std::vector<crypto::Certificate> cas,
+                         LoadCaCertificates(file, "tr34.krd_ca_files"));
+    for (crypto::Certificate& ca : cas) krd_cas.push_back(std::move(ca));
   }
 
   RKL_ASSIGN_OR_RETURN(crypto::SecretBytes lmk, LoadLmkFile(options.lmk_file));
@@ -245,7 +264,8 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->core_ = std::make_unique<HsmCore>(*d->barrier_, *d->audit_, clock, std::move(rng),
                                        HsmCoreOptions{.self_test_passed = d->self_test_.passed,
                                                       .default_ceremony_ttl = options.ceremony_ttl,
-                                                      .operator_cas = std::move(operator_cas)});
+                                                      .operator_cas = std::move(operator_cas),
+                                                      .krd_cas = std::move(krd_cas)});
   d->service_ =
       std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
 

@@ -42,6 +42,9 @@ struct HsmDaemonOptions {
   // Role mtms: PEM file with the operator-ca certificate(s) whose operators' packages this
   // HSM translates (OperatorEvidence). Required for role mtms, ignored for role kms.
   std::string operator_ca_file;
+  // TR-34 (role kms): PEM files with the KRD CA certificates whose KRDs this HSM builds key
+  // tokens for (HsmCoreOptions::krd_cas). None: the TR-34 commands are FAILED_PRECONDITION.
+  std::vector<std::string> krd_ca_files;
   std::string database_dsn;  // the runtime role
   // The owner role: when set, Start() migrates with it first (then closes it).
   std::string owner_dsn;

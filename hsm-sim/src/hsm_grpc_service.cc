@@ -27,6 +27,7 @@ static_assert(v1::KEY_USAGE_EXPORT_KEK == static_cast<int>(KeyUsage::kExportKek)
 static_assert(v1::KEY_USAGE_TERMINAL_AUTH == static_cast<int>(KeyUsage::kTerminalAuth));
 static_assert(v1::KEY_USAGE_TERMINAL_MASTER == static_cast<int>(KeyUsage::kTerminalMaster));
 static_assert(v1::KEY_USAGE_CEREMONY_DECRYPT == static_cast<int>(KeyUsage::kCeremonyDecrypt));
+static_assert(v1::KEY_USAGE_KDH_SIGN == static_cast<int>(KeyUsage::kKdhSign));
 static_assert(v1::KEY_STATE_ACTIVE == static_cast<int>(KeyState::kActive));
 static_assert(v1::KEY_STATE_SUPERSEDED == static_cast<int>(KeyState::kSuperseded));
 static_assert(v1::KEY_STATE_DELETED == static_cast<int>(KeyState::kDeleted));
@@ -279,6 +280,45 @@ HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
                                                              .proof = ToBytes(req->proof())});
        });
 
+  Bind("GenerateKdhKey",
+       [this](const rpc::UnaryCall& call, const v1::GenerateKdhKeyRequest* req,
+              v1::GenerateRsaKeyPairResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GenerateKdhKey(call.caller, req->bits(), req->label()));
+         resp->set_key_index(r.key_index);
+         resp->set_public_key_der(ToString(r.public_key_der));
+         return absl::OkStatus();
+       });
+
+  Bind("BuildKeyToken",
+       [this](const rpc::UnaryCall& call, const v1::BuildKeyTokenRequest* req,
+              v1::BuildKeyTokenResponse* resp) -> absl::Status {
+         KeyTokenCommand cmd{.sn = req->sn(),
+                             .algorithm = Algorithm(req->algorithm()),
+                             .krd_certificate_der = ToBytes(req->krd_certificate_der()),
+                             .krd_nonce = ToBytes(req->krd_nonce()),
+                             .kdh_key_index = req->kdh_key_index(),
+                             .kdh_certificate_der = ToBytes(req->kdh_certificate_der()),
+                             .replace_existing = req->replace_existing()};
+         for (const std::string& crl : req->crls()) cmd.crls.push_back(ToBytes(crl));
+         RKL_ASSIGN_OR_RETURN(auto r, core_.BuildKeyToken(call.caller, cmd));
+         resp->set_key_token(ToString(r.key_token));
+         resp->set_tmk_index(r.tmk_index);
+         resp->set_tmk_kcv(r.tmk_kcv);
+         resp->set_created(r.created);
+         resp->set_krd_id(r.krd_id);
+         return absl::OkStatus();
+       });
+
+  Bind("VerifyKeyTokenInstallProof",
+       [this](const rpc::UnaryCall& call, const v1::VerifyKeyTokenInstallProofRequest* req,
+              v1::Empty*) -> absl::Status {
+         return core_.VerifyKeyTokenInstallProof(
+             call.caller, KeyTokenProofCommand{.tmk_index = req->tmk_index(),
+                                               .sn = req->sn(),
+                                               .krd_nonce = ToBytes(req->krd_nonce()),
+                                               .proof = ToBytes(req->proof())});
+       });
+
   Bind("DestroyTerminalKeys",
        [this](const rpc::UnaryCall& call, const v1::DestroyTerminalKeysRequest* req,
               v1::DestroyTerminalKeysResponse* resp) -> absl::Status {
@@ -303,6 +343,7 @@ HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
          resp->set_created_at_unix_ms(r.created_at_ms);
          resp->set_rsa_bits(r.rsa_bits);
          resp->set_kek_index(r.kek_index);
+         resp->set_bound_krd(r.bound_krd);
          return absl::OkStatus();
        });
 

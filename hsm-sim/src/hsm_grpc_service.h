@@ -9,7 +9,8 @@
 //  - role mtms (HSM #1): GenerateRsaKeyPair, GetPublicKey, TranslateTransportKey(s) and
 //    GenerateRandom, to the operational identities (mtms) only;
 //  - role kms (HSM #2): ImportAndChallenge, AuthChallenge, AuthenticateAndDeliver,
-//    VerifyInstallProof, DestroyTerminalKeys and GenerateRandom, to the operational
+//    VerifyInstallProof, DestroyTerminalKeys, GenerateRandom and the TR-34 commands
+//    (GenerateKdhKey, BuildKeyToken, VerifyKeyTokenInstallProof), to the operational
 //    identities (kms) only;
 //  - both roles: ceremony steps to key custodians ("custodian:*") only; GetCeremony to
 //    custodians and admins; GetKeyInfo, DeleteKey and VerifyAuditChain to admins

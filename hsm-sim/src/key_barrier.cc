@@ -29,10 +29,14 @@ absl::Status IntegrityError(uint64_t index) {
 }  // namespace
 
 Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
-                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index) {
-  // Records without a KEK keep the first layout, so keys sealed before the binding existed
-  // still open; a bound record's tag differs, so it cannot pass for an unbound one.
-  const std::string_view tag = kek_index == 0 ? "RKL-HSM-KEY-1" : "RKL-HSM-KEY-2";
+                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index,
+                   std::string_view bound_krd) {
+  // Records without a KEK or KRD keep the first layout, so keys sealed before the bindings
+  // existed still open; a bound record's tag differs, so it cannot pass for an unbound one
+  // (nor a KRD-bound one for a TEK-bound one).
+  const std::string_view tag = !bound_krd.empty() ? "RKL-HSM-KEY-3"
+                               : kek_index != 0   ? "RKL-HSM-KEY-2"
+                                                  : "RKL-HSM-KEY-1";
   Bytes aad(tag.begin(), tag.end());
   PutBigEndian(aad, index, 8);
   aad.push_back(static_cast<uint8_t>(type));
@@ -40,13 +44,14 @@ Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usa
   aad.push_back(static_cast<uint8_t>(usage));
   PutShortString(aad, bound_sn);
   PutBigEndian(aad, static_cast<uint64_t>(created_at_ms), 8);
-  if (kek_index != 0) PutBigEndian(aad, kek_index, 8);
+  if (kek_index != 0 || !bound_krd.empty()) PutBigEndian(aad, kek_index, 8);
+  if (!bound_krd.empty()) PutShortString(aad, bound_krd);
   return aad;
 }
 
 Bytes KeyRecordAad(const KeyRecord& r) {
   return KeyRecordAad(r.index, r.type, r.algorithm, r.usage, r.bound_sn, r.created_at_ms,
-                      r.kek_index);
+                      r.kek_index, r.bound_krd);
 }
 
 Bytes ComponentAad(std::string_view ceremony_id, std::string_view custodian) {
@@ -207,7 +212,8 @@ absl::StatusOr<std::vector<KeyRecord>> KeyTransaction::InsertKeys(std::span<cons
                 .created_at_ms = now_ms,
                 .rsa_bits = key.rsa_bits,
                 .public_key_der = key.public_key_der,
-                .kek_index = key.kek_index};
+                .kek_index = key.kek_index,
+                .bound_krd = key.bound_krd};
     RKL_ASSIGN_OR_RETURN(KeyBarrier::Sealed sealed, barrier_.Seal(key.material, KeyRecordAad(r)));
     r.nonce = std::move(sealed.nonce);
     r.sealed = std::move(sealed.sealed);

@@ -8,7 +8,7 @@
 // Guarantees:
 //  - key material and ceremony components reach a row only sealed: AES-256-GCM under the LMK
 //    with a fresh 96-bit nonce, AAD = KeyRecordAad(index, type, algorithm, usage, bound SN,
-//    creation time, bound KEK) (PROTOCOL §9), or ComponentAad(ceremony id, custodian). A
+//    creation time, bound KEK, bound KRD) (PROTOCOL §9), or ComponentAad(ceremony id, custodian). A
 //    record whose nonce, ciphertext or any AAD column was altered, whose sealed bytes were
 //    moved from another row, or that was sealed under another LMK does not open: Unseal
 //    returns INTERNAL "key record N failed its integrity check" (no key bytes, no AAD in the
@@ -52,15 +52,19 @@ struct NewKey {
   uint32_t rsa_bits = 0;
   Bytes public_key_der{};
   uint64_t kek_index = 0;          // as KeyRecord::kek_index
+  std::string bound_krd{};         // as KeyRecord::bound_krd
   crypto::SecretBytes material{};  // AES/TDES key bytes, or PKCS#8 DER for RSA
 };
 
 // Fixed-layout AAD of a key record (PROTOCOL §9): "RKL-HSM-KEY-1" ‖ [index]_8 ‖ [type]_1 ‖
 // [algorithm]_1 ‖ [usage]_1 ‖ [len(sn)]_1 ‖ sn ‖ [created_at_ms]_8; a record bound to a KEK
 // (kek_index ≠ 0: a TMK) has "RKL-HSM-KEY-2" instead of the tag and ‖ [kek_index]_8 at the
-// end, so its binding cannot be changed or removed without the record failing to open.
+// end, so its binding cannot be changed or removed without the record failing to open; a
+// record bound to a KRD (a TR-34 TMK) has "RKL-HSM-KEY-3" and ‖ [kek_index]_8 ‖
+// [len(krd)]_1 ‖ krd at the end, for the same reason.
 Bytes KeyRecordAad(uint64_t index, KeyType type, uint8_t algorithm, KeyUsage usage,
-                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index = 0);
+                   std::string_view bound_sn, int64_t created_at_ms, uint64_t kek_index = 0,
+                   std::string_view bound_krd = {});
 // KeyRecordAad of the record's own columns.
 Bytes KeyRecordAad(const KeyRecord& record);
 // "RKL-HSM-COMPONENT-1" ‖ [len]_1 ‖ ceremony id ‖ [len]_1 ‖ custodian.

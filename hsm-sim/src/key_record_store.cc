@@ -36,6 +36,8 @@ std::string KeyUsageName(KeyUsage usage) {
       return "TERMINAL_MASTER";
     case KeyUsage::kCeremonyDecrypt:
       return "CEREMONY_DECRYPT";
+    case KeyUsage::kKdhSign:
+      return "KDH_SIGN";
   }
   return "UNKNOWN";
 }

@@ -46,6 +46,7 @@ enum class KeyUsage : int {
   kTerminalAuth = 5,
   kTerminalMaster = 6,
   kCeremonyDecrypt = 7,
+  kKdhSign = 8,
 };
 enum class KeyState : int { kActive = 1, kSuperseded = 2, kDeleted = 3 };
 enum class CeremonyState : int { kOpen = 1, kCompleted = 2, kExpired = 3 };
@@ -71,6 +72,10 @@ struct KeyRecord {
   // TMKs: the index of the TEK the TMK was made for, the only key it may be exported
   // under; 0 for every other key (and for TMKs made before the binding existed).
   uint64_t kek_index = 0;
+  // TR-34 TMKs: the KRD the TMK was made for (tr34::KrdIdOf, 64 upper-case hex digits), the
+  // only KRD it is put in a key token for; empty for every other key. A TMK is bound to a
+  // TEK or to a KRD, never both.
+  std::string bound_krd{};
   Bytes nonce{};
   Bytes sealed{};
 };

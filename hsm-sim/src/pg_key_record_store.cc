@@ -18,13 +18,13 @@ namespace {
 // ---- Queries (every one parameterised) ----------------------------------------------------
 constexpr char kKeyColumns[] =
     "key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, created_at_ms, "
-    "rsa_bits, public_key_der, nonce, sealed, kek_index";
+    "rsa_bits, public_key_der, nonce, sealed, kek_index, bound_krd";
 // The position of the first column after kKeyColumns in a row.
-constexpr int kKeyColumnCount = 14;
+constexpr int kKeyColumnCount = 15;
 constexpr char kInsertKey[] =
     "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
-    "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12, $13)";
+    "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index, "
+    "bound_krd) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $10, $11, $12, $13, $14)";
 const std::string kFindKey =
     absl::StrCat("SELECT ", kKeyColumns, " FROM hsm_key WHERE key_index = $1");
 // The SN's keys not yet erased; hsm_key_by_sn (003) makes it an index lookup.
@@ -74,7 +74,8 @@ pqxx::binarystring Blob(std::span<const uint8_t> b) {
 KeyRecord RecordFromRow(const pqxx::row& r) {
   KeyRecord k;
   db::ReadColumns(r, k.index, k.type, k.algorithm, k.usage, k.bound_sn, k.label, k.kcv, k.state,
-                  k.created_at_ms, k.rsa_bits, k.public_key_der, k.nonce, k.sealed, k.kek_index);
+                  k.created_at_ms, k.rsa_bits, k.public_key_der, k.nonce, k.sealed, k.kek_index,
+                  k.bound_krd);
   return k;
 }
 
@@ -128,16 +129,17 @@ std::string PrefetchWithLiveSql(size_t n, std::span<const KeyType> types, bool l
   return absl::StrCat(with, all);
 }
 
-// n rows of kInsertKey's columns, parameters $1..$(13n).
+// n rows of kInsertKey's columns, parameters $1..$(14n).
 std::string InsertKeysSql(size_t n) {
   std::string sql =
       "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, kcv, state, "
-      "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index) VALUES ";
+      "created_at_ms, updated_at_ms, rsa_bits, public_key_der, nonce, sealed, kek_index, "
+      "bound_krd) VALUES ";
   for (size_t i = 0; i < n; ++i) {
-    auto p = [&](int k) { return absl::StrCat("$", i * 13 + k); };
+    auto p = [&](int k) { return absl::StrCat("$", i * 14 + k); };
     absl::StrAppend(&sql, i ? ", " : "", "(", p(1), ", ", p(2), ", ", p(3), ", ", p(4), ", ", p(5),
                     ", ", p(6), ", ", p(7), ", 1, ", p(8), ", ", p(8), ", ", p(9), ", ", p(10),
-                    ", ", p(11), ", ", p(12), ", ", p(13), ")");
+                    ", ", p(11), ", ", p(12), ", ", p(13), ", ", p(14), ")");
   }
   return sql;
 }
@@ -194,7 +196,8 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
     absl::StrAppend(&sql,
                     ", ins AS (INSERT INTO hsm_key (key_index, key_type, algorithm, usage, "
                     "bound_sn, label, kcv, state, created_at_ms, updated_at_ms, rsa_bits, "
-                    "public_key_der, nonce, sealed, kek_index) SELECT v.* FROM (VALUES ");
+                    "public_key_der, nonce, sealed, kek_index, bound_krd) SELECT v.* FROM "
+                    "(VALUES ");
     for (size_t i = 0; i < keys; ++i) {
       std::string row;
       auto add = [&](const std::string& piece) {
@@ -209,7 +212,9 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
       const std::string created = next("bigint");
       add(created);
       add(created);
-      for (const char* type : {"integer", "bytea", "bytea", "bytea", "bigint"}) add(next(type));
+      for (const char* type : {"integer", "bytea", "bytea", "bytea", "bigint", "text"}) {
+        add(next(type));
+      }
       absl::StrAppend(&sql, i ? ", " : "", "(", row, ")");
     }
     // Reading `sup` makes the superseding run to completion before the first new row is
@@ -277,7 +282,7 @@ absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& pl
           absl::StrCat(static_cast<int>(r.algorithm)), absl::StrCat(static_cast<int>(r.usage)),
           r.bound_sn, r.label, r.kcv, absl::StrCat(r.created_at_ms), absl::StrCat(r.rsa_bits),
           ByteaText(r.public_key_der), ByteaText(r.nonce), ByteaText(r.sealed),
-          absl::StrCat(r.kek_index)}) {
+          absl::StrCat(r.kek_index), r.bound_krd}) {
       params.push_back(std::move(v));
     }
   }
@@ -319,21 +324,21 @@ class PgKeyRecordTransaction : public KeyRecordTransaction {
       const KeyRecord& r = records.front();
       Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
            static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, r.created_at_ms, r.rsa_bits,
-           Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
+           Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index, r.bound_krd);
     } else if (records.size() == 2) {
       const KeyRecord& a = records[0];
       const KeyRecord& b = records[1];
       Exec(InsertKeysSql(2), a.index, static_cast<int>(a.type), static_cast<int>(a.algorithm),
            static_cast<int>(a.usage), a.bound_sn, a.label, a.kcv, a.created_at_ms, a.rsa_bits,
-           Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), a.kek_index, b.index,
+           Blob(a.public_key_der), Blob(a.nonce), Blob(a.sealed), a.kek_index, a.bound_krd, b.index,
            static_cast<int>(b.type), static_cast<int>(b.algorithm), static_cast<int>(b.usage),
            b.bound_sn, b.label, b.kcv, b.created_at_ms, b.rsa_bits, Blob(b.public_key_der),
-           Blob(b.nonce), Blob(b.sealed), b.kek_index);
+           Blob(b.nonce), Blob(b.sealed), b.kek_index, b.bound_krd);
     } else {  // not used by any command today: one statement per key
       for (const KeyRecord& r : records) {
         Exec(kInsertKey, r.index, static_cast<int>(r.type), static_cast<int>(r.algorithm),
              static_cast<int>(r.usage), r.bound_sn, r.label, r.kcv, r.created_at_ms, r.rsa_bits,
-             Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index);
+             Blob(r.public_key_der), Blob(r.nonce), Blob(r.sealed), r.kek_index, r.bound_krd);
       }
     }
     // Exactly what was written: reading these back costs nothing.

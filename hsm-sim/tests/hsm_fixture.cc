@@ -77,6 +77,7 @@ absl::Status HsmInstance::Start(const std::string& lmk_file) {
   o.anchor_file = options_.anchor_file;
   o.anchor_interval = options_.anchor_interval;
   o.fail_self_test = options_.fail_self_test;
+  o.krd_ca_files = options_.krd_ca_files;
   o.clock = clock_;
   auto d = HsmDaemon::Start(std::move(o));
   if (!d.ok()) return d.status();

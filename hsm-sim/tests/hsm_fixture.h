@@ -38,6 +38,8 @@ struct InstanceOptions {
   // The daemon's audit anchor file (empty: none) and interval (by clock()).
   std::string anchor_file = "";
   absl::Duration anchor_interval = absl::ZeroDuration();
+  // TR-34: the daemon's tr34.krd_ca_files (none: TR-34 not configured).
+  std::vector<std::string> krd_ca_files = {};
 };
 
 class HsmInstance {

@@ -258,6 +258,13 @@ absl::Status CallEmpty(Stub& stub, const std::string& method) {
     return Call(stub, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest()).status();
   if (method == "DestroyTerminalKeys")
     return Call(stub, &Stub::DestroyTerminalKeys, v1::DestroyTerminalKeysRequest()).status();
+  if (method == "GenerateKdhKey")
+    return Call(stub, &Stub::GenerateKdhKey, v1::GenerateKdhKeyRequest()).status();
+  if (method == "BuildKeyToken")
+    return Call(stub, &Stub::BuildKeyToken, v1::BuildKeyTokenRequest()).status();
+  if (method == "VerifyKeyTokenInstallProof")
+    return Call(stub, &Stub::VerifyKeyTokenInstallProof, v1::VerifyKeyTokenInstallProofRequest())
+        .status();
   if (method == "GetKeyInfo")
     return Call(stub, &Stub::GetKeyInfo, v1::GetKeyInfoRequest()).status();
   if (method == "DeleteKey") return Call(stub, &Stub::DeleteKey, v1::DeleteKeyRequest()).status();
@@ -277,9 +284,10 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
   const std::vector<std::string> mtms_role = {"GenerateRsaKeyPair", "GetPublicKey",
                                               "TranslateTransportKey", "TranslateTransportKeys",
                                               "GenerateRandom"};
-  const std::vector<std::string> kms_role = {"AuthChallenge",       "VerifyInstallProof",
-                                             "ImportAndChallenge",  "AuthenticateAndDeliver",
-                                             "DestroyTerminalKeys", "GenerateRandom"};
+  const std::vector<std::string> kms_role = {
+      "AuthChallenge",          "VerifyInstallProof",  "ImportAndChallenge",
+      "AuthenticateAndDeliver", "DestroyTerminalKeys", "GenerateRandom",
+      "GenerateKdhKey",         "BuildKeyToken",       "VerifyKeyTokenInstallProof"};
   const std::vector<std::string> custodian = {"BeginCeremony", "GetCeremony", "AddComponent",
                                               "CompleteCeremony"};
   const std::vector<std::string> admin = {"GetCeremony", "GetKeyInfo", "DeleteKey",

@@ -167,6 +167,41 @@ TEST_F(KeyBarrierTest, EveryAadColumnIsBound) {
   ExpectRefused(index, unbound.material, "kek_index added");
 }
 
+TEST_F(KeyBarrierTest, KrdBindingIsBound) {
+  // A TR-34 TMK's KRD is part of its AAD (tag RKL-HSM-KEY-3): it cannot be changed, removed,
+  // turned into a TEK binding, nor added to a record sealed without it.
+  const std::string krd_a(64, 'A'), krd_b(64, 'B');
+  EXPECT_EQ(
+      KeyRecordAad(9, KeyType::kTmk, 0x11, KeyUsage::kTerminalMaster, "SN-1", kCreatedAt, 0, "AB"),
+      FromHex("524B4C2D48534D2D4B45592D33000000000000000906110604534E2D310000018BCFE56800"
+              "0000000000000000024142")
+          .value());
+  const std::vector<std::pair<std::string, std::function<void(KeyRecord&)>>> changes = {
+      {"bound_krd changed", [&](KeyRecord& r) { r.bound_krd = krd_b; }},
+      {"bound_krd removed", [](KeyRecord& r) { r.bound_krd.clear(); }},
+      {"bound to a TEK instead",
+       [](KeyRecord& r) {
+         r.bound_krd.clear();
+         r.kek_index = 5;
+       }},
+      {"bound_sn", [](KeyRecord& r) { r.bound_sn = "SN-OTHER"; }},
+  };
+  int n = 0;
+  for (const auto& [what, change] : changes) {
+    NewKey key = TerminalKey(KeyType::kTmk, absl::StrCat("SN-K", n++));
+    key.bound_krd = krd_a;
+    const uint64_t index = Insert(key);
+    ASSERT_TRUE(Open(index).ok()) << what;
+    EXPECT_EQ(Row(index).bound_krd, krd_a);
+    change(Row(index));
+    ExpectRefused(index, key.material, what);
+  }
+  const NewKey unbound = TerminalKey(KeyType::kTmk, "SN-K-UNBOUND");
+  const uint64_t index = Insert(unbound);
+  Row(index).bound_krd = krd_a;
+  ExpectRefused(index, unbound.material, "bound_krd added");
+}
+
 TEST_F(KeyBarrierTest, SealedBytesMovedToAnotherRowAreRefused) {
   // The TEK's sealed bytes copied over the AUK's (another index, type and usage) and over the
   // TEK of another SN: neither opens, and the TEK itself still does.

@@ -257,7 +257,8 @@ TEST_F(KeyStorePgTest, PrefetchWithLiveUsesOneIndexProbePerKeyEvenAsAGenericPrep
   // SN-7's TEK and AUK (keys 1000021, 1000022), then the two keys by index.
   pqxx::result rows = tx.exec("EXECUTE both_ways('SN-7', '1000000', '1000001')");
   std::vector<std::pair<uint64_t, bool>> got;
-  for (const auto& row : rows) got.emplace_back(row[0].as<uint64_t>(), row[14].as<bool>());
+  // The flag follows the key columns (kKeyColumns: 15 of them).
+  for (const auto& row : rows) got.emplace_back(row[0].as<uint64_t>(), row[15].as<bool>());
   std::sort(got.begin(), got.end());
   EXPECT_EQ(got, (std::vector<std::pair<uint64_t, bool>>{
                      {1000000, false}, {1000001, false}, {1000021, true}, {1000022, true}}));
@@ -288,7 +289,7 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
       "'SN-0', '', 'OK', '\\x00'";
   for (int i = 0; i < 2; ++i) {
     absl::StrAppend(&args, ", ", 2000000 + i, ", ", 4 + i, ", 17, ", 4 + i, ", 'SN-0', 'plan:", i,
-                    "', '', 5, 0, '\\x', '\\x00', '\\x00', 0");
+                    "', '', 5, 0, '\\x', '\\x00', '\\x00', 0, ''");
   }
   const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ow(", args, ")"));
   EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
