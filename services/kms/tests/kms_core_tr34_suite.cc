@@ -32,13 +32,6 @@ Bytes RawRtKrd(size_t nonce_size) {
   return out;
 }
 
-}  // namespace
-
-// Helpers need the fixture's protected members: free functions over it.
-#define CORE (*core_)
-
-namespace {
-
 absl::StatusOr<KdhKeyRecord> Provision(KmsCore& core) {
   return core.ProvisionKdhKey(kAdmin, "kdh-test", 2048);
 }
@@ -49,32 +42,42 @@ crypto::Certificate KdhCert(const KdhKeyRecord& k) {
   return *c;
 }
 
+// The install proof of `krd` for `tmk` and its pending random number.
+Bytes Proof(const TestKrd& krd, KeyAlgorithm algorithm, const crypto::SecretBytes& tmk) {
+  absl::StatusOr<Bytes> proof =
+      tr34::InstallProof(algorithm, tmk, krd.party.cert.SubjectCommonName(), krd.nonce);
+  EXPECT_TRUE(proof.ok()) << proof.status();
+  return proof.ok() ? *proof : Bytes();
+}
+
+// A token for `krd` (its SN is the certificate's CN) in TMK_DELIVERED, accepted by the KRD
+// as rkl-pos accepts one; its TMK in `tmk`.
+::testing::AssertionResult RequestAndAccept(KmsCore& core, const FakeCa& ca, int64_t now_s,
+                                            TestKrd& krd, KeyAlgorithm algorithm,
+                                            const KdhKeyRecord& kdh, crypto::SecretBytes& tmk) {
+  absl::StatusOr<KeyTokenResult> r = core.RequestKeyToken(krd.party.cert.SubjectCommonName(),
+                                                          krd.CtKrd(), krd.NewRtKrd(), algorithm);
+  if (!r.ok()) return ::testing::AssertionFailure() << "RequestKeyToken: " << r.status();
+  if (r->state != TerminalState::kTmkDelivered) {
+    return ::testing::AssertionFailure() << "state " << TerminalStateName(r->state);
+  }
+  absl::StatusOr<crypto::SecretBytes> accepted =
+      krd.Accept(r->key_token, KdhCert(kdh), ca.kdh_ca().cert, algorithm, r->tmk_kcv, now_s);
+  if (!accepted.ok()) return ::testing::AssertionFailure() << "KRD: " << accepted.status();
+  tmk = *std::move(accepted);
+  return ::testing::AssertionSuccess();
+}
+
 }  // namespace
-
-// A token for `krd` (its SN is the certificate's CN), accepted by the KRD; the TMK.
-#define REQUEST_AND_ACCEPT(krd, algorithm, tmk_out)                                          \
-  do {                                                                                       \
-    absl::StatusOr<KeyTokenResult> r_ = CORE.RequestKeyToken(                                \
-        (krd).party.cert.SubjectCommonName(), (krd).CtKrd(), (krd).NewRtKrd(), (algorithm)); \
-    ASSERT_TRUE(r_.ok()) << r_.status();                                                     \
-    EXPECT_EQ(r_->state, TerminalState::kTmkDelivered);                                      \
-    absl::StatusOr<crypto::SecretBytes> tmk_ = (krd).Accept(                                 \
-        r_->key_token, KdhCert(*kdh), ca_->kdh_ca().cert, (algorithm), r_->tmk_kcv, NowS()); \
-    ASSERT_TRUE(tmk_.ok()) << tmk_.status();                                                 \
-    (tmk_out) = *std::move(tmk_);                                                            \
-  } while (0)
-
-#define PROOF(krd, algorithm, tmk) \
-  (*tr34::InstallProof((algorithm), (tmk), (krd).party.cert.SubjectCommonName(), (krd).nonce))
 
 TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok()) << kdh.status();
   EXPECT_EQ(ca_->last_hsm_id(), "hsm-kms");
 
   // CT_KDH: the KDH certificate for role KDH under kdh-ca, with a current CRL.
-  absl::StatusOr<Bytes> ct_kdh = CORE.GetKdhCredential("");
+  absl::StatusOr<Bytes> ct_kdh = core_->GetKdhCredential("");
   ASSERT_TRUE(ct_kdh.ok()) << ct_kdh.status();
   absl::StatusOr<tr34::CredentialToken> cred = tr34::ParseCredentialToken(*ct_kdh);
   ASSERT_TRUE(cred.ok()) << cred.status();
@@ -85,7 +88,7 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
 
   TestKrd krd = NewKrd("TR34-HAPPY");
   absl::StatusOr<std::vector<KrdRegistrationResult>> reg =
-      CORE.RegisterKrdCredentials(kAdmin, {krd.CtKrd()});
+      core_->RegisterKrdCredentials(kAdmin, {krd.CtKrd()});
   ASSERT_TRUE(reg.ok()) << reg.status();
   ASSERT_EQ(reg->size(), 1u);
   EXPECT_TRUE((*reg)[0].status.ok()) << (*reg)[0].status;
@@ -97,7 +100,7 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
   EXPECT_EQ(t.krd_id.size(), 64u);
 
   crypto::SecretBytes tmk;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes128, tmk);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk));
   t = Terminal("TR34-HAPPY");
   EXPECT_EQ(t.state, TerminalState::kTmkDelivered);
   EXPECT_EQ(t.tmk_generation, 1u);
@@ -105,12 +108,12 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
   EXPECT_EQ(t.tmk_kcv, hsm_->LiveTmkKcv("TR34-HAPPY"));
 
   absl::StatusOr<TerminalState> confirmed =
-      CORE.ConfirmKeyToken("TR34-HAPPY", PROOF(krd, KeyAlgorithm::kAes128, tmk));
+      core_->ConfirmKeyToken("TR34-HAPPY", Proof(krd, KeyAlgorithm::kAes128, tmk));
   ASSERT_TRUE(confirmed.ok()) << confirmed.status();
   EXPECT_EQ(*confirmed, TerminalState::kInstalled);
   EXPECT_EQ(Terminal("TR34-HAPPY").state, TerminalState::kInstalled);
   // A repeat of the accepted proof (a lost reply) answers INSTALLED again.
-  confirmed = CORE.ConfirmKeyToken("TR34-HAPPY", PROOF(krd, KeyAlgorithm::kAes128, tmk));
+  confirmed = core_->ConfirmKeyToken("TR34-HAPPY", Proof(krd, KeyAlgorithm::kAes128, tmk));
   ASSERT_TRUE(confirmed.ok()) << confirmed.status();
   EXPECT_EQ(*confirmed, TerminalState::kInstalled);
 
@@ -122,7 +125,7 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
     EXPECT_THAT(e.detail, ::testing::Not(HasSubstr(tmk_hex)));
   }
 
-  absl::StatusOr<Statistics> st = CORE.GetStatistics();
+  absl::StatusOr<Statistics> st = core_->GetStatistics();
   ASSERT_TRUE(st.ok());
   EXPECT_THAT(st->terminals_by_protocol,
               ::testing::Contains(std::pair<std::string, uint64_t>("TR34", 1)));
@@ -130,15 +133,15 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
 
 TEST_P(KmsCoreSuite, Tr34EveryAlgorithmYieldsATokenTheKrdAccepts) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok()) << kdh.status();
   for (KeyAlgorithm a : {KeyAlgorithm::kAes128, KeyAlgorithm::kAes256, KeyAlgorithm::kTdes2}) {
     SCOPED_TRACE(std::string(crypto::KeyAlgorithmName(a)));
     TestKrd krd = NewKrd("TR34-ALG-" + std::to_string(static_cast<int>(a)));
     crypto::SecretBytes tmk;
-    REQUEST_AND_ACCEPT(krd, a, tmk);
+    ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, a, *kdh, tmk));
     absl::StatusOr<TerminalState> confirmed =
-        CORE.ConfirmKeyToken(krd.party.cert.SubjectCommonName(), PROOF(krd, a, tmk));
+        core_->ConfirmKeyToken(krd.party.cert.SubjectCommonName(), Proof(krd, a, tmk));
     ASSERT_TRUE(confirmed.ok()) << confirmed.status();
   }
 }
@@ -147,12 +150,12 @@ TEST_P(KmsCoreSuite, Tr34RpcsAnswerNotConfiguredWithoutKrdCasOrCa) {
   TestKrd krd = NewKrd("TR34-OFF");
   // The suite's default core: no CA port, no KRD CA.
   for (const absl::Status& s :
-       {CORE.GetKdhCredential("").status(),
-        CORE.RequestKeyToken("TR34-OFF", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+       {core_->GetKdhCredential("").status(),
+        core_->RequestKeyToken("TR34-OFF", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
             .status(),
-        CORE.ConfirmKeyToken("TR34-OFF", Bytes(16)).status(),
-        CORE.ProvisionKdhKey(kAdmin, "", 0).status(),
-        CORE.RegisterKrdCredentials(kAdmin, {krd.CtKrd()}).status()}) {
+        core_->ConfirmKeyToken("TR34-OFF", Bytes(16)).status(),
+        core_->ProvisionKdhKey(kAdmin, "", 0).status(),
+        core_->RegisterKrdCredentials(kAdmin, {krd.CtKrd()}).status()}) {
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
     EXPECT_THAT(s.message(), HasSubstr("tr34: not configured"));
   }
@@ -163,17 +166,18 @@ TEST_P(KmsCoreSuite, Tr34RpcsAnswerNotConfiguredWithoutKrdCasOrCa) {
       repo(), *hsm_, [this] { return absl::FromUnixSeconds(NowS()); }, crypto::FillRandom, none,
       ca_.get());
   absl::Status s =
-      CORE.RequestKeyToken("TR34-OFF", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128).status();
+      core_->RequestKeyToken("TR34-OFF", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+          .status();
   EXPECT_THAT(s.message(), HasSubstr("tr34: not configured"));
 }
 
 TEST_P(KmsCoreSuite, Tr34WithoutKdhKeyIsFailedPrecondition) {
   UseTr34();
   TestKrd krd = NewKrd("TR34-NOKDH");
-  absl::Status s = CORE.GetKdhCredential("").status();
+  absl::Status s = core_->GetKdhCredential("").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("no KDH key"));
-  s = CORE.RequestKeyToken("TR34-NOKDH", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+  s = core_->RequestKeyToken("TR34-NOKDH", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("no KDH key"));
@@ -182,36 +186,36 @@ TEST_P(KmsCoreSuite, Tr34WithoutKdhKeyIsFailedPrecondition) {
 
 TEST_P(KmsCoreSuite, Tr34OnlyOneKdhKeyIsActive) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
-  absl::Status s = Provision(CORE).status();
+  ASSERT_TRUE(Provision(*core_).ok());
+  absl::Status s = Provision(*core_).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_EQ(hsm_->kdh_keys(), 1);  // refused before HSM #2 made another key
-  absl::StatusOr<std::vector<KdhKeyRecord>> keys = CORE.ListKdhKeys();
+  absl::StatusOr<std::vector<KdhKeyRecord>> keys = core_->ListKdhKeys();
   ASSERT_TRUE(keys.ok());
   ASSERT_EQ(keys->size(), 1u);
   EXPECT_TRUE((*keys)[0].active);
   EXPECT_EQ(KdhCert((*keys)[0]).SubjectCommonName(),
             "kdh:hsm-kms:" + std::to_string((*keys)[0].key_index));
   // Labels and sizes are checked.
-  EXPECT_EQ(CORE.ProvisionKdhKey(kAdmin, "x", 1024).status().code(),
+  EXPECT_EQ(core_->ProvisionKdhKey(kAdmin, "x", 1024).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CORE.ProvisionKdhKey(kAdmin, std::string(65, 'a'), 2048).status().code(),
+  EXPECT_EQ(core_->ProvisionKdhKey(kAdmin, std::string(65, 'a'), 2048).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(KmsCoreSuite, Tr34KdhHsmIdComesFromOptions) {
   UseTr34(KmsCoreOptions{.kdh_hsm_id = "hsm-two"});
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   EXPECT_EQ(ca_->last_hsm_id(), "hsm-two");
 }
 
 TEST_P(KmsCoreSuite, Tr34KrdFromAnUntrustedCaIsRefused) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   // Same issuer name as the trusted KRD CA, another key: the signature decides.
   TestKrd krd = NewKrd("TR34-UNTRUSTED", UntrustedKrdCa());
   absl::Status s =
-      CORE.RequestKeyToken("TR34-UNTRUSTED", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+      core_->RequestKeyToken("TR34-UNTRUSTED", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
   EXPECT_THAT(s.message(), HasSubstr("ct_krd"));
@@ -221,7 +225,7 @@ TEST_P(KmsCoreSuite, Tr34KrdFromAnUntrustedCaIsRefused) {
 
 TEST_P(KmsCoreSuite, Tr34KdhCertificateOfferedAsKrdIsRefused) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   // A certificate of kdh-ca (role KDH), and one of the KRD CA made for signing only.
   TestKrd kdh_like{
       NewTr34EndEntity("TR34-ROLE", crypto::KeyUsage::kDigitalSignature, ca_->kdh_ca(), NowS()),
@@ -229,7 +233,7 @@ TEST_P(KmsCoreSuite, Tr34KdhCertificateOfferedAsKrdIsRefused) {
   TestKrd signer = NewKrd("TR34-ROLE", KrdCa(), crypto::KeyUsage::kDigitalSignature);
   for (TestKrd* krd : {&kdh_like, &signer}) {
     absl::Status s =
-        CORE.RequestKeyToken("TR34-ROLE", krd->CtKrd(), krd->NewRtKrd(), KeyAlgorithm::kAes128)
+        core_->RequestKeyToken("TR34-ROLE", krd->CtKrd(), krd->NewRtKrd(), KeyAlgorithm::kAes128)
             .status();
     EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
   }
@@ -238,10 +242,10 @@ TEST_P(KmsCoreSuite, Tr34KdhCertificateOfferedAsKrdIsRefused) {
 
 TEST_P(KmsCoreSuite, Tr34KrdNamingAnotherSnIsRefused) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   TestKrd krd = NewKrd("TR34-CN-A");
   absl::Status s =
-      CORE.RequestKeyToken("TR34-CN-B", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+      core_->RequestKeyToken("TR34-CN-B", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("ct_krd"));
@@ -251,34 +255,35 @@ TEST_P(KmsCoreSuite, Tr34KrdNamingAnotherSnIsRefused) {
 
 TEST_P(KmsCoreSuite, Tr34SecondKrdForABoundSnIsRefusedAndTheFirstStillWorks) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   TestKrd first = NewKrd("TR34-BOUND");
   TestKrd second = NewKrd("TR34-BOUND");
   crypto::SecretBytes tmk;
-  REQUEST_AND_ACCEPT(first, KeyAlgorithm::kAes128, tmk);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), first, KeyAlgorithm::kAes128, *kdh, tmk));
   absl::Status s =
-      CORE.RequestKeyToken("TR34-BOUND", second.CtKrd(), second.NewRtKrd(), KeyAlgorithm::kAes128)
+      core_->RequestKeyToken("TR34-BOUND", second.CtKrd(), second.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
   EXPECT_EQ(CountAudit("TR34-BOUND", "krd.refuse", "PERMISSION_DENIED"), 1);
   // Nor through registration.
   absl::StatusOr<std::vector<KrdRegistrationResult>> reg =
-      CORE.RegisterKrdCredentials(kAdmin, {second.CtKrd(), first.CtKrd()});
+      core_->RegisterKrdCredentials(kAdmin, {second.CtKrd(), first.CtKrd()});
   ASSERT_TRUE(reg.ok());
   EXPECT_EQ((*reg)[0].status.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE((*reg)[1].status.ok());
   EXPECT_TRUE((*reg)[1].duplicate);
   // The bound KRD goes on: the same TMK again, then installed.
   crypto::SecretBytes again;
-  REQUEST_AND_ACCEPT(first, KeyAlgorithm::kAes128, again);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), first, KeyAlgorithm::kAes128, *kdh, again));
   EXPECT_EQ(again, tmk);
-  ASSERT_TRUE(CORE.ConfirmKeyToken("TR34-BOUND", PROOF(first, KeyAlgorithm::kAes128, again)).ok());
+  ASSERT_TRUE(
+      core_->ConfirmKeyToken("TR34-BOUND", Proof(first, KeyAlgorithm::kAes128, again)).ok());
 }
 
 TEST_P(KmsCoreSuite, Tr34MalformedAndOversizeInputsAreRefused) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   TestKrd krd = NewKrd("TR34-SIZE");
   TestKrd other = NewKrd("TR34-SIZE2");
   const Bytes rt = krd.NewRtKrd();
@@ -302,48 +307,50 @@ TEST_P(KmsCoreSuite, Tr34MalformedAndOversizeInputsAreRefused) {
            {"nonce of 65 bytes", krd.CtKrd(), RawRtKrd(65), "rt_krd"},
        }) {
     SCOPED_TRACE(c.name);
-    absl::Status s = CORE.RequestKeyToken("TR34-SIZE", c.ct, c.rt, KeyAlgorithm::kAes128).status();
+    absl::Status s =
+        core_->RequestKeyToken("TR34-SIZE", c.ct, c.rt, KeyAlgorithm::kAes128).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_THAT(s.message(), HasSubstr(c.field));
   }
   // 8 and 64 bytes are fine.
   for (size_t n : {size_t{8}, size_t{64}}) {
     absl::Status s =
-        CORE.RequestKeyToken("TR34-SIZE", krd.CtKrd(), RawRtKrd(n), KeyAlgorithm::kAes128).status();
+        core_->RequestKeyToken("TR34-SIZE", krd.CtKrd(), RawRtKrd(n), KeyAlgorithm::kAes128)
+            .status();
     EXPECT_TRUE(s.ok()) << n << ": " << s;
   }
 }
 
 TEST_P(KmsCoreSuite, Tr34InstalledTerminalNeedsRekeyAndRekeyGivesANewTmk) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   TestKrd krd = NewKrd("TR34-REKEY");
   crypto::SecretBytes tmk1;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes128, tmk1);
-  ASSERT_TRUE(CORE.ConfirmKeyToken("TR34-REKEY", PROOF(krd, KeyAlgorithm::kAes128, tmk1)).ok());
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk1));
+  ASSERT_TRUE(core_->ConfirmKeyToken("TR34-REKEY", Proof(krd, KeyAlgorithm::kAes128, tmk1)).ok());
   const std::string kcv1 = Terminal("TR34-REKEY").tmk_kcv;
 
   absl::Status s =
-      CORE.RequestKeyToken("TR34-REKEY", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+      core_->RequestKeyToken("TR34-REKEY", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("re-key"));
 
-  ASSERT_TRUE(CORE.MarkForRekey(kAdmin, "TR34-REKEY", "yearly").ok());
+  ASSERT_TRUE(core_->MarkForRekey(kAdmin, "TR34-REKEY", "yearly").ok());
   EXPECT_EQ(Terminal("TR34-REKEY").state, TerminalState::kRekeyPending);
   crypto::SecretBytes tmk2;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes128, tmk2);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk2));
   EXPECT_NE(tmk2, tmk1);
   TerminalRecord t = Terminal("TR34-REKEY");
   EXPECT_NE(t.tmk_kcv, kcv1);
   EXPECT_EQ(t.tmk_generation, 2u);
   EXPECT_EQ(t.state, TerminalState::kTmkDelivered);
   // The old TMK's proof no longer installs anything.
-  s = CORE.ConfirmKeyToken("TR34-REKEY", PROOF(krd, KeyAlgorithm::kAes128, tmk1)).status();
+  s = core_->ConfirmKeyToken("TR34-REKEY", Proof(krd, KeyAlgorithm::kAes128, tmk1)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
   Advance(absl::Minutes(1));
-  ASSERT_TRUE(CORE.ConfirmKeyToken("TR34-REKEY", PROOF(krd, KeyAlgorithm::kAes128, tmk2)).ok());
+  ASSERT_TRUE(core_->ConfirmKeyToken("TR34-REKEY", Proof(krd, KeyAlgorithm::kAes128, tmk2)).ok());
   t = Terminal("TR34-REKEY");
   EXPECT_EQ(t.state, TerminalState::kInstalled);
   EXPECT_FALSE(t.rekey_requested);
@@ -352,136 +359,139 @@ TEST_P(KmsCoreSuite, Tr34InstalledTerminalNeedsRekeyAndRekeyGivesANewTmk) {
 
 TEST_P(KmsCoreSuite, Tr34RepeatedRequestRewrapsTheSameTmkForTheNewNonce) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   TestKrd krd = NewKrd("TR34-REPEAT");
   crypto::SecretBytes tmk1, tmk2;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes256, tmk1);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes256, *kdh, tmk1));
   const Bytes old_nonce = krd.nonce;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes256, tmk2);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes256, *kdh, tmk2));
   EXPECT_EQ(tmk1, tmk2);
   EXPECT_EQ(Terminal("TR34-REPEAT").tmk_generation, 1u);
   // Only the last token's random number installs.
   absl::StatusOr<Bytes> stale =
       tr34::InstallProof(KeyAlgorithm::kAes256, tmk1, "TR34-REPEAT", old_nonce);
   ASSERT_TRUE(stale.ok());
-  EXPECT_EQ(CORE.ConfirmKeyToken("TR34-REPEAT", *stale).status().code(),
+  EXPECT_EQ(core_->ConfirmKeyToken("TR34-REPEAT", *stale).status().code(),
             absl::StatusCode::kUnauthenticated);
   Advance(absl::Minutes(1));
-  EXPECT_TRUE(CORE.ConfirmKeyToken("TR34-REPEAT", PROOF(krd, KeyAlgorithm::kAes256, tmk2)).ok());
+  EXPECT_TRUE(core_->ConfirmKeyToken("TR34-REPEAT", Proof(krd, KeyAlgorithm::kAes256, tmk2)).ok());
 }
 
 TEST_P(KmsCoreSuite, Tr34RevokedAndLockedTerminalsAreRefused) {
   UseTr34(KmsCoreOptions{.lockout_threshold = 2});
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   TestKrd revoked = NewKrd("TR34-REVOKED");
   crypto::SecretBytes tmk;
-  REQUEST_AND_ACCEPT(revoked, KeyAlgorithm::kAes128, tmk);
-  ASSERT_TRUE(CORE.RevokeTerminal(kAdmin, "TR34-REVOKED", "stolen").ok());
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), revoked, KeyAlgorithm::kAes128, *kdh, tmk));
+  ASSERT_TRUE(core_->RevokeTerminal(kAdmin, "TR34-REVOKED", "stolen").ok());
   EXPECT_EQ(hsm_->UndestroyedKeys("TR34-REVOKED"), 0);
-  absl::Status s = CORE.RequestKeyToken("TR34-REVOKED", revoked.CtKrd(), revoked.NewRtKrd(),
-                                        KeyAlgorithm::kAes128)
+  absl::Status s = core_
+                       ->RequestKeyToken("TR34-REVOKED", revoked.CtKrd(), revoked.NewRtKrd(),
+                                         KeyAlgorithm::kAes128)
                        .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("revoked"));
-  s = CORE.ConfirmKeyToken("TR34-REVOKED", PROOF(revoked, KeyAlgorithm::kAes128, tmk)).status();
+  s = core_->ConfirmKeyToken("TR34-REVOKED", Proof(revoked, KeyAlgorithm::kAes128, tmk)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 
   // Two wrong proofs lock the terminal (lockout_threshold 2).
   TestKrd locked = NewKrd("TR34-LOCKED");
-  REQUEST_AND_ACCEPT(locked, KeyAlgorithm::kAes128, tmk);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), locked, KeyAlgorithm::kAes128, *kdh, tmk));
   for (int i = 0; i < 2; ++i) {
-    s = CORE.ConfirmKeyToken("TR34-LOCKED", Bytes(16, 0x55)).status();
+    s = core_->ConfirmKeyToken("TR34-LOCKED", Bytes(16, 0x55)).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
     if (std::optional<absl::Duration> wait = RetryDelay(s)) Advance(*wait);
   }
   EXPECT_EQ(Terminal("TR34-LOCKED").state, TerminalState::kLocked);
-  s = CORE.RequestKeyToken("TR34-LOCKED", locked.CtKrd(), locked.NewRtKrd(), KeyAlgorithm::kAes128)
+  s = core_
+          ->RequestKeyToken("TR34-LOCKED", locked.CtKrd(), locked.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("locked"));
   // Unlocked, it goes on.
-  ASSERT_TRUE(CORE.UnlockTerminal(kAdmin, "TR34-LOCKED", "checked").ok());
-  REQUEST_AND_ACCEPT(locked, KeyAlgorithm::kAes128, tmk);
-  EXPECT_TRUE(CORE.ConfirmKeyToken("TR34-LOCKED", PROOF(locked, KeyAlgorithm::kAes128, tmk)).ok());
+  ASSERT_TRUE(core_->UnlockTerminal(kAdmin, "TR34-LOCKED", "checked").ok());
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), locked, KeyAlgorithm::kAes128, *kdh, tmk));
+  EXPECT_TRUE(
+      core_->ConfirmKeyToken("TR34-LOCKED", Proof(locked, KeyAlgorithm::kAes128, tmk)).ok());
 }
 
 TEST_P(KmsCoreSuite, Tr34WrongProofIsRefusedCountedAndBacksOff) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   TestKrd krd = NewKrd("TR34-WRONG");
   crypto::SecretBytes tmk;
-  REQUEST_AND_ACCEPT(krd, KeyAlgorithm::kAes128, tmk);
-  Bytes wrong = PROOF(krd, KeyAlgorithm::kAes128, tmk);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk));
+  Bytes wrong = Proof(krd, KeyAlgorithm::kAes128, tmk);
   wrong[0] ^= 0x01;
-  absl::Status s = CORE.ConfirmKeyToken("TR34-WRONG", wrong).status();
+  absl::Status s = core_->ConfirmKeyToken("TR34-WRONG", wrong).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
   TerminalRecord t = Terminal("TR34-WRONG");
   EXPECT_EQ(t.consecutive_failures, 1u);
   EXPECT_EQ(t.state, TerminalState::kTmkDelivered);
   EXPECT_EQ(CountAudit("TR34-WRONG", "install.fail", "UNAUTHENTICATED"), 1);
-  absl::StatusOr<Statistics> st = CORE.GetStatistics();
+  absl::StatusOr<Statistics> st = core_->GetStatistics();
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->auth_failures_total, 1u);
   // Backing off: even the right proof waits, and HSM #2 is not asked.
   const int verifies = hsm_->calls("VerifyKeyTokenInstallProof");
-  s = CORE.ConfirmKeyToken("TR34-WRONG", PROOF(krd, KeyAlgorithm::kAes128, tmk)).status();
+  s = core_->ConfirmKeyToken("TR34-WRONG", Proof(krd, KeyAlgorithm::kAes128, tmk)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(hsm_->calls("VerifyKeyTokenInstallProof"), verifies);
   Advance(absl::Seconds(1));
-  ASSERT_TRUE(CORE.ConfirmKeyToken("TR34-WRONG", PROOF(krd, KeyAlgorithm::kAes128, tmk)).ok());
+  ASSERT_TRUE(core_->ConfirmKeyToken("TR34-WRONG", Proof(krd, KeyAlgorithm::kAes128, tmk)).ok());
   EXPECT_EQ(Terminal("TR34-WRONG").consecutive_failures, 0u);
   // A proof of the wrong length is malformed, not an attempt.
-  EXPECT_EQ(CORE.ConfirmKeyToken("TR34-WRONG", Bytes(8)).status().code(),
+  EXPECT_EQ(core_->ConfirmKeyToken("TR34-WRONG", Bytes(8)).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(KmsCoreSuite, Tr34ConfirmWithoutTokenIsFailedPrecondition) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   TestKrd krd = NewKrd("TR34-NOTOKEN");
-  ASSERT_TRUE(CORE.RegisterKrdCredentials(kAdmin, {krd.CtKrd()}).ok());
-  absl::Status s = CORE.ConfirmKeyToken("TR34-NOTOKEN", Bytes(16)).status();
+  ASSERT_TRUE(core_->RegisterKrdCredentials(kAdmin, {krd.CtKrd()}).ok());
+  absl::Status s = core_->ConfirmKeyToken("TR34-NOTOKEN", Bytes(16)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-  EXPECT_EQ(CORE.ConfirmKeyToken("TR34-UNKNOWN", Bytes(16)).status().code(),
+  EXPECT_EQ(core_->ConfirmKeyToken("TR34-UNKNOWN", Bytes(16)).status().code(),
             absl::StatusCode::kNotFound);
 }
 
 TEST_P(KmsCoreSuite, Tr34CrlIsCachedAndSurvivesACaOutageWhileCurrent) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
-  ASSERT_TRUE(CORE.GetKdhCredential("").ok());
+  ASSERT_TRUE(Provision(*core_).ok());
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
   EXPECT_EQ(ca_->crl_calls(), 1);
-  ASSERT_TRUE(CORE.GetKdhCredential("").ok());
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
   EXPECT_EQ(ca_->crl_calls(), 1);  // cached
   // Inside the refresh margin (CRL valid 1 h, margin 10 min): fetched again.
   Advance(absl::Minutes(51));
-  ASSERT_TRUE(CORE.GetKdhCredential("").ok());
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
   EXPECT_EQ(ca_->crl_calls(), 2);
   // CA down, cached CRL still current: served.
   ca_->SetDown(true);
   Advance(absl::Minutes(55));
-  absl::StatusOr<Bytes> served = CORE.GetKdhCredential("");
+  absl::StatusOr<Bytes> served = core_->GetKdhCredential("");
   ASSERT_TRUE(served.ok()) << served.status();
   // Past its nextUpdate with the CA still down: UNAVAILABLE.
   Advance(absl::Minutes(10));
-  absl::Status s = CORE.GetKdhCredential("").status();
+  absl::Status s = core_->GetKdhCredential("").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   TestKrd krd = NewKrd("TR34-CADOWN");
-  s = CORE.RequestKeyToken("TR34-CADOWN", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+  s = core_->RequestKeyToken("TR34-CADOWN", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   ca_->SetDown(false);
-  EXPECT_TRUE(CORE.GetKdhCredential("").ok());
+  EXPECT_TRUE(core_->GetKdhCredential("").ok());
 }
 
 TEST_P(KmsCoreSuite, Tr34CaDownWithoutCachedCrlIsUnavailable) {
   UseTr34();
-  ASSERT_TRUE(Provision(CORE).ok());
+  ASSERT_TRUE(Provision(*core_).ok());
   ca_->SetDown(true);
-  absl::Status s = CORE.GetKdhCredential("").status();
+  absl::Status s = core_->GetKdhCredential("").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(s.message(), HasSubstr("crl"));
   // Provisioning needs the CA too.
@@ -490,21 +500,21 @@ TEST_P(KmsCoreSuite, Tr34CaDownWithoutCachedCrlIsUnavailable) {
 
 TEST_P(KmsCoreSuite, Tr34AndPatentSnsStayWithTheirProtocol) {
   UseTr34();
-  absl::StatusOr<KdhKeyRecord> kdh = Provision(CORE);
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok());
   // A patent terminal asking for a TR-34 token.
   TestTerminal patent("TR34-PATENT", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(patent).ok());
   TestKrd krd = NewKrd("TR34-PATENT");
   absl::Status s =
-      CORE.RequestKeyToken("TR34-PATENT", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+      core_->RequestKeyToken("TR34-PATENT", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("patent protocol"));
-  EXPECT_EQ(CORE.ConfirmKeyToken("TR34-PATENT", Bytes(16)).status().code(),
+  EXPECT_EQ(core_->ConfirmKeyToken("TR34-PATENT", Bytes(16)).status().code(),
             absl::StatusCode::kFailedPrecondition);
   absl::StatusOr<std::vector<KrdRegistrationResult>> reg =
-      CORE.RegisterKrdCredentials(kAdmin, {krd.CtKrd()});
+      core_->RegisterKrdCredentials(kAdmin, {krd.CtKrd()});
   ASSERT_TRUE(reg.ok());
   EXPECT_EQ((*reg)[0].status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Terminal("TR34-PATENT").protocol, TerminalProtocol::kPatent);
@@ -512,9 +522,9 @@ TEST_P(KmsCoreSuite, Tr34AndPatentSnsStayWithTheirProtocol) {
   // A TR-34 terminal asking for the patent flow, or given a transport key.
   TestKrd tr = NewKrd("TR34-ONLY");
   crypto::SecretBytes tmk;
-  REQUEST_AND_ACCEPT(tr, KeyAlgorithm::kAes128, tmk);
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), tr, KeyAlgorithm::kAes128, *kdh, tmk));
   TestTerminal as_patent("TR34-ONLY", KeyAlgorithm::kAes128);
-  s = CORE.BeginAuthentication("TR34-ONLY", as_patent.NewRnd1()).status();
+  s = core_->BeginAuthentication("TR34-ONLY", as_patent.NewRnd1()).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("TR-34"));
   s = Submit(as_patent).status();
@@ -528,7 +538,7 @@ TEST_P(KmsCoreSuite, Tr34RegistrationTakesOneToAThousandAndAnswersEach) {
   TestKrd a = NewKrd("TR34-REG-A");
   TestKrd untrusted = NewKrd("TR34-REG-B", UntrustedKrdCa());
   absl::StatusOr<std::vector<KrdRegistrationResult>> reg =
-      CORE.RegisterKrdCredentials(kAdmin, {a.CtKrd(), untrusted.CtKrd(), Bytes{0x01}, a.CtKrd()});
+      core_->RegisterKrdCredentials(kAdmin, {a.CtKrd(), untrusted.CtKrd(), Bytes{0x01}, a.CtKrd()});
   ASSERT_TRUE(reg.ok()) << reg.status();
   ASSERT_EQ(reg->size(), 4u);
   EXPECT_TRUE((*reg)[0].status.ok());
@@ -538,20 +548,20 @@ TEST_P(KmsCoreSuite, Tr34RegistrationTakesOneToAThousandAndAnswersEach) {
   EXPECT_TRUE((*reg)[3].status.ok());
   EXPECT_TRUE((*reg)[3].duplicate);
   EXPECT_EQ(repo().GetTerminal("TR34-REG-B").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(CORE.RegisterKrdCredentials(kAdmin, {}).status().code(),
+  EXPECT_EQ(core_->RegisterKrdCredentials(kAdmin, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      CORE.RegisterKrdCredentials(kAdmin, std::vector<Bytes>(1001, Bytes{0x01})).status().code(),
+      core_->RegisterKrdCredentials(kAdmin, std::vector<Bytes>(1001, Bytes{0x01})).status().code(),
       absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(KmsCoreSuite, Tr34TerminalsAreListedWithTheirProtocol) {
   UseTr34();
   TestKrd a = NewKrd("TR34-LIST");
-  ASSERT_TRUE(CORE.RegisterKrdCredentials(kAdmin, {a.CtKrd()}).ok());
+  ASSERT_TRUE(core_->RegisterKrdCredentials(kAdmin, {a.CtKrd()}).ok());
   TestTerminal p("TR34-LISTP", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(p).ok());
-  absl::StatusOr<TerminalPage> page = CORE.ListTerminals(std::nullopt, "TR34-LIST", 10, "");
+  absl::StatusOr<TerminalPage> page = core_->ListTerminals(std::nullopt, "TR34-LIST", 10, "");
   ASSERT_TRUE(page.ok());
   ASSERT_EQ(page->terminals.size(), 2u);
   EXPECT_EQ(page->terminals[0].protocol, TerminalProtocol::kTr34);
@@ -559,12 +569,65 @@ TEST_P(KmsCoreSuite, Tr34TerminalsAreListedWithTheirProtocol) {
   EXPECT_EQ(page->terminals[0].krd_certificate_der, a.party.cert.ToDer());
   EXPECT_EQ(page->terminals[1].protocol, TerminalProtocol::kPatent);
   EXPECT_TRUE(page->terminals[1].krd_id.empty());
-  absl::StatusOr<Statistics> st = CORE.GetStatistics();
+  absl::StatusOr<Statistics> st = core_->GetStatistics();
   ASSERT_TRUE(st.ok());
   std::map<std::string, uint64_t> by(st->terminals_by_protocol.begin(),
                                      st->terminals_by_protocol.end());
   EXPECT_EQ(by["TR34"], 1u);
   EXPECT_EQ(by["PATENT"], 1u);
+}
+
+TEST_P(KmsCoreSuite, Tr34RepositoryKeepsAtMostOneActiveKdhKey) {
+  // The repository's own guard (the database's unique index), for two replicas racing.
+  KdhKeyRecord first{.key_index = 501,
+                     .label = "kdh",
+                     .certificate_der = Bytes{0x30, 0x00},
+                     .serial_hex = "0A",
+                     .not_after_s = 1'900'000'000,
+                     .created_at_ms = 1,
+                     .active = true};
+  ASSERT_TRUE(repo().InsertKdhKey(first, {}).ok());
+  KdhKeyRecord second = first;
+  second.key_index = 502;
+  absl::Status s = repo().InsertKdhKey(second, {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  absl::StatusOr<KdhKeyRecord> active = repo().GetActiveKdhKey();
+  ASSERT_TRUE(active.ok());
+  EXPECT_EQ(active->key_index, 501u);
+  EXPECT_EQ(active->certificate_der, first.certificate_der);
+  EXPECT_EQ(active->serial_hex, "0A");
+  absl::StatusOr<std::vector<KdhKeyRecord>> all = repo().ListKdhKeys();
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);
+}
+
+TEST_P(KmsCoreSuite, Tr34ProvisioningWithTheCaDownStoresNothing) {
+  UseTr34();
+  ca_->SetDown(true);
+  absl::Status s = core_->ProvisionKdhKey(kAdmin, "", 0).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  absl::StatusOr<std::vector<KdhKeyRecord>> keys = core_->ListKdhKeys();
+  ASSERT_TRUE(keys.ok());
+  EXPECT_TRUE(keys->empty());
+  EXPECT_EQ(CountAudit("", "kdh_key.provision", "UNAVAILABLE"), 1);
+  ca_->SetDown(false);
+  EXPECT_TRUE(core_->ProvisionKdhKey(kAdmin, "", 0).ok());
+}
+
+TEST_P(KmsCoreSuite, Tr34AnUnreachableHsmCostsTheTerminalNoAttempt) {
+  UseTr34();
+  absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
+  ASSERT_TRUE(kdh.ok());
+  TestKrd krd = NewKrd("TR34-HSMDOWN");
+  crypto::SecretBytes tmk;
+  ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk));
+  hsm_->FailNextCalls(1);
+  absl::Status s =
+      core_->ConfirmKeyToken("TR34-HSMDOWN", Proof(krd, KeyAlgorithm::kAes128, tmk)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_EQ(Terminal("TR34-HSMDOWN").consecutive_failures, 0u);
+  // At once again (no back-off): installed.
+  EXPECT_TRUE(core_->ConfirmKeyToken("TR34-HSMDOWN", Proof(krd, KeyAlgorithm::kAes128, tmk)).ok());
 }
 
 }  // namespace rkl::kms::testing
