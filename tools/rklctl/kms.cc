@@ -77,13 +77,14 @@ std::string ProtocolName(rkl::v1::TerminalProtocol p) {
 }
 
 void PrintTerminal(const rkl::v1::Terminal& t) {
-  std::cout << t.sn() << "  protocol=" << ProtocolName(t.protocol())
-            << "  state=" << StateName(t.state())
+  // The leading fields keep their places (scripts read them); protocol and krd_id come last.
+  std::cout << t.sn() << "  state=" << StateName(t.state())
             << "  algorithm=" << rkl::v1::KeyAlgorithm_Name(t.algorithm()).substr(14)
             << "  tmk_kcv=" << (t.tmk_kcv().empty() ? "-" : t.tmk_kcv())
             << "  tek_kcv=" << (t.tek_kcv().empty() ? "-" : t.tek_kcv())
             << "  generation=" << t.tmk_generation() << "  failures=" << t.consecutive_failures()
             << (t.rekey_requested() ? "  rekey-requested" : "")
+            << "  protocol=" << ProtocolName(t.protocol())
             << (t.krd_id().empty() ? "" : "  krd_id=" + t.krd_id()) << "\n";
 }
 

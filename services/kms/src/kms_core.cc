@@ -1235,8 +1235,9 @@ absl::StatusOr<Bytes> KmsCore::CurrentKdhCrl() {
 }
 
 absl::StatusOr<Bytes> KmsCore::GetKdhCredential(const std::string& sn, std::string_view source) {
-  RKL_RETURN_IF_ERROR(CheckTr34Configured());
+  // Malformed input first: INVALID_ARGUMENT whether TR-34 is configured or not.
   if (!sn.empty()) RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   absl::StatusOr<KdhKeyRecord> kdh = repository_.GetActiveKdhKey();
   if (kdh.status().code() == absl::StatusCode::kNotFound) {
     absl::Status s =
@@ -1260,8 +1261,8 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
                                                         std::span<const uint8_t> rt_krd,
                                                         crypto::KeyAlgorithm algorithm,
                                                         std::string_view source) {
-  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   const RefusalScope scope{kKeyTokenRefuse, source};
   const std::string actor = TerminalActor(sn);
   // Malformed or untrusted input: counted, not audited (no write per refusal).
@@ -1384,8 +1385,8 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
 absl::StatusOr<TerminalState> KmsCore::ConfirmKeyToken(const std::string& sn,
                                                        std::span<const uint8_t> proof,
                                                        std::string_view source) {
-  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   const RefusalScope scope{rkl::audit::action::kInstallConfirm, source};
   const std::string actor = TerminalActor(sn);
   absl::StatusOr<TerminalRecord> terminal = repository_.GetTerminal(sn);
@@ -1463,13 +1464,13 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmKeyToken(const std::string& sn,
 
 absl::StatusOr<KdhKeyRecord> KmsCore::ProvisionKdhKey(const std::string& actor,
                                                       const std::string& label, uint32_t bits) {
-  if (ca_ == nullptr) return absl::FailedPreconditionError("tr34: not configured");
   const std::string name = label.empty() ? std::string(kDefaultKdhLabel) : label;
   RKL_RETURN_IF_ERROR(CheckKdhLabel(name));
   if (bits == 0) bits = 2048;
   if (bits != 2048 && bits != 3072) {
     return absl::InvalidArgumentError("bits: 2048 or 3072");
   }
+  if (ca_ == nullptr) return absl::FailedPreconditionError("tr34: not configured");
   absl::StatusOr<KdhKeyRecord> active = repository_.GetActiveKdhKey();
   if (active.ok()) {
     return absl::FailedPreconditionError(
@@ -1517,11 +1518,19 @@ absl::StatusOr<std::vector<KdhKeyRecord>> KmsCore::ListKdhKeys() {
 
 absl::StatusOr<std::vector<KrdRegistrationResult>> KmsCore::RegisterKrdCredentials(
     const std::string& actor, const std::vector<Bytes>& ct_krds) {
-  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   if (ct_krds.empty() || ct_krds.size() > kMaxKrdRegistrations) {
     return absl::InvalidArgumentError(
         absl::StrCat("ct_krd: 1–", kMaxKrdRegistrations, " credentials per call"));
   }
+  // An oversize credential makes the whole request malformed (each other refusal is the
+  // credential's own).
+  for (size_t i = 0; i < ct_krds.size(); ++i) {
+    if (ct_krds[i].size() > kMaxCtKrdSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ct_krd[", i, "]: at most ", kMaxCtKrdSize, " bytes"));
+    }
+  }
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
   std::vector<KrdRegistrationResult> out;
   out.reserve(ct_krds.size());
   for (const Bytes& ct : ct_krds) {

@@ -159,6 +159,16 @@ TEST_P(KmsCoreSuite, Tr34RpcsAnswerNotConfiguredWithoutKrdCasOrCa) {
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
     EXPECT_THAT(s.message(), HasSubstr("tr34: not configured"));
   }
+  // Malformed input is INVALID_ARGUMENT all the same.
+  EXPECT_EQ(core_->GetKdhCredential("bad sn").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->RequestKeyToken("bad sn", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ConfirmKeyToken("bad sn", Bytes(16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ProvisionKdhKey(kAdmin, std::string(65, 'a'), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
   // A CA but no KRD CA: still not configured for terminals.
   UseTr34(KmsCoreOptions{});
   KmsCoreOptions none;
@@ -550,6 +560,13 @@ TEST_P(KmsCoreSuite, Tr34RegistrationTakesOneToAThousandAndAnswersEach) {
   EXPECT_EQ(repo().GetTerminal("TR34-REG-B").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(core_->RegisterKrdCredentials(kAdmin, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // An oversize credential makes the whole call malformed; nothing is bound.
+  Bytes big(kMaxCtKrdSize + 1, 0x30);
+  TestKrd c = NewKrd("TR34-REG-C");
+  absl::Status s = core_->RegisterKrdCredentials(kAdmin, {c.CtKrd(), big}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("ct_krd[1]"));
+  EXPECT_EQ(repo().GetTerminal("TR34-REG-C").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(
       core_->RegisterKrdCredentials(kAdmin, std::vector<Bytes>(1001, Bytes{0x01})).status().code(),
       absl::StatusCode::kInvalidArgument);
