@@ -10,8 +10,10 @@
 #include <memory>
 
 #include "absl/time/time.h"
+#include "ca_port.h"
 #include "hsm_port.h"
 #include "rkl/rpc/peer_client.h"
+#include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 
 namespace rkl::kms {
@@ -36,9 +38,29 @@ class GrpcHsmPort final : public HsmPort {
                                   std::span<const uint8_t> proof) override;
   absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& sn,
                                                             const std::string& reason) override;
+  absl::StatusOr<GeneratedKdhKey> GenerateKdhKey(uint32_t bits, const std::string& label) override;
+  absl::StatusOr<BuiltKeyToken> BuildKeyToken(const KeyTokenOrder& order) override;
+  absl::Status VerifyKeyTokenInstallProof(uint64_t tmk_index, const std::string& sn,
+                                          std::span<const uint8_t> krd_nonce,
+                                          std::span<const uint8_t> proof) override;
 
  private:
   const rpc::PeerClient<rkl::v1::Hsm> hsm_;
+};
+
+// GrpcCaPort: CaPort over rkl.v1.CertificateAuthority (role kms), through an mTLS channel
+// (config ca.*, with KMS's own client identity hsm.tls). Errors as GrpcHsmPort's.
+class GrpcCaPort final : public CaPort {
+ public:
+  GrpcCaPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
+
+  absl::StatusOr<IssuedKdhCertificate> IssueKdhCertificate(std::span<const uint8_t> public_key_der,
+                                                           const std::string& hsm_id,
+                                                           uint64_t key_index) override;
+  absl::StatusOr<KdhCrl> GetKdhCrl() override;
+
+ private:
+  const rpc::PeerClient<rkl::v1::CertificateAuthority> ca_;
 };
 
 }  // namespace rkl::kms

@@ -52,6 +52,31 @@ struct AuthenticatedDelivery {
   ExportedKeyBlock block;
 };
 
+// TR-34 (docs/kms.md "TR-34 terminals").
+struct GeneratedKdhKey {
+  uint64_t key_index = 0;
+  Bytes public_key_der;  // SubjectPublicKeyInfo
+};
+
+struct KeyTokenOrder {
+  std::string sn;
+  crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+  Bytes krd_certificate_der;
+  Bytes krd_nonce;
+  uint64_t kdh_key_index = 0;
+  Bytes kdh_certificate_der;
+  std::vector<Bytes> crls;  // DER, the kdh-ca CRL
+  bool replace_existing = false;
+};
+
+struct BuiltKeyToken {
+  Bytes key_token;
+  uint64_t tmk_index = 0;
+  std::string tmk_kcv;
+  bool created = false;  // false: the live TMK bound to this KRD went into the token
+  std::string krd_id;
+};
+
 class HsmPort {
  public:
   virtual ~HsmPort() = default;
@@ -82,6 +107,16 @@ class HsmPort {
   // returns the indexes destroyed now (none when a previous call destroyed them).
   virtual absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& sn,
                                                                     const std::string& reason) = 0;
+
+  // TR-34: Hsm.GenerateKdhKey (KEY_USAGE_KDH_SIGN, `bits` 2048 or 3072).
+  virtual absl::StatusOr<GeneratedKdhKey> GenerateKdhKey(uint32_t bits,
+                                                         const std::string& label) = 0;
+  // TR-34: Hsm.BuildKeyToken, a two-pass key token for one KRD (hsm.proto).
+  virtual absl::StatusOr<BuiltKeyToken> BuildKeyToken(const KeyTokenOrder& order) = 0;
+  // TR-34: Hsm.VerifyKeyTokenInstallProof; UNAUTHENTICATED when the proof does not verify.
+  virtual absl::Status VerifyKeyTokenInstallProof(uint64_t tmk_index, const std::string& sn,
+                                                  std::span<const uint8_t> krd_nonce,
+                                                  std::span<const uint8_t> proof) = 0;
 };
 
 // True for the codes after which the same HSM call may simply be repeated.

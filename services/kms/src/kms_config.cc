@@ -2,11 +2,15 @@
 
 #include <unistd.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/crypto/x509.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/rpc/tls.h"
 
 namespace rkl::kms {
 
@@ -31,6 +35,21 @@ ConfigSchema MakeKmsConfigSchema() {
   s.Int("hsm.mak_index", "HSM #2 key index of MAK (from the key ceremony)")
       .Required()
       .Range(1, INT64_MAX);
+  // TR-34 (docs/kms.md "TR-34 terminals"): off unless tr34.krd_ca_files names a KRD CA.
+  s.String("tr34.krd_ca_files",
+           "PEM files of the KRD CAs (terminal manufacturers) whose KRD certificates KMS "
+           "accepts, separated by commas; empty: the TR-34 RPCs answer FAILED_PRECONDITION")
+      .Default("");
+  s.String("tr34.kdh_hsm_id", "HSM id named in the KDH certificate (CN kdh:<hsm-id>:<index>)")
+      .Default("hsm-kms");
+  s.Duration("tr34.crl_refresh_margin",
+             "the kdh-ca CRL is fetched again this long before its nextUpdate")
+      .Default("10m");
+  s.String("ca.endpoint",
+           "gRPC target of the CA (KDH certificate and kdh-ca CRL, TR-34 only); empty: none")
+      .Default("");
+  s.String("ca.authority", "name the CA's certificate must carry").Default("ca");
+  s.Duration("ca.timeout", "deadline of each CA call").Default("5s");
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
   s.Duration("session.retention",
              "how long after its expiry a session is kept before the purge deletes it; at "
@@ -105,6 +124,27 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.core.backoff_base = config.GetDuration("lockout.backoff_base");
   k.core.backoff_max = config.GetDuration("lockout.backoff_max");
   k.terminal_limits = rpc::PublicCallLimitsFromConfig(config);
+  for (absl::string_view file :
+       absl::StrSplit(config.GetString("tr34.krd_ca_files"), ',', absl::SkipWhitespace())) {
+    const std::string path(absl::StripAsciiWhitespace(file));
+    absl::StatusOr<std::string> pem = rpc::ReadPemFile(path, "KRD CA certificate");
+    if (!pem.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tr34.krd_ca_files: ", path, ": ", pem.status().message()));
+    }
+    absl::StatusOr<crypto::Certificate> ca = crypto::Certificate::FromPem(*pem);
+    if (!ca.ok() || !ca->IsCa()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tr34.krd_ca_files: ", path, ": not a PEM CA certificate"));
+    }
+    k.core.krd_cas.push_back(*std::move(ca));
+  }
+  k.core.kdh_hsm_id = config.GetString("tr34.kdh_hsm_id");
+  k.core.crl_refresh_margin = config.GetDuration("tr34.crl_refresh_margin");
+  k.ca_target = config.GetString("ca.endpoint");
+  k.ca_channel.tls = k.hsm_channel.tls;  // KMS's own client identity, as towards HSM #2
+  k.ca_channel.authority = config.GetString("ca.authority");
+  k.ca_timeout = config.GetDuration("ca.timeout");
   k.shutdown_grace = config.GetDuration("shutdown.grace");
   k.crl = rpc::ServiceCaCrlOptionsFromConfig(config, k.server.tls);
   RKL_ASSIGN_OR_RETURN(k.audit, audit::AuditSettingsFromConfig(config));

@@ -25,6 +25,9 @@ struct KmsSettings {
   std::string hsm_target;
   rpc::ChannelOptions hsm_channel;
   absl::Duration hsm_timeout;
+  std::string ca_target;  // ca.endpoint: empty = no CA, TR-34 off
+  rpc::ChannelOptions ca_channel;
+  absl::Duration ca_timeout;
   KmsCoreOptions core;
   TerminalRateLimits terminal_limits;  // limits.*
   absl::Duration shutdown_grace;

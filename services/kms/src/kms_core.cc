@@ -13,6 +13,8 @@
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/sn.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/tr34/profile.h"
+#include "rkl/tr34/tokens.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl::kms {
@@ -124,6 +126,16 @@ absl::Status SessionRefusal(const TerminalRecord& terminal, bool stale, const ch
                                                  AlgorithmName(terminal.algorithm), " terminal"));
 }
 
+// A terminal asked for by the other protocol's RPCs.
+absl::Status WrongProtocolError(TerminalProtocol protocol) {
+  return protocol == TerminalProtocol::kTr34
+             ? absl::FailedPreconditionError(
+                   "sn: terminal uses the TR-34 protocol (RequestKeyToken), not the patent "
+                   "protocol")
+             : absl::FailedPreconditionError(
+                   "sn: terminal uses the patent protocol (BeginAuthentication), not TR-34");
+}
+
 std::string Describe(const TerminalRecord& t) {
   std::string d = absl::StrCat("state ", TerminalStateName(t.state), ", algorithm ",
                                AlgorithmName(t.algorithm));
@@ -143,9 +155,10 @@ std::string Describe(const TerminalRecord& t) {
 std::string TerminalActor(const std::string& sn) { return absl::StrCat("terminal:", sn); }
 
 KmsCore::KmsCore(KmsRepository& repository, HsmPort& hsm, Clock clock, crypto::RandomSource random,
-                 KmsCoreOptions options)
+                 KmsCoreOptions options, CaPort* ca)
     : repository_(repository),
       hsm_(hsm),
+      ca_(ca),
       clock_(std::move(clock)),
       random_(std::move(random)),
       options_(options) {}
@@ -284,6 +297,12 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     }
     RKL_RETURN_IF_ERROR(existing.status());
     TerminalRecord t = *std::move(existing);
+    if (t.protocol != TerminalProtocol::kPatent) {
+      absl::Status s = WrongProtocolError(t.protocol);
+      AuditFailure(actor, rkl::audit::action::kTkSubmit, sn,
+                   absl::StrCat("submission ", submission_id), s);
+      return s;
+    }
     // An exact repeat (an MTMS outbox retry) changes nothing, whatever the state.
     if (t.ctk_pk == ctk) return SubmitResult{t.state, true};
     // Nor does the same transport key in another package (the operator terminal sent it
@@ -448,7 +467,9 @@ absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
   absl::Status refusal;
   // An INSTALLED terminal may authenticate again: one that lost ConfirmInstallation's reply
   // proves AUK in a fresh session and confirms the same TMK (CompleteAuthentication).
-  if (IsBlocked(terminal->state)) {
+  if (terminal->protocol != TerminalProtocol::kPatent) {
+    refusal = WrongProtocolError(terminal->protocol);
+  } else if (IsBlocked(terminal->state)) {
     refusal = BlockedError(terminal->state);
   } else if (terminal->state == TerminalState::kRekeyPending) {
     refusal = absl::FailedPreconditionError(
@@ -1073,6 +1094,466 @@ absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t pag
   }
   page.records = std::move(rows);
   return page;
+}
+
+// ---------------------------------------------------------------------------------------
+// TR-34 terminals (docs/kms.md "TR-34 terminals")
+
+namespace {
+
+// Audit actions of the TR-34 RPCs (to join rkl/audit/actions.h).
+constexpr char kKrdBind[] = "krd.bind";
+constexpr char kKrdRefuse[] = "krd.refuse";
+constexpr char kKeyTokenIssue[] = "key_token.issue";
+constexpr char kKeyTokenRefuse[] = "key_token.refuse";
+constexpr char kKdhKeyProvision[] = "kdh_key.provision";
+
+constexpr char kDefaultKdhLabel[] = "kdh";
+
+bool IsTr34Algorithm(crypto::KeyAlgorithm a) {
+  return a == crypto::KeyAlgorithm::kAes128 || a == crypto::KeyAlgorithm::kAes256 ||
+         a == crypto::KeyAlgorithm::kTdes2;
+}
+
+absl::Status CheckKdhLabel(const std::string& label) {
+  if (label.empty() || label.size() > 64) {
+    return absl::InvalidArgumentError("label: 1–64 printable ASCII characters");
+  }
+  for (char c : label) {
+    if (c < 0x20 || c > 0x7E) {
+      return absl::InvalidArgumentError("label: 1–64 printable ASCII characters");
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ShortKrd(const std::string& krd_id) { return krd_id.substr(0, 16); }
+
+}  // namespace
+
+absl::Status KmsCore::CheckTr34Configured() const {
+  if (ca_ == nullptr || options_.krd_cas.empty()) {
+    return absl::FailedPreconditionError("tr34: not configured");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KmsCore::CheckedKrd> KmsCore::CheckKrdCredential(
+    std::span<const uint8_t> ct_krd) const {
+  if (ct_krd.size() > kMaxCtKrdSize) {
+    return absl::InvalidArgumentError(absl::StrCat("ct_krd: at most ", kMaxCtKrdSize, " bytes"));
+  }
+  absl::StatusOr<tr34::CredentialToken> token = tr34::ParseCredentialToken(ct_krd);
+  if (!token.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ct_krd: not a TR-34 credential token (", token.status().message(), ")"));
+  }
+  if (token->certificates.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ct_krd: must carry exactly one certificate, the KRD's (it carries ",
+                     token->certificates.size(), ")"));
+  }
+  const crypto::Certificate& cert = token->certificates[0];
+  bool trusted = false;
+  for (const crypto::Certificate& ca : options_.krd_cas) {
+    if (tr34::CheckRole(cert, tr34::Role::kKrd, ca).ok()) {
+      trusted = true;
+      break;
+    }
+  }
+  if (!trusted) {
+    return absl::UnauthenticatedError(
+        "ct_krd: the certificate is not a KRD certificate (role KRD: keyEncipherment, not a CA) "
+        "issued by a KRD CA this KMS trusts");
+  }
+  CheckedKrd krd;
+  RKL_ASSIGN_OR_RETURN(krd.sn, tr34::SnOfKrdCertificate(cert));
+  RKL_ASSIGN_OR_RETURN(tr34::CertId id, tr34::CertIdOf(cert));
+  krd.krd_id = tr34::KrdIdOf(id);
+  krd.certificate_der = cert.ToDer();
+  return krd;
+}
+
+absl::StatusOr<TerminalRecord> KmsCore::BindKrd(const std::string& actor, const CheckedKrd& krd,
+                                                bool* created) {
+  *created = false;
+  for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
+    absl::StatusOr<TerminalRecord> existing = repository_.GetTerminal(krd.sn);
+    if (existing.ok()) {
+      if (existing->protocol != TerminalProtocol::kTr34) {
+        return WrongProtocolError(existing->protocol);
+      }
+      if (existing->krd_id != krd.krd_id) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("ct_krd: sn is bound to another KRD (", ShortKrd(existing->krd_id),
+                         "…); a KRD certificate of another device is refused"));
+      }
+      return existing;
+    }
+    if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
+    TerminalRecord t;
+    t.sn = krd.sn;
+    t.protocol = TerminalProtocol::kTr34;
+    t.state = TerminalState::kTkReceived;
+    t.krd_id = krd.krd_id;
+    t.krd_certificate_der = krd.certificate_der;
+    t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
+    absl::Status s = repository_.InsertTerminal(
+        t, {Audit(actor, kKrdBind, krd.sn, absl::StrCat("krd_id ", krd.krd_id))});
+    if (s.code() == absl::StatusCode::kAlreadyExists) continue;  // bound concurrently
+    RKL_RETURN_IF_ERROR(s);
+    *created = true;
+    t.version = 1;
+    return t;
+  }
+  return absl::AbortedError("sn: terminal changed concurrently too often; retry");
+}
+
+absl::StatusOr<Bytes> KmsCore::CurrentKdhCrl() {
+  const int64_t now_s = absl::ToUnixSeconds(clock_());
+  const int64_t margin_s = absl::ToInt64Seconds(options_.crl_refresh_margin);
+  {
+    absl::MutexLock lock(&crl_mu_);
+    if (crl_cache_ && now_s < crl_cache_->next_update_s - margin_s) return crl_cache_->crl_der;
+  }
+  absl::StatusOr<KdhCrl> fetched = ca_->GetKdhCrl();
+  absl::MutexLock lock(&crl_mu_);
+  if (fetched.ok()) {
+    crl_cache_ = *fetched;
+    return fetched->crl_der;
+  }
+  // A CA outage: a CRL that is still current keeps serving (terminals accept it until
+  // nextUpdate); without one the terminal could not accept the KDH anyway.
+  if (crl_cache_ && now_s < crl_cache_->next_update_s) {
+    spdlog::warn("kms: kdh-ca CRL not refreshed ({}); serving the cached one until {}",
+                 fetched.status().ToString(), crl_cache_->next_update_s);
+    return crl_cache_->crl_der;
+  }
+  return absl::UnavailableError(
+      absl::StrCat("crl: the kdh-ca CRL cannot be fetched from the CA and none is cached (",
+                   fetched.status().message(), ")"));
+}
+
+absl::StatusOr<Bytes> KmsCore::GetKdhCredential(const std::string& sn, std::string_view source) {
+  // Malformed input first: INVALID_ARGUMENT whether TR-34 is configured or not.
+  if (!sn.empty()) RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
+  absl::StatusOr<KdhKeyRecord> kdh = repository_.GetActiveKdhKey();
+  if (kdh.status().code() == absl::StatusCode::kNotFound) {
+    absl::Status s =
+        absl::FailedPreconditionError("kdh: no KDH key is provisioned (rklctl kms kdh provision)");
+    CountRefusal({kKeyTokenRefuse, source}, kAnySn, s);
+    return s;
+  }
+  RKL_RETURN_IF_ERROR(kdh.status());
+  RKL_ASSIGN_OR_RETURN(Bytes crl, CurrentKdhCrl());
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate cert,
+                       crypto::Certificate::FromDer(kdh->certificate_der));
+  const crypto::Certificate certs[] = {cert};
+  const Bytes crls[] = {crl};
+  // Not audited: anyone may fetch the public credential, and a write per call would let
+  // anyone make KMS write.
+  return tr34::BuildCredentialToken(certs, crls);
+}
+
+absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
+                                                        std::span<const uint8_t> ct_krd,
+                                                        std::span<const uint8_t> rt_krd,
+                                                        crypto::KeyAlgorithm algorithm,
+                                                        std::string_view source) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
+  const RefusalScope scope{kKeyTokenRefuse, source};
+  const std::string actor = TerminalActor(sn);
+  // Malformed or untrusted input: counted, not audited (no write per refusal).
+  auto refuse = [&](absl::Status s) {
+    CountRefusal(scope, kAnySn, s);
+    return s;
+  };
+  if (rt_krd.size() > kMaxRtKrdSize) {
+    return refuse(
+        absl::InvalidArgumentError(absl::StrCat("rt_krd: at most ", kMaxRtKrdSize, " bytes")));
+  }
+  if (!IsTr34Algorithm(algorithm)) {
+    return refuse(absl::InvalidArgumentError("algorithm: AES128, AES256 or TDES2"));
+  }
+  absl::StatusOr<CheckedKrd> krd = CheckKrdCredential(ct_krd);
+  if (!krd.ok()) return refuse(krd.status());
+  if (krd->sn != sn) {
+    return refuse(absl::InvalidArgumentError(
+        "ct_krd: the KRD certificate's subject CN names another SN than sn"));
+  }
+  absl::StatusOr<Bytes> nonce = tr34::ParseRandomNumberToken(rt_krd);
+  if (!nonce.ok()) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("rt_krd: not a TR-34 random number token (", nonce.status().message(), ")")));
+  }
+  if (nonce->size() < tr34::kMinNonceSize || nonce->size() > kMaxKrdNonceSize) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("rt_krd: the random number must be ", tr34::kMinNonceSize, "–",
+                     kMaxKrdNonceSize, " bytes (it is ", nonce->size(), ")")));
+  }
+  bool created = false;
+  absl::StatusOr<TerminalRecord> bound = BindKrd(actor, *krd, &created);
+  if (!bound.ok()) {
+    if (bound.status().code() == absl::StatusCode::kPermissionDenied) {
+      AuditFailure(actor, kKrdRefuse, sn, absl::StrCat("krd_id ", krd->krd_id), bound.status());
+    } else if (bound.status().code() == absl::StatusCode::kFailedPrecondition) {
+      CountRefusal(scope, sn, bound.status());
+    }
+    return bound.status();
+  }
+  TerminalRecord t = *std::move(bound);
+  absl::Status refusal;
+  if (IsBlocked(t.state)) {
+    refusal = BlockedError(t.state);
+  } else if (t.state == TerminalState::kInstalled) {
+    refusal = absl::FailedPreconditionError(
+        "sn: terminal has an installed TMK; an administrator must mark it for re-key before "
+        "it gets another key token");
+  }
+  if (!refusal.ok()) {
+    CountRefusal(scope, sn, refusal);
+    return refusal;
+  }
+  // A re-key makes a new TMK; so does another algorithm than the pending TMK's. A repeated
+  // request while TMK_DELIVERED puts the same TMK in a token for the new random number.
+  const bool replace = t.state == TerminalState::kRekeyPending ||
+                       (t.tmk_index.has_value() && t.algorithm != algorithm);
+  absl::StatusOr<KdhKeyRecord> kdh = repository_.GetActiveKdhKey();
+  if (kdh.status().code() == absl::StatusCode::kNotFound) {
+    return refuse(
+        absl::FailedPreconditionError("kdh: no KDH key is provisioned (rklctl kms kdh provision)"));
+  }
+  RKL_RETURN_IF_ERROR(kdh.status());
+  RKL_ASSIGN_OR_RETURN(Bytes crl, CurrentKdhCrl());
+  KeyTokenOrder order{.sn = sn,
+                      .algorithm = algorithm,
+                      .krd_certificate_der = krd->certificate_der,
+                      .krd_nonce = *nonce,
+                      .kdh_key_index = kdh->key_index,
+                      .kdh_certificate_der = kdh->certificate_der,
+                      .crls = {crl},
+                      .replace_existing = replace};
+  absl::StatusOr<BuiltKeyToken> token = hsm_.BuildKeyToken(order);
+  if (!token.ok()) {
+    AuditFailure(actor, kKeyTokenIssue, sn,
+                 absl::StrCat("HSM #2 BuildKeyToken, krd_id ", krd->krd_id, ", kdh_key_index ",
+                              kdh->key_index),
+                 token.status());
+    return token.status();
+  }
+  if (token->krd_id != krd->krd_id) {
+    absl::Status s = absl::InternalError("HSM #2 bound the TMK to another KRD than requested");
+    AuditFailure(actor, kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id), s);
+    return s;
+  }
+  absl::StatusOr<TerminalRecord> after = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        if (cur.krd_id != krd->krd_id) {
+          return absl::PermissionDeniedError("ct_krd: sn is bound to another KRD");
+        }
+        if (IsBlocked(cur.state)) return BlockedError(cur.state);
+        if (cur.state == TerminalState::kInstalled) {
+          return absl::FailedPreconditionError("sn: terminal installed its TMK meanwhile");
+        }
+        Change c{cur};
+        const bool new_tmk = token->created || cur.tmk_index != token->tmk_index;
+        c.record.state = TerminalState::kTmkDelivered;
+        c.record.algorithm = algorithm;
+        c.record.tmk_index = token->tmk_index;
+        c.record.tmk_kcv = token->tmk_kcv;
+        if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
+        c.record.krd_nonce = *nonce;
+        c.audit.push_back(
+            Audit(actor, kKeyTokenIssue, sn,
+                  absl::StrCat("krd_id ", krd->krd_id, ", kdh_key_index ", kdh->key_index,
+                               ", tmk_index ", token->tmk_index, " tmk_kcv ", token->tmk_kcv,
+                               " generation ", c.record.tmk_generation, new_tmk ? ", new TMK" : "",
+                               replace ? ", re-key" : "")));
+        return c;
+      },
+      &t);
+  if (!after.ok()) {
+    AuditFailure(actor, kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id), after.status());
+    return after.status();
+  }
+  return KeyTokenResult{std::move(token->key_token), token->tmk_kcv, after->state};
+}
+
+absl::StatusOr<TerminalState> KmsCore::ConfirmKeyToken(const std::string& sn,
+                                                       std::span<const uint8_t> proof,
+                                                       std::string_view source) {
+  RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
+  const RefusalScope scope{rkl::audit::action::kInstallConfirm, source};
+  const std::string actor = TerminalActor(sn);
+  absl::StatusOr<TerminalRecord> terminal = repository_.GetTerminal(sn);
+  if (!terminal.ok()) {
+    if (terminal.status().code() == absl::StatusCode::kNotFound) {
+      CountRefusal(scope, kAnySn, terminal.status());
+    }
+    return terminal.status();
+  }
+  TerminalRecord t = *std::move(terminal);
+  absl::Status refusal;
+  const bool again = t.state == TerminalState::kInstalled;
+  if (t.protocol != TerminalProtocol::kTr34) {
+    refusal = WrongProtocolError(t.protocol);
+  } else if (IsBlocked(t.state)) {
+    refusal = BlockedError(t.state);
+  } else if ((t.state != TerminalState::kTmkDelivered && !again) || !t.tmk_index ||
+             t.krd_nonce.empty()) {
+    refusal = absl::FailedPreconditionError(absl::StrCat(
+        "sn: no key token awaits an install proof (terminal is ", TerminalStateName(t.state), ")"));
+  } else if (proof.size() != crypto::BlockSize(t.algorithm)) {
+    refusal = absl::InvalidArgumentError(
+        absl::StrCat("proof: must be ", crypto::BlockSize(t.algorithm), " bytes for a ",
+                     AlgorithmName(t.algorithm), " TMK"));
+  }
+  if (!refusal.ok()) {
+    CountRefusal(scope, sn, refusal);
+    return refusal;
+  }
+  // Charged before HSM #2 sees it, as every proof.
+  RKL_ASSIGN_OR_RETURN(ProofAttempt attempt, ChargeAttempt(sn, t));
+  const uint64_t tmk_index = *t.tmk_index;
+  const std::string tmk_kcv = t.tmk_kcv;
+  const Bytes nonce = t.krd_nonce;
+  absl::Status verified = hsm_.VerifyKeyTokenInstallProof(tmk_index, sn, nonce, proof);
+  if (verified.code() == absl::StatusCode::kUnauthenticated) {
+    return RecordFailure(sn, rkl::audit::action::kInstallFail,
+                         absl::StrCat("TR-34 install proof did not verify, tmk_kcv ", tmk_kcv),
+                         attempt, "proof: install proof does not verify");
+  }
+  if (!verified.ok()) {
+    RefundAttempt(sn);
+    AuditFailure(actor, rkl::audit::action::kInstallConfirm, sn,
+                 "HSM #2 VerifyKeyTokenInstallProof", verified);
+    return verified;
+  }
+  absl::StatusOr<TerminalRecord> installed = Mutate(
+      sn,
+      [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
+        if (cur.tmk_index != tmk_index || cur.krd_nonce != nonce ||
+            (cur.state != TerminalState::kTmkDelivered && cur.state != TerminalState::kInstalled)) {
+          return absl::FailedPreconditionError(
+              "sn: the TMK of the confirmed token is no longer pending installation");
+        }
+        Change c{cur};
+        const bool repeat = cur.state == TerminalState::kInstalled;
+        c.record.consecutive_failures = 0;
+        if (!repeat) {
+          c.record.state = TerminalState::kInstalled;
+          c.record.installed_at_ms = NowMs();
+          c.record.rekey_requested = false;
+        }
+        c.audit.push_back(Audit(
+            actor,
+            repeat ? rkl::audit::action::kInstallReconfirm : rkl::audit::action::kTerminalInstalled,
+            sn,
+            absl::StrCat("krd_id ", cur.krd_id, ", tmk_index ", tmk_index, " tmk_kcv ", tmk_kcv,
+                         " generation ", cur.tmk_generation)));
+        return c;
+      },
+      &t);
+  if (!installed.ok()) return installed.status();
+  return installed->state;
+}
+
+absl::StatusOr<KdhKeyRecord> KmsCore::ProvisionKdhKey(const std::string& actor,
+                                                      const std::string& label, uint32_t bits) {
+  const std::string name = label.empty() ? std::string(kDefaultKdhLabel) : label;
+  RKL_RETURN_IF_ERROR(CheckKdhLabel(name));
+  if (bits == 0) bits = 2048;
+  if (bits != 2048 && bits != 3072) {
+    return absl::InvalidArgumentError("bits: 2048 or 3072");
+  }
+  if (ca_ == nullptr) return absl::FailedPreconditionError("tr34: not configured");
+  absl::StatusOr<KdhKeyRecord> active = repository_.GetActiveKdhKey();
+  if (active.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("kdh: a KDH key is already active (key_index ", active->key_index, ")"));
+  }
+  if (active.status().code() != absl::StatusCode::kNotFound) return active.status();
+  absl::StatusOr<GeneratedKdhKey> key = hsm_.GenerateKdhKey(bits, name);
+  if (!key.ok()) {
+    AuditFailure(actor, kKdhKeyProvision, "", "HSM #2 GenerateKdhKey", key.status());
+    return key.status();
+  }
+  absl::StatusOr<IssuedKdhCertificate> cert =
+      ca_->IssueKdhCertificate(key->public_key_der, options_.kdh_hsm_id, key->key_index);
+  if (!cert.ok()) {
+    AuditFailure(actor, kKdhKeyProvision, "",
+                 absl::StrCat("CA IssueKdhCertificate for key_index ", key->key_index,
+                              " (the key stays unused in HSM #2)"),
+                 cert.status());
+    return cert.status();
+  }
+  KdhKeyRecord record{.key_index = key->key_index,
+                      .label = name,
+                      .certificate_der = cert->certificate_der,
+                      .serial_hex = cert->serial_hex,
+                      .not_after_s = cert->not_after_s,
+                      .created_at_ms = NowMs(),
+                      .active = true};
+  absl::Status s = repository_.InsertKdhKey(
+      record, {Audit(actor, kKdhKeyProvision, "",
+                     absl::StrCat("key_index ", record.key_index, ", label ", name, ", bits ", bits,
+                                  ", hsm_id ", options_.kdh_hsm_id, ", certificate serial ",
+                                  record.serial_hex, ", not_after ", record.not_after_s))});
+  if (!s.ok()) {
+    AuditFailure(actor, kKdhKeyProvision, "", absl::StrCat("key_index ", record.key_index), s);
+    return s;
+  }
+  spdlog::info("kms: KDH key provisioned: key_index {}, certificate serial {}", record.key_index,
+               record.serial_hex);
+  return record;
+}
+
+absl::StatusOr<std::vector<KdhKeyRecord>> KmsCore::ListKdhKeys() {
+  return repository_.ListKdhKeys();
+}
+
+absl::StatusOr<std::vector<KrdRegistrationResult>> KmsCore::RegisterKrdCredentials(
+    const std::string& actor, const std::vector<Bytes>& ct_krds) {
+  if (ct_krds.empty() || ct_krds.size() > kMaxKrdRegistrations) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ct_krd: 1–", kMaxKrdRegistrations, " credentials per call"));
+  }
+  // An oversize credential makes the whole request malformed (each other refusal is the
+  // credential's own).
+  for (size_t i = 0; i < ct_krds.size(); ++i) {
+    if (ct_krds[i].size() > kMaxCtKrdSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ct_krd[", i, "]: at most ", kMaxCtKrdSize, " bytes"));
+    }
+  }
+  RKL_RETURN_IF_ERROR(CheckTr34Configured());
+  std::vector<KrdRegistrationResult> out;
+  out.reserve(ct_krds.size());
+  for (const Bytes& ct : ct_krds) {
+    KrdRegistrationResult r;
+    absl::StatusOr<CheckedKrd> krd = CheckKrdCredential(ct);
+    if (!krd.ok()) {
+      r.status = krd.status();
+      out.push_back(std::move(r));
+      continue;
+    }
+    r.sn = krd->sn;
+    r.krd_id = krd->krd_id;
+    bool created = false;
+    absl::StatusOr<TerminalRecord> bound = BindKrd(actor, *krd, &created);
+    r.status = bound.status();
+    r.duplicate = bound.ok() && !created;
+    if (!bound.ok()) {
+      AuditFailure(actor, kKrdRefuse, krd->sn, absl::StrCat("krd_id ", krd->krd_id),
+                   bound.status());
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 }  // namespace rkl::kms

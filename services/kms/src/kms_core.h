@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "ca_port.h"
 #include "hsm_port.h"
 #include "kms_repository.h"
 #include "kms_types.h"
@@ -45,6 +46,7 @@
 #include "rkl/audit/refusal_tally.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
+#include "rkl/crypto/x509.h"
 
 namespace rkl::kms {
 
@@ -64,6 +66,35 @@ struct KmsCoreOptions {
   absl::Duration session_retention = absl::Minutes(10);
   // PurgeRefusalCounts deletes the counts of minutes that began longer ago than this.
   absl::Duration refusal_retention = absl::Hours(24);
+
+  // TR-34 (docs/kms.md "TR-34 terminals"). The KRD CAs whose KRD certificates KMS accepts
+  // (config tr34.krd_ca_files); none: the TR-34 RPCs answer FAILED_PRECONDITION
+  // "tr34: not configured" (so do they without a CA port).
+  std::vector<crypto::Certificate> krd_cas = {};
+  // The HSM id named in the KDH certificate (config tr34.kdh_hsm_id).
+  std::string kdh_hsm_id = "hsm-kms";
+  // The kdh-ca CRL is fetched again this long before its nextUpdate.
+  absl::Duration crl_refresh_margin = absl::Minutes(10);
+};
+
+// TR-34 limits (kms.proto).
+inline constexpr size_t kMaxCtKrdSize = 16 * 1024;
+inline constexpr size_t kMaxRtKrdSize = 256;
+inline constexpr size_t kMaxKrdNonceSize = 64;
+inline constexpr size_t kMaxKrdRegistrations = 1000;
+
+struct KeyTokenResult {
+  Bytes key_token;
+  std::string tmk_kcv;
+  TerminalState state = TerminalState::kTmkDelivered;
+};
+
+// One RegisterKrdCredentials outcome (kms.proto KrdRegistration).
+struct KrdRegistrationResult {
+  std::string sn;
+  std::string krd_id;
+  absl::Status status;
+  bool duplicate = false;
 };
 
 struct SubmitResult {
@@ -101,8 +132,9 @@ inline constexpr size_t kMaxSubmissionIdLength = 128;
 
 class KmsCore {
  public:
+  // `ca` (kdh-ca certificates and CRL) may be null: TR-34 is then not configured.
   KmsCore(KmsRepository& repository, HsmPort& hsm, Clock clock, crypto::RandomSource random,
-          KmsCoreOptions options);
+          KmsCoreOptions options, CaPort* ca = nullptr);
 
   // BeginAuthentication calls for an SN KMS has no transport key for (terminals polling
   // before forwarding completed, or probes). Counted and logged, not written to the audit
@@ -133,6 +165,33 @@ class KmsCore {
                                                     const std::string& sn,
                                                     std::span<const uint8_t> proof,
                                                     std::string_view source = {});
+
+  // ---- TR-34 terminals (docs/kms.md "TR-34 terminals") ----
+  // CT_KDH: the active KDH certificate with the current kdh-ca CRL. FAILED_PRECONDITION
+  // when no KDH key is provisioned; UNAVAILABLE when the CA cannot be reached and no cached
+  // CRL is still current. Writes nothing (anyone may call it).
+  absl::StatusOr<Bytes> GetKdhCredential(const std::string& sn, std::string_view source = {});
+  // CT_KRD + RT_KRD in, a key token out (state TMK_DELIVERED). Binds the SN to the KRD on
+  // first use; refuses another KRD for a bound SN (PERMISSION_DENIED), an INSTALLED
+  // terminal not marked for re-key, a locked or revoked one, and a patent terminal.
+  absl::StatusOr<KeyTokenResult> RequestKeyToken(const std::string& sn,
+                                                 std::span<const uint8_t> ct_krd,
+                                                 std::span<const uint8_t> rt_krd,
+                                                 crypto::KeyAlgorithm algorithm,
+                                                 std::string_view source = {});
+  // The install proof of the last token: INSTALLED. Charged to the SN as every proof is
+  // (back-off, lockout); a repeat of an accepted proof answers INSTALLED again.
+  absl::StatusOr<TerminalState> ConfirmKeyToken(const std::string& sn,
+                                                std::span<const uint8_t> proof,
+                                                std::string_view source = {});
+  // Admin: HSM #2 generates the KDH key, kdh-ca certifies it, KMS stores it as active.
+  // FAILED_PRECONDITION when one is active already. `bits` 0 = 2048; `label` "" = "kdh".
+  absl::StatusOr<KdhKeyRecord> ProvisionKdhKey(const std::string& actor, const std::string& label,
+                                               uint32_t bits);
+  absl::StatusOr<std::vector<KdhKeyRecord>> ListKdhKeys();
+  // Admin: binds SNs to KRDs from CT_KRDs (1–1000), each on its own.
+  absl::StatusOr<std::vector<KrdRegistrationResult>> RegisterKrdCredentials(
+      const std::string& actor, const std::vector<Bytes>& ct_krds);
 
   // Administration.
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn);
@@ -270,8 +329,28 @@ class KmsCore {
   int64_t NowMs() const;
   std::string NewSessionId() const;
 
+  // TR-34 helpers (kms_core_tr34.cc).
+  absl::Status CheckTr34Configured() const;
+  // A CT_KRD checked as RequestKeyToken checks it: one certificate, role KRD under a
+  // configured KRD CA, CN an SN.
+  struct CheckedKrd {
+    Bytes certificate_der;
+    std::string sn;
+    std::string krd_id;
+  };
+  absl::StatusOr<CheckedKrd> CheckKrdCredential(std::span<const uint8_t> ct_krd) const;
+  // The SN's TR-34 terminal, bound to `krd` now if KMS did not know the SN; refusals as
+  // RequestKeyToken's. `*created` says whether it was bound now.
+  absl::StatusOr<TerminalRecord> BindKrd(const std::string& actor, const CheckedKrd& krd,
+                                         bool* created);
+  // The kdh-ca CRL (DER), from the cache while it is current (see KmsCoreOptions).
+  absl::StatusOr<Bytes> CurrentKdhCrl();
+
   KmsRepository& repository_;
   HsmPort& hsm_;
+  CaPort* ca_;
+  absl::Mutex crl_mu_;
+  std::optional<KdhCrl> crl_cache_ ABSL_GUARDED_BY(crl_mu_);
   std::atomic<uint64_t> unknown_sn_begins_{0};
   Clock clock_;
   crypto::RandomSource random_;

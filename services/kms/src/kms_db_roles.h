@@ -6,6 +6,7 @@
 //
 //  - terminals, sn_tk_kms: rows are created and move through their states; none is ever
 //    deleted (a superseding TK replaces its row with an upsert);
+//  - kdh_keys: a provisioned KDH key is inserted, never changed or deleted;
 //  - auth_sessions: the same, and a session is deleted once it expired longer ago than
 //    `session.retention` (KmsCore::PurgeExpiredSessions);
 //  - the audit chain's tables and refusal_counts: audit::kServiceAuditGrants.
@@ -20,6 +21,7 @@ inline constexpr auto kKmsRuntimeGrants = db::JoinGrants(
         db::TableGrant("terminals", "SELECT, INSERT, UPDATE"),
         db::TableGrant("sn_tk_kms", "SELECT, INSERT, UPDATE"),
         db::TableGrant("auth_sessions", "SELECT, INSERT, UPDATE, DELETE"),
+        db::TableGrant("kdh_keys", "SELECT, INSERT"),
     },
     audit::kServiceAuditGrants);
 

@@ -1,6 +1,7 @@
 #include "kms_grpc_service.h"
 
 #include "rkl/common/status_macros.h"
+#include "rkl/crypto/x509.h"
 #include "rkl/protocol/proto_enums.h"
 #include "rkl/protocol/sn.h"
 #include "spdlog/spdlog.h"
@@ -28,6 +29,19 @@ static_assert(rkl::v1::TERMINAL_STATE_REVOKED == static_cast<int>(TerminalState:
 static_assert(rkl::v1::TERMINAL_STATE_REKEY_PENDING ==
               static_cast<int>(TerminalState::kRekeyPending));
 
+static_assert(rkl::v1::TERMINAL_PROTOCOL_PATENT == static_cast<int>(TerminalProtocol::kPatent));
+static_assert(rkl::v1::TERMINAL_PROTOCOL_TR34 == static_cast<int>(TerminalProtocol::kTr34));
+
+void ToProto(const KdhKeyRecord& k, rkl::v1::KdhKey* out) {
+  out->set_key_index(k.key_index);
+  absl::StatusOr<crypto::Certificate> cert = crypto::Certificate::FromDer(k.certificate_der);
+  if (cert.ok()) out->set_certificate_pem(cert->ToPem());
+  out->set_serial_hex(k.serial_hex);
+  out->set_not_after_unix_s(k.not_after_s);
+  out->set_created_at_unix_ms(k.created_at_ms);
+  out->set_active(k.active);
+}
+
 rkl::v1::TerminalState ToProto(TerminalState s) {
   return static_cast<rkl::v1::TerminalState>(static_cast<int>(s));
 }
@@ -47,6 +61,8 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_updated_at_unix_ms(t.updated_at_ms);
   out->set_rekey_requested(t.rekey_requested);
   out->set_tmk_generation(t.tmk_generation);
+  out->set_protocol(static_cast<rkl::v1::TerminalProtocol>(static_cast<int>(t.protocol)));
+  out->set_krd_id(t.krd_id);
 }
 
 absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
@@ -109,6 +125,81 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
          return absl::OkStatus();
        });
 
+  // TR-34 terminals (public), limited as the patent terminal calls are.
+  Bind("GetKdhCredential",
+       [this](const rpc::UnaryCall& call, const rkl::v1::GetKdhCredentialRequest* req,
+              rkl::v1::GetKdhCredentialResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         RKL_ASSIGN_OR_RETURN(Bytes ct_kdh, core_.GetKdhCredential(req->sn(), Source(call.ctx)));
+         resp->set_ct_kdh(Field(ct_kdh));
+         return absl::OkStatus();
+       });
+
+  Bind("RequestKeyToken",
+       [this](const rpc::UnaryCall& call, const rkl::v1::RequestKeyTokenRequest* req,
+              rkl::v1::RequestKeyTokenResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+         if (req->algorithm() != rkl::v1::KEY_ALGORITHM_UNSPECIFIED) {
+           absl::StatusOr<crypto::KeyAlgorithm> a =
+               crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(req->algorithm()));
+           if (!a.ok()) return absl::InvalidArgumentError("algorithm: AES128, AES256 or TDES2");
+           algorithm = *a;
+         }
+         RKL_ASSIGN_OR_RETURN(
+             KeyTokenResult r,
+             core_.RequestKeyToken(req->sn(), Span(req->ct_krd()), Span(req->rt_krd()), algorithm,
+                                   Source(call.ctx)));
+         resp->set_key_token(Field(r.key_token));
+         resp->set_tmk_kcv(r.tmk_kcv);
+         resp->set_state(ToProto(r.state));
+         return absl::OkStatus();
+       });
+
+  Bind("ConfirmKeyToken",
+       [this](const rpc::UnaryCall& call, const rkl::v1::ConfirmKeyTokenRequest* req,
+              rkl::v1::ConfirmInstallationResponse* resp) -> absl::Status {
+         RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
+         RKL_ASSIGN_OR_RETURN(TerminalState r, core_.ConfirmKeyToken(req->sn(), Span(req->proof()),
+                                                                     Source(call.ctx)));
+         resp->set_state(ToProto(r));
+         return absl::OkStatus();
+       });
+
+  Bind("ProvisionKdhKey",
+       [this](const rpc::UnaryCall& call, const rkl::v1::ProvisionKdhKeyRequest* req,
+              rkl::v1::KdhKey* resp) -> absl::Status {
+         return rpc::Answer(core_.ProvisionKdhKey(call.caller, req->label(), req->bits()), resp,
+                            ToProto);
+       });
+
+  Bind("ListKdhKeys",
+       [this](const rpc::UnaryCall&, const rkl::v1::Empty*,
+              rkl::v1::ListKdhKeysResponse* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(std::vector<KdhKeyRecord> keys, core_.ListKdhKeys());
+         for (const KdhKeyRecord& k : keys) ToProto(k, resp->add_keys());
+         return absl::OkStatus();
+       });
+
+  Bind("RegisterKrdCredentials",
+       [this](const rpc::UnaryCall& call, const rkl::v1::RegisterKrdCredentialsRequest* req,
+              rkl::v1::RegisterKrdCredentialsResponse* resp) -> absl::Status {
+         std::vector<Bytes> cts;
+         cts.reserve(req->ct_krd_size());
+         for (const std::string& ct : req->ct_krd()) cts.emplace_back(ct.begin(), ct.end());
+         RKL_ASSIGN_OR_RETURN(std::vector<KrdRegistrationResult> results,
+                              core_.RegisterKrdCredentials(call.caller, cts));
+         for (const KrdRegistrationResult& r : results) {
+           rkl::v1::KrdRegistration* out = resp->add_results();
+           out->set_sn(r.sn);
+           out->set_krd_id(r.krd_id);
+           out->set_code(static_cast<int32_t>(r.status.code()));
+           out->set_message(std::string(r.status.message()));
+           out->set_duplicate(r.duplicate);
+         }
+         return absl::OkStatus();
+       });
+
   Bind("GetTerminal",
        [this](const rpc::UnaryCall&, const rkl::v1::GetTerminalRequest* req,
               rkl::v1::Terminal* resp) -> absl::Status {
@@ -154,6 +245,9 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
          RKL_ASSIGN_OR_RETURN(Statistics st, core_.GetStatistics());
          for (const auto& [state, count] : st.terminals_by_state) {
            (*resp->mutable_terminals_by_state())[state] = count;
+         }
+         for (const auto& [protocol, count] : st.terminals_by_protocol) {
+           (*resp->mutable_terminals_by_protocol())[protocol] = count;
          }
          resp->set_terminals_total(st.terminals_total);
          resp->set_distinct_tmk_kcvs(st.distinct_tmk_kcvs);

@@ -15,20 +15,22 @@ namespace {
 // ---- Queries (all parameterised) -----------------------------------------------------
 
 constexpr char kTerminalColumns[] =
-    "t.sn, t.state, t.state_before_lock, t.algorithm, k.ctk_pk, k.mtms_submission_id, "
-    "k.received_at_ms, k.tek_index, coalesce(k.tek_kcv, ''), k.auk_index, "
+    "t.sn, t.state, t.state_before_lock, t.algorithm, k.ctk_pk, "
+    "coalesce(k.mtms_submission_id, ''), coalesce(k.received_at_ms, t.created_at_ms), k.tek_index, "
+    "coalesce(k.tek_kcv, ''), k.auk_index, "
     "coalesce(k.auk_kcv, ''), t.tmk_index, coalesce(t.tmk_kcv, ''), t.tmk_generation, "
     "t.replace_tmk, t.rekey_requested, t.consecutive_failures, t.created_at_ms, "
-    "t.installed_at_ms, t.updated_at_ms, t.version";
+    "t.installed_at_ms, t.updated_at_ms, t.version, t.protocol, coalesce(t.krd_id, ''), "
+    "t.krd_certificate, t.krd_nonce";
 
 const std::string kSelectTerminal =
     absl::StrCat("SELECT ", kTerminalColumns,
-                 " FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+                 " FROM terminals t LEFT JOIN sn_tk_kms k ON k.sn = t.sn "
                  "WHERE t.sn = $1");
 
 const std::string kListTerminals =
     absl::StrCat("SELECT ", kTerminalColumns,
-                 " FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+                 " FROM terminals t LEFT JOIN sn_tk_kms k ON k.sn = t.sn "
                  "WHERE ($1::text IS NULL OR t.state = $1) AND t.sn LIKE $2 || '%' AND t.sn > $3 "
                  "ORDER BY t.sn LIMIT $4");
 
@@ -74,48 +76,57 @@ std::string WithAuditParam(std::string sql, int n) {
 }
 
 // Terminal $1..$13 (the INSERT below), TK $14..$22 (ctk_pk, submission, received, algorithm,
-// tek_index, tek_kcv, auk_index, auk_kcv, imported_at), audit $23.
+// tek_index, tek_kcv, auk_index, auk_kcv, imported_at), audit $23, TR-34 $24..$27
+// (protocol, krd_id, krd_certificate, krd_nonce). A TR-34 terminal (empty ctk_pk) gets no
+// SN-TK_KMS row.
 const std::string kInsertTerminal = WithAuditParam(
     absl::StrCat(
         "WITH t AS (INSERT INTO terminals (sn, state, state_before_lock, algorithm, tmk_index, "
         "tmk_kcv, tmk_generation, replace_tmk, rekey_requested, consecutive_failures, "
-        "created_at_ms, installed_at_ms, updated_at_ms, version) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING sn), "
+        "created_at_ms, installed_at_ms, updated_at_ms, version, protocol, krd_id, "
+        "krd_certificate, krd_nonce) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $24, $25, "
+        "decode($26::text, 'hex'), decode($27::text, 'hex')) "
+        "RETURNING sn), "
         "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
         "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
         "SELECT sn, ",
         kTkParams,
-        " FROM t), "
+        " FROM t WHERE octet_length($14::bytea) > 0), "
         "a AS (",
         kAuditFromJson,
         "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
         "SELECT count(*) FROM t"),
     23);
 
-// The versioned terminal update (u: $1..$13, version last) and its SN-TK_KMS row (k:
-// $14..$22), the start of both update statements below; the rest of each statement writes
-// only if u did.
-const std::string kTerminalUpdate = absl::StrCat(
-    "WITH u AS (UPDATE terminals SET state = $2, state_before_lock = $3, algorithm = $4, "
-    "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
-    "rekey_requested = $9, consecutive_failures = $10, "
-    // The back-off ends with the failure streak (success, unlock); else only
-    // kChargeProofAttempt and kRefundProofAttempt move it.
-    "retry_after_ms = CASE WHEN $10::integer = 0 THEN 0 ELSE retry_after_ms END, "
-    "installed_at_ms = $11, "
-    "updated_at_ms = $12, version = version + 1 "
-    "WHERE sn = $1 AND version = $13 RETURNING sn), "
-    "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
-    "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
-    "SELECT sn, ",
-    kTkParams, " FROM u ", kTkValues, "), ");
+// The versioned terminal update (u: $1..$13, version last; the TR-34 random number as
+// the statement's last parameter, after the audit) and its SN-TK_KMS row (k: $14..$22; none
+// for a TR-34 terminal), the start of both update statements below; the rest of each
+// statement writes only if u did.
+std::string TerminalUpdate(int krd_nonce_param) {
+  return absl::StrCat(
+      "WITH u AS (UPDATE terminals SET krd_nonce = decode($", krd_nonce_param,
+      "::text, 'hex'), state = $2, state_before_lock = $3, algorithm = $4, "
+      "tmk_index = $5, tmk_kcv = $6, tmk_generation = $7, replace_tmk = $8, "
+      "rekey_requested = $9, consecutive_failures = $10, "
+      // The back-off ends with the failure streak (success, unlock); else only
+      // kChargeProofAttempt and kRefundProofAttempt move it.
+      "retry_after_ms = CASE WHEN $10::integer = 0 THEN 0 ELSE retry_after_ms END, "
+      "installed_at_ms = $11, "
+      "updated_at_ms = $12, version = version + 1 "
+      "WHERE sn = $1 AND version = $13 RETURNING sn), "
+      "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+      "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
+      "SELECT sn, ",
+      kTkParams, " FROM u WHERE octet_length($14::bytea) > 0 ", kTkValues, "), ");
+}
 
 // Terminal $1..$13 (version last), TK $14..$22; cancel the SN's open sessions $23; the
 // session step: id $24 (NULL for none), from $25, to $26, tmk_kcv $27 (NULL keeps it);
 // audit $28. Returns the terminal rows updated (0 when the version moved on: then nothing
 // is written) and the sessions moved. Callers never cancel and move in one call.
 const std::string kUpdateTerminal = WithAuditParam(
-    absl::StrCat(kTerminalUpdate,
+    absl::StrCat(TerminalUpdate(29),
                  "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
                  "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
                  "AND state IN ('OPEN', 'AUTHENTICATED')), "
@@ -133,7 +144,7 @@ const std::string kUpdateTerminal = WithAuditParam(
 // rnd1, rnd2, state, tmk_kcv, created, expires; its SN is the terminal's) instead of the
 // session step; audit $31. Nothing is written unless the terminal's version matched.
 const std::string kUpdateTerminalInsertSession = WithAuditParam(
-    absl::StrCat(kTerminalUpdate,
+    absl::StrCat(TerminalUpdate(32),
                  "s AS (INSERT INTO auth_sessions (id, sn, auk_index, rnd1, rnd2, state, tmk_kcv, "
                  "created_at_ms, expires_at_ms) SELECT $23::text, sn, $24::bigint, $25::bytea, "
                  "$26::bytea, $27::text, $28::text, $29::bigint, $30::bigint FROM u), "
@@ -175,7 +186,7 @@ const std::string kSelectSessionAndTerminal = absl::StrCat(
     "s.expires_at_ms, ",
     kTerminalColumns,
     " FROM (SELECT 1) one LEFT JOIN auth_sessions s ON s.id = $1 "
-    "LEFT JOIN (terminals t JOIN sn_tk_kms k ON k.sn = t.sn) ON t.sn = $2");
+    "LEFT JOIN (terminals t LEFT JOIN sn_tk_kms k ON k.sn = t.sn) ON t.sn = $2");
 constexpr int kSessionColumnCount = 9;
 
 // The claim and the read in one statement: the compare-and-set of kTransitionSession,
@@ -220,6 +231,23 @@ constexpr char kListAudit[] =
     "WHERE ($1 = '' OR sn = $1) AND seq > $2 ORDER BY seq LIMIT $3";
 
 constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
+constexpr char kCountByProtocol[] =
+    "SELECT upper(protocol), count(*) FROM terminals GROUP BY protocol";
+
+constexpr char kKdhKeyColumns[] =
+    "key_index, label, certificate, serial_hex, not_after_s, created_at_ms, active";
+// The active key and its audit in one statement; the unique index kdh_keys_one_active
+// refuses a second active key. $1..$7, audit $8.
+const std::string kInsertKdhKey = WithAuditParam(
+    absl::StrCat("WITH k AS (INSERT INTO kdh_keys (", kKdhKeyColumns,
+                 ") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING key_index), a AS (",
+                 kAuditFromJson,
+                 "WHERE EXISTS (SELECT 1 FROM k) ORDER BY x.ord) SELECT count(*) FROM k"),
+    8);
+const std::string kListKdhKeys =
+    absl::StrCat("SELECT ", kKdhKeyColumns, " FROM kdh_keys ORDER BY key_index");
+const std::string kSelectActiveKdhKey =
+    absl::StrCat("SELECT ", kKdhKeyColumns, " FROM kdh_keys WHERE active");
 constexpr char kCountDistinctKcvs[] = "SELECT count(*), count(DISTINCT tmk_kcv) FROM terminals";
 // Chained, pending and from before the chain (audit_legacy), in one snapshot.
 constexpr char kCountFailures[] =
@@ -269,7 +297,7 @@ absl::StatusOr<TerminalRecord> ReadTerminal(const pqxx::row& r) {
   }
   RKL_ASSIGN_OR_RETURN(t.algorithm,
                        crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(r[3].as<int>())));
-  t.ctk_pk = ReadBytes(r[4]);
+  if (!r[4].is_null()) t.ctk_pk = ReadBytes(r[4]);
   t.mtms_submission_id = r[5].as<std::string>();
   t.tk_received_at_ms = r[6].as<int64_t>();
   t.tek_index = OptionalIndex(r[7]);
@@ -286,6 +314,11 @@ absl::StatusOr<TerminalRecord> ReadTerminal(const pqxx::row& r) {
   t.installed_at_ms = r[18].as<int64_t>();
   t.updated_at_ms = r[19].as<int64_t>();
   t.version = r[20].as<int64_t>();
+  t.protocol =
+      r[21].as<std::string>() == "tr34" ? TerminalProtocol::kTr34 : TerminalProtocol::kPatent;
+  t.krd_id = r[22].as<std::string>();
+  if (!r[23].is_null()) t.krd_certificate_der = ReadBytes(r[23]);
+  if (!r[24].is_null()) t.krd_nonce = ReadBytes(r[24]);
   return t;
 }
 
@@ -321,8 +354,17 @@ struct TkParams {
   int algorithm;
 };
 
-// One of the statements that start with kTerminalUpdate: the terminal and its SN-TK_KMS row
-// as $1..$22, then `rest` from $23 on.
+// A bytea parameter as hex text (decode($n::text, 'hex') in SQL), NULL when `b` is empty.
+struct NullableBytes {
+  explicit NullableBytes(const Bytes& b) : hex(b.empty() ? "" : ToHex(b), true) {}
+  const char* get() const { return hex.get(); }
+  NullableText hex;
+};
+
+NullableBytes KrdNonce(const TerminalRecord& t) { return NullableBytes(t.krd_nonce); }
+
+// One of the statements that start with TerminalUpdate: the terminal and its SN-TK_KMS row
+// as $1..$22, then `rest` from $23 on, then the TR-34 random number.
 template <typename... Rest>
 pqxx::row ExecTerminalUpdate(db::OneStatement& stmt, const std::string& sql,
                              const TerminalRecord& t, Rest&&... rest) {
@@ -335,7 +377,7 @@ pqxx::row ExecTerminalUpdate(db::OneStatement& stmt, const std::string& sql,
                     t.consecutive_failures, t.installed_at_ms, t.updated_at_ms, t.version,
                     tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
                     tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
-                    t.updated_at_ms, std::forward<Rest>(rest)...);
+                    t.updated_at_ms, std::forward<Rest>(rest)..., KrdNonce(t).get());
 }
 
 }  // namespace
@@ -356,13 +398,16 @@ absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
     NullableText before(t.state_before_lock ? TerminalStateName(*t.state_before_lock) : "", true);
     NullableText tmk_index(t.tmk_index), tmk_kcv(t.tmk_kcv, true);
     TkParams tk(t);
-    stmt.Exec(kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
-              static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(),
-              tmk_kcv.get(), t.tmk_generation, t.replace_tmk, t.rekey_requested,
-              t.consecutive_failures, t.created_at_ms, t.installed_at_ms, t.updated_at_ms,
-              tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms, tk.algorithm,
-              tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
-              t.updated_at_ms, audit_json);
+    NullableText krd_id(t.krd_id, true);
+    NullableBytes krd_cert(t.krd_certificate_der), krd_nonce(t.krd_nonce);
+    stmt.Exec(
+        kInsertTerminal, t.sn, TerminalStateName(t.state), before.get(),
+        static_cast<int>(crypto::KeyAlgorithmCode(t.algorithm)), tmk_index.get(), tmk_kcv.get(),
+        t.tmk_generation, t.replace_tmk, t.rekey_requested, t.consecutive_failures, t.created_at_ms,
+        t.installed_at_ms, t.updated_at_ms, tk.ctk_pk, t.mtms_submission_id, t.tk_received_at_ms,
+        tk.algorithm, tk.tek_index.get(), tk.tek_kcv.get(), tk.auk_index.get(), tk.auk_kcv.get(),
+        t.updated_at_ms, audit_json, t.protocol == TerminalProtocol::kTr34 ? "tr34" : "patent",
+        krd_id.get(), krd_cert.get(), krd_nonce.get());
     return absl::OkStatus();
   });
 }
@@ -554,6 +599,9 @@ absl::StatusOr<Statistics> PgKmsRepository::GetStatistics(
     for (const auto& row : db::Exec(tx, kCountByState)) {
       st.terminals_by_state.emplace_back(row[0].as<std::string>(), row[1].as<uint64_t>());
     }
+    for (const auto& row : db::Exec(tx, kCountByProtocol)) {
+      st.terminals_by_protocol.emplace_back(row[0].as<std::string>(), row[1].as<uint64_t>());
+    }
     pqxx::row totals = db::Exec1(tx, kCountDistinctKcvs);
     st.terminals_total = totals[0].as<uint64_t>();
     st.distinct_tmk_kcvs = totals[1].as<uint64_t>();
@@ -567,6 +615,55 @@ absl::StatusOr<Statistics> PgKmsRepository::GetStatistics(
     st.auth_failures_total = tx.exec_params1(kCountFailures, array)[0].as<uint64_t>();
     return st;
   });
+}
+
+namespace {
+
+KdhKeyRecord ReadKdhKey(const pqxx::row& r) {
+  return KdhKeyRecord{.key_index = r[0].as<uint64_t>(),
+                      .label = r[1].as<std::string>(),
+                      .certificate_der = ReadBytes(r[2]),
+                      .serial_hex = r[3].as<std::string>(),
+                      .not_after_s = r[4].as<int64_t>(),
+                      .created_at_ms = r[5].as<int64_t>(),
+                      .active = r[6].as<bool>()};
+}
+
+}  // namespace
+
+absl::Status PgKmsRepository::InsertKdhKey(const KdhKeyRecord& key,
+                                           const std::vector<AuditEntry>& audit) {
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
+  absl::Status s = db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) {
+    stmt.Exec(kInsertKdhKey, key.key_index, key.label, Binary(key.certificate_der), key.serial_hex,
+              key.not_after_s, key.created_at_ms, key.active, audit_json);
+    return absl::OkStatus();
+  });
+  if (s.code() == absl::StatusCode::kAlreadyExists &&
+      s.message().find("kdh_keys_one_active") != std::string_view::npos) {
+    return absl::FailedPreconditionError("kdh: a KDH key is already active");
+  }
+  return s;
+}
+
+absl::StatusOr<std::vector<KdhKeyRecord>> PgKmsRepository::ListKdhKeys() {
+  return db::RunAutocommitRead(
+      pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<KdhKeyRecord>> {
+        std::vector<KdhKeyRecord> out;
+        for (const auto& row : db::Exec(tx, kListKdhKeys)) out.push_back(ReadKdhKey(row));
+        return out;
+      });
+}
+
+absl::StatusOr<KdhKeyRecord> PgKmsRepository::GetActiveKdhKey() {
+  return db::RunAutocommitRead(pool_,
+                               [&](pqxx::nontransaction& tx) -> absl::StatusOr<KdhKeyRecord> {
+                                 pqxx::result r = db::Exec(tx, kSelectActiveKdhKey);
+                                 if (r.empty()) {
+                                   return absl::NotFoundError("kdh: no KDH key is provisioned");
+                                 }
+                                 return ReadKdhKey(r[0]);
+                               });
 }
 
 }  // namespace rkl::kms

@@ -62,6 +62,9 @@ class PgKmsRepository final : public audit::PgServiceRepository<KmsRepository> {
                                                     int limit) override;
   absl::StatusOr<Statistics> GetStatistics(
       const std::vector<std::string>& failure_actions) override;
+  absl::Status InsertKdhKey(const KdhKeyRecord& key, const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<KdhKeyRecord>> ListKdhKeys() override;
+  absl::StatusOr<KdhKeyRecord> GetActiveKdhKey() override;
 
  private:
   // The update behind both: `move` may be null; never cancel and move in one call.

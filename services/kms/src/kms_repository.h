@@ -55,7 +55,8 @@ class KmsRepository {
 
   // NOT_FOUND "sn: no such terminal" when absent.
   virtual absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) = 0;
-  // Creates terminal and SN-TK_KMS rows; ALREADY_EXISTS when the SN exists.
+  // Creates terminal and SN-TK_KMS rows (a TR-34 terminal has no SN-TK_KMS row: its
+  // ctk_pk is empty); ALREADY_EXISTS when the SN exists.
   virtual absl::Status InsertTerminal(const TerminalRecord& terminal,
                                       const std::vector<AuditEntry>& audit) = 0;
   // Replaces the terminal (and its SN-TK_KMS row) if its version is still
@@ -168,6 +169,15 @@ class KmsRepository {
   // `failure_actions`: the audit actions counted as authentication failures.
   virtual absl::StatusOr<Statistics> GetStatistics(
       const std::vector<std::string>& failure_actions) = 0;
+
+  // TR-34 KDH keys. InsertKdhKey stores an active key with its audit in one write;
+  // FAILED_PRECONDITION "kdh: a KDH key is already active", changing nothing, when one is.
+  virtual absl::Status InsertKdhKey(const KdhKeyRecord& key,
+                                    const std::vector<AuditEntry>& audit) = 0;
+  // Ordered by key index.
+  virtual absl::StatusOr<std::vector<KdhKeyRecord>> ListKdhKeys() = 0;
+  // NOT_FOUND "kdh: no KDH key is provisioned" when none is active.
+  virtual absl::StatusOr<KdhKeyRecord> GetActiveKdhKey() = 0;
 };
 
 }  // namespace rkl::kms

@@ -62,4 +62,8 @@ absl::StatusOr<SessionState> SessionStateFromName(std::string_view name) {
   return ValueIn(kSessionStates, name, "session state");
 }
 
+std::string TerminalProtocolName(TerminalProtocol protocol) {
+  return protocol == TerminalProtocol::kTr34 ? "TR34" : "PATENT";
+}
+
 }  // namespace rkl::kms

@@ -27,12 +27,21 @@ enum class TerminalState {
   kRekeyPending = 7,
 };
 
+// How a terminal loads its TMK. Values equal rkl.v1.TerminalProtocol.
+enum class TerminalProtocol {
+  kPatent = 1,  // CN103237005A: TK under Pu, mutual authentication, TR-31 under TEK
+  kTr34 = 2,    // ANSI X9 TR-34-2019 two-pass key token to a KRD
+};
+// "PATENT" / "TR34", as shown in statistics; the database stores them in lower case.
+std::string TerminalProtocolName(TerminalProtocol protocol);
+
 // "TK_RECEIVED", ... as stored in the database and shown in statistics.
 std::string TerminalStateName(TerminalState state);
 absl::StatusOr<TerminalState> TerminalStateFromName(std::string_view name);
 
 struct TerminalRecord {
   std::string sn;
+  TerminalProtocol protocol = TerminalProtocol::kPatent;
   TerminalState state = TerminalState::kTkReceived;
   std::optional<TerminalState> state_before_lock;  // set exactly when state is kLocked
   crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
@@ -52,6 +61,14 @@ struct TerminalRecord {
   bool replace_tmk = false;     // next GenerateTmk supersedes the live TMK
   bool rekey_requested = false;
   uint32_t consecutive_failures = 0;
+
+  // TR-34 terminals only (empty otherwise): the bound KRD (tr34::KrdIdOf, 64 upper-case
+  // hex), its certificate (public), and the random number of the last key token issued to
+  // it (public; the install proof is checked against it).
+  std::string krd_id;
+  Bytes krd_certificate_der;
+  Bytes krd_nonce;
+
   int64_t created_at_ms = 0;
   int64_t installed_at_ms = 0;
   int64_t updated_at_ms = 0;
@@ -92,8 +109,21 @@ using AuditEntry = audit::AuditEvent;
 inline constexpr const char* kAnySn = audit::kAny;
 using RefusalCount = audit::RefusalCount;
 
+// The TR-34 KDH signing key: its private key is HSM #2's (key_index), its certificate
+// kdh-ca's. At most one is active.
+struct KdhKeyRecord {
+  uint64_t key_index = 0;
+  std::string label;
+  Bytes certificate_der;
+  std::string serial_hex;
+  int64_t not_after_s = 0;
+  int64_t created_at_ms = 0;
+  bool active = true;
+};
+
 struct Statistics {
   std::vector<std::pair<std::string, uint64_t>> terminals_by_state;
+  std::vector<std::pair<std::string, uint64_t>> terminals_by_protocol;
   uint64_t terminals_total = 0;
   uint64_t distinct_tmk_kcvs = 0;
   uint64_t auth_failures_total = 0;

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <iostream>
+#include <memory>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -80,6 +81,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   rkl::kms::GrpcHsmPort hsm(*hsm_channel, settings.hsm_timeout);
+  // The CA (TR-34 only): without ca.endpoint the TR-34 RPCs answer "tr34: not configured".
+  std::unique_ptr<rkl::kms::GrpcCaPort> ca;
+  if (!settings.ca_target.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> ca_channel =
+        rkl::rpc::MakeChannel(settings.ca_target, settings.ca_channel);
+    if (!ca_channel.ok()) {
+      spdlog::critical("fatal: CA channel (ca.*): {}", ca_channel.status().ToString());
+      return 1;
+    }
+    ca = std::make_unique<rkl::kms::GrpcCaPort>(*ca_channel, settings.ca_timeout);
+  }
+  if (ca == nullptr || settings.core.krd_cas.empty()) {
+    spdlog::info("kms: TR-34 not configured (tr34.krd_ca_files and ca.endpoint set it up)");
+  }
   rkl::kms::PgKmsRepository repository(pool, *std::move(audit_key));
   // Anchors at start (checking the last run's), seals in the background; at the end of main
   // seals and anchors once more.
@@ -87,7 +102,7 @@ int main(int argc, char** argv) {
                                             settings.replica_id);
   audit_chain.Start();
   rkl::kms::KmsCore core(repository, hsm, rkl::SystemClock(), rkl::crypto::FillRandom,
-                         settings.core);
+                         settings.core, ca.get());
   rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
 
   // Client certificates on the service-ca CRL are refused (terminals present none).

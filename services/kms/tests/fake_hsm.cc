@@ -4,9 +4,12 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
+#include "rkl/crypto/rsa.h"
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/tr34/profile.h"
+#include "rkl/tr34/tokens.h"
 
 namespace rkl::kms::testing {
 namespace {
@@ -231,6 +234,110 @@ absl::Status FakeHsm::VerifyInstallProof(uint64_t auk_index, const std::string& 
   RKL_ASSIGN_OR_RETURN(protocol::AuthKeys keys,
                        protocol::DeriveAuthKeys(auk->algorithm, auk->bytes, sn));
   return protocol::VerifyInstallProof(keys, sn, kcv, rnd1, rnd2, proof);
+}
+
+void FakeHsm::SetTrustedKrdCas(std::vector<crypto::Certificate> cas) {
+  absl::MutexLock lock(&mu_);
+  krd_cas_ = std::move(cas);
+}
+
+int FakeHsm::kdh_keys() const {
+  absl::MutexLock lock(&mu_);
+  int n = 0;
+  for (const auto& [index, key] : keys_) n += key.type == Type::kKdh;
+  return n;
+}
+
+absl::StatusOr<GeneratedKdhKey> FakeHsm::GenerateKdhKey(uint32_t bits, const std::string&) {
+  PendingHook hook;
+  absl::MutexLock lock(&mu_);
+  RKL_RETURN_IF_ERROR(Enter("GenerateKdhKey", hook));
+  if (bits != 2048 && bits != 3072) return absl::InvalidArgumentError("bits: 2048 or 3072");
+  RKL_ASSIGN_OR_RETURN(crypto::PrivateKey rsa, crypto::GenerateRsaKey(static_cast<int>(bits)));
+  Bytes public_der = rsa.GetPublicKey().ToDer();
+  Key key{Type::kKdh, "", KeyAlgorithm::kAes128, SecretBytes(), ""};
+  key.rsa = std::move(rsa);
+  return GeneratedKdhKey{Store(std::move(key)), std::move(public_der)};
+}
+
+absl::StatusOr<BuiltKeyToken> FakeHsm::BuildKeyToken(const KeyTokenOrder& order) {
+  PendingHook hook;
+  absl::MutexLock lock(&mu_);
+  RKL_RETURN_IF_ERROR(Enter("BuildKeyToken", hook));
+  // The KRD: trusted CA, role KRD, CN = SN.
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate krd_cert,
+                       crypto::Certificate::FromDer(order.krd_certificate_der));
+  std::optional<tr34::PeerKey> krd;
+  for (const crypto::Certificate& ca : krd_cas_) {
+    absl::StatusOr<tr34::PeerKey> peer = tr34::PeerFromCertificate(krd_cert, tr34::Role::kKrd, ca);
+    if (peer.ok()) {
+      krd = *std::move(peer);
+      break;
+    }
+  }
+  if (!krd) return absl::FailedPreconditionError("krd_certificate_der: not a trusted KRD");
+  RKL_ASSIGN_OR_RETURN(std::string cn, tr34::SnOfKrdCertificate(krd_cert));
+  if (cn != order.sn) return absl::InvalidArgumentError("krd_certificate_der: CN is not sn");
+  const std::string krd_id = tr34::KrdIdOf(krd->id);
+  // The KDH key and its certificate.
+  auto kdh = keys_.find(order.kdh_key_index);
+  if (kdh == keys_.end() || kdh->second.type != Type::kKdh || !kdh->second.rsa) {
+    return absl::PermissionDeniedError("kdh_key_index: not a KDH signing key");
+  }
+  RKL_ASSIGN_OR_RETURN(crypto::Certificate kdh_cert,
+                       crypto::Certificate::FromDer(order.kdh_certificate_der));
+  RKL_ASSIGN_OR_RETURN(crypto::PublicKey kdh_public, kdh_cert.GetPublicKey());
+  if (kdh_public.ToDer() != kdh->second.rsa->GetPublicKey().ToDer()) {
+    return absl::InvalidArgumentError("kdh_certificate_der: not the key of kdh_key_index");
+  }
+  RKL_ASSIGN_OR_RETURN(tr34::CertId kdh_id, tr34::CertIdOf(kdh_cert));
+  RKL_ASSIGN_OR_RETURN(std::string header, tr34::TmkHeader(order.algorithm));
+  // The SN's TMK: the live one bound to this KRD, else a new one superseding any other.
+  std::optional<uint64_t> tmk_index;
+  for (auto& [index, key] : keys_) {
+    if (key.type != Type::kTmk || key.sn != order.sn || !key.live) continue;
+    if (!order.replace_existing && key.bound_krd == krd_id && key.algorithm == order.algorithm) {
+      tmk_index = index;
+    } else {
+      key.live = false;
+    }
+  }
+  bool created = false;
+  if (!tmk_index) {
+    SecretBytes bytes = crypto::GenerateKey(order.algorithm);
+    Key key{Type::kTmk, order.sn, order.algorithm, bytes, KcvText(order.algorithm, bytes)};
+    key.bound_krd = krd_id;
+    tmk_index = Store(std::move(key));
+    created = true;
+  }
+  const Key& tmk = keys_.at(*tmk_index);
+  RKL_ASSIGN_OR_RETURN(Bytes token, tr34::BuildKeyToken(tr34::KeyTokenRequest{
+                                        .kdh_id = kdh_id,
+                                        .kdh_key = &*kdh->second.rsa,
+                                        .krd = *krd,
+                                        .tmk_family = crypto::FamilyOf(order.algorithm),
+                                        .tmk = &tmk.bytes,
+                                        .header = header,
+                                        .krd_nonce = order.krd_nonce,
+                                        .signing_time = std::nullopt,
+                                        .crls = order.crls}));
+  return BuiltKeyToken{std::move(token), *tmk_index, tmk.kcv, created, krd_id};
+}
+
+absl::Status FakeHsm::VerifyKeyTokenInstallProof(uint64_t tmk_index, const std::string& sn,
+                                                 std::span<const uint8_t> krd_nonce,
+                                                 std::span<const uint8_t> proof) {
+  PendingHook hook;
+  absl::MutexLock lock(&mu_);
+  RKL_RETURN_IF_ERROR(Enter("VerifyKeyTokenInstallProof", hook));
+  RKL_ASSIGN_OR_RETURN(const Key* tmk, Find(tmk_index, Type::kTmk, sn));
+  if (tmk->bound_krd.empty()) {
+    return absl::PermissionDeniedError("tmk_index: not a TR-34 TMK");
+  }
+  if (!tr34::VerifyInstallProof(tmk->algorithm, tmk->bytes, sn, krd_nonce, proof)) {
+    return absl::UnauthenticatedError("proof: does not verify");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace rkl::kms::testing

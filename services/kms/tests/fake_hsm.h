@@ -14,7 +14,9 @@
 
 #include "absl/synchronization/mutex.h"
 #include "hsm_port.h"
+#include "rkl/crypto/keys.h"
 #include "rkl/crypto/secret_bytes.h"
+#include "rkl/crypto/x509.h"
 
 namespace rkl::kms::testing {
 
@@ -48,6 +50,16 @@ class FakeHsm final : public HsmPort {
                                   std::span<const uint8_t> proof) override;
   absl::StatusOr<std::vector<uint64_t>> DestroyTerminalKeys(const std::string& sn,
                                                             const std::string& reason) override;
+  // TR-34, with the libs/tr34 builders: the KDH key is an RSA key kept here, the token real.
+  absl::StatusOr<GeneratedKdhKey> GenerateKdhKey(uint32_t bits, const std::string& label) override;
+  absl::StatusOr<BuiltKeyToken> BuildKeyToken(const KeyTokenOrder& order) override;
+  absl::Status VerifyKeyTokenInstallProof(uint64_t tmk_index, const std::string& sn,
+                                          std::span<const uint8_t> krd_nonce,
+                                          std::span<const uint8_t> proof) override;
+  // The KRD CAs BuildKeyToken trusts (as HSM #2's tr34.krd_ca_files).
+  void SetTrustedKrdCas(std::vector<crypto::Certificate> cas);
+  // The KDH key generated last, for tests that build the KDH certificate themselves.
+  int kdh_keys() const;
 
   // The next `n` calls fail with UNAVAILABLE (an unreachable HSM).
   void FailNextCalls(int n);
@@ -61,7 +73,7 @@ class FakeHsm final : public HsmPort {
   int UndestroyedKeys(const std::string& sn) const;
 
  private:
-  enum class Type { kPk, kMak, kTek, kAuk, kTmk };
+  enum class Type { kPk, kMak, kTek, kAuk, kTmk, kKdh };
   struct Key {
     Type type;
     std::string sn;
@@ -71,6 +83,8 @@ class FakeHsm final : public HsmPort {
     bool live = true;
     uint64_t kek_index = 0;  // TMK: its TEK
     bool destroyed = false;
+    std::string bound_krd = {};                            // TR-34 TMK: the only KRD it goes to
+    std::optional<crypto::PrivateKey> rsa = std::nullopt;  // KDH key
   };
   // AuthChallenge's work, under mu_.
   absl::StatusOr<AuthChallengeResult> Challenge(uint64_t auk_index, const std::string& sn,
@@ -96,6 +110,7 @@ class FakeHsm final : public HsmPort {
   int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::function<void()>> on_next_call_ ABSL_GUARDED_BY(mu_);
+  std::vector<crypto::Certificate> krd_cas_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace rkl::kms::testing

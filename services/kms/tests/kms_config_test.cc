@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509.h"
 #include "rkl/testing/temp_dir.h"
 
 namespace rkl::kms {
@@ -70,6 +72,65 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.hsm_target, "localhost:50053");
   EXPECT_EQ(s.hsm_channel.authority, "hsm-kms");
   EXPECT_THAT(config->Describe(), ::testing::Not(HasSubstr("hunter2")));
+  // TR-34 is off unless configured: no KRD CA, no CA endpoint.
+  EXPECT_TRUE(s.core.krd_cas.empty());
+  EXPECT_EQ(s.core.kdh_hsm_id, "hsm-kms");
+  EXPECT_EQ(s.core.crl_refresh_margin, absl::Minutes(10));
+  EXPECT_EQ(s.ca_target, "");
+  EXPECT_EQ(s.ca_channel.authority, "ca");
+  EXPECT_EQ(s.ca_timeout, absl::Seconds(5));
+}
+
+// A self-signed certificate, CA or not, as PEM.
+std::string SelfSignedPem(bool is_ca) {
+  auto key = crypto::GenerateRsaKey(2048);
+  EXPECT_TRUE(key.ok());
+  auto cert = crypto::CertificateBuilder()
+                  .SetSubjectCommonName(is_ca ? "KRD CA" : "not a CA")
+                  .SetSerial({0x01})
+                  .SetValidity(1'700'000'000, 1'900'000'000)
+                  .SetBasicConstraints(is_ca, std::nullopt)
+                  .SelfSign(*key);
+  EXPECT_TRUE(cert.ok()) << cert.status();
+  return cert->ToPem();
+}
+
+TEST_F(TlsFilesFixture, Tr34ReadsTheKrdCasTheHsmIdAndTheCaEndpoint) {
+  WriteFile("krd-ca-1.pem", SelfSignedPem(true), 0644);
+  WriteFile("krd-ca-2.pem", SelfSignedPem(true), 0644);
+  ConfigSchema schema = MakeKmsConfigSchema();
+  auto config = LoadConfigFromYaml(
+      schema,
+      TlsYaml("pk_index: 7, mak_index: 8, ") + "db: {dsn: 'dbname=x'}\n" +
+          "tr34: {krd_ca_files: '" + dir_ + "/krd-ca-1.pem, " + dir_ +
+          "/krd-ca-2.pem', kdh_hsm_id: hsm-two}\nca: {endpoint: 'ca:50051', authority: rkl-ca}\n",
+      NoEnv());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<KmsSettings> s = KmsSettingsFromConfig(*config);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->core.krd_cas.size(), 2u);
+  EXPECT_EQ(s->core.kdh_hsm_id, "hsm-two");
+  EXPECT_EQ(s->ca_target, "ca:50051");
+  EXPECT_EQ(s->ca_channel.authority, "rkl-ca");
+  // KMS calls the CA with its own client identity, as it calls HSM #2.
+  EXPECT_EQ(s->ca_channel.tls.cert_file, s->hsm_channel.tls.cert_file);
+}
+
+TEST_F(TlsFilesFixture, Tr34KrdCaFilesMustBeReadableCaCertificates) {
+  WriteFile("leaf.pem", SelfSignedPem(false), 0644);
+  for (const std::string& file : {dir_ + "/missing.pem", dir_ + "/leaf.pem", dir_ + "/ca.pem"}) {
+    SCOPED_TRACE(file);
+    ConfigSchema schema = MakeKmsConfigSchema();
+    auto config =
+        LoadConfigFromYaml(schema,
+                           TlsYaml("pk_index: 7, mak_index: 8, ") +
+                               "db: {dsn: 'dbname=x'}\ntr34: {krd_ca_files: '" + file + "'}\n",
+                           NoEnv());
+    ASSERT_TRUE(config.ok()) << config.status();
+    absl::StatusOr<KmsSettings> s = KmsSettingsFromConfig(*config);
+    ASSERT_FALSE(s.ok());
+    EXPECT_THAT(s.status().message(), HasSubstr("tr34.krd_ca_files"));
+  }
 }
 
 TEST(KmsConfigTest, MissingIndexesAndDsnAreNamed) {

@@ -17,6 +17,7 @@
 #include "rkl/common/retry_delay.h"
 #include "rkl/testing/conformance.h"
 #include "test_terminal.h"
+#include "tr34_fixtures.h"
 
 namespace rkl::kms::testing {
 
@@ -56,6 +57,45 @@ class KmsCoreSuite : public rkl::testing::ConformanceTest<RepositoryUnderTest> {
           return now_;
         },
         crypto::FillRandom, options);
+  }
+
+  // ---- TR-34 (kms_core_tr34_suite.cc) ----
+  // A core with TR-34 configured: FakeCa as kdh-ca, KrdCa() trusted by KMS and the HSM.
+  void UseTr34(KmsCoreOptions options = {}) {
+    if (ca_ == nullptr) {
+      ca_ = std::make_unique<FakeCa>([this] {
+        absl::MutexLock lock(&clock_mu_);
+        return now_;
+      });
+    }
+    options.pk_index = FakeHsm::kPkIndex;
+    options.mak_index = FakeHsm::kMakIndex;
+    options.krd_cas = {KrdCa().cert};
+    hsm_->SetTrustedKrdCas({KrdCa().cert});
+    core_ = std::make_unique<KmsCore>(
+        repo(), *hsm_,
+        [this] {
+          absl::MutexLock lock(&clock_mu_);
+          return now_;
+        },
+        crypto::FillRandom, options, ca_.get());
+  }
+  int64_t NowS() {
+    absl::MutexLock lock(&clock_mu_);
+    return absl::ToUnixSeconds(now_);
+  }
+  // The KRD CA KMS trusts, and one it does not (made once per process).
+  static const Tr34Party& KrdCa() {
+    static const Tr34Party* ca = new Tr34Party(NewTr34Ca("rkl test KRD CA", 1'750'000'000));
+    return *ca;
+  }
+  static const Tr34Party& UntrustedKrdCa() {
+    static const Tr34Party* ca = new Tr34Party(NewTr34Ca("rkl test KRD CA", 1'750'000'000));
+    return *ca;
+  }
+  static TestKrd NewKrd(const std::string& sn, const Tr34Party& ca = KrdCa(),
+                        crypto::KeyUsage usage = crypto::KeyUsage::kKeyEncipherment) {
+    return TestKrd{NewTr34EndEntity(sn, usage, ca, 1'750'000'000), {}};
   }
 
   void Advance(absl::Duration d) {
@@ -147,6 +187,7 @@ class KmsCoreSuite : public rkl::testing::ConformanceTest<RepositoryUnderTest> {
   std::unique_ptr<RepositoryUnderTest> repository_;
   std::unique_ptr<FakeHsm> hsm_;
   std::unique_ptr<KmsCore> core_;
+  std::unique_ptr<FakeCa> ca_;
   absl::Mutex clock_mu_;
   absl::Time now_ = absl::FromUnixSeconds(1'750'000'000);
 };

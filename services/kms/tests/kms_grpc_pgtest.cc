@@ -28,10 +28,13 @@
 #include "rkl/testing/race.h"
 #include "rkl/testing/service_database.h"
 #include "rkl/testing/test_pki.h"
+#include "rkl/tr34/profile.h"
+#include "rkl/tr34/tokens.h"
 #include "rkl/v1/kms.grpc.pb.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
 #include "test_terminal.h"
+#include "tr34_fixtures.h"
 
 namespace rkl::kms::testing {
 namespace {
@@ -49,11 +52,15 @@ const absl::Time kNow = absl::FromUnixMillis(1'700'000'000'000);
 struct Replica {
   Replica(
       const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls,
-      TerminalRateLimits limits = {}, Clock clock = [] { return kNow; })
+      TerminalRateLimits limits = {}, Clock clock = [] { return kNow; }, CaPort* ca = nullptr,
+      std::vector<crypto::Certificate> krd_cas = {})
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
         repository(pool, crypto::SecretBytes(32)),  // both replicas: one key
         core(repository, hsm, std::move(clock), crypto::FillRandom,
-             KmsCoreOptions{.pk_index = FakeHsm::kPkIndex, .mak_index = FakeHsm::kMakIndex}),
+             KmsCoreOptions{.pk_index = FakeHsm::kPkIndex,
+                            .mak_index = FakeHsm::kMakIndex,
+                            .krd_cas = std::move(krd_cas)},
+             ca),
         service(core, repository.audit_log(), std::move(limits)) {
     rpc::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
@@ -664,6 +671,194 @@ TEST_F(KmsGrpcTest, MigrationsAreIdempotent) {
   auto again = database().Migrate();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 0);
+}
+
+// ---- TR-34 ------------------------------------------------------------------------------
+
+// A replica with TR-34 configured: FakeCa as kdh-ca, one trusted KRD CA.
+class KmsTr34GrpcTest : public KmsGrpcTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(KmsGrpcTest::SetUp());
+    ca_ = std::make_unique<FakeCa>([] { return kNow; });
+    krd_ca_ = std::make_unique<Tr34Party>(NewTr34Ca("rkl test KRD CA", absl::ToUnixSeconds(kNow)));
+    hsm_->SetTrustedKrdCas({krd_ca_->cert});
+    tr34_ = std::make_unique<Replica>(
+        database().runtime_dsn(), *hsm_, tls_["kms"], Limits(), [] { return kNow; }, ca_.get(),
+        std::vector<crypto::Certificate>{krd_ca_->cert});
+    ASSERT_NE(tr34_->server, nullptr);
+  }
+  virtual TerminalRateLimits Limits() { return {}; }
+
+  TestKrd NewKrd(const std::string& sn) {
+    return TestKrd{NewTr34EndEntity(sn, crypto::KeyUsage::kKeyEncipherment, *krd_ca_,
+                                    absl::ToUnixSeconds(kNow)),
+                   {}};
+  }
+
+  absl::StatusOr<rkl::v1::RequestKeyTokenResponse> RequestToken(rkl::v1::Kms::Stub& stub,
+                                                                TestKrd& krd) {
+    rkl::v1::RequestKeyTokenRequest req;
+    req.set_sn(krd.party.cert.SubjectCommonName());
+    req.set_ct_krd(std::string(AsString(krd.CtKrd())));
+    req.set_rt_krd(std::string(AsString(krd.NewRtKrd())));
+    rkl::v1::RequestKeyTokenResponse resp;
+    absl::Status s = Call(stub, &rkl::v1::Kms::Stub::RequestKeyToken, req, &resp);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  std::unique_ptr<FakeCa> ca_;
+  std::unique_ptr<Tr34Party> krd_ca_;
+  std::unique_ptr<Replica> tr34_;
+};
+
+TEST_F(KmsTr34GrpcTest, Tr34TerminalCompletesTheFlowOverTls) {
+  auto admin = Stub(*tr34_, tls_["admin:alice"]);
+  auto terminal = Terminal(*tr34_);
+  rkl::v1::ProvisionKdhKeyRequest provision;
+  rkl::v1::KdhKey kdh;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::ProvisionKdhKey, provision, &kdh).ok());
+  EXPECT_TRUE(kdh.active());
+  absl::StatusOr<crypto::Certificate> kdh_cert =
+      crypto::Certificate::FromPem(kdh.certificate_pem());
+  ASSERT_TRUE(kdh_cert.ok()) << kdh_cert.status();
+  EXPECT_EQ(kdh_cert->SerialHex(), kdh.serial_hex());
+  rkl::v1::ListKdhKeysResponse keys;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::ListKdhKeys, rkl::v1::Empty(), &keys).ok());
+  ASSERT_EQ(keys.keys_size(), 1);
+  EXPECT_EQ(keys.keys(0).key_index(), kdh.key_index());
+
+  // The terminal: CT_KDH, checked against its burned-in kdh-ca.
+  rkl::v1::GetKdhCredentialRequest get;
+  rkl::v1::GetKdhCredentialResponse cred;
+  ASSERT_TRUE(Call(*terminal, &rkl::v1::Kms::Stub::GetKdhCredential, get, &cred).ok());
+  absl::StatusOr<tr34::CredentialToken> ct = tr34::ParseCredentialToken(AsBytes(cred.ct_kdh()));
+  ASSERT_TRUE(ct.ok()) << ct.status();
+  ASSERT_EQ(ct->certificates.size(), 1u);
+  EXPECT_TRUE(tr34::CheckRole(ct->certificates[0], tr34::Role::kKdh, ca_->kdh_ca().cert).ok());
+  EXPECT_TRUE(tr34::CheckKdhNotRevoked(ct->certificates[0], ct->crls, ca_->kdh_ca().cert,
+                                       absl::ToUnixSeconds(kNow))
+                  .ok());
+
+  TestKrd krd = NewKrd("TR34-GRPC");
+  absl::StatusOr<rkl::v1::RequestKeyTokenResponse> token = RequestToken(*terminal, krd);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->state(), rkl::v1::TERMINAL_STATE_TMK_DELIVERED);
+  absl::StatusOr<crypto::SecretBytes> tmk = krd.Accept(
+      Bytes(token->key_token().begin(), token->key_token().end()), ct->certificates[0],
+      ca_->kdh_ca().cert, KeyAlgorithm::kAes128, token->tmk_kcv(), absl::ToUnixSeconds(kNow));
+  ASSERT_TRUE(tmk.ok()) << tmk.status();
+  absl::StatusOr<Bytes> proof =
+      tr34::InstallProof(KeyAlgorithm::kAes128, *tmk, "TR34-GRPC", krd.nonce);
+  ASSERT_TRUE(proof.ok());
+  rkl::v1::ConfirmKeyTokenRequest confirm;
+  confirm.set_sn("TR34-GRPC");
+  confirm.set_proof(std::string(AsString(*proof)));
+  rkl::v1::ConfirmInstallationResponse confirmed;
+  ASSERT_TRUE(Call(*terminal, &rkl::v1::Kms::Stub::ConfirmKeyToken, confirm, &confirmed).ok());
+  EXPECT_EQ(confirmed.state(), rkl::v1::TERMINAL_STATE_INSTALLED);
+
+  rkl::v1::GetTerminalRequest which;
+  which.set_sn("TR34-GRPC");
+  rkl::v1::Terminal shown;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::GetTerminal, which, &shown).ok());
+  EXPECT_EQ(shown.protocol(), rkl::v1::TERMINAL_PROTOCOL_TR34);
+  EXPECT_EQ(shown.krd_id().size(), 64u);
+  EXPECT_EQ(shown.state(), rkl::v1::TERMINAL_STATE_INSTALLED);
+  rkl::v1::Statistics stats;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::GetStatistics, rkl::v1::Empty(), &stats).ok());
+  EXPECT_EQ(stats.terminals_by_protocol().at("TR34"), 1u);
+
+  // Registration: per-item outcome, in request order.
+  TestKrd next = NewKrd("TR34-GRPC-2");
+  rkl::v1::RegisterKrdCredentialsRequest reg;
+  reg.add_ct_krd(std::string(AsString(next.CtKrd())));
+  reg.add_ct_krd("junk");
+  reg.add_ct_krd(std::string(AsString(krd.CtKrd())));
+  rkl::v1::RegisterKrdCredentialsResponse regs;
+  ASSERT_TRUE(Call(*admin, &rkl::v1::Kms::Stub::RegisterKrdCredentials, reg, &regs).ok());
+  ASSERT_EQ(regs.results_size(), 3);
+  EXPECT_EQ(regs.results(0).code(), 0);
+  EXPECT_EQ(regs.results(0).sn(), "TR34-GRPC-2");
+  EXPECT_FALSE(regs.results(0).duplicate());
+  EXPECT_EQ(regs.results(1).code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(regs.results(1).message(), HasSubstr("ct_krd"));
+  EXPECT_EQ(regs.results(2).code(), 0);
+  EXPECT_TRUE(regs.results(2).duplicate());
+  EXPECT_EQ(regs.results(2).krd_id(), shown.krd_id());
+}
+
+TEST_F(KmsTr34GrpcTest, Tr34AdministrationIsForAdminsOnly) {
+  for (std::string who : {"mtms", "kms", ""}) {
+    auto stub = who.empty() ? Terminal(*tr34_) : Stub(*tr34_, tls_[who]);
+    rkl::v1::KdhKey kdh;
+    EXPECT_EQ(
+        Call(*stub, &rkl::v1::Kms::Stub::ProvisionKdhKey, rkl::v1::ProvisionKdhKeyRequest(), &kdh)
+            .code(),
+        absl::StatusCode::kPermissionDenied)
+        << who;
+    rkl::v1::ListKdhKeysResponse keys;
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::ListKdhKeys, rkl::v1::Empty(), &keys).code(),
+              absl::StatusCode::kPermissionDenied);
+    rkl::v1::RegisterKrdCredentialsRequest reg;
+    reg.add_ct_krd("x");
+    rkl::v1::RegisterKrdCredentialsResponse regs;
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::RegisterKrdCredentials, reg, &regs).code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+  EXPECT_EQ(hsm_->kdh_keys(), 0);
+}
+
+TEST_F(KmsTr34GrpcTest, Tr34RpcsAnswerNotConfiguredOnAReplicaWithoutTr34) {
+  auto terminal = Terminal(*a_);  // the plain replica: no CA, no KRD CA
+  rkl::v1::GetKdhCredentialResponse cred;
+  absl::Status s = Call(*terminal, &rkl::v1::Kms::Stub::GetKdhCredential,
+                        rkl::v1::GetKdhCredentialRequest(), &cred);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("tr34: not configured"));
+  TestKrd krd = NewKrd("TR34-OFF");
+  s = RequestToken(*terminal, krd).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("tr34: not configured"));
+}
+
+class KmsTr34LimitedGrpcTest : public KmsTr34GrpcTest {
+ protected:
+  TerminalRateLimits Limits() override {
+    return TerminalRateLimits{.per_source = {.per_second = 1, .burst = 100},
+                              .per_subject = {.per_second = 0.5, .burst = 3},
+                              .clock = [] { return kNow; }};
+  }
+};
+
+TEST_F(KmsTr34LimitedGrpcTest, Tr34TerminalCallsDrawOnTheTerminalBudget) {
+  auto admin = Stub(*tr34_, tls_["admin:alice"]);
+  rkl::v1::KdhKey kdh;
+  ASSERT_TRUE(
+      Call(*admin, &rkl::v1::Kms::Stub::ProvisionKdhKey, rkl::v1::ProvisionKdhKeyRequest(), &kdh)
+          .ok());
+  auto terminal = Terminal(*tr34_);
+  TestKrd krd = NewKrd("TR34-RATE");
+  // Three calls for the SN pass (burst 3), whichever TR-34 RPC; the fourth is refused
+  // before the core: HSM #2 is not asked.
+  rkl::v1::GetKdhCredentialRequest get;
+  get.set_sn("TR34-RATE");
+  rkl::v1::GetKdhCredentialResponse cred;
+  ASSERT_TRUE(Call(*terminal, &rkl::v1::Kms::Stub::GetKdhCredential, get, &cred).ok());
+  ASSERT_TRUE(RequestToken(*terminal, krd).ok());
+  ASSERT_TRUE(RequestToken(*terminal, krd).ok());
+  const int built = hsm_->calls("BuildKeyToken");
+  absl::Status s = RequestToken(*terminal, krd).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(hsm_->calls("BuildKeyToken"), built);
+  rkl::v1::ConfirmKeyTokenRequest confirm;
+  confirm.set_sn("TR34-RATE");
+  confirm.set_proof(std::string(16, 'p'));
+  rkl::v1::ConfirmInstallationResponse confirmed;
+  EXPECT_EQ(Call(*terminal, &rkl::v1::Kms::Stub::ConfirmKeyToken, confirm, &confirmed).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(hsm_->calls("VerifyKeyTokenInstallProof"), 0);
 }
 
 }  // namespace

@@ -229,12 +229,15 @@ absl::StatusOr<Statistics> MemoryKmsRepository::GetStatistics(
   absl::MutexLock lock(&mu_);
   Statistics st;
   std::map<std::string, uint64_t> by_state;
+  std::map<std::string, uint64_t> by_protocol;
   std::set<std::string> kcvs;
   for (const auto& [sn, t] : terminals_) {
     ++by_state[TerminalStateName(t.state)];
+    ++by_protocol[TerminalProtocolName(t.protocol)];
     if (!t.tmk_kcv.empty()) kcvs.insert(t.tmk_kcv);
   }
   st.terminals_by_state.assign(by_state.begin(), by_state.end());
+  st.terminals_by_protocol.assign(by_protocol.begin(), by_protocol.end());
   st.terminals_total = terminals_.size();
   st.distinct_tmk_kcvs = kcvs.size();
   for (const AuditEntry& e : audit_) {
@@ -243,6 +246,36 @@ absl::StatusOr<Statistics> MemoryKmsRepository::GetStatistics(
     }
   }
   return st;
+}
+
+absl::Status MemoryKmsRepository::InsertKdhKey(const KdhKeyRecord& key,
+                                               const std::vector<AuditEntry>& audit) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [index, k] : kdh_keys_) {
+    if (k.active && key.active) {
+      return absl::FailedPreconditionError("kdh: a KDH key is already active");
+    }
+  }
+  if (!kdh_keys_.emplace(key.key_index, key).second) {
+    return absl::AlreadyExistsError("kdh: key index already stored");
+  }
+  Append(audit);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<KdhKeyRecord>> MemoryKmsRepository::ListKdhKeys() {
+  absl::MutexLock lock(&mu_);
+  std::vector<KdhKeyRecord> out;
+  for (const auto& [index, k] : kdh_keys_) out.push_back(k);
+  return out;
+}
+
+absl::StatusOr<KdhKeyRecord> MemoryKmsRepository::GetActiveKdhKey() {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [index, k] : kdh_keys_) {
+    if (k.active) return k;
+  }
+  return absl::NotFoundError("kdh: no KDH key is provisioned");
 }
 
 }  // namespace rkl::kms::testing

@@ -43,6 +43,9 @@ class MemoryKmsRepository final : public KmsRepository {
                                                     int limit) override;
   absl::StatusOr<Statistics> GetStatistics(
       const std::vector<std::string>& failure_actions) override;
+  absl::Status InsertKdhKey(const KdhKeyRecord& key, const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<KdhKeyRecord>> ListKdhKeys() override;
+  absl::StatusOr<KdhKeyRecord> GetActiveKdhKey() override;
 
  private:
   void Append(const std::vector<AuditEntry>& audit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -55,6 +58,7 @@ class MemoryKmsRepository final : public KmsRepository {
   std::map<std::string, AuthSession> sessions_ ABSL_GUARDED_BY(mu_);
   rkl::testing::MemoryRefusalCounts refusal_counts_;
   std::vector<AuditEntry> audit_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, KdhKeyRecord> kdh_keys_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> retry_after_ms_ ABSL_GUARDED_BY(mu_);  // terminals.retry_after_ms
 };
 
