@@ -363,6 +363,9 @@ absl::StatusOr<Bytes> FakeKms::GetKdhCredential(const std::string&) {
     case Tr34Misbehaviour::kOtherKdh:
       certs = {w.other_kdh};
       break;
+    case Tr34Misbehaviour::kTwoKdhCertificates:
+      certs = {w.kdh, w.other_kdh};
+      break;
     default:
       break;
   }
@@ -414,6 +417,14 @@ absl::StatusOr<KeyTokenDelivery> FakeKms::RequestKeyToken(const std::string& sn,
         Must(tr34::TmkHeader(family == crypto::CipherFamily::kAes ? crypto::KeyAlgorithm::kTdes2
                                                                   : crypto::KeyAlgorithm::kAes128));
   }
+  SecretBytes long_tmk;
+  const SecretBytes* tmk = &r.tmk;
+  std::string kcv = r.tmk_kcv;
+  if (m == Tr34Misbehaviour::kWrongTmkLength) {
+    long_tmk = crypto::GenerateKey(crypto::KeyAlgorithm::kAes256);
+    tmk = &long_tmk;
+    kcv = Must(crypto::KcvHex(crypto::CipherFamily::kAes, long_tmk));
+  }
   tr34::PeerKey to = krd;
   if (m == Tr34Misbehaviour::kOtherKrd) {
     to = Must(tr34::PeerFromCertificate(w.other_krd, tr34::Role::kKrd, w.krd_ca.cert));
@@ -423,7 +434,7 @@ absl::StatusOr<KeyTokenDelivery> FakeKms::RequestKeyToken(const std::string& sn,
       .kdh_key = &w.kdh_key,
       .krd = std::move(to),
       .tmk_family = family,
-      .tmk = &r.tmk,
+      .tmk = tmk,
       .header = header,
       .krd_nonce = m == Tr34Misbehaviour::kWrongNonce ? crypto::RandomBytes(nonce.size()) : nonce,
       .signing_time = std::nullopt,
@@ -435,7 +446,6 @@ absl::StatusOr<KeyTokenDelivery> FakeKms::RequestKeyToken(const std::string& sn,
     const size_t at = ToHex(token).find(ToHex(parsed.enveloped_data)) / 2;
     token[at + parsed.enveloped_data.size() - 5] ^= 0x40;
   }
-  std::string kcv = r.tmk_kcv;
   if (m == Tr34Misbehaviour::kKcvMismatch) kcv = kcv == "000000" ? "111111" : "000000";
   r.tr34_nonce = nonce;
   r.last_token = token;

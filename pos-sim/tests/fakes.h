@@ -89,6 +89,8 @@ enum class Tr34Misbehaviour {
   kKdhFromOtherCa,      // CT_KDH: a KDH certificate from another CA of the same name
   kKrdCertAsKdh,        // CT_KDH: a KRD-role certificate
   kOtherKdh,            // CT_KDH: another valid KDH than the one bound
+  kTwoKdhCertificates,  // CT_KDH: the KDH certificate and another one
+  kWrongTmkLength,      // an AES-256 TMK under the AES TMK header for an AES-128 terminal
   kRevokedInToken,      // the key token's CRL lists the KDH
   kReplayToken,         // RequestKeyToken answers with the previous token of the SN
   kWrongNonce,          // the token carries another random number

@@ -330,6 +330,7 @@ TEST_F(Tr34TerminalTest, KeyTokenRefusals) {
   ExpectTokenRefused(Tr34Misbehaviour::kKcvMismatch,
                      "tmk_kcv: the KCV KMS sent does not match the TMK in the key token");
   ExpectTokenRefused(Tr34Misbehaviour::kRevokedInToken, "is revoked by its CA's CRL");
+  ExpectTokenRefused(Tr34Misbehaviour::kWrongTmkLength, "the TMK is 32 bytes; a AES128 TMK is 16");
 }
 
 TEST_F(Tr34TerminalTest, KdhCredentialRefusals) {
@@ -339,6 +340,8 @@ TEST_F(Tr34TerminalTest, KdhCredentialRefusals) {
   ExpectCtKdhRefused(Tr34Misbehaviour::kKdhFromOtherCa,
                      "its signature does not verify under the KDH CA");
   ExpectCtKdhRefused(Tr34Misbehaviour::kKrdCertAsKdh, "not issued by the KDH CA");
+  ExpectCtKdhRefused(Tr34Misbehaviour::kTwoKdhCertificates,
+                     "CT_KDH must carry exactly one certificate (the KDH's), it carries 2");
 }
 
 TEST_F(Tr34TerminalTest, AnotherKdhIsRefusedOnceBound) {
