@@ -126,8 +126,10 @@ class Terminal {
   // ---- TR-34 two-pass (protocol tr34; FAILED_PRECONDITION for a patent terminal) ----
   // The whole exchange with KMS: CT_KDH (BindKdh), RT_KRD (PrepareKeyTokenRequest), the key
   // token (AcceptKeyToken), and ConfirmKeyToken with the install proof, repeated like
-  // ConfirmInstallation when no answer says how it ended. From TMK_LOADED it asks again and
-  // accepts only the TMK it holds.
+  // ConfirmInstallation when no answer says how it ended. From TMK_LOADED it first sends the
+  // proof of the TMK it holds again (KMS answers INSTALLED to a repeat of an accepted proof);
+  // only if KMS refuses that proof does it ask for a token again, and it accepts only the TMK
+  // it holds.
   absl::StatusOr<DownloadResult> LoadTmkTr34(KmsTr34Port& kms, const ForwardingWait& wait,
                                              const Sleeper& sleep);
   // CT_KRD: the KRD certificate as a credential token.

@@ -234,6 +234,48 @@ absl::StatusOr<DownloadResult> Terminal::LoadTmkTr34(KmsTr34Port& kms, const For
     return absl::FailedPreconditionError(absl::StrCat("terminal: ", sn, " is already INSTALLED"));
   }
   DownloadResult result;
+  // ConfirmKeyToken with the proof of the TMK held, repeated while no answer says how the
+  // call ended (kConfirmAttempts in all).
+  auto confirm = [&]() -> absl::StatusOr<std::string> {
+    const SecureModuleState& loaded = module_.state();
+    RKL_ASSIGN_OR_RETURN(Bytes proof,
+                         tr34::InstallProof(algorithm, loaded.tmk, sn, loaded.accepted_nonce));
+    absl::StatusOr<std::string> confirmed;
+    absl::Duration pause = wait.initial_backoff;
+    for (int attempt = 1;; ++attempt) {
+      ++result.confirm_attempts;
+      confirmed = kms.ConfirmKeyToken(sn, proof);
+      if (confirmed.ok() || !ConfirmationOutcomeOpen(confirmed.status()) ||
+          attempt >= kConfirmAttempts) {
+        return confirmed;
+      }
+      sleep(pause);
+      pause = std::min(pause * 2, wait.max_backoff);
+    }
+  };
+  auto install = [&](const std::string& kms_state) -> absl::StatusOr<DownloadResult> {
+    SecureModuleState installed = module_.state();
+    installed.lifecycle = Lifecycle::kInstalled;
+    installed.installed_at_unix_ms = NowUnixMs();
+    RKL_RETURN_IF_ERROR(module_.Commit(std::move(installed)));
+    RKL_ASSIGN_OR_RETURN(result.tmk_kcv, crypto::KcvHex(algorithm, module_.state().tmk));
+    result.kms_state = kms_state;
+    return result;
+  };
+
+  // TMK_LOADED: the TMK is held but KMS's answer to its proof never came. The same proof
+  // again: KMS answers INSTALLED whether or not it had accepted it (a repeat of an accepted
+  // proof answers INSTALLED; KMS refuses a new key token to an INSTALLED terminal). Only if
+  // KMS refuses the proof outright does the terminal ask for a token again, and then accepts
+  // only the TMK it holds.
+  if (module_.state().lifecycle == Lifecycle::kTmkLoaded) {
+    absl::StatusOr<std::string> confirmed = confirm();
+    if (confirmed.ok()) return install(*confirmed);
+    if (ConfirmationOutcomeOpen(confirmed.status())) {
+      return Annotate(confirmed.status(), "kms: ConfirmKeyToken: ");
+    }
+  }
+
   auto ct_kdh = kms.GetKdhCredential(sn);
   if (!ct_kdh.ok()) return Annotate(ct_kdh.status(), "kms: GetKdhCredential: ");
   RKL_RETURN_IF_ERROR(BindKdh(*ct_kdh));
@@ -244,31 +286,10 @@ absl::StatusOr<DownloadResult> Terminal::LoadTmkTr34(KmsTr34Port& kms, const For
   if (!delivery.ok()) return Annotate(delivery.status(), "kms: RequestKeyToken: ");
   RKL_RETURN_IF_ERROR(AcceptKeyToken(delivery->key_token, delivery->tmk_kcv));
 
-  const SecureModuleState& loaded = module_.state();
-  RKL_ASSIGN_OR_RETURN(Bytes proof,
-                       tr34::InstallProof(algorithm, loaded.tmk, sn, loaded.accepted_nonce));
-  absl::StatusOr<std::string> confirmed;
-  absl::Duration pause = wait.initial_backoff;
-  for (;;) {
-    ++result.confirm_attempts;
-    confirmed = kms.ConfirmKeyToken(sn, proof);
-    if (confirmed.ok() || !ConfirmationOutcomeOpen(confirmed.status()) ||
-        result.confirm_attempts >= kConfirmAttempts) {
-      break;
-    }
-    sleep(pause);
-    pause = std::min(pause * 2, wait.max_backoff);
-  }
-  // TMK_LOADED stays: running provision again asks for the same TMK and confirms it.
+  absl::StatusOr<std::string> confirmed = confirm();
+  // TMK_LOADED stays: running provision again confirms it.
   if (!confirmed.ok()) return Annotate(confirmed.status(), "kms: ConfirmKeyToken: ");
-
-  SecureModuleState installed = module_.state();
-  installed.lifecycle = Lifecycle::kInstalled;
-  installed.installed_at_unix_ms = NowUnixMs();
-  RKL_RETURN_IF_ERROR(module_.Commit(std::move(installed)));
-  result.tmk_kcv = delivery->tmk_kcv;
-  result.kms_state = *confirmed;
-  return result;
+  return install(*confirmed);
 }
 
 }  // namespace rkl::pos

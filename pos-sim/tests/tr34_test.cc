@@ -23,6 +23,7 @@
 #include "krd_ca.h"
 #include "provision.h"
 #include "rkl/crypto/kcv.h"
+#include "rkl/crypto/random.h"
 #include "rkl/crypto/seal.h"
 #include "rkl/tr34/profile.h"
 #include "rkl/tr34/tokens.h"
@@ -244,11 +245,36 @@ TEST_F(Tr34TerminalTest, LostConfirmationResumesFromTmkLoadedWithTheSameTmk) {
   const crypto::SecretBytes held = t.secure_module().state().tmk;
   ASSERT_FALSE(held.empty());
   kms_.set_tr34_misbehaviour(Tr34Misbehaviour::kNone);
+  const int requests = kms_.key_token_calls();
   auto second = Load(t);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(t.secure_module().state().lifecycle, Lifecycle::kInstalled);
   EXPECT_TRUE(t.secure_module().state().tmk == held);
+  EXPECT_EQ(second->tmk_kcv, *crypto::KcvHex(KeyAlgorithm::kAes128, held));
   EXPECT_EQ(kms_.StateOf("RESUME-1"), "TERMINAL_STATE_INSTALLED");
+  // The held proof was enough: no new key token (KMS refuses one to an INSTALLED terminal).
+  EXPECT_EQ(kms_.key_token_calls(), requests);
+}
+
+TEST_F(Tr34TerminalTest, ResumeWhoseProofKmsRefusesAsksAgainForTheSameTmk) {
+  Terminal t = Make("RESUME-3");
+  kms_.set_tr34_misbehaviour(Tr34Misbehaviour::kRejectConfirmation);
+  ASSERT_FALSE(Load(t).ok());
+  const crypto::SecretBytes held = t.secure_module().state().tmk;
+  const Bytes first_nonce = t.secure_module().state().accepted_nonce;
+  kms_.set_tr34_misbehaviour(Tr34Misbehaviour::kNone);
+  // KMS issued a token for another random number meanwhile: the held proof no longer
+  // verifies, the terminal asks again and gets the same TMK.
+  auto ct = t.KrdCredentialToken();
+  auto rt = tr34::BuildRandomNumberToken(crypto::RandomBytes(16));
+  ASSERT_TRUE(kms_.RequestKeyToken("RESUME-3", *ct, *rt, KeyAlgorithm::kAes128).ok());
+  const int requests = kms_.key_token_calls();
+  auto r = Load(t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(kms_.key_token_calls(), requests + 1);
+  EXPECT_TRUE(t.secure_module().state().tmk == held);
+  EXPECT_NE(t.secure_module().state().accepted_nonce, first_nonce);
+  EXPECT_EQ(kms_.StateOf("RESUME-3"), "TERMINAL_STATE_INSTALLED");
 }
 
 TEST_F(Tr34TerminalTest, ResumeAcceptsOnlyTheTmkAlreadyHeld) {
@@ -258,7 +284,7 @@ TEST_F(Tr34TerminalTest, ResumeAcceptsOnlyTheTmkAlreadyHeld) {
   ASSERT_EQ(t.secure_module().state().lifecycle, Lifecycle::kTmkLoaded);
   const crypto::SecretBytes held = t.secure_module().state().tmk;
   kms_.set_tr34_misbehaviour(Tr34Misbehaviour::kNone);
-  kms_.ForgetTmk("RESUME-2");  // KMS now wraps another TMK
+  kms_.ForgetTmk("RESUME-2");  // KMS refuses the held proof and now wraps another TMK
   SnapshotAtRequest("RESUME-2");
   auto r = Load(t);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -274,7 +300,9 @@ TEST_F(Tr34TerminalTest, ReplayedTokenIsRefusedAfterANewRandomNumber) {
   ASSERT_FALSE(Load(t).ok());
   ASSERT_EQ(t.secure_module().state().lifecycle, Lifecycle::kTmkLoaded);
   const Bytes accepted_nonce = t.secure_module().state().accepted_nonce;
-  // Offered again in answer to the next request (a new random number): refused.
+  // KMS refuses the held proof, so the terminal asks again with a new random number, and
+  // is answered with the token it accepted before: refused.
+  kms_.ForgetTmk("REPLAY-1");
   kms_.set_tr34_misbehaviour(Tr34Misbehaviour::kReplayToken);
   SnapshotAtRequest("REPLAY-1");
   auto r = Load(t);
