@@ -715,7 +715,6 @@ void AddTr34Fleet(CLI::App* c, Options& o) {
 
 absl::Status CmdKrdCaInit(Session& s) {
   const Options& o = s.options();
-  RKL_RETURN_IF_ERROR(Require(o.out_dir, "--out", "RKL_POS_OUT"));
   RKL_ASSIGN_OR_RETURN(SecretBytes pin, ObtainCardPin(o.krd_ca_pin_file, kKrdCaPinEnv,
                                                       "KRD CA card PIN", "--pin-file", s.io()));
   for (const char* name : {kKrdCaCardFile, kKrdCaCertificateFile}) {
