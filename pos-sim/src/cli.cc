@@ -2,12 +2,15 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -22,6 +25,7 @@
 #include "clients.h"
 #include "files.h"
 #include "fleet.h"
+#include "krd_ca.h"
 #include "operator_terminal.h"
 #include "provision.h"
 #include "rkl/common/logging.h"
@@ -68,7 +72,18 @@ struct Options {
   // -1: the command's default (fleet 4, provision 0).
   int retries = -1;
   bool no_fsync = false;
+  // TR-34.
+  std::string protocol;  // patent|tr34 (fleet: also mixed); empty: patent, not given
+  std::string kdh_ca;
+  std::string krd_ca_card;
+  std::string krd_ca_pin_file;
+  std::string krd_export;
+  // krd-ca init.
+  std::string out_dir;
+  std::string ca_name = kDefaultKrdCaName;
 };
+
+constexpr char kKrdCaPinEnv[] = "RKL_POS_KRD_CA_PIN";
 
 absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& text, const char* flag) {
   absl::Duration d;
@@ -103,23 +118,39 @@ absl::StatusOr<SecretBytes> ReadPinFile(const std::string& path) {
   return content.Sub(0, len);
 }
 
-absl::StatusOr<SecretBytes> ObtainPin(const Options& o, const CliIo& io) {
+// A card PIN from `pin_file`, else the environment variable `env`, else a prompt.
+absl::StatusOr<SecretBytes> ObtainCardPin(const std::string& pin_file, const char* env_name,
+                                          const char* what, const char* file_flag,
+                                          const CliIo& io) {
   SecretBytes pin;
-  if (!o.operator_pin_file.empty()) {
-    RKL_ASSIGN_OR_RETURN(pin, ReadPinFile(o.operator_pin_file));
-  } else if (const char* env = std::getenv(kPinEnv); env != nullptr) {
+  if (!pin_file.empty()) {
+    RKL_ASSIGN_OR_RETURN(pin, ReadPinFile(pin_file));
+  } else if (const char* env = std::getenv(env_name); env != nullptr) {
     pin = SecretBytes::CopyOf(AsBytes(env));
   } else if (io.prompt_pin) {
     RKL_ASSIGN_OR_RETURN(pin, io.prompt_pin());
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("operator PIN: give --operator-pin-file, set ",
-                                                   kPinEnv, ", or run on a terminal"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": give ", file_flag, ", set ", env_name, ", or run on a terminal"));
   }
   if (pin.empty() || pin.size() > kMaxPinLength) {
     return absl::InvalidArgumentError(
-        absl::StrCat("operator PIN: must be 1 to ", kMaxPinLength, " characters"));
+        absl::StrCat(what, ": must be 1 to ", kMaxPinLength, " characters"));
   }
   return pin;
+}
+
+absl::StatusOr<SecretBytes> ObtainPin(const Options& o, const CliIo& io) {
+  return ObtainCardPin(o.operator_pin_file, kPinEnv, "operator PIN", "--operator-pin-file", io);
+}
+
+// Standard base64 with padding, for the manufacturer's CT_KRD file.
+std::string Base64(const Bytes& data) {
+  std::string out(4 * ((data.size() + 2) / 3), '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(),
+                                static_cast<int>(data.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
 }
 
 // Everything a command may need, built on demand from the options.
@@ -132,7 +163,36 @@ class Session {
     RKL_ASSIGN_OR_RETURN(forwarding_.timeout,
                          ParseDurationFlag(o_.forwarding_timeout, "--forwarding-timeout"));
     RKL_ASSIGN_OR_RETURN(algorithm_, crypto::KeyAlgorithmFromName(o_.algorithm));
+    if (o_.protocol == "mixed") {
+      mixed_ = true;
+    } else if (!o_.protocol.empty()) {
+      RKL_ASSIGN_OR_RETURN(protocol_, ProtocolFromName(o_.protocol));
+    }
     return absl::OkStatus();
+  }
+
+  // TR-34 manufacture: the burned-in kdh-ca and the unlocked KRD CA card.
+  absl::StatusOr<KrdFactory> Factory() {
+    if (!kdh_ca_) {
+      RKL_RETURN_IF_ERROR(Require(o_.kdh_ca, "--kdh-ca", "RKL_POS_KDH_CA"));
+      RKL_ASSIGN_OR_RETURN(kdh_ca_, LoadCertificate(o_.kdh_ca, "--kdh-ca"));
+    }
+    if (!krd_ca_) {
+      RKL_RETURN_IF_ERROR(Require(o_.krd_ca_card, "--krd-ca-card", "RKL_POS_KRD_CA_CARD"));
+      RKL_ASSIGN_OR_RETURN(Bytes p12, ReadFileBytes(o_.krd_ca_card));
+      RKL_ASSIGN_OR_RETURN(SecretBytes pin,
+                           ObtainCardPin(o_.krd_ca_pin_file, kKrdCaPinEnv, "KRD CA card PIN",
+                                         "--krd-ca-pin-file", io_));
+      RKL_ASSIGN_OR_RETURN(krd_ca_, OpenKrdCaCard(p12, pin));
+    }
+    return KrdFactory{&*kdh_ca_, &*krd_ca_};
+  }
+
+  absl::StatusOr<KmsTr34Port*> KmsTr34() {
+    RKL_ASSIGN_OR_RETURN(KmsTerminalPort * ignored, Kms());
+    (void)ignored;
+    if (tr34_dropper_ != nullptr) return tr34_dropper_.get();
+    return kms_.get();
   }
 
   absl::StatusOr<MtmsPort*> Mtms() {
@@ -153,7 +213,10 @@ class Session {
           return absl::InvalidArgumentError(
               absl::StrCat(kDropConfirmRepliesEnv, ": must be a count >= 0"));
         }
-        if (n > 0) dropper_ = std::make_unique<ConfirmReplyDropper>(*kms_, n);
+        if (n > 0) {
+          dropper_ = std::make_unique<ConfirmReplyDropper>(*kms_, n);
+          tr34_dropper_ = std::make_unique<KeyTokenConfirmReplyDropper>(*kms_, n);
+        }
       }
     }
     if (dropper_ != nullptr) return dropper_.get();
@@ -206,6 +269,10 @@ class Session {
   const Options& options() const { return o_; }
   const CliIo& io() const { return io_; }
   crypto::KeyAlgorithm algorithm() const { return algorithm_; }
+  // --protocol: patent (default), tr34, or (fleet) mixed.
+  Protocol protocol() const { return protocol_; }
+  bool protocol_given() const { return !o_.protocol.empty(); }
+  bool mixed() const { return mixed_; }
   const ForwardingWait& forwarding() const { return forwarding_; }
 
  private:
@@ -231,6 +298,11 @@ class Session {
   std::unique_ptr<GrpcMtmsClient> mtms_;
   std::unique_ptr<GrpcKmsClient> kms_;
   std::unique_ptr<ConfirmReplyDropper> dropper_;  // the test switch, when set
+  std::unique_ptr<KeyTokenConfirmReplyDropper> tr34_dropper_;
+  Protocol protocol_ = Protocol::kPatent;
+  bool mixed_ = false;
+  std::optional<crypto::Certificate> kdh_ca_;
+  std::optional<KrdCa> krd_ca_;
   std::unique_ptr<GrpcKmsClient> admin_;
   std::optional<crypto::Certificate> root_;
   std::optional<OperatorCard> card_;
@@ -246,7 +318,12 @@ void PrintDescription(std::ostream& out, const SecureModuleDescription& d) {
       << "TEK KCV       " << or_dash(d.tek_kcv) << "\n"
       << "AUK KCV       " << or_dash(d.auk_kcv) << "\n"
       << "TMK KCV       " << or_dash(d.tmk_kcv) << "\n"
-      << "submission    " << or_dash(d.submission_id) << "\n";
+      << "submission    " << or_dash(d.submission_id) << "\n"
+      << "protocol      " << d.protocol << "\n";
+  if (d.protocol == ProtocolName(Protocol::kTr34)) {
+    out << "KRD id        " << or_dash(d.krd_id) << "\n"
+        << "KDH bound     " << or_dash(d.kdh_bound) << "\n";
+  }
 }
 
 // Checks, through the KMS admin RPC, that KMS itself holds the terminal INSTALLED with the
@@ -266,9 +343,43 @@ absl::Status VerifyAtKms(Session& s, const SecureModuleDescription& d) {
   return absl::OkStatus();
 }
 
+// Appends base64(DER CT_KRD) as one line to `path`: the manufacturer's file that
+// `rklctl kms krd import` reads.
+absl::Status AppendKrdExport(const std::string& path, const Bytes& ct_krd) {
+  const std::string line = Base64(ct_krd) + "\n";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--krd-export: cannot open ", path, ": ", std::strerror(errno)));
+  }
+  const ssize_t written = ::write(fd, line.data(), line.size());
+  const bool synced = !DurableWrites() || ::fsync(fd) == 0;
+  ::close(fd);
+  if (written != static_cast<ssize_t>(line.size()) || !synced) {
+    return absl::FailedPreconditionError(absl::StrCat("--krd-export: cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CmdManufacture(Session& s) {
   const Options& o = s.options();
   RKL_RETURN_IF_ERROR(Require(o.sn, "--sn", "RKL_POS_SN"));
+  if (s.protocol() == Protocol::kTr34) {
+    RKL_ASSIGN_OR_RETURN(KrdFactory factory, s.Factory());
+    RKL_ASSIGN_OR_RETURN(Terminal t, Terminal::ManufactureTr34(o.state_dir, o.sn, s.algorithm(),
+                                                               factory, SystemClock()));
+    if (!o.krd_export.empty()) {
+      RKL_ASSIGN_OR_RETURN(Bytes ct_krd, t.KrdCredentialToken());
+      RKL_RETURN_IF_ERROR(AppendKrdExport(o.krd_export, ct_krd));
+    }
+    spdlog::info("manufactured TR-34 terminal {} ({}), KRD id {}", o.sn, o.algorithm,
+                 t.Describe().krd_id);
+    PrintDescription(*s.io().out, t.Describe());
+    return absl::OkStatus();
+  }
+  if (!o.krd_export.empty()) {
+    return absl::InvalidArgumentError("--krd-export: only with --protocol tr34");
+  }
   RKL_ASSIGN_OR_RETURN(const crypto::Certificate* root, s.TerminalRoot());
   RKL_ASSIGN_OR_RETURN(
       Terminal t, Terminal::Manufacture(o.state_dir, o.sn, s.algorithm(), *root, SystemClock()));
@@ -346,15 +457,28 @@ TransientRetry RetryPolicy(const Options& o, int default_retries) {
   return retry;
 }
 
-absl::StatusOr<ProvisionContext> MakeProvisionContext(Session& s, bool need_root) {
+// `patent`/`tr34`: the protocols the context must run; `manufacture`: whether it makes new
+// terminals (and needs the HsmRCRT, or the kdh-ca and KRD CA card).
+absl::StatusOr<ProvisionContext> MakeProvisionContext(Session& s, bool manufacture, bool patent,
+                                                      bool tr34) {
   ProvisionContext ctx;
   ctx.state_dir = s.options().state_dir;
   ctx.algorithm = s.algorithm();
-  if (need_root) {
-    RKL_ASSIGN_OR_RETURN(ctx.terminal_root, s.TerminalRoot());
+  ctx.protocol = s.protocol();
+  ctx.protocol_explicit = s.protocol_given();
+  if (patent) {
+    if (manufacture) {
+      RKL_ASSIGN_OR_RETURN(ctx.terminal_root, s.TerminalRoot());
+    }
+    RKL_ASSIGN_OR_RETURN(ctx.operator_terminal, s.Operator(true));
+    RKL_ASSIGN_OR_RETURN(ctx.kms, s.Kms());
   }
-  RKL_ASSIGN_OR_RETURN(ctx.operator_terminal, s.Operator(true));
-  RKL_ASSIGN_OR_RETURN(ctx.kms, s.Kms());
+  if (tr34) {
+    if (manufacture) {
+      RKL_ASSIGN_OR_RETURN(ctx.krd_factory, s.Factory());
+    }
+    RKL_ASSIGN_OR_RETURN(ctx.kms_tr34, s.KmsTr34());
+  }
   ctx.forwarding = s.forwarding();
   ctx.clock = SystemClock();
   ctx.sleep = SleepFor;
@@ -365,8 +489,16 @@ absl::Status CmdProvision(Session& s) {
   const Options& o = s.options();
   RKL_RETURN_IF_ERROR(Require(o.sn, "--sn", "RKL_POS_SN"));
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(o.sn));
+  if (s.mixed()) return absl::InvalidArgumentError("--protocol: mixed is for fleet only");
   const bool exists = PathExists(TerminalDirectory(o.state_dir, o.sn));
-  RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, !exists));
+  ProvisionContext probe;
+  probe.state_dir = o.state_dir;
+  probe.protocol = s.protocol();
+  probe.protocol_explicit = s.protocol_given();
+  RKL_ASSIGN_OR_RETURN(Protocol protocol, ProtocolFor(probe, o.sn));
+  RKL_ASSIGN_OR_RETURN(
+      ProvisionContext ctx,
+      MakeProvisionContext(s, !exists, protocol == Protocol::kPatent, protocol == Protocol::kTr34));
   StepRecorder steps;
   RKL_ASSIGN_OR_RETURN(ProvisionResult r,
                        ProvisionTerminalWithRetry(ctx, o.sn, steps, RetryPolicy(o, 0)));
@@ -398,8 +530,8 @@ absl::Status CmdStatus(Session& s) {
   }
   std::sort(sns.begin(), sns.end());
   std::ostream& out = *s.io().out;
-  out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s\n", "SN", "STATE", "ALG", "TEK", "AUK",
-                         "TMK");
+  out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s %-6s %-64s %s\n", "SN", "STATE", "ALG",
+                         "TEK", "AUK", "TMK", "PROTO", "KRD-ID", "KDH");
   for (const std::string& sn : sns) {
     auto t = Terminal::Load(o.state_dir, sn, SystemClock());
     if (!t.ok()) {
@@ -408,8 +540,9 @@ absl::Status CmdStatus(Session& s) {
     }
     const SecureModuleDescription d = t->Describe();
     auto dash = [](const std::string& v) { return v.empty() ? std::string("-") : v; };
-    out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s\n", d.sn, d.lifecycle, d.algorithm,
-                           dash(d.tek_kcv), dash(d.auk_kcv), dash(d.tmk_kcv));
+    out << absl::StrFormat("%-32s %-15s %-7s %-6s %-6s %-6s %-6s %-64s %s\n", d.sn, d.lifecycle,
+                           d.algorithm, dash(d.tek_kcv), dash(d.auk_kcv), dash(d.tmk_kcv),
+                           d.protocol, dash(d.krd_id), dash(d.kdh_bound));
   }
   return absl::OkStatus();
 }
@@ -427,7 +560,16 @@ absl::Status CmdFleet(Session& s, Options& o) {
   }
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(FleetSn(o.prefix, o.count - 1)));
   if (o.no_fsync) SetDurableWrites(false);
-  RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, true));
+  // --protocol mixed: odd-numbered terminals (…-000001, …-000003, …) patent, even-numbered
+  // TR-34.
+  const bool mixed = s.mixed();
+  const bool any_tr34 = mixed || s.protocol() == Protocol::kTr34;
+  const bool any_patent = mixed || s.protocol() == Protocol::kPatent;
+  RKL_ASSIGN_OR_RETURN(ProvisionContext ctx, MakeProvisionContext(s, true, any_patent, any_tr34));
+  ProvisionContext patent_ctx = ctx;
+  patent_ctx.protocol = Protocol::kPatent;
+  ProvisionContext tr34_ctx = ctx;
+  tr34_ctx.protocol = Protocol::kTr34;
   RKL_ASSIGN_OR_RETURN(KmsAdminPort * admin, s.KmsAdmin());  // fail fast on bad flags
 
   FleetOptions fo;
@@ -438,10 +580,12 @@ absl::Status CmdFleet(Session& s, Options& o) {
     fo.progress_is_tty = o.progress == "bar" || (o.progress == "auto" && s.io().err_is_tty);
   }
   *s.io().out << "fleet: " << o.count << " terminals " << FleetSn(o.prefix, 0) << " .. "
-              << FleetSn(o.prefix, o.count - 1) << ", concurrency " << o.concurrency << "\n";
+              << FleetSn(o.prefix, o.count - 1) << ", concurrency " << o.concurrency
+              << ", protocol " << (mixed ? "mixed" : ProtocolName(s.protocol())) << "\n";
   const TransientRetry retry = RetryPolicy(o, kFleetDefaultRetries);
   FleetSummary summary = RunFleet(fo, [&](int index, StepRecorder& steps) {
-    return ProvisionTerminalWithRetry(ctx, FleetSn(o.prefix, index), steps, retry).status();
+    const ProvisionContext& c = mixed ? (index % 2 == 0 ? patent_ctx : tr34_ctx) : ctx;
+    return ProvisionTerminalWithRetry(c, FleetSn(o.prefix, index), steps, retry).status();
   });
 
   absl::Status verdict = absl::OkStatus();
@@ -539,6 +683,57 @@ void AddRoot(CLI::App* c, Options& o) {
       ->capture_default_str();
 }
 
+void AddProtocolFlag(CLI::App* c, Options& o, bool allow_mixed) {
+  std::vector<std::string> allowed = {"patent", "tr34"};
+  if (allow_mixed) allowed.push_back("mixed");
+  AddFlag(c, "--protocol", o.protocol,
+          allow_mixed ? "How new terminals load their TMK: patent (default), tr34 (TR-34 two-pass "
+                        "KRD), or mixed (odd-numbered terminals patent, even-numbered tr34)"
+                      : "How a new terminal loads its TMK: patent (default) or tr34 (TR-34 "
+                        "two-pass KRD); an existing terminal keeps its own")
+      ->check(CLI::IsMember(allowed));
+}
+void AddTr34Factory(CLI::App* c, Options& o) {
+  AddFlag(c, "--kdh-ca", o.kdh_ca,
+          "TR-34: kdh-ca certificate (PEM or DER) burned into new terminals as their only KDH "
+          "trust anchor");
+  AddFlag(c, "--krd-ca-card", o.krd_ca_card,
+          "TR-34: the manufacturer's KRD CA card (krd-ca.p12 from `rkl-pos krd-ca init`) that "
+          "certifies new terminals' device keys");
+  AddFlag(c, "--krd-ca-pin-file", o.krd_ca_pin_file,
+          "TR-34: file whose first line is the KRD CA card PIN; else RKL_POS_KRD_CA_PIN, else a "
+          "no-echo prompt");
+}
+void AddTr34(CLI::App* c, Options& o) {
+  AddProtocolFlag(c, o, false);
+  AddTr34Factory(c, o);
+}
+void AddTr34Fleet(CLI::App* c, Options& o) {
+  AddProtocolFlag(c, o, true);
+  AddTr34Factory(c, o);
+}
+
+absl::Status CmdKrdCaInit(Session& s) {
+  const Options& o = s.options();
+  RKL_ASSIGN_OR_RETURN(SecretBytes pin, ObtainCardPin(o.krd_ca_pin_file, kKrdCaPinEnv,
+                                                      "KRD CA card PIN", "--pin-file", s.io()));
+  for (const char* name : {kKrdCaCardFile, kKrdCaCertificateFile}) {
+    const std::string path = absl::StrCat(o.out_dir, "/", name);
+    if (PathExists(path)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("--out: ", path, " exists; a KRD CA is never overwritten"));
+    }
+  }
+  RKL_ASSIGN_OR_RETURN(KrdCa ca, CreateKrdCa(o.ca_name, absl::ToUnixSeconds(absl::Now())));
+  RKL_RETURN_IF_ERROR(WriteKrdCa(o.out_dir, ca, pin));
+  spdlog::info("KRD CA {} created in {}", o.ca_name, o.out_dir);
+  *s.io().out << "KRD CA        " << ca.cert.SubjectCommonName() << "\n"
+              << "serial        " << ca.cert.SerialHex() << "\n"
+              << "card          " << o.out_dir << "/" << kKrdCaCardFile << "\n"
+              << "certificate   " << o.out_dir << "/" << kKrdCaCertificateFile << "\n";
+  return absl::OkStatus();
+}
+
 // An option group: adds its flags to a subcommand.
 using OptionGroup = void (*)(CLI::App*, Options&);
 
@@ -574,8 +769,14 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
     commands.push_back({command, std::move(run)});
     return command;
   };
-  add_command("manufacture", "Create a terminal: SN, key algorithm and burned-in HsmRCRT",
-              {AddStateDir, AddSn, AddRoot}, CmdManufacture);
+  auto* manufacture = add_command(
+      "manufacture",
+      "Create a terminal: SN, key algorithm and burned-in HsmRCRT; or (--protocol tr34) a KRD: "
+      "device key pair, KRD certificate from the KRD CA card, burned-in kdh-ca",
+      {AddStateDir, AddSn, AddRoot, AddTr34}, CmdManufacture);
+  AddFlag(manufacture, "--krd-export", o.krd_export,
+          "TR-34: append base64(DER CT_KRD) as one line to this file (the manufacturer's file "
+          "for `rklctl kms krd import`)");
   add_command(
       "install-cert",
       "S204-S206: the operator terminal fetches HsmWCRT from MTMS; the terminal verifies it "
@@ -599,16 +800,18 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
       "S109-S113, S401-S405: mutual authentication with AUK, TMK as a TR-31 block under TEK, "
       "install proof",
       {AddStateDir, AddSn, AddKms, AddCaBundle, AddAdmin}, CmdDownloadTmk);
-  add_command(
-      "provision", "All steps for one terminal (resumes an existing terminal where it stopped)",
-      {AddStateDir, AddSn, AddRoot, AddMtms, AddKms, AddCaBundle, AddCard, AddAdmin, AddRetries},
-      CmdProvision);
+  add_command("provision",
+              "All steps for one terminal (resumes an existing terminal where it stopped)",
+              {AddStateDir, AddSn, AddRoot, AddTr34, AddMtms, AddKms, AddCaBundle, AddCard,
+               AddAdmin, AddRetries},
+              CmdProvision);
   add_command("status", "Show one terminal (--sn) or all terminals: states and KCVs only",
               {AddStateDir, AddSnOptional}, CmdStatus);
   auto* fleet = add_command(
       "fleet",
       "N terminals through the whole flow in parallel, with progress and a latency summary",
-      {AddStateDir, AddRoot, AddMtms, AddKms, AddCaBundle, AddCard, AddAdmin, AddFleetRetries},
+      {AddStateDir, AddRoot, AddTr34Fleet, AddMtms, AddKms, AddCaBundle, AddCard, AddAdmin,
+       AddFleetRetries},
       [&](Session& s) { return CmdFleet(s, o); });
   fleet->add_option("--count", o.count, "Number of terminals")->capture_default_str();
   fleet->add_option("--concurrency", o.concurrency, "Terminals in flight at once")
@@ -623,6 +826,22 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
                   "Do not force the terminals' state files to disk (a load run: real terminals "
                   "sync their own flash, not this machine's disk). Files are still replaced "
                   "atomically; a crash of this machine may lose the last steps' state");
+
+  CLI::App* krd_ca = app.add_subcommand("krd-ca", "The terminal manufacturer's TR-34 KRD CA");
+  krd_ca->require_subcommand(1);
+  CLI::App* krd_ca_init = krd_ca->add_subcommand(
+      "init",
+      "Create the KRD CA: RSA-3072 self-signed CA in a PIN-protected PKCS#12 DIR/krd-ca.p12 and "
+      "its certificate DIR/krd-ca.pem (never overwrites)");
+  krd_ca_init->add_option("--out", o.out_dir, "Directory for krd-ca.p12 and krd-ca.pem")
+      ->required();
+  krd_ca_init
+      ->add_option("--pin-file", o.krd_ca_pin_file,
+                   "File whose first line is the new card's PIN; else RKL_POS_KRD_CA_PIN, else a "
+                   "no-echo prompt")
+      ->envname("RKL_POS_KRD_CA_PIN_FILE");
+  krd_ca_init->add_option("--name", o.ca_name, "The CA's subject CN")->capture_default_str();
+  commands.push_back({krd_ca_init, CmdKrdCaInit});
 
   try {
     app.parse(argc, argv);
@@ -648,8 +867,12 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
     absl::Status status = session.Init();
     if (status.ok()) status = c.run(session);
     if (!status.ok()) {
-      *io.err << "rkl-pos " << c.app->get_name() << ": " << absl::StatusCodeToString(status.code())
-              << ": " << status.message() << "\n";
+      const CLI::App* parent = c.app->get_parent();
+      const std::string name = parent != nullptr && parent != &app
+                                   ? parent->get_name() + " " + c.app->get_name()
+                                   : c.app->get_name();
+      *io.err << "rkl-pos " << name << ": " << absl::StatusCodeToString(status.code()) << ": "
+              << status.message() << "\n";
       return 1;
     }
     return 0;

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/protocol/proto_enums.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/status.h"
@@ -146,6 +147,39 @@ absl::StatusOr<std::string> GrpcKmsClient::ConfirmInstallation(const std::string
   return rkl::v1::TerminalState_Name(resp.state());
 }
 
+absl::StatusOr<Bytes> GrpcKmsClient::GetKdhCredential(const std::string& sn) {
+  rkl::v1::GetKdhCredentialRequest req;
+  req.set_sn(sn);
+  RKL_ASSIGN_OR_RETURN(rkl::v1::GetKdhCredentialResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::GetKdhCredential, req, timeout_));
+  return ToBytes(resp.ct_kdh());
+}
+
+absl::StatusOr<KeyTokenDelivery> GrpcKmsClient::RequestKeyToken(const std::string& sn,
+                                                                const Bytes& ct_krd,
+                                                                const Bytes& rt_krd,
+                                                                crypto::KeyAlgorithm algorithm) {
+  rkl::v1::RequestKeyTokenRequest req;
+  req.set_sn(sn);
+  req.set_ct_krd(ToString(ct_krd));
+  req.set_rt_krd(ToString(rt_krd));
+  req.set_algorithm(protocol::ToProto(algorithm));
+  RKL_ASSIGN_OR_RETURN(rkl::v1::RequestKeyTokenResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::RequestKeyToken, req, timeout_));
+  return KeyTokenDelivery{ToBytes(resp.key_token()), resp.tmk_kcv(),
+                          rkl::v1::TerminalState_Name(resp.state())};
+}
+
+absl::StatusOr<std::string> GrpcKmsClient::ConfirmKeyToken(const std::string& sn,
+                                                           const Bytes& proof) {
+  rkl::v1::ConfirmKeyTokenRequest req;
+  req.set_sn(sn);
+  req.set_proof(ToString(proof));
+  RKL_ASSIGN_OR_RETURN(rkl::v1::ConfirmInstallationResponse resp,
+                       Call(*stub_, &rkl::v1::Kms::Stub::ConfirmKeyToken, req, timeout_));
+  return rkl::v1::TerminalState_Name(resp.state());
+}
+
 absl::StatusOr<KmsTerminalView> GrpcKmsClient::GetTerminal(const std::string& sn) {
   rkl::v1::GetTerminalRequest req;
   req.set_sn(sn);
@@ -186,6 +220,20 @@ absl::StatusOr<std::string> ConfirmReplyDropper::ConfirmInstallation(const std::
                kDropConfirmRepliesEnv,
                answer.ok() ? *answer : absl::StatusCodeToString(answer.status().code()));
   return absl::UnavailableError("kms: ConfirmInstallation: reply lost (test switch)");
+}
+
+absl::StatusOr<std::string> KeyTokenConfirmReplyDropper::ConfirmKeyToken(const std::string& sn,
+                                                                         const Bytes& proof) {
+  absl::StatusOr<std::string> answer = kms_.ConfirmKeyToken(sn, proof);
+  if (remaining_.fetch_sub(1) <= 0) {
+    remaining_.fetch_add(1);
+    return answer;
+  }
+  dropped_.fetch_add(1);
+  spdlog::warn("terminal {}: test switch {}: the answer to ConfirmKeyToken ({}) is dropped", sn,
+               kDropConfirmRepliesEnv,
+               answer.ok() ? *answer : absl::StatusCodeToString(answer.status().code()));
+  return absl::UnavailableError("kms: ConfirmKeyToken: reply lost (test switch)");
 }
 
 }  // namespace rkl::pos

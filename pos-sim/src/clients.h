@@ -50,7 +50,7 @@ class GrpcMtmsClient final : public MtmsPort {
   absl::Duration timeout_;
 };
 
-class GrpcKmsClient final : public KmsTerminalPort, public KmsAdminPort {
+class GrpcKmsClient final : public KmsTerminalPort, public KmsTr34Port, public KmsAdminPort {
  public:
   explicit GrpcKmsClient(std::shared_ptr<grpc::Channel> channel,
                          absl::Duration timeout = kDefaultRpcTimeout);
@@ -62,6 +62,11 @@ class GrpcKmsClient final : public KmsTerminalPort, public KmsAdminPort {
   absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
                                                   const std::string& sn,
                                                   const Bytes& proof) override;
+  absl::StatusOr<Bytes> GetKdhCredential(const std::string& sn) override;
+  absl::StatusOr<KeyTokenDelivery> RequestKeyToken(const std::string& sn, const Bytes& ct_krd,
+                                                   const Bytes& rt_krd,
+                                                   crypto::KeyAlgorithm algorithm) override;
+  absl::StatusOr<std::string> ConfirmKeyToken(const std::string& sn, const Bytes& proof) override;
   absl::StatusOr<KmsTerminalView> GetTerminal(const std::string& sn) override;
   absl::StatusOr<std::vector<KmsTerminalView>> ListTerminals(const std::string& sn_prefix) override;
 
@@ -95,6 +100,28 @@ class ConfirmReplyDropper final : public KmsTerminalPort {
 
  private:
   KmsTerminalPort& kms_;
+  std::atomic<int> remaining_;
+  std::atomic<int> dropped_{0};
+};
+
+// The same test switch for TR-34 terminals: the answers of the first N ConfirmKeyToken calls
+// of the process are replaced by UNAVAILABLE (its own count, apart from ConfirmInstallation's).
+class KeyTokenConfirmReplyDropper final : public KmsTr34Port {
+ public:
+  KeyTokenConfirmReplyDropper(KmsTr34Port& kms, int drop) : kms_(kms), remaining_(drop) {}
+  absl::StatusOr<Bytes> GetKdhCredential(const std::string& sn) override {
+    return kms_.GetKdhCredential(sn);
+  }
+  absl::StatusOr<KeyTokenDelivery> RequestKeyToken(const std::string& sn, const Bytes& ct_krd,
+                                                   const Bytes& rt_krd,
+                                                   crypto::KeyAlgorithm algorithm) override {
+    return kms_.RequestKeyToken(sn, ct_krd, rt_krd, algorithm);
+  }
+  absl::StatusOr<std::string> ConfirmKeyToken(const std::string& sn, const Bytes& proof) override;
+  int dropped() const { return dropped_.load(); }
+
+ private:
+  KmsTr34Port& kms_;
   std::atomic<int> remaining_;
   std::atomic<int> dropped_{0};
 };

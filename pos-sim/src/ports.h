@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "rkl/common/hex.h"
+#include "rkl/crypto/key_algorithm.h"
 
 namespace rkl::pos {
 
@@ -72,6 +73,28 @@ class KmsTerminalPort {
   virtual absl::StatusOr<std::string> ConfirmInstallation(const std::string& session_id,
                                                           const std::string& sn,
                                                           const Bytes& proof) = 0;
+};
+
+// What KMS returns for RequestKeyToken: the two-pass key token and the TMK's KCV.
+struct KeyTokenDelivery {
+  Bytes key_token;
+  std::string tmk_kcv;
+  std::string state;  // TerminalState name, TMK_DELIVERED
+};
+
+// The terminal-facing TR-34 KMS RPCs (docs/tr34.md): CT_KDH, the key token for CT_KRD +
+// RT_KRD, and the install proof.
+class KmsTr34Port {
+ public:
+  virtual ~KmsTr34Port() = default;
+  // DER CT_KDH.
+  virtual absl::StatusOr<Bytes> GetKdhCredential(const std::string& sn) = 0;
+  virtual absl::StatusOr<KeyTokenDelivery> RequestKeyToken(const std::string& sn,
+                                                           const Bytes& ct_krd, const Bytes& rt_krd,
+                                                           crypto::KeyAlgorithm algorithm) = 0;
+  // Returns the terminal state name KMS reports, e.g. "TERMINAL_STATE_INSTALLED".
+  virtual absl::StatusOr<std::string> ConfirmKeyToken(const std::string& sn,
+                                                      const Bytes& proof) = 0;
 };
 
 struct KmsTerminalView {

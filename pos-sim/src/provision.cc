@@ -13,8 +13,59 @@
 
 namespace rkl::pos {
 
+absl::StatusOr<Protocol> ProtocolFor(const ProvisionContext& context, const std::string& sn) {
+  if (!PathExists(TerminalDirectory(context.state_dir, sn))) return context.protocol;
+  RKL_ASSIGN_OR_RETURN(SecureModule module, SecureModule::Open(context.state_dir, sn));
+  const Protocol made_for = module.state().protocol;
+  if (made_for == Protocol::kPatent && context.protocol_explicit &&
+      context.protocol == Protocol::kTr34) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("protocol: terminal ", sn,
+                     " was manufactured for the patent flow and has no KRD key; --protocol tr34 "
+                     "applies to new terminals only"));
+  }
+  return made_for;
+}
+
+namespace {
+
+absl::StatusOr<ProvisionResult> ProvisionTr34(const ProvisionContext& context,
+                                              const std::string& sn, StepRecorder& steps) {
+  if (context.kms_tr34 == nullptr) {
+    return absl::InvalidArgumentError("provision: a KMS connection is required");
+  }
+  std::optional<Terminal> terminal;
+  if (PathExists(TerminalDirectory(context.state_dir, sn))) {
+    RKL_ASSIGN_OR_RETURN(terminal, Terminal::Load(context.state_dir, sn, context.clock));
+  } else {
+    RKL_RETURN_IF_ERROR(steps.Run(kStepManufacture, [&]() -> absl::Status {
+      RKL_ASSIGN_OR_RETURN(terminal,
+                           Terminal::ManufactureTr34(context.state_dir, sn, context.algorithm,
+                                                     context.krd_factory, context.clock));
+      return absl::OkStatus();
+    }));
+  }
+  if (terminal->secure_module().state().lifecycle == Lifecycle::kInstalled) {
+    return absl::FailedPreconditionError(absl::StrCat("terminal: ", sn, " is already INSTALLED"));
+  }
+  ProvisionResult result;
+  absl::StatusOr<DownloadResult> loaded;
+  RKL_RETURN_IF_ERROR(steps.Run(kStepKeyToken, [&]() -> absl::Status {
+    loaded = terminal->LoadTmkTr34(*context.kms_tr34, context.forwarding, context.sleep);
+    return loaded.status();
+  }));
+  result.kms_state = loaded->kms_state;
+  result.terminal = terminal->Describe();
+  return result;
+}
+
+}  // namespace
+
 absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& context,
                                                   const std::string& sn, StepRecorder& steps) {
+  steps.SetSubject(sn);
+  RKL_ASSIGN_OR_RETURN(Protocol protocol, ProtocolFor(context, sn));
+  if (protocol == Protocol::kTr34) return ProvisionTr34(context, sn, steps);
   if (context.operator_terminal == nullptr || context.kms == nullptr) {
     return absl::InvalidArgumentError("provision: MTMS and KMS connections are required");
   }

@@ -14,6 +14,8 @@
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/x509.h"
 #include "rkl/protocol/sn.h"
+#include "rkl/tr34/profile.h"
+#include "rkl/tr34/tokens.h"
 
 namespace rkl::pos {
 namespace {
@@ -26,7 +28,8 @@ constexpr mode_t kFileMode = 0600;
 constexpr mode_t kDirMode = 0700;
 
 // Serialised state: magic, then fields as tag (1) ‖ [len]_4 ‖ value, each tag at most once.
-constexpr std::string_view kStateMagic = "RKLSM\x01";
+constexpr std::string_view kStateMagicV1 = "RKLSM\x01";
+constexpr std::string_view kStateMagic = "RKLSM\x02";
 enum Tag : uint8_t {
   kTagSn = 1,
   kTagAlgorithm = 2,
@@ -40,8 +43,17 @@ enum Tag : uint8_t {
   kTagTmk = 10,
   kTagManufacturedAt = 11,
   kTagInstalledAt = 12,
+  // Version 2.
+  kTagProtocol = 13,
+  kTagKdhCa = 14,
+  kTagKrdCertificate = 15,
+  kTagKrdPrivateKey = 16,
+  kTagKdhCertificate = 17,
+  kTagPendingNonce = 18,
+  kTagAcceptedNonce = 19,
 };
-constexpr uint8_t kMaxTag = kTagInstalledAt;
+constexpr uint8_t kMaxTagV1 = kTagInstalledAt;
+constexpr uint8_t kMaxTag = kTagAcceptedNonce;
 constexpr size_t kFieldOverhead = 1 + 4;
 
 // Writes fields into a SecretBytes sized up front, so key bytes never sit in a buffer that
@@ -93,8 +105,20 @@ std::string_view LifecycleName(Lifecycle lifecycle) {
       {Lifecycle::kManufactured, "MANUFACTURED"}, {Lifecycle::kCertInstalled, "CERT_INSTALLED"},
       {Lifecycle::kTkGenerated, "TK_GENERATED"},  {Lifecycle::kTkSubmitted, "TK_SUBMITTED"},
       {Lifecycle::kTmkLoaded, "TMK_LOADED"},      {Lifecycle::kInstalled, "INSTALLED"},
+      {Lifecycle::kKdhBound, "KDH_BOUND"},        {Lifecycle::kTokenRequested, "TOKEN_REQUESTED"},
   };
   return NameOf(kNames, lifecycle, "UNKNOWN");
+}
+
+std::string_view ProtocolName(Protocol protocol) {
+  return protocol == Protocol::kTr34 ? "tr34" : "patent";
+}
+
+absl::StatusOr<Protocol> ProtocolFromName(std::string_view name) {
+  if (name == "patent") return Protocol::kPatent;
+  if (name == "tr34") return Protocol::kTr34;
+  return absl::InvalidArgumentError(
+      absl::StrCat("protocol: must be patent or tr34, got \"", std::string(name), "\""));
 }
 
 std::string TerminalDirectory(const std::string& state_dir, std::string_view sn) {
@@ -122,6 +146,14 @@ absl::StatusOr<SecretBytes> SerializeState(const SecureModuleState& state) {
   add(state.tmk.size());
   add(8);
   add(8);
+  add(1);
+  add(state.kdh_ca_der.size());
+  add(state.krd_certificate_der.size());
+  add(state.krd_private_key.size());
+  add(state.kdh_certificate_der.size());
+  add(state.pending_nonce.size());
+  add(state.accepted_nonce.size());
+  const uint8_t protocol = static_cast<uint8_t>(state.protocol);
 
   StateWriter w(size);
   w.Raw(AsBytes(kStateMagic));
@@ -137,15 +169,25 @@ absl::StatusOr<SecretBytes> SerializeState(const SecureModuleState& state) {
   w.Field(kTagTmk, state.tmk.RevealSecret());
   w.Field(kTagManufacturedAt, manufactured);
   w.Field(kTagInstalledAt, installed);
+  w.Field(kTagProtocol, {&protocol, 1});
+  w.Field(kTagKdhCa, state.kdh_ca_der);
+  w.Field(kTagKrdCertificate, state.krd_certificate_der);
+  w.Field(kTagKrdPrivateKey, state.krd_private_key.RevealSecret());
+  w.Field(kTagKdhCertificate, state.kdh_certificate_der);
+  w.Field(kTagPendingNonce, state.pending_nonce);
+  w.Field(kTagAcceptedNonce, state.accepted_nonce);
   return std::move(w).Finish();
 }
 
 absl::StatusOr<SecureModuleState> ParseState(const SecretBytes& serialized) {
   std::span<const uint8_t> in = serialized.RevealSecret();
-  if (in.size() < kStateMagic.size() ||
-      std::memcmp(in.data(), kStateMagic.data(), kStateMagic.size()) != 0) {
-    return Corrupt("unknown format");
-  }
+  auto has_magic = [&](std::string_view magic) {
+    return in.size() >= magic.size() && std::memcmp(in.data(), magic.data(), magic.size()) == 0;
+  };
+  // Version 1: a patent terminal's state from before TR-34, fields 1-12 only.
+  const bool v1 = has_magic(kStateMagicV1);
+  if (!v1 && !has_magic(kStateMagic)) return Corrupt("unknown format");
+  const uint8_t max_tag = v1 ? kMaxTagV1 : kMaxTag;
   in = in.subspan(kStateMagic.size());
   SecureModuleState state;
   bool seen[kMaxTag + 1] = {};
@@ -156,7 +198,7 @@ absl::StatusOr<SecureModuleState> ParseState(const SecretBytes& serialized) {
         (size_t{in[1]} << 24) | (size_t{in[2]} << 16) | (size_t{in[3]} << 8) | size_t{in[4]};
     in = in.subspan(kFieldOverhead);
     if (len > in.size()) return Corrupt("truncated field");
-    if (tag == 0 || tag > kMaxTag) return Corrupt("unknown field");
+    if (tag == 0 || tag > max_tag) return Corrupt("unknown field");
     if (seen[tag]) return Corrupt("repeated field");
     seen[tag] = true;
     std::span<const uint8_t> value = in.first(len);
@@ -174,7 +216,7 @@ absl::StatusOr<SecureModuleState> ParseState(const SecretBytes& serialized) {
       }
       case kTagLifecycle:
         if (len != 1 || value[0] < static_cast<uint8_t>(Lifecycle::kManufactured) ||
-            value[0] > static_cast<uint8_t>(Lifecycle::kInstalled)) {
+            value[0] > static_cast<uint8_t>(Lifecycle::kTokenRequested)) {
           return Corrupt("lifecycle");
         }
         state.lifecycle = static_cast<Lifecycle>(value[0]);
@@ -209,9 +251,39 @@ absl::StatusOr<SecureModuleState> ParseState(const SecretBytes& serialized) {
             v;
         break;
       }
+      case kTagProtocol:
+        if (len != 1 || (value[0] != static_cast<uint8_t>(Protocol::kPatent) &&
+                         value[0] != static_cast<uint8_t>(Protocol::kTr34))) {
+          return Corrupt("protocol");
+        }
+        state.protocol = static_cast<Protocol>(value[0]);
+        break;
+      case kTagKdhCa:
+        state.kdh_ca_der.assign(value.begin(), value.end());
+        break;
+      case kTagKrdCertificate:
+        state.krd_certificate_der.assign(value.begin(), value.end());
+        break;
+      case kTagKrdPrivateKey:
+        state.krd_private_key = SecretBytes::CopyOf(value);
+        break;
+      case kTagKdhCertificate:
+        state.kdh_certificate_der.assign(value.begin(), value.end());
+        break;
+      case kTagPendingNonce:
+        state.pending_nonce.assign(value.begin(), value.end());
+        break;
+      case kTagAcceptedNonce:
+        state.accepted_nonce.assign(value.begin(), value.end());
+        break;
     }
   }
-  for (uint8_t tag = 1; tag <= kMaxTag; ++tag) {
+  const bool tr34_lifecycle =
+      state.lifecycle == Lifecycle::kKdhBound || state.lifecycle == Lifecycle::kTokenRequested;
+  if (tr34_lifecycle && state.protocol != Protocol::kTr34) {
+    return Corrupt("lifecycle");
+  }
+  for (uint8_t tag = 1; tag <= max_tag; ++tag) {
     if (!seen[tag]) return Corrupt("missing field");
   }
   if (!protocol::ValidateSn(state.sn).ok()) return Corrupt("sn");
@@ -332,6 +404,18 @@ SecureModuleDescription SecureModule::Describe() const {
     if (cert.ok()) d.work_certificate_serial = cert->SerialHex();
   }
   d.submission_id = state_.submission_id;
+  d.protocol = std::string(ProtocolName(state_.protocol));
+  if (!state_.krd_certificate_der.empty()) {
+    auto krd = crypto::Certificate::FromDer(state_.krd_certificate_der);
+    if (krd.ok()) {
+      auto id = tr34::CertIdOf(*krd);
+      if (id.ok()) d.krd_id = tr34::KrdIdOf(*id);
+    }
+  }
+  if (!state_.kdh_certificate_der.empty()) {
+    auto kdh = crypto::Certificate::FromDer(state_.kdh_certificate_der);
+    if (kdh.ok()) d.kdh_bound = absl::StrCat(kdh->SubjectCommonName(), " #", kdh->SerialHex());
+  }
   return d;
 }
 

@@ -1,16 +1,18 @@
 #pragma once
 // The simulated secure module of one POS terminal: the only place a terminal's clear keys
-// (TEK, AUK, TMK) exist outside HSM #2.
+// (TEK, AUK, TMK; for a TR-34 terminal the TMK and the KRD's RSA private key) exist outside
+// HSM #2.
 //
 // On disk, a terminal is a directory <state-dir>/<SN>/ (mode 0700) holding
 //   device.key             32 random bytes, mode 0600: stands for the hardware-unique key a
 //                          real secure element never exports;
 //   secure_module.sealed   mode 0600: the state sealed under the device key with AAD = SN
 //                          (crypto::SealingKey, seal.h: AES-256-GCM, nonce ‖ ciphertext ‖ tag).
-// The state (SN, algorithm, lifecycle, burned-in HsmRCRT, accepted HsmWCRT, TEK, AUK, Ctk_Pu,
-// MTMS receipt, TMK) is serialised into a SecretBytes buffer and sealed as a whole, so no
-// clear key is ever written anywhere, and a state file copied to another SN or device does
-// not open.
+// The state (SN, algorithm, protocol, lifecycle, burned-in HsmRCRT, accepted HsmWCRT, TEK,
+// AUK, Ctk_Pu, MTMS receipt, TMK; TR-34: burned-in kdh-ca certificate, KRD certificate and
+// private key, bound KDH certificate, pending and accepted random numbers) is serialised into a
+// SecretBytes buffer and sealed as a whole, so no clear key is ever written anywhere, and a state
+// file copied to another SN or device does not open.
 //
 // Guarantees:
 //  - every mutation is all-or-nothing: Commit() seals the complete next state, writes it to
@@ -45,8 +47,18 @@ enum class Lifecycle : uint8_t {
   kTkSubmitted = 4,    // S104–S105: the operator terminal sent the package to MTMS
   kTmkLoaded = 5,      // S113: TMK verified and stored, confirmation not yet accepted
   kInstalled = 6,      // S113: KMS accepted the install proof
+  // TR-34 (two-pass) only: MANUFACTURED -> KDH_BOUND -> TOKEN_REQUESTED -> TMK_LOADED ->
+  // INSTALLED.
+  kKdhBound = 7,        // CT_KDH accepted: the KDH certificate is bound
+  kTokenRequested = 8,  // RT_KRD sent: a random number is pending
 };
 std::string_view LifecycleName(Lifecycle lifecycle);
+
+// How the terminal loads its TMK: the patent's flow or TR-34 two-pass. Stored in the state;
+// fixed at manufacture.
+enum class Protocol : uint8_t { kPatent = 1, kTr34 = 2 };
+std::string_view ProtocolName(Protocol protocol);  // "patent", "tr34"
+absl::StatusOr<Protocol> ProtocolFromName(std::string_view name);
 
 // The complete contents of the module. Copyable, so a step builds the next state on a copy
 // and commits it only when every check passed.
@@ -63,6 +75,14 @@ struct SecureModuleState {
   crypto::SecretBytes tmk;    // empty until download-tmk
   int64_t manufactured_at_unix_ms = 0;
   int64_t installed_at_unix_ms = 0;
+  // TR-34 (protocol kTr34); empty for a patent terminal.
+  Protocol protocol = Protocol::kPatent;
+  Bytes kdh_ca_der;                     // burned in: the only KDH trust anchor
+  Bytes krd_certificate_der;            // the device certificate (CN = SN), from the KRD CA
+  crypto::SecretBytes krd_private_key;  // PKCS#8 DER of the RSA-2048 device key
+  Bytes kdh_certificate_der;            // the bound KDH, once CT_KDH was accepted
+  Bytes pending_nonce;                  // RT_KRD's random number while a token is awaited
+  Bytes accepted_nonce;                 // the random number of the token whose TMK is held
 };
 
 // What may be shown about a terminal: no key material, only check values and states.
@@ -75,6 +95,9 @@ struct SecureModuleDescription {
   std::string tmk_kcv;
   std::string work_certificate_serial;  // upper-case hex, empty when absent
   std::string submission_id;
+  std::string protocol;   // "patent" or "tr34"
+  std::string krd_id;     // TR-34: tr34::KrdIdOf the KRD certificate
+  std::string kdh_bound;  // TR-34: subject CN and serial of the bound KDH, empty when none
 };
 
 // A certificate parsed from DER and kept for as long as the DER it came from is unchanged.
@@ -147,7 +170,9 @@ class SecureModule {
 // The directory of terminal `sn` under `state_dir`.
 std::string TerminalDirectory(const std::string& state_dir, std::string_view sn);
 
-// Serialisation of the state (exposed for tests of the format). The output holds clear keys
+// Serialisation of the state (exposed for tests of the format). Format version 2 (magic
+// "RKLSM\x02") carries the protocol and the TR-34 fields; version 1 files (patent terminals
+// made before TR-34) still parse, as patent terminals. The output holds clear keys
 // and is therefore SecretBytes; Parse is strict and reports corruption as DATA_LOSS.
 absl::StatusOr<crypto::SecretBytes> SerializeState(const SecureModuleState& state);
 absl::StatusOr<SecureModuleState> ParseState(const crypto::SecretBytes& serialized);

@@ -46,6 +46,16 @@ bool ConfirmationOutcomeOpen(const absl::Status& status) {
          status.code() == absl::StatusCode::kUnknown || status.code() == absl::StatusCode::kAborted;
 }
 
+// The patent's steps have nothing to do on a TR-34 terminal (it has no HsmRCRT, TEK or AUK).
+absl::Status RequirePatent(const SecureModuleState& s) {
+  if (s.protocol != Protocol::kPatent) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "protocol: terminal ", s.sn,
+        " is a TR-34 KRD; it loads its TMK with `rkl-pos provision` (TR-34 two-pass)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void SleepFor(absl::Duration d) { std::this_thread::sleep_for(absl::ToChronoNanoseconds(d)); }
@@ -116,6 +126,7 @@ absl::Status Terminal::InstallWorkCertificatePem(const std::string& work_certifi
 
 absl::Status Terminal::InstallWorkCertificate(const Certificate& work_certificate) {
   const SecureModuleState& current = module_.state();
+  RKL_RETURN_IF_ERROR(RequirePatent(current));
   if (current.lifecycle == Lifecycle::kTkSubmitted || current.lifecycle == Lifecycle::kTmkLoaded) {
     return absl::FailedPreconditionError(absl::StrCat(
         "terminal: a transport key is in flight (", std::string(LifecycleName(current.lifecycle)),
@@ -140,6 +151,7 @@ absl::Status Terminal::InstallWorkCertificate(const Certificate& work_certificat
 
 absl::Status Terminal::GenerateTransportKey() {
   const SecureModuleState& current = module_.state();
+  RKL_RETURN_IF_ERROR(RequirePatent(current));
   if (current.work_certificate_der.empty()) {
     return absl::FailedPreconditionError(
         "terminal: no work certificate installed; run install-cert first");
@@ -188,6 +200,7 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
                                                      const ForwardingWait& wait,
                                                      const Sleeper& sleep) {
   const SecureModuleState& current = module_.state();
+  RKL_RETURN_IF_ERROR(RequirePatent(current));
   if (current.tek.empty() || current.auk.empty() || current.ctk_pu.empty()) {
     return absl::FailedPreconditionError(
         "terminal: no transport key; run generate-tk and submit first");

@@ -2,7 +2,8 @@
 // The POS terminal of the patent, around its secure module: manufacture (SN + burned-in
 // HsmRCRT), S204–S206 (verify HsmWCRT, keep Pu), S102–S103 (TK = TEK ‖ AUK, Ctk_Pu),
 // S109–S113 with S401–S405 (mutual authentication with AUK, TR-31 TMK delivery, install
-// proof).
+// proof). Or, manufactured for TR-34, a KRD (tr34_terminal.cc): device key pair and KRD
+// certificate, burned-in kdh-ca, two-pass key token from KMS (docs/pos-sim.md).
 //
 // Guarantees:
 //  - every terminal-side check is made before the secure module changes, and a refused
@@ -17,14 +18,17 @@
 // Not thread-safe: one Terminal per thread (a fleet gives each worker its own terminals).
 
 #include <functional>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "krd_ca.h"
 #include "ports.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/x509.h"
+#include "rkl/tr34/tokens.h"
 #include "secure_module.h"
 
 namespace rkl::pos {
@@ -54,6 +58,21 @@ struct DownloadResult {
   int confirm_attempts = 0;
 };
 
+// TR-34 manufacture: what the factory burns in and certifies the device key with.
+struct KrdFactory {
+  const crypto::Certificate* kdh_ca = nullptr;  // the only KDH trust anchor
+  const KrdCa* krd_ca = nullptr;                // the KRD CA card, unlocked
+};
+
+// TR-34: the size of the KRD's random number (RT_KRD).
+inline constexpr size_t kKrdNonceSize = 16;
+
+// What a TR-34 terminal sends with RequestKeyToken.
+struct KeyTokenRequestParts {
+  Bytes ct_krd;
+  Bytes rt_krd;
+};
+
 // Public data the terminal hands to the operator terminal for S104.
 struct TransportKeyOffer {
   std::string sn;
@@ -70,6 +89,13 @@ class Terminal {
                                               crypto::KeyAlgorithm algorithm,
                                               const crypto::Certificate& terminal_root,
                                               Clock clock);
+  // TR-34: creates the secure module with `sn`, `algorithm` (of the TMK it will ask for) and
+  // the kdh-ca certificate burned in; the module makes an RSA-2048 device key pair, and the
+  // factory certifies its public key with the KRD CA (krd_ca.h).
+  static absl::StatusOr<Terminal> ManufactureTr34(const std::string& state_dir,
+                                                  const std::string& sn,
+                                                  crypto::KeyAlgorithm algorithm,
+                                                  const KrdFactory& factory, Clock clock);
   static absl::StatusOr<Terminal> Load(const std::string& state_dir, const std::string& sn,
                                        Clock clock);
 
@@ -97,6 +123,28 @@ class Terminal {
   absl::StatusOr<DownloadResult> DownloadTmk(KmsTerminalPort& kms, const ForwardingWait& wait,
                                              const Sleeper& sleep);
 
+  // ---- TR-34 two-pass (protocol tr34; FAILED_PRECONDITION for a patent terminal) ----
+  // The whole exchange with KMS: CT_KDH (BindKdh), RT_KRD (PrepareKeyTokenRequest), the key
+  // token (AcceptKeyToken), and ConfirmKeyToken with the install proof, repeated like
+  // ConfirmInstallation when no answer says how it ended. From TMK_LOADED it first sends the
+  // proof of the TMK it holds again (KMS answers INSTALLED to a repeat of an accepted proof);
+  // only if KMS refuses that proof does it ask for a token again, and it accepts only the TMK
+  // it holds.
+  absl::StatusOr<DownloadResult> LoadTmkTr34(KmsTr34Port& kms, const ForwardingWait& wait,
+                                             const Sleeper& sleep);
+  // CT_KRD: the KRD certificate as a credential token.
+  absl::StatusOr<Bytes> KrdCredentialToken() const;
+  // Checks CT_KDH: its KDH certificate is a KDH's under the burned-in kdh-ca
+  // (tr34::CheckRole) and a current kdh-ca CRL in it does not list it; then binds the
+  // terminal to it. A terminal bound to another KDH refuses (rebind is not supported).
+  absl::Status BindKdh(const Bytes& ct_kdh);
+  // A fresh random number, committed as pending BEFORE it is returned in RT_KRD.
+  absl::StatusOr<KeyTokenRequestParts> PrepareKeyTokenRequest();
+  // The KRD's check of a two-pass key token against the pending random number, the bound
+  // KDH, the token's CRLs, the TMK header and length of the terminal's algorithm and the KCV
+  // KMS sent; only then the TMK is stored (TMK_LOADED) and the pending random number cleared.
+  absl::Status AcceptKeyToken(const Bytes& key_token, const std::string& tmk_kcv);
+
   const SecureModule& secure_module() const { return module_; }
   SecureModuleDescription Describe() const { return module_.Describe(); }
 
@@ -114,6 +162,17 @@ class Terminal {
 absl::Status CheckWorkCertificate(const crypto::Certificate& work_certificate,
                                   const crypto::Certificate& terminal_root,
                                   int64_t at_unix_seconds);
+
+// The KRD's receive path for a two-pass key token (Terminal::AcceptKeyToken without the
+// secure module): tr34::ReceiveTwoPassKeyToken under `kdh` with `nonce`, then
+// `check_crls` on the token's CRLs (the KDH not revoked), the key block header ==
+// tr34::TmkHeader(algorithm), the TMK length of `algorithm`, and KCV(TMK) == `tmk_kcv`.
+// Every refusal is "key_token: refused, secure module unchanged: <rule>".
+absl::StatusOr<crypto::SecretBytes> ReceiveTmkFromKeyToken(
+    std::span<const uint8_t> key_token, const tr34::PeerKey& kdh, std::span<const uint8_t> nonce,
+    const tr34::CertId& own_id, const crypto::PrivateKey& own_key, crypto::KeyAlgorithm algorithm,
+    const std::string& tmk_kcv,
+    const std::function<absl::Status(std::span<const Bytes> crls)>& check_crls);
 
 // Sleeps the calling thread (production Sleeper).
 void SleepFor(absl::Duration d);

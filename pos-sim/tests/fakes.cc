@@ -1,5 +1,6 @@
 #include "fakes.h"
 
+#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -16,12 +17,15 @@
 #include "rkl/crypto/pkcs12.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
+#include "rkl/crypto/x509_crl.h"
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/rpc/status.h"
 #include "rkl/testing/must.h"
+#include "rkl/tr34/profile.h"
+#include "rkl/tr34/tokens.h"
 #include "rkl/v1/kms.grpc.pb.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
@@ -110,7 +114,79 @@ TerminalPki* BuildPki() {
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 Bytes Byt(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
+Certificate EndEntity(const Certificate& issuer, const crypto::PrivateKey& issuer_key,
+                      const crypto::PublicKey& key, const std::string& cn, KeyUsage usage) {
+  Bytes serial = crypto::RandomBytes(8);
+  serial[0] = static_cast<uint8_t>((serial[0] & 0x7f) | 0x01);
+  return Must(CertificateBuilder()
+                  .SetSubjectCommonName(cn)
+                  .SetSerial(serial)
+                  .SetValidity(Now() - 3600, Now() + 86400 * 365)
+                  .SetPublicKey(key)
+                  .SetBasicConstraints(false, std::nullopt)
+                  .SetKeyUsage(usage)
+                  .Sign(issuer, issuer_key));
+}
+
+Bytes Crl(const Certificate& ca, const crypto::PrivateKey& key, int64_t last, int64_t next,
+          const Certificate* revoked) {
+  crypto::CrlBuilder b;
+  b.SetLastUpdate(last).SetNextUpdate(next).SetCrlNumber(1);
+  if (revoked != nullptr) b.AddRevoked(revoked->SerialBytes(), last);
+  return Must(b.Sign(ca, key)).ToDer();
+}
+
+KdhWorld* BuildKdhWorld() {
+  const int64_t now = Now();
+  auto kdh_ca_key = Must(crypto::GenerateRsaKey(2048));
+  auto kdh_ca = SelfSignedCa(kdh_ca_key, "kdh-ca");
+  auto kdh_key = Must(crypto::GenerateRsaKey(2048));
+  auto kdh = EndEntity(kdh_ca, kdh_ca_key, kdh_key.GetPublicKey(), "kdh:hsm-kms:1",
+                       KeyUsage::kDigitalSignature);
+  auto other_kdh = EndEntity(kdh_ca, kdh_ca_key, kdh_key.GetPublicKey(), "kdh:hsm-kms:2",
+                             KeyUsage::kDigitalSignature);
+  Bytes crl = Crl(kdh_ca, kdh_ca_key, now - 3600, now + 86400 * 30, nullptr);
+  Bytes revoked_crl = Crl(kdh_ca, kdh_ca_key, now - 3600, now + 86400 * 30, &kdh);
+  Bytes stale_crl = Crl(kdh_ca, kdh_ca_key, now - 86400 * 10, now - 86400, nullptr);
+  auto other_ca_key = Must(crypto::GenerateRsaKey(2048));
+  auto other_ca = SelfSignedCa(other_ca_key, "kdh-ca");
+  auto kdh_other_ca = EndEntity(other_ca, other_ca_key, kdh_key.GetPublicKey(), "kdh:hsm-kms:1",
+                                KeyUsage::kDigitalSignature);
+  Bytes other_ca_crl = Crl(other_ca, other_ca_key, now - 3600, now + 86400 * 30, nullptr);
+  KrdCa krd_ca = Must(CreateKrdCa("test-krd-ca", now - 3600));
+  auto krd_role_cert = EndEntity(krd_ca.cert, krd_ca.key, kdh_key.GetPublicKey(), "KRD-AS-KDH",
+                                 KeyUsage::kKeyEncipherment);
+  auto other_krd_key = Must(crypto::GenerateRsaKey(2048));
+  auto other_krd =
+      Must(IssueKrdCertificate(krd_ca, "OTHER-KRD", other_krd_key.GetPublicKey(), now - 60));
+  Bytes p12 =
+      Must(crypto::WritePkcs12(krd_ca.key, krd_ca.cert, {}, "krd-ca",
+                               SecretBytes::CopyOf(AsBytes(kTestPin)), {.iterations = 1000}));
+  return new KdhWorld{std::move(kdh_ca_key),
+                      std::move(kdh_ca),
+                      std::move(kdh_key),
+                      std::move(kdh),
+                      std::move(crl),
+                      std::move(revoked_crl),
+                      std::move(stale_crl),
+                      std::move(other_kdh),
+                      std::move(other_ca_key),
+                      std::move(other_ca),
+                      std::move(kdh_other_ca),
+                      std::move(other_ca_crl),
+                      std::move(krd_ca),
+                      std::move(krd_role_cert),
+                      std::move(other_krd_key),
+                      std::move(other_krd),
+                      std::move(p12)};
+}
+
 }  // namespace
+
+const KdhWorld& KdhWorld::Get() {
+  static KdhWorld* world = BuildKdhWorld();
+  return *world;
+}
 
 const TerminalPki& TerminalPki::Get() {
   static TerminalPki* pki = BuildPki();
@@ -256,6 +332,146 @@ absl::StatusOr<std::string> FakeKms::ConfirmInstallation(const std::string& sess
   return r.state;
 }
 
+// ---- FakeKms: TR-34 ----
+
+absl::StatusOr<Bytes> FakeKms::GetKdhCredential(const std::string&) {
+  const KdhWorld& w = KdhWorld::Get();
+  Tr34Misbehaviour m;
+  {
+    absl::MutexLock l(&mu_);
+    m = tr34_misbehaviour_;
+  }
+  std::vector<Certificate> certs = {w.kdh};
+  std::vector<Bytes> crls = {w.crl};
+  switch (m) {
+    case Tr34Misbehaviour::kRevokedKdh:
+      crls = {w.revoked_crl};
+      break;
+    case Tr34Misbehaviour::kNoCrl:
+      crls.clear();
+      break;
+    case Tr34Misbehaviour::kStaleCrl:
+      crls = {w.stale_crl};
+      break;
+    case Tr34Misbehaviour::kKdhFromOtherCa:
+      certs = {w.kdh_other_ca};
+      crls = {w.other_ca_crl};
+      break;
+    case Tr34Misbehaviour::kKrdCertAsKdh:
+      certs = {w.krd_role_cert};
+      break;
+    case Tr34Misbehaviour::kOtherKdh:
+      certs = {w.other_kdh};
+      break;
+    case Tr34Misbehaviour::kTwoKdhCertificates:
+      certs = {w.kdh, w.other_kdh};
+      break;
+    default:
+      break;
+  }
+  return tr34::BuildCredentialToken(certs, crls);
+}
+
+absl::StatusOr<KeyTokenDelivery> FakeKms::RequestKeyToken(const std::string& sn,
+                                                          const Bytes& ct_krd, const Bytes& rt_krd,
+                                                          crypto::KeyAlgorithm algorithm) {
+  const KdhWorld& w = KdhWorld::Get();
+  std::function<void(const std::string&)> hook;
+  {
+    absl::MutexLock l(&mu_);
+    hook = on_key_token_request_;
+  }
+  if (hook) hook(sn);
+  // As KMS: the KRD certificate under the trusted KRD CA, CN = SN.
+  RKL_ASSIGN_OR_RETURN(tr34::CredentialToken credential, tr34::ParseCredentialToken(ct_krd));
+  if (credential.certificates.size() != 1) {
+    return absl::InvalidArgumentError("ct_krd: one certificate");
+  }
+  RKL_ASSIGN_OR_RETURN(
+      tr34::PeerKey krd,
+      tr34::PeerFromCertificate(credential.certificates[0], tr34::Role::kKrd, w.krd_ca.cert));
+  RKL_ASSIGN_OR_RETURN(std::string cn, tr34::SnOfKrdCertificate(credential.certificates[0]));
+  if (cn != sn) return absl::PermissionDeniedError("ct_krd: CN is not the SN");
+  RKL_ASSIGN_OR_RETURN(Bytes nonce, tr34::ParseRandomNumberToken(rt_krd));
+
+  absl::MutexLock l(&mu_);
+  ++key_token_calls_;
+  Record& r = terminals_[sn];
+  if (r.state == "TERMINAL_STATE_INSTALLED") {
+    return absl::FailedPreconditionError("sn: already INSTALLED");
+  }
+  const Tr34Misbehaviour m = tr34_misbehaviour_;
+  if (m == Tr34Misbehaviour::kReplayToken) {
+    if (r.last_token.empty()) return absl::FailedPreconditionError("no token to replay");
+    return KeyTokenDelivery{r.last_token, r.last_kcv, "TERMINAL_STATE_TMK_DELIVERED"};
+  }
+  if (r.tmk.empty() || r.algorithm != algorithm) {
+    r.algorithm = algorithm;
+    r.tmk = crypto::GenerateKey(algorithm);
+    r.tmk_kcv = Must(crypto::KcvHex(algorithm, r.tmk));
+  }
+  const crypto::CipherFamily family = crypto::FamilyOf(algorithm);
+  std::string header = Must(tr34::TmkHeader(algorithm));
+  if (m == Tr34Misbehaviour::kHeaderMismatch) {
+    header =
+        Must(tr34::TmkHeader(family == crypto::CipherFamily::kAes ? crypto::KeyAlgorithm::kTdes2
+                                                                  : crypto::KeyAlgorithm::kAes128));
+  }
+  SecretBytes long_tmk;
+  const SecretBytes* tmk = &r.tmk;
+  std::string kcv = r.tmk_kcv;
+  if (m == Tr34Misbehaviour::kWrongTmkLength) {
+    long_tmk = crypto::GenerateKey(crypto::KeyAlgorithm::kAes256);
+    tmk = &long_tmk;
+    kcv = Must(crypto::KcvHex(crypto::CipherFamily::kAes, long_tmk));
+  }
+  tr34::PeerKey to = krd;
+  if (m == Tr34Misbehaviour::kOtherKrd) {
+    to = Must(tr34::PeerFromCertificate(w.other_krd, tr34::Role::kKrd, w.krd_ca.cert));
+  }
+  tr34::KeyTokenRequest request{
+      .kdh_id = Must(tr34::CertIdOf(w.kdh)),
+      .kdh_key = &w.kdh_key,
+      .krd = std::move(to),
+      .tmk_family = family,
+      .tmk = tmk,
+      .header = header,
+      .krd_nonce = m == Tr34Misbehaviour::kWrongNonce ? crypto::RandomBytes(nonce.size()) : nonce,
+      .signing_time = std::nullopt,
+      .crls = {m == Tr34Misbehaviour::kRevokedInToken ? w.revoked_crl : w.crl}};
+  RKL_ASSIGN_OR_RETURN(Bytes token, tr34::BuildKeyToken(request));
+  if (m == Tr34Misbehaviour::kTamperSignature) token.back() ^= 0x01;
+  if (m == Tr34Misbehaviour::kTamperEnvelope) {
+    RKL_ASSIGN_OR_RETURN(tr34::KeyToken parsed, tr34::ParseKeyToken(token));
+    const size_t at = ToHex(token).find(ToHex(parsed.enveloped_data)) / 2;
+    token[at + parsed.enveloped_data.size() - 5] ^= 0x40;
+  }
+  if (m == Tr34Misbehaviour::kKcvMismatch) kcv = kcv == "000000" ? "111111" : "000000";
+  r.tr34_nonce = nonce;
+  r.last_token = token;
+  r.last_kcv = kcv;
+  r.state = "TERMINAL_STATE_TMK_DELIVERED";
+  return KeyTokenDelivery{token, kcv, r.state};
+}
+
+absl::StatusOr<std::string> FakeKms::ConfirmKeyToken(const std::string& sn, const Bytes& proof) {
+  absl::MutexLock l(&mu_);
+  if (tr34_misbehaviour_ == Tr34Misbehaviour::kRejectConfirmation) {
+    return absl::UnavailableError("hsm: unavailable");
+  }
+  ++confirm_key_token_calls_;
+  auto it = terminals_.find(sn);
+  if (it == terminals_.end() || it->second.tmk.empty()) {
+    return absl::FailedPreconditionError("sn: no key token issued");
+  }
+  Record& r = it->second;
+  if (!tr34::VerifyInstallProof(r.algorithm, r.tmk, sn, r.tr34_nonce, proof)) {
+    return absl::UnauthenticatedError("proof: does not verify");
+  }
+  r.state = "TERMINAL_STATE_INSTALLED";
+  return r.state;
+}
+
 absl::StatusOr<KmsTerminalView> FakeKms::GetTerminal(const std::string& sn) {
   absl::MutexLock l(&mu_);
   auto it = terminals_.find(sn);
@@ -369,6 +585,35 @@ class FakeKmsService final : public rkl::v1::Kms::Service {
     resp->set_state(rkl::v1::TERMINAL_STATE_INSTALLED);
     return grpc::Status::OK;
   }
+  grpc::Status GetKdhCredential(grpc::ServerContext*, const rkl::v1::GetKdhCredentialRequest* req,
+                                rkl::v1::GetKdhCredentialResponse* resp) override {
+    auto r = kms_.GetKdhCredential(req->sn());
+    if (!r.ok()) return rpc::ToGrpcStatus(r.status());
+    resp->set_ct_kdh(Str(*r));
+    return grpc::Status::OK;
+  }
+  grpc::Status RequestKeyToken(grpc::ServerContext*, const rkl::v1::RequestKeyTokenRequest* req,
+                               rkl::v1::RequestKeyTokenResponse* resp) override {
+    crypto::KeyAlgorithm algorithm = crypto::KeyAlgorithm::kAes128;
+    if (req->algorithm() != rkl::v1::KEY_ALGORITHM_UNSPECIFIED) {
+      auto a = crypto::KeyAlgorithmFromCode(static_cast<uint8_t>(req->algorithm()));
+      if (!a.ok()) return rpc::ToGrpcStatus(a.status());
+      algorithm = *a;
+    }
+    auto r = kms_.RequestKeyToken(req->sn(), Byt(req->ct_krd()), Byt(req->rt_krd()), algorithm);
+    if (!r.ok()) return rpc::ToGrpcStatus(r.status());
+    resp->set_key_token(Str(r->key_token));
+    resp->set_tmk_kcv(r->tmk_kcv);
+    resp->set_state(rkl::v1::TERMINAL_STATE_TMK_DELIVERED);
+    return grpc::Status::OK;
+  }
+  grpc::Status ConfirmKeyToken(grpc::ServerContext*, const rkl::v1::ConfirmKeyTokenRequest* req,
+                               rkl::v1::ConfirmInstallationResponse* resp) override {
+    auto r = kms_.ConfirmKeyToken(req->sn(), Byt(req->proof()));
+    if (!r.ok()) return rpc::ToGrpcStatus(r.status());
+    resp->set_state(rkl::v1::TERMINAL_STATE_INSTALLED);
+    return grpc::Status::OK;
+  }
   grpc::Status GetTerminal(grpc::ServerContext* ctx, const rkl::v1::GetTerminalRequest* req,
                            rkl::v1::Terminal* resp) override {
     if (!rpc::IsAdmin(rpc::GetCallerIdentity(*ctx).name)) {
@@ -466,8 +711,23 @@ testing::RevealedKeys SecureModuleTestPeer::RevealKeysForTest(const SecureModule
   };
   // The device key never leaves its SealingKey; its file is the same 32 bytes.
   absl::StatusOr<crypto::SecretBytes> device_key = ReadSecretFile(module.device_key_file());
-  return {copy(module.state_.tek), copy(module.state_.auk), copy(module.state_.tmk),
-          device_key.ok() ? copy(*device_key) : Bytes()};
+  testing::RevealedKeys keys{copy(module.state_.tek), copy(module.state_.auk),
+                             copy(module.state_.tmk), device_key.ok() ? copy(*device_key) : Bytes(),
+                             Bytes()};
+  if (!module.state_.krd_private_key.empty()) {
+    // The RSA private key as PKCS#1 RSAPrivateKey DER: the PKCS#8 form the module keeps, and
+    // PEM/base64 of either, contain it.
+    auto key = crypto::PrivateKey::FromPkcs8DerSecret(module.state_.krd_private_key);
+    if (key.ok()) {
+      const int n = i2d_PrivateKey(key->evp_pkey(), nullptr);
+      if (n > 0) {
+        keys.krd_private_key.resize(static_cast<size_t>(n));
+        unsigned char* p = keys.krd_private_key.data();
+        i2d_PrivateKey(key->evp_pkey(), &p);
+      }
+    }
+  }
+  return keys;
 }
 
 }  // namespace rkl::pos

@@ -8,11 +8,13 @@
 
 #include <grpcpp/impl/codegen/service_type.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "krd_ca.h"
 #include "ports.h"
 #include "rkl/crypto/key_algorithm.h"
 #include "rkl/crypto/keys.h"
@@ -52,6 +54,54 @@ struct TerminalPki {
   Bytes operator_p12;  // PIN kTestPin
 };
 
+// The TR-34 side of a test world: kdh-ca with its CRLs, the KDH (a real RSA key, tokens
+// built with rkl::tr34), the certificates a KRD must refuse as a KDH, and a KRD CA for
+// manufacturing test terminals. Built once; relative to the real clock.
+struct KdhWorld {
+  static const KdhWorld& Get();
+
+  crypto::PrivateKey kdh_ca_key;
+  crypto::Certificate kdh_ca;
+  crypto::PrivateKey kdh_key;
+  crypto::Certificate kdh;        // role KDH under kdh_ca
+  Bytes crl;                      // current kdh-ca CRL, lists nobody
+  Bytes revoked_crl;              // current kdh-ca CRL listing kdh
+  Bytes stale_crl;                // kdh-ca CRL whose nextUpdate has passed
+  crypto::Certificate other_kdh;  // another valid KDH under kdh_ca (same key)
+  crypto::PrivateKey other_ca_key;
+  crypto::Certificate other_ca;       // same name as kdh_ca, another key
+  crypto::Certificate kdh_other_ca;   // a "KDH" certificate issued by other_ca
+  Bytes other_ca_crl;                 // other_ca's current CRL
+  KrdCa krd_ca;                       // the manufacturer's KRD CA
+  crypto::Certificate krd_role_cert;  // a KRD certificate (keyEncipherment) under krd_ca
+  crypto::PrivateKey other_krd_key;
+  crypto::Certificate other_krd;  // another terminal's KRD certificate
+  Bytes krd_ca_p12;               // krd_ca as a card, PIN kTestPin
+  KrdFactory Factory() const { return KrdFactory{&kdh_ca, &krd_ca}; }
+};
+
+// How the fake KMS misbehaves on the TR-34 RPCs.
+enum class Tr34Misbehaviour {
+  kNone,
+  kRevokedKdh,          // CT_KDH's CRL lists the KDH
+  kNoCrl,               // CT_KDH carries no CRL
+  kStaleCrl,            // CT_KDH's CRL is past its nextUpdate
+  kKdhFromOtherCa,      // CT_KDH: a KDH certificate from another CA of the same name
+  kKrdCertAsKdh,        // CT_KDH: a KRD-role certificate
+  kOtherKdh,            // CT_KDH: another valid KDH than the one bound
+  kTwoKdhCertificates,  // CT_KDH: the KDH certificate and another one
+  kWrongTmkLength,      // an AES-256 TMK under the AES TMK header for an AES-128 terminal
+  kRevokedInToken,      // the key token's CRL lists the KDH
+  kReplayToken,         // RequestKeyToken answers with the previous token of the SN
+  kWrongNonce,          // the token carries another random number
+  kOtherKrd,            // the token is addressed to another KRD
+  kTamperEnvelope,      // a byte of the EnvelopedData flipped
+  kTamperSignature,     // a byte of the signature flipped
+  kHeaderMismatch,      // the key block header of the other cipher family
+  kKcvMismatch,         // tmk_kcv differs from the TMK's
+  kRejectConfirmation,  // ConfirmKeyToken answers UNAVAILABLE (KMS did nothing)
+};
+
 enum class KmsMisbehaviour {
   kNone,
   kCannotProveAuk,      // Crnd1 under a wrong key
@@ -63,8 +113,32 @@ enum class KmsMisbehaviour {
   kRejectConfirmation,  // ConfirmInstallation fails
 };
 
-class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
+class FakeKms final : public KmsTerminalPort, public KmsTr34Port, public KmsAdminPort {
  public:
+  void set_tr34_misbehaviour(Tr34Misbehaviour m) {
+    absl::MutexLock l(&mu_);
+    tr34_misbehaviour_ = m;
+  }
+  // Called at the start of every RequestKeyToken (the terminal has committed its random
+  // number by then): tests snapshot the secure module there.
+  void set_on_key_token_request(std::function<void(const std::string& sn)> hook) {
+    absl::MutexLock l(&mu_);
+    on_key_token_request_ = std::move(hook);
+  }
+  int key_token_calls() {
+    absl::MutexLock l(&mu_);
+    return key_token_calls_;
+  }
+  int confirm_key_token_calls() {
+    absl::MutexLock l(&mu_);
+    return confirm_key_token_calls_;
+  }
+  absl::StatusOr<Bytes> GetKdhCredential(const std::string& sn) override;
+  absl::StatusOr<KeyTokenDelivery> RequestKeyToken(const std::string& sn, const Bytes& ct_krd,
+                                                   const Bytes& rt_krd,
+                                                   crypto::KeyAlgorithm algorithm) override;
+  absl::StatusOr<std::string> ConfirmKeyToken(const std::string& sn, const Bytes& proof) override;
+
   // What MTMS forwards (S107–S108), already unwrapped (the fake skips HSM #2).
   void Ingest(const std::string& sn, crypto::KeyAlgorithm algorithm, crypto::SecretBytes tek,
               crypto::SecretBytes auk);
@@ -112,6 +186,10 @@ class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
     std::string tmk_kcv;
     std::string state = "TERMINAL_STATE_TK_RECEIVED";
     int not_found_remaining = 0;
+    // TR-34.
+    Bytes tr34_nonce;  // of the last token issued
+    Bytes last_token;
+    std::string last_kcv;
   };
   struct Session {
     std::string sn;
@@ -126,6 +204,10 @@ class FakeKms final : public KmsTerminalPort, public KmsAdminPort {
   int begin_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int confirm_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int next_session_ ABSL_GUARDED_BY(mu_) = 0;
+  Tr34Misbehaviour tr34_misbehaviour_ ABSL_GUARDED_BY(mu_) = Tr34Misbehaviour::kNone;
+  std::function<void(const std::string&)> on_key_token_request_ ABSL_GUARDED_BY(mu_);
+  int key_token_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int confirm_key_token_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class FakeMtms final : public MtmsPort {
@@ -188,6 +270,7 @@ class FakeServers {
 // Test-only view of a secure module's clear keys, to search outputs for them.
 struct RevealedKeys {
   Bytes tek, auk, tmk, device_key;
+  Bytes krd_private_key;  // TR-34: the KRD's RSA private key, PKCS#1 RSAPrivateKey DER
 };
 
 }  // namespace rkl::pos::testing

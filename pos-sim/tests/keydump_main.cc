@@ -1,4 +1,5 @@
-// rkl-pos-keydump — TEST ONLY. Prints the clear TEK, AUK and TMK of simulated terminals so
+// rkl-pos-keydump — TEST ONLY. Prints the clear TEK, AUK and TMK of simulated terminals (and
+// of a TR-34 terminal its TMK and its KRD private key, as PKCS#1 RSAPrivateKey DER) so
 // the end-to-end leakage sweep (tests/e2e) can search databases, logs and outputs for them.
 //
 // It reads each secure module through SecureModuleTestPeer, the same test-only hook
@@ -7,7 +8,8 @@
 // material: the sweep keeps it in memory/scratch files it deletes, never in a log.
 //
 // Usage: rkl-pos-keydump --state-dir DIR [SN ...]   (no SN: every terminal in DIR)
-// Output: one line per key, "<SN> <TEK|AUK|TMK> <upper-case hex>" (absent keys skipped).
+// Output: one line per key, "<SN> <TEK|AUK|TMK|KRDKEY> <upper-case hex>" (absent keys
+// skipped; a TR-34 terminal has no TEK or AUK).
 // Exit status: 0 success, 1 a terminal could not be opened, 2 usage error.
 #include <dirent.h>
 
@@ -75,8 +77,10 @@ int main(int argc, char** argv) {
     }
     const rkl::pos::testing::RevealedKeys keys =
         rkl::pos::SecureModuleTestPeer::RevealKeysForTest(*module);
-    const std::pair<const char*, const rkl::Bytes*> named[] = {
-        {"TEK", &keys.tek}, {"AUK", &keys.auk}, {"TMK", &keys.tmk}};
+    const std::pair<const char*, const rkl::Bytes*> named[] = {{"TEK", &keys.tek},
+                                                               {"AUK", &keys.auk},
+                                                               {"TMK", &keys.tmk},
+                                                               {"KRDKEY", &keys.krd_private_key}};
     for (const auto& [name, bytes] : named) {
       if (!bytes->empty()) std::cout << sn << " " << name << " " << rkl::ToHex(*bytes) << "\n";
     }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli_harness.h"
 #include "fakes.h"
+#include "files.h"
 #include "rkl/crypto/random.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
@@ -160,6 +161,91 @@ TEST_F(LeakageTest, NoClearKeyInStateFilesOrOutput) {
     hits.insert(hits.end(), h.begin(), h.end());
   }
   EXPECT_EQ(terminals, 6);
+  EXPECT_THAT(hits, ::testing::IsEmpty());
+}
+
+// The same for TR-34 terminals: a mixed fleet and a CLI provision with the manufacturer's
+// CT_KRD file; the TMK and the KRD private key (PKCS#1 DER, inside the PKCS#8 the module
+// keeps) of each TR-34 terminal, and TEK/AUK/TMK of each patent one, are in no file (but the
+// sealed state) and no output.
+TEST_F(LeakageTest, NoClearTr34KeyInStateFilesOrOutput) {
+  CliHarness cli(*servers_);
+  const testing::KdhWorld& w = testing::KdhWorld::Get();
+  auto write = [&](const std::string& name, const Bytes& data) {
+    const std::string path = cli.dir() + "/" + name;
+    EXPECT_TRUE(WriteFileAtomically(path, data, 0600).ok());
+    return path;
+  };
+  const std::string pem = w.kdh_ca.ToPem();
+  const std::string pin = std::string(testing::kTestPin) + "\n";
+  const std::vector<std::string> tr34 = {
+      "--kdh-ca",          write("kdh-ca.pem", Bytes(pem.begin(), pem.end())),
+      "--krd-ca-card",     write("krd-ca.p12", w.krd_ca_p12),
+      "--krd-ca-pin-file", write("krd-pin", Bytes(pin.begin(), pin.end()))};
+  const std::string export_file = cli.dir() + "/krds.txt";
+  const std::string json = cli.dir() + "/fleet.json";
+  std::string output;
+  auto run = [&](std::vector<std::string> args) {
+    auto r = cli.Run(std::move(args));
+    output += r.out + r.err;
+    return r.exit_code;
+  };
+  ASSERT_EQ(run(Concat(
+                {{"manufacture", "--sn", "LT-1", "--protocol", "tr34", "--krd-export", export_file},
+                 cli.StateFlags(),
+                 tr34})),
+            0)
+      << output;
+  ASSERT_EQ(run(Concat({{"provision", "--sn", "LT-1"}, cli.StateFlags(), cli.KmsFlags()})), 0)
+      << output;
+  ASSERT_EQ(run(Concat({{"fleet", "--count", "4", "--concurrency", "2", "--prefix", "LTF",
+                         "--protocol", "mixed", "--json", json, "--progress", "plain"},
+                        cli.AllStepsFlags(),
+                        tr34})),
+            0)
+      << output;
+  ASSERT_EQ(run(Concat({{"status"}, cli.StateFlags()})), 0);
+  ASSERT_EQ(run(Concat({{"status", "--sn", "LT-1"}, cli.StateFlags()})), 0);
+  output += log_.str();
+  ASSERT_THAT(output, ::testing::HasSubstr("KRD id"));
+
+  std::map<std::string, std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(cli.state_dir())) {
+    if (e.is_regular_file()) {
+      Bytes b = testing::FileBytes(e.path().string());
+      files[e.path().string()] = std::string(b.begin(), b.end());
+    }
+  }
+  for (const std::string& path : {json, export_file}) {
+    Bytes b = testing::FileBytes(path);
+    files[path] = std::string(b.begin(), b.end());
+  }
+  int tr34_terminals = 0;
+  std::vector<std::string> hits;
+  for (const auto& e : std::filesystem::directory_iterator(cli.state_dir())) {
+    const std::string sn = e.path().filename().string();
+    auto module = SecureModule::Open(cli.state_dir(), sn);
+    ASSERT_TRUE(module.ok()) << module.status();
+    ASSERT_EQ(module->Describe().lifecycle, "INSTALLED") << sn;
+    const testing::RevealedKeys keys = SecureModuleTestPeer::RevealKeysForTest(*module);
+    ASSERT_FALSE(keys.tmk.empty());
+    if (module->state().protocol == Protocol::kTr34) {
+      ++tr34_terminals;
+      ASSERT_FALSE(keys.krd_private_key.empty());
+    }
+    for (const auto& [name, key] :
+         {std::pair{"TEK", keys.tek}, std::pair{"AUK", keys.auk}, std::pair{"TMK", keys.tmk},
+          std::pair{"KRDKEY", keys.krd_private_key}}) {
+      if (key.empty()) continue;
+      for (const auto& [path, content] : files) {
+        auto h = Find(content, key, absl::StrCat(sn, " ", name, " in ", path));
+        hits.insert(hits.end(), h.begin(), h.end());
+      }
+      auto h = Find(output, key, absl::StrCat(sn, " ", name, " in output"));
+      hits.insert(hits.end(), h.begin(), h.end());
+    }
+  }
+  EXPECT_EQ(tr34_terminals, 3);
   EXPECT_THAT(hits, ::testing::IsEmpty());
 }
 

@@ -73,8 +73,8 @@ TEST(SecureModuleStateTest, TruncatedOrAlteredStateIsDataLoss) {
   crypto::SecretBytes bad_magic = *bytes;
   bad_magic.RevealSecretMutable()[0] ^= 0xff;
   EXPECT_EQ(ParseState(bad_magic).status().code(), absl::StatusCode::kDataLoss);
-  // A field dropped at the end (installed_at: tag + 4 + 8 bytes).
-  auto missing = ParseState(bytes->Sub(0, bytes->size() - 13));
+  // A field dropped at the end (accepted_nonce, empty for a patent terminal: tag + 4 bytes).
+  auto missing = ParseState(bytes->Sub(0, bytes->size() - 5));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(missing.status().message(), HasSubstr("missing field"));
 }
