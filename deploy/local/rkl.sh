@@ -152,7 +152,7 @@ rkl_write_configs() {
             else
               # TR-34 (docs/tr34.md): the KRD CAs whose terminals HSM #2 makes key tokens for.
               echo "tr34:"
-              echo "  krd_ca_files: [$RKL_STATE/manufacturer/krd-ca.pem]"
+              echo "  krd_ca_files: $RKL_STATE/manufacturer/krd-ca.pem"
             fi
             ;;
           mtms | kms)
@@ -199,7 +199,7 @@ rkl_write_configs() {
             echo "  endpoint: $(rkl_addr ca)"
             echo "  authority: ca"
             echo "tr34:"
-            echo "  krd_ca_files: [$RKL_STATE/manufacturer/krd-ca.pem]"
+            echo "  krd_ca_files: $RKL_STATE/manufacturer/krd-ca.pem"
             echo "  kdh_hsm_id: hsm-kms"
             ;;
         esac

@@ -148,7 +148,8 @@ bool IsHsm1Rpc(const std::string& m) {
 }
 bool IsHsm2Rpc(const std::string& m) {
   return m == "ImportAndChallenge" || m == "AuthChallenge" || m == "AuthenticateAndDeliver" ||
-         m == "VerifyInstallProof" || m == "DestroyTerminalKeys" || m == "GenerateRandom";
+         m == "VerifyInstallProof" || m == "DestroyTerminalKeys" || m == "GenerateRandom" ||
+         m == "GenerateKdhKey" || m == "BuildKeyToken" || m == "VerifyKeyTokenInstallProof";
 }
 
 std::vector<ServiceUnderTest> Services() {
@@ -163,7 +164,11 @@ std::vector<ServiceUnderTest> Services() {
   };
   return {
       {"rkl.v1.CertificateAuthority", "ca",
-       [](const std::string& m) { return m == "IssueWorkCertificate" ? Who::kMtms : Who::kAdmin; }},
+       [](const std::string& m) {
+         if (m == "IssueWorkCertificate") return Who::kMtms;
+         if (m == "IssueKdhCertificate") return Who::kKms;
+         return Who::kAdmin;
+       }},
       {"rkl.v1.Hsm", "hsm-mtms",
        [hsm](const std::string& m) { return IsHsmAdminRpc(m) ? hsm(m) : Who::kMtms; },
        [](const std::string& m) { return IsHsmAdminRpc(m) || IsHsm1Rpc(m); }},
@@ -175,7 +180,8 @@ std::vector<ServiceUnderTest> Services() {
        [](const std::string& m) {
          if (m == "SubmitTransportKey") return Who::kMtms;
          if (m == "BeginAuthentication" || m == "CompleteAuthentication" ||
-             m == "ConfirmInstallation") {
+             m == "ConfirmInstallation" || m == "GetKdhCredential" || m == "RequestKeyToken" ||
+             m == "ConfirmKeyToken") {
            return Who::kNone;  // terminals present no certificate
          }
          return Who::kAdmin;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# e2e_fault_<target>: a crash in the middle of a 200-terminal fleet, then recovery.
+# e2e_fault_<target>: a crash in the middle of a 200-terminal mixed fleet (patent-protocol
+# and TR-34 terminals alternating, `rkl-pos fleet --protocol mixed`), then recovery.
 #   bash tests/e2e/fault.sh <build dir> <port base> kms|hsm-kms|mtms|postgres
 #
 # `rkl-pos fleet --count 200 --concurrency 16` runs in the background; once KMS reports
@@ -26,10 +27,11 @@ CONCURRENCY=16
 prefix="E2E-F-$(tr '[:lower:]' '[:upper:]' <<<"${target//-/}")"
 
 e2e_up
-e2e_log "deployment up; fleet of $COUNT terminals ($prefix-*), $CONCURRENCY at a time"
+e2e_log "deployment up; mixed fleet of $COUNT terminals ($prefix-*, half TR-34), $CONCURRENCY at a time"
 
 # shellcheck disable=SC2046
-rkl_pos fleet $(rkl_pos_flags) --count "$COUNT" --concurrency "$CONCURRENCY" --prefix "$prefix" \
+rkl_pos fleet $(rkl_pos_flags) $(rkl_pos_tr34_flags) --protocol mixed --count "$COUNT" \
+  --concurrency "$CONCURRENCY" --prefix "$prefix" \
   --progress plain --forwarding-timeout 120s --json "$RKL_STATE/logs/fleet.json" \
   >"$RKL_STATE/logs/pos-fleet.out" 2>"$RKL_STATE/logs/pos-fleet.err" &
 fleet=$!

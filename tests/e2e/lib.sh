@@ -203,7 +203,9 @@ e2e_resume_unfinished() {
   ((${#unfinished[@]} == 0)) && return 0
   e2e_log "resuming ${#unfinished[@]} unfinished terminal(s): ${unfinished[*]}"
   for sn in "${unfinished[@]}"; do
-    if ! e2e_pos provision --sn "$sn" --retries 4 >>"$RKL_STATE/logs/pos-resume.out" \
+    # shellcheck disable=SC2046
+    if ! e2e_pos provision --sn "$sn" --retries 4 $(rkl_pos_tr34_flags) \
+      >>"$RKL_STATE/logs/pos-resume.out" \
       2>>"$RKL_STATE/logs/pos-resume.err"; then
       e2e_log "terminal $sn: provision (resume) failed: $(tail -1 "$RKL_STATE/logs/pos-resume.err")"
     fi
@@ -216,7 +218,8 @@ e2e_resume_unfinished() {
 #  - the KMS audit shows exactly one `terminal.installed` per SN (none twice);
 #  - the KMS database holds COUNT distinct TMK indexes; HSM #2 holds exactly one ACTIVE TMK
 #    per SN, COUNT in all, at the index KMS recorded (no TMK shared or duplicated);
-#  - the TMKs the terminals actually hold are pairwise different (and so are TEKs and AUKs).
+#  - the TMKs the terminals actually hold are pairwise different (and so are TEKs and AUKs of
+#    patent-protocol terminals and the device keys of TR-34 terminals).
 e2e_assert_fleet() {
   local prefix=$1 count=$2 out="$E2E_SCRATCH/assert"
   mkdir -p "$out"
@@ -245,7 +248,7 @@ e2e_assert_fleet() {
   local sn state tmk kms_kcv
   local -A kms_kcvs=()
   while read -r sn kms_kcv; do kms_kcvs[$sn]=$kms_kcv; done <"$out/kms-kcv"
-  while read -r sn state _ _ _ tmk; do
+  while read -r sn state _ _ _ tmk _; do
     kms_kcv=${kms_kcvs[$sn]:-}
     [[ -n "$kms_kcv" ]] || e2e_fail "terminal $sn: no TMK KCV at KMS"
     [[ "$tmk" == "$kms_kcv" ]] ||
@@ -290,16 +293,24 @@ e2e_assert_fleet() {
 
   # The keys themselves, as the terminals hold them (test-only reader): pairwise distinct.
   "$E2E_KEYDUMP" --state-dir "$RKL_STATE/pos" >"$out/keys" || e2e_fail "rkl-pos-keydump failed"
-  local kind n dups
-  for kind in TMK TEK AUK; do
+  # Patent-protocol terminals hold a TEK and an AUK, TR-34 terminals a KRD key (their device
+  # key) instead; KMS says which is which.
+  local kind n dups want tr34
+  tr34=$(grep -c "^$prefix-.* protocol=TR34" "$out/kms-list" || true)
+  for kind in TMK TEK AUK KRDKEY; do
+    case $kind in
+      TMK) want=$count ;;
+      TEK | AUK) want=$((count - tr34)) ;;
+      KRDKEY) want=$tr34 ;;
+    esac
     n=$(awk -v p="$prefix-" -v k="$kind" 'index($1, p) == 1 && $2 == k' "$out/keys" | wc -l)
-    ((n == count)) || e2e_fail "$n of $count terminals hold a $kind"
+    ((n == want)) || e2e_fail "$n of $count terminals hold a $kind, expected $want"
     dups=$(awk -v p="$prefix-" -v k="$kind" 'index($1, p) == 1 && $2 == k {print $3}' \
       "$out/keys" | sort | uniq -d | wc -l)
     ((dups == 0)) || e2e_fail "$dups ${kind}s are shared by two or more terminals"
   done
   rm -rf -- "$out"
-  e2e_log "verified: $count/$count INSTALLED at KMS, KCVs match, one install each in the audit, $count distinct TMK indexes, one ACTIVE TMK per SN in HSM #2, $count pairwise different TMKs"
+  e2e_log "verified: $count/$count INSTALLED at KMS, KCVs match, one install each in the audit, $count distinct TMK indexes, one ACTIVE TMK per SN in HSM #2, $count pairwise different TMKs ($tr34 of them TR-34)"
 }
 
 # The leakage sweep. Every clear key a test terminal knows (TEK, AUK, TMK, via the test-only
