@@ -724,7 +724,7 @@ absl::Status CmdKrdCaInit(Session& s) {
           absl::StrCat("--out: ", path, " exists; a KRD CA is never overwritten"));
     }
   }
-  RKL_ASSIGN_OR_RETURN(KrdCa ca, CreateKrdCa(o.ca_name, absl::ToUnixSeconds(absl::Now())));
+  RKL_ASSIGN_OR_RETURN(KrdCa ca, CreateKrdCa(o.ca_name, NowUnixSeconds(SystemClock())));
   RKL_RETURN_IF_ERROR(WriteKrdCa(o.out_dir, ca, pin));
   spdlog::info("KRD CA {} created in {}", o.ca_name, o.out_dir);
   *s.io().out << "KRD CA        " << ca.cert.SubjectCommonName() << "\n"

@@ -15,15 +15,24 @@
 //                   victim (made with the deployment's operator card, as a compromised KMS
 //                   host holding one could): the import supersedes the victim's TMK, so the
 //                   delivery under TEK' carries a new TMK, never the victim's.
+//  Tr34Attack       TR-34 (docs/tr34.md): no admin, custodian or mtms identity reaches a KDH
+//                   step (KDH key, key token, install proof, KDH certificate), and the `kms`
+//                   identity cannot have HSM #2 put a terminal's TMK — TR-34 or patent — in a
+//                   key token for a KRD of its own making, for the KDH's own certificate, or
+//                   for a genuine KRD of another SN, whether or not it asks to replace it.
 //
-// custody_hsm.sh runs the first two, checks that no database row changed (an audit record
-// of each refusal is allowed), then runs the third. Environment:
+// custody_hsm.sh runs the first two and the TR-34 attacks, checks that no database row changed (an
+// audit record of each refusal is allowed), then runs the third. Environment:
 //   E2E_PKI                           rklctl pki init output (service and admin identities)
 //   E2E_HSM_MTMS_ADDR, E2E_HSM_KMS_ADDR, E2E_MTMS_ADDR
 //   E2E_HSM_MTMS_PK_INDEX, E2E_HSM_MTMS_MAK_INDEX, E2E_HSM_KMS_PK_INDEX, E2E_HSM_KMS_MAK_INDEX
 //   E2E_OPERATOR_CARD, E2E_OPERATOR_PIN_FILE   the deployment's operator card
 //   E2E_VICTIM_SN, E2E_VICTIM_TEK_INDEX, E2E_VICTIM_AUK_INDEX, E2E_VICTIM_TMK_INDEX,
 //   E2E_VICTIM_TMK_KCV                an INSTALLED terminal, as KMS records it
+//   E2E_TR34_VICTIM_SN, E2E_TR34_VICTIM_TMK_INDEX, E2E_TR34_VICTIM_KRD_CERT (DER file)
+//                                     an INSTALLED TR-34 terminal, as KMS records it
+//   E2E_KDH_KEY_INDEX, E2E_KDH_CERT (DER file)  the deployment's KDH key
+//   E2E_CA_ADDR
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/client_unary_call.h>
 #include <grpcpp/impl/rpc_method.h>
@@ -54,6 +63,7 @@
 #include "rkl/protocol/transport_key.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/v1/ca.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/mtms.grpc.pb.h"
 
@@ -426,6 +436,100 @@ TEST(KmsImportSupersedes, TheVictimsTmkNeverLeavesUnderAnotherTek) {
   ASSERT_TRUE(block.ok()) << block.status();
   EXPECT_NE(block->tmk_kcv, victim_kcv);
   EXPECT_EQ(block->tmk_kcv, out.tmk().kcv());
+}
+
+// ---- TR-34: the KDH steps, and whose KRD a TMK may be addressed to -------------------------
+
+// A KRD certificate of the attacker's own making (a CA of its own), naming `sn`.
+Bytes SelfMadeKrdCertificate(const std::string& sn) {
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  auto ca_key = crypto::GenerateRsaKey(2048).value();
+  crypto::CertificateBuilder ca;
+  ca.SetSubjectCommonName("krd-ca")
+      .SetSerial({0x05, 0x06})
+      .SetValidity(now - 3600, now + 86400)
+      .SetBasicConstraints(true, 0)
+      .SetKeyUsage(crypto::KeyUsage::kKeyCertSign | crypto::KeyUsage::kCrlSign);
+  auto ca_cert = ca.SelfSign(ca_key).value();
+  auto key = crypto::GenerateRsaKey(2048).value();
+  crypto::CertificateBuilder leaf;
+  leaf.SetSubjectCommonName(sn)
+      .SetSerial({0x07, 0x08})
+      .SetValidity(now - 3600, now + 86400)
+      .SetPublicKey(key.GetPublicKey())
+      .SetBasicConstraints(false, std::nullopt)
+      .SetKeyUsage(crypto::KeyUsage::kKeyEncipherment);
+  return leaf.Sign(ca_cert, ca_key).value().ToDer();
+}
+
+v1::BuildKeyTokenRequest TokenRequest(const std::string& sn, const std::string& krd_der,
+                                      bool replace_existing) {
+  v1::BuildKeyTokenRequest req;
+  req.set_sn(sn);
+  req.set_algorithm(v1::KEY_ALGORITHM_AES128);
+  req.set_krd_certificate_der(krd_der);
+  req.set_krd_nonce(Str(crypto::RandomBytes(16)));
+  req.set_kdh_key_index(EnvIndex("E2E_KDH_KEY_INDEX"));
+  req.set_kdh_certificate_der(ReadFile(Env("E2E_KDH_CERT")));
+  req.set_replace_existing(replace_existing);
+  return req;
+}
+
+TEST(Tr34Attack, NoAdminCustodianOrMtmsReachesAKdhStep) {
+  const std::string victim = Env("E2E_TR34_VICTIM_SN");
+  const std::string genuine = ReadFile(Env("E2E_TR34_VICTIM_KRD_CERT"));
+  auto attacker_key = crypto::GenerateRsaKey(2048).value();
+  for (Who who : {Who::kAdmin, Who::kCustodian, Who::kMtms}) {
+    SCOPED_TRACE(static_cast<int>(who));
+    auto hsm2 = Hsm("hsm-kms", who);
+    v1::GenerateKdhKeyRequest gen;
+    gen.set_bits(2048);
+    gen.set_label("attacker-kdh");
+    EXPECT_CODE(Call(*hsm2, &H::GenerateKdhKey, gen), StatusCode::PERMISSION_DENIED);
+    for (bool replace : {false, true}) {
+      EXPECT_CODE(Call(*hsm2, &H::BuildKeyToken, TokenRequest(victim, genuine, replace)),
+                  StatusCode::PERMISSION_DENIED);
+    }
+    v1::VerifyKeyTokenInstallProofRequest proof;
+    proof.set_tmk_index(EnvIndex("E2E_TR34_VICTIM_TMK_INDEX"));
+    proof.set_sn(victim);
+    proof.set_krd_nonce(Str(crypto::RandomBytes(16)));
+    proof.set_proof(Str(crypto::RandomBytes(16)));
+    EXPECT_CODE(Call(*hsm2, &H::VerifyKeyTokenInstallProof, proof), StatusCode::PERMISSION_DENIED);
+    // A KDH certificate for a key of the attacker's: it could sign tokens terminals accept.
+    auto ca = v1::CertificateAuthority::NewStub(Channel("ca", who));
+    v1::IssueKdhCertificateRequest issue;
+    issue.set_public_key_der(Str(attacker_key.GetPublicKey().ToDer()));
+    issue.set_hsm_id("hsm-kms");
+    issue.set_key_index(1);
+    EXPECT_CODE(Call(*ca, &v1::CertificateAuthority::Stub::IssueKdhCertificate, issue),
+                StatusCode::PERMISSION_DENIED);
+  }
+}
+
+TEST(Tr34Attack, KmsCannotAddressATerminalsTmkToAKrdOfItsChoosing) {
+  const std::string tr34_victim = Env("E2E_TR34_VICTIM_SN");
+  const std::string patent_victim = Env("E2E_VICTIM_SN");
+  const std::string genuine = ReadFile(Env("E2E_TR34_VICTIM_KRD_CERT"));
+  const std::string kdh_cert = ReadFile(Env("E2E_KDH_CERT"));
+  auto hsm2 = Hsm("hsm-kms", Who::kKms);
+  for (const std::string& victim : {tr34_victim, patent_victim}) {
+    SCOPED_TRACE(victim);
+    const std::string own = Str(SelfMadeKrdCertificate(victim));
+    for (bool replace : {false, true}) {
+      // A KRD of a CA of its own, naming the victim.
+      EXPECT_CODE(Call(*hsm2, &H::BuildKeyToken, TokenRequest(victim, own, replace)),
+                  StatusCode::PERMISSION_DENIED);
+      // The KDH's own certificate (a key it holds, of the other role).
+      EXPECT_CODE(Call(*hsm2, &H::BuildKeyToken, TokenRequest(victim, kdh_cert, replace)),
+                  StatusCode::PERMISSION_DENIED);
+    }
+  }
+  // A genuine KRD, for an SN it does not name.
+  for (bool replace : {false, true}) {
+    EXPECT_CODE(Call(*hsm2, &H::BuildKeyToken, TokenRequest(patent_victim, genuine, replace)),
+                StatusCode::PERMISSION_DENIED);
+  }
 }
 
 }  // namespace

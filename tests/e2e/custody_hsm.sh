@@ -10,13 +10,17 @@
 #  2. the `mtms` identity asks HSM #1 to translate TEK' without a valid operator signature
 #     (none, forged, a CA of its own, a real operator's package for another SN or Ctk_Pu):
 #     refused;
+#  3. TR-34: no admin, custodian or mtms identity reaches a KDH step of HSM #2 or the CA's
+#     IssueKdhCertificate; the `kms` identity cannot have HSM #2 put the TR-34 victim's (or the
+#     patent victim's) TMK in a key token for a KRD of its own CA, for the KDH certificate, or
+#     for the TR-34 victim's genuine KRD under another SN, replacing or not;
 #  and checks that no row of any database changed (audit records and refusal counts of
 #  the refusals are allowed, and required: each refusal is on record in its HSM's audit).
 #  Then:
-#  3. the `kms` identity imports a transport key of its own for the victim: the import
+#  4. the `kms` identity imports a transport key of its own for the victim: the import
 #     supersedes the victim's TMK, and the delivery under TEK' carries a new TMK, never the
 #     victim's;
-#  4. `rklctl kms terminal revoke` of an installed terminal destroys its TEK, AUK and TMK in
+#  5. `rklctl kms terminal revoke` of an installed terminal destroys its TEK, AUK and TMK in
 #     HSM #2 (GetKeyInfo as admin: DELETED; sealed material gone), audited in HSM #2 and KMS,
 #     and the terminal gets no TMK any more.
 set -euo pipefail
@@ -38,7 +42,15 @@ for sn in "$victim" "$revoked"; do
   rklctl kms terminal get "$sn" $(e2e_admin) | grep -q " state=INSTALLED " ||
     e2e_fail "terminal $sn: not INSTALLED at KMS"
 done
-e2e_log "terminals $victim and $revoked INSTALLED"
+# A TR-34 terminal too (docs/tr34.md).
+tr34_victim=E2E-CUSTODY-TR34
+# shellcheck disable=SC2046
+e2e_pos provision --sn "$tr34_victim" --protocol tr34 $(rkl_pos_tr34_flags) >>"$pos_log" 2>&1 ||
+  e2e_fail "TR-34 terminal $tr34_victim: provision failed"
+# shellcheck disable=SC2046
+rklctl kms terminal get "$tr34_victim" $(e2e_admin) | grep -q " state=INSTALLED " ||
+  e2e_fail "TR-34 terminal $tr34_victim: not INSTALLED at KMS"
+e2e_log "terminals $victim, $revoked and $tr34_victim (TR-34) INSTALLED"
 
 # shellcheck disable=SC1091
 source "$RKL_STATE/ceremony.env"
@@ -60,6 +72,18 @@ export E2E_OPERATOR_CARD="$RKL_STATE/pki/operator-operator1.p12"
 export E2E_OPERATOR_PIN_FILE="$RKL_STATE/secrets/operator.pin"
 export E2E_VICTIM_SN=$victim E2E_VICTIM_TEK_INDEX=$v_tek E2E_VICTIM_AUK_INDEX=$v_auk
 export E2E_VICTIM_TMK_INDEX=$v_tmk E2E_VICTIM_TMK_KCV=$v_kcv
+# The TR-34 victim's KRD certificate and TMK, and the KDH key, as KMS records them.
+export E2E_CA_ADDR E2E_TR34_VICTIM_SN=$tr34_victim E2E_TR34_VICTIM_TMK_INDEX
+E2E_CA_ADDR=$(rkl_addr ca)
+E2E_TR34_VICTIM_TMK_INDEX=$(e2e_sql rkl_kms "SELECT tmk_index FROM terminals WHERE sn = '$tr34_victim'")
+export E2E_TR34_VICTIM_KRD_CERT="$E2E_SCRATCH/tr34-victim-krd.der" E2E_KDH_CERT="$E2E_SCRATCH/kdh.der"
+e2e_sql rkl_kms "SELECT encode(krd_certificate, 'hex') FROM terminals WHERE sn = '$tr34_victim'" |
+  xxd -r -p >"$E2E_TR34_VICTIM_KRD_CERT"
+e2e_sql rkl_kms "SELECT encode(certificate, 'hex') FROM kdh_keys WHERE active" | xxd -r -p >"$E2E_KDH_CERT"
+export E2E_KDH_KEY_INDEX
+E2E_KDH_KEY_INDEX=$(e2e_sql rkl_kms "SELECT key_index FROM kdh_keys WHERE active")
+[[ -s "$E2E_TR34_VICTIM_KRD_CERT" && -s "$E2E_KDH_CERT" && -n "$E2E_TR34_VICTIM_TMK_INDEX" ]] ||
+  e2e_fail "KMS records no KRD certificate or TMK for $tr34_victim, or no KDH key"
 
 # Every row of every table of every service database except the audit tables and the
 # refusal counters (both are where refusals go on record; a service flushes its counters
@@ -109,6 +133,8 @@ admin=admin:alice
 denied_before=$(hsm_refusal_count rkl_hsm_mtms "$admin" TranslateTransportKey PERMISSION_DENIED)
 run_custody 'AdminAttack.*' admin
 run_custody 'MtmsWithoutOperatorSignature.*' mtms
+kms_build_refused_before=$(hsm_audit_count rkl_hsm_kms kms tmk.build_key_token PERMISSION_DENIED)
+run_custody 'Tr34Attack.*' tr34
 db_fingerprint >"$E2E_SCRATCH/after"
 if ! diff -u "$E2E_SCRATCH/before" "$E2E_SCRATCH/after" >&2; then
   e2e_fail "a refused attack changed rows in a database (diff above)"
@@ -126,6 +152,13 @@ done
   e2e_fail "HSM #1's audit lacks the refused translations without a valid signature"
 (($(hsm_audit_count rkl_hsm_mtms mtms tk.translate PERMISSION_DENIED) >= 2)) ||
   e2e_fail "HSM #1's audit lacks the refused translations of another terminal's package"
+for method in GenerateKdhKey BuildKeyToken VerifyKeyTokenInstallProof; do
+  (($(hsm_refusal_count rkl_hsm_kms "$admin" "$method" PERMISSION_DENIED) >= 1)) ||
+    e2e_fail "HSM #2's audit has no record of the admin's refused $method"
+done
+# kms: 2 self-made KRDs x 2, the KDH certificate x 4, a genuine KRD for another SN x 2.
+(($(hsm_audit_count rkl_hsm_kms kms tmk.build_key_token PERMISSION_DENIED) - kms_build_refused_before >= 10)) ||
+  e2e_fail "HSM #2's audit lacks the kms identity's refused TR-34 key tokens"
 e2e_log "every refusal is in its HSM's audit"
 
 # ---- 3: the kms identity's own transport key supersedes the victim's TMK -------------------
