@@ -15,15 +15,6 @@
 
 namespace rkl::hsm {
 
-// The audit actions of the TR-34 commands. They belong in rkl/audit/actions.h with the
-// others (libs/audit is not this service's to change); kept here, spelled as that file
-// spells actions, until they move.
-namespace tr34_action {
-inline constexpr char kKdhKeyGenerate[] = "kdh_key.generate";
-inline constexpr char kTmkBuildKeyToken[] = "tmk.build_key_token";
-inline constexpr char kInstallVerifyKeyTokenProof[] = "install.verify_key_token_proof";
-}  // namespace tr34_action
-
 // FAILED_PRECONDITION "HSM self-test failed".
 absl::Status SelfTestFailed();
 // A key or ceremony label: 1-64 printable ASCII characters (INVALID_ARGUMENT naming `field`).

@@ -2,6 +2,7 @@
 // key, two-pass key tokens for KRDs, and the KRD's install proof.
 #include "absl/strings/str_cat.h"
 #include "hsm_core_internal.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/protocol/sn.h"
@@ -28,7 +29,7 @@ absl::Status CheckNonceSize(std::span<const uint8_t> nonce) {
 
 absl::StatusOr<GeneratedRsaKey> HsmCore::GenerateKdhKey(const std::string& caller, uint32_t bits,
                                                         const std::string& label) {
-  return GenerateRsaKey(caller, bits, label, KeyUsage::kKdhSign, tr34_action::kKdhKeyGenerate);
+  return GenerateRsaKey(caller, bits, label, KeyUsage::kKdhSign, audit::action::kKdhKeyGenerate);
 }
 
 absl::StatusOr<crypto::Certificate> HsmCore::CheckKrdCertificate(const KeyTokenCommand& cmd) const {
@@ -58,7 +59,7 @@ absl::StatusOr<crypto::Certificate> HsmCore::CheckKrdCertificate(const KeyTokenC
 absl::StatusOr<BuiltKeyToken> HsmCore::BuildKeyToken(const std::string& caller,
                                                      const KeyTokenCommand& cmd) {
   AuditEvent event{.actor = caller,
-                   .action = tr34_action::kTmkBuildKeyToken,
+                   .action = audit::action::kTmkBuildKeyToken,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("kdh=", cmd.kdh_key_index,
                                           " replace_existing=", cmd.replace_existing)};
@@ -173,7 +174,7 @@ absl::StatusOr<BuiltKeyToken> HsmCore::BuildKeyToken(const std::string& caller,
 absl::Status HsmCore::VerifyKeyTokenInstallProof(const std::string& caller,
                                                  const KeyTokenProofCommand& cmd) {
   AuditEvent event{.actor = caller,
-                   .action = tr34_action::kInstallVerifyKeyTokenProof,
+                   .action = audit::action::kInstallVerifyKeyTokenProof,
                    .sn = cmd.sn,
                    .detail = absl::StrCat("tmk=", cmd.tmk_index)};
   return RunUnit(

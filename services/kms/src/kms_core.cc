@@ -1101,13 +1101,6 @@ absl::StatusOr<AuditPage> KmsCore::ListAudit(const std::string& sn, uint32_t pag
 
 namespace {
 
-// Audit actions of the TR-34 RPCs (to join rkl/audit/actions.h).
-constexpr char kKrdBind[] = "krd.bind";
-constexpr char kKrdRefuse[] = "krd.refuse";
-constexpr char kKeyTokenIssue[] = "key_token.issue";
-constexpr char kKeyTokenRefuse[] = "key_token.refuse";
-constexpr char kKdhKeyProvision[] = "kdh_key.provision";
-
 constexpr char kDefaultKdhLabel[] = "kdh";
 
 bool IsTr34Algorithm(crypto::KeyAlgorithm a) {
@@ -1199,7 +1192,7 @@ absl::StatusOr<TerminalRecord> KmsCore::BindKrd(const std::string& actor, const 
     t.krd_certificate_der = krd.certificate_der;
     t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
     absl::Status s = repository_.InsertTerminal(
-        t, {Audit(actor, kKrdBind, krd.sn, absl::StrCat("krd_id ", krd.krd_id))});
+        t, {Audit(actor, audit::action::kKrdBind, krd.sn, absl::StrCat("krd_id ", krd.krd_id))});
     if (s.code() == absl::StatusCode::kAlreadyExists) continue;  // bound concurrently
     RKL_RETURN_IF_ERROR(s);
     *created = true;
@@ -1242,7 +1235,7 @@ absl::StatusOr<Bytes> KmsCore::GetKdhCredential(const std::string& sn, std::stri
   if (kdh.status().code() == absl::StatusCode::kNotFound) {
     absl::Status s =
         absl::FailedPreconditionError("kdh: no KDH key is provisioned (rklctl kms kdh provision)");
-    CountRefusal({kKeyTokenRefuse, source}, kAnySn, s);
+    CountRefusal({audit::action::kKeyTokenRefuse, source}, kAnySn, s);
     return s;
   }
   RKL_RETURN_IF_ERROR(kdh.status());
@@ -1263,7 +1256,7 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
                                                         std::string_view source) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckTr34Configured());
-  const RefusalScope scope{kKeyTokenRefuse, source};
+  const RefusalScope scope{audit::action::kKeyTokenRefuse, source};
   const std::string actor = TerminalActor(sn);
   // Malformed or untrusted input: counted, not audited (no write per refusal).
   auto refuse = [&](absl::Status s) {
@@ -1297,7 +1290,8 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
   absl::StatusOr<TerminalRecord> bound = BindKrd(actor, *krd, &created);
   if (!bound.ok()) {
     if (bound.status().code() == absl::StatusCode::kPermissionDenied) {
-      AuditFailure(actor, kKrdRefuse, sn, absl::StrCat("krd_id ", krd->krd_id), bound.status());
+      AuditFailure(actor, audit::action::kKrdRefuse, sn, absl::StrCat("krd_id ", krd->krd_id),
+                   bound.status());
     } else if (bound.status().code() == absl::StatusCode::kFailedPrecondition) {
       CountRefusal(scope, sn, bound.status());
     }
@@ -1337,7 +1331,7 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
                       .replace_existing = replace};
   absl::StatusOr<BuiltKeyToken> token = hsm_.BuildKeyToken(order);
   if (!token.ok()) {
-    AuditFailure(actor, kKeyTokenIssue, sn,
+    AuditFailure(actor, audit::action::kKeyTokenIssue, sn,
                  absl::StrCat("HSM #2 BuildKeyToken, krd_id ", krd->krd_id, ", kdh_key_index ",
                               kdh->key_index),
                  token.status());
@@ -1345,7 +1339,7 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
   }
   if (token->krd_id != krd->krd_id) {
     absl::Status s = absl::InternalError("HSM #2 bound the TMK to another KRD than requested");
-    AuditFailure(actor, kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id), s);
+    AuditFailure(actor, audit::action::kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id), s);
     return s;
   }
   absl::StatusOr<TerminalRecord> after = Mutate(
@@ -1367,7 +1361,7 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
         if (new_tmk) c.record.tmk_generation = cur.tmk_generation + 1;
         c.record.krd_nonce = *nonce;
         c.audit.push_back(
-            Audit(actor, kKeyTokenIssue, sn,
+            Audit(actor, audit::action::kKeyTokenIssue, sn,
                   absl::StrCat("krd_id ", krd->krd_id, ", kdh_key_index ", kdh->key_index,
                                ", tmk_index ", token->tmk_index, " tmk_kcv ", token->tmk_kcv,
                                " generation ", c.record.tmk_generation, new_tmk ? ", new TMK" : "",
@@ -1376,7 +1370,8 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
       },
       &t);
   if (!after.ok()) {
-    AuditFailure(actor, kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id), after.status());
+    AuditFailure(actor, audit::action::kKeyTokenIssue, sn, absl::StrCat("krd_id ", krd->krd_id),
+                 after.status());
     return after.status();
   }
   return KeyTokenResult{std::move(token->key_token), token->tmk_kcv, after->state};
@@ -1479,13 +1474,13 @@ absl::StatusOr<KdhKeyRecord> KmsCore::ProvisionKdhKey(const std::string& actor,
   if (active.status().code() != absl::StatusCode::kNotFound) return active.status();
   absl::StatusOr<GeneratedKdhKey> key = hsm_.GenerateKdhKey(bits, name);
   if (!key.ok()) {
-    AuditFailure(actor, kKdhKeyProvision, "", "HSM #2 GenerateKdhKey", key.status());
+    AuditFailure(actor, audit::action::kKdhKeyProvision, "", "HSM #2 GenerateKdhKey", key.status());
     return key.status();
   }
   absl::StatusOr<IssuedKdhCertificate> cert =
       ca_->IssueKdhCertificate(key->public_key_der, options_.kdh_hsm_id, key->key_index);
   if (!cert.ok()) {
-    AuditFailure(actor, kKdhKeyProvision, "",
+    AuditFailure(actor, audit::action::kKdhKeyProvision, "",
                  absl::StrCat("CA IssueKdhCertificate for key_index ", key->key_index,
                               " (the key stays unused in HSM #2)"),
                  cert.status());
@@ -1499,12 +1494,13 @@ absl::StatusOr<KdhKeyRecord> KmsCore::ProvisionKdhKey(const std::string& actor,
                       .created_at_ms = NowMs(),
                       .active = true};
   absl::Status s = repository_.InsertKdhKey(
-      record, {Audit(actor, kKdhKeyProvision, "",
+      record, {Audit(actor, audit::action::kKdhKeyProvision, "",
                      absl::StrCat("key_index ", record.key_index, ", label ", name, ", bits ", bits,
                                   ", hsm_id ", options_.kdh_hsm_id, ", certificate serial ",
                                   record.serial_hex, ", not_after ", record.not_after_s))});
   if (!s.ok()) {
-    AuditFailure(actor, kKdhKeyProvision, "", absl::StrCat("key_index ", record.key_index), s);
+    AuditFailure(actor, audit::action::kKdhKeyProvision, "",
+                 absl::StrCat("key_index ", record.key_index), s);
     return s;
   }
   spdlog::info("kms: KDH key provisioned: key_index {}, certificate serial {}", record.key_index,
@@ -1548,7 +1544,7 @@ absl::StatusOr<std::vector<KrdRegistrationResult>> KmsCore::RegisterKrdCredentia
     r.status = bound.status();
     r.duplicate = bound.ok() && !created;
     if (!bound.ok()) {
-      AuditFailure(actor, kKrdRefuse, krd->sn, absl::StrCat("krd_id ", krd->krd_id),
+      AuditFailure(actor, audit::action::kKrdRefuse, krd->sn, absl::StrCat("krd_id ", krd->krd_id),
                    bound.status());
     }
     out.push_back(std::move(r));

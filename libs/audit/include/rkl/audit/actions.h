@@ -49,6 +49,12 @@ inline constexpr char kTerminalRevoke[] = "terminal.revoke";
 // The HSM destroyed a terminal's keys (KMS: HSM #2 did, or could not: the result says).
 inline constexpr char kTerminalKeysDestroy[] = "terminal.keys_destroy";
 inline constexpr char kTerminalRekey[] = "terminal.rekey";
+// TR-34 terminals (docs/tr34.md)
+inline constexpr char kKrdBind[] = "krd.bind";
+inline constexpr char kKrdRefuse[] = "krd.refuse";
+inline constexpr char kKeyTokenIssue[] = "key_token.issue";
+inline constexpr char kKeyTokenRefuse[] = "key_token.refuse";
+inline constexpr char kKdhKeyProvision[] = "kdh_key.provision";
 
 // ---- MTMS
 inline constexpr char kPackageReceive[] = "package.receive";
@@ -77,6 +83,10 @@ inline constexpr char kTkImportAndChallenge[] = "tk.import_and_challenge";
 inline constexpr char kAuthChallenge[] = "auth.challenge";
 inline constexpr char kTmkAuthenticateAndDeliver[] = "tmk.authenticate_and_deliver";
 inline constexpr char kInstallVerifyProof[] = "install.verify_proof";
+// TR-34 (HSM #2)
+inline constexpr char kKdhKeyGenerate[] = "kdh_key.generate";
+inline constexpr char kTmkBuildKeyToken[] = "tmk.build_key_token";
+inline constexpr char kInstallVerifyKeyTokenProof[] = "install.verify_key_token_proof";
 inline constexpr char kAuditVerify[] = "audit.verify";
 inline constexpr char kAuditAnchor[] = "audit.anchor";
 
