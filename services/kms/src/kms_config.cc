@@ -45,6 +45,11 @@ ConfigSchema MakeKmsConfigSchema() {
   s.Duration("tr34.crl_refresh_margin",
              "the kdh-ca CRL is fetched again this long before its nextUpdate")
       .Default("10m");
+  s.Duration("tr34.crl_max_age",
+             "the kdh-ca CRL is fetched again once KMS's copy is this old: the longest a revoked "
+             "KDH certificate keeps reaching terminals as good (a CA outage serves the copy "
+             "until its nextUpdate)")
+      .Default("1m");
   s.String("ca.endpoint",
            "gRPC target of the CA (KDH certificate and kdh-ca CRL, TR-34 only); empty: none")
       .Default("");
@@ -141,6 +146,7 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   }
   k.core.kdh_hsm_id = config.GetString("tr34.kdh_hsm_id");
   k.core.crl_refresh_margin = config.GetDuration("tr34.crl_refresh_margin");
+  k.core.crl_max_age = config.GetDuration("tr34.crl_max_age");
   k.ca_target = config.GetString("ca.endpoint");
   k.ca_channel.tls = k.hsm_channel.tls;  // KMS's own client identity, as towards HSM #2
   k.ca_channel.authority = config.GetString("ca.authority");

@@ -1207,12 +1207,16 @@ absl::StatusOr<Bytes> KmsCore::CurrentKdhCrl() {
   const int64_t margin_s = absl::ToInt64Seconds(options_.crl_refresh_margin);
   {
     absl::MutexLock lock(&crl_mu_);
-    if (crl_cache_ && now_s < crl_cache_->next_update_s - margin_s) return crl_cache_->crl_der;
+    if (crl_cache_ && now_s < crl_cache_->next_update_s - margin_s &&
+        now_s < crl_fetched_s_ + absl::ToInt64Seconds(options_.crl_max_age)) {
+      return crl_cache_->crl_der;
+    }
   }
   absl::StatusOr<KdhCrl> fetched = ca_->GetKdhCrl();
   absl::MutexLock lock(&crl_mu_);
   if (fetched.ok()) {
     crl_cache_ = *fetched;
+    crl_fetched_s_ = now_s;
     return fetched->crl_der;
   }
   // A CA outage: a CRL that is still current keeps serving (terminals accept it until

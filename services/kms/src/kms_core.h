@@ -73,8 +73,11 @@ struct KmsCoreOptions {
   std::vector<crypto::Certificate> krd_cas = {};
   // The HSM id named in the KDH certificate (config tr34.kdh_hsm_id).
   std::string kdh_hsm_id = "hsm-kms";
-  // The kdh-ca CRL is fetched again this long before its nextUpdate.
+  // The kdh-ca CRL is fetched again this long before its nextUpdate...
   absl::Duration crl_refresh_margin = absl::Minutes(10);
+  // ... and once the copy KMS holds is this old, so that a revoked KDH certificate reaches
+  // terminals within this time, not at the CRL's nextUpdate (config tr34.crl_max_age).
+  absl::Duration crl_max_age = absl::Minutes(1);
 };
 
 // TR-34 limits (kms.proto).
@@ -351,6 +354,7 @@ class KmsCore {
   CaPort* ca_;
   absl::Mutex crl_mu_;
   std::optional<KdhCrl> crl_cache_ ABSL_GUARDED_BY(crl_mu_);
+  int64_t crl_fetched_s_ ABSL_GUARDED_BY(crl_mu_) = 0;
   std::atomic<uint64_t> unknown_sn_begins_{0};
   Clock clock_;
   crypto::RandomSource random_;

@@ -76,6 +76,7 @@ TEST_F(TlsFilesFixture, DefaultsAreTheDocumentedOnes) {
   EXPECT_TRUE(s.core.krd_cas.empty());
   EXPECT_EQ(s.core.kdh_hsm_id, "hsm-kms");
   EXPECT_EQ(s.core.crl_refresh_margin, absl::Minutes(10));
+  EXPECT_EQ(s.core.crl_max_age, absl::Minutes(1));
   EXPECT_EQ(s.ca_target, "");
   EXPECT_EQ(s.ca_channel.authority, "ca");
   EXPECT_EQ(s.ca_timeout, absl::Seconds(5));

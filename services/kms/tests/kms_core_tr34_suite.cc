@@ -497,6 +497,21 @@ TEST_P(KmsCoreSuite, Tr34CrlIsCachedAndSurvivesACaOutageWhileCurrent) {
   EXPECT_TRUE(core_->GetKdhCredential("").ok());
 }
 
+// A KDH certificate revoked at the CA reaches terminals as revoked within crl_max_age (1 min
+// by default), not at the nextUpdate of the CRL KMS holds.
+TEST_P(KmsCoreSuite, Tr34CrlIsFetchedAgainOnceOlderThanItsMaxAge) {
+  UseTr34();
+  ASSERT_TRUE(Provision(*core_).ok());
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
+  EXPECT_EQ(ca_->crl_calls(), 1);
+  Advance(absl::Seconds(59));
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
+  EXPECT_EQ(ca_->crl_calls(), 1);  // younger than a minute: cached
+  Advance(absl::Seconds(1));
+  ASSERT_TRUE(core_->GetKdhCredential("").ok());
+  EXPECT_EQ(ca_->crl_calls(), 2);  // a minute old: fetched again
+}
+
 TEST_P(KmsCoreSuite, Tr34CaDownWithoutCachedCrlIsUnavailable) {
   UseTr34();
   ASSERT_TRUE(Provision(*core_).ok());
