@@ -17,25 +17,6 @@ e2e_init flow_leakage "$2" "$1"
 e2e_up
 e2e_log "deployment up (PKI, CA, both HSMs, ceremony, MTMS, KMS, work key)"
 
-# The KCV of a clear key, computed by OpenSSL alone (PROTOCOL §1): AES: CMAC of a zero
-# block; TDES: ECB of a zero block. Independent of rkl's own crypto.
-openssl_kcv() {
-  local alg=$1 hex=$2 out
-  case $alg in
-    AES128 | AES256)
-      local cipher=AES-128-CBC
-      [[ $alg == AES256 ]] && cipher=AES-256-CBC
-      out=$(printf '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0' |
-        openssl mac -cipher "$cipher" -macopt "hexkey:$hex" CMAC)
-      ;;
-    TDES2)
-      out=$(printf '\0\0\0\0\0\0\0\0' |
-        openssl enc -des-ede-ecb -K "$hex" -nopad |
-        od -An -tx1 | tr -d ' \n')
-      ;;
-  esac
-  printf '%s' "${out:0:6}" | tr 'a-f' 'A-F'
-}
 
 for alg in AES128 AES256 TDES2; do
   sn="E2E-FLOW-$alg"
@@ -57,7 +38,7 @@ for alg in AES128 AES256 TDES2; do
     e2e_fail "terminal $sn: TMK KCV terminal '$pos_kcv' vs KMS '$kms_kcv'"
   tmk_hex=$("$E2E_KEYDUMP" --state-dir "$RKL_STATE/pos" "$sn" | awk '$2 == "TMK" {print $3}')
   [[ -n "$tmk_hex" ]] || e2e_fail "terminal $sn: no TMK in the secure module"
-  ossl_kcv=$(openssl_kcv "$alg" "$tmk_hex")
+  ossl_kcv=$(e2e_openssl_kcv "$alg" "$tmk_hex")
   unset tmk_hex
   [[ "$ossl_kcv" == "$kms_kcv" ]] ||
     e2e_fail "terminal $sn: openssl computes KCV '$ossl_kcv' of the held TMK, KMS says '$kms_kcv'"

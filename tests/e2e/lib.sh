@@ -131,6 +131,26 @@ e2e_pos_env() {
   export RKL_POS_ADMIN_KEY="$RKL_STATE/pki/admin-${RKL_ADMINS[0]}/key.pem"
 }
 
+# The KCV of a clear key, computed by OpenSSL alone (PROTOCOL §1): AES: CMAC of a zero
+# block; TDES: ECB of a zero block. Independent of rkl's own crypto.
+e2e_openssl_kcv() {  # algorithm (AES128, AES256, TDES2), key hex
+  local alg=$1 hex=$2 out
+  case $alg in
+    AES128 | AES256)
+      local cipher=AES-128-CBC
+      [[ $alg == AES256 ]] && cipher=AES-256-CBC
+      out=$(printf '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0' |
+        openssl mac -cipher "$cipher" -macopt "hexkey:$hex" CMAC)
+      ;;
+    TDES2)
+      out=$(printf '\0\0\0\0\0\0\0\0' |
+        openssl enc -des-ede-ecb -K "$hex" -nopad |
+        od -An -tx1 | tr -d ' \n')
+      ;;
+  esac
+  printf '%s' "${out:0:6}" | tr 'a-f' 'A-F'
+}
+
 # psql -At on a service database (as the cluster superuser, over the private socket).
 e2e_sql() {
   local db=$1 sql=$2
