@@ -79,6 +79,11 @@ for alg in AES128 AES256 TDES2; do
   rows=$(hsm_tmk "$sn")
   [[ $(wc -l <<<"$rows") == 1 && "$(awk '{print $2}' <<<"$rows")" == "$krd_id" ]] ||
     e2e_fail "terminal $sn: HSM #2's ACTIVE TMKs (index bound_krd) are '$rows', expected one bound to $krd_id"
+  # An admin sees the binding (metadata only) through rklctl.
+  # shellcheck disable=SC2046
+  info=$(rklctl hsm key-info --index "$(awk '{print $1}' <<<"$rows")" --hsm "$(rkl_addr hsm-kms)" \
+    --authority hsm-kms $(rkl_admin_flags)) || e2e_fail "rklctl hsm key-info failed"
+  grep -q "^bound krd  $krd_id\$" <<<"$info" || e2e_fail "rklctl hsm key-info does not show the KRD binding"
   e2e_log "TR-34 terminal $sn ($alg): INSTALLED at KMS and terminal, TMK KCV $kms_kcv (checked by openssl), bound to KRD ${krd_id:0:16}…"
 done
 

@@ -351,6 +351,8 @@ void RegisterKeyCommands(CLI::App* hsm) {
                                  << "created    " << r.created_at_unix_ms() << " (unix ms)\n";
                        if (r.rsa_bits() != 0) std::cout << "rsa bits   " << r.rsa_bits() << "\n";
                        if (r.kek_index() != 0) std::cout << "bound tek  " << r.kek_index() << "\n";
+                       if (!r.bound_krd().empty())
+                         std::cout << "bound krd  " << r.bound_krd() << "\n";
                      });
   AddKeyIndexCommand(hsm, "delete-key", "delete a key and erase its sealed material",
                      [](v1::Hsm::Stub& stub, const uint64_t& index) {
