@@ -339,8 +339,10 @@ absl::Status CaCore::CheckKdhKeyInHsm(const HsmKeyCertificateRequest& request,
       case absl::StatusCode::kPermissionDenied:
         return absl::PermissionDeniedError(not_it);
       case absl::StatusCode::kFailedPrecondition:
-        return absl::FailedPreconditionError(
-            absl::StrCat("key_index: key ", request.key_index, " of HSM ", id, " is not live"));
+        // A superseded key, or an HSM that failed its self-test: in the HSM's words.
+        return absl::FailedPreconditionError(absl::StrCat("key_index: HSM ", id,
+                                                          " will not have key ", request.key_index,
+                                                          " certified: ", s.message()));
       case absl::StatusCode::kInvalidArgument:
         return absl::InvalidArgumentError(
             absl::StrCat("key_index: HSM ", id, " refused it: ", s.message()));

@@ -8,10 +8,10 @@
 // init`, offline, before any service runs) or from dual control: RequestServiceCertificate /
 // RequestOperatorCertificate by one admin, then ApproveRequest by a second, distinct admin
 // whose certificate this CA issued and has not revoked, before the request expires. Each
-// step and each refusal is audited (ca_audit). Only HSM work certificates and KDH
-// certificates are signed on one caller's word: work certificates only for `mtms` (they
-// certify a key that never leaves HSM #1), KDH certificates only for `kms` (a key that never
-// leaves HSM #2).
+// step and each refusal is audited (ca_audit). Only HSM work certificates are signed on one
+// caller's word: for `mtms` only (they certify a key that never leaves HSM #1). KDH
+// certificates are asked for by `kms` only and signed only for the key the named HSM itself
+// states (HsmKeySource) to be its live KDH signing key with the requested public key.
 // IssueOperatorCertificate and IssueServiceCertificate are the signing steps those paths use;
 // no RPC reaches them directly.
 //

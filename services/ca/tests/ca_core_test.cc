@@ -382,7 +382,7 @@ TEST_F(CaCoreTest, KdhCertificateOnlyForTheKdhKeyTheHsmHolds) {
        "public_key_der: is not the KDH signing key 6 of HSM hsm-kms"},
       {{kdh_der, "hsm-kms", 7, 0},
        absl::StatusCode::kFailedPrecondition,
-       "key_index: key 7 of HSM hsm-kms is not live"},
+       "key_index: HSM hsm-kms will not have key 7 certified: key_index: key 7 is SUPERSEDED"},
       {{kdh_der, "hsm-kms", 8, 0},
        absl::StatusCode::kFailedPrecondition,
        "hsm_id: the endpoint of HSM hsm-kms answers as HSM hsm-other (hsm.endpoints)"},
