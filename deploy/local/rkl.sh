@@ -136,7 +136,13 @@ rkl_write_configs() {
         # Client certificates on the service-ca CRL are refused (docs/pki.md "Revocation").
         [[ $svc == ca ]] || printf 'crl:\n  ca_endpoint: %s\n' "$(rkl_addr ca)"
         case $svc in
-          ca) echo "master_key_file: $RKL_STATE/secrets/ca-master.key" ;;
+          ca)
+            echo "master_key_file: $RKL_STATE/secrets/ca-master.key"
+            # The CA certifies a KDH key only as the HSM itself shows it (Hsm.GetCertifiableKey).
+            # It starts before its HSMs: it calls them only when a KDH key is provisioned.
+            echo "hsm:"
+            echo "  endpoints: hsm-mtms=$(rkl_addr hsm-mtms),hsm-kms=$(rkl_addr hsm-kms)"
+            ;;
           hsm-mtms | hsm-kms)
             echo "hsm_id: $svc"
             echo "role: ${svc#hsm-}"

@@ -63,11 +63,20 @@ struct HsmCoreOptions {
   // TR-34 (HSM #2): the KRD CA certificates whose KRDs this HSM builds key tokens for; none:
   // the TR-34 commands answer FAILED_PRECONDITION "tr34: not configured".
   std::vector<crypto::Certificate> krd_cas{};
+  // This HSM's own id (config hsm_id), which GetCertifiableKey tells the CA.
+  std::string hsm_id{};
 };
 
 struct GeneratedRsaKey {
   uint64_t key_index = 0;
   Bytes public_key_der{};
+};
+
+// A key the CA may certify, as this HSM states it (GetCertifiableKey).
+struct CertifiableKey {
+  Bytes public_key_der{};
+  KeyUsage usage = KeyUsage::kKdhSign;
+  std::string hsm_id{};
 };
 
 struct BegunCeremony {
@@ -198,6 +207,11 @@ class HsmCore {
   absl::StatusOr<GeneratedRsaKey> GenerateRsaKeyPair(const std::string& caller, uint32_t bits,
                                                      const std::string& label);
   absl::StatusOr<Bytes> GetPublicKey(const std::string& caller, uint64_t key_index);
+  // For the CA: the public half, usage and this HSM's id of a key the CA certifies, so that
+  // the CA certifies only a key this HSM really holds. Only a live (ACTIVE) RSA private key
+  // of usage KDH_SIGN or TRANSPORT_DECRYPT: INVALID_ARGUMENT (no index), NOT_FOUND (unknown
+  // or deleted), PERMISSION_DENIED (any other key), FAILED_PRECONDITION (superseded).
+  absl::StatusOr<CertifiableKey> GetCertifiableKey(const std::string& caller, uint64_t key_index);
 
   // TR-34 (HSM #2, docs/hsm.md "TR-34 key tokens"). The KDH signing key: GenerateRsaKeyPair
   // with usage KDH_SIGN, a key that signs key tokens and nothing else.

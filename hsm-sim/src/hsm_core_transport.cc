@@ -79,6 +79,35 @@ absl::StatusOr<Bytes> HsmCore::GetPublicKey(const std::string& caller, uint64_t 
                  [&](KeyTransaction& tx, AuditEvent&) { return LoadPublicKey(tx, key_index); });
 }
 
+absl::StatusOr<CertifiableKey> HsmCore::GetCertifiableKey(const std::string& caller,
+                                                          uint64_t key_index) {
+  AuditEvent event{.actor = caller,
+                   .action = action::kPublicKeyGet,
+                   .detail = absl::StrCat("key=", key_index, " for=certification")};
+  return RunUnit(
+      event, {.kind = UnitKind::kReadOnly},
+      [&](KeyTransaction& tx, AuditEvent& audit) -> absl::StatusOr<CertifiableKey> {
+        if (key_index == 0) return absl::InvalidArgumentError("key_index: a key index is required");
+        RKL_ASSIGN_OR_RETURN(std::optional<KeyRecord> record, tx.FindKey(key_index));
+        if (!record || record->state == KeyState::kDeleted) {
+          return absl::NotFoundError(absl::StrCat("key_index: key ", key_index, " not found"));
+        }
+        if (record->type != KeyType::kRsaPrivate ||
+            (record->usage != KeyUsage::kKdhSign && record->usage != KeyUsage::kTransportDecrypt)) {
+          return absl::PermissionDeniedError(
+              absl::StrCat("key_index: key ", key_index, " has usage ", KeyUsageName(record->usage),
+                           "; only KDH_SIGN and TRANSPORT_DECRYPT keys are certified"));
+        }
+        if (record->state != KeyState::kActive) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("key_index: key ", key_index, " is ", KeyStateName(record->state)));
+        }
+        RKL_ASSIGN_OR_RETURN(Bytes der, LoadPublicKey(tx, key_index));
+        absl::StrAppend(&audit.detail, " usage=", KeyUsageName(record->usage));
+        return CertifiableKey{std::move(der), record->usage, options_.hsm_id};
+      });
+}
+
 // ---- Transport key (PROTOCOL §5, §6) -----------------------------------------------------
 
 namespace {

@@ -265,7 +265,8 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
                                        HsmCoreOptions{.self_test_passed = d->self_test_.passed,
                                                       .default_ceremony_ttl = options.ceremony_ttl,
                                                       .operator_cas = std::move(operator_cas),
-                                                      .krd_cas = std::move(krd_cas)});
+                                                      .krd_cas = std::move(krd_cas),
+                                                      .hsm_id = options.hsm_id});
   d->service_ =
       std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
 

@@ -142,6 +142,15 @@ HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
          return absl::OkStatus();
        });
 
+  Bind("GetCertifiableKey",
+       [this](const rpc::UnaryCall& call, const v1::GetPublicKeyRequest* req,
+              v1::CertifiableKey* resp) -> absl::Status {
+         RKL_ASSIGN_OR_RETURN(auto r, core_.GetCertifiableKey(call.caller, req->key_index()));
+         resp->set_public_key_der(ToString(r.public_key_der));
+         resp->set_usage(static_cast<v1::KeyUsage>(r.usage));
+         resp->set_hsm_id(r.hsm_id);
+         return absl::OkStatus();
+       });
   Bind("GetPublicKey",
        [this](const rpc::UnaryCall& call, const v1::GetPublicKeyRequest* req,
               v1::GetPublicKeyResponse* resp) -> absl::Status {

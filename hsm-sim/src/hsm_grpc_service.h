@@ -14,7 +14,8 @@
 //    identities (kms) only;
 //  - both roles: ceremony steps to key custodians ("custodian:*") only; GetCeremony to
 //    custodians and admins; GetKeyInfo, DeleteKey and VerifyAuditChain to admins
-//    ("admin:*") only — none of them returns, exports or re-wraps a key.
+//    ("admin:*") only — none of them returns, exports or re-wraps a key; GetCertifiableKey
+//    to the CA (identity `ca`) only.
 // Every other call (another role's command, another identity) is PERMISSION_DENIED and is
 // audited.
 // Thread-safe; the core must outlive the service.

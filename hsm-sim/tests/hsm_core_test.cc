@@ -936,6 +936,52 @@ TEST_F(HsmCoreTest, RsaKeyPairArgumentsAreChecked) {
   EXPECT_EQ(core_->GetPublicKey("mtms", pk).status().code(), absl::StatusCode::kPermissionDenied);
 }
 
+// What the CA is told about a key it would certify (GetCertifiableKey): only a live RSA key
+// of usage KDH_SIGN or TRANSPORT_DECRYPT, with this HSM's own id; every answer audited.
+TEST_F(HsmCoreTest, CertifiableKeyIsOnlyALiveKdhOrWorkKey) {
+  core_ = std::make_unique<HsmCore>(
+      store_, audit_, clock_, testing::DeterministicRandom(42),
+      HsmCoreOptions{.ceremony_key_bits = 2048, .hsm_id = "hsm-under-test"});
+  auto kdh = core_->GenerateKdhKey(kKms, 2048, "kdh");
+  ASSERT_TRUE(kdh.ok()) << kdh.status();
+  auto work = core_->GenerateRsaKeyPair("mtms", 2048, "work");
+  ASSERT_TRUE(work.ok()) << work.status();
+
+  auto got = core_->GetCertifiableKey("ca", kdh->key_index);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->public_key_der, kdh->public_key_der);
+  EXPECT_EQ(got->usage, KeyUsage::kKdhSign);
+  EXPECT_EQ(got->hsm_id, "hsm-under-test");
+  const AuditEvent audited = LastEvent("public_key.get");
+  EXPECT_EQ(audited.actor, "ca");
+  EXPECT_EQ(audited.detail,
+            absl::StrCat("key=", kdh->key_index, " for=certification usage=KDH_SIGN"));
+  got = core_->GetCertifiableKey("ca", work->key_index);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->usage, KeyUsage::kTransportDecrypt);
+  EXPECT_EQ(got->public_key_der, work->public_key_der);
+
+  EXPECT_EQ(core_->GetCertifiableKey("ca", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->GetCertifiableKey("ca", 999).status(),
+            absl::NotFoundError("key_index: key 999 not found"));
+  // A symmetric key (a ceremony's PK) is no key the CA certifies.
+  const uint64_t pk = Ceremony(KeyType::kPk, "PK");
+  EXPECT_EQ(core_->GetCertifiableKey("ca", pk).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Superseded, then deleted.
+  ASSERT_TRUE(store_
+                  .Transact([&](KeyTransaction& tx) {
+                    return tx.SetKeyState(kdh->key_index, KeyState::kSuperseded, 0);
+                  })
+                  .ok());
+  EXPECT_EQ(core_->GetCertifiableKey("ca", kdh->key_index).status(),
+            absl::FailedPreconditionError(
+                absl::StrCat("key_index: key ", kdh->key_index, " is SUPERSEDED")));
+  ASSERT_TRUE(core_->DeleteKey(kAlice, work->key_index).ok());
+  EXPECT_EQ(core_->GetCertifiableKey("ca", work->key_index).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST_F(HsmCoreTest, FailedSelfTestRefusesEveryCryptographicCommand) {
   uint64_t pk = Ceremony(KeyType::kPk, "PK");
   MakeCore(false);

@@ -236,6 +236,8 @@ absl::Status CallEmpty(Stub& stub, const std::string& method) {
     return Call(stub, &Stub::GenerateRsaKeyPair, v1::GenerateRsaKeyPairRequest()).status();
   if (method == "GetPublicKey")
     return Call(stub, &Stub::GetPublicKey, v1::GetPublicKeyRequest()).status();
+  if (method == "GetCertifiableKey")
+    return Call(stub, &Stub::GetCertifiableKey, v1::GetPublicKeyRequest()).status();
   if (method == "TranslateTransportKey")
     return Call(stub, &Stub::TranslateTransportKey, v1::TranslateTransportKeyRequest()).status();
   if (method == "TranslateTransportKeys")
@@ -292,7 +294,10 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
                                               "CompleteCeremony"};
   const std::vector<std::string> admin = {"GetCeremony", "GetKeyInfo", "DeleteKey",
                                           "VerifyAuditChain", "AnchorAuditChain"};
+  // Both roles, for the CA only.
+  const std::vector<std::string> ca = {"GetCertifiableKey"};
   std::vector<std::string> all = admin;
+  all.insert(all.end(), ca.begin(), ca.end());
   all.insert(all.end(), custodian.begin(), custodian.end());
   all.insert(all.end(), mtms_role.begin(), mtms_role.end());
   all.insert(all.end(), kms_role.begin(), kms_role.end());
@@ -318,7 +323,8 @@ TEST_F(HsmGrpcTest, EachRoleServesItsOwnServiceAndAdminsOnlyManageKeys) {
         SCOPED_TRACE(role.service + " HSM, " + caller + " calls " + method);
         const bool allowed = (caller == role.service && contains(*role.methods, method)) ||
                              (caller == kAlice && contains(admin, method)) ||
-                             (caller == kCarol && contains(custodian, method));
+                             (caller == kCarol && contains(custodian, method)) ||
+                             (caller == "ca" && contains(ca, method));
         const absl::Status denied =
             absl::PermissionDeniedError("caller '" + caller + "' may not call " + method);
         const absl::Status s = CallEmpty(*stub, method);

@@ -241,6 +241,27 @@ TEST_F(Tr34PgTest, OnlyKmsMayCallTheTr34Commands) {
   }
 }
 
+// The CA asks the HSM itself which key it certifies: the `ca` identity gets the KDH key's
+// public half, usage and this HSM's own id; nobody else may ask.
+TEST_F(Tr34PgTest, TheCaSeesTheKdhKeyAsTheHsmHoldsIt) {
+  v1::GetPublicKeyRequest req;
+  req.set_key_index(kdh_index_);
+  auto key = Call(*hsm_->Stub("ca"), &Stub::GetCertifiableKey, req);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(key->usage(), v1::KEY_USAGE_KDH_SIGN);
+  EXPECT_EQ(key->hsm_id(), "hsm-kms");
+  EXPECT_EQ(Raw(key->public_key_der()), kdh_cert_->GetPublicKey()->ToDer());
+  req.set_key_index(kdh_index_ + 1000);
+  EXPECT_EQ(Call(*hsm_->Stub("ca"), &Stub::GetCertifiableKey, req).status().code(),
+            absl::StatusCode::kNotFound);
+  req.set_key_index(kdh_index_);
+  for (const std::string caller : {kKms, kMtms, kAlice}) {
+    EXPECT_EQ(
+        Call(*hsm_->Stub(caller), &Stub::GetCertifiableKey, req).status(),
+        absl::PermissionDeniedError("caller '" + caller + "' may not call GetCertifiableKey"));
+  }
+}
+
 TEST(Tr34UnconfiguredPgTest, WithoutKrdCasTheHsmBuildsNoToken) {
   auto pki = rkl::testing::TestPki::Create();
   ASSERT_TRUE(pki.ok()) << pki.status();

@@ -169,12 +169,23 @@ std::vector<ServiceUnderTest> Services() {
          if (m == "IssueKdhCertificate") return Who::kKms;
          return Who::kAdmin;
        }},
+      // GetCertifiableKey, on both roles, is the CA's.
       {"rkl.v1.Hsm", "hsm-mtms",
-       [hsm](const std::string& m) { return IsHsmAdminRpc(m) ? hsm(m) : Who::kMtms; },
-       [](const std::string& m) { return IsHsmAdminRpc(m) || IsHsm1Rpc(m); }},
+       [hsm](const std::string& m) {
+         if (m == "GetCertifiableKey") return Who::kCa;
+         return IsHsmAdminRpc(m) ? hsm(m) : Who::kMtms;
+       },
+       [](const std::string& m) {
+         return IsHsmAdminRpc(m) || IsHsm1Rpc(m) || m == "GetCertifiableKey";
+       }},
       {"rkl.v1.Hsm", "hsm-kms",
-       [hsm](const std::string& m) { return IsHsmAdminRpc(m) ? hsm(m) : Who::kKms; },
-       [](const std::string& m) { return IsHsmAdminRpc(m) || IsHsm2Rpc(m); }},
+       [hsm](const std::string& m) {
+         if (m == "GetCertifiableKey") return Who::kCa;
+         return IsHsmAdminRpc(m) ? hsm(m) : Who::kKms;
+       },
+       [](const std::string& m) {
+         return IsHsmAdminRpc(m) || IsHsm2Rpc(m) || m == "GetCertifiableKey";
+       }},
       {"rkl.v1.Mtms", "mtms", admin},
       {"rkl.v1.Kms", "kms",
        [](const std::string& m) {

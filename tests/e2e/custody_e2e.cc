@@ -532,5 +532,37 @@ TEST(Tr34Attack, KmsCannotAddressATerminalsTmkToAKrdOfItsChoosing) {
   }
 }
 
+// A stolen `kms` identity asks the CA for a KDH certificate of a key of its own (it would
+// sign key tokens terminals accept, for a TMK it knows). The CA asks HSM #2 itself which key
+// it would certify, and refuses; a refusal changes no row (custody_hsm.sh's fingerprint).
+TEST(Tr34Attack, KmsCannotHaveAKeyOfItsOwnCertifiedAsTheKdh) {
+  using C = v1::CertificateAuthority::Stub;
+  auto ca = v1::CertificateAuthority::NewStub(Channel("ca", Who::kKms));
+  const uint64_t kdh_index = EnvIndex("E2E_KDH_KEY_INDEX");
+  auto own = crypto::GenerateRsaKey(2048).value();
+  v1::IssueKdhCertificateRequest issue;
+  issue.set_public_key_der(Str(own.GetPublicKey().ToDer()));
+  issue.set_hsm_id("hsm-kms");
+  // Its own key under the real KDH key's index, and under an index HSM #2 does not have.
+  issue.set_key_index(kdh_index);
+  EXPECT_CODE(Call(*ca, &C::IssueKdhCertificate, issue), StatusCode::PERMISSION_DENIED);
+  issue.set_key_index(kdh_index + 1'000'000);
+  EXPECT_CODE(Call(*ca, &C::IssueKdhCertificate, issue), StatusCode::NOT_FOUND);
+  // The genuine KDH public key under another key's index (the TR-34 victim's TMK).
+  const std::string kdh_der = ReadFile(Env("E2E_KDH_CERT"));
+  auto kdh_cert = crypto::Certificate::FromDer(Bytes(kdh_der.begin(), kdh_der.end()));
+  ASSERT_TRUE(kdh_cert.ok()) << kdh_cert.status();
+  issue.set_public_key_der(Str(kdh_cert->GetPublicKey().value().ToDer()));
+  issue.set_key_index(EnvIndex("E2E_TR34_VICTIM_TMK_INDEX"));
+  EXPECT_CODE(Call(*ca, &C::IssueKdhCertificate, issue), StatusCode::PERMISSION_DENIED);
+  // An HSM the CA has no endpoint for: it certifies only keys it can see.
+  issue.set_key_index(kdh_index);
+  issue.set_hsm_id("hsm-of-my-own");
+  EXPECT_CODE(Call(*ca, &C::IssueKdhCertificate, issue), StatusCode::FAILED_PRECONDITION);
+  // The genuine certificate, issued at KDH provisioning through the same check, names the
+  // KDH key's index (a second one is not asked for: it would change the CA's rows).
+  EXPECT_EQ(kdh_cert->SubjectCommonName(), absl::StrCat("kdh:hsm-kms:", kdh_index));
+}
+
 }  // namespace
 }  // namespace rkl::e2e

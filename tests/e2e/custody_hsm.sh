@@ -13,7 +13,9 @@
 #  3. TR-34: no admin, custodian or mtms identity reaches a KDH step of HSM #2 or the CA's
 #     IssueKdhCertificate; the `kms` identity cannot have HSM #2 put the TR-34 victim's (or the
 #     patent victim's) TMK in a key token for a KRD of its own CA, for the KDH certificate, or
-#     for the TR-34 victim's genuine KRD under another SN, replacing or not;
+#     for the TR-34 victim's genuine KRD under another SN, replacing or not; nor have the CA
+#     certify a key of its own (or another key of HSM #2, or a key of an HSM the CA cannot
+#     see) as the KDH key: the CA asks HSM #2 itself (Hsm.GetCertifiableKey) and refuses;
 #  and checks that no row of any database changed (audit records and refusal counts of
 #  the refusals are allowed, and required: each refusal is on record in its HSM's audit).
 #  Then:
@@ -159,6 +161,12 @@ done
 # kms: 2 self-made KRDs x 2, the KDH certificate x 4, a genuine KRD for another SN x 2.
 (($(hsm_audit_count rkl_hsm_kms kms tmk.build_key_token PERMISSION_DENIED) - kms_build_refused_before >= 10)) ||
   e2e_fail "HSM #2's audit lacks the kms identity's refused TR-34 key tokens"
+# The CA asked HSM #2 about the keys it was to certify: the KDH key (answered, then refused
+# by the CA: another public key), a missing index, the victim's TMK (no key the CA certifies).
+(($(hsm_audit_count rkl_hsm_kms ca public_key.get NOT_FOUND) >= 1)) ||
+  e2e_fail "HSM #2's audit has no record of the CA asking for a missing key"
+(($(hsm_audit_count rkl_hsm_kms ca public_key.get PERMISSION_DENIED) >= 1)) ||
+  e2e_fail "HSM #2's audit has no record of the CA asking for the victim's TMK"
 e2e_log "every refusal is in its HSM's audit"
 
 # ---- 3: the kms identity's own transport key supersedes the victim's TMK -------------------

@@ -41,7 +41,7 @@ inline std::string ReadFile(const std::string& path) {
 
 // The deployment's identities, from its own PKI; kNone presents no certificate (as a
 // terminal does).
-enum class Who { kNone, kAdmin, kCustodian, kMtms, kKms };
+enum class Who { kNone, kAdmin, kCustodian, kMtms, kKms, kCa };
 
 // Channel options to `service` (its name in the servers' certificates) as `who`.
 inline rpc::ChannelOptions ChannelOptionsAs(const std::string& service, Who who) {
@@ -52,6 +52,7 @@ inline rpc::ChannelOptions ChannelOptionsAs(const std::string& service, Who who)
                     : who == Who::kCustodian ? "custodian-carol"
                     : who == Who::kMtms      ? "mtms"
                     : who == Who::kKms       ? "kms"
+                    : who == Who::kCa        ? "ca"
                                              : nullptr;
   if (dir != nullptr) {
     options.tls.cert_file = absl::StrCat(pki, "/", dir, "/cert.pem");

@@ -166,12 +166,13 @@ absl::StatusOr<std::string> NormalizeSerialHex(std::string_view serial_hex) {
 }
 
 CaCore::CaCore(CaRepository* repository, const MasterKey* master_key, CaPolicy policy, Clock clock,
-               crypto::RandomSource serial_source)
+               crypto::RandomSource serial_source, HsmKeySource* hsm_keys)
     : repository_(repository),
       master_key_(master_key),
       policy_(std::move(policy)),
       clock_(std::move(clock)),
-      serial_source_(std::move(serial_source)) {}
+      serial_source_(std::move(serial_source)),
+      hsm_keys_(hsm_keys) {}
 
 int64_t CaCore::NowUnix() const { return absl::ToUnixSeconds(clock_()); }
 
@@ -306,10 +307,59 @@ absl::StatusOr<crypto::Certificate> CaCore::IssueHsmKeyCertificate(
         "public_key_der: must be one DER SubjectPublicKeyInfo of an RSA key");
   }
   RKL_RETURN_IF_ERROR(ValidateHsmPublicKey(*key));
+  if (profile == Profile::kKdh) {
+    // Every rule of the request first; then the HSM is asked about the key.
+    RKL_RETURN_IF_ERROR(
+        CheckRequestedDays(request.validity_days, DefaultValidityDays(profile), profile));
+    RKL_RETURN_IF_ERROR(CheckKdhKeyInHsm(request, *key));
+  }
   std::string common_name = profile == Profile::kKdh
                                 ? KdhCommonName(request.hsm_id, request.key_index)
                                 : WorkCommonName(request.hsm_id, request.key_index);
   return IssueAndRecord({profile, std::move(common_name), *key, {}, request.validity_days});
+}
+
+absl::Status CaCore::CheckKdhKeyInHsm(const HsmKeyCertificateRequest& request,
+                                      const crypto::PublicKey& key) {
+  const std::string& id = request.hsm_id;
+  if (hsm_keys_ == nullptr || !hsm_keys_->Knows(id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("hsm_id: the CA has no endpoint for HSM ", id,
+                     " (hsm.endpoints); it certifies only keys it can see in their HSM"));
+  }
+  const std::string not_it = absl::StrCat("public_key_der: is not the KDH signing key ",
+                                          request.key_index, " of HSM ", id);
+  absl::StatusOr<CertifiableKey> held = hsm_keys_->Get(id, request.key_index);
+  if (!held.ok()) {
+    const absl::Status& s = held.status();
+    switch (s.code()) {
+      case absl::StatusCode::kNotFound:
+        return absl::NotFoundError(
+            absl::StrCat("key_index: HSM ", id, " has no key ", request.key_index));
+      case absl::StatusCode::kPermissionDenied:
+        return absl::PermissionDeniedError(not_it);
+      case absl::StatusCode::kFailedPrecondition:
+        // A superseded key, or an HSM that failed its self-test: in the HSM's words.
+        return absl::FailedPreconditionError(absl::StrCat("key_index: HSM ", id,
+                                                          " will not have key ", request.key_index,
+                                                          " certified: ", s.message()));
+      case absl::StatusCode::kInvalidArgument:
+        return absl::InvalidArgumentError(
+            absl::StrCat("key_index: HSM ", id, " refused it: ", s.message()));
+      default:
+        return absl::UnavailableError(absl::StrCat("hsm_id: HSM ", id, " did not answer for key ",
+                                                   request.key_index, ": ", s.message()));
+    }
+  }
+  if (held->hsm_id != id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "hsm_id: the endpoint of HSM ", id, " answers as HSM ", held->hsm_id, " (hsm.endpoints)"));
+  }
+  absl::StatusOr<crypto::PublicKey> held_key = crypto::PublicKey::FromDer(held->public_key_der);
+  if (held->usage != HsmKeyUsage::kKdhSign || !held_key.ok() || !(*held_key == key)) {
+    return absl::PermissionDeniedError(not_it);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CaCore::LeafSpec> CaCore::OperatorLeaf(const OperatorCertificateRequest& request) {

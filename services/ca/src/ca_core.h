@@ -8,10 +8,10 @@
 // init`, offline, before any service runs) or from dual control: RequestServiceCertificate /
 // RequestOperatorCertificate by one admin, then ApproveRequest by a second, distinct admin
 // whose certificate this CA issued and has not revoked, before the request expires. Each
-// step and each refusal is audited (ca_audit). Only HSM work certificates and KDH
-// certificates are signed on one caller's word: work certificates only for `mtms` (they
-// certify a key that never leaves HSM #1), KDH certificates only for `kms` (a key that never
-// leaves HSM #2).
+// step and each refusal is audited (ca_audit). Only HSM work certificates are signed on one
+// caller's word: for `mtms` only (they certify a key that never leaves HSM #1). KDH
+// certificates are asked for by `kms` only and signed only for the key the named HSM itself
+// states (HsmKeySource) to be its live KDH signing key with the requested public key.
 // IssueOperatorCertificate and IssueServiceCertificate are the signing steps those paths use;
 // no RPC reaches them directly.
 //
@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ca_repository.h"
+#include "hsm_key_source.h"
 #include "master_key.h"
 #include "profiles.h"
 #include "rkl/common/clock.h"
@@ -146,9 +147,10 @@ struct BootstrapResult {
 class CaCore {
  public:
   // `repository` and `master_key` are not owned and must outlive the core. `serial_source`
-  // fills serial numbers (crypto::FillRandom in production).
+  // fills serial numbers (crypto::FillRandom in production). `hsm_keys` (not owned; may be
+  // null: then no KDH certificate is issued) is how the core sees the keys inside HSMs.
   CaCore(CaRepository* repository, const MasterKey* master_key, CaPolicy policy, Clock clock,
-         crypto::RandomSource serial_source);
+         crypto::RandomSource serial_source, HsmKeySource* hsm_keys = nullptr);
 
   // OK when the CA is initialised under this master key. FAILED_PRECONDITION otherwise:
   // not initialised (run `rklctl pki init`), or the database records another key's KCV.
@@ -166,10 +168,17 @@ class CaCore {
                                                 const std::string& actor = "rklctl pki add-issuer");
 
   absl::StatusOr<crypto::Certificate> GetIssuerCertificate(IssuerId issuer);
-  // CN hsm-work:<hsm_id>:<key_index>, keyEncipherment, from terminal-root.
+  // CN hsm-work:<hsm_id>:<key_index>, keyEncipherment, from terminal-root. Issued on the
+  // caller's word (`mtms`): the HSM is not asked (yet) whether it holds the key.
   absl::StatusOr<crypto::Certificate> IssueWorkCertificate(const WorkCertificateRequest& request);
   // TR-34: CN kdh:<hsm_id>:<key_index>, digitalSignature, from kdh-ca. FAILED_PRECONDITION
   // "kdh-ca: not bootstrapped" in a CA that lacks kdh-ca (AddIssuer makes it).
+  // Only for a key the HSM itself states (hsm_keys) to be its live KDH signing key at
+  // key_index with exactly the request's public key: FAILED_PRECONDITION when the CA has no
+  // endpoint for hsm_id (or that endpoint answers as another HSM) or the key is superseded;
+  // NOT_FOUND when the HSM has no such key; PERMISSION_DENIED when its key there is another
+  // key or has another usage; UNAVAILABLE when the HSM cannot be reached. Nothing is
+  // recorded for a refused request.
   absl::StatusOr<crypto::Certificate> IssueKdhCertificate(const KdhCertificateRequest& request);
   absl::StatusOr<crypto::Certificate> IssueOperatorCertificate(
       const OperatorCertificateRequest& request);
@@ -246,6 +255,10 @@ class CaCore {
   absl::StatusOr<NewIssuer> MakeIssuer(IssuerId issuer, Bytes serial, int64_t now);
   absl::StatusOr<crypto::Certificate> IssueHsmKeyCertificate(
       Profile profile, const HsmKeyCertificateRequest& request);
+  // OK when HSM request.hsm_id states that its key request.key_index is a live KDH signing
+  // key whose public key is `key` (IssueKdhCertificate's refusals otherwise).
+  absl::Status CheckKdhKeyInHsm(const HsmKeyCertificateRequest& request,
+                                const crypto::PublicKey& key);
   absl::StatusOr<CertificateRecord> RevokeUnaudited(const std::string& serial_hex,
                                                     crypto::CrlReason reason);
   absl::StatusOr<LeafSpec> ServiceLeaf(const ServiceCertificateRequest& request);
@@ -271,6 +284,7 @@ class CaCore {
   const CaPolicy policy_;
   const Clock clock_;
   const crypto::RandomSource serial_source_;
+  HsmKeySource* const hsm_keys_;
 };
 
 // The certificate record kept for `cert`.

@@ -9,6 +9,7 @@
 #include "ca_db_roles.h"
 #include "ca_grpc_service.h"
 #include "ca_pg_repository.h"
+#include "grpc_hsm_key_source.h"
 #include "master_key.h"
 #include "rkl/ca/migrations.h"
 #include "rkl/common/config.h"
@@ -48,6 +49,13 @@ rkl::ConfigSchema MakeSchema() {
                 "(besides right after each revocation here): bounds how late a revocation made "
                 "through another CA replica takes effect")
       .Default("60s");
+  schema
+      .String("hsm.endpoints",
+              "the HSMs whose KDH signing keys this CA certifies, as hsm-id=host:port,... (the "
+              "CA asks each HSM, under its own TLS identity, for the key it certifies; an HSM "
+              "not listed gets no KDH certificate)")
+      .Default("");
+  schema.Duration("hsm.timeout", "deadline of one call to an HSM").Default("5s");
   schema.Duration("shutdown_grace", "how long in-flight calls may finish on SIGTERM")
       .Default("10s");
   schema.Enum("log.format", {"text", "json"}, "log line format").Default("text");
@@ -82,16 +90,25 @@ int main(int argc, char** argv) {
       rkl::ca::MasterKey::LoadFromFile(config.GetPath("master_key_file"));
   if (!master_key.ok()) return Fatal(master_key.status());
 
+  const rkl::rpc::TlsFiles tls = rkl::rpc::TlsFilesFromConfig(config);
+  auto endpoints = rkl::ca::ParseHsmEndpoints(config.GetString("hsm.endpoints"));
+  if (!endpoints.ok()) return Fatal(endpoints.status());
+  // Channels connect lazily: the HSMs need not be up yet (the CA asks them only when a KDH
+  // key is certified).
+  auto hsm_keys =
+      rkl::ca::GrpcHsmKeySource::Create(*endpoints, tls, config.GetDuration("hsm.timeout"));
+  if (!hsm_keys.ok()) return Fatal(hsm_keys.status());
+  for (const auto& [id, target] : *endpoints) spdlog::info("HSM {} at {}", id, target);
+
   rkl::ca::PgCaRepository repository(&pool);
   rkl::ca::CaCore core(&repository, &*master_key, *policy, rkl::SystemClock(),
-                       rkl::crypto::FillRandom);
+                       rkl::crypto::FillRandom, hsm_keys->get());
   // A wrong master key or an uninitialised database cannot be fixed by retrying: stop here.
   if (absl::Status ready = core.CheckReady(); !ready.ok()) return Fatal(ready);
   spdlog::info("master key KCV {} matches the CA database", master_key->KcvHex());
 
   // The CA enforces its own service-ca CRL on its clients, read from its database: at once
   // after each revocation it makes, and on a schedule for revocations by other replicas.
-  const rkl::rpc::TlsFiles tls = rkl::rpc::TlsFilesFromConfig(config);
   absl::StatusOr<std::string> ca_pem = rkl::rpc::ReadPemFile(tls.ca_file, "tls.ca_file");
   if (!ca_pem.ok()) return Fatal(ca_pem.status());
   auto revocation = rkl::rpc::RevocationList::Create(*ca_pem, rkl::SystemClock());

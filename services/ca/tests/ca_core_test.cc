@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "fake_ca_repository.h"
+#include "fake_hsm_key_source.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/rsa.h"
@@ -47,7 +48,8 @@ class CaCoreTest : public ::testing::Test {
           } else {
             crypto::FillRandom(out);
           }
-        });
+        },
+        &hsm_keys_);
   }
 
   BootstrapResult Bootstrap() {
@@ -64,11 +66,14 @@ class CaCoreTest : public ::testing::Test {
   absl::StatusOr<crypto::Certificate> IssueWork(const crypto::PrivateKey& key, uint32_t days = 0) {
     return core_->IssueWorkCertificate({key.GetPublicKey().ToDer(), "hsm-mtms", 7, days});
   }
+  // A KDH key HSM hsm-kms holds at index 3.
   absl::StatusOr<crypto::Certificate> IssueKdh(const crypto::PrivateKey& key, uint32_t days = 0) {
+    hsm_keys_.Put("hsm-kms", 3, key.GetPublicKey());
     return core_->IssueKdhCertificate({key.GetPublicKey().ToDer(), "hsm-kms", 3, days});
   }
 
   FakeCaRepository repo_;
+  FakeHsmKeySource hsm_keys_;
   std::optional<MasterKey> master_key_;
   CaPolicy policy_;
   int64_t now_ = kStart;
@@ -339,6 +344,103 @@ TEST_F(CaCoreTest, KdhCertificateRequestsAreValidated) {
   EXPECT_EQ(IssueKdh(rsa, 101).status().message(),
             "validity_days: must be at most 100 for kdh certificates");
   EXPECT_EQ(IssueKdh(rsa)->NotAfter(), kStart + 100 * kDay);
+}
+
+// The custody rule: a KDH certificate only for the key the named HSM itself states to be its
+// live KDH signing key at that index; every refusal records nothing.
+TEST_F(CaCoreTest, KdhCertificateOnlyForTheKdhKeyTheHsmHolds) {
+  Bootstrap();
+  const crypto::PrivateKey kdh = crypto::GenerateRsaKey(2048).value();
+  const crypto::PrivateKey mine = crypto::GenerateRsaKey(2048).value();
+  const Bytes kdh_der = kdh.GetPublicKey().ToDer();
+  const Bytes mine_der = mine.GetPublicKey().ToDer();
+  hsm_keys_.Put("hsm-kms", 3, kdh.GetPublicKey());
+  hsm_keys_.Put("hsm-kms", 4, kdh.GetPublicKey(), HsmKeyUsage::kTransportDecrypt);
+  hsm_keys_.Put("hsm-kms", 5, kdh.GetPublicKey(), HsmKeyUsage::kOther);
+  hsm_keys_.Refuse("hsm-kms", 6,
+                   absl::PermissionDeniedError("key_index: key 6 has usage TERMINAL_MASTER"));
+  hsm_keys_.Refuse("hsm-kms", 7, absl::FailedPreconditionError("key_index: key 7 is SUPERSEDED"));
+  hsm_keys_.Put("hsm-kms", 8, CertifiableKey{kdh_der, HsmKeyUsage::kKdhSign, "hsm-other"});
+  hsm_keys_.Down("hsm-down");
+  struct Case {
+    KdhCertificateRequest req;
+    absl::StatusCode code;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{mine_der, "hsm-kms", 3, 0},
+       absl::StatusCode::kPermissionDenied,
+       "public_key_der: is not the KDH signing key 3 of HSM hsm-kms"},
+      {{kdh_der, "hsm-kms", 4, 0},
+       absl::StatusCode::kPermissionDenied,
+       "public_key_der: is not the KDH signing key 4 of HSM hsm-kms"},
+      {{kdh_der, "hsm-kms", 5, 0},
+       absl::StatusCode::kPermissionDenied,
+       "public_key_der: is not the KDH signing key 5 of HSM hsm-kms"},
+      {{kdh_der, "hsm-kms", 6, 0},
+       absl::StatusCode::kPermissionDenied,
+       "public_key_der: is not the KDH signing key 6 of HSM hsm-kms"},
+      {{kdh_der, "hsm-kms", 7, 0},
+       absl::StatusCode::kFailedPrecondition,
+       "key_index: HSM hsm-kms will not have key 7 certified: key_index: key 7 is SUPERSEDED"},
+      {{kdh_der, "hsm-kms", 8, 0},
+       absl::StatusCode::kFailedPrecondition,
+       "hsm_id: the endpoint of HSM hsm-kms answers as HSM hsm-other (hsm.endpoints)"},
+      {{kdh_der, "hsm-kms", 99, 0},
+       absl::StatusCode::kNotFound,
+       "key_index: HSM hsm-kms has no key 99"},
+      {{kdh_der, "hsm-mtms", 3, 0},
+       absl::StatusCode::kFailedPrecondition,
+       "hsm_id: the CA has no endpoint for HSM hsm-mtms (hsm.endpoints); it certifies only "
+       "keys it can see in their HSM"},
+      {{kdh_der, "hsm-down", 3, 0},
+       absl::StatusCode::kUnavailable,
+       "hsm_id: HSM hsm-down did not answer for key 3: hsm-down unavailable: connect failed"},
+  };
+  const size_t before = repo_.certificates().size();
+  for (const Case& c : cases) {
+    auto cert = core_->IssueKdhCertificate(c.req);
+    EXPECT_EQ(cert.status().code(), c.code) << c.message;
+    EXPECT_EQ(cert.status().message(), c.message);
+  }
+  EXPECT_EQ(repo_.certificates().size(), before);
+
+  auto cert = core_->IssueKdhCertificate({kdh_der, "hsm-kms", 3, 0});
+  ASSERT_TRUE(cert.ok()) << cert.status();
+  EXPECT_EQ(cert->GetPublicKey()->ToDer(), kdh_der);
+  EXPECT_EQ(repo_.certificates().size(), before + 1);
+}
+
+TEST_F(CaCoreTest, KdhCertificateNeedsAnHsmKeySource) {
+  Bootstrap();
+  const crypto::PrivateKey kdh = crypto::GenerateRsaKey(2048).value();
+  core_.emplace(
+      &repo_, &*master_key_, policy_, [this] { return absl::FromUnixSeconds(now_); },
+      crypto::FillRandom);
+  auto cert = core_->IssueKdhCertificate({kdh.GetPublicKey().ToDer(), "hsm-kms", 3, 0});
+  EXPECT_EQ(cert.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cert.status().message(),
+            "hsm_id: the CA has no endpoint for HSM hsm-kms (hsm.endpoints); it certifies only "
+            "keys it can see in their HSM");
+}
+
+// Work certificates are still issued on mtms's word: the HSM is not asked.
+TEST_F(CaCoreTest, WorkCertificateDoesNotAskTheHsm) {
+  Bootstrap();
+  ASSERT_TRUE(IssueWork(crypto::GenerateRsaKey(2048).value()).ok());
+  EXPECT_EQ(hsm_keys_.calls(), 0);
+}
+
+TEST(HsmEndpointsTest, ParsesIdEqualsTargetItems) {
+  auto parsed = ParseHsmEndpoints(" hsm-mtms=127.0.0.1:50052, hsm-kms = hsm-kms:50053 ,");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->size(), 2u);
+  EXPECT_EQ(parsed->at("hsm-mtms"), "127.0.0.1:50052");
+  EXPECT_EQ(parsed->at("hsm-kms"), "hsm-kms:50053");
+  EXPECT_TRUE(ParseHsmEndpoints("")->empty());
+  for (const char* bad : {"hsm-kms", "=a:1", "hsm-kms=", "a=x:1,a=y:2"}) {
+    EXPECT_EQ(ParseHsmEndpoints(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
 }
 
 TEST_F(CaCoreTest, KdhCertificateNeverOutlivesKdhCa) {

@@ -108,6 +108,8 @@ class CaGrpcPgTest : public CaPgTest {
                                                  const crypto::PublicKey& key,
                                                  const std::string& hsm_id = "hsm-kms",
                                                  uint32_t validity_days = 0) {
+    // The HSM holds the key as its KDH signing key 5.
+    hsm_keys_.Put(hsm_id, 5, key);
     v1::IssueKdhCertificateRequest req;
     Bytes der = key.ToDer();
     req.set_public_key_der(std::string(der.begin(), der.end()));
@@ -325,6 +327,29 @@ TEST_F(CaGrpcPgTest, OnlyKmsMayRequestAKdhCertificate) {
   EXPECT_EQ(Sql("SELECT issuer, subject_cn FROM ca_certificates WHERE profile = 'kdh'")[0][0]
                 .as<std::string>(),
             "kdh-ca");
+}
+
+// kms's word is not enough: the CA certifies only the key the HSM itself holds.
+TEST_F(CaGrpcPgTest, KdhCertificateOnlyForTheKeyTheHsmHolds) {
+  auto kms = Stub("kms");
+  const crypto::PublicKey held = crypto::GenerateRsaKey(2048).value().GetPublicKey();
+  const Bytes mine = crypto::GenerateRsaKey(2048).value().GetPublicKey().ToDer();
+  hsm_keys_.Put("hsm-kms", 5, held);
+  auto ask = [&](const std::string& hsm_id, uint64_t index) {
+    v1::IssueKdhCertificateRequest req;
+    req.set_public_key_der(std::string(mine.begin(), mine.end()));
+    req.set_hsm_id(hsm_id);
+    req.set_key_index(index);
+    return Call<v1::IssueKdhCertificateRequest, v1::IssuedCertificate>(
+        *kms, &v1::CertificateAuthority::Stub::IssueKdhCertificate, req);
+  };
+  auto other_key = ask("hsm-kms", 5);
+  EXPECT_EQ(other_key.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(other_key.status().message(),
+            "public_key_der: is not the KDH signing key 5 of HSM hsm-kms");
+  EXPECT_EQ(ask("hsm-kms", 6).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ask("hsm-x", 5).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Sql("SELECT count(*) FROM ca_certificates WHERE profile = 'kdh'")[0][0].as<int>(), 0);
 }
 
 TEST_F(CaGrpcPgTest, KdhCertificateHasExactlyTheKdhProfilePerOpenssl) {

@@ -11,6 +11,7 @@
 #include "ca_core.h"
 #include "ca_db_roles.h"
 #include "ca_pg_repository.h"
+#include "fake_hsm_key_source.h"
 #include "master_key.h"
 #include "openssl_cli.h"
 #include "rkl/ca/migrations.h"
@@ -33,7 +34,8 @@ class CaPgTest : public rkl::testing::PgFixture {
 
   void MakeCore() {
     core_.emplace(
-        &*repo_, &*master_key_, policy_, [] { return absl::Now(); }, crypto::FillRandom);
+        &*repo_, &*master_key_, policy_, [] { return absl::Now(); }, crypto::FillRandom,
+        &hsm_keys_);
   }
 
   BootstrapResult Bootstrap(const std::string& pin = "2468") {
@@ -92,6 +94,7 @@ class CaPgTest : public rkl::testing::PgFixture {
     p.kdh_ca_key = KeySpec::kRsa2048;
     return p;
   }();
+  FakeHsmKeySource hsm_keys_;  // the HSMs whose KDH keys the core certifies
   std::optional<CaCore> core_;
   testing::TempDir tmp_;
 };

@@ -68,6 +68,7 @@ TEST_F(CaRepositoryPgTest, AddIssuerGivesAnOlderCaItsKdhCaOnce) {
   Sql("DELETE FROM ca_certificates WHERE issuer = 'kdh-ca'");
   Sql("DELETE FROM ca_issuers WHERE name = 'kdh-ca'");
   auto rsa = crypto::GenerateRsaKey(2048)->GetPublicKey().ToDer();
+  hsm_keys_.Put("hsm-kms", 1, CertifiableKey{rsa, HsmKeyUsage::kKdhSign, "hsm-kms"});
   auto before = core_->IssueKdhCertificate({rsa, "hsm-kms", 1, 0});
   EXPECT_EQ(before.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(before.status().message(), HasSubstr("kdh-ca: not bootstrapped"));
