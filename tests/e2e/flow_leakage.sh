@@ -25,23 +25,8 @@ for alg in AES128 AES256 TDES2; do
     tail -5 "$RKL_STATE/logs/pos-provision-$alg.err" >&2
     e2e_fail "terminal $sn: provision failed"
   fi
-  # shellcheck disable=SC2046
-  kms=$(rklctl kms terminal get "$sn" $(e2e_admin)) || e2e_fail "terminal $sn: KMS GetTerminal failed"
-  [[ "$kms" == *" state=INSTALLED "* ]] || e2e_fail "terminal $sn: KMS reports: $kms"
-  [[ "$kms" == *" algorithm=$alg "* ]] || e2e_fail "terminal $sn: KMS algorithm is not $alg: $kms"
-  kms_kcv=$(sed -nE 's/.* tmk_kcv=([0-9A-F]{6}) .*/\1/p' <<<"$kms" | head -1)
-  pos=$(rkl_pos status --state-dir "$RKL_STATE/pos" --sn "$sn")
-  pos_state=$(awk '$1 == "state" {print $2}' <<<"$pos")
-  pos_kcv=$(awk '$1 == "TMK" && $2 == "KCV" {print $3}' <<<"$pos")
-  [[ "$pos_state" == INSTALLED ]] || e2e_fail "terminal $sn: the terminal is '$pos_state'"
-  [[ -n "$kms_kcv" && "$pos_kcv" == "$kms_kcv" ]] ||
-    e2e_fail "terminal $sn: TMK KCV terminal '$pos_kcv' vs KMS '$kms_kcv'"
-  tmk_hex=$("$E2E_KEYDUMP" --state-dir "$RKL_STATE/pos" "$sn" | awk '$2 == "TMK" {print $3}')
-  [[ -n "$tmk_hex" ]] || e2e_fail "terminal $sn: no TMK in the secure module"
-  ossl_kcv=$(e2e_openssl_kcv "$alg" "$tmk_hex")
-  unset tmk_hex
-  [[ "$ossl_kcv" == "$kms_kcv" ]] ||
-    e2e_fail "terminal $sn: openssl computes KCV '$ossl_kcv' of the held TMK, KMS says '$kms_kcv'"
+  e2e_assert_installed "$sn" "$alg"
+  kms_kcv=$E2E_TMK_KCV
   e2e_log "terminal $sn ($alg): INSTALLED at KMS and terminal, TMK KCV $kms_kcv (checked by openssl)"
 
   # Negative: an INSTALLED terminal is not provisioned twice.

@@ -56,26 +56,11 @@ for alg in AES128 AES256 TDES2; do
     tail -5 "$RKL_STATE/logs/pos-tr34-$alg.err" >&2
     e2e_fail "TR-34 terminal $sn: provision failed"
   fi
-  # shellcheck disable=SC2046
-  kms=$(rklctl kms terminal get "$sn" $(e2e_admin)) || e2e_fail "terminal $sn: KMS GetTerminal failed"
-  [[ "$kms" == *" state=INSTALLED "* ]] || e2e_fail "terminal $sn: KMS reports: $kms"
-  [[ "$kms" == *" algorithm=$alg "* ]] || e2e_fail "terminal $sn: KMS algorithm is not $alg: $kms"
+  e2e_assert_installed "$sn" "$alg"
+  kms=$E2E_KMS_LINE kms_kcv=$E2E_TMK_KCV
   [[ "$kms" == *"protocol=TR34"* ]] || e2e_fail "terminal $sn: KMS does not say TR34: $kms"
-  kms_kcv=$(sed -nE 's/.* tmk_kcv=([0-9A-F]{6}) .*/\1/p' <<<"$kms" | head -1)
   krd_id=$(sed -nE 's/.* krd_id=([0-9A-F]{64}).*/\1/p' <<<"$kms" | head -1)
   [[ -n "$krd_id" ]] || e2e_fail "terminal $sn: KMS shows no KRD id: $kms"
-  pos=$(rkl_pos status --state-dir "$RKL_STATE/pos" --sn "$sn")
-  pos_state=$(awk '$1 == "state" {print $2}' <<<"$pos")
-  pos_kcv=$(awk '$1 == "TMK" && $2 == "KCV" {print $3}' <<<"$pos")
-  [[ "$pos_state" == INSTALLED ]] || e2e_fail "terminal $sn: the terminal is '$pos_state'"
-  [[ -n "$kms_kcv" && "$pos_kcv" == "$kms_kcv" ]] ||
-    e2e_fail "terminal $sn: TMK KCV terminal '$pos_kcv' vs KMS '$kms_kcv'"
-  tmk_hex=$("$E2E_KEYDUMP" --state-dir "$RKL_STATE/pos" "$sn" | awk '$2 == "TMK" {print $3}')
-  [[ -n "$tmk_hex" ]] || e2e_fail "terminal $sn: no TMK in the secure module"
-  ossl_kcv=$(e2e_openssl_kcv "$alg" "$tmk_hex")
-  unset tmk_hex
-  [[ "$ossl_kcv" == "$kms_kcv" ]] ||
-    e2e_fail "terminal $sn: openssl computes KCV '$ossl_kcv' of the held TMK, KMS says '$kms_kcv'"
   rows=$(hsm_tmk "$sn")
   [[ $(wc -l <<<"$rows") == 1 && "$(awk '{print $2}' <<<"$rows")" == "$krd_id" ]] ||
     e2e_fail "terminal $sn: HSM #2's ACTIVE TMKs (index bound_krd) are '$rows', expected one bound to $krd_id"
