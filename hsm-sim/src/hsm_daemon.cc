@@ -43,6 +43,7 @@ void DeclareHsmConfig(ConfigSchema& schema) {
   schema.String("listen", "host:port to serve gRPC on (HSM #1 50052, HSM #2 50053)")
       .Default("0.0.0.0:50052");
   rpc::DeclareTlsConfig(schema);
+  metrics::DeclareMetricsConfig(schema);
   schema
       .String("db.dsn",
               "libpq DSN of this instance's own database, e.g. "
@@ -115,6 +116,7 @@ absl::StatusOr<HsmDaemonOptions> HsmOptionsFromConfig(const Config& config) {
     if (!path.empty()) o.krd_ca_files.push_back(std::move(path));
   }
   o.listen_address = config.GetString("listen");
+  o.metrics_listen = config.GetString("metrics.listen");
   o.tls = rpc::TlsFilesFromConfig(config);
   o.database_dsn = config.GetString("db.dsn");
   o.owner_dsn = config.GetString("db.owner_dsn");
@@ -273,7 +275,8 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   rpc::ServerOptions server_options{.listen_address = options.listen_address,
                                     .tls = options.tls,
                                     .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
-                                    .start_serving = false};
+                                    .start_serving = false,
+                                    .metrics = d->metrics_.get()};
   if (options.crl.has_value()) {
     RKL_ASSIGN_OR_RETURN(d->crl_, rpc::ServiceCaCrl::Create(*options.crl));
     // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.
@@ -281,6 +284,10 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
     d->crl_->ConfigureServer(server_options);
   }
   RKL_ASSIGN_OR_RETURN(d->server_, rpc::Server::Start(server_options, {d->service_.get()}));
+  if (!options.metrics_listen.empty()) {
+    RKL_ASSIGN_OR_RETURN(d->metrics_endpoint_,
+                         metrics::Endpoint::Start(options.metrics_listen, *d->metrics_));
+  }
   d->server_->SetServing(kHsmServiceName, d->self_test_.passed);
   d->server_->SetServing(d->self_test_.passed);
   spdlog::info("rkl-hsm '{}' (role {}) serving on port {} (LMK KCV {}, operational identities: {})",

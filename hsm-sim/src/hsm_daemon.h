@@ -27,6 +27,7 @@
 #include "rkl/common/config.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
 #include "self_test.h"
@@ -56,6 +57,8 @@ struct HsmDaemonOptions {
   std::vector<std::string> operational_identities;
   std::string listen_address = "0.0.0.0:50052";
   rpc::TlsFiles tls;
+  // host:port of the Prometheus /metrics endpoint (metrics.listen); empty: none.
+  std::string metrics_listen;
   absl::Duration ceremony_ttl = absl::Minutes(15);
   size_t key_cache_size = 256;
   // How often committed audit records are sealed into the chain; zero = only on demand
@@ -98,10 +101,15 @@ class HsmDaemon {
   PgAuditLog& audit_log() { return *audit_; }
   const SelfTestResult& self_test() const { return self_test_; }
   const std::string& lmk_kcv() const { return lmk_kcv_; }
+  metrics::Metrics& metrics() { return *metrics_; }
+  // The /metrics endpoint's port; 0 without metrics_listen.
+  int metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : 0; }
 
  private:
   HsmDaemon() = default;
 
+  // First, so that everything that registered metrics is gone before them.
+  std::unique_ptr<metrics::Metrics> metrics_ = std::make_unique<metrics::Metrics>();
   SelfTestResult self_test_;
   std::string lmk_kcv_;
   std::unique_ptr<db::ConnectionPool> pool_;
@@ -114,6 +122,8 @@ class HsmDaemon {
   std::unique_ptr<HsmGrpcService> service_;
   std::unique_ptr<rpc::ServiceCaCrl> crl_;  // outlives server_, which checks calls against it
   std::unique_ptr<rpc::Server> server_;
+  // Last, so that no scrape runs while what it reads is being destroyed.
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint_;
 };
 
 }  // namespace rkl::hsm

@@ -63,8 +63,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
                               options.max_idle_threads);
 
+  std::unique_ptr<internal::RpcMetrics> rpc_metrics;
+  if (options.metrics != nullptr) {
+    rpc_metrics = std::make_unique<internal::RpcMetrics>(*options.metrics);
+  }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<internal::CallLoggingInterceptorFactory>());
+  interceptors.push_back(
+      std::make_unique<internal::CallLoggingInterceptorFactory>(rpc_metrics.get()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
 
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -72,8 +77,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
                                                " (address in use, or not a valid host:port?)"));
   }
-  auto result =
-      std::unique_ptr<Server>(new Server(std::move(revocation_service), std::move(server), port));
+  auto result = std::unique_ptr<Server>(
+      new Server(std::move(revocation_service), std::move(rpc_metrics), std::move(server), port));
   result->SetServing("", options.start_serving);
   spdlog::info("gRPC server listening on {} (port {}, client certificates {}{})",
                options.listen_address, port,
@@ -84,6 +89,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                options.revocation != nullptr ? ", checked against the service-ca CRL" : "");
   return result;
 }
+
+Server::Server(std::unique_ptr<grpc::Service> revocation_service,
+               std::unique_ptr<internal::RpcMetrics> rpc_metrics,
+               std::unique_ptr<grpc::Server> server, int port)
+    : revocation_service_(std::move(revocation_service)),
+      rpc_metrics_(std::move(rpc_metrics)),
+      server_(std::move(server)),
+      port_(port) {}
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 

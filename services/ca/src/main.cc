@@ -18,6 +18,7 @@
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/daemon.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/server.h"
@@ -34,6 +35,7 @@ rkl::ConfigSchema MakeSchema() {
   schema.String("listen", "host:port to serve rkl.v1.CertificateAuthority on")
       .Default("0.0.0.0:50051");
   rkl::rpc::DeclareTlsConfig(schema);
+  rkl::metrics::DeclareMetricsConfig(schema);
   schema.String("db.dsn", "libpq DSN of the CA's own database (rkl_ca)").Required().Secret();
   rkl::db::DeclareOwnerDsnConfig(schema);
   rkl::db::DeclareStatementTimeoutConfig(schema);
@@ -75,6 +77,8 @@ int main(int argc, char** argv) {
   rkl::ConfigSchema schema = MakeSchema();
   const auto [config, migrate_only] = rkl::rpc::StartDaemonOrExit(schema, kProgram, argc, argv);
 
+  // Before everything that registers metrics in it, so it outlives them.
+  rkl::metrics::Metrics process_metrics;
   rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
   spdlog::info("database {}", pool.redacted_dsn());
   if (absl::Status s = rkl::db::SetUpDaemonSchema(pool, config, migrate_only, rkl::ca::Migrations(),
@@ -130,9 +134,12 @@ int main(int argc, char** argv) {
       rkl::rpc::Server::Start({.listen_address = config.GetString("listen"),
                                .tls = tls,
                                .revocation = revocation->get(),
-                               .refresh_crl = [&refresher] { return refresher.RefreshNow(); }},
+                               .refresh_crl = [&refresher] { return refresher.RefreshNow(); },
+                               .metrics = &process_metrics},
                               {&service});
   if (!server.ok()) return Fatal(server.status());
+  auto metrics_endpoint = rkl::metrics::StartEndpoint(config, process_metrics);
+  if (!metrics_endpoint.ok()) return Fatal(metrics_endpoint.status());
   (*server)->SetServing("rkl.v1.CertificateAuthority", true);
   spdlog::info("serving rkl.v1.CertificateAuthority on port {}", (*server)->port());
   (*server)->RunUntilShutdownSignal(config.GetDuration("shutdown_grace"));

@@ -10,6 +10,7 @@
 #include "rkl/crypto/x509.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/tls.h"
 
 namespace rkl::kms {
@@ -20,6 +21,7 @@ ConfigSchema MakeKmsConfigSchema() {
       .Default("0.0.0.0:50055");
   rpc::DeclareTlsConfig(s, "tls");
   rpc::DeclareRevocationConfig(s);
+  metrics::DeclareMetricsConfig(s);
   db::DeclareDatabaseConfig(
       s, {.dsn = "libpq DSN of the KMS database (rkl_kms); include connect_timeout",
           .pool_size = "database connections per process",

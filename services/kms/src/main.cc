@@ -19,6 +19,7 @@
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/transaction.h"
 #include "rkl/kms/migrations.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/daemon.h"
 #include "rkl/rpc/health.h"
 #include "rkl/rpc/shutdown.h"
@@ -52,6 +53,8 @@ int main(int argc, char** argv) {
   spdlog::info("configuration:\n{}", config.Describe());
 
   // Only db.* is read before this step: --migrate-only checks nothing else.
+  // Before everything that registers metrics in it, so it outlives them.
+  rkl::metrics::Metrics process_metrics;
   rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
   if (absl::Status s = rkl::db::SetUpDaemonSchema(
           pool, config, migrate_only, rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
@@ -111,9 +114,15 @@ int main(int argc, char** argv) {
     spdlog::critical("fatal: crl.*: {}", crl.status().ToString());
     return 1;
   }
+  settings.server.metrics = &process_metrics;
   auto server = rkl::rpc::Server::Start(settings.server, {&service});
   if (!server.ok()) {
     spdlog::critical("fatal: {}", server.status().ToString());
+    return 1;
+  }
+  auto metrics_endpoint = rkl::metrics::StartEndpoint(config, process_metrics);
+  if (!metrics_endpoint.ok()) {
+    spdlog::critical("fatal: {}", metrics_endpoint.status().ToString());
     return 1;
   }
 

@@ -17,6 +17,7 @@
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/mtms/migrations.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/daemon.h"
@@ -56,6 +57,8 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // Before everything that registers metrics in it, so it outlives them.
+  metrics::Metrics process_metrics;
   db::ConnectionPool pool(db::PoolOptionsFromConfig(config));
   if (absl::Status s = db::SetUpDaemonSchema(pool, config, migrate_only, rkl::mtms::Migrations(),
                                              kMtmsRuntimeGrants);
@@ -111,7 +114,8 @@ int main(int argc, char** argv) {
   // a revoked operator card is refused at once instead of after ca.crl_refresh.
   rpc::ServerOptions server_options{.listen_address = config.GetString("listen"),
                                     .tls = rpc::TlsFilesFromConfig(config),
-                                    .client_cert_mode = rpc::ClientCertMode::kOptionalVerified};
+                                    .client_cert_mode = rpc::ClientCertMode::kOptionalVerified,
+                                    .metrics = &process_metrics};
   rpc::ServiceCaCrlOptions crl_options =
       rpc::ServiceCaCrlOptionsFromConfig(config, server_options.tls);
   crl_options.also_refresh = [&trust] { return trust.Refresh(); };
@@ -125,6 +129,12 @@ int main(int argc, char** argv) {
       rpc::Server::Start(server_options, {&service});
   if (!server.ok()) {
     spdlog::critical("gRPC server: {}", server.status().ToString());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<metrics::Endpoint>> metrics_endpoint =
+      metrics::StartEndpoint(config, process_metrics);
+  if (!metrics_endpoint.ok()) {
+    spdlog::critical("{}", metrics_endpoint.status().ToString());
     return 1;
   }
   if (config.GetBool("forwarder.enabled")) forwarder.Start();

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/public_call_gate.h"
 #include "rkl/rpc/revocation.h"
 #include "rkl/rpc/tls.h"
@@ -27,6 +28,7 @@ ConfigSchema MakeMtmsConfigSchema() {
   // side, and the client side towards hsm-mtms, ca and kms.
   rpc::DeclareTlsConfig(schema);
   rpc::DeclareRevocationConfig(schema);
+  metrics::DeclareMetricsConfig(schema);
   db::DeclareDatabaseConfig(
       schema, {.dsn = "libpq DSN of the rkl_mtms database (include connect_timeout)",
                .pool_size = "maximum open database connections; at least forwarder.workers + "

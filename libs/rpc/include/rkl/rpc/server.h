@@ -11,7 +11,9 @@
 //    so a revocation also stops connections opened before it. Authorization per RPC stays the
 //    handler's job (rkl/rpc/identity.h) — the transport only establishes who is calling.
 //  - Each RPC is logged once: request id, method, caller identity, status code, latency.
-//    Request and response bodies are never logged.
+//    Request and response bodies are never logged. With ServerOptions::metrics, each RPC is
+//    also counted in rkl_rpc_requests_total{method,code} and its latency observed in
+//    rkl_rpc_duration_seconds{method}.
 //  - Services passed to Start() are not owned and must outlive the Server.
 //  - SetServing/Shutdown/Wait are thread-safe; Shutdown is idempotent, and the destructor
 //    shuts down immediately if nobody did it gracefully.
@@ -45,9 +47,16 @@
 #include "absl/time/time.h"
 #include "rkl/rpc/tls.h"
 
+namespace rkl::metrics {
+class Metrics;
+}  // namespace rkl::metrics
+
 namespace rkl::rpc {
 
 class RevocationList;
+namespace internal {
+struct RpcMetrics;
+}  // namespace internal
 
 inline constexpr int kDefaultMaxMessageBytes = 1 << 20;  // 1 MiB: rkl messages are small
 
@@ -71,6 +80,9 @@ struct ServerOptions {
   // `refresh_crl`. Not owned; must outlive the server.
   const RevocationList* revocation = nullptr;
   std::function<absl::StatusOr<uint64_t>()> refresh_crl{};
+  // The process's metrics, where every RPC is counted (see above); null: none. Not owned;
+  // must outlive the server.
+  metrics::Metrics* metrics = nullptr;
 };
 
 class Server {
@@ -106,14 +118,13 @@ class Server {
   grpc::Server& grpc_server() { return *server_; }
 
  private:
-  Server(std::unique_ptr<grpc::Service> revocation_service, std::unique_ptr<grpc::Server> server,
-         int port)
-      : revocation_service_(std::move(revocation_service)),
-        server_(std::move(server)),
-        port_(port) {}
+  Server(std::unique_ptr<grpc::Service> revocation_service,
+         std::unique_ptr<internal::RpcMetrics> rpc_metrics, std::unique_ptr<grpc::Server> server,
+         int port);
 
-  // Declared before server_, so it outlives the server that dispatches to it.
+  // Declared before server_, so they outlive the server that uses them.
   std::unique_ptr<grpc::Service> revocation_service_;
+  std::unique_ptr<internal::RpcMetrics> rpc_metrics_;
   std::unique_ptr<grpc::Server> server_;
   const int port_;
   absl::Mutex mu_;
