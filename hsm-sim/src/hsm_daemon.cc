@@ -272,11 +272,13 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   d->service_ =
       std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
 
-  rpc::ServerOptions server_options{.listen_address = options.listen_address,
-                                    .tls = options.tls,
-                                    .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
-                                    .start_serving = false,
-                                    .metrics = d->metrics_.get()};
+  rpc::ServerOptions server_options{
+      .listen_address = options.listen_address,
+      .tls = options.tls,
+      .client_cert_mode = rpc::ClientCertMode::kRequireAndVerify,
+      .start_serving = false,
+      // RPCs are counted only where a scrape can read them.
+      .metrics = options.metrics_listen.empty() ? nullptr : d->metrics_.get()};
   if (options.crl.has_value()) {
     RKL_ASSIGN_OR_RETURN(d->crl_, rpc::ServiceCaCrl::Create(*options.crl));
     // Not listening before a first CRL is in force: clients see UNAVAILABLE and retry.

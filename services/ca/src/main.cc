@@ -130,13 +130,14 @@ int main(int argc, char** argv) {
   refresher.Start();
 
   rkl::ca::CaGrpcService service(&core, [&refresher] { (void)refresher.RefreshNow(); });
-  auto server =
-      rkl::rpc::Server::Start({.listen_address = config.GetString("listen"),
-                               .tls = tls,
-                               .revocation = revocation->get(),
-                               .refresh_crl = [&refresher] { return refresher.RefreshNow(); },
-                               .metrics = &process_metrics},
-                              {&service});
+  auto server = rkl::rpc::Server::Start(
+      {.listen_address = config.GetString("listen"),
+       .tls = tls,
+       .revocation = revocation->get(),
+       .refresh_crl = [&refresher] { return refresher.RefreshNow(); },
+       // RPCs are counted only where a scrape can read them.
+       .metrics = config.GetString("metrics.listen").empty() ? nullptr : &process_metrics},
+      {&service});
   if (!server.ok()) return Fatal(server.status());
   auto metrics_endpoint = rkl::metrics::StartEndpoint(config, process_metrics);
   if (!metrics_endpoint.ok()) return Fatal(metrics_endpoint.status());

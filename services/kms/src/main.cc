@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
     spdlog::critical("fatal: crl.*: {}", crl.status().ToString());
     return 1;
   }
-  settings.server.metrics = &process_metrics;
+  // RPCs are counted only where a scrape can read them.
+  if (!config.GetString("metrics.listen").empty()) settings.server.metrics = &process_metrics;
   auto server = rkl::rpc::Server::Start(settings.server, {&service});
   if (!server.ok()) {
     spdlog::critical("fatal: {}", server.status().ToString());

@@ -112,10 +112,12 @@ int main(int argc, char** argv) {
   // Client certificates on the service-ca CRL are refused (operator terminals present none).
   // A refresh pushed by `rklctl pki revoke --notify` also refreshes the operator-ca CRL, so
   // a revoked operator card is refused at once instead of after ca.crl_refresh.
-  rpc::ServerOptions server_options{.listen_address = config.GetString("listen"),
-                                    .tls = rpc::TlsFilesFromConfig(config),
-                                    .client_cert_mode = rpc::ClientCertMode::kOptionalVerified,
-                                    .metrics = &process_metrics};
+  rpc::ServerOptions server_options{
+      .listen_address = config.GetString("listen"),
+      .tls = rpc::TlsFilesFromConfig(config),
+      .client_cert_mode = rpc::ClientCertMode::kOptionalVerified,
+      // RPCs are counted only where a scrape can read them.
+      .metrics = config.GetString("metrics.listen").empty() ? nullptr : &process_metrics};
   rpc::ServiceCaCrlOptions crl_options =
       rpc::ServiceCaCrlOptionsFromConfig(config, server_options.tls);
   crl_options.also_refresh = [&trust] { return trust.Refresh(); };
