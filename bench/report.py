@@ -211,6 +211,7 @@ def fleet(name):
 # Fleets on fewer CPUs are "cores<K>" (and "cores<K>-2", ...).
 e2e_runs = {}
 core_runs = {}
+metrics_runs = {}
 for fname in sorted(os.listdir(raw)):
     m = re.fullmatch(r"(e2e(?:_\d+)?(?:-\d+)?)\.json", fname)
     if m:
@@ -218,6 +219,9 @@ for fname in sorted(os.listdir(raw)):
     m = re.fullmatch(r"(cores\d+(?:-\d+)?)\.json", fname)
     if m:
         core_runs[m.group(1)] = fleet(m.group(1))
+    m = re.fullmatch(r"(metrics(?:on|off)(?:-\d+)?)\.json", fname)
+    if m:
+        metrics_runs[m.group(1)] = fleet(m.group(1))
 
 
 def server_cpu(run):
@@ -258,6 +262,7 @@ def summarize(runs_by_name):
 
 level_summary = summarize(e2e_runs)
 core_summary = summarize(core_runs)
+metrics_summary = summarize(metrics_runs)
 e2e = e2e_runs.get("e2e")
 
 measured = {
@@ -314,6 +319,14 @@ measured["e2e_on_fewer_cores"] = {
                 all_cores_over_this=ratio(all_cores and all_cores["median_terminals_per_s"],
                                           L["median_terminals_per_s"]))
     for level, L in core_summary.items()
+}
+# Metrics off vs on (the same fleet, alternated): the throughput cost of metrics.
+measured["metrics_off_vs_on"] = {
+    "off": metrics_summary.get("metricsoff"), "on": metrics_summary.get("metricson"),
+    "throughput_cost": (round(1 - metrics_summary["metricson"]["median_terminals_per_s"]
+                              / metrics_summary["metricsoff"]["median_terminals_per_s"], 4)
+                        if metrics_summary.get("metricson") and metrics_summary.get("metricsoff")
+                        else None),
 }
 
 scaling = []
@@ -509,6 +522,22 @@ if core_summary and all_cores:
         md.append("")
         md.append(f"The crypto-only terminal, for comparison: {fmt(one)}/s on one thread, "
                   f"{fmt(best)}/s on all cores ({best / one:.2f}×).")
+    md.append("")
+m_off, m_on = metrics_summary.get("metricsoff"), metrics_summary.get("metricson")
+if m_off and m_on:
+    cost = 1 - m_on["median_terminals_per_s"] / m_off["median_terminals_per_s"]
+    md.append("## Metrics off vs on\n")
+    md.append("The same fleet with every process's /metrics endpoint off, then on (services "
+              "restarted with metrics.listen, scraped every second), alternated. "
+              f"Throughput cost of metrics: **{cost * 100:.1f}%** of the median rate.\n")
+    md.append("| metrics | fleets | median terminals/s (each run) | median machine CPU ms / terminal "
+              "| median server CPU ms / terminal |")
+    md.append("|---|---:|---|---:|---:|")
+    for label, L in (("off", m_off), ("on", m_on)):
+        runs = " / ".join(fmt(r, 1) for r in L["terminals_per_s"])
+        md.append(f"| {label} | {len(L['runs'])} | {fmt(L['median_terminals_per_s'], 1)} ({runs}) | "
+                  f"{fmt(L['median_machine_cpu_ms_per_terminal'], 2)} | "
+                  f"{L['median_server_cpu_ms_per_terminal']:.2f} |")
     md.append("")
 if rpc_latency:
     md.append("## Server-side RPC latency (interceptor log, mean over the whole run)\n")
