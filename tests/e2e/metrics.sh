@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 e2e_init metrics "$2" "$1"
 [[ -x "$RKL_BIN/tests/e2e/metrics_e2e" ]] || e2e_fail "missing $RKL_BIN/tests/e2e/metrics_e2e"
 
-export RKL_METRICS=1
+e2e_metrics_on
 export RKL_KMS_LOCKOUT_THRESHOLD=1
 e2e_up
 e2e_log "deployment up, metrics on"
@@ -51,8 +51,8 @@ export E2E_PKI="$RKL_STATE/pki" E2E_KMS_ADDR
 E2E_KMS_ADDR=$(rkl_addr kms)
 for svc in ca hsm-mtms hsm-kms mtms kms; do
   var="E2E_$(tr 'a-z-' 'A-Z_' <<<"$svc")_METRICS_ADDR"
-  export "$var=$(rkl_metrics_addr "$svc")"
-  e2e_log "$svc metrics at http://${!var}/metrics"
+  export "$var=127.0.0.1:$(rkl_metrics_port "$svc")"
+  e2e_log "$svc metrics at $(e2e_metrics_url "$svc")"
 done
 export E2E_FLEET_COUNT=$count E2E_FLEET_PREFIX=$prefix E2E_LOCK_SN=$lock_sn
 export E2E_RATE_SN=E2E-RATE-UNKNOWN-1

@@ -76,7 +76,8 @@ std::string ScrapeText(const std::string& address) {
   for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
   close(fd);
   size_t body = response.find("\r\n\r\n");
-  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 200") || absl::StartsWith(response, "HTTP/1.0 200"))
+  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 200") ||
+              absl::StartsWith(response, "HTTP/1.0 200"))
       << address << ": " << response.substr(0, 100);
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
@@ -224,9 +225,9 @@ TEST(Refusals, OneWrongProofIsOneAuthFailureAndWithThresholdOneALockout) {
   ASSERT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
 
   Series after = Scrape("kms");
-  EXPECT_EQ(Value(after, "rkl_kms_auth_failures_total") -
-                Value(before, "rkl_kms_auth_failures_total"),
-            1);
+  EXPECT_EQ(
+      Value(after, "rkl_kms_auth_failures_total") - Value(before, "rkl_kms_auth_failures_total"),
+      1);
   EXPECT_EQ(Value(after, "rkl_kms_lockouts_total") - Value(before, "rkl_kms_lockouts_total"), 1);
   EXPECT_EQ(Value(after, "rkl_kms_terminals", {{"state", "locked"}, {"protocol", "patent"}}), 1);
   EXPECT_EQ(Value(after, "rkl_kms_tmk_deliveries_total", {{"protocol", "patent"}}),
