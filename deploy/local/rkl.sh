@@ -16,6 +16,10 @@
 #   anchors/    each HSM's audit anchor, <hsm>.anchor (docs/hsm.md, Audit)
 #   ceremony.env  PK/MAK key indexes and KCVs of both HSMs (no key material)
 # Ports: RKL_PORT_BASE (default 50051) + 0 ca, +1 hsm-mtms, +2 hsm-kms, +3 mtms, +4 kms.
+# Metrics (docs/operations.md "Metrics"): with RKL_METRICS=1 every daemon serves Prometheus
+# text on http://127.0.0.1:<its gRPC port + 1000>/metrics (metrics.listen; the demo turns it
+# on, the end-to-end tests leave it off unless a case asks: tests/e2e/lib.sh e2e_metrics_on).
+# rkl_metrics_url SVC names the URL, rkl_metrics_scrape SVC fetches it.
 #
 # People (docs/pki.md "Custody"), all from `rklctl pki init`: admins alice and bob
 # (admin:alice, admin:bob — any later privileged certificate takes both: one requests, the
@@ -25,6 +29,8 @@
 : "${RKL_STATE:?RKL_STATE must name the state directory}"
 : "${RKL_BIN:?RKL_BIN must name the build directory}"
 RKL_PORT_BASE=${RKL_PORT_BASE:-50051}
+RKL_METRICS=${RKL_METRICS:-0}
+RKL_METRICS_PORT_OFFSET=1000
 RKL_SERVICES=(ca hsm-mtms hsm-kms mtms kms)
 RKL_ADMINS=(alice bob)
 RKL_CUSTODIANS=(carol dave)
@@ -44,6 +50,39 @@ rkl_port() {
   esac
 }
 rkl_addr() { echo "localhost:$(rkl_port "$1")"; }
+
+# The Prometheus endpoint of a daemon (whether or not RKL_METRICS turned it on).
+rkl_metrics_port() {
+  local p
+  p=$(rkl_port "$1")
+  [[ -n "$p" ]] || { echo "rkl_metrics_port: unknown process '$1' (one of: ${RKL_SERVICES[*]})" >&2; return 1; }
+  echo $((p + RKL_METRICS_PORT_OFFSET))
+}
+rkl_metrics_url() {
+  local p
+  p=$(rkl_metrics_port "$1") || return 1
+  echo "http://127.0.0.1:$p/metrics"
+}
+
+# Prints a daemon's /metrics (Prometheus text format) on stdout; fails, naming the URL, when
+# it does not answer 200. Plain bash (HTTP/1.0 over /dev/tcp): no curl needed.
+rkl_metrics_scrape() {
+  local svc=$1 port status line
+  port=$(rkl_metrics_port "$svc") || return 1
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port" ||
+      { echo "rkl_metrics_scrape: nothing listens on $(rkl_metrics_url "$svc")" >&2; exit 1; }
+    printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:%s\r\nAccept: text/plain\r\n\r\n' "$port" >&3
+    IFS= read -r status <&3 || status=""
+    status=${status%$'\r'}
+    [[ "$status" =~ ^HTTP/1\.[01]\ 200 ]] ||
+      { echo "rkl_metrics_scrape: $(rkl_metrics_url "$svc") answered '${status:-nothing}'" >&2; exit 1; }
+    while IFS= read -r line <&3; do
+      [[ -z "${line%$'\r'}" ]] && break
+    done
+    cat <&3
+  )
+}
 
 rkl_binary() {
   case $1 in
@@ -120,6 +159,7 @@ rkl_krd_ca_init() {
 }
 
 rkl_write_configs() {
+  [[ "$RKL_METRICS" =~ ^[01]$ ]] || rkl_die "RKL_METRICS must be 0 (no /metrics endpoint) or 1, not '$RKL_METRICS'"
   mkdir -p "$RKL_STATE/config" "$RKL_STATE/anchors"
   local pki="$RKL_STATE/pki" svc
   for svc in "${RKL_SERVICES[@]}"; do
@@ -127,6 +167,9 @@ rkl_write_configs() {
       umask 077
       {
         echo "listen: 127.0.0.1:$(rkl_port "$svc")"
+        if [[ $RKL_METRICS == 1 ]]; then
+          printf 'metrics:\n  listen: 127.0.0.1:%s\n' "$(rkl_metrics_port "$svc")"
+        fi
         echo "tls:"
         echo "  cert_file: $pki/$svc/cert.pem"
         echo "  key_file: $pki/$svc/key.pem"

@@ -109,6 +109,27 @@ e2e_cleanup() {
   exit "$rc"
 }
 
+# Metrics (docs/operations.md "Metrics"). Off in every case unless it calls e2e_metrics_on
+# after e2e_init and before e2e_up: then each daemon serves /metrics on its gRPC port + 1000
+# (RKL_PORT_BASE+1000 .. +1004), which must be free like the case's own range.
+e2e_metrics_on() {
+  export RKL_METRICS=1
+  local svc port
+  for svc in "${RKL_SERVICES[@]}"; do
+    port=$(rkl_metrics_port "$svc")
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      e2e_fail "metrics port $port of $svc on 127.0.0.1 is already in use (a case with metrics" \
+        "on also owns RKL_PORT_BASE+1000..+1004): is another run or case using it?"
+    fi
+  done
+}
+# The URL of a process's /metrics (ca, hsm-mtms, hsm-kms, mtms, kms), e.g.
+# http://127.0.0.1:27104/metrics for kms when RKL_PORT_BASE is 26100.
+e2e_metrics_url() { rkl_metrics_url "$1" || e2e_fail "no metrics URL for '$1'"; }
+# A process's /metrics text on stdout (one scrape, made when called); fails the case when
+# the endpoint does not answer 200.
+e2e_metrics_scrape() { rkl_metrics_scrape "$1" || e2e_fail "scraping $(rkl_metrics_url "$1") failed"; }
+
 e2e_admin() { echo "$(rkl_admin_flags) --authority kms --kms $(rkl_addr kms)"; }
 
 # rkl-pos with the deployment's flags and the admin certificate (KMS verification).
