@@ -1110,6 +1110,10 @@ TEST_P(MtmsSuite, ForwardAttemptsFailuresAndTranslationsCountWhatHappened) {
   EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "unavailable"}}), 1);
   EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 3);
   EXPECT_EQ(Scrape(m, "rkl_mtms_forward_failures_total"), 1);
+  // No SN, submission id or operator in any series.
+  const std::string text = m.Render();
+  EXPECT_EQ(text.find("SN-F"), std::string::npos);
+  EXPECT_EQ(text.find("alice"), std::string::npos);
 }
 
 TEST_P(MtmsSuite, WorkKeyExpiryDaysFollowTheClockAndTheCurrentKey) {
