@@ -11,6 +11,7 @@
 #include "lmk.h"
 #include "pg_lmk_binding.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
 #include "rkl/hsm/migrations.h"
@@ -225,6 +226,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   }
   d->pool_ = std::make_unique<db::ConnectionPool>(db::PoolOptions{
       .dsn = options.database_dsn, .max_size = options.db_pool_size, .settings = settings});
+  db::RegisterPoolMetrics(*d->metrics_, *d->pool_, "main");
   RKL_RETURN_IF_ERROR(
       db::SetUpDaemonSchema(*d->pool_, options.owner_dsn, false, Migrations(), kHsmRuntimeGrants));
   RKL_RETURN_IF_ERROR(
@@ -244,6 +246,7 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
   // Audit group writes and the sealer get connections of their own (see PgAuditLog).
   d->audit_pool_ = std::make_unique<db::ConnectionPool>(
       db::PoolOptions{.dsn = options.database_dsn, .max_size = 2});
+  db::RegisterPoolMetrics(*d->metrics_, *d->audit_pool_, "audit");
   d->audit_ = std::make_unique<PgAuditLog>(*d->pool_, *d->audit_pool_, std::move(audit_key));
   d->audit_->ConfigureAnchors({.instance_id = options.hsm_id,
                                .file = options.anchor_file,

@@ -3,6 +3,7 @@
 #include <libpq-fe.h>
 #include <poll.h>
 
+#include <chrono>
 #include <pqxx/nontransaction>
 #include <string>
 #include <utility>
@@ -73,22 +74,49 @@ int ConnectionPool::waiting_borrowers() const {
   return waiting_;
 }
 
+PoolStats ConnectionPool::stats() const {
+  PoolStats stats;
+  stats.max_size = max_size_;
+  stats.acquisitions = acquisitions_.load(std::memory_order_relaxed);
+  stats.errors = errors_.load(std::memory_order_relaxed);
+  absl::MutexLock lock(&mu_);
+  stats.idle = static_cast<int>(idle_.size());
+  stats.in_use = open_ - stats.idle;
+  stats.waits = waits_;
+  stats.wait_seconds = absl::ToDoubleSeconds(wait_time_);
+  return stats;
+}
+
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow() { return Borrow(borrow_timeout_); }
 
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration timeout) {
   if (!dsn_status_.ok()) return dsn_status_;
   const absl::Time deadline = absl::Now() + timeout;  // wall time: a real wait
   std::unique_ptr<pqxx::connection> stale;            // closed outside the lock: PQfinish does I/O
+  // The time this borrow waits for a release (a monotonic clock: it measures, decides nothing).
+  bool waited = false;   // counted in waits_ (once per borrow)
+  bool waiting = false;  // since wait_started
+  std::chrono::steady_clock::time_point wait_started{};
+  auto stop_waiting = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!waiting) return;
+    wait_time_ += absl::FromChrono(std::chrono::steady_clock::now() - wait_started);
+    waiting = false;
+  };
   mu_.Lock();
   while (true) {
     if (!idle_.empty()) {
+      stop_waiting();
       std::unique_ptr<pqxx::connection> conn = std::move(idle_.back());
       idle_.pop_back();
       mu_.Unlock();
-      if (conn->is_open() && !ClosedByServer(*conn)) return Lease(this, std::move(conn));
+      if (conn->is_open() && !ClosedByServer(*conn)) {
+        acquisitions_.fetch_add(1, std::memory_order_relaxed);
+        return Lease(this, std::move(conn));
+      }
       // Closed while idle (the server went away): handing it out would fail the borrower's
       // first statement — and a write sent in autocommit could not tell whether it ran.
       // The slot is reused right here.
+      errors_.fetch_add(1, std::memory_order_relaxed);
       stale = std::move(conn);
       stale.reset();
       mu_.Lock();
@@ -96,22 +124,32 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Borrow(absl::Duration time
       continue;
     }
     if (open_ < max_size_) {
+      stop_waiting();
       ++open_;  // reserve the slot so concurrent borrowers cannot overshoot max_size
       mu_.Unlock();
       absl::StatusOr<std::unique_ptr<pqxx::connection>> conn = Connect();
       if (!conn.ok()) {
+        errors_.fetch_add(1, std::memory_order_relaxed);
         absl::MutexLock lock(&mu_);
         --open_;
         released_.Signal();
         return conn.status();
       }
+      acquisitions_.fetch_add(1, std::memory_order_relaxed);
       return Lease(this, *std::move(conn));
     }
     if (absl::Now() >= deadline) {  // wall time: a real wait
+      stop_waiting();
       mu_.Unlock();
       return absl::UnavailableError(absl::StrCat("database pool exhausted: all ", max_size_,
                                                  " connections to ", target_, " in use for ",
                                                  absl::FormatDuration(timeout)));
+    }
+    if (!waiting) {
+      if (!waited) ++waits_;
+      waited = true;
+      waiting = true;
+      wait_started = std::chrono::steady_clock::now();
     }
     ++waiting_;
     released_.WaitWithDeadline(&mu_, deadline);
@@ -152,6 +190,7 @@ void ConnectionPool::Return(std::unique_ptr<pqxx::connection> conn, bool broken)
     if (!broken && conn->is_open()) {
       idle_.push_back(std::move(conn));
     } else {
+      errors_.fetch_add(1, std::memory_order_relaxed);
       --open_;
       discard.push_back(std::move(conn));
       // A lost connection usually means the server restarted or failed over, and then the

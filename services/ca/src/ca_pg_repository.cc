@@ -47,6 +47,14 @@ constexpr char kUpdateCrl[] =
 
 constexpr char kStateRevoked[] = "revoked";
 
+// The metrics' reads: one statement each, over the CA's small tables.
+constexpr char kCountCertificates[] =
+    "SELECT profile, count(*) FILTER (WHERE state = 'good' AND not_after >= $1),"
+    " count(*) FILTER (WHERE state = 'revoked'),"
+    " count(*) FILTER (WHERE state = 'good' AND not_after < $1)"
+    " FROM ca_certificates GROUP BY profile";
+constexpr char kSelectCrlNextUpdates[] = "SELECT issuer, next_update FROM ca_crls";
+
 constexpr char kRequestColumns[] =
     "id, profile, subject, csr_pem, dns_names, validity_days, requested_by, requested_at,"
     " expires_at, state, COALESCE(approved_by, ''), COALESCE(approved_at, 0),"
@@ -364,6 +372,35 @@ absl::Status PgCaRepository::InsertAudit(const AuditRecord& audit) {
     InsertAuditRow(tx, audit);
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<std::vector<CertificateCounts>> PgCaRepository::CountCertificates(int64_t now) {
+  return db::RunAutocommitRead(
+      *pool_, [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<CertificateCounts>> {
+        std::vector<CertificateCounts> counts;
+        for (const pqxx::row& row : tx.exec_params(kCountCertificates, now)) {
+          CertificateCounts c;
+          RKL_ASSIGN_OR_RETURN(c.profile, ProfileFromName(row[0].as<std::string>()));
+          c.valid = row[1].as<uint64_t>();
+          c.revoked = row[2].as<uint64_t>();
+          c.expired = row[3].as<uint64_t>();
+          counts.push_back(c);
+        }
+        return counts;
+      });
+}
+
+absl::StatusOr<std::vector<std::pair<IssuerId, int64_t>>> PgCaRepository::CrlNextUpdates() {
+  return db::RunAutocommitRead(
+      *pool_,
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<std::vector<std::pair<IssuerId, int64_t>>> {
+        std::vector<std::pair<IssuerId, int64_t>> next_updates;
+        for (const pqxx::row& row : tx.exec(kSelectCrlNextUpdates)) {
+          RKL_ASSIGN_OR_RETURN(IssuerId issuer, IssuerFromName(row[0].as<std::string>()));
+          next_updates.emplace_back(issuer, row[1].as<int64_t>());
+        }
+        return next_updates;
+      });
 }
 
 }  // namespace rkl::ca

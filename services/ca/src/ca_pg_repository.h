@@ -45,6 +45,8 @@ class PgCaRepository final : public CaRepository {
                                                           const RequestSigner& sign,
                                                           AuditRecord audit) override;
   absl::Status InsertAudit(const AuditRecord& audit) override;
+  absl::StatusOr<std::vector<CertificateCounts>> CountCertificates(int64_t now) override;
+  absl::StatusOr<std::vector<std::pair<IssuerId, int64_t>>> CrlNextUpdates() override;
 
  private:
   db::ConnectionPool* pool_;

@@ -23,6 +23,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -54,6 +55,14 @@ struct CertificateRecord {
   CertificateState state = CertificateState::kGood;
   int64_t revoked_at = 0;  // unix seconds; 0 while good
   crypto::CrlReason reason = crypto::CrlReason::kUnspecified;
+};
+
+// The certificates of one profile by status at a given time (ca_metrics.h).
+struct CertificateCounts {
+  Profile profile = Profile::kIssuer;
+  uint64_t valid = 0;    // not revoked, notAfter not passed
+  uint64_t revoked = 0;  // revoked, expired or not
+  uint64_t expired = 0;  // not revoked, notAfter passed
 };
 
 struct CrlRecord {
@@ -175,6 +184,14 @@ class CaRepository {
                                                                   AuditRecord audit) = 0;
 
   virtual absl::Status InsertAudit(const AuditRecord& audit) = 0;
+
+  // ---- For the metrics (ca_metrics.h); one statement each ----
+  // The certificates of every profile that has any, by status at `now` (unix seconds):
+  // expired once now > notAfter.
+  virtual absl::StatusOr<std::vector<CertificateCounts>> CountCertificates(int64_t now) = 0;
+  // The nextUpdate (unix seconds) of each issuer's current CRL; issuers without one (a CA
+  // not initialised, or one that lacks the issuer) are absent.
+  virtual absl::StatusOr<std::vector<std::pair<IssuerId, int64_t>>> CrlNextUpdates() = 0;
 };
 
 }  // namespace rkl::ca

@@ -8,6 +8,7 @@
 #include "ca_core.h"
 #include "ca_db_roles.h"
 #include "ca_grpc_service.h"
+#include "ca_metrics.h"
 #include "ca_pg_repository.h"
 #include "grpc_hsm_key_source.h"
 #include "master_key.h"
@@ -16,6 +17,7 @@
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/statement_timeouts.h"
 #include "rkl/metrics/metrics.h"
@@ -80,6 +82,7 @@ int main(int argc, char** argv) {
   // Before everything that registers metrics in it, so it outlives them.
   rkl::metrics::Metrics process_metrics;
   rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
+  rkl::db::RegisterPoolMetrics(process_metrics, pool, "main");
   spdlog::info("database {}", pool.redacted_dsn());
   if (absl::Status s = rkl::db::SetUpDaemonSchema(pool, config, migrate_only, rkl::ca::Migrations(),
                                                   rkl::ca::kCaRuntimeGrants);
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
   for (const auto& [id, target] : *endpoints) spdlog::info("HSM {} at {}", id, target);
 
   rkl::ca::PgCaRepository repository(&pool);
+  rkl::ca::RegisterCaMetrics(process_metrics, repository, rkl::SystemClock());
   rkl::ca::CaCore core(&repository, &*master_key, *policy, rkl::SystemClock(),
                        rkl::crypto::FillRandom, hsm_keys->get());
   // A wrong master key or an uninitialised database cannot be fixed by retrying: stop here.

@@ -159,6 +159,30 @@ class FakeCaRepository final : public CaRepository {
     return it->second;
   }
 
+  absl::StatusOr<std::vector<CertificateCounts>> CountCertificates(int64_t now) override {
+    std::map<Profile, CertificateCounts> by_profile;
+    for (const auto& [serial, c] : certs_) {
+      CertificateCounts& counts = by_profile[c.profile];
+      counts.profile = c.profile;
+      if (c.state == CertificateState::kRevoked) {
+        ++counts.revoked;
+      } else if (c.not_after < now) {
+        ++counts.expired;
+      } else {
+        ++counts.valid;
+      }
+    }
+    std::vector<CertificateCounts> counts;
+    for (const auto& [profile, c] : by_profile) counts.push_back(c);
+    return counts;
+  }
+
+  absl::StatusOr<std::vector<std::pair<IssuerId, int64_t>>> CrlNextUpdates() override {
+    std::vector<std::pair<IssuerId, int64_t>> next_updates;
+    for (const auto& [issuer, crl] : crls_) next_updates.emplace_back(issuer, crl.next_update);
+    return next_updates;
+  }
+
   absl::Status InsertAudit(const AuditRecord& audit) override {
     audit_.push_back(audit);
     return absl::OkStatus();

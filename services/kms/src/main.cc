@@ -16,6 +16,7 @@
 #include "kms_pg_repository.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/crypto/random.h"
+#include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/transaction.h"
 #include "rkl/kms/migrations.h"
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   // Before everything that registers metrics in it, so it outlives them.
   rkl::metrics::Metrics process_metrics;
   rkl::db::ConnectionPool pool(rkl::db::PoolOptionsFromConfig(config));
+  rkl::db::RegisterPoolMetrics(process_metrics, pool, "main");
   if (absl::Status s = rkl::db::SetUpDaemonSchema(
           pool, config, migrate_only, rkl::kms::Migrations(), rkl::kms::kKmsRuntimeGrants);
       !s.ok()) {

@@ -12,10 +12,12 @@
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
+#include "mtms_metrics.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/connection_pool.h"
+#include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/metrics/metrics.h"
 #include "rkl/mtms/migrations.h"
@@ -60,6 +62,7 @@ int main(int argc, char** argv) {
   // Before everything that registers metrics in it, so it outlives them.
   metrics::Metrics process_metrics;
   db::ConnectionPool pool(db::PoolOptionsFromConfig(config));
+  db::RegisterPoolMetrics(process_metrics, pool, "main");
   if (absl::Status s = db::SetUpDaemonSchema(pool, config, migrate_only, rkl::mtms::Migrations(),
                                              kMtmsRuntimeGrants);
       !s.ok()) {
@@ -93,6 +96,9 @@ int main(int argc, char** argv) {
   audit::ServiceAuditChain audit_chain(repository.audit_log(), *audit_settings,
                                        ForwarderOptionsFromConfig(config).replica_id);
   audit_chain.Start();
+  // TODO(integrator, issue 24): rkl::audit::RegisterAuditChainMetrics(...) for chain "mtms" here
+  // (rkl/audit/audit_metrics.h, helper H2's branch).
+  RegisterMtmsMetrics(process_metrics, repository, clock);
   OperatorTrust trust(ca, clock, config.GetDuration("ca.crl_refresh"));
   if (absl::Status s = trust.Refresh(); !s.ok()) {
     // Not fatal: intake answers UNAVAILABLE until the CA is reachable.
@@ -100,6 +106,8 @@ int main(int argc, char** argv) {
   }
   MtmsCore core(repository, hsm, ca, trust, clock, CoreOptionsFromConfig(config));
   ForwarderOptions forwarder_options = ForwarderOptionsFromConfig(config);
+  ForwarderMetrics forwarder_metrics(process_metrics);
+  forwarder_options.metrics = &forwarder_metrics;
   if (forwarder_options.pk_index == 0 || forwarder_options.mak_index == 0) {
     spdlog::warn(
         "hsm.pk_index / hsm.mak_index not set: packages are stored but not forwarded "

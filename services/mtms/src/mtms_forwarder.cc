@@ -6,6 +6,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "mtms_metrics.h"
 #include "rkl/audit/actions.h"
 #include "rkl/common/parallel.h"
 #include "rkl/common/status_macros.h"
@@ -327,6 +328,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
       .package_signature = row.signature,
       .operator_certificate_der = (*cert)->certificate.ToDer()};
   absl::StatusOr<Bytes> ctk_pk = hsm_.TranslateTransportKey(translate);
+  if (options_.metrics != nullptr) options_.metrics->Translation(ctk_pk.status());
   if (!ctk_pk.ok()) {
     return PeerFailed(row, claim_token, "hsm", ctk_pk.status(), kHsmPermanentRefusals);
   }
@@ -334,6 +336,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
   // 4. S107–S108.
   absl::StatusOr<KmsPort::Receipt> receipt =
       kms_.SubmitTransportKey(package.sn(), *ctk_pk, row.submission_id);
+  if (options_.metrics != nullptr) options_.metrics->ForwardAttempt(receipt.status());
   if (!receipt.ok()) {
     return PeerFailed(row, claim_token, "kms", receipt.status(), kKmsPermanentRefusals);
   }

@@ -68,6 +68,8 @@
 
 namespace rkl::mtms {
 
+class ForwarderMetrics;  // mtms_metrics.h
+
 struct ForwarderOptions {
   std::string replica_id = "mtms";  // goes into claim tokens, for diagnosis
   uint64_t pk_index = 0;            // HSM #1 PK; 0 = not configured yet (rows wait)
@@ -82,6 +84,8 @@ struct ForwarderOptions {
   absl::Duration lease = absl::Minutes(2);
   // Claim tokens (tests may inject a deterministic source).
   crypto::RandomSource random = crypto::FillRandom;
+  // Counts KMS forward attempts and HSM #1 translations (not owned; null: not counted).
+  ForwarderMetrics* metrics = nullptr;
 };
 
 struct PassResult {

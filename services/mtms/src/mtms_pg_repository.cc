@@ -92,7 +92,10 @@ const std::string kListSubmissions =
     " FROM sn_key_mtms WHERE ($1::text IS NULL OR state = $1::text)"
     " AND ($2::bigint IS NULL OR (received_at_ms, submission_id) > ($2::bigint, $3::text))"
     " ORDER BY received_at_ms, submission_id LIMIT $4";
-constexpr char kCountByState[] = "SELECT state, count(*) FROM sn_key_mtms GROUP BY state";
+// The outbox by state: an index-only scan of sn_key_mtms_by_state (migration 006), since the
+// metrics read it at every scrape.
+constexpr char kCountByState[] =
+    "SELECT state, count(*), min(received_at_ms) FROM sn_key_mtms GROUP BY state";
 
 // The outbox claim: row locks are held only for this one statement's transaction; the
 // lease columns keep the row ours while we call HSM #1 and KMS without a transaction.
@@ -333,7 +336,9 @@ absl::StatusOr<QueueCounts> PgMtmsRepository::CountSubmissions() {
   return db::RunAutocommitRead(pool_, [](pqxx::nontransaction& tx) -> absl::StatusOr<QueueCounts> {
     QueueCounts counts;
     for (const pqxx::row& row : db::Exec(tx, kCountByState)) {
-      counts.Of(ParseSubmissionState(row[0].as<std::string>())) = row[1].as<uint64_t>();
+      const SubmissionState state = ParseSubmissionState(row[0].as<std::string>());
+      counts.Of(state) = row[1].as<uint64_t>();
+      if (state == SubmissionState::kReceived) counts.oldest_received_at_ms = row[2].as<int64_t>();
     }
     return counts;
   });

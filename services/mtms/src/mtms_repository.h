@@ -88,6 +88,8 @@ struct QueueCounts {
   uint64_t received = 0;
   uint64_t forwarded = 0;
   uint64_t rejected = 0;
+  // received_at_ms of the oldest RECEIVED row; 0 when there is none.
+  int64_t oldest_received_at_ms = 0;
 
   // The count of rows in `state`.
   uint64_t& Of(SubmissionState state) {

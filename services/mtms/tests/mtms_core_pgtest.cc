@@ -66,6 +66,25 @@ class MtmsSchemaPgTest : public MtmsSuite {
 INSTANTIATE_TEST_SUITE_P(Postgres, MtmsSchemaPgTest, ::testing::Values(kPostgres),
                          rkl::testing::ImplementationName());
 
+// The outbox counts of the metrics (PgMtmsRepository::CountSubmissions, read at every
+// scrape) can be answered from the index on (state, received_at_ms) alone, never by reading
+// every package row. (A table this small is cheaper to scan, so scans are ruled out here to
+// see that the index serves the statement.)
+TEST_P(MtmsSchemaPgTest, OutboxCountsAreAnIndexOnlyScan) {
+  ASSERT_TRUE(Submit({.sn = "SN-PLAN"}).ok());
+  pqxx::connection conn(pg().db->dsn());
+  pqxx::nontransaction tx(conn);
+  tx.exec("VACUUM ANALYZE sn_key_mtms");
+  tx.exec("SET enable_seqscan = off");
+  std::string plan;
+  for (const pqxx::row& row :
+       tx.exec("EXPLAIN SELECT state, count(*), min(received_at_ms) FROM sn_key_mtms"
+               " GROUP BY state")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_THAT(plan, HasSubstr("Index Only Scan using sn_key_mtms_by_state")) << plan;
+}
+
 TEST_P(MtmsSchemaPgTest, ReplayIsRefusedByTheDatabaseConstraintItself) {
   auto receipt = Submit({.sn = "SN-CONSTRAINT"});
   ASSERT_TRUE(receipt.ok());

@@ -6,7 +6,9 @@
 
 #include "mtms_config.h"
 #include "mtms_grpc_service.h"
+#include "mtms_metrics.h"
 #include "mtms_suite.h"
+#include "rkl/metrics/metrics.h"
 
 namespace rkl::mtms::testing {
 namespace {
@@ -290,6 +292,40 @@ TEST_F(OperatorTrustCacheTest, ParseReturnsTheSameCertificateAndRefusesGarbage) 
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(trust_.Parse(alice.certificate.ToPem() + alice.certificate.ToPem()).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MtmsMetricsTest, AnEmptyStoreReportsEveryOutboxStateAsZeroAndNoWorkKeyAsZeroDays) {
+  InMemoryRepository repository;
+  FakeClock clock;
+  metrics::Metrics m;
+  RegisterMtmsMetrics(m, repository, clock);
+  const std::vector<prometheus::MetricFamily> families = m.Collect();
+  for (const char* state : {"received", "forwarded", "rejected"}) {
+    EXPECT_EQ(metrics::SampleValue(families, "rkl_mtms_outbox", {{"state", state}}), 0) << state;
+  }
+  EXPECT_EQ(metrics::SampleValue(families, "rkl_mtms_outbox_oldest_unforwarded_age_seconds"), 0);
+  EXPECT_EQ(metrics::SampleValue(families, "rkl_mtms_work_key_expiry_days"), 0);
+  EXPECT_EQ(metrics::SampleValue(families, "rkl_metrics_refresh_errors_total",
+                                 {{"source", "mtms_work_key"}})
+                .value_or(0),
+            0);
+}
+
+TEST(MtmsMetricsTest, AWorkCertificateThatDoesNotParseIsARefreshErrorNotAValue) {
+  InMemoryRepository repository;
+  FakeClock clock;
+  WorkKeyRecord key{.serial_hex = "0A",
+                    .hsm_id = "hsm-mtms",
+                    .hsm_key_index = 1,
+                    .certificate_pem = "not a certificate"};
+  ASSERT_TRUE(repository.InstallWorkKey(key, false, AuditEntry{}).ok());
+  metrics::Metrics m;
+  RegisterMtmsMetrics(m, repository, clock);
+  const std::vector<prometheus::MetricFamily> families = m.Collect();
+  EXPECT_EQ(metrics::SampleValue(families, "rkl_mtms_work_key_expiry_days"), 0);  // never set
+  EXPECT_EQ(metrics::SampleValue(families, "rkl_metrics_refresh_errors_total",
+                                 {{"source", "mtms_work_key"}}),
+            1);
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 
 #include "mtms_suite.h"
 
+#include "mtms_metrics.h"
+#include "rkl/metrics/metrics.h"
+
 namespace rkl::mtms::testing {
 namespace {
 
@@ -1013,6 +1016,121 @@ TEST_P(MtmsSuite, OwnSubmissionQueriesFollowTheIntakeRules) {
   auto own = core_->GetOwnSubmission(MakeOwnSubmissionQuery(id, *alice_, clock_));
   ASSERT_TRUE(own.ok()) << own.status();
   EXPECT_EQ(own->state, SubmissionState::kReceived);
+}
+
+// ---- Metrics (mtms_metrics.h) ----
+
+// The value of one series at a scrape the test triggers; nullopt when there is none.
+std::optional<double> Scrape(const metrics::Metrics& m, std::string_view name,
+                             const std::map<std::string, std::string>& labels = {}) {
+  return metrics::SampleValue(m.Collect(), name, labels);
+}
+
+TEST_P(MtmsSuite, OutboxGaugesFollowThePackagesStates) {
+  metrics::Metrics m;
+  RegisterMtmsMetrics(m, backend_->Replica(0), clock_);
+  auto outbox = [&](const std::string& state) {
+    return Scrape(m, "rkl_mtms_outbox", {{"state", state}});
+  };
+  // Every state, zeros included, before any package.
+  EXPECT_EQ(outbox("received"), 0);
+  EXPECT_EQ(outbox("forwarded"), 0);
+  EXPECT_EQ(outbox("rejected"), 0);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_outbox_oldest_unforwarded_age_seconds"), 0);
+
+  kms_.SetAnswer(absl::UnavailableError("kms down"));
+  auto first = Submit({.sn = "SN-M1"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  clock_.Advance(absl::Seconds(90));
+  auto second = Submit({.sn = "SN-M2"});
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto swapped = Submit({.sn = "SN-M3", .ctk_pu_sn = "SN-OTHER"});  // HSM #1 refuses it
+  ASSERT_TRUE(swapped.ok()) << swapped.status();
+  clock_.Advance(absl::Seconds(30));
+  EXPECT_EQ(outbox("received"), 3);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_outbox_oldest_unforwarded_age_seconds"), 120);
+
+  // KMS down: the two good ones stay RECEIVED; the swapped one is rejected.
+  EXPECT_EQ(Pass().rejected, 1u);
+  EXPECT_EQ(outbox("received"), 2);
+  EXPECT_EQ(outbox("rejected"), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_outbox_oldest_unforwarded_age_seconds"), 120);
+
+  kms_.SetAnswer(absl::OkStatus());
+  ASSERT_TRUE(forwarder_->ForceForward().ok());
+  EXPECT_EQ(outbox("received"), 0);
+  EXPECT_EQ(outbox("forwarded"), 2);
+  EXPECT_EQ(outbox("rejected"), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_outbox_oldest_unforwarded_age_seconds"), 0);
+}
+
+TEST_P(MtmsSuite, ForwardAttemptsFailuresAndTranslationsCountWhatHappened) {
+  metrics::Metrics m;
+  ForwarderMetrics counters(m);
+  Forwarder forwarder(backend_->Replica(0), hsm_, kms_, *trust_, clock_,
+                      ForwarderOptions{.replica_id = "replica-m",
+                                       .pk_index = hsm_.pk_index(),
+                                       .mak_index = hsm_.mak_index(),
+                                       .batch_size = 4,
+                                       .initial_backoff = absl::Seconds(1),
+                                       .max_backoff = absl::Seconds(8),
+                                       .metrics = &counters});
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 0);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_failures_total"), 0);
+
+  // A KMS that refuses: one attempt, one failure, after one good translation.
+  kms_.SetAnswer(absl::UnavailableError("kms down"));
+  ASSERT_TRUE(Submit({.sn = "SN-F1"}).ok());
+  EXPECT_EQ(Pass(&forwarder).retry_later, 1u);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_failures_total"), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "ok"}}), 1);
+
+  // KMS accepts the retry and a second package: two attempts, no failure.
+  kms_.SetAnswer(absl::OkStatus());
+  ASSERT_TRUE(Submit({.sn = "SN-F2"}).ok());
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(Pass(&forwarder).forwarded, 2u);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 3);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_failures_total"), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "ok"}}), 3);
+
+  // HSM #1 refuses a translation: counted by its code; KMS is never asked.
+  EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "unauthenticated"}}),
+            std::nullopt);
+  ASSERT_TRUE(Submit({.sn = "SN-F3", .ctk_pu_sn = "SN-OTHER"}).ok());
+  EXPECT_EQ(Pass(&forwarder).rejected, 1u);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "unauthenticated"}}), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 3);
+
+  // HSM #1 unreachable: counted as "unavailable".
+  hsm_.available = false;
+  ASSERT_TRUE(Submit({.sn = "SN-F4"}).ok());
+  EXPECT_EQ(Pass(&forwarder).retry_later, 1u);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_translations_total", {{"result", "unavailable"}}), 1);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_attempts_total"), 3);
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forward_failures_total"), 1);
+  // No SN, submission id or operator in any series.
+  const std::string text = m.Render();
+  EXPECT_EQ(text.find("SN-F"), std::string::npos);
+  EXPECT_EQ(text.find("alice"), std::string::npos);
+}
+
+TEST_P(MtmsSuite, WorkKeyExpiryDaysFollowTheClockAndTheCurrentKey) {
+  metrics::Metrics m;
+  RegisterMtmsMetrics(m, backend_->Replica(0), clock_);
+  // The test authority issues work certificates for 365 days from issuance.
+  EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), 365);
+  clock_.Advance(absl::Hours(24 * 100));
+  EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), 265);
+  clock_.Advance(absl::Hours(12));
+  EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), 264.5);
+  // A rotation: the new CURRENT certificate counts.
+  ASSERT_TRUE(core_->ProvisionWorkKey(true, 0, "admin:test").ok());
+  EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), 365);
+  // Past notAfter: negative.
+  clock_.Advance(absl::Hours(24 * 400));
+  EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), -35);
 }
 
 }  // namespace

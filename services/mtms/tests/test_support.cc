@@ -486,7 +486,13 @@ absl::StatusOr<std::vector<SubmissionRecord>> InMemoryRepository::ListSubmission
 absl::StatusOr<QueueCounts> InMemoryRepository::CountSubmissions() {
   absl::MutexLock lock(&mu_);
   QueueCounts c;
-  for (const auto& [id, row] : rows_) ++c.Of(row.record.state);
+  for (const auto& [id, row] : rows_) {
+    ++c.Of(row.record.state);
+    if (row.record.state == SubmissionState::kReceived &&
+        (c.oldest_received_at_ms == 0 || row.record.received_at_ms < c.oldest_received_at_ms)) {
+      c.oldest_received_at_ms = row.record.received_at_ms;
+    }
+  }
   return c;
 }
 

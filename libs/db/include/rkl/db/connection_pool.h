@@ -14,7 +14,10 @@
 //    "database pool exhausted"; a connection that cannot be opened fails with UNAVAILABLE;
 //    no status or message ever contains the DSN's password;
 //  - libpqxx's silent reconnection is disabled, so session state cannot vanish under a
-//    lease: a lost connection surfaces as an error and is replaced by the pool.
+//    lease: a lost connection surfaces as an error and is replaced by the pool;
+//  - stats() counts what the pool did (acquisitions, waits and their time, connection
+//    errors) for the metrics (rkl/db/pool_metrics.h); keeping count costs no lock a borrow
+//    does not already take, and the clock is read only by a borrow that has to wait.
 // The pool must outlive every Lease it hands out. Not copyable or movable.
 //
 // Conventions for code holding a connection: every query is parameterised
@@ -23,6 +26,8 @@
 // we control (schema and table names) may be spliced in, quoted. Use SET LOCAL rather than
 // SET: a connection is shared by later, unrelated leases.
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <pqxx/connection>
 #include <string>
@@ -50,6 +55,19 @@ struct PoolOptions {
   std::vector<std::pair<std::string, std::string>> settings = {};
 };
 
+// What a pool holds now and has done since it was made (ConnectionPool::stats()).
+struct PoolStats {
+  int max_size = 0;
+  int in_use = 0;  // leased, or being opened for a borrower
+  int idle = 0;
+  uint64_t acquisitions = 0;  // successful Borrow() calls
+  uint64_t waits = 0;         // Borrow() calls that found every connection leased and waited
+  double wait_seconds = 0;    // the time those calls waited, together
+  // Connections that could not be opened (or refused a session setting), that a holder
+  // returned broken or closed, or that the server had closed while they sat idle.
+  uint64_t errors = 0;
+};
+
 class ConnectionPool {
  public:
   class Lease;
@@ -70,6 +88,7 @@ class ConnectionPool {
   int idle_connections() const;
   // Borrow() calls waiting for a connection right now (all max_size leased).
   int waiting_borrowers() const;
+  PoolStats stats() const;
   // The DSN with its password redacted, for logs.
   const std::string& redacted_dsn() const { return redacted_dsn_; }
 
@@ -92,6 +111,10 @@ class ConnectionPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + leased + being opened
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t waits_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration wait_time_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> acquisitions_{0};
+  std::atomic<uint64_t> errors_{0};
 };
 
 // Exclusive use of one pooled connection; returns it on destruction. Move-only.
