@@ -92,7 +92,7 @@ const std::string kListSubmissions =
     " FROM sn_key_mtms WHERE ($1::text IS NULL OR state = $1::text)"
     " AND ($2::bigint IS NULL OR (received_at_ms, submission_id) > ($2::bigint, $3::text))"
     " ORDER BY received_at_ms, submission_id LIMIT $4";
-// The outbox by state: an index-only scan of sn_key_mtms_by_state (migration 006), since the
+// The outbox by state: an index-only scan of sn_key_mtms_by_state (migration 007), since the
 // metrics read it at every scrape.
 constexpr char kCountByState[] =
     "SELECT state, count(*), min(received_at_ms) FROM sn_key_mtms GROUP BY state";
