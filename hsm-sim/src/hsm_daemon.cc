@@ -8,8 +8,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "db_roles.h"
+#include "hsm_metrics.h"
 #include "lmk.h"
 #include "pg_lmk_binding.h"
+#include "rkl/audit/audit_metrics.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
@@ -272,8 +274,11 @@ absl::StatusOr<std::unique_ptr<HsmDaemon>> HsmDaemon::Start(HsmDaemonOptions opt
                                                       .operator_cas = std::move(operator_cas),
                                                       .krd_cas = std::move(krd_cas),
                                                       .hsm_id = options.hsm_id});
-  d->service_ =
-      std::make_unique<HsmGrpcService>(*d->core_, *options.role, options.operational_identities);
+  d->service_ = std::make_unique<HsmGrpcService>(*d->core_, *options.role,
+                                                 options.operational_identities, d->metrics_.get());
+  // Read when Prometheus scrapes (docs/hsm.md, "Metrics").
+  audit::RegisterAuditChainMetrics(*d->metrics_, *d->pool_, d->audit_->spec(), "hsm", clock);
+  RegisterHsmMetrics(*d->metrics_, *d->pool_, d->self_test_.passed);
 
   rpc::ServerOptions server_options{
       .listen_address = options.listen_address,

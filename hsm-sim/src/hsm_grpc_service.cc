@@ -58,7 +58,8 @@ namespace {
 // This instance's role names its operational identities; the other role names nobody, so
 // another role's command is refused to everyone. Refusals are audited.
 rpc::ServiceAdapter::Options AdapterOptions(HsmCore& core, HsmRole role,
-                                            const std::vector<std::string>& operational) {
+                                            const std::vector<std::string>& operational,
+                                            HsmGrpcService::CommandCounters* commands) {
   for (const std::string& identity : operational) {
     if (identity.starts_with("admin:") || identity.starts_with("custodian:") ||
         identity.ends_with("*")) {
@@ -71,10 +72,14 @@ rpc::ServiceAdapter::Options AdapterOptions(HsmCore& core, HsmRole role,
     options.role_bindings.emplace(std::string(HsmRoleName(r)),
                                   r == role ? operational : std::vector<std::string>{});
   }
-  options.on_refused = [&core](std::string_view caller, std::string_view method,
-                               const absl::Status& refusal) {
+  options.on_refused = [&core, commands](std::string_view caller, std::string_view method,
+                                         const absl::Status& refusal) {
     core.RecordRefusal(caller.empty() ? "(no identity)" : std::string(caller), std::string(method),
                        refusal);
+    // Only the service's own method names become label values ("unknown" for anything else).
+    const bool known = rpc::ServiceAdapter::DescriptorOf<v1::Hsm>().FindMethodByName(
+                           std::string(method)) != nullptr;
+    HsmGrpcService::Count(commands, known ? std::string(method) : "unknown", refusal.code());
   };
   return options;
 }
@@ -127,11 +132,27 @@ AuthVerifyCommand AuthVerifyCommandFrom(const v1::AuthVerifyRequest& req) {
 
 }  // namespace
 
+HsmGrpcService::CommandCounters* HsmGrpcService::CommandFamily(metrics::Metrics* metrics) {
+  if (metrics == nullptr) return nullptr;
+  return &prometheus::BuildCounter()
+              .Name("rkl_hsm_commands_total")
+              .Help("HSM commands by short RPC name and the status code they answered")
+              .Register(metrics->registry());
+}
+
+void HsmGrpcService::Count(CommandCounters* family, const std::string& command,
+                           absl::StatusCode code) {
+  if (family == nullptr) return;
+  family->Add({{"command", command}, {"result", absl::StatusCodeToString(code)}}).Increment();
+}
+
 HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
-                               const std::vector<std::string>& operational_identities)
+                               const std::vector<std::string>& operational_identities,
+                               metrics::Metrics* metrics)
     : UnaryService(rpc::ServiceAdapter::DescriptorOf<v1::Hsm>(),
-                   AdapterOptions(core, role, operational_identities)),
-      core_(core) {
+                   AdapterOptions(core, role, operational_identities, CommandFamily(metrics))),
+      core_(core),
+      commands_(CommandFamily(metrics)) {
   Bind("GenerateRsaKeyPair",
        [this](const rpc::UnaryCall& call, const v1::GenerateRsaKeyPairRequest* req,
               v1::GenerateRsaKeyPairResponse* resp) -> absl::Status {

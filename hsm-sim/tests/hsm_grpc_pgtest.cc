@@ -13,6 +13,7 @@
 #include "google/protobuf/descriptor.h"
 #include "hsm_fixture.h"
 #include "rkl/crypto/random.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/health.h"
 #include "test_terminal.h"
@@ -26,6 +27,7 @@ using testing::CompleteRequest;
 using testing::ComponentRequest;
 using ::testing::HasSubstr;
 using testing::HsmInstance;
+using ::testing::Not;
 using testing::TestTerminal;
 using Stub = v1::Hsm::Stub;
 
@@ -38,6 +40,17 @@ constexpr char kCarol[] = "custodian:carol";  // key custodians: the ceremony's 
 constexpr char kDave[] = "custodian:dave";
 
 std::string Str(const Bytes& b) { return std::string(b.begin(), b.end()); }
+
+// One scrape of `hsm`'s metrics: the value of series `name` with exactly `labels` (-1 when
+// there is none).
+double Metric(HsmInstance& hsm, std::string_view name,
+              const std::map<std::string, std::string>& labels = {}) {
+  return metrics::SampleValue(hsm.daemon().metrics().Collect(), name, labels).value_or(-1);
+}
+double Commands(HsmInstance& hsm, const std::string& command, const std::string& result) {
+  return std::max(
+      0.0, Metric(hsm, "rkl_hsm_commands_total", {{"command", command}, {"result", result}}));
+}
 Bytes Raw(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
 // HSM #1 (role mtms, for "mtms") and HSM #2 (role kms, for "kms") with the same PK and MAK,
@@ -787,6 +800,110 @@ TEST_F(HsmGrpcTest, RevocationDestroysTheTerminalsKeys) {
             0);
 }
 
+TEST_F(HsmGrpcTest, CommandsAreCountedByNameAndResult) {
+  const double ok = Commands(*hsm_, "GenerateRandom", "OK");
+  const double invalid = Commands(*hsm_, "GenerateRandom", "INVALID_ARGUMENT");
+  const double denied = Commands(*hsm_, "AuthenticateAndDeliver", "PERMISSION_DENIED");
+  const double delivered = Commands(*hsm_, "AuthenticateAndDeliver", "OK");
+  v1::GenerateRandomRequest req;
+  req.set_length(8);
+  ASSERT_TRUE(Call(*kms_, &Stub::GenerateRandom, req).ok());
+  ASSERT_TRUE(Call(*kms_, &Stub::GenerateRandom, req).ok());
+  req.set_length(2000);
+  ASSERT_EQ(Call(*kms_, &Stub::GenerateRandom, req).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Refused by authorization, before the command runs: counted too.
+  auto admin = hsm_->Stub(kAlice);
+  ASSERT_EQ(Call(*admin, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest())
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Commands(*hsm_, "GenerateRandom", "OK"), ok + 2);
+  EXPECT_EQ(Commands(*hsm_, "GenerateRandom", "INVALID_ARGUMENT"), invalid + 1);
+  EXPECT_EQ(Commands(*hsm_, "AuthenticateAndDeliver", "PERMISSION_DENIED"), denied + 1);
+  EXPECT_EQ(Commands(*hsm_, "AuthenticateAndDeliver", "OK"), delivered);
+  EXPECT_EQ(Metric(*hsm_, "rkl_hsm_self_test_ok"), 1);
+}
+
+TEST_F(HsmGrpcTest, KeyGaugesFollowTheKeyTable) {
+  const std::vector<std::string> types = {"rsa_private", "pk", "mak", "tek", "auk", "tmk"};
+  const std::vector<std::string> states = {"active", "superseded", "deleted"};
+  auto keys = [&](const std::string& type, const std::string& state) {
+    return Metric(*hsm_, "rkl_hsm_keys", {{"type", type}, {"state", state}});
+  };
+  // Every type × state is a series, zeros included, and each is the table's count.
+  auto check_against_table = [&] {
+    pqxx::connection conn(hsm_->dsn());
+    pqxx::work tx(conn);
+    for (size_t t = 0; t < types.size(); ++t) {
+      for (size_t s = 0; s < states.size(); ++s) {
+        const auto n =
+            tx.exec_params1("SELECT count(*) FROM hsm_key WHERE key_type = $1 AND state = $2",
+                            static_cast<int>(t + 1), static_cast<int>(s + 1))[0]
+                .as<int64_t>();
+        EXPECT_EQ(keys(types[t], states[s]), static_cast<double>(n))
+            << types[t] << "/" << states[s];
+      }
+    }
+  };
+  check_against_table();
+  const double tek = keys("tek", "active"), auk = keys("auk", "active");
+  const double tmk = keys("tmk", "active"), tmk_deleted = keys("tmk", "deleted");
+  EXPECT_GE(keys("pk", "active"), 1);  // the suite's ceremony made one
+
+  TestTerminal t = TestTerminal::Create("SN-METRICS-1");
+  auto imported = Enrol(t);
+  EXPECT_EQ(keys("tek", "active"), tek + 1);
+  EXPECT_EQ(keys("auk", "active"), auk + 1);
+  EXPECT_EQ(keys("tmk", "active"), tmk);
+  auto delivered = Deliver(t, imported.auk_index(), imported.tek_index());
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_EQ(keys("tmk", "active"), tmk + 1);
+  v1::DeleteKeyRequest del;
+  del.set_key_index(delivered->tmk().tmk_index());
+  ASSERT_TRUE(Call(*hsm_->Stub(kAlice), &Stub::DeleteKey, del).ok());
+  EXPECT_EQ(keys("tmk", "active"), tmk);
+  EXPECT_EQ(keys("tmk", "deleted"), tmk_deleted + 1);
+  check_against_table();
+  // No SN in any series (label values are enum names).
+  const std::string exposition = hsm_->daemon().metrics().Render();
+  EXPECT_THAT(exposition, HasSubstr("rkl_hsm_keys{"));
+  EXPECT_THAT(exposition, Not(HasSubstr("SN-METRICS")));
+}
+
+TEST_F(HsmGrpcTest, AuditChainGaugesFollowTheChain) {
+  // The daemon's sealer is off in this suite: records wait until Seal().
+  ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
+  auto chain = [&](const char* name) { return Metric(*hsm_, name, {{"chain", "hsm"}}); };
+  int64_t head = 0;
+  {
+    pqxx::connection conn(hsm_->dsn());
+    pqxx::work tx(conn);
+    head = tx.exec1("SELECT coalesce(max(seq), 0) FROM hsm_audit")[0].as<int64_t>();
+  }
+  ASSERT_GT(head, 0);
+  EXPECT_EQ(chain("rkl_audit_chain_records"), static_cast<double>(head));
+  EXPECT_EQ(chain("rkl_audit_pending_records"), 0);
+  EXPECT_EQ(chain("rkl_audit_oldest_pending_age_seconds"), 0);
+
+  // A refusal is audited: one pending record, stamped by the daemon's clock.
+  auto admin = hsm_->Stub(kAlice);
+  (void)Call(*admin, &Stub::AuthenticateAndDeliver, v1::AuthenticateAndDeliverRequest());
+  EXPECT_EQ(chain("rkl_audit_pending_records"), 1);
+  EXPECT_EQ(chain("rkl_audit_oldest_pending_age_seconds"), 0);
+  hsm_->clock().Advance(absl::Seconds(7));
+  EXPECT_EQ(chain("rkl_audit_pending_records"), 1);
+  EXPECT_EQ(chain("rkl_audit_oldest_pending_age_seconds"), 7);
+  EXPECT_GE(chain("rkl_audit_seconds_since_last_seal"), 7);
+
+  ASSERT_TRUE(hsm_->daemon().audit_log().Seal().ok());
+  EXPECT_EQ(chain("rkl_audit_chain_records"), static_cast<double>(head + 1));
+  EXPECT_EQ(chain("rkl_audit_pending_records"), 0);
+  EXPECT_EQ(chain("rkl_audit_oldest_pending_age_seconds"), 0);
+  // The chain's newest record is the refusal, 7 s old by the daemon's clock.
+  EXPECT_EQ(chain("rkl_audit_seconds_since_last_seal"), 7);
+}
+
 TEST(HsmSelfTestPgTest, FailedSelfTestMeansNotServingAndRefusals) {
   auto pki = rkl::testing::TestPki::Create();
   ASSERT_TRUE(pki.ok());
@@ -810,6 +927,10 @@ TEST(HsmSelfTestPgTest, FailedSelfTestMeansNotServingAndRefusals) {
   rnd.set_length(8);
   EXPECT_EQ(Call(*stub, &Stub::GenerateRandom, rnd).status(),
             absl::FailedPreconditionError("HSM self-test failed"));
+  EXPECT_EQ(Metric(**hsm, "rkl_hsm_self_test_ok"), 0);
+  EXPECT_EQ(Commands(**hsm, "GenerateRandom", "FAILED_PRECONDITION"), 1);
+  EXPECT_EQ(Commands(**hsm, "AuthenticateAndDeliver", "FAILED_PRECONDITION"), 1);
+  EXPECT_EQ(Commands(**hsm, "GenerateRandom", "OK"), 0);
 }
 
 }  // namespace

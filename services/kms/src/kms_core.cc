@@ -671,11 +671,14 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
                                     const std::string& detail, const ProofAttempt& attempt,
                                     const std::string& message) {
   // The counter went up when the attempt was charged; this records what it was.
+  Count(options_.metrics.auth_failures);
   const uint32_t threshold = static_cast<uint32_t>(options_.lockout_threshold);
   const int64_t now = NowMs();
+  bool locks = false;  // the change written locks the terminal
   absl::StatusOr<TerminalRecord> after =
       Mutate(sn, [&](const TerminalRecord& cur) -> absl::StatusOr<std::optional<Change>> {
         Change c{cur};
+        locks = false;
         c.audit.push_back(
             Audit(TerminalActor(sn), action, sn,
                   absl::StrCat(
@@ -686,6 +689,7 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
                           : ""),
                   absl::UnauthenticatedError("")));
         if (cur.consecutive_failures >= threshold && !IsBlocked(cur.state)) {
+          locks = true;
           c.record.state_before_lock = cur.state;
           c.record.state = TerminalState::kLocked;
           c.cancel_sessions = true;
@@ -697,6 +701,7 @@ absl::Status KmsCore::RecordFailure(const std::string& sn, const char* action,
         return c;
       });
   if (!after.ok()) return after.status();
+  if (locks) Count(options_.metrics.lockouts);
   if (after->state == TerminalState::kLocked) {
     spdlog::warn("kms: terminal {} locked after {} consecutive failures", sn,
                  after->consecutive_failures);
@@ -801,6 +806,7 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
     return delivered.status();
   }
   if (!moved) return absl::AbortedError("session_id: session changed concurrently");
+  Count(options_.metrics.patent_deliveries);
   return DeliveryResult{block->key_block, tmk->kcv};
 }
 
@@ -1378,6 +1384,7 @@ absl::StatusOr<KeyTokenResult> KmsCore::RequestKeyToken(const std::string& sn,
                  after.status());
     return after.status();
   }
+  Count(options_.metrics.tr34_deliveries);
   return KeyTokenResult{std::move(token->key_token), token->tmk_kcv, after->state};
 }
 

@@ -40,6 +40,7 @@
 #include "absl/time/time.h"
 #include "ca_port.h"
 #include "hsm_port.h"
+#include "kms_metrics.h"
 #include "kms_repository.h"
 #include "kms_types.h"
 #include "rkl/audit/actions.h"
@@ -78,6 +79,10 @@ struct KmsCoreOptions {
   // ... and once the copy KMS holds is this old, so that a revoked KDH certificate reaches
   // terminals within this time, not at the CRL's nextUpdate (config tr34.crl_max_age).
   absl::Duration crl_max_age = absl::Minutes(1);
+
+  // The counters KmsCore (failed proofs, lockouts, deliveries) and KmsGrpcService (rate
+  // limited calls) move; none by default (kms_metrics.h).
+  KmsMetrics metrics = {};
 };
 
 // TR-34 limits (kms.proto).
@@ -144,6 +149,9 @@ class KmsCore {
   // table: they concern no terminal, and a durable write per probe would let anyone force a
   // disk sync per request.
   uint64_t unknown_sn_begins() const { return unknown_sn_begins_.load(); }
+
+  // The counters of KmsCoreOptions::metrics.
+  const KmsMetrics& metrics() const { return options_.metrics; }
 
   // S107–S108, from MTMS. Idempotent for the same Ctk_pk; a new Ctk_pk supersedes a TK
   // whose TMK is not installed, and is refused for an installed terminal unless an admin

@@ -69,7 +69,10 @@ absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
                                                const std::string& sn) {
   // An invalid SN spends only the address's budget: the core refuses it before any
   // database access.
-  return gate_.Admit(ctx, protocol::ValidateSn(sn).ok() ? std::string_view(sn) : "");
+  absl::Status admitted =
+      gate_.Admit(ctx, protocol::ValidateSn(sn).ok() ? std::string_view(sn) : "");
+  if (!admitted.ok()) Count(core_.metrics().rate_limited);
+  return admitted;
 }
 
 KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, TerminalRateLimits limits)

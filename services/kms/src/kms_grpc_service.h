@@ -6,7 +6,8 @@
 // (BeginAuthentication, CompleteAuthentication, ConfirmInstallation) the call spends a
 // token of its source address's budget and of its SN's (TerminalRateLimits); over either
 // budget it is RESOURCE_EXHAUSTED with google.rpc.RetryInfo, having cost no database access
-// and no HSM command. VerifyAuditChain goes to the audit chain itself (rkl::audit), which
+// and no HSM command, and counted in rkl_kms_rate_limited_total (KmsCore::metrics()).
+// VerifyAuditChain goes to the audit chain itself (rkl::audit), which
 // KMS keeps beside the core. Thread-safe; the core and the chain must outlive it.
 
 #include <memory>

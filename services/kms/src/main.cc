@@ -13,7 +13,10 @@
 #include "kms_core.h"
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
+#include "kms_metrics.h"
+#include "kms_pg_metrics.h"
 #include "kms_pg_repository.h"
+#include "rkl/audit/audit_metrics.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/pool_metrics.h"
@@ -106,6 +109,12 @@ int main(int argc, char** argv) {
   rkl::audit::ServiceAuditChain audit_chain(repository.audit_log(), settings.audit,
                                             settings.replica_id);
   audit_chain.Start();
+  // Metrics (docs/kms.md "Metrics"): counters the core and the service move, and gauges
+  // read from the database when Prometheus scrapes.
+  settings.core.metrics = rkl::kms::KmsMetrics::Register(process_metrics);
+  rkl::kms::RegisterKmsStateMetrics(process_metrics, pool, rkl::SystemClock());
+  rkl::audit::RegisterAuditChainMetrics(process_metrics, pool, rkl::kms::KmsAuditChain(), "kms",
+                                        rkl::SystemClock());
   rkl::kms::KmsCore core(repository, hsm, rkl::SystemClock(), rkl::crypto::FillRandom,
                          settings.core, ca.get());
   rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);

@@ -627,6 +627,54 @@ TEST_P(KmsCoreSuite, FailuresUpToTheThresholdLockUntilAnAdminUnlocks) {
   EXPECT_TRUE(t.has_tmk());
 }
 
+TEST_P(KmsCoreSuite, CountersMoveWithFailedProofsLockoutsAndDeliveries) {
+  UseOptions({.lockout_threshold = 3, .metrics = KmsMetrics::Register(metrics_)});
+  auto failures = [&] { return Counted("rkl_kms_auth_failures_total"); };
+  auto lockouts = [&] { return Counted("rkl_kms_lockouts_total"); };
+  auto patent = [&] { return Counted("rkl_kms_tmk_deliveries_total", {{"protocol", "patent"}}); };
+  EXPECT_EQ(failures(), 0);
+  EXPECT_EQ(lockouts(), 0);
+  EXPECT_EQ(patent(), 0);
+  EXPECT_EQ(Counted("rkl_kms_tmk_deliveries_total", {{"protocol", "tr34"}}), 0);
+
+  // A delivery and its install: one TMK delivered, nothing failed.
+  TestTerminal ok("POS-COUNT-OK", KeyAlgorithm::kAes128);
+  ASSERT_NO_FATAL_FAILURE(Install(ok));
+  EXPECT_EQ(patent(), 1);
+  EXPECT_EQ(failures(), 0);
+
+  // Wrong Crnd2 twice: two failures; the third locks the terminal.
+  TestTerminal t("POS-COUNT-LOCK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(failures(), 2);
+  EXPECT_EQ(lockouts(), 0);
+  ASSERT_EQ(FailOnce(t).code(), absl::StatusCode::kUnauthenticated);
+  ASSERT_EQ(Terminal(t.sn()).state, TerminalState::kLocked);
+  EXPECT_EQ(failures(), 3);
+  EXPECT_EQ(lockouts(), 1);
+  // Locked: refused before any proof, so neither counter moves.
+  EXPECT_EQ(FailOnce(t).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(failures(), 3);
+  EXPECT_EQ(lockouts(), 1);
+
+  // A wrong install proof is a failed proof too; its delivery counted before it.
+  TestTerminal proof("POS-COUNT-PROOF", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(proof).ok());
+  const std::string session = Deliver(proof);
+  ASSERT_FALSE(session.empty());
+  EXPECT_EQ(patent(), 2);
+  absl::StatusOr<Bytes> wrong = proof.InstallProof();
+  ASSERT_TRUE(wrong.ok());
+  (*wrong)[0] ^= 0x01;
+  EXPECT_EQ(core_->ConfirmInstallation(session, proof.sn(), *wrong).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(failures(), 4);
+  EXPECT_EQ(lockouts(), 1);
+  EXPECT_EQ(patent(), 2);
+}
+
 TEST_P(KmsCoreSuite, ASuccessEndsTheFailureStreak) {
   UseOptions({.lockout_threshold = 5});
   TestTerminal t("POS-STREAK", KeyAlgorithm::kAes128);

@@ -6,8 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -15,6 +17,7 @@
 #include "kms_core.h"
 #include "kms_repository.h"
 #include "rkl/common/retry_delay.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/testing/conformance.h"
 #include "test_terminal.h"
 #include "tr34_fixtures.h"
@@ -183,6 +186,13 @@ class KmsCoreSuite : public rkl::testing::ConformanceTest<RepositoryUnderTest> {
     return s;
   }
 
+  // The value of a counter of metrics_ (the cores a test makes with
+  // .metrics = KmsMetrics::Register(metrics_) count there).
+  double Counted(std::string_view name, const std::map<std::string, std::string>& labels = {}) {
+    return metrics::SampleValue(metrics_.Collect(), name, labels).value_or(-1);
+  }
+
+  metrics::Metrics metrics_;  // before the cores that count in it
   TransportKeys keys_ = TransportKeys::Generate();
   std::unique_ptr<RepositoryUnderTest> repository_;
   std::unique_ptr<FakeHsm> hsm_;

@@ -71,7 +71,10 @@ Bytes Proof(const TestKrd& krd, KeyAlgorithm algorithm, const crypto::SecretByte
 }  // namespace
 
 TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
-  UseTr34();
+  UseTr34({.metrics = KmsMetrics::Register(metrics_)});
+  auto delivered = [&](const std::string& protocol) {
+    return Counted("rkl_kms_tmk_deliveries_total", {{"protocol", protocol}});
+  };
   absl::StatusOr<KdhKeyRecord> kdh = Provision(*core_);
   ASSERT_TRUE(kdh.ok()) << kdh.status();
   EXPECT_EQ(ca_->last_hsm_id(), "hsm-kms");
@@ -99,8 +102,11 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
   EXPECT_EQ(t.krd_id, (*reg)[0].krd_id);
   EXPECT_EQ(t.krd_id.size(), 64u);
 
+  EXPECT_EQ(delivered("tr34"), 0);
   crypto::SecretBytes tmk;
   ASSERT_TRUE(RequestAndAccept(*core_, *ca_, NowS(), krd, KeyAlgorithm::kAes128, *kdh, tmk));
+  EXPECT_EQ(delivered("tr34"), 1);
+  EXPECT_EQ(delivered("patent"), 0);
   t = Terminal("TR34-HAPPY");
   EXPECT_EQ(t.state, TerminalState::kTmkDelivered);
   EXPECT_EQ(t.tmk_generation, 1u);
@@ -116,6 +122,13 @@ TEST_P(KmsCoreSuite, Tr34TerminalGoesFromRegisteredToDeliveredToInstalled) {
   confirmed = core_->ConfirmKeyToken("TR34-HAPPY", Proof(krd, KeyAlgorithm::kAes128, tmk));
   ASSERT_TRUE(confirmed.ok()) << confirmed.status();
   EXPECT_EQ(*confirmed, TerminalState::kInstalled);
+  // Installed: another token is refused, and no delivery is counted.
+  EXPECT_EQ(core_->RequestKeyToken("TR34-HAPPY", krd.CtKrd(), krd.NewRtKrd(), KeyAlgorithm::kAes128)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(delivered("tr34"), 1);
+  EXPECT_EQ(Counted("rkl_kms_auth_failures_total"), 0);
 
   EXPECT_EQ(CountAudit("TR34-HAPPY", "krd.bind", "OK"), 1);
   EXPECT_EQ(CountAudit("TR34-HAPPY", "key_token.issue", "OK"), 1);

@@ -18,9 +18,12 @@
 #include "kms_core.h"
 #include "kms_db_roles.h"
 #include "kms_grpc_service.h"
+#include "kms_metrics.h"
+#include "kms_pg_metrics.h"
 #include "kms_pg_repository.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/kms/migrations.h"
+#include "rkl/metrics/metrics.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/server.h"
@@ -48,7 +51,7 @@ constexpr absl::Duration kTimeout = absl::Seconds(20);
 // (Expiry itself is the core suite's, on a clock it advances.)
 const absl::Time kNow = absl::FromUnixMillis(1'700'000'000'000);
 
-// One KMS process: its own pool, core, service and server on 127.0.0.1:0.
+// One KMS process: its own metrics, pool, core, service and server on 127.0.0.1:0.
 struct Replica {
   Replica(
       const std::string& dsn, HsmPort& hsm, const rpc::TlsFiles& tls,
@@ -56,12 +59,14 @@ struct Replica {
       std::vector<crypto::Certificate> krd_cas = {})
       : pool(db::PoolOptions{.dsn = dsn, .max_size = 8}),
         repository(pool, crypto::SecretBytes(32)),  // both replicas: one key
-        core(repository, hsm, std::move(clock), crypto::FillRandom,
+        core(repository, hsm, clock, crypto::FillRandom,
              KmsCoreOptions{.pk_index = FakeHsm::kPkIndex,
                             .mak_index = FakeHsm::kMakIndex,
-                            .krd_cas = std::move(krd_cas)},
+                            .krd_cas = std::move(krd_cas),
+                            .metrics = KmsMetrics::Register(metrics)},
              ca),
         service(core, repository.audit_log(), std::move(limits)) {
+    RegisterKmsStateMetrics(metrics, pool, clock);
     rpc::ServerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.tls = tls;
@@ -71,7 +76,12 @@ struct Replica {
     if (started.ok()) server = *std::move(started);
   }
   std::string target() const { return "127.0.0.1:" + std::to_string(server->port()); }
+  // One scrape: the value of `name` with exactly `labels` (-1 when there is no such series).
+  double Metric(std::string_view name, const std::map<std::string, std::string>& labels = {}) {
+    return metrics::SampleValue(metrics.Collect(), name, labels).value_or(-1);
+  }
 
+  metrics::Metrics metrics;  // first: the core counts in it
   db::ConnectionPool pool;
   PgKmsRepository repository;
   KmsCore core;
@@ -307,6 +317,8 @@ TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) 
   EXPECT_EQ(RowCounts(), rows);
   EXPECT_EQ(hsm_->calls("AuthChallenge") + hsm_->calls("ImportAndChallenge"), hsm_calls);
   EXPECT_EQ(limited.service.rate_limited(), 3u);
+  EXPECT_EQ(limited.Metric("rkl_kms_rate_limited_total"), 3);
+  EXPECT_EQ(a_->Metric("rkl_kms_rate_limited_total"), 0);  // the unlimited replica refused none
 
   // The source has spent 3 + 3 of its 8: two more unknown SNs, then it is refused too,
   // whatever the SN.
@@ -319,6 +331,7 @@ TEST_F(KmsGrpcTest, TerminalCallsOverBudgetAreResourceExhaustedAndTouchNothing) 
   EXPECT_THAT(source.message(), HasSubstr("too many calls from this address"));
   EXPECT_EQ(RetryDelay(source), absl::Seconds(1));
   EXPECT_EQ(RowCounts(), rows);
+  EXPECT_EQ(limited.Metric("rkl_kms_rate_limited_total"), 4);
 
   // Once the hint has passed, the SN gets a token back (and the source one more).
   {
@@ -451,6 +464,79 @@ TEST_F(KmsGrpcTest, TenThousandJunkBeginsLeaveBoundedTablesAfterThePurge) {
   ASSERT_TRUE(counts_purged.ok()) << counts_purged.status();
   EXPECT_EQ(*counts_purged, 2);
   EXPECT_EQ(TableRows().at("refusal_counts"), 0);
+}
+
+// rkl_kms_terminals and rkl_kms_sessions_open, read from the tables at each scrape (every
+// state × protocol, zeros included), and the counters of a delivery and a wrong proof.
+TEST_F(KmsGrpcTest, MetricsFollowTheTerminalTableAndTheFlow) {
+  const std::vector<std::string> states = {"tk_received",  "authenticated", "tmk_delivered",
+                                           "installed",    "locked",        "revoked",
+                                           "rekey_pending"};
+  auto terminals = [&](const std::string& state, const std::string& protocol) {
+    return a_->Metric("rkl_kms_terminals", {{"state", state}, {"protocol", protocol}});
+  };
+  // Each series against the table, the whole set at once.
+  auto check_against_table = [&] {
+    std::map<std::pair<std::string, std::string>, int64_t> rows;
+    for (const auto& row : Sql("SELECT lower(state), protocol, count(*) FROM terminals "
+                               "GROUP BY state, protocol")) {
+      rows[{row[0].as<std::string>(), row[1].as<std::string>()}] = row[2].as<int64_t>();
+    }
+    for (const std::string& state : states) {
+      for (const std::string protocol : {"patent", "tr34"}) {
+        auto it = rows.find({state, protocol});
+        EXPECT_EQ(terminals(state, protocol),
+                  it == rows.end() ? 0.0 : static_cast<double>(it->second))
+            << state << "/" << protocol;
+      }
+    }
+  };
+  check_against_table();
+  EXPECT_EQ(a_->Metric("rkl_kms_sessions_open"), 0);
+
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  auto terminal = Terminal(*a_);
+  TestTerminal t("POS-METRICS-1", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(*mtms, t).ok());
+  EXPECT_EQ(terminals("tk_received", "patent"), 1);
+  // An open session counts until it is used up or expires.
+  auto begun = Begin(*terminal, t);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  EXPECT_EQ(a_->Metric("rkl_kms_sessions_open"), 1);
+  EXPECT_EQ(b_->Metric("rkl_kms_sessions_open"), 1);  // the table's, not the replica's
+  auto crnd2 = t.AnswerChallenge(AsBytes(begun->crnd1()), AsBytes(begun->rnd2()));
+  ASSERT_TRUE(crnd2.ok());
+  auto delivered = Complete(*terminal, t, begun->session_id(), *crnd2);
+  ASSERT_TRUE(delivered.ok()) << delivered.status();
+  EXPECT_EQ(a_->Metric("rkl_kms_tmk_deliveries_total", {{"protocol", "patent"}}), 1);
+  EXPECT_EQ(b_->Metric("rkl_kms_tmk_deliveries_total", {{"protocol", "patent"}}), 0);
+  EXPECT_EQ(terminals("tmk_delivered", "patent"), 1);
+  EXPECT_EQ(terminals("tk_received", "patent"), 0);
+  ASSERT_TRUE(t.AcceptKeyBlock(delivered->key_block(), delivered->tmk_kcv()).ok());
+  ASSERT_TRUE(Confirm(*terminal, t, begun->session_id()).ok());
+  EXPECT_EQ(terminals("installed", "patent"), 1);
+  EXPECT_EQ(a_->Metric("rkl_kms_sessions_open"), 0);  // confirmed: not open any more
+  EXPECT_EQ(a_->Metric("rkl_kms_auth_failures_total"), 0);
+
+  // A wrong Crnd2 from another terminal: one failed proof.
+  TestTerminal u("POS-METRICS-2", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(*mtms, u).ok());
+  auto opened = Begin(*terminal, u);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto answer = u.AnswerChallenge(AsBytes(opened->crnd1()), AsBytes(opened->rnd2()));
+  ASSERT_TRUE(answer.ok());
+  (*answer)[0] ^= 0x01;
+  EXPECT_EQ(Complete(*terminal, u, opened->session_id(), *answer).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(a_->Metric("rkl_kms_auth_failures_total"), 1);
+  EXPECT_EQ(a_->Metric("rkl_kms_lockouts_total"), 0);
+  EXPECT_EQ(a_->Metric("rkl_kms_tmk_deliveries_total", {{"protocol", "patent"}}), 1);
+  check_against_table();
+  EXPECT_EQ(a_->Metric("rkl_metrics_refresh_errors_total", {{"source", "kms_terminals"}}), -1);
+  // No SN in any series (label values are enum names).
+  const std::string exposition = a_->metrics.Render();
+  EXPECT_THAT(exposition, HasSubstr("rkl_kms_terminals{"));
+  EXPECT_THAT(exposition, Not(HasSubstr("POS-METRICS")));
 }
 
 TEST(PeerAddressTest, DropsThePort) {
