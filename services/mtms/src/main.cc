@@ -15,6 +15,7 @@
 #include "mtms_metrics.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
+#include "rkl/audit/audit_metrics.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/pool_metrics.h"
@@ -96,8 +97,7 @@ int main(int argc, char** argv) {
   audit::ServiceAuditChain audit_chain(repository.audit_log(), *audit_settings,
                                        ForwarderOptionsFromConfig(config).replica_id);
   audit_chain.Start();
-  // TODO(integrator, issue 24): rkl::audit::RegisterAuditChainMetrics(...) for chain "mtms" here
-  // (rkl/audit/audit_metrics.h, helper H2's branch).
+  audit::RegisterAuditChainMetrics(process_metrics, pool, MtmsAuditChain(), "mtms", clock);
   RegisterMtmsMetrics(process_metrics, repository, clock);
   OperatorTrust trust(ca, clock, config.GetDuration("ca.crl_refresh"));
   if (absl::Status s = trust.Refresh(); !s.ok()) {
