@@ -253,5 +253,30 @@ TEST_F(GrpcFlowTest, EachTerminalFlowSendsOneRequestIdOnEveryCallAndLogsIt) {
   EXPECT_EQ(CurrentRequestId(), "");  // the flow's id does not outlive it
 }
 
+TEST_F(GrpcFlowTest, AFailedFlowIsLoggedWithItsRequestId) {
+  ProvisionContext ctx{.state_dir = dir_.path(),
+                       .terminal_root = &TerminalPki::Get().root,
+                       .operator_terminal = nullptr,  // no MTMS: the flow cannot start
+                       .kms = nullptr,
+                       .forwarding = {},
+                       .clock = testing::RealClock(),
+                       .sleep = SleepFor};
+  InitLogging({.format = LogFormat::kText, .program = "rkl-pos"});
+  ::testing::internal::CaptureStderr();
+  StepRecorder steps;
+  auto r = ProvisionTerminalWithRetry(ctx, "RID-F", steps, TransientRetry{});
+  spdlog::default_logger()->flush();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string start = "terminal RID-F: flow starts request_id=";
+  const size_t at = err.find(start);
+  ASSERT_NE(at, std::string::npos) << err;
+  const std::string id = err.substr(at + start.size(), 32);
+  EXPECT_THAT(err, HasSubstr(absl::StrCat("terminal RID-F: flow failed at -: INVALID_ARGUMENT: "
+                                          "provision: MTMS and KMS connections are required "
+                                          "request_id=",
+                                          id, "\n")));
+}
+
 }  // namespace
 }  // namespace rkl::pos
