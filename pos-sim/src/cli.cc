@@ -29,10 +29,12 @@
 #include "operator_terminal.h"
 #include "provision.h"
 #include "rkl/common/logging.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/x509.h"
 #include "rkl/protocol/sn.h"
+#include "rkl/rpc/call_context.h"
 #include "spdlog/spdlog.h"
 #include "terminal.h"
 
@@ -863,6 +865,9 @@ int RunPosCli(int argc, const char* const* argv, const CliIo& io) {
 
   for (const Command& c : commands) {
     if (!c.app->parsed()) continue;
+    // One request id for the whole command (each of its calls to MTMS and KMS); a terminal
+    // flow (provision, each fleet terminal) runs under an id of its own (provision.h).
+    const ScopedRequestId command_id(rpc::NewRequestId());
     Session session(o, io);
     absl::Status status = session.Init();
     if (status.ok()) status = c.run(session);

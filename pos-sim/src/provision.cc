@@ -6,8 +6,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "files.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
+#include "rkl/rpc/call_context.h"
 #include "secure_module.h"
 #include "spdlog/spdlog.h"
 
@@ -143,13 +145,24 @@ absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContex
                                                            const std::string& sn,
                                                            StepRecorder& steps,
                                                            const TransientRetry& retry) {
+  // One request id for the terminal's whole flow, every attempt and every call to MTMS and
+  // KMS (rkl/rpc/call_context.h sends the thread's current id); logged with each line below,
+  // so an operator can follow the terminal through every service's log.
+  const ScopedRequestId flow(rpc::NewRequestId());
+  spdlog::info("terminal {}: flow starts", sn);
   absl::Duration backoff = retry.initial_backoff;
   for (int attempt = 1;; ++attempt) {
     absl::StatusOr<ProvisionResult> r = ProvisionTerminal(context, sn, steps);
     if (r.ok() || !IsTransientFailure(r.status()) || attempt >= retry.attempts) {
       if (!r.ok() && attempt > 1) {
-        return absl::Status(r.status().code(),
-                            absl::StrCat(r.status().message(), " (after ", attempt, " attempts)"));
+        r = absl::Status(r.status().code(),
+                         absl::StrCat(r.status().message(), " (after ", attempt, " attempts)"));
+      }
+      if (!r.ok()) {
+        spdlog::warn("terminal {}: flow failed at {}: {}: {}", sn,
+                     steps.failed_step().empty() ? "-" : steps.failed_step(),
+                     absl::StatusCodeToString(r.status().code()),
+                     std::string(r.status().message()));
       }
       return r;
     }

@@ -74,7 +74,10 @@ absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& contex
 absl::StatusOr<Protocol> ProtocolFor(const ProvisionContext& context, const std::string& sn);
 
 // ProvisionTerminal, run again (after context.sleep) while it fails transiently and attempts
-// remain. The last failure is returned, annotated with the number of attempts.
+// remain. The last failure is returned, annotated with the number of attempts. The whole
+// flow runs under one new request id (rkl/common/request_id.h), sent with every call it makes
+// and logged when the flow starts ("terminal <sn>: flow starts request_id=<id>"), retries
+// and fails.
 absl::StatusOr<ProvisionResult> ProvisionTerminalWithRetry(const ProvisionContext& context,
                                                            const std::string& sn,
                                                            StepRecorder& steps,

@@ -21,6 +21,7 @@
 #include "rkl/keyblock/tmk_block.h"
 #include "rkl/protocol/auth.h"
 #include "rkl/protocol/transport_key.h"
+#include "rkl/rpc/call_context.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/rpc/status.h"
 #include "rkl/testing/must.h"
@@ -530,9 +531,11 @@ namespace {
 
 class FakeMtmsService final : public rkl::v1::Mtms::Service {
  public:
-  explicit FakeMtmsService(FakeMtms& mtms) : mtms_(mtms) {}
-  grpc::Status GetWorkCertificate(grpc::ServerContext*, const rkl::v1::GetWorkCertificateRequest*,
+  FakeMtmsService(FakeMtms& mtms, CallLog& calls) : mtms_(mtms), calls_(calls) {}
+  grpc::Status GetWorkCertificate(grpc::ServerContext* ctx,
+                                  const rkl::v1::GetWorkCertificateRequest*,
                                   rkl::v1::GetWorkCertificateResponse* resp) override {
+    calls_.Add("GetWorkCertificate", rpc::RequestId(*ctx));
     auto b = mtms_.GetWorkCertificate();
     if (!b.ok()) return rpc::ToGrpcStatus(b.status());
     resp->set_work_certificate_pem(b->work_certificate_pem);
@@ -540,9 +543,10 @@ class FakeMtmsService final : public rkl::v1::Mtms::Service {
     resp->set_serial_hex(b->serial_hex);
     return grpc::Status::OK;
   }
-  grpc::Status SubmitTransportKey(grpc::ServerContext*,
+  grpc::Status SubmitTransportKey(grpc::ServerContext* ctx,
                                   const rkl::v1::SubmitTransportKeyRequest* req,
                                   rkl::v1::SubmitTransportKeyResponse* resp) override {
+    calls_.Add("SubmitTransportKey", rpc::RequestId(*ctx));
     auto r = mtms_.SubmitTransportKey(Byt(req->package()), Byt(req->signature()),
                                       req->operator_certificate_pem());
     if (!r.ok()) return rpc::ToGrpcStatus(r.status());
@@ -553,14 +557,16 @@ class FakeMtmsService final : public rkl::v1::Mtms::Service {
 
  private:
   FakeMtms& mtms_;
+  CallLog& calls_;
 };
 
 class FakeKmsService final : public rkl::v1::Kms::Service {
  public:
-  explicit FakeKmsService(FakeKms& kms) : kms_(kms) {}
-  grpc::Status BeginAuthentication(grpc::ServerContext*,
+  FakeKmsService(FakeKms& kms, CallLog& calls) : kms_(kms), calls_(calls) {}
+  grpc::Status BeginAuthentication(grpc::ServerContext* ctx,
                                    const rkl::v1::BeginAuthenticationRequest* req,
                                    rkl::v1::BeginAuthenticationResponse* resp) override {
+    calls_.Add("BeginAuthentication", rpc::RequestId(*ctx));
     auto r = kms_.BeginAuthentication(req->sn(), Byt(req->rnd1()));
     if (!r.ok()) return rpc::ToGrpcStatus(r.status());
     resp->set_session_id(r->session_id);
@@ -568,18 +574,20 @@ class FakeKmsService final : public rkl::v1::Kms::Service {
     resp->set_rnd2(Str(r->rnd2));
     return grpc::Status::OK;
   }
-  grpc::Status CompleteAuthentication(grpc::ServerContext*,
+  grpc::Status CompleteAuthentication(grpc::ServerContext* ctx,
                                       const rkl::v1::CompleteAuthenticationRequest* req,
                                       rkl::v1::CompleteAuthenticationResponse* resp) override {
+    calls_.Add("CompleteAuthentication", rpc::RequestId(*ctx));
     auto r = kms_.CompleteAuthentication(req->session_id(), req->sn(), Byt(req->crnd2()));
     if (!r.ok()) return rpc::ToGrpcStatus(r.status());
     resp->set_key_block(r->key_block);
     resp->set_tmk_kcv(r->tmk_kcv);
     return grpc::Status::OK;
   }
-  grpc::Status ConfirmInstallation(grpc::ServerContext*,
+  grpc::Status ConfirmInstallation(grpc::ServerContext* ctx,
                                    const rkl::v1::ConfirmInstallationRequest* req,
                                    rkl::v1::ConfirmInstallationResponse* resp) override {
+    calls_.Add("ConfirmInstallation", rpc::RequestId(*ctx));
     auto r = kms_.ConfirmInstallation(req->session_id(), req->sn(), Byt(req->proof()));
     if (!r.ok()) return rpc::ToGrpcStatus(r.status());
     resp->set_state(rkl::v1::TERMINAL_STATE_INSTALLED);
@@ -644,6 +652,7 @@ class FakeKmsService final : public rkl::v1::Kms::Service {
     t->set_tmk_kcv(v.tmk_kcv);
   }
   FakeKms& kms_;
+  CallLog& calls_;
 };
 
 }  // namespace
@@ -654,8 +663,8 @@ absl::StatusOr<std::unique_ptr<FakeServers>> FakeServers::Start() {
   RKL_ASSIGN_OR_RETURN(s->admin_tls_, s->pki_->Issue("admin:ops"));
   RKL_ASSIGN_OR_RETURN(rpc::TlsFiles mtms_tls, s->pki_->Issue("mtms"));
   RKL_ASSIGN_OR_RETURN(rpc::TlsFiles kms_tls, s->pki_->Issue("kms"));
-  s->mtms_service_ = std::make_unique<FakeMtmsService>(s->mtms_);
-  s->kms_service_ = std::make_unique<FakeKmsService>(s->kms_);
+  s->mtms_service_ = std::make_unique<FakeMtmsService>(s->mtms_, s->calls_);
+  s->kms_service_ = std::make_unique<FakeKmsService>(s->kms_, s->calls_);
   RKL_ASSIGN_OR_RETURN(s->mtms_server_,
                        rpc::Server::Start({.listen_address = "127.0.0.1:0",
                                            .tls = mtms_tls,

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "krd_ca.h"
@@ -241,6 +242,31 @@ class FakeMtms final : public MtmsPort {
   int submissions_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// The x-request-id each call to the fakes' gRPC services arrived with, in order.
+class CallLog {
+ public:
+  struct Call {
+    std::string method;  // "SubmitTransportKey"
+    std::string request_id;
+  };
+  void Add(std::string method, std::string request_id) {
+    absl::MutexLock lock(&mu_);
+    calls_.push_back({std::move(method), std::move(request_id)});
+  }
+  std::vector<Call> calls() const {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    calls_.clear();
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+};
+
 // Both fakes behind real gRPC servers on 127.0.0.1:0 with TLS from a TestPki
 // (server-authenticated for terminals; admin RPCs need an admin:* client certificate).
 class FakeServers {
@@ -250,6 +276,9 @@ class FakeServers {
 
   FakeKms& kms() { return kms_; }
   FakeMtms& mtms() { return mtms_; }
+  // The terminal-facing calls (MTMS GetWorkCertificate and SubmitTransportKey, KMS
+  // Begin/CompleteAuthentication and ConfirmInstallation) with their request ids.
+  CallLog& calls() { return calls_; }
   std::string mtms_target() const;
   std::string kms_target() const;
   rkl::testing::TestPki& pki() { return *pki_; }
@@ -259,6 +288,7 @@ class FakeServers {
   FakeServers() : mtms_(kms_) {}
   FakeKms kms_;
   FakeMtms mtms_;
+  CallLog calls_;
   std::unique_ptr<rkl::testing::TestPki> pki_;
   rpc::TlsFiles admin_tls_;
   std::unique_ptr<grpc::Service> mtms_service_;

@@ -4,12 +4,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "cli_harness.h"
 #include "clients.h"
 #include "fakes.h"
 #include "files.h"
 #include "provision.h"
+#include "rkl/common/logging.h"
+#include "rkl/common/request_id.h"
+#include "rkl/rpc/call_context.h"
+#include "spdlog/spdlog.h"
 
 namespace rkl::pos {
 namespace {
@@ -197,6 +205,77 @@ TEST_F(GrpcFlowTest, CliInstallCertRefusesAForeignWorkCertificate) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: work_certificate: does not chain"));
   EXPECT_EQ(testing::FileBytes(file), before);
+}
+
+TEST_F(GrpcFlowTest, EachTerminalFlowSendsOneRequestIdOnEveryCallAndLogsIt) {
+  GrpcMtmsClient mtms(Channel(servers_->mtms_target(), Anonymous()));
+  GrpcKmsClient kms(Channel(servers_->kms_target(), Anonymous()));
+  auto card = OperatorCard::Open(TerminalPki::Get().operator_p12,
+                                 crypto::SecretBytes::CopyOf(AsBytes(testing::kTestPin)));
+  ASSERT_TRUE(card.ok());
+  OperatorTerminal op(mtms, &*card, testing::RealClock());
+  ProvisionContext ctx{.state_dir = dir_.path(),
+                       .terminal_root = &TerminalPki::Get().root,
+                       .operator_terminal = &op,
+                       .kms = &kms,
+                       .forwarding = {},
+                       .clock = testing::RealClock(),
+                       .sleep = SleepFor};
+  InitLogging({.format = LogFormat::kText, .program = "rkl-pos"});
+  std::map<std::string, std::string> logged;  // SN -> the id its "flow starts" line names
+  std::map<std::string, std::set<std::string>> sent;
+  for (const std::string sn : {"RID-1", "RID-2"}) {
+    servers_->calls().Clear();
+    ::testing::internal::CaptureStderr();
+    StepRecorder steps;
+    auto r = ProvisionTerminalWithRetry(ctx, sn, steps, TransientRetry{});
+    spdlog::default_logger()->flush();
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    ASSERT_TRUE(r.ok()) << r.status();
+    const std::string marker = absl::StrCat("terminal ", sn, ": flow starts request_id=");
+    const size_t at = err.find(marker);
+    ASSERT_NE(at, std::string::npos) << err;
+    logged[sn] = err.substr(at + marker.size(), 32);
+    std::set<std::string> methods;
+    for (const auto& call : servers_->calls().calls()) {
+      sent[sn].insert(call.request_id);
+      methods.insert(call.method);
+    }
+    EXPECT_THAT(methods, ::testing::IsSupersetOf({"GetWorkCertificate", "SubmitTransportKey",
+                                                  "BeginAuthentication", "CompleteAuthentication",
+                                                  "ConfirmInstallation"}));
+  }
+  for (const std::string sn : {"RID-1", "RID-2"}) {
+    EXPECT_TRUE(rpc::IsWellFormedRequestId(logged[sn])) << logged[sn];
+    EXPECT_EQ(sent[sn], std::set<std::string>{logged[sn]}) << sn;
+  }
+  EXPECT_NE(logged["RID-1"], logged["RID-2"]);
+  EXPECT_EQ(CurrentRequestId(), "");  // the flow's id does not outlive it
+}
+
+TEST_F(GrpcFlowTest, AFailedFlowIsLoggedWithItsRequestId) {
+  ProvisionContext ctx{.state_dir = dir_.path(),
+                       .terminal_root = &TerminalPki::Get().root,
+                       .operator_terminal = nullptr,  // no MTMS: the flow cannot start
+                       .kms = nullptr,
+                       .forwarding = {},
+                       .clock = testing::RealClock(),
+                       .sleep = SleepFor};
+  InitLogging({.format = LogFormat::kText, .program = "rkl-pos"});
+  ::testing::internal::CaptureStderr();
+  StepRecorder steps;
+  auto r = ProvisionTerminalWithRetry(ctx, "RID-F", steps, TransientRetry{});
+  spdlog::default_logger()->flush();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string start = "terminal RID-F: flow starts request_id=";
+  const size_t at = err.find(start);
+  ASSERT_NE(at, std::string::npos) << err;
+  const std::string id = err.substr(at + start.size(), 32);
+  EXPECT_THAT(err, HasSubstr(absl::StrCat("terminal RID-F: flow failed at -: INVALID_ARGUMENT: "
+                                          "provision: MTMS and KMS connections are required "
+                                          "request_id=",
+                                          id, "\n")));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "rkl/common/request_id.h"
 #include "rkl/crypto/openssl_ptr.h"
 
 namespace rkl::audit {
@@ -173,7 +174,13 @@ Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& e) {
   PutText(out, e.sn);
   PutText(out, e.detail);
   PutText(out, e.result);
+  if (!e.request_id.empty()) PutText(out, e.request_id);
   return out;
+}
+
+AuditEvent WithCurrentRequestId(AuditEvent event) {
+  if (event.request_id.empty()) event.request_id = std::string(CurrentRequestId());
+  return event;
 }
 
 }  // namespace rkl::audit

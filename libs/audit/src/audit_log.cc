@@ -57,6 +57,7 @@ JsonRows& AddRecordRow(JsonRows& rows, const char* number_name, uint64_t number,
       .Field("sn", e.sn)
       .Field("detail", e.detail)
       .Field("result", e.result)
+      .Field("request_id", e.request_id)
       .Field("mac", ToHex(mac));
 }
 
@@ -65,13 +66,19 @@ Bytes ToBytes(const pqxx::field& f) {
   return Bytes(b.data(), b.data() + b.size());
 }
 
+// A row of number, at_ms, actor, action, sn, detail, result, then any other columns; the one
+// named request_id, when selected, is the record's request id.
 AuditEvent EventFromRow(const pqxx::row& row) {
-  return AuditEvent{.at_ms = row[1].as<int64_t>(),
-                    .actor = row[2].as<std::string>(),
-                    .action = row[3].as<std::string>(),
-                    .sn = row[4].as<std::string>(),
-                    .detail = row[5].as<std::string>(),
-                    .result = row[6].as<std::string>()};
+  AuditEvent e{.at_ms = row[1].as<int64_t>(),
+               .actor = row[2].as<std::string>(),
+               .action = row[3].as<std::string>(),
+               .sn = row[4].as<std::string>(),
+               .detail = row[5].as<std::string>(),
+               .result = row[6].as<std::string>()};
+  for (pqxx::row::size_type i = 7; i < row.size(); ++i) {
+    if (std::string_view(row[i].name()) == "request_id") e.request_id = row[i].as<std::string>();
+  }
+  return e;
 }
 
 bool SameMac(const Bytes& a, const Bytes& b) {
@@ -135,12 +142,13 @@ namespace {
 // column is `number_name`.
 std::string InsertRecordsFromJson(const std::string& table, const std::string& number_name) {
   return absl::StrCat("INSERT INTO ", table, " (", number_name,
-                      ", at_ms, actor, action, sn, detail, result, mac) SELECT x.", number_name,
+                      ", at_ms, actor, action, sn, detail, result, mac, request_id) SELECT x.",
+                      number_name,
                       ", x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, "
-                      "'hex') FROM jsonb_to_recordset($1::jsonb) AS x(",
+                      "'hex'), x.request_id FROM jsonb_to_recordset($1::jsonb) AS x(",
                       number_name,
                       " bigint, at_ms bigint, actor text, action text, sn text, detail text, "
-                      "result text, mac text)");
+                      "result text, mac text, request_id text)");
 }
 }  // namespace
 
@@ -154,16 +162,20 @@ struct PgAuditLog::Statements {
     // A sealed batch, or a group of pending records, in one statement (one round trip, not
     // one per record); mac as hex text.
     insert_records = InsertRecordsFromJson(chain, "seq");
-    all_records = absl::StrCat("SELECT seq, at_ms, actor, action, sn, detail, result, mac FROM ",
-                               chain, " ORDER BY seq");
-    insert_pending = absl::StrCat("INSERT INTO ", pending,
-                                  " (id, at_ms, actor, action, sn, detail, result, mac) "
-                                  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+    all_records =
+        absl::StrCat("SELECT seq, at_ms, actor, action, sn, detail, result, mac, request_id FROM ",
+                     chain, " ORDER BY seq");
+    insert_pending =
+        absl::StrCat("INSERT INTO ", pending,
+                     " (id, at_ms, actor, action, sn, detail, result, mac, request_id) "
+                     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
     insert_pending_group = InsertRecordsFromJson(pending, "id");
-    pending_batch = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",
-                                 pending, " ORDER BY id LIMIT $1");
-    all_pending = absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac FROM ",
-                               pending, " ORDER BY id");
+    pending_batch =
+        absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac, request_id FROM ",
+                     pending, " ORDER BY id LIMIT $1");
+    all_pending =
+        absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac, request_id FROM ",
+                     pending, " ORDER BY id");
     delete_pending = absl::StrCat("DELETE FROM ", pending, " WHERE id = ANY($1::bigint[])");
     record_mac = absl::StrCat("SELECT mac FROM ", chain, " WHERE seq = $1");
   }
@@ -229,18 +241,24 @@ absl::StatusOr<AuditVerification> PgAuditLog::VerifyWithAnchorText(std::string_v
   return Verify(&anchor);
 }
 
-absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& e) {
+absl::Status PgAuditLog::AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event) {
+  const AuditEvent e = WithCurrentRequestId(event);
   RKL_ASSIGN_OR_RETURN(PreparedPending p, PreparePending(tx, e));
   db::Exec(tx, sql_->insert_pending, p.id, e.at_ms, e.actor, e.action, e.sn, e.detail, e.result,
-           pqxx::binarystring(p.mac.data(), p.mac.size()));
+           pqxx::binarystring(p.mac.data(), p.mac.size()), e.request_id);
   return absl::OkStatus();
 }
 
 absl::Status PgAuditLog::AppendGrouped(std::span<const AuditEvent> events) {
   if (events.empty()) return absl::InternalError("audit: an empty group append");
+  // The caller's request id, taken on the caller's thread: another thread may write the group.
+  // The copies outlive the write, which this call waits for.
+  std::vector<AuditEvent> stamped;
+  stamped.reserve(events.size());
+  for (const AuditEvent& event : events) stamped.push_back(WithCurrentRequestId(event));
   absl::MutexLock lock(&group_mu_);
   const uint64_t mine = next_group_;
-  for (const AuditEvent& event : events) group_queue_.push_back(&event);
+  for (const AuditEvent& event : stamped) group_queue_.push_back(&event);
   ++group_members_[mine];
   while (done_group_ < mine) {
     if (flushing_) {

@@ -21,6 +21,7 @@
 #include "rkl/audit/actions.h"
 #include "rkl/audit/audit_log.h"
 #include "rkl/audit/mac_key.h"
+#include "rkl/common/request_id.h"
 #include "rkl/crypto/random.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/prepared.h"
@@ -45,6 +46,8 @@ CREATE TABLE audit_pending (
 CREATE TABLE audit_key (
   singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), kcv text NOT NULL,
   created_at_ms bigint NOT NULL);
+ALTER TABLE audit_pending ADD COLUMN request_id text NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN request_id text NOT NULL DEFAULT '';
 )sql";
 
 ChainSpec TestChain(std::string name = "kms") {
@@ -132,6 +135,191 @@ TEST_F(AuditChainPgTest, RecordsWrittenEveryWayFormOneIntactChain) {
   EXPECT_EQ(Sql("SELECT count(*) FROM audit_pending")[0][0].as<int>(), 0);
   // In the order they were written (one writer), each with its own content.
   EXPECT_EQ(Sql("SELECT sn FROM audit WHERE seq = 7")[0][0].as<std::string>(), "SN7");
+}
+
+// ---- Request ids -----------------------------------------------------------------------------
+
+// The canonical record as it was defined before request ids, spelled out byte by byte.
+Bytes OldCanonicalRecord(uint64_t seq, const AuditEvent& e) {
+  Bytes out;
+  auto be = [&out](uint64_t v, int n) {
+    for (int i = n - 1; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  be(seq, 8);
+  be(static_cast<uint64_t>(e.at_ms), 8);
+  for (const std::string* text : {&e.actor, &e.action, &e.sn, &e.detail, &e.result}) {
+    be(text->size(), 4);
+    out.insert(out.end(), text->begin(), text->end());
+  }
+  return out;
+}
+
+TEST(CanonicalAuditRecord, ARecordWithoutRequestIdKeepsItsOldEncoding) {
+  const AuditEvent e = Event(4);
+  EXPECT_EQ(CanonicalAuditRecord(4, e), OldCanonicalRecord(4, e));
+}
+
+TEST(CanonicalAuditRecord, ARequestIdIsAppendedAsOneMoreTextField) {
+  AuditEvent e = Event(4);
+  e.request_id = "flow-1";
+  Bytes expected = OldCanonicalRecord(4, e);
+  for (uint8_t b : Bytes{0, 0, 0, 6, 'f', 'l', 'o', 'w', '-', '1'}) expected.push_back(b);
+  EXPECT_EQ(CanonicalAuditRecord(4, e), expected);
+}
+
+TEST(CanonicalAuditRecord, WithCurrentRequestIdFillsOnlyAMissingId) {
+  EXPECT_EQ(WithCurrentRequestId(Event(1)).request_id, "");
+  const ScopedRequestId scope("flow-2");
+  EXPECT_EQ(WithCurrentRequestId(Event(1)).request_id, "flow-2");
+  AuditEvent named = Event(1);
+  named.request_id = "own-3";
+  EXPECT_EQ(WithCurrentRequestId(named).request_id, "own-3");
+}
+
+TEST_F(AuditChainPgTest, RecordsCarryTheWritersRequestIdEveryWayTheyAreWritten) {
+  {
+    const ScopedRequestId scope("flow-append");
+    ASSERT_TRUE(log_->Append(Event(1)).ok());
+  }
+  {
+    const ScopedRequestId scope("flow-group");
+    std::vector<AuditEvent> group = {Event(2), Event(3)};
+    ASSERT_TRUE(log_->AppendGrouped(group).ok());
+  }
+  {
+    const ScopedRequestId scope("flow-tx");
+    AuditEvent in_tx = Event(4);
+    ASSERT_TRUE(db::RunInTransaction(*pool_, [&](pqxx::work& tx) {
+                  return log_->AppendInTransaction(tx, in_tx);
+                }).ok());
+  }
+  ASSERT_TRUE(log_->Append(Event(5)).ok());  // no request: no id
+  AuditEvent named = Event(6);
+  named.request_id = "named-6";
+  {
+    const ScopedRequestId scope("flow-ignored");
+    ASSERT_TRUE(log_->Append(named).ok());  // an id the event names is kept
+  }
+  // A caller's own statement stores what PreparePending MACed.
+  {
+    AuditEvent own = WithCurrentRequestId(Event(7));
+    own.request_id = "own-7";
+    auto prepared = log_->PreparePending({&own, 1});
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    const PgAuditLog::PreparedPending& p = (*prepared)[0];
+    Sql(absl::StrCat(
+        "INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, "
+        "mac, request_id) VALUES (",
+        p.id, ", ", own.at_ms, ", '", own.actor, "', '", own.action, "', '", own.sn, "', '",
+        own.detail, "', '", own.result, "', decode('", ToHex(p.mac), "', 'hex'), 'own-7')"));
+  }
+  AuditVerification v = Verify();
+  EXPECT_TRUE(v.intact) << v.finding;
+  EXPECT_EQ(v.records_checked, 7u);
+  pqxx::result r = Sql("SELECT sn, request_id FROM audit ORDER BY seq");
+  std::vector<std::string> ids;
+  for (const auto& row : r)
+    ids.push_back(row[0].as<std::string>() + "=" + row[1].as<std::string>());
+  EXPECT_EQ(ids, (std::vector<std::string>{"SN1=flow-append", "SN2=flow-group", "SN3=flow-group",
+                                           "SN4=flow-tx", "SN5=", "SN6=named-6", "SN7=own-7"}));
+}
+
+TEST_F(AuditChainPgTest, AGroupWrittenByAnotherThreadKeepsEachCallersRequestId) {
+  // The first group's writer waits until two more callers have queued; one of them then
+  // writes both their records.
+  std::atomic<bool> first{true};
+  log_->SetGroupHookForTest([&] {
+    if (first.exchange(false)) {
+      while (log_->queued_for_test() < 2) std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> callers;
+  for (int i = 1; i <= 3; ++i) {
+    callers.emplace_back([&, i] {
+      if (i > 1) {
+        while (first.load()) std::this_thread::yield();  // after the first group began
+      }
+      const ScopedRequestId scope(absl::StrCat("caller-", i));
+      EXPECT_TRUE(log_->AppendGrouped(Event(i)).ok());
+    });
+    if (i == 1) {
+      while (first.load()) std::this_thread::yield();
+    }
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(log_->groups_written(), 2u);
+  ASSERT_TRUE(Verify().intact);
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(Sql(absl::StrCat("SELECT request_id FROM audit WHERE sn = 'SN", i, "'"))[0][0]
+                  .as<std::string>(),
+              absl::StrCat("caller-", i));
+  }
+}
+
+TEST_F(AuditChainPgTest, AChainSealedBeforeRequestIdsStillVerifies) {
+  // Records as the code before request ids sealed them: the old canonical record, and the
+  // column at its default.
+  Bytes prev(kAuditMacSize, 0);
+  for (int seq = 1; seq <= 3; ++seq) {
+    const AuditEvent e = Event(seq);
+    Bytes data = prev;
+    const Bytes record = OldCanonicalRecord(static_cast<uint64_t>(seq), e);
+    data.insert(data.end(), record.begin(), record.end());
+    absl::StatusOr<Bytes> mac = HmacSha256(key_, data);
+    ASSERT_TRUE(mac.ok());
+    Sql(
+        absl::StrCat("INSERT INTO audit (seq, at_ms, actor, action, sn, detail, result, mac) "
+                     "VALUES (",
+                     seq, ", ", e.at_ms, ", '", e.actor, "', '", e.action, "', '", e.sn, "', '",
+                     e.detail, "', '", e.result, "', decode('", ToHex(*mac), "', 'hex'))"));
+    prev = *mac;
+  }
+  {
+    const ScopedRequestId scope("flow-after");
+    ASSERT_TRUE(log_->Append(Event(4)).ok());  // the chain goes on with an id
+  }
+  AuditVerification v = Verify();
+  EXPECT_TRUE(v.intact) << v.finding;
+  EXPECT_EQ(v.records_checked, 4u);
+}
+
+TEST_F(AuditChainPgTest, EditingAStoredRequestIdBreaksTheChainThere) {
+  for (int i = 1; i <= 4; ++i) {
+    const ScopedRequestId scope(i == 3 ? "" : absl::StrCat("flow-", i));
+    ASSERT_TRUE(log_->Append(Event(i)).ok());
+  }
+  ASSERT_TRUE(log_->Seal().ok());
+  ASSERT_TRUE(Verify().intact);
+  Sql("UPDATE audit SET request_id = 'flow-other' WHERE seq = 2");
+  AuditVerification v = Verify();
+  EXPECT_FALSE(v.intact);
+  EXPECT_EQ(v.first_broken_seq, 2u);
+  EXPECT_THAT(v.finding, HasSubstr("record 2 does not match its MAC"));
+}
+
+TEST_F(AuditChainPgTest, GivingARecordWithoutRequestIdOneBreaksTheChainThere) {
+  for (int i = 1; i <= 4; ++i) {
+    const ScopedRequestId scope(i == 3 ? "" : absl::StrCat("flow-", i));
+    ASSERT_TRUE(log_->Append(Event(i)).ok());
+  }
+  ASSERT_TRUE(log_->Seal().ok());
+  Sql("UPDATE audit SET request_id = 'flow-forged' WHERE seq = 3");
+  AuditVerification v = Verify();
+  EXPECT_FALSE(v.intact);
+  EXPECT_EQ(v.first_broken_seq, 3u);
+}
+
+TEST_F(AuditChainPgTest, EditingAPendingRecordsRequestIdIsChainedAsTampered) {
+  {
+    const ScopedRequestId scope("flow-1");
+    ASSERT_TRUE(log_->Append(Event(1)).ok());
+  }
+  Sql("UPDATE audit_pending SET request_id = 'flow-2'");
+  ASSERT_TRUE(log_->Seal().ok());
+  EXPECT_EQ(Sql("SELECT action, request_id FROM audit WHERE seq = 1")[0][0].as<std::string>(),
+            action::kAuditRecordTampered);
+  EXPECT_EQ(Sql("SELECT request_id FROM audit WHERE seq = 1")[0][0].as<std::string>(), "");
+  EXPECT_FALSE(Verify().intact);
 }
 
 // A superuser's change to eight sealed records, and where Verify must report the break.

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/request_id.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -63,10 +64,12 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return len;
 }
 
-// One JSON object per line: {"ts":...,"level":...,"program":...,"msg":...}.
+// One JSON object per line: {"ts":...,"level":...,"program":...,"msg":...}, then
+// "request_id":... while the thread serves a request (rkl/common/request_id.h).
 void RenderJsonLine(std::string_view program, const spdlog::details::log_msg& msg,
                     std::string& line) {
-  line.reserve(96 + msg.payload.size());
+  const std::string_view request_id = CurrentRequestId();
+  line.reserve(96 + msg.payload.size() + request_id.size());
   line.append("{\"ts\":\"");
   AppendTimestamp(msg.time, line);
   line.append("\",\"level\":\"");
@@ -75,23 +78,39 @@ void RenderJsonLine(std::string_view program, const spdlog::details::log_msg& ms
   AppendJsonEscaped(program, line);
   line.append("\",\"msg\":\"");
   AppendJsonEscaped(std::string_view(msg.payload.data(), msg.payload.size()), line);
+  if (!request_id.empty()) {
+    line.append("\",\"request_id\":\"");
+    AppendJsonEscaped(request_id, line);
+  }
   line.append("\"}\n");
 }
 
-// "<ts> <level> <program>: <message>".
+// "<ts> <level> <program>: <message>", then " request_id=<id>" while the thread serves a
+// request (rkl/common/request_id.h) unless the message already carries
+// "request_id=<id>" (the RPC interceptor's line).
 void RenderTextLine(std::string_view program, const spdlog::details::log_msg& msg,
                     std::string& line) {
+  const std::string_view payload(msg.payload.data(), msg.payload.size());
   AppendTimestamp(msg.time, line);
   absl::StrAppend(&line, " ", std::string(LevelName(msg.level)), " ", std::string(program), ": ");
   // Control characters would let a message fake further lines; show them escaped.
-  for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
-    if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned char>(c));
-      line.append(buf);
-    } else {
-      line.push_back(c);
+  auto append_escaped = [&line](std::string_view text) {
+    for (char c : text) {
+      if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
+        char buf[8];
+        std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned char>(c));
+        line.append(buf);
+      } else {
+        line.push_back(c);
+      }
     }
+  };
+  append_escaped(payload);
+  if (const std::string_view request_id = CurrentRequestId();
+      !request_id.empty() &&
+      payload.find("request_id=" + std::string(request_id)) == std::string_view::npos) {
+    line.append(" request_id=");
+    append_escaped(request_id);
   }
   line.push_back('\n');
 }

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
+#include "rkl/common/request_id.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl {
@@ -13,7 +15,10 @@ namespace rkl {
 void ParallelFor(size_t n, int threads, const std::function<void(size_t)>& fn) {
   if (n == 0) return;
   std::atomic<size_t> next{0};
+  // The helpers work for the caller's request: their log lines carry its id.
+  const std::string request_id(CurrentRequestId());
   auto work = [&] {
+    const ScopedRequestId scope(request_id);
     for (size_t i = next++; i < n; i = next++) fn(i);
   };
   const size_t helpers = std::min(static_cast<size_t>(std::max(threads, 1)), n) - 1;

@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "rkl/common/request_id.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl {
@@ -40,6 +44,69 @@ TEST(Logging, TextFormatCannotForgeLines) {
       CaptureOneLine({.format = LogFormat::kText, .program = "rkl-kms"}, "x\nfake line");
   EXPECT_THAT(line, MatchesRegex(R"([0-9T:.-]+Z info rkl-kms: x\\x0afake line)"
                                  "\n"));
+}
+
+TEST(RequestId, ScopesNestAndRestore) {
+  EXPECT_EQ(CurrentRequestId(), "");
+  {
+    ScopedRequestId outer("outer-1");
+    EXPECT_EQ(CurrentRequestId(), "outer-1");
+    {
+      ScopedRequestId inner("inner-2");
+      EXPECT_EQ(CurrentRequestId(), "inner-2");
+      ScopedRequestId cleared("");
+      EXPECT_EQ(CurrentRequestId(), "");
+    }
+    EXPECT_EQ(CurrentRequestId(), "outer-1");
+  }
+  EXPECT_EQ(CurrentRequestId(), "");
+}
+
+TEST(RequestId, IsPerThread) {
+  ScopedRequestId mine("main-thread");
+  std::string seen = "unset";
+  std::thread([&] { seen = std::string(CurrentRequestId()); }).join();
+  EXPECT_EQ(seen, "");
+  EXPECT_EQ(CurrentRequestId(), "main-thread");
+}
+
+TEST(Logging, TextLineEndsWithCurrentRequestId) {
+  ScopedRequestId scope("abc123");
+  std::string line = CaptureOneLine({.format = LogFormat::kText, .program = "rkl-kms"}, "served");
+  EXPECT_THAT(line, MatchesRegex(R"([0-9T:.-]+Z info rkl-kms: served request_id=abc123)"
+                                 "\n"));
+}
+
+TEST(Logging, TextLineNamesTheIdOnceWhenTheMessageDoes) {
+  ScopedRequestId scope("abc123");
+  std::string line = CaptureOneLine({.format = LogFormat::kText, .program = "rkl-kms"},
+                                    "rpc /rkl.v1.Kms/GetTerminal request_id=abc123 code=OK");
+  EXPECT_THAT(line, MatchesRegex(R"([0-9T:.-]+Z info rkl-kms: rpc /rkl.v1.Kms/GetTerminal )"
+                                 R"(request_id=abc123 code=OK)"
+                                 "\n"));
+}
+
+TEST(Logging, LinesWithoutARequestHaveNoId) {
+  std::string text = CaptureOneLine({.format = LogFormat::kText, .program = "rkl-kms"}, "idle");
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("request_id")));
+  std::string json = CaptureOneLine({.format = LogFormat::kJson, .program = "rkl-kms"}, "idle");
+  EXPECT_THAT(json, ::testing::Not(HasSubstr("request_id")));
+}
+
+TEST(Logging, JsonLineIsValidJsonWithRequestId) {
+  ScopedRequestId scope("0123456789abcdef0123456789abcdef");
+  std::string line =
+      CaptureOneLine({.format = LogFormat::kJson, .program = "rkl-mtms"}, "forwarded \"x\"\n");
+  ASSERT_EQ(std::count(line.begin(), line.end(), '\n'), 1);
+  line.pop_back();
+  // A JSON parser of its own, not this file's expectations, judges the line.
+  const nlohmann::json parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(parsed.is_discarded()) << line;
+  EXPECT_EQ(parsed.value("request_id", ""), "0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(parsed.value("msg", ""), "forwarded \"x\"\n");
+  EXPECT_EQ(parsed.value("program", ""), "rkl-mtms");
+  EXPECT_THAT(line, HasSubstr(R"("msg":"forwarded \"x\"\n","request_id":")"
+                              R"(0123456789abcdef0123456789abcdef"})"));
 }
 
 TEST(Logging, LevelFiltersBelowThreshold) {

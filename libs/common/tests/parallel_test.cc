@@ -5,11 +5,26 @@
 #include <atomic>
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "rkl/common/request_id.h"
+
 namespace rkl {
 namespace {
+
+TEST(ParallelForTest, EveryThreadRunsUnderTheCallersRequestId) {
+  const ScopedRequestId scope("flow-42");
+  std::mutex mu;
+  std::set<std::string> seen;
+  ParallelFor(64, 4, [&](size_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.insert(std::string(CurrentRequestId()));
+  });
+  EXPECT_EQ(seen, std::set<std::string>{"flow-42"});
+  EXPECT_EQ(CurrentRequestId(), "flow-42");
+}
 
 TEST(ParallelForTest, RunsEveryIndexExactlyOnce) {
   for (int threads : {0, 1, 3, 64}) {

@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/ascii.h"
+#include "rkl/common/request_id.h"
 
 namespace rkl::rpc {
 
@@ -64,6 +65,7 @@ std::unique_ptr<grpc::ClientContext> MakeClientContext(absl::Duration timeout,
                                                        std::string request_id) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));  // wall time: gRPC deadline
+  if (request_id.empty()) request_id = std::string(CurrentRequestId());
   ctx->AddMetadata(kRequestIdMetadataKey, request_id.empty() ? NewRequestId() : request_id);
   return ctx;
 }

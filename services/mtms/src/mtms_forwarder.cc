@@ -9,6 +9,7 @@
 #include "mtms_metrics.h"
 #include "rkl/audit/actions.h"
 #include "rkl/common/parallel.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/random.h"
@@ -246,6 +247,9 @@ Forwarder::Outcome Forwarder::PeerFailed(const SubmissionRecord& row,
 }
 
 Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::string& claim_token) {
+  // Under the request id of the call that submitted the package: the HSM #1 and KMS calls,
+  // log lines and audit records of its forwarding carry the terminal's id.
+  const ScopedRequestId request_id(row.request_id);
   // 1. Claim 4: everything from the stored, signed bytes.
   v1::TransportKeyPackage package;
   const std::string b(AsString(row.package));

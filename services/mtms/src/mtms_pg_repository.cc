@@ -56,16 +56,16 @@ constexpr int64_t kLastSeenResolutionMs = 60 * 1000;
 //  a: the package's audit entry (a pending record of the chain, id $21 and MAC $22 from
 //     rkl::audit), only for an inserted package.
 // Returns the work key's state (NULL: unknown) and how many packages were inserted (0/1).
-// Submission $1..$13; $14 resolution; audit $15..$22. Parameters read in SELECT lists are
-// typed: there an untyped parameter would be taken as text.
+// Submission $1..$13; $14 resolution; audit $15..$22; $23 the request id (package and record).
+// Parameters read in SELECT lists are typed: there an untyped parameter would be taken as text.
 constexpr char kIntake[] =
     "WITH k AS (SELECT state FROM work_keys WHERE serial_hex = $9::text FOR SHARE),"
     " i AS (INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce, package, signature,"
     "  operator_certificate_pem, operator_certificate_serial, work_certificate_serial, ctk_pu,"
-    "  algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms)"
+    "  algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms, request_id)"
     "  SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea, $7::text,"
     "  $8::text, $9::text, $10::bytea, $11::smallint, $12::bigint, $13::bigint, 'RECEIVED',"
-    "  $13::bigint FROM k WHERE k.state <> 'RETIRED'"
+    "  $13::bigint, $23::text FROM k WHERE k.state <> 'RETIRED'"
     "  ON CONFLICT ON CONSTRAINT sn_key_mtms_operator_nonce_key DO NOTHING"
     "  RETURNING submission_id),"
     " o AS (INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
@@ -74,16 +74,16 @@ constexpr char kIntake[] =
     " u AS (UPDATE operators_seen SET last_seen_at_ms = $13::bigint"
     "  WHERE operator_id = $3::text AND certificate_serial = $8::text"
     "  AND last_seen_at_ms < $13::bigint - $14::bigint AND EXISTS (SELECT 1 FROM i)),"
-    " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac)"
-    "  SELECT $21::bigint, $15::bigint, $16::text, $17::text, $18::text, $19::text, $20::text,"
-    "  $22::bytea FROM i)"
+    " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac,"
+    "  request_id) SELECT $21::bigint, $15::bigint, $16::text, $17::text, $18::text, $19::text,"
+    "  $20::text, $22::bytea, $23::text FROM i)"
     " SELECT (SELECT state FROM k), (SELECT count(*) FROM i)";
 
 constexpr char kSubmissionColumns[] =
     "submission_id, sn, operator_id, nonce, package, signature, operator_certificate_pem,"
     " operator_certificate_serial, work_certificate_serial, ctk_pu, algorithm_code,"
     " created_at_ms, received_at_ms, state, reason, attempts, next_attempt_at_ms, last_error,"
-    " COALESCE(forwarded_at_ms, 0)";
+    " COALESCE(forwarded_at_ms, 0), request_id";
 const std::string kSelectSubmission =
     std::string("SELECT ") + kSubmissionColumns + " FROM sn_key_mtms WHERE submission_id = $1";
 // $1 state or NULL; $2/$3 cursor or NULL; $4 limit.
@@ -112,18 +112,19 @@ const std::string kClaimDue = std::string(
 constexpr char kMakeAllDue[] =
     "UPDATE sn_key_mtms SET next_attempt_at_ms = $1"
     " WHERE state = 'RECEIVED' AND next_attempt_at_ms > $1";
-// Each finish is one statement with its audit entry (eight typed parameters from the given
-// number on: the record, then its pending id and MAC), inserted into audit_pending only
+// Each finish is one statement with its audit entry (nine typed parameters from the given
+// number on: the record, then its pending id, MAC and request id), inserted into audit_pending only
 // when the row was still ours to finish. Returns how
 // many rows were finished (0/1).
 std::string WithAudit(const std::string& update, int first) {
   auto p = [&](int i, const char* type) { return absl::StrCat("$", first + i, "::", type); };
   return absl::StrCat("WITH f AS (", update, " RETURNING 1),",
                       " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail,"
-                      " result, mac) SELECT ",
+                      " result, mac, request_id) SELECT ",
                       p(6, "bigint"), ", ", p(0, "bigint"), ", ", p(1, "text"), ", ", p(2, "text"),
                       ", ", p(3, "text"), ", ", p(4, "text"), ", ", p(5, "text"), ", ",
-                      p(7, "bytea"), " WHERE EXISTS (SELECT 1 FROM f))", " SELECT count(*) FROM f");
+                      p(7, "bytea"), ", ", p(8, "text"), " WHERE EXISTS (SELECT 1 FROM f))",
+                      " SELECT count(*) FROM f");
 }
 const std::string kFinishForwarded = WithAudit(
     "UPDATE sn_key_mtms SET state = 'FORWARDED', forwarded_at_ms = $3, attempts = attempts + 1,"
@@ -149,7 +150,8 @@ constexpr char kFinishRetryLater[] =
     " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'";
 
 constexpr char kListAudit[] =
-    "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit ORDER BY seq DESC LIMIT $1";
+    "SELECT seq, at_ms, actor, action, sn, detail, result, request_id FROM audit"
+    " ORDER BY seq DESC LIMIT $1";
 
 pqxx::binarystring Bin(const Bytes& b) { return pqxx::binarystring(b.data(), b.size()); }
 
@@ -181,7 +183,7 @@ SubmissionRecord ReadSubmission(const pqxx::row& r) {
                   s.operator_certificate_pem, s.operator_certificate_serial,
                   s.work_certificate_serial, s.ctk_pu, s.algorithm_code, s.created_at_ms,
                   s.received_at_ms, state, s.reason, s.attempts, s.next_attempt_at_ms, s.last_error,
-                  s.forwarded_at_ms);
+                  s.forwarded_at_ms, s.request_id);
   s.state = ParseSubmissionState(state);
   return s;
 }
@@ -294,7 +296,9 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
 }
 
 absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const SubmissionRecord& row,
-                                                                 const AuditEntry& audit) {
+                                                                 const AuditEntry& entry) {
+  // The package keeps the submitting call's request id, for its forwarding.
+  const AuditEntry audit = audit::WithCurrentRequestId(entry);
   RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(
       pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<InsertOutcome> {
@@ -303,7 +307,7 @@ absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const Submissio
             Bin(row.signature), row.operator_certificate_pem, row.operator_certificate_serial,
             row.work_certificate_serial, Bin(row.ctk_pu), static_cast<int>(row.algorithm_code),
             row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms, audit.actor,
-            audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac));
+            audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac), audit.request_id);
         if (r[0].is_null()) return InsertOutcome::kUnknownWorkKey;
         if (r[0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
         return r[1].as<int64_t>() == 1 ? InsertOutcome::kInserted : InsertOutcome::kReplay;
@@ -373,12 +377,13 @@ absl::StatusOr<bool> PgMtmsRepository::FinishWithAudit(const std::string& statem
                                                        const std::string& submission_id,
                                                        const std::string& claim_token,
                                                        const Value& value,
-                                                       const AuditEntry& audit) {
+                                                       const AuditEntry& entry) {
+  const AuditEntry audit = audit::WithCurrentRequestId(entry);
   RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
   return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<bool> {
-    const pqxx::row finished =
-        stmt.Exec1(statement, submission_id, claim_token, value, audit.at_ms, audit.actor,
-                   audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac));
+    const pqxx::row finished = stmt.Exec1(statement, submission_id, claim_token, value, audit.at_ms,
+                                          audit.actor, audit.action, audit.sn, audit.detail,
+                                          audit.result, p.id, Bin(p.mac), audit.request_id);
     return finished[0].as<int64_t>() == 1;
   });
 }

@@ -70,6 +70,9 @@ struct SubmissionRecord {
   int64_t next_attempt_at_ms = 0;
   std::string last_error;
   int64_t forwarded_at_ms = 0;
+  // The request id of the call that submitted it ('' before request ids); set by the
+  // repository from the submitting thread's current id. Forwarding runs under it.
+  std::string request_id;
 };
 
 // One audit record; never key material: identities, SNs, indexes, serials, KCVs, codes.

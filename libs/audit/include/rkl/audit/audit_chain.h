@@ -88,7 +88,13 @@ absl::StatusOr<Bytes> PendingAuditMac(const ChainSpec& spec, const crypto::Secre
 absl::StatusOr<Bytes> HmacSha256(const crypto::SecretBytes& key, std::span<const uint8_t> data);
 
 // The canonical encoding a record's MAC covers: [seq]_8 ‖ [at_ms]_8 ‖ each text field as
-// [len]_4 ‖ bytes, in the order actor, action, sn, detail, result.
+// [len]_4 ‖ bytes, in the order actor, action, sn, detail, result, then request_id only when
+// it is not empty — so a record without one (every record written before request ids) keeps
+// the encoding, and the MAC, it always had.
 Bytes CanonicalAuditRecord(uint64_t seq, const AuditEvent& event);
+
+// `event` with its request_id set to the thread's current request id
+// (rkl/common/request_id.h) when it has none.
+AuditEvent WithCurrentRequestId(AuditEvent event);
 
 }  // namespace rkl::audit

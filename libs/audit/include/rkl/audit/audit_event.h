@@ -21,6 +21,9 @@ struct AuditEvent {
   std::string sn{};      // empty when not about one terminal
   std::string detail{};  // indexes, KCVs, error text; never key material
   std::string result{};  // "OK" or a status code name
+  // The request id of the flow the record was written for (rkl/common/request_id.h); empty
+  // when none was current. Covered by the MACs only when not empty (docs/hsm.md, "Audit").
+  std::string request_id{};
   // The record's place in its chain, set by a listing; 0 in what a service writes (the
   // chain assigns it when it seals) and outside the MACs.
   uint64_t seq = 0;

@@ -33,6 +33,11 @@
 //    removing the newest records is found. An anchor is never written over one the chain no
 //    longer holds: Anchor() refuses (FAILED_PRECONDITION), logs and audits it, and keeps the
 //    file for the investigation;
+//  - each record carries the request id it was written for (column request_id, '' for none):
+//    Append, AppendInTransaction and AppendGrouped take the calling thread's current request
+//    id (rkl/common/request_id.h) for an event that names none; PreparePending* MAC the event
+//    exactly as given, so a caller writing its own statement sets the id it stores
+//    (WithCurrentRequestId) or leaves it empty;
 //  - thread-safe; the audit key lives in SecretBytes and never leaves this object.
 // Limitations: the records after the last anchor (the tail of the chain since then, and a
 // pending record before it is sealed) can be removed without a trace; so can every record
@@ -71,8 +76,9 @@ namespace rkl::audit {
 // The answer of every service's VerifyAuditChain RPC (HSM, KMS, MTMS).
 void ToProto(const AuditVerification& v, v1::VerifyAuditChainResponse* out);
 
-// A row of a listing of the chain (seq, at_ms, actor, action, sn, detail, result): the
-// record as the event it holds, with its seq (KMS's and MTMS's ListAudit).
+// A row of a listing of the chain (seq, at_ms, actor, action, sn, detail, result, and
+// optionally a column named request_id): the record as the event it holds, with its seq
+// (KMS's and MTMS's ListAudit).
 AuditEvent ChainedEventFromRow(const pqxx::row& row);
 
 class PgAuditLog : public AuditLog {
@@ -119,7 +125,8 @@ class PgAuditLog : public AuditLog {
   absl::Status AppendInTransaction(pqxx::transaction_base& tx, const AuditEvent& event);
   // A pending record ready to be inserted by the caller's own statement (PgKeyStore's
   // one-statement writes): its id (from the pending-id block; `tx` only when the block is
-  // used up) and its MAC over id and event.
+  // used up) and its MAC over id and event — the event as given, request_id included, which
+  // the statement must therefore store as it is.
   struct PreparedPending {
     uint64_t id = 0;
     Bytes mac{};
@@ -132,7 +139,7 @@ class PgAuditLog : public AuditLog {
   absl::StatusOr<std::vector<PreparedPending>> PreparePending(std::span<const AuditEvent> events);
   // The same records as the JSON array such a statement reads (jsonb_to_recordset): one
   // object per event with "ord" (its place in `events`), "id", "mac" (hex) and the event's
-  // fields, as the group writes insert them.
+  // fields ("request_id" among them), as the group writes insert them.
   absl::StatusOr<std::string> PreparePendingJson(std::span<const AuditEvent> events);
 
   // An admin's VerifyAuditChain: `anchor_text` empty, or an anchor line of this chain

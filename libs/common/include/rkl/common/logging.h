@@ -4,7 +4,9 @@
 // which is thread-safe. Output goes to stderr (the container runtime collects it), as either
 //   text: 2024-05-01T12:00:00.123Z info rkl-hsm: message
 //   json: {"ts":"2024-05-01T12:00:00.123Z","level":"info","program":"rkl-hsm","msg":"message"}
-// one event per line. JSON strings are fully escaped (quotes, backslashes, control
+// one event per line. While the logging thread serves a request (rkl/common/request_id.h)
+// each line carries its id: text lines end in ` request_id=<id>`, JSON lines have a
+// "request_id" field after "msg". JSON strings are fully escaped (quotes, backslashes, control
 // characters, invalid UTF-8), so a message can never break or forge a line.
 //
 // What must never be logged: key material of any kind (TK, TEK, AUK, TMK, PK, MAK, Pr, LMK,

@@ -23,6 +23,8 @@
 //  - a public RPC admits every caller, with or without a client certificate (the body still
 //    applies its volume budgets, rkl/rpc/public_call_gate.h);
 //  - the body's absl::Status becomes the call's grpc::Status once, with ToGrpcStatus;
+//  - the authorization and the body run under the call's request id (RequestId(), as the
+//    interceptor fixed it) as the thread's current request id;
 //  - every refusal is passed to Options::on_refused (the services that audit refusals).
 // Built once at start-up (a declaration that is both public and role-restricted, or a role
 // pattern "*", throws std::invalid_argument); then only read: thread-safe.
@@ -39,6 +41,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "rkl/common/request_id.h"
+#include "rkl/rpc/call_context.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/rpc/status.h"
 
@@ -78,9 +82,12 @@ class ServiceAdapter {
   absl::StatusOr<std::string> Authorize(const grpc::ServerContextBase& ctx) const;
 
   // Authorizes, then runs `body(caller)` (absl::Status(const std::string&)) and converts what
-  // it returns. The handler's one line of glue.
+  // it returns. The handler's one line of glue. Both run with the call's request id as the
+  // thread's current one (rkl/common/request_id.h): their log lines and audit records carry
+  // it, and the calls the body makes to other services send it on.
   template <typename Body>
   grpc::Status Serve(const grpc::ServerContextBase& ctx, Body&& body) const {
+    const ScopedRequestId request_id(RequestId(ctx));
     absl::StatusOr<std::string> caller = Authorize(ctx);
     if (!caller.ok()) return ToGrpcStatus(caller.status());
     return ToGrpcStatus(std::forward<Body>(body)(*caller));

@@ -2,8 +2,9 @@
 // Request ids and per-call client contexts.
 //
 // Every RPC carries an `x-request-id` metadata entry so one operation can be followed
-// through MTMS, KMS and the HSMs in the logs. A client sets it with MakeClientContext (a new
-// id, or the id of the request it is serving); the server's logging interceptor keeps a
+// through MTMS, KMS and the HSMs in the logs. A client sets it with MakeClientContext (the
+// thread's current request id, so a call made while serving one carries the served call's
+// id, or a new one); the server's logging interceptor keeps a
 // well-formed incoming id, or replaces a missing or malformed one with a fresh id, makes it
 // visible to the handler through RequestId(), and returns it to the client in the response
 // initial metadata. Ids are random, not secret; they never carry user data.
@@ -41,7 +42,9 @@ std::string RequestId(const grpc::ServerContextBase& ctx);
 std::string RpcMethod(const grpc::ServerContextBase& ctx);
 
 // A client context with a deadline `timeout` from now and `x-request-id` set to
-// `request_id` (a new id when empty). ClientContext cannot move, hence the unique_ptr.
+// `request_id`; when that is empty, to the thread's current request id
+// (rkl/common/request_id.h: the id of the call being served, or of the flow a client runs),
+// and to a new id only when there is none. ClientContext cannot move, hence the unique_ptr.
 std::unique_ptr<grpc::ClientContext> MakeClientContext(absl::Duration timeout,
                                                        std::string request_id = "");
 

@@ -1,6 +1,7 @@
 #pragma once
 // PeerClient: the one way rkl's clients make unary calls to another rkl service. Every call
-// gets a deadline and a fresh x-request-id (MakeClientContext), and a failed call comes back
+// gets a deadline and an x-request-id (MakeClientContext: the thread's current request id, so
+// a call made while serving another carries its id; else a fresh one), and a failed call comes back
 // under the peer-error policy (FromPeerStatus, rkl/rpc/status.h): an unreachable or late peer
 // is UNAVAILABLE naming it, every other status is the peer's own answer, code and message
 // kept. Thread-safe (gRPC stubs are).
