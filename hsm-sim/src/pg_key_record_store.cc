@@ -185,12 +185,13 @@ std::string OneWriteSql(size_t locked, size_t superseded, size_t keys) {
   // Parameters are numbered in the order they are appended, one per statement: the
   // arguments of one call are evaluated in no defined order.
   std::string audit_params;
-  for (const char* type : {"bigint", "bigint", "text", "text", "text", "text", "text", "bytea"}) {
+  for (const char* type :
+       {"bigint", "bigint", "text", "text", "text", "text", "text", "bytea", "text"}) {
     absl::StrAppend(&audit_params, audit_params.empty() ? "" : ", ", "$", ++n, "::", type);
   }
   absl::StrAppend(&sql,
                   ", aud AS (INSERT INTO hsm_audit_pending (id, at_ms, actor, action, sn, "
-                  "detail, result, mac) SELECT ",
+                  "detail, result, mac, request_id) SELECT ",
                   audit_params, " WHERE (SELECT ok FROM ok))");
   if (keys > 0) {
     absl::StrAppend(&sql,
@@ -273,7 +274,7 @@ absl::StatusOr<bool> WriteOnePlan(db::OneStatement& stmt, const OneWritePlan& pl
   for (uint64_t index : superseded) params.push_back(absl::StrCat(index));
   const AuditEvent& e = *plan.audit;
   for (std::string v : {absl::StrCat(plan.pending.id), absl::StrCat(e.at_ms), e.actor, e.action,
-                        e.sn, e.detail, e.result, ByteaText(plan.pending.mac)}) {
+                        e.sn, e.detail, e.result, ByteaText(plan.pending.mac), e.request_id}) {
     params.push_back(std::move(v));
   }
   for (const KeyRecord& r : plan.inserts) {
@@ -552,8 +553,10 @@ class PgKeyRecordTransaction : public KeyRecordTransaction {
       if (one_write_->audit) {
         return absl::InternalError("a one-statement HSM command wrote a second audit record");
       }
-      RKL_ASSIGN_OR_RETURN(one_write_->pending, store_.audit_.PreparePending(tx_, event));
-      one_write_->audit = event;
+      // The record is MACed and stored with the flow's request id.
+      one_write_->audit = audit::WithCurrentRequestId(event);
+      RKL_ASSIGN_OR_RETURN(one_write_->pending,
+                           store_.audit_.PreparePending(tx_, *one_write_->audit));
       return absl::OkStatus();
     }
     return store_.audit_.AppendInTransaction(tx_, event);

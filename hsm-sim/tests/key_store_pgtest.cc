@@ -286,7 +286,7 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
   tx.exec(absl::StrCat("PREPARE ow AS ", OneWriteSql(2, 2, 2)));
   std::string args =
       "1000000, 1000001, 5, 1000000, 1000001, 999999, 5, 'kms', 'test', "
-      "'SN-0', '', 'OK', '\\x00'";
+      "'SN-0', '', 'OK', '\\x00', 'req-1'";
   for (int i = 0; i < 2; ++i) {
     absl::StrAppend(&args, ", ", 2000000 + i, ", ", 4 + i, ", 17, ", 4 + i, ", 'SN-0', 'plan:", i,
                     "', '', 5, 0, '\\x', '\\x00', '\\x00', 0, ''");

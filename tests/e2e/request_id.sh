@@ -8,8 +8,9 @@
 # the log of MTMS (SubmitTransportKey), HSM #1 (the translation MTMS's forwarder asked for),
 # KMS (the forwarder's SubmitTransportKey and the terminal's own calls) and HSM #2 (KMS's
 # calls for the terminal); no log line may carry both terminals' ids, or the id of one and
-# the SN of the other. The audit chains of MTMS, HSM #1 and HSM #2 must hold records of the
-# terminal under its id, and none of the other terminal. KMS logs JSON here
+# the SN of the other. The audit chains of MTMS, HSM #1, KMS and HSM #2 must hold records of
+# the terminal under its id (KMS: its receipt, authentication, delivery and installation;
+# HSM #2: the import, the delivery and the install proof), and none of the other terminal. KMS logs JSON here
 # (RKL_KMS_LOG_FORMAT=json): each of its lines with the id must parse as JSON, and carry the
 # id as its "request_id" field (the RPC interceptor's line, written outside the handler, in
 # its message: "rpc <method> request_id=<id> ...").
@@ -101,7 +102,7 @@ if fields == 0:
 
   # Audit records under the id: each chain (sealed and pending), none about the other SN.
   for check in "rkl_mtms audit audit_pending" "rkl_hsm_mtms hsm_audit hsm_audit_pending" \
-    "rkl_hsm_kms hsm_audit hsm_audit_pending"; do
+    "rkl_kms audit audit_pending" "rkl_hsm_kms hsm_audit hsm_audit_pending"; do
     read -r db chain pending <<<"$check"
     rows=$(e2e_sql "$db" "SELECT count(*), count(*) FILTER (WHERE sn = '$sn'),
       count(*) FILTER (WHERE sn = '$other_sn') FROM (SELECT sn, request_id FROM $chain
@@ -111,6 +112,14 @@ if fields == 0:
     ((of_other == 0)) || e2e_fail "terminal $sn: $db has $of_other records of $other_sn under its id"
     e2e_log "terminal $sn: $db: $all audit records under its id, $of_sn about $sn"
   done
+  # The records written in one statement with their key changes carry the id too.
+  n=$(e2e_sql rkl_hsm_kms "SELECT count(*) FROM (SELECT action, request_id FROM hsm_audit
+    UNION ALL SELECT action, request_id FROM hsm_audit_pending) r
+    WHERE request_id = '$mine' AND action IN ('tk.import_and_challenge', 'tmk.authenticate_and_deliver')")
+  ((n >= 2)) || e2e_fail "terminal $sn: HSM #2 has $n import/delivery records under its id"
+  n=$(e2e_sql rkl_kms "SELECT count(*) FROM audit WHERE request_id = '$mine'
+    AND sn = '$sn' AND action = 'terminal.installed'")
+  ((n == 1)) || e2e_fail "terminal $sn: KMS has $n terminal.installed records under its id"
 done
 
 # The chains still verify with the new field (HSMs too).

@@ -347,7 +347,7 @@ void RegisterKmsCommands(CLI::App& app) {
           std::cout << r.seq() << "  " << absl::FormatTime(absl::FromUnixMillis(r.at_unix_ms()))
                     << "  " << r.actor() << "  " << r.action() << "  "
                     << (r.sn().empty() ? "-" : r.sn()) << "  " << r.result() << "  " << r.detail()
-                    << "\n";
+                    << (r.request_id().empty() ? "" : "  request_id=" + r.request_id()) << "\n";
         }
         return resp.next_page_token();
       });

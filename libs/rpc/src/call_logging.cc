@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "rkl/common/request_id.h"
 #include "rkl/metrics/metrics.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/identity.h"
@@ -86,6 +87,9 @@ class CallLoggingInterceptor final : public grpc::experimental::Interceptor {
 
   void Log(const grpc::Status& status) {
     logged_ = true;
+    // The line belongs to the call: in JSON it gets the "request_id" field too (the text
+    // format does not repeat an id the message already names).
+    const ScopedRequestId scope(request_id_);
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_)
                     .count();
     absl::Status s = FromGrpcStatus(status);

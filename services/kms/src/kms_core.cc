@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/auth.h"
@@ -180,6 +181,8 @@ AuditEntry KmsCore::Audit(std::string actor, std::string action, std::string sn,
   e.sn = std::move(sn);
   e.detail = std::move(detail);
   e.result = CodeName(result);
+  // The flow's request id (docs/operations.md, "Request ids"); stored and MACed as it is.
+  e.request_id = std::string(CurrentRequestId());
   return e;
 }
 

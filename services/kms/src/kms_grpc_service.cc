@@ -272,6 +272,7 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
            r->set_sn(e.sn);
            r->set_detail(e.detail);
            r->set_result(e.result);
+           r->set_request_id(e.request_id);
          }
          resp->set_next_page_token(page.next_page_token);
          return absl::OkStatus();

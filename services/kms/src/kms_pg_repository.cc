@@ -40,10 +40,11 @@ const std::string kListTerminals =
 // below), inserted in array order and only when the main write happened, into
 // audit_pending with the id and MAC rkl::audit prepared for each; the sealer chains them.
 constexpr char kAuditFromJson[] =
-    "INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac) "
-    "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, 'hex') "
-    "FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, id bigint, at_ms bigint, "
-    "actor text, action text, sn text, detail text, result text, mac text) ";
+    "INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac, request_id) "
+    "SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, decode(x.mac, 'hex'), "
+    "x.request_id FROM jsonb_to_recordset($AUDIT::jsonb) AS x(ord int, id bigint, "
+    "at_ms bigint, actor text, action text, sn text, detail text, result text, mac text, "
+    "request_id text) ";
 
 // The SN-TK_KMS upsert's conflict clause: an unchanged row is not rewritten.
 constexpr char kTkValues[] =
@@ -227,7 +228,7 @@ constexpr char kRefundProofAttempt[] =
     "retry_after_ms = least(retry_after_ms, $2::bigint), version = version + 1 WHERE sn = $1";
 
 constexpr char kListAudit[] =
-    "SELECT seq, at_ms, actor, action, sn, detail, result FROM audit "
+    "SELECT seq, at_ms, actor, action, sn, detail, result, request_id FROM audit "
     "WHERE ($1 = '' OR sn = $1) AND seq > $2 ORDER BY seq LIMIT $3";
 
 constexpr char kCountByState[] = "SELECT state, count(*) FROM terminals GROUP BY state";
