@@ -37,18 +37,7 @@ pos_log="$RKL_STATE/logs/pos.log"
 installed=E2E-BAD-INSTALLED
 pending=E2E-BAD-PENDING
 rkl_pos provision --sn "$installed" >>"$pos_log" 2>&1 || e2e_fail "terminal $installed: provision failed"
-for step in manufacture install-cert generate-tk submit; do
-  rkl_pos "$step" --sn "$pending" >>"$pos_log" 2>&1 || e2e_fail "terminal $pending: $step failed"
-done
-# MTMS forwards the transport key to KMS in the background; bounded wait.
-for ((i = 0; i < 600; i++)); do
-  # shellcheck disable=SC2046
-  if rklctl kms terminal get "$pending" $(e2e_admin) 2>/dev/null | grep -q " state=TK_RECEIVED "; then
-    break
-  fi
-  ((i < 599)) || e2e_fail "terminal $pending: KMS never received its transport key"
-  sleep 0.2
-done
+e2e_tk_at_kms "$pending" "$pos_log"
 e2e_log "terminal $installed INSTALLED, terminal $pending TK_RECEIVED at KMS"
 
 # shellcheck disable=SC1091

@@ -205,6 +205,24 @@ e2e_sql() {
   rkl_psql -d "$db" -At -F ' ' -c "$sql"
 }
 
+# Takes terminal $1 through manufacture, install-cert, generate-tk and submit (rkl-pos's
+# single steps, RKL_POS_* from e2e_pos_env; output appended to $2), then waits (bounded) until
+# MTMS has forwarded its transport key: KMS holds it as TK_RECEIVED.
+e2e_tk_at_kms() {
+  local sn=$1 log=$2 step i
+  for step in manufacture install-cert generate-tk submit; do
+    rkl_pos "$step" --sn "$sn" >>"$log" 2>&1 || e2e_fail "terminal $sn: $step failed"
+  done
+  for ((i = 0; i < 600; i++)); do
+    # shellcheck disable=SC2046
+    if rklctl kms terminal get "$sn" $(e2e_admin) 2>/dev/null | grep -q " state=TK_RECEIVED "; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  e2e_fail "terminal $sn: KMS never received its transport key"
+}
+
 # Count of INSTALLED terminals KMS reports (admin RPC); empty if KMS does not answer.
 e2e_kms_installed() {
   # shellcheck disable=SC2046

@@ -32,19 +32,7 @@ e2e_assert_fleet "$prefix" "$count"
 
 lock_sn=E2E-LOCKME-1
 e2e_pos_env
-for step in manufacture install-cert generate-tk submit; do
-  rkl_pos "$step" --sn "$lock_sn" >>"$RKL_STATE/logs/pos.log" 2>&1 ||
-    e2e_fail "terminal $lock_sn: $step failed"
-done
-# MTMS forwards the transport key to KMS in the background; bounded wait.
-for ((i = 0; i < 600; i++)); do
-  # shellcheck disable=SC2046
-  if rklctl kms terminal get "$lock_sn" $(e2e_admin) 2>/dev/null | grep -q " state=TK_RECEIVED "; then
-    break
-  fi
-  ((i < 599)) || e2e_fail "terminal $lock_sn: KMS never received its transport key"
-  sleep 0.2
-done
+e2e_tk_at_kms "$lock_sn" "$RKL_STATE/logs/pos.log"
 e2e_log "terminal $lock_sn TK_RECEIVED at KMS"
 
 export E2E_PKI="$RKL_STATE/pki" E2E_KMS_ADDR

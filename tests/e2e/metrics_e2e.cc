@@ -15,12 +15,8 @@
 // Environment: E2E_PKI, E2E_KMS_ADDR, E2E_<SERVICE>_METRICS_ADDR (host:port) for ca, hsm-mtms,
 // hsm-kms, mtms and kms, E2E_FLEET_COUNT and E2E_FLEET_PREFIX (the fleet's terminals),
 // E2E_LOCK_SN (a terminal in TK_RECEIVED), E2E_RATE_SN (an SN KMS does not know).
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <netdb.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <map>
 #include <string>
@@ -45,41 +41,11 @@ std::string MetricsAddress(const std::string& process) {
   return Env(env.c_str());
 }
 
-// GET http://<host:port>/metrics: the body, or "" (and a test failure) when it cannot be read.
+// One scrape of `address` (host:port): the body, or "" and a test failure.
 std::string ScrapeText(const std::string& address) {
-  size_t colon = address.rfind(':');
-  if (colon == std::string::npos) {
-    ADD_FAILURE() << "not host:port: " << address;
-    return "";
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (getaddrinfo(address.substr(0, colon).c_str(), address.substr(colon + 1).c_str(), &hints,
-                  &found) != 0) {
-    ADD_FAILURE() << "cannot resolve " << address;
-    return "";
-  }
-  int fd = socket(found->ai_family, found->ai_socktype, found->ai_protocol);
-  bool connected = fd >= 0 && connect(fd, found->ai_addr, found->ai_addrlen) == 0;
-  freeaddrinfo(found);
-  if (!connected) {
-    if (fd >= 0) close(fd);
-    ADD_FAILURE() << "cannot connect to " << address;
-    return "";
-  }
-  const std::string request = "GET /metrics HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
-  (void)!write(fd, request.data(), request.size());
-  std::string response;
-  char buf[8192];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
-  close(fd);
-  size_t body = response.find("\r\n\r\n");
-  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 200") ||
-              absl::StartsWith(response, "HTTP/1.0 200"))
-      << address << ": " << response.substr(0, 100);
-  return body == std::string::npos ? "" : response.substr(body + 4);
+  absl::StatusOr<std::string> body = metrics::ScrapeOnce(address);
+  EXPECT_TRUE(body.ok()) << body.status();
+  return body.ok() ? *body : "";
 }
 
 using Series = std::map<std::string, double>;
@@ -180,6 +146,16 @@ std::string RandomBytes(size_t n) {
   return std::string(b.begin(), b.end());
 }
 
+// BeginAuthentication for `sn` as an AES terminal would send it (a fresh 16-byte Rnd1).
+grpc::Status Begin(v1::Kms::Stub& kms, const std::string& sn,
+                   v1::BeginAuthenticationResponse* challenge) {
+  v1::BeginAuthenticationRequest req;
+  req.set_sn(sn);
+  req.set_rnd1(RandomBytes(16));
+  auto ctx = rpc::MakeClientContext(absl::Seconds(30));
+  return kms.BeginAuthentication(ctx.get(), req, challenge);
+}
+
 TEST(Refusals, EveryRateLimitedCallIsCounted) {
   auto kms = KmsAsTerminal();
   const std::string sn = Env("E2E_RATE_SN");
@@ -188,12 +164,8 @@ TEST(Refusals, EveryRateLimitedCallIsCounted) {
   // refused, whatever the machine's speed.
   int refused = 0;
   for (int i = 0; i < 60; ++i) {
-    v1::BeginAuthenticationRequest req;
-    req.set_sn(sn);
-    req.set_rnd1(RandomBytes(16));
     v1::BeginAuthenticationResponse resp;
-    auto ctx = rpc::MakeClientContext(absl::Seconds(30));
-    grpc::Status s = kms->BeginAuthentication(ctx.get(), req, &resp);
+    grpc::Status s = Begin(*kms, sn, &resp);
     ASSERT_NE(s.error_code(), grpc::StatusCode::OK) << "KMS does not know " << sn;
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++refused;
   }
@@ -207,12 +179,8 @@ TEST(Refusals, OneWrongProofIsOneAuthFailureAndWithThresholdOneALockout) {
   Series before = Scrape("kms");
   ASSERT_EQ(Value(before, "rkl_kms_terminals", {{"state", "locked"}, {"protocol", "patent"}}), 0);
 
-  v1::BeginAuthenticationRequest begin;
-  begin.set_sn(sn);
-  begin.set_rnd1(RandomBytes(16));
   v1::BeginAuthenticationResponse challenge;
-  auto ctx = rpc::MakeClientContext(absl::Seconds(30));
-  grpc::Status s = kms->BeginAuthentication(ctx.get(), begin, &challenge);
+  grpc::Status s = Begin(*kms, sn, &challenge);
   ASSERT_TRUE(s.ok()) << s.error_message();
 
   v1::CompleteAuthenticationRequest complete;
@@ -220,7 +188,7 @@ TEST(Refusals, OneWrongProofIsOneAuthFailureAndWithThresholdOneALockout) {
   complete.set_sn(sn);
   complete.set_crnd2(RandomBytes(32));  // E(K_p2k, Rnd2 ‖ Rnd1) of an AES terminal, but wrong
   v1::CompleteAuthenticationResponse delivery;
-  ctx = rpc::MakeClientContext(absl::Seconds(30));
+  auto ctx = rpc::MakeClientContext(absl::Seconds(30));
   s = kms->CompleteAuthentication(ctx.get(), complete, &delivery);
   ASSERT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
 

@@ -1,10 +1,6 @@
 #include "rkl/metrics/metrics.h"
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <string>
 
@@ -15,26 +11,11 @@
 namespace rkl::metrics {
 namespace {
 
-// GET /metrics from 127.0.0.1:port over a plain socket: the body (the whole response; the
-// parser skips the headers' lines, which carry no value).
+// One scrape of 127.0.0.1:port (empty when it fails, which the test then reports).
 std::string Scrape(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return {};
-  }
-  std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, request.data(), request.size());
-  std::string response;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
-  close(fd);
-  size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? response : response.substr(body + 4);
+  auto body = ScrapeOnce("127.0.0.1:" + std::to_string(port));
+  EXPECT_TRUE(body.ok()) << body.status();
+  return body.ok() ? *body : "";
 }
 
 TEST(MetricsTest, CountersAndRefreshedGaugesAppearInACollection) {

@@ -75,6 +75,11 @@ std::optional<double> SampleValue(const std::vector<prometheus::MetricFamily>& f
 // _sum and _count series; comments are skipped. For tests that scrape a process.
 std::map<std::string, double> ParseExposition(std::string_view text);
 
+// GET http://<address>/metrics (address "host:port") once, over plain HTTP/1.0: the body.
+// UNAVAILABLE when nothing answers, INTERNAL on any status but 200. For tests that scrape a
+// process.
+absl::StatusOr<std::string> ScrapeOnce(const std::string& address);
+
 // The key of `name` with `labels` as ParseExposition spells it.
 std::string SeriesKey(std::string_view name, const std::map<std::string, std::string>& labels = {});
 
