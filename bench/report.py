@@ -212,7 +212,11 @@ def fleet(name):
 e2e_runs = {}
 core_runs = {}
 metrics_runs = {}
+baseline_runs = {}
 for fname in sorted(os.listdir(raw)):
+    m = re.fullmatch(r"(baseline(?:-\d+)?)\.json", fname)
+    if m:
+        baseline_runs[m.group(1)] = fleet(m.group(1))
     m = re.fullmatch(r"(e2e(?:_\d+)?(?:-\d+)?)\.json", fname)
     if m:
         e2e_runs[m.group(1)] = fleet(m.group(1))
@@ -263,6 +267,194 @@ def summarize(runs_by_name):
 level_summary = summarize(e2e_runs)
 core_summary = summarize(core_runs)
 metrics_summary = summarize(metrics_runs)
+baseline_summary = summarize(baseline_runs).get("baseline")
+
+
+def threads(name, terminals):
+    """Per process, from <name>.threads (bench/run's thread_sample before, every half second
+    during and after a fleet): CPU ms per terminal and the busiest thread's share of one core
+    over the fleet's wall time. A thread's CPU is its last sample less its first-sample value
+    (0 when it started during the fleet); rkl-pos's ends at its last half-second sample."""
+    text = read(name + ".threads")
+    if not text or not terminals:
+        return None
+    first, last = {}, {}
+    wall0 = wall1 = None
+    tck = 100
+    for line in text.splitlines():
+        f = line.split()
+        if f[0] == "wall_start":
+            wall0, tck = float(f[1]), int(f[3])
+            continue
+        if f[0] == "wall_end":
+            wall1 = float(f[1])
+            continue
+        if len(f) != 5:
+            continue
+        sample, proc, tid, tname, jiffies = f[0], f[1], f[2], f[3], int(f[4])
+        key = (proc, tid, tname)
+        if sample == "0":
+            first[key] = jiffies
+        last[key] = max(jiffies, last.get(key, 0))
+    if wall0 is None or wall1 is None or wall1 <= wall0:
+        return None
+    wall = wall1 - wall0
+    procs = {}
+    for key, j in last.items():
+        proc, tid, tname = key
+        d = (j - first.get(key, 0)) / tck
+        p = procs.setdefault(proc, {"cpu_s": 0.0, "busiest_thread": None, "busiest_s": 0.0})
+        p["cpu_s"] += d
+        if d > p["busiest_s"]:
+            p["busiest_s"], p["busiest_thread"] = d, (tname if proc != "postgres" else f"backend {tid}")
+    total = sum(p["cpu_s"] for p in procs.values()) or 1.0
+    return {proc: {"cpu_ms_per_terminal": round(1000 * p["cpu_s"] / terminals, 3),
+                   "share_of_cpu": round(p["cpu_s"] / total, 4),
+                   "busiest_thread": p["busiest_thread"],
+                   "busiest_thread_core_share": round(p["busiest_s"] / wall, 3)}
+            for proc, p in sorted(procs.items())}
+
+
+def cpu_count(cpus):
+    """CPUs in a taskset list such as "0", "0-3" or "0,2-3"."""
+    n = 0
+    for part in (cpus or "").split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            n += int(b) - int(a) + 1
+        elif part:
+            n += 1
+    return n or None
+
+
+# The core sweep (--cores): per K, the median run's rate and its processes' threads.
+SATURATED = 0.80
+core_sweep = []
+for level, L in core_summary.items():
+    runs = [(n, core_runs[n]) for n in L["runs"]]
+    by_rate = sorted(runs, key=lambda nr: nr[1]["terminals_per_s"])
+    mid_name, mid = by_rate[len(by_rate) // 2]
+    machine = L["median_machine_cpu_ms_per_terminal"]
+    core_sweep.append({
+        "k": cpu_count(L["cpus"]), "cpus": L["cpus"], "runs": L["runs"],
+        "median_terminals_per_s": L["median_terminals_per_s"],
+        "median_machine_cpu_ms_per_terminal": machine,
+        "median_server_cpu_ms_per_terminal": L["median_server_cpu_ms_per_terminal"],
+        "cores_busy": round(machine * L["median_terminals_per_s"] / 1000, 2) if machine else None,
+        "threads_of_run": mid_name,
+        "processes": threads(mid_name, mid["succeeded"]),
+    })
+core_sweep.sort(key=lambda c: c["k"] or 0)
+
+
+def saturation_note(sweep):
+    """The first component that approaches saturation as K grows: a process whose busiest
+    thread takes more than 80% of one core, else the process whose share of the CPU grew the
+    most from the smallest K to the largest."""
+    measured = [c for c in sweep if c["processes"]]
+    if not measured:
+        return None
+    for c in measured:
+        hot = [(p["busiest_thread_core_share"], proc, p["busiest_thread"])
+               for proc, p in c["processes"].items() if p["busiest_thread_core_share"] > SATURATED]
+        if hot:
+            share, proc, tname = max(hot)
+            return (f"First to approach saturation: **{proc}** at K = {c['k']}, its busiest thread "
+                    f"({tname}) at {100 * share:.0f}% of one core.")
+    lo, hi = measured[0], measured[-1]
+    note = (f"Nothing saturates up to K = {hi['k']}: no thread above "
+            f"{100 * SATURATED:.0f}% of one core.")
+    if lo is not hi:
+        growth = [(hi["processes"][p]["share_of_cpu"] - lo["processes"][p]["share_of_cpu"], p)
+                  for p in hi["processes"] if p in lo["processes"]]
+        g, proc = max(growth) if growth else (0, None)
+        if g < 0.01:
+            note += (f" No process's share of the CPU grew by a percentage point or more from "
+                     f"K = {lo['k']} to K = {hi['k']}.")
+        else:
+            note += (f" The process whose share of the CPU grew most from K = {lo['k']} to "
+                     f"K = {hi['k']}: {proc} ({100 * lo['processes'][proc]['share_of_cpu']:.0f}% → "
+                     f"{100 * hi['processes'][proc]['share_of_cpu']:.0f}%).")
+    return note
+
+
+core_saturation = saturation_note(core_sweep)
+
+
+def parse_prom(text):
+    """Prometheus text to {(name, ((label, value), ...)): value}."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not m:
+            continue
+        labels = tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
+        try:
+            samples[(m.group(1), labels)] = float(m.group(3))
+        except ValueError:
+            pass
+    return samples
+
+
+COUNT_PROCESSES = ("ca", "hsm-mtms", "hsm-kms", "mtms", "kms")
+FORWARDER = ("rkl_mtms_forwarder_wakeups_total", "rkl_mtms_forwarder_empty_claims_total")
+
+
+def count_report(tag):
+    """bench/run's count phase <tag>: per terminal statements, commits, top statements,
+    RPCs by process/method/code, MTMS forwarder counters."""
+    f = load_json(tag + ".json")
+    if not f or not f.get("succeeded"):
+        return None
+    n = f["succeeded"]
+    statements, top = {}, {}
+    for line in read(tag + ".statements").splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        db, calls, query = parts[0], int(parts[1]), parts[2]
+        statements[db] = statements.get(db, 0) + calls
+        top.setdefault(db, []).append({"calls_per_terminal": round(calls / n, 3), "query": query})
+    before = {l.split()[0]: l.split()[1:] for l in read(tag + ".commits.before").splitlines() if l.strip()}
+    after = {l.split()[0]: l.split()[1:] for l in read(tag + ".commits.after").splitlines() if l.strip()}
+    dbs = sorted(set(statements) | set(after))
+    per_db = {db: {"statements": round(statements.get(db, 0) / n, 2),
+                   "commits": round((int(after[db][0]) - int(before.get(db, ["0"])[0])) / n, 2)
+                   if db in after else None,
+                   "top": top.get(db, [])[:8]} for db in dbs}
+    rpcs, forwarder = {}, {}
+    for proc in COUNT_PROCESSES:
+        a_text = read(f"{tag}.{proc}.after.prom")
+        if not a_text:
+            continue
+        b, a = parse_prom(read(f"{tag}.{proc}.before.prom")), parse_prom(a_text)
+        for (name, labels), v in a.items():
+            if name != "rkl_rpc_requests_total":
+                continue
+            d = v - b.get((name, labels), 0.0)
+            if d <= 0:
+                continue
+            L = dict(labels)
+            method = L.get("method", "?").rsplit("/", 1)[-1]
+            rpcs.setdefault(proc, {})[f"{method} {L.get('code', '?')}"] = round(d / n, 3)
+        if proc == "mtms":
+            for metric in FORWARDER:
+                keys = [k for k in a if k[0] == metric]
+                forwarder[metric] = (round(sum(a[k] - b.get(k, 0.0) for k in keys) / n, 3)
+                                     if keys else None)
+    begin = sum(v for method_code, v in rpcs.get("kms", {}).items()
+                if method_code.startswith("BeginAuthentication "))
+    return {"terminals": n, "failed": f.get("failed"), "per_database": per_db,
+            "statements_per_terminal": round(sum(statements.values()) / n, 2),
+            "commits_per_terminal": round(sum(d["commits"] or 0 for d in per_db.values()), 2),
+            "rpcs_per_terminal": rpcs,
+            "begin_authentication_per_terminal": round(begin, 3) if "kms" in rpcs else None,
+            "forwarder_per_terminal": forwarder or {m: None for m in FORWARDER}}
+
+
+count = {"current": count_report("count"), "baseline": count_report("baseline-count")}
 e2e = e2e_runs.get("e2e")
 
 measured = {
@@ -351,6 +543,14 @@ for line in read("rpc-latency.txt").splitlines():
     svc, method, n, mean = line.split()
     rpc_latency.append({"service": svc, "method": method, "calls": int(n), "mean_ms": float(mean)})
 rpc_latency.sort(key=lambda r: (r["service"], r["method"]))
+
+measured["count"] = count
+measured["core_sweep"] = {"per_k": core_sweep, "saturation": core_saturation}
+if baseline_summary:
+    measured["baseline"] = {
+        "rev": env.get("baseline_rev"), "commit": env.get("baseline_git"), "head": env.get("git"),
+        "baseline": baseline_summary, "current": level_summary.get("e2e"),
+    }
 
 results = {
     "environment": env,
@@ -479,7 +679,7 @@ if len(scaling) > 1 or (scaling and len(scaling[0]["runs"]) > 1):
                   f"{sc['server_cpu_relative_to_empty']:.2f}× | {sc['wall_relative_to_empty']:.2f}× | "
                   f"{fmt(sc['median_machine_cpu_ms_per_terminal'], 2)} |")
     md.append("")
-all_runs = sorted(list(e2e_runs.items()) + list(core_runs.items()),
+all_runs = sorted(list(e2e_runs.items()) + list(core_runs.items()) + list(baseline_runs.items()),
                   key=lambda nr: (nr[1]["stored_terminals_before"] or 0) if nr[1] else 0)
 if len(all_runs) > 1:
     md.append("## Every fleet, in the order run\n")
@@ -540,6 +740,108 @@ if m_off and m_on:
                   f"{fmt(L['median_machine_cpu_ms_per_terminal'], 2)} | "
                   f"{L['median_server_cpu_ms_per_terminal']:.2f} |")
     md.append("")
+if any(c["processes"] for c in core_sweep):
+    md.append("## Core sweep: each process's CPU and busiest thread\n")
+    md.append("Per K (everything on CPUs 0..K-1), the run with the median rate: each process's "
+              "CPU per terminal and, in parentheses, its busiest thread's share of one core over "
+              "the fleet (`/proc/<pid>/task/*/stat`; PostgreSQL's busiest thread is its busiest "
+              "backend; rkl-pos's CPU up to its last half-second sample).\n")
+    procs = sorted({p for c in core_sweep if c["processes"] for p in c["processes"]},
+                   key=lambda p: (p not in COUNT_PROCESSES + ("postgres",), p))
+    md.append("| K | median terminals/s | machine CPU ms / terminal | cores busy | " +
+              " | ".join(f"{p} ms (busiest thread)" for p in procs) + " |")
+    md.append("|---:|---:|---:|---:|" + "---:|" * len(procs))
+    for c in core_sweep:
+        P = c["processes"] or {}
+        cells = [f"{P[p]['cpu_ms_per_terminal']:.2f} ({100 * P[p]['busiest_thread_core_share']:.0f}%)"
+                 if p in P else "—" for p in procs]
+        md.append(f"| {c['k']} | {fmt(c['median_terminals_per_s'], 1)} | "
+                  f"{fmt(c['median_machine_cpu_ms_per_terminal'], 2)} | "
+                  f"{fmt(c['cores_busy'], 2)} of {c['k']} | " + " | ".join(cells) + " |")
+    md.append("")
+    if core_saturation:
+        md.append(core_saturation + "\n")
+
+
+def per_db(c, key):
+    return {db: d[key] for db, d in c["per_database"].items()} if c else {}
+
+
+def ratio_cell(a, b):
+    return f"{b / a:.2f}×" if a and b is not None else "—"
+
+
+cur_c, base_c = count["current"], count["baseline"]
+if baseline_summary:
+    cur_l = level_summary.get("e2e")
+    md.append("## Before / after\n")
+    md.append(f"Baseline `{env.get('baseline_rev')}` = {env.get('baseline_git')} "
+              f"(\"{env.get('baseline_subject', '')}\") against HEAD {env.get('git')} "
+              f"(\"{env.get('git_subject', '')}\"): each built Release and run as its own "
+              "deployment on this machine, the empty level's fleets alternated baseline, current, "
+              "current, baseline, ...; statements, commits and calls from each one's count "
+              "phase.\n")
+    md.append(f"| per terminal | {env.get('baseline_git')} (before) | {env.get('git')} (after) | after / before |")
+    md.append("|---|---:|---:|---:|")
+
+    def row(label, a, b, digits=2):
+        md.append(f"| {label} | {fmt(a, digits)} | {fmt(b, digits)} | {ratio_cell(a, b)} |")
+
+    b_runs = " / ".join(fmt(r, 1) for r in baseline_summary["terminals_per_s"])
+    c_runs = " / ".join(fmt(r, 1) for r in cur_l["terminals_per_s"]) if cur_l else ""
+    md.append(f"| terminals/s, median ({b_runs} → {c_runs}) | "
+              f"{fmt(baseline_summary['median_terminals_per_s'], 1)} | "
+              f"{fmt(cur_l and cur_l['median_terminals_per_s'], 1)} | "
+              f"{ratio_cell(baseline_summary['median_terminals_per_s'], cur_l and cur_l['median_terminals_per_s'])} |")
+    row("machine CPU ms (median)", baseline_summary["median_machine_cpu_ms_per_terminal"],
+        cur_l and cur_l["median_machine_cpu_ms_per_terminal"])
+    row("server CPU ms (median)", baseline_summary["median_server_cpu_ms_per_terminal"],
+        cur_l and cur_l["median_server_cpu_ms_per_terminal"])
+    if cur_c or base_c:
+        for key, label in (("statements", "statements"), ("commits", "commits")):
+            b_db, c_db = per_db(base_c, key), per_db(cur_c, key)
+            for db in sorted(set(b_db) | set(c_db)):
+                row(f"{label}, {db}", b_db.get(db), c_db.get(db))
+            row(f"{label}, all databases", base_c and base_c[f"{key}_per_terminal"],
+                cur_c and cur_c[f"{key}_per_terminal"])
+        row("KMS BeginAuthentication calls", base_c and base_c["begin_authentication_per_terminal"],
+            cur_c and cur_c["begin_authentication_per_terminal"], 3)
+        for metric in FORWARDER:
+            row(f"`{metric}`", base_c and base_c["forwarder_per_terminal"].get(metric),
+                cur_c and cur_c["forwarder_per_terminal"].get(metric), 3)
+    md.append("")
+for label, c in (("current build", cur_c), (f"baseline {env.get('baseline_git')}", base_c)):
+    if not c:
+        continue
+    md.append(f"## Per terminal: statements, commits, RPCs ({label})\n")
+    md.append(f"One fleet of {c['terminals']} terminals ({c['failed']} failed), concurrency "
+              f"{env.get('concurrency')}, with pg_stat_statements (track = top, utility "
+              "statements included) and every /metrics endpoint on; counts divided by the "
+              "terminals that succeeded.\n")
+    md.append("| database | statements | commits |")
+    md.append("|---|---:|---:|")
+    for db, d in c["per_database"].items():
+        md.append(f"| {db} | {d['statements']:.2f} | {fmt(d['commits'], 2)} |")
+    md.append(f"| all | {c['statements_per_terminal']:.2f} | {c['commits_per_terminal']:.2f} |")
+    md.append("")
+    md.append("| database | calls / terminal | statement (normalised, first 120 characters) |")
+    md.append("|---|---:|---|")
+    for db, d in c["per_database"].items():
+        for t in d["top"]:
+            q = t["query"].replace("|", "\\|")
+            md.append(f"| {db} | {t['calls_per_terminal']:.2f} | `{q}` |")
+    md.append("")
+    if c["rpcs_per_terminal"]:
+        md.append("| process | method | code | calls / terminal |")
+        md.append("|---|---|---|---:|")
+        for proc, calls in c["rpcs_per_terminal"].items():
+            for method_code, v in sorted(calls.items()):
+                method, code = method_code.rsplit(" ", 1)
+                md.append(f"| {proc} | {method} | {code} | {v:.3f} |")
+        md.append("")
+    md.append("MTMS forwarder per terminal: " + ", ".join(
+        f"`{m}` {fmt(v, 3)}" for m, v in c["forwarder_per_terminal"].items()) +
+        " (— where the build has no such metric).\n")
 if rpc_latency:
     md.append("## Server-side RPC latency (interceptor log, mean over the whole run)\n")
     md.append("| service | method | calls | mean ms |")
@@ -576,3 +878,8 @@ rows = [(label, v) for label, v in rows if v]
 with open(os.path.join(raw, "chart.dat"), "w") as f:
     for i, (label, v) in enumerate(rows):
         f.write(f'{i} "{label}" {v if v else 0}\n')
+# The core sweep's chart: K, median terminals/s.
+with open(os.path.join(raw, "cores.dat"), "w") as f:
+    for c in core_sweep:
+        if c["k"] and c["median_terminals_per_s"]:
+            f.write(f"{c['k']} {c['median_terminals_per_s']}\n")
