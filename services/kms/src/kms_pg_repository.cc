@@ -2,6 +2,7 @@
 
 #include <pqxx/binarystring>
 #include <pqxx/pqxx>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +23,18 @@ constexpr char kTerminalColumns[] =
     "t.replace_tmk, t.rekey_requested, t.consecutive_failures, t.created_at_ms, "
     "t.installed_at_ms, t.updated_at_ms, t.version, t.protocol, coalesce(t.krd_id, ''), "
     "t.krd_certificate, t.krd_nonce";
+
+// The number of columns in a list of them (commas inside parentheses do not separate).
+constexpr int CountColumns(std::string_view columns) {
+  int n = 1, depth = 0;
+  for (char c : columns) {
+    if (c == '(') ++depth;
+    if (c == ')') --depth;
+    if (c == ',' && depth == 0) ++n;
+  }
+  return n;
+}
+constexpr int kTerminalColumnCount = CountColumns(kTerminalColumns);
 
 const std::string kSelectTerminal =
     absl::StrCat("SELECT ", kTerminalColumns,
@@ -240,7 +253,6 @@ const std::string kClaimSessionAndChargeAttempt = absl::StrCat(
     "coalesce(c.retry_after_ms, t.retry_after_ms), coalesce(c.version, t.version) "
     "FROM ls CROSS JOIN (SELECT (l.tr).* FROM l) t CROSS JOIN (SELECT (l.kr).* FROM l) k "
     "LEFT JOIN c ON true");
-constexpr int kTerminalColumnCount = 25;
 
 // The compare-and-set behind single use: only the caller that still finds `from` moves it.
 constexpr char kTransitionSession[] =
