@@ -127,6 +127,16 @@ absl::Status SessionRefusal(const TerminalRecord& terminal, bool stale, const ch
                                                  AlgorithmName(terminal.algorithm), " terminal"));
 }
 
+// The algorithms for whose cipher `blocks` blocks are `size` bytes.
+std::vector<crypto::KeyAlgorithm> AlgorithmsForBlocks(size_t size, size_t blocks) {
+  std::vector<crypto::KeyAlgorithm> out;
+  for (crypto::KeyAlgorithm a : {crypto::KeyAlgorithm::kTdes2, crypto::KeyAlgorithm::kAes128,
+                                 crypto::KeyAlgorithm::kAes256}) {
+    if (blocks * crypto::BlockSize(a) == size) out.push_back(a);
+  }
+  return out;
+}
+
 // A terminal asked for by the other protocol's RPCs.
 absl::Status WrongProtocolError(TerminalProtocol protocol) {
   return protocol == TerminalProtocol::kTr34
@@ -558,60 +568,62 @@ absl::StatusOr<AuthSession> KmsCore::LoadSession(absl::StatusOr<AuthSession> ses
   return session;
 }
 
-absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimSession(const std::string& id,
-                                                              const std::string& sn,
-                                                              SessionState from, SessionState to,
-                                                              const RefusalScope& scope,
-                                                              std::optional<SessionState> done) {
+absl::StatusOr<KmsCore::ClaimedSession> KmsCore::ClaimAttempt(
+    const std::string& id, const std::string& sn, SessionState from, SessionState to,
+    const RefusalScope& scope, std::optional<SessionState> done, const ProofCheck& check) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSessionId(id));
-  // The common case in one statement: the claim and both reads.
-  RKL_ASSIGN_OR_RETURN(std::optional<KmsRepository::SessionAndTerminal> claimed,
-                       repository_.ClaimSessionAndGetTerminal(id, sn, from, to, NowMs()));
-  if (claimed)
-    return ClaimedSession{*std::move(claimed->session), *std::move(claimed->terminal), true};
-  // Not claimed: read both to tell the terminal why (counted by LoadSession). If nothing is
-  // wrong now (the session moved back meanwhile), the caller claims it as before.
-  RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
-                       repository_.GetSessionAndTerminal(id, sn));
-  if (done && read.session.ok() && read.session->sn == sn && read.session->state == *done &&
-      read.terminal.ok()) {
-    return ClaimedSession{*std::move(read.session), *std::move(read.terminal), false, true};
+  const ProofAttemptPolicy policy = AttemptPolicy();
+  // A session not claimable at first may have moved back to `from` by the time it is read
+  // (a claim handed back after an HSM error): then it is claimed as anew, once.
+  for (int round = 0; round < 2; ++round) {
+    // The common case in one statement: the claim, the charge (counted before HSM #2 sees
+    // the proof, docs/kms.md "Lockout") and both reads.
+    RKL_ASSIGN_OR_RETURN(
+        std::optional<KmsRepository::ClaimedAttempt> claimed,
+        repository_.ClaimSessionAndChargeAttempt(id, sn, from, to, check.pre, policy));
+    if (claimed) {
+      const absl::Status refusal = check.refusal(claimed->session, claimed->terminal);
+      if (claimed->attempt.allowed && refusal.ok()) {
+        claimed->terminal.consecutive_failures = claimed->attempt.failures;
+        claimed->terminal.version = claimed->attempt.version;
+        return ClaimedSession{std::move(claimed->session), std::move(claimed->terminal),
+                              claimed->attempt};
+      }
+      if (claimed->attempt.allowed) {
+        // `check.pre` let through what `check.refusal` refuses: no attempt after all.
+        UnclaimSession(id, to, from);
+        RefundAttempt(sn);
+      }
+      // Refused before any attempt: the session stays as it was.
+      if (!refusal.ok()) {
+        CountRefusal(scope, sn, refusal);
+        return refusal;
+      }
+      // While the SN backs off the session is left unused. Not counted, not audited: a
+      // refusal that costs a write would let anyone make KMS write.
+      RKL_RETURN_IF_ERROR(ChargeRefusal(claimed->attempt, policy));
+      break;  // the session and its attempt were free: another claim took the session
+    }
+    // Not claimed: read both to tell the terminal why (counted by LoadSession).
+    RKL_ASSIGN_OR_RETURN(KmsRepository::SessionAndTerminal read,
+                         repository_.GetSessionAndTerminal(id, sn));
+    if (done && read.session.ok() && read.session->sn == sn && read.session->state == *done &&
+        read.terminal.ok()) {
+      return ClaimedSession{*std::move(read.session), *std::move(read.terminal), {}, true};
+    }
+    RKL_ASSIGN_OR_RETURN(AuthSession session,
+                         LoadSession(std::move(read.session), sn, from, scope));
+    RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
+    const absl::Status refusal = check.refusal(session, terminal);
+    if (!refusal.ok()) {
+      CountRefusal(scope, sn, refusal);
+      return refusal;
+    }
   }
-  RKL_ASSIGN_OR_RETURN(AuthSession session, LoadSession(std::move(read.session), sn, from, scope));
-  RKL_ASSIGN_OR_RETURN(TerminalRecord terminal, std::move(read.terminal));
-  return ClaimedSession{std::move(session), std::move(terminal), false};
-}
-
-absl::StatusOr<ProofAttempt> KmsCore::BeginAttempt(const std::string& session_id,
-                                                   const std::string& sn, ClaimedSession& claim,
-                                                   SessionState from, SessionState to,
-                                                   const RefusalScope& scope,
-                                                   const absl::Status& refusal,
-                                                   const char* not_claimable) {
-  if (!refusal.ok()) {
-    // Refused before any attempt: the session stays as it was.
-    if (claim.claimed) UnclaimSession(session_id, to, from);
-    CountRefusal(scope, sn, refusal);
-    return refusal;
-  }
-  // The one attempt: of two replicas racing here, one wins (ClaimSession's claim, or this
-  // one when its read found the session in `from` only afterwards).
-  bool claimed = claim.claimed;
-  if (!claimed) {
-    RKL_ASSIGN_OR_RETURN(claimed,
-                         repository_.TransitionSession(session_id, from, to, std::nullopt));
-  }
-  if (!claimed) {
-    absl::Status s = absl::FailedPreconditionError(absl::StrCat("session_id: ", not_claimable));
-    CountRefusal(scope, sn, s);
-    return s;
-  }
-  // Counted before HSM #2 sees it (docs/kms.md "Lockout"); while the SN backs off the
-  // session is handed back unused.
-  absl::StatusOr<ProofAttempt> attempt = ChargeAttempt(sn, claim.terminal);
-  if (!attempt.ok()) UnclaimSession(session_id, to, from);
-  return attempt;
+  absl::Status s = absl::FailedPreconditionError(absl::StrCat("session_id: ", check.not_claimable));
+  CountRefusal(scope, sn, s);
+  return s;
 }
 
 void KmsCore::UnclaimSession(const std::string& id, SessionState claimed, SessionState from) {
@@ -632,29 +644,22 @@ void KmsCore::ReleaseSession(const std::string& id, SessionState claimed, Sessio
   }
 }
 
-absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
-                                                    TerminalRecord& terminal) {
-  const int64_t now = NowMs();
-  ProofAttemptPolicy policy{.now_ms = now,
+ProofAttemptPolicy KmsCore::AttemptPolicy() const {
+  return ProofAttemptPolicy{.now_ms = NowMs(),
                             .backoff_base_ms = absl::ToInt64Milliseconds(options_.backoff_base),
                             .backoff_max_ms = absl::ToInt64Milliseconds(options_.backoff_max),
                             .lock_after = static_cast<uint32_t>(options_.lockout_threshold)};
-  RKL_ASSIGN_OR_RETURN(ProofAttempt a, repository_.ChargeProofAttempt(sn, policy));
-  if (a.allowed) {
-    terminal.consecutive_failures = a.failures;
-    terminal.version = a.version;
-    return a;
-  }
+}
+
+absl::Status KmsCore::ChargeRefusal(const ProofAttempt& a, const ProofAttemptPolicy& policy) {
+  const int64_t now = policy.now_ms;
   if (a.failures >= policy.lock_after) {
     // The attempt that reached the threshold locks the SN when HSM #2 has judged it.
     return absl::FailedPreconditionError(
         absl::StrCat("sn: no authentication attempts left after ", a.failures,
                      " consecutive failures; an administrator must unlock the terminal"));
   }
-  if (a.retry_after_ms <= now) {
-    // Neither backing off nor out of attempts: locked or revoked since it was read.
-    return absl::FailedPreconditionError("sn: terminal is locked or revoked");
-  }
+  if (a.retry_after_ms <= now) return absl::OkStatus();
   // Backing off. Not audited:
   // a refusal that costs a write would let anyone make KMS write.
   const absl::Duration wait =
@@ -663,6 +668,20 @@ absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
       absl::StrCat("sn: ", a.failures,
                    " consecutive failed proofs; the next attempt is allowed later"),
       wait);
+}
+
+absl::StatusOr<ProofAttempt> KmsCore::ChargeAttempt(const std::string& sn,
+                                                    TerminalRecord& terminal) {
+  const ProofAttemptPolicy policy = AttemptPolicy();
+  RKL_ASSIGN_OR_RETURN(ProofAttempt a, repository_.ChargeProofAttempt(sn, policy));
+  if (a.allowed) {
+    terminal.consecutive_failures = a.failures;
+    terminal.version = a.version;
+    return a;
+  }
+  RKL_RETURN_IF_ERROR(ChargeRefusal(a, policy));
+  // Neither backing off nor out of attempts: locked or revoked since it was read.
+  return absl::FailedPreconditionError("sn: terminal is locked or revoked");
 }
 
 void KmsCore::RefundAttempt(const std::string& sn) {
@@ -724,19 +743,29 @@ absl::StatusOr<DeliveryResult> KmsCore::CompleteAuthentication(const std::string
                                                                std::span<const uint8_t> crnd2,
                                                                std::string_view source) {
   const std::string actor = TerminalActor(sn);
-  RKL_ASSIGN_OR_RETURN(ClaimedSession claim,
-                       ClaimSession(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
-                                    RefusalScope{rkl::audit::action::kAuthComplete, source}));
+  // Refused before any attempt (the session stays open): the terminal blocked, its
+  // transport key changed since the session began, or Crnd2 not two blocks of its
+  // algorithm.
+  const ProofCheck check{.pre = {.states = {},
+                                 .session_auk = true,
+                                 .tek = true,
+                                 .algorithms = AlgorithmsForBlocks(crnd2.size(), 2)},
+                         .refusal =
+                             [&](const AuthSession& session, const TerminalRecord& terminal) {
+                               return SessionRefusal(
+                                   terminal,
+                                   terminal.auk_index != session.auk_index || !terminal.tek_index,
+                                   "session_id: the terminal's transport key changed; start again",
+                                   "crnd2", crnd2.size(), 2);
+                             },
+                         .not_claimable = "session already used"};
+  RKL_ASSIGN_OR_RETURN(
+      ClaimedSession claim,
+      ClaimAttempt(session_id, sn, SessionState::kOpen, SessionState::kVerifying,
+                   RefusalScope{rkl::audit::action::kAuthComplete, source}, std::nullopt, check));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
-  // Refused before any attempt, the session stays open.
-  const absl::Status refusal = SessionRefusal(
-      terminal, terminal.auk_index != session.auk_index || !terminal.tek_index,
-      "session_id: the terminal's transport key changed; start again", "crnd2", crnd2.size(), 2);
-  RKL_ASSIGN_OR_RETURN(
-      ProofAttempt attempt,
-      BeginAttempt(session_id, sn, claim, SessionState::kOpen, SessionState::kVerifying,
-                   {rkl::audit::action::kAuthComplete, source}, refusal, "session already used"));
+  const ProofAttempt& attempt = claim.attempt;
 
   // S403–S405 and S112–S113 in one HSM #2 command: Crnd2 verified, then the TMK (the
   // existing one unless this is a re-key) made and exported under TEK — nothing is made or
@@ -818,28 +847,36 @@ absl::StatusOr<TerminalState> KmsCore::ConfirmInstallation(const std::string& se
                                                            std::span<const uint8_t> proof,
                                                            std::string_view source) {
   const std::string actor = TerminalActor(sn);
+  // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
+  // its confirmation authenticated again and proves the same TMK in a fresh session.
+  // Anything else, the terminal blocked or a proof not one block of its algorithm is
+  // refused before any attempt (the session stays as it was).
+  const ProofCheck check{
+      .pre = {.states = {TerminalState::kTmkDelivered, TerminalState::kInstalled},
+              .session_auk = true,
+              .session_tmk = true,
+              .algorithms = AlgorithmsForBlocks(proof.size(), 1)},
+      .refusal =
+          [&](const AuthSession& session, const TerminalRecord& terminal) {
+            const bool pending = terminal.state == TerminalState::kTmkDelivered ||
+                                 terminal.state == TerminalState::kInstalled;
+            return SessionRefusal(
+                terminal,
+                !pending || terminal.tmk_kcv != session.tmk_kcv ||
+                    terminal.auk_index != session.auk_index,
+                "session_id: the TMK delivered in this session is no longer pending installation",
+                "proof", proof.size(), 1);
+          },
+      .not_claimable = "session is not awaiting an install proof"};
   RKL_ASSIGN_OR_RETURN(
       ClaimedSession claim,
-      ClaimSession(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
+      ClaimAttempt(session_id, sn, SessionState::kAuthenticated, SessionState::kConfirming,
                    RefusalScope{rkl::audit::action::kInstallConfirm, source},
-                   SessionState::kConfirmed));
+                   SessionState::kConfirmed, check));
   const AuthSession& session = claim.session;
   const TerminalRecord& terminal = claim.terminal;
   if (claim.repeat) return RepeatConfirmation(session, terminal, proof, source);
-  // TMK_DELIVERED, or INSTALLED with this session's TMK: a terminal that lost the reply to
-  // its confirmation authenticated again and proves the same TMK in a fresh session.
-  const bool pending =
-      terminal.state == TerminalState::kTmkDelivered || terminal.state == TerminalState::kInstalled;
-  const absl::Status refusal = SessionRefusal(
-      terminal,
-      !pending || terminal.tmk_kcv != session.tmk_kcv || terminal.auk_index != session.auk_index,
-      "session_id: the TMK delivered in this session is no longer pending installation", "proof",
-      proof.size(), 1);
-  RKL_ASSIGN_OR_RETURN(
-      ProofAttempt attempt,
-      BeginAttempt(session_id, sn, claim, SessionState::kAuthenticated, SessionState::kConfirming,
-                   {rkl::audit::action::kInstallConfirm, source}, refusal,
-                   "session is not awaiting an install proof"));
+  const ProofAttempt& attempt = claim.attempt;
   absl::Status verified = hsm_.VerifyInstallProof(session.auk_index, sn, session.tmk_kcv,
                                                   session.rnd1, session.rnd2, proof);
   if (!verified.ok()) {

@@ -256,10 +256,15 @@ class KmsCore {
   absl::StatusOr<TerminalRecord> Mutate(const std::string& sn, const Decision& decide,
                                         const TerminalRecord* known = nullptr,
                                         bool* session_moved = nullptr);
+  // The back-off rule of the options, at the clock's now.
+  ProofAttemptPolicy AttemptPolicy() const;
+  // Why `attempt`, refused by the rule `policy`, was refused: while the SN backs off,
+  // RESOURCE_EXHAUSTED with the time until the next attempt; at the threshold:
+  // FAILED_PRECONDITION, locked; OK when the counters as read allow an attempt.
+  static absl::Status ChargeRefusal(const ProofAttempt& attempt, const ProofAttemptPolicy& policy);
   // Charges one proof attempt to the SN before HSM #2 sees it (KmsRepository::
-  // ChargeProofAttempt) and updates `terminal`'s counter and version. While the SN backs
-  // off: RESOURCE_EXHAUSTED with the time until the next attempt; at the threshold:
-  // FAILED_PRECONDITION, locked.
+  // ChargeProofAttempt) and updates `terminal`'s counter and version; refused as
+  // ChargeRefusal says.
   absl::StatusOr<ProofAttempt> ChargeAttempt(const std::string& sn, TerminalRecord& terminal);
   // Gives back an attempt HSM #2 did not judge (logged when that fails).
   void RefundAttempt(const std::string& sn);
@@ -293,36 +298,41 @@ class KmsCore {
   absl::StatusOr<AuthSession> LoadSession(absl::StatusOr<AuthSession> session,
                                           const std::string& sn, SessionState want,
                                           const RefusalScope& scope);
-  // The session `id` of `sn` and its terminal (`id` and `sn` checked for form first, before
-  // any read): claimed from `from` to `to` when everything about the session allows it (one
-  // statement), else loaded as LoadSession does (its refusals counted) and not claimed yet.
-  // A session of `sn` found in state `done` (the step it is asked for was completed
-  // already) is returned unclaimed and unaudited with repeat set: the caller answers the
-  // repetition.
+  // What a proof in a session must meet before it is an attempt: `pre` for the repository,
+  // and `refusal`, the same rules as the refusal that tells the terminal which one failed
+  // (OK when none did; the terminal blocked comes first). `not_claimable`: why a session
+  // another claim took is refused.
+  struct ProofCheck {
+    ProofPrecondition pre;
+    std::function<absl::Status(const AuthSession&, const TerminalRecord&)> refusal;
+    const char* not_claimable;
+  };
+  // The session `id` of `sn` claimed from `from` to `to` and the proof attempt in it
+  // charged, with its terminal (`id` and `sn` checked for form first, before any read):
+  // one statement when everything about the session, the terminal (`check`) and the SN's
+  // attempts allows it. Else nothing is claimed or charged and the refusal is returned:
+  // the session's as LoadSession gives it, `check.refusal`, `not_claimable` (all counted)
+  // or ChargeRefusal's (not counted). A session of `sn` found in state `done` (the step it
+  // is asked for was completed already) is returned unclaimed, uncharged and unaudited with
+  // repeat set: the caller answers the repetition. `terminal` has the charge's counter and
+  // version.
   struct ClaimedSession {
     AuthSession session;
     TerminalRecord terminal;
-    bool claimed = false;
+    ProofAttempt attempt;
     bool repeat = false;
   };
-  absl::StatusOr<ClaimedSession> ClaimSession(const std::string& id, const std::string& sn,
+  absl::StatusOr<ClaimedSession> ClaimAttempt(const std::string& id, const std::string& sn,
                                               SessionState from, SessionState to,
                                               const RefusalScope& scope,
-                                              std::optional<SessionState> done = std::nullopt);
+                                              std::optional<SessionState> done,
+                                              const ProofCheck& check);
   // ConfirmInstallation for a session already CONFIRMED: OK/INSTALLED if the terminal still
   // has that session's TMK installed and HSM #2 verifies `proof` again; writes nothing.
   absl::StatusOr<TerminalState> RepeatConfirmation(const AuthSession& session,
                                                    const TerminalRecord& terminal,
                                                    std::span<const uint8_t> proof,
                                                    std::string_view source);
-  // The proof attempt in a session ClaimSession found (from `from` to `to`), after the
-  // caller's checks: their `refusal` hands the claim back and is counted; a session not
-  // claimed yet is claimed now, or refused as `not_claimable` (counted); then the attempt is
-  // charged (ChargeAttempt), the claim handed back if it is refused.
-  absl::StatusOr<ProofAttempt> BeginAttempt(const std::string& session_id, const std::string& sn,
-                                            ClaimedSession& claim, SessionState from,
-                                            SessionState to, const RefusalScope& scope,
-                                            const absl::Status& refusal, const char* not_claimable);
   // Back from `claimed` to `from` after a refusal that is not an attempt.
   void UnclaimSession(const std::string& id, SessionState claimed, SessionState from);
   // After an HSM error in a claimed session: back to `reopen` when the HSM may simply be

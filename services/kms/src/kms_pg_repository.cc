@@ -2,6 +2,7 @@
 
 #include <pqxx/binarystring>
 #include <pqxx/pqxx>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +23,18 @@ constexpr char kTerminalColumns[] =
     "t.replace_tmk, t.rekey_requested, t.consecutive_failures, t.created_at_ms, "
     "t.installed_at_ms, t.updated_at_ms, t.version, t.protocol, coalesce(t.krd_id, ''), "
     "t.krd_certificate, t.krd_nonce";
+
+// The number of columns in a list of them (commas inside parentheses do not separate).
+constexpr int CountColumns(std::string_view columns) {
+  int n = 1, depth = 0;
+  for (char c : columns) {
+    if (c == '(') ++depth;
+    if (c == ')') --depth;
+    if (c == ',' && depth == 0) ++n;
+  }
+  return n;
+}
+constexpr int kTerminalColumnCount = CountColumns(kTerminalColumns);
 
 const std::string kSelectTerminal =
     absl::StrCat("SELECT ", kTerminalColumns,
@@ -200,6 +213,46 @@ const std::string kClaimSessionAndSelectTerminal = absl::StrCat(
     "SELECT s.id, s.sn, s.auk_index, s.rnd1, s.rnd2, $3::text, s.tmk_kcv, s.created_at_ms, "
     "s.expires_at_ms, ",
     kTerminalColumns, " FROM s JOIN terminals t ON t.sn = s.sn JOIN sn_tk_kms k ON k.sn = t.sn");
+
+// kClaimSessionAndSelectTerminal and kChargeProofAttempt in one statement, both or neither
+// (KmsRepository::ClaimSessionAndChargeAttempt). When the session is claimable, l locks the
+// terminal row and then ls the session row, in the order of every statement that writes
+// both; locked rows are their latest versions, so of two claims of one session the second
+// finds it claimed (no row: nothing changed), and the rule and the precondition are checked
+// on the row the charge changes. s claims the session only if they hold; c charges only
+// what s claimed. The row: the session as locked (state $3), the terminal before the
+// charge, whether it was charged and the counter, retry_after_ms and version after it (or
+// as read). $1 id, $2 sn, $3 from, $4 to, $5 now, $6 base, $7 max, $8 lock_after; the
+// precondition: $9 states (text[], NULL: any), $10 session's AUK, $11 TEK, $12 session's
+// TMK, $13 algorithms (smallint[]).
+const std::string kClaimSessionAndChargeAttempt = absl::StrCat(
+    "WITH l AS (SELECT t AS tr, k AS kr FROM terminals t JOIN sn_tk_kms k ON k.sn = t.sn "
+    "WHERE t.sn = $2 AND EXISTS (SELECT 1 FROM auth_sessions WHERE id = $1 AND sn = $2 "
+    "AND state = $3 AND expires_at_ms > $5::bigint) FOR UPDATE OF t), "
+    "ls AS (SELECT id, sn, auk_index, rnd1, rnd2, tmk_kcv, created_at_ms, expires_at_ms "
+    "FROM auth_sessions WHERE id = $1 AND sn = $2 AND state = $3 "
+    "AND expires_at_ms > $5::bigint AND EXISTS (SELECT 1 FROM l) FOR UPDATE), "
+    "s AS (UPDATE auth_sessions a SET state = $4 FROM ls WHERE a.id = ls.id "
+    "AND EXISTS (SELECT 1 FROM l WHERE (l.tr).state NOT IN ('LOCKED', 'REVOKED') "
+    "AND (l.tr).retry_after_ms <= $5::bigint AND (l.tr).consecutive_failures < $8::integer "
+    "AND ($9::text[] IS NULL OR (l.tr).state = ANY($9::text[])) "
+    "AND (NOT $10::boolean OR (l.kr).auk_index = ls.auk_index) "
+    "AND (NOT $11::boolean OR (l.kr).tek_index IS NOT NULL) "
+    "AND (NOT $12::boolean OR coalesce((l.tr).tmk_kcv, '') = ls.tmk_kcv) "
+    "AND (l.tr).algorithm = ANY($13::smallint[])) "
+    "RETURNING a.sn), "
+    "c AS (UPDATE terminals SET consecutive_failures = consecutive_failures + 1, "
+    "retry_after_ms = $5::bigint + least($7::bigint, "
+    "  $6::bigint * power(2::numeric, least(consecutive_failures, 62)))::bigint, "
+    "version = version + 1 "
+    "WHERE sn IN (SELECT sn FROM s) RETURNING consecutive_failures, retry_after_ms, version) "
+    "SELECT ls.id, ls.sn, ls.auk_index, ls.rnd1, ls.rnd2, $3::text, ls.tmk_kcv, "
+    "ls.created_at_ms, ls.expires_at_ms, ",
+    kTerminalColumns,
+    ", c.version IS NOT NULL, coalesce(c.consecutive_failures, t.consecutive_failures), "
+    "coalesce(c.retry_after_ms, t.retry_after_ms), coalesce(c.version, t.version) "
+    "FROM ls CROSS JOIN (SELECT (l.tr).* FROM l) t CROSS JOIN (SELECT (l.kr).* FROM l) k "
+    "LEFT JOIN c ON true");
 
 // The compare-and-set behind single use: only the caller that still finds `from` moves it.
 constexpr char kTransitionSession[] =
@@ -530,6 +583,46 @@ PgKmsRepository::ClaimSessionAndGetTerminal(const std::string& id, const std::st
         RKL_ASSIGN_OR_RETURN(TerminalRecord terminal,
                              ReadTerminal(r[0].slice(kSessionColumnCount, r[0].size())));
         return SessionAndTerminal{std::move(session), std::move(terminal)};
+      });
+}
+
+absl::StatusOr<std::optional<KmsRepository::ClaimedAttempt>>
+PgKmsRepository::ClaimSessionAndChargeAttempt(const std::string& id, const std::string& sn,
+                                              SessionState from, SessionState to,
+                                              const ProofPrecondition& pre,
+                                              const ProofAttemptPolicy& policy) {
+  // Arrays in array syntax, as one parameter each: state names and algorithm codes, our
+  // constants.
+  std::string states = "{";
+  for (size_t i = 0; i < pre.states.size(); ++i) {
+    absl::StrAppend(&states, i ? "," : "", TerminalStateName(pre.states[i]));
+  }
+  states += "}";
+  NullableText states_param(pre.states.empty() ? "" : states, true);
+  std::string algorithms = "{";
+  for (size_t i = 0; i < pre.algorithms.size(); ++i) {
+    absl::StrAppend(&algorithms, i ? "," : "",
+                    static_cast<int>(crypto::KeyAlgorithmCode(pre.algorithms[i])));
+  }
+  algorithms += "}";
+  return db::RunAutocommitWrite(
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<std::optional<ClaimedAttempt>> {
+        pqxx::result r =
+            stmt.Exec(kClaimSessionAndChargeAttempt, id, sn, SessionStateName(from),
+                      SessionStateName(to), policy.now_ms, policy.backoff_base_ms,
+                      policy.backoff_max_ms, static_cast<int64_t>(policy.lock_after),
+                      states_param.get(), pre.session_auk, pre.tek, pre.session_tmk, algorithms);
+        if (r.empty()) return std::nullopt;
+        const pqxx::row row = r[0];
+        RKL_ASSIGN_OR_RETURN(AuthSession session, ReadSession(row));
+        constexpr int kAttempt = kSessionColumnCount + kTerminalColumnCount;
+        RKL_ASSIGN_OR_RETURN(TerminalRecord terminal,
+                             ReadTerminal(row.slice(kSessionColumnCount, kAttempt)));
+        ProofAttempt attempt{.allowed = row[kAttempt].as<bool>(),
+                             .failures = row[kAttempt + 1].as<uint32_t>(),
+                             .retry_after_ms = row[kAttempt + 2].as<int64_t>(),
+                             .version = row[kAttempt + 3].as<int64_t>()};
+        return ClaimedAttempt{std::move(session), std::move(terminal), attempt};
       });
 }
 

@@ -51,6 +51,9 @@ class PgKmsRepository final : public audit::PgServiceRepository<KmsRepository> {
   absl::StatusOr<std::optional<SessionAndTerminal>> ClaimSessionAndGetTerminal(
       const std::string& id, const std::string& sn, SessionState from, SessionState to,
       int64_t now_ms) override;
+  absl::StatusOr<std::optional<ClaimedAttempt>> ClaimSessionAndChargeAttempt(
+      const std::string& id, const std::string& sn, SessionState from, SessionState to,
+      const ProofPrecondition& pre, const ProofAttemptPolicy& policy) override;
   absl::StatusOr<bool> TransitionSession(const std::string& id, SessionState from, SessionState to,
                                          const std::optional<std::string>& tmk_kcv) override;
   absl::StatusOr<ProofAttempt> ChargeProofAttempt(const std::string& sn,

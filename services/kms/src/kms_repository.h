@@ -9,6 +9,7 @@
 //  - audit entries passed with a write are stored in the same transaction as the write.
 // Implementations are thread-safe. No method ever receives or stores key material.
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,29 @@ struct ProofAttempt {
   int64_t retry_after_ms = 0;  // no further attempt before this
   int64_t version = 0;         // the terminal row's version afterwards
 };
+
+// What a terminal must be, beside the rule of ProofAttemptPolicy, for a proof in a session
+// to be charged (KmsRepository::ClaimSessionAndChargeAttempt); every condition holds.
+struct ProofPrecondition {
+  std::vector<TerminalState> states;  // the terminal's state is one of these; empty: any
+  bool session_auk = true;            // its AUK is the session's (auk_index)
+  bool tek = false;                   // it has a TEK
+  bool session_tmk = false;           // its TMK is the session's (tmk_kcv)
+  // Its algorithm is one of these (those for which the proof has the right size).
+  std::vector<crypto::KeyAlgorithm> algorithms;
+};
+
+// Whether `terminal` meets `pre` for a proof in `session` (the policy's rule aside).
+inline bool MeetsPrecondition(const ProofPrecondition& pre, const AuthSession& session,
+                              const TerminalRecord& terminal) {
+  return (pre.states.empty() ||
+          std::find(pre.states.begin(), pre.states.end(), terminal.state) != pre.states.end()) &&
+         (!pre.session_auk || terminal.auk_index == session.auk_index) &&
+         (!pre.tek || terminal.tek_index.has_value()) &&
+         (!pre.session_tmk || terminal.tmk_kcv == session.tmk_kcv) &&
+         std::find(pre.algorithms.begin(), pre.algorithms.end(), terminal.algorithm) !=
+             pre.algorithms.end();
+}
 
 class KmsRepository {
  public:
@@ -128,6 +152,49 @@ class KmsRepository {
     if (!moved.ok()) return moved.status();
     if (!*moved) return std::nullopt;
     return *std::move(read);
+  }
+  // ClaimSessionAndGetTerminal and ChargeProofAttempt for `sn` together, both or neither:
+  // the session is claimed and the attempt charged only if the claim is possible, the
+  // terminal meets `pre` and `policy` allows an attempt. Returns nullopt, changing nothing,
+  // when the claim is not possible (as ClaimSessionAndGetTerminal). Otherwise the session
+  // and the terminal as read (the session in `from`, the terminal before any charge) and
+  // the attempt: allowed when claimed and charged; else nothing changed and the attempt
+  // holds the terminal's counter, retry_after_ms and version as read. Of two claims of one
+  // session, one is charged. The default composes the other calls one after the other
+  // (handing the session back when the charge is refused); PgKmsRepository does it in one
+  // statement.
+  struct ClaimedAttempt {
+    AuthSession session;
+    TerminalRecord terminal;
+    ProofAttempt attempt;
+  };
+  virtual absl::StatusOr<std::optional<ClaimedAttempt>> ClaimSessionAndChargeAttempt(
+      const std::string& id, const std::string& sn, SessionState from, SessionState to,
+      const ProofPrecondition& pre, const ProofAttemptPolicy& policy) {
+    absl::StatusOr<SessionAndTerminal> read = GetSessionAndTerminal(id, sn);
+    if (!read.ok()) return read.status();
+    if (!read->session.ok() || !read->terminal.ok() || read->session->sn != sn ||
+        read->session->state != from || policy.now_ms >= read->session->expires_at_ms) {
+      return std::nullopt;
+    }
+    ClaimedAttempt out{*std::move(read->session), *std::move(read->terminal), {}};
+    out.attempt = {.allowed = false,
+                   .failures = out.terminal.consecutive_failures,
+                   .version = out.terminal.version};
+    if (!MeetsPrecondition(pre, out.session, out.terminal)) return out;
+    absl::StatusOr<bool> moved = TransitionSession(id, from, to, std::nullopt);
+    if (!moved.ok()) return moved.status();
+    if (!*moved) return out;
+    absl::StatusOr<ProofAttempt> attempt = ChargeProofAttempt(sn, policy);
+    if (!attempt.ok() || !attempt->allowed) {
+      absl::StatusOr<bool> back = TransitionSession(id, to, from, std::nullopt);
+      if (!attempt.ok()) return attempt.status();
+      if (!back.ok()) return back.status();
+      out.attempt = *attempt;
+      return out;
+    }
+    out.attempt = *attempt;
+    return out;
   }
   // Moves the session from `from` to `to` (and sets tmk_kcv when given). Returns false,
   // changing nothing, when it is no longer in `from`.

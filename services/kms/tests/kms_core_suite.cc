@@ -923,6 +923,218 @@ TEST_P(KmsCoreSuite, ClaimHappensOnlyWhenEverythingAboutTheSessionAllowsIt) {
   EXPECT_FALSE(again->has_value());
 }
 
+TEST_P(KmsCoreSuite, ClaimAndChargeHappenTogetherOrNotAtAll) {
+  // The repository's one-statement claim and charge: the session is claimed and the attempt
+  // charged only together; a session that cannot be claimed, a terminal that does not meet
+  // the precondition and an attempt the rule refuses each change nothing.
+  TestTerminal a("POS-CHARGE-A", KeyAlgorithm::kAes128);
+  TestTerminal b("POS-CHARGE-B", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(a).ok());
+  ASSERT_TRUE(Submit(b).ok());
+  auto opened = Open(a);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  const std::string& id = opened->session_id;
+  auto state = [&](const std::string& sid) {
+    absl::StatusOr<AuthSession> s = repo().GetSession(sid);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? s->state : SessionState::kFailed;
+  };
+  absl::StatusOr<AuthSession> session = repo().GetSession(id);
+  ASSERT_TRUE(session.ok());
+  const TerminalRecord before = Terminal(a.sn());
+  const int64_t now = absl::ToUnixMillis(now_);
+  const ProofAttemptPolicy policy{
+      .now_ms = now, .backoff_base_ms = 1000, .backoff_max_ms = 600'000, .lock_after = 5};
+  const ProofPrecondition pre{.states = {},
+                              .session_auk = true,
+                              .tek = true,
+                              .session_tmk = false,
+                              .algorithms = {KeyAlgorithm::kAes128}};
+  auto claim = [&](const std::string& sid, const std::string& sn, SessionState from,
+                   const ProofPrecondition& p, const ProofAttemptPolicy& rule) {
+    return repo().ClaimSessionAndChargeAttempt(sid, sn, from, SessionState::kVerifying, p, rule);
+  };
+  auto unchanged = [&] {
+    EXPECT_EQ(state(id), SessionState::kOpen);
+    const TerminalRecord now_t = Terminal(a.sn());
+    EXPECT_EQ(now_t.version, before.version);
+    EXPECT_EQ(now_t.consecutive_failures, 0u);
+  };
+  ProofAttemptPolicy expired = policy;
+  expired.now_ms = session->expires_at_ms;
+  for (const auto& [what, result] : std::vector<
+           std::pair<std::string, absl::StatusOr<std::optional<KmsRepository::ClaimedAttempt>>>>{
+           {"another SN", claim(id, b.sn(), SessionState::kOpen, pre, policy)},
+           {"unknown id", claim(std::string(32, 'e'), a.sn(), SessionState::kOpen, pre, policy)},
+           {"unknown SN", claim(id, "POS-NONE", SessionState::kOpen, pre, policy)},
+           {"other state", claim(id, a.sn(), SessionState::kAuthenticated, pre, policy)},
+           {"expired", claim(id, a.sn(), SessionState::kOpen, pre, expired)}}) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_FALSE(result->has_value());
+    unchanged();
+  }
+  ProofPrecondition other_algorithm = pre;
+  other_algorithm.algorithms = {KeyAlgorithm::kTdes2, KeyAlgorithm::kAes256};
+  ProofPrecondition no_algorithm = pre;
+  no_algorithm.algorithms = {};
+  ProofPrecondition other_state = pre;
+  other_state.states = {TerminalState::kTmkDelivered, TerminalState::kInstalled};
+  ProofAttemptPolicy exhausted = policy;
+  exhausted.lock_after = 0;
+  for (const auto& [what, result] : std::vector<
+           std::pair<std::string, absl::StatusOr<std::optional<KmsRepository::ClaimedAttempt>>>>{
+           {"other algorithm", claim(id, a.sn(), SessionState::kOpen, other_algorithm, policy)},
+           {"no algorithm", claim(id, a.sn(), SessionState::kOpen, no_algorithm, policy)},
+           {"other state", claim(id, a.sn(), SessionState::kOpen, other_state, policy)},
+           {"no attempts left", claim(id, a.sn(), SessionState::kOpen, pre, exhausted)}}) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_TRUE(result->has_value());
+    EXPECT_FALSE((*result)->attempt.allowed);
+    EXPECT_EQ((*result)->attempt.failures, 0u);
+    EXPECT_EQ((*result)->attempt.version, before.version);
+    EXPECT_EQ((*result)->session.id, id);
+    EXPECT_EQ((*result)->terminal.sn, a.sn());
+    EXPECT_EQ((*result)->terminal.version, before.version);
+    unchanged();
+  }
+
+  auto won = claim(id, a.sn(), SessionState::kOpen, pre, policy);
+  ASSERT_TRUE(won.ok()) << won.status();
+  ASSERT_TRUE(won->has_value());
+  EXPECT_TRUE((*won)->attempt.allowed);
+  EXPECT_EQ((*won)->attempt.failures, 1u);
+  EXPECT_EQ((*won)->attempt.retry_after_ms, now + 1000);
+  EXPECT_EQ((*won)->attempt.version, before.version + 1);
+  EXPECT_EQ((*won)->session.id, id);
+  EXPECT_EQ((*won)->session.rnd2, session->rnd2);
+  EXPECT_EQ((*won)->session.state, SessionState::kOpen);  // as it was read
+  EXPECT_EQ((*won)->terminal.version, before.version);    // before the charge
+  EXPECT_EQ((*won)->terminal.consecutive_failures, 0u);
+  EXPECT_EQ(state(id), SessionState::kVerifying);
+  EXPECT_EQ(Terminal(a.sn()).consecutive_failures, 1u);
+  EXPECT_EQ(Terminal(a.sn()).version, before.version + 1);
+  auto again = claim(id, a.sn(), SessionState::kOpen, pre, policy);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->has_value());
+  EXPECT_EQ(Terminal(a.sn()).consecutive_failures, 1u);
+
+  // Backing off: another session of the SN is answered with the wait and stays open.
+  auto second = Open(a);
+  ASSERT_TRUE(second.ok()) << second.status();
+  const int64_t version = Terminal(a.sn()).version;
+  auto waits = claim(second->session_id, a.sn(), SessionState::kOpen, pre, policy);
+  ASSERT_TRUE(waits.ok()) << waits.status();
+  ASSERT_TRUE(waits->has_value());
+  EXPECT_FALSE((*waits)->attempt.allowed);
+  EXPECT_EQ((*waits)->attempt.failures, 1u);
+  EXPECT_EQ(state(second->session_id), SessionState::kOpen);
+  EXPECT_EQ(Terminal(a.sn()).version, version);
+  EXPECT_EQ(Terminal(a.sn()).consecutive_failures, 1u);
+
+  // A locked terminal: no attempt, the session stays open.
+  auto of_b = Open(b);
+  ASSERT_TRUE(of_b.ok()) << of_b.status();
+  TerminalRecord locked = Terminal(b.sn());
+  locked.state_before_lock = locked.state;
+  locked.state = TerminalState::kLocked;
+  ASSERT_TRUE(repo().UpdateTerminal(locked, false, {}).ok());
+  auto refused = claim(of_b->session_id, b.sn(), SessionState::kOpen, pre, policy);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_FALSE((*refused)->attempt.allowed);
+  EXPECT_EQ((*refused)->terminal.state, TerminalState::kLocked);
+  EXPECT_EQ(state(of_b->session_id), SessionState::kOpen);
+  EXPECT_EQ(Terminal(b.sn()).consecutive_failures, 0u);
+}
+
+TEST_P(KmsCoreSuite, ClaimAndChargeNeedsTheSessionsAukAndTmkWhenAsked) {
+  // An install proof's precondition: the terminal still has the session's AUK and TMK.
+  TestTerminal t("POS-CHARGE-TMK", KeyAlgorithm::kAes128);
+  ASSERT_TRUE(Submit(t).ok());
+  const std::string id = Deliver(t);
+  ASSERT_FALSE(id.empty());
+  const ProofAttemptPolicy policy{.now_ms = absl::ToUnixMillis(now_),
+                                  .backoff_base_ms = 0,
+                                  .backoff_max_ms = 0,
+                                  .lock_after = 5};
+  const ProofPrecondition pre{.states = {TerminalState::kTmkDelivered, TerminalState::kInstalled},
+                              .session_auk = true,
+                              .tek = false,
+                              .session_tmk = true,
+                              .algorithms = {KeyAlgorithm::kAes128}};
+  auto claim = [&] {
+    return repo().ClaimSessionAndChargeAttempt(id, t.sn(), SessionState::kAuthenticated,
+                                               SessionState::kConfirming, pre, policy);
+  };
+  const TerminalRecord delivered = Terminal(t.sn());
+  ASSERT_EQ(delivered.state, TerminalState::kTmkDelivered);
+  TerminalRecord other_tmk = delivered;
+  other_tmk.tmk_kcv = delivered.tmk_kcv == "000000" ? "111111" : "000000";
+  TerminalRecord other_auk = delivered;
+  other_auk.auk_index = *delivered.auk_index + 1;
+  for (const auto& [what, changed] : std::vector<std::pair<std::string, TerminalRecord>>{
+           {"other TMK", other_tmk}, {"other AUK", other_auk}}) {
+    SCOPED_TRACE(what);
+    TerminalRecord write = changed;
+    write.version = Terminal(t.sn()).version;
+    ASSERT_TRUE(repo().UpdateTerminal(write, false, {}).ok());
+    const int64_t version = Terminal(t.sn()).version;
+    auto refused = claim();
+    ASSERT_TRUE(refused.ok()) << refused.status();
+    ASSERT_TRUE(refused->has_value());
+    EXPECT_FALSE((*refused)->attempt.allowed);
+    EXPECT_EQ(repo().GetSession(id)->state, SessionState::kAuthenticated);
+    EXPECT_EQ(Terminal(t.sn()).version, version);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 0u);
+    TerminalRecord back = delivered;
+    back.version = version;
+    ASSERT_TRUE(repo().UpdateTerminal(back, false, {}).ok());
+  }
+  auto won = claim();
+  ASSERT_TRUE(won.ok()) << won.status();
+  ASSERT_TRUE(won->has_value());
+  EXPECT_TRUE((*won)->attempt.allowed);
+  EXPECT_EQ(repo().GetSession(id)->state, SessionState::kConfirming);
+  EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+}
+
+TEST_P(KmsCoreSuite, OfParallelClaimsOfOneSessionExactlyOneIsCharged) {
+  // No back-off, so only the session's single use keeps the claims apart.
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    TestTerminal t("POS-CHARGE-RACE-" + std::to_string(round), KeyAlgorithm::kAes128);
+    ASSERT_TRUE(Submit(t).ok());
+    auto opened = Open(t);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    const ProofAttemptPolicy policy{.now_ms = absl::ToUnixMillis(now_),
+                                    .backoff_base_ms = 0,
+                                    .backoff_max_ms = 0,
+                                    .lock_after = 100};
+    const ProofPrecondition pre{.states = {},
+                                .session_auk = true,
+                                .tek = true,
+                                .session_tmk = false,
+                                .algorithms = {KeyAlgorithm::kAes128}};
+    constexpr int kClaims = 8;
+    std::vector<absl::StatusOr<std::optional<KmsRepository::ClaimedAttempt>>> results(kClaims,
+                                                                                      std::nullopt);
+    ParallelFor(kClaims, kClaims, [&](size_t i) {
+      results[i] = repo().ClaimSessionAndChargeAttempt(
+          opened->session_id, t.sn(), SessionState::kOpen, SessionState::kVerifying, pre, policy);
+    });
+    int charged = 0;
+    for (const auto& r : results) {
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (r->has_value() && (*r)->attempt.allowed) ++charged;
+    }
+    EXPECT_EQ(charged, 1);
+    EXPECT_EQ(Terminal(t.sn()).consecutive_failures, 1u);
+    EXPECT_EQ(repo().GetSession(opened->session_id)->state, SessionState::kVerifying);
+  }
+}
+
 TEST_P(KmsCoreSuite, WrongInstallProofCountsAndTheSameTmkCanBeFetchedAgain) {
   TestTerminal t("POS-PROOF", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());
