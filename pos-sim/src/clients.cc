@@ -1,5 +1,8 @@
 #include "clients.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/proto_enums.h"
@@ -117,13 +120,18 @@ GrpcKmsClient::GrpcKmsClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
     : stub_(rkl::v1::Kms::NewStub(std::move(channel))), timeout_(timeout) {}
 
 absl::StatusOr<AuthChallenge> GrpcKmsClient::BeginAuthentication(const std::string& sn,
-                                                                 const Bytes& rnd1) {
+                                                                 const Bytes& rnd1,
+                                                                 absl::Duration wait) {
   rkl::v1::BeginAuthenticationRequest req;
   req.set_sn(sn);
   req.set_rnd1(ToString(rnd1));
+  wait = std::clamp(wait, absl::ZeroDuration(), absl::Milliseconds(UINT32_MAX));
+  req.set_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
+  // The call's own timeout on top of the wait: KMS answers after waiting, with time to spare.
   // NOT_FOUND is examined by callers.
-  RKL_ASSIGN_OR_RETURN(rkl::v1::BeginAuthenticationResponse resp,
-                       Call(*stub_, &rkl::v1::Kms::Stub::BeginAuthentication, req, timeout_));
+  RKL_ASSIGN_OR_RETURN(
+      rkl::v1::BeginAuthenticationResponse resp,
+      Call(*stub_, &rkl::v1::Kms::Stub::BeginAuthentication, req, timeout_ + wait));
   return AuthChallenge{resp.session_id(), ToBytes(resp.crnd1()), ToBytes(resp.rnd2())};
 }
 

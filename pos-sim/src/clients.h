@@ -54,8 +54,8 @@ class GrpcKmsClient final : public KmsTerminalPort, public KmsTr34Port, public K
  public:
   explicit GrpcKmsClient(std::shared_ptr<grpc::Channel> channel,
                          absl::Duration timeout = kDefaultRpcTimeout);
-  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
-                                                    const Bytes& rnd1) override;
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn, const Bytes& rnd1,
+                                                    absl::Duration wait) override;
   absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
                                                      const std::string& sn,
                                                      const Bytes& crnd2) override;
@@ -84,9 +84,9 @@ inline constexpr char kDropConfirmRepliesEnv[] = "RKL_POS_TEST_DROP_CONFIRM_REPL
 class ConfirmReplyDropper final : public KmsTerminalPort {
  public:
   ConfirmReplyDropper(KmsTerminalPort& kms, int drop) : kms_(kms), remaining_(drop) {}
-  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
-                                                    const Bytes& rnd1) override {
-    return kms_.BeginAuthentication(sn, rnd1);
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn, const Bytes& rnd1,
+                                                    absl::Duration wait) override {
+    return kms_.BeginAuthentication(sn, rnd1, wait);
   }
   absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
                                                      const std::string& sn,

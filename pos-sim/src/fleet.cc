@@ -84,6 +84,10 @@ FleetSummary Summarize(const std::vector<TerminalOutcome>& outcomes, absl::Durat
       ++summary.failed;
       ++summary.failures_by_reason[FailureReason(o.status, o.failed_step, o.subject)];
     }
+    if (o.begin_calls > 0) {
+      summary.begin_calls += o.begin_calls;
+      ++summary.begin_terminals;
+    }
     for (const auto& [step, d] : o.steps) {
       auto [it, inserted] = by_step.try_emplace(step);
       if (inserted) order.push_back(step);
@@ -167,6 +171,7 @@ FleetSummary RunFleet(const FleetOptions& options, const TerminalFlow& flow) {
         o.failed_step = steps.failed_step();
         o.subject = steps.subject();
         o.steps = steps.steps();
+        o.begin_calls = steps.begin_calls();
         if (!status.ok()) failed.fetch_add(1);
         done.fetch_add(1);
       }
@@ -201,6 +206,11 @@ std::string FormatSummaryText(const FleetSummary& s) {
     absl::StrAppendFormat(&out, "verified at KMS (admin RPC): %d of %d terminals INSTALLED\n",
                           s.kms_verified_installed, s.total);
   }
+  if (s.begin_terminals > 0) {
+    absl::StrAppendFormat(
+        &out, "BeginAuthentication calls per terminal: %.2f (%d calls, %d terminals)\n",
+        static_cast<double>(s.begin_calls) / s.begin_terminals, s.begin_calls, s.begin_terminals);
+  }
   absl::StrAppendFormat(&out, "%-16s %7s %10s %10s %10s %10s\n", "step latency", "count", "p50 ms",
                         "p95 ms", "p99 ms", "max ms");
   for (const auto& [step, l] : s.step_latency) {
@@ -223,6 +233,10 @@ std::string FormatSummaryJson(const FleetSummary& s) {
   out += "},";
   if (s.kms_verified_installed >= 0) {
     absl::StrAppendFormat(&out, "\"kms_verified_installed\":%d,", s.kms_verified_installed);
+  }
+  if (s.begin_terminals > 0) {
+    absl::StrAppendFormat(&out, "\"begin_calls\":%d,\"begin_terminals\":%d,", s.begin_calls,
+                          s.begin_terminals);
   }
   out += "\"steps\":{";
   first = true;

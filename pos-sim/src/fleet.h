@@ -34,15 +34,19 @@ class StepRecorder {
   void Record(std::string_view step, absl::Duration duration);
   // The terminal's SN: failure reasons replace it with "<sn>" so equal failures group.
   void SetSubject(std::string subject) { subject_ = std::move(subject); }
+  // Counts BeginAuthentication calls (every attempt of the flow's).
+  void AddBeginCalls(int n) { begin_calls_ += n; }
 
   const std::vector<std::pair<std::string, absl::Duration>>& steps() const { return steps_; }
   const std::string& failed_step() const { return failed_step_; }
   const std::string& subject() const { return subject_; }
+  int begin_calls() const { return begin_calls_; }
 
  private:
   std::vector<std::pair<std::string, absl::Duration>> steps_;
   std::string failed_step_;
   std::string subject_;
+  int begin_calls_ = 0;
 };
 
 using TerminalFlow = std::function<absl::Status(int index, StepRecorder& steps)>;
@@ -54,6 +58,7 @@ struct TerminalOutcome {
   std::string subject;
   std::vector<std::pair<std::string, absl::Duration>> steps;
   absl::Duration total;
+  int begin_calls = 0;  // BeginAuthentication calls (patent terminals)
 };
 
 struct LatencyStats {
@@ -70,6 +75,10 @@ struct FleetSummary {
   double terminals_per_second = 0;  // succeeded terminals per second of wall time
   // Per step, in the order steps first appear; "total" (whole flow) comes last.
   std::vector<std::pair<std::string, LatencyStats>> step_latency;
+  // BeginAuthentication calls of the terminals that made any, and how many made any: about
+  // one each when KMS waits for the TK (wait_ms), more when terminals had to poll.
+  int64_t begin_calls = 0;
+  int begin_terminals = 0;
   // Terminals of this fleet that KMS itself reports INSTALLED (admin RPC); -1: not checked.
   int kms_verified_installed = -1;
 };

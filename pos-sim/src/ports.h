@@ -64,8 +64,11 @@ struct KeyDelivery {
 class KmsTerminalPort {
  public:
   virtual ~KmsTerminalPort() = default;
+  // `wait` > 0: KMS may hold the call up to that long for the SN's transport key to arrive
+  // from MTMS before it answers NOT_FOUND (wait_ms; a KMS that ignores it answers at once).
   virtual absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
-                                                            const Bytes& rnd1) = 0;
+                                                            const Bytes& rnd1,
+                                                            absl::Duration wait) = 0;
   virtual absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
                                                              const std::string& sn,
                                                              const Bytes& crnd2) = 0;

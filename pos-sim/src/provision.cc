@@ -113,6 +113,7 @@ absl::StatusOr<ProvisionResult> ProvisionTerminal(const ProvisionContext& contex
   const auto t0 = std::chrono::steady_clock::now();
   auto download = terminal->DownloadTmk(*context.kms, context.forwarding, context.sleep);
   const absl::Duration total = absl::FromChrono(std::chrono::steady_clock::now() - t0);
+  if (download.ok()) steps.AddBeginCalls(download->begin_attempts);
   if (!download.ok()) {
     steps.MarkFailed(
         download.status().code() == absl::StatusCode::kDeadlineExceeded &&

@@ -223,7 +223,9 @@ absl::StatusOr<DownloadResult> Terminal::DownloadTmk(KmsTerminalPort& kms,
   for (;;) {
     rnd1 = crypto::RandomBytes(crypto::BlockSize(algorithm));
     ++result.begin_attempts;
-    challenge = kms.BeginAuthentication(sn, rnd1);
+    // KMS holds the call until the TK arrives, for what is left of the timeout at most.
+    challenge = kms.BeginAuthentication(
+        sn, rnd1, std::clamp(deadline - clock_(), absl::ZeroDuration(), wait.begin_wait));
     if (challenge.ok() || !Retryable(challenge.status())) break;
     const absl::Time now = clock_();
     if (now >= deadline) {

@@ -35,10 +35,13 @@ namespace rkl::pos {
 
 using Sleeper = std::function<void(absl::Duration)>;
 
-// How long download-tmk waits for MTMS to forward the TK to KMS (KMS answers NOT_FOUND
-// until then), and how it backs off in between.
+// How long download-tmk waits for MTMS to forward the TK to KMS, how long it asks KMS to
+// wait for it in each BeginAuthentication call (wait_ms: KMS answers as soon as the TK
+// arrives, NOT_FOUND when it did not in time), and how it backs off between calls answered
+// NOT_FOUND (a KMS that does not wait) or UNAVAILABLE.
 struct ForwardingWait {
   absl::Duration timeout = absl::Seconds(60);
+  absl::Duration begin_wait = absl::Seconds(20);
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(1);
 };
@@ -53,8 +56,8 @@ inline constexpr int kConfirmAttempts = 3;
 struct DownloadResult {
   std::string tmk_kcv;
   std::string kms_state;                 // as KMS reported after confirmation
-  absl::Duration waited_for_forwarding;  // time spent on NOT_FOUND retries
-  int begin_attempts = 0;
+  absl::Duration waited_for_forwarding;  // time until KMS knew the TK (its waits, retries)
+  int begin_attempts = 0;                // BeginAuthentication calls
   int confirm_attempts = 0;
 };
 

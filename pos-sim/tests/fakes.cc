@@ -223,10 +223,11 @@ SecretBytes FakeKms::TmkOf(const std::string& sn) {
   return it == terminals_.end() ? SecretBytes() : it->second.tmk;
 }
 
-absl::StatusOr<AuthChallenge> FakeKms::BeginAuthentication(const std::string& sn,
-                                                           const Bytes& rnd1) {
+absl::StatusOr<AuthChallenge> FakeKms::BeginAuthentication(const std::string& sn, const Bytes& rnd1,
+                                                           absl::Duration wait) {
   absl::MutexLock l(&mu_);
   ++begin_calls_;
+  begin_waits_.push_back(wait);
   auto it = terminals_.find(sn);
   if (it == terminals_.end()) return absl::NotFoundError("sn: no such terminal");
   Record& r = it->second;
@@ -567,7 +568,8 @@ class FakeKmsService final : public rkl::v1::Kms::Service {
                                    const rkl::v1::BeginAuthenticationRequest* req,
                                    rkl::v1::BeginAuthenticationResponse* resp) override {
     calls_.Add("BeginAuthentication", rpc::RequestId(*ctx));
-    auto r = kms_.BeginAuthentication(req->sn(), Byt(req->rnd1()));
+    auto r =
+        kms_.BeginAuthentication(req->sn(), Byt(req->rnd1()), absl::Milliseconds(req->wait_ms()));
     if (!r.ok()) return rpc::ToGrpcStatus(r.status());
     resp->set_session_id(r->session_id);
     resp->set_crnd1(Str(r->crnd1));

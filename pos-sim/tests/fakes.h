@@ -169,8 +169,14 @@ class FakeKms final : public KmsTerminalPort, public KmsTr34Port, public KmsAdmi
     return begin_calls_;
   }
 
-  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn,
-                                                    const Bytes& rnd1) override;
+  // The wait of every BeginAuthentication call, in order.
+  std::vector<absl::Duration> begin_waits() {
+    absl::MutexLock l(&mu_);
+    return begin_waits_;
+  }
+
+  absl::StatusOr<AuthChallenge> BeginAuthentication(const std::string& sn, const Bytes& rnd1,
+                                                    absl::Duration wait) override;
   absl::StatusOr<KeyDelivery> CompleteAuthentication(const std::string& session_id,
                                                      const std::string& sn,
                                                      const Bytes& crnd2) override;
@@ -203,6 +209,7 @@ class FakeKms final : public KmsTerminalPort, public KmsTr34Port, public KmsAdmi
   KmsMisbehaviour misbehaviour_ ABSL_GUARDED_BY(mu_) = KmsMisbehaviour::kNone;
   int forwarding_delay_ ABSL_GUARDED_BY(mu_) = 0;
   int begin_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<absl::Duration> begin_waits_ ABSL_GUARDED_BY(mu_);
   int confirm_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int next_session_ ABSL_GUARDED_BY(mu_) = 0;
   Tr34Misbehaviour tr34_misbehaviour_ ABSL_GUARDED_BY(mu_) = Tr34Misbehaviour::kNone;

@@ -345,6 +345,21 @@ TEST_F(TerminalTest, DownloadGivesUpAfterTheForwardingTimeout) {
   EXPECT_EQ(FileBytes(t.secure_module().state_file()), before);
 }
 
+TEST_F(TerminalTest, BeginAsksKmsToWaitForWhatIsLeftOfTheTimeoutAtMostBeginWait) {
+  Terminal t = Submitted("T-1");
+  ASSERT_TRUE(Download(t, {.timeout = absl::Seconds(60)}).ok());
+  EXPECT_EQ(kms_.begin_waits(), std::vector<absl::Duration>{absl::Seconds(20)});  // the cap
+
+  // A KMS that answers NOT_FOUND twice without waiting: each call asks for what is left.
+  kms_.set_forwarding_delay(2);
+  Terminal u = Submitted("T-2");
+  auto r = Download(u, {.timeout = absl::Seconds(5), .begin_wait = absl::Seconds(20)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(kms_.begin_waits(),
+            (std::vector<absl::Duration>{absl::Seconds(20), absl::Seconds(5),
+                                         absl::Milliseconds(4950), absl::Milliseconds(4850)}));
+}
+
 TEST_F(TerminalTest, UnknownTerminalAtKmsIsNotRetriedForever) {
   Terminal t = Make("T-1");
   ASSERT_TRUE(t.InstallWorkCertificate(TerminalPki::Get().work).ok());

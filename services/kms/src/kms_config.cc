@@ -57,6 +57,15 @@ ConfigSchema MakeKmsConfigSchema() {
       .Default("");
   s.String("ca.authority", "name the CA's certificate must carry").Default("ca");
   s.Duration("ca.timeout", "deadline of each CA call").Default("5s");
+  s.Duration("authentication.tk_wait_max",
+             "the longest a BeginAuthentication call (wait_ms) waits for an SN's transport key "
+             "to arrive from MTMS before answering NOT_FOUND; 0: no call waits")
+      .Default("20s");
+  s.Int("authentication.tk_wait_max_waiters",
+        "BeginAuthentication calls that may wait for a transport key at once; beyond, a call "
+        "answers at once")
+      .Default("1024")
+      .Range(1, 1'000'000);
   s.Duration("session.ttl", "lifetime of an authentication session (PROTOCOL §7)").Default("60s");
   s.Duration("session.retention",
              "how long after its expiry a session is kept before the purge deletes it; at "
@@ -112,6 +121,8 @@ absl::StatusOr<KmsSettings> KmsSettingsFromConfig(const Config& config) {
   k.hsm_timeout = config.GetDuration("hsm.timeout");
   k.core.pk_index = static_cast<uint64_t>(config.GetInt("hsm.pk_index"));
   k.core.mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index"));
+  k.core.tk_wait_max = config.GetDuration("authentication.tk_wait_max");
+  k.tk_wait_max_waiters = static_cast<size_t>(config.GetInt("authentication.tk_wait_max_waiters"));
   k.core.session_ttl = config.GetDuration("session.ttl");
   k.core.session_retention = config.GetDuration("session.retention");
   // A session claimed just before its expiry is still in flight for up to an HSM call and

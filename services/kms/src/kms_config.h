@@ -33,6 +33,7 @@ struct KmsSettings {
   absl::Duration shutdown_grace;
   absl::Duration session_purge_interval;  // 0: this replica never purges
   absl::Duration refusal_flush_interval;  // > 0
+  size_t tk_wait_max_waiters = 1024;      // authentication.tk_wait_max_waiters
   rpc::ServiceCaCrlOptions crl;           // client-certificate revocation (docs/pki.md)
   audit::AuditSettings audit;             // the audit chain (docs/kms.md, Audit)
   std::string replica_id;                 // names this replica's audit anchors

@@ -1,6 +1,7 @@
 #include "kms_core.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -99,6 +100,13 @@ absl::StatusOr<int> PageSize(uint32_t requested) {
     return absl::InvalidArgumentError("page.page_size: at most 1000");
   }
   return static_cast<int>(requested);
+}
+
+// A read BeginAuthentication may wait on: an SN KMS does not know yet, or one marked for
+// re-key that has no new TK yet. Anything else (found, blocked, an error) answers now.
+bool AwaitsTk(const absl::StatusOr<TerminalRecord>& read) {
+  if (!read.ok()) return read.status().code() == absl::StatusCode::kNotFound;
+  return read->state == TerminalState::kRekeyPending;
 }
 
 bool IsBlocked(TerminalState s) {
@@ -461,12 +469,43 @@ absl::StatusOr<TerminalRecord> KmsCore::EnsureImported(
   return after;
 }
 
+absl::StatusOr<TerminalRecord> KmsCore::ReadForBegin(const std::string& sn, absl::Duration wait,
+                                                     absl::Time call_deadline) {
+  const absl::Time now = clock_();
+  const absl::Time deadline =
+      std::min(now + std::min(wait, options_.tk_wait_max), call_deadline - kTkWaitAnswerMargin);
+  if (options_.tk_waits == nullptr || deadline <= now) return repository_.GetTerminal(sn);
+  // Registered before the read: a TK committed after it signals the ticket. A found
+  // terminal (the common case) costs the read alone.
+  std::unique_ptr<TkWaitPort::Ticket> ticket = options_.tk_waits->Register(sn);
+  absl::StatusOr<TerminalRecord> read = repository_.GetTerminal(sn);
+  if (!AwaitsTk(read)) return read;
+  if (ticket == nullptr) {
+    Count(options_.metrics.tk_waits_over_capacity);
+    return read;
+  }
+  if (options_.metrics.tk_waiters != nullptr) options_.metrics.tk_waiters->Increment();
+  for (;;) {
+    const TkWaitPort::WaitResult woken = ticket->Wait(deadline);
+    // After a deadline or a close too: a TK that came with it is still taken.
+    read = repository_.GetTerminal(sn);
+    if (!AwaitsTk(read) || woken != TkWaitPort::WaitResult::kSignalled || clock_() >= deadline) {
+      break;
+    }
+  }
+  if (options_.metrics.tk_waiters != nullptr) options_.metrics.tk_waiters->Decrement();
+  Count(AwaitsTk(read) ? options_.metrics.tk_waits_deadline : options_.metrics.tk_waits_arrived);
+  return read;
+}
+
 absl::StatusOr<BeginResult> KmsCore::BeginAuthentication(const std::string& sn,
                                                          std::span<const uint8_t> rnd1,
-                                                         std::string_view source) {
+                                                         std::string_view source,
+                                                         absl::Duration wait,
+                                                         absl::Time call_deadline) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   const std::string actor = TerminalActor(sn);
-  absl::StatusOr<TerminalRecord> terminal = repository_.GetTerminal(sn);
+  absl::StatusOr<TerminalRecord> terminal = ReadForBegin(sn, wait, call_deadline);
   if (!terminal.ok()) {
     if (terminal.status().code() == absl::StatusCode::kNotFound) {
       const uint64_t n = ++unknown_sn_begins_;

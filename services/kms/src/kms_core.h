@@ -48,6 +48,7 @@
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/x509.h"
+#include "tk_wait_port.h"
 
 namespace rkl::kms {
 
@@ -80,8 +81,14 @@ struct KmsCoreOptions {
   // terminals within this time, not at the CRL's nextUpdate (config tr34.crl_max_age).
   absl::Duration crl_max_age = absl::Minutes(1);
 
-  // The counters KmsCore (failed proofs, lockouts, deliveries) and KmsGrpcService (rate
-  // limited calls) move; none by default (kms_metrics.h).
+  // BeginAuthentication's wait for a TK (docs/kms.md "Authentication and delivery"): the longest
+  // wait a call may ask for (config authentication.tk_wait_max), and the port it waits on;
+  // none: every call answers at once.
+  absl::Duration tk_wait_max = absl::Seconds(20);
+  TkWaitPort* tk_waits = nullptr;
+
+  // The counters KmsCore (failed proofs, lockouts, deliveries, TK waits) and KmsGrpcService
+  // (rate limited calls) move; none by default (kms_metrics.h).
   KmsMetrics metrics = {};
 };
 
@@ -134,6 +141,10 @@ struct AuditPage {
 
 // Audit actions: rkl/audit/actions.h (audit::action). Failure actions count in Statistics.
 
+// What a BeginAuthentication call that waited for a TK leaves itself before its deadline:
+// the challenge (an HSM #2 command, a write) and the way back.
+inline constexpr absl::Duration kTkWaitAnswerMargin = absl::Milliseconds(500);
+
 inline constexpr int kDefaultPageSize = 100;
 inline constexpr int kMaxPageSize = 1000;
 inline constexpr size_t kMaxSubmissionIdLength = 128;
@@ -162,9 +173,15 @@ class KmsCore {
 
   // S109–S111, S401–S402. Imports TEK/AUK on first use.
   // `source` (the caller's address, from the gRPC adapter) only labels refusal counts.
-  absl::StatusOr<BeginResult> BeginAuthentication(const std::string& sn,
-                                                  std::span<const uint8_t> rnd1,
-                                                  std::string_view source = {});
+  // With `wait` > 0 and a TkWaitPort, an SN KMS does not know yet (or one awaiting a new TK
+  // after a re-key mark) is waited for until its TK arrives, for min(wait, tk_wait_max) at
+  // most and until kTkWaitAnswerMargin before `call_deadline` (the RPC's), on the injected
+  // clock; then the call goes on as if it had come in just then. A call that waited in vain
+  // is refused (and counted) once, as one that did not wait.
+  absl::StatusOr<BeginResult> BeginAuthentication(
+      const std::string& sn, std::span<const uint8_t> rnd1, std::string_view source = {},
+      absl::Duration wait = absl::ZeroDuration(),
+      absl::Time call_deadline = absl::InfiniteFuture());
   // S403–S405, S112.
   absl::StatusOr<DeliveryResult> CompleteAuthentication(const std::string& session_id,
                                                         const std::string& sn,
@@ -272,6 +289,10 @@ class KmsCore {
   // threshold. UNAUTHENTICATED `message` with the time until the next attempt.
   absl::Status RecordFailure(const std::string& sn, const char* action, const std::string& detail,
                              const ProofAttempt& attempt, const std::string& message);
+  // BeginAuthentication's read of `sn`, waiting up to `wait` for its TK when `wait` > 0
+  // (registered with the TkWaitPort before the read, so no arrival goes unseen).
+  absl::StatusOr<TerminalRecord> ReadForBegin(const std::string& sn, absl::Duration wait,
+                                              absl::Time call_deadline);
   // Imports TEK/AUK into HSM #2 if not yet done; then also answers the challenge for
   // `rnd1` in the same HSM command and sets `challenge`, and opens `session` (its id,
   // auk_index and rnd2 set here) in the same write as the import: *opened says whether it

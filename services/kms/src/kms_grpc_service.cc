@@ -1,5 +1,7 @@
 #include "kms_grpc_service.h"
 
+#include <chrono>
+
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/x509.h"
 #include "rkl/protocol/proto_enums.h"
@@ -15,6 +17,13 @@ std::string Field(std::span<const uint8_t> b) { return std::string(AsString(b));
 
 std::string Source(const grpc::ServerContext& ctx) {
   return rpc::PublicCallGate::PeerAddress(ctx.peer());
+}
+
+// The call's deadline, for KmsCore's TK wait (which ends before it).
+absl::Time CallDeadline(const grpc::ServerContext& ctx) {
+  return ctx.deadline() == std::chrono::system_clock::time_point::max()
+             ? absl::InfiniteFuture()
+             : absl::FromChrono(ctx.deadline());
 }
 
 // TerminalState and rkl.v1.TerminalState share their numbers; the build checks each.
@@ -96,8 +105,10 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
        [this](const rpc::UnaryCall& call, const rkl::v1::BeginAuthenticationRequest* req,
               rkl::v1::BeginAuthenticationResponse* resp) -> absl::Status {
          RKL_RETURN_IF_ERROR(AdmitTerminalCall(call.ctx, req->sn()));
-         RKL_ASSIGN_OR_RETURN(BeginResult r, core_.BeginAuthentication(req->sn(), Span(req->rnd1()),
-                                                                       Source(call.ctx)));
+         RKL_ASSIGN_OR_RETURN(
+             BeginResult r,
+             core_.BeginAuthentication(req->sn(), Span(req->rnd1()), Source(call.ctx),
+                                       absl::Milliseconds(req->wait_ms()), CallDeadline(call.ctx)));
          resp->set_session_id(r.session_id);
          resp->set_crnd1(Field(r.crnd1));
          resp->set_rnd2(Field(r.rnd2));

@@ -89,6 +89,13 @@ std::string WithAuditParam(std::string sql, int n) {
   return sql;
 }
 
+// The CTE n: notifies kTkArrivalChannel of the SN of each row of the CTE `from` (TK rows just
+// stored). A CTE that only selects runs only when the statement reads it: every statement
+// with n reads it in its final SELECT.
+std::string TkArrival(const char* from) {
+  return absl::StrCat("n AS (SELECT pg_notify('", kTkArrivalChannel, "', sn) FROM ", from);
+}
+
 // Terminal $1..$13 (the INSERT below), TK $14..$22 (ctk_pk, submission, received, algorithm,
 // tek_index, tek_kcv, auk_index, auk_kcv, imported_at), audit $23, TR-34 $24..$27
 // (protocol, krd_id, krd_certificate, krd_nonce). A TR-34 terminal (empty ctk_pk) gets no
@@ -105,12 +112,12 @@ const std::string kInsertTerminal = WithAuditParam(
         "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
         "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
         "SELECT sn, ",
-        kTkParams,
-        " FROM t WHERE octet_length($14::bytea) > 0), "
+        kTkParams, " FROM t WHERE octet_length($14::bytea) > 0 RETURNING sn), ", TkArrival("k"),
+        "), "
         "a AS (",
         kAuditFromJson,
         "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
-        "SELECT count(*) FROM t"),
+        "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM n)"),
     23);
 
 // The versioned terminal update (u: $1..$13, version last; the TR-34 random number as
@@ -132,15 +139,18 @@ std::string TerminalUpdate(int krd_nonce_param) {
       "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
       "algorithm, tek_index, tek_kcv, auk_index, auk_kcv, imported_at_ms) "
       "SELECT sn, ",
-      kTkParams, " FROM u WHERE octet_length($14::bytea) > 0 ", kTkValues, "), ");
+      kTkParams, " FROM u WHERE octet_length($14::bytea) > 0 ", kTkValues, " RETURNING sn), ");
 }
 
 // Terminal $1..$13 (version last), TK $14..$22; cancel the SN's open sessions $23; the
 // session step: id $24 (NULL for none), from $25, to $26, tmk_kcv $27 (NULL keeps it);
 // audit $28. Returns the terminal rows updated (0 when the version moved on: then nothing
-// is written) and the sessions moved. Callers never cancel and move in one call.
+// is written) and the sessions moved. Callers never cancel and move in one call. A TK that
+// arrives with the write (state TK_RECEIVED, a stored TK row changed, no AUK imported yet:
+// a supersede, or the new TK of a re-key) is notified (n).
 const std::string kUpdateTerminal = WithAuditParam(
-    absl::StrCat(TerminalUpdate(29),
+    absl::StrCat(TerminalUpdate(29), TkArrival("k"),
+                 " WHERE $2::text = 'TK_RECEIVED' AND $20::bigint IS NULL), ",
                  "c AS (UPDATE auth_sessions SET state = 'CANCELLED' "
                  "WHERE $23::boolean AND sn IN (SELECT sn FROM u) "
                  "AND state IN ('OPEN', 'AUTHENTICATED')), "
@@ -151,7 +161,8 @@ const std::string kUpdateTerminal = WithAuditParam(
                  "a AS (",
                  kAuditFromJson,
                  "WHERE EXISTS (SELECT 1 FROM u) ORDER BY x.ord) "
-                 "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m)"),
+                 "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM m), "
+                 "(SELECT count(*) FROM n)"),
     28);
 
 // kUpdateTerminal's terminal and TK ($1..$22) with a new session ($23..$30: id, auk_index,

@@ -23,6 +23,12 @@ inline audit::ChainSpec KmsAuditChain() {
   return audit::ServiceChainSpec("kms", 0x524B4C4B);  // lock class "RKLK"
 }
 
+// The channel on which a terminal's transport key arriving is notified (payload: the SN), in
+// the statement that stores it, so it is heard at that commit and never for a rolled-back
+// one: a first TK (InsertTerminal) and a new TK that supersedes one or ends a re-key mark
+// (UpdateTerminal). TkWaiters listens on it.
+inline constexpr char kTkArrivalChannel[] = "rkl_kms_tk";
+
 // The audit chain and the refusal counts are audit::PgServiceRepository's.
 class PgKmsRepository final : public audit::PgServiceRepository<KmsRepository> {
  public:

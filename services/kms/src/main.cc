@@ -19,6 +19,7 @@
 #include "rkl/audit/audit_metrics.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/crypto/random.h"
+#include "rkl/db/listener.h"
 #include "rkl/db/pool_metrics.h"
 #include "rkl/db/schema_roles.h"
 #include "rkl/db/transaction.h"
@@ -28,6 +29,7 @@
 #include "rkl/rpc/health.h"
 #include "rkl/rpc/shutdown.h"
 #include "spdlog/spdlog.h"
+#include "tk_waiters.h"
 
 namespace {
 
@@ -115,6 +117,14 @@ int main(int argc, char** argv) {
   rkl::kms::RegisterKmsStateMetrics(process_metrics, pool, rkl::SystemClock());
   rkl::audit::RegisterAuditChainMetrics(process_metrics, pool, rkl::kms::KmsAuditChain(), "kms",
                                         rkl::SystemClock());
+  // BeginAuthentication's wait for a TK (docs/kms.md "Authentication and delivery"): one connection
+  // of its own LISTENs for the TKs this database stores, whichever replica stores them.
+  rkl::db::Listener tk_listener({.dsn = settings.db.dsn, .channel = rkl::kms::kTkArrivalChannel});
+  rkl::kms::TkWaiters tk_waiters(tk_listener, settings.tk_wait_max_waiters);
+  if (settings.core.tk_wait_max > absl::ZeroDuration()) {
+    tk_listener.Start();
+    settings.core.tk_waits = &tk_waiters;
+  }
   rkl::kms::KmsCore core(repository, hsm, rkl::SystemClock(), rkl::crypto::FillRandom,
                          settings.core, ca.get());
   rkl::kms::KmsGrpcService service(core, repository.audit_log(), settings.terminal_limits);
@@ -185,7 +195,14 @@ int main(int argc, char** argv) {
     }
     flush();
   });
-  (*server)->RunUntilShutdownSignal(settings.shutdown_grace);
+  const int signal = rkl::rpc::WaitForShutdownSignal();
+  spdlog::info("shutting down (signal {}), grace period {}", signal,
+               absl::FormatDuration(settings.shutdown_grace));
+  // Calls waiting for a TK answer now instead of holding the grace period.
+  tk_waiters.Close();
+  (*server)->Shutdown(settings.shutdown_grace);
+  spdlog::info("shut down");
+  tk_listener.Stop();
   stop.Notify();
   readiness.join();
   housekeeping.join();
