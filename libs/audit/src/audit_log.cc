@@ -176,11 +176,18 @@ struct PgAuditLog::Statements {
     all_pending =
         absl::StrCat("SELECT id, at_ms, actor, action, sn, detail, result, mac, request_id FROM ",
                      pending, " ORDER BY id");
-    delete_pending = absl::StrCat("DELETE FROM ", pending, " WHERE id = ANY($1::bigint[])");
+    // A sealing pass: the batch with the chain's head in one read (after the lock), then
+    // the chained records and the deletion of the batch in one write.
+    seal_batch = absl::StrCat(
+        "SELECT p.id, p.at_ms, p.actor, p.action, p.sn, p.detail, p.result, p.mac, "
+        "p.request_id, h.seq AS head_seq, h.mac AS head_mac FROM (",
+        pending_batch, ") p LEFT JOIN (", chain_head, ") h ON true ORDER BY p.id");
+    seal_write = absl::StrCat("WITH chained AS (", insert_records, ") DELETE FROM ", pending,
+                              " WHERE id = ANY($2::bigint[])");
     record_mac = absl::StrCat("SELECT mac FROM ", chain, " WHERE seq = $1");
   }
   std::string chain_head, insert_records, all_records, insert_pending, insert_pending_group,
-      pending_batch, all_pending, delete_pending, record_mac;
+      pending_batch, all_pending, record_mac, seal_batch, seal_write;
 };
 
 PgAuditLog::PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key, ChainSpec spec)
@@ -332,14 +339,14 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
     // The lock orders sealers across threads and replicas; under READ COMMITTED the reads
     // after it see the previous holder's committed chain and deletions.
     db::Exec(tx, kLockChain, spec_.lock_class, kAuditLockChain);
-    pqxx::result pending = db::Exec(tx, sql_->pending_batch, limit);
+    pqxx::result pending = db::Exec(tx, sql_->seal_batch, limit);
     if (pending.empty()) return uint64_t{0};
-    pqxx::result head = db::Exec(tx, sql_->chain_head);
+    // Every row carries the head (NULL on an empty chain).
     uint64_t seq = 0;
     Bytes prev(kMacSize, 0);
-    if (!head.empty()) {
-      seq = head[0][0].as<uint64_t>();
-      prev = ToBytes(head[0][1]);
+    if (const pqxx::row& first = pending[0]; !first["head_seq"].is_null()) {
+      seq = first["head_seq"].as<uint64_t>();
+      prev = ToBytes(first["head_mac"]);
     }
     std::string ids = "{";
     JsonRows records;
@@ -364,8 +371,7 @@ absl::StatusOr<uint64_t> PgAuditLog::SealBatch(int limit) {
       absl::StrAppend(&ids, ids.size() > 1 ? "," : "", id);
     }
     ids += "}";
-    db::Exec(tx, sql_->insert_records, records.Finish());
-    db::Exec(tx, sql_->delete_pending, ids);
+    db::Exec(tx, sql_->seal_write, records.Finish(), ids);
     return static_cast<uint64_t>(pending.size());
   });
 }
