@@ -69,7 +69,7 @@ class PgKeyRecordStore : public KeyRecordStore {
   PgAuditLog& audit_;
   // Key indexes are bound into each record's AAD before it is written: taken from
   // hsm_key_index_seq a block at a time instead of a nextval() round trip per key.
-  static constexpr int kKeyIndexBlock = 16;
+  static constexpr int kKeyIndexBlock = 128;
   db::SequenceBlock key_indexes_;
   std::function<void()> before_one_write_;
   std::atomic<uint64_t> statements_{0};
