@@ -182,12 +182,13 @@ struct PgAuditLog::Statements {
         "SELECT p.id, p.at_ms, p.actor, p.action, p.sn, p.detail, p.result, p.mac, "
         "p.request_id, h.seq AS head_seq, h.mac AS head_mac FROM (",
         pending_batch, ") p LEFT JOIN (", chain_head, ") h ON true ORDER BY p.id");
+    any_pending = absl::StrCat("SELECT EXISTS (SELECT 1 FROM ", pending, ")");
     seal_write = absl::StrCat("WITH chained AS (", insert_records, ") DELETE FROM ", pending,
                               " WHERE id = ANY($2::bigint[])");
     record_mac = absl::StrCat("SELECT mac FROM ", chain, " WHERE seq = $1");
   }
   std::string chain_head, insert_records, all_records, insert_pending, insert_pending_group,
-      pending_batch, all_pending, record_mac, seal_batch, seal_write;
+      pending_batch, all_pending, record_mac, seal_batch, seal_write, any_pending;
 };
 
 PgAuditLog::PgAuditLog(db::ConnectionPool& pool, crypto::SecretBytes audit_key, ChainSpec spec)
@@ -405,7 +406,22 @@ void PgAuditLog::Stop() {
 
 PgAuditLog::~PgAuditLog() { Stop(); }
 
+namespace {
+
+// Whether any pending record has committed, in one autocommit statement (`sql`).
+absl::StatusOr<bool> AnyPending(db::ConnectionPool& pool, const std::string& sql) {
+  return db::RunAutocommitRead(pool, [&](pqxx::nontransaction& tx) -> absl::StatusOr<bool> {
+    return db::Exec(tx, sql)[0][0].as<bool>();
+  });
+}
+
+}  // namespace
+
 void PgAuditLog::SealerLoop(absl::Duration interval) {
+  // After a pass that found nothing, the next one first asks (one autocommit statement)
+  // whether anything is pending, and takes the lock only if so: an idle pass costs one
+  // statement instead of a transaction. After a pass that sealed, it goes straight on.
+  bool busy = true;
   while (true) {
     bool stopping;
     {
@@ -413,7 +429,17 @@ void PgAuditLog::SealerLoop(absl::Duration interval) {
       mu_.AwaitWithTimeout(absl::Condition(&stop_), interval);
       stopping = stop_;
     }
+    if (!busy && !stopping) {
+      absl::StatusOr<bool> pending = AnyPending(writer_pool_, sql_->any_pending);
+      if (pending.ok() && !*pending) {
+        if (absl::StatusOr<bool> anchored = AnchorIfDue(); !anchored.ok()) {
+          spdlog::warn("audit: anchoring failed: {}", anchored.status().ToString());
+        }
+        continue;
+      }
+    }
     absl::StatusOr<uint64_t> sealed = Seal();
+    busy = !sealed.ok() || *sealed > 0;
     if (!sealed.ok()) {
       // Nothing is lost: the records stay pending, durable, until a later pass.
       spdlog::warn("audit: sealing pending records failed (will retry): {}",
