@@ -11,7 +11,7 @@ const audit::ChainSpec& HsmAuditChain() {
       .pending_table = "hsm_audit_pending",
       .pending_id_sequence = "hsm_audit_pending_id_seq",
       .lock_class = 0x524B4C48,  // "RKLH"
-      .pending_id_block = 16,
+      .pending_id_block = 256,
   };
   return *spec;
 }

@@ -172,7 +172,9 @@ class KeyRecordStore {
   // For commands that change no key: fn may only read (any write fails with INTERNAL and
   // nothing is written), and its audit record is durable before this returns OK. The
   // default is Transact(fn); PgKeyRecordStore reads without a transaction and writes the
-  // record in a group with those of concurrent commands (PgAuditLog::AppendGrouped).
+  // record in a group with those of concurrent commands (PgAuditLog::AppendGrouped) — or,
+  // when fn used records the store keeps (SealedRecordCache), in one statement that checks
+  // they are still ACTIVE.
   virtual absl::Status TransactReadOnly(absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
     return Transact(fn);
   }
@@ -184,7 +186,8 @@ class KeyRecordStore {
   // command superseded it), the statement writes nothing and fn runs again on fresh reads.
   // So the outcome is what a transaction holding those locks from its read on would give,
   // in 1 write round trip instead of BEGIN, a write per key change and audit record, and
-  // COMMIT. Inside fn, a read that would need the database after a write, any other write
+  // COMMIT; records PgKeyRecordStore keeps (SealedRecordCache) cost no read, and the
+  // statement checks them too. Inside fn, a read that would need the database after a write, any other write
   // (ceremonies, deletion), or a second audit record fails with INTERNAL and nothing is
   // written.
   virtual absl::Status TransactOneWrite(absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {

@@ -13,6 +13,7 @@
 #include "core_checks.h"
 #include "hsm_fixture.h"
 #include "lmk.h"
+#include "rkl/audit/actions.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/kcv.h"
 #include "rkl/crypto/random.h"
@@ -950,9 +951,11 @@ TEST_F(KeyStorePgTest, TmkMadeWhileANewTransportKeyWasImportedIsSupersededNotReu
 TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
   // KMS's HSM commands per terminal on PostgreSQL: ImportAndChallenge reads PK, MAK and
   // the SN's live TEK/AUK in one statement and writes the keys with their audit record in
-  // another; AuthenticateAndDeliver reads AUK, TEK and the live TMK in one and writes the
-  // TMK with its record in another. The results are the protocol's (the terminal opens the
-  // delivered block).
+  // another; then every record the next commands need is in the store's record cache, so
+  // AuthenticateAndDeliver writes the TMK with its record in one statement that checks
+  // AUK, TEK and the SN's live keys, and VerifyInstallProof writes its record in one that
+  // checks AUK and TMK. The results are the protocol's (the terminal opens the delivered
+  // block).
   const std::vector<std::pair<std::string, crypto::SecretBytes>> pk_parts = {
       {"custodian:a", crypto::RandomSecret(32)}, {"custodian:b", crypto::RandomSecret(32)}};
   const std::vector<std::pair<std::string, crypto::SecretBytes>> mak_parts = {
@@ -993,13 +996,13 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
                                    protocol::MakeCrnd2(keys, rnd1, begun->challenge.rnd2).value()},
                                   t.tk.algorithm, false, begun->imported.tek_index);
   ASSERT_TRUE(delivered.ok()) << delivered.status();
-  EXPECT_EQ(store.statements_sent() - before, 2u);
+  EXPECT_EQ(store.statements_sent() - before, 1u);
   auto block = keyblock::ParseTmkBlock(t.tk.tek, t.tk.algorithm, delivered->block.key_block);
   ASSERT_TRUE(block.ok()) << block.status();
   EXPECT_EQ(block->tmk_kcv, delivered->tmk.kcv);
 
-  // The terminal's proof of installation: read-only, one read (its record is written in an
-  // audit group, not by the store).
+  // The terminal's proof of installation: read-only, its record written by the store in the
+  // one statement that checks the cached AUK and TMK.
   const Bytes rnd3 = crypto::RandomBytes(16), rnd4 = crypto::RandomBytes(16);
   const Bytes tmk_kcv = FromHex(delivered->tmk.kcv).value();
   before = store.statements_sent();
@@ -1015,10 +1018,39 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
   before = store.statements_sent();
   auto again = core.ImportAndChallenge("kms", import, crypto::RandomBytes(16));
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(store.statements_sent() - before, 2u);
+  EXPECT_EQ(store.statements_sent() - before, 1u);
   EXPECT_EQ(again->imported.tek_index, begun->imported.tek_index);
   EXPECT_EQ(again->imported.auk_index, begun->imported.auk_index);
   EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key"), keys_before);
+
+  // Another new terminal, with PK and MAK kept: its import assumes the SN has no keys and
+  // its one statement checks that.
+  const testing::TestTerminal t2 = testing::TestTerminal::Create("SN-COMPOSITE-2");
+  before = store.statements_sent();
+  auto second = core.ImportAndChallenge(
+      "kms", {pk_key->key_index, mak_key->key_index, t2.sn, ctk_pk_of(t2)}, rnd1);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(store.statements_sent() - before, 1u);
+  EXPECT_EQ(second->imported.tek_kcv, t2.TekKcv());
+
+  // A terminal whose keys this process has never seen (stored by another replica): the
+  // assumption fails the check, nothing is written, and the import runs again on the rows
+  // and supersedes them.
+  const testing::TestTerminal t3 = testing::TestTerminal::Create("SN-COMPOSITE-3");
+  const testing::TerminalKeys old3 = testing::InsertTerminalKeys(*hsm_, t3);
+  const testing::TestTerminal t3new = testing::TestTerminal::Create("SN-COMPOSITE-3");
+  auto third = core.ImportAndChallenge(
+      "kms", {pk_key->key_index, mak_key->key_index, t3new.sn, ctk_pk_of(t3new)}, rnd1);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->imported.tek_kcv, t3new.TekKcv());
+  EXPECT_EQ(CountOf(dsn, absl::StrCat("SELECT count(*) FROM hsm_key WHERE state = 2 AND "
+                                      "key_index IN (",
+                                      old3.tek, ", ", old3.auk, ")")),
+            2);
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-COMPOSITE-3' AND "
+                    "state = 1"),
+            2);
 
   // A new transport key for the SN supersedes the old pair and the TMK in the same write.
   const testing::TestTerminal renewed = testing::TestTerminal::Create("SN-COMPOSITE");
@@ -1035,6 +1067,168 @@ TEST_F(KeyStorePgTest, CompositeCommandsSendOneReadAndOneWriteEach) {
                     "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-COMPOSITE' AND "
                     "state = 1 AND key_type IN (4, 5)"),
             2);
+}
+
+// Records of `action` for `sn` with result OK, sealed or pending.
+int64_t OkRecords(const std::string& dsn, const std::string& action, const std::string& sn) {
+  return CountOf(dsn, absl::StrCat("SELECT count(*) FROM (SELECT action, sn, result FROM "
+                                   "hsm_audit_pending UNION ALL SELECT action, sn, result FROM "
+                                   "hsm_audit) a WHERE result = 'OK' AND action = '",
+                                   action, "' AND sn = '", sn, "'"));
+}
+
+// What another replica's DestroyTerminalKeys does, on a store of its own (so nothing of the
+// daemon's process sees it but the rows).
+void DestroyElsewhere(BarrierOverPg& other, const std::string& sn) {
+  absl::Status s = other.Transact([&](KeyTransaction& tx) -> absl::Status {
+    RKL_ASSIGN_OR_RETURN(std::vector<KeyRecord> keys, tx.FindUndeletedKeysOf(sn));
+    for (const KeyRecord& k : keys) {
+      RKL_RETURN_IF_ERROR(tx.SetKeyState(k.index, KeyState::kDeleted, 1));
+    }
+    return tx.Audit(AuditEvent{.actor = "admin", .action = "test_destroy", .result = "OK"});
+  });
+  ASSERT_TRUE(s.ok()) << s;
+}
+
+TEST_F(KeyStorePgTest, CachedTerminalKeysCostOneStatementPerCommand) {
+  // Once a command has read a terminal's keys, the next commands on them take the records
+  // from the store's cache: each is one statement (its checks and its audit record).
+  HsmCore& core = hsm_->daemon().core();
+  PgKeyRecordStore& store = hsm_->daemon().key_records();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-CACHED");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek);  // reads the records
+  ASSERT_TRUE(first.ok()) << first.status();
+
+  uint64_t before = store.statements_sent();
+  const Bytes rnd1 = crypto::RandomBytes(16);
+  auto challenge = core.AuthChallenge("kms", keys.auk, t.sn, rnd1);
+  ASSERT_TRUE(challenge.ok()) << challenge.status();
+  EXPECT_EQ(store.statements_sent() - before, 1u);
+  ASSERT_TRUE(protocol::VerifyCrnd1(t.AuthKeys(), rnd1, challenge->rnd2, challenge->crnd1).ok());
+
+  before = store.statements_sent();
+  auto again = core.AuthenticateAndDeliver(
+      "kms",
+      {keys.auk, t.sn, rnd1, challenge->rnd2,
+       protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value()},
+      t.tk.algorithm, false, keys.tek);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(store.statements_sent() - before, 1u);
+  EXPECT_FALSE(again->tmk.created);
+  EXPECT_EQ(again->tmk.tmk_index, first->tmk.tmk_index);
+
+  const Bytes rnd3 = crypto::RandomBytes(16), rnd4 = crypto::RandomBytes(16);
+  const Bytes kcv = FromHex(first->tmk.kcv).value();
+  before = store.statements_sent();
+  absl::Status proved = core.VerifyInstallProof(
+      "kms", {keys.auk, t.sn, first->tmk.kcv, rnd3, rnd4,
+              protocol::MakeInstallProof(t.AuthKeys(), t.sn, kcv, rnd3, rnd4).value()});
+  EXPECT_TRUE(proved.ok()) << proved;
+  EXPECT_EQ(store.statements_sent() - before, 1u);
+}
+
+TEST_F(KeyStorePgTest, KeysAnotherReplicaDestroyedAreNeverUsedFromTheCache) {
+  // The daemon has every record of the terminal cached; another replica (a store of its
+  // own on the same database) destroys the terminal's keys. No command of the daemon uses
+  // them: each is refused as if it had read the rows, and no success is audited.
+  HsmCore& core = hsm_->daemon().core();
+  const std::string dsn = hsm_->dsn();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-GONE");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(Deliver(t, keys.auk, keys.tek).ok());  // served from the cache
+  auto other = FreshStore();
+  DestroyElsewhere(*other, t.sn);
+
+  const int64_t challenges = OkRecords(dsn, audit::action::kAuthChallenge, t.sn);
+  const int64_t deliveries = OkRecords(dsn, audit::action::kTmkAuthenticateAndDeliver, t.sn);
+  const int64_t proofs = OkRecords(dsn, audit::action::kInstallVerifyProof, t.sn);
+  const Bytes rnd1 = crypto::RandomBytes(16), rnd2 = crypto::RandomBytes(16);
+  auto challenge = core.AuthChallenge("kms", keys.auk, t.sn, rnd1);
+  EXPECT_EQ(challenge.status().code(), absl::StatusCode::kNotFound) << challenge.status();
+  auto delivered = core.AuthenticateAndDeliver(
+      "kms", {keys.auk, t.sn, rnd1, rnd2, protocol::MakeCrnd2(t.AuthKeys(), rnd1, rnd2).value()},
+      t.tk.algorithm, false, keys.tek);
+  EXPECT_EQ(delivered.status().code(), absl::StatusCode::kNotFound) << delivered.status();
+  const Bytes kcv = FromHex(first->tmk.kcv).value();
+  absl::Status proved = core.VerifyInstallProof(
+      "kms", {keys.auk, t.sn, first->tmk.kcv, rnd1, rnd2,
+              protocol::MakeInstallProof(t.AuthKeys(), t.sn, kcv, rnd1, rnd2).value()});
+  EXPECT_EQ(proved.code(), absl::StatusCode::kNotFound) << proved;
+  EXPECT_EQ(OkRecords(dsn, audit::action::kAuthChallenge, t.sn), challenges);
+  EXPECT_EQ(OkRecords(dsn, audit::action::kTmkAuthenticateAndDeliver, t.sn), deliveries);
+  EXPECT_EQ(OkRecords(dsn, audit::action::kInstallVerifyProof, t.sn), proofs);
+  EXPECT_EQ(CountOf(dsn, "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-GONE' AND state = 1"),
+            0);
+}
+
+TEST_F(KeyStorePgTest, TmkAnotherReplicaSupersededIsNotProvedFromTheCache) {
+  // The live TMK is cached; another replica supersedes it (what a new transport key does).
+  // A proof of installation of that TMK is refused: it is no longer the SN's live TMK.
+  HsmCore& core = hsm_->daemon().core();
+  const std::string dsn = hsm_->dsn();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-OLD-TMK");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto other = FreshStore();
+  absl::Status s = other->Transact([&](KeyTransaction& tx) -> absl::Status {
+    RKL_RETURN_IF_ERROR(tx.SetKeyState(first->tmk.tmk_index, KeyState::kSuperseded, 1));
+    return tx.Audit(AuditEvent{.actor = "kms", .action = "test_supersede", .result = "OK"});
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  const int64_t proofs = OkRecords(dsn, audit::action::kInstallVerifyProof, t.sn);
+  const Bytes rnd3 = crypto::RandomBytes(16), rnd4 = crypto::RandomBytes(16);
+  const Bytes kcv = FromHex(first->tmk.kcv).value();
+  absl::Status proved = core.VerifyInstallProof(
+      "kms", {keys.auk, t.sn, first->tmk.kcv, rnd3, rnd4,
+              protocol::MakeInstallProof(t.AuthKeys(), t.sn, kcv, rnd3, rnd4).value()});
+  EXPECT_EQ(proved.code(), absl::StatusCode::kFailedPrecondition) << proved;
+  EXPECT_EQ(OkRecords(dsn, audit::action::kInstallVerifyProof, t.sn), proofs);
+}
+
+TEST_F(KeyStorePgTest, DestroyBetweenACachedDeliveryAndItsWriteRefusesTheDelivery) {
+  // Every record the delivery needs is cached; the terminal's keys are destroyed by
+  // another replica after the delivery has made its TMK and before its statement: the
+  // statement finds AUK and TEK gone and writes nothing, and the delivery, run again on
+  // the rows, is refused. No TMK is stored and no success is audited.
+  HsmCore& core = hsm_->daemon().core();
+  PgKeyRecordStore& rows = hsm_->daemon().key_records();
+  const std::string dsn = hsm_->dsn();
+  const testing::TestTerminal t = testing::TestTerminal::Create("SN-GONE-MID");
+  const testing::TerminalKeys keys = testing::InsertTerminalKeys(*hsm_, t);
+  auto first = Deliver(t, keys.auk, keys.tek, /*replace_existing=*/false);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const int64_t deliveries = OkRecords(dsn, audit::action::kTmkAuthenticateAndDeliver, t.sn);
+  const Bytes rnd1 = crypto::RandomBytes(16);
+  auto challenge = core.AuthChallenge("kms", keys.auk, t.sn, rnd1);
+  ASSERT_TRUE(challenge.ok()) << challenge.status();
+  auto other = FreshStore();
+  bool destroyed = false;
+  rows.SetBeforeOneWriteHookForTest([&] {
+    if (destroyed) return;
+    destroyed = true;
+    DestroyElsewhere(*other, t.sn);
+  });
+  auto delivered = core.AuthenticateAndDeliver(
+      "kms",
+      {keys.auk, t.sn, rnd1, challenge->rnd2,
+       protocol::MakeCrnd2(t.AuthKeys(), rnd1, challenge->rnd2).value()},
+      t.tk.algorithm, /*replace_existing=*/true, keys.tek);
+  rows.SetBeforeOneWriteHookForTest(nullptr);
+  ASSERT_TRUE(destroyed);
+  EXPECT_EQ(delivered.status().code(), absl::StatusCode::kNotFound) << delivered.status();
+  EXPECT_EQ(OkRecords(dsn, audit::action::kTmkAuthenticateAndDeliver, t.sn), deliveries);
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-GONE-MID' AND "
+                    "key_type = 6"),
+            1);  // only the first delivery's TMK, destroyed
+  EXPECT_EQ(CountOf(dsn,
+                    "SELECT count(*) FROM hsm_key WHERE bound_sn = 'SN-GONE-MID' AND "
+                    "state = 1"),
+            0);
 }
 
 TEST_F(KeyStorePgTest, AuditGroupsAreWrittenEvenWhenEveryCommandConnectionIsTaken) {
