@@ -104,7 +104,6 @@ int main(int argc, char** argv) {
     // Not fatal: intake answers UNAVAILABLE until the CA is reachable.
     spdlog::warn("operator-ca not fetched at start-up: {}", s.ToString());
   }
-  MtmsCore core(repository, hsm, ca, trust, clock, CoreOptionsFromConfig(config));
   ForwarderOptions forwarder_options = ForwarderOptionsFromConfig(config);
   ForwarderMetrics forwarder_metrics(process_metrics);
   forwarder_options.metrics = &forwarder_metrics;
@@ -114,6 +113,10 @@ int main(int argc, char** argv) {
         "until the key ceremony's indexes are configured");
   }
   Forwarder forwarder(repository, hsm, kms, trust, clock, forwarder_options);
+  // Intake hands the packages it stores to the forwarder while its workers run.
+  MtmsCoreOptions core_options = CoreOptionsFromConfig(config);
+  core_options.hand_off = &forwarder;
+  MtmsCore core(repository, hsm, ca, trust, clock, std::move(core_options));
   MtmsGrpcService service(core, forwarder, repository.audit_log(),
                           rpc::PublicCallLimitsFromConfig(config));
 

@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/crypto/ecdsa.h"
 #include "rkl/crypto/key_algorithm.h"
@@ -222,12 +223,22 @@ absl::StatusOr<SubmitReceipt> MtmsCore::Intake(const SubmitRequest& request,
                              " certificate ", row.operator_certificate_serial, " work certificate ",
                              row.work_certificate_serial),
       .result = "OK"};
-  RKL_ASSIGN_OR_RETURN(InsertOutcome outcome, repository_.InsertSubmission(row, audit));
-  switch (outcome) {
+  // Stored already claimed by the forwarder when it takes rows now: it gets the row from here.
+  const std::optional<IntakeClaim> claim =
+      options_.hand_off != nullptr ? options_.hand_off->ClaimForIntake() : std::nullopt;
+  RKL_ASSIGN_OR_RETURN(IntakeResult result, repository_.Intake(row, audit, claim));
+  switch (result.outcome) {
     case InsertOutcome::kInserted:
       spdlog::info("package received: submission={} sn={} operator={}", row.submission_id, row.sn,
                    row.operator_id);
-      return SubmitReceipt{.submission_id = row.submission_id, .state = SubmissionState::kReceived};
+      if (claim.has_value()) {
+        row.claim = result.facts;
+        row.request_id = std::string(CurrentRequestId());  // as the repository stored it
+        options_.hand_off->HandOff(row, *claim);
+      }
+      return SubmitReceipt{.submission_id = row.submission_id,
+                           .state = SubmissionState::kReceived,
+                           .handed_off = claim.has_value()};
     case InsertOutcome::kUnknownWorkKey:
       return absl::FailedPreconditionError(
           "package.work_certificate_serial: not a work certificate this MTMS issued");

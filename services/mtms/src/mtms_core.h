@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "mtms_hand_off.h"
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
@@ -57,6 +58,9 @@ struct MtmsCoreOptions {
   absl::Duration refusal_retention = absl::Hours(24);
   // Submission ids and work-key label suffixes (tests may inject a deterministic source).
   crypto::RandomSource random = crypto::FillRandom;
+  // The forwarder intake hands stored packages to (mtms_hand_off.h; not owned). Null: rows
+  // are stored unclaimed, for the forwarder's claim.
+  IntakeHandOff* hand_off = nullptr;
 };
 
 struct SubmitRequest {
@@ -76,6 +80,9 @@ struct OwnSubmissionQuery {
 struct SubmitReceipt {
   std::string submission_id;
   SubmissionState state = SubmissionState::kReceived;
+  // The package went to the forwarder with intake's claim; false: it waits for the
+  // forwarder's own claim (the caller Wake()s the forwarder).
+  bool handed_off = false;
 };
 
 struct WorkCertificateBundle {

@@ -66,6 +66,32 @@ Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, Ope
 
 Forwarder::~Forwarder() { Stop(); }
 
+std::optional<IntakeClaim> Forwarder::ClaimForIntake() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!running_ || stop_ || background_ == nullptr ||
+        static_cast<int>(background_->queue.size()) >= options_.batch_size) {
+      return std::nullopt;
+    }
+  }
+  return IntakeClaim{
+      .claim_token =
+          absl::StrCat(options_.replica_id, "/", ToHex(crypto::RandomBytes(options_.random, 8))),
+      .lease_until_ms = NowUnixMs(clock_) + absl::ToInt64Milliseconds(options_.lease)};
+}
+
+void Forwarder::HandOff(SubmissionRecord row, const IntakeClaim& claim) {
+  absl::MutexLock lock(&mu_);
+  if (!running_ || stop_ || background_ == nullptr) return;  // left to its lease
+  for (ClaimedRow& queued : background_->queue) {
+    if (queued.row.sn == row.sn && queued.row.created_at_ms < row.created_at_ms &&
+        queued.row.claim.has_value()) {
+      queued.row.claim->newer_sibling = true;
+    }
+  }
+  background_->queue.push_back({std::move(row), claim.claim_token});
+}
+
 absl::Duration Forwarder::BackoffAfter(uint32_t attempts) const {
   absl::Duration backoff = options_.initial_backoff;
   for (uint32_t i = 1; i < attempts && backoff < options_.max_backoff; ++i) backoff *= 2;
@@ -118,6 +144,7 @@ void Forwarder::Claim(Pass& pass) {
       claim_token, now_ms, now_ms + absl::ToInt64Milliseconds(options_.lease), options_.batch_size);
   mu_.Lock();
   pass.claiming = false;
+  if (rows.ok() && rows->empty() && options_.metrics != nullptr) options_.metrics->EmptyClaim();
   if (pass.background) next_claim_at_ = WallDeadline(options_.interval);
   if (!rows.ok()) {
     // A pass ends with the error; the background claims again at the next Wake() or
@@ -174,6 +201,7 @@ void Forwarder::Work(Pass& pass) {
         return pass.BackgroundMayClaim(*this);
       };
       mu_.AwaitWithDeadline(absl::Condition(&may_claim), next_claim_at_);
+      if (options_.metrics != nullptr) options_.metrics->Wakeup();
       // Rows, a claim in progress or Stop() are the loop's to handle; woken by the end of
       // another thread's claim, this one may have nothing to do.
       if (!pass.queue.empty() || pass.claiming || stop_ || !may_claim()) continue;
@@ -280,9 +308,11 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
 
   // Order per SN: a package with a newer sibling already forwarded or waiting is never sent
   // (KMS would refuse it as older, or it would be sent before the newer one only to be
-  // replaced). A newer package that arrives after this check and overtakes this one is
-  // caught by KMS, which refuses the older one (FAILED_PRECONDITION: REJECTED below).
-  {
+  // replaced). The claim reported whether it has one (ClaimFacts; a newer package handed
+  // off to this forwarder meanwhile sets it too), and the database decides for a row that
+  // has. A newer package that arrives after the claim and overtakes this one is caught by
+  // KMS, which refuses the older one (FAILED_PRECONDITION: REJECTED below).
+  if (!row.claim.has_value() || row.claim->newer_sibling) {
     AuditEntry audit{
         .at_ms = NowUnixMs(clock_),
         .actor = options_.replica_id,
@@ -300,14 +330,23 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
     }
   }
 
-  // 2. The work key the package was made for.
-  absl::StatusOr<std::optional<WorkKeyRecord>> work_key =
-      repository_.FindWorkKey(package.work_certificate_serial());
-  if (!work_key.ok()) return RetryLater(row, claim_token, work_key.status());
-  if (!work_key->has_value()) {
+  // 2. The work key the package was made for, as the claim read it (else read now).
+  SubmissionRecord::ClaimFacts facts;
+  if (row.claim.has_value()) {
+    facts = *row.claim;
+  } else {
+    absl::StatusOr<std::optional<WorkKeyRecord>> work_key =
+        repository_.FindWorkKey(package.work_certificate_serial());
+    if (!work_key.ok()) return RetryLater(row, claim_token, work_key.status());
+    if (work_key->has_value()) {
+      facts.work_key_state = (*work_key)->state;
+      facts.work_key_index = (*work_key)->hsm_key_index;
+    }
+  }
+  if (!facts.work_key_state.has_value()) {
     return Reject(row, claim_token, "work certificate unknown");
   }
-  if ((*work_key)->state == WorkKeyState::kRetired) {
+  if (*facts.work_key_state == WorkKeyState::kRetired) {
     return Reject(row, claim_token, "work certificate retired before the package was forwarded");
   }
   if (options_.pk_index == 0 || options_.mak_index == 0) {
@@ -321,7 +360,7 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
 
   // 3. S106: translate inside HSM #1.
   HsmPort::TranslateRequest translate{
-      .pr_index = (*work_key)->hsm_key_index,
+      .pr_index = facts.work_key_index,
       .ctk_pu = Bytes(package.ctk_pu().begin(), package.ctk_pu().end()),
       .sn = package.sn(),
       .created_at_unix_ms = package.created_at_unix_ms(),
@@ -344,14 +383,14 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
   if (!receipt.ok()) {
     return PeerFailed(row, claim_token, "kms", receipt.status(), kKmsPermanentRefusals);
   }
-  AuditEntry audit{.at_ms = NowUnixMs(clock_),
-                   .actor = options_.replica_id,
-                   .action = rkl::audit::action::kPackageForward,
-                   .sn = row.sn,
-                   .detail = absl::StrCat("submission ", row.submission_id, " work key index ",
-                                          (*work_key)->hsm_key_index,
-                                          receipt->duplicate ? " (kms: duplicate)" : ""),
-                   .result = "OK"};
+  AuditEntry audit{
+      .at_ms = NowUnixMs(clock_),
+      .actor = options_.replica_id,
+      .action = rkl::audit::action::kPackageForward,
+      .sn = row.sn,
+      .detail = absl::StrCat("submission ", row.submission_id, " work key index ",
+                             facts.work_key_index, receipt->duplicate ? " (kms: duplicate)" : ""),
+      .result = "OK"};
   absl::StatusOr<bool> done =
       repository_.FinishForwarded(row.submission_id, claim_token, NowUnixMs(clock_), audit);
   if (!done.ok()) {

@@ -2,7 +2,7 @@
 // Forwarder: the outbox worker that takes RECEIVED rows of SN-Key_MTMS to KMS
 // (claim 4, S106–S108).
 //
-// For each claimed row it:
+// For each claimed row (claimed by ClaimDue, or by intake and handed off) it:
 //   1. re-reads the signed package B and re-verifies, from the stored bytes only, that the
 //      operator certificate chains to operator-ca (at the time the row was received) and
 //      that the signature verifies over B (claim 4); the SN, Ctk_Pu, algorithm, created_at
@@ -10,6 +10,10 @@
 //   2. asks HSM #1 to translate Ctk_Pu (under the Pr of the work key B names) into Ctk_pk
 //      under PK/MAK;
 //   3. sends SN + Ctk_pk to KMS, and marks the row FORWARDED only after KMS accepted it.
+// The work key's state and HSM #1 index, and whether the row has a newer sibling, come
+// with the row from the statement that claimed it (SubmissionRecord::ClaimFacts); only a row
+// with a newer sibling costs a statement before the finish (FinishSupersededIfNewer), so
+// a package is one statement here: its finish.
 // Outcomes: package-specific refusals (stored package no longer verifies, work key
 // retired, HSM UNAUTHENTICATED/INVALID_ARGUMENT, KMS INVALID_ARGUMENT/FAILED_PRECONDITION/
 // UNAUTHENTICATED/ALREADY_EXISTS/NOT_FOUND) → REJECTED with the reason, never retried; every
@@ -23,8 +27,10 @@
 // the token of its claim, exactly as a sequential pass would.
 // The background forwarder (Start) is `workers` threads that run the same claim loop (Work)
 // over one shared queue, but stay up: when nothing is due they wait, and claim after Wake()
-// (a package arrived), after a claim that came back full, and every `interval` (retries
-// coming due, rows of a replica whose lease expired). So a package that arrives while other
+// (a package was stored unclaimed), after a claim that came back full, and every `interval`
+// (retries coming due, rows of a replica whose lease expired). A package intake stored
+// already claimed (ClaimForIntake, HandOff) goes straight into that queue: no claim
+// statement and no wake-up claim for it. So a package that arrives while other
 // rows are at HSM #1 or KMS is taken by an idle worker at once instead of waiting for those
 // rows (a pass ends only when all of its rows are done).
 // At most `workers` rows are in process at once in one Forwarder, even when passes run
@@ -49,6 +55,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,6 +67,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "mtms_hand_off.h"
 #include "mtms_operator_trust.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
@@ -94,11 +102,11 @@ struct PassResult {
   uint32_t retry_later = 0;
 };
 
-class Forwarder {
+class Forwarder final : public IntakeHandOff {
  public:
   Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, OperatorTrust& trust,
             const Clock& clock, ForwarderOptions options);
-  ~Forwarder();  // Stop()s
+  ~Forwarder() override;  // Stop()s
 
   // One pass: claims and processes due rows, batch after batch, until a claim comes back
   // short (fewer than batch_size rows: nothing more is due) or Stop() was called; the rows
@@ -115,6 +123,15 @@ class Forwarder {
   void Wake();
   // True from Stop() until the next Start(): passes claim no further batch.
   bool stopping() const;
+
+  // Intake's hand-off (mtms_hand_off.h): a claim (a fresh token, leased for `lease` from the
+  // injected clock's now) while the background workers run and fewer than `batch_size`
+  // rows wait in their queue; nullopt otherwise.
+  std::optional<IntakeClaim> ClaimForIntake() override;
+  // Queues the row for the background workers, and marks the queued rows of its SN with an
+  // earlier created_at as having a newer sibling (Process checks them against the
+  // database before sending). After Stop() the row is left to its lease.
+  void HandOff(SubmissionRecord row, const IntakeClaim& claim) override;
 
   // Backoff after the n-th failed attempt (n >= 1): initial · 2^(n-1), capped.
   absl::Duration BackoffAfter(uint32_t attempts) const;

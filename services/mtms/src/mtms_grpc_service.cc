@@ -93,8 +93,9 @@ MtmsGrpcService::MtmsGrpcService(MtmsCore& core, Forwarder& forwarder, audit::Pg
                                .signature = request->signature(),
                                .operator_certificate_pem = request->operator_certificate_pem()},
                  call.caller, rpc::PublicCallGate::PeerAddress(call.ctx.peer())));
-         // Start forwarding now rather than at the next timed pass: the terminal is waiting.
-         forwarder_.Wake();
+         // Unless intake handed the package to the forwarder, start forwarding now rather
+         // than at the next timed pass: the terminal is waiting.
+         if (!receipt.handed_off) forwarder_.Wake();
          response->set_submission_id(receipt.submission_id);
          response->set_state(ToProto(receipt.state));
          return absl::OkStatus();

@@ -26,7 +26,21 @@ ForwarderMetrics::ForwarderMetrics(metrics::Metrics& metrics)
       translations_(prometheus::BuildCounter()
                         .Name("rkl_mtms_translations_total")
                         .Help("Transport key translations HSM #1 answered, by result")
-                        .Register(metrics.registry())) {}
+                        .Register(metrics.registry())),
+      wakeups_(prometheus::BuildCounter()
+                   .Name("rkl_mtms_forwarder_wakeups_total")
+                   .Help("Times a background forwarder worker woke from its wait")
+                   .Register(metrics.registry())
+                   .Add({})),
+      empty_claims_(prometheus::BuildCounter()
+                        .Name("rkl_mtms_forwarder_empty_claims_total")
+                        .Help("Forwarder claims that found no due package")
+                        .Register(metrics.registry())
+                        .Add({})) {}
+
+void ForwarderMetrics::Wakeup() { wakeups_.Increment(); }
+
+void ForwarderMetrics::EmptyClaim() { empty_claims_.Increment(); }
 
 void ForwarderMetrics::ForwardAttempt(const absl::Status& result) {
   attempts_.Increment();

@@ -7,6 +7,9 @@
 //   rkl_mtms_translations_total{result}  TK translations HSM #1 answered for a package:
 //                                      result "ok" or the lower-case status code
 //                                      ("unauthenticated", "unavailable", ...)
+//   rkl_mtms_forwarder_wakeups_total   times a background worker woke from its wait (a
+//                                      Wake(), a handed-off row, the interval, a claim)
+//   rkl_mtms_forwarder_empty_claims_total  claim statements that found no due row
 // Read from the database at each scrape (RegisterMtmsMetrics), one statement each:
 //   rkl_mtms_outbox{state}             packages by state: "received", "forwarded",
 //                                      "rejected" (every state, zeros included)
@@ -32,11 +35,15 @@ class ForwarderMetrics {
 
   void ForwardAttempt(const absl::Status& result);
   void Translation(const absl::Status& result);
+  void Wakeup();
+  void EmptyClaim();
 
  private:
   prometheus::Counter& attempts_;
   prometheus::Counter& failures_;
   prometheus::Family<prometheus::Counter>& translations_;
+  prometheus::Counter& wakeups_;
+  prometheus::Counter& empty_claims_;
 };
 
 // The scrape-time gauges above, read from `repository` on `clock`; `repository` must outlive

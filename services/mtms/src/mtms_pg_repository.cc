@@ -47,27 +47,41 @@ constexpr char kRetireWorkKey[] =
 // counted from sn_key_mtms when wanted (docs/mtms.md).
 constexpr int64_t kLastSeenResolutionMs = 60 * 1000;
 
+// A newer sibling of row r: a row for the same SN with a later created_at that is waiting
+// or was forwarded (a lookup in index sn_key_mtms_by_sn).
+std::string NewerSibling(const std::string& r) {
+  return absl::StrCat("EXISTS (SELECT 1 FROM sn_key_mtms n WHERE n.sn = ", r,
+                      ".sn AND n.created_at_ms > ", r,
+                      ".created_at_ms AND n.state IN ('RECEIVED', 'FORWARDED'))");
+}
+
 // The whole intake in ONE statement, run in autocommit (one round trip):
-//  k: the work key's state, FOR SHARE: a concurrent retire (FOR UPDATE) waits for this
-//     statement, and this statement sees a retire that committed first;
+//  k: the work key's state and index, FOR SHARE: a concurrent retire (FOR UPDATE) waits for
+//     this statement, and this statement sees a retire that committed first;
 //  i: the package, unless the work key is retired or the (operator, nonce) was seen before
-//     (ON CONFLICT DO NOTHING: a replay inserts nothing);
+//     (ON CONFLICT DO NOTHING: a replay inserts nothing); claimed by $24 until $25 when they
+//     are not NULL (the forwarder takes it from intake: ClaimFacts below);
 //  o, u: operators seen (above), only for an inserted package;
 //  a: the package's audit entry (a pending record of the chain, id $21 and MAC $22 from
 //     rkl::audit), only for an inserted package.
-// Returns the work key's state (NULL: unknown) and how many packages were inserted (0/1).
-// Submission $1..$13; $14 resolution; audit $15..$22; $23 the request id (package and record).
+// Returns the work key's state (NULL: unknown) and how many packages were inserted (0/1),
+// then the row's ClaimFacts: the work key's index and whether a newer sibling exists (the
+// inserted row is not in the statement's snapshot, so it is not its own sibling).
+// Submission $1..$13; $14 resolution; audit $15..$22; $23 the request id (package and record);
+// $24, $25 the claim or NULL.
 // Parameters read in SELECT lists are typed: there an untyped parameter would be taken as text.
-constexpr char kIntake[] =
-    "WITH k AS (SELECT state FROM work_keys WHERE serial_hex = $9::text FOR SHARE),"
+const std::string kIntake = absl::StrCat(
+    "WITH k AS (SELECT state, hsm_key_index FROM work_keys WHERE serial_hex = $9::text"
+    "  FOR SHARE),"
     " i AS (INSERT INTO sn_key_mtms (submission_id, sn, operator_id, nonce, package, signature,"
     "  operator_certificate_pem, operator_certificate_serial, work_certificate_serial, ctk_pu,"
-    "  algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms, request_id)"
+    "  algorithm_code, created_at_ms, received_at_ms, state, next_attempt_at_ms, request_id,"
+    "  claimed_by, claimed_until_ms)"
     "  SELECT $1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bytea, $7::text,"
     "  $8::text, $9::text, $10::bytea, $11::smallint, $12::bigint, $13::bigint, 'RECEIVED',"
-    "  $13::bigint, $23::text FROM k WHERE k.state <> 'RETIRED'"
+    "  $13::bigint, $23::text, $24::text, $25::bigint FROM k WHERE k.state <> 'RETIRED'"
     "  ON CONFLICT ON CONSTRAINT sn_key_mtms_operator_nonce_key DO NOTHING"
-    "  RETURNING submission_id),"
+    "  RETURNING submission_id, sn, created_at_ms),"
     " o AS (INSERT INTO operators_seen (operator_id, certificate_serial, first_seen_at_ms,"
     "  last_seen_at_ms) SELECT $3::text, $8::text, $13::bigint, $13::bigint FROM i"
     "  ON CONFLICT (operator_id, certificate_serial) DO NOTHING),"
@@ -77,13 +91,17 @@ constexpr char kIntake[] =
     " a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac,"
     "  request_id) SELECT $21::bigint, $15::bigint, $16::text, $17::text, $18::text, $19::text,"
     "  $20::text, $22::bytea, $23::text FROM i)"
-    " SELECT (SELECT state FROM k), (SELECT count(*) FROM i)";
+    " SELECT (SELECT state FROM k), (SELECT count(*) FROM i),"
+    "  COALESCE((SELECT hsm_key_index FROM k), 0),"
+    "  COALESCE((SELECT ",
+    NewerSibling("i"), " FROM i), false)");
 
 constexpr char kSubmissionColumns[] =
     "submission_id, sn, operator_id, nonce, package, signature, operator_certificate_pem,"
     " operator_certificate_serial, work_certificate_serial, ctk_pu, algorithm_code,"
     " created_at_ms, received_at_ms, state, reason, attempts, next_attempt_at_ms, last_error,"
     " COALESCE(forwarded_at_ms, 0), request_id";
+constexpr int kSubmissionColumnCount = 20;
 const std::string kSelectSubmission =
     std::string("SELECT ") + kSubmissionColumns + " FROM sn_key_mtms WHERE submission_id = $1";
 // $1 state or NULL; $2/$3 cursor or NULL; $4 limit.
@@ -97,6 +115,13 @@ const std::string kListSubmissions =
 constexpr char kCountByState[] =
     "SELECT state, count(*), min(received_at_ms) FROM sn_key_mtms GROUP BY state";
 
+// After the columns of a claimed row (in RETURNING of sn_key_mtms): its ClaimFacts.
+const std::string kClaimFactsColumns = absl::StrCat(
+    ", (SELECT w.state FROM work_keys w WHERE w.serial_hex = sn_key_mtms.work_certificate_serial),"
+    " COALESCE((SELECT w.hsm_key_index FROM work_keys w"
+    "  WHERE w.serial_hex = sn_key_mtms.work_certificate_serial), 0), ",
+    NewerSibling("sn_key_mtms"));
+
 // The outbox claim: row locks are held only for this one statement's transaction; the
 // lease columns keep the row ours while we call HSM #1 and KMS without a transaction.
 const std::string kClaimDue = std::string(
@@ -108,7 +133,7 @@ const std::string kClaimDue = std::string(
                                   "  ORDER BY received_at_ms, submission_id LIMIT $4"
                                   "  FOR UPDATE SKIP LOCKED)"
                                   " RETURNING ") +
-                              kSubmissionColumns;
+                              kSubmissionColumns + kClaimFactsColumns;
 constexpr char kMakeAllDue[] =
     "UPDATE sn_key_mtms SET next_attempt_at_ms = $1"
     " WHERE state = 'RECEIVED' AND next_attempt_at_ms > $1";
@@ -186,6 +211,16 @@ SubmissionRecord ReadSubmission(const pqxx::row& r) {
                   s.forwarded_at_ms, s.request_id);
   s.state = ParseSubmissionState(state);
   return s;
+}
+
+// The ClaimFacts in columns `first`.. of `r`: the work key's state (NULL: unknown), its
+// index, whether a newer sibling exists.
+SubmissionRecord::ClaimFacts ReadClaimFacts(const pqxx::row& r, int first) {
+  SubmissionRecord::ClaimFacts facts;
+  if (!r[first].is_null()) facts.work_key_state = ParseWorkKeyState(r[first].as<std::string>());
+  facts.work_key_index = r[first + 1].as<uint64_t>();
+  facts.newer_sibling = r[first + 2].as<bool>();
+  return facts;
 }
 
 // The row `statement` selects, read by `read`; nullopt when there is none. In autocommit.
@@ -295,23 +330,39 @@ absl::StatusOr<MtmsRepository::RetireResult> PgMtmsRepository::RetireWorkKey(
   });
 }
 
-absl::StatusOr<InsertOutcome> PgMtmsRepository::InsertSubmission(const SubmissionRecord& row,
-                                                                 const AuditEntry& entry) {
+absl::StatusOr<IntakeResult> PgMtmsRepository::Intake(const SubmissionRecord& row,
+                                                      const AuditEntry& entry,
+                                                      const std::optional<IntakeClaim>& claim) {
   // The package keeps the submitting call's request id, for its forwarding.
   const AuditEntry audit = audit::WithCurrentRequestId(entry);
   RKL_ASSIGN_OR_RETURN(const audit::PgAuditLog::PreparedPending p, Prepare(audit));
-  return db::RunAutocommitWrite(
-      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<InsertOutcome> {
-        pqxx::row r = stmt.Exec1(
-            kIntake, row.submission_id, row.sn, row.operator_id, Bin(row.nonce), Bin(row.package),
-            Bin(row.signature), row.operator_certificate_pem, row.operator_certificate_serial,
-            row.work_certificate_serial, Bin(row.ctk_pu), static_cast<int>(row.algorithm_code),
-            row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms, audit.actor,
-            audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac), audit.request_id);
-        if (r[0].is_null()) return InsertOutcome::kUnknownWorkKey;
-        if (r[0].as<std::string>() == "RETIRED") return InsertOutcome::kRetiredWorkKey;
-        return r[1].as<int64_t>() == 1 ? InsertOutcome::kInserted : InsertOutcome::kReplay;
-      });
+  const char* claim_token = claim ? claim->claim_token.c_str() : nullptr;
+  const std::string lease_until = claim ? std::to_string(claim->lease_until_ms) : "";
+  const char* lease_until_param = claim ? lease_until.c_str() : nullptr;
+  return db::RunAutocommitWrite(pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<IntakeResult> {
+    pqxx::row r = stmt.Exec1(
+        kIntake, row.submission_id, row.sn, row.operator_id, Bin(row.nonce), Bin(row.package),
+        Bin(row.signature), row.operator_certificate_pem, row.operator_certificate_serial,
+        row.work_certificate_serial, Bin(row.ctk_pu), static_cast<int>(row.algorithm_code),
+        row.created_at_ms, row.received_at_ms, kLastSeenResolutionMs, audit.at_ms, audit.actor,
+        audit.action, audit.sn, audit.detail, audit.result, p.id, Bin(p.mac), audit.request_id,
+        claim_token, lease_until_param);
+    IntakeResult result;
+    if (r[0].is_null()) return result;  // kUnknownWorkKey
+    if (r[0].as<std::string>() == "RETIRED") {
+      result.outcome = InsertOutcome::kRetiredWorkKey;
+      return result;
+    }
+    if (r[1].as<int64_t>() != 1) {
+      result.outcome = InsertOutcome::kReplay;
+      return result;
+    }
+    result.outcome = InsertOutcome::kInserted;
+    result.facts.work_key_state = ParseWorkKeyState(r[0].as<std::string>());
+    result.facts.work_key_index = r[2].as<uint64_t>();
+    result.facts.newer_sibling = r[3].as<bool>();
+    return result;
+  });
 }
 
 absl::StatusOr<std::optional<SubmissionRecord>> PgMtmsRepository::GetSubmission(
@@ -356,6 +407,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> PgMtmsRepository::ClaimDue(
         for (const pqxx::row& row :
              stmt.Exec(kClaimDue, claim_token, now_ms, lease_until_ms, limit)) {
           rows.push_back(ReadSubmission(row));
+          rows.back().claim = ReadClaimFacts(row, kSubmissionColumnCount);
         }
         // RETURNING has no order; forward oldest first.
         std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {

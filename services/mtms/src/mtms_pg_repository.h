@@ -37,8 +37,8 @@ class PgMtmsRepository final : public audit::PgServiceRepository<MtmsRepository>
   absl::StatusOr<RetireResult> RetireWorkKey(const std::string& serial, bool force, int64_t now_ms,
                                              const AuditEntry& audit) override;
 
-  absl::StatusOr<InsertOutcome> InsertSubmission(const SubmissionRecord& row,
-                                                 const AuditEntry& audit) override;
+  absl::StatusOr<IntakeResult> Intake(const SubmissionRecord& row, const AuditEntry& audit,
+                                      const std::optional<IntakeClaim>& claim) override;
   absl::StatusOr<std::optional<SubmissionRecord>> GetSubmission(
       const std::string& submission_id) override;
   absl::StatusOr<std::vector<SubmissionRecord>> ListSubmissions(

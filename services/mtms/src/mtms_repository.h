@@ -73,6 +73,16 @@ struct SubmissionRecord {
   // The request id of the call that submitted it ('' before request ids); set by the
   // repository from the submitting thread's current id. Forwarding runs under it.
   std::string request_id;
+
+  // What the forwarder needs besides the row, read by the statement that claimed it
+  // (ClaimDue, or Intake with a claim); unset on rows read any other way.
+  struct ClaimFacts {
+    std::optional<WorkKeyState> work_key_state;  // nullopt: the serial is unknown
+    uint64_t work_key_index = 0;                 // the work key's Pr in HSM #1
+    // A row for the same SN with a later created_at was RECEIVED or FORWARDED.
+    bool newer_sibling = false;
+  };
+  std::optional<ClaimFacts> claim;
 };
 
 // One audit record; never key material: identities, SNs, indexes, serials, KCVs, codes.
@@ -80,6 +90,19 @@ struct SubmissionRecord {
 using AuditEntry = audit::AuditEvent;
 
 enum class InsertOutcome { kInserted, kUnknownWorkKey, kRetiredWorkKey, kReplay };
+
+// A lease for the row intake inserts: the row is stored already claimed by `claim_token`
+// until `lease_until_ms`, as if ClaimDue had claimed it.
+struct IntakeClaim {
+  std::string claim_token;
+  int64_t lease_until_ms = 0;
+};
+
+struct IntakeResult {
+  InsertOutcome outcome = InsertOutcome::kUnknownWorkKey;
+  // kInserted with a claim: the row's SubmissionRecord::ClaimFacts, as ClaimDue reports them.
+  SubmissionRecord::ClaimFacts facts;
+};
 
 // Keyset paging over (received_at_ms, submission_id).
 struct QueueCursor {
@@ -144,8 +167,18 @@ class MtmsRepository {
   // operator certificate as seen and writes `audit`, all in one transaction; or reports why
   // not. Recording an operator writes (and locks) its row only on first sight and when its
   // last-seen time is a minute old, so submissions of one operator do not serialise.
-  virtual absl::StatusOr<InsertOutcome> InsertSubmission(const SubmissionRecord& row,
-                                                         const AuditEntry& audit) = 0;
+  // With `claim`, the inserted row is leased to it (claimed_by, claimed_until_ms) in the same
+  // statement, and the result carries the row's claim facts: the forwarder takes the row
+  // from intake without a claim of its own.
+  virtual absl::StatusOr<IntakeResult> Intake(const SubmissionRecord& row, const AuditEntry& audit,
+                                              const std::optional<IntakeClaim>& claim) = 0;
+  // Intake without a claim.
+  absl::StatusOr<InsertOutcome> InsertSubmission(const SubmissionRecord& row,
+                                                 const AuditEntry& audit) {
+    absl::StatusOr<IntakeResult> result = Intake(row, audit, std::nullopt);
+    if (!result.ok()) return result.status();
+    return result->outcome;
+  }
   virtual absl::StatusOr<std::optional<SubmissionRecord>> GetSubmission(
       const std::string& submission_id) = 0;
   // Oldest first, after `after` when given; `state` empty for all.
@@ -156,7 +189,8 @@ class MtmsRepository {
 
   // ---- Forwarder ----
   // Leases up to `limit` RECEIVED rows with next_attempt_at_ms <= now_ms whose lease is
-  // free or expired, oldest first, to `claim_token` until `lease_until_ms`.
+  // free or expired, oldest first, to `claim_token` until `lease_until_ms`. Each row comes
+  // with its ClaimFacts.
   virtual absl::StatusOr<std::vector<SubmissionRecord>> ClaimDue(const std::string& claim_token,
                                                                  int64_t now_ms,
                                                                  int64_t lease_until_ms,

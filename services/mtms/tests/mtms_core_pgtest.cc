@@ -179,6 +179,107 @@ TEST_P(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   EXPECT_EQ(count(audits), 1);
 }
 
+TEST_P(MtmsSchemaPgTest, ClaimedIntakeStoresTheRowLeasedWithItsFactsOrNothing) {
+  // Intake with a claim is still one statement: an accepted package is stored leased to the
+  // claim and reports its work key and newer sibling; a refusal stores, audits and leases
+  // nothing. The work key's state is the one the statement reads, not what intake assumed.
+  MtmsRepository& repo = backend_->Replica(0);
+  auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };
+  WorkKeyRecord old_key{.serial_hex = "0A1B2C",
+                        .hsm_id = "hsm-x",
+                        .hsm_key_index = 77,
+                        .public_key_der = Bytes{1, 2, 3},
+                        .certificate_pem = "pem",
+                        .terminal_root_pem = "root",
+                        .created_at_ms = 1};
+  WorkKeyRecord new_key = old_key;
+  new_key.serial_hex = "0D0E";
+  new_key.hsm_key_index = 78;
+  ASSERT_TRUE(repo.InstallWorkKey(old_key, true, AuditEntry{.action = "test_install"}).ok());
+  ASSERT_TRUE(repo.InstallWorkKey(new_key, true, AuditEntry{.action = "test_install"}).ok());
+  SubmissionRecord row{.submission_id = "sub-claim-1",
+                       .sn = "SN-CLAIM",
+                       .operator_id = "op-claim",
+                       .nonce = Bytes(16, 0x51),
+                       .package = Bytes{9},
+                       .signature = Bytes{8},
+                       .operator_certificate_pem = "cert",
+                       .operator_certificate_serial = "0F",
+                       .work_certificate_serial = "0A1B2C",
+                       .ctk_pu = Bytes{7},
+                       .algorithm_code = 17,
+                       .created_at_ms = 50,
+                       .received_at_ms = 60};
+  const AuditEntry audit{.at_ms = 60, .actor = "op", .action = "test_claimed", .sn = "SN-CLAIM"};
+  const std::string audits =
+      "SELECT count(*) FROM (SELECT action FROM audit UNION ALL SELECT action FROM "
+      "audit_pending) a WHERE action = 'test_claimed'";
+  const std::string rows = "SELECT count(*) FROM sn_key_mtms WHERE sn = 'SN-CLAIM'";
+
+  auto first = repo.Intake(row, audit, IntakeClaim{.claim_token = "tok-1", .lease_until_ms = 1000});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->outcome, InsertOutcome::kInserted);
+  EXPECT_EQ(first->facts.work_key_state, WorkKeyState::kPrevious);
+  EXPECT_EQ(first->facts.work_key_index, 77u);
+  EXPECT_FALSE(first->facts.newer_sibling);
+  EXPECT_EQ(count("SELECT count(*) FROM sn_key_mtms WHERE submission_id = 'sub-claim-1'"
+                  " AND claimed_by = 'tok-1' AND claimed_until_ms = 1000"),
+            1);
+  // An older package for the SN, claimed too: the first one is its newer sibling.
+  row.submission_id = "sub-claim-0";
+  row.nonce = Bytes(16, 0x52);
+  row.created_at_ms = 40;
+  auto older = repo.Intake(row, audit, IntakeClaim{.claim_token = "tok-0", .lease_until_ms = 1000});
+  ASSERT_TRUE(older.ok()) << older.status();
+  EXPECT_EQ(older->outcome, InsertOutcome::kInserted);
+  EXPECT_TRUE(older->facts.newer_sibling);
+  EXPECT_EQ(count(rows), 2);
+  EXPECT_EQ(count(audits), 2);
+
+  // Leased: no claim takes them before 1000; at 1000 one does, with the same facts.
+  auto early = repo.ClaimDue("tok-late", 999, 5000, 10);
+  ASSERT_TRUE(early.ok()) << early.status();
+  EXPECT_TRUE(early->empty());
+  auto late = repo.ClaimDue("tok-late", 1000, 5000, 10);
+  ASSERT_TRUE(late.ok()) << late.status();
+  ASSERT_EQ(late->size(), 2u);
+  for (const SubmissionRecord& r : *late) {
+    ASSERT_TRUE(r.claim.has_value());
+    EXPECT_EQ(r.claim->work_key_state, WorkKeyState::kPrevious);
+    EXPECT_EQ(r.claim->work_key_index, 77u);
+    EXPECT_EQ(r.claim->newer_sibling, r.submission_id == "sub-claim-0");
+  }
+
+  // The key is retired after intake last saw it PREVIOUS: refused, nothing stored or leased.
+  pg().Sql(
+      "UPDATE work_keys SET state = 'RETIRED', retired_at_ms = 70 WHERE serial_hex = '0A1B2C'");
+  row.submission_id = "sub-claim-2";
+  row.nonce = Bytes(16, 0x53);
+  row.created_at_ms = 80;
+  auto retired =
+      repo.Intake(row, audit, IntakeClaim{.claim_token = "tok-2", .lease_until_ms = 1000});
+  ASSERT_TRUE(retired.ok()) << retired.status();
+  EXPECT_EQ(retired->outcome, InsertOutcome::kRetiredWorkKey);
+  // An unknown serial and a replay are refused the same way.
+  row.work_certificate_serial = "0BAD";
+  auto unknown =
+      repo.Intake(row, audit, IntakeClaim{.claim_token = "tok-3", .lease_until_ms = 1000});
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  EXPECT_EQ(unknown->outcome, InsertOutcome::kUnknownWorkKey);
+  row.work_certificate_serial = "0D0E";
+  row.nonce = Bytes(16, 0x51);  // sub-claim-1's
+  auto replay =
+      repo.Intake(row, audit, IntakeClaim{.claim_token = "tok-4", .lease_until_ms = 1000});
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  EXPECT_EQ(replay->outcome, InsertOutcome::kReplay);
+  EXPECT_EQ(count(rows), 2);
+  EXPECT_EQ(count(audits), 2);
+  EXPECT_EQ(count("SELECT count(*) FROM sn_key_mtms WHERE claimed_by IN ('tok-2', 'tok-3',"
+                  " 'tok-4')"),
+            0);
+  EXPECT_EQ(count("SELECT count(*) FROM sn_key_mtms WHERE claimed_by = 'tok-late'"), 2);
+}
+
 TEST_P(MtmsSchemaPgTest, AFinishWritesItsAuditEntryOnlyWhenTheRowWasStillClaimed) {
   MtmsRepository& repo = backend_->Replica(0);
   auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };

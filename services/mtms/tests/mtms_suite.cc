@@ -1133,5 +1133,181 @@ TEST_P(MtmsSuite, WorkKeyExpiryDaysFollowTheClockAndTheCurrentKey) {
   EXPECT_EQ(Scrape(m, "rkl_mtms_work_key_expiry_days"), -35);
 }
 
+// ---- Intake's hand-off (mtms_hand_off.h) ----
+
+// An IntakeHandOff whose forwarder never takes the rows (it crashed after intake): it hands
+// out leases on `clock` and keeps the rows it was given.
+class DroppingHandOff final : public IntakeHandOff {
+ public:
+  DroppingHandOff(const Clock& clock, absl::Duration lease) : clock_(clock), lease_(lease) {}
+  std::optional<IntakeClaim> ClaimForIntake() override {
+    absl::MutexLock lock(&mu_);
+    return IntakeClaim{.claim_token = absl::StrCat("crashed-intake/", ++claims_),
+                       .lease_until_ms = NowUnixMs(clock_) + absl::ToInt64Milliseconds(lease_)};
+  }
+  void HandOff(SubmissionRecord row, const IntakeClaim&) override {
+    absl::MutexLock lock(&mu_);
+    rows_.push_back(std::move(row));
+  }
+  std::vector<SubmissionRecord> rows() const {
+    absl::MutexLock lock(&mu_);
+    return rows_;
+  }
+
+ private:
+  const Clock clock_;
+  const absl::Duration lease_;
+  mutable absl::Mutex mu_;
+  int claims_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<SubmissionRecord> rows_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_P(MtmsSuite, IntakeHandsThePackageToTheRunningForwarderWithoutAClaim) {
+  metrics::Metrics m;
+  ForwarderMetrics counters(m);
+  // The interval is an hour and nothing calls Wake(): only the start claim and the hand-off
+  // can bring a row to the workers.
+  Forwarder forwarder(backend_->Replica(0), hsm_, kms_, *trust_, clock_,
+                      ForwarderOptions{.replica_id = "replica-h",
+                                       .pk_index = hsm_.pk_index(),
+                                       .mak_index = hsm_.mak_index(),
+                                       .batch_size = 4,
+                                       .workers = 2,
+                                       .interval = absl::Hours(1),
+                                       .metrics = &counters});
+  MtmsCore core(backend_->Replica(0), hsm_, *ca_, *trust_, clock_,
+                MtmsCoreOptions{.hand_off = &forwarder});
+  // Stopped: no claim at intake, the row waits for a claim (and the caller's Wake()).
+  EXPECT_FALSE(forwarder.ClaimForIntake().has_value());
+  auto waiting =
+      core.SubmitTransportKey(MakeSubmission({.sn = "SN-WAIT"}, *alice_, work_, clock_), "");
+  ASSERT_TRUE(waiting.ok()) << waiting.status();
+  EXPECT_FALSE(waiting->handed_off);
+  EXPECT_EQ(Pass().forwarded, 1u);
+
+  forwarder.Start();  // claims at once, and finds nothing due
+  const bool started = rkl::testing::WaitUntil(
+      [&] { return Scrape(m, "rkl_mtms_forwarder_empty_claims_total") == 1; });
+  auto receipt =
+      core.SubmitTransportKey(MakeSubmission({.sn = "SN-HAND"}, *alice_, work_, clock_), "");
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  EXPECT_TRUE(receipt->handed_off);
+  const bool forwarded = rkl::testing::WaitUntil(
+      [&] { return Row(receipt->submission_id).state == SubmissionState::kForwarded; });
+  forwarder.Stop();
+  EXPECT_TRUE(started);
+  EXPECT_TRUE(forwarded);
+  EXPECT_EQ(Row(receipt->submission_id).attempts, 1u);
+  EXPECT_EQ(kms_.calls(), 2);
+  // No claim ran for the handed-off package: the one claim is the start's, and it was empty.
+  EXPECT_EQ(Scrape(m, "rkl_mtms_forwarder_empty_claims_total"), 1);
+  EXPECT_GE(Scrape(m, "rkl_mtms_forwarder_wakeups_total").value_or(0), 1);
+  // Stopped again: intake no longer hands off.
+  EXPECT_FALSE(forwarder.ClaimForIntake().has_value());
+}
+
+TEST_P(MtmsSuite, APackageClaimedAtIntakeButNeverTakenIsForwardedOnceItsLeaseEnds) {
+  DroppingHandOff crashed(clock_, absl::Minutes(2));
+  MtmsCore core(backend_->Replica(0), hsm_, *ca_, *trust_, clock_,
+                MtmsCoreOptions{.hand_off = &crashed});
+  auto receipt =
+      core.SubmitTransportKey(MakeSubmission({.sn = "SN-CRASH"}, *alice_, work_, clock_), "");
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  EXPECT_TRUE(receipt->handed_off);
+  // The row handed over carries the facts the forwarder would have used.
+  const std::vector<SubmissionRecord> handed = crashed.rows();
+  ASSERT_EQ(handed.size(), 1u);
+  ASSERT_TRUE(handed[0].claim.has_value());
+  EXPECT_EQ(handed[0].claim->work_key_state, WorkKeyState::kCurrent);
+  EXPECT_FALSE(handed[0].claim->newer_sibling);
+  // Leased to the crashed forwarder: no claim takes it before the lease ends.
+  clock_.Advance(absl::Minutes(2) - absl::Milliseconds(1));
+  EXPECT_EQ(Pass().forwarded, 0u);
+  EXPECT_EQ(Row(receipt->submission_id).state, SubmissionState::kReceived);
+  EXPECT_EQ(kms_.calls(), 0);
+  // Then the periodic claim of any forwarder takes it.
+  clock_.Advance(absl::Milliseconds(1));
+  EXPECT_EQ(Pass().forwarded, 1u);
+  EXPECT_EQ(Row(receipt->submission_id).state, SubmissionState::kForwarded);
+  EXPECT_EQ(kms_.calls(), 1);
+}
+
+TEST_P(MtmsSuite, ClaimsReportTheWorkKeyAndANewerSiblingAndTheOlderOneIsNeverSent) {
+  DroppingHandOff crashed(clock_, absl::Minutes(2));
+  MtmsCore core(backend_->Replica(0), hsm_, *ca_, *trust_, clock_,
+                MtmsCoreOptions{.hand_off = &crashed});
+  auto older =
+      core.SubmitTransportKey(MakeSubmission({.sn = "SN-PAIR"}, *alice_, work_, clock_), "");
+  clock_.Advance(absl::Milliseconds(10));
+  auto newer =
+      core.SubmitTransportKey(MakeSubmission({.sn = "SN-PAIR"}, *alice_, work_, clock_), "");
+  ASSERT_TRUE(older.ok() && newer.ok());
+  // Intake's facts: neither had a newer sibling when it was stored.
+  const std::vector<SubmissionRecord> handed = crashed.rows();
+  ASSERT_EQ(handed.size(), 2u);
+  EXPECT_FALSE(handed[0].claim->newer_sibling);
+  EXPECT_FALSE(handed[1].claim->newer_sibling);
+  // A claim after the leases ended reports the newer sibling of the older one.
+  clock_.Advance(absl::Minutes(2));
+  auto claimed = ClaimAsCrashedReplica();
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  ASSERT_EQ(claimed->size(), 2u);
+  auto key = backend_->Replica(0).FindWorkKey(work_.serial_hex);
+  ASSERT_TRUE(key.ok() && key->has_value());
+  for (const SubmissionRecord& row : *claimed) {
+    ASSERT_TRUE(row.claim.has_value());
+    EXPECT_EQ(row.claim->work_key_state, WorkKeyState::kCurrent);
+    EXPECT_EQ(row.claim->work_key_index, (*key)->hsm_key_index);
+    EXPECT_EQ(row.claim->newer_sibling, row.submission_id == older->submission_id);
+  }
+  // The older one is superseded, never sent; the newer one is forwarded.
+  clock_.Advance(absl::Minutes(1));
+  PassResult pass = Pass();
+  EXPECT_EQ(pass.rejected, 1u);
+  EXPECT_EQ(pass.forwarded, 1u);
+  EXPECT_THAT(Row(older->submission_id).reason, HasSubstr("superseded"));
+  EXPECT_EQ(Row(newer->submission_id).state, SubmissionState::kForwarded);
+  EXPECT_EQ(kms_.calls(), 1);
+}
+
+TEST_P(MtmsSuite, ANewerPackageHandedOffSupersedesAnOlderOneStillQueued) {
+  // One worker, held at HSM #1 by a row of another SN; meanwhile an older and a newer
+  // package for one SN are handed off and wait in the queue. Their intakes each found no
+  // newer sibling; the newer one's hand-off marks the older one, which is never sent.
+  GatedHsm gate(hsm_);
+  Forwarder forwarder(backend_->Replica(0), gate, kms_, *trust_, clock_,
+                      ForwarderOptions{.replica_id = "replica-q",
+                                       .pk_index = hsm_.pk_index(),
+                                       .mak_index = hsm_.mak_index(),
+                                       .batch_size = 4,
+                                       .workers = 1,
+                                       .interval = absl::Hours(1)});
+  MtmsCore core(backend_->Replica(0), hsm_, *ca_, *trust_, clock_,
+                MtmsCoreOptions{.hand_off = &forwarder});
+  forwarder.Start();
+  auto submit = [&](const std::string& sn) {
+    return core.SubmitTransportKey(MakeSubmission({.sn = sn}, *alice_, work_, clock_), "");
+  };
+  auto held = submit("SN-FIRST");
+  ASSERT_TRUE(held.ok()) << held.status();
+  const bool in_flight = gate.WaitForInFlight(1);
+  auto older = submit("SN-QUEUED");
+  clock_.Advance(absl::Milliseconds(10));
+  auto newer = submit("SN-QUEUED");
+  ASSERT_TRUE(older.ok() && newer.ok());
+  EXPECT_TRUE(older->handed_off && newer->handed_off);
+  gate.Open();
+  const bool done = rkl::testing::WaitUntil([&] {
+    return Row(newer->submission_id).state == SubmissionState::kForwarded &&
+           Row(older->submission_id).state == SubmissionState::kRejected;
+  });
+  forwarder.Stop();
+  EXPECT_TRUE(in_flight);
+  EXPECT_TRUE(done);
+  EXPECT_THAT(Row(older->submission_id).reason, HasSubstr("superseded"));
+  EXPECT_EQ(Row(held->submission_id).state, SubmissionState::kForwarded);
+  EXPECT_EQ(kms_.calls(), 2);  // SN-FIRST and the newer SN-QUEUED
+}
+
 }  // namespace
 }  // namespace rkl::mtms::testing

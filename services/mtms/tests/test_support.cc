@@ -436,23 +436,55 @@ absl::StatusOr<MtmsRepository::RetireResult> InMemoryRepository::RetireWorkKey(
   return result;
 }
 
-absl::StatusOr<InsertOutcome> InMemoryRepository::InsertSubmission(const SubmissionRecord& row,
-                                                                   const AuditEntry& audit) {
+absl::StatusOr<IntakeResult> InMemoryRepository::Intake(const SubmissionRecord& row,
+                                                        const AuditEntry& audit,
+                                                        const std::optional<IntakeClaim>& claim) {
   absl::MutexLock lock(&mu_);
+  IntakeResult result;
   const WorkKeyRecord* key = nullptr;
   for (const WorkKeyRecord& k : work_keys_) {
     if (k.serial_hex == row.work_certificate_serial) key = &k;
   }
-  if (key == nullptr) return InsertOutcome::kUnknownWorkKey;
-  if (key->state == WorkKeyState::kRetired) return InsertOutcome::kRetiredWorkKey;
-  if (!nonces_.insert({row.operator_id, row.nonce}).second) return InsertOutcome::kReplay;
+  if (key == nullptr) return result;  // kUnknownWorkKey
+  if (key->state == WorkKeyState::kRetired) {
+    result.outcome = InsertOutcome::kRetiredWorkKey;
+    return result;
+  }
+  if (!nonces_.insert({row.operator_id, row.nonce}).second) {
+    result.outcome = InsertOutcome::kReplay;
+    return result;
+  }
+  result.outcome = InsertOutcome::kInserted;
+  result.facts = FactsLocked(row);
   Row stored;
   stored.record = row;
   stored.record.state = SubmissionState::kReceived;
   stored.record.next_attempt_at_ms = row.received_at_ms;
+  if (claim.has_value()) {
+    stored.claimed_by = claim->claim_token;
+    stored.claimed_until_ms = claim->lease_until_ms;
+  }
   rows_[row.submission_id] = stored;
   AuditLocked(audit);
-  return InsertOutcome::kInserted;
+  return result;
+}
+
+SubmissionRecord::ClaimFacts InMemoryRepository::FactsLocked(const SubmissionRecord& row) const {
+  SubmissionRecord::ClaimFacts facts;
+  for (const WorkKeyRecord& k : work_keys_) {
+    if (k.serial_hex == row.work_certificate_serial) {
+      facts.work_key_state = k.state;
+      facts.work_key_index = k.hsm_key_index;
+    }
+  }
+  for (const auto& [id, other] : rows_) {
+    const SubmissionRecord& n = other.record;
+    if (n.sn == row.sn && n.created_at_ms > row.created_at_ms &&
+        (n.state == SubmissionState::kReceived || n.state == SubmissionState::kForwarded)) {
+      facts.newer_sibling = true;
+    }
+  }
+  return facts;
 }
 
 absl::StatusOr<std::optional<SubmissionRecord>> InMemoryRepository::GetSubmission(
@@ -516,6 +548,7 @@ absl::StatusOr<std::vector<SubmissionRecord>> InMemoryRepository::ClaimDue(
     row->claimed_by = claim_token;
     row->claimed_until_ms = lease_until_ms;
     claimed.push_back(row->record);
+    claimed.back().claim = FactsLocked(row->record);
   }
   return claimed;
 }

@@ -274,8 +274,8 @@ class InMemoryRepository final : public MtmsRepository {
                                                const AuditEntry& audit) override;
   absl::StatusOr<RetireResult> RetireWorkKey(const std::string& serial, bool force, int64_t now_ms,
                                              const AuditEntry& audit) override;
-  absl::StatusOr<InsertOutcome> InsertSubmission(const SubmissionRecord& row,
-                                                 const AuditEntry& audit) override;
+  absl::StatusOr<IntakeResult> Intake(const SubmissionRecord& row, const AuditEntry& audit,
+                                      const std::optional<IntakeClaim>& claim) override;
   absl::StatusOr<std::optional<SubmissionRecord>> GetSubmission(
       const std::string& submission_id) override;
   absl::StatusOr<std::vector<SubmissionRecord>> ListSubmissions(
@@ -316,6 +316,9 @@ class InMemoryRepository final : public MtmsRepository {
     int64_t claimed_until_ms = 0;
   };
   void AuditLocked(const AuditEntry& audit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The row's ClaimFacts, as ClaimDue and a claimed Intake report them.
+  SubmissionRecord::ClaimFacts FactsLocked(const SubmissionRecord& row) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<bool> Finish(const std::string& id, const std::string& token,
                               const std::function<void(SubmissionRecord&)>& apply,
                               const AuditEntry* audit);
