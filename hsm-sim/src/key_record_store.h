@@ -187,8 +187,8 @@ class KeyRecordStore {
   // So the outcome is what a transaction holding those locks from its read on would give,
   // in 1 write round trip instead of BEGIN, a write per key change and audit record, and
   // COMMIT; records PgKeyRecordStore keeps (SealedRecordCache) cost no read, and the
-  // statement checks them too. Inside fn, a read that would need the database after a write, any other write
-  // (ceremonies, deletion), or a second audit record fails with INTERNAL and nothing is
+  // statement checks them too. Inside fn, a read that would need the database after a write, any
+  // other write (ceremonies, deletion), or a second audit record fails with INTERNAL and nothing is
   // written.
   virtual absl::Status TransactOneWrite(absl::FunctionRef<absl::Status(KeyRecordTransaction&)> fn) {
     return Transact(fn);
