@@ -13,6 +13,17 @@
 namespace rkl::mtms::testing {
 namespace {
 
+// A work key record as the schema tests install it (serial 0A1B2C, HSM key 77).
+WorkKeyRecord TestWorkKey() {
+  return WorkKeyRecord{.serial_hex = "0A1B2C",
+                       .hsm_id = "hsm-x",
+                       .hsm_key_index = 77,
+                       .public_key_der = Bytes{1, 2, 3},
+                       .certificate_pem = "pem",
+                       .terminal_root_pem = "root",
+                       .created_at_ms = 1};
+}
+
 struct PgBackend final : public MtmsBackend {
   static std::unique_ptr<MtmsBackend> Create() {
     // The repositories run as the runtime role, with only the privileges MTMS is granted.
@@ -115,13 +126,7 @@ TEST_P(MtmsSchemaPgTest, IntakeStatementWritesOnlyAnAcceptedPackageWithItsAuditA
   // exactly its row, its audit entry and its operator's first sight.
   MtmsRepository& repo = backend_->Replica(0);
   auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };
-  WorkKeyRecord key{.serial_hex = "0A1B2C",
-                    .hsm_id = "hsm-x",
-                    .hsm_key_index = 77,
-                    .public_key_der = Bytes{1, 2, 3},
-                    .certificate_pem = "pem",
-                    .terminal_root_pem = "root",
-                    .created_at_ms = 1};
+  WorkKeyRecord key = TestWorkKey();
   ASSERT_TRUE(repo.InstallWorkKey(key, /*rotate=*/true, AuditEntry{.action = "test_install"}).ok());
   SubmissionRecord row{.submission_id = "sub-intake-1",
                        .sn = "SN-INTAKE",
@@ -185,13 +190,7 @@ TEST_P(MtmsSchemaPgTest, ClaimedIntakeStoresTheRowLeasedWithItsFactsOrNothing) {
   // nothing. The work key's state is the one the statement reads, not what intake assumed.
   MtmsRepository& repo = backend_->Replica(0);
   auto count = [&](const std::string& sql) { return pg().Sql(sql)[0][0].as<int64_t>(); };
-  WorkKeyRecord old_key{.serial_hex = "0A1B2C",
-                        .hsm_id = "hsm-x",
-                        .hsm_key_index = 77,
-                        .public_key_der = Bytes{1, 2, 3},
-                        .certificate_pem = "pem",
-                        .terminal_root_pem = "root",
-                        .created_at_ms = 1};
+  WorkKeyRecord old_key = TestWorkKey();
   WorkKeyRecord new_key = old_key;
   new_key.serial_hex = "0D0E";
   new_key.hsm_key_index = 78;
