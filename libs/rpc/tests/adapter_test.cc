@@ -175,14 +175,16 @@ TEST(ServiceAdapter, TheRklServicesDeclareEveryRpc) {
 // rkl.v1.Echo served as a UnaryService (through its ServiceAdapter); records what it saw.
 class AdaptedEcho final : public UnaryService {
  public:
-  explicit AdaptedEcho(const google::protobuf::ServiceDescriptor& service)
+  AdaptedEcho(const google::protobuf::ServiceDescriptor& service, Dispatch dispatch)
       : UnaryService(service,
                      {.role_bindings = {},
-                      .on_refused = [this](std::string_view caller, std::string_view method,
-                                           const absl::Status& refusal) {
-                        absl::MutexLock lock(&mu_);
-                        refusals_.push_back(std::string(caller) + " " + std::string(method));
-                      }}) {
+                      .on_refused =
+                          [this](std::string_view caller, std::string_view method,
+                                 const absl::Status& refusal) {
+                            absl::MutexLock lock(&mu_);
+                            refusals_.push_back(std::string(caller) + " " + std::string(method));
+                          }},
+                     {.dispatch = dispatch, .pool_threads = 2}) {
     Bind("Echo",
          [this](const UnaryCall& call, const v1::EchoRequest* req,
                 v1::EchoResponse* resp) -> absl::Status {
@@ -222,10 +224,12 @@ FileDescriptorProto EchoFile(Declare declare) {
   return file;
 }
 
-class AdaptedServerTest : public ::testing::Test {
+// Every case holds on each Dispatch: authorization and status conversion do not depend on
+// which thread runs the body.
+class AdaptedServerTest : public ::testing::TestWithParam<Dispatch> {
  protected:
   void Start(const google::protobuf::ServiceDescriptor& service) {
-    echo_ = std::make_unique<AdaptedEcho>(service);
+    echo_ = std::make_unique<AdaptedEcho>(service, GetParam());
     auto server = Server::Start({.listen_address = "127.0.0.1:0",
                                  .tls = TestPki::Get().Server(),
                                  .client_cert_mode = ClientCertMode::kOptionalVerified},
@@ -257,7 +261,7 @@ class AdaptedServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
 };
 
-TEST_F(AdaptedServerTest, AnUndeclaredRpcIsRefusedBeforeItsHandlerRuns) {
+TEST_P(AdaptedServerTest, AnUndeclaredRpcIsRefusedBeforeItsHandlerRuns) {
   // echo.proto declares nobody for Echo.
   Start(*v1::EchoRequest::descriptor()->file()->FindServiceByName("Echo"));
   for (const char* who : {"mtms", "admin:alice"}) {
@@ -271,7 +275,7 @@ TEST_F(AdaptedServerTest, AnUndeclaredRpcIsRefusedBeforeItsHandlerRuns) {
             (std::vector<std::string>{"mtms Echo", "admin:alice Echo", " Echo"}));
 }
 
-TEST_F(AdaptedServerTest, ADeclaredRoleIsAdmittedAndTheBodysStatusConvertedOnce) {
+TEST_P(AdaptedServerTest, ADeclaredRoleIsAdmittedAndTheBodysStatusConvertedOnce) {
   DeclaredPool pool(EchoFile(
       [](google::protobuf::MethodOptions& o) { o.AddExtension(v1::allowed_roles, "mtms"); }));
   Start(pool.Service("rkl.v1.Echo"));
@@ -283,7 +287,7 @@ TEST_F(AdaptedServerTest, ADeclaredRoleIsAdmittedAndTheBodysStatusConvertedOnce)
   EXPECT_EQ(echo_->methods(), (std::vector<std::string>{"/rkl.v1.Echo/Echo", "/rkl.v1.Echo/Echo"}));
 }
 
-TEST_F(AdaptedServerTest, APublicRpcAdmitsCallersWithoutACertificate) {
+TEST_P(AdaptedServerTest, APublicRpcAdmitsCallersWithoutACertificate) {
   DeclaredPool pool(
       EchoFile([](google::protobuf::MethodOptions& o) { o.SetExtension(v1::public_rpc, true); }));
   Start(pool.Service("rkl.v1.Echo"));
@@ -291,7 +295,7 @@ TEST_F(AdaptedServerTest, APublicRpcAdmitsCallersWithoutACertificate) {
   EXPECT_EQ(Call(TestPki::Get().Client("admin:alice")).value_or("(refused)"), "admin:alice");
 }
 
-TEST_F(AdaptedServerTest, TheMethodAClientClaimsInMetadataIsIgnored) {
+TEST_P(AdaptedServerTest, TheMethodAClientClaimsInMetadataIsIgnored) {
   // Declared for mtms only; an admin claiming to call a method it may call gets nowhere.
   DeclaredPool pool(EchoFile(
       [](google::protobuf::MethodOptions& o) { o.AddExtension(v1::allowed_roles, "mtms"); }));
@@ -304,6 +308,9 @@ TEST_F(AdaptedServerTest, TheMethodAClientClaimsInMetadataIsIgnored) {
       "mtms");
   EXPECT_EQ(echo_->methods(), (std::vector<std::string>{"/rkl.v1.Echo/Echo"}));
 }
+
+INSTANTIATE_TEST_SUITE_P(Dispatch, AdaptedServerTest, testing::AllDispatches(),
+                         testing::DispatchTestName);
 
 TEST(ServiceAdapter, ACallServedWithoutTheServersInterceptorIsRefused) {
   DeclaredPool pool(
@@ -326,8 +333,8 @@ TEST(ServiceAdapter, ACallServedWithoutTheServersInterceptorIsRefused) {
 class EchoBinding final : public UnaryService {
  public:
   template <typename Body>
-  EchoBinding(std::string_view method, Body body)
-      : UnaryService(ServiceAdapter::DescriptorOf<v1::Echo>()) {
+  EchoBinding(std::string_view method, Body body, DispatchOptions dispatch = {})
+      : UnaryService(ServiceAdapter::DescriptorOf<v1::Echo>(), {}, dispatch) {
     Bind(method, std::move(body));
   }
 };
@@ -350,6 +357,16 @@ TEST(UnaryService, RefusesAMethodTheServiceDoesNotHave) {
 
 TEST(UnaryService, RefusesABodyForOtherMessagesThanTheMethods) {
   EXPECT_THROW(EchoBinding("Echo", &SwappedBody), std::logic_error);
+  EXPECT_THROW(EchoBinding("Echo", &SwappedBody, {.dispatch = Dispatch::kCallbackInline}),
+               std::logic_error);
+}
+
+TEST(UnaryService, APoolWithoutThreadsDoesNotStart) {
+  EXPECT_THROW(
+      EchoBinding("Echo", &EchoBody, {.dispatch = Dispatch::kCallbackPool, .pool_threads = 0}),
+      std::invalid_argument);
+  EXPECT_NO_THROW(
+      EchoBinding("Echo", &EchoBody, {.dispatch = Dispatch::kCallbackPool, .pool_threads = 1}));
 }
 
 }  // namespace

@@ -11,54 +11,24 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "google/protobuf/descriptor.h"
-#include "google/protobuf/descriptor.pb.h"
 #include "rkl/common/logging.h"
 #include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
+#include "rkl/rpc/echo_service.h"
 #include "rkl/rpc/peer_client.h"
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/unary_service.h"
 #include "rkl/v1/echo.grpc.pb.h"
-#include "rkl/v1/options.pb.h"
 #include "spdlog/spdlog.h"
 #include "test_pki.h"
 
 namespace rkl::rpc {
 namespace {
 
-using google::protobuf::DescriptorPool;
-using google::protobuf::FileDescriptorProto;
 using ::testing::HasSubstr;
 using testing::TestPki;
 
 constexpr absl::Duration kTimeout = absl::Seconds(10);
-
-// rkl.v1.Echo with its one method declared public, in a pool of its own.
-class PublicEchoPool {
- public:
-  PublicEchoPool() {
-    for (const google::protobuf::FileDescriptor* file :
-         {google::protobuf::MethodOptions::descriptor()->file(),
-          DescriptorPool::generated_pool()->FindFileByName("rkl/v1/options.proto")}) {
-      FileDescriptorProto proto;
-      file->CopyTo(&proto);
-      EXPECT_NE(pool_.BuildFile(proto), nullptr) << proto.name();
-    }
-    FileDescriptorProto echo;
-    v1::EchoRequest::descriptor()->file()->CopyTo(&echo);
-    echo.add_dependency("rkl/v1/options.proto");
-    echo.mutable_service(0)->mutable_method(0)->mutable_options()->SetExtension(v1::public_rpc,
-                                                                                true);
-    EXPECT_NE(pool_.BuildFile(echo), nullptr);
-  }
-  const google::protobuf::ServiceDescriptor& Service() const {
-    return *pool_.FindServiceByName("rkl.v1.Echo");
-  }
-
- private:
-  DescriptorPool pool_;
-};
 
 // What one hop saw of its call: the id in the call's metadata and the thread's current id.
 struct Seen {
@@ -70,8 +40,8 @@ struct Seen {
 // before answering; the answer's payload is the next hop's.
 class Hop final : public UnaryService {
  public:
-  Hop(const google::protobuf::ServiceDescriptor& service, const PeerClient<v1::Echo>* next)
-      : UnaryService(service), next_(next) {
+  Hop(DispatchOptions dispatch, const PeerClient<v1::Echo>* next)
+      : UnaryService(PublicEchoDescriptor(), {}, dispatch), next_(next) {
     Bind("Echo",
          [this](const UnaryCall& call, const v1::EchoRequest* req,
                 v1::EchoResponse* resp) -> absl::Status {
@@ -110,14 +80,16 @@ std::shared_ptr<grpc::Channel> ChannelTo(const Server& server) {
   return *channel;
 }
 
-// Two servers: the client calls `first`, whose handler calls `last`.
-class TwoHops : public ::testing::Test {
+// Two servers: the client calls `first`, whose handler calls `last`; both hops serve with the
+// parameter's dispatch (the id is the thread's current one on whichever thread runs a body).
+class TwoHops : public ::testing::TestWithParam<Dispatch> {
  protected:
   void SetUp() override {
-    last_ = std::make_unique<Hop>(pool_.Service(), nullptr);
+    const DispatchOptions dispatch{.dispatch = GetParam(), .pool_threads = 2};
+    last_ = std::make_unique<Hop>(dispatch, nullptr);
     last_server_ = Start(*last_);
     to_last_.emplace(ChannelTo(*last_server_), kTimeout, "last");
-    first_ = std::make_unique<Hop>(pool_.Service(), &*to_last_);
+    first_ = std::make_unique<Hop>(dispatch, &*to_last_);
     first_server_ = Start(*first_);
   }
 
@@ -142,7 +114,6 @@ class TwoHops : public ::testing::Test {
     return ResponseRequestId(ctx);
   }
 
-  PublicEchoPool pool_;
   std::unique_ptr<Hop> last_;
   std::unique_ptr<Server> last_server_;
   std::optional<PeerClient<v1::Echo>> to_last_;
@@ -150,7 +121,7 @@ class TwoHops : public ::testing::Test {
   std::unique_ptr<Server> first_server_;
 };
 
-TEST_F(TwoHops, TheCallersIdReachesTheNextHopAndIsCurrentInBothHandlers) {
+TEST_P(TwoHops, TheCallersIdReachesTheNextHopAndIsCurrentInBothHandlers) {
   auto ctx = MakeClientContext(kTimeout, "flow-1.terminal_A:x");
   EXPECT_EQ(CallFirst(*ctx), "flow-1.terminal_A:x");
   ASSERT_EQ(first_->seen().size(), 1u);
@@ -161,7 +132,7 @@ TEST_F(TwoHops, TheCallersIdReachesTheNextHopAndIsCurrentInBothHandlers) {
   }
 }
 
-TEST_F(TwoHops, AMalformedIdIsReplacedAndTheReplacementTravelsOn) {
+TEST_P(TwoHops, AMalformedIdIsReplacedAndTheReplacementTravelsOn) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + kTimeout));
   ctx->AddMetadata(kRequestIdMetadataKey, "bad id; rm -rf");
@@ -175,7 +146,7 @@ TEST_F(TwoHops, AMalformedIdIsReplacedAndTheReplacementTravelsOn) {
   EXPECT_EQ(last_->seen()[0].current_id, answered);
 }
 
-TEST_F(TwoHops, EachCallWithoutAnIdGetsItsOwn) {
+TEST_P(TwoHops, EachCallWithoutAnIdGetsItsOwn) {
   auto a = MakeClientContext(kTimeout);
   auto b = MakeClientContext(kTimeout);
   const std::string id_a = CallFirst(*a);
@@ -186,7 +157,7 @@ TEST_F(TwoHops, EachCallWithoutAnIdGetsItsOwn) {
   EXPECT_EQ(last_->seen()[1].metadata_id, id_b);
 }
 
-TEST_F(TwoHops, TheHandlersLogLinesCarryTheId) {
+TEST_P(TwoHops, TheHandlersLogLinesCarryTheId) {
   InitLogging({.format = LogFormat::kText, .program = "rpc-test"});
   ::testing::internal::CaptureStderr();
   auto ctx = MakeClientContext(kTimeout, "flow-logged");
@@ -197,7 +168,7 @@ TEST_F(TwoHops, TheHandlersLogLinesCarryTheId) {
   EXPECT_THAT(out, HasSubstr("hop served last request_id=flow-logged\n"));
 }
 
-TEST_F(TwoHops, AClientSendsItsThreadsCurrentIdUnlessGivenOne) {
+TEST_P(TwoHops, AClientSendsItsThreadsCurrentIdUnlessGivenOne) {
   v1::EchoRequest req;
   {
     const ScopedRequestId flow("flow-7");
@@ -216,6 +187,8 @@ TEST_F(TwoHops, AClientSendsItsThreadsCurrentIdUnlessGivenOne) {
   EXPECT_NE(seen[2].metadata_id, "flow-7");
   EXPECT_EQ(CurrentRequestId(), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(Dispatch, TwoHops, testing::AllDispatches(), testing::DispatchTestName);
 
 }  // namespace
 }  // namespace rkl::rpc

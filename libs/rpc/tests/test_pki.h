@@ -6,7 +6,9 @@
 
 #include <string>
 
+#include "gtest/gtest.h"
 #include "rkl/rpc/tls.h"
+#include "rkl/rpc/unary_service.h"
 
 namespace rkl::rpc::testing {
 
@@ -32,5 +34,16 @@ class TestPki {
   TestPki();
   std::string dir_;
 };
+
+// Every Dispatch, for the suites that must hold on each, and their test names
+// ("sync", "callbackinline", ...).
+inline auto AllDispatches() {
+  return ::testing::Values(Dispatch::kSync, Dispatch::kCallbackInline, Dispatch::kCallbackPool);
+}
+inline std::string DispatchTestName(const ::testing::TestParamInfo<Dispatch>& info) {
+  std::string name = DispatchName(info.param);
+  std::erase(name, '-');
+  return name;
+}
 
 }  // namespace rkl::rpc::testing

@@ -9,7 +9,7 @@ namespace {
 
 // The authorized caller as the core's dual-control rules need it: identity and the serial of
 // the certificate it presented.
-Caller CallerOf(const grpc::ServerContext& ctx, const std::string& identity) {
+Caller CallerOf(const grpc::ServerContextBase& ctx, const std::string& identity) {
   return Caller{identity, rpc::PeerCertificateSerialHex(ctx)};
 }
 

@@ -15,12 +15,12 @@ std::span<const uint8_t> Span(const std::string& s) { return AsBytes(s); }
 
 std::string Field(std::span<const uint8_t> b) { return std::string(AsString(b)); }
 
-std::string Source(const grpc::ServerContext& ctx) {
+std::string Source(const grpc::ServerContextBase& ctx) {
   return rpc::PublicCallGate::PeerAddress(ctx.peer());
 }
 
 // The call's deadline, for KmsCore's TK wait (which ends before it).
-absl::Time CallDeadline(const grpc::ServerContext& ctx) {
+absl::Time CallDeadline(const grpc::ServerContextBase& ctx) {
   return ctx.deadline() == std::chrono::system_clock::time_point::max()
              ? absl::InfiniteFuture()
              : absl::FromChrono(ctx.deadline());
@@ -74,7 +74,7 @@ void ToProto(const TerminalRecord& t, rkl::v1::Terminal* out) {
   out->set_krd_id(t.krd_id);
 }
 
-absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContext& ctx,
+absl::Status KmsGrpcService::AdmitTerminalCall(const grpc::ServerContextBase& ctx,
                                                const std::string& sn) {
   // An invalid SN spends only the address's budget: the core refuses it before any
   // database access.

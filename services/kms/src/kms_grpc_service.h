@@ -33,7 +33,7 @@ class KmsGrpcService final : public rpc::UnaryService {
 
  private:
   // OK, or RESOURCE_EXHAUSTED with the time until the caller's next token.
-  absl::Status AdmitTerminalCall(const grpc::ServerContext& ctx, const std::string& sn);
+  absl::Status AdmitTerminalCall(const grpc::ServerContextBase& ctx, const std::string& sn);
 
   KmsCore& core_;
   audit::PgAuditLog& audit_;

@@ -6,6 +6,7 @@
 
 #include <grpcpp/server_context.h>
 
+#include "google/protobuf/descriptor.h"
 #include "rkl/rpc/identity.h"
 #include "rkl/v1/echo.grpc.pb.h"
 
@@ -25,5 +26,11 @@ class EchoService final : public rkl::v1::Echo::Service {
  private:
   const Authorizer* authorizer_ = nullptr;
 };
+
+// rkl.v1.Echo's descriptor with its one method declared public, from a descriptor pool of its
+// own that lives as long as the process. echo.proto declares nobody for Echo, so a UnaryService
+// built on the generated descriptor refuses every call; this one serves Echo through a
+// UnaryService (request-id tests, the benchmark's dispatch comparison). Thread-safe.
+const google::protobuf::ServiceDescriptor& PublicEchoDescriptor();
 
 }  // namespace rkl::rpc

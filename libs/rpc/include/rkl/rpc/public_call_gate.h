@@ -43,7 +43,7 @@ class PublicCallGate {
   // OK, or RESOURCE_EXHAUSTED with the retry hint. An empty `subject` spends only the
   // source budget (the caller named none, or none the core would accept).
   absl::Status Admit(std::string_view source, std::string_view subject);
-  absl::Status Admit(const grpc::ServerContext& ctx, std::string_view subject) {
+  absl::Status Admit(const grpc::ServerContextBase& ctx, std::string_view subject) {
     return Admit(PeerAddress(ctx.peer()), subject);
   }
 
