@@ -120,6 +120,36 @@ ceilings = {
     "disk_fdatasync_per_s": fsync,
 }
 
+
+def dispatch_summary():
+    """Per (body, dispatch): median round trips/s and CPU µs per call over the phase's rounds."""
+    rows = {}
+    for line in read("dispatch.jsonl").splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        r = d["result"]
+        if not r.get("ok"):
+            continue
+        tck = d["clk_tck"]
+        rows.setdefault((d["body_us"], d["dispatch"]), []).append({
+            "per_second": r["per_second"], "p50_ms": r["p50_ms"], "failed": r["failed"],
+            "server_cpu_us": 1e6 * d["server_jiffies"] / tck / r["ok"],
+            "machine_cpu_us": 1e6 * d["machine_jiffies"] / tck / r["ok"],
+        })
+    out = []
+    order = {"sync": 0, "callback-inline": 1, "callback-pool": 2}
+    for (body_us, dispatch), runs in sorted(rows.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 3))):
+        out.append({
+            "body_us": body_us, "dispatch": dispatch, "rounds": len(runs),
+            "failed": sum(x["failed"] for x in runs),
+            **{k: round(median([x[k] for x in runs]), 1)
+               for k in ("per_second", "p50_ms", "server_cpu_us", "machine_cpu_us")},
+        })
+    return out
+
+
 # ---- measured ------------------------------------------------------------------------------------
 hsm = load_json("hsm.json")
 hsm_batch = load_json("hsm-batch.json")
@@ -545,6 +575,7 @@ for line in read("rpc-latency.txt").splitlines():
 rpc_latency.sort(key=lambda r: (r["service"], r["method"]))
 
 measured["count"] = count
+measured["grpc_dispatch"] = dispatch_summary()
 measured["core_sweep"] = {"per_k": core_sweep, "saturation": core_saturation}
 if baseline_summary:
     measured["baseline"] = {
@@ -610,6 +641,20 @@ md.append(f"| PostgreSQL durable one-row INSERTs/s, 8 per transaction sent as on
           f"(pgbench, {(pg_insert8 or {}).get('clients', '—')} clients: what batching writes could buy)"
           f"{cpu_note(pg_insert8 and pg_insert8['machine_cpu_ms'])} | {fmt(pg_insert8 and pg_insert8['per_s'])} |")
 md.append("")
+if measured["grpc_dispatch"]:
+    md.append("## gRPC dispatch: the synchronous server against the callback API\n")
+    md.append("rkl.v1.Echo served as the services serve their RPCs (an `rpc::UnaryService` body "
+              "behind its adapter, over mTLS), each `rpc::Dispatch` in turn, rounds alternated; "
+              "medians over the rounds. A body that blocks stands in for the services' database "
+              "and HSM round trips.\n")
+    md.append("| body | dispatch | rounds | round trips/s | p50 ms | server CPU µs/call | machine CPU µs/call |")
+    md.append("|---|---|---:|---:|---:|---:|---:|")
+    for d in measured["grpc_dispatch"]:
+        body = "answers at once" if d["body_us"] == 0 else f"blocks {d['body_us']} µs first"
+        failed = f" ({d['failed']} failed)" if d["failed"] else ""
+        md.append(f"| {body} | {d['dispatch']}{failed} | {d['rounds']} | {fmt(d['per_second'])} | "
+                  f"{d['p50_ms']:.2f} | {d['server_cpu_us']:.0f} | {d['machine_cpu_us']:.0f} |")
+    md.append("")
 md.append("## Measured\n")
 md.append("| what | per second | ratio to ceiling | target | p50 / p95 / p99 ms |")
 md.append("|---|---:|---|---|---|")

@@ -1,7 +1,10 @@
 // rkl-bench-load: closed-loop gRPC load generators for bench/run.
 //
 //   echo-server     the ceiling's server: rkl's RPC bootstrap (mTLS, health, interceptor)
-//                   serving only rkl.v1.Echo
+//                   serving only rkl.v1.Echo; with --dispatch sync|callback-inline|
+//                   callback-pool, through an rpc::UnaryService with that Dispatch (and
+//                   --pool-threads), each body first blocking for --body-us microseconds
+//                   (standing in for a database or HSM round trip)
 //   echo            bare unary round trips over mTLS against echo-server
 //   hsm-translate   HSM #1 TranslateTransportKey (Pu → PK/MAK) as `mtms`, each with its
 //                   package signed by the operator card (HSM #1 verifies it); with --batch
@@ -52,6 +55,7 @@
 #include "rkl/rpc/server.h"
 #include "rkl/rpc/shutdown.h"
 #include "rkl/rpc/tls.h"
+#include "rkl/rpc/unary_service.h"
 #include "rkl/v1/echo.grpc.pb.h"
 #include "rkl/v1/hsm.grpc.pb.h"
 #include "rkl/v1/kms.grpc.pb.h"
@@ -262,13 +266,40 @@ std::string RunPrefix(const std::string& what) {
 
 // ---- echo ------------------------------------------------------------------------------------
 
+// rkl.v1.Echo as the services serve their RPCs: a UnaryService body, behind its adapter.
+class DispatchedEcho final : public rpc::UnaryService {
+ public:
+  DispatchedEcho(rpc::DispatchOptions dispatch, absl::Duration body_blocks)
+      : UnaryService(rpc::PublicEchoDescriptor(), {}, dispatch) {
+    Bind("Echo",
+         [body_blocks](const rpc::UnaryCall& call, const v1::EchoRequest* req,
+                       v1::EchoResponse* resp) -> absl::Status {
+           if (body_blocks > absl::ZeroDuration()) absl::SleepFor(body_blocks);
+           resp->set_payload(req->payload());
+           resp->set_caller_identity(call.caller);
+           return absl::OkStatus();
+         });
+  }
+};
+
 int EchoServer(const Args& a) {
   InitLogging({.level = *ParseLogLevel(a.Str("log-level", "warn")), .program = "rkl-bench-echo"});
   rpc::InstallShutdownSignalHandlers();
-  rpc::EchoService echo;
+  const std::string dispatch = a.Str("dispatch", "generated");
+  std::unique_ptr<grpc::Service> echo;
+  if (dispatch == "generated") {
+    echo = std::make_unique<rpc::EchoService>();
+  } else {
+    std::optional<rpc::Dispatch> d = rpc::DispatchFromName(dispatch);
+    if (!d)
+      Args::Fail("--dispatch: generated, sync, callback-inline or callback-pool, not " + dispatch);
+    rpc::DispatchOptions options{.dispatch = *d,
+                                 .pool_threads = static_cast<int>(a.Int("pool-threads", 64))};
+    echo = std::make_unique<DispatchedEcho>(options, absl::Microseconds(a.Int("body-us", 0)));
+  }
   auto server = rpc::Server::Start(
       {.listen_address = a.Str("listen"), .tls = {a.Str("cert"), a.Str("key"), a.Str("ca")}},
-      {&echo});
+      {echo.get()});
   if (!server.ok()) Args::Fail(server.status().ToString());
   (*server)->RunUntilShutdownSignal(absl::Seconds(2));
   return 0;
