@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <set>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -266,10 +268,10 @@ absl::StatusOr<TerminalRecord> KmsCore::Mutate(const std::string& sn, const Deci
 // ---------------------------------------------------------------------------------------
 // Intake
 
-absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& actor,
-                                                         const std::string& sn,
-                                                         std::span<const uint8_t> ctk_pk,
-                                                         const std::string& submission_id) {
+absl::StatusOr<KmsCore::CheckedTk> KmsCore::CheckSubmission(const std::string& actor,
+                                                            const std::string& sn,
+                                                            std::span<const uint8_t> ctk_pk,
+                                                            const std::string& submission_id) {
   RKL_RETURN_IF_ERROR(protocol::ValidateSn(sn));
   RKL_RETURN_IF_ERROR(CheckSubmissionId(submission_id));
   if (ctk_pk.size() > protocol::kMaxCtkPkSize) {
@@ -287,26 +289,104 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     AuditFailure(actor, rkl::audit::action::kTkSubmit, sn, "", s);
     return s;
   }
-  const crypto::KeyAlgorithm algorithm = parsed->header.algorithm;
-  const Bytes ctk(ctk_pk.begin(), ctk_pk.end());
-  // A terminal's first TK: one insert, refused (ALREADY_EXISTS) when KMS knows the SN.
-  auto insert_first = [&]() -> absl::Status {
-    TerminalRecord t;
-    t.sn = sn;
-    t.state = TerminalState::kTkReceived;
-    t.algorithm = algorithm;
-    t.ctk_pk = ctk;
-    t.mtms_submission_id = submission_id;
-    t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
-    return repository_.InsertTerminal(t, {Audit(actor, rkl::audit::action::kTkReceive, sn,
-                                                absl::StrCat("algorithm ", AlgorithmName(algorithm),
-                                                             ", submission ", submission_id))});
-  };
+  return CheckedTk{.sn = sn,
+                   .ctk = Bytes(ctk_pk.begin(), ctk_pk.end()),
+                   .parsed = *std::move(parsed),
+                   .submission_id = submission_id};
+}
 
+std::pair<TerminalRecord, AuditEntry> KmsCore::FirstTk(const std::string& actor,
+                                                       const CheckedTk& tk) {
+  const crypto::KeyAlgorithm algorithm = tk.parsed.header.algorithm;
+  TerminalRecord t;
+  t.sn = tk.sn;
+  t.state = TerminalState::kTkReceived;
+  t.algorithm = algorithm;
+  t.ctk_pk = tk.ctk;
+  t.mtms_submission_id = tk.submission_id;
+  t.tk_received_at_ms = t.created_at_ms = t.updated_at_ms = NowMs();
+  return {std::move(t), Audit(actor, rkl::audit::action::kTkReceive, tk.sn,
+                              absl::StrCat("algorithm ", AlgorithmName(algorithm), ", submission ",
+                                           tk.submission_id))};
+}
+
+absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& actor,
+                                                         const std::string& sn,
+                                                         std::span<const uint8_t> ctk_pk,
+                                                         const std::string& submission_id) {
+  RKL_ASSIGN_OR_RETURN(const CheckedTk tk, CheckSubmission(actor, sn, ctk_pk, submission_id));
   // The common case first, without reading: most SNs arrive once.
-  absl::Status first = insert_first();
-  if (first.ok()) return SubmitResult{TerminalState::kTkReceived, false};
-  if (first.code() != absl::StatusCode::kAlreadyExists) return first;
+  auto [first, audit] = FirstTk(actor, tk);
+  absl::Status inserted = repository_.InsertTerminal(first, {audit});
+  if (inserted.ok()) return SubmitResult{TerminalState::kTkReceived, false};
+  if (inserted.code() != absl::StatusCode::kAlreadyExists) return inserted;
+  return SubmitForKnownSn(actor, tk);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTransportKeys(
+    const std::string& actor, std::span<const TkSubmission> items) {
+  if (items.empty() || items.size() > kMaxSubmitBatch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("items: between 1 and ", kMaxSubmitBatch, " transport keys"));
+  }
+  std::vector<absl::StatusOr<SubmitResult>> out(items.size(),
+                                                absl::InternalError("kms: item not answered"));
+  if (items.size() == 1) {
+    out[0] = SubmitTransportKey(actor, items[0].sn, items[0].ctk_pk, items[0].mtms_submission_id);
+    return out;
+  }
+  // Each item's own checks, then one write for the first TK of every SN named once so far.
+  std::vector<std::optional<CheckedTk>> checked(items.size());
+  std::vector<size_t> firsts;  // items whose SN no earlier item of the batch named
+  std::vector<KmsRepository::FirstTransportKey> rows;
+  std::set<std::string_view> named;
+  for (size_t i = 0; i < items.size(); ++i) {
+    absl::StatusOr<CheckedTk> tk =
+        CheckSubmission(actor, items[i].sn, items[i].ctk_pk, items[i].mtms_submission_id);
+    if (!tk.ok()) {
+      out[i] = tk.status();
+      continue;
+    }
+    checked[i] = *std::move(tk);
+    if (!named.insert(items[i].sn).second) continue;
+    firsts.push_back(i);
+    auto [terminal, audit] = FirstTk(actor, *checked[i]);
+    rows.push_back({.terminal = std::move(terminal), .audit = {std::move(audit)}});
+  }
+  std::vector<bool> stored(items.size(), false);
+  if (!rows.empty()) {
+    absl::StatusOr<std::vector<bool>> inserted = repository_.InsertFirstTransportKeys(rows);
+    if (!inserted.ok()) {
+      // Nothing was written, and the single call's way would meet the same database.
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (checked[i]) out[i] = inserted.status();
+      }
+      return out;
+    } else {
+      for (size_t n = 0; n < firsts.size(); ++n) {
+        if (!(*inserted)[n]) continue;
+        stored[firsts[n]] = true;
+        out[firsts[n]] = SubmitResult{TerminalState::kTkReceived, false};
+      }
+    }
+  }
+  // Known SNs, and SNs named again: the single call's way, in batch order.
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (checked[i] && !stored[i]) out[i] = SubmitForKnownSn(actor, *checked[i]);
+  }
+  return out;
+}
+
+absl::StatusOr<SubmitResult> KmsCore::SubmitForKnownSn(const std::string& actor,
+                                                       const CheckedTk& tk) {
+  const std::string& sn = tk.sn;
+  const std::string& submission_id = tk.submission_id;
+  const crypto::KeyAlgorithm algorithm = tk.parsed.header.algorithm;
+  const Bytes& ctk = tk.ctk;
+  auto insert_first = [&]() -> absl::Status {
+    auto [first, audit] = FirstTk(actor, tk);
+    return repository_.InsertTerminal(first, {audit});
+  };
 
   for (int attempt = 0; attempt < kMaxMutateAttempts; ++attempt) {
     absl::StatusOr<TerminalRecord> existing = repository_.GetTerminal(sn);
@@ -330,12 +410,12 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
     // again after a lost receipt, so MTMS made a second Ctk_pk): W = AES-KWP(PK, P) is
     // deterministic, so the same W under the same PK is the same TEK and AUK. Superseding
     // would only cancel the session the terminal may already have opened on it.
-    if (SameTransportKey(t.ctk_pk, *parsed)) return SubmitResult{t.state, true};
+    if (SameTransportKey(t.ctk_pk, tk.parsed)) return SubmitResult{t.state, true};
 
     // Packages for one SN arrive in any order (MTMS retries with backoff, replicas race):
     // only a strictly newer one may replace the stored TK, so a package that waited in a
     // retry queue can never overwrite the TK the terminal holds now.
-    absl::Status refusal = CheckNewerThanStored(t.ctk_pk, parsed->header.created_at_unix_ms);
+    absl::Status refusal = CheckNewerThanStored(t.ctk_pk, tk.parsed.header.created_at_unix_ms);
     if (!refusal.ok()) {
       AuditFailure(actor, rkl::audit::action::kTkSubmit, sn,
                    absl::StrCat("submission ", submission_id), refusal);

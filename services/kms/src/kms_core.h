@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -48,6 +49,7 @@
 #include "rkl/common/clock.h"
 #include "rkl/crypto/random.h"
 #include "rkl/crypto/x509.h"
+#include "rkl/protocol/transport_key.h"
 #include "tk_wait_port.h"
 
 namespace rkl::kms {
@@ -117,6 +119,13 @@ struct SubmitResult {
   bool duplicate = false;
 };
 
+// One SubmitTransportKey of a SubmitTransportKeys batch.
+struct TkSubmission {
+  std::string sn;
+  Bytes ctk_pk;
+  std::string mtms_submission_id;
+};
+
 struct BeginResult {
   std::string session_id;
   Bytes crnd1;
@@ -148,6 +157,7 @@ inline constexpr absl::Duration kTkWaitAnswerMargin = absl::Milliseconds(500);
 inline constexpr int kDefaultPageSize = 100;
 inline constexpr int kMaxPageSize = 1000;
 inline constexpr size_t kMaxSubmissionIdLength = 128;
+inline constexpr size_t kMaxSubmitBatch = 64;  // items of one SubmitTransportKeys
 
 class KmsCore {
  public:
@@ -170,6 +180,13 @@ class KmsCore {
   absl::StatusOr<SubmitResult> SubmitTransportKey(const std::string& actor, const std::string& sn,
                                                   std::span<const uint8_t> ctk_pk,
                                                   const std::string& mtms_submission_id);
+  // Many SubmitTransportKey calls: one answer per item, in order, each the answer
+  // SubmitTransportKey gives for it (same checks, refusals and audit records). The first TKs
+  // of SNs KMS does not know yet are stored together in one write; every other item (an SN
+  // KMS knows, or one named again later in the batch) then goes the single call's way, in
+  // batch order. An error only for no items or more than kMaxSubmitBatch.
+  absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> SubmitTransportKeys(
+      const std::string& actor, std::span<const TkSubmission> items);
 
   // S109–S111, S401–S402. Imports TEK/AUK on first use.
   // `source` (the caller's address, from the gRPC adapter) only labels refusal counts.
@@ -253,6 +270,22 @@ class KmsCore {
                                       const std::string& page_token);
 
  private:
+  // A submission that passed SubmitTransportKey's checks of its own bytes.
+  struct CheckedTk {
+    std::string sn;
+    Bytes ctk;  // the submitted Ctk_pk
+    protocol::ParsedCtkPk parsed;
+    std::string submission_id;
+  };
+  absl::StatusOr<CheckedTk> CheckSubmission(const std::string& actor, const std::string& sn,
+                                            std::span<const uint8_t> ctk_pk,
+                                            const std::string& submission_id);
+  // The terminal row and audit record of an SN's first TK.
+  std::pair<TerminalRecord, AuditEntry> FirstTk(const std::string& actor, const CheckedTk& tk);
+  // SubmitTransportKey after its first insert found the SN known: duplicate, supersede or
+  // refusal.
+  absl::StatusOr<SubmitResult> SubmitForKnownSn(const std::string& actor, const CheckedTk& tk);
+
   // A decided change of one terminal row.
   struct Change {
     TerminalRecord record;

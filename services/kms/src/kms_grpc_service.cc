@@ -100,6 +100,31 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
          return absl::OkStatus();
        });
 
+  Bind("SubmitTransportKeys",
+       [this](const rpc::UnaryCall& call, const rkl::v1::KmsSubmitTransportKeysRequest* req,
+              rkl::v1::KmsSubmitTransportKeysResponse* resp) -> absl::Status {
+         std::vector<TkSubmission> items;
+         items.reserve(req->items_size());
+         for (const rkl::v1::KmsSubmitTransportKeyRequest& item : req->items()) {
+           items.push_back({.sn = item.sn(),
+                            .ctk_pk = Bytes(item.ctk_pk().begin(), item.ctk_pk().end()),
+                            .mtms_submission_id = item.mtms_submission_id()});
+         }
+         RKL_ASSIGN_OR_RETURN(auto results, core_.SubmitTransportKeys(call.caller, items));
+         for (const absl::StatusOr<SubmitResult>& result : results) {
+           rkl::v1::KmsSubmitTransportKeyOutcome* outcome = resp->add_outcomes();
+           if (result.ok()) {
+             outcome->set_state(ToProto(result->state));
+             outcome->set_duplicate(result->duplicate);
+           } else {
+             const grpc::Status status = rpc::ToGrpcStatus(result.status());
+             outcome->set_code(static_cast<int32_t>(status.error_code()));
+             outcome->set_message(status.error_message());
+           }
+         }
+         return absl::OkStatus();
+       });
+
   // Terminal RPCs (public): the terminal proves itself with AUK.
   Bind("BeginAuthentication",
        [this](const rpc::UnaryCall& call, const rkl::v1::BeginAuthenticationRequest* req,

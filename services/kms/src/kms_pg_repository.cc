@@ -2,10 +2,12 @@
 
 #include <pqxx/binarystring>
 #include <pqxx/pqxx>
+#include <set>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/transaction.h"
@@ -119,6 +121,30 @@ const std::string kInsertTerminal = WithAuditParam(
         "WHERE EXISTS (SELECT 1 FROM t) ORDER BY x.ord) "
         "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM n)"),
     23);
+
+// The first TKs of several SNs (InsertFirstTransportKeys): the rows as one JSON array $1
+// (sn, algorithm, at_ms, ctk_pk in hex, submission), inserted in SN order so that two
+// concurrent batches take their SNs' index entries in one order; an SN that exists is
+// skipped, and so are the audit entries ($2) of its row. Returns the SNs inserted.
+const std::string kInsertFirstTks = WithAuditParam(
+    absl::StrCat(
+        "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(sn text, algorithm "
+        "smallint, at_ms bigint, ctk_pk text, submission text)), "
+        "t AS (INSERT INTO terminals (sn, state, algorithm, created_at_ms, updated_at_ms, "
+        "version, protocol) "
+        "SELECT sn, 'TK_RECEIVED', algorithm, at_ms, at_ms, 1, 'patent' FROM r ORDER BY sn "
+        "ON CONFLICT (sn) DO NOTHING RETURNING sn), "
+        "k AS (INSERT INTO sn_tk_kms (sn, ctk_pk, mtms_submission_id, received_at_ms, "
+        "algorithm, imported_at_ms) "
+        "SELECT r.sn, decode(r.ctk_pk, 'hex'), r.submission, r.at_ms, r.algorithm, 0 "
+        "FROM r JOIN t ON t.sn = r.sn ORDER BY r.sn RETURNING sn), ",
+        TkArrival("k"),
+        "), "
+        "a AS (",
+        kAuditFromJson,
+        "WHERE x.sn IN (SELECT sn FROM t) ORDER BY x.ord) "
+        "SELECT t.sn, (SELECT count(*) FROM n) FROM t"),
+    2);
 
 // The versioned terminal update (u: $1..$13, version last; the TR-34 random number as
 // the statement's last parameter, after the audit) and its SN-TK_KMS row (k: $14..$22; none
@@ -475,6 +501,34 @@ absl::Status PgKmsRepository::InsertTerminal(const TerminalRecord& t,
         krd_id.get(), krd_cert.get(), krd_nonce.get());
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<std::vector<bool>> PgKmsRepository::InsertFirstTransportKeys(
+    std::span<const FirstTransportKey> rows) {
+  JsonRows json;
+  std::vector<AuditEntry> audit;
+  for (const FirstTransportKey& row : rows) {
+    const TerminalRecord& t = row.terminal;
+    json.Row()
+        .Field("sn", t.sn)
+        .Field("algorithm", static_cast<int64_t>(crypto::KeyAlgorithmCode(t.algorithm)))
+        .Field("at_ms", t.tk_received_at_ms)
+        .Field("ctk_pk", ToHex(t.ctk_pk))
+        .Field("submission", t.mtms_submission_id);
+    audit.insert(audit.end(), row.audit.begin(), row.audit.end());
+  }
+  const std::string rows_json = json.Finish();
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
+  return db::RunAutocommitWrite(
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<std::vector<bool>> {
+        pqxx::result r = stmt.Exec(kInsertFirstTks, rows_json, audit_json);
+        std::set<std::string> inserted;
+        for (const pqxx::row& row : r) inserted.insert(row[0].as<std::string>());
+        std::vector<bool> out;
+        out.reserve(rows.size());
+        for (const FirstTransportKey& row : rows) out.push_back(inserted.contains(row.terminal.sn));
+        return out;
+      });
 }
 
 absl::Status PgKmsRepository::UpdateTerminal(const TerminalRecord& t, bool cancel_sessions,

@@ -25,8 +25,8 @@ inline audit::ChainSpec KmsAuditChain() {
 
 // The channel on which a terminal's transport key arriving is notified (payload: the SN), in
 // the statement that stores it, so it is heard at that commit and never for a rolled-back
-// one: a first TK (InsertTerminal) and a new TK that supersedes one or ends a re-key mark
-// (UpdateTerminal). TkWaiters listens on it.
+// one: a first TK (InsertTerminal, InsertFirstTransportKeys) and a new TK that supersedes one or
+// ends a re-key mark (UpdateTerminal). TkWaiters listens on it.
 inline constexpr char kTkArrivalChannel[] = "rkl_kms_tk";
 
 // The audit chain and the refusal counts are audit::PgServiceRepository's.
@@ -40,6 +40,8 @@ class PgKmsRepository final : public audit::PgServiceRepository<KmsRepository> {
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
   absl::Status InsertTerminal(const TerminalRecord& terminal,
                               const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<bool>> InsertFirstTransportKeys(
+      std::span<const FirstTransportKey> rows) override;
   absl::Status UpdateTerminal(const TerminalRecord& terminal, bool cancel_sessions,
                               const std::vector<AuditEntry>& audit) override;
   absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,16 @@ class KmsRepository {
   // ctk_pk is empty); ALREADY_EXISTS when the SN exists.
   virtual absl::Status InsertTerminal(const TerminalRecord& terminal,
                                       const std::vector<AuditEntry>& audit) = 0;
+  // The first TKs of several SNs in one transaction: each row as InsertTerminal would
+  // write it, with its own audit entries, for every SN that does not exist yet; an SN that
+  // exists is left as it is (false in the answer, one per row, in order) and its entries
+  // are not written. The rows' SNs differ.
+  struct FirstTransportKey {
+    TerminalRecord terminal;
+    std::vector<AuditEntry> audit;
+  };
+  virtual absl::StatusOr<std::vector<bool>> InsertFirstTransportKeys(
+      std::span<const FirstTransportKey> rows) = 0;
   // Replaces the terminal (and its SN-TK_KMS row) if its version is still
   // `terminal.version`; ABORTED otherwise. With `cancel_sessions`, the SN's OPEN and
   // AUTHENTICATED sessions become CANCELLED in the same transaction.

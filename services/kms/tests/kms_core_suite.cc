@@ -269,6 +269,130 @@ TEST_P(KmsCoreSuite, IntakeValidatesSnAndCtkPkLayout) {
   EXPECT_EQ(core_->GetTerminal(t.sn()).status().code(), absl::StatusCode::kNotFound);
 }
 
+// ---- Intake in batches (SubmitTransportKeys) -------------------------------------------
+
+TEST_P(KmsCoreSuite, ABatchStoresEachNewSnAsTheSingleCallWould) {
+  std::vector<TestTerminal> terminals;
+  terminals.emplace_back("POS-BATCH-A", KeyAlgorithm::kAes128);
+  terminals.emplace_back("POS-BATCH-B", KeyAlgorithm::kAes256);
+  terminals.emplace_back("POS-BATCH-C", KeyAlgorithm::kTdes2);
+  std::vector<TkSubmission> items;
+  for (const TestTerminal& t : terminals) {
+    absl::StatusOr<Bytes> ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+    ASSERT_TRUE(ctk.ok());
+    items.push_back({.sn = t.sn(), .ctk_pk = *ctk, .mtms_submission_id = "sub-" + t.sn()});
+  }
+  auto results = core_->SubmitTransportKeys(kMtms, items);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    SCOPED_TRACE(items[i].sn);
+    ASSERT_TRUE((*results)[i].ok()) << (*results)[i].status();
+    EXPECT_EQ((*results)[i]->state, TerminalState::kTkReceived);
+    EXPECT_FALSE((*results)[i]->duplicate);
+    TerminalRecord stored = Terminal(items[i].sn);
+    EXPECT_EQ(stored.state, TerminalState::kTkReceived);
+    EXPECT_EQ(stored.algorithm, terminals[i].algorithm());
+    EXPECT_EQ(stored.ctk_pk, items[i].ctk_pk);
+    EXPECT_EQ(stored.mtms_submission_id, items[i].mtms_submission_id);
+    EXPECT_EQ(stored.tk_received_at_ms, absl::ToUnixMillis(now_));
+    EXPECT_EQ(stored.created_at_ms, absl::ToUnixMillis(now_));
+    EXPECT_EQ(stored.version, 1);
+    EXPECT_FALSE(stored.tek_index.has_value());
+    EXPECT_FALSE(stored.tmk_index.has_value());
+    EXPECT_EQ(CountAudit(items[i].sn, rkl::audit::action::kTkReceive, "OK"), 1);
+  }
+  // What was stored is what a terminal authenticates against.
+  for (TestTerminal& t : terminals) {
+    Deliver(t);
+    EXPECT_TRUE(t.has_tmk()) << t.sn();
+  }
+}
+
+TEST_P(KmsCoreSuite, ABatchAnswersEachItemAsTheSingleCallWould) {
+  TestTerminal fresh("POS-BATCH-NEW", KeyAlgorithm::kAes128);
+  TestTerminal known("POS-BATCH-KNOWN", KeyAlgorithm::kAes128);
+  TestTerminal pending("POS-BATCH-PENDING", KeyAlgorithm::kAes128);
+  TestTerminal installed("POS-BATCH-INSTALLED", KeyAlgorithm::kAes128);
+  absl::StatusOr<Bytes> known_ctk = known.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(known_ctk.ok());
+  ASSERT_TRUE(core_->SubmitTransportKey(kMtms, known.sn(), *known_ctk, "k").ok());
+  ASSERT_TRUE(Submit(pending).ok());
+  Install(installed);
+  const TerminalRecord installed_before = Terminal(installed.sn());
+  Advance(absl::Seconds(2));
+  pending.RegenerateTransportKey();
+  installed.RegenerateTransportKey();
+  absl::StatusOr<Bytes> fresh_ctk = fresh.MakeCtkPk(keys_.pk, keys_.mak);
+  absl::StatusOr<Bytes> pending_ctk = pending.MakeCtkPk(keys_.pk, keys_.mak);
+  absl::StatusOr<Bytes> installed_ctk = installed.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(fresh_ctk.ok() && pending_ctk.ok() && installed_ctk.ok());
+
+  const std::vector<TkSubmission> items = {
+      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "s1"},
+      {.sn = "pos-lower", .ctk_pk = *fresh_ctk, .mtms_submission_id = "s2"},
+      {.sn = known.sn(), .ctk_pk = *known_ctk, .mtms_submission_id = "k"},
+      {.sn = installed.sn(), .ctk_pk = *installed_ctk, .mtms_submission_id = "s4"},
+      {.sn = pending.sn(), .ctk_pk = *pending_ctk, .mtms_submission_id = "s5"},
+      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "s6"},   // named again
+      {.sn = "POS-OTHER", .ctk_pk = *fresh_ctk, .mtms_submission_id = "s7"},  // header: fresh
+      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "has space"},
+  };
+  auto results = core_->SubmitTransportKeys(kMtms, items);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), items.size());
+  const std::vector<absl::StatusOr<SubmitResult>>& r = *results;
+  ASSERT_TRUE(r[0].ok()) << r[0].status();
+  EXPECT_FALSE(r[0]->duplicate);
+  EXPECT_EQ(r[1].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r[1].status().message(), HasSubstr("sn"));
+  ASSERT_TRUE(r[2].ok()) << r[2].status();
+  EXPECT_TRUE(r[2]->duplicate);
+  EXPECT_EQ(r[3].status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r[3].status().message(), HasSubstr("re-key"));
+  ASSERT_TRUE(r[4].ok()) << r[4].status();
+  EXPECT_FALSE(r[4]->duplicate);
+  EXPECT_EQ(r[4]->state, TerminalState::kTkReceived);
+  ASSERT_TRUE(r[5].ok()) << r[5].status();
+  EXPECT_TRUE(r[5]->duplicate);
+  EXPECT_EQ(r[6].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r[6].status().message(), HasSubstr("ctk_pk"));
+  EXPECT_EQ(r[7].status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Each item changed exactly what its single call would have.
+  EXPECT_EQ(Terminal(fresh.sn()).mtms_submission_id, "s1");
+  EXPECT_EQ(CountAudit(fresh.sn(), rkl::audit::action::kTkReceive, "OK"), 1);
+  EXPECT_EQ(CountAudit(known.sn(), rkl::audit::action::kTkReceive, "OK"), 1);
+  EXPECT_EQ(Terminal(known.sn()).version, 1);
+  EXPECT_EQ(Terminal(pending.sn()).ctk_pk, *pending_ctk);
+  EXPECT_EQ(CountAudit(pending.sn(), rkl::audit::action::kTkSupersede, "OK"), 1);
+  EXPECT_EQ(Terminal(installed.sn()).version, installed_before.version);
+  EXPECT_EQ(Terminal(installed.sn()).ctk_pk, installed_before.ctk_pk);
+  EXPECT_EQ(CountAudit(installed.sn(), rkl::audit::action::kTkSubmit, "FAILED_PRECONDITION"), 1);
+  EXPECT_EQ(core_->GetTerminal("POS-OTHER").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(KmsCoreSuite, ABatchOfNoItemsOrTooManyIsRefusedWhole) {
+  EXPECT_EQ(core_->SubmitTransportKeys(kMtms, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<TkSubmission> items;
+  for (size_t i = 0; i <= kMaxSubmitBatch; ++i) {
+    TestTerminal t("POS-MANY-" + std::to_string(i), KeyAlgorithm::kAes128);
+    absl::StatusOr<Bytes> ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+    ASSERT_TRUE(ctk.ok());
+    items.push_back({.sn = t.sn(), .ctk_pk = *ctk, .mtms_submission_id = "m"});
+  }
+  auto refused = core_->SubmitTransportKeys(kMtms, items);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("items"));
+  EXPECT_EQ(core_->GetTerminal("POS-MANY-0").status().code(), absl::StatusCode::kNotFound);
+  items.pop_back();  // kMaxSubmitBatch: accepted
+  auto accepted = core_->SubmitTransportKeys(kMtms, items);
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  for (const auto& r : *accepted) EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Terminal("POS-MANY-63").state, TerminalState::kTkReceived);
+}
+
 TEST_P(KmsCoreSuite, NewTkSupersedesAPendingOneAndCancelsItsSessions) {
   TestTerminal t("POS-SUP", KeyAlgorithm::kAes128);
   ASSERT_TRUE(Submit(t).ok());

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "fake_hsm.h"
 #include "kms_core.h"
 #include "kms_db_roles.h"
@@ -557,6 +558,95 @@ TEST_F(KmsGrpcTest, IntakeIsForMtmsOnly) {
   EXPECT_EQ(Submit(*anonymous, t).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(AdminGet(t.sn()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Sql("SELECT count(*) FROM terminals")[0][0].as<int>(), 0);
+}
+
+TEST_F(KmsGrpcTest, BatchIntakeIsForMtmsOnlyAndAnswersEachItem) {
+  TestTerminal good("POS-GRPC-BATCH", KeyAlgorithm::kAes128);
+  auto ctk = good.MakeCtkPk(keys_.pk, keys_.mak);
+  ASSERT_TRUE(ctk.ok());
+  rkl::v1::KmsSubmitTransportKeysRequest req;
+  auto* item = req.add_items();
+  item->set_sn(good.sn());
+  item->set_ctk_pk(std::string(AsString(*ctk)));
+  item->set_mtms_submission_id("b1");
+  item = req.add_items();
+  item->set_sn("not an sn");
+  item->set_ctk_pk(std::string(AsString(*ctk)));
+  rkl::v1::KmsSubmitTransportKeysResponse resp;
+  for (std::string who : {"admin:alice", "kms", "hsm-kms"}) {
+    auto stub = Stub(*a_, tls_[who]);
+    EXPECT_EQ(Call(*stub, &rkl::v1::Kms::Stub::SubmitTransportKeys, req, &resp).code(),
+              absl::StatusCode::kPermissionDenied)
+        << who;
+  }
+  auto anonymous = Terminal(*a_);
+  EXPECT_EQ(Call(*anonymous, &rkl::v1::Kms::Stub::SubmitTransportKeys, req, &resp).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Sql("SELECT count(*) FROM terminals")[0][0].as<int>(), 0);
+
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  ASSERT_TRUE(Call(*mtms, &rkl::v1::Kms::Stub::SubmitTransportKeys, req, &resp).ok());
+  ASSERT_EQ(resp.outcomes_size(), 2);
+  EXPECT_EQ(resp.outcomes(0).code(), 0);
+  EXPECT_EQ(resp.outcomes(0).state(), rkl::v1::TERMINAL_STATE_TK_RECEIVED);
+  EXPECT_FALSE(resp.outcomes(0).duplicate());
+  EXPECT_EQ(resp.outcomes(1).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(resp.outcomes(1).message(), HasSubstr("sn"));
+  EXPECT_EQ(AdminGet(good.sn())->state(), rkl::v1::TERMINAL_STATE_TK_RECEIVED);
+
+  rkl::v1::KmsSubmitTransportKeysRequest empty;
+  EXPECT_EQ(Call(*mtms, &rkl::v1::Kms::Stub::SubmitTransportKeys, empty, &resp).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KmsGrpcTest, OverlappingBatchesOnTwoReplicasStoreEachSnOnce) {
+  // The same SNs, in opposite orders, sent to both replicas at once: every item is answered
+  // OK, and each SN is stored (not a duplicate) by exactly one of the two calls.
+  auto on_a = Stub(*a_, tls_["mtms"]);
+  auto on_b = Stub(*b_, tls_["mtms"]);
+  constexpr int kRounds = 3, kSns = 12;
+  for (int round = 0; round < kRounds; ++round) {
+    rkl::v1::KmsSubmitTransportKeysRequest forward, backward;
+    for (int i = 0; i < kSns; ++i) {
+      TestTerminal t(absl::StrCat("POS-OVERLAP-", round, "-", i), KeyAlgorithm::kAes128);
+      auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+      ASSERT_TRUE(ctk.ok());
+      auto* item = forward.add_items();
+      item->set_sn(t.sn());
+      item->set_ctk_pk(std::string(AsString(*ctk)));
+      item->set_mtms_submission_id(absl::StrCat("o", i));
+    }
+    for (int i = kSns - 1; i >= 0; --i) *backward.add_items() = forward.items(i);
+    const rkl::v1::KmsSubmitTransportKeysRequest* requests[2] = {&forward, &backward};
+    rkl::v1::Kms::Stub* stubs[2] = {on_a.get(), on_b.get()};
+    rkl::v1::KmsSubmitTransportKeysResponse answers[2];
+    absl::Status status[2];
+    std::latch go(2);
+    std::thread threads[2];
+    for (int i = 0; i < 2; ++i) {
+      threads[i] = std::thread([&, i] {
+        go.arrive_and_wait();
+        status[i] =
+            Call(*stubs[i], &rkl::v1::Kms::Stub::SubmitTransportKeys, *requests[i], &answers[i]);
+      });
+    }
+    for (auto& th : threads) th.join();
+    std::map<std::string, int> stored;
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(status[i].ok()) << status[i];
+      ASSERT_EQ(answers[i].outcomes_size(), kSns);
+      for (int n = 0; n < kSns; ++n) {
+        EXPECT_EQ(answers[i].outcomes(n).code(), 0) << answers[i].outcomes(n).message();
+        if (!answers[i].outcomes(n).duplicate()) ++stored[requests[i]->items(n).sn()];
+      }
+    }
+    for (const auto& item : forward.items()) EXPECT_EQ(stored[item.sn()], 1) << item.sn();
+  }
+  EXPECT_EQ(Sql("SELECT count(*) FROM terminals")[0][0].as<int>(), kRounds * kSns);
+  EXPECT_EQ(Sql("SELECT (SELECT count(*) FROM audit_pending WHERE action = 'tk.receive') + "
+                "(SELECT count(*) FROM audit WHERE action = 'tk.receive')")[0][0]
+                .as<int>(),
+            kRounds * kSns);
 }
 
 TEST_F(KmsGrpcTest, AdminRpcsAreForAdminsOnly) {

@@ -35,6 +35,17 @@ absl::Status MemoryKmsRepository::InsertTerminal(const TerminalRecord& terminal,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<bool>> MemoryKmsRepository::InsertFirstTransportKeys(
+    std::span<const FirstTransportKey> rows) {
+  std::vector<bool> inserted;
+  for (const FirstTransportKey& row : rows) {
+    absl::Status s = InsertTerminal(row.terminal, row.audit);
+    if (!s.ok() && s.code() != absl::StatusCode::kAlreadyExists) return s;
+    inserted.push_back(s.ok());
+  }
+  return inserted;
+}
+
 absl::Status MemoryKmsRepository::UpdateTerminal(const TerminalRecord& terminal,
                                                  bool cancel_sessions,
                                                  const std::vector<AuditEntry>& audit) {

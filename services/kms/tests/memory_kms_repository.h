@@ -17,6 +17,8 @@ class MemoryKmsRepository final : public KmsRepository {
   absl::StatusOr<TerminalRecord> GetTerminal(const std::string& sn) override;
   absl::Status InsertTerminal(const TerminalRecord& terminal,
                               const std::vector<AuditEntry>& audit) override;
+  absl::StatusOr<std::vector<bool>> InsertFirstTransportKeys(
+      std::span<const FirstTransportKey> rows) override;
   absl::StatusOr<bool> UpdateTerminalAndMoveSession(const TerminalRecord& terminal,
                                                     const std::vector<AuditEntry>& audit,
                                                     const SessionMove& move) override;

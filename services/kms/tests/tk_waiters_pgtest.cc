@@ -9,6 +9,7 @@
 #include <optional>
 #include <pqxx/nontransaction>
 #include <string>
+#include <vector>
 
 #include "fake_hsm.h"
 #include "kms_core.h"
@@ -96,6 +97,32 @@ TEST_F(TkWaitersTest, AFirstTkSignalsItsSnOnly) {
   for_a.reset();
   Barrier();
   EXPECT_EQ(Peek(*for_b), WaitResult::kDeadline);
+}
+
+TEST_F(TkWaitersTest, ABatchSignalsEverySnItStoresAndNoOther) {
+  TestTerminal a("POS-TKW-BATCH-A", KeyAlgorithm::kAes128);
+  TestTerminal b("POS-TKW-BATCH-B", KeyAlgorithm::kAes256);
+  std::unique_ptr<TkWaitPort::Ticket> for_a = waiters_->Register(a.sn());
+  std::unique_ptr<TkWaitPort::Ticket> for_b = waiters_->Register(b.sn());
+  std::unique_ptr<TkWaitPort::Ticket> for_c = waiters_->Register("POS-TKW-BATCH-C");
+  ASSERT_NE(for_a, nullptr);
+  ASSERT_NE(for_b, nullptr);
+  ASSERT_NE(for_c, nullptr);
+  std::vector<TkSubmission> items;
+  for (const TestTerminal* t : {&a, &b}) {
+    absl::StatusOr<Bytes> ctk = t->MakeCtkPk(keys_.pk, keys_.mak);
+    ASSERT_TRUE(ctk.ok());
+    items.push_back({.sn = t->sn(), .ctk_pk = *ctk, .mtms_submission_id = "sub"});
+  }
+  auto results = core_->SubmitTransportKeys("mtms", items);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (const auto& r : *results) ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(Signalled(*for_a));
+  EXPECT_TRUE(Signalled(*for_b));
+  for_a.reset();
+  for_b.reset();
+  Barrier();
+  EXPECT_EQ(Peek(*for_c), WaitResult::kDeadline);
 }
 
 TEST_F(TkWaitersTest, ASupersedeAndARekeysNewTkSignalAnImportDoesNot) {
