@@ -77,7 +77,9 @@ int main(int argc, char** argv) {
   // The forwarder's workers translate concurrently; their packages share HSM #1 calls.
   TranslateBatcher hsm(hsm_rpc, TranslateBatcherOptionsFromConfig(config));
   GrpcCaPort ca(ChannelOrDie(config, "ca"), timeout);
-  GrpcKmsPort kms(ChannelOrDie(config, "kms"), timeout);
+  GrpcKmsPort kms_rpc(ChannelOrDie(config, "kms"), timeout);
+  // And their submissions share KMS calls.
+  KmsSubmitBatcher kms(kms_rpc, KmsSubmitBatcherOptionsFromConfig(config));
   const Clock clock = SystemClock();
   absl::StatusOr<audit::AuditSettings> audit_settings = audit::AuditSettingsFromConfig(config);
   if (!audit_settings.ok()) {

@@ -63,6 +63,15 @@ ConfigSchema MakeMtmsConfigSchema() {
   schema.Duration("ca.crl_refresh", "how often the operator-ca CRL is re-fetched").Default("5m");
   schema.String("kms.endpoint", "gRPC target of KMS").Default("kms:50055");
   schema.String("kms.authority", "name KMS's certificate must carry").Default("kms");
+  schema
+      .Int("kms.submit_batch",
+           "packages sent to KMS in one SubmitTransportKeys call at most: the forwarder "
+           "workers' concurrent submissions are combined (1 = one call per package)")
+      .Default("16")
+      .Range(1, 64);
+  schema.Int("kms.submit_calls", "batched submit calls to KMS in flight at once")
+      .Default("4")
+      .Range(1, 64);
   schema.Duration("rpc.timeout", "deadline of each call to HSM #1, the CA and KMS").Default("10s");
 
   schema.Enum("work_key.rsa_bits", {"2048", "3072"}, "default size of new work keys")
@@ -122,6 +131,11 @@ TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config) 
   return TranslateBatcherOptions{
       .max_batch = static_cast<int>(config.GetInt("hsm.translate_batch")),
       .max_calls = static_cast<int>(config.GetInt("hsm.translate_calls"))};
+}
+
+KmsSubmitBatcherOptions KmsSubmitBatcherOptionsFromConfig(const Config& config) {
+  return KmsSubmitBatcherOptions{.max_batch = static_cast<int>(config.GetInt("kms.submit_batch")),
+                                 .max_calls = static_cast<int>(config.GetInt("kms.submit_calls"))};
 }
 
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {

@@ -3,9 +3,9 @@
 // rule, in one schema that --help, --print-config-reference and docs/mtms.md share.
 
 #include "absl/status/status.h"
+#include "mtms_batchers.h"
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
-#include "mtms_translate_batcher.h"
 #include "rkl/common/config.h"
 
 namespace rkl::mtms {
@@ -18,6 +18,7 @@ ConfigSchema MakeMtmsConfigSchema();
 MtmsCoreOptions CoreOptionsFromConfig(const Config& config);
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config);
 TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config);
+KmsSubmitBatcherOptions KmsSubmitBatcherOptionsFromConfig(const Config& config);
 
 // Database connections kept beyond the forwarder's workers, for intake, admin calls and
 // the forwarder's claims.

@@ -131,4 +131,28 @@ absl::StatusOr<KmsPort::Receipt> GrpcKmsPort::SubmitTransportKey(const std::stri
   return Receipt{.duplicate = resp.duplicate()};
 }
 
+absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> GrpcKmsPort::SubmitTransportKeys(
+    std::span<const Submission> submissions) {
+  v1::KmsSubmitTransportKeysRequest req;
+  for (const Submission& s : submissions) {
+    v1::KmsSubmitTransportKeyRequest* item = req.add_items();
+    item->set_sn(s.sn);
+    item->set_ctk_pk(std::string(AsString(s.ctk_pk)));
+    item->set_mtms_submission_id(s.submission_id);
+  }
+  RKL_ASSIGN_OR_RETURN(v1::KmsSubmitTransportKeysResponse resp,
+                       kms_.Call(&v1::Kms::Stub::SubmitTransportKeys, req));
+  std::vector<absl::StatusOr<Receipt>> out;
+  out.reserve(resp.outcomes_size());
+  for (const v1::KmsSubmitTransportKeyOutcome& outcome : resp.outcomes()) {
+    if (outcome.code() == 0) {
+      out.push_back(Receipt{.duplicate = outcome.duplicate()});
+    } else {
+      // The item's own answer, exactly as the single call would have returned it.
+      out.push_back(rpc::FromPeerStatus(outcome.code(), outcome.message(), "kms"));
+    }
+  }
+  return out;
+}
+
 }  // namespace rkl::mtms

@@ -50,6 +50,9 @@ class GrpcKmsPort final : public KmsPort {
   GrpcKmsPort(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);
   absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes& ctk_pk,
                                              const std::string& submission_id) override;
+  // One SubmitTransportKeys call (1–64 submissions).
+  absl::StatusOr<std::vector<absl::StatusOr<Receipt>>> SubmitTransportKeys(
+      std::span<const Submission> submissions) override;
 
  private:
   const rpc::PeerClient<v1::Kms> kms_;

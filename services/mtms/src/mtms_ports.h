@@ -56,7 +56,7 @@ class HsmPort {
   // Many translations in one call: one answer per request, in order, each the answer
   // TranslateTransportKey gives for it; an error only when the call itself failed (then it
   // is every request's answer). The default makes one TranslateTransportKey call per
-  // request (mtms_translate_batcher.cc).
+  // request (mtms_batchers.cc).
   virtual absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
       std::span<const TranslateRequest> requests);
 };
@@ -90,6 +90,17 @@ class KmsPort {
   // S107–S108. Idempotent at KMS for the same Ctk_pk.
   virtual absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes& ctk_pk,
                                                      const std::string& submission_id) = 0;
+  struct Submission {
+    std::string sn;
+    Bytes ctk_pk;
+    std::string submission_id;
+  };
+  // Many submissions in one call: one answer per submission, in order, each the answer
+  // SubmitTransportKey gives for it; an error only when the call itself failed (then it is
+  // every submission's answer). The default makes one SubmitTransportKey call per
+  // submission (mtms_batchers.cc).
+  virtual absl::StatusOr<std::vector<absl::StatusOr<Receipt>>> SubmitTransportKeys(
+      std::span<const Submission> submissions);
 };
 
 }  // namespace rkl::mtms

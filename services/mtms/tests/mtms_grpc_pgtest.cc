@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "mtms_batchers.h"
 #include "mtms_core.h"
 #include "mtms_db_roles.h"
 #include "mtms_forwarder.h"
@@ -17,7 +18,6 @@
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
 #include "mtms_process.h"
-#include "mtms_translate_batcher.h"
 #include "rkl/db/connection_pool.h"
 #include "rkl/db/migration.h"
 #include "rkl/mtms/migrations.h"

@@ -12,13 +12,13 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "mtms_batchers.h"
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
 #include "mtms_grpc_ports.h"
 #include "mtms_grpc_service.h"
 #include "mtms_operator_trust.h"
 #include "mtms_pg_repository.h"
-#include "mtms_translate_batcher.h"
 #include "rkl/common/clock.h"
 #include "rkl/crypto/secret_bytes.h"
 #include "rkl/db/connection_pool.h"
@@ -51,7 +51,8 @@ struct MtmsProcess {
         hsm_rpc(rkl::testing::LoopbackChannel(o.hsm_port, o.tls, o.hsm_name), o.rpc_timeout),
         hsm(hsm_rpc, TranslateBatcherOptions{}),
         ca(rkl::testing::LoopbackChannel(o.ca_port, o.tls, o.ca_name), o.rpc_timeout),
-        kms(rkl::testing::LoopbackChannel(o.kms_port, o.tls, o.kms_name), o.rpc_timeout),
+        kms_rpc(rkl::testing::LoopbackChannel(o.kms_port, o.tls, o.kms_name), o.rpc_timeout),
+        kms(kms_rpc, KmsSubmitBatcherOptions{}),
         trust(ca, clock, o.crl_refresh),
         core(repository, hsm, ca, trust, clock, o.core),
         forwarder(repository, hsm, kms, trust, clock, o.forwarder),
@@ -77,7 +78,10 @@ struct MtmsProcess {
   // wire and the batcher falls back to one call per package.
   TranslateBatcher hsm;
   GrpcCaPort ca;
-  GrpcKmsPort kms;
+  GrpcKmsPort kms_rpc;
+  // And submissions go out as SubmitTransportKeys; a KMS without it (the test KMS) answers
+  // UNIMPLEMENTED and the batcher falls back the same way.
+  KmsSubmitBatcher kms;
   OperatorTrust trust;
   MtmsCore core;
   Forwarder forwarder;

@@ -725,6 +725,51 @@ TEST_P(MtmsSuite, TranslationsThroughTheBatcherGiveEachRowItsOwnOutcome) {
   }
 }
 
+TEST_P(MtmsSuite, SubmissionsThroughTheKmsBatcherGiveEachRowItsOwnOutcome) {
+  // As rkl-mtms runs: the workers' translations share TranslateTransportKeys calls and
+  // their submissions SubmitTransportKeys calls; KMS refuses some items and is unreachable
+  // for others, and each row ends as it would have alone.
+  ScriptedKms scripted(kms_);
+  TranslateBatcher hsm(hsm_, {.max_batch = 4, .max_calls = 1});
+  KmsSubmitBatcher kms(scripted, {.max_batch = 4, .max_calls = 1});
+  auto submit = [&](const std::string& kind, int i) {
+    auto r = Submit({.sn = absl::StrCat(kind, "-", i)});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->submission_id : std::string();
+  };
+  std::vector<std::string> ok, refused, down;
+  for (int i = 0; i < 5; ++i) ok.push_back(submit("SN-KB", i));
+  for (int i = 0; i < 2; ++i) refused.push_back(submit(ScriptedKms::kRejectPrefix, i));
+  for (int i = 0; i < 2; ++i) down.push_back(submit(ScriptedKms::kRetryPrefix, i));
+  auto forwarder = MakeForwarderWith(hsm, kms, /*batch_size=*/9, /*workers=*/9);
+  PassResult pass = Pass(forwarder.get());
+  EXPECT_EQ(pass.forwarded, 5u);
+  EXPECT_EQ(pass.rejected, 2u);
+  EXPECT_EQ(pass.retry_later, 2u);
+  EXPECT_GE(kms.batches_sent(), 3u);  // 9 submissions, at most 4 per call
+  EXPECT_LE(kms.batches_sent(), 9u);
+  EXPECT_EQ(kms_.stored(), 5);
+  for (const std::string& id : ok) {
+    SubmissionRecord row = Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kForwarded) << row.sn;
+    auto stored = kms_.Get(row.sn);
+    ASSERT_TRUE(stored.has_value()) << row.sn;
+    auto parsed = protocol::ParseCtkPk(*stored);
+    ASSERT_TRUE(parsed.ok()) << row.sn;
+    EXPECT_EQ(parsed->header.sn, row.sn);  // its own Ctk_pk
+  }
+  for (const std::string& id : refused) {
+    SubmissionRecord row = Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kRejected) << row.sn;
+    EXPECT_THAT(row.reason, HasSubstr("kms: FAILED_PRECONDITION")) << row.sn;
+  }
+  for (const std::string& id : down) {
+    SubmissionRecord row = Row(id);
+    EXPECT_EQ(row.state, SubmissionState::kReceived) << row.sn;
+    EXPECT_THAT(row.last_error, HasSubstr("UNAVAILABLE")) << row.sn;
+  }
+}
+
 TEST_P(MtmsSuite, WorkersBoundTheRowsInProcessAcrossConcurrentPasses) {
   constexpr int kRows = 12;
   constexpr int kWorkers = 3;

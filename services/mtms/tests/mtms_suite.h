@@ -13,10 +13,10 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "mtms_batchers.h"
 #include "mtms_core.h"
 #include "mtms_forwarder.h"
 #include "mtms_operator_trust.h"
-#include "mtms_translate_batcher.h"
 #include "rkl/crypto/random.h"
 #include "rkl/protocol/transport_key.h"
 #include "rkl/testing/conformance.h"

@@ -1,7 +1,9 @@
-// TranslateBatcher: concurrent TranslateTransportKey calls become TranslateTransportKeys
-// calls, each caller gets its own answer, and nothing waits on a timer. The inner port is
-// scripted and can hold batch calls at a gate, so what is batched is deterministic.
-#include "mtms_translate_batcher.h"
+// The batchers: concurrent TranslateTransportKey (SubmitTransportKey) calls become
+// TranslateTransportKeys (SubmitTransportKeys) calls, each caller gets its own answer, and
+// nothing waits on a timer. The inner ports are scripted and can hold batch calls at a gate,
+// so what is batched is deterministic. PeerBatcher's rules are shown through
+// TranslateBatcher; KmsSubmitBatcher's cases show the same rules hold for KMS.
+#include "mtms_batchers.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -257,6 +259,164 @@ TEST(TranslateBatcherTest, MaxBatchOneSendsSingleCallsOnly) {
   for (const auto& [sn, answer] : answers) EXPECT_EQ(answer.value_or(Bytes{}), AnswerFor(sn));
   EXPECT_TRUE(hsm.batches().empty());
   EXPECT_EQ(hsm.single_calls(), 2);
+}
+
+// ---- KmsSubmitBatcher ----------------------------------------------------------------
+
+// Answers each submission by its SN ("OLD-…" is KMS's refusal of an older package, "DUP-…"
+// a duplicate); can hold batch calls until Release(), and can lack the batch call.
+class GatedKms final : public KmsPort {
+ public:
+  absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes&,
+                                             const std::string&) override {
+    absl::MutexLock lock(&mu_);
+    ++single_calls_;
+    return Answer(sn);
+  }
+  absl::StatusOr<std::vector<absl::StatusOr<Receipt>>> SubmitTransportKeys(
+      std::span<const Submission> submissions) override {
+    absl::MutexLock lock(&mu_);
+    ++in_flight_;
+    std::vector<std::string> sns;
+    for (const auto& s : submissions) sns.push_back(s.sn);
+    batches_.push_back(sns);
+    mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
+    --in_flight_;
+    if (!batch_status_.ok()) return batch_status_;
+    std::vector<absl::StatusOr<Receipt>> out;
+    for (const auto& s : submissions) out.push_back(Answer(s.sn));
+    return out;
+  }
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    open_ = false;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    open_ = true;
+  }
+  void FailBatches(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    batch_status_ = std::move(s);
+  }
+  bool WaitForInFlight(int n) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
+  }
+  std::vector<std::vector<std::string>> batches() {
+    absl::MutexLock lock(&mu_);
+    return batches_;
+  }
+  int single_calls() {
+    absl::MutexLock lock(&mu_);
+    return single_calls_;
+  }
+
+ private:
+  static absl::StatusOr<Receipt> Answer(const std::string& sn) {
+    if (absl::StartsWith(sn, "OLD-")) {
+      return absl::FailedPreconditionError("ctk_pk: older than the stored transport key");
+    }
+    return Receipt{.duplicate = absl::StartsWith(sn, "DUP-")};
+  }
+
+  absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
+};
+
+// Runs SubmitTransportKey for each SN on its own thread; answers by SN.
+class Submitters {
+ public:
+  Submitters(KmsPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
+    for (const std::string& sn : sns_) {
+      threads_.emplace_back([this, &port, sn] {
+        auto answer = port.SubmitTransportKey(sn, Bytes{1, 2, 3}, "sub-" + sn);
+        absl::MutexLock lock(&mu_);
+        answers_.emplace(sn, std::move(answer));
+      });
+    }
+  }
+  std::map<std::string, absl::StatusOr<KmsPort::Receipt>> Join() {
+    for (auto& t : threads_) t.join();
+    absl::MutexLock lock(&mu_);
+    return answers_;
+  }
+
+ private:
+  std::vector<std::string> sns_;
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  std::map<std::string, absl::StatusOr<KmsPort::Receipt>> answers_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(KmsSubmitBatcherTest, SubmissionsQueuedBehindACallGoInOneBatchEachWithItsOwnAnswer) {
+  GatedKms kms;
+  KmsSubmitBatcher batcher(kms, {.max_batch = 16, .max_calls = 1});
+  kms.Hold();
+  Submitters first(batcher, {"SN-FIRST"});
+  ASSERT_TRUE(kms.WaitForInFlight(1));
+  const std::vector<std::string> rest = {"SN-1", "OLD-2", "DUP-3", "SN-4"};
+  Submitters queued(batcher, rest);
+  ASSERT_TRUE(rkl::testing::WaitUntil([&] { return batcher.queued_for_test() >= rest.size(); }));
+  kms.Release();
+  auto answers = first.Join();
+  auto more = queued.Join();
+  answers.insert(more.begin(), more.end());
+  auto batches = kms.batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_THAT(batches[0], ElementsAre("SN-FIRST"));
+  EXPECT_EQ(batches[1].size(), rest.size());
+  ASSERT_EQ(answers.size(), 5u);
+  for (const auto& [sn, answer] : answers) {
+    SCOPED_TRACE(sn);
+    if (absl::StartsWith(sn, "OLD-")) {
+      EXPECT_EQ(answer.status().code(), absl::StatusCode::kFailedPrecondition);
+    } else {
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      EXPECT_EQ(answer->duplicate, absl::StartsWith(sn, "DUP-"));
+    }
+  }
+  EXPECT_EQ(kms.single_calls(), 0);
+  EXPECT_EQ(batcher.batches_sent(), 2u);
+}
+
+TEST(KmsSubmitBatcherTest, AFailedBatchCallIsEveryItemsAnswer) {
+  GatedKms kms;
+  KmsSubmitBatcher batcher(kms, {.max_batch = 16, .max_calls = 1});
+  kms.FailBatches(absl::UnavailableError("kms unavailable: connection refused"));
+  for (const auto& [sn, answer] : Submitters(batcher, {"SN-1", "SN-2"}).Join()) {
+    EXPECT_EQ(answer.status(), absl::UnavailableError("kms unavailable: connection refused"));
+  }
+  EXPECT_EQ(kms.single_calls(), 0);
+}
+
+TEST(KmsSubmitBatcherTest, AKmsWithoutTheBatchCallIsSentOneByOneFromThenOn) {
+  GatedKms kms;
+  KmsSubmitBatcher batcher(kms, {.max_batch = 16, .max_calls = 1});
+  kms.FailBatches(absl::UnimplementedError("unknown method SubmitTransportKeys"));
+  auto first = batcher.SubmitTransportKey("DUP-1", Bytes{1}, "s");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->duplicate);
+  EXPECT_TRUE(batcher.batch_unsupported());
+  EXPECT_EQ(batcher.SubmitTransportKey("OLD-2", Bytes{1}, "s").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(kms.batches().size(), 1u);  // tried once, then remembered
+  EXPECT_EQ(kms.single_calls(), 2);
+}
+
+TEST(KmsSubmitBatcherTest, MaxBatchOneSendsSingleCallsOnly) {
+  GatedKms kms;
+  KmsSubmitBatcher batcher(kms, {.max_batch = 1, .max_calls = 4});
+  for (const auto& [sn, answer] : Submitters(batcher, {"SN-1", "SN-2"}).Join()) {
+    EXPECT_TRUE(answer.ok()) << sn;
+  }
+  EXPECT_TRUE(kms.batches().empty());
+  EXPECT_EQ(kms.single_calls(), 2);
 }
 
 }  // namespace

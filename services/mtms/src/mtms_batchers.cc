@@ -1,0 +1,78 @@
+#include "mtms_batchers.h"
+
+namespace rkl::mtms {
+
+// The defaults for ports without a batch RPC (fakes, older peers): one call per request.
+absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmPort::TranslateTransportKeys(
+    std::span<const TranslateRequest> requests) {
+  std::vector<absl::StatusOr<Bytes>> out;
+  out.reserve(requests.size());
+  for (const TranslateRequest& request : requests) out.push_back(TranslateTransportKey(request));
+  return out;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> KmsPort::SubmitTransportKeys(
+    std::span<const Submission> submissions) {
+  std::vector<absl::StatusOr<Receipt>> out;
+  out.reserve(submissions.size());
+  for (const Submission& s : submissions) {
+    out.push_back(SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id));
+  }
+  return out;
+}
+
+TranslateBatcher::TranslateBatcher(HsmPort& inner, TranslateBatcherOptions options)
+    : inner_(inner),
+      batcher_({.name = "hsm",
+                .batch_rpc = "TranslateTransportKeys",
+                .who = "HSM #1 (an older rkl-hsm?)",
+                .batch =
+                    [&inner](std::span<const TranslateRequest> requests) {
+                      return inner.TranslateTransportKeys(requests);
+                    },
+                .one =
+                    [&inner](const TranslateRequest& request) {
+                      return inner.TranslateTransportKey(request);
+                    }},
+               options) {}
+
+absl::StatusOr<HsmPort::RsaKeyPair> TranslateBatcher::GenerateRsaKeyPair(uint32_t bits,
+                                                                         const std::string& label) {
+  return inner_.GenerateRsaKeyPair(bits, label);
+}
+
+absl::StatusOr<Bytes> TranslateBatcher::TranslateTransportKey(const TranslateRequest& request) {
+  return batcher_.Call(request);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateBatcher::TranslateTransportKeys(
+    std::span<const TranslateRequest> requests) {
+  return inner_.TranslateTransportKeys(requests);
+}
+
+KmsSubmitBatcher::KmsSubmitBatcher(KmsPort& inner, KmsSubmitBatcherOptions options)
+    : inner_(inner),
+      batcher_({.name = "kms",
+                .batch_rpc = "SubmitTransportKeys",
+                .who = "KMS (an older rkl-kms?)",
+                .batch =
+                    [&inner](std::span<const Submission> submissions) {
+                      return inner.SubmitTransportKeys(submissions);
+                    },
+                .one =
+                    [&inner](const Submission& s) {
+                      return inner.SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id);
+                    }},
+               options) {}
+
+absl::StatusOr<KmsPort::Receipt> KmsSubmitBatcher::SubmitTransportKey(
+    const std::string& sn, const Bytes& ctk_pk, const std::string& submission_id) {
+  return batcher_.Call({.sn = sn, .ctk_pk = ctk_pk, .submission_id = submission_id});
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> KmsSubmitBatcher::SubmitTransportKeys(
+    std::span<const Submission> submissions) {
+  return inner_.SubmitTransportKeys(submissions);
+}
+
+}  // namespace rkl::mtms
