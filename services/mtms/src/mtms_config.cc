@@ -88,6 +88,12 @@ ConfigSchema MakeMtmsConfigSchema() {
            "rows of a batch forwarded at once (threads calling HSM #1 and KMS in parallel)")
       .Default("16")
       .Range(1, 256);
+  schema
+      .Int("forwarder.finish_batch",
+           "FORWARDED rows the workers write together in one statement at most "
+           "(1 = one statement per package)")
+      .Default("16")
+      .Range(1, 64);
   schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
   schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
@@ -146,6 +152,7 @@ ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {
       .mak_index = static_cast<uint64_t>(config.GetInt("hsm.mak_index")),
       .batch_size = static_cast<int>(config.GetInt("forwarder.batch")),
       .workers = static_cast<int>(config.GetInt("forwarder.workers")),
+      .finish_batch = static_cast<int>(config.GetInt("forwarder.finish_batch")),
       .interval = config.GetDuration("forwarder.interval"),
       .initial_backoff = config.GetDuration("forwarder.initial_backoff"),
       .max_backoff = config.GetDuration("forwarder.max_backoff"),

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "mtms_metrics.h"
 #include "rkl/audit/actions.h"
+#include "rkl/audit/audit_chain.h"
 #include "rkl/common/parallel.h"
 #include "rkl/common/request_id.h"
 #include "rkl/common/status_macros.h"
@@ -55,6 +56,17 @@ ForwarderOptions Normalized(ForwarderOptions options) {
 
 }  // namespace
 
+// The default for repositories without a batch write: one FinishForwarded per row.
+absl::StatusOr<std::vector<absl::StatusOr<bool>>> MtmsRepository::FinishForwardedMany(
+    std::span<const ForwardedFinish> rows) {
+  std::vector<absl::StatusOr<bool>> out;
+  out.reserve(rows.size());
+  for (const ForwardedFinish& row : rows) {
+    out.push_back(FinishForwarded(row.submission_id, row.claim_token, row.now_ms, row.audit));
+  }
+  return out;
+}
+
 Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, OperatorTrust& trust,
                      const Clock& clock, ForwarderOptions options)
     : repository_(repository),
@@ -62,7 +74,20 @@ Forwarder::Forwarder(MtmsRepository& repository, HsmPort& hsm, KmsPort& kms, Ope
       kms_(kms),
       trust_(trust),
       clock_(clock),
-      options_(Normalized(std::move(options))) {}
+      options_(Normalized(std::move(options))),
+      finishes_({.name = "mtms-db",
+                 .batch_rpc = "FinishForwardedMany",
+                 .who = "the repository",
+                 .batch =
+                     [this](std::span<const MtmsRepository::ForwardedFinish> rows) {
+                       return repository_.FinishForwardedMany(rows);
+                     },
+                 .one =
+                     [this](const MtmsRepository::ForwardedFinish& row) {
+                       return repository_.FinishForwarded(row.submission_id, row.claim_token,
+                                                          row.now_ms, row.audit);
+                     }},
+                {.max_batch = options_.finish_batch, .max_calls = options_.finish_calls}) {}
 
 Forwarder::~Forwarder() { Stop(); }
 
@@ -391,8 +416,12 @@ Forwarder::Outcome Forwarder::Process(const SubmissionRecord& row, const std::st
       .detail = absl::StrCat("submission ", row.submission_id, " work key index ",
                              facts.work_key_index, receipt->duplicate ? " (kms: duplicate)" : ""),
       .result = "OK"};
-  absl::StatusOr<bool> done =
-      repository_.FinishForwarded(row.submission_id, claim_token, NowUnixMs(clock_), audit);
+  // With the finishes of the other workers' rows, in one write (finish_batch); the request
+  // id is this row's, taken here on its own thread.
+  absl::StatusOr<bool> done = finishes_.Call({.submission_id = row.submission_id,
+                                              .claim_token = claim_token,
+                                              .now_ms = NowUnixMs(clock_),
+                                              .audit = audit::WithCurrentRequestId(audit)});
   if (!done.ok()) {
     // KMS has it; the row stays RECEIVED and the retry is a duplicate KMS recognises.
     spdlog::warn("forwarder: submission {} forwarded but not marked: {}", row.submission_id,

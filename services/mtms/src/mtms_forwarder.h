@@ -13,7 +13,8 @@
 // The work key's state and HSM #1 index, and whether the row has a newer sibling, come
 // with the row from the statement that claimed it (SubmissionRecord::ClaimFacts); only a row
 // with a newer sibling costs a statement before the finish (FinishSupersededIfNewer), so
-// a package is one statement here: its finish.
+// a package is one statement here: its finish, which concurrent workers' FORWARDED rows
+// share (finish_batch; MtmsRepository::FinishForwardedMany).
 // Outcomes: package-specific refusals (stored package no longer verifies, work key
 // retired, HSM UNAUTHENTICATED/INVALID_ARGUMENT, KMS INVALID_ARGUMENT/FAILED_PRECONDITION/
 // UNAUTHENTICATED/ALREADY_EXISTS/NOT_FOUND) → REJECTED with the reason, never retried; every
@@ -69,6 +70,7 @@
 #include "absl/types/span.h"
 #include "mtms_hand_off.h"
 #include "mtms_operator_trust.h"
+#include "mtms_peer_batcher.h"
 #include "mtms_ports.h"
 #include "mtms_repository.h"
 #include "rkl/common/clock.h"
@@ -85,6 +87,11 @@ struct ForwarderOptions {
   int batch_size = 32;
   // Rows of a batch processed at once (1 = one after the other). Values below 1 count as 1.
   int workers = 16;
+  // The FORWARDED finishes of concurrent workers are written together, at most this many
+  // per statement (1 = one statement per package) and `finish_calls` such writes at once
+  // (mtms_peer_batcher.h: no timer, a lone finish is written at once).
+  int finish_batch = 16;
+  int finish_calls = 4;
   absl::Duration interval = absl::Seconds(5);
   absl::Duration initial_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(5);
@@ -184,6 +191,8 @@ class Forwarder final : public IntakeHandOff {
   OperatorTrust& trust_;
   const Clock clock_;
   const ForwarderOptions options_;
+
+  PeerBatcher<MtmsRepository::ForwardedFinish, bool> finishes_;
 
   mutable absl::Mutex mu_;
   bool running_ ABSL_GUARDED_BY(mu_) = false;

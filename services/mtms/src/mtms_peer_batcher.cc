@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "mtms_ports.h"
+#include "mtms_repository.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl::mtms {
@@ -109,8 +110,9 @@ bool PeerBatcher<Request, Value>::batch_unsupported() {
   return batch_unsupported_;
 }
 
-// The two peers with a batch RPC.
+// The two peers with a batch RPC, and the forwarder's finishes (its database).
 template class PeerBatcher<HsmPort::TranslateRequest, Bytes>;
 template class PeerBatcher<KmsPort::Submission, KmsPort::Receipt>;
+template class PeerBatcher<MtmsRepository::ForwardedFinish, bool>;
 
 }  // namespace rkl::mtms

@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "rkl/common/json.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/db/prepared.h"
 #include "rkl/db/row.h"
@@ -156,6 +157,22 @@ const std::string kFinishForwarded = WithAudit(
     " last_error = '', claimed_by = NULL, claimed_until_ms = NULL"
     " WHERE submission_id = $1 AND claimed_by = $2 AND state = 'RECEIVED'",
     4);
+// FinishForwardedMany: the rows as one JSON array $1 (ord, submission_id, claim, at_ms), each
+// finished as kFinishForwarded finishes it; the audit entries ($2, one per row, "ord" its row's)
+// only for the rows that changed. Returns the ord of each row that changed.
+const std::string kFinishForwardedMany = absl::StrCat(
+    "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(ord int, submission_id text, "
+    "claim text, at_ms bigint)), "
+    "f AS (UPDATE sn_key_mtms s SET state = 'FORWARDED', forwarded_at_ms = r.at_ms, "
+    "attempts = s.attempts + 1, last_error = '', claimed_by = NULL, claimed_until_ms = NULL "
+    "FROM r WHERE s.submission_id = r.submission_id AND s.claimed_by = r.claim "
+    "AND s.state = 'RECEIVED' RETURNING r.ord), "
+    "a AS (INSERT INTO audit_pending (id, at_ms, actor, action, sn, detail, result, mac, "
+    "request_id) SELECT x.id, x.at_ms, x.actor, x.action, x.sn, x.detail, x.result, "
+    "decode(x.mac, 'hex'), x.request_id FROM jsonb_to_recordset($2::jsonb) AS x(ord int, "
+    "id bigint, at_ms bigint, actor text, action text, sn text, detail text, result text, "
+    "mac text, request_id text) WHERE x.ord IN (SELECT ord FROM f) ORDER BY x.ord) "
+    "SELECT ord FROM f");
 const std::string kFinishRejected = WithAudit(
     "UPDATE sn_key_mtms SET state = 'REJECTED', reason = $3, attempts = attempts + 1,"
     " claimed_by = NULL, claimed_until_ms = NULL"
@@ -444,6 +461,32 @@ absl::StatusOr<bool> PgMtmsRepository::FinishForwarded(const std::string& submis
                                                        const std::string& claim_token,
                                                        int64_t now_ms, const AuditEntry& audit) {
   return FinishWithAudit(kFinishForwarded, submission_id, claim_token, now_ms, audit);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<bool>>> PgMtmsRepository::FinishForwardedMany(
+    std::span<const ForwardedFinish> rows) {
+  JsonRows json;
+  std::vector<AuditEntry> audit;
+  audit.reserve(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    json.Row()
+        .Field("ord", static_cast<int64_t>(i))
+        .Field("submission_id", rows[i].submission_id)
+        .Field("claim", rows[i].claim_token)
+        .Field("at_ms", rows[i].now_ms);
+    audit.push_back(rows[i].audit);
+  }
+  const std::string rows_json = json.Finish();
+  RKL_ASSIGN_OR_RETURN(const std::string audit_json, audit_.PreparePendingJson(audit));
+  return db::RunAutocommitWrite(
+      pool_, [&](db::OneStatement& stmt) -> absl::StatusOr<std::vector<absl::StatusOr<bool>>> {
+        std::vector<absl::StatusOr<bool>> out(rows.size(), false);
+        for (const pqxx::row& row : stmt.Exec(kFinishForwardedMany, rows_json, audit_json)) {
+          const int64_t ord = row[0].as<int64_t>();
+          if (ord >= 0 && static_cast<size_t>(ord) < out.size()) out[ord] = true;
+        }
+        return out;
+      });
 }
 
 absl::StatusOr<bool> PgMtmsRepository::FinishRejected(const std::string& submission_id,

@@ -53,6 +53,8 @@ class PgMtmsRepository final : public audit::PgServiceRepository<MtmsRepository>
   absl::StatusOr<bool> FinishForwarded(const std::string& submission_id,
                                        const std::string& claim_token, int64_t now_ms,
                                        const AuditEntry& audit) override;
+  absl::StatusOr<std::vector<absl::StatusOr<bool>>> FinishForwardedMany(
+      std::span<const ForwardedFinish> rows) override;
   absl::StatusOr<bool> FinishSupersededIfNewer(const std::string& submission_id,
                                                const std::string& claim_token,
                                                const std::string& reason,

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -203,6 +204,18 @@ class MtmsRepository {
   virtual absl::StatusOr<bool> FinishForwarded(const std::string& submission_id,
                                                const std::string& claim_token, int64_t now_ms,
                                                const AuditEntry& audit) = 0;
+  // FinishForwarded for several rows in one transaction: one answer per row, in order,
+  // each what FinishForwarded would answer; an error only when the write itself failed
+  // (nothing changed). Each audit entry is written as given (its request id included). The
+  // default finishes the rows one by one.
+  struct ForwardedFinish {
+    std::string submission_id;
+    std::string claim_token;
+    int64_t now_ms = 0;
+    AuditEntry audit;
+  };
+  virtual absl::StatusOr<std::vector<absl::StatusOr<bool>>> FinishForwardedMany(
+      std::span<const ForwardedFinish> rows);
   virtual absl::StatusOr<bool> FinishRejected(const std::string& submission_id,
                                               const std::string& claim_token,
                                               const std::string& reason,

@@ -519,6 +519,56 @@ TEST_P(MtmsSuite, ExpiredLeaseIsTakenOverAndTheStaleClaimantCannotFinish) {
   EXPECT_EQ(Row(receipt->submission_id).state, SubmissionState::kForwarded);
 }
 
+TEST_P(MtmsSuite, FinishingSeveralRowsAtOnceFinishesWhatEachClaimHoldsAndAuditsOnlyThose) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto receipt = Submit({.sn = absl::StrCat("SN-FM-", i)});
+    ASSERT_TRUE(receipt.ok()) << receipt.status();
+    ids.push_back(receipt->submission_id);
+  }
+  auto claimed = ClaimAsCrashedReplica();
+  ASSERT_TRUE(claimed.ok() && claimed->size() == 3u);
+  const int64_t now = clock_.NowUnixMs();
+  std::vector<MtmsRepository::ForwardedFinish> rows;
+  for (int i = 0; i < 3; ++i) {
+    rows.push_back({.submission_id = ids[i],
+                    // The middle row's claim is not this caller's.
+                    .claim_token = i == 1 ? std::string("another-claim") : kCrashedReplica,
+                    .now_ms = now,
+                    .audit = AuditEntry{.at_ms = now,
+                                        .actor = "mtms",
+                                        .action = rkl::audit::action::kPackageForward,
+                                        .sn = absl::StrCat("SN-FM-", i),
+                                        .detail = absl::StrCat("submission ", ids[i]),
+                                        .result = "OK",
+                                        .request_id = absl::StrCat("rid-fm-", i)}});
+  }
+  auto finished = backend_->Replica(0).FinishForwardedMany(rows);
+  ASSERT_TRUE(finished.ok()) << finished.status();
+  ASSERT_EQ(finished->size(), 3u);
+  EXPECT_EQ((*finished)[0].value_or(false), true);
+  EXPECT_EQ((*finished)[1].value_or(true), false);
+  EXPECT_EQ((*finished)[2].value_or(false), true);
+  EXPECT_EQ(Row(ids[0]).state, SubmissionState::kForwarded);
+  EXPECT_EQ(Row(ids[0]).attempts, 1u);
+  EXPECT_EQ(Row(ids[1]).state, SubmissionState::kReceived);
+  EXPECT_EQ(Row(ids[1]).attempts, 0u);
+  EXPECT_EQ(Row(ids[2]).state, SubmissionState::kForwarded);
+  // Each record with its own row's request id; none for the row that did not change.
+  std::map<std::string, std::string> forward_audit;  // sn -> request id
+  absl::StatusOr<std::vector<AuditEntry>> audit = backend_->Replica(0).ListAudit(100);
+  ASSERT_TRUE(audit.ok()) << audit.status();
+  for (const AuditEntry& e : *audit) {
+    if (e.action == rkl::audit::action::kPackageForward) forward_audit[e.sn] = e.request_id;
+  }
+  EXPECT_EQ(forward_audit,
+            (std::map<std::string, std::string>{{"SN-FM-0", "rid-fm-0"}, {"SN-FM-2", "rid-fm-2"}}));
+  // Finished rows are not finished twice.
+  auto again = backend_->Replica(0).FinishForwardedMany(rows);
+  ASSERT_TRUE(again.ok()) << again.status();
+  for (const auto& r : *again) EXPECT_EQ(r.value_or(true), false);
+}
+
 TEST_P(MtmsSuite, RetryAfterKmsAcceptedButRowNotMarkedIsADuplicateAtKms) {
   // Ctk_pk is deterministic per package: a replica that crashed after KMS accepted sends
   // the same bytes again, and KMS sees a duplicate, not a second transport key.
