@@ -189,7 +189,7 @@ std::vector<ServiceUnderTest> Services() {
       {"rkl.v1.Mtms", "mtms", admin},
       {"rkl.v1.Kms", "kms",
        [](const std::string& m) {
-         if (m == "SubmitTransportKey") return Who::kMtms;
+         if (m == "SubmitTransportKey" || m == "SubmitTransportKeys") return Who::kMtms;
          if (m == "BeginAuthentication" || m == "CompleteAuthentication" ||
              m == "ConfirmInstallation" || m == "GetKdhCredential" || m == "RequestKeyToken" ||
              m == "ConfirmKeyToken") {
@@ -346,6 +346,41 @@ TEST_F(KmsBadInput, SubmitTransportKey) {
   // Only MTMS may hand KMS a transport key.
   EXPECT_CODE(Call(*admin_, &K::SubmitTransportKey, req), StatusCode::PERMISSION_DENIED);
   EXPECT_CODE(Call(*terminal_, &K::SubmitTransportKey, req), StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(KmsBadInput, SubmitTransportKeys) {
+  rkl::v1::KmsSubmitTransportKeysRequest batch;
+  // No items, or more than 64: the call is refused whole.
+  EXPECT_CODE(Call(*mtms_, &K::SubmitTransportKeys, batch), StatusCode::INVALID_ARGUMENT);
+  for (int i = 0; i < 65; ++i) {
+    auto* item = batch.add_items();
+    item->set_sn(absl::StrCat("E2E-BAD-BATCH-", i));
+    item->set_ctk_pk("RKL1garbage");
+  }
+  EXPECT_CODE(Call(*mtms_, &K::SubmitTransportKeys, batch), StatusCode::INVALID_ARGUMENT);
+  // Bad items are each refused as SubmitTransportKey refuses them, in their own outcome.
+  batch.clear_items();
+  for (const std::string& sn : BadSns()) {
+    auto* item = batch.add_items();
+    item->set_sn(sn);
+    item->set_ctk_pk(std::string(120, '\x01'));
+  }
+  auto* item = batch.add_items();
+  item->set_sn("E2E-BAD-BATCH");
+  item->set_ctk_pk("RKL1garbage");
+  item->set_mtms_submission_id(Big(129));
+  auto ctx = rpc::MakeClientContext(absl::Seconds(30));
+  rkl::v1::KmsSubmitTransportKeysResponse outcomes;
+  const grpc::Status s = mtms_->SubmitTransportKeys(ctx.get(), batch, &outcomes);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(outcomes.outcomes_size(), batch.items_size());
+  for (const auto& outcome : outcomes.outcomes()) {
+    EXPECT_EQ(outcome.code(), static_cast<int>(StatusCode::INVALID_ARGUMENT)) << outcome.message();
+    EXPECT_LT(outcome.message().size(), kMaxErrorMessage) << "message echoes input";
+  }
+  // Only MTMS may hand KMS transport keys.
+  EXPECT_CODE(Call(*admin_, &K::SubmitTransportKeys, batch), StatusCode::PERMISSION_DENIED);
+  EXPECT_CODE(Call(*terminal_, &K::SubmitTransportKeys, batch), StatusCode::PERMISSION_DENIED);
 }
 
 TEST_F(KmsBadInput, BeginAuthentication) {
