@@ -6,7 +6,8 @@
 # Two terminals are provisioned one after the other; rkl-pos logs each flow's id when it
 # starts ("terminal <sn>: flow starts request_id=<id>"). For each terminal the id must be in
 # the log of MTMS (SubmitTransportKey), HSM #1 (the translation MTMS's forwarder asked for),
-# KMS (the forwarder's SubmitTransportKey and the terminal's own calls) and HSM #2 (KMS's
+# KMS (the forwarder's SubmitTransportKeys call, KMS's intake line for the package, and the
+# terminal's own calls) and HSM #2 (KMS's
 # calls for the terminal); no log line may carry both terminals' ids, or the id of one and
 # the SN of the other. The audit chains of MTMS, HSM #1, KMS and HSM #2 must hold records of
 # the terminal under its id (KMS: its receipt, authentication, delivery and installation;
@@ -60,7 +61,8 @@ for sn in "${sns[@]}"; do
   # Where the id must have arrived, by what the line shows was served under it.
   for check in "mtms|rpc /rkl.v1.Mtms/SubmitTransportKey " \
     "hsm-mtms|rpc /rkl.v1.Hsm/TranslateTransportKey" \
-    "kms|rpc /rkl.v1.Kms/SubmitTransportKey " \
+    "kms|rpc /rkl.v1.Kms/SubmitTransportKey" \
+    "kms|intake: sn=$sn submission " \
     "kms|rpc /rkl.v1.Kms/BeginAuthentication " \
     "kms|rpc /rkl.v1.Kms/ConfirmInstallation " \
     "hsm-kms|rpc /rkl.v1.Hsm/"; do

@@ -323,6 +323,28 @@ absl::StatusOr<SubmitResult> KmsCore::SubmitTransportKey(const std::string& acto
   return SubmitForKnownSn(actor, tk);
 }
 
+namespace {
+
+// An item of a SubmitTransportKeys batch is served under its own flow's request id.
+ScopedRequestId ItemScope(const TkSubmission& item) {
+  return ScopedRequestId(item.request_id.empty() ? std::string(CurrentRequestId())
+                                                 : item.request_id);
+}
+
+// One line per item of a batch, under its request id: the batch call's RPC line names only
+// the id of the package whose MTMS worker sent it.
+void LogItem(const TkSubmission& item, const absl::StatusOr<SubmitResult>& result) {
+  if (result.ok()) {
+    spdlog::info("intake: sn={} submission {} {}", item.sn, item.mtms_submission_id,
+                 result->duplicate ? "duplicate" : "stored");
+  } else {
+    spdlog::info("intake: sn={} submission {} refused: {}", item.sn, item.mtms_submission_id,
+                 result.status().ToString());
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTransportKeys(
     const std::string& actor, std::span<const TkSubmission> items) {
   if (items.empty() || items.size() > kMaxSubmitBatch) {
@@ -332,7 +354,9 @@ absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTranspo
   std::vector<absl::StatusOr<SubmitResult>> out(items.size(),
                                                 absl::InternalError("kms: item not answered"));
   if (items.size() == 1) {
+    const ScopedRequestId scope = ItemScope(items[0]);
     out[0] = SubmitTransportKey(actor, items[0].sn, items[0].ctk_pk, items[0].mtms_submission_id);
+    LogItem(items[0], out[0]);
     return out;
   }
   // Each item's own checks, then one write for the first TK of every SN named once so far.
@@ -341,6 +365,7 @@ absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTranspo
   std::vector<KmsRepository::FirstTransportKey> rows;
   std::set<std::string_view> named;
   for (size_t i = 0; i < items.size(); ++i) {
+    const ScopedRequestId scope = ItemScope(items[i]);
     absl::StatusOr<CheckedTk> tk =
         CheckSubmission(actor, items[i].sn, items[i].ctk_pk, items[i].mtms_submission_id);
     if (!tk.ok()) {
@@ -350,7 +375,7 @@ absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTranspo
     checked[i] = *std::move(tk);
     if (!named.insert(items[i].sn).second) continue;
     firsts.push_back(i);
-    auto [terminal, audit] = FirstTk(actor, *checked[i]);
+    auto [terminal, audit] = FirstTk(actor, *checked[i]);  // audit under the item's id
     rows.push_back({.terminal = std::move(terminal), .audit = {std::move(audit)}});
   }
   std::vector<bool> stored(items.size(), false);
@@ -361,18 +386,23 @@ absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> KmsCore::SubmitTranspo
       for (size_t i = 0; i < items.size(); ++i) {
         if (checked[i]) out[i] = inserted.status();
       }
-      return out;
     } else {
       for (size_t n = 0; n < firsts.size(); ++n) {
         if (!(*inserted)[n]) continue;
         stored[firsts[n]] = true;
         out[firsts[n]] = SubmitResult{TerminalState::kTkReceived, false};
       }
+      // Known SNs, and SNs named again: the single call's way, in batch order.
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (!checked[i] || stored[i]) continue;
+        const ScopedRequestId scope = ItemScope(items[i]);
+        out[i] = SubmitForKnownSn(actor, *checked[i]);
+      }
     }
   }
-  // Known SNs, and SNs named again: the single call's way, in batch order.
   for (size_t i = 0; i < items.size(); ++i) {
-    if (checked[i] && !stored[i]) out[i] = SubmitForKnownSn(actor, *checked[i]);
+    const ScopedRequestId scope = ItemScope(items[i]);
+    LogItem(items[i], out[i]);
   }
   return out;
 }

@@ -124,6 +124,7 @@ struct TkSubmission {
   std::string sn;
   Bytes ctk_pk;
   std::string mtms_submission_id;
+  std::string request_id;  // its flow's; empty: the caller's current one
 };
 
 struct BeginResult {
@@ -184,7 +185,8 @@ class KmsCore {
   // SubmitTransportKey gives for it (same checks, refusals and audit records). The first TKs
   // of SNs KMS does not know yet are stored together in one write; every other item (an SN
   // KMS knows, or one named again later in the batch) then goes the single call's way, in
-  // batch order. An error only for no items or more than kMaxSubmitBatch.
+  // batch order. Each item's checks, audit records and log line carry its own request_id.
+  // An error only for no items or more than kMaxSubmitBatch.
   absl::StatusOr<std::vector<absl::StatusOr<SubmitResult>>> SubmitTransportKeys(
       const std::string& actor, std::span<const TkSubmission> items);
 

@@ -6,6 +6,7 @@
 #include "rkl/crypto/x509.h"
 #include "rkl/protocol/proto_enums.h"
 #include "rkl/protocol/sn.h"
+#include "rkl/rpc/call_context.h"
 #include "spdlog/spdlog.h"
 
 namespace rkl::kms {
@@ -105,10 +106,17 @@ KmsGrpcService::KmsGrpcService(KmsCore& core, audit::PgAuditLog& audit, Terminal
               rkl::v1::KmsSubmitTransportKeysResponse* resp) -> absl::Status {
          std::vector<TkSubmission> items;
          items.reserve(req->items_size());
-         for (const rkl::v1::KmsSubmitTransportKeyRequest& item : req->items()) {
+         for (int i = 0; i < req->items_size(); ++i) {
+           const rkl::v1::KmsSubmitTransportKeyRequest& item = req->items(i);
+           // An item's flow id, checked as the call's own is where it enters; else the call's.
+           std::string request_id;
+           if (i < req->request_ids_size() && rpc::IsWellFormedRequestId(req->request_ids(i))) {
+             request_id = req->request_ids(i);
+           }
            items.push_back({.sn = item.sn(),
                             .ctk_pk = Bytes(item.ctk_pk().begin(), item.ctk_pk().end()),
-                            .mtms_submission_id = item.mtms_submission_id()});
+                            .mtms_submission_id = item.mtms_submission_id(),
+                            .request_id = std::move(request_id)});
          }
          RKL_ASSIGN_OR_RETURN(auto results, core_.SubmitTransportKeys(call.caller, items));
          for (const absl::StatusOr<SubmitResult>& result : results) {

@@ -280,7 +280,10 @@ TEST_P(KmsCoreSuite, ABatchStoresEachNewSnAsTheSingleCallWould) {
   for (const TestTerminal& t : terminals) {
     absl::StatusOr<Bytes> ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
     ASSERT_TRUE(ctk.ok());
-    items.push_back({.sn = t.sn(), .ctk_pk = *ctk, .mtms_submission_id = "sub-" + t.sn()});
+    items.push_back({.sn = t.sn(),
+                     .ctk_pk = *ctk,
+                     .mtms_submission_id = "sub-" + t.sn(),
+                     .request_id = "rid-" + t.sn()});
   }
   auto results = core_->SubmitTransportKeys(kMtms, items);
   ASSERT_TRUE(results.ok()) << results.status();
@@ -301,6 +304,12 @@ TEST_P(KmsCoreSuite, ABatchStoresEachNewSnAsTheSingleCallWould) {
     EXPECT_FALSE(stored.tek_index.has_value());
     EXPECT_FALSE(stored.tmk_index.has_value());
     EXPECT_EQ(CountAudit(items[i].sn, rkl::audit::action::kTkReceive, "OK"), 1);
+    // Under its own flow's request id, not the batch's.
+    for (const AuditEntry& e : AuditOf(items[i].sn)) {
+      if (e.action == rkl::audit::action::kTkReceive) {
+        EXPECT_EQ(e.request_id, "rid-" + items[i].sn);
+      }
+    }
   }
   // What was stored is what a terminal authenticates against.
   for (TestTerminal& t : terminals) {
@@ -329,14 +338,23 @@ TEST_P(KmsCoreSuite, ABatchAnswersEachItemAsTheSingleCallWould) {
   ASSERT_TRUE(fresh_ctk.ok() && pending_ctk.ok() && installed_ctk.ok());
 
   const std::vector<TkSubmission> items = {
-      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "s1"},
-      {.sn = "pos-lower", .ctk_pk = *fresh_ctk, .mtms_submission_id = "s2"},
-      {.sn = known.sn(), .ctk_pk = *known_ctk, .mtms_submission_id = "k"},
-      {.sn = installed.sn(), .ctk_pk = *installed_ctk, .mtms_submission_id = "s4"},
-      {.sn = pending.sn(), .ctk_pk = *pending_ctk, .mtms_submission_id = "s5"},
-      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "s6"},   // named again
-      {.sn = "POS-OTHER", .ctk_pk = *fresh_ctk, .mtms_submission_id = "s7"},  // header: fresh
-      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "has space"},
+      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "s1", .request_id = ""},
+      {.sn = "pos-lower", .ctk_pk = *fresh_ctk, .mtms_submission_id = "s2", .request_id = ""},
+      {.sn = known.sn(), .ctk_pk = *known_ctk, .mtms_submission_id = "k", .request_id = ""},
+      {.sn = installed.sn(),
+       .ctk_pk = *installed_ctk,
+       .mtms_submission_id = "s4",
+       .request_id = ""},
+      {.sn = pending.sn(), .ctk_pk = *pending_ctk, .mtms_submission_id = "s5", .request_id = ""},
+      {.sn = fresh.sn(),
+       .ctk_pk = *fresh_ctk,
+       .mtms_submission_id = "s6",
+       .request_id = ""},  // named again
+      {.sn = "POS-OTHER",
+       .ctk_pk = *fresh_ctk,
+       .mtms_submission_id = "s7",
+       .request_id = ""},  // header: fresh
+      {.sn = fresh.sn(), .ctk_pk = *fresh_ctk, .mtms_submission_id = "has space", .request_id = ""},
   };
   auto results = core_->SubmitTransportKeys(kMtms, items);
   ASSERT_TRUE(results.ok()) << results.status();
@@ -380,7 +398,7 @@ TEST_P(KmsCoreSuite, ABatchOfNoItemsOrTooManyIsRefusedWhole) {
     TestTerminal t("POS-MANY-" + std::to_string(i), KeyAlgorithm::kAes128);
     absl::StatusOr<Bytes> ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
     ASSERT_TRUE(ctk.ok());
-    items.push_back({.sn = t.sn(), .ctk_pk = *ctk, .mtms_submission_id = "m"});
+    items.push_back({.sn = t.sn(), .ctk_pk = *ctk, .mtms_submission_id = "m", .request_id = ""});
   }
   auto refused = core_->SubmitTransportKeys(kMtms, items);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);

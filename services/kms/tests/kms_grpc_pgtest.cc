@@ -22,6 +22,7 @@
 #include "kms_metrics.h"
 #include "kms_pg_metrics.h"
 #include "kms_pg_repository.h"
+#include "rkl/common/request_id.h"
 #include "rkl/common/retry_delay.h"
 #include "rkl/kms/migrations.h"
 #include "rkl/metrics/metrics.h"
@@ -597,6 +598,40 @@ TEST_F(KmsGrpcTest, BatchIntakeIsForMtmsOnlyAndAnswersEachItem) {
   rkl::v1::KmsSubmitTransportKeysRequest empty;
   EXPECT_EQ(Call(*mtms, &rkl::v1::Kms::Stub::SubmitTransportKeys, empty, &resp).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KmsGrpcTest, BatchItemsAreServedUnderTheirOwnRequestIds) {
+  // Item A names its flow's id; item B's is malformed, so B goes under the call's own id.
+  const std::string call_id(32, 'c'), id_a(32, 'a');
+  rkl::v1::KmsSubmitTransportKeysRequest req;
+  for (const char* sn : {"POS-RID-A", "POS-RID-B"}) {
+    TestTerminal t(sn, KeyAlgorithm::kAes128);
+    auto ctk = t.MakeCtkPk(keys_.pk, keys_.mak);
+    ASSERT_TRUE(ctk.ok());
+    auto* item = req.add_items();
+    item->set_sn(sn);
+    item->set_ctk_pk(std::string(AsString(*ctk)));
+  }
+  req.add_request_ids(id_a);
+  req.add_request_ids("not a request id");
+  auto mtms = Stub(*a_, tls_["mtms"]);
+  rkl::v1::KmsSubmitTransportKeysResponse resp;
+  {
+    const ScopedRequestId call(call_id);
+    ASSERT_TRUE(Call(*mtms, &rkl::v1::Kms::Stub::SubmitTransportKeys, req, &resp).ok());
+  }
+  ASSERT_EQ(resp.outcomes_size(), 2);
+  for (const auto& o : resp.outcomes()) EXPECT_EQ(o.code(), 0) << o.message();
+  auto received_under = [&](const std::string& sn) {
+    pqxx::result r =
+        Sql("SELECT request_id FROM (SELECT sn, action, request_id FROM audit "
+            "UNION ALL SELECT sn, action, request_id FROM audit_pending) x "
+            "WHERE action = 'tk.receive' AND sn = '" +
+            sn + "'");
+    return r.size() == 1 ? r[0][0].as<std::string>() : std::string("(none or several)");
+  };
+  EXPECT_EQ(received_under("POS-RID-A"), id_a);
+  EXPECT_EQ(received_under("POS-RID-B"), call_id);
 }
 
 TEST_F(KmsGrpcTest, OverlappingBatchesOnTwoReplicasStoreEachSnOnce) {

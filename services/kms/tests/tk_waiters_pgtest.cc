@@ -112,7 +112,7 @@ TEST_F(TkWaitersTest, ABatchSignalsEverySnItStoresAndNoOther) {
   for (const TestTerminal* t : {&a, &b}) {
     absl::StatusOr<Bytes> ctk = t->MakeCtkPk(keys_.pk, keys_.mak);
     ASSERT_TRUE(ctk.ok());
-    items.push_back({.sn = t->sn(), .ctk_pk = *ctk, .mtms_submission_id = "sub"});
+    items.push_back({.sn = t->sn(), .ctk_pk = *ctk, .mtms_submission_id = "sub", .request_id = ""});
   }
   auto results = core_->SubmitTransportKeys("mtms", items);
   ASSERT_TRUE(results.ok()) << results.status();

@@ -1,6 +1,16 @@
 #include "mtms_batchers.h"
 
+#include "rkl/common/request_id.h"
+
 namespace rkl::mtms {
+namespace {
+
+// A submission sent on its own goes under its package's request id (whichever thread sends).
+ScopedRequestId SubmissionScope(const KmsPort::Submission& s) {
+  return ScopedRequestId(s.request_id.empty() ? std::string(CurrentRequestId()) : s.request_id);
+}
+
+}  // namespace
 
 // The defaults for ports without a batch RPC (fakes, older peers): one call per request.
 absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmPort::TranslateTransportKeys(
@@ -16,6 +26,7 @@ absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> KmsPort::SubmitTra
   std::vector<absl::StatusOr<Receipt>> out;
   out.reserve(submissions.size());
   for (const Submission& s : submissions) {
+    const ScopedRequestId scope = SubmissionScope(s);
     out.push_back(SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id));
   }
   return out;
@@ -61,13 +72,19 @@ KmsSubmitBatcher::KmsSubmitBatcher(KmsPort& inner, KmsSubmitBatcherOptions optio
                     },
                 .one =
                     [&inner](const Submission& s) {
+                      const ScopedRequestId scope = SubmissionScope(s);
                       return inner.SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id);
                     }},
                options) {}
 
 absl::StatusOr<KmsPort::Receipt> KmsSubmitBatcher::SubmitTransportKey(
     const std::string& sn, const Bytes& ctk_pk, const std::string& submission_id) {
-  return batcher_.Call({.sn = sn, .ctk_pk = ctk_pk, .submission_id = submission_id});
+  // The request id of this package's flow, taken here on its worker's thread: another
+  // worker's thread may send the batch.
+  return batcher_.Call({.sn = sn,
+                        .ctk_pk = ctk_pk,
+                        .submission_id = submission_id,
+                        .request_id = std::string(CurrentRequestId())});
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> KmsSubmitBatcher::SubmitTransportKeys(

@@ -139,6 +139,7 @@ absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> GrpcKmsPort::Submi
     item->set_sn(s.sn);
     item->set_ctk_pk(std::string(AsString(s.ctk_pk)));
     item->set_mtms_submission_id(s.submission_id);
+    req.add_request_ids(s.request_id);
   }
   RKL_ASSIGN_OR_RETURN(v1::KmsSubmitTransportKeysResponse resp,
                        kms_.Call(&v1::Kms::Stub::SubmitTransportKeys, req));

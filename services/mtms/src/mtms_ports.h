@@ -94,6 +94,7 @@ class KmsPort {
     std::string sn;
     Bytes ctk_pk;
     std::string submission_id;
+    std::string request_id;  // the package's flow (sent per item in a batch)
   };
   // Many submissions in one call: one answer per submission, in order, each the answer
   // SubmitTransportKey gives for it; an error only when the call itself failed (then it is

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "rkl/common/request_id.h"
 #include "rkl/testing/wait.h"
 
 namespace rkl::mtms {
@@ -278,7 +279,10 @@ class GatedKms final : public KmsPort {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
     std::vector<std::string> sns;
-    for (const auto& s : submissions) sns.push_back(s.sn);
+    for (const auto& s : submissions) {
+      sns.push_back(s.sn);
+      request_ids_[s.sn] = s.request_id;
+    }
     batches_.push_back(sns);
     mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
     --in_flight_;
@@ -312,6 +316,11 @@ class GatedKms final : public KmsPort {
     absl::MutexLock lock(&mu_);
     return single_calls_;
   }
+  // The request id each SN's item carried in a batch.
+  std::map<std::string, std::string> request_ids() {
+    absl::MutexLock lock(&mu_);
+    return request_ids_;
+  }
 
  private:
   static absl::StatusOr<Receipt> Answer(const std::string& sn) {
@@ -327,14 +336,17 @@ class GatedKms final : public KmsPort {
   int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
 };
 
-// Runs SubmitTransportKey for each SN on its own thread; answers by SN.
+// Runs SubmitTransportKey for each SN on its own thread, under request id "rid-<sn>";
+// answers by SN.
 class Submitters {
  public:
   Submitters(KmsPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
     for (const std::string& sn : sns_) {
       threads_.emplace_back([this, &port, sn] {
+        const ScopedRequestId flow("rid-" + sn);
         auto answer = port.SubmitTransportKey(sn, Bytes{1, 2, 3}, "sub-" + sn);
         absl::MutexLock lock(&mu_);
         answers_.emplace(sn, std::move(answer));
@@ -383,6 +395,9 @@ TEST(KmsSubmitBatcherTest, SubmissionsQueuedBehindACallGoInOneBatchEachWithItsOw
   }
   EXPECT_EQ(kms.single_calls(), 0);
   EXPECT_EQ(batcher.batches_sent(), 2u);
+  // Each item carries its own caller's request id, whichever caller's thread sent the batch.
+  for (const auto& [sn, request_id] : kms.request_ids()) EXPECT_EQ(request_id, "rid-" + sn);
+  EXPECT_EQ(kms.request_ids().size(), 5u);
 }
 
 TEST(KmsSubmitBatcherTest, AFailedBatchCallIsEveryItemsAnswer) {
