@@ -110,6 +110,8 @@ struct TranslateCommand {
   uint64_t mak_index = 0;
   std::optional<crypto::KeyAlgorithm> algorithm{};  // nullopt: not given / unknown code
   TranslateEvidence evidence{};                     // the operator-signed package it comes from
+  // TranslateTransportKeys: the item's flow, for its audit record; empty = the call's.
+  std::string request_id{};
 };
 
 struct ImportCommand {

@@ -117,7 +117,8 @@ AuditEvent TranslateEvent(const std::string& caller, const TranslateCommand& cmd
       .actor = caller,
       .action = action::kTkTranslate,
       .sn = cmd.sn,
-      .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index)};
+      .detail = absl::StrCat("pr=", cmd.pr_index, " pk=", cmd.pk_index, " mak=", cmd.mak_index),
+      .request_id = cmd.request_id};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "rkl/audit/audit_log.h"
 #include "rkl/common/status_macros.h"
 #include "rkl/protocol/proto_enums.h"
+#include "rkl/rpc/call_context.h"
 #include "rkl/rpc/status.h"
 
 namespace rkl::hsm {
@@ -245,7 +246,13 @@ HsmGrpcService::HsmGrpcService(HsmCore& core, HsmRole role,
               v1::TranslateTransportKeysResponse* resp) -> absl::Status {
          std::vector<TranslateCommand> commands;
          commands.reserve(req->items_size());
-         for (const auto& item : req->items()) commands.push_back(TranslateCommandFrom(item));
+         for (int i = 0; i < req->items_size(); ++i) {
+           commands.push_back(TranslateCommandFrom(req->items(i)));
+           // An item's flow id, checked as the call's own is where it enters; else the call's.
+           if (i < req->request_ids_size() && rpc::IsWellFormedRequestId(req->request_ids(i))) {
+             commands.back().request_id = req->request_ids(i);
+           }
+         }
          RKL_ASSIGN_OR_RETURN(auto results, core_.TranslateTransportKeys(call.caller, commands));
          for (const absl::StatusOr<Bytes>& result : results) {
            v1::TranslateTransportKeyOutcome* outcome = resp->add_outcomes();

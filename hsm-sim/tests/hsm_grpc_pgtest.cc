@@ -14,6 +14,7 @@
 #include "hsm_fixture.h"
 #include "rkl/crypto/random.h"
 #include "rkl/metrics/metrics.h"
+#include "rkl/rpc/call_context.h"
 #include "rkl/rpc/channel.h"
 #include "rkl/rpc/health.h"
 #include "test_terminal.h"
@@ -187,6 +188,34 @@ TEST_F(HsmGrpcTest, HealthIsServing) {
   auto serving = rpc::CheckHealth(hsm_->Channel(kKms), "rkl.v1.Hsm", absl::Seconds(30));
   ASSERT_TRUE(serving.ok()) << serving.status();
   EXPECT_TRUE(*serving);
+}
+
+TEST_F(HsmGrpcTest, TranslateBatchItemsAreAuditedUnderTheirOwnRequestIds) {
+  // Item A names its flow's id; item B's is malformed, so B's record has the call's own id.
+  TestTerminal a = TestTerminal::Create("SN-RID-A");
+  TestTerminal b = TestTerminal::Create("SN-RID-B");
+  const std::string call_id(32, 'c'), id_a(32, 'a');
+  v1::TranslateTransportKeysRequest req;
+  *req.add_items() = TranslateRequest(a);
+  *req.add_items() = TranslateRequest(b);
+  req.add_request_ids(id_a);
+  req.add_request_ids("not a request id");
+  auto ctx = rpc::MakeClientContext(testing::kRpcTimeout, call_id);
+  v1::TranslateTransportKeysResponse resp;
+  const grpc::Status s = mtms_->TranslateTransportKeys(ctx.get(), req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.outcomes_size(), 2);
+  for (const auto& o : resp.outcomes()) EXPECT_EQ(o.code(), 0) << o.message();
+  ASSERT_TRUE(hsm1_->daemon().audit_log().Seal().ok());
+  pqxx::connection conn(hsm1_->dsn());
+  pqxx::work tx(conn);
+  auto translated_under = [&](const std::string& sn) {
+    pqxx::result r = tx.exec_params(
+        "SELECT request_id FROM hsm_audit WHERE action = 'tk.translate' AND sn = $1", sn);
+    return r.size() == 1 ? r[0][0].as<std::string>() : std::string("(none or several)");
+  };
+  EXPECT_EQ(translated_under(a.sn), id_a);
+  EXPECT_EQ(translated_under(b.sn), call_id);
 }
 
 TEST_F(HsmGrpcTest, TranslateBatchGivesEachItemTheSingleCommandsAnswer) {

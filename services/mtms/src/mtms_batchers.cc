@@ -5,9 +5,9 @@
 namespace rkl::mtms {
 namespace {
 
-// A submission sent on its own goes under its package's request id (whichever thread sends).
-ScopedRequestId SubmissionScope(const KmsPort::Submission& s) {
-  return ScopedRequestId(s.request_id.empty() ? std::string(CurrentRequestId()) : s.request_id);
+// A request sent on its own goes under its package's request id (whichever thread sends).
+ScopedRequestId FlowScope(const std::string& request_id) {
+  return ScopedRequestId(request_id.empty() ? std::string(CurrentRequestId()) : request_id);
 }
 
 }  // namespace
@@ -17,7 +17,10 @@ absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> HsmPort::TranslateTransportKe
     std::span<const TranslateRequest> requests) {
   std::vector<absl::StatusOr<Bytes>> out;
   out.reserve(requests.size());
-  for (const TranslateRequest& request : requests) out.push_back(TranslateTransportKey(request));
+  for (const TranslateRequest& request : requests) {
+    const ScopedRequestId scope = FlowScope(request.request_id);
+    out.push_back(TranslateTransportKey(request));
+  }
   return out;
 }
 
@@ -26,7 +29,7 @@ absl::StatusOr<std::vector<absl::StatusOr<KmsPort::Receipt>>> KmsPort::SubmitTra
   std::vector<absl::StatusOr<Receipt>> out;
   out.reserve(submissions.size());
   for (const Submission& s : submissions) {
-    const ScopedRequestId scope = SubmissionScope(s);
+    const ScopedRequestId scope = FlowScope(s.request_id);
     out.push_back(SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id));
   }
   return out;
@@ -43,6 +46,7 @@ TranslateBatcher::TranslateBatcher(HsmPort& inner, TranslateBatcherOptions optio
                     },
                 .one =
                     [&inner](const TranslateRequest& request) {
+                      const ScopedRequestId scope = FlowScope(request.request_id);
                       return inner.TranslateTransportKey(request);
                     }},
                options) {}
@@ -53,7 +57,11 @@ absl::StatusOr<HsmPort::RsaKeyPair> TranslateBatcher::GenerateRsaKeyPair(uint32_
 }
 
 absl::StatusOr<Bytes> TranslateBatcher::TranslateTransportKey(const TranslateRequest& request) {
-  return batcher_.Call(request);
+  if (!request.request_id.empty()) return batcher_.Call(request);
+  // The request id of this package's flow, taken here on its worker's thread.
+  TranslateRequest stamped = request;
+  stamped.request_id = std::string(CurrentRequestId());
+  return batcher_.Call(stamped);
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateBatcher::TranslateTransportKeys(
@@ -72,7 +80,7 @@ KmsSubmitBatcher::KmsSubmitBatcher(KmsPort& inner, KmsSubmitBatcherOptions optio
                     },
                 .one =
                     [&inner](const Submission& s) {
-                      const ScopedRequestId scope = SubmissionScope(s);
+                      const ScopedRequestId scope = FlowScope(s.request_id);
                       return inner.SubmitTransportKey(s.sn, s.ctk_pk, s.submission_id);
                     }},
                options) {}

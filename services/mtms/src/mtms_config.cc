@@ -94,6 +94,9 @@ ConfigSchema MakeMtmsConfigSchema() {
            "(1 = one statement per package)")
       .Default("16")
       .Range(1, 64);
+  schema.Int("forwarder.finish_calls", "such FORWARDED writes in flight at once")
+      .Default("4")
+      .Range(1, 64);
   schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
   schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
@@ -153,6 +156,7 @@ ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {
       .batch_size = static_cast<int>(config.GetInt("forwarder.batch")),
       .workers = static_cast<int>(config.GetInt("forwarder.workers")),
       .finish_batch = static_cast<int>(config.GetInt("forwarder.finish_batch")),
+      .finish_calls = static_cast<int>(config.GetInt("forwarder.finish_calls")),
       .interval = config.GetDuration("forwarder.interval"),
       .initial_backoff = config.GetDuration("forwarder.initial_backoff"),
       .max_backoff = config.GetDuration("forwarder.max_backoff"),

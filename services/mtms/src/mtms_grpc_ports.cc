@@ -48,7 +48,10 @@ void ToProto(const HsmPort::TranslateRequest& request, v1::TranslateTransportKey
 absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> GrpcHsmPort::TranslateTransportKeys(
     std::span<const TranslateRequest> requests) {
   v1::TranslateTransportKeysRequest req;
-  for (const TranslateRequest& request : requests) ToProto(request, *req.add_items());
+  for (const TranslateRequest& request : requests) {
+    ToProto(request, *req.add_items());
+    req.add_request_ids(request.request_id);
+  }
   RKL_ASSIGN_OR_RETURN(v1::TranslateTransportKeysResponse resp,
                        hsm_.Call(&v1::Hsm::Stub::TranslateTransportKeys, req));
   std::vector<absl::StatusOr<Bytes>> out;

@@ -48,6 +48,8 @@ class HsmPort {
     Bytes package;
     Bytes package_signature;
     Bytes operator_certificate_der;
+    // The package's flow (sent per item in a batch); empty: the sending thread's.
+    std::string request_id;
   };
   // S106 (PROTOCOL §5): Ctk_Pu → Ctk_pk inside HSM #1, for a package an operator signed.
   // Every decryption or format failure is the HSM's one uniform UNAUTHENTICATED; missing or

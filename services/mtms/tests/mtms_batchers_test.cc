@@ -47,7 +47,10 @@ class ScriptedHsm final : public HsmPort {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
     std::vector<std::string> sns;
-    for (const auto& r : requests) sns.push_back(r.sn);
+    for (const auto& r : requests) {
+      sns.push_back(r.sn);
+      request_ids_[r.sn] = r.request_id;
+    }
     batches_.push_back(sns);
     mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
     --in_flight_;
@@ -98,6 +101,11 @@ class ScriptedHsm final : public HsmPort {
     absl::MutexLock lock(&mu_);
     return single_calls_;
   }
+  // The request id each SN's item carried in a batch.
+  std::map<std::string, std::string> request_ids() {
+    absl::MutexLock lock(&mu_);
+    return request_ids_;
+  }
 
  private:
   static absl::StatusOr<Bytes> Answer(const TranslateRequest& r) {
@@ -114,14 +122,17 @@ class ScriptedHsm final : public HsmPort {
   bool drop_one_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
 };
 
-// Runs TranslateTransportKey for each SN on its own thread; answers by SN.
+// Runs TranslateTransportKey for each SN on its own thread, under request id "rid-<sn>";
+// answers by SN.
 class Callers {
  public:
   Callers(HsmPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
     for (const std::string& sn : sns_) {
       threads_.emplace_back([this, &port, sn] {
+        const ScopedRequestId flow("rid-" + sn);
         auto answer = port.TranslateTransportKey({.sn = sn});
         absl::MutexLock lock(&mu_);
         answers_.emplace(sn, std::move(answer));
@@ -191,6 +202,9 @@ TEST(TranslateBatcherTest, CallsArrivingWhileTheCallsInFlightAreFullGoInOneBatch
     }
   }
   EXPECT_EQ(batcher.batches_sent(), 2u);
+  // Each item carries its own caller's request id, whichever caller's thread sent the batch.
+  EXPECT_EQ(hsm.request_ids().size(), 6u);
+  for (const auto& [sn, request_id] : hsm.request_ids()) EXPECT_EQ(request_id, "rid-" + sn);
 }
 
 TEST(TranslateBatcherTest, BatchesNeverExceedMaxBatchAndEveryCallerIsAnswered) {
