@@ -56,7 +56,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("16")
       .Range(1, 64);
   schema.Int("hsm.translate_calls", "batched translate calls to HSM #1 in flight at once")
-      .Default("4")
+      .Default("2")
       .Range(1, 64);
   schema.String("ca.endpoint", "gRPC target of the CA").Default("ca:50051");
   schema.String("ca.authority", "name the CA's certificate must carry").Default("ca");
@@ -70,7 +70,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("16")
       .Range(1, 64);
   schema.Int("kms.submit_calls", "batched submit calls to KMS in flight at once")
-      .Default("4")
+      .Default("1")
       .Range(1, 64);
   schema.Duration("rpc.timeout", "deadline of each call to HSM #1, the CA and KMS").Default("10s");
 
@@ -95,7 +95,7 @@ ConfigSchema MakeMtmsConfigSchema() {
       .Default("16")
       .Range(1, 64);
   schema.Int("forwarder.finish_calls", "such FORWARDED writes in flight at once")
-      .Default("4")
+      .Default("1")
       .Range(1, 64);
   schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");

@@ -91,7 +91,7 @@ struct ForwarderOptions {
   // per statement (1 = one statement per package) and `finish_calls` such writes at once
   // (mtms_peer_batcher.h: no timer, a lone finish is written at once).
   int finish_batch = 16;
-  int finish_calls = 4;
+  int finish_calls = 1;
   absl::Duration interval = absl::Seconds(5);
   absl::Duration initial_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(5);
