@@ -8,9 +8,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -18,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "rkl/common/request_id.h"
+#include "rkl/common/status_macros.h"
 #include "rkl/testing/wait.h"
 
 namespace rkl::mtms {
@@ -27,40 +30,11 @@ using ::testing::ElementsAre;
 
 Bytes AnswerFor(const std::string& sn) { return Bytes(sn.begin(), sn.end()); }
 
-// Answers each item by its SN ("BAD-…" is the HSM's uniform refusal); can hold batch calls
-// until Release(), and can fail or lack the batch call. Thread-safe.
-class ScriptedHsm final : public HsmPort {
+// What both scripted peers share: their batch calls recorded (each item's SN and request
+// id) and held at a gate until Release(), a failure scripted for every batch call, and their
+// single calls counted. Thread-safe.
+class BatchGate {
  public:
-  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t, const std::string&) override {
-    return RsaKeyPair{.key_index = 7};
-  }
-  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override {
-    absl::MutexLock lock(&mu_);
-    ++single_calls_;
-    ++singles_in_flight_;
-    mu_.AwaitWithTimeout(absl::Condition(&singles_open_), rkl::testing::kEventDeadline);
-    --singles_in_flight_;
-    return Answer(request);
-  }
-  absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
-      std::span<const TranslateRequest> requests) override {
-    absl::MutexLock lock(&mu_);
-    ++in_flight_;
-    std::vector<std::string> sns;
-    for (const auto& r : requests) {
-      sns.push_back(r.sn);
-      request_ids_[r.sn] = r.request_id;
-    }
-    batches_.push_back(sns);
-    mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
-    --in_flight_;
-    if (!batch_status_.ok()) return batch_status_;
-    std::vector<absl::StatusOr<Bytes>> out;
-    for (const auto& r : requests) out.push_back(Answer(r));
-    if (drop_one_) out.pop_back();
-    return out;
-  }
-
   void Hold() {
     absl::MutexLock lock(&mu_);
     open_ = false;
@@ -69,23 +43,9 @@ class ScriptedHsm final : public HsmPort {
     absl::MutexLock lock(&mu_);
     open_ = true;
   }
-  void HoldSingles(bool hold) {
-    absl::MutexLock lock(&mu_);
-    singles_open_ = !hold;
-  }
-  // True once `n` single calls are inside at the same time.
-  bool WaitForSinglesInFlight(int n) {
-    absl::MutexLock lock(&mu_);
-    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return singles_in_flight_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
-  }
   void FailBatches(absl::Status s) {
     absl::MutexLock lock(&mu_);
     batch_status_ = std::move(s);
-  }
-  void DropOneOutcome() {
-    absl::MutexLock lock(&mu_);
-    drop_one_ = true;
   }
   // True once `n` batch calls are inside at the same time.
   bool WaitForInFlight(int n) {
@@ -107,49 +67,120 @@ class ScriptedHsm final : public HsmPort {
     return request_ids_;
   }
 
+ protected:
+  // A batch call of items (SN, request id): recorded, held while the gate is shut; the
+  // scripted failure, or OK.
+  absl::Status EnterBatch(const std::vector<std::pair<std::string, std::string>>& items)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++in_flight_;
+    std::vector<std::string> sns;
+    for (const auto& [sn, request_id] : items) {
+      sns.push_back(sn);
+      request_ids_[sn] = request_id;
+    }
+    batches_.push_back(sns);
+    mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
+    --in_flight_;
+    return batch_status_;
+  }
+
+  absl::Mutex mu_;
+  int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
+
+ private:
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
+};
+
+// Answers each item by its SN ("BAD-…" is the HSM's uniform refusal); can hold batch calls
+// until Release(), hold single calls, and fail, lack or misanswer the batch call.
+class ScriptedHsm final : public HsmPort, public BatchGate {
+ public:
+  absl::StatusOr<RsaKeyPair> GenerateRsaKeyPair(uint32_t, const std::string&) override {
+    return RsaKeyPair{.key_index = 7};
+  }
+  absl::StatusOr<Bytes> TranslateTransportKey(const TranslateRequest& request) override {
+    absl::MutexLock lock(&mu_);
+    ++single_calls_;
+    ++singles_in_flight_;
+    mu_.AwaitWithTimeout(absl::Condition(&singles_open_), rkl::testing::kEventDeadline);
+    --singles_in_flight_;
+    return Answer(request);
+  }
+  absl::StatusOr<std::vector<absl::StatusOr<Bytes>>> TranslateTransportKeys(
+      std::span<const TranslateRequest> requests) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::pair<std::string, std::string>> items;
+    for (const auto& r : requests) items.emplace_back(r.sn, r.request_id);
+    RKL_RETURN_IF_ERROR(EnterBatch(items));
+    std::vector<absl::StatusOr<Bytes>> out;
+    for (const auto& r : requests) out.push_back(Answer(r));
+    if (drop_one_) out.pop_back();
+    return out;
+  }
+
+  void HoldSingles(bool hold) {
+    absl::MutexLock lock(&mu_);
+    singles_open_ = !hold;
+  }
+  // True once `n` single calls are inside at the same time.
+  bool WaitForSinglesInFlight(int n) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return singles_in_flight_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
+  }
+  void DropOneOutcome() {
+    absl::MutexLock lock(&mu_);
+    drop_one_ = true;
+  }
+
  private:
   static absl::StatusOr<Bytes> Answer(const TranslateRequest& r) {
     if (absl::StartsWith(r.sn, "BAD-")) return absl::UnauthenticatedError("transport key rejected");
     return AnswerFor(r.sn);
   }
 
-  absl::Mutex mu_;
-  bool open_ ABSL_GUARDED_BY(mu_) = true;
   bool singles_open_ ABSL_GUARDED_BY(mu_) = true;
   int singles_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool drop_one_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
 };
 
-// Runs TranslateTransportKey for each SN on its own thread, under request id "rid-<sn>";
-// answers by SN.
-class Callers {
+// Runs `call` for each SN on its own thread, under request id "rid-<sn>"; answers by SN.
+template <typename Answer>
+class ConcurrentCalls {
  public:
-  Callers(HsmPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
-    for (const std::string& sn : sns_) {
-      threads_.emplace_back([this, &port, sn] {
+  ConcurrentCalls(std::vector<std::string> sns, std::function<Answer(const std::string&)> call) {
+    for (const std::string& sn : sns) {
+      threads_.emplace_back([this, call, sn] {
         const ScopedRequestId flow("rid-" + sn);
-        auto answer = port.TranslateTransportKey({.sn = sn});
+        Answer answer = call(sn);
         absl::MutexLock lock(&mu_);
         answers_.emplace(sn, std::move(answer));
       });
     }
   }
-  std::map<std::string, absl::StatusOr<Bytes>> Join() {
+  std::map<std::string, Answer> Join() {
     for (auto& t : threads_) t.join();
     absl::MutexLock lock(&mu_);
     return answers_;
   }
 
  private:
-  std::vector<std::string> sns_;
   std::vector<std::thread> threads_;
   absl::Mutex mu_;
-  std::map<std::string, absl::StatusOr<Bytes>> answers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Answer> answers_ ABSL_GUARDED_BY(mu_);
+};
+
+// TranslateTransportKey for each SN, each on its own thread.
+class Callers : public ConcurrentCalls<absl::StatusOr<Bytes>> {
+ public:
+  Callers(HsmPort& port, std::vector<std::string> sns)
+      : ConcurrentCalls(std::move(sns), [&port](const std::string& sn) {
+          return port.TranslateTransportKey({.sn = sn});
+        }) {}
 };
 
 // Waits (bounded) until `n` callers are queued behind the calls in flight.
@@ -279,8 +310,8 @@ TEST(TranslateBatcherTest, MaxBatchOneSendsSingleCallsOnly) {
 // ---- KmsSubmitBatcher ----------------------------------------------------------------
 
 // Answers each submission by its SN ("OLD-…" is KMS's refusal of an older package, "DUP-…"
-// a duplicate); can hold batch calls until Release(), and can lack the batch call.
-class GatedKms final : public KmsPort {
+// a duplicate); can hold batch calls until Release(), and can fail or lack the batch call.
+class GatedKms final : public KmsPort, public BatchGate {
  public:
   absl::StatusOr<Receipt> SubmitTransportKey(const std::string& sn, const Bytes&,
                                              const std::string&) override {
@@ -291,49 +322,12 @@ class GatedKms final : public KmsPort {
   absl::StatusOr<std::vector<absl::StatusOr<Receipt>>> SubmitTransportKeys(
       std::span<const Submission> submissions) override {
     absl::MutexLock lock(&mu_);
-    ++in_flight_;
-    std::vector<std::string> sns;
-    for (const auto& s : submissions) {
-      sns.push_back(s.sn);
-      request_ids_[s.sn] = s.request_id;
-    }
-    batches_.push_back(sns);
-    mu_.AwaitWithTimeout(absl::Condition(&open_), rkl::testing::kEventDeadline);
-    --in_flight_;
-    if (!batch_status_.ok()) return batch_status_;
+    std::vector<std::pair<std::string, std::string>> items;
+    for (const auto& s : submissions) items.emplace_back(s.sn, s.request_id);
+    RKL_RETURN_IF_ERROR(EnterBatch(items));
     std::vector<absl::StatusOr<Receipt>> out;
     for (const auto& s : submissions) out.push_back(Answer(s.sn));
     return out;
-  }
-  void Hold() {
-    absl::MutexLock lock(&mu_);
-    open_ = false;
-  }
-  void Release() {
-    absl::MutexLock lock(&mu_);
-    open_ = true;
-  }
-  void FailBatches(absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    batch_status_ = std::move(s);
-  }
-  bool WaitForInFlight(int n) {
-    absl::MutexLock lock(&mu_);
-    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&reached), rkl::testing::kEventDeadline);
-  }
-  std::vector<std::vector<std::string>> batches() {
-    absl::MutexLock lock(&mu_);
-    return batches_;
-  }
-  int single_calls() {
-    absl::MutexLock lock(&mu_);
-    return single_calls_;
-  }
-  // The request id each SN's item carried in a batch.
-  std::map<std::string, std::string> request_ids() {
-    absl::MutexLock lock(&mu_);
-    return request_ids_;
   }
 
  private:
@@ -343,41 +337,15 @@ class GatedKms final : public KmsPort {
     }
     return Receipt{.duplicate = absl::StartsWith(sn, "DUP-")};
   }
-
-  absl::Mutex mu_;
-  bool open_ ABSL_GUARDED_BY(mu_) = true;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int single_calls_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status batch_status_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::vector<std::string>> batches_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> request_ids_ ABSL_GUARDED_BY(mu_);
 };
 
-// Runs SubmitTransportKey for each SN on its own thread, under request id "rid-<sn>";
-// answers by SN.
-class Submitters {
+// SubmitTransportKey for each SN, each on its own thread.
+class Submitters : public ConcurrentCalls<absl::StatusOr<KmsPort::Receipt>> {
  public:
-  Submitters(KmsPort& port, std::vector<std::string> sns) : sns_(std::move(sns)) {
-    for (const std::string& sn : sns_) {
-      threads_.emplace_back([this, &port, sn] {
-        const ScopedRequestId flow("rid-" + sn);
-        auto answer = port.SubmitTransportKey(sn, Bytes{1, 2, 3}, "sub-" + sn);
-        absl::MutexLock lock(&mu_);
-        answers_.emplace(sn, std::move(answer));
-      });
-    }
-  }
-  std::map<std::string, absl::StatusOr<KmsPort::Receipt>> Join() {
-    for (auto& t : threads_) t.join();
-    absl::MutexLock lock(&mu_);
-    return answers_;
-  }
-
- private:
-  std::vector<std::string> sns_;
-  std::vector<std::thread> threads_;
-  absl::Mutex mu_;
-  std::map<std::string, absl::StatusOr<KmsPort::Receipt>> answers_ ABSL_GUARDED_BY(mu_);
+  Submitters(KmsPort& port, std::vector<std::string> sns)
+      : ConcurrentCalls(std::move(sns), [&port](const std::string& sn) {
+          return port.SubmitTransportKey(sn, Bytes{1, 2, 3}, "sub-" + sn);
+        }) {}
 };
 
 TEST(KmsSubmitBatcherTest, SubmissionsQueuedBehindACallGoInOneBatchEachWithItsOwnAnswer) {
