@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <string>
+#include <string_view>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "rkl/audit/service_chain.h"
 #include "rkl/db/schema_roles.h"
@@ -17,6 +21,21 @@ std::string HostName() {
   char name[256] = {};
   if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "mtms";
   return name;
+}
+
+// A batcher's two keys (mtms_peer_batcher.h): items per call at most (16 by default, 1 =
+// no batching), and calls in flight at once.
+void DeclareBatcher(ConfigSchema& schema, const std::string& batch_key, std::string batch_help,
+                    const std::string& calls_key, std::string calls_help,
+                    const char* calls_default) {
+  schema.Int(batch_key, std::move(batch_help)).Default("16").Range(1, 64);
+  schema.Int(calls_key, std::move(calls_help)).Default(calls_default).Range(1, 64);
+}
+
+PeerBatcherOptions BatcherOptions(const Config& config, std::string_view batch_key,
+                                  std::string_view calls_key) {
+  return PeerBatcherOptions{.max_batch = static_cast<int>(config.GetInt(batch_key)),
+                            .max_calls = static_cast<int>(config.GetInt(calls_key))};
 }
 
 }  // namespace
@@ -49,29 +68,20 @@ ConfigSchema MakeMtmsConfigSchema() {
            "HSM #1 key index of MAK (from the key ceremony); 0 = not yet: packages wait")
       .Default("0")
       .Range(0, INT64_MAX);
-  schema
-      .Int("hsm.translate_batch",
-           "packages sent to HSM #1 in one TranslateTransportKeys call at most: the forwarder "
-           "workers' concurrent translations are combined (1 = one call per package)")
-      .Default("16")
-      .Range(1, 64);
-  schema.Int("hsm.translate_calls", "batched translate calls to HSM #1 in flight at once")
-      .Default("2")
-      .Range(1, 64);
+  DeclareBatcher(schema, "hsm.translate_batch",
+                 "packages sent to HSM #1 in one TranslateTransportKeys call at most: the "
+                 "forwarder workers' concurrent translations are combined (1 = one call per "
+                 "package)",
+                 "hsm.translate_calls", "batched translate calls to HSM #1 in flight at once", "2");
   schema.String("ca.endpoint", "gRPC target of the CA").Default("ca:50051");
   schema.String("ca.authority", "name the CA's certificate must carry").Default("ca");
   schema.Duration("ca.crl_refresh", "how often the operator-ca CRL is re-fetched").Default("5m");
   schema.String("kms.endpoint", "gRPC target of KMS").Default("kms:50055");
   schema.String("kms.authority", "name KMS's certificate must carry").Default("kms");
-  schema
-      .Int("kms.submit_batch",
-           "packages sent to KMS in one SubmitTransportKeys call at most: the forwarder "
-           "workers' concurrent submissions are combined (1 = one call per package)")
-      .Default("16")
-      .Range(1, 64);
-  schema.Int("kms.submit_calls", "batched submit calls to KMS in flight at once")
-      .Default("1")
-      .Range(1, 64);
+  DeclareBatcher(schema, "kms.submit_batch",
+                 "packages sent to KMS in one SubmitTransportKeys call at most: the forwarder "
+                 "workers' concurrent submissions are combined (1 = one call per package)",
+                 "kms.submit_calls", "batched submit calls to KMS in flight at once", "1");
   schema.Duration("rpc.timeout", "deadline of each call to HSM #1, the CA and KMS").Default("10s");
 
   schema.Enum("work_key.rsa_bits", {"2048", "3072"}, "default size of new work keys")
@@ -88,15 +98,10 @@ ConfigSchema MakeMtmsConfigSchema() {
            "rows of a batch forwarded at once (threads calling HSM #1 and KMS in parallel)")
       .Default("16")
       .Range(1, 256);
-  schema
-      .Int("forwarder.finish_batch",
-           "FORWARDED rows the workers write together in one statement at most "
-           "(1 = one statement per package)")
-      .Default("16")
-      .Range(1, 64);
-  schema.Int("forwarder.finish_calls", "such FORWARDED writes in flight at once")
-      .Default("1")
-      .Range(1, 64);
+  DeclareBatcher(schema, "forwarder.finish_batch",
+                 "FORWARDED rows the workers write together in one statement at most "
+                 "(1 = one statement per package)",
+                 "forwarder.finish_calls", "such FORWARDED writes in flight at once", "1");
   schema.Duration("forwarder.initial_backoff", "wait after the first failed attempt").Default("1s");
   schema.Duration("forwarder.max_backoff", "cap of the exponential backoff").Default("5m");
   schema.Duration("forwarder.lease", "how long a claimed row stays with this replica")
@@ -137,14 +142,11 @@ MtmsCoreOptions CoreOptionsFromConfig(const Config& config) {
 }
 
 TranslateBatcherOptions TranslateBatcherOptionsFromConfig(const Config& config) {
-  return TranslateBatcherOptions{
-      .max_batch = static_cast<int>(config.GetInt("hsm.translate_batch")),
-      .max_calls = static_cast<int>(config.GetInt("hsm.translate_calls"))};
+  return BatcherOptions(config, "hsm.translate_batch", "hsm.translate_calls");
 }
 
 KmsSubmitBatcherOptions KmsSubmitBatcherOptionsFromConfig(const Config& config) {
-  return KmsSubmitBatcherOptions{.max_batch = static_cast<int>(config.GetInt("kms.submit_batch")),
-                                 .max_calls = static_cast<int>(config.GetInt("kms.submit_calls"))};
+  return BatcherOptions(config, "kms.submit_batch", "kms.submit_calls");
 }
 
 ForwarderOptions ForwarderOptionsFromConfig(const Config& config) {
