@@ -306,6 +306,58 @@ TEST_F(KeyStorePgTest, OneWriteStatementUsesThePrimaryKeyEvenAsAGenericPreparedP
             2);
 }
 
+TEST_F(KeyStorePgTest, OneWriteStatementsPlannedWhileTheTableIsNearlyEmptyStayIndexLookups) {
+  // A new HSM's connections make their generic plans during its first commands, while
+  // hsm_key holds a handful of rows and has no statistics, and keep them as the table grows
+  // (nothing invalidates them until an ANALYZE). Each check must then still be one index
+  // probe per key: the primary key for the keys a command used, hsm_key_one_live_per_sn for
+  // an SN's live key of a type. With the live-label index applicable to these statements,
+  // such a plan scanned every live key (migration 006).
+  hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
+  GenericPlans session(hsm_->dsn());
+  pqxx::work& tx = session.tx;
+  const std::string audit = "'5', '0', 'kms', 'test', 'SN-0', '', 'OK', '\\x00', 'req-1'";
+  auto key = [](int i) {
+    return absl::StrCat(", '", 2000000 + i, "', '", 4 + i % 3, "', '17', '1', 'SN-X', 'plan:", i,
+                        "', '', '0', '0', '\\x', '\\x00', '\\x00', '0', ''");
+  };
+  struct Shape {
+    std::string name;
+    OneWriteShape shape;
+    std::string args;
+  };
+  // The shapes of HSM #2's commands: a read-only one (cached keys held, audit as JSON), one
+  // that creates a key (keys locked, no live TMK yet), one that checks two absent types.
+  const std::vector<Shape> shapes = {
+      {"held", OneWriteShape{.held = 2, .audit_json = true}, "'1000000', '1000001', '[]'"},
+      {"locked_absent", OneWriteShape{.locked = 2, .absent = {KeyType::kTmk}, .keys = 1},
+       absl::StrCat("'1000000', '1000001', 'SN-0', ", audit, key(0))},
+      {"held_absent", OneWriteShape{.held = 2, .absent = {KeyType::kTek, KeyType::kAuk}, .keys = 2},
+       absl::StrCat("'1000000', '1000001', 'SN-0', 'SN-0', ", audit, key(1), key(2))},
+  };
+  for (const Shape& s : shapes) {
+    tx.exec(absl::StrCat("PREPARE ", s.name, " AS ", OneWriteSql(s.shape)));
+    // Planned and run now, on the nearly empty table (its checks fail: nothing written).
+    EXPECT_FALSE(tx.exec1(absl::StrCat("EXECUTE ", s.name, "(", s.args, ")"))[0].as<bool>());
+  }
+  hsm_->Sql(
+      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
+      "created_at_ms, updated_at_ms, nonce, sealed) "
+      "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
+      "'\\x00', '\\x00' FROM generate_series(0, 2999) g");
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ", s.name, "(", s.args, ")"));
+    EXPECT_THAT(plan, HasSubstr("hsm_key_pkey")) << plan;
+    if (!s.shape.absent.empty()) {
+      EXPECT_THAT(plan, HasSubstr("hsm_key_one_live_per_sn")) << plan;
+    }
+    EXPECT_THAT(plan, ::testing::Not(HasSubstr("hsm_key_live_label"))) << plan;
+    EXPECT_THAT(plan, ::testing::Not(HasSubstr("Seq Scan on hsm_key"))) << plan;
+    EXPECT_THAT(plan, ::testing::Not(HasSubstr("Rows Removed"))) << plan;
+  }
+}
+
 TEST_F(KeyStorePgTest, TamperedKeyIsRefusedOverGrpcToo) {
   const uint64_t auk = testing::InsertTestKey(*hsm_, KeyType::kAuk, "SN-G");
   // A fresh daemon (empty cache) on the tampered database.
