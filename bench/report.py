@@ -441,17 +441,19 @@ def count_report(tag):
     n = f["succeeded"]
     statements, top = {}, {}
     for line in read(tag + ".statements").splitlines():
-        # database, calls, [mean execution µs,] statement (older runs have no time)
-        parts = line.split("\t", 3)
+        # database, calls, [mean execution µs, buffers per call,] statement (older runs: neither)
+        parts = line.split("\t", 4)
         if len(parts) == 3:
-            parts = [parts[0], parts[1], "", parts[2]]
-        if len(parts) != 4:
+            parts = [parts[0], parts[1], "", "", parts[2]]
+        if len(parts) != 5:
             continue
-        db, calls, query = parts[0], int(parts[1]), parts[3]
+        db, calls, query = parts[0], int(parts[1]), parts[4]
         mean_us = int(parts[2]) if parts[2].isdigit() else None
+        buffers = int(parts[3]) if parts[3].isdigit() else None
         statements[db] = statements.get(db, 0) + calls
         top.setdefault(db, []).append({"calls_per_terminal": round(calls / n, 3),
-                                       "mean_exec_us": mean_us, "query": query})
+                                       "mean_exec_us": mean_us, "buffers_per_call": buffers,
+                                       "query": query})
     before = {l.split()[0]: l.split()[1:] for l in read(tag + ".commits.before").splitlines() if l.strip()}
     after = {l.split()[0]: l.split()[1:] for l in read(tag + ".commits.after").splitlines() if l.strip()}
     dbs = sorted(set(statements) | set(after))
@@ -874,14 +876,14 @@ for label, c in (("current build", cur_c), (f"baseline {env.get('baseline_git')}
         md.append(f"| {db} | {d['statements']:.2f} | {fmt(d['commits'], 2)} |")
     md.append(f"| all | {c['statements_per_terminal']:.2f} | {c['commits_per_terminal']:.2f} |")
     md.append("")
-    md.append("| database | calls / terminal | mean µs in the backend | statement (normalised, "
-              "first 120 characters) |")
-    md.append("|---|---:|---:|---|")
+    md.append("| database | calls / terminal | mean µs in the backend | buffers / call | "
+              "statement (normalised, first 120 characters) |")
+    md.append("|---|---:|---:|---:|---|")
     for db, d in c["per_database"].items():
         for t in d["top"]:
             q = t["query"].replace("|", "\\|")
             md.append(f"| {db} | {t['calls_per_terminal']:.2f} | {fmt(t.get('mean_exec_us'), 0)} "
-                      f"| `{q}` |")
+                      f"| {fmt(t.get('buffers_per_call'), 0)} | `{q}` |")
     md.append("")
     if c["rpcs_per_terminal"]:
         md.append("| process | method | code | calls / terminal |")
