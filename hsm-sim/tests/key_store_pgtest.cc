@@ -103,11 +103,16 @@ class KeyStorePgTest : public HsmInstanceTest {
   // that PostgreSQL has no statistics for — the state plans must not depend on.
   void AddUnanalyzedLiveKeys() {
     hsm_->Sql("ALTER TABLE hsm_key SET (autovacuum_enabled = false)");
-    hsm_->Sql(
+    InsertLiveKeys(900);
+  }
+  // `count` live TEK/AUK/TMK records from key 1000000 on, three per SN from SN-0 on.
+  void InsertLiveKeys(int count) {
+    hsm_->Sql(absl::StrCat(
         "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
         "created_at_ms, updated_at_ms, nonce, sealed) "
         "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
-        "'\\x00', '\\x00' FROM generate_series(0, 899) g");
+        "'\\x00', '\\x00' FROM generate_series(0, ",
+        count - 1, ") g"));
   }
 
   // A transaction that plans prepared statements generically, as the HSM's own connections
@@ -340,11 +345,8 @@ TEST_F(KeyStorePgTest, OneWriteStatementsPlannedWhileTheTableIsNearlyEmptyStayIn
     // Planned and run now, on the nearly empty table (its checks fail: nothing written).
     EXPECT_FALSE(tx.exec1(absl::StrCat("EXECUTE ", s.name, "(", s.args, ")"))[0].as<bool>());
   }
-  hsm_->Sql(
-      "INSERT INTO hsm_key (key_index, key_type, algorithm, usage, bound_sn, label, state, "
-      "created_at_ms, updated_at_ms, nonce, sealed) "
-      "SELECT 1000000 + g, 4 + g % 3, 17, 1, 'SN-' || (g / 3), 'k:' || g, 1, 0, 0, "
-      "'\\x00', '\\x00' FROM generate_series(0, 2999) g");
+  // Autovacuum was turned off before planning: setting it now would invalidate the plans.
+  InsertLiveKeys(3000);
   for (const Shape& s : shapes) {
     SCOPED_TRACE(s.name);
     const std::string plan = ExplainAnalyze(tx, absl::StrCat("EXECUTE ", s.name, "(", s.args, ")"));
